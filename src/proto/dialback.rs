@@ -1,0 +1,219 @@
+//! Server Dialback (XEP-0220): keys (XEP-0185) and the `db:result` / `db:verify` elements.
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::xml::Element;
+
+use super::ns;
+
+/// XEP-0185 §3: key = HEX( HMAC-SHA256( HEX(SHA256(secret)), "Receiving Originating StreamID" ) ).
+pub fn derive_key(secret: &[u8], receiving: &str, originating: &str, stream_id: &str) -> String {
+    let mut mac = mac_for(secret);
+    mac.update(receiving.as_bytes());
+    mac.update(b" ");
+    mac.update(originating.as_bytes());
+    mac.update(b" ");
+    mac.update(stream_id.as_bytes());
+    hex(&mac.finalize().into_bytes())
+}
+
+/// Check a key we are asked about as the Authoritative Server, in constant time.
+pub fn verify_key(secret: &[u8], receiving: &str, originating: &str, stream_id: &str, key: &str) -> bool {
+    let Some(raw) = unhex(key.trim()) else { return false };
+    let mut mac = mac_for(secret);
+    mac.update(receiving.as_bytes());
+    mac.update(b" ");
+    mac.update(originating.as_bytes());
+    mac.update(b" ");
+    mac.update(stream_id.as_bytes());
+    mac.verify_slice(&raw).is_ok()
+}
+
+fn mac_for(secret: &[u8]) -> Hmac<Sha256> {
+    let hashed = hex(&Sha256::digest(secret));
+    <Hmac<Sha256> as KeyInit>::new_from_slice(hashed.as_bytes()).expect("HMAC takes keys of any length")
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const D: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(D[(b >> 4) as usize] as char);
+        s.push(D[(b & 15) as usize] as char);
+    }
+    s
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || s.len() > 256 {
+        return None;
+    }
+    let v = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    s.as_bytes().chunks(2).map(|p| Some(v(p[0])? << 4 | v(p[1])?)).collect()
+}
+
+/// The `type` of a dialback answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Valid,
+    Invalid,
+    /// XEP-0220 §2.4: an error with its stanza-error condition and text.
+    Error { condition: String, text: Option<String> },
+}
+
+impl Answer {
+    pub fn error(condition: &str, text: impl Into<String>) -> Answer {
+        Answer::Error { condition: condition.to_owned(), text: Some(text.into()) }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Answer::Valid => "valid".into(),
+            Answer::Invalid => "invalid".into(),
+            Answer::Error { condition, text: Some(t) } => format!("error <{condition}/>: {t}"),
+            Answer::Error { condition, text: None } => format!("error <{condition}/>"),
+        }
+    }
+}
+
+/// A parsed `db:result` or `db:verify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbElement {
+    pub verify: bool,
+    pub from: String,
+    pub to: String,
+    pub id: Option<String>,
+    /// `None` for a request; `Some` for an answer.
+    pub answer: Option<Answer>,
+    pub key: String,
+}
+
+impl DbElement {
+    /// Parse a dialback element; `None` if it is not one or lacks from/to.
+    pub fn parse(el: &Element) -> Option<DbElement> {
+        if el.ns != ns::DIALBACK {
+            return None;
+        }
+        let verify = match el.name.as_str() {
+            "result" => false,
+            "verify" => true,
+            _ => return None,
+        };
+        let from = el.get_attr("from")?.to_owned();
+        let to = el.get_attr("to")?.to_owned();
+        let answer = match el.get_attr("type") {
+            None => None,
+            Some("valid") => Some(Answer::Valid),
+            Some("invalid") => Some(Answer::Invalid),
+            Some("error") => {
+                let (condition, text) = el
+                    .elements()
+                    .find(|e| e.name == "error")
+                    .map(|e| {
+                        let mut cond = "undefined-condition".to_owned();
+                        let mut text = None;
+                        for c in e.elements() {
+                            if c.name == "text" {
+                                text = Some(c.text_content());
+                            } else {
+                                cond = c.name.clone();
+                            }
+                        }
+                        (cond, text)
+                    })
+                    .unwrap_or(("undefined-condition".to_owned(), None));
+                Some(Answer::Error { condition, text })
+            }
+            Some(_) => Some(Answer::Error { condition: "bad-request".into(), text: Some("unknown type".into()) }),
+        };
+        Some(DbElement {
+            verify,
+            from,
+            to,
+            id: el.get_attr("id").map(str::to_owned),
+            answer,
+            key: el.text_content().trim().to_owned(),
+        })
+    }
+}
+
+fn db(name: &str, from: &str, to: &str) -> Element {
+    Element::new(name, ns::DIALBACK).attr("from", from).attr("to", to)
+}
+
+/// OS → RS: `<db:result from to>key</db:result>` (XEP-0220 §2.1.1).
+pub fn result_request(from: &str, to: &str, key: &str) -> Element {
+    db("result", from, to).text(key)
+}
+
+/// RS → OS: the answer to a `db:result` (XEP-0220 §2.1.3, §2.4).
+pub fn result_answer(from: &str, to: &str, answer: &Answer) -> Element {
+    with_answer(db("result", from, to), answer)
+}
+
+/// RS → AS: `<db:verify from to id>key</db:verify>` (XEP-0220 §2.1.2).
+pub fn verify_request(from: &str, to: &str, id: &str, key: &str) -> Element {
+    db("verify", from, to).attr("id", id).text(key)
+}
+
+/// AS → RS: the answer to a `db:verify`.
+pub fn verify_answer(from: &str, to: &str, id: &str, answer: &Answer) -> Element {
+    with_answer(db("verify", from, to).attr("id", id), answer)
+}
+
+fn with_answer(el: Element, answer: &Answer) -> Element {
+    match answer {
+        Answer::Valid => el.attr("type", "valid"),
+        Answer::Invalid => el.attr("type", "invalid"),
+        Answer::Error { condition, text } => {
+            let etype = if condition == "remote-server-timeout" || condition == "remote-connection-failed" { "wait" } else { "cancel" };
+            let mut err = Element::new("error", ns::DIALBACK).attr("type", etype).child(Element::new(condition, ns::STANZA_ERRORS));
+            if let Some(t) = text {
+                err = err.child(Element::new("text", ns::STANZA_ERRORS).text(t.clone()));
+            }
+            el.attr("type", "error").child(err)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// XEP-0185 §3 example: secret "s3cr3tf0rd14lb4ck", Receiving xmpp.example.com,
+    /// Originating example.org, stream id D60000229F.
+    #[test]
+    fn xep0185_example_vector() {
+        let k = derive_key(b"s3cr3tf0rd14lb4ck", "xmpp.example.com", "example.org", "D60000229F");
+        assert_eq!(k, "37c69b1cf07a3f67c04a5ef5902fa5114f2c76fe4a2686482ba5b89323075643");
+        assert!(verify_key(b"s3cr3tf0rd14lb4ck", "xmpp.example.com", "example.org", "D60000229F", &k));
+        assert!(verify_key(b"s3cr3tf0rd14lb4ck", "xmpp.example.com", "example.org", "D60000229F", &k.to_uppercase()));
+    }
+
+    #[test]
+    fn wrong_inputs_fail() {
+        let k = derive_key(b"secret", "r", "o", "id");
+        assert!(!verify_key(b"secret", "r", "o", "id2", &k));
+        assert!(!verify_key(b"secret", "o", "r", "id", &k));
+        assert!(!verify_key(b"other", "r", "o", "id", &k));
+        assert!(!verify_key(b"secret", "r", "o", "id", "zz"));
+        assert!(!verify_key(b"secret", "r", "o", "id", ""));
+    }
+
+    #[test]
+    fn parse_answers() {
+        let el = result_answer("b", "a", &Answer::error("remote-connection-failed", "no route"));
+        let p = DbElement::parse(&el).unwrap();
+        assert!(!p.verify);
+        assert_eq!(p.answer, Some(Answer::Error { condition: "remote-connection-failed".into(), text: Some("no route".into()) }));
+        let v = DbElement::parse(&verify_request("b", "a", "id1", "k")).unwrap();
+        assert!(v.verify && v.answer.is_none());
+        assert_eq!((v.id.as_deref(), v.key.as_str()), (Some("id1"), "k"));
+    }
+}

@@ -1,0 +1,8 @@
+//! Wire vocabulary: namespaces, stream headers and errors, stanza errors, dialback elements,
+//! addresses. Pure functions and types, no I/O.
+
+pub mod dialback;
+pub mod jid;
+pub mod ns;
+pub mod stanza;
+pub mod stream;

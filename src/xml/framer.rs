@@ -1,0 +1,796 @@
+//! Incremental XML stream framer (RFC 6120 §4, §11): bytes in, frames out, no I/O.
+//!
+//! The framer owns the byte buffer. A small resumable scanner finds the boundaries of the
+//! stream header and of each top-level child; only a *complete* element is handed to
+//! quick-xml, which builds a namespace-resolved [`Element`]. Partial input is `Ok(None)`
+//! ("not enough data yet", as in mini-redis), so chunks of any size work, including one
+//! byte at a time and splits inside a multi-byte UTF-8 character. Memory is bounded by the
+//! stanza size limit: a top-level element growing beyond it is an error before it is
+//! ever parsed.
+
+use std::borrow::Cow;
+
+use memchr::{memchr, memchr3};
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::reader::Reader;
+use quick_xml::XmlVersion;
+
+use super::element::{Element, Node};
+use crate::proto::ns;
+
+/// What the framer yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// The peer's `<stream:stream …>` header.
+    StreamOpen(StreamHeader),
+    /// One complete top-level child of the stream (stanza, dialback, features, …).
+    Element(Element),
+    /// The peer's `</stream:stream>`.
+    StreamClose,
+}
+
+/// The attributes of a stream header (RFC 6120 §4.7), with its names resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StreamHeader {
+    /// Local name of the root element (must be `stream`).
+    pub name: String,
+    /// Namespace of the root element (must be `http://etherx.jabber.org/streams`).
+    pub ns: String,
+    /// The default namespace declared (must be `jabber:server` for s2s).
+    pub default_ns: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub id: Option<String>,
+    pub version: Option<String>,
+    pub lang: Option<String>,
+    /// Whether the dialback namespace is declared (XEP-0220 §2.1: `xmlns:db`).
+    pub dialback_declared: bool,
+}
+
+/// Why the input cannot be framed. Each maps to one stream error condition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum XmlError {
+    /// RFC 6120 §11.1: comments, PIs, DTDs, non-predefined entities → `<restricted-xml/>`.
+    #[error("restricted XML: {0}")]
+    Restricted(String),
+    /// Not well-formed XML or not UTF-8 → `<not-well-formed/>`.
+    #[error("not well-formed: {0}")]
+    NotWellFormed(String),
+    /// A top-level element over the configured limit → `<policy-violation/>`.
+    #[error("element exceeds the size limit of {limit} bytes (limits.max_stanza_size)")]
+    TooLarge { limit: usize },
+    /// Nesting beyond the configured depth → `<policy-violation/>`.
+    #[error("elements nested deeper than {limit} levels (limits.max_depth)")]
+    TooDeep { limit: usize },
+    /// Character data between top-level elements → `<bad-format/>`.
+    #[error("character data outside of any stanza")]
+    TextAtTopLevel,
+}
+
+/// Scanner state, resumable at any byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Character data; looking for `<`.
+    Text,
+    /// Just after `<`.
+    Lt,
+    /// Inside a start tag; `quote` is the open quote byte or 0.
+    Start { quote: u8 },
+    /// Inside an end tag.
+    End,
+    /// After `<!`; `matched` bytes of `[CDATA[` seen.
+    Bang { matched: usize },
+    /// Inside a CDATA section.
+    CData,
+    /// Inside the XML declaration `<?xml … ?>` before the header.
+    Decl,
+}
+
+const CDATA_OPEN: &[u8] = b"[CDATA[";
+
+/// The incremental framer. One per stream; replaced by a fresh one at each stream restart
+/// (after STARTTLS), which is how everything learned before TLS is forgotten.
+pub struct Framer {
+    buf: Vec<u8>,
+    /// First byte not yet consumed by a frame.
+    start: usize,
+    /// Scan position.
+    pos: usize,
+    /// Where the current markup token (`<…`) began.
+    tag_start: usize,
+    /// Where the current top-level element began.
+    elem_start: usize,
+    depth: usize,
+    state: Scan,
+    header_seen: bool,
+    closed: bool,
+    max_size: usize,
+    max_depth: usize,
+    /// Namespace bindings from the stream header: (prefix, namespace); "" is the default.
+    scope: Vec<(String, String)>,
+}
+
+impl Framer {
+    pub fn new(max_size: usize, max_depth: usize) -> Self {
+        Framer {
+            buf: Vec::new(),
+            start: 0,
+            pos: 0,
+            tag_start: 0,
+            elem_start: 0,
+            depth: 0,
+            state: Scan::Text,
+            header_seen: false,
+            closed: false,
+            max_size,
+            max_depth: max_depth.max(2),
+            scope: Vec::new(),
+        }
+    }
+
+    /// Append received bytes.
+    pub fn feed(&mut self, data: &[u8]) {
+        self.compact();
+        self.buf.extend_from_slice(data);
+    }
+
+    /// A buffer to read into directly (tokio's `read_buf` fills its spare capacity).
+    pub fn read_buf(&mut self, reserve: usize) -> &mut Vec<u8> {
+        self.compact();
+        self.buf.reserve(reserve);
+        &mut self.buf
+    }
+
+    /// Bytes received but not yet consumed by a frame. After `<starttls/>` or `<proceed/>`
+    /// anything here is plaintext injection (RFC 6120 §5.3.3 pitfalls).
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Bytes currently held, for memory accounting.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    fn compact(&mut self) {
+        if self.start == 0 {
+            return;
+        }
+        if self.start == self.buf.len() {
+            self.buf.clear();
+        } else if self.start > 4096 && self.start * 2 > self.buf.len() {
+            self.buf.drain(..self.start);
+        } else {
+            return;
+        }
+        self.pos -= self.start;
+        self.tag_start = self.tag_start.saturating_sub(self.start);
+        self.elem_start = self.elem_start.saturating_sub(self.start);
+        self.start = 0;
+        // Give back memory after an unusually large stanza.
+        if self.buf.capacity() > 64 * 1024 && self.buf.len() < 16 * 1024 {
+            self.buf.shrink_to(16 * 1024);
+        }
+    }
+
+    /// The next complete frame, `Ok(None)` if more input is needed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, XmlError> {
+        if self.closed {
+            return Ok(None);
+        }
+        loop {
+            let len = self.buf.len();
+            match self.state {
+                Scan::Text => {
+                    let found = memchr(b'<', &self.buf[self.pos..]);
+                    let end = found.map_or(len, |i| self.pos + i);
+                    if self.depth <= 1 {
+                        // Between top-level elements only whitespace is allowed (keepalives).
+                        if !self.buf[self.pos..end].iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+                            return Err(XmlError::TextAtTopLevel);
+                        }
+                        self.start = end;
+                        self.elem_start = end;
+                    }
+                    self.pos = end;
+                    if found.is_none() {
+                        self.check_size()?;
+                        return Ok(None);
+                    }
+                    self.tag_start = self.pos;
+                    self.pos += 1;
+                    self.state = Scan::Lt;
+                }
+                Scan::Lt => {
+                    if self.pos >= len {
+                        return Ok(None);
+                    }
+                    match self.buf[self.pos] {
+                        b'/' => {
+                            self.pos += 1;
+                            self.state = Scan::End;
+                        }
+                        b'!' => {
+                            self.pos += 1;
+                            self.state = Scan::Bang { matched: 0 };
+                        }
+                        b'?' => {
+                            if self.header_seen || self.depth > 0 {
+                                return Err(XmlError::Restricted("processing instruction".into()));
+                            }
+                            self.pos += 1;
+                            self.state = Scan::Decl;
+                        }
+                        _ => self.state = Scan::Start { quote: 0 },
+                    }
+                }
+                Scan::Start { quote } => {
+                    let rest = &self.buf[self.pos..];
+                    let hit = if quote == 0 { memchr3(b'"', b'\'', b'>', rest) } else { memchr(quote, rest) };
+                    let Some(i) = hit else {
+                        self.pos = len;
+                        self.check_size()?;
+                        return Ok(None);
+                    };
+                    let p = self.pos + i;
+                    self.pos = p + 1;
+                    let b = self.buf[p];
+                    if quote != 0 {
+                        self.state = Scan::Start { quote: 0 };
+                    } else if b != b'>' {
+                        self.state = Scan::Start { quote: b };
+                    } else {
+                        self.state = Scan::Text;
+                        let empty = p > self.tag_start + 1 && self.buf[p - 1] == b'/';
+                        if let Some(frame) = self.on_start_tag(empty)? {
+                            return Ok(Some(frame));
+                        }
+                    }
+                }
+                Scan::End => {
+                    let Some(i) = memchr(b'>', &self.buf[self.pos..]) else {
+                        self.pos = len;
+                        self.check_size()?;
+                        return Ok(None);
+                    };
+                    self.pos += i + 1;
+                    self.state = Scan::Text;
+                    if let Some(frame) = self.on_end_tag()? {
+                        return Ok(Some(frame));
+                    }
+                }
+                Scan::Bang { matched } => {
+                    if self.pos >= len {
+                        return Ok(None);
+                    }
+                    let b = self.buf[self.pos];
+                    if matched == 0 && b == b'-' {
+                        return Err(XmlError::Restricted("comment".into()));
+                    }
+                    if matched == 0 && (b == b'D' || b == b'd') {
+                        return Err(XmlError::Restricted("document type declaration".into()));
+                    }
+                    if b != CDATA_OPEN[matched] {
+                        return Err(XmlError::NotWellFormed("invalid markup after '<!'".into()));
+                    }
+                    if self.depth < 2 {
+                        return Err(XmlError::TextAtTopLevel);
+                    }
+                    self.pos += 1;
+                    self.state =
+                        if matched + 1 == CDATA_OPEN.len() { Scan::CData } else { Scan::Bang { matched: matched + 1 } };
+                }
+                Scan::CData => {
+                    let Some(i) = memchr(b'>', &self.buf[self.pos..]) else {
+                        self.pos = len;
+                        self.check_size()?;
+                        return Ok(None);
+                    };
+                    let p = self.pos + i;
+                    self.pos = p + 1;
+                    if p >= self.tag_start + 11 && &self.buf[p - 2..p] == b"]]" {
+                        self.state = Scan::Text;
+                    }
+                }
+                Scan::Decl => {
+                    let Some(i) = memchr(b'>', &self.buf[self.pos..]) else {
+                        self.pos = len;
+                        self.check_size()?;
+                        return Ok(None);
+                    };
+                    let p = self.pos + i;
+                    self.pos = p + 1;
+                    if self.buf[p - 1] == b'?' && p > self.tag_start + 2 {
+                        let decl = &self.buf[self.tag_start..self.pos];
+                        let ok = decl.len() > 7 && &decl[..5] == b"<?xml" && decl[5].is_ascii_whitespace();
+                        if !ok {
+                            return Err(XmlError::Restricted("processing instruction".into()));
+                        }
+                        self.state = Scan::Text;
+                        self.start = self.pos;
+                    }
+                }
+            }
+            self.check_size()?;
+        }
+    }
+
+    fn check_size(&self) -> Result<(), XmlError> {
+        if self.pos - self.elem_start.min(self.pos) > self.max_size {
+            return Err(XmlError::TooLarge { limit: self.max_size });
+        }
+        Ok(())
+    }
+
+    fn on_start_tag(&mut self, empty: bool) -> Result<Option<Frame>, XmlError> {
+        self.check_size()?;
+        match self.depth {
+            0 => {
+                if empty {
+                    return Err(XmlError::NotWellFormed("empty stream root element".into()));
+                }
+                let header = self.parse_header()?;
+                self.header_seen = true;
+                self.depth = 1;
+                self.start = self.pos;
+                self.elem_start = self.pos;
+                Ok(Some(Frame::StreamOpen(header)))
+            }
+            1 if empty => {
+                let el = self.parse_element()?;
+                self.start = self.pos;
+                self.elem_start = self.pos;
+                Ok(Some(Frame::Element(el)))
+            }
+            d => {
+                if !empty {
+                    if d >= self.max_depth {
+                        return Err(XmlError::TooDeep { limit: self.max_depth });
+                    }
+                    self.depth += 1;
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn on_end_tag(&mut self) -> Result<Option<Frame>, XmlError> {
+        match self.depth {
+            0 => Err(XmlError::NotWellFormed("end tag before the stream header".into())),
+            1 => {
+                let tag = &self.buf[self.tag_start + 2..self.pos - 1];
+                let tag = std::str::from_utf8(tag).map_err(|_| XmlError::NotWellFormed("invalid UTF-8".into()))?;
+                let tag = tag.trim_end();
+                let (prefix, local) = split_qname(tag);
+                if local != "stream" || resolve(&self.scope, prefix) != Some(ns::STREAMS) {
+                    return Err(XmlError::NotWellFormed(format!("unexpected end tag </{tag}>")));
+                }
+                self.depth = 0;
+                self.closed = true;
+                self.start = self.pos;
+                Ok(Some(Frame::StreamClose))
+            }
+            2 => {
+                self.depth = 1;
+                let el = self.parse_element()?;
+                self.start = self.pos;
+                self.elem_start = self.pos;
+                Ok(Some(Frame::Element(el)))
+            }
+            _ => {
+                self.depth -= 1;
+                Ok(None)
+            }
+        }
+    }
+
+    fn slice_str(&self, from: usize) -> Result<&str, XmlError> {
+        let bytes = &self.buf[from..self.pos];
+        check_chars(bytes)?;
+        std::str::from_utf8(bytes).map_err(|_| XmlError::NotWellFormed("invalid UTF-8".into()))
+    }
+
+    fn parse_header(&mut self) -> Result<StreamHeader, XmlError> {
+        let text = self.slice_str(self.tag_start)?;
+        let mut reader = Reader::from_str(text);
+        let start = match reader.read_event().map_err(map_qx)? {
+            Event::Start(s) => s,
+            other => return Err(XmlError::NotWellFormed(format!("expected the stream header, got {other:?}"))),
+        };
+        let mut scope = Vec::new();
+        let attrs = collect_attrs(text, &start, &mut scope)?;
+        let (prefix, local) = split_qname(start.name().0);
+        let ns = resolve_cow(&scope, prefix).ok_or_else(|| unbound(prefix))?.to_owned();
+        let mut h = StreamHeader { name: local.to_owned(), ns, ..Default::default() };
+        for (k, v) in attrs {
+            let v = v.into_owned();
+            match k {
+                "from" => h.from = Some(v),
+                "to" => h.to = Some(v),
+                "id" => h.id = Some(v),
+                "version" => h.version = Some(v),
+                "xml:lang" => h.lang = Some(v),
+                _ => {}
+            }
+        }
+        h.default_ns = scope.iter().rev().find(|(p, _)| p.is_empty()).map(|(_, n)| n.to_string());
+        h.dialback_declared = scope.iter().any(|(_, n)| n == ns::DIALBACK);
+        let owned: Vec<(String, String)> = scope.into_iter().map(|(p, n)| (p.to_owned(), n.into_owned())).collect();
+        self.scope = owned;
+        Ok(h)
+    }
+
+    fn parse_element(&self) -> Result<Element, XmlError> {
+        let text = self.slice_str(self.elem_start)?;
+        parse_fragment(text, &self.scope, self.max_depth)
+    }
+}
+
+/// Parse one complete element, resolving names against `base` bindings (prefix, namespace).
+pub fn parse_fragment(text: &str, base: &[(String, String)], max_depth: usize) -> Result<Element, XmlError> {
+    let mut reader = Reader::from_str(text);
+    let mut stack: Vec<Element> = Vec::new();
+    // Bindings declared inside the fragment, with marks per open element.
+    let mut scope: Vec<(&str, Cow<'_, str>)> = base.iter().map(|(p, n)| (p.as_str(), Cow::Borrowed(n.as_str()))).collect();
+    let mut marks: Vec<usize> = Vec::new();
+    loop {
+        let ev = reader.read_event().map_err(map_qx)?;
+        match ev {
+            Event::Start(_) | Event::Empty(_) if stack.len() >= max_depth => {
+                return Err(XmlError::TooDeep { limit: max_depth });
+            }
+            Event::Start(s) => {
+                marks.push(scope.len());
+                let el = start_element(text, &s, &mut scope)?;
+                stack.push(el);
+            }
+            Event::Empty(s) => {
+                let mark = scope.len();
+                let el = start_element(text, &s, &mut scope)?;
+                scope.truncate(mark);
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(Node::Element(el)),
+                    None => return Ok(el),
+                }
+            }
+            Event::End(_) => {
+                let el = stack.pop().ok_or_else(|| XmlError::NotWellFormed("unbalanced end tag".into()))?;
+                if let Some(m) = marks.pop() {
+                    scope.truncate(m);
+                }
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(Node::Element(el)),
+                    None => return Ok(el),
+                }
+            }
+            Event::Text(t) => {
+                if let Some(top) = stack.last_mut() {
+                    push_text(top, &t.xml10_content());
+                }
+            }
+            Event::CData(c) => {
+                if let Some(top) = stack.last_mut() {
+                    push_text(top, &c.xml10_content());
+                }
+            }
+            Event::GeneralRef(r) => {
+                let ch = match r.resolve_char_ref().map_err(map_qx)? {
+                    Some(c) => c,
+                    None => match &*r {
+                        "amp" => '&',
+                        "lt" => '<',
+                        "gt" => '>',
+                        "quot" => '"',
+                        "apos" => '\'',
+                        other => return Err(XmlError::Restricted(format!("entity reference &{other};"))),
+                    },
+                };
+                if !is_xml_char(ch) {
+                    return Err(XmlError::NotWellFormed(format!("character reference to U+{:04X}", ch as u32)));
+                }
+                if let Some(top) = stack.last_mut() {
+                    let mut b = [0u8; 4];
+                    push_text(top, ch.encode_utf8(&mut b));
+                }
+            }
+            Event::Comment(_) => return Err(XmlError::Restricted("comment".into())),
+            Event::PI(_) | Event::Decl(_) => return Err(XmlError::Restricted("processing instruction".into())),
+            Event::DocType(_) => return Err(XmlError::Restricted("document type declaration".into())),
+            Event::Eof => return Err(XmlError::NotWellFormed("element not closed".into())),
+        }
+    }
+}
+
+fn push_text(el: &mut Element, t: &str) {
+    if t.is_empty() {
+        return;
+    }
+    if let Some(Node::Text(last)) = el.children.last_mut() {
+        last.push_str(t);
+    } else {
+        el.children.push(Node::Text(t.to_owned()));
+    }
+}
+
+fn start_element<'a>(text: &'a str, s: &BytesStart<'_>, scope: &mut Vec<(&'a str, Cow<'a, str>)>) -> Result<Element, XmlError> {
+    let attrs = collect_attrs(text, s, scope)?;
+    let (prefix, local) = split_qname(s.name().0);
+    let ns = resolve_cow(scope, prefix).ok_or_else(|| unbound(prefix))?;
+    let mut el = Element { name: local.to_owned(), ns: ns.to_owned(), attrs: Vec::with_capacity(attrs.len()), children: Vec::new() };
+    for (k, v) in attrs {
+        let (p, l) = split_qname(k);
+        let key = match p {
+            "" => l.to_owned(),
+            "xml" => k.to_owned(),
+            p => format!("{{{}}}{l}", resolve_cow(scope, p).ok_or_else(|| unbound(p))?),
+        };
+        if el.attrs.iter().any(|(k2, _)| *k2 == key) {
+            return Err(XmlError::NotWellFormed(format!("duplicate attribute {key}")));
+        }
+        el.attrs.push((key, v.into_owned()));
+    }
+    Ok(el)
+}
+
+/// Read a start tag's attributes: namespace declarations go into `scope`, the rest are
+/// returned (raw qualified name, normalised value).
+fn collect_attrs<'a>(
+    text: &'a str,
+    s: &BytesStart<'_>,
+    scope: &mut Vec<(&'a str, Cow<'a, str>)>,
+) -> Result<Vec<(&'a str, Cow<'a, str>)>, XmlError> {
+    let mut out = Vec::new();
+    // `attributes()` borrows `s`; re-borrow names from the original input by value.
+    let raw: &'a str = reborrow(text, s);
+    let mut iter = quick_xml::events::attributes::Attributes::new(raw, s.name().0.len());
+    for a in &mut iter {
+        let a = a.map_err(|e| XmlError::NotWellFormed(format!("attribute: {e}")))?;
+        let key: &'a str = a.key.0;
+        let value = a.normalized_value(XmlVersion::Implicit1_0).map_err(map_qx)?;
+        if value.chars().any(|c| !is_xml_char(c)) {
+            return Err(XmlError::NotWellFormed("illegal character in attribute value".into()));
+        }
+        if key == "xmlns" {
+            scope.push(("", value));
+        } else if let Some(p) = key.strip_prefix("xmlns:") {
+            if value.is_empty() {
+                return Err(XmlError::NotWellFormed(format!("empty namespace for prefix {p}")));
+            }
+            scope.push((p, value));
+        } else {
+            out.push((key, value));
+        }
+    }
+    Ok(out)
+}
+
+/// Re-borrow `part`, a slice of `text`, with `text`'s lifetime (the slice reader's events
+/// borrow from the input; the accessor methods shorten that lifetime to the event's).
+fn reborrow<'a>(text: &'a str, part: &str) -> &'a str {
+    let off = (part.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+    match text.get(off..off + part.len()) {
+        Some(s) if s.as_ptr() == part.as_ptr() => s,
+        _ => unreachable!("slice reader events borrow from the input"),
+    }
+}
+
+fn split_qname(q: &str) -> (&str, &str) {
+    match q.find(':') {
+        Some(i) => (&q[..i], &q[i + 1..]),
+        None => ("", q),
+    }
+}
+
+fn resolve<'s>(scope: &'s [(String, String)], prefix: &str) -> Option<&'s str> {
+    if prefix == "xml" {
+        return Some(ns::XML);
+    }
+    scope.iter().rev().find(|(p, _)| p == prefix).map(|(_, n)| n.as_str())
+}
+
+fn resolve_cow<'s>(scope: &'s [(&str, Cow<'_, str>)], prefix: &str) -> Option<&'s str> {
+    if prefix == "xml" {
+        return Some(ns::XML);
+    }
+    match scope.iter().rev().find(|(p, _)| *p == prefix) {
+        Some((_, n)) => Some(n),
+        // No default namespace declared: the null namespace.
+        None if prefix.is_empty() => Some(""),
+        None => None,
+    }
+}
+
+fn unbound(prefix: &str) -> XmlError {
+    XmlError::NotWellFormed(format!("namespace prefix '{prefix}' is not declared"))
+}
+
+fn map_qx(e: quick_xml::Error) -> XmlError {
+    match e {
+        quick_xml::Error::Escape(quick_xml::escape::EscapeError::UnrecognizedEntity(_, name)) => {
+            XmlError::Restricted(format!("entity reference &{name};"))
+        }
+        other => XmlError::NotWellFormed(other.to_string()),
+    }
+}
+
+/// XML 1.0 `Char` production (§2.2).
+pub fn is_xml_char(c: char) -> bool {
+    matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}')
+}
+
+/// Raw control characters are not XML characters; U+FFFE/U+FFFF are checked on decode.
+fn check_chars(bytes: &[u8]) -> Result<(), XmlError> {
+    if bytes.iter().any(|&b| b < 0x20 && b != b'\t' && b != b'\n' && b != b'\r') {
+        return Err(XmlError::NotWellFormed("control character in XML".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' to='b.test' from='a.test' version='1.0'>";
+
+    fn frames(input: &[u8], chunk: usize) -> Result<Vec<Frame>, XmlError> {
+        let mut f = Framer::new(1 << 16, 32);
+        let mut out = Vec::new();
+        for c in input.chunks(chunk.max(1)) {
+            f.feed(c);
+            while let Some(fr) = f.next_frame()? {
+                out.push(fr);
+            }
+        }
+        Ok(out)
+    }
+
+    fn after_header(s: &str) -> Result<Vec<Frame>, XmlError> {
+        frames(format!("{HEADER}{s}").as_bytes(), 4096)
+    }
+
+    #[test]
+    fn header_and_stanzas_any_chunking() {
+        let body = "<message to='x@b.test' from='y@a.test' id='1'><body>h\u{e9}llo \u{1F600} &amp; &#x41;</body></message>\n \
+                    <db:result from='a.test' to='b.test'>abc</db:result><iq type='get'><ping xmlns='urn:xmpp:ping'/></iq></stream:stream>";
+        let input = format!("{HEADER}{body}");
+        let whole = frames(input.as_bytes(), input.len()).unwrap();
+        for chunk in [1, 2, 3, 7, 64] {
+            assert_eq!(frames(input.as_bytes(), chunk).unwrap(), whole, "chunk size {chunk}");
+        }
+        assert_eq!(whole.len(), 5);
+        let Frame::StreamOpen(h) = &whole[0] else { panic!() };
+        assert_eq!((h.from.as_deref(), h.to.as_deref(), h.version.as_deref()), (Some("a.test"), Some("b.test"), Some("1.0")));
+        assert_eq!(h.ns, ns::STREAMS);
+        assert_eq!(h.default_ns.as_deref(), Some(ns::SERVER));
+        assert!(h.dialback_declared);
+        let Frame::Element(m) = &whole[1] else { panic!() };
+        assert!(m.is("message", ns::SERVER));
+        assert_eq!(m.get_child("body", ns::SERVER).unwrap().text_content(), "h\u{e9}llo \u{1F600} & A");
+        let Frame::Element(d) = &whole[2] else { panic!() };
+        assert!(d.is("result", ns::DIALBACK));
+        let Frame::Element(iq) = &whole[3] else { panic!() };
+        assert!(iq.get_child("ping", ns::PING).is_some());
+        assert_eq!(whole[4], Frame::StreamClose);
+    }
+
+    #[test]
+    fn split_inside_utf8_char() {
+        let input = format!("{HEADER}<message><body>\u{1F600}\u{e9}</body></message>");
+        let bytes = input.as_bytes();
+        let cut = input.find('\u{1F600}').unwrap() + 2; // inside the 4-byte sequence
+        let mut f = Framer::new(1 << 16, 32);
+        f.feed(&bytes[..cut]);
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::StreamOpen(_)))));
+        assert_eq!(f.next_frame(), Ok(None));
+        f.feed(&bytes[cut..]);
+        let Ok(Some(Frame::Element(m))) = f.next_frame() else { panic!() };
+        assert_eq!(m.elements().next().unwrap().text_content(), "\u{1F600}\u{e9}");
+    }
+
+    #[test]
+    fn restricted_xml() {
+        for bad in [
+            "<!-- hi -->",
+            "<message><!-- hi --></message>",
+            "<?pi x?>",
+            "<message><?pi x?></message>",
+            "<!DOCTYPE x>",
+            "<message><body>&ent;</body></message>",
+            "<message a='&ent;'/>",
+        ] {
+            assert!(matches!(after_header(bad), Err(XmlError::Restricted(_))), "{bad}: {:?}", after_header(bad));
+        }
+        assert!(matches!(frames(b"<!DOCTYPE stream><stream:stream>", 4096), Err(XmlError::Restricted(_))));
+    }
+
+    #[test]
+    fn not_well_formed() {
+        for bad in [
+            &b"<message><body></message></x>"[..],
+            b"<message a='1' a='2'/>",
+            b"<x:message/>",
+            b"<message><body>\xff\xfe</body></message>",
+            b"<message><body>&#x1;</body></message>",
+            b"<message><body>\x01</body></message>",
+            b"<message a=noquote/>",
+            b"</wrong>",
+        ] {
+            let mut input = HEADER.as_bytes().to_vec();
+            input.extend_from_slice(bad);
+            let r = frames(&input, 4096);
+            assert!(matches!(r, Err(XmlError::NotWellFormed(_))), "{}: {r:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn text_between_stanzas_is_bad_format() {
+        assert_eq!(after_header("hello<message/>"), Err(XmlError::TextAtTopLevel));
+        // Whitespace keepalives are fine.
+        assert_eq!(after_header(" \n\t <message/> ").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn size_and_depth_limits() {
+        let mut f = Framer::new(1024, 8);
+        f.feed(HEADER.as_bytes());
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::StreamOpen(_)))));
+        f.feed(b"<message><body>");
+        assert_eq!(f.next_frame(), Ok(None));
+        f.feed(&[b'a'; 2000]);
+        assert_eq!(f.next_frame(), Err(XmlError::TooLarge { limit: 1024 }));
+        // An unterminated attribute value is bounded too.
+        let mut f = Framer::new(1024, 8);
+        f.feed(HEADER.as_bytes());
+        f.next_frame().unwrap();
+        f.feed(b"<message a='");
+        for _ in 0..10 {
+            f.feed(&[b'x'; 200]);
+            if f.next_frame().is_err() {
+                break;
+            }
+        }
+        assert_eq!(f.next_frame(), Err(XmlError::TooLarge { limit: 1024 }));
+        let deep = "<a>".repeat(20);
+        let mut f = Framer::new(1 << 16, 8);
+        f.feed(format!("{HEADER}{deep}").as_bytes());
+        f.next_frame().unwrap();
+        assert_eq!(f.next_frame(), Err(XmlError::TooDeep { limit: 8 }));
+    }
+
+    #[test]
+    fn many_stanzas_keep_buffer_small() {
+        let mut f = Framer::new(1 << 16, 16);
+        f.feed(HEADER.as_bytes());
+        f.next_frame().unwrap();
+        for _ in 0..10_000 {
+            f.feed(b"<message to='a@b' from='c@d'><body>x</body></message>");
+            assert!(matches!(f.next_frame(), Ok(Some(Frame::Element(_)))));
+        }
+        assert!(f.capacity() < 64 * 1024);
+        assert_eq!(f.pending(), 0);
+    }
+
+    #[test]
+    fn cdata_and_prefixed_elements() {
+        let r = after_header("<message><body><![CDATA[<not> & markup]]></body><x:y xmlns:x='urn:x'><x:z/></x:y></message>").unwrap();
+        let Frame::Element(m) = &r[1] else { panic!() };
+        assert_eq!(m.elements().next().unwrap().text_content(), "<not> & markup");
+        let y = m.get_child("y", "urn:x").unwrap();
+        assert!(y.get_child("z", "urn:x").is_some());
+    }
+
+    #[test]
+    fn writer_roundtrips_hostile_values() {
+        let hostile = "'\"<>&\u{e9}\t\n\r]]>&amp;";
+        let el = Element::new("message", ns::SERVER)
+            .attr("to", hostile)
+            .attr("from", "a@b")
+            .child(Element::new("body", ns::SERVER).text(hostile))
+            .child(Element::new("x", "urn:'evil\"").text("</message><message>"));
+        let mut s = String::new();
+        super::super::writer::write_top(&mut s, &el);
+        let r = after_header(&s).unwrap();
+        let Frame::Element(back) = &r[1] else { panic!() };
+        assert_eq!(back, &el);
+    }
+}

@@ -1,0 +1,119 @@
+//! Serialisation: elements to XML text with escaping. Attribute values use single quotes;
+//! both quote characters are escaped anyway so no value can break out.
+
+use super::element::{Element, Node};
+use crate::proto::ns;
+
+/// Escape character data (`&`, `<`, `>`).
+pub fn escape_text(out: &mut String, s: &str) {
+    let mut last = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let rep = match b {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            // Kept as a reference so XML end-of-line normalisation does not turn it into \n.
+            b'\r' => "&#13;",
+            _ => continue,
+        };
+        out.push_str(&s[last..i]);
+        out.push_str(rep);
+        last = i + 1;
+    }
+    out.push_str(&s[last..]);
+}
+
+/// Escape an attribute value (also both quotes and whitespace that normalisation would eat).
+pub fn escape_attr(out: &mut String, s: &str) {
+    let mut last = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let rep = match b {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'\'' => "&apos;",
+            b'"' => "&quot;",
+            b'\t' => "&#9;",
+            b'\n' => "&#10;",
+            b'\r' => "&#13;",
+            _ => continue,
+        };
+        out.push_str(&s[last..i]);
+        out.push_str(rep);
+        last = i + 1;
+    }
+    out.push_str(&s[last..]);
+}
+
+/// The prefix we declare on our own stream headers for a namespace used at the top level.
+fn stream_prefix(ns_: &str) -> Option<&'static str> {
+    match ns_ {
+        ns::STREAMS => Some("stream"),
+        ns::DIALBACK => Some("db"),
+        _ => None,
+    }
+}
+
+/// Write a top-level element on one of our streams (where `jabber:server` is the default
+/// namespace and `stream:` / `db:` are declared on the header).
+pub fn write_top(out: &mut String, el: &Element) {
+    match stream_prefix(&el.ns) {
+        Some(p) => write_inner(out, el, ns::SERVER, Some(p)),
+        None => write_element(out, el, ns::SERVER),
+    }
+}
+
+/// Write `el` given the default namespace in scope (`parent_ns`).
+pub fn write_element(out: &mut String, el: &Element, parent_ns: &str) {
+    write_inner(out, el, parent_ns, None)
+}
+
+fn write_inner(out: &mut String, el: &Element, parent_ns: &str, prefix: Option<&str>) {
+    out.push('<');
+    if let Some(p) = prefix {
+        out.push_str(p);
+        out.push(':');
+    }
+    out.push_str(&el.name);
+    let default_ns = if prefix.is_some() { parent_ns } else { el.ns.as_str() };
+    if prefix.is_none() && el.ns != parent_ns {
+        out.push_str(" xmlns='");
+        escape_attr(out, &el.ns);
+        out.push('\'');
+    }
+    let mut n = 0;
+    for (k, v) in &el.attrs {
+        out.push(' ');
+        if let Some(rest) = k.strip_prefix('{') {
+            // Namespaced attribute: declare a private prefix for it.
+            let (ans, local) = rest.split_once('}').unwrap_or(("", rest));
+            n += 1;
+            out.push_str(&format!("xmlns:a{n}='"));
+            escape_attr(out, ans);
+            out.push_str(&format!("' a{n}:{local}"));
+        } else {
+            out.push_str(k);
+        }
+        out.push_str("='");
+        escape_attr(out, v);
+        out.push('\'');
+    }
+    if el.children.is_empty() {
+        out.push_str("/>");
+        return;
+    }
+    out.push('>');
+    for c in &el.children {
+        match c {
+            Node::Text(t) => escape_text(out, t),
+            Node::Element(e) => write_inner(out, e, default_ns, None),
+        }
+    }
+    out.push_str("</");
+    if let Some(p) = prefix {
+        out.push_str(p);
+        out.push(':');
+    }
+    out.push_str(&el.name);
+    out.push('>');
+}
