@@ -1,3 +1,19 @@
+//! drawbridge: an XMPP server-to-server (s2s) federation server.
+//!
+//! Data flow, one module per step:
+//! socket ([`net`]) → TLS ([`net::tls`]) → XML framing ([`xml`]) → stream state machines
+//! ([`stream`], dialback in [`proto::dialback`]) → router ([`router`]) → events and the
+//! engine API ([`engine`]) → control socket ([`control`]).
+//! [`config`] turns the TOML file into typed settings; [`store`] keeps what must survive a
+//! restart; [`domain`] is the normalised key for peers.
+
+pub mod config;
+pub mod control;
 pub mod domain;
+pub mod engine;
+pub mod net;
 pub mod proto;
+pub mod router;
+pub mod store;
+pub mod stream;
 pub mod xml;

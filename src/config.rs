@@ -1,0 +1,516 @@
+//! Configuration: the TOML file (every key documented in `config.example.toml`) turned into
+//! typed [`Settings`]. Unknown keys are rejected; every error names the file and the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::Domain;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {file}: cannot read it: {err}")]
+    Read { file: String, err: std::io::Error },
+    #[error("config {file}: line {line}: {msg}")]
+    Syntax { file: String, line: usize, msg: String },
+    #[error("config {file}: key `{key}`: {msg}")]
+    Invalid { file: String, key: String, msg: String },
+}
+
+// ---- the file, as written ------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct File {
+    server: ServerFile,
+    tls: TlsFile,
+    dns: DnsFile,
+    limits: LimitsFile,
+    timeouts: TimeoutsFile,
+    log: LogFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ServerFile {
+    domains: Vec<String>,
+    listen: Vec<String>,
+    data_dir: String,
+    control_socket: Option<String>,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        ServerFile {
+            domains: vec!["localhost".into()],
+            listen: vec!["127.0.0.1:5269".into()],
+            data_dir: "./drawbridge-data".into(),
+            control_socket: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TlsFile {
+    cert: Option<String>,
+    key: Option<String>,
+    ca_file: Option<String>,
+    require_encryption: bool,
+}
+
+impl Default for TlsFile {
+    fn default() -> Self {
+        TlsFile { cert: None, key: None, ca_file: None, require_encryption: true }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct DnsFile {
+    nameservers: Vec<String>,
+    timeout: Option<String>,
+    #[serde(rename = "override")]
+    overrides: Vec<OverrideFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideFile {
+    domain: String,
+    host: String,
+    #[serde(default = "default_port")]
+    port: u16,
+}
+
+fn default_port() -> u16 {
+    5269
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsFile {
+    max_stanza_size: usize,
+    max_depth: usize,
+    outbound_queue: usize,
+    max_streams: usize,
+    max_pairs_per_stream: usize,
+    transcript_lines: usize,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        let d = Limits::default();
+        LimitsFile {
+            max_stanza_size: d.max_stanza_size,
+            max_depth: d.max_depth,
+            outbound_queue: d.outbound_queue,
+            max_streams: d.max_streams,
+            max_pairs_per_stream: d.max_pairs_per_stream,
+            transcript_lines: d.transcript_lines,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TimeoutsFile {
+    negotiation: Option<String>,
+    connect: Option<String>,
+    dialback: Option<String>,
+    close: Option<String>,
+    idle_outbound: Option<String>,
+    keepalive: Option<String>,
+    probe: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LogFile {
+    level: String,
+    file: Option<String>,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        LogFile { level: "info".into(), file: None }
+    }
+}
+
+// ---- typed settings ----------------------------------------------------------------------
+
+/// Everything the engine needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the settings came from (for messages); `None` for the built-in default.
+    pub source: Option<PathBuf>,
+    pub domains: Vec<Domain>,
+    pub listen: Vec<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub tls: TlsSettings,
+    pub dns: DnsSettings,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub log_level: String,
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// PEM certificate chain and key; both `None` → a self-signed certificate in the data dir.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub require_encryption: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DnsSettings {
+    /// Empty → the system resolver (/etc/resolv.conf).
+    pub nameservers: Vec<SocketAddr>,
+    pub timeout: Duration,
+    pub overrides: Vec<DnsOverride>,
+}
+
+/// A static target for a domain, checked before DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsOverride {
+    pub domain: Domain,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest top-level element accepted (RFC 6120 §13.12 resource exhaustion).
+    pub max_stanza_size: usize,
+    /// Deepest element nesting accepted.
+    pub max_depth: usize,
+    /// Stanzas queued per outbound domain pair before senders wait (backpressure).
+    pub outbound_queue: usize,
+    /// Concurrent streams (both directions) before new inbound connections are refused.
+    pub max_streams: usize,
+    /// Domain pairs one inbound stream may authorise (dialback piggybacking).
+    pub max_pairs_per_stream: usize,
+    /// Closed streams kept in the connection table.
+    pub transcript_lines: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stanza_size: 256 * 1024,
+            max_depth: 32,
+            outbound_queue: 1024,
+            max_streams: 10_000,
+            max_pairs_per_stream: 64,
+            transcript_lines: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// From TCP accept/connect until the stream is authenticated → `<connection-timeout/>`.
+    pub negotiation: Duration,
+    /// Per connection attempt (TCP connect to one SRV target).
+    pub connect: Duration,
+    /// Receiving server waiting for the authoritative server's `db:verify` answer.
+    pub dialback: Duration,
+    /// Waiting for the peer's `</stream:stream>` after ours.
+    pub close: Duration,
+    /// Outbound streams with no stanza for this long are closed.
+    pub idle_outbound: Duration,
+    /// Whitespace keepalive interval on idle outbound streams.
+    pub keepalive: Duration,
+    /// `ctl probe` waiting for the pong.
+    pub probe: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            negotiation: Duration::from_secs(30),
+            connect: Duration::from_secs(10),
+            dialback: Duration::from_secs(30),
+            close: Duration::from_secs(5),
+            idle_outbound: Duration::from_secs(600),
+            keepalive: Duration::from_secs(60),
+            probe: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Settings {
+    /// The built-in default: domain `localhost`, 127.0.0.1:5269, data in ./drawbridge-data.
+    pub fn builtin() -> Settings {
+        build(File::default(), None).expect("the built-in default is valid")
+    }
+
+    /// Load and validate a config file.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read { file: file.clone(), err })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+        let file = path.display().to_string();
+        let de = toml::de::Deserializer::parse(text).map_err(|e| syntax(&file, text, &e))?;
+        let parsed: File = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().to_owned();
+            let line = inner.span().map(|s| line_of(text, s.start));
+            let key = if key == "." || key.is_empty() { "(top level)".into() } else { key };
+            match line {
+                Some(l) => ConfigError::Invalid { file: file.clone(), key, msg: format!("{msg} (line {l})") },
+                None => ConfigError::Invalid { file: file.clone(), key, msg },
+            }
+        })?;
+        build(parsed, Some(path))
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+fn syntax(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+    ConfigError::Syntax { file: file.to_owned(), line, msg: e.message().trim().replace('\n', " ") }
+}
+
+/// Parse "30s", "5m", "2h", "250ms" or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (use e.g. \"30s\", \"5m\", \"250ms\")"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        u => return Err(format!("unknown unit {u:?} in {s:?} (use ms, s, m, h or d)")),
+    };
+    if !(0.0..=1e9).contains(&secs) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
+    let file = path.map_or("(built-in default)".to_owned(), |p| p.display().to_string());
+    let bad = |key: &str, msg: String| ConfigError::Invalid { file: file.clone(), key: key.to_owned(), msg };
+    let base = path.and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let resolve = |p: &str| -> PathBuf {
+        let p = PathBuf::from(p);
+        if p.is_absolute() || path.is_none() { p } else { base.join(p) }
+    };
+
+    if f.server.domains.is_empty() {
+        return Err(bad("server.domains", "at least one hosted domain is required".into()));
+    }
+    let mut domains = Vec::new();
+    for (i, d) in f.server.domains.iter().enumerate() {
+        let dom = Domain::parse(d).map_err(|e| bad(&format!("server.domains[{i}]"), format!("{d:?}: {e}")))?;
+        if domains.contains(&dom) {
+            return Err(bad(&format!("server.domains[{i}]"), format!("{d:?} is listed twice")));
+        }
+        domains.push(dom);
+    }
+    let mut listen = Vec::new();
+    for (i, a) in f.server.listen.iter().enumerate() {
+        let addr: SocketAddr =
+            a.parse().map_err(|_| bad(&format!("server.listen[{i}]"), format!("{a:?} is not an address like \"127.0.0.1:5269\" or \"[::]:5269\"")))?;
+        listen.push(addr);
+    }
+    if f.server.data_dir.trim().is_empty() {
+        return Err(bad("server.data_dir", "must not be empty".into()));
+    }
+    let data_dir = resolve(&f.server.data_dir);
+    let control_socket = match &f.server.control_socket {
+        Some(s) if s.trim().is_empty() => return Err(bad("server.control_socket", "must not be empty".into())),
+        Some(s) => resolve(s),
+        None => data_dir.join("control.sock"),
+    };
+
+    let tls = TlsSettings {
+        cert: f.tls.cert.as_deref().map(resolve),
+        key: f.tls.key.as_deref().map(resolve),
+        ca_file: f.tls.ca_file.as_deref().map(resolve),
+        require_encryption: f.tls.require_encryption,
+    };
+    match (&tls.cert, &tls.key) {
+        (Some(_), None) => return Err(bad("tls.key", "tls.cert is set, so tls.key (the PEM private key) is required".into())),
+        (None, Some(_)) => return Err(bad("tls.cert", "tls.key is set, so tls.cert (the PEM certificate chain) is required".into())),
+        _ => {}
+    }
+
+    let mut nameservers = Vec::new();
+    for (i, n) in f.dns.nameservers.iter().enumerate() {
+        let addr = n
+            .parse::<SocketAddr>()
+            .or_else(|_| n.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+            .map_err(|_| bad(&format!("dns.nameservers[{i}]"), format!("{n:?} is not an IP address (optionally with :port)")))?;
+        nameservers.push(addr);
+    }
+    let mut overrides = Vec::new();
+    for (i, o) in f.dns.overrides.iter().enumerate() {
+        let domain = Domain::parse(&o.domain).map_err(|e| bad(&format!("dns.override[{i}].domain"), format!("{:?}: {e}", o.domain)))?;
+        if o.host.trim().is_empty() {
+            return Err(bad(&format!("dns.override[{i}].host"), "must name a host or IP address".into()));
+        }
+        if o.port == 0 {
+            return Err(bad(&format!("dns.override[{i}].port"), "must be 1-65535".into()));
+        }
+        overrides.push(DnsOverride { domain, host: o.host.clone(), port: o.port });
+    }
+    let dur = |key: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => {
+                let d = parse_duration(s).map_err(|m| bad(key, m))?;
+                if d.is_zero() {
+                    return Err(bad(key, "must be greater than zero".into()));
+                }
+                Ok(d)
+            }
+        }
+    };
+    let dns = DnsSettings { nameservers, timeout: dur("dns.timeout", &f.dns.timeout, Duration::from_secs(5))?, overrides };
+
+    let l = &f.limits;
+    for (key, v, min) in [
+        ("limits.max_stanza_size", l.max_stanza_size, 4096),
+        ("limits.max_depth", l.max_depth, 4),
+        ("limits.outbound_queue", l.outbound_queue, 1),
+        ("limits.max_streams", l.max_streams, 1),
+        ("limits.max_pairs_per_stream", l.max_pairs_per_stream, 1),
+        ("limits.transcript_lines", l.transcript_lines, 0),
+    ] {
+        if v < min {
+            return Err(bad(key, format!("{v} is too small (at least {min})")));
+        }
+    }
+    let limits = Limits {
+        max_stanza_size: l.max_stanza_size,
+        max_depth: l.max_depth,
+        outbound_queue: l.outbound_queue,
+        max_streams: l.max_streams,
+        max_pairs_per_stream: l.max_pairs_per_stream,
+        transcript_lines: l.transcript_lines,
+    };
+    let d = Timeouts::default();
+    let t = &f.timeouts;
+    let timeouts = Timeouts {
+        negotiation: dur("timeouts.negotiation", &t.negotiation, d.negotiation)?,
+        connect: dur("timeouts.connect", &t.connect, d.connect)?,
+        dialback: dur("timeouts.dialback", &t.dialback, d.dialback)?,
+        close: dur("timeouts.close", &t.close, d.close)?,
+        idle_outbound: dur("timeouts.idle_outbound", &t.idle_outbound, d.idle_outbound)?,
+        keepalive: dur("timeouts.keepalive", &t.keepalive, d.keepalive)?,
+        probe: dur("timeouts.probe", &t.probe, d.probe)?,
+    };
+    if !matches!(f.log.level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
+        return Err(bad("log.level", format!("{:?} is not one of error, warn, info, debug, trace", f.log.level)));
+    }
+    Ok(Settings {
+        source: path.map(Path::to_path_buf),
+        domains,
+        listen,
+        data_dir,
+        control_socket,
+        tls,
+        dns,
+        limits,
+        timeouts,
+        log_level: f.log.level,
+        log_file: f.log.file.as_deref().map(resolve),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Settings::parse(text, Path::new("/etc/drawbridge.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn builtin_default() {
+        let s = Settings::builtin();
+        assert_eq!(s.domains[0].as_str(), "localhost");
+        assert_eq!(s.listen, vec!["127.0.0.1:5269".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(s.data_dir, PathBuf::from("./drawbridge-data"));
+        assert!(s.tls.require_encryption);
+        assert_eq!(s.limits.max_stanza_size, 256 * 1024);
+        assert_eq!(s.timeouts.negotiation, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn full_file() {
+        let s = Settings::parse(
+            r#"
+            [server]
+            domains = ["a.test", "B.test"]
+            listen = ["127.0.0.1:5270"]
+            data_dir = "data"
+            [tls]
+            require_encryption = false
+            [dns]
+            nameservers = ["127.0.0.1:5353"]
+            [[dns.override]]
+            domain = "c.test"
+            host = "127.0.0.9"
+            port = 5299
+            [timeouts]
+            dialback = "250ms"
+            "#,
+            Path::new("/etc/db/conf.toml"),
+        )
+        .unwrap();
+        assert_eq!(s.domains[1].as_str(), "b.test");
+        assert_eq!(s.data_dir, PathBuf::from("/etc/db/data"));
+        assert_eq!(s.control_socket, PathBuf::from("/etc/db/data/control.sock"));
+        assert_eq!(s.dns.overrides[0].port, 5299);
+        assert_eq!(s.timeouts.dialback, Duration::from_millis(250));
+        assert!(!s.tls.require_encryption);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = err("[server]\ndomain = [\"x\"]\n");
+        assert!(e.starts_with("config /etc/drawbridge.toml: key `server.domain`"), "{e}");
+        assert!(e.contains("unknown field `domain`"), "{e}");
+        let e = err("[server]\nlisten = [\"nope\"]\n");
+        assert!(e.contains("key `server.listen[0]`") && e.contains("\"nope\""), "{e}");
+        let e = err("[timeouts]\nnegotiation = \"5 parsecs\"\n");
+        assert!(e.contains("key `timeouts.negotiation`"), "{e}");
+        let e = err("[limits]\nmax_stanza_size = \"big\"\n");
+        assert!(e.contains("key `limits.max_stanza_size`"), "{e}");
+        let e = err("[server\n");
+        assert!(e.contains("config /etc/drawbridge.toml: line 1"), "{e}");
+        let e = err("[tls]\ncert = \"c.pem\"\n");
+        assert!(e.contains("key `tls.key`"), "{e}");
+        let e = err("[[dns.override]]\ndomain = \"a b\"\nhost = \"h\"\n");
+        assert!(e.contains("key `dns.override[0].domain`"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("3y").is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! What the engine tells the world: events, and the serialisable views of streams.
+
+use serde::{Deserialize, Serialize};
+
+use crate::net::tls::PeerCertInfo;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    In,
+    Out,
+}
+
+/// Life cycle of a stream as the connection table shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnState {
+    Connecting,
+    Tls,
+    Authenticating,
+    Established,
+    Closing,
+    Closed,
+}
+
+impl ConnState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnState::Connecting => "connecting",
+            ConnState::Tls => "tls",
+            ConnState::Authenticating => "authenticating",
+            ConnState::Established => "established",
+            ConnState::Closing => "closing",
+            ConnState::Closed => "closed",
+        }
+    }
+}
+
+/// How a domain pair was authenticated on a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    Dialback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PairStatus {
+    /// Dialback under way (XEP-0220: `db:result` sent or received, no answer yet).
+    Pending,
+    Valid,
+}
+
+/// One (local, remote) domain pair on a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairInfo {
+    pub local: String,
+    pub remote: String,
+    pub status: PairStatus,
+    pub method: AuthMethod,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
+    pub peer_cert: Option<PeerCertInfo>,
+}
+
+/// A stream as seen in the connection table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnSnapshot {
+    pub id: String,
+    pub direction: Direction,
+    pub local: Option<String>,
+    pub remote: Option<String>,
+    pub peer_addr: Option<String>,
+    pub state: ConnState,
+    /// The XMPP stream id (ours for inbound streams, the peer's for outbound).
+    pub stream_id: Option<String>,
+    pub tls: Option<TlsInfo>,
+    pub pairs: Vec<PairInfo>,
+    /// Unix milliseconds.
+    pub opened_ms: u64,
+    pub last_activity_ms: u64,
+    pub stanzas_in: u64,
+    pub stanzas_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub close_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerificationResult {
+    Valid,
+    Invalid,
+    Error,
+    Timeout,
+}
+
+/// The result of authenticating one remote domain on one stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationOutcome {
+    pub time_ms: u64,
+    pub stream: String,
+    pub direction: Direction,
+    pub local: String,
+    pub remote: String,
+    pub method: AuthMethod,
+    pub result: VerificationResult,
+    /// In words an operator can act on.
+    pub reason: String,
+    pub peer_addr: Option<String>,
+}
+
+/// Engine events (lossy broadcast: the engine never waits for listeners).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    StreamOpened { stream: ConnSnapshot },
+    StateChanged { id: String, state: ConnState },
+    PairAuthorised { id: String, local: String, remote: String, method: AuthMethod },
+    Verification { outcome: VerificationOutcome },
+    /// Periodic counters of live streams that changed.
+    Counters { streams: Vec<StreamCounters> },
+    StreamClosed { stream: ConnSnapshot },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamCounters {
+    pub id: String,
+    pub stanzas_in: u64,
+    pub stanzas_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,368 @@
+//! The engine: one API (commands + a lossy event stream) over the running server. The
+//! control socket and, later, the dashboard are built only on this.
+
+pub mod events;
+pub mod table;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::domain::Domain;
+use crate::net::resolve::Resolver;
+use crate::net::tls::TlsContext;
+use crate::proto::ns;
+use crate::proto::stanza::error_of;
+use crate::router::Router;
+use crate::store::Store;
+use crate::xml::Element;
+use events::*;
+use table::ConnTable;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::TlsError),
+    #[error(transparent)]
+    Dns(#[from] crate::net::resolve::ResolveError),
+    #[error("cannot listen on {addr}: {err} (check server.listen)")]
+    Listen { addr: SocketAddr, err: std::io::Error },
+    #[error("control socket {path}: {err} (check server.control_socket)")]
+    Control { path: String, err: std::io::Error },
+}
+
+/// State shared by every task.
+pub struct Shared {
+    pub settings: Settings,
+    pub tls: TlsContext,
+    pub resolver: Resolver,
+    pub secret: Vec<u8>,
+    pub table: ConnTable,
+    pub events: broadcast::Sender<Event>,
+    pub router: Router,
+    pub shutdown: CancellationToken,
+    pub started: Instant,
+    pub listening: Vec<SocketAddr>,
+    outcomes: Mutex<VecDeque<VerificationOutcome>>,
+    _store: Store,
+}
+
+impl Shared {
+    pub fn is_hosted(&self, d: &Domain) -> bool {
+        self.settings.domains.iter().any(|h| h == d)
+    }
+
+    /// Record a verification outcome (kept in memory, bounded; persisted in a later version).
+    pub fn record_outcome(&self, outcome: VerificationOutcome) {
+        let level_valid = outcome.result == VerificationResult::Valid;
+        if level_valid {
+            tracing::info!(stream = %outcome.stream, local = %outcome.local, remote = %outcome.remote, "verified {}: {}", outcome.remote, outcome.reason);
+        } else {
+            tracing::warn!(stream = %outcome.stream, local = %outcome.local, remote = %outcome.remote, result = ?outcome.result, "verification of {} failed: {}", outcome.remote, outcome.reason);
+        }
+        {
+            let mut q = self.outcomes.lock().unwrap();
+            if q.len() >= 1000 {
+                q.pop_front();
+            }
+            q.push_back(outcome.clone());
+        }
+        let _ = self.events.send(Event::Verification { outcome });
+    }
+
+    pub fn outcomes(&self) -> Vec<VerificationOutcome> {
+        self.outcomes.lock().unwrap().iter().cloned().collect()
+    }
+}
+
+/// `ctl status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub domains: Vec<String>,
+    pub listen: Vec<String>,
+    pub uptime_s: u64,
+    pub streams_in: usize,
+    pub streams_out: usize,
+    pub established: usize,
+    pub require_encryption: bool,
+}
+
+/// `ctl probe`: the outcome of an XEP-0199 ping over federation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeReport {
+    pub ok: bool,
+    pub from: String,
+    pub to: String,
+    pub rtt_ms: Option<f64>,
+    pub stream: Option<String>,
+    pub peer_addr: Option<String>,
+    pub auth: Option<String>,
+    pub tls: Option<String>,
+    /// Why it failed, in words.
+    pub error: Option<String>,
+}
+
+/// The running server.
+pub struct Engine {
+    pub shared: Arc<Shared>,
+    tasks: JoinSet<()>,
+}
+
+impl Engine {
+    /// Open the store, load TLS, bind the listeners and start accepting.
+    pub async fn start(settings: Settings) -> Result<Engine, EngineError> {
+        let store = Store::open(&settings.data_dir)?;
+        let secret = store.dialback_secret()?;
+        let tls = TlsContext::load(&settings.tls, &settings.domains, &settings.data_dir)?;
+        let resolver = Resolver::new(&settings.dns)?;
+        let mut listeners = Vec::new();
+        let mut listening = Vec::new();
+        for addr in &settings.listen {
+            let l = TcpListener::bind(addr).await.map_err(|err| EngineError::Listen { addr: *addr, err })?;
+            listening.push(l.local_addr().map_err(|err| EngineError::Listen { addr: *addr, err })?);
+            listeners.push(l);
+        }
+        let (events, _) = broadcast::channel(4096);
+        let shutdown = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            table: ConnTable::new(events.clone(), settings.limits.transcript_lines),
+            settings,
+            tls,
+            resolver,
+            secret,
+            events,
+            router: Router::new(),
+            shutdown,
+            started: Instant::now(),
+            listening,
+            outcomes: Mutex::new(VecDeque::new()),
+            _store: store,
+        });
+        let mut tasks = JoinSet::new();
+        for l in listeners {
+            tasks.spawn(accept_loop(shared.clone(), l));
+        }
+        tasks.spawn(counters_loop(shared.clone()));
+        tracing::info!(
+            domains = %shared.settings.domains.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(","),
+            listen = ?shared.listening,
+            "drawbridge started"
+        );
+        Ok(Engine { shared, tasks })
+    }
+
+    /// Serve the control socket at the configured path.
+    pub fn serve_control(&mut self) -> Result<(), EngineError> {
+        let l = crate::control::bind(&self.shared.settings.control_socket)
+            .map_err(|err| EngineError::Control { path: self.shared.settings.control_socket.display().to_string(), err })?;
+        self.tasks.spawn(crate::control::serve(self.shared.clone(), l));
+        Ok(())
+    }
+
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.shared.listening
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    pub fn status(&self) -> Status {
+        status(&self.shared)
+    }
+
+    pub fn connections(&self, include_closed: bool) -> Vec<ConnSnapshot> {
+        self.shared.table.snapshots(include_closed)
+    }
+
+    pub async fn probe(&self, domain: &str, from: Option<&str>) -> ProbeReport {
+        probe(&self.shared, domain, from).await
+    }
+
+    /// Close every stream (`<system-shutdown/>`) and stop, bounded by the close timeout.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.cancel();
+        let limit = self.shared.settings.timeouts.close + Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.shared.table.live_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.tasks.shutdown().await;
+        let _ = std::fs::remove_file(&self.shared.settings.control_socket);
+    }
+}
+
+pub fn status(shared: &Shared) -> Status {
+    let snaps = shared.table.snapshots(false);
+    Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        domains: shared.settings.domains.iter().map(|d| d.to_string()).collect(),
+        listen: shared.listening.iter().map(|a| a.to_string()).collect(),
+        uptime_s: shared.started.elapsed().as_secs(),
+        streams_in: snaps.iter().filter(|s| s.direction == Direction::In).count(),
+        streams_out: snaps.iter().filter(|s| s.direction == Direction::Out).count(),
+        established: snaps.iter().filter(|s| s.state == ConnState::Established).count(),
+        require_encryption: shared.settings.tls.require_encryption,
+    }
+}
+
+/// Close a stream by id (operator action).
+pub fn close_stream(shared: &Shared, id: &str, reason: &str) -> bool {
+    match shared.table.get(id) {
+        Some(e) => {
+            e.request_close(reason);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Send an XEP-0199 ping from a hosted domain to `domain` and report what happened.
+pub async fn probe(shared: &Arc<Shared>, domain: &str, from: Option<&str>) -> ProbeReport {
+    let mut report = ProbeReport {
+        ok: false,
+        from: String::new(),
+        to: domain.to_owned(),
+        rtt_ms: None,
+        stream: None,
+        peer_addr: None,
+        auth: None,
+        tls: None,
+        error: None,
+    };
+    let to = match Domain::parse(domain) {
+        Ok(d) => d,
+        Err(e) => {
+            report.error = Some(format!("{domain:?} is not a valid domain: {e}"));
+            return report;
+        }
+    };
+    let from = match from {
+        Some(f) => match Domain::parse(f) {
+            Ok(d) if shared.is_hosted(&d) => d,
+            _ => {
+                report.error = Some(format!("--from {f}: not a hosted domain (server.domains)"));
+                return report;
+            }
+        },
+        None => shared.settings.domains[0].clone(),
+    };
+    report.from = from.to_string();
+    let id = format!("probe-{}", table::random_id());
+    let ping = Element::new("iq", ns::SERVER)
+        .attr("type", "get")
+        .attr("id", id.clone())
+        .attr("from", from.to_string())
+        .attr("to", to.to_string())
+        .child(Element::new("ping", ns::PING));
+    let rx = shared.router.local.expect_reply(&id);
+    let t0 = Instant::now();
+    shared.router.route(shared, ping).await;
+    let limit = shared.settings.timeouts.probe;
+    let reply = tokio::time::timeout(limit, rx).await;
+    let rtt = t0.elapsed();
+    shared.router.local.forget(&id);
+    if let Some(h) = shared.router.existing(&from, &to) {
+        let snap = h.entry.snapshot();
+        report.stream = Some(snap.id.clone());
+        report.peer_addr = snap.peer_addr.clone();
+        report.tls = snap.tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher));
+        report.auth = snap
+            .pairs
+            .iter()
+            .find(|p| p.remote == to.as_str())
+            .map(|p| format!("{} ({})", serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(), serde_json::to_value(p.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()));
+    }
+    match reply {
+        Ok(Ok(el)) => match error_of(&el) {
+            None => {
+                report.ok = true;
+                report.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+            }
+            Some((cond, text)) => {
+                report.error = Some(match text {
+                    Some(t) => format!("stanza error <{cond}/>: {t}"),
+                    None => format!("stanza error <{cond}/> from {to}"),
+                });
+            }
+        },
+        Ok(Err(_)) => report.error = Some("the probe was dropped".into()),
+        Err(_) => {
+            let state = report.stream.as_ref().and_then(|s| shared.table.get(s)).map(|e| e.state().as_str()).unwrap_or("none");
+            report.error = Some(format!("no answer within {}s (timeouts.probe); outbound stream state: {state}", limit.as_secs()));
+        }
+    }
+    report
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                if shared.table.live_count() >= shared.settings.limits.max_streams {
+                    tracing::warn!(%peer, limit = shared.settings.limits.max_streams, "refusing a connection: too many streams (limits.max_streams)");
+                    drop(tcp);
+                    continue;
+                }
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(crate::stream::inbound::run(shared.clone(), tcp, peer));
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Every second, publish the counters of streams that changed (the lossy event channel
+/// keeps stanza paths free of per-stanza events).
+async fn counters_loop(shared: Arc<Shared>) {
+    let mut last: std::collections::HashMap<String, (u64, u64)> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if shared.events.receiver_count() == 0 {
+            continue;
+        }
+        let mut changed = Vec::new();
+        let mut seen = std::collections::HashMap::new();
+        for e in shared.table.live() {
+            let c = &e.counters;
+            let s = StreamCounters {
+                id: e.id.clone(),
+                stanzas_in: c.stanzas_in.load(std::sync::atomic::Ordering::Relaxed),
+                stanzas_out: c.stanzas_out.load(std::sync::atomic::Ordering::Relaxed),
+                bytes_in: c.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+                bytes_out: c.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
+            };
+            let key = (s.bytes_in, s.bytes_out);
+            if last.get(&s.id) != Some(&key) {
+                changed.push(s.clone());
+            }
+            seen.insert(s.id, key);
+        }
+        last = seen;
+        if !changed.is_empty() {
+            let _ = shared.events.send(Event::Counters { streams: changed });
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The connection table: every live stream plus recently closed ones. The table's lock is
+//! taken on open, state change and close — never per stanza: counters are atomics in each
+//! stream's own entry.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::events::*;
+use crate::domain::Domain;
+
+/// Per-stream counters, updated by the stream's own task.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub stanzas_in: AtomicU64,
+    pub stanzas_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub last_activity_ms: AtomicU64,
+}
+
+/// One stream's entry, shared between its task and the table.
+#[derive(Debug)]
+pub struct ConnEntry {
+    pub id: String,
+    pub direction: Direction,
+    pub opened_ms: u64,
+    pub counters: Counters,
+    info: Mutex<Info>,
+    /// Cancelled to make the stream close (operator `close`, shutdown); the reason is in
+    /// `close_request`.
+    pub cancel: CancellationToken,
+    close_request: Mutex<Option<String>>,
+    events: broadcast::Sender<Event>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Info {
+    local: Option<String>,
+    remote: Option<String>,
+    peer_addr: Option<String>,
+    state: Option<ConnState>,
+    stream_id: Option<String>,
+    tls: Option<TlsInfo>,
+    pairs: Vec<PairInfo>,
+    close_reason: Option<String>,
+}
+
+impl ConnEntry {
+    pub fn snapshot(&self) -> ConnSnapshot {
+        let i = self.info.lock().unwrap().clone();
+        let c = &self.counters;
+        ConnSnapshot {
+            id: self.id.clone(),
+            direction: self.direction,
+            local: i.local,
+            remote: i.remote,
+            peer_addr: i.peer_addr,
+            state: i.state.unwrap_or(ConnState::Connecting),
+            stream_id: i.stream_id,
+            tls: i.tls,
+            pairs: i.pairs,
+            opened_ms: self.opened_ms,
+            last_activity_ms: c.last_activity_ms.load(Ordering::Relaxed),
+            stanzas_in: c.stanzas_in.load(Ordering::Relaxed),
+            stanzas_out: c.stanzas_out.load(Ordering::Relaxed),
+            bytes_in: c.bytes_in.load(Ordering::Relaxed),
+            bytes_out: c.bytes_out.load(Ordering::Relaxed),
+            close_reason: i.close_reason,
+        }
+    }
+
+    pub fn state(&self) -> ConnState {
+        self.info.lock().unwrap().state.unwrap_or(ConnState::Connecting)
+    }
+
+    pub fn set_state(&self, state: ConnState) {
+        {
+            let mut i = self.info.lock().unwrap();
+            if i.state == Some(state) {
+                return;
+            }
+            i.state = Some(state);
+        }
+        let _ = self.events.send(Event::StateChanged { id: self.id.clone(), state });
+    }
+
+    pub fn set_domains(&self, local: Option<&str>, remote: Option<&str>) {
+        let mut i = self.info.lock().unwrap();
+        if let Some(l) = local {
+            i.local = Some(l.to_owned());
+        }
+        if let Some(r) = remote {
+            i.remote = Some(r.to_owned());
+        }
+    }
+
+    pub fn set_peer_addr(&self, addr: SocketAddr) {
+        self.info.lock().unwrap().peer_addr = Some(addr.to_string());
+    }
+
+    pub fn set_stream_id(&self, id: &str) {
+        self.info.lock().unwrap().stream_id = Some(id.to_owned());
+    }
+
+    pub fn set_tls(&self, tls: TlsInfo) {
+        self.info.lock().unwrap().tls = Some(tls);
+    }
+
+    /// Forget what was learned before a stream restart (STARTTLS).
+    pub fn reset_pairs(&self) {
+        self.info.lock().unwrap().pairs.clear();
+    }
+
+    pub fn set_pair(&self, local: &Domain, remote: &Domain, status: PairStatus, method: AuthMethod) {
+        {
+            let mut i = self.info.lock().unwrap();
+            match i.pairs.iter_mut().find(|p| p.local == local.as_str() && p.remote == remote.as_str()) {
+                Some(p) => {
+                    p.status = status;
+                    p.method = method;
+                }
+                None => i.pairs.push(PairInfo { local: local.to_string(), remote: remote.to_string(), status, method }),
+            }
+        }
+        if status == PairStatus::Valid {
+            let _ = self.events.send(Event::PairAuthorised {
+                id: self.id.clone(),
+                local: local.to_string(),
+                remote: remote.to_string(),
+                method,
+            });
+        }
+    }
+
+    pub fn remove_pair(&self, local: &Domain, remote: &Domain) {
+        self.info.lock().unwrap().pairs.retain(|p| !(p.local == local.as_str() && p.remote == remote.as_str()));
+    }
+
+    pub fn peer_addr(&self) -> Option<String> {
+        self.info.lock().unwrap().peer_addr.clone()
+    }
+
+    /// Ask the stream to close; its task picks the reason up.
+    pub fn request_close(&self, reason: &str) {
+        *self.close_request.lock().unwrap() = Some(reason.to_owned());
+        self.cancel.cancel();
+    }
+
+    pub fn close_request(&self) -> Option<String> {
+        self.close_request.lock().unwrap().clone()
+    }
+
+    pub fn touch_in(&self, bytes: usize) {
+        self.counters.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.counters.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn touch_out(&self, bytes: usize) {
+        self.counters.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.counters.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn stanza_in(&self) {
+        self.counters.stanzas_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stanza_out(&self) {
+        self.counters.stanzas_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn emit(&self, ev: Event) {
+        let _ = self.events.send(ev);
+    }
+}
+
+/// All streams.
+pub struct ConnTable {
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<Event>,
+    keep_closed: usize,
+}
+
+struct Inner {
+    live: HashMap<String, Arc<ConnEntry>>,
+    closed: VecDeque<ConnSnapshot>,
+}
+
+impl ConnTable {
+    pub fn new(events: broadcast::Sender<Event>, keep_closed: usize) -> Self {
+        ConnTable { inner: Mutex::new(Inner { live: HashMap::new(), closed: VecDeque::new() }), events, keep_closed }
+    }
+
+    /// Register a new stream; it stays until [`ConnTable::close`].
+    pub fn open(&self, direction: Direction, parent: &CancellationToken) -> Arc<ConnEntry> {
+        let entry = Arc::new(ConnEntry {
+            id: random_id(),
+            direction,
+            opened_ms: now_ms(),
+            counters: Counters::default(),
+            info: Mutex::new(Info::default()),
+            cancel: parent.child_token(),
+            close_request: Mutex::new(None),
+            events: self.events.clone(),
+        });
+        entry.counters.last_activity_ms.store(entry.opened_ms, Ordering::Relaxed);
+        self.inner.lock().unwrap().live.insert(entry.id.clone(), entry.clone());
+        let _ = self.events.send(Event::StreamOpened { stream: entry.snapshot() });
+        entry
+    }
+
+    /// Move a stream to the closed list with its final figures.
+    pub fn close(&self, entry: &ConnEntry, reason: &str) {
+        let snap = {
+            let mut i = entry.info.lock().unwrap();
+            i.state = Some(ConnState::Closed);
+            if i.close_reason.is_none() {
+                i.close_reason = Some(reason.to_owned());
+            }
+            drop(i);
+            entry.snapshot()
+        };
+        {
+            let mut inner = self.inner.lock().unwrap();
+            if inner.live.remove(&entry.id).is_none() {
+                return;
+            }
+            if self.keep_closed > 0 {
+                if inner.closed.len() >= self.keep_closed {
+                    inner.closed.pop_front();
+                }
+                inner.closed.push_back(snap.clone());
+            }
+        }
+        let _ = self.events.send(Event::StreamClosed { stream: snap });
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<ConnEntry>> {
+        self.inner.lock().unwrap().live.get(id).cloned()
+    }
+
+    pub fn live(&self) -> Vec<Arc<ConnEntry>> {
+        self.inner.lock().unwrap().live.values().cloned().collect()
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.inner.lock().unwrap().live.len()
+    }
+
+    pub fn snapshots(&self, include_closed: bool) -> Vec<ConnSnapshot> {
+        let (live, closed): (Vec<_>, Vec<_>) = {
+            let inner = self.inner.lock().unwrap();
+            (inner.live.values().cloned().collect(), if include_closed { inner.closed.iter().cloned().collect() } else { Vec::new() })
+        };
+        let mut v: Vec<ConnSnapshot> = live.iter().map(|e| e.snapshot()).collect();
+        v.sort_by_key(|s| s.opened_ms);
+        v.extend(closed);
+        v
+    }
+
+    pub fn closed(&self) -> Vec<ConnSnapshot> {
+        self.inner.lock().unwrap().closed.iter().cloned().collect()
+    }
+}
+
+/// A random 128-bit identifier, hex (RFC 6120 §4.7.3: stream ids must be unpredictable).
+pub fn random_id() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("OS randomness");
+    crate::proto::dialback::hex(&b)
+}

@@ -1,0 +1,5 @@
+//! The network edge: finding peers (DNS SRV), connecting to them, and TLS.
+
+pub mod dial;
+pub mod resolve;
+pub mod tls;

@@ -1,0 +1,259 @@
+//! TLS (tokio-rustls, ring provider): our certificate per hosted domain, permissive peer
+//! verifiers that still check handshake signatures, and the facts recorded about a peer's
+//! certificate.
+//!
+//! Peer certificates are *recorded* here, not judged: authentication is dialback in this
+//! version (certificate verification is a later step). The verifiers therefore let every
+//! handshake finish, as ../shared/stack.md advises, so dialback can follow.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+use crate::config::TlsSettings;
+use crate::domain::Domain;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS certificate {path}: {msg} (check tls.cert)")]
+    Cert { path: PathBuf, msg: String },
+    #[error("TLS key {path}: {msg} (check tls.key)")]
+    Key { path: PathBuf, msg: String },
+    #[error("cannot create the self-signed certificate in {path}: {msg}")]
+    SelfSigned { path: PathBuf, msg: String },
+    #[error("TLS setup: {0}")]
+    Setup(String),
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Facts about a peer certificate, for the connection table and operators.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerCertInfo {
+    pub subject: String,
+    pub issuer: String,
+    /// DNS names from the subjectAltName extension.
+    pub names: Vec<String>,
+    pub not_after: String,
+    /// SHA-256 of the DER certificate, hex, colon-separated.
+    pub fingerprint_sha256: String,
+}
+
+impl PeerCertInfo {
+    pub fn from_der(der: &[u8]) -> PeerCertInfo {
+        let fp = Sha256::digest(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
+        match x509_parser::parse_x509_certificate(der) {
+            Ok((_, cert)) => {
+                let mut names = Vec::new();
+                if let Ok(Some(san)) = cert.subject_alternative_name() {
+                    for n in &san.value.general_names {
+                        if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                            names.push((*d).to_owned());
+                        }
+                    }
+                }
+                PeerCertInfo {
+                    subject: cert.subject().to_string(),
+                    issuer: cert.issuer().to_string(),
+                    names,
+                    not_after: cert.validity().not_after.to_string(),
+                    fingerprint_sha256: fp,
+                }
+            }
+            Err(e) => PeerCertInfo {
+                subject: format!("(unparseable certificate: {e})"),
+                issuer: String::new(),
+                names: Vec::new(),
+                not_after: String::new(),
+                fingerprint_sha256: fp,
+            },
+        }
+    }
+}
+
+/// TLS version and cipher suite of an established session.
+pub fn session_facts(conn: &rustls::CommonState) -> (String, String) {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".to_owned(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLS 1.2".to_owned(),
+        Some(v) => format!("{v:?}"),
+        None => "unknown".into(),
+    };
+    let cipher = conn.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default();
+    (version, cipher)
+}
+
+/// Everything TLS needs, built once at start.
+pub struct TlsContext {
+    server: HashMap<Domain, Arc<ServerConfig>>,
+    client: HashMap<Domain, Arc<ClientConfig>>,
+    default_domain: Domain,
+    /// The certificate chain we present (for the operator).
+    pub our_cert: PeerCertInfo,
+}
+
+impl TlsContext {
+    /// Load `[tls] cert/key`, or create (once) and reuse a self-signed certificate for the
+    /// hosted domains in `data_dir/tls/`.
+    pub fn load(settings: &TlsSettings, domains: &[Domain], data_dir: &Path) -> Result<TlsContext, TlsError> {
+        let (cert_path, key_path) = match (&settings.cert, &settings.key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => ensure_self_signed(domains, &data_dir.join("tls"))?,
+        };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+            .map_err(|e| TlsError::Cert { path: cert_path.clone(), msg: e.to_string() })?
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::Cert { path: cert_path.clone(), msg: e.to_string() })?;
+        if chain.is_empty() {
+            return Err(TlsError::Cert { path: cert_path, msg: "no PEM certificate found".into() });
+        }
+        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| TlsError::Key { path: key_path.clone(), msg: e.to_string() })?;
+        Self::from_parts(chain, key, domains).map_err(|e| match e {
+            TlsError::Setup(msg) => TlsError::Key { path: key_path, msg },
+            e => e,
+        })
+    }
+
+    pub fn from_parts(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, domains: &[Domain]) -> Result<TlsContext, TlsError> {
+        let provider = provider();
+        let signing = provider.key_provider.load_private_key(key.clone_key()).map_err(|e| TlsError::Setup(e.to_string()))?;
+        let certified = Arc::new(CertifiedKey::new(chain.clone(), signing));
+        let our_cert = PeerCertInfo::from_der(&chain[0]);
+        let algs = provider.signature_verification_algorithms;
+        let mut server = HashMap::new();
+        let mut client = HashMap::new();
+        for d in domains {
+            // One chain serves every hosted domain today; the map is per domain so each can
+            // get its own certificate without touching the stream code.
+            let resolver = Arc::new(DomainCert { by_name: HashMap::from([(d.to_string(), certified.clone())]), fallback: certified.clone() });
+            let sc = ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| TlsError::Setup(e.to_string()))?
+                .with_client_cert_verifier(Arc::new(RecordingVerifier { algs }))
+                .with_cert_resolver(resolver);
+            server.insert(d.clone(), Arc::new(sc));
+            let cc = ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| TlsError::Setup(e.to_string()))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(RecordingVerifier { algs }))
+                .with_client_auth_cert(chain.clone(), key.clone_key())
+                .map_err(|e| TlsError::Setup(e.to_string()))?;
+            client.insert(d.clone(), Arc::new(cc));
+        }
+        Ok(TlsContext { server, client, default_domain: domains[0].clone(), our_cert })
+    }
+
+    /// Server config for a stream addressed to `local` (the header's `to`, since some peers,
+    /// Prosody among them, send no SNI).
+    pub fn server_config(&self, local: &Domain) -> Arc<ServerConfig> {
+        self.server.get(local).or_else(|| self.server.get(&self.default_domain)).cloned().expect("a config per hosted domain")
+    }
+
+    pub fn client_config(&self, local: &Domain) -> Arc<ClientConfig> {
+        self.client.get(local).or_else(|| self.client.get(&self.default_domain)).cloned().expect("a config per hosted domain")
+    }
+}
+
+/// Creates the self-signed certificate on first start and keeps it.
+fn ensure_self_signed(domains: &[Domain], dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    let err = |msg: String| TlsError::SelfSigned { path: dir.to_owned(), msg };
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let mut names = Vec::new();
+    for d in domains {
+        names.push(d.to_string());
+        names.push(format!("*.{d}"));
+    }
+    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| err(e.to_string()))?;
+    write_private(&key, ck.signing_key.serialize_pem().as_bytes()).map_err(|e| err(e.to_string()))?;
+    std::fs::write(&cert, ck.cert.pem()).map_err(|e| err(e.to_string()))?;
+    tracing::info!(cert = %cert.display(), "created a self-signed certificate for {}", domains.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", "));
+    Ok((cert, key))
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// Serves our certificate by SNI, else for the stream's hosted domain.
+#[derive(Debug)]
+struct DomainCert {
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    fallback: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for DomainCert {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match hello.server_name() {
+            Some(sni) => Some(self.by_name.get(&sni.to_ascii_lowercase()).unwrap_or(&self.fallback).clone()),
+            None => Some(self.fallback.clone()),
+        }
+    }
+}
+
+/// Accepts any peer certificate so the handshake completes (the certificate is recorded and
+/// judged later), while still verifying the handshake signatures against it.
+#[derive(Debug)]
+struct RecordingVerifier {
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for RecordingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.algs)
+    }
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.algs)
+    }
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}

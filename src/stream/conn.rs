@@ -1,0 +1,165 @@
+//! One connection's I/O: the transport (plain TCP or TLS), the framer that owns the read
+//! buffer, and an output buffer so several elements go out in one write (few TLS records).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::engine::table::ConnEntry;
+use crate::proto::stream::StreamError;
+use crate::xml::writer::write_top;
+use crate::xml::{Element, Frame, Framer, XmlError};
+
+/// Plain TCP before STARTTLS, TLS after.
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    /// Only while upgrading.
+    Gone,
+}
+
+impl Transport {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Transport::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Transport::Tls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+            Transport::Gone => Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, "transport gone"))),
+        }
+    };
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("connection closed by the peer")]
+    Eof,
+    #[error("I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Xml(#[from] XmlError),
+    #[error("peer sent stream error {0}")]
+    Peer(StreamError),
+}
+
+/// A connection: transport + framer + output buffer + the table entry it reports to.
+pub struct Conn {
+    pub io: Transport,
+    pub framer: Framer,
+    out: String,
+    pub entry: Arc<ConnEntry>,
+    max_size: usize,
+    max_depth: usize,
+}
+
+const READ_CHUNK: usize = 4096;
+
+impl Conn {
+    pub fn new(io: Transport, entry: Arc<ConnEntry>, max_size: usize, max_depth: usize) -> Conn {
+        Conn { io, framer: Framer::new(max_size, max_depth), out: String::new(), entry, max_size, max_depth }
+    }
+
+    /// A stream restart (RFC 6120 §4.3.3): a fresh parser, nothing carried over.
+    pub fn restart(&mut self) {
+        self.framer = Framer::new(self.max_size, self.max_depth);
+    }
+
+    /// The next frame. Cancel-safe: bytes read stay in the framer's buffer.
+    pub async fn read_frame(&mut self) -> Result<Frame, ConnError> {
+        loop {
+            if let Some(f) = self.framer.next_frame()? {
+                return Ok(f);
+            }
+            let n = self.io.read_buf(self.framer.read_buf(READ_CHUNK)).await?;
+            if n == 0 {
+                return Err(ConnError::Eof);
+            }
+            self.entry.touch_in(n);
+        }
+    }
+
+    /// Queue an element (written on the next [`Conn::flush`]).
+    pub fn send(&mut self, el: &Element) {
+        write_top(&mut self.out, el);
+    }
+
+    pub fn send_raw(&mut self, s: &str) {
+        self.out.push_str(s);
+    }
+
+    pub fn has_pending_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Write everything queued in one go.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let n = self.out.len();
+        self.io.write_all(self.out.as_bytes()).await?;
+        self.io.flush().await?;
+        self.entry.touch_out(n);
+        self.out.clear();
+        if self.out.capacity() > 64 * 1024 {
+            self.out.shrink_to(4096);
+        }
+        Ok(())
+    }
+
+    /// Send `<stream:error/>` (if any) and `</stream:stream>`, then wait (bounded) for the
+    /// peer's close and shut the TCP connection down (RFC 6120 §4.4).
+    pub async fn close(&mut self, error: Option<&StreamError>, close_timeout: std::time::Duration, peer_closed: bool) {
+        if let Some(e) = error {
+            self.send(&e.to_element());
+        }
+        self.send_raw(crate::proto::stream::CLOSE);
+        if self.flush().await.is_err() {
+            return;
+        }
+        if !peer_closed {
+            let wait = async {
+                loop {
+                    match self.read_frame().await {
+                        Ok(Frame::StreamClose) | Err(_) => break,
+                        Ok(_) => continue,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(close_timeout, wait).await;
+        }
+        let _ = tokio::time::timeout(close_timeout, self.io.shutdown()).await;
+    }
+}

@@ -1,0 +1,416 @@
+//! Inbound streams: we are the Receiving Server (XEP-0220 §2.1.1–2.1.3) for every domain
+//! pair the peer claims, and the Authoritative Server (§2.1.2) for `db:verify` about keys
+//! we issued.
+//!
+//! States: ExpectHeader → (STARTTLS → restart, everything learned before TLS forgotten) →
+//! Negotiating (features sent; dialback under way) → Established (≥ 1 pair valid) → Closing.
+//! Stanzas are routed only when their (to, from) domain pair is valid on this stream.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+
+use super::conn::{Conn, ConnError, Transport};
+use crate::domain::Domain;
+use crate::engine::events::*;
+use crate::engine::table::{random_id, ConnEntry};
+use crate::engine::Shared;
+use crate::proto::dialback::{self, Answer, DbElement};
+use crate::proto::jid::Jid;
+use crate::proto::ns;
+use crate::proto::stanza::is_stanza;
+use crate::proto::stream::{check_header, header, StreamError, StreamErrorCondition as C};
+use crate::xml::{Element, Frame, XmlError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pair {
+    /// `db:result` received, the authoritative server asked.
+    Verifying,
+    Valid,
+}
+
+/// The answer of a verification started for a pair.
+struct Verified {
+    local: Domain,
+    remote: Domain,
+    answer: Answer,
+}
+
+/// How the session ended: the stream error to send (if any) and what to record.
+struct End {
+    error: Option<StreamError>,
+    peer_closed: bool,
+    reason: String,
+}
+
+impl End {
+    fn error(condition: C, text: impl Into<String>) -> End {
+        let e = StreamError::new(condition, text);
+        End { reason: format!("sent {e}"), error: Some(e), peer_closed: false }
+    }
+}
+
+struct In<'a> {
+    shared: &'a Arc<Shared>,
+    entry: Arc<ConnEntry>,
+    secure: bool,
+    stream_id: String,
+    pairs: HashMap<(Domain, Domain), Pair>,
+    done_tx: mpsc::Sender<Verified>,
+}
+
+pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let entry = shared.table.open(Direction::In, &shared.shutdown);
+    entry.set_peer_addr(peer);
+    let limits = &shared.settings.limits;
+    let mut conn = Conn::new(Transport::Plain(tcp), entry.clone(), limits.max_stanza_size, limits.max_depth);
+    let (done_tx, mut done_rx) = mpsc::channel(16);
+    let mut st = In { shared: &shared, entry: entry.clone(), secure: false, stream_id: String::new(), pairs: HashMap::new(), done_tx };
+    let end = st.session(&mut conn, &mut done_rx).await;
+    match &end.error {
+        Some(e) => tracing::warn!(stream = %entry.id, %peer, "closing inbound stream: {e}"),
+        None => tracing::info!(stream = %entry.id, %peer, "inbound stream ended: {}", end.reason),
+    }
+    entry.set_state(ConnState::Closing);
+    conn.close(end.error.as_ref(), shared.settings.timeouts.close, end.peer_closed).await;
+    shared.table.close(&entry, &end.reason);
+}
+
+impl In<'_> {
+    async fn session(&mut self, conn: &mut Conn, done_rx: &mut mpsc::Receiver<Verified>) -> End {
+        let t = self.shared.settings.timeouts.clone();
+        let deadline = Instant::now() + t.negotiation;
+        'stream: loop {
+            // ExpectHeader.
+            let header_frame = tokio::select! {
+                f = conn.read_frame() => f,
+                _ = sleep_until(deadline) => return self.timeout(conn).await,
+                _ = self.entry.cancel.cancelled() => return self.cancelled(),
+            };
+            let h = match header_frame {
+                Ok(Frame::StreamOpen(h)) => h,
+                Ok(_) => return End::error(C::NotWellFormed, "expected a stream header"),
+                Err(e) => return self.read_error(conn, e, true).await,
+            };
+            self.stream_id = random_id();
+            self.entry.set_stream_id(&self.stream_id);
+            let local = h.to.as_deref().and_then(|t| Domain::parse(t).ok());
+            let reply_from = local.as_ref().filter(|d| self.shared.is_hosted(d)).unwrap_or(&self.shared.settings.domains[0]).clone();
+            // RFC 6120 §4.9.1.2: a stream error is sent after our own header.
+            conn.send_raw(&header(Some(reply_from.as_str()), h.from.as_deref().filter(|f| Domain::parse(f).is_ok()), Some(&self.stream_id)));
+            if let Err(e) = check_header(&h) {
+                return End { reason: format!("sent {e}"), error: Some(e), peer_closed: false };
+            }
+            let Some(local) = local.filter(|d| self.shared.is_hosted(d)) else {
+                return End::error(C::HostUnknown, format!("{} is not served here", h.to.as_deref().unwrap_or("(no 'to' attribute)")));
+            };
+            self.entry.set_domains(Some(local.as_str()), h.from.as_deref());
+
+            // Features (RFC 6120 §4.3.2): STARTTLS until TLS; dialback once encryption allows it.
+            let require_tls = self.shared.settings.tls.require_encryption;
+            let mut features = Element::new("features", ns::STREAMS);
+            if !self.secure {
+                let mut tls = Element::new("starttls", ns::TLS);
+                if require_tls {
+                    tls = tls.child(Element::new("required", ns::TLS));
+                }
+                features = features.child(tls);
+            }
+            if self.secure || !require_tls {
+                features = features.child(Element::new("dialback", ns::DIALBACK_FEATURE).child(Element::new("errors", ns::DIALBACK_FEATURE)));
+            }
+            conn.send(&features);
+            if let Err(e) = conn.flush().await {
+                return End { error: None, peer_closed: false, reason: format!("write failed: {e}") };
+            }
+            self.entry.set_state(if self.secure { ConnState::Authenticating } else { ConnState::Tls });
+
+            loop {
+                let authenticated = self.pairs.values().any(|p| *p == Pair::Valid);
+                tokio::select! {
+                    biased;
+                    _ = self.entry.cancel.cancelled() => return self.cancelled(),
+                    Some(v) = done_rx.recv() => {
+                        self.on_verified(conn, v);
+                        if let Err(e) = conn.flush().await {
+                            return End { error: None, peer_closed: false, reason: format!("write failed: {e}") };
+                        }
+                    }
+                    _ = sleep_until(deadline), if !authenticated => return self.timeout(conn).await,
+                    f = conn.read_frame() => {
+                        let el = match f {
+                            Ok(Frame::Element(el)) => el,
+                            Ok(Frame::StreamClose) => return End { error: None, peer_closed: true, reason: "closed by the peer".into() },
+                            Ok(Frame::StreamOpen(_)) => return End::error(C::NotWellFormed, "unexpected stream header"),
+                            Err(e) => return self.read_error(conn, e, false).await,
+                        };
+                        if el.is("starttls", ns::TLS) {
+                            match self.starttls(conn, &local, deadline).await {
+                                Ok(()) => continue 'stream,
+                                Err(end) => return end,
+                            }
+                        }
+                        if let Some(end) = self.on_element(conn, el).await {
+                            return end;
+                        }
+                        if let Err(e) = conn.flush().await {
+                            return End { error: None, peer_closed: false, reason: format!("write failed: {e}") };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn cancelled(&self) -> End {
+        if self.shared.shutdown.is_cancelled() {
+            End::error(C::SystemShutdown, "server shutting down")
+        } else {
+            let reason = self.entry.close_request().unwrap_or_else(|| "closed by the operator".into());
+            End { error: None, peer_closed: false, reason }
+        }
+    }
+
+    async fn timeout(&self, _conn: &mut Conn) -> End {
+        let secs = self.shared.settings.timeouts.negotiation.as_secs();
+        End::error(C::ConnectionTimeout, format!("stream not authenticated within {secs}s (timeouts.negotiation)"))
+    }
+
+    async fn read_error(&self, conn: &mut Conn, e: ConnError, before_header: bool) -> End {
+        let end = match e {
+            ConnError::Eof => return End { error: None, peer_closed: true, reason: "connection closed by the peer".into() },
+            ConnError::Io(e) => return End { error: None, peer_closed: true, reason: format!("I/O error: {e}") },
+            ConnError::Peer(e) => return End { error: None, peer_closed: true, reason: format!("peer sent {e}") },
+            ConnError::Xml(XmlError::Restricted(m)) => End::error(C::RestrictedXml, m),
+            ConnError::Xml(e @ (XmlError::TooLarge { .. } | XmlError::TooDeep { .. })) => End::error(C::PolicyViolation, e.to_string()),
+            ConnError::Xml(XmlError::TextAtTopLevel) => End::error(C::BadFormat, "character data between stanzas"),
+            ConnError::Xml(XmlError::NotWellFormed(m)) => End::error(C::NotWellFormed, m),
+        };
+        if before_header {
+            // We owe the peer a stream header before any stream error (RFC 6120 §4.9.1.2).
+            conn.send_raw(&header(Some(self.shared.settings.domains[0].as_str()), None, Some(&random_id())));
+        }
+        end
+    }
+
+    /// STARTTLS (RFC 6120 §5.4.3): `<proceed/>`, the handshake, and a fresh stream.
+    async fn starttls(&mut self, conn: &mut Conn, local: &Domain, deadline: Instant) -> Result<(), End> {
+        if self.secure {
+            return Err(End::error(C::PolicyViolation, "TLS is already established on this stream"));
+        }
+        if conn.framer.pending() > 0 {
+            return Err(End::error(C::PolicyViolation, "data sent after <starttls/> before the TLS handshake (possible plaintext injection)"));
+        }
+        conn.send(&Element::new("proceed", ns::TLS));
+        conn.flush().await.map_err(|e| End { error: None, peer_closed: false, reason: format!("write failed: {e}") })?;
+        let Transport::Plain(tcp) = std::mem::replace(&mut conn.io, Transport::Gone) else {
+            return Err(End { error: None, peer_closed: false, reason: "transport in an unexpected state".into() });
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.shared.tls.server_config(local));
+        let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(End { error: None, peer_closed: true, reason: format!("TLS handshake failed: {e}") }),
+            Err(_) => return Err(End { error: None, peer_closed: true, reason: "TLS handshake timed out (timeouts.negotiation)".into() }),
+        };
+        let (_, session) = tls.get_ref();
+        let (version, cipher) = crate::net::tls::session_facts(session);
+        let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::PeerCertInfo::from_der(c));
+        self.entry.set_tls(TlsInfo { version, cipher, peer_cert });
+        conn.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
+        conn.restart();
+        // Everything learned before TLS is forgotten.
+        self.secure = true;
+        self.pairs.clear();
+        self.entry.reset_pairs();
+        Ok(())
+    }
+
+    /// One top-level element after the features. `Some(end)` closes the stream.
+    async fn on_element(&mut self, conn: &mut Conn, el: Element) -> Option<End> {
+        let require_tls = self.shared.settings.tls.require_encryption;
+        if el.ns == ns::DIALBACK {
+            if !self.secure && require_tls {
+                return Some(End::error(C::PolicyViolation, "dialback before TLS: this server requires encryption (STARTTLS first)"));
+            }
+            let Some(db) = DbElement::parse(&el) else {
+                return Some(End::error(C::ImproperAddressing, "dialback element without 'from' and 'to'"));
+            };
+            return match (db.verify, &db.answer) {
+                (false, None) => self.on_db_result(conn, db),
+                (true, None) => {
+                    self.on_db_verify(conn, db);
+                    None
+                }
+                _ => {
+                    tracing::debug!(stream = %self.entry.id, "ignoring a dialback answer on an inbound stream");
+                    None
+                }
+            };
+        }
+        if is_stanza(&el) {
+            if !self.secure && require_tls {
+                return Some(End::error(C::PolicyViolation, "stanza before TLS: this server requires encryption"));
+            }
+            return self.on_stanza(el).await;
+        }
+        if el.is("auth", ns::SASL) {
+            // No SASL mechanism is offered in this version; the peer falls back to dialback.
+            conn.send(&Element::new("failure", ns::SASL).child(Element::new("invalid-mechanism", ns::SASL)));
+            return None;
+        }
+        Some(End::error(C::UnsupportedStanzaType, format!("{} is not supported here", el.describe())))
+    }
+
+    /// Receiving Server: `<db:result from=O to=R>key</db:result>`.
+    fn on_db_result(&mut self, conn: &mut Conn, db: DbElement) -> Option<End> {
+        let Ok(remote) = Domain::parse(&db.from) else {
+            return Some(End::error(C::InvalidFrom, format!("{:?} is not a valid domain", db.from)));
+        };
+        let local = match Domain::parse(&db.to) {
+            Ok(d) if self.shared.is_hosted(&d) => d,
+            _ => {
+                conn.send(&dialback::result_answer(&db.to, &db.from, &Answer::error("item-not-found", format!("{} is not served here", db.to))));
+                return None;
+            }
+        };
+        if self.shared.is_hosted(&remote) {
+            self.refuse(conn, &local, &remote, Answer::Invalid, VerificationResult::Invalid, format!("claims to be {remote}, a domain hosted here"));
+            return None;
+        }
+        match self.pairs.get(&(local.clone(), remote.clone())) {
+            Some(Pair::Valid) => {
+                conn.send(&dialback::result_answer(local.as_str(), remote.as_str(), &Answer::Valid));
+                return None;
+            }
+            Some(Pair::Verifying) => {
+                // XEP-0220 §2.1: a second db:result for a pair being verified starts nothing new.
+                tracing::info!(stream = %self.entry.id, "{remote} → {local}: db:result ignored, already being verified");
+                return None;
+            }
+            None => {}
+        }
+        if self.pairs.len() >= self.shared.settings.limits.max_pairs_per_stream {
+            conn.send(&dialback::result_answer(
+                local.as_str(),
+                remote.as_str(),
+                &Answer::error("resource-constraint", "too many domain pairs on this stream (limits.max_pairs_per_stream)"),
+            ));
+            return None;
+        }
+        if db.key.is_empty() {
+            self.refuse(conn, &local, &remote, Answer::Invalid, VerificationResult::Invalid, "sent an empty dialback key".into());
+            return None;
+        }
+        self.pairs.insert((local.clone(), remote.clone()), Pair::Verifying);
+        self.entry.set_pair(&local, &remote, PairStatus::Pending, AuthMethod::Dialback);
+        tracing::info!(stream = %self.entry.id, "{remote} → {local}: asking {remote}'s authoritative server (db:verify)");
+        let (shared, tx, id, key) = (self.shared.clone(), self.done_tx.clone(), self.stream_id.clone(), db.key);
+        tokio::spawn(async move {
+            let answer = shared.router.verify(&shared, &local, &remote, &id, &key).await;
+            let _ = tx.send(Verified { local, remote, answer }).await;
+        });
+        None
+    }
+
+    /// The authoritative server answered: authorise the pair or refuse it.
+    fn on_verified(&mut self, conn: &mut Conn, v: Verified) {
+        let key = (v.local.clone(), v.remote.clone());
+        if self.pairs.get(&key) != Some(&Pair::Verifying) {
+            return; // forgotten by a stream restart
+        }
+        match v.answer {
+            Answer::Valid => {
+                self.pairs.insert(key, Pair::Valid);
+                self.entry.set_pair(&v.local, &v.remote, PairStatus::Valid, AuthMethod::Dialback);
+                self.entry.set_state(ConnState::Established);
+                conn.send(&dialback::result_answer(v.local.as_str(), v.remote.as_str(), &Answer::Valid));
+                self.record(&v.local, &v.remote, VerificationResult::Valid, format!("{}'s authoritative server confirmed the dialback key", v.remote));
+            }
+            Answer::Invalid => {
+                let reason = format!(
+                    "{}'s authoritative server said the dialback key is invalid: the peer at {} is not {} (spoofing, or a key from another stream)",
+                    v.remote,
+                    self.entry.peer_addr().unwrap_or_default(),
+                    v.remote
+                );
+                self.refuse(conn, &v.local, &v.remote, Answer::Invalid, VerificationResult::Invalid, reason);
+            }
+            Answer::Error { condition, text } => {
+                let result = if condition == "remote-server-timeout" { VerificationResult::Timeout } else { VerificationResult::Error };
+                let reason = format!("could not verify with {}'s authoritative server: <{condition}/> {}", v.remote, text.clone().unwrap_or_default());
+                self.refuse(conn, &v.local, &v.remote, Answer::Error { condition, text }, result, reason);
+            }
+        }
+    }
+
+    fn refuse(&mut self, conn: &mut Conn, local: &Domain, remote: &Domain, answer: Answer, result: VerificationResult, reason: String) {
+        self.pairs.remove(&(local.clone(), remote.clone()));
+        self.entry.remove_pair(local, remote);
+        conn.send(&dialback::result_answer(local.as_str(), remote.as_str(), &answer));
+        self.record(local, remote, result, reason);
+    }
+
+    fn record(&self, local: &Domain, remote: &Domain, result: VerificationResult, reason: String) {
+        self.shared.record_outcome(VerificationOutcome {
+            time_ms: now_ms(),
+            stream: self.entry.id.clone(),
+            direction: Direction::In,
+            local: local.to_string(),
+            remote: remote.to_string(),
+            method: AuthMethod::Dialback,
+            result,
+            reason,
+            peer_addr: self.entry.peer_addr(),
+        });
+    }
+
+    /// Authoritative Server: `<db:verify from=R to=O id=…>key</db:verify>`.
+    fn on_db_verify(&mut self, conn: &mut Conn, db: DbElement) {
+        let id = db.id.clone().unwrap_or_default();
+        let hosted = Domain::parse(&db.to).ok().filter(|d| self.shared.is_hosted(d));
+        let answer = match hosted {
+            None => Answer::error("item-not-found", format!("{} is not served here", db.to)),
+            Some(_) if id.is_empty() => Answer::Invalid,
+            Some(d) => {
+                if dialback::verify_key(&self.shared.secret, &db.from, d.as_str(), &id, &db.key) {
+                    Answer::Valid
+                } else {
+                    Answer::Invalid
+                }
+            }
+        };
+        tracing::info!(stream = %self.entry.id, "authoritative answer to {} about {} (stream {id}): {}", db.from, db.to, answer.describe());
+        conn.send(&dialback::verify_answer(&db.to, &db.from, &id, &answer));
+    }
+
+    /// RFC 6120 §8.1.1.2 / §4.9.3: addressing checks, then routing.
+    async fn on_stanza(&mut self, el: Element) -> Option<End> {
+        if !self.pairs.values().any(|p| *p == Pair::Valid) {
+            return Some(End::error(C::NotAuthorized, "no domain is authenticated on this stream yet"));
+        }
+        let (Some(from), Some(to)) = (el.get_attr("from"), el.get_attr("to")) else {
+            return Some(End::error(C::ImproperAddressing, "stanzas between servers need 'from' and 'to'"));
+        };
+        let Some(from_dom) = Jid::parse(from).and_then(|j| Domain::parse(j.domain).ok()) else {
+            return Some(End::error(C::InvalidFrom, format!("{from:?} is not a valid address")));
+        };
+        let Some(to_dom) = Jid::parse(to).and_then(|j| Domain::parse(j.domain).ok()) else {
+            return Some(End::error(C::ImproperAddressing, format!("{to:?} is not a valid address")));
+        };
+        if !self.shared.is_hosted(&to_dom) {
+            return Some(End::error(C::HostUnknown, format!("{to_dom} is not served here")));
+        }
+        match self.pairs.get(&(to_dom.clone(), from_dom.clone())) {
+            Some(Pair::Valid) => {}
+            Some(Pair::Verifying) => return Some(End::error(C::InvalidFrom, format!("{from_dom} is still being verified for {to_dom}"))),
+            None => return Some(End::error(C::InvalidFrom, format!("{from_dom} is not authenticated for {to_dom} on this stream"))),
+        }
+        self.entry.stanza_in();
+        self.shared.router.route(self.shared, el).await;
+        None
+    }
+}

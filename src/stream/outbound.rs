@@ -1,0 +1,463 @@
+//! Outbound streams: we are the Originating Server (XEP-0220 §2.1.1) for one domain pair,
+//! and carry the Receiving Server's `db:verify` requests to the peer as its Authoritative
+//! Server (§2.1.2).
+//!
+//! States, in order: Connecting (DNS + TCP) → Tls (STARTTLS) → Authenticating (our
+//! `db:result` sent) → Established (stanzas flow) → Closing. Failure at any step bounces the
+//! queued stanzas with the reason and fails the queued verifications.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, Instant};
+
+use super::conn::{Conn, ConnError, Transport};
+use crate::domain::Domain;
+use crate::engine::events::*;
+use crate::engine::table::ConnEntry;
+use crate::engine::Shared;
+use crate::proto::dialback::{self, Answer, DbElement};
+use crate::proto::stanza::{error_reply, ErrorType};
+use crate::proto::stream::{check_header, header, StreamError, StreamErrorCondition};
+use crate::proto::ns;
+use crate::router::VerifyRequest;
+use crate::xml::{Element, Frame};
+
+/// Why an outbound stream could not be set up or ended.
+#[derive(Debug, Clone)]
+struct Failure {
+    timeout: bool,
+    reason: String,
+}
+
+impl Failure {
+    fn new(reason: impl Into<String>) -> Failure {
+        Failure { timeout: false, reason: reason.into() }
+    }
+    fn timeout(reason: impl Into<String>) -> Failure {
+        Failure { timeout: true, reason: reason.into() }
+    }
+}
+
+/// How a session ended.
+enum End {
+    /// Could not be set up, or broke: bounce what is queued.
+    Failed(Failure, Option<Conn>),
+    /// Idle timeout, shutdown or operator: close cleanly.
+    Closed { conn: Conn, error: Option<StreamError>, reason: String },
+    /// The peer closed or broke the stream after it was established.
+    Lost { conn: Option<Conn>, peer_closed: bool, reason: String },
+}
+
+struct Out<'a> {
+    shared: &'a Arc<Shared>,
+    local: Domain,
+    remote: Domain,
+    entry: Arc<ConnEntry>,
+    /// `db:verify` requests sent, by stream id, waiting for the answer.
+    verifying: HashMap<String, Vec<oneshot::Sender<Answer>>>,
+}
+
+pub async fn run(
+    shared: Arc<Shared>,
+    local: Domain,
+    remote: Domain,
+    entry: Arc<ConnEntry>,
+    mut stanzas: mpsc::Receiver<crate::xml::Element>,
+    mut verifies: mpsc::Receiver<VerifyRequest>,
+) {
+    let mut out = Out { shared: &shared, local: local.clone(), remote: remote.clone(), entry: entry.clone(), verifying: HashMap::new() };
+    let end = out.session(&mut stanzas, &mut verifies).await;
+    // No new work can reach us once the handle is gone and the queues are closed.
+    shared.router.remove(&local, &remote, &entry.id);
+    stanzas.close();
+    verifies.close();
+    let close_timeout = shared.settings.timeouts.close;
+    let reason = match end {
+        End::Failed(f, conn) => {
+            tracing::warn!(stream = %entry.id, %local, %remote, "outbound stream to {remote} failed: {}", f.reason);
+            let cond = if f.timeout { "remote-server-timeout" } else { "remote-server-not-found" };
+            let text = format!("{remote}: {}", f.reason);
+            out.fail_verifies(&f);
+            while let Ok(v) = verifies.try_recv() {
+                let _ = v.reply.send(verify_failure(&f));
+            }
+            while let Ok(st) = stanzas.try_recv() {
+                if let Some(b) = error_reply(&st, ErrorType::Cancel.for_condition(cond), cond, Some(&text)) {
+                    shared.router.route(&shared, b).await;
+                }
+            }
+            if let Some(mut c) = conn {
+                c.close(None, close_timeout, false).await;
+            }
+            f.reason
+        }
+        End::Closed { mut conn, error, reason } => {
+            // Whatever was queued before the handle went away still goes out on this stream.
+            while let Ok(st) = stanzas.try_recv() {
+                conn.send(&st);
+                entry.stanza_out();
+            }
+            let f = Failure::new("stream closed");
+            out.fail_verifies(&f);
+            while let Ok(v) = verifies.try_recv() {
+                let _ = v.reply.send(verify_failure(&f));
+            }
+            entry.set_state(ConnState::Closing);
+            conn.close(error.as_ref(), close_timeout, false).await;
+            reason
+        }
+        End::Lost { conn, peer_closed, reason } => {
+            tracing::info!(stream = %entry.id, %local, %remote, "outbound stream to {remote} ended: {reason}");
+            out.fail_verifies(&Failure::new(reason.clone()));
+            while let Ok(v) = verifies.try_recv() {
+                let _ = v.reply.send(verify_failure(&Failure::new(reason.clone())));
+            }
+            // Stanzas queued behind a lost stream get a new stream (once; its failure bounces).
+            let mut rest = Vec::new();
+            while let Ok(st) = stanzas.try_recv() {
+                rest.push(st);
+            }
+            if let Some(mut c) = conn {
+                entry.set_state(ConnState::Closing);
+                c.close(None, close_timeout, peer_closed).await;
+            }
+            for st in rest {
+                shared.router.route(&shared, st).await;
+            }
+            reason
+        }
+    };
+    shared.table.close(&entry, &reason);
+}
+
+fn verify_failure(f: &Failure) -> Answer {
+    if f.timeout {
+        Answer::error("remote-server-timeout", f.reason.clone())
+    } else {
+        Answer::error("remote-connection-failed", f.reason.clone())
+    }
+}
+
+trait ForCondition {
+    fn for_condition(self, cond: &str) -> ErrorType;
+}
+
+impl ForCondition for ErrorType {
+    /// RFC 6120 §8.3.3: remote-server-timeout is a `wait` error, remote-server-not-found `cancel`.
+    fn for_condition(self, cond: &str) -> ErrorType {
+        if cond == "remote-server-timeout" { ErrorType::Wait } else { self }
+    }
+}
+
+impl Out<'_> {
+    fn fail_verifies(&mut self, f: &Failure) {
+        for (_, waiters) in self.verifying.drain() {
+            for w in waiters {
+                let _ = w.send(verify_failure(f));
+            }
+        }
+    }
+
+    async fn session(&mut self, stanzas: &mut mpsc::Receiver<Element>, verifies: &mut mpsc::Receiver<VerifyRequest>) -> End {
+        let t = self.shared.settings.timeouts.clone();
+        self.entry.set_state(ConnState::Connecting);
+        let tcp = tokio::select! {
+            r = self.connect() => match r {
+                Ok(tcp) => tcp,
+                Err(f) => return End::Failed(f, None),
+            },
+            _ = self.entry.cancel.cancelled() => return End::Failed(Failure::new(self.cancel_reason()), None),
+        };
+        let limits = &self.shared.settings.limits;
+        let mut conn = Conn::new(Transport::Plain(tcp), self.entry.clone(), limits.max_stanza_size, limits.max_depth);
+        let deadline = Instant::now() + t.negotiation;
+        let negotiated = tokio::select! {
+            r = self.negotiate(&mut conn) => r,
+            _ = sleep_until(deadline) => Err(Failure::timeout(format!("stream negotiation took longer than {}s (timeouts.negotiation)", t.negotiation.as_secs()))),
+            _ = self.entry.cancel.cancelled() => Err(Failure::new(self.cancel_reason())),
+        };
+        let stream_id = match negotiated {
+            Ok(id) => id,
+            Err(f) => return End::Failed(f, Some(conn)),
+        };
+
+        // Dialback, Originating Server role (XEP-0220 §2.1.1).
+        self.entry.set_state(ConnState::Authenticating);
+        let key = dialback::derive_key(&self.shared.secret, self.remote.as_str(), self.local.as_str(), &stream_id);
+        conn.send(&dialback::result_request(self.local.as_str(), self.remote.as_str(), &key));
+        self.entry.set_pair(&self.local, &self.remote, PairStatus::Pending, AuthMethod::Dialback);
+        if let Err(e) = conn.flush().await {
+            return End::Failed(Failure::new(format!("write failed: {e}")), None);
+        }
+        let auth_deadline = Instant::now() + t.dialback;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.entry.cancel.cancelled() => return End::Failed(Failure::new(self.cancel_reason()), Some(conn)),
+                v = verifies.recv() => if let Some(v) = v {
+                    self.send_verify(&mut conn, v);
+                    if let Err(e) = conn.flush().await {
+                        return End::Failed(Failure::new(format!("write failed: {e}")), None);
+                    }
+                },
+                _ = sleep_until(auth_deadline) => {
+                    return End::Failed(Failure::timeout(format!("no dialback answer from {} within {}s (timeouts.dialback)", self.remote, t.dialback.as_secs())), Some(conn));
+                }
+                f = conn.read_frame() => match f {
+                    Ok(Frame::Element(el)) => {
+                        if let Some(db) = DbElement::parse(&el) {
+                            if !db.verify && db.answer.is_some() && db.from == self.remote.as_str() && db.to == self.local.as_str() {
+                                match db.answer.unwrap() {
+                                    Answer::Valid => break,
+                                    a => {
+                                        self.entry.remove_pair(&self.local, &self.remote);
+                                        self.outcome(VerificationResult::Invalid, format!("{} answered our dialback with {}", self.remote, a.describe()));
+                                        return End::Failed(Failure::new(format!("dialback: {} answered {}", self.remote, a.describe())), Some(conn));
+                                    }
+                                }
+                            }
+                            self.on_dialback(&db);
+                        } else if let Some(f) = peer_error(&el) {
+                            return End::Failed(f, None);
+                        }
+                    }
+                    Ok(Frame::StreamClose) => return End::Failed(Failure::new("the peer closed the stream during dialback"), Some(conn)),
+                    Ok(Frame::StreamOpen(_)) => {}
+                    Err(e) => return End::Failed(Failure::new(format!("during dialback: {e}")), None),
+                }
+            }
+        }
+        self.entry.set_pair(&self.local, &self.remote, PairStatus::Valid, AuthMethod::Dialback);
+        self.entry.set_state(ConnState::Established);
+        self.outcome(VerificationResult::Valid, format!("{} accepted our dialback key", self.remote));
+
+        // Established: stanzas flow; whitespace keepalives when idle (RFC 6120 §4.6.1).
+        let mut last_write = Instant::now();
+        let mut last_stanza = Instant::now();
+        loop {
+            let keepalive_at = last_write + t.keepalive;
+            let idle_at = last_stanza + t.idle_outbound;
+            tokio::select! {
+                biased;
+                _ = self.entry.cancel.cancelled() => {
+                    let reason = self.cancel_reason();
+                    let error = self.shared.shutdown.is_cancelled().then(|| StreamError::new(StreamErrorCondition::SystemShutdown, "server shutting down"));
+                    return End::Closed { conn, error, reason };
+                }
+                f = conn.read_frame() => match f {
+                    Ok(Frame::Element(el)) => {
+                        if let Some(db) = DbElement::parse(&el) {
+                            self.on_dialback(&db);
+                        } else if let Some(f) = peer_error(&el) {
+                            return End::Lost { conn: None, peer_closed: true, reason: f.reason };
+                        } else {
+                            tracing::debug!(stream = %self.entry.id, element = %el.describe(), "ignoring an element on an outbound stream");
+                        }
+                    }
+                    Ok(Frame::StreamClose) => return End::Lost { conn: Some(conn), peer_closed: true, reason: "closed by the peer".into() },
+                    Ok(Frame::StreamOpen(_)) => {}
+                    Err(ConnError::Eof) => return End::Lost { conn: None, peer_closed: true, reason: "connection closed by the peer".into() },
+                    Err(e) => return End::Lost { conn: None, peer_closed: false, reason: e.to_string() },
+                },
+                s = stanzas.recv() => {
+                    let Some(st) = s else { return End::Closed { conn, error: None, reason: "router gone".into() } };
+                    conn.send(&st);
+                    self.entry.stanza_out();
+                    // Batch what is already queued into the same write (few TLS records).
+                    let mut batched = 1;
+                    while batched < 64 {
+                        match stanzas.try_recv() {
+                            Ok(st) => { conn.send(&st); self.entry.stanza_out(); batched += 1; }
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = conn.flush().await {
+                        return End::Lost { conn: None, peer_closed: false, reason: format!("write failed: {e}") };
+                    }
+                    last_write = Instant::now();
+                    last_stanza = last_write;
+                }
+                v = verifies.recv() => if let Some(v) = v {
+                    self.send_verify(&mut conn, v);
+                    if let Err(e) = conn.flush().await {
+                        return End::Lost { conn: None, peer_closed: false, reason: format!("write failed: {e}") };
+                    }
+                    last_write = Instant::now();
+                },
+                _ = sleep_until(keepalive_at) => {
+                    conn.send_raw(" ");
+                    if let Err(e) = conn.flush().await {
+                        return End::Lost { conn: None, peer_closed: false, reason: format!("keepalive failed: {e}") };
+                    }
+                    last_write = Instant::now();
+                }
+                _ = sleep_until(idle_at) => {
+                    // Take the handle away first so new stanzas start a fresh stream.
+                    self.shared.router.remove(&self.local, &self.remote, &self.entry.id);
+                    return End::Closed { conn, error: None, reason: format!("idle for {}s (timeouts.idle_outbound)", t.idle_outbound.as_secs()) };
+                }
+            }
+        }
+    }
+
+    fn cancel_reason(&self) -> String {
+        self.entry.close_request().unwrap_or_else(|| "server shutting down".into())
+    }
+
+    fn outcome(&self, result: VerificationResult, reason: String) {
+        self.shared.record_outcome(VerificationOutcome {
+            time_ms: now_ms(),
+            stream: self.entry.id.clone(),
+            direction: Direction::Out,
+            local: self.local.to_string(),
+            remote: self.remote.to_string(),
+            method: AuthMethod::Dialback,
+            result,
+            reason,
+            peer_addr: self.entry.peer_addr(),
+        });
+    }
+
+    fn send_verify(&mut self, conn: &mut Conn, v: VerifyRequest) {
+        conn.send(&dialback::verify_request(self.local.as_str(), self.remote.as_str(), &v.stream_id, &v.key));
+        self.verifying.entry(v.stream_id).or_default().push(v.reply);
+    }
+
+    /// A dialback element received on this stream: answers to our `db:verify` requests.
+    fn on_dialback(&mut self, db: &DbElement) {
+        if db.verify {
+            if let (Some(answer), Some(id)) = (&db.answer, &db.id) {
+                if db.from == self.remote.as_str() && db.to == self.local.as_str() {
+                    if let Some(waiters) = self.verifying.remove(id) {
+                        for w in waiters {
+                            let _ = w.send(answer.clone());
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+        tracing::debug!(stream = %self.entry.id, "ignoring unexpected dialback element from {} to {}", db.from, db.to);
+    }
+
+    /// DNS (overrides, SRV, fallback), then TCP to each address in order until one answers.
+    async fn connect(&self) -> Result<TcpStream, Failure> {
+        let resolver = &self.shared.resolver;
+        let budget = self.shared.settings.dns.timeout * 4;
+        let targets = match tokio::time::timeout(budget, resolver.targets(&self.remote)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(Failure::new(e.to_string())),
+            Err(_) => return Err(Failure::timeout(format!("DNS: no answer for {} within {}s (dns.timeout)", self.remote, budget.as_secs()))),
+        };
+        let connect_timeout = self.shared.settings.timeouts.connect;
+        let mut tried = Vec::new();
+        for target in &targets {
+            let addrs = match tokio::time::timeout(budget, resolver.addresses(target)).await {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    tried.push(format!("{target}: {e}"));
+                    continue;
+                }
+                Err(_) => {
+                    tried.push(format!("{target}: DNS timeout"));
+                    continue;
+                }
+            };
+            for addr in addrs {
+                match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+                    Ok(Ok(tcp)) => {
+                        let _ = tcp.set_nodelay(true);
+                        self.entry.set_peer_addr(addr);
+                        tracing::debug!(stream = %self.entry.id, %addr, %target, "connected to {}", self.remote);
+                        return Ok(tcp);
+                    }
+                    Ok(Err(e)) => tried.push(format!("{addr} ({target}): {e}")),
+                    Err(_) => tried.push(format!("{addr} ({target}): no answer within {}s (timeouts.connect)", connect_timeout.as_secs())),
+                }
+            }
+        }
+        let all_timeouts = !tried.is_empty() && tried.iter().all(|t| t.contains("no answer within"));
+        let reason = format!("connect: {}", tried.join("; "));
+        Err(if all_timeouts { Failure::timeout(reason) } else { Failure::new(reason) })
+    }
+
+    /// Stream headers and features, STARTTLS and the restart. Returns the peer's stream id.
+    async fn negotiate(&self, conn: &mut Conn) -> Result<String, Failure> {
+        let require_tls = self.shared.settings.tls.require_encryption;
+        loop {
+            conn.send_raw(&header(Some(self.local.as_str()), Some(self.remote.as_str()), None));
+            conn.flush().await.map_err(|e| Failure::new(format!("write failed: {e}")))?;
+            let h = match conn.read_frame().await.map_err(|e| Failure::new(format!("reading the stream header: {e}")))? {
+                Frame::StreamOpen(h) => h,
+                _ => return Err(Failure::new("the peer did not open a stream")),
+            };
+            if let Err(e) = check_header(&h) {
+                conn.send(&e.to_element());
+                let _ = conn.flush().await;
+                return Err(Failure::new(format!("bad stream header from the peer: {e}")));
+            }
+            let stream_id = h.id.clone().filter(|i| !i.is_empty());
+            let features = loop {
+                match conn.read_frame().await.map_err(|e| Failure::new(format!("reading stream features: {e}")))? {
+                    Frame::Element(el) if el.is("features", ns::STREAMS) => break el,
+                    Frame::Element(el) => {
+                        if let Some(f) = peer_error(&el) {
+                            return Err(f);
+                        }
+                        return Err(Failure::new(format!("expected stream features, got {}", el.describe())));
+                    }
+                    Frame::StreamClose => return Err(Failure::new("the peer closed the stream")),
+                    Frame::StreamOpen(_) => return Err(Failure::new("unexpected second stream header")),
+                }
+            };
+            if conn.io.is_tls() {
+                conn.entry.set_stream_id(stream_id.as_deref().unwrap_or(""));
+                return stream_id.ok_or_else(|| Failure::new("the peer's stream header has no id, so dialback is impossible"));
+            }
+            if !features.has_child("starttls", ns::TLS) {
+                if require_tls {
+                    return Err(Failure::new(format!("{} does not offer STARTTLS and tls.require_encryption is on", self.remote)));
+                }
+                conn.entry.set_stream_id(stream_id.as_deref().unwrap_or(""));
+                return stream_id.ok_or_else(|| Failure::new("the peer's stream header has no id, so dialback is impossible"));
+            }
+            // STARTTLS (RFC 6120 §5.4.2).
+            self.entry.set_state(ConnState::Tls);
+            conn.send(&Element::new("starttls", ns::TLS));
+            conn.flush().await.map_err(|e| Failure::new(format!("write failed: {e}")))?;
+            match conn.read_frame().await.map_err(|e| Failure::new(format!("STARTTLS: {e}")))? {
+                Frame::Element(el) if el.is("proceed", ns::TLS) => {}
+                Frame::Element(el) if el.is("failure", ns::TLS) => return Err(Failure::new("TLS: the peer answered STARTTLS with <failure/>")),
+                _ => return Err(Failure::new("TLS: unexpected answer to STARTTLS")),
+            }
+            if conn.framer.pending() > 0 {
+                return Err(Failure::new("TLS: data after <proceed/> (plaintext injection); refusing to continue"));
+            }
+            let Transport::Plain(tcp) = std::mem::replace(&mut conn.io, Transport::Gone) else {
+                return Err(Failure::new("TLS: transport in an unexpected state"));
+            };
+            let connector = tokio_rustls::TlsConnector::from(self.shared.tls.client_config(&self.local));
+            let name = rustls::pki_types::ServerName::try_from(self.remote.to_string())
+                .map_err(|e| Failure::new(format!("TLS: {} is not a valid TLS server name: {e}", self.remote)))?;
+            let tls = connector.connect(name, tcp).await.map_err(|e| Failure::new(format!("TLS handshake: {e}")))?;
+            let (_, session) = tls.get_ref();
+            let (version, cipher) = crate::net::tls::session_facts(session);
+            let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::PeerCertInfo::from_der(c));
+            self.entry.set_tls(TlsInfo { version, cipher, peer_cert });
+            conn.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
+            conn.restart();
+        }
+    }
+}
+
+/// A `<stream:error/>` from the peer, as a failure.
+fn peer_error(el: &Element) -> Option<Failure> {
+    el.is("error", ns::STREAMS).then(|| Failure::new(format!("the peer sent stream error {}", StreamError::from_element(el))))
+}
+
+#[allow(dead_code)]
+const _: Duration = Duration::from_secs(0);
