@@ -1,0 +1,250 @@
+//! Test harness: a real DNS server on loopback (hickory-server, in-memory zone `test.`),
+//! drawbridge engines on port 0 with temp data dirs, and a raw peer that speaks bytes.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drawbridge::config::Settings;
+use drawbridge::domain::Domain;
+use drawbridge::engine::Engine;
+use drawbridge::net::tls::TlsContext;
+use drawbridge::proto::ns;
+use drawbridge::proto::stream::{StreamError, StreamErrorCondition};
+use drawbridge::stream::Transport;
+use drawbridge::xml::{Element, Frame, Framer, StreamHeader};
+use hickory_server::proto::rr::rdata::{A, SOA, SRV};
+use hickory_server::proto::rr::{Name, RData, Record};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+use hickory_server::Server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+/// Bound for every wait in tests: a broken feature fails, it does not hang.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// A DNS server for the zone `test.` on 127.0.0.1 (UDP and TCP on one port).
+pub struct Dns {
+    pub addr: SocketAddr,
+    zone: Arc<InMemoryZoneHandler>,
+    _server: Server<Catalog>,
+}
+
+impl Dns {
+    pub async fn start() -> Dns {
+        let origin = Name::from_ascii("test.").unwrap();
+        let mut zone = InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
+        let soa = SOA::new(Name::from_ascii("ns.test.").unwrap(), Name::from_ascii("admin.test.").unwrap(), 1, 3600, 600, 86400, 0);
+        zone.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
+        let zone = Arc::new(zone);
+        let mut catalog = Catalog::new();
+        catalog.upsert(origin.into(), vec![zone.clone()]);
+        let mut server = Server::new(catalog);
+        // UDP and TCP on the same port.
+        let (udp, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let port = udp.local_addr().unwrap().port();
+            if let Ok(tcp) = TcpListener::bind(("127.0.0.1", port)).await {
+                break (udp, tcp);
+            }
+        };
+        let addr = udp.local_addr().unwrap();
+        server.register_socket(udp);
+        server.register_listener(tcp, Duration::from_secs(5), 4096);
+        Dns { addr, zone, _server: server }
+    }
+
+    pub async fn add_srv(&self, domain: &str, priority: u16, weight: u16, target: &str, port: u16) {
+        let name = Name::from_ascii(format!("_xmpp-server._tcp.{domain}.")).unwrap();
+        let srv = SRV::new(priority, weight, port, Name::from_ascii(format!("{target}.")).unwrap());
+        self.zone.upsert(Record::from_rdata(name, 0, RData::SRV(srv)), 2).await;
+    }
+
+    pub async fn add_a(&self, host: &str, ip: Ipv4Addr) {
+        let name = Name::from_ascii(format!("{host}.")).unwrap();
+        self.zone.upsert(Record::from_rdata(name, 0, RData::A(A(ip))), 2).await;
+    }
+}
+
+/// A drawbridge engine for a test.
+pub struct TestServer {
+    pub engine: Engine,
+    pub addr: SocketAddr,
+    pub domain: String,
+    pub dir: tempfile::TempDir,
+}
+
+/// Config text for a test server; `extra` is appended (more sections or keys).
+pub fn config_text(domain: &str, dir: &Path, dns: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+domains = ["{domain}"]
+listen = ["127.0.0.1:0"]
+data_dir = "{data}"
+
+[dns]
+nameservers = ["{dns}"]
+timeout = "2s"
+
+[timeouts]
+connect = "2s"
+negotiation = "10s"
+dialback = "8s"
+probe = "12s"
+{extra}
+"#,
+        data = dir.join("data").display()
+    )
+}
+
+pub async fn start_server(domain: &str, dns: &Dns, extra: &str) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(domain, dir.path(), dns.addr, extra);
+    let settings = Settings::parse(&text, &dir.path().join("drawbridge.toml")).unwrap();
+    let engine = Engine::start(settings).await.unwrap();
+    let addr = engine.listen_addrs()[0];
+    TestServer { engine, addr, domain: domain.to_owned(), dir }
+}
+
+/// Start a server and publish it in DNS: SRV `_xmpp-server._tcp.DOMAIN` → `xmpp.DOMAIN:port`.
+pub async fn start_published(domain: &str, dns: &Dns, extra: &str) -> TestServer {
+    let s = start_server(domain, dns, extra).await;
+    dns.add_a(&format!("xmpp.{domain}"), Ipv4Addr::LOCALHOST).await;
+    dns.add_srv(domain, 0, 5, &format!("xmpp.{domain}"), s.addr.port()).await;
+    s
+}
+
+/// A TLS context for a made-up domain (the raw peer's certificate).
+pub fn peer_tls(domain: &str) -> TlsContext {
+    let ck = rcgen::generate_simple_self_signed(vec![domain.to_owned()]).unwrap();
+    let chain = vec![ck.cert.der().clone()];
+    let key = rustls_pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    TlsContext::from_parts(chain, key, &[Domain::parse(domain).unwrap()]).unwrap()
+}
+
+/// A hand-driven peer: bytes out, frames in.
+pub struct RawPeer {
+    pub io: Transport,
+    pub framer: Framer,
+}
+
+pub fn header(from: &str, to: &str) -> String {
+    drawbridge::proto::stream::header(Some(from), Some(to), None)
+}
+
+impl RawPeer {
+    pub async fn connect(addr: SocketAddr) -> RawPeer {
+        let tcp = within("connect", TcpStream::connect(addr)).await.unwrap();
+        RawPeer { io: Transport::Plain(tcp), framer: Framer::new(1 << 20, 64) }
+    }
+
+    pub async fn send(&mut self, s: &str) {
+        self.send_bytes(s.as_bytes()).await;
+    }
+
+    pub async fn send_bytes(&mut self, b: &[u8]) {
+        let _ = self.io.write_all(b).await;
+        let _ = self.io.flush().await;
+    }
+
+    pub async fn send_el(&mut self, el: &Element) {
+        let mut s = String::new();
+        drawbridge::xml::writer::write_top(&mut s, el);
+        self.send(&s).await;
+    }
+
+    /// The next frame; `None` when the connection ends.
+    pub async fn next(&mut self) -> Option<Frame> {
+        within("a frame from the server", async {
+            loop {
+                match self.framer.next_frame() {
+                    Ok(Some(f)) => return Some(f),
+                    Ok(None) => {}
+                    Err(e) => panic!("server sent bad XML: {e}"),
+                }
+                let mut buf = [0u8; 4096];
+                match self.io.read(&mut buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.framer.feed(&buf[..n]),
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next element (skipping headers); `None` at the end of the stream.
+    pub async fn next_el(&mut self) -> Option<Element> {
+        loop {
+            match self.next().await? {
+                Frame::Element(e) => return Some(e),
+                Frame::StreamClose => return None,
+                Frame::StreamOpen(_) => continue,
+            }
+        }
+    }
+
+    /// Read until a stream error arrives; then expect the close and the end of the connection.
+    pub async fn expect_stream_error(&mut self) -> StreamError {
+        loop {
+            match self.next().await {
+                Some(Frame::Element(e)) if e.is("error", ns::STREAMS) => {
+                    let err = StreamError::from_element(&e);
+                    // RFC 6120 §4.9.1.1: the error is followed by the closing tag.
+                    match self.next().await {
+                        Some(Frame::StreamClose) | None => {}
+                        other => panic!("expected </stream:stream> after {err}, got {other:?}"),
+                    }
+                    self.send(drawbridge::proto::stream::CLOSE).await;
+                    return err;
+                }
+                Some(_) => continue,
+                None => panic!("connection ended without a stream error"),
+            }
+        }
+    }
+
+    pub async fn expect_condition(&mut self, c: StreamErrorCondition) -> StreamError {
+        let e = self.expect_stream_error().await;
+        assert_eq!(e.condition, c, "expected <{c}/>, got {e}");
+        e
+    }
+
+    /// Send our header; read the server's header and features.
+    pub async fn open(&mut self, from: &str, to: &str) -> (StreamHeader, Element) {
+        self.send(&header(from, to)).await;
+        let h = match self.next().await {
+            Some(Frame::StreamOpen(h)) => h,
+            other => panic!("expected a stream header, got {other:?}"),
+        };
+        let f = self.next_el().await.expect("features");
+        assert!(f.is("features", ns::STREAMS), "expected features, got {f:?}");
+        (h, f)
+    }
+
+    /// STARTTLS and the TLS handshake as `from`; then a fresh stream. Returns the new header
+    /// (its id is the stream id dialback keys are bound to) and features.
+    pub async fn starttls(&mut self, from: &str, to: &str) -> (StreamHeader, Element) {
+        self.send_el(&Element::new("starttls", ns::TLS)).await;
+        let p = self.next_el().await.expect("proceed");
+        assert!(p.is("proceed", ns::TLS), "expected <proceed/>, got {p:?}");
+        let Transport::Plain(tcp) = std::mem::replace(&mut self.io, Transport::Gone) else { panic!() };
+        let ctx = peer_tls(from);
+        let connector = tokio_rustls::TlsConnector::from(ctx.client_config(&Domain::parse(from).unwrap()));
+        let name = rustls_pki_types::ServerName::try_from(to.to_owned()).unwrap();
+        let tls = within("TLS handshake", connector.connect(name, tcp)).await.unwrap();
+        self.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
+        self.framer = Framer::new(1 << 20, 64);
+        self.open(from, to).await
+    }
+}
