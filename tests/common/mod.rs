@@ -84,9 +84,9 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
 }
 
-/// Config text for a test server; `extra` is appended (more sections or keys).
+/// Config text for a test server; `extra` (TOML) is merged over the test defaults.
 pub fn config_text(domain: &str, dir: &Path, dns: SocketAddr, extra: &str) -> String {
-    format!(
+    let base = format!(
         r#"
 [server]
 domains = ["{domain}"]
@@ -102,10 +102,24 @@ connect = "2s"
 negotiation = "10s"
 dialback = "8s"
 probe = "12s"
-{extra}
 "#,
         data = dir.join("data").display()
-    )
+    );
+    let mut base: toml::Table = base.parse().unwrap();
+    let extra: toml::Table = extra.parse().expect("extra config is TOML");
+    merge(&mut base, extra);
+    toml::to_string(&base).unwrap()
+}
+
+fn merge(base: &mut toml::Table, extra: toml::Table) {
+    for (k, v) in extra {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(e)) => merge(b, e),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
 }
 
 pub async fn start_server(domain: &str, dns: &Dns, extra: &str) -> TestServer {
@@ -247,4 +261,72 @@ impl RawPeer {
         self.framer = Framer::new(1 << 20, 64);
         self.open(from, to).await
     }
+}
+
+/// Wait for an engine event matching `pred` (bounded by [`WAIT`]).
+pub async fn wait_event(
+    rx: &mut tokio::sync::broadcast::Receiver<drawbridge::engine::events::Event>,
+    what: &str,
+    mut pred: impl FnMut(&drawbridge::engine::events::Event) -> bool,
+) -> drawbridge::engine::events::Event {
+    within(what, async {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if pred(&ev) => return ev,
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(e) => panic!("event channel: {e}"),
+            }
+        }
+    })
+    .await
+}
+
+/// Play a receiving server by hand for `domain`: accept one connection on `listener`,
+/// negotiate STARTTLS and restart, offer dialback. Returns the peer in TLS mode and the
+/// stream id we gave it.
+pub async fn accept_as_server(listener: &TcpListener, domain: &str) -> (RawPeer, String) {
+    let (tcp, _) = within("the server's connection", listener.accept()).await.unwrap();
+    let mut p = RawPeer { io: Transport::Plain(tcp), framer: Framer::new(1 << 20, 64) };
+    let h = match p.next().await {
+        Some(Frame::StreamOpen(h)) => h,
+        other => panic!("expected a header, got {other:?}"),
+    };
+    let from = h.from.clone().unwrap_or_default();
+    p.send(&drawbridge::proto::stream::header(Some(domain), Some(&from), Some("pre-tls-id"))).await;
+    p.send("<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>").await;
+    let st = p.next_el().await.expect("starttls");
+    assert!(st.is("starttls", ns::TLS));
+    p.send("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
+    let Transport::Plain(tcp) = std::mem::replace(&mut p.io, Transport::Gone) else { panic!() };
+    let ctx = peer_tls(domain);
+    let acceptor = tokio_rustls::TlsAcceptor::from(ctx.server_config(&Domain::parse(domain).unwrap()));
+    let tls = within("TLS accept", acceptor.accept(tcp)).await.unwrap();
+    p.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
+    p.framer = Framer::new(1 << 20, 64);
+    match p.next().await {
+        Some(Frame::StreamOpen(_)) => {}
+        other => panic!("expected a header after TLS, got {other:?}"),
+    }
+    let id = format!("fake-{}", drawbridge::engine::table::random_id());
+    p.send(&drawbridge::proto::stream::header(Some(domain), Some(&from), Some(&id))).await;
+    p.send("<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>").await;
+    (p, id)
+}
+
+/// A listener on loopback published in DNS as `domain` (for hand-played servers).
+pub async fn publish_listener(dns: &Dns, domain: &str) -> TcpListener {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    dns.add_a(&format!("xmpp.{domain}"), Ipv4Addr::LOCALHOST).await;
+    dns.add_srv(domain, 0, 5, &format!("xmpp.{domain}"), l.local_addr().unwrap().port()).await;
+    l
+}
+
+/// A raw peer connected to `server`, through STARTTLS, claiming `from`.
+pub async fn tls_peer(server: &TestServer, from: &str) -> (RawPeer, StreamHeader, Element) {
+    let mut p = RawPeer::connect(server.addr).await;
+    let (_, f) = p.open(from, &server.domain).await;
+    assert!(f.has_child("starttls", ns::TLS));
+    let (h, f) = p.starttls(from, &server.domain).await;
+    (p, h, f)
 }
