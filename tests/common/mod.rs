@@ -330,3 +330,52 @@ pub async fn tls_peer(server: &TestServer, from: &str) -> (RawPeer, StreamHeader
     let (h, f) = p.starttls(from, &server.domain).await;
     (p, h, f)
 }
+
+/// A hand-played remote server `domain` federated with `server` both ways: `to_server` is
+/// our authenticated stream into it, `from_server` its authenticated stream to us.
+pub struct HandPlayed {
+    pub to_server: RawPeer,
+    pub from_server: RawPeer,
+}
+
+pub async fn hand_played(server: &TestServer, dns: &Dns, domain: &str) -> HandPlayed {
+    use drawbridge::proto::dialback::{result_answer, verify_answer, Answer, DbElement};
+    let listener = publish_listener(dns, domain).await;
+    let (mut to_server, h, _) = tls_peer(server, domain).await;
+    let sid = h.id.unwrap();
+    to_server.send_el(&drawbridge::proto::dialback::result_request(domain, &server.domain, "k")).await;
+    let (mut from_server, _) = accept_as_server(&listener, domain).await;
+    let (mut answered_verify, mut answered_result) = (false, false);
+    while !(answered_verify && answered_result) {
+        let el = from_server.next_el().await.expect("dialback from the server");
+        let db = DbElement::parse(&el).expect("dialback element");
+        if db.verify {
+            assert_eq!(db.id.as_deref(), Some(sid.as_str()));
+            from_server.send_el(&verify_answer(domain, &server.domain, &sid, &Answer::Valid)).await;
+            answered_verify = true;
+        } else {
+            from_server.send_el(&result_answer(domain, &server.domain, &Answer::Valid)).await;
+            answered_result = true;
+        }
+    }
+    loop {
+        let el = to_server.next_el().await.expect("db:result answer");
+        if let Some(db) = DbElement::parse(&el) {
+            assert_eq!(db.answer, Some(Answer::Valid));
+            break;
+        }
+    }
+    HandPlayed { to_server, from_server }
+}
+
+impl HandPlayed {
+    /// The next stanza the server sends us (dialback and whitespace skipped).
+    pub async fn next_stanza(&mut self) -> Element {
+        loop {
+            let el = self.from_server.next_el().await.expect("a stanza from the server");
+            if drawbridge::proto::stanza::is_stanza(&el) {
+                return el;
+            }
+        }
+    }
+}
