@@ -379,3 +379,12 @@ impl HandPlayed {
         }
     }
 }
+
+impl Dns {
+    /// RFC 2782: a single SRV record with target "." — no service.
+    pub async fn add_srv_root(&self, domain: &str) {
+        let name = Name::from_ascii(format!("_xmpp-server._tcp.{domain}.")).unwrap();
+        let srv = SRV::new(0, 0, 0, Name::root());
+        self.zone.upsert(Record::from_rdata(name, 0, RData::SRV(srv)), 2).await;
+    }
+}

@@ -1,0 +1,54 @@
+//! The binary's edge: config errors (one line, file and key, exit status 2) and the
+//! built-in default.
+
+mod common;
+
+use std::process::Command;
+
+fn run_with_config(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge")).arg("--config").arg(&path).arg("serve").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    (out.status.code().unwrap_or(-1), stderr.replace(&path.display().to_string(), "FILE"))
+}
+
+#[test]
+fn config_errors_name_file_and_key_and_exit_2() {
+    let cases = [
+        ("[server]\ndomains = [\"a.test\"]\nlisten = [\"localhost:99999\"]\n", "key `server.listen[0]`"),
+        ("[server]\nhostname = \"x\"\n", "key `server.hostname`"),
+        ("[tls]\nrequire_encryption = \"yes\"\n", "key `tls.require_encryption`"),
+        ("[limits]\nmax_stanza_size = 10\n", "key `limits.max_stanza_size`"),
+        ("[[dns.override]]\ndomain = \"b.test\"\n", "key `dns.override[0]`"),
+        ("[dns]\nnameservers = [\"not-an-ip\"]\n", "key `dns.nameservers[0]`"),
+        ("[server]\ndomains = []\n", "key `server.domains`"),
+        ("[timeouts]\nclose = \"0s\"\n", "key `timeouts.close`"),
+        ("not toml at all [", "line 1"),
+    ];
+    for (text, key) in cases {
+        let (code, stderr) = run_with_config(text);
+        assert_eq!(code, 2, "{text:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.starts_with("drawbridge: config FILE: "), "{stderr}");
+        assert!(stderr.contains(key), "{text:?}: expected {key} in {stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge")).args(["--config", "/nonexistent/drawbridge.toml", "serve"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/drawbridge.toml"));
+}
+
+#[test]
+fn example_config_is_valid_and_complete() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml")).unwrap();
+    drawbridge::config::Settings::parse(&text, std::path::Path::new("config.example.toml")).expect("config.example.toml parses");
+    // Every key is documented there (commented-out keys show the defaults).
+    for key in [
+        "domains", "listen", "data_dir", "control_socket", "cert", "key", "ca_file", "require_encryption", "nameservers",
+        "[[dns.override]]", "max_stanza_size", "max_depth", "outbound_queue", "max_streams", "max_pairs_per_stream",
+        "transcript_lines", "negotiation", "connect", "dialback", "close", "idle_outbound", "keepalive", "probe", "level", "file",
+    ] {
+        assert!(text.contains(key), "config.example.toml does not document {key}");
+    }
+}
