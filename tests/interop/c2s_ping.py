@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""A minimal XMPP client (RFC 6120 c2s, stdlib only) for the interop test: log in to a
+server (STARTTLS, SASL PLAIN, resource binding), send an XEP-0199 ping to a remote domain,
+and print the round trip. Exit 0 on a pong, 1 on an error or timeout."""
+import argparse, base64, socket, ssl, sys, time, uuid
+import xml.etree.ElementTree as ET
+
+NS_STREAM = "http://etherx.jabber.org/streams"
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+NS_CLIENT = "jabber:client"
+
+
+class Stream:
+    def __init__(self, sock, domain, deadline):
+        self.sock, self.domain, self.deadline = sock, domain, deadline
+        self.restart()
+
+    def restart(self):
+        self.parser = ET.XMLPullParser(events=("start", "end"))
+        self.depth = 0
+        self.queue = []
+        self.send(f"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAM}' to='{self.domain}' version='1.0'>")
+
+    def send(self, data):
+        self.sock.sendall(data.encode())
+
+    def next(self):
+        """The next complete top-level element of the stream."""
+        while not self.queue:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no answer in time")
+            self.sock.settimeout(left)
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("server closed the connection")
+            self.parser.feed(data)
+            for ev, el in self.parser.read_events():
+                if ev == "start":
+                    self.depth += 1
+                else:
+                    self.depth -= 1
+                    if self.depth == 1:
+                        self.queue.append(el)
+        return self.queue.pop(0)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--port", type=int, default=5222)
+    ap.add_argument("--jid", required=True)
+    ap.add_argument("--password", required=True)
+    ap.add_argument("--ping", required=True, help="domain to ping over federation")
+    ap.add_argument("--timeout", type=float, default=30)
+    a = ap.parse_args()
+    user, domain = a.jid.split("@")
+    deadline = time.monotonic() + a.timeout
+    sock = socket.create_connection((a.host, a.port), timeout=a.timeout)
+    s = Stream(sock, domain, deadline)
+    feats = s.next()
+    if feats.find(f"{{{NS_TLS}}}starttls") is None:
+        sys.exit("server does not offer STARTTLS")
+    s.send(f"<starttls xmlns='{NS_TLS}'/>")
+    if s.next().tag != f"{{{NS_TLS}}}proceed":
+        sys.exit("STARTTLS refused")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s.sock = ctx.wrap_socket(sock, server_hostname=domain)
+    s.restart()
+    s.next()  # features with SASL mechanisms
+    token = base64.b64encode(f"\0{user}\0{a.password}".encode()).decode()
+    s.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{token}</auth>")
+    if s.next().tag != f"{{{NS_SASL}}}success":
+        sys.exit("login failed")
+    s.restart()
+    s.next()  # features with bind
+    s.send(f"<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'><resource>interop</resource></bind></iq>")
+    while True:
+        el = s.next()
+        if el.get("id") == "bind1":
+            break
+    if el.get("type") != "result":
+        sys.exit("resource binding failed")
+    pid = "ping-" + uuid.uuid4().hex
+    t0 = time.monotonic()
+    s.send(f"<iq type='get' id='{pid}' to='{a.ping}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    while True:
+        el = s.next()
+        if el.get("id") == pid:
+            break
+    rtt = (time.monotonic() - t0) * 1000
+    if el.get("type") != "result":
+        print(f"ping {a.ping}: ERROR {ET.tostring(el).decode()}")
+        sys.exit(1)
+    print(f"ping {a.ping} from {a.jid}: pong in {rtt:.1f} ms")
+    s.send("</stream:stream>")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (OSError, TimeoutError, ConnectionError, ET.ParseError) as e:
+        print(f"c2s_ping: {e}", file=sys.stderr)
+        sys.exit(1)

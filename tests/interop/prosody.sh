@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Interop with a real Prosody (Debian's package), dialback over TLS in both directions:
+#  (a) a client logged in to Prosody pings drawbridge.test over s2s
+#      (Prosody originating, drawbridge receiving and calling back Prosody's authoritative role);
+#  (b) `drawbridge ctl probe prosody.test` succeeds
+#      (drawbridge originating, Prosody receiving and calling back drawbridge).
+# Everything runs inside a network namespace of its own with a dnsmasq serving SRV records
+# for both domains; nothing leaves it. Needs root (netns). Fails loudly when either fails.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+ns=dbinterop$$
+work=$(mktemp -d /tmp/drawbridge-interop.XXXXXX)
+dns_ip=127.0.0.20 prosody_ip=127.0.0.21 db_ip=127.0.0.23
+pids=()
+
+say() { printf '\n== %s\n' "$*"; }
+fail() {
+  printf '\nINTEROP FAILED: %s\n' "$*" >&2
+  for f in drawbridge.log prosody.log dnsmasq.log; do
+    [ -f "$work/$f" ] && { printf -- '--- last lines of %s\n' "$f" >&2; tail -n 40 "$work/$f" >&2; }
+  done
+  exit 1
+}
+cleanup() {
+  # Everything we started names the work dir on its command line.
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  pkill -f "$work" 2>/dev/null || true
+  for _ in $(seq 1 20); do pgrep -f "$work" >/dev/null || break; sleep 0.1; done
+  pkill -9 -f "$work" 2>/dev/null || true
+  ip netns del "$ns" 2>/dev/null || true
+  rm -rf "/etc/netns/$ns"
+  [ -n "${KEEP_INTEROP:-}" ] && echo "kept $work" || rm -rf "$work"
+}
+trap cleanup EXIT
+in_ns() { ip netns exec "$ns" "$@"; }
+
+[ "$(id -u)" = 0 ] || fail "run as root (network namespaces)"
+
+say "packages"
+need=()
+command -v prosody >/dev/null || need+=(prosody)
+command -v dnsmasq >/dev/null || need+=(dnsmasq)
+command -v openssl >/dev/null || need+=(openssl)
+command -v ip >/dev/null || need+=(iproute2)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Without Recommends: no lua-unbound, so Prosody uses the namespace's resolv.conf.
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# The package may have started its own service; it must not hold anything we use.
+service prosody stop >/dev/null 2>&1 || true
+prosody_version=$(dpkg-query -W -f='${Version}' prosody 2>/dev/null || true)
+echo "prosody ${prosody_version:-?}, dnsmasq $(dnsmasq --version | head -1 | awk '{print $3}')"
+
+say "build drawbridge"
+(cd "$repo" && cargo build --quiet)
+db="$repo/target/debug/drawbridge"
+
+say "network namespace $ns"
+ip netns add "$ns"
+in_ns ip link set lo up
+for a in $dns_ip $prosody_ip $db_ip; do in_ns ip addr replace "$a/32" dev lo; done
+mkdir -p "/etc/netns/$ns"
+echo "nameserver $dns_ip" > "/etc/netns/$ns/resolv.conf"
+printf '127.0.0.1 localhost\n::1 localhost\n127.0.1.1 %s\n' "$(hostname)" > "/etc/netns/$ns/hosts"
+
+say "certificates (a local CA; leaf SAN DNS:D, DNS:*.D)"
+cd "$work"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=drawbridge interop CA" \
+  -keyout ca.key -out ca.pem 2>/dev/null
+for d in prosody.test drawbridge.test; do
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$d" -keyout "$d.key" -out "$d.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:%s,DNS:*.%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$d" "$d" > "$d.ext"
+  openssl x509 -req -in "$d.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile "$d.ext" -out "$d.crt" 2>/dev/null
+done
+chmod 644 ./*.key
+
+say "DNS (dnsmasq on $dns_ip)"
+cat > dnsmasq.conf <<CONF
+no-resolv
+no-hosts
+local=/test/
+listen-address=$dns_ip
+bind-interfaces
+log-queries
+log-facility=$work/dnsmasq.log
+pid-file=$work/dnsmasq.pid
+host-record=prosody.test,$prosody_ip
+host-record=drawbridge.test,$db_ip
+srv-host=_xmpp-server._tcp.prosody.test,prosody.test,5269,0,5
+srv-host=_xmpp-server._tcp.drawbridge.test,drawbridge.test,5269,0,5
+CONF
+in_ns dnsmasq --keep-in-foreground --conf-file="$work/dnsmasq.conf" >/dev/null 2>&1 &
+pids+=($!)
+
+say "Prosody (prosody.test on $prosody_ip)"
+mkdir -p prosody-data
+cat > prosody.cfg.lua <<CONF
+pidfile = "$work/prosody.pid"
+data_path = "$work/prosody-data"
+run_as_root = true
+interfaces = { "$prosody_ip" }
+s2s_ports = { 5269 }
+c2s_ports = { 5222 }
+http_ports = { }
+https_ports = { }
+modules_enabled = { "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "version"; "posix"; "admin_shell" }
+authentication = "internal_plain"
+c2s_require_encryption = true
+s2s_require_encryption = true
+s2s_secure_auth = false
+ssl = { cafile = "$work/ca.pem" }
+log = { debug = "$work/prosody.log" }
+unbound = { resolvconf = "/etc/netns/$ns/resolv.conf"; hoststxt = false; options = { ["local-zone:"] = "test. transparent" } }
+VirtualHost "prosody.test"
+  ssl = { certificate = "$work/prosody.test.crt"; key = "$work/prosody.test.key" }
+CONF
+prosodyctl --config "$work/prosody.cfg.lua" register alice prosody.test s3cret >/dev/null 2>&1 \
+  || fail "prosodyctl register"
+in_ns setsid prosody --config "$work/prosody.cfg.lua" -F >/dev/null 2>&1 &
+pids+=($!)
+
+say "drawbridge (drawbridge.test on $db_ip)"
+cat > drawbridge.toml <<CONF
+[server]
+domains = ["drawbridge.test"]
+listen = ["$db_ip:5269"]
+data_dir = "$work/drawbridge-data"
+[tls]
+cert = "$work/drawbridge.test.crt"
+key = "$work/drawbridge.test.key"
+[dns]
+nameservers = ["$dns_ip"]
+[timeouts]
+negotiation = "20s"
+dialback = "15s"
+probe = "20s"
+[log]
+level = "debug"
+file = "$work/drawbridge.log"
+CONF
+in_ns "$db" --config "$work/drawbridge.toml" serve >"$work/drawbridge.stderr" 2>&1 &
+pids+=($!)
+
+# Wait (bounded) until both servers accept connections.
+ready() { in_ns python3 -c "import socket,sys; socket.create_connection(('$1', $2), timeout=1)" 2>/dev/null; }
+for i in $(seq 1 100); do
+  ready $prosody_ip 5222 && ready $prosody_ip 5269 && ready $db_ip 5269 && break
+  [ "$i" = 100 ] && fail "servers did not start"
+  sleep 0.1
+done
+
+say "(a) alice@prosody.test pings drawbridge.test (Prosody originating, drawbridge receiving)"
+in_ns python3 "$here/c2s_ping.py" --host $prosody_ip --jid alice@prosody.test --password s3cret --ping drawbridge.test --timeout 40 \
+  || fail "(a) ping from a Prosody client to drawbridge.test"
+
+say "(b) drawbridge ctl probe prosody.test (drawbridge originating, Prosody receiving)"
+in_ns "$db" --config "$work/drawbridge.toml" ctl probe prosody.test || fail "(b) drawbridge ctl probe prosody.test"
+
+say "what each side saw"
+in_ns "$db" --config "$work/drawbridge.toml" ctl connections
+in_ns "$db" --config "$work/drawbridge.toml" ctl verifications
+json=$(in_ns "$db" --config "$work/drawbridge.toml" ctl connections --json)
+python3 - "$json" <<'PY' || fail "drawbridge's connection table does not show dialback-authenticated TLS streams both ways"
+import json, sys
+conns = json.loads(sys.argv[1])
+def ok(direction):
+    return any(c["direction"] == direction and c["tls"] and any(p["remote"] == "prosody.test" and p["status"] == "valid" and p["method"] == "dialback" for p in c["pairs"]) for c in conns)
+assert ok("in"), "no inbound stream from prosody.test authenticated by dialback over TLS"
+assert ok("out"), "no outbound stream to prosody.test authenticated by dialback over TLS"
+print("drawbridge: inbound and outbound streams with prosody.test, TLS, dialback valid")
+PY
+grep -q "_xmpp-server._tcp.drawbridge.test" dnsmasq.log || fail "Prosody did not look up drawbridge.test's SRV record"
+grep -q "_xmpp-server._tcp.prosody.test" dnsmasq.log || fail "drawbridge did not look up prosody.test's SRV record"
+echo "DNS: both sides found each other through SRV records"
+grep -qi "dialback" prosody.log && echo "prosody.log mentions dialback: $(grep -ci 'dialback' prosody.log) lines"
+
+say "INTEROP OK: Prosody ${prosody_version:-} <-> drawbridge, dialback over TLS both ways"
