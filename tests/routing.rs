@@ -48,7 +48,7 @@ async fn hosted_domain_services() {
         assert_eq!(error_of(&r).map(|e| e.0), Some("service-unavailable".into()), "{}", r.to_xml());
     }
     let r6 = o.next_stanza().await;
-    assert_eq!((r6.name.as_str(), r6.get_attr("id"), r6.get_attr("type")), ("message", Some("6"), Some("error")));
+    assert_eq!((&*r6.name, r6.get_attr("id"), r6.get_attr("type")), ("message", Some("6"), Some("error")));
     assert_eq!(error_of(&r6).unwrap().0, "service-unavailable");
     assert_eq!(r6.get_child("body", ns::SERVER).unwrap().text_content(), "hello & bye");
     // The next thing we get is the answer to ping 12: nothing was sent for 7–11.

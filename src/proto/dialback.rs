@@ -100,7 +100,7 @@ impl DbElement {
         if el.ns != ns::DIALBACK {
             return None;
         }
-        let verify = match el.name.as_str() {
+        let verify = match &*el.name {
             "result" => false,
             "verify" => true,
             _ => return None,
@@ -122,7 +122,7 @@ impl DbElement {
                             if c.name == "text" {
                                 text = Some(c.text_content());
                             } else {
-                                cond = c.name.clone();
+                                cond = c.name.to_string();
                             }
                         }
                         (cond, text)

@@ -28,7 +28,7 @@ impl ErrorType {
 
 /// Whether an element is a stanza in the server namespace.
 pub fn is_stanza(el: &Element) -> bool {
-    (el.ns == ns::SERVER || el.ns == ns::CLIENT) && matches!(el.name.as_str(), "message" | "presence" | "iq")
+    (el.ns == ns::SERVER || el.ns == ns::CLIENT) && matches!(&*el.name, "message" | "presence" | "iq")
 }
 
 /// Whether a stanza may be answered with an error (never an error to an error, RFC 6120
@@ -86,7 +86,7 @@ pub fn error_of(el: &Element) -> Option<(String, Option<String>)> {
             if c.name == "text" {
                 text = Some(c.text_content());
             } else {
-                cond = c.name.clone();
+                cond = c.name.to_string();
             }
         }
     }

@@ -35,7 +35,7 @@ impl LocalServices {
     pub fn handle(&self, _shared: &Arc<Shared>, st: &Element) -> Option<Element> {
         let to = st.get_attr("to").and_then(Jid::parse)?;
         let typ = st.get_attr("type").unwrap_or("");
-        match st.name.as_str() {
+        match &*st.name {
             "iq" => match typ {
                 "result" | "error" => {
                     if let Some(id) = st.get_attr("id") {
@@ -56,7 +56,7 @@ impl LocalServices {
                     if st.elements().count() != 1 {
                         return error_reply(st, ErrorType::Modify, "bad-request", Some("iq with more than one payload"));
                     }
-                    match (typ, payload.name.as_str(), payload.ns.as_str()) {
+                    match (typ, &*payload.name, &*payload.ns) {
                         ("get", "ping", ns::PING) => Some(result_for(st)),
                         ("get", "query", ns::DISCO_INFO) if payload.get_attr("node").is_none() => {
                             let mut q = Element::new("query", ns::DISCO_INFO)

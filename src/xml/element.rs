@@ -1,6 +1,64 @@
 //! A namespace-resolved element tree: what a stanza or a stream-level element is once parsed.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
+
+/// An element or attribute name, or a namespace: the common ones are static (no allocation
+/// per stanza), others owned.
+pub type Name = Cow<'static, str>;
+
+/// The static copy of a well-known name or namespace, else an owned one.
+pub fn intern(s: &str) -> Name {
+    use crate::proto::ns;
+    Cow::Borrowed(match s {
+        ns::SERVER => ns::SERVER,
+        ns::CLIENT => ns::CLIENT,
+        ns::STREAMS => ns::STREAMS,
+        ns::DIALBACK => ns::DIALBACK,
+        ns::TLS => ns::TLS,
+        ns::SASL => ns::SASL,
+        ns::STANZA_ERRORS => ns::STANZA_ERRORS,
+        ns::STREAM_ERRORS => ns::STREAM_ERRORS,
+        ns::PING => ns::PING,
+        ns::DISCO_INFO => ns::DISCO_INFO,
+        ns::VERSION => ns::VERSION,
+        "http://jabber.org/protocol/chatstates" => "http://jabber.org/protocol/chatstates",
+        "urn:xmpp:receipts" => "urn:xmpp:receipts",
+        "urn:xmpp:delay" => "urn:xmpp:delay",
+        "http://jabber.org/protocol/caps" => "http://jabber.org/protocol/caps",
+        "message" => "message",
+        "presence" => "presence",
+        "iq" => "iq",
+        "body" => "body",
+        "subject" => "subject",
+        "thread" => "thread",
+        "show" => "show",
+        "status" => "status",
+        "priority" => "priority",
+        "error" => "error",
+        "text" => "text",
+        "query" => "query",
+        "ping" => "ping",
+        "active" => "active",
+        "composing" => "composing",
+        "paused" => "paused",
+        "result" => "result",
+        "verify" => "verify",
+        "from" => "from",
+        "to" => "to",
+        "id" => "id",
+        "type" => "type",
+        "xml:lang" => "xml:lang",
+        "c" => "c",
+        "x" => "x",
+        "delay" => "delay",
+        "stamp" => "stamp",
+        "hash" => "hash",
+        "node" => "node",
+        "ver" => "ver",
+        _ => return Cow::Owned(s.to_owned()),
+    })
+}
 
 /// A child of an element: another element or character data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,15 +71,15 @@ pub enum Node {
 /// attribute in a namespace other than none or `xml` is stored as `{ns}local`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Element {
-    pub name: String,
-    pub ns: String,
-    pub attrs: Vec<(String, String)>,
+    pub name: Name,
+    pub ns: Name,
+    pub attrs: Vec<(Name, String)>,
     pub children: Vec<Node>,
 }
 
 impl Element {
     pub fn new(name: &str, ns: &str) -> Self {
-        Element { name: name.to_owned(), ns: ns.to_owned(), attrs: Vec::new(), children: Vec::new() }
+        Element { name: intern(name), ns: intern(ns), attrs: Vec::new(), children: Vec::new() }
     }
 
     /// Builder: set an attribute.
@@ -54,7 +112,7 @@ impl Element {
         let value = value.into();
         match self.attrs.iter_mut().find(|(k, _)| k == name) {
             Some(slot) => slot.1 = value,
-            None => self.attrs.push((name.to_owned(), value)),
+            None => self.attrs.push((intern(name), value)),
         }
     }
 

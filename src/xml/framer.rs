@@ -15,7 +15,7 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
 use quick_xml::XmlVersion;
 
-use super::element::{Element, Node};
+use super::element::{intern, Element, Name, Node};
 use crate::proto::ns;
 
 /// What the framer yields.
@@ -362,7 +362,7 @@ impl Framer {
                 let tag = std::str::from_utf8(tag).map_err(|_| XmlError::NotWellFormed("invalid UTF-8".into()))?;
                 let tag = tag.trim_end();
                 let (prefix, local) = split_qname(tag);
-                if local != "stream" || resolve(&self.scope, prefix) != Some(ns::STREAMS) {
+                if local != "stream" || resolve_owned(&self.scope, prefix) != Some(ns::STREAMS) {
                     return Err(XmlError::NotWellFormed(format!("unexpected end tag </{tag}>")));
                 }
                 self.depth = 0;
@@ -426,13 +426,34 @@ impl Framer {
     }
 }
 
+/// Namespace bindings while parsing one fragment: the stream header's, plus any declared
+/// inside the fragment (usually none; no allocation until one appears).
+struct Scope<'b, 'a> {
+    base: &'b [(String, String)],
+    base_default: &'b str,
+    local: Vec<(&'a str, Cow<'a, str>)>,
+}
+
+impl Scope<'_, '_> {
+    fn resolve(&self, prefix: &str) -> Option<&str> {
+        if let Some((_, n)) = self.local.iter().rev().find(|(p, _)| *p == prefix) {
+            return Some(n);
+        }
+        match prefix {
+            "" => Some(self.base_default),
+            "xml" => Some(ns::XML),
+            p => self.base.iter().rev().find(|(bp, _)| bp == p).map(|(_, n)| n.as_str()),
+        }
+    }
+}
+
 /// Parse one complete element, resolving names against `base` bindings (prefix, namespace).
 pub fn parse_fragment(text: &str, base: &[(String, String)], max_depth: usize) -> Result<Element, XmlError> {
     let mut reader = Reader::from_str(text);
-    let mut stack: Vec<Element> = Vec::new();
-    // Bindings declared inside the fragment, with marks per open element.
-    let mut scope: Vec<(&str, Cow<'_, str>)> = base.iter().map(|(p, n)| (p.as_str(), Cow::Borrowed(n.as_str()))).collect();
-    let mut marks: Vec<usize> = Vec::new();
+    let base_default = base.iter().rev().find(|(p, _)| p.is_empty()).map_or("", |(_, n)| n.as_str());
+    let mut scope = Scope { base, base_default, local: Vec::new() };
+    // Open elements, each with the length of `scope.local` before it.
+    let mut stack: Vec<(Element, usize)> = Vec::with_capacity(4);
     loop {
         let ev = reader.read_event().map_err(map_qx)?;
         match ev {
@@ -440,36 +461,34 @@ pub fn parse_fragment(text: &str, base: &[(String, String)], max_depth: usize) -
                 return Err(XmlError::TooDeep { limit: max_depth });
             }
             Event::Start(s) => {
-                marks.push(scope.len());
+                let mark = scope.local.len();
                 let el = start_element(text, &s, &mut scope)?;
-                stack.push(el);
+                stack.push((el, mark));
             }
             Event::Empty(s) => {
-                let mark = scope.len();
+                let mark = scope.local.len();
                 let el = start_element(text, &s, &mut scope)?;
-                scope.truncate(mark);
+                scope.local.truncate(mark);
                 match stack.last_mut() {
-                    Some(parent) => parent.children.push(Node::Element(el)),
+                    Some((parent, _)) => parent.children.push(Node::Element(el)),
                     None => return Ok(el),
                 }
             }
             Event::End(_) => {
-                let el = stack.pop().ok_or_else(|| XmlError::NotWellFormed("unbalanced end tag".into()))?;
-                if let Some(m) = marks.pop() {
-                    scope.truncate(m);
-                }
+                let (el, mark) = stack.pop().ok_or_else(|| XmlError::NotWellFormed("unbalanced end tag".into()))?;
+                scope.local.truncate(mark);
                 match stack.last_mut() {
-                    Some(parent) => parent.children.push(Node::Element(el)),
+                    Some((parent, _)) => parent.children.push(Node::Element(el)),
                     None => return Ok(el),
                 }
             }
             Event::Text(t) => {
-                if let Some(top) = stack.last_mut() {
+                if let Some((top, _)) = stack.last_mut() {
                     push_text(top, &t.xml10_content());
                 }
             }
             Event::CData(c) => {
-                if let Some(top) = stack.last_mut() {
+                if let Some((top, _)) = stack.last_mut() {
                     push_text(top, &c.xml10_content());
                 }
             }
@@ -488,7 +507,7 @@ pub fn parse_fragment(text: &str, base: &[(String, String)], max_depth: usize) -
                 if !is_xml_char(ch) {
                     return Err(XmlError::NotWellFormed(format!("character reference to U+{:04X}", ch as u32)));
                 }
-                if let Some(top) = stack.last_mut() {
+                if let Some((top, _)) = stack.last_mut() {
                     let mut b = [0u8; 4];
                     push_text(top, ch.encode_utf8(&mut b));
                 }
@@ -512,44 +531,77 @@ fn push_text(el: &mut Element, t: &str) {
     }
 }
 
-fn start_element<'a>(text: &'a str, s: &BytesStart<'_>, scope: &mut Vec<(&'a str, Cow<'a, str>)>) -> Result<Element, XmlError> {
-    let attrs = collect_attrs(text, s, scope)?;
+/// An attribute value, normalised (XML §3.3.3) and checked for illegal characters that a
+/// character reference could smuggle in (raw bytes were checked already).
+fn attr_value<'a>(a: &quick_xml::events::attributes::Attribute<'a>) -> Result<Cow<'a, str>, XmlError> {
+    let v = a.normalized_value(XmlVersion::Implicit1_0).map_err(map_qx)?;
+    if a.value.contains('&') && v.chars().any(|c| !is_xml_char(c)) {
+        return Err(XmlError::NotWellFormed("illegal character in attribute value".into()));
+    }
+    Ok(v)
+}
+
+fn start_element<'a>(text: &'a str, s: &BytesStart<'_>, scope: &mut Scope<'_, 'a>) -> Result<Element, XmlError> {
+    use quick_xml::events::attributes::Attributes;
+    let raw: &'a str = reborrow(text, s);
+    let name_len = s.name().0.len();
+    // Namespace declarations first (they apply to this element's own name); most elements
+    // have none, so look before parsing the attributes twice.
+    let declares = memchr::memmem::find(raw[name_len..].as_bytes(), b"xmlns").is_some();
+    if declares {
+        for a in Attributes::new(raw, name_len) {
+            let a = a.map_err(|e| XmlError::NotWellFormed(format!("attribute: {e}")))?;
+            let key: &'a str = a.key.0;
+            if key == "xmlns" {
+                scope.local.push(("", attr_value(&a)?));
+            } else if let Some(p) = key.strip_prefix("xmlns:") {
+                let v = attr_value(&a)?;
+                if v.is_empty() {
+                    return Err(XmlError::NotWellFormed(format!("empty namespace for prefix {p}")));
+                }
+                scope.local.push((p, v));
+            }
+        }
+    }
     let (prefix, local) = split_qname(s.name().0);
-    let ns = resolve_cow(scope, prefix).ok_or_else(|| unbound(prefix))?;
-    let mut el = Element { name: local.to_owned(), ns: ns.to_owned(), attrs: Vec::with_capacity(attrs.len()), children: Vec::new() };
-    for (k, v) in attrs {
+    let ns = scope.resolve(prefix).ok_or_else(|| unbound(prefix))?;
+    let mut el = Element { name: intern(local), ns: intern(ns), attrs: Vec::new(), children: Vec::new() };
+    for a in Attributes::new(raw, name_len) {
+        let a = a.map_err(|e| XmlError::NotWellFormed(format!("attribute: {e}")))?;
+        let k: &str = a.key.0;
+        if declares && (k == "xmlns" || k.starts_with("xmlns:")) {
+            continue;
+        }
         let (p, l) = split_qname(k);
         let key = match p {
-            "" => l.to_owned(),
-            "xml" => k.to_owned(),
-            p => format!("{{{}}}{l}", resolve_cow(scope, p).ok_or_else(|| unbound(p))?),
+            "" => intern(l),
+            "xml" => intern(k),
+            p => {
+                let key: Name = Cow::Owned(format!("{{{}}}{l}", scope.resolve(p).ok_or_else(|| unbound(p))?));
+                if el.attrs.iter().any(|(k2, _)| *k2 == key) {
+                    return Err(XmlError::NotWellFormed(format!("duplicate attribute {key}")));
+                }
+                key
+            }
         };
-        if el.attrs.iter().any(|(k2, _)| *k2 == key) {
-            return Err(XmlError::NotWellFormed(format!("duplicate attribute {key}")));
-        }
-        el.attrs.push((key, v.into_owned()));
+        el.attrs.push((key, attr_value(&a)?.into_owned()));
     }
     Ok(el)
 }
 
 /// Read a start tag's attributes: namespace declarations go into `scope`, the rest are
-/// returned (raw qualified name, normalised value).
+/// returned (raw qualified name, normalised value). Used for the stream header.
 fn collect_attrs<'a>(
     text: &'a str,
     s: &BytesStart<'_>,
     scope: &mut Vec<(&'a str, Cow<'a, str>)>,
 ) -> Result<Vec<(&'a str, Cow<'a, str>)>, XmlError> {
     let mut out = Vec::new();
-    // `attributes()` borrows `s`; re-borrow names from the original input by value.
     let raw: &'a str = reborrow(text, s);
-    let mut iter = quick_xml::events::attributes::Attributes::new(raw, s.name().0.len());
-    for a in &mut iter {
+    for a in quick_xml::events::attributes::Attributes::new(raw, s.name().0.len()) {
         let a = a.map_err(|e| XmlError::NotWellFormed(format!("attribute: {e}")))?;
         let key: &'a str = a.key.0;
-        let value = a.normalized_value(XmlVersion::Implicit1_0).map_err(map_qx)?;
-        if value.chars().any(|c| !is_xml_char(c)) {
-            return Err(XmlError::NotWellFormed("illegal character in attribute value".into()));
-        }
+        let value = attr_value(&a)?;
         if key == "xmlns" {
             scope.push(("", value));
         } else if let Some(p) = key.strip_prefix("xmlns:") {
@@ -581,7 +633,7 @@ fn split_qname(q: &str) -> (&str, &str) {
     }
 }
 
-fn resolve<'s>(scope: &'s [(String, String)], prefix: &str) -> Option<&'s str> {
+fn resolve_owned<'s>(scope: &'s [(String, String)], prefix: &str) -> Option<&'s str> {
     if prefix == "xml" {
         return Some(ns::XML);
     }
@@ -619,8 +671,13 @@ pub fn is_xml_char(c: char) -> bool {
 }
 
 /// Raw control characters are not XML characters; U+FFFE/U+FFFF are checked on decode.
+/// Branch-free per byte so it vectorises.
 fn check_chars(bytes: &[u8]) -> Result<(), XmlError> {
-    if bytes.iter().any(|&b| b < 0x20 && b != b'\t' && b != b'\n' && b != b'\r') {
+    let mut bad = false;
+    for chunk in bytes.chunks(64) {
+        bad |= chunk.iter().fold(false, |acc, &b| acc | ((b < 0x20) & (b != b'\t') & (b != b'\n') & (b != b'\r')));
+    }
+    if bad {
         return Err(XmlError::NotWellFormed("control character in XML".into()));
     }
     Ok(())

@@ -75,7 +75,7 @@ fn write_inner(out: &mut String, el: &Element, parent_ns: &str, prefix: Option<&
         out.push(':');
     }
     out.push_str(&el.name);
-    let default_ns = if prefix.is_some() { parent_ns } else { el.ns.as_str() };
+    let default_ns = if prefix.is_some() { parent_ns } else { &*el.ns };
     if prefix.is_none() && el.ns != parent_ns {
         out.push_str(" xmlns='");
         escape_attr(out, &el.ns);
