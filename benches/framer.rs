@@ -35,6 +35,7 @@ fn main() {
     if std::env::var_os("BASELINE").is_some() {
         let big: String = std::iter::repeat_n(body, 20).collect();
         baseline(&big);
+        breakdown(body);
     }
     // Warm up, then measure for at least 3 s.
     assert_eq!(run(), per_copy * copies);
@@ -83,4 +84,53 @@ fn baseline(body: &str) {
     }
     let secs = t0.elapsed().as_secs_f64();
     println!("baseline: quick-xml events + attributes alone: {:.0} MB/s", body.len() as f64 * rounds as f64 / secs / 1e6);
+}
+
+#[allow(dead_code)]
+fn breakdown(body: &str) {
+    use quick_xml::events::Event;
+    let stanzas: Vec<&str> = body.lines().collect();
+    let base = vec![(String::new(), "jabber:server".to_string()), ("stream".into(), "http://etherx.jabber.org/streams".into()), ("db".into(), "jabber:server:dialback".into())];
+    let time = |name: &str, f: &dyn Fn()| {
+        let t0 = Instant::now();
+        let mut rounds = 0;
+        while t0.elapsed() < Duration::from_secs(1) {
+            f();
+            rounds += 1;
+        }
+        let per = t0.elapsed().as_secs_f64() / (rounds * stanzas.len()) as f64;
+        println!("  {name}: {:.0} ns per stanza", per * 1e9);
+    };
+    time("utf-8 check", &|| {
+        for s in &stanzas {
+            std::hint::black_box(std::str::from_utf8(std::hint::black_box(s.as_bytes())).unwrap());
+        }
+    });
+    time("quick-xml events per stanza", &|| {
+        for s in &stanzas {
+            let mut r = quick_xml::Reader::from_str(s);
+            loop {
+                match r.read_event().unwrap() {
+                    Event::Eof => break,
+                    Event::Start(s) | Event::Empty(s) => {
+                        for a in s.attributes() {
+                            std::hint::black_box(a.unwrap());
+                        }
+                    }
+                    e => {
+                        std::hint::black_box(e);
+                    }
+                }
+            }
+        }
+    });
+    time("parse_fragment (tree)", &|| {
+        for s in &stanzas {
+            std::hint::black_box(drawbridge::xml::framer::parse_fragment(s, &base, 32).unwrap());
+        }
+    });
+    time("drop of trees", &|| {
+        let v: Vec<_> = stanzas.iter().map(|s| drawbridge::xml::framer::parse_fragment(s, &base, 32).unwrap()).collect();
+        drop(v);
+    });
 }

@@ -535,7 +535,7 @@ fn push_text(el: &mut Element, t: &str) {
 /// character reference could smuggle in (raw bytes were checked already).
 fn attr_value<'a>(a: &quick_xml::events::attributes::Attribute<'a>) -> Result<Cow<'a, str>, XmlError> {
     let v = a.normalized_value(XmlVersion::Implicit1_0).map_err(map_qx)?;
-    if a.value.contains('&') && v.chars().any(|c| !is_xml_char(c)) {
+    if memchr(b'&', a.value.as_bytes()).is_some() && v.chars().any(|c| !is_xml_char(c)) {
         return Err(XmlError::NotWellFormed("illegal character in attribute value".into()));
     }
     Ok(v)
@@ -547,7 +547,8 @@ fn start_element<'a>(text: &'a str, s: &BytesStart<'_>, scope: &mut Scope<'_, 'a
     let name_len = s.name().0.len();
     // Namespace declarations first (they apply to this element's own name); most elements
     // have none, so look before parsing the attributes twice.
-    let declares = memchr::memmem::find(raw[name_len..].as_bytes(), b"xmlns").is_some();
+    static XMLNS: std::sync::LazyLock<memchr::memmem::Finder<'static>> = std::sync::LazyLock::new(|| memchr::memmem::Finder::new("xmlns"));
+    let declares = XMLNS.find(raw[name_len..].as_bytes()).is_some();
     if declares {
         for a in Attributes::new(raw, name_len) {
             let a = a.map_err(|e| XmlError::NotWellFormed(format!("attribute: {e}")))?;
@@ -627,7 +628,7 @@ fn reborrow<'a>(text: &'a str, part: &str) -> &'a str {
 }
 
 fn split_qname(q: &str) -> (&str, &str) {
-    match q.find(':') {
+    match memchr(b':', q.as_bytes()) {
         Some(i) => (&q[..i], &q[i + 1..]),
         None => ("", q),
     }
