@@ -97,7 +97,7 @@ struct LimitsFile {
     outbound_queue: usize,
     max_streams: usize,
     max_pairs_per_stream: usize,
-    transcript_lines: usize,
+    closed_streams: usize,
 }
 
 impl Default for LimitsFile {
@@ -109,7 +109,7 @@ impl Default for LimitsFile {
             outbound_queue: d.outbound_queue,
             max_streams: d.max_streams,
             max_pairs_per_stream: d.max_pairs_per_stream,
-            transcript_lines: d.transcript_lines,
+            closed_streams: d.closed_streams,
         }
     }
 }
@@ -195,8 +195,8 @@ pub struct Limits {
     pub max_streams: usize,
     /// Domain pairs one inbound stream may authorise (dialback piggybacking).
     pub max_pairs_per_stream: usize,
-    /// Closed streams kept in the connection table.
-    pub transcript_lines: usize,
+    /// Recently closed streams kept in the connection table.
+    pub closed_streams: usize,
 }
 
 impl Default for Limits {
@@ -207,7 +207,7 @@ impl Default for Limits {
             outbound_queue: 1024,
             max_streams: 10_000,
             max_pairs_per_stream: 64,
-            transcript_lines: 200,
+            closed_streams: 200,
         }
     }
 }
@@ -393,7 +393,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         ("limits.outbound_queue", l.outbound_queue, 1),
         ("limits.max_streams", l.max_streams, 1),
         ("limits.max_pairs_per_stream", l.max_pairs_per_stream, 1),
-        ("limits.transcript_lines", l.transcript_lines, 0),
+        ("limits.closed_streams", l.closed_streams, 0),
     ] {
         if v < min {
             return Err(bad(key, format!("{v} is too small (at least {min})")));
@@ -405,7 +405,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         outbound_queue: l.outbound_queue,
         max_streams: l.max_streams,
         max_pairs_per_stream: l.max_pairs_per_stream,
-        transcript_lines: l.transcript_lines,
+        closed_streams: l.closed_streams,
     };
     let d = Timeouts::default();
     let t = &f.timeouts;

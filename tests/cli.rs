@@ -47,8 +47,25 @@ fn example_config_is_valid_and_complete() {
     for key in [
         "domains", "listen", "data_dir", "control_socket", "cert", "key", "ca_file", "require_encryption", "nameservers",
         "[[dns.override]]", "max_stanza_size", "max_depth", "outbound_queue", "max_streams", "max_pairs_per_stream",
-        "transcript_lines", "negotiation", "connect", "dialback", "close", "idle_outbound", "keepalive", "probe", "level", "file",
+        "closed_streams", "negotiation", "connect", "dialback", "close", "idle_outbound", "keepalive", "probe", "level", "file",
     ] {
         assert!(text.contains(key), "config.example.toml does not document {key}");
     }
+}
+
+#[test]
+fn unreadable_trust_roots_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let cfg = dir.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n[tls]\nca_file = \"{}\"\n", dir.path().join("data").display(), ca.display()),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge")).arg("--config").arg(&cfg).arg("serve").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("tls.ca_file") && stderr.contains("ca.pem"), "{stderr}");
 }

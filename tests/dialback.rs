@@ -186,3 +186,65 @@ async fn dialback_error_paths() {
     assert!(outcomes.iter().any(|o| o.remote == "ghost.test" && o.result == VerificationResult::Error));
     assert!(outcomes.iter().any(|o| o.remote == "silent.test" && o.result == VerificationResult::Timeout && o.reason.contains("timeouts.dialback")));
 }
+
+/// Piggybacking (XEP-0220 §2.5 / multiplexing): a second domain authenticates on the same
+/// stream; both pairs are valid and stanzas of both are routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_domain_pairs_on_one_stream() {
+    let dns = Dns::start().await;
+    let b = start_published("b.test", &dns, "").await;
+    let mut o = hand_played(&b, &dns, "o.test").await;
+    let p_listener = publish_listener(&dns, "p.test").await;
+    let sid = {
+        let conns = b.engine.connections(false);
+        conns.iter().find(|c| c.direction == Direction::In && c.pairs.iter().any(|p| p.remote == "o.test")).unwrap().stream_id.clone().unwrap()
+    };
+    o.to_server.send_el(&db_result("p.test", "b.test", "kp")).await;
+    let (mut p_from_b, _) = accept_as_server(&p_listener, "p.test").await;
+    let (mut verified, mut answered) = (false, false);
+    while !(verified && answered) {
+        let db = DbElement::parse(&p_from_b.next_el().await.unwrap()).unwrap();
+        if db.verify {
+            assert_eq!(db.id.as_deref(), Some(sid.as_str()), "the same stream id: the same stream");
+            p_from_b.send_el(&drawbridge::proto::dialback::verify_answer("p.test", "b.test", &sid, &Answer::Valid)).await;
+            verified = true;
+        } else {
+            p_from_b.send_el(&drawbridge::proto::dialback::result_answer("p.test", "b.test", &Answer::Valid)).await;
+            answered = true;
+        }
+    }
+    let ans = expect_db_result(&mut o.to_server).await;
+    assert_eq!((ans.from.as_str(), ans.to.as_str(), ans.answer), ("b.test", "p.test", Some(Answer::Valid)));
+    o.to_server.send("<iq type='get' id='from-p' from='p.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    o.to_server.send("<iq type='get' id='from-o' from='o.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    let pong_p = loop {
+        let el = p_from_b.next_el().await.unwrap();
+        if el.name == "iq" {
+            break el;
+        }
+    };
+    assert_eq!((pong_p.get_attr("id"), pong_p.get_attr("type")), (Some("from-p"), Some("result")));
+    let pong_o = o.next_stanza().await;
+    assert_eq!((pong_o.get_attr("id"), pong_o.get_attr("type")), (Some("from-o"), Some("result")));
+    let conns = b.engine.connections(false);
+    let inbound = conns.iter().find(|c| c.stream_id.as_deref() == Some(sid.as_str())).unwrap();
+    let mut pairs: Vec<_> = inbound.pairs.iter().map(|p| (p.remote.as_str(), p.status)).collect();
+    pairs.sort_by_key(|p| p.0);
+    assert_eq!(pairs, vec![("o.test", PairStatus::Valid), ("p.test", PairStatus::Valid)]);
+}
+
+/// limits.max_streams bounds inbound connections and the outbound streams a peer can make us
+/// open (dialback for made-up domains).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_limit_bounds_inbound_and_dialback_callbacks() {
+    let dns = Dns::start().await;
+    let b = start_published("b.test", &dns, "[limits]\nmax_streams = 1\n").await;
+    let (mut p, _, _) = tls_peer(&b, "x.test").await;
+    p.send_el(&db_result("x.test", "b.test", "k")).await;
+    let ans = expect_db_result(&mut p).await;
+    assert!(matches!(ans.answer, Some(Answer::Error { ref condition, .. }) if condition == "resource-constraint"), "{ans:?}");
+    // A second connection is refused while the first is open.
+    let mut q = RawPeer::connect(b.addr).await;
+    q.send(&header("y.test", "b.test")).await;
+    assert!(q.next().await.is_none(), "connection over the limit is closed");
+}

@@ -31,6 +31,8 @@ pub enum TlsError {
     Key { path: PathBuf, msg: String },
     #[error("cannot create the self-signed certificate in {path}: {msg}")]
     SelfSigned { path: PathBuf, msg: String },
+    #[error("TLS trust roots {path}: {msg} (check tls.ca_file)")]
+    CaFile { path: PathBuf, msg: String },
     #[error("TLS setup: {0}")]
     Setup(String),
 }
@@ -102,6 +104,8 @@ pub struct TlsContext {
     default_domain: Domain,
     /// The certificate chain we present (for the operator).
     pub our_cert: PeerCertInfo,
+    /// Extra trust roots from `[tls] ca_file` (used to judge peer certificates).
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 impl TlsContext {
@@ -120,10 +124,14 @@ impl TlsContext {
             return Err(TlsError::Cert { path: cert_path, msg: "no PEM certificate found".into() });
         }
         let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| TlsError::Key { path: key_path.clone(), msg: e.to_string() })?;
-        Self::from_parts(chain, key, domains).map_err(|e| match e {
+        let mut ctx = Self::from_parts(chain, key, domains).map_err(|e| match e {
             TlsError::Setup(msg) => TlsError::Key { path: key_path, msg },
             e => e,
-        })
+        })?;
+        if let Some(ca) = &settings.ca_file {
+            ctx.extra_roots = load_roots(ca)?;
+        }
+        Ok(ctx)
     }
 
     pub fn from_parts(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, domains: &[Domain]) -> Result<TlsContext, TlsError> {
@@ -153,7 +161,7 @@ impl TlsContext {
                 .map_err(|e| TlsError::Setup(e.to_string()))?;
             client.insert(d.clone(), Arc::new(cc));
         }
-        Ok(TlsContext { server, client, default_domain: domains[0].clone(), our_cert })
+        Ok(TlsContext { server, client, default_domain: domains[0].clone(), our_cert, extra_roots: Vec::new() })
     }
 
     /// Server config for a stream addressed to `local` (the header's `to`, since some peers,
@@ -165,6 +173,22 @@ impl TlsContext {
     pub fn client_config(&self, local: &Domain) -> Arc<ClientConfig> {
         self.client.get(local).or_else(|| self.client.get(&self.default_domain)).cloned().expect("a config per hosted domain")
     }
+}
+
+/// PEM trust roots; at least one certificate, each parseable.
+fn load_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |msg: String| TlsError::CaFile { path: path.to_owned(), msg };
+    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if roots.is_empty() {
+        return Err(err("no PEM certificate found".into()));
+    }
+    for (i, r) in roots.iter().enumerate() {
+        x509_parser::parse_x509_certificate(r).map_err(|e| err(format!("certificate #{}: {e}", i + 1)))?;
+    }
+    Ok(roots)
 }
 
 /// Creates the self-signed certificate on first start and keeps it.

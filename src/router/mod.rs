@@ -84,7 +84,9 @@ impl Router {
     /// Queue for the outbound stream of (from, to); returns a bounce to route if impossible.
     async fn send_remote(&self, shared: &Arc<Shared>, from: Domain, to: Domain, mut st: Element) -> Option<Element> {
         for _ in 0..3 {
-            let h = self.handle(shared, &from, &to);
+            let Some(h) = self.handle(shared, &from, &to) else {
+                return error_reply(&st, ErrorType::Wait, "resource-constraint", Some("too many streams (limits.max_streams)"));
+            };
             match h.stanzas.send(st).await {
                 Ok(()) => return None,
                 Err(mpsc::error::SendError(back)) => {
@@ -97,15 +99,21 @@ impl Router {
         error_reply(&st, ErrorType::Wait, "remote-server-timeout", Some("outbound stream kept closing; try again"))
     }
 
-    /// The outbound handle for (local, remote), creating the stream if there is none.
-    pub fn handle(&self, shared: &Arc<Shared>, local: &Domain, remote: &Domain) -> OutboundHandle {
+    /// The outbound handle for (local, remote), creating the stream if there is none;
+    /// `None` when a new stream would exceed `limits.max_streams` (a peer must not make us
+    /// open connections without bound, e.g. with db:result for made-up domains).
+    pub fn handle(&self, shared: &Arc<Shared>, local: &Domain, remote: &Domain) -> Option<OutboundHandle> {
         let key = (local.clone(), remote.clone());
         if let Some(h) = self.outbound.read().unwrap().get(&key) {
-            return h.clone();
+            return Some(h.clone());
         }
         let mut map = self.outbound.write().unwrap();
         if let Some(h) = map.get(&key) {
-            return h.clone();
+            return Some(h.clone());
+        }
+        if shared.table.live_count() >= shared.settings.limits.max_streams {
+            tracing::warn!(%local, %remote, limit = shared.settings.limits.max_streams, "not opening a stream to {remote}: too many streams (limits.max_streams)");
+            return None;
         }
         let (stx, srx) = mpsc::channel(shared.settings.limits.outbound_queue);
         let (vtx, vrx) = mpsc::channel(64);
@@ -119,7 +127,7 @@ impl Router {
         tokio::spawn(async move {
             crate::stream::outbound::run(shared2, l, r, entry, srx, vrx).await;
         });
-        h
+        Some(h)
     }
 
     /// The current outbound handle for a pair, if any (for probes and status).
@@ -143,7 +151,9 @@ impl Router {
         let mut req = VerifyRequest { stream_id: stream_id.to_owned(), key: key.to_owned(), reply: tx };
         let mut sent = false;
         for _ in 0..3 {
-            let h = self.handle(shared, local, remote);
+            let Some(h) = self.handle(shared, local, remote) else {
+                return Answer::error("resource-constraint", "too many streams on this server (limits.max_streams)");
+            };
             match h.verifies.send(req).await {
                 Ok(()) => {
                     sent = true;
