@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use drawbridge::engine::events::{ConnState, Direction, PairStatus, VerificationResult};
+use drawbridge::engine::events::{ConnState, Direction, Event, PairStatus, VerificationResult};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_federate_both_ways() {
@@ -52,16 +52,15 @@ async fn two_servers_federate_both_ways() {
     let outs = a.engine.connections(false).into_iter().filter(|c| c.direction == Direction::Out && c.remote.as_deref() == Some("b.test")).count();
     assert_eq!(outs, 1, "one outbound stream per domain pair");
 
-    // Graceful shutdown closes the streams on both sides.
+    // Graceful shutdown closes the streams on both sides: b sees both of a's streams close.
+    let mut events = b.engine.subscribe();
     a.engine.shutdown().await;
-    within("b sees its streams with a close", async {
-        loop {
-            let live = b.engine.connections(false);
-            if live.iter().all(|c| c.remote.as_deref() != Some("a.test")) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let mut closed = 0;
+    while closed < 2 {
+        let ev = wait_event(&mut events, "b's streams with a to close", |e| matches!(e, Event::StreamClosed { stream } if stream.remote.as_deref() == Some("a.test"))).await;
+        let Event::StreamClosed { stream } = ev else { unreachable!() };
+        assert!(stream.state == ConnState::Closed);
+        closed += 1;
+    }
+    assert!(b.engine.connections(false).iter().all(|c| c.remote.as_deref() != Some("a.test")));
 }

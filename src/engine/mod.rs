@@ -192,11 +192,19 @@ impl Engine {
 
     /// Close every stream (`<system-shutdown/>`) and stop, bounded by the close timeout.
     pub async fn shutdown(mut self) {
+        let mut events = self.shared.events.subscribe();
         self.shared.shutdown.cancel();
         let limit = self.shared.settings.timeouts.close + Duration::from_secs(1);
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.shared.table.live_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let all_closed = async {
+            while self.shared.table.live_count() > 0 {
+                match events.recv().await {
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        };
+        if tokio::time::timeout(limit, all_closed).await.is_err() {
+            tracing::warn!(streams = self.shared.table.live_count(), "streams still open after the close timeout; dropping them");
         }
         self.tasks.shutdown().await;
         let _ = std::fs::remove_file(&self.shared.settings.control_socket);

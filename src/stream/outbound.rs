@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -86,7 +85,7 @@ pub async fn run(
                 let _ = v.reply.send(verify_failure(&f));
             }
             while let Ok(st) = stanzas.try_recv() {
-                if let Some(b) = error_reply(&st, ErrorType::Cancel.for_condition(cond), cond, Some(&text)) {
+                if let Some(b) = error_reply(&st, bounce_type(cond), cond, Some(&text)) {
                     shared.router.route(&shared, b).await;
                 }
             }
@@ -142,15 +141,9 @@ fn verify_failure(f: &Failure) -> Answer {
     }
 }
 
-trait ForCondition {
-    fn for_condition(self, cond: &str) -> ErrorType;
-}
-
-impl ForCondition for ErrorType {
-    /// RFC 6120 §8.3.3: remote-server-timeout is a `wait` error, remote-server-not-found `cancel`.
-    fn for_condition(self, cond: &str) -> ErrorType {
-        if cond == "remote-server-timeout" { ErrorType::Wait } else { self }
-    }
+/// RFC 6120 §8.3.3.15–16: remote-server-timeout is a `wait` error, remote-server-not-found `cancel`.
+fn bounce_type(cond: &str) -> ErrorType {
+    if cond == "remote-server-timeout" { ErrorType::Wait } else { ErrorType::Cancel }
 }
 
 impl Out<'_> {
@@ -458,6 +451,3 @@ impl Out<'_> {
 fn peer_error(el: &Element) -> Option<Failure> {
     el.is("error", ns::STREAMS).then(|| Failure::new(format!("the peer sent stream error {}", StreamError::from_element(el))))
 }
-
-#[allow(dead_code)]
-const _: Duration = Duration::from_secs(0);
