@@ -9,30 +9,26 @@ use super::ns;
 
 /// XEP-0185 §3: key = HEX( HMAC-SHA256( HEX(SHA256(secret)), "Receiving Originating StreamID" ) ).
 pub fn derive_key(secret: &[u8], receiving: &str, originating: &str, stream_id: &str) -> String {
-    let mut mac = mac_for(secret);
-    mac.update(receiving.as_bytes());
-    mac.update(b" ");
-    mac.update(originating.as_bytes());
-    mac.update(b" ");
-    mac.update(stream_id.as_bytes());
-    hex(&mac.finalize().into_bytes())
+    hex(&keyed(secret, receiving, originating, stream_id).finalize().into_bytes())
 }
 
 /// Check a key we are asked about as the Authoritative Server, in constant time.
 pub fn verify_key(secret: &[u8], receiving: &str, originating: &str, stream_id: &str, key: &str) -> bool {
     let Some(raw) = unhex(key.trim()) else { return false };
-    let mut mac = mac_for(secret);
-    mac.update(receiving.as_bytes());
-    mac.update(b" ");
-    mac.update(originating.as_bytes());
-    mac.update(b" ");
-    mac.update(stream_id.as_bytes());
-    mac.verify_slice(&raw).is_ok()
+    keyed(secret, receiving, originating, stream_id).verify_slice(&raw).is_ok()
 }
 
-fn mac_for(secret: &[u8]) -> Hmac<Sha256> {
+/// The HMAC over "Receiving Originating StreamID", keyed with the hex SHA-256 of the secret.
+fn keyed(secret: &[u8], receiving: &str, originating: &str, stream_id: &str) -> Hmac<Sha256> {
     let hashed = hex(&Sha256::digest(secret));
-    <Hmac<Sha256> as KeyInit>::new_from_slice(hashed.as_bytes()).expect("HMAC takes keys of any length")
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(hashed.as_bytes()).expect("HMAC takes keys of any length");
+    for (i, part) in [receiving, originating, stream_id].into_iter().enumerate() {
+        if i > 0 {
+            mac.update(b" ");
+        }
+        mac.update(part.as_bytes());
+    }
+    mac
 }
 
 pub fn hex(bytes: &[u8]) -> String {

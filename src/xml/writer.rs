@@ -4,38 +4,30 @@
 use super::element::{Element, Node};
 use crate::proto::ns;
 
-/// Escape character data (`&`, `<`, `>`).
+/// Escape character data (`&`, `<`, `>`; `\r` as a reference so end-of-line
+/// normalisation keeps it).
 pub fn escape_text(out: &mut String, s: &str) {
-    let mut last = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let rep = match b {
-            b'&' => "&amp;",
-            b'<' => "&lt;",
-            b'>' => "&gt;",
-            // Kept as a reference so XML end-of-line normalisation does not turn it into \n.
-            b'\r' => "&#13;",
-            _ => continue,
-        };
-        out.push_str(&s[last..i]);
-        out.push_str(rep);
-        last = i + 1;
-    }
-    out.push_str(&s[last..]);
+    escape(out, s, false)
 }
 
-/// Escape an attribute value (also both quotes and whitespace that normalisation would eat).
+/// Escape an attribute value: also both quotes and the whitespace attribute-value
+/// normalisation would turn into spaces.
 pub fn escape_attr(out: &mut String, s: &str) {
+    escape(out, s, true)
+}
+
+fn escape(out: &mut String, s: &str, attr: bool) {
     let mut last = 0;
     for (i, b) in s.bytes().enumerate() {
         let rep = match b {
             b'&' => "&amp;",
             b'<' => "&lt;",
             b'>' => "&gt;",
-            b'\'' => "&apos;",
-            b'"' => "&quot;",
-            b'\t' => "&#9;",
-            b'\n' => "&#10;",
             b'\r' => "&#13;",
+            b'\'' if attr => "&apos;",
+            b'"' if attr => "&quot;",
+            b'\t' if attr => "&#9;",
+            b'\n' if attr => "&#10;",
             _ => continue,
         };
         out.push_str(&s[last..i]);
