@@ -197,3 +197,21 @@ async fn control_socket_status_connections_close() {
     assert!(!out.status.success(), "a failed probe exits non-zero");
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAILED"));
 }
+
+/// RFC 6120 §4.6.1: an idle outbound stream carries whitespace keepalives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_outbound_streams_send_whitespace_keepalives() {
+    use tokio::io::AsyncReadExt;
+    let dns = Dns::start().await;
+    let b = start_published("b.test", &dns, "[timeouts]\nkeepalive = \"100ms\"\n").await;
+    let mut o = hand_played(&b, &dns, "o.test").await;
+    // b's stream to us is established; with nothing to send, it sends single spaces.
+    let mut buf = [0u8; 64];
+    let mut spaces = 0;
+    while spaces < 3 {
+        let n = within("a keepalive", o.from_server.io.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "stream closed");
+        assert!(buf[..n].iter().all(|b| *b == b' '), "only whitespace while idle: {:?}", String::from_utf8_lossy(&buf[..n]));
+        spaces += n;
+    }
+}
