@@ -12,6 +12,7 @@ pub mod control;
 pub mod domain;
 pub mod engine;
 pub mod net;
+pub mod policy;
 pub mod proto;
 pub mod router;
 pub mod store;

@@ -1,51 +1,342 @@
-//! Persistence (sled). In this version: the dialback secret (XEP-0185 §3: random on first
-//! start, stable across restarts). Policy, outcomes and history trees come next.
+//! Persistence (sled) with a versioned schema.
+//!
+//! Trees: `meta` (schema version, dialback secret, federation mode), `domains` (standing and
+//! counters per domain), `policy_log` (every operator action), `outcomes` (verification
+//! outcomes, time-ordered), `history` (closed streams), `open_streams` (periodic snapshots of
+//! live ones; moved to `history` at the next start if the server died). Records are JSON.
+//!
+//! Durability: operator changes are flushed before they are acknowledged
+//! ([`Store::flush`]); history and outcomes are flushed by the engine on a short timer.
 
+use std::fs::File;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::engine::events::{ConnSnapshot, VerificationOutcome};
+use crate::policy::{DomainState, Mode};
+
+/// Version 1: only `meta/dialback_secret` (drawbridge 0.1 before policy). Version 2: all trees.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("data dir {path}: cannot create it: {err} (check server.data_dir)")]
     CreateDir { path: PathBuf, err: std::io::Error },
-    #[error("data dir {path} is in use by another running drawbridge (or its lock is held): stop it or use another server.data_dir")]
-    Locked { path: PathBuf },
+    #[error("data dir {path} is in use by another drawbridge ({holder}): stop it or use another server.data_dir")]
+    Locked { path: PathBuf, holder: String },
+    #[error("data dir {path} was written by a newer drawbridge (schema {found}, this one knows {SCHEMA_VERSION}): upgrade drawbridge or point server.data_dir elsewhere")]
+    Newer { path: PathBuf, found: u32 },
     #[error("database in {path}: {msg}")]
     Db { path: PathBuf, msg: String },
 }
 
+/// A domain's standing and counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DomainRecord {
+    pub domain: String,
+    pub state: DomainState,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub who: Option<String>,
+    #[serde(default)]
+    pub when_ms: Option<u64>,
+    /// A block's end (unix ms).
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
+    /// The state a block returns to when it expires.
+    #[serde(default)]
+    pub previous: DomainState,
+    /// A blacklist entry's source: `operator` or an imported list's name.
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub first_seen_ms: Option<u64>,
+    #[serde(default)]
+    pub last_seen_ms: Option<u64>,
+    #[serde(default)]
+    pub streams_in: u64,
+    #[serde(default)]
+    pub streams_out: u64,
+    #[serde(default)]
+    pub stanzas_in: u64,
+    #[serde(default)]
+    pub stanzas_out: u64,
+    #[serde(default)]
+    pub last_verification: Option<String>,
+}
+
+/// One operator action (the policy log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyAction {
+    pub time_ms: u64,
+    pub who: String,
+    pub action: String,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 pub struct Store {
     db: sled::Db,
+    meta: sled::Tree,
+    domains: sled::Tree,
+    policy_log: sled::Tree,
+    outcomes: sled::Tree,
+    history: sled::Tree,
+    open_streams: sled::Tree,
     path: PathBuf,
+    _lock: File,
 }
 
 const SECRET_KEY: &[u8] = b"dialback_secret";
+const VERSION_KEY: &[u8] = b"schema_version";
+const MODE_KEY: &[u8] = b"mode";
 
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|err| StoreError::CreateDir { path: data_dir.to_owned(), err })?;
+        let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join("db");
-        let db = sled::Config::new().path(&path).open().map_err(|e| match e {
-            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
-                StoreError::Locked { path: data_dir.to_owned() }
-            }
-            other => StoreError::Db { path: path.clone(), msg: other.to_string() },
+        let db = sled::Config::new().path(&path).open().map_err(|e| StoreError::Db {
+            path: path.clone(),
+            msg: format!("{e}; the directory is kept as it is — move it aside to start afresh, or restore it from a backup"),
         })?;
-        Ok(Store { db, path })
+        let err = |e: sled::Error| StoreError::Db { path: path.clone(), msg: e.to_string() };
+        let store = Store {
+            meta: db.open_tree("meta").map_err(err)?,
+            domains: db.open_tree("domains").map_err(err)?,
+            policy_log: db.open_tree("policy_log").map_err(err)?,
+            outcomes: db.open_tree("outcomes").map_err(err)?,
+            history: db.open_tree("history").map_err(err)?,
+            open_streams: db.open_tree("open_streams").map_err(err)?,
+            db,
+            path,
+            _lock: lock,
+        };
+        store.migrate(data_dir)?;
+        Ok(store)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Db { path: self.path.clone(), msg: e.to_string() }
+    }
+
+    /// Bring an older schema up to date; refuse a newer one.
+    fn migrate(&self, data_dir: &Path) -> Result<(), StoreError> {
+        let found = match self.meta.get(VERSION_KEY).map_err(|e| self.err(e))? {
+            Some(v) => u32::from_be_bytes(v.as_ref().try_into().map_err(|_| self.err("schema_version is not 4 bytes"))?),
+            // No version: a fresh database, or version 1 (which only had the secret).
+            None => {
+                if self.meta.get(SECRET_KEY).map_err(|e| self.err(e))?.is_some() { 1 } else { SCHEMA_VERSION }
+            }
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::Newer { path: data_dir.to_owned(), found });
+        }
+        if found < SCHEMA_VERSION {
+            tracing::info!(from = found, to = SCHEMA_VERSION, "migrating the store in {}", data_dir.display());
+        }
+        // 1 → 2: the new trees exist once opened; nothing to rewrite.
+        self.meta.insert(VERSION_KEY, &SCHEMA_VERSION.to_be_bytes()).map_err(|e| self.err(e))?;
+        self.db.flush().map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// The dialback secret: created once (32 random bytes), flushed before use.
     pub fn dialback_secret(&self) -> Result<Vec<u8>, StoreError> {
-        let err = |e: sled::Error| StoreError::Db { path: self.path.clone(), msg: e.to_string() };
-        let meta = self.db.open_tree("meta").map_err(err)?;
-        if let Some(v) = meta.get(SECRET_KEY).map_err(err)? {
+        if let Some(v) = self.meta.get(SECRET_KEY).map_err(|e| self.err(e))? {
             return Ok(v.to_vec());
         }
         let mut secret = vec![0u8; 32];
         getrandom::fill(&mut secret).expect("OS randomness");
-        meta.insert(SECRET_KEY, secret.as_slice()).map_err(err)?;
-        meta.flush().map_err(err)?;
+        self.meta.insert(SECRET_KEY, secret.as_slice()).map_err(|e| self.err(e))?;
+        self.meta.flush().map_err(|e| self.err(e))?;
         Ok(secret)
     }
+
+    pub fn mode(&self) -> Result<Option<Mode>, StoreError> {
+        Ok(self.meta.get(MODE_KEY).map_err(|e| self.err(e))?.and_then(|v| Mode::parse(std::str::from_utf8(&v).ok()?)))
+    }
+
+    pub fn set_mode(&self, mode: Mode) -> Result<(), StoreError> {
+        self.meta.insert(MODE_KEY, mode.as_str()).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn domains(&self) -> Result<Vec<DomainRecord>, StoreError> {
+        self.domains.iter().values().map(|v| decode(&v.map_err(|e| self.err(e))?).map_err(|e| self.err(e))).collect()
+    }
+
+    pub fn domain(&self, domain: &str) -> Result<Option<DomainRecord>, StoreError> {
+        match self.domains.get(domain).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(decode(&v).map_err(|e| self.err(e))?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_domain(&self, rec: &DomainRecord) -> Result<(), StoreError> {
+        self.domains.insert(rec.domain.as_bytes(), encode(rec)).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn log_action(&self, action: &PolicyAction) -> Result<(), StoreError> {
+        let id = self.db.generate_id().map_err(|e| self.err(e))?;
+        self.policy_log.insert(time_key(action.time_ms, id), encode(action)).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Newest first.
+    pub fn policy_log(&self, domain: Option<&str>, limit: usize) -> Result<Vec<PolicyAction>, StoreError> {
+        newest(&self.policy_log, limit, |a: &PolicyAction| domain.is_none_or(|d| a.domain.as_deref() == Some(d))).map_err(|e| self.err(e))
+    }
+
+    pub fn add_outcome(&self, o: &VerificationOutcome) -> Result<(), StoreError> {
+        let id = self.db.generate_id().map_err(|e| self.err(e))?;
+        self.outcomes.insert(time_key(o.time_ms, id), encode(o)).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Newest first.
+    pub fn outcomes(&self, domain: Option<&str>, limit: usize) -> Result<Vec<VerificationOutcome>, StoreError> {
+        newest(&self.outcomes, limit, |o: &VerificationOutcome| domain.is_none_or(|d| o.remote == d)).map_err(|e| self.err(e))
+    }
+
+    pub fn add_history(&self, s: &ConnSnapshot) -> Result<(), StoreError> {
+        let id = self.db.generate_id().map_err(|e| self.err(e))?;
+        self.history.insert(time_key(s.opened_ms, id), encode(s)).map_err(|e| self.err(e))?;
+        self.open_streams.remove(s.id.as_bytes()).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Newest first.
+    pub fn history(&self, domain: Option<&str>, limit: usize) -> Result<Vec<ConnSnapshot>, StoreError> {
+        newest(&self.history, limit, |s: &ConnSnapshot| {
+            domain.is_none_or(|d| s.remote.as_deref() == Some(d) || s.pairs.iter().any(|p| p.remote == d))
+        })
+        .map_err(|e| self.err(e))
+    }
+
+    /// Replace the snapshots of open streams.
+    pub fn snapshot_open(&self, live: &[ConnSnapshot]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let keep: std::collections::HashSet<&str> = live.iter().map(|s| s.id.as_str()).collect();
+        for k in self.open_streams.iter().keys() {
+            let k = k.map_err(|e| self.err(e))?;
+            if !keep.contains(std::str::from_utf8(&k).unwrap_or("")) {
+                batch.remove(k);
+            }
+        }
+        for s in live {
+            batch.insert(s.id.as_bytes(), encode(s));
+        }
+        self.open_streams.apply_batch(batch).map_err(|e| self.err(e))
+    }
+
+    /// Streams that were open when the server last stopped without closing them: into the
+    /// history, closed with that reason. Returns how many.
+    pub fn recover_open(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.open_streams.iter() {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            if let Ok(mut s) = decode::<ConnSnapshot>(&v) {
+                s.state = crate::engine::events::ConnState::Closed;
+                s.close_reason = Some("drawbridge stopped without closing it (crash or kill)".into());
+                self.add_history(&s)?;
+                n += 1;
+            }
+            self.open_streams.remove(k).map_err(|e| self.err(e))?;
+        }
+        Ok(n)
+    }
+
+    /// Keep at most `max` records per time-ordered tree, none older than `max_age_ms`.
+    pub fn prune(&self, max: usize, max_age_ms: u64, now_ms: u64) -> Result<usize, StoreError> {
+        let cutoff = now_ms.saturating_sub(max_age_ms);
+        let mut removed = 0;
+        for tree in [&self.outcomes, &self.history, &self.policy_log] {
+            let excess = tree.len().saturating_sub(max);
+            for (i, k) in tree.iter().keys().enumerate() {
+                let k = k.map_err(|e| self.err(e))?;
+                let t = u64::from_be_bytes(k[..8].try_into().unwrap_or([0; 8]));
+                if i < excess || t < cutoff {
+                    tree.remove(&k).map_err(|e| self.err(e))?;
+                    removed += 1;
+                } else {
+                    break;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Everything written so far reaches the disk before this returns.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await.map(|_| ()).map_err(|e| self.err(e))
+    }
+}
+
+/// Time-ordered key: big-endian time then a unique id.
+fn time_key(time_ms: u64, id: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&time_ms.to_be_bytes());
+    k[8..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialise")
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(b)
+}
+
+fn newest<T: DeserializeOwned>(tree: &sled::Tree, limit: usize, mut keep: impl FnMut(&T) -> bool) -> Result<Vec<T>, sled::Error> {
+    let mut out = Vec::new();
+    for v in tree.iter().values().rev() {
+        if out.len() >= limit {
+            break;
+        }
+        if let Ok(rec) = decode::<T>(&v?) {
+            if keep(&rec) {
+                out.push(rec);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An exclusive lock on `DATA_DIR/drawbridge.lock` holding our pid, so a second drawbridge
+/// is refused with the first one's pid rather than a database error.
+fn lock_data_dir(data_dir: &Path) -> Result<File, StoreError> {
+    let path = data_dir.join("drawbridge.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|err| StoreError::CreateDir { path: path.clone(), err })?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            let pid = pid.trim();
+            let holder = if pid.is_empty() { "its pid is unknown".to_owned() } else { format!("pid {pid}") };
+            return Err(StoreError::Locked { path: data_dir.to_owned(), holder });
+        }
+        Err(std::fs::TryLockError::Error(err)) => return Err(StoreError::CreateDir { path, err }),
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = writeln!(f, "{}", std::process::id());
+    let _ = f.sync_all();
+    Ok(f)
 }
 
 #[cfg(test)]
@@ -64,10 +355,48 @@ mod tests {
     }
 
     #[test]
-    fn locked_dir_is_refused_with_a_message() {
+    fn locked_dir_is_refused_naming_the_holder() {
         let dir = tempfile::tempdir().unwrap();
         let _held = Store::open(dir.path()).unwrap();
         let err = Store::open(dir.path()).err().expect("second open must fail");
-        assert!(err.to_string().contains("in use by another running drawbridge"), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("in use by another drawbridge") && msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+    }
+
+    /// A version-1 store (only the dialback secret, as drawbridge 0.1 wrote it) is migrated
+    /// and keeps its secret; a newer one is refused.
+    #[test]
+    fn migrates_v1_and_refuses_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path().join("db")).unwrap();
+            db.open_tree("meta").unwrap().insert(SECRET_KEY, &[7u8; 32][..]).unwrap();
+            db.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.dialback_secret().unwrap(), vec![7u8; 32]);
+        assert_eq!(s.meta.get(VERSION_KEY).unwrap().unwrap().as_ref(), &SCHEMA_VERSION.to_be_bytes());
+        s.meta.insert(VERSION_KEY, &99u32.to_be_bytes()).unwrap();
+        s.db.flush().unwrap();
+        drop(s);
+        let err = Store::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("newer drawbridge (schema 99"), "{err}");
+    }
+
+    #[test]
+    fn records_round_trip_newest_first_and_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        for (i, who) in ["alice", "bob", "carol"].iter().enumerate() {
+            s.log_action(&PolicyAction { time_ms: 1000 + i as u64, who: (*who).into(), action: "block".into(), domain: Some("x.test".into()), reason: None }).unwrap();
+        }
+        let log = s.policy_log(None, 10).unwrap();
+        assert_eq!(log.iter().map(|a| a.who.as_str()).collect::<Vec<_>>(), vec!["carol", "bob", "alice"]);
+        assert_eq!(s.prune(2, u64::MAX, 0).unwrap(), 1);
+        assert_eq!(s.policy_log(None, 10).unwrap().len(), 2);
+        assert_eq!(s.prune(10, 500, 2001).unwrap(), 1, "older than 500 ms at t=2001");
+        let rec = DomainRecord { domain: "x.test".into(), state: DomainState::Blocked, reason: Some("r".into()), ..Default::default() };
+        s.put_domain(&rec).unwrap();
+        assert_eq!(s.domain("x.test").unwrap(), Some(rec));
     }
 }

@@ -1,0 +1,246 @@
+//! The live policy: mode and domain standings in memory (read-locked per stream, never per
+//! stanza), written through to the store and flushed before a change is acknowledged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+
+use super::{decide, suffixes, DomainState, Mode, Standing, Verdict};
+use crate::domain::Domain;
+use crate::engine::events::now_ms;
+use crate::store::{DomainRecord, PolicyAction, Store, StoreError};
+
+pub struct Policy {
+    inner: RwLock<Inner>,
+    store: Arc<Store>,
+    /// Bumped on every change: held streams wait on it.
+    changed: watch::Sender<u64>,
+}
+
+struct Inner {
+    mode: Mode,
+    domains: HashMap<String, DomainRecord>,
+    /// How many blacklist entries exist (skips the suffix walk when there are none).
+    blacklisted: usize,
+}
+
+/// What an operator asks for.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Approve,
+    Block { expires_ms: Option<u64> },
+    Blacklist { source: String },
+    Unblock,
+}
+
+impl Policy {
+    /// Load from the store; the persisted mode wins over the configured one (it was changed
+    /// live by an operator).
+    pub fn load(store: Arc<Store>, configured: Mode) -> Result<Policy, StoreError> {
+        let mode = store.mode()?.unwrap_or(configured);
+        let domains: HashMap<String, DomainRecord> = store.domains()?.into_iter().map(|r| (r.domain.clone(), r)).collect();
+        let blacklisted = domains.values().filter(|r| r.state == DomainState::Blacklisted).count();
+        let (changed, _) = watch::channel(0);
+        Ok(Policy { inner: RwLock::new(Inner { mode, domains, blacklisted }), store, changed })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.inner.read().unwrap().mode
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The verdict for a remote domain now.
+    pub fn verdict(&self, domain: &Domain) -> Verdict {
+        let inner = self.inner.read().unwrap();
+        let d = domain.as_str();
+        let blacklisted_by = if inner.blacklisted > 0 {
+            suffixes(d).find_map(|s| {
+                inner.domains.get(s).filter(|r| r.state == DomainState::Blacklisted).map(|r| (s, r.reason.as_deref()))
+            })
+        } else {
+            None
+        };
+        let own = inner.domains.get(d).map(standing);
+        decide(inner.mode, d, own.as_ref(), blacklisted_by, now_ms())
+    }
+
+    pub fn record(&self, domain: &str) -> Option<DomainRecord> {
+        self.inner.read().unwrap().domains.get(domain).cloned()
+    }
+
+    /// Records, optionally of one (effective) state, sorted by domain.
+    pub fn records(&self, state: Option<DomainState>) -> Vec<DomainRecord> {
+        let now = now_ms();
+        let inner = self.inner.read().unwrap();
+        let mut v: Vec<DomainRecord> = inner
+            .domains
+            .values()
+            .filter(|r| state.is_none_or(|s| standing(r).effective(now) == s))
+            .map(|r| effective_record(r, now))
+            .collect();
+        v.sort_by(|a, b| a.domain.cmp(&b.domain));
+        v
+    }
+
+    /// Change the mode (flushed before it returns).
+    pub async fn set_mode(&self, mode: Mode, who: &str) -> Result<(), StoreError> {
+        self.inner.write().unwrap().mode = mode;
+        self.store.set_mode(mode)?;
+        self.store.log_action(&PolicyAction { time_ms: now_ms(), who: who.into(), action: format!("mode {}", mode.as_str()), domain: None, reason: None })?;
+        self.store.flush().await?;
+        self.changed.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// Apply an operator's change to a domain; flushed before it returns. Returns the record
+    /// and whether anything changed (re-applying the same is idempotent).
+    pub async fn apply(&self, domain: &Domain, change: Change, who: &str, reason: Option<&str>) -> Result<(DomainRecord, bool), StoreError> {
+        let now = now_ms();
+        let (rec, changed) = {
+            let mut inner = self.inner.write().unwrap();
+            let mut rec = inner.domains.get(domain.as_str()).cloned().unwrap_or_else(|| DomainRecord { domain: domain.to_string(), ..Default::default() });
+            let before = rec.clone();
+            let current = standing(&rec).effective(now);
+            match &change {
+                Change::Approve => {
+                    rec.state = DomainState::Approved;
+                    rec.expires_ms = None;
+                    rec.source = None;
+                }
+                Change::Block { expires_ms } => {
+                    if current != DomainState::Blocked {
+                        rec.previous = if current == DomainState::Blacklisted { DomainState::Unknown } else { current };
+                    }
+                    rec.state = DomainState::Blocked;
+                    rec.expires_ms = *expires_ms;
+                }
+                Change::Blacklist { source } => {
+                    rec.state = DomainState::Blacklisted;
+                    rec.expires_ms = None;
+                    rec.source = Some(source.clone());
+                }
+                Change::Unblock => {
+                    rec.state = match current {
+                        DomainState::Blocked | DomainState::Blacklisted => {
+                            if rec.previous == DomainState::Blocked || rec.previous == DomainState::Blacklisted { DomainState::Unknown } else { rec.previous }
+                        }
+                        s => s,
+                    };
+                    rec.expires_ms = None;
+                    rec.source = None;
+                }
+            }
+            let same_standing = rec.state == before.state && rec.expires_ms == before.expires_ms && rec.source == before.source && reason.is_none_or(|r| before.reason.as_deref() == Some(r));
+            if !same_standing {
+                rec.reason = reason.map(str::to_owned).or(if matches!(change, Change::Unblock | Change::Approve) { None } else { rec.reason.clone() });
+                rec.who = Some(who.to_owned());
+                rec.when_ms = Some(now);
+            }
+            if before.state == DomainState::Blacklisted {
+                inner.blacklisted -= 1;
+            }
+            if rec.state == DomainState::Blacklisted {
+                inner.blacklisted += 1;
+            }
+            inner.domains.insert(rec.domain.clone(), rec.clone());
+            (rec, !same_standing)
+        };
+        if changed {
+            self.store.put_domain(&rec)?;
+            let action = match &change {
+                Change::Approve => "approve".to_owned(),
+                Change::Block { expires_ms: Some(t) } => format!("block until {}", crate::engine::events::fmt_utc(*t)),
+                Change::Block { expires_ms: None } => "block".to_owned(),
+                Change::Blacklist { source } => format!("blacklist (source {source})"),
+                Change::Unblock => "unblock".to_owned(),
+            };
+            self.store.log_action(&PolicyAction { time_ms: now, who: who.into(), action, domain: Some(domain.to_string()), reason: reason.map(str::to_owned) })?;
+            self.store.flush().await?;
+            self.changed.send_modify(|g| *g += 1);
+        }
+        Ok((rec, changed))
+    }
+
+    /// A verified domain waiting for the operator (approval mode): listed as pending.
+    pub fn mark_pending(&self, domain: &Domain) {
+        let rec = {
+            let mut inner = self.inner.write().unwrap();
+            let rec = inner.domains.entry(domain.to_string()).or_insert_with(|| DomainRecord { domain: domain.to_string(), ..Default::default() });
+            if rec.state != DomainState::Unknown {
+                return;
+            }
+            rec.state = DomainState::Pending;
+            rec.when_ms = Some(now_ms());
+            rec.clone()
+        };
+        if let Err(e) = self.store.put_domain(&rec) {
+            tracing::error!("store: {e}");
+        }
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    /// Note a domain seen on a stream (counters; persisted by the periodic flush).
+    pub fn note(&self, domain: &str, update: impl FnOnce(&mut DomainRecord)) {
+        let rec = {
+            let mut inner = self.inner.write().unwrap();
+            let rec = inner.domains.entry(domain.to_owned()).or_insert_with(|| DomainRecord { domain: domain.to_owned(), ..Default::default() });
+            let now = now_ms();
+            rec.first_seen_ms.get_or_insert(now);
+            rec.last_seen_ms = Some(now);
+            update(rec);
+            rec.clone()
+        };
+        if let Err(e) = self.store.put_domain(&rec) {
+            tracing::error!("store: {e}");
+        }
+    }
+
+    /// Blocks whose time is up: persist the return to the previous state. Returns them.
+    pub fn expire_blocks(&self) -> Vec<String> {
+        let now = now_ms();
+        let expired: Vec<DomainRecord> = {
+            let mut inner = self.inner.write().unwrap();
+            let mut out = Vec::new();
+            for rec in inner.domains.values_mut() {
+                if rec.state == DomainState::Blocked && rec.expires_ms.is_some_and(|t| t <= now) {
+                    rec.state = rec.previous;
+                    rec.expires_ms = None;
+                    rec.when_ms = Some(now);
+                    rec.who = Some("drawbridge (block expired)".into());
+                    out.push(rec.clone());
+                }
+            }
+            out
+        };
+        for rec in &expired {
+            let _ = self.store.put_domain(rec);
+            let _ = self.store.log_action(&PolicyAction { time_ms: now, who: "drawbridge".into(), action: "block expired".into(), domain: Some(rec.domain.clone()), reason: None });
+        }
+        if !expired.is_empty() {
+            self.changed.send_modify(|g| *g += 1);
+        }
+        expired.into_iter().map(|r| r.domain).collect()
+    }
+}
+
+fn standing(r: &DomainRecord) -> Standing {
+    Standing { state: r.state, reason: r.reason.clone(), expires_ms: r.expires_ms, previous: r.previous }
+}
+
+/// The record as it stands now (an expired block shown as lifted).
+fn effective_record(r: &DomainRecord, now: u64) -> DomainRecord {
+    let eff = standing(r).effective(now);
+    if eff == r.state {
+        r.clone()
+    } else {
+        DomainRecord { state: eff, expires_ms: None, ..r.clone() }
+    }
+}

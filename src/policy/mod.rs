@@ -1,0 +1,183 @@
+//! Federation policy: what the operator decided per domain, and the federation mode.
+//! [`decide`] is the pure decision; [`Policy`] holds the live state (loaded from the store,
+//! written through to it before an operator's change is acknowledged).
+
+pub mod live;
+
+use serde::{Deserialize, Serialize};
+
+pub use live::Policy;
+
+/// `[policy] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Every verified domain that is not blocked or blacklisted federates.
+    #[default]
+    Open,
+    /// A verified domain never decided before becomes pending and waits for the operator.
+    Approval,
+    /// Only approved domains federate.
+    Allowlist,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "open" => Some(Mode::Open),
+            "approval" => Some(Mode::Approval),
+            "allowlist" => Some(Mode::Allowlist),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Open => "open",
+            Mode::Approval => "approval",
+            Mode::Allowlist => "allowlist",
+        }
+    }
+}
+
+/// What is known about a domain's standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum DomainState {
+    #[default]
+    Unknown,
+    Pending,
+    Approved,
+    Blocked,
+    Blacklisted,
+}
+
+impl DomainState {
+    pub fn parse(s: &str) -> Option<DomainState> {
+        match s {
+            "unknown" => Some(DomainState::Unknown),
+            "pending" => Some(DomainState::Pending),
+            "approved" => Some(DomainState::Approved),
+            "blocked" => Some(DomainState::Blocked),
+            "blacklisted" => Some(DomainState::Blacklisted),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DomainState::Unknown => "unknown",
+            DomainState::Pending => "pending",
+            DomainState::Approved => "approved",
+            DomainState::Blocked => "blocked",
+            DomainState::Blacklisted => "blacklisted",
+        }
+    }
+}
+
+/// The operator's decision about one domain, as far as policy needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Standing {
+    pub state: DomainState,
+    pub reason: Option<String>,
+    /// A block's end (unix ms); after it the domain is back in `previous`.
+    pub expires_ms: Option<u64>,
+    pub previous: DomainState,
+}
+
+impl Standing {
+    /// The state in force at `now` (an expired block has lifted by itself).
+    pub fn effective(&self, now_ms: u64) -> DomainState {
+        match (self.state, self.expires_ms) {
+            (DomainState::Blocked, Some(t)) if t <= now_ms => self.previous,
+            (s, _) => s,
+        }
+    }
+}
+
+/// The policy's answer for one remote domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Held until the operator decides (approval mode).
+    Hold,
+    /// Refused, with the rule that refused it in words.
+    Refuse(String),
+}
+
+/// Pure decision: the mode, the domain's own standing, and the blacklisted parent (or the
+/// domain itself) if any.
+pub fn decide(mode: Mode, domain: &str, own: Option<&Standing>, blacklisted_by: Option<(&str, Option<&str>)>, now_ms: u64) -> Verdict {
+    if let Some((entry, reason)) = blacklisted_by {
+        let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
+        return Verdict::Refuse(if entry == domain {
+            format!("{domain} is blacklisted{why}")
+        } else {
+            format!("{domain} is blacklisted through {entry}{why}")
+        });
+    }
+    let state = own.map_or(DomainState::Unknown, |s| s.effective(now_ms));
+    match state {
+        DomainState::Blocked => {
+            let s = own.expect("blocked implies a record");
+            let why = s.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+            Verdict::Refuse(format!("{domain} is blocked{why}"))
+        }
+        DomainState::Blacklisted => Verdict::Refuse(format!("{domain} is blacklisted")),
+        DomainState::Approved => Verdict::Allow,
+        DomainState::Unknown | DomainState::Pending => match mode {
+            Mode::Open => Verdict::Allow,
+            Mode::Approval => Verdict::Hold,
+            Mode::Allowlist => Verdict::Refuse(format!("{domain} is not on the allowlist (policy mode allowlist)")),
+        },
+    }
+}
+
+/// The suffixes of a domain by label, longest first: `a.b.c` → `a.b.c`, `b.c`, `c`.
+pub fn suffixes(domain: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(domain), |d| d.find('.').map(|i| &d[i + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(state: DomainState) -> Standing {
+        Standing { state, ..Default::default() }
+    }
+
+    #[test]
+    fn modes() {
+        for (mode, unknown) in [(Mode::Open, Verdict::Allow), (Mode::Approval, Verdict::Hold)] {
+            assert_eq!(decide(mode, "x", None, None, 0), unknown);
+            assert_eq!(decide(mode, "x", Some(&st(DomainState::Pending)), None, 0), unknown);
+        }
+        assert!(matches!(decide(Mode::Allowlist, "x", None, None, 0), Verdict::Refuse(r) if r.contains("allowlist")));
+        for mode in [Mode::Open, Mode::Approval, Mode::Allowlist] {
+            assert_eq!(decide(mode, "x", Some(&st(DomainState::Approved)), None, 0), Verdict::Allow);
+            assert!(matches!(decide(mode, "x", Some(&st(DomainState::Blocked)), None, 0), Verdict::Refuse(_)));
+        }
+    }
+
+    #[test]
+    fn blacklist_wins_and_names_the_entry() {
+        let approved = st(DomainState::Approved);
+        let v = decide(Mode::Open, "chat.evil.example", Some(&approved), Some(("evil.example", Some("spam"))), 0);
+        assert_eq!(v, Verdict::Refuse("chat.evil.example is blacklisted through evil.example: spam".into()));
+    }
+
+    #[test]
+    fn block_expires_to_previous_state() {
+        let s = Standing { state: DomainState::Blocked, reason: Some("flood".into()), expires_ms: Some(1000), previous: DomainState::Approved };
+        assert!(matches!(decide(Mode::Allowlist, "x", Some(&s), None, 999), Verdict::Refuse(r) if r == "x is blocked: flood"));
+        assert_eq!(decide(Mode::Allowlist, "x", Some(&s), None, 1000), Verdict::Allow);
+        let s = Standing { previous: DomainState::Unknown, ..s };
+        assert_eq!(decide(Mode::Approval, "x", Some(&s), None, 5000), Verdict::Hold);
+    }
+
+    #[test]
+    fn suffix_walk() {
+        assert_eq!(suffixes("a.b.c").collect::<Vec<_>>(), vec!["a.b.c", "b.c", "c"]);
+        assert_eq!(suffixes("c").collect::<Vec<_>>(), vec!["c"]);
+    }
+}
