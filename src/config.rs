@@ -29,7 +29,25 @@ struct File {
     dns: DnsFile,
     limits: LimitsFile,
     timeouts: TimeoutsFile,
+    policy: PolicyFile,
+    store: StoreFile,
     log: LogFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct PolicyFile {
+    mode: Option<String>,
+    approval_wait: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct StoreFile {
+    max_records: Option<usize>,
+    max_age: Option<String>,
+    flush_interval: Option<String>,
+    snapshot_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,8 +172,30 @@ pub struct Settings {
     pub dns: DnsSettings,
     pub limits: Limits,
     pub timeouts: Timeouts,
+    pub policy: PolicySettings,
+    pub store: StoreSettings,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
+}
+
+/// `[policy]`: the federation mode at first start (an operator's live change, persisted,
+/// wins afterwards) and how long a pending domain's streams are held.
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    pub mode: crate::policy::Mode,
+    pub approval_wait: Duration,
+}
+
+/// `[store]`: retention and write cadence of history and outcomes.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// Records kept per time-ordered tree (outcomes, history, policy log).
+    pub max_records: usize,
+    pub max_age: Duration,
+    /// History and outcomes reach the disk at least this often.
+    pub flush_interval: Duration,
+    /// Open streams are snapshotted this often.
+    pub snapshot_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -418,6 +458,21 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         keepalive: dur("timeouts.keepalive", &t.keepalive, d.keepalive)?,
         probe: dur("timeouts.probe", &t.probe, d.probe)?,
     };
+    let mode = match &f.policy.mode {
+        None => crate::policy::Mode::Open,
+        Some(m) => crate::policy::Mode::parse(m).ok_or_else(|| bad("policy.mode", format!("{m:?} is not one of open, approval, allowlist")))?,
+    };
+    let policy = PolicySettings { mode, approval_wait: dur("policy.approval_wait", &f.policy.approval_wait, Duration::from_secs(60))? };
+    let max_records = f.store.max_records.unwrap_or(100_000);
+    if max_records < 100 {
+        return Err(bad("store.max_records", format!("{max_records} is too small (at least 100)")));
+    }
+    let store = StoreSettings {
+        max_records,
+        max_age: dur("store.max_age", &f.store.max_age, Duration::from_secs(90 * 86400))?,
+        flush_interval: dur("store.flush_interval", &f.store.flush_interval, Duration::from_secs(1))?,
+        snapshot_interval: dur("store.snapshot_interval", &f.store.snapshot_interval, Duration::from_secs(30))?,
+    };
     if !matches!(f.log.level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
         return Err(bad("log.level", format!("{:?} is not one of error, warn, info, debug, trace", f.log.level)));
     }
@@ -431,6 +486,8 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         dns,
         limits,
         timeouts,
+        policy,
+        store,
         log_level: f.log.level,
         log_file: f.log.file.as_deref().map(resolve),
     })

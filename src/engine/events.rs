@@ -48,6 +48,8 @@ pub enum AuthMethod {
 pub enum PairStatus {
     /// Dialback under way (XEP-0220: `db:result` sent or received, no answer yet).
     Pending,
+    /// Verified, waiting for the operator's approval (policy mode approval).
+    Held,
     Valid,
 }
 
@@ -125,6 +127,9 @@ pub enum Event {
     /// Periodic counters of live streams that changed.
     Counters { streams: Vec<StreamCounters> },
     StreamClosed { stream: ConnSnapshot },
+    /// A domain's standing changed (operator action, pending, expiry).
+    DomainChanged { record: crate::store::DomainRecord },
+    ModeChanged { mode: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +167,7 @@ mod tests {
     #[test]
     fn utc_formatting() {
         assert_eq!(super::fmt_utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(super::fmt_utc(1_795_309_028_000), "2026-11-22 01:37:08 UTC");
+        assert_eq!(super::fmt_utc(1_795_309_028_000), "2026-11-22 00:57:08 UTC");
+        assert_eq!(super::fmt_utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
     }
 }

@@ -21,8 +21,10 @@ use crate::net::resolve::Resolver;
 use crate::net::tls::TlsContext;
 use crate::proto::ns;
 use crate::proto::stanza::error_of;
+use crate::policy::{Change, Mode, Policy, Verdict};
+use crate::proto::stream::{StreamError, StreamErrorCondition};
 use crate::router::Router;
-use crate::store::Store;
+use crate::store::{DomainRecord, Store};
 use crate::xml::Element;
 use events::*;
 use table::ConnTable;
@@ -54,7 +56,8 @@ pub struct Shared {
     pub started: Instant,
     pub listening: Vec<SocketAddr>,
     outcomes: Mutex<VecDeque<VerificationOutcome>>,
-    _store: Store,
+    pub store: Arc<Store>,
+    pub policy: Policy,
 }
 
 impl Shared {
@@ -62,8 +65,38 @@ impl Shared {
         self.settings.domains.iter().any(|h| h == d)
     }
 
-    /// Record a verification outcome (kept in memory, bounded; persisted in a later version).
+    /// A stream ended: into the closed list, the history and the domain counters.
+    pub fn stream_closed(&self, entry: &table::ConnEntry, reason: &str) {
+        self.table.close(entry, reason);
+        let snap = entry.snapshot();
+        if let Err(e) = self.store.add_history(&snap) {
+            tracing::error!("store: {e}");
+        }
+        let mut remotes: Vec<&str> = snap.pairs.iter().filter(|p| p.status == PairStatus::Valid).map(|p| p.remote.as_str()).collect();
+        remotes.dedup();
+        for r in remotes {
+            self.policy.note(r, |rec| {
+                match snap.direction {
+                    Direction::In => {
+                        rec.streams_in += 1;
+                        rec.stanzas_in += snap.stanzas_in;
+                    }
+                    Direction::Out => {
+                        rec.streams_out += 1;
+                        rec.stanzas_out += snap.stanzas_out;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Record a verification outcome: log, event, store (flushed by the periodic flush).
     pub fn record_outcome(&self, outcome: VerificationOutcome) {
+        if let Err(e) = self.store.add_outcome(&outcome) {
+            tracing::error!("store: {e}");
+        }
+        let last = format!("{} {}: {}", format!("{:?}", outcome.result).to_lowercase(), crate::engine::events::fmt_utc(outcome.time_ms), outcome.reason);
+        self.policy.note(&outcome.remote, |rec| rec.last_verification = Some(last));
         let level_valid = outcome.result == VerificationResult::Valid;
         if level_valid {
             tracing::info!(stream = %outcome.stream, local = %outcome.local, remote = %outcome.remote, "verified {}: {}", outcome.remote, outcome.reason);
@@ -122,8 +155,13 @@ pub struct Engine {
 impl Engine {
     /// Open the store, load TLS, bind the listeners and start accepting.
     pub async fn start(settings: Settings) -> Result<Engine, EngineError> {
-        let store = Store::open(&settings.data_dir)?;
+        let store = Arc::new(Store::open(&settings.data_dir)?);
         let secret = store.dialback_secret()?;
+        let recovered = store.recover_open()?;
+        if recovered > 0 {
+            tracing::warn!(streams = recovered, "the last run stopped without closing its streams; they are in the history");
+        }
+        let policy = Policy::load(store.clone(), settings.policy.mode)?;
         let tls = TlsContext::load(&settings.tls, &settings.domains, &settings.data_dir)?;
         let resolver = Resolver::new(&settings.dns)?;
         let mut listeners = Vec::new();
@@ -147,13 +185,15 @@ impl Engine {
             started: Instant::now(),
             listening,
             outcomes: Mutex::new(VecDeque::new()),
-            _store: store,
+            store,
+            policy,
         });
         let mut tasks = JoinSet::new();
         for l in listeners {
             tasks.spawn(accept_loop(shared.clone(), l));
         }
         tasks.spawn(counters_loop(shared.clone()));
+        tasks.spawn(maintenance_loop(shared.clone()));
         tracing::info!(
             domains = %shared.settings.domains.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(","),
             listen = ?shared.listening,
@@ -207,6 +247,12 @@ impl Engine {
             tracing::warn!(streams = self.shared.table.live_count(), "streams still open after the close timeout; dropping them");
         }
         self.tasks.shutdown().await;
+        if let Err(e) = self.shared.store.snapshot_open(&[]) {
+            tracing::error!("store: {e}");
+        }
+        if let Err(e) = self.shared.store.flush().await {
+            tracing::error!("store: {e}");
+        }
         let _ = std::fs::remove_file(&self.shared.settings.control_socket);
     }
 }
@@ -371,6 +417,80 @@ async fn counters_loop(shared: Arc<Shared>) {
         last = seen;
         if !changed.is_empty() {
             let _ = shared.events.send(Event::Counters { streams: changed });
+        }
+    }
+}
+
+/// After a policy change: close every live stream that carries a domain now refused, with
+/// `<policy-violation/>`. Returns the ids closed.
+pub fn enforce(shared: &Shared) -> Vec<String> {
+    let mut closed = Vec::new();
+    for e in shared.table.live() {
+        for remote in e.remotes() {
+            let Ok(d) = Domain::parse(&remote) else { continue };
+            if let Verdict::Refuse(why) = shared.policy.verdict(&d) {
+                tracing::info!(stream = %e.id, "closing the stream of {remote}: {why}");
+                e.request_close_with(&format!("policy: {why}"), Some(StreamError::new(StreamErrorCondition::PolicyViolation, why)));
+                closed.push(e.id.clone());
+                break;
+            }
+        }
+    }
+    closed
+}
+
+/// An operator's change to a domain: applied, flushed, announced, enforced.
+pub async fn change_domain(shared: &Shared, domain: &Domain, change: Change, who: &str, reason: Option<&str>) -> Result<(DomainRecord, bool, Vec<String>), crate::store::StoreError> {
+    let (rec, changed) = shared.policy.apply(domain, change, who, reason).await?;
+    let closed = enforce(shared);
+    if changed {
+        let _ = shared.events.send(Event::DomainChanged { record: rec.clone() });
+    }
+    Ok((rec, changed, closed))
+}
+
+pub async fn change_mode(shared: &Shared, mode: Mode, who: &str) -> Result<Vec<String>, crate::store::StoreError> {
+    shared.policy.set_mode(mode, who).await?;
+    let _ = shared.events.send(Event::ModeChanged { mode: mode.as_str().to_owned() });
+    Ok(enforce(shared))
+}
+
+/// History and outcomes to disk on a short timer; snapshots of open streams; block expiry;
+/// retention.
+async fn maintenance_loop(shared: Arc<Shared>) {
+    let st = shared.settings.store.clone();
+    let mut flush = tokio::time::interval(st.flush_interval);
+    let mut snapshot = tokio::time::interval(st.snapshot_interval);
+    let mut expiry = tokio::time::interval(Duration::from_secs(1));
+    let mut prune = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = flush.tick() => {
+                if let Err(e) = shared.store.flush().await {
+                    tracing::error!("store flush: {e}");
+                }
+            }
+            _ = snapshot.tick() => {
+                if let Err(e) = shared.store.snapshot_open(&shared.table.snapshots(false)) {
+                    tracing::error!("store: {e}");
+                }
+            }
+            _ = expiry.tick() => {
+                for d in shared.policy.expire_blocks() {
+                    tracing::info!("the block of {d} expired");
+                    if let Some(record) = shared.policy.record(&d) {
+                        let _ = shared.events.send(Event::DomainChanged { record });
+                    }
+                }
+            }
+            _ = prune.tick() => {
+                match shared.store.prune(st.max_records, st.max_age.as_millis() as u64, now_ms()) {
+                    Ok(n) if n > 0 => tracing::info!(records = n, "pruned old history (store.max_records / store.max_age)"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!("store prune: {e}"),
+                }
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::events::*;
 use crate::domain::Domain;
+use crate::proto::stream::StreamError;
 
 /// Per-stream counters, updated by the stream's own task.
 #[derive(Debug, Default)]
@@ -34,7 +35,7 @@ pub struct ConnEntry {
     /// Cancelled to make the stream close (operator `close`, shutdown); the reason is in
     /// `close_request`.
     pub cancel: CancellationToken,
-    close_request: Mutex<Option<String>>,
+    close_request: Mutex<Option<(String, Option<StreamError>)>>,
     events: broadcast::Sender<Event>,
 }
 
@@ -147,12 +148,30 @@ impl ConnEntry {
 
     /// Ask the stream to close; its task picks the reason up.
     pub fn request_close(&self, reason: &str) {
-        *self.close_request.lock().unwrap() = Some(reason.to_owned());
+        self.request_close_with(reason, None);
+    }
+
+    /// Ask the stream to close with a stream error (e.g. `<policy-violation/>`).
+    pub fn request_close_with(&self, reason: &str, error: Option<StreamError>) {
+        *self.close_request.lock().unwrap() = Some((reason.to_owned(), error));
         self.cancel.cancel();
     }
 
-    pub fn close_request(&self) -> Option<String> {
+    /// The reason and stream error of a requested close.
+    pub fn close_request(&self) -> Option<(String, Option<StreamError>)> {
         self.close_request.lock().unwrap().clone()
+    }
+
+    /// Every remote domain on this stream: the header's and each pair's.
+    pub fn remotes(&self) -> Vec<String> {
+        let i = self.info.lock().unwrap();
+        let mut v: Vec<String> = i.remote.iter().cloned().collect();
+        for p in &i.pairs {
+            if !v.contains(&p.remote) {
+                v.push(p.remote.clone());
+            }
+        }
+        v
     }
 
     pub fn touch_in(&self, bytes: usize) {

@@ -6,7 +6,7 @@ pub mod live;
 
 use serde::{Deserialize, Serialize};
 
-pub use live::Policy;
+pub use live::{Change, Policy};
 
 /// `[policy] mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

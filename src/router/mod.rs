@@ -38,6 +38,15 @@ pub struct OutboundHandle {
     pub entry: Arc<ConnEntry>,
 }
 
+/// Why no outbound stream can be had for a pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// `limits.max_streams` reached.
+    Limit,
+    /// Policy refuses the remote domain (the rule, in words).
+    Policy(String),
+}
+
 pub struct Router {
     /// One outbound stream per domain pair (local, remote). Read-locked to find a handle;
     /// write-locked only to add or remove one.
@@ -84,8 +93,10 @@ impl Router {
     /// Queue for the outbound stream of (from, to); returns a bounce to route if impossible.
     async fn send_remote(&self, shared: &Arc<Shared>, from: Domain, to: Domain, mut st: Element) -> Option<Element> {
         for _ in 0..3 {
-            let Some(h) = self.handle(shared, &from, &to) else {
-                return error_reply(&st, ErrorType::Wait, "resource-constraint", Some("too many streams (limits.max_streams)"));
+            let h = match self.handle(shared, &from, &to) {
+                Ok(h) => h,
+                Err(Refusal::Limit) => return error_reply(&st, ErrorType::Wait, "resource-constraint", Some("too many streams (limits.max_streams)")),
+                Err(Refusal::Policy(why)) => return error_reply(&st, ErrorType::Cancel, "policy-violation", Some(&why)),
             };
             match h.stanzas.send(st).await {
                 Ok(()) => return None,
@@ -99,21 +110,25 @@ impl Router {
         error_reply(&st, ErrorType::Wait, "remote-server-timeout", Some("outbound stream kept closing; try again"))
     }
 
-    /// The outbound handle for (local, remote), creating the stream if there is none;
-    /// `None` when a new stream would exceed `limits.max_streams` (a peer must not make us
-    /// open connections without bound, e.g. with db:result for made-up domains).
-    pub fn handle(&self, shared: &Arc<Shared>, local: &Domain, remote: &Domain) -> Option<OutboundHandle> {
+    /// The outbound handle for (local, remote), creating the stream if there is none.
+    /// Refused when policy refuses the remote domain (no connection is attempted), or when
+    /// a new stream would exceed `limits.max_streams` (a peer must not make us open
+    /// connections without bound, e.g. with db:result for made-up domains).
+    pub fn handle(&self, shared: &Arc<Shared>, local: &Domain, remote: &Domain) -> Result<OutboundHandle, Refusal> {
         let key = (local.clone(), remote.clone());
         if let Some(h) = self.outbound.read().unwrap().get(&key) {
-            return Some(h.clone());
+            return Ok(h.clone());
+        }
+        if let crate::policy::Verdict::Refuse(why) = shared.policy.verdict(remote) {
+            return Err(Refusal::Policy(why));
         }
         let mut map = self.outbound.write().unwrap();
         if let Some(h) = map.get(&key) {
-            return Some(h.clone());
+            return Ok(h.clone());
         }
         if shared.table.live_count() >= shared.settings.limits.max_streams {
             tracing::warn!(%local, %remote, limit = shared.settings.limits.max_streams, "not opening a stream to {remote}: too many streams (limits.max_streams)");
-            return None;
+            return Err(Refusal::Limit);
         }
         let (stx, srx) = mpsc::channel(shared.settings.limits.outbound_queue);
         let (vtx, vrx) = mpsc::channel(64);
@@ -127,7 +142,7 @@ impl Router {
         tokio::spawn(async move {
             crate::stream::outbound::run(shared2, l, r, entry, srx, vrx).await;
         });
-        Some(h)
+        Ok(h)
     }
 
     /// The current outbound handle for a pair, if any (for probes and status).
@@ -151,8 +166,10 @@ impl Router {
         let mut req = VerifyRequest { stream_id: stream_id.to_owned(), key: key.to_owned(), reply: tx };
         let mut sent = false;
         for _ in 0..3 {
-            let Some(h) = self.handle(shared, local, remote) else {
-                return Answer::error("resource-constraint", "too many streams on this server (limits.max_streams)");
+            let h = match self.handle(shared, local, remote) {
+                Ok(h) => h,
+                Err(Refusal::Limit) => return Answer::error("resource-constraint", "too many streams on this server (limits.max_streams)"),
+                Err(Refusal::Policy(why)) => return Answer::error("policy-violation", why),
             };
             match h.verifies.send(req).await {
                 Ok(()) => {

@@ -394,7 +394,7 @@ mod tests {
         assert_eq!(log.iter().map(|a| a.who.as_str()).collect::<Vec<_>>(), vec!["carol", "bob", "alice"]);
         assert_eq!(s.prune(2, u64::MAX, 0).unwrap(), 1);
         assert_eq!(s.policy_log(None, 10).unwrap().len(), 2);
-        assert_eq!(s.prune(10, 500, 2001).unwrap(), 1, "older than 500 ms at t=2001");
+        assert_eq!(s.prune(10, 999, 2001).unwrap(), 1, "only the record older than 999 ms at t=2001");
         let rec = DomainRecord { domain: "x.test".into(), state: DomainState::Blocked, reason: Some("r".into()), ..Default::default() };
         s.put_domain(&rec).unwrap();
         assert_eq!(s.domain("x.test").unwrap(), Some(rec));

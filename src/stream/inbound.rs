@@ -30,6 +30,8 @@ use crate::xml::{Element, Frame, XmlError};
 enum Pair {
     /// `db:result` received, the authoritative server asked.
     Verifying,
+    /// Verified; the policy holds it until the operator decides (stanzas kept, not routed).
+    Held,
     Valid,
 }
 
@@ -61,6 +63,9 @@ struct In<'a> {
     stream_id: String,
     pairs: HashMap<(Domain, Domain), Pair>,
     done_tx: mpsc::Sender<Verified>,
+    /// Stanzas of held pairs, in arrival order.
+    held: std::collections::VecDeque<Element>,
+    hold_until: Option<Instant>,
 }
 
 pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
@@ -69,7 +74,16 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let limits = &shared.settings.limits;
     let mut conn = Conn::new(Transport::Plain(tcp), entry.clone(), limits.max_stanza_size, limits.max_depth);
     let (done_tx, mut done_rx) = mpsc::channel(16);
-    let mut st = In { shared: &shared, entry: entry.clone(), secure: false, stream_id: String::new(), pairs: HashMap::new(), done_tx };
+    let mut st = In {
+        shared: &shared,
+        entry: entry.clone(),
+        secure: false,
+        stream_id: String::new(),
+        pairs: HashMap::new(),
+        done_tx,
+        held: Default::default(),
+        hold_until: None,
+    };
     let end = st.session(&mut conn, &mut done_rx).await;
     match &end.error {
         Some(e) => tracing::warn!(stream = %entry.id, %peer, "closing inbound stream: {e}"),
@@ -77,13 +91,14 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     }
     entry.set_state(ConnState::Closing);
     conn.close(end.error.as_ref(), shared.settings.timeouts.close, end.peer_closed).await;
-    shared.table.close(&entry, &end.reason);
+    shared.stream_closed(&entry, &end.reason);
 }
 
 impl In<'_> {
     async fn session(&mut self, conn: &mut Conn, done_rx: &mut mpsc::Receiver<Verified>) -> End {
         let t = self.shared.settings.timeouts.clone();
         let deadline = Instant::now() + t.negotiation;
+        let mut policy_changes = self.shared.policy.subscribe();
         'stream: loop {
             // ExpectHeader.
             let header_frame = tokio::select! {
@@ -109,6 +124,13 @@ impl In<'_> {
                 return End::error(C::HostUnknown, format!("{} is not served here", h.to.as_deref().unwrap_or("(no 'to' attribute)")));
             };
             self.entry.set_domains(Some(local.as_str()), h.from.as_deref());
+            // Policy, as early as possible: the header's 'from', before TLS.
+            if let Some(from) = h.from.as_deref().and_then(|f| Domain::parse(f).ok()) {
+                if let crate::policy::Verdict::Refuse(why) = self.shared.policy.verdict(&from) {
+                    self.shared.policy.note(from.as_str(), |_| {});
+                    return End::error(C::PolicyViolation, why);
+                }
+            }
 
             // Features (RFC 6120 §4.3.2): STARTTLS until TLS; dialback once encryption allows it.
             let require_tls = self.shared.settings.tls.require_encryption;
@@ -130,15 +152,27 @@ impl In<'_> {
             self.entry.set_state(if self.secure { ConnState::Authenticating } else { ConnState::Tls });
 
             loop {
-                let authenticated = self.pairs.values().any(|p| *p == Pair::Valid);
+                let authenticated = self.pairs.values().any(|p| matches!(p, Pair::Valid | Pair::Held));
+                let hold_until = self.hold_until;
                 tokio::select! {
                     biased;
                     _ = self.entry.cancel.cancelled() => return self.cancelled(),
                     Some(v) = done_rx.recv() => {
-                        self.on_verified(conn, v);
+                        if let Some(end) = self.on_verified(conn, v) {
+                            return end;
+                        }
                         if let Err(e) = conn.flush().await {
                             return End { error: None, peer_closed: false, reason: format!("write failed: {e}") };
                         }
+                    }
+                    _ = policy_changes.changed() => {
+                        if let Some(end) = self.review_held().await {
+                            return end;
+                        }
+                    }
+                    _ = sleep_until(hold_until.unwrap_or(deadline)), if hold_until.is_some() => {
+                        let waiting: Vec<String> = self.pairs.iter().filter(|(_, p)| **p == Pair::Held).map(|((_, r), _)| r.to_string()).collect();
+                        return End::error(C::PolicyViolation, format!("{} awaits approval by the operator (policy mode approval)", waiting.join(", ")));
                     }
                     _ = sleep_until(deadline), if !authenticated => return self.timeout(conn).await,
                     f = conn.read_frame() => {
@@ -167,11 +201,9 @@ impl In<'_> {
     }
 
     fn cancelled(&self) -> End {
-        if self.shared.shutdown.is_cancelled() {
-            End::error(C::SystemShutdown, "server shutting down")
-        } else {
-            let reason = self.entry.close_request().unwrap_or_else(|| "closed by the operator".into());
-            End { error: None, peer_closed: false, reason }
+        match self.entry.close_request() {
+            Some((reason, error)) => End { error, peer_closed: false, reason },
+            None => End::error(C::SystemShutdown, "server shutting down"),
         }
     }
 
@@ -281,8 +313,13 @@ impl In<'_> {
             self.refuse(conn, &local, &remote, Answer::Invalid, VerificationResult::Invalid, format!("claims to be {remote}, a domain hosted here"));
             return None;
         }
+        // Refused domains are cut off before any callback is spent on them.
+        if let crate::policy::Verdict::Refuse(why) = self.shared.policy.verdict(&remote) {
+            self.shared.policy.note(remote.as_str(), |_| {});
+            return Some(End::error(C::PolicyViolation, why));
+        }
         match self.pairs.get(&(local.clone(), remote.clone())) {
-            Some(Pair::Valid) => {
+            Some(Pair::Valid | Pair::Held) => {
                 conn.send(&dialback::result_answer(local.as_str(), remote.as_str(), &Answer::Valid));
                 return None;
             }
@@ -316,19 +353,32 @@ impl In<'_> {
         None
     }
 
-    /// The authoritative server answered: authorise the pair or refuse it.
-    fn on_verified(&mut self, conn: &mut Conn, v: Verified) {
+    /// The authoritative server answered: authorise the pair (or hold it for approval), or
+    /// refuse it.
+    fn on_verified(&mut self, conn: &mut Conn, v: Verified) -> Option<End> {
         let key = (v.local.clone(), v.remote.clone());
         if self.pairs.get(&key) != Some(&Pair::Verifying) {
-            return; // forgotten by a stream restart
+            return None; // forgotten by a stream restart
         }
         match v.answer {
             Answer::Valid => {
-                self.pairs.insert(key, Pair::Valid);
-                self.entry.set_pair(&v.local, &v.remote, PairStatus::Valid, AuthMethod::Dialback);
+                self.record(&v.local, &v.remote, VerificationResult::Valid, format!("{}'s authoritative server confirmed the dialback key", v.remote));
+                // Policy again, for every domain that authenticates on the stream.
+                let status = match self.shared.policy.verdict(&v.remote) {
+                    crate::policy::Verdict::Refuse(why) => return Some(End::error(C::PolicyViolation, why)),
+                    crate::policy::Verdict::Allow => Pair::Valid,
+                    crate::policy::Verdict::Hold => {
+                        self.shared.policy.mark_pending(&v.remote);
+                        self.hold_until.get_or_insert(Instant::now() + self.shared.settings.policy.approval_wait);
+                        tracing::info!(stream = %self.entry.id, "{} verified; held until the operator approves it", v.remote);
+                        Pair::Held
+                    }
+                };
+                self.pairs.insert(key, status);
+                let ps = if status == Pair::Valid { PairStatus::Valid } else { PairStatus::Held };
+                self.entry.set_pair(&v.local, &v.remote, ps, AuthMethod::Dialback);
                 self.entry.set_state(ConnState::Established);
                 conn.send(&dialback::result_answer(v.local.as_str(), v.remote.as_str(), &Answer::Valid));
-                self.record(&v.local, &v.remote, VerificationResult::Valid, format!("{}'s authoritative server confirmed the dialback key", v.remote));
             }
             Answer::Invalid => {
                 let reason = format!(
@@ -345,6 +395,48 @@ impl In<'_> {
                 self.refuse(conn, &v.local, &v.remote, Answer::Error { condition, text }, result, reason);
             }
         }
+        None
+    }
+
+    /// The policy changed: release held pairs that are now allowed (their stanzas routed in
+    /// order), close on a refusal.
+    async fn review_held(&mut self) -> Option<End> {
+        let held: Vec<(Domain, Domain)> = self.pairs.iter().filter(|(_, p)| **p == Pair::Held).map(|(k, _)| k.clone()).collect();
+        if held.is_empty() {
+            return None;
+        }
+        for (local, remote) in held {
+            match self.shared.policy.verdict(&remote) {
+                crate::policy::Verdict::Hold => {}
+                crate::policy::Verdict::Refuse(why) => return Some(End::error(C::PolicyViolation, why)),
+                crate::policy::Verdict::Allow => {
+                    tracing::info!(stream = %self.entry.id, "{remote} approved; releasing its held stanzas");
+                    self.pairs.insert((local.clone(), remote.clone()), Pair::Valid);
+                    self.entry.set_pair(&local, &remote, PairStatus::Valid, AuthMethod::Dialback);
+                }
+            }
+        }
+        // Route, in arrival order, what is no longer held.
+        let mut still = std::collections::VecDeque::new();
+        while let Some(st) = self.held.pop_front() {
+            if self.pair_of(&st).is_some_and(|k| self.pairs.get(&k) == Some(&Pair::Valid)) {
+                self.entry.stanza_in();
+                self.shared.router.route(self.shared, st).await;
+            } else {
+                still.push_back(st);
+            }
+        }
+        self.held = still;
+        if !self.pairs.values().any(|p| *p == Pair::Held) {
+            self.hold_until = None;
+        }
+        None
+    }
+
+    fn pair_of(&self, st: &Element) -> Option<(Domain, Domain)> {
+        let from = Jid::parse(st.get_attr("from")?).and_then(|j| Domain::parse(j.domain).ok())?;
+        let to = Jid::parse(st.get_attr("to")?).and_then(|j| Domain::parse(j.domain).ok())?;
+        Some((to, from))
     }
 
     fn refuse(&mut self, conn: &mut Conn, local: &Domain, remote: &Domain, answer: Answer, result: VerificationResult, reason: String) {
@@ -389,7 +481,7 @@ impl In<'_> {
 
     /// RFC 6120 §8.1.1.2 / §4.9.3: addressing checks, then routing.
     async fn on_stanza(&mut self, el: Element) -> Option<End> {
-        if !self.pairs.values().any(|p| *p == Pair::Valid) {
+        if !self.pairs.values().any(|p| matches!(p, Pair::Valid | Pair::Held)) {
             return Some(End::error(C::NotAuthorized, "no domain is authenticated on this stream yet"));
         }
         let (Some(from), Some(to)) = (el.get_attr("from"), el.get_attr("to")) else {
@@ -406,6 +498,13 @@ impl In<'_> {
         }
         match self.pairs.get(&(to_dom.clone(), from_dom.clone())) {
             Some(Pair::Valid) => {}
+            Some(Pair::Held) => {
+                if self.held.len() >= self.shared.settings.limits.outbound_queue {
+                    return Some(End::error(C::PolicyViolation, format!("{from_dom} awaits approval and sent more stanzas than are kept meanwhile (limits.outbound_queue)")));
+                }
+                self.held.push_back(el);
+                return None;
+            }
             Some(Pair::Verifying) => return Some(End::error(C::InvalidFrom, format!("{from_dom} is still being verified for {to_dom}"))),
             None => return Some(End::error(C::InvalidFrom, format!("{from_dom} is not authenticated for {to_dom} on this stream"))),
         }

@@ -25,19 +25,23 @@ use crate::proto::ns;
 use crate::router::VerifyRequest;
 use crate::xml::{Element, Frame};
 
-/// Why an outbound stream could not be set up or ended.
+/// Why an outbound stream could not be set up or ended, and the stanza error condition
+/// queued stanzas bounce with (RFC 6120 §8.3.3).
 #[derive(Debug, Clone)]
 struct Failure {
-    timeout: bool,
+    condition: &'static str,
     reason: String,
 }
 
 impl Failure {
     fn new(reason: impl Into<String>) -> Failure {
-        Failure { timeout: false, reason: reason.into() }
+        Failure { condition: "remote-server-not-found", reason: reason.into() }
     }
     fn timeout(reason: impl Into<String>) -> Failure {
-        Failure { timeout: true, reason: reason.into() }
+        Failure { condition: "remote-server-timeout", reason: reason.into() }
+    }
+    fn policy(reason: impl Into<String>) -> Failure {
+        Failure { condition: "policy-violation", reason: reason.into() }
     }
 }
 
@@ -78,8 +82,8 @@ pub async fn run(
     let reason = match end {
         End::Failed(f, conn) => {
             tracing::warn!(stream = %entry.id, %local, %remote, "outbound stream to {remote} failed: {}", f.reason);
-            let cond = if f.timeout { "remote-server-timeout" } else { "remote-server-not-found" };
-            let text = format!("{remote}: {}", f.reason);
+            let cond = f.condition;
+            let text = if cond == "policy-violation" { f.reason.clone() } else { format!("{remote}: {}", f.reason) };
             out.fail_verifies(&f);
             while let Ok(v) = verifies.try_recv() {
                 let _ = v.reply.send(verify_failure(&f));
@@ -90,7 +94,8 @@ pub async fn run(
                 }
             }
             if let Some(mut c) = conn {
-                c.close(None, close_timeout, false).await;
+                let error = (cond == "policy-violation").then(|| StreamError::new(StreamErrorCondition::PolicyViolation, f.reason.clone()));
+                c.close(error.as_ref(), close_timeout, false).await;
             }
             f.reason
         }
@@ -130,18 +135,19 @@ pub async fn run(
             reason
         }
     };
-    shared.table.close(&entry, &reason);
+    shared.stream_closed(&entry, &reason);
 }
 
 fn verify_failure(f: &Failure) -> Answer {
-    if f.timeout {
+    if f.condition == "remote-server-timeout" {
         Answer::error("remote-server-timeout", f.reason.clone())
     } else {
         Answer::error("remote-connection-failed", f.reason.clone())
     }
 }
 
-/// RFC 6120 §8.3.3.15–16: remote-server-timeout is a `wait` error, remote-server-not-found `cancel`.
+/// RFC 6120 §8.3.3: remote-server-timeout is a `wait` error; remote-server-not-found and
+/// policy-violation are `cancel`.
 fn bounce_type(cond: &str) -> ErrorType {
     if cond == "remote-server-timeout" { ErrorType::Wait } else { ErrorType::Cancel }
 }
@@ -228,6 +234,46 @@ impl Out<'_> {
         self.entry.set_state(ConnState::Established);
         self.outcome(VerificationResult::Valid, format!("{} accepted our dialback key", self.remote));
 
+        // Policy: in approval mode an undecided domain's traffic waits for the operator.
+        let mut policy_changes = self.shared.policy.subscribe();
+        let hold_until = Instant::now() + self.shared.settings.policy.approval_wait;
+        loop {
+            match self.shared.policy.verdict(&self.remote) {
+                crate::policy::Verdict::Allow => break,
+                crate::policy::Verdict::Refuse(why) => return End::Failed(Failure::policy(why), Some(conn)),
+                crate::policy::Verdict::Hold => {
+                    self.shared.policy.mark_pending(&self.remote);
+                    tracing::info!(stream = %self.entry.id, "holding traffic to {}: awaiting approval", self.remote);
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = self.entry.cancel.cancelled() => return End::Failed(Failure::new(self.cancel_reason()), Some(conn)),
+                _ = policy_changes.changed() => {}
+                _ = sleep_until(hold_until) => {
+                    return End::Failed(Failure::policy(format!("{} awaits approval by the operator (policy mode approval)", self.remote)), Some(conn));
+                }
+                v = verifies.recv() => if let Some(v) = v {
+                    self.send_verify(&mut conn, v);
+                    if let Err(e) = conn.flush().await {
+                        return End::Failed(Failure::new(format!("write failed: {e}")), None);
+                    }
+                },
+                f = conn.read_frame() => match f {
+                    Ok(Frame::Element(el)) => {
+                        if let Some(db) = DbElement::parse(&el) {
+                            self.on_dialback(&db);
+                        } else if let Some(f) = peer_error(&el) {
+                            return End::Failed(f, None);
+                        }
+                    }
+                    Ok(Frame::StreamOpen(_)) => {}
+                    Ok(Frame::StreamClose) => return End::Failed(Failure::new("the peer closed the stream"), Some(conn)),
+                    Err(e) => return End::Failed(Failure::new(e.to_string()), None),
+                },
+            }
+        }
+
         // Established: stanzas flow; whitespace keepalives when idle (RFC 6120 §4.6.1).
         let mut last_write = Instant::now();
         let mut last_stanza = Instant::now();
@@ -237,8 +283,10 @@ impl Out<'_> {
             tokio::select! {
                 biased;
                 _ = self.entry.cancel.cancelled() => {
-                    let reason = self.cancel_reason();
-                    let error = self.shared.shutdown.is_cancelled().then(|| StreamError::new(StreamErrorCondition::SystemShutdown, "server shutting down"));
+                    let (reason, error) = match self.entry.close_request() {
+                        Some(r) => r,
+                        None => ("server shutting down".into(), Some(StreamError::new(StreamErrorCondition::SystemShutdown, "server shutting down"))),
+                    };
                     return End::Closed { conn, error, reason };
                 }
                 f = conn.read_frame() => match f {
@@ -298,7 +346,7 @@ impl Out<'_> {
     }
 
     fn cancel_reason(&self) -> String {
-        self.entry.close_request().unwrap_or_else(|| "server shutting down".into())
+        self.entry.close_request().map(|(r, _)| r).unwrap_or_else(|| "server shutting down".into())
     }
 
     fn outcome(&self, result: VerificationResult, reason: String) {
