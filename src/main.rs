@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use drawbridge::config::Settings;
-use drawbridge::control::{self, Request};
+use drawbridge::control::{self, ChangeReport, DomainReport, Request};
+use drawbridge::engine::events::fmt_utc;
+use drawbridge::store::DomainRecord;
 use drawbridge::engine::events::{ConnSnapshot, VerificationOutcome};
 use drawbridge::engine::{Engine, ProbeReport, Status};
 
@@ -69,6 +71,95 @@ enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Approve a domain (it federates in every mode).
+    Approve {
+        domain: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Block this exact domain, both directions; its live streams close at once.
+    Block {
+        domain: String,
+        /// Lift the block by itself after this long ("2h", "30m").
+        #[arg(long = "for")]
+        duration: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Blacklist a domain and all its subdomains (`blacklist DOMAIN --reason TEXT`), or
+    /// exchange lists (`blacklist import FILE|-`, `blacklist export`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Blacklist {
+        #[command(subcommand)]
+        list: Option<BlacklistCommand>,
+        domain: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Clear a block or a blacklist entry.
+    Unblock {
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or set the federation mode: open, approval or allowlist.
+    Mode {
+        mode: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Domains waiting for approval.
+    Pending {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every domain seen or decided.
+    Domains {
+        /// Only this state: unknown, pending, approved, blocked, blacklisted.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything known about one domain.
+    Domain {
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Closed streams, newest first.
+    History {
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BlacklistCommand {
+    /// Import a list (one domain per line, `#` comments); `-` reads standard input.
+    Import {
+        file: String,
+        /// Name of the list, recorded as each entry's source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Show what would change without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the blacklist in the same format.
+    Export,
 }
 
 fn main() -> ExitCode {
@@ -148,6 +239,42 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
         CtlCommand::Close { id } => (Request::Close { id: id.clone() }, false),
         CtlCommand::Probe { domain, from, json } => (Request::Probe { domain: domain.clone(), from: from.clone() }, *json),
         CtlCommand::Verifications { domain, limit, json } => (Request::Verifications { domain: domain.clone(), limit: *limit }, *json),
+        CtlCommand::Approve { domain, reason, json } => (Request::Approve { domain: domain.clone(), reason: reason.clone() }, *json),
+        CtlCommand::Block { domain, duration, reason, json } => {
+            let for_secs = match duration {
+                Some(d) => match drawbridge::config::parse_duration(d) {
+                    Ok(d) if !d.is_zero() => Some(d.as_secs().max(1)),
+                    Ok(_) => anyhow::bail!("--for must be longer than zero"),
+                    Err(e) => anyhow::bail!("--for: {e}"),
+                },
+                None => None,
+            };
+            (Request::Block { domain: domain.clone(), for_secs, reason: reason.clone() }, *json)
+        }
+        CtlCommand::Blacklist { list: Some(BlacklistCommand::Export), .. } => (Request::BlacklistExport, false),
+        CtlCommand::Blacklist { list: Some(BlacklistCommand::Import { file, source, dry_run, json }), .. } => {
+            let text = if file == "-" {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map_err(|e| anyhow::anyhow!("reading standard input: {e}"))?;
+                t
+            } else {
+                std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{file}: {e}"))?
+            };
+            let source = source.clone().or_else(|| (file != "-").then(|| std::path::Path::new(file).file_name().map(|f| f.to_string_lossy().into_owned())).flatten());
+            (Request::BlacklistImport { text, source, dry_run: *dry_run }, *json)
+        }
+        CtlCommand::Blacklist { list: None, domain, reason, json } => {
+            let Some(domain) = domain else { anyhow::bail!("blacklist: give a DOMAIN (with --reason), or import / export") };
+            let Some(reason) = reason else { anyhow::bail!("blacklist {domain}: --reason TEXT is required") };
+            (Request::Blacklist { domain: domain.clone(), reason: reason.clone() }, *json)
+        }
+        CtlCommand::Unblock { domain, json } => (Request::Unblock { domain: domain.clone() }, *json),
+        CtlCommand::Mode { mode: Some(m), json } => (Request::Mode { mode: m.clone() }, *json),
+        CtlCommand::Mode { mode: None, json } => (Request::Status, *json),
+        CtlCommand::Pending { json } => (Request::Pending, *json),
+        CtlCommand::Domains { state, json } => (Request::Domains { state: state.clone() }, *json),
+        CtlCommand::Domain { domain, json } => (Request::Domain { domain: domain.clone() }, *json),
+        CtlCommand::History { domain, limit, json } => (Request::History { domain: domain.clone(), limit: *limit }, *json),
     };
     let resp = control::request(&socket, &req).await?;
     if !resp.ok {
@@ -171,6 +298,7 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
             println!("listening:   {}", s.listen.join(", "));
             println!("streams:     {} in, {} out, {} established", s.streams_in, s.streams_out, s.established);
             println!("encryption:  {}", if s.require_encryption { "required" } else { "optional" });
+            println!("policy:      mode {}, {} pending, {} blocked, {} blacklisted", s.mode, s.pending, s.blocked, s.blacklisted);
         }
         CtlCommand::Connections { .. } => {
             let v: Vec<ConnSnapshot> = serde_json::from_value(data)?;
@@ -201,11 +329,153 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
                 println!("no verification outcomes yet");
             }
             for o in v {
-                println!("{} {:>3} {:<8} {} → {}  {:?}: {}", fmt_time(o.time_ms), fmt_dir(o.direction), format!("{:?}", o.result).to_lowercase(), o.remote, o.local, o.method, o.reason);
+                print_outcome(&o);
             }
+        }
+        CtlCommand::Approve { .. } | CtlCommand::Block { .. } | CtlCommand::Unblock { .. } | CtlCommand::Blacklist { list: None, .. } => {
+            let r: ChangeReport = serde_json::from_value(data)?;
+            let rec = &r.record;
+            let mut line = format!("{}: {}", rec.domain, rec.state.as_str());
+            if let Some(t) = rec.expires_ms {
+                line.push_str(&format!(" until {}", fmt_utc(t)));
+            }
+            if let Some(reason) = &rec.reason {
+                line.push_str(&format!(" ({reason})"));
+            }
+            if !r.changed {
+                line.push_str(" — unchanged");
+            }
+            println!("{line}");
+            if !r.closed_streams.is_empty() {
+                println!("closed {} live stream(s): {}", r.closed_streams.len(), r.closed_streams.join(", "));
+            }
+        }
+        CtlCommand::Blacklist { list: Some(BlacklistCommand::Export), .. } => print!("{}", data.as_str().unwrap_or("")),
+        CtlCommand::Blacklist { list: Some(BlacklistCommand::Import { .. }), .. } => {
+            let r: drawbridge::engine::ImportReport = serde_json::from_value(data)?;
+            let verb = if r.dry_run { "would add" } else { "added" };
+            println!("{verb} {} domain(s) from {}{}", r.added.len(), r.source, list_suffix(&r.added));
+            println!("already blacklisted: {}{}", r.already.len(), list_suffix(&r.already));
+            for b in &r.invalid {
+                println!("skipped line {}: {:?}: {}", b.line, b.text, b.error);
+            }
+            let verb = if r.dry_run { "would close" } else { "closed" };
+            println!("{verb} {} live stream(s){}", r.closed_streams.len(), list_suffix(&r.closed_streams));
+        }
+        CtlCommand::Mode { mode: None, .. } => {
+            let s: Status = serde_json::from_value(data)?;
+            println!("{}", s.mode);
+        }
+        CtlCommand::Mode { .. } => {
+            println!("mode {}", data["mode"].as_str().unwrap_or("?"));
+            if let Some(c) = data["closed_streams"].as_array().filter(|c| !c.is_empty()) {
+                println!("closed {} live stream(s)", c.len());
+            }
+        }
+        CtlCommand::Pending { .. } | CtlCommand::Domains { .. } => {
+            let v: Vec<DomainRecord> = serde_json::from_value(data)?;
+            print_domains(&v);
+        }
+        CtlCommand::Domain { .. } => {
+            let r: DomainReport = serde_json::from_value(data)?;
+            println!("{}: {}", r.domain, r.verdict);
+            match &r.record {
+                None => println!("never seen or decided"),
+                Some(rec) => {
+                    println!("state:        {}{}", rec.state.as_str(), rec.expires_ms.map(|t| format!(" until {}", fmt_utc(t))).unwrap_or_default());
+                    if let Some(reason) = &rec.reason {
+                        println!("reason:       {reason}");
+                    }
+                    if let (Some(who), Some(when)) = (&rec.who, rec.when_ms) {
+                        println!("decided:      by {who} at {}", fmt_utc(when));
+                    }
+                    if let Some(src) = &rec.source {
+                        println!("source:       {src}");
+                    }
+                    if let (Some(f), Some(l)) = (rec.first_seen_ms, rec.last_seen_ms) {
+                        println!("seen:         first {}, last {}", fmt_utc(f), fmt_utc(l));
+                    }
+                    println!("streams:      {} in, {} out; stanzas {} in, {} out", rec.streams_in, rec.streams_out, rec.stanzas_in, rec.stanzas_out);
+                    if let Some(v) = &rec.last_verification {
+                        println!("verification: {v}");
+                    }
+                }
+            }
+            if !r.outcomes.is_empty() {
+                println!("\nrecent verifications:");
+                for o in &r.outcomes {
+                    print_outcome(o);
+                }
+            }
+            if !r.streams.is_empty() {
+                println!("\nrecent streams:");
+                print_connections(&r.streams);
+            }
+            if !r.policy_log.is_empty() {
+                println!("\npolicy log:");
+                for a in &r.policy_log {
+                    println!("{} {} by {}{}", fmt_utc(a.time_ms), a.action, a.who, a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default());
+                }
+            }
+        }
+        CtlCommand::History { .. } => {
+            let v: Vec<ConnSnapshot> = serde_json::from_value(data)?;
+            print_connections(&v);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn list_suffix(v: &[String]) -> String {
+    if v.is_empty() {
+        String::new()
+    } else if v.len() <= 10 {
+        format!(": {}", v.join(", "))
+    } else {
+        format!(": {}, … ({} more)", v[..10].join(", "), v.len() - 10)
+    }
+}
+
+fn print_outcome(o: &VerificationOutcome) {
+    println!(
+        "{} {:>3} {:<8} {} → {}  {:?}: {}",
+        fmt_utc(o.time_ms),
+        fmt_dir(o.direction),
+        format!("{:?}", o.result).to_lowercase(),
+        o.remote,
+        o.local,
+        o.method,
+        o.reason
+    );
+}
+
+fn print_domains(v: &[DomainRecord]) {
+    if v.is_empty() {
+        println!("no domains");
+        return;
+    }
+    println!("{:<32} {:<12} {:<20} {:>5} {:>5}  {}", "DOMAIN", "STATE", "LAST SEEN", "IN", "OUT", "WHY");
+    for r in v {
+        let why = match (&r.reason, &r.who) {
+            (Some(reason), Some(who)) => format!("{reason} (by {who})"),
+            (Some(reason), None) => reason.clone(),
+            (None, Some(who)) => format!("by {who}"),
+            (None, None) => r.last_verification.clone().unwrap_or_default(),
+        };
+        let state = match r.expires_ms {
+            Some(t) => format!("{} ({})", r.state.as_str(), human_duration(t.saturating_sub(drawbridge::engine::events::now_ms()))),
+            None => r.state.as_str().to_owned(),
+        };
+        println!(
+            "{:<32} {:<12} {:<20} {:>5} {:>5}  {}",
+            r.domain,
+            state,
+            r.last_seen_ms.map(|t| fmt_utc(t)[..19].to_owned()).unwrap_or_else(|| "-".into()),
+            r.streams_in,
+            r.streams_out,
+            why
+        );
+    }
 }
 
 fn fmt_dir(d: drawbridge::engine::events::Direction) -> &'static str {
@@ -213,11 +483,6 @@ fn fmt_dir(d: drawbridge::engine::events::Direction) -> &'static str {
         drawbridge::engine::events::Direction::In => "in",
         drawbridge::engine::events::Direction::Out => "out",
     }
-}
-
-fn fmt_time(ms: u64) -> String {
-    let s = ms / 1000;
-    format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
 }
 
 fn human_duration(ms: u64) -> String {

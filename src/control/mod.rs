@@ -36,7 +36,72 @@ pub enum Request {
         #[serde(default)]
         limit: Option<usize>,
     },
+    Approve {
+        domain: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    Block {
+        domain: String,
+        /// Seconds until the block lifts by itself.
+        #[serde(default)]
+        for_secs: Option<u64>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    Blacklist {
+        domain: String,
+        reason: String,
+    },
+    Unblock {
+        domain: String,
+    },
+    Mode {
+        mode: String,
+    },
+    Pending,
+    Domains {
+        #[serde(default)]
+        state: Option<String>,
+    },
+    Domain {
+        domain: String,
+    },
+    History {
+        #[serde(default)]
+        domain: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    BlacklistImport {
+        text: String,
+        #[serde(default)]
+        source: Option<String>,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    BlacklistExport,
     Subscribe,
+}
+
+/// `ctl domain`: everything known about one domain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DomainReport {
+    pub domain: String,
+    pub record: Option<crate::store::DomainRecord>,
+    /// The verdict policy gives it now, in words.
+    pub verdict: String,
+    pub outcomes: Vec<crate::engine::events::VerificationOutcome>,
+    pub streams: Vec<crate::engine::events::ConnSnapshot>,
+    pub policy_log: Vec<crate::store::PolicyAction>,
+}
+
+/// The answer to a policy change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeReport {
+    pub record: crate::store::DomainRecord,
+    pub changed: bool,
+    pub closed_streams: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,7 +164,8 @@ pub async fn serve(shared: Arc<Shared>, listener: UnixListener) {
         };
         match accepted {
             Ok((stream, _)) => {
-                tokio::spawn(client(shared.clone(), stream));
+                let who = peer_user(&stream);
+                tokio::spawn(client(shared.clone(), stream, who));
             }
             Err(e) => {
                 tracing::warn!("control socket accept failed: {e}");
@@ -109,7 +175,29 @@ pub async fn serve(shared: Arc<Shared>, listener: UnixListener) {
     }
 }
 
-async fn client(shared: Arc<Shared>, stream: UnixStream) {
+/// The Unix user on the other end (SO_PEERCRED), for attributing operator actions.
+fn peer_user(stream: &UnixStream) -> String {
+    match stream.peer_cred() {
+        Ok(c) => {
+            let uid = c.uid();
+            let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
+                p.lines().find_map(|l| {
+                    let mut f = l.split(':');
+                    let name = f.next()?;
+                    let _ = f.next();
+                    (f.next()?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+                })
+            });
+            match name {
+                Some(n) => format!("{n} (uid {uid})"),
+                None => format!("uid {uid}"),
+            }
+        }
+        Err(_) => "unknown user".into(),
+    }
+}
+
+async fn client(shared: Arc<Shared>, stream: UnixStream, who: String) {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r);
     let mut line = String::new();
@@ -157,14 +245,34 @@ async fn client(shared: Arc<Shared>, stream: UnixStream) {
                 }
             }
         }
-        let resp = handle(&shared, req).await;
+        let resp = handle(&shared, req, &who).await;
         if write_json(&mut w, &resp).await.is_err() {
             return;
         }
     }
 }
 
-async fn handle(shared: &Arc<Shared>, req: Request) -> Response {
+async fn handle(shared: &Arc<Shared>, req: Request, who: &str) -> Response {
+    use crate::domain::Domain;
+    use crate::policy::{Change, DomainState, Mode};
+    let parse = |d: &str| Domain::parse(d).map_err(|e| Response::err(format!("{d:?} is not a valid domain: {e}")));
+    let change = |domain: String, change: Change, reason: Option<String>| {
+        let shared = shared.clone();
+        let who = who.to_owned();
+        async move {
+            let d = match Domain::parse(&domain) {
+                Ok(d) => d,
+                Err(e) => return Response::err(format!("{domain:?} is not a valid domain: {e}")),
+            };
+            if shared.is_hosted(&d) {
+                return Response::err(format!("{d} is hosted here; policy applies to remote domains"));
+            }
+            match engine::change_domain(&shared, &d, change, &who, reason.as_deref()).await {
+                Ok((record, changed, closed_streams)) => Response::ok(ChangeReport { record, changed, closed_streams }),
+                Err(e) => Response::err(format!("not saved: {e}")),
+            }
+        }
+    };
     match req {
         Request::Status => Response::ok(engine::status(shared)),
         Request::Connections { closed } => Response::ok(shared.table.snapshots(closed)),
@@ -176,15 +284,73 @@ async fn handle(shared: &Arc<Shared>, req: Request) -> Response {
             }
         }
         Request::Probe { domain, from } => Response::ok(engine::probe(shared, &domain, from.as_deref()).await),
-        Request::Verifications { domain, limit } => {
-            let mut v = shared.outcomes();
-            if let Some(d) = domain {
-                v.retain(|o| o.remote == d);
-            }
-            v.reverse();
-            v.truncate(limit.unwrap_or(50));
-            Response::ok(v)
+        Request::Verifications { domain, limit } => match shared.store.outcomes(domain.as_deref(), limit.unwrap_or(50)) {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(e.to_string()),
+        },
+        Request::History { domain, limit } => match shared.store.history(domain.as_deref(), limit.unwrap_or(50)) {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(e.to_string()),
+        },
+        Request::Approve { domain, reason } => change(domain, Change::Approve, reason).await,
+        Request::Block { domain, for_secs, reason } => {
+            let expires_ms = for_secs.map(|s| crate::engine::events::now_ms() + s * 1000);
+            change(domain, Change::Block { expires_ms }, reason).await
         }
+        Request::Blacklist { domain, reason } => {
+            if reason.trim().is_empty() {
+                return Response::err("a blacklist entry needs a reason (--reason)");
+            }
+            change(domain, Change::Blacklist { source: "operator".into() }, Some(reason)).await
+        }
+        Request::Unblock { domain } => change(domain, Change::Unblock, None).await,
+        Request::Mode { mode } => match Mode::parse(&mode) {
+            Some(m) => match engine::change_mode(shared, m, who).await {
+                Ok(closed) => Response::ok(serde_json::json!({"mode": m.as_str(), "closed_streams": closed})),
+                Err(e) => Response::err(format!("not saved: {e}")),
+            },
+            None => Response::err(format!("{mode:?} is not a mode: open, approval or allowlist")),
+        },
+        Request::Pending => Response::ok(shared.policy.records(Some(DomainState::Pending))),
+        Request::Domains { state } => match state.as_deref().map(|s| DomainState::parse(s).ok_or(s)) {
+            Some(Err(s)) => Response::err(format!("{s:?} is not a state: unknown, pending, approved, blocked, blacklisted")),
+            Some(Ok(st)) => Response::ok(shared.policy.records(Some(st))),
+            None => Response::ok(shared.policy.records(None)),
+        },
+        Request::Domain { domain } => {
+            let d = match parse(&domain) {
+                Ok(d) => d,
+                Err(r) => return r,
+            };
+            let verdict = match shared.policy.verdict(&d) {
+                crate::policy::Verdict::Allow => "allowed to federate".to_owned(),
+                crate::policy::Verdict::Hold => "held until approved (policy mode approval)".to_owned(),
+                crate::policy::Verdict::Refuse(why) => format!("refused: {why}"),
+            };
+            let store = &shared.store;
+            let report = (|| -> Result<DomainReport, crate::store::StoreError> {
+                Ok(DomainReport {
+                    domain: d.to_string(),
+                    record: shared.policy.record(d.as_str()),
+                    verdict,
+                    outcomes: store.outcomes(Some(d.as_str()), 10)?,
+                    streams: store.history(Some(d.as_str()), 10)?,
+                    policy_log: store.policy_log(Some(d.as_str()), 10)?,
+                })
+            })();
+            match report {
+                Ok(r) => Response::ok(r),
+                Err(e) => Response::err(e.to_string()),
+            }
+        }
+        Request::BlacklistImport { text, source, dry_run } => {
+            let source = source.unwrap_or_else(|| "import".into());
+            match engine::import_blacklist(shared, &text, &source, who, dry_run).await {
+                Ok(r) => Response::ok(r),
+                Err(e) => Response::err(format!("not saved: {e}")),
+            }
+        }
+        Request::BlacklistExport => Response::ok(crate::policy::export_blacklist(&shared.policy.records(Some(DomainState::Blacklisted)))),
         Request::Subscribe => Response::err("subscribe is handled by the connection loop"),
     }
 }

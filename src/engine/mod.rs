@@ -129,6 +129,10 @@ pub struct Status {
     pub streams_out: usize,
     pub established: usize,
     pub require_encryption: bool,
+    pub mode: String,
+    pub pending: usize,
+    pub blocked: usize,
+    pub blacklisted: usize,
 }
 
 /// `ctl probe`: the outcome of an XEP-0199 ping over federation.
@@ -268,6 +272,10 @@ pub fn status(shared: &Shared) -> Status {
         streams_out: snaps.iter().filter(|s| s.direction == Direction::Out).count(),
         established: snaps.iter().filter(|s| s.state == ConnState::Established).count(),
         require_encryption: shared.settings.tls.require_encryption,
+        mode: shared.policy.mode().as_str().to_owned(),
+        pending: shared.policy.records(Some(crate::policy::DomainState::Pending)).len(),
+        blocked: shared.policy.records(Some(crate::policy::DomainState::Blocked)).len(),
+        blacklisted: shared.policy.records(Some(crate::policy::DomainState::Blacklisted)).len(),
     }
 }
 
@@ -493,4 +501,48 @@ async fn maintenance_loop(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// What a blacklist import did (or would do, for a dry run).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportReport {
+    pub dry_run: bool,
+    pub source: String,
+    pub added: Vec<String>,
+    pub already: Vec<String>,
+    pub invalid: Vec<crate::policy::BadLine>,
+    /// Live streams closed (or that would be).
+    pub closed_streams: Vec<String>,
+}
+
+pub async fn import_blacklist(shared: &Shared, text: &str, source: &str, who: &str, dry_run: bool) -> Result<ImportReport, crate::store::StoreError> {
+    let (entries, invalid) = crate::policy::parse_list(text);
+    let entries: Vec<_> = entries.into_iter().filter(|(d, _)| !shared.is_hosted(d)).collect();
+    if dry_run {
+        let (mut added, mut already) = (Vec::new(), Vec::new());
+        for (d, _) in &entries {
+            if shared.policy.record(d.as_str()).is_some_and(|r| r.state == crate::policy::DomainState::Blacklisted) {
+                already.push(d.to_string());
+            } else {
+                added.push(d.to_string());
+            }
+        }
+        let set: std::collections::HashSet<&str> = added.iter().map(String::as_str).collect();
+        let closed_streams = shared
+            .table
+            .live()
+            .into_iter()
+            .filter(|e| e.remotes().iter().any(|r| Policy::covered_by(r, &set)))
+            .map(|e| e.id.clone())
+            .collect();
+        return Ok(ImportReport { dry_run, source: source.into(), added, already, invalid, closed_streams });
+    }
+    let (added, already) = shared.policy.blacklist_many(&entries, source, who).await?;
+    for d in &added {
+        if let Some(record) = shared.policy.record(d) {
+            let _ = shared.events.send(Event::DomainChanged { record });
+        }
+    }
+    let closed_streams = enforce(shared);
+    Ok(ImportReport { dry_run, source: source.into(), added, already, invalid, closed_streams })
 }

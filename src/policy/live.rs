@@ -169,6 +169,51 @@ impl Policy {
         Ok((rec, changed))
     }
 
+    /// Blacklist many domains at once (an imported list): one batch, one flush. Returns the
+    /// domains newly blacklisted and those that already were.
+    pub async fn blacklist_many(&self, entries: &[(Domain, Option<String>)], source: &str, who: &str) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let now = now_ms();
+        let (added, already, records) = {
+            let mut inner = self.inner.write().unwrap();
+            let (mut added, mut already, mut records) = (Vec::new(), Vec::new(), Vec::new());
+            for (d, reason) in entries {
+                let rec = inner.domains.entry(d.to_string()).or_insert_with(|| DomainRecord { domain: d.to_string(), ..Default::default() });
+                if rec.state == DomainState::Blacklisted {
+                    already.push(d.to_string());
+                    continue;
+                }
+                rec.state = DomainState::Blacklisted;
+                rec.expires_ms = None;
+                rec.source = Some(source.to_owned());
+                rec.reason = Some(reason.clone().unwrap_or_else(|| format!("listed in {source}")));
+                rec.who = Some(who.to_owned());
+                rec.when_ms = Some(now);
+                records.push(rec.clone());
+                added.push(d.to_string());
+            }
+            inner.blacklisted += added.len();
+            (added, already, records)
+        };
+        if !records.is_empty() {
+            self.store.put_domains(&records)?;
+            self.store.log_action(&PolicyAction {
+                time_ms: now,
+                who: who.into(),
+                action: format!("blacklist import: {} added from {source}", added.len()),
+                domain: None,
+                reason: None,
+            })?;
+            self.store.flush().await?;
+            self.changed.send_modify(|g| *g += 1);
+        }
+        Ok((added, already))
+    }
+
+    /// Whether `domain` or a parent is in `set` (for a dry run).
+    pub fn covered_by(domain: &str, set: &std::collections::HashSet<&str>) -> bool {
+        suffixes(domain).any(|s| set.contains(s))
+    }
+
     /// A verified domain waiting for the operator (approval mode): listed as pending.
     pub fn mark_pending(&self, domain: &Domain) {
         let rec = {

@@ -138,9 +138,89 @@ pub fn suffixes(domain: &str) -> impl Iterator<Item = &str> {
     std::iter::successors(Some(domain), |d| d.find('.').map(|i| &d[i + 1..]))
 }
 
+/// One line of a blacklist file that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadLine {
+    pub line: usize,
+    pub text: String,
+    pub error: String,
+}
+
+/// Parse the plain format community blacklists use: one domain per line, `#` starts a
+/// comment (a comment after a domain is kept as its reason), blank lines ignored.
+pub fn parse_list(text: &str) -> (Vec<(crate::domain::Domain, Option<String>)>, Vec<BadLine>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let (entry, comment) = match raw.find('#') {
+            Some(p) => (&raw[..p], Some(raw[p + 1..].trim()).filter(|c| !c.is_empty())),
+            None => (raw, None),
+        };
+        let entry = entry.trim();
+        if entry.is_empty() {
+            continue;
+        }
+        match crate::domain::Domain::parse(entry) {
+            Ok(d) if d.as_str().contains('.') || d.as_str() == "localhost" => {
+                if !ok.iter().any(|(x, _): &(crate::domain::Domain, _)| *x == d) {
+                    ok.push((d, comment.map(str::to_owned)));
+                }
+            }
+            Ok(_) => bad.push(BadLine { line: i + 1, text: raw.to_owned(), error: "a single label is a top-level domain, not a server".into() }),
+            Err(e) => bad.push(BadLine { line: i + 1, text: raw.to_owned(), error: e.to_string() }),
+        }
+    }
+    (ok, bad)
+}
+
+/// The blacklist in the same format, each entry's reason and source as a comment.
+pub fn export_blacklist(records: &[crate::store::DomainRecord]) -> String {
+    let mut out = String::from("# drawbridge blacklist: one domain per line; it covers its subdomains too\n");
+    for r in records.iter().filter(|r| r.state == DomainState::Blacklisted) {
+        out.push_str(&r.domain);
+        let mut notes = Vec::new();
+        if let Some(reason) = &r.reason {
+            notes.push(reason.replace('\n', " "));
+        }
+        if let Some(src) = &r.source {
+            notes.push(format!("source: {src}"));
+        }
+        if !notes.is_empty() {
+            out.push_str("  # ");
+            out.push_str(&notes.join("; "));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_parsing_reports_bad_lines() {
+        let (ok, bad) = parse_list("# community list\n\nevil.example\nspam.example # sends spam\nbad domain\ncom\nEVIL.example.\n");
+        let names: Vec<_> = ok.iter().map(|(d, r)| (d.as_str(), r.as_deref())).collect();
+        assert_eq!(names, vec![("evil.example", None), ("spam.example", Some("sends spam"))]);
+        assert_eq!(bad.iter().map(|b| b.line).collect::<Vec<_>>(), vec![5, 6]);
+    }
+
+    #[test]
+    fn export_round_trips() {
+        let recs = vec![crate::store::DomainRecord {
+            domain: "evil.example".into(),
+            state: DomainState::Blacklisted,
+            reason: Some("spam".into()),
+            source: Some("operator".into()),
+            ..Default::default()
+        }];
+        let text = export_blacklist(&recs);
+        let (ok, bad) = parse_list(&text);
+        assert!(bad.is_empty());
+        assert_eq!(ok[0].0.as_str(), "evil.example");
+        assert_eq!(ok[0].1.as_deref(), Some("spam; source: operator"));
+    }
 
     fn st(state: DomainState) -> Standing {
         Standing { state, ..Default::default() }

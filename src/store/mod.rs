@@ -183,6 +183,15 @@ impl Store {
         Ok(())
     }
 
+    /// Several records in one atomic batch.
+    pub fn put_domains(&self, recs: &[DomainRecord]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for r in recs {
+            batch.insert(r.domain.as_bytes(), encode(r));
+        }
+        self.domains.apply_batch(batch).map_err(|e| self.err(e))
+    }
+
     pub fn log_action(&self, action: &PolicyAction) -> Result<(), StoreError> {
         let id = self.db.generate_id().map_err(|e| self.err(e))?;
         self.policy_log.insert(time_key(action.time_ms, id), encode(action)).map_err(|e| self.err(e))?;
