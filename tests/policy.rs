@@ -1,0 +1,161 @@
+//! Federation policy enforced on real streams: block, expiry, blacklist (with subdomains),
+//! approval and allowlist modes, refusal before TLS, and persistence across restarts.
+
+mod common;
+
+use common::*;
+use drawbridge::domain::Domain;
+use drawbridge::engine::events::{Direction, Event};
+use drawbridge::engine::{change_domain, change_mode};
+use drawbridge::policy::{Change, DomainState, Mode};
+use drawbridge::proto::stream::StreamErrorCondition as C;
+
+fn d(s: &str) -> Domain {
+    Domain::parse(s).unwrap()
+}
+
+async fn wait_closed_with(events: &mut tokio::sync::broadcast::Receiver<Event>, remote: &str, n: usize) -> Vec<String> {
+    let mut reasons = Vec::new();
+    while reasons.len() < n {
+        let ev = wait_event(events, "a stream to close", |e| matches!(e, Event::StreamClosed { stream } if stream.remote.as_deref() == Some(remote))).await;
+        let Event::StreamClosed { stream } = ev else { unreachable!() };
+        reasons.push(stream.close_reason.unwrap_or_default());
+    }
+    reasons
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_closes_live_streams_refuses_both_ways_and_expires() {
+    let dns = Dns::start().await;
+    let a = start_published("a.test", &dns, "").await;
+    let b = start_published("b.test", &dns, "").await;
+    assert!(within("probe", a.engine.probe("b.test", None)).await.ok);
+
+    let mut events = b.engine.subscribe();
+    let (rec, changed, closed) = change_domain(&b.engine.shared, &d("a.test"), Change::Block { expires_ms: None }, "tester", Some("flooding")).await.unwrap();
+    assert!(changed);
+    assert_eq!(rec.state, DomainState::Blocked);
+    assert_eq!(closed.len(), 2, "both streams with a.test close at once");
+    for reason in wait_closed_with(&mut events, "a.test", 2).await {
+        assert!(reason.contains("a.test is blocked: flooding"), "{reason}");
+    }
+    // New streams are refused in both directions; b does not even try to connect.
+    let r = within("probe a→b", a.engine.probe("b.test", None)).await;
+    assert!(!r.ok);
+    assert!(r.error.as_deref().unwrap().contains("policy-violation"), "{:?}", r.error);
+    let r = within("probe b→a", b.engine.probe("a.test", None)).await;
+    assert!(!r.ok);
+    let err = r.error.unwrap();
+    assert!(err.contains("<policy-violation/>") && err.contains("a.test is blocked"), "{err}");
+    assert!(b.engine.connections(false).iter().all(|c| c.direction != Direction::Out), "no connection attempted");
+
+    // A block for one second lifts by itself.
+    change_domain(&b.engine.shared, &d("a.test"), Change::Block { expires_ms: Some(drawbridge::engine::events::now_ms() + 1000) }, "tester", Some("cool down")).await.unwrap();
+    wait_event(&mut events, "the block to expire", |e| matches!(e, Event::DomainChanged { record } if record.domain == "a.test" && record.state == DomainState::Unknown)).await;
+    let r = within("probe after expiry", a.engine.probe("b.test", None)).await;
+    assert!(r.ok, "{:?}", r.error);
+    let log = b.engine.shared.store.policy_log(Some("a.test"), 10).unwrap();
+    assert_eq!(log[0].action, "block expired");
+    assert!(log.iter().any(|a| a.who == "tester" && a.reason.as_deref() == Some("flooding")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blacklisting_a_parent_refuses_subdomains_even_before_tls() {
+    let dns = Dns::start().await;
+    let a = start_published("chat.evil.test", &dns, "").await;
+    let b = start_published("b.test", &dns, "").await;
+    change_domain(&b.engine.shared, &d("evil.test"), Change::Blacklist { source: "operator".into() }, "tester", Some("spam source")).await.unwrap();
+    let r = within("probe from the subdomain", a.engine.probe("b.test", None)).await;
+    assert!(!r.ok);
+    let r = within("probe to the subdomain", b.engine.probe("chat.evil.test", None)).await;
+    let err = r.error.unwrap();
+    assert!(err.contains("chat.evil.test is blacklisted through evil.test: spam source"), "{err}");
+    // A peer naming a blacklisted domain in its header is cut off at once, in plaintext.
+    let mut p = RawPeer::connect(b.addr).await;
+    p.send(&header("x.evil.test", "b.test")).await;
+    let e = p.expect_condition(C::PolicyViolation).await;
+    assert!(e.text.contains("blacklisted"), "{e}");
+    assert!(b.engine.connections(true).iter().any(|c| c.direction == Direction::In && c.tls.is_none() && c.close_reason.as_deref().is_some_and(|r| r.contains("policy-violation"))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_mode_holds_then_releases_in_order_or_refuses() {
+    let dns = Dns::start().await;
+    let b = start_published("b.test", &dns, "[policy]\nmode = \"approval\"\napproval_wait = \"20s\"\n").await;
+    // hand_played returns once b answered db:result valid, which it does after listing the
+    // verified domain as pending.
+    let mut o = hand_played(&b, &dns, "o.test").await;
+    for i in 1..=3 {
+        o.to_server.send(&format!("<iq type='get' id='held{i}' from='o.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>")).await;
+    }
+    let pending = b.engine.shared.policy.records(Some(DomainState::Pending));
+    assert_eq!(pending.iter().map(|r| r.domain.as_str()).collect::<Vec<_>>(), vec!["o.test"]);
+    o.to_server.send("<iq type='get' id='sync' from='o.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    // Nothing was routed yet: the held stream counted no stanza.
+    let held = b.engine.connections(false).into_iter().find(|c| c.direction == Direction::In && c.pairs.iter().any(|p| p.remote == "o.test")).unwrap();
+    assert_eq!(held.stanzas_in, 0);
+    change_domain(&b.engine.shared, &d("o.test"), Change::Approve, "tester", None).await.unwrap();
+    for id in ["held1", "held2", "held3", "sync"] {
+        let pong = o.next_stanza().await;
+        assert_eq!(pong.get_attr("id"), Some(id), "released in order");
+        assert_eq!(pong.get_attr("type"), Some("result"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_timeout_refuses_and_keeps_the_domain_pending() {
+    let dns = Dns::start().await;
+    let b = start_published("b.test", &dns, "[policy]\nmode = \"approval\"\napproval_wait = \"300ms\"\n").await;
+    let mut o = hand_played(&b, &dns, "o.test").await;
+    o.to_server.send("<iq type='get' id='x' from='o.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    let e = o.to_server.expect_condition(C::PolicyViolation).await;
+    assert!(e.text.contains("awaits approval"), "{e}");
+    assert_eq!(b.engine.shared.policy.record("o.test").unwrap().state, DomainState::Pending);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlist_mode_refuses_until_approved() {
+    let dns = Dns::start().await;
+    let a = start_published("a.test", &dns, "").await;
+    let b = start_published("b.test", &dns, "").await;
+    change_mode(&b.engine.shared, Mode::Allowlist, "tester").await.unwrap();
+    let r = within("probe refused", a.engine.probe("b.test", None)).await;
+    assert!(!r.ok);
+    // Refused at once, and listed so that one action approves it.
+    assert!(b.engine.shared.policy.record("a.test").is_some());
+    change_domain(&b.engine.shared, &d("a.test"), Change::Approve, "tester", None).await.unwrap();
+    let r = within("probe allowed", a.engine.probe("b.test", None)).await;
+    assert!(r.ok, "{:?}", r.error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_states_mode_history_and_outcomes() {
+    let dns = Dns::start().await;
+    let a = start_published("a.test", &dns, "").await;
+    let b = start_published("b.test", &dns, "").await;
+    assert!(within("probe", a.engine.probe("b.test", None)).await.ok);
+    let sh = &b.engine.shared;
+    change_domain(sh, &d("blocked.test"), Change::Block { expires_ms: None }, "tester", Some("r1")).await.unwrap();
+    change_domain(sh, &d("evil.test"), Change::Blacklist { source: "operator".into() }, "tester", Some("r2")).await.unwrap();
+    change_domain(sh, &d("good.test"), Change::Approve, "tester", None).await.unwrap();
+    change_mode(sh, Mode::Approval, "tester").await.unwrap();
+    let before: Vec<_> = sh.policy.records(None).into_iter().map(|r| (r.domain, r.state, r.reason)).collect();
+    let text = drawbridge::config::Settings::parse(
+        &config_text("b.test", b.dir.path(), dns.addr, ""),
+        &b.dir.path().join("drawbridge.toml"),
+    )
+    .unwrap();
+    let TestServer { engine, dir, .. } = b;
+    engine.shutdown().await;
+    let again = drawbridge::engine::Engine::start(text).await.unwrap();
+    let sh = &again.shared;
+    let after: Vec<_> = sh.policy.records(None).into_iter().map(|r| (r.domain, r.state, r.reason)).collect();
+    assert_eq!(after, before);
+    assert_eq!(sh.policy.mode(), Mode::Approval);
+    assert!(sh.store.outcomes(Some("a.test"), 10).unwrap().iter().any(|o| o.result == drawbridge::engine::events::VerificationResult::Valid));
+    let history = sh.store.history(Some("a.test"), 10).unwrap();
+    assert!(!history.is_empty(), "closed streams are in the history");
+    let rec = sh.policy.record("a.test").unwrap();
+    assert!(rec.streams_in >= 1 && rec.last_verification.is_some(), "{rec:?}");
+    drop(dir);
+}
