@@ -196,13 +196,15 @@ impl Policy {
         };
         if !records.is_empty() {
             self.store.put_domains(&records)?;
-            self.store.log_action(&PolicyAction {
-                time_ms: now,
-                who: who.into(),
-                action: format!("blacklist import: {} added from {source}", added.len()),
-                domain: None,
-                reason: None,
-            })?;
+            for r in &records {
+                self.store.log_action(&PolicyAction {
+                    time_ms: now,
+                    who: who.into(),
+                    action: format!("blacklist (imported from {source})"),
+                    domain: Some(r.domain.clone()),
+                    reason: r.reason.clone(),
+                })?;
+            }
             self.store.flush().await?;
             self.changed.send_modify(|g| *g += 1);
         }
