@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A minimal XMPP client (RFC 6120 c2s, stdlib only) for the interop test: log in to a
 server (STARTTLS, SASL PLAIN, resource binding), send an XEP-0199 ping to a remote domain,
-and print the round trip. Exit 0 on a pong, 1 on an error or timeout."""
+and print the round trip. Exit 0 on a pong, 1 on an error reply (printed), 2 on a
+connection problem, 3 on a timeout."""
 import argparse, base64, socket, ssl, sys, time, uuid
 import xml.etree.ElementTree as ET
 
@@ -94,7 +95,10 @@ def main():
             break
     rtt = (time.monotonic() - t0) * 1000
     if el.get("type") != "result":
-        print(f"ping {a.ping}: ERROR {ET.tostring(el).decode()}")
+        err = el.find(f"{{{NS_CLIENT}}}error")
+        cond = [c.tag.split("}")[1] for c in (err if err is not None else []) if not c.tag.endswith("}text")]
+        text = err.findtext("{urn:ietf:params:xml:ns:xmpp-stanzas}text") if err is not None else None
+        print(f"ping {a.ping}: error {cond[0] if cond else '?'}{': ' + text if text else ''}")
         sys.exit(1)
     print(f"ping {a.ping} from {a.jid}: pong in {rtt:.1f} ms")
     s.send("</stream:stream>")
@@ -103,6 +107,9 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except (OSError, TimeoutError, ConnectionError, ET.ParseError) as e:
+    except TimeoutError as e:
         print(f"c2s_ping: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(3)
+    except (OSError, ConnectionError, ET.ParseError) as e:
+        print(f"c2s_ping: {e}", file=sys.stderr)
+        sys.exit(2)

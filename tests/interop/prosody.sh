@@ -3,7 +3,9 @@
 #  (a) a client logged in to Prosody pings drawbridge.test over s2s
 #      (Prosody originating, drawbridge receiving and calling back Prosody's authoritative role);
 #  (b) `drawbridge ctl probe prosody.test` succeeds
-#      (drawbridge originating, Prosody receiving and calling back drawbridge).
+#      (drawbridge originating, Prosody receiving and calling back drawbridge);
+#  (c) blacklisting prosody.test closes its streams, and the client's ping now gets an error;
+#  (d) unblocking restores federation both ways.
 # Everything runs inside a network namespace of its own with a dnsmasq serving SRV records
 # for both domains; nothing leaves it. Needs root (netns). Fails loudly when either fails.
 set -euo pipefail
@@ -178,5 +180,30 @@ grep -q "_xmpp-server._tcp.drawbridge.test" dnsmasq.log || fail "Prosody did not
 grep -q "_xmpp-server._tcp.prosody.test" dnsmasq.log || fail "drawbridge did not look up prosody.test's SRV record"
 echo "DNS: both sides found each other through SRV records"
 grep -qi "dialback" prosody.log && echo "prosody.log mentions dialback: $(grep -ci 'dialback' prosody.log) lines"
+
+say "(c) blacklisting prosody.test closes its streams; a client ping from Prosody now fails"
+out=$(in_ns "$db" --config "$work/drawbridge.toml" ctl blacklist prosody.test --reason "interop test") \
+  || fail "ctl blacklist prosody.test"
+echo "$out"
+echo "$out" | grep -q "closed [1-9][0-9]* live stream" || fail "blacklisting prosody.test closed no live stream"
+set +e
+ping_out=$(in_ns python3 "$here/c2s_ping.py" --host $prosody_ip --jid alice@prosody.test --password s3cret --ping drawbridge.test --timeout 40)
+rc=$?
+set -e
+echo "$ping_out"
+[ $rc = 1 ] || fail "(c) expected the ping to be answered with an error while blacklisted (exit $rc)"
+set +e
+probe_out=$(in_ns "$db" --config "$work/drawbridge.toml" ctl probe prosody.test)
+rc=$?
+set -e
+echo "$probe_out"
+[ $rc != 0 ] && echo "$probe_out" | grep -q "policy-violation" || fail "(c) ctl probe prosody.test should fail with policy-violation while blacklisted"
+
+say "(d) unblocking prosody.test restores federation"
+in_ns "$db" --config "$work/drawbridge.toml" ctl unblock prosody.test || fail "ctl unblock prosody.test"
+in_ns python3 "$here/c2s_ping.py" --host $prosody_ip --jid alice@prosody.test --password s3cret --ping drawbridge.test --timeout 40 \
+  || fail "(d) ping from a Prosody client to drawbridge.test after unblocking"
+in_ns "$db" --config "$work/drawbridge.toml" ctl probe prosody.test || fail "(d) ctl probe prosody.test after unblocking"
+in_ns "$db" --config "$work/drawbridge.toml" ctl domain prosody.test | head -12
 
 say "INTEROP OK: Prosody ${prosody_version:-} <-> drawbridge, dialback over TLS both ways"
