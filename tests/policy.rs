@@ -159,3 +159,21 @@ async fn restart_keeps_states_mode_history_and_outcomes() {
     assert!(rec.streams_in >= 1 && rec.last_verification.is_some(), "{rec:?}");
     drop(dir);
 }
+
+/// Approval mode holds outbound traffic to an undecided domain too: the stanza waits (the
+/// domain listed as pending) and flows once approved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_mode_holds_outbound_traffic_until_approved() {
+    let dns = Dns::start().await;
+    let _a = start_published("a.test", &dns, "").await;
+    let b = start_published("b.test", &dns, "[policy]\nmode = \"approval\"\n").await;
+    let mut events = b.engine.subscribe();
+    let shared = b.engine.shared.clone();
+    let probe = tokio::spawn(async move { drawbridge::engine::probe(&shared, "a.test", None).await });
+    wait_event(&mut events, "a.test pending", |e| matches!(e, Event::DomainChanged { record } if record.domain == "a.test" && record.state == DomainState::Pending))
+        .await;
+    assert!(!probe.is_finished(), "the ping is held, not answered");
+    change_domain(&b.engine.shared, &d("a.test"), Change::Approve, "tester", None).await.unwrap();
+    let r = within("the held probe", probe).await.unwrap();
+    assert!(r.ok, "{:?}", r.error);
+}

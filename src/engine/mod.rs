@@ -90,6 +90,14 @@ impl Shared {
         }
     }
 
+    /// List a verified, undecided domain as pending (approval mode) and tell the world.
+    pub fn mark_pending(&self, domain: &Domain) {
+        if let Some(record) = self.policy.mark_pending(domain) {
+            tracing::warn!("{domain} is waiting for approval (`drawbridge ctl approve {domain}`)");
+            let _ = self.events.send(Event::DomainChanged { record });
+        }
+    }
+
     /// Record a verification outcome: log, event, store (flushed by the periodic flush).
     pub fn record_outcome(&self, outcome: VerificationOutcome) {
         if let Err(e) = self.store.add_outcome(&outcome) {

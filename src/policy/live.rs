@@ -217,12 +217,13 @@ impl Policy {
     }
 
     /// A verified domain waiting for the operator (approval mode): listed as pending.
-    pub fn mark_pending(&self, domain: &Domain) {
+    /// Returns the record when it newly became pending.
+    pub fn mark_pending(&self, domain: &Domain) -> Option<DomainRecord> {
         let rec = {
             let mut inner = self.inner.write().unwrap();
             let rec = inner.domains.entry(domain.to_string()).or_insert_with(|| DomainRecord { domain: domain.to_string(), ..Default::default() });
             if rec.state != DomainState::Unknown {
-                return;
+                return None;
             }
             rec.state = DomainState::Pending;
             rec.when_ms = Some(now_ms());
@@ -232,6 +233,7 @@ impl Policy {
             tracing::error!("store: {e}");
         }
         self.changed.send_modify(|g| *g += 1);
+        Some(rec)
     }
 
     /// Note a domain seen on a stream (counters; persisted by the periodic flush).

@@ -368,7 +368,7 @@ impl In<'_> {
                     crate::policy::Verdict::Refuse(why) => return Some(End::error(C::PolicyViolation, why)),
                     crate::policy::Verdict::Allow => Pair::Valid,
                     crate::policy::Verdict::Hold => {
-                        self.shared.policy.mark_pending(&v.remote);
+                        self.shared.mark_pending(&v.remote);
                         self.hold_until.get_or_insert(Instant::now() + self.shared.settings.policy.approval_wait);
                         tracing::info!(stream = %self.entry.id, "{} verified; held until the operator approves it", v.remote);
                         Pair::Held

@@ -242,7 +242,7 @@ impl Out<'_> {
                 crate::policy::Verdict::Allow => break,
                 crate::policy::Verdict::Refuse(why) => return End::Failed(Failure::policy(why), Some(conn)),
                 crate::policy::Verdict::Hold => {
-                    self.shared.policy.mark_pending(&self.remote);
+                    self.shared.mark_pending(&self.remote);
                     tracing::info!(stream = %self.entry.id, "holding traffic to {}: awaiting approval", self.remote);
                 }
             }
