@@ -232,7 +232,23 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `ctl` output piped into `head` and the like: end quietly when the reader goes away, as
+/// Unix tools do, instead of panicking on a broken pipe. (Only for `ctl`: the server keeps
+/// Rust's default of ignoring SIGPIPE, so a vanished peer is an error, not a death.)
+fn default_sigpipe() {
+    unsafe extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: restoring the default disposition of SIGPIPE has no other effect.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
 async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
+    default_sigpipe();
     let (req, json) = match &cmd {
         CtlCommand::Status { json } => (Request::Status, *json),
         CtlCommand::Connections { json, closed } => (Request::Connections { closed: *closed }, *json),

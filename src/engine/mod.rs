@@ -4,9 +4,8 @@
 pub mod events;
 pub mod table;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -55,7 +54,6 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     pub started: Instant,
     pub listening: Vec<SocketAddr>,
-    outcomes: Mutex<VecDeque<VerificationOutcome>>,
     pub store: Arc<Store>,
     pub policy: Policy,
 }
@@ -111,18 +109,15 @@ impl Shared {
         } else {
             tracing::warn!(stream = %outcome.stream, local = %outcome.local, remote = %outcome.remote, result = ?outcome.result, "verification of {} failed: {}", outcome.remote, outcome.reason);
         }
-        {
-            let mut q = self.outcomes.lock().unwrap();
-            if q.len() >= 1000 {
-                q.pop_front();
-            }
-            q.push_back(outcome.clone());
-        }
         let _ = self.events.send(Event::Verification { outcome });
     }
 
+    /// The most recent verification outcomes (newest first), from the store.
     pub fn outcomes(&self) -> Vec<VerificationOutcome> {
-        self.outcomes.lock().unwrap().iter().cloned().collect()
+        self.store.outcomes(None, 1000).unwrap_or_else(|e| {
+            tracing::error!("store: {e}");
+            Vec::new()
+        })
     }
 }
 
@@ -196,7 +191,6 @@ impl Engine {
             shutdown,
             started: Instant::now(),
             listening,
-            outcomes: Mutex::new(VecDeque::new()),
             store,
             policy,
         });
@@ -271,6 +265,7 @@ impl Engine {
 
 pub fn status(shared: &Shared) -> Status {
     let snaps = shared.table.snapshots(false);
+    let counts = shared.policy.counts();
     Status {
         version: env!("CARGO_PKG_VERSION").into(),
         domains: shared.settings.domains.iter().map(|d| d.to_string()).collect(),
@@ -281,9 +276,9 @@ pub fn status(shared: &Shared) -> Status {
         established: snaps.iter().filter(|s| s.state == ConnState::Established).count(),
         require_encryption: shared.settings.tls.require_encryption,
         mode: shared.policy.mode().as_str().to_owned(),
-        pending: shared.policy.records(Some(crate::policy::DomainState::Pending)).len(),
-        blocked: shared.policy.records(Some(crate::policy::DomainState::Blocked)).len(),
-        blacklisted: shared.policy.records(Some(crate::policy::DomainState::Blacklisted)).len(),
+        pending: counts.get(&crate::policy::DomainState::Pending).copied().unwrap_or(0),
+        blocked: counts.get(&crate::policy::DomainState::Blocked).copied().unwrap_or(0),
+        blacklisted: counts.get(&crate::policy::DomainState::Blacklisted).copied().unwrap_or(0),
     }
 }
 

@@ -90,6 +90,16 @@ impl Policy {
         v
     }
 
+    /// How many domains are in each (effective) state.
+    pub fn counts(&self) -> HashMap<DomainState, usize> {
+        let now = now_ms();
+        let mut m = HashMap::new();
+        for r in self.inner.read().unwrap().domains.values() {
+            *m.entry(standing(r).effective(now)).or_insert(0) += 1;
+        }
+        m
+    }
+
     /// Change the mode (flushed before it returns).
     pub async fn set_mode(&self, mode: Mode, who: &str) -> Result<(), StoreError> {
         self.inner.write().unwrap().mode = mode;

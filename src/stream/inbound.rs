@@ -103,7 +103,7 @@ impl In<'_> {
             // ExpectHeader.
             let header_frame = tokio::select! {
                 f = conn.read_frame() => f,
-                _ = sleep_until(deadline) => return self.timeout(conn).await,
+                _ = sleep_until(deadline) => return self.timeout(),
                 _ = self.entry.cancel.cancelled() => return self.cancelled(),
             };
             let h = match header_frame {
@@ -174,7 +174,7 @@ impl In<'_> {
                         let waiting: Vec<String> = self.pairs.iter().filter(|(_, p)| **p == Pair::Held).map(|((_, r), _)| r.to_string()).collect();
                         return End::error(C::PolicyViolation, format!("{} awaits approval by the operator (policy mode approval)", waiting.join(", ")));
                     }
-                    _ = sleep_until(deadline), if !authenticated => return self.timeout(conn).await,
+                    _ = sleep_until(deadline), if !authenticated => return self.timeout(),
                     f = conn.read_frame() => {
                         let el = match f {
                             Ok(Frame::Element(el)) => el,
@@ -207,7 +207,7 @@ impl In<'_> {
         }
     }
 
-    async fn timeout(&self, _conn: &mut Conn) -> End {
+    fn timeout(&self) -> End {
         let secs = self.shared.settings.timeouts.negotiation.as_secs();
         End::error(C::ConnectionTimeout, format!("stream not authenticated within {secs}s (timeouts.negotiation)"))
     }

@@ -204,6 +204,7 @@ in_ns "$db" --config "$work/drawbridge.toml" ctl unblock prosody.test || fail "c
 in_ns python3 "$here/c2s_ping.py" --host $prosody_ip --jid alice@prosody.test --password s3cret --ping drawbridge.test --timeout 40 \
   || fail "(d) ping from a Prosody client to drawbridge.test after unblocking"
 in_ns "$db" --config "$work/drawbridge.toml" ctl probe prosody.test || fail "(d) ctl probe prosody.test after unblocking"
-in_ns "$db" --config "$work/drawbridge.toml" ctl domain prosody.test | head -12
+in_ns "$db" --config "$work/drawbridge.toml" ctl domain prosody.test > domain.txt || fail "ctl domain prosody.test"
+sed -n 1,12p domain.txt
 
 say "INTEROP OK: Prosody ${prosody_version:-} <-> drawbridge, dialback over TLS both ways"
