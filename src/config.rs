@@ -116,6 +116,7 @@ struct LimitsFile {
     max_streams: usize,
     max_pairs_per_stream: usize,
     closed_streams: usize,
+    transcript_lines: usize,
 }
 
 impl Default for LimitsFile {
@@ -128,6 +129,7 @@ impl Default for LimitsFile {
             max_streams: d.max_streams,
             max_pairs_per_stream: d.max_pairs_per_stream,
             closed_streams: d.closed_streams,
+            transcript_lines: d.transcript_lines,
         }
     }
 }
@@ -237,6 +239,8 @@ pub struct Limits {
     pub max_pairs_per_stream: usize,
     /// Recently closed streams kept in the connection table.
     pub closed_streams: usize,
+    /// Transcript lines kept per stream (the dashboard's transcript view).
+    pub transcript_lines: usize,
 }
 
 impl Default for Limits {
@@ -248,6 +252,7 @@ impl Default for Limits {
             max_streams: 10_000,
             max_pairs_per_stream: 64,
             closed_streams: 200,
+            transcript_lines: 500,
         }
     }
 }
@@ -434,6 +439,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         ("limits.max_streams", l.max_streams, 1),
         ("limits.max_pairs_per_stream", l.max_pairs_per_stream, 1),
         ("limits.closed_streams", l.closed_streams, 0),
+        ("limits.transcript_lines", l.transcript_lines, 0),
     ] {
         if v < min {
             return Err(bad(key, format!("{v} is too small (at least {min})")));
@@ -446,6 +452,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         max_streams: l.max_streams,
         max_pairs_per_stream: l.max_pairs_per_stream,
         closed_streams: l.closed_streams,
+        transcript_lines: l.transcript_lines,
     };
     let d = Timeouts::default();
     let t = &f.timeouts;

@@ -47,7 +47,7 @@ fn example_config_is_valid_and_complete() {
     for key in [
         "domains", "listen", "data_dir", "control_socket", "cert", "key", "ca_file", "require_encryption", "nameservers",
         "[[dns.override]]", "max_stanza_size", "max_depth", "outbound_queue", "max_streams", "max_pairs_per_stream",
-        "closed_streams", "negotiation", "connect", "dialback", "close", "idle_outbound", "keepalive", "probe", "level", "file", "mode", "approval_wait",
+        "closed_streams", "transcript_lines", "negotiation", "connect", "dialback", "close", "idle_outbound", "keepalive", "probe", "level", "file", "mode", "approval_wait",
         "max_records", "max_age", "flush_interval", "snapshot_interval",
     ] {
         assert!(text.contains(key), "config.example.toml does not document {key}");

@@ -64,3 +64,43 @@ async fn two_servers_federate_both_ways() {
     }
     assert!(b.engine.connections(false).iter().all(|c| c.remote.as_deref() != Some("a.test")));
 }
+
+/// Transcripts: from the first byte of the header, through TLS, with dialback keys masked;
+/// a failed attempt stays readable after it closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcripts_record_negotiation_and_mask_keys() {
+    let dns = Dns::start().await;
+    let a = start_published("a.test", &dns, "").await;
+    let b = start_published("b.test", &dns, "").await;
+    let r = within("probe", a.engine.probe("b.test", None)).await;
+    assert!(r.ok);
+    let t = a.engine.shared.table.transcript(r.stream.as_deref().unwrap()).unwrap();
+    let text: Vec<String> = t.iter().map(|l| format!("{} {}", l.dir, l.text)).collect();
+    let pos = |needle: &str| text.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle:?} in {text:#?}"));
+    assert!(pos("out <stream:stream") < pos("in <stream:features"));
+    assert!(pos("out <starttls") < pos("in <proceed"));
+    assert!(pos("note TLS established: TLS 1.3") < pos("out <db:result"));
+    let db = t.iter().find(|l| l.dir == "out" && l.text.contains("<db:result")).unwrap();
+    assert!(db.text.contains(drawbridge::xml::writer::KEY_MARKER), "{}", db.text);
+    assert_eq!(db.key.as_ref().map(|k| k.len()), Some(64), "the key is kept apart for an operator who reveals it");
+    assert!(!db.text.contains(db.key.as_deref().unwrap()));
+    assert!(t.iter().any(|l| l.dir == "in" && l.text.contains("type='valid'")));
+
+    // A refused attempt: its transcript is still there after the stream closed.
+    drawbridge::engine::change_domain(&b.engine.shared, &drawbridge::domain::Domain::parse("a.test").unwrap(), drawbridge::policy::Change::Block { expires_ms: None }, "t", Some("test"))
+        .await
+        .unwrap();
+    let mut p = RawPeer::connect(b.addr).await;
+    p.send(&header("a.test", "b.test")).await;
+    p.expect_stream_error().await;
+    let mut events = b.engine.subscribe();
+    let closed = loop {
+        if let Some(c) = b.engine.shared.table.closed().into_iter().find(|c| c.direction == Direction::In && c.tls.is_none()) {
+            break c;
+        }
+        wait_event(&mut events, "the refused stream to close", |e| matches!(e, Event::StreamClosed { .. })).await;
+    };
+    let t = b.engine.shared.table.transcript(&closed.id).unwrap();
+    assert!(t.iter().any(|l| l.dir == "in" && l.text.contains("from='a.test'")));
+    assert!(t.iter().any(|l| l.dir == "out" && l.text.contains("policy-violation") && l.text.contains("a.test is blocked")));
+}

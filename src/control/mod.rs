@@ -81,7 +81,28 @@ pub enum Request {
         dry_run: bool,
     },
     BlacklistExport,
+    /// Everything a dashboard needs to (re)build its model.
+    Snapshot,
+    /// A stream's transcript (live or recently closed).
+    Transcript {
+        id: String,
+    },
+    /// Start/stop recording an established stream's transcript for this client (stops when
+    /// the client disconnects).
+    Watch {
+        id: String,
+        on: bool,
+    },
     Subscribe,
+}
+
+/// `Request::Snapshot`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub status: crate::engine::Status,
+    pub connections: Vec<crate::engine::events::ConnSnapshot>,
+    pub domains: Vec<crate::store::DomainRecord>,
+    pub outcomes: Vec<crate::engine::events::VerificationOutcome>,
 }
 
 /// `ctl domain`: everything known about one domain.
@@ -198,9 +219,20 @@ fn peer_user(stream: &UnixStream) -> String {
 }
 
 async fn client(shared: Arc<Shared>, stream: UnixStream, who: String) {
+    let mut watching: Vec<String> = Vec::new();
+    client_loop(&shared, stream, &who, &mut watching).await;
+    for id in watching {
+        if let Some(e) = shared.table.get(&id) {
+            e.watch(false);
+        }
+    }
+}
+
+async fn client_loop(shared: &Arc<Shared>, stream: UnixStream, who: &str, watching: &mut Vec<String>) {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r);
     let mut line = String::new();
+    let shared = shared.clone();
     loop {
         line.clear();
         let n = match (&mut lines).take(MAX_LINE as u64).read_line(&mut line).await {
@@ -245,7 +277,26 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, who: String) {
                 }
             }
         }
-        let resp = handle(&shared, req, &who).await;
+        if let Request::Watch { id, on } = &req {
+            let resp = match shared.table.get(id) {
+                Some(e) => {
+                    if *on && !watching.contains(id) {
+                        e.watch(true);
+                        watching.push(id.clone());
+                    } else if !*on && watching.contains(id) {
+                        e.watch(false);
+                        watching.retain(|x| x != id);
+                    }
+                    Response::ok("ok")
+                }
+                None => Response::err(format!("no live stream with id {id}")),
+            };
+            if write_json(&mut w, &resp).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let resp = handle(&shared, req, who).await;
         if write_json(&mut w, &resp).await.is_err() {
             return;
         }
@@ -351,7 +402,21 @@ async fn handle(shared: &Arc<Shared>, req: Request, who: &str) -> Response {
             }
         }
         Request::BlacklistExport => Response::ok(crate::policy::export_blacklist(&shared.policy.records(Some(DomainState::Blacklisted)))),
-        Request::Subscribe => Response::err("subscribe is handled by the connection loop"),
+        Request::Snapshot => Response::ok(snapshot(shared)),
+        Request::Transcript { id } => match shared.table.transcript(&id) {
+            Some(t) => Response::ok(t),
+            None => Response::err(format!("no stream with id {id} (live or recently closed)")),
+        },
+        Request::Subscribe | Request::Watch { .. } => Response::err("handled by the connection loop"),
+    }
+}
+
+pub fn snapshot(shared: &Shared) -> Snapshot {
+    Snapshot {
+        status: engine::status(shared),
+        connections: shared.table.snapshots(true),
+        domains: shared.policy.records(None),
+        outcomes: shared.store.outcomes(None, 500).unwrap_or_default(),
     }
 }
 

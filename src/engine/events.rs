@@ -116,6 +116,19 @@ pub struct VerificationOutcome {
     pub peer_addr: Option<String>,
 }
 
+/// One entry of a stream's transcript: what crossed the wire (or what happened to it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TranscriptLine {
+    pub time_ms: u64,
+    /// `in`, `out` or `note` (TLS established, unparseable input, …).
+    pub dir: String,
+    /// Pretty-printed XML, dialback keys replaced by a marker.
+    pub text: String,
+    /// The dialback key that was masked, for an operator who reveals it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
 /// Engine events (lossy broadcast: the engine never waits for listeners).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -130,6 +143,8 @@ pub enum Event {
     /// A domain's standing changed (operator action, pending, expiry).
     DomainChanged { record: crate::store::DomainRecord },
     ModeChanged { mode: String },
+    /// A transcript line of a stream being negotiated or watched.
+    Transcript { id: String, line: TranscriptLine },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

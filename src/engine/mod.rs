@@ -181,7 +181,7 @@ impl Engine {
         let (events, _) = broadcast::channel(4096);
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
-            table: ConnTable::new(events.clone(), settings.limits.closed_streams),
+            table: ConnTable::new(events.clone(), settings.limits.closed_streams, settings.limits.transcript_lines),
             settings,
             tls,
             resolver,

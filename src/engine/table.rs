@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
@@ -37,6 +37,12 @@ pub struct ConnEntry {
     pub cancel: CancellationToken,
     close_request: Mutex<Option<(String, Option<StreamError>)>>,
     events: broadcast::Sender<Event>,
+    transcript: Mutex<VecDeque<TranscriptLine>>,
+    transcript_max: usize,
+    /// Everything is recorded until the stream is established; afterwards only while
+    /// someone watches (the stanza path then pays nothing for transcripts).
+    negotiating: AtomicBool,
+    watchers: AtomicUsize,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -80,6 +86,9 @@ impl ConnEntry {
     }
 
     pub fn set_state(&self, state: ConnState) {
+        if state == ConnState::Established {
+            self.negotiating.store(false, Ordering::Relaxed);
+        }
         {
             let mut i = self.info.lock().unwrap();
             if i.state == Some(state) {
@@ -195,6 +204,40 @@ impl ConnEntry {
     pub fn emit(&self, ev: Event) {
         let _ = self.events.send(ev);
     }
+
+    /// Whether transcript lines are being recorded now.
+    pub fn capturing(&self) -> bool {
+        self.negotiating.load(Ordering::Relaxed) || self.watchers.load(Ordering::Relaxed) > 0
+    }
+
+    /// Record a transcript line (call only when [`ConnEntry::capturing`]).
+    pub fn record(&self, dir: &str, text: String, key: Option<String>) {
+        if self.transcript_max == 0 {
+            return;
+        }
+        let line = TranscriptLine { time_ms: now_ms(), dir: dir.to_owned(), text, key };
+        {
+            let mut t = self.transcript.lock().unwrap();
+            if t.len() >= self.transcript_max {
+                t.pop_front();
+            }
+            t.push_back(line.clone());
+        }
+        let _ = self.events.send(Event::Transcript { id: self.id.clone(), line });
+    }
+
+    pub fn transcript(&self) -> Vec<TranscriptLine> {
+        self.transcript.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// A viewer starts or stops following this stream's transcript.
+    pub fn watch(&self, on: bool) {
+        if on {
+            self.watchers.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let _ = self.watchers.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| w.checked_sub(1));
+        }
+    }
 }
 
 /// All streams.
@@ -202,16 +245,18 @@ pub struct ConnTable {
     inner: Mutex<Inner>,
     events: broadcast::Sender<Event>,
     keep_closed: usize,
+    transcript_lines: usize,
 }
 
 struct Inner {
     live: HashMap<String, Arc<ConnEntry>>,
-    closed: VecDeque<ConnSnapshot>,
+    /// Recently closed streams with their transcripts (so a failed attempt can be read).
+    closed: VecDeque<(ConnSnapshot, Vec<TranscriptLine>)>,
 }
 
 impl ConnTable {
-    pub fn new(events: broadcast::Sender<Event>, keep_closed: usize) -> Self {
-        ConnTable { inner: Mutex::new(Inner { live: HashMap::new(), closed: VecDeque::new() }), events, keep_closed }
+    pub fn new(events: broadcast::Sender<Event>, keep_closed: usize, transcript_lines: usize) -> Self {
+        ConnTable { inner: Mutex::new(Inner { live: HashMap::new(), closed: VecDeque::new() }), events, keep_closed, transcript_lines }
     }
 
     /// Register a new stream; it stays until [`ConnTable::close`].
@@ -225,6 +270,10 @@ impl ConnTable {
             cancel: parent.child_token(),
             close_request: Mutex::new(None),
             events: self.events.clone(),
+            transcript: Mutex::new(VecDeque::new()),
+            transcript_max: self.transcript_lines,
+            negotiating: AtomicBool::new(true),
+            watchers: AtomicUsize::new(0),
         });
         entry.counters.last_activity_ms.store(entry.opened_ms, Ordering::Relaxed);
         self.inner.lock().unwrap().live.insert(entry.id.clone(), entry.clone());
@@ -252,7 +301,7 @@ impl ConnTable {
                 if inner.closed.len() >= self.keep_closed {
                     inner.closed.pop_front();
                 }
-                inner.closed.push_back(snap.clone());
+                inner.closed.push_back((snap.clone(), entry.transcript()));
             }
         }
         let _ = self.events.send(Event::StreamClosed { stream: snap });
@@ -273,7 +322,7 @@ impl ConnTable {
     pub fn snapshots(&self, include_closed: bool) -> Vec<ConnSnapshot> {
         let (live, closed): (Vec<_>, Vec<_>) = {
             let inner = self.inner.lock().unwrap();
-            (inner.live.values().cloned().collect(), if include_closed { inner.closed.iter().cloned().collect() } else { Vec::new() })
+            (inner.live.values().cloned().collect(), if include_closed { inner.closed.iter().map(|(s, _)| s.clone()).collect() } else { Vec::new() })
         };
         let mut v: Vec<ConnSnapshot> = live.iter().map(|e| e.snapshot()).collect();
         v.sort_by_key(|s| s.opened_ms);
@@ -282,7 +331,16 @@ impl ConnTable {
     }
 
     pub fn closed(&self) -> Vec<ConnSnapshot> {
-        self.inner.lock().unwrap().closed.iter().cloned().collect()
+        self.inner.lock().unwrap().closed.iter().map(|(s, _)| s.clone()).collect()
+    }
+
+    /// The transcript of a live or recently closed stream.
+    pub fn transcript(&self, id: &str) -> Option<Vec<TranscriptLine>> {
+        let inner = self.inner.lock().unwrap();
+        if let Some(e) = inner.live.get(id) {
+            return Some(e.transcript());
+        }
+        inner.closed.iter().find(|(s, _)| s.id == id).map(|(_, t)| t.clone())
     }
 }
 

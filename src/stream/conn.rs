@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::engine::table::ConnEntry;
 use crate::proto::stream::StreamError;
-use crate::xml::writer::write_top;
+use crate::xml::writer::{mask_key, pretty_top, write_top};
 use crate::xml::{Element, Frame, Framer, XmlError};
 
 /// Plain TCP before STARTTLS, TLS after.
@@ -99,8 +99,18 @@ impl Conn {
     /// The next frame. Cancel-safe: bytes read stay in the framer's buffer.
     pub async fn read_frame(&mut self) -> Result<Frame, ConnError> {
         loop {
-            if let Some(f) = self.framer.next_frame()? {
-                return Ok(f);
+            match self.framer.next_frame() {
+                Ok(Some(f)) => {
+                    if self.entry.capturing() {
+                        self.record_in(&f);
+                    }
+                    return Ok(f);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.entry.record("note", format!("unparseable input: {e}"), None);
+                    return Err(e.into());
+                }
             }
             let n = self.io.read_buf(self.framer.read_buf(READ_CHUNK)).await?;
             if n == 0 {
@@ -113,10 +123,38 @@ impl Conn {
     /// Queue an element (written on the next [`Conn::flush`]).
     pub fn send(&mut self, el: &Element) {
         write_top(&mut self.out, el);
+        if self.entry.capturing() {
+            let (masked, key) = mask_key(el);
+            self.entry.record("out", pretty_top(&masked), key);
+        }
     }
 
     pub fn send_raw(&mut self, s: &str) {
         self.out.push_str(s);
+        if !s.trim().is_empty() && self.entry.capturing() {
+            self.entry.record("out", s.trim_start_matches("<?xml version='1.0'?>").to_owned(), None);
+        }
+    }
+
+    fn record_in(&self, f: &Frame) {
+        let text = match f {
+            Frame::StreamOpen(h) => {
+                let mut s = String::from("<stream:stream");
+                for (k, v) in [("from", &h.from), ("to", &h.to), ("id", &h.id), ("version", &h.version)] {
+                    if let Some(v) = v {
+                        s.push_str(&format!(" {k}='{v}'"));
+                    }
+                }
+                s.push('>');
+                (s, None)
+            }
+            Frame::Element(el) => {
+                let (masked, key) = mask_key(el);
+                (pretty_top(&masked), key)
+            }
+            Frame::StreamClose => ("</stream:stream>".to_owned(), None),
+        };
+        self.entry.record("in", text.0, text.1);
     }
 
     pub fn has_pending_output(&self) -> bool {

@@ -251,6 +251,14 @@ impl In<'_> {
         let (_, session) = tls.get_ref();
         let (version, cipher) = crate::net::tls::session_facts(session);
         let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::PeerCertInfo::from_der(c));
+        self.entry.record(
+            "note",
+            format!(
+                "TLS established: {version} {cipher}; peer certificate: {}",
+                peer_cert.as_ref().map_or("none".to_owned(), |c| format!("{} (issuer {}, names {})", c.subject, c.issuer, c.names.join(", ")))
+            ),
+            None,
+        );
         self.entry.set_tls(TlsInfo { version, cipher, peer_cert });
         conn.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
         conn.restart();

@@ -109,3 +109,71 @@ fn write_inner(out: &mut String, el: &Element, parent_ns: &str, prefix: Option<&
     out.push_str(&el.name);
     out.push('>');
 }
+
+/// Pretty-print a top-level element for people (transcripts): two-space indentation, text
+/// kept inline when an element holds only text.
+pub fn pretty_top(el: &Element) -> String {
+    let mut out = String::new();
+    pretty_inner(&mut out, el, ns::SERVER, stream_prefix(&el.ns), 0);
+    out
+}
+
+fn pretty_inner(out: &mut String, el: &Element, parent_ns: &str, prefix: Option<&str>, depth: usize) {
+    let only_text = el.children.iter().all(|c| matches!(c, Node::Text(_)));
+    if only_text {
+        for _ in 0..depth {
+            out.push_str("  ");
+        }
+        write_inner(out, el, parent_ns, prefix);
+        return;
+    }
+    let mut open = String::new();
+    let shallow = Element { children: Vec::new(), ..el.clone() };
+    write_inner(&mut open, &shallow, parent_ns, prefix);
+    // `<name …/>` → `<name …>`
+    open.truncate(open.len() - 2);
+    open.push('>');
+    for _ in 0..depth {
+        out.push_str("  ");
+    }
+    out.push_str(&open);
+    let default_ns = if prefix.is_some() { parent_ns } else { &*el.ns };
+    for c in &el.children {
+        out.push('\n');
+        match c {
+            Node::Element(e) => pretty_inner(out, e, default_ns, None, depth + 1),
+            Node::Text(t) => {
+                for _ in 0..=depth {
+                    out.push_str("  ");
+                }
+                escape_text(out, t.trim());
+            }
+        }
+    }
+    out.push('\n');
+    for _ in 0..depth {
+        out.push_str("  ");
+    }
+    out.push_str("</");
+    if let Some(p) = prefix {
+        out.push_str(p);
+        out.push(':');
+    }
+    out.push_str(&el.name);
+    out.push('>');
+}
+
+/// For transcripts: a dialback element with its key replaced by a marker, and the key.
+pub fn mask_key(el: &Element) -> (std::borrow::Cow<'_, Element>, Option<String>) {
+    if el.ns == ns::DIALBACK && el.children.iter().any(|c| matches!(c, Node::Text(t) if !t.trim().is_empty())) {
+        let key = el.text_content().trim().to_owned();
+        let mut masked = el.clone();
+        masked.children.retain(|c| !matches!(c, Node::Text(_)));
+        masked.children.push(Node::Text(KEY_MARKER.into()));
+        return (std::borrow::Cow::Owned(masked), Some(key));
+    }
+    (std::borrow::Cow::Borrowed(el), None)
+}
+
+/// What a masked dialback key shows as.
+pub const KEY_MARKER: &str = "[dialback key hidden]";
