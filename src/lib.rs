@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod domain;
 pub mod engine;
 pub mod net;

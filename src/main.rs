@@ -25,8 +25,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the server with the live dashboard in this terminal (the default; logs go to
+    /// log.file or DATA_DIR/drawbridge.log).
+    Run,
     /// Run the server headless (logs to stderr or log.file).
     Serve,
+    /// Open the dashboard of a running `serve` over its control socket.
+    Attach {
+        /// Control socket path (default: server.control_socket from the config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Talk to a running server over its control socket.
     Ctl {
         /// Control socket path (default: server.control_socket from the config).
@@ -182,7 +191,9 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        None | Some(Command::Serve) => rt.block_on(serve(settings)),
+        None | Some(Command::Run) => rt.block_on(run(settings)),
+        Some(Command::Serve) => rt.block_on(serve(settings)),
+        Some(Command::Attach { socket }) => rt.block_on(attach(socket.unwrap_or(settings.control_socket))),
         Some(Command::Ctl { socket, cmd }) => rt.block_on(ctl(socket.unwrap_or(settings.control_socket), cmd)),
     };
     match result {
@@ -194,10 +205,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(settings: &Settings) -> anyhow::Result<()> {
+fn init_logging(settings: &Settings, never_terminal: bool) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("drawbridge={}", settings.log_level)));
-    match &settings.log_file {
+    let file = settings.log_file.clone().or_else(|| never_terminal.then(|| settings.data_dir.join("drawbridge.log")));
+    if let Some(dir) = file.as_ref().and_then(|f| f.parent()).filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match &file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
@@ -212,7 +227,7 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
-    init_logging(&settings)?;
+    init_logging(&settings, false)?;
     let mut engine = Engine::start(settings).await?;
     engine.serve_control()?;
     tracing::info!(control = %engine.shared.settings.control_socket.display(), "control socket ready");
@@ -244,6 +259,43 @@ fn default_sigpipe() {
     // SAFETY: restoring the default disposition of SIGPIPE has no other effect.
     unsafe {
         signal(SIGPIPE, SIG_DFL);
+    }
+}
+
+/// Server and dashboard in one process; the dashboard quits → the server stops.
+async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
+    init_logging(&settings, true)?;
+    let mut engine = Engine::start(settings).await?;
+    engine.serve_control()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let dash = drawbridge::dashboard::app::run(drawbridge::dashboard::client::Client::in_process(engine.shared.clone()), stop.clone());
+    let result = with_signals(dash, stop).await;
+    engine.shutdown().await;
+    result.map_err(|e| anyhow::anyhow!(e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The dashboard against a running `serve`; quitting leaves the server running.
+async fn attach(socket: PathBuf) -> anyhow::Result<ExitCode> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let dash = drawbridge::dashboard::app::run(drawbridge::dashboard::client::Client::socket(socket), stop.clone());
+    with_signals(dash, stop).await.map_err(|e| anyhow::anyhow!(e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM / SIGHUP / SIGINT end the dashboard cleanly (the terminal is restored).
+async fn with_signals(dash: impl std::future::Future<Output = Result<(), String>>, stop: tokio_util::sync::CancellationToken) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    tokio::pin!(dash);
+    tokio::select! {
+        r = &mut dash => r,
+        _ = async { tokio::select! { _ = term.recv() => {}, _ = hup.recv() => {}, _ = int.recv() => {} } } => {
+            stop.cancel();
+            dash.await
+        }
     }
 }
 

@@ -411,6 +411,20 @@ async fn handle(shared: &Arc<Shared>, req: Request, who: &str) -> Response {
     }
 }
 
+/// A request from the in-process dashboard (no socket; `Watch` applies directly).
+pub async fn handle_local(shared: &Arc<Shared>, req: Request, who: &str) -> Response {
+    if let Request::Watch { id, on } = &req {
+        return match shared.table.get(id) {
+            Some(e) => {
+                e.watch(*on);
+                Response::ok("ok")
+            }
+            None => Response::err(format!("no live stream with id {id}")),
+        };
+    }
+    handle(shared, req, who).await
+}
+
 pub fn snapshot(shared: &Shared) -> Snapshot {
     Snapshot {
         status: engine::status(shared),

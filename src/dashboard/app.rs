@@ -1,0 +1,324 @@
+//! The dashboard loop: terminal events, engine events and a frame timer; redraws at most 20
+//! times a second and only when something changed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossterm::event::{Event as TermEvent, EventStream, KeyEventKind};
+use futures_util::StreamExt;
+use ratatui::DefaultTerminal;
+
+use super::client::{Client, Incoming};
+use super::input::{intent, Intent};
+use super::state::{Model, Prompt, View};
+use crate::control::{ChangeReport, Request};
+use crate::engine::ProbeReport;
+
+const FRAME: Duration = Duration::from_millis(50);
+
+/// Run the dashboard until the operator quits (or the engine goes away).
+pub async fn run(client: Client, stop: tokio_util::sync::CancellationToken) -> Result<(), String> {
+    let client = Arc::new(client);
+    let mut model = Model::new(std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()));
+    model.load(client.snapshot().await?);
+    let mut incoming = client.events().await?;
+    let mut terminal = ratatui::init();
+    let result = event_loop(&mut terminal, &client, &mut model, &mut incoming, stop).await;
+    ratatui::restore();
+    if let Some(id) = model.transcript_id.take() {
+        client.request(Request::Watch { id, on: false }).await;
+    }
+    result
+}
+
+async fn event_loop(
+    terminal: &mut DefaultTerminal,
+    client: &Arc<Client>,
+    model: &mut Model,
+    incoming: &mut tokio::sync::mpsc::Receiver<Incoming>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(), String> {
+    let mut keys = EventStream::new();
+    // Results of slow actions (probes) come back here.
+    let (notes_tx, mut notes_rx) = tokio::sync::mpsc::channel::<String>(16);
+    let mut frame = tokio::time::interval(FRAME);
+    frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = frame.tick() => {
+                if model.dirty {
+                    terminal.draw(|f| super::ui::draw(f, model)).map_err(|e| e.to_string())?;
+                    model.dirty = false;
+                }
+            }
+            _ = status_tick.tick() => {
+                // Uptime and counts in the header.
+                let r = client.request(Request::Status).await;
+                if let (true, Some(d)) = (r.ok, r.data) {
+                    if let Ok(s) = serde_json::from_value(d) {
+                        model.status = Some(s);
+                        model.dirty = true;
+                    }
+                }
+            }
+            ev = incoming.recv() => match ev {
+                Some(Incoming::Event(e)) => model.apply(e),
+                Some(Incoming::Resync) => {
+                    if let Ok(s) = client.snapshot().await {
+                        model.load(s);
+                    }
+                }
+                Some(Incoming::Gone(why)) => return Err(format!("lost the engine: {why}")),
+                None => return Err("lost the engine".into()),
+            },
+            msg = notes_rx.recv() => if let Some(msg) = msg {
+                model.message = Some(msg);
+                model.dirty = true;
+            },
+            k = keys.next() => match k {
+                Some(Ok(TermEvent::Key(key))) if key.kind == KeyEventKind::Press => {
+                    if model.show_help {
+                        model.show_help = false;
+                        model.dirty = true;
+                        continue;
+                    }
+                    let i = intent(key, model.prompt.is_some());
+                    if i == Intent::Quit {
+                        return Ok(());
+                    }
+                    act(client, model, i, &notes_tx).await;
+                    model.dirty = true;
+                }
+                Some(Ok(TermEvent::Resize(_, _))) => model.dirty = true,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(format!("terminal: {e}")),
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+fn describe_change(r: crate::control::Response) -> String {
+    match (r.ok, r.data, r.error) {
+        (true, Some(d), _) => match serde_json::from_value::<ChangeReport>(d) {
+            Ok(c) => {
+                let mut m = format!("{}: {}", c.record.domain, c.record.state.as_str());
+                if let Some(reason) = &c.record.reason {
+                    m.push_str(&format!(" ({reason})"));
+                }
+                if !c.changed {
+                    m.push_str(" — unchanged");
+                }
+                if !c.closed_streams.is_empty() {
+                    m.push_str(&format!("; closed {} stream(s)", c.closed_streams.len()));
+                }
+                m
+            }
+            Err(e) => format!("unexpected answer: {e}"),
+        },
+        (_, _, Some(e)) => format!("failed: {e}"),
+        _ => "failed".into(),
+    }
+}
+
+/// What an intent does in the current view.
+pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::sync::mpsc::Sender<String>) {
+    if let Some(prompt) = m.prompt.clone() {
+        return prompt_key(client, m, prompt, i).await;
+    }
+    let page = 10;
+    match i {
+        Intent::NextView => m.view = View::ALL[(m.view.index() + 1) % 4],
+        Intent::PrevView => m.view = View::ALL[(m.view.index() + 3) % 4],
+        Intent::Show(v) => m.view = v,
+        Intent::Up => m.move_selection(-1),
+        Intent::Down => m.move_selection(1),
+        Intent::PageUp => m.move_selection(-page),
+        Intent::PageDown => m.move_selection(page),
+        Intent::Top => {
+            let n = m.row_count() as isize;
+            m.move_selection(-n)
+        }
+        Intent::Bottom => {
+            let n = m.row_count() as isize;
+            m.move_selection(n)
+        }
+        Intent::Filter => m.prompt = Some(Prompt::Filter { input: m.filter.clone() }),
+        Intent::Help => m.show_help = true,
+        Intent::Follow => m.follow = !m.follow,
+        Intent::Reveal => {
+            m.reveal = !m.reveal;
+            m.message = Some(if m.reveal { "dialback keys revealed".into() } else { "dialback keys hidden".into() });
+        }
+        Intent::Cancel => {
+            m.message = None;
+            if !m.filter.is_empty() {
+                m.set_filter(String::new());
+            }
+        }
+        Intent::Approve | Intent::Clear | Intent::Block | Intent::Blacklist | Intent::Probe => {
+            let Some(domain) = m.selected_domain() else {
+                m.message = Some("select a stream or a domain first".into());
+                return;
+            };
+            match i {
+                Intent::Approve => m.message = Some(describe_change(client.request(Request::Approve { domain, reason: None }).await)),
+                Intent::Clear => m.message = Some(describe_change(client.request(Request::Unblock { domain }).await)),
+                Intent::Block => m.prompt = Some(Prompt::Block { domain, input: String::new() }),
+                Intent::Blacklist => m.prompt = Some(Prompt::Blacklist { domain, input: String::new() }),
+                _ => {
+                    m.message = Some(format!("probing {domain}…"));
+                    let (client, notes) = (client.clone(), notes.clone());
+                    tokio::spawn(async move {
+                        let r = client.request(Request::Probe { domain: domain.clone(), from: None }).await;
+                        let msg = match r.data.map(serde_json::from_value::<ProbeReport>) {
+                            Some(Ok(p)) if p.ok => format!("pong from {} in {:.1} ms ({})", p.to, p.rtt_ms.unwrap_or(0.0), p.auth.unwrap_or_default()),
+                            Some(Ok(p)) => format!("probe {} failed: {}", p.to, p.error.unwrap_or_default()),
+                            _ => format!("probe failed: {}", r.error.unwrap_or_default()),
+                        };
+                        let _ = notes.send(msg).await;
+                    });
+                }
+            }
+        }
+        Intent::CloseStream => match m.selected_conn() {
+            Some(c) if m.view == View::Connections && c.state != crate::engine::events::ConnState::Closed => m.prompt = Some(Prompt::ConfirmClose { id: c.id }),
+            _ => m.message = Some("select a live stream in Connections first".into()),
+        },
+        Intent::Open => match m.view {
+            View::Connections => {
+                if let Some(c) = m.selected_conn() {
+                    open_transcript(client, m, c.id).await;
+                }
+            }
+            View::Domains => {
+                if let Some(d) = m.selected_domain() {
+                    m.set_filter(d.clone());
+                    m.view = View::Verifications;
+                    let r = client.request(Request::Domain { domain: d.clone() }).await;
+                    m.message = r.data.and_then(|v| v.get("verdict").and_then(|x| x.as_str()).map(|v| format!("{d}: {v}")));
+                }
+            }
+            _ => {}
+        },
+        Intent::CycleMode => {
+            let next = match m.status.as_ref().map(|s| s.mode.as_str()) {
+                Some("open") => "approval",
+                Some("approval") => "allowlist",
+                _ => "open",
+            };
+            let r = client.request(Request::Mode { mode: next.into() }).await;
+            m.message = Some(if r.ok { format!("mode {next}") } else { format!("failed: {}", r.error.unwrap_or_default()) });
+            if r.ok {
+                if let Some(s) = m.status.as_mut() {
+                    s.mode = next.into();
+                }
+            }
+        }
+        Intent::WriteTranscript => {
+            let Some(id) = m.transcript_id.clone() else {
+                m.message = Some("open a transcript first (Enter on a stream)".into());
+                return;
+            };
+            let path = format!("drawbridge-transcript-{}.txt", &id[..id.len().min(12)]);
+            let text: String = m
+                .transcript
+                .iter()
+                .map(|l| format!("{} {} {}\n", crate::engine::events::fmt_utc(l.time_ms), l.dir, if m.reveal { l.text.replace(crate::xml::writer::KEY_MARKER, l.key.as_deref().unwrap_or("")) } else { l.text.clone() }))
+                .collect();
+            m.message = Some(match std::fs::write(&path, text) {
+                Ok(()) => format!("wrote {} lines to {path}", m.transcript.len()),
+                Err(e) => format!("cannot write {path}: {e}"),
+            });
+        }
+        Intent::Quit | Intent::Input(_) | Intent::Backspace | Intent::Submit | Intent::Nothing => {}
+    }
+}
+
+async fn open_transcript(client: &Arc<Client>, m: &mut Model, id: String) {
+    if let Some(old) = m.transcript_id.take() {
+        client.request(Request::Watch { id: old, on: false }).await;
+    }
+    let _ = client.request(Request::Watch { id: id.clone(), on: true }).await;
+    let r = client.request(Request::Transcript { id: id.clone() }).await;
+    m.transcript = r.data.and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default();
+    m.transcript_id = Some(id);
+    m.follow = true;
+    m.transcript_scroll = 0;
+    m.view = View::Transcript;
+}
+
+async fn prompt_key(client: &Arc<Client>, m: &mut Model, prompt: Prompt, i: Intent) {
+    let edit = |input: &mut String| match &i {
+        Intent::Input(c) => input.push(*c),
+        Intent::Backspace => {
+            input.pop();
+        }
+        _ => {}
+    };
+    match (prompt, &i) {
+        (_, Intent::Cancel) => m.prompt = None,
+        (Prompt::ConfirmClose { id }, Intent::Input('y') | Intent::Submit) => {
+            m.prompt = None;
+            let r = client.request(Request::Close { id }).await;
+            m.message = Some(if r.ok { r.data.and_then(|d| d.as_str().map(str::to_owned)).unwrap_or_default() } else { format!("failed: {}", r.error.unwrap_or_default()) });
+        }
+        (Prompt::ConfirmClose { .. }, _) => m.prompt = None,
+        (Prompt::Filter { input }, Intent::Submit) => {
+            m.prompt = None;
+            m.set_filter(input.trim().to_lowercase());
+        }
+        (Prompt::Block { domain, input }, Intent::Submit) => {
+            m.prompt = None;
+            let (for_secs, reason) = parse_block_input(&input);
+            m.message = Some(describe_change(client.request(Request::Block { domain, for_secs, reason }).await));
+        }
+        (Prompt::Blacklist { domain, input }, Intent::Submit) => {
+            if input.trim().is_empty() {
+                m.message = Some("a blacklist entry needs a reason".into());
+                return;
+            }
+            m.prompt = None;
+            m.message = Some(describe_change(client.request(Request::Blacklist { domain, reason: input.trim().to_owned() }).await));
+        }
+        (Prompt::Filter { mut input }, _) => {
+            edit(&mut input);
+            m.prompt = Some(Prompt::Filter { input });
+        }
+        (Prompt::Block { domain, mut input }, _) => {
+            edit(&mut input);
+            m.prompt = Some(Prompt::Block { domain, input });
+        }
+        (Prompt::Blacklist { domain, mut input }, _) => {
+            edit(&mut input);
+            m.prompt = Some(Prompt::Blacklist { domain, input });
+        }
+    }
+}
+
+/// "2h flooding us" → (7200 s, "flooding us"); "spam" → (none, "spam").
+pub fn parse_block_input(input: &str) -> (Option<u64>, Option<String>) {
+    let input = input.trim();
+    let (first, rest) = input.split_once(' ').unwrap_or((input, ""));
+    match crate::config::parse_duration(first) {
+        Ok(d) if !first.is_empty() && first.chars().next().is_some_and(|c| c.is_ascii_digit()) && !d.is_zero() => {
+            (Some(d.as_secs().max(1)), Some(rest.trim().to_owned()).filter(|r| !r.is_empty()))
+        }
+        _ => (None, Some(input.to_owned()).filter(|r| !r.is_empty())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_block_input;
+
+    #[test]
+    fn block_prompt_parsing() {
+        assert_eq!(parse_block_input("2h flooding us"), (Some(7200), Some("flooding us".into())));
+        assert_eq!(parse_block_input("spam"), (None, Some("spam".into())));
+        assert_eq!(parse_block_input(""), (None, None));
+        assert_eq!(parse_block_input("30m"), (Some(1800), None));
+    }
+}

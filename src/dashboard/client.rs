@@ -1,0 +1,131 @@
+//! How the dashboard reaches the engine: in the same process, or over the control socket
+//! (`drawbridge attach`). Both give the same requests and the same event stream.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::control::{self, Request, Response, Snapshot};
+use crate::engine::events::Event;
+use crate::engine::Shared;
+
+/// What arrives from the engine.
+#[derive(Debug)]
+pub enum Incoming {
+    Event(Event),
+    /// Events were lost (the dashboard lagged): reload a snapshot.
+    Resync,
+    /// The engine went away.
+    Gone(String),
+}
+
+pub enum Client {
+    InProcess { shared: Arc<Shared>, who: String },
+    Socket { path: PathBuf, conn: Mutex<Option<(BufReader<OwnedReadHalf>, OwnedWriteHalf)>> },
+}
+
+impl Client {
+    pub fn in_process(shared: Arc<Shared>) -> Client {
+        let who = std::env::var("USER").map(|u| format!("{u} (dashboard)")).unwrap_or_else(|_| "dashboard".into());
+        Client::InProcess { shared, who }
+    }
+
+    pub fn socket(path: PathBuf) -> Client {
+        Client::Socket { path, conn: Mutex::new(None) }
+    }
+
+    pub async fn request(&self, req: Request) -> Response {
+        match self {
+            Client::InProcess { shared, who } => control::handle_local(shared, req, who).await,
+            Client::Socket { path, conn } => {
+                let mut guard = conn.lock().await;
+                for attempt in 0..2 {
+                    if guard.is_none() {
+                        match UnixStream::connect(path).await {
+                            Ok(s) => {
+                                let (r, w) = s.into_split();
+                                *guard = Some((BufReader::new(r), w));
+                            }
+                            Err(e) => return Response { ok: false, data: None, error: Some(format!("cannot reach drawbridge at {}: {e}", path.display())) },
+                        }
+                    }
+                    let (r, w) = guard.as_mut().expect("connected");
+                    let mut line = serde_json::to_string(&req).unwrap_or_default();
+                    line.push('\n');
+                    let mut answer = String::new();
+                    let ok = w.write_all(line.as_bytes()).await.is_ok() && r.read_line(&mut answer).await.map(|n| n > 0).unwrap_or(false);
+                    if ok {
+                        if let Ok(resp) = serde_json::from_str(&answer) {
+                            return resp;
+                        }
+                    }
+                    *guard = None;
+                    if attempt == 1 {
+                        break;
+                    }
+                }
+                Response { ok: false, data: None, error: Some("the control connection broke".into()) }
+            }
+        }
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, String> {
+        let r = self.request(Request::Snapshot).await;
+        match (r.ok, r.data) {
+            (true, Some(d)) => serde_json::from_value(d).map_err(|e| e.to_string()),
+            _ => Err(r.error.unwrap_or_else(|| "no snapshot".into())),
+        }
+    }
+
+    /// The engine's events, forwarded by a task of their own.
+    pub async fn events(&self) -> Result<mpsc::Receiver<Incoming>, String> {
+        let (tx, rx) = mpsc::channel(4096);
+        match self {
+            Client::InProcess { shared, .. } => {
+                let mut sub = shared.events.subscribe();
+                tokio::spawn(async move {
+                    loop {
+                        let item = match sub.recv().await {
+                            Ok(ev) => Incoming::Event(ev),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Incoming::Resync,
+                            Err(_) => Incoming::Gone("engine stopped".into()),
+                        };
+                        let gone = matches!(item, Incoming::Gone(_));
+                        if tx.send(item).await.is_err() || gone {
+                            return;
+                        }
+                    }
+                });
+            }
+            Client::Socket { path, .. } => {
+                let s = UnixStream::connect(path).await.map_err(|e| format!("cannot reach drawbridge at {}: {e} (is `drawbridge serve` running?)", path.display()))?;
+                let (r, mut w) = s.into_split();
+                w.write_all(b"{\"cmd\":\"subscribe\"}\n").await.map_err(|e| e.to_string())?;
+                let mut lines = BufReader::new(r).lines();
+                tokio::spawn(async move {
+                    let _keep = w;
+                    let _ = lines.next_line().await; // the "subscribed" answer
+                    loop {
+                        let item = match lines.next_line().await {
+                            Ok(Some(l)) => match serde_json::from_str::<Event>(&l) {
+                                Ok(ev) => Incoming::Event(ev),
+                                Err(_) if l.contains("\"lagged\"") => Incoming::Resync,
+                                Err(_) => continue,
+                            },
+                            Ok(None) | Err(_) => Incoming::Gone("the server closed the control connection".into()),
+                        };
+                        let gone = matches!(item, Incoming::Gone(_));
+                        if tx.send(item).await.is_err() || gone {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+        Ok(rx)
+    }
+}

@@ -1,0 +1,135 @@
+//! Keys → intents. Pure, so every binding is unit-tested; the app decides what an intent
+//! does in the current view.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use super::state::View;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intent {
+    Quit,
+    NextView,
+    PrevView,
+    Show(View),
+    Up,
+    Down,
+    PageUp,
+    PageDown,
+    Top,
+    Bottom,
+    Filter,
+    Approve,
+    Block,
+    Blacklist,
+    Clear,
+    Probe,
+    CloseStream,
+    Open,
+    CycleMode,
+    Help,
+    Follow,
+    Reveal,
+    WriteTranscript,
+    // While a prompt is open:
+    Input(char),
+    Backspace,
+    Submit,
+    Cancel,
+    Nothing,
+}
+
+/// Every key and what it does, for the help overlay and README.
+pub const KEYS: &[(&str, &str)] = &[
+    ("Tab / Shift-Tab, 1-4", "switch view"),
+    ("↑ ↓ PgUp PgDn g G", "move"),
+    ("/", "filter (domain, id, state); Esc clears"),
+    ("Enter", "open: a stream's transcript / a domain's history"),
+    ("a", "approve the selected domain"),
+    ("b", "block it (asks for duration and reason)"),
+    ("B", "blacklist it with its subdomains (asks for a reason)"),
+    ("u", "clear block or blacklist"),
+    ("p", "probe: ping over federation"),
+    ("k", "close the selected stream (asks first)"),
+    ("m", "change the federation mode"),
+    ("f", "transcript: follow / pause"),
+    ("r", "transcript: reveal / hide dialback keys"),
+    ("w", "transcript: write to a file"),
+    ("?", "this help"),
+    ("q, Ctrl-C", "quit (the server keeps running when attached)"),
+];
+
+pub fn intent(key: KeyEvent, prompt_open: bool) -> Intent {
+    if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+        return if prompt_open { Intent::Cancel } else { Intent::Quit };
+    }
+    if prompt_open {
+        return match key.code {
+            KeyCode::Enter => Intent::Submit,
+            KeyCode::Esc => Intent::Cancel,
+            KeyCode::Backspace => Intent::Backspace,
+            KeyCode::Char(c) => Intent::Input(c),
+            _ => Intent::Nothing,
+        };
+    }
+    match key.code {
+        KeyCode::Char('q') => Intent::Quit,
+        KeyCode::Tab => Intent::NextView,
+        KeyCode::BackTab => Intent::PrevView,
+        KeyCode::Char('1') => Intent::Show(View::Connections),
+        KeyCode::Char('2') => Intent::Show(View::Domains),
+        KeyCode::Char('3') => Intent::Show(View::Verifications),
+        KeyCode::Char('4') => Intent::Show(View::Transcript),
+        KeyCode::Up => Intent::Up,
+        KeyCode::Down => Intent::Down,
+        KeyCode::PageUp => Intent::PageUp,
+        KeyCode::PageDown => Intent::PageDown,
+        KeyCode::Home | KeyCode::Char('g') => Intent::Top,
+        KeyCode::End | KeyCode::Char('G') => Intent::Bottom,
+        KeyCode::Char('/') => Intent::Filter,
+        KeyCode::Char('a') => Intent::Approve,
+        KeyCode::Char('b') => Intent::Block,
+        KeyCode::Char('B') => Intent::Blacklist,
+        KeyCode::Char('u') => Intent::Clear,
+        KeyCode::Char('p') => Intent::Probe,
+        KeyCode::Char('k') => Intent::CloseStream,
+        KeyCode::Enter => Intent::Open,
+        KeyCode::Char('m') => Intent::CycleMode,
+        KeyCode::Char('?') => Intent::Help,
+        KeyCode::Char('f') => Intent::Follow,
+        KeyCode::Char('r') => Intent::Reveal,
+        KeyCode::Char('w') => Intent::WriteTranscript,
+        KeyCode::Esc => Intent::Cancel,
+        _ => Intent::Nothing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(c: KeyCode) -> KeyEvent {
+        KeyEvent::new(c, KeyModifiers::NONE)
+    }
+
+    #[test]
+    fn bindings() {
+        assert_eq!(intent(k(KeyCode::Char('q')), false), Intent::Quit);
+        assert_eq!(intent(k(KeyCode::Tab), false), Intent::NextView);
+        assert_eq!(intent(k(KeyCode::Char('2')), false), Intent::Show(View::Domains));
+        assert_eq!(intent(k(KeyCode::Char('a')), false), Intent::Approve);
+        assert_eq!(intent(k(KeyCode::Char('b')), false), Intent::Block);
+        assert_eq!(intent(k(KeyCode::Char('B')), false), Intent::Blacklist);
+        assert_eq!(intent(k(KeyCode::Char('k')), false), Intent::CloseStream);
+        assert_eq!(intent(k(KeyCode::Char('/')), false), Intent::Filter);
+        assert_eq!(intent(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), false), Intent::Quit);
+    }
+
+    #[test]
+    fn prompt_takes_text() {
+        assert_eq!(intent(k(KeyCode::Char('q')), true), Intent::Input('q'));
+        assert_eq!(intent(k(KeyCode::Char('b')), true), Intent::Input('b'));
+        assert_eq!(intent(k(KeyCode::Enter), true), Intent::Submit);
+        assert_eq!(intent(k(KeyCode::Esc), true), Intent::Cancel);
+        assert_eq!(intent(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), true), Intent::Cancel);
+    }
+}

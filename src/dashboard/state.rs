@@ -1,0 +1,298 @@
+//! The dashboard's model: built from a snapshot, kept current by events. Indexes per view
+//! are rebuilt only when the data changed, never per frame.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::control::Snapshot;
+use crate::engine::events::{ConnSnapshot, ConnState, Event, TranscriptLine, VerificationOutcome};
+use crate::engine::Status;
+use crate::policy::DomainState;
+use crate::store::DomainRecord;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Connections,
+    Domains,
+    Verifications,
+    Transcript,
+}
+
+impl View {
+    pub const ALL: [View; 4] = [View::Connections, View::Domains, View::Verifications, View::Transcript];
+
+    pub fn index(self) -> usize {
+        View::ALL.iter().position(|v| *v == self).unwrap_or(0)
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            View::Connections => "Connections",
+            View::Domains => "Domains",
+            View::Verifications => "Verifications",
+            View::Transcript => "Transcript",
+        }
+    }
+}
+
+/// A question the dashboard is asking the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// `DURATION REASON` for a block (both optional).
+    Block { domain: String, input: String },
+    Blacklist { domain: String, input: String },
+    ConfirmClose { id: String },
+    Filter { input: String },
+}
+
+/// Closed streams kept visible (dimmed) in the connections view.
+const KEEP_CLOSED: usize = 200;
+const KEEP_OUTCOMES: usize = 2000;
+const SPARK_POINTS: usize = 30;
+
+pub struct Model {
+    pub status: Option<Status>,
+    pub conns: HashMap<String, ConnSnapshot>,
+    closed_order: VecDeque<String>,
+    pub domains: BTreeMap<String, DomainRecord>,
+    pub outcomes: VecDeque<VerificationOutcome>,
+    /// Bytes per second in+out per stream, newest last (sparklines).
+    pub traffic: HashMap<String, VecDeque<u64>>,
+    last_bytes: HashMap<String, u64>,
+    pub transcript_id: Option<String>,
+    pub transcript: Vec<TranscriptLine>,
+    pub follow: bool,
+    pub reveal: bool,
+    pub transcript_scroll: usize,
+    pub view: View,
+    /// Selected row per view.
+    pub selected: [usize; 4],
+    pub filter: String,
+    pub prompt: Option<Prompt>,
+    pub message: Option<String>,
+    pub show_help: bool,
+    pub no_color: bool,
+    /// Something changed since the last frame.
+    pub dirty: bool,
+    conn_index: Vec<String>,
+    domain_index: Vec<String>,
+    index_stale: bool,
+}
+
+impl Model {
+    pub fn new(no_color: bool) -> Model {
+        Model {
+            status: None,
+            conns: HashMap::new(),
+            closed_order: VecDeque::new(),
+            domains: BTreeMap::new(),
+            outcomes: VecDeque::new(),
+            traffic: HashMap::new(),
+            last_bytes: HashMap::new(),
+            transcript_id: None,
+            transcript: Vec::new(),
+            follow: true,
+            reveal: false,
+            transcript_scroll: 0,
+            view: View::Connections,
+            selected: [0; 4],
+            filter: String::new(),
+            prompt: None,
+            message: None,
+            show_help: false,
+            no_color,
+            dirty: true,
+            conn_index: Vec::new(),
+            domain_index: Vec::new(),
+            index_stale: true,
+        }
+    }
+
+    /// (Re)build from a snapshot (at start, and after the event stream lagged).
+    pub fn load(&mut self, s: Snapshot) {
+        self.status = Some(s.status);
+        self.conns.clear();
+        self.closed_order.clear();
+        for c in s.connections {
+            if c.state == ConnState::Closed {
+                self.closed_order.push_back(c.id.clone());
+            }
+            self.conns.insert(c.id.clone(), c);
+        }
+        self.domains = s.domains.into_iter().map(|d| (d.domain.clone(), d)).collect();
+        self.outcomes = s.outcomes.into_iter().collect();
+        self.index_stale = true;
+        self.dirty = true;
+    }
+
+    pub fn apply(&mut self, ev: Event) {
+        self.dirty = true;
+        match ev {
+            Event::StreamOpened { stream } => {
+                self.conns.insert(stream.id.clone(), stream);
+                self.index_stale = true;
+            }
+            Event::StateChanged { id, state } => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.state = state;
+                }
+            }
+            Event::PairAuthorised { id, local, remote, method } => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    match c.pairs.iter_mut().find(|p| p.local == local && p.remote == remote) {
+                        Some(p) => {
+                            p.status = crate::engine::events::PairStatus::Valid;
+                            p.method = method;
+                        }
+                        None => c.pairs.push(crate::engine::events::PairInfo { local, remote, status: crate::engine::events::PairStatus::Valid, method }),
+                    }
+                }
+            }
+            Event::Verification { outcome } => {
+                self.outcomes.push_front(outcome);
+                self.outcomes.truncate(KEEP_OUTCOMES);
+            }
+            Event::Counters { streams } => {
+                for s in streams {
+                    let total = s.bytes_in + s.bytes_out;
+                    let prev = self.last_bytes.insert(s.id.clone(), total).unwrap_or(total);
+                    let t = self.traffic.entry(s.id.clone()).or_default();
+                    t.push_back(total.saturating_sub(prev));
+                    if t.len() > SPARK_POINTS {
+                        t.pop_front();
+                    }
+                    if let Some(c) = self.conns.get_mut(&s.id) {
+                        c.stanzas_in = s.stanzas_in;
+                        c.stanzas_out = s.stanzas_out;
+                        c.bytes_in = s.bytes_in;
+                        c.bytes_out = s.bytes_out;
+                        c.last_activity_ms = crate::engine::events::now_ms();
+                    }
+                }
+            }
+            Event::StreamClosed { stream } => {
+                self.closed_order.push_back(stream.id.clone());
+                self.conns.insert(stream.id.clone(), stream);
+                while self.closed_order.len() > KEEP_CLOSED {
+                    if let Some(old) = self.closed_order.pop_front() {
+                        self.conns.remove(&old);
+                        self.traffic.remove(&old);
+                        self.last_bytes.remove(&old);
+                    }
+                }
+                self.index_stale = true;
+            }
+            Event::DomainChanged { record } => {
+                self.domains.insert(record.domain.clone(), record);
+                self.index_stale = true;
+            }
+            Event::ModeChanged { mode } => {
+                if let Some(s) = self.status.as_mut() {
+                    s.mode = mode;
+                }
+            }
+            Event::Transcript { id, line } => {
+                if self.transcript_id.as_deref() == Some(id.as_str()) {
+                    self.transcript.push(line);
+                }
+            }
+        }
+    }
+
+    fn reindex(&mut self) {
+        if !self.index_stale {
+            return;
+        }
+        let f = self.filter.to_lowercase();
+        let mut conns: Vec<&ConnSnapshot> = self.conns.values().filter(|c| f.is_empty() || conn_matches(c, &f)).collect();
+        // Live streams first (newest first), then closed ones (most recently closed first).
+        conns.sort_by(|a, b| (a.state == ConnState::Closed).cmp(&(b.state == ConnState::Closed)).then(b.opened_ms.cmp(&a.opened_ms)));
+        self.conn_index = conns.into_iter().map(|c| c.id.clone()).collect();
+        let mut doms: Vec<&DomainRecord> = self.domains.values().filter(|d| f.is_empty() || d.domain.contains(&f)).collect();
+        // Pending approvals pinned at the top.
+        doms.sort_by(|a, b| (b.state == DomainState::Pending).cmp(&(a.state == DomainState::Pending)).then(a.domain.cmp(&b.domain)));
+        self.domain_index = doms.into_iter().map(|d| d.domain.clone()).collect();
+        self.index_stale = false;
+    }
+
+    pub fn set_filter(&mut self, f: String) {
+        self.filter = f;
+        self.index_stale = true;
+        self.selected = [0; 4];
+        self.dirty = true;
+    }
+
+    pub fn conn_rows(&mut self) -> &[String] {
+        self.reindex();
+        &self.conn_index
+    }
+
+    pub fn domain_rows(&mut self) -> &[String] {
+        self.reindex();
+        &self.domain_index
+    }
+
+    pub fn outcome_rows(&self) -> Vec<&VerificationOutcome> {
+        let f = self.filter.to_lowercase();
+        self.outcomes
+            .iter()
+            .filter(|o| f.is_empty() || o.remote.contains(&f) || format!("{:?}", o.result).to_lowercase() == f)
+            .collect()
+    }
+
+    pub fn row_count(&mut self) -> usize {
+        match self.view {
+            View::Connections => self.conn_rows().len(),
+            View::Domains => self.domain_rows().len(),
+            View::Verifications => self.outcome_rows().len(),
+            View::Transcript => self.transcript.len(),
+        }
+    }
+
+    pub fn selected_conn(&mut self) -> Option<ConnSnapshot> {
+        let i = self.selected[View::Connections.index()];
+        let id = self.conn_rows().get(i)?.clone();
+        self.conns.get(&id).cloned()
+    }
+
+    pub fn selected_domain(&mut self) -> Option<String> {
+        match self.view {
+            View::Domains => {
+                let i = self.selected[View::Domains.index()];
+                self.domain_rows().get(i).cloned()
+            }
+            View::Connections => self.selected_conn().and_then(|c| c.pairs.first().map(|p| p.remote.clone()).or(c.remote)),
+            View::Verifications => {
+                let i = self.selected[View::Verifications.index()];
+                self.outcome_rows().get(i).map(|o| o.remote.clone())
+            }
+            View::Transcript => self.transcript_id.clone().and_then(|id| self.conns.get(&id).and_then(|c| c.remote.clone())),
+        }
+    }
+
+    pub fn move_selection(&mut self, delta: isize) {
+        let n = self.row_count();
+        let v = self.view.index();
+        if self.view == View::Transcript {
+            self.follow = false;
+            let max = n.saturating_sub(1) as isize;
+            self.transcript_scroll = (self.transcript_scroll as isize + delta).clamp(0, max) as usize;
+        } else if n == 0 {
+            self.selected[v] = 0;
+        } else {
+            self.selected[v] = (self.selected[v] as isize + delta).clamp(0, n as isize - 1) as usize;
+        }
+        self.dirty = true;
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.domains.values().filter(|d| d.state == DomainState::Pending).count()
+    }
+}
+
+fn conn_matches(c: &ConnSnapshot, f: &str) -> bool {
+    c.remote.as_deref().is_some_and(|r| r.contains(f))
+        || c.local.as_deref().is_some_and(|l| l.contains(f))
+        || c.id.starts_with(f)
+        || c.state.as_str() == f
+        || c.pairs.iter().any(|p| p.remote.contains(f))
+}

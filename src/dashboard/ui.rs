@@ -1,0 +1,400 @@
+//! Drawing the model. Only the visible rows of a table are built; colours are the basic 16
+//! and disappear with NO_COLOR.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
+use ratatui::Frame;
+
+use super::input::KEYS;
+use super::state::{Model, Prompt, View};
+use crate::engine::events::{fmt_utc, now_ms, ConnSnapshot, ConnState, Direction, PairStatus, VerificationResult};
+use crate::policy::DomainState;
+use crate::xml::writer::KEY_MARKER;
+
+struct Theme {
+    no_color: bool,
+}
+
+impl Theme {
+    fn fg(&self, c: Color) -> Style {
+        if self.no_color { Style::default() } else { Style::default().fg(c) }
+    }
+    fn dim(&self) -> Style {
+        if self.no_color { Style::default().add_modifier(Modifier::DIM) } else { Style::default().fg(Color::DarkGray) }
+    }
+    fn selected(&self) -> Style {
+        Style::default().add_modifier(Modifier::REVERSED)
+    }
+    fn header(&self) -> Style {
+        Style::default().add_modifier(Modifier::BOLD)
+    }
+    fn state(&self, s: DomainState) -> Style {
+        self.fg(match s {
+            DomainState::Approved => Color::Green,
+            DomainState::Pending => Color::Yellow,
+            DomainState::Blocked => Color::Red,
+            DomainState::Blacklisted => Color::Magenta,
+            DomainState::Unknown => Color::Reset,
+        })
+    }
+    fn result(&self, r: VerificationResult) -> Style {
+        self.fg(match r {
+            VerificationResult::Valid => Color::Green,
+            VerificationResult::Invalid => Color::Red,
+            VerificationResult::Error | VerificationResult::Timeout => Color::Yellow,
+        })
+    }
+}
+
+pub fn draw(f: &mut Frame, m: &mut Model) {
+    let t = Theme { no_color: m.no_color };
+    let [header, tabs, body, footer] = Layout::vertical([Constraint::Length(2), Constraint::Length(1), Constraint::Min(3), Constraint::Length(2)]).areas(f.area());
+    draw_header(f, m, &t, header);
+    draw_tabs(f, m, &t, tabs);
+    match m.view {
+        View::Connections => draw_connections(f, m, &t, body),
+        View::Domains => draw_domains(f, m, &t, body),
+        View::Verifications => draw_verifications(f, m, &t, body),
+        View::Transcript => draw_transcript(f, m, &t, body),
+    }
+    draw_footer(f, m, &t, footer);
+    if m.show_help {
+        draw_help(f, &t);
+    }
+}
+
+fn draw_header(f: &mut Frame, m: &Model, t: &Theme, area: Rect) {
+    let (live_in, live_out) = m.conns.values().filter(|c| c.state != ConnState::Closed).fold((0, 0), |(i, o), c| match c.direction {
+        Direction::In => (i + 1, o),
+        Direction::Out => (i, o + 1),
+    });
+    let count = |s: DomainState| m.domains.values().filter(|d| d.state == s).count();
+    let (domains, listen, mode, up) = match &m.status {
+        Some(s) => (s.domains.join(" "), s.listen.join(" "), s.mode.clone(), human(s.uptime_s)),
+        None => (String::new(), String::new(), "?".into(), String::new()),
+    };
+    let pending = count(DomainState::Pending);
+    let line1 = Line::from(vec![
+        Span::styled(" drawbridge ", t.header()),
+        Span::raw(format!("{domains}  on {listen}  ")),
+        Span::styled(format!("mode {mode}"), t.fg(Color::Cyan)),
+        Span::raw(format!("  up {up}")),
+    ]);
+    let mut spans = vec![Span::raw(format!(" streams {live_in} in / {live_out} out   "))];
+    spans.push(Span::styled(format!("pending {pending}"), if pending > 0 { t.fg(Color::Yellow).add_modifier(Modifier::BOLD) } else { Style::default() }));
+    spans.push(Span::raw(format!("   blocked {}   blacklisted {}", count(DomainState::Blocked), count(DomainState::Blacklisted))));
+    if pending > 0 {
+        spans.push(Span::styled("   ! approvals waiting (2, a)", t.fg(Color::Yellow)));
+    }
+    f.render_widget(Paragraph::new(vec![line1, Line::from(spans)]), area);
+}
+
+fn draw_tabs(f: &mut Frame, m: &Model, t: &Theme, area: Rect) {
+    let mut spans = Vec::new();
+    for (i, v) in View::ALL.iter().enumerate() {
+        let label = format!(" {} {} ", i + 1, v.title());
+        spans.push(if *v == m.view { Span::styled(label, t.selected()) } else { Span::raw(label) });
+        spans.push(Span::raw(" "));
+    }
+    if !m.filter.is_empty() {
+        spans.push(Span::styled(format!(" filter: {}", m.filter), t.fg(Color::Cyan)));
+    }
+    f.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+/// The first visible row so that `selected` is on screen.
+fn window(selected: usize, total: usize, height: usize) -> (usize, usize) {
+    if height == 0 || total == 0 {
+        return (0, 0);
+    }
+    let start = selected.saturating_sub(height - 1).min(total.saturating_sub(height));
+    (start, (start + height).min(total))
+}
+
+fn draw_connections(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
+    let detail_h = if area.height >= 16 { 8 } else { 0 };
+    let [list, detail] = Layout::vertical([Constraint::Min(3), Constraint::Length(detail_h)]).areas(area);
+    let sel = m.selected[View::Connections.index()];
+    let now = now_ms();
+    let wide = list.width >= 120;
+    let ids = m.conn_rows().to_vec();
+    let (start, end) = window(sel, ids.len(), list.height.saturating_sub(2) as usize);
+    let mut rows = Vec::with_capacity(end - start);
+    for (i, id) in ids[start..end].iter().enumerate() {
+        let Some(c) = m.conns.get(id) else { continue };
+        let closed = c.state == ConnState::Closed;
+        let remote = remotes(c);
+        let auth = c.pairs.iter().map(|p| pair_badge(p.status)).collect::<Vec<_>>().join("");
+        let mut cells = vec![
+            Cell::from(if c.direction == Direction::In { "in" } else { "out" }),
+            Cell::from(remote),
+            Cell::from(c.state.as_str()),
+            Cell::from(c.tls.as_ref().map(|x| x.version.replace("TLS ", "")).unwrap_or_else(|| "-".into())),
+            Cell::from(if auth.is_empty() { "-".to_owned() } else { format!("dialback {auth}") }),
+            Cell::from(human((now.saturating_sub(c.opened_ms)) / 1000)),
+            Cell::from(format!("{}/{}", c.stanzas_in, c.stanzas_out)),
+        ];
+        if wide {
+            cells.insert(2, Cell::from(c.local.clone().unwrap_or_default()));
+            cells.insert(3, Cell::from(c.peer_addr.clone().unwrap_or_default()));
+            cells.push(Cell::from(human(now.saturating_sub(c.last_activity_ms) / 1000)));
+            cells.push(Cell::from(format!("{}/{}", bytes(c.bytes_in), bytes(c.bytes_out))));
+            cells.push(Cell::from(spark(m.traffic.get(id).map(|v| v.iter().copied().collect::<Vec<_>>()).unwrap_or_default())));
+            cells.push(Cell::from(c.close_reason.clone().unwrap_or_default()));
+        }
+        let mut row = Row::new(cells);
+        if closed {
+            row = row.style(t.dim());
+        }
+        if start + i == sel {
+            row = row.style(t.selected());
+        }
+        rows.push(row);
+    }
+    let (header, widths): (Vec<&str>, Vec<Constraint>) = if wide {
+        (
+            vec!["dir", "remote", "local", "peer", "state", "tls", "auth", "age", "stanzas", "idle", "bytes", "traffic", "close reason"],
+            vec![
+                Constraint::Length(3),
+                Constraint::Min(18),
+                Constraint::Length(16),
+                Constraint::Length(21),
+                Constraint::Length(14),
+                Constraint::Length(4),
+                Constraint::Length(11),
+                Constraint::Length(6),
+                Constraint::Length(9),
+                Constraint::Length(5),
+                Constraint::Length(12),
+                Constraint::Length(12),
+                Constraint::Min(10),
+            ],
+        )
+    } else {
+        (
+            vec!["dir", "remote", "state", "tls", "auth", "age", "stanzas"],
+            vec![Constraint::Length(3), Constraint::Min(16), Constraint::Length(14), Constraint::Length(4), Constraint::Length(11), Constraint::Length(6), Constraint::Length(9)],
+        )
+    };
+    let title = format!(" Connections ({} live, {} recently closed) ", ids.iter().filter(|id| m.conns.get(*id).is_some_and(|c| c.state != ConnState::Closed)).count(), ids.iter().filter(|id| m.conns.get(*id).is_some_and(|c| c.state == ConnState::Closed)).count());
+    let table = Table::new(rows, widths).header(Row::new(header).style(t.header())).block(Block::default().borders(Borders::TOP).title(title));
+    f.render_widget(table, list);
+    if detail_h > 0 {
+        let lines = match m.selected_conn() {
+            Some(c) => conn_detail(&c),
+            None => vec![Line::from("no streams yet")],
+        };
+        f.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::TOP).title(" Stream ")).wrap(Wrap { trim: true }), detail);
+    }
+}
+
+fn conn_detail(c: &ConnSnapshot) -> Vec<Line<'static>> {
+    let mut v = vec![Line::from(format!(
+        "{} {}  {} ↔ {}  peer {}  stream id {}",
+        if c.direction == Direction::In { "inbound" } else { "outbound" },
+        c.id,
+        c.local.clone().unwrap_or_default(),
+        c.remote.clone().unwrap_or_default(),
+        c.peer_addr.clone().unwrap_or_default(),
+        c.stream_id.clone().unwrap_or_default()
+    ))];
+    match &c.tls {
+        Some(tls) => {
+            v.push(Line::from(format!("TLS {} {}", tls.version, tls.cipher)));
+            if let Some(cert) = &tls.peer_cert {
+                v.push(Line::from(format!("certificate {} issued by {}, names {}, expires {}", cert.subject, cert.issuer, cert.names.join(","), cert.not_after)));
+                v.push(Line::from(format!("sha-256 {}", cert.fingerprint_sha256)));
+            }
+        }
+        None => v.push(Line::from("no TLS")),
+    }
+    for p in &c.pairs {
+        v.push(Line::from(format!("pair {} → {}: dialback, {}", p.remote, p.local, format!("{:?}", p.status).to_lowercase())));
+    }
+    if let Some(r) = &c.close_reason {
+        v.push(Line::from(format!("closed: {r}")));
+    }
+    v
+}
+
+fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
+    let sel = m.selected[View::Domains.index()];
+    let now = now_ms();
+    let wide = area.width >= 120;
+    let names = m.domain_rows().to_vec();
+    let (start, end) = window(sel, names.len(), area.height.saturating_sub(2) as usize);
+    let mut rows = Vec::with_capacity(end - start);
+    for (i, name) in names[start..end].iter().enumerate() {
+        let Some(d) = m.domains.get(name) else { continue };
+        let badge = match (d.state, d.expires_ms) {
+            (DomainState::Blocked, Some(x)) => format!("blocked {}", human(x.saturating_sub(now) / 1000)),
+            (DomainState::Pending, _) => format!("PENDING {}", d.when_ms.map(|w| human(now.saturating_sub(w) / 1000)).unwrap_or_default()),
+            (s, _) => s.as_str().to_owned(),
+        };
+        let why = d.reason.clone().unwrap_or_default();
+        let mut cells = vec![
+            Cell::from(d.domain.clone()),
+            Cell::from(Span::styled(badge, t.state(d.state))),
+            Cell::from(why),
+            Cell::from(format!("{}/{}", d.streams_in, d.streams_out)),
+        ];
+        if wide {
+            cells.push(Cell::from(d.who.clone().unwrap_or_default()));
+            cells.push(Cell::from(d.last_seen_ms.map(|x| fmt_utc(x)[..19].to_owned()).unwrap_or_default()));
+            cells.push(Cell::from(d.last_verification.clone().unwrap_or_default()));
+        }
+        let mut row = Row::new(cells);
+        if start + i == sel {
+            row = row.style(t.selected());
+        }
+        rows.push(row);
+    }
+    let mut header = vec!["domain", "state", "reason", "streams in/out"];
+    let mut widths = vec![Constraint::Min(20), Constraint::Length(16), Constraint::Min(12), Constraint::Length(14)];
+    if wide {
+        header.extend(["who", "last seen", "last verification"]);
+        widths.extend([Constraint::Length(20), Constraint::Length(19), Constraint::Min(20)]);
+    }
+    let title = format!(" Domains ({}; pending first) ", names.len());
+    f.render_widget(Table::new(rows, widths).header(Row::new(header).style(t.header())).block(Block::default().borders(Borders::TOP).title(title)), area);
+}
+
+fn draw_verifications(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
+    let sel = m.selected[View::Verifications.index()];
+    let rows_all = m.outcome_rows();
+    let (start, end) = window(sel, rows_all.len(), area.height.saturating_sub(2) as usize);
+    let mut rows = Vec::with_capacity(end - start);
+    for (i, o) in rows_all[start..end].iter().enumerate() {
+        let mut row = Row::new(vec![
+            Cell::from(fmt_utc(o.time_ms)[11..19].to_owned()),
+            Cell::from(if o.direction == Direction::In { "in" } else { "out" }),
+            Cell::from(o.remote.clone()),
+            Cell::from(Span::styled(format!("{:?}", o.result).to_lowercase(), t.result(o.result))),
+            Cell::from(o.reason.clone()),
+        ]);
+        if start + i == sel {
+            row = row.style(t.selected());
+        }
+        rows.push(row);
+    }
+    let widths = [Constraint::Length(8), Constraint::Length(3), Constraint::Length(24), Constraint::Length(8), Constraint::Min(20)];
+    let title = format!(" Verifications ({}, newest first) ", rows_all.len());
+    f.render_widget(
+        Table::new(rows, widths).header(Row::new(vec!["time", "dir", "domain", "result", "why"]).style(t.header())).block(Block::default().borders(Borders::TOP).title(title)),
+        area,
+    );
+}
+
+fn draw_transcript(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
+    let Some(id) = m.transcript_id.clone() else {
+        f.render_widget(
+            Paragraph::new("Select a stream in Connections (1) and press Enter to read its transcript.").block(Block::default().borders(Borders::TOP).title(" Transcript ")),
+            area,
+        );
+        return;
+    };
+    let mut lines: Vec<Line> = Vec::new();
+    for l in &m.transcript {
+        let (mark, style) = match l.dir.as_str() {
+            "in" => ("<<", t.fg(Color::Cyan)),
+            "out" => (">>", t.fg(Color::Green)),
+            _ => ("--", t.fg(Color::Yellow)),
+        };
+        let text = match (&l.key, m.reveal) {
+            (Some(k), true) => l.text.replace(KEY_MARKER, k),
+            _ => l.text.clone(),
+        };
+        for (j, part) in text.lines().enumerate() {
+            let prefix = if j == 0 { format!("{} {} ", fmt_utc(l.time_ms)[11..19].to_owned(), mark) } else { " ".repeat(12) };
+            lines.push(Line::from(vec![Span::styled(prefix, style), Span::raw(part.to_owned())]));
+        }
+    }
+    let h = area.height.saturating_sub(1) as usize;
+    let top = if m.follow { lines.len().saturating_sub(h) } else { m.transcript_scroll.min(lines.len().saturating_sub(1)) };
+    let visible: Vec<Line> = lines.into_iter().skip(top).take(h).collect();
+    let state = m.conns.get(&id).map(|c| c.state.as_str()).unwrap_or("?");
+    let title = format!(
+        " Transcript {} ({state}) — {}{} ",
+        &id[..id.len().min(12)],
+        if m.follow { "following" } else { "paused" },
+        if m.reveal { ", keys revealed" } else { "" }
+    );
+    f.render_widget(Paragraph::new(visible).block(Block::default().borders(Borders::TOP).title(title)), area);
+}
+
+fn draw_footer(f: &mut Frame, m: &Model, t: &Theme, area: Rect) {
+    let prompt = m.prompt.as_ref().map(|p| match p {
+        Prompt::Block { domain, input } => format!("block {domain} — duration and reason (e.g. \"2h flooding\"; empty = until unblocked): {input}_"),
+        Prompt::Blacklist { domain, input } => format!("blacklist {domain} and its subdomains — reason: {input}_"),
+        Prompt::ConfirmClose { id } => format!("close stream {}? (y/n)", &id[..id.len().min(12)]),
+        Prompt::Filter { input } => format!("filter: {input}_"),
+    });
+    let keys = match m.view {
+        View::Connections => "Enter transcript  k close  a approve  b block  B blacklist  p probe  / filter  m mode  ? help  q quit",
+        View::Domains => "a approve  b block  B blacklist  u clear  p probe  Enter history  / filter  m mode  ? help  q quit",
+        View::Verifications => "/ filter (domain or result)  a approve  b block  ? help  q quit",
+        View::Transcript => "f follow/pause  ↑↓ scroll  r reveal keys  w write to file  ? help  q quit",
+    };
+    let first = match (&prompt, &m.message) {
+        (Some(p), _) => Line::from(Span::styled(p.clone(), t.fg(Color::Yellow).add_modifier(Modifier::BOLD))),
+        (None, Some(msg)) => Line::from(Span::styled(msg.clone(), t.fg(Color::Cyan))),
+        (None, None) => Line::from(""),
+    };
+    f.render_widget(Paragraph::new(vec![first, Line::from(Span::styled(keys, t.dim()))]), area);
+}
+
+fn draw_help(f: &mut Frame, t: &Theme) {
+    let area = f.area();
+    let w = area.width.min(70);
+    let h = area.height.min(KEYS.len() as u16 + 2);
+    let r = Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h };
+    let lines: Vec<Line> = KEYS.iter().map(|(k, d)| Line::from(vec![Span::styled(format!("{k:<22}"), t.header()), Span::raw(*d)])).collect();
+    f.render_widget(Clear, r);
+    f.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" Keys (any key closes) ")), r);
+}
+
+fn remotes(c: &ConnSnapshot) -> String {
+    if c.pairs.is_empty() {
+        c.remote.clone().unwrap_or_else(|| "?".into())
+    } else {
+        c.pairs.iter().map(|p| p.remote.as_str()).collect::<Vec<_>>().join(",")
+    }
+}
+
+fn pair_badge(s: PairStatus) -> &'static str {
+    match s {
+        PairStatus::Valid => "✓",
+        PairStatus::Pending => "…",
+        PairStatus::Held => "⏸",
+    }
+}
+
+fn human(secs: u64) -> String {
+    if secs < 60 {
+        format!("{secs}s")
+    } else if secs < 3600 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else if secs < 86400 {
+        format!("{}h{:02}m", secs / 3600, (secs / 60) % 60)
+    } else {
+        format!("{}d{:02}h", secs / 86400, (secs / 3600) % 24)
+    }
+}
+
+fn bytes(n: u64) -> String {
+    if n < 10_000 {
+        format!("{n}B")
+    } else if n < 10_000_000 {
+        format!("{}K", n / 1024)
+    } else {
+        format!("{}M", n / (1024 * 1024))
+    }
+}
+
+fn spark(v: Vec<u64>) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = v.iter().copied().max().unwrap_or(0).max(1);
+    v.iter().rev().take(12).rev().map(|x| if *x == 0 { ' ' } else { BARS[((x * 7) / max) as usize] }).collect()
+}
