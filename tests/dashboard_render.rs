@@ -1,0 +1,204 @@
+//! Render tests of every dashboard view with ratatui's TestBackend, at 80×24 and 200×60,
+//! asserting what is on screen.
+
+use drawbridge::control::Snapshot;
+use drawbridge::dashboard::state::{Model, Prompt, View};
+use drawbridge::dashboard::ui::draw;
+use drawbridge::engine::events::*;
+use drawbridge::engine::Status;
+use drawbridge::policy::DomainState;
+use drawbridge::store::DomainRecord;
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+
+fn conn(id: &str, dir: Direction, remote: &str, state: ConnState, pair: Option<PairStatus>, close: Option<&str>) -> ConnSnapshot {
+    let now = now_ms();
+    ConnSnapshot {
+        id: id.into(),
+        direction: dir,
+        local: Some("island.test".into()),
+        remote: Some(remote.into()),
+        peer_addr: Some("127.0.0.1:5269".into()),
+        state,
+        stream_id: Some("abc".into()),
+        tls: Some(TlsInfo { version: "TLS 1.3".into(), cipher: "TLS13_AES_128_GCM_SHA256".into(), peer_cert: None }),
+        pairs: pair.map(|s| vec![PairInfo { local: "island.test".into(), remote: remote.into(), status: s, method: AuthMethod::Dialback }]).unwrap_or_default(),
+        opened_ms: now - 65_000,
+        last_activity_ms: now - 2_000,
+        stanzas_in: 42,
+        stanzas_out: 17,
+        bytes_in: 12_345,
+        bytes_out: 6_789,
+        close_reason: close.map(str::to_owned),
+    }
+}
+
+fn model() -> Model {
+    let mut m = Model::new(true);
+    let dom = |d: &str, s: DomainState, reason: Option<&str>| DomainRecord { domain: d.into(), state: s, reason: reason.map(str::to_owned), who: Some("root (uid 0)".into()), ..Default::default() };
+    m.load(Snapshot {
+        status: Status {
+            version: "0.1.0".into(),
+            domains: vec!["island.test".into()],
+            listen: vec!["127.0.0.1:5269".into()],
+            uptime_s: 3725,
+            streams_in: 1,
+            streams_out: 1,
+            established: 2,
+            require_encryption: true,
+            mode: "approval".into(),
+            pending: 1,
+            blocked: 1,
+            blacklisted: 1,
+        },
+        connections: vec![
+            conn("aaaa1111", Direction::In, "friend.test", ConnState::Established, Some(PairStatus::Valid), None),
+            conn("bbbb2222", Direction::Out, "friend.test", ConnState::Established, Some(PairStatus::Valid), None),
+            conn("cccc3333", Direction::In, "spoofer.test", ConnState::Closed, None, Some("sent <not-authorized/> (no domain is authenticated)")),
+        ],
+        domains: vec![
+            dom("friend.test", DomainState::Approved, None),
+            dom("newcomer.test", DomainState::Pending, None),
+            dom("flood.test", DomainState::Blocked, Some("flooding")),
+            dom("evil.test", DomainState::Blacklisted, Some("spam source")),
+        ],
+        outcomes: vec![
+            VerificationOutcome {
+                time_ms: now_ms(),
+                stream: "cccc3333".into(),
+                direction: Direction::In,
+                local: "island.test".into(),
+                remote: "spoofer.test".into(),
+                method: AuthMethod::Dialback,
+                result: VerificationResult::Invalid,
+                reason: "spoofer.test's authoritative server said the dialback key is invalid".into(),
+                peer_addr: None,
+            },
+            VerificationOutcome {
+                time_ms: now_ms(),
+                stream: "aaaa1111".into(),
+                direction: Direction::In,
+                local: "island.test".into(),
+                remote: "friend.test".into(),
+                method: AuthMethod::Dialback,
+                result: VerificationResult::Valid,
+                reason: "friend.test's authoritative server confirmed the dialback key".into(),
+                peer_addr: None,
+            },
+        ],
+    });
+    m
+}
+
+fn screen(m: &mut Model, w: u16, h: u16) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| draw(f, m)).unwrap();
+    let buf = t.backend().buffer().clone();
+    let mut s = String::new();
+    for y in 0..h {
+        for x in 0..w {
+            s.push_str(buf[(x, y)].symbol());
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[test]
+fn header_and_connections() {
+    for (w, h) in [(80, 24), (200, 60)] {
+        let mut m = model();
+        let s = screen(&mut m, w, h);
+        assert!(s.contains("drawbridge") && s.contains("island.test") && s.contains("mode approval"), "{s}");
+        assert!(s.contains("pending 1") && s.contains("blocked 1") && s.contains("blacklisted 1"), "{s}");
+        assert!(s.contains("1 Connections") && s.contains("4 Transcript"), "{s}");
+        assert!(s.contains("friend.test") && s.contains("established") && s.contains("dialback ✓"), "{s}");
+        assert!(s.contains("spoofer.test") && s.contains("closed"), "closed streams stay visible: {s}");
+        assert!(s.contains("42/17"), "stanza counts: {s}");
+        assert!(s.contains("k close"), "footer keys: {s}");
+        if w == 200 {
+            assert!(s.contains("not-authorized"), "close reason column when wide: {s}");
+            assert!(s.contains("TLS 1.3 TLS13_AES_128_GCM_SHA256"), "detail pane: {s}");
+        }
+    }
+}
+
+#[test]
+fn domains_pending_pinned_first() {
+    for (w, h) in [(80, 24), (200, 60)] {
+        let mut m = model();
+        m.view = View::Domains;
+        let s = screen(&mut m, w, h);
+        let pending = s.find("newcomer.test").unwrap();
+        for other in ["evil.test", "flood.test", "friend.test"] {
+            assert!(pending < s.find(other).unwrap(), "pending first: {s}");
+        }
+        assert!(s.contains("PENDING") && s.contains("blacklisted") && s.contains("spam source") && s.contains("flooding"), "{s}");
+    }
+}
+
+#[test]
+fn verifications_say_why() {
+    let mut m = model();
+    m.view = View::Verifications;
+    let s = screen(&mut m, 200, 60);
+    assert!(s.contains("invalid") && s.contains("said the dialback key is invalid"), "{s}");
+    assert!(s.contains("valid") && s.contains("confirmed the dialback key"), "{s}");
+    // Filtered by domain.
+    m.set_filter("friend".into());
+    let s = screen(&mut m, 80, 24);
+    assert!(s.contains("friend.test") && !s.contains("spoofer.test"), "{s}");
+}
+
+#[test]
+fn transcript_masks_keys_until_revealed() {
+    let mut m = model();
+    m.view = View::Transcript;
+    let s = screen(&mut m, 80, 24);
+    assert!(s.contains("press Enter"), "{s}");
+    m.transcript_id = Some("aaaa1111".into());
+    m.transcript = vec![
+        TranscriptLine { time_ms: now_ms(), dir: "in".into(), text: "<stream:stream from='friend.test'>".into(), key: None },
+        TranscriptLine {
+            time_ms: now_ms(),
+            dir: "in".into(),
+            text: format!("<db:result from='friend.test' to='island.test'>{}</db:result>", drawbridge::xml::writer::KEY_MARKER),
+            key: Some("deadbeefcafe".into()),
+        },
+        TranscriptLine { time_ms: now_ms(), dir: "out".into(), text: "<db:result type='valid'/>".into(), key: None },
+    ];
+    let s = screen(&mut m, 200, 60);
+    assert!(s.contains("<< <stream:stream from='friend.test'>") && s.contains(">> <db:result type='valid'/>"), "{s}");
+    assert!(s.contains("[dialback key hidden]") && !s.contains("deadbeefcafe"), "{s}");
+    m.reveal = true;
+    let s = screen(&mut m, 200, 60);
+    assert!(s.contains("deadbeefcafe") && s.contains("keys revealed"), "{s}");
+    let s = screen(&mut m, 80, 24);
+    assert!(s.contains("following"), "{s}");
+}
+
+#[test]
+fn prompts_and_help() {
+    let mut m = model();
+    m.prompt = Some(Prompt::Block { domain: "flood.test".into(), input: "2h flooding".into() });
+    let s = screen(&mut m, 80, 24);
+    assert!(s.contains("block flood.test"), "{s}");
+    m.prompt = None;
+    m.show_help = true;
+    let s = screen(&mut m, 80, 24);
+    assert!(s.contains("Keys") && s.contains("blacklist it with its subdomains"), "{s}");
+}
+
+#[test]
+fn only_visible_rows_at_scale() {
+    let mut m = model();
+    for i in 0..10_000 {
+        m.apply(Event::StreamOpened { stream: conn(&format!("id{i:05}"), Direction::In, &format!("peer{i}.test"), ConnState::Established, Some(PairStatus::Valid), None) });
+    }
+    m.selected[0] = 5_000;
+    let s = screen(&mut m, 120, 40);
+    assert!(s.contains("10002 live"), "{}", s.lines().take(5).collect::<Vec<_>>().join("\n"));
+    // The selected row is on screen.
+    let sel = m.selected_conn().unwrap();
+    assert!(s.contains(sel.remote.as_deref().unwrap()), "{s}");
+}
