@@ -131,9 +131,9 @@ impl Model {
                 self.conns.insert(stream.id.clone(), stream);
                 self.index_stale = true;
             }
-            Event::StateChanged { id, state } => {
-                if let Some(c) = self.conns.get_mut(&id) {
-                    c.state = state;
+            Event::StreamUpdated { stream } => {
+                if stream.state != ConnState::Closed || !self.conns.contains_key(&stream.id) {
+                    self.conns.insert(stream.id.clone(), stream);
                 }
             }
             Event::PairAuthorised { id, local, remote, method } => {

@@ -118,7 +118,7 @@ fn draw_connections(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     let [list, detail] = Layout::vertical([Constraint::Min(3), Constraint::Length(detail_h)]).areas(area);
     let sel = m.selected[View::Connections.index()];
     let now = now_ms();
-    let wide = list.width >= 120;
+    let wide = list.width >= 160;
     let ids = m.conn_rows().to_vec();
     let (start, end) = window(sel, ids.len(), list.height.saturating_sub(2) as usize);
     let mut rows = Vec::with_capacity(end - start);
@@ -222,7 +222,7 @@ fn conn_detail(c: &ConnSnapshot) -> Vec<Line<'static>> {
 fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     let sel = m.selected[View::Domains.index()];
     let now = now_ms();
-    let wide = area.width >= 120;
+    let wide = area.width >= 150;
     let names = m.domain_rows().to_vec();
     let (start, end) = window(sel, names.len(), area.height.saturating_sub(2) as usize);
     let mut rows = Vec::with_capacity(end - start);

@@ -134,7 +134,8 @@ pub struct TranscriptLine {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     StreamOpened { stream: ConnSnapshot },
-    StateChanged { id: String, state: ConnState },
+    /// A stream changed state or learned its TLS facts: its full current view.
+    StreamUpdated { stream: ConnSnapshot },
     PairAuthorised { id: String, local: String, remote: String, method: AuthMethod },
     Verification { outcome: VerificationOutcome },
     /// Periodic counters of live streams that changed.

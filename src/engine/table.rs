@@ -96,7 +96,7 @@ impl ConnEntry {
             }
             i.state = Some(state);
         }
-        let _ = self.events.send(Event::StateChanged { id: self.id.clone(), state });
+        let _ = self.events.send(Event::StreamUpdated { stream: self.snapshot() });
     }
 
     pub fn set_domains(&self, local: Option<&str>, remote: Option<&str>) {
@@ -119,6 +119,7 @@ impl ConnEntry {
 
     pub fn set_tls(&self, tls: TlsInfo) {
         self.info.lock().unwrap().tls = Some(tls);
+        let _ = self.events.send(Event::StreamUpdated { stream: self.snapshot() });
     }
 
     /// Forget what was learned before a stream restart (STARTTLS).
