@@ -10,6 +10,7 @@
 pub mod config;
 pub mod control;
 pub mod dashboard;
+pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod net;

@@ -30,6 +30,10 @@ enum Command {
     Run,
     /// Run the server headless (logs to stderr or log.file).
     Serve,
+    /// A living demo: the server on drawbridge.demo plus simulated peers on loopback (steady
+    /// traffic, a newcomer awaiting approval, a spoofer, malformed XML, a blacklisted and an
+    /// expired-certificate peer), with the dashboard. q leaves nothing behind.
+    Demo,
     /// Open the dashboard of a running `serve` over its control socket.
     Attach {
         /// Control socket path (default: server.control_socket from the config).
@@ -193,6 +197,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None | Some(Command::Run) => rt.block_on(run(settings)),
         Some(Command::Serve) => rt.block_on(serve(settings)),
+        Some(Command::Demo) => rt.block_on(demo()),
         Some(Command::Attach { socket }) => rt.block_on(attach(socket.unwrap_or(settings.control_socket))),
         Some(Command::Ctl { socket, cmd }) => rt.block_on(ctl(socket.unwrap_or(settings.control_socket), cmd)),
     };
@@ -271,6 +276,16 @@ async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     let dash = drawbridge::dashboard::app::run(drawbridge::dashboard::client::Client::in_process(engine.shared.clone()), stop.clone());
     let result = with_signals(dash, stop).await;
     engine.shutdown().await;
+    result.map_err(|e| anyhow::anyhow!(e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo() -> anyhow::Result<ExitCode> {
+    let demo = drawbridge::demo::Demo::start().await.map_err(|e| anyhow::anyhow!("demo: {e}"))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let dash = drawbridge::dashboard::app::run(drawbridge::dashboard::client::Client::in_process(demo.main.shared.clone()), stop.clone());
+    let result = with_signals(dash, stop).await;
+    demo.stop().await;
     result.map_err(|e| anyhow::anyhow!(e))?;
     Ok(ExitCode::SUCCESS)
 }
