@@ -75,7 +75,22 @@ pub struct Model {
     pub dirty: bool,
     conn_index: Vec<String>,
     domain_index: Vec<String>,
+    /// Connections index out of date.
     index_stale: bool,
+    /// Domains index out of date (separate: 100 000 domains change rarely).
+    domains_stale: bool,
+    counts: Option<Counts>,
+}
+
+/// What the header and titles count, kept until the data changes (not recounted per frame).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub live_in: usize,
+    pub live_out: usize,
+    pub closed: usize,
+    pub pending: usize,
+    pub blocked: usize,
+    pub blacklisted: usize,
 }
 
 impl Model {
@@ -104,7 +119,33 @@ impl Model {
             conn_index: Vec::new(),
             domain_index: Vec::new(),
             index_stale: true,
+            domains_stale: true,
+            counts: None,
         }
+    }
+
+    pub fn counts(&mut self) -> Counts {
+        if let Some(c) = self.counts {
+            return c;
+        }
+        let mut c = Counts::default();
+        for s in self.conns.values() {
+            match (s.state, s.direction) {
+                (ConnState::Closed, _) => c.closed += 1,
+                (_, crate::engine::events::Direction::In) => c.live_in += 1,
+                (_, crate::engine::events::Direction::Out) => c.live_out += 1,
+            }
+        }
+        for d in self.domains.values() {
+            match d.state {
+                DomainState::Pending => c.pending += 1,
+                DomainState::Blocked => c.blocked += 1,
+                DomainState::Blacklisted => c.blacklisted += 1,
+                _ => {}
+            }
+        }
+        self.counts = Some(c);
+        c
     }
 
     /// (Re)build from a snapshot (at start, and after the event stream lagged).
@@ -121,11 +162,16 @@ impl Model {
         self.domains = s.domains.into_iter().map(|d| (d.domain.clone(), d)).collect();
         self.outcomes = s.outcomes.into_iter().collect();
         self.index_stale = true;
+        self.domains_stale = true;
+        self.counts = None;
         self.dirty = true;
     }
 
     pub fn apply(&mut self, ev: Event) {
         self.dirty = true;
+        if matches!(ev, Event::StreamOpened { .. } | Event::StreamUpdated { .. } | Event::StreamClosed { .. } | Event::DomainChanged { .. }) {
+            self.counts = None;
+        }
         match ev {
             Event::StreamOpened { stream } => {
                 self.conns.insert(stream.id.clone(), stream);
@@ -183,7 +229,7 @@ impl Model {
             }
             Event::DomainChanged { record } => {
                 self.domains.insert(record.domain.clone(), record);
-                self.index_stale = true;
+                self.domains_stale = true;
             }
             Event::ModeChanged { mode } => {
                 if let Some(s) = self.status.as_mut() {
@@ -199,24 +245,28 @@ impl Model {
     }
 
     fn reindex(&mut self) {
-        if !self.index_stale {
+        let f = self.filter.to_lowercase();
+        if self.index_stale {
+            let mut conns: Vec<&ConnSnapshot> = self.conns.values().filter(|c| f.is_empty() || conn_matches(c, &f)).collect();
+            // Live streams first (newest first), then closed ones (most recently closed first).
+            conns.sort_by(|a, b| (a.state == ConnState::Closed).cmp(&(b.state == ConnState::Closed)).then(b.opened_ms.cmp(&a.opened_ms)));
+            self.conn_index = conns.into_iter().map(|c| c.id.clone()).collect();
+            self.index_stale = false;
+        }
+        if !self.domains_stale {
             return;
         }
-        let f = self.filter.to_lowercase();
-        let mut conns: Vec<&ConnSnapshot> = self.conns.values().filter(|c| f.is_empty() || conn_matches(c, &f)).collect();
-        // Live streams first (newest first), then closed ones (most recently closed first).
-        conns.sort_by(|a, b| (a.state == ConnState::Closed).cmp(&(b.state == ConnState::Closed)).then(b.opened_ms.cmp(&a.opened_ms)));
-        self.conn_index = conns.into_iter().map(|c| c.id.clone()).collect();
         let mut doms: Vec<&DomainRecord> = self.domains.values().filter(|d| f.is_empty() || d.domain.contains(&f)).collect();
         // Pending approvals pinned at the top.
         doms.sort_by(|a, b| (b.state == DomainState::Pending).cmp(&(a.state == DomainState::Pending)).then(a.domain.cmp(&b.domain)));
         self.domain_index = doms.into_iter().map(|d| d.domain.clone()).collect();
-        self.index_stale = false;
+        self.domains_stale = false;
     }
 
     pub fn set_filter(&mut self, f: String) {
         self.filter = f;
         self.index_stale = true;
+        self.domains_stale = true;
         self.selected = [0; 4];
         self.dirty = true;
     }
@@ -284,8 +334,8 @@ impl Model {
         self.dirty = true;
     }
 
-    pub fn pending_count(&self) -> usize {
-        self.domains.values().filter(|d| d.state == DomainState::Pending).count()
+    pub fn pending_count(&mut self) -> usize {
+        self.counts().pending
     }
 }
 

@@ -65,17 +65,14 @@ pub fn draw(f: &mut Frame, m: &mut Model) {
     }
 }
 
-fn draw_header(f: &mut Frame, m: &Model, t: &Theme, area: Rect) {
-    let (live_in, live_out) = m.conns.values().filter(|c| c.state != ConnState::Closed).fold((0, 0), |(i, o), c| match c.direction {
-        Direction::In => (i + 1, o),
-        Direction::Out => (i, o + 1),
-    });
-    let count = |s: DomainState| m.domains.values().filter(|d| d.state == s).count();
+fn draw_header(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
+    let c = m.counts();
+    let (live_in, live_out) = (c.live_in, c.live_out);
     let (domains, listen, mode, up) = match &m.status {
         Some(s) => (s.domains.join(" "), s.listen.join(" "), s.mode.clone(), human(s.uptime_s)),
         None => (String::new(), String::new(), "?".into(), String::new()),
     };
-    let pending = count(DomainState::Pending);
+    let pending = c.pending;
     let line1 = Line::from(vec![
         Span::styled(" drawbridge ", t.header()),
         Span::raw(format!("{domains}  on {listen}  ")),
@@ -84,7 +81,7 @@ fn draw_header(f: &mut Frame, m: &Model, t: &Theme, area: Rect) {
     ]);
     let mut spans = vec![Span::raw(format!(" streams {live_in} in / {live_out} out   "))];
     spans.push(Span::styled(format!("pending {pending}"), if pending > 0 { t.fg(Color::Yellow).add_modifier(Modifier::BOLD) } else { Style::default() }));
-    spans.push(Span::raw(format!("   blocked {}   blacklisted {}", count(DomainState::Blocked), count(DomainState::Blacklisted))));
+    spans.push(Span::raw(format!("   blocked {}   blacklisted {}", c.blocked, c.blacklisted)));
     if pending > 0 {
         spans.push(Span::styled("   ! approvals waiting (2, a)", t.fg(Color::Yellow)));
     }
@@ -119,10 +116,11 @@ fn draw_connections(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     let sel = m.selected[View::Connections.index()];
     let now = now_ms();
     let wide = list.width >= 160;
-    let ids = m.conn_rows().to_vec();
-    let (start, end) = window(sel, ids.len(), list.height.saturating_sub(2) as usize);
+    let total = m.conn_rows().len();
+    let (start, end) = window(sel, total, list.height.saturating_sub(2) as usize);
+    let visible = m.conn_rows()[start..end].to_vec();
     let mut rows = Vec::with_capacity(end - start);
-    for (i, id) in ids[start..end].iter().enumerate() {
+    for (i, id) in visible.iter().enumerate() {
         let Some(c) = m.conns.get(id) else { continue };
         let closed = c.state == ConnState::Closed;
         let remote = remotes(c);
@@ -178,7 +176,12 @@ fn draw_connections(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
             vec![Constraint::Length(3), Constraint::Min(16), Constraint::Length(14), Constraint::Length(4), Constraint::Length(11), Constraint::Length(6), Constraint::Length(9)],
         )
     };
-    let title = format!(" Connections ({} live, {} recently closed) ", ids.iter().filter(|id| m.conns.get(*id).is_some_and(|c| c.state != ConnState::Closed)).count(), ids.iter().filter(|id| m.conns.get(*id).is_some_and(|c| c.state == ConnState::Closed)).count());
+    let c = m.counts();
+    let title = if m.filter.is_empty() {
+        format!(" Connections ({} live, {} recently closed) ", c.live_in + c.live_out, c.closed)
+    } else {
+        format!(" Connections ({total} matching) ")
+    };
     let table = Table::new(rows, widths).header(Row::new(header).style(t.header())).block(Block::default().borders(Borders::TOP).title(title));
     f.render_widget(table, list);
     if detail_h > 0 {
@@ -223,10 +226,11 @@ fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     let sel = m.selected[View::Domains.index()];
     let now = now_ms();
     let wide = area.width >= 150;
-    let names = m.domain_rows().to_vec();
-    let (start, end) = window(sel, names.len(), area.height.saturating_sub(2) as usize);
+    let total = m.domain_rows().len();
+    let (start, end) = window(sel, total, area.height.saturating_sub(2) as usize);
+    let visible = m.domain_rows()[start..end].to_vec();
     let mut rows = Vec::with_capacity(end - start);
-    for (i, name) in names[start..end].iter().enumerate() {
+    for (i, name) in visible.iter().enumerate() {
         let Some(d) = m.domains.get(name) else { continue };
         let badge = match (d.state, d.expires_ms) {
             (DomainState::Blocked, Some(x)) => format!("blocked {}", human(x.saturating_sub(now) / 1000)),
@@ -257,7 +261,7 @@ fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
         header.extend(["who", "last seen", "last verification"]);
         widths.extend([Constraint::Length(20), Constraint::Length(19), Constraint::Min(20)]);
     }
-    let title = format!(" Domains ({}; pending first) ", names.len());
+    let title = format!(" Domains ({total}; pending first) ");
     f.render_widget(Table::new(rows, widths).header(Row::new(header).style(t.header())).block(Block::default().borders(Borders::TOP).title(title)), area);
 }
 
