@@ -47,6 +47,7 @@ fn model() -> Model {
             established: 2,
             require_encryption: true,
             mode: "approval".into(),
+            approval_wait_s: 600,
             pending: 1,
             blocked: 1,
             blacklisted: 1,
@@ -133,7 +134,7 @@ fn domains_pending_pinned_first() {
         for other in ["evil.test", "flood.test", "friend.test"] {
             assert!(pending < s.find(other).unwrap(), "pending first: {s}");
         }
-        assert!(s.contains("PENDING") && s.contains("blacklisted") && s.contains("spam source") && s.contains("flooding"), "{s}");
+        assert!(s.contains("PENDING") && s.contains("left") && s.contains("blacklisted") && s.contains("spam source") && s.contains("flooding"), "{s}");
     }
 }
 
@@ -175,6 +176,20 @@ fn transcript_masks_keys_until_revealed() {
     assert!(s.contains("deadbeefcafe") && s.contains("keys revealed"), "{s}");
     let s = screen(&mut m, 80, 24);
     assert!(s.contains("following"), "{s}");
+    // Search keeps matching lines only.
+    m.set_filter("type='valid'".into());
+    let s = screen(&mut m, 200, 60);
+    assert!(s.contains(">> <db:result type='valid'/>") && !s.contains("<stream:stream from="), "{s}");
+}
+
+#[test]
+fn sorting_connections() {
+    let mut m = model();
+    m.cycle_sort(); // by remote
+    let s = screen(&mut m, 80, 24);
+    assert!(s.contains("by remote"), "{s}");
+    let friend = s.find("friend.test").unwrap();
+    assert!(friend < s.find("spoofer.test").unwrap(), "{s}");
 }
 
 #[test]

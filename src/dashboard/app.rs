@@ -147,6 +147,10 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
         }
         Intent::Filter => m.prompt = Some(Prompt::Filter { input: m.filter.clone() }),
         Intent::Help => m.show_help = true,
+        Intent::Sort => {
+            m.cycle_sort();
+            m.message = Some(format!("connections sorted by {}", m.sort.label()));
+        }
         Intent::Follow => m.follow = !m.follow,
         Intent::Reveal => {
             m.reveal = !m.reveal;

@@ -34,6 +34,36 @@ impl View {
     }
 }
 
+/// Order of the connections view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortBy {
+    /// Live first, newest first; then closed.
+    Age,
+    Remote,
+    State,
+    Traffic,
+}
+
+impl SortBy {
+    pub fn next(self) -> SortBy {
+        match self {
+            SortBy::Age => SortBy::Remote,
+            SortBy::Remote => SortBy::State,
+            SortBy::State => SortBy::Traffic,
+            SortBy::Traffic => SortBy::Age,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SortBy::Age => "newest",
+            SortBy::Remote => "remote",
+            SortBy::State => "state",
+            SortBy::Traffic => "traffic",
+        }
+    }
+}
+
 /// A question the dashboard is asking the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prompt {
@@ -67,6 +97,7 @@ pub struct Model {
     /// Selected row per view.
     pub selected: [usize; 4],
     pub filter: String,
+    pub sort: SortBy,
     pub prompt: Option<Prompt>,
     pub message: Option<String>,
     pub show_help: bool,
@@ -111,6 +142,7 @@ impl Model {
             view: View::Connections,
             selected: [0; 4],
             filter: String::new(),
+            sort: SortBy::Age,
             prompt: None,
             message: None,
             show_help: false,
@@ -249,7 +281,13 @@ impl Model {
         if self.index_stale {
             let mut conns: Vec<&ConnSnapshot> = self.conns.values().filter(|c| f.is_empty() || conn_matches(c, &f)).collect();
             // Live streams first (newest first), then closed ones (most recently closed first).
-            conns.sort_by(|a, b| (a.state == ConnState::Closed).cmp(&(b.state == ConnState::Closed)).then(b.opened_ms.cmp(&a.opened_ms)));
+            let closed_last = |a: &ConnSnapshot, b: &ConnSnapshot| (a.state == ConnState::Closed).cmp(&(b.state == ConnState::Closed));
+            match self.sort {
+                SortBy::Age => conns.sort_by(|a, b| closed_last(a, b).then(b.opened_ms.cmp(&a.opened_ms))),
+                SortBy::Remote => conns.sort_by(|a, b| closed_last(a, b).then(a.remote.cmp(&b.remote)).then(b.opened_ms.cmp(&a.opened_ms))),
+                SortBy::State => conns.sort_by(|a, b| a.state.as_str().cmp(b.state.as_str()).then(b.opened_ms.cmp(&a.opened_ms))),
+                SortBy::Traffic => conns.sort_by(|a, b| closed_last(a, b).then((b.bytes_in + b.bytes_out).cmp(&(a.bytes_in + a.bytes_out)))),
+            }
             self.conn_index = conns.into_iter().map(|c| c.id.clone()).collect();
             self.index_stale = false;
         }
@@ -261,6 +299,12 @@ impl Model {
         doms.sort_by(|a, b| (b.state == DomainState::Pending).cmp(&(a.state == DomainState::Pending)).then(a.domain.cmp(&b.domain)));
         self.domain_index = doms.into_iter().map(|d| d.domain.clone()).collect();
         self.domains_stale = false;
+    }
+
+    pub fn cycle_sort(&mut self) {
+        self.sort = self.sort.next();
+        self.index_stale = true;
+        self.dirty = true;
     }
 
     pub fn set_filter(&mut self, f: String) {

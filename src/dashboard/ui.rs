@@ -178,9 +178,9 @@ fn draw_connections(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     };
     let c = m.counts();
     let title = if m.filter.is_empty() {
-        format!(" Connections ({} live, {} recently closed) ", c.live_in + c.live_out, c.closed)
+        format!(" Connections ({} live, {} recently closed; by {}) ", c.live_in + c.live_out, c.closed, m.sort.label())
     } else {
-        format!(" Connections ({total} matching) ")
+        format!(" Connections ({total} matching; by {}) ", m.sort.label())
     };
     let table = Table::new(rows, widths).header(Row::new(header).style(t.header())).block(Block::default().borders(Borders::TOP).title(title));
     f.render_widget(table, list);
@@ -234,7 +234,11 @@ fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
         let Some(d) = m.domains.get(name) else { continue };
         let badge = match (d.state, d.expires_ms) {
             (DomainState::Blocked, Some(x)) => format!("blocked {}", human(x.saturating_sub(now) / 1000)),
-            (DomainState::Pending, _) => format!("PENDING {}", d.when_ms.map(|w| human(now.saturating_sub(w) / 1000)).unwrap_or_default()),
+            (DomainState::Pending, _) => {
+                let wait = m.status.as_ref().map_or(0, |s| s.approval_wait_s);
+                let age = d.when_ms.map_or(0, |w| now.saturating_sub(w) / 1000);
+                if wait > age { format!("PENDING {} left", human(wait - age)) } else { "PENDING".to_owned() }
+            }
             (s, _) => s.as_str().to_owned(),
         };
         let why = d.reason.clone().unwrap_or_default();
@@ -256,7 +260,7 @@ fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
         rows.push(row);
     }
     let mut header = vec!["domain", "state", "reason", "streams in/out"];
-    let mut widths = vec![Constraint::Min(20), Constraint::Length(16), Constraint::Min(12), Constraint::Length(14)];
+    let mut widths = vec![Constraint::Min(20), Constraint::Length(20), Constraint::Min(12), Constraint::Length(14)];
     if wide {
         header.extend(["who", "last seen", "last verification"]);
         widths.extend([Constraint::Length(20), Constraint::Length(19), Constraint::Min(20)]);
@@ -300,7 +304,8 @@ fn draw_transcript(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
         return;
     };
     let mut lines: Vec<Line> = Vec::new();
-    for l in &m.transcript {
+    let search = m.filter.to_lowercase();
+    for l in m.transcript.iter().filter(|l| search.is_empty() || l.text.to_lowercase().contains(&search)) {
         let (mark, style) = match l.dir.as_str() {
             "in" => ("<<", t.fg(Color::Cyan)),
             "out" => (">>", t.fg(Color::Green)),
@@ -320,10 +325,11 @@ fn draw_transcript(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     let visible: Vec<Line> = lines.into_iter().skip(top).take(h).collect();
     let state = m.conns.get(&id).map(|c| c.state.as_str()).unwrap_or("?");
     let title = format!(
-        " Transcript {} ({state}) — {}{} ",
+        " Transcript {} ({state}) — {}{}{} ",
         &id[..id.len().min(12)],
         if m.follow { "following" } else { "paused" },
-        if m.reveal { ", keys revealed" } else { "" }
+        if m.reveal { ", keys revealed" } else { "" },
+        if search.is_empty() { String::new() } else { format!(", lines matching {search:?}") }
     );
     f.render_widget(Paragraph::new(visible).block(Block::default().borders(Borders::TOP).title(title)), area);
 }
@@ -336,10 +342,10 @@ fn draw_footer(f: &mut Frame, m: &Model, t: &Theme, area: Rect) {
         Prompt::Filter { input } => format!("filter: {input}_"),
     });
     let keys = match m.view {
-        View::Connections => "Enter transcript  k close  a approve  b block  B blacklist  p probe  / filter  m mode  ? help  q quit",
+        View::Connections => "Enter transcript  k close  a approve  b block  B blacklist  p probe  / filter  s sort  m mode  ? help  q quit",
         View::Domains => "a approve  b block  B blacklist  u clear  p probe  Enter history  / filter  m mode  ? help  q quit",
         View::Verifications => "/ filter (domain or result)  a approve  b block  ? help  q quit",
-        View::Transcript => "f follow/pause  ↑↓ scroll  r reveal keys  w write to file  ? help  q quit",
+        View::Transcript => "f follow/pause  ↑↓ scroll  / search  r reveal keys  w write to file  ? help  q quit",
     };
     let first = match (&prompt, &m.message) {
         (Some(p), _) => Line::from(Span::styled(p.clone(), t.fg(Color::Yellow).add_modifier(Modifier::BOLD))),

@@ -133,6 +133,9 @@ pub struct Status {
     pub established: usize,
     pub require_encryption: bool,
     pub mode: String,
+    /// `[policy] approval_wait` in seconds (the dashboard's countdown).
+    #[serde(default)]
+    pub approval_wait_s: u64,
     pub pending: usize,
     pub blocked: usize,
     pub blacklisted: usize,
@@ -276,6 +279,7 @@ pub fn status(shared: &Shared) -> Status {
         established: snaps.iter().filter(|s| s.state == ConnState::Established).count(),
         require_encryption: shared.settings.tls.require_encryption,
         mode: shared.policy.mode().as_str().to_owned(),
+        approval_wait_s: shared.settings.policy.approval_wait.as_secs(),
         pending: counts.get(&crate::policy::DomainState::Pending).copied().unwrap_or(0),
         blocked: counts.get(&crate::policy::DomainState::Blocked).copied().unwrap_or(0),
         blacklisted: counts.get(&crate::policy::DomainState::Blacklisted).copied().unwrap_or(0),
