@@ -5,55 +5,11 @@
 mod common;
 
 use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use common::*;
 use drawbridge::control::{self, Request};
-
-struct Tmux(String);
-
-impl Tmux {
-    fn start(name: &str, cmd: &str) -> Tmux {
-        let _ = Command::new("tmux").args(["kill-session", "-t", name]).output();
-        let ok = Command::new("tmux").args(["new-session", "-d", "-s", name, "-x", "120", "-y", "32", cmd]).status().expect("tmux is installed");
-        assert!(ok.success());
-        Tmux(name.to_owned())
-    }
-
-    fn screen(&self) -> String {
-        let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.0]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        for k in keys {
-            assert!(Command::new("tmux").args(["send-keys", "-t", &self.0, k]).status().unwrap().success());
-        }
-    }
-
-    /// Wait (bounded) until the screen shows all of `needles`.
-    async fn wait_for(&self, needles: &[&str]) -> String {
-        let t0 = Instant::now();
-        loop {
-            let s = self.screen();
-            if needles.iter().all(|n| s.contains(n)) {
-                return s;
-            }
-            assert!(t0.elapsed() < WAIT, "screen never showed {needles:?}:\n{s}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn alive(&self) -> bool {
-        Command::new("tmux").args(["has-session", "-t", &self.0]).status().map(|s| s.success()).unwrap_or(false)
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).output();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_from_the_keyboard_then_attach_after_restart() {

@@ -22,6 +22,8 @@ use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 use hickory_server::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::Instant;
 
 /// Bound for every wait in tests: a broken feature fails, it does not hang.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -388,3 +390,50 @@ impl Dns {
         self.zone.upsert(Record::from_rdata(name, 0, RData::SRV(srv)), 2).await;
     }
 }
+
+/// A tmux session running the real binary (end-to-end dashboard tests).
+pub struct Tmux(String);
+
+impl Tmux {
+    pub fn start(name: &str, cmd: &str) -> Tmux {
+        let _ = Command::new("tmux").args(["kill-session", "-t", name]).output();
+        let ok = Command::new("tmux").args(["new-session", "-d", "-s", name, "-x", "120", "-y", "32", cmd]).status().expect("tmux is installed");
+        assert!(ok.success());
+        Tmux(name.to_owned())
+    }
+
+    pub fn screen(&self) -> String {
+        let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.0]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            assert!(Command::new("tmux").args(["send-keys", "-t", &self.0, k]).status().unwrap().success());
+        }
+    }
+
+    /// Wait (bounded) until the screen shows all of `needles`.
+    pub async fn wait_for(&self, needles: &[&str]) -> String {
+        let t0 = Instant::now();
+        loop {
+            let s = self.screen();
+            if needles.iter().all(|n| s.contains(n)) {
+                return s;
+            }
+            assert!(t0.elapsed() < WAIT, "screen never showed {needles:?}:\n{s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn alive(&self) -> bool {
+        Command::new("tmux").args(["has-session", "-t", &self.0]).output().map(|o| o.status.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).output();
+    }
+}
+
