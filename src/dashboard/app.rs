@@ -43,15 +43,15 @@ async fn event_loop(
     let (notes_tx, mut notes_rx) = tokio::sync::mpsc::channel::<String>(16);
     let mut frame = tokio::time::interval(FRAME);
     frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The header's uptime and counts; the only wake-up of an idle dashboard.
     let mut status_tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            _ = frame.tick() => {
-                if model.dirty {
-                    terminal.draw(|f| super::ui::draw(f, model)).map_err(|e| e.to_string())?;
-                    model.dirty = false;
-                }
+            // Only armed when something changed: an idle dashboard does not wake up.
+            _ = frame.tick(), if model.dirty => {
+                terminal.draw(|f| super::ui::draw(f, model)).map_err(|e| e.to_string())?;
+                model.dirty = false;
             }
             _ = status_tick.tick() => {
                 // Uptime and counts in the header.
