@@ -186,7 +186,7 @@ pub async fn serve(shared: Arc<Shared>, listener: UnixListener) {
         match accepted {
             Ok((stream, _)) => {
                 let who = peer_user(&stream);
-                tokio::spawn(client(shared.clone(), stream, who));
+                shared.tasks.spawn(client(shared.clone(), stream, who));
             }
             Err(e) => {
                 tracing::warn!("control socket accept failed: {e}");
@@ -220,7 +220,10 @@ fn peer_user(stream: &UnixStream) -> String {
 
 async fn client(shared: Arc<Shared>, stream: UnixStream, who: String) {
     let mut watching: Vec<String> = Vec::new();
-    client_loop(&shared, stream, &who, &mut watching).await;
+    tokio::select! {
+        _ = client_loop(&shared, stream, &who, &mut watching) => {}
+        _ = shared.shutdown.cancelled() => {}
+    }
     for id in watching {
         if let Some(e) = shared.table.get(&id) {
             e.watch(false);

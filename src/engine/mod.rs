@@ -56,6 +56,9 @@ pub struct Shared {
     pub listening: Vec<SocketAddr>,
     pub store: Arc<Store>,
     pub policy: Policy,
+    /// Every per-stream and per-client task, so shutdown can wait for them (they hold the
+    /// store, whose lock must be free when `shutdown` returns).
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl Shared {
@@ -196,6 +199,7 @@ impl Engine {
             listening,
             store,
             policy,
+            tasks: tokio_util::task::TaskTracker::new(),
         });
         let mut tasks = JoinSet::new();
         for l in listeners {
@@ -256,6 +260,10 @@ impl Engine {
             tracing::warn!(streams = self.shared.table.live_count(), "streams still open after the close timeout; dropping them");
         }
         self.tasks.shutdown().await;
+        self.shared.tasks.close();
+        if tokio::time::timeout(limit, self.shared.tasks.wait()).await.is_err() {
+            tracing::warn!(tasks = self.shared.tasks.len(), "tasks still running after the close timeout");
+        }
         if let Err(e) = self.shared.store.snapshot_open(&[]) {
             tracing::error!("store: {e}");
         }
@@ -389,7 +397,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                     continue;
                 }
                 let _ = tcp.set_nodelay(true);
-                tokio::spawn(crate::stream::inbound::run(shared.clone(), tcp, peer));
+                shared.tasks.spawn(crate::stream::inbound::run(shared.clone(), tcp, peer));
             }
             Err(e) => {
                 tracing::warn!("accept failed: {e}");

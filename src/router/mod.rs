@@ -139,7 +139,7 @@ impl Router {
         drop(map);
         let shared2 = shared.clone();
         let (l, r) = (local.clone(), remote.clone());
-        tokio::spawn(async move {
+        shared.tasks.spawn(async move {
             crate::stream::outbound::run(shared2, l, r, entry, srx, vrx).await;
         });
         Ok(h)

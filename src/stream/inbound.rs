@@ -354,7 +354,7 @@ impl In<'_> {
         self.entry.set_pair(&local, &remote, PairStatus::Pending, AuthMethod::Dialback);
         tracing::info!(stream = %self.entry.id, "{remote} → {local}: asking {remote}'s authoritative server (db:verify)");
         let (shared, tx, id, key) = (self.shared.clone(), self.done_tx.clone(), self.stream_id.clone(), db.key);
-        tokio::spawn(async move {
+        self.shared.tasks.spawn(async move {
             let answer = shared.router.verify(&shared, &local, &remote, &id, &key).await;
             let _ = tx.send(Verified { local, remote, answer }).await;
         });
