@@ -68,6 +68,13 @@ async fn block_from_the_keyboard_then_attach_after_restart() {
     attach.wait_for(&["drawbridge", "b.test"]).await;
     attach.keys(&["2"]);
     attach.wait_for(&["a.test", "blocked", "flooding"]).await;
+    // A second operator attached at the same time sees the same, and Enter shows the history.
+    let second = Tmux::start(&format!("db-attach2-{port}"), &format!("{bin} attach --socket {}", sock.display()));
+    second.keys(&["2"]);
+    second.wait_for(&["a.test", "blocked"]).await;
+    second.keys(&["Enter"]);
+    second.wait_for(&["Domain history", "refused: a.test is blocked: flooding", "policy log"]).await;
+    second.keys(&["Escape", "q"]);
     // Quitting the attached dashboard leaves the server running.
     attach.keys(&["q"]);
     let t0 = Instant::now();

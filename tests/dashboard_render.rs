@@ -183,6 +183,24 @@ fn transcript_masks_keys_until_revealed() {
 }
 
 #[test]
+fn domain_history_overlay() {
+    let mut m = model();
+    m.view = View::Domains;
+    m.domain_report = Some(drawbridge::control::DomainReport {
+        domain: "flood.test".into(),
+        record: m.domains.get("flood.test").cloned(),
+        verdict: "refused: flood.test is blocked: flooding".into(),
+        outcomes: m.outcomes.iter().cloned().collect(),
+        streams: vec![conn("x", Direction::In, "flood.test", ConnState::Closed, None, Some("policy: flood.test is blocked"))],
+        policy_log: vec![drawbridge::store::PolicyAction { time_ms: now_ms(), who: "root (uid 0)".into(), action: "block".into(), domain: Some("flood.test".into()), reason: Some("flooding".into()) }],
+    });
+    let s = screen(&mut m, 120, 40);
+    for needle in ["Domain history", "refused: flood.test is blocked", "verifications", "streams", "policy log", "block by root (uid 0): flooding"] {
+        assert!(s.contains(needle), "{needle}: {s}");
+    }
+}
+
+#[test]
 fn sorting_connections() {
     let mut m = model();
     m.cycle_sort(); // by remote

@@ -79,8 +79,9 @@ async fn event_loop(
             },
             k = keys.next() => match k {
                 Some(Ok(TermEvent::Key(key))) if key.kind == KeyEventKind::Press => {
-                    if model.show_help {
+                    if model.show_help || model.domain_report.is_some() {
                         model.show_help = false;
+                        model.domain_report = None;
                         model.dirty = true;
                         continue;
                     }
@@ -199,10 +200,11 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
             }
             View::Domains => {
                 if let Some(d) = m.selected_domain() {
-                    m.set_filter(d.clone());
-                    m.view = View::Verifications;
                     let r = client.request(Request::Domain { domain: d.clone() }).await;
-                    m.message = r.data.and_then(|v| v.get("verdict").and_then(|x| x.as_str()).map(|v| format!("{d}: {v}")));
+                    match r.data.map(serde_json::from_value::<crate::control::DomainReport>) {
+                        Some(Ok(report)) => m.domain_report = Some(report),
+                        _ => m.message = Some(format!("{d}: {}", r.error.unwrap_or_else(|| "no history".into()))),
+                    }
                 }
             }
             _ => {}

@@ -101,6 +101,8 @@ pub struct Model {
     pub prompt: Option<Prompt>,
     pub message: Option<String>,
     pub show_help: bool,
+    /// A domain's history, shown over the view (Enter in Domains; any key closes).
+    pub domain_report: Option<crate::control::DomainReport>,
     pub no_color: bool,
     /// Something changed since the last frame.
     pub dirty: bool,
@@ -146,6 +148,7 @@ impl Model {
             prompt: None,
             message: None,
             show_help: false,
+            domain_report: None,
             no_color,
             dirty: true,
             conn_index: Vec::new(),

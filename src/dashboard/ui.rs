@@ -63,6 +63,55 @@ pub fn draw(f: &mut Frame, m: &mut Model) {
     if m.show_help {
         draw_help(f, &t);
     }
+    if let Some(r) = &m.domain_report {
+        draw_domain_report(f, r, &t);
+    }
+}
+
+/// A domain's history: standing and why, counters, recent verifications, streams, policy log.
+fn draw_domain_report(f: &mut Frame, r: &crate::control::DomainReport, t: &Theme) {
+    let area = f.area();
+    let rect = Rect { x: area.x + 2, y: area.y + 2, width: area.width.saturating_sub(4), height: area.height.saturating_sub(4) };
+    let mut lines = vec![Line::from(Span::styled(format!("{}: {}", r.domain, r.verdict), t.header()))];
+    if let Some(rec) = &r.record {
+        let mut state = rec.state.as_str().to_owned();
+        if let Some(x) = rec.expires_ms {
+            state.push_str(&format!(" until {}", fmt_utc(x)));
+        }
+        if let Some(reason) = &rec.reason {
+            state.push_str(&format!(" — {reason}"));
+        }
+        if let (Some(who), Some(when)) = (&rec.who, rec.when_ms) {
+            state.push_str(&format!(" (by {who}, {})", fmt_utc(when)));
+        }
+        lines.push(Line::from(Span::styled(state, t.state(rec.state))));
+        lines.push(Line::from(format!("streams {} in / {} out, stanzas {} in / {} out", rec.streams_in, rec.streams_out, rec.stanzas_in, rec.stanzas_out)));
+    }
+    lines.push(Line::from(Span::styled("verifications", t.header())));
+    for o in &r.outcomes {
+        lines.push(Line::from(vec![
+            Span::raw(format!("  {} {:<3} ", &fmt_utc(o.time_ms)[..19], if o.direction == Direction::In { "in" } else { "out" })),
+            Span::styled(format!("{:<8}", format!("{:?}", o.result).to_lowercase()), t.result(o.result)),
+            Span::raw(o.reason.clone()),
+        ]));
+    }
+    lines.push(Line::from(Span::styled("streams", t.header())));
+    for s in &r.streams {
+        lines.push(Line::from(format!(
+            "  {} {:<3} {}/{} stanzas  {}",
+            &fmt_utc(s.opened_ms)[..19],
+            if s.direction == Direction::In { "in" } else { "out" },
+            s.stanzas_in,
+            s.stanzas_out,
+            s.close_reason.clone().unwrap_or_default()
+        )));
+    }
+    lines.push(Line::from(Span::styled("policy log", t.header())));
+    for a in &r.policy_log {
+        lines.push(Line::from(format!("  {} {} by {}{}", &fmt_utc(a.time_ms)[..19], a.action, a.who, a.reason.as_deref().map(|x| format!(": {x}")).unwrap_or_default())));
+    }
+    f.render_widget(Clear, rect);
+    f.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" Domain history (any key closes) ")).wrap(Wrap { trim: false }), rect);
 }
 
 fn draw_header(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
