@@ -16,6 +16,9 @@ use crate::engine::ProbeReport;
 
 const FRAME: Duration = Duration::from_millis(50);
 
+/// The last panic seen while the dashboard is up (shown in the footer).
+static PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 /// Run the dashboard until the operator quits (or the engine goes away).
 pub async fn run(client: Client, stop: tokio_util::sync::CancellationToken) -> Result<(), String> {
     let client = Arc::new(client);
@@ -23,8 +26,25 @@ pub async fn run(client: Client, stop: tokio_util::sync::CancellationToken) -> R
     model.load(client.snapshot().await?);
     let mut incoming = client.events().await?;
     let mut terminal = ratatui::init();
-    let result = event_loop(&mut terminal, &client, &mut model, &mut incoming, stop).await;
+    // ratatui's hook restores the terminal on any panic, which would leave this UI drawing
+    // into a restored terminal if a background task panicked. Instead: log it and show it in
+    // the footer; a panic of the UI itself is caught below and the terminal restored then.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        let msg = format!("a task panicked: {info}");
+        tracing::error!("{msg}");
+        *PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+    }));
+    let result = {
+        use futures_util::FutureExt;
+        std::panic::AssertUnwindSafe(event_loop(&mut terminal, &client, &mut model, &mut incoming, stop)).catch_unwind().await
+    };
     ratatui::restore();
+    std::panic::set_hook(previous);
+    let result = match result {
+        Ok(r) => r,
+        Err(_) => Err(PANIC.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| "the dashboard panicked".into())),
+    };
     if let Some(id) = model.transcript_id.take() {
         client.request(Request::Watch { id, on: false }).await;
     }
@@ -50,6 +70,9 @@ async fn event_loop(
             _ = stop.cancelled() => return Ok(()),
             // Only armed when something changed: an idle dashboard does not wake up.
             _ = frame.tick(), if model.dirty => {
+                if let Some(p) = PANIC.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                    model.message = Some(format!("{p} — see the log file"));
+                }
                 terminal.draw(|f| super::ui::draw(f, model)).map_err(|e| e.to_string())?;
                 model.dirty = false;
             }
