@@ -5,14 +5,14 @@
 use std::time::Instant;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use drawbridge::dashboard::input::{intent, Intent};
+use drawbridge::dashboard::input::{Intent, intent};
 use drawbridge::dashboard::state::{Model, View};
 use drawbridge::dashboard::ui::draw;
 use drawbridge::engine::events::*;
 use drawbridge::policy::DomainState;
 use drawbridge::store::DomainRecord;
-use ratatui::backend::TestBackend;
 use ratatui::Terminal;
+use ratatui::backend::TestBackend;
 
 fn main() {
     let mut m = Model::new(false);
@@ -28,7 +28,12 @@ fn main() {
                 state: ConnState::Established,
                 stream_id: None,
                 tls: None,
-                pairs: vec![PairInfo { local: "island.example".into(), remote: format!("peer{}.example", i / 2), status: PairStatus::Valid, method: AuthMethod::Dialback }],
+                pairs: vec![PairInfo {
+                    local: "island.example".into(),
+                    remote: format!("peer{}.example", i / 2),
+                    status: PairStatus::Valid,
+                    method: AuthMethod::Dialback,
+                }],
                 opened_ms: now - i * 1000,
                 last_activity_ms: now,
                 stanzas_in: i,
@@ -81,7 +86,9 @@ fn main() {
     println!("stream event + reindex (10 000) + frame: {:.2} ms", t0.elapsed().as_secs_f64() * 1000.0);
     m.view = View::Domains;
     let t0 = Instant::now();
-    m.apply(Event::DomainChanged { record: DomainRecord { domain: "new.example".into(), state: DomainState::Pending, ..Default::default() } });
+    m.apply(Event::DomainChanged {
+        record: DomainRecord { domain: "new.example".into(), state: DomainState::Pending, ..Default::default() },
+    });
     term.draw(|f| draw(f, &mut m)).unwrap();
     println!("domain event + reindex (100 000) + frame: {:.2} ms", t0.elapsed().as_secs_f64() * 1000.0);
 }

@@ -15,7 +15,8 @@ fn main() {
     let per_copy = body.lines().count();
     // A long stream: the body repeated, read in 16 KiB chunks as a socket would deliver it.
     let copies = 200;
-    let stream: Vec<u8> = std::iter::once(header.as_bytes()).chain(std::iter::repeat_n(body.as_bytes(), copies)).flatten().copied().collect();
+    let stream: Vec<u8> =
+        std::iter::once(header.as_bytes()).chain(std::iter::repeat_n(body.as_bytes(), copies)).flatten().copied().collect();
     let chunk = 16 * 1024;
 
     let run = || {
@@ -48,13 +49,15 @@ fn main() {
     }
     let secs = t0.elapsed().as_secs_f64();
     let bytes = stream.len() as f64 * rounds as f64;
-    println!("framer + element tree, one core: {:.0} MB/s, {:.0} stanzas/s ({} stanzas of {:.0} bytes avg, {} rounds, {:.2} s)",
+    println!(
+        "framer + element tree, one core: {:.0} MB/s, {:.0} stanzas/s ({} stanzas of {:.0} bytes avg, {} rounds, {:.2} s)",
         bytes / secs / 1e6,
         stanzas as f64 / secs,
         stanzas,
         body.len() as f64 / per_copy as f64,
         rounds,
-        secs);
+        secs
+    );
 }
 
 #[allow(dead_code)]
@@ -90,7 +93,11 @@ fn baseline(body: &str) {
 fn breakdown(body: &str) {
     use quick_xml::events::Event;
     let stanzas: Vec<&str> = body.lines().collect();
-    let base = vec![(String::new(), "jabber:server".to_string()), ("stream".into(), "http://etherx.jabber.org/streams".into()), ("db".into(), "jabber:server:dialback".into())];
+    let base = vec![
+        (String::new(), "jabber:server".to_string()),
+        ("stream".into(), "http://etherx.jabber.org/streams".into()),
+        ("db".into(), "jabber:server:dialback".into()),
+    ];
     let time = |name: &str, f: &dyn Fn()| {
         let t0 = Instant::now();
         let mut rounds = 0;

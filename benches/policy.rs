@@ -29,10 +29,14 @@ fn main() {
         .map(|d| Domain::parse(d).unwrap())
         .collect();
     let empty = per_verdict(&policy, &probes);
-    let entries: Vec<(Domain, Option<String>)> = (0..100_000).map(|i| (Domain::parse(&format!("evil-{i}.example")).unwrap(), None)).collect();
+    let entries: Vec<(Domain, Option<String>)> =
+        (0..100_000).map(|i| (Domain::parse(&format!("evil-{i}.example")).unwrap(), None)).collect();
     let t0 = Instant::now();
     rt.block_on(policy.blacklist_many(&entries, "bench", "bench")).unwrap();
     let import = t0.elapsed();
     let full = per_verdict(&policy, &probes);
-    println!("policy verdict: {empty:.0} ns with an empty blacklist, {full:.0} ns with 100 000 entries (import of 100 000: {:.2} s)", import.as_secs_f64());
+    println!(
+        "policy verdict: {empty:.0} ns with an empty blacklist, {full:.0} ns with 100 000 entries (import of 100 000: {:.2} s)",
+        import.as_secs_f64()
+    );
 }

@@ -372,8 +372,9 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
     }
     let mut listen = Vec::new();
     for (i, a) in f.server.listen.iter().enumerate() {
-        let addr: SocketAddr =
-            a.parse().map_err(|_| bad(&format!("server.listen[{i}]"), format!("{a:?} is not an address like \"127.0.0.1:5269\" or \"[::]:5269\"")))?;
+        let addr: SocketAddr = a.parse().map_err(|_| {
+            bad(&format!("server.listen[{i}]"), format!("{a:?} is not an address like \"127.0.0.1:5269\" or \"[::]:5269\""))
+        })?;
         listen.push(addr);
     }
     if f.server.data_dir.trim().is_empty() {
@@ -467,7 +468,9 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
     };
     let mode = match &f.policy.mode {
         None => crate::policy::Mode::Open,
-        Some(m) => crate::policy::Mode::parse(m).ok_or_else(|| bad("policy.mode", format!("{m:?} is not one of open, approval, allowlist")))?,
+        Some(m) => {
+            crate::policy::Mode::parse(m).ok_or_else(|| bad("policy.mode", format!("{m:?} is not one of open, approval, allowlist")))?
+        }
     };
     let policy = PolicySettings { mode, approval_wait: dur("policy.approval_wait", &f.policy.approval_wait, Duration::from_secs(60))? };
     let max_records = f.store.max_records.unwrap_or(100_000);

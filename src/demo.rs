@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::domain::Domain;
-use crate::engine::{change_domain, change_mode, import_blacklist, Engine, Shared};
+use crate::engine::{Engine, Shared, change_domain, change_mode, import_blacklist};
 use crate::net::tls::TlsContext;
 use crate::policy::{Change, Mode};
 use crate::stream::Transport;
@@ -77,7 +77,9 @@ impl Demo {
             ports.push(free_port().map_err(|e| e.to_string())?);
         }
         let overrides: Vec<(&str, u16)> = names.iter().copied().zip(ports.iter().copied()).collect();
-        let main = Engine::start(settings(&dir, DEMO_DOMAIN, main_port, &overrides, "[policy]\napproval_wait = \"10m\"\n")?).await.map_err(|e| e.to_string())?;
+        let main = Engine::start(settings(&dir, DEMO_DOMAIN, main_port, &overrides, "[policy]\napproval_wait = \"10m\"\n")?)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut peers = Vec::new();
         for (name, port) in names.iter().zip(&ports) {
             let extra = if *name == "oldcert.example" { expired_cert(&dir, name)? } else { String::new() };
@@ -87,9 +89,13 @@ impl Demo {
         let who = "demo setup";
         change_mode(sh, Mode::Approval, who).await.map_err(|e| e.to_string())?;
         for d in ["friend.example", "oldcert.example"] {
-            change_domain(sh, &Domain::parse(d).expect("valid"), Change::Approve, who, Some("demo partner")).await.map_err(|e| e.to_string())?;
+            change_domain(sh, &Domain::parse(d).expect("valid"), Change::Approve, who, Some("demo partner"))
+                .await
+                .map_err(|e| e.to_string())?;
         }
-        import_blacklist(sh, "# demo blacklist\nspam.example # sends spam\n", "demo-blacklist", who, false).await.map_err(|e| e.to_string())?;
+        import_blacklist(sh, "# demo blacklist\nspam.example # sends spam\n", "demo-blacklist", who, false)
+            .await
+            .map_err(|e| e.to_string())?;
         let stop = CancellationToken::new();
         let demo = Demo { main, peers, stop, dir };
         demo.behave(main_port);
@@ -98,19 +104,22 @@ impl Demo {
 
     fn behave(&self, main_port: u16) {
         let main = self.main.shared.clone();
-        let by_name = |n: &str| self.peers.iter().find(|e| e.shared.settings.domains[0].as_str() == n).map(|e| e.shared.clone()).expect("peer");
-        let (friend, newcomer, spam, oldcert) = (by_name("friend.example"), by_name("newcomer.example"), by_name("spam.example"), by_name("oldcert.example"));
-        let every = |period: Duration, stop: CancellationToken, f: Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>| {
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(period);
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tick.tick() => f().await,
+        let by_name =
+            |n: &str| self.peers.iter().find(|e| e.shared.settings.domains[0].as_str() == n).map(|e| e.shared.clone()).expect("peer");
+        let (friend, newcomer, spam, oldcert) =
+            (by_name("friend.example"), by_name("newcomer.example"), by_name("spam.example"), by_name("oldcert.example"));
+        let every =
+            |period: Duration, stop: CancellationToken, f: Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>| {
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(period);
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tick.tick() => f().await,
+                        }
                     }
-                }
-            });
-        };
+                });
+            };
         let probe = |from: Arc<Shared>, to: &'static str| -> Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync> {
             Arc::new(move || {
                 let from = from.clone();
@@ -127,16 +136,20 @@ impl Demo {
         every(
             Duration::from_secs(9),
             self.stop.clone(),
-            Arc::new(move || Box::pin(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(10), spoof(main_port)).await;
-            })),
+            Arc::new(move || {
+                Box::pin(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), spoof(main_port)).await;
+                })
+            }),
         );
         every(
             Duration::from_secs(13),
             self.stop.clone(),
-            Arc::new(move || Box::pin(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(10), garble(main_port)).await;
-            })),
+            Arc::new(move || {
+                Box::pin(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), garble(main_port)).await;
+                })
+            }),
         );
     }
 
@@ -164,7 +177,8 @@ async fn spoof(port: u16) -> std::io::Result<()> {
     let Transport::Plain(tcp) = io else { return Ok(()) };
     let ck = rcgen::generate_simple_self_signed(vec![claimed.to_owned()]).map_err(std::io::Error::other)?;
     let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).map_err(std::io::Error::other)?;
-    let ctx = TlsContext::from_parts(vec![ck.cert.der().clone()], key, &[Domain::parse(claimed).expect("valid")]).map_err(std::io::Error::other)?;
+    let ctx = TlsContext::from_parts(vec![ck.cert.der().clone()], key, &[Domain::parse(claimed).expect("valid")])
+        .map_err(std::io::Error::other)?;
     let connector = tokio_rustls::TlsConnector::from(ctx.client_config(&Domain::parse(claimed).expect("valid")));
     let tls = connector.connect(rustls::pki_types::ServerName::try_from(DEMO_DOMAIN).map_err(std::io::Error::other)?, tcp).await?;
     let mut io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));

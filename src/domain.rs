@@ -37,9 +37,9 @@ impl Domain {
                 }
             }
         }
-        if let Some(c) = s.chars().find(|c| {
-            c.is_whitespace() || c.is_control() || matches!(c, '@' | '/' | '"' | '\'' | '<' | '>' | '&' | '\\')
-        }) {
+        if let Some(c) =
+            s.chars().find(|c| c.is_whitespace() || c.is_control() || matches!(c, '@' | '/' | '"' | '\'' | '<' | '>' | '&' | '\\'))
+        {
             return Err(DomainError::BadChar(s.to_owned(), c));
         }
         Ok(Domain(s.to_lowercase()))

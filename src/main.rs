@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand};
 use drawbridge::config::Settings;
 use drawbridge::control::{self, ChangeReport, DomainReport, Request};
 use drawbridge::engine::events::fmt_utc;
-use drawbridge::store::DomainRecord;
 use drawbridge::engine::events::{ConnSnapshot, VerificationOutcome};
 use drawbridge::engine::{Engine, ProbeReport, Status};
+use drawbridge::store::DomainRecord;
 
 #[derive(Parser)]
 #[command(name = "drawbridge", version, about = "XMPP server-to-server federation server")]
@@ -236,7 +236,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let mut engine = Engine::start(settings).await?;
     engine.serve_control()?;
     tracing::info!(control = %engine.shared.settings.control_socket.display(), "control socket ready");
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -299,8 +299,11 @@ async fn attach(socket: PathBuf) -> anyhow::Result<ExitCode> {
 }
 
 /// SIGTERM / SIGHUP / SIGINT end the dashboard cleanly (the terminal is restored).
-async fn with_signals(dash: impl std::future::Future<Output = Result<(), String>>, stop: tokio_util::sync::CancellationToken) -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
+async fn with_signals(
+    dash: impl std::future::Future<Output = Result<(), String>>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -343,7 +346,9 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
             } else {
                 std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{file}: {e}"))?
             };
-            let source = source.clone().or_else(|| (file != "-").then(|| std::path::Path::new(file).file_name().map(|f| f.to_string_lossy().into_owned())).flatten());
+            let source = source.clone().or_else(|| {
+                (file != "-").then(|| std::path::Path::new(file).file_name().map(|f| f.to_string_lossy().into_owned())).flatten()
+            });
             (Request::BlacklistImport { text, source, dry_run: *dry_run }, *json)
         }
         CtlCommand::Blacklist { list: None, domain, reason, json } => {
@@ -465,7 +470,11 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
             match &r.record {
                 None => println!("never seen or decided"),
                 Some(rec) => {
-                    println!("state:        {}{}", rec.state.as_str(), rec.expires_ms.map(|t| format!(" until {}", fmt_utc(t))).unwrap_or_default());
+                    println!(
+                        "state:        {}{}",
+                        rec.state.as_str(),
+                        rec.expires_ms.map(|t| format!(" until {}", fmt_utc(t))).unwrap_or_default()
+                    );
                     if let Some(reason) = &rec.reason {
                         println!("reason:       {reason}");
                     }
@@ -478,7 +487,10 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
                     if let (Some(f), Some(l)) = (rec.first_seen_ms, rec.last_seen_ms) {
                         println!("seen:         first {}, last {}", fmt_utc(f), fmt_utc(l));
                     }
-                    println!("streams:      {} in, {} out; stanzas {} in, {} out", rec.streams_in, rec.streams_out, rec.stanzas_in, rec.stanzas_out);
+                    println!(
+                        "streams:      {} in, {} out; stanzas {} in, {} out",
+                        rec.streams_in, rec.streams_out, rec.stanzas_in, rec.stanzas_out
+                    );
                     if let Some(v) = &rec.last_verification {
                         println!("verification: {v}");
                     }
@@ -497,7 +509,13 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
             if !r.policy_log.is_empty() {
                 println!("\npolicy log:");
                 for a in &r.policy_log {
-                    println!("{} {} by {}{}", fmt_utc(a.time_ms), a.action, a.who, a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default());
+                    println!(
+                        "{} {} by {}{}",
+                        fmt_utc(a.time_ms),
+                        a.action,
+                        a.who,
+                        a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                    );
                 }
             }
         }
@@ -585,12 +603,19 @@ fn print_connections(v: &[ConnSnapshot]) {
         return;
     }
     let now = drawbridge::engine::events::now_ms();
-    println!("{:<32} {:<3} {:<24} {:<24} {:<14} {:<21} {:<8} {:>6} {:>6} {:>7}", "ID", "DIR", "LOCAL", "REMOTE", "STATE", "PEER", "TLS", "IN", "OUT", "AGE");
+    println!(
+        "{:<32} {:<3} {:<24} {:<24} {:<14} {:<21} {:<8} {:>6} {:>6} {:>7}",
+        "ID", "DIR", "LOCAL", "REMOTE", "STATE", "PEER", "TLS", "IN", "OUT", "AGE"
+    );
     for c in v {
         let remote = if c.pairs.is_empty() {
             c.remote.clone().unwrap_or_default()
         } else {
-            c.pairs.iter().map(|p| format!("{}{}", p.remote, if p.status == drawbridge::engine::events::PairStatus::Valid { "" } else { "?" })).collect::<Vec<_>>().join(",")
+            c.pairs
+                .iter()
+                .map(|p| format!("{}{}", p.remote, if p.status == drawbridge::engine::events::PairStatus::Valid { "" } else { "?" }))
+                .collect::<Vec<_>>()
+                .join(",")
         };
         println!(
             "{:<32} {:<3} {:<24} {:<24} {:<14} {:<21} {:<8} {:>6} {:>6} {:>7}",

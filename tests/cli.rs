@@ -45,10 +45,38 @@ fn example_config_is_valid_and_complete() {
     drawbridge::config::Settings::parse(&text, std::path::Path::new("config.example.toml")).expect("config.example.toml parses");
     // Every key is documented there (commented-out keys show the defaults).
     for key in [
-        "domains", "listen", "data_dir", "control_socket", "cert", "key", "ca_file", "require_encryption", "nameservers",
-        "[[dns.override]]", "max_stanza_size", "max_depth", "outbound_queue", "max_streams", "max_pairs_per_stream",
-        "closed_streams", "transcript_lines", "negotiation", "connect", "dialback", "close", "idle_outbound", "keepalive", "probe", "level", "file", "mode", "approval_wait",
-        "max_records", "max_age", "flush_interval", "snapshot_interval",
+        "domains",
+        "listen",
+        "data_dir",
+        "control_socket",
+        "cert",
+        "key",
+        "ca_file",
+        "require_encryption",
+        "nameservers",
+        "[[dns.override]]",
+        "max_stanza_size",
+        "max_depth",
+        "outbound_queue",
+        "max_streams",
+        "max_pairs_per_stream",
+        "closed_streams",
+        "transcript_lines",
+        "negotiation",
+        "connect",
+        "dialback",
+        "close",
+        "idle_outbound",
+        "keepalive",
+        "probe",
+        "level",
+        "file",
+        "mode",
+        "approval_wait",
+        "max_records",
+        "max_age",
+        "flush_interval",
+        "snapshot_interval",
     ] {
         assert!(text.contains(key), "config.example.toml does not document {key}");
     }
@@ -62,7 +90,11 @@ fn unreadable_trust_roots_are_named() {
     let cfg = dir.path().join("d.toml");
     std::fs::write(
         &cfg,
-        format!("[server]\nlisten = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n[tls]\nca_file = \"{}\"\n", dir.path().join("data").display(), ca.display()),
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n[tls]\nca_file = \"{}\"\n",
+            dir.path().join("data").display(),
+            ca.display()
+        ),
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_drawbridge")).arg("--config").arg(&cfg).arg("serve").output().unwrap();

@@ -25,7 +25,8 @@ async fn blacklist_exchange_and_domain_commands() {
     std::fs::write(&list, "# community list\n\nspam.test # sends spam\na.test\nnot a domain\nspam.test\n").unwrap();
     let sock2 = sock.clone();
     let list2 = list.clone();
-    let (ok, out) = tokio::task::spawn_blocking(move || ctl(&sock2, &["blacklist", "import", list2.to_str().unwrap(), "--dry-run"])).await.unwrap();
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || ctl(&sock2, &["blacklist", "import", list2.to_str().unwrap(), "--dry-run"])).await.unwrap();
     assert!(ok, "{out}");
     assert!(out.contains("would add 2 domain(s) from community.txt: spam.test, a.test"), "{out}");
     assert!(out.contains("skipped line 5: \"not a domain\""), "{out}");
@@ -37,7 +38,12 @@ async fn blacklist_exchange_and_domain_commands() {
     let (ok, out) = tokio::task::spawn_blocking(move || ctl(&sock2, &["blacklist", "import", list2.to_str().unwrap()])).await.unwrap();
     assert!(ok, "{out}");
     assert!(out.contains("added 2 domain(s)") && out.contains("closed 2 live stream(s)"), "{out}");
-    wait_event(&mut events, "a.test's stream to close", |e| matches!(e, drawbridge::engine::events::Event::StreamClosed { stream } if stream.remote.as_deref() == Some("a.test"))).await;
+    wait_event(
+        &mut events,
+        "a.test's stream to close",
+        |e| matches!(e, drawbridge::engine::events::Event::StreamClosed { stream } if stream.remote.as_deref() == Some("a.test")),
+    )
+    .await;
     // Re-importing is idempotent.
     let (sock2, list2) = (sock.clone(), list.clone());
     let (ok, out) = tokio::task::spawn_blocking(move || ctl(&sock2, &["blacklist", "import", list2.to_str().unwrap()])).await.unwrap();

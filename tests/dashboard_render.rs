@@ -4,12 +4,12 @@
 use drawbridge::control::Snapshot;
 use drawbridge::dashboard::state::{Model, Prompt, View};
 use drawbridge::dashboard::ui::draw;
-use drawbridge::engine::events::*;
 use drawbridge::engine::Status;
+use drawbridge::engine::events::*;
 use drawbridge::policy::DomainState;
 use drawbridge::store::DomainRecord;
-use ratatui::backend::TestBackend;
 use ratatui::Terminal;
+use ratatui::backend::TestBackend;
 
 fn conn(id: &str, dir: Direction, remote: &str, state: ConnState, pair: Option<PairStatus>, close: Option<&str>) -> ConnSnapshot {
     let now = now_ms();
@@ -22,7 +22,9 @@ fn conn(id: &str, dir: Direction, remote: &str, state: ConnState, pair: Option<P
         state,
         stream_id: Some("abc".into()),
         tls: Some(TlsInfo { version: "TLS 1.3".into(), cipher: "TLS13_AES_128_GCM_SHA256".into(), peer_cert: None }),
-        pairs: pair.map(|s| vec![PairInfo { local: "island.test".into(), remote: remote.into(), status: s, method: AuthMethod::Dialback }]).unwrap_or_default(),
+        pairs: pair
+            .map(|s| vec![PairInfo { local: "island.test".into(), remote: remote.into(), status: s, method: AuthMethod::Dialback }])
+            .unwrap_or_default(),
         opened_ms: now - 65_000,
         last_activity_ms: now - 2_000,
         stanzas_in: 42,
@@ -35,7 +37,13 @@ fn conn(id: &str, dir: Direction, remote: &str, state: ConnState, pair: Option<P
 
 fn model() -> Model {
     let mut m = Model::new(true);
-    let dom = |d: &str, s: DomainState, reason: Option<&str>| DomainRecord { domain: d.into(), state: s, reason: reason.map(str::to_owned), who: Some("root (uid 0)".into()), ..Default::default() };
+    let dom = |d: &str, s: DomainState, reason: Option<&str>| DomainRecord {
+        domain: d.into(),
+        state: s,
+        reason: reason.map(str::to_owned),
+        who: Some("root (uid 0)".into()),
+        ..Default::default()
+    };
     m.load(Snapshot {
         status: Status {
             version: "0.1.0".into(),
@@ -55,7 +63,14 @@ fn model() -> Model {
         connections: vec![
             conn("aaaa1111", Direction::In, "friend.test", ConnState::Established, Some(PairStatus::Valid), None),
             conn("bbbb2222", Direction::Out, "friend.test", ConnState::Established, Some(PairStatus::Valid), None),
-            conn("cccc3333", Direction::In, "spoofer.test", ConnState::Closed, None, Some("sent <not-authorized/> (no domain is authenticated)")),
+            conn(
+                "cccc3333",
+                Direction::In,
+                "spoofer.test",
+                ConnState::Closed,
+                None,
+                Some("sent <not-authorized/> (no domain is authenticated)"),
+            ),
         ],
         domains: vec![
             dom("friend.test", DomainState::Approved, None),
@@ -134,7 +149,10 @@ fn domains_pending_pinned_first() {
         for other in ["evil.test", "flood.test", "friend.test"] {
             assert!(pending < s.find(other).unwrap(), "pending first: {s}");
         }
-        assert!(s.contains("PENDING") && s.contains("left") && s.contains("blacklisted") && s.contains("spam source") && s.contains("flooding"), "{s}");
+        assert!(
+            s.contains("PENDING") && s.contains("left") && s.contains("blacklisted") && s.contains("spam source") && s.contains("flooding"),
+            "{s}"
+        );
     }
 }
 
@@ -192,10 +210,18 @@ fn domain_history_overlay() {
         verdict: "refused: flood.test is blocked: flooding".into(),
         outcomes: m.outcomes.iter().cloned().collect(),
         streams: vec![conn("x", Direction::In, "flood.test", ConnState::Closed, None, Some("policy: flood.test is blocked"))],
-        policy_log: vec![drawbridge::store::PolicyAction { time_ms: now_ms(), who: "root (uid 0)".into(), action: "block".into(), domain: Some("flood.test".into()), reason: Some("flooding".into()) }],
+        policy_log: vec![drawbridge::store::PolicyAction {
+            time_ms: now_ms(),
+            who: "root (uid 0)".into(),
+            action: "block".into(),
+            domain: Some("flood.test".into()),
+            reason: Some("flooding".into()),
+        }],
     });
     let s = screen(&mut m, 120, 40);
-    for needle in ["Domain history", "refused: flood.test is blocked", "verifications", "streams", "policy log", "block by root (uid 0): flooding"] {
+    for needle in
+        ["Domain history", "refused: flood.test is blocked", "verifications", "streams", "policy log", "block by root (uid 0): flooding"]
+    {
         assert!(s.contains(needle), "{needle}: {s}");
     }
 }
@@ -226,7 +252,16 @@ fn prompts_and_help() {
 fn only_visible_rows_at_scale() {
     let mut m = model();
     for i in 0..10_000 {
-        m.apply(Event::StreamOpened { stream: conn(&format!("id{i:05}"), Direction::In, &format!("peer{i}.test"), ConnState::Established, Some(PairStatus::Valid), None) });
+        m.apply(Event::StreamOpened {
+            stream: conn(
+                &format!("id{i:05}"),
+                Direction::In,
+                &format!("peer{i}.test"),
+                ConnState::Established,
+                Some(PairStatus::Valid),
+                None,
+            ),
+        });
     }
     m.selected[0] = 5_000;
     let s = screen(&mut m, 120, 40);

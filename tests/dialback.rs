@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use drawbridge::engine::events::{Direction, Event, PairStatus, VerificationResult};
-use drawbridge::proto::dialback::{derive_key, DbElement, Answer};
+use drawbridge::proto::dialback::{Answer, DbElement, derive_key};
 use drawbridge::proto::ns;
 use drawbridge::proto::stream::StreamErrorCondition as C;
 use drawbridge::xml::Element;
@@ -40,7 +40,8 @@ async fn spoofed_domain_is_refused_made_up_and_replayed_keys() {
     let ans = expect_db_result(&mut a).await;
     assert_eq!(ans.answer, Some(Answer::Invalid));
     assert_eq!((ans.from.as_str(), ans.to.as_str()), ("b.test", "c.test"));
-    let ev = wait_event(&mut events, "the invalid outcome", |e| matches!(e, Event::Verification { outcome } if outcome.remote == "c.test")).await;
+    let ev = wait_event(&mut events, "the invalid outcome", |e| matches!(e, Event::Verification { outcome } if outcome.remote == "c.test"))
+        .await;
     let Event::Verification { outcome } = ev else { unreachable!() };
     assert_eq!(outcome.result, VerificationResult::Invalid);
     assert!(outcome.reason.contains("authoritative server said the dialback key is invalid"), "{}", outcome.reason);
@@ -76,7 +77,8 @@ async fn spoofed_domain_is_refused_made_up_and_replayed_keys() {
         assert_eq!(stream.stanzas_in, 0, "{stream:?}");
         assert!(stream.close_reason.as_deref().unwrap_or("").contains("not-authorized"), "{stream:?}");
     }
-    let invalid = b.engine.shared.outcomes().into_iter().filter(|o| o.remote == "c.test" && o.result == VerificationResult::Invalid).count();
+    let invalid =
+        b.engine.shared.outcomes().into_iter().filter(|o| o.remote == "c.test" && o.result == VerificationResult::Invalid).count();
     assert_eq!(invalid, 2);
 }
 
@@ -184,7 +186,11 @@ async fn dialback_error_paths() {
     assert!(matches!(ans.answer, Some(Answer::Error { ref condition, .. }) if condition == "remote-server-timeout"), "{ans:?}");
     let outcomes = b.engine.shared.outcomes();
     assert!(outcomes.iter().any(|o| o.remote == "ghost.test" && o.result == VerificationResult::Error));
-    assert!(outcomes.iter().any(|o| o.remote == "silent.test" && o.result == VerificationResult::Timeout && o.reason.contains("timeouts.dialback")));
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o.remote == "silent.test" && o.result == VerificationResult::Timeout && o.reason.contains("timeouts.dialback"))
+    );
 }
 
 /// Piggybacking (XEP-0220 §2.5 / multiplexing): a second domain authenticates on the same
@@ -197,7 +203,13 @@ async fn several_domain_pairs_on_one_stream() {
     let p_listener = publish_listener(&dns, "p.test").await;
     let sid = {
         let conns = b.engine.connections(false);
-        conns.iter().find(|c| c.direction == Direction::In && c.pairs.iter().any(|p| p.remote == "o.test")).unwrap().stream_id.clone().unwrap()
+        conns
+            .iter()
+            .find(|c| c.direction == Direction::In && c.pairs.iter().any(|p| p.remote == "o.test"))
+            .unwrap()
+            .stream_id
+            .clone()
+            .unwrap()
     };
     o.to_server.send_el(&db_result("p.test", "b.test", "kp")).await;
     let (mut p_from_b, _) = accept_as_server(&p_listener, "p.test").await;

@@ -26,7 +26,10 @@ async fn two_servers_federate_both_ways() {
 
     // a's table: an established outbound stream to b (dialback valid) and an inbound one from b.
     let conns = a.engine.connections(false);
-    let out = conns.iter().find(|c| c.direction == Direction::Out && c.remote.as_deref() == Some("b.test")).expect("a has an outbound stream to b");
+    let out = conns
+        .iter()
+        .find(|c| c.direction == Direction::Out && c.remote.as_deref() == Some("b.test"))
+        .expect("a has an outbound stream to b");
     assert_eq!(out.state, ConnState::Established);
     assert_eq!(out.pairs.len(), 1);
     assert_eq!(out.pairs[0].status, PairStatus::Valid);
@@ -49,7 +52,8 @@ async fn two_servers_federate_both_ways() {
     // A second probe reuses the streams: no new outbound stream.
     let r = within("second probe", a.engine.probe("b.test", None)).await;
     assert!(r.ok);
-    let outs = a.engine.connections(false).into_iter().filter(|c| c.direction == Direction::Out && c.remote.as_deref() == Some("b.test")).count();
+    let outs =
+        a.engine.connections(false).into_iter().filter(|c| c.direction == Direction::Out && c.remote.as_deref() == Some("b.test")).count();
     assert_eq!(outs, 1, "one outbound stream per domain pair");
 
     // Graceful shutdown closes the streams on both sides: b sees both of a's streams close.
@@ -57,7 +61,12 @@ async fn two_servers_federate_both_ways() {
     a.engine.shutdown().await;
     let mut closed = 0;
     while closed < 2 {
-        let ev = wait_event(&mut events, "b's streams with a to close", |e| matches!(e, Event::StreamClosed { stream } if stream.remote.as_deref() == Some("a.test"))).await;
+        let ev = wait_event(
+            &mut events,
+            "b's streams with a to close",
+            |e| matches!(e, Event::StreamClosed { stream } if stream.remote.as_deref() == Some("a.test")),
+        )
+        .await;
         let Event::StreamClosed { stream } = ev else { unreachable!() };
         assert!(stream.state == ConnState::Closed);
         closed += 1;
@@ -87,9 +96,15 @@ async fn transcripts_record_negotiation_and_mask_keys() {
     assert!(t.iter().any(|l| l.dir == "in" && l.text.contains("type='valid'")));
 
     // A refused attempt: its transcript is still there after the stream closed.
-    drawbridge::engine::change_domain(&b.engine.shared, &drawbridge::domain::Domain::parse("a.test").unwrap(), drawbridge::policy::Change::Block { expires_ms: None }, "t", Some("test"))
-        .await
-        .unwrap();
+    drawbridge::engine::change_domain(
+        &b.engine.shared,
+        &drawbridge::domain::Domain::parse("a.test").unwrap(),
+        drawbridge::policy::Change::Block { expires_ms: None },
+        "t",
+        Some("test"),
+    )
+    .await
+    .unwrap();
     let mut p = RawPeer::connect(b.addr).await;
     p.send(&header("a.test", "b.test")).await;
     p.expect_stream_error().await;

@@ -17,7 +17,12 @@ fn d(s: &str) -> Domain {
 async fn wait_closed_with(events: &mut tokio::sync::broadcast::Receiver<Event>, remote: &str, n: usize) -> Vec<String> {
     let mut reasons = Vec::new();
     while reasons.len() < n {
-        let ev = wait_event(events, "a stream to close", |e| matches!(e, Event::StreamClosed { stream } if stream.remote.as_deref() == Some(remote))).await;
+        let ev = wait_event(
+            events,
+            "a stream to close",
+            |e| matches!(e, Event::StreamClosed { stream } if stream.remote.as_deref() == Some(remote)),
+        )
+        .await;
         let Event::StreamClosed { stream } = ev else { unreachable!() };
         reasons.push(stream.close_reason.unwrap_or_default());
     }
@@ -32,7 +37,8 @@ async fn block_closes_live_streams_refuses_both_ways_and_expires() {
     assert!(within("probe", a.engine.probe("b.test", None)).await.ok);
 
     let mut events = b.engine.subscribe();
-    let (rec, changed, closed) = change_domain(&b.engine.shared, &d("a.test"), Change::Block { expires_ms: None }, "tester", Some("flooding")).await.unwrap();
+    let (rec, changed, closed) =
+        change_domain(&b.engine.shared, &d("a.test"), Change::Block { expires_ms: None }, "tester", Some("flooding")).await.unwrap();
     assert!(changed);
     assert_eq!(rec.state, DomainState::Blocked);
     assert_eq!(closed.len(), 2, "both streams with a.test close at once");
@@ -50,8 +56,21 @@ async fn block_closes_live_streams_refuses_both_ways_and_expires() {
     assert!(b.engine.connections(false).iter().all(|c| c.direction != Direction::Out), "no connection attempted");
 
     // A block for one second lifts by itself.
-    change_domain(&b.engine.shared, &d("a.test"), Change::Block { expires_ms: Some(drawbridge::engine::events::now_ms() + 1000) }, "tester", Some("cool down")).await.unwrap();
-    wait_event(&mut events, "the block to expire", |e| matches!(e, Event::DomainChanged { record } if record.domain == "a.test" && record.state == DomainState::Unknown)).await;
+    change_domain(
+        &b.engine.shared,
+        &d("a.test"),
+        Change::Block { expires_ms: Some(drawbridge::engine::events::now_ms() + 1000) },
+        "tester",
+        Some("cool down"),
+    )
+    .await
+    .unwrap();
+    wait_event(
+        &mut events,
+        "the block to expire",
+        |e| matches!(e, Event::DomainChanged { record } if record.domain == "a.test" && record.state == DomainState::Unknown),
+    )
+    .await;
     let r = within("probe after expiry", a.engine.probe("b.test", None)).await;
     assert!(r.ok, "{:?}", r.error);
     let log = b.engine.shared.store.policy_log(Some("a.test"), 10).unwrap();
@@ -64,7 +83,9 @@ async fn blacklisting_a_parent_refuses_subdomains_even_before_tls() {
     let dns = Dns::start().await;
     let a = start_published("chat.evil.test", &dns, "").await;
     let b = start_published("b.test", &dns, "").await;
-    change_domain(&b.engine.shared, &d("evil.test"), Change::Blacklist { source: "operator".into() }, "tester", Some("spam source")).await.unwrap();
+    change_domain(&b.engine.shared, &d("evil.test"), Change::Blacklist { source: "operator".into() }, "tester", Some("spam source"))
+        .await
+        .unwrap();
     let r = within("probe from the subdomain", a.engine.probe("b.test", None)).await;
     assert!(!r.ok);
     let r = within("probe to the subdomain", b.engine.probe("chat.evil.test", None)).await;
@@ -75,7 +96,9 @@ async fn blacklisting_a_parent_refuses_subdomains_even_before_tls() {
     p.send(&header("x.evil.test", "b.test")).await;
     let e = p.expect_condition(C::PolicyViolation).await;
     assert!(e.text.contains("blacklisted"), "{e}");
-    assert!(b.engine.connections(true).iter().any(|c| c.direction == Direction::In && c.tls.is_none() && c.close_reason.as_deref().is_some_and(|r| r.contains("policy-violation"))));
+    assert!(b.engine.connections(true).iter().any(|c| c.direction == Direction::In
+        && c.tls.is_none()
+        && c.close_reason.as_deref().is_some_and(|r| r.contains("policy-violation"))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +115,12 @@ async fn approval_mode_holds_then_releases_in_order_or_refuses() {
     assert_eq!(pending.iter().map(|r| r.domain.as_str()).collect::<Vec<_>>(), vec!["o.test"]);
     o.to_server.send("<iq type='get' id='sync' from='o.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
     // Nothing was routed yet: the held stream counted no stanza.
-    let held = b.engine.connections(false).into_iter().find(|c| c.direction == Direction::In && c.pairs.iter().any(|p| p.remote == "o.test")).unwrap();
+    let held = b
+        .engine
+        .connections(false)
+        .into_iter()
+        .find(|c| c.direction == Direction::In && c.pairs.iter().any(|p| p.remote == "o.test"))
+        .unwrap();
     assert_eq!(held.stanzas_in, 0);
     change_domain(&b.engine.shared, &d("o.test"), Change::Approve, "tester", None).await.unwrap();
     for id in ["held1", "held2", "held3", "sync"] {
@@ -140,11 +168,9 @@ async fn restart_keeps_states_mode_history_and_outcomes() {
     change_domain(sh, &d("good.test"), Change::Approve, "tester", None).await.unwrap();
     change_mode(sh, Mode::Approval, "tester").await.unwrap();
     let before: Vec<_> = sh.policy.records(None).into_iter().map(|r| (r.domain, r.state, r.reason)).collect();
-    let text = drawbridge::config::Settings::parse(
-        &config_text("b.test", b.dir.path(), dns.addr, ""),
-        &b.dir.path().join("drawbridge.toml"),
-    )
-    .unwrap();
+    let text =
+        drawbridge::config::Settings::parse(&config_text("b.test", b.dir.path(), dns.addr, ""), &b.dir.path().join("drawbridge.toml"))
+            .unwrap();
     let TestServer { engine, dir, .. } = b;
     engine.shutdown().await;
     let again = drawbridge::engine::Engine::start(text).await.unwrap();
@@ -152,7 +178,9 @@ async fn restart_keeps_states_mode_history_and_outcomes() {
     let after: Vec<_> = sh.policy.records(None).into_iter().map(|r| (r.domain, r.state, r.reason)).collect();
     assert_eq!(after, before);
     assert_eq!(sh.policy.mode(), Mode::Approval);
-    assert!(sh.store.outcomes(Some("a.test"), 10).unwrap().iter().any(|o| o.result == drawbridge::engine::events::VerificationResult::Valid));
+    assert!(
+        sh.store.outcomes(Some("a.test"), 10).unwrap().iter().any(|o| o.result == drawbridge::engine::events::VerificationResult::Valid)
+    );
     let history = sh.store.history(Some("a.test"), 10).unwrap();
     assert!(!history.is_empty(), "closed streams are in the history");
     let rec = sh.policy.record("a.test").unwrap();
@@ -170,8 +198,12 @@ async fn approval_mode_holds_outbound_traffic_until_approved() {
     let mut events = b.engine.subscribe();
     let shared = b.engine.shared.clone();
     let probe = tokio::spawn(async move { drawbridge::engine::probe(&shared, "a.test", None).await });
-    wait_event(&mut events, "a.test pending", |e| matches!(e, Event::DomainChanged { record } if record.domain == "a.test" && record.state == DomainState::Pending))
-        .await;
+    wait_event(
+        &mut events,
+        "a.test pending",
+        |e| matches!(e, Event::DomainChanged { record } if record.domain == "a.test" && record.state == DomainState::Pending),
+    )
+    .await;
     assert!(!probe.is_finished(), "the ping is held, not answered");
     change_domain(&b.engine.shared, &d("a.test"), Change::Approve, "tester", None).await.unwrap();
     let r = within("the held probe", probe).await.unwrap();

@@ -16,7 +16,9 @@ async fn hosted_domain_services() {
     let b = start_published("b.test", &dns, "").await;
     let mut o = hand_played(&b, &dns, "o.test").await;
     o.to_server.send("<iq type='get' id='1' from='u@o.test/r' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
-    o.to_server.send("<iq type='get' id='2' from='u@o.test/r' to='b.test'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    o.to_server
+        .send("<iq type='get' id='2' from='u@o.test/r' to='b.test'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        .await;
     o.to_server.send("<iq type='get' id='3' from='u@o.test/r' to='b.test'><query xmlns='jabber:iq:version'/></iq>").await;
     o.to_server.send("<iq type='get' id='4' from='u@o.test/r' to='b.test'><query xmlns='urn:unknown'/></iq>").await;
     o.to_server.send("<iq type='set' id='5' from='u@o.test/r' to='someone@b.test'><query xmlns='jabber:iq:roster'/></iq>").await;
@@ -30,7 +32,10 @@ async fn hosted_domain_services() {
     o.to_server.send("<iq type='get' id='12' from='u@o.test/r' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
 
     let r1 = o.next_stanza().await;
-    assert_eq!((r1.get_attr("type"), r1.get_attr("id"), r1.get_attr("from"), r1.get_attr("to")), (Some("result"), Some("1"), Some("b.test"), Some("u@o.test/r")));
+    assert_eq!(
+        (r1.get_attr("type"), r1.get_attr("id"), r1.get_attr("from"), r1.get_attr("to")),
+        (Some("result"), Some("1"), Some("b.test"), Some("u@o.test/r"))
+    );
     let r2 = o.next_stanza().await;
     let q = r2.get_child("query", ns::DISCO_INFO).expect("disco#info result");
     let ident = q.get_child("identity", ns::DISCO_INFO).unwrap();
@@ -90,7 +95,9 @@ async fn unreachable_domains_bounce_with_the_reason() {
     }
     // The failed attempts are in the table's closed list with their reason.
     let closed = a.engine.shared.table.closed();
-    assert!(closed.iter().any(|c| c.direction == Direction::Out && c.remote.as_deref() == Some("down.test") && c.close_reason.as_deref().unwrap().contains("refused")));
+    assert!(closed.iter().any(|c| c.direction == Direction::Out
+        && c.remote.as_deref() == Some("down.test")
+        && c.close_reason.as_deref().unwrap().contains("refused")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,11 +36,31 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, C)> {
     big.extend_from_slice(b"</body></message>");
     v.push(("stanza over the size limit", big, C::PolicyViolation));
     v.push(("DTD before the header", b"!<!DOCTYPE x>".to_vec(), C::RestrictedXml));
-    v.push(("unknown host", b"!<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' to='nope.test' version='1.0'>".to_vec(), C::HostUnknown));
-    v.push(("wrong default namespace", b"!<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='b.test' version='1.0'>".to_vec(), C::InvalidNamespace));
-    v.push(("wrong stream namespace", b"!<stream:stream xmlns='jabber:server' xmlns:stream='urn:not-streams' to='b.test' version='1.0'>".to_vec(), C::InvalidNamespace));
-    v.push(("no version", b"!<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' to='b.test'>".to_vec(), C::UnsupportedVersion));
-    v.push(("version 2", b"!<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' to='b.test' version='2.0'>".to_vec(), C::UnsupportedVersion));
+    v.push((
+        "unknown host",
+        b"!<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' to='nope.test' version='1.0'>".to_vec(),
+        C::HostUnknown,
+    ));
+    v.push((
+        "wrong default namespace",
+        b"!<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='b.test' version='1.0'>".to_vec(),
+        C::InvalidNamespace,
+    ));
+    v.push((
+        "wrong stream namespace",
+        b"!<stream:stream xmlns='jabber:server' xmlns:stream='urn:not-streams' to='b.test' version='1.0'>".to_vec(),
+        C::InvalidNamespace,
+    ));
+    v.push((
+        "no version",
+        b"!<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' to='b.test'>".to_vec(),
+        C::UnsupportedVersion,
+    ));
+    v.push((
+        "version 2",
+        b"!<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' to='b.test' version='2.0'>".to_vec(),
+        C::UnsupportedVersion,
+    ));
     v.push(("garbage instead of a header", b"!\x00\x01\x02 hello".to_vec(), C::BadFormat));
     v
 }

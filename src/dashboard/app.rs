@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use ratatui::DefaultTerminal;
 
 use super::client::{Client, Incoming};
-use super::input::{intent, Intent};
+use super::input::{Intent, intent};
 use super::state::{Model, Prompt, View};
 use crate::control::{ChangeReport, Request};
 use crate::engine::ProbeReport;
@@ -202,7 +202,9 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
                     tokio::spawn(async move {
                         let r = client.request(Request::Probe { domain: domain.clone(), from: None }).await;
                         let msg = match r.data.map(serde_json::from_value::<ProbeReport>) {
-                            Some(Ok(p)) if p.ok => format!("pong from {} in {:.1} ms ({})", p.to, p.rtt_ms.unwrap_or(0.0), p.auth.unwrap_or_default()),
+                            Some(Ok(p)) if p.ok => {
+                                format!("pong from {} in {:.1} ms ({})", p.to, p.rtt_ms.unwrap_or(0.0), p.auth.unwrap_or_default())
+                            }
                             Some(Ok(p)) => format!("probe {} failed: {}", p.to, p.error.unwrap_or_default()),
                             _ => format!("probe failed: {}", r.error.unwrap_or_default()),
                         };
@@ -212,7 +214,9 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
             }
         }
         Intent::CloseStream => match m.selected_conn() {
-            Some(c) if m.view == View::Connections && c.state != crate::engine::events::ConnState::Closed => m.prompt = Some(Prompt::ConfirmClose { id: c.id }),
+            Some(c) if m.view == View::Connections && c.state != crate::engine::events::ConnState::Closed => {
+                m.prompt = Some(Prompt::ConfirmClose { id: c.id })
+            }
             _ => m.message = Some("select a live stream in Connections first".into()),
         },
         Intent::Open => match m.view {
@@ -255,7 +259,18 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
             let text: String = m
                 .transcript
                 .iter()
-                .map(|l| format!("{} {} {}\n", crate::engine::events::fmt_utc(l.time_ms), l.dir, if m.reveal { l.text.replace(crate::xml::writer::KEY_MARKER, l.key.as_deref().unwrap_or("")) } else { l.text.clone() }))
+                .map(|l| {
+                    format!(
+                        "{} {} {}\n",
+                        crate::engine::events::fmt_utc(l.time_ms),
+                        l.dir,
+                        if m.reveal {
+                            l.text.replace(crate::xml::writer::KEY_MARKER, l.key.as_deref().unwrap_or(""))
+                        } else {
+                            l.text.clone()
+                        }
+                    )
+                })
                 .collect();
             m.message = Some(match std::fs::write(&path, text) {
                 Ok(()) => format!("wrote {} lines to {path}", m.transcript.len()),
@@ -292,7 +307,11 @@ async fn prompt_key(client: &Arc<Client>, m: &mut Model, prompt: Prompt, i: Inte
         (Prompt::ConfirmClose { id }, Intent::Input('y') | Intent::Submit) => {
             m.prompt = None;
             let r = client.request(Request::Close { id }).await;
-            m.message = Some(if r.ok { r.data.and_then(|d| d.as_str().map(str::to_owned)).unwrap_or_default() } else { format!("failed: {}", r.error.unwrap_or_default()) });
+            m.message = Some(if r.ok {
+                r.data.and_then(|d| d.as_str().map(str::to_owned)).unwrap_or_default()
+            } else {
+                format!("failed: {}", r.error.unwrap_or_default())
+            });
         }
         (Prompt::ConfirmClose { .. }, _) => m.prompt = None,
         (Prompt::Filter { input }, Intent::Submit) => {

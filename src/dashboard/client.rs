@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, Mutex};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Mutex, mpsc};
 
 use crate::control::{self, Request, Response, Snapshot};
-use crate::engine::events::Event;
 use crate::engine::Shared;
+use crate::engine::events::Event;
 
 /// What arrives from the engine.
 #[derive(Debug)]
@@ -50,7 +50,13 @@ impl Client {
                                 let (r, w) = s.into_split();
                                 *guard = Some((BufReader::new(r), w));
                             }
-                            Err(e) => return Response { ok: false, data: None, error: Some(format!("cannot reach drawbridge at {}: {e}", path.display())) },
+                            Err(e) => {
+                                return Response {
+                                    ok: false,
+                                    data: None,
+                                    error: Some(format!("cannot reach drawbridge at {}: {e}", path.display())),
+                                };
+                            }
                         }
                     }
                     let (r, w) = guard.as_mut().expect("connected");
@@ -102,7 +108,9 @@ impl Client {
                 });
             }
             Client::Socket { path, .. } => {
-                let s = UnixStream::connect(path).await.map_err(|e| format!("cannot reach drawbridge at {}: {e} (is `drawbridge serve` running?)", path.display()))?;
+                let s = UnixStream::connect(path)
+                    .await
+                    .map_err(|e| format!("cannot reach drawbridge at {}: {e} (is `drawbridge serve` running?)", path.display()))?;
                 let (r, mut w) = s.into_split();
                 w.write_all(b"{\"cmd\":\"subscribe\"}\n").await.map_err(|e| e.to_string())?;
                 let mut lines = BufReader::new(r).lines();

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::control::Snapshot;
-use crate::engine::events::{ConnSnapshot, ConnState, Event, TranscriptLine, VerificationOutcome};
 use crate::engine::Status;
+use crate::engine::events::{ConnSnapshot, ConnState, Event, TranscriptLine, VerificationOutcome};
 use crate::policy::DomainState;
 use crate::store::DomainRecord;
 
@@ -68,10 +68,20 @@ impl SortBy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prompt {
     /// `DURATION REASON` for a block (both optional).
-    Block { domain: String, input: String },
-    Blacklist { domain: String, input: String },
-    ConfirmClose { id: String },
-    Filter { input: String },
+    Block {
+        domain: String,
+        input: String,
+    },
+    Blacklist {
+        domain: String,
+        input: String,
+    },
+    ConfirmClose {
+        id: String,
+    },
+    Filter {
+        input: String,
+    },
 }
 
 /// Closed streams kept visible (dimmed) in the connections view.
@@ -204,7 +214,8 @@ impl Model {
 
     pub fn apply(&mut self, ev: Event) {
         self.dirty = true;
-        if matches!(ev, Event::StreamOpened { .. } | Event::StreamUpdated { .. } | Event::StreamClosed { .. } | Event::DomainChanged { .. }) {
+        if matches!(ev, Event::StreamOpened { .. } | Event::StreamUpdated { .. } | Event::StreamClosed { .. } | Event::DomainChanged { .. })
+        {
             self.counts = None;
         }
         match ev {
@@ -224,7 +235,12 @@ impl Model {
                             p.status = crate::engine::events::PairStatus::Valid;
                             p.method = method;
                         }
-                        None => c.pairs.push(crate::engine::events::PairInfo { local, remote, status: crate::engine::events::PairStatus::Valid, method }),
+                        None => c.pairs.push(crate::engine::events::PairInfo {
+                            local,
+                            remote,
+                            status: crate::engine::events::PairStatus::Valid,
+                            method,
+                        }),
                     }
                 }
             }
@@ -289,7 +305,9 @@ impl Model {
                 SortBy::Age => conns.sort_by(|a, b| closed_last(a, b).then(b.opened_ms.cmp(&a.opened_ms))),
                 SortBy::Remote => conns.sort_by(|a, b| closed_last(a, b).then(a.remote.cmp(&b.remote)).then(b.opened_ms.cmp(&a.opened_ms))),
                 SortBy::State => conns.sort_by(|a, b| a.state.as_str().cmp(b.state.as_str()).then(b.opened_ms.cmp(&a.opened_ms))),
-                SortBy::Traffic => conns.sort_by(|a, b| closed_last(a, b).then((b.bytes_in + b.bytes_out).cmp(&(a.bytes_in + a.bytes_out)))),
+                SortBy::Traffic => {
+                    conns.sort_by(|a, b| closed_last(a, b).then((b.bytes_in + b.bytes_out).cmp(&(a.bytes_in + a.bytes_out))))
+                }
             }
             self.conn_index = conns.into_iter().map(|c| c.id.clone()).collect();
             self.index_stale = false;
@@ -330,10 +348,7 @@ impl Model {
 
     pub fn outcome_rows(&self) -> Vec<&VerificationOutcome> {
         let f = self.filter.to_lowercase();
-        self.outcomes
-            .iter()
-            .filter(|o| f.is_empty() || o.remote.contains(&f) || format!("{:?}", o.result).to_lowercase() == f)
-            .collect()
+        self.outcomes.iter().filter(|o| f.is_empty() || o.remote.contains(&f) || format!("{:?}", o.result).to_lowercase() == f).collect()
     }
 
     pub fn row_count(&mut self) -> usize {

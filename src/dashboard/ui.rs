@@ -1,15 +1,15 @@
 //! Drawing the model. Only the visible rows of a table are built; colours are the basic 16
 //! and disappear with NO_COLOR.
 
+use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
-use ratatui::Frame;
 
 use super::input::KEYS;
 use super::state::{Model, Prompt, View};
-use crate::engine::events::{fmt_utc, now_ms, ConnSnapshot, ConnState, Direction, PairStatus, VerificationResult};
+use crate::engine::events::{ConnSnapshot, ConnState, Direction, PairStatus, VerificationResult, fmt_utc, now_ms};
 use crate::policy::DomainState;
 use crate::xml::writer::KEY_MARKER;
 
@@ -50,7 +50,8 @@ impl Theme {
 
 pub fn draw(f: &mut Frame, m: &mut Model) {
     let t = Theme { no_color: m.no_color };
-    let [header, tabs, body, footer] = Layout::vertical([Constraint::Length(2), Constraint::Length(1), Constraint::Min(3), Constraint::Length(2)]).areas(f.area());
+    let [header, tabs, body, footer] =
+        Layout::vertical([Constraint::Length(2), Constraint::Length(1), Constraint::Min(3), Constraint::Length(2)]).areas(f.area());
     draw_header(f, m, &t, header);
     draw_tabs(f, m, &t, tabs);
     match m.view {
@@ -85,7 +86,10 @@ fn draw_domain_report(f: &mut Frame, r: &crate::control::DomainReport, t: &Theme
             state.push_str(&format!(" (by {who}, {})", fmt_utc(when)));
         }
         lines.push(Line::from(Span::styled(state, t.state(rec.state))));
-        lines.push(Line::from(format!("streams {} in / {} out, stanzas {} in / {} out", rec.streams_in, rec.streams_out, rec.stanzas_in, rec.stanzas_out)));
+        lines.push(Line::from(format!(
+            "streams {} in / {} out, stanzas {} in / {} out",
+            rec.streams_in, rec.streams_out, rec.stanzas_in, rec.stanzas_out
+        )));
     }
     lines.push(Line::from(Span::styled("verifications", t.header())));
     for o in &r.outcomes {
@@ -108,10 +112,21 @@ fn draw_domain_report(f: &mut Frame, r: &crate::control::DomainReport, t: &Theme
     }
     lines.push(Line::from(Span::styled("policy log", t.header())));
     for a in &r.policy_log {
-        lines.push(Line::from(format!("  {} {} by {}{}", &fmt_utc(a.time_ms)[..19], a.action, a.who, a.reason.as_deref().map(|x| format!(": {x}")).unwrap_or_default())));
+        lines.push(Line::from(format!(
+            "  {} {} by {}{}",
+            &fmt_utc(a.time_ms)[..19],
+            a.action,
+            a.who,
+            a.reason.as_deref().map(|x| format!(": {x}")).unwrap_or_default()
+        )));
     }
     f.render_widget(Clear, rect);
-    f.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" Domain history (any key closes) ")).wrap(Wrap { trim: false }), rect);
+    f.render_widget(
+        Paragraph::new(lines)
+            .block(Block::default().borders(Borders::ALL).title(" Domain history (any key closes) "))
+            .wrap(Wrap { trim: false }),
+        rect,
+    );
 }
 
 fn draw_header(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
@@ -129,7 +144,10 @@ fn draw_header(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
         Span::raw(format!("  up {up}")),
     ]);
     let mut spans = vec![Span::raw(format!(" streams {live_in} in / {live_out} out   "))];
-    spans.push(Span::styled(format!("pending {pending}"), if pending > 0 { t.fg(Color::Yellow).add_modifier(Modifier::BOLD) } else { Style::default() }));
+    spans.push(Span::styled(
+        format!("pending {pending}"),
+        if pending > 0 { t.fg(Color::Yellow).add_modifier(Modifier::BOLD) } else { Style::default() },
+    ));
     spans.push(Span::raw(format!("   blocked {}   blacklisted {}", c.blocked, c.blacklisted)));
     if pending > 0 {
         spans.push(Span::styled("   ! approvals waiting (2, a)", t.fg(Color::Yellow)));
@@ -222,7 +240,15 @@ fn draw_connections(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     } else {
         (
             vec!["dir", "remote", "state", "tls", "auth", "age", "stanzas"],
-            vec![Constraint::Length(3), Constraint::Min(16), Constraint::Length(14), Constraint::Length(4), Constraint::Length(11), Constraint::Length(6), Constraint::Length(9)],
+            vec![
+                Constraint::Length(3),
+                Constraint::Min(16),
+                Constraint::Length(14),
+                Constraint::Length(4),
+                Constraint::Length(11),
+                Constraint::Length(6),
+                Constraint::Length(9),
+            ],
         )
     };
     let c = m.counts();
@@ -231,14 +257,18 @@ fn draw_connections(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     } else {
         format!(" Connections ({total} matching; by {}) ", m.sort.label())
     };
-    let table = Table::new(rows, widths).header(Row::new(header).style(t.header())).block(Block::default().borders(Borders::TOP).title(title));
+    let table =
+        Table::new(rows, widths).header(Row::new(header).style(t.header())).block(Block::default().borders(Borders::TOP).title(title));
     f.render_widget(table, list);
     if detail_h > 0 {
         let lines = match m.selected_conn() {
             Some(c) => conn_detail(&c),
             None => vec![Line::from("no streams yet")],
         };
-        f.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::TOP).title(" Stream ")).wrap(Wrap { trim: true }), detail);
+        f.render_widget(
+            Paragraph::new(lines).block(Block::default().borders(Borders::TOP).title(" Stream ")).wrap(Wrap { trim: true }),
+            detail,
+        );
     }
 }
 
@@ -256,7 +286,13 @@ fn conn_detail(c: &ConnSnapshot) -> Vec<Line<'static>> {
         Some(tls) => {
             v.push(Line::from(format!("TLS {} {}", tls.version, tls.cipher)));
             if let Some(cert) = &tls.peer_cert {
-                v.push(Line::from(format!("certificate {} issued by {}, names {}, expires {}", cert.subject, cert.issuer, cert.names.join(","), cert.not_after)));
+                v.push(Line::from(format!(
+                    "certificate {} issued by {}, names {}, expires {}",
+                    cert.subject,
+                    cert.issuer,
+                    cert.names.join(","),
+                    cert.not_after
+                )));
                 v.push(Line::from(format!("sha-256 {}", cert.fingerprint_sha256)));
             }
         }
@@ -315,7 +351,10 @@ fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
         widths.extend([Constraint::Length(20), Constraint::Length(19), Constraint::Min(20)]);
     }
     let title = format!(" Domains ({total}; pending first) ");
-    f.render_widget(Table::new(rows, widths).header(Row::new(header).style(t.header())).block(Block::default().borders(Borders::TOP).title(title)), area);
+    f.render_widget(
+        Table::new(rows, widths).header(Row::new(header).style(t.header())).block(Block::default().borders(Borders::TOP).title(title)),
+        area,
+    );
 }
 
 fn draw_verifications(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
@@ -339,7 +378,9 @@ fn draw_verifications(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     let widths = [Constraint::Length(8), Constraint::Length(3), Constraint::Length(24), Constraint::Length(8), Constraint::Min(20)];
     let title = format!(" Verifications ({}, newest first) ", rows_all.len());
     f.render_widget(
-        Table::new(rows, widths).header(Row::new(vec!["time", "dir", "domain", "result", "why"]).style(t.header())).block(Block::default().borders(Borders::TOP).title(title)),
+        Table::new(rows, widths)
+            .header(Row::new(vec!["time", "dir", "domain", "result", "why"]).style(t.header()))
+            .block(Block::default().borders(Borders::TOP).title(title)),
         area,
     );
 }
@@ -347,7 +388,8 @@ fn draw_verifications(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
 fn draw_transcript(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     let Some(id) = m.transcript_id.clone() else {
         f.render_widget(
-            Paragraph::new("Select a stream in Connections (1) and press Enter to read its transcript.").block(Block::default().borders(Borders::TOP).title(" Transcript ")),
+            Paragraph::new("Select a stream in Connections (1) and press Enter to read its transcript.")
+                .block(Block::default().borders(Borders::TOP).title(" Transcript ")),
             area,
         );
         return;
@@ -385,13 +427,17 @@ fn draw_transcript(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
 
 fn draw_footer(f: &mut Frame, m: &Model, t: &Theme, area: Rect) {
     let prompt = m.prompt.as_ref().map(|p| match p {
-        Prompt::Block { domain, input } => format!("block {domain} — duration and reason (e.g. \"2h flooding\"; empty = until unblocked): {input}_"),
+        Prompt::Block { domain, input } => {
+            format!("block {domain} — duration and reason (e.g. \"2h flooding\"; empty = until unblocked): {input}_")
+        }
         Prompt::Blacklist { domain, input } => format!("blacklist {domain} and its subdomains — reason: {input}_"),
         Prompt::ConfirmClose { id } => format!("close stream {}? (y/n)", &id[..id.len().min(12)]),
         Prompt::Filter { input } => format!("filter: {input}_"),
     });
     let keys = match m.view {
-        View::Connections => "Enter transcript  k close  a approve  b block  B blacklist  p probe  / filter  s sort  m mode  ? help  q quit",
+        View::Connections => {
+            "Enter transcript  k close  a approve  b block  B blacklist  p probe  / filter  s sort  m mode  ? help  q quit"
+        }
         View::Domains => "a approve  b block  B blacklist  u clear  p probe  Enter history  / filter  m mode  ? help  q quit",
         View::Verifications => "/ filter (domain or result)  a approve  b block  ? help  q quit",
         View::Transcript => "f follow/pause  ↑↓ scroll  / search  r reveal keys  w write to file  ? help  q quit",
@@ -409,7 +455,8 @@ fn draw_help(f: &mut Frame, t: &Theme) {
     let w = area.width.min(70);
     let h = area.height.min(KEYS.len() as u16 + 2);
     let r = Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h };
-    let lines: Vec<Line> = KEYS.iter().map(|(k, d)| Line::from(vec![Span::styled(format!("{k:<22}"), t.header()), Span::raw(*d)])).collect();
+    let lines: Vec<Line> =
+        KEYS.iter().map(|(k, d)| Line::from(vec![Span::styled(format!("{k:<22}"), t.header()), Span::raw(*d)])).collect();
     f.render_widget(Clear, r);
     f.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" Keys (any key closes) ")), r);
 }

@@ -133,19 +133,41 @@ pub struct TranscriptLine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    StreamOpened { stream: ConnSnapshot },
+    StreamOpened {
+        stream: ConnSnapshot,
+    },
     /// A stream changed state or learned its TLS facts: its full current view.
-    StreamUpdated { stream: ConnSnapshot },
-    PairAuthorised { id: String, local: String, remote: String, method: AuthMethod },
-    Verification { outcome: VerificationOutcome },
+    StreamUpdated {
+        stream: ConnSnapshot,
+    },
+    PairAuthorised {
+        id: String,
+        local: String,
+        remote: String,
+        method: AuthMethod,
+    },
+    Verification {
+        outcome: VerificationOutcome,
+    },
     /// Periodic counters of live streams that changed.
-    Counters { streams: Vec<StreamCounters> },
-    StreamClosed { stream: ConnSnapshot },
+    Counters {
+        streams: Vec<StreamCounters>,
+    },
+    StreamClosed {
+        stream: ConnSnapshot,
+    },
     /// A domain's standing changed (operator action, pending, expiry).
-    DomainChanged { record: crate::store::DomainRecord },
-    ModeChanged { mode: String },
+    DomainChanged {
+        record: crate::store::DomainRecord,
+    },
+    ModeChanged {
+        mode: String,
+    },
     /// A transcript line of a stream being negotiated or watched.
-    Transcript { id: String, line: TranscriptLine },
+    Transcript {
+        id: String,
+        line: TranscriptLine,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,9 +18,9 @@ use crate::config::Settings;
 use crate::domain::Domain;
 use crate::net::resolve::Resolver;
 use crate::net::tls::TlsContext;
+use crate::policy::{Change, Mode, Policy, Verdict};
 use crate::proto::ns;
 use crate::proto::stanza::error_of;
-use crate::policy::{Change, Mode, Policy, Verdict};
 use crate::proto::stream::{StreamError, StreamErrorCondition};
 use crate::router::Router;
 use crate::store::{DomainRecord, Store};
@@ -76,16 +76,14 @@ impl Shared {
         let mut remotes: Vec<&str> = snap.pairs.iter().filter(|p| p.status == PairStatus::Valid).map(|p| p.remote.as_str()).collect();
         remotes.dedup();
         for r in remotes {
-            self.policy.note(r, |rec| {
-                match snap.direction {
-                    Direction::In => {
-                        rec.streams_in += 1;
-                        rec.stanzas_in += snap.stanzas_in;
-                    }
-                    Direction::Out => {
-                        rec.streams_out += 1;
-                        rec.stanzas_out += snap.stanzas_out;
-                    }
+            self.policy.note(r, |rec| match snap.direction {
+                Direction::In => {
+                    rec.streams_in += 1;
+                    rec.stanzas_in += snap.stanzas_in;
+                }
+                Direction::Out => {
+                    rec.streams_out += 1;
+                    rec.stanzas_out += snap.stanzas_out;
                 }
             });
         }
@@ -104,7 +102,12 @@ impl Shared {
         if let Err(e) = self.store.add_outcome(&outcome) {
             tracing::error!("store: {e}");
         }
-        let last = format!("{} {}: {}", format!("{:?}", outcome.result).to_lowercase(), crate::engine::events::fmt_utc(outcome.time_ms), outcome.reason);
+        let last = format!(
+            "{} {}: {}",
+            format!("{:?}", outcome.result).to_lowercase(),
+            crate::engine::events::fmt_utc(outcome.time_ms),
+            outcome.reason
+        );
         self.policy.note(&outcome.remote, |rec| rec.last_verification = Some(last));
         let level_valid = outcome.result == VerificationResult::Valid;
         if level_valid {
@@ -355,11 +358,13 @@ pub async fn probe(shared: &Arc<Shared>, domain: &str, from: Option<&str>) -> Pr
         report.stream = Some(snap.id.clone());
         report.peer_addr = snap.peer_addr.clone();
         report.tls = snap.tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher));
-        report.auth = snap
-            .pairs
-            .iter()
-            .find(|p| p.remote == to.as_str())
-            .map(|p| format!("{} ({})", serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(), serde_json::to_value(p.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()));
+        report.auth = snap.pairs.iter().find(|p| p.remote == to.as_str()).map(|p| {
+            format!(
+                "{} ({})",
+                serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                serde_json::to_value(p.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+            )
+        });
     }
     match reply {
         Ok(Ok(el)) => match error_of(&el) {
@@ -463,7 +468,13 @@ pub fn enforce(shared: &Shared) -> Vec<String> {
 }
 
 /// An operator's change to a domain: applied, flushed, announced, enforced.
-pub async fn change_domain(shared: &Shared, domain: &Domain, change: Change, who: &str, reason: Option<&str>) -> Result<(DomainRecord, bool, Vec<String>), crate::store::StoreError> {
+pub async fn change_domain(
+    shared: &Shared,
+    domain: &Domain,
+    change: Change,
+    who: &str,
+    reason: Option<&str>,
+) -> Result<(DomainRecord, bool, Vec<String>), crate::store::StoreError> {
     let (rec, changed) = shared.policy.apply(domain, change, who, reason).await?;
     let closed = enforce(shared);
     if changed {
@@ -530,7 +541,13 @@ pub struct ImportReport {
     pub closed_streams: Vec<String>,
 }
 
-pub async fn import_blacklist(shared: &Shared, text: &str, source: &str, who: &str, dry_run: bool) -> Result<ImportReport, crate::store::StoreError> {
+pub async fn import_blacklist(
+    shared: &Shared,
+    text: &str,
+    source: &str,
+    who: &str,
+    dry_run: bool,
+) -> Result<ImportReport, crate::store::StoreError> {
     let (entries, invalid) = crate::policy::parse_list(text);
     let entries: Vec<_> = entries.into_iter().filter(|(d, _)| !shared.is_hosted(d)).collect();
     if dry_run {

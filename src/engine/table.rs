@@ -323,7 +323,10 @@ impl ConnTable {
     pub fn snapshots(&self, include_closed: bool) -> Vec<ConnSnapshot> {
         let (live, closed): (Vec<_>, Vec<_>) = {
             let inner = self.inner.lock().unwrap();
-            (inner.live.values().cloned().collect(), if include_closed { inner.closed.iter().map(|(s, _)| s.clone()).collect() } else { Vec::new() })
+            (
+                inner.live.values().cloned().collect(),
+                if include_closed { inner.closed.iter().map(|(s, _)| s.clone()).collect() } else { Vec::new() },
+            )
         };
         let mut v: Vec<ConnSnapshot> = live.iter().map(|e| e.snapshot()).collect();
         v.sort_by_key(|s| s.opened_ms);

@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
-use hickory_resolver::TokioResolver;
 
 use crate::config::{DnsOverride, DnsSettings};
 use crate::domain::Domain;
@@ -128,9 +128,7 @@ impl Resolver {
             opts.use_hosts_file = ResolveHosts::Never;
             opts.cache_size = 0;
         }
-        let dns = builder
-            .build()
-            .map_err(|e| ResolveError::Lookup { domain: "resolver".into(), msg: e.to_string() })?;
+        let dns = builder.build().map_err(|e| ResolveError::Lookup { domain: "resolver".into(), msg: e.to_string() })?;
         Ok(Resolver { dns, overrides: settings.overrides.clone() })
     }
 

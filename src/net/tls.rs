@@ -134,7 +134,11 @@ impl TlsContext {
         Ok(ctx)
     }
 
-    pub fn from_parts(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, domains: &[Domain]) -> Result<TlsContext, TlsError> {
+    pub fn from_parts(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        domains: &[Domain],
+    ) -> Result<TlsContext, TlsError> {
         let provider = provider();
         let signing = provider.key_provider.load_private_key(key.clone_key()).map_err(|e| TlsError::Setup(e.to_string()))?;
         let certified = Arc::new(CertifiedKey::new(chain.clone(), signing));
@@ -145,7 +149,8 @@ impl TlsContext {
         for d in domains {
             // One chain serves every hosted domain today; the map is per domain so each can
             // get its own certificate without touching the stream code.
-            let resolver = Arc::new(DomainCert { by_name: HashMap::from([(d.to_string(), certified.clone())]), fallback: certified.clone() });
+            let resolver =
+                Arc::new(DomainCert { by_name: HashMap::from([(d.to_string(), certified.clone())]), fallback: certified.clone() });
             let sc = ServerConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| TlsError::Setup(e.to_string()))?
@@ -178,10 +183,8 @@ impl TlsContext {
 /// PEM trust roots; at least one certificate, each parseable.
 fn load_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |msg: String| TlsError::CaFile { path: path.to_owned(), msg };
-    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(e.to_string()))?;
+    let roots: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))?.collect::<Result<_, _>>().map_err(|e| err(e.to_string()))?;
     if roots.is_empty() {
         return Err(err("no PEM certificate found".into()));
     }
@@ -253,13 +256,28 @@ impl ClientCertVerifier for RecordingVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
-    fn verify_client_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         Ok(ClientCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(m, c, d, &self.algs)
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(m, c, d, &self.algs)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -268,13 +286,30 @@ impl ClientCertVerifier for RecordingVerifier {
 }
 
 impl ServerCertVerifier for RecordingVerifier {
-    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(m, c, d, &self.algs)
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(m, c, d, &self.algs)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

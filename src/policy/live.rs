@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
-use super::{decide, suffixes, DomainState, Mode, Standing, Verdict};
+use super::{DomainState, Mode, Standing, Verdict, decide, suffixes};
 use crate::domain::Domain;
 use crate::engine::events::now_ms;
 use crate::store::{DomainRecord, PolicyAction, Store, StoreError};
@@ -62,9 +62,7 @@ impl Policy {
         let inner = self.inner.read().unwrap();
         let d = domain.as_str();
         let blacklisted_by = if inner.blacklisted > 0 {
-            suffixes(d).find_map(|s| {
-                inner.domains.get(s).filter(|r| r.state == DomainState::Blacklisted).map(|r| (s, r.reason.as_deref()))
-            })
+            suffixes(d).find_map(|s| inner.domains.get(s).filter(|r| r.state == DomainState::Blacklisted).map(|r| (s, r.reason.as_deref())))
         } else {
             None
         };
@@ -104,7 +102,13 @@ impl Policy {
     pub async fn set_mode(&self, mode: Mode, who: &str) -> Result<(), StoreError> {
         self.inner.write().unwrap().mode = mode;
         self.store.set_mode(mode)?;
-        self.store.log_action(&PolicyAction { time_ms: now_ms(), who: who.into(), action: format!("mode {}", mode.as_str()), domain: None, reason: None })?;
+        self.store.log_action(&PolicyAction {
+            time_ms: now_ms(),
+            who: who.into(),
+            action: format!("mode {}", mode.as_str()),
+            domain: None,
+            reason: None,
+        })?;
         self.store.flush().await?;
         self.changed.send_modify(|g| *g += 1);
         Ok(())
@@ -112,11 +116,21 @@ impl Policy {
 
     /// Apply an operator's change to a domain; flushed before it returns. Returns the record
     /// and whether anything changed (re-applying the same is idempotent).
-    pub async fn apply(&self, domain: &Domain, change: Change, who: &str, reason: Option<&str>) -> Result<(DomainRecord, bool), StoreError> {
+    pub async fn apply(
+        &self,
+        domain: &Domain,
+        change: Change,
+        who: &str,
+        reason: Option<&str>,
+    ) -> Result<(DomainRecord, bool), StoreError> {
         let now = now_ms();
         let (rec, changed) = {
             let mut inner = self.inner.write().unwrap();
-            let mut rec = inner.domains.get(domain.as_str()).cloned().unwrap_or_else(|| DomainRecord { domain: domain.to_string(), ..Default::default() });
+            let mut rec = inner
+                .domains
+                .get(domain.as_str())
+                .cloned()
+                .unwrap_or_else(|| DomainRecord { domain: domain.to_string(), ..Default::default() });
             let before = rec.clone();
             let current = standing(&rec).effective(now);
             match &change {
@@ -140,7 +154,11 @@ impl Policy {
                 Change::Unblock => {
                     rec.state = match current {
                         DomainState::Blocked | DomainState::Blacklisted => {
-                            if rec.previous == DomainState::Blocked || rec.previous == DomainState::Blacklisted { DomainState::Unknown } else { rec.previous }
+                            if rec.previous == DomainState::Blocked || rec.previous == DomainState::Blacklisted {
+                                DomainState::Unknown
+                            } else {
+                                rec.previous
+                            }
                         }
                         s => s,
                     };
@@ -148,9 +166,16 @@ impl Policy {
                     rec.source = None;
                 }
             }
-            let same_standing = rec.state == before.state && rec.expires_ms == before.expires_ms && rec.source == before.source && reason.is_none_or(|r| before.reason.as_deref() == Some(r));
+            let same_standing = rec.state == before.state
+                && rec.expires_ms == before.expires_ms
+                && rec.source == before.source
+                && reason.is_none_or(|r| before.reason.as_deref() == Some(r));
             if !same_standing {
-                rec.reason = reason.map(str::to_owned).or(if matches!(change, Change::Unblock | Change::Approve) { None } else { rec.reason.clone() });
+                rec.reason = reason.map(str::to_owned).or(if matches!(change, Change::Unblock | Change::Approve) {
+                    None
+                } else {
+                    rec.reason.clone()
+                });
                 rec.who = Some(who.to_owned());
                 rec.when_ms = Some(now);
             }
@@ -172,7 +197,13 @@ impl Policy {
                 Change::Blacklist { source } => format!("blacklist (source {source})"),
                 Change::Unblock => "unblock".to_owned(),
             };
-            self.store.log_action(&PolicyAction { time_ms: now, who: who.into(), action, domain: Some(domain.to_string()), reason: reason.map(str::to_owned) })?;
+            self.store.log_action(&PolicyAction {
+                time_ms: now,
+                who: who.into(),
+                action,
+                domain: Some(domain.to_string()),
+                reason: reason.map(str::to_owned),
+            })?;
             self.store.flush().await?;
             self.changed.send_modify(|g| *g += 1);
         }
@@ -181,13 +212,19 @@ impl Policy {
 
     /// Blacklist many domains at once (an imported list): one batch, one flush. Returns the
     /// domains newly blacklisted and those that already were.
-    pub async fn blacklist_many(&self, entries: &[(Domain, Option<String>)], source: &str, who: &str) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    pub async fn blacklist_many(
+        &self,
+        entries: &[(Domain, Option<String>)],
+        source: &str,
+        who: &str,
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
         let now = now_ms();
         let (added, already, records) = {
             let mut inner = self.inner.write().unwrap();
             let (mut added, mut already, mut records) = (Vec::new(), Vec::new(), Vec::new());
             for (d, reason) in entries {
-                let rec = inner.domains.entry(d.to_string()).or_insert_with(|| DomainRecord { domain: d.to_string(), ..Default::default() });
+                let rec =
+                    inner.domains.entry(d.to_string()).or_insert_with(|| DomainRecord { domain: d.to_string(), ..Default::default() });
                 if rec.state == DomainState::Blacklisted {
                     already.push(d.to_string());
                     continue;
@@ -231,7 +268,10 @@ impl Policy {
     pub fn mark_pending(&self, domain: &Domain) -> Option<DomainRecord> {
         let rec = {
             let mut inner = self.inner.write().unwrap();
-            let rec = inner.domains.entry(domain.to_string()).or_insert_with(|| DomainRecord { domain: domain.to_string(), ..Default::default() });
+            let rec = inner
+                .domains
+                .entry(domain.to_string())
+                .or_insert_with(|| DomainRecord { domain: domain.to_string(), ..Default::default() });
             if rec.state != DomainState::Unknown {
                 return None;
             }
@@ -250,7 +290,8 @@ impl Policy {
     pub fn note(&self, domain: &str, update: impl FnOnce(&mut DomainRecord)) {
         let rec = {
             let mut inner = self.inner.write().unwrap();
-            let rec = inner.domains.entry(domain.to_owned()).or_insert_with(|| DomainRecord { domain: domain.to_owned(), ..Default::default() });
+            let rec =
+                inner.domains.entry(domain.to_owned()).or_insert_with(|| DomainRecord { domain: domain.to_owned(), ..Default::default() });
             let now = now_ms();
             rec.first_seen_ms.get_or_insert(now);
             rec.last_seen_ms = Some(now);
@@ -281,7 +322,13 @@ impl Policy {
         };
         for rec in &expired {
             let _ = self.store.put_domain(rec);
-            let _ = self.store.log_action(&PolicyAction { time_ms: now, who: "drawbridge".into(), action: "block expired".into(), domain: Some(rec.domain.clone()), reason: None });
+            let _ = self.store.log_action(&PolicyAction {
+                time_ms: now,
+                who: "drawbridge".into(),
+                action: "block expired".into(),
+                domain: Some(rec.domain.clone()),
+                reason: None,
+            });
         }
         if !expired.is_empty() {
             self.changed.send_modify(|g| *g += 1);
@@ -297,9 +344,5 @@ fn standing(r: &DomainRecord) -> Standing {
 /// The record as it stands now (an expired block shown as lifted).
 fn effective_record(r: &DomainRecord, now: u64) -> DomainRecord {
     let eff = standing(r).effective(now);
-    if eff == r.state {
-        r.clone()
-    } else {
-        DomainRecord { state: eff, expires_ms: None, ..r.clone() }
-    }
+    if eff == r.state { r.clone() } else { DomainRecord { state: eff, expires_ms: None, ..r.clone() } }
 }

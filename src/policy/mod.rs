@@ -166,7 +166,9 @@ pub fn parse_list(text: &str) -> (Vec<(crate::domain::Domain, Option<String>)>, 
                     ok.push((d, comment.map(str::to_owned)));
                 }
             }
-            Ok(_) => bad.push(BadLine { line: i + 1, text: raw.to_owned(), error: "a single label is a top-level domain, not a server".into() }),
+            Ok(_) => {
+                bad.push(BadLine { line: i + 1, text: raw.to_owned(), error: "a single label is a top-level domain, not a server".into() })
+            }
             Err(e) => bad.push(BadLine { line: i + 1, text: raw.to_owned(), error: e.to_string() }),
         }
     }
@@ -248,7 +250,8 @@ mod tests {
 
     #[test]
     fn block_expires_to_previous_state() {
-        let s = Standing { state: DomainState::Blocked, reason: Some("flood".into()), expires_ms: Some(1000), previous: DomainState::Approved };
+        let s =
+            Standing { state: DomainState::Blocked, reason: Some("flood".into()), expires_ms: Some(1000), previous: DomainState::Approved };
         assert!(matches!(decide(Mode::Allowlist, "x", Some(&s), None, 999), Verdict::Refuse(r) if r == "x is blocked: flood"));
         assert_eq!(decide(Mode::Allowlist, "x", Some(&s), None, 1000), Verdict::Allow);
         let s = Standing { previous: DomainState::Unknown, ..s };

@@ -60,7 +60,10 @@ pub enum Answer {
     Valid,
     Invalid,
     /// XEP-0220 §2.4: an error with its stanza-error condition and text.
-    Error { condition: String, text: Option<String> },
+    Error {
+        condition: String,
+        text: Option<String>,
+    },
 }
 
 impl Answer {
@@ -128,14 +131,7 @@ impl DbElement {
             }
             Some(_) => Some(Answer::Error { condition: "bad-request".into(), text: Some("unknown type".into()) }),
         };
-        Some(DbElement {
-            verify,
-            from,
-            to,
-            id: el.get_attr("id").map(str::to_owned),
-            answer,
-            key: el.text_content().trim().to_owned(),
-        })
+        Some(DbElement { verify, from, to, id: el.get_attr("id").map(str::to_owned), answer, key: el.text_content().trim().to_owned() })
     }
 }
 

@@ -38,10 +38,29 @@ impl StreamErrorCondition {
     pub const ALL: [StreamErrorCondition; 23] = {
         use StreamErrorCondition::*;
         [
-            BadFormat, ConnectionTimeout, HostUnknown, ImproperAddressing, InternalServerError, InvalidFrom,
-            InvalidNamespace, NotAuthorized, NotWellFormed, PolicyViolation, RemoteConnectionFailed,
-            ResourceConstraint, RestrictedXml, SystemShutdown, UndefinedCondition, UnsupportedStanzaType,
-            UnsupportedVersion, Conflict, HostGone, Reset, SeeOtherHost, UnsupportedEncoding, UnsupportedFeature,
+            BadFormat,
+            ConnectionTimeout,
+            HostUnknown,
+            ImproperAddressing,
+            InternalServerError,
+            InvalidFrom,
+            InvalidNamespace,
+            NotAuthorized,
+            NotWellFormed,
+            PolicyViolation,
+            RemoteConnectionFailed,
+            ResourceConstraint,
+            RestrictedXml,
+            SystemShutdown,
+            UndefinedCondition,
+            UnsupportedStanzaType,
+            UnsupportedVersion,
+            Conflict,
+            HostGone,
+            Reset,
+            SeeOtherHost,
+            UnsupportedEncoding,
+            UnsupportedFeature,
         ]
     };
 

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use crate::engine::Shared;
 use crate::proto::jid::Jid;
 use crate::proto::ns;
-use crate::proto::stanza::{error_reply, ErrorType};
+use crate::proto::stanza::{ErrorType, error_reply};
 use crate::xml::Element;
 
 #[derive(Default)]
@@ -59,8 +59,12 @@ impl LocalServices {
                     match (typ, &*payload.name, &*payload.ns) {
                         ("get", "ping", ns::PING) => Some(result_for(st)),
                         ("get", "query", ns::DISCO_INFO) if payload.get_attr("node").is_none() => {
-                            let mut q = Element::new("query", ns::DISCO_INFO)
-                                .child(Element::new("identity", ns::DISCO_INFO).attr("category", "server").attr("type", "im").attr("name", "drawbridge"));
+                            let mut q = Element::new("query", ns::DISCO_INFO).child(
+                                Element::new("identity", ns::DISCO_INFO)
+                                    .attr("category", "server")
+                                    .attr("type", "im")
+                                    .attr("name", "drawbridge"),
+                            );
                             for f in [ns::DISCO_INFO, ns::PING, ns::VERSION] {
                                 q = q.child(Element::new("feature", ns::DISCO_INFO).attr("var", f));
                             }

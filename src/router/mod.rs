@@ -18,7 +18,7 @@ use crate::engine::events::Direction;
 use crate::engine::table::ConnEntry;
 use crate::proto::dialback::Answer;
 use crate::proto::jid::Jid;
-use crate::proto::stanza::{error_reply, ErrorType};
+use crate::proto::stanza::{ErrorType, error_reply};
 use crate::xml::Element;
 
 /// A request from the receiving-server role to the authoritative server, sent on our
@@ -95,7 +95,9 @@ impl Router {
         for _ in 0..3 {
             let h = match self.handle(shared, &from, &to) {
                 Ok(h) => h,
-                Err(Refusal::Limit) => return error_reply(&st, ErrorType::Wait, "resource-constraint", Some("too many streams (limits.max_streams)")),
+                Err(Refusal::Limit) => {
+                    return error_reply(&st, ErrorType::Wait, "resource-constraint", Some("too many streams (limits.max_streams)"));
+                }
                 Err(Refusal::Policy(why)) => return error_reply(&st, ErrorType::Cancel, "policy-violation", Some(&why)),
             };
             match h.stanzas.send(st).await {

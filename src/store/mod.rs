@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::engine::events::{ConnSnapshot, VerificationOutcome};
 use crate::policy::{DomainState, Mode};
@@ -26,7 +26,9 @@ pub enum StoreError {
     CreateDir { path: PathBuf, err: std::io::Error },
     #[error("data dir {path} is in use by another drawbridge ({holder}): stop it or use another server.data_dir")]
     Locked { path: PathBuf, holder: String },
-    #[error("data dir {path} was written by a newer drawbridge (schema {found}, this one knows {SCHEMA_VERSION}): upgrade drawbridge or point server.data_dir elsewhere")]
+    #[error(
+        "data dir {path} was written by a newer drawbridge (schema {found}, this one knows {SCHEMA_VERSION}): upgrade drawbridge or point server.data_dir elsewhere"
+    )]
     Newer { path: PathBuf, found: u32 },
     #[error("database in {path}: {msg}")]
     Db { path: PathBuf, msg: String },
@@ -131,7 +133,11 @@ impl Store {
             Some(v) => u32::from_be_bytes(v.as_ref().try_into().map_err(|_| self.err("schema_version is not 4 bytes"))?),
             // No version: a fresh database, or version 1 (which only had the secret).
             None => {
-                if self.meta.get(SECRET_KEY).map_err(|e| self.err(e))?.is_some() { 1 } else { SCHEMA_VERSION }
+                if self.meta.get(SECRET_KEY).map_err(|e| self.err(e))?.is_some() {
+                    1
+                } else {
+                    SCHEMA_VERSION
+                }
             }
         };
         if found > SCHEMA_VERSION {
@@ -397,7 +403,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         for (i, who) in ["alice", "bob", "carol"].iter().enumerate() {
-            s.log_action(&PolicyAction { time_ms: 1000 + i as u64, who: (*who).into(), action: "block".into(), domain: Some("x.test".into()), reason: None }).unwrap();
+            s.log_action(&PolicyAction {
+                time_ms: 1000 + i as u64,
+                who: (*who).into(),
+                action: "block".into(),
+                domain: Some("x.test".into()),
+                reason: None,
+            })
+            .unwrap();
         }
         let log = s.policy_log(None, 10).unwrap();
         assert_eq!(log.iter().map(|a| a.who.as_str()).collect::<Vec<_>>(), vec!["carol", "bob", "alice"]);

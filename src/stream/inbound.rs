@@ -12,18 +12,18 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{Instant, sleep_until};
 
 use super::conn::{Conn, ConnError, Transport};
 use crate::domain::Domain;
-use crate::engine::events::*;
-use crate::engine::table::{random_id, ConnEntry};
 use crate::engine::Shared;
+use crate::engine::events::*;
+use crate::engine::table::{ConnEntry, random_id};
 use crate::proto::dialback::{self, Answer, DbElement};
 use crate::proto::jid::Jid;
 use crate::proto::ns;
 use crate::proto::stanza::is_stanza;
-use crate::proto::stream::{check_header, header, StreamError, StreamErrorCondition as C};
+use crate::proto::stream::{StreamError, StreamErrorCondition as C, check_header, header};
 use crate::xml::{Element, Frame, XmlError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +116,11 @@ impl In<'_> {
             let local = h.to.as_deref().and_then(|t| Domain::parse(t).ok());
             let reply_from = local.as_ref().filter(|d| self.shared.is_hosted(d)).unwrap_or(&self.shared.settings.domains[0]).clone();
             // RFC 6120 §4.9.1.2: a stream error is sent after our own header.
-            conn.send_raw(&header(Some(reply_from.as_str()), h.from.as_deref().filter(|f| Domain::parse(f).is_ok()), Some(&self.stream_id)));
+            conn.send_raw(&header(
+                Some(reply_from.as_str()),
+                h.from.as_deref().filter(|f| Domain::parse(f).is_ok()),
+                Some(&self.stream_id),
+            ));
             if let Err(e) = check_header(&h) {
                 return End { reason: format!("sent {e}"), error: Some(e), peer_closed: false };
             }
@@ -143,7 +147,8 @@ impl In<'_> {
                 features = features.child(tls);
             }
             if self.secure || !require_tls {
-                features = features.child(Element::new("dialback", ns::DIALBACK_FEATURE).child(Element::new("errors", ns::DIALBACK_FEATURE)));
+                features =
+                    features.child(Element::new("dialback", ns::DIALBACK_FEATURE).child(Element::new("errors", ns::DIALBACK_FEATURE)));
             }
             conn.send(&features);
             if let Err(e) = conn.flush().await {
@@ -235,7 +240,10 @@ impl In<'_> {
             return Err(End::error(C::PolicyViolation, "TLS is already established on this stream"));
         }
         if conn.framer.pending() > 0 {
-            return Err(End::error(C::PolicyViolation, "data sent after <starttls/> before the TLS handshake (possible plaintext injection)"));
+            return Err(End::error(
+                C::PolicyViolation,
+                "data sent after <starttls/> before the TLS handshake (possible plaintext injection)",
+            ));
         }
         conn.send(&Element::new("proceed", ns::TLS));
         conn.flush().await.map_err(|e| End { error: None, peer_closed: false, reason: format!("write failed: {e}") })?;
@@ -255,7 +263,12 @@ impl In<'_> {
             "note",
             format!(
                 "TLS established: {version} {cipher}; peer certificate: {}",
-                peer_cert.as_ref().map_or("none".to_owned(), |c| format!("{} (issuer {}, names {})", c.subject, c.issuer, c.names.join(", ")))
+                peer_cert.as_ref().map_or("none".to_owned(), |c| format!(
+                    "{} (issuer {}, names {})",
+                    c.subject,
+                    c.issuer,
+                    c.names.join(", ")
+                ))
             ),
             None,
         );
@@ -313,12 +326,23 @@ impl In<'_> {
         let local = match Domain::parse(&db.to) {
             Ok(d) if self.shared.is_hosted(&d) => d,
             _ => {
-                conn.send(&dialback::result_answer(&db.to, &db.from, &Answer::error("item-not-found", format!("{} is not served here", db.to))));
+                conn.send(&dialback::result_answer(
+                    &db.to,
+                    &db.from,
+                    &Answer::error("item-not-found", format!("{} is not served here", db.to)),
+                ));
                 return None;
             }
         };
         if self.shared.is_hosted(&remote) {
-            self.refuse(conn, &local, &remote, Answer::Invalid, VerificationResult::Invalid, format!("claims to be {remote}, a domain hosted here"));
+            self.refuse(
+                conn,
+                &local,
+                &remote,
+                Answer::Invalid,
+                VerificationResult::Invalid,
+                format!("claims to be {remote}, a domain hosted here"),
+            );
             return None;
         }
         // Refused domains are cut off before any callback is spent on them.
@@ -370,7 +394,12 @@ impl In<'_> {
         }
         match v.answer {
             Answer::Valid => {
-                self.record(&v.local, &v.remote, VerificationResult::Valid, format!("{}'s authoritative server confirmed the dialback key", v.remote));
+                self.record(
+                    &v.local,
+                    &v.remote,
+                    VerificationResult::Valid,
+                    format!("{}'s authoritative server confirmed the dialback key", v.remote),
+                );
                 // Policy again, for every domain that authenticates on the stream.
                 let status = match self.shared.policy.verdict(&v.remote) {
                     crate::policy::Verdict::Refuse(why) => return Some(End::error(C::PolicyViolation, why)),
@@ -399,7 +428,11 @@ impl In<'_> {
             }
             Answer::Error { condition, text } => {
                 let result = if condition == "remote-server-timeout" { VerificationResult::Timeout } else { VerificationResult::Error };
-                let reason = format!("could not verify with {}'s authoritative server: <{condition}/> {}", v.remote, text.clone().unwrap_or_default());
+                let reason = format!(
+                    "could not verify with {}'s authoritative server: <{condition}/> {}",
+                    v.remote,
+                    text.clone().unwrap_or_default()
+                );
                 self.refuse(conn, &v.local, &v.remote, Answer::Error { condition, text }, result, reason);
             }
         }
@@ -508,7 +541,10 @@ impl In<'_> {
             Some(Pair::Valid) => {}
             Some(Pair::Held) => {
                 if self.held.len() >= self.shared.settings.limits.outbound_queue {
-                    return Some(End::error(C::PolicyViolation, format!("{from_dom} awaits approval and sent more stanzas than are kept meanwhile (limits.outbound_queue)")));
+                    return Some(End::error(
+                        C::PolicyViolation,
+                        format!("{from_dom} awaits approval and sent more stanzas than are kept meanwhile (limits.outbound_queue)"),
+                    ));
                 }
                 self.held.push_back(el);
                 return None;

@@ -11,17 +11,17 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{Instant, sleep_until};
 
 use super::conn::{Conn, ConnError, Transport};
 use crate::domain::Domain;
+use crate::engine::Shared;
 use crate::engine::events::*;
 use crate::engine::table::ConnEntry;
-use crate::engine::Shared;
 use crate::proto::dialback::{self, Answer, DbElement};
-use crate::proto::stanza::{error_reply, ErrorType};
-use crate::proto::stream::{check_header, header, StreamError, StreamErrorCondition};
 use crate::proto::ns;
+use crate::proto::stanza::{ErrorType, error_reply};
+use crate::proto::stream::{StreamError, StreamErrorCondition, check_header, header};
 use crate::router::VerifyRequest;
 use crate::xml::{Element, Frame};
 
@@ -392,7 +392,9 @@ impl Out<'_> {
         let targets = match tokio::time::timeout(budget, resolver.targets(&self.remote)).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => return Err(Failure::new(e.to_string())),
-            Err(_) => return Err(Failure::timeout(format!("DNS: no answer for {} within {}s (dns.timeout)", self.remote, budget.as_secs()))),
+            Err(_) => {
+                return Err(Failure::timeout(format!("DNS: no answer for {} within {}s (dns.timeout)", self.remote, budget.as_secs())));
+            }
         };
         let connect_timeout = self.shared.settings.timeouts.connect;
         let mut tried = Vec::new();
@@ -472,7 +474,9 @@ impl Out<'_> {
             conn.flush().await.map_err(|e| Failure::new(format!("write failed: {e}")))?;
             match conn.read_frame().await.map_err(|e| Failure::new(format!("STARTTLS: {e}")))? {
                 Frame::Element(el) if el.is("proceed", ns::TLS) => {}
-                Frame::Element(el) if el.is("failure", ns::TLS) => return Err(Failure::new("TLS: the peer answered STARTTLS with <failure/>")),
+                Frame::Element(el) if el.is("failure", ns::TLS) => {
+                    return Err(Failure::new("TLS: the peer answered STARTTLS with <failure/>"));
+                }
                 _ => return Err(Failure::new("TLS: unexpected answer to STARTTLS")),
             }
             if conn.framer.pending() > 0 {
@@ -489,14 +493,19 @@ impl Out<'_> {
             let (version, cipher) = crate::net::tls::session_facts(session);
             let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::PeerCertInfo::from_der(c));
             self.entry.record(
-            "note",
-            format!(
-                "TLS established: {version} {cipher}; peer certificate: {}",
-                peer_cert.as_ref().map_or("none".to_owned(), |c| format!("{} (issuer {}, names {})", c.subject, c.issuer, c.names.join(", ")))
-            ),
-            None,
-        );
-        self.entry.set_tls(TlsInfo { version, cipher, peer_cert });
+                "note",
+                format!(
+                    "TLS established: {version} {cipher}; peer certificate: {}",
+                    peer_cert.as_ref().map_or("none".to_owned(), |c| format!(
+                        "{} (issuer {}, names {})",
+                        c.subject,
+                        c.issuer,
+                        c.names.join(", ")
+                    ))
+                ),
+                None,
+            );
+            self.entry.set_tls(TlsInfo { version, cipher, peer_cert });
             conn.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
             conn.restart();
         }

@@ -11,11 +11,11 @@
 use std::borrow::Cow;
 
 use memchr::{memchr, memchr3};
+use quick_xml::XmlVersion;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
-use quick_xml::XmlVersion;
 
-use super::element::{intern, Element, Name, Node};
+use super::element::{Element, Name, Node, intern};
 use crate::proto::ns;
 
 /// What the framer yields.
@@ -277,8 +277,7 @@ impl Framer {
                         return Err(XmlError::TextAtTopLevel);
                     }
                     self.pos += 1;
-                    self.state =
-                        if matched + 1 == CDATA_OPEN.len() { Scan::CData } else { Scan::Bang { matched: matched + 1 } };
+                    self.state = if matched + 1 == CDATA_OPEN.len() { Scan::CData } else { Scan::Bang { matched: matched + 1 } };
                 }
                 Scan::CData => {
                     let Some(i) = memchr(b'>', &self.buf[self.pos..]) else {

@@ -15,15 +15,15 @@ use drawbridge::proto::ns;
 use drawbridge::proto::stream::{StreamError, StreamErrorCondition};
 use drawbridge::stream::Transport;
 use drawbridge::xml::{Element, Frame, Framer, StreamHeader};
+use hickory_server::Server;
 use hickory_server::proto::rr::rdata::{A, SOA, SRV};
 use hickory_server::proto::rr::{Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
-use hickory_server::Server;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 /// Bound for every wait in tests: a broken feature fails, it does not hang.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -341,7 +341,7 @@ pub struct HandPlayed {
 }
 
 pub async fn hand_played(server: &TestServer, dns: &Dns, domain: &str) -> HandPlayed {
-    use drawbridge::proto::dialback::{result_answer, verify_answer, Answer, DbElement};
+    use drawbridge::proto::dialback::{Answer, DbElement, result_answer, verify_answer};
     let listener = publish_listener(dns, domain).await;
     let (mut to_server, h, _) = tls_peer(server, domain).await;
     let sid = h.id.unwrap();
@@ -397,7 +397,8 @@ pub struct Tmux(String);
 impl Tmux {
     pub fn start(name: &str, cmd: &str) -> Tmux {
         let _ = Command::new("tmux").args(["kill-session", "-t", name]).output();
-        let ok = Command::new("tmux").args(["new-session", "-d", "-s", name, "-x", "120", "-y", "32", cmd]).status().expect("tmux is installed");
+        let ok =
+            Command::new("tmux").args(["new-session", "-d", "-s", name, "-x", "120", "-y", "32", cmd]).status().expect("tmux is installed");
         assert!(ok.success());
         Tmux(name.to_owned())
     }
@@ -436,4 +437,3 @@ impl Drop for Tmux {
         let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).output();
     }
 }
-
