@@ -555,7 +555,7 @@ fn print_domains(v: &[DomainRecord]) {
         println!("no domains");
         return;
     }
-    println!("{:<32} {:<12} {:<20} {:>5} {:>5}  {}", "DOMAIN", "STATE", "LAST SEEN", "IN", "OUT", "WHY");
+    println!("{:<32} {:<12} {:<20} {:>5} {:>5}  WHY", "DOMAIN", "STATE", "LAST SEEN", "IN", "OUT");
     for r in v {
         let why = match (&r.reason, &r.who) {
             (Some(reason), Some(who)) => format!("{reason} (by {who})"),

@@ -16,10 +16,11 @@ fn db_result(from: &str, to: &str, key: &str) -> Element {
 async fn expect_db_result(p: &mut RawPeer) -> DbElement {
     loop {
         let el = p.next_el().await.expect("a db:result answer");
-        if let Some(db) = DbElement::parse(&el) {
-            if !db.verify && db.answer.is_some() {
-                return db;
-            }
+        if let Some(db) = DbElement::parse(&el)
+            && !db.verify
+            && db.answer.is_some()
+        {
+            return db;
         }
     }
 }

@@ -79,15 +79,14 @@ async fn event_loop(
             _ = status_tick.tick() => {
                 // Uptime and counts in the header.
                 let r = client.request(Request::Status).await;
-                if let (true, Some(d)) = (r.ok, r.data) {
-                    if let Ok(s) = serde_json::from_value(d) {
+                if let (true, Some(d)) = (r.ok, r.data)
+                    && let Ok(s) = serde_json::from_value(d) {
                         model.status = Some(s);
                         model.dirty = true;
                     }
-                }
             }
             ev = incoming.recv() => match ev {
-                Some(Incoming::Event(e)) => model.apply(e),
+                Some(Incoming::Event(e)) => model.apply(*e),
                 Some(Incoming::Resync) => {
                     if let Ok(s) = client.snapshot().await {
                         model.load(s);
@@ -244,10 +243,10 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
             };
             let r = client.request(Request::Mode { mode: next.into() }).await;
             m.message = Some(if r.ok { format!("mode {next}") } else { format!("failed: {}", r.error.unwrap_or_default()) });
-            if r.ok {
-                if let Some(s) = m.status.as_mut() {
-                    s.mode = next.into();
-                }
+            if r.ok
+                && let Some(s) = m.status.as_mut()
+            {
+                s.mode = next.into();
             }
         }
         Intent::WriteTranscript => {

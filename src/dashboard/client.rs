@@ -16,7 +16,7 @@ use crate::engine::events::Event;
 /// What arrives from the engine.
 #[derive(Debug)]
 pub enum Incoming {
-    Event(Event),
+    Event(Box<Event>),
     /// Events were lost (the dashboard lagged): reload a snapshot.
     Resync,
     /// The engine went away.
@@ -64,10 +64,8 @@ impl Client {
                     line.push('\n');
                     let mut answer = String::new();
                     let ok = w.write_all(line.as_bytes()).await.is_ok() && r.read_line(&mut answer).await.map(|n| n > 0).unwrap_or(false);
-                    if ok {
-                        if let Ok(resp) = serde_json::from_str(&answer) {
-                            return resp;
-                        }
+                    if ok && let Ok(resp) = serde_json::from_str(&answer) {
+                        return resp;
                     }
                     *guard = None;
                     if attempt == 1 {
@@ -96,7 +94,7 @@ impl Client {
                 tokio::spawn(async move {
                     loop {
                         let item = match sub.recv().await {
-                            Ok(ev) => Incoming::Event(ev),
+                            Ok(ev) => Incoming::Event(Box::new(ev)),
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Incoming::Resync,
                             Err(_) => Incoming::Gone("engine stopped".into()),
                         };
@@ -120,7 +118,7 @@ impl Client {
                     loop {
                         let item = match lines.next_line().await {
                             Ok(Some(l)) => match serde_json::from_str::<Event>(&l) {
-                                Ok(ev) => Incoming::Event(ev),
+                                Ok(ev) => Incoming::Event(Box::new(ev)),
                                 Err(_) if l.contains("\"lagged\"") => Incoming::Resync,
                                 Err(_) => continue,
                             },

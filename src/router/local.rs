@@ -38,10 +38,10 @@ impl LocalServices {
         match &*st.name {
             "iq" => match typ {
                 "result" | "error" => {
-                    if let Some(id) = st.get_attr("id") {
-                        if let Some(tx) = self.pending.lock().unwrap().remove(id) {
-                            let _ = tx.send(st.clone());
-                        }
+                    if let Some(id) = st.get_attr("id")
+                        && let Some(tx) = self.pending.lock().unwrap().remove(id)
+                    {
+                        let _ = tx.send(st.clone());
                     }
                     None
                 }

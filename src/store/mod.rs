@@ -316,10 +316,10 @@ fn newest<T: DeserializeOwned>(tree: &sled::Tree, limit: usize, mut keep: impl F
         if out.len() >= limit {
             break;
         }
-        if let Ok(rec) = decode::<T>(&v?) {
-            if keep(&rec) {
-                out.push(rec);
-            }
+        if let Ok(rec) = decode::<T>(&v?)
+            && keep(&rec)
+        {
+            out.push(rec);
         }
     }
     Ok(out)

@@ -129,11 +129,11 @@ impl In<'_> {
             };
             self.entry.set_domains(Some(local.as_str()), h.from.as_deref());
             // Policy, as early as possible: the header's 'from', before TLS.
-            if let Some(from) = h.from.as_deref().and_then(|f| Domain::parse(f).ok()) {
-                if let crate::policy::Verdict::Refuse(why) = self.shared.policy.verdict(&from) {
-                    self.shared.policy.note(from.as_str(), |_| {});
-                    return End::error(C::PolicyViolation, why);
-                }
+            if let Some(from) = h.from.as_deref().and_then(|f| Domain::parse(f).ok())
+                && let crate::policy::Verdict::Refuse(why) = self.shared.policy.verdict(&from)
+            {
+                self.shared.policy.note(from.as_str(), |_| {});
+                return End::error(C::PolicyViolation, why);
             }
 
             // Features (RFC 6120 §4.3.2): STARTTLS until TLS; dialback once encryption allows it.

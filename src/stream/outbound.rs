@@ -209,8 +209,9 @@ impl Out<'_> {
                 f = conn.read_frame() => match f {
                     Ok(Frame::Element(el)) => {
                         if let Some(db) = DbElement::parse(&el) {
-                            if !db.verify && db.answer.is_some() && db.from == self.remote.as_str() && db.to == self.local.as_str() {
-                                match db.answer.unwrap() {
+                            let ours = !db.verify && db.from == self.remote.as_str() && db.to == self.local.as_str();
+                            if let (true, Some(answer)) = (ours, db.answer.clone()) {
+                                match answer {
                                     Answer::Valid => break,
                                     a => {
                                         self.entry.remove_pair(&self.local, &self.remote);
@@ -370,17 +371,16 @@ impl Out<'_> {
 
     /// A dialback element received on this stream: answers to our `db:verify` requests.
     fn on_dialback(&mut self, db: &DbElement) {
-        if db.verify {
-            if let (Some(answer), Some(id)) = (&db.answer, &db.id) {
-                if db.from == self.remote.as_str() && db.to == self.local.as_str() {
-                    if let Some(waiters) = self.verifying.remove(id) {
-                        for w in waiters {
-                            let _ = w.send(answer.clone());
-                        }
-                        return;
-                    }
-                }
+        if db.verify
+            && let (Some(answer), Some(id)) = (&db.answer, &db.id)
+            && db.from == self.remote.as_str()
+            && db.to == self.local.as_str()
+            && let Some(waiters) = self.verifying.remove(id)
+        {
+            for w in waiters {
+                let _ = w.send(answer.clone());
             }
+            return;
         }
         tracing::debug!(stream = %self.entry.id, "ignoring unexpected dialback element from {} to {}", db.from, db.to);
     }
@@ -444,18 +444,13 @@ impl Out<'_> {
                 return Err(Failure::new(format!("bad stream header from the peer: {e}")));
             }
             let stream_id = h.id.clone().filter(|i| !i.is_empty());
-            let features = loop {
-                match conn.read_frame().await.map_err(|e| Failure::new(format!("reading stream features: {e}")))? {
-                    Frame::Element(el) if el.is("features", ns::STREAMS) => break el,
-                    Frame::Element(el) => {
-                        if let Some(f) = peer_error(&el) {
-                            return Err(f);
-                        }
-                        return Err(Failure::new(format!("expected stream features, got {}", el.describe())));
-                    }
-                    Frame::StreamClose => return Err(Failure::new("the peer closed the stream")),
-                    Frame::StreamOpen(_) => return Err(Failure::new("unexpected second stream header")),
+            let features = match conn.read_frame().await.map_err(|e| Failure::new(format!("reading stream features: {e}")))? {
+                Frame::Element(el) if el.is("features", ns::STREAMS) => el,
+                Frame::Element(el) => {
+                    return Err(peer_error(&el).unwrap_or_else(|| Failure::new(format!("expected stream features, got {}", el.describe()))));
                 }
+                Frame::StreamClose => return Err(Failure::new("the peer closed the stream")),
+                Frame::StreamOpen(_) => return Err(Failure::new("unexpected second stream header")),
             };
             if conn.io.is_tls() {
                 conn.entry.set_stream_id(stream_id.as_deref().unwrap_or(""));

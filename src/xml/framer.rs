@@ -547,7 +547,7 @@ fn start_element<'a>(text: &'a str, s: &BytesStart<'_>, scope: &mut Scope<'_, 'a
     // Namespace declarations first (they apply to this element's own name); most elements
     // have none, so look before parsing the attributes twice.
     static XMLNS: std::sync::LazyLock<memchr::memmem::Finder<'static>> = std::sync::LazyLock::new(|| memchr::memmem::Finder::new("xmlns"));
-    let declares = XMLNS.find(raw[name_len..].as_bytes()).is_some();
+    let declares = XMLNS.find(&raw.as_bytes()[name_len..]).is_some();
     if declares {
         for a in Attributes::new(raw, name_len) {
             let a = a.map_err(|e| XmlError::NotWellFormed(format!("attribute: {e}")))?;
