@@ -1,5 +1,6 @@
 //! The network edge: finding peers (DNS SRV), connecting to them, and TLS.
 
+pub mod certs;
 pub mod dial;
 pub mod resolve;
 pub mod tls;

@@ -1,0 +1,306 @@
+//! Judging a peer's certificate for a domain (RFC 6125 / RFC 9525, XEP-0178): the chain to
+//! the trust roots (the system's plus `[tls] ca_file`), the validity dates, and the name —
+//! DNS-ID (a wildcard only as the whole left-most label), SRV-ID `_xmpp-server.DOMAIN`, or
+//! XmppAddr. Server-auth-only certificates are accepted as client certificates (peers
+//! present their server certificate). The verdict is a value with a reason in words.
+
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, UnixTime};
+
+/// id-on-xmppAddr (RFC 6120 §13.7.1.4).
+const OID_XMPP_ADDR: &str = "1.3.6.1.5.5.7.8.5";
+/// id-on-dnsSRV (RFC 4985).
+const OID_SRV_NAME: &str = "1.3.6.1.5.5.7.8.7";
+
+/// What the certificate says about the peer's claim to a domain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "verdict", content = "detail", rename_all = "kebab-case")]
+pub enum CertVerdict {
+    Valid,
+    NoCertificate,
+    SelfSigned,
+    /// The issuer's name.
+    UntrustedIssuer(String),
+    /// The notAfter date.
+    Expired(String),
+    /// The notBefore date.
+    NotYetValid(String),
+    /// The names the certificate does carry.
+    NameMismatch(Vec<String>),
+    /// Anything else the chain check said.
+    Invalid(String),
+}
+
+impl CertVerdict {
+    pub fn is_valid(&self) -> bool {
+        *self == CertVerdict::Valid
+    }
+}
+
+impl std::fmt::Display for CertVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertVerdict::Valid => f.write_str("valid"),
+            CertVerdict::NoCertificate => f.write_str("no certificate"),
+            CertVerdict::SelfSigned => f.write_str("self-signed"),
+            CertVerdict::UntrustedIssuer(i) => write!(f, "untrusted issuer ({i})"),
+            CertVerdict::Expired(d) => write!(f, "expired on {d}"),
+            CertVerdict::NotYetValid(d) => write!(f, "not yet valid (from {d})"),
+            CertVerdict::NameMismatch(names) if names.is_empty() => f.write_str("name mismatch: the certificate names no domain"),
+            CertVerdict::NameMismatch(names) => write!(f, "name mismatch: certificate names {}", names.join(", ")),
+            CertVerdict::Invalid(e) => write!(f, "invalid: {e}"),
+        }
+    }
+}
+
+/// The names a certificate carries, by kind.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CertNames {
+    pub dns: Vec<String>,
+    pub srv: Vec<String>,
+    pub xmpp: Vec<String>,
+}
+
+impl CertNames {
+    pub fn from_der(der: &[u8]) -> CertNames {
+        let mut n = CertNames::default();
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return n };
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for g in &san.value.general_names {
+                match g {
+                    x509_parser::extensions::GeneralName::DNSName(d) => n.dns.push(d.to_ascii_lowercase()),
+                    x509_parser::extensions::GeneralName::OtherName(oid, value) => {
+                        let Some(s) = der_string(value) else { continue };
+                        match oid.to_id_string().as_str() {
+                            OID_XMPP_ADDR => n.xmpp.push(s),
+                            OID_SRV_NAME => n.srv.push(s.to_ascii_lowercase()),
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        n
+    }
+
+    /// Every name, for messages.
+    pub fn all(&self) -> Vec<String> {
+        let mut v = self.dns.clone();
+        v.extend(self.srv.iter().cloned());
+        v.extend(self.xmpp.iter().map(|x| format!("xmpp:{x}")));
+        v
+    }
+
+    /// RFC 6125 §6 / XEP-0178: does any identifier match `domain`?
+    pub fn matches(&self, domain: &str) -> bool {
+        let domain = domain.to_ascii_lowercase();
+        self.dns.iter().any(|p| dns_id_matches(p, &domain))
+            || self.srv.iter().any(|s| srv_id_matches(s, &domain))
+            || self.xmpp.iter().any(|x| x.eq_ignore_ascii_case(&domain))
+    }
+}
+
+/// The string inside an otherName value: `[0] EXPLICIT` around a UTF8String or IA5String
+/// (x509-parser hands over the bytes of the explicit tag or of its content).
+fn der_string(value: &[u8]) -> Option<String> {
+    let mut v = value;
+    for _ in 0..2 {
+        let (tag, content) = der_tlv(v)?;
+        match tag {
+            0x0c | 0x16 => return String::from_utf8(content.to_vec()).ok(),
+            0xa0 => v = content,
+            _ => return None,
+        }
+    }
+    None
+}
+
+fn der_tlv(b: &[u8]) -> Option<(u8, &[u8])> {
+    let tag = *b.first()?;
+    let first = *b.get(1)? as usize;
+    let (len, start) = if first < 0x80 {
+        (first, 2)
+    } else {
+        let n = first & 0x7f;
+        if n == 0 || n > 3 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | *b.get(2 + i)? as usize;
+        }
+        (len, 2 + n)
+    };
+    Some((tag, b.get(start..start + len)?))
+}
+
+/// DNS-ID: exact, or a wildcard that is the whole left-most label and stands for exactly
+/// one label (RFC 6125 §6.4.3; RFC 9525 §6.3).
+pub fn dns_id_matches(pattern: &str, domain: &str) -> bool {
+    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
+    let domain = domain.trim_end_matches('.');
+    match pattern.strip_prefix("*.") {
+        Some(rest) => match domain.split_once('.') {
+            Some((first, tail)) => !first.is_empty() && tail == rest && rest.contains('.'),
+            None => false,
+        },
+        None => !pattern.contains('*') && pattern == domain,
+    }
+}
+
+/// SRV-ID `_xmpp-server.DOMAIN` (RFC 6125 §6.5, XEP-0178).
+pub fn srv_id_matches(srv: &str, domain: &str) -> bool {
+    srv.strip_prefix("_xmpp-server.").is_some_and(|d| d.trim_end_matches('.').eq_ignore_ascii_case(domain))
+}
+
+/// The trust roots and the judge.
+pub struct CertJudge {
+    roots: Arc<RootCertStore>,
+    algs: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl CertJudge {
+    /// The system's roots (when readable) plus `extra` (from `[tls] ca_file`).
+    pub fn new(extra: &[CertificateDer<'static>], system: bool) -> CertJudge {
+        let mut roots = RootCertStore::empty();
+        if system {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            tracing::debug!(roots = added, "system trust roots loaded");
+        }
+        roots.add_parsable_certificates(extra.iter().cloned());
+        CertJudge { roots: Arc::new(roots), algs: super::tls::provider().signature_verification_algorithms }
+    }
+
+    /// Judge `chain` (end entity first) for `domain` at `now`.
+    pub fn judge(&self, chain: &[CertificateDer<'_>], domain: &str, now: UnixTime) -> CertVerdict {
+        let Some(ee) = chain.first() else { return CertVerdict::NoCertificate };
+        let parsed = match rustls::server::ParsedCertificate::try_from(ee) {
+            Ok(p) => p,
+            Err(e) => return CertVerdict::Invalid(e.to_string()),
+        };
+        let info = x509_parser::parse_x509_certificate(ee).ok().map(|(_, c)| {
+            (c.subject().to_string(), c.issuer().to_string(), c.validity().not_before.to_string(), c.validity().not_after.to_string())
+        });
+        let (subject, issuer, not_before, not_after) = info.unwrap_or_default();
+        if let Err(e) = rustls::client::verify_server_cert_signed_by_trust_anchor(&parsed, &self.roots, &chain[1..], now, self.algs.all) {
+            use rustls::CertificateError as CE;
+            return match e {
+                rustls::Error::InvalidCertificate(CE::Expired | CE::ExpiredContext { .. }) => CertVerdict::Expired(not_after),
+                rustls::Error::InvalidCertificate(CE::NotValidYet | CE::NotValidYetContext { .. }) => CertVerdict::NotYetValid(not_before),
+                rustls::Error::InvalidCertificate(CE::UnknownIssuer) if subject == issuer && chain.len() == 1 => CertVerdict::SelfSigned,
+                rustls::Error::InvalidCertificate(CE::UnknownIssuer) => CertVerdict::UntrustedIssuer(issuer),
+                other => CertVerdict::Invalid(other.to_string()),
+            };
+        }
+        let names = CertNames::from_der(ee);
+        if names.matches(domain) { CertVerdict::Valid } else { CertVerdict::NameMismatch(names.all()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType};
+
+    #[test]
+    fn dns_id_rules() {
+        assert!(dns_id_matches("example.org", "example.org"));
+        assert!(dns_id_matches("EXAMPLE.org.", "example.org"));
+        assert!(dns_id_matches("*.example.org", "chat.example.org"));
+        assert!(!dns_id_matches("*.example.org", "example.org"), "the wildcard stands for one label");
+        assert!(!dns_id_matches("*.example.org", "a.b.example.org"));
+        assert!(!dns_id_matches("*.org", "example.org"), "no wildcard right under a TLD");
+        assert!(!dns_id_matches("c*.example.org", "chat.example.org"), "a wildcard only as a whole label");
+        assert!(!dns_id_matches("chat.*.org", "chat.example.org"));
+    }
+
+    #[test]
+    fn srv_id_and_xmpp_addr() {
+        assert!(srv_id_matches("_xmpp-server.example.org", "example.org"));
+        assert!(!srv_id_matches("_xmpp-client.example.org", "example.org"));
+        assert!(!srv_id_matches("_xmpp-server.example.org", "other.org"));
+        let n = CertNames { dns: vec![], srv: vec![], xmpp: vec!["Example.org".into()] };
+        assert!(n.matches("example.org"));
+    }
+
+    struct Ca {
+        cert: rcgen::Certificate,
+        key: KeyPair,
+        params: CertificateParams,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let mut params = CertificateParams::new(vec![]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key, params }
+    }
+
+    fn leaf(ca: &Ca, sans: Vec<SanType>, eku: Vec<ExtendedKeyUsagePurpose>, dates: Option<(i32, i32)>) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(vec![]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "leaf");
+        params.subject_alt_names = sans;
+        params.extended_key_usages = eku;
+        if let Some((from, to)) = dates {
+            params.not_before = rcgen::date_time_ymd(from, 1, 1);
+            params.not_after = rcgen::date_time_ymd(to, 1, 1);
+        }
+        let key = KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca.params, &ca.key);
+        params.signed_by(&key, &issuer).unwrap().der().clone()
+    }
+
+    fn dns(d: &str) -> SanType {
+        SanType::DnsName(d.try_into().unwrap())
+    }
+
+    #[test]
+    fn verdicts() {
+        let ca1 = ca("Test CA");
+        let other = ca("Other CA");
+        let judge = CertJudge::new(&[ca1.cert.der().clone()], false);
+        let now = UnixTime::now();
+        let server = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let good = leaf(&ca1, vec![dns("a.example"), dns("*.a.example")], server.clone(), None);
+        assert_eq!(judge.judge(&[good.clone()], "a.example", now), CertVerdict::Valid);
+        assert_eq!(judge.judge(&[good.clone()], "chat.a.example", now), CertVerdict::Valid);
+        assert_eq!(judge.judge(&[good], "b.example", now).to_string(), "name mismatch: certificate names a.example, *.a.example");
+        let expired = leaf(&ca1, vec![dns("a.example")], server.clone(), Some((2020, 2021)));
+        assert!(matches!(judge.judge(&[expired], "a.example", now), CertVerdict::Expired(d) if d.contains("2021")));
+        let future = leaf(&ca1, vec![dns("a.example")], server.clone(), Some((2090, 2091)));
+        assert!(matches!(judge.judge(&[future], "a.example", now), CertVerdict::NotYetValid(_)));
+        let untrusted = leaf(&other, vec![dns("a.example")], server.clone(), None);
+        assert_eq!(judge.judge(&[untrusted], "a.example", now).to_string(), "untrusted issuer (CN=Other CA)");
+        let selfsigned = rcgen::generate_simple_self_signed(vec!["a.example".to_owned()]).unwrap().cert.der().clone();
+        assert_eq!(judge.judge(&[selfsigned], "a.example", now), CertVerdict::SelfSigned);
+        assert_eq!(judge.judge(&[], "a.example", now), CertVerdict::NoCertificate);
+        // XmppAddr and SRV-ID (as UTF8String otherNames) from a real certificate; webpki checks
+        // the chain, the names are ours (a certificate with no DNS-ID at all).
+        let xmpp = leaf(
+            &ca1,
+            vec![SanType::OtherName((vec![1, 3, 6, 1, 5, 5, 7, 8, 5], "x.example".into())), dns("other.example")],
+            server.clone(),
+            None,
+        );
+        let names = CertNames::from_der(&xmpp);
+        assert_eq!(names.xmpp, vec!["x.example".to_owned()]);
+        assert_eq!(judge.judge(&[xmpp], "x.example", now), CertVerdict::Valid);
+        let srv = leaf(
+            &ca1,
+            vec![SanType::OtherName((vec![1, 3, 6, 1, 5, 5, 7, 8, 7], "_xmpp-server.s.example".into())), dns("other.example")],
+            server.clone(),
+            None,
+        );
+        assert_eq!(judge.judge(&[srv], "s.example", now), CertVerdict::Valid);
+        // No EKU at all, or server-auth only: both accepted (peers present server certificates).
+        let no_eku = leaf(&ca1, vec![dns("a.example")], vec![], None);
+        assert_eq!(judge.judge(&[no_eku], "a.example", now), CertVerdict::Valid);
+    }
+}
