@@ -630,6 +630,9 @@ fn print_connections(v: &[ConnSnapshot]) {
             c.stanzas_out,
             human_duration(now.saturating_sub(c.opened_ms)),
         );
+        if let Some(v) = c.tls.as_ref().and_then(|t| t.cert_verdict.as_ref()) {
+            println!("{:<32}     certificate: {v}", "");
+        }
         if let Some(r) = &c.close_reason {
             println!("{:<32}     closed: {r}", "");
         }

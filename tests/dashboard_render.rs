@@ -21,7 +21,12 @@ fn conn(id: &str, dir: Direction, remote: &str, state: ConnState, pair: Option<P
         peer_addr: Some("127.0.0.1:5269".into()),
         state,
         stream_id: Some("abc".into()),
-        tls: Some(TlsInfo { version: "TLS 1.3".into(), cipher: "TLS13_AES_128_GCM_SHA256".into(), peer_cert: None }),
+        tls: Some(TlsInfo {
+            version: "TLS 1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            peer_cert: None,
+            cert_verdict: Some(drawbridge::net::certs::CertVerdict::SelfSigned),
+        }),
         pairs: pair
             .map(|s| vec![PairInfo { local: "island.test".into(), remote: remote.into(), status: s, method: AuthMethod::Dialback }])
             .unwrap_or_default(),
@@ -135,6 +140,7 @@ fn header_and_connections() {
         if w == 200 {
             assert!(s.contains("not-authorized"), "close reason column when wide: {s}");
             assert!(s.contains("TLS 1.3 TLS13_AES_128_GCM_SHA256"), "detail pane: {s}");
+            assert!(s.contains("certificate verdict: self-signed"), "detail pane: {s}");
         }
     }
 }

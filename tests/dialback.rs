@@ -41,8 +41,10 @@ async fn spoofed_domain_is_refused_made_up_and_replayed_keys() {
     let ans = expect_db_result(&mut a).await;
     assert_eq!(ans.answer, Some(Answer::Invalid));
     assert_eq!((ans.from.as_str(), ans.to.as_str()), ("b.test", "c.test"));
-    let ev = wait_event(&mut events, "the invalid outcome", |e| matches!(e, Event::Verification { outcome } if outcome.remote == "c.test"))
-        .await;
+    let ev = wait_event(&mut events, "the invalid outcome", |e| {
+        matches!(e, Event::Verification { outcome } if outcome.remote == "c.test" && outcome.method == drawbridge::engine::events::AuthMethod::Dialback)
+    })
+    .await;
     let Event::Verification { outcome } = ev else { unreachable!() };
     assert_eq!(outcome.result, VerificationResult::Invalid);
     assert!(outcome.reason.contains("authoritative server said the dialback key is invalid"), "{}", outcome.reason);
@@ -78,9 +80,19 @@ async fn spoofed_domain_is_refused_made_up_and_replayed_keys() {
         assert_eq!(stream.stanzas_in, 0, "{stream:?}");
         assert!(stream.close_reason.as_deref().unwrap_or("").contains("not-authorized"), "{stream:?}");
     }
-    let invalid =
-        b.engine.shared.outcomes().into_iter().filter(|o| o.remote == "c.test" && o.result == VerificationResult::Invalid).count();
+    let dialback = drawbridge::engine::events::AuthMethod::Dialback;
+    let invalid = b
+        .engine
+        .shared
+        .outcomes()
+        .into_iter()
+        .filter(|o| o.remote == "c.test" && o.method == dialback && o.result == VerificationResult::Invalid)
+        .count();
     assert_eq!(invalid, 2);
+    // Each TLS stream's certificate was judged too (self-signed test certificates).
+    assert!(b.engine.shared.outcomes().iter().any(|o| o.remote == "c.test"
+        && o.method == drawbridge::engine::events::AuthMethod::Certificate
+        && o.reason == "certificate for c.test: self-signed"));
 }
 
 /// Piggybacking: one stream authorises two pairs; a stanza from a third domain is refused.

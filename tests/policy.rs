@@ -92,13 +92,20 @@ async fn blacklisting_a_parent_refuses_subdomains_even_before_tls() {
     let err = r.error.unwrap();
     assert!(err.contains("chat.evil.test is blacklisted through evil.test: spam source"), "{err}");
     // A peer naming a blacklisted domain in its header is cut off at once, in plaintext.
+    let mut events = b.engine.subscribe();
     let mut p = RawPeer::connect(b.addr).await;
     p.send(&header("x.evil.test", "b.test")).await;
     let e = p.expect_condition(C::PolicyViolation).await;
     assert!(e.text.contains("blacklisted"), "{e}");
-    assert!(b.engine.connections(true).iter().any(|c| c.direction == Direction::In
-        && c.tls.is_none()
-        && c.close_reason.as_deref().is_some_and(|r| r.contains("policy-violation"))));
+    let ev = wait_event(
+        &mut events,
+        "the refused stream to close",
+        |e| matches!(e, Event::StreamClosed { stream } if stream.remote.as_deref() == Some("x.evil.test")),
+    )
+    .await;
+    let Event::StreamClosed { stream } = ev else { unreachable!() };
+    assert!(stream.tls.is_none(), "refused before TLS");
+    assert!(stream.close_reason.as_deref().is_some_and(|r| r.contains("policy-violation")), "{stream:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -284,7 +284,12 @@ fn conn_detail(c: &ConnSnapshot) -> Vec<Line<'static>> {
     ))];
     match &c.tls {
         Some(tls) => {
-            v.push(Line::from(format!("TLS {} {}", tls.version, tls.cipher)));
+            v.push(Line::from(format!(
+                "TLS {} {}; certificate verdict: {}",
+                tls.version,
+                tls.cipher,
+                tls.cert_verdict.as_ref().map_or("not judged".to_owned(), |v| v.to_string())
+            )));
             if let Some(cert) = &tls.peer_cert {
                 v.push(Line::from(format!(
                     "certificate {} issued by {}, names {}, expires {}",
@@ -299,7 +304,13 @@ fn conn_detail(c: &ConnSnapshot) -> Vec<Line<'static>> {
         None => v.push(Line::from("no TLS")),
     }
     for p in &c.pairs {
-        v.push(Line::from(format!("pair {} → {}: dialback, {}", p.remote, p.local, format!("{:?}", p.status).to_lowercase())));
+        v.push(Line::from(format!(
+            "pair {} → {}: {}, {}",
+            p.remote,
+            p.local,
+            format!("{:?}", p.method).to_lowercase(),
+            format!("{:?}", p.status).to_lowercase()
+        )));
     }
     if let Some(r) = &c.close_reason {
         v.push(Line::from(format!("closed: {r}")));

@@ -41,6 +41,8 @@ impl ConnState {
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMethod {
     Dialback,
+    /// The peer's certificate judged for the domain (RFC 6125); SASL EXTERNAL builds on it.
+    Certificate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +69,9 @@ pub struct TlsInfo {
     pub version: String,
     pub cipher: String,
     pub peer_cert: Option<PeerCertInfo>,
+    /// The peer certificate judged for the domain the peer claims (or we dialled).
+    #[serde(default)]
+    pub cert_verdict: Option<crate::net::certs::CertVerdict>,
 }
 
 /// A stream as seen in the connection table.

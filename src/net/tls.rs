@@ -106,6 +106,8 @@ pub struct TlsContext {
     pub our_cert: PeerCertInfo,
     /// Extra trust roots from `[tls] ca_file` (used to judge peer certificates).
     pub extra_roots: Vec<CertificateDer<'static>>,
+    /// Judges peer certificates against the system's roots and `extra_roots`.
+    pub judge: super::certs::CertJudge,
 }
 
 impl TlsContext {
@@ -131,6 +133,7 @@ impl TlsContext {
         if let Some(ca) = &settings.ca_file {
             ctx.extra_roots = load_roots(ca)?;
         }
+        ctx.judge = super::certs::CertJudge::new(&ctx.extra_roots, true);
         Ok(ctx)
     }
 
@@ -166,7 +169,14 @@ impl TlsContext {
                 .map_err(|e| TlsError::Setup(e.to_string()))?;
             client.insert(d.clone(), Arc::new(cc));
         }
-        Ok(TlsContext { server, client, default_domain: domains[0].clone(), our_cert, extra_roots: Vec::new() })
+        Ok(TlsContext {
+            server,
+            client,
+            default_domain: domains[0].clone(),
+            our_cert,
+            extra_roots: Vec::new(),
+            judge: super::certs::CertJudge::new(&[], false),
+        })
     }
 
     /// Server config for a stream addressed to `local` (the header's `to`, since some peers,

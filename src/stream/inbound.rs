@@ -259,6 +259,8 @@ impl In<'_> {
         let (_, session) = tls.get_ref();
         let (version, cipher) = crate::net::tls::session_facts(session);
         let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::PeerCertInfo::from_der(c));
+        let claimed = self.entry.snapshot().remote.and_then(|r| Domain::parse(&r).ok());
+        let cert_verdict = claimed.as_ref().map(|d| self.judge_cert(session.peer_certificates().unwrap_or(&[]), d));
         self.entry.record(
             "note",
             format!(
@@ -272,7 +274,7 @@ impl In<'_> {
             ),
             None,
         );
-        self.entry.set_tls(TlsInfo { version, cipher, peer_cert });
+        self.entry.set_tls(TlsInfo { version, cipher, peer_cert, cert_verdict });
         conn.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
         conn.restart();
         // Everything learned before TLS is forgotten.
@@ -280,6 +282,25 @@ impl In<'_> {
         self.pairs.clear();
         self.entry.reset_pairs();
         Ok(())
+    }
+
+    /// Judge the peer's certificate for the domain it claims; recorded as an outcome.
+    fn judge_cert(&self, chain: &[rustls::pki_types::CertificateDer<'static>], claimed: &Domain) -> crate::net::certs::CertVerdict {
+        let verdict = self.shared.tls.judge.judge(chain, claimed.as_str(), rustls::pki_types::UnixTime::now());
+        let local =
+            self.entry.snapshot().local.and_then(|l| Domain::parse(&l).ok()).unwrap_or_else(|| self.shared.settings.domains[0].clone());
+        self.shared.record_outcome(VerificationOutcome {
+            time_ms: now_ms(),
+            stream: self.entry.id.clone(),
+            direction: Direction::In,
+            local: local.to_string(),
+            remote: claimed.to_string(),
+            method: AuthMethod::Certificate,
+            result: if verdict.is_valid() { VerificationResult::Valid } else { VerificationResult::Invalid },
+            reason: format!("certificate for {claimed}: {verdict}"),
+            peer_addr: self.entry.peer_addr(),
+        });
+        verdict
     }
 
     /// One top-level element after the features. `Some(end)` closes the stream.

@@ -88,6 +88,9 @@ pub async fn run(
             while let Ok(v) = verifies.try_recv() {
                 let _ = v.reply.send(verify_failure(&f));
             }
+            // The table says why before anyone hears back: a sender that gets the bounce
+            // finds the failed stream and its reason in the connection table.
+            shared.stream_closed(&entry, &f.reason);
             while let Ok(st) = stanzas.try_recv() {
                 if let Some(b) = error_reply(&st, bounce_type(cond), cond, Some(&text)) {
                     shared.router.route(&shared, b).await;
@@ -97,7 +100,7 @@ pub async fn run(
                 let error = (cond == "policy-violation").then(|| StreamError::new(StreamErrorCondition::PolicyViolation, f.reason.clone()));
                 c.close(error.as_ref(), close_timeout, false).await;
             }
-            f.reason
+            return;
         }
         End::Closed { mut conn, error, reason } => {
             // Whatever was queued before the handle went away still goes out on this stream.
@@ -364,6 +367,23 @@ impl Out<'_> {
         });
     }
 
+    /// Judge the peer's certificate for the domain we dialled; recorded as an outcome.
+    fn judge_cert(&self, chain: &[rustls::pki_types::CertificateDer<'static>]) -> crate::net::certs::CertVerdict {
+        let verdict = self.shared.tls.judge.judge(chain, self.remote.as_str(), rustls::pki_types::UnixTime::now());
+        self.shared.record_outcome(VerificationOutcome {
+            time_ms: now_ms(),
+            stream: self.entry.id.clone(),
+            direction: Direction::Out,
+            local: self.local.to_string(),
+            remote: self.remote.to_string(),
+            method: AuthMethod::Certificate,
+            result: if verdict.is_valid() { VerificationResult::Valid } else { VerificationResult::Invalid },
+            reason: format!("certificate for {}: {verdict}", self.remote),
+            peer_addr: self.entry.peer_addr(),
+        });
+        verdict
+    }
+
     fn send_verify(&mut self, conn: &mut Conn, v: VerifyRequest) {
         conn.send(&dialback::verify_request(self.local.as_str(), self.remote.as_str(), &v.stream_id, &v.key));
         self.verifying.entry(v.stream_id).or_default().push(v.reply);
@@ -487,6 +507,7 @@ impl Out<'_> {
             let (_, session) = tls.get_ref();
             let (version, cipher) = crate::net::tls::session_facts(session);
             let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::PeerCertInfo::from_der(c));
+            let cert_verdict = Some(self.judge_cert(session.peer_certificates().unwrap_or(&[])));
             self.entry.record(
                 "note",
                 format!(
@@ -500,7 +521,7 @@ impl Out<'_> {
                 ),
                 None,
             );
-            self.entry.set_tls(TlsInfo { version, cipher, peer_cert });
+            self.entry.set_tls(TlsInfo { version, cipher, peer_cert, cert_verdict });
             conn.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
             conn.restart();
         }
