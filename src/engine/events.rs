@@ -43,6 +43,8 @@ pub enum AuthMethod {
     Dialback,
     /// The peer's certificate judged for the domain (RFC 6125); SASL EXTERNAL builds on it.
     Certificate,
+    /// SASL EXTERNAL with a certificate valid for the domain (RFC 6120 §6, XEP-0178).
+    SaslExternal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

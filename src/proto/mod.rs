@@ -4,5 +4,6 @@
 pub mod dialback;
 pub mod jid;
 pub mod ns;
+pub mod sasl;
 pub mod stanza;
 pub mod stream;

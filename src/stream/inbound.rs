@@ -66,6 +66,10 @@ struct In<'a> {
     /// Stanzas of held pairs, in arrival order.
     held: std::collections::VecDeque<Element>,
     hold_until: Option<Instant>,
+    /// The domain the peer's certificate is valid for (the header's 'from'), after TLS.
+    cert_valid_for: Option<Domain>,
+    /// SASL EXTERNAL succeeded on this stream (no second SASL after the restart).
+    sasl_done: bool,
 }
 
 pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
@@ -83,6 +87,8 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         done_tx,
         held: Default::default(),
         hold_until: None,
+        cert_valid_for: None,
+        sasl_done: false,
     };
     let end = st.session(&mut conn, &mut done_rx).await;
     match &end.error {
@@ -146,6 +152,13 @@ impl In<'_> {
                 }
                 features = features.child(tls);
             }
+            // SASL EXTERNAL only when the certificate is valid for the header's 'from'
+            // (XEP-0178 §2); dialback stays offered alongside.
+            if self.secure && !self.sasl_done && self.cert_valid_for.is_some() {
+                features = features.child(
+                    Element::new("mechanisms", ns::SASL).child(Element::new("mechanism", ns::SASL).text("EXTERNAL")),
+                );
+            }
             if self.secure || !require_tls {
                 features =
                     features.child(Element::new("dialback", ns::DIALBACK_FEATURE).child(Element::new("errors", ns::DIALBACK_FEATURE)));
@@ -187,6 +200,18 @@ impl In<'_> {
                             Ok(Frame::StreamOpen(_)) => return End::error(C::NotWellFormed, "unexpected stream header"),
                             Err(e) => return self.read_error(conn, e, false).await,
                         };
+                        if el.is("auth", ns::SASL) {
+                            match self.sasl_external(conn, &local, &el).await {
+                                Ok(true) => continue 'stream,
+                                Ok(false) => {
+                                    if let Err(e) = conn.flush().await {
+                                        return End { error: None, peer_closed: false, reason: format!("write failed: {e}") };
+                                    }
+                                    continue;
+                                }
+                                Err(end) => return end,
+                            }
+                        }
                         if el.is("starttls", ns::TLS) {
                             match self.starttls(conn, &local, deadline).await {
                                 Ok(()) => continue 'stream,
@@ -261,6 +286,7 @@ impl In<'_> {
         let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::PeerCertInfo::from_der(c));
         let claimed = self.entry.snapshot().remote.and_then(|r| Domain::parse(&r).ok());
         let cert_verdict = claimed.as_ref().map(|d| self.judge_cert(session.peer_certificates().unwrap_or(&[]), d));
+        self.cert_valid_for = claimed.filter(|_| cert_verdict.as_ref().is_some_and(|v| v.is_valid()));
         self.entry.record(
             "note",
             format!(
@@ -282,6 +308,65 @@ impl In<'_> {
         self.pairs.clear();
         self.entry.reset_pairs();
         Ok(())
+    }
+
+    /// SASL EXTERNAL (RFC 6120 §6.4, XEP-0178 §2): `Ok(true)` on success (the stream
+    /// restarts), `Ok(false)` after a `<failure/>` (dialback remains possible).
+    async fn sasl_external(&mut self, conn: &mut Conn, local: &Domain, el: &Element) -> Result<bool, End> {
+        let failure = |cond: &str, text: String| {
+            Element::new("failure", ns::SASL).child(Element::new(cond, ns::SASL)).child(Element::new("text", ns::SASL).text(text))
+        };
+        let offered = self.secure && !self.sasl_done && self.cert_valid_for.is_some();
+        if el.get_attr("mechanism") != Some("EXTERNAL") || !offered {
+            let why = if offered {
+                "only EXTERNAL is offered".to_owned()
+            } else {
+                "EXTERNAL is offered only to a peer whose certificate is valid for its domain; use dialback".to_owned()
+            };
+            conn.send(&failure("invalid-mechanism", why));
+            return Ok(false);
+        }
+        let domain = self.cert_valid_for.clone().expect("offered implies a valid certificate");
+        match crate::proto::sasl::authzid(&el.text_content()) {
+            Err(()) => {
+                conn.send(&failure("incorrect-encoding", "the authorization identity is not base64".into()));
+                return Ok(false);
+            }
+            Ok(Some(id)) if !id.eq_ignore_ascii_case(domain.as_str()) => {
+                conn.send(&failure("invalid-authzid", format!("the certificate is for {domain}, not {id}")));
+                return Ok(false);
+            }
+            Ok(_) => {}
+        }
+        let status = match self.shared.policy.verdict(&domain) {
+            crate::policy::Verdict::Refuse(why) => return Err(End::error(C::PolicyViolation, why)),
+            crate::policy::Verdict::Allow => Pair::Valid,
+            crate::policy::Verdict::Hold => {
+                self.shared.mark_pending(&domain);
+                self.hold_until.get_or_insert(Instant::now() + self.shared.settings.policy.approval_wait);
+                Pair::Held
+            }
+        };
+        conn.send(&Element::new("success", ns::SASL));
+        conn.flush().await.map_err(|e| End { error: None, peer_closed: false, reason: format!("write failed: {e}") })?;
+        conn.restart();
+        self.sasl_done = true;
+        self.pairs.insert((local.clone(), domain.clone()), status);
+        let ps = if status == Pair::Valid { PairStatus::Valid } else { PairStatus::Held };
+        self.entry.set_pair(local, &domain, ps, AuthMethod::SaslExternal);
+        self.entry.set_state(ConnState::Established);
+        self.shared.record_outcome(VerificationOutcome {
+            time_ms: now_ms(),
+            stream: self.entry.id.clone(),
+            direction: Direction::In,
+            local: local.to_string(),
+            remote: domain.to_string(),
+            method: AuthMethod::SaslExternal,
+            result: VerificationResult::Valid,
+            reason: format!("SASL EXTERNAL: the certificate is valid for {domain}"),
+            peer_addr: self.entry.peer_addr(),
+        });
+        Ok(true)
     }
 
     /// Judge the peer's certificate for the domain it claims; recorded as an outcome.
@@ -330,11 +415,6 @@ impl In<'_> {
                 return Some(End::error(C::PolicyViolation, "stanza before TLS: this server requires encryption"));
             }
             return self.on_stanza(el).await;
-        }
-        if el.is("auth", ns::SASL) {
-            // No SASL mechanism is offered in this version; the peer falls back to dialback.
-            conn.send(&Element::new("failure", ns::SASL).child(Element::new("invalid-mechanism", ns::SASL)));
-            return None;
         }
         Some(End::error(C::UnsupportedStanzaType, format!("{} is not supported here", el.describe())))
     }

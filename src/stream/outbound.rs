@@ -182,10 +182,16 @@ impl Out<'_> {
             _ = sleep_until(deadline) => Err(Failure::timeout(format!("stream negotiation took longer than {}s (timeouts.negotiation)", t.negotiation.as_secs()))),
             _ = self.entry.cancel.cancelled() => Err(Failure::new(self.cancel_reason())),
         };
-        let stream_id = match negotiated {
-            Ok(id) => id,
+        let (stream_id, by_sasl) = match negotiated {
+            Ok(r) => r,
             Err(f) => return End::Failed(f, Some(conn)),
         };
+        if by_sasl {
+            self.entry.set_pair(&self.local, &self.remote, PairStatus::Valid, AuthMethod::SaslExternal);
+            self.entry.set_state(ConnState::Established);
+            self.outcome_with(AuthMethod::SaslExternal, VerificationResult::Valid, format!("{} accepted our certificate (SASL EXTERNAL)", self.remote));
+            return self.established(conn, stanzas, verifies).await;
+        }
 
         // Dialback, Originating Server role (XEP-0220 §2.1.1).
         self.entry.set_state(ConnState::Authenticating);
@@ -237,6 +243,12 @@ impl Out<'_> {
         self.entry.set_pair(&self.local, &self.remote, PairStatus::Valid, AuthMethod::Dialback);
         self.entry.set_state(ConnState::Established);
         self.outcome(VerificationResult::Valid, format!("{} accepted our dialback key", self.remote));
+        self.established(conn, stanzas, verifies).await
+    }
+
+    /// Established: policy hold if any, then stanzas flow.
+    async fn established(&mut self, mut conn: Conn, stanzas: &mut mpsc::Receiver<Element>, verifies: &mut mpsc::Receiver<VerifyRequest>) -> End {
+        let t = self.shared.settings.timeouts.clone();
 
         // Policy: in approval mode an undecided domain's traffic waits for the operator.
         let mut policy_changes = self.shared.policy.subscribe();
@@ -354,13 +366,17 @@ impl Out<'_> {
     }
 
     fn outcome(&self, result: VerificationResult, reason: String) {
+        self.outcome_with(AuthMethod::Dialback, result, reason)
+    }
+
+    fn outcome_with(&self, method: AuthMethod, result: VerificationResult, reason: String) {
         self.shared.record_outcome(VerificationOutcome {
             time_ms: now_ms(),
             stream: self.entry.id.clone(),
             direction: Direction::Out,
             local: self.local.to_string(),
             remote: self.remote.to_string(),
-            method: AuthMethod::Dialback,
+            method,
             result,
             reason,
             peer_addr: self.entry.peer_addr(),
@@ -448,8 +464,9 @@ impl Out<'_> {
         Err(if all_timeouts { Failure::timeout(reason) } else { Failure::new(reason) })
     }
 
-    /// Stream headers and features, STARTTLS and the restart. Returns the peer's stream id.
-    async fn negotiate(&self, conn: &mut Conn) -> Result<String, Failure> {
+    /// Stream headers and features, STARTTLS and the restart, then SASL EXTERNAL when the peer
+    /// offers it. Returns the peer's stream id and whether SASL authenticated us.
+    async fn negotiate(&self, conn: &mut Conn) -> Result<(String, bool), Failure> {
         let require_tls = self.shared.settings.tls.require_encryption;
         loop {
             conn.send_raw(&header(Some(self.local.as_str()), Some(self.remote.as_str()), None));
@@ -474,14 +491,26 @@ impl Out<'_> {
             };
             if conn.io.is_tls() {
                 conn.entry.set_stream_id(stream_id.as_deref().unwrap_or(""));
-                return stream_id.ok_or_else(|| Failure::new("the peer's stream header has no id, so dialback is impossible"));
+                let external = features
+                    .get_child("mechanisms", ns::SASL)
+                    .is_some_and(|m| m.elements().any(|x| x.name == "mechanism" && x.text_content().trim() == "EXTERNAL"));
+                if external {
+                    if self.sasl_external(conn).await? {
+                        return Ok((stream_id.unwrap_or_default(), true));
+                    }
+                }
+                return stream_id
+                    .map(|id| (id, false))
+                    .ok_or_else(|| Failure::new("the peer's stream header has no id, so dialback is impossible"));
             }
             if !features.has_child("starttls", ns::TLS) {
                 if require_tls {
                     return Err(Failure::new(format!("{} does not offer STARTTLS and tls.require_encryption is on", self.remote)));
                 }
                 conn.entry.set_stream_id(stream_id.as_deref().unwrap_or(""));
-                return stream_id.ok_or_else(|| Failure::new("the peer's stream header has no id, so dialback is impossible"));
+                return stream_id
+                    .map(|id| (id, false))
+                    .ok_or_else(|| Failure::new("the peer's stream header has no id, so dialback is impossible"));
             }
             // STARTTLS (RFC 6120 §5.4.2).
             self.entry.set_state(ConnState::Tls);
@@ -524,6 +553,42 @@ impl Out<'_> {
             self.entry.set_tls(TlsInfo { version, cipher, peer_cert, cert_verdict });
             conn.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
             conn.restart();
+        }
+    }
+}
+
+impl Out<'_> {
+    /// SASL EXTERNAL towards the peer (RFC 6120 §6.4.1, XEP-0178 §3); on `<success/>` the
+    /// stream restarts. `Ok(false)`: the peer refused, dialback follows on this stream.
+    async fn sasl_external(&self, conn: &mut Conn) -> Result<bool, Failure> {
+        conn.send(&Element::new("auth", ns::SASL).attr("mechanism", "EXTERNAL").text("="));
+        conn.flush().await.map_err(|e| Failure::new(format!("write failed: {e}")))?;
+        match conn.read_frame().await.map_err(|e| Failure::new(format!("SASL: {e}")))? {
+            Frame::Element(el) if el.is("success", ns::SASL) => {}
+            Frame::Element(el) if el.is("failure", ns::SASL) => {
+                let cond = el.elements().find(|e| e.name != "text").map(|e| e.name.to_string()).unwrap_or_default();
+                let text = el.get_child("text", ns::SASL).map(|t| t.text_content()).unwrap_or_default();
+                tracing::info!(stream = %self.entry.id, "{} refused SASL EXTERNAL: {cond} {text}; falling back to dialback", self.remote);
+                self.outcome_with(
+                    AuthMethod::SaslExternal,
+                    VerificationResult::Invalid,
+                    format!("{} refused our certificate (SASL EXTERNAL <{cond}/> {text}); falling back to dialback", self.remote),
+                );
+                return Ok(false);
+            }
+            _ => return Err(Failure::new("SASL: unexpected answer to <auth/>")),
+        }
+        // RFC 6120 §6.4.6: restart the stream.
+        conn.restart();
+        conn.send_raw(&header(Some(self.local.as_str()), Some(self.remote.as_str()), None));
+        conn.flush().await.map_err(|e| Failure::new(format!("write failed: {e}")))?;
+        match conn.read_frame().await.map_err(|e| Failure::new(format!("after SASL: {e}")))? {
+            Frame::StreamOpen(h) => conn.entry.set_stream_id(h.id.as_deref().unwrap_or("")),
+            _ => return Err(Failure::new("the peer did not restart the stream after SASL")),
+        }
+        match conn.read_frame().await.map_err(|e| Failure::new(format!("after SASL: {e}")))? {
+            Frame::Element(el) if el.is("features", ns::STREAMS) => Ok(true),
+            _ => Err(Failure::new("no stream features after SASL")),
         }
     }
 }

@@ -1,0 +1,104 @@
+//! Certificate authentication end to end: SASL EXTERNAL both ways with certificates from a
+//! CA made in the test, and the fallback to dialback when a certificate is not trusted.
+
+mod common;
+
+use common::*;
+use drawbridge::engine::events::{AuthMethod, Direction, PairStatus, VerificationResult};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+
+struct Ca {
+    params: CertificateParams,
+    key: KeyPair,
+    pem: String,
+}
+
+fn ca(name: &str) -> Ca {
+    let mut params = CertificateParams::new(vec![]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let key = KeyPair::generate().unwrap();
+    let pem = params.self_signed(&key).unwrap().pem();
+    Ca { params, key, pem }
+}
+
+/// `[tls]` for `domain` with a server-auth-only certificate from `ca`, trusting `trust`.
+fn tls_config(dir: &std::path::Path, ca: &Ca, domain: &str, trust: &Ca) -> String {
+    let mut params = CertificateParams::new(vec![domain.to_owned(), format!("*.{domain}")]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, domain);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &rcgen::Issuer::from_params(&ca.params, &ca.key)).unwrap();
+    let (c, k, t) = (dir.join(format!("{domain}.crt")), dir.join(format!("{domain}.key")), dir.join(format!("{domain}-trust.pem")));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    std::fs::write(&t, &trust.pem).unwrap();
+    format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\nca_file = \"{}\"\n", c.display(), k.display(), t.display())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_external_both_ways_with_trusted_certificates() {
+    let dns = Dns::start().await;
+    let ca = ca("drawbridge test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_published("a.test", &dns, &tls_config(dir.path(), &ca, "a.test", &ca)).await;
+    let b = start_published("b.test", &dns, &tls_config(dir.path(), &ca, "b.test", &ca)).await;
+    let r = within("probe a→b", a.engine.probe("b.test", None)).await;
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(r.auth.as_deref(), Some("sasl-external (valid)"));
+    let r = within("probe b→a", b.engine.probe("a.test", None)).await;
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(r.auth.as_deref(), Some("sasl-external (valid)"));
+    // b's side: the inbound stream from a authenticated by SASL EXTERNAL, certificate valid.
+    let conns = b.engine.connections(false);
+    let inbound = conns.iter().find(|c| c.direction == Direction::In && c.remote.as_deref() == Some("a.test")).unwrap();
+    assert_eq!(inbound.pairs[0].method, AuthMethod::SaslExternal);
+    assert_eq!(inbound.pairs[0].status, PairStatus::Valid);
+    assert!(inbound.tls.as_ref().unwrap().cert_verdict.as_ref().unwrap().is_valid());
+    let outcomes = b.engine.shared.outcomes();
+    assert!(outcomes.iter().any(|o| o.method == AuthMethod::SaslExternal && o.result == VerificationResult::Valid && o.remote == "a.test"));
+    assert!(!outcomes.iter().any(|o| o.method == AuthMethod::Dialback), "no dialback needed: {outcomes:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_certificate_falls_back_to_dialback() {
+    let dns = Dns::start().await;
+    let (ca_a, ca_b) = (ca("CA of a"), ca("CA of b"));
+    let dir = tempfile::tempdir().unwrap();
+    // a trusts b's CA, b does not trust a's: a→b cannot use EXTERNAL (b offers it only to
+    // a peer whose certificate it trusts), so dialback authenticates a; b→a uses EXTERNAL.
+    let a = start_published("a.test", &dns, &tls_config(dir.path(), &ca_a, "a.test", &ca_b)).await;
+    let b = start_published("b.test", &dns, &tls_config(dir.path(), &ca_b, "b.test", &ca_b)).await;
+    let r = within("probe a→b", a.engine.probe("b.test", None)).await;
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(r.auth.as_deref(), Some("dialback (valid)"));
+    let verdicts: Vec<String> = b
+        .engine
+        .shared
+        .outcomes()
+        .into_iter()
+        .filter(|o| o.method == AuthMethod::Certificate && o.remote == "a.test")
+        .map(|o| o.reason)
+        .collect();
+    assert!(verdicts.iter().any(|v| v == "certificate for a.test: untrusted issuer (CN=CA of a)"), "{verdicts:?}");
+    let r = within("probe b→a", b.engine.probe("a.test", None)).await;
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(r.auth.as_deref(), Some("sasl-external (valid)"));
+}
+
+/// A peer whose certificate is valid may still ask for an authorization identity that is not
+/// its own: `<invalid-authzid/>`; EXTERNAL is not offered at all to an untrusted peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_failures_name_the_reason() {
+    let dns = Dns::start().await;
+    let b = start_published("b.test", &dns, "").await;
+    // A raw peer with a self-signed certificate: EXTERNAL not offered; asking anyway fails.
+    let (mut p, _, f) = tls_peer(&b, "x.test").await;
+    assert!(!f.has_child("mechanisms", drawbridge::proto::ns::SASL), "no EXTERNAL for an untrusted certificate");
+    p.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>").await;
+    let fail = p.next_el().await.unwrap();
+    assert!(fail.is("failure", drawbridge::proto::ns::SASL));
+    assert!(fail.has_child("invalid-mechanism", drawbridge::proto::ns::SASL), "{}", fail.to_xml());
+    assert!(fail.get_child("text", drawbridge::proto::ns::SASL).unwrap().text_content().contains("use dialback"));
+}
