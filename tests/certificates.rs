@@ -54,6 +54,7 @@ async fn sasl_external_both_ways_with_trusted_certificates() {
     let conns = b.engine.connections(false);
     let inbound = conns.iter().find(|c| c.direction == Direction::In && c.remote.as_deref() == Some("a.test")).unwrap();
     assert_eq!(inbound.pairs[0].method, AuthMethod::SaslExternal);
+    assert_eq!(inbound.state, drawbridge::engine::events::ConnState::Established, "established after the SASL restart");
     assert_eq!(inbound.pairs[0].status, PairStatus::Valid);
     assert!(inbound.tls.as_ref().unwrap().cert_verdict.as_ref().unwrap().is_valid());
     let outcomes = b.engine.shared.outcomes();

@@ -14,7 +14,7 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
             _ => return None,
         } as u32)
     };
-    if s.len() % 4 != 0 {
+    if !s.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(s.len() / 4 * 3);
@@ -50,15 +50,20 @@ pub fn base64_encode(b: &[u8]) -> String {
     s
 }
 
+/// The `<auth/>` text is not base64 of UTF-8 (RFC 6120 §6.4.2: `<incorrect-encoding/>`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the authorization identity is not base64-encoded UTF-8")]
+pub struct IncorrectEncoding;
+
 /// The authorization identity of an EXTERNAL `<auth/>`: `Ok(None)` for none (empty or
-/// `=`), `Ok(Some(id))`, or `Err` when it is not valid base64 / UTF-8.
-pub fn authzid(text: &str) -> Result<Option<String>, ()> {
+/// `=`), `Ok(Some(id))`, or an error when it is not valid base64 / UTF-8.
+pub fn authzid(text: &str) -> Result<Option<String>, IncorrectEncoding> {
     let t = text.trim();
     if t.is_empty() || t == "=" {
         return Ok(None);
     }
-    let raw = base64_decode(t).ok_or(())?;
-    let id = String::from_utf8(raw).map_err(|_| ())?;
+    let raw = base64_decode(t).ok_or(IncorrectEncoding)?;
+    let id = String::from_utf8(raw).map_err(|_| IncorrectEncoding)?;
     Ok(if id.is_empty() { None } else { Some(id) })
 }
 
@@ -81,6 +86,6 @@ mod tests {
         assert_eq!(authzid(""), Ok(None));
         assert_eq!(authzid("="), Ok(None));
         assert_eq!(authzid("ZXhhbXBsZS5vcmc="), Ok(Some("example.org".into())));
-        assert_eq!(authzid("!!"), Err(()));
+        assert_eq!(authzid("!!"), Err(IncorrectEncoding));
     }
 }

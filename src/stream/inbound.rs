@@ -155,9 +155,7 @@ impl In<'_> {
             // SASL EXTERNAL only when the certificate is valid for the header's 'from'
             // (XEP-0178 §2); dialback stays offered alongside.
             if self.secure && !self.sasl_done && self.cert_valid_for.is_some() {
-                features = features.child(
-                    Element::new("mechanisms", ns::SASL).child(Element::new("mechanism", ns::SASL).text("EXTERNAL")),
-                );
+                features = features.child(Element::new("mechanisms", ns::SASL).child(Element::new("mechanism", ns::SASL).text("EXTERNAL")));
             }
             if self.secure || !require_tls {
                 features =
@@ -167,7 +165,12 @@ impl In<'_> {
             if let Err(e) = conn.flush().await {
                 return End { error: None, peer_closed: false, reason: format!("write failed: {e}") };
             }
-            self.entry.set_state(if self.secure { ConnState::Authenticating } else { ConnState::Tls });
+            let authenticated = self.pairs.values().any(|p| matches!(p, Pair::Valid | Pair::Held));
+            self.entry.set_state(match (authenticated, self.secure) {
+                (true, _) => ConnState::Established,
+                (false, true) => ConnState::Authenticating,
+                (false, false) => ConnState::Tls,
+            });
 
             loop {
                 let authenticated = self.pairs.values().any(|p| matches!(p, Pair::Valid | Pair::Held));
@@ -328,8 +331,8 @@ impl In<'_> {
         }
         let domain = self.cert_valid_for.clone().expect("offered implies a valid certificate");
         match crate::proto::sasl::authzid(&el.text_content()) {
-            Err(()) => {
-                conn.send(&failure("incorrect-encoding", "the authorization identity is not base64".into()));
+            Err(e) => {
+                conn.send(&failure("incorrect-encoding", e.to_string()));
                 return Ok(false);
             }
             Ok(Some(id)) if !id.eq_ignore_ascii_case(domain.as_str()) => {

@@ -189,7 +189,11 @@ impl Out<'_> {
         if by_sasl {
             self.entry.set_pair(&self.local, &self.remote, PairStatus::Valid, AuthMethod::SaslExternal);
             self.entry.set_state(ConnState::Established);
-            self.outcome_with(AuthMethod::SaslExternal, VerificationResult::Valid, format!("{} accepted our certificate (SASL EXTERNAL)", self.remote));
+            self.outcome_with(
+                AuthMethod::SaslExternal,
+                VerificationResult::Valid,
+                format!("{} accepted our certificate (SASL EXTERNAL)", self.remote),
+            );
             return self.established(conn, stanzas, verifies).await;
         }
 
@@ -247,7 +251,12 @@ impl Out<'_> {
     }
 
     /// Established: policy hold if any, then stanzas flow.
-    async fn established(&mut self, mut conn: Conn, stanzas: &mut mpsc::Receiver<Element>, verifies: &mut mpsc::Receiver<VerifyRequest>) -> End {
+    async fn established(
+        &mut self,
+        mut conn: Conn,
+        stanzas: &mut mpsc::Receiver<Element>,
+        verifies: &mut mpsc::Receiver<VerifyRequest>,
+    ) -> End {
         let t = self.shared.settings.timeouts.clone();
 
         // Policy: in approval mode an undecided domain's traffic waits for the operator.
@@ -494,10 +503,8 @@ impl Out<'_> {
                 let external = features
                     .get_child("mechanisms", ns::SASL)
                     .is_some_and(|m| m.elements().any(|x| x.name == "mechanism" && x.text_content().trim() == "EXTERNAL"));
-                if external {
-                    if self.sasl_external(conn).await? {
-                        return Ok((stream_id.unwrap_or_default(), true));
-                    }
+                if external && self.sasl_external(conn).await? {
+                    return Ok((stream_id.unwrap_or_default(), true));
                 }
                 return stream_id
                     .map(|id| (id, false))

@@ -5,7 +5,8 @@
 #  (b) `drawbridge ctl probe prosody.test` succeeds
 #      (drawbridge originating, Prosody receiving and calling back drawbridge);
 #  (c) blacklisting prosody.test closes its streams, and the client's ping now gets an error;
-#  (d) unblocking restores federation both ways.
+#  (d) unblocking restores federation both ways;
+#  (e) with each side trusting the other's certificate, SASL EXTERNAL in both directions.
 # Everything runs inside a network namespace of its own with a dnsmasq serving SRV records
 # for both domains; nothing leaves it. Needs root (netns). Fails loudly when either fails.
 set -euo pipefail
@@ -79,6 +80,10 @@ for d in prosody.test drawbridge.test; do
   printf 'subjectAltName=DNS:%s,DNS:*.%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$d" "$d" > "$d.ext"
   openssl x509 -req -in "$d.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile "$d.ext" -out "$d.crt" 2>/dev/null
 done
+# An unrelated CA: trusting only it means trusting nobody here (the dialback phase).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=unrelated CA" \
+  -keyout other-ca.key -out other-ca.pem 2>/dev/null
+cp other-ca.pem prosody-trust.pem
 chmod 644 ./*.key
 
 say "DNS (dnsmasq on $dns_ip)"
@@ -115,7 +120,7 @@ authentication = "internal_plain"
 c2s_require_encryption = true
 s2s_require_encryption = true
 s2s_secure_auth = false
-ssl = { cafile = "$work/ca.pem" }
+ssl = { cafile = "$work/prosody-trust.pem" }
 log = { debug = "$work/prosody.log" }
 unbound = { resolvconf = "/etc/netns/$ns/resolv.conf"; hoststxt = false; options = { ["local-zone:"] = "test. transparent" } }
 VirtualHost "prosody.test"
@@ -123,8 +128,11 @@ VirtualHost "prosody.test"
 CONF
 prosodyctl --config "$work/prosody.cfg.lua" register alice prosody.test s3cret >/dev/null 2>&1 \
   || fail "prosodyctl register"
-in_ns setsid prosody --config "$work/prosody.cfg.lua" -F >/dev/null 2>&1 &
-pids+=($!)
+start_prosody() {
+  in_ns setsid prosody --config "$work/prosody.cfg.lua" -F >/dev/null 2>&1 &
+  pids+=($!)
+}
+start_prosody
 
 say "drawbridge (drawbridge.test on $db_ip)"
 cat > drawbridge.toml <<CONF
@@ -145,8 +153,11 @@ probe = "20s"
 level = "debug"
 file = "$work/drawbridge.log"
 CONF
-in_ns "$db" --config "$work/drawbridge.toml" serve >"$work/drawbridge.stderr" 2>&1 &
-pids+=($!)
+start_drawbridge() {
+  in_ns "$db" --config "$1" serve >>"$work/drawbridge.stderr" 2>&1 &
+  pids+=($!)
+}
+start_drawbridge "$work/drawbridge.toml"
 
 # Wait (bounded) until both servers accept connections.
 ready() { in_ns python3 -c "import socket,sys; socket.create_connection(('$1', $2), timeout=1)" 2>/dev/null; }
@@ -207,4 +218,41 @@ in_ns "$db" --config "$work/drawbridge.toml" ctl probe prosody.test || fail "(d)
 in_ns "$db" --config "$work/drawbridge.toml" ctl domain prosody.test > domain.txt || fail "ctl domain prosody.test"
 sed -n 1,12p domain.txt
 
-say "INTEROP OK: Prosody ${prosody_version:-} <-> drawbridge, dialback over TLS both ways"
+say "(e) certificates trusted both ways: SASL EXTERNAL in both directions"
+# Prosody trusts our CA, we trust Prosody's (the same local CA); restart both.
+cp ca.pem prosody-trust.pem
+sed "s|^key = \"$work/drawbridge.test.key\"|&\nca_file = \"$work/ca.pem\"|" drawbridge.toml > drawbridge-trust.toml
+grep -q ca_file drawbridge-trust.toml || fail "could not write drawbridge-trust.toml"
+pkill -TERM -f "$work/drawbridge.toml" || true
+pkill -TERM -f "$work/prosody.cfg.lua" || true
+for i in $(seq 1 100); do
+  pgrep -f "$work/drawbridge.toml" >/dev/null || pgrep -f "$work/prosody.cfg.lua" >/dev/null || break
+  [ "$i" = 100 ] && fail "servers did not stop for the restart"
+  sleep 0.1
+done
+start_prosody
+start_drawbridge "$work/drawbridge-trust.toml"
+for i in $(seq 1 100); do
+  ready $prosody_ip 5222 && ready $prosody_ip 5269 && ready $db_ip 5269 && break
+  [ "$i" = 100 ] && fail "servers did not restart"
+  sleep 0.1
+done
+in_ns python3 "$here/c2s_ping.py" --host $prosody_ip --jid alice@prosody.test --password s3cret --ping drawbridge.test --timeout 40 \
+  || fail "(e) ping from a Prosody client to drawbridge.test with certificates"
+in_ns "$db" --config "$work/drawbridge-trust.toml" ctl probe prosody.test || fail "(e) ctl probe prosody.test with certificates"
+in_ns "$db" --config "$work/drawbridge-trust.toml" ctl connections
+json=$(in_ns "$db" --config "$work/drawbridge-trust.toml" ctl connections --json)
+python3 - "$json" <<'PY' || fail "(e) drawbridge's connection table does not show SASL EXTERNAL both ways"
+import json, sys
+conns = json.loads(sys.argv[1])
+def ok(direction):
+    return any(c["direction"] == direction and c["tls"] and (c["tls"].get("cert_verdict") or {}).get("verdict") == "valid"
+               and any(p["remote"] == "prosody.test" and p["status"] == "valid" and p["method"] == "sasl-external" for p in c["pairs"]) for c in conns)
+assert ok("in"), "no inbound stream from prosody.test authenticated by SASL EXTERNAL with a valid certificate"
+assert ok("out"), "no outbound stream to prosody.test authenticated by SASL EXTERNAL with a valid certificate"
+print("drawbridge: inbound and outbound streams with prosody.test, certificate valid, SASL EXTERNAL")
+PY
+grep -q "Accepting SASL EXTERNAL identity from drawbridge.test" prosody.log && echo "prosody.log: Accepting SASL EXTERNAL identity from drawbridge.test" \
+  || fail "(e) Prosody's log does not show it accepted drawbridge.test by SASL EXTERNAL"
+
+say "INTEROP OK: Prosody ${prosody_version:-} <-> drawbridge: dialback over TLS both ways; policy; SASL EXTERNAL both ways"
