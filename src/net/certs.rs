@@ -269,8 +269,8 @@ mod tests {
         let now = UnixTime::now();
         let server = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let good = leaf(&ca1, vec![dns("a.example"), dns("*.a.example")], server.clone(), None);
-        assert_eq!(judge.judge(&[good.clone()], "a.example", now), CertVerdict::Valid);
-        assert_eq!(judge.judge(&[good.clone()], "chat.a.example", now), CertVerdict::Valid);
+        assert_eq!(judge.judge(std::slice::from_ref(&good), "a.example", now), CertVerdict::Valid);
+        assert_eq!(judge.judge(std::slice::from_ref(&good), "chat.a.example", now), CertVerdict::Valid);
         assert_eq!(judge.judge(&[good], "b.example", now).to_string(), "name mismatch: certificate names a.example, *.a.example");
         let expired = leaf(&ca1, vec![dns("a.example")], server.clone(), Some((2020, 2021)));
         assert!(matches!(judge.judge(&[expired], "a.example", now), CertVerdict::Expired(d) if d.contains("2021")));
