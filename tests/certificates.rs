@@ -103,3 +103,48 @@ async fn sasl_failures_name_the_reason() {
     assert!(fail.has_child("invalid-mechanism", drawbridge::proto::ns::SASL), "{}", fail.to_xml());
     assert!(fail.get_child("text", drawbridge::proto::ns::SASL).unwrap().text_content().contains("use dialback"));
 }
+
+/// XEP-0344 §2.2: a peer that claims by dialback the very domain its valid certificate names is
+/// accepted without the callback (the claimed domain has no DNS at all here, so a callback
+/// could not have succeeded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialback_with_a_valid_certificate_needs_no_callback() {
+    let dns = Dns::start().await;
+    let ca = ca("drawbridge test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_published("b.test", &dns, &tls_config(dir.path(), &ca, "b.test", &ca)).await;
+    let mut params = CertificateParams::new(vec!["nodns.test".to_owned()]).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &rcgen::Issuer::from_params(&ca.params, &ca.key)).unwrap();
+    let ctx = drawbridge::net::tls::TlsContext::from_parts(
+        vec![cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        &[drawbridge::domain::Domain::parse("nodns.test").unwrap()],
+    )
+    .unwrap();
+    let mut p = RawPeer::connect(b.addr).await;
+    p.open("nodns.test", "b.test").await;
+    let (_, features) = p.starttls_with("nodns.test", "b.test", &ctx).await;
+    assert!(features.has_child("mechanisms", drawbridge::proto::ns::SASL), "EXTERNAL offered to a valid certificate");
+    p.send_el(&drawbridge::proto::dialback::result_request("nodns.test", "b.test", "whatever")).await;
+    let answer = loop {
+        let el = p.next_el().await.unwrap();
+        if let Some(db) = drawbridge::proto::dialback::DbElement::parse(&el) {
+            break db;
+        }
+    };
+    assert_eq!(answer.answer, Some(drawbridge::proto::dialback::Answer::Valid));
+    let o = b.engine.shared.outcomes().into_iter().find(|o| o.remote == "nodns.test" && o.method == AuthMethod::DialbackWithValidCert);
+    assert!(o.is_some_and(|o| o.result == VerificationResult::Valid && o.reason.contains("without the callback")));
+    // A pair whose certificate is not valid for it still goes through the callback (and
+    // fails here: other.test has no DNS).
+    p.send_el(&drawbridge::proto::dialback::result_request("other.test", "b.test", "whatever")).await;
+    let answer = loop {
+        let el = p.next_el().await.unwrap();
+        if let Some(db) = drawbridge::proto::dialback::DbElement::parse(&el) {
+            break db;
+        }
+    };
+    assert!(matches!(answer.answer, Some(drawbridge::proto::dialback::Answer::Error { .. })), "{answer:?}");
+}

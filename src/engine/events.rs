@@ -45,6 +45,9 @@ pub enum AuthMethod {
     Certificate,
     /// SASL EXTERNAL with a certificate valid for the domain (RFC 6120 §6, XEP-0178).
     SaslExternal,
+    /// Dialback accepted without the callback because the certificate is valid for the
+    /// claimed domain (XEP-0344 §2.2 "dialback without dialback").
+    DialbackWithValidCert,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

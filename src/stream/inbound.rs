@@ -40,6 +40,7 @@ struct Verified {
     local: Domain,
     remote: Domain,
     answer: Answer,
+    method: AuthMethod,
 }
 
 /// How the session ended: the stream error to send (if any) and what to record.
@@ -479,12 +480,17 @@ impl In<'_> {
             return None;
         }
         self.pairs.insert((local.clone(), remote.clone()), Pair::Verifying);
+        if self.cert_valid_for.as_ref() == Some(&remote) {
+            // XEP-0344 §2.2: the TLS certificate already proves the claim; no callback.
+            tracing::info!(stream = %self.entry.id, "{remote} → {local}: certificate valid for {remote}, dialback accepted without the callback");
+            return self.on_verified(conn, Verified { local, remote, answer: Answer::Valid, method: AuthMethod::DialbackWithValidCert });
+        }
         self.entry.set_pair(&local, &remote, PairStatus::Pending, AuthMethod::Dialback);
         tracing::info!(stream = %self.entry.id, "{remote} → {local}: asking {remote}'s authoritative server (db:verify)");
         let (shared, tx, id, key) = (self.shared.clone(), self.done_tx.clone(), self.stream_id.clone(), db.key);
         self.shared.tasks.spawn(async move {
             let answer = shared.router.verify(&shared, &local, &remote, &id, &key).await;
-            let _ = tx.send(Verified { local, remote, answer }).await;
+            let _ = tx.send(Verified { local, remote, answer, method: AuthMethod::Dialback }).await;
         });
         None
     }
@@ -498,12 +504,12 @@ impl In<'_> {
         }
         match v.answer {
             Answer::Valid => {
-                self.record(
-                    &v.local,
-                    &v.remote,
-                    VerificationResult::Valid,
-                    format!("{}'s authoritative server confirmed the dialback key", v.remote),
-                );
+                let reason = if v.method == AuthMethod::DialbackWithValidCert {
+                    format!("dialback without the callback: the certificate is valid for {}", v.remote)
+                } else {
+                    format!("{}'s authoritative server confirmed the dialback key", v.remote)
+                };
+                self.record_with(&v.local, &v.remote, v.method, VerificationResult::Valid, reason);
                 // Policy again, for every domain that authenticates on the stream.
                 let status = match self.shared.policy.verdict(&v.remote) {
                     crate::policy::Verdict::Refuse(why) => return Some(End::error(C::PolicyViolation, why)),
@@ -517,7 +523,7 @@ impl In<'_> {
                 };
                 self.pairs.insert(key, status);
                 let ps = if status == Pair::Valid { PairStatus::Valid } else { PairStatus::Held };
-                self.entry.set_pair(&v.local, &v.remote, ps, AuthMethod::Dialback);
+                self.entry.set_pair(&v.local, &v.remote, ps, v.method);
                 self.entry.set_state(ConnState::Established);
                 conn.send(&dialback::result_answer(v.local.as_str(), v.remote.as_str(), &Answer::Valid));
             }
@@ -592,13 +598,17 @@ impl In<'_> {
     }
 
     fn record(&self, local: &Domain, remote: &Domain, result: VerificationResult, reason: String) {
+        self.record_with(local, remote, AuthMethod::Dialback, result, reason)
+    }
+
+    fn record_with(&self, local: &Domain, remote: &Domain, method: AuthMethod, result: VerificationResult, reason: String) {
         self.shared.record_outcome(VerificationOutcome {
             time_ms: now_ms(),
             stream: self.entry.id.clone(),
             direction: Direction::In,
             local: local.to_string(),
             remote: remote.to_string(),
-            method: AuthMethod::Dialback,
+            method,
             result,
             reason,
             peer_addr: self.entry.peer_addr(),

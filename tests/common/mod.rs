@@ -251,11 +251,16 @@ impl RawPeer {
     /// STARTTLS and the TLS handshake as `from`; then a fresh stream. Returns the new header
     /// (its id is the stream id dialback keys are bound to) and features.
     pub async fn starttls(&mut self, from: &str, to: &str) -> (StreamHeader, Element) {
+        let ctx = peer_tls(from);
+        self.starttls_with(from, to, &ctx).await
+    }
+
+    /// STARTTLS presenting the certificate of `ctx`.
+    pub async fn starttls_with(&mut self, from: &str, to: &str, ctx: &TlsContext) -> (StreamHeader, Element) {
         self.send_el(&Element::new("starttls", ns::TLS)).await;
         let p = self.next_el().await.expect("proceed");
         assert!(p.is("proceed", ns::TLS), "expected <proceed/>, got {p:?}");
         let Transport::Plain(tcp) = std::mem::replace(&mut self.io, Transport::Gone) else { panic!() };
-        let ctx = peer_tls(from);
         let connector = tokio_rustls::TlsConnector::from(ctx.client_config(&Domain::parse(from).unwrap()));
         let name = rustls_pki_types::ServerName::try_from(to.to_owned()).unwrap();
         let tls = within("TLS handshake", connector.connect(name, tcp)).await.unwrap();
