@@ -191,13 +191,13 @@ fn draw_connections(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
         let Some(c) = m.conns.get(id) else { continue };
         let closed = c.state == ConnState::Closed;
         let remote = remotes(c);
-        let auth = c.pairs.iter().map(|p| pair_badge(p.status)).collect::<Vec<_>>().join("");
+        let auth = c.pairs.iter().map(|p| format!("{}{}", method_label(p.method), pair_badge(p.status))).collect::<Vec<_>>().join(" ");
         let mut cells = vec![
             Cell::from(if c.direction == Direction::In { "in" } else { "out" }),
             Cell::from(remote),
             Cell::from(c.state.as_str()),
             Cell::from(c.tls.as_ref().map(|x| x.version.replace("TLS ", "")).unwrap_or_else(|| "-".into())),
-            Cell::from(if auth.is_empty() { "-".to_owned() } else { format!("dialback {auth}") }),
+            Cell::from(if auth.is_empty() { "-".to_owned() } else { auth }),
             Cell::from(human((now.saturating_sub(c.opened_ms)) / 1000)),
             Cell::from(format!("{}/{}", c.stanzas_in, c.stanzas_out)),
         ];
@@ -477,6 +477,17 @@ fn remotes(c: &ConnSnapshot) -> String {
         c.remote.clone().unwrap_or_else(|| "?".into())
     } else {
         c.pairs.iter().map(|p| p.remote.as_str()).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// Short names for the auth column.
+fn method_label(m: crate::engine::events::AuthMethod) -> &'static str {
+    use crate::engine::events::AuthMethod as M;
+    match m {
+        M::Dialback => "dialback ",
+        M::DialbackWithValidCert => "db+cert ",
+        M::SaslExternal => "sasl ",
+        M::Certificate => "cert ",
     }
 }
 
