@@ -66,6 +66,8 @@ enum CtlCommand {
     },
     /// Close a stream by id.
     Close { id: String },
+    /// Re-read TLS certificates and keys (as SIGHUP does); established streams stay.
+    Reload,
     /// XEP-0199 ping over federation: round trip, stream used, how it was authenticated.
     Probe {
         domain: String,
@@ -244,7 +246,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => tracing::info!("SIGHUP: nothing to reload in this version"),
+            _ = hup.recv() => {
+                let _ = engine.shared.reload_tls();
+            }
         }
     }
     tracing::info!("shutting down");
@@ -323,6 +327,7 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
         CtlCommand::Status { json } => (Request::Status, *json),
         CtlCommand::Connections { json, closed } => (Request::Connections { closed: *closed }, *json),
         CtlCommand::Close { id } => (Request::Close { id: id.clone() }, false),
+        CtlCommand::Reload => (Request::Reload, false),
         CtlCommand::Probe { domain, from, json } => (Request::Probe { domain: domain.clone(), from: from.clone() }, *json),
         CtlCommand::Verifications { domain, limit, json } => (Request::Verifications { domain: domain.clone(), limit: *limit }, *json),
         CtlCommand::Approve { domain, reason, json } => (Request::Approve { domain: domain.clone(), reason: reason.clone() }, *json),
@@ -392,7 +397,7 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
             let v: Vec<ConnSnapshot> = serde_json::from_value(data)?;
             print_connections(&v);
         }
-        CtlCommand::Close { .. } => println!("{}", data.as_str().unwrap_or("ok")),
+        CtlCommand::Close { .. } | CtlCommand::Reload => println!("{}", data.as_str().unwrap_or("ok")),
         CtlCommand::Probe { .. } => {
             let r: ProbeReport = serde_json::from_value(data)?;
             if r.ok {

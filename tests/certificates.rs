@@ -148,3 +148,40 @@ async fn dialback_with_a_valid_certificate_needs_no_callback() {
     };
     assert!(matches!(answer.answer, Some(drawbridge::proto::dialback::Answer::Error { .. })), "{answer:?}");
 }
+
+/// Reload (SIGHUP / `ctl reload`): new handshakes get the renewed certificate, established
+/// streams stay, and a broken new certificate keeps the old one with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_the_certificate_without_dropping_streams() {
+    let dns = Dns::start().await;
+    let ca = ca("drawbridge test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_published("a.test", &dns, &tls_config(dir.path(), &ca, "a.test", &ca)).await;
+    let b = start_published("b.test", &dns, &tls_config(dir.path(), &ca, "b.test", &ca)).await;
+    let r = within("probe", a.engine.probe("b.test", None)).await;
+    assert!(r.ok, "{:?}", r.error);
+    let old_fp = b.engine.shared.tls().our_cert.fingerprint_sha256.clone();
+    let stream = r.stream.unwrap();
+
+    // Renewal outside drawbridge: new key and certificate in the same files.
+    tls_config(dir.path(), &ca, "b.test", &ca);
+    let msg = b.engine.shared.reload_tls().unwrap();
+    let new_fp = b.engine.shared.tls().our_cert.fingerprint_sha256.clone();
+    assert_ne!(old_fp, new_fp);
+    assert!(msg.contains(&new_fp), "{msg}");
+    // The established stream is still there and still carries traffic.
+    let r = within("probe on the old stream", a.engine.probe("b.test", None)).await;
+    assert!(r.ok && r.stream.as_deref() == Some(stream.as_str()), "{r:?}");
+    // A new peer's handshake sees the new certificate.
+    let c = start_published("c.test", &dns, &tls_config(dir.path(), &ca, "c.test", &ca)).await;
+    let r = within("probe from a new peer", c.engine.probe("b.test", None)).await;
+    assert!(r.ok, "{:?}", r.error);
+    let conn = c.engine.connections(false).into_iter().find(|x| x.id == r.stream.clone().unwrap()).unwrap();
+    assert_eq!(conn.tls.unwrap().peer_cert.unwrap().fingerprint_sha256, new_fp);
+
+    // A broken certificate: the old one stays, and the error says why and which key to check.
+    std::fs::write(dir.path().join("b.test.crt"), "not a certificate").unwrap();
+    let err = b.engine.shared.reload_tls().unwrap_err();
+    assert!(err.contains("keeping the current certificate") && err.contains("tls.cert"), "{err}");
+    assert_eq!(b.engine.shared.tls().our_cert.fingerprint_sha256, new_fp);
+}

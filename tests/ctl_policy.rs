@@ -65,6 +65,8 @@ async fn blacklist_exchange_and_domain_commands() {
         let r4 = ctl(&sock2, &["unblock", "a.test"]);
         let r5 = ctl(&sock2, &["blacklist", "x.test"]);
         let r6 = ctl(&sock2, &["mode", "sideways"]);
+        let r7 = ctl(&sock2, &["reload"]);
+        assert!(r7.0 && r7.1.contains("TLS reloaded: certificate"), "{}", r7.1);
         (r1.0 && r2.0 && r3.0 && r4.0 && !r5.0 && !r6.0, [r1.1, r2.1, r3.1, r4.1, r5.1, r6.1].join("\n---\n"))
     })
     .await

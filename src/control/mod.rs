@@ -81,6 +81,8 @@ pub enum Request {
         dry_run: bool,
     },
     BlacklistExport,
+    /// Re-read certificates and keys.
+    Reload,
     /// Everything a dashboard needs to (re)build its model.
     Snapshot,
     /// A stream's transcript (live or recently closed).
@@ -406,6 +408,10 @@ async fn handle(shared: &Arc<Shared>, req: Request, who: &str) -> Response {
         }
         Request::BlacklistExport => Response::ok(crate::policy::export_blacklist(&shared.policy.records(Some(DomainState::Blacklisted)))),
         Request::Snapshot => Response::ok(snapshot(shared)),
+        Request::Reload => match shared.reload_tls() {
+            Ok(msg) => Response::ok(msg),
+            Err(msg) => Response::err(msg),
+        },
         Request::Transcript { id } => match shared.table.transcript(&id) {
             Some(t) => Response::ok(t),
             None => Response::err(format!("no stream with id {id} (live or recently closed)")),

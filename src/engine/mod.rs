@@ -45,7 +45,8 @@ pub enum EngineError {
 /// State shared by every task.
 pub struct Shared {
     pub settings: Settings,
-    pub tls: TlsContext,
+    /// Replaced as a whole on reload; a stream takes the current one at its handshake.
+    tls: std::sync::RwLock<Arc<TlsContext>>,
     pub resolver: Resolver,
     pub secret: Vec<u8>,
     pub table: ConnTable,
@@ -62,6 +63,32 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The TLS context in force now.
+    pub fn tls(&self) -> Arc<TlsContext> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Re-read certificates and keys (SIGHUP, `ctl reload`). Established streams keep their
+    /// sessions; new handshakes use the new files. A broken new certificate keeps the old one.
+    pub fn reload_tls(&self) -> Result<String, String> {
+        match TlsContext::load(&self.settings.tls, &self.settings.domains, &self.settings.data_dir) {
+            Ok(ctx) => {
+                let msg = format!(
+                    "TLS reloaded: certificate {} (expires {}, sha-256 {})",
+                    ctx.our_cert.subject, ctx.our_cert.not_after, ctx.our_cert.fingerprint_sha256
+                );
+                *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ctx);
+                tracing::info!("{msg}");
+                Ok(msg)
+            }
+            Err(e) => {
+                let msg = format!("TLS reload failed, keeping the current certificate: {e}");
+                tracing::error!("{msg}");
+                Err(msg)
+            }
+        }
+    }
+
     pub fn is_hosted(&self, d: &Domain) -> bool {
         self.settings.domains.iter().any(|h| h == d)
     }
@@ -192,7 +219,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             table: ConnTable::new(events.clone(), settings.limits.closed_streams, settings.limits.transcript_lines),
             settings,
-            tls,
+            tls: std::sync::RwLock::new(Arc::new(tls)),
             resolver,
             secret,
             events,

@@ -279,7 +279,7 @@ impl In<'_> {
         let Transport::Plain(tcp) = std::mem::replace(&mut conn.io, Transport::Gone) else {
             return Err(End { error: None, peer_closed: false, reason: "transport in an unexpected state".into() });
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.shared.tls.server_config(local));
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.shared.tls().server_config(local));
         let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => return Err(End { error: None, peer_closed: true, reason: format!("TLS handshake failed: {e}") }),
@@ -375,7 +375,7 @@ impl In<'_> {
 
     /// Judge the peer's certificate for the domain it claims; recorded as an outcome.
     fn judge_cert(&self, chain: &[rustls::pki_types::CertificateDer<'static>], claimed: &Domain) -> crate::net::certs::CertVerdict {
-        let verdict = self.shared.tls.judge.judge(chain, claimed.as_str(), rustls::pki_types::UnixTime::now());
+        let verdict = self.shared.tls().judge.judge(chain, claimed.as_str(), rustls::pki_types::UnixTime::now());
         let local =
             self.entry.snapshot().local.and_then(|l| Domain::parse(&l).ok()).unwrap_or_else(|| self.shared.settings.domains[0].clone());
         self.shared.record_outcome(VerificationOutcome {

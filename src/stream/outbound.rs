@@ -394,7 +394,7 @@ impl Out<'_> {
 
     /// Judge the peer's certificate for the domain we dialled; recorded as an outcome.
     fn judge_cert(&self, chain: &[rustls::pki_types::CertificateDer<'static>]) -> crate::net::certs::CertVerdict {
-        let verdict = self.shared.tls.judge.judge(chain, self.remote.as_str(), rustls::pki_types::UnixTime::now());
+        let verdict = self.shared.tls().judge.judge(chain, self.remote.as_str(), rustls::pki_types::UnixTime::now());
         self.shared.record_outcome(VerificationOutcome {
             time_ms: now_ms(),
             stream: self.entry.id.clone(),
@@ -536,7 +536,7 @@ impl Out<'_> {
             let Transport::Plain(tcp) = std::mem::replace(&mut conn.io, Transport::Gone) else {
                 return Err(Failure::new("TLS: transport in an unexpected state"));
             };
-            let connector = tokio_rustls::TlsConnector::from(self.shared.tls.client_config(&self.local));
+            let connector = tokio_rustls::TlsConnector::from(self.shared.tls().client_config(&self.local));
             let name = rustls::pki_types::ServerName::try_from(self.remote.to_string())
                 .map_err(|e| Failure::new(format!("TLS: {} is not a valid TLS server name: {e}", self.remote)))?;
             let tls = connector.connect(name, tcp).await.map_err(|e| Failure::new(format!("TLS handshake: {e}")))?;
