@@ -31,7 +31,26 @@ struct File {
     timeouts: TimeoutsFile,
     policy: PolicyFile,
     store: StoreFile,
+    auth: AuthFile,
+    #[serde(rename = "domain")]
+    domains: Vec<DomainFile>,
     log: LogFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AuthFile {
+    mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainFile {
+    name: String,
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    require_encryption: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,8 +195,73 @@ pub struct Settings {
     pub timeouts: Timeouts,
     pub policy: PolicySettings,
     pub store: StoreSettings,
+    pub security: Security,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
+}
+
+/// How remote domains may authenticate (`[auth] mode`, `[[domain]] auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Certificates (SASL EXTERNAL) when valid, else Server Dialback.
+    CertOrDialback,
+    /// Certificates only: no dialback at all.
+    CertOnly,
+}
+
+impl AuthMode {
+    pub fn parse(s: &str) -> Option<AuthMode> {
+        match s {
+            "cert-or-dialback" => Some(AuthMode::CertOrDialback),
+            "cert-only" => Some(AuthMode::CertOnly),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::CertOrDialback => "cert-or-dialback",
+            AuthMode::CertOnly => "cert-only",
+        }
+    }
+}
+
+/// A `[[domain]]` exception for one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRule {
+    pub name: Domain,
+    pub auth: Option<AuthMode>,
+    pub require_encryption: Option<bool>,
+}
+
+/// The security rules: the defaults and the per-domain exceptions.
+#[derive(Debug, Clone)]
+pub struct Security {
+    pub auth: AuthMode,
+    pub require_encryption: bool,
+    pub rules: Vec<DomainRule>,
+}
+
+impl Security {
+    fn rule(&self, domain: &str) -> Option<&DomainRule> {
+        self.rules.iter().find(|r| r.name.as_str() == domain)
+    }
+
+    /// The auth mode for a peer, and the rule that set it (for refusal texts).
+    pub fn auth_for(&self, domain: &str) -> (AuthMode, String) {
+        match self.rule(domain).and_then(|r| r.auth.map(|a| (a, r))) {
+            Some((a, r)) => (a, format!("[[domain]] {}: auth = \"{}\"", r.name, a.as_str())),
+            None => (self.auth, format!("[auth] mode = \"{}\"", self.auth.as_str())),
+        }
+    }
+
+    /// Whether a peer must use TLS, and the rule that says so.
+    pub fn require_encryption_for(&self, domain: &str) -> (bool, String) {
+        match self.rule(domain).and_then(|r| r.require_encryption.map(|e| (e, r))) {
+            Some((e, r)) => (e, format!("[[domain]] {}: require_encryption = {e}", r.name)),
+            None => (self.require_encryption, format!("[tls] require_encryption = {}", self.require_encryption)),
+        }
+    }
 }
 
 /// `[policy]`: the federation mode at first start (an operator's live change, persisted,
@@ -483,6 +567,26 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         flush_interval: dur("store.flush_interval", &f.store.flush_interval, Duration::from_secs(1))?,
         snapshot_interval: dur("store.snapshot_interval", &f.store.snapshot_interval, Duration::from_secs(30))?,
     };
+    let auth = match &f.auth.mode {
+        None => AuthMode::CertOrDialback,
+        Some(m) => AuthMode::parse(m).ok_or_else(|| bad("auth.mode", format!("{m:?} is not one of cert-or-dialback, cert-only")))?,
+    };
+    let mut rules: Vec<DomainRule> = Vec::new();
+    for (i, d) in f.domains.iter().enumerate() {
+        let name = Domain::parse(&d.name).map_err(|e| bad(&format!("domain[{i}].name"), format!("{:?}: {e}", d.name)))?;
+        if rules.iter().any(|r| r.name == name) {
+            return Err(bad(&format!("domain[{i}].name"), format!("{name} has two [[domain]] blocks")));
+        }
+        let auth = match &d.auth {
+            None => None,
+            Some(a) => Some(
+                AuthMode::parse(a)
+                    .ok_or_else(|| bad(&format!("domain[{i}].auth"), format!("{a:?} is not one of cert-or-dialback, cert-only")))?,
+            ),
+        };
+        rules.push(DomainRule { name, auth, require_encryption: d.require_encryption });
+    }
+    let security = Security { auth, require_encryption: tls.require_encryption, rules };
     if !matches!(f.log.level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
         return Err(bad("log.level", format!("{:?} is not one of error, warn, info, debug, trace", f.log.level)));
     }
@@ -498,6 +602,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         timeouts,
         policy,
         store,
+        security,
         log_level: f.log.level,
         log_file: f.log.file.as_deref().map(resolve),
     })
@@ -570,6 +675,25 @@ mod tests {
         let e = err("[[dns.override]]\ndomain = \"a b\"\nhost = \"h\"\n");
         assert!(e.contains("key `dns.override[0].domain`"), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn security_rules_name_themselves() {
+        let s = Settings::parse(
+            "[auth]\nmode = \"cert-only\"\n[[domain]]\nname = \"legacy.example\"\nauth = \"cert-or-dialback\"\nrequire_encryption = false\n",
+            Path::new("/c.toml"),
+        )
+        .unwrap();
+        let sec = &s.security;
+        assert_eq!(sec.auth_for("x.example"), (AuthMode::CertOnly, "[auth] mode = \"cert-only\"".into()));
+        assert_eq!(
+            sec.auth_for("legacy.example"),
+            (AuthMode::CertOrDialback, "[[domain]] legacy.example: auth = \"cert-or-dialback\"".into())
+        );
+        assert_eq!(sec.require_encryption_for("x.example").0, true);
+        assert_eq!(sec.require_encryption_for("legacy.example"), (false, "[[domain]] legacy.example: require_encryption = false".into()));
+        let e = Settings::parse("[[domain]]\nname = \"a.example\"\nauth = \"maybe\"\n", Path::new("/c.toml")).unwrap_err().to_string();
+        assert!(e.contains("key `domain[0].auth`"), "{e}");
     }
 
     #[test]

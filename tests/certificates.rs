@@ -185,3 +185,50 @@ async fn reload_swaps_the_certificate_without_dropping_streams() {
     assert!(err.contains("keeping the current certificate") && err.contains("tls.cert"), "{err}");
     assert_eq!(b.engine.shared.tls().our_cert.fingerprint_sha256, new_fp);
 }
+
+/// `[auth] mode = "cert-only"`: a peer without a trusted certificate cannot use dialback; the
+/// error names the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_only_refuses_a_dialback_only_peer_naming_the_rule() {
+    let dns = Dns::start().await;
+    let (ca_a, ca_b) = (ca("CA of a"), ca("CA of b"));
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_published("a.test", &dns, &tls_config(dir.path(), &ca_a, "a.test", &ca_b)).await;
+    let b =
+        start_published("b.test", &dns, &format!("{}[auth]\nmode = \"cert-only\"\n", tls_config(dir.path(), &ca_b, "b.test", &ca_b))).await;
+    let r = within("probe a→b", a.engine.probe("b.test", None)).await;
+    assert!(!r.ok);
+    let err = r.error.unwrap();
+    assert!(err.contains("not-authorized") && err.contains("[auth] mode = \"cert-only\""), "{err}");
+    let refused = b.engine.shared.outcomes();
+    assert!(refused.iter().any(|o| o.remote == "a.test" && o.reason.contains("untrusted issuer (CN=CA of a)")), "{refused:#?}");
+    // A raw peer is offered neither EXTERNAL (untrusted) nor dialback.
+    let (_, _, features) = tls_peer(&b, "x.test").await;
+    assert!(!features.has_child("dialback", drawbridge::proto::ns::DIALBACK_FEATURE), "{}", features.to_xml());
+}
+
+/// A domain that authenticated by certificate before and now uses dialback only is flagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downgrade_from_certificate_to_dialback_is_flagged() {
+    use drawbridge::engine::events::{Event, VerificationOutcome};
+    let dns = Dns::start().await;
+    let b = start_published("b.test", &dns, "").await;
+    let mut events = b.engine.subscribe();
+    let outcome = |method| VerificationOutcome {
+        time_ms: drawbridge::engine::events::now_ms(),
+        stream: "s".into(),
+        direction: Direction::In,
+        local: "b.test".into(),
+        remote: "x.test".into(),
+        method,
+        result: VerificationResult::Valid,
+        reason: "test".into(),
+        peer_addr: None,
+    };
+    b.engine.shared.record_outcome(outcome(AuthMethod::SaslExternal));
+    assert!(b.engine.shared.policy.record("x.test").unwrap().downgrade.is_none());
+    b.engine.shared.record_outcome(outcome(AuthMethod::Dialback));
+    let rec = b.engine.shared.policy.record("x.test").unwrap();
+    assert!(rec.downgrade.as_deref().is_some_and(|d| d.contains("by certificate before, now by dialback only")), "{rec:?}");
+    wait_event(&mut events, "the downgrade event", |e| matches!(e, Event::DomainChanged { record } if record.downgrade.is_some())).await;
+}

@@ -337,7 +337,11 @@ fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
             }
             (s, _) => s.as_str().to_owned(),
         };
-        let why = d.reason.clone().unwrap_or_default();
+        let badge = if d.downgrade.is_some() { format!("{badge} ⚠") } else { badge };
+        let why = match (&d.downgrade, &d.reason) {
+            (Some(dg), _) => dg.clone(),
+            (None, r) => r.clone().unwrap_or_default(),
+        };
         let mut cells = vec![
             Cell::from(d.domain.clone()),
             Cell::from(Span::styled(badge, t.state(d.state))),

@@ -129,6 +129,27 @@ impl Shared {
         if let Err(e) = self.store.add_outcome(&outcome) {
             tracing::error!("store: {e}");
         }
+        if outcome.result == VerificationResult::Valid {
+            match outcome.method {
+                AuthMethod::SaslExternal | AuthMethod::DialbackWithValidCert => self.policy.note(&outcome.remote, |r| {
+                    r.cert_auth_seen = true;
+                    r.downgrade = None;
+                }),
+                AuthMethod::Dialback if self.policy.record(&outcome.remote).is_some_and(|r| r.cert_auth_seen) => {
+                    let text = format!(
+                        "downgrade: {} authenticated by certificate before, now by dialback only ({})",
+                        outcome.remote,
+                        fmt_utc(outcome.time_ms)
+                    );
+                    tracing::warn!(stream = %outcome.stream, "{text}");
+                    self.policy.note(&outcome.remote, |r| r.downgrade = Some(text));
+                    if let Some(record) = self.policy.record(&outcome.remote) {
+                        let _ = self.events.send(Event::DomainChanged { record });
+                    }
+                }
+                _ => {}
+            }
+        }
         let last = format!(
             "{} {}: {}",
             format!("{:?}", outcome.result).to_lowercase(),

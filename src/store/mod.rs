@@ -68,6 +68,12 @@ pub struct DomainRecord {
     pub stanzas_out: u64,
     #[serde(default)]
     pub last_verification: Option<String>,
+    /// The domain has authenticated by certificate before.
+    #[serde(default)]
+    pub cert_auth_seen: bool,
+    /// Set when a domain that used certificates authenticates by dialback only (a downgrade).
+    #[serde(default)]
+    pub downgrade: Option<String>,
 }
 
 /// One operator action (the policy log).

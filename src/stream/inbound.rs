@@ -71,6 +71,8 @@ struct In<'a> {
     cert_valid_for: Option<Domain>,
     /// SASL EXTERNAL succeeded on this stream (no second SASL after the restart).
     sasl_done: bool,
+    /// The header's 'from': the peer's per-domain security rules apply from the start.
+    peer: Option<Domain>,
 }
 
 pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
@@ -90,6 +92,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         hold_until: None,
         cert_valid_for: None,
         sasl_done: false,
+        peer: None,
     };
     let end = st.session(&mut conn, &mut done_rx).await;
     match &end.error {
@@ -135,6 +138,7 @@ impl In<'_> {
                 return End::error(C::HostUnknown, format!("{} is not served here", h.to.as_deref().unwrap_or("(no 'to' attribute)")));
             };
             self.entry.set_domains(Some(local.as_str()), h.from.as_deref());
+            self.peer = h.from.as_deref().and_then(|f| Domain::parse(f).ok());
             // Policy, as early as possible: the header's 'from', before TLS.
             if let Some(from) = h.from.as_deref().and_then(|f| Domain::parse(f).ok())
                 && let crate::policy::Verdict::Refuse(why) = self.shared.policy.verdict(&from)
@@ -144,7 +148,7 @@ impl In<'_> {
             }
 
             // Features (RFC 6120 §4.3.2): STARTTLS until TLS; dialback once encryption allows it.
-            let require_tls = self.shared.settings.tls.require_encryption;
+            let (require_tls, _) = self.require_tls();
             let mut features = Element::new("features", ns::STREAMS);
             if !self.secure {
                 let mut tls = Element::new("starttls", ns::TLS);
@@ -158,7 +162,7 @@ impl In<'_> {
             if self.secure && !self.sasl_done && self.cert_valid_for.is_some() {
                 features = features.child(Element::new("mechanisms", ns::SASL).child(Element::new("mechanism", ns::SASL).text("EXTERNAL")));
             }
-            if self.secure || !require_tls {
+            if (self.secure || !require_tls) && self.dialback_allowed(self.peer.as_ref()).is_ok() {
                 features =
                     features.child(Element::new("dialback", ns::DIALBACK_FEATURE).child(Element::new("errors", ns::DIALBACK_FEATURE)));
             }
@@ -314,6 +318,20 @@ impl In<'_> {
         Ok(())
     }
 
+    /// Whether this peer must use TLS, and the rule that says so.
+    fn require_tls(&self) -> (bool, String) {
+        self.shared.settings.security.require_encryption_for(self.peer.as_ref().map_or("", |d| d.as_str()))
+    }
+
+    /// Dialback is allowed for `domain` unless a cert-only rule applies (the rule as error).
+    fn dialback_allowed(&self, domain: Option<&Domain>) -> Result<(), String> {
+        let Some(d) = domain else { return Ok(()) };
+        match self.shared.settings.security.auth_for(d.as_str()) {
+            (crate::config::AuthMode::CertOnly, rule) => Err(rule),
+            _ => Ok(()),
+        }
+    }
+
     /// SASL EXTERNAL (RFC 6120 §6.4, XEP-0178 §2): `Ok(true)` on success (the stream
     /// restarts), `Ok(false)` after a `<failure/>` (dialback remains possible).
     async fn sasl_external(&mut self, conn: &mut Conn, local: &Domain, el: &Element) -> Result<bool, End> {
@@ -394,10 +412,13 @@ impl In<'_> {
 
     /// One top-level element after the features. `Some(end)` closes the stream.
     async fn on_element(&mut self, conn: &mut Conn, el: Element) -> Option<End> {
-        let require_tls = self.shared.settings.tls.require_encryption;
+        let (require_tls, tls_rule) = self.require_tls();
         if el.ns == ns::DIALBACK {
             if !self.secure && require_tls {
-                return Some(End::error(C::PolicyViolation, "dialback before TLS: this server requires encryption (STARTTLS first)"));
+                return Some(End::error(
+                    C::PolicyViolation,
+                    format!("dialback before TLS: encryption is required ({tls_rule}); STARTTLS first"),
+                ));
             }
             let Some(db) = DbElement::parse(&el) else {
                 return Some(End::error(C::ImproperAddressing, "dialback element without 'from' and 'to'"));
@@ -416,7 +437,7 @@ impl In<'_> {
         }
         if is_stanza(&el) {
             if !self.secure && require_tls {
-                return Some(End::error(C::PolicyViolation, "stanza before TLS: this server requires encryption"));
+                return Some(End::error(C::PolicyViolation, format!("stanza before TLS: encryption is required ({tls_rule})")));
             }
             return self.on_stanza(el).await;
         }
@@ -449,6 +470,13 @@ impl In<'_> {
                 format!("claims to be {remote}, a domain hosted here"),
             );
             return None;
+        }
+        // Certificates only for this peer: no dialback (the rule is named in the error).
+        if let Err(rule) = self.dialback_allowed(Some(&remote)) {
+            return Some(End::error(
+                C::NotAuthorized,
+                format!("dialback is not accepted for {remote} ({rule}); authenticate with a valid certificate (SASL EXTERNAL)"),
+            ));
         }
         // Refused domains are cut off before any callback is spent on them.
         if let crate::policy::Verdict::Refuse(why) = self.shared.policy.verdict(&remote) {

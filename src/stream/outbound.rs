@@ -197,6 +197,13 @@ impl Out<'_> {
             return self.established(conn, stanzas, verifies).await;
         }
 
+        if let (crate::config::AuthMode::CertOnly, rule) = self.shared.settings.security.auth_for(self.remote.as_str()) {
+            return End::Failed(
+                Failure::new(format!("{} did not accept our certificate (SASL EXTERNAL) and {rule} forbids dialback", self.remote)),
+                Some(conn),
+            );
+        }
+
         // Dialback, Originating Server role (XEP-0220 §2.1.1).
         self.entry.set_state(ConnState::Authenticating);
         let key = dialback::derive_key(&self.shared.secret, self.remote.as_str(), self.local.as_str(), &stream_id);
@@ -476,7 +483,7 @@ impl Out<'_> {
     /// Stream headers and features, STARTTLS and the restart, then SASL EXTERNAL when the peer
     /// offers it. Returns the peer's stream id and whether SASL authenticated us.
     async fn negotiate(&self, conn: &mut Conn) -> Result<(String, bool), Failure> {
-        let require_tls = self.shared.settings.tls.require_encryption;
+        let (require_tls, tls_rule) = self.shared.settings.security.require_encryption_for(self.remote.as_str());
         loop {
             conn.send_raw(&header(Some(self.local.as_str()), Some(self.remote.as_str()), None));
             conn.flush().await.map_err(|e| Failure::new(format!("write failed: {e}")))?;
@@ -512,7 +519,7 @@ impl Out<'_> {
             }
             if !features.has_child("starttls", ns::TLS) {
                 if require_tls {
-                    return Err(Failure::new(format!("{} does not offer STARTTLS and tls.require_encryption is on", self.remote)));
+                    return Err(Failure::new(format!("{} does not offer STARTTLS and encryption is required ({tls_rule})", self.remote)));
                 }
                 conn.entry.set_stream_id(stream_id.as_deref().unwrap_or(""));
                 return stream_id
