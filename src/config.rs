@@ -690,7 +690,7 @@ mod tests {
             sec.auth_for("legacy.example"),
             (AuthMode::CertOrDialback, "[[domain]] legacy.example: auth = \"cert-or-dialback\"".into())
         );
-        assert_eq!(sec.require_encryption_for("x.example").0, true);
+        assert!(sec.require_encryption_for("x.example").0);
         assert_eq!(sec.require_encryption_for("legacy.example"), (false, "[[domain]] legacy.example: require_encryption = false".into()));
         let e = Settings::parse("[[domain]]\nname = \"a.example\"\nauth = \"maybe\"\n", Path::new("/c.toml")).unwrap_err().to_string();
         assert!(e.contains("key `domain[0].auth`"), "{e}");
