@@ -74,6 +74,7 @@ struct StoreFile {
 struct ServerFile {
     domains: Vec<String>,
     listen: Vec<String>,
+    direct_tls: Vec<String>,
     data_dir: String,
     control_socket: Option<String>,
 }
@@ -83,6 +84,7 @@ impl Default for ServerFile {
         ServerFile {
             domains: vec!["localhost".into()],
             listen: vec!["127.0.0.1:5269".into()],
+            direct_tls: Vec::new(),
             data_dir: "./drawbridge-data".into(),
             control_socket: None,
         }
@@ -187,6 +189,8 @@ pub struct Settings {
     pub source: Option<PathBuf>,
     pub domains: Vec<Domain>,
     pub listen: Vec<SocketAddr>,
+    /// Direct TLS listeners (XEP-0368, ALPN `xmpp-server`).
+    pub direct_tls: Vec<SocketAddr>,
     pub data_dir: PathBuf,
     pub control_socket: PathBuf,
     pub tls: TlsSettings,
@@ -461,6 +465,12 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         })?;
         listen.push(addr);
     }
+    let mut direct_tls = Vec::new();
+    for (i, a) in f.server.direct_tls.iter().enumerate() {
+        let addr: SocketAddr =
+            a.parse().map_err(|_| bad(&format!("server.direct_tls[{i}]"), format!("{a:?} is not an address like \"0.0.0.0:5270\"")))?;
+        direct_tls.push(addr);
+    }
     if f.server.data_dir.trim().is_empty() {
         return Err(bad("server.data_dir", "must not be empty".into()));
     }
@@ -594,6 +604,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         source: path.map(Path::to_path_buf),
         domains,
         listen,
+        direct_tls,
         data_dir,
         control_socket,
         tls,

@@ -232,3 +232,30 @@ async fn downgrade_from_certificate_to_dialback_is_flagged() {
     assert!(rec.downgrade.as_deref().is_some_and(|d| d.contains("by certificate before, now by dialback only")), "{rec:?}");
     wait_event(&mut events, "the downgrade event", |e| matches!(e, Event::DomainChanged { record } if record.downgrade.is_some())).await;
 }
+
+/// Direct TLS (XEP-0368): b listens for TLS from the first byte and publishes
+/// `_xmpps-server._tcp`; a finds it, prefers it on equal priority, and authenticates with
+/// SASL EXTERNAL over it — no STARTTLS on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_in_and_out() {
+    let dns = Dns::start().await;
+    let ca = ca("drawbridge test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_published("a.test", &dns, &tls_config(dir.path(), &ca, "a.test", &ca)).await;
+    let b_cfg = format!("{}[server]\ndirect_tls = [\"127.0.0.1:0\"]\n", tls_config(dir.path(), &ca, "b.test", &ca));
+    let b = start_published("b.test", &dns, &b_cfg).await;
+    let direct = b.engine.shared.listening_direct[0];
+    dns.add_srv_direct("b.test", 0, "xmpp.b.test", direct.port()).await;
+    let r = within("probe over direct TLS", a.engine.probe("b.test", None)).await;
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(r.peer_addr, Some(direct.to_string()), "direct TLS first on equal priority");
+    assert_eq!(r.auth.as_deref(), Some("sasl-external (valid)"));
+    let t = a.engine.shared.table.transcript(r.stream.as_deref().unwrap()).unwrap();
+    assert!(!t.iter().any(|l| l.text.contains("<starttls")), "no STARTTLS over direct TLS");
+    assert!(t.iter().any(|l| l.dir == "note" && l.text.contains("TLS established")));
+    let inbound =
+        b.engine.connections(false).into_iter().find(|c| c.direction == Direction::In && c.remote.as_deref() == Some("a.test")).unwrap();
+    let bt = b.engine.shared.table.transcript(&inbound.id).unwrap();
+    assert!(bt.first().is_some_and(|l| l.text.contains("direct TLS established")), "{bt:#?}");
+    assert!(inbound.tls.unwrap().cert_verdict.unwrap().is_valid());
+}

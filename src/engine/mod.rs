@@ -55,6 +55,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     pub started: Instant,
     pub listening: Vec<SocketAddr>,
+    /// Direct TLS listeners' bound addresses.
+    pub listening_direct: Vec<SocketAddr>,
     pub store: Arc<Store>,
     pub policy: Policy,
     /// Every per-stream and per-client task, so shutdown can wait for them (they hold the
@@ -230,10 +232,16 @@ impl Engine {
         let resolver = Resolver::new(&settings.dns)?;
         let mut listeners = Vec::new();
         let mut listening = Vec::new();
-        for addr in &settings.listen {
+        let mut listening_direct = Vec::new();
+        for (addr, direct) in settings.listen.iter().map(|a| (a, false)).chain(settings.direct_tls.iter().map(|a| (a, true))) {
             let l = TcpListener::bind(addr).await.map_err(|err| EngineError::Listen { addr: *addr, err })?;
-            listening.push(l.local_addr().map_err(|err| EngineError::Listen { addr: *addr, err })?);
-            listeners.push(l);
+            let local = l.local_addr().map_err(|err| EngineError::Listen { addr: *addr, err })?;
+            if direct {
+                listening_direct.push(local);
+            } else {
+                listening.push(local);
+            }
+            listeners.push((l, direct));
         }
         let (events, _) = broadcast::channel(4096);
         let shutdown = CancellationToken::new();
@@ -248,13 +256,14 @@ impl Engine {
             shutdown,
             started: Instant::now(),
             listening,
+            listening_direct,
             store,
             policy,
             tasks: tokio_util::task::TaskTracker::new(),
         });
         let mut tasks = JoinSet::new();
-        for l in listeners {
-            tasks.spawn(accept_loop(shared.clone(), l));
+        for (l, direct) in listeners {
+            tasks.spawn(accept_loop(shared.clone(), l, direct));
         }
         tasks.spawn(counters_loop(shared.clone()));
         tasks.spawn(maintenance_loop(shared.clone()));
@@ -436,7 +445,7 @@ pub async fn probe(shared: &Arc<Shared>, domain: &str, from: Option<&str>) -> Pr
     report
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, direct_tls: bool) {
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -450,7 +459,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                     continue;
                 }
                 let _ = tcp.set_nodelay(true);
-                shared.tasks.spawn(crate::stream::inbound::run(shared.clone(), tcp, peer));
+                if direct_tls {
+                    shared.tasks.spawn(crate::stream::inbound::run_direct(shared.clone(), tcp, peer));
+                } else {
+                    shared.tasks.spawn(crate::stream::inbound::run(shared.clone(), tcp, peer));
+                }
             }
             Err(e) => {
                 tracing::warn!("accept failed: {e}");

@@ -33,6 +33,8 @@ pub struct Target {
 pub enum TargetSource {
     Override,
     Srv,
+    /// `_xmpps-server._tcp`: TLS from the first byte (XEP-0368).
+    SrvDirectTls,
     /// No SRV record: the domain itself on 5269 (RFC 6120 §3.2.2).
     Fallback,
 }
@@ -42,6 +44,7 @@ impl std::fmt::Display for Target {
         let src = match self.source {
             TargetSource::Override => "override",
             TargetSource::Srv => "SRV",
+            TargetSource::SrvDirectTls => "SRV, direct TLS",
             TargetSource::Fallback => "A/AAAA fallback",
         };
         write!(f, "{}:{} ({src})", self.host, self.port)
@@ -85,6 +88,15 @@ pub fn order_srv(mut records: Vec<SrvRecord>, mut rand: impl FnMut(u32) -> u32) 
         i = end;
     }
     out
+}
+
+/// XEP-0368 §3: one list from the STARTTLS and the direct-TLS records, each already in
+/// RFC 2782 order: by priority, direct TLS first when priorities are equal.
+pub fn merge_srv(starttls: Vec<SrvRecord>, direct: Vec<SrvRecord>) -> Vec<(SrvRecord, bool)> {
+    let mut all: Vec<(SrvRecord, bool)> = direct.into_iter().map(|r| (r, true)).chain(starttls.into_iter().map(|r| (r, false))).collect();
+    // Stable: keeps each list's weighted order, and direct (listed first) before STARTTLS.
+    all.sort_by_key(|(r, _)| r.priority);
+    all
 }
 
 /// A uniform random number in `0..=n` from the OS.
@@ -143,35 +155,42 @@ impl Resolver {
         if !ov.is_empty() {
             return Ok(ov);
         }
-        let name = format!("_xmpp-server._tcp.{}.", domain.as_str());
+        // Both services, looked up together (XEP-0368 §3).
+        let (starttls, direct) = tokio::join!(self.srv(domain, "_xmpp-server"), self.srv(domain, "_xmpps-server"));
+        let (starttls, direct) = (starttls?, direct.unwrap_or_default());
+        let no_service = |v: &Vec<SrvRecord>| v.len() == 1 && v[0].target.is_empty();
+        if no_service(&starttls) && (direct.is_empty() || no_service(&direct)) {
+            return Err(ResolveError::NoService(domain.to_string()));
+        }
+        let usable = |v: Vec<SrvRecord>| order_srv(v.into_iter().filter(|r| !r.target.is_empty()).collect(), os_rand);
+        let merged = merge_srv(usable(starttls), usable(direct));
+        if merged.is_empty() {
+            return Ok(vec![fallback(domain)]);
+        }
+        Ok(merged
+            .into_iter()
+            .map(|(r, d)| Target { host: r.target, port: r.port, source: if d { TargetSource::SrvDirectTls } else { TargetSource::Srv } })
+            .collect())
+    }
+
+    /// SRV records of `service` for `domain` (none when there are none).
+    async fn srv(&self, domain: &Domain, service: &str) -> Result<Vec<SrvRecord>, ResolveError> {
+        let name = format!("{service}._tcp.{}.", domain.as_str());
         match self.dns.srv_lookup(name.as_str()).await {
-            Ok(lookup) => {
-                let recs: Vec<SrvRecord> = lookup
-                    .answers()
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::SRV(srv) => Some(SrvRecord {
-                            priority: srv.priority,
-                            weight: srv.weight,
-                            port: srv.port,
-                            target: srv.target.to_ascii().trim_end_matches('.').to_owned(),
-                        }),
-                        _ => None,
-                    })
-                    .collect();
-                if recs.len() == 1 && recs[0].target.is_empty() {
-                    return Err(ResolveError::NoService(domain.to_string()));
-                }
-                let recs: Vec<SrvRecord> = recs.into_iter().filter(|r| !r.target.is_empty()).collect();
-                if recs.is_empty() {
-                    return Ok(vec![fallback(domain)]);
-                }
-                Ok(order_srv(recs, os_rand)
-                    .into_iter()
-                    .map(|r| Target { host: r.target, port: r.port, source: TargetSource::Srv })
-                    .collect())
-            }
-            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(vec![fallback(domain)]),
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::SRV(srv) => Some(SrvRecord {
+                        priority: srv.priority,
+                        weight: srv.weight,
+                        port: srv.port,
+                        target: srv.target.to_ascii().trim_end_matches('.').to_owned(),
+                    }),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
             Err(e) => Err(ResolveError::Lookup { domain: name, msg: e.to_string() }),
         }
     }
@@ -231,6 +250,13 @@ mod tests {
         // rand 5 of 100: within a's share.
         let out = order_srv(vec![rec(0, 10, "a"), rec(0, 90, "b")], |n| if n == 100 { 5 } else { 0 });
         assert_eq!(out.iter().map(|r| r.target.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn direct_tls_first_on_equal_priority() {
+        let merged = merge_srv(vec![rec(10, 0, "s10"), rec(20, 0, "s20")], vec![rec(10, 0, "d10"), rec(5, 0, "d5")]);
+        let order: Vec<(&str, bool)> = merged.iter().map(|(r, d)| (r.target.as_str(), *d)).collect();
+        assert_eq!(order, vec![("d5", true), ("d10", true), ("s10", false), ("s20", false)]);
     }
 
     #[test]

@@ -159,6 +159,9 @@ impl TlsContext {
                 .map_err(|e| TlsError::Setup(e.to_string()))?
                 .with_client_cert_verifier(Arc::new(RecordingVerifier { algs }))
                 .with_cert_resolver(resolver);
+            // XEP-0368 §3: direct TLS negotiates ALPN "xmpp-server" (STARTTLS peers send none).
+            let mut sc = sc;
+            sc.alpn_protocols = vec![b"xmpp-server".to_vec()];
             server.insert(d.clone(), Arc::new(sc));
             let cc = ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()

@@ -73,18 +73,58 @@ struct In<'a> {
     sasl_done: bool,
     /// The header's 'from': the peer's per-domain security rules apply from the start.
     peer: Option<Domain>,
+    /// Direct TLS: the peer's chain, judged when the header names the claimed domain.
+    direct_chain: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
 }
 
 pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let entry = shared.table.open(Direction::In, &shared.shutdown);
     entry.set_peer_addr(peer);
+    serve(shared, entry, Transport::Plain(tcp), None).await;
+}
+
+/// XEP-0368: TLS from the first byte (the certificate is picked by SNI), then the stream.
+pub async fn run_direct(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let entry = shared.table.open(Direction::In, &shared.shutdown);
+    entry.set_peer_addr(peer);
+    entry.set_state(ConnState::Tls);
+    let handshake = async {
+        let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+        let sni = start.client_hello().server_name().and_then(|n| Domain::parse(n).ok()).filter(|d| shared.is_hosted(d));
+        let local = sni.unwrap_or_else(|| shared.settings.domains[0].clone());
+        start.into_stream(shared.tls().server_config(&local)).await
+    };
+    let tls = match tokio::time::timeout(shared.settings.timeouts.negotiation, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return shared.stream_closed(&entry, &format!("direct TLS handshake failed: {e}")),
+        Err(_) => return shared.stream_closed(&entry, "direct TLS handshake timed out (timeouts.negotiation)"),
+    };
+    let (_, session) = tls.get_ref();
+    let (version, cipher) = crate::net::tls::session_facts(session);
+    let chain: Vec<rustls::pki_types::CertificateDer<'static>> = session.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
+    let peer_cert = chain.first().map(|c| crate::net::tls::PeerCertInfo::from_der(c));
+    entry.record("note", format!("direct TLS established: {version} {cipher} (XEP-0368)"), None);
+    entry.set_tls(TlsInfo { version, cipher, peer_cert, cert_verdict: None });
+    serve(shared, entry, Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))), Some(chain)).await;
+}
+
+/// The stream over an accepted connection; `direct_chain` is the peer's certificate chain
+/// when TLS came first (judged once the header names the claimed domain).
+async fn serve(
+    shared: Arc<Shared>,
+    entry: Arc<ConnEntry>,
+    io: Transport,
+    direct_chain: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+) {
+    let peer = entry.peer_addr().unwrap_or_default();
     let limits = &shared.settings.limits;
-    let mut conn = Conn::new(Transport::Plain(tcp), entry.clone(), limits.max_stanza_size, limits.max_depth);
+    let secure = io.is_tls();
+    let mut conn = Conn::new(io, entry.clone(), limits.max_stanza_size, limits.max_depth);
     let (done_tx, mut done_rx) = mpsc::channel(16);
     let mut st = In {
         shared: &shared,
         entry: entry.clone(),
-        secure: false,
+        secure,
         stream_id: String::new(),
         pairs: HashMap::new(),
         done_tx,
@@ -93,6 +133,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         cert_valid_for: None,
         sasl_done: false,
         peer: None,
+        direct_chain,
     };
     let end = st.session(&mut conn, &mut done_rx).await;
     match &end.error {
@@ -139,6 +180,16 @@ impl In<'_> {
             };
             self.entry.set_domains(Some(local.as_str()), h.from.as_deref());
             self.peer = h.from.as_deref().and_then(|f| Domain::parse(f).ok());
+            if let (Some(chain), Some(claimed)) = (self.direct_chain.take(), self.peer.clone()) {
+                let verdict = self.judge_cert(&chain, &claimed);
+                if verdict.is_valid() {
+                    self.cert_valid_for = Some(claimed);
+                }
+                if let Some(mut tls) = self.entry.snapshot().tls {
+                    tls.cert_verdict = Some(verdict);
+                    self.entry.set_tls(tls);
+                }
+            }
             // Policy, as early as possible: the header's 'from', before TLS.
             if let Some(from) = h.from.as_deref().and_then(|f| Domain::parse(f).ok())
                 && let crate::policy::Verdict::Refuse(why) = self.shared.policy.verdict(&from)

@@ -167,9 +167,9 @@ impl Out<'_> {
     async fn session(&mut self, stanzas: &mut mpsc::Receiver<Element>, verifies: &mut mpsc::Receiver<VerifyRequest>) -> End {
         let t = self.shared.settings.timeouts.clone();
         self.entry.set_state(ConnState::Connecting);
-        let tcp = tokio::select! {
+        let (tcp, direct) = tokio::select! {
             r = self.connect() => match r {
-                Ok(tcp) => tcp,
+                Ok(x) => x,
                 Err(f) => return End::Failed(f, None),
             },
             _ = self.entry.cancel.cancelled() => return End::Failed(Failure::new(self.cancel_reason()), None),
@@ -178,7 +178,14 @@ impl Out<'_> {
         let mut conn = Conn::new(Transport::Plain(tcp), self.entry.clone(), limits.max_stanza_size, limits.max_depth);
         let deadline = Instant::now() + t.negotiation;
         let negotiated = tokio::select! {
-            r = self.negotiate(&mut conn) => r,
+            r = async {
+                if direct {
+                    // XEP-0368: TLS from the first byte, then the stream.
+                    self.entry.set_state(ConnState::Tls);
+                    self.tls_client(&mut conn, true).await?;
+                }
+                self.negotiate(&mut conn).await
+            } => r,
             _ = sleep_until(deadline) => Err(Failure::timeout(format!("stream negotiation took longer than {}s (timeouts.negotiation)", t.negotiation.as_secs()))),
             _ = self.entry.cancel.cancelled() => Err(Failure::new(self.cancel_reason())),
         };
@@ -438,7 +445,7 @@ impl Out<'_> {
     }
 
     /// DNS (overrides, SRV, fallback), then TCP to each address in order until one answers.
-    async fn connect(&self) -> Result<TcpStream, Failure> {
+    async fn connect(&self) -> Result<(TcpStream, bool), Failure> {
         let resolver = &self.shared.resolver;
         let budget = self.shared.settings.dns.timeout * 4;
         let targets = match tokio::time::timeout(budget, resolver.targets(&self.remote)).await {
@@ -468,7 +475,7 @@ impl Out<'_> {
                         let _ = tcp.set_nodelay(true);
                         self.entry.set_peer_addr(addr);
                         tracing::debug!(stream = %self.entry.id, %addr, %target, "connected to {}", self.remote);
-                        return Ok(tcp);
+                        return Ok((tcp, target.source == crate::net::resolve::TargetSource::SrvDirectTls));
                     }
                     Ok(Err(e)) => tried.push(format!("{addr} ({target}): {e}")),
                     Err(_) => tried.push(format!("{addr} ({target}): no answer within {}s (timeouts.connect)", connect_timeout.as_secs())),
@@ -540,34 +547,49 @@ impl Out<'_> {
             if conn.framer.pending() > 0 {
                 return Err(Failure::new("TLS: data after <proceed/> (plaintext injection); refusing to continue"));
             }
-            let Transport::Plain(tcp) = std::mem::replace(&mut conn.io, Transport::Gone) else {
-                return Err(Failure::new("TLS: transport in an unexpected state"));
-            };
-            let connector = tokio_rustls::TlsConnector::from(self.shared.tls().client_config(&self.local));
-            let name = rustls::pki_types::ServerName::try_from(self.remote.to_string())
-                .map_err(|e| Failure::new(format!("TLS: {} is not a valid TLS server name: {e}", self.remote)))?;
-            let tls = connector.connect(name, tcp).await.map_err(|e| Failure::new(format!("TLS handshake: {e}")))?;
-            let (_, session) = tls.get_ref();
-            let (version, cipher) = crate::net::tls::session_facts(session);
-            let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::PeerCertInfo::from_der(c));
-            let cert_verdict = Some(self.judge_cert(session.peer_certificates().unwrap_or(&[])));
-            self.entry.record(
-                "note",
-                format!(
-                    "TLS established: {version} {cipher}; peer certificate: {}",
-                    peer_cert.as_ref().map_or("none".to_owned(), |c| format!(
-                        "{} (issuer {}, names {})",
-                        c.subject,
-                        c.issuer,
-                        c.names.join(", ")
-                    ))
-                ),
-                None,
-            );
-            self.entry.set_tls(TlsInfo { version, cipher, peer_cert, cert_verdict });
-            conn.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
+            self.tls_client(conn, false).await?;
             conn.restart();
         }
+    }
+}
+
+impl Out<'_> {
+    /// The TLS handshake as a client (after STARTTLS, or at once for direct TLS).
+    async fn tls_client(&self, conn: &mut Conn, direct: bool) -> Result<(), Failure> {
+        let Transport::Plain(tcp) = std::mem::replace(&mut conn.io, Transport::Gone) else {
+            return Err(Failure::new("TLS: transport in an unexpected state"));
+        };
+        let mut config = self.shared.tls().client_config(&self.local);
+        if direct {
+            // XEP-0368 §3: ALPN "xmpp-server" on direct TLS.
+            let mut c = (*config).clone();
+            c.alpn_protocols = vec![b"xmpp-server".to_vec()];
+            config = std::sync::Arc::new(c);
+        }
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let name = rustls::pki_types::ServerName::try_from(self.remote.to_string())
+            .map_err(|e| Failure::new(format!("TLS: {} is not a valid TLS server name: {e}", self.remote)))?;
+        let tls = connector.connect(name, tcp).await.map_err(|e| Failure::new(format!("TLS handshake: {e}")))?;
+        let (_, session) = tls.get_ref();
+        let (version, cipher) = crate::net::tls::session_facts(session);
+        let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::PeerCertInfo::from_der(c));
+        let cert_verdict = Some(self.judge_cert(session.peer_certificates().unwrap_or(&[])));
+        self.entry.record(
+            "note",
+            format!(
+                "TLS established: {version} {cipher}; peer certificate: {}",
+                peer_cert.as_ref().map_or("none".to_owned(), |c| format!(
+                    "{} (issuer {}, names {})",
+                    c.subject,
+                    c.issuer,
+                    c.names.join(", ")
+                ))
+            ),
+            None,
+        );
+        self.entry.set_tls(TlsInfo { version, cipher, peer_cert, cert_verdict });
+        conn.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
+        Ok(())
     }
 }
 

@@ -442,3 +442,12 @@ impl Drop for Tmux {
         let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).output();
     }
 }
+
+impl Dns {
+    /// `_xmpps-server._tcp` (direct TLS, XEP-0368).
+    pub async fn add_srv_direct(&self, domain: &str, priority: u16, target: &str, port: u16) {
+        let name = Name::from_ascii(format!("_xmpps-server._tcp.{domain}.")).unwrap();
+        let srv = SRV::new(priority, 5, port, Name::from_ascii(format!("{target}.")).unwrap());
+        self.zone.upsert(Record::from_rdata(name, 0, RData::SRV(srv)), 2).await;
+    }
+}
