@@ -100,8 +100,15 @@ async fn sasl_failures_name_the_reason() {
     p.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>").await;
     let fail = p.next_el().await.unwrap();
     assert!(fail.is("failure", drawbridge::proto::ns::SASL));
+    assert!(fail.has_child("not-authorized", drawbridge::proto::ns::SASL), "{}", fail.to_xml());
+    let text = fail.get_child("text", drawbridge::proto::ns::SASL).unwrap().text_content();
+    assert!(text.contains("not valid for x.test: self-signed") && text.contains("use dialback"), "{text}");
+    p.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGZvbwBiYXI=</auth>").await;
+    let fail = p.next_el().await.unwrap();
     assert!(fail.has_child("invalid-mechanism", drawbridge::proto::ns::SASL), "{}", fail.to_xml());
-    assert!(fail.get_child("text", drawbridge::proto::ns::SASL).unwrap().text_content().contains("use dialback"));
+    p.send("<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>").await;
+    let fail = p.next_el().await.unwrap();
+    assert!(fail.has_child("aborted", drawbridge::proto::ns::SASL), "{}", fail.to_xml());
 }
 
 /// XEP-0344 §2.2: a peer that claims by dialback the very domain its valid certificate names is
@@ -127,6 +134,11 @@ async fn dialback_with_a_valid_certificate_needs_no_callback() {
     p.open("nodns.test", "b.test").await;
     let (_, features) = p.starttls_with("nodns.test", "b.test", &ctx).await;
     assert!(features.has_child("mechanisms", drawbridge::proto::ns::SASL), "EXTERNAL offered to a valid certificate");
+    // An authorization identity other than the certificate's domain: invalid-authzid.
+    let authzid = drawbridge::proto::sasl::base64_encode(b"other.test");
+    p.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{authzid}</auth>")).await;
+    let fail = p.next_el().await.unwrap();
+    assert!(fail.has_child("invalid-authzid", drawbridge::proto::ns::SASL), "{}", fail.to_xml());
     p.send_el(&drawbridge::proto::dialback::result_request("nodns.test", "b.test", "whatever")).await;
     let answer = loop {
         let el = p.next_el().await.unwrap();

@@ -75,6 +75,8 @@ struct In<'a> {
     peer: Option<Domain>,
     /// Direct TLS: the peer's chain, judged when the header names the claimed domain.
     direct_chain: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    /// The verdict on the peer's certificate, for SASL failure texts.
+    cert_verdict: Option<crate::net::certs::CertVerdict>,
 }
 
 pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
@@ -134,6 +136,7 @@ async fn serve(
         sasl_done: false,
         peer: None,
         direct_chain,
+        cert_verdict: None,
     };
     let end = st.session(&mut conn, &mut done_rx).await;
     match &end.error {
@@ -185,6 +188,7 @@ impl In<'_> {
                 if verdict.is_valid() {
                     self.cert_valid_for = Some(claimed);
                 }
+                self.cert_verdict = Some(verdict.clone());
                 if let Some(mut tls) = self.entry.snapshot().tls {
                     tls.cert_verdict = Some(verdict);
                     self.entry.set_tls(tls);
@@ -259,6 +263,14 @@ impl In<'_> {
                             Ok(Frame::StreamOpen(_)) => return End::error(C::NotWellFormed, "unexpected stream header"),
                             Err(e) => return self.read_error(conn, e, false).await,
                         };
+                        if el.is("abort", ns::SASL) {
+                            // RFC 6120 §6.4.4: the initiator gave up; dialback remains possible.
+                            conn.send(&Element::new("failure", ns::SASL).child(Element::new("aborted", ns::SASL)));
+                            if let Err(e) = conn.flush().await {
+                                return End { error: None, peer_closed: false, reason: format!("write failed: {e}") };
+                            }
+                            continue;
+                        }
                         if el.is("auth", ns::SASL) {
                             match self.sasl_external(conn, &local, &el).await {
                                 Ok(true) => continue 'stream,
@@ -346,6 +358,7 @@ impl In<'_> {
         let claimed = self.entry.snapshot().remote.and_then(|r| Domain::parse(&r).ok());
         let cert_verdict = claimed.as_ref().map(|d| self.judge_cert(session.peer_certificates().unwrap_or(&[]), d));
         self.cert_valid_for = claimed.filter(|_| cert_verdict.as_ref().is_some_and(|v| v.is_valid()));
+        self.cert_verdict = cert_verdict.clone();
         self.entry.record(
             "note",
             format!(
@@ -390,13 +403,17 @@ impl In<'_> {
             Element::new("failure", ns::SASL).child(Element::new(cond, ns::SASL)).child(Element::new("text", ns::SASL).text(text))
         };
         let offered = self.secure && !self.sasl_done && self.cert_valid_for.is_some();
-        if el.get_attr("mechanism") != Some("EXTERNAL") || !offered {
-            let why = if offered {
-                "only EXTERNAL is offered".to_owned()
-            } else {
-                "EXTERNAL is offered only to a peer whose certificate is valid for its domain; use dialback".to_owned()
+        if el.get_attr("mechanism") != Some("EXTERNAL") {
+            conn.send(&failure("invalid-mechanism", "only EXTERNAL is offered".into()));
+            return Ok(false);
+        }
+        if !offered {
+            // XEP-0178 §2: a certificate that does not authenticate the peer → not-authorized.
+            let why = match (&self.cert_verdict, &self.peer) {
+                (Some(v), Some(p)) => format!("the certificate is not valid for {p}: {v}; use dialback"),
+                _ => "no certificate valid for the stream's 'from' was presented; use dialback".to_owned(),
             };
-            conn.send(&failure("invalid-mechanism", why));
+            conn.send(&failure("not-authorized", why));
             return Ok(false);
         }
         let domain = self.cert_valid_for.clone().expect("offered implies a valid certificate");
