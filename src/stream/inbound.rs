@@ -659,7 +659,15 @@ impl In<'_> {
                 crate::policy::Verdict::Allow => {
                     tracing::info!(stream = %self.entry.id, "{remote} approved; releasing its held stanzas");
                     self.pairs.insert((local.clone(), remote.clone()), Pair::Valid);
-                    self.entry.set_pair(&local, &remote, PairStatus::Valid, AuthMethod::Dialback);
+                    // Keep how the pair authenticated (dialback, certificate, SASL EXTERNAL).
+                    let method = self
+                        .entry
+                        .snapshot()
+                        .pairs
+                        .iter()
+                        .find(|p| p.local == local.as_str() && p.remote == remote.as_str())
+                        .map_or(AuthMethod::Dialback, |p| p.method);
+                    self.entry.set_pair(&local, &remote, PairStatus::Valid, method);
                 }
             }
         }
