@@ -264,10 +264,10 @@ async fn direct_tls_in_and_out() {
     assert_eq!(r.auth.as_deref(), Some("sasl-external (valid)"));
     let t = a.engine.shared.table.transcript(r.stream.as_deref().unwrap()).unwrap();
     assert!(!t.iter().any(|l| l.text.contains("<starttls")), "no STARTTLS over direct TLS");
-    assert!(t.iter().any(|l| l.dir == "note" && l.text.contains("TLS established")));
+    assert!(t.iter().any(|l| l.dir == "note" && l.text.contains("direct TLS (XEP-0368) established")));
     let inbound =
         b.engine.connections(false).into_iter().find(|c| c.direction == Direction::In && c.remote.as_deref() == Some("a.test")).unwrap();
     let bt = b.engine.shared.table.transcript(&inbound.id).unwrap();
-    assert!(bt.first().is_some_and(|l| l.text.contains("direct TLS established")), "{bt:#?}");
+    assert!(bt.first().is_some_and(|l| l.text.contains("direct TLS (XEP-0368) established")), "{bt:#?}");
     assert!(inbound.tls.unwrap().cert_verdict.unwrap().is_valid());
 }

@@ -117,6 +117,18 @@ impl ConnEntry {
         self.info.lock().unwrap().stream_id = Some(id.to_owned());
     }
 
+    /// A TLS handshake finished: record the session and certificate facts (and the verdict,
+    /// when the claimed domain is known) and say so in the transcript.
+    pub fn tls_established(&self, how: &str, session: &rustls::CommonState, cert_verdict: Option<crate::net::certs::CertVerdict>) {
+        let (version, cipher) = crate::net::tls::session_facts(session);
+        let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::PeerCertInfo::from_der(c));
+        let cert =
+            peer_cert.as_ref().map_or("none".to_owned(), |c| format!("{} (issuer {}, names {})", c.subject, c.issuer, c.names.join(", ")));
+        let verdict = cert_verdict.as_ref().map(|v| format!("; verdict: {v}")).unwrap_or_default();
+        self.record("note", format!("{how} established: {version} {cipher}; peer certificate: {cert}{verdict}"), None);
+        self.set_tls(TlsInfo { version, cipher, peer_cert, cert_verdict });
+    }
+
     pub fn set_tls(&self, tls: TlsInfo) {
         self.info.lock().unwrap().tls = Some(tls);
         let _ = self.events.send(Event::StreamUpdated { stream: self.snapshot() });

@@ -102,11 +102,8 @@ pub async fn run_direct(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         Err(_) => return shared.stream_closed(&entry, "direct TLS handshake timed out (timeouts.negotiation)"),
     };
     let (_, session) = tls.get_ref();
-    let (version, cipher) = crate::net::tls::session_facts(session);
     let chain: Vec<rustls::pki_types::CertificateDer<'static>> = session.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
-    let peer_cert = chain.first().map(|c| crate::net::tls::PeerCertInfo::from_der(c));
-    entry.record("note", format!("direct TLS established: {version} {cipher} (XEP-0368)"), None);
-    entry.set_tls(TlsInfo { version, cipher, peer_cert, cert_verdict: None });
+    entry.tls_established("direct TLS (XEP-0368)", session, None);
     serve(shared, entry, Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))), Some(chain)).await;
 }
 
@@ -353,26 +350,11 @@ impl In<'_> {
             Err(_) => return Err(End { error: None, peer_closed: true, reason: "TLS handshake timed out (timeouts.negotiation)".into() }),
         };
         let (_, session) = tls.get_ref();
-        let (version, cipher) = crate::net::tls::session_facts(session);
-        let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::PeerCertInfo::from_der(c));
         let claimed = self.entry.snapshot().remote.and_then(|r| Domain::parse(&r).ok());
         let cert_verdict = claimed.as_ref().map(|d| self.judge_cert(session.peer_certificates().unwrap_or(&[]), d));
         self.cert_valid_for = claimed.filter(|_| cert_verdict.as_ref().is_some_and(|v| v.is_valid()));
         self.cert_verdict = cert_verdict.clone();
-        self.entry.record(
-            "note",
-            format!(
-                "TLS established: {version} {cipher}; peer certificate: {}",
-                peer_cert.as_ref().map_or("none".to_owned(), |c| format!(
-                    "{} (issuer {}, names {})",
-                    c.subject,
-                    c.issuer,
-                    c.names.join(", ")
-                ))
-            ),
-            None,
-        );
-        self.entry.set_tls(TlsInfo { version, cipher, peer_cert, cert_verdict });
+        self.entry.tls_established("TLS", session, cert_verdict);
         conn.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
         conn.restart();
         // Everything learned before TLS is forgotten.

@@ -571,23 +571,8 @@ impl Out<'_> {
             .map_err(|e| Failure::new(format!("TLS: {} is not a valid TLS server name: {e}", self.remote)))?;
         let tls = connector.connect(name, tcp).await.map_err(|e| Failure::new(format!("TLS handshake: {e}")))?;
         let (_, session) = tls.get_ref();
-        let (version, cipher) = crate::net::tls::session_facts(session);
-        let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::PeerCertInfo::from_der(c));
         let cert_verdict = Some(self.judge_cert(session.peer_certificates().unwrap_or(&[])));
-        self.entry.record(
-            "note",
-            format!(
-                "TLS established: {version} {cipher}; peer certificate: {}",
-                peer_cert.as_ref().map_or("none".to_owned(), |c| format!(
-                    "{} (issuer {}, names {})",
-                    c.subject,
-                    c.issuer,
-                    c.names.join(", ")
-                ))
-            ),
-            None,
-        );
-        self.entry.set_tls(TlsInfo { version, cipher, peer_cert, cert_verdict });
+        self.entry.tls_established(if direct { "direct TLS (XEP-0368)" } else { "TLS" }, session, cert_verdict);
         conn.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
         Ok(())
     }
