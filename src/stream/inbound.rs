@@ -427,17 +427,13 @@ impl In<'_> {
         let ps = if status == Pair::Valid { PairStatus::Valid } else { PairStatus::Held };
         self.entry.set_pair(local, &domain, ps, AuthMethod::SaslExternal);
         self.entry.set_state(ConnState::Established);
-        self.shared.record_outcome(VerificationOutcome {
-            time_ms: now_ms(),
-            stream: self.entry.id.clone(),
-            direction: Direction::In,
-            local: local.to_string(),
-            remote: domain.to_string(),
-            method: AuthMethod::SaslExternal,
-            result: VerificationResult::Valid,
-            reason: format!("SASL EXTERNAL: the certificate is valid for {domain}"),
-            peer_addr: self.entry.peer_addr(),
-        });
+        self.record_with(
+            local,
+            &domain,
+            AuthMethod::SaslExternal,
+            VerificationResult::Valid,
+            format!("SASL EXTERNAL: the certificate is valid for {domain}"),
+        );
         Ok(true)
     }
 
@@ -446,17 +442,8 @@ impl In<'_> {
         let verdict = self.shared.tls().judge.judge(chain, claimed.as_str(), rustls::pki_types::UnixTime::now());
         let local =
             self.entry.snapshot().local.and_then(|l| Domain::parse(&l).ok()).unwrap_or_else(|| self.shared.settings.domains[0].clone());
-        self.shared.record_outcome(VerificationOutcome {
-            time_ms: now_ms(),
-            stream: self.entry.id.clone(),
-            direction: Direction::In,
-            local: local.to_string(),
-            remote: claimed.to_string(),
-            method: AuthMethod::Certificate,
-            result: if verdict.is_valid() { VerificationResult::Valid } else { VerificationResult::Invalid },
-            reason: format!("certificate for {claimed}: {verdict}"),
-            peer_addr: self.entry.peer_addr(),
-        });
+        let result = if verdict.is_valid() { VerificationResult::Valid } else { VerificationResult::Invalid };
+        self.record_with(&local, claimed, AuthMethod::Certificate, result, format!("certificate for {claimed}: {verdict}"));
         verdict
     }
 

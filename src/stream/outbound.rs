@@ -409,17 +409,8 @@ impl Out<'_> {
     /// Judge the peer's certificate for the domain we dialled; recorded as an outcome.
     fn judge_cert(&self, chain: &[rustls::pki_types::CertificateDer<'static>]) -> crate::net::certs::CertVerdict {
         let verdict = self.shared.tls().judge.judge(chain, self.remote.as_str(), rustls::pki_types::UnixTime::now());
-        self.shared.record_outcome(VerificationOutcome {
-            time_ms: now_ms(),
-            stream: self.entry.id.clone(),
-            direction: Direction::Out,
-            local: self.local.to_string(),
-            remote: self.remote.to_string(),
-            method: AuthMethod::Certificate,
-            result: if verdict.is_valid() { VerificationResult::Valid } else { VerificationResult::Invalid },
-            reason: format!("certificate for {}: {verdict}", self.remote),
-            peer_addr: self.entry.peer_addr(),
-        });
+        let result = if verdict.is_valid() { VerificationResult::Valid } else { VerificationResult::Invalid };
+        self.outcome_with(AuthMethod::Certificate, result, format!("certificate for {}: {verdict}", self.remote));
         verdict
     }
 
