@@ -27,7 +27,7 @@ struct File {
     server: ServerFile,
     tls: TlsFile,
     dns: DnsFile,
-    limits: LimitsFile,
+    limits: Limits,
     timeouts: TimeoutsFile,
     policy: PolicyFile,
     store: StoreFile,
@@ -126,33 +126,6 @@ struct OverrideFile {
 
 fn default_port() -> u16 {
     5269
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct LimitsFile {
-    max_stanza_size: usize,
-    max_depth: usize,
-    outbound_queue: usize,
-    max_streams: usize,
-    max_pairs_per_stream: usize,
-    closed_streams: usize,
-    transcript_lines: usize,
-}
-
-impl Default for LimitsFile {
-    fn default() -> Self {
-        let d = Limits::default();
-        LimitsFile {
-            max_stanza_size: d.max_stanza_size,
-            max_depth: d.max_depth,
-            outbound_queue: d.outbound_queue,
-            max_streams: d.max_streams,
-            max_pairs_per_stream: d.max_pairs_per_stream,
-            closed_streams: d.closed_streams,
-            transcript_lines: d.transcript_lines,
-        }
-    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -313,7 +286,9 @@ pub struct DnsOverride {
     pub port: u16,
 }
 
-#[derive(Debug, Clone)]
+/// `[limits]`: read from the file as is (every key optional, defaults below).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest top-level element accepted (RFC 6120 §13.12 resource exhaustion).
     pub max_stanza_size: usize,
@@ -329,6 +304,11 @@ pub struct Limits {
     pub closed_streams: usize,
     /// Transcript lines kept per stream (the dashboard's transcript view).
     pub transcript_lines: usize,
+    /// Transcript bytes kept per stream (as received/sent; oldest lines dropped first).
+    pub transcript_bytes: usize,
+    /// Transcript bytes kept for all streams together, closed ones included (their
+    /// transcripts are dropped first, oldest first).
+    pub transcript_total_bytes: usize,
 }
 
 impl Default for Limits {
@@ -341,6 +321,8 @@ impl Default for Limits {
             max_pairs_per_stream: 64,
             closed_streams: 200,
             transcript_lines: 500,
+            transcript_bytes: 256 * 1024,
+            transcript_total_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -535,20 +517,14 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         ("limits.max_pairs_per_stream", l.max_pairs_per_stream, 1),
         ("limits.closed_streams", l.closed_streams, 0),
         ("limits.transcript_lines", l.transcript_lines, 0),
+        ("limits.transcript_bytes", l.transcript_bytes, 0),
+        ("limits.transcript_total_bytes", l.transcript_total_bytes, 0),
     ] {
         if v < min {
             return Err(bad(key, format!("{v} is too small (at least {min})")));
         }
     }
-    let limits = Limits {
-        max_stanza_size: l.max_stanza_size,
-        max_depth: l.max_depth,
-        outbound_queue: l.outbound_queue,
-        max_streams: l.max_streams,
-        max_pairs_per_stream: l.max_pairs_per_stream,
-        closed_streams: l.closed_streams,
-        transcript_lines: l.transcript_lines,
-    };
+    let limits = l.clone();
     let d = Timeouts::default();
     let t = &f.timeouts;
     let timeouts = Timeouts {

@@ -13,6 +13,7 @@ use super::input::{Intent, intent};
 use super::state::{Model, Prompt, View};
 use crate::control::{ChangeReport, Request};
 use crate::engine::ProbeReport;
+use crate::engine::events::TranscriptLine;
 
 const FRAME: Duration = Duration::from_millis(50);
 
@@ -286,7 +287,11 @@ async fn open_transcript(client: &Arc<Client>, m: &mut Model, id: String) {
     }
     let _ = client.request(Request::Watch { id: id.clone(), on: true }).await;
     let r = client.request(Request::Transcript { id: id.clone() }).await;
-    m.transcript = r.data.and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default();
+    let lines: Vec<TranscriptLine> = r.data.and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default();
+    m.transcript.clear();
+    for l in lines {
+        m.push_transcript(l);
+    }
     m.transcript_id = Some(id);
     m.follow = true;
     m.transcript_scroll = 0;

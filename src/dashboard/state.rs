@@ -89,6 +89,11 @@ const KEEP_CLOSED: usize = 200;
 const KEEP_OUTCOMES: usize = 2000;
 const SPARK_POINTS: usize = 30;
 
+/// Transcript lines the view keeps while following a stream.
+pub const TRANSCRIPT_VIEW_LINES: usize = 5000;
+/// Bytes of one indented transcript line the view keeps.
+pub const TRANSCRIPT_VIEW_BYTES: usize = 1 << 20;
+
 pub struct Model {
     pub status: Option<Status>,
     pub conns: HashMap<String, ConnSnapshot>,
@@ -289,10 +294,22 @@ impl Model {
             }
             Event::Transcript { id, line } => {
                 if self.transcript_id.as_deref() == Some(id.as_str()) {
-                    self.transcript.push(line);
+                    self.push_transcript(line);
                 }
             }
         }
+    }
+
+    /// Show a transcript line: indented for reading (the engine keeps the wire bytes), at
+    /// most [`TRANSCRIPT_VIEW_LINES`] kept while following.
+    pub fn push_transcript(&mut self, mut line: TranscriptLine) {
+        if line.text.starts_with('<') {
+            line.text = crate::xml::pretty::indent(&line.text, TRANSCRIPT_VIEW_BYTES);
+        }
+        if self.transcript.len() >= TRANSCRIPT_VIEW_LINES {
+            self.transcript.remove(0);
+        }
+        self.transcript.push(line);
     }
 
     fn reindex(&mut self) {

@@ -246,7 +246,15 @@ impl Engine {
         let (events, _) = broadcast::channel(4096);
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
-            table: ConnTable::new(events.clone(), settings.limits.closed_streams, settings.limits.transcript_lines),
+            table: ConnTable::new(
+                events.clone(),
+                settings.limits.closed_streams,
+                table::TranscriptBudget::new(
+                    settings.limits.transcript_lines,
+                    settings.limits.transcript_bytes,
+                    settings.limits.transcript_total_bytes,
+                ),
+            ),
             settings,
             tls: std::sync::RwLock::new(Arc::new(tls)),
             resolver,

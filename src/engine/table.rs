@@ -37,8 +37,8 @@ pub struct ConnEntry {
     pub cancel: CancellationToken,
     close_request: Mutex<Option<(String, Option<StreamError>)>>,
     events: broadcast::Sender<Event>,
-    transcript: Mutex<VecDeque<TranscriptLine>>,
-    transcript_max: usize,
+    transcript: Mutex<Transcript>,
+    budget: Arc<TranscriptBudget>,
     /// Everything is recorded until the stream is established; afterwards only while
     /// someone watches (the stanza path then pays nothing for transcripts).
     negotiating: AtomicBool,
@@ -223,24 +223,54 @@ impl ConnEntry {
         self.negotiating.load(Ordering::Relaxed) || self.watchers.load(Ordering::Relaxed) > 0
     }
 
-    /// Record a transcript line (call only when [`ConnEntry::capturing`]).
-    pub fn record(&self, dir: &str, text: String, key: Option<String>) {
-        if self.transcript_max == 0 {
+    /// Record a transcript line (call only when [`ConnEntry::capturing`]): the bytes as
+    /// they crossed the wire, cut to the per-stream cap; the oldest lines go first when this
+    /// stream's or everyone's budget is spent.
+    pub fn record(&self, dir: &str, mut text: String, key: Option<String>) {
+        let b = &self.budget;
+        if b.lines == 0 || b.per_stream == 0 {
             return;
         }
+        let cap = b.per_stream.saturating_sub(LINE_OVERHEAD).min(b.total.saturating_sub(LINE_OVERHEAD));
+        if text.len() > cap {
+            let cut = text.len() - cap;
+            let mut end = cap.saturating_sub(32);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push_str(&format!(" …(+{cut} bytes not kept)"));
+        }
         let line = TranscriptLine { time_ms: now_ms(), dir: dir.to_owned(), text, key };
+        let size = line_size(&line);
         {
             let mut t = self.transcript.lock().unwrap();
-            if t.len() >= self.transcript_max {
-                t.pop_front();
+            let mut freed = 0;
+            while !t.lines.is_empty() && (t.lines.len() >= b.lines || t.bytes + size > b.per_stream) {
+                freed += t.pop_front();
             }
-            t.push_back(line.clone());
+            b.release(freed);
+            // Everyone's budget: closed streams' transcripts go first, then this one's oldest.
+            let mut reserved = b.reserve(size);
+            while !reserved {
+                if !b.evict_closed() {
+                    if t.lines.is_empty() {
+                        break;
+                    }
+                    b.release(t.pop_front());
+                }
+                reserved = b.reserve(size);
+            }
+            if reserved {
+                t.bytes += size;
+                t.lines.push_back(line.clone());
+            }
         }
         let _ = self.events.send(Event::Transcript { id: self.id.clone(), line });
     }
 
     pub fn transcript(&self) -> Vec<TranscriptLine> {
-        self.transcript.lock().unwrap().iter().cloned().collect()
+        self.transcript.lock().unwrap().lines.iter().cloned().collect()
     }
 
     /// A viewer starts or stops following this stream's transcript.
@@ -253,23 +283,120 @@ impl ConnEntry {
     }
 }
 
+/// Bytes a transcript line costs beyond its text and key (struct, allocation headers).
+const LINE_OVERHEAD: usize = 96;
+
+fn line_size(l: &TranscriptLine) -> usize {
+    l.text.len() + l.key.as_ref().map_or(0, String::len) + LINE_OVERHEAD
+}
+
+/// One stream's transcript with its size in bytes.
+#[derive(Debug, Default)]
+struct Transcript {
+    lines: VecDeque<TranscriptLine>,
+    bytes: usize,
+}
+
+impl Transcript {
+    fn pop_front(&mut self) -> usize {
+        let n = self.lines.pop_front().map_or(0, |l| line_size(&l));
+        self.bytes -= n;
+        n
+    }
+}
+
+/// Transcript limits: per stream (lines and bytes) and for all streams together, live and
+/// recently closed (`[limits] transcript_lines`, `transcript_bytes`, `transcript_total_bytes`).
+#[derive(Debug)]
+pub struct TranscriptBudget {
+    lines: usize,
+    per_stream: usize,
+    total: usize,
+    used: AtomicUsize,
+    /// Transcripts of recently closed streams, oldest first, with their size.
+    closed: Mutex<VecDeque<(String, Vec<TranscriptLine>, usize)>>,
+}
+
+impl TranscriptBudget {
+    pub fn new(lines: usize, per_stream: usize, total: usize) -> Self {
+        TranscriptBudget { lines, per_stream, total, used: AtomicUsize::new(0), closed: Mutex::new(VecDeque::new()) }
+    }
+
+    /// Bytes held by all transcripts now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn reserve(&self, n: usize) -> bool {
+        self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u + n <= self.total).then_some(u + n)).is_ok()
+    }
+
+    fn release(&self, n: usize) {
+        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(n)));
+    }
+
+    /// Drop the oldest closed stream's transcript; false if there is none.
+    fn evict_closed(&self) -> bool {
+        let Some((_, _, n)) = self.closed.lock().unwrap().pop_front() else { return false };
+        self.release(n);
+        true
+    }
+
+    fn keep_closed(&self, id: &str, t: Transcript, keep: usize) {
+        let mut c = self.closed.lock().unwrap();
+        while c.len() >= keep.max(1) {
+            let Some((_, _, n)) = c.pop_front() else { break };
+            self.release(n);
+        }
+        if keep == 0 {
+            self.release(t.bytes);
+            return;
+        }
+        c.push_back((id.to_owned(), t.lines.into(), t.bytes));
+    }
+
+    fn closed_transcript(&self, id: &str) -> Option<Vec<TranscriptLine>> {
+        self.closed.lock().unwrap().iter().find(|(i, _, _)| i == id).map(|(_, t, _)| t.clone())
+    }
+}
+
+impl Drop for ConnEntry {
+    fn drop(&mut self) {
+        // A stream closed through the table handed its transcript over; any other gives
+        // its bytes back here.
+        let bytes = self.transcript.get_mut().map_or(0, |t| t.bytes);
+        self.budget.release(bytes);
+    }
+}
+
 /// All streams.
 pub struct ConnTable {
     inner: Mutex<Inner>,
     events: broadcast::Sender<Event>,
     keep_closed: usize,
-    transcript_lines: usize,
+    budget: Arc<TranscriptBudget>,
 }
 
 struct Inner {
     live: HashMap<String, Arc<ConnEntry>>,
-    /// Recently closed streams with their transcripts (so a failed attempt can be read).
-    closed: VecDeque<(ConnSnapshot, Vec<TranscriptLine>)>,
+    /// Recently closed streams (their transcripts are in the budget, so a failed attempt
+    /// can be read).
+    closed: VecDeque<ConnSnapshot>,
 }
 
 impl ConnTable {
-    pub fn new(events: broadcast::Sender<Event>, keep_closed: usize, transcript_lines: usize) -> Self {
-        ConnTable { inner: Mutex::new(Inner { live: HashMap::new(), closed: VecDeque::new() }), events, keep_closed, transcript_lines }
+    pub fn new(events: broadcast::Sender<Event>, keep_closed: usize, budget: TranscriptBudget) -> Self {
+        ConnTable {
+            inner: Mutex::new(Inner { live: HashMap::new(), closed: VecDeque::new() }),
+            events,
+            keep_closed,
+            budget: Arc::new(budget),
+        }
+    }
+
+    /// The transcript budget (for `ctl status`).
+    pub fn transcript_budget(&self) -> &TranscriptBudget {
+        &self.budget
     }
 
     /// Register a new stream; it stays until [`ConnTable::close`].
@@ -283,8 +410,8 @@ impl ConnTable {
             cancel: parent.child_token(),
             close_request: Mutex::new(None),
             events: self.events.clone(),
-            transcript: Mutex::new(VecDeque::new()),
-            transcript_max: self.transcript_lines,
+            transcript: Mutex::new(Transcript::default()),
+            budget: self.budget.clone(),
             negotiating: AtomicBool::new(true),
             watchers: AtomicUsize::new(0),
         });
@@ -314,9 +441,11 @@ impl ConnTable {
                 if inner.closed.len() >= self.keep_closed {
                     inner.closed.pop_front();
                 }
-                inner.closed.push_back((snap.clone(), entry.transcript()));
+                inner.closed.push_back(snap.clone());
             }
         }
+        let t = std::mem::take(&mut *entry.transcript.lock().unwrap());
+        self.budget.keep_closed(&entry.id, t, self.keep_closed);
         let _ = self.events.send(Event::StreamClosed { stream: snap });
     }
 
@@ -335,10 +464,7 @@ impl ConnTable {
     pub fn snapshots(&self, include_closed: bool) -> Vec<ConnSnapshot> {
         let (live, closed): (Vec<_>, Vec<_>) = {
             let inner = self.inner.lock().unwrap();
-            (
-                inner.live.values().cloned().collect(),
-                if include_closed { inner.closed.iter().map(|(s, _)| s.clone()).collect() } else { Vec::new() },
-            )
+            (inner.live.values().cloned().collect(), if include_closed { inner.closed.iter().cloned().collect() } else { Vec::new() })
         };
         let mut v: Vec<ConnSnapshot> = live.iter().map(|e| e.snapshot()).collect();
         v.sort_by_key(|s| s.opened_ms);
@@ -347,16 +473,16 @@ impl ConnTable {
     }
 
     pub fn closed(&self) -> Vec<ConnSnapshot> {
-        self.inner.lock().unwrap().closed.iter().map(|(s, _)| s.clone()).collect()
+        self.inner.lock().unwrap().closed.iter().cloned().collect()
     }
 
     /// The transcript of a live or recently closed stream.
     pub fn transcript(&self, id: &str) -> Option<Vec<TranscriptLine>> {
-        let inner = self.inner.lock().unwrap();
-        if let Some(e) = inner.live.get(id) {
-            return Some(e.transcript());
+        let live = self.inner.lock().unwrap().live.get(id).cloned();
+        match live {
+            Some(e) => Some(e.transcript()),
+            None => self.budget.closed_transcript(id),
         }
-        inner.closed.iter().find(|(s, _)| s.id == id).map(|(_, t)| t.clone())
     }
 }
 
@@ -365,4 +491,53 @@ pub fn random_id() -> String {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).expect("OS randomness");
     crate::proto::dialback::hex(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(lines: usize, per_stream: usize, total: usize, keep_closed: usize) -> ConnTable {
+        ConnTable::new(broadcast::channel(16).0, keep_closed, TranscriptBudget::new(lines, per_stream, total))
+    }
+
+    #[test]
+    fn transcript_bytes_are_capped_per_stream_and_in_all() {
+        let t = table(10_000, 4096, 16 * 1024, 10);
+        let root = CancellationToken::new();
+        let a = t.open(Direction::In, &root);
+        for _ in 0..100 {
+            a.record("in", "x".repeat(1000), None);
+        }
+        let kept: usize = a.transcript().iter().map(line_size).sum();
+        assert!(kept <= 4096 && kept > 2000, "{kept}");
+        assert_eq!(t.transcript_budget().used(), kept);
+        // One line bigger than the stream's budget is cut, not refused.
+        a.record("in", "y".repeat(100_000), None);
+        let last = a.transcript().pop().unwrap();
+        assert!(last.text.len() < 4096 && last.text.contains("bytes not kept"));
+        // Closed streams count, and go first when the total is spent.
+        t.close(&a, "done");
+        let before = t.transcript_budget().used();
+        assert!(before > 0 && t.transcript(&a.id).is_some());
+        let streams: Vec<_> = (0..6).map(|_| t.open(Direction::In, &root)).collect();
+        for s in &streams {
+            for _ in 0..4 {
+                s.record("in", "z".repeat(900), None);
+            }
+        }
+        assert!(t.transcript_budget().used() <= 16 * 1024);
+        assert!(t.transcript(&a.id).is_none(), "the closed stream's transcript went first");
+        for s in &streams {
+            t.close(s, "done");
+        }
+        assert!(t.transcript_budget().used() <= 16 * 1024);
+        // A stream dropped without closing gives its bytes back.
+        let b = t.open(Direction::In, &root);
+        b.record("in", "w".repeat(500), None);
+        let with_b = t.transcript_budget().used();
+        t.inner.lock().unwrap().live.remove(&b.id);
+        drop(b);
+        assert_eq!(t.transcript_budget().used(), with_b - 500 - LINE_OVERHEAD);
+    }
 }

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::engine::table::ConnEntry;
 use crate::proto::stream::StreamError;
-use crate::xml::writer::{mask_key, pretty_top, write_top};
+use crate::xml::writer::{masked_key, write_top};
 use crate::xml::{Element, Frame, Framer, XmlError};
 
 /// Plain TCP before STARTTLS, TLS after.
@@ -122,10 +122,14 @@ impl Conn {
 
     /// Queue an element (written on the next [`Conn::flush`]).
     pub fn send(&mut self, el: &Element) {
+        let start = self.out.len();
         write_top(&mut self.out, el);
         if self.entry.capturing() {
-            let (masked, key) = mask_key(el);
-            self.entry.record("out", pretty_top(&masked), key);
+            let (text, key) = match masked_key(el) {
+                Some((masked, key)) => (masked, Some(key)),
+                None => (self.out[start..].to_owned(), None),
+            };
+            self.entry.record("out", text, key);
         }
     }
 
@@ -136,25 +140,18 @@ impl Conn {
         }
     }
 
+    /// The transcript keeps what crossed the wire, not a re-serialisation (whose size a
+    /// peer could inflate); dialback keys are masked.
     fn record_in(&self, f: &Frame) {
-        let text = match f {
-            Frame::StreamOpen(h) => {
-                let mut s = String::from("<stream:stream");
-                for (k, v) in [("from", &h.from), ("to", &h.to), ("id", &h.id), ("version", &h.version)] {
-                    if let Some(v) = v {
-                        s.push_str(&format!(" {k}='{v}'"));
-                    }
-                }
-                s.push('>');
-                (s, None)
-            }
-            Frame::Element(el) => {
-                let (masked, key) = mask_key(el);
-                (pretty_top(&masked), key)
-            }
+        let (text, key) = match f {
+            Frame::Element(el) => match masked_key(el) {
+                Some((masked, key)) => (masked, Some(key)),
+                None => (self.framer.last_frame_text().to_owned(), None),
+            },
+            Frame::StreamOpen(_) => (self.framer.last_frame_text().to_owned(), None),
             Frame::StreamClose => ("</stream:stream>".to_owned(), None),
         };
-        self.entry.record("in", text.0, text.1);
+        self.entry.record("in", text, key);
     }
 
     pub fn has_pending_output(&self) -> bool {

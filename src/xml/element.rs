@@ -1,15 +1,121 @@
 //! A namespace-resolved element tree: what a stanza or a stream-level element is once parsed.
 
-use std::borrow::Cow;
+use std::fmt;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
-/// An element or attribute name, or a namespace: the common ones are static (no allocation
-/// per stanza), others owned.
-pub type Name = Cow<'static, str>;
+/// An element or attribute name, or a namespace. The common ones are static (no allocation
+/// per stanza); others are reference-counted, so a namespace declared once in a frame is
+/// stored once however many elements use it: the parsed form of a frame stays proportional
+/// to its size on the wire (a hostile peer cannot multiply one long declaration by the
+/// number of its children).
+#[derive(Clone)]
+pub enum Name {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
 
-/// The static copy of a well-known name or namespace, else an owned one. Bucketed by
-/// length so a lookup costs one or two comparisons (it runs for every element parsed).
-pub fn intern(s: &str) -> Name {
+impl Name {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Name::Static(s) => s,
+            Name::Shared(s) => s,
+        }
+    }
+}
+
+impl Default for Name {
+    fn default() -> Self {
+        Name::Static("")
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Name) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for Name {}
+
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h)
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<Name> for &str {
+    fn eq(&self, other: &Name) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Name {
+        intern(s)
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Name {
+        match known(&s) {
+            Some(k) => Name::Static(k),
+            None => Name::Shared(Arc::from(s)),
+        }
+    }
+}
+
+/// The static copy of a well-known name or namespace. Bucketed by length so a lookup costs
+/// one or two comparisons (it runs for every element parsed).
+fn known(s: &str) -> Option<&'static str> {
     use crate::proto::ns;
     let known: &[&'static str] = match s.len() {
         1 => &["c", "x"],
@@ -31,9 +137,14 @@ pub fn intern(s: &str) -> Name {
         37 => &[ns::DISCO_INFO, "http://jabber.org/protocol/chatstates"],
         _ => &[],
     };
-    match known.iter().find(|k| **k == s) {
-        Some(k) => Cow::Borrowed(k),
-        None => Cow::Owned(s.to_owned()),
+    known.iter().find(|k| **k == s).copied()
+}
+
+/// The static copy of a well-known name or namespace, else a shared one.
+pub fn intern(s: &str) -> Name {
+    match known(s) {
+        Some(k) => Name::Static(k),
+        None => Name::Shared(Arc::from(s)),
     }
 }
 
@@ -44,19 +155,21 @@ pub enum Node {
     Text(String),
 }
 
-/// One XML element with its namespace resolved. Attribute names are local names; an
-/// attribute in a namespace other than none or `xml` is stored as `{ns}local`.
+/// One XML element with its namespace resolved. Attribute names in `attrs` are local names
+/// (or `xml:lang`); attributes in any other namespace are kept apart in `ns_attrs` as
+/// (namespace, local name, value), their namespace shared rather than copied.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Element {
     pub name: Name,
     pub ns: Name,
     pub attrs: Vec<(Name, String)>,
+    pub ns_attrs: Vec<(Name, Name, String)>,
     pub children: Vec<Node>,
 }
 
 impl Element {
     pub fn new(name: &str, ns: &str) -> Self {
-        Element { name: intern(name), ns: intern(ns), attrs: Vec::new(), children: Vec::new() }
+        Element { name: intern(name), ns: intern(ns), ..Default::default() }
     }
 
     /// Builder: set an attribute.
@@ -133,13 +246,26 @@ impl Element {
 
     /// A short description for logs: `<iq type='get' id='x'>`.
     pub fn describe(&self) -> String {
-        let mut s = format!("<{}", self.name);
+        let mut s = format!("<{}", clip(&self.name, 64));
         for (k, v) in self.attrs.iter().take(4) {
-            let _ = write!(s, " {k}='{v}'");
+            let _ = write!(s, " {}='{}'", clip(k, 32), clip(v, 64));
         }
         s.push('>');
         s
     }
+}
+
+/// At most `max` bytes of `s` (on a character boundary), marked when cut: a log line never
+/// carries a peer's value in full.
+pub fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…(+{} bytes)", &s[..end], s.len() - end).into()
 }
 
 #[cfg(test)]
@@ -148,9 +274,9 @@ mod tests {
 
     #[test]
     fn intern_returns_static_for_known_and_owned_otherwise() {
-        assert!(matches!(intern("jabber:server"), Cow::Borrowed("jabber:server")));
-        assert!(matches!(intern("message"), Cow::Borrowed("message")));
-        assert!(matches!(intern("messagf"), Cow::Owned(ref s) if s == "messagf"));
-        assert!(matches!(intern(""), Cow::Owned(ref s) if s.is_empty()));
+        assert!(matches!(intern("jabber:server"), Name::Static("jabber:server")));
+        assert!(matches!(intern("message"), Name::Static("message")));
+        assert!(matches!(intern("messagf"), Name::Shared(ref s) if &**s == "messagf"));
+        assert!(matches!(intern(""), Name::Shared(ref s) if s.is_empty()));
     }
 }

@@ -15,7 +15,9 @@ use quick_xml::XmlVersion;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
 
-use super::element::{Element, Name, Node, intern};
+use std::collections::HashMap;
+
+use super::element::{Element, Name, Node, clip, intern};
 use crate::proto::ns;
 
 /// What the framer yields.
@@ -108,6 +110,8 @@ pub struct Framer {
     max_depth: usize,
     /// Namespace bindings from the stream header: (prefix, namespace); "" is the default.
     scope: Vec<(String, String)>,
+    /// Where the last frame's own bytes lie in `buf` (valid until the next feed).
+    last: (usize, usize),
 }
 
 impl Framer {
@@ -125,6 +129,7 @@ impl Framer {
             max_size,
             max_depth: max_depth.max(2),
             scope: Vec::new(),
+            last: (0, 0),
         }
     }
 
@@ -147,6 +152,13 @@ impl Framer {
         self.buf.len() - self.start
     }
 
+    /// The bytes of the frame just returned, as received (the header, or one element), for
+    /// the transcript: what crossed the wire, not a re-serialisation. Valid until the next
+    /// [`Framer::feed`] / [`Framer::read_buf`]; checked UTF-8 when the frame was parsed.
+    pub fn last_frame_text(&self) -> &str {
+        std::str::from_utf8(&self.buf[self.last.0..self.last.1]).unwrap_or("")
+    }
+
     /// Bytes currently held, for memory accounting.
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
@@ -167,6 +179,7 @@ impl Framer {
         self.tag_start = self.tag_start.saturating_sub(self.start);
         self.elem_start = self.elem_start.saturating_sub(self.start);
         self.start = 0;
+        self.last = (0, 0);
         // Give back memory after an unusually large stanza.
         if self.buf.capacity() > 64 * 1024 && self.buf.len() < 16 * 1024 {
             self.buf.shrink_to(16 * 1024);
@@ -329,6 +342,7 @@ impl Framer {
                     return Err(XmlError::NotWellFormed("empty stream root element".into()));
                 }
                 let header = self.parse_header()?;
+                self.last = (self.tag_start, self.pos);
                 self.header_seen = true;
                 self.depth = 1;
                 self.start = self.pos;
@@ -337,6 +351,7 @@ impl Framer {
             }
             1 if empty => {
                 let el = self.parse_element()?;
+                self.last = (self.elem_start, self.pos);
                 self.start = self.pos;
                 self.elem_start = self.pos;
                 Ok(Some(Frame::Element(el)))
@@ -362,7 +377,7 @@ impl Framer {
                 let tag = tag.trim_end();
                 let (prefix, local) = split_qname(tag);
                 if local != "stream" || resolve_owned(&self.scope, prefix) != Some(ns::STREAMS) {
-                    return Err(XmlError::NotWellFormed(format!("unexpected end tag </{tag}>")));
+                    return Err(XmlError::NotWellFormed(format!("unexpected end tag </{}>", clip(tag, 64))));
                 }
                 self.depth = 0;
                 self.closed = true;
@@ -372,6 +387,7 @@ impl Framer {
             2 => {
                 self.depth = 1;
                 let el = self.parse_element()?;
+                self.last = (self.elem_start, self.pos);
                 self.start = self.pos;
                 self.elem_start = self.pos;
                 Ok(Some(Frame::Element(el)))
@@ -394,7 +410,7 @@ impl Framer {
         let mut reader = Reader::from_str(text);
         let start = match reader.read_event().map_err(map_qx)? {
             Event::Start(s) => s,
-            other => return Err(XmlError::NotWellFormed(format!("expected the stream header, got {other:?}"))),
+            other => return Err(XmlError::NotWellFormed(format!("expected the stream header, got {}", clip(&format!("{other:?}"), 64)))),
         };
         let mut scope = Vec::new();
         let attrs = collect_attrs(text, &start, &mut scope)?;
@@ -426,22 +442,50 @@ impl Framer {
 }
 
 /// Namespace bindings while parsing one fragment: the stream header's, plus any declared
-/// inside the fragment (usually none; no allocation until one appears).
+/// inside the fragment. Each declaration becomes one shared [`Name`] that every element and
+/// attribute in its scope points to; lookups are hashed, so neither memory nor time grows
+/// with (declarations × uses).
 struct Scope<'b, 'a> {
     base: &'b [(String, String)],
-    base_default: &'b str,
-    local: Vec<(&'a str, Cow<'a, str>)>,
+    base_default: Name,
+    /// Prefixes declared inside the fragment, in order (undo log for `truncate`).
+    local: Vec<&'a str>,
+    /// Prefix → its bindings, innermost last.
+    bound: HashMap<&'a str, Vec<Name>>,
+    /// The namespaces of the header's prefixes, shared once used.
+    base_names: HashMap<&'b str, Name>,
 }
 
-impl Scope<'_, '_> {
-    fn resolve(&self, prefix: &str) -> Option<&str> {
-        if let Some((_, n)) = self.local.iter().rev().find(|(p, _)| *p == prefix) {
-            return Some(n);
+impl<'b, 'a> Scope<'b, 'a> {
+    fn mark(&self) -> usize {
+        self.local.len()
+    }
+
+    fn declare(&mut self, prefix: &'a str, ns: Name) {
+        self.local.push(prefix);
+        self.bound.entry(prefix).or_default().push(ns);
+    }
+
+    fn truncate(&mut self, mark: usize) {
+        while self.local.len() > mark {
+            let p = self.local.pop().expect("len > mark");
+            if let Some(v) = self.bound.get_mut(p) {
+                v.pop();
+            }
+        }
+    }
+
+    fn resolve(&mut self, prefix: &str) -> Option<Name> {
+        if let Some(n) = self.bound.get(prefix).and_then(|v| v.last()) {
+            return Some(n.clone());
         }
         match prefix {
-            "" => Some(self.base_default),
-            "xml" => Some(ns::XML),
-            p => self.base.iter().rev().find(|(bp, _)| bp == p).map(|(_, n)| n.as_str()),
+            "" => Some(self.base_default.clone()),
+            "xml" => Some(Name::Static(ns::XML)),
+            p => {
+                let (bp, bn) = self.base.iter().rev().find(|(bp, _)| bp == p)?;
+                Some(self.base_names.entry(bp.as_str()).or_insert_with(|| intern(bn)).clone())
+            }
         }
     }
 }
@@ -449,8 +493,8 @@ impl Scope<'_, '_> {
 /// Parse one complete element, resolving names against `base` bindings (prefix, namespace).
 pub fn parse_fragment(text: &str, base: &[(String, String)], max_depth: usize) -> Result<Element, XmlError> {
     let mut reader = Reader::from_str(text);
-    let base_default = base.iter().rev().find(|(p, _)| p.is_empty()).map_or("", |(_, n)| n.as_str());
-    let mut scope = Scope { base, base_default, local: Vec::new() };
+    let base_default = intern(base.iter().rev().find(|(p, _)| p.is_empty()).map_or("", |(_, n)| n.as_str()));
+    let mut scope = Scope { base, base_default, local: Vec::new(), bound: HashMap::new(), base_names: HashMap::new() };
     // Open elements, each with the length of `scope.local` before it.
     let mut stack: Vec<(Element, usize)> = Vec::with_capacity(4);
     loop {
@@ -460,14 +504,14 @@ pub fn parse_fragment(text: &str, base: &[(String, String)], max_depth: usize) -
                 return Err(XmlError::TooDeep { limit: max_depth });
             }
             Event::Start(s) => {
-                let mark = scope.local.len();
+                let mark = scope.mark();
                 let el = start_element(text, &s, &mut scope)?;
                 stack.push((el, mark));
             }
             Event::Empty(s) => {
-                let mark = scope.local.len();
+                let mark = scope.mark();
                 let el = start_element(text, &s, &mut scope)?;
-                scope.local.truncate(mark);
+                scope.truncate(mark);
                 match stack.last_mut() {
                     Some((parent, _)) => parent.children.push(Node::Element(el)),
                     None => return Ok(el),
@@ -475,7 +519,7 @@ pub fn parse_fragment(text: &str, base: &[(String, String)], max_depth: usize) -
             }
             Event::End(_) => {
                 let (el, mark) = stack.pop().ok_or_else(|| XmlError::NotWellFormed("unbalanced end tag".into()))?;
-                scope.local.truncate(mark);
+                scope.truncate(mark);
                 match stack.last_mut() {
                     Some((parent, _)) => parent.children.push(Node::Element(el)),
                     None => return Ok(el),
@@ -540,51 +584,103 @@ fn attr_value<'a>(a: &quick_xml::events::attributes::Attribute<'a>) -> Result<Co
     Ok(v)
 }
 
+/// Attributes of one start tag, without quick-xml's own duplicate check (it compares each
+/// name with every earlier one: quadratic in the attribute count). Duplicates are found by
+/// [`Duplicates`] instead.
+fn attributes<'a>(raw: &'a str, name_len: usize) -> quick_xml::events::attributes::Attributes<'a> {
+    let mut a = quick_xml::events::attributes::Attributes::new(raw, name_len);
+    a.with_checks(false);
+    a
+}
+
+/// Duplicate detection for one start tag, linear in its attributes: a short list is scanned
+/// (most tags have a handful), a long one hashed.
+struct Duplicates<'a, K> {
+    seen: Vec<K>,
+    set: Option<std::collections::HashSet<K>>,
+    _p: std::marker::PhantomData<&'a ()>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Duplicates<'_, K> {
+    fn new() -> Self {
+        Duplicates { seen: Vec::new(), set: None, _p: std::marker::PhantomData }
+    }
+
+    /// False when `k` was seen before.
+    fn insert(&mut self, k: K) -> bool {
+        if let Some(set) = &mut self.set {
+            return set.insert(k);
+        }
+        if self.seen.contains(&k) {
+            return false;
+        }
+        self.seen.push(k);
+        if self.seen.len() > 16 {
+            self.set = Some(self.seen.drain(..).collect());
+        }
+        true
+    }
+}
+
+fn attr_err(e: quick_xml::events::attributes::AttrError) -> XmlError {
+    XmlError::NotWellFormed(format!("attribute: {e}"))
+}
+
 fn start_element<'a>(text: &'a str, s: &BytesStart<'_>, scope: &mut Scope<'_, 'a>) -> Result<Element, XmlError> {
-    use quick_xml::events::attributes::Attributes;
     let raw: &'a str = reborrow(text, s);
     let name_len = s.name().0.len();
     // Namespace declarations first (they apply to this element's own name); most elements
     // have none, so look before parsing the attributes twice.
     static XMLNS: std::sync::LazyLock<memchr::memmem::Finder<'static>> = std::sync::LazyLock::new(|| memchr::memmem::Finder::new("xmlns"));
     let declares = XMLNS.find(&raw.as_bytes()[name_len..]).is_some();
+    let mut raw_names: Duplicates<'a, &'a str> = Duplicates::new();
     if declares {
-        for a in Attributes::new(raw, name_len) {
-            let a = a.map_err(|e| XmlError::NotWellFormed(format!("attribute: {e}")))?;
+        for a in attributes(raw, name_len) {
+            let a = a.map_err(attr_err)?;
             let key: &'a str = a.key.0;
             if key == "xmlns" {
-                scope.local.push(("", attr_value(&a)?));
+                let v = attr_value(&a)?;
+                scope.declare("", Name::from(v.into_owned()));
             } else if let Some(p) = key.strip_prefix("xmlns:") {
                 let v = attr_value(&a)?;
                 if v.is_empty() {
-                    return Err(XmlError::NotWellFormed(format!("empty namespace for prefix {p}")));
+                    return Err(XmlError::NotWellFormed(format!("empty namespace for prefix {}", clip(p, 64))));
                 }
-                scope.local.push((p, v));
+                scope.declare(p, Name::from(v.into_owned()));
+            } else {
+                continue;
+            }
+            if !raw_names.insert(key) {
+                return Err(XmlError::NotWellFormed(format!("duplicate attribute {}", clip(key, 64))));
             }
         }
     }
     let (prefix, local) = split_qname(s.name().0);
     let ns = scope.resolve(prefix).ok_or_else(|| unbound(prefix))?;
-    let mut el = Element { name: intern(local), ns: intern(ns), attrs: Vec::new(), children: Vec::new() };
-    for a in Attributes::new(raw, name_len) {
-        let a = a.map_err(|e| XmlError::NotWellFormed(format!("attribute: {e}")))?;
-        let k: &str = a.key.0;
+    let mut el = Element { name: intern(local), ns, ..Default::default() };
+    let mut expanded: Duplicates<'_, (Name, &'a str)> = Duplicates::new();
+    for a in attributes(raw, name_len) {
+        let a = a.map_err(attr_err)?;
+        let k: &'a str = a.key.0;
         if declares && (k == "xmlns" || k.starts_with("xmlns:")) {
             continue;
         }
+        if !raw_names.insert(k) {
+            return Err(XmlError::NotWellFormed(format!("duplicate attribute {}", clip(k, 64))));
+        }
         let (p, l) = split_qname(k);
-        let key = match p {
-            "" => intern(l),
-            "xml" => intern(k),
+        match p {
+            "" => el.attrs.push((intern(l), attr_value(&a)?.into_owned())),
+            "xml" => el.attrs.push((intern(k), attr_value(&a)?.into_owned())),
             p => {
-                let key: Name = Cow::Owned(format!("{{{}}}{l}", scope.resolve(p).ok_or_else(|| unbound(p))?));
-                if el.attrs.iter().any(|(k2, _)| *k2 == key) {
-                    return Err(XmlError::NotWellFormed(format!("duplicate attribute {key}")));
+                // Namespaces in XML §6.3: two prefixes bound to one namespace make a duplicate.
+                let ans = scope.resolve(p).ok_or_else(|| unbound(p))?;
+                if !expanded.insert((ans.clone(), l)) {
+                    return Err(XmlError::NotWellFormed(format!("duplicate attribute {}", clip(k, 64))));
                 }
-                key
+                el.ns_attrs.push((ans, intern(l), attr_value(&a)?.into_owned()));
             }
-        };
-        el.attrs.push((key, attr_value(&a)?.into_owned()));
+        }
     }
     Ok(el)
 }
@@ -598,9 +694,13 @@ fn collect_attrs<'a>(
 ) -> Result<Vec<(&'a str, Cow<'a, str>)>, XmlError> {
     let mut out = Vec::new();
     let raw: &'a str = reborrow(text, s);
-    for a in quick_xml::events::attributes::Attributes::new(raw, s.name().0.len()) {
-        let a = a.map_err(|e| XmlError::NotWellFormed(format!("attribute: {e}")))?;
+    let mut names: Duplicates<'a, &'a str> = Duplicates::new();
+    for a in attributes(raw, s.name().0.len()) {
+        let a = a.map_err(attr_err)?;
         let key: &'a str = a.key.0;
+        if !names.insert(key) {
+            return Err(XmlError::NotWellFormed(format!("duplicate attribute {}", clip(key, 64))));
+        }
         let value = attr_value(&a)?;
         if key == "xmlns" {
             scope.push(("", value));
@@ -653,7 +753,7 @@ fn resolve_cow<'s>(scope: &'s [(&str, Cow<'_, str>)], prefix: &str) -> Option<&'
 }
 
 fn unbound(prefix: &str) -> XmlError {
-    XmlError::NotWellFormed(format!("namespace prefix '{prefix}' is not declared"))
+    XmlError::NotWellFormed(format!("namespace prefix '{}' is not declared", clip(prefix, 64)))
 }
 
 fn map_qx(e: quick_xml::Error) -> XmlError {
@@ -834,6 +934,39 @@ mod tests {
         assert_eq!(m.elements().next().unwrap().text_content(), "<not> & markup");
         let y = m.get_child("y", "urn:x").unwrap();
         assert!(y.get_child("z", "urn:x").is_some());
+    }
+
+    #[test]
+    fn expanded_duplicate_attributes_are_not_well_formed() {
+        // Namespaces in XML §6.3: two prefixes for one namespace name the same attribute.
+        let r = after_header("<message xmlns:p='urn:x' xmlns:q='urn:x' p:a='1' q:a='2'/>");
+        assert!(matches!(r, Err(XmlError::NotWellFormed(ref m)) if m.contains("duplicate")), "{r:?}");
+        let many: String = (0..100).map(|i| format!(" a{i}='x'")).collect();
+        let r = after_header(&format!("<message{many} a7='y'/>"));
+        assert!(matches!(r, Err(XmlError::NotWellFormed(ref m)) if m.contains("duplicate attribute a7")), "{r:?}");
+        assert!(after_header(&format!("<message{many}/>")).is_ok());
+    }
+
+    #[test]
+    fn namespace_declared_once_is_shared_not_copied() {
+        let ns_ = format!("urn:{}", "n".repeat(10_000));
+        let mut s = format!("<message xmlns:p='{ns_}' p:x='1'>");
+        for _ in 0..500 {
+            s.push_str("<p:c/>");
+        }
+        s.push_str("</message>");
+        let r = after_header(&s).unwrap();
+        let Frame::Element(m) = &r[1] else { panic!() };
+        let ptr = |n: &Name| n.as_ptr();
+        let first = ptr(&m.elements().next().unwrap().ns);
+        assert!(m.elements().all(|c| ptr(&c.ns) == first && c.ns == ns_.as_str()));
+        assert_eq!(ptr(&m.ns_attrs[0].0), first);
+        // Written back, the namespace is declared once, not once per child.
+        let mut out = String::new();
+        super::super::writer::write_top(&mut out, m);
+        assert!(out.len() < 2 * s.len(), "{} bytes written for {} read", out.len(), s.len());
+        let back = after_header(&out).unwrap();
+        assert_eq!(&back[1], &r[1]);
     }
 
     #[test]

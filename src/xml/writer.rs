@@ -1,6 +1,9 @@
 //! Serialisation: elements to XML text with escaping. Attribute values use single quotes;
 //! both quote characters are escaped anyway so no value can break out.
 
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
 use super::element::{Element, Node};
 use crate::proto::ns;
 
@@ -49,44 +52,102 @@ fn stream_prefix(ns_: &str) -> Option<&'static str> {
 /// Write a top-level element on one of our streams (where `jabber:server` is the default
 /// namespace and `stream:` / `db:` are declared on the header).
 pub fn write_top(out: &mut String, el: &Element) {
-    match stream_prefix(&el.ns) {
-        Some(p) => write_inner(out, el, ns::SERVER, Some(p)),
-        None => write_element(out, el, ns::SERVER),
-    }
+    write_hoisted(out, el, ns::SERVER, stream_prefix(&el.ns))
 }
 
 /// Write `el` given the default namespace in scope (`parent_ns`).
 pub fn write_element(out: &mut String, el: &Element, parent_ns: &str) {
-    write_inner(out, el, parent_ns, None)
+    write_hoisted(out, el, parent_ns, None)
 }
 
-fn write_inner(out: &mut String, el: &Element, parent_ns: &str, prefix: Option<&str>) {
+/// Namespace declarations written inline beyond this many bytes make the writer look for
+/// namespaces worth declaring once on the top element.
+const INLINE_BUDGET: usize = 2048;
+
+/// Output stays proportional to the parsed tree: a namespace that would be declared inline
+/// on many elements (a hostile frame declares one long namespace once and uses it on
+/// thousands of children) is declared once, with a prefix, on the top element. Ordinary
+/// stanzas stay byte-for-byte as before (their inline declarations are few and short).
+fn write_hoisted(out: &mut String, el: &Element, parent_ns: &str, prefix: Option<&str>) {
+    let mut inline = 0usize;
+    inline_decls(el, parent_ns, prefix.is_some(), &mut |n| inline += n.len() + 10);
+    if inline <= INLINE_BUDGET {
+        return write_inner(out, el, parent_ns, prefix, None, true);
+    }
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    inline_decls(el, parent_ns, prefix.is_some(), &mut |n| {
+        let c = counts.entry(n).or_insert(0);
+        if *c == 0 {
+            order.push(n);
+        }
+        *c += 1;
+    });
+    let hoisted: HashMap<&str, usize> = order.into_iter().filter(|n| counts[n] > 1).enumerate().map(|(i, n)| (n, i + 1)).collect();
+    write_inner(out, el, parent_ns, prefix, Some(&hoisted), true)
+}
+
+/// Call `f` with every namespace the plain writer would declare inline in `el`'s subtree.
+fn inline_decls<'e>(el: &'e Element, parent_ns: &str, prefixed: bool, f: &mut impl FnMut(&'e str)) {
+    if !prefixed && el.ns != parent_ns {
+        f(&el.ns);
+    }
+    for (ans, _, _) in &el.ns_attrs {
+        f(ans);
+    }
+    let default_ns: &str = if prefixed { parent_ns } else { &el.ns };
+    for c in &el.children {
+        if let Node::Element(e) = c {
+            inline_decls(e, default_ns, false, f);
+        }
+    }
+}
+
+fn write_inner(out: &mut String, el: &Element, parent_ns: &str, prefix: Option<&str>, hoisted: Option<&HashMap<&str, usize>>, top: bool) {
+    let hoisted_ns = |n: &str| hoisted.and_then(|h| h.get(n).copied());
     out.push('<');
+    let own = if prefix.is_none() && el.ns != parent_ns { hoisted_ns(&el.ns) } else { None };
     if let Some(p) = prefix {
         out.push_str(p);
         out.push(':');
+    } else if let Some(i) = own {
+        let _ = write!(out, "n{i}:");
     }
     out.push_str(&el.name);
-    let default_ns = if prefix.is_some() { parent_ns } else { &*el.ns };
-    if prefix.is_none() && el.ns != parent_ns {
+    let default_ns = if prefix.is_some() || own.is_some() { parent_ns } else { &*el.ns };
+    if prefix.is_none() && own.is_none() && el.ns != parent_ns {
         out.push_str(" xmlns='");
         escape_attr(out, &el.ns);
         out.push('\'');
     }
-    let mut n = 0;
+    if top && let Some(h) = hoisted {
+        let mut decls: Vec<(&str, usize)> = h.iter().map(|(n, i)| (*n, *i)).collect();
+        decls.sort_by_key(|d| d.1);
+        for (n, i) in decls {
+            let _ = write!(out, " xmlns:n{i}='");
+            escape_attr(out, n);
+            out.push('\'');
+        }
+    }
     for (k, v) in &el.attrs {
         out.push(' ');
-        if let Some(rest) = k.strip_prefix('{') {
-            // Namespaced attribute: declare a private prefix for it.
-            let (ans, local) = rest.split_once('}').unwrap_or(("", rest));
-            n += 1;
-            out.push_str(&format!("xmlns:a{n}='"));
-            escape_attr(out, ans);
-            out.push_str(&format!("' a{n}:{local}"));
-        } else {
-            out.push_str(k);
-        }
+        out.push_str(k);
         out.push_str("='");
+        escape_attr(out, v);
+        out.push('\'');
+    }
+    for (n, (ans, local, v)) in el.ns_attrs.iter().enumerate() {
+        match hoisted_ns(ans) {
+            Some(i) => {
+                let _ = write!(out, " n{i}:{local}='");
+            }
+            None => {
+                // Declare a private prefix for it.
+                let _ = write!(out, " xmlns:a{}='", n + 1);
+                escape_attr(out, ans);
+                let _ = write!(out, "' a{}:{local}='", n + 1);
+            }
+        }
         escape_attr(out, v);
         out.push('\'');
     }
@@ -98,81 +159,37 @@ fn write_inner(out: &mut String, el: &Element, parent_ns: &str, prefix: Option<&
     for c in &el.children {
         match c {
             Node::Text(t) => escape_text(out, t),
-            Node::Element(e) => write_inner(out, e, default_ns, None),
+            Node::Element(e) => write_inner(out, e, default_ns, None, hoisted, false),
         }
     }
     out.push_str("</");
     if let Some(p) = prefix {
         out.push_str(p);
         out.push(':');
+    } else if let Some(i) = own {
+        let _ = write!(out, "n{i}:");
     }
     out.push_str(&el.name);
     out.push('>');
 }
 
-/// Pretty-print a top-level element for people (transcripts): two-space indentation, text
-/// kept inline when an element holds only text.
-pub fn pretty_top(el: &Element) -> String {
+/// For transcripts: a dialback element carrying a key, written with the key replaced by a
+/// marker (and nothing else inside: a dialback element holds only its key), and the key.
+pub fn masked_key(el: &Element) -> Option<(String, String)> {
+    if el.ns != ns::DIALBACK || !el.children.iter().any(|c| matches!(c, Node::Text(t) if !t.trim().is_empty())) {
+        return None;
+    }
+    let key = el.text_content().trim().to_owned();
+    let masked = Element {
+        name: el.name.clone(),
+        ns: el.ns.clone(),
+        attrs: el.attrs.clone(),
+        ns_attrs: el.ns_attrs.clone(),
+        children: vec![Node::Text(KEY_MARKER.into())],
+    };
     let mut out = String::new();
-    pretty_inner(&mut out, el, ns::SERVER, stream_prefix(&el.ns), 0);
-    out
-}
-
-fn pretty_inner(out: &mut String, el: &Element, parent_ns: &str, prefix: Option<&str>, depth: usize) {
-    let only_text = el.children.iter().all(|c| matches!(c, Node::Text(_)));
-    if only_text {
-        for _ in 0..depth {
-            out.push_str("  ");
-        }
-        write_inner(out, el, parent_ns, prefix);
-        return;
-    }
-    let mut open = String::new();
-    let shallow = Element { children: Vec::new(), ..el.clone() };
-    write_inner(&mut open, &shallow, parent_ns, prefix);
-    // `<name …/>` → `<name …>`
-    open.truncate(open.len() - 2);
-    open.push('>');
-    for _ in 0..depth {
-        out.push_str("  ");
-    }
-    out.push_str(&open);
-    let default_ns = if prefix.is_some() { parent_ns } else { &*el.ns };
-    for c in &el.children {
-        out.push('\n');
-        match c {
-            Node::Element(e) => pretty_inner(out, e, default_ns, None, depth + 1),
-            Node::Text(t) => {
-                for _ in 0..=depth {
-                    out.push_str("  ");
-                }
-                escape_text(out, t.trim());
-            }
-        }
-    }
-    out.push('\n');
-    for _ in 0..depth {
-        out.push_str("  ");
-    }
-    out.push_str("</");
-    if let Some(p) = prefix {
-        out.push_str(p);
-        out.push(':');
-    }
-    out.push_str(&el.name);
-    out.push('>');
-}
-
-/// For transcripts: a dialback element with its key replaced by a marker, and the key.
-pub fn mask_key(el: &Element) -> (std::borrow::Cow<'_, Element>, Option<String>) {
-    if el.ns == ns::DIALBACK && el.children.iter().any(|c| matches!(c, Node::Text(t) if !t.trim().is_empty())) {
-        let key = el.text_content().trim().to_owned();
-        let mut masked = el.clone();
-        masked.children.retain(|c| !matches!(c, Node::Text(_)));
-        masked.children.push(Node::Text(KEY_MARKER.into()));
-        return (std::borrow::Cow::Owned(masked), Some(key));
-    }
-    (std::borrow::Cow::Borrowed(el), None)
+    write_top(&mut out, &masked);
+    Some((out, key))
 }
 
 /// What a masked dialback key shows as.
