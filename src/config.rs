@@ -138,6 +138,8 @@ struct TimeoutsFile {
     idle_outbound: Option<String>,
     keepalive: Option<String>,
     probe: Option<String>,
+    write: Option<String>,
+    idle_inbound: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,6 +345,12 @@ pub struct Timeouts {
     pub keepalive: Duration,
     /// `ctl probe` waiting for the pong.
     pub probe: Duration,
+    /// Longest one write may wait for the peer to read (a peer with a closed receive window
+    /// holds nothing beyond it).
+    pub write: Duration,
+    /// Established inbound streams that carried no byte (not even a keepalive) for this
+    /// long are closed with `<connection-timeout/>`.
+    pub idle_inbound: Duration,
 }
 
 impl Default for Timeouts {
@@ -355,6 +363,8 @@ impl Default for Timeouts {
             idle_outbound: Duration::from_secs(600),
             keepalive: Duration::from_secs(60),
             probe: Duration::from_secs(30),
+            write: Duration::from_secs(30),
+            idle_inbound: Duration::from_secs(1200),
         }
     }
 }
@@ -535,6 +545,8 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         idle_outbound: dur("timeouts.idle_outbound", &t.idle_outbound, d.idle_outbound)?,
         keepalive: dur("timeouts.keepalive", &t.keepalive, d.keepalive)?,
         probe: dur("timeouts.probe", &t.probe, d.probe)?,
+        write: dur("timeouts.write", &t.write, d.write)?,
+        idle_inbound: dur("timeouts.idle_inbound", &t.idle_inbound, d.idle_inbound)?,
     };
     let mode = match &f.policy.mode {
         None => crate::policy::Mode::Open,

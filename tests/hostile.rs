@@ -127,3 +127,91 @@ async fn bomb_frames_before_tls_stay_within_a_memory_budget() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::*;
+use drawbridge::engine::events::{Direction, Event};
+
+/// A hand-played peer whose receive window is tiny and which never reads what the server
+/// sends it; pings into the server make the server's replies pile up on that stream.
+async fn stalled_peer(extra: &str) -> (Dns, TestServer, HandPlayed, tokio::sync::broadcast::Receiver<Event>) {
+    let dns = Dns::start().await;
+    let server = start_server("island.test", &dns, extra).await;
+    let events = server.engine.subscribe();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = sock.listen(16).unwrap();
+    dns.add_a("xmpp.slow.test", std::net::Ipv4Addr::LOCALHOST).await;
+    dns.add_srv("slow.test", 0, 5, "xmpp.slow.test", listener.local_addr().unwrap().port()).await;
+    let peer = hand_played_on(&server, "slow.test", listener).await;
+    (dns, server, peer, events)
+}
+
+/// Pings into the server until its writes towards the peer are stuck (a batch that cannot
+/// be sent within a few seconds: the server stopped reading because its outbound queue to
+/// the stalled peer is full). Bounded in count.
+async fn fill_until_stuck(peer: &mut RawPeer) {
+    for batch in 0..400 {
+        let mut s = String::new();
+        for i in 0..500 {
+            s.push_str(&format!("<iq type='get' id='p{batch}-{i}' from='slow.test' to='island.test'><ping xmlns='urn:xmpp:ping'/></iq>"));
+        }
+        if tokio::time::timeout(Duration::from_secs(3), peer.send(&s)).await.is_err() {
+            return;
+        }
+    }
+    panic!("the server kept reading: its writes never blocked");
+}
+
+fn closed(ev: &Event, id: &str) -> Option<String> {
+    match ev {
+        Event::StreamClosed { stream } if stream.id == id => stream.close_reason.clone(),
+        _ => None,
+    }
+}
+
+/// The server's established stream to the stalled peer.
+fn outbound_id(server: &TestServer) -> String {
+    let c = server.engine.connections(false);
+    c.into_iter()
+        .find(|c| c.direction == Direction::Out && c.state == drawbridge::engine::events::ConnState::Established)
+        .expect("the established outbound stream")
+        .id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_that_never_reads_is_closed_by_the_write_deadline() {
+    let (_dns, server, peer, mut events) = stalled_peer("[timeouts]\nwrite = \"2s\"\n").await;
+    let HandPlayed { mut to_server, from_server } = peer;
+    let id = outbound_id(&server);
+    let stuck = Arc::new(AtomicBool::new(false));
+    let flag = stuck.clone();
+    let filler = tokio::spawn(async move {
+        fill_until_stuck(&mut to_server).await;
+        flag.store(true, Ordering::SeqCst);
+        to_server
+    });
+    let ev = wait_event(&mut events, "the outbound stream closed", |e| closed(e, &id).is_some()).await;
+    let reason = closed(&ev, &id).unwrap();
+    assert!(reason.contains("timeouts.write"), "close reason: {reason}");
+    drop(from_server);
+    filler.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_close_ends_a_stream_whose_write_is_blocked() {
+    let (_dns, server, peer, mut events) = stalled_peer("[timeouts]\nwrite = \"10m\"\n").await;
+    let HandPlayed { mut to_server, from_server } = peer;
+    fill_until_stuck(&mut to_server).await;
+    let id = outbound_id(&server);
+    assert!(server.engine.close_stream(&id, "operator test"));
+    // Far inside the 10 minutes the write would wait.
+    let ev = wait_event(&mut events, "the outbound stream closed", |e| closed(e, &id).is_some()).await;
+    assert!(closed(&ev, &id).unwrap().contains("operator test"), "{ev:?}");
+    drop(from_server);
+}

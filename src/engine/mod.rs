@@ -299,6 +299,11 @@ impl Engine {
         self.shared.events.subscribe()
     }
 
+    /// Close a stream as `ctl close` does.
+    pub fn close_stream(&self, id: &str, reason: &str) -> bool {
+        close_stream(&self.shared, id, reason)
+    }
+
     pub fn status(&self) -> Status {
         status(&self.shared)
     }

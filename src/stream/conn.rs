@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Duration, Instant};
 
 use crate::engine::table::ConnEntry;
 use crate::proto::stream::StreamError;
@@ -82,13 +83,35 @@ pub struct Conn {
     pub entry: Arc<ConnEntry>,
     max_size: usize,
     max_depth: usize,
+    /// `[timeouts] write`: longest a write may wait for the peer to read.
+    write_timeout: Duration,
+    /// The negotiation deadline while the stream is not authenticated: writes end there too.
+    deadline: Option<Instant>,
+    /// When bytes last arrived (whitespace keepalives included).
+    pub last_read: Instant,
 }
 
 const READ_CHUNK: usize = 4096;
 
 impl Conn {
-    pub fn new(io: Transport, entry: Arc<ConnEntry>, max_size: usize, max_depth: usize) -> Conn {
-        Conn { io, framer: Framer::new(max_size, max_depth), out: String::new(), entry, max_size, max_depth }
+    pub fn new(io: Transport, entry: Arc<ConnEntry>, limits: &crate::config::Limits, write_timeout: Duration) -> Conn {
+        Conn {
+            io,
+            framer: Framer::new(limits.max_stanza_size, limits.max_depth),
+            out: String::new(),
+            entry,
+            max_size: limits.max_stanza_size,
+            max_depth: limits.max_depth,
+            write_timeout,
+            deadline: None,
+            last_read: Instant::now(),
+        }
+    }
+
+    /// Writes (and so the whole stream) end at `deadline` too: the negotiation deadline
+    /// holds even while a peer that stopped reading keeps a write waiting.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
     }
 
     /// A stream restart (RFC 6120 §4.3.3): a fresh parser, nothing carried over.
@@ -116,6 +139,7 @@ impl Conn {
             if n == 0 {
                 return Err(ConnError::Eof);
             }
+            self.last_read = Instant::now();
             self.entry.touch_in(n);
         }
     }
@@ -158,14 +182,40 @@ impl Conn {
         !self.out.is_empty()
     }
 
-    /// Write everything queued in one go.
+    /// Write everything queued in one go, within `[timeouts] write` (and the negotiation
+    /// deadline, if set); an operator's close or a policy change ends the wait at once.
     pub async fn flush(&mut self) -> io::Result<()> {
+        let cancel = self.entry.cancel.clone();
+        tokio::select! {
+            r = self.write_out(self.write_timeout) => r,
+            _ = cancel.cancelled() => {
+                let why = self.entry.close_request().map_or_else(|| "shutting down".to_owned(), |(r, _)| r);
+                Err(io::Error::new(io::ErrorKind::Interrupted, format!("abandoned: {why}")))
+            }
+        }
+    }
+
+    async fn write_out(&mut self, limit: Duration) -> io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
         }
         let n = self.out.len();
-        self.io.write_all(self.out.as_bytes()).await?;
-        self.io.flush().await?;
+        let mut until = Instant::now() + limit;
+        let mut what = format!("the peer read nothing for {}s (timeouts.write)", limit.as_secs());
+        if let Some(d) = self.deadline
+            && d < until
+        {
+            until = d;
+            what = "stream not authenticated in time (timeouts.negotiation)".into();
+        }
+        let write = async {
+            self.io.write_all(self.out.as_bytes()).await?;
+            self.io.flush().await
+        };
+        match tokio::time::timeout_at(until, write).await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, what)),
+        }
         self.entry.touch_out(n);
         self.out.clear();
         if self.out.capacity() > 64 * 1024 {
@@ -181,7 +231,8 @@ impl Conn {
             self.send(&e.to_element());
         }
         self.send_raw(crate::proto::stream::CLOSE);
-        if self.flush().await.is_err() {
+        // Closing is not abandoned by a cancel (that is usually why we close), but bounded.
+        if self.write_out(close_timeout).await.is_err() {
             return;
         }
         if !peer_closed {

@@ -118,7 +118,7 @@ async fn serve(
     let peer = entry.peer_addr().unwrap_or_default();
     let limits = &shared.settings.limits;
     let secure = io.is_tls();
-    let mut conn = Conn::new(io, entry.clone(), limits.max_stanza_size, limits.max_depth);
+    let mut conn = Conn::new(io, entry.clone(), limits, shared.settings.timeouts.write);
     let (done_tx, mut done_rx) = mpsc::channel(16);
     let mut st = In {
         shared: &shared,
@@ -232,6 +232,8 @@ impl In<'_> {
             loop {
                 let authenticated = self.pairs.values().any(|p| matches!(p, Pair::Valid | Pair::Held));
                 let hold_until = self.hold_until;
+                conn.set_deadline((!authenticated).then_some(deadline));
+                let idle_at = conn.last_read + t.idle_inbound;
                 tokio::select! {
                     biased;
                     _ = self.entry.cancel.cancelled() => return self.cancelled(),
@@ -253,6 +255,16 @@ impl In<'_> {
                         return End::error(C::PolicyViolation, format!("{} awaits approval by the operator (policy mode approval)", waiting.join(", ")));
                     }
                     _ = sleep_until(deadline), if !authenticated => return self.timeout(),
+                    // Keepalives move `last_read` without ending this select: look again.
+                    _ = sleep_until(idle_at), if authenticated => {
+                        if conn.last_read + t.idle_inbound > Instant::now() {
+                            continue;
+                        }
+                        return End::error(
+                            C::ConnectionTimeout,
+                            format!("no traffic for {}s (timeouts.idle_inbound)", t.idle_inbound.as_secs()),
+                        );
+                    }
                     f = conn.read_frame() => {
                         let el = match f {
                             Ok(Frame::Element(el)) => el,

@@ -175,7 +175,7 @@ impl Out<'_> {
             _ = self.entry.cancel.cancelled() => return End::Failed(Failure::new(self.cancel_reason()), None),
         };
         let limits = &self.shared.settings.limits;
-        let mut conn = Conn::new(Transport::Plain(tcp), self.entry.clone(), limits.max_stanza_size, limits.max_depth);
+        let mut conn = Conn::new(Transport::Plain(tcp), self.entry.clone(), limits, t.write);
         let deadline = Instant::now() + t.negotiation;
         let negotiated = tokio::select! {
             r = async {

@@ -346,8 +346,13 @@ pub struct HandPlayed {
 }
 
 pub async fn hand_played(server: &TestServer, dns: &Dns, domain: &str) -> HandPlayed {
-    use drawbridge::proto::dialback::{Answer, DbElement, result_answer, verify_answer};
     let listener = publish_listener(dns, domain).await;
+    hand_played_on(server, domain, listener).await
+}
+
+/// [`hand_played`] with the server's connections arriving on `listener` (already in DNS).
+pub async fn hand_played_on(server: &TestServer, domain: &str, listener: TcpListener) -> HandPlayed {
+    use drawbridge::proto::dialback::{Answer, DbElement, result_answer, verify_answer};
     let (mut to_server, h, _) = tls_peer(server, domain).await;
     let sid = h.id.unwrap();
     to_server.send_el(&drawbridge::proto::dialback::result_request(domain, &server.domain, "k")).await;
