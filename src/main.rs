@@ -178,6 +178,10 @@ enum BlacklistCommand {
 }
 
 fn main() -> ExitCode {
+    // Everything drawbridge creates (database, dialback secret, keys, transcripts written
+    // from the dashboard, the control socket) is for its own user only.
+    // SAFETY: umask only sets the process's file-creation mask; no memory is involved.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     let settings = match &cli.config {
         Some(p) => match Settings::load(p) {

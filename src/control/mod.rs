@@ -325,7 +325,7 @@ async fn handle(shared: &Arc<Shared>, req: Request, who: &str) -> Response {
             }
             match engine::change_domain(&shared, &d, change, &who, reason.as_deref()).await {
                 Ok((record, changed, closed_streams)) => Response::ok(ChangeReport { record, changed, closed_streams }),
-                Err(e) => Response::err(format!("not saved: {e}")),
+                Err(e) => Response::err(format!("not saved (the previous policy stays in force): {e}")),
             }
         }
     };
@@ -363,7 +363,7 @@ async fn handle(shared: &Arc<Shared>, req: Request, who: &str) -> Response {
         Request::Mode { mode } => match Mode::parse(&mode) {
             Some(m) => match engine::change_mode(shared, m, who).await {
                 Ok(closed) => Response::ok(serde_json::json!({"mode": m.as_str(), "closed_streams": closed})),
-                Err(e) => Response::err(format!("not saved: {e}")),
+                Err(e) => Response::err(format!("not saved (the previous policy stays in force): {e}")),
             },
             None => Response::err(format!("{mode:?} is not a mode: open, approval or allowlist")),
         },
@@ -403,7 +403,7 @@ async fn handle(shared: &Arc<Shared>, req: Request, who: &str) -> Response {
             let source = source.unwrap_or_else(|| "import".into());
             match engine::import_blacklist(shared, &text, &source, who, dry_run).await {
                 Ok(r) => Response::ok(r),
-                Err(e) => Response::err(format!("not saved: {e}")),
+                Err(e) => Response::err(format!("not saved (the previous policy stays in force): {e}")),
             }
         }
         Request::BlacklistExport => Response::ok(crate::policy::export_blacklist(&shared.policy.records(Some(DomainState::Blacklisted)))),

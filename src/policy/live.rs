@@ -16,6 +16,9 @@ pub struct Policy {
     store: Arc<Store>,
     /// Bumped on every change: held streams wait on it.
     changed: watch::Sender<u64>,
+    /// Operator changes one at a time: each is computed, written and flushed, and only then
+    /// applied in memory (a failed write leaves the previous policy in force).
+    writing: tokio::sync::Mutex<()>,
 }
 
 struct Inner {
@@ -42,7 +45,7 @@ impl Policy {
         let domains: HashMap<String, DomainRecord> = store.domains()?.into_iter().map(|r| (r.domain.clone(), r)).collect();
         let blacklisted = domains.values().filter(|r| r.state == DomainState::Blacklisted).count();
         let (changed, _) = watch::channel(0);
-        Ok(Policy { inner: RwLock::new(Inner { mode, domains, blacklisted }), store, changed })
+        Ok(Policy { inner: RwLock::new(Inner { mode, domains, blacklisted }), store, changed, writing: tokio::sync::Mutex::new(()) })
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -100,7 +103,7 @@ impl Policy {
 
     /// Change the mode (flushed before it returns).
     pub async fn set_mode(&self, mode: Mode, who: &str) -> Result<(), StoreError> {
-        self.inner.write().unwrap().mode = mode;
+        let _one = self.writing.lock().await;
         self.store.set_mode(mode)?;
         self.store.log_action(&PolicyAction {
             time_ms: now_ms(),
@@ -110,6 +113,7 @@ impl Policy {
             reason: None,
         })?;
         self.store.flush().await?;
+        self.inner.write().unwrap().mode = mode;
         self.changed.send_modify(|g| *g += 1);
         Ok(())
     }
@@ -123,9 +127,10 @@ impl Policy {
         who: &str,
         reason: Option<&str>,
     ) -> Result<(DomainRecord, bool), StoreError> {
+        let _one = self.writing.lock().await;
         let now = now_ms();
         let (rec, changed) = {
-            let mut inner = self.inner.write().unwrap();
+            let inner = self.inner.read().unwrap();
             let mut rec = inner
                 .domains
                 .get(domain.as_str())
@@ -179,13 +184,6 @@ impl Policy {
                 rec.who = Some(who.to_owned());
                 rec.when_ms = Some(now);
             }
-            if before.state == DomainState::Blacklisted {
-                inner.blacklisted -= 1;
-            }
-            if rec.state == DomainState::Blacklisted {
-                inner.blacklisted += 1;
-            }
-            inner.domains.insert(rec.domain.clone(), rec.clone());
             (rec, !same_standing)
         };
         if changed {
@@ -205,6 +203,7 @@ impl Policy {
                 reason: reason.map(str::to_owned),
             })?;
             self.store.flush().await?;
+            self.put_in_memory(std::slice::from_ref(&rec));
             self.changed.send_modify(|g| *g += 1);
         }
         Ok((rec, changed))
@@ -218,14 +217,16 @@ impl Policy {
         source: &str,
         who: &str,
     ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let _one = self.writing.lock().await;
         let now = now_ms();
         let (added, already, records) = {
-            let mut inner = self.inner.write().unwrap();
+            let inner = self.inner.read().unwrap();
             let (mut added, mut already, mut records) = (Vec::new(), Vec::new(), Vec::new());
+            let mut seen = std::collections::HashSet::new();
             for (d, reason) in entries {
-                let rec =
-                    inner.domains.entry(d.to_string()).or_insert_with(|| DomainRecord { domain: d.to_string(), ..Default::default() });
-                if rec.state == DomainState::Blacklisted {
+                let mut rec =
+                    inner.domains.get(d.as_str()).cloned().unwrap_or_else(|| DomainRecord { domain: d.to_string(), ..Default::default() });
+                if rec.state == DomainState::Blacklisted || !seen.insert(d.as_str()) {
                     already.push(d.to_string());
                     continue;
                 }
@@ -235,10 +236,9 @@ impl Policy {
                 rec.reason = Some(reason.clone().unwrap_or_else(|| format!("listed in {source}")));
                 rec.who = Some(who.to_owned());
                 rec.when_ms = Some(now);
-                records.push(rec.clone());
+                records.push(rec);
                 added.push(d.to_string());
             }
-            inner.blacklisted += added.len();
             (added, already, records)
         };
         if !records.is_empty() {
@@ -253,9 +253,19 @@ impl Policy {
                 })?;
             }
             self.store.flush().await?;
+            self.put_in_memory(&records);
             self.changed.send_modify(|g| *g += 1);
         }
         Ok((added, already))
+    }
+
+    /// Records that are on disk take effect.
+    fn put_in_memory(&self, records: &[DomainRecord]) {
+        let mut inner = self.inner.write().unwrap();
+        for rec in records {
+            let was = inner.domains.insert(rec.domain.clone(), rec.clone()).is_some_and(|r| r.state == DomainState::Blacklisted);
+            inner.blacklisted = inner.blacklisted + usize::from(rec.state == DomainState::Blacklisted) - usize::from(was);
+        }
     }
 
     /// Whether `domain` or a parent is in `set` (for a dry run).

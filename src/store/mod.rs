@@ -106,7 +106,15 @@ const MODE_KEY: &[u8] = b"mode";
 
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|err| StoreError::CreateDir { path: data_dir.to_owned(), err })?;
+        let fresh = !data_dir.join("db").exists();
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(data_dir)
+                .map_err(|err| StoreError::CreateDir { path: data_dir.to_owned(), err })?;
+        }
         let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join("db");
         let db = sled::Config::new().path(&path).open().map_err(|e| StoreError::Db {
@@ -126,6 +134,14 @@ impl Store {
             _lock: lock,
         };
         store.migrate(data_dir)?;
+        if fresh {
+            // The database holds the dialback secret: ours alone whatever the umask was.
+            private_tree(&store.path, true);
+            private_tree(data_dir, false);
+        }
+        for wide in too_wide(data_dir) {
+            tracing::warn!("{wide}");
+        }
         Ok(store)
     }
 
@@ -331,6 +347,50 @@ fn newest<T: DeserializeOwned>(tree: &sled::Tree, limit: usize, mut keep: impl F
     Ok(out)
 }
 
+/// Make `path` (and with `recursive`, everything under it) 0700 for directories and 0600
+/// for files.
+fn private_tree(path: &Path, recursive: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+    let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+    if recursive && meta.is_dir() {
+        for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            private_tree(&e.path(), true);
+        }
+    }
+}
+
+/// Paths in the data dir that other local users can read or write: the dir itself, the
+/// database (with the dialback secret) and the TLS key drawbridge made. Each names the path,
+/// its mode and the fix.
+pub fn too_wide(data_dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut check = |p: &Path| {
+        if let Ok(m) = std::fs::symlink_metadata(p) {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                let want = if m.is_dir() { "700" } else { "600" };
+                out.push(format!(
+                    "{} is open to other local users (mode {mode:o}; it holds the dialback secret or keys): chmod {want} it",
+                    p.display()
+                ));
+            }
+        }
+    };
+    check(data_dir);
+    let mut stack = vec![data_dir.join("db")];
+    while let Some(p) = stack.pop() {
+        check(&p);
+        if p.is_dir() {
+            stack.extend(std::fs::read_dir(&p).into_iter().flatten().flatten().map(|e| e.path()));
+        }
+    }
+    check(&data_dir.join("key.pem"));
+    out
+}
+
 /// An exclusive lock on `DATA_DIR/drawbridge.lock` holding our pid, so a second drawbridge
 /// is refused with the first one's pid rather than a database error.
 fn lock_data_dir(data_dir: &Path) -> Result<File, StoreError> {
@@ -363,6 +423,29 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_dir_is_private_and_wide_modes_are_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let s = Store::open(&data).unwrap();
+        s.dialback_secret().unwrap();
+        s.db.flush().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert!(too_wide(&data).is_empty(), "{:?}", too_wide(&data));
+        let db_file = data.join("db").join("db");
+        assert_eq!(mode(&db_file), 0o600);
+        drop(s);
+        std::fs::set_permissions(&db_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = too_wide(&data);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains(&db_file.display().to_string()) && w[0].contains("644") && w[0].contains("chmod 600"));
+        // Reopening an existing store warns but leaves the operator's modes alone.
+        drop(Store::open(&data).unwrap());
+        assert_eq!(mode(&db_file), 0o644);
+    }
 
     #[test]
     fn secret_is_stable_across_reopen() {
