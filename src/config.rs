@@ -35,6 +35,52 @@ struct File {
     #[serde(rename = "domain")]
     domains: Vec<DomainFile>,
     log: LogFile,
+    outbound: OutboundFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct OutboundFile {
+    deny: Vec<String>,
+    max_dials: usize,
+    max_targets: usize,
+    max_addresses: usize,
+}
+
+impl Default for OutboundFile {
+    fn default() -> Self {
+        let d = OutboundSettings::default();
+        OutboundFile {
+            deny: crate::net::dial::DEFAULT_DENY.iter().map(|s| s.to_string()).collect(),
+            max_dials: d.max_dials,
+            max_targets: d.max_targets,
+            max_addresses: d.max_addresses,
+        }
+    }
+}
+
+/// `[outbound]`: where drawbridge may connect, and how much dialling one domain can cause.
+#[derive(Debug, Clone)]
+pub struct OutboundSettings {
+    /// Address ranges never dialled (checked after DNS, before connecting).
+    pub deny: Vec<crate::net::dial::IpRange>,
+    /// Outbound connection attempts in progress at once, for all domains together.
+    pub max_dials: usize,
+    /// SRV targets tried per domain.
+    pub max_targets: usize,
+    /// Addresses tried per SRV target.
+    pub max_addresses: usize,
+}
+
+impl Default for OutboundSettings {
+    fn default() -> Self {
+        OutboundSettings {
+            deny: crate::net::dial::DEFAULT_DENY.iter().map(|s| crate::net::dial::IpRange::parse(s).expect("built-in range")).collect(),
+            max_dials: 64,
+            max_targets: 6,
+            max_addresses: 4,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +223,7 @@ pub struct Settings {
     pub security: Security,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
+    pub outbound: OutboundSettings,
 }
 
 /// How remote domains may authenticate (`[auth] mode`, `[[domain]] auth`).
@@ -535,6 +582,19 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         }
     }
     let limits = l.clone();
+    let o = &f.outbound;
+    let mut deny = Vec::new();
+    for (i, r) in o.deny.iter().enumerate() {
+        deny.push(crate::net::dial::IpRange::parse(r).map_err(|e| bad(&format!("outbound.deny[{i}]"), e))?);
+    }
+    for (key, v) in
+        [("outbound.max_dials", o.max_dials), ("outbound.max_targets", o.max_targets), ("outbound.max_addresses", o.max_addresses)]
+    {
+        if v == 0 {
+            return Err(bad(key, "must be at least 1".into()));
+        }
+    }
+    let outbound = OutboundSettings { deny, max_dials: o.max_dials, max_targets: o.max_targets, max_addresses: o.max_addresses };
     let d = Timeouts::default();
     let t = &f.timeouts;
     let timeouts = Timeouts {
@@ -604,6 +664,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         security,
         log_level: f.log.level,
         log_file: f.log.file.as_deref().map(resolve),
+        outbound,
     })
 }
 

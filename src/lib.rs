@@ -13,6 +13,8 @@ pub mod dashboard;
 pub mod demo;
 pub mod domain;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod net;
 pub mod policy;
 pub mod proto;

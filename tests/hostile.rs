@@ -215,3 +215,52 @@ async fn ctl_close_ends_a_stream_whose_write_is_blocked() {
     assert!(closed(&ev, &id).unwrap().contains("operator test"), "{ev:?}");
     drop(from_server);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialback_from_an_ip_literal_is_improper_addressing() {
+    let dns = Dns::start().await;
+    let server = start_server("island.test", &dns, "").await;
+    let (mut p, _, _) = tls_peer(&server, "127.0.0.1").await;
+    p.send_el(&drawbridge::proto::dialback::result_request("127.0.0.1", "island.test", "k")).await;
+    p.expect_condition(drawbridge::proto::stream::StreamErrorCondition::ImproperAddressing).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_ranges_are_never_dialled() {
+    let dns = Dns::start().await;
+    let server = start_server("island.test", &dns, "[outbound]\ndeny = [\"127.0.0.0/8\"]\n").await;
+    // A listener that must see no connection.
+    let l = publish_listener(&dns, "inside.test").await;
+    let r = within("probe", server.engine.probe("inside.test", None)).await;
+    assert!(!r.ok);
+    let err = r.error.unwrap_or_default();
+    assert!(err.contains("outbound.deny") && err.contains("127.0.0.0/8"), "{err}");
+    assert!(tokio::time::timeout(Duration::from_millis(1), l.accept()).await.is_err(), "a denied address was dialled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_callbacks_tell_the_peer_nothing_about_addresses() {
+    let dns = Dns::start().await;
+    let server = start_server("island.test", &dns, "").await;
+    let mut events = server.engine.subscribe();
+    // gone.test's authoritative server refuses connections.
+    let closed_port = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    dns.add_a("xmpp.gone.test", std::net::Ipv4Addr::LOCALHOST).await;
+    dns.add_srv("gone.test", 0, 5, "xmpp.gone.test", closed_port).await;
+    let (mut p, _, _) = tls_peer(&server, "gone.test").await;
+    p.send_el(&drawbridge::proto::dialback::result_request("gone.test", "island.test", "k")).await;
+    let answer = loop {
+        let el = p.next_el().await.expect("the db:result answer");
+        if let Some(db) = drawbridge::proto::dialback::DbElement::parse(&el) {
+            break el.to_xml() + &format!("{:?}", db.answer);
+        }
+    };
+    assert!(answer.contains("remote-connection-failed"), "{answer}");
+    for leak in ["127.0.0.1", &closed_port.to_string(), "refused", "xmpp.gone.test"] {
+        assert!(!answer.contains(leak), "the answer reveals {leak:?}: {answer}");
+    }
+    // The operator sees the whole story.
+    let ev = wait_event(&mut events, "the verification outcome", |e| matches!(e, Event::Verification { outcome } if outcome.remote == "gone.test" && outcome.method == drawbridge::engine::events::AuthMethod::Dialback)).await;
+    let Event::Verification { outcome } = ev else { unreachable!() };
+    assert!(outcome.reason.contains("refused") && outcome.reason.contains(&closed_port.to_string()), "{}", outcome.reason);
+}

@@ -233,6 +233,11 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, who: String) {
     }
 }
 
+/// One request line (JSON) as read from the socket.
+pub fn parse_request(line: &[u8]) -> Result<Request, serde_json::Error> {
+    serde_json::from_slice(line.trim_ascii())
+}
+
 async fn client_loop(shared: &Arc<Shared>, stream: UnixStream, who: &str, watching: &mut Vec<String>) {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r);
@@ -251,7 +256,7 @@ async fn client_loop(shared: &Arc<Shared>, stream: UnixStream, who: &str, watchi
             let _ = write_json(&mut w, &Response::err(format!("request longer than {MAX_LINE} bytes"))).await;
             return;
         }
-        let req: Request = match serde_json::from_str(line.trim()) {
+        let req: Request = match parse_request(line.as_bytes()) {
             Ok(r) => r,
             Err(e) => {
                 if write_json(&mut w, &Response::err(format!("bad request: {e}"))).await.is_err() {

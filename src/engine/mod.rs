@@ -2,6 +2,7 @@
 //! control socket and, later, the dashboard are built only on this.
 
 pub mod events;
+pub mod limits;
 pub mod table;
 
 use std::net::SocketAddr;
@@ -62,6 +63,8 @@ pub struct Shared {
     /// Every per-stream and per-client task, so shutdown can wait for them (they hold the
     /// store, whose lock must be free when `shutdown` returns).
     pub tasks: tokio_util::task::TaskTracker,
+    /// Outbound connection attempts in progress (`[outbound] max_dials`).
+    pub dials: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -255,7 +258,6 @@ impl Engine {
                     settings.limits.transcript_total_bytes,
                 ),
             ),
-            settings,
             tls: std::sync::RwLock::new(Arc::new(tls)),
             resolver,
             secret,
@@ -268,6 +270,8 @@ impl Engine {
             store,
             policy,
             tasks: tokio_util::task::TaskTracker::new(),
+            dials: Arc::new(tokio::sync::Semaphore::new(settings.outbound.max_dials)),
+            settings,
         });
         let mut tasks = JoinSet::new();
         for (l, direct) in listeners {

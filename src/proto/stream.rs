@@ -175,14 +175,20 @@ pub fn check_header(h: &StreamHeader) -> Result<(), StreamError> {
     if h.default_ns.as_deref() != Some(ns::SERVER) {
         return Err(StreamError::new(
             InvalidNamespace,
-            format!("default namespace must be jabber:server, got {}", h.default_ns.as_deref().unwrap_or("none")),
+            format!(
+                "default namespace must be jabber:server, got {}",
+                crate::xml::element::clip(h.default_ns.as_deref().unwrap_or("none"), 64)
+            ),
         ));
     }
     match h.version.as_deref() {
         Some(v) => {
             let major = v.split('.').next().and_then(|m| m.parse::<u32>().ok());
             if major != Some(1) {
-                return Err(StreamError::new(UnsupportedVersion, format!("version {v} is not supported; 1.0 is")));
+                return Err(StreamError::new(
+                    UnsupportedVersion,
+                    format!("version {} is not supported; 1.0 is", crate::xml::element::clip(v, 16)),
+                ));
             }
         }
         None => return Err(StreamError::new(UnsupportedVersion, "a version='1.0' stream is required (RFC 6120 §4.7.5)")),

@@ -27,7 +27,8 @@ use crate::xml::Element;
 pub struct VerifyRequest {
     pub stream_id: String,
     pub key: String,
-    pub reply: oneshot::Sender<Answer>,
+    /// The answer for the peer, and for the operator the full reason when it is an error.
+    pub reply: oneshot::Sender<(Answer, Option<String>)>,
 }
 
 /// The sending side of one outbound stream.
@@ -163,15 +164,24 @@ impl Router {
 
     /// Receiving-server role: ask `remote`'s authoritative server whether `key` is valid for
     /// (local, remote, stream_id), over our outbound stream to it.
-    pub async fn verify(&self, shared: &Arc<Shared>, local: &Domain, remote: &Domain, stream_id: &str, key: &str) -> Answer {
+    pub async fn verify(
+        &self,
+        shared: &Arc<Shared>,
+        local: &Domain,
+        remote: &Domain,
+        stream_id: &str,
+        key: &str,
+    ) -> (Answer, Option<String>) {
         let (tx, rx) = oneshot::channel();
         let mut req = VerifyRequest { stream_id: stream_id.to_owned(), key: key.to_owned(), reply: tx };
         let mut sent = false;
         for _ in 0..3 {
             let h = match self.handle(shared, local, remote) {
                 Ok(h) => h,
-                Err(Refusal::Limit) => return Answer::error("resource-constraint", "too many streams on this server (limits.max_streams)"),
-                Err(Refusal::Policy(why)) => return Answer::error("policy-violation", why),
+                Err(Refusal::Limit) => {
+                    return (Answer::error("resource-constraint", "too many streams on this server (limits.max_streams)"), None);
+                }
+                Err(Refusal::Policy(why)) => return (Answer::error("policy-violation", why), None),
             };
             match h.verifies.send(req).await {
                 Ok(()) => {
@@ -185,15 +195,15 @@ impl Router {
             }
         }
         if !sent {
-            return Answer::error("remote-connection-failed", format!("no stream to {remote} could be kept open"));
+            return (Answer::error("remote-connection-failed", format!("no stream to {remote} could be kept open")), None);
         }
         let limit = shared.settings.timeouts.dialback;
         match tokio::time::timeout(limit, rx).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Answer::error("remote-connection-failed", format!("the stream to {remote}'s authoritative server ended")),
-            Err(_) => Answer::error(
-                "remote-server-timeout",
-                format!("{remote}'s authoritative server did not answer within {}s (timeouts.dialback)", limit.as_secs()),
+            Ok(Err(_)) => (Answer::error("remote-connection-failed", format!("the stream to {remote}'s authoritative server ended")), None),
+            Err(_) => (
+                Answer::error("remote-server-timeout", format!("{remote}'s authoritative server did not answer in time")),
+                Some(format!("{remote}'s authoritative server did not answer within {}s (timeouts.dialback)", limit.as_secs())),
             ),
         }
     }

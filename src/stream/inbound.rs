@@ -40,6 +40,8 @@ struct Verified {
     local: Domain,
     remote: Domain,
     answer: Answer,
+    /// For the operator: the full reason behind an error answer.
+    detail: Option<String>,
     method: AuthMethod,
 }
 
@@ -496,8 +498,12 @@ impl In<'_> {
     /// Receiving Server: `<db:result from=O to=R>key</db:result>`.
     fn on_db_result(&mut self, conn: &mut Conn, db: DbElement) -> Option<End> {
         let Ok(remote) = Domain::parse(&db.from) else {
-            return Some(End::error(C::InvalidFrom, format!("{:?} is not a valid domain", db.from)));
+            return Some(End::error(C::InvalidFrom, format!("{:?} is not a valid domain", crate::xml::element::clip(&db.from, 64))));
         };
+        if crate::net::dial::is_ip_literal(remote.as_str()) {
+            // Nothing to call back: an address is not a domain with an authoritative server.
+            return Some(End::error(C::ImproperAddressing, "dialback is for domains, not IP addresses"));
+        }
         let local = match Domain::parse(&db.to) {
             Ok(d) if self.shared.is_hosted(&d) => d,
             _ => {
@@ -560,14 +566,17 @@ impl In<'_> {
         if self.cert_valid_for.as_ref() == Some(&remote) {
             // XEP-0344 §2.2: the TLS certificate already proves the claim; no callback.
             tracing::info!(stream = %self.entry.id, "{remote} → {local}: certificate valid for {remote}, dialback accepted without the callback");
-            return self.on_verified(conn, Verified { local, remote, answer: Answer::Valid, method: AuthMethod::DialbackWithValidCert });
+            return self.on_verified(
+                conn,
+                Verified { local, remote, answer: Answer::Valid, detail: None, method: AuthMethod::DialbackWithValidCert },
+            );
         }
         self.entry.set_pair(&local, &remote, PairStatus::Pending, AuthMethod::Dialback);
         tracing::info!(stream = %self.entry.id, "{remote} → {local}: asking {remote}'s authoritative server (db:verify)");
         let (shared, tx, id, key) = (self.shared.clone(), self.done_tx.clone(), self.stream_id.clone(), db.key);
         self.shared.tasks.spawn(async move {
-            let answer = shared.router.verify(&shared, &local, &remote, &id, &key).await;
-            let _ = tx.send(Verified { local, remote, answer, method: AuthMethod::Dialback }).await;
+            let (answer, detail) = shared.router.verify(&shared, &local, &remote, &id, &key).await;
+            let _ = tx.send(Verified { local, remote, answer, detail, method: AuthMethod::Dialback }).await;
         });
         None
     }
@@ -615,10 +624,11 @@ impl In<'_> {
             }
             Answer::Error { condition, text } => {
                 let result = if condition == "remote-server-timeout" { VerificationResult::Timeout } else { VerificationResult::Error };
+                // The peer gets the neutral text; the operator the full reason.
                 let reason = format!(
                     "could not verify with {}'s authoritative server: <{condition}/> {}",
                     v.remote,
-                    text.clone().unwrap_or_default()
+                    v.detail.clone().or_else(|| text.clone()).unwrap_or_default()
                 );
                 self.refuse(conn, &v.local, &v.remote, Answer::Error { condition, text }, result, reason);
             }

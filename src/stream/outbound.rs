@@ -61,7 +61,7 @@ struct Out<'a> {
     remote: Domain,
     entry: Arc<ConnEntry>,
     /// `db:verify` requests sent, by stream id, waiting for the answer.
-    verifying: HashMap<String, Vec<oneshot::Sender<Answer>>>,
+    verifying: HashMap<String, Vec<oneshot::Sender<(Answer, Option<String>)>>>,
 }
 
 pub async fn run(
@@ -86,7 +86,7 @@ pub async fn run(
             let text = if cond == "policy-violation" { f.reason.clone() } else { format!("{remote}: {}", f.reason) };
             out.fail_verifies(&f);
             while let Ok(v) = verifies.try_recv() {
-                let _ = v.reply.send(verify_failure(&f));
+                let _ = v.reply.send(verify_failure(&remote, &f));
             }
             // The table says why before anyone hears back: a sender that gets the bounce
             // finds the failed stream and its reason in the connection table.
@@ -111,7 +111,7 @@ pub async fn run(
             let f = Failure::new("stream closed");
             out.fail_verifies(&f);
             while let Ok(v) = verifies.try_recv() {
-                let _ = v.reply.send(verify_failure(&f));
+                let _ = v.reply.send(verify_failure(&remote, &f));
             }
             entry.set_state(ConnState::Closing);
             conn.close(error.as_ref(), close_timeout, false).await;
@@ -121,7 +121,7 @@ pub async fn run(
             tracing::info!(stream = %entry.id, %local, %remote, "outbound stream to {remote} ended: {reason}");
             out.fail_verifies(&Failure::new(reason.clone()));
             while let Ok(v) = verifies.try_recv() {
-                let _ = v.reply.send(verify_failure(&Failure::new(reason.clone())));
+                let _ = v.reply.send(verify_failure(&remote, &Failure::new(reason.clone())));
             }
             // Stanzas queued behind a lost stream get a new stream (once; its failure bounces).
             let mut rest = Vec::new();
@@ -141,12 +141,15 @@ pub async fn run(
     shared.stream_closed(&entry, &reason);
 }
 
-fn verify_failure(f: &Failure) -> Answer {
-    if f.condition == "remote-server-timeout" {
-        Answer::error("remote-server-timeout", f.reason.clone())
+/// What the peer that asked for a verification learns: the condition, in neutral words (no
+/// address, no kind of connect failure); the full reason reaches the operator.
+fn verify_failure(remote: &Domain, f: &Failure) -> (Answer, Option<String>) {
+    let answer = if f.condition == "remote-server-timeout" {
+        Answer::error("remote-server-timeout", format!("{remote}'s authoritative server did not answer in time"))
     } else {
-        Answer::error("remote-connection-failed", f.reason.clone())
-    }
+        Answer::error("remote-connection-failed", format!("{remote}'s authoritative server could not be reached"))
+    };
+    (answer, Some(f.reason.clone()))
 }
 
 /// RFC 6120 §8.3.3: remote-server-timeout is a `wait` error; remote-server-not-found and
@@ -159,7 +162,7 @@ impl Out<'_> {
     fn fail_verifies(&mut self, f: &Failure) {
         for (_, waiters) in self.verifying.drain() {
             for w in waiters {
-                let _ = w.send(verify_failure(f));
+                let _ = w.send(verify_failure(&self.remote, f));
             }
         }
     }
@@ -428,15 +431,31 @@ impl Out<'_> {
             && let Some(waiters) = self.verifying.remove(id)
         {
             for w in waiters {
-                let _ = w.send(answer.clone());
+                let _ = w.send((answer.clone(), None));
             }
             return;
         }
         tracing::debug!(stream = %self.entry.id, "ignoring unexpected dialback element from {} to {}", db.from, db.to);
     }
 
-    /// DNS (overrides, SRV, fallback), then TCP to each address in order until one answers.
+    /// DNS (overrides, SRV, fallback), then TCP to each address in order until one answers:
+    /// at most `[outbound] max_targets` targets and `max_addresses` addresses each, never
+    /// an address in `[outbound] deny`, and one of `max_dials` dial slots held meanwhile.
+    /// The full story goes to the log and the table; what peers learn is neutral.
     async fn connect(&self) -> Result<(TcpStream, bool), Failure> {
+        let out = &self.shared.settings.outbound;
+        if crate::net::dial::is_ip_literal(self.remote.as_str()) {
+            return Err(Failure::new(format!("{} is an IP address, not a federation domain", self.remote)));
+        }
+        let _slot = match self.shared.dials.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                crate::engine::limits::refused_once("outbound.max_dials", "*", || {
+                    format!("{} outbound connection attempts in progress (outbound.max_dials); further dials wait", out.max_dials)
+                });
+                self.shared.dials.clone().acquire_owned().await.map_err(|_| Failure::new("shutting down"))?
+            }
+        };
         let resolver = &self.shared.resolver;
         let budget = self.shared.settings.dns.timeout * 4;
         let targets = match tokio::time::timeout(budget, resolver.targets(&self.remote)).await {
@@ -448,7 +467,10 @@ impl Out<'_> {
         };
         let connect_timeout = self.shared.settings.timeouts.connect;
         let mut tried = Vec::new();
-        for target in &targets {
+        if targets.len() > out.max_targets {
+            tried.push(format!("{} SRV targets, only the first {} tried (outbound.max_targets)", targets.len(), out.max_targets));
+        }
+        for target in targets.iter().take(out.max_targets) {
             let addrs = match tokio::time::timeout(budget, resolver.addresses(target)).await {
                 Ok(Ok(a)) => a,
                 Ok(Err(e)) => {
@@ -460,7 +482,11 @@ impl Out<'_> {
                     continue;
                 }
             };
-            for addr in addrs {
+            for addr in addrs.into_iter().take(out.max_addresses) {
+                if let Some(range) = crate::net::dial::denied(&out.deny, addr.ip()) {
+                    tried.push(format!("{addr} ({target}): in {range}, which outbound.deny forbids"));
+                    continue;
+                }
                 match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
                     Ok(Ok(tcp)) => {
                         let _ = tcp.set_nodelay(true);

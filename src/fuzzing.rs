@@ -1,0 +1,87 @@
+//! The bodies of the fuzz targets (`fuzz/`), kept in the library so `cargo test` replays
+//! their corpora on stable (tests/fuzz_corpus.rs). Each takes arbitrary bytes and checks
+//! the properties that must hold for any input: no panic, and output bounded by input.
+
+use crate::xml::{Element, Frame, Framer, framer::parse_fragment, writer::write_top};
+
+/// How much larger than the frame its re-serialisation may be (namespaces declared once
+/// by the writer; a few bytes of prefix per element).
+pub const WRITE_FACTOR: usize = 4;
+
+/// Framer: bytes in chunks chosen by the first byte; every frame parsed is checked (header
+/// rules, dialback and stanza views, the transcript indenter), written back and re-parsed
+/// to the same tree, and the written form stays within [`WRITE_FACTOR`] of the wire form.
+pub fn framer(data: &[u8]) {
+    let Some((&chunk, input)) = data.split_first() else { return };
+    let chunk = usize::from(chunk % 64) + 1;
+    let mut f = Framer::new(64 * 1024, 16);
+    let mut scope: Vec<(String, String)> = Vec::new();
+    for piece in input.chunks(chunk) {
+        f.feed(piece);
+        loop {
+            let frame = match f.next_frame() {
+                Ok(Some(fr)) => fr,
+                Ok(None) => break,
+                Err(_) => return,
+            };
+            let wire = f.last_frame_text().to_owned();
+            let _ = crate::xml::pretty::indent(&wire, 1 << 20);
+            match frame {
+                Frame::StreamOpen(h) => {
+                    let _ = crate::proto::stream::check_header(&h);
+                    scope = vec![(String::new(), crate::proto::ns::SERVER.to_owned()), ("db".into(), crate::proto::ns::DIALBACK.into())];
+                }
+                Frame::Element(el) => element(&el, wire.len(), &scope),
+                Frame::StreamClose => return,
+            }
+        }
+    }
+}
+
+fn element(el: &Element, wire_len: usize, scope: &[(String, String)]) {
+    let _ = crate::proto::dialback::DbElement::parse(el);
+    let _ = crate::proto::stanza::error_of(el);
+    if crate::proto::stanza::is_stanza(el) {
+        let _ = crate::proto::stanza::error_reply(el, crate::proto::stanza::ErrorType::Cancel, "bad-request", Some("fuzz"));
+    }
+    let _ = crate::proto::stream::StreamError::from_element(el);
+    let _ = crate::xml::writer::masked_key(el);
+    let mut out = String::new();
+    write_top(&mut out, el);
+    assert!(out.len() <= WRITE_FACTOR * wire_len + 64, "{} bytes written for a {wire_len}-byte frame", out.len());
+    let back = parse_fragment(&out, scope, 64).expect("what we write parses");
+    assert_eq!(&back, el, "written: {out}");
+}
+
+/// The config parser: any text gives settings or an error naming the problem.
+pub fn config(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::config::Settings::parse(text, std::path::Path::new("fuzz.toml"));
+    }
+}
+
+/// The control socket's request parser: any line gives a request or an error.
+pub fn control(data: &[u8]) {
+    let _ = crate::control::parse_request(data);
+}
+
+/// One hostile peer before authentication against a running server at `addr`: write the
+/// bytes (in pieces chosen by the first byte), then read whatever comes back until the
+/// server closes, within `limit`. Returns the bytes the server sent.
+pub async fn preauth_exchange(addr: std::net::SocketAddr, data: &[u8], limit: std::time::Duration) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return Vec::new() };
+    let (chunk, input) = data.split_first().map_or((1, data), |(c, rest)| (usize::from(*c) * 16 + 1, rest));
+    let mut got = Vec::new();
+    let run = async {
+        for piece in input.chunks(chunk) {
+            if s.write_all(piece).await.is_err() {
+                break;
+            }
+        }
+        let _ = s.shutdown().await;
+        let _ = s.read_to_end(&mut got).await;
+    };
+    let _ = tokio::time::timeout(limit, run).await;
+    got
+}
