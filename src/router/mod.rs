@@ -21,6 +21,10 @@ use crate::proto::jid::Jid;
 use crate::proto::stanza::{ErrorType, error_reply};
 use crate::xml::Element;
 
+/// Where the answer to a `db:verify` goes: the answer for the peer, and the full reason
+/// for the operator when it is an error.
+pub type VerifyReply = oneshot::Sender<(Answer, Option<String>)>;
+
 /// A request from the receiving-server role to the authoritative server, sent on our
 /// outbound stream to that domain (XEP-0220 §2.1.2).
 #[derive(Debug)]
@@ -28,7 +32,7 @@ pub struct VerifyRequest {
     pub stream_id: String,
     pub key: String,
     /// The answer for the peer, and for the operator the full reason when it is an error.
-    pub reply: oneshot::Sender<(Answer, Option<String>)>,
+    pub reply: VerifyReply,
 }
 
 /// The sending side of one outbound stream.

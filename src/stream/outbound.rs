@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use super::conn::{Conn, ConnError, Transport};
@@ -61,7 +61,7 @@ struct Out<'a> {
     remote: Domain,
     entry: Arc<ConnEntry>,
     /// `db:verify` requests sent, by stream id, waiting for the answer.
-    verifying: HashMap<String, Vec<oneshot::Sender<(Answer, Option<String>)>>>,
+    verifying: HashMap<String, Vec<crate::router::VerifyReply>>,
 }
 
 pub async fn run(
