@@ -220,7 +220,12 @@ async fn ctl_close_ends_a_stream_whose_write_is_blocked() {
 async fn dialback_from_an_ip_literal_is_improper_addressing() {
     let dns = Dns::start().await;
     let server = start_server("island.test", &dns, "").await;
-    let (mut p, _, _) = tls_peer(&server, "127.0.0.1").await;
+    // Claimed on the header: refused at once.
+    let mut p = RawPeer::connect(server.addr).await;
+    p.send(&header("127.0.0.1", "island.test")).await;
+    assert_eq!(p.expect_stream_error().await.condition, drawbridge::proto::stream::StreamErrorCondition::InvalidFrom);
+    // Claimed in a db:result on a stream opened for a domain: nothing to call back.
+    let (mut p, _, _) = tls_peer(&server, "peer.test").await;
     p.send_el(&drawbridge::proto::dialback::result_request("127.0.0.1", "island.test", "k")).await;
     p.expect_condition(drawbridge::proto::stream::StreamErrorCondition::ImproperAddressing).await;
 }
@@ -263,4 +268,55 @@ async fn failed_callbacks_tell_the_peer_nothing_about_addresses() {
     let ev = wait_event(&mut events, "the verification outcome", |e| matches!(e, Event::Verification { outcome } if outcome.remote == "gone.test" && outcome.method == drawbridge::engine::events::AuthMethod::Dialback)).await;
     let Event::Verification { outcome } = ev else { unreachable!() };
     assert!(outcome.reason.contains("refused") && outcome.reason.contains(&closed_port.to_string()), "{}", outcome.reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_claims_are_never_persisted() {
+    let dns = Dns::start().await;
+    let server = start_server("island.test", &dns, "").await;
+    let sh = &server.engine.shared;
+    let domains_before = sh.store.domains().unwrap().len();
+    let (mut p, _, _) = tls_peer(&server, "claimer.test").await;
+    // Empty keys for 1 000 made-up domains (answered invalid, one by one).
+    let mut batch = String::new();
+    for i in 0..1000 {
+        batch.push_str(&format!("<db:result from='made-up-{i}.test' to='island.test'></db:result>"));
+    }
+    p.send(&batch).await;
+    let mut answered = 0;
+    while answered < 1000 {
+        let el = p.next_el().await.expect("answers");
+        if drawbridge::proto::dialback::DbElement::parse(&el).is_some_and(|d| d.answer.is_some()) {
+            answered += 1;
+        }
+    }
+    assert_eq!(sh.store.domains().unwrap().len(), domains_before, "domain records were created for unauthenticated claims");
+    assert!(sh.policy.record("made-up-7.test").is_none());
+    assert!(
+        sh.store.outcomes(None, 5000).unwrap().iter().all(|o| !o.remote.starts_with("made-up-")),
+        "outcomes of claims reached the disk"
+    );
+    // The operator still sees them, from memory, bounded.
+    let seen = sh.outcomes_for(None, 5000).unwrap();
+    let claims = seen.iter().filter(|o| o.remote.starts_with("made-up-")).count();
+    assert!((1..=drawbridge::engine::UNAUTHENTICATED_RING).contains(&claims), "{claims}");
+    assert!(seen.iter().any(|o| o.remote == "made-up-999.test" && o.reason.contains("empty dialback key")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_longer_than_a_domain_end_the_stream() {
+    let dns = Dns::start().await;
+    let server = start_server("island.test", &dns, "").await;
+    let long = format!("{}.test", "a".repeat(2000));
+    let mut p = RawPeer::connect(server.addr).await;
+    p.send(&header(&long, "island.test")).await;
+    let e = p.expect_stream_error().await;
+    assert_eq!(e.condition, drawbridge::proto::stream::StreamErrorCondition::InvalidFrom, "{e}");
+    assert!(e.text.len() < 300, "the error echoes the whole name: {} bytes", e.text.len());
+    let mut p = RawPeer::connect(server.addr).await;
+    p.send(&header("peer.test", &long)).await;
+    let e = p.expect_stream_error().await;
+    assert_eq!(e.condition, drawbridge::proto::stream::StreamErrorCondition::HostUnknown, "{e}");
+    assert!(e.text.len() < 300, "{} bytes", e.text.len());
+    assert!(server.engine.shared.store.domains().unwrap().is_empty());
 }

@@ -156,8 +156,14 @@ async fn allowlist_mode_refuses_until_approved() {
     change_mode(&b.engine.shared, Mode::Allowlist, "tester").await.unwrap();
     let r = within("probe refused", a.engine.probe("b.test", None)).await;
     assert!(!r.ok);
-    // Refused at once, and listed so that one action approves it.
-    assert!(b.engine.shared.policy.record("a.test").is_some());
+    // Refused at once, before it proved anything: shown among the verifications (memory
+    // only), not written as a domain record — an unauthenticated claim never grows the store.
+    assert!(b.engine.shared.policy.record("a.test").is_none());
+    let refused = b.engine.shared.outcomes_for(Some("a.test"), 10).unwrap();
+    assert!(
+        refused.iter().any(|o| o.result == drawbridge::engine::events::VerificationResult::Refused && o.reason.contains("allowlist")),
+        "{refused:?}"
+    );
     change_domain(&b.engine.shared, &d("a.test"), Change::Approve, "tester", None).await.unwrap();
     let r = within("probe allowed", a.engine.probe("b.test", None)).await;
     assert!(r.ok, "{:?}", r.error);

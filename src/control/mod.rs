@@ -345,7 +345,7 @@ async fn handle(shared: &Arc<Shared>, req: Request, who: &str) -> Response {
             }
         }
         Request::Probe { domain, from } => Response::ok(engine::probe(shared, &domain, from.as_deref()).await),
-        Request::Verifications { domain, limit } => match shared.store.outcomes(domain.as_deref(), limit.unwrap_or(50)) {
+        Request::Verifications { domain, limit } => match shared.outcomes_for(domain.as_deref(), limit.unwrap_or(50)) {
             Ok(v) => Response::ok(v),
             Err(e) => Response::err(e.to_string()),
         },

@@ -42,7 +42,7 @@ impl Theme {
     fn result(&self, r: VerificationResult) -> Style {
         self.fg(match r {
             VerificationResult::Valid => Color::Green,
-            VerificationResult::Invalid => Color::Red,
+            VerificationResult::Invalid | VerificationResult::Refused => Color::Red,
             VerificationResult::Error | VerificationResult::Timeout => Color::Yellow,
         })
     }

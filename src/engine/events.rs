@@ -109,6 +109,8 @@ pub enum VerificationResult {
     Invalid,
     Error,
     Timeout,
+    /// Refused by policy before any verification (the claim was not checked).
+    Refused,
 }
 
 /// The result of authenticating one remote domain on one stream.

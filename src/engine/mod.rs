@@ -65,7 +65,12 @@ pub struct Shared {
     pub tasks: tokio_util::task::TaskTracker,
     /// Outbound connection attempts in progress (`[outbound] max_dials`).
     pub dials: Arc<tokio::sync::Semaphore>,
+    /// Failed verifications of unauthenticated claims (memory only, bounded).
+    pub unauthenticated: std::sync::Mutex<std::collections::VecDeque<VerificationOutcome>>,
 }
+
+/// Failed verifications of unauthenticated claims kept in memory.
+pub const UNAUTHENTICATED_RING: usize = 1000;
 
 impl Shared {
     /// The TLS context in force now.
@@ -99,14 +104,20 @@ impl Shared {
     }
 
     /// A stream ended: into the closed list, the history and the domain counters.
+    /// Only streams of authenticated or known domains reach the history on disk; the others
+    /// stay in the table's bounded list of closed streams.
     pub fn stream_closed(&self, entry: &table::ConnEntry, reason: &str) {
         self.table.close(entry, reason);
         let snap = entry.snapshot();
-        if let Err(e) = self.store.add_history(&snap) {
+        let mut remotes: Vec<&str> = snap.pairs.iter().filter(|p| p.status == PairStatus::Valid).map(|p| p.remote.as_str()).collect();
+        remotes.sort_unstable();
+        remotes.dedup();
+        let known = snap.remote.as_deref().is_some_and(|r| self.policy.record(r).is_some());
+        if (!remotes.is_empty() || known)
+            && let Err(e) = self.store.add_history(&snap)
+        {
             tracing::error!("store: {e}");
         }
-        let mut remotes: Vec<&str> = snap.pairs.iter().filter(|p| p.status == PairStatus::Valid).map(|p| p.remote.as_str()).collect();
-        remotes.dedup();
         for r in remotes {
             self.policy.note(r, |rec| match snap.direction {
                 Direction::In => {
@@ -129,8 +140,27 @@ impl Shared {
         }
     }
 
-    /// Record a verification outcome: log, event, store (flushed by the periodic flush).
+    /// Record a verification outcome: log, event, store (flushed by the periodic flush). A
+    /// failure for a domain with no record (nobody decided on it, it never authenticated) is
+    /// an unauthenticated claim: it goes to a bounded ring in memory, not to the disk, and
+    /// its log line is rate-limited per source.
     pub fn record_outcome(&self, outcome: VerificationOutcome) {
+        let valid = outcome.result == VerificationResult::Valid;
+        if !valid && self.policy.record(&outcome.remote).is_none() {
+            let source = outcome.peer_addr.clone().unwrap_or_else(|| outcome.remote.clone());
+            crate::engine::limits::refused_once("unauthenticated claims", &source, || {
+                format!("verification of {} failed: {}", outcome.remote, outcome.reason)
+            });
+            {
+                let mut ring = self.unauthenticated.lock().unwrap();
+                if ring.len() >= UNAUTHENTICATED_RING {
+                    ring.pop_front();
+                }
+                ring.push_back(outcome.clone());
+            }
+            let _ = self.events.send(Event::Verification { outcome });
+            return;
+        }
         if let Err(e) = self.store.add_outcome(&outcome) {
             tracing::error!("store: {e}");
         }
@@ -171,9 +201,18 @@ impl Shared {
         let _ = self.events.send(Event::Verification { outcome });
     }
 
-    /// The most recent verification outcomes (newest first), from the store.
+    /// Verification outcomes, newest first: the store's and the unauthenticated ring's.
+    pub fn outcomes_for(&self, domain: Option<&str>, limit: usize) -> Result<Vec<VerificationOutcome>, crate::store::StoreError> {
+        let mut v = self.store.outcomes(domain, limit)?;
+        v.extend(self.unauthenticated.lock().unwrap().iter().filter(|o| domain.is_none_or(|d| o.remote == d)).cloned());
+        v.sort_by(|a, b| b.time_ms.cmp(&a.time_ms));
+        v.truncate(limit);
+        Ok(v)
+    }
+
+    /// The most recent verification outcomes (newest first).
     pub fn outcomes(&self) -> Vec<VerificationOutcome> {
-        self.store.outcomes(None, 1000).unwrap_or_else(|e| {
+        self.outcomes_for(None, 1000).unwrap_or_else(|e| {
             tracing::error!("store: {e}");
             Vec::new()
         })
@@ -271,6 +310,7 @@ impl Engine {
             policy,
             tasks: tokio_util::task::TaskTracker::new(),
             dials: Arc::new(tokio::sync::Semaphore::new(settings.outbound.max_dials)),
+            unauthenticated: std::sync::Mutex::new(std::collections::VecDeque::new()),
             settings,
         });
         let mut tasks = JoinSet::new();

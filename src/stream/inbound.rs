@@ -177,9 +177,24 @@ impl In<'_> {
             if let Err(e) = check_header(&h) {
                 return End { reason: format!("sent {e}"), error: Some(e), peer_closed: false };
             }
+            let clip = crate::xml::element::clip;
             let Some(local) = local.filter(|d| self.shared.is_hosted(d)) else {
-                return End::error(C::HostUnknown, format!("{} is not served here", h.to.as_deref().unwrap_or("(no 'to' attribute)")));
+                return End::error(
+                    C::HostUnknown,
+                    format!("{} is not served here", clip(h.to.as_deref().unwrap_or("(no 'to' attribute)"), 64)),
+                );
             };
+            // RFC 6120 §4.7.1: a 'from' that is not a domain (too long, bad characters, an
+            // IP address) ends the stream before anything is stored or logged in full.
+            if let Some(from) = h.from.as_deref() {
+                match Domain::parse(from) {
+                    Ok(d) if !crate::net::dial::is_ip_literal(d.as_str()) => {}
+                    Ok(_) => return End::error(C::InvalidFrom, "the 'from' of an s2s stream must be a domain, not an IP address"),
+                    Err(e) => {
+                        return End::error(C::InvalidFrom, format!("{:?} is not a domain: {}", clip(from, 64), clip(&e.to_string(), 96)));
+                    }
+                }
+            }
             self.entry.set_domains(Some(local.as_str()), h.from.as_deref());
             self.peer = h.from.as_deref().and_then(|f| Domain::parse(f).ok());
             if let (Some(chain), Some(claimed)) = (self.direct_chain.take(), self.peer.clone()) {
@@ -197,7 +212,15 @@ impl In<'_> {
             if let Some(from) = h.from.as_deref().and_then(|f| Domain::parse(f).ok())
                 && let crate::policy::Verdict::Refuse(why) = self.shared.policy.verdict(&from)
             {
-                self.shared.policy.note(from.as_str(), |_| {});
+                self.shared.policy.note_known(from.as_str(), |_| {});
+                let local = h.to.as_deref().and_then(|t| Domain::parse(t).ok()).unwrap_or_else(|| self.shared.settings.domains[0].clone());
+                self.record_with(
+                    &local,
+                    &from,
+                    AuthMethod::Dialback,
+                    VerificationResult::Refused,
+                    format!("refused at the stream header: {why}"),
+                );
                 return End::error(C::PolicyViolation, why);
             }
 
@@ -535,7 +558,7 @@ impl In<'_> {
         }
         // Refused domains are cut off before any callback is spent on them.
         if let crate::policy::Verdict::Refuse(why) = self.shared.policy.verdict(&remote) {
-            self.shared.policy.note(remote.as_str(), |_| {});
+            self.shared.policy.note_known(remote.as_str(), |_| {});
             return Some(End::error(C::PolicyViolation, why));
         }
         match self.pairs.get(&(local.clone(), remote.clone())) {
