@@ -345,8 +345,18 @@ pub struct Limits {
     pub max_depth: usize,
     /// Stanzas queued per outbound domain pair before senders wait (backpressure).
     pub outbound_queue: usize,
-    /// Concurrent streams (both directions) before new inbound connections are refused.
-    pub max_streams: usize,
+    /// Inbound connections not authenticated yet (all sources together).
+    pub max_inbound_unauthenticated: usize,
+    /// Inbound connections not authenticated yet from one address.
+    pub max_unauthenticated_per_address: usize,
+    /// Authenticated inbound streams.
+    pub max_inbound: usize,
+    /// Outbound streams (their own room: no inbound flood can take it).
+    pub max_outbound: usize,
+    /// Dialback verifications under way on one inbound stream.
+    pub max_verifications_in_flight: usize,
+    /// Dialback verifications one inbound stream may start per minute.
+    pub verifications_per_minute: usize,
     /// Domain pairs one inbound stream may authorise (dialback piggybacking).
     pub max_pairs_per_stream: usize,
     /// Recently closed streams kept in the connection table.
@@ -366,7 +376,12 @@ impl Default for Limits {
             max_stanza_size: 256 * 1024,
             max_depth: 32,
             outbound_queue: 1024,
-            max_streams: 10_000,
+            max_inbound_unauthenticated: 1000,
+            max_unauthenticated_per_address: 16,
+            max_inbound: 10_000,
+            max_outbound: 10_000,
+            max_verifications_in_flight: 8,
+            verifications_per_minute: 60,
             max_pairs_per_stream: 64,
             closed_streams: 200,
             transcript_lines: 500,
@@ -570,7 +585,12 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         ("limits.max_stanza_size", l.max_stanza_size, 4096),
         ("limits.max_depth", l.max_depth, 4),
         ("limits.outbound_queue", l.outbound_queue, 1),
-        ("limits.max_streams", l.max_streams, 1),
+        ("limits.max_inbound_unauthenticated", l.max_inbound_unauthenticated, 1),
+        ("limits.max_unauthenticated_per_address", l.max_unauthenticated_per_address, 1),
+        ("limits.max_inbound", l.max_inbound, 1),
+        ("limits.max_outbound", l.max_outbound, 1),
+        ("limits.max_verifications_in_flight", l.max_verifications_in_flight, 1),
+        ("limits.verifications_per_minute", l.verifications_per_minute, 1),
         ("limits.max_pairs_per_stream", l.max_pairs_per_stream, 1),
         ("limits.closed_streams", l.closed_streams, 0),
         ("limits.transcript_lines", l.transcript_lines, 0),

@@ -396,6 +396,10 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
             println!("streams:     {} in, {} out, {} established", s.streams_in, s.streams_out, s.established);
             println!("encryption:  {}", if s.require_encryption { "required" } else { "optional" });
             println!("policy:      mode {}, {} pending, {} blocked, {} blacklisted", s.mode, s.pending, s.blocked, s.blacklisted);
+            println!("limits:");
+            for l in &s.limits {
+                println!("  {:<40} {:>10} / {}", l.key, l.used, l.max);
+            }
         }
         CtlCommand::Connections { .. } => {
             let v: Vec<ConnSnapshot> = serde_json::from_value(data)?;

@@ -5,37 +5,7 @@ mod common;
 
 use common::*;
 use drawbridge::engine::events::{AuthMethod, Direction, PairStatus, VerificationResult};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
-
-struct Ca {
-    params: CertificateParams,
-    key: KeyPair,
-    pem: String,
-}
-
-fn ca(name: &str) -> Ca {
-    let mut params = CertificateParams::new(vec![]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let key = KeyPair::generate().unwrap();
-    let pem = params.self_signed(&key).unwrap().pem();
-    Ca { params, key, pem }
-}
-
-/// `[tls]` for `domain` with a server-auth-only certificate from `ca`, trusting `trust`.
-fn tls_config(dir: &std::path::Path, ca: &Ca, domain: &str, trust: &Ca) -> String {
-    let mut params = CertificateParams::new(vec![domain.to_owned(), format!("*.{domain}")]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, domain);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &rcgen::Issuer::from_params(&ca.params, &ca.key)).unwrap();
-    let (c, k, t) = (dir.join(format!("{domain}.crt")), dir.join(format!("{domain}.key")), dir.join(format!("{domain}-trust.pem")));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    std::fs::write(&t, &trust.pem).unwrap();
-    format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\nca_file = \"{}\"\n", c.display(), k.display(), t.display())
-}
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_external_both_ways_with_trusted_certificates() {

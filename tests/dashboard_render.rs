@@ -64,6 +64,10 @@ fn model() -> Model {
             pending: 1,
             blocked: 1,
             blacklisted: 1,
+            limits: vec![
+                drawbridge::engine::limits::LimitUse { key: "limits.max_inbound".into(), used: 2, max: 10_000 },
+                drawbridge::engine::limits::LimitUse { key: "limits.max_inbound_unauthenticated".into(), used: 950, max: 1000 },
+            ],
         },
         connections: vec![
             conn("aaaa1111", Direction::In, "friend.test", ConnState::Established, Some(PairStatus::Valid), None),
@@ -138,6 +142,7 @@ fn header_and_connections() {
         assert!(s.contains("42/17"), "stanza counts: {s}");
         assert!(s.contains("k close"), "footer keys: {s}");
         if w == 200 {
+            assert!(s.contains("max_inbound_unauthenticated 950/1000"), "the limit closest to full: {s}");
             assert!(s.contains("not-authorized"), "close reason column when wide: {s}");
             assert!(s.contains("TLS 1.3 TLS13_AES_128_GCM_SHA256"), "detail pane: {s}");
             assert!(s.contains("certificate verdict: self-signed"), "detail pane: {s}");

@@ -258,12 +258,14 @@ async fn several_domain_pairs_on_one_stream() {
     assert_eq!(pairs, vec![("o.test", PairStatus::Valid), ("p.test", PairStatus::Valid)]);
 }
 
-/// limits.max_streams bounds inbound connections and the outbound streams a peer can make us
-/// open (dialback for made-up domains).
+/// limits.max_outbound bounds the outbound streams a peer can make us open (dialback for
+/// made-up domains); limits.max_unauthenticated_per_address bounds its connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_limit_bounds_inbound_and_dialback_callbacks() {
     let dns = Dns::start().await;
-    let b = start_published("b.test", &dns, "[limits]\nmax_streams = 1\n").await;
+    let b = start_published("b.test", &dns, "[limits]\nmax_outbound = 1\nmax_unauthenticated_per_address = 1\n").await;
+    // The one outbound slot is taken.
+    let _taken = b.engine.shared.gauges.outbound(&b.engine.shared.settings.limits).unwrap();
     let (mut p, _, _) = tls_peer(&b, "x.test").await;
     p.send_el(&db_result("x.test", "b.test", "k")).await;
     let ans = expect_db_result(&mut p).await;

@@ -53,8 +53,11 @@ async fn ready(sock: &Path, child: &mut Child) -> String {
 }
 
 /// Send the header and `frame`, then read until the server closes; return what it sent.
-async fn send_bomb(addr: &str, frame: String) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+async fn send_bomb(addr: &str, frame: String, src: std::net::Ipv4Addr) -> String {
+    // Each from its own loopback address: the per-address limit is not what is tested here.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind((src, 0).into()).unwrap();
+    let mut s = sock.connect(addr.parse().unwrap()).await.unwrap();
     s.write_all(HEADER.as_bytes()).await.unwrap();
     // The server may answer (and close) before reading everything: a failed write is fine.
     let _ = s.write_all(frame.as_bytes()).await;
@@ -97,10 +100,11 @@ async fn bomb_frames_before_tls_stay_within_a_memory_budget() {
         assert!(f.len() < 256 * 1024, "{} bytes", f.len());
     }
     let mut tasks = Vec::new();
-    for f in &frames {
-        for _ in 0..10 {
+    for (i, f) in frames.iter().enumerate() {
+        for j in 0..10u8 {
             let (addr, f) = (addr.clone(), f.clone());
-            tasks.push(tokio::spawn(async move { send_bomb(&addr, f).await }));
+            let src = std::net::Ipv4Addr::new(127, 0, 1 + i as u8, 1 + j);
+            tasks.push(tokio::spawn(async move { send_bomb(&addr, f, src).await }));
         }
     }
     for t in tasks {
@@ -273,7 +277,8 @@ async fn failed_callbacks_tell_the_peer_nothing_about_addresses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_claims_are_never_persisted() {
     let dns = Dns::start().await;
-    let server = start_server("island.test", &dns, "").await;
+    // The per-stream rate limit is tested on its own; here the claims must all be answered.
+    let server = start_server("island.test", &dns, "[limits]\nverifications_per_minute = 5000\n").await;
     let sh = &server.engine.shared;
     let domains_before = sh.store.domains().unwrap().len();
     let (mut p, _, _) = tls_peer(&server, "claimer.test").await;
@@ -319,4 +324,87 @@ async fn header_names_longer_than_a_domain_end_the_stream() {
     assert_eq!(e.condition, drawbridge::proto::stream::StreamErrorCondition::HostUnknown, "{e}");
     assert!(e.text.len() < 300, "{} bytes", e.text.len());
     assert!(server.engine.shared.store.domains().unwrap().is_empty());
+}
+
+/// A raw connection from `src` (a loopback address) to `dst`.
+async fn connect_from(src: &str, dst: std::net::SocketAddr) -> RawPeer {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    RawPeer::from_tcp(sock.connect(dst).await.unwrap())
+}
+
+/// Whether the server keeps this connection: it answers a header with its own.
+async fn accepted(p: &mut RawPeer) -> bool {
+    p.send(&header("flood.test", "b.test")).await;
+    matches!(p.next().await, Some(drawbridge::xml::Frame::StreamOpen(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_flood_cannot_stop_outbound_federation() {
+    let dns = Dns::start().await;
+    // Certificates both ways: a authenticates b's outbound stream by SASL EXTERNAL, with
+    // no callback into b's (flooded) listener.
+    let ca = ca("test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let limits = "[limits]\nmax_inbound_unauthenticated = 4\nmax_unauthenticated_per_address = 2\n";
+    let a = start_published("a.test", &dns, &tls_config(dir.path(), &ca, "a.test", &ca)).await;
+    let b = start_published("b.test", &dns, &format!("{limits}{}", tls_config(dir.path(), &ca, "b.test", &ca))).await;
+    let mut b_events = b.engine.subscribe();
+    let mut held = Vec::new();
+    for src in ["127.0.0.1", "127.0.0.1"] {
+        let mut p = connect_from(src, b.addr).await;
+        assert!(accepted(&mut p).await);
+        held.push(p);
+    }
+    // A third from the same address is closed at once; another address still gets in.
+    assert!(!accepted(&mut connect_from("127.0.0.1", b.addr).await).await, "per-address limit");
+    for src in ["127.0.0.2", "127.0.0.3"] {
+        let mut p = connect_from(src, b.addr).await;
+        assert!(accepted(&mut p).await);
+        held.push(p);
+    }
+    assert!(!accepted(&mut connect_from("127.0.0.4", b.addr).await).await, "unauthenticated limit");
+    // Use is reported against each limit.
+    let status = b.engine.status();
+    let unauth = status.limits.iter().find(|l| l.key == "limits.max_inbound_unauthenticated").unwrap();
+    assert_eq!((unauth.used, unauth.max), (4, 4));
+    // Outbound federation has its own room: b's stream to a opens and authenticates while
+    // b's door is full (a's answers would need b's inbound room, which the flood holds).
+    let probe = tokio::spawn({
+        let shared = b.engine.shared.clone();
+        async move { drawbridge::engine::probe(&shared, "a.test", None).await }
+    });
+    wait_event(&mut b_events, "b's outbound stream to a authenticated", |e| {
+        matches!(e, Event::PairAuthorised { remote, .. } if remote == "a.test")
+            && b.engine.connections(false).iter().any(|c| c.direction == Direction::Out && c.remote.as_deref() == Some("a.test"))
+    })
+    .await;
+    // Once the flood is gone, the whole round trip works.
+    drop(held);
+    probe.abort();
+    for _ in 0..4 {
+        wait_event(
+            &mut b_events,
+            "a flood connection closed",
+            |e| matches!(e, Event::StreamClosed { stream } if stream.direction == Direction::In),
+        )
+        .await;
+    }
+    let r = within("probe b→a", b.engine.probe("a.test", None)).await;
+    assert!(r.ok, "{:?}", r.error);
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialback_requests_per_stream_are_limited() {
+    let dns = Dns::start().await;
+    let server = start_server("island.test", &dns, "[limits]\nverifications_per_minute = 5\n").await;
+    let (mut p, _, _) = tls_peer(&server, "claimer.test").await;
+    let mut batch = String::new();
+    for i in 0..50 {
+        batch.push_str(&format!("<db:result from='made-up-{i}.test' to='island.test'></db:result>"));
+    }
+    p.send(&batch).await;
+    let e = p.expect_condition(drawbridge::proto::stream::StreamErrorCondition::PolicyViolation).await;
+    assert!(e.text.contains("limits.verifications_per_minute"), "{e}");
 }

@@ -152,6 +152,16 @@ fn draw_header(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     if pending > 0 {
         spans.push(Span::styled("   ! approvals waiting (2, a)", t.fg(Color::Yellow)));
     }
+    // The limit closest to full (all of them: `drawbridge ctl status`).
+    if let Some(l) = m.status.as_ref().and_then(|s| s.limits.iter().filter(|l| l.max > 0).max_by_key(|l| l.used * 1000 / l.max)) {
+        let share = l.used * 100 / l.max;
+        let style = match share {
+            90.. => t.fg(Color::Red).add_modifier(Modifier::BOLD),
+            70.. => t.fg(Color::Yellow),
+            _ => Style::default(),
+        };
+        spans.push(Span::styled(format!("   {} {}/{}", l.key.rsplit('.').next().unwrap_or(&l.key), l.used, l.max), style));
+    }
     f.render_widget(Paragraph::new(vec![line1, Line::from(spans)]), area);
 }
 

@@ -3,8 +3,14 @@
 //! takes is capped too.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Limits;
 
 /// How often one (limit, source) is logged.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -69,5 +75,211 @@ mod tests {
             should_log("test.flood", &format!("10.0.{}.{}", i / 256, i % 256), t + Duration::from_millis(i));
         }
         assert!(SEEN.lock().unwrap().as_ref().unwrap().len() <= REMEMBERED);
+    }
+}
+
+/// Streams in use against their limits: inbound before authentication (in all and per
+/// source address), inbound authenticated, outbound. Separate so that no inbound flood can
+/// take the slots outbound federation needs.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    inbound_unauthenticated: AtomicUsize,
+    inbound: AtomicUsize,
+    outbound: AtomicUsize,
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One limit's use, for `ctl status` and the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitUse {
+    pub key: String,
+    pub used: usize,
+    pub max: usize,
+}
+
+/// A limit said no: which key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused(pub &'static str);
+
+impl Gauges {
+    /// An accepted connection, not authenticated yet.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Result<InboundSlot, Refused> {
+        let mut per = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+        if self.inbound_unauthenticated.load(Ordering::Relaxed) >= limits.max_inbound_unauthenticated {
+            return Err(Refused("limits.max_inbound_unauthenticated"));
+        }
+        let n = per.entry(ip).or_insert(0);
+        if *n >= limits.max_unauthenticated_per_address {
+            return Err(Refused("limits.max_unauthenticated_per_address"));
+        }
+        *n += 1;
+        self.inbound_unauthenticated.fetch_add(1, Ordering::Relaxed);
+        Ok(InboundSlot { gauges: self.clone(), ip, authenticated: false })
+    }
+
+    /// A new outbound stream.
+    pub fn outbound(self: &Arc<Self>, limits: &Limits) -> Result<OutboundSlot, Refused> {
+        self.outbound
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limits.max_outbound).then_some(n + 1))
+            .map_err(|_| Refused("limits.max_outbound"))?;
+        Ok(OutboundSlot { gauges: self.clone() })
+    }
+
+    pub fn uses(&self, limits: &Limits) -> Vec<LimitUse> {
+        let busiest = self.per_address.lock().unwrap_or_else(|e| e.into_inner()).values().copied().max().unwrap_or(0);
+        let u = |key: &str, used: usize, max: usize| LimitUse { key: key.into(), used, max };
+        vec![
+            u(
+                "limits.max_inbound_unauthenticated",
+                self.inbound_unauthenticated.load(Ordering::Relaxed),
+                limits.max_inbound_unauthenticated,
+            ),
+            u("limits.max_unauthenticated_per_address", busiest, limits.max_unauthenticated_per_address),
+            u("limits.max_inbound", self.inbound.load(Ordering::Relaxed), limits.max_inbound),
+            u("limits.max_outbound", self.outbound.load(Ordering::Relaxed), limits.max_outbound),
+        ]
+    }
+
+    fn release_unauthenticated(&self, ip: IpAddr) {
+        self.inbound_unauthenticated.fetch_sub(1, Ordering::Relaxed);
+        let mut per = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&ip);
+            }
+        }
+    }
+}
+
+/// An inbound stream's place under the limits; given back when dropped.
+#[derive(Debug)]
+pub struct InboundSlot {
+    gauges: Arc<Gauges>,
+    ip: IpAddr,
+    authenticated: bool,
+}
+
+impl InboundSlot {
+    /// The stream authenticated a domain: it moves from the unauthenticated limits to
+    /// `limits.max_inbound` (refused when that is full).
+    pub fn authenticated(&mut self, limits: &Limits) -> Result<(), Refused> {
+        if self.authenticated {
+            return Ok(());
+        }
+        self.gauges
+            .inbound
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limits.max_inbound).then_some(n + 1))
+            .map_err(|_| Refused("limits.max_inbound"))?;
+        self.gauges.release_unauthenticated(self.ip);
+        self.authenticated = true;
+        Ok(())
+    }
+}
+
+impl Drop for InboundSlot {
+    fn drop(&mut self) {
+        if self.authenticated {
+            self.gauges.inbound.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.gauges.release_unauthenticated(self.ip);
+        }
+    }
+}
+
+/// An outbound stream's place under `limits.max_outbound`.
+#[derive(Debug)]
+pub struct OutboundSlot {
+    gauges: Arc<Gauges>,
+}
+
+impl Drop for OutboundSlot {
+    fn drop(&mut self) {
+        self.gauges.outbound.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Dialback requests on one stream: at most `limits.max_verifications_in_flight` at once
+/// and `limits.verifications_per_minute` started per minute.
+#[derive(Debug, Default)]
+pub struct VerificationBudget {
+    window: Option<Instant>,
+    started: usize,
+}
+
+impl VerificationBudget {
+    /// Whether one more may start now (`in_flight` are under way).
+    pub fn start(&mut self, now: Instant, in_flight: usize, limits: &Limits) -> Result<(), Refused> {
+        if in_flight >= limits.max_verifications_in_flight {
+            return Err(Refused("limits.max_verifications_in_flight"));
+        }
+        match self.window {
+            Some(w) if now.duration_since(w) < Duration::from_secs(60) => {}
+            _ => {
+                self.window = Some(now);
+                self.started = 0;
+            }
+        }
+        if self.started >= limits.verifications_per_minute {
+            return Err(Refused("limits.verifications_per_minute"));
+        }
+        self.started += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod gauge_tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_inbound_unauthenticated: 3,
+            max_unauthenticated_per_address: 2,
+            max_inbound: 1,
+            max_outbound: 1,
+            max_verifications_in_flight: 2,
+            verifications_per_minute: 3,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn inbound_limits_are_separate_from_outbound() {
+        let g = Arc::new(Gauges::default());
+        let l = limits();
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+        let mut s1 = g.admit(a, &l).unwrap();
+        let _s2 = g.admit(a, &l).unwrap();
+        assert_eq!(g.admit(a, &l).unwrap_err(), Refused("limits.max_unauthenticated_per_address"));
+        let s3 = g.admit(b, &l).unwrap();
+        assert_eq!(g.admit(b, &l).unwrap_err(), Refused("limits.max_inbound_unauthenticated"));
+        // Inbound full: outbound still has its own room.
+        let o = g.outbound(&l).unwrap();
+        assert_eq!(g.outbound(&l).unwrap_err(), Refused("limits.max_outbound"));
+        // Authenticating frees the unauthenticated slot.
+        s1.authenticated(&l).unwrap();
+        let _s4 = g.admit(b, &l).unwrap();
+        drop(s3);
+        let mut s5 = g.admit(b, &l).unwrap();
+        assert_eq!(s5.authenticated(&l).unwrap_err(), Refused("limits.max_inbound"));
+        drop((s1, o));
+        let uses = g.uses(&l);
+        assert_eq!(uses.iter().find(|u| u.key == "limits.max_inbound").unwrap().used, 0);
+        assert_eq!(uses.iter().find(|u| u.key == "limits.max_outbound").unwrap().used, 0);
+        assert_eq!(uses.iter().find(|u| u.key == "limits.max_inbound_unauthenticated").unwrap().used, 3);
+    }
+
+    #[test]
+    fn verification_budget_per_stream() {
+        let l = limits();
+        let mut v = VerificationBudget::default();
+        let t = Instant::now();
+        assert_eq!(v.start(t, 2, &l).unwrap_err(), Refused("limits.max_verifications_in_flight"));
+        for _ in 0..3 {
+            v.start(t, 0, &l).unwrap();
+        }
+        assert_eq!(v.start(t + Duration::from_secs(30), 0, &l).unwrap_err(), Refused("limits.verifications_per_minute"));
+        v.start(t + Duration::from_secs(61), 0, &l).unwrap();
     }
 }

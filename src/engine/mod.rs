@@ -65,6 +65,8 @@ pub struct Shared {
     pub tasks: tokio_util::task::TaskTracker,
     /// Outbound connection attempts in progress (`[outbound] max_dials`).
     pub dials: Arc<tokio::sync::Semaphore>,
+    /// Streams in use against `[limits]`.
+    pub gauges: Arc<limits::Gauges>,
     /// Failed verifications of unauthenticated claims (memory only, bounded).
     pub unauthenticated: std::sync::Mutex<std::collections::VecDeque<VerificationOutcome>>,
 }
@@ -205,7 +207,7 @@ impl Shared {
     pub fn outcomes_for(&self, domain: Option<&str>, limit: usize) -> Result<Vec<VerificationOutcome>, crate::store::StoreError> {
         let mut v = self.store.outcomes(domain, limit)?;
         v.extend(self.unauthenticated.lock().unwrap().iter().filter(|o| domain.is_none_or(|d| o.remote == d)).cloned());
-        v.sort_by(|a, b| b.time_ms.cmp(&a.time_ms));
+        v.sort_by_key(|o| std::cmp::Reverse(o.time_ms));
         v.truncate(limit);
         Ok(v)
     }
@@ -237,6 +239,9 @@ pub struct Status {
     pub pending: usize,
     pub blocked: usize,
     pub blacklisted: usize,
+    /// Current use against each limit.
+    #[serde(default)]
+    pub limits: Vec<limits::LimitUse>,
 }
 
 /// `ctl probe`: the outcome of an XEP-0199 ping over federation.
@@ -311,6 +316,7 @@ impl Engine {
             tasks: tokio_util::task::TaskTracker::new(),
             dials: Arc::new(tokio::sync::Semaphore::new(settings.outbound.max_dials)),
             unauthenticated: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            gauges: Arc::default(),
             settings,
         });
         let mut tasks = JoinSet::new();
@@ -408,6 +414,21 @@ pub fn status(shared: &Shared) -> Status {
         pending: counts.get(&crate::policy::DomainState::Pending).copied().unwrap_or(0),
         blocked: counts.get(&crate::policy::DomainState::Blocked).copied().unwrap_or(0),
         blacklisted: counts.get(&crate::policy::DomainState::Blacklisted).copied().unwrap_or(0),
+        limits: {
+            let mut v = shared.gauges.uses(&shared.settings.limits);
+            let max_dials = shared.settings.outbound.max_dials;
+            v.push(limits::LimitUse {
+                key: "outbound.max_dials".into(),
+                used: max_dials - shared.dials.available_permits(),
+                max: max_dials,
+            });
+            v.push(limits::LimitUse {
+                key: "limits.transcript_total_bytes".into(),
+                used: shared.table.transcript_budget().used(),
+                max: shared.settings.limits.transcript_total_bytes,
+            });
+            v
+        },
     }
 }
 
@@ -510,16 +531,21 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, direct_tls: boo
         };
         match accepted {
             Ok((tcp, peer)) => {
-                if shared.table.live_count() >= shared.settings.limits.max_streams {
-                    tracing::warn!(%peer, limit = shared.settings.limits.max_streams, "refusing a connection: too many streams (limits.max_streams)");
-                    drop(tcp);
-                    continue;
-                }
+                let slot = match shared.gauges.admit(peer.ip(), &shared.settings.limits) {
+                    Ok(slot) => slot,
+                    Err(limits::Refused(key)) => {
+                        limits::refused_once(key, &peer.ip().to_string(), || {
+                            format!("refusing connections from {}: {key} reached", peer.ip())
+                        });
+                        drop(tcp);
+                        continue;
+                    }
+                };
                 let _ = tcp.set_nodelay(true);
                 if direct_tls {
-                    shared.tasks.spawn(crate::stream::inbound::run_direct(shared.clone(), tcp, peer));
+                    shared.tasks.spawn(crate::stream::inbound::run_direct(shared.clone(), tcp, peer, slot));
                 } else {
-                    shared.tasks.spawn(crate::stream::inbound::run(shared.clone(), tcp, peer));
+                    shared.tasks.spawn(crate::stream::inbound::run(shared.clone(), tcp, peer, slot));
                 }
             }
             Err(e) => {

@@ -46,7 +46,7 @@ pub struct OutboundHandle {
 /// Why no outbound stream can be had for a pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// `limits.max_streams` reached.
+    /// `limits.max_outbound` reached.
     Limit,
     /// Policy refuses the remote domain (the rule, in words).
     Policy(String),
@@ -101,7 +101,12 @@ impl Router {
             let h = match self.handle(shared, &from, &to) {
                 Ok(h) => h,
                 Err(Refusal::Limit) => {
-                    return error_reply(&st, ErrorType::Wait, "resource-constraint", Some("too many streams (limits.max_streams)"));
+                    return error_reply(
+                        &st,
+                        ErrorType::Wait,
+                        "resource-constraint",
+                        Some("too many outbound streams (limits.max_outbound)"),
+                    );
                 }
                 Err(Refusal::Policy(why)) => return error_reply(&st, ErrorType::Cancel, "policy-violation", Some(&why)),
             };
@@ -119,7 +124,7 @@ impl Router {
 
     /// The outbound handle for (local, remote), creating the stream if there is none.
     /// Refused when policy refuses the remote domain (no connection is attempted), or when
-    /// a new stream would exceed `limits.max_streams` (a peer must not make us open
+    /// a new stream would exceed `limits.max_outbound` (a peer must not make us open
     /// connections without bound, e.g. with db:result for made-up domains).
     pub fn handle(&self, shared: &Arc<Shared>, local: &Domain, remote: &Domain) -> Result<OutboundHandle, Refusal> {
         let key = (local.clone(), remote.clone());
@@ -133,10 +138,13 @@ impl Router {
         if let Some(h) = map.get(&key) {
             return Ok(h.clone());
         }
-        if shared.table.live_count() >= shared.settings.limits.max_streams {
-            tracing::warn!(%local, %remote, limit = shared.settings.limits.max_streams, "not opening a stream to {remote}: too many streams (limits.max_streams)");
-            return Err(Refusal::Limit);
-        }
+        let slot = match shared.gauges.outbound(&shared.settings.limits) {
+            Ok(slot) => slot,
+            Err(crate::engine::limits::Refused(key)) => {
+                crate::engine::limits::refused_once(key, remote.as_str(), || format!("not opening a stream to {remote}: {key} reached"));
+                return Err(Refusal::Limit);
+            }
+        };
         let (stx, srx) = mpsc::channel(shared.settings.limits.outbound_queue);
         let (vtx, vrx) = mpsc::channel(64);
         let entry = shared.table.open(Direction::Out, &shared.shutdown);
@@ -148,6 +156,7 @@ impl Router {
         let (l, r) = (local.clone(), remote.clone());
         shared.tasks.spawn(async move {
             crate::stream::outbound::run(shared2, l, r, entry, srx, vrx).await;
+            drop(slot);
         });
         Ok(h)
     }
@@ -183,7 +192,7 @@ impl Router {
             let h = match self.handle(shared, local, remote) {
                 Ok(h) => h,
                 Err(Refusal::Limit) => {
-                    return (Answer::error("resource-constraint", "too many streams on this server (limits.max_streams)"), None);
+                    return (Answer::error("resource-constraint", "too many outbound streams on this server (limits.max_outbound)"), None);
                 }
                 Err(Refusal::Policy(why)) => return (Answer::error("policy-violation", why), None),
             };

@@ -18,6 +18,7 @@ use super::conn::{Conn, ConnError, Transport};
 use crate::domain::Domain;
 use crate::engine::Shared;
 use crate::engine::events::*;
+use crate::engine::limits::{InboundSlot, Refused, VerificationBudget};
 use crate::engine::table::{ConnEntry, random_id};
 use crate::proto::dialback::{self, Answer, DbElement};
 use crate::proto::jid::Jid;
@@ -79,16 +80,20 @@ struct In<'a> {
     direct_chain: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
     /// The verdict on the peer's certificate, for SASL failure texts.
     cert_verdict: Option<crate::net::certs::CertVerdict>,
+    /// This stream's place under the connection limits.
+    slot: InboundSlot,
+    /// Dialback requests started on this stream (`limits.verifications_per_minute`).
+    verifications: VerificationBudget,
 }
 
-pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, slot: InboundSlot) {
     let entry = shared.table.open(Direction::In, &shared.shutdown);
     entry.set_peer_addr(peer);
-    serve(shared, entry, Transport::Plain(tcp), None).await;
+    serve(shared, entry, Transport::Plain(tcp), None, slot).await;
 }
 
 /// XEP-0368: TLS from the first byte (the certificate is picked by SNI), then the stream.
-pub async fn run_direct(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+pub async fn run_direct(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, slot: InboundSlot) {
     let entry = shared.table.open(Direction::In, &shared.shutdown);
     entry.set_peer_addr(peer);
     entry.set_state(ConnState::Tls);
@@ -106,7 +111,7 @@ pub async fn run_direct(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let (_, session) = tls.get_ref();
     let chain: Vec<rustls::pki_types::CertificateDer<'static>> = session.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
     entry.tls_established("direct TLS (XEP-0368)", session, None);
-    serve(shared, entry, Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))), Some(chain)).await;
+    serve(shared, entry, Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))), Some(chain), slot).await;
 }
 
 /// The stream over an accepted connection; `direct_chain` is the peer's certificate chain
@@ -116,6 +121,7 @@ async fn serve(
     entry: Arc<ConnEntry>,
     io: Transport,
     direct_chain: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    slot: InboundSlot,
 ) {
     let peer = entry.peer_addr().unwrap_or_default();
     let limits = &shared.settings.limits;
@@ -136,6 +142,8 @@ async fn serve(
         peer: None,
         direct_chain,
         cert_verdict: None,
+        slot,
+        verifications: VerificationBudget::default(),
     };
     let end = st.session(&mut conn, &mut done_rx).await;
     match &end.error {
@@ -463,7 +471,7 @@ impl In<'_> {
         self.pairs.insert((local.clone(), domain.clone()), status);
         let ps = if status == Pair::Valid { PairStatus::Valid } else { PairStatus::Held };
         self.entry.set_pair(local, &domain, ps, AuthMethod::SaslExternal);
-        self.entry.set_state(ConnState::Established);
+        self.established()?;
         self.record_with(
             local,
             &domain,
@@ -581,6 +589,19 @@ impl In<'_> {
             ));
             return None;
         }
+        let in_flight = self.pairs.values().filter(|p| **p == Pair::Verifying).count();
+        match self.verifications.start(Instant::now().into_std(), in_flight, &self.shared.settings.limits) {
+            Ok(()) => {}
+            Err(Refused(key @ "limits.max_verifications_in_flight")) => {
+                conn.send(&dialback::result_answer(
+                    local.as_str(),
+                    remote.as_str(),
+                    &Answer::error("resource-constraint", format!("too many verifications under way on this stream ({key}); try again")),
+                ));
+                return None;
+            }
+            Err(Refused(key)) => return Some(End::error(C::PolicyViolation, format!("too many dialback requests on this stream ({key})"))),
+        }
         if db.key.is_empty() {
             self.refuse(conn, &local, &remote, Answer::Invalid, VerificationResult::Invalid, "sent an empty dialback key".into());
             return None;
@@ -633,7 +654,9 @@ impl In<'_> {
                 self.pairs.insert(key, status);
                 let ps = if status == Pair::Valid { PairStatus::Valid } else { PairStatus::Held };
                 self.entry.set_pair(&v.local, &v.remote, ps, v.method);
-                self.entry.set_state(ConnState::Established);
+                if let Err(end) = self.established() {
+                    return Some(end);
+                }
                 conn.send(&dialback::result_answer(v.local.as_str(), v.remote.as_str(), &Answer::Valid));
             }
             Answer::Invalid => {
@@ -713,6 +736,17 @@ impl In<'_> {
         self.entry.remove_pair(local, remote);
         conn.send(&dialback::result_answer(local.as_str(), remote.as_str(), &answer));
         self.record(local, remote, result, reason);
+    }
+
+    /// A domain authenticated: the stream counts as established from now on (against
+    /// `limits.max_inbound`, no longer against the unauthenticated limits).
+    fn established(&mut self) -> Result<(), End> {
+        if let Err(Refused(key)) = self.slot.authenticated(&self.shared.settings.limits) {
+            crate::engine::limits::refused_once(key, "*", || format!("refusing an authenticated inbound stream: {key} reached"));
+            return Err(End::error(C::ResourceConstraint, format!("too many authenticated inbound streams ({key})")));
+        }
+        self.entry.set_state(ConnState::Established);
+        Ok(())
     }
 
     fn record(&self, local: &Domain, remote: &Domain, result: VerificationResult, reason: String) {

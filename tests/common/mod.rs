@@ -20,6 +20,7 @@ use hickory_server::proto::rr::rdata::{A, SOA, SRV};
 use hickory_server::proto::rr::{Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 use std::process::Command;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -162,6 +163,10 @@ pub fn header(from: &str, to: &str) -> String {
 impl RawPeer {
     pub async fn connect(addr: SocketAddr) -> RawPeer {
         let tcp = within("connect", TcpStream::connect(addr)).await.unwrap();
+        RawPeer::from_tcp(tcp)
+    }
+
+    pub fn from_tcp(tcp: TcpStream) -> RawPeer {
         RawPeer { io: Transport::Plain(tcp), framer: Framer::new(1 << 20, 64) }
     }
 
@@ -455,4 +460,35 @@ impl Dns {
         let srv = SRV::new(priority, 5, port, Name::from_ascii(format!("{target}.")).unwrap());
         self.zone.upsert(Record::from_rdata(name, 0, RData::SRV(srv)), 2).await;
     }
+}
+
+/// A CA made in the test.
+pub struct Ca {
+    pub params: CertificateParams,
+    pub key: KeyPair,
+    pub pem: String,
+}
+
+pub fn ca(name: &str) -> Ca {
+    let mut params = CertificateParams::new(vec![]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let key = KeyPair::generate().unwrap();
+    let pem = params.self_signed(&key).unwrap().pem();
+    Ca { params, key, pem }
+}
+
+/// `[tls]` for `domain` with a server-auth-only certificate from `ca`, trusting `trust`.
+pub fn tls_config(dir: &std::path::Path, ca: &Ca, domain: &str, trust: &Ca) -> String {
+    let mut params = CertificateParams::new(vec![domain.to_owned(), format!("*.{domain}")]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, domain);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &rcgen::Issuer::from_params(&ca.params, &ca.key)).unwrap();
+    let (c, k, t) = (dir.join(format!("{domain}.crt")), dir.join(format!("{domain}.key")), dir.join(format!("{domain}-trust.pem")));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    std::fs::write(&t, &trust.pem).unwrap();
+    format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\nca_file = \"{}\"\n", c.display(), k.display(), t.display())
 }
