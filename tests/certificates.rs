@@ -241,3 +241,38 @@ async fn direct_tls_in_and_out() {
     assert!(bt.first().is_some_and(|l| l.text.contains("direct TLS (XEP-0368) established")), "{bt:#?}");
     assert!(inbound.tls.unwrap().cert_verdict.unwrap().is_valid());
 }
+
+/// Outbound under `cert-only`: a peer whose certificate is not valid for its domain (anyone
+/// answering DNS for it could be there) gets nothing: the stream closes after TLS, before
+/// any stanza, and the bounce says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_only_outbound_sends_nothing_to_a_peer_without_a_valid_certificate() {
+    let dns = Dns::start().await;
+    let (ca_a, ca_b) = (ca("CA of a"), ca("CA of b"));
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_published("a.test", &dns, &tls_config(dir.path(), &ca_a, "a.test", &ca_a)).await;
+    let b =
+        start_published("b.test", &dns, &format!("{}[auth]\nmode = \"cert-only\"\n", tls_config(dir.path(), &ca_b, "b.test", &ca_b))).await;
+    let r = within("probe b→a", b.engine.probe("a.test", None)).await;
+    assert!(!r.ok);
+    let err = r.error.unwrap();
+    assert!(err.contains("policy-violation") && err.contains("untrusted issuer") && err.contains("[auth] mode = \"cert-only\""), "{err}");
+    // a saw b's stream, and no stanza on it.
+    let seen: Vec<_> = a.engine.connections(true).into_iter().filter(|c| c.direction == Direction::In).collect();
+    assert!(!seen.is_empty());
+    assert!(seen.iter().all(|c| c.stanzas_in == 0), "{seen:#?}");
+}
+
+/// `[[domain]] require_encryption = false` exempts that domain only: a peer naming it in
+/// its header cannot run dialback for another domain without TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_exemption_holds_only_for_the_exempt_domain() {
+    let dns = Dns::start().await;
+    let b = start_server("b.test", &dns, "[[domain]]\nname = \"plain.test\"\nrequire_encryption = false\n").await;
+    let mut p = RawPeer::connect(b.addr).await;
+    let (_, features) = p.open("plain.test", "b.test").await;
+    assert!(features.has_child("dialback", drawbridge::proto::ns::DIALBACK_FEATURE), "{}", features.to_xml());
+    p.send_el(&drawbridge::proto::dialback::result_request("other.test", "b.test", "k")).await;
+    let e = p.expect_condition(drawbridge::proto::stream::StreamErrorCondition::PolicyViolation).await;
+    assert!(e.text.contains("dialback before TLS"), "{e}");
+}

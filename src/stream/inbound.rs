@@ -494,17 +494,20 @@ impl In<'_> {
 
     /// One top-level element after the features. `Some(end)` closes the stream.
     async fn on_element(&mut self, conn: &mut Conn, el: Element) -> Option<End> {
-        let (require_tls, tls_rule) = self.require_tls();
+        // A `[[domain]] require_encryption = false` exemption holds for that domain's own
+        // dialback and stanzas only, never for whatever else the header's claimant sends.
+        let require_tls_for = |d: &str| self.shared.settings.security.require_encryption_for(d);
         if el.ns == ns::DIALBACK {
+            let Some(db) = DbElement::parse(&el) else {
+                return Some(End::error(C::ImproperAddressing, "dialback element without 'from' and 'to'"));
+            };
+            let (require_tls, tls_rule) = require_tls_for(Domain::parse(&db.from).as_ref().map_or("", |d| d.as_str()));
             if !self.secure && require_tls {
                 return Some(End::error(
                     C::PolicyViolation,
                     format!("dialback before TLS: encryption is required ({tls_rule}); STARTTLS first"),
                 ));
             }
-            let Some(db) = DbElement::parse(&el) else {
-                return Some(End::error(C::ImproperAddressing, "dialback element without 'from' and 'to'"));
-            };
             return match (db.verify, &db.answer) {
                 (false, None) => self.on_db_result(conn, db),
                 (true, None) => {
@@ -518,6 +521,8 @@ impl In<'_> {
             };
         }
         if is_stanza(&el) {
+            let from_domain = el.get_attr("from").and_then(crate::proto::jid::Jid::parse).and_then(|j| Domain::parse(j.domain).ok());
+            let (require_tls, tls_rule) = require_tls_for(from_domain.as_ref().map_or("", |d| d.as_str()));
             if !self.secure && require_tls {
                 return Some(End::error(C::PolicyViolation, format!("stanza before TLS: encryption is required ({tls_rule})")));
             }

@@ -542,6 +542,12 @@ impl Out<'_> {
                     .ok_or_else(|| Failure::new("the peer's stream header has no id, so dialback is impossible"));
             }
             if !features.has_child("starttls", ns::TLS) {
+                if let (crate::config::AuthMode::CertOnly, rule) = self.shared.settings.security.auth_for(self.remote.as_str()) {
+                    return Err(Failure::policy(format!(
+                        "{} does not offer STARTTLS, so it cannot prove itself by certificate as required ({rule})",
+                        self.remote
+                    )));
+                }
                 if require_tls {
                     return Err(Failure::new(format!("{} does not offer STARTTLS and encryption is required ({tls_rule})", self.remote)));
                 }
@@ -588,9 +594,19 @@ impl Out<'_> {
             .map_err(|e| Failure::new(format!("TLS: {} is not a valid TLS server name: {e}", self.remote)))?;
         let tls = connector.connect(name, tcp).await.map_err(|e| Failure::new(format!("TLS handshake: {e}")))?;
         let (_, session) = tls.get_ref();
-        let cert_verdict = Some(self.judge_cert(session.peer_certificates().unwrap_or(&[])));
-        self.entry.tls_established(if direct { "direct TLS (XEP-0368)" } else { "TLS" }, session, cert_verdict);
+        let verdict = self.judge_cert(session.peer_certificates().unwrap_or(&[]));
+        let valid = verdict.is_valid();
+        let shown = verdict.to_string();
+        self.entry.tls_established(if direct { "direct TLS (XEP-0368)" } else { "TLS" }, session, Some(verdict));
         conn.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
+        // Where policy wants certificates, whoever answers DNS for the domain must prove it
+        // by one before a stanza leaves (RFC 6120 §13.7.2, XEP-0178).
+        if !valid && let (crate::config::AuthMode::CertOnly, rule) = self.shared.settings.security.auth_for(self.remote.as_str()) {
+            return Err(Failure::policy(format!(
+                "{}'s certificate is not valid for it ({shown}) and certificates are required ({rule}); nothing was sent",
+                self.remote
+            )));
+        }
         Ok(())
     }
 }
