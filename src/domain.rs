@@ -1,9 +1,16 @@
 //! The `Domain` newtype: a normalised, length-checked domain name, the only key for peers.
+//!
+//! Internationalised names are mapped by UTS #46 (RFC 7622 §3.2 defers to IDNA):
+//! `böse.example` and `xn--bse-sna.example` are one domain to the policy, the router and the
+//! store. The canonical form is the U-label one, as XMPP addresses carry it (RFC 7622 §3.2:
+//! a domainpart holds NR-LDH labels or U-labels); DNS, TLS names and certificates use the
+//! A-label form ([`Domain::ascii`]).
 
 use std::fmt;
 
-/// A domain name as used in XMPP addressing (RFC 7622 §3.2): lower-cased ASCII letters,
-/// no trailing dot, labels 1–63 bytes, at most 1023 bytes in all.
+/// A domain name as used in XMPP addressing (RFC 7622 §3.2): UTS #46-mapped (lower case,
+/// U-labels), no trailing dot, A-labels 1–63 bytes, at most 1023 bytes in all. IP literals
+/// stay as they are (and are refused where a domain is needed).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Domain(String);
@@ -18,6 +25,8 @@ pub enum DomainError {
     BadLabel(String),
     #[error("character {1:?} not allowed in domain {0:?}")]
     BadChar(String, char),
+    #[error("{0:?} is not a valid internationalised domain name (UTS #46)")]
+    Idna(String),
 }
 
 impl Domain {
@@ -42,11 +51,40 @@ impl Domain {
         {
             return Err(DomainError::BadChar(s.to_owned(), c));
         }
-        Ok(Domain(s.to_lowercase()))
+        if is_ip6 || s.parse::<std::net::Ipv4Addr>().is_ok() {
+            return Ok(Domain(s.to_lowercase()));
+        }
+        let ascii = idna::domain_to_ascii_cow(s.as_bytes(), idna::AsciiDenyList::URL).map_err(|_| DomainError::Idna(s.to_owned()))?;
+        if ascii.is_empty() {
+            return Err(DomainError::Empty);
+        }
+        if ascii.len() > 1023 {
+            return Err(DomainError::TooLong);
+        }
+        if ascii.split('.').any(|l| l.is_empty() || l.len() > 63) {
+            return Err(DomainError::BadLabel(s.to_owned()));
+        }
+        if ascii.is_ascii() && !ascii.split('.').any(|l| l.starts_with("xn--")) {
+            return Ok(Domain(ascii.into_owned()));
+        }
+        match idna::domain_to_unicode(&ascii) {
+            (u, Ok(())) => Ok(Domain(u)),
+            _ => Err(DomainError::Idna(s.to_owned())),
+        }
     }
 
+    /// The canonical (U-label) form: what XMPP addresses, the policy and the store use.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The A-label form: what DNS, TLS server names and certificate names use.
+    pub fn ascii(&self) -> std::borrow::Cow<'_, str> {
+        if self.0.is_ascii() {
+            return self.0.as_str().into();
+        }
+        idna::domain_to_ascii_cow(self.0.as_bytes(), idna::AsciiDenyList::URL)
+            .map_or_else(|_| self.0.as_str().into(), |a| a.into_owned().into())
     }
 }
 
@@ -93,5 +131,19 @@ mod tests {
         assert!(matches!(Domain::parse("a b"), Err(DomainError::BadChar(_, ' '))));
         assert!(matches!(Domain::parse(&"a".repeat(64)), Err(DomainError::BadLabel(_))));
         assert!(Domain::parse("[::1]").is_ok());
+    }
+
+    #[test]
+    fn u_labels_and_a_labels_are_one_domain() {
+        let u = Domain::parse("Böse.Example").unwrap();
+        let a = Domain::parse("xn--bse-sna.example").unwrap();
+        assert_eq!(u, a);
+        assert_eq!(u.as_str(), "böse.example");
+        assert_eq!(a.ascii(), "xn--bse-sna.example");
+        assert_eq!(Domain::parse("plain.example").unwrap().ascii(), "plain.example");
+        // UTS #46 mapping: full-width letters and the ideographic full stop.
+        assert_eq!(Domain::parse("ｅｘａｍｐｌｅ。com").unwrap().as_str(), "example.com");
+        assert!(matches!(Domain::parse("xn--zz.example"), Err(DomainError::Idna(_))));
+        assert!(Domain::parse(&format!("{}.example", "ü".repeat(60))).is_err(), "A-label over 63 bytes");
     }
 }

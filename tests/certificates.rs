@@ -276,3 +276,25 @@ async fn tls_exemption_holds_only_for_the_exempt_domain() {
     let e = p.expect_condition(drawbridge::proto::stream::StreamErrorCondition::PolicyViolation).await;
     assert!(e.text.contains("dialback before TLS"), "{e}");
 }
+
+/// IDNA: a server hosting `bücher.test`, published in DNS under its A-label and holding a
+/// certificate for the A-label, authenticates to a peer and gets its answers, both ways;
+/// both forms of the name are one domain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internationalised_domain_authenticates_by_its_a_label_certificate() {
+    let dns = Dns::start().await;
+    let ca = ca("IDN CA");
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_published("bücher.test", &dns, &tls_config(dir.path(), &ca, "xn--bcher-kva.test", &ca)).await;
+    let b = start_published("b.test", &dns, &tls_config(dir.path(), &ca, "b.test", &ca)).await;
+    let r = within("probe bücher → b", a.engine.probe("b.test", None)).await;
+    assert!(r.ok, "{:?}", r.error);
+    // Asked by its A-label, answered: one domain.
+    let r = within("probe b → xn--bcher-kva", b.engine.probe("xn--bcher-kva.test", None)).await;
+    assert!(r.ok, "{:?}", r.error);
+    let outcomes = b.engine.shared.outcomes();
+    assert!(
+        outcomes.iter().any(|o| o.remote == "bücher.test" && o.method == AuthMethod::SaslExternal && o.result == VerificationResult::Valid),
+        "{outcomes:#?}"
+    );
+}

@@ -222,3 +222,24 @@ async fn approval_mode_holds_outbound_traffic_until_approved() {
     let r = within("the held probe", probe).await.unwrap();
     assert!(r.ok, "{:?}", r.error);
 }
+
+/// IDNA: a U-label and its A-label are one domain to the policy, whichever is blacklisted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blacklisting_either_form_of_an_internationalised_name_refuses_the_other() {
+    let dns = Dns::start().await;
+    let b = start_server("b.test", &dns, "").await;
+    let sh = &b.engine.shared;
+    change_domain(sh, &d("xn--bse-sna.example"), Change::Blacklist { source: "operator".into() }, "tester", Some("evil")).await.unwrap();
+    assert!(matches!(sh.policy.verdict(&d("BÖSE.example")), drawbridge::policy::Verdict::Refuse(_)));
+    assert!(matches!(sh.policy.verdict(&d("sub.böse.example")), drawbridge::policy::Verdict::Refuse(_)), "subdomains too");
+    // A peer naming the U-label in its header is refused at once.
+    let mut p = RawPeer::connect(b.addr).await;
+    p.send(&header("böse.example", "b.test")).await;
+    let e = p.expect_condition(C::PolicyViolation).await;
+    assert!(e.text.contains("evil"), "{e}");
+    // And the other way round.
+    change_domain(sh, &d("grüße.example"), Change::Block { expires_ms: None }, "tester", None).await.unwrap();
+    let a_label = d("grüße.example").ascii().into_owned();
+    assert!(a_label.starts_with("xn--"), "{a_label}");
+    assert!(matches!(sh.policy.verdict(&d(&a_label)), drawbridge::policy::Verdict::Refuse(_)));
+}

@@ -95,11 +95,14 @@ impl CertNames {
     }
 
     /// RFC 6125 §6 / XEP-0178: does any identifier match `domain`?
+    /// Names compare as A-labels: DNS-IDs and SRV-IDs carry them already; an XmppAddr is
+    /// UTF-8 and may carry U-labels (RFC 6120 §13.7.1.4), so it is mapped first.
     pub fn matches(&self, domain: &str) -> bool {
-        let domain = domain.to_ascii_lowercase();
+        let ascii = |d: &str| crate::domain::Domain::parse(d).map(|d| d.ascii().into_owned());
+        let domain = ascii(domain).unwrap_or_else(|_| domain.to_ascii_lowercase());
         self.dns.iter().any(|p| dns_id_matches(p, &domain))
             || self.srv.iter().any(|s| srv_id_matches(s, &domain))
-            || self.xmpp.iter().any(|x| x.eq_ignore_ascii_case(&domain))
+            || self.xmpp.iter().any(|x| ascii(x).is_ok_and(|d| d == domain))
     }
 }
 
@@ -223,6 +226,9 @@ mod tests {
         assert!(srv_id_matches("_xmpp-server.example.org", "example.org"));
         assert!(!srv_id_matches("_xmpp-client.example.org", "example.org"));
         assert!(!srv_id_matches("_xmpp-server.example.org", "other.org"));
+        let n = CertNames { dns: vec!["xn--bse-sna.example".into()], srv: vec![], xmpp: vec!["bücher.example".into()] };
+        assert!(n.matches("böse.example") && n.matches("xn--bse-sna.example"), "DNS-ID A-label for a U-label domain");
+        assert!(n.matches("xn--bcher-kva.example"), "XmppAddr U-label for an A-label domain");
         let n = CertNames { dns: vec![], srv: vec![], xmpp: vec!["Example.org".into()] };
         assert!(n.matches("example.org"));
     }

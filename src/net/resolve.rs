@@ -175,7 +175,7 @@ impl Resolver {
 
     /// SRV records of `service` for `domain` (none when there are none).
     async fn srv(&self, domain: &Domain, service: &str) -> Result<Vec<SrvRecord>, ResolveError> {
-        let name = format!("{service}._tcp.{}.", domain.as_str());
+        let name = format!("{service}._tcp.{}.", domain.ascii());
         match self.dns.srv_lookup(name.as_str()).await {
             Ok(lookup) => Ok(lookup
                 .answers()
@@ -218,7 +218,7 @@ impl Resolver {
 }
 
 fn fallback(domain: &Domain) -> Target {
-    Target { host: domain.to_string(), port: 5269, source: TargetSource::Fallback }
+    Target { host: domain.ascii().into_owned(), port: 5269, source: TargetSource::Fallback }
 }
 
 /// How long DNS may take in all, for callers that bound it.

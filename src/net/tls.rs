@@ -218,8 +218,8 @@ fn ensure_self_signed(domains: &[Domain], dir: &Path) -> Result<(PathBuf, PathBu
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     let mut names = Vec::new();
     for d in domains {
-        names.push(d.to_string());
-        names.push(format!("*.{d}"));
+        names.push(d.ascii().into_owned());
+        names.push(format!("*.{}", d.ascii()));
     }
     let ck = rcgen::generate_simple_self_signed(names).map_err(|e| err(e.to_string()))?;
     write_private(&key, ck.signing_key.serialize_pem().as_bytes()).map_err(|e| err(e.to_string()))?;

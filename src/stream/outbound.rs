@@ -590,7 +590,7 @@ impl Out<'_> {
             config = std::sync::Arc::new(c);
         }
         let connector = tokio_rustls::TlsConnector::from(config);
-        let name = rustls::pki_types::ServerName::try_from(self.remote.to_string())
+        let name = rustls::pki_types::ServerName::try_from(self.remote.ascii().into_owned())
             .map_err(|e| Failure::new(format!("TLS: {} is not a valid TLS server name: {e}", self.remote)))?;
         let tls = connector.connect(name, tcp).await.map_err(|e| Failure::new(format!("TLS handshake: {e}")))?;
         let (_, session) = tls.get_ref();

@@ -137,8 +137,10 @@ pub async fn start_server(domain: &str, dns: &Dns, extra: &str) -> TestServer {
 /// Start a server and publish it in DNS: SRV `_xmpp-server._tcp.DOMAIN` → `xmpp.DOMAIN:port`.
 pub async fn start_published(domain: &str, dns: &Dns, extra: &str) -> TestServer {
     let s = start_server(domain, dns, extra).await;
-    dns.add_a(&format!("xmpp.{domain}"), Ipv4Addr::LOCALHOST).await;
-    dns.add_srv(domain, 0, 5, &format!("xmpp.{domain}"), s.addr.port()).await;
+    // DNS holds the A-label of an internationalised name.
+    let ascii = Domain::parse(domain).unwrap().ascii().into_owned();
+    dns.add_a(&format!("xmpp.{ascii}"), Ipv4Addr::LOCALHOST).await;
+    dns.add_srv(&ascii, 0, 5, &format!("xmpp.{ascii}"), s.addr.port()).await;
     s
 }
 
