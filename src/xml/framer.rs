@@ -414,7 +414,7 @@ impl Framer {
         };
         let mut scope = Vec::new();
         let attrs = collect_attrs(text, &start, &mut scope)?;
-        let (prefix, local) = split_qname(start.name().0);
+        let (prefix, local) = qname(start.name().0)?;
         let ns = resolve_cow(&scope, prefix).ok_or_else(|| unbound(prefix))?.to_owned();
         let mut h = StreamHeader { name: local.to_owned(), ns, ..Default::default() };
         for (k, v) in attrs {
@@ -643,6 +643,9 @@ fn start_element<'a>(text: &'a str, s: &BytesStart<'_>, scope: &mut Scope<'_, 'a
                 scope.declare("", Name::from(v.into_owned()));
             } else if let Some(p) = key.strip_prefix("xmlns:") {
                 let v = attr_value(&a)?;
+                if p.is_empty() || p.contains(':') {
+                    return Err(XmlError::NotWellFormed(format!("{:?} is not a namespace prefix", clip(p, 64))));
+                }
                 if v.is_empty() {
                     return Err(XmlError::NotWellFormed(format!("empty namespace for prefix {}", clip(p, 64))));
                 }
@@ -655,7 +658,7 @@ fn start_element<'a>(text: &'a str, s: &BytesStart<'_>, scope: &mut Scope<'_, 'a
             }
         }
     }
-    let (prefix, local) = split_qname(s.name().0);
+    let (prefix, local) = qname(s.name().0)?;
     let ns = scope.resolve(prefix).ok_or_else(|| unbound(prefix))?;
     let mut el = Element { name: intern(local), ns, ..Default::default() };
     let mut expanded: Duplicates<'_, (Name, &'a str)> = Duplicates::new();
@@ -668,7 +671,7 @@ fn start_element<'a>(text: &'a str, s: &BytesStart<'_>, scope: &mut Scope<'_, 'a
         if !raw_names.insert(k) {
             return Err(XmlError::NotWellFormed(format!("duplicate attribute {}", clip(k, 64))));
         }
-        let (p, l) = split_qname(k);
+        let (p, l) = qname(k)?;
         match p {
             "" => el.attrs.push((intern(l), attr_value(&a)?.into_owned())),
             "xml" => el.attrs.push((intern(k), attr_value(&a)?.into_owned())),
@@ -731,6 +734,16 @@ fn split_qname(q: &str) -> (&str, &str) {
         Some(i) => (&q[..i], &q[i + 1..]),
         None => ("", q),
     }
+}
+
+/// A QName (Namespaces in XML §4): `local` or `prefix:local`, neither part empty nor holding
+/// another colon. Anything else could not be written back under the same name.
+fn qname(q: &str) -> Result<(&str, &str), XmlError> {
+    let (p, l) = split_qname(q);
+    if l.is_empty() || l.contains(':') || (p.is_empty() && q.starts_with(':')) {
+        return Err(XmlError::NotWellFormed(format!("{:?} is not a qualified name", clip(q, 64))));
+    }
+    Ok((p, l))
 }
 
 fn resolve_owned<'s>(scope: &'s [(String, String)], prefix: &str) -> Option<&'s str> {
@@ -870,6 +883,9 @@ mod tests {
             b"<message><body>&#x1;</body></message>",
             b"<message><body>\x01</body></message>",
             b"<message a=noquote/>",
+            b"<:p:c/>",
+            b"<message><p:q:c xmlns:p='urn:x'/></message>",
+            b"<message :a='1'/>",
             b"</wrong>",
         ] {
             let mut input = HEADER.as_bytes().to_vec();
