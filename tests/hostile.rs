@@ -408,3 +408,46 @@ async fn dialback_requests_per_stream_are_limited() {
     let e = p.expect_condition(drawbridge::proto::stream::StreamErrorCondition::PolicyViolation).await;
     assert!(e.text.contains("limits.verifications_per_minute"), "{e}");
 }
+
+/// RFC 6120 §8 on an authenticated stream: malformed iq and presence are answered with
+/// bad-request, results and errors never are, and the stream carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_stanzas_get_bad_request_and_errors_get_nothing() {
+    let dns = Dns::start().await;
+    let server = start_published("island.test", &dns, "").await;
+    let mut peer = hand_played(&server, &dns, "peer.test").await;
+    let ping = drawbridge::proto::ns::PING;
+    let sent = [
+        "<iq type='get' from='peer.test' to='island.test'><ping xmlns='urn:xmpp:ping'/></iq>".to_owned(),
+        format!("<iq type='set' id='two' from='peer.test' to='island.test'><ping xmlns='{ping}'/><ping xmlns='{ping}'/></iq>"),
+        format!("<iq type='result' id='r2' from='peer.test' to='island.test'><a xmlns='urn:x'/><b xmlns='urn:x'/></iq>"),
+        "<iq type='error' id='e' from='peer.test' to='island.test'/>".to_owned(),
+        "<iq type='fetch' id='bogus' from='peer.test' to='island.test'><ping xmlns='urn:xmpp:ping'/></iq>".to_owned(),
+        "<presence type='dance' id='pr' from='a@peer.test' to='island.test'/>".to_owned(),
+        "<iq type='get' id='last' from='peer.test' to='island.test'><ping xmlns='urn:xmpp:ping'/></iq>".to_owned(),
+    ];
+    peer.to_server.send(&sent.concat()).await;
+    let mut got = Vec::new();
+    loop {
+        let st = peer.next_stanza().await;
+        let done = st.get_attr("id") == Some("last");
+        got.push((st.name.to_string(), st.get_attr("id").map(str::to_owned), st.get_attr("type").map(str::to_owned), st.to_xml()));
+        if done {
+            break;
+        }
+    }
+    let summary: Vec<(String, Option<String>, Option<String>)> = got.iter().map(|(n, i, t, _)| (n.clone(), i.clone(), t.clone())).collect();
+    let e = |n: &str, id: Option<&str>, t: &str| (n.to_owned(), id.map(str::to_owned), Some(t.to_owned()));
+    assert_eq!(
+        summary,
+        vec![
+            e("iq", None, "error"),
+            e("iq", Some("two"), "error"),
+            e("iq", Some("bogus"), "error"),
+            e("presence", Some("pr"), "error"),
+            e("iq", Some("last"), "result"),
+        ],
+        "{got:#?}"
+    );
+    assert!(got[..4].iter().all(|(.., xml)| xml.contains("bad-request")), "{got:#?}");
+}

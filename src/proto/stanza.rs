@@ -41,6 +41,37 @@ pub fn may_bounce(el: &Element) -> bool {
     }
 }
 
+/// What is wrong with a stanza by RFC 6120 §8.1–8.2 and RFC 6121 §4.7.1, as the error to
+/// answer with (type, condition, text). Checked on authenticated streams before routing,
+/// whatever the stanza is routed to.
+pub fn check(el: &Element) -> Result<(), (ErrorType, &'static str, &'static str)> {
+    let typ = el.get_attr("type");
+    let bad = |text| Err((ErrorType::Modify, "bad-request", text));
+    match &*el.name {
+        "iq" => {
+            // §8.2.3: id and type are required; get/set carry exactly one payload, a result
+            // at most one.
+            if el.get_attr("id").is_none_or(str::is_empty) {
+                return bad("an iq needs an 'id' (RFC 6120 §8.2.3)");
+            }
+            let payloads = el.elements().count();
+            match typ {
+                Some("get" | "set") if payloads != 1 => bad("an iq get or set carries exactly one payload (RFC 6120 §8.2.3)"),
+                Some("get" | "set") => Ok(()),
+                Some("result") if payloads > 1 => bad("an iq result carries at most one payload (RFC 6120 §8.2.3)"),
+                Some("result" | "error") => Ok(()),
+                _ => bad("iq type must be get, set, result or error (RFC 6120 §8.2.3)"),
+            }
+        }
+        "presence" => match typ {
+            None | Some("unavailable" | "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" | "probe" | "error") => Ok(()),
+            Some(_) => bad("unknown presence type (RFC 6121 §4.7.1)"),
+        },
+        // Unknown message types are handled as 'normal' (RFC 6121 §5.2.2).
+        _ => Ok(()),
+    }
+}
+
 /// Build the error reply to `el` (to and from swapped, original children kept as RFC 6120
 /// §8.3.1 allows), or `None` where an error must not be sent.
 pub fn error_reply(el: &Element, etype: ErrorType, condition: &str, text: Option<&str>) -> Option<Element> {
@@ -91,6 +122,44 @@ pub fn error_of(el: &Element) -> Option<(String, Option<String>)> {
         }
     }
     Some((cond, text))
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+    use crate::xml::Element;
+
+    fn iq(typ: &str, id: Option<&str>, payloads: usize) -> Element {
+        let mut e = Element::new("iq", ns::SERVER).attr("type", typ);
+        if let Some(id) = id {
+            e.set_attr("id", id);
+        }
+        for _ in 0..payloads {
+            e = e.child(Element::new("ping", ns::PING));
+        }
+        e
+    }
+
+    #[test]
+    fn iq_semantics() {
+        assert!(check(&iq("get", Some("1"), 1)).is_ok());
+        assert!(check(&iq("result", Some("1"), 0)).is_ok());
+        assert!(check(&iq("error", Some("1"), 2)).is_ok());
+        for bad in [
+            iq("get", Some("1"), 0),
+            iq("set", Some("1"), 2),
+            iq("get", None, 1),
+            iq("get", Some(""), 1),
+            iq("result", Some("1"), 2),
+            iq("fetch", Some("1"), 1),
+        ] {
+            assert_eq!(check(&bad).unwrap_err().1, "bad-request", "{}", bad.to_xml());
+        }
+        let p = Element::new("presence", ns::SERVER).attr("type", "dance");
+        assert!(check(&p).is_err());
+        assert!(check(&Element::new("presence", ns::SERVER)).is_ok());
+        assert!(check(&Element::new("message", ns::SERVER).attr("type", "whatever")).is_ok());
+    }
 }
 
 #[cfg(test)]

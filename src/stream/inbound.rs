@@ -717,8 +717,7 @@ impl In<'_> {
         let mut still = std::collections::VecDeque::new();
         while let Some(st) = self.held.pop_front() {
             if self.pair_of(&st).is_some_and(|k| self.pairs.get(&k) == Some(&Pair::Valid)) {
-                self.entry.stanza_in();
-                self.shared.router.route(self.shared, st).await;
+                self.deliver(st).await;
             } else {
                 still.push_back(st);
             }
@@ -799,11 +798,12 @@ impl In<'_> {
         let (Some(from), Some(to)) = (el.get_attr("from"), el.get_attr("to")) else {
             return Some(End::error(C::ImproperAddressing, "stanzas between servers need 'from' and 'to'"));
         };
+        let clip = crate::xml::element::clip;
         let Some(from_dom) = Jid::parse(from).and_then(|j| Domain::parse(j.domain).ok()) else {
-            return Some(End::error(C::InvalidFrom, format!("{from:?} is not a valid address")));
+            return Some(End::error(C::InvalidFrom, format!("{:?} is not a valid address", clip(from, 64))));
         };
         let Some(to_dom) = Jid::parse(to).and_then(|j| Domain::parse(j.domain).ok()) else {
-            return Some(End::error(C::ImproperAddressing, format!("{to:?} is not a valid address")));
+            return Some(End::error(C::ImproperAddressing, format!("{:?} is not a valid address", clip(to, 64))));
         };
         if !self.shared.is_hosted(&to_dom) {
             return Some(End::error(C::HostUnknown, format!("{to_dom} is not served here")));
@@ -823,8 +823,21 @@ impl In<'_> {
             Some(Pair::Verifying) => return Some(End::error(C::InvalidFrom, format!("{from_dom} is still being verified for {to_dom}"))),
             None => return Some(End::error(C::InvalidFrom, format!("{from_dom} is not authenticated for {to_dom} on this stream"))),
         }
-        self.entry.stanza_in();
-        self.shared.router.route(self.shared, el).await;
+        self.deliver(el).await;
         None
+    }
+
+    /// A stanza of an authorised pair: checked (RFC 6120 §8: a malformed one is answered,
+    /// never an error or a result, and not routed), then routed.
+    async fn deliver(&self, el: Element) {
+        self.entry.stanza_in();
+        if let Err((etype, condition, text)) = crate::proto::stanza::check(&el) {
+            tracing::debug!(stream = %self.entry.id, stanza = %el.describe(), "{condition}: {text}");
+            if let Some(reply) = crate::proto::stanza::error_reply(&el, etype, condition, Some(text)) {
+                self.shared.router.route(self.shared, reply).await;
+            }
+            return;
+        }
+        self.shared.router.route(self.shared, el).await;
     }
 }
