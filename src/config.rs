@@ -345,6 +345,9 @@ pub struct Limits {
     pub max_depth: usize,
     /// Stanzas queued per outbound domain pair before senders wait (backpressure).
     pub outbound_queue: usize,
+    /// Bytes of stanzas queued per outbound domain pair (and held per inbound stream while
+    /// a domain awaits approval) before senders wait.
+    pub outbound_queue_bytes: usize,
     /// Inbound connections not authenticated yet (all sources together).
     pub max_inbound_unauthenticated: usize,
     /// Inbound connections not authenticated yet from one address.
@@ -376,6 +379,7 @@ impl Default for Limits {
             max_stanza_size: 256 * 1024,
             max_depth: 32,
             outbound_queue: 1024,
+            outbound_queue_bytes: 4 * 1024 * 1024,
             max_inbound_unauthenticated: 1000,
             max_unauthenticated_per_address: 16,
             max_inbound: 10_000,
@@ -585,6 +589,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         ("limits.max_stanza_size", l.max_stanza_size, 4096),
         ("limits.max_depth", l.max_depth, 4),
         ("limits.outbound_queue", l.outbound_queue, 1),
+        ("limits.outbound_queue_bytes", l.outbound_queue_bytes, 4096),
         ("limits.max_inbound_unauthenticated", l.max_inbound_unauthenticated, 1),
         ("limits.max_unauthenticated_per_address", l.max_unauthenticated_per_address, 1),
         ("limits.max_inbound", l.max_inbound, 1),

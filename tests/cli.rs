@@ -58,6 +58,7 @@ fn example_config_is_valid_and_complete() {
         "max_stanza_size",
         "max_depth",
         "outbound_queue",
+        "outbound_queue_bytes",
         "max_inbound_unauthenticated",
         "max_unauthenticated_per_address",
         "max_inbound",

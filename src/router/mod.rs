@@ -6,6 +6,7 @@
 //! kinds of local destination, chosen in [`Router::route`].
 
 pub mod local;
+pub mod queue;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -38,7 +39,7 @@ pub struct VerifyRequest {
 /// The sending side of one outbound stream.
 #[derive(Clone)]
 pub struct OutboundHandle {
-    pub stanzas: mpsc::Sender<Element>,
+    pub stanzas: queue::QueueTx,
     pub verifies: mpsc::Sender<VerifyRequest>,
     pub entry: Arc<ConnEntry>,
 }
@@ -112,7 +113,7 @@ impl Router {
             };
             match h.stanzas.send(st).await {
                 Ok(()) => return None,
-                Err(mpsc::error::SendError(back)) => {
+                Err(back) => {
                     // That stream ended between lookup and send; forget it and try a new one.
                     self.remove(&from, &to, &h.entry.id);
                     st = back;
@@ -145,7 +146,7 @@ impl Router {
                 return Err(Refusal::Limit);
             }
         };
-        let (stx, srx) = mpsc::channel(shared.settings.limits.outbound_queue);
+        let (stx, srx) = queue::queue(shared.settings.limits.outbound_queue, shared.settings.limits.outbound_queue_bytes);
         let (vtx, vrx) = mpsc::channel(64);
         let entry = shared.table.open(Direction::Out, &shared.shutdown);
         entry.set_domains(Some(local.as_str()), Some(remote.as_str()));

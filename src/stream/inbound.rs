@@ -67,8 +67,9 @@ struct In<'a> {
     stream_id: String,
     pairs: HashMap<(Domain, Domain), Pair>,
     done_tx: mpsc::Sender<Verified>,
-    /// Stanzas of held pairs, in arrival order.
+    /// Stanzas of held pairs, in arrival order, and their weight in bytes.
     held: std::collections::VecDeque<Element>,
+    held_bytes: usize,
     hold_until: Option<Instant>,
     /// The domain the peer's certificate is valid for (the header's 'from'), after TLS.
     cert_valid_for: Option<Domain>,
@@ -136,6 +137,7 @@ async fn serve(
         pairs: HashMap::new(),
         done_tx,
         held: Default::default(),
+        held_bytes: 0,
         hold_until: None,
         cert_valid_for: None,
         sasl_done: false,
@@ -722,6 +724,7 @@ impl In<'_> {
                 still.push_back(st);
             }
         }
+        self.held_bytes = still.iter().map(Element::weight).sum();
         self.held = still;
         if !self.pairs.values().any(|p| *p == Pair::Held) {
             self.hold_until = None;
@@ -811,12 +814,17 @@ impl In<'_> {
         match self.pairs.get(&(to_dom.clone(), from_dom.clone())) {
             Some(Pair::Valid) => {}
             Some(Pair::Held) => {
-                if self.held.len() >= self.shared.settings.limits.outbound_queue {
+                let limits = &self.shared.settings.limits;
+                let w = el.weight();
+                if self.held.len() >= limits.outbound_queue || self.held_bytes + w > limits.outbound_queue_bytes {
                     return Some(End::error(
                         C::PolicyViolation,
-                        format!("{from_dom} awaits approval and sent more stanzas than are kept meanwhile (limits.outbound_queue)"),
+                        format!(
+                            "{from_dom} awaits approval and sent more stanzas than are kept meanwhile (limits.outbound_queue, limits.outbound_queue_bytes)"
+                        ),
                     ));
                 }
+                self.held_bytes += w;
                 self.held.push_back(el);
                 return None;
             }

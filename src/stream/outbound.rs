@@ -69,7 +69,7 @@ pub async fn run(
     local: Domain,
     remote: Domain,
     entry: Arc<ConnEntry>,
-    mut stanzas: mpsc::Receiver<crate::xml::Element>,
+    mut stanzas: crate::router::queue::QueueRx,
     mut verifies: mpsc::Receiver<VerifyRequest>,
 ) {
     let mut out = Out { shared: &shared, local: local.clone(), remote: remote.clone(), entry: entry.clone(), verifying: HashMap::new() };
@@ -167,7 +167,7 @@ impl Out<'_> {
         }
     }
 
-    async fn session(&mut self, stanzas: &mut mpsc::Receiver<Element>, verifies: &mut mpsc::Receiver<VerifyRequest>) -> End {
+    async fn session(&mut self, stanzas: &mut crate::router::queue::QueueRx, verifies: &mut mpsc::Receiver<VerifyRequest>) -> End {
         let t = self.shared.settings.timeouts.clone();
         self.entry.set_state(ConnState::Connecting);
         let (tcp, direct) = tokio::select! {
@@ -271,7 +271,7 @@ impl Out<'_> {
     async fn established(
         &mut self,
         mut conn: Conn,
-        stanzas: &mut mpsc::Receiver<Element>,
+        stanzas: &mut crate::router::queue::QueueRx,
         verifies: &mut mpsc::Receiver<VerifyRequest>,
     ) -> End {
         let t = self.shared.settings.timeouts.clone();

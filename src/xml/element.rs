@@ -226,6 +226,21 @@ impl Element {
         self.get_child(name, ns).is_some()
     }
 
+    /// About what this element holds in memory, in bytes (queues bound themselves by it).
+    /// Namespaces are shared, so they count as a pointer.
+    pub fn weight(&self) -> usize {
+        let mut w = std::mem::size_of::<Element>() + self.name.len();
+        w += self.attrs.iter().map(|(k, v)| 48 + k.len() + v.len()).sum::<usize>();
+        w += self.ns_attrs.iter().map(|(_, l, v)| 72 + l.len() + v.len()).sum::<usize>();
+        for c in &self.children {
+            w += match c {
+                Node::Text(t) => 32 + t.len(),
+                Node::Element(e) => e.weight(),
+            };
+        }
+        w
+    }
+
     /// The concatenated character data directly inside this element.
     pub fn text_content(&self) -> String {
         let mut s = String::new();
