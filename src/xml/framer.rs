@@ -454,9 +454,22 @@ struct Scope<'b, 'a> {
     bound: HashMap<&'a str, Vec<Name>>,
     /// The namespaces of the header's prefixes, shared once used.
     base_names: HashMap<&'b str, Name>,
+    /// Every namespace named in the fragment, once: equal names are one `Name` (so they
+    /// compare by address, and a long one is hashed once per declaration, not per use).
+    pool: std::collections::HashSet<Name>,
 }
 
 impl<'b, 'a> Scope<'b, 'a> {
+    /// The shared `Name` for a namespace string.
+    fn pooled(&mut self, ns: Cow<'_, str>) -> Name {
+        if let Some(n) = self.pool.get(ns.as_ref()) {
+            return n.clone();
+        }
+        let n = Name::from(ns.into_owned());
+        self.pool.insert(n.clone());
+        n
+    }
+
     fn mark(&self) -> usize {
         self.local.len()
     }
@@ -484,7 +497,12 @@ impl<'b, 'a> Scope<'b, 'a> {
             "xml" => Some(Name::Static(ns::XML)),
             p => {
                 let (bp, bn) = self.base.iter().rev().find(|(bp, _)| bp == p)?;
-                Some(self.base_names.entry(bp.as_str()).or_insert_with(|| intern(bn)).clone())
+                if let Some(n) = self.base_names.get(bp.as_str()) {
+                    return Some(n.clone());
+                }
+                let n = self.pooled(Cow::Borrowed(bn.as_str()));
+                self.base_names.insert(bp.as_str(), n.clone());
+                Some(n)
             }
         }
     }
@@ -494,7 +512,8 @@ impl<'b, 'a> Scope<'b, 'a> {
 pub fn parse_fragment(text: &str, base: &[(String, String)], max_depth: usize) -> Result<Element, XmlError> {
     let mut reader = Reader::from_str(text);
     let base_default = intern(base.iter().rev().find(|(p, _)| p.is_empty()).map_or("", |(_, n)| n.as_str()));
-    let mut scope = Scope { base, base_default, local: Vec::new(), bound: HashMap::new(), base_names: HashMap::new() };
+    let mut scope =
+        Scope { base, base_default, local: Vec::new(), bound: HashMap::new(), base_names: HashMap::new(), pool: Default::default() };
     // Open elements, each with the length of `scope.local` before it.
     let mut stack: Vec<(Element, usize)> = Vec::with_capacity(4);
     loop {
@@ -518,7 +537,11 @@ pub fn parse_fragment(text: &str, base: &[(String, String)], max_depth: usize) -
                 }
             }
             Event::End(_) => {
-                let (el, mark) = stack.pop().ok_or_else(|| XmlError::NotWellFormed("unbalanced end tag".into()))?;
+                let (mut el, mark) = stack.pop().ok_or_else(|| XmlError::NotWellFormed("unbalanced end tag".into()))?;
+                // Give back what doubling left unused in a long child list.
+                if el.children.capacity() > el.children.len() + 16 {
+                    el.children.shrink_to_fit();
+                }
                 scope.truncate(mark);
                 match stack.last_mut() {
                     Some((parent, _)) => parent.children.push(Node::Element(el)),
@@ -640,7 +663,8 @@ fn start_element<'a>(text: &'a str, s: &BytesStart<'_>, scope: &mut Scope<'_, 'a
             let key: &'a str = a.key.0;
             if key == "xmlns" {
                 let v = attr_value(&a)?;
-                scope.declare("", Name::from(v.into_owned()));
+                let n = scope.pooled(v);
+                scope.declare("", n);
             } else if let Some(p) = key.strip_prefix("xmlns:") {
                 let v = attr_value(&a)?;
                 if p.is_empty() || p.contains(':') {
@@ -649,7 +673,8 @@ fn start_element<'a>(text: &'a str, s: &BytesStart<'_>, scope: &mut Scope<'_, 'a
                 if v.is_empty() {
                     return Err(XmlError::NotWellFormed(format!("empty namespace for prefix {}", clip(p, 64))));
                 }
-                scope.declare(p, Name::from(v.into_owned()));
+                let n = scope.pooled(v);
+                scope.declare(p, n);
             } else {
                 continue;
             }
@@ -661,7 +686,8 @@ fn start_element<'a>(text: &'a str, s: &BytesStart<'_>, scope: &mut Scope<'_, 'a
     let (prefix, local) = qname(s.name().0)?;
     let ns = scope.resolve(prefix).ok_or_else(|| unbound(prefix))?;
     let mut el = Element { name: intern(local), ns, ..Default::default() };
-    let mut expanded: Duplicates<'_, (Name, &'a str)> = Duplicates::new();
+    // Pooled namespaces: equal ones share an address, so the address stands for the name.
+    let mut expanded: Duplicates<'_, (usize, &'a str)> = Duplicates::new();
     for a in attributes(raw, name_len) {
         let a = a.map_err(attr_err)?;
         let k: &'a str = a.key.0;
@@ -678,7 +704,7 @@ fn start_element<'a>(text: &'a str, s: &BytesStart<'_>, scope: &mut Scope<'_, 'a
             p => {
                 // Namespaces in XML §6.3: two prefixes bound to one namespace make a duplicate.
                 let ans = scope.resolve(p).ok_or_else(|| unbound(p))?;
-                if !expanded.insert((ans.clone(), l)) {
+                if !expanded.insert((ans.as_ptr() as usize, l)) {
                     return Err(XmlError::NotWellFormed(format!("duplicate attribute {}", clip(k, 64))));
                 }
                 el.ns_attrs.push((ans, intern(l), attr_value(&a)?.into_owned()));
