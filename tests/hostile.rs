@@ -420,7 +420,7 @@ async fn malformed_stanzas_get_bad_request_and_errors_get_nothing() {
     let sent = [
         "<iq type='get' from='peer.test' to='island.test'><ping xmlns='urn:xmpp:ping'/></iq>".to_owned(),
         format!("<iq type='set' id='two' from='peer.test' to='island.test'><ping xmlns='{ping}'/><ping xmlns='{ping}'/></iq>"),
-        format!("<iq type='result' id='r2' from='peer.test' to='island.test'><a xmlns='urn:x'/><b xmlns='urn:x'/></iq>"),
+        "<iq type='result' id='r2' from='peer.test' to='island.test'><a xmlns='urn:x'/><b xmlns='urn:x'/></iq>".to_owned(),
         "<iq type='error' id='e' from='peer.test' to='island.test'/>".to_owned(),
         "<iq type='fetch' id='bogus' from='peer.test' to='island.test'><ping xmlns='urn:xmpp:ping'/></iq>".to_owned(),
         "<presence type='dance' id='pr' from='a@peer.test' to='island.test'/>".to_owned(),

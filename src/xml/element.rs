@@ -226,16 +226,24 @@ impl Element {
         self.get_child(name, ns).is_some()
     }
 
-    /// About what this element holds in memory, in bytes (queues bound themselves by it).
-    /// Namespaces are shared, so they count as a pointer.
+    /// About what this element costs in bytes, in memory and once written (queues bound
+    /// themselves by it): a namespace that differs from its parent's counts its length, as
+    /// the writer may have to declare it there.
     pub fn weight(&self) -> usize {
+        self.weight_in("")
+    }
+
+    fn weight_in(&self, parent_ns: &str) -> usize {
         let mut w = std::mem::size_of::<Element>() + self.name.len();
+        if self.ns != parent_ns && matches!(self.ns, Name::Shared(_)) {
+            w += self.ns.len();
+        }
         w += self.attrs.iter().map(|(k, v)| 48 + k.len() + v.len()).sum::<usize>();
-        w += self.ns_attrs.iter().map(|(_, l, v)| 72 + l.len() + v.len()).sum::<usize>();
+        w += self.ns_attrs.iter().map(|(n, l, v)| 72 + n.len() + l.len() + v.len()).sum::<usize>();
         for c in &self.children {
             w += match c {
                 Node::Text(t) => 32 + t.len(),
-                Node::Element(e) => e.weight(),
+                Node::Element(e) => e.weight_in(&self.ns),
             };
         }
         w

@@ -159,6 +159,11 @@ impl Framer {
         std::str::from_utf8(&self.buf[self.last.0..self.last.1]).unwrap_or("")
     }
 
+    /// The namespace bindings the peer's stream header declared (prefix, namespace).
+    pub fn header_scope(&self) -> &[(String, String)] {
+        &self.scope
+    }
+
     /// Bytes currently held, for memory accounting.
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
