@@ -115,7 +115,7 @@ impl From<String> for Name {
 
 /// The static copy of a well-known name or namespace. Bucketed by length so a lookup costs
 /// one or two comparisons (it runs for every element parsed).
-fn known(s: &str) -> Option<&'static str> {
+pub(crate) fn known(s: &str) -> Option<&'static str> {
     use crate::proto::ns;
     let known: &[&'static str] = match s.len() {
         1 => &["c", "x"],

@@ -453,25 +453,45 @@ impl Framer {
 struct Scope<'b, 'a> {
     base: &'b [(String, String)],
     base_default: Name,
-    /// Prefixes declared inside the fragment, in order (undo log for `truncate`).
-    local: Vec<&'a str>,
-    /// Prefix → its bindings, innermost last.
-    bound: HashMap<&'a str, Vec<Name>>,
+    /// Prefixes declared inside the fragment, innermost last; scanned while few.
+    local: Vec<(&'a str, Name)>,
+    /// Prefix → positions in `local`, built once a fragment declares many (so neither
+    /// memory nor time grows with declarations × uses).
+    index: Option<HashMap<&'a str, Vec<usize>>>,
     /// The namespaces of the header's prefixes, shared once used.
     base_names: HashMap<&'b str, Name>,
     /// Every namespace named in the fragment, once: equal names are one `Name` (so they
     /// compare by address, and a long one is hashed once per declaration, not per use).
-    pool: std::collections::HashSet<Name>,
+    pool: Vec<Name>,
+    pool_set: Option<std::collections::HashSet<Name>>,
 }
 
+/// Declarations in one fragment beyond which lookups are hashed.
+const SCAN_DECLARATIONS: usize = 16;
+
 impl<'b, 'a> Scope<'b, 'a> {
-    /// The shared `Name` for a namespace string.
+    /// The shared `Name` for a namespace string: the static one for a well-known namespace,
+    /// else one per distinct string in the fragment (scanned while few, hashed beyond).
     fn pooled(&mut self, ns: Cow<'_, str>) -> Name {
-        if let Some(n) = self.pool.get(ns.as_ref()) {
+        if let Some(k) = super::element::known(&ns) {
+            return Name::Static(k);
+        }
+        if let Some(set) = &mut self.pool_set {
+            if let Some(n) = set.get(ns.as_ref()) {
+                return n.clone();
+            }
+            let n = Name::Shared(std::sync::Arc::from(ns.as_ref()));
+            set.insert(n.clone());
+            return n;
+        }
+        if let Some(n) = self.pool.iter().find(|n| n.as_str() == ns.as_ref()) {
             return n.clone();
         }
-        let n = Name::from(ns.into_owned());
-        self.pool.insert(n.clone());
+        let n = Name::Shared(std::sync::Arc::from(ns.as_ref()));
+        self.pool.push(n.clone());
+        if self.pool.len() > 16 {
+            self.pool_set = Some(self.pool.drain(..).collect());
+        }
         n
     }
 
@@ -480,36 +500,54 @@ impl<'b, 'a> Scope<'b, 'a> {
     }
 
     fn declare(&mut self, prefix: &'a str, ns: Name) {
-        self.local.push(prefix);
-        self.bound.entry(prefix).or_default().push(ns);
+        self.local.push((prefix, ns));
+        match &mut self.index {
+            Some(ix) => ix.entry(prefix).or_default().push(self.local.len() - 1),
+            None if self.local.len() > SCAN_DECLARATIONS => {
+                let mut ix: HashMap<&'a str, Vec<usize>> = HashMap::new();
+                for (i, (p, _)) in self.local.iter().enumerate() {
+                    ix.entry(*p).or_default().push(i);
+                }
+                self.index = Some(ix);
+            }
+            None => {}
+        }
     }
 
     fn truncate(&mut self, mark: usize) {
-        while self.local.len() > mark {
-            let p = self.local.pop().expect("len > mark");
-            if let Some(v) = self.bound.get_mut(p) {
-                v.pop();
+        if let Some(ix) = &mut self.index {
+            for (p, _) in &self.local[mark.min(self.local.len())..] {
+                if let Some(v) = ix.get_mut(p) {
+                    v.pop();
+                }
             }
         }
+        self.local.truncate(mark);
     }
 
     fn resolve(&mut self, prefix: &str) -> Option<Name> {
-        if let Some(n) = self.bound.get(prefix).and_then(|v| v.last()) {
-            return Some(n.clone());
-        }
-        match prefix {
-            "" => Some(self.base_default.clone()),
-            "xml" => Some(Name::Static(ns::XML)),
-            p => {
-                let (bp, bn) = self.base.iter().rev().find(|(bp, _)| bp == p)?;
-                if let Some(n) = self.base_names.get(bp.as_str()) {
-                    return Some(n.clone());
-                }
-                let n = self.pooled(Cow::Borrowed(bn.as_str()));
-                self.base_names.insert(bp.as_str(), n.clone());
-                Some(n)
+        if !self.local.is_empty() {
+            let found = match &self.index {
+                Some(ix) => ix.get(prefix).and_then(|v| v.last()).map(|&i| &self.local[i].1),
+                None => self.local.iter().rev().find(|(p, _)| *p == prefix).map(|(_, n)| n),
+            };
+            if let Some(n) = found {
+                return Some(n.clone());
             }
         }
+        if prefix.is_empty() {
+            return Some(self.base_default.clone());
+        }
+        if prefix == "xml" {
+            return Some(Name::Static(ns::XML));
+        }
+        if let Some(n) = self.base_names.get(prefix) {
+            return Some(n.clone());
+        }
+        let (bp, bn) = self.base.iter().rev().find(|(bp, _)| bp == prefix)?;
+        let n = self.pooled(Cow::Borrowed(bn.as_str()));
+        self.base_names.insert(bp.as_str(), n.clone());
+        Some(n)
     }
 }
 
@@ -518,7 +556,7 @@ pub fn parse_fragment(text: &str, base: &[(String, String)], max_depth: usize) -
     let mut reader = Reader::from_str(text);
     let base_default = intern(base.iter().rev().find(|(p, _)| p.is_empty()).map_or("", |(_, n)| n.as_str()));
     let mut scope =
-        Scope { base, base_default, local: Vec::new(), bound: HashMap::new(), base_names: HashMap::new(), pool: Default::default() };
+        Scope { base, base_default, local: Vec::new(), index: None, base_names: HashMap::new(), pool: Vec::new(), pool_set: None };
     // Open elements, each with the length of `scope.local` before it.
     let mut stack: Vec<(Element, usize)> = Vec::with_capacity(4);
     loop {
@@ -621,17 +659,20 @@ fn attributes<'a>(raw: &'a str, name_len: usize) -> quick_xml::events::attribute
     a
 }
 
-/// Duplicate detection for one start tag, linear in its attributes: a short list is scanned
-/// (most tags have a handful), a long one hashed.
+/// Duplicate detection for one start tag, linear in its attributes: the first few are kept
+/// in place and scanned (most tags have a handful; no allocation), more are hashed.
 struct Duplicates<'a, K> {
-    seen: Vec<K>,
+    inline: [K; INLINE_KEYS],
+    n: usize,
     set: Option<std::collections::HashSet<K>>,
     _p: std::marker::PhantomData<&'a ()>,
 }
 
-impl<K: std::hash::Hash + Eq + Clone> Duplicates<'_, K> {
+const INLINE_KEYS: usize = 12;
+
+impl<K: std::hash::Hash + Eq + Copy + Default> Duplicates<'_, K> {
     fn new() -> Self {
-        Duplicates { seen: Vec::new(), set: None, _p: std::marker::PhantomData }
+        Duplicates { inline: [K::default(); INLINE_KEYS], n: 0, set: None, _p: std::marker::PhantomData }
     }
 
     /// False when `k` was seen before.
@@ -639,12 +680,16 @@ impl<K: std::hash::Hash + Eq + Clone> Duplicates<'_, K> {
         if let Some(set) = &mut self.set {
             return set.insert(k);
         }
-        if self.seen.contains(&k) {
+        if self.inline[..self.n].contains(&k) {
             return false;
         }
-        self.seen.push(k);
-        if self.seen.len() > 16 {
-            self.set = Some(self.seen.drain(..).collect());
+        if self.n < INLINE_KEYS {
+            self.inline[self.n] = k;
+            self.n += 1;
+        } else {
+            let mut set: std::collections::HashSet<K> = self.inline.iter().copied().collect();
+            set.insert(k);
+            self.set = Some(set);
         }
         true
     }
