@@ -61,8 +61,9 @@ pub fn write_element(out: &mut String, el: &Element, parent_ns: &str) {
 }
 
 /// Namespace declarations written inline beyond this many bytes make the writer look for
-/// namespaces worth declaring once on the top element.
-const INLINE_BUDGET: usize = 2048;
+/// namespaces worth declaring once on the top element. So a written element is at most a
+/// few times the size of what was parsed, plus this.
+pub const INLINE_BUDGET: usize = 256;
 
 /// Output stays proportional to the parsed tree: a namespace that would be declared inline
 /// on many elements (a hostile frame declares one long namespace once and uses it on
