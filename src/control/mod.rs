@@ -394,7 +394,7 @@ async fn handle(shared: &Arc<Shared>, req: Request, who: &str) -> Response {
                     domain: d.to_string(),
                     record: shared.policy.record(d.as_str()),
                     verdict,
-                    outcomes: store.outcomes(Some(d.as_str()), 10)?,
+                    outcomes: shared.outcomes_for(Some(d.as_str()), 10)?,
                     streams: store.history(Some(d.as_str()), 10)?,
                     policy_log: store.policy_log(Some(d.as_str()), 10)?,
                 })
@@ -444,7 +444,7 @@ pub fn snapshot(shared: &Shared) -> Snapshot {
         status: engine::status(shared),
         connections: shared.table.snapshots(true),
         domains: shared.policy.records(None),
-        outcomes: shared.store.outcomes(None, 500).unwrap_or_default(),
+        outcomes: shared.outcomes_for(None, 500).unwrap_or_default(),
     }
 }
 
