@@ -451,3 +451,21 @@ async fn malformed_stanzas_get_bad_request_and_errors_get_nothing() {
     );
     assert!(got[..4].iter().all(|(.., xml)| xml.contains("bad-request")), "{got:#?}");
 }
+
+/// A domain publishing many SRV targets makes drawbridge try only `outbound.max_targets`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_targets_tried_are_capped() {
+    let dns = Dns::start().await;
+    let server = start_server("island.test", &dns, "[outbound]\nmax_targets = 3\n").await;
+    // Ten targets, each a closed loopback port (connection refused).
+    for i in 0..10 {
+        let port = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        dns.add_a(&format!("t{i}.many.test"), std::net::Ipv4Addr::LOCALHOST).await;
+        dns.add_srv("many.test", 0, 1, &format!("t{i}.many.test"), port).await;
+    }
+    let r = within("probe", server.engine.probe("many.test", None)).await;
+    assert!(!r.ok);
+    let err = r.error.unwrap_or_default();
+    assert!(err.contains("10 SRV targets, only the first 3 tried (outbound.max_targets)"), "{err}");
+    assert_eq!(err.matches("refused").count(), 3, "{err}");
+}
