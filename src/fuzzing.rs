@@ -29,7 +29,12 @@ pub fn framer(data: &[u8]) {
             match frame {
                 Frame::StreamOpen(h) => {
                     let _ = crate::proto::stream::check_header(&h);
-                    scope = vec![(String::new(), crate::proto::ns::SERVER.to_owned()), ("db".into(), crate::proto::ns::DIALBACK.into())];
+                    // What our own stream header declares, for re-parsing what we write.
+                    scope = vec![
+                        (String::new(), crate::proto::ns::SERVER.to_owned()),
+                        ("db".into(), crate::proto::ns::DIALBACK.into()),
+                        ("stream".into(), crate::proto::ns::STREAMS.into()),
+                    ];
                 }
                 Frame::Element(el) => {
                     // A namespace declared on the peer's header costs its length where it

@@ -816,10 +816,32 @@ fn split_qname(q: &str) -> (&str, &str) {
 /// another colon. Anything else could not be written back under the same name.
 fn qname(q: &str) -> Result<(&str, &str), XmlError> {
     let (p, l) = split_qname(q);
-    if l.is_empty() || l.contains(':') || (p.is_empty() && q.starts_with(':')) {
+    if !is_ncname(l) || (!p.is_empty() && !is_ncname(p)) || (p.is_empty() && q.starts_with(':')) {
         return Err(XmlError::NotWellFormed(format!("{:?} is not a qualified name", clip(q, 64))));
     }
     Ok((p, l))
+}
+
+/// XML 1.0 `Name` without colons (Namespaces in XML `NCName`): a letter, `_` or a non-ASCII
+/// name character first, then also digits, `-` and `.`. quick-xml takes whatever runs up
+/// to whitespace as a name, so `<a<b>` would otherwise be an element named `a<b`.
+fn is_ncname(s: &str) -> bool {
+    let mut chars = s.chars();
+    let Some(first) = chars.next() else { return false };
+    let start = |c: char| c.is_ascii_alphabetic() || c == '_' || is_name_start_nonascii(c);
+    start(first) && chars.all(|c| start(c) || c.is_ascii_digit() || c == '-' || c == '.' || is_name_nonascii(c))
+}
+
+/// XML 1.0 (5th ed.) §2.3 `NameStartChar` beyond ASCII.
+fn is_name_start_nonascii(c: char) -> bool {
+    matches!(c, '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}' | '\u{F8}'..='\u{2FF}' | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}'
+        | '\u{200C}'..='\u{200D}' | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}' | '\u{3001}'..='\u{D7FF}'
+        | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}' | '\u{10000}'..='\u{EFFFF}')
+}
+
+/// XML 1.0 (5th ed.) §2.3 `NameChar` beyond ASCII and `NameStartChar`.
+fn is_name_nonascii(c: char) -> bool {
+    matches!(c, '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
 }
 
 fn resolve_owned<'s>(scope: &'s [(String, String)], prefix: &str) -> Option<&'s str> {
@@ -960,6 +982,9 @@ mod tests {
             b"<message><body>\x01</body></message>",
             b"<message a=noquote/>",
             b"<:p:c/>",
+            b"<message<body/>",
+            b"<message a<b='1'/>",
+            b"<1message/>",
             b"<message><p:q:c xmlns:p='urn:x'/></message>",
             b"<message :a='1'/>",
             b"</wrong>",
