@@ -149,7 +149,12 @@ impl Shared {
     pub fn record_outcome(&self, outcome: VerificationOutcome) {
         let valid = outcome.result == VerificationResult::Valid;
         if !valid && self.policy.record(&outcome.remote).is_none() {
-            let source = outcome.peer_addr.clone().unwrap_or_else(|| outcome.remote.clone());
+            // Per source address (not per connection: a port changes with each).
+            let source = outcome
+                .peer_addr
+                .as_deref()
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .map_or_else(|| outcome.remote.clone(), |a| a.ip().to_string());
             crate::engine::limits::refused_once("unauthenticated claims", &source, || {
                 format!("verification of {} failed: {}", outcome.remote, outcome.reason)
             });
