@@ -280,16 +280,27 @@ async fn unauthenticated_claims_are_never_persisted() {
     // The per-stream rate limit is tested on its own; here the claims must all be answered.
     let server = start_server("island.test", &dns, "[limits]\nverifications_per_minute = 5000\n").await;
     let sh = &server.engine.shared;
+    // A domain the operator knows: claims in its name are not persisted either.
+    drawbridge::engine::change_domain(
+        sh,
+        &drawbridge::domain::Domain::parse("known.test").unwrap(),
+        drawbridge::policy::Change::Approve,
+        "tester",
+        None,
+    )
+    .await
+    .unwrap();
     let domains_before = sh.store.domains().unwrap().len();
     let (mut p, _, _) = tls_peer(&server, "claimer.test").await;
-    // Empty keys for 1 000 made-up domains (answered invalid, one by one).
+    // Empty keys for 1 000 made-up domains and one known one (answered invalid, one by one).
     let mut batch = String::new();
     for i in 0..1000 {
         batch.push_str(&format!("<db:result from='made-up-{i}.test' to='island.test'></db:result>"));
     }
+    batch.push_str("<db:result from='known.test' to='island.test'></db:result>");
     p.send(&batch).await;
     let mut answered = 0;
-    while answered < 1000 {
+    while answered < 1001 {
         let el = p.next_el().await.expect("answers");
         if drawbridge::proto::dialback::DbElement::parse(&el).is_some_and(|d| d.answer.is_some()) {
             answered += 1;

@@ -142,13 +142,15 @@ impl Shared {
         }
     }
 
-    /// Record a verification outcome: log, event, store (flushed by the periodic flush). A
-    /// failure for a domain with no record (nobody decided on it, it never authenticated) is
-    /// an unauthenticated claim: it goes to a bounded ring in memory, not to the disk, and
-    /// its log line is rate-limited per source.
+    /// Record a verification outcome: log, event, store (flushed by the periodic flush).
+    /// What a peer failed to prove (an inbound claim), and our own failures towards domains
+    /// nobody decided on and that never authenticated, are not persisted: they go to a
+    /// bounded ring in memory, their log lines rate-limited per source, so no peer can grow
+    /// the store or push real history out of it.
     pub fn record_outcome(&self, outcome: VerificationOutcome) {
         let valid = outcome.result == VerificationResult::Valid;
-        if !valid && self.policy.record(&outcome.remote).is_none() {
+        let persist = valid || (outcome.direction == Direction::Out && self.policy.record(&outcome.remote).is_some());
+        if !persist {
             // Per source address (not per connection: a port changes with each).
             let source = outcome
                 .peer_addr

@@ -297,24 +297,10 @@ impl Policy {
     }
 
     /// Note a domain that authenticated on a stream (counters; persisted by the periodic
-    /// flush): its record is created if it has none.
+    /// flush): its record is created if it has none. Never called for mere claims.
     pub fn note(&self, domain: &str, update: impl FnOnce(&mut DomainRecord)) {
-        self.note_with(domain, true, update);
-    }
-
-    /// Note a domain that only claimed to be itself: a record it already has (an operator's
-    /// decision, an earlier authentication) is updated, none is created — unauthenticated
-    /// claims never grow the store.
-    pub fn note_known(&self, domain: &str, update: impl FnOnce(&mut DomainRecord)) {
-        self.note_with(domain, false, update);
-    }
-
-    fn note_with(&self, domain: &str, create: bool, update: impl FnOnce(&mut DomainRecord)) {
         let rec = {
             let mut inner = self.inner.write().unwrap();
-            if !create && !inner.domains.contains_key(domain) {
-                return;
-            }
             let rec =
                 inner.domains.entry(domain.to_owned()).or_insert_with(|| DomainRecord { domain: domain.to_owned(), ..Default::default() });
             let now = now_ms();

@@ -222,7 +222,6 @@ impl In<'_> {
             if let Some(from) = h.from.as_deref().and_then(|f| Domain::parse(f).ok())
                 && let crate::policy::Verdict::Refuse(why) = self.shared.policy.verdict(&from)
             {
-                self.shared.policy.note_known(from.as_str(), |_| {});
                 let local = h.to.as_deref().and_then(|t| Domain::parse(t).ok()).unwrap_or_else(|| self.shared.settings.domains[0].clone());
                 self.record_with(
                     &local,
@@ -573,7 +572,6 @@ impl In<'_> {
         }
         // Refused domains are cut off before any callback is spent on them.
         if let crate::policy::Verdict::Refuse(why) = self.shared.policy.verdict(&remote) {
-            self.shared.policy.note_known(remote.as_str(), |_| {});
             return Some(End::error(C::PolicyViolation, why));
         }
         match self.pairs.get(&(local.clone(), remote.clone())) {
