@@ -480,3 +480,22 @@ async fn srv_targets_tried_are_capped() {
     assert!(err.contains("10 SRV targets, only the first 3 tried (outbound.max_targets)"), "{err}");
     assert_eq!(err.matches("refused").count(), 3, "{err}");
 }
+
+/// An authenticated inbound stream that carries nothing (not even a keepalive) is closed
+/// with <connection-timeout/> after `timeouts.idle_inbound`; keepalives keep it open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_inbound_streams_are_closed() {
+    let dns = Dns::start().await;
+    let server = start_published("island.test", &dns, "[timeouts]\nidle_inbound = \"2s\"\n").await;
+    let mut peer = hand_played(&server, &dns, "quiet.test").await;
+    // Keepalives for longer than the idle time: still open.
+    for _ in 0..4 {
+        peer.to_server.send(" ").await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    peer.to_server.send("<iq type='get' id='alive' from='quiet.test' to='island.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    assert_eq!(peer.next_stanza().await.get_attr("id"), Some("alive"));
+    // Then silence.
+    let e = peer.to_server.expect_condition(drawbridge::proto::stream::StreamErrorCondition::ConnectionTimeout).await;
+    assert!(e.text.contains("timeouts.idle_inbound"), "{e}");
+}
