@@ -75,8 +75,11 @@ impl Answer {
         match self {
             Answer::Valid => "valid".into(),
             Answer::Invalid => "invalid".into(),
-            Answer::Error { condition, text: Some(t) } => format!("error <{condition}/>: {t}"),
-            Answer::Error { condition, text: None } => format!("error <{condition}/>"),
+            Answer::Error { condition, text: Some(t) } => {
+                let clip = crate::xml::element::clip;
+                format!("error <{}/>: {}", clip(condition, 64), clip(t, crate::proto::stream::PEER_TEXT))
+            }
+            Answer::Error { condition, text: None } => format!("error <{}/>", crate::xml::element::clip(condition, 64)),
         }
     }
 }

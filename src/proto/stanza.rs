@@ -115,7 +115,7 @@ pub fn error_of(el: &Element) -> Option<(String, Option<String>)> {
     for c in err.elements() {
         if c.ns == ns::STANZA_ERRORS {
             if c.name == "text" {
-                text = Some(c.text_content());
+                text = Some(crate::xml::element::clip(&c.text_content(), crate::proto::stream::PEER_TEXT).into_owned());
             } else {
                 cond = c.name.to_string();
             }

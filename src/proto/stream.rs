@@ -124,14 +124,15 @@ impl StreamError {
         el
     }
 
-    /// Parse a received `<stream:error/>`.
+    /// Parse a received `<stream:error/>` (its text cut to what a log line and the history
+    /// should carry from a peer).
     pub fn from_element(el: &Element) -> Self {
         let mut condition = StreamErrorCondition::UndefinedCondition;
         let mut text = String::new();
         for c in el.elements() {
             if c.ns == ns::STREAM_ERRORS {
                 if c.name == "text" {
-                    text = c.text_content();
+                    text = crate::xml::element::clip(&c.text_content(), PEER_TEXT).into_owned();
                 } else if let Some(cond) = StreamErrorCondition::from_name(&c.name) {
                     condition = cond;
                 }
@@ -165,6 +166,9 @@ pub fn header(from: Option<&str>, to: Option<&str>, id: Option<&str>) -> String 
 }
 
 pub const CLOSE: &str = "</stream:stream>";
+
+/// Bytes of a peer's error text kept (logs, outcomes, history).
+pub const PEER_TEXT: usize = 512;
 
 /// RFC 6120 §4.7: header checks common to both directions. Returns the stream error to send.
 pub fn check_header(h: &StreamHeader) -> Result<(), StreamError> {

@@ -547,7 +547,7 @@ impl In<'_> {
                 conn.send(&dialback::result_answer(
                     &db.to,
                     &db.from,
-                    &Answer::error("item-not-found", format!("{} is not served here", db.to)),
+                    &Answer::error("item-not-found", format!("{} is not served here", crate::xml::element::clip(&db.to, 64))),
                 ));
                 return None;
             }
@@ -777,7 +777,7 @@ impl In<'_> {
         let id = db.id.clone().unwrap_or_default();
         let hosted = Domain::parse(&db.to).ok().filter(|d| self.shared.is_hosted(d));
         let answer = match hosted {
-            None => Answer::error("item-not-found", format!("{} is not served here", db.to)),
+            None => Answer::error("item-not-found", format!("{} is not served here", crate::xml::element::clip(&db.to, 64))),
             Some(_) if id.is_empty() => Answer::Invalid,
             Some(d) => {
                 if dialback::verify_key(&self.shared.secret, &db.from, d.as_str(), &id, &db.key) {
@@ -787,7 +787,15 @@ impl In<'_> {
                 }
             }
         };
-        tracing::info!(stream = %self.entry.id, "authoritative answer to {} about {} (stream {id}): {}", db.from, db.to, answer.describe());
+        let clip = crate::xml::element::clip;
+        tracing::info!(
+            stream = %self.entry.id,
+            "authoritative answer to {} about {} (stream {}): {}",
+            clip(&db.from, 64),
+            clip(&db.to, 64),
+            clip(&id, 64),
+            answer.describe()
+        );
         conn.send(&dialback::verify_answer(&db.to, &db.from, &id, &answer));
     }
 

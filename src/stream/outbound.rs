@@ -435,7 +435,8 @@ impl Out<'_> {
             }
             return;
         }
-        tracing::debug!(stream = %self.entry.id, "ignoring unexpected dialback element from {} to {}", db.from, db.to);
+        let clip = crate::xml::element::clip;
+        tracing::debug!(stream = %self.entry.id, "ignoring unexpected dialback element from {} to {}", clip(&db.from, 64), clip(&db.to, 64));
     }
 
     /// DNS (overrides, SRV, fallback), then TCP to each address in order until one answers:
