@@ -881,8 +881,9 @@ pub fn is_xml_char(c: char) -> bool {
     matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}')
 }
 
-/// Raw control characters are not XML characters; U+FFFE/U+FFFF are checked on decode.
-/// Branch-free per byte so it vectorises.
+/// Raw control characters and U+FFFE/U+FFFF (UTF-8 `EF BF BE`/`EF BF BF`) are not XML
+/// characters (§2.2). The control check is branch-free per byte so it vectorises; the
+/// second looks only where a 0xEF byte is.
 fn check_chars(bytes: &[u8]) -> Result<(), XmlError> {
     let mut bad = false;
     for chunk in bytes.chunks(64) {
@@ -890,6 +891,11 @@ fn check_chars(bytes: &[u8]) -> Result<(), XmlError> {
     }
     if bad {
         return Err(XmlError::NotWellFormed("control character in XML".into()));
+    }
+    for i in memchr::memchr_iter(0xEF, bytes) {
+        if bytes.get(i + 1) == Some(&0xBF) && matches!(bytes.get(i + 2), Some(0xBE | 0xBF)) {
+            return Err(XmlError::NotWellFormed("U+FFFE or U+FFFF in XML".into()));
+        }
     }
     Ok(())
 }
@@ -982,6 +988,8 @@ mod tests {
             b"<message><body>\x01</body></message>",
             b"<message a=noquote/>",
             b"<:p:c/>",
+            "<message a='\u{FFFF}'/>".as_bytes(),
+            "<message><body>\u{FFFE}</body></message>".as_bytes(),
             b"<message<body/>",
             b"<message a<b='1'/>",
             b"<1message/>",
