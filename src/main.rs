@@ -550,15 +550,18 @@ fn list_suffix(v: &[String]) -> String {
     }
 }
 
+/// One outcome; the arrow points the way the stream went (remote → local inbound).
 fn print_outcome(o: &VerificationOutcome) {
+    let (from, to) = match o.direction {
+        drawbridge::engine::events::Direction::In => (&o.remote, &o.local),
+        drawbridge::engine::events::Direction::Out => (&o.local, &o.remote),
+    };
     println!(
-        "{} {:>3} {:<8} {} → {}  {:?}: {}",
+        "{} {:>3} {:<8} {from} → {to}  {}: {}",
         fmt_utc(o.time_ms),
         fmt_dir(o.direction),
-        format!("{:?}", o.result).to_lowercase(),
-        o.remote,
-        o.local,
-        o.method,
+        o.result.as_str(),
+        o.method.as_str(),
         o.reason
     );
 }
@@ -643,6 +646,10 @@ fn print_connections(v: &[ConnSnapshot]) {
             c.stanzas_out,
             human_duration(now.saturating_sub(c.opened_ms)),
         );
+        if !c.pairs.is_empty() {
+            let auth: Vec<String> = c.pairs.iter().map(|p| format!("{} by {}", p.remote, p.method.as_str())).collect();
+            println!("{:<32}     authenticated: {}", "", auth.join(", "));
+        }
         if let Some(v) = c.tls.as_ref().and_then(|t| t.cert_verdict.as_ref()) {
             println!("{:<32}     certificate: {v}", "");
         }

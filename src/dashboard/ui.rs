@@ -95,7 +95,7 @@ fn draw_domain_report(f: &mut Frame, r: &crate::control::DomainReport, t: &Theme
     for o in &r.outcomes {
         lines.push(Line::from(vec![
             Span::raw(format!("  {} {:<3} ", &fmt_utc(o.time_ms)[..19], if o.direction == Direction::In { "in" } else { "out" })),
-            Span::styled(format!("{:<8}", format!("{:?}", o.result).to_lowercase()), t.result(o.result)),
+            Span::styled(format!("{:<8}", o.result.as_str()), t.result(o.result)),
             Span::raw(o.reason.clone()),
         ]));
     }
@@ -392,7 +392,7 @@ fn draw_verifications(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
             Cell::from(fmt_utc(o.time_ms)[11..19].to_owned()),
             Cell::from(if o.direction == Direction::In { "in" } else { "out" }),
             Cell::from(o.remote.clone()),
-            Cell::from(Span::styled(format!("{:?}", o.result).to_lowercase(), t.result(o.result))),
+            Cell::from(Span::styled(o.result.as_str(), t.result(o.result))),
             Cell::from(o.reason.clone()),
         ]);
         if start + i == sel {

@@ -50,6 +50,30 @@ pub enum AuthMethod {
     DialbackWithValidCert,
 }
 
+impl AuthMethod {
+    /// The name operators read (the same as on the control socket).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Dialback => "dialback",
+            AuthMethod::Certificate => "certificate",
+            AuthMethod::SaslExternal => "sasl-external",
+            AuthMethod::DialbackWithValidCert => "dialback-with-valid-cert",
+        }
+    }
+}
+
+impl VerificationResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerificationResult::Valid => "valid",
+            VerificationResult::Invalid => "invalid",
+            VerificationResult::Error => "error",
+            VerificationResult::Timeout => "timeout",
+            VerificationResult::Refused => "refused",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PairStatus {

@@ -1,5 +1,5 @@
 //! The engine: one API (commands + a lossy event stream) over the running server. The
-//! control socket and, later, the dashboard are built only on this.
+//! control socket and the dashboard are built only on this.
 
 pub mod events;
 pub mod limits;

@@ -2,9 +2,9 @@
 //! verifiers that still check handshake signatures, and the facts recorded about a peer's
 //! certificate.
 //!
-//! Peer certificates are *recorded* here, not judged: authentication is dialback in this
-//! version (certificate verification is a later step). The verifiers therefore let every
-//! handshake finish, as ../shared/stack.md advises, so dialback can follow.
+//! The verifiers let every handshake finish (an untrusted certificate must not stop dialback
+//! from following), still checking the handshake signatures; the certificate is judged
+//! afterwards for the claimed domain by [`crate::net::certs`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -252,8 +252,8 @@ impl ResolvesServerCert for DomainCert {
     }
 }
 
-/// Accepts any peer certificate so the handshake completes (the certificate is recorded and
-/// judged later), while still verifying the handshake signatures against it.
+/// Accepts any peer certificate so the handshake completes (the certificate is judged once
+/// the claimed domain is known), while still verifying the handshake signatures against it.
 #[derive(Debug)]
 struct RecordingVerifier {
     algs: WebPkiSupportedAlgorithms,
