@@ -1,0 +1,116 @@
+//! Memory and CPU per dialback-verified stream, measured on a real `drawbridge serve`
+//! process ("A", a.bench) federating with a second one ("B", hosting b0…bN.bench), both on
+//! loopback. Each `ctl probe a.bench --from bI.bench` on B makes one verified pair: B's
+//! outbound stream to A, verified by dialback (A calls B back on its own outbound stream,
+//! which then carries the pong). A's resident memory and CPU time are read from /proc
+//! before and after; the figures are per pair, i.e. one inbound and one outbound stream.
+//!
+//! Run: `cargo bench --bench streams` (N=500; `STREAMS=N` to change). `DRAWBRIDGE_BIN` runs
+//! another build of the binary as A and B (to compare commits). Not a test: nothing here
+//! asserts a figure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use drawbridge::control::{self, Request};
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+struct Server {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(bin: &Path, dir: &Path, name: &str, domains: &[String], listen: &str, overrides: &[(String, String, u16)]) -> Server {
+    let data = dir.join(name);
+    let mut cfg = format!(
+        "[server]\ndomains = [{}]\nlisten = [\"{listen}\"]\ndata_dir = \"{}\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[log]\nlevel = \"warn\"\n",
+        domains.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(", "),
+        data.display()
+    );
+    for (d, host, port) in overrides {
+        cfg.push_str(&format!("[[dns.override]]\ndomain = \"{d}\"\nhost = \"{host}\"\nport = {port}\n"));
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, cfg).unwrap();
+    let child = Command::new(bin).arg("--config").arg(&path).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    Server { child, sock: data.join("control.sock") }
+}
+
+async fn ready(s: &Server) {
+    for _ in 0..400 {
+        if control::request(&s.sock, &Request::Status).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} never answered", s.sock.display());
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+}
+
+/// User + system CPU time of a process, in seconds.
+fn cpu_s(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let n: usize = std::env::var("STREAMS").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    let bin = std::env::var_os("DRAWBRIDGE_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_drawbridge")));
+    let dir = tempfile::tempdir().unwrap();
+    let (ip_a, ip_b) = ("127.0.0.61", "127.0.0.62");
+    let (port_a, port_b) = (free_port(ip_a), free_port(ip_b));
+    let b_domains: Vec<String> = (0..n).map(|i| format!("b{i}.bench")).collect();
+    let a_overrides: Vec<(String, String, u16)> = b_domains.iter().map(|d| (d.clone(), ip_b.to_owned(), port_b)).collect();
+    let a = start(&bin, dir.path(), "a", &["a.bench".to_owned()], &format!("{ip_a}:{port_a}"), &a_overrides);
+    let b = start(&bin, dir.path(), "b", &b_domains, &format!("{ip_b}:{port_b}"), &[("a.bench".to_owned(), ip_a.to_owned(), port_a)]);
+    ready(&a).await;
+    ready(&b).await;
+    // Warm up: one pair, so one-off costs (TLS contexts, first allocations) are not counted.
+    let warm = control::request(&b.sock, &Request::Probe { domain: "a.bench".into(), from: Some("b0.bench".into()) }).await.unwrap();
+    assert!(warm.ok, "{:?}", warm.error);
+    let pid = a.child.id();
+    let (rss0, cpu0) = (rss_kib(pid), cpu_s(pid));
+    let t0 = Instant::now();
+    // A few at a time (B's probes are concurrent; A's per-address limit is 16 by default).
+    let mut ok = 0;
+    for chunk in b_domains[1..].chunks(8) {
+        let mut set = tokio::task::JoinSet::new();
+        for d in chunk {
+            let (sock, d) = (b.sock.clone(), d.clone());
+            set.spawn(async move { control::request(&sock, &Request::Probe { domain: "a.bench".into(), from: Some(d) }).await });
+        }
+        while let Some(r) = set.join_next().await {
+            if r.unwrap().is_ok_and(|r| r.ok && r.data.as_ref().and_then(|d| d.get("ok")).and_then(|v| v.as_bool()) == Some(true)) {
+                ok += 1;
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let (rss1, cpu1) = (rss_kib(pid), cpu_s(pid));
+    let pairs = ok.max(1) as f64;
+    println!("{ok} of {} verified pairs (dialback, TLS 1.3) in {secs:.1} s", n - 1);
+    println!(
+        "A: {:.1} KiB resident per pair (one inbound + one outbound stream, idle), {:.2} ms CPU per pair set-up (both streams, TLS, dialback both roles, one ping)",
+        (rss1.saturating_sub(rss0)) as f64 / pairs,
+        (cpu1 - cpu0) * 1000.0 / pairs
+    );
+}
