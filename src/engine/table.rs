@@ -266,6 +266,12 @@ impl ConnEntry {
                 t.lines.push_back(line.clone());
             }
         }
+        // The event channel keeps up to its capacity of events for a slow subscriber: each
+        // carries at most EVENT_TEXT bytes (the whole line stays in the transcript).
+        let mut line = line;
+        if line.text.len() > EVENT_TEXT {
+            line.text = crate::xml::element::clip(&line.text, EVENT_TEXT).into_owned();
+        }
         let _ = self.events.send(Event::Transcript { id: self.id.clone(), line });
     }
 
@@ -282,6 +288,9 @@ impl ConnEntry {
         }
     }
 }
+
+/// Bytes of a transcript line carried by its live event.
+pub const EVENT_TEXT: usize = 8 * 1024;
 
 /// Bytes a transcript line costs beyond its text and key (struct, allocation headers).
 const LINE_OVERHEAD: usize = 96;
@@ -499,6 +508,23 @@ mod tests {
 
     fn table(lines: usize, per_stream: usize, total: usize, keep_closed: usize) -> ConnTable {
         ConnTable::new(broadcast::channel(16).0, keep_closed, TranscriptBudget::new(lines, per_stream, total))
+    }
+
+    #[test]
+    fn live_transcript_events_carry_a_bounded_text() {
+        let (tx, mut rx) = broadcast::channel(16);
+        let t = ConnTable::new(tx, 10, TranscriptBudget::new(100, 1 << 20, 1 << 22));
+        let a = t.open(Direction::In, &CancellationToken::new());
+        a.record("in", "x".repeat(200_000), None);
+        let mut seen = None;
+        while let Ok(ev) = rx.try_recv() {
+            if let Event::Transcript { line, .. } = ev {
+                seen = Some(line.text.len());
+            }
+        }
+        let n = seen.expect("a transcript event");
+        assert!(n < EVENT_TEXT + 64, "{n}");
+        assert_eq!(a.transcript()[0].text.len(), 200_000, "the transcript keeps the whole line");
     }
 
     #[test]
