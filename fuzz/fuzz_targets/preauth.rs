@@ -1,7 +1,8 @@
 #![no_main]
 //! A hostile peer before authentication: each input is what one connection sends to a
 //! running drawbridge on loopback (started once, with its data in a temp dir; DNS points at
-//! a closed loopback port, so nothing is ever dialled elsewhere). A panic in any server
+//! a closed loopback port, so nothing is ever dialled elsewhere). `a.test` (the seeds' name)
+//! may skip TLS, so dialback and stanza handling are reachable without a TLS handshake. A panic in any server
 //! task aborts the process, so libFuzzer sees it; memory and time per input are bounded by
 //! the run script's -rss_limit_mb and -timeout.
 
@@ -26,7 +27,8 @@ fn server() -> &'static Server {
         let text = format!(
             "[server]\ndomains = [\"island.test\"]\nlisten = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n\
              [dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout = \"1s\"\n\
-             [timeouts]\nnegotiation = \"2s\"\nclose = \"1s\"\n",
+             [timeouts]\nnegotiation = \"2s\"\nclose = \"1s\"\n\
+             [[domain]]\nname = \"a.test\"\nrequire_encryption = false\n",
             dir.display()
         );
         let settings = drawbridge::config::Settings::parse(&text, std::path::Path::new("fuzz.toml")).expect("fuzz config");
