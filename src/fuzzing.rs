@@ -8,6 +8,12 @@ use crate::xml::{Element, Frame, Framer, framer::parse_fragment, writer::write_t
 /// by the writer; a few bytes of prefix per element).
 pub const WRITE_FACTOR: usize = 4;
 
+/// The heap one input may take at its peak while [`framer`] handles it: a constant times
+/// its size (the parsed tree, its written form and the framer's buffer) plus a fixed base.
+pub fn heap_budget(input: usize) -> usize {
+    96 * input + (1 << 20)
+}
+
 /// Framer: bytes in chunks chosen by the first byte; every frame parsed is checked (header
 /// rules, dialback and stanza views, the transcript indenter), written back and re-parsed
 /// to the same tree, and the written form stays within [`WRITE_FACTOR`] of the wire form.
