@@ -38,6 +38,12 @@ impl Domain {
         if s.len() > 1023 {
             return Err(DomainError::TooLong);
         }
+        // The common case, in one pass: letters, digits and hyphens in labels of 1–63 bytes,
+        // none an A-label. UTS #46 maps such a name to its lower case (this runs for every
+        // stanza's addresses).
+        if let Some(d) = ldh(s) {
+            return Ok(d);
+        }
         let is_ip6 = s.starts_with('[') && s.ends_with(']');
         if !is_ip6 {
             for label in s.split('.') {
@@ -86,6 +92,26 @@ impl Domain {
         idna::domain_to_ascii_cow(self.0.as_bytes(), idna::AsciiDenyList::URL)
             .map_or_else(|_| self.0.as_str().into(), |a| a.into_owned().into())
     }
+}
+
+/// `s` as a [`Domain`] if it is plain LDH (no A-label, no other character), else `None`.
+fn ldh(s: &str) -> Option<Domain> {
+    let b = s.as_bytes();
+    let mut label_start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'.' {
+            if i == label_start || i - label_start > 63 {
+                return None;
+            }
+            label_start = i + 1;
+        } else if !(c.is_ascii_alphanumeric() || c == b'-') || (i == label_start + 3 && b[label_start..=i].eq_ignore_ascii_case(b"xn--")) {
+            return None;
+        }
+    }
+    if label_start == b.len() || b.len() - label_start > 63 || s.parse::<std::net::Ipv4Addr>().is_ok() {
+        return None;
+    }
+    Some(Domain(s.to_ascii_lowercase()))
 }
 
 impl fmt::Display for Domain {

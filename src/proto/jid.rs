@@ -8,9 +8,22 @@ pub struct Jid<'a> {
     pub resource: Option<&'a str>,
 }
 
+/// The domain of an address, normalised; `None` if the address is malformed. One parse of
+/// the domainpart (this runs for every stanza's 'from' and 'to').
+pub fn domain_of(s: &str) -> Option<crate::domain::Domain> {
+    let (j, d) = Jid::split(s)?;
+    let _ = j;
+    Some(d)
+}
+
 impl<'a> Jid<'a> {
     /// Split a JID; `None` if it is malformed (empty parts, bad domain).
     pub fn parse(s: &'a str) -> Option<Jid<'a>> {
+        Jid::split(s).map(|(j, _)| j)
+    }
+
+    /// Split a JID and normalise its domain.
+    pub fn split(s: &'a str) -> Option<(Jid<'a>, crate::domain::Domain)> {
         let (bare, resource) = match s.find('/') {
             Some(i) => (&s[..i], Some(&s[i + 1..])),
             None => (s, None),
@@ -22,8 +35,8 @@ impl<'a> Jid<'a> {
         if local.is_some_and(|l| l.is_empty() || l.len() > 1023) || resource.is_some_and(|r| r.is_empty() || r.len() > 1023) {
             return None;
         }
-        crate::domain::Domain::parse(domain).ok()?;
-        Some(Jid { local, domain, resource })
+        let d = crate::domain::Domain::parse(domain).ok()?;
+        Some((Jid { local, domain, resource }, d))
     }
 }
 

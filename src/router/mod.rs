@@ -18,7 +18,6 @@ use crate::engine::Shared;
 use crate::engine::events::Direction;
 use crate::engine::table::ConnEntry;
 use crate::proto::dialback::Answer;
-use crate::proto::jid::Jid;
 use crate::proto::stanza::{ErrorType, error_reply};
 use crate::xml::Element;
 
@@ -76,7 +75,7 @@ impl Router {
     pub async fn route(&self, shared: &Arc<Shared>, stanza: Element) {
         let mut next = Some(stanza);
         while let Some(st) = next.take() {
-            let Some(to) = st.get_attr("to").and_then(Jid::parse).and_then(|j| Domain::parse(j.domain).ok()) else {
+            let Some(to) = st.get_attr("to").and_then(crate::proto::jid::domain_of) else {
                 tracing::debug!(stanza = %st.describe(), "dropping a stanza without a valid 'to'");
                 continue;
             };
@@ -84,7 +83,7 @@ impl Router {
                 next = self.local.handle(shared, &st);
                 continue;
             }
-            let Some(from) = st.get_attr("from").and_then(Jid::parse).and_then(|j| Domain::parse(j.domain).ok()) else {
+            let Some(from) = st.get_attr("from").and_then(crate::proto::jid::domain_of) else {
                 tracing::debug!(stanza = %st.describe(), "dropping an outbound stanza without a valid 'from'");
                 continue;
             };

@@ -21,7 +21,6 @@ use crate::engine::events::*;
 use crate::engine::limits::{InboundSlot, Refused, VerificationBudget};
 use crate::engine::table::{ConnEntry, random_id};
 use crate::proto::dialback::{self, Answer, DbElement};
-use crate::proto::jid::Jid;
 use crate::proto::ns;
 use crate::proto::stanza::is_stanza;
 use crate::proto::stream::{StreamError, StreamErrorCondition as C, check_header, header};
@@ -522,10 +521,12 @@ impl In<'_> {
             };
         }
         if is_stanza(&el) {
-            let from_domain = el.get_attr("from").and_then(crate::proto::jid::Jid::parse).and_then(|j| Domain::parse(j.domain).ok());
-            let (require_tls, tls_rule) = require_tls_for(from_domain.as_ref().map_or("", |d| d.as_str()));
-            if !self.secure && require_tls {
-                return Some(End::error(C::PolicyViolation, format!("stanza before TLS: encryption is required ({tls_rule})")));
+            if !self.secure {
+                let from_domain = el.get_attr("from").and_then(crate::proto::jid::domain_of);
+                let (require_tls, tls_rule) = require_tls_for(from_domain.as_ref().map_or("", |d| d.as_str()));
+                if require_tls {
+                    return Some(End::error(C::PolicyViolation, format!("stanza before TLS: encryption is required ({tls_rule})")));
+                }
             }
             return self.on_stanza(el).await;
         }
@@ -731,8 +732,8 @@ impl In<'_> {
     }
 
     fn pair_of(&self, st: &Element) -> Option<(Domain, Domain)> {
-        let from = Jid::parse(st.get_attr("from")?).and_then(|j| Domain::parse(j.domain).ok())?;
-        let to = Jid::parse(st.get_attr("to")?).and_then(|j| Domain::parse(j.domain).ok())?;
+        let from = crate::proto::jid::domain_of(st.get_attr("from")?)?;
+        let to = crate::proto::jid::domain_of(st.get_attr("to")?)?;
         Some((to, from))
     }
 
@@ -808,10 +809,10 @@ impl In<'_> {
             return Some(End::error(C::ImproperAddressing, "stanzas between servers need 'from' and 'to'"));
         };
         let clip = crate::xml::element::clip;
-        let Some(from_dom) = Jid::parse(from).and_then(|j| Domain::parse(j.domain).ok()) else {
+        let Some(from_dom) = crate::proto::jid::domain_of(from) else {
             return Some(End::error(C::InvalidFrom, format!("{:?} is not a valid address", clip(from, 64))));
         };
-        let Some(to_dom) = Jid::parse(to).and_then(|j| Domain::parse(j.domain).ok()) else {
+        let Some(to_dom) = crate::proto::jid::domain_of(to) else {
             return Some(End::error(C::ImproperAddressing, format!("{:?} is not a valid address", clip(to, 64))));
         };
         if !self.shared.is_hosted(&to_dom) {
