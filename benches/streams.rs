@@ -5,9 +5,11 @@
 //! which then carries the pong). A's resident memory and CPU time are read from /proc
 //! before and after; the figures are per pair, i.e. one inbound and one outbound stream.
 //!
-//! Run: `cargo bench --bench streams` (N=500; `STREAMS=N` to change). `DRAWBRIDGE_BIN` runs
-//! another build of the binary as A and B (to compare commits). Not a test: nothing here
-//! asserts a figure.
+//! Run: `cargo bench --bench streams` (N=500; `STREAMS=N` to change). `AUTH=sasl` gives both
+//! servers certificates from a CA made here, so every stream authenticates by SASL EXTERNAL
+//! instead of dialback. `DRAWBRIDGE_BIN` runs another build of the binary as A and B (to
+//! compare commits); `EXTRA_CONFIG` adds TOML to both configurations (`\n` for new lines).
+//! Not a test: nothing here asserts a figure.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,13 +33,31 @@ impl Drop for Server {
     }
 }
 
-fn start(bin: &Path, dir: &Path, name: &str, domains: &[String], listen: &str, overrides: &[(String, String, u16)]) -> Server {
+/// `[tls]` with a certificate for `names` from a CA made here, trusting that CA.
+fn tls_section(dir: &Path, name: &str, names: &[String], ca: &(rcgen::CertificateParams, rcgen::KeyPair, String)) -> String {
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, names[0].clone());
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &rcgen::Issuer::from_params(&ca.0, &ca.1)).unwrap();
+    let (c, k, t) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")), dir.join("ca.pem"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    std::fs::write(&t, &ca.2).unwrap();
+    format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\nca_file = \"{}\"\n", c.display(), k.display(), t.display())
+}
+
+fn start(bin: &Path, dir: &Path, name: &str, domains: &[String], listen: &str, overrides: &[(String, String, u16)], tls: &str) -> Server {
     let data = dir.join(name);
     let mut cfg = format!(
         "[server]\ndomains = [{}]\nlisten = [\"{listen}\"]\ndata_dir = \"{}\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[log]\nlevel = \"warn\"\n",
         domains.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(", "),
         data.display()
     );
+    cfg.push_str(tls);
+    // More configuration for both servers (TOML), e.g. to compare with transcripts off.
+    cfg.push_str(&std::env::var("EXTRA_CONFIG").unwrap_or_default().replace("\\n", "\n"));
+    cfg.push('\n');
     for (d, host, port) in overrides {
         cfg.push_str(&format!("[[dns.override]]\ndomain = \"{d}\"\nhost = \"{host}\"\nport = {port}\n"));
     }
@@ -80,8 +100,21 @@ async fn main() {
     let (port_a, port_b) = (free_port(ip_a), free_port(ip_b));
     let b_domains: Vec<String> = (0..n).map(|i| format!("b{i}.bench")).collect();
     let a_overrides: Vec<(String, String, u16)> = b_domains.iter().map(|d| (d.clone(), ip_b.to_owned(), port_b)).collect();
-    let a = start(&bin, dir.path(), "a", &["a.bench".to_owned()], &format!("{ip_a}:{port_a}"), &a_overrides);
-    let b = start(&bin, dir.path(), "b", &b_domains, &format!("{ip_b}:{port_b}"), &[("a.bench".to_owned(), ip_a.to_owned(), port_a)]);
+    let sasl = std::env::var("AUTH").is_ok_and(|a| a == "sasl");
+    let (tls_a, tls_b) = if sasl {
+        let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "bench CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        let ca = (params, key, pem);
+        (tls_section(dir.path(), "a", &["a.bench".to_owned()], &ca), tls_section(dir.path(), "b", &b_domains, &ca))
+    } else {
+        (String::new(), String::new())
+    };
+    let a = start(&bin, dir.path(), "a", &["a.bench".to_owned()], &format!("{ip_a}:{port_a}"), &a_overrides, &tls_a);
+    let b = start(&bin, dir.path(), "b", &b_domains, &format!("{ip_b}:{port_b}"), &[("a.bench".to_owned(), ip_a.to_owned(), port_a)], &tls_b);
     ready(&a).await;
     ready(&b).await;
     // Warm up: one pair, so one-off costs (TLS contexts, first allocations) are not counted.
@@ -107,9 +140,10 @@ async fn main() {
     let secs = t0.elapsed().as_secs_f64();
     let (rss1, cpu1) = (rss_kib(pid), cpu_s(pid));
     let pairs = ok.max(1) as f64;
-    println!("{ok} of {} verified pairs (dialback, TLS 1.3) in {secs:.1} s", n - 1);
+    let how = if sasl { "SASL EXTERNAL" } else { "dialback" };
+    println!("{ok} of {} verified pairs ({how}, TLS 1.3) in {secs:.1} s", n - 1);
     println!(
-        "A: {:.1} KiB resident per pair (one inbound + one outbound stream, idle), {:.2} ms CPU per pair set-up (both streams, TLS, dialback both roles, one ping)",
+        "A: {:.1} KiB resident per pair (one inbound + one outbound stream, idle), {:.2} ms CPU per pair set-up (both streams, TLS, authentication, one ping)",
         (rss1.saturating_sub(rss0)) as f64 / pairs,
         (cpu1 - cpu0) * 1000.0 / pairs
     );
