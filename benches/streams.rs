@@ -114,7 +114,8 @@ async fn main() {
         (String::new(), String::new())
     };
     let a = start(&bin, dir.path(), "a", &["a.bench".to_owned()], &format!("{ip_a}:{port_a}"), &a_overrides, &tls_a);
-    let b = start(&bin, dir.path(), "b", &b_domains, &format!("{ip_b}:{port_b}"), &[("a.bench".to_owned(), ip_a.to_owned(), port_a)], &tls_b);
+    let b =
+        start(&bin, dir.path(), "b", &b_domains, &format!("{ip_b}:{port_b}"), &[("a.bench".to_owned(), ip_a.to_owned(), port_a)], &tls_b);
     ready(&a).await;
     ready(&b).await;
     // Warm up: one pair, so one-off costs (TLS contexts, first allocations) are not counted.

@@ -84,7 +84,10 @@ fn write_hoisted(out: &mut String, el: &Element, parent_ns: &str, prefix: Option
         }
         *c += 1;
     });
-    let hoisted: HashMap<&str, usize> = order.into_iter().filter(|n| counts[n] > 1).enumerate().map(|(i, n)| (n, i + 1)).collect();
+    // The null namespace cannot be bound to a prefix (Namespaces in XML §3): it stays
+    // inline as `xmlns=''`, a few bytes each.
+    let hoisted: HashMap<&str, usize> =
+        order.into_iter().filter(|n| counts[n] > 1 && !n.is_empty()).enumerate().map(|(i, n)| (n, i + 1)).collect();
     write_inner(out, el, parent_ns, prefix, Some(&hoisted), true)
 }
 
