@@ -4,34 +4,12 @@
 //!
 //! Run: `cargo bench --bench hostile`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use drawbridge::xml::{Frame, Framer, writer::write_top};
 
-/// Counts live heap bytes and their peak.
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-    }
-}
-
 #[global_allocator]
-static A: Counting = Counting;
+static A: drawbridge::fuzzing::HeapCounter = drawbridge::fuzzing::HeapCounter;
 
 const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='a.test' to='b.test' version='1.0'>";
 
@@ -69,8 +47,7 @@ fn main() {
         for _ in 0..rounds {
             let mut f = Framer::new(512 * 1024, 32);
             f.feed(frame.as_bytes());
-            let base = LIVE.load(Ordering::Relaxed);
-            PEAK.store(base, Ordering::Relaxed);
+            let base = drawbridge::fuzzing::HeapCounter::start();
             let t = Instant::now();
             let mut el = None;
             while let Ok(Some(fr)) = f.next_frame() {
@@ -84,7 +61,7 @@ fn main() {
                 write_top(&mut out, e);
                 written = out.len();
             }
-            peak = PEAK.load(Ordering::Relaxed) - base;
+            peak = drawbridge::fuzzing::HeapCounter::peak_since(base);
             drop(el);
         }
         println!("{name:<50} {:>9} {:>11.0} {:>11} {:>9.1} {:>11}", body.len(), best, peak, peak as f64 / body.len() as f64, written);

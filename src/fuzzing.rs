@@ -103,3 +103,49 @@ pub async fn preauth_exchange(addr: std::net::SocketAddr, data: &[u8], limit: st
     let _ = tokio::time::timeout(limit, run).await;
     got
 }
+
+/// A global allocator that counts the heap of the calling thread and its peak, for the heap
+/// budgets of the fuzz target, the corpus replay and the hostile-frame benchmark (install
+/// with `#[global_allocator] static A: HeapCounter = HeapCounter;`). Thread-local, so other
+/// threads' work does not count.
+pub struct HeapCounter;
+
+thread_local! {
+    static LIVE: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+    static PEAK: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+impl HeapCounter {
+    /// Start measuring: the peak is reset to what is live now, which is returned.
+    pub fn start() -> isize {
+        let live = LIVE.with(|l| l.get());
+        PEAK.with(|p| p.set(live));
+        live
+    }
+
+    /// The peak since [`HeapCounter::start`] returned `base`, in bytes above it.
+    pub fn peak_since(base: isize) -> usize {
+        (PEAK.with(|p| p.get()) - base).max(0) as usize
+    }
+}
+
+// SAFETY: allocation is delegated to the system allocator unchanged; only counters move.
+unsafe impl std::alloc::GlobalAlloc for HeapCounter {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is passed on as it is.
+        let p = unsafe { std::alloc::System.alloc(l) };
+        if !p.is_null() {
+            let _ = LIVE.try_with(|live| {
+                live.set(live.get() + l.size() as isize);
+                let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
+            });
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        // SAFETY: as for `alloc`.
+        unsafe { std::alloc::System.dealloc(p, l) };
+        let _ = LIVE.try_with(|live| live.set(live.get() - l.size() as isize));
+    }
+}

@@ -23,44 +23,17 @@ fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     v
 }
 
-/// Counts this thread's live heap bytes and their peak (for the framer's heap budget;
-/// other tests' threads do not count).
-struct Counting;
-
-thread_local! {
-    static LIVE: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
-    static PEAK: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
-}
-
-unsafe impl std::alloc::GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
-        let p = unsafe { std::alloc::System.alloc(l) };
-        if !p.is_null() {
-            let _ = LIVE.try_with(|live| {
-                live.set(live.get() + l.size() as isize);
-                let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
-            });
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
-        unsafe { std::alloc::System.dealloc(p, l) };
-        let _ = LIVE.try_with(|live| live.set(live.get() - l.size() as isize));
-    }
-}
-
 #[global_allocator]
-static A: Counting = Counting;
+static A: drawbridge::fuzzing::HeapCounter = drawbridge::fuzzing::HeapCounter;
 
 /// Each input parsed, written back and re-parsed, its peak heap within the budget the fuzz
 /// target enforces.
 #[test]
 fn framer_corpus() {
     for (path, data) in inputs("framer") {
-        let base = LIVE.with(|l| l.get());
-        PEAK.with(|p| p.set(base));
+        let base = drawbridge::fuzzing::HeapCounter::start();
         drawbridge::fuzzing::framer(&data);
-        let peak = (PEAK.with(|p| p.get()) - base).max(0) as usize;
+        let peak = drawbridge::fuzzing::HeapCounter::peak_since(base);
         let budget = drawbridge::fuzzing::heap_budget(data.len());
         assert!(peak <= budget, "{}: {peak} bytes of heap, budget {budget}", path.display());
     }
