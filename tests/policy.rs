@@ -161,7 +161,9 @@ async fn allowlist_mode_refuses_until_approved() {
     assert!(b.engine.shared.policy.record("a.test").is_none());
     let refused = b.engine.shared.outcomes_for(Some("a.test"), 10).unwrap();
     assert!(
-        refused.iter().any(|o| o.result == drawbridge::engine::events::VerificationResult::Refused && o.reason.contains("allowlist")),
+        refused.iter().any(|o| o.result == drawbridge::engine::events::VerificationResult::Refused
+            && o.method == drawbridge::engine::events::AuthMethod::Policy
+            && o.reason.contains("allowlist")),
         "{refused:?}"
     );
     change_domain(&b.engine.shared, &d("a.test"), Change::Approve, "tester", None).await.unwrap();

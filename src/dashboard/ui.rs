@@ -502,6 +502,7 @@ fn method_label(m: crate::engine::events::AuthMethod) -> &'static str {
         M::DialbackWithValidCert => "db+cert ",
         M::SaslExternal => "sasl ",
         M::Certificate => "cert ",
+        M::Policy => "policy ",
     }
 }
 

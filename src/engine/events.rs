@@ -48,6 +48,8 @@ pub enum AuthMethod {
     /// Dialback accepted without the callback because the certificate is valid for the
     /// claimed domain (XEP-0344 §2.2 "dialback without dialback").
     DialbackWithValidCert,
+    /// No method was tried: the policy refused the claimed domain first (its stream header).
+    Policy,
 }
 
 impl AuthMethod {
@@ -58,6 +60,7 @@ impl AuthMethod {
             AuthMethod::Certificate => "certificate",
             AuthMethod::SaslExternal => "sasl-external",
             AuthMethod::DialbackWithValidCert => "dialback-with-valid-cert",
+            AuthMethod::Policy => "policy",
         }
     }
 }

@@ -225,7 +225,7 @@ impl In<'_> {
                 self.record_with(
                     &local,
                     &from,
-                    AuthMethod::Dialback,
+                    AuthMethod::Policy,
                     VerificationResult::Refused,
                     format!("refused at the stream header: {why}"),
                 );
