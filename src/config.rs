@@ -47,14 +47,14 @@ struct OutboundFile {
     max_addresses: usize,
 }
 
+/// The defaults of `[outbound]`.
 impl Default for OutboundFile {
     fn default() -> Self {
-        let d = OutboundSettings::default();
         OutboundFile {
             deny: crate::net::dial::DEFAULT_DENY.iter().map(|s| s.to_string()).collect(),
-            max_dials: d.max_dials,
-            max_targets: d.max_targets,
-            max_addresses: d.max_addresses,
+            max_dials: 64,
+            max_targets: 6,
+            max_addresses: 4,
         }
     }
 }
@@ -70,17 +70,6 @@ pub struct OutboundSettings {
     pub max_targets: usize,
     /// Addresses tried per SRV target.
     pub max_addresses: usize,
-}
-
-impl Default for OutboundSettings {
-    fn default() -> Self {
-        OutboundSettings {
-            deny: crate::net::dial::DEFAULT_DENY.iter().map(|s| crate::net::dial::IpRange::parse(s).expect("built-in range")).collect(),
-            max_dials: 64,
-            max_targets: 6,
-            max_addresses: 4,
-        }
-    }
 }
 
 #[derive(Debug, Default, Deserialize)]

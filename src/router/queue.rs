@@ -44,10 +44,6 @@ impl QueueTx {
             Err(mpsc::error::SendError((st, _))) => Err(st),
         }
     }
-
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
 }
 
 impl QueueRx {
