@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::Domain;
+pub use crate::types::{AuthMode, DomainRule, Security};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -213,70 +214,6 @@ pub struct Settings {
     pub log_level: String,
     pub log_file: Option<PathBuf>,
     pub outbound: OutboundSettings,
-}
-
-/// How remote domains may authenticate (`[auth] mode`, `[[domain]] auth`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMode {
-    /// Certificates (SASL EXTERNAL) when valid, else Server Dialback.
-    CertOrDialback,
-    /// Certificates only: no dialback at all.
-    CertOnly,
-}
-
-impl AuthMode {
-    pub fn parse(s: &str) -> Option<AuthMode> {
-        match s {
-            "cert-or-dialback" => Some(AuthMode::CertOrDialback),
-            "cert-only" => Some(AuthMode::CertOnly),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthMode::CertOrDialback => "cert-or-dialback",
-            AuthMode::CertOnly => "cert-only",
-        }
-    }
-}
-
-/// A `[[domain]]` exception for one peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DomainRule {
-    pub name: Domain,
-    pub auth: Option<AuthMode>,
-    pub require_encryption: Option<bool>,
-}
-
-/// The security rules: the defaults and the per-domain exceptions.
-#[derive(Debug, Clone)]
-pub struct Security {
-    pub auth: AuthMode,
-    pub require_encryption: bool,
-    pub rules: Vec<DomainRule>,
-}
-
-impl Security {
-    fn rule(&self, domain: &str) -> Option<&DomainRule> {
-        self.rules.iter().find(|r| r.name.as_str() == domain)
-    }
-
-    /// The auth mode for a peer, and the rule that set it (for refusal texts).
-    pub fn auth_for(&self, domain: &str) -> (AuthMode, String) {
-        match self.rule(domain).and_then(|r| r.auth.map(|a| (a, r))) {
-            Some((a, r)) => (a, format!("[[domain]] {}: auth = \"{}\"", r.name, a.as_str())),
-            None => (self.auth, format!("[auth] mode = \"{}\"", self.auth.as_str())),
-        }
-    }
-
-    /// Whether a peer must use TLS, and the rule that says so.
-    pub fn require_encryption_for(&self, domain: &str) -> (bool, String) {
-        match self.rule(domain).and_then(|r| r.require_encryption.map(|e| (e, r))) {
-            Some((e, r)) => (e, format!("[[domain]] {}: require_encryption = {e}", r.name)),
-            None => (self.require_encryption, format!("[tls] require_encryption = {}", self.require_encryption)),
-        }
-    }
 }
 
 /// `[policy]`: the federation mode at first start (an operator's live change, persisted,

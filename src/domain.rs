@@ -145,6 +145,13 @@ impl std::borrow::Borrow<str> for Domain {
     }
 }
 
+/// Whether a domain is an IP literal (RFC 7622 §3.2 allows them in JIDs, but a federation
+/// peer is a DNS name: dialback and certificates name domains, not addresses).
+pub fn is_ip_literal(domain: &str) -> bool {
+    let d = domain.trim_start_matches('[').trim_end_matches(']');
+    d.parse::<std::net::IpAddr>().is_ok() || (!d.is_empty() && d.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,4 +21,5 @@ pub mod proto;
 pub mod router;
 pub mod store;
 pub mod stream;
+pub mod types;
 pub mod xml;

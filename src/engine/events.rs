@@ -3,89 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::net::tls::PeerCertInfo;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    In,
-    Out,
-}
-
-/// Life cycle of a stream as the connection table shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConnState {
-    Connecting,
-    Tls,
-    Authenticating,
-    Established,
-    Closing,
-    Closed,
-}
-
-impl ConnState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnState::Connecting => "connecting",
-            ConnState::Tls => "tls",
-            ConnState::Authenticating => "authenticating",
-            ConnState::Established => "established",
-            ConnState::Closing => "closing",
-            ConnState::Closed => "closed",
-        }
-    }
-}
-
-/// How a domain pair was authenticated on a stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AuthMethod {
-    Dialback,
-    /// The peer's certificate judged for the domain (RFC 6125); SASL EXTERNAL builds on it.
-    Certificate,
-    /// SASL EXTERNAL with a certificate valid for the domain (RFC 6120 §6, XEP-0178).
-    SaslExternal,
-    /// Dialback accepted without the callback because the certificate is valid for the
-    /// claimed domain (XEP-0344 §2.2 "dialback without dialback").
-    DialbackWithValidCert,
-    /// No method was tried: the policy refused the claimed domain first (its stream header).
-    Policy,
-}
-
-impl AuthMethod {
-    /// The name operators read (the same as on the control socket).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthMethod::Dialback => "dialback",
-            AuthMethod::Certificate => "certificate",
-            AuthMethod::SaslExternal => "sasl-external",
-            AuthMethod::DialbackWithValidCert => "dialback-with-valid-cert",
-            AuthMethod::Policy => "policy",
-        }
-    }
-}
-
-impl VerificationResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VerificationResult::Valid => "valid",
-            VerificationResult::Invalid => "invalid",
-            VerificationResult::Error => "error",
-            VerificationResult::Timeout => "timeout",
-            VerificationResult::Refused => "refused",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PairStatus {
-    /// Dialback under way (XEP-0220: `db:result` sent or received, no answer yet).
-    Pending,
-    /// Verified, waiting for the operator's approval (policy mode approval).
-    Held,
-    Valid,
-}
+pub use crate::types::{AuthMethod, ConnState, Direction, PairStatus, VerificationResult};
 
 /// One (local, remote) domain pair on a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,17 +45,6 @@ pub struct ConnSnapshot {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub close_reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VerificationResult {
-    Valid,
-    Invalid,
-    Error,
-    Timeout,
-    /// Refused by policy before any verification (the claim was not checked).
-    Refused,
 }
 
 /// The result of authenticating one remote domain on one stream.

@@ -9,51 +9,12 @@ use std::sync::Arc;
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, UnixTime};
 
+pub use crate::types::CertVerdict;
+
 /// id-on-xmppAddr (RFC 6120 §13.7.1.4).
 const OID_XMPP_ADDR: &str = "1.3.6.1.5.5.7.8.5";
 /// id-on-dnsSRV (RFC 4985).
 const OID_SRV_NAME: &str = "1.3.6.1.5.5.7.8.7";
-
-/// What the certificate says about the peer's claim to a domain.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "verdict", content = "detail", rename_all = "kebab-case")]
-pub enum CertVerdict {
-    Valid,
-    NoCertificate,
-    SelfSigned,
-    /// The issuer's name.
-    UntrustedIssuer(String),
-    /// The notAfter date.
-    Expired(String),
-    /// The notBefore date.
-    NotYetValid(String),
-    /// The names the certificate does carry.
-    NameMismatch(Vec<String>),
-    /// Anything else the chain check said.
-    Invalid(String),
-}
-
-impl CertVerdict {
-    pub fn is_valid(&self) -> bool {
-        *self == CertVerdict::Valid
-    }
-}
-
-impl std::fmt::Display for CertVerdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CertVerdict::Valid => f.write_str("valid"),
-            CertVerdict::NoCertificate => f.write_str("no certificate"),
-            CertVerdict::SelfSigned => f.write_str("self-signed"),
-            CertVerdict::UntrustedIssuer(i) => write!(f, "untrusted issuer ({i})"),
-            CertVerdict::Expired(d) => write!(f, "expired on {d}"),
-            CertVerdict::NotYetValid(d) => write!(f, "not yet valid (from {d})"),
-            CertVerdict::NameMismatch(names) if names.is_empty() => f.write_str("name mismatch: the certificate names no domain"),
-            CertVerdict::NameMismatch(names) => write!(f, "name mismatch: certificate names {}", names.join(", ")),
-            CertVerdict::Invalid(e) => write!(f, "invalid: {e}"),
-        }
-    }
-}
 
 /// The names a certificate carries, by kind.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -79,12 +79,7 @@ pub fn denied(deny: &[IpRange], ip: IpAddr) -> Option<IpRange> {
     deny.iter().find(|r| r.contains(ip)).copied()
 }
 
-/// Whether a domain is an IP literal (RFC 7622 §3.2 allows them in JIDs, but a federation
-/// peer is a DNS name: dialback and certificates name domains, not addresses).
-pub fn is_ip_literal(domain: &str) -> bool {
-    let d = domain.trim_start_matches('[').trim_end_matches(']');
-    d.parse::<IpAddr>().is_ok() || (!d.is_empty() && d.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
-}
+pub use crate::domain::is_ip_literal;
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@ pub mod live;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::types::Verdict;
 pub use live::{Change, Policy};
 
 /// `[policy] mode`.
@@ -93,16 +94,6 @@ impl Standing {
             (s, _) => s,
         }
     }
-}
-
-/// The policy's answer for one remote domain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Allow,
-    /// Held until the operator decides (approval mode).
-    Hold,
-    /// Refused, with the rule that refused it in words.
-    Refuse(String),
 }
 
 /// Pure decision: the mode, the domain's own standing, and the blacklisted parent (or the
