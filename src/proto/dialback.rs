@@ -12,6 +12,33 @@ pub fn derive_key(secret: &[u8], receiving: &str, originating: &str, stream_id: 
     hex(&keyed(secret, receiving, originating, stream_id).finalize().into_bytes())
 }
 
+/// The dialback secret as a capability: keys derived and checked, the secret never handed
+/// out (nor printed by `Debug`).
+#[derive(Clone)]
+pub struct DialbackKeys(std::sync::Arc<[u8]>);
+
+impl DialbackKeys {
+    pub fn new(secret: &[u8]) -> DialbackKeys {
+        DialbackKeys(secret.into())
+    }
+
+    /// The key we send as Originating Server (XEP-0185 §3).
+    pub fn derive(&self, receiving: &str, originating: &str, stream_id: &str) -> String {
+        derive_key(&self.0, receiving, originating, stream_id)
+    }
+
+    /// Whether a key is ours, as Authoritative Server (constant time).
+    pub fn verify(&self, receiving: &str, originating: &str, stream_id: &str, key: &str) -> bool {
+        verify_key(&self.0, receiving, originating, stream_id, key)
+    }
+}
+
+impl std::fmt::Debug for DialbackKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DialbackKeys(..)")
+    }
+}
+
 /// Check a key we are asked about as the Authoritative Server, in constant time.
 pub fn verify_key(secret: &[u8], receiving: &str, originating: &str, stream_id: &str, key: &str) -> bool {
     let Some(raw) = unhex(key.trim()) else { return false };

@@ -1,0 +1,413 @@
+//! The s2s stream machine, sans-I/O (in the manner of rustls and quinn-proto): no sockets,
+//! no tasks, no clock. A driver feeds it [`Input`]s with the time they happened —
+//! frames from the framer, TLS facts, dialback answers, timers, operator commands,
+//! stanzas to send — and carries out the [`Output`]s it queues: writes, TLS handshakes,
+//! parser restarts, deliveries, questions to an authoritative server, observations for
+//! the connection table, store and dashboard, and finally how to close.
+//!
+//! One type serves both directions: [`Machine::receiving`] for streams a peer opened
+//! (we are the Receiving Server of its claims and the Authoritative Server for its
+//! `db:verify`), [`Machine::originating`] for streams we opened for one domain pair (we are
+//! the Originating Server, and carry `db:verify` to the peer's Authoritative Server).
+//! The transitions of each role read in one place: [`receiving`] and [`originating`].
+//!
+//! What a machine may consult is narrow and explicit: its [`Env`] (hosted domains, its
+//! timeouts and limits, the security rules, dialback keys, a policy view, a certificate
+//! judge, stream ids) and, for inbound streams, an [`Admission`] slot.
+
+mod originating;
+mod receiving;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, UnixTime};
+
+use crate::domain::Domain;
+use crate::types::{AuthMethod, CertVerdict, ConnState, PairStatus, Security, Verdict, VerificationResult};
+use crate::xml::{Element, Frame, XmlError};
+
+use super::dialback::{Answer, DialbackKeys};
+use super::stream::{StreamError, StreamErrorCondition};
+
+/// The timeouts a stream machine keeps (all from `[timeouts]`, `approval_wait` from
+/// `[policy]`).
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub negotiation: Duration,
+    pub dialback: Duration,
+    pub idle_inbound: Duration,
+    pub idle_outbound: Duration,
+    pub keepalive: Duration,
+    pub approval_wait: Duration,
+}
+
+/// The limits a stream machine enforces itself (from `[limits]`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_pairs_per_stream: usize,
+    pub max_verifications_in_flight: usize,
+    pub verifications_per_minute: usize,
+    /// Stanzas kept per inbound stream while a domain awaits approval (`outbound_queue`).
+    pub held_stanzas: usize,
+    /// Their bytes (`outbound_queue_bytes`).
+    pub held_bytes: usize,
+}
+
+/// The policy as a stream sees it: a verdict per remote domain.
+pub trait PolicyView: Send + Sync {
+    fn verdict(&self, remote: &Domain) -> Verdict;
+}
+
+/// Judges a peer's certificate chain for a domain at a time (RFC 6125, XEP-0178).
+pub trait CertJudge: Send + Sync {
+    fn judge(&self, chain: &[CertificateDer<'_>], domain: &Domain, at: UnixTime) -> CertVerdict;
+}
+
+/// An inbound stream's place under the connection limits: moving from the
+/// unauthenticated limits to `limits.max_inbound` may be refused (the key is returned).
+pub trait Admission: Send {
+    fn authenticated(&mut self) -> Result<(), &'static str>;
+}
+
+/// Everything stream machines of one server share, built once by the engine.
+pub struct Env {
+    /// `server.domains`; the first answers for streams that name none.
+    pub hosted: Vec<Domain>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub security: Security,
+    pub keys: DialbackKeys,
+    pub policy: Arc<dyn PolicyView>,
+    pub certs: Arc<dyn CertJudge>,
+    /// A fresh, unguessable stream id (RFC 6120 §4.7.3).
+    pub stream_ids: Box<dyn Fn() -> String + Send + Sync>,
+}
+
+impl Env {
+    pub fn is_hosted(&self, d: &Domain) -> bool {
+        self.hosted.iter().any(|h| h == d)
+    }
+
+    fn default_domain(&self) -> &Domain {
+        &self.hosted[0]
+    }
+
+    /// Whether `domain` may authenticate by dialback; the cert-only rule as the error.
+    fn dialback_allowed(&self, domain: &str) -> Result<(), String> {
+        match self.security.auth_for(domain) {
+            (crate::types::AuthMode::CertOnly, rule) => Err(rule),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What happened, fed to [`Machine::handle`].
+#[derive(Debug)]
+pub enum Input {
+    /// Bytes arrived (whitespace keepalives too): the stream is alive.
+    Read,
+    /// A frame from the framer; `buffered`: bytes already read behind it (after
+    /// `<starttls/>` or `<proceed/>` that is plaintext injection).
+    Frame { frame: Frame, buffered: usize },
+    /// Reading failed.
+    ReadError(ReadError),
+    /// A write did not complete (deadline, reset, or abandoned by a close request).
+    WriteFailed(String),
+    /// The TLS handshake asked for by [`Output::StartTls`] completed.
+    TlsEstablished(TlsFacts),
+    /// It failed.
+    TlsFailed(String),
+    /// Receiving Server: the authoritative server's answer for a pair we asked about
+    /// ([`Output::Ask`]); `detail` is the full reason for the operator.
+    Answer { local: Domain, remote: Domain, answer: Answer, detail: Option<String> },
+    /// Originating stream: a receiving server of ours asks the peer's authoritative server
+    /// about a key; the answer comes back as [`Output::VerifyAnswer`] with `token`.
+    Verify { stream_id: String, key: String, token: u64 },
+    /// Originating stream: a stanza to send.
+    Stanza(Element),
+    /// The policy changed (held pairs may be released or refused).
+    PolicyChanged,
+    /// The operator (or shutdown) closes the stream.
+    Close { reason: String, error: Option<StreamError> },
+    /// The time given to [`Machine::handle`] reached [`Machine::deadline`].
+    Timer,
+}
+
+/// Why reading stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    Eof,
+    Io(String),
+    Xml(XmlError),
+}
+
+/// What a TLS handshake established, as far as the machine needs it.
+#[derive(Debug, Clone)]
+pub struct TlsFacts {
+    pub chain: Vec<CertificateDer<'static>>,
+    /// When (wall clock), for judging the certificate's dates.
+    pub at: UnixTime,
+}
+
+/// Which side of a TLS handshake we take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsRole {
+    /// After our `<proceed/>`, with the certificate for `local`.
+    Server { local: Domain },
+    /// After the peer's `<proceed/>`, or from the first byte (XEP-0368) when `direct`.
+    Client { direct: bool },
+}
+
+/// A Receiving Server's question to an authoritative server (XEP-0220 §2.1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ask {
+    pub local: Domain,
+    pub remote: Domain,
+    pub stream_id: String,
+    pub key: String,
+}
+
+/// What a machine asks its driver to do, in order.
+#[derive(Debug)]
+pub enum Output {
+    /// Bytes that are not an element: our stream header, a whitespace keepalive.
+    Raw(String),
+    Send(Element),
+    StartTls(TlsRole),
+    /// A stream restart (RFC 6120 §4.3.3): a fresh parser, nothing carried over.
+    Restart,
+    /// A stanza of an authorised pair, checked (RFC 6120 §8): to the router.
+    Deliver(Element),
+    /// A stanza we generated (an error reply): to the router.
+    Route(Element),
+    Ask(Ask),
+    /// The answer for a [`Input::Verify`]; `detail` for the operator.
+    VerifyAnswer { token: u64, answer: Answer, detail: Option<String> },
+    Observe(Observed),
+    /// The end: carried out last; the machine takes no more input after it.
+    Close(Ending),
+}
+
+/// What the machine observed, for the connection table, the store and the dashboard.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observed {
+    State(ConnState),
+    Domains { local: Option<String>, remote: Option<String> },
+    StreamId(String),
+    Pair { local: Domain, remote: Domain, status: PairStatus, method: AuthMethod },
+    PairRemoved { local: Domain, remote: Domain },
+    /// Everything learned before TLS is forgotten.
+    PairsReset,
+    Certificate(CertVerdict),
+    Outcome { local: Domain, remote: Domain, method: AuthMethod, result: VerificationResult, reason: String },
+    /// A verified domain nobody decided on waits for the operator (approval mode).
+    Pending(Domain),
+}
+
+/// How a stream ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ending {
+    /// Sent before our `</stream:stream>`.
+    pub error: Option<StreamError>,
+    pub reason: String,
+    /// The peer closed already: do not wait for its `</stream:stream>`.
+    pub peer_closed: bool,
+    /// The connection is unusable (read or write failed): send nothing more.
+    pub abandon: bool,
+    pub kind: EndKind,
+}
+
+/// For originating streams: what becomes of the stanzas still queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndKind {
+    /// Inbound streams: nothing is queued.
+    Inbound,
+    /// Could not be set up (or the policy refused): queued stanzas bounce with this
+    /// stanza error condition (RFC 6120 §8.3.3).
+    Failed { condition: &'static str },
+    /// Closed on purpose (idle, operator, shutdown): what is queued still goes out on it.
+    Closed,
+    /// Lost after it was established: what is queued gets a new stream.
+    Lost,
+}
+
+impl Ending {
+    fn error(condition: StreamErrorCondition, text: impl Into<String>) -> Ending {
+        let e = StreamError::new(condition, text);
+        Ending { reason: format!("sent {e}"), error: Some(e), peer_closed: false, abandon: false, kind: EndKind::Inbound }
+    }
+
+    fn quiet(reason: impl Into<String>, peer_closed: bool) -> Ending {
+        Ending { error: None, reason: reason.into(), peer_closed, abandon: false, kind: EndKind::Inbound }
+    }
+}
+
+enum Role {
+    Receiving(Box<receiving::Receiving>),
+    Originating(Box<originating::Originating>),
+}
+
+/// One s2s stream's protocol state.
+pub struct Machine {
+    env: Arc<Env>,
+    /// The connection table's id, for log lines.
+    log: Arc<str>,
+    out: VecDeque<Output>,
+    closed: bool,
+    role: Role,
+}
+
+impl Machine {
+    /// A stream a peer opened. `direct`: the certificate chain of a direct TLS connection
+    /// (XEP-0368), judged once the header names the claimed domain.
+    pub fn receiving(env: Arc<Env>, log: Arc<str>, now: Instant, direct: Option<TlsFacts>, admission: Box<dyn Admission>) -> Machine {
+        let r = receiving::Receiving::new(&env, now, direct, admission);
+        Machine { env, log, out: VecDeque::new(), closed: false, role: Role::Receiving(Box::new(r)) }
+    }
+
+    /// A stream we opened for (local, remote), its TCP connection just made. `direct`: TLS
+    /// from the first byte (XEP-0368).
+    pub fn originating(env: Arc<Env>, log: Arc<str>, now: Instant, local: Domain, remote: Domain, direct: bool) -> Machine {
+        let (mut out, mut closed) = (VecDeque::new(), false);
+        let o = originating::Originating::start(&mut Cx { env: &env, log: &log, out: &mut out, closed: &mut closed }, now, local, remote, direct);
+        Machine { env, log, out, closed, role: Role::Originating(Box::new(o)) }
+    }
+
+    /// Feed one input at time `now`. After [`Output::Close`] inputs are ignored.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        if self.closed {
+            return;
+        }
+        let mut cx = Cx { env: &self.env, log: &self.log, out: &mut self.out, closed: &mut self.closed };
+        match &mut self.role {
+            Role::Receiving(r) => r.handle(&mut cx, now, input),
+            Role::Originating(o) => o.handle(&mut cx, now, input),
+        }
+    }
+
+    /// The next output, in order.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Input::Timer`] is due next.
+    pub fn deadline(&self) -> Option<Instant> {
+        if self.closed {
+            return None;
+        }
+        match &self.role {
+            Role::Receiving(r) => r.deadline(&self.env),
+            Role::Originating(o) => o.deadline(&self.env),
+        }
+    }
+
+    /// The latest a write (or a TLS handshake) may finish: the negotiation deadline while
+    /// the stream is not authenticated.
+    pub fn write_deadline(&self) -> Option<Instant> {
+        match &self.role {
+            Role::Receiving(r) => r.write_deadline(),
+            Role::Originating(o) => o.write_deadline(),
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Originating streams: whether stanzas may be fed now (established and allowed).
+    pub fn accepts_stanzas(&self) -> bool {
+        matches!(&self.role, Role::Originating(o) if !self.closed && o.established())
+    }
+
+    /// Originating streams: whether `db:verify` requests may be fed now (past negotiation).
+    pub fn accepts_verifies(&self) -> bool {
+        matches!(&self.role, Role::Originating(o) if !self.closed && o.authenticating_or_later())
+    }
+}
+
+/// What a role's transition may touch: the environment and the output queue.
+struct Cx<'a> {
+    env: &'a Env,
+    log: &'a str,
+    out: &'a mut VecDeque<Output>,
+    closed: &'a mut bool,
+}
+
+impl Cx<'_> {
+    fn send(&mut self, el: Element) {
+        self.out.push_back(Output::Send(el));
+    }
+
+    fn observe(&mut self, o: Observed) {
+        self.out.push_back(Output::Observe(o));
+    }
+
+    fn state(&mut self, s: ConnState) {
+        self.observe(Observed::State(s));
+    }
+
+    fn outcome(&mut self, local: &Domain, remote: &Domain, method: AuthMethod, result: VerificationResult, reason: String) {
+        self.observe(Observed::Outcome { local: local.clone(), remote: remote.clone(), method, result, reason });
+    }
+
+    fn close(&mut self, e: Ending) {
+        if !*self.closed {
+            *self.closed = true;
+            self.out.push_back(Output::Close(e));
+        }
+    }
+}
+
+/// How a read error ends a stream (RFC 6120 §4.9.3): the peer's own failures close
+/// quietly, parse errors get the matching stream error.
+pub fn read_error_ending(e: &ReadError) -> Ending {
+    match e {
+        ReadError::Eof => Ending::quiet("connection closed by the peer", true),
+        ReadError::Io(e) => Ending::quiet(format!("I/O error: {e}"), true),
+        ReadError::Xml(x) => xml_error(x),
+    }
+}
+
+/// The stream error for what the framer refused.
+pub fn xml_error(x: &XmlError) -> Ending {
+    use StreamErrorCondition as C;
+    match x {
+        XmlError::Restricted(m) => Ending::error(C::RestrictedXml, m.clone()),
+        e @ (XmlError::TooLarge { .. } | XmlError::TooDeep { .. }) => Ending::error(C::PolicyViolation, e.to_string()),
+        XmlError::TextAtTopLevel => Ending::error(C::BadFormat, "character data between stanzas"),
+        XmlError::NotWellFormed(m) => Ending::error(C::NotWellFormed, m.clone()),
+    }
+}
+
+/// Dialback requests on one stream: at most `limits.max_verifications_in_flight` at once
+/// and `limits.verifications_per_minute` started per minute.
+#[derive(Debug, Default)]
+struct VerificationBudget {
+    window: Option<Instant>,
+    started: usize,
+}
+
+impl VerificationBudget {
+    /// Whether one more may start now (`in_flight` are under way); the limit's key if not.
+    fn start(&mut self, now: Instant, in_flight: usize, limits: &Limits) -> Result<(), &'static str> {
+        if in_flight >= limits.max_verifications_in_flight {
+            return Err("limits.max_verifications_in_flight");
+        }
+        match self.window {
+            Some(w) if now.duration_since(w) < Duration::from_secs(60) => {}
+            _ => {
+                self.window = Some(now);
+                self.started = 0;
+            }
+        }
+        if self.started >= limits.verifications_per_minute {
+            return Err("limits.verifications_per_minute");
+        }
+        self.started += 1;
+        Ok(())
+    }
+}

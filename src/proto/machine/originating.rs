@@ -1,0 +1,538 @@
+//! Streams we open for one domain pair: we are the Originating Server (XEP-0220 §2.1.1),
+//! and carry our receiving role's `db:verify` requests to the peer's Authoritative Server
+//! (§2.1.2).
+//!
+//! [direct TLS →] Header → Features → [STARTTLS: Proceed → Tls → Header …] →
+//! [SASL EXTERNAL: Sasl → Header → Features] → Dialback → Held? → Established → closed.
+//! Failure before Established bounces the queued stanzas with the reason; every waiting
+//! verification is answered whatever the end.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::{Cx, EndKind, Ending, Env, Input, Observed, Output, ReadError, TlsFacts, TlsRole};
+use crate::domain::Domain;
+use crate::proto::auth::ValidPair;
+use crate::proto::dialback::{self, Answer, DbElement};
+use crate::proto::ns;
+use crate::proto::stream::{StreamError, StreamErrorCondition, check_header, header};
+use crate::types::{AuthMethod, AuthMode, ConnState, PairStatus, Verdict, VerificationResult};
+use crate::xml::{Element, Frame};
+
+#[derive(Debug)]
+enum State {
+    /// TLS handshake under way (`direct`: from the first byte, XEP-0368).
+    Tls { direct: bool },
+    /// Our header sent; `sasl`: the proof of a SASL success before this restart.
+    Header { sasl: Option<ValidPair> },
+    Features { stream_id: Option<String>, sasl: Option<ValidPair> },
+    /// `<starttls/>` sent.
+    Proceed,
+    /// `<auth mechanism='EXTERNAL'/>` sent.
+    Sasl { stream_id: Option<String> },
+    /// Our `db:result` sent; the peer's answer due by `until` (`timeouts.dialback`).
+    Dialback { until: Instant },
+    /// Authenticated; the policy holds our traffic until the operator decides.
+    Held { pair: ValidPair, until: Instant },
+    Established { pair: ValidPair },
+    Done,
+}
+
+pub(super) struct Originating {
+    local: Domain,
+    remote: Domain,
+    state: State,
+    tls: bool,
+    /// Until negotiation must be done (`timeouts.negotiation`).
+    deadline: Instant,
+    last_write: Instant,
+    last_stanza: Instant,
+    /// `db:verify` requests sent, by stream id: the tokens waiting for the answer.
+    verifying: HashMap<String, Vec<u64>>,
+}
+
+/// Why a stream could not be set up, and what queued stanzas bounce with.
+struct Failure {
+    condition: &'static str,
+    reason: String,
+}
+
+impl Failure {
+    fn new(reason: impl Into<String>) -> Failure {
+        Failure { condition: "remote-server-not-found", reason: reason.into() }
+    }
+    fn timeout(reason: impl Into<String>) -> Failure {
+        Failure { condition: "remote-server-timeout", reason: reason.into() }
+    }
+    fn policy(reason: impl Into<String>) -> Failure {
+        Failure { condition: "policy-violation", reason: reason.into() }
+    }
+}
+
+impl Originating {
+    pub(super) fn start(cx: &mut Cx, now: Instant, local: Domain, remote: Domain, direct: bool) -> Originating {
+        let mut o = Originating {
+            local,
+            remote,
+            state: State::Done,
+            tls: false,
+            deadline: now + cx.env.timeouts.negotiation,
+            last_write: now,
+            last_stanza: now,
+            verifying: HashMap::new(),
+        };
+        if direct {
+            cx.state(ConnState::Tls);
+            cx.out.push_back(Output::StartTls(TlsRole::Client { direct: true }));
+            o.state = State::Tls { direct: true };
+        } else {
+            o.send_header(cx, None);
+        }
+        o
+    }
+
+    pub(super) fn established(&self) -> bool {
+        matches!(self.state, State::Established { .. })
+    }
+
+    pub(super) fn authenticating_or_later(&self) -> bool {
+        matches!(self.state, State::Dialback { .. } | State::Held { .. } | State::Established { .. })
+    }
+
+    fn negotiating(&self) -> bool {
+        matches!(self.state, State::Tls { .. } | State::Header { .. } | State::Features { .. } | State::Proceed | State::Sasl { .. })
+    }
+
+    pub(super) fn deadline(&self, env: &Env) -> Option<Instant> {
+        match &self.state {
+            State::Dialback { until } | State::Held { until, .. } => Some(*until),
+            State::Established { .. } => {
+                Some((self.last_write + env.timeouts.keepalive).min(self.last_stanza + env.timeouts.idle_outbound))
+            }
+            State::Done => None,
+            _ => Some(self.deadline),
+        }
+    }
+
+    pub(super) fn write_deadline(&self) -> Option<Instant> {
+        self.negotiating().then_some(self.deadline)
+    }
+
+    fn send_header(&mut self, cx: &mut Cx, sasl: Option<ValidPair>) {
+        cx.out.push_back(Output::Raw(header(Some(self.local.as_str()), Some(self.remote.as_str()), None)));
+        self.state = State::Header { sasl };
+    }
+
+    pub(super) fn handle(&mut self, cx: &mut Cx, now: Instant, input: Input) {
+        match input {
+            Input::Read => {}
+            Input::Frame { frame, buffered } => self.on_frame(cx, now, frame, buffered),
+            Input::ReadError(e) => {
+                if self.established() {
+                    let reason = match &e {
+                        ReadError::Eof => "connection closed by the peer".to_owned(),
+                        ReadError::Io(e) => format!("I/O error: {e}"),
+                        ReadError::Xml(x) => x.to_string(),
+                    };
+                    self.lost(cx, reason, matches!(e, ReadError::Eof), true);
+                } else {
+                    let what = match &self.state {
+                        State::Header { .. } => "reading the stream header",
+                        State::Features { .. } => "reading stream features",
+                        State::Proceed => "STARTTLS",
+                        State::Sasl { .. } => "SASL",
+                        State::Dialback { .. } => "during dialback",
+                        _ => "reading",
+                    };
+                    let reason = match e {
+                        ReadError::Eof => format!("{what}: connection closed by the peer"),
+                        ReadError::Io(e) => format!("{what}: I/O: {e}"),
+                        ReadError::Xml(x) => format!("{what}: {x}"),
+                    };
+                    self.fail(cx, Failure::new(reason), true);
+                }
+            }
+            Input::WriteFailed(e) => {
+                if self.established() {
+                    self.lost(cx, format!("write failed: {e}"), false, true);
+                } else {
+                    self.fail(cx, Failure::new(format!("write failed: {e}")), true);
+                }
+            }
+            Input::TlsEstablished(facts) => self.on_tls(cx, facts),
+            Input::TlsFailed(e) => self.fail(cx, Failure::new(format!("TLS handshake: {e}")), true),
+            Input::Verify { stream_id, key, token } => {
+                cx.send(dialback::verify_request(self.local.as_str(), self.remote.as_str(), &stream_id, &key));
+                self.verifying.entry(stream_id).or_default().push(token);
+                self.last_write = now;
+            }
+            Input::Stanza(st) => {
+                if self.established() {
+                    cx.send(st);
+                    self.last_write = now;
+                    self.last_stanza = now;
+                } else {
+                    // The driver feeds stanzas only once established; never lost, though.
+                    cx.out.push_back(Output::Route(st));
+                }
+            }
+            Input::PolicyChanged => {
+                if let State::Held { .. } = self.state {
+                    self.review_hold(cx);
+                }
+            }
+            Input::Close { reason, error } => {
+                if self.established() {
+                    let error = error.or_else(|| {
+                        (reason == "server shutting down").then(|| StreamError::new(StreamErrorCondition::SystemShutdown, "server shutting down"))
+                    });
+                    self.end(cx, Ending { error, reason, peer_closed: false, abandon: false, kind: EndKind::Closed });
+                } else {
+                    self.fail(cx, Failure::new(reason), false);
+                }
+            }
+            Input::Timer => self.on_timer(cx, now),
+            Input::Answer { .. } => tracing::error!(stream = %cx.log, "an outbound stream was given a dialback answer; ignored"),
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx, now: Instant) {
+        let t = &cx.env.timeouts;
+        match &self.state {
+            State::Dialback { until } if now >= *until => {
+                let why = format!("no dialback answer from {} within {}s (timeouts.dialback)", self.remote, t.dialback.as_secs());
+                self.fail(cx, Failure::timeout(why), false);
+            }
+            State::Held { until, .. } if now >= *until => {
+                let why = format!("{} awaits approval by the operator (policy mode approval)", self.remote);
+                self.fail(cx, Failure::policy(why), false);
+            }
+            State::Established { .. } => {
+                if now >= self.last_stanza + t.idle_outbound {
+                    let reason = format!("idle for {}s (timeouts.idle_outbound)", t.idle_outbound.as_secs());
+                    self.end(cx, Ending { error: None, reason, peer_closed: false, abandon: false, kind: EndKind::Closed });
+                } else if now >= self.last_write + t.keepalive {
+                    // RFC 6120 §4.6.1: whitespace keepalive.
+                    cx.out.push_back(Output::Raw(" ".into()));
+                    self.last_write = now;
+                }
+            }
+            _ if self.negotiating() && now >= self.deadline => {
+                let why = format!("stream negotiation took longer than {}s (timeouts.negotiation)", t.negotiation.as_secs());
+                self.fail(cx, Failure::timeout(why), false);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_tls(&mut self, cx: &mut Cx, facts: TlsFacts) {
+        let State::Tls { direct } = self.state else {
+            return self.fail(cx, Failure::new("TLS reported outside a handshake"), true);
+        };
+        self.tls = true;
+        let verdict = cx.env.certs.judge(&facts.chain, &self.remote, facts.at);
+        let result = if verdict.is_valid() { VerificationResult::Valid } else { VerificationResult::Invalid };
+        cx.outcome(&self.local, &self.remote, AuthMethod::Certificate, result, format!("certificate for {}: {verdict}", self.remote));
+        cx.observe(Observed::Certificate(verdict.clone()));
+        // Where policy wants certificates, whoever answers DNS for the domain must prove it
+        // by one before a stanza leaves (RFC 6120 §13.7.2, XEP-0178).
+        if !verdict.is_valid()
+            && let (AuthMode::CertOnly, rule) = cx.env.security.auth_for(self.remote.as_str())
+        {
+            let why =
+                format!("{}'s certificate is not valid for it ({verdict}) and certificates are required ({rule}); nothing was sent", self.remote);
+            return self.fail(cx, Failure::policy(why), false);
+        }
+        if !direct {
+            cx.out.push_back(Output::Restart);
+        }
+        self.send_header(cx, None);
+    }
+
+    fn on_frame(&mut self, cx: &mut Cx, now: Instant, frame: Frame, buffered: usize) {
+        let state = std::mem::replace(&mut self.state, State::Done);
+        match state {
+            State::Header { sasl } => {
+                let Frame::StreamOpen(h) = frame else {
+                    return self.fail(cx, Failure::new("the peer did not open a stream"), false);
+                };
+                if let Err(e) = check_header(&h) {
+                    cx.send(e.to_element());
+                    return self.fail(cx, Failure::new(format!("bad stream header from the peer: {e}")), false);
+                }
+                let stream_id = h.id.filter(|i| !i.is_empty());
+                if sasl.is_some() {
+                    cx.observe(Observed::StreamId(stream_id.clone().unwrap_or_default()));
+                }
+                self.state = State::Features { stream_id, sasl };
+            }
+            State::Features { stream_id, sasl } => {
+                let features = match frame {
+                    Frame::Element(el) if el.is("features", ns::STREAMS) => el,
+                    Frame::Element(el) => {
+                        let f = peer_error(&el).unwrap_or_else(|| Failure::new(format!("expected stream features, got {}", el.describe())));
+                        return self.fail(cx, f, false);
+                    }
+                    Frame::StreamClose => return self.fail(cx, Failure::new("the peer closed the stream"), false),
+                    Frame::StreamOpen(_) => return self.fail(cx, Failure::new("unexpected second stream header"), false),
+                };
+                if let Some(pair) = sasl {
+                    cx.observe(Observed::Pair {
+                        local: self.local.clone(),
+                        remote: self.remote.clone(),
+                        status: PairStatus::Valid,
+                        method: AuthMethod::SaslExternal,
+                    });
+                    cx.state(ConnState::Established);
+                    let why = format!("{} accepted our certificate (SASL EXTERNAL)", self.remote);
+                    cx.outcome(&self.local, &self.remote, AuthMethod::SaslExternal, VerificationResult::Valid, why);
+                    return self.authorised(cx, now, pair);
+                }
+                self.on_features(cx, now, features, stream_id);
+            }
+            State::Proceed => match frame {
+                Frame::Element(el) if el.is("proceed", ns::TLS) => {
+                    if buffered > 0 {
+                        return self.fail(cx, Failure::new("TLS: data after <proceed/> (plaintext injection); refusing to continue"), false);
+                    }
+                    cx.out.push_back(Output::StartTls(TlsRole::Client { direct: false }));
+                    self.state = State::Tls { direct: false };
+                }
+                Frame::Element(el) if el.is("failure", ns::TLS) => {
+                    self.fail(cx, Failure::new("TLS: the peer answered STARTTLS with <failure/>"), false)
+                }
+                _ => self.fail(cx, Failure::new("TLS: unexpected answer to STARTTLS"), false),
+            },
+            State::Sasl { stream_id } => match frame {
+                Frame::Element(el) if el.is("success", ns::SASL) => {
+                    let proof = ValidPair::by_sasl_success(&self.local, &self.remote, &el).expect("a <success/>");
+                    // RFC 6120 §6.4.6: restart the stream.
+                    cx.out.push_back(Output::Restart);
+                    self.send_header(cx, Some(proof));
+                }
+                Frame::Element(el) if el.is("failure", ns::SASL) => {
+                    let clip = crate::xml::element::clip;
+                    let cond = el.elements().find(|e| e.name != "text").map(|e| clip(&e.name, 64).into_owned()).unwrap_or_default();
+                    let text = el.get_child("text", ns::SASL).map(|t| clip(&t.text_content(), 256).into_owned()).unwrap_or_default();
+                    tracing::info!(stream = %cx.log, "{} refused SASL EXTERNAL: {cond} {text}; falling back to dialback", self.remote);
+                    let why = format!("{} refused our certificate (SASL EXTERNAL <{cond}/> {text}); falling back to dialback", self.remote);
+                    cx.outcome(&self.local, &self.remote, AuthMethod::SaslExternal, VerificationResult::Invalid, why);
+                    self.dialback(cx, now, stream_id);
+                }
+                _ => self.fail(cx, Failure::new("SASL: unexpected answer to <auth/>"), false),
+            },
+            State::Dialback { until } => {
+                self.state = State::Dialback { until };
+                let el = match frame {
+                    Frame::Element(el) => el,
+                    Frame::StreamClose => return self.fail(cx, Failure::new("the peer closed the stream during dialback"), false),
+                    Frame::StreamOpen(_) => return,
+                };
+                if let Some(db) = DbElement::parse(&el) {
+                    let ours = !db.verify && db.from == self.remote.as_str() && db.to == self.local.as_str();
+                    match (ours, &db.answer) {
+                        (true, Some(Answer::Valid)) => {
+                            let pair = ValidPair::by_dialback(&self.local, &self.remote, &Answer::Valid).expect("a valid answer");
+                            cx.observe(Observed::Pair {
+                                local: self.local.clone(),
+                                remote: self.remote.clone(),
+                                status: PairStatus::Valid,
+                                method: AuthMethod::Dialback,
+                            });
+                            cx.state(ConnState::Established);
+                            let why = format!("{} accepted our dialback key", self.remote);
+                            cx.outcome(&self.local, &self.remote, AuthMethod::Dialback, VerificationResult::Valid, why);
+                            self.authorised(cx, now, pair);
+                        }
+                        (true, Some(a)) => {
+                            cx.observe(Observed::PairRemoved { local: self.local.clone(), remote: self.remote.clone() });
+                            let why = format!("{} answered our dialback with {}", self.remote, a.describe());
+                            cx.outcome(&self.local, &self.remote, AuthMethod::Dialback, VerificationResult::Invalid, why);
+                            let f = Failure::new(format!("dialback: {} answered {}", self.remote, a.describe()));
+                            self.fail(cx, f, false);
+                        }
+                        _ => self.on_dialback(cx, &db),
+                    }
+                } else if let Some(f) = peer_error(&el) {
+                    self.fail(cx, f, true);
+                }
+            }
+            State::Held { pair, until } => {
+                self.state = State::Held { pair, until };
+                match frame {
+                    Frame::Element(el) => {
+                        if let Some(db) = DbElement::parse(&el) {
+                            self.on_dialback(cx, &db);
+                        } else if let Some(f) = peer_error(&el) {
+                            self.fail(cx, f, true);
+                        }
+                    }
+                    Frame::StreamOpen(_) => {}
+                    Frame::StreamClose => self.fail(cx, Failure::new("the peer closed the stream"), false),
+                }
+            }
+            State::Established { pair } => {
+                self.state = State::Established { pair };
+                match frame {
+                    Frame::Element(el) => {
+                        if let Some(db) = DbElement::parse(&el) {
+                            self.on_dialback(cx, &db);
+                        } else if let Some(f) = peer_error(&el) {
+                            self.lost(cx, f.reason, true, true);
+                        } else {
+                            tracing::debug!(stream = %cx.log, element = %el.describe(), "ignoring an element on an outbound stream");
+                        }
+                    }
+                    Frame::StreamClose => self.lost(cx, "closed by the peer".into(), true, false),
+                    Frame::StreamOpen(_) => {}
+                }
+            }
+            s @ (State::Tls { .. } | State::Done) => {
+                self.state = s;
+                self.fail(cx, Failure::new("data during the TLS handshake"), true);
+            }
+        }
+    }
+
+    /// The peer's features after its header: STARTTLS first, then SASL EXTERNAL when
+    /// offered over TLS, else dialback.
+    fn on_features(&mut self, cx: &mut Cx, now: Instant, features: Element, stream_id: Option<String>) {
+        let security = &cx.env.security;
+        if self.tls {
+            cx.observe(Observed::StreamId(stream_id.clone().unwrap_or_default()));
+            let external = features
+                .get_child("mechanisms", ns::SASL)
+                .is_some_and(|m| m.elements().any(|x| x.name == "mechanism" && x.text_content().trim() == "EXTERNAL"));
+            if external {
+                cx.send(Element::new("auth", ns::SASL).attr("mechanism", "EXTERNAL").text("="));
+                self.state = State::Sasl { stream_id };
+                return;
+            }
+            return self.dialback(cx, now, stream_id);
+        }
+        if !features.has_child("starttls", ns::TLS) {
+            if let (AuthMode::CertOnly, rule) = security.auth_for(self.remote.as_str()) {
+                let why = format!("{} does not offer STARTTLS, so it cannot prove itself by certificate as required ({rule})", self.remote);
+                return self.fail(cx, Failure::policy(why), false);
+            }
+            let (require_tls, rule) = security.require_encryption_for(self.remote.as_str());
+            if require_tls {
+                return self.fail(cx, Failure::new(format!("{} does not offer STARTTLS and encryption is required ({rule})", self.remote)), false);
+            }
+            cx.observe(Observed::StreamId(stream_id.clone().unwrap_or_default()));
+            return self.dialback(cx, now, stream_id);
+        }
+        // STARTTLS (RFC 6120 §5.4.2).
+        cx.state(ConnState::Tls);
+        cx.send(Element::new("starttls", ns::TLS));
+        self.state = State::Proceed;
+    }
+
+    /// Dialback, Originating Server role (XEP-0220 §2.1.1): our `db:result`.
+    fn dialback(&mut self, cx: &mut Cx, now: Instant, stream_id: Option<String>) {
+        if let (AuthMode::CertOnly, rule) = cx.env.security.auth_for(self.remote.as_str()) {
+            let why = format!("{} did not accept our certificate (SASL EXTERNAL) and {rule} forbids dialback", self.remote);
+            return self.fail(cx, Failure::new(why), false);
+        }
+        let Some(stream_id) = stream_id else {
+            return self.fail(cx, Failure::new("the peer's stream header has no id, so dialback is impossible"), false);
+        };
+        cx.state(ConnState::Authenticating);
+        let key = cx.env.keys.derive(self.remote.as_str(), self.local.as_str(), &stream_id);
+        cx.send(dialback::result_request(self.local.as_str(), self.remote.as_str(), &key));
+        cx.observe(Observed::Pair { local: self.local.clone(), remote: self.remote.clone(), status: PairStatus::Pending, method: AuthMethod::Dialback });
+        self.last_write = now;
+        self.state = State::Dialback { until: now + cx.env.timeouts.dialback };
+    }
+
+    /// Authenticated: the policy decides whether traffic flows now, waits for the
+    /// operator, or never.
+    fn authorised(&mut self, cx: &mut Cx, now: Instant, pair: ValidPair) {
+        self.last_write = now;
+        self.last_stanza = now;
+        match cx.env.policy.verdict(&self.remote) {
+            Verdict::Allow => self.state = State::Established { pair },
+            Verdict::Refuse(why) => self.fail(cx, Failure::policy(why), false),
+            Verdict::Hold => {
+                cx.observe(Observed::Pending(self.remote.clone()));
+                tracing::info!(stream = %cx.log, "holding traffic to {}: awaiting approval", self.remote);
+                self.state = State::Held { pair, until: now + cx.env.timeouts.approval_wait };
+            }
+        }
+    }
+
+    fn review_hold(&mut self, cx: &mut Cx) {
+        match cx.env.policy.verdict(&self.remote) {
+            Verdict::Hold => {}
+            Verdict::Refuse(why) => self.fail(cx, Failure::policy(why), false),
+            Verdict::Allow => {
+                if let State::Held { pair, .. } = std::mem::replace(&mut self.state, State::Done) {
+                    self.state = State::Established { pair };
+                }
+            }
+        }
+    }
+
+    /// A dialback element on this stream: answers to our `db:verify` requests.
+    fn on_dialback(&mut self, cx: &mut Cx, db: &DbElement) {
+        if db.verify
+            && let (Some(answer), Some(id)) = (&db.answer, &db.id)
+            && db.from == self.remote.as_str()
+            && db.to == self.local.as_str()
+            && let Some(tokens) = self.verifying.remove(id)
+        {
+            for token in tokens {
+                cx.out.push_back(Output::VerifyAnswer { token, answer: answer.clone(), detail: None });
+            }
+            return;
+        }
+        let clip = crate::xml::element::clip;
+        tracing::debug!(stream = %cx.log, "ignoring unexpected dialback element from {} to {}", clip(&db.from, 64), clip(&db.to, 64));
+    }
+
+    /// Could not be set up (or refused): waiting verifications fail, queued stanzas bounce.
+    fn fail(&mut self, cx: &mut Cx, f: Failure, abandon: bool) {
+        let error = (f.condition == "policy-violation").then(|| StreamError::new(StreamErrorCondition::PolicyViolation, f.reason.clone()));
+        let condition = f.condition;
+        self.answer_waiting(cx, condition, &f.reason);
+        self.end(cx, Ending { error, reason: f.reason, peer_closed: false, abandon, kind: EndKind::Failed { condition } });
+    }
+
+    /// Lost after it was established.
+    fn lost(&mut self, cx: &mut Cx, reason: String, peer_closed: bool, abandon: bool) {
+        self.answer_waiting(cx, "remote-server-not-found", &reason);
+        self.end(cx, Ending { error: None, reason, peer_closed, abandon, kind: EndKind::Lost });
+    }
+
+    fn end(&mut self, cx: &mut Cx, e: Ending) {
+        if e.kind == EndKind::Closed {
+            self.answer_waiting(cx, "remote-server-not-found", "stream closed");
+        }
+        self.state = State::Done;
+        cx.close(e);
+    }
+
+    /// What the peer that asked for a verification learns: the condition, in neutral words
+    /// (no address, no kind of connect failure); the full reason reaches the operator.
+    fn answer_waiting(&mut self, cx: &mut Cx, condition: &str, reason: &str) {
+        for (_, tokens) in self.verifying.drain() {
+            for token in tokens {
+                cx.out.push_back(Output::VerifyAnswer { token, answer: verify_failure(&self.remote, condition), detail: Some(reason.to_owned()) });
+            }
+        }
+    }
+}
+
+/// The neutral answer for a verification that could not be carried out.
+pub fn verify_failure(remote: &Domain, condition: &str) -> Answer {
+    if condition == "remote-server-timeout" {
+        Answer::error("remote-server-timeout", format!("{remote}'s authoritative server did not answer in time"))
+    } else {
+        Answer::error("remote-connection-failed", format!("{remote}'s authoritative server could not be reached"))
+    }
+}
+
+/// A `<stream:error/>` from the peer, as a failure.
+fn peer_error(el: &Element) -> Option<Failure> {
+    el.is("error", ns::STREAMS).then(|| Failure::new(format!("the peer sent stream error {}", StreamError::from_element(el))))
+}
