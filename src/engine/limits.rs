@@ -114,7 +114,7 @@ impl Gauges {
         }
         *n += 1;
         self.inbound_unauthenticated.fetch_add(1, Ordering::Relaxed);
-        Ok(InboundSlot { gauges: self.clone(), ip, authenticated: false })
+        Ok(InboundSlot { gauges: self.clone(), ip, authenticated: false, max_inbound: limits.max_inbound })
     }
 
     /// A new outbound stream.
@@ -158,22 +158,36 @@ pub struct InboundSlot {
     gauges: Arc<Gauges>,
     ip: IpAddr,
     authenticated: bool,
+    /// `limits.max_inbound` when admitted.
+    max_inbound: usize,
 }
 
 impl InboundSlot {
     /// The stream authenticated a domain: it moves from the unauthenticated limits to
     /// `limits.max_inbound` (refused when that is full).
-    pub fn authenticated(&mut self, limits: &Limits) -> Result<(), Refused> {
+    pub fn authenticated(&mut self) -> Result<(), Refused> {
         if self.authenticated {
             return Ok(());
         }
         self.gauges
             .inbound
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limits.max_inbound).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_inbound).then_some(n + 1))
             .map_err(|_| Refused("limits.max_inbound"))?;
         self.gauges.release_unauthenticated(self.ip);
         self.authenticated = true;
         Ok(())
+    }
+}
+
+impl crate::proto::machine::Admission for InboundSlot {
+    fn authenticated(&mut self) -> Result<(), &'static str> {
+        match InboundSlot::authenticated(self) {
+            Ok(()) => Ok(()),
+            Err(Refused(key)) => {
+                refused_once(key, "*", || format!("refusing an authenticated inbound stream: {key} reached"));
+                Err(key)
+            }
+        }
     }
 }
 
@@ -196,35 +210,6 @@ pub struct OutboundSlot {
 impl Drop for OutboundSlot {
     fn drop(&mut self) {
         self.gauges.outbound.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Dialback requests on one stream: at most `limits.max_verifications_in_flight` at once
-/// and `limits.verifications_per_minute` started per minute.
-#[derive(Debug, Default)]
-pub struct VerificationBudget {
-    window: Option<Instant>,
-    started: usize,
-}
-
-impl VerificationBudget {
-    /// Whether one more may start now (`in_flight` are under way).
-    pub fn start(&mut self, now: Instant, in_flight: usize, limits: &Limits) -> Result<(), Refused> {
-        if in_flight >= limits.max_verifications_in_flight {
-            return Err(Refused("limits.max_verifications_in_flight"));
-        }
-        match self.window {
-            Some(w) if now.duration_since(w) < Duration::from_secs(60) => {}
-            _ => {
-                self.window = Some(now);
-                self.started = 0;
-            }
-        }
-        if self.started >= limits.verifications_per_minute {
-            return Err(Refused("limits.verifications_per_minute"));
-        }
-        self.started += 1;
-        Ok(())
     }
 }
 
@@ -258,28 +243,15 @@ mod gauge_tests {
         let o = g.outbound(&l).unwrap();
         assert_eq!(g.outbound(&l).unwrap_err(), Refused("limits.max_outbound"));
         // Authenticating frees the unauthenticated slot.
-        s1.authenticated(&l).unwrap();
+        s1.authenticated().unwrap();
         let _s4 = g.admit(b, &l).unwrap();
         drop(s3);
         let mut s5 = g.admit(b, &l).unwrap();
-        assert_eq!(s5.authenticated(&l).unwrap_err(), Refused("limits.max_inbound"));
+        assert_eq!(s5.authenticated().unwrap_err(), Refused("limits.max_inbound"));
         drop((s1, o));
         let uses = g.uses(&l);
         assert_eq!(uses.iter().find(|u| u.key == "limits.max_inbound").unwrap().used, 0);
         assert_eq!(uses.iter().find(|u| u.key == "limits.max_outbound").unwrap().used, 0);
         assert_eq!(uses.iter().find(|u| u.key == "limits.max_inbound_unauthenticated").unwrap().used, 3);
-    }
-
-    #[test]
-    fn verification_budget_per_stream() {
-        let l = limits();
-        let mut v = VerificationBudget::default();
-        let t = Instant::now();
-        assert_eq!(v.start(t, 2, &l).unwrap_err(), Refused("limits.max_verifications_in_flight"));
-        for _ in 0..3 {
-            v.start(t, 0, &l).unwrap();
-        }
-        assert_eq!(v.start(t + Duration::from_secs(30), 0, &l).unwrap_err(), Refused("limits.verifications_per_minute"));
-        v.start(t + Duration::from_secs(61), 0, &l).unwrap();
     }
 }

@@ -47,7 +47,7 @@ pub enum EngineError {
 pub struct Shared {
     pub settings: Settings,
     /// Replaced as a whole on reload; a stream takes the current one at its handshake.
-    tls: std::sync::RwLock<Arc<TlsContext>>,
+    tls: Arc<crate::net::tls::CurrentTls>,
     pub resolver: Resolver,
     pub secret: Vec<u8>,
     pub table: ConnTable,
@@ -59,7 +59,10 @@ pub struct Shared {
     /// Direct TLS listeners' bound addresses.
     pub listening_direct: Vec<SocketAddr>,
     pub store: Arc<Store>,
-    pub policy: Policy,
+    pub policy: Arc<Policy>,
+    /// What every stream machine shares (hosted domains, its timeouts and limits, the
+    /// security rules, dialback keys, the policy view, the certificate judge).
+    pub stream_env: Arc<crate::proto::machine::Env>,
     /// Every per-stream and per-client task, so shutdown can wait for them (they hold the
     /// store, whose lock must be free when `shutdown` returns).
     pub tasks: tokio_util::task::TaskTracker,
@@ -77,7 +80,7 @@ pub const UNAUTHENTICATED_RING: usize = 1000;
 impl Shared {
     /// The TLS context in force now.
     pub fn tls(&self) -> Arc<TlsContext> {
-        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.tls.get()
     }
 
     /// Re-read certificates and keys (SIGHUP, `ctl reload`). Established streams keep their
@@ -89,7 +92,7 @@ impl Shared {
                     "TLS reloaded: certificate {} (expires {}, sha-256 {})",
                     ctx.our_cert.subject, ctx.our_cert.not_after, ctx.our_cert.fingerprint_sha256
                 );
-                *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ctx);
+                self.tls.set(ctx);
                 tracing::info!("{msg}");
                 Ok(msg)
             }
@@ -228,6 +231,40 @@ impl Shared {
     }
 }
 
+/// The stream machines' capabilities, from the settings.
+fn stream_env(
+    settings: &Settings,
+    secret: &[u8],
+    policy: Arc<Policy>,
+    tls: Arc<crate::net::tls::CurrentTls>,
+) -> crate::proto::machine::Env {
+    use crate::proto::machine as m;
+    let (t, l) = (&settings.timeouts, &settings.limits);
+    m::Env {
+        hosted: settings.domains.clone(),
+        timeouts: m::Timeouts {
+            negotiation: t.negotiation,
+            dialback: t.dialback,
+            idle_inbound: t.idle_inbound,
+            idle_outbound: t.idle_outbound,
+            keepalive: t.keepalive,
+            approval_wait: settings.policy.approval_wait,
+        },
+        limits: m::Limits {
+            max_pairs_per_stream: l.max_pairs_per_stream,
+            max_verifications_in_flight: l.max_verifications_in_flight,
+            verifications_per_minute: l.verifications_per_minute,
+            held_stanzas: l.outbound_queue,
+            held_bytes: l.outbound_queue_bytes,
+        },
+        security: settings.security.clone(),
+        keys: crate::proto::dialback::DialbackKeys::new(secret),
+        policy,
+        certs: tls,
+        stream_ids: Box::new(table::random_id),
+    }
+}
+
 /// `ctl status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
@@ -281,8 +318,9 @@ impl Engine {
         if recovered > 0 {
             tracing::warn!(streams = recovered, "the last run stopped without closing its streams; they are in the history");
         }
-        let policy = Policy::load(store.clone(), settings.policy.mode)?;
-        let tls = TlsContext::load(&settings.tls, &settings.domains, &settings.data_dir)?;
+        let policy = Arc::new(Policy::load(store.clone(), settings.policy.mode)?);
+        let tls = Arc::new(crate::net::tls::CurrentTls::new(TlsContext::load(&settings.tls, &settings.domains, &settings.data_dir)?));
+        let stream_env = Arc::new(stream_env(&settings, &secret, policy.clone(), tls.clone()));
         let resolver = Resolver::new(&settings.dns)?;
         let mut listeners = Vec::new();
         let mut listening = Vec::new();
@@ -309,7 +347,7 @@ impl Engine {
                     settings.limits.transcript_total_bytes,
                 ),
             ),
-            tls: std::sync::RwLock::new(Arc::new(tls)),
+            tls: tls.clone(),
             resolver,
             secret,
             events,
@@ -320,6 +358,7 @@ impl Engine {
             listening_direct,
             store,
             policy,
+            stream_env,
             tasks: tokio_util::task::TaskTracker::new(),
             dials: Arc::new(tokio::sync::Semaphore::new(settings.outbound.max_dials)),
             unauthenticated: std::sync::Mutex::new(std::collections::VecDeque::new()),

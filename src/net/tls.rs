@@ -97,6 +97,30 @@ pub fn session_facts(conn: &rustls::CommonState) -> (String, String) {
     (version, cipher)
 }
 
+/// The TLS context in force: replaced as a whole on reload; a stream takes the current one
+/// at its handshake.
+pub struct CurrentTls(std::sync::RwLock<Arc<TlsContext>>);
+
+impl CurrentTls {
+    pub fn new(ctx: TlsContext) -> CurrentTls {
+        CurrentTls(std::sync::RwLock::new(Arc::new(ctx)))
+    }
+
+    pub fn get(&self) -> Arc<TlsContext> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, ctx: TlsContext) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ctx);
+    }
+}
+
+impl crate::proto::machine::CertJudge for CurrentTls {
+    fn judge(&self, chain: &[CertificateDer<'_>], domain: &Domain, at: rustls::pki_types::UnixTime) -> crate::types::CertVerdict {
+        self.get().judge.judge(chain, domain.as_str(), at)
+    }
+}
+
 /// Everything TLS needs, built once at start.
 pub struct TlsContext {
     server: HashMap<Domain, Arc<ServerConfig>>,

@@ -357,3 +357,9 @@ fn effective_record(r: &DomainRecord, now: u64) -> DomainRecord {
     let eff = standing(r).effective(now);
     if eff == r.state { r.clone() } else { DomainRecord { state: eff, expires_ms: None, ..r.clone() } }
 }
+
+impl crate::proto::machine::PolicyView for Policy {
+    fn verdict(&self, remote: &Domain) -> Verdict {
+        Policy::verdict(self, remote)
+    }
+}

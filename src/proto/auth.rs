@@ -44,8 +44,11 @@ impl ValidPair {
     /// XEP-0344 §2.2: dialback without the callback, the certificate being valid for the
     /// domain claimed in `db:result`.
     pub fn by_certificate(local: &Domain, cert: &Certified, claimed: &Domain) -> Option<ValidPair> {
-        (cert.domain() == claimed)
-            .then(|| ValidPair { local: local.clone(), remote: claimed.clone(), method: AuthMethod::DialbackWithValidCert })
+        (cert.domain() == claimed).then(|| ValidPair {
+            local: local.clone(),
+            remote: claimed.clone(),
+            method: AuthMethod::DialbackWithValidCert,
+        })
     }
 
     /// Inbound SASL EXTERNAL (XEP-0178 §2): the certificate is valid for the domain.
@@ -55,9 +58,11 @@ impl ValidPair {
 
     /// Outbound SASL EXTERNAL (XEP-0178 §3): the receiving server sent `<success/>`.
     pub fn by_sasl_success(local: &Domain, remote: &Domain, success: &Element) -> Option<ValidPair> {
-        success
-            .is("success", ns::SASL)
-            .then(|| ValidPair { local: local.clone(), remote: remote.clone(), method: AuthMethod::SaslExternal })
+        success.is("success", ns::SASL).then(|| ValidPair {
+            local: local.clone(),
+            remote: remote.clone(),
+            method: AuthMethod::SaslExternal,
+        })
     }
 
     pub fn local(&self) -> &Domain {

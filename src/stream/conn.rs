@@ -71,8 +71,6 @@ pub enum ConnError {
     Io(#[from] io::Error),
     #[error("{0}")]
     Xml(#[from] XmlError),
-    #[error("peer sent stream error {0}")]
-    Peer(StreamError),
 }
 
 /// A connection: transport + framer + output buffer + the table entry it reports to.
@@ -122,26 +120,39 @@ impl Conn {
     /// The next frame. Cancel-safe: bytes read stay in the framer's buffer.
     pub async fn read_frame(&mut self) -> Result<Frame, ConnError> {
         loop {
-            match self.framer.next_frame() {
-                Ok(Some(f)) => {
-                    if self.entry.capturing() {
-                        self.record_in(&f);
-                    }
-                    return Ok(f);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    self.entry.record("note", format!("unparseable input: {e}"), None);
-                    return Err(e.into());
-                }
+            if let Some(f) = self.next_frame()? {
+                return Ok(f);
             }
-            let n = self.io.read_buf(self.framer.read_buf(READ_CHUNK)).await?;
-            if n == 0 {
-                return Err(ConnError::Eof);
-            }
-            self.last_read = Instant::now();
-            self.entry.touch_in(n);
+            self.read_more().await?;
         }
+    }
+
+    /// The next complete frame among the bytes read, if any (recorded in the transcript).
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, XmlError> {
+        match self.framer.next_frame() {
+            Ok(Some(f)) => {
+                if self.entry.capturing() {
+                    self.record_in(&f);
+                }
+                Ok(Some(f))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.entry.record("note", format!("unparseable input: {e}"), None);
+                Err(e)
+            }
+        }
+    }
+
+    /// Read what the transport has (at least one byte). Cancel-safe.
+    pub async fn read_more(&mut self) -> Result<usize, ConnError> {
+        let n = self.io.read_buf(self.framer.read_buf(READ_CHUNK)).await?;
+        if n == 0 {
+            return Err(ConnError::Eof);
+        }
+        self.last_read = Instant::now();
+        self.entry.touch_in(n);
+        Ok(n)
     }
 
     /// Queue an element (written on the next [`Conn::flush`]).

@@ -16,6 +16,7 @@
 //! judge, stream ids) and, for inbound streams, an [`Admission`] slot.
 
 mod originating;
+pub use originating::verify_failure;
 mod receiving;
 #[cfg(test)]
 mod tests;
@@ -186,7 +187,11 @@ pub enum Output {
     Route(Element),
     Ask(Ask),
     /// The answer for a [`Input::Verify`]; `detail` for the operator.
-    VerifyAnswer { token: u64, answer: Answer, detail: Option<String> },
+    VerifyAnswer {
+        token: u64,
+        answer: Answer,
+        detail: Option<String>,
+    },
     Observe(Observed),
     /// The end: carried out last; the machine takes no more input after it.
     Close(Ending),
@@ -196,14 +201,31 @@ pub enum Output {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Observed {
     State(ConnState),
-    Domains { local: Option<String>, remote: Option<String> },
+    Domains {
+        local: Option<String>,
+        remote: Option<String>,
+    },
     StreamId(String),
-    Pair { local: Domain, remote: Domain, status: PairStatus, method: AuthMethod },
-    PairRemoved { local: Domain, remote: Domain },
+    Pair {
+        local: Domain,
+        remote: Domain,
+        status: PairStatus,
+        method: AuthMethod,
+    },
+    PairRemoved {
+        local: Domain,
+        remote: Domain,
+    },
     /// Everything learned before TLS is forgotten.
     PairsReset,
     Certificate(CertVerdict),
-    Outcome { local: Domain, remote: Domain, method: AuthMethod, result: VerificationResult, reason: String },
+    Outcome {
+        local: Domain,
+        remote: Domain,
+        method: AuthMethod,
+        result: VerificationResult,
+        reason: String,
+    },
     /// A verified domain nobody decided on waits for the operator (approval mode).
     Pending(Domain),
 }
@@ -273,7 +295,13 @@ impl Machine {
     /// from the first byte (XEP-0368).
     pub fn originating(env: Arc<Env>, log: Arc<str>, now: Instant, local: Domain, remote: Domain, direct: bool) -> Machine {
         let (mut out, mut closed) = (VecDeque::new(), false);
-        let o = originating::Originating::start(&mut Cx { env: &env, log: &log, out: &mut out, closed: &mut closed }, now, local, remote, direct);
+        let o = originating::Originating::start(
+            &mut Cx { env: &env, log: &log, out: &mut out, closed: &mut closed },
+            now,
+            local,
+            remote,
+            direct,
+        );
         Machine { env, log, out, closed, role: Role::Originating(Box::new(o)) }
     }
 
@@ -292,6 +320,11 @@ impl Machine {
     /// The next output, in order.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
+    }
+
+    /// Whether outputs wait to be carried out.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
     }
 
     /// When [`Input::Timer`] is due next.

@@ -22,19 +22,35 @@ use crate::xml::{Element, Frame};
 #[derive(Debug)]
 enum State {
     /// TLS handshake under way (`direct`: from the first byte, XEP-0368).
-    Tls { direct: bool },
+    Tls {
+        direct: bool,
+    },
     /// Our header sent; `sasl`: the proof of a SASL success before this restart.
-    Header { sasl: Option<ValidPair> },
-    Features { stream_id: Option<String>, sasl: Option<ValidPair> },
+    Header {
+        sasl: Option<ValidPair>,
+    },
+    Features {
+        stream_id: Option<String>,
+        sasl: Option<ValidPair>,
+    },
     /// `<starttls/>` sent.
     Proceed,
     /// `<auth mechanism='EXTERNAL'/>` sent.
-    Sasl { stream_id: Option<String> },
+    Sasl {
+        stream_id: Option<String>,
+    },
     /// Our `db:result` sent; the peer's answer due by `until` (`timeouts.dialback`).
-    Dialback { until: Instant },
+    Dialback {
+        until: Instant,
+    },
     /// Authenticated; the policy holds our traffic until the operator decides.
-    Held { pair: ValidPair, until: Instant },
-    Established { pair: ValidPair },
+    Held {
+        pair: ValidPair,
+        until: Instant,
+    },
+    Established {
+        pair: ValidPair,
+    },
     Done,
 }
 
@@ -183,9 +199,6 @@ impl Originating {
             }
             Input::Close { reason, error } => {
                 if self.established() {
-                    let error = error.or_else(|| {
-                        (reason == "server shutting down").then(|| StreamError::new(StreamErrorCondition::SystemShutdown, "server shutting down"))
-                    });
                     self.end(cx, Ending { error, reason, peer_closed: false, abandon: false, kind: EndKind::Closed });
                 } else {
                     self.fail(cx, Failure::new(reason), false);
@@ -239,8 +252,10 @@ impl Originating {
         if !verdict.is_valid()
             && let (AuthMode::CertOnly, rule) = cx.env.security.auth_for(self.remote.as_str())
         {
-            let why =
-                format!("{}'s certificate is not valid for it ({verdict}) and certificates are required ({rule}); nothing was sent", self.remote);
+            let why = format!(
+                "{}'s certificate is not valid for it ({verdict}) and certificates are required ({rule}); nothing was sent",
+                self.remote
+            );
             return self.fail(cx, Failure::policy(why), false);
         }
         if !direct {
@@ -293,7 +308,11 @@ impl Originating {
             State::Proceed => match frame {
                 Frame::Element(el) if el.is("proceed", ns::TLS) => {
                     if buffered > 0 {
-                        return self.fail(cx, Failure::new("TLS: data after <proceed/> (plaintext injection); refusing to continue"), false);
+                        return self.fail(
+                            cx,
+                            Failure::new("TLS: data after <proceed/> (plaintext injection); refusing to continue"),
+                            false,
+                        );
                     }
                     cx.out.push_back(Output::StartTls(TlsRole::Client { direct: false }));
                     self.state = State::Tls { direct: false };
@@ -417,7 +436,11 @@ impl Originating {
             }
             let (require_tls, rule) = security.require_encryption_for(self.remote.as_str());
             if require_tls {
-                return self.fail(cx, Failure::new(format!("{} does not offer STARTTLS and encryption is required ({rule})", self.remote)), false);
+                return self.fail(
+                    cx,
+                    Failure::new(format!("{} does not offer STARTTLS and encryption is required ({rule})", self.remote)),
+                    false,
+                );
             }
             cx.observe(Observed::StreamId(stream_id.clone().unwrap_or_default()));
             return self.dialback(cx, now, stream_id);
@@ -440,7 +463,12 @@ impl Originating {
         cx.state(ConnState::Authenticating);
         let key = cx.env.keys.derive(self.remote.as_str(), self.local.as_str(), &stream_id);
         cx.send(dialback::result_request(self.local.as_str(), self.remote.as_str(), &key));
-        cx.observe(Observed::Pair { local: self.local.clone(), remote: self.remote.clone(), status: PairStatus::Pending, method: AuthMethod::Dialback });
+        cx.observe(Observed::Pair {
+            local: self.local.clone(),
+            remote: self.remote.clone(),
+            status: PairStatus::Pending,
+            method: AuthMethod::Dialback,
+        });
         self.last_write = now;
         self.state = State::Dialback { until: now + cx.env.timeouts.dialback };
     }
@@ -517,7 +545,11 @@ impl Originating {
     fn answer_waiting(&mut self, cx: &mut Cx, condition: &str, reason: &str) {
         for (_, tokens) in self.verifying.drain() {
             for token in tokens {
-                cx.out.push_back(Output::VerifyAnswer { token, answer: verify_failure(&self.remote, condition), detail: Some(reason.to_owned()) });
+                cx.out.push_back(Output::VerifyAnswer {
+                    token,
+                    answer: verify_failure(&self.remote, condition),
+                    detail: Some(reason.to_owned()),
+                });
             }
         }
     }

@@ -131,7 +131,9 @@ impl Receiving {
             Input::TlsFailed(e) => cx.close(Ending::quiet(format!("TLS handshake failed: {e}"), true)),
             Input::Answer { local, remote, answer, detail } => self.on_answer(cx, now, local, remote, answer, detail),
             Input::PolicyChanged => self.review_held(cx),
-            Input::Close { reason, error } => cx.close(Ending { error, reason, peer_closed: false, abandon: false, kind: super::EndKind::Inbound }),
+            Input::Close { reason, error } => {
+                cx.close(Ending { error, reason, peer_closed: false, abandon: false, kind: super::EndKind::Inbound })
+            }
             Input::Timer => self.on_timer(cx, now),
             Input::Verify { .. } | Input::Stanza(_) => {
                 tracing::error!(stream = %cx.log, "an inbound stream was given outbound work; ignored");
@@ -196,7 +198,10 @@ impl Receiving {
                 Ok(d) if !is_ip_literal(d.as_str()) => {}
                 Ok(_) => return cx.close(Ending::error(C::InvalidFrom, "the 'from' of an s2s stream must be a domain, not an IP address")),
                 Err(e) => {
-                    return cx.close(Ending::error(C::InvalidFrom, format!("{:?} is not a domain: {}", clip(from, 64), clip(&e.to_string(), 96))));
+                    return cx.close(Ending::error(
+                        C::InvalidFrom,
+                        format!("{:?} is not a domain: {}", clip(from, 64), clip(&e.to_string(), 96)),
+                    ));
                 }
             }
         }
@@ -294,7 +299,10 @@ impl Receiving {
             };
             let (require_tls, rule) = cx.env.security.require_encryption_for(Domain::parse(&db.from).as_ref().map_or("", |d| d.as_str()));
             if !self.secure && require_tls {
-                return cx.close(Ending::error(C::PolicyViolation, format!("dialback before TLS: encryption is required ({rule}); STARTTLS first")));
+                return cx.close(Ending::error(
+                    C::PolicyViolation,
+                    format!("dialback before TLS: encryption is required ({rule}); STARTTLS first"),
+                ));
             }
             return match (db.verify, &db.answer) {
                 (false, None) => self.on_db_result(cx, now, db),
@@ -374,7 +382,13 @@ impl Receiving {
         if !self.admit(cx) {
             return;
         }
-        cx.outcome(&local, &domain, AuthMethod::SaslExternal, VerificationResult::Valid, format!("SASL EXTERNAL: the certificate is valid for {domain}"));
+        cx.outcome(
+            &local,
+            &domain,
+            AuthMethod::SaslExternal,
+            VerificationResult::Valid,
+            format!("SASL EXTERNAL: the certificate is valid for {domain}"),
+        );
         self.state = State::ExpectHeader;
     }
 
@@ -451,7 +465,9 @@ impl Receiving {
             return cx.close(Ending::error(C::PolicyViolation, why));
         }
         match self.pairs.get(&(local.clone(), remote.clone())) {
-            Some(Pair::Valid(_) | Pair::Held(_)) => return cx.send(dialback::result_answer(local.as_str(), remote.as_str(), &Answer::Valid)),
+            Some(Pair::Valid(_) | Pair::Held(_)) => {
+                return cx.send(dialback::result_answer(local.as_str(), remote.as_str(), &Answer::Valid));
+            }
             Some(Pair::Verifying) => {
                 // XEP-0220 §2.1: a second db:result for a pair being verified starts nothing new.
                 return tracing::info!(stream = %cx.log, "{remote} → {local}: db:result ignored, already being verified");
@@ -466,7 +482,8 @@ impl Receiving {
         match self.verifications.start(now, in_flight, &env.limits) {
             Ok(()) => {}
             Err(key @ "limits.max_verifications_in_flight") => {
-                let answer = Answer::error("resource-constraint", format!("too many verifications under way on this stream ({key}); try again"));
+                let answer =
+                    Answer::error("resource-constraint", format!("too many verifications under way on this stream ({key}); try again"));
                 return cx.send(dialback::result_answer(local.as_str(), remote.as_str(), &answer));
             }
             Err(key) => return cx.close(Ending::error(C::PolicyViolation, format!("too many dialback requests on this stream ({key})"))),
@@ -480,7 +497,12 @@ impl Receiving {
             tracing::info!(stream = %cx.log, "{remote} → {local}: certificate valid for {remote}, dialback accepted without the callback");
             return self.accept(cx, now, proof, format!("dialback without the callback: the certificate is valid for {remote}"));
         }
-        cx.observe(Observed::Pair { local: local.clone(), remote: remote.clone(), status: PairStatus::Pending, method: AuthMethod::Dialback });
+        cx.observe(Observed::Pair {
+            local: local.clone(),
+            remote: remote.clone(),
+            status: PairStatus::Pending,
+            method: AuthMethod::Dialback,
+        });
         tracing::info!(stream = %cx.log, "{remote} → {local}: asking {remote}'s authoritative server (db:verify)");
         cx.out.push_back(Output::Ask(super::Ask { local, remote, stream_id: self.stream_id.clone(), key: db.key }));
     }
@@ -549,7 +571,12 @@ impl Receiving {
                 Verdict::Allow => {
                     tracing::info!(stream = %cx.log, "{} approved; releasing its held stanzas", key.1);
                     if let Some(Pair::Held(p)) = self.pairs.remove(&key) {
-                        cx.observe(Observed::Pair { local: key.0.clone(), remote: key.1.clone(), status: PairStatus::Valid, method: p.method() });
+                        cx.observe(Observed::Pair {
+                            local: key.0.clone(),
+                            remote: key.1.clone(),
+                            status: PairStatus::Valid,
+                            method: p.method(),
+                        });
                         self.pairs.insert(key, Pair::Valid(p));
                     }
                 }
@@ -647,4 +674,3 @@ fn deliver(cx: &mut Cx, _pair: &ValidPair, el: Element) {
     }
     cx.out.push_back(Output::Deliver(el));
 }
-

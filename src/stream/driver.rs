@@ -1,0 +1,167 @@
+//! What both drivers do around a [`Machine`]: parse buffered frames one at a time (a
+//! restart or TLS upgrade asked for by one frame applies before the next is parsed),
+//! carry out the outputs every role has, write in batches, and project what the machine
+//! observed onto the connection table, the store and the dashboard's events.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::conn::{Conn, ConnError};
+use crate::engine::Shared;
+use crate::engine::events::{Direction, VerificationOutcome, now_ms};
+use crate::engine::table::ConnEntry;
+use crate::proto::machine::{Ending, Input, Machine, Observed, Output, ReadError};
+
+/// One stream's machine and connection, and where they report.
+pub struct Driver {
+    pub shared: Arc<Shared>,
+    pub entry: Arc<ConnEntry>,
+    pub conn: Conn,
+    pub machine: Machine,
+    pub direction: Direction,
+}
+
+/// What the driver's loop waits for next.
+pub enum Wake {
+    Read(Result<usize, ConnError>),
+    Timer,
+    Cancelled,
+}
+
+impl Driver {
+    pub fn now() -> std::time::Instant {
+        Instant::now().into_std()
+    }
+
+    pub fn feed(&mut self, input: Input) {
+        self.machine.handle(Self::now(), input);
+    }
+
+    /// Parse one buffered frame into the machine. `false` when none is complete.
+    pub fn parse_one(&mut self) -> bool {
+        if self.machine.is_closed() {
+            return false;
+        }
+        match self.conn.next_frame() {
+            Ok(Some(frame)) => {
+                let buffered = self.conn.framer.pending();
+                self.feed(Input::Frame { frame, buffered });
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                self.feed(Input::ReadError(ReadError::Xml(e)));
+                true
+            }
+        }
+    }
+
+    /// Write what is queued, within the write deadline the machine sets (the negotiation
+    /// deadline while unauthenticated); a failure is fed back.
+    pub async fn flush(&mut self) {
+        if !self.conn.has_pending_output() || self.machine.is_closed() {
+            return;
+        }
+        self.conn.set_deadline(self.machine.write_deadline().map(Instant::from_std));
+        if let Err(e) = self.conn.flush().await {
+            self.feed(Input::WriteFailed(e.to_string()));
+        }
+    }
+
+    /// What happened while reading, fed to the machine.
+    pub fn on_read(&mut self, r: Result<usize, ConnError>) {
+        match r {
+            Ok(_) => self.feed(Input::Read),
+            Err(ConnError::Eof) => self.feed(Input::ReadError(ReadError::Eof)),
+            Err(ConnError::Io(e)) => self.feed(Input::ReadError(ReadError::Io(e.to_string()))),
+            Err(ConnError::Xml(e)) => self.feed(Input::ReadError(ReadError::Xml(e))),
+        }
+    }
+
+    /// The operator's close request (or shutdown), as input.
+    pub fn cancelled(&mut self) {
+        let (reason, error) = match self.entry.close_request() {
+            Some(r) => r,
+            None => ("server shutting down".to_owned(), None),
+        };
+        let error = error.or_else(|| {
+            (reason == "server shutting down").then(|| {
+                crate::proto::stream::StreamError::new(crate::proto::stream::StreamErrorCondition::SystemShutdown, "server shutting down")
+            })
+        });
+        self.feed(Input::Close { reason, error });
+    }
+
+    /// Carry out an output every role has; the others are handed back.
+    pub fn common(&mut self, o: Output) -> Option<Output> {
+        match o {
+            Output::Raw(s) => self.conn.send_raw(&s),
+            Output::Send(el) => self.conn.send(&el),
+            Output::Restart => self.conn.restart(),
+            Output::Observe(o) => observe(&self.shared, &self.entry, self.direction, o),
+            o => return Some(o),
+        }
+        None
+    }
+
+    /// Wait for bytes, the machine's timer or a close request.
+    pub async fn wait(&mut self) -> Wake {
+        let deadline = self.machine.deadline().map(Instant::from_std);
+        tokio::select! {
+            biased;
+            _ = self.entry.cancel.cancelled() => Wake::Cancelled,
+            _ = sleep_until(deadline) => Wake::Timer,
+            r = self.conn.read_more() => Wake::Read(r),
+        }
+    }
+
+    /// The closing handshake (RFC 6120 §4.4) unless the connection is unusable.
+    pub async fn close(&mut self, end: &Ending) {
+        if end.abandon {
+            return;
+        }
+        self.entry.set_state(crate::engine::events::ConnState::Closing);
+        self.conn.close(end.error.as_ref(), self.shared.settings.timeouts.close, end.peer_closed).await;
+    }
+}
+
+/// Sleep until `at`, or forever.
+pub async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The projection of a machine's observations: the stream's row in the connection table,
+/// verification outcomes (store, log, events), pending domains.
+pub fn observe(shared: &Shared, entry: &ConnEntry, direction: Direction, o: Observed) {
+    match o {
+        Observed::State(s) => entry.set_state(s),
+        Observed::Domains { local, remote } => entry.set_domains(local.as_deref(), remote.as_deref()),
+        Observed::StreamId(id) => entry.set_stream_id(&id),
+        Observed::Pair { local, remote, status, method } => entry.set_pair(&local, &remote, status, method),
+        Observed::PairRemoved { local, remote } => entry.remove_pair(&local, &remote),
+        Observed::PairsReset => entry.reset_pairs(),
+        Observed::Certificate(verdict) => {
+            if let Some(mut tls) = entry.snapshot().tls {
+                entry.record("note", format!("certificate verdict: {verdict}"), None);
+                tls.cert_verdict = Some(verdict);
+                entry.set_tls(tls);
+            }
+        }
+        Observed::Outcome { local, remote, method, result, reason } => shared.record_outcome(VerificationOutcome {
+            time_ms: now_ms(),
+            stream: entry.id.clone(),
+            direction,
+            local: local.to_string(),
+            remote: remote.to_string(),
+            method,
+            result,
+            reason,
+            peer_addr: entry.peer_addr(),
+        }),
+        Observed::Pending(d) => shared.mark_pending(&d),
+    }
+}
