@@ -1,1 +1,936 @@
+//! The machine without sockets, in virtual time: every transition of both roles.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::proto::ns;
+use crate::proto::stream::StreamErrorCondition as C;
+use crate::types::{AuthMode, DomainRule};
+use crate::xml::Framer;
+
+const LOCAL: &str = "here.test";
+const REMOTE: &str = "there.test";
+const SECRET: &[u8] = b"s3cret";
+
+#[derive(Default)]
+pub(crate) struct FakePolicy(Mutex<HashMap<String, Verdict>>);
+
+impl FakePolicy {
+    fn set(&self, d: &str, v: Verdict) {
+        self.0.lock().unwrap().insert(d.into(), v);
+    }
+}
+
+impl PolicyView for FakePolicy {
+    fn verdict(&self, remote: &Domain) -> Verdict {
+        self.0.lock().unwrap().get(remote.as_str()).cloned().unwrap_or(Verdict::Allow)
+    }
+}
+
+/// Certificates by the domain they are judged for: valid for the listed ones.
+#[derive(Default)]
+pub(crate) struct FakeJudge(Mutex<Vec<String>>);
+
+impl CertJudge for FakeJudge {
+    fn judge(&self, chain: &[CertificateDer<'_>], domain: &Domain, _at: UnixTime) -> CertVerdict {
+        if chain.is_empty() {
+            CertVerdict::NoCertificate
+        } else if self.0.lock().unwrap().iter().any(|d| d == domain.as_str()) {
+            CertVerdict::Valid
+        } else {
+            CertVerdict::NameMismatch(vec!["other.test".into()])
+        }
+    }
+}
+
+struct Slot(Arc<AtomicBool>);
+
+impl Admission for Slot {
+    fn authenticated(&mut self) -> Result<(), &'static str> {
+        if self.0.load(Ordering::Relaxed) { Err("limits.max_inbound") } else { Ok(()) }
+    }
+}
+
+struct World {
+    env: Arc<Env>,
+    policy: Arc<FakePolicy>,
+    judge: Arc<FakeJudge>,
+    full: Arc<AtomicBool>,
+    t0: Instant,
+}
+
+fn world_with(f: impl FnOnce(&mut Env)) -> World {
+    let policy = Arc::new(FakePolicy::default());
+    let judge = Arc::new(FakeJudge::default());
+    let ids = Arc::new(AtomicU64::new(0));
+    let mut env = Env {
+        hosted: vec![d(LOCAL), d("other-here.test")],
+        timeouts: Timeouts {
+            negotiation: Duration::from_secs(30),
+            dialback: Duration::from_secs(20),
+            idle_inbound: Duration::from_secs(1200),
+            idle_outbound: Duration::from_secs(600),
+            keepalive: Duration::from_secs(60),
+            approval_wait: Duration::from_secs(300),
+        },
+        limits: Limits {
+            max_pairs_per_stream: 4,
+            max_verifications_in_flight: 2,
+            verifications_per_minute: 3,
+            held_stanzas: 3,
+            held_bytes: 10_000,
+        },
+        security: Security { auth: AuthMode::CertOrDialback, require_encryption: true, rules: vec![] },
+        keys: DialbackKeys::new(SECRET),
+        policy: policy.clone(),
+        certs: judge.clone(),
+        stream_ids: Box::new(move || format!("id{}", ids.fetch_add(1, Ordering::Relaxed))),
+    };
+    f(&mut env);
+    World { env: Arc::new(env), policy, judge, full: Arc::default(), t0: Instant::now() }
+}
+
+fn world() -> World {
+    world_with(|_| {})
+}
+
+fn d(s: &str) -> Domain {
+    Domain::parse(s).unwrap()
+}
+
+/// The peer's side of the wire: its header, then elements parsed as the framer would.
+struct Wire(Framer);
+
+impl Wire {
+    fn open(from: Option<&str>, to: &str) -> (Wire, Frame) {
+        let mut f = Framer::new(1 << 20, 32);
+        let from = from.map(|f| format!(" from='{f}'")).unwrap_or_default();
+        f.feed(
+            format!("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' version='1.0' to='{to}'{from} id='peer-id'>")
+                .as_bytes(),
+        );
+        let h = f.next_frame().unwrap().unwrap();
+        (Wire(f), h)
+    }
+
+    fn el(&mut self, xml: &str) -> Frame {
+        self.0.feed(xml.as_bytes());
+        self.0.next_frame().unwrap().expect("a complete element")
+    }
+}
+
+fn frame(frame: Frame) -> Input {
+    Input::Frame { frame, buffered: 0 }
+}
+
+fn drain(m: &mut Machine) -> Vec<Output> {
+    std::iter::from_fn(|| m.poll_output()).collect()
+}
+
+fn xml(el: &Element) -> String {
+    let mut s = String::new();
+    crate::xml::writer::write_top(&mut s, el);
+    s
+}
+
+/// Everything written, as text (elements serialised, raw bytes as they are).
+fn written(outs: &[Output]) -> String {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Send(el) => Some(xml(el)),
+            Output::Raw(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ending(outs: &[Output]) -> Option<&Ending> {
+    outs.iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None })
+}
+
+fn condition(outs: &[Output]) -> Option<C> {
+    ending(outs).and_then(|e| e.error.as_ref()).map(|e| e.condition)
+}
+
+fn observed(outs: &[Output]) -> Vec<&Observed> {
+    outs.iter().filter_map(|o| if let Output::Observe(x) = o { Some(x) } else { None }).collect()
+}
+
+fn delivered(outs: &[Output]) -> Vec<String> {
+    outs.iter().filter_map(|o| if let Output::Deliver(el) = o { Some(xml(el)) } else { None }).collect()
+}
+
+fn asks(outs: &[Output]) -> Vec<&Ask> {
+    outs.iter().filter_map(|o| if let Output::Ask(a) = o { Some(a) } else { None }).collect()
+}
+
+fn outcomes(outs: &[Output]) -> Vec<(AuthMethod, VerificationResult)> {
+    observed(outs)
+        .into_iter()
+        .filter_map(|o| if let Observed::Outcome { method, result, .. } = o { Some((*method, *result)) } else { None })
+        .collect()
+}
+
+fn facts(valid_chain: bool) -> TlsFacts {
+    TlsFacts { chain: if valid_chain { vec![CertificateDer::from(vec![1u8])] } else { vec![] }, at: UnixTime::now() }
+}
+
+// ---------------------------------------------------------------------------------------
+// Receiving role.
+
+impl World {
+    fn at(&self, secs: u64) -> Instant {
+        self.t0 + Duration::from_secs(secs)
+    }
+
+    fn inbound(&self, direct: Option<TlsFacts>) -> Machine {
+        Machine::receiving(self.env.clone(), "in-1".into(), self.t0, direct, Box::new(Slot(self.full.clone())))
+    }
+
+    /// An inbound stream past STARTTLS, features sent; the wire after the restart.
+    fn inbound_secure(&self) -> (Machine, Wire, Vec<Output>) {
+        let mut m = self.inbound(None);
+        let (mut w, h) = Wire::open(Some(REMOTE), LOCAL);
+        m.handle(self.t0, frame(h));
+        drain(&mut m);
+        m.handle(self.t0, frame(w.el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")));
+        drain(&mut m);
+        m.handle(self.t0, Input::TlsEstablished(facts(true)));
+        drain(&mut m);
+        let (w, h) = Wire::open(Some(REMOTE), LOCAL);
+        m.handle(self.t0, frame(h));
+        let outs = drain(&mut m);
+        (m, w, outs)
+    }
+
+    /// … and with (LOCAL, REMOTE) valid by dialback.
+    fn inbound_established(&self) -> (Machine, Wire) {
+        let (mut m, mut w, _) = self.inbound_secure();
+        m.handle(self.t0, frame(w.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}'>k</db:result>"))));
+        drain(&mut m);
+        m.handle(self.t0, Input::Answer { local: d(LOCAL), remote: d(REMOTE), answer: Answer::Valid, detail: None });
+        let outs = drain(&mut m);
+        assert!(written(&outs).contains("type='valid'"), "{outs:?}");
+        (m, w)
+    }
+}
+
+#[test]
+fn receiving_header_then_starttls_then_restart_forgets_and_offers_dialback() {
+    let w = world();
+    let mut m = w.inbound(None);
+    let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(h));
+    let outs = drain(&mut m);
+    let text = written(&outs);
+    assert!(text.starts_with("<?xml version='1.0'?><stream:stream"), "{text}");
+    assert!(text.contains(&format!("from='{LOCAL}'")) && text.contains(&format!("to='{REMOTE}'")) && text.contains("id='id0'"));
+    assert!(text.contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"), "{text}");
+    assert!(!text.contains("urn:xmpp:features:dialback"), "no dialback before TLS when encryption is required: {text}");
+    assert!(observed(&outs).contains(&&Observed::State(ConnState::Tls)));
+
+    m.handle(w.t0, frame(wire.el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")));
+    let outs = drain(&mut m);
+    assert_eq!(written(&outs), "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    assert!(matches!(outs.last(), Some(Output::StartTls(TlsRole::Server { local })) if local.as_str() == LOCAL));
+
+    m.handle(w.t0, Input::TlsEstablished(facts(false)));
+    let outs = drain(&mut m);
+    assert!(matches!(outs.iter().find(|o| matches!(o, Output::Restart)), Some(_)));
+    assert!(observed(&outs).contains(&&Observed::PairsReset));
+    assert_eq!(outcomes(&outs), vec![(AuthMethod::Certificate, VerificationResult::Invalid)]);
+
+    let (_, h) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(h));
+    let text = written(&drain(&mut m));
+    assert!(text.contains("id='id1'"), "a new stream id after the restart: {text}");
+    assert!(!text.contains("starttls") && !text.contains("mechanisms"), "{text}");
+    assert!(text.contains("<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>"), "{text}");
+}
+
+#[test]
+fn receiving_refuses_plaintext_injection_after_starttls() {
+    let w = world();
+    let mut m = w.inbound(None);
+    let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(h));
+    drain(&mut m);
+    let f = wire.el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    m.handle(w.t0, Input::Frame { frame: f, buffered: 12 });
+    let outs = drain(&mut m);
+    assert_eq!(condition(&outs), Some(C::PolicyViolation));
+    assert!(!outs.iter().any(|o| matches!(o, Output::StartTls(_))));
+    assert!(m.is_closed());
+    // Nothing more after the close.
+    m.handle(w.t0, Input::Timer);
+    assert!(drain(&mut m).is_empty());
+}
+
+#[test]
+fn receiving_header_checks() {
+    let w = world();
+    // Not ours.
+    let mut m = w.inbound(None);
+    m.handle(w.t0, frame(Wire::open(Some(REMOTE), "elsewhere.test").1));
+    let outs = drain(&mut m);
+    assert!(written(&outs).starts_with("<?xml"), "our header comes before the error");
+    assert_eq!(condition(&outs), Some(C::HostUnknown));
+    // An address is not a domain.
+    let mut m = w.inbound(None);
+    m.handle(w.t0, frame(Wire::open(Some("192.0.2.1"), LOCAL).1));
+    assert_eq!(condition(&drain(&mut m)), Some(C::InvalidFrom));
+    // Refused by the policy at the header: recorded as a policy refusal.
+    w.policy.set(REMOTE, Verdict::Refuse("there.test is blacklisted".into()));
+    let mut m = w.inbound(None);
+    m.handle(w.t0, frame(Wire::open(Some(REMOTE), LOCAL).1));
+    let outs = drain(&mut m);
+    assert_eq!(condition(&outs), Some(C::PolicyViolation));
+    assert_eq!(outcomes(&outs), vec![(AuthMethod::Policy, VerificationResult::Refused)]);
+    // Not a header at all.
+    let mut m = w.inbound(None);
+    let (mut wire, _) = Wire::open(None, LOCAL);
+    m.handle(w.t0, frame(wire.el("<message/>")));
+    let outs = drain(&mut m);
+    assert!(written(&outs).starts_with("<?xml"));
+    assert_eq!(condition(&outs), Some(C::NotWellFormed));
+}
+
+#[test]
+fn receiving_parse_error_before_the_header_still_sends_ours() {
+    let w = world();
+    let mut m = w.inbound(None);
+    m.handle(w.t0, Input::ReadError(ReadError::Xml(XmlError::Restricted("a DTD".into()))));
+    let outs = drain(&mut m);
+    assert!(written(&outs).starts_with("<?xml"));
+    assert_eq!(condition(&outs), Some(C::RestrictedXml));
+}
+
+#[test]
+fn receiving_dialback_ask_answer_and_deliver() {
+    let w = world();
+    let (mut m, mut wire, outs) = w.inbound_secure();
+    assert!(observed(&outs).contains(&&Observed::State(ConnState::Authenticating)));
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}'>key1</db:result>"))));
+    let outs = drain(&mut m);
+    let ask = asks(&outs);
+    assert_eq!(ask.len(), 1);
+    assert_eq!(
+        (ask[0].local.as_str(), ask[0].remote.as_str(), ask[0].stream_id.as_str(), ask[0].key.as_str()),
+        (LOCAL, REMOTE, "id1", "key1")
+    );
+    assert!(observed(&outs).iter().any(|o| matches!(o, Observed::Pair { status: PairStatus::Pending, .. })));
+    // Asked twice while verifying: nothing new.
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}'>key1</db:result>"))));
+    assert!(asks(&drain(&mut m)).is_empty());
+    // A stanza before the answer: the pair is not valid yet.
+    m.handle(w.t0, Input::Answer { local: d(LOCAL), remote: d(REMOTE), answer: Answer::Valid, detail: None });
+    let outs = drain(&mut m);
+    assert_eq!(written(&outs), format!("<db:result from='{LOCAL}' to='{REMOTE}' type='valid'/>"));
+    assert!(observed(&outs).contains(&&Observed::State(ConnState::Established)));
+    assert_eq!(outcomes(&outs), vec![(AuthMethod::Dialback, VerificationResult::Valid)]);
+    let ping = format!("<iq type='get' id='p1' from='{REMOTE}' to='{LOCAL}'><ping xmlns='urn:xmpp:ping'/></iq>");
+    m.handle(w.t0, frame(wire.el(&ping)));
+    assert_eq!(delivered(&drain(&mut m)).len(), 1);
+    // A stanza from a domain not authenticated on this stream ends it.
+    m.handle(w.t0, frame(wire.el(&format!("<message from='x@third.test' to='a@{LOCAL}'/>"))));
+    assert_eq!(condition(&drain(&mut m)), Some(C::InvalidFrom));
+}
+
+#[test]
+fn receiving_piggybacked_pairs_and_refusals() {
+    let w = world();
+    let (mut m, mut wire) = w.inbound_established();
+    // A second domain on the same stream (XEP-0220 §2.5 piggybacking), to another local domain.
+    m.handle(w.t0, frame(wire.el("<db:result from='second.test' to='other-here.test'>k2</db:result>")));
+    assert_eq!(asks(&drain(&mut m)).len(), 1);
+    m.handle(w.t0, Input::Answer { local: d("other-here.test"), remote: d("second.test"), answer: Answer::Invalid, detail: None });
+    let outs = drain(&mut m);
+    assert!(written(&outs).contains("type='invalid'"));
+    assert_eq!(outcomes(&outs), vec![(AuthMethod::Dialback, VerificationResult::Invalid)]);
+    assert!(observed(&outs).iter().any(|o| matches!(o, Observed::PairRemoved { .. })));
+    // An error answer: the peer gets the condition; the outcome says timeout.
+    m.handle(w.t0, frame(wire.el("<db:result from='third.test' to='here.test'>k3</db:result>")));
+    drain(&mut m);
+    let answer = Answer::error("remote-server-timeout", "third.test's authoritative server did not answer in time");
+    m.handle(w.t0, Input::Answer { local: d(LOCAL), remote: d("third.test"), answer, detail: Some("no answer within 20s".into()) });
+    let outs = drain(&mut m);
+    assert!(written(&outs).contains("type='error'") && written(&outs).contains("remote-server-timeout"), "{}", written(&outs));
+    assert_eq!(outcomes(&outs), vec![(AuthMethod::Dialback, VerificationResult::Timeout)]);
+    // The first pair still works; the refused ones do not.
+    let ok = format!("<message from='a@{REMOTE}' to='b@{LOCAL}'><body>hi</body></message>");
+    m.handle(w.t0, frame(wire.el(&ok)));
+    assert_eq!(delivered(&drain(&mut m)).len(), 1);
+    m.handle(w.t0, frame(wire.el("<message from='a@second.test' to='b@other-here.test'/>")));
+    assert_eq!(condition(&drain(&mut m)), Some(C::InvalidFrom));
+}
+
+#[test]
+fn receiving_claims_for_unknown_or_hosted_domains_and_empty_keys() {
+    let w = world();
+    let (mut m, mut wire, _) = w.inbound_secure();
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='nothere.test'>k</db:result>"))));
+    let outs = drain(&mut m);
+    assert!(written(&outs).contains("item-not-found"));
+    assert!(asks(&outs).is_empty());
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='other-here.test' to='{LOCAL}'>k</db:result>"))));
+    let outs = drain(&mut m);
+    assert!(written(&outs).contains("type='invalid'"));
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}'></db:result>"))));
+    let outs = drain(&mut m);
+    assert!(written(&outs).contains("type='invalid'"));
+    assert!(asks(&outs).is_empty());
+    assert!(!m.is_closed());
+}
+
+#[test]
+fn receiving_verification_budget() {
+    let w = world();
+    let (mut m, mut wire, _) = w.inbound_secure();
+    for r in ["a.test", "b.test"] {
+        m.handle(w.t0, frame(wire.el(&format!("<db:result from='{r}' to='{LOCAL}'>k</db:result>"))));
+        assert_eq!(asks(&drain(&mut m)).len(), 1);
+    }
+    // Two in flight (limits.max_verifications_in_flight = 2): the third waits its turn.
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='c.test' to='{LOCAL}'>k</db:result>"))));
+    let outs = drain(&mut m);
+    assert!(written(&outs).contains("resource-constraint"));
+    assert!(asks(&outs).is_empty());
+    m.handle(w.t0, Input::Answer { local: d(LOCAL), remote: d("a.test"), answer: Answer::Invalid, detail: None });
+    drain(&mut m);
+    m.handle(w.at(1), frame(wire.el(&format!("<db:result from='c.test' to='{LOCAL}'>k</db:result>"))));
+    assert_eq!(asks(&drain(&mut m)).len(), 1);
+    // Three per minute (limits.verifications_per_minute = 3): the fourth ends the stream …
+    m.handle(w.at(2), Input::Answer { local: d(LOCAL), remote: d("b.test"), answer: Answer::Invalid, detail: None });
+    m.handle(w.at(2), frame(wire.el(&format!("<db:result from='d.test' to='{LOCAL}'>k</db:result>"))));
+    assert_eq!(condition(&drain(&mut m)), Some(C::PolicyViolation));
+}
+
+#[test]
+fn receiving_answers_as_authoritative_server() {
+    let w = world();
+    let (mut m, mut wire, _) = w.inbound_secure();
+    let key = w.env.keys.derive("rs.test", LOCAL, "sid");
+    m.handle(w.t0, frame(wire.el(&format!("<db:verify from='rs.test' to='{LOCAL}' id='sid'>{key}</db:verify>"))));
+    assert!(written(&drain(&mut m)).contains("type='valid'"));
+    m.handle(w.t0, frame(wire.el(&format!("<db:verify from='rs.test' to='{LOCAL}' id='other'>{key}</db:verify>"))));
+    assert!(written(&drain(&mut m)).contains("type='invalid'"));
+    m.handle(w.t0, frame(wire.el(&format!("<db:verify from='rs.test' to='nothere.test' id='sid'>{key}</db:verify>"))));
+    assert!(written(&drain(&mut m)).contains("item-not-found"));
+    // Only an answer, nothing else: the stream stays unauthenticated and open.
+    assert!(!m.is_closed());
+}
+
+#[test]
+fn receiving_sasl_external_success_restarts_without_a_second_offer() {
+    let w = world();
+    w.judge.0.lock().unwrap().push(REMOTE.into());
+    let (mut m, mut wire, outs) = w.inbound_secure();
+    let text = written(&outs);
+    assert!(text.contains("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms>"), "{text}");
+    assert!(text.contains("urn:xmpp:features:dialback"), "dialback stays offered alongside: {text}");
+    m.handle(w.t0, frame(wire.el("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")));
+    let outs = drain(&mut m);
+    assert_eq!(written(&outs), "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    assert!(outs.iter().any(|o| matches!(o, Output::Restart)));
+    assert!(
+        observed(&outs).iter().any(|o| matches!(o, Observed::Pair { status: PairStatus::Valid, method: AuthMethod::SaslExternal, .. }))
+    );
+    assert_eq!(outcomes(&outs), vec![(AuthMethod::SaslExternal, VerificationResult::Valid)]);
+    let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(h));
+    let text = written(&drain(&mut m));
+    assert!(!text.contains("mechanisms"), "{text}");
+    let ping = format!("<iq type='get' id='p1' from='{REMOTE}' to='{LOCAL}'><ping xmlns='urn:xmpp:ping'/></iq>");
+    m.handle(w.t0, frame(wire.el(&ping)));
+    assert_eq!(delivered(&drain(&mut m)).len(), 1);
+}
+
+#[test]
+fn receiving_sasl_failures_leave_dialback_open() {
+    let w = world();
+    let (mut m, mut wire, outs) = w.inbound_secure();
+    assert!(!written(&outs).contains("mechanisms"), "no SASL without a valid certificate");
+    for (auth, cond) in [
+        ("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'/>", "invalid-mechanism"),
+        ("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>", "not-authorized"),
+        ("<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>", "aborted"),
+    ] {
+        m.handle(w.t0, frame(wire.el(auth)));
+        let text = written(&drain(&mut m));
+        assert!(text.starts_with("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>") && text.contains(cond), "{text}");
+    }
+    // The certificate's verdict is named.
+    m.handle(w.t0, frame(wire.el("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")));
+    assert!(written(&drain(&mut m)).contains("name mismatch"));
+    // Valid certificate, wrong authzid.
+    let w = world();
+    w.judge.0.lock().unwrap().push(REMOTE.into());
+    let (mut m, mut wire, _) = w.inbound_secure();
+    let authzid = crate::proto::sasl::base64_encode(b"someone.test");
+    m.handle(w.t0, frame(wire.el(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{authzid}</auth>"))));
+    assert!(written(&drain(&mut m)).contains("invalid-authzid"));
+    m.handle(w.t0, frame(wire.el("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>!!</auth>")));
+    assert!(written(&drain(&mut m)).contains("incorrect-encoding"));
+    assert!(!m.is_closed());
+}
+
+#[test]
+fn receiving_dialback_with_a_valid_certificate_needs_no_callback() {
+    let w = world();
+    w.judge.0.lock().unwrap().push(REMOTE.into());
+    let (mut m, mut wire, _) = w.inbound_secure();
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}'>k</db:result>"))));
+    let outs = drain(&mut m);
+    assert!(asks(&outs).is_empty());
+    assert!(written(&outs).contains("type='valid'"));
+    assert_eq!(outcomes(&outs), vec![(AuthMethod::DialbackWithValidCert, VerificationResult::Valid)]);
+}
+
+#[test]
+fn receiving_cert_only_peer_may_not_use_dialback() {
+    let w = world_with(|e| e.security.rules.push(DomainRule { name: d(REMOTE), auth: Some(AuthMode::CertOnly), require_encryption: None }));
+    let (mut m, mut wire, outs) = w.inbound_secure();
+    assert!(!written(&outs).contains("urn:xmpp:features:dialback"));
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}'>k</db:result>"))));
+    let outs = drain(&mut m);
+    assert_eq!(condition(&outs), Some(C::NotAuthorized));
+    assert!(ending(&outs).unwrap().error.as_ref().unwrap().text.contains("auth = \"cert-only\""));
+}
+
+#[test]
+fn receiving_approval_hold_and_release_in_order() {
+    let w = world();
+    w.policy.set(REMOTE, Verdict::Hold);
+    let (mut m, mut wire, _) = w.inbound_secure();
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}'>k</db:result>"))));
+    drain(&mut m);
+    m.handle(w.t0, Input::Answer { local: d(LOCAL), remote: d(REMOTE), answer: Answer::Valid, detail: None });
+    let outs = drain(&mut m);
+    assert!(observed(&outs).contains(&&Observed::Pending(d(REMOTE))));
+    assert!(observed(&outs).iter().any(|o| matches!(o, Observed::Pair { status: PairStatus::Held, .. })));
+    assert_eq!(m.deadline(), Some(w.at(300)), "held for approval_wait");
+    for i in 1..=2 {
+        m.handle(w.t0, frame(wire.el(&format!("<message id='m{i}' from='a@{REMOTE}' to='b@{LOCAL}'/>"))));
+        assert!(delivered(&drain(&mut m)).is_empty(), "held, not delivered");
+    }
+    // Still undecided: nothing moves.
+    m.handle(w.at(10), Input::PolicyChanged);
+    assert!(drain(&mut m).is_empty());
+    w.policy.set(REMOTE, Verdict::Allow);
+    m.handle(w.at(11), Input::PolicyChanged);
+    let outs = drain(&mut m);
+    let got = delivered(&outs);
+    assert_eq!(got.len(), 2);
+    assert!(got[0].contains("id='m1'") && got[1].contains("id='m2'"), "{got:?}");
+    assert!(observed(&outs).iter().any(|o| matches!(o, Observed::Pair { status: PairStatus::Valid, .. })));
+    assert_eq!(m.deadline(), Some(w.t0 + w.env.timeouts.idle_inbound), "no hold deadline any more");
+}
+
+#[test]
+fn receiving_hold_times_out_and_overflow_and_refusal_close() {
+    let w = world();
+    w.policy.set(REMOTE, Verdict::Hold);
+    let hold = |w: &World| {
+        let (mut m, mut wire, _) = w.inbound_secure();
+        m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}'>k</db:result>"))));
+        m.handle(w.t0, Input::Answer { local: d(LOCAL), remote: d(REMOTE), answer: Answer::Valid, detail: None });
+        drain(&mut m);
+        (m, wire)
+    };
+    let (mut m, _) = hold(&w);
+    m.handle(w.at(299), Input::Timer);
+    assert!(drain(&mut m).is_empty());
+    m.handle(w.at(300), Input::Timer);
+    let outs = drain(&mut m);
+    assert_eq!(condition(&outs), Some(C::PolicyViolation));
+    assert!(ending(&outs).unwrap().reason.contains("awaits approval"));
+    // More held stanzas than kept (limits: 3).
+    let (mut m, mut wire) = hold(&w);
+    for i in 0..4 {
+        m.handle(w.t0, frame(wire.el(&format!("<message id='m{i}' from='a@{REMOTE}' to='b@{LOCAL}'/>"))));
+    }
+    assert_eq!(condition(&drain(&mut m)), Some(C::PolicyViolation));
+    // The operator refuses.
+    let (mut m, _) = hold(&w);
+    w.policy.set(REMOTE, Verdict::Refuse("blocked by the operator".into()));
+    m.handle(w.at(5), Input::PolicyChanged);
+    let outs = drain(&mut m);
+    assert_eq!(condition(&outs), Some(C::PolicyViolation));
+    assert_eq!(ending(&outs).unwrap().error.as_ref().unwrap().text, "blocked by the operator");
+}
+
+#[test]
+fn receiving_timeouts_in_virtual_time() {
+    let w = world();
+    let mut m = w.inbound(None);
+    assert_eq!(m.deadline(), Some(w.at(30)));
+    assert_eq!(m.write_deadline(), Some(w.at(30)));
+    m.handle(w.at(29), Input::Timer);
+    assert!(drain(&mut m).is_empty());
+    m.handle(w.at(30), Input::Timer);
+    let outs = drain(&mut m);
+    assert_eq!(condition(&outs), Some(C::ConnectionTimeout));
+    assert!(ending(&outs).unwrap().reason.contains("timeouts.negotiation"));
+    // Established: idle, unless bytes keep arriving (whitespace keepalives).
+    let (mut m, _) = w.inbound_established();
+    assert_eq!(m.write_deadline(), None);
+    m.handle(w.at(1000), Input::Read);
+    assert_eq!(m.deadline(), Some(w.at(2200)));
+    m.handle(w.at(1300), Input::Timer);
+    assert!(drain(&mut m).is_empty());
+    m.handle(w.at(2200), Input::Timer);
+    let outs = drain(&mut m);
+    assert_eq!(condition(&outs), Some(C::ConnectionTimeout));
+    assert!(ending(&outs).unwrap().reason.contains("timeouts.idle_inbound"));
+}
+
+#[test]
+fn receiving_admission_refused_when_full() {
+    let w = world();
+    w.full.store(true, Ordering::Relaxed);
+    let (mut m, mut wire, _) = w.inbound_secure();
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}'>k</db:result>"))));
+    m.handle(w.t0, Input::Answer { local: d(LOCAL), remote: d(REMOTE), answer: Answer::Valid, detail: None });
+    let outs = drain(&mut m);
+    assert_eq!(condition(&outs), Some(C::ResourceConstraint));
+    assert!(!written(&outs).contains("type='valid'"), "no valid answer for a stream that is refused");
+}
+
+#[test]
+fn receiving_malformed_stanza_is_answered_not_delivered() {
+    let w = world();
+    let (mut m, mut wire) = w.inbound_established();
+    m.handle(w.t0, frame(wire.el(&format!("<iq type='get' from='a@{REMOTE}' to='{LOCAL}'><ping xmlns='urn:xmpp:ping'/></iq>"))));
+    let outs = drain(&mut m);
+    assert!(delivered(&outs).is_empty());
+    let reply = outs.iter().find_map(|o| if let Output::Route(el) = o { Some(xml(el)) } else { None }).expect("an error reply");
+    assert!(reply.contains("bad-request"), "{reply}");
+}
+
+#[test]
+fn receiving_stanzas_before_tls_or_auth_end_the_stream() {
+    let w = world();
+    let mut m = w.inbound(None);
+    let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(h));
+    drain(&mut m);
+    m.handle(w.t0, frame(wire.el(&format!("<message from='a@{REMOTE}' to='b@{LOCAL}'/>"))));
+    assert_eq!(condition(&drain(&mut m)), Some(C::PolicyViolation));
+    let (mut m, mut wire, _) = w.inbound_secure();
+    m.handle(w.t0, frame(wire.el(&format!("<message from='a@{REMOTE}' to='b@{LOCAL}'/>"))));
+    assert_eq!(condition(&drain(&mut m)), Some(C::NotAuthorized));
+}
+
+#[test]
+fn receiving_closing_handshake_and_operator_close() {
+    let w = world();
+    let (mut m, mut wire) = w.inbound_established();
+    wire.0.feed(b"</stream:stream>");
+    let f = wire.0.next_frame().unwrap().unwrap();
+    m.handle(w.t0, frame(f));
+    let outs = drain(&mut m);
+    let e = ending(&outs).unwrap();
+    assert!(e.peer_closed && e.error.is_none() && !e.abandon);
+    let (mut m, _) = w.inbound_established();
+    let error = Some(StreamError::new(C::PolicyViolation, "blocked"));
+    m.handle(w.t0, Input::Close { reason: "policy: blocked".into(), error: error.clone() });
+    let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
+    assert_eq!((e.error, e.reason.as_str(), e.peer_closed), (error, "policy: blocked", false));
+    let (mut m, _) = w.inbound_established();
+    m.handle(w.t0, Input::WriteFailed("reset".into()));
+    assert!(ending(&drain(&mut m)).unwrap().abandon);
+}
+
+#[test]
+fn receiving_direct_tls_judges_at_the_header() {
+    let w = world();
+    w.judge.0.lock().unwrap().push(REMOTE.into());
+    let mut m = w.inbound(Some(facts(true)));
+    m.handle(w.t0, frame(Wire::open(Some(REMOTE), LOCAL).1));
+    let outs = drain(&mut m);
+    assert_eq!(outcomes(&outs), vec![(AuthMethod::Certificate, VerificationResult::Valid)]);
+    let text = written(&outs);
+    assert!(!text.contains("starttls") && text.contains("EXTERNAL"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Originating role.
+
+impl World {
+    fn outbound(&self, direct: bool) -> Machine {
+        Machine::originating(self.env.clone(), "out-1".into(), self.t0, d(LOCAL), d(REMOTE), direct)
+    }
+
+    /// Through STARTTLS to the features after TLS (the peer's `features` given).
+    fn outbound_after_tls(&self, valid_cert: bool, features: &str) -> (Machine, Vec<Output>) {
+        if valid_cert {
+            self.judge.0.lock().unwrap().push(REMOTE.into());
+        }
+        let mut m = self.outbound(false);
+        let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
+        m.handle(self.t0, frame(h));
+        m.handle(self.t0, frame(wire.el("<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>")));
+        m.handle(self.t0, frame(wire.el("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")));
+        m.handle(self.t0, Input::TlsEstablished(facts(true)));
+        let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
+        m.handle(self.t0, frame(h));
+        drain(&mut m);
+        m.handle(self.t0, frame(wire.el(features)));
+        let outs = drain(&mut m);
+        (m, outs)
+    }
+
+    /// Established by dialback.
+    fn outbound_established(&self) -> Machine {
+        let (mut m, outs) =
+            self.outbound_after_tls(false, "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>");
+        assert!(written(&outs).contains("<db:result"));
+        let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
+        m.handle(self.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}' type='valid'/>"))));
+        drain(&mut m);
+        assert!(m.accepts_stanzas());
+        m
+    }
+}
+
+#[test]
+fn originating_starttls_then_sasl_external() {
+    let w = world();
+    let mut m = w.outbound(false);
+    let outs = drain(&mut m);
+    let text = written(&outs);
+    assert!(text.contains(&format!("from='{LOCAL}'")) && text.contains(&format!("to='{REMOTE}'")) && !text.contains(" id="), "{text}");
+    assert_eq!(m.write_deadline(), Some(w.at(30)));
+    let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(h));
+    m.handle(
+        w.t0,
+        frame(wire.el("<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>")),
+    );
+    assert_eq!(written(&drain(&mut m)), "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    m.handle(w.t0, frame(wire.el("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")));
+    assert!(matches!(drain(&mut m).as_slice(), [Output::StartTls(TlsRole::Client { direct: false })]));
+    w.judge.0.lock().unwrap().push(REMOTE.into());
+    m.handle(w.t0, Input::TlsEstablished(facts(true)));
+    let outs = drain(&mut m);
+    assert_eq!(outcomes(&outs), vec![(AuthMethod::Certificate, VerificationResult::Valid)]);
+    assert!(
+        matches!(outs.iter().find(|o| matches!(o, Output::Restart | Output::Raw(_))), Some(Output::Restart)),
+        "restart before the new header"
+    );
+    assert!(written(&outs).starts_with("<?xml"));
+    let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(h));
+    m.handle(
+        w.t0,
+        frame(wire.el("<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms></stream:features>")),
+    );
+    assert_eq!(written(&drain(&mut m)), "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>");
+    m.handle(w.t0, frame(wire.el("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")));
+    let outs = drain(&mut m);
+    assert!(matches!(outs.first(), Some(Output::Restart)));
+    assert!(written(&outs).starts_with("<?xml"));
+    assert!(!m.accepts_stanzas());
+    let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(h));
+    m.handle(w.t0, frame(wire.el("<stream:features/>")));
+    let outs = drain(&mut m);
+    assert_eq!(outcomes(&outs), vec![(AuthMethod::SaslExternal, VerificationResult::Valid)]);
+    assert!(observed(&outs).contains(&&Observed::State(ConnState::Established)));
+    assert!(m.accepts_stanzas() && m.accepts_verifies());
+    assert_eq!(m.write_deadline(), None);
+    m.handle(w.t0, Input::Stanza(Element::new("message", ns::SERVER).attr("to", REMOTE).attr("from", LOCAL)));
+    assert!(written(&drain(&mut m)).starts_with("<message"));
+}
+
+#[test]
+fn originating_sasl_refused_falls_back_to_dialback() {
+    let w = world();
+    let (mut m, outs) = w.outbound_after_tls(
+        true,
+        "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms></stream:features>",
+    );
+    assert!(written(&outs).contains("<auth"));
+    let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(wire.el("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>")));
+    let outs = drain(&mut m);
+    assert_eq!(outcomes(&outs), vec![(AuthMethod::SaslExternal, VerificationResult::Invalid)]);
+    let key = w.env.keys.derive(REMOTE, LOCAL, "peer-id");
+    assert_eq!(written(&outs), format!("<db:result from='{LOCAL}' to='{REMOTE}'>{key}</db:result>"));
+    assert!(m.accepts_verifies() && !m.accepts_stanzas());
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}' type='valid'/>"))));
+    let outs = drain(&mut m);
+    assert_eq!(outcomes(&outs), vec![(AuthMethod::Dialback, VerificationResult::Valid)]);
+    assert!(m.accepts_stanzas());
+}
+
+#[test]
+fn originating_dialback_refused_or_silent_fails_and_bounces() {
+    let w = world();
+    let features = "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>";
+    let (mut m, _) = w.outbound_after_tls(false, features);
+    let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}' type='invalid'/>"))));
+    let outs = drain(&mut m);
+    assert_eq!(outcomes(&outs), vec![(AuthMethod::Dialback, VerificationResult::Invalid)]);
+    let e = ending(&outs).unwrap();
+    assert_eq!(e.kind, EndKind::Failed { condition: "remote-server-not-found" });
+    assert!(e.reason.contains("answered invalid"));
+    // No answer within timeouts.dialback (20 s).
+    let (mut m, _) = w.outbound_after_tls(false, features);
+    assert_eq!(m.deadline(), Some(w.at(20)));
+    m.handle(w.at(20), Input::Timer);
+    let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
+    assert_eq!(e.kind, EndKind::Failed { condition: "remote-server-timeout" });
+    assert!(e.reason.contains("timeouts.dialback"));
+}
+
+#[test]
+fn originating_negotiation_timeout_and_injection_and_required_tls() {
+    let w = world();
+    let mut m = w.outbound(false);
+    m.handle(w.at(30), Input::Timer);
+    let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
+    assert_eq!(e.kind, EndKind::Failed { condition: "remote-server-timeout" });
+    // Bytes behind <proceed/>: plaintext injection.
+    let mut m = w.outbound(false);
+    let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(h));
+    m.handle(w.t0, frame(wire.el("<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>")));
+    let f = wire.el("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    m.handle(w.t0, Input::Frame { frame: f, buffered: 5 });
+    let outs = drain(&mut m);
+    assert!(!outs.iter().any(|o| matches!(o, Output::StartTls(_))));
+    assert!(ending(&outs).unwrap().reason.contains("plaintext injection"));
+    // No STARTTLS offered, encryption required.
+    let mut m = w.outbound(false);
+    let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(h));
+    m.handle(w.t0, frame(wire.el("<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")));
+    let outs = drain(&mut m);
+    assert!(ending(&outs).unwrap().reason.contains("encryption is required"));
+    assert!(!written(&outs).contains("db:result"), "nothing sent in the clear");
+}
+
+#[test]
+fn originating_cert_only_refuses_an_invalid_certificate_before_anything_is_sent() {
+    let w = world_with(|e| e.security.auth = AuthMode::CertOnly);
+    let mut m = w.outbound(true);
+    assert!(matches!(
+        drain(&mut m).as_slice(),
+        [Output::Observe(Observed::State(ConnState::Tls)), Output::StartTls(TlsRole::Client { direct: true })]
+    ));
+    m.handle(w.t0, Input::TlsEstablished(facts(true)));
+    let outs = drain(&mut m);
+    let e = ending(&outs).unwrap();
+    assert_eq!(e.kind, EndKind::Failed { condition: "policy-violation" });
+    assert_eq!(e.error.as_ref().unwrap().condition, C::PolicyViolation);
+    assert!(written(&outs).is_empty(), "nothing was sent");
+}
+
+#[test]
+fn originating_carries_verifications_and_answers_them_whatever_the_end() {
+    let w = world();
+    let mut m = w.outbound_established();
+    m.handle(w.t0, Input::Verify { stream_id: "s1".into(), key: "k1".into(), token: 7 });
+    m.handle(w.t0, Input::Verify { stream_id: "s2".into(), key: "k2".into(), token: 8 });
+    let text = written(&drain(&mut m));
+    assert!(text.contains("<db:verify") && text.contains("id='s1'") && text.contains("id='s2'"), "{text}");
+    let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(wire.el(&format!("<db:verify from='{REMOTE}' to='{LOCAL}' id='s1' type='valid'/>"))));
+    let outs = drain(&mut m);
+    assert!(matches!(outs.as_slice(), [Output::VerifyAnswer { token: 7, answer: Answer::Valid, detail: None }]));
+    // An answer about something nobody asked: ignored.
+    m.handle(w.t0, frame(wire.el(&format!("<db:verify from='{REMOTE}' to='{LOCAL}' id='zzz' type='valid'/>"))));
+    assert!(drain(&mut m).is_empty());
+    // Lost: the waiting one is answered, neutrally, the reason kept for the operator.
+    m.handle(w.t0, Input::ReadError(ReadError::Eof));
+    let outs = drain(&mut m);
+    match outs.as_slice() {
+        [Output::VerifyAnswer { token: 8, answer: Answer::Error { condition, .. }, detail: Some(_) }, Output::Close(e)] => {
+            assert_eq!(condition, "remote-connection-failed");
+            assert_eq!(e.kind, EndKind::Lost);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn originating_policy_hold_release_and_timeout() {
+    let w = world();
+    w.policy.set(REMOTE, Verdict::Hold);
+    let (mut m, _) = w.outbound_after_tls(false, "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>");
+    let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}' type='valid'/>"))));
+    let outs = drain(&mut m);
+    assert!(observed(&outs).contains(&&Observed::Pending(d(REMOTE))));
+    assert!(!m.accepts_stanzas() && m.accepts_verifies());
+    assert_eq!(m.deadline(), Some(w.at(300)));
+    m.handle(w.at(1), Input::PolicyChanged);
+    assert!(!m.accepts_stanzas());
+    w.policy.set(REMOTE, Verdict::Allow);
+    m.handle(w.at(2), Input::PolicyChanged);
+    assert!(m.accepts_stanzas());
+    // Another one that nobody approves in time.
+    w.policy.set(REMOTE, Verdict::Hold);
+    let (mut m, _) = w.outbound_after_tls(false, "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>");
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}' type='valid'/>"))));
+    drain(&mut m);
+    m.handle(w.at(300), Input::Timer);
+    let outs = drain(&mut m);
+    let e = ending(&outs).unwrap();
+    assert_eq!(e.kind, EndKind::Failed { condition: "policy-violation" });
+    assert!(e.reason.contains("awaits approval"));
+}
+
+#[test]
+fn originating_keepalive_idle_and_closing() {
+    let w = world();
+    let mut m = w.outbound_established();
+    assert_eq!(m.deadline(), Some(w.at(60)));
+    m.handle(w.at(60), Input::Timer);
+    assert!(matches!(drain(&mut m).as_slice(), [Output::Raw(s)] if s == " "));
+    assert_eq!(m.deadline(), Some(w.at(120)));
+    m.handle(w.at(100), Input::Stanza(Element::new("message", ns::SERVER)));
+    drain(&mut m);
+    assert_eq!(m.deadline(), Some(w.at(160)));
+    m.handle(w.at(700), Input::Timer);
+    let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
+    assert_eq!(e.kind, EndKind::Closed);
+    assert!(e.reason.contains("timeouts.idle_outbound"));
+    // The peer closes: lost, our close still goes out.
+    let mut m = w.outbound_established();
+    let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
+    wire.0.feed(b"</stream:stream>");
+    let f = wire.0.next_frame().unwrap().unwrap();
+    m.handle(w.t0, frame(f));
+    let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
+    assert_eq!((e.kind, e.peer_closed, e.abandon), (EndKind::Lost, true, false));
+    // A stream error from the peer.
+    let mut m = w.outbound_established();
+    let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(wire.el("<stream:error><host-gone xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>")));
+    let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
+    assert!(e.reason.contains("host-gone") && e.abandon);
+    // The operator.
+    let mut m = w.outbound_established();
+    m.handle(w.t0, Input::Close { reason: "operator".into(), error: None });
+    let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
+    assert_eq!((e.kind, e.reason.as_str()), (EndKind::Closed, "operator"));
+}
+
+#[test]
+fn verification_budget_per_stream() {
+    let l = world().env.limits.clone();
+    let mut v = VerificationBudget::default();
+    let t = Instant::now();
+    assert_eq!(v.start(t, 2, &l).unwrap_err(), "limits.max_verifications_in_flight");
+    for _ in 0..3 {
+        v.start(t, 0, &l).unwrap();
+    }
+    assert_eq!(v.start(t + Duration::from_secs(30), 0, &l).unwrap_err(), "limits.verifications_per_minute");
+    v.start(t + Duration::from_secs(61), 0, &l).unwrap();
+}
