@@ -149,3 +149,276 @@ unsafe impl std::alloc::GlobalAlloc for HeapCounter {
         let _ = LIVE.try_with(|live| live.set(live.get() - l.size() as isize));
     }
 }
+
+/// The stream machine, either role (the first byte), fed a sequence of inputs decoded from
+/// the rest: frames from a vocabulary of everything s2s peers send (and arbitrary bytes
+/// through a framer), TLS results, dialback answers, verification requests, stanzas, policy
+/// changes, operator closes and timers in virtual time. Properties for any sequence: no
+/// panic; nothing is output after the close; a stanza is delivered only on a domain pair the
+/// machine observed valid (and did not take back); each verification request is answered at
+/// most once; one input yields a bounded number of outputs.
+pub fn machine(data: &[u8]) {
+    use crate::proto::machine::{Input, Machine, Observed, Output, ReadError, TlsFacts};
+    use crate::types::PairStatus;
+    use std::collections::HashSet;
+    use std::time::{Duration, Instant};
+
+    let Some((&flags, rest)) = data.split_first() else { return };
+    let mut bytes = rest.iter().copied();
+    let mut next = move || bytes.next();
+    let fuzz = fuzz_env(flags);
+    let t0 = Instant::now();
+    let mut now = t0;
+    let originating = flags & 1 == 1;
+    let mut m = if originating {
+        Machine::originating(fuzz.env.clone(), "fuzz".into(), now, domain(LOCALS[0]), domain(REMOTES[0]), flags & 2 == 2)
+    } else {
+        let direct = (flags & 2 == 2).then(|| TlsFacts { chain: vec![vec![1u8].into()], at: rustls::pki_types::UnixTime::now() });
+        Machine::receiving(fuzz.env.clone(), "fuzz".into(), now, direct, Box::new(FuzzSlot(flags & 4 == 4)))
+    };
+    let mut raw = crate::xml::Framer::new(16 * 1024, 16);
+    let mut valid: HashSet<(String, String)> = HashSet::new();
+    let mut asks: Vec<(crate::domain::Domain, crate::domain::Domain)> = Vec::new();
+    let (mut tokens_fed, mut tokens_answered) = (0u64, HashSet::new());
+    let mut closed = false;
+    let mut check = |m: &mut Machine, asks: &mut Vec<_>, tokens_fed: u64| {
+        let mut n = 0;
+        while let Some(o) = m.poll_output() {
+            n += 1;
+            assert!(!closed, "output after the close: {o:?}");
+            assert!(n <= 4096, "unbounded outputs for one input");
+            match o {
+                Output::Close(_) => closed = true,
+                Output::Observe(Observed::Pair { local, remote, status, .. }) => {
+                    if status == PairStatus::Valid {
+                        valid.insert((local.to_string(), remote.to_string()));
+                    } else {
+                        valid.remove(&(local.to_string(), remote.to_string()));
+                    }
+                }
+                Output::Observe(Observed::PairRemoved { local, remote }) => {
+                    valid.remove(&(local.to_string(), remote.to_string()));
+                }
+                Output::Observe(Observed::PairsReset) => valid.clear(),
+                Output::Deliver(el) => {
+                    let to = el.get_attr("to").and_then(crate::proto::jid::domain_of).expect("delivered stanzas have a 'to'");
+                    let from = el.get_attr("from").and_then(crate::proto::jid::domain_of).expect("and a 'from'");
+                    assert!(valid.contains(&(to.to_string(), from.to_string())), "delivered on a pair never valid: {}", el.to_xml());
+                }
+                Output::Ask(a) => asks.push((a.local, a.remote)),
+                Output::VerifyAnswer { token, .. } => {
+                    assert!(token >= 1 && token <= tokens_fed, "an answer for a request never made");
+                    assert!(tokens_answered.insert(token), "answered twice");
+                }
+                _ => {}
+            }
+        }
+    };
+    check(&mut m, &mut asks, 0);
+    for _ in 0..256 {
+        let Some(op) = next() else { break };
+        let a = next().unwrap_or(0);
+        let (l, r) = (LOCALS[usize::from(a) % LOCALS.len()], REMOTES[usize::from(a / 4) % REMOTES.len()]);
+        let input = match op % 16 {
+            0..=4 => {
+                let text = vocabulary(op / 16, a, l, r, &fuzz.env);
+                Some(Input::Frame { frame: parse_in_stream(&text), buffered: usize::from(a % 8 == 7) })
+            }
+            5 => {
+                // Arbitrary bytes through a framer that lives across inputs.
+                let len = usize::from(a % 64);
+                let chunk: Vec<u8> = (0..len).map_while(|_| next()).collect();
+                raw.feed(&chunk);
+                match raw.next_frame() {
+                    Ok(Some(frame)) => Some(Input::Frame { frame, buffered: raw.pending() }),
+                    Ok(None) => None,
+                    Err(e) => Some(Input::ReadError(ReadError::Xml(e))),
+                }
+            }
+            6 => {
+                now += Duration::from_secs(u64::from(a) * 7);
+                Some(Input::Timer)
+            }
+            7 => asks.get(usize::from(a) % asks.len().max(1)).cloned().map(|(local, remote)| Input::Answer {
+                local,
+                remote,
+                answer: match a % 3 {
+                    0 => crate::proto::dialback::Answer::Valid,
+                    1 => crate::proto::dialback::Answer::Invalid,
+                    _ => crate::proto::dialback::Answer::error("remote-server-timeout", "fuzz"),
+                },
+                detail: None,
+            }),
+            8 => {
+                fuzz.policy.set(usize::from(a) % REMOTES.len(), a / 8);
+                Some(Input::PolicyChanged)
+            }
+            9 => Some(Input::TlsEstablished(TlsFacts {
+                chain: if a % 2 == 0 { vec![] } else { vec![vec![a].into()] },
+                at: rustls::pki_types::UnixTime::now(),
+            })),
+            10 => Some(Input::TlsFailed("fuzz".into())),
+            11 => Some(Input::Close { reason: "fuzz".into(), error: None }),
+            12 => {
+                tokens_fed += 1;
+                Some(Input::Verify { stream_id: format!("s{a}"), key: "k".into(), token: tokens_fed })
+            }
+            13 => Some(Input::Stanza(crate::xml::Element::new("message", crate::proto::ns::SERVER).attr("to", r).attr("from", l))),
+            14 => Some(match a % 3 {
+                0 => Input::Read,
+                1 => Input::ReadError(ReadError::Eof),
+                _ => Input::WriteFailed("fuzz".into()),
+            }),
+            _ => Some(Input::Frame { frame: crate::xml::Frame::StreamClose, buffered: 0 }),
+        };
+        if let Some(input) = input {
+            m.handle(now, input);
+            check(&mut m, &mut asks, tokens_fed);
+        }
+        if let Some(d) = m.deadline() {
+            assert!(d >= t0, "a deadline before the stream began");
+        }
+    }
+}
+
+const LOCALS: [&str; 2] = ["here.test", "other-here.test"];
+const REMOTES: [&str; 3] = ["a.test", "b.test", "c.test"];
+
+fn domain(s: &str) -> crate::domain::Domain {
+    crate::domain::Domain::parse(s).expect("a fixed test domain")
+}
+
+/// One element a peer may send, chosen by `kind` and `a`, between `l` (ours) and `r`.
+fn vocabulary(kind: u8, a: u8, l: &str, r: &str, env: &crate::proto::machine::Env) -> String {
+    let key = if a % 2 == 0 { env.keys.derive(r, l, "id0") } else { "00ff".into() };
+    match kind % 16 {
+        0 => format!("<db:result from='{r}' to='{l}'>{key}</db:result>"),
+        1 => format!("<db:result from='{r}' to='{l}' type='{}'/>", ["valid", "invalid", "error"][usize::from(a) % 3]),
+        2 => format!("<db:verify from='{r}' to='{l}' id='id{}'>{key}</db:verify>", a % 3),
+        3 => format!("<db:verify from='{r}' to='{l}' id='s{a}' type='{}'/>", ["valid", "invalid"][usize::from(a) % 2]),
+        4 => "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>".into(),
+        5 => ["<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>", "<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"][usize::from(a) % 2]
+            .into(),
+        6 => [
+            "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>",
+            "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms></stream:features>",
+            "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>",
+            "<stream:features/>",
+        ][usize::from(a) % 4]
+            .into(),
+        7 => format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{}'>{}</auth>",
+            if a % 5 == 0 { "PLAIN" } else { "EXTERNAL" },
+            ["=", "YS50ZXN0", "!!", ""][usize::from(a) % 4]
+        ),
+        8 => [
+            "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+            "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>",
+            "<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+        ][usize::from(a) % 3]
+            .into(),
+        9 => format!("<message from='x@{r}' to='y@{l}' id='m{a}'><body>hi</body></message>"),
+        10 => format!("<iq from='{r}' to='{l}' type='{}'><ping xmlns='urn:xmpp:ping'/></iq>", ["get", "result", "bogus"][usize::from(a) % 3]),
+        11 => format!("<presence from='{r}' to='{l}' type='{}'/>", ["probe", "bogus"][usize::from(a) % 2]),
+        12 => "<stream:error><host-gone xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>".into(),
+        13 => format!("<message from='{l}' to='{r}'/>"),
+        14 => "<unknown xmlns='urn:example'/>".into(),
+        // The stream header (and after a restart, the new one).
+        _ => String::new(),
+    }
+}
+
+/// The header a peer opens with, then `element` parsed in its scope; the header itself when
+/// `element` is empty.
+fn parse_in_stream(element: &str) -> crate::xml::Frame {
+    let mut f = crate::xml::Framer::new(64 * 1024, 16);
+    f.feed(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' version='1.0' from='a.test' to='here.test' id='id0'>");
+    let header = f.next_frame().expect("a valid header").expect("complete");
+    if element.is_empty() {
+        return header;
+    }
+    f.feed(element.as_bytes());
+    f.next_frame().expect("the vocabulary is well-formed").expect("complete")
+}
+
+struct FuzzPolicy(std::sync::Mutex<[u8; 3]>);
+
+impl FuzzPolicy {
+    fn set(&self, remote: usize, v: u8) {
+        self.0.lock().unwrap()[remote] = v;
+    }
+}
+
+impl crate::proto::machine::PolicyView for FuzzPolicy {
+    fn verdict(&self, remote: &crate::domain::Domain) -> crate::types::Verdict {
+        let i = REMOTES.iter().position(|r| *r == remote.as_str());
+        match i.map(|i| self.0.lock().unwrap()[i] % 3) {
+            Some(1) => crate::types::Verdict::Hold,
+            Some(2) => crate::types::Verdict::Refuse("fuzz".into()),
+            _ => crate::types::Verdict::Allow,
+        }
+    }
+}
+
+struct FuzzJudge;
+
+impl crate::proto::machine::CertJudge for FuzzJudge {
+    fn judge(
+        &self,
+        chain: &[rustls::pki_types::CertificateDer<'_>],
+        _domain: &crate::domain::Domain,
+        _at: rustls::pki_types::UnixTime,
+    ) -> crate::types::CertVerdict {
+        match chain.first().map(|c| c.as_ref().first().copied().unwrap_or(0) % 2) {
+            Some(1) => crate::types::CertVerdict::Valid,
+            Some(_) => crate::types::CertVerdict::SelfSigned,
+            None => crate::types::CertVerdict::NoCertificate,
+        }
+    }
+}
+
+struct FuzzSlot(bool);
+
+impl crate::proto::machine::Admission for FuzzSlot {
+    fn authenticated(&mut self) -> Result<(), &'static str> {
+        if self.0 { Err("limits.max_inbound") } else { Ok(()) }
+    }
+}
+
+struct Fuzz {
+    env: std::sync::Arc<crate::proto::machine::Env>,
+    policy: std::sync::Arc<FuzzPolicy>,
+}
+
+/// Small limits so sequences reach them; the security rules chosen by `flags`.
+fn fuzz_env(flags: u8) -> Fuzz {
+    use crate::proto::machine::{Env, Limits, Timeouts};
+    use std::time::Duration;
+    let policy = std::sync::Arc::new(FuzzPolicy(std::sync::Mutex::new([0; 3])));
+    let auth = if flags & 8 == 8 { crate::types::AuthMode::CertOnly } else { crate::types::AuthMode::CertOrDialback };
+    let ids = std::sync::atomic::AtomicU64::new(0);
+    let env = Env {
+        hosted: LOCALS.iter().map(|d| domain(d)).collect(),
+        timeouts: Timeouts {
+            negotiation: Duration::from_secs(30),
+            dialback: Duration::from_secs(20),
+            idle_inbound: Duration::from_secs(1200),
+            idle_outbound: Duration::from_secs(600),
+            keepalive: Duration::from_secs(60),
+            approval_wait: Duration::from_secs(300),
+        },
+        limits: Limits {
+            max_pairs_per_stream: 4,
+            max_verifications_in_flight: 2,
+            verifications_per_minute: 5,
+            held_stanzas: 3,
+            held_bytes: 2000,
+        },
+        security: crate::types::Security { auth, require_encryption: flags & 16 == 16, rules: vec![] },
+        keys: crate::proto::dialback::DialbackKeys::new(b"fuzz"),
+        policy: policy.clone(),
+        certs: std::sync::Arc::new(FuzzJudge),
+        stream_ids: Box::new(move || format!("id{}", ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed))),
+    };
+    Fuzz { env: std::sync::Arc::new(env), policy }
+}

@@ -39,6 +39,14 @@ fn framer_corpus() {
     }
 }
 
+/// Input sequences for the stream machine (both roles): its properties hold for each.
+#[test]
+fn machine_corpus() {
+    for (_, data) in inputs("machine") {
+        drawbridge::fuzzing::machine(&data);
+    }
+}
+
 #[test]
 fn config_corpus() {
     for (_, data) in inputs("config") {
