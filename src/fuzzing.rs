@@ -290,7 +290,7 @@ fn domain(s: &str) -> crate::domain::Domain {
 
 /// One element a peer may send, chosen by `kind` and `a`, between `l` (ours) and `r`.
 fn vocabulary(kind: u8, a: u8, l: &str, r: &str, env: &crate::proto::machine::Env) -> String {
-    let key = if a % 2 == 0 { env.keys.derive(r, l, "id0") } else { "00ff".into() };
+    let key = if a.is_multiple_of(2) { env.keys.derive(r, l, "id0") } else { "00ff".into() };
     match kind % 16 {
         0 => format!("<db:result from='{r}' to='{l}'>{key}</db:result>"),
         1 => format!("<db:result from='{r}' to='{l}' type='{}'/>", ["valid", "invalid", "error"][usize::from(a) % 3]),
@@ -308,7 +308,7 @@ fn vocabulary(kind: u8, a: u8, l: &str, r: &str, env: &crate::proto::machine::En
             .into(),
         7 => format!(
             "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{}'>{}</auth>",
-            if a % 5 == 0 { "PLAIN" } else { "EXTERNAL" },
+            if a.is_multiple_of(5) { "PLAIN" } else { "EXTERNAL" },
             ["=", "YS50ZXN0", "!!", ""][usize::from(a) % 4]
         ),
         8 => [
