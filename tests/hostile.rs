@@ -156,20 +156,31 @@ async fn stalled_peer(extra: &str) -> (Dns, TestServer, HandPlayed, tokio::sync:
     (dns, server, peer, events)
 }
 
-/// Pings into the server until its writes towards the peer are stuck (a batch that cannot
-/// be sent within a few seconds: the server stopped reading because its outbound queue to
-/// the stalled peer is full). Bounded in count.
-async fn fill_until_stuck(peer: &mut RawPeer) {
-    for batch in 0..400 {
+/// Pings into the server until its writes towards the peer are stuck: the server keeps
+/// reading (the overflow rule answers for a full queue, the reader never waits), so stuck
+/// means the outbound stream's bytes written stop moving for a second while pings keep
+/// coming. Bounded in count and time.
+async fn fill_until_stuck(peer: &mut RawPeer, shared: &drawbridge::engine::Shared) {
+    let written = || shared.table.snapshots(false).into_iter().find(|c| c.direction == Direction::Out).map_or(0, |c| c.bytes_out);
+    let (mut last, mut since) = (written(), std::time::Instant::now());
+    for batch in 0..2000 {
         let mut s = String::new();
-        for i in 0..500 {
+        for i in 0..100 {
             s.push_str(&format!("<iq type='get' id='p{batch}-{i}' from='slow.test' to='island.test'><ping xmlns='urn:xmpp:ping'/></iq>"));
         }
         if tokio::time::timeout(Duration::from_secs(3), peer.send(&s)).await.is_err() {
             return;
         }
+        let now = written();
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        } else if since.elapsed() > Duration::from_secs(1) {
+            return;
+        }
+        // Give the server's writer the chance to move the counter between batches.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    panic!("the server kept reading: its writes never blocked");
+    panic!("the server's writes towards the peer never got stuck");
 }
 
 fn closed(ev: &Event, id: &str) -> Option<String> {
@@ -195,8 +206,9 @@ async fn peer_that_never_reads_is_closed_by_the_write_deadline() {
     let id = outbound_id(&server);
     let stuck = Arc::new(AtomicBool::new(false));
     let flag = stuck.clone();
+    let shared = server.engine.shared.clone();
     let filler = tokio::spawn(async move {
-        fill_until_stuck(&mut to_server).await;
+        fill_until_stuck(&mut to_server, &shared).await;
         flag.store(true, Ordering::SeqCst);
         to_server
     });
@@ -211,7 +223,7 @@ async fn peer_that_never_reads_is_closed_by_the_write_deadline() {
 async fn ctl_close_ends_a_stream_whose_write_is_blocked() {
     let (_dns, server, peer, mut events) = stalled_peer("[timeouts]\nwrite = \"10m\"\n").await;
     let HandPlayed { mut to_server, from_server } = peer;
-    fill_until_stuck(&mut to_server).await;
+    fill_until_stuck(&mut to_server, &server.engine.shared).await;
     let id = outbound_id(&server);
     assert!(server.engine.close_stream(&id, "operator test"));
     // Far inside the 10 minutes the write would wait.
@@ -498,4 +510,36 @@ async fn idle_inbound_streams_are_closed() {
     // Then silence.
     let e = peer.to_server.expect_condition(drawbridge::proto::stream::StreamErrorCondition::ConnectionTimeout).await;
     assert!(e.text.contains("timeouts.idle_inbound"), "{e}");
+}
+
+/// The overflow rule: with the link to a stalled peer full, the stream that keeps sending
+/// towards it is still read (nothing waits on the full queue), and a stanza for the stalled
+/// domain is answered at once with resource-constraint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_link_bounces_at_once_and_the_reader_keeps_reading() {
+    let (_dns, server, peer, _events) = stalled_peer("[timeouts]\nwrite = \"10m\"\n").await;
+    let HandPlayed { mut to_server, from_server } = peer;
+    fill_until_stuck(&mut to_server, &server.engine.shared).await;
+    // Another 2 MB of pings whose answers have nowhere to go: still read, every byte.
+    let before = server.engine.connections(false).into_iter().find(|c| c.direction == Direction::In).unwrap().bytes_in;
+    let mut s = String::new();
+    for i in 0..20_000 {
+        s.push_str(&format!("<iq type='get' id='more-{i}' from='slow.test' to='island.test'><ping xmlns='urn:xmpp:ping'/></iq>"));
+    }
+    within("the server reading on", to_server.send(&s)).await;
+    let inbound =
+        |server: &TestServer| server.engine.connections(false).into_iter().find(|c| c.direction == Direction::In).unwrap().bytes_in;
+    for _ in 0..200 {
+        if inbound(&server) >= before + s.len() as u64 {
+            break;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(inbound(&server) >= before + s.len() as u64, "the reader stopped: {} of {} bytes read", inbound(&server) - before, s.len());
+    // The operator's probe is answered by the overflow rule, not by the probe timeout.
+    let r = within("probe", server.engine.probe("slow.test", None)).await;
+    let err = r.error.unwrap_or_default();
+    assert!(!r.ok && err.contains("resource-constraint") && err.contains("not keeping up"), "{err}");
+    drop(from_server);
 }

@@ -231,6 +231,36 @@ impl Shared {
     }
 }
 
+/// Opens the outbound s2s stream of a domain pair when the router has no link for it yet:
+/// under `limits.max_outbound`, with a queue bounded in count and bytes.
+struct OutboundOpener(std::sync::Weak<Shared>);
+
+impl crate::router::Opener for OutboundOpener {
+    fn open(&self, local: &Domain, remote: &Domain) -> Result<crate::router::Link, crate::router::Refusal> {
+        use crate::router::{Link, LinkKind, Refusal, queue};
+        let Some(shared) = self.0.upgrade() else { return Err(Refusal::Limit("shutting down")) };
+        let limits = &shared.settings.limits;
+        let slot = match shared.gauges.outbound(limits) {
+            Ok(slot) => slot,
+            Err(limits::Refused(key)) => {
+                limits::refused_once(key, remote.as_str(), || format!("not opening a stream to {remote}: {key} reached"));
+                return Err(Refusal::Limit(key));
+            }
+        };
+        let (stx, srx) = queue::queue(limits.outbound_queue, limits.outbound_queue_bytes);
+        let (vtx, vrx) = tokio::sync::mpsc::channel(64);
+        let entry = shared.table.open(Direction::Out, &shared.shutdown);
+        entry.set_domains(Some(local.as_str()), Some(remote.as_str()));
+        let link = Link { kind: LinkKind::S2sOutbound, stream: entry.id.as_str().into(), stanzas: stx, verifies: Some(vtx) };
+        let (l, r, s) = (local.clone(), remote.clone(), shared.clone());
+        shared.tasks.spawn(async move {
+            crate::stream::outbound::run(s, l, r, entry, srx, vrx).await;
+            drop(slot);
+        });
+        Ok(link)
+    }
+}
+
 /// The stream machines' capabilities, from the settings.
 fn stream_env(
     settings: &Settings,
@@ -351,7 +381,7 @@ impl Engine {
             resolver,
             secret,
             events,
-            router: Router::new(),
+            router: Router::new(settings.domains.clone(), policy.clone(), settings.timeouts.dialback),
             shutdown,
             started: Instant::now(),
             listening,
@@ -365,6 +395,7 @@ impl Engine {
             gauges: Arc::default(),
             settings,
         });
+        shared.router.set_opener(Box::new(OutboundOpener(Arc::downgrade(&shared))));
         let mut tasks = JoinSet::new();
         for (l, direct) in listeners {
             tasks.spawn(accept_loop(shared.clone(), l, direct));
@@ -529,13 +560,12 @@ pub async fn probe(shared: &Arc<Shared>, domain: &str, from: Option<&str>) -> Pr
         .child(Element::new("ping", ns::PING));
     let rx = shared.router.local.expect_reply(&id);
     let t0 = Instant::now();
-    shared.router.route(shared, ping).await;
+    shared.router.route(ping);
     let limit = shared.settings.timeouts.probe;
     let reply = tokio::time::timeout(limit, rx).await;
     let rtt = t0.elapsed();
     shared.router.local.forget(&id);
-    if let Some(h) = shared.router.existing(&from, &to) {
-        let snap = h.entry.snapshot();
+    if let Some(snap) = shared.router.existing(&from, &to).and_then(|l| shared.table.get(&l.stream)).map(|e| e.snapshot()) {
         report.stream = Some(snap.id.clone());
         report.peer_addr = snap.peer_addr.clone();
         report.tls = snap.tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher));

@@ -3,11 +3,10 @@
 //! user accounts. Also completes the iq requests drawbridge itself sent (probes).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
-use crate::engine::Shared;
 use crate::proto::jid::Jid;
 use crate::proto::ns;
 use crate::proto::stanza::{ErrorType, error_reply};
@@ -32,7 +31,7 @@ impl LocalServices {
     }
 
     /// Handle a stanza addressed to a hosted domain; the reply (if any) to route.
-    pub fn handle(&self, _shared: &Arc<Shared>, st: &Element) -> Option<Element> {
+    pub fn handle(&self, st: &Element) -> Option<Element> {
         let to = st.get_attr("to").and_then(Jid::parse)?;
         let typ = st.get_attr("type").unwrap_or("");
         match &*st.name {

@@ -1,24 +1,31 @@
-//! The router: where a stanza goes. Hosted domains → [`local`] services; remote domains →
-//! the outbound stream of the (local, remote) domain pair, created on demand, with a
-//! bounded queue (senders wait when it is full: backpressure, not unbounded memory).
+//! The router: where a stanza goes. Hosted domains → [`local`] services; everything else →
+//! the **link** registered for its domain pair (local, remote) in the route table. Today a
+//! link is the outbound s2s stream of the pair, opened on demand; the table is keyed and
+//! typed so that a bidirectional stream (XEP-0288), a component (XEP-0114), an internal
+//! server behind a gateway and a peer node register the same way ([`LinkKind`]).
 //!
-//! The seam for later: components (XEP-0114) and a forwarded internal server are further
-//! kinds of local destination, chosen in [`Router::route`].
+//! **Routing never waits.** Each link has a queue bounded in count and bytes
+//! (`limits.outbound_queue`, `limits.outbound_queue_bytes`). When it is full the stanza is
+//! answered at once by the **overflow rule**: a bounceable stanza gets a
+//! `<resource-constraint/>` error of type `wait` (RFC 6120 §8.3.3.18) back to its sender;
+//! an error or result stanza (never answered, RFC 6120 §8.3.1) is dropped and counted in
+//! the log. The stream that read it goes on reading: one slow remote never stalls the
+//! streams that send to it.
 
 pub mod local;
 pub mod queue;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::Domain;
-use crate::engine::Shared;
-use crate::engine::events::Direction;
-use crate::engine::table::ConnEntry;
 use crate::proto::dialback::Answer;
+use crate::proto::machine::PolicyView;
 use crate::proto::stanza::{ErrorType, error_reply};
+use crate::types::Verdict;
 use crate::xml::Element;
 
 /// Where the answer to a `db:verify` goes: the answer for the peer, and the full reason
@@ -35,86 +42,127 @@ pub struct VerifyRequest {
     pub reply: VerifyReply,
 }
 
-/// The sending side of one outbound stream.
-#[derive(Clone)]
-pub struct OutboundHandle {
-    pub stanzas: queue::QueueTx,
-    pub verifies: mpsc::Sender<VerifyRequest>,
-    pub entry: Arc<ConnEntry>,
+/// What is behind a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// Our outbound s2s stream for the pair (RFC 6120; dialback or SASL EXTERNAL).
+    S2sOutbound,
 }
 
-/// Why no outbound stream can be had for a pair.
+/// The sending side of one link.
+#[derive(Clone)]
+pub struct Link {
+    pub kind: LinkKind,
+    /// The connection table id of the stream behind it.
+    pub stream: Arc<str>,
+    pub stanzas: queue::QueueTx,
+    /// Dialback verifications this link carries to the remote's authoritative server.
+    pub verifies: Option<mpsc::Sender<VerifyRequest>>,
+}
+
+/// Why no link can be had for a pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// `limits.max_outbound` reached.
-    Limit,
+    /// A limit (its key) is reached, e.g. `limits.max_outbound`.
+    Limit(&'static str),
     /// Policy refuses the remote domain (the rule, in words).
     Policy(String),
 }
 
+/// Opens links the route table does not have yet (the engine wires the outbound streams).
+pub trait Opener: Send + Sync {
+    fn open(&self, local: &Domain, remote: &Domain) -> Result<Link, Refusal>;
+}
+
 pub struct Router {
-    /// One outbound stream per domain pair (local, remote). Read-locked to find a handle;
-    /// write-locked only to add or remove one.
-    outbound: RwLock<HashMap<(Domain, Domain), OutboundHandle>>,
+    hosted: Vec<Domain>,
+    policy: Arc<dyn PolicyView>,
+    /// The route table. Read-locked to find a link; write-locked only to add or remove one.
+    links: RwLock<HashMap<(Domain, Domain), Link>>,
+    opener: OnceLock<Box<dyn Opener>>,
+    /// `timeouts.dialback`: longest a verification waits for the authoritative server.
+    dialback_timeout: Duration,
     pub local: local::LocalServices,
 }
 
-impl Default for Router {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Router {
-    pub fn new() -> Router {
-        Router { outbound: RwLock::new(HashMap::new()), local: local::LocalServices::default() }
+    pub fn new(hosted: Vec<Domain>, policy: Arc<dyn PolicyView>, dialback_timeout: Duration) -> Router {
+        Router {
+            hosted,
+            policy,
+            links: RwLock::new(HashMap::new()),
+            opener: OnceLock::new(),
+            dialback_timeout,
+            local: local::LocalServices::default(),
+        }
     }
 
-    /// Route a stanza (from a remote peer or generated here). Replies from local services are
-    /// routed in turn; errors are never answered with errors, so this ends.
-    pub async fn route(&self, shared: &Arc<Shared>, stanza: Element) {
+    /// Set once by the engine, after the router exists (the streams it opens route back).
+    pub fn set_opener(&self, opener: Box<dyn Opener>) {
+        if self.opener.set(opener).is_err() {
+            tracing::error!("router: opener set twice; the first one stays");
+        }
+    }
+
+    fn is_hosted(&self, d: &Domain) -> bool {
+        self.hosted.iter().any(|h| h == d)
+    }
+
+    /// Route a stanza (from a remote peer or generated here) without waiting. Replies from
+    /// local services and bounces are routed in turn; errors are never answered with
+    /// errors, so this ends.
+    pub fn route(&self, stanza: Element) {
         let mut next = Some(stanza);
         while let Some(st) = next.take() {
             let Some(to) = st.get_attr("to").and_then(crate::proto::jid::domain_of) else {
                 tracing::debug!(stanza = %st.describe(), "dropping a stanza without a valid 'to'");
                 continue;
             };
-            if shared.is_hosted(&to) {
-                next = self.local.handle(shared, &st);
+            if self.is_hosted(&to) {
+                next = self.local.handle(&st);
                 continue;
             }
             let Some(from) = st.get_attr("from").and_then(crate::proto::jid::domain_of) else {
                 tracing::debug!(stanza = %st.describe(), "dropping an outbound stanza without a valid 'from'");
                 continue;
             };
-            if !shared.is_hosted(&from) {
+            if !self.is_hosted(&from) {
                 tracing::warn!(stanza = %st.describe(), "refusing to relay a stanza between two remote domains");
                 continue;
             }
-            next = self.send_remote(shared, from, to, st).await;
+            next = self.send_remote(from, to, st);
         }
     }
 
-    /// Queue for the outbound stream of (from, to); returns a bounce to route if impossible.
-    async fn send_remote(&self, shared: &Arc<Shared>, from: Domain, to: Domain, mut st: Element) -> Option<Element> {
+    /// Queue on the link of (from, to); a bounce to route if that cannot be done now.
+    fn send_remote(&self, from: Domain, to: Domain, mut st: Element) -> Option<Element> {
         for _ in 0..3 {
-            let h = match self.handle(shared, &from, &to) {
-                Ok(h) => h,
-                Err(Refusal::Limit) => {
-                    return error_reply(
-                        &st,
-                        ErrorType::Wait,
-                        "resource-constraint",
-                        Some("too many outbound streams (limits.max_outbound)"),
-                    );
+            let link = match self.link(&from, &to) {
+                Ok(l) => l,
+                Err(Refusal::Limit(key)) => {
+                    return error_reply(&st, ErrorType::Wait, "resource-constraint", Some(&format!("too many outbound streams ({key})")));
                 }
                 Err(Refusal::Policy(why)) => return error_reply(&st, ErrorType::Cancel, "policy-violation", Some(&why)),
             };
-            match h.stanzas.send(st).await {
+            match link.stanzas.try_send(st) {
                 Ok(()) => return None,
-                Err(back) => {
+                Err(queue::TrySendError::Full(back)) => {
+                    // The overflow rule: answered at once, never waited for.
+                    crate::engine::limits::refused_once("limits.outbound_queue", to.as_str(), || {
+                        format!(
+                            "the stream to {to} is not keeping up; stanzas bounce with resource-constraint (limits.outbound_queue, limits.outbound_queue_bytes)"
+                        )
+                    });
+                    return error_reply(
+                        &back,
+                        ErrorType::Wait,
+                        "resource-constraint",
+                        Some(&format!("the stream to {to} is not keeping up; try again")),
+                    );
+                }
+                Err(queue::TrySendError::Closed(back)) => {
                     // That stream ended between lookup and send; forget it and try a new one.
-                    self.remove(&from, &to, &h.entry.id);
+                    self.remove(&from, &to, &link.stream);
                     st = back;
                 }
             }
@@ -122,87 +170,70 @@ impl Router {
         error_reply(&st, ErrorType::Wait, "remote-server-timeout", Some("outbound stream kept closing; try again"))
     }
 
-    /// The outbound handle for (local, remote), creating the stream if there is none.
-    /// Refused when policy refuses the remote domain (no connection is attempted), or when
-    /// a new stream would exceed `limits.max_outbound` (a peer must not make us open
-    /// connections without bound, e.g. with db:result for made-up domains).
-    pub fn handle(&self, shared: &Arc<Shared>, local: &Domain, remote: &Domain) -> Result<OutboundHandle, Refusal> {
+    /// The link of (local, remote), opening one if there is none. Refused when the policy
+    /// refuses the remote domain (nothing is dialled) or a limit is reached.
+    pub fn link(&self, local: &Domain, remote: &Domain) -> Result<Link, Refusal> {
         let key = (local.clone(), remote.clone());
-        if let Some(h) = self.outbound.read().unwrap().get(&key) {
-            return Ok(h.clone());
+        if let Some(l) = self.links.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(l.clone());
         }
-        if let crate::policy::Verdict::Refuse(why) = shared.policy.verdict(remote) {
+        if let Verdict::Refuse(why) = self.policy.verdict(remote) {
             return Err(Refusal::Policy(why));
         }
-        let mut map = self.outbound.write().unwrap();
-        if let Some(h) = map.get(&key) {
-            return Ok(h.clone());
+        let mut map = self.links.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = map.get(&key) {
+            return Ok(l.clone());
         }
-        let slot = match shared.gauges.outbound(&shared.settings.limits) {
-            Ok(slot) => slot,
-            Err(crate::engine::limits::Refused(key)) => {
-                crate::engine::limits::refused_once(key, remote.as_str(), || format!("not opening a stream to {remote}: {key} reached"));
-                return Err(Refusal::Limit);
-            }
+        let Some(opener) = self.opener.get() else {
+            return Err(Refusal::Limit("router not wired"));
         };
-        let (stx, srx) = queue::queue(shared.settings.limits.outbound_queue, shared.settings.limits.outbound_queue_bytes);
-        let (vtx, vrx) = mpsc::channel(64);
-        let entry = shared.table.open(Direction::Out, &shared.shutdown);
-        entry.set_domains(Some(local.as_str()), Some(remote.as_str()));
-        let h = OutboundHandle { stanzas: stx, verifies: vtx, entry: entry.clone() };
-        map.insert(key, h.clone());
-        drop(map);
-        let shared2 = shared.clone();
-        let (l, r) = (local.clone(), remote.clone());
-        shared.tasks.spawn(async move {
-            crate::stream::outbound::run(shared2, l, r, entry, srx, vrx).await;
-            drop(slot);
-        });
-        Ok(h)
+        let link = opener.open(local, remote)?;
+        map.insert(key, link.clone());
+        Ok(link)
     }
 
-    /// The current outbound handle for a pair, if any (for probes and status).
-    pub fn existing(&self, local: &Domain, remote: &Domain) -> Option<OutboundHandle> {
-        self.outbound.read().unwrap().get(&(local.clone(), remote.clone())).cloned()
+    /// The current link of a pair, if any (for probes and status).
+    pub fn existing(&self, local: &Domain, remote: &Domain) -> Option<Link> {
+        self.links.read().unwrap_or_else(|e| e.into_inner()).get(&(local.clone(), remote.clone())).cloned()
     }
 
-    /// Forget the handle of (local, remote) if it still belongs to stream `id`.
+    /// Forget the link of (local, remote) if it still belongs to stream `id`.
     pub fn remove(&self, local: &Domain, remote: &Domain, id: &str) {
         let key = (local.clone(), remote.clone());
-        let mut map = self.outbound.write().unwrap();
-        if map.get(&key).is_some_and(|h| h.entry.id == id) {
+        let mut map = self.links.write().unwrap_or_else(|e| e.into_inner());
+        if map.get(&key).is_some_and(|l| &*l.stream == id) {
             map.remove(&key);
         }
     }
 
     /// Receiving-server role: ask `remote`'s authoritative server whether `key` is valid for
-    /// (local, remote, stream_id), over our outbound stream to it.
-    pub async fn verify(
-        &self,
-        shared: &Arc<Shared>,
-        local: &Domain,
-        remote: &Domain,
-        stream_id: &str,
-        key: &str,
-    ) -> (Answer, Option<String>) {
+    /// (local, remote, stream_id), over our link to it (waits for the answer, bounded by
+    /// `timeouts.dialback`; never for room in a queue).
+    pub async fn verify(&self, local: &Domain, remote: &Domain, stream_id: &str, key: &str) -> (Answer, Option<String>) {
         let (tx, rx) = oneshot::channel();
         let mut req = VerifyRequest { stream_id: stream_id.to_owned(), key: key.to_owned(), reply: tx };
         let mut sent = false;
         for _ in 0..3 {
-            let h = match self.handle(shared, local, remote) {
-                Ok(h) => h,
-                Err(Refusal::Limit) => {
-                    return (Answer::error("resource-constraint", "too many outbound streams on this server (limits.max_outbound)"), None);
+            let link = match self.link(local, remote) {
+                Ok(l) => l,
+                Err(Refusal::Limit(k)) => {
+                    return (Answer::error("resource-constraint", format!("too many outbound streams on this server ({k})")), None);
                 }
                 Err(Refusal::Policy(why)) => return (Answer::error("policy-violation", why), None),
             };
-            match h.verifies.send(req).await {
+            let Some(verifies) = &link.verifies else {
+                return (Answer::error("remote-connection-failed", format!("no dialback route to {remote}")), None);
+            };
+            match verifies.try_send(req) {
                 Ok(()) => {
                     sent = true;
                     break;
                 }
-                Err(mpsc::error::SendError(back)) => {
-                    self.remove(local, remote, &h.entry.id);
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return (Answer::error("resource-constraint", format!("too many verifications waiting for {remote}; try again")), None);
+                }
+                Err(mpsc::error::TrySendError::Closed(back)) => {
+                    self.remove(local, remote, &link.stream);
                     req = back;
                 }
             }
@@ -210,7 +241,7 @@ impl Router {
         if !sent {
             return (Answer::error("remote-connection-failed", format!("no stream to {remote} could be kept open")), None);
         }
-        let limit = shared.settings.timeouts.dialback;
+        let limit = self.dialback_timeout;
         match tokio::time::timeout(limit, rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => (Answer::error("remote-connection-failed", format!("the stream to {remote}'s authoritative server ended")), None),

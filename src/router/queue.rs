@@ -1,6 +1,7 @@
-//! The stanza queue of one outbound stream, bounded in count (`limits.outbound_queue`) and
-//! in bytes (`limits.outbound_queue_bytes`): a sender waits while either is spent, so a
-//! slow peer holds at most that much of our memory, however large each stanza is.
+//! The stanza queue of one link, bounded in count (`limits.outbound_queue`) and in bytes
+//! (`limits.outbound_queue_bytes`): a slow peer holds at most that much of our memory,
+//! however large each stanza is. The router never waits on it ([`QueueTx::try_send`]); a
+//! full queue is answered by the overflow rule (see [`crate::router`]).
 
 use std::sync::Arc;
 
@@ -29,7 +30,35 @@ pub fn queue(count: usize, bytes: usize) -> (QueueTx, QueueRx) {
     (QueueTx { tx, bytes: sem.clone(), max }, QueueRx { rx, bytes: sem })
 }
 
+/// Why a stanza could not be queued; the stanza comes back.
+#[derive(Debug)]
+pub enum TrySendError {
+    /// The queue is spent in count or bytes.
+    Full(Element),
+    /// The stream behind it is gone.
+    Closed(Element),
+}
+
 impl QueueTx {
+    /// Queue `st` now, or give it back.
+    pub fn try_send(&self, st: Element) -> Result<(), TrySendError> {
+        // One stanza larger than the whole budget still goes, alone.
+        let w = u32::try_from(st.weight()).unwrap_or(u32::MAX).clamp(1, self.max);
+        let permit = match self.bytes.clone().try_acquire_many_owned(w) {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(TrySendError::Full(st)),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(TrySendError::Closed(st)),
+        };
+        match self.tx.try_send((st, w)) {
+            Ok(()) => {
+                permit.forget();
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full((st, _))) => Err(TrySendError::Full(st)),
+            Err(mpsc::error::TrySendError::Closed((st, _))) => Err(TrySendError::Closed(st)),
+        }
+    }
+
     /// Queue `st`, waiting while the queue is full in count or bytes. Gives the stanza back
     /// if the stream is gone.
     pub async fn send(&self, st: Element) -> Result<(), Element> {
@@ -93,5 +122,18 @@ mod tests {
         // Closed: the stanza comes back.
         rx.close();
         assert!(tx.send(stanza(1)).await.is_err());
+    }
+
+    #[test]
+    fn try_send_never_waits() {
+        let (tx, mut rx) = queue(2, 10_000);
+        tx.try_send(stanza(6_000)).unwrap();
+        assert!(matches!(tx.try_send(stanza(6_000)), Err(TrySendError::Full(_))), "bytes spent");
+        tx.try_send(stanza(10)).unwrap();
+        assert!(matches!(tx.try_send(stanza(10)), Err(TrySendError::Full(_))), "count spent");
+        assert!(rx.try_recv().is_ok());
+        tx.try_send(stanza(10)).unwrap();
+        rx.close();
+        assert!(matches!(tx.try_send(stanza(1)), Err(TrySendError::Closed(_))));
     }
 }

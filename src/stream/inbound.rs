@@ -80,9 +80,9 @@ async fn session(d: &mut Driver) -> Ending {
                 Output::Close(end) => return end,
                 Output::Deliver(st) => {
                     d.entry.stanza_in();
-                    d.shared.router.route(&d.shared, st).await;
+                    d.shared.router.route(st);
                 }
-                Output::Route(st) => d.shared.router.route(&d.shared, st).await,
+                Output::Route(st) => d.shared.router.route(st),
                 Output::Ask(ask) => ask_authoritative(&d.shared, ask, answers_tx.clone()),
                 Output::StartTls(TlsRole::Server { local }) => starttls(d, &local).await,
                 o => tracing::error!(stream = %d.entry.id, "inbound stream: unexpected {o:?}"),
@@ -119,7 +119,7 @@ async fn session(d: &mut Driver) -> Ending {
 fn ask_authoritative(shared: &Arc<Shared>, ask: Ask, tx: mpsc::Sender<Answered>) {
     let shared2 = shared.clone();
     shared.tasks.spawn(async move {
-        let (answer, detail) = shared2.router.verify(&shared2, &ask.local, &ask.remote, &ask.stream_id, &ask.key).await;
+        let (answer, detail) = shared2.router.verify(&ask.local, &ask.remote, &ask.stream_id, &ask.key).await;
         let _ = tx.send(Answered { local: ask.local, remote: ask.remote, answer, detail }).await;
     });
 }

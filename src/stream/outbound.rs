@@ -99,7 +99,7 @@ pub async fn run(
             shared.stream_closed(&entry, &end.reason);
             while let Ok(st) = stanzas.try_recv() {
                 if let Some(b) = error_reply(&st, bounce_type(condition), condition, Some(&text)) {
-                    shared.router.route(&shared, b).await;
+                    shared.router.route(b);
                 }
             }
             if let Some(mut d) = driver {
@@ -129,7 +129,7 @@ pub async fn run(
                 d.close(&end).await;
             }
             for st in rest {
-                shared.router.route(&shared, st).await;
+                shared.router.route(st);
             }
         }
     }
@@ -166,7 +166,7 @@ async fn session(
                     }
                 }
                 Output::StartTls(TlsRole::Client { direct }) => tls_client(d, local, remote, direct).await,
-                Output::Route(st) | Output::Deliver(st) => d.shared.router.route(&d.shared, st).await,
+                Output::Route(st) | Output::Deliver(st) => d.shared.router.route(st),
                 o => tracing::error!(stream = %d.entry.id, "outbound stream: unexpected {o:?}"),
             }
         }
