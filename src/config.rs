@@ -8,6 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::Domain;
+pub use crate::net::dial::OutboundSettings;
+pub use crate::net::resolve::{DnsOverride, DnsSettings};
+pub use crate::net::tls::TlsSettings;
 pub use crate::types::{AuthMode, DomainRule, Security};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,19 +61,6 @@ impl Default for OutboundFile {
             max_addresses: 4,
         }
     }
-}
-
-/// `[outbound]`: where drawbridge may connect, and how much dialling one domain can cause.
-#[derive(Debug, Clone)]
-pub struct OutboundSettings {
-    /// Address ranges never dialled (checked after DNS, before connecting).
-    pub deny: Vec<crate::net::dial::IpRange>,
-    /// Outbound connection attempts in progress at once, for all domains together.
-    pub max_dials: usize,
-    /// SRV targets tried per domain.
-    pub max_targets: usize,
-    /// Addresses tried per SRV target.
-    pub max_addresses: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,31 +224,6 @@ pub struct StoreSettings {
     pub flush_interval: Duration,
     /// Open streams are snapshotted this often.
     pub snapshot_interval: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct TlsSettings {
-    /// PEM certificate chain and key; both `None` → a self-signed certificate in the data dir.
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    pub ca_file: Option<PathBuf>,
-    pub require_encryption: bool,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct DnsSettings {
-    /// Empty → the system resolver (/etc/resolv.conf).
-    pub nameservers: Vec<SocketAddr>,
-    pub timeout: Duration,
-    pub overrides: Vec<DnsOverride>,
-}
-
-/// A static target for a domain, checked before DNS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsOverride {
-    pub domain: Domain,
-    pub host: String,
-    pub port: u16,
 }
 
 /// `[limits]`: read from the file as is (every key optional, defaults below).

@@ -81,6 +81,19 @@ pub fn denied(deny: &[IpRange], ip: IpAddr) -> Option<IpRange> {
 
 pub use crate::domain::is_ip_literal;
 
+/// `[outbound]`: where drawbridge may connect, and how much dialling one domain can cause.
+#[derive(Debug, Clone)]
+pub struct OutboundSettings {
+    /// Address ranges never dialled (checked after DNS, before connecting).
+    pub deny: Vec<IpRange>,
+    /// Outbound connection attempts in progress at once, for all domains together.
+    pub max_dials: usize,
+    /// SRV targets tried per domain.
+    pub max_targets: usize,
+    /// Addresses tried per SRV target.
+    pub max_addresses: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,8 +9,24 @@ use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts,
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 
-use crate::config::{DnsOverride, DnsSettings};
 use crate::domain::Domain;
+
+/// `[dns]`: where lookups go, how long they may take, static targets.
+#[derive(Debug, Clone, Default)]
+pub struct DnsSettings {
+    /// Empty → the system resolver (/etc/resolv.conf).
+    pub nameservers: Vec<SocketAddr>,
+    pub timeout: Duration,
+    pub overrides: Vec<DnsOverride>,
+}
+
+/// A static target for a domain, checked before DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsOverride {
+    pub domain: Domain,
+    pub host: String,
+    pub port: u16,
+}
 
 /// One SRV record's facts.
 #[derive(Debug, Clone, PartialEq, Eq)]

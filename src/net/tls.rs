@@ -20,8 +20,17 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use sha2::{Digest, Sha256};
 
-use crate::config::TlsSettings;
 use crate::domain::Domain;
+
+/// `[tls]`: our certificate, extra trust roots, and whether peers must encrypt.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// PEM certificate chain and key; both `None` → a self-signed certificate in the data dir.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub require_encryption: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -5,7 +5,9 @@ pub mod auth;
 pub mod dialback;
 pub mod jid;
 pub mod machine;
-pub mod ns;
 pub mod sasl;
 pub mod stanza;
 pub mod stream;
+/// Namespaces live with the XML layer (the framer and writer need them); re-exported here
+/// for the protocol code that names them.
+pub use crate::xml::ns;

@@ -116,7 +116,7 @@ impl From<String> for Name {
 /// The static copy of a well-known name or namespace. Bucketed by length so a lookup costs
 /// one or two comparisons (it runs for every element parsed).
 pub(crate) fn known(s: &str) -> Option<&'static str> {
-    use crate::proto::ns;
+    use crate::xml::ns;
     let known: &[&'static str] = match s.len() {
         1 => &["c", "x"],
         2 => &["iq", "to", "id"],
@@ -263,7 +263,7 @@ impl Element {
     /// Serialise with `jabber:server` as the ambient default namespace (for logs and tests).
     pub fn to_xml(&self) -> String {
         let mut out = String::new();
-        super::writer::write_element(&mut out, self, crate::proto::ns::SERVER);
+        super::writer::write_element(&mut out, self, crate::xml::ns::SERVER);
         out
     }
 

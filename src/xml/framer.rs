@@ -18,7 +18,7 @@ use quick_xml::reader::Reader;
 use std::collections::HashMap;
 
 use super::element::{Element, Name, Node, clip, intern};
-use crate::proto::ns;
+use crate::xml::ns;
 
 /// What the framer yields.
 #[derive(Debug, Clone, PartialEq, Eq)]

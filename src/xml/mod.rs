@@ -6,6 +6,7 @@
 
 pub mod element;
 pub mod framer;
+pub mod ns;
 pub mod pretty;
 pub mod writer;
 

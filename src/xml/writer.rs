@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use super::element::{Element, Node};
-use crate::proto::ns;
+use crate::xml::ns;
 
 /// Escape character data (`&`, `<`, `>`; `\r` as a reference so end-of-line
 /// normalisation keeps it).
