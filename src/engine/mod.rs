@@ -34,6 +34,8 @@ pub enum EngineError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
+    Policy(#[from] crate::policy::StorageError),
+    #[error(transparent)]
     Tls(#[from] crate::net::tls::TlsError),
     #[error(transparent)]
     Dns(#[from] crate::net::resolve::ResolveError),
@@ -694,7 +696,7 @@ pub async fn change_domain(
     change: Change,
     who: &str,
     reason: Option<&str>,
-) -> Result<(DomainRecord, bool, Vec<String>), crate::store::StoreError> {
+) -> Result<(DomainRecord, bool, Vec<String>), crate::policy::StorageError> {
     let (rec, changed) = shared.policy.apply(domain, change, who, reason).await?;
     let closed = enforce(shared);
     if changed {
@@ -703,7 +705,7 @@ pub async fn change_domain(
     Ok((rec, changed, closed))
 }
 
-pub async fn change_mode(shared: &Shared, mode: Mode, who: &str) -> Result<Vec<String>, crate::store::StoreError> {
+pub async fn change_mode(shared: &Shared, mode: Mode, who: &str) -> Result<Vec<String>, crate::policy::StorageError> {
     shared.policy.set_mode(mode, who).await?;
     let _ = shared.events.send(Event::ModeChanged { mode: mode.as_str().to_owned() });
     Ok(enforce(shared))
@@ -767,7 +769,7 @@ pub async fn import_blacklist(
     source: &str,
     who: &str,
     dry_run: bool,
-) -> Result<ImportReport, crate::store::StoreError> {
+) -> Result<ImportReport, crate::policy::StorageError> {
     let (entries, invalid) = crate::policy::parse_list(text);
     let entries: Vec<_> = entries.into_iter().filter(|(d, _)| !shared.is_hosted(d)).collect();
     if dry_run {

@@ -50,18 +50,6 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Facts about a peer certificate, for the connection table and operators.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PeerCertInfo {
-    pub subject: String,
-    pub issuer: String,
-    /// DNS names from the subjectAltName extension.
-    pub names: Vec<String>,
-    pub not_after: String,
-    /// SHA-256 of the DER certificate, hex, colon-separated.
-    pub fingerprint_sha256: String,
-}
-
 impl PeerCertInfo {
     pub fn from_der(der: &[u8]) -> PeerCertInfo {
         let fp = Sha256::digest(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
@@ -129,6 +117,8 @@ impl crate::proto::machine::CertJudge for CurrentTls {
         self.get().judge.judge(chain, domain.as_str(), at)
     }
 }
+
+pub use crate::types::PeerCertInfo;
 
 /// Everything TLS needs, built once at start.
 pub struct TlsContext {

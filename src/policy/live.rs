@@ -6,14 +6,14 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
+use super::{DomainRecord, PolicyAction, PolicyStore, StorageError};
 use super::{DomainState, Mode, Standing, Verdict, decide, suffixes};
 use crate::domain::Domain;
-use crate::engine::events::now_ms;
-use crate::store::{DomainRecord, PolicyAction, Store, StoreError};
+use crate::types::now_ms;
 
 pub struct Policy {
     inner: RwLock<Inner>,
-    store: Arc<Store>,
+    store: Arc<dyn PolicyStore>,
     /// Bumped on every change: held streams wait on it.
     changed: watch::Sender<u64>,
     /// Operator changes one at a time: each is computed, written and flushed, and only then
@@ -40,16 +40,12 @@ pub enum Change {
 impl Policy {
     /// Load from the store; the persisted mode wins over the configured one (it was changed
     /// live by an operator).
-    pub fn load(store: Arc<Store>, configured: Mode) -> Result<Policy, StoreError> {
+    pub fn load(store: Arc<dyn PolicyStore>, configured: Mode) -> Result<Policy, StorageError> {
         let mode = store.mode()?.unwrap_or(configured);
         let domains: HashMap<String, DomainRecord> = store.domains()?.into_iter().map(|r| (r.domain.clone(), r)).collect();
         let blacklisted = domains.values().filter(|r| r.state == DomainState::Blacklisted).count();
         let (changed, _) = watch::channel(0);
         Ok(Policy { inner: RwLock::new(Inner { mode, domains, blacklisted }), store, changed, writing: tokio::sync::Mutex::new(()) })
-    }
-
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
     }
 
     pub fn mode(&self) -> Mode {
@@ -102,7 +98,7 @@ impl Policy {
     }
 
     /// Change the mode (flushed before it returns).
-    pub async fn set_mode(&self, mode: Mode, who: &str) -> Result<(), StoreError> {
+    pub async fn set_mode(&self, mode: Mode, who: &str) -> Result<(), StorageError> {
         let _one = self.writing.lock().await;
         self.store.set_mode(mode)?;
         self.store.log_action(&PolicyAction {
@@ -126,7 +122,7 @@ impl Policy {
         change: Change,
         who: &str,
         reason: Option<&str>,
-    ) -> Result<(DomainRecord, bool), StoreError> {
+    ) -> Result<(DomainRecord, bool), StorageError> {
         let _one = self.writing.lock().await;
         let now = now_ms();
         let (rec, changed) = {
@@ -190,7 +186,7 @@ impl Policy {
             self.store.put_domain(&rec)?;
             let action = match &change {
                 Change::Approve => "approve".to_owned(),
-                Change::Block { expires_ms: Some(t) } => format!("block until {}", crate::engine::events::fmt_utc(*t)),
+                Change::Block { expires_ms: Some(t) } => format!("block until {}", crate::types::fmt_utc(*t)),
                 Change::Block { expires_ms: None } => "block".to_owned(),
                 Change::Blacklist { source } => format!("blacklist (source {source})"),
                 Change::Unblock => "unblock".to_owned(),
@@ -216,7 +212,7 @@ impl Policy {
         entries: &[(Domain, Option<String>)],
         source: &str,
         who: &str,
-    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    ) -> Result<(Vec<String>, Vec<String>), StorageError> {
         let _one = self.writing.lock().await;
         let now = now_ms();
         let (added, already, records) = {

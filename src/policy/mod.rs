@@ -167,7 +167,7 @@ pub fn parse_list(text: &str) -> (Vec<(crate::domain::Domain, Option<String>)>, 
 }
 
 /// The blacklist in the same format, each entry's reason and source as a comment.
-pub fn export_blacklist(records: &[crate::store::DomainRecord]) -> String {
+pub fn export_blacklist(records: &[DomainRecord]) -> String {
     let mut out = String::from("# drawbridge blacklist: one domain per line; it covers its subdomains too\n");
     for r in records.iter().filter(|r| r.state == DomainState::Blacklisted) {
         out.push_str(&r.domain);
@@ -187,6 +187,78 @@ pub fn export_blacklist(records: &[crate::store::DomainRecord]) -> String {
     out
 }
 
+/// A domain's standing and counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DomainRecord {
+    pub domain: String,
+    pub state: DomainState,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub who: Option<String>,
+    #[serde(default)]
+    pub when_ms: Option<u64>,
+    /// A block's end (unix ms).
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
+    /// The state a block returns to when it expires.
+    #[serde(default)]
+    pub previous: DomainState,
+    /// A blacklist entry's source: `operator` or an imported list's name.
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub first_seen_ms: Option<u64>,
+    #[serde(default)]
+    pub last_seen_ms: Option<u64>,
+    #[serde(default)]
+    pub streams_in: u64,
+    #[serde(default)]
+    pub streams_out: u64,
+    #[serde(default)]
+    pub stanzas_in: u64,
+    #[serde(default)]
+    pub stanzas_out: u64,
+    #[serde(default)]
+    pub last_verification: Option<String>,
+    /// The domain has authenticated by certificate before.
+    #[serde(default)]
+    pub cert_auth_seen: bool,
+    /// Set when a domain that used certificates authenticates by dialback only (a downgrade).
+    #[serde(default)]
+    pub downgrade: Option<String>,
+}
+
+/// One operator action (the policy log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyAction {
+    pub time_ms: u64,
+    pub who: String,
+    pub action: String,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A storage failure, in words (the backend's own error says which file and what to do).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StorageError(pub String);
+
+/// Where the policy keeps what operators decided; written before a change is applied.
+/// The store implements it (sled); the policy itself knows no database.
+pub trait PolicyStore: Send + Sync {
+    fn mode(&self) -> Result<Option<Mode>, StorageError>;
+    fn set_mode(&self, mode: Mode) -> Result<(), StorageError>;
+    fn domains(&self) -> Result<Vec<DomainRecord>, StorageError>;
+    fn put_domain(&self, rec: &DomainRecord) -> Result<(), StorageError>;
+    fn put_domains(&self, recs: &[DomainRecord]) -> Result<(), StorageError>;
+    fn log_action(&self, action: &PolicyAction) -> Result<(), StorageError>;
+    /// Durable on return.
+    fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + '_>>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +273,7 @@ mod tests {
 
     #[test]
     fn export_round_trips() {
-        let recs = vec![crate::store::DomainRecord {
+        let recs = vec![DomainRecord {
             domain: "evil.example".into(),
             state: DomainState::Blacklisted,
             reason: Some("spam".into()),

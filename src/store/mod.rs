@@ -12,10 +12,11 @@ use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Serialize, de::DeserializeOwned};
 
-use crate::engine::events::{ConnSnapshot, VerificationOutcome};
-use crate::policy::{DomainState, Mode};
+use crate::policy::Mode;
+pub use crate::policy::{DomainRecord, PolicyAction};
+use crate::types::{ConnSnapshot, VerificationOutcome};
 
 /// Version 1: only `meta/dialback_secret` (drawbridge 0.1 before policy). Version 2: all trees.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -32,60 +33,6 @@ pub enum StoreError {
     Newer { path: PathBuf, found: u32 },
     #[error("database in {path}: {msg}")]
     Db { path: PathBuf, msg: String },
-}
-
-/// A domain's standing and counters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct DomainRecord {
-    pub domain: String,
-    pub state: DomainState,
-    #[serde(default)]
-    pub reason: Option<String>,
-    #[serde(default)]
-    pub who: Option<String>,
-    #[serde(default)]
-    pub when_ms: Option<u64>,
-    /// A block's end (unix ms).
-    #[serde(default)]
-    pub expires_ms: Option<u64>,
-    /// The state a block returns to when it expires.
-    #[serde(default)]
-    pub previous: DomainState,
-    /// A blacklist entry's source: `operator` or an imported list's name.
-    #[serde(default)]
-    pub source: Option<String>,
-    #[serde(default)]
-    pub first_seen_ms: Option<u64>,
-    #[serde(default)]
-    pub last_seen_ms: Option<u64>,
-    #[serde(default)]
-    pub streams_in: u64,
-    #[serde(default)]
-    pub streams_out: u64,
-    #[serde(default)]
-    pub stanzas_in: u64,
-    #[serde(default)]
-    pub stanzas_out: u64,
-    #[serde(default)]
-    pub last_verification: Option<String>,
-    /// The domain has authenticated by certificate before.
-    #[serde(default)]
-    pub cert_auth_seen: bool,
-    /// Set when a domain that used certificates authenticates by dialback only (a downgrade).
-    #[serde(default)]
-    pub downgrade: Option<String>,
-}
-
-/// One operator action (the policy log).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PolicyAction {
-    pub time_ms: u64,
-    pub who: String,
-    pub action: String,
-    #[serde(default)]
-    pub domain: Option<String>,
-    #[serde(default)]
-    pub reason: Option<String>,
 }
 
 pub struct Store {
@@ -280,7 +227,7 @@ impl Store {
         for kv in self.open_streams.iter() {
             let (k, v) = kv.map_err(|e| self.err(e))?;
             if let Ok(mut s) = decode::<ConnSnapshot>(&v) {
-                s.state = crate::engine::events::ConnState::Closed;
+                s.state = crate::types::ConnState::Closed;
                 s.close_reason = Some("drawbridge stopped without closing it (crash or kill)".into());
                 self.add_history(&s)?;
                 n += 1;
@@ -420,6 +367,37 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, StoreError> {
     Ok(f)
 }
 
+impl From<StoreError> for crate::policy::StorageError {
+    fn from(e: StoreError) -> Self {
+        crate::policy::StorageError(e.to_string())
+    }
+}
+
+/// The policy keeps operators' decisions here.
+impl crate::policy::PolicyStore for Store {
+    fn mode(&self) -> Result<Option<Mode>, crate::policy::StorageError> {
+        Ok(Store::mode(self)?)
+    }
+    fn set_mode(&self, mode: Mode) -> Result<(), crate::policy::StorageError> {
+        Ok(Store::set_mode(self, mode)?)
+    }
+    fn domains(&self) -> Result<Vec<DomainRecord>, crate::policy::StorageError> {
+        Ok(Store::domains(self)?)
+    }
+    fn put_domain(&self, rec: &DomainRecord) -> Result<(), crate::policy::StorageError> {
+        Ok(Store::put_domain(self, rec)?)
+    }
+    fn put_domains(&self, recs: &[DomainRecord]) -> Result<(), crate::policy::StorageError> {
+        Ok(Store::put_domains(self, recs)?)
+    }
+    fn log_action(&self, action: &PolicyAction) -> Result<(), crate::policy::StorageError> {
+        Ok(Store::log_action(self, action)?)
+    }
+    fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), crate::policy::StorageError>> + Send + '_>> {
+        Box::pin(async move { Ok(Store::flush(self).await?) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,7 +484,12 @@ mod tests {
         assert_eq!(s.prune(2, u64::MAX, 0).unwrap(), 1);
         assert_eq!(s.policy_log(None, 10).unwrap().len(), 2);
         assert_eq!(s.prune(10, 999, 2001).unwrap(), 1, "only the record older than 999 ms at t=2001");
-        let rec = DomainRecord { domain: "x.test".into(), state: DomainState::Blocked, reason: Some("r".into()), ..Default::default() };
+        let rec = DomainRecord {
+            domain: "x.test".into(),
+            state: crate::policy::DomainState::Blocked,
+            reason: Some("r".into()),
+            ..Default::default()
+        };
         s.put_domain(&rec).unwrap();
         assert_eq!(s.domain("x.test").unwrap(), Some(rec));
     }
