@@ -68,7 +68,7 @@ pub struct Demo {
 
 impl Demo {
     pub async fn start() -> Result<Demo, String> {
-        let dir = std::env::temp_dir().join(format!("drawbridge-demo-{}", crate::engine::table::random_id()));
+        let dir = std::env::temp_dir().join(format!("drawbridge-demo-{}", crate::table::random_id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let names = ["friend.example", "newcomer.example", "spam.example", "oldcert.example"];
         let main_port = free_port().map_err(|e| e.to_string())?;

@@ -13,13 +13,16 @@ pub mod dashboard;
 pub mod demo;
 pub mod domain;
 pub mod engine;
+pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod limits;
 pub mod net;
 pub mod policy;
 pub mod proto;
 pub mod router;
 pub mod store;
 pub mod stream;
+pub mod table;
 pub mod types;
 pub mod xml;

@@ -102,9 +102,9 @@ pub enum Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
     pub status: crate::engine::Status,
-    pub connections: Vec<crate::engine::events::ConnSnapshot>,
+    pub connections: Vec<crate::events::ConnSnapshot>,
     pub domains: Vec<crate::store::DomainRecord>,
-    pub outcomes: Vec<crate::engine::events::VerificationOutcome>,
+    pub outcomes: Vec<crate::events::VerificationOutcome>,
 }
 
 /// `ctl domain`: everything known about one domain.
@@ -114,8 +114,8 @@ pub struct DomainReport {
     pub record: Option<crate::store::DomainRecord>,
     /// The verdict policy gives it now, in words.
     pub verdict: String,
-    pub outcomes: Vec<crate::engine::events::VerificationOutcome>,
-    pub streams: Vec<crate::engine::events::ConnSnapshot>,
+    pub outcomes: Vec<crate::events::VerificationOutcome>,
+    pub streams: Vec<crate::events::ConnSnapshot>,
     pub policy_log: Vec<crate::store::PolicyAction>,
 }
 
@@ -355,7 +355,7 @@ async fn handle(shared: &Arc<Shared>, req: Request, who: &str) -> Response {
         },
         Request::Approve { domain, reason } => change(domain, Change::Approve, reason).await,
         Request::Block { domain, for_secs, reason } => {
-            let expires_ms = for_secs.map(|s| crate::engine::events::now_ms() + s * 1000);
+            let expires_ms = for_secs.map(|s| crate::events::now_ms() + s * 1000);
             change(domain, Change::Block { expires_ms }, reason).await
         }
         Request::Blacklist { domain, reason } => {

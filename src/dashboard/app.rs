@@ -13,7 +13,7 @@ use super::input::{Intent, intent};
 use super::state::{Model, Prompt, View};
 use crate::control::{ChangeReport, Request};
 use crate::engine::ProbeReport;
-use crate::engine::events::TranscriptLine;
+use crate::events::TranscriptLine;
 
 const FRAME: Duration = Duration::from_millis(50);
 
@@ -214,7 +214,7 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
             }
         }
         Intent::CloseStream => match m.selected_conn() {
-            Some(c) if m.view == View::Connections && c.state != crate::engine::events::ConnState::Closed => {
+            Some(c) if m.view == View::Connections && c.state != crate::events::ConnState::Closed => {
                 m.prompt = Some(Prompt::ConfirmClose { id: c.id })
             }
             _ => m.message = Some("select a live stream in Connections first".into()),
@@ -262,7 +262,7 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
                 .map(|l| {
                     format!(
                         "{} {} {}\n",
-                        crate::engine::events::fmt_utc(l.time_ms),
+                        crate::events::fmt_utc(l.time_ms),
                         l.dir,
                         if m.reveal {
                             l.text.replace(crate::xml::writer::KEY_MARKER, l.key.as_deref().unwrap_or(""))

@@ -11,7 +11,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::control::{self, Request, Response, Snapshot};
 use crate::engine::Shared;
-use crate::engine::events::Event;
+use crate::events::Event;
 
 /// What arrives from the engine.
 #[derive(Debug)]

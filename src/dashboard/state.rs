@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::control::Snapshot;
 use crate::engine::Status;
-use crate::engine::events::{ConnSnapshot, ConnState, Event, TranscriptLine, VerificationOutcome};
+use crate::events::{ConnSnapshot, ConnState, Event, TranscriptLine, VerificationOutcome};
 use crate::policy::DomainState;
 use crate::store::DomainRecord;
 
@@ -182,8 +182,8 @@ impl Model {
         for s in self.conns.values() {
             match (s.state, s.direction) {
                 (ConnState::Closed, _) => c.closed += 1,
-                (_, crate::engine::events::Direction::In) => c.live_in += 1,
-                (_, crate::engine::events::Direction::Out) => c.live_out += 1,
+                (_, crate::events::Direction::In) => c.live_in += 1,
+                (_, crate::events::Direction::Out) => c.live_out += 1,
             }
         }
         for d in self.domains.values() {
@@ -237,15 +237,10 @@ impl Model {
                 if let Some(c) = self.conns.get_mut(&id) {
                     match c.pairs.iter_mut().find(|p| p.local == local && p.remote == remote) {
                         Some(p) => {
-                            p.status = crate::engine::events::PairStatus::Valid;
+                            p.status = crate::events::PairStatus::Valid;
                             p.method = method;
                         }
-                        None => c.pairs.push(crate::engine::events::PairInfo {
-                            local,
-                            remote,
-                            status: crate::engine::events::PairStatus::Valid,
-                            method,
-                        }),
+                        None => c.pairs.push(crate::events::PairInfo { local, remote, status: crate::events::PairStatus::Valid, method }),
                     }
                 }
             }
@@ -267,7 +262,7 @@ impl Model {
                         c.stanzas_out = s.stanzas_out;
                         c.bytes_in = s.bytes_in;
                         c.bytes_out = s.bytes_out;
-                        c.last_activity_ms = crate::engine::events::now_ms();
+                        c.last_activity_ms = crate::events::now_ms();
                     }
                 }
             }

@@ -9,7 +9,7 @@ use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap}
 
 use super::input::KEYS;
 use super::state::{Model, Prompt, View};
-use crate::engine::events::{ConnSnapshot, ConnState, Direction, PairStatus, VerificationResult, fmt_utc, now_ms};
+use crate::events::{ConnSnapshot, ConnState, Direction, PairStatus, VerificationResult, fmt_utc, now_ms};
 use crate::policy::DomainState;
 use crate::xml::writer::KEY_MARKER;
 
@@ -495,8 +495,8 @@ fn remotes(c: &ConnSnapshot) -> String {
 }
 
 /// Short names for the auth column.
-fn method_label(m: crate::engine::events::AuthMethod) -> &'static str {
-    use crate::engine::events::AuthMethod as M;
+fn method_label(m: crate::events::AuthMethod) -> &'static str {
+    use crate::events::AuthMethod as M;
     match m {
         M::Dialback => "dialback ",
         M::DialbackWithValidCert => "db+cert ",

@@ -1,9 +1,7 @@
 //! The engine: one API (commands + a lossy event stream) over the running server. The
 //! control socket and the dashboard are built only on this.
 
-pub mod events;
-pub mod limits;
-pub mod table;
+pub use crate::{events, limits, table};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -162,7 +160,7 @@ impl Shared {
                 .as_deref()
                 .and_then(|a| a.parse::<SocketAddr>().ok())
                 .map_or_else(|| outcome.remote.clone(), |a| a.ip().to_string());
-            crate::engine::limits::refused_once("unauthenticated claims", &source, || {
+            crate::limits::refused_once("unauthenticated claims", &source, || {
                 format!("verification of {} failed: {}", outcome.remote, outcome.reason)
             });
             {
@@ -199,12 +197,8 @@ impl Shared {
                 _ => {}
             }
         }
-        let last = format!(
-            "{} {}: {}",
-            format!("{:?}", outcome.result).to_lowercase(),
-            crate::engine::events::fmt_utc(outcome.time_ms),
-            outcome.reason
-        );
+        let last =
+            format!("{} {}: {}", format!("{:?}", outcome.result).to_lowercase(), crate::events::fmt_utc(outcome.time_ms), outcome.reason);
         self.policy.note(&outcome.remote, |rec| rec.last_verification = Some(last));
         let level_valid = outcome.result == VerificationResult::Valid;
         if level_valid {

@@ -148,7 +148,7 @@ impl Router {
                 Ok(()) => return None,
                 Err(queue::TrySendError::Full(back)) => {
                     // The overflow rule: answered at once, never waited for.
-                    crate::engine::limits::refused_once("limits.outbound_queue", to.as_str(), || {
+                    crate::limits::refused_once("limits.outbound_queue", to.as_str(), || {
                         format!(
                             "the stream to {to} is not keeping up; stanzas bounce with resource-constraint (limits.outbound_queue, limits.outbound_queue_bytes)"
                         )

@@ -10,8 +10,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Duration, Instant};
 
-use crate::engine::table::ConnEntry;
 use crate::proto::stream::StreamError;
+use crate::table::ConnEntry;
 use crate::xml::writer::{masked_key, write_top};
 use crate::xml::{Element, Frame, Framer, XmlError};
 

@@ -9,9 +9,9 @@ use tokio::time::Instant;
 
 use super::conn::{Conn, ConnError};
 use crate::engine::Shared;
-use crate::engine::events::{Direction, VerificationOutcome, now_ms};
-use crate::engine::table::ConnEntry;
+use crate::events::{Direction, VerificationOutcome, now_ms};
 use crate::proto::machine::{Ending, Input, Machine, Observed, Output, ReadError};
+use crate::table::ConnEntry;
 
 /// One stream's machine and connection, and where they report.
 pub struct Driver {
@@ -121,7 +121,7 @@ impl Driver {
         if end.abandon {
             return;
         }
-        self.entry.set_state(crate::engine::events::ConnState::Closing);
+        self.entry.set_state(crate::events::ConnState::Closing);
         self.conn.close(end.error.as_ref(), self.shared.settings.timeouts.close, end.peer_closed).await;
     }
 }

@@ -13,11 +13,11 @@ use super::conn::{Conn, Transport};
 use super::driver::{Driver, Wake};
 use crate::domain::Domain;
 use crate::engine::Shared;
-use crate::engine::events::*;
-use crate::engine::limits::InboundSlot;
-use crate::engine::table::ConnEntry;
+use crate::events::*;
+use crate::limits::InboundSlot;
 use crate::proto::dialback::Answer;
 use crate::proto::machine::{Ask, Ending, Input, Machine, Output, TlsFacts, TlsRole};
+use crate::table::ConnEntry;
 
 /// An authoritative server's answer, back from the verification task.
 struct Answered {

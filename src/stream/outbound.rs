@@ -13,11 +13,11 @@ use super::conn::{Conn, Transport};
 use super::driver::{Driver, Wake};
 use crate::domain::Domain;
 use crate::engine::Shared;
-use crate::engine::events::*;
-use crate::engine::table::ConnEntry;
+use crate::events::*;
 use crate::proto::machine::{EndKind, Ending, Input, Machine, Output, TlsFacts, TlsRole, verify_failure};
 use crate::proto::stanza::{ErrorType, error_reply};
 use crate::router::{VerifyReply, VerifyRequest};
+use crate::table::ConnEntry;
 
 /// Why no connection could be made, and the stanza error condition queued stanzas bounce
 /// with (RFC 6120 §8.3.3).
@@ -274,7 +274,7 @@ async fn connect(shared: &Shared, entry: &ConnEntry, remote: &Domain) -> Result<
     let _slot = match shared.dials.clone().try_acquire_owned() {
         Ok(p) => p,
         Err(_) => {
-            crate::engine::limits::refused_once("outbound.max_dials", "*", || {
+            crate::limits::refused_once("outbound.max_dials", "*", || {
                 format!("{} outbound connection attempts in progress (outbound.max_dials); further dials wait", out.max_dials)
             });
             shared.dials.clone().acquire_owned().await.map_err(|_| Failure::new("shutting down"))?

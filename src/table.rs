@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::events::*;
 use crate::domain::Domain;
+use crate::events::*;
 use crate::proto::stream::StreamError;
 
 /// Per-stream counters, updated by the stream's own task.
