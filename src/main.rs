@@ -240,7 +240,7 @@ fn init_logging(settings: &Settings, never_terminal: bool) -> anyhow::Result<()>
 async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     init_logging(&settings, false)?;
     let mut engine = Engine::start(settings).await?;
-    engine.serve_control()?;
+    drawbridge::control::start(&mut engine)?;
     tracing::info!(control = %engine.shared.settings.control_socket.display(), "control socket ready");
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -279,7 +279,7 @@ fn default_sigpipe() {
 async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     init_logging(&settings, true)?;
     let mut engine = Engine::start(settings).await?;
-    engine.serve_control()?;
+    drawbridge::control::start(&mut engine)?;
     let stop = tokio_util::sync::CancellationToken::new();
     let dash = drawbridge::dashboard::app::run(drawbridge::dashboard::client::Client::in_process(engine.shared.clone()), stop.clone());
     let result = with_signals(dash, stop).await;

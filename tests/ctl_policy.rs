@@ -17,7 +17,7 @@ async fn blacklist_exchange_and_domain_commands() {
     let dns = Dns::start().await;
     let a = start_published("a.test", &dns, "").await;
     let mut b = start_published("b.test", &dns, "").await;
-    b.engine.serve_control().unwrap();
+    drawbridge::control::start(&mut b.engine).unwrap();
     let sock = b.engine.shared.settings.control_socket.clone();
     assert!(within("probe", a.engine.probe("b.test", None)).await.ok);
 

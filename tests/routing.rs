@@ -157,7 +157,7 @@ async fn control_socket_status_connections_close() {
     let dns = Dns::start().await;
     let mut a = start_published("a.test", &dns, "").await;
     let _b = start_published("b.test", &dns, "").await;
-    a.engine.serve_control().unwrap();
+    drawbridge::control::start(&mut a.engine).unwrap();
     let sock = a.engine.shared.settings.control_socket.clone();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);

@@ -148,6 +148,15 @@ impl Response {
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
 
+/// Serve the control socket at `server.control_socket` for as long as the engine runs.
+pub fn start(engine: &mut crate::engine::Engine) -> Result<(), crate::engine::EngineError> {
+    let shared = engine.shared.clone();
+    let path = shared.settings.control_socket.clone();
+    let l = bind(&path).map_err(|err| crate::engine::EngineError::Control { path: path.display().to_string(), err })?;
+    engine.spawn(serve(shared, l));
+    Ok(())
+}
+
 /// Bind the socket: refuse if a live server answers there, replace a stale file, mode 0600.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;

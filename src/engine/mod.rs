@@ -406,12 +406,9 @@ impl Engine {
         Ok(Engine { shared, tasks })
     }
 
-    /// Serve the control socket at the configured path.
-    pub fn serve_control(&mut self) -> Result<(), EngineError> {
-        let l = crate::control::bind(&self.shared.settings.control_socket)
-            .map_err(|err| EngineError::Control { path: self.shared.settings.control_socket.display().to_string(), err })?;
-        self.tasks.spawn(crate::control::serve(self.shared.clone(), l));
-        Ok(())
+    /// Run a task for as long as the engine runs (ended at shutdown).
+    pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
     }
 
     pub fn listen_addrs(&self) -> &[SocketAddr] {
