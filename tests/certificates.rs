@@ -207,9 +207,9 @@ async fn downgrade_from_certificate_to_dialback_is_flagged() {
         reason: "test".into(),
         peer_addr: None,
     };
-    b.engine.shared.record_outcome(outcome(AuthMethod::SaslExternal));
+    b.engine.shared.recorder.record_outcome(outcome(AuthMethod::SaslExternal));
     assert!(b.engine.shared.policy.record("x.test").unwrap().downgrade.is_none());
-    b.engine.shared.record_outcome(outcome(AuthMethod::Dialback));
+    b.engine.shared.recorder.record_outcome(outcome(AuthMethod::Dialback));
     let rec = b.engine.shared.policy.record("x.test").unwrap();
     assert!(rec.downgrade.as_deref().is_some_and(|d| d.contains("by certificate before, now by dialback only")), "{rec:?}");
     wait_event(&mut events, "the downgrade event", |e| matches!(e, Event::DomainChanged { record } if record.downgrade.is_some())).await;

@@ -42,7 +42,10 @@ async fn spoofed_domain_is_refused_made_up_and_replayed_keys() {
     assert_eq!(ans.answer, Some(Answer::Invalid));
     assert_eq!((ans.from.as_str(), ans.to.as_str()), ("b.test", "c.test"));
     let ev = wait_event(&mut events, "the invalid outcome", |e| {
-        matches!(e, Event::Verification { outcome } if outcome.remote == "c.test" && outcome.method == drawbridge::engine::events::AuthMethod::Dialback)
+        // Inbound: b's own outbound stream to c (for the callback) records its dialback too.
+        matches!(e, Event::Verification { outcome } if outcome.remote == "c.test"
+            && outcome.direction == Direction::In
+            && outcome.method == drawbridge::engine::events::AuthMethod::Dialback)
     })
     .await;
     let Event::Verification { outcome } = ev else { unreachable!() };

@@ -3,6 +3,9 @@
 
 pub use crate::{events, limits, table};
 
+mod recorder;
+pub use recorder::{Recorder, UNAUTHENTICATED_RING};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,11 +51,11 @@ pub struct Shared {
     pub settings: Settings,
     /// Replaced as a whole on reload; a stream takes the current one at its handshake.
     tls: Arc<crate::net::tls::CurrentTls>,
-    pub resolver: Resolver,
+    pub resolver: Arc<Resolver>,
     pub secret: Vec<u8>,
-    pub table: ConnTable,
+    pub table: Arc<ConnTable>,
     pub events: broadcast::Sender<Event>,
-    pub router: Router,
+    pub router: Arc<Router>,
     pub shutdown: CancellationToken,
     pub started: Instant,
     pub listening: Vec<SocketAddr>,
@@ -70,12 +73,11 @@ pub struct Shared {
     pub dials: Arc<tokio::sync::Semaphore>,
     /// Streams in use against `[limits]`.
     pub gauges: Arc<limits::Gauges>,
-    /// Failed verifications of unauthenticated claims (memory only, bounded).
-    pub unauthenticated: std::sync::Mutex<std::collections::VecDeque<VerificationOutcome>>,
+    /// Outcomes, pending domains, ended streams: recorded.
+    pub recorder: Arc<Recorder>,
+    /// What stream drivers get.
+    pub streams: Arc<crate::stream::Caps>,
 }
-
-/// Failed verifications of unauthenticated claims kept in memory.
-pub const UNAUTHENTICATED_RING: usize = 1000;
 
 impl Shared {
     /// The TLS context in force now.
@@ -108,149 +110,50 @@ impl Shared {
         self.settings.domains.iter().any(|h| h == d)
     }
 
-    /// A stream ended: into the closed list, the history and the domain counters.
-    /// Only streams of authenticated or known domains reach the history on disk; the others
-    /// stay in the table's bounded list of closed streams.
+    /// A stream ended (see [`Recorder`]).
     pub fn stream_closed(&self, entry: &table::ConnEntry, reason: &str) {
-        self.table.close(entry, reason);
-        let snap = entry.snapshot();
-        let mut remotes: Vec<&str> = snap.pairs.iter().filter(|p| p.status == PairStatus::Valid).map(|p| p.remote.as_str()).collect();
-        remotes.sort_unstable();
-        remotes.dedup();
-        let known = snap.remote.as_deref().is_some_and(|r| self.policy.record(r).is_some());
-        if (!remotes.is_empty() || known)
-            && let Err(e) = self.store.add_history(&snap)
-        {
-            tracing::error!("store: {e}");
-        }
-        for r in remotes {
-            self.policy.note(r, |rec| match snap.direction {
-                Direction::In => {
-                    rec.streams_in += 1;
-                    rec.stanzas_in += snap.stanzas_in;
-                }
-                Direction::Out => {
-                    rec.streams_out += 1;
-                    rec.stanzas_out += snap.stanzas_out;
-                }
-            });
-        }
-    }
-
-    /// List a verified, undecided domain as pending (approval mode) and tell the world.
-    pub fn mark_pending(&self, domain: &Domain) {
-        if let Some(record) = self.policy.mark_pending(domain) {
-            tracing::warn!("{domain} is waiting for approval (`drawbridge ctl approve {domain}`)");
-            let _ = self.events.send(Event::DomainChanged { record });
-        }
-    }
-
-    /// Record a verification outcome: log, event, store (flushed by the periodic flush).
-    /// What a peer failed to prove (an inbound claim), and our own failures towards domains
-    /// nobody decided on and that never authenticated, are not persisted: they go to a
-    /// bounded ring in memory, their log lines rate-limited per source, so no peer can grow
-    /// the store or push real history out of it.
-    pub fn record_outcome(&self, outcome: VerificationOutcome) {
-        let valid = outcome.result == VerificationResult::Valid;
-        let persist = valid || (outcome.direction == Direction::Out && self.policy.record(&outcome.remote).is_some());
-        if !persist {
-            // Per source address (not per connection: a port changes with each).
-            let source = outcome
-                .peer_addr
-                .as_deref()
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-                .map_or_else(|| outcome.remote.clone(), |a| a.ip().to_string());
-            crate::limits::refused_once("unauthenticated claims", &source, || {
-                format!("verification of {} failed: {}", outcome.remote, outcome.reason)
-            });
-            {
-                let mut ring = self.unauthenticated.lock().unwrap();
-                if ring.len() >= UNAUTHENTICATED_RING {
-                    ring.pop_front();
-                }
-                ring.push_back(outcome.clone());
-            }
-            let _ = self.events.send(Event::Verification { outcome });
-            return;
-        }
-        if let Err(e) = self.store.add_outcome(&outcome) {
-            tracing::error!("store: {e}");
-        }
-        if outcome.result == VerificationResult::Valid {
-            match outcome.method {
-                AuthMethod::SaslExternal | AuthMethod::DialbackWithValidCert => self.policy.note(&outcome.remote, |r| {
-                    r.cert_auth_seen = true;
-                    r.downgrade = None;
-                }),
-                AuthMethod::Dialback if self.policy.record(&outcome.remote).is_some_and(|r| r.cert_auth_seen) => {
-                    let text = format!(
-                        "downgrade: {} authenticated by certificate before, now by dialback only ({})",
-                        outcome.remote,
-                        fmt_utc(outcome.time_ms)
-                    );
-                    tracing::warn!(stream = %outcome.stream, "{text}");
-                    self.policy.note(&outcome.remote, |r| r.downgrade = Some(text));
-                    if let Some(record) = self.policy.record(&outcome.remote) {
-                        let _ = self.events.send(Event::DomainChanged { record });
-                    }
-                }
-                _ => {}
-            }
-        }
-        let last =
-            format!("{} {}: {}", format!("{:?}", outcome.result).to_lowercase(), crate::events::fmt_utc(outcome.time_ms), outcome.reason);
-        self.policy.note(&outcome.remote, |rec| rec.last_verification = Some(last));
-        let level_valid = outcome.result == VerificationResult::Valid;
-        if level_valid {
-            tracing::info!(stream = %outcome.stream, local = %outcome.local, remote = %outcome.remote, "verified {}: {}", outcome.remote, outcome.reason);
-        } else {
-            tracing::warn!(stream = %outcome.stream, local = %outcome.local, remote = %outcome.remote, result = ?outcome.result, "verification of {} failed: {}", outcome.remote, outcome.reason);
-        }
-        let _ = self.events.send(Event::Verification { outcome });
+        self.recorder.stream_closed(entry, reason)
     }
 
     /// Verification outcomes, newest first: the store's and the unauthenticated ring's.
     pub fn outcomes_for(&self, domain: Option<&str>, limit: usize) -> Result<Vec<VerificationOutcome>, crate::store::StoreError> {
-        let mut v = self.store.outcomes(domain, limit)?;
-        v.extend(self.unauthenticated.lock().unwrap().iter().filter(|o| domain.is_none_or(|d| o.remote == d)).cloned());
-        v.sort_by_key(|o| std::cmp::Reverse(o.time_ms));
-        v.truncate(limit);
-        Ok(v)
+        self.recorder.outcomes_for(domain, limit)
     }
 
     /// The most recent verification outcomes (newest first).
     pub fn outcomes(&self) -> Vec<VerificationOutcome> {
-        self.outcomes_for(None, 1000).unwrap_or_else(|e| {
-            tracing::error!("store: {e}");
-            Vec::new()
-        })
+        self.recorder.outcomes()
     }
 }
 
 /// Opens the outbound s2s stream of a domain pair when the router has no link for it yet:
 /// under `limits.max_outbound`, with a queue bounded in count and bytes.
-struct OutboundOpener(std::sync::Weak<Shared>);
+struct OutboundOpener {
+    /// Weak: the router holds the opener and the streams' capabilities hold the router.
+    streams: std::sync::Weak<crate::stream::Caps>,
+    gauges: Arc<limits::Gauges>,
+    limits: crate::config::Limits,
+}
 
 impl crate::router::Opener for OutboundOpener {
     fn open(&self, local: &Domain, remote: &Domain) -> Result<crate::router::Link, crate::router::Refusal> {
         use crate::router::{Link, LinkKind, Refusal, queue};
-        let Some(shared) = self.0.upgrade() else { return Err(Refusal::Limit("shutting down")) };
-        let limits = &shared.settings.limits;
-        let slot = match shared.gauges.outbound(limits) {
+        let Some(caps) = self.streams.upgrade() else { return Err(Refusal::Limit("shutting down")) };
+        let slot = match self.gauges.outbound(&self.limits) {
             Ok(slot) => slot,
             Err(limits::Refused(key)) => {
                 limits::refused_once(key, remote.as_str(), || format!("not opening a stream to {remote}: {key} reached"));
                 return Err(Refusal::Limit(key));
             }
         };
-        let (stx, srx) = queue::queue(limits.outbound_queue, limits.outbound_queue_bytes);
+        let (stx, srx) = queue::queue(self.limits.outbound_queue, self.limits.outbound_queue_bytes);
         let (vtx, vrx) = tokio::sync::mpsc::channel(64);
-        let entry = shared.table.open(Direction::Out, &shared.shutdown);
+        let entry = caps.table.open(Direction::Out, &caps.shutdown);
         entry.set_domains(Some(local.as_str()), Some(remote.as_str()));
         let link = Link { kind: LinkKind::S2sOutbound, stream: entry.id.as_str().into(), stanzas: stx, verifies: Some(vtx) };
-        let (l, r, s) = (local.clone(), remote.clone(), shared.clone());
-        shared.tasks.spawn(async move {
-            crate::stream::outbound::run(s, l, r, entry, srx, vrx).await;
+        let (l, r, tasks) = (local.clone(), remote.clone(), caps.tasks.clone());
+        tasks.spawn(async move {
+            crate::stream::outbound::run(caps, l, r, entry, srx, vrx).await;
             drop(slot);
         });
         Ok(link)
@@ -363,21 +266,58 @@ impl Engine {
         }
         let (events, _) = broadcast::channel(4096);
         let shutdown = CancellationToken::new();
-        let shared = Arc::new(Shared {
-            table: ConnTable::new(
-                events.clone(),
-                settings.limits.closed_streams,
-                table::TranscriptBudget::new(
-                    settings.limits.transcript_lines,
-                    settings.limits.transcript_bytes,
-                    settings.limits.transcript_total_bytes,
-                ),
+        let table = Arc::new(ConnTable::new(
+            events.clone(),
+            settings.limits.closed_streams,
+            table::TranscriptBudget::new(
+                settings.limits.transcript_lines,
+                settings.limits.transcript_bytes,
+                settings.limits.transcript_total_bytes,
             ),
+        ));
+        let recorder = Arc::new(Recorder {
+            store: store.clone(),
+            policy: policy.clone(),
+            events: events.clone(),
+            table: table.clone(),
+            unauthenticated: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        });
+        let router = Arc::new(Router::new(settings.domains.clone(), policy.clone(), settings.timeouts.dialback));
+        let resolver = Arc::new(resolver);
+        let dials = Arc::new(tokio::sync::Semaphore::new(settings.outbound.max_dials));
+        let tasks = tokio_util::task::TaskTracker::new();
+        let streams = Arc::new(crate::stream::Caps {
+            env: stream_env.clone(),
+            tls: tls.clone(),
+            router: router.clone(),
+            table: table.clone(),
+            observer: recorder.clone(),
+            policy_changes: policy.subscribe(),
+            resolver: resolver.clone(),
+            dials: dials.clone(),
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+            settings: crate::stream::StreamSettings {
+                domains: settings.domains.clone(),
+                timeouts: settings.timeouts.clone(),
+                limits: settings.limits.clone(),
+                outbound: settings.outbound.clone(),
+                dns_timeout: settings.dns.timeout,
+            },
+        });
+        let gauges: Arc<limits::Gauges> = Arc::default();
+        router.set_opener(Box::new(OutboundOpener {
+            streams: Arc::downgrade(&streams),
+            gauges: gauges.clone(),
+            limits: settings.limits.clone(),
+        }));
+        let shared = Arc::new(Shared {
+            table,
             tls: tls.clone(),
             resolver,
             secret,
             events,
-            router: Router::new(settings.domains.clone(), policy.clone(), settings.timeouts.dialback),
+            router,
             shutdown,
             started: Instant::now(),
             listening,
@@ -385,13 +325,13 @@ impl Engine {
             store,
             policy,
             stream_env,
-            tasks: tokio_util::task::TaskTracker::new(),
-            dials: Arc::new(tokio::sync::Semaphore::new(settings.outbound.max_dials)),
-            unauthenticated: std::sync::Mutex::new(std::collections::VecDeque::new()),
-            gauges: Arc::default(),
+            tasks,
+            dials,
+            gauges,
+            recorder,
+            streams,
             settings,
         });
-        shared.router.set_opener(Box::new(OutboundOpener(Arc::downgrade(&shared))));
         let mut tasks = JoinSet::new();
         for (l, direct) in listeners {
             tasks.spawn(accept_loop(shared.clone(), l, direct));
@@ -612,9 +552,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, direct_tls: boo
                 };
                 let _ = tcp.set_nodelay(true);
                 if direct_tls {
-                    shared.tasks.spawn(crate::stream::inbound::run_direct(shared.clone(), tcp, peer, slot));
+                    shared.tasks.spawn(crate::stream::inbound::run_direct(shared.streams.clone(), tcp, peer, slot));
                 } else {
-                    shared.tasks.spawn(crate::stream::inbound::run(shared.clone(), tcp, peer, slot));
+                    shared.tasks.spawn(crate::stream::inbound::run(shared.streams.clone(), tcp, peer, slot));
                 }
             }
             Err(e) => {

@@ -7,15 +7,15 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::Caps;
 use super::conn::{Conn, ConnError};
-use crate::engine::Shared;
 use crate::events::{Direction, VerificationOutcome, now_ms};
 use crate::proto::machine::{Ending, Input, Machine, Observed, Output, ReadError};
 use crate::table::ConnEntry;
 
 /// One stream's machine and connection, and where they report.
 pub struct Driver {
-    pub shared: Arc<Shared>,
+    pub caps: Arc<Caps>,
     pub entry: Arc<ConnEntry>,
     pub conn: Conn,
     pub machine: Machine,
@@ -99,7 +99,7 @@ impl Driver {
             Output::Raw(s) => self.conn.send_raw(&s),
             Output::Send(el) => self.conn.send(&el),
             Output::Restart => self.conn.restart(),
-            Output::Observe(o) => observe(&self.shared, &self.entry, self.direction, o),
+            Output::Observe(o) => observe(&*self.caps.observer, &self.entry, self.direction, o),
             o => return Some(o),
         }
         None
@@ -122,7 +122,7 @@ impl Driver {
             return;
         }
         self.entry.set_state(crate::events::ConnState::Closing);
-        self.conn.close(end.error.as_ref(), self.shared.settings.timeouts.close, end.peer_closed).await;
+        self.conn.close(end.error.as_ref(), self.caps.settings.timeouts.close, end.peer_closed).await;
     }
 }
 
@@ -136,7 +136,7 @@ pub async fn sleep_until(at: Option<Instant>) {
 
 /// The projection of a machine's observations: the stream's row in the connection table,
 /// verification outcomes (store, log, events), pending domains.
-pub fn observe(shared: &Shared, entry: &ConnEntry, direction: Direction, o: Observed) {
+pub fn observe(observer: &dyn super::Observer, entry: &ConnEntry, direction: Direction, o: Observed) {
     match o {
         Observed::State(s) => entry.set_state(s),
         Observed::Domains { local, remote } => entry.set_domains(local.as_deref(), remote.as_deref()),
@@ -151,7 +151,7 @@ pub fn observe(shared: &Shared, entry: &ConnEntry, direction: Direction, o: Obse
                 entry.set_tls(tls);
             }
         }
-        Observed::Outcome { local, remote, method, result, reason } => shared.record_outcome(VerificationOutcome {
+        Observed::Outcome { local, remote, method, result, reason } => observer.outcome(VerificationOutcome {
             time_ms: now_ms(),
             stream: entry.id.clone(),
             direction,
@@ -162,6 +162,6 @@ pub fn observe(shared: &Shared, entry: &ConnEntry, direction: Direction, o: Obse
             reason,
             peer_addr: entry.peer_addr(),
         }),
-        Observed::Pending(d) => shared.mark_pending(&d),
+        Observed::Pending(d) => observer.pending(&d),
     }
 }

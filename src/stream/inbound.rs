@@ -9,10 +9,10 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use super::Caps;
 use super::conn::{Conn, Transport};
 use super::driver::{Driver, Wake};
 use crate::domain::Domain;
-use crate::engine::Shared;
 use crate::events::*;
 use crate::limits::InboundSlot;
 use crate::proto::dialback::Answer;
@@ -27,52 +27,52 @@ struct Answered {
     detail: Option<String>,
 }
 
-pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, slot: InboundSlot) {
-    let entry = shared.table.open(Direction::In, &shared.shutdown);
+pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: InboundSlot) {
+    let entry = caps.table.open(Direction::In, &caps.shutdown);
     entry.set_peer_addr(peer);
-    serve(shared, entry, Transport::Plain(tcp), None, slot).await;
+    serve(caps, entry, Transport::Plain(tcp), None, slot).await;
 }
 
 /// XEP-0368: TLS from the first byte (the certificate is picked by SNI), then the stream.
-pub async fn run_direct(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, slot: InboundSlot) {
-    let entry = shared.table.open(Direction::In, &shared.shutdown);
+pub async fn run_direct(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: InboundSlot) {
+    let entry = caps.table.open(Direction::In, &caps.shutdown);
     entry.set_peer_addr(peer);
     entry.set_state(ConnState::Tls);
     let handshake = async {
         let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-        let sni = start.client_hello().server_name().and_then(|n| Domain::parse(n).ok()).filter(|d| shared.is_hosted(d));
-        let local = sni.unwrap_or_else(|| shared.settings.domains[0].clone());
-        start.into_stream(shared.tls().server_config(&local)).await
+        let sni = start.client_hello().server_name().and_then(|n| Domain::parse(n).ok()).filter(|d| caps.env.is_hosted(d));
+        let local = sni.unwrap_or_else(|| caps.settings.domains[0].clone());
+        start.into_stream(caps.tls.get().server_config(&local)).await
     };
-    let tls = match tokio::time::timeout(shared.settings.timeouts.negotiation, handshake).await {
+    let tls = match tokio::time::timeout(caps.settings.timeouts.negotiation, handshake).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return shared.stream_closed(&entry, &format!("direct TLS handshake failed: {e}")),
-        Err(_) => return shared.stream_closed(&entry, "direct TLS handshake timed out (timeouts.negotiation)"),
+        Ok(Err(e)) => return caps.observer.closed(&entry, &format!("direct TLS handshake failed: {e}")),
+        Err(_) => return caps.observer.closed(&entry, "direct TLS handshake timed out (timeouts.negotiation)"),
     };
     let (_, session) = tls.get_ref();
     let facts =
         TlsFacts { chain: session.peer_certificates().map(|c| c.to_vec()).unwrap_or_default(), at: rustls::pki_types::UnixTime::now() };
     entry.tls_established("direct TLS (XEP-0368)", session, None);
-    serve(shared, entry, Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))), Some(facts), slot).await;
+    serve(caps, entry, Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))), Some(facts), slot).await;
 }
 
-async fn serve(shared: Arc<Shared>, entry: Arc<ConnEntry>, io: Transport, direct: Option<TlsFacts>, slot: InboundSlot) {
+async fn serve(caps: Arc<Caps>, entry: Arc<ConnEntry>, io: Transport, direct: Option<TlsFacts>, slot: InboundSlot) {
     let peer = entry.peer_addr().unwrap_or_default();
-    let conn = Conn::new(io, entry.clone(), &shared.settings.limits, shared.settings.timeouts.write);
-    let machine = Machine::receiving(shared.stream_env.clone(), entry.id.as_str().into(), Driver::now(), direct, Box::new(slot));
-    let mut d = Driver { shared: shared.clone(), entry: entry.clone(), conn, machine, direction: Direction::In };
+    let conn = Conn::new(io, entry.clone(), &caps.settings.limits, caps.settings.timeouts.write);
+    let machine = Machine::receiving(caps.env.clone(), entry.id.as_str().into(), Driver::now(), direct, Box::new(slot));
+    let mut d = Driver { caps: caps.clone(), entry: entry.clone(), conn, machine, direction: Direction::In };
     let end = session(&mut d).await;
     match &end.error {
         Some(e) => tracing::warn!(stream = %entry.id, %peer, "closing inbound stream: {e}"),
         None => tracing::info!(stream = %entry.id, %peer, "inbound stream ended: {}", end.reason),
     }
     d.close(&end).await;
-    shared.stream_closed(&entry, &end.reason);
+    caps.observer.closed(&entry, &end.reason);
 }
 
 async fn session(d: &mut Driver) -> Ending {
     let (answers_tx, mut answers) = mpsc::channel::<Answered>(16);
-    let mut policy_changes = d.shared.policy.subscribe();
+    let mut policy_changes = d.caps.policy_changes.clone();
     loop {
         while let Some(o) = d.machine.poll_output() {
             let Some(o) = d.common(o) else { continue };
@@ -80,10 +80,10 @@ async fn session(d: &mut Driver) -> Ending {
                 Output::Close(end) => return end,
                 Output::Deliver(st) => {
                     d.entry.stanza_in();
-                    d.shared.router.route(st);
+                    d.caps.router.route(st);
                 }
-                Output::Route(st) => d.shared.router.route(st),
-                Output::Ask(ask) => ask_authoritative(&d.shared, ask, answers_tx.clone()),
+                Output::Route(st) => d.caps.router.route(st),
+                Output::Ask(ask) => ask_authoritative(&d.caps, ask, answers_tx.clone()),
                 Output::StartTls(TlsRole::Server { local }) => starttls(d, &local).await,
                 o => tracing::error!(stream = %d.entry.id, "inbound stream: unexpected {o:?}"),
             }
@@ -116,10 +116,10 @@ async fn session(d: &mut Driver) -> Ending {
 }
 
 /// Receiving Server: ask the authoritative server over our outbound stream to it.
-fn ask_authoritative(shared: &Arc<Shared>, ask: Ask, tx: mpsc::Sender<Answered>) {
-    let shared2 = shared.clone();
-    shared.tasks.spawn(async move {
-        let (answer, detail) = shared2.router.verify(&ask.local, &ask.remote, &ask.stream_id, &ask.key).await;
+fn ask_authoritative(caps: &Arc<Caps>, ask: Ask, tx: mpsc::Sender<Answered>) {
+    let router = caps.router.clone();
+    caps.tasks.spawn(async move {
+        let (answer, detail) = router.verify(&ask.local, &ask.remote, &ask.stream_id, &ask.key).await;
         let _ = tx.send(Answered { local: ask.local, remote: ask.remote, answer, detail }).await;
     });
 }
@@ -134,11 +134,11 @@ async fn starttls(d: &mut Driver, local: &Domain) {
     let Transport::Plain(tcp) = std::mem::replace(&mut d.conn.io, Transport::Gone) else {
         return d.feed(Input::TlsFailed("transport in an unexpected state".into()));
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(d.shared.tls().server_config(local));
+    let acceptor = tokio_rustls::TlsAcceptor::from(d.caps.tls.get().server_config(local));
     let deadline = d
         .machine
         .write_deadline()
-        .map_or_else(|| tokio::time::Instant::now() + d.shared.settings.timeouts.negotiation, tokio::time::Instant::from_std);
+        .map_or_else(|| tokio::time::Instant::now() + d.caps.settings.timeouts.negotiation, tokio::time::Instant::from_std);
     match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => {
             let (_, session) = tls.get_ref();

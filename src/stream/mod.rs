@@ -1,10 +1,70 @@
 //! Streams: the per-connection tasks. [`conn`] is the I/O wrapper (transport, framer,
 //! batched writes); [`driver`] runs a [`crate::proto::machine::Machine`] over it;
 //! [`inbound`] and [`outbound`] are the two drivers (the protocol is in the machine).
+//!
+//! A driver gets [`Caps`] — the machine's environment, TLS, the router, the connection
+//! table, an [`Observer`] for what must be recorded, DNS and dialling for outbound streams,
+//! and its settings — and nothing else of the server.
 
 pub mod conn;
 pub mod driver;
 pub mod inbound;
 pub mod outbound;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 pub use conn::{Conn, ConnError, Transport};
+
+use crate::domain::Domain;
+use crate::net::dial::OutboundSettings;
+use crate::net::resolve::Resolver;
+use crate::net::tls::CurrentTls;
+use crate::proto::machine::Env;
+use crate::router::Router;
+use crate::table::{ConnEntry, ConnTable};
+use crate::types::VerificationOutcome;
+
+/// Where streams report what must outlive them (the engine records it).
+pub trait Observer: Send + Sync {
+    /// A verification outcome: log, store, events.
+    fn outcome(&self, outcome: VerificationOutcome);
+    /// A verified domain nobody decided on waits for the operator.
+    fn pending(&self, domain: &Domain);
+    /// A stream ended: closed list, history, domain counters.
+    fn closed(&self, entry: &ConnEntry, reason: &str);
+}
+
+/// The settings streams use.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// `server.domains`; the first answers when a peer names none.
+    pub domains: Vec<Domain>,
+    pub timeouts: crate::config::Timeouts,
+    pub limits: crate::config::Limits,
+    pub outbound: OutboundSettings,
+    /// `dns.timeout`.
+    pub dns_timeout: Duration,
+}
+
+/// What a stream driver may use.
+pub struct Caps {
+    pub env: Arc<Env>,
+    pub tls: Arc<CurrentTls>,
+    pub router: Arc<Router>,
+    pub table: Arc<ConnTable>,
+    pub observer: Arc<dyn Observer>,
+    /// Ticks when the policy changes (held pairs may be released or refused).
+    pub policy_changes: watch::Receiver<u64>,
+    pub resolver: Arc<Resolver>,
+    /// Outbound connection attempts in progress (`[outbound] max_dials`).
+    pub dials: Arc<tokio::sync::Semaphore>,
+    /// Spawned work (dialback callbacks), waited for at shutdown.
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+    pub settings: StreamSettings,
+}

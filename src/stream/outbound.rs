@@ -9,10 +9,10 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use super::Caps;
 use super::conn::{Conn, Transport};
 use super::driver::{Driver, Wake};
 use crate::domain::Domain;
-use crate::engine::Shared;
 use crate::events::*;
 use crate::proto::machine::{EndKind, Ending, Input, Machine, Output, TlsFacts, TlsRole, verify_failure};
 use crate::proto::stanza::{ErrorType, error_reply};
@@ -37,7 +37,7 @@ impl Failure {
 }
 
 pub async fn run(
-    shared: Arc<Shared>,
+    caps: Arc<Caps>,
     local: Domain,
     remote: Domain,
     entry: Arc<ConnEntry>,
@@ -46,7 +46,7 @@ pub async fn run(
 ) {
     entry.set_state(ConnState::Connecting);
     let connected = tokio::select! {
-        r = connect(&shared, &entry, &remote) => r,
+        r = connect(&caps, &entry, &remote) => r,
         _ = entry.cancel.cancelled() => Err(Failure::new(entry.close_request().map_or_else(|| "server shutting down".to_owned(), |(r, _)| r))),
     };
     let mut waiting: HashMap<u64, VerifyReply> = HashMap::new();
@@ -62,22 +62,16 @@ pub async fn run(
             (end, None)
         }
         Ok((tcp, direct)) => {
-            let conn = Conn::new(Transport::Plain(tcp), entry.clone(), &shared.settings.limits, shared.settings.timeouts.write);
-            let machine = Machine::originating(
-                shared.stream_env.clone(),
-                entry.id.as_str().into(),
-                Driver::now(),
-                local.clone(),
-                remote.clone(),
-                direct,
-            );
-            let mut d = Driver { shared: shared.clone(), entry: entry.clone(), conn, machine, direction: Direction::Out };
+            let conn = Conn::new(Transport::Plain(tcp), entry.clone(), &caps.settings.limits, caps.settings.timeouts.write);
+            let machine =
+                Machine::originating(caps.env.clone(), entry.id.as_str().into(), Driver::now(), local.clone(), remote.clone(), direct);
+            let mut d = Driver { caps: caps.clone(), entry: entry.clone(), conn, machine, direction: Direction::Out };
             let end = session(&mut d, &local, &remote, &mut stanzas, &mut verifies, &mut waiting).await;
             (end, Some(d))
         }
     };
     // No new work can reach us once the handle is gone and the queues are closed.
-    shared.router.remove(&local, &remote, &entry.id);
+    caps.router.remove(&local, &remote, &entry.id);
     stanzas.close();
     verifies.close();
     let fail_verifies =
@@ -96,10 +90,10 @@ pub async fn run(
             fail_verifies(&mut verifies, &mut waiting, condition, &end.reason);
             // The table says why before anyone hears back: a sender that gets the bounce
             // finds the failed stream and its reason in the connection table.
-            shared.stream_closed(&entry, &end.reason);
+            caps.observer.closed(&entry, &end.reason);
             while let Ok(st) = stanzas.try_recv() {
                 if let Some(b) = error_reply(&st, bounce_type(condition), condition, Some(&text)) {
-                    shared.router.route(b);
+                    caps.router.route(b);
                 }
             }
             if let Some(mut d) = driver {
@@ -129,11 +123,11 @@ pub async fn run(
                 d.close(&end).await;
             }
             for st in rest {
-                shared.router.route(st);
+                caps.router.route(st);
             }
         }
     }
-    shared.stream_closed(&entry, &end.reason);
+    caps.observer.closed(&entry, &end.reason);
 }
 
 /// RFC 6120 §8.3.3: remote-server-timeout is a `wait` error; remote-server-not-found and
@@ -153,7 +147,7 @@ async fn session(
     verifies: &mut mpsc::Receiver<VerifyRequest>,
     waiting: &mut HashMap<u64, VerifyReply>,
 ) -> Ending {
-    let mut policy_changes = d.shared.policy.subscribe();
+    let mut policy_changes = d.caps.policy_changes.clone();
     let mut next_token = 0u64;
     loop {
         while let Some(o) = d.machine.poll_output() {
@@ -166,7 +160,7 @@ async fn session(
                     }
                 }
                 Output::StartTls(TlsRole::Client { direct }) => tls_client(d, local, remote, direct).await,
-                Output::Route(st) | Output::Deliver(st) => d.shared.router.route(st),
+                Output::Route(st) | Output::Deliver(st) => d.caps.router.route(st),
                 o => tracing::error!(stream = %d.entry.id, "outbound stream: unexpected {o:?}"),
             }
         }
@@ -230,7 +224,7 @@ async fn tls_client(d: &mut Driver, local: &Domain, remote: &Domain, direct: boo
     let Transport::Plain(tcp) = std::mem::replace(&mut d.conn.io, Transport::Gone) else {
         return d.feed(Input::TlsFailed("transport in an unexpected state".into()));
     };
-    let mut config = d.shared.tls().client_config(local);
+    let mut config = d.caps.tls.get().client_config(local);
     if direct {
         // XEP-0368 §3: ALPN "xmpp-server" on direct TLS.
         let mut c = (*config).clone();
@@ -245,7 +239,7 @@ async fn tls_client(d: &mut Driver, local: &Domain, remote: &Domain, direct: boo
     let deadline = d
         .machine
         .write_deadline()
-        .map_or_else(|| tokio::time::Instant::now() + d.shared.settings.timeouts.negotiation, tokio::time::Instant::from_std);
+        .map_or_else(|| tokio::time::Instant::now() + d.caps.settings.timeouts.negotiation, tokio::time::Instant::from_std);
     match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
         Ok(Ok(tls)) => {
             let (_, session) = tls.get_ref();
@@ -266,22 +260,22 @@ async fn tls_client(d: &mut Driver, local: &Domain, remote: &Domain, direct: boo
 /// at most `[outbound] max_targets` targets and `max_addresses` addresses each, never
 /// an address in `[outbound] deny`, and one of `max_dials` dial slots held meanwhile.
 /// The full story goes to the log and the table; what peers learn is neutral.
-async fn connect(shared: &Shared, entry: &ConnEntry, remote: &Domain) -> Result<(TcpStream, bool), Failure> {
-    let out = &shared.settings.outbound;
+async fn connect(caps: &Caps, entry: &ConnEntry, remote: &Domain) -> Result<(TcpStream, bool), Failure> {
+    let out = &caps.settings.outbound;
     if crate::net::dial::is_ip_literal(remote.as_str()) {
         return Err(Failure::new(format!("{} is an IP address, not a federation domain", remote)));
     }
-    let _slot = match shared.dials.clone().try_acquire_owned() {
+    let _slot = match caps.dials.clone().try_acquire_owned() {
         Ok(p) => p,
         Err(_) => {
             crate::limits::refused_once("outbound.max_dials", "*", || {
                 format!("{} outbound connection attempts in progress (outbound.max_dials); further dials wait", out.max_dials)
             });
-            shared.dials.clone().acquire_owned().await.map_err(|_| Failure::new("shutting down"))?
+            caps.dials.clone().acquire_owned().await.map_err(|_| Failure::new("shutting down"))?
         }
     };
-    let resolver = &shared.resolver;
-    let budget = shared.settings.dns.timeout * 4;
+    let resolver = &caps.resolver;
+    let budget = caps.settings.dns_timeout * 4;
     let targets = match tokio::time::timeout(budget, resolver.targets(remote)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return Err(Failure::new(e.to_string())),
@@ -289,7 +283,7 @@ async fn connect(shared: &Shared, entry: &ConnEntry, remote: &Domain) -> Result<
             return Err(Failure::timeout(format!("DNS: no answer for {} within {}s (dns.timeout)", remote, budget.as_secs())));
         }
     };
-    let connect_timeout = shared.settings.timeouts.connect;
+    let connect_timeout = caps.settings.timeouts.connect;
     let mut tried = Vec::new();
     if targets.len() > out.max_targets {
         tried.push(format!("{} SRV targets, only the first {} tried (outbound.max_targets)", targets.len(), out.max_targets));

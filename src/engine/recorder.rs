@@ -1,0 +1,158 @@
+//! What streams report, recorded: verification outcomes (log, store, events; unauthenticated
+//! claims only in a bounded ring), domains waiting for approval, and ended streams (closed
+//! list, history, domain counters). Streams reach it only as a [`crate::stream::Observer`].
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+
+use crate::domain::Domain;
+use crate::events::*;
+use crate::policy::Policy;
+use crate::store::Store;
+use crate::table::{ConnEntry, ConnTable};
+
+/// Failed verifications of unauthenticated claims kept in memory.
+pub const UNAUTHENTICATED_RING: usize = 1000;
+
+pub struct Recorder {
+    pub(super) store: Arc<Store>,
+    pub(super) policy: Arc<Policy>,
+    pub(super) events: broadcast::Sender<Event>,
+    pub(super) table: Arc<ConnTable>,
+    /// Failed verifications of unauthenticated claims (memory only, bounded).
+    pub(super) unauthenticated: Mutex<VecDeque<VerificationOutcome>>,
+}
+
+impl Recorder {
+    /// A stream ended: into the closed list, the history and the domain counters.
+    /// Only streams of authenticated or known domains reach the history on disk; the others
+    /// stay in the table's bounded list of closed streams.
+    pub fn stream_closed(&self, entry: &ConnEntry, reason: &str) {
+        self.table.close(entry, reason);
+        let snap = entry.snapshot();
+        let mut remotes: Vec<&str> = snap.pairs.iter().filter(|p| p.status == PairStatus::Valid).map(|p| p.remote.as_str()).collect();
+        remotes.sort_unstable();
+        remotes.dedup();
+        let known = snap.remote.as_deref().is_some_and(|r| self.policy.record(r).is_some());
+        if (!remotes.is_empty() || known)
+            && let Err(e) = self.store.add_history(&snap)
+        {
+            tracing::error!("store: {e}");
+        }
+        for r in remotes {
+            self.policy.note(r, |rec| match snap.direction {
+                Direction::In => {
+                    rec.streams_in += 1;
+                    rec.stanzas_in += snap.stanzas_in;
+                }
+                Direction::Out => {
+                    rec.streams_out += 1;
+                    rec.stanzas_out += snap.stanzas_out;
+                }
+            });
+        }
+    }
+
+    /// List a verified, undecided domain as pending (approval mode) and tell the world.
+    pub fn mark_pending(&self, domain: &Domain) {
+        if let Some(record) = self.policy.mark_pending(domain) {
+            tracing::warn!("{domain} is waiting for approval (`drawbridge ctl approve {domain}`)");
+            let _ = self.events.send(Event::DomainChanged { record });
+        }
+    }
+
+    /// Record a verification outcome: log, event, store (flushed by the periodic flush).
+    /// What a peer failed to prove (an inbound claim), and our own failures towards domains
+    /// nobody decided on and that never authenticated, are not persisted: they go to a
+    /// bounded ring in memory, their log lines rate-limited per source, so no peer can grow
+    /// the store or push real history out of it.
+    pub fn record_outcome(&self, outcome: VerificationOutcome) {
+        let valid = outcome.result == VerificationResult::Valid;
+        let persist = valid || (outcome.direction == Direction::Out && self.policy.record(&outcome.remote).is_some());
+        if !persist {
+            // Per source address (not per connection: a port changes with each).
+            let source = outcome
+                .peer_addr
+                .as_deref()
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .map_or_else(|| outcome.remote.clone(), |a| a.ip().to_string());
+            crate::limits::refused_once("unauthenticated claims", &source, || {
+                format!("verification of {} failed: {}", outcome.remote, outcome.reason)
+            });
+            {
+                let mut ring = self.unauthenticated.lock().unwrap();
+                if ring.len() >= UNAUTHENTICATED_RING {
+                    ring.pop_front();
+                }
+                ring.push_back(outcome.clone());
+            }
+            let _ = self.events.send(Event::Verification { outcome });
+            return;
+        }
+        if let Err(e) = self.store.add_outcome(&outcome) {
+            tracing::error!("store: {e}");
+        }
+        if outcome.result == VerificationResult::Valid {
+            match outcome.method {
+                AuthMethod::SaslExternal | AuthMethod::DialbackWithValidCert => self.policy.note(&outcome.remote, |r| {
+                    r.cert_auth_seen = true;
+                    r.downgrade = None;
+                }),
+                AuthMethod::Dialback if self.policy.record(&outcome.remote).is_some_and(|r| r.cert_auth_seen) => {
+                    let text = format!(
+                        "downgrade: {} authenticated by certificate before, now by dialback only ({})",
+                        outcome.remote,
+                        fmt_utc(outcome.time_ms)
+                    );
+                    tracing::warn!(stream = %outcome.stream, "{text}");
+                    self.policy.note(&outcome.remote, |r| r.downgrade = Some(text));
+                    if let Some(record) = self.policy.record(&outcome.remote) {
+                        let _ = self.events.send(Event::DomainChanged { record });
+                    }
+                }
+                _ => {}
+            }
+        }
+        let last = format!("{} {}: {}", format!("{:?}", outcome.result).to_lowercase(), fmt_utc(outcome.time_ms), outcome.reason);
+        self.policy.note(&outcome.remote, |rec| rec.last_verification = Some(last));
+        let level_valid = outcome.result == VerificationResult::Valid;
+        if level_valid {
+            tracing::info!(stream = %outcome.stream, local = %outcome.local, remote = %outcome.remote, "verified {}: {}", outcome.remote, outcome.reason);
+        } else {
+            tracing::warn!(stream = %outcome.stream, local = %outcome.local, remote = %outcome.remote, result = ?outcome.result, "verification of {} failed: {}", outcome.remote, outcome.reason);
+        }
+        let _ = self.events.send(Event::Verification { outcome });
+    }
+
+    /// Verification outcomes, newest first: the store's and the unauthenticated ring's.
+    pub fn outcomes_for(&self, domain: Option<&str>, limit: usize) -> Result<Vec<VerificationOutcome>, crate::store::StoreError> {
+        let mut v = self.store.outcomes(domain, limit)?;
+        v.extend(self.unauthenticated.lock().unwrap().iter().filter(|o| domain.is_none_or(|d| o.remote == d)).cloned());
+        v.sort_by_key(|o| std::cmp::Reverse(o.time_ms));
+        v.truncate(limit);
+        Ok(v)
+    }
+
+    /// The most recent verification outcomes (newest first).
+    pub fn outcomes(&self) -> Vec<VerificationOutcome> {
+        self.outcomes_for(None, 1000).unwrap_or_else(|e| {
+            tracing::error!("store: {e}");
+            Vec::new()
+        })
+    }
+}
+
+impl crate::stream::Observer for Recorder {
+    fn outcome(&self, outcome: VerificationOutcome) {
+        self.record_outcome(outcome)
+    }
+    fn pending(&self, domain: &Domain) {
+        self.mark_pending(domain)
+    }
+    fn closed(&self, entry: &ConnEntry, reason: &str) {
+        self.stream_closed(entry, reason)
+    }
+}
