@@ -49,7 +49,7 @@ pub enum Event {
     },
     /// A domain's standing changed (operator action, pending, expiry).
     DomainChanged {
-        record: crate::store::DomainRecord,
+        record: crate::policy::DomainRecord,
     },
     ModeChanged {
         mode: String,
