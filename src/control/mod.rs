@@ -127,6 +127,79 @@ pub struct ChangeReport {
     pub closed_streams: Vec<String>,
 }
 
+/// `ctl mode`: the mode now and the streams it closed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModeReport {
+    pub mode: String,
+    pub closed_streams: Vec<String>,
+}
+
+/// The engine's typed answer to a [`Request`]. In the process (the dashboard) it is used as
+/// it is; only on the socket does it become JSON (the payload alone, in [`Response::data`]),
+/// and [`Reply::decode`] turns it back knowing the request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Status(Box<crate::engine::Status>),
+    /// A stream list: `connections`, `history`.
+    Streams(Vec<crate::events::ConnSnapshot>),
+    /// Done, in words (`close`, `reload`, `watch`, `subscribe`; the blacklist export).
+    Text(String),
+    Probe(Box<crate::engine::ProbeReport>),
+    Outcomes(Vec<crate::events::VerificationOutcome>),
+    Change(Box<ChangeReport>),
+    Mode(ModeReport),
+    Domains(Vec<crate::policy::DomainRecord>),
+    Domain(Box<DomainReport>),
+    Import(Box<crate::engine::ImportReport>),
+    Snapshot(Box<Snapshot>),
+    Transcript(Vec<crate::events::TranscriptLine>),
+}
+
+impl Reply {
+    /// The payload as JSON (for the socket).
+    pub fn to_json(&self) -> serde_json::Value {
+        let v = match self {
+            Reply::Status(x) => serde_json::to_value(x),
+            Reply::Streams(x) => serde_json::to_value(x),
+            Reply::Text(x) => serde_json::to_value(x),
+            Reply::Probe(x) => serde_json::to_value(x),
+            Reply::Outcomes(x) => serde_json::to_value(x),
+            Reply::Change(x) => serde_json::to_value(x),
+            Reply::Mode(x) => serde_json::to_value(x),
+            Reply::Domains(x) => serde_json::to_value(x),
+            Reply::Domain(x) => serde_json::to_value(x),
+            Reply::Import(x) => serde_json::to_value(x),
+            Reply::Snapshot(x) => serde_json::to_value(x),
+            Reply::Transcript(x) => serde_json::to_value(x),
+        };
+        v.unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A socket answer's payload, read as the reply to `req`.
+    pub fn decode(req: &Request, data: serde_json::Value) -> Result<Reply, serde_json::Error> {
+        use serde_json::from_value as v;
+        Ok(match req {
+            Request::Status => Reply::Status(v(data)?),
+            Request::Connections { .. } | Request::History { .. } => Reply::Streams(v(data)?),
+            Request::Close { .. } | Request::Reload | Request::Watch { .. } | Request::Subscribe | Request::BlacklistExport => {
+                Reply::Text(v(data)?)
+            }
+            Request::Probe { .. } => Reply::Probe(v(data)?),
+            Request::Verifications { .. } => Reply::Outcomes(v(data)?),
+            Request::Approve { .. } | Request::Block { .. } | Request::Blacklist { .. } | Request::Unblock { .. } => {
+                Reply::Change(v(data)?)
+            }
+            Request::Mode { .. } => Reply::Mode(v(data)?),
+            Request::Pending | Request::Domains { .. } => Reply::Domains(v(data)?),
+            Request::Domain { .. } => Reply::Domain(v(data)?),
+            Request::BlacklistImport { .. } => Reply::Import(v(data)?),
+            Request::Snapshot => Reply::Snapshot(v(data)?),
+            Request::Transcript { .. } => Reply::Transcript(v(data)?),
+        })
+    }
+}
+
+/// What the socket carries: `{"ok":true,"data":…}` or `{"ok":false,"error":"…"}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
@@ -137,12 +210,22 @@ pub struct Response {
 }
 
 impl Response {
-    fn ok(data: impl Serialize) -> Response {
-        Response { ok: true, data: Some(serde_json::to_value(data).unwrap_or(serde_json::Value::Null)), error: None }
-    }
     fn err(msg: impl Into<String>) -> Response {
         Response { ok: false, data: None, error: Some(msg.into()) }
     }
+}
+
+impl From<Result<Reply, String>> for Response {
+    fn from(r: Result<Reply, String>) -> Response {
+        match r {
+            Ok(reply) => Response { ok: true, data: Some(reply.to_json()), error: None },
+            Err(e) => Response::err(e),
+        }
+    }
+}
+
+fn text(s: impl Into<String>) -> Result<Reply, String> {
+    Ok(Reply::Text(s.into()))
 }
 
 /// Longest request line accepted.
@@ -276,7 +359,7 @@ async fn client_loop(shared: &Arc<Shared>, stream: UnixStream, who: &str, watchi
         };
         if req == Request::Subscribe {
             let mut rx = shared.events.subscribe();
-            if write_json(&mut w, &Response::ok("subscribed")).await.is_err() {
+            if write_json(&mut w, &Response::from(text("subscribed"))).await.is_err() {
                 return;
             }
             loop {
@@ -306,7 +389,7 @@ async fn client_loop(shared: &Arc<Shared>, stream: UnixStream, who: &str, watchi
                         e.watch(false);
                         watching.retain(|x| x != id);
                     }
-                    Response::ok("ok")
+                    Response::from(text("ok"))
                 }
                 None => Response::err(format!("no live stream with id {id}")),
             };
@@ -315,53 +398,51 @@ async fn client_loop(shared: &Arc<Shared>, stream: UnixStream, who: &str, watchi
             }
             continue;
         }
-        let resp = handle(&shared, req, who).await;
+        let resp = Response::from(handle(&shared, req, who).await);
         if write_json(&mut w, &resp).await.is_err() {
             return;
         }
     }
 }
 
-async fn handle(shared: &Arc<Shared>, req: Request, who: &str) -> Response {
+async fn handle(shared: &Arc<Shared>, req: Request, who: &str) -> Result<Reply, String> {
     use crate::domain::Domain;
     use crate::policy::{Change, DomainState, Mode};
-    let parse = |d: &str| Domain::parse(d).map_err(|e| Response::err(format!("{d:?} is not a valid domain: {e}")));
+    let parse = |d: &str| Domain::parse(d).map_err(|e| format!("{d:?} is not a valid domain: {e}"));
     let change = |domain: String, change: Change, reason: Option<String>| {
         let shared = shared.clone();
         let who = who.to_owned();
         async move {
             let d = match Domain::parse(&domain) {
                 Ok(d) => d,
-                Err(e) => return Response::err(format!("{domain:?} is not a valid domain: {e}")),
+                Err(e) => return Err(format!("{domain:?} is not a valid domain: {e}")),
             };
             if shared.is_hosted(&d) {
-                return Response::err(format!("{d} is hosted here; policy applies to remote domains"));
+                return Err(format!("{d} is hosted here; policy applies to remote domains"));
             }
             match engine::change_domain(&shared, &d, change, &who, reason.as_deref()).await {
-                Ok((record, changed, closed_streams)) => Response::ok(ChangeReport { record, changed, closed_streams }),
-                Err(e) => Response::err(format!("not saved (the previous policy stays in force): {e}")),
+                Ok((record, changed, closed_streams)) => Ok(Reply::Change(Box::new(ChangeReport { record, changed, closed_streams }))),
+                Err(e) => Err(format!("not saved (the previous policy stays in force): {e}")),
             }
         }
     };
     match req {
-        Request::Status => Response::ok(engine::status(shared)),
-        Request::Connections { closed } => Response::ok(shared.table.snapshots(closed)),
+        Request::Status => Ok(Reply::Status(Box::new(engine::status(shared)))),
+        Request::Connections { closed } => Ok(Reply::Streams(shared.table.snapshots(closed))),
         Request::Close { id } => {
             if engine::close_stream(shared, &id, "closed by the operator (ctl close)") {
-                Response::ok(format!("closing stream {id}"))
+                text(format!("closing stream {id}"))
             } else {
-                Response::err(format!("no live stream with id {id} (see `drawbridge ctl connections`)"))
+                Err(format!("no live stream with id {id} (see `drawbridge ctl connections`)"))
             }
         }
-        Request::Probe { domain, from } => Response::ok(engine::probe(shared, &domain, from.as_deref()).await),
-        Request::Verifications { domain, limit } => match shared.outcomes_for(domain.as_deref(), limit.unwrap_or(50)) {
-            Ok(v) => Response::ok(v),
-            Err(e) => Response::err(e.to_string()),
-        },
-        Request::History { domain, limit } => match shared.store.history(domain.as_deref(), limit.unwrap_or(50)) {
-            Ok(v) => Response::ok(v),
-            Err(e) => Response::err(e.to_string()),
-        },
+        Request::Probe { domain, from } => Ok(Reply::Probe(Box::new(engine::probe(shared, &domain, from.as_deref()).await))),
+        Request::Verifications { domain, limit } => {
+            shared.outcomes_for(domain.as_deref(), limit.unwrap_or(50)).map(Reply::Outcomes).map_err(|e| e.to_string())
+        }
+        Request::History { domain, limit } => {
+            shared.store.history(domain.as_deref(), limit.unwrap_or(50)).map(Reply::Streams).map_err(|e| e.to_string())
+        }
         Request::Approve { domain, reason } => change(domain, Change::Approve, reason).await,
         Request::Block { domain, for_secs, reason } => {
             let expires_ms = for_secs.map(|s| crate::events::now_ms() + s * 1000);
@@ -369,29 +450,26 @@ async fn handle(shared: &Arc<Shared>, req: Request, who: &str) -> Response {
         }
         Request::Blacklist { domain, reason } => {
             if reason.trim().is_empty() {
-                return Response::err("a blacklist entry needs a reason (--reason)");
+                return Err("a blacklist entry needs a reason (--reason)".into());
             }
             change(domain, Change::Blacklist { source: "operator".into() }, Some(reason)).await
         }
         Request::Unblock { domain } => change(domain, Change::Unblock, None).await,
         Request::Mode { mode } => match Mode::parse(&mode) {
             Some(m) => match engine::change_mode(shared, m, who).await {
-                Ok(closed) => Response::ok(serde_json::json!({"mode": m.as_str(), "closed_streams": closed})),
-                Err(e) => Response::err(format!("not saved (the previous policy stays in force): {e}")),
+                Ok(closed_streams) => Ok(Reply::Mode(ModeReport { mode: m.as_str().to_owned(), closed_streams })),
+                Err(e) => Err(format!("not saved (the previous policy stays in force): {e}")),
             },
-            None => Response::err(format!("{mode:?} is not a mode: open, approval or allowlist")),
+            None => Err(format!("{mode:?} is not a mode: open, approval or allowlist")),
         },
-        Request::Pending => Response::ok(shared.policy.records(Some(DomainState::Pending))),
+        Request::Pending => Ok(Reply::Domains(shared.policy.records(Some(DomainState::Pending)))),
         Request::Domains { state } => match state.as_deref().map(|s| DomainState::parse(s).ok_or(s)) {
-            Some(Err(s)) => Response::err(format!("{s:?} is not a state: unknown, pending, approved, blocked, blacklisted")),
-            Some(Ok(st)) => Response::ok(shared.policy.records(Some(st))),
-            None => Response::ok(shared.policy.records(None)),
+            Some(Err(s)) => Err(format!("{s:?} is not a state: unknown, pending, approved, blocked, blacklisted")),
+            Some(Ok(st)) => Ok(Reply::Domains(shared.policy.records(Some(st)))),
+            None => Ok(Reply::Domains(shared.policy.records(None))),
         },
         Request::Domain { domain } => {
-            let d = match parse(&domain) {
-                Ok(d) => d,
-                Err(r) => return r,
-            };
+            let d = parse(&domain)?;
             let verdict = match shared.policy.verdict(&d) {
                 crate::policy::Verdict::Allow => "allowed to federate".to_owned(),
                 crate::policy::Verdict::Hold => "held until approved (policy mode approval)".to_owned(),
@@ -408,41 +486,35 @@ async fn handle(shared: &Arc<Shared>, req: Request, who: &str) -> Response {
                     policy_log: store.policy_log(Some(d.as_str()), 10)?,
                 })
             })();
-            match report {
-                Ok(r) => Response::ok(r),
-                Err(e) => Response::err(e.to_string()),
-            }
+            report.map(|r| Reply::Domain(Box::new(r))).map_err(|e| e.to_string())
         }
-        Request::BlacklistImport { text, source, dry_run } => {
+        Request::BlacklistImport { text: list, source, dry_run } => {
             let source = source.unwrap_or_else(|| "import".into());
-            match engine::import_blacklist(shared, &text, &source, who, dry_run).await {
-                Ok(r) => Response::ok(r),
-                Err(e) => Response::err(format!("not saved (the previous policy stays in force): {e}")),
+            match engine::import_blacklist(shared, &list, &source, who, dry_run).await {
+                Ok(r) => Ok(Reply::Import(Box::new(r))),
+                Err(e) => Err(format!("not saved (the previous policy stays in force): {e}")),
             }
         }
-        Request::BlacklistExport => Response::ok(crate::policy::export_blacklist(&shared.policy.records(Some(DomainState::Blacklisted)))),
-        Request::Snapshot => Response::ok(snapshot(shared)),
-        Request::Reload => match shared.reload_tls() {
-            Ok(msg) => Response::ok(msg),
-            Err(msg) => Response::err(msg),
-        },
+        Request::BlacklistExport => text(crate::policy::export_blacklist(&shared.policy.records(Some(DomainState::Blacklisted)))),
+        Request::Snapshot => Ok(Reply::Snapshot(Box::new(snapshot(shared)))),
+        Request::Reload => shared.reload_tls().map(Reply::Text),
         Request::Transcript { id } => match shared.table.transcript(&id) {
-            Some(t) => Response::ok(t),
-            None => Response::err(format!("no stream with id {id} (live or recently closed)")),
+            Some(t) => Ok(Reply::Transcript(t)),
+            None => Err(format!("no stream with id {id} (live or recently closed)")),
         },
-        Request::Subscribe | Request::Watch { .. } => Response::err("handled by the connection loop"),
+        Request::Subscribe | Request::Watch { .. } => Err("handled by the connection loop".into()),
     }
 }
 
 /// A request from the in-process dashboard (no socket; `Watch` applies directly).
-pub async fn handle_local(shared: &Arc<Shared>, req: Request, who: &str) -> Response {
+pub async fn handle_local(shared: &Arc<Shared>, req: Request, who: &str) -> Result<Reply, String> {
     if let Request::Watch { id, on } = &req {
         return match shared.table.get(id) {
             Some(e) => {
                 e.watch(*on);
-                Response::ok("ok")
+                text("ok")
             }
-            None => Response::err(format!("no live stream with id {id}")),
+            None => Err(format!("no live stream with id {id}")),
         };
     }
     handle(shared, req, who).await

@@ -11,8 +11,7 @@ use ratatui::DefaultTerminal;
 use super::client::{Client, Incoming};
 use super::input::{Intent, intent};
 use super::state::{Model, Prompt, View};
-use crate::control::{ChangeReport, Request};
-use crate::engine::ProbeReport;
+use crate::control::{Reply, Request};
 use crate::events::TranscriptLine;
 
 const FRAME: Duration = Duration::from_millis(50);
@@ -47,7 +46,7 @@ pub async fn run(client: Client, stop: tokio_util::sync::CancellationToken) -> R
         Err(_) => Err(PANIC.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| "the dashboard panicked".into())),
     };
     if let Some(id) = model.transcript_id.take() {
-        client.request(Request::Watch { id, on: false }).await;
+        let _ = client.request(Request::Watch { id, on: false }).await;
     }
     result
 }
@@ -79,12 +78,10 @@ async fn event_loop(
             }
             _ = status_tick.tick() => {
                 // Uptime and counts in the header.
-                let r = client.request(Request::Status).await;
-                if let (true, Some(d)) = (r.ok, r.data)
-                    && let Ok(s) = serde_json::from_value(d) {
-                        model.status = Some(s);
-                        model.dirty = true;
-                    }
+                if let Ok(Reply::Status(s)) = client.request(Request::Status).await {
+                    model.status = Some(*s);
+                    model.dirty = true;
+                }
             }
             ev = incoming.recv() => match ev {
                 Some(Incoming::Event(e)) => model.apply(*e),
@@ -124,26 +121,23 @@ async fn event_loop(
     }
 }
 
-fn describe_change(r: crate::control::Response) -> String {
-    match (r.ok, r.data, r.error) {
-        (true, Some(d), _) => match serde_json::from_value::<ChangeReport>(d) {
-            Ok(c) => {
-                let mut m = format!("{}: {}", c.record.domain, c.record.state.as_str());
-                if let Some(reason) = &c.record.reason {
-                    m.push_str(&format!(" ({reason})"));
-                }
-                if !c.changed {
-                    m.push_str(" — unchanged");
-                }
-                if !c.closed_streams.is_empty() {
-                    m.push_str(&format!("; closed {} stream(s)", c.closed_streams.len()));
-                }
-                m
+fn describe_change(r: Result<Reply, String>) -> String {
+    match r {
+        Ok(Reply::Change(c)) => {
+            let mut m = format!("{}: {}", c.record.domain, c.record.state.as_str());
+            if let Some(reason) = &c.record.reason {
+                m.push_str(&format!(" ({reason})"));
             }
-            Err(e) => format!("unexpected answer: {e}"),
-        },
-        (_, _, Some(e)) => format!("failed: {e}"),
-        _ => "failed".into(),
+            if !c.changed {
+                m.push_str(" — unchanged");
+            }
+            if !c.closed_streams.is_empty() {
+                m.push_str(&format!("; closed {} stream(s)", c.closed_streams.len()));
+            }
+            m
+        }
+        Ok(other) => format!("unexpected answer: {other:?}"),
+        Err(e) => format!("failed: {e}"),
     }
 }
 
@@ -200,13 +194,13 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
                     m.message = Some(format!("probing {domain}…"));
                     let (client, notes) = (client.clone(), notes.clone());
                     tokio::spawn(async move {
-                        let r = client.request(Request::Probe { domain: domain.clone(), from: None }).await;
-                        let msg = match r.data.map(serde_json::from_value::<ProbeReport>) {
-                            Some(Ok(p)) if p.ok => {
+                        let msg = match client.request(Request::Probe { domain: domain.clone(), from: None }).await {
+                            Ok(Reply::Probe(p)) if p.ok => {
                                 format!("pong from {} in {:.1} ms ({})", p.to, p.rtt_ms.unwrap_or(0.0), p.auth.unwrap_or_default())
                             }
-                            Some(Ok(p)) => format!("probe {} failed: {}", p.to, p.error.unwrap_or_default()),
-                            _ => format!("probe failed: {}", r.error.unwrap_or_default()),
+                            Ok(Reply::Probe(p)) => format!("probe {} failed: {}", p.to, p.error.unwrap_or_default()),
+                            Ok(other) => format!("probe: unexpected answer {other:?}"),
+                            Err(e) => format!("probe failed: {e}"),
                         };
                         let _ = notes.send(msg).await;
                     });
@@ -227,10 +221,10 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
             }
             View::Domains => {
                 if let Some(d) = m.selected_domain() {
-                    let r = client.request(Request::Domain { domain: d.clone() }).await;
-                    match r.data.map(serde_json::from_value::<crate::control::DomainReport>) {
-                        Some(Ok(report)) => m.domain_report = Some(report),
-                        _ => m.message = Some(format!("{d}: {}", r.error.unwrap_or_else(|| "no history".into()))),
+                    match client.request(Request::Domain { domain: d.clone() }).await {
+                        Ok(Reply::Domain(report)) => m.domain_report = Some(*report),
+                        Ok(other) => m.message = Some(format!("{d}: unexpected answer {other:?}")),
+                        Err(e) => m.message = Some(format!("{d}: {e}")),
                     }
                 }
             }
@@ -243,8 +237,11 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
                 _ => "open",
             };
             let r = client.request(Request::Mode { mode: next.into() }).await;
-            m.message = Some(if r.ok { format!("mode {next}") } else { format!("failed: {}", r.error.unwrap_or_default()) });
-            if r.ok
+            m.message = Some(match &r {
+                Ok(_) => format!("mode {next}"),
+                Err(e) => format!("failed: {e}"),
+            });
+            if r.is_ok()
                 && let Some(s) = m.status.as_mut()
             {
                 s.mode = next.into();
@@ -283,11 +280,13 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
 
 async fn open_transcript(client: &Arc<Client>, m: &mut Model, id: String) {
     if let Some(old) = m.transcript_id.take() {
-        client.request(Request::Watch { id: old, on: false }).await;
+        let _ = client.request(Request::Watch { id: old, on: false }).await;
     }
     let _ = client.request(Request::Watch { id: id.clone(), on: true }).await;
-    let r = client.request(Request::Transcript { id: id.clone() }).await;
-    let lines: Vec<TranscriptLine> = r.data.and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default();
+    let lines: Vec<TranscriptLine> = match client.request(Request::Transcript { id: id.clone() }).await {
+        Ok(Reply::Transcript(lines)) => lines,
+        _ => Vec::new(),
+    };
     m.transcript.clear();
     for l in lines {
         m.push_transcript(l);
@@ -310,11 +309,10 @@ async fn prompt_key(client: &Arc<Client>, m: &mut Model, prompt: Prompt, i: Inte
         (_, Intent::Cancel) => m.prompt = None,
         (Prompt::ConfirmClose { id }, Intent::Input('y') | Intent::Submit) => {
             m.prompt = None;
-            let r = client.request(Request::Close { id }).await;
-            m.message = Some(if r.ok {
-                r.data.and_then(|d| d.as_str().map(str::to_owned)).unwrap_or_default()
-            } else {
-                format!("failed: {}", r.error.unwrap_or_default())
+            m.message = Some(match client.request(Request::Close { id }).await {
+                Ok(Reply::Text(t)) => t,
+                Ok(other) => format!("unexpected answer: {other:?}"),
+                Err(e) => format!("failed: {e}"),
             });
         }
         (Prompt::ConfirmClose { .. }, _) => m.prompt = None,

@@ -9,7 +9,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Mutex, mpsc};
 
-use crate::control::{self, Request, Response, Snapshot};
+use crate::control::{self, Reply, Request, Response, Snapshot};
 use crate::engine::Shared;
 use crate::events::Event;
 
@@ -38,7 +38,9 @@ impl Client {
         Client::Socket { path, conn: Mutex::new(None) }
     }
 
-    pub async fn request(&self, req: Request) -> Response {
+    /// The engine's typed answer: in the process directly, over the socket decoded from
+    /// the JSON line.
+    pub async fn request(&self, req: Request) -> Result<Reply, String> {
         match self {
             Client::InProcess { shared, who } => control::handle_local(shared, req, who).await,
             Client::Socket { path, conn } => {
@@ -50,13 +52,7 @@ impl Client {
                                 let (r, w) = s.into_split();
                                 *guard = Some((BufReader::new(r), w));
                             }
-                            Err(e) => {
-                                return Response {
-                                    ok: false,
-                                    data: None,
-                                    error: Some(format!("cannot reach drawbridge at {}: {e}", path.display())),
-                                };
-                            }
+                            Err(e) => return Err(format!("cannot reach drawbridge at {}: {e}", path.display())),
                         }
                     }
                     let (r, w) = guard.as_mut().expect("connected");
@@ -64,24 +60,26 @@ impl Client {
                     line.push('\n');
                     let mut answer = String::new();
                     let ok = w.write_all(line.as_bytes()).await.is_ok() && r.read_line(&mut answer).await.map(|n| n > 0).unwrap_or(false);
-                    if ok && let Ok(resp) = serde_json::from_str(&answer) {
-                        return resp;
+                    if ok && let Ok(resp) = serde_json::from_str::<Response>(&answer) {
+                        return match (resp.ok, resp.data, resp.error) {
+                            (true, data, _) => Reply::decode(&req, data.unwrap_or_default()).map_err(|e| format!("unexpected answer: {e}")),
+                            (false, _, e) => Err(e.unwrap_or_else(|| "failed".into())),
+                        };
                     }
                     *guard = None;
                     if attempt == 1 {
                         break;
                     }
                 }
-                Response { ok: false, data: None, error: Some("the control connection broke".into()) }
+                Err("the control connection broke".into())
             }
         }
     }
 
     pub async fn snapshot(&self) -> Result<Snapshot, String> {
-        let r = self.request(Request::Snapshot).await;
-        match (r.ok, r.data) {
-            (true, Some(d)) => serde_json::from_value(d).map_err(|e| e.to_string()),
-            _ => Err(r.error.unwrap_or_else(|| "no snapshot".into())),
+        match self.request(Request::Snapshot).await? {
+            Reply::Snapshot(s) => Ok(*s),
+            other => Err(format!("not a snapshot: {other:?}")),
         }
     }
 
