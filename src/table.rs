@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Domain;
 use crate::events::*;
-use crate::proto::stream::StreamError;
+use crate::proto::machine::Observed;
+use crate::proto::stream::{StreamError, StreamErrorCondition};
 
 /// Per-stream counters, updated by the stream's own task.
 #[derive(Debug, Default)]
@@ -24,6 +25,42 @@ pub struct Counters {
     pub last_activity_ms: AtomicU64,
 }
 
+/// Why a stream is asked to close, and the stream error to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseRequest {
+    pub reason: String,
+    pub error: Option<StreamError>,
+}
+
+/// A stream task's end of its control channel: close requests from the operator or the
+/// policy, and the server's shutdown.
+#[derive(Clone)]
+pub struct StreamControl {
+    rx: watch::Receiver<Option<CloseRequest>>,
+    shutdown: CancellationToken,
+}
+
+impl StreamControl {
+    /// Resolves when the stream is asked to close (at once if it already was). Cancel-safe.
+    pub async fn closed(&mut self) -> CloseRequest {
+        loop {
+            if let Some(r) = self.rx.borrow().clone() {
+                return r;
+            }
+            if self.shutdown.is_cancelled() {
+                return CloseRequest {
+                    reason: "server shutting down".into(),
+                    error: Some(StreamError::new(StreamErrorCondition::SystemShutdown, "server shutting down")),
+                };
+            }
+            tokio::select! {
+                r = self.rx.changed() => if r.is_err() { std::future::pending::<()>().await },
+                _ = self.shutdown.cancelled() => {}
+            }
+        }
+    }
+}
+
 /// One stream's entry, shared between its task and the table.
 #[derive(Debug)]
 pub struct ConnEntry {
@@ -32,10 +69,10 @@ pub struct ConnEntry {
     pub opened_ms: u64,
     pub counters: Counters,
     info: Mutex<Info>,
-    /// Cancelled to make the stream close (operator `close`, shutdown); the reason is in
-    /// `close_request`.
-    pub cancel: CancellationToken,
-    close_request: Mutex<Option<(String, Option<StreamError>)>>,
+    /// The stream's control channel: close requests (operator, policy), read by its task.
+    control: watch::Sender<Option<CloseRequest>>,
+    /// Server shutdown, which closes every stream.
+    shutdown: CancellationToken,
     events: broadcast::Sender<Event>,
     transcript: Mutex<Transcript>,
     budget: Arc<TranscriptBudget>,
@@ -173,15 +210,38 @@ impl ConnEntry {
         self.request_close_with(reason, None);
     }
 
-    /// Ask the stream to close with a stream error (e.g. `<policy-violation/>`).
+    /// Ask the stream to close with a stream error (e.g. `<policy-violation/>`), over its
+    /// control channel.
     pub fn request_close_with(&self, reason: &str, error: Option<StreamError>) {
-        *self.close_request.lock().unwrap() = Some((reason.to_owned(), error));
-        self.cancel.cancel();
+        self.control.send_replace(Some(CloseRequest { reason: reason.to_owned(), error }));
     }
 
-    /// The reason and stream error of a requested close.
-    pub fn close_request(&self) -> Option<(String, Option<StreamError>)> {
-        self.close_request.lock().unwrap().clone()
+    /// The stream's end of its control channel.
+    pub fn control(&self) -> StreamControl {
+        StreamControl { rx: self.control.subscribe(), shutdown: self.shutdown.clone() }
+    }
+
+    /// The projection: a stream's row follows what its machine observed — state, domains,
+    /// stream id, pairs, certificate verdict. (Outcomes and pending domains are recorded
+    /// elsewhere; they are not the row's.)
+    pub fn apply(&self, o: &Observed) {
+        match o {
+            Observed::State(s) => self.set_state(*s),
+            Observed::Domains { local, remote } => self.set_domains(local.as_deref(), remote.as_deref()),
+            Observed::StreamId(id) => self.set_stream_id(id),
+            Observed::Pair { local, remote, status, method } => self.set_pair(local, remote, *status, *method),
+            Observed::PairRemoved { local, remote } => self.remove_pair(local, remote),
+            Observed::PairsReset => self.reset_pairs(),
+            Observed::Certificate(verdict) => {
+                let tls = self.info.lock().unwrap().tls.clone();
+                if let Some(mut tls) = tls {
+                    self.record("note", format!("certificate verdict: {verdict}"), None);
+                    tls.cert_verdict = Some(verdict.clone());
+                    self.set_tls(tls);
+                }
+            }
+            Observed::Outcome { .. } | Observed::Pending(_) => {}
+        }
     }
 
     /// Every remote domain on this stream: the header's and each pair's.
@@ -416,8 +476,8 @@ impl ConnTable {
             opened_ms: now_ms(),
             counters: Counters::default(),
             info: Mutex::new(Info::default()),
-            cancel: parent.child_token(),
-            close_request: Mutex::new(None),
+            control: watch::channel(None).0,
+            shutdown: parent.clone(),
             events: self.events.clone(),
             transcript: Mutex::new(Transcript::default()),
             budget: self.budget.clone(),
@@ -508,6 +568,49 @@ mod tests {
 
     fn table(lines: usize, per_stream: usize, total: usize, keep_closed: usize) -> ConnTable {
         ConnTable::new(broadcast::channel(16).0, keep_closed, TranscriptBudget::new(lines, per_stream, total))
+    }
+
+    #[tokio::test]
+    async fn close_requests_and_shutdown_reach_the_stream_over_its_control_channel() {
+        let t = table(10, 1024, 4096, 10);
+        let root = CancellationToken::new();
+        let a = t.open(Direction::In, &root);
+        let mut control = a.control();
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(1), control.closed()).await;
+        assert!(pending.is_err(), "nothing asked yet");
+        a.request_close_with("policy: blocked", Some(StreamError::new(StreamErrorCondition::PolicyViolation, "blocked")));
+        let r = control.closed().await;
+        assert_eq!((r.reason.as_str(), r.error.unwrap().condition), ("policy: blocked", StreamErrorCondition::PolicyViolation));
+        let b = t.open(Direction::Out, &root);
+        let mut control = b.control();
+        root.cancel();
+        let r = control.closed().await;
+        assert_eq!(r.error.unwrap().condition, StreamErrorCondition::SystemShutdown);
+    }
+
+    #[test]
+    fn the_row_is_a_projection_of_what_the_machine_observed() {
+        let t = table(10, 1024, 4096, 10);
+        let a = t.open(Direction::In, &CancellationToken::new());
+        let d = |s: &str| Domain::parse(s).unwrap();
+        a.apply(&Observed::Domains { local: Some("here.test".into()), remote: Some("there.test".into()) });
+        a.apply(&Observed::Pair {
+            local: d("here.test"),
+            remote: d("there.test"),
+            status: PairStatus::Pending,
+            method: AuthMethod::Dialback,
+        });
+        a.apply(&Observed::Pair {
+            local: d("here.test"),
+            remote: d("there.test"),
+            status: PairStatus::Valid,
+            method: AuthMethod::Dialback,
+        });
+        a.apply(&Observed::State(ConnState::Established));
+        let s = a.snapshot();
+        assert_eq!((s.state, s.pairs.len(), s.pairs[0].status), (ConnState::Established, 1, PairStatus::Valid));
+        a.apply(&Observed::PairsReset);
+        assert!(a.snapshot().pairs.is_empty());
     }
 
     #[test]

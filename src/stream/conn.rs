@@ -87,6 +87,8 @@ pub struct Conn {
     deadline: Option<Instant>,
     /// When bytes last arrived (whitespace keepalives included).
     pub last_read: Instant,
+    /// Close requests end a blocked write at once.
+    control: crate::table::StreamControl,
 }
 
 const READ_CHUNK: usize = 4096;
@@ -97,12 +99,13 @@ impl Conn {
             io,
             framer: Framer::new(limits.max_stanza_size, limits.max_depth),
             out: String::new(),
-            entry,
             max_size: limits.max_stanza_size,
             max_depth: limits.max_depth,
             write_timeout,
             deadline: None,
             last_read: Instant::now(),
+            control: entry.control(),
+            entry,
         }
     }
 
@@ -196,13 +199,10 @@ impl Conn {
     /// Write everything queued in one go, within `[timeouts] write` (and the negotiation
     /// deadline, if set); an operator's close or a policy change ends the wait at once.
     pub async fn flush(&mut self) -> io::Result<()> {
-        let cancel = self.entry.cancel.clone();
+        let mut control = self.control.clone();
         tokio::select! {
             r = self.write_out(self.write_timeout) => r,
-            _ = cancel.cancelled() => {
-                let why = self.entry.close_request().map_or_else(|| "shutting down".to_owned(), |(r, _)| r);
-                Err(io::Error::new(io::ErrorKind::Interrupted, format!("abandoned: {why}")))
-            }
+            why = control.closed() => Err(io::Error::new(io::ErrorKind::Interrupted, format!("abandoned: {}", why.reason))),
         }
     }
 

@@ -20,13 +20,15 @@ pub struct Driver {
     pub conn: Conn,
     pub machine: Machine,
     pub direction: Direction,
+    /// Close requests for this stream.
+    pub control: crate::table::StreamControl,
 }
 
 /// What the driver's loop waits for next.
 pub enum Wake {
     Read(Result<usize, ConnError>),
     Timer,
-    Cancelled,
+    Close(crate::table::CloseRequest),
 }
 
 impl Driver {
@@ -79,18 +81,9 @@ impl Driver {
         }
     }
 
-    /// The operator's close request (or shutdown), as input.
-    pub fn cancelled(&mut self) {
-        let (reason, error) = match self.entry.close_request() {
-            Some(r) => r,
-            None => ("server shutting down".to_owned(), None),
-        };
-        let error = error.or_else(|| {
-            (reason == "server shutting down").then(|| {
-                crate::proto::stream::StreamError::new(crate::proto::stream::StreamErrorCondition::SystemShutdown, "server shutting down")
-            })
-        });
-        self.feed(Input::Close { reason, error });
+    /// A close request (operator, policy, shutdown), as input.
+    pub fn close_requested(&mut self, r: crate::table::CloseRequest) {
+        self.feed(Input::Close { reason: r.reason, error: r.error });
     }
 
     /// Carry out an output every role has; the others are handed back.
@@ -110,7 +103,7 @@ impl Driver {
         let deadline = self.machine.deadline().map(Instant::from_std);
         tokio::select! {
             biased;
-            _ = self.entry.cancel.cancelled() => Wake::Cancelled,
+            r = self.control.closed() => Wake::Close(r),
             _ = sleep_until(deadline) => Wake::Timer,
             r = self.conn.read_more() => Wake::Read(r),
         }
@@ -134,23 +127,10 @@ pub async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// The projection of a machine's observations: the stream's row in the connection table,
-/// verification outcomes (store, log, events), pending domains.
+/// What a machine observed: the stream's row in the connection table follows it (one
+/// reducer, [`ConnEntry::apply`]); outcomes and pending domains go to the observer.
 pub fn observe(observer: &dyn super::Observer, entry: &ConnEntry, direction: Direction, o: Observed) {
     match o {
-        Observed::State(s) => entry.set_state(s),
-        Observed::Domains { local, remote } => entry.set_domains(local.as_deref(), remote.as_deref()),
-        Observed::StreamId(id) => entry.set_stream_id(&id),
-        Observed::Pair { local, remote, status, method } => entry.set_pair(&local, &remote, status, method),
-        Observed::PairRemoved { local, remote } => entry.remove_pair(&local, &remote),
-        Observed::PairsReset => entry.reset_pairs(),
-        Observed::Certificate(verdict) => {
-            if let Some(mut tls) = entry.snapshot().tls {
-                entry.record("note", format!("certificate verdict: {verdict}"), None);
-                tls.cert_verdict = Some(verdict);
-                entry.set_tls(tls);
-            }
-        }
         Observed::Outcome { local, remote, method, result, reason } => observer.outcome(VerificationOutcome {
             time_ms: now_ms(),
             stream: entry.id.clone(),
@@ -163,5 +143,6 @@ pub fn observe(observer: &dyn super::Observer, entry: &ConnEntry, direction: Dir
             peer_addr: entry.peer_addr(),
         }),
         Observed::Pending(d) => observer.pending(&d),
+        o => entry.apply(&o),
     }
 }

@@ -60,7 +60,7 @@ async fn serve(caps: Arc<Caps>, entry: Arc<ConnEntry>, io: Transport, direct: Op
     let peer = entry.peer_addr().unwrap_or_default();
     let conn = Conn::new(io, entry.clone(), &caps.settings.limits, caps.settings.timeouts.write);
     let machine = Machine::receiving(caps.env.clone(), entry.id.as_str().into(), Driver::now(), direct, Box::new(slot));
-    let mut d = Driver { caps: caps.clone(), entry: entry.clone(), conn, machine, direction: Direction::In };
+    let mut d = Driver { caps: caps.clone(), entry: entry.clone(), conn, machine, direction: Direction::In, control: entry.control() };
     let end = session(&mut d).await;
     match &end.error {
         Some(e) => tracing::warn!(stream = %entry.id, %peer, "closing inbound stream: {e}"),
@@ -108,7 +108,7 @@ async fn session(d: &mut Driver) -> Ending {
             w = d.wait() => w,
         };
         match now_wake {
-            Wake::Cancelled => d.cancelled(),
+            Wake::Close(r) => d.close_requested(r),
             Wake::Timer => d.feed(Input::Timer),
             Wake::Read(r) => d.on_read(r),
         }

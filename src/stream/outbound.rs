@@ -45,9 +45,10 @@ pub async fn run(
     mut verifies: mpsc::Receiver<VerifyRequest>,
 ) {
     entry.set_state(ConnState::Connecting);
+    let mut control = entry.control();
     let connected = tokio::select! {
         r = connect(&caps, &entry, &remote) => r,
-        _ = entry.cancel.cancelled() => Err(Failure::new(entry.close_request().map_or_else(|| "server shutting down".to_owned(), |(r, _)| r))),
+        r = control.closed() => Err(Failure::new(r.reason)),
     };
     let mut waiting: HashMap<u64, VerifyReply> = HashMap::new();
     let (end, driver) = match connected {
@@ -65,7 +66,8 @@ pub async fn run(
             let conn = Conn::new(Transport::Plain(tcp), entry.clone(), &caps.settings.limits, caps.settings.timeouts.write);
             let machine =
                 Machine::originating(caps.env.clone(), entry.id.as_str().into(), Driver::now(), local.clone(), remote.clone(), direct);
-            let mut d = Driver { caps: caps.clone(), entry: entry.clone(), conn, machine, direction: Direction::Out };
+            let mut d =
+                Driver { caps: caps.clone(), entry: entry.clone(), conn, machine, direction: Direction::Out, control: entry.control() };
             let end = session(&mut d, &local, &remote, &mut stanzas, &mut verifies, &mut waiting).await;
             (end, Some(d))
         }
@@ -207,7 +209,7 @@ async fn session(
             w = d.wait() => w,
         };
         match wake {
-            Wake::Cancelled => d.cancelled(),
+            Wake::Close(r) => d.close_requested(r),
             Wake::Timer => d.feed(Input::Timer),
             Wake::Read(r) => d.on_read(r),
         }
