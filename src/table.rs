@@ -158,9 +158,15 @@ impl ConnEntry {
     /// when the claimed domain is known) and say so in the transcript.
     pub fn tls_established(&self, how: &str, session: &rustls::CommonState, cert_verdict: Option<crate::net::certs::CertVerdict>) {
         let (version, cipher) = crate::net::tls::session_facts(session);
-        let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::PeerCertInfo::from_der(c));
-        let cert =
-            peer_cert.as_ref().map_or("none".to_owned(), |c| format!("{} (issuer {}, names {})", c.subject, c.issuer, c.names.join(", ")));
+        let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::peer_cert_info(c));
+        let cert = peer_cert.as_ref().map_or("none".to_owned(), |c| {
+            // A certificate may name hundreds of domains; the note shows a few.
+            let mut names = c.names.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
+            if c.names.len() > 8 {
+                names.push_str(&format!(" and {} more", c.names.len() - 8));
+            }
+            format!("{} (issuer {}, names {names})", c.subject, c.issuer)
+        });
         let verdict = cert_verdict.as_ref().map(|v| format!("; verdict: {v}")).unwrap_or_default();
         self.record("note", format!("{how} established: {version} {cipher}; peer certificate: {cert}{verdict}"), None);
         self.set_tls(TlsInfo { version, cipher, peer_cert, cert_verdict });

@@ -241,7 +241,8 @@ pub struct PairInfo {
 pub struct TlsInfo {
     pub version: String,
     pub cipher: String,
-    pub peer_cert: Option<PeerCertInfo>,
+    /// Shared between the streams that presented the same certificate.
+    pub peer_cert: Option<std::sync::Arc<PeerCertInfo>>,
     /// The peer certificate judged for the domain the peer claims (or we dialled).
     #[serde(default)]
     pub cert_verdict: Option<CertVerdict>,

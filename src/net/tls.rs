@@ -82,6 +82,25 @@ impl PeerCertInfo {
     }
 }
 
+/// The facts of a certificate seen on a stream, shared by every stream that presented the
+/// same one: a peer's streams all carry its certificate (often with many names), and one
+/// copy serves them all. Dead entries are swept when the index grows.
+pub fn peer_cert_info(der: &[u8]) -> Arc<PeerCertInfo> {
+    static SEEN: std::sync::Mutex<Option<HashMap<[u8; 32], std::sync::Weak<PeerCertInfo>>>> = std::sync::Mutex::new(None);
+    let key: [u8; 32] = Sha256::digest(der).into();
+    let mut guard = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let seen = guard.get_or_insert_with(HashMap::new);
+    if let Some(info) = seen.get(&key).and_then(std::sync::Weak::upgrade) {
+        return info;
+    }
+    if seen.len() >= 1024 {
+        seen.retain(|_, w| w.strong_count() > 0);
+    }
+    let info = Arc::new(PeerCertInfo::from_der(der));
+    seen.insert(key, Arc::downgrade(&info));
+    info
+}
+
 /// TLS version and cipher suite of an established session.
 pub fn session_facts(conn: &rustls::CommonState) -> (String, String) {
     let version = match conn.protocol_version() {
@@ -185,6 +204,10 @@ impl TlsContext {
             // XEP-0368 §3: direct TLS negotiates ALPN "xmpp-server" (STARTTLS peers send none).
             let mut sc = sc;
             sc.alpn_protocols = vec![b"xmpp-server".to_vec()];
+            // No session resumption: s2s streams live long and reconnect rarely, and every
+            // ticket kept (with the peer's chain) would cost memory per peer for nothing.
+            sc.send_tls13_tickets = 0;
+            sc.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
             server.insert(d.clone(), Arc::new(sc));
             let cc = ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
@@ -193,6 +216,8 @@ impl TlsContext {
                 .with_custom_certificate_verifier(Arc::new(RecordingVerifier { algs }))
                 .with_client_auth_cert(chain.clone(), key.clone_key())
                 .map_err(|e| TlsError::Setup(e.to_string()))?;
+            let mut cc = cc;
+            cc.resumption = rustls::client::Resumption::disabled();
             client.insert(d.clone(), Arc::new(cc));
         }
         Ok(TlsContext {
