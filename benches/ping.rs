@@ -84,19 +84,49 @@ async fn main() {
     }
     while DbElement::parse(&to_a.next_el().await.expect("db:result answer")).and_then(|d| d.answer).is_none() {}
 
-    // Pongs are read on their own task; each is matched to its ping's send time.
+    // Pongs are read on their own task, straight from the bytes (a full parse here would
+    // make the generator, not the server, the bottleneck); each is matched to its ping's
+    // send time by its id.
     let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     {
         let (sent, latencies, received) = (sent.clone(), latencies.clone(), received.clone());
+        let mut carry = from_a.framer.read_buf(0).split_off(0);
+        let mut io = from_a.io;
         tokio::spawn(async move {
-            while let Some(el) = from_a.next_el().await {
-                if let Some(id) = el.get_attr("id").and_then(|i| i.parse::<u64>().ok()) {
-                    if let Some(t) = sent.lock().unwrap().remove(&id) {
-                        latencies.lock().unwrap().push(t.elapsed());
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                // Scan whole pongs (`…id='N'…/>`); keep a partial one for the next read.
+                let mut ids = Vec::new();
+                let mut start = 0;
+                while let Some(end) = carry[start..].windows(2).position(|w| w == b"/>").map(|p| start + p + 2) {
+                    let el = &carry[start..end];
+                    if let Some(i) = el.windows(4).position(|w| w == b"id='") {
+                        let digits = &el[i + 4..];
+                        let n = digits.iter().take_while(|c| c.is_ascii_digit()).fold(0u64, |a, c| a * 10 + u64::from(c - b'0'));
+                        ids.push(n);
                     }
-                    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    start = end;
+                }
+                carry.drain(..start);
+                if !ids.is_empty() {
+                    let now = Instant::now();
+                    let mut s = sent.lock().unwrap();
+                    if !s.is_empty() {
+                        let mut l = latencies.lock().unwrap();
+                        for id in &ids {
+                            if let Some(t) = s.remove(id) {
+                                l.push(now - t);
+                            }
+                        }
+                    }
+                    received.fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => carry.extend_from_slice(&buf[..n]),
                 }
             }
         });

@@ -9,6 +9,7 @@
 //! servers certificates from a CA made here, so every stream authenticates by SASL EXTERNAL
 //! instead of dialback. `DRAWBRIDGE_BIN` runs another build of the binary as A and B (to
 //! compare commits); `EXTRA_CONFIG` adds TOML to both configurations (`\n` for new lines).
+//! `HOLD_SECS=S` keeps both servers running S seconds after the figures (for a profiler).
 //! Not a test: nothing here asserts a figure.
 
 use std::path::{Path, PathBuf};
@@ -148,4 +149,8 @@ async fn main() {
         (rss1.saturating_sub(rss0)) as f64 / pairs,
         (cpu1 - cpu0) * 1000.0 / pairs
     );
+    // For profiling the idle streams from outside (e.g. a heap profiler's snapshot).
+    if let Some(secs) = std::env::var("HOLD_SECS").ok().and_then(|v| v.parse().ok()) {
+        std::thread::sleep(Duration::from_secs(secs));
+    }
 }
