@@ -642,6 +642,19 @@ pub async fn change_mode(shared: &Shared, mode: Mode, who: &str) -> Result<Vec<S
     Ok(enforce(shared))
 }
 
+/// How often memory freed by idle streams (their buffers) is handed back to the system.
+pub const RELEASE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Give free heap pages back to the system: idle streams drop their buffers, but the C
+/// allocator keeps freed pages in the process (its resident memory) until asked.
+fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// History and outcomes to disk on a short timer; snapshots of open streams; block expiry;
 /// retention.
 async fn maintenance_loop(shared: Arc<Shared>) {
@@ -650,9 +663,11 @@ async fn maintenance_loop(shared: Arc<Shared>) {
     let mut snapshot = tokio::time::interval(st.snapshot_interval);
     let mut expiry = tokio::time::interval(Duration::from_secs(1));
     let mut prune = tokio::time::interval(Duration::from_secs(600));
+    let mut release = tokio::time::interval(RELEASE_INTERVAL);
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
+            _ = release.tick() => release_memory(),
             _ = flush.tick() => {
                 if let Err(e) = shared.store.flush().await {
                     tracing::error!("store flush: {e}");

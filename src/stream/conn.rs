@@ -192,6 +192,15 @@ impl Conn {
         self.entry.record("in", text, key);
     }
 
+    /// An idle connection gives its buffers back (read and write); they come back with the
+    /// next bytes.
+    pub fn trim(&mut self) {
+        self.framer.trim();
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = String::new();
+        }
+    }
+
     pub fn has_pending_output(&self) -> bool {
         !self.out.is_empty()
     }

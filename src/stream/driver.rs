@@ -22,7 +22,14 @@ pub struct Driver {
     pub direction: Direction,
     /// Close requests for this stream.
     pub control: crate::table::StreamControl,
+    /// When the connection's buffers are given back if nothing happens until then.
+    pub trim_at: Option<Instant>,
+    /// Given back already in this quiet spell.
+    pub trimmed: bool,
 }
+
+/// How long a stream must be quiet before its buffers are given back.
+const IDLE_TRIM: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the driver's loop waits for next.
 pub enum Wake {
@@ -37,6 +44,9 @@ impl Driver {
     }
 
     pub fn feed(&mut self, input: Input) {
+        // Something happened: the quiet spell (and its buffer trim) starts over.
+        self.trim_at = None;
+        self.trimmed = false;
         self.machine.handle(Self::now(), input);
     }
 
@@ -98,14 +108,29 @@ impl Driver {
         None
     }
 
-    /// Wait for bytes, the machine's timer or a close request.
+    /// Wait for bytes, the machine's timer or a close request. A stream quiet for
+    /// [`IDLE_TRIM`] gives its buffers back meanwhile (idle streams cost little memory).
     pub async fn wait(&mut self) -> Wake {
-        let deadline = self.machine.deadline().map(Instant::from_std);
-        tokio::select! {
-            biased;
-            r = self.control.closed() => Wake::Close(r),
-            _ = sleep_until(deadline) => Wake::Timer,
-            r = self.conn.read_more() => Wake::Read(r),
+        loop {
+            let deadline = self.machine.deadline().map(Instant::from_std);
+            let trim = (!self.trimmed).then(|| *self.trim_at.get_or_insert_with(|| Instant::now() + IDLE_TRIM));
+            let (at, trimming) = match (deadline, trim) {
+                (Some(d), Some(t)) if t < d => (Some(t), true),
+                (None, Some(t)) => (Some(t), true),
+                (d, _) => (d, false),
+            };
+            tokio::select! {
+                biased;
+                r = self.control.closed() => return Wake::Close(r),
+                _ = sleep_until(at) => {
+                    if !trimming {
+                        return Wake::Timer;
+                    }
+                    self.conn.trim();
+                    self.trimmed = true;
+                }
+                r = self.conn.read_more() => return Wake::Read(r),
+            }
         }
     }
 

@@ -60,7 +60,16 @@ async fn serve(caps: Arc<Caps>, entry: Arc<ConnEntry>, io: Transport, direct: Op
     let peer = entry.peer_addr().unwrap_or_default();
     let conn = Conn::new(io, entry.clone(), &caps.settings.limits, caps.settings.timeouts.write);
     let machine = Machine::receiving(caps.env.clone(), entry.id.as_str().into(), Driver::now(), direct, Box::new(slot));
-    let mut d = Driver { caps: caps.clone(), entry: entry.clone(), conn, machine, direction: Direction::In, control: entry.control() };
+    let mut d = Driver {
+        caps: caps.clone(),
+        entry: entry.clone(),
+        conn,
+        machine,
+        direction: Direction::In,
+        control: entry.control(),
+        trim_at: None,
+        trimmed: false,
+    };
     let end = session(&mut d).await;
     match &end.error {
         Some(e) => tracing::warn!(stream = %entry.id, %peer, "closing inbound stream: {e}"),

@@ -66,8 +66,16 @@ pub async fn run(
             let conn = Conn::new(Transport::Plain(tcp), entry.clone(), &caps.settings.limits, caps.settings.timeouts.write);
             let machine =
                 Machine::originating(caps.env.clone(), entry.id.as_str().into(), Driver::now(), local.clone(), remote.clone(), direct);
-            let mut d =
-                Driver { caps: caps.clone(), entry: entry.clone(), conn, machine, direction: Direction::Out, control: entry.control() };
+            let mut d = Driver {
+                caps: caps.clone(),
+                entry: entry.clone(),
+                conn,
+                machine,
+                direction: Direction::Out,
+                control: entry.control(),
+                trim_at: None,
+                trimmed: false,
+            };
             let end = session(&mut d, &local, &remote, &mut stanzas, &mut verifies, &mut waiting).await;
             (end, Some(d))
         }

@@ -164,6 +164,18 @@ impl Framer {
         &self.scope
     }
 
+    /// Give the read buffer back while nothing is pending (an idle stream holds no buffer;
+    /// the next read allocates one).
+    pub fn trim(&mut self) {
+        if self.pending() == 0 && self.buf.capacity() > 0 {
+            self.compact();
+            if self.buf.is_empty() {
+                self.buf = Vec::new();
+                self.last = (0, 0);
+            }
+        }
+    }
+
     /// Bytes currently held, for memory accounting.
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
