@@ -147,7 +147,8 @@ impl crate::router::Opener for OutboundOpener {
             }
         };
         let (stx, srx) = queue::queue(self.limits.outbound_queue, self.limits.outbound_queue_bytes);
-        let (vtx, vrx) = tokio::sync::mpsc::channel(64);
+        // Verifications waiting for this link: at most 64 (each weighs 1).
+        let (vtx, vrx) = queue::queue(64, 64);
         let entry = caps.table.open(Direction::Out, &caps.shutdown);
         entry.set_domains(Some(local.as_str()), Some(remote.as_str()));
         let link = Link { kind: LinkKind::S2sOutbound, stream: entry.id.as_str().into(), stanzas: stx, verifies: Some(vtx) };

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::domain::Domain;
 use crate::proto::dialback::Answer;
@@ -57,7 +57,7 @@ pub struct Link {
     pub stream: Arc<str>,
     pub stanzas: queue::QueueTx,
     /// Dialback verifications this link carries to the remote's authoritative server.
-    pub verifies: Option<mpsc::Sender<VerifyRequest>>,
+    pub verifies: Option<queue::QueueTx<VerifyRequest>>,
 }
 
 /// Why no link can be had for a pair.
@@ -224,15 +224,15 @@ impl Router {
             let Some(verifies) = &link.verifies else {
                 return (Answer::error("remote-connection-failed", format!("no dialback route to {remote}")), None);
             };
-            match verifies.try_send(req) {
+            match verifies.try_send_weighted(req, 1) {
                 Ok(()) => {
                     sent = true;
                     break;
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(queue::TrySendError::Full(_)) => {
                     return (Answer::error("resource-constraint", format!("too many verifications waiting for {remote}; try again")), None);
                 }
-                Err(mpsc::error::TrySendError::Closed(back)) => {
+                Err(queue::TrySendError::Closed(back)) => {
                     self.remove(local, remote, &link.stream);
                     req = back;
                 }

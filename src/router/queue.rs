@@ -1,96 +1,160 @@
-//! The stanza queue of one link, bounded in count (`limits.outbound_queue`) and in bytes
+//! The queue of one link, bounded in count (`limits.outbound_queue`) and in bytes
 //! (`limits.outbound_queue_bytes`): a slow peer holds at most that much of our memory,
 //! however large each stanza is. The router never waits on it ([`QueueTx::try_send`]); a
 //! full queue is answered by the overflow rule (see [`crate::router`]).
+//!
+//! An empty queue holds no buffer (an idle link costs a few dozen bytes, not a
+//! preallocated block per channel), and one that drained gives its buffer back.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Notify;
 
 use crate::xml::Element;
 
-/// The sending side.
-#[derive(Clone)]
-pub struct QueueTx {
-    tx: mpsc::Sender<(Element, u32)>,
-    bytes: Arc<Semaphore>,
-    max: u32,
+struct Queue<T> {
+    state: Mutex<State<T>>,
+    /// Wakes the receiver: something queued, or the last sender left.
+    notify: Notify,
+    max_count: usize,
+    max_bytes: usize,
 }
 
-/// The receiving side (the outbound stream's task).
-pub struct QueueRx {
-    rx: mpsc::Receiver<(Element, u32)>,
-    bytes: Arc<Semaphore>,
+struct State<T> {
+    items: VecDeque<(T, usize)>,
+    bytes: usize,
+    /// The receiver closed it (or is gone).
+    closed: bool,
+    senders: usize,
 }
 
-pub fn queue(count: usize, bytes: usize) -> (QueueTx, QueueRx) {
-    let (tx, rx) = mpsc::channel(count);
-    let max = u32::try_from(bytes.min(Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
-    let sem = Arc::new(Semaphore::new(max as usize));
-    (QueueTx { tx, bytes: sem.clone(), max }, QueueRx { rx, bytes: sem })
+/// The sending side (cloned for every sender).
+pub struct QueueTx<T = Element> {
+    q: Arc<Queue<T>>,
 }
 
-/// Why a stanza could not be queued; the stanza comes back.
+/// The receiving side (the link's stream task).
+pub struct QueueRx<T = Element> {
+    q: Arc<Queue<T>>,
+}
+
+/// Why an item could not be queued; the item comes back.
 #[derive(Debug)]
-pub enum TrySendError {
+pub enum TrySendError<T = Element> {
     /// The queue is spent in count or bytes.
-    Full(Element),
+    Full(T),
     /// The stream behind it is gone.
-    Closed(Element),
+    Closed(T),
 }
 
-impl QueueTx {
-    /// Queue `st` now, or give it back.
+/// A queue of at most `count` items and `bytes` bytes (one item larger than the whole
+/// budget still goes, alone).
+pub fn queue<T>(count: usize, bytes: usize) -> (QueueTx<T>, QueueRx<T>) {
+    let q = Arc::new(Queue {
+        state: Mutex::new(State { items: VecDeque::new(), bytes: 0, closed: false, senders: 1 }),
+        notify: Notify::new(),
+        max_count: count.max(1),
+        max_bytes: bytes.max(1),
+    });
+    (QueueTx { q: q.clone() }, QueueRx { q })
+}
+
+impl<T> Queue<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<T> QueueTx<T> {
+    /// Queue `item` weighing `weight` bytes now, or give it back.
+    pub fn try_send_weighted(&self, item: T, weight: usize) -> Result<(), TrySendError<T>> {
+        {
+            let mut s = self.q.lock();
+            if s.closed {
+                return Err(TrySendError::Closed(item));
+            }
+            let fits = s.items.is_empty() || (s.items.len() < self.q.max_count && s.bytes + weight <= self.q.max_bytes);
+            if !fits {
+                return Err(TrySendError::Full(item));
+            }
+            s.bytes += weight;
+            s.items.push_back((item, weight));
+        }
+        self.q.notify.notify_one();
+        Ok(())
+    }
+}
+
+impl QueueTx<Element> {
+    /// Queue a stanza now (weighed by [`Element::weight`]), or give it back.
     pub fn try_send(&self, st: Element) -> Result<(), TrySendError> {
-        // One stanza larger than the whole budget still goes, alone.
-        let w = u32::try_from(st.weight()).unwrap_or(u32::MAX).clamp(1, self.max);
-        let permit = match self.bytes.clone().try_acquire_many_owned(w) {
-            Ok(p) => p,
-            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(TrySendError::Full(st)),
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(TrySendError::Closed(st)),
-        };
-        match self.tx.try_send((st, w)) {
-            Ok(()) => {
-                permit.forget();
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full((st, _))) => Err(TrySendError::Full(st)),
-            Err(mpsc::error::TrySendError::Closed((st, _))) => Err(TrySendError::Closed(st)),
-        }
+        let w = st.weight();
+        self.try_send_weighted(st, w)
     }
+}
 
-    /// Queue `st`, waiting while the queue is full in count or bytes. Gives the stanza back
-    /// if the stream is gone.
-    pub async fn send(&self, st: Element) -> Result<(), Element> {
-        // One stanza larger than the whole budget still goes, alone.
-        let w = u32::try_from(st.weight()).unwrap_or(u32::MAX).clamp(1, self.max);
-        let Ok(permit) = self.bytes.acquire_many(w).await else { return Err(st) };
-        match self.tx.send((st, w)).await {
-            Ok(()) => {
-                permit.forget();
-                Ok(())
-            }
-            Err(mpsc::error::SendError((st, _))) => Err(st),
+impl<T> Clone for QueueTx<T> {
+    fn clone(&self) -> Self {
+        self.q.lock().senders += 1;
+        QueueTx { q: self.q.clone() }
+    }
+}
+
+impl<T> Drop for QueueTx<T> {
+    fn drop(&mut self) {
+        let last = {
+            let mut s = self.q.lock();
+            s.senders -= 1;
+            s.senders == 0
+        };
+        if last {
+            self.q.notify.notify_one();
         }
     }
 }
 
-impl QueueRx {
-    pub async fn recv(&mut self) -> Option<Element> {
-        let (st, w) = self.rx.recv().await?;
-        self.bytes.add_permits(w as usize);
-        Some(st)
+impl<T> QueueRx<T> {
+    /// The next item; `None` once every sender is gone and the queue is empty. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<T> {
+        loop {
+            {
+                let mut s = self.q.lock();
+                if let Some(item) = Self::pop(&mut s) {
+                    return Some(item);
+                }
+                if s.senders == 0 || s.closed {
+                    return None;
+                }
+            }
+            self.q.notify.notified().await;
+        }
     }
 
-    pub fn try_recv(&mut self) -> Result<Element, mpsc::error::TryRecvError> {
-        let (st, w) = self.rx.try_recv()?;
-        self.bytes.add_permits(w as usize);
-        Ok(st)
+    /// The next item if one is queued.
+    pub fn try_recv(&mut self) -> Option<T> {
+        Self::pop(&mut self.q.lock())
     }
 
+    fn pop(s: &mut State<T>) -> Option<T> {
+        let (item, w) = s.items.pop_front()?;
+        s.bytes -= w;
+        if s.items.is_empty() && s.items.capacity() > 16 {
+            // Drained after a burst: give the buffer back.
+            s.items = VecDeque::new();
+        }
+        Some(item)
+    }
+
+    /// No more items are accepted; those queued can still be taken.
     pub fn close(&mut self) {
-        self.rx.close();
-        self.bytes.close();
+        self.q.lock().closed = true;
+    }
+}
+
+impl<T> Drop for QueueRx<T> {
+    fn drop(&mut self) {
+        self.q.lock().closed = true;
     }
 }
 
@@ -103,37 +167,39 @@ mod tests {
         Element::new("message", ns::SERVER).child(Element::new("body", ns::SERVER).text("x".repeat(body)))
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn bounded_in_bytes_as_well_as_count() {
-        let (tx, mut rx) = queue(100, 10_000);
-        tx.send(stanza(6_000)).await.unwrap();
-        // The second does not fit in the bytes left: the sender waits ...
-        let tx2 = tx.clone();
-        let waiting = tokio::spawn(async move { tx2.send(stanza(6_000)).await });
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
-        // ... until the first is taken.
-        assert!(rx.recv().await.is_some());
-        waiting.await.unwrap().unwrap();
-        assert!(rx.recv().await.is_some());
-        // Bigger than the whole budget: goes alone.
-        tx.send(stanza(50_000)).await.unwrap();
-        assert!(rx.recv().await.is_some());
-        // Closed: the stanza comes back.
-        rx.close();
-        assert!(tx.send(stanza(1)).await.is_err());
-    }
-
     #[test]
-    fn try_send_never_waits() {
+    fn bounded_in_count_and_bytes_and_never_waits() {
         let (tx, mut rx) = queue(2, 10_000);
         tx.try_send(stanza(6_000)).unwrap();
         assert!(matches!(tx.try_send(stanza(6_000)), Err(TrySendError::Full(_))), "bytes spent");
         tx.try_send(stanza(10)).unwrap();
         assert!(matches!(tx.try_send(stanza(10)), Err(TrySendError::Full(_))), "count spent");
-        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_some());
         tx.try_send(stanza(10)).unwrap();
+        // Larger than the whole budget: goes alone, into an empty queue.
+        while rx.try_recv().is_some() {}
+        tx.try_send(stanza(50_000)).unwrap();
+        assert!(matches!(tx.try_send(stanza(1)), Err(TrySendError::Full(_))));
+        assert!(rx.try_recv().is_some());
         rx.close();
         assert!(matches!(tx.try_send(stanza(1)), Err(TrySendError::Closed(_))));
+    }
+
+    #[tokio::test]
+    async fn the_receiver_wakes_for_items_and_ends_with_the_last_sender() {
+        let (tx, mut rx) = queue::<u32>(8, 100);
+        let tx2 = tx.clone();
+        let waiting = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(x) = rx.recv().await {
+                got.push(x);
+            }
+            got
+        });
+        tokio::task::yield_now().await;
+        tx.try_send_weighted(1, 1).unwrap();
+        tx2.try_send_weighted(2, 1).unwrap();
+        drop((tx, tx2));
+        assert_eq!(waiting.await.unwrap(), vec![1, 2]);
     }
 }

@@ -27,6 +27,19 @@ impl Transport {
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))
     }
+
+    /// Wait until a read would find bytes, without holding a buffer meanwhile. Over TLS,
+    /// plaintext rustls already holds counts as readable at once.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Transport::Plain(tcp) => tcp.readable().await,
+            Transport::Tls(tls) => {
+                let (tcp, session) = tls.get_ref();
+                if session.wants_read() { tcp.readable().await } else { Ok(()) }
+            }
+            Transport::Gone => Err(io::Error::new(io::ErrorKind::NotConnected, "transport gone")),
+        }
+    }
 }
 
 macro_rules! delegate {
@@ -149,6 +162,10 @@ impl Conn {
 
     /// Read what the transport has (at least one byte). Cancel-safe.
     pub async fn read_more(&mut self) -> Result<usize, ConnError> {
+        if self.framer.capacity() == 0 {
+            // Trimmed while idle: take a buffer only once bytes are there.
+            self.io.readable().await?;
+        }
         let n = self.io.read_buf(self.framer.read_buf(READ_CHUNK)).await?;
         if n == 0 {
             return Err(ConnError::Eof);

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use super::Caps;
 use super::conn::{Conn, Transport};
@@ -42,7 +41,7 @@ pub async fn run(
     remote: Domain,
     entry: Arc<ConnEntry>,
     mut stanzas: crate::router::queue::QueueRx,
-    mut verifies: mpsc::Receiver<VerifyRequest>,
+    mut verifies: crate::router::queue::QueueRx<VerifyRequest>,
 ) {
     entry.set_state(ConnState::Connecting);
     let mut control = entry.control();
@@ -84,15 +83,17 @@ pub async fn run(
     caps.router.remove(&local, &remote, &entry.id);
     stanzas.close();
     verifies.close();
-    let fail_verifies =
-        |verifies: &mut mpsc::Receiver<VerifyRequest>, waiting: &mut HashMap<u64, VerifyReply>, condition: &str, reason: &str| {
-            for (_, w) in waiting.drain() {
-                let _ = w.send((verify_failure(&remote, condition), Some(reason.to_owned())));
-            }
-            while let Ok(v) = verifies.try_recv() {
-                let _ = v.reply.send((verify_failure(&remote, condition), Some(reason.to_owned())));
-            }
-        };
+    let fail_verifies = |verifies: &mut crate::router::queue::QueueRx<VerifyRequest>,
+                         waiting: &mut HashMap<u64, VerifyReply>,
+                         condition: &str,
+                         reason: &str| {
+        for (_, w) in waiting.drain() {
+            let _ = w.send((verify_failure(&remote, condition), Some(reason.to_owned())));
+        }
+        while let Some(v) = verifies.try_recv() {
+            let _ = v.reply.send((verify_failure(&remote, condition), Some(reason.to_owned())));
+        }
+    };
     match end.kind {
         EndKind::Failed { condition } => {
             tracing::warn!(stream = %entry.id, %local, %remote, "outbound stream to {remote} failed: {}", end.reason);
@@ -101,7 +102,7 @@ pub async fn run(
             // The table says why before anyone hears back: a sender that gets the bounce
             // finds the failed stream and its reason in the connection table.
             caps.observer.closed(&entry, &end.reason);
-            while let Ok(st) = stanzas.try_recv() {
+            while let Some(st) = stanzas.try_recv() {
                 if let Some(b) = error_reply(&st, bounce_type(condition), condition, Some(&text)) {
                     caps.router.route(b);
                 }
@@ -114,7 +115,7 @@ pub async fn run(
         EndKind::Closed => {
             let mut d = driver.expect("closed after a connection");
             // Whatever was queued before the handle went away still goes out on this stream.
-            while let Ok(st) = stanzas.try_recv() {
+            while let Some(st) = stanzas.try_recv() {
                 d.conn.send(&st);
                 entry.stanza_out();
             }
@@ -126,7 +127,7 @@ pub async fn run(
             fail_verifies(&mut verifies, &mut waiting, "remote-server-not-found", &end.reason);
             // Stanzas queued behind a lost stream get a new stream (once; its failure bounces).
             let mut rest = Vec::new();
-            while let Ok(st) = stanzas.try_recv() {
+            while let Some(st) = stanzas.try_recv() {
                 rest.push(st);
             }
             if let Some(mut d) = driver {
@@ -154,7 +155,7 @@ async fn session(
     local: &Domain,
     remote: &Domain,
     stanzas: &mut crate::router::queue::QueueRx,
-    verifies: &mut mpsc::Receiver<VerifyRequest>,
+    verifies: &mut crate::router::queue::QueueRx<VerifyRequest>,
     waiting: &mut HashMap<u64, VerifyReply>,
 ) -> Ending {
     let mut policy_changes = d.caps.policy_changes.clone();
@@ -195,11 +196,11 @@ async fn session(
                 // Batch what is already queued into the same write.
                 for _ in 1..BATCH {
                     match stanzas.try_recv() {
-                        Ok(st) => {
+                        Some(st) => {
                             d.entry.stanza_out();
                             d.feed(Input::Stanza(st));
                         }
-                        Err(_) => break,
+                        None => break,
                     }
                 }
                 continue;
