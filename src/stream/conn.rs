@@ -104,7 +104,7 @@ pub struct Conn {
     control: crate::table::StreamControl,
 }
 
-const READ_CHUNK: usize = 4096;
+const READ_CHUNK: usize = 2048;
 
 impl Conn {
     pub fn new(io: Transport, entry: Arc<ConnEntry>, limits: &crate::config::Limits, write_timeout: Duration) -> Conn {

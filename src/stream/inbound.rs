@@ -44,7 +44,7 @@ pub async fn run_direct(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot:
         let local = sni.unwrap_or_else(|| caps.settings.domains[0].clone());
         start.into_stream(caps.tls.get().server_config(&local)).await
     };
-    let tls = match tokio::time::timeout(caps.settings.timeouts.negotiation, handshake).await {
+    let tls = match tokio::time::timeout(caps.settings.timeouts.negotiation, Box::pin(handshake)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return caps.observer.closed(&entry, &format!("direct TLS handshake failed: {e}")),
         Err(_) => return caps.observer.closed(&entry, "direct TLS handshake timed out (timeouts.negotiation)"),
@@ -75,7 +75,7 @@ async fn serve(caps: Arc<Caps>, entry: Arc<ConnEntry>, io: Transport, direct: Op
         Some(e) => tracing::warn!(stream = %entry.id, %peer, "closing inbound stream: {e}"),
         None => tracing::info!(stream = %entry.id, %peer, "inbound stream ended: {}", end.reason),
     }
-    d.close(&end).await;
+    Box::pin(d.close(&end)).await;
     caps.observer.closed(&entry, &end.reason);
 }
 
@@ -93,7 +93,7 @@ async fn session(d: &mut Driver) -> Ending {
                 }
                 Output::Route(st) => d.caps.router.route(st),
                 Output::Ask(ask) => ask_authoritative(&d.caps, ask, answers_tx.clone()),
-                Output::StartTls(TlsRole::Server { local }) => starttls(d, &local).await,
+                Output::StartTls(TlsRole::Server { local }) => Box::pin(starttls(d, &local)).await,
                 o => tracing::error!(stream = %d.entry.id, "inbound stream: unexpected {o:?}"),
             }
         }
@@ -148,7 +148,7 @@ async fn starttls(d: &mut Driver, local: &Domain) {
         .machine
         .write_deadline()
         .map_or_else(|| tokio::time::Instant::now() + d.caps.settings.timeouts.negotiation, tokio::time::Instant::from_std);
-    match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+    match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))).await {
         Ok(Ok(tls)) => {
             let (_, session) = tls.get_ref();
             let facts = TlsFacts {

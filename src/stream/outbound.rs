@@ -46,7 +46,8 @@ pub async fn run(
     entry.set_state(ConnState::Connecting);
     let mut control = entry.control();
     let connected = tokio::select! {
-        r = connect(&caps, &entry, &remote) => r,
+        // Boxed: the dialling state is freed once connected, not kept in the task.
+        r = Box::pin(connect(&caps, &entry, &remote)) => r,
         r = control.closed() => Err(Failure::new(r.reason)),
     };
     let mut waiting: HashMap<u64, VerifyReply> = HashMap::new();
@@ -108,7 +109,7 @@ pub async fn run(
                 }
             }
             if let Some(mut d) = driver {
-                d.close(&end).await;
+                Box::pin(d.close(&end)).await;
             }
             return;
         }
@@ -120,7 +121,7 @@ pub async fn run(
                 entry.stanza_out();
             }
             fail_verifies(&mut verifies, &mut waiting, "remote-server-not-found", "stream closed");
-            d.close(&end).await;
+            Box::pin(d.close(&end)).await;
         }
         EndKind::Lost | EndKind::Inbound => {
             tracing::info!(stream = %entry.id, %local, %remote, "outbound stream to {remote} ended: {}", end.reason);
@@ -131,7 +132,7 @@ pub async fn run(
                 rest.push(st);
             }
             if let Some(mut d) = driver {
-                d.close(&end).await;
+                Box::pin(d.close(&end)).await;
             }
             for st in rest {
                 caps.router.route(st);
@@ -170,7 +171,7 @@ async fn session(
                         let _ = w.send((answer, detail));
                     }
                 }
-                Output::StartTls(TlsRole::Client { direct }) => tls_client(d, local, remote, direct).await,
+                Output::StartTls(TlsRole::Client { direct }) => Box::pin(tls_client(d, local, remote, direct)).await,
                 Output::Route(st) | Output::Deliver(st) => d.caps.router.route(st),
                 o => tracing::error!(stream = %d.entry.id, "outbound stream: unexpected {o:?}"),
             }
@@ -251,7 +252,7 @@ async fn tls_client(d: &mut Driver, local: &Domain, remote: &Domain, direct: boo
         .machine
         .write_deadline()
         .map_or_else(|| tokio::time::Instant::now() + d.caps.settings.timeouts.negotiation, tokio::time::Instant::from_std);
-    match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
+    match tokio::time::timeout_at(deadline, Box::pin(connector.connect(name, tcp))).await {
         Ok(Ok(tls)) => {
             let (_, session) = tls.get_ref();
             let facts = TlsFacts {
