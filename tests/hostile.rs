@@ -543,3 +543,20 @@ async fn a_full_link_bounces_at_once_and_the_reader_keeps_reading() {
     assert!(!r.ok && err.contains("resource-constraint") && err.contains("not keeping up"), "{err}");
     drop(from_server);
 }
+
+/// Reads and writes are not serialised: while the server's writes to a peer that stopped
+/// reading wait (for up to ten minutes here), it still reads that peer, and the peer's
+/// close ends the stream at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_blocked_in_a_write_still_reads_its_peer() {
+    let (_dns, server, peer, mut events) = stalled_peer("[timeouts]\nwrite = \"10m\"\n").await;
+    let HandPlayed { mut to_server, mut from_server } = peer;
+    fill_until_stuck(&mut to_server, &server.engine.shared).await;
+    let id = outbound_id(&server);
+    assert!(server.engine.connections(false).iter().any(|c| c.id == id), "the outbound stream is still open, its write waiting");
+    // The peer closes the stream the server writes to (never reading what is queued).
+    from_server.send("</stream:stream>").await;
+    let ev = wait_event(&mut events, "the outbound stream closed by its peer", |e| closed(e, &id).is_some()).await;
+    let reason = closed(&ev, &id).unwrap();
+    assert!(reason.contains("closed by the peer"), "close reason: {reason}");
+}

@@ -28,6 +28,18 @@ impl Transport {
         matches!(self, Transport::Tls(_))
     }
 
+    /// [`Transport::readable`], polled.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Plain(tcp) => tcp.poll_read_ready(cx),
+            Transport::Tls(tls) => {
+                let (tcp, session) = tls.get_ref();
+                if session.wants_read() { tcp.poll_read_ready(cx) } else { Poll::Ready(Ok(())) }
+            }
+            Transport::Gone => Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, "transport gone"))),
+        }
+    }
+
     /// Wait until a read would find bytes, without holding a buffer meanwhile. Over TLS,
     /// plaintext rustls already holds counts as readable at once.
     pub async fn readable(&self) -> io::Result<()> {
@@ -91,6 +103,10 @@ pub struct Conn {
     pub io: Transport,
     pub framer: Framer,
     out: String,
+    /// Bytes of `out` already written (a write in progress is resumed, never repeated).
+    written: usize,
+    /// Since when `out` has been waiting for the peer to read it.
+    write_since: Option<Instant>,
     pub entry: Arc<ConnEntry>,
     max_size: usize,
     max_depth: usize,
@@ -106,12 +122,26 @@ pub struct Conn {
 
 const READ_CHUNK: usize = 2048;
 
+/// Output waiting for the peer beyond which a stream stops reading (what it reads may ask
+/// for more writes: the peer cannot make us buffer without bound by not reading).
+pub const OUT_HIGH_WATER: usize = 256 * 1024;
+
+/// What moved in [`Conn::read_or_write`].
+#[derive(Debug)]
+pub enum Progress {
+    Read(Result<usize, ConnError>),
+    /// Everything queued was written (or writing failed).
+    Written(io::Result<()>),
+}
+
 impl Conn {
     pub fn new(io: Transport, entry: Arc<ConnEntry>, limits: &crate::config::Limits, write_timeout: Duration) -> Conn {
         Conn {
             io,
             framer: Framer::new(limits.max_stanza_size, limits.max_depth),
             out: String::new(),
+            written: 0,
+            write_since: None,
             max_size: limits.max_stanza_size,
             max_depth: limits.max_depth,
             write_timeout,
@@ -222,6 +252,92 @@ impl Conn {
         !self.out.is_empty()
     }
 
+    /// Output waiting for the peer, in bytes.
+    pub fn pending_output(&self) -> usize {
+        self.out.len() - self.written
+    }
+
+    /// When the output waiting now must have been written: `[timeouts] write` after it
+    /// began waiting, or the negotiation deadline if earlier; and which of the two.
+    pub fn write_deadline(&self) -> Option<(Instant, String)> {
+        let since = self.write_since?;
+        let mut at = (since + self.write_timeout, format!("the peer read nothing for {}s (timeouts.write)", self.write_timeout.as_secs()));
+        if let Some(d) = self.deadline
+            && d < at.0
+        {
+            at = (d, "stream not authenticated in time (timeouts.negotiation)".into());
+        }
+        Some(at)
+    }
+
+    fn written_all(&mut self, n: usize) {
+        self.entry.touch_out(n);
+        self.out.clear();
+        self.written = 0;
+        self.write_since = None;
+        if self.out.capacity() > 64 * 1024 {
+            self.out.shrink_to(4096);
+        }
+    }
+
+    /// Drive both directions at once: write what is queued while waiting for bytes to read,
+    /// so a peer slow to read never stops us reading it (nor the other way round). Returns
+    /// when bytes arrived or everything queued was written. Cancel-safe: partial writes are
+    /// remembered, bytes read stay in the framer. Reading pauses while more than
+    /// [`OUT_HIGH_WATER`] bytes wait to be written (what we read may ask for more writes).
+    pub async fn read_or_write(&mut self) -> Progress {
+        if !self.out.is_empty() && self.write_since.is_none() {
+            self.write_since = Some(Instant::now());
+        }
+        std::future::poll_fn(|cx| self.poll_progress(cx)).await
+    }
+
+    fn poll_progress(&mut self, cx: &mut Context<'_>) -> Poll<Progress> {
+        if !self.out.is_empty() {
+            while self.written < self.out.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.out.as_bytes()[self.written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Progress::Written(Err(io::Error::from(io::ErrorKind::WriteZero)))),
+                    Poll::Ready(Ok(k)) => self.written += k,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Progress::Written(Err(e))),
+                    Poll::Pending => break,
+                }
+            }
+            if self.written == self.out.len() {
+                match Pin::new(&mut self.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let n = self.out.len();
+                        self.written_all(n);
+                        return Poll::Ready(Progress::Written(Ok(())));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Progress::Written(Err(e))),
+                    Poll::Pending => {}
+                }
+            }
+        }
+        if self.pending_output() > OUT_HIGH_WATER {
+            return Poll::Pending;
+        }
+        if self.framer.capacity() == 0 {
+            // Trimmed while idle: take a buffer only once bytes are there.
+            match self.io.poll_readable(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Progress::Read(Err(e.into()))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let buf = self.framer.read_buf(READ_CHUNK);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, buf) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Progress::Read(Err(ConnError::Eof))),
+            Poll::Ready(Ok(n)) => {
+                self.last_read = Instant::now();
+                self.entry.touch_in(n);
+                Poll::Ready(Progress::Read(Ok(n)))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Progress::Read(Err(e.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     /// Write everything queued in one go, within `[timeouts] write` (and the negotiation
     /// deadline, if set); an operator's close or a policy change ends the wait at once.
     pub async fn flush(&mut self) -> io::Result<()> {
@@ -237,7 +353,7 @@ impl Conn {
             return Ok(());
         }
         let n = self.out.len();
-        let mut until = Instant::now() + limit;
+        let mut until = self.write_since.unwrap_or_else(Instant::now) + limit;
         let mut what = format!("the peer read nothing for {}s (timeouts.write)", limit.as_secs());
         if let Some(d) = self.deadline
             && d < until
@@ -246,18 +362,20 @@ impl Conn {
             what = "stream not authenticated in time (timeouts.negotiation)".into();
         }
         let write = async {
-            self.io.write_all(self.out.as_bytes()).await?;
+            while self.written < self.out.len() {
+                let k = self.io.write(&self.out.as_bytes()[self.written..]).await?;
+                if k == 0 {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero));
+                }
+                self.written += k;
+            }
             self.io.flush().await
         };
         match tokio::time::timeout_at(until, write).await {
             Ok(r) => r?,
             Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, what)),
         }
-        self.entry.touch_out(n);
-        self.out.clear();
-        if self.out.capacity() > 64 * 1024 {
-            self.out.shrink_to(4096);
-        }
+        self.written_all(n);
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::Caps;
-use super::conn::{Conn, ConnError};
+use super::conn::{Conn, ConnError, Progress};
 use crate::events::{Direction, VerificationOutcome, now_ms};
 use crate::proto::machine::{Ending, Input, Machine, Observed, Output, ReadError};
 use crate::table::ConnEntry;
@@ -34,6 +34,8 @@ const IDLE_TRIM: std::time::Duration = std::time::Duration::from_secs(2);
 /// What the driver's loop waits for next.
 pub enum Wake {
     Read(Result<usize, ConnError>),
+    /// Everything queued was written.
+    Written,
     Timer,
     Close(crate::table::CloseRequest),
 }
@@ -108,20 +110,29 @@ impl Driver {
         None
     }
 
-    /// Wait for bytes, the machine's timer or a close request. A stream quiet for
+    /// Wait for bytes, the machine's timer or a close request — writing what is queued
+    /// meanwhile (reads and writes are not serialised behind each other; a write that the
+    /// peer does not take within its deadline fails the stream). A stream quiet for
     /// [`IDLE_TRIM`] gives its buffers back meanwhile (idle streams cost little memory).
     pub async fn wait(&mut self) -> Wake {
         loop {
             let deadline = self.machine.deadline().map(Instant::from_std);
-            let trim = (!self.trimmed).then(|| *self.trim_at.get_or_insert_with(|| Instant::now() + IDLE_TRIM));
+            let trim =
+                (!self.trimmed && !self.conn.has_pending_output()).then(|| *self.trim_at.get_or_insert_with(|| Instant::now() + IDLE_TRIM));
             let (at, trimming) = match (deadline, trim) {
                 (Some(d), Some(t)) if t < d => (Some(t), true),
                 (None, Some(t)) => (Some(t), true),
                 (d, _) => (d, false),
             };
+            let write_deadline = self.conn.write_deadline();
             tokio::select! {
                 biased;
                 r = self.control.closed() => return Wake::Close(r),
+                _ = sleep_until(write_deadline.as_ref().map(|w| w.0)) => {
+                    let why = write_deadline.map(|w| w.1).unwrap_or_default();
+                    self.feed(Input::WriteFailed(why));
+                    return Wake::Written;
+                }
                 _ = sleep_until(at) => {
                     if !trimming {
                         return Wake::Timer;
@@ -129,7 +140,14 @@ impl Driver {
                     self.conn.trim();
                     self.trimmed = true;
                 }
-                r = self.conn.read_more() => return Wake::Read(r),
+                p = self.conn.read_or_write() => match p {
+                    Progress::Read(r) => return Wake::Read(r),
+                    Progress::Written(Ok(())) => return Wake::Written,
+                    Progress::Written(Err(e)) => {
+                        self.feed(Input::WriteFailed(e.to_string()));
+                        return Wake::Written;
+                    }
+                },
             }
         }
     }

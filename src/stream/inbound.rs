@@ -100,8 +100,7 @@ async fn session(d: &mut Driver) -> Ending {
         if d.parse_one() {
             continue;
         }
-        d.flush().await;
-        if d.machine.has_output() {
+        if d.machine.is_closed() {
             continue;
         }
         let now_wake = tokio::select! {
@@ -119,6 +118,7 @@ async fn session(d: &mut Driver) -> Ending {
         match now_wake {
             Wake::Close(r) => d.close_requested(r),
             Wake::Timer => d.feed(Input::Timer),
+            Wake::Written => {}
             Wake::Read(r) => d.on_read(r),
         }
     }

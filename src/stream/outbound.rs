@@ -151,6 +151,9 @@ fn bounce_type(cond: &str) -> ErrorType {
 /// Stanzas batched into one write (few TLS records).
 const BATCH: usize = 64;
 
+/// Output waiting for the peer beyond which no more stanzas are taken from the queue.
+const STANZA_HIGH_WATER: usize = 64 * 1024;
+
 async fn session(
     d: &mut Driver,
     local: &Domain,
@@ -179,11 +182,11 @@ async fn session(
         if d.parse_one() {
             continue;
         }
-        d.flush().await;
-        if d.machine.has_output() {
+        if d.machine.is_closed() {
             continue;
         }
-        let stanzas_open = d.machine.accepts_stanzas();
+        // Stanzas leave their bounded queue only as fast as the peer reads (backpressure).
+        let stanzas_open = d.machine.accepts_stanzas() && d.conn.pending_output() < STANZA_HIGH_WATER;
         let verifies_open = d.machine.accepts_verifies();
         let wake = tokio::select! {
             biased;
@@ -221,6 +224,7 @@ async fn session(
         match wake {
             Wake::Close(r) => d.close_requested(r),
             Wake::Timer => d.feed(Input::Timer),
+            Wake::Written => {}
             Wake::Read(r) => d.on_read(r),
         }
     }
