@@ -329,7 +329,7 @@ impl ConnEntry {
             }
             if reserved {
                 t.bytes += size;
-                t.lines.push_back(line.clone());
+                t.lines.push_back(StoredLine::from(&line));
             }
         }
         // The event channel keeps up to its capacity of events for a slow subscriber: each
@@ -342,7 +342,7 @@ impl ConnEntry {
     }
 
     pub fn transcript(&self) -> Vec<TranscriptLine> {
-        self.transcript.lock().unwrap().lines.iter().cloned().collect()
+        self.transcript.lock().unwrap().lines.iter().map(StoredLine::line).collect()
     }
 
     /// A viewer starts or stops following this stream's transcript.
@@ -365,16 +365,62 @@ fn line_size(l: &TranscriptLine) -> usize {
     l.text.len() + l.key.as_ref().map_or(0, String::len) + LINE_OVERHEAD
 }
 
+/// A transcript line as kept: exact-size text, the direction as a byte (an idle stream's
+/// negotiation transcript stays with it, so its form matters for memory per stream).
+#[derive(Debug, Clone)]
+struct StoredLine {
+    time_ms: u64,
+    dir: Dir,
+    text: Box<str>,
+    key: Option<Box<str>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Dir {
+    In,
+    Out,
+    Note,
+}
+
+impl StoredLine {
+    fn from(l: &TranscriptLine) -> StoredLine {
+        let dir = match l.dir.as_str() {
+            "in" => Dir::In,
+            "out" => Dir::Out,
+            _ => Dir::Note,
+        };
+        StoredLine { time_ms: l.time_ms, dir, text: l.text.as_str().into(), key: l.key.as_deref().map(Into::into) }
+    }
+
+    fn line(&self) -> TranscriptLine {
+        let dir = match self.dir {
+            Dir::In => "in",
+            Dir::Out => "out",
+            Dir::Note => "note",
+        };
+        TranscriptLine {
+            time_ms: self.time_ms,
+            dir: dir.to_owned(),
+            text: self.text.to_string(),
+            key: self.key.as_deref().map(str::to_owned),
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.text.len() + self.key.as_ref().map_or(0, |k| k.len()) + LINE_OVERHEAD
+    }
+}
+
 /// One stream's transcript with its size in bytes.
 #[derive(Debug, Default)]
 struct Transcript {
-    lines: VecDeque<TranscriptLine>,
+    lines: VecDeque<StoredLine>,
     bytes: usize,
 }
 
 impl Transcript {
     fn pop_front(&mut self) -> usize {
-        let n = self.lines.pop_front().map_or(0, |l| line_size(&l));
+        let n = self.lines.pop_front().map_or(0, |l| l.size());
         self.bytes -= n;
         n
     }
@@ -389,7 +435,7 @@ pub struct TranscriptBudget {
     total: usize,
     used: AtomicUsize,
     /// Transcripts of recently closed streams, oldest first, with their size.
-    closed: Mutex<VecDeque<(String, Vec<TranscriptLine>, usize)>>,
+    closed: Mutex<VecDeque<(String, Vec<StoredLine>, usize)>>,
 }
 
 impl TranscriptBudget {
@@ -431,7 +477,7 @@ impl TranscriptBudget {
     }
 
     fn closed_transcript(&self, id: &str) -> Option<Vec<TranscriptLine>> {
-        self.closed.lock().unwrap().iter().find(|(i, _, _)| i == id).map(|(_, t, _)| t.clone())
+        self.closed.lock().unwrap().iter().find(|(i, _, _)| i == id).map(|(_, t, _)| t.iter().map(StoredLine::line).collect())
     }
 }
 

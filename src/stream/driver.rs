@@ -138,6 +138,7 @@ impl Driver {
                         return Wake::Timer;
                     }
                     self.conn.trim();
+                    self.machine.trim();
                     self.trimmed = true;
                 }
                 p = self.conn.read_or_write() => match p {

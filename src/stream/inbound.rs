@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use super::Caps;
 use super::conn::{Conn, Transport};
@@ -80,7 +79,9 @@ async fn serve(caps: Arc<Caps>, entry: Arc<ConnEntry>, io: Transport, direct: Op
 }
 
 async fn session(d: &mut Driver) -> Ending {
-    let (answers_tx, mut answers) = mpsc::channel::<Answered>(16);
+    // Answers of the authoritative servers asked (at most `limits.max_verifications_in_flight`
+    // at once); a queue that holds nothing while no verification is under way.
+    let (answers_tx, mut answers) = crate::router::queue::queue::<Answered>(64, 64);
     let mut policy_changes = d.caps.policy_changes.clone();
     loop {
         while let Some(o) = d.machine.poll_output() {
@@ -125,11 +126,13 @@ async fn session(d: &mut Driver) -> Ending {
 }
 
 /// Receiving Server: ask the authoritative server over our outbound stream to it.
-fn ask_authoritative(caps: &Arc<Caps>, ask: Ask, tx: mpsc::Sender<Answered>) {
+fn ask_authoritative(caps: &Arc<Caps>, ask: Ask, tx: crate::router::queue::QueueTx<Answered>) {
     let router = caps.router.clone();
     caps.tasks.spawn(async move {
         let (answer, detail) = router.verify(&ask.local, &ask.remote, &ask.stream_id, &ask.key).await;
-        let _ = tx.send(Answered { local: ask.local, remote: ask.remote, answer, detail }).await;
+        if tx.try_send_weighted(Answered { local: ask.local, remote: ask.remote, answer, detail }, 1).is_err() {
+            tracing::debug!("a dialback answer arrived after its stream ended");
+        }
     });
 }
 

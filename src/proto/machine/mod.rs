@@ -322,6 +322,13 @@ impl Machine {
         self.out.pop_front()
     }
 
+    /// Give back the output queue's buffer while it is empty (an idle stream).
+    pub fn trim(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = VecDeque::new();
+        }
+    }
+
     /// Whether outputs wait to be carried out.
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()
