@@ -10,10 +10,11 @@ use std::fmt;
 
 /// A domain name as used in XMPP addressing (RFC 7622 §3.2): UTS #46-mapped (lower case,
 /// U-labels), no trailing dot, A-labels 1–63 bytes, at most 1023 bytes in all. IP literals
-/// stay as they are (and are refused where a domain is needed).
+/// stay as they are (and are refused where a domain is needed). Shared, not copied: a clone
+/// (route keys, pairs, proofs) costs no allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Domain(String);
+pub struct Domain(std::sync::Arc<str>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
@@ -58,7 +59,7 @@ impl Domain {
             return Err(DomainError::BadChar(s.to_owned(), c));
         }
         if is_ip6 || s.parse::<std::net::Ipv4Addr>().is_ok() {
-            return Ok(Domain(s.to_lowercase()));
+            return Ok(Domain(s.to_lowercase().into()));
         }
         let ascii = idna::domain_to_ascii_cow(s.as_bytes(), idna::AsciiDenyList::URL).map_err(|_| DomainError::Idna(s.to_owned()))?;
         if ascii.is_empty() {
@@ -71,10 +72,10 @@ impl Domain {
             return Err(DomainError::BadLabel(s.to_owned()));
         }
         if ascii.is_ascii() && !ascii.split('.').any(|l| l.starts_with("xn--")) {
-            return Ok(Domain(ascii.into_owned()));
+            return Ok(Domain(ascii.into_owned().into()));
         }
         match idna::domain_to_unicode(&ascii) {
-            (u, Ok(())) => Ok(Domain(u)),
+            (u, Ok(())) => Ok(Domain(u.into())),
             _ => Err(DomainError::Idna(s.to_owned())),
         }
     }
@@ -87,10 +88,9 @@ impl Domain {
     /// The A-label form: what DNS, TLS server names and certificate names use.
     pub fn ascii(&self) -> std::borrow::Cow<'_, str> {
         if self.0.is_ascii() {
-            return self.0.as_str().into();
+            return (&*self.0).into();
         }
-        idna::domain_to_ascii_cow(self.0.as_bytes(), idna::AsciiDenyList::URL)
-            .map_or_else(|_| self.0.as_str().into(), |a| a.into_owned().into())
+        idna::domain_to_ascii_cow(self.0.as_bytes(), idna::AsciiDenyList::URL).map_or_else(|_| (&*self.0).into(), |a| a.into_owned().into())
     }
 }
 
@@ -111,7 +111,7 @@ fn ldh(s: &str) -> Option<Domain> {
     if label_start == b.len() || b.len() - label_start > 63 || s.parse::<std::net::Ipv4Addr>().is_ok() {
         return None;
     }
-    Some(Domain(s.to_ascii_lowercase()))
+    Some(Domain(s.to_ascii_lowercase().into()))
 }
 
 impl fmt::Display for Domain {
@@ -129,7 +129,7 @@ impl TryFrom<String> for Domain {
 
 impl From<Domain> for String {
     fn from(d: Domain) -> String {
-        d.0
+        d.0.to_string()
     }
 }
 

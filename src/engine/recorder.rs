@@ -95,12 +95,12 @@ impl Recorder {
         if let Err(e) = self.store.add_outcome(&outcome) {
             tracing::error!("store: {e}");
         }
+        // One write of the domain's record per outcome: what it says about certificates,
+        // and the last verification.
+        let (mut cert_seen, mut downgrade) = (false, None);
         if outcome.result == VerificationResult::Valid {
             match outcome.method {
-                AuthMethod::SaslExternal | AuthMethod::DialbackWithValidCert => self.policy.note(&outcome.remote, |r| {
-                    r.cert_auth_seen = true;
-                    r.downgrade = None;
-                }),
+                AuthMethod::SaslExternal | AuthMethod::DialbackWithValidCert => cert_seen = true,
                 AuthMethod::Dialback if self.policy.record(&outcome.remote).is_some_and(|r| r.cert_auth_seen) => {
                     let text = format!(
                         "downgrade: {} authenticated by certificate before, now by dialback only ({})",
@@ -108,16 +108,26 @@ impl Recorder {
                         fmt_utc(outcome.time_ms)
                     );
                     tracing::warn!(stream = %outcome.stream, "{text}");
-                    self.policy.note(&outcome.remote, |r| r.downgrade = Some(text));
-                    if let Some(record) = self.policy.record(&outcome.remote) {
-                        let _ = self.events.send(Event::DomainChanged { record });
-                    }
+                    downgrade = Some(text);
                 }
                 _ => {}
             }
         }
         let last = format!("{} {}: {}", format!("{:?}", outcome.result).to_lowercase(), fmt_utc(outcome.time_ms), outcome.reason);
-        self.policy.note(&outcome.remote, |rec| rec.last_verification = Some(last));
+        let announce = downgrade.is_some();
+        self.policy.note(&outcome.remote, |rec| {
+            if cert_seen {
+                rec.cert_auth_seen = true;
+                rec.downgrade = None;
+            }
+            if let Some(d) = downgrade {
+                rec.downgrade = Some(d);
+            }
+            rec.last_verification = Some(last);
+        });
+        if announce && let Some(record) = self.policy.record(&outcome.remote) {
+            let _ = self.events.send(Event::DomainChanged { record });
+        }
         let level_valid = outcome.result == VerificationResult::Valid;
         if level_valid {
             tracing::info!(stream = %outcome.stream, local = %outcome.local, remote = %outcome.remote, "verified {}: {}", outcome.remote, outcome.reason);
