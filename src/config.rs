@@ -11,6 +11,8 @@ use crate::domain::Domain;
 pub use crate::net::dial::OutboundSettings;
 pub use crate::net::resolve::{DnsOverride, DnsSettings};
 pub use crate::net::tls::TlsSettings;
+pub use crate::policy::PolicySettings;
+pub use crate::store::StoreSettings;
 pub use crate::types::{AuthMode, DomainRule, Security};
 
 #[derive(Debug, thiserror::Error)]
@@ -204,26 +206,6 @@ pub struct Settings {
     pub log_level: String,
     pub log_file: Option<PathBuf>,
     pub outbound: OutboundSettings,
-}
-
-/// `[policy]`: the federation mode at first start (an operator's live change, persisted,
-/// wins afterwards) and how long a pending domain's streams are held.
-#[derive(Debug, Clone)]
-pub struct PolicySettings {
-    pub mode: crate::policy::Mode,
-    pub approval_wait: Duration,
-}
-
-/// `[store]`: retention and write cadence of history and outcomes.
-#[derive(Debug, Clone)]
-pub struct StoreSettings {
-    /// Records kept per time-ordered tree (outcomes, history, policy log).
-    pub max_records: usize,
-    pub max_age: Duration,
-    /// History and outcomes reach the disk at least this often.
-    pub flush_interval: Duration,
-    /// Open streams are snapshotted this often.
-    pub snapshot_interval: Duration,
 }
 
 /// `[limits]`: read from the file as is (every key optional, defaults below).

@@ -241,6 +241,14 @@ pub struct PolicyAction {
     pub reason: Option<String>,
 }
 
+/// `[policy]`: the federation mode at first start (an operator's live change, persisted,
+/// wins afterwards) and how long a pending domain's streams are held.
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    pub mode: Mode,
+    pub approval_wait: std::time::Duration,
+}
+
 /// A storage failure, in words (the backend's own error says which file and what to do).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -35,6 +35,18 @@ pub enum StoreError {
     Db { path: PathBuf, msg: String },
 }
 
+/// `[store]`: retention and write cadence of history and outcomes.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// Records kept per time-ordered tree (outcomes, history, policy log).
+    pub max_records: usize,
+    pub max_age: std::time::Duration,
+    /// History and outcomes reach the disk at least this often.
+    pub flush_interval: std::time::Duration,
+    /// Open streams are snapshotted this often.
+    pub snapshot_interval: std::time::Duration,
+}
+
 pub struct Store {
     db: sled::Db,
     meta: sled::Tree,
