@@ -13,27 +13,10 @@ use super::conn::{Conn, Transport};
 use super::driver::{Driver, Wake};
 use crate::domain::Domain;
 use crate::events::*;
-use crate::proto::machine::{EndKind, Ending, Input, Machine, Output, TlsFacts, TlsRole, verify_failure};
+use crate::proto::machine::{EndKind, Ending, Failure, Input, Machine, Output, TlsFacts, TlsRole, verify_failure};
 use crate::proto::stanza::{ErrorType, error_reply};
 use crate::router::{VerifyReply, VerifyRequest};
 use crate::table::ConnEntry;
-
-/// Why no connection could be made, and the stanza error condition queued stanzas bounce
-/// with (RFC 6120 §8.3.3).
-#[derive(Debug, Clone)]
-struct Failure {
-    condition: &'static str,
-    reason: String,
-}
-
-impl Failure {
-    fn new(reason: impl Into<String>) -> Failure {
-        Failure { condition: "remote-server-not-found", reason: reason.into() }
-    }
-    fn timeout(reason: impl Into<String>) -> Failure {
-        Failure { condition: "remote-server-timeout", reason: reason.into() }
-    }
-}
 
 pub async fn run(
     caps: Arc<Caps>,

@@ -16,7 +16,7 @@
 //! judge, stream ids) and, for inbound streams, an [`Admission`] slot.
 
 mod originating;
-pub use originating::verify_failure;
+pub use originating::{Failure, verify_failure};
 mod receiving;
 #[cfg(test)]
 mod tests;

@@ -67,17 +67,19 @@ pub(super) struct Originating {
     verifying: HashMap<String, Vec<u64>>,
 }
 
-/// Why a stream could not be set up, and what queued stanzas bounce with.
-struct Failure {
-    condition: &'static str,
-    reason: String,
+/// Why an outbound stream could not be set up (by the machine, or by its driver while
+/// dialling), and the stanza error condition queued stanzas bounce with (RFC 6120 §8.3.3).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub condition: &'static str,
+    pub reason: String,
 }
 
 impl Failure {
-    fn new(reason: impl Into<String>) -> Failure {
+    pub fn new(reason: impl Into<String>) -> Failure {
         Failure { condition: "remote-server-not-found", reason: reason.into() }
     }
-    fn timeout(reason: impl Into<String>) -> Failure {
+    pub fn timeout(reason: impl Into<String>) -> Failure {
         Failure { condition: "remote-server-timeout", reason: reason.into() }
     }
     fn policy(reason: impl Into<String>) -> Failure {
