@@ -560,3 +560,42 @@ async fn a_stream_blocked_in_a_write_still_reads_its_peer() {
     let reason = closed(&ev, &id).unwrap();
     assert!(reason.contains("closed by the peer"), "close reason: {reason}");
 }
+
+/// The negotiation deadline bounds writes only until the stream is authenticated: an
+/// authenticated inbound stream (after STARTTLS) whose answers the peer does not read
+/// (write deadline 10 min) is not closed when the 2 s negotiation deadline of its start has
+/// long passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_negotiation_deadline_does_not_cut_writes_of_established_streams() {
+    let dns = Dns::start().await;
+    let server = start_server("island.test", &dns, "[timeouts]\nwrite = \"10m\"\nnegotiation = \"2s\"\n").await;
+    let mut events = server.engine.subscribe();
+    let HandPlayed { mut to_server, from_server } = hand_played(&server, &dns, "reader.test").await;
+    let opened = std::time::Instant::now();
+    let inbound =
+        || server.engine.connections(false).into_iter().find(|c| c.direction == Direction::In).expect("the inbound stream still open");
+    let id = inbound().id;
+    // Authoritative-server questions whose answers pile up on the inbound stream, unread.
+    let mut batch = String::new();
+    for i in 0..2000 {
+        batch.push_str(&format!("<db:verify from='reader.test' to='island.test' id='s{i}'>{}</db:verify>", "ab".repeat(32)));
+    }
+    let (mut last, mut since) = (inbound().bytes_out, std::time::Instant::now());
+    for _ in 0..200 {
+        if tokio::time::timeout(Duration::from_secs(1), to_server.send(&batch)).await.is_err() {
+            break; // the server stopped reading: its unread output passed the high-water mark
+        }
+        let now = inbound().bytes_out;
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        } else if since.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+    }
+    // Well past the 2 s deadline of the stream's negotiation, with its writes waiting.
+    let quiet = Duration::from_secs(3).saturating_sub(opened.elapsed()) + Duration::from_secs(2);
+    let closed_early =
+        tokio::time::timeout(quiet, wait_event(&mut events, "the inbound stream closed", |e| closed(e, &id).is_some())).await;
+    assert!(closed_early.is_err(), "closed while its writes waited: {:?}", closed_early.ok().and_then(|e| closed(&e, &id)));
+    drop(from_server);
+}

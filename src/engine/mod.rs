@@ -63,9 +63,6 @@ pub struct Shared {
     pub listening_direct: Vec<SocketAddr>,
     pub store: Arc<Store>,
     pub policy: Arc<Policy>,
-    /// What every stream machine shares (hosted domains, its timeouts and limits, the
-    /// security rules, dialback keys, the policy view, the certificate judge).
-    pub stream_env: Arc<crate::proto::machine::Env>,
     /// Every per-stream and per-client task, so shutdown can wait for them (they hold the
     /// store, whose lock must be free when `shutdown` returns).
     pub tasks: tokio_util::task::TaskTracker,
@@ -288,7 +285,7 @@ impl Engine {
         let dials = Arc::new(tokio::sync::Semaphore::new(settings.outbound.max_dials));
         let tasks = tokio_util::task::TaskTracker::new();
         let streams = Arc::new(crate::stream::Caps {
-            env: stream_env.clone(),
+            env: stream_env,
             tls: tls.clone(),
             router: router.clone(),
             table: table.clone(),
@@ -325,7 +322,6 @@ impl Engine {
             listening_direct,
             store,
             policy,
-            stream_env,
             tasks,
             dials,
             gauges,

@@ -43,14 +43,7 @@ impl Transport {
     /// Wait until a read would find bytes, without holding a buffer meanwhile. Over TLS,
     /// plaintext rustls already holds counts as readable at once.
     pub async fn readable(&self) -> io::Result<()> {
-        match self {
-            Transport::Plain(tcp) => tcp.readable().await,
-            Transport::Tls(tls) => {
-                let (tcp, session) = tls.get_ref();
-                if session.wants_read() { tcp.readable().await } else { Ok(()) }
-            }
-            Transport::Gone => Err(io::Error::new(io::ErrorKind::NotConnected, "transport gone")),
-        }
+        std::future::poll_fn(|cx| self.poll_readable(cx)).await
     }
 }
 

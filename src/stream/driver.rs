@@ -21,11 +21,11 @@ pub struct Driver {
     pub machine: Machine,
     pub direction: Direction,
     /// Close requests for this stream.
-    pub control: crate::table::StreamControl,
+    control: crate::table::StreamControl,
     /// When the connection's buffers are given back if nothing happens until then.
-    pub trim_at: Option<Instant>,
+    trim_at: Option<Instant>,
     /// Given back already in this quiet spell.
-    pub trimmed: bool,
+    trimmed: bool,
 }
 
 /// How long a stream must be quiet before its buffers are given back.
@@ -41,6 +41,11 @@ pub enum Wake {
 }
 
 impl Driver {
+    pub fn new(caps: Arc<Caps>, entry: Arc<ConnEntry>, conn: Conn, machine: Machine, direction: Direction) -> Driver {
+        let control = entry.control();
+        Driver { caps, entry, conn, machine, direction, control, trim_at: None, trimmed: false }
+    }
+
     pub fn now() -> std::time::Instant {
         Instant::now().into_std()
     }
@@ -83,19 +88,24 @@ impl Driver {
         }
     }
 
+    /// What [`Driver::wait`] saw, fed to the machine.
+    pub fn on_wake(&mut self, w: Wake) {
+        match w {
+            Wake::Close(r) => self.feed(Input::Close { reason: r.reason, error: r.error }),
+            Wake::Timer => self.feed(Input::Timer),
+            Wake::Written => {}
+            Wake::Read(r) => self.on_read(r),
+        }
+    }
+
     /// What happened while reading, fed to the machine.
-    pub fn on_read(&mut self, r: Result<usize, ConnError>) {
+    fn on_read(&mut self, r: Result<usize, ConnError>) {
         match r {
             Ok(_) => self.feed(Input::Read),
             Err(ConnError::Eof) => self.feed(Input::ReadError(ReadError::Eof)),
             Err(ConnError::Io(e)) => self.feed(Input::ReadError(ReadError::Io(e.to_string()))),
             Err(ConnError::Xml(e)) => self.feed(Input::ReadError(ReadError::Xml(e))),
         }
-    }
-
-    /// A close request (operator, policy, shutdown), as input.
-    pub fn close_requested(&mut self, r: crate::table::CloseRequest) {
-        self.feed(Input::Close { reason: r.reason, error: r.error });
     }
 
     /// Carry out an output every role has; the others are handed back.
@@ -116,6 +126,8 @@ impl Driver {
     /// [`IDLE_TRIM`] gives its buffers back meanwhile (idle streams cost little memory).
     pub async fn wait(&mut self) -> Wake {
         loop {
+            // Writes end at the negotiation deadline only while the stream is unauthenticated.
+            self.conn.set_deadline(self.machine.write_deadline().map(Instant::from_std));
             let deadline = self.machine.deadline().map(Instant::from_std);
             let trim =
                 (!self.trimmed && !self.conn.has_pending_output()).then(|| *self.trim_at.get_or_insert_with(|| Instant::now() + IDLE_TRIM));

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use super::Caps;
 use super::conn::{Conn, Transport};
-use super::driver::{Driver, Wake};
+use super::driver::Driver;
 use crate::domain::Domain;
 use crate::events::*;
 use crate::limits::InboundSlot;
@@ -59,16 +59,7 @@ async fn serve(caps: Arc<Caps>, entry: Arc<ConnEntry>, io: Transport, direct: Op
     let peer = entry.peer_addr().unwrap_or_default();
     let conn = Conn::new(io, entry.clone(), &caps.settings.limits, caps.settings.timeouts.write);
     let machine = Machine::receiving(caps.env.clone(), entry.id.as_str().into(), Driver::now(), direct, Box::new(slot));
-    let mut d = Driver {
-        caps: caps.clone(),
-        entry: entry.clone(),
-        conn,
-        machine,
-        direction: Direction::In,
-        control: entry.control(),
-        trim_at: None,
-        trimmed: false,
-    };
+    let mut d = Driver::new(caps.clone(), entry.clone(), conn, machine, Direction::In);
     let end = session(&mut d).await;
     match &end.error {
         Some(e) => tracing::warn!(stream = %entry.id, %peer, "closing inbound stream: {e}"),
@@ -101,9 +92,6 @@ async fn session(d: &mut Driver) -> Ending {
         if d.parse_one() {
             continue;
         }
-        if d.machine.is_closed() {
-            continue;
-        }
         let now_wake = tokio::select! {
             biased;
             Some(a) = answers.recv() => {
@@ -116,12 +104,7 @@ async fn session(d: &mut Driver) -> Ending {
             }
             w = d.wait() => w,
         };
-        match now_wake {
-            Wake::Close(r) => d.close_requested(r),
-            Wake::Timer => d.feed(Input::Timer),
-            Wake::Written => {}
-            Wake::Read(r) => d.on_read(r),
-        }
+        d.on_wake(now_wake);
     }
 }
 

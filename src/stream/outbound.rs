@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use super::Caps;
 use super::conn::{Conn, Transport};
-use super::driver::{Driver, Wake};
+use super::driver::Driver;
 use crate::domain::Domain;
 use crate::events::*;
 use crate::proto::machine::{EndKind, Ending, Failure, Input, Machine, Output, TlsFacts, TlsRole, verify_failure};
@@ -49,16 +49,7 @@ pub async fn run(
             let conn = Conn::new(Transport::Plain(tcp), entry.clone(), &caps.settings.limits, caps.settings.timeouts.write);
             let machine =
                 Machine::originating(caps.env.clone(), entry.id.as_str().into(), Driver::now(), local.clone(), remote.clone(), direct);
-            let mut d = Driver {
-                caps: caps.clone(),
-                entry: entry.clone(),
-                conn,
-                machine,
-                direction: Direction::Out,
-                control: entry.control(),
-                trim_at: None,
-                trimmed: false,
-            };
+            let mut d = Driver::new(caps.clone(), entry.clone(), conn, machine, Direction::Out);
             let end = session(&mut d, &local, &remote, &mut stanzas, &mut verifies, &mut waiting).await;
             (end, Some(d))
         }
@@ -165,9 +156,6 @@ async fn session(
         if d.parse_one() {
             continue;
         }
-        if d.machine.is_closed() {
-            continue;
-        }
         // Stanzas leave their bounded queue only as fast as the peer reads (backpressure).
         let stanzas_open = d.machine.accepts_stanzas() && d.conn.pending_output() < STANZA_HIGH_WATER;
         let verifies_open = d.machine.accepts_verifies();
@@ -204,12 +192,7 @@ async fn session(
             }
             w = d.wait() => w,
         };
-        match wake {
-            Wake::Close(r) => d.close_requested(r),
-            Wake::Timer => d.feed(Input::Timer),
-            Wake::Written => {}
-            Wake::Read(r) => d.on_read(r),
-        }
+        d.on_wake(wake);
     }
 }
 

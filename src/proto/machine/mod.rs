@@ -329,11 +329,6 @@ impl Machine {
         }
     }
 
-    /// Whether outputs wait to be carried out.
-    pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
-    }
-
     /// When [`Input::Timer`] is due next.
     pub fn deadline(&self) -> Option<Instant> {
         if self.closed {

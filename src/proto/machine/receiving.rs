@@ -183,7 +183,7 @@ impl Receiving {
             Some(&self.stream_id),
         )));
         if let Err(e) = check_header(&h) {
-            return cx.close(Ending { reason: format!("sent {e}"), ..Ending::error(e.condition, e.text.clone()) });
+            return cx.close(Ending::error(e.condition, e.text));
         }
         let Some(local) = local.filter(|d| env.is_hosted(d)) else {
             return cx.close(Ending::error(
