@@ -294,16 +294,8 @@ impl Originating {
                     Frame::StreamOpen(_) => return self.fail(cx, Failure::new("unexpected second stream header"), false),
                 };
                 if let Some(pair) = sasl {
-                    cx.observe(Observed::Pair {
-                        local: self.local.clone(),
-                        remote: self.remote.clone(),
-                        status: PairStatus::Valid,
-                        method: AuthMethod::SaslExternal,
-                    });
-                    cx.state(ConnState::Established);
                     let why = format!("{} accepted our certificate (SASL EXTERNAL)", self.remote);
-                    cx.outcome(&self.local, &self.remote, AuthMethod::SaslExternal, VerificationResult::Valid, why);
-                    return self.authorised(cx, now, pair);
+                    return self.authorised(cx, now, pair, why);
                 }
                 self.on_features(cx, now, features, stream_id);
             }
@@ -354,16 +346,8 @@ impl Originating {
                     match (ours, &db.answer) {
                         (true, Some(Answer::Valid)) => {
                             let pair = ValidPair::by_dialback(&self.local, &self.remote, &Answer::Valid).expect("a valid answer");
-                            cx.observe(Observed::Pair {
-                                local: self.local.clone(),
-                                remote: self.remote.clone(),
-                                status: PairStatus::Valid,
-                                method: AuthMethod::Dialback,
-                            });
-                            cx.state(ConnState::Established);
                             let why = format!("{} accepted our dialback key", self.remote);
-                            cx.outcome(&self.local, &self.remote, AuthMethod::Dialback, VerificationResult::Valid, why);
-                            self.authorised(cx, now, pair);
+                            self.authorised(cx, now, pair, why);
                         }
                         (true, Some(a)) => {
                             cx.observe(Observed::PairRemoved { local: self.local.clone(), remote: self.remote.clone() });
@@ -475,9 +459,13 @@ impl Originating {
         self.state = State::Dialback { until: now + cx.env.timeouts.dialback };
     }
 
-    /// Authenticated: the policy decides whether traffic flows now, waits for the
-    /// operator, or never.
-    fn authorised(&mut self, cx: &mut Cx, now: Instant, pair: ValidPair) {
+    /// Authenticated (`why`, for the record): the pair is valid on this stream; the policy
+    /// decides whether traffic flows now, waits for the operator, or never.
+    fn authorised(&mut self, cx: &mut Cx, now: Instant, pair: ValidPair, why: String) {
+        let method = pair.method();
+        cx.observe(Observed::Pair { local: self.local.clone(), remote: self.remote.clone(), status: PairStatus::Valid, method });
+        cx.state(ConnState::Established);
+        cx.outcome(&self.local, &self.remote, method, VerificationResult::Valid, why);
         self.last_write = now;
         self.last_stanza = now;
         match cx.env.policy.verdict(&self.remote) {
