@@ -179,9 +179,14 @@ async fn spoof(port: u16) -> std::io::Result<()> {
     let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).map_err(std::io::Error::other)?;
     let ctx = TlsContext::from_parts(vec![ck.cert.der().clone()], key, &[Domain::parse(claimed).expect("valid")])
         .map_err(std::io::Error::other)?;
-    let connector = tokio_rustls::TlsConnector::from(ctx.client_config(&Domain::parse(claimed).expect("valid")));
-    let tls = connector.connect(rustls::pki_types::ServerName::try_from(DEMO_DOMAIN).map_err(std::io::Error::other)?, tcp).await?;
-    let mut io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
+    let config = ctx.client_config(&Domain::parse(claimed).expect("valid"));
+    let tls = crate::net::tls_io::TlsIo::connect(
+        tcp,
+        config,
+        rustls::pki_types::ServerName::try_from(DEMO_DOMAIN).map_err(std::io::Error::other)?,
+    )
+    .await?;
+    let mut io = Transport::Tls(Box::new(tls));
     let mut framer = Framer::new(1 << 20, 32);
     io.write_all(hdr.as_bytes()).await?;
     until(&mut io, &mut framer, |f| matches!(f, Frame::Element(e) if e.name == "features")).await?;

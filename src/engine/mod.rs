@@ -642,9 +642,20 @@ pub async fn change_mode(shared: &Shared, mode: Mode, who: &str) -> Result<Vec<S
 /// How often memory freed by idle streams (their buffers) is handed back to the system.
 pub const RELEASE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Give free heap pages back to the system: idle streams drop their buffers, but the C
+static RELEASE_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// How to give free pages back, for a binary that chose its own global allocator (the
+/// library cannot know which); unset, the C library's `malloc_trim`.
+pub fn set_memory_release(release: fn()) {
+    let _ = RELEASE_HOOK.set(release);
+}
+
+/// Give free heap pages back to the system: idle streams drop their buffers, but an
 /// allocator keeps freed pages in the process (its resident memory) until asked.
 fn release_memory() {
+    if let Some(release) = RELEASE_HOOK.get() {
+        return release();
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {

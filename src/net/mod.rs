@@ -4,3 +4,4 @@ pub mod certs;
 pub mod dial;
 pub mod resolve;
 pub mod tls;
+pub mod tls_io;

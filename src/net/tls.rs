@@ -191,11 +191,14 @@ impl TlsContext {
         let algs = provider.signature_verification_algorithms;
         let mut server = HashMap::new();
         let mut client = HashMap::new();
+        // One chain serves every hosted domain today; the map is per domain so each can
+        // get its own certificate without touching the stream code. SNI carries A-labels.
+        let by_name: HashMap<String, Arc<CertifiedKey>> =
+            domains.iter().map(|d| (d.ascii().to_ascii_lowercase(), certified.clone())).collect();
         for d in domains {
-            // One chain serves every hosted domain today; the map is per domain so each can
-            // get its own certificate without touching the stream code.
-            let resolver =
-                Arc::new(DomainCert { by_name: HashMap::from([(d.to_string(), certified.clone())]), fallback: certified.clone() });
+            // Without SNI (Prosody sends none on STARTTLS) the stream's `to` picks the config,
+            // and so the certificate.
+            let resolver = Arc::new(DomainCert { by_name: by_name.clone(), fallback: by_name[&d.ascii().to_ascii_lowercase()].clone() });
             let sc = ServerConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| TlsError::Setup(e.to_string()))?

@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Duration, Instant};
 
+use crate::net::tls_io::TlsIo;
 use crate::proto::stream::StreamError;
 use crate::table::ConnEntry;
 use crate::xml::writer::{masked_key, write_top};
@@ -18,7 +19,8 @@ use crate::xml::{Element, Frame, Framer, XmlError};
 /// Plain TCP before STARTTLS, TLS after.
 pub enum Transport {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    /// Boxed: the session state is large beside a socket.
+    Tls(Box<TlsIo>),
     /// Only while upgrading.
     Gone,
 }
@@ -32,16 +34,13 @@ impl Transport {
     pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Transport::Plain(tcp) => tcp.poll_read_ready(cx),
-            Transport::Tls(tls) => {
-                let (tcp, session) = tls.get_ref();
-                if session.wants_read() { tcp.poll_read_ready(cx) } else { Poll::Ready(Ok(())) }
-            }
+            Transport::Tls(tls) => tls.poll_readable(cx),
             Transport::Gone => Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, "transport gone"))),
         }
     }
 
     /// Wait until a read would find bytes, without holding a buffer meanwhile. Over TLS,
-    /// plaintext rustls already holds counts as readable at once.
+    /// plaintext already decrypted counts as readable at once.
     pub async fn readable(&self) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poll_readable(cx)).await
     }
@@ -236,6 +235,9 @@ impl Conn {
     /// next bytes.
     pub fn trim(&mut self) {
         self.framer.trim();
+        if let Transport::Tls(tls) = &mut self.io {
+            tls.trim();
+        }
         if self.out.is_empty() && self.out.capacity() > 0 {
             self.out = String::new();
         }

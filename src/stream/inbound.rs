@@ -14,6 +14,7 @@ use super::driver::Driver;
 use crate::domain::Domain;
 use crate::events::*;
 use crate::limits::InboundSlot;
+use crate::net::tls_io::TlsIo;
 use crate::proto::dialback::Answer;
 use crate::proto::machine::{Ask, Ending, Input, Machine, Output, TlsFacts, TlsRole};
 use crate::table::ConnEntry;
@@ -37,22 +38,18 @@ pub async fn run_direct(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot:
     let entry = caps.table.open(Direction::In, &caps.shutdown);
     entry.set_peer_addr(peer);
     entry.set_state(ConnState::Tls);
-    let handshake = async {
-        let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-        let sni = start.client_hello().server_name().and_then(|n| Domain::parse(n).ok()).filter(|d| caps.env.is_hosted(d));
-        let local = sni.unwrap_or_else(|| caps.settings.domains[0].clone());
-        start.into_stream(caps.tls.get().server_config(&local)).await
-    };
-    let tls = match tokio::time::timeout(caps.settings.timeouts.negotiation, Box::pin(handshake)).await {
+    // The certificate follows SNI (a hosted domain's own, else the first domain's).
+    let config = caps.tls.get().server_config(&caps.settings.domains[0]);
+    let tls = match tokio::time::timeout(caps.settings.timeouts.negotiation, Box::pin(TlsIo::accept(tcp, config))).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return caps.observer.closed(&entry, &format!("direct TLS handshake failed: {e}")),
         Err(_) => return caps.observer.closed(&entry, "direct TLS handshake timed out (timeouts.negotiation)"),
     };
-    let (_, session) = tls.get_ref();
+    let session = tls.session();
     let facts =
         TlsFacts { chain: session.peer_certificates().map(|c| c.to_vec()).unwrap_or_default(), at: rustls::pki_types::UnixTime::now() };
     entry.tls_established("direct TLS (XEP-0368)", session, None);
-    serve(caps, entry, Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))), Some(facts), slot).await;
+    serve(caps, entry, Transport::Tls(Box::new(tls)), Some(facts), slot).await;
 }
 
 async fn serve(caps: Arc<Caps>, entry: Arc<ConnEntry>, io: Transport, direct: Option<TlsFacts>, slot: InboundSlot) {
@@ -129,20 +126,20 @@ async fn starttls(d: &mut Driver, local: &Domain) {
     let Transport::Plain(tcp) = std::mem::replace(&mut d.conn.io, Transport::Gone) else {
         return d.feed(Input::TlsFailed("transport in an unexpected state".into()));
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(d.caps.tls.get().server_config(local));
+    let config = d.caps.tls.get().server_config(local);
     let deadline = d
         .machine
         .write_deadline()
         .map_or_else(|| tokio::time::Instant::now() + d.caps.settings.timeouts.negotiation, tokio::time::Instant::from_std);
-    match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))).await {
+    match tokio::time::timeout_at(deadline, Box::pin(TlsIo::accept(tcp, config))).await {
         Ok(Ok(tls)) => {
-            let (_, session) = tls.get_ref();
+            let session = tls.session();
             let facts = TlsFacts {
                 chain: session.peer_certificates().map(|c| c.to_vec()).unwrap_or_default(),
                 at: rustls::pki_types::UnixTime::now(),
             };
             d.entry.tls_established("TLS", session, None);
-            d.conn.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
+            d.conn.io = Transport::Tls(Box::new(tls));
             d.feed(Input::TlsEstablished(facts));
         }
         Ok(Err(e)) => d.feed(Input::TlsFailed(e.to_string())),

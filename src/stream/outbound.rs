@@ -13,6 +13,7 @@ use super::conn::{Conn, Transport};
 use super::driver::Driver;
 use crate::domain::Domain;
 use crate::events::*;
+use crate::net::tls_io::TlsIo;
 use crate::proto::machine::{EndKind, Ending, Failure, Input, Machine, Output, TlsFacts, TlsRole, verify_failure};
 use crate::proto::stanza::{ErrorType, error_reply};
 use crate::router::{VerifyReply, VerifyRequest};
@@ -213,7 +214,6 @@ async fn tls_client(d: &mut Driver, local: &Domain, remote: &Domain, direct: boo
         c.alpn_protocols = vec![b"xmpp-server".to_vec()];
         config = Arc::new(c);
     }
-    let connector = tokio_rustls::TlsConnector::from(config);
     let name = match rustls::pki_types::ServerName::try_from(remote.ascii().into_owned()) {
         Ok(n) => n,
         Err(e) => return d.feed(Input::TlsFailed(format!("{remote} is not a valid TLS server name: {e}"))),
@@ -222,15 +222,15 @@ async fn tls_client(d: &mut Driver, local: &Domain, remote: &Domain, direct: boo
         .machine
         .write_deadline()
         .map_or_else(|| tokio::time::Instant::now() + d.caps.settings.timeouts.negotiation, tokio::time::Instant::from_std);
-    match tokio::time::timeout_at(deadline, Box::pin(connector.connect(name, tcp))).await {
+    match tokio::time::timeout_at(deadline, Box::pin(TlsIo::connect(tcp, config, name))).await {
         Ok(Ok(tls)) => {
-            let (_, session) = tls.get_ref();
+            let session = tls.session();
             let facts = TlsFacts {
                 chain: session.peer_certificates().map(|c| c.to_vec()).unwrap_or_default(),
                 at: rustls::pki_types::UnixTime::now(),
             };
             d.entry.tls_established(if direct { "direct TLS (XEP-0368)" } else { "TLS" }, session, None);
-            d.conn.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
+            d.conn.io = Transport::Tls(Box::new(tls));
             d.feed(Input::TlsEstablished(facts));
         }
         Ok(Err(e)) => d.feed(Input::TlsFailed(e.to_string())),

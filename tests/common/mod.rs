@@ -13,7 +13,6 @@ use drawbridge::engine::Engine;
 use drawbridge::net::tls::TlsContext;
 use drawbridge::proto::ns;
 use drawbridge::proto::stream::{StreamError, StreamErrorCondition};
-use drawbridge::stream::Transport;
 use drawbridge::xml::{Element, Frame, Framer, StreamHeader};
 use hickory_server::Server;
 use hickory_server::proto::rr::rdata::{A, SOA, SRV};
@@ -152,9 +151,55 @@ pub fn peer_tls(domain: &str) -> TlsContext {
     TlsContext::from_parts(chain, key, &[Domain::parse(domain).unwrap()]).unwrap()
 }
 
+/// A test peer's transport. Its TLS is tokio-rustls (rustls's buffered connection): an
+/// implementation independent of the server's own transport.
+pub enum PeerIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    Gone,
+}
+
+impl tokio::io::AsyncRead for PeerIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerIo::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            PeerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+            PeerIo::Gone => std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for PeerIo {
+    fn poll_write(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, b: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            PeerIo::Plain(s) => std::pin::Pin::new(s).poll_write(cx, b),
+            PeerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, b),
+            PeerIo::Gone => std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerIo::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            PeerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+            PeerIo::Gone => std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerIo::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            PeerIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+            PeerIo::Gone => std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
 /// A hand-driven peer: bytes out, frames in.
 pub struct RawPeer {
-    pub io: Transport,
+    pub io: PeerIo,
     pub framer: Framer,
 }
 
@@ -169,7 +214,7 @@ impl RawPeer {
     }
 
     pub fn from_tcp(tcp: TcpStream) -> RawPeer {
-        RawPeer { io: Transport::Plain(tcp), framer: Framer::new(1 << 20, 64) }
+        RawPeer { io: PeerIo::Plain(tcp), framer: Framer::new(1 << 20, 64) }
     }
 
     pub async fn send(&mut self, s: &str) {
@@ -267,11 +312,11 @@ impl RawPeer {
         self.send_el(&Element::new("starttls", ns::TLS)).await;
         let p = self.next_el().await.expect("proceed");
         assert!(p.is("proceed", ns::TLS), "expected <proceed/>, got {p:?}");
-        let Transport::Plain(tcp) = std::mem::replace(&mut self.io, Transport::Gone) else { panic!() };
+        let PeerIo::Plain(tcp) = std::mem::replace(&mut self.io, PeerIo::Gone) else { panic!() };
         let connector = tokio_rustls::TlsConnector::from(ctx.client_config(&Domain::parse(from).unwrap()));
         let name = rustls_pki_types::ServerName::try_from(to.to_owned()).unwrap();
         let tls = within("TLS handshake", connector.connect(name, tcp)).await.unwrap();
-        self.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
+        self.io = PeerIo::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
         self.framer = Framer::new(1 << 20, 64);
         self.open(from, to).await
     }
@@ -301,7 +346,7 @@ pub async fn wait_event(
 /// stream id we gave it.
 pub async fn accept_as_server(listener: &TcpListener, domain: &str) -> (RawPeer, String) {
     let (tcp, _) = within("the server's connection", listener.accept()).await.unwrap();
-    let mut p = RawPeer { io: Transport::Plain(tcp), framer: Framer::new(1 << 20, 64) };
+    let mut p = RawPeer { io: PeerIo::Plain(tcp), framer: Framer::new(1 << 20, 64) };
     let h = match p.next().await {
         Some(Frame::StreamOpen(h)) => h,
         other => panic!("expected a header, got {other:?}"),
@@ -312,11 +357,11 @@ pub async fn accept_as_server(listener: &TcpListener, domain: &str) -> (RawPeer,
     let st = p.next_el().await.expect("starttls");
     assert!(st.is("starttls", ns::TLS));
     p.send("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
-    let Transport::Plain(tcp) = std::mem::replace(&mut p.io, Transport::Gone) else { panic!() };
+    let PeerIo::Plain(tcp) = std::mem::replace(&mut p.io, PeerIo::Gone) else { panic!() };
     let ctx = peer_tls(domain);
     let acceptor = tokio_rustls::TlsAcceptor::from(ctx.server_config(&Domain::parse(domain).unwrap()));
     let tls = within("TLS accept", acceptor.accept(tcp)).await.unwrap();
-    p.io = Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
+    p.io = PeerIo::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
     p.framer = Framer::new(1 << 20, 64);
     match p.next().await {
         Some(Frame::StreamOpen(_)) => {}

@@ -1,0 +1,394 @@
+//! A TLS connection over TCP that holds no buffer while idle.
+//!
+//! rustls's buffered connection (what tokio-rustls wraps) keeps a 4 KiB record buffer for
+//! the life of the connection: 8 KiB per federated pair that sits idle most of its life.
+//! Here rustls's unbuffered API does the protocol and this type owns the bytes: received
+//! ciphertext, decrypted plaintext not yet read, ciphertext not yet written. Each is empty
+//! between bursts, and [`TlsIo::trim`] gives their memory back.
+//!
+//! Bounds (what a peer can make us hold): received ciphertext at most one record plus one
+//! read (rustls refuses records over 16 KiB + overhead, and handshake messages over 64 KiB);
+//! plaintext at most what the records read in one call decrypted to; ciphertext out at most
+//! [`MAX_ENCRYPT`] per write call plus what rustls itself asks to send.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use rustls::client::UnbufferedClientConnection;
+use rustls::pki_types::ServerName;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus, WriteTraffic};
+use rustls::{ClientConfig, CommonState, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Bytes of TCP read at a time into the ciphertext buffer.
+const READ_CHUNK: usize = 4096;
+/// Plaintext taken per write call (encrypted in one go into records of up to 16 KiB).
+pub const MAX_ENCRYPT: usize = 64 * 1024;
+/// Received ciphertext kept before a record completes: a handshake message may span
+/// several records (rustls caps it at 64 KiB), application records are ≤ 16 KiB + 2 KiB.
+const MAX_INCOMING: usize = 72 * 1024;
+
+enum Session {
+    Client(UnbufferedClientConnection),
+    Server(UnbufferedServerConnection),
+}
+
+/// What one pass over the received bytes found.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Handshake done, application data may flow.
+    Ready,
+    /// The handshake needs the peer's next flight.
+    NeedRead,
+    /// The peer sent close_notify.
+    PeerClosed,
+}
+
+/// An established (or establishing) TLS session over a TCP stream.
+pub struct TlsIo {
+    tcp: TcpStream,
+    session: Session,
+    /// Received ciphertext; `incoming[..used]` not yet processed.
+    incoming: Vec<u8>,
+    used: usize,
+    /// Decrypted plaintext; `plain[plain_pos..]` not yet read.
+    plain: Vec<u8>,
+    plain_pos: usize,
+    /// Ciphertext to write; `outgoing[out_pos..]` not yet written.
+    outgoing: Vec<u8>,
+    out_pos: usize,
+    peer_closed: bool,
+    /// TCP end of stream seen.
+    eof: bool,
+    close_notify_sent: bool,
+}
+
+/// Where one rustls step puts its results.
+struct Sink<'a> {
+    plain: &'a mut Vec<u8>,
+    plain_pos: &'a mut usize,
+    outgoing: &'a mut Vec<u8>,
+    peer_closed: &'a mut bool,
+}
+
+impl Sink<'_> {
+    /// Apply one state of rustls; returns bytes to discard from the received ones and, when
+    /// rustls waits for the peer or for us, where it stands.
+    fn take<D>(&mut self, status: UnbufferedStatus<'_, '_, D>) -> io::Result<(usize, Option<Step>)> {
+        let UnbufferedStatus { mut discard, state } = status;
+        let step = match state.map_err(tls_error)? {
+            ConnectionState::ReadTraffic(mut r) => {
+                while let Some(rec) = r.next_record() {
+                    let rec = rec.map_err(tls_error)?;
+                    discard += rec.discard;
+                    if *self.plain_pos == self.plain.len() {
+                        self.plain.clear();
+                        *self.plain_pos = 0;
+                    }
+                    self.plain.extend_from_slice(rec.payload);
+                }
+                None
+            }
+            ConnectionState::EncodeTlsData(mut e) => {
+                let start = self.outgoing.len();
+                let mut room = 1024;
+                loop {
+                    self.outgoing.resize(start + room, 0);
+                    match e.encode(&mut self.outgoing[start..]) {
+                        Ok(n) => {
+                            self.outgoing.truncate(start + n);
+                            break;
+                        }
+                        Err(EncodeError::InsufficientSize(s)) if s.required_size > room => room = s.required_size,
+                        Err(e) => {
+                            self.outgoing.truncate(start);
+                            return Err(io::Error::other(e.to_string()));
+                        }
+                    }
+                }
+                None
+            }
+            // Queued in `outgoing`, which is written before anything queued later.
+            ConnectionState::TransmitTlsData(t) => {
+                t.done();
+                None
+            }
+            ConnectionState::BlockedHandshake => Some(Step::NeedRead),
+            ConnectionState::WriteTraffic(_) => Some(Step::Ready),
+            ConnectionState::PeerClosed | ConnectionState::Closed => {
+                *self.peer_closed = true;
+                Some(Step::PeerClosed)
+            }
+            ConnectionState::ReadEarlyData(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected TLS early data")),
+            _ => return Err(io::Error::other("unknown TLS connection state")),
+        };
+        Ok((discard, step))
+    }
+}
+
+/// Encrypt if rustls offers writing now; returns bytes to discard and whether it did.
+fn write_traffic<D>(
+    status: UnbufferedStatus<'_, '_, D>,
+    outgoing: &mut Vec<u8>,
+    data: &[u8],
+    close_notify: bool,
+) -> io::Result<(usize, bool)> {
+    let discard = status.discard;
+    match status.state.map_err(tls_error)? {
+        ConnectionState::WriteTraffic(mut w) => {
+            encrypt_into(&mut w, outgoing, data, close_notify)?;
+            Ok((discard, true))
+        }
+        _ => Ok((discard, false)),
+    }
+}
+
+/// Encrypt into the end of `outgoing`, growing it to what rustls says it needs.
+fn encrypt_into<D>(w: &mut WriteTraffic<'_, D>, outgoing: &mut Vec<u8>, data: &[u8], close_notify: bool) -> io::Result<()> {
+    let start = outgoing.len();
+    let mut room = data.len() + data.len() / 16 + 64;
+    loop {
+        outgoing.resize(start + room, 0);
+        let r = if close_notify { w.queue_close_notify(&mut outgoing[start..]) } else { w.encrypt(data, &mut outgoing[start..]) };
+        match r {
+            Ok(n) => {
+                outgoing.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(s)) if s.required_size > room => room = s.required_size,
+            Err(e) => {
+                outgoing.truncate(start);
+                return Err(io::Error::other(e.to_string()));
+            }
+        }
+    }
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl TlsIo {
+    /// The handshake as a client (SNI and the name verified: `name`).
+    pub async fn connect(tcp: TcpStream, config: Arc<ClientConfig>, name: ServerName<'static>) -> io::Result<TlsIo> {
+        let session = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
+        TlsIo::new(tcp, Session::Client(session)).handshake().await
+    }
+
+    /// The handshake as a server.
+    pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsIo> {
+        let session = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+        TlsIo::new(tcp, Session::Server(session)).handshake().await
+    }
+
+    fn new(tcp: TcpStream, session: Session) -> TlsIo {
+        TlsIo {
+            tcp,
+            session,
+            incoming: Vec::new(),
+            used: 0,
+            plain: Vec::new(),
+            plain_pos: 0,
+            outgoing: Vec::new(),
+            out_pos: 0,
+            peer_closed: false,
+            eof: false,
+            close_notify_sent: false,
+        }
+    }
+
+    /// The session's facts: version, cipher suite, the peer's certificates, ALPN.
+    pub fn session(&self) -> &CommonState {
+        match &self.session {
+            Session::Client(c) => c,
+            Session::Server(s) => s,
+        }
+    }
+
+    async fn handshake(mut self) -> io::Result<TlsIo> {
+        loop {
+            let step = self.process()?;
+            std::future::poll_fn(|cx| self.poll_write_out(cx)).await?;
+            match step {
+                Step::Ready => return Ok(self),
+                Step::PeerClosed => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed during the TLS handshake")),
+                Step::NeedRead => {
+                    if std::future::poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed during the TLS handshake"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run rustls over the received bytes: decrypted application data goes to `plain`,
+    /// what rustls wants sent to `outgoing`; returns when it needs bytes or may write.
+    fn process(&mut self) -> io::Result<Step> {
+        loop {
+            let TlsIo { session, incoming, used, plain, plain_pos, outgoing, peer_closed, .. } = self;
+            let incoming = &mut incoming[..*used];
+            let mut out = Sink { plain, plain_pos, outgoing, peer_closed };
+            let (discard, step) = match session {
+                Session::Client(c) => out.take(c.process_tls_records(incoming))?,
+                Session::Server(s) => out.take(s.process_tls_records(incoming))?,
+            };
+            self.discard(discard);
+            if let Some(step) = step {
+                return Ok(step);
+            }
+        }
+    }
+
+    fn discard(&mut self, n: usize) {
+        if n > 0 {
+            self.incoming.copy_within(n..self.used, 0);
+            self.used -= n;
+        }
+    }
+
+    /// Read more ciphertext from TCP. Ok(0) at end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.used >= MAX_INCOMING {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "TLS record too large")));
+        }
+        if self.incoming.len() < self.used + READ_CHUNK {
+            self.incoming.resize(self.used + READ_CHUNK, 0);
+        }
+        let mut buf = ReadBuf::new(&mut self.incoming[self.used..]);
+        ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut buf))?;
+        let n = buf.filled().len();
+        self.used += n;
+        if n == 0 {
+            self.eof = true;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Write queued ciphertext; Ready once all of it is written.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_pos < self.outgoing.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.out_pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_pos += n;
+        }
+        self.outgoing.clear();
+        self.out_pos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Encrypt application data (or close_notify) into `outgoing`: the session must be
+    /// established and still able to send.
+    fn encrypt(&mut self, data: &[u8], close_notify: bool) -> io::Result<()> {
+        // A pass that reports the peer's close lets the next one offer writing (or not).
+        for _ in 0..3 {
+            self.process()?;
+            let TlsIo { session, incoming, used, outgoing, .. } = self;
+            let incoming = &mut incoming[..*used];
+            let (discard, done) = match session {
+                Session::Client(c) => write_traffic(c.process_tls_records(incoming), outgoing, data, close_notify)?,
+                Session::Server(s) => write_traffic(s.process_tls_records(incoming), outgoing, data, close_notify)?,
+            };
+            self.discard(discard);
+            if done {
+                return Ok(());
+            }
+        }
+        Err(io::Error::new(io::ErrorKind::BrokenPipe, "the TLS session can no longer send"))
+    }
+
+    /// Readable now (plaintext held, or the peer closed) or once TCP has bytes.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.plain_pos < self.plain.len() || self.peer_closed || self.eof {
+            return Poll::Ready(Ok(()));
+        }
+        self.tcp.poll_read_ready(cx)
+    }
+
+    /// Give back the buffers that hold nothing.
+    pub fn trim(&mut self) {
+        if self.used == 0 && self.incoming.capacity() > 0 {
+            self.incoming = Vec::new();
+        }
+        if self.plain_pos == self.plain.len() && self.plain.capacity() > 0 {
+            self.plain = Vec::new();
+            self.plain_pos = 0;
+        }
+        if self.out_pos == self.outgoing.len() && self.outgoing.capacity() > 0 {
+            self.outgoing = Vec::new();
+            self.out_pos = 0;
+        }
+    }
+}
+
+impl AsyncRead for TlsIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.plain_pos < this.plain.len() {
+                let n = buf.remaining().min(this.plain.len() - this.plain_pos);
+                buf.put_slice(&this.plain[this.plain_pos..this.plain_pos + n]);
+                this.plain_pos += n;
+                if this.plain_pos == this.plain.len() {
+                    this.plain.clear();
+                    this.plain_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.peer_closed || this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            this.process()?;
+            // What rustls wants sent in reply (a key update, an alert) goes out as the
+            // socket allows; a write that waits does not hold up reading.
+            if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if this.plain_pos < this.plain.len() || this.peer_closed {
+                continue;
+            }
+            ready!(this.poll_fill(cx))?;
+        }
+    }
+}
+
+impl AsyncWrite for TlsIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // Backpressure: new plaintext only once the ciphertext before it is on its way.
+        ready!(this.poll_write_out(cx))?;
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = data.len().min(MAX_ENCRYPT);
+        this.encrypt(&data[..n], false)?;
+        // Start writing at once; what the socket does not take waits for the next call.
+        if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_out(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    /// close_notify (RFC 8446 §6.1), then the TCP shutdown.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_notify_sent {
+            ready!(this.poll_write_out(cx))?;
+            this.close_notify_sent = true;
+            this.encrypt(&[], true)?;
+        }
+        ready!(this.poll_write_out(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
