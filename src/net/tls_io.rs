@@ -392,3 +392,163 @@ impl AsyncWrite for TlsIo {
         Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::domain::Domain;
+    use crate::net::tls::TlsContext;
+
+    fn context(name: &str) -> TlsContext {
+        let ck = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+        TlsContext::from_parts(vec![ck.cert.der().clone()], key, &[Domain::parse(name).unwrap()]).unwrap()
+    }
+
+    /// Our server side against tokio-rustls (rustls's buffered connection) as the client.
+    async fn server_and_peer() -> (TlsIo, tokio_rustls::client::TlsStream<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = context("server.test");
+        let client = context("client.test");
+        let config = client.client_config(&Domain::parse("client.test").unwrap());
+        let peer = async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("server.test").unwrap();
+            tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap()
+        };
+        let ours = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            TlsIo::accept(tcp, server.server_config(&Domain::parse("server.test").unwrap())).await.unwrap()
+        };
+        tokio::join!(ours, peer)
+    }
+
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[tokio::test]
+    async fn large_transfers_cross_intact_both_ways() {
+        let (mut ours, mut peer) = server_and_peer().await;
+        assert!(ours.session().peer_certificates().is_some_and(|c| !c.is_empty()), "the client's certificate is known");
+        // More than one write call (MAX_ENCRYPT) and many 16 KiB records each way, at once.
+        let up = pattern(300 * 1024, 1);
+        let down = pattern(200 * 1024 + 7, 2);
+        let (u, d) = (up.clone(), down.clone());
+        let peer_side = async move {
+            let mut got = vec![0; d.len()];
+            let (mut r, mut w) = tokio::io::split(&mut peer);
+            let send = async {
+                w.write_all(&u).await.unwrap();
+                w.flush().await.unwrap();
+            };
+            let recv = async { r.read_exact(&mut got).await.unwrap() };
+            tokio::join!(send, recv);
+            got
+        };
+        let our_side = async {
+            let mut got = vec![0; up.len()];
+            let (mut r, mut w) = tokio::io::split(&mut ours);
+            let send = async {
+                w.write_all(&down).await.unwrap();
+                w.flush().await.unwrap();
+            };
+            let recv = async { r.read_exact(&mut got).await.unwrap() };
+            tokio::join!(send, recv);
+            got
+        };
+        let (peer_got, ours_got) = tokio::join!(peer_side, our_side);
+        assert!(peer_got == down, "the peer received what we sent");
+        assert!(ours_got == up, "we received what the peer sent");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_gives_its_buffers_back_and_reads_on() {
+        let (mut ours, mut peer) = server_and_peer().await;
+        peer.write_all(b"<presence/>").await.unwrap();
+        peer.flush().await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = ours.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"<presence/>");
+        ours.write_all(b"<presence type='probe'/>").await.unwrap();
+        ours.flush().await.unwrap();
+        assert!(ours.incoming.capacity() > 0, "reading took a buffer");
+        ours.trim();
+        assert_eq!((ours.incoming.capacity(), ours.plain.capacity(), ours.outgoing.capacity()), (0, 0, 0));
+        // Readiness without a buffer, then the next bytes as usual.
+        peer.write_all(b"<message/>").await.unwrap();
+        peer.flush().await.unwrap();
+        std::future::poll_fn(|cx| ours.poll_readable(cx)).await.unwrap();
+        let n = ours.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"<message/>");
+        let mut got = [0u8; 24];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"<presence type='probe'/>");
+    }
+
+    #[tokio::test]
+    async fn close_notify_reads_as_the_end_both_ways() {
+        let (mut ours, mut peer) = server_and_peer().await;
+        ours.shutdown().await.unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(peer.read_to_end(&mut buf).await.unwrap(), 0, "our close_notify ends the peer's reading");
+        peer.shutdown().await.unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(ours.read(&mut buf).await.unwrap(), 0, "the peer's close_notify ends ours");
+    }
+
+    #[tokio::test]
+    async fn our_client_side_talks_to_a_buffered_server() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = context("server.test");
+        let client = context("client.test");
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config(&Domain::parse("server.test").unwrap()));
+        let peer = async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut buf = vec![0; 40_000];
+            tls.read_exact(&mut buf).await.unwrap();
+            tls.write_all(&buf).await.unwrap();
+            tls.flush().await.unwrap();
+            tls
+        };
+        let ours = async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("server.test").unwrap();
+            let mut tls = TlsIo::connect(tcp, client.client_config(&Domain::parse("client.test").unwrap()), name).await.unwrap();
+            let data = pattern(40_000, 9);
+            tls.write_all(&data).await.unwrap();
+            tls.flush().await.unwrap();
+            let mut back = vec![0; data.len()];
+            tls.read_exact(&mut back).await.unwrap();
+            assert!(back == data, "the echo came back intact");
+            tls
+        };
+        let (_peer, ours) = tokio::join!(peer, ours);
+        assert_eq!(crate::net::tls::session_facts(ours.session()).0, "TLS 1.3");
+    }
+
+    /// Bytes that are not TLS end the handshake with an error, holding at most one record.
+    #[tokio::test]
+    async fn garbage_instead_of_a_handshake_fails_cleanly() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = context("server.test");
+        let sender = tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            // A handshake record header announcing 64 KiB, then filler.
+            let _ = tcp.write_all(&[0x16, 0x03, 0x03, 0xff, 0xff]).await;
+            let _ = tcp.write_all(&vec![0x41; 128 * 1024]).await;
+            tcp
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let r = TlsIo::accept(tcp, server.server_config(&Domain::parse("server.test").unwrap())).await;
+        assert!(r.is_err(), "not a TLS handshake");
+        drop(sender);
+    }
+}
