@@ -16,6 +16,7 @@ pub mod engine;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gateway;
 pub mod limits;
 pub mod net;
 pub mod policy;

@@ -21,6 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["table"],
     &["router"],
     &["stream"],
+    &["gateway"],
     &["engine"],
     &["control"],
     &["dashboard"],
