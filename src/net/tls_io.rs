@@ -68,14 +68,17 @@ pub struct TlsIo {
 }
 
 /// Where one rustls step puts its results.
-struct Sink<'a> {
+struct Sink<'a, 'w> {
     plain: &'a mut Vec<u8>,
     plain_pos: &'a mut usize,
     outgoing: &'a mut Vec<u8>,
     peer_closed: &'a mut bool,
+    /// Application data (or close_notify, when `true`) to encrypt once rustls offers writing;
+    /// taken when done.
+    write: Option<(&'w [u8], bool)>,
 }
 
-impl Sink<'_> {
+impl Sink<'_, '_> {
     /// Apply one state of rustls; returns bytes to discard from the received ones and, when
     /// rustls waits for the peer or for us, where it stands.
     fn take<D>(&mut self, status: UnbufferedStatus<'_, '_, D>) -> io::Result<(usize, Option<Step>)> {
@@ -118,7 +121,12 @@ impl Sink<'_> {
                 None
             }
             ConnectionState::BlockedHandshake => Some(Step::NeedRead),
-            ConnectionState::WriteTraffic(_) => Some(Step::Ready),
+            ConnectionState::WriteTraffic(mut w) => {
+                if let Some((data, close_notify)) = self.write.take() {
+                    encrypt_into(&mut w, self.outgoing, data, close_notify)?;
+                }
+                Some(Step::Ready)
+            }
             ConnectionState::PeerClosed | ConnectionState::Closed => {
                 *self.peer_closed = true;
                 Some(Step::PeerClosed)
@@ -127,23 +135,6 @@ impl Sink<'_> {
             _ => return Err(io::Error::other("unknown TLS connection state")),
         };
         Ok((discard, step))
-    }
-}
-
-/// Encrypt if rustls offers writing now; returns bytes to discard and whether it did.
-fn write_traffic<D>(
-    status: UnbufferedStatus<'_, '_, D>,
-    outgoing: &mut Vec<u8>,
-    data: &[u8],
-    close_notify: bool,
-) -> io::Result<(usize, bool)> {
-    let discard = status.discard;
-    match status.state.map_err(tls_error)? {
-        ConnectionState::WriteTraffic(mut w) => {
-            encrypt_into(&mut w, outgoing, data, close_notify)?;
-            Ok((discard, true))
-        }
-        _ => Ok((discard, false)),
     }
 }
 
@@ -228,17 +219,25 @@ impl TlsIo {
     /// Run rustls over the received bytes: decrypted application data goes to `plain`,
     /// what rustls wants sent to `outgoing`; returns when it needs bytes or may write.
     fn process(&mut self) -> io::Result<Step> {
+        self.pass(None).map(|(step, _)| step)
+    }
+
+    /// [`TlsIo::process`], encrypting `write` into `outgoing` as soon as rustls offers
+    /// writing; says whether it did.
+    fn pass(&mut self, mut write: Option<(&[u8], bool)>) -> io::Result<(Step, bool)> {
+        let wants_write = write.is_some();
         loop {
             let TlsIo { session, incoming, used, plain, plain_pos, outgoing, peer_closed, .. } = self;
             let incoming = &mut incoming[..*used];
-            let mut out = Sink { plain, plain_pos, outgoing, peer_closed };
+            let mut out = Sink { plain, plain_pos, outgoing, peer_closed, write: write.take() };
             let (discard, step) = match session {
                 Session::Client(c) => out.take(c.process_tls_records(incoming))?,
                 Session::Server(s) => out.take(s.process_tls_records(incoming))?,
             };
+            write = out.write;
             self.discard(discard);
             if let Some(step) = step {
-                return Ok(step);
+                return Ok((step, wants_write && write.is_none()));
             }
         }
     }
@@ -285,17 +284,9 @@ impl TlsIo {
     /// Encrypt application data (or close_notify) into `outgoing`: the session must be
     /// established and still able to send.
     fn encrypt(&mut self, data: &[u8], close_notify: bool) -> io::Result<()> {
-        // A pass that reports the peer's close lets the next one offer writing (or not).
-        for _ in 0..3 {
-            self.process()?;
-            let TlsIo { session, incoming, used, outgoing, .. } = self;
-            let incoming = &mut incoming[..*used];
-            let (discard, done) = match session {
-                Session::Client(c) => write_traffic(c.process_tls_records(incoming), outgoing, data, close_notify)?,
-                Session::Server(s) => write_traffic(s.process_tls_records(incoming), outgoing, data, close_notify)?,
-            };
-            self.discard(discard);
-            if done {
+        // The pass that reports the peer's close lets the next one offer writing (or not).
+        for _ in 0..2 {
+            if self.pass(Some((data, close_notify)))?.1 {
                 return Ok(());
             }
         }

@@ -202,3 +202,14 @@ pub fn observe(observer: &dyn super::Observer, entry: &ConnEntry, direction: Dir
         o => entry.apply(&o),
     }
 }
+
+/// A TLS session is up: the table notes it (version, cipher, the peer's certificate) and the
+/// machine gets its facts (the chain, judged once the claimed domain is known).
+pub fn tls_established(entry: &ConnEntry, how: &str, tls: &crate::net::tls_io::TlsIo) -> crate::proto::machine::TlsFacts {
+    let session = tls.session();
+    entry.tls_established(how, session, None);
+    crate::proto::machine::TlsFacts {
+        chain: session.peer_certificates().map(|c| c.to_vec()).unwrap_or_default(),
+        at: rustls::pki_types::UnixTime::now(),
+    }
+}

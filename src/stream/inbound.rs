@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use super::Caps;
 use super::conn::{Conn, Transport};
-use super::driver::Driver;
+use super::driver::{Driver, tls_established};
 use crate::domain::Domain;
 use crate::events::*;
 use crate::limits::InboundSlot;
@@ -45,10 +45,7 @@ pub async fn run_direct(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot:
         Ok(Err(e)) => return caps.observer.closed(&entry, &format!("direct TLS handshake failed: {e}")),
         Err(_) => return caps.observer.closed(&entry, "direct TLS handshake timed out (timeouts.negotiation)"),
     };
-    let session = tls.session();
-    let facts =
-        TlsFacts { chain: session.peer_certificates().map(|c| c.to_vec()).unwrap_or_default(), at: rustls::pki_types::UnixTime::now() };
-    entry.tls_established("direct TLS (XEP-0368)", session, None);
+    let facts = tls_established(&entry, "direct TLS (XEP-0368)", &tls);
     serve(caps, entry, Transport::Tls(Box::new(tls)), Some(facts), slot).await;
 }
 
@@ -133,12 +130,7 @@ async fn starttls(d: &mut Driver, local: &Domain) {
         .map_or_else(|| tokio::time::Instant::now() + d.caps.settings.timeouts.negotiation, tokio::time::Instant::from_std);
     match tokio::time::timeout_at(deadline, Box::pin(TlsIo::accept(tcp, config))).await {
         Ok(Ok(tls)) => {
-            let session = tls.session();
-            let facts = TlsFacts {
-                chain: session.peer_certificates().map(|c| c.to_vec()).unwrap_or_default(),
-                at: rustls::pki_types::UnixTime::now(),
-            };
-            d.entry.tls_established("TLS", session, None);
+            let facts = tls_established(&d.entry, "TLS", &tls);
             d.conn.io = Transport::Tls(Box::new(tls));
             d.feed(Input::TlsEstablished(facts));
         }

@@ -10,11 +10,11 @@ use tokio::net::TcpStream;
 
 use super::Caps;
 use super::conn::{Conn, Transport};
-use super::driver::Driver;
+use super::driver::{Driver, tls_established};
 use crate::domain::Domain;
 use crate::events::*;
 use crate::net::tls_io::TlsIo;
-use crate::proto::machine::{EndKind, Ending, Failure, Input, Machine, Output, TlsFacts, TlsRole, verify_failure};
+use crate::proto::machine::{EndKind, Ending, Failure, Input, Machine, Output, TlsRole, verify_failure};
 use crate::proto::stanza::{ErrorType, error_reply};
 use crate::router::{VerifyReply, VerifyRequest};
 use crate::table::ConnEntry;
@@ -224,12 +224,7 @@ async fn tls_client(d: &mut Driver, local: &Domain, remote: &Domain, direct: boo
         .map_or_else(|| tokio::time::Instant::now() + d.caps.settings.timeouts.negotiation, tokio::time::Instant::from_std);
     match tokio::time::timeout_at(deadline, Box::pin(TlsIo::connect(tcp, config, name))).await {
         Ok(Ok(tls)) => {
-            let session = tls.session();
-            let facts = TlsFacts {
-                chain: session.peer_certificates().map(|c| c.to_vec()).unwrap_or_default(),
-                at: rustls::pki_types::UnixTime::now(),
-            };
-            d.entry.tls_established(if direct { "direct TLS (XEP-0368)" } else { "TLS" }, session, None);
+            let facts = tls_established(&d.entry, if direct { "direct TLS (XEP-0368)" } else { "TLS" }, &tls);
             d.conn.io = Transport::Tls(Box::new(tls));
             d.feed(Input::TlsEstablished(facts));
         }
