@@ -94,6 +94,11 @@ async fn transcripts_record_negotiation_and_mask_keys() {
     assert_eq!(db.key.as_ref().map(|k| k.len()), Some(64), "the key is kept apart for an operator who reveals it");
     assert!(!db.text.contains(db.key.as_deref().unwrap()));
     assert!(t.iter().any(|l| l.dir == "in" && l.text.contains("type='valid'")));
+    // The receiving side's transcript ends with the answer that established the stream.
+    let inbound =
+        b.engine.connections(false).into_iter().find(|c| c.direction == Direction::In && c.remote.as_deref() == Some("a.test")).unwrap();
+    let bt = b.engine.shared.table.transcript(&inbound.id).unwrap();
+    assert!(bt.iter().any(|l| l.dir == "out" && l.text.contains("<db:result") && l.text.contains("type='valid'")), "{bt:#?}");
 
     // A refused attempt: its transcript is still there after the stream closed.
     drawbridge::engine::change_domain(

@@ -125,6 +125,9 @@ impl Driver {
     /// peer does not take within its deadline fails the stream). A stream quiet for
     /// [`IDLE_TRIM`] gives its buffers back meanwhile (idle streams cost little memory).
     pub async fn wait(&mut self) -> Wake {
+        // The machine's outputs of this turn are out (a negotiation that ended in it is
+        // recorded whole).
+        self.entry.turn_done();
         loop {
             // Writes end at the negotiation deadline only while the stream is unauthenticated.
             self.conn.set_deadline(self.machine.write_deadline().map(Instant::from_std));
@@ -151,6 +154,7 @@ impl Driver {
                     }
                     self.conn.trim();
                     self.machine.trim();
+                    self.entry.quiet();
                     self.trimmed = true;
                 }
                 p = self.conn.read_or_write() => match p {

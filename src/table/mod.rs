@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, watch};
@@ -14,6 +14,10 @@ use crate::domain::Domain;
 use crate::events::*;
 use crate::proto::machine::Observed;
 use crate::proto::stream::{StreamError, StreamErrorCondition};
+
+mod transcript;
+use transcript::Transcript;
+pub use transcript::{LINE_OVERHEAD, TranscriptBudget, line_size};
 
 /// Per-stream counters, updated by the stream's own task.
 #[derive(Debug, Default)]
@@ -76,9 +80,10 @@ pub struct ConnEntry {
     events: broadcast::Sender<Event>,
     transcript: Mutex<Transcript>,
     budget: Arc<TranscriptBudget>,
-    /// Everything is recorded until the stream is established; afterwards only while
-    /// someone watches (the stanza path then pays nothing for transcripts).
-    negotiating: AtomicBool,
+    /// Everything is recorded until the stream is established (and what it wrote in the
+    /// same turn: the answer that established it); afterwards only while someone watches
+    /// (the stanza path then pays nothing for transcripts). A [`Capture`] as a byte.
+    capture: AtomicU8,
     watchers: AtomicUsize,
 }
 
@@ -124,7 +129,7 @@ impl ConnEntry {
 
     pub fn set_state(&self, state: ConnState) {
         if state == ConnState::Established {
-            self.negotiating.store(false, Ordering::Relaxed);
+            let _ = self.capture.compare_exchange(Capture::Negotiating as u8, Capture::Ending as u8, Ordering::Relaxed, Ordering::Relaxed);
         }
         {
             let mut i = self.info.lock().unwrap();
@@ -286,7 +291,21 @@ impl ConnEntry {
 
     /// Whether transcript lines are being recorded now.
     pub fn capturing(&self) -> bool {
-        self.negotiating.load(Ordering::Relaxed) || self.watchers.load(Ordering::Relaxed) > 0
+        self.capture.load(Ordering::Relaxed) != Capture::Done as u8 || self.watchers.load(Ordering::Relaxed) > 0
+    }
+
+    /// The stream's task finished a turn (its machine's outputs are written out): a
+    /// negotiation that ended in it is over for the transcript.
+    pub fn turn_done(&self) {
+        let _ = self.capture.compare_exchange(Capture::Ending as u8, Capture::Done as u8, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The stream is quiet: unless someone watches or it still negotiates, its transcript
+    /// is packed (see [`transcript`]).
+    pub fn quiet(&self) {
+        if !self.capturing() {
+            self.transcript.lock().unwrap().pack();
+        }
     }
 
     /// Record a transcript line (call only when [`ConnEntry::capturing`]): the bytes as
@@ -312,7 +331,7 @@ impl ConnEntry {
         {
             let mut t = self.transcript.lock().unwrap();
             let mut freed = 0;
-            while !t.lines.is_empty() && (t.lines.len() >= b.lines || t.bytes + size > b.per_stream) {
+            while !t.is_empty() && (t.len() >= b.lines || t.bytes + size > b.per_stream) {
                 freed += t.pop_front();
             }
             b.release(freed);
@@ -320,7 +339,7 @@ impl ConnEntry {
             let mut reserved = b.reserve(size);
             while !reserved {
                 if !b.evict_closed() {
-                    if t.lines.is_empty() {
+                    if t.is_empty() {
                         break;
                     }
                     b.release(t.pop_front());
@@ -328,8 +347,7 @@ impl ConnEntry {
                 reserved = b.reserve(size);
             }
             if reserved {
-                t.bytes += size;
-                t.lines.push_back(StoredLine::from(&line));
+                t.push(&line);
             }
         }
         // The event channel keeps up to its capacity of events for a slow subscriber: each
@@ -342,7 +360,7 @@ impl ConnEntry {
     }
 
     pub fn transcript(&self) -> Vec<TranscriptLine> {
-        self.transcript.lock().unwrap().lines.iter().map(StoredLine::line).collect()
+        self.transcript.lock().unwrap().lines()
     }
 
     /// A viewer starts or stops following this stream's transcript.
@@ -355,131 +373,18 @@ impl ConnEntry {
     }
 }
 
+/// Where a stream's transcript capture is.
+#[repr(u8)]
+enum Capture {
+    Negotiating,
+    /// Established in the task's current turn.
+    Ending,
+    /// Only while watched.
+    Done,
+}
+
 /// Bytes of a transcript line carried by its live event.
 pub const EVENT_TEXT: usize = 8 * 1024;
-
-/// Bytes a transcript line costs beyond its text and key (struct, allocation headers).
-const LINE_OVERHEAD: usize = 96;
-
-fn line_size(l: &TranscriptLine) -> usize {
-    l.text.len() + l.key.as_ref().map_or(0, String::len) + LINE_OVERHEAD
-}
-
-/// A transcript line as kept: exact-size text, the direction as a byte (an idle stream's
-/// negotiation transcript stays with it, so its form matters for memory per stream).
-#[derive(Debug, Clone)]
-struct StoredLine {
-    time_ms: u64,
-    dir: Dir,
-    text: Box<str>,
-    key: Option<Box<str>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Dir {
-    In,
-    Out,
-    Note,
-}
-
-impl StoredLine {
-    fn from(l: &TranscriptLine) -> StoredLine {
-        let dir = match l.dir.as_str() {
-            "in" => Dir::In,
-            "out" => Dir::Out,
-            _ => Dir::Note,
-        };
-        StoredLine { time_ms: l.time_ms, dir, text: l.text.as_str().into(), key: l.key.as_deref().map(Into::into) }
-    }
-
-    fn line(&self) -> TranscriptLine {
-        let dir = match self.dir {
-            Dir::In => "in",
-            Dir::Out => "out",
-            Dir::Note => "note",
-        };
-        TranscriptLine {
-            time_ms: self.time_ms,
-            dir: dir.to_owned(),
-            text: self.text.to_string(),
-            key: self.key.as_deref().map(str::to_owned),
-        }
-    }
-
-    fn size(&self) -> usize {
-        self.text.len() + self.key.as_ref().map_or(0, |k| k.len()) + LINE_OVERHEAD
-    }
-}
-
-/// One stream's transcript with its size in bytes.
-#[derive(Debug, Default)]
-struct Transcript {
-    lines: VecDeque<StoredLine>,
-    bytes: usize,
-}
-
-impl Transcript {
-    fn pop_front(&mut self) -> usize {
-        let n = self.lines.pop_front().map_or(0, |l| l.size());
-        self.bytes -= n;
-        n
-    }
-}
-
-/// Transcript limits: per stream (lines and bytes) and for all streams together, live and
-/// recently closed (`[limits] transcript_lines`, `transcript_bytes`, `transcript_total_bytes`).
-#[derive(Debug)]
-pub struct TranscriptBudget {
-    lines: usize,
-    per_stream: usize,
-    total: usize,
-    used: AtomicUsize,
-    /// Transcripts of recently closed streams, oldest first, with their size.
-    closed: Mutex<VecDeque<(String, Vec<StoredLine>, usize)>>,
-}
-
-impl TranscriptBudget {
-    pub fn new(lines: usize, per_stream: usize, total: usize) -> Self {
-        TranscriptBudget { lines, per_stream, total, used: AtomicUsize::new(0), closed: Mutex::new(VecDeque::new()) }
-    }
-
-    /// Bytes held by all transcripts now.
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
-    }
-
-    fn reserve(&self, n: usize) -> bool {
-        self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u + n <= self.total).then_some(u + n)).is_ok()
-    }
-
-    fn release(&self, n: usize) {
-        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(n)));
-    }
-
-    /// Drop the oldest closed stream's transcript; false if there is none.
-    fn evict_closed(&self) -> bool {
-        let Some((_, _, n)) = self.closed.lock().unwrap().pop_front() else { return false };
-        self.release(n);
-        true
-    }
-
-    fn keep_closed(&self, id: &str, t: Transcript, keep: usize) {
-        let mut c = self.closed.lock().unwrap();
-        while c.len() >= keep.max(1) {
-            let Some((_, _, n)) = c.pop_front() else { break };
-            self.release(n);
-        }
-        if keep == 0 {
-            self.release(t.bytes);
-            return;
-        }
-        c.push_back((id.to_owned(), t.lines.into(), t.bytes));
-    }
-
-    fn closed_transcript(&self, id: &str) -> Option<Vec<TranscriptLine>> {
-        self.closed.lock().unwrap().iter().find(|(i, _, _)| i == id).map(|(_, t, _)| t.iter().map(StoredLine::line).collect())
-    }
-}
 
 impl Drop for ConnEntry {
     fn drop(&mut self) {
@@ -533,7 +438,7 @@ impl ConnTable {
             events: self.events.clone(),
             transcript: Mutex::new(Transcript::default()),
             budget: self.budget.clone(),
-            negotiating: AtomicBool::new(true),
+            capture: AtomicU8::new(Capture::Negotiating as u8),
             watchers: AtomicUsize::new(0),
         });
         entry.counters.last_activity_ms.store(entry.opened_ms, Ordering::Relaxed);
@@ -680,6 +585,36 @@ mod tests {
         let n = seen.expect("a transcript event");
         assert!(n < EVENT_TEXT + 64, "{n}");
         assert_eq!(a.transcript()[0].text.len(), 200_000, "the transcript keeps the whole line");
+    }
+
+    #[test]
+    fn negotiation_is_recorded_to_the_end_of_its_turn_then_packed_while_quiet() {
+        let t = table(100, 1 << 20, 1 << 22, 10);
+        let a = t.open(Direction::In, &CancellationToken::new());
+        a.record("in", "<db:result from='b.test' to='a.test'>[dialback key hidden]</db:result>".into(), Some("k".repeat(64)));
+        a.apply(&Observed::State(ConnState::Established));
+        assert!(a.capturing(), "what the turn that established the stream writes is still recorded");
+        a.record("out", "<db:result from='a.test' to='b.test' type='valid'/>".into(), None);
+        a.quiet();
+        assert!(!a.transcript.lock().unwrap().is_packed(), "not while the negotiation's turn is open");
+        a.turn_done();
+        assert!(!a.capturing(), "established and its turn over: stanzas are not recorded");
+        let before = a.transcript();
+        a.quiet();
+        assert!(a.transcript.lock().unwrap().is_packed());
+        assert_eq!(a.transcript(), before, "read back from the packed form");
+        // Someone watches: lines are recorded again after the packed ones; not packed then.
+        a.watch(true);
+        a.record("in", "<message from='x@b.test' to='y@a.test'/>".into(), None);
+        a.quiet();
+        let now = a.transcript();
+        assert!(!a.transcript.lock().unwrap().is_packed());
+        assert_eq!((now.len(), &now[..2], now[1].dir.as_str()), (3, &before[..], "out"));
+        assert_eq!(now[0].key.as_deref().map(str::len), Some(64));
+        a.watch(false);
+        a.quiet();
+        assert!(a.transcript.lock().unwrap().is_packed());
+        assert_eq!(t.transcript_budget().used(), now.iter().map(line_size).sum::<usize>());
     }
 
     #[test]
