@@ -146,6 +146,15 @@ impl<T> QueueRx<T> {
         Some(item)
     }
 
+    /// The link is quiet: an empty queue gives its buffer back (kept between the items of a
+    /// busy link).
+    pub fn trim(&mut self) {
+        let mut s = self.q.lock();
+        if s.items.is_empty() {
+            s.items = VecDeque::new();
+        }
+    }
+
     /// No more items are accepted; those queued can still be taken.
     pub fn close(&mut self) {
         self.q.lock().closed = true;

@@ -38,6 +38,8 @@ pub enum Wake {
     Written,
     Timer,
     Close(crate::table::CloseRequest),
+    /// Quiet for a while: the connection gave its buffers back; the caller trims its own.
+    Quiet,
 }
 
 impl Driver {
@@ -93,7 +95,7 @@ impl Driver {
         match w {
             Wake::Close(r) => self.feed(Input::Close { reason: r.reason, error: r.error }),
             Wake::Timer => self.feed(Input::Timer),
-            Wake::Written => {}
+            Wake::Written | Wake::Quiet => {}
             Wake::Read(r) => self.on_read(r),
         }
     }
@@ -128,44 +130,43 @@ impl Driver {
         // The machine's outputs of this turn are out (a negotiation that ended in it is
         // recorded whole).
         self.entry.turn_done();
-        loop {
-            // Writes end at the negotiation deadline only while the stream is unauthenticated.
-            self.conn.set_deadline(self.machine.write_deadline().map(Instant::from_std));
-            let deadline = self.machine.deadline().map(Instant::from_std);
-            let trim =
-                (!self.trimmed && !self.conn.has_pending_output()).then(|| *self.trim_at.get_or_insert_with(|| Instant::now() + IDLE_TRIM));
-            let (at, trimming) = match (deadline, trim) {
-                (Some(d), Some(t)) if t < d => (Some(t), true),
-                (None, Some(t)) => (Some(t), true),
-                (d, _) => (d, false),
-            };
-            let write_deadline = self.conn.write_deadline();
-            tokio::select! {
-                biased;
-                r = self.control.closed() => return Wake::Close(r),
-                _ = sleep_until(write_deadline.as_ref().map(|w| w.0)) => {
-                    let why = write_deadline.map(|w| w.1).unwrap_or_default();
-                    self.feed(Input::WriteFailed(why));
-                    return Wake::Written;
-                }
-                _ = sleep_until(at) => {
-                    if !trimming {
-                        return Wake::Timer;
-                    }
-                    self.conn.trim();
-                    self.machine.trim();
-                    self.entry.quiet();
-                    self.trimmed = true;
-                }
-                p = self.conn.read_or_write() => match p {
-                    Progress::Read(r) => return Wake::Read(r),
-                    Progress::Written(Ok(())) => return Wake::Written,
-                    Progress::Written(Err(e)) => {
-                        self.feed(Input::WriteFailed(e.to_string()));
-                        return Wake::Written;
-                    }
-                },
+        // Writes end at the negotiation deadline only while the stream is unauthenticated.
+        self.conn.set_deadline(self.machine.write_deadline().map(Instant::from_std));
+        let deadline = self.machine.deadline().map(Instant::from_std);
+        let trim =
+            (!self.trimmed && !self.conn.has_pending_output()).then(|| *self.trim_at.get_or_insert_with(|| Instant::now() + IDLE_TRIM));
+        let (at, trimming) = match (deadline, trim) {
+            (Some(d), Some(t)) if t < d => (Some(t), true),
+            (None, Some(t)) => (Some(t), true),
+            (d, _) => (d, false),
+        };
+        let write_deadline = self.conn.write_deadline();
+        tokio::select! {
+            biased;
+            r = self.control.closed() => Wake::Close(r),
+            _ = sleep_until(write_deadline.as_ref().map(|w| w.0)) => {
+                let why = write_deadline.map(|w| w.1).unwrap_or_default();
+                self.feed(Input::WriteFailed(why));
+                Wake::Written
             }
+            _ = sleep_until(at) => {
+                if !trimming {
+                    return Wake::Timer;
+                }
+                self.conn.trim();
+                self.machine.trim();
+                self.entry.quiet();
+                self.trimmed = true;
+                Wake::Quiet
+            }
+            p = self.conn.read_or_write() => match p {
+                Progress::Read(r) => Wake::Read(r),
+                Progress::Written(Ok(())) => Wake::Written,
+                Progress::Written(Err(e)) => {
+                    self.feed(Input::WriteFailed(e.to_string()));
+                    Wake::Written
+                }
+            },
         }
     }
 

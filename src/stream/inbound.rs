@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use super::Caps;
 use super::conn::{Conn, Transport};
-use super::driver::{Driver, tls_established};
+use super::driver::{Driver, Wake, tls_established};
 use crate::domain::Domain;
 use crate::events::*;
 use crate::limits::InboundSlot;
@@ -98,6 +98,9 @@ async fn session(d: &mut Driver) -> Ending {
             }
             w = d.wait() => w,
         };
+        if matches!(now_wake, Wake::Quiet) {
+            answers.trim();
+        }
         d.on_wake(now_wake);
     }
 }

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use super::Caps;
 use super::conn::{Conn, Transport};
-use super::driver::{Driver, tls_established};
+use super::driver::{Driver, Wake, tls_established};
 use crate::domain::Domain;
 use crate::events::*;
 use crate::net::tls_io::TlsIo;
@@ -193,6 +193,11 @@ async fn session(
             }
             w = d.wait() => w,
         };
+        if matches!(wake, Wake::Quiet) {
+            stanzas.trim();
+            verifies.trim();
+            waiting.shrink_to_fit();
+        }
         d.on_wake(wake);
     }
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Domain;
@@ -40,26 +40,29 @@ pub struct CloseRequest {
 /// policy, and the server's shutdown.
 #[derive(Clone)]
 pub struct StreamControl {
-    rx: watch::Receiver<Option<CloseRequest>>,
-    shutdown: CancellationToken,
+    entry: Arc<ConnEntry>,
 }
 
 impl StreamControl {
     /// Resolves when the stream is asked to close (at once if it already was). Cancel-safe.
     pub async fn closed(&mut self) -> CloseRequest {
+        let e = &*self.entry;
         loop {
-            if let Some(r) = self.rx.borrow().clone() {
+            // Registered before the request is read: a request made in between still wakes it.
+            let mut notified = std::pin::pin!(e.close_notify.notified());
+            notified.as_mut().enable();
+            if let Some(r) = e.info.lock().unwrap().close_request.clone() {
                 return r;
             }
-            if self.shutdown.is_cancelled() {
+            if e.shutdown.is_cancelled() {
                 return CloseRequest {
                     reason: "server shutting down".into(),
                     error: Some(StreamError::new(StreamErrorCondition::SystemShutdown, "server shutting down")),
                 };
             }
             tokio::select! {
-                r = self.rx.changed() => if r.is_err() { std::future::pending::<()>().await },
-                _ = self.shutdown.cancelled() => {}
+                _ = notified => {}
+                _ = e.shutdown.cancelled() => {}
             }
         }
     }
@@ -73,8 +76,9 @@ pub struct ConnEntry {
     pub opened_ms: u64,
     pub counters: Counters,
     info: Mutex<Info>,
-    /// The stream's control channel: close requests (operator, policy), read by its task.
-    control: watch::Sender<Option<CloseRequest>>,
+    /// The stream's control channel: wakes its task for a close request (operator, policy;
+    /// the request itself is in `info`).
+    close_notify: Notify,
     /// Server shutdown, which closes every stream.
     shutdown: CancellationToken,
     events: broadcast::Sender<Event>,
@@ -97,6 +101,7 @@ struct Info {
     tls: Option<TlsInfo>,
     pairs: Vec<PairInfo>,
     close_reason: Option<String>,
+    close_request: Option<CloseRequest>,
 }
 
 impl ConnEntry {
@@ -224,12 +229,13 @@ impl ConnEntry {
     /// Ask the stream to close with a stream error (e.g. `<policy-violation/>`), over its
     /// control channel.
     pub fn request_close_with(&self, reason: &str, error: Option<StreamError>) {
-        self.control.send_replace(Some(CloseRequest { reason: reason.to_owned(), error }));
+        self.info.lock().unwrap().close_request = Some(CloseRequest { reason: reason.to_owned(), error });
+        self.close_notify.notify_waiters();
     }
 
     /// The stream's end of its control channel.
-    pub fn control(&self) -> StreamControl {
-        StreamControl { rx: self.control.subscribe(), shutdown: self.shutdown.clone() }
+    pub fn control(self: &Arc<Self>) -> StreamControl {
+        StreamControl { entry: self.clone() }
     }
 
     /// The projection: a stream's row follows what its machine observed — state, domains,
@@ -433,7 +439,7 @@ impl ConnTable {
             opened_ms: now_ms(),
             counters: Counters::default(),
             info: Mutex::new(Info::default()),
-            control: watch::channel(None).0,
+            close_notify: Notify::new(),
             shutdown: parent.clone(),
             events: self.events.clone(),
             transcript: Mutex::new(Transcript::default()),
