@@ -194,6 +194,22 @@ mod tests {
         assert!(matches!(tx.try_send(stanza(1)), Err(TrySendError::Closed(_))));
     }
 
+    #[test]
+    fn a_quiet_queue_gives_its_buffer_back_only_when_empty() {
+        let (tx, mut rx) = queue::<u32>(8, 100);
+        tx.try_send_weighted(1, 1).unwrap();
+        tx.try_send_weighted(2, 1).unwrap();
+        rx.try_recv().unwrap();
+        rx.trim();
+        assert!(rx.q.lock().items.capacity() > 0, "an item is still queued");
+        rx.try_recv().unwrap();
+        assert!(rx.q.lock().items.capacity() > 0, "kept between the items of a busy link");
+        rx.trim();
+        assert_eq!(rx.q.lock().items.capacity(), 0);
+        tx.try_send_weighted(3, 1).unwrap();
+        assert_eq!(rx.try_recv(), Some(3));
+    }
+
     #[tokio::test]
     async fn the_receiver_wakes_for_items_and_ends_with_the_last_sender() {
         let (tx, mut rx) = queue::<u32>(8, 100);
