@@ -42,6 +42,21 @@ struct File {
     domains: Vec<DomainFile>,
     log: LogFile,
     outbound: OutboundFile,
+    gateway: Option<GatewayFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayFile {
+    internal: String,
+    #[serde(default)]
+    listen: Vec<String>,
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    ca_cert: Option<String>,
+    #[serde(default)]
+    ca_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +221,43 @@ pub struct Settings {
     pub log_level: String,
     pub log_file: Option<PathBuf>,
     pub outbound: OutboundSettings,
+    /// `[gateway]`: drawbridge in front of an internal XMPP server (see `crate::gateway`).
+    pub gateway: Option<GatewaySettings>,
+}
+
+/// `[gateway]`: the internal server that really hosts `server.domains`, and how drawbridge
+/// speaks to it.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// The internal server's s2s listener: world → internal streams go here (never DNS).
+    pub internal: SocketAddr,
+    /// Where drawbridge accepts the internal server's streams to the world.
+    pub listen: Vec<SocketAddr>,
+    pub auth: GatewayAuth,
+    /// The operator's CA for the certificates drawbridge presents as remote domains
+    /// (both or neither; neither: one is created in `DATA_DIR/gateway/`).
+    pub ca_cert: Option<PathBuf>,
+    pub ca_key: Option<PathBuf>,
+}
+
+/// How the internal link authenticates, both ways (`gateway.auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayAuth {
+    /// Certificates: minted ones for the remote domains, the internal server's own for its
+    /// domains; SASL EXTERNAL (XEP-0178). Dialback is refused on the internal link.
+    Pki,
+    /// Server Dialback (XEP-0220) answered by drawbridge for the remote domains and by the
+    /// internal server for its own; never a callback into the world.
+    Dialback,
+}
+
+impl GatewayAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayAuth::Pki => "pki",
+            GatewayAuth::Dialback => "dialback",
+        }
+    }
 }
 
 /// `[limits]`: read from the file as is (every key optional, defaults below).
@@ -543,6 +595,57 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         rules.push(DomainRule { name, auth, require_encryption: d.require_encryption });
     }
     let security = Security { auth, require_encryption: tls.require_encryption, rules };
+    let gateway = match &f.gateway {
+        None => None,
+        Some(g) => {
+            let internal: SocketAddr = g.internal.parse().map_err(|_| {
+                bad(
+                    "gateway.internal",
+                    format!("{:?} is not an address like \"10.0.0.4:5269\" (the internal server's s2s port)", g.internal),
+                )
+            })?;
+            if g.listen.is_empty() {
+                return Err(bad(
+                    "gateway.listen",
+                    "at least one address is required: where the internal server's s2s streams arrive".into(),
+                ));
+            }
+            let mut gl = Vec::new();
+            for (i, a) in g.listen.iter().enumerate() {
+                let key = format!("gateway.listen[{i}]");
+                let addr: SocketAddr = a.parse().map_err(|_| bad(&key, format!("{a:?} is not an address like \"10.0.0.5:5269\"")))?;
+                if listen.contains(&addr) || direct_tls.contains(&addr) {
+                    return Err(bad(
+                        &key,
+                        format!("{addr} is also in server.listen or server.direct_tls; the gateway listener must be an address of its own"),
+                    ));
+                }
+                gl.push(addr);
+            }
+            if gl.contains(&internal) {
+                return Err(bad("gateway.internal", format!("{internal} is also in gateway.listen: drawbridge would talk to itself")));
+            }
+            let auth = match g.auth.as_deref() {
+                None | Some("pki") => GatewayAuth::Pki,
+                Some("dialback") => GatewayAuth::Dialback,
+                Some(a) => return Err(bad("gateway.auth", format!("{a:?} is not one of pki, dialback"))),
+            };
+            let (ca_cert, ca_key) = (g.ca_cert.as_deref().map(resolve), g.ca_key.as_deref().map(resolve));
+            match (&ca_cert, &ca_key) {
+                (Some(_), None) => {
+                    return Err(bad("gateway.ca_key", "gateway.ca_cert is set, so gateway.ca_key (its PEM key) is required".into()));
+                }
+                (None, Some(_)) => {
+                    return Err(bad(
+                        "gateway.ca_cert",
+                        "gateway.ca_key is set, so gateway.ca_cert (the CA's PEM certificate) is required".into(),
+                    ));
+                }
+                _ => {}
+            }
+            Some(GatewaySettings { internal, listen: gl, auth, ca_cert, ca_key })
+        }
+    };
     if !matches!(f.log.level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
         return Err(bad("log.level", format!("{:?} is not one of error, warn, info, debug, trace", f.log.level)));
     }
@@ -563,6 +666,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         log_level: f.log.level,
         log_file: f.log.file.as_deref().map(resolve),
         outbound,
+        gateway,
     })
 }
 
@@ -613,6 +717,32 @@ mod tests {
         assert_eq!(s.dns.overrides[0].port, 5299);
         assert_eq!(s.timeouts.dialback, Duration::from_millis(250));
         assert!(!s.tls.require_encryption);
+    }
+
+    #[test]
+    fn gateway_section() {
+        let s = Settings::parse(
+            "[gateway]\ninternal = \"10.0.0.4:5269\"\nlisten = [\"10.0.0.5:5269\"]\nca_cert = \"ca.pem\"\nca_key = \"ca.key\"\n",
+            Path::new("/etc/db/conf.toml"),
+        )
+        .unwrap();
+        let g = s.gateway.unwrap();
+        assert_eq!((g.internal.to_string().as_str(), g.listen.len(), g.auth), ("10.0.0.4:5269", 1, GatewayAuth::Pki));
+        assert_eq!(g.ca_cert, Some(PathBuf::from("/etc/db/ca.pem")));
+        assert!(Settings::builtin().gateway.is_none());
+        let gw = |rest: &str| err(&format!("[gateway]\ninternal = \"10.0.0.4:5269\"\n{rest}"));
+        assert!(gw("").contains("key `gateway.listen`"), "listen is required");
+        assert!(gw("listen = []\n").contains("key `gateway.listen`"));
+        assert!(gw("listen = [\"10.0.0.5:5269\"]\nauth = \"sasl\"\n").contains("key `gateway.auth`"));
+        assert!(gw("listen = [\"10.0.0.5:5269\"]\nca_cert = \"x.pem\"\n").contains("key `gateway.ca_key`"));
+        assert!(gw("listen = [\"127.0.0.1:5269\"]\n").contains("also in server.listen"), "the default listener");
+        assert!(gw("listen = [\"10.0.0.4:5269\"]\n").contains("talk to itself"));
+        assert!(err("[gateway]\ninternal = \"prosody\"\nlisten = [\"10.0.0.5:5269\"]\n").contains("key `gateway.internal`"));
+        let e = Settings::parse(
+            "[gateway]\ninternal = \"10.0.0.4:5269\"\nlisten = [\"10.0.0.5:5269\"]\nauth = \"dialback\"\n",
+            Path::new("x.toml"),
+        );
+        assert_eq!(e.unwrap().gateway.unwrap().auth, GatewayAuth::Dialback);
     }
 
     #[test]
