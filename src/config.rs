@@ -221,7 +221,7 @@ pub struct Settings {
     pub log_level: String,
     pub log_file: Option<PathBuf>,
     pub outbound: OutboundSettings,
-    /// `[gateway]`: drawbridge in front of an internal XMPP server (see `crate::gateway`).
+    /// `[gateway]`: drawbridge in front of an internal XMPP server (the gateway module).
     pub gateway: Option<GatewaySettings>,
 }
 
@@ -614,7 +614,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
             for (i, a) in g.listen.iter().enumerate() {
                 let key = format!("gateway.listen[{i}]");
                 let addr: SocketAddr = a.parse().map_err(|_| bad(&key, format!("{a:?} is not an address like \"10.0.0.5:5269\"")))?;
-                if listen.contains(&addr) || direct_tls.contains(&addr) {
+                if addr.port() != 0 && (listen.contains(&addr) || direct_tls.contains(&addr)) {
                     return Err(bad(
                         &key,
                         format!("{addr} is also in server.listen or server.direct_tls; the gateway listener must be an address of its own"),

@@ -399,6 +399,7 @@ fn fuzz_env(flags: u8) -> Fuzz {
     let ids = std::sync::atomic::AtomicU64::new(0);
     let env = Env {
         hosted: LOCALS.iter().map(|d| domain(d)).collect(),
+        serves_world: false,
         timeouts: Timeouts {
             negotiation: Duration::from_secs(30),
             dialback: Duration::from_secs(20),

@@ -253,6 +253,9 @@ pub struct TlsInfo {
 pub struct ConnSnapshot {
     pub id: String,
     pub direction: Direction,
+    /// A stream with the internal server (gateway mode), not with the world.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
     pub local: Option<String>,
     pub remote: Option<String>,
     pub peer_addr: Option<String>,

@@ -40,6 +40,8 @@ pub enum EngineError {
     Tls(#[from] crate::net::tls::TlsError),
     #[error(transparent)]
     Dns(#[from] crate::net::resolve::ResolveError),
+    #[error(transparent)]
+    Gateway(#[from] crate::gateway::ca::CaError),
     #[error("cannot listen on {addr}: {err} (check server.listen)")]
     Listen { addr: SocketAddr, err: std::io::Error },
     #[error("control socket {path}: {err} (check server.control_socket)")]
@@ -61,6 +63,12 @@ pub struct Shared {
     pub listening: Vec<SocketAddr>,
     /// Direct TLS listeners' bound addresses.
     pub listening_direct: Vec<SocketAddr>,
+    /// Gateway mode: where the internal server's streams arrive (`gateway.listen`, bound).
+    pub listening_gateway: Vec<SocketAddr>,
+    /// Gateway mode: the CA minting the certificates drawbridge presents as remote domains.
+    pub gateway_ca: Option<Arc<crate::gateway::GatewayCa>>,
+    /// Gateway mode: what the internal link's stream drivers get.
+    pub internal_streams: Option<Arc<crate::stream::Caps>>,
     pub store: Arc<Store>,
     pub policy: Arc<Policy>,
     /// Every per-stream and per-client task, so shutdown can wait for them (they hold the
@@ -128,6 +136,9 @@ impl Shared {
 struct OutboundOpener {
     /// Weak: the router holds the opener and the streams' capabilities hold the router.
     streams: std::sync::Weak<crate::stream::Caps>,
+    /// Gateway mode: the internal link's, for pairs whose remote is a hosted domain (the
+    /// internal server really hosts it).
+    internal: Option<(std::sync::Weak<crate::stream::Caps>, Vec<Domain>)>,
     gauges: Arc<limits::Gauges>,
     limits: crate::config::Limits,
 }
@@ -135,7 +146,11 @@ struct OutboundOpener {
 impl crate::router::Opener for OutboundOpener {
     fn open(&self, local: &Domain, remote: &Domain) -> Result<crate::router::Link, crate::router::Refusal> {
         use crate::router::{Link, LinkKind, Refusal, queue};
-        let Some(caps) = self.streams.upgrade() else { return Err(Refusal::Limit("shutting down")) };
+        let (caps, kind) = match &self.internal {
+            Some((internal, hosted)) if hosted.contains(remote) => (internal.upgrade(), LinkKind::Internal),
+            _ => (self.streams.upgrade(), LinkKind::S2sOutbound),
+        };
+        let Some(caps) = caps else { return Err(Refusal::Limit("shutting down")) };
         let slot = match self.gauges.outbound(&self.limits) {
             Ok(slot) => slot,
             Err(limits::Refused(key)) => {
@@ -146,9 +161,9 @@ impl crate::router::Opener for OutboundOpener {
         let (stx, srx) = queue::queue(self.limits.outbound_queue, self.limits.outbound_queue_bytes);
         // Verifications waiting for this link: at most 64 (each weighs 1).
         let (vtx, vrx) = queue::queue(64, 64);
-        let entry = caps.table.open(Direction::Out, &caps.shutdown);
+        let entry = caps.table.open(Direction::Out, &caps.shutdown, caps.internal.is_some());
         entry.set_domains(Some(local.as_str()), Some(remote.as_str()));
-        let link = Link { kind: LinkKind::S2sOutbound, stream: entry.id.as_str().into(), stanzas: stx, verifies: Some(vtx) };
+        let link = Link { kind, stream: entry.id.as_str().into(), stanzas: stx, verifies: Some(vtx) };
         let (l, r, tasks) = (local.clone(), remote.clone(), caps.tasks.clone());
         tasks.spawn(async move {
             crate::stream::outbound::run(caps, l, r, entry, srx, vrx).await;
@@ -169,6 +184,7 @@ fn stream_env(
     let (t, l) = (&settings.timeouts, &settings.limits);
     m::Env {
         hosted: settings.domains.clone(),
+        serves_world: false,
         timeouts: m::Timeouts {
             negotiation: t.negotiation,
             dialback: t.dialback,
@@ -262,6 +278,17 @@ impl Engine {
             }
             listeners.push((l, direct));
         }
+        let gateway_ca = match &settings.gateway {
+            Some(g) => Some(Arc::new(crate::gateway::GatewayCa::open(g.ca_cert.as_deref(), g.ca_key.as_deref(), &settings.data_dir)?)),
+            None => None,
+        };
+        let mut listening_gateway = Vec::new();
+        let mut gateway_listeners = Vec::new();
+        for addr in settings.gateway.iter().flat_map(|g| g.listen.iter()) {
+            let l = TcpListener::bind(addr).await.map_err(|err| EngineError::Listen { addr: *addr, err })?;
+            listening_gateway.push(l.local_addr().map_err(|err| EngineError::Listen { addr: *addr, err })?);
+            gateway_listeners.push(l);
+        }
         let (events, _) = broadcast::channel(4096);
         let shutdown = CancellationToken::new();
         let table = Arc::new(ConnTable::new(
@@ -280,7 +307,9 @@ impl Engine {
             table: table.clone(),
             unauthenticated: std::sync::Mutex::new(std::collections::VecDeque::new()),
         });
-        let router = Arc::new(Router::new(settings.domains.clone(), policy.clone(), settings.timeouts.dialback));
+        let router = Arc::new(
+            Router::new(settings.domains.clone(), policy.clone(), settings.timeouts.dialback).with_gateway(settings.gateway.is_some()),
+        );
         let resolver = Arc::new(resolver);
         let dials = Arc::new(tokio::sync::Semaphore::new(settings.outbound.max_dials));
         let tasks = tokio_util::task::TaskTracker::new();
@@ -302,10 +331,31 @@ impl Engine {
                 outbound: settings.outbound.clone(),
                 dns_timeout: settings.dns.timeout,
             },
+            internal: None,
         });
+        // Gateway mode: the same drivers, with the internal link's environment, certificates
+        // and address, recorded as the internal link.
+        let internal_streams = match (&settings.gateway, &gateway_ca) {
+            (Some(g), Some(ca)) => Some(Arc::new(crate::stream::Caps {
+                env: Arc::new(crate::gateway::internal_env(&streams.env, &settings, g.auth, Box::new(table::random_id))),
+                tls: Arc::new(crate::gateway::GatewayTls { ca: ca.clone() }),
+                router: router.clone(),
+                table: table.clone(),
+                observer: Arc::new(recorder::InternalObserver(recorder.clone())),
+                policy_changes: policy.subscribe(),
+                resolver: resolver.clone(),
+                dials: dials.clone(),
+                tasks: tasks.clone(),
+                shutdown: shutdown.clone(),
+                settings: streams.settings.clone(),
+                internal: Some(g.internal),
+            })),
+            _ => None,
+        };
         let gauges: Arc<limits::Gauges> = Arc::default();
         router.set_opener(Box::new(OutboundOpener {
             streams: Arc::downgrade(&streams),
+            internal: internal_streams.as_ref().map(|c| (Arc::downgrade(c), settings.domains.clone())),
             gauges: gauges.clone(),
             limits: settings.limits.clone(),
         }));
@@ -320,6 +370,9 @@ impl Engine {
             started: Instant::now(),
             listening,
             listening_direct,
+            listening_gateway,
+            gateway_ca,
+            internal_streams,
             store,
             policy,
             tasks,
@@ -331,7 +384,12 @@ impl Engine {
         });
         let mut tasks = JoinSet::new();
         for (l, direct) in listeners {
-            tasks.spawn(accept_loop(shared.clone(), l, direct));
+            tasks.spawn(accept_loop(shared.clone(), l, direct, shared.streams.clone()));
+        }
+        if let Some(internal) = &shared.internal_streams {
+            for l in gateway_listeners {
+                tasks.spawn(accept_loop(shared.clone(), l, false, internal.clone()));
+            }
         }
         tasks.spawn(counters_loop(shared.clone()));
         tasks.spawn(maintenance_loop(shared.clone()));
@@ -529,7 +587,9 @@ pub async fn probe(shared: &Arc<Shared>, domain: &str, from: Option<&str>) -> Pr
     report
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, direct_tls: bool) {
+/// Accept streams on one listener, each driven with `caps` (federation's, or the internal
+/// link's on `gateway.listen`).
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, direct_tls: bool, caps: Arc<crate::stream::Caps>) {
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -549,9 +609,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, direct_tls: boo
                 };
                 let _ = tcp.set_nodelay(true);
                 if direct_tls {
-                    shared.tasks.spawn(crate::stream::inbound::run_direct(shared.streams.clone(), tcp, peer, slot));
+                    shared.tasks.spawn(crate::stream::inbound::run_direct(caps.clone(), tcp, peer, slot));
                 } else {
-                    shared.tasks.spawn(crate::stream::inbound::run(shared.streams.clone(), tcp, peer, slot));
+                    shared.tasks.spawn(crate::stream::inbound::run(caps.clone(), tcp, peer, slot));
                 }
             }
             Err(e) => {

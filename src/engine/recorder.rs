@@ -166,3 +166,38 @@ impl crate::stream::Observer for Recorder {
         self.stream_closed(entry, reason)
     }
 }
+
+/// Where the internal link's streams (gateway mode) report: their outcomes are recorded and
+/// shown like any other, marked as the internal link, but they say nothing about a remote
+/// domain's standing (the peer there is the internal server, the local side a world domain
+/// drawbridge stands in for), so no domain record is touched.
+pub struct InternalObserver(pub Arc<Recorder>);
+
+impl crate::stream::Observer for InternalObserver {
+    fn outcome(&self, mut outcome: VerificationOutcome) {
+        outcome.reason = format!("internal link: {}", outcome.reason);
+        let r = &self.0;
+        let valid = outcome.result == VerificationResult::Valid;
+        if valid {
+            tracing::info!(stream = %outcome.stream, local = %outcome.local, remote = %outcome.remote, "{}", outcome.reason);
+        } else {
+            tracing::warn!(stream = %outcome.stream, local = %outcome.local, remote = %outcome.remote, "{}", outcome.reason);
+        }
+        if let Err(e) = r.store.add_outcome(&outcome) {
+            tracing::error!("store: {e}");
+        }
+        let _ = r.events.send(Event::Verification { outcome });
+    }
+
+    fn pending(&self, domain: &Domain) {
+        tracing::error!("gateway: the internal link asked approval for {domain}; the internal server's domains need none");
+    }
+
+    fn closed(&self, entry: &ConnEntry, reason: &str) {
+        let r = &self.0;
+        r.table.close(entry, reason);
+        if let Err(e) = r.store.add_history(&entry.snapshot()) {
+            tracing::error!("store: {e}");
+        }
+    }
+}

@@ -1,5 +1,133 @@
-//! Gateway mode (drawbridge in front of an existing XMPP server): the pieces built so far.
-//! [`ca`] mints the certificates drawbridge presents to the internal server as each remote
-//! domain.
+//! Gateway mode: drawbridge in front of an existing XMPP server (Prosody, ejabberd,
+//! Openfire) that really hosts `server.domains`.
+//!
+//! ```text
+//!   world ── s2s ──▶ drawbridge ── "as R" ──▶ internal server   (world → internal)
+//!   world ◀── s2s ── drawbridge ◀── s2s ──── internal server   (internal → world, gateway.listen)
+//! ```
+//!
+//! The world federates with drawbridge under its usual rules (authentication, policy,
+//! approval, transcripts). A stanza from remote domain R to hosted domain H is then carried
+//! on the **internal link**: an outbound stream drawbridge opens to `gateway.internal` for
+//! the pair (R, H), speaking *as R* — with a certificate for R minted by the gateway CA
+//! ([`ca`]) and SASL EXTERNAL (`auth = "pki"`), or by dialback whose callback for R the
+//! internal server makes to drawbridge itself (`auth = "dialback"`). The internal server's own
+//! streams to the world arrive at `gateway.listen`, addressed to R: drawbridge presents R's
+//! minted certificate (chosen by the stream's `to`: Prosody sends no SNI), authenticates the
+//! internal server as H (its certificate, trusted through `[tls] ca_file`, or dialback called
+//! back at `gateway.internal` over the internal link — never through DNS), and routes its
+//! stanzas into its normal federation, where the policy applies as to any stanza of ours.
+//!
+//! Everything here is the same stream machine and drivers as federation; what differs is
+//! their environment ([`internal_env`]: the world is what is "served" on this side, only the
+//! hosted domains may be peers, the auth mode of `gateway.auth`), their certificates
+//! ([`GatewayTls`]) and where outbound streams connect (`Caps::internal`).
 
 pub mod ca;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::config::{GatewayAuth, Settings};
+use crate::domain::Domain;
+use crate::net::tls::{client_config_with, single_cert_server_config};
+use crate::proto::machine::{Env, PolicyView};
+use crate::stream::TlsConfigs;
+use crate::types::{AuthMode, Security, Verdict};
+
+pub use ca::GatewayCa;
+
+/// Certificates on the internal link: the one minted for the remote domain drawbridge stands
+/// in for (the stream's local domain on this side).
+pub struct GatewayTls {
+    pub ca: Arc<GatewayCa>,
+}
+
+impl GatewayTls {
+    fn minted(&self, local: &Domain) -> Result<Arc<ca::Minted>, String> {
+        self.ca.certificate_for(local, SystemTime::now()).map_err(|e| {
+            tracing::error!("gateway: {e}");
+            format!("no certificate for {local}: {e}")
+        })
+    }
+}
+
+impl TlsConfigs for GatewayTls {
+    fn server_config(&self, local: &Domain) -> Result<Arc<rustls::ServerConfig>, String> {
+        let m = self.minted(local)?;
+        single_cert_server_config(m.chain.clone(), m.key.clone_key()).map(Arc::new).map_err(|e| e.to_string())
+    }
+
+    fn client_config(&self, local: &Domain) -> Result<Arc<rustls::ClientConfig>, String> {
+        let m = self.minted(local)?;
+        client_config_with(m.chain.clone(), m.key.clone_key()).map(Arc::new).map_err(|e| e.to_string())
+    }
+}
+
+/// Who may be a peer on the internal link: the internal server's domains (`server.domains`)
+/// and nobody else. Anyone else reaching `gateway.listen` is refused at its stream header.
+pub struct InternalPeers {
+    hosted: Vec<Domain>,
+}
+
+impl PolicyView for InternalPeers {
+    fn verdict(&self, remote: &Domain) -> Verdict {
+        if self.hosted.contains(remote) {
+            Verdict::Allow
+        } else {
+            Verdict::Refuse(format!(
+                "only the internal server's domains ({}) may connect to the gateway listener (gateway.listen); {remote} is not one",
+                self.hosted.iter().map(Domain::as_str).collect::<Vec<_>>().join(", ")
+            ))
+        }
+    }
+}
+
+/// The rules of the internal link: `pki` accepts certificates only (dialback is refused
+/// both ways); `dialback` allows it. Encryption as `[tls] require_encryption` says.
+pub fn internal_security(auth: GatewayAuth, require_encryption: bool) -> Security {
+    let auth = match auth {
+        GatewayAuth::Pki => AuthMode::CertOnly,
+        GatewayAuth::Dialback => AuthMode::CertOrDialback,
+    };
+    Security { auth, require_encryption, rules: Vec::new() }
+}
+
+/// The stream machines' environment on the internal link, from federation's: the world is
+/// served on this side (`serves_world`), the internal server's domains are the only peers,
+/// and the auth mode is `gateway.auth`'s. Dialback keys are the same secret, so the keys
+/// drawbridge sends as R verify when the internal server calls R back at drawbridge.
+pub fn internal_env(federation: &Env, settings: &Settings, auth: GatewayAuth, stream_ids: Box<dyn Fn() -> String + Send + Sync>) -> Env {
+    Env {
+        hosted: settings.domains.clone(),
+        serves_world: true,
+        timeouts: federation.timeouts.clone(),
+        limits: federation.limits.clone(),
+        security: internal_security(auth, settings.tls.require_encryption),
+        keys: federation.keys.clone(),
+        policy: Arc::new(InternalPeers { hosted: settings.domains.clone() }),
+        certs: federation.certs.clone(),
+        stream_ids,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_internal_servers_domains_are_peers() {
+        let d = |s: &str| Domain::parse(s).unwrap();
+        let p = InternalPeers { hosted: vec![d("h.test"), d("h2.test")] };
+        assert_eq!(p.verdict(&d("h2.test")), Verdict::Allow);
+        let Verdict::Refuse(why) = p.verdict(&d("stranger.test")) else { panic!("a stranger is refused") };
+        assert!(why.contains("gateway.listen") && why.contains("h.test, h2.test") && why.contains("stranger.test"), "{why}");
+    }
+
+    #[test]
+    fn pki_refuses_dialback_on_the_internal_link() {
+        assert_eq!(internal_security(GatewayAuth::Pki, true).auth_for("h.test").0, AuthMode::CertOnly);
+        assert_eq!(internal_security(GatewayAuth::Dialback, true).auth_for("h.test").0, AuthMode::CertOrDialback);
+        assert!(internal_security(GatewayAuth::Dialback, true).require_encryption_for("h.test").0);
+    }
+}

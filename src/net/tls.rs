@@ -188,7 +188,6 @@ impl TlsContext {
         let signing = provider.key_provider.load_private_key(key.clone_key()).map_err(|e| TlsError::Setup(e.to_string()))?;
         let certified = Arc::new(CertifiedKey::new(chain.clone(), signing));
         let our_cert = PeerCertInfo::from_der(&chain[0]);
-        let algs = provider.signature_verification_algorithms;
         let mut server = HashMap::new();
         let mut client = HashMap::new();
         // One chain serves every hosted domain today; the map is per domain so each can
@@ -199,29 +198,8 @@ impl TlsContext {
             // Without SNI (Prosody sends none on STARTTLS) the stream's `to` picks the config,
             // and so the certificate.
             let resolver = Arc::new(DomainCert { by_name: by_name.clone(), fallback: by_name[&d.ascii().to_ascii_lowercase()].clone() });
-            let sc = ServerConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| TlsError::Setup(e.to_string()))?
-                .with_client_cert_verifier(Arc::new(RecordingVerifier { algs }))
-                .with_cert_resolver(resolver);
-            // XEP-0368 §3: direct TLS negotiates ALPN "xmpp-server" (STARTTLS peers send none).
-            let mut sc = sc;
-            sc.alpn_protocols = vec![b"xmpp-server".to_vec()];
-            // No session resumption: s2s streams live long and reconnect rarely, and every
-            // ticket kept (with the peer's chain) would cost memory per peer for nothing.
-            sc.send_tls13_tickets = 0;
-            sc.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-            server.insert(d.clone(), Arc::new(sc));
-            let cc = ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| TlsError::Setup(e.to_string()))?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(RecordingVerifier { algs }))
-                .with_client_auth_cert(chain.clone(), key.clone_key())
-                .map_err(|e| TlsError::Setup(e.to_string()))?;
-            let mut cc = cc;
-            cc.resumption = rustls::client::Resumption::disabled();
-            client.insert(d.clone(), Arc::new(cc));
+            server.insert(d.clone(), Arc::new(server_config_with(resolver)?));
+            client.insert(d.clone(), Arc::new(client_config_with(chain.clone(), key.clone_key())?));
         }
         Ok(TlsContext {
             server,
@@ -242,6 +220,49 @@ impl TlsContext {
     pub fn client_config(&self, local: &Domain) -> Arc<ClientConfig> {
         self.client.get(local).or_else(|| self.client.get(&self.default_domain)).cloned().expect("a config per hosted domain")
     }
+}
+
+/// A server config presenting one certificate whatever the SNI (the gateway's per-remote-
+/// domain certificates: the stream's `to` chose it).
+pub fn single_cert_server_config(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<ServerConfig, TlsError> {
+    let signing = provider().key_provider.load_private_key(key).map_err(|e| TlsError::Setup(e.to_string()))?;
+    let certified = Arc::new(CertifiedKey::new(chain, signing));
+    server_config_with(Arc::new(DomainCert { by_name: HashMap::new(), fallback: certified }))
+}
+
+/// How every s2s server config is built: any client certificate requested and recorded
+/// (judged once the claimed domain is known), ALPN for direct TLS, no resumption.
+fn server_config_with(resolver: Arc<dyn ResolvesServerCert>) -> Result<ServerConfig, TlsError> {
+    let provider = provider();
+    let algs = provider.signature_verification_algorithms;
+    let mut sc = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_client_cert_verifier(Arc::new(RecordingVerifier { algs }))
+        .with_cert_resolver(resolver);
+    // XEP-0368 §3: direct TLS negotiates ALPN "xmpp-server" (STARTTLS peers send none).
+    sc.alpn_protocols = vec![b"xmpp-server".to_vec()];
+    // No session resumption: s2s streams live long and reconnect rarely, and every
+    // ticket kept (with the peer's chain) would cost memory per peer for nothing.
+    sc.send_tls13_tickets = 0;
+    sc.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(sc)
+}
+
+/// How every s2s client config is built: our certificate offered for SASL EXTERNAL, the
+/// peer's recorded (judged by the machine), no resumption.
+pub fn client_config_with(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let algs = provider.signature_verification_algorithms;
+    let mut cc = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(RecordingVerifier { algs }))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    cc.resumption = rustls::client::Resumption::disabled();
+    Ok(cc)
 }
 
 /// PEM trust roots; at least one certificate, each parseable.

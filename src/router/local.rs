@@ -26,6 +26,13 @@ impl LocalServices {
         rx
     }
 
+    /// Whether `st` answers an iq drawbridge sent itself (a probe).
+    pub fn awaits(&self, st: &Element) -> bool {
+        st.name.as_ref() == "iq"
+            && matches!(st.get_attr("type"), Some("result" | "error"))
+            && st.get_attr("id").is_some_and(|id| self.pending.lock().unwrap().contains_key(id))
+    }
+
     pub fn forget(&self, id: &str) {
         self.pending.lock().unwrap().remove(id);
     }

@@ -47,6 +47,9 @@ pub struct VerifyRequest {
 pub enum LinkKind {
     /// Our outbound s2s stream for the pair (RFC 6120; dialback or SASL EXTERNAL).
     S2sOutbound,
+    /// Gateway mode: our stream to the internal server for (remote domain, hosted domain),
+    /// as the remote domain.
+    Internal,
 }
 
 /// The sending side of one link.
@@ -83,6 +86,9 @@ pub struct Router {
     /// `timeouts.dialback`: longest a verification waits for the authoritative server.
     dialback_timeout: Duration,
     pub local: local::LocalServices,
+    /// Gateway mode: stanzas from the world to the hosted domains go to the internal server
+    /// (over the link of their pair), not to the local services.
+    gateway: bool,
 }
 
 impl Router {
@@ -94,7 +100,14 @@ impl Router {
             opener: OnceLock::new(),
             dialback_timeout,
             local: local::LocalServices::default(),
+            gateway: false,
         }
+    }
+
+    /// Gateway mode: the hosted domains live on the internal server.
+    pub fn with_gateway(mut self, on: bool) -> Router {
+        self.gateway = on;
+        self
     }
 
     /// Set once by the engine, after the router exists (the streams it opens route back).
@@ -118,11 +131,22 @@ impl Router {
                 tracing::debug!(stanza = %st.describe(), "dropping a stanza without a valid 'to'");
                 continue;
             };
+            let from = st.get_attr("from").and_then(crate::proto::jid::domain_of);
             if self.is_hosted(&to) {
-                next = self.local.handle(&st);
+                // Gateway mode: what the world sends the hosted domains goes on to the
+                // internal server, as the world domain that sent it; drawbridge keeps only the
+                // answers to what it sent itself (probes).
+                if self.gateway
+                    && let Some(from) = from.filter(|f| !self.is_hosted(f))
+                    && !self.local.awaits(&st)
+                {
+                    next = self.send_remote(from, to, st);
+                } else {
+                    next = self.local.handle(&st);
+                }
                 continue;
             }
-            let Some(from) = st.get_attr("from").and_then(crate::proto::jid::domain_of) else {
+            let Some(from) = from else {
                 tracing::debug!(stanza = %st.describe(), "dropping an outbound stanza without a valid 'from'");
                 continue;
             };
@@ -177,7 +201,10 @@ impl Router {
         if let Some(l) = self.links.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(l.clone());
         }
-        if let Verdict::Refuse(why) = self.policy.verdict(remote) {
+        // The internal link (gateway mode) carries what federation already let in.
+        if !self.is_hosted(remote)
+            && let Verdict::Refuse(why) = self.policy.verdict(remote)
+        {
             return Err(Refusal::Policy(why));
         }
         let mut map = self.links.write().unwrap_or_else(|e| e.into_inner());

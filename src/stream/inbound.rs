@@ -28,18 +28,21 @@ struct Answered {
 }
 
 pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: InboundSlot) {
-    let entry = caps.table.open(Direction::In, &caps.shutdown);
+    let entry = caps.table.open(Direction::In, &caps.shutdown, caps.internal.is_some());
     entry.set_peer_addr(peer);
     serve(caps, entry, Transport::Plain(tcp), None, slot).await;
 }
 
 /// XEP-0368: TLS from the first byte (the certificate is picked by SNI), then the stream.
 pub async fn run_direct(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: InboundSlot) {
-    let entry = caps.table.open(Direction::In, &caps.shutdown);
+    let entry = caps.table.open(Direction::In, &caps.shutdown, caps.internal.is_some());
     entry.set_peer_addr(peer);
     entry.set_state(ConnState::Tls);
     // The certificate follows SNI (a hosted domain's own, else the first domain's).
-    let config = caps.tls.get().server_config(&caps.settings.domains[0]);
+    let config = match caps.tls.server_config(&caps.settings.domains[0]) {
+        Ok(c) => c,
+        Err(e) => return caps.observer.closed(&entry, &format!("direct TLS: {e}")),
+    };
     let tls = match tokio::time::timeout(caps.settings.timeouts.negotiation, Box::pin(TlsIo::accept(tcp, config))).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return caps.observer.closed(&entry, &format!("direct TLS handshake failed: {e}")),
@@ -126,7 +129,10 @@ async fn starttls(d: &mut Driver, local: &Domain) {
     let Transport::Plain(tcp) = std::mem::replace(&mut d.conn.io, Transport::Gone) else {
         return d.feed(Input::TlsFailed("transport in an unexpected state".into()));
     };
-    let config = d.caps.tls.get().server_config(local);
+    let config = match d.caps.tls.server_config(local) {
+        Ok(c) => c,
+        Err(e) => return d.feed(Input::TlsFailed(e)),
+    };
     let deadline = d
         .machine
         .write_deadline()

@@ -51,10 +51,27 @@ pub struct StreamSettings {
     pub dns_timeout: Duration,
 }
 
+/// The TLS configs a driver's handshakes use, by the local domain of the stream: the
+/// server's own certificate, or in gateway mode one minted for the remote domain we stand in
+/// for (which can fail: the reason ends the handshake).
+pub trait TlsConfigs: Send + Sync {
+    fn server_config(&self, local: &Domain) -> Result<Arc<rustls::ServerConfig>, String>;
+    fn client_config(&self, local: &Domain) -> Result<Arc<rustls::ClientConfig>, String>;
+}
+
+impl TlsConfigs for CurrentTls {
+    fn server_config(&self, local: &Domain) -> Result<Arc<rustls::ServerConfig>, String> {
+        Ok(self.get().server_config(local))
+    }
+    fn client_config(&self, local: &Domain) -> Result<Arc<rustls::ClientConfig>, String> {
+        Ok(self.get().client_config(local))
+    }
+}
+
 /// What a stream driver may use.
 pub struct Caps {
     pub env: Arc<Env>,
-    pub tls: Arc<CurrentTls>,
+    pub tls: Arc<dyn TlsConfigs>,
     pub router: Arc<Router>,
     pub table: Arc<ConnTable>,
     pub observer: Arc<dyn Observer>,
@@ -67,4 +84,8 @@ pub struct Caps {
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
     pub settings: StreamSettings,
+    /// Gateway mode's streams with the internal server: outbound ones connect to this
+    /// address (`gateway.internal`) instead of resolving the remote domain; all of them are
+    /// marked as the internal link for the operator.
+    pub internal: Option<std::net::SocketAddr>,
 }

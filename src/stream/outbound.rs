@@ -202,6 +202,24 @@ async fn session(
     }
 }
 
+/// Gateway mode: the internal server, at its configured address (no DNS, no deny list: the
+/// operator named it).
+async fn connect_internal(caps: &Caps, entry: &ConnEntry, addr: std::net::SocketAddr) -> Result<(TcpStream, bool), Failure> {
+    let limit = caps.settings.timeouts.connect;
+    match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => {
+            let _ = tcp.set_nodelay(true);
+            entry.set_peer_addr(addr);
+            Ok((tcp, false))
+        }
+        Ok(Err(e)) => Err(Failure::new(format!("internal server {addr} (gateway.internal): {e}"))),
+        Err(_) => Err(Failure::timeout(format!(
+            "internal server {addr} (gateway.internal): no answer within {}s (timeouts.connect)",
+            limit.as_secs()
+        ))),
+    }
+}
+
 /// The TLS handshake as a client (after STARTTLS, or at once for direct TLS), within the
 /// negotiation deadline.
 async fn tls_client(d: &mut Driver, local: &Domain, remote: &Domain, direct: bool) {
@@ -212,7 +230,10 @@ async fn tls_client(d: &mut Driver, local: &Domain, remote: &Domain, direct: boo
     let Transport::Plain(tcp) = std::mem::replace(&mut d.conn.io, Transport::Gone) else {
         return d.feed(Input::TlsFailed("transport in an unexpected state".into()));
     };
-    let mut config = d.caps.tls.get().client_config(local);
+    let mut config = match d.caps.tls.client_config(local) {
+        Ok(c) => c,
+        Err(e) => return d.feed(Input::TlsFailed(e)),
+    };
     if direct {
         // XEP-0368 §3: ALPN "xmpp-server" on direct TLS.
         let mut c = (*config).clone();
@@ -243,6 +264,9 @@ async fn tls_client(d: &mut Driver, local: &Domain, remote: &Domain, direct: boo
 /// an address in `[outbound] deny`, and one of `max_dials` dial slots held meanwhile.
 /// The full story goes to the log and the table; what peers learn is neutral.
 async fn connect(caps: &Caps, entry: &ConnEntry, remote: &Domain) -> Result<(TcpStream, bool), Failure> {
+    if let Some(addr) = caps.internal {
+        return connect_internal(caps, entry, addr).await;
+    }
     let out = &caps.settings.outbound;
     if crate::net::dial::is_ip_literal(remote.as_str()) {
         return Err(Failure::new(format!("{} is an IP address, not a federation domain", remote)));

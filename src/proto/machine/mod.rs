@@ -78,6 +78,10 @@ pub trait Admission: Send {
 pub struct Env {
     /// `server.domains`; the first answers for streams that name none.
     pub hosted: Vec<Domain>,
+    /// The gateway's side towards its internal server: the domains streams may be addressed
+    /// to (and claim to be served here) are every domain *but* `hosted` — the world, as the
+    /// internal server sees it through drawbridge.
+    pub serves_world: bool,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub security: Security,
@@ -90,7 +94,7 @@ pub struct Env {
 
 impl Env {
     pub fn is_hosted(&self, d: &Domain) -> bool {
-        self.hosted.iter().any(|h| h == d)
+        self.hosted.iter().any(|h| h == d) != self.serves_world
     }
 
     fn default_domain(&self) -> &Domain {

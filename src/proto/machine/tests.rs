@@ -68,6 +68,7 @@ fn world_with(f: impl FnOnce(&mut Env)) -> World {
     let ids = Arc::new(AtomicU64::new(0));
     let mut env = Env {
         hosted: vec![d(LOCAL), d("other-here.test")],
+        serves_world: false,
         timeouts: Timeouts {
             negotiation: Duration::from_secs(30),
             dialback: Duration::from_secs(20),

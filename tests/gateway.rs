@@ -1,0 +1,182 @@
+//! Gateway mode end to end, in process: three drawbridge instances on loopback.
+//!
+//! - **A**, the gateway: hosts `h.test` for the world, `[gateway]` pointing at C;
+//! - **C**, playing the internal server that really hosts `h.test` (its resolver — a DNS
+//!   server of its own — points every world domain at A's `gateway.listen`, as Prosody's
+//!   redirected libunbound does);
+//! - **B**, the world: hosts `w.test`, finds `h.test` at A through the world's DNS.
+//!
+//! A ping from B to `h.test` is answered by C (world → internal → world), a ping from C to
+//! `w.test` by B (internal → world → internal); both auth modes of the internal link; the
+//! policy applied both ways; strangers refused on `gateway.listen`.
+
+mod common;
+
+use common::*;
+use drawbridge::domain::Domain;
+use drawbridge::engine::events::{AuthMethod, Direction, Event, PairStatus};
+use drawbridge::proto::stream::StreamErrorCondition;
+
+struct Gateway {
+    a: TestServer,
+    b: TestServer,
+    c: TestServer,
+    _dirs: Vec<tempfile::TempDir>,
+    _dns: (Dns, Dns),
+}
+
+/// The three servers, the internal link authenticating by `auth` ("pki" or "dialback").
+async fn gateway(auth: &str) -> Gateway {
+    let world = Dns::start().await;
+    let internal_dns = Dns::start().await;
+    let test_ca = ca("test CA");
+    let gw_ca = ca("gateway CA");
+    let (dir_a, dir_c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (gw_pem, gw_key) = (dir_a.path().join("gw-ca.pem"), dir_a.path().join("gw-ca.key"));
+    std::fs::write(&gw_pem, &gw_ca.pem).unwrap();
+    std::fs::write(&gw_key, gw_ca.key.serialize_pem()).unwrap();
+
+    // C: the internal server. Under pki it trusts the gateway CA (the certificates A presents
+    // as world domains) and the test CA; under dialback it trusts neither.
+    let c_tls = tls_config(dir_c.path(), &test_ca, "h.test", &test_ca);
+    if auth == "pki" {
+        std::fs::write(dir_c.path().join("h.test-trust.pem"), format!("{}{}", test_ca.pem, gw_ca.pem)).unwrap();
+    } else {
+        std::fs::write(dir_c.path().join("h.test-trust.pem"), ca("someone else").pem).unwrap();
+    }
+    let c = start_server("h.test", &internal_dns, &c_tls).await;
+
+    // A: the gateway, its certificate for h.test from the test CA. Under pki it trusts the
+    // test CA, which is how it knows the internal server's certificate for h.test; under
+    // dialback it does not, so both directions of the internal link use dialback.
+    let someone_else = ca("someone else");
+    let a_tls = tls_config(dir_a.path(), &test_ca, "h.test", if auth == "pki" { &test_ca } else { &someone_else });
+    let a_cfg = format!(
+        "{}\n[gateway]\ninternal = \"{}\"\nlisten = [\"127.0.0.1:0\"]\nauth = \"{auth}\"\nca_cert = \"{}\"\nca_key = \"{}\"\n",
+        a_tls,
+        c.addr,
+        gw_pem.display(),
+        gw_key.display()
+    );
+    let a = start_published("h.test", &world, &a_cfg).await;
+    let listen = a.engine.shared.listening_gateway[0];
+    internal_dns.add_a("xmpp.w.test", std::net::Ipv4Addr::LOCALHOST).await;
+    internal_dns.add_srv("w.test", 0, 5, "xmpp.w.test", listen.port()).await;
+
+    // B: the world.
+    let b = start_published("w.test", &world, "").await;
+    Gateway { a, b, c, _dirs: vec![dir_a, dir_c], _dns: (world, internal_dns) }
+}
+
+fn internal_streams(s: &TestServer) -> Vec<drawbridge::engine::events::ConnSnapshot> {
+    s.engine.connections(false).into_iter().filter(|c| c.internal).collect()
+}
+
+async fn both_directions(g: &Gateway, method: AuthMethod) {
+    // World → internal → world: B's ping to h.test is answered by C.
+    let r = within("probe w.test → h.test", g.b.engine.probe("h.test", None)).await;
+    assert!(r.ok, "{:?}", r.error);
+    let on_c = g.c.engine.connections(false);
+    assert!(
+        on_c.iter().any(|s| s.direction == Direction::In && s.remote.as_deref() == Some("w.test")),
+        "C heard from w.test (A speaking as it): {on_c:#?}"
+    );
+    // Internal → world → internal: C's ping to w.test is answered by B.
+    let r = within("probe h.test → w.test", g.c.engine.probe("w.test", None)).await;
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(r.peer_addr, Some(g.a.engine.shared.listening_gateway[0].to_string()), "C reached the world through A");
+
+    // A shows both internal streams as such, authenticated by the internal link's method.
+    let internal = internal_streams(&g.a);
+    let out = internal.iter().find(|s| s.direction == Direction::Out).expect("A's stream to the internal server");
+    assert_eq!((out.local.as_deref(), out.remote.as_deref()), (Some("w.test"), Some("h.test")), "as the world domain");
+    assert_eq!(out.peer_addr, Some(g.c.addr.to_string()), "at gateway.internal, not through DNS");
+    assert!(out.pairs.iter().any(|p| p.status == PairStatus::Valid && p.method == method), "{out:#?}");
+    let inn = internal.iter().find(|s| s.direction == Direction::In).expect("the internal server's stream to A");
+    assert_eq!(inn.remote.as_deref(), Some("h.test"));
+    assert!(inn.pairs.iter().any(|p| p.status == PairStatus::Valid && p.method == method), "{inn:#?}");
+    // The world-facing streams are not marked.
+    let world: Vec<_> = g.a.engine.connections(false).into_iter().filter(|c| !c.internal).collect();
+    assert!(world.iter().all(|s| s.remote.as_deref() == Some("w.test")), "{world:#?}");
+    // Outcomes on the internal link say so, and no domain record was made for h.test.
+    let outcomes = g.a.engine.shared.outcomes();
+    assert!(outcomes.iter().any(|o| o.remote == "h.test" && o.reason.starts_with("internal link: ")), "{outcomes:#?}");
+    assert!(g.a.engine.shared.policy.record("h.test").is_none(), "the internal server is not a federation peer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pki_both_directions_with_minted_certificates() {
+    let g = gateway("pki").await;
+    both_directions(&g, AuthMethod::SaslExternal).await;
+    // C saw A as w.test by a certificate from the gateway CA (minted and kept on disk).
+    let on_c = g.c.engine.connections(false);
+    let from_a = on_c.iter().find(|s| s.direction == Direction::In && s.remote.as_deref() == Some("w.test")).unwrap();
+    let cert = from_a.tls.as_ref().unwrap();
+    assert!(cert.cert_verdict.as_ref().is_some_and(|v| v.is_valid()), "{cert:#?}");
+    assert!(g.a.dir.path().join("data/gateway/minted/w.test.pem").exists(), "the minted certificate is kept");
+    assert!(!g.a.engine.shared.outcomes().iter().any(|o| o.remote == "h.test" && o.method == AuthMethod::Dialback));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialback_both_directions_called_back_through_the_gateway() {
+    let g = gateway("dialback").await;
+    both_directions(&g, AuthMethod::Dialback).await;
+    // The callbacks stayed inside: C asked A (as w.test's authoritative server) on A's
+    // gateway listener, and A asked C over the internal link; B never heard of them.
+    let b_outcomes = g.b.engine.shared.outcomes();
+    assert!(!b_outcomes.iter().any(|o| o.remote == "w.test"), "{b_outcomes:#?}");
+}
+
+/// Blacklisting the world domain at the gateway cuts both directions; the internal server
+/// hears why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_cuts_both_directions() {
+    let g = gateway("pki").await;
+    assert!(within("probe before", g.c.engine.probe("w.test", None)).await.ok);
+    let mut events = g.a.engine.subscribe();
+    drawbridge::engine::change_domain(
+        &g.a.engine.shared,
+        &Domain::parse("w.test").unwrap(),
+        drawbridge::policy::Change::Blacklist { source: "test".into() },
+        "t",
+        Some("spam source"),
+    )
+    .await
+    .unwrap();
+    // A's federation streams with w.test close; the internal ones stay.
+    loop {
+        let world = g.a.engine.connections(false).into_iter().filter(|c| !c.internal).count();
+        if world == 0 {
+            break;
+        }
+        wait_event(&mut events, "w.test's streams to close", |e| matches!(e, Event::StreamClosed { .. })).await;
+    }
+    let r = within("probe h.test → w.test, blacklisted", g.c.engine.probe("w.test", None)).await;
+    assert!(!r.ok);
+    let err = r.error.unwrap();
+    assert!(err.contains("policy-violation") && err.contains("w.test is blacklisted"), "the internal server hears why: {err}");
+    let r = within("probe w.test → h.test, blacklisted", g.b.engine.probe("h.test", None)).await;
+    assert!(!r.ok, "the world domain cannot reach the internal server either");
+}
+
+/// Only the internal server's domains may use `gateway.listen`; and under pki, a peer
+/// claiming one of them must prove it by certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_are_refused_on_the_gateway_listener() {
+    let g = gateway("pki").await;
+    let listen = g.a.engine.shared.listening_gateway[0];
+    let mut p = RawPeer::connect(listen).await;
+    p.send(&header("stranger.test", "w.test")).await;
+    let e = p.expect_condition(StreamErrorCondition::PolicyViolation).await;
+    assert!(e.text.contains("gateway.listen"), "{e:?}");
+    // Claiming the internal server's domain with a certificate nobody trusts: no SASL
+    // EXTERNAL offered, and dialback is refused under pki.
+    let mut p = RawPeer::connect(listen).await;
+    p.open("h.test", "w.test").await;
+    let (_, features) = p.starttls("h.test", "w.test").await;
+    assert!(!features.has_child("mechanisms", drawbridge::proto::ns::SASL), "{}", features.to_xml());
+    assert!(!features.has_child("dialback", drawbridge::proto::ns::DIALBACK_FEATURE), "{}", features.to_xml());
+    p.send("<db:result from='h.test' to='w.test'>0123456789abcdef</db:result>").await;
+    let e = p.expect_stream_error().await;
+    assert!(matches!(e.condition, StreamErrorCondition::NotAuthorized | StreamErrorCondition::PolicyViolation), "{e:?}");
+}
