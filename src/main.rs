@@ -419,6 +419,17 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
             println!("streams:     {} in, {} out, {} established", s.streams_in, s.streams_out, s.established);
             println!("encryption:  {}", if s.require_encryption { "required" } else { "optional" });
             println!("policy:      mode {}, {} pending, {} blocked, {} blacklisted", s.mode, s.pending, s.blocked, s.blacklisted);
+            if let Some(g) = &s.gateway {
+                let reach = match (g.reachable, &g.last_error) {
+                    (Some(true), _) => "reachable".to_owned(),
+                    (Some(false), Some(e)) => format!("UNREACHABLE: {e}"),
+                    (Some(false), None) => "UNREACHABLE".to_owned(),
+                    (None, _) => "not contacted yet".to_owned(),
+                };
+                println!("gateway:     internal server {} ({reach}), auth {}", g.internal, g.auth);
+                println!("             its streams arrive on {}; {} out, {} in now", g.listen.join(", "), g.streams_out, g.streams_in);
+                println!("             CA it must trust: {}", g.ca_cert);
+            }
             println!("limits:");
             for l in &s.limits {
                 println!("  {:<40} {:>10} / {}", l.key, l.used, l.max);
@@ -669,6 +680,9 @@ fn print_connections(v: &[ConnSnapshot]) {
             c.stanzas_out,
             human_duration(now.saturating_sub(c.opened_ms)),
         );
+        if c.internal {
+            println!("{:<32}     internal link (gateway): with the internal server, as {}", "", c.local.as_deref().unwrap_or("-"));
+        }
         if !c.pairs.is_empty() {
             let auth: Vec<String> = c.pairs.iter().map(|p| format!("{} by {}", p.remote, p.method.as_str())).collect();
             println!("{:<32}     authenticated: {}", "", auth.join(", "));

@@ -180,3 +180,30 @@ async fn strangers_are_refused_on_the_gateway_listener() {
     let e = p.expect_stream_error().await;
     assert!(matches!(e.condition, StreamErrorCondition::NotAuthorized | StreamErrorCondition::PolicyViolation), "{e:?}");
 }
+
+/// An internal server that is down: the world gets a neutral bounce (nothing about the
+/// internal network), the operator the reason in `ctl status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_internal_server_is_reported_to_the_operator_only() {
+    let Gateway { a, b, c, _dirs, _dns } = gateway("pki").await;
+    assert_eq!(a.engine.status().gateway.unwrap().reachable, None, "not contacted yet");
+    assert!(within("probe through", b.engine.probe("h.test", None)).await.ok);
+    let g = a.engine.status().gateway.unwrap();
+    assert_eq!((g.reachable, g.streams_out, g.streams_in), (Some(true), 1, 1), "{g:?}");
+    assert_eq!((g.internal, g.auth.as_str()), (c.addr.to_string(), "pki"));
+    assert!(g.ca_cert.ends_with("gw-ca.pem"), "{}", g.ca_cert);
+    let internal_addr = c.addr.to_string();
+    within("C stops", c.engine.shutdown()).await;
+    let mut events = a.engine.subscribe();
+    while a.engine.connections(false).iter().any(|s| s.internal) {
+        wait_event(&mut events, "the internal streams to end", |e| matches!(e, Event::StreamClosed { .. })).await;
+    }
+    let r = within("probe to a stopped internal server", b.engine.probe("h.test", None)).await;
+    assert!(!r.ok);
+    let err = r.error.unwrap();
+    assert!(err.contains("h.test cannot be reached right now") && !err.contains(&internal_addr), "neutral for the world: {err}");
+    let g = a.engine.status().gateway.unwrap();
+    assert_eq!(g.reachable, Some(false), "{g:?}");
+    let why = g.last_error.unwrap();
+    assert!(why.contains(&internal_addr) && why.contains("gateway.internal"), "the operator sees why: {why}");
+}

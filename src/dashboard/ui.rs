@@ -143,6 +143,20 @@ fn draw_header(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
         Span::styled(format!("mode {mode}"), t.fg(Color::Cyan)),
         Span::raw(format!("  up {up}")),
     ]);
+    // Gateway mode: the internal server's reachability, always in sight.
+    let line1 = match m.status.as_ref().and_then(|s| s.gateway.as_ref()) {
+        Some(g) => {
+            let (text, style) = match g.reachable {
+                Some(true) => (format!("  internal {} up", g.internal), t.fg(Color::Green)),
+                Some(false) => (format!("  internal {} UNREACHABLE", g.internal), t.fg(Color::Red).add_modifier(Modifier::BOLD)),
+                None => (format!("  internal {}", g.internal), Style::default()),
+            };
+            let mut spans = line1.spans;
+            spans.push(Span::styled(text, style));
+            Line::from(spans)
+        }
+        None => line1,
+    };
     let mut spans = vec![Span::raw(format!(" streams {live_in} in / {live_out} out   "))];
     spans.push(Span::styled(
         format!("pending {pending}"),

@@ -229,6 +229,29 @@ pub struct Status {
     /// Current use against each limit.
     #[serde(default)]
     pub limits: Vec<limits::LimitUse>,
+    /// Gateway mode: the internal server and how it is reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayStatus>,
+}
+
+/// `ctl status` in gateway mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayStatus {
+    /// `gateway.internal`.
+    pub internal: String,
+    /// `gateway.listen`, as bound.
+    pub listen: Vec<String>,
+    pub auth: String,
+    /// The CA certificate the internal server must trust.
+    pub ca_cert: String,
+    /// Whether the internal server is reachable, from the internal link's streams: `Some(true)`
+    /// while one of ours to it is established, `Some(false)` when the last one failed
+    /// (`last_error` says why), `None` before any was opened.
+    pub reachable: Option<bool>,
+    pub last_error: Option<String>,
+    /// Streams of the internal link now (ours to it, and its to us).
+    pub streams_out: usize,
+    pub streams_in: usize,
 }
 
 /// `ctl probe`: the outcome of an XEP-0199 ping over federation.
@@ -494,7 +517,35 @@ pub fn status(shared: &Shared) -> Status {
             });
             v
         },
+        gateway: gateway_status(shared, &snaps),
     }
+}
+
+/// The internal server's reachability, read off the internal link's streams: established
+/// ones now, else how the latest one ended.
+fn gateway_status(shared: &Shared, live: &[ConnSnapshot]) -> Option<GatewayStatus> {
+    let g = shared.settings.gateway.as_ref()?;
+    let internal: Vec<&ConnSnapshot> = live.iter().filter(|s| s.internal).collect();
+    let out_up = internal.iter().any(|s| s.direction == Direction::Out && s.state == ConnState::Established);
+    let last = shared.table.closed().into_iter().rev().find(|s| s.internal && s.direction == Direction::Out);
+    let (reachable, last_error) = match (out_up, last) {
+        (true, _) => (Some(true), None),
+        // The latest ended before authenticating: the internal server failed us.
+        (false, Some(s)) if !s.pairs.iter().any(|p| p.status == PairStatus::Valid) => (Some(false), s.close_reason),
+        // It worked, and ended (idle).
+        (false, Some(_)) => (Some(true), None),
+        (false, None) => (None, None),
+    };
+    Some(GatewayStatus {
+        internal: g.internal.to_string(),
+        listen: shared.listening_gateway.iter().map(|a| a.to_string()).collect(),
+        auth: g.auth.as_str().to_owned(),
+        ca_cert: shared.gateway_ca.as_ref().map(|c| c.cert_path().display().to_string()).unwrap_or_default(),
+        reachable,
+        last_error,
+        streams_out: internal.iter().filter(|s| s.direction == Direction::Out).count(),
+        streams_in: internal.iter().filter(|s| s.direction == Direction::In).count(),
+    })
 }
 
 /// Close a stream by id (operator action).

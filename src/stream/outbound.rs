@@ -73,7 +73,15 @@ pub async fn run(
     match end.kind {
         EndKind::Failed { condition } => {
             tracing::warn!(stream = %entry.id, %local, %remote, "outbound stream to {remote} failed: {}", end.reason);
-            let text = if condition == "policy-violation" { end.reason.clone() } else { format!("{remote}: {}", end.reason) };
+            let text = if caps.internal.is_some() {
+                // The internal link's bounces go to the world: nothing about the internal
+                // server (its address, its errors) leaves; the operator has the full reason.
+                format!("{remote} cannot be reached right now")
+            } else if condition == "policy-violation" {
+                end.reason.clone()
+            } else {
+                format!("{remote}: {}", end.reason)
+            };
             fail_verifies(&mut verifies, &mut waiting, condition, &end.reason);
             // The table says why before anyone hears back: a sender that gets the bounce
             // finds the failed stream and its reason in the connection table.
