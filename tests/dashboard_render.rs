@@ -69,6 +69,7 @@ fn model() -> Model {
                 drawbridge::engine::limits::LimitUse { key: "limits.max_inbound".into(), used: 2, max: 10_000 },
                 drawbridge::engine::limits::LimitUse { key: "limits.max_inbound_unauthenticated".into(), used: 950, max: 1000 },
             ],
+            gateway: None,
         },
         connections: vec![
             conn("aaaa1111", Direction::In, "friend.test", ConnState::Established, Some(PairStatus::Valid), None),
@@ -149,6 +150,29 @@ fn header_and_connections() {
             assert!(s.contains("certificate verdict: self-signed"), "detail pane: {s}");
         }
     }
+}
+
+#[test]
+fn the_header_shows_the_internal_servers_reachability_in_gateway_mode() {
+    let mut m = model();
+    let s = screen(&mut m, 200, 40);
+    assert!(!s.contains("internal"), "not in gateway mode: {s}");
+    let gw = |reachable| drawbridge::engine::GatewayStatus {
+        internal: "10.0.0.4:5269".into(),
+        listen: vec!["10.0.0.5:5269".into()],
+        auth: "pki".into(),
+        ca_cert: "/var/lib/drawbridge/gateway/ca.pem".into(),
+        reachable,
+        last_error: None,
+        streams_out: 0,
+        streams_in: 0,
+    };
+    m.status.as_mut().unwrap().gateway = Some(gw(Some(false)));
+    let s = screen(&mut m, 200, 40);
+    assert!(s.contains("internal 10.0.0.4:5269 UNREACHABLE"), "{s}");
+    m.status.as_mut().unwrap().gateway = Some(gw(Some(true)));
+    let s = screen(&mut m, 200, 40);
+    assert!(s.contains("internal 10.0.0.4:5269 up"), "{s}");
 }
 
 #[test]
