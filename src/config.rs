@@ -57,6 +57,8 @@ struct GatewayFile {
     ca_cert: Option<String>,
     #[serde(default)]
     ca_key: Option<String>,
+    #[serde(default)]
+    mints_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +240,9 @@ pub struct GatewaySettings {
     /// (both or neither; neither: one is created in `DATA_DIR/gateway/`).
     pub ca_cert: Option<PathBuf>,
     pub ca_key: Option<PathBuf>,
+    /// New certificates minted per minute at most (a peer names the domain before it
+    /// authenticates).
+    pub mints_per_minute: u32,
 }
 
 /// How the internal link authenticates, both ways (`gateway.auth`).
@@ -643,7 +648,11 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
                 }
                 _ => {}
             }
-            Some(GatewaySettings { internal, listen: gl, auth, ca_cert, ca_key })
+            let mints_per_minute = g.mints_per_minute.unwrap_or(60);
+            if mints_per_minute == 0 {
+                return Err(bad("gateway.mints_per_minute", "must be at least 1".into()));
+            }
+            Some(GatewaySettings { internal, listen: gl, auth, ca_cert, ca_key, mints_per_minute })
         }
     };
     if !matches!(f.log.level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {

@@ -90,7 +90,7 @@ fn example_config_is_valid_and_complete() {
         ("domain", &["name", "auth", "require_encryption"]),
         ("log", &["level", "file"]),
         ("outbound", &["deny", "max_dials", "max_targets", "max_addresses"]),
-        ("gateway", &["internal", "listen", "auth", "ca_cert", "ca_key"]),
+        ("gateway", &["internal", "listen", "auth", "ca_cert", "ca_key", "mints_per_minute"]),
     ];
     for (section, keys) in expected {
         for key in keys {

@@ -302,7 +302,10 @@ impl Engine {
             listeners.push((l, direct));
         }
         let gateway_ca = match &settings.gateway {
-            Some(g) => Some(Arc::new(crate::gateway::GatewayCa::open(g.ca_cert.as_deref(), g.ca_key.as_deref(), &settings.data_dir)?)),
+            Some(g) => Some(Arc::new(
+                crate::gateway::GatewayCa::open(g.ca_cert.as_deref(), g.ca_key.as_deref(), &settings.data_dir)?
+                    .with_mint_limit(g.mints_per_minute),
+            )),
             None => None,
         };
         let mut listening_gateway = Vec::new();

@@ -28,6 +28,9 @@ pub const VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Validity of a CA created by drawbridge.
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// `gateway.mints_per_minute` by default: far above what new remote domains need, far below
+/// what would let a peer fill the disk or the CPU.
+pub const DEFAULT_MINTS_PER_MINUTE: u32 = 60;
 /// Minted certificates kept in memory at most (each is small; the files stay).
 const MAX_CACHED: usize = 10_000;
 
@@ -39,6 +42,8 @@ pub enum CaError {
     HalfConfigured(PathBuf),
     #[error("minting a certificate for {domain}: {why}")]
     Mint { domain: Domain, why: String },
+    #[error("not minting a certificate for {domain}: {limit} new certificates in the last minute already (gateway.mints_per_minute)")]
+    Busy { domain: Domain, limit: u32 },
 }
 
 /// A certificate for one remote domain with its key.
@@ -61,6 +66,11 @@ pub struct GatewayCa {
     key: KeyPair,
     minted_dir: PathBuf,
     cache: Mutex<HashMap<Domain, Arc<Minted>>>,
+    /// New certificates per minute at most: a peer on `gateway.listen` names the domain
+    /// before it authenticates, and each new one costs a key, a signature and a file.
+    mints_per_minute: u32,
+    /// (minute, certificates minted in it).
+    minted_now: Mutex<(u64, u32)>,
 }
 
 impl GatewayCa {
@@ -94,7 +104,15 @@ impl GatewayCa {
         }
         let minted_dir = dir.join("minted");
         create_private_dir(&minted_dir)?;
-        Ok(GatewayCa { cert, cert_path, key, minted_dir, cache: Mutex::new(HashMap::new()) })
+        Ok(GatewayCa {
+            cert,
+            cert_path,
+            key,
+            minted_dir,
+            cache: Mutex::new(HashMap::new()),
+            mints_per_minute: DEFAULT_MINTS_PER_MINUTE,
+            minted_now: Mutex::new((0, 0)),
+        })
     }
 
     /// The CA certificate's file: the internal server's trust anchor for the gateway.
@@ -118,6 +136,7 @@ impl GatewayCa {
         let minted = match self.load(&path).filter(|m| !m.due(now)) {
             Some(m) => m,
             None => {
+                self.take_mint(domain, now)?;
                 let (m, pem) = self.mint(domain, now)?;
                 write_private(&path, pem.as_bytes()).map_err(|why| CaError::Mint { domain: domain.clone(), why })?;
                 m
@@ -130,6 +149,25 @@ impl GatewayCa {
         }
         cache.insert(domain.clone(), minted.clone());
         Ok(minted)
+    }
+
+    /// At most `gateway.mints_per_minute` new certificates a minute (renewals included).
+    pub fn with_mint_limit(mut self, per_minute: u32) -> GatewayCa {
+        self.mints_per_minute = per_minute;
+        self
+    }
+
+    fn take_mint(&self, domain: &Domain, now: SystemTime) -> Result<(), CaError> {
+        let minute = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() / 60);
+        let mut m = self.minted_now.lock().unwrap();
+        if m.0 != minute {
+            *m = (minute, 0);
+        }
+        if m.1 >= self.mints_per_minute {
+            return Err(CaError::Busy { domain: domain.clone(), limit: self.mints_per_minute });
+        }
+        m.1 += 1;
+        Ok(())
     }
 
     /// A minted certificate from disk, if it is one of ours (a file from another CA, after the
@@ -261,6 +299,26 @@ mod tests {
         // A key rustls accepts, matching the certificate.
         let signing = rustls::crypto::ring::default_provider().key_provider.load_private_key(m.key.clone_key()).unwrap();
         assert!(rustls::sign::CertifiedKey::new(m.chain.clone(), signing).keys_match().is_ok());
+    }
+
+    #[test]
+    fn new_certificates_per_minute_are_capped_cached_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = GatewayCa::open(None, None, dir.path()).unwrap().with_mint_limit(2);
+        let d = |s: &str| Domain::parse(s).unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 / 60 * 60);
+        ca.certificate_for(&d("a.example"), t0).unwrap();
+        ca.certificate_for(&d("b.example"), t0 + Duration::from_secs(1)).unwrap();
+        let e = ca.certificate_for(&d("c.example"), t0 + Duration::from_secs(2)).err().expect("the third new one in a minute");
+        assert!(e.to_string().contains("gateway.mints_per_minute"), "{e}");
+        assert!(!dir.path().join("gateway/minted/c.example.pem").exists(), "nothing written");
+        // Known domains still get theirs (memory, then disk after a restart).
+        ca.certificate_for(&d("a.example"), t0 + Duration::from_secs(3)).unwrap();
+        let again = GatewayCa::open(None, None, dir.path()).unwrap().with_mint_limit(1);
+        again.certificate_for(&d("x.example"), t0 + Duration::from_secs(4)).unwrap();
+        again.certificate_for(&d("b.example"), t0 + Duration::from_secs(5)).unwrap();
+        // The next minute, minting goes on.
+        ca.certificate_for(&d("c.example"), t0 + Duration::from_secs(60)).unwrap();
     }
 
     #[test]
