@@ -70,6 +70,22 @@ enum Command {
         #[command(subcommand)]
         cmd: CtlCommand,
     },
+    /// Gateway mode ([gateway] in the config): helpers for the internal server.
+    Gateway {
+        #[command(subcommand)]
+        cmd: GatewayCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum GatewayCommand {
+    /// Print the lines the internal server's configuration needs for this drawbridge
+    /// (prosody, ejabberd or openfire), and where the gateway CA certificate is (created if
+    /// it does not exist yet).
+    Setup {
+        /// prosody, ejabberd or openfire
+        server: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -229,6 +245,7 @@ fn main() -> ExitCode {
         Some(Command::Demo) => rt.block_on(demo()),
         Some(Command::Attach { socket }) => rt.block_on(attach(socket.unwrap_or(settings.control_socket))),
         Some(Command::Ctl { socket, cmd }) => rt.block_on(ctl(socket.unwrap_or(settings.control_socket), cmd)),
+        Some(Command::Gateway { cmd: GatewayCommand::Setup { server } }) => gateway_setup(&settings, &server),
     };
     match result {
         Ok(code) => code,
@@ -645,6 +662,24 @@ fn human_duration(ms: u64) -> String {
     } else {
         format!("{}h{:02}m", s / 3600, (s / 60) % 60)
     }
+}
+
+/// `drawbridge gateway setup SERVER`.
+fn gateway_setup(settings: &Settings, server: &str) -> anyhow::Result<ExitCode> {
+    use drawbridge::gateway::setup::{InternalServer, setup};
+    let Some(kind) = InternalServer::parse(server) else {
+        anyhow::bail!("{server:?} is not one of prosody, ejabberd, openfire");
+    };
+    let Some(g) = &settings.gateway else {
+        let file = settings.source.as_ref().map_or("the built-in default".to_owned(), |p| p.display().to_string());
+        anyhow::bail!("{file} has no [gateway] section (see config.example.toml); pass the gateway's config with --config");
+    };
+    // The CA the internal server must trust: the operator's, or drawbridge's own (created now
+    // if it does not exist, so the file can be handed over before the first start).
+    let ca = drawbridge::gateway::GatewayCa::open(g.ca_cert.as_deref(), g.ca_key.as_deref(), &settings.data_dir)?;
+    let path = std::fs::canonicalize(ca.cert_path()).unwrap_or_else(|_| ca.cert_path().to_owned());
+    print!("{}", setup(kind, g, &settings.domains, &path)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_connections(v: &[ConnSnapshot]) {

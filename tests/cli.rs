@@ -133,3 +133,26 @@ fn unreadable_trust_roots_are_named() {
     assert!(!out.status.success());
     assert!(stderr.contains("tls.ca_file") && stderr.contains("ca.pem"), "{stderr}");
 }
+
+/// `drawbridge gateway setup prosody`: the lines for the internal server, with the gateway
+/// CA (created on the spot) by its absolute path; without `[gateway]`, an error saying so.
+#[test]
+fn gateway_setup_prints_the_internal_servers_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("g.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\ndomains = [\"h.example\"]\ndata_dir = \"data\"\n[gateway]\ninternal = \"127.0.0.4:5269\"\nlisten = [\"127.0.0.5:5269\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge")).arg("--config").arg(&cfg).args(["gateway", "setup", "prosody"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ca = std::fs::canonicalize(dir.path().join("data/gateway/ca.pem")).unwrap();
+    assert!(text.contains(&format!("s2s_ssl = {{ cafile = \"{}\"; capath = false }}", ca.display())), "{text}");
+    assert!(text.contains(". 300 IN A 127.0.0.5") && text.contains("s2s_interfaces = { \"127.0.0.4\" }"), "{text}");
+    std::fs::write(&cfg, "[server]\ndomains = [\"h.example\"]\ndata_dir = \"data\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge")).arg("--config").arg(&cfg).args(["gateway", "setup", "prosody"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [gateway] section"), "{}", String::from_utf8_lossy(&out.stderr));
+}

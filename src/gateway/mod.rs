@@ -24,6 +24,7 @@
 //! ([`GatewayTls`]) and where outbound streams connect (`Caps::internal`).
 
 pub mod ca;
+pub mod setup;
 
 use std::sync::Arc;
 use std::time::SystemTime;
