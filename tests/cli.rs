@@ -145,14 +145,16 @@ fn gateway_setup_prints_the_internal_servers_lines() {
         "[server]\ndomains = [\"h.example\"]\ndata_dir = \"data\"\n[gateway]\ninternal = \"127.0.0.4:5269\"\nlisten = [\"127.0.0.5:5269\"]\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge")).arg("--config").arg(&cfg).args(["gateway", "setup", "prosody"]).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_drawbridge")).arg("--config").arg(&cfg).args(["gateway", "setup", "prosody"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let ca = std::fs::canonicalize(dir.path().join("data/gateway/ca.pem")).unwrap();
     assert!(text.contains(&format!("s2s_ssl = {{ cafile = \"{}\"; capath = false }}", ca.display())), "{text}");
     assert!(text.contains(". 300 IN A 127.0.0.5") && text.contains("s2s_interfaces = { \"127.0.0.4\" }"), "{text}");
     std::fs::write(&cfg, "[server]\ndomains = [\"h.example\"]\ndata_dir = \"data\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge")).arg("--config").arg(&cfg).args(["gateway", "setup", "prosody"]).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_drawbridge")).arg("--config").arg(&cfg).args(["gateway", "setup", "prosody"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no [gateway] section"), "{}", String::from_utf8_lossy(&out.stderr));
 }

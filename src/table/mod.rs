@@ -469,9 +469,15 @@ impl ConnTable {
             drop(i);
             entry.snapshot()
         };
+        // Packed before the table's lock is taken; handed over under it, so whoever finds
+        // the stream among the closed ones finds its transcript too.
+        let mut t = std::mem::take(&mut *entry.transcript.lock().unwrap());
+        t.pack();
         {
             let mut inner = self.inner.lock().unwrap();
             if inner.live.remove(&entry.id).is_none() {
+                // Closed before: the entry keeps it (and gives its bytes back when dropped).
+                *entry.transcript.lock().unwrap() = t;
                 return;
             }
             if self.keep_closed > 0 {
@@ -480,9 +486,8 @@ impl ConnTable {
                 }
                 inner.closed.push_back(snap.clone());
             }
+            self.budget.keep_closed(&entry.id, t, self.keep_closed);
         }
-        let t = std::mem::take(&mut *entry.transcript.lock().unwrap());
-        self.budget.keep_closed(&entry.id, t, self.keep_closed);
         let _ = self.events.send(Event::StreamClosed { stream: snap });
     }
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""A minimal XMPP client (RFC 6120 c2s, stdlib only) for the interop test: log in to a
-server (STARTTLS, SASL PLAIN, resource binding), send an XEP-0199 ping to a remote domain,
-and print the round trip. Exit 0 on a pong, 1 on an error reply (printed), 2 on a
+"""A minimal XMPP client (RFC 6120 c2s, stdlib only) for the interop tests: log in to a
+server (STARTTLS, SASL PLAIN, resource binding "interop"), then either send an XEP-0199 ping
+to a JID (a remote domain, or a user's full JID) and print the round trip — exit 0 on a
+pong, 1 on an error reply (printed with its condition and text) — or, with --serve, go
+online and answer pings until --timeout (touching --ready-file once online). Exit 2 on a
 connection problem, 3 on a timeout."""
 import argparse, base64, socket, ssl, sys, time, uuid
 import xml.etree.ElementTree as ET
@@ -54,9 +56,13 @@ def main():
     ap.add_argument("--port", type=int, default=5222)
     ap.add_argument("--jid", required=True)
     ap.add_argument("--password", required=True)
-    ap.add_argument("--ping", required=True, help="domain to ping over federation")
+    ap.add_argument("--ping", help="JID to ping over federation (a domain or user@domain/resource)")
+    ap.add_argument("--serve", action="store_true", help="go online and answer pings until --timeout")
+    ap.add_argument("--ready-file", help="with --serve: created once online")
     ap.add_argument("--timeout", type=float, default=30)
     a = ap.parse_args()
+    if bool(a.ping) == a.serve:
+        ap.error("give either --ping JID or --serve")
     user, domain = a.jid.split("@")
     deadline = time.monotonic() + a.timeout
     sock = socket.create_connection((a.host, a.port), timeout=a.timeout)
@@ -86,6 +92,8 @@ def main():
             break
     if el.get("type") != "result":
         sys.exit("resource binding failed")
+    if a.serve:
+        return serve(s, a)
     pid = "ping-" + uuid.uuid4().hex
     t0 = time.monotonic()
     s.send(f"<iq type='get' id='{pid}' to='{a.ping}'><ping xmlns='urn:xmpp:ping'/></iq>")
@@ -102,6 +110,30 @@ def main():
         sys.exit(1)
     print(f"ping {a.ping} from {a.jid}: pong in {rtt:.1f} ms")
     s.send("</stream:stream>")
+
+
+def serve(s, a):
+    """Online (presence), answering XEP-0199 pings until the deadline."""
+    s.send("<presence/>")
+    if a.ready_file:
+        open(a.ready_file, "w").close()
+    answered = 0
+    while True:
+        try:
+            el = s.next()
+        except TimeoutError:
+            print(f"{a.jid}: answered {answered} pings")
+            s.send("</stream:stream>")
+            return
+        if el.tag == f"{{{NS_CLIENT}}}iq" and el.get("type") == "get" and el.find("{urn:xmpp:ping}ping") is not None:
+            frm, iid = el.get("from", ""), el.get("id", "")
+            s.send(f"<iq type='result' to='{xml_attr(frm)}' id='{xml_attr(iid)}'/>")
+            answered += 1
+            print(f"{a.jid}: ping from {frm} answered", flush=True)
+
+
+def xml_attr(v):
+    return v.replace("&", "&amp;").replace("'", "&apos;").replace("<", "&lt;")
 
 
 if __name__ == "__main__":

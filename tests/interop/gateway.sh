@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# Gateway mode against real Prosody (Debian's package), twice over:
+#   home.test  — a Prosody behind drawbridge (the internal server; user alice), its resolver
+#                (libunbound) redirecting every .test name to drawbridge's gateway listener;
+#   world.test — another Prosody out in the world (user bob), federating with drawbridge,
+#                which the world's DNS gives as home.test's server.
+#  (a) alice pings world.test and bob's client, bob pings home.test and alice's client
+#      (internal → world → internal and world → internal → world, through drawbridge);
+#  (b) drawbridge shows the internal link (pki: SASL EXTERNAL both ways with certificates its
+#      gateway CA minted for world.test) and the internal server as reachable;
+#  (c) blacklisting world.test in drawbridge cuts both directions, and alice's client is told
+#      why (policy-violation with the reason).
+# Everything runs in a network namespace of its own; nothing leaves it. Needs root.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+ns=dbgateway$$
+work=$(mktemp -d /tmp/drawbridge-gateway.XXXXXX)
+dns_ip=127.0.0.20 world_ip=127.0.0.21 home_ip=127.0.0.22 db_ip=127.0.0.23 gw_ip=127.0.0.24
+pids=()
+
+say() { printf '\n== %s\n' "$*"; }
+fail() {
+  printf '\nGATEWAY INTEROP FAILED: %s\n' "$*" >&2
+  for f in drawbridge.log home.log world.log dnsmasq.log; do
+    [ -f "$work/$f" ] && { printf -- '--- last lines of %s\n' "$f" >&2; tail -n 40 "$work/$f" >&2; }
+  done
+  exit 1
+}
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  pkill -f "$work" 2>/dev/null || true
+  for _ in $(seq 1 20); do pgrep -f "$work" >/dev/null || break; sleep 0.1; done
+  pkill -9 -f "$work" 2>/dev/null || true
+  ip netns del "$ns" 2>/dev/null || true
+  rm -rf "/etc/netns/$ns"
+  [ -n "${KEEP_INTEROP:-}" ] && echo "kept $work" || rm -rf "$work"
+}
+trap cleanup EXIT
+in_ns() { ip netns exec "$ns" "$@"; }
+
+[ "$(id -u)" = 0 ] || fail "run as root (network namespaces)"
+
+say "packages"
+need=()
+command -v prosody >/dev/null || need+=(prosody)
+command -v dnsmasq >/dev/null || need+=(dnsmasq)
+command -v openssl >/dev/null || need+=(openssl)
+command -v ip >/dev/null || need+=(iproute2)
+command -v python3 >/dev/null || need+=(python3)
+# The internal Prosody finds drawbridge through its own resolver (libunbound).
+dpkg-query -W -f='${Status}' lua-unbound 2>/dev/null | grep -q "install ok installed" || need+=(lua-unbound)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+service prosody stop >/dev/null 2>&1 || true
+prosody_version=$(dpkg-query -W -f='${Version}' prosody 2>/dev/null || true)
+echo "prosody ${prosody_version:-?}"
+
+say "build drawbridge"
+(cd "$repo" && cargo build --quiet)
+db="$repo/target/debug/drawbridge"
+
+say "network namespace $ns"
+ip netns add "$ns"
+in_ns ip link set lo up
+for a in $dns_ip $world_ip $home_ip $db_ip $gw_ip; do in_ns ip addr replace "$a/32" dev lo; done
+mkdir -p "/etc/netns/$ns"
+echo "nameserver $dns_ip" > "/etc/netns/$ns/resolv.conf"
+printf '127.0.0.1 localhost\n::1 localhost\n127.0.1.1 %s\n' "$(hostname)" > "/etc/netns/$ns/hosts"
+
+say "certificates (a local CA for the servers' own certificates)"
+cd "$work"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=gateway interop CA" \
+  -keyout ca.key -out ca.pem 2>/dev/null
+for d in world.test home.test; do
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$d" -keyout "$d.key" -out "$d.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:%s,DNS:*.%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$d" "$d" > "$d.ext"
+  openssl x509 -req -in "$d.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile "$d.ext" -out "$d.crt" 2>/dev/null
+done
+chmod 644 ./*.key
+
+say "the world's DNS (dnsmasq on $dns_ip): home.test is drawbridge ($db_ip)"
+cat > dnsmasq.conf <<CONF
+no-resolv
+no-hosts
+local=/test/
+listen-address=$dns_ip
+bind-interfaces
+log-queries
+log-facility=$work/dnsmasq.log
+pid-file=$work/dnsmasq.pid
+host-record=world.test,$world_ip
+host-record=home.test,$db_ip
+srv-host=_xmpp-server._tcp.world.test,world.test,5269,0,5
+srv-host=_xmpp-server._tcp.home.test,home.test,5269,0,5
+CONF
+in_ns dnsmasq --keep-in-foreground --conf-file="$work/dnsmasq.conf" >/dev/null 2>&1 &
+pids+=($!)
+
+say "drawbridge (home.test for the world on $db_ip; gateway listener $gw_ip; internal server $home_ip)"
+cat > drawbridge.toml <<CONF
+[server]
+domains = ["home.test"]
+listen = ["$db_ip:5269"]
+data_dir = "$work/drawbridge-data"
+[tls]
+cert = "$work/home.test.crt"
+key = "$work/home.test.key"
+# The internal server proves home.test by its certificate from this CA.
+ca_file = "$work/ca.pem"
+[dns]
+nameservers = ["$dns_ip"]
+[timeouts]
+negotiation = "20s"
+dialback = "15s"
+probe = "20s"
+[log]
+level = "debug"
+file = "$work/drawbridge.log"
+[gateway]
+internal = "$home_ip:5269"
+listen = ["$gw_ip:5269"]
+auth = "pki"
+CONF
+"$db" --config "$work/drawbridge.toml" gateway setup prosody > setup.lua || fail "drawbridge gateway setup prosody"
+cat setup.lua
+gw_ca="$work/drawbridge-data/gateway/ca.pem"
+[ -f "$gw_ca" ] || fail "gateway setup did not create the gateway CA"
+grep -q "cafile = \"$gw_ca\"" setup.lua || fail "gateway setup does not name the gateway CA"
+in_ns "$db" --config "$work/drawbridge.toml" serve >>"$work/drawbridge.stderr" 2>&1 &
+pids+=($!)
+
+say "Prosody home.test (internal, $home_ip), configured with what gateway setup printed"
+mkdir -p home-data world-data
+# gateway setup's lines, with the redirect for .test (libunbound answers the built-in test.
+# zone itself under a "." redirect: see its note).
+sed -e 's|\["local-zone:"\] = "\. redirect"|["local-zone:"] = "test. redirect"|' \
+    -e 's|\["local-data:"\] = "\. 300 IN A |["local-data:"] = "test. 300 IN A |' setup.lua > setup-test.lua
+grep -q '"test. 300 IN A '"$gw_ip"'"' setup-test.lua || fail "unexpected gateway setup output"
+cat > home.cfg.lua <<CONF
+pidfile = "$work/home.pid"
+data_path = "$work/home-data"
+run_as_root = true
+c2s_ports = { 5222 }
+c2s_interfaces = { "$home_ip" }
+http_ports = { }
+https_ports = { }
+modules_enabled = { "roster"; "saslauth"; "tls"; "disco"; "ping"; "version"; "posix" }
+authentication = "internal_plain"
+c2s_require_encryption = true
+log = { debug = "$work/home.log" }
+$(cat setup-test.lua)
+VirtualHost "home.test"
+  ssl = { certificate = "$work/home.test.crt"; key = "$work/home.test.key" }
+CONF
+prosodyctl --config "$work/home.cfg.lua" register alice home.test s3cret >/dev/null 2>&1 || fail "prosodyctl register alice"
+in_ns setsid prosody --config "$work/home.cfg.lua" -F >/dev/null 2>&1 &
+pids+=($!)
+
+say "Prosody world.test (the world, $world_ip)"
+cat > world.cfg.lua <<CONF
+pidfile = "$work/world.pid"
+data_path = "$work/world-data"
+run_as_root = true
+interfaces = { "$world_ip" }
+s2s_ports = { 5269 }
+c2s_ports = { 5222 }
+http_ports = { }
+https_ports = { }
+modules_enabled = { "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "version"; "posix" }
+authentication = "internal_plain"
+c2s_require_encryption = true
+s2s_require_encryption = true
+s2s_secure_auth = false
+ssl = { cafile = "$work/ca.pem" }
+log = { debug = "$work/world.log" }
+unbound = { resolvconf = "/etc/netns/$ns/resolv.conf"; hoststxt = false; options = { ["local-zone:"] = "test. transparent" } }
+VirtualHost "world.test"
+  ssl = { certificate = "$work/world.test.crt"; key = "$work/world.test.key" }
+CONF
+prosodyctl --config "$work/world.cfg.lua" register bob world.test s3cret >/dev/null 2>&1 || fail "prosodyctl register bob"
+in_ns setsid prosody --config "$work/world.cfg.lua" -F >/dev/null 2>&1 &
+pids+=($!)
+
+ready() { in_ns python3 -c "import socket,sys; socket.create_connection(('$1', $2), timeout=1)" 2>/dev/null; }
+for i in $(seq 1 150); do
+  ready $home_ip 5222 && ready $home_ip 5269 && ready $world_ip 5222 && ready $world_ip 5269 && ready $db_ip 5269 && ready $gw_ip 5269 && break
+  [ "$i" = 150 ] && fail "servers did not start"
+  sleep 0.1
+done
+
+client() { in_ns python3 "$here/c2s_ping.py" --password s3cret "$@"; }
+# Start a client answering pings in the background; wait (bounded) until it is online.
+online() {
+  local jid=$1 host=$2 f="$work/${1%%@*}.ready"
+  rm -f "$f"
+  client --host "$host" --jid "$jid" --serve --timeout 120 --ready-file "$f" >>"$work/clients.log" 2>&1 &
+  pids+=($!)
+  for i in $(seq 1 100); do
+    [ -f "$f" ] && return 0
+    sleep 0.1
+  done
+  fail "$jid did not come online"
+}
+
+say "(a) both directions through drawbridge"
+client --host $home_ip --jid alice@home.test --ping world.test --timeout 40 || fail "alice@home.test → world.test"
+client --host $world_ip --jid bob@world.test --ping home.test --timeout 40 || fail "bob@world.test → home.test"
+online bob@world.test $world_ip
+online alice@home.test $home_ip
+client --host $home_ip --jid alice@home.test --ping bob@world.test/interop --timeout 40 || fail "alice → bob's client"
+client --host $world_ip --jid bob@world.test --ping alice@home.test/interop --timeout 40 || fail "bob → alice's client"
+
+say "(b) what drawbridge saw"
+in_ns "$db" --config "$work/drawbridge.toml" ctl status
+in_ns "$db" --config "$work/drawbridge.toml" ctl connections
+json=$(in_ns "$db" --config "$work/drawbridge.toml" ctl connections --json)
+python3 - "$json" <<'PY' || fail "(b) drawbridge's connection table does not show the internal link"
+import json, sys
+conns = json.loads(sys.argv[1])
+internal = [c for c in conns if c.get("internal")]
+def ok(direction, local, remote):
+    return any(c["direction"] == direction and c["local"] == local and c["tls"]
+               and any(p["remote"] == remote and p["status"] == "valid" and p["method"] == "sasl-external" for p in c["pairs"])
+               for c in internal)
+assert ok("out", "world.test", "home.test"), f"no internal stream to home.test as world.test by SASL EXTERNAL: {internal}"
+assert ok("in", "world.test", "home.test"), f"no internal stream from home.test by SASL EXTERNAL: {internal}"
+world = [c for c in conns if not c.get("internal")]
+assert any(c["remote"] == "world.test" for c in world), "no federation stream with world.test"
+print("drawbridge: internal link both ways by SASL EXTERNAL; federation with world.test")
+PY
+status=$(in_ns "$db" --config "$work/drawbridge.toml" ctl status --json)
+python3 - "$status" <<'PY' || fail "(b) ctl status does not show the internal server as reachable"
+import json, sys
+g = json.loads(sys.argv[1])["gateway"]
+assert g["reachable"] is True, g
+print(f"ctl status: internal server {g['internal']} reachable, auth {g['auth']}")
+PY
+[ -f "$work/drawbridge-data/gateway/minted/world.test.pem" ] || fail "(b) no certificate minted for world.test"
+grep -q "Accepting SASL EXTERNAL identity from world.test" home.log \
+  && echo "home.log: Accepting SASL EXTERNAL identity from world.test" \
+  || fail "(b) the internal Prosody did not accept drawbridge as world.test by SASL EXTERNAL"
+
+say "(c) blacklisting world.test in drawbridge cuts both directions"
+in_ns "$db" --config "$work/drawbridge.toml" ctl blacklist world.test --reason "gateway interop" || fail "ctl blacklist world.test"
+set +e
+out=$(client --host $home_ip --jid alice@home.test --ping bob@world.test/interop --timeout 40)
+rc=$?
+set -e
+echo "$out"
+[ $rc = 1 ] || fail "(c) alice's ping to bob should be answered with an error (exit $rc)"
+echo "$out" | grep -q "policy-violation" && echo "$out" | grep -q "world.test is blacklisted" \
+  || fail "(c) alice's client does not see policy-violation with the reason"
+set +e
+out=$(client --host $world_ip --jid bob@world.test --ping alice@home.test/interop --timeout 40)
+rc=$?
+set -e
+echo "$out"
+[ $rc = 1 ] || fail "(c) bob's ping to alice should fail while world.test is blacklisted (exit $rc)"
+
+say "GATEWAY INTEROP OK: Prosody ${prosody_version:-} behind drawbridge (pki): both directions, users both ways, policy both ways"
