@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """A minimal XMPP client (RFC 6120 c2s, stdlib only) for the interop tests: log in to a
-server (STARTTLS, SASL PLAIN, resource binding "interop"), then either send an XEP-0199 ping
+server (STARTTLS, SASL PLAIN, resource binding), then either send an XEP-0199 ping
 to a JID (a remote domain, or a user's full JID) and print the round trip — exit 0 on a
 pong, 1 on an error reply (printed with its condition and text) — or, with --serve, go
-online and answer pings until --timeout (touching --ready-file once online). Exit 2 on a
+online as user@domain/interop and answer pings until --timeout (touching --ready-file once online). Exit 2 on a
 connection problem, 3 on a timeout."""
 import argparse, base64, socket, ssl, sys, time, uuid
 import xml.etree.ElementTree as ET
@@ -57,7 +57,7 @@ def main():
     ap.add_argument("--jid", required=True)
     ap.add_argument("--password", required=True)
     ap.add_argument("--ping", help="JID to ping over federation (a domain or user@domain/resource)")
-    ap.add_argument("--serve", action="store_true", help="go online and answer pings until --timeout")
+    ap.add_argument("--serve", action="store_true", help="go online as user@domain/interop and answer pings until --timeout")
     ap.add_argument("--ready-file", help="with --serve: created once online")
     ap.add_argument("--timeout", type=float, default=30)
     a = ap.parse_args()
@@ -85,7 +85,10 @@ def main():
         sys.exit("login failed")
     s.restart()
     s.next()  # features with bind
-    s.send(f"<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'><resource>interop</resource></bind></iq>")
+    # The serving client is user@domain/interop; a pinging one takes a resource of its own
+    # (the same one would replace the serving client's session).
+    resource = "interop" if a.serve else "ping-" + uuid.uuid4().hex[:8]
+    s.send(f"<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'><resource>{resource}</resource></bind></iq>")
     while True:
         el = s.next()
         if el.get("id") == "bind1":
