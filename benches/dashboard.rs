@@ -22,7 +22,7 @@ fn main() {
             stream: ConnSnapshot {
                 id: format!("{i:032x}"),
                 direction: if i % 2 == 0 { Direction::In } else { Direction::Out },
-                internal: false,
+                kind: Default::default(),
                 local: Some("island.example".into()),
                 remote: Some(format!("peer{}.example", i / 2)),
                 peer_addr: Some("192.0.2.1:5269".into()),

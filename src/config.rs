@@ -43,6 +43,22 @@ struct File {
     log: LogFile,
     outbound: OutboundFile,
     gateway: Option<GatewayFile>,
+    components: ComponentsFile,
+    #[serde(rename = "component")]
+    component: Vec<ComponentFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ComponentsFile {
+    listen: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ComponentFile {
+    domain: String,
+    secret: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +241,35 @@ pub struct Settings {
     pub outbound: OutboundSettings,
     /// `[gateway]`: drawbridge in front of an internal XMPP server (the gateway module).
     pub gateway: Option<GatewaySettings>,
+    /// `[components]` and `[[component]]`: external components (XEP-0114).
+    pub components: ComponentSettings,
+}
+
+/// External components (XEP-0114): where they connect, and each one's domain and secret.
+#[derive(Debug, Clone, Default)]
+pub struct ComponentSettings {
+    pub listen: Vec<SocketAddr>,
+    pub list: Vec<ComponentDef>,
+}
+
+#[derive(Clone)]
+pub struct ComponentDef {
+    pub domain: Domain,
+    /// The shared secret of the `jabber:component:accept` handshake.
+    pub secret: String,
+}
+
+/// The secret stays out of logs and debug output.
+impl std::fmt::Debug for ComponentDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentDef").field("domain", &self.domain).field("secret", &"(hidden)").finish()
+    }
+}
+
+impl ComponentSettings {
+    pub fn domains(&self) -> impl Iterator<Item = &Domain> {
+        self.list.iter().map(|c| &c.domain)
+    }
 }
 
 /// `[gateway]`: the internal server that really hosts `server.domains`, and how drawbridge
@@ -658,6 +703,41 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
     if !matches!(f.log.level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
         return Err(bad("log.level", format!("{:?} is not one of error, warn, info, debug, trace", f.log.level)));
     }
+    let mut components = ComponentSettings::default();
+    for (i, a) in f.components.listen.iter().enumerate() {
+        let key = format!("components.listen[{i}]");
+        let addr: SocketAddr = a.parse().map_err(|_| bad(&key, format!("{a:?} is not an address like \"127.0.0.1:5347\"")))?;
+        let taken = listen.contains(&addr) || direct_tls.contains(&addr) || gateway.as_ref().is_some_and(|g| g.listen.contains(&addr));
+        if addr.port() != 0 && taken {
+            return Err(bad(&key, format!("{addr} is already a listener of another kind; components need an address of their own")));
+        }
+        components.listen.push(addr);
+    }
+    for (i, c) in f.component.iter().enumerate() {
+        let domain = Domain::parse(&c.domain).map_err(|e| bad(&format!("component[{i}].domain"), format!("{:?}: {e}", c.domain)))?;
+        if domains.contains(&domain) {
+            return Err(bad(
+                &format!("component[{i}].domain"),
+                format!("{domain} is in server.domains; a component needs a domain of its own (e.g. a subdomain)"),
+            ));
+        }
+        if components.list.iter().any(|d: &ComponentDef| d.domain == domain) {
+            return Err(bad(&format!("component[{i}].domain"), format!("{domain} has two [[component]] blocks")));
+        }
+        if c.secret.len() < 16 {
+            return Err(bad(
+                &format!("component[{i}].secret"),
+                "must be at least 16 characters (it is all that authenticates the component)".into(),
+            ));
+        }
+        components.list.push(ComponentDef { domain, secret: c.secret.clone() });
+    }
+    if !components.list.is_empty() && components.listen.is_empty() {
+        return Err(bad(
+            "components.listen",
+            "[[component]] blocks are configured, so an address for them to connect to is required".into(),
+        ));
+    }
     Ok(Settings {
         source: path.map(Path::to_path_buf),
         domains,
@@ -676,6 +756,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         log_file: f.log.file.as_deref().map(resolve),
         outbound,
         gateway,
+        components,
     })
 }
 

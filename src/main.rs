@@ -715,8 +715,12 @@ fn print_connections(v: &[ConnSnapshot]) {
             c.stanzas_out,
             human_duration(now.saturating_sub(c.opened_ms)),
         );
-        if c.internal {
-            println!("{:<32}     internal link (gateway): with the internal server, as {}", "", c.local.as_deref().unwrap_or("-"));
+        match c.kind {
+            drawbridge::types::StreamKind::Internal => {
+                println!("{:<32}     internal link (gateway): with the internal server, as {}", "", c.local.as_deref().unwrap_or("-"))
+            }
+            drawbridge::types::StreamKind::Component => println!("{:<32}     external component (XEP-0114)", ""),
+            drawbridge::types::StreamKind::Federation => {}
         }
         if !c.pairs.is_empty() {
             let auth: Vec<String> = c.pairs.iter().map(|p| format!("{} by {}", p.remote, p.method.as_str())).collect();

@@ -53,6 +53,8 @@ pub enum AuthMethod {
     DialbackWithValidCert,
     /// No method was tried: the policy refused the claimed domain first (its stream header).
     Policy,
+    /// An external component proved the shared secret (XEP-0114 §3 handshake).
+    ComponentHandshake,
 }
 
 impl AuthMethod {
@@ -64,6 +66,7 @@ impl AuthMethod {
             AuthMethod::SaslExternal => "sasl-external",
             AuthMethod::DialbackWithValidCert => "dialback-with-valid-cert",
             AuthMethod::Policy => "policy",
+            AuthMethod::ComponentHandshake => "component-handshake",
         }
     }
 }
@@ -253,9 +256,10 @@ pub struct TlsInfo {
 pub struct ConnSnapshot {
     pub id: String,
     pub direction: Direction,
-    /// A stream with the internal server (gateway mode), not with the world.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub internal: bool,
+    /// What is at the other end: a federation peer (the default, not written), the internal
+    /// server (gateway mode) or an external component.
+    #[serde(default, skip_serializing_if = "StreamKind::is_federation")]
+    pub kind: StreamKind,
     pub local: Option<String>,
     pub remote: Option<String>,
     pub peer_addr: Option<String>,
@@ -272,6 +276,32 @@ pub struct ConnSnapshot {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub close_reason: Option<String>,
+}
+
+/// What a stream connects drawbridge with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamKind {
+    /// A federation peer (RFC 6120 s2s).
+    #[default]
+    Federation,
+    /// Gateway mode's internal server.
+    Internal,
+    /// An external component (XEP-0114).
+    Component,
+}
+
+impl StreamKind {
+    pub fn is_federation(&self) -> bool {
+        *self == StreamKind::Federation
+    }
+}
+
+impl ConnSnapshot {
+    /// A stream of gateway mode's internal link.
+    pub fn internal(&self) -> bool {
+        self.kind == StreamKind::Internal
+    }
 }
 
 /// The result of authenticating one remote domain on one stream.

@@ -16,7 +16,7 @@ fn conn(id: &str, dir: Direction, remote: &str, state: ConnState, pair: Option<P
     ConnSnapshot {
         id: id.into(),
         direction: dir,
-        internal: false,
+        kind: Default::default(),
         local: Some("island.test".into()),
         remote: Some(remote.into()),
         peer_addr: Some("127.0.0.1:5269".into()),

@@ -69,7 +69,7 @@ async fn gateway(auth: &str) -> Gateway {
 }
 
 fn internal_streams(s: &TestServer) -> Vec<drawbridge::engine::events::ConnSnapshot> {
-    s.engine.connections(false).into_iter().filter(|c| c.internal).collect()
+    s.engine.connections(false).into_iter().filter(|c| c.internal()).collect()
 }
 
 async fn both_directions(g: &Gateway, method: AuthMethod) {
@@ -96,7 +96,7 @@ async fn both_directions(g: &Gateway, method: AuthMethod) {
     assert_eq!(inn.remote.as_deref(), Some("h.test"));
     assert!(inn.pairs.iter().any(|p| p.status == PairStatus::Valid && p.method == method), "{inn:#?}");
     // The world-facing streams are not marked.
-    let world: Vec<_> = g.a.engine.connections(false).into_iter().filter(|c| !c.internal).collect();
+    let world: Vec<_> = g.a.engine.connections(false).into_iter().filter(|c| !c.internal()).collect();
     assert!(world.iter().all(|s| s.remote.as_deref() == Some("w.test")), "{world:#?}");
     // Outcomes on the internal link say so, and no domain record was made for h.test.
     let outcomes = g.a.engine.shared.outcomes();
@@ -145,7 +145,7 @@ async fn the_policy_cuts_both_directions() {
     .unwrap();
     // A's federation streams with w.test close; the internal ones stay.
     loop {
-        let world = g.a.engine.connections(false).into_iter().filter(|c| !c.internal).count();
+        let world = g.a.engine.connections(false).into_iter().filter(|c| !c.internal()).count();
         if world == 0 {
             break;
         }
@@ -195,7 +195,7 @@ async fn an_unreachable_internal_server_is_reported_to_the_operator_only() {
     let internal_addr = c.addr.to_string();
     within("C stops", c.engine.shutdown()).await;
     let mut events = a.engine.subscribe();
-    while a.engine.connections(false).iter().any(|s| s.internal) {
+    while a.engine.connections(false).iter().any(|s| s.internal()) {
         wait_event(&mut events, "the internal streams to end", |e| matches!(e, Event::StreamClosed { .. })).await;
     }
     let r = within("probe to a stopped internal server", b.engine.probe("h.test", None)).await;

@@ -517,6 +517,7 @@ fn method_label(m: crate::events::AuthMethod) -> &'static str {
         M::SaslExternal => "sasl ",
         M::Certificate => "cert ",
         M::Policy => "policy ",
+        M::ComponentHandshake => "component ",
     }
 }
 

@@ -161,7 +161,7 @@ impl crate::router::Opener for OutboundOpener {
         let (stx, srx) = queue::queue(self.limits.outbound_queue, self.limits.outbound_queue_bytes);
         // Verifications waiting for this link: at most 64 (each weighs 1).
         let (vtx, vrx) = queue::queue(64, 64);
-        let entry = caps.table.open(Direction::Out, &caps.shutdown, caps.internal.is_some());
+        let entry = caps.table.open(Direction::Out, &caps.shutdown, caps.kind());
         entry.set_domains(Some(local.as_str()), Some(remote.as_str()));
         let link = Link { kind, stream: entry.id.as_str().into(), stanzas: stx, verifies: Some(vtx) };
         let (l, r, tasks) = (local.clone(), remote.clone(), caps.tasks.clone());
@@ -528,9 +528,9 @@ pub fn status(shared: &Shared) -> Status {
 /// ones now, else how the latest one ended.
 fn gateway_status(shared: &Shared, live: &[ConnSnapshot]) -> Option<GatewayStatus> {
     let g = shared.settings.gateway.as_ref()?;
-    let internal: Vec<&ConnSnapshot> = live.iter().filter(|s| s.internal).collect();
+    let internal: Vec<&ConnSnapshot> = live.iter().filter(|s| s.internal()).collect();
     let out_up = internal.iter().any(|s| s.direction == Direction::Out && s.state == ConnState::Established);
-    let last = shared.table.closed().into_iter().rev().find(|s| s.internal && s.direction == Direction::Out);
+    let last = shared.table.closed().into_iter().rev().find(|s| s.internal() && s.direction == Direction::Out);
     let (reachable, last_error) = match (out_up, last) {
         (true, _) => (Some(true), None),
         // The latest ended before authenticating: the internal server failed us.

@@ -28,14 +28,14 @@ struct Answered {
 }
 
 pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: InboundSlot) {
-    let entry = caps.table.open(Direction::In, &caps.shutdown, caps.internal.is_some());
+    let entry = caps.table.open(Direction::In, &caps.shutdown, caps.kind());
     entry.set_peer_addr(peer);
     serve(caps, entry, Transport::Plain(tcp), None, slot).await;
 }
 
 /// XEP-0368: TLS from the first byte (the certificate is picked by SNI), then the stream.
 pub async fn run_direct(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: InboundSlot) {
-    let entry = caps.table.open(Direction::In, &caps.shutdown, caps.internal.is_some());
+    let entry = caps.table.open(Direction::In, &caps.shutdown, caps.kind());
     entry.set_peer_addr(peer);
     entry.set_state(ConnState::Tls);
     // The certificate follows SNI (a hosted domain's own, else the first domain's).

@@ -89,3 +89,10 @@ pub struct Caps {
     /// marked as the internal link for the operator.
     pub internal: Option<std::net::SocketAddr>,
 }
+
+impl Caps {
+    /// What the streams driven with these capabilities connect to.
+    pub fn kind(&self) -> crate::types::StreamKind {
+        if self.internal.is_some() { crate::types::StreamKind::Internal } else { crate::types::StreamKind::Federation }
+    }
+}

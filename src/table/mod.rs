@@ -73,8 +73,8 @@ impl StreamControl {
 pub struct ConnEntry {
     pub id: String,
     pub direction: Direction,
-    /// A stream with the internal server (gateway mode), not with the world.
-    pub internal: bool,
+    /// Federation, the internal server (gateway mode) or a component.
+    pub kind: StreamKind,
     pub opened_ms: u64,
     pub counters: Counters,
     info: Mutex<Info>,
@@ -113,7 +113,7 @@ impl ConnEntry {
         ConnSnapshot {
             id: self.id.clone(),
             direction: self.direction,
-            internal: self.internal,
+            kind: self.kind,
             local: i.local,
             remote: i.remote,
             peer_addr: i.peer_addr,
@@ -435,12 +435,12 @@ impl ConnTable {
     }
 
     /// Register a new stream; it stays until [`ConnTable::close`].
-    /// `internal`: a stream of gateway mode's link with the internal server.
-    pub fn open(&self, direction: Direction, parent: &CancellationToken, internal: bool) -> Arc<ConnEntry> {
+    /// `kind`: what is at the other end.
+    pub fn open(&self, direction: Direction, parent: &CancellationToken, kind: StreamKind) -> Arc<ConnEntry> {
         let entry = Arc::new(ConnEntry {
             id: random_id(),
             direction,
-            internal,
+            kind,
             opened_ms: now_ms(),
             counters: Counters::default(),
             info: Mutex::new(Info::default()),
@@ -547,14 +547,14 @@ mod tests {
     async fn close_requests_and_shutdown_reach_the_stream_over_its_control_channel() {
         let t = table(10, 1024, 4096, 10);
         let root = CancellationToken::new();
-        let a = t.open(Direction::In, &root, false);
+        let a = t.open(Direction::In, &root, StreamKind::Federation);
         let mut control = a.control();
         let pending = tokio::time::timeout(std::time::Duration::from_millis(1), control.closed()).await;
         assert!(pending.is_err(), "nothing asked yet");
         a.request_close_with("policy: blocked", Some(StreamError::new(StreamErrorCondition::PolicyViolation, "blocked")));
         let r = control.closed().await;
         assert_eq!((r.reason.as_str(), r.error.unwrap().condition), ("policy: blocked", StreamErrorCondition::PolicyViolation));
-        let b = t.open(Direction::Out, &root, false);
+        let b = t.open(Direction::Out, &root, StreamKind::Federation);
         let mut control = b.control();
         root.cancel();
         let r = control.closed().await;
@@ -564,7 +564,7 @@ mod tests {
     #[test]
     fn the_row_is_a_projection_of_what_the_machine_observed() {
         let t = table(10, 1024, 4096, 10);
-        let a = t.open(Direction::In, &CancellationToken::new(), false);
+        let a = t.open(Direction::In, &CancellationToken::new(), StreamKind::Federation);
         let d = |s: &str| Domain::parse(s).unwrap();
         a.apply(&Observed::Domains { local: Some("here.test".into()), remote: Some("there.test".into()) });
         a.apply(&Observed::Pair {
@@ -590,7 +590,7 @@ mod tests {
     fn live_transcript_events_carry_a_bounded_text() {
         let (tx, mut rx) = broadcast::channel(16);
         let t = ConnTable::new(tx, 10, TranscriptBudget::new(100, 1 << 20, 1 << 22));
-        let a = t.open(Direction::In, &CancellationToken::new(), false);
+        let a = t.open(Direction::In, &CancellationToken::new(), StreamKind::Federation);
         a.record("in", "x".repeat(200_000), None);
         let mut seen = None;
         while let Ok(ev) = rx.try_recv() {
@@ -606,7 +606,7 @@ mod tests {
     #[test]
     fn negotiation_is_recorded_to_the_end_of_its_turn_then_packed_while_quiet() {
         let t = table(100, 1 << 20, 1 << 22, 10);
-        let a = t.open(Direction::In, &CancellationToken::new(), false);
+        let a = t.open(Direction::In, &CancellationToken::new(), StreamKind::Federation);
         a.record("in", "<db:result from='b.test' to='a.test'>[dialback key hidden]</db:result>".into(), Some("k".repeat(64)));
         a.apply(&Observed::State(ConnState::Established));
         assert!(a.capturing(), "what the turn that established the stream writes is still recorded");
@@ -637,7 +637,7 @@ mod tests {
     fn transcript_bytes_are_capped_per_stream_and_in_all() {
         let t = table(10_000, 4096, 16 * 1024, 10);
         let root = CancellationToken::new();
-        let a = t.open(Direction::In, &root, false);
+        let a = t.open(Direction::In, &root, StreamKind::Federation);
         for _ in 0..100 {
             a.record("in", "x".repeat(1000), None);
         }
@@ -652,7 +652,7 @@ mod tests {
         t.close(&a, "done");
         let before = t.transcript_budget().used();
         assert!(before > 0 && t.transcript(&a.id).is_some());
-        let streams: Vec<_> = (0..6).map(|_| t.open(Direction::In, &root, false)).collect();
+        let streams: Vec<_> = (0..6).map(|_| t.open(Direction::In, &root, StreamKind::Federation)).collect();
         for s in &streams {
             for _ in 0..4 {
                 s.record("in", "z".repeat(900), None);
@@ -665,7 +665,7 @@ mod tests {
         }
         assert!(t.transcript_budget().used() <= 16 * 1024);
         // A stream dropped without closing gives its bytes back.
-        let b = t.open(Direction::In, &root, false);
+        let b = t.open(Direction::In, &root, StreamKind::Federation);
         b.record("in", "w".repeat(500), None);
         let with_b = t.transcript_budget().used();
         t.inner.lock().unwrap().live.remove(&b.id);

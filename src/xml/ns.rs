@@ -3,6 +3,8 @@
 pub const STREAMS: &str = "http://etherx.jabber.org/streams";
 pub const SERVER: &str = "jabber:server";
 pub const CLIENT: &str = "jabber:client";
+/// External components (XEP-0114).
+pub const COMPONENT_ACCEPT: &str = "jabber:component:accept";
 pub const DIALBACK: &str = "jabber:server:dialback";
 pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
 pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";

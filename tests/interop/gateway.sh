@@ -222,14 +222,14 @@ json=$(in_ns "$db" --config "$work/drawbridge.toml" ctl connections --json)
 python3 - "$json" <<'PY' || fail "(b) drawbridge's connection table does not show the internal link"
 import json, sys
 conns = json.loads(sys.argv[1])
-internal = [c for c in conns if c.get("internal")]
+internal = [c for c in conns if c.get("kind") == "internal"]
 def ok(direction, local, remote):
     return any(c["direction"] == direction and c["local"] == local and c["tls"]
                and any(p["remote"] == remote and p["status"] == "valid" and p["method"] == "sasl-external" for p in c["pairs"])
                for c in internal)
 assert ok("out", "world.test", "home.test"), f"no internal stream to home.test as world.test by SASL EXTERNAL: {internal}"
 assert ok("in", "world.test", "home.test"), f"no internal stream from home.test by SASL EXTERNAL: {internal}"
-world = [c for c in conns if not c.get("internal")]
+world = [c for c in conns if "kind" not in c]
 assert any(c["remote"] == "world.test" for c in world), "no federation stream with world.test"
 print("drawbridge: internal link both ways by SASL EXTERNAL; federation with world.test")
 PY

@@ -15,6 +15,7 @@
 //! timeouts and limits, the security rules, dialback keys, a policy view, a certificate
 //! judge, stream ids) and, for inbound streams, an [`Admission`] slot.
 
+pub mod component;
 mod originating;
 pub use originating::{Failure, verify_failure};
 mod receiving;
@@ -140,6 +141,9 @@ pub enum Input {
     Close { reason: String, error: Option<StreamError> },
     /// The time given to [`Machine::handle`] reached [`Machine::deadline`].
     Timer,
+    /// Component streams: the router's answer to [`Output::Attach`] (the reason when the
+    /// domain is attached to another stream already).
+    Attached(Result<(), String>),
 }
 
 /// Why reading stopped.
@@ -197,6 +201,9 @@ pub enum Output {
         detail: Option<String>,
     },
     Observe(Observed),
+    /// Component streams: attach the domain to this stream in the router (answered by
+    /// [`Input::Attached`]).
+    Attach(Domain),
     /// The end: carried out last; the machine takes no more input after it.
     Close(Ending),
 }
@@ -275,6 +282,7 @@ impl Ending {
 enum Role {
     Receiving(Box<receiving::Receiving>),
     Originating(Box<originating::Originating>),
+    Component(Box<component::Component>),
 }
 
 /// One s2s stream's protocol state.
@@ -309,6 +317,12 @@ impl Machine {
         Machine { env, log, out, closed, role: Role::Originating(Box::new(o)) }
     }
 
+    /// An external component's stream (XEP-0114), accepted on `[components] listen`.
+    pub fn component(env: Arc<Env>, log: Arc<str>, now: Instant, secrets: component::Secrets) -> Machine {
+        let c = component::Component::new(secrets, now, env.timeouts.negotiation);
+        Machine { env, log, out: VecDeque::new(), closed: false, role: Role::Component(Box::new(c)) }
+    }
+
     /// Feed one input at time `now`. After [`Output::Close`] inputs are ignored.
     pub fn handle(&mut self, now: Instant, input: Input) {
         if self.closed {
@@ -318,6 +332,7 @@ impl Machine {
         match &mut self.role {
             Role::Receiving(r) => r.handle(&mut cx, now, input),
             Role::Originating(o) => o.handle(&mut cx, now, input),
+            Role::Component(c) => c.handle(&mut cx, now, input),
         }
     }
 
@@ -341,6 +356,7 @@ impl Machine {
         match &self.role {
             Role::Receiving(r) => r.deadline(&self.env),
             Role::Originating(o) => o.deadline(&self.env),
+            Role::Component(c) => c.deadline(&self.env),
         }
     }
 
@@ -350,6 +366,7 @@ impl Machine {
         match &self.role {
             Role::Receiving(r) => r.write_deadline(),
             Role::Originating(o) => o.write_deadline(),
+            Role::Component(c) => c.write_deadline(),
         }
     }
 
@@ -359,7 +376,11 @@ impl Machine {
 
     /// Originating streams: whether stanzas may be fed now (established and allowed).
     pub fn accepts_stanzas(&self) -> bool {
-        matches!(&self.role, Role::Originating(o) if !self.closed && o.established())
+        match &self.role {
+            Role::Originating(o) => !self.closed && o.established(),
+            Role::Component(c) => !self.closed && c.established(),
+            Role::Receiving(_) => false,
+        }
     }
 
     /// Originating streams: whether `db:verify` requests may be fed now (past negotiation).

@@ -208,6 +208,7 @@ impl Originating {
             }
             Input::Timer => self.on_timer(cx, now),
             Input::Answer { .. } => tracing::error!(stream = %cx.log, "an outbound stream was given a dialback answer; ignored"),
+            Input::Attached(_) => tracing::error!(stream = %cx.log, "an outbound stream was given a component attachment; ignored"),
         }
     }
 
