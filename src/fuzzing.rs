@@ -400,6 +400,7 @@ fn fuzz_env(flags: u8) -> Fuzz {
     let env = Env {
         hosted: LOCALS.iter().map(|d| domain(d)).collect(),
         serves_world: false,
+        with_subdomains: Vec::new(),
         timeouts: Timeouts {
             negotiation: Duration::from_secs(30),
             dialback: Duration::from_secs(20),

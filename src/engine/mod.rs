@@ -65,6 +65,8 @@ pub struct Shared {
     pub listening_direct: Vec<SocketAddr>,
     /// Gateway mode: where the internal server's streams arrive (`gateway.listen`, bound).
     pub listening_gateway: Vec<SocketAddr>,
+    /// Where external components connect (`[components] listen`, bound).
+    pub listening_components: Vec<SocketAddr>,
     /// Gateway mode: the CA minting the certificates drawbridge presents as remote domains.
     pub gateway_ca: Option<Arc<crate::gateway::GatewayCa>>,
     /// Gateway mode: what the internal link's stream drivers get.
@@ -183,8 +185,10 @@ fn stream_env(
     use crate::proto::machine as m;
     let (t, l) = (&settings.timeouts, &settings.limits);
     m::Env {
-        hosted: settings.domains.clone(),
+        // Federation delivers to the components' domains too.
+        hosted: settings.domains.iter().chain(settings.components.domains()).cloned().collect(),
         serves_world: false,
+        with_subdomains: settings.components.domains().cloned().collect(),
         timeouts: m::Timeouts {
             negotiation: t.negotiation,
             dialback: t.dialback,
@@ -315,6 +319,13 @@ impl Engine {
             listening_gateway.push(l.local_addr().map_err(|err| EngineError::Listen { addr: *addr, err })?);
             gateway_listeners.push(l);
         }
+        let mut listening_components = Vec::new();
+        let mut component_listeners = Vec::new();
+        for addr in &settings.components.listen {
+            let l = TcpListener::bind(addr).await.map_err(|err| EngineError::Listen { addr: *addr, err })?;
+            listening_components.push(l.local_addr().map_err(|err| EngineError::Listen { addr: *addr, err })?);
+            component_listeners.push(l);
+        }
         let (events, _) = broadcast::channel(4096);
         let shutdown = CancellationToken::new();
         let table = Arc::new(ConnTable::new(
@@ -334,7 +345,9 @@ impl Engine {
             unauthenticated: std::sync::Mutex::new(std::collections::VecDeque::new()),
         });
         let router = Arc::new(
-            Router::new(settings.domains.clone(), policy.clone(), settings.timeouts.dialback).with_gateway(settings.gateway.is_some()),
+            Router::new(settings.domains.clone(), policy.clone(), settings.timeouts.dialback)
+                .with_gateway(settings.gateway.is_some())
+                .with_components(settings.components.domains().cloned().collect()),
         );
         let resolver = Arc::new(resolver);
         let dials = Arc::new(tokio::sync::Semaphore::new(settings.outbound.max_dials));
@@ -397,6 +410,7 @@ impl Engine {
             listening,
             listening_direct,
             listening_gateway,
+            listening_components,
             gateway_ca,
             internal_streams,
             store,
@@ -410,12 +424,18 @@ impl Engine {
         });
         let mut tasks = JoinSet::new();
         for (l, direct) in listeners {
-            tasks.spawn(accept_loop(shared.clone(), l, direct, shared.streams.clone()));
+            let how = if direct { Accept::DirectTls } else { Accept::S2s };
+            tasks.spawn(accept_loop(shared.clone(), l, how, shared.streams.clone()));
         }
         if let Some(internal) = &shared.internal_streams {
             for l in gateway_listeners {
-                tasks.spawn(accept_loop(shared.clone(), l, false, internal.clone()));
+                tasks.spawn(accept_loop(shared.clone(), l, Accept::S2s, internal.clone()));
             }
+        }
+        let secrets: crate::proto::machine::component::Secrets =
+            Arc::new(shared.settings.components.list.iter().map(|c| (c.domain.clone(), c.secret.clone())).collect());
+        for l in component_listeners {
+            tasks.spawn(accept_loop(shared.clone(), l, Accept::Component(secrets.clone()), shared.streams.clone()));
         }
         tasks.spawn(counters_loop(shared.clone()));
         tasks.spawn(maintenance_loop(shared.clone()));
@@ -641,9 +661,18 @@ pub async fn probe(shared: &Arc<Shared>, domain: &str, from: Option<&str>) -> Pr
     report
 }
 
+/// What a listener accepts.
+enum Accept {
+    S2s,
+    /// XEP-0368: TLS from the first byte.
+    DirectTls,
+    /// External components (XEP-0114) with these secrets.
+    Component(crate::proto::machine::component::Secrets),
+}
+
 /// Accept streams on one listener, each driven with `caps` (federation's, or the internal
 /// link's on `gateway.listen`).
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, direct_tls: bool, caps: Arc<crate::stream::Caps>) {
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, how: Accept, caps: Arc<crate::stream::Caps>) {
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -662,11 +691,13 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, direct_tls: boo
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                if direct_tls {
-                    shared.tasks.spawn(crate::stream::inbound::run_direct(caps.clone(), tcp, peer, slot));
-                } else {
-                    shared.tasks.spawn(crate::stream::inbound::run(caps.clone(), tcp, peer, slot));
-                }
+                match &how {
+                    Accept::S2s => shared.tasks.spawn(crate::stream::inbound::run(caps.clone(), tcp, peer, slot)),
+                    Accept::DirectTls => shared.tasks.spawn(crate::stream::inbound::run_direct(caps.clone(), tcp, peer, slot)),
+                    Accept::Component(secrets) => {
+                        shared.tasks.spawn(crate::stream::component::run(caps.clone(), tcp, peer, slot, secrets.clone()))
+                    }
+                };
             }
             Err(e) => {
                 tracing::warn!("accept failed: {e}");

@@ -102,6 +102,7 @@ pub fn internal_env(federation: &Env, settings: &Settings, auth: GatewayAuth, st
     Env {
         hosted: settings.domains.clone(),
         serves_world: true,
+        with_subdomains: Vec::new(),
         timeouts: federation.timeouts.clone(),
         limits: federation.limits.clone(),
         security: internal_security(auth, settings.tls.require_encryption),

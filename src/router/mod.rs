@@ -50,6 +50,8 @@ pub enum LinkKind {
     /// Gateway mode: our stream to the internal server for (remote domain, hosted domain),
     /// as the remote domain.
     Internal,
+    /// An external component's stream (XEP-0114), for its domain and subdomains.
+    Component,
 }
 
 /// The sending side of one link.
@@ -89,6 +91,10 @@ pub struct Router {
     /// Gateway mode: stanzas from the world to the hosted domains go to the internal server
     /// (over the link of their pair), not to the local services.
     gateway: bool,
+    /// The configured components' domains (`[[component]]`); theirs and their subdomains'
+    /// stanzas go to the component's stream while it is attached.
+    components: Vec<Domain>,
+    attached: RwLock<HashMap<Domain, Link>>,
 }
 
 impl Router {
@@ -101,7 +107,67 @@ impl Router {
             dialback_timeout,
             local: local::LocalServices::default(),
             gateway: false,
+            components: Vec::new(),
+            attached: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The configured components: their domains count as ours (stanzas from them leave
+    /// through federation; federation delivers to them).
+    pub fn with_components(mut self, domains: Vec<Domain>) -> Router {
+        self.hosted.extend(domains.iter().cloned());
+        self.components = domains;
+        self
+    }
+
+    /// A component authenticated: its domain is routed to `link` from now on; refused while
+    /// another stream has it (XEP-0114: one connection per component).
+    pub fn attach(&self, domain: &Domain, link: Link) -> Result<(), String> {
+        let mut map = self.attached.write().unwrap_or_else(|e| e.into_inner());
+        match map.get(domain) {
+            Some(l) if !l.stanzas.is_closed() => Err(format!("component {domain} is already connected (stream {})", l.stream)),
+            _ => {
+                map.insert(domain.clone(), link);
+                Ok(())
+            }
+        }
+    }
+
+    /// The component's stream `id` ended.
+    pub fn detach(&self, domain: &Domain, id: &str) {
+        let mut map = self.attached.write().unwrap_or_else(|e| e.into_inner());
+        if map.get(domain).is_some_and(|l| &*l.stream == id) {
+            map.remove(domain);
+        }
+    }
+
+    /// The configured component owning `d` (its domain or a subdomain of it).
+    fn component_for(&self, d: &Domain) -> Option<&Domain> {
+        self.components.iter().find(|c| *c == d || d.as_str().strip_suffix(c.as_str()).is_some_and(|r| r.ends_with('.')))
+    }
+
+    /// Queue on the component's stream; a bounce to route if it is not connected or full.
+    fn send_component(&self, comp: &Domain, st: Element) -> Option<Element> {
+        let link = self.attached.read().unwrap_or_else(|e| e.into_inner()).get(comp).cloned();
+        let Some(link) = link else {
+            return error_reply(&st, ErrorType::Cancel, "service-unavailable", Some(&format!("{comp} is not connected")));
+        };
+        match link.stanzas.try_send(st) {
+            Ok(()) => None,
+            Err(queue::TrySendError::Full(back)) => {
+                error_reply(&back, ErrorType::Wait, "resource-constraint", Some(&format!("{comp} is not keeping up; try again")))
+            }
+            Err(queue::TrySendError::Closed(back)) => {
+                self.detach(comp, &link.stream);
+                error_reply(&back, ErrorType::Cancel, "service-unavailable", Some(&format!("{comp} is not connected")))
+            }
+        }
+    }
+
+    /// Only `server.domains` (not the components): what the internal server hosts in
+    /// gateway mode.
+    fn is_server_domain(&self, d: &Domain) -> bool {
+        self.hosted.contains(d) && !self.components.contains(d)
     }
 
     /// Gateway mode: the hosted domains live on the internal server.
@@ -117,8 +183,9 @@ impl Router {
         }
     }
 
+    /// Ours: `server.domains`, the components' domains and their subdomains.
     fn is_hosted(&self, d: &Domain) -> bool {
-        self.hosted.iter().any(|h| h == d)
+        self.hosted.iter().any(|h| h == d) || self.component_for(d).is_some()
     }
 
     /// Route a stanza (from a remote peer or generated here) without waiting. Replies from
@@ -132,12 +199,16 @@ impl Router {
                 continue;
             };
             let from = st.get_attr("from").and_then(crate::proto::jid::domain_of);
+            if let Some(comp) = self.component_for(&to) {
+                next = self.send_component(&comp.clone(), st);
+                continue;
+            }
             if self.is_hosted(&to) {
                 // Gateway mode: what the world sends the hosted domains goes on to the
                 // internal server, as the world domain that sent it; drawbridge keeps only the
                 // answers to what it sent itself (probes).
                 if self.gateway
-                    && let Some(from) = from.filter(|f| !self.is_hosted(f))
+                    && let Some(from) = from.filter(|f| !self.is_server_domain(f))
                     && !self.local.awaits(&st)
                 {
                     next = self.send_remote(from, to, st);

@@ -94,6 +94,13 @@ impl QueueTx<Element> {
     }
 }
 
+impl<T> QueueTx<T> {
+    /// Whether the receiving side is gone (its stream ended).
+    pub fn is_closed(&self) -> bool {
+        self.q.lock().closed
+    }
+}
+
 impl<T> Clone for QueueTx<T> {
     fn clone(&self) -> Self {
         self.q.lock().senders += 1;

@@ -6,6 +6,7 @@
 //! table, an [`Observer`] for what must be recorded, DNS and dialling for outbound streams,
 //! and its settings — and nothing else of the server.
 
+pub mod component;
 pub mod conn;
 pub mod driver;
 pub mod inbound;

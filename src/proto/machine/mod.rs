@@ -83,6 +83,9 @@ pub struct Env {
     /// to (and claim to be served here) are every domain *but* `hosted` — the world, as the
     /// internal server sees it through drawbridge.
     pub serves_world: bool,
+    /// Domains whose subdomains are served too: the external components' (XEP-0114), which
+    /// may use subdomains of their own domain.
+    pub with_subdomains: Vec<Domain>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub security: Security,
@@ -95,7 +98,8 @@ pub struct Env {
 
 impl Env {
     pub fn is_hosted(&self, d: &Domain) -> bool {
-        self.hosted.iter().any(|h| h == d) != self.serves_world
+        let sub = || self.with_subdomains.iter().any(|c| d.as_str().strip_suffix(c.as_str()).is_some_and(|r| r.ends_with('.')));
+        (self.hosted.iter().any(|h| h == d) || sub()) != self.serves_world
     }
 
     fn default_domain(&self) -> &Domain {

@@ -69,6 +69,7 @@ fn world_with(f: impl FnOnce(&mut Env)) -> World {
     let mut env = Env {
         hosted: vec![d(LOCAL), d("other-here.test")],
         serves_world: false,
+        with_subdomains: Vec::new(),
         timeouts: Timeouts {
             negotiation: Duration::from_secs(30),
             dialback: Duration::from_secs(20),

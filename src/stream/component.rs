@@ -1,0 +1,109 @@
+//! The driver of external components' streams (XEP-0114, `[components] listen`): a
+//! component [`Machine`] over a plain TCP connection (components connect over loopback or a
+//! private network; XEP-0114 has no TLS), attached to the router once its handshake is right,
+//! fed with the stanzas routed to its domain from a bounded queue (backpressure as for
+//! outbound streams). When it ends, its domain is detached and what was queued for it bounces.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use super::Caps;
+use super::conn::{Conn, Transport};
+use super::driver::{Driver, Wake};
+use crate::domain::Domain;
+use crate::events::{Direction, StreamKind};
+use crate::limits::InboundSlot;
+use crate::proto::machine::component::Secrets;
+use crate::proto::machine::{Input, Machine, Output};
+use crate::proto::stanza::{ErrorType, error_reply};
+use crate::router::{Link, LinkKind};
+
+/// Stanzas batched into one write.
+const BATCH: usize = 64;
+/// Output waiting for the component beyond which no more stanzas are taken from its queue.
+const HIGH_WATER: usize = 64 * 1024;
+
+pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: InboundSlot, secrets: Secrets) {
+    let entry = caps.table.open(Direction::In, &caps.shutdown, StreamKind::Component);
+    entry.set_peer_addr(peer);
+    let limits = &caps.settings.limits;
+    let conn = Conn::new(Transport::Plain(tcp), entry.clone(), limits, caps.settings.timeouts.write);
+    let machine = Machine::component(caps.env.clone(), entry.id.as_str().into(), Driver::now(), secrets);
+    let mut d = Driver::new(caps.clone(), entry.clone(), conn, machine, Direction::In);
+    let (tx, mut stanzas) = crate::router::queue::queue(limits.outbound_queue, limits.outbound_queue_bytes);
+    let mut tx = Some(tx);
+    let mut attached: Option<Domain> = None;
+    let end = 'session: loop {
+        while let Some(o) = d.machine.poll_output() {
+            let Some(o) = d.common(o) else { continue };
+            match o {
+                Output::Close(end) => break 'session end,
+                Output::Deliver(st) => {
+                    d.entry.stanza_in();
+                    caps.router.route(st);
+                }
+                Output::Route(st) => caps.router.route(st),
+                Output::Attach(domain) => {
+                    let result = match (slot.authenticated(), tx.take()) {
+                        (Err(crate::limits::Refused(key)), _) => Err(format!("too many authenticated inbound streams ({key})")),
+                        (Ok(()), None) => Err("attached twice".to_owned()),
+                        (Ok(()), Some(tx)) => {
+                            let link = Link { kind: LinkKind::Component, stream: entry.id.as_str().into(), stanzas: tx, verifies: None };
+                            caps.router.attach(&domain, link)
+                        }
+                    };
+                    if result.is_ok() {
+                        attached = Some(domain);
+                    }
+                    d.feed(Input::Attached(result));
+                }
+                o => tracing::error!(stream = %d.entry.id, "component stream: unexpected {o:?}"),
+            }
+        }
+        if d.parse_one() {
+            continue;
+        }
+        let open = d.machine.accepts_stanzas() && d.conn.pending_output() < HIGH_WATER;
+        let wake = tokio::select! {
+            biased;
+            s = stanzas.recv(), if open => {
+                let Some(st) = s else {
+                    d.feed(Input::Close { reason: "router gone".into(), error: None });
+                    continue;
+                };
+                d.entry.stanza_out();
+                d.feed(Input::Stanza(st));
+                for _ in 1..BATCH {
+                    let Some(st) = stanzas.try_recv() else { break };
+                    d.entry.stanza_out();
+                    d.feed(Input::Stanza(st));
+                }
+                continue;
+            }
+            w = d.wait() => w,
+        };
+        if matches!(wake, Wake::Quiet) {
+            stanzas.trim();
+        }
+        d.on_wake(wake);
+    };
+    if let Some(domain) = &attached {
+        caps.router.detach(domain, &entry.id);
+    }
+    stanzas.close();
+    let mut bounced = Vec::new();
+    while let Some(st) = stanzas.try_recv() {
+        bounced.extend(error_reply(&st, ErrorType::Cancel, "service-unavailable", Some("the component disconnected")));
+    }
+    match &attached {
+        Some(domain) => tracing::info!(stream = %entry.id, %peer, "component {domain} disconnected: {}", end.reason),
+        None => tracing::info!(stream = %entry.id, %peer, "component stream ended: {}", end.reason),
+    }
+    Box::pin(d.close(&end)).await;
+    caps.observer.closed(&entry, &end.reason);
+    for b in bounced {
+        caps.router.route(b);
+    }
+}

@@ -1,0 +1,154 @@
+//! External components (XEP-0114) end to end: a component (played here over a raw socket)
+//! connects to `[components] listen` of A (a.test) and serves comp.a.test; B (b.test) is a
+//! federation peer. Handshake, routing both ways through federation, the one-connection rule,
+//! `invalid-from`, the policy on what a component sends.
+
+mod common;
+
+use common::*;
+use drawbridge::domain::Domain;
+use drawbridge::engine::events::{AuthMethod, Direction, PairStatus, StreamKind};
+use drawbridge::proto::machine::component::handshake_digest;
+use drawbridge::proto::ns;
+use drawbridge::proto::stream::StreamErrorCondition;
+use drawbridge::xml::{Element, Frame};
+
+const SECRET: &str = "a component secret of some length";
+
+struct World {
+    a: TestServer,
+    b: TestServer,
+    components: std::net::SocketAddr,
+    _dns: Dns,
+}
+
+async fn world() -> World {
+    let dns = Dns::start().await;
+    let cfg = format!("[components]\nlisten = [\"127.0.0.1:0\"]\n[[component]]\ndomain = \"comp.a.test\"\nsecret = \"{SECRET}\"\n");
+    let a = start_published("a.test", &dns, &cfg).await;
+    // The component's domain is served by A's s2s listener.
+    dns.add_srv("comp.a.test", 0, 5, "xmpp.a.test", a.addr.port()).await;
+    dns.add_srv("muc.comp.a.test", 0, 5, "xmpp.a.test", a.addr.port()).await;
+    let b = start_published("b.test", &dns, "").await;
+    let components = a.engine.shared.listening_components[0];
+    World { a, b, components, _dns: dns }
+}
+
+/// Open a component stream for `domain` and send the handshake for `secret`; the answer.
+async fn connect(addr: std::net::SocketAddr, domain: &str, secret: &str) -> (RawPeer, Option<Element>) {
+    let mut p = RawPeer::connect(addr).await;
+    p.send(&format!("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>")).await;
+    let id = match p.next().await {
+        Some(Frame::StreamOpen(h)) => h.id.expect("a stream id"),
+        other => panic!("expected a stream header, got {other:?}"),
+    };
+    p.send(&format!("<handshake>{}</handshake>", handshake_digest(&id, secret))).await;
+    let answer = p.next_el().await;
+    (p, answer)
+}
+
+async fn component(addr: std::net::SocketAddr) -> RawPeer {
+    let (p, answer) = connect(addr, "comp.a.test", SECRET).await;
+    let answer = answer.expect("an answer to the handshake");
+    assert!(answer.name.as_ref() == "handshake" && answer.ns.as_ref() == ns::COMPONENT_ACCEPT, "{answer:?}");
+    p
+}
+
+/// Answer the next ping the component receives; what it was.
+async fn answer_ping(p: &mut RawPeer) -> Element {
+    let iq = within("a ping for the component", p.next_el()).await.expect("a stanza");
+    assert_eq!((iq.name.as_ref(), iq.ns.as_ref(), iq.get_attr("type")), ("iq", ns::COMPONENT_ACCEPT, Some("get")), "{iq:?}");
+    assert!(iq.has_child("ping", ns::PING));
+    let (from, to, id) = (iq.get_attr("from").unwrap(), iq.get_attr("to").unwrap(), iq.get_attr("id").unwrap());
+    p.send(&format!("<iq type='result' from='{to}' to='{from}' id='{id}'/>")).await;
+    iq
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_serves_its_domain_through_federation_both_ways() {
+    let w = world().await;
+    let mut c = component(w.components).await;
+    // A's table: a component stream, authenticated by the handshake.
+    let conns = w.a.engine.connections(false);
+    let cs = conns.iter().find(|s| s.kind == StreamKind::Component).expect("the component's stream");
+    assert_eq!(cs.local.as_deref(), Some("comp.a.test"));
+    assert!(cs.pairs.iter().any(|p| p.method == AuthMethod::ComponentHandshake && p.status == PairStatus::Valid), "{cs:#?}");
+
+    // b.test pings comp.a.test: federation to A, then the component answers.
+    let (report, iq) = tokio::join!(w.b.engine.probe("comp.a.test", None), answer_ping(&mut c));
+    assert!(report.ok, "{:?}", report.error);
+    assert_eq!(iq.get_attr("from"), Some("b.test"));
+
+    // The component pings b.test: out through A's federation as comp.a.test.
+    c.send("<iq type='get' id='c1' from='comp.a.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    let pong = within("the pong", c.next_el()).await.expect("the pong");
+    assert_eq!(
+        (pong.get_attr("type"), pong.get_attr("id"), pong.get_attr("from")),
+        (Some("result"), Some("c1"), Some("b.test")),
+        "{pong:?}"
+    );
+    assert_eq!(pong.ns.as_ref(), ns::COMPONENT_ACCEPT, "stanzas reach the component in its namespace");
+    // And from a subdomain of its own.
+    c.send("<iq type='get' id='c2' from='room@muc.comp.a.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    let pong = within("the pong to a subdomain", c.next_el()).await.expect("the pong");
+    assert_eq!((pong.get_attr("id"), pong.get_attr("to")), (Some("c2"), Some("room@muc.comp.a.test")), "{pong:?}");
+    let out = w.a.engine.connections(false);
+    assert!(out.iter().any(|s| s.direction == Direction::Out && s.local.as_deref() == Some("comp.a.test")), "{out:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_failures_and_one_connection_per_component() {
+    let w = world().await;
+    // A wrong secret: not-authorized, and the outcome says why.
+    let (_, answer) = connect(w.components, "comp.a.test", "not the secret at all").await;
+    let e = answer.expect("a stream error");
+    assert!(e.is("error", ns::STREAMS) && e.has_child("not-authorized", ns::STREAM_ERRORS), "{e:?}");
+    // A domain that is not configured: host-unknown.
+    let mut p = RawPeer::connect(w.components).await;
+    p.send("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='other.a.test'>").await;
+    p.expect_condition(StreamErrorCondition::HostUnknown).await;
+    let outcomes = w.a.engine.shared.outcomes();
+    assert!(
+        outcomes.iter().any(|o| o.method == AuthMethod::ComponentHandshake && o.reason.contains("wrong handshake for comp.a.test")),
+        "{outcomes:#?}"
+    );
+    // The first connection keeps the domain; a second gets conflict.
+    let mut first = component(w.components).await;
+    let (_second, answer) = connect(w.components, "comp.a.test", SECRET).await;
+    let e = answer.expect("a stream error");
+    assert!(e.has_child("conflict", ns::STREAM_ERRORS), "{e:?}");
+    let (report, _) = tokio::join!(w.b.engine.probe("comp.a.test", None), answer_ping(&mut first));
+    assert!(report.ok, "the first connection still serves: {:?}", report.error);
+    // A stanza from a domain that is not the component's: invalid-from, the stream ends.
+    first.send("<message from='a.test' to='b.test'><body>spoof</body></message>").await;
+    first.expect_condition(StreamErrorCondition::InvalidFrom).await;
+    // Gone: pings to it bounce.
+    let mut events = w.a.engine.subscribe();
+    while w.a.engine.connections(false).iter().any(|s| s.kind == StreamKind::Component) {
+        wait_event(&mut events, "the component's stream to end", |e| matches!(e, drawbridge::engine::events::Event::StreamClosed { .. }))
+            .await;
+    }
+    let report = within("probe to a disconnected component", w.b.engine.probe("comp.a.test", None)).await;
+    assert!(!report.ok);
+    assert!(report.error.as_deref().is_some_and(|e| e.contains("service-unavailable")), "{:?}", report.error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_component_sends_is_under_the_policy() {
+    let w = world().await;
+    let mut c = component(w.components).await;
+    drawbridge::engine::change_domain(
+        &w.a.engine.shared,
+        &Domain::parse("b.test").unwrap(),
+        drawbridge::policy::Change::Blacklist { source: "test".into() },
+        "t",
+        Some("test"),
+    )
+    .await
+    .unwrap();
+    c.send("<iq type='get' id='p1' from='comp.a.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    let err = within("the bounce", c.next_el()).await.expect("an error");
+    assert_eq!((err.get_attr("type"), err.get_attr("id")), (Some("error"), Some("p1")), "{err:?}");
+    let text = format!("{err:?}");
+    assert!(text.contains("policy-violation") && text.contains("b.test is blacklisted"), "{text}");
+}
