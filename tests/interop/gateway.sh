@@ -8,7 +8,9 @@
 #      (internal → world → internal and world → internal → world, through drawbridge);
 #  (b) drawbridge shows the internal link (pki: SASL EXTERNAL both ways with certificates its
 #      gateway CA minted for world.test) and the internal server as reachable;
-#  (c) blacklisting world.test in drawbridge cuts both directions, and alice's client is told
+#  (c) a real external component (slixmpp, XEP-0114) on drawbridge answers pings to
+#      comp.home.test from bob (the world) and from alice (through the internal server);
+#  (d) blacklisting world.test in drawbridge cuts both directions, and alice's client is told
 #      why (policy-violation with the reason).
 # Everything runs in a network namespace of its own; nothing leaves it. Needs root.
 set -euo pipefail
@@ -23,7 +25,7 @@ pids=()
 say() { printf '\n== %s\n' "$*"; }
 fail() {
   printf '\nGATEWAY INTEROP FAILED: %s\n' "$*" >&2
-  for f in drawbridge.log home.log world.log dnsmasq.log; do
+  for f in drawbridge.log home.log world.log dnsmasq.log component.log; do
     [ -f "$work/$f" ] && { printf -- '--- last lines of %s\n' "$f" >&2; tail -n 40 "$work/$f" >&2; }
   done
   exit 1
@@ -51,6 +53,8 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v python3 >/dev/null || need+=(python3)
 # The internal Prosody finds drawbridge through its own resolver (libunbound).
 dpkg-query -W -f='${Status}' lua-unbound 2>/dev/null | grep -q "install ok installed" || need+=(lua-unbound)
+# The external component is slixmpp's (run with Debian's python3).
+dpkg-query -W -f='${Status}' python3-slixmpp 2>/dev/null | grep -q "install ok installed" || need+=(python3-slixmpp)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -97,6 +101,7 @@ host-record=world.test,$world_ip
 host-record=home.test,$db_ip
 srv-host=_xmpp-server._tcp.world.test,world.test,5269,0,5
 srv-host=_xmpp-server._tcp.home.test,home.test,5269,0,5
+srv-host=_xmpp-server._tcp.comp.home.test,home.test,5269,0,5
 CONF
 in_ns dnsmasq --keep-in-foreground --conf-file="$work/dnsmasq.conf" >/dev/null 2>&1 &
 pids+=($!)
@@ -125,6 +130,11 @@ file = "$work/drawbridge.log"
 internal = "$home_ip:5269"
 listen = ["$gw_ip:5269"]
 auth = "pki"
+[components]
+listen = ["$db_ip:5347"]
+[[component]]
+domain = "comp.home.test"
+secret = "interop component secret"
 CONF
 "$db" --config "$work/drawbridge.toml" gateway setup prosody > setup.lua || fail "drawbridge gateway setup prosody"
 cat setup.lua
@@ -245,21 +255,39 @@ grep -q "Accepting SASL EXTERNAL identity from world.test" home.log \
   && echo "home.log: Accepting SASL EXTERNAL identity from world.test" \
   || fail "(b) the internal Prosody did not accept drawbridge as world.test by SASL EXTERNAL"
 
-say "(c) blacklisting world.test in drawbridge cuts both directions"
+say "(c) a real component (slixmpp) answers pings from the world and from the internal server"
+rm -f "$work/component.ready"
+in_ns /usr/bin/python3 "$here/component.py" --domain comp.home.test --secret "interop component secret" --host $db_ip --port 5347 \
+  --ready-file "$work/component.ready" --timeout 120 >>"$work/component.log" 2>&1 &
+pids+=($!)
+for i in $(seq 1 100); do
+  [ -f "$work/component.ready" ] && break
+  [ "$i" = 100 ] && { cat "$work/component.log"; fail "(c) the component did not connect"; }
+  sleep 0.1
+done
+client --host $world_ip --jid bob@world.test --ping comp.home.test --timeout 40 || fail "(c) bob@world.test → comp.home.test"
+client --host $home_ip --jid alice@home.test --ping comp.home.test --timeout 40 || fail "(c) alice@home.test → comp.home.test"
+in_ns "$db" --config "$work/drawbridge.toml" ctl connections --json | python3 -c '
+import json, sys
+c = [s for s in json.load(sys.stdin) if s.get("kind") == "component"]
+assert c and any(p["method"] == "component-handshake" for p in c[0]["pairs"]), c
+print("drawbridge: the component stream, authenticated by its handshake")' || fail "(c) no component stream in drawbridge's table"
+
+say "(d) blacklisting world.test in drawbridge cuts both directions"
 in_ns "$db" --config "$work/drawbridge.toml" ctl blacklist world.test --reason "gateway interop" || fail "ctl blacklist world.test"
 set +e
 out=$(client --host $home_ip --jid alice@home.test --ping bob@world.test/interop --timeout 40)
 rc=$?
 set -e
 echo "$out"
-[ $rc = 1 ] || fail "(c) alice's ping to bob should be answered with an error (exit $rc)"
+[ $rc = 1 ] || fail "(d) alice's ping to bob should be answered with an error (exit $rc)"
 echo "$out" | grep -q "policy-violation" && echo "$out" | grep -q "world.test is blacklisted" \
-  || fail "(c) alice's client does not see policy-violation with the reason"
+  || fail "(d) alice's client does not see policy-violation with the reason"
 set +e
 out=$(client --host $world_ip --jid bob@world.test --ping alice@home.test/interop --timeout 40)
 rc=$?
 set -e
 echo "$out"
-[ $rc = 1 ] || fail "(c) bob's ping to alice should fail while world.test is blacklisted (exit $rc)"
+[ $rc = 1 ] || fail "(d) bob's ping to alice should fail while world.test is blacklisted (exit $rc)"
 
-say "GATEWAY INTEROP OK: Prosody ${prosody_version:-} behind drawbridge (pki): both directions, users both ways, policy both ways"
+say "GATEWAY INTEROP OK: Prosody ${prosody_version:-} behind drawbridge (pki): both directions, users both ways, a slixmpp component, policy both ways"
