@@ -836,6 +836,20 @@ mod tests {
     }
 
     #[test]
+    fn components_section() {
+        let ok = "[components]\nlisten = [\"127.0.0.1:5347\"]\n[[component]]\ndomain = \"pubsub.localhost\"\nsecret = \"0123456789abcdef\"\n";
+        let s = Settings::parse(ok, Path::new("x.toml")).unwrap();
+        assert_eq!(s.components.list[0].domain.as_str(), "pubsub.localhost");
+        assert!(!format!("{:?}", s.components).contains("0123456789abcdef"), "the secret stays out of debug output");
+        assert!(err(&ok.replace("0123456789abcdef", "short")).contains("key `component[0].secret`"));
+        assert!(err(&ok.replace("pubsub.localhost", "localhost")).contains("in server.domains"));
+        assert!(err(&ok.replace("[components]\nlisten = [\"127.0.0.1:5347\"]\n", "")).contains("key `components.listen`"));
+        assert!(err(&ok.replace("127.0.0.1:5347", "127.0.0.1:5269")).contains("another kind"));
+        let twice = format!("{ok}[[component]]\ndomain = \"pubsub.localhost\"\nsecret = \"0123456789abcdef\"\n");
+        assert!(err(&twice).contains("two [[component]] blocks"));
+    }
+
+    #[test]
     fn errors_name_file_and_key() {
         let e = err("[server]\ndomain = [\"x\"]\n");
         assert!(e.starts_with("config /etc/drawbridge.toml: key `server.domain`"), "{e}");

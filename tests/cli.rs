@@ -91,6 +91,8 @@ fn example_config_is_valid_and_complete() {
         ("log", &["level", "file"]),
         ("outbound", &["deny", "max_dials", "max_targets", "max_addresses"]),
         ("gateway", &["internal", "listen", "auth", "ca_cert", "ca_key", "mints_per_minute"]),
+        ("components", &["listen"]),
+        ("component", &["domain", "secret"]),
     ];
     for (section, keys) in expected {
         for key in keys {
