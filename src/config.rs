@@ -837,7 +837,8 @@ mod tests {
 
     #[test]
     fn components_section() {
-        let ok = "[components]\nlisten = [\"127.0.0.1:5347\"]\n[[component]]\ndomain = \"pubsub.localhost\"\nsecret = \"0123456789abcdef\"\n";
+        let ok =
+            "[components]\nlisten = [\"127.0.0.1:5347\"]\n[[component]]\ndomain = \"pubsub.localhost\"\nsecret = \"0123456789abcdef\"\n";
         let s = Settings::parse(ok, Path::new("x.toml")).unwrap();
         assert_eq!(s.components.list[0].domain.as_str(), "pubsub.localhost");
         assert!(!format!("{:?}", s.components).contains("0123456789abcdef"), "the secret stays out of debug output");

@@ -176,6 +176,22 @@ fn the_header_shows_the_internal_servers_reachability_in_gateway_mode() {
 }
 
 #[test]
+fn internal_link_and_component_streams_carry_a_badge_and_filter_by_kind() {
+    let mut m = model();
+    let mut internal = conn("cccc3333", Direction::Out, "home.test", ConnState::Established, Some(PairStatus::Valid), None);
+    internal.kind = drawbridge::events::StreamKind::Internal;
+    let mut comp = conn("dddd4444", Direction::In, "pubsub.island.test", ConnState::Established, Some(PairStatus::Valid), None);
+    comp.kind = drawbridge::events::StreamKind::Component;
+    m.apply(drawbridge::events::Event::StreamOpened { stream: internal });
+    m.apply(drawbridge::events::Event::StreamOpened { stream: comp });
+    let s = screen(&mut m, 200, 40);
+    assert!(s.contains("[internal] home.test") && s.contains("[component] pubsub.island.test") && s.contains("friend.test"), "{s}");
+    m.set_filter("internal".into());
+    let s = screen(&mut m, 200, 40);
+    assert!(s.contains("[internal] home.test") && !s.contains("friend.test") && !s.contains("[component]"), "{s}");
+}
+
+#[test]
 fn domains_pending_pinned_first() {
     for (w, h) in [(80, 24), (200, 60)] {
         let mut m = model();

@@ -92,6 +92,8 @@ async fn both_directions(g: &Gateway, method: AuthMethod) {
     assert_eq!((out.local.as_deref(), out.remote.as_deref()), (Some("w.test"), Some("h.test")), "as the world domain");
     assert_eq!(out.peer_addr, Some(g.c.addr.to_string()), "at gateway.internal, not through DNS");
     assert!(out.pairs.iter().any(|p| p.status == PairStatus::Valid && p.method == method), "{out:#?}");
+    let t = g.a.engine.shared.table.transcript(&out.id).unwrap();
+    assert!(t[0].dir == "note" && t[0].text.starts_with("internal link (gateway mode)"), "the transcript says so: {t:#?}");
     let inn = internal.iter().find(|s| s.direction == Direction::In).expect("the internal server's stream to A");
     assert_eq!(inn.remote.as_deref(), Some("h.test"));
     assert!(inn.pairs.iter().any(|p| p.status == PairStatus::Valid && p.method == method), "{inn:#?}");

@@ -43,7 +43,7 @@ pub enum Intent {
 pub const KEYS: &[(&str, &str)] = &[
     ("Tab / Shift-Tab, 1-4", "switch view"),
     ("↑ ↓ PgUp PgDn g G", "move"),
-    ("/", "filter (domain, id, state) / search the transcript; Esc clears"),
+    ("/", "filter (domain, id, state, internal, component) / search the transcript; Esc clears"),
     ("s", "connections: sort by age, remote, state or traffic"),
     ("Enter", "open: a stream's transcript / a domain's history"),
     ("a", "approve the selected domain"),

@@ -419,4 +419,15 @@ fn conn_matches(c: &ConnSnapshot, f: &str) -> bool {
         || c.id.starts_with(f)
         || c.state.as_str() == f
         || c.pairs.iter().any(|p| p.remote.contains(f))
+        // "internal" (gateway mode's internal link) and "component" filter by kind.
+        || (!c.kind.is_federation() && kind_name(c.kind) == f)
+}
+
+/// The kind's name, as the filter and the badge use it.
+pub fn kind_name(k: crate::events::StreamKind) -> &'static str {
+    match k {
+        crate::events::StreamKind::Federation => "federation",
+        crate::events::StreamKind::Internal => "internal",
+        crate::events::StreamKind::Component => "component",
+    }
 }

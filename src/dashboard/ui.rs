@@ -214,7 +214,13 @@ fn draw_connections(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     for (i, id) in visible.iter().enumerate() {
         let Some(c) = m.conns.get(id) else { continue };
         let closed = c.state == ConnState::Closed;
-        let remote = remotes(c);
+        // Gateway mode's internal link and components carry a badge (and filter by "/internal",
+        // "/component").
+        let remote = match c.kind {
+            crate::events::StreamKind::Federation => remotes(c),
+            crate::events::StreamKind::Internal => format!("[internal] {}", remotes(c)),
+            crate::events::StreamKind::Component => format!("[component] {}", remotes(c)),
+        };
         let auth = c.pairs.iter().map(|p| format!("{}{}", method_label(p.method), pair_badge(p.status))).collect::<Vec<_>>().join(" ");
         let mut cells = vec![
             Cell::from(if c.direction == Direction::In { "in" } else { "out" }),

@@ -453,6 +453,12 @@ impl ConnTable {
             watchers: AtomicUsize::new(0),
         });
         entry.counters.last_activity_ms.store(entry.opened_ms, Ordering::Relaxed);
+        // The transcript says what it is a transcript of, when it is not federation.
+        match kind {
+            StreamKind::Internal => entry.record("note", "internal link (gateway mode): a stream with the internal server".into(), None),
+            StreamKind::Component => entry.record("note", "external component stream (XEP-0114)".into(), None),
+            StreamKind::Federation => {}
+        }
         self.inner.lock().unwrap().live.insert(entry.id.clone(), entry.clone());
         let _ = self.events.send(Event::StreamOpened { stream: entry.snapshot() });
         entry
