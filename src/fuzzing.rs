@@ -281,6 +281,114 @@ pub fn machine(data: &[u8]) {
     }
 }
 
+/// The component role of the stream machine (XEP-0114): arbitrary bytes through a framer on
+/// a component stream, interleaved with the right handshake, the router's answers, stanzas to
+/// the component, timers and closes. Properties: no panic; nothing after the close; nothing
+/// is delivered before the router attached the domain, and only from the component's domain
+/// or its subdomains; one input yields a bounded number of outputs.
+pub fn component(data: &[u8]) {
+    use crate::proto::machine::component::handshake_digest;
+    use crate::proto::machine::{Input, Machine, Output};
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    const COMP: &str = "comp.here.test";
+    const SECRET: &str = "fuzz component secret";
+    let fuzz = fuzz_env(0);
+    let t0 = Instant::now();
+    let mut now = t0;
+    let secrets = std::sync::Arc::new(HashMap::from([(domain(COMP), SECRET.to_owned())]));
+    let mut m = Machine::component(fuzz.env.clone(), "fuzz".into(), now, secrets);
+    let mut framer = crate::xml::Framer::new(16 * 1024, 16);
+    let (mut closed, mut attach_asked, mut attached) = (false, false, false);
+    let mut bytes = data.iter().copied();
+    let mut inputs = 0;
+    while let Some(op) = bytes.next() {
+        inputs += 1;
+        if inputs > 512 {
+            break;
+        }
+        let a = bytes.next().unwrap_or(0);
+        let mut feed: Vec<Input> = Vec::new();
+        match op % 8 {
+            0..=2 => {
+                let len = usize::from(a % 64);
+                let chunk: Vec<u8> = (0..len).map_while(|_| bytes.next()).collect();
+                framer.feed(&chunk);
+            }
+            3 => framer.feed(
+                format!(
+                    "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='{}'>",
+                    if a % 4 == 0 { "other.test" } else { COMP }
+                )
+                .as_bytes(),
+            ),
+            // The handshake for the first stream id the environment hands out (or a wrong one).
+            4 => framer
+                .feed(format!("<handshake>{}</handshake>", handshake_digest("id0", if a % 4 == 0 { "wrong" } else { SECRET })).as_bytes()),
+            5 => {
+                if a % 3 == 0 {
+                    feed.push(Input::Attached(Err("fuzz conflict".into())));
+                } else {
+                    attached |= attach_asked;
+                    feed.push(Input::Attached(Ok(())));
+                }
+            }
+            6 => {
+                let from = ["comp.here.test", "muc.comp.here.test", "here.test", "xcomp.here.test"][usize::from(a) % 4];
+                framer.feed(
+                    format!("<message xmlns='jabber:component:accept' from='{from}' to='b.test'><body>x</body></message>").as_bytes(),
+                );
+            }
+            _ => feed.push(match a % 4 {
+                0 => {
+                    now += Duration::from_secs(u64::from(a) * 5);
+                    Input::Timer
+                }
+                1 => Input::Stanza(crate::xml::Element::new("message", crate::proto::ns::SERVER).attr("to", COMP).attr("from", "b.test")),
+                2 => Input::Close { reason: "fuzz".into(), error: None },
+                _ => Input::ReadError(crate::proto::machine::ReadError::Eof),
+            }),
+        }
+        loop {
+            match framer.next_frame() {
+                Ok(Some(frame)) => feed.push(Input::Frame { frame, buffered: framer.pending() }),
+                Ok(None) => break,
+                Err(e) => {
+                    feed.push(Input::ReadError(crate::proto::machine::ReadError::Xml(e)));
+                    break;
+                }
+            }
+        }
+        for input in feed {
+            m.handle(now, input);
+            let mut n = 0;
+            while let Some(o) = m.poll_output() {
+                n += 1;
+                assert!(!closed, "output after the close: {o:?}");
+                assert!(n <= 64, "unbounded outputs for one input");
+                match o {
+                    Output::Close(_) => closed = true,
+                    Output::Attach(d) => {
+                        assert_eq!(d.as_str(), COMP);
+                        attach_asked = true;
+                    }
+                    Output::Deliver(el) => {
+                        assert!(attached, "delivered before the domain was attached: {}", el.to_xml());
+                        let from = el.get_attr("from").and_then(crate::proto::jid::domain_of).expect("a 'from'");
+                        assert!(from.as_str() == COMP || from.as_str().ends_with(".comp.here.test"), "delivered from {from}");
+                        assert_eq!(el.ns.as_ref(), crate::proto::ns::SERVER, "retagged for federation");
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(d) = m.deadline() {
+            assert!(d >= t0, "a deadline before the stream began");
+        }
+    }
+}
+
 const LOCALS: [&str; 2] = ["here.test", "other-here.test"];
 const REMOTES: [&str; 3] = ["a.test", "b.test", "c.test"];
 

@@ -48,6 +48,13 @@ fn machine_corpus() {
 }
 
 #[test]
+fn component_corpus() {
+    for (_, data) in inputs("component") {
+        drawbridge::fuzzing::component(&data);
+    }
+}
+
+#[test]
 fn config_corpus() {
     for (_, data) in inputs("config") {
         drawbridge::fuzzing::config(&data);
