@@ -5,13 +5,13 @@
 # fuzz/out/TARGET; seeds are in fuzz/corpus/TARGET; a crash is left in fuzz/artifacts/TARGET
 # and must become a file in fuzz/regressions/TARGET (replayed by `cargo test`).
 #
-#   fuzz/run.sh [SECONDS] [TARGET ...]      targets: framer machine preauth config control
+#   fuzz/run.sh [SECONDS] [TARGET ...]      targets: framer machine component preauth config control
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(framer machine preauth config control)
+[ ${#targets[@]} -gt 0 ] || targets=(framer machine component preauth config control)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 for t in "${targets[@]}"; do
   mkdir -p "out/$t" "artifacts/$t"
