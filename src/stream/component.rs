@@ -20,10 +20,7 @@ use crate::proto::machine::{Input, Machine, Output};
 use crate::proto::stanza::{ErrorType, error_reply};
 use crate::router::{Link, LinkKind};
 
-/// Stanzas batched into one write.
-const BATCH: usize = 64;
-/// Output waiting for the component beyond which no more stanzas are taken from its queue.
-const HIGH_WATER: usize = 64 * 1024;
+use super::driver::STANZA_HIGH_WATER as HIGH_WATER;
 
 pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: InboundSlot, secrets: Secrets) {
     let entry = caps.table.open(Direction::In, &caps.shutdown, StreamKind::Component);
@@ -69,17 +66,7 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
         let wake = tokio::select! {
             biased;
             s = stanzas.recv(), if open => {
-                let Some(st) = s else {
-                    d.feed(Input::Close { reason: "router gone".into(), error: None });
-                    continue;
-                };
-                d.entry.stanza_out();
-                d.feed(Input::Stanza(st));
-                for _ in 1..BATCH {
-                    let Some(st) = stanzas.try_recv() else { break };
-                    d.entry.stanza_out();
-                    d.feed(Input::Stanza(st));
-                }
+                d.feed_stanzas(s, &mut stanzas);
                 continue;
             }
             w = d.wait() => w,

@@ -28,6 +28,13 @@ pub struct Driver {
     trimmed: bool,
 }
 
+/// Stanzas from a link's queue batched into one write (few TLS records).
+const BATCH: usize = 64;
+
+/// Output waiting for the peer beyond which no more stanzas are taken from a link's queue
+/// (they leave it only as fast as the peer reads: backpressure).
+pub const STANZA_HIGH_WATER: usize = 64 * 1024;
+
 /// How long a stream must be quiet before its buffers are given back.
 const IDLE_TRIM: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -57,6 +64,21 @@ impl Driver {
         self.trim_at = None;
         self.trimmed = false;
         self.machine.handle(Self::now(), input);
+    }
+
+    /// A stanza from the link's queue (`None`: the router is gone) and what else is queued
+    /// already, up to a batch, fed for one write.
+    pub fn feed_stanzas(&mut self, first: Option<crate::xml::Element>, queue: &mut crate::router::queue::QueueRx) {
+        let Some(st) = first else {
+            return self.feed(Input::Close { reason: "router gone".into(), error: None });
+        };
+        self.entry.stanza_out();
+        self.feed(Input::Stanza(st));
+        for _ in 1..BATCH {
+            let Some(st) = queue.try_recv() else { break };
+            self.entry.stanza_out();
+            self.feed(Input::Stanza(st));
+        }
     }
 
     /// Parse one buffered frame into the machine. `false` when none is complete.

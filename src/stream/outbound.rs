@@ -131,11 +131,7 @@ fn bounce_type(cond: &str) -> ErrorType {
     if cond == "remote-server-timeout" { ErrorType::Wait } else { ErrorType::Cancel }
 }
 
-/// Stanzas batched into one write (few TLS records).
-const BATCH: usize = 64;
-
-/// Output waiting for the peer beyond which no more stanzas are taken from the queue.
-const STANZA_HIGH_WATER: usize = 64 * 1024;
+use super::driver::STANZA_HIGH_WATER;
 
 async fn session(
     d: &mut Driver,
@@ -171,22 +167,7 @@ async fn session(
         let wake = tokio::select! {
             biased;
             s = stanzas.recv(), if stanzas_open => {
-                let Some(st) = s else {
-                    d.feed(Input::Close { reason: "router gone".into(), error: None });
-                    continue;
-                };
-                d.entry.stanza_out();
-                d.feed(Input::Stanza(st));
-                // Batch what is already queued into the same write.
-                for _ in 1..BATCH {
-                    match stanzas.try_recv() {
-                        Some(st) => {
-                            d.entry.stanza_out();
-                            d.feed(Input::Stanza(st));
-                        }
-                        None => break,
-                    }
-                }
+                d.feed_stanzas(s, stanzas);
                 continue;
             }
             Some(v) = verifies.recv(), if verifies_open => {
