@@ -94,6 +94,10 @@ async fn a_component_serves_its_domain_through_federation_both_ways() {
     assert_eq!((pong.get_attr("id"), pong.get_attr("to")), (Some("c2"), Some("room@muc.comp.a.test")), "{pong:?}");
     let out = w.a.engine.connections(false);
     assert!(out.iter().any(|s| s.direction == Direction::Out && s.local.as_deref() == Some("comp.a.test")), "{out:#?}");
+    // The component's own outcome is marked, and it is no federation peer of ours.
+    let outcomes = w.a.engine.shared.outcomes();
+    assert!(outcomes.iter().any(|o| o.reason == "component: component comp.a.test connected"), "{outcomes:#?}");
+    assert!(w.a.engine.shared.policy.record("comp.a.test").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,6 +116,8 @@ async fn handshake_failures_and_one_connection_per_component() {
         outcomes.iter().any(|o| o.method == AuthMethod::ComponentHandshake && o.reason.contains("wrong handshake for comp.a.test")),
         "{outcomes:#?}"
     );
+    // Failures stay in memory: whoever reaches the listener cannot grow the store.
+    assert!(w.a.engine.shared.store.outcomes(None, 100).unwrap().is_empty(), "nothing persisted");
     // The first connection keeps the domain; a second gets conflict.
     let mut first = component(w.components).await;
     let (_second, answer) = connect(w.components, "comp.a.test", SECRET).await;

@@ -181,6 +181,9 @@ async fn strangers_are_refused_on_the_gateway_listener() {
     p.send("<db:result from='h.test' to='w.test'>0123456789abcdef</db:result>").await;
     let e = p.expect_stream_error().await;
     assert!(matches!(e.condition, StreamErrorCondition::NotAuthorized | StreamErrorCondition::PolicyViolation), "{e:?}");
+    // What strangers failed stays in memory: the store has nothing from them.
+    let stored = g.a.engine.shared.store.outcomes(None, 1000).unwrap();
+    assert!(!stored.iter().any(|o| o.result != drawbridge::engine::events::VerificationResult::Valid), "{stored:#?}");
 }
 
 /// An internal server that is down: the world gets a neutral bounce (nothing about the

@@ -380,7 +380,7 @@ impl Engine {
                 tls: Arc::new(crate::gateway::GatewayTls { ca: ca.clone() }),
                 router: router.clone(),
                 table: table.clone(),
-                observer: Arc::new(recorder::InternalObserver(recorder.clone())),
+                observer: Arc::new(recorder::LinkObserver { recorder: recorder.clone(), label: "internal link" }),
                 policy_changes: policy.subscribe(),
                 resolver: resolver.clone(),
                 dials: dials.clone(),
@@ -392,6 +392,22 @@ impl Engine {
             _ => None,
         };
         let gauges: Arc<limits::Gauges> = Arc::default();
+        // Components: federation's capabilities, their outcomes marked and kept off the
+        // domain records.
+        let component_streams = Arc::new(crate::stream::Caps {
+            env: streams.env.clone(),
+            tls: streams.tls.clone(),
+            router: router.clone(),
+            table: table.clone(),
+            observer: Arc::new(recorder::LinkObserver { recorder: recorder.clone(), label: "component" }),
+            policy_changes: policy.subscribe(),
+            resolver: resolver.clone(),
+            dials: dials.clone(),
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+            settings: streams.settings.clone(),
+            internal: None,
+        });
         router.set_opener(Box::new(OutboundOpener {
             streams: Arc::downgrade(&streams),
             internal: internal_streams.as_ref().map(|c| (Arc::downgrade(c), settings.domains.clone())),
@@ -435,7 +451,7 @@ impl Engine {
         let secrets: crate::proto::machine::component::Secrets =
             Arc::new(shared.settings.components.list.iter().map(|c| (c.domain.clone(), c.secret.clone())).collect());
         for l in component_listeners {
-            tasks.spawn(accept_loop(shared.clone(), l, Accept::Component(secrets.clone()), shared.streams.clone()));
+            tasks.spawn(accept_loop(shared.clone(), l, Accept::Component(secrets.clone()), component_streams.clone()));
         }
         tasks.spawn(counters_loop(shared.clone()));
         tasks.spawn(maintenance_loop(shared.clone()));

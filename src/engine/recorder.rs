@@ -73,24 +73,7 @@ impl Recorder {
         let valid = outcome.result == VerificationResult::Valid;
         let persist = valid || (outcome.direction == Direction::Out && self.policy.record(&outcome.remote).is_some());
         if !persist {
-            // Per source address (not per connection: a port changes with each).
-            let source = outcome
-                .peer_addr
-                .as_deref()
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-                .map_or_else(|| outcome.remote.clone(), |a| a.ip().to_string());
-            crate::limits::refused_once("unauthenticated claims", &source, || {
-                format!("verification of {} failed: {}", outcome.remote, outcome.reason)
-            });
-            {
-                let mut ring = self.unauthenticated.lock().unwrap();
-                if ring.len() >= UNAUTHENTICATED_RING {
-                    ring.pop_front();
-                }
-                ring.push_back(outcome.clone());
-            }
-            let _ = self.events.send(Event::Verification { outcome });
-            return;
+            return self.unauthenticated(outcome);
         }
         if let Err(e) = self.store.add_outcome(&outcome) {
             tracing::error!("store: {e}");
@@ -137,6 +120,28 @@ impl Recorder {
         let _ = self.events.send(Event::Verification { outcome });
     }
 
+    /// A failure to authenticate nobody vouches for: memory only (a bounded ring), its log
+    /// line rate-limited per source address.
+    pub fn unauthenticated(&self, outcome: VerificationOutcome) {
+        // Per source address (not per connection: a port changes with each).
+        let source = outcome
+            .peer_addr
+            .as_deref()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .map_or_else(|| outcome.remote.clone(), |a| a.ip().to_string());
+        crate::limits::refused_once("unauthenticated claims", &source, || {
+            format!("verification of {} failed: {}", outcome.remote, outcome.reason)
+        });
+        {
+            let mut ring = self.unauthenticated.lock().unwrap();
+            if ring.len() >= UNAUTHENTICATED_RING {
+                ring.pop_front();
+            }
+            ring.push_back(outcome.clone());
+        }
+        let _ = self.events.send(Event::Verification { outcome });
+    }
+
     /// Verification outcomes, newest first: the store's and the unauthenticated ring's.
     pub fn outcomes_for(&self, domain: Option<&str>, limit: usize) -> Result<Vec<VerificationOutcome>, crate::store::StoreError> {
         let mut v = self.store.outcomes(domain, limit)?;
@@ -167,22 +172,26 @@ impl crate::stream::Observer for Recorder {
     }
 }
 
-/// Where the internal link's streams (gateway mode) report: their outcomes are recorded and
-/// shown like any other, marked as the internal link, but they say nothing about a remote
-/// domain's standing (the peer there is the internal server, the local side a world domain
-/// drawbridge stands in for), so no domain record is touched.
-pub struct InternalObserver(pub Arc<Recorder>);
+/// Where the streams of gateway mode's internal link and of external components report:
+/// their outcomes are recorded and shown like any other, marked (`label: …`), but they say
+/// nothing about a remote domain's standing — the peer is the internal server or a component,
+/// the domains ours or ones drawbridge stands in for — so no domain record is touched.
+/// Failures stay in memory (the bounded ring), as for any unauthenticated claim: whoever can
+/// reach those listeners cannot grow the store.
+pub struct LinkObserver {
+    pub recorder: Arc<Recorder>,
+    /// "internal link" or "component".
+    pub label: &'static str,
+}
 
-impl crate::stream::Observer for InternalObserver {
+impl crate::stream::Observer for LinkObserver {
     fn outcome(&self, mut outcome: VerificationOutcome) {
-        outcome.reason = format!("internal link: {}", outcome.reason);
-        let r = &self.0;
-        let valid = outcome.result == VerificationResult::Valid;
-        if valid {
-            tracing::info!(stream = %outcome.stream, local = %outcome.local, remote = %outcome.remote, "{}", outcome.reason);
-        } else {
-            tracing::warn!(stream = %outcome.stream, local = %outcome.local, remote = %outcome.remote, "{}", outcome.reason);
+        outcome.reason = format!("{}: {}", self.label, outcome.reason);
+        let r = &self.recorder;
+        if outcome.result != VerificationResult::Valid {
+            return r.unauthenticated(outcome);
         }
+        tracing::info!(stream = %outcome.stream, local = %outcome.local, remote = %outcome.remote, "{}", outcome.reason);
         if let Err(e) = r.store.add_outcome(&outcome) {
             tracing::error!("store: {e}");
         }
@@ -190,13 +199,16 @@ impl crate::stream::Observer for InternalObserver {
     }
 
     fn pending(&self, domain: &Domain) {
-        tracing::error!("gateway: the internal link asked approval for {domain}; the internal server's domains need none");
+        tracing::error!("{}: asked approval for {domain}; nothing on it needs any", self.label);
     }
 
     fn closed(&self, entry: &ConnEntry, reason: &str) {
-        let r = &self.0;
+        let r = &self.recorder;
         r.table.close(entry, reason);
-        if let Err(e) = r.store.add_history(&entry.snapshot()) {
+        // Only streams that authenticated reach the history on disk.
+        if entry.snapshot().pairs.iter().any(|p| p.status == PairStatus::Valid)
+            && let Err(e) = r.store.add_history(&entry.snapshot())
+        {
             tracing::error!("store: {e}");
         }
     }

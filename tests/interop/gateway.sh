@@ -15,96 +15,35 @@
 # Everything runs in a network namespace of its own; nothing leaves it. Needs root.
 set -euo pipefail
 
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-ns=dbgateway$$
-work=$(mktemp -d /tmp/drawbridge-gateway.XXXXXX)
+name=gateway label="GATEWAY INTEROP"
+logs=(drawbridge.log home.log world.log dnsmasq.log component.log)
+source "$(dirname "$0")/lib.sh"
 dns_ip=127.0.0.20 world_ip=127.0.0.21 home_ip=127.0.0.22 db_ip=127.0.0.23 gw_ip=127.0.0.24
-pids=()
-
-say() { printf '\n== %s\n' "$*"; }
-fail() {
-  printf '\nGATEWAY INTEROP FAILED: %s\n' "$*" >&2
-  for f in drawbridge.log home.log world.log dnsmasq.log component.log; do
-    [ -f "$work/$f" ] && { printf -- '--- last lines of %s\n' "$f" >&2; tail -n 40 "$work/$f" >&2; }
-  done
-  exit 1
-}
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  pkill -f "$work" 2>/dev/null || true
-  for _ in $(seq 1 20); do pgrep -f "$work" >/dev/null || break; sleep 0.1; done
-  pkill -9 -f "$work" 2>/dev/null || true
-  ip netns del "$ns" 2>/dev/null || true
-  rm -rf "/etc/netns/$ns"
-  [ -n "${KEEP_INTEROP:-}" ] && echo "kept $work" || rm -rf "$work"
-}
-trap cleanup EXIT
-in_ns() { ip netns exec "$ns" "$@"; }
-
-[ "$(id -u)" = 0 ] || fail "run as root (network namespaces)"
 
 say "packages"
-need=()
-command -v prosody >/dev/null || need+=(prosody)
-command -v dnsmasq >/dev/null || need+=(dnsmasq)
-command -v openssl >/dev/null || need+=(openssl)
-command -v ip >/dev/null || need+=(iproute2)
-command -v python3 >/dev/null || need+=(python3)
-# The internal Prosody finds drawbridge through its own resolver (libunbound).
-dpkg-query -W -f='${Status}' lua-unbound 2>/dev/null | grep -q "install ok installed" || need+=(lua-unbound)
-# The external component is slixmpp's (run with Debian's python3).
-dpkg-query -W -f='${Status}' python3-slixmpp 2>/dev/null | grep -q "install ok installed" || need+=(python3-slixmpp)
-if [ ${#need[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-service prosody stop >/dev/null 2>&1 || true
-prosody_version=$(dpkg-query -W -f='${Version}' prosody 2>/dev/null || true)
+# lua-unbound: the internal Prosody finds drawbridge through its own resolver (libunbound);
+# python3-slixmpp: the external component (run with Debian's python3).
+packages prosody lua-unbound python3-slixmpp dnsmasq openssl iproute2 python3
 echo "prosody ${prosody_version:-?}"
 
 say "build drawbridge"
-(cd "$repo" && cargo build --quiet)
-db="$repo/target/debug/drawbridge"
+build_drawbridge
 
 say "network namespace $ns"
-ip netns add "$ns"
-in_ns ip link set lo up
-for a in $dns_ip $world_ip $home_ip $db_ip $gw_ip; do in_ns ip addr replace "$a/32" dev lo; done
-mkdir -p "/etc/netns/$ns"
-echo "nameserver $dns_ip" > "/etc/netns/$ns/resolv.conf"
-printf '127.0.0.1 localhost\n::1 localhost\n127.0.1.1 %s\n' "$(hostname)" > "/etc/netns/$ns/hosts"
+namespace $dns_ip $world_ip $home_ip $db_ip $gw_ip
 
 say "certificates (a local CA for the servers' own certificates)"
 cd "$work"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=gateway interop CA" \
-  -keyout ca.key -out ca.pem 2>/dev/null
-for d in world.test home.test; do
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$d" -keyout "$d.key" -out "$d.csr" 2>/dev/null
-  printf 'subjectAltName=DNS:%s,DNS:*.%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$d" "$d" > "$d.ext"
-  openssl x509 -req -in "$d.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile "$d.ext" -out "$d.crt" 2>/dev/null
-done
-chmod 644 ./*.key
+make_ca "gateway interop CA"
+make_leaves world.test home.test
 
 say "the world's DNS (dnsmasq on $dns_ip): home.test is drawbridge ($db_ip)"
-cat > dnsmasq.conf <<CONF
-no-resolv
-no-hosts
-local=/test/
-listen-address=$dns_ip
-bind-interfaces
-log-queries
-log-facility=$work/dnsmasq.log
-pid-file=$work/dnsmasq.pid
-host-record=world.test,$world_ip
-host-record=home.test,$db_ip
-srv-host=_xmpp-server._tcp.world.test,world.test,5269,0,5
-srv-host=_xmpp-server._tcp.home.test,home.test,5269,0,5
-srv-host=_xmpp-server._tcp.comp.home.test,home.test,5269,0,5
-CONF
-in_ns dnsmasq --keep-in-foreground --conf-file="$work/dnsmasq.conf" >/dev/null 2>&1 &
-pids+=($!)
+dnsmasq_on $dns_ip \
+  "host-record=world.test,$world_ip" \
+  "host-record=home.test,$db_ip" \
+  "srv-host=_xmpp-server._tcp.world.test,world.test,5269,0,5" \
+  "srv-host=_xmpp-server._tcp.home.test,home.test,5269,0,5" \
+  "srv-host=_xmpp-server._tcp.comp.home.test,home.test,5269,0,5"
 
 say "drawbridge (home.test for the world on $db_ip; gateway listener $gw_ip; internal server $home_ip)"
 cat > drawbridge.toml <<CONF
@@ -196,12 +135,7 @@ prosodyctl --config "$work/world.cfg.lua" register bob world.test s3cret >/dev/n
 in_ns setsid prosody --config "$work/world.cfg.lua" -F >/dev/null 2>&1 &
 pids+=($!)
 
-ready() { in_ns python3 -c "import socket,sys; socket.create_connection(('$1', $2), timeout=1)" 2>/dev/null; }
-for i in $(seq 1 150); do
-  ready $home_ip 5222 && ready $home_ip 5269 && ready $world_ip 5222 && ready $world_ip 5269 && ready $db_ip 5269 && ready $gw_ip 5269 && break
-  [ "$i" = 150 ] && fail "servers did not start"
-  sleep 0.1
-done
+wait_ready $home_ip:5222 $home_ip:5269 $world_ip:5222 $world_ip:5269 $db_ip:5269 $gw_ip:5269
 
 client() { in_ns python3 "$here/c2s_ping.py" --password s3cret "$@"; }
 # Start a client answering pings in the background; wait (bounded) until it is online.

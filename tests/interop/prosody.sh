@@ -11,98 +11,35 @@
 # for both domains; nothing leaves it. Needs root (netns). Fails loudly when either fails.
 set -euo pipefail
 
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-ns=dbinterop$$
-work=$(mktemp -d /tmp/drawbridge-interop.XXXXXX)
+name=interop
+logs=(drawbridge.log prosody.log dnsmasq.log)
+source "$(dirname "$0")/lib.sh"
 dns_ip=127.0.0.20 prosody_ip=127.0.0.21 db_ip=127.0.0.23
-pids=()
-
-say() { printf '\n== %s\n' "$*"; }
-fail() {
-  printf '\nINTEROP FAILED: %s\n' "$*" >&2
-  for f in drawbridge.log prosody.log dnsmasq.log; do
-    [ -f "$work/$f" ] && { printf -- '--- last lines of %s\n' "$f" >&2; tail -n 40 "$work/$f" >&2; }
-  done
-  exit 1
-}
-cleanup() {
-  # Everything we started names the work dir on its command line.
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  pkill -f "$work" 2>/dev/null || true
-  for _ in $(seq 1 20); do pgrep -f "$work" >/dev/null || break; sleep 0.1; done
-  pkill -9 -f "$work" 2>/dev/null || true
-  ip netns del "$ns" 2>/dev/null || true
-  rm -rf "/etc/netns/$ns"
-  [ -n "${KEEP_INTEROP:-}" ] && echo "kept $work" || rm -rf "$work"
-}
-trap cleanup EXIT
-in_ns() { ip netns exec "$ns" "$@"; }
-
-[ "$(id -u)" = 0 ] || fail "run as root (network namespaces)"
 
 say "packages"
-need=()
-command -v prosody >/dev/null || need+=(prosody)
-command -v dnsmasq >/dev/null || need+=(dnsmasq)
-command -v openssl >/dev/null || need+=(openssl)
-command -v ip >/dev/null || need+=(iproute2)
-command -v python3 >/dev/null || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  # Without Recommends: no lua-unbound, so Prosody uses the namespace's resolv.conf.
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-# The package may have started its own service; it must not hold anything we use.
-service prosody stop >/dev/null 2>&1 || true
-prosody_version=$(dpkg-query -W -f='${Version}' prosody 2>/dev/null || true)
+packages prosody dnsmasq openssl iproute2 python3
 echo "prosody ${prosody_version:-?}, dnsmasq $(dnsmasq --version | head -1 | awk '{print $3}')"
 
 say "build drawbridge"
-(cd "$repo" && cargo build --quiet)
-db="$repo/target/debug/drawbridge"
+build_drawbridge
 
 say "network namespace $ns"
-ip netns add "$ns"
-in_ns ip link set lo up
-for a in $dns_ip $prosody_ip $db_ip; do in_ns ip addr replace "$a/32" dev lo; done
-mkdir -p "/etc/netns/$ns"
-echo "nameserver $dns_ip" > "/etc/netns/$ns/resolv.conf"
-printf '127.0.0.1 localhost\n::1 localhost\n127.0.1.1 %s\n' "$(hostname)" > "/etc/netns/$ns/hosts"
+namespace $dns_ip $prosody_ip $db_ip
 
 say "certificates (a local CA; leaf SAN DNS:D, DNS:*.D)"
 cd "$work"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=drawbridge interop CA" \
-  -keyout ca.key -out ca.pem 2>/dev/null
-for d in prosody.test drawbridge.test; do
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$d" -keyout "$d.key" -out "$d.csr" 2>/dev/null
-  printf 'subjectAltName=DNS:%s,DNS:*.%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$d" "$d" > "$d.ext"
-  openssl x509 -req -in "$d.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile "$d.ext" -out "$d.crt" 2>/dev/null
-done
+make_ca "drawbridge interop CA"
+make_leaves prosody.test drawbridge.test
 # An unrelated CA: trusting only it means trusting nobody here (the dialback phase).
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=unrelated CA" \
-  -keyout other-ca.key -out other-ca.pem 2>/dev/null
+make_ca "unrelated CA" other-
 cp other-ca.pem prosody-trust.pem
-chmod 644 ./*.key
 
 say "DNS (dnsmasq on $dns_ip)"
-cat > dnsmasq.conf <<CONF
-no-resolv
-no-hosts
-local=/test/
-listen-address=$dns_ip
-bind-interfaces
-log-queries
-log-facility=$work/dnsmasq.log
-pid-file=$work/dnsmasq.pid
-host-record=prosody.test,$prosody_ip
-host-record=drawbridge.test,$db_ip
-srv-host=_xmpp-server._tcp.prosody.test,prosody.test,5269,0,5
-srv-host=_xmpp-server._tcp.drawbridge.test,drawbridge.test,5269,0,5
-CONF
-in_ns dnsmasq --keep-in-foreground --conf-file="$work/dnsmasq.conf" >/dev/null 2>&1 &
-pids+=($!)
+dnsmasq_on $dns_ip \
+  "host-record=prosody.test,$prosody_ip" \
+  "host-record=drawbridge.test,$db_ip" \
+  "srv-host=_xmpp-server._tcp.prosody.test,prosody.test,5269,0,5" \
+  "srv-host=_xmpp-server._tcp.drawbridge.test,drawbridge.test,5269,0,5"
 
 say "Prosody (prosody.test on $prosody_ip)"
 mkdir -p prosody-data
@@ -160,12 +97,7 @@ start_drawbridge() {
 start_drawbridge "$work/drawbridge.toml"
 
 # Wait (bounded) until both servers accept connections.
-ready() { in_ns python3 -c "import socket,sys; socket.create_connection(('$1', $2), timeout=1)" 2>/dev/null; }
-for i in $(seq 1 100); do
-  ready $prosody_ip 5222 && ready $prosody_ip 5269 && ready $db_ip 5269 && break
-  [ "$i" = 100 ] && fail "servers did not start"
-  sleep 0.1
-done
+wait_ready $prosody_ip:5222 $prosody_ip:5269 $db_ip:5269
 
 say "(a) alice@prosody.test pings drawbridge.test (Prosody originating, drawbridge receiving)"
 in_ns python3 "$here/c2s_ping.py" --host $prosody_ip --jid alice@prosody.test --password s3cret --ping drawbridge.test --timeout 40 \
@@ -232,11 +164,7 @@ for i in $(seq 1 100); do
 done
 start_prosody
 start_drawbridge "$work/drawbridge-trust.toml"
-for i in $(seq 1 100); do
-  ready $prosody_ip 5222 && ready $prosody_ip 5269 && ready $db_ip 5269 && break
-  [ "$i" = 100 ] && fail "servers did not restart"
-  sleep 0.1
-done
+wait_ready $prosody_ip:5222 $prosody_ip:5269 $db_ip:5269
 in_ns python3 "$here/c2s_ping.py" --host $prosody_ip --jid alice@prosody.test --password s3cret --ping drawbridge.test --timeout 40 \
   || fail "(e) ping from a Prosody client to drawbridge.test with certificates"
 in_ns "$db" --config "$work/drawbridge-trust.toml" ctl probe prosody.test || fail "(e) ctl probe prosody.test with certificates"
