@@ -145,12 +145,9 @@ async fn the_policy_cuts_both_directions() {
     )
     .await
     .unwrap();
-    // A's federation streams with w.test close; the internal ones stay.
-    loop {
-        let world = g.a.engine.connections(false).into_iter().filter(|c| !c.internal()).count();
-        if world == 0 {
-            break;
-        }
+    // Every stream of A's that depends on w.test closes: its federation streams, and the
+    // internal link's streams as w.test.
+    while !g.a.engine.connections(false).is_empty() {
         wait_event(&mut events, "w.test's streams to close", |e| matches!(e, Event::StreamClosed { .. })).await;
     }
     let r = within("probe h.test → w.test, blacklisted", g.c.engine.probe("w.test", None)).await;
@@ -211,4 +208,33 @@ async fn an_unreachable_internal_server_is_reported_to_the_operator_only() {
     assert_eq!(g.reachable, Some(false), "{g:?}");
     let why = g.last_error.unwrap();
     assert!(why.contains(&internal_addr) && why.contains("gateway.internal"), "the operator sees why: {why}");
+}
+
+/// In allowlist mode the internal link depends on the world domain's standing, not on the
+/// internal server's domains (which no allowlist names): a policy change leaves the internal
+/// streams of an allowed domain open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlist_mode_judges_the_world_domain_not_the_internal_server() {
+    let g = gateway("pki").await;
+    let shared = &g.a.engine.shared;
+    drawbridge::engine::change_domain(shared, &Domain::parse("w.test").unwrap(), drawbridge::policy::Change::Approve, "t", None)
+        .await
+        .unwrap();
+    drawbridge::engine::change_mode(shared, drawbridge::policy::Mode::Allowlist, "t").await.unwrap();
+    assert!(within("probe in allowlist mode", g.b.engine.probe("h.test", None)).await.ok);
+    let before: Vec<String> = internal_streams(&g.a).into_iter().map(|s| s.id).collect();
+    assert_eq!(before.len(), 2, "both internal streams up");
+    // Another policy change enforces the policy on every live stream.
+    let closed = drawbridge::engine::change_domain(
+        shared,
+        &Domain::parse("x.test").unwrap(),
+        drawbridge::policy::Change::Block { expires_ms: None },
+        "t",
+        None,
+    )
+    .await
+    .unwrap()
+    .2;
+    assert!(closed.iter().all(|id| !before.contains(id)), "internal streams closed by a policy change: {closed:?}");
+    assert!(within("probe after", g.b.engine.probe("h.test", None)).await.ok);
 }

@@ -765,7 +765,15 @@ async fn counters_loop(shared: Arc<Shared>) {
 pub fn enforce(shared: &Shared) -> Vec<String> {
     let mut closed = Vec::new();
     for e in shared.table.live() {
-        for remote in e.remotes() {
+        // Whose standing a stream depends on: a federation stream's remote domains; on the
+        // internal link, the world domain drawbridge stands in for (its local side, the
+        // internal server's domains being ours); a component is ours.
+        let judged = match e.kind {
+            StreamKind::Federation => e.remotes(),
+            StreamKind::Internal => e.snapshot().local.into_iter().collect(),
+            StreamKind::Component => Vec::new(),
+        };
+        for remote in judged {
             let Ok(d) = Domain::parse(&remote) else { continue };
             if let Verdict::Refuse(why) = shared.policy.verdict(&d) {
                 tracing::info!(stream = %e.id, "closing the stream of {remote}: {why}");
