@@ -238,3 +238,25 @@ async fn allowlist_mode_judges_the_world_domain_not_the_internal_server() {
     assert!(closed.iter().all(|id| !before.contains(id)), "internal streams closed by a policy change: {closed:?}");
     assert!(within("probe after", g.b.engine.probe("h.test", None)).await.ok);
 }
+
+/// Approval mode holds what the internal server sends to a domain nobody decided on, until
+/// the operator approves it; then it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_mode_holds_the_internal_servers_stanzas_until_approved() {
+    let g = gateway("pki").await;
+    let shared = g.a.engine.shared.clone();
+    drawbridge::engine::change_mode(&shared, drawbridge::policy::Mode::Approval, "t").await.unwrap();
+    let mut events = g.a.engine.subscribe();
+    let probe = g.c.engine.probe("w.test", None);
+    let approve = async {
+        // Held: w.test waits for the operator.
+        while shared.policy.record("w.test").is_none_or(|r| r.state != drawbridge::policy::DomainState::Pending) {
+            wait_event(&mut events, "w.test to be pending", |e| matches!(e, Event::DomainChanged { .. })).await;
+        }
+        drawbridge::engine::change_domain(&shared, &Domain::parse("w.test").unwrap(), drawbridge::policy::Change::Approve, "t", None)
+            .await
+            .unwrap();
+    };
+    let (r, ()) = tokio::join!(probe, approve);
+    assert!(r.ok, "delivered once approved: {:?}", r.error);
+}
