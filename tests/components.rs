@@ -120,9 +120,11 @@ async fn handshake_failures_and_one_connection_per_component() {
     assert!(w.a.engine.shared.store.outcomes(None, 100).unwrap().is_empty(), "nothing persisted");
     // The first connection keeps the domain; a second gets conflict.
     let mut first = component(w.components).await;
-    let (_second, answer) = connect(w.components, "comp.a.test", SECRET).await;
+    let (second, answer) = connect(w.components, "comp.a.test", SECRET).await;
     let e = answer.expect("a stream error");
     assert!(e.has_child("conflict", ns::STREAM_ERRORS), "{e:?}");
+    // Gone at once (else its stream waits timeouts.close for our closing tag).
+    drop(second);
     let (report, _) = tokio::join!(w.b.engine.probe("comp.a.test", None), answer_ping(&mut first));
     assert!(report.ok, "the first connection still serves: {:?}", report.error);
     // A stanza from a domain that is not the component's: invalid-from, the stream ends.
