@@ -11,7 +11,9 @@
 #  (c) a real external component (slixmpp, XEP-0114) on drawbridge answers pings to
 #      comp.home.test from bob (the world) and from alice (through the internal server);
 #  (d) blacklisting world.test in drawbridge cuts both directions, and alice's client is told
-#      why (policy-violation with the reason).
+#      why (policy-violation with the reason);
+#  (e) the same users reach each other with the internal link authenticated by dialback
+#      (drawbridge and the internal Prosody restarted with gateway.auth = "dialback").
 # Everything runs in a network namespace of its own; nothing leaves it. Needs root.
 set -euo pipefail
 
@@ -75,22 +77,26 @@ listen = ["$db_ip:5347"]
 domain = "comp.home.test"
 secret = "interop component secret"
 CONF
+start_drawbridge() {
+  in_ns "$db" --config "$1" serve >>"$work/drawbridge.stderr" 2>&1 &
+  pids+=($!)
+}
 "$db" --config "$work/drawbridge.toml" gateway setup prosody > setup.lua || fail "drawbridge gateway setup prosody"
 cat setup.lua
 gw_ca="$work/drawbridge-data/gateway/ca.pem"
 [ -f "$gw_ca" ] || fail "gateway setup did not create the gateway CA"
 grep -q "cafile = \"$gw_ca\"" setup.lua || fail "gateway setup does not name the gateway CA"
-in_ns "$db" --config "$work/drawbridge.toml" serve >>"$work/drawbridge.stderr" 2>&1 &
-pids+=($!)
+start_drawbridge "$work/drawbridge.toml"
 
-say "Prosody home.test (internal, $home_ip), configured with what gateway setup printed"
-mkdir -p home-data world-data
-# gateway setup's lines, with the redirect for .test (libunbound answers the built-in test.
-# zone itself under a "." redirect: see its note).
-sed -e 's|\["local-zone:"\] = "\. redirect"|["local-zone:"] = "test. redirect"|' \
-    -e 's|\["local-data:"\] = "\. 300 IN A |["local-data:"] = "test. 300 IN A |' setup.lua > setup-test.lua
-grep -q '"test. 300 IN A '"$gw_ip"'"' setup-test.lua || fail "unexpected gateway setup output"
-cat > home.cfg.lua <<CONF
+# The internal Prosody's configuration: what `gateway setup` printed (SETUP file), the .test
+# redirect for libunbound (which answers the built-in test. zone itself under a "." redirect:
+# see the setup's note), and MODULES.
+home_config() {
+  local setup=$1 modules=$2
+  sed -e 's|\["local-zone:"\] = "\. redirect"|["local-zone:"] = "test. redirect"|' \
+      -e 's|\["local-data:"\] = "\. 300 IN A |["local-data:"] = "test. 300 IN A |' "$setup" > "$work/setup-test.lua"
+  grep -q '"test. 300 IN A '"$gw_ip"'"' "$work/setup-test.lua" || fail "unexpected gateway setup output"
+  cat > "$work/home.cfg.lua" <<CONF
 pidfile = "$work/home.pid"
 data_path = "$work/home-data"
 run_as_root = true
@@ -98,17 +104,25 @@ c2s_ports = { 5222 }
 c2s_interfaces = { "$home_ip" }
 http_ports = { }
 https_ports = { }
-modules_enabled = { "roster"; "saslauth"; "tls"; "disco"; "ping"; "version"; "posix" }
+modules_enabled = { $modules }
 authentication = "internal_plain"
 c2s_require_encryption = true
 log = { debug = "$work/home.log" }
-$(cat setup-test.lua)
+$(cat "$work/setup-test.lua")
 VirtualHost "home.test"
   ssl = { certificate = "$work/home.test.crt"; key = "$work/home.test.key" }
 CONF
+}
+start_home() {
+  in_ns setsid prosody --config "$work/home.cfg.lua" -F >/dev/null 2>&1 &
+  pids+=($!)
+}
+
+say "Prosody home.test (internal, $home_ip), configured with what gateway setup printed"
+mkdir -p home-data world-data
+home_config "$work/setup.lua" '"roster"; "saslauth"; "tls"; "disco"; "ping"; "version"; "posix"'
 prosodyctl --config "$work/home.cfg.lua" register alice home.test s3cret >/dev/null 2>&1 || fail "prosodyctl register alice"
-in_ns setsid prosody --config "$work/home.cfg.lua" -F >/dev/null 2>&1 &
-pids+=($!)
+start_home
 
 say "Prosody world.test (the world, $world_ip)"
 cat > world.cfg.lua <<CONF
@@ -224,4 +238,37 @@ set -e
 echo "$out"
 [ $rc = 1 ] || fail "(d) bob's ping to alice should fail while world.test is blacklisted (exit $rc)"
 
-say "GATEWAY INTEROP OK: Prosody ${prosody_version:-} behind drawbridge (pki): both directions, users both ways, a slixmpp component, policy both ways"
+say "(e) the internal link by dialback (gateway.auth = \"dialback\"; nobody trusts anybody's certificate)"
+in_ns "$db" --config "$work/drawbridge.toml" ctl unblock world.test || fail "ctl unblock world.test"
+sed -e 's|^auth = "pki"|auth = "dialback"|' -e '/^ca_file = /d' -e '/^# The internal server proves/d' drawbridge.toml > drawbridge-dialback.toml
+grep -q '^auth = "dialback"' drawbridge-dialback.toml || fail "could not write drawbridge-dialback.toml"
+"$db" --config "$work/drawbridge-dialback.toml" gateway setup prosody > setup-dialback.lua || fail "gateway setup prosody (dialback)"
+grep -q "s2s_secure_auth = false" setup-dialback.lua && ! grep -q "modules_disabled" setup-dialback.lua \
+  || fail "gateway setup for dialback should keep mod_dialback"
+pkill -TERM -f "$work/drawbridge.toml" || true
+pkill -TERM -f "$work/home.cfg.lua" || true
+for i in $(seq 1 100); do
+  pgrep -f "$work/drawbridge.toml" >/dev/null || pgrep -f "$work/home.cfg.lua" >/dev/null || break
+  [ "$i" = 100 ] && fail "servers did not stop for the restart"
+  sleep 0.1
+done
+start_drawbridge "$work/drawbridge-dialback.toml"
+home_config "$work/setup-dialback.lua" '"roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "version"; "posix"'
+start_home
+wait_ready $home_ip:5222 $home_ip:5269 $db_ip:5269 $gw_ip:5269
+online alice@home.test $home_ip
+client --host $home_ip --jid alice@home.test --ping bob@world.test/interop --timeout 40 || fail "(e) alice → bob's client, dialback"
+client --host $world_ip --jid bob@world.test --ping alice@home.test/interop --timeout 40 || fail "(e) bob → alice's client, dialback"
+json=$(in_ns "$db" --config "$work/drawbridge-dialback.toml" ctl connections --json)
+python3 - "$json" <<'PY' || fail "(e) drawbridge's table does not show the internal link by dialback both ways"
+import json, sys
+internal = [c for c in json.loads(sys.argv[1]) if c.get("kind") == "internal"]
+def ok(direction):
+    return any(c["direction"] == direction and c["local"] == "world.test"
+               and any(p["remote"] == "home.test" and p["status"] == "valid" and p["method"] == "dialback" for p in c["pairs"])
+               for c in internal)
+assert ok("out") and ok("in"), internal
+print("drawbridge: internal link both ways by dialback")
+PY
+
+say "GATEWAY INTEROP OK: Prosody ${prosody_version:-} behind drawbridge (pki and dialback): both directions, users both ways, a slixmpp component, policy both ways"
