@@ -115,7 +115,7 @@ impl Component {
     pub(super) fn handle(&mut self, cx: &mut Cx, now: Instant, input: Input) {
         match input {
             Input::Read => {}
-            Input::Frame { frame, .. } => self.on_frame(cx, now, frame),
+            Input::Frame { frame, .. } => self.on_frame(cx, frame),
             Input::ReadError(e) => {
                 if matches!(self.state, State::Header) && matches!(e, ReadError::Xml(_)) {
                     cx.out.push_back(Output::Raw(header(None, &(cx.env.stream_ids)())));
@@ -156,7 +156,7 @@ impl Component {
         }
     }
 
-    fn on_frame(&mut self, cx: &mut Cx, now: Instant, frame: Frame) {
+    fn on_frame(&mut self, cx: &mut Cx, frame: Frame) {
         match std::mem::replace(&mut self.state, State::Done) {
             State::Header => self.on_header(cx, frame),
             State::Handshake { domain, id } => self.on_handshake(cx, frame, domain, id),
@@ -166,7 +166,7 @@ impl Component {
             }
             State::Established { domain } => {
                 self.state = State::Established { domain: domain.clone() };
-                self.on_stanza(cx, now, frame, &domain);
+                self.on_stanza(cx, frame, &domain);
             }
             State::Done => {}
         }
@@ -245,7 +245,7 @@ impl Component {
 
     /// A stanza from the component: from its domain (or a subdomain), addressed, checked,
     /// then into routing in `jabber:server`.
-    fn on_stanza(&mut self, cx: &mut Cx, now: Instant, frame: Frame, domain: &Domain) {
+    fn on_stanza(&mut self, cx: &mut Cx, frame: Frame, domain: &Domain) {
         let mut el = match frame {
             Frame::Element(el) => el,
             Frame::StreamClose => {
@@ -279,7 +279,6 @@ impl Component {
             }
             return;
         }
-        self.last_write = self.last_write.max(now);
         cx.out.push_back(Output::Deliver(el));
     }
 }

@@ -936,3 +936,101 @@ fn verification_budget_per_stream() {
     assert_eq!(v.start(t + Duration::from_secs(30), 0, &l).unwrap_err(), "limits.verifications_per_minute");
     v.start(t + Duration::from_secs(61), 0, &l).unwrap();
 }
+
+// ---- the component role (XEP-0114) ---------------------------------------------------------
+
+const COMP_SECRET: &str = "component secret for tests";
+
+fn component(w: &World) -> (Machine, Framer) {
+    let secrets = Arc::new(std::collections::HashMap::from([(d("comp.here.test"), COMP_SECRET.to_owned())]));
+    let m = Machine::component(w.env.clone(), "t".into(), w.t0, secrets);
+    let mut f = Framer::new(1 << 20, 32);
+    f.feed(b"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='comp.here.test'>");
+    (m, f)
+}
+
+fn next(f: &mut Framer, xml: &str) -> Input {
+    f.feed(xml.as_bytes());
+    frame(f.next_frame().unwrap().expect("a complete element"))
+}
+
+/// Header, handshake, the router's yes: established. Returns the outputs of each step.
+fn component_established(w: &World) -> (Machine, Framer, Vec<Output>) {
+    let (mut m, mut f) = component(w);
+    m.handle(w.t0, frame(f.next_frame().unwrap().unwrap()));
+    let outs = drain(&mut m);
+    let header = written(&outs);
+    assert!(header.contains("from='comp.here.test' id='"), "{header}");
+    let id = header.split("id='").nth(1).and_then(|r| r.split('\'').next()).unwrap().to_owned();
+    let digest = super::component::handshake_digest(&id, COMP_SECRET);
+    m.handle(w.t0, next(&mut f, &format!("<handshake xmlns='jabber:component:accept'>{digest}</handshake>")));
+    let outs = drain(&mut m);
+    assert!(outs.iter().any(|o| matches!(o, Output::Attach(dom) if dom.as_str() == "comp.here.test")), "{outs:?}");
+    assert!(!written(&outs).contains("handshake"), "not answered before the router attached the domain");
+    m.handle(w.t0, Input::Attached(Ok(())));
+    let outs = drain(&mut m);
+    (m, f, outs)
+}
+
+#[test]
+fn component_handshake_attach_and_stanzas_both_ways() {
+    let w = world();
+    let (mut m, mut f, outs) = component_established(&w);
+    assert!(written(&outs).contains("<handshake"), "{}", written(&outs));
+    assert!(observed(&outs).contains(&&Observed::State(ConnState::Established)));
+    // From the component: retagged for federation, delivered.
+    m.handle(w.t0, next(&mut f, "<message from='comp.here.test' to='x@a.test'><body>hi</body></message>"));
+    let outs = drain(&mut m);
+    assert_eq!(delivered(&outs), vec!["<message from='comp.here.test' to='x@a.test'><body>hi</body></message>".to_owned()]);
+    // To the component: in its namespace.
+    m.handle(w.t0, Input::Stanza(Element::new("iq", ns::SERVER).attr("type", "get").attr("id", "1").attr("to", "comp.here.test")));
+    assert!(written(&drain(&mut m)).contains("<iq xmlns='jabber:component:accept'"));
+    // Quiet for the keepalive interval: a whitespace keepalive (virtual time).
+    let later = w.t0 + w.env.timeouts.keepalive;
+    assert_eq!(m.deadline(), Some(later));
+    m.handle(later, Input::Timer);
+    assert_eq!(written(&drain(&mut m)), " ");
+}
+
+#[test]
+fn component_failures_end_with_the_right_stream_error() {
+    let w = world();
+    // No handshake within the negotiation time.
+    let (mut m, mut f) = component(&w);
+    m.handle(w.t0, frame(f.next_frame().unwrap().unwrap()));
+    drain(&mut m);
+    let deadline = m.deadline().unwrap();
+    assert_eq!(deadline, w.t0 + w.env.timeouts.negotiation);
+    m.handle(deadline, Input::Timer);
+    assert_eq!(condition(&drain(&mut m)), Some(C::ConnectionTimeout));
+    // A wrong handshake.
+    let (mut m, mut f) = component(&w);
+    m.handle(w.t0, frame(f.next_frame().unwrap().unwrap()));
+    drain(&mut m);
+    m.handle(w.t0, next(&mut f, "<handshake xmlns='jabber:component:accept'>0000</handshake>"));
+    let outs = drain(&mut m);
+    assert_eq!(condition(&outs), Some(C::NotAuthorized));
+    assert!(outcomes(&outs).contains(&(AuthMethod::ComponentHandshake, VerificationResult::Invalid)));
+    // The router says another stream has the domain.
+    let (mut m, mut f) = component(&w);
+    m.handle(w.t0, frame(f.next_frame().unwrap().unwrap()));
+    drain(&mut m);
+    let digest = super::component::handshake_digest("id2", COMP_SECRET); // the third id this world handed out
+    m.handle(w.t0, next(&mut f, &format!("<handshake xmlns='jabber:component:accept'>{digest}</handshake>")));
+    drain(&mut m);
+    m.handle(w.t0, Input::Attached(Err("taken".into())));
+    assert_eq!(condition(&drain(&mut m)), Some(C::Conflict));
+    // A stanza from outside its domain, and one that is not a stanza.
+    let (mut m, mut f, _) = component_established(&w);
+    m.handle(w.t0, next(&mut f, "<message from='here.test' to='a.test'/>"));
+    assert_eq!(condition(&drain(&mut m)), Some(C::InvalidFrom));
+    let (mut m, mut f, _) = component_established(&w);
+    m.handle(w.t0, next(&mut f, "<handshake xmlns='jabber:component:accept'/>"));
+    assert_eq!(condition(&drain(&mut m)), Some(C::UnsupportedStanzaType));
+    // A stream for a domain that is not configured.
+    let mut f = Framer::new(1 << 20, 32);
+    f.feed(b"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='other.test'>");
+    let (mut m, _) = component(&w);
+    m.handle(w.t0, frame(f.next_frame().unwrap().unwrap()));
+    assert_eq!(condition(&drain(&mut m)), Some(C::HostUnknown));
+}
