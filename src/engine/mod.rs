@@ -378,36 +378,16 @@ impl Engine {
             (Some(g), Some(ca)) => Some(Arc::new(crate::stream::Caps {
                 env: Arc::new(crate::gateway::internal_env(&streams.env, &settings, g.auth, Box::new(table::random_id))),
                 tls: Arc::new(crate::gateway::GatewayTls { ca: ca.clone() }),
-                router: router.clone(),
-                table: table.clone(),
-                observer: Arc::new(recorder::LinkObserver { recorder: recorder.clone(), label: "internal link" }),
-                policy_changes: policy.subscribe(),
-                resolver: resolver.clone(),
-                dials: dials.clone(),
-                tasks: tasks.clone(),
-                shutdown: shutdown.clone(),
-                settings: streams.settings.clone(),
                 internal: Some(g.internal),
+                ..streams.reporting_to(Arc::new(recorder::LinkObserver { recorder: recorder.clone(), label: "internal link" }))
             })),
             _ => None,
         };
         let gauges: Arc<limits::Gauges> = Arc::default();
         // Components: federation's capabilities, their outcomes marked and kept off the
         // domain records.
-        let component_streams = Arc::new(crate::stream::Caps {
-            env: streams.env.clone(),
-            tls: streams.tls.clone(),
-            router: router.clone(),
-            table: table.clone(),
-            observer: Arc::new(recorder::LinkObserver { recorder: recorder.clone(), label: "component" }),
-            policy_changes: policy.subscribe(),
-            resolver: resolver.clone(),
-            dials: dials.clone(),
-            tasks: tasks.clone(),
-            shutdown: shutdown.clone(),
-            settings: streams.settings.clone(),
-            internal: None,
-        });
+        let component_streams =
+            Arc::new(streams.reporting_to(Arc::new(recorder::LinkObserver { recorder: recorder.clone(), label: "component" })));
         router.set_opener(Box::new(OutboundOpener {
             streams: Arc::downgrade(&streams),
             internal: internal_streams.as_ref().map(|c| (Arc::downgrade(c), settings.domains.clone())),

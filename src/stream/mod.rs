@@ -92,6 +92,25 @@ pub struct Caps {
 }
 
 impl Caps {
+    /// The same capabilities, reporting to `observer` (the internal link's and components'
+    /// streams are recorded apart from federation's).
+    pub fn reporting_to(&self, observer: Arc<dyn Observer>) -> Caps {
+        Caps {
+            env: self.env.clone(),
+            tls: self.tls.clone(),
+            router: self.router.clone(),
+            table: self.table.clone(),
+            observer,
+            policy_changes: self.policy_changes.clone(),
+            resolver: self.resolver.clone(),
+            dials: self.dials.clone(),
+            tasks: self.tasks.clone(),
+            shutdown: self.shutdown.clone(),
+            settings: self.settings.clone(),
+            internal: self.internal,
+        }
+    }
+
     /// What the streams driven with these capabilities connect to.
     pub fn kind(&self) -> crate::types::StreamKind {
         if self.internal.is_some() { crate::types::StreamKind::Internal } else { crate::types::StreamKind::Federation }
