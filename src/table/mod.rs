@@ -356,7 +356,7 @@ impl ConnEntry {
                 reserved = b.reserve(size);
             }
             if reserved {
-                t.push(&line);
+                b.release(t.push(&line));
             }
         }
         // The event channel keeps up to its capacity of events for a slow subscriber: each

@@ -115,8 +115,11 @@ impl Transcript {
         self.lines == 0
     }
 
-    pub fn push(&mut self, line: &TranscriptLine) {
-        self.unpack();
+    /// Add a line; what lines that could not be read back were charged (released by the
+    /// caller: 0 unless a packed transcript was unreadable).
+    #[must_use]
+    pub fn push(&mut self, line: &TranscriptLine) -> usize {
+        let lost = self.unpack();
         if self.ring.capacity() == 0 {
             // A negotiation's size at once: no trail of outgrown buffers per stream.
             self.ring.reserve(FIRST_BUFFER);
@@ -134,14 +137,15 @@ impl Transcript {
         }
         self.lines += 1;
         self.bytes += line_size(line);
+        lost
     }
 
-    /// Drop the oldest line; what it was charged.
+    /// Drop the oldest line; what it was charged (with whatever could not be read back).
     pub fn pop_front(&mut self) -> usize {
+        let lost = self.unpack();
         if self.lines == 0 {
-            return 0;
+            return lost;
         }
-        self.unpack();
         let mut h = [0u8; HEADER];
         for (d, s) in h.iter_mut().zip(self.ring.iter()) {
             *d = *s;
@@ -154,7 +158,7 @@ impl Transcript {
         if self.lines == 0 {
             self.ring = VecDeque::new();
         }
-        charged
+        charged + lost
     }
 
     /// The lines, decoded (the transcript stays as it is kept).
@@ -184,14 +188,19 @@ impl Transcript {
         self.ring = VecDeque::new();
     }
 
-    fn unpack(&mut self) {
-        let Some(p) = self.packed.take() else { return };
+    /// Back to records; if the packed form cannot be read (a bug: it was packed here), the
+    /// transcript starts over and what its lines were charged is returned for release.
+    fn unpack(&mut self) -> usize {
+        let Some(p) = self.packed.take() else { return 0 };
         match lz4_flex::block::decompress_with_dict(&p.data, p.len, DICTIONARY) {
-            Ok(r) => self.ring = r.into(),
+            Ok(r) => {
+                self.ring = r.into();
+                0
+            }
             Err(e) => {
                 tracing::error!("transcript unreadable, starting it over: {e}");
                 self.lines = 0;
-                self.bytes = 0;
+                std::mem::take(&mut self.bytes)
             }
         }
     }
@@ -351,7 +360,7 @@ mod tests {
         let lines = negotiation("b.example");
         let mut t = Transcript::default();
         for l in &lines {
-            t.push(l);
+            let _ = t.push(l);
         }
         assert_eq!(t.lines(), lines);
         assert_eq!(t.bytes, lines.iter().map(line_size).sum::<usize>());
@@ -360,7 +369,7 @@ mod tests {
         assert_eq!(t.lines(), lines, "reading a packed transcript");
         // A later line unpacks it; the order and the charges stay.
         let more = line("in", "<iq type='get' id='p1' from='b.example' to='a.example'><ping xmlns='urn:xmpp:ping'/></iq>", None);
-        t.push(&more);
+        let _ = t.push(&more);
         assert!(!t.is_packed());
         let mut all = lines.clone();
         all.push(more);
@@ -375,12 +384,34 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_packed_transcript_gives_its_charges_back() {
+        let lines = negotiation("b.example");
+        let mut t = Transcript::default();
+        for l in &lines {
+            assert_eq!(t.push(l), 0);
+        }
+        let charged = t.bytes;
+        t.pack();
+        t.packed.as_mut().unwrap().data = vec![0xff; 8].into_boxed_slice();
+        assert_eq!(t.pop_front(), charged, "everything it was charged, for the budget");
+        assert!(t.is_empty() && t.bytes == 0);
+        // And through a push: the new line stays, the lost ones are returned.
+        for l in &lines {
+            let _ = t.push(l);
+        }
+        t.pack();
+        t.packed.as_mut().unwrap().data = vec![0xff; 8].into_boxed_slice();
+        assert_eq!(t.push(&lines[0]), charged);
+        assert_eq!((t.len(), t.lines()), (1, vec![lines[0].clone()]));
+    }
+
+    #[test]
     fn a_packed_negotiation_takes_a_fraction_of_its_text() {
         let lines = negotiation("b42.example");
         let text: usize = lines.iter().map(|l| l.text.len() + l.key.as_ref().map_or(0, String::len)).sum();
         let mut t = Transcript::default();
         for l in &lines {
-            t.push(l);
+            let _ = t.push(l);
         }
         t.pack();
         // What is kept per idle stream: measured 1/4 of the text with this dictionary.
@@ -392,7 +423,7 @@ mod tests {
         let mut t = Transcript::default();
         let odd = [line("note", "", None), line("in", "ünïcödé ✓ \u{10FFFF}", Some("")), line("weird-dir", "x", None)];
         for l in &odd {
-            t.push(l);
+            let _ = t.push(l);
         }
         t.pack();
         let back = t.lines();

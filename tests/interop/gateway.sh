@@ -119,32 +119,13 @@ start_home() {
 }
 
 say "Prosody home.test (internal, $home_ip), configured with what gateway setup printed"
-mkdir -p home-data world-data
+mkdir -p home-data
 home_config "$work/setup.lua" '"roster"; "saslauth"; "tls"; "disco"; "ping"; "version"; "posix"'
 prosodyctl --config "$work/home.cfg.lua" register alice home.test s3cret >/dev/null 2>&1 || fail "prosodyctl register alice"
 start_home
 
 say "Prosody world.test (the world, $world_ip)"
-cat > world.cfg.lua <<CONF
-pidfile = "$work/world.pid"
-data_path = "$work/world-data"
-run_as_root = true
-interfaces = { "$world_ip" }
-s2s_ports = { 5269 }
-c2s_ports = { 5222 }
-http_ports = { }
-https_ports = { }
-modules_enabled = { "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "version"; "posix" }
-authentication = "internal_plain"
-c2s_require_encryption = true
-s2s_require_encryption = true
-s2s_secure_auth = false
-ssl = { cafile = "$work/ca.pem" }
-log = { debug = "$work/world.log" }
-unbound = { resolvconf = "/etc/netns/$ns/resolv.conf"; hoststxt = false; options = { ["local-zone:"] = "test. transparent" } }
-VirtualHost "world.test"
-  ssl = { certificate = "$work/world.test.crt"; key = "$work/world.test.key" }
-CONF
+prosody_peer_config world world.test $world_ip "$work/ca.pem"
 prosodyctl --config "$work/world.cfg.lua" register bob world.test s3cret >/dev/null 2>&1 || fail "prosodyctl register bob"
 in_ns setsid prosody --config "$work/world.cfg.lua" -F >/dev/null 2>&1 &
 pids+=($!)
@@ -223,20 +204,21 @@ print("drawbridge: the component stream, authenticated by its handshake")' || fa
 
 say "(d) blacklisting world.test in drawbridge cuts both directions"
 in_ns "$db" --config "$work/drawbridge.toml" ctl blacklist world.test --reason "gateway interop" || fail "ctl blacklist world.test"
-set +e
-out=$(client --host $home_ip --jid alice@home.test --ping bob@world.test/interop --timeout 40)
-rc=$?
-set -e
-echo "$out"
-[ $rc = 1 ] || fail "(d) alice's ping to bob should be answered with an error (exit $rc)"
+# A ping that must be answered with an error (exit 1): its output in $out.
+ping_fails() {
+  local what=$1 rc
+  shift
+  set +e
+  out=$(client "$@")
+  rc=$?
+  set -e
+  echo "$out"
+  [ $rc = 1 ] || fail "$what should be answered with an error (exit $rc)"
+}
+ping_fails "(d) alice's ping to bob" --host $home_ip --jid alice@home.test --ping bob@world.test/interop --timeout 40
 echo "$out" | grep -q "policy-violation" && echo "$out" | grep -q "world.test is blacklisted" \
   || fail "(d) alice's client does not see policy-violation with the reason"
-set +e
-out=$(client --host $world_ip --jid bob@world.test --ping alice@home.test/interop --timeout 40)
-rc=$?
-set -e
-echo "$out"
-[ $rc = 1 ] || fail "(d) bob's ping to alice should fail while world.test is blacklisted (exit $rc)"
+ping_fails "(d) bob's ping to alice while world.test is blacklisted" --host $world_ip --jid bob@world.test --ping alice@home.test/interop --timeout 40
 
 say "(e) the internal link by dialback (gateway.auth = \"dialback\"; nobody trusts anybody's certificate)"
 in_ns "$db" --config "$work/drawbridge.toml" ctl unblock world.test || fail "ctl unblock world.test"

@@ -110,3 +110,31 @@ wait_ready() {
   done
   fail "servers did not start ($*)"
 }
+
+# A Prosody federating over the namespace's DNS: NAME.cfg.lua for DOMAIN on ADDRESS (s2s
+# 5269, c2s 5222), trusting the CAs in TRUST, dialback over required TLS, a debug log in
+# NAME.log, its data in NAME-data; DOMAIN.crt/.key from make_leaves.
+prosody_peer_config() {
+  local name=$1 domain=$2 addr=$3 trust=$4
+  mkdir -p "$work/$name-data"
+  cat > "$work/$name.cfg.lua" <<CONF
+pidfile = "$work/$name.pid"
+data_path = "$work/$name-data"
+run_as_root = true
+interfaces = { "$addr" }
+s2s_ports = { 5269 }
+c2s_ports = { 5222 }
+http_ports = { }
+https_ports = { }
+modules_enabled = { "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "version"; "posix"; "admin_shell" }
+authentication = "internal_plain"
+c2s_require_encryption = true
+s2s_require_encryption = true
+s2s_secure_auth = false
+ssl = { cafile = "$trust" }
+log = { debug = "$work/$name.log" }
+unbound = { resolvconf = "/etc/netns/$ns/resolv.conf"; hoststxt = false; options = { ["local-zone:"] = "test. transparent" } }
+VirtualHost "$domain"
+  ssl = { certificate = "$work/$domain.crt"; key = "$work/$domain.key" }
+CONF
+}

@@ -42,27 +42,7 @@ dnsmasq_on $dns_ip \
   "srv-host=_xmpp-server._tcp.drawbridge.test,drawbridge.test,5269,0,5"
 
 say "Prosody (prosody.test on $prosody_ip)"
-mkdir -p prosody-data
-cat > prosody.cfg.lua <<CONF
-pidfile = "$work/prosody.pid"
-data_path = "$work/prosody-data"
-run_as_root = true
-interfaces = { "$prosody_ip" }
-s2s_ports = { 5269 }
-c2s_ports = { 5222 }
-http_ports = { }
-https_ports = { }
-modules_enabled = { "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "version"; "posix"; "admin_shell" }
-authentication = "internal_plain"
-c2s_require_encryption = true
-s2s_require_encryption = true
-s2s_secure_auth = false
-ssl = { cafile = "$work/prosody-trust.pem" }
-log = { debug = "$work/prosody.log" }
-unbound = { resolvconf = "/etc/netns/$ns/resolv.conf"; hoststxt = false; options = { ["local-zone:"] = "test. transparent" } }
-VirtualHost "prosody.test"
-  ssl = { certificate = "$work/prosody.test.crt"; key = "$work/prosody.test.key" }
-CONF
+prosody_peer_config prosody prosody.test $prosody_ip "$work/prosody-trust.pem"
 prosodyctl --config "$work/prosody.cfg.lua" register alice prosody.test s3cret >/dev/null 2>&1 \
   || fail "prosodyctl register"
 start_prosody() {
