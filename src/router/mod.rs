@@ -198,7 +198,7 @@ impl Router {
                 tracing::debug!(stanza = %st.describe(), "dropping a stanza without a valid 'to'");
                 continue;
             };
-            let from = st.get_attr("from").and_then(crate::proto::jid::domain_of);
+            let from = || st.get_attr("from").and_then(crate::proto::jid::domain_of);
             if let Some(comp) = self.component_for(&to) {
                 next = self.send_component(&comp.clone(), st);
                 continue;
@@ -207,8 +207,9 @@ impl Router {
                 // Gateway mode: what the world sends the hosted domains goes on to the
                 // internal server, as the world domain that sent it; drawbridge keeps only the
                 // answers to what it sent itself (probes).
+                // (The sender is parsed only in gateway mode: this is the stanza path.)
                 if self.gateway
-                    && let Some(from) = from.filter(|f| !self.is_server_domain(f))
+                    && let Some(from) = from().filter(|f| !self.is_server_domain(f))
                     && !self.local.awaits(&st)
                 {
                     next = self.send_remote(from, to, st);
@@ -217,7 +218,7 @@ impl Router {
                 }
                 continue;
             }
-            let Some(from) = from else {
+            let Some(from) = from() else {
                 tracing::debug!(stanza = %st.describe(), "dropping an outbound stanza without a valid 'from'");
                 continue;
             };
