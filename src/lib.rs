@@ -25,5 +25,6 @@ pub mod router;
 pub mod store;
 pub mod stream;
 pub mod table;
+pub mod text;
 pub mod types;
 pub mod xml;

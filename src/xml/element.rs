@@ -278,18 +278,7 @@ impl Element {
     }
 }
 
-/// At most `max` bytes of `s` (on a character boundary), marked when cut: a log line never
-/// carries a peer's value in full.
-pub fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if s.len() <= max {
-        return s.into();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…(+{} bytes)", &s[..end], s.len() - end).into()
-}
+pub use crate::text::clip;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,120 @@
+//! Peer-controlled text on its way to a log line, the store, an event or a terminal.
+//!
+//! Anything a peer chose — header attributes, names in stanzas, stream error texts,
+//! certificate names, SNI — goes through [`clip`] (or [`Untrusted`]) before it is written
+//! anywhere a human reads: control characters become visible escapes (`\n`, `\x1b`, `\u{202e}`),
+//! so a peer can neither forge a log line nor drive the operator's terminal, and the text is
+//! cut at a byte budget, so it cannot fill a log or a screen either.
+
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
+
+/// Whether `c` must not reach a log or a terminal as it is: C0 and C1 controls, DEL, and
+/// the Unicode format characters that reorder or hide text (bidi overrides, isolates, zero
+/// width marks, line and paragraph separators).
+pub fn is_unsafe(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
+/// Write `c` as it is, or escaped when it is unsafe.
+fn push_escaped(out: &mut impl fmt::Write, c: char) -> fmt::Result {
+    if !is_unsafe(c) {
+        return out.write_char(c);
+    }
+    match c {
+        '\n' => out.write_str("\\n"),
+        '\r' => out.write_str("\\r"),
+        '\t' => out.write_str("\\t"),
+        c if (c as u32) < 0x100 => write!(out, "\\x{:02x}", c as u32),
+        c => write!(out, "\\u{{{:x}}}", c as u32),
+    }
+}
+
+/// `s` with its unsafe characters escaped and at most about `max` bytes of it (cut on a
+/// character boundary, marked with how much was left out): what may be logged, stored,
+/// sent as an event or printed of a peer's text. Borrowed when nothing had to change.
+pub fn clip(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max && !s.chars().any(is_unsafe) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len().min(max) + 16);
+    for (i, c) in s.char_indices() {
+        if out.len() >= max {
+            let _ = write!(out, "…(+{} bytes)", s.len() - i);
+            return Cow::Owned(out);
+        }
+        let _ = push_escaped(&mut out, c);
+    }
+    Cow::Owned(out)
+}
+
+/// `s` with its unsafe characters escaped, whatever its length: for text already bounded
+/// (a stored line, a value the engine sent) that is about to reach a terminal.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    clip(s, usize::MAX)
+}
+
+/// Displays a peer's text escaped and clipped (see [`clip`]), without allocating: for
+/// `tracing` fields and `format!` arguments.
+#[derive(Clone, Copy)]
+pub struct Untrusted<'a>(pub &'a str, pub usize);
+
+impl fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (s, max) = (self.0, self.1);
+        let mut written = 0usize;
+        for (i, c) in s.char_indices() {
+            if written >= max {
+                return write!(f, "…(+{} bytes)", s.len() - i);
+            }
+            if is_unsafe(c) {
+                let mut buf = String::new();
+                push_escaped(&mut buf, c)?;
+                written += buf.len();
+                f.write_str(&buf)?;
+            } else {
+                written += c.len_utf8();
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Untrusted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_is_borrowed_untouched() {
+        assert!(matches!(clip("example.org", 64), Cow::Borrowed("example.org")));
+        assert!(matches!(clip("ünïcödé.example", 64), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn controls_and_reordering_marks_become_visible() {
+        let forged = "a.example\n2026-12-04T00:00:00Z  INFO drawbridge: valid\x1b[2J\x07\u{202e}\u{85}";
+        let out = clip(forged, 1024);
+        assert!(!out.chars().any(is_unsafe), "{out}");
+        assert_eq!(out, "a.example\\n2026-12-04T00:00:00Z  INFO drawbridge: valid\\x1b[2J\\x07\\u{202e}\\x85");
+        assert_eq!(Untrusted(forged, 1024).to_string(), out);
+        assert_eq!(escape("tab\there"), "tab\\there");
+    }
+
+    #[test]
+    fn clipped_at_the_budget_on_a_character_boundary() {
+        let s = "é".repeat(100);
+        let out = clip(&s, 11);
+        assert!(out.starts_with("éééééé…(+188 bytes)"), "{out}");
+        assert_eq!(Untrusted(&s, 11).to_string(), out);
+        // Escapes count against the budget: a line of controls cannot grow past it by much.
+        let bell = "\x07".repeat(10_000);
+        assert!(clip(&bell, 64).len() < 64 + 4 + 20);
+    }
+}
