@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 const LAYERS: &[&[&str]] = &[
+    &["text"],
     &["domain"],
     &["types"],
     &["xml"],
