@@ -92,7 +92,7 @@ fn example_config_is_valid_and_complete() {
         ("outbound", &["deny", "max_dials", "max_targets", "max_addresses"]),
         ("gateway", &["internal", "listen", "auth", "ca_cert", "ca_key", "mints_per_minute"]),
         ("components", &["listen"]),
-        ("component", &["domain", "secret"]),
+        ("component", &["domain", "secret", "secret_file"]),
     ];
     for (section, keys) in expected {
         for key in keys {
@@ -101,8 +101,10 @@ fn example_config_is_valid_and_complete() {
         }
     }
     // And nothing there is unknown to the parser: uncommented, the example still parses.
+    // (`secret_file` is the alternative to `secret`, read at load: the example keeps `secret`.)
     let uncommented: String = text
         .lines()
+        .filter(|l| !l.trim_start_matches('#').trim_start().starts_with("secret_file ="))
         .map(|l| {
             let t = l.trim_start_matches('#').trim_start();
             let is_key = t
