@@ -160,3 +160,51 @@ async fn what_a_component_sends_is_under_the_policy() {
     let text = format!("{err:?}");
     assert!(text.contains("policy-violation") && text.contains("b.test is blacklisted"), "{text}");
 }
+
+/// The log lines of this test binary (a global subscriber writing here; other tests' lines
+/// land too, which only adds to the count).
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Issue 16 (think like the attacker): a stranger on `[components] listen` wrote one INFO line
+/// per connection (4 000 connections — wrong secrets, unknown domains — 4 000 lines in ~2 s).
+/// Streams that end before their handshake are logged once a minute per address, with the
+/// count of the rest; each one is still answered and in the outcome ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_on_the_component_listener_cannot_flood_the_log() {
+    let _ = tracing_subscriber::fmt().with_env_filter("drawbridge=info").with_ansi(false).with_writer(|| LogWriter).try_init();
+    let w = world().await;
+    let n = 300;
+    for i in 0..n {
+        let (_p, answer) = connect(w.components, "comp.a.test", &format!("guess number {i} of many")).await;
+        let e = answer.expect("a stream error");
+        assert!(e.has_child("not-authorized", ns::STREAM_ERRORS), "{e:?}");
+        let mut p = RawPeer::connect(w.components).await;
+        p.send("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='x&#10;forged'>").await;
+        p.expect_condition(StreamErrorCondition::HostUnknown).await;
+    }
+    // Every stream has ended (and so been logged, or not) once the table has no live one.
+    let mut events = w.a.engine.subscribe();
+    while w.a.engine.connections(false).iter().any(|s| s.kind == StreamKind::Component) {
+        wait_event(&mut events, "the strangers' streams to end", |e| matches!(e, drawbridge::engine::events::Event::StreamClosed { .. }))
+            .await;
+    }
+    let log = String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned();
+    let lines = log.lines().filter(|l| l.contains("drawbridge::stream::component")).count();
+    assert!(lines < 20, "{} connections wrote {lines} lines:\n{}", 2 * n, log.lines().take(20).collect::<Vec<_>>().join("\n"));
+    // (Whether the first of them is logged here depends on the other tests of this process:
+    // the once-a-minute state is per address, and theirs is 127.0.0.1 too.)
+    // A component that connects with the right secret is still logged as ever.
+    let _c = component(w.components).await;
+}

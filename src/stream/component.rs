@@ -86,7 +86,11 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
     }
     match &attached {
         Some(domain) => tracing::info!(stream = %entry.id, %peer, "component {domain} disconnected: {}", end.reason),
-        None => tracing::info!(stream = %entry.id, %peer, "component stream ended: {}", end.reason),
+        // Before the handshake anyone who reaches the listener can end streams at will (a
+        // wrong secret, an unknown domain): once a minute per address, with the count.
+        None => crate::limits::refused_once("component handshake", &peer.ip().to_string(), || {
+            format!("component stream {} from {peer} ended before its handshake: {}", entry.id, end.reason)
+        }),
     }
     Box::pin(d.close(&end)).await;
     caps.observer.closed(&entry, &end.reason);
