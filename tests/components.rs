@@ -23,8 +23,13 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with("").await
+}
+
+/// The world, with `extra` config for A.
+async fn world_with(extra: &str) -> World {
     let dns = Dns::start().await;
-    let cfg = format!("[components]\nlisten = [\"127.0.0.1:0\"]\n[[component]]\ndomain = \"comp.a.test\"\nsecret = \"{SECRET}\"\n");
+    let cfg = format!("{extra}[components]\nlisten = [\"127.0.0.1:0\"]\n[[component]]\ndomain = \"comp.a.test\"\nsecret = \"{SECRET}\"\n");
     let a = start_published("a.test", &dns, &cfg).await;
     // The component's domain is served by A's s2s listener.
     dns.add_srv("comp.a.test", 0, 5, "xmpp.a.test", a.addr.port()).await;
@@ -184,7 +189,8 @@ impl std::io::Write for LogWriter {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_on_the_component_listener_cannot_flood_the_log() {
     let _ = tracing_subscriber::fmt().with_env_filter("drawbridge=info").with_ansi(false).with_writer(|| LogWriter).try_init();
-    let w = world().await;
+    // Room for every guess at once (a failed handshake holds its slot a second).
+    let w = world_with("[limits]\nmax_unauthenticated_per_address = 1000\n").await;
     let n = 300;
     for i in 0..n {
         let (_p, answer) = connect(w.components, "comp.a.test", &format!("guess number {i} of many")).await;
@@ -207,4 +213,43 @@ async fn strangers_on_the_component_listener_cannot_flood_the_log() {
     // the once-a-minute state is per address, and theirs is 127.0.0.1 too.)
     // A component that connects with the right secret is still logged as ever.
     let _c = component(w.components).await;
+}
+
+/// Issue 16 (think like the attacker): the secret is all that authenticates a component, and
+/// a stranger could guess it at ~1 700 connections a second from one address. A failed
+/// handshake now keeps its address's unauthenticated slot for a second after the stream
+/// ended: with `limits.max_unauthenticated_per_address = 2`, a third guess at once is refused
+/// at accept; the right secret gets in once the hold is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_secrets_hold_their_slot() {
+    let dns = Dns::start().await;
+    let cfg = format!(
+        "[limits]\nmax_unauthenticated_per_address = 2\n[components]\nlisten = [\"127.0.0.1:0\"]\n[[component]]\ndomain = \"comp.a.test\"\nsecret = \"{SECRET}\"\n"
+    );
+    let a = start_server("a.test", &dns, &cfg).await;
+    let addr = a.engine.shared.listening_components[0];
+    let started = std::time::Instant::now();
+    for i in 0..2 {
+        let (_, answer) = connect(addr, "comp.a.test", &format!("guess number {i} of many")).await;
+        assert!(answer.expect("a stream error").has_child("not-authorized", ns::STREAM_ERRORS));
+    }
+    // Both streams are over (the guesser got its answer and went), their slots still held.
+    let mut p = RawPeer::connect(addr).await;
+    p.send("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='comp.a.test'>").await;
+    assert!(p.next().await.is_none(), "a third guess at once is refused at accept");
+    // The right secret, retried until the hold is over (bounded: the hold is 1 s).
+    let deadline = started + std::time::Duration::from_secs(10);
+    loop {
+        let mut p = RawPeer::connect(addr).await;
+        p.send("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='comp.a.test'>").await;
+        if let Some(Frame::StreamOpen(h)) = p.next().await {
+            p.send(&format!("<handshake>{}</handshake>", handshake_digest(&h.id.unwrap(), SECRET))).await;
+            let answer = p.next_el().await.expect("an answer to the handshake");
+            assert_eq!(answer.name.as_ref(), "handshake", "{answer:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slots were never given back");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(started.elapsed() >= drawbridge::stream::component::WRONG_SECRET_HOLD, "not before the hold was over");
 }

@@ -97,4 +97,19 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
     for b in bounced {
         caps.router.route(b);
     }
+    // The secret is all that authenticates a component, and a guess costs one connection:
+    // a failed handshake keeps its address's unauthenticated slot a while after the stream
+    // ended, so one address guesses at most `limits.max_unauthenticated_per_address` times
+    // per WRONG_SECRET_HOLD (measured before: ~1 700 guesses a second on one connection).
+    let failed = end.error.as_ref().is_some_and(|e| e.condition == crate::proto::stream::StreamErrorCondition::NotAuthorized);
+    if attached.is_none() && failed {
+        tokio::select! {
+            _ = tokio::time::sleep(WRONG_SECRET_HOLD) => {}
+            _ = caps.shutdown.cancelled() => {}
+        }
+    }
+    drop(slot);
 }
+
+/// How long a failed component handshake keeps its connection slot (see [`run`]).
+pub const WRONG_SECRET_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
