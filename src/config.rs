@@ -776,8 +776,19 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
             (Some(s), None) => (s.clone(), None),
             (None, Some(sf)) => {
                 let p = resolve(sf);
-                let text = std::fs::read_to_string(&p)
-                    .map_err(|e| bad(&format!("component[{i}].secret_file"), format!("{}: cannot read it: {e}", p.display())))?;
+                let key = format!("component[{i}].secret_file");
+                // A secret is a line: a device or a huge file named by mistake is refused, not read.
+                match std::fs::metadata(&p) {
+                    Ok(m) if !m.is_file() => return Err(bad(&key, format!("{}: not a regular file", p.display()))),
+                    Ok(m) if m.len() > 4096 => {
+                        return Err(bad(
+                            &key,
+                            format!("{}: {} bytes; a secret file holds one line (4096 bytes at most)", p.display(), m.len()),
+                        ));
+                    }
+                    _ => {}
+                }
+                let text = std::fs::read_to_string(&p).map_err(|e| bad(&key, format!("{}: cannot read it: {e}", p.display())))?;
                 // A file written by `echo` or an editor ends with a line break; it is no part of the secret.
                 (text.trim_end_matches(['\n', '\r']).to_owned(), Some(p))
             }
@@ -957,6 +968,12 @@ mod tests {
         assert!(e.contains("key `component[0].secret_file`") && e.contains("not both"), "{e}");
         let e = secret_file_config(dir.path(), "").unwrap_err().to_string();
         assert!(e.contains("key `component[0].secret`") && e.contains("secret_file"), "{e}");
+        // Not a file, or far too big for a secret.
+        let e = secret_file_config(dir.path(), "secret_file = \".\"\n").unwrap_err().to_string();
+        assert!(e.contains("key `component[0].secret_file`") && e.contains("not a regular file"), "{e}");
+        std::fs::write(dir.path().join("big.secret"), "x".repeat(5000)).unwrap();
+        let e = secret_file_config(dir.path(), "secret_file = \"big.secret\"\n").unwrap_err().to_string();
+        assert!(e.contains("big.secret: 5000 bytes"), "{e}");
         // Too short once the line break is gone (15 characters and a newline): the file named.
         std::fs::write(dir.path().join("short.secret"), "0123456789abcde\n").unwrap();
         let e = secret_file_config(dir.path(), "secret_file = \"short.secret\"\n").unwrap_err().to_string();
