@@ -253,3 +253,31 @@ async fn wrong_secrets_hold_their_slot() {
     }
     assert!(started.elapsed() >= drawbridge::stream::component::WRONG_SECRET_HOLD, "not before the hold was over");
 }
+
+/// Issue 16 (think like the attacker): before its handshake a stranger could make each
+/// connection buffer a stanza's worth of header (600 connections with 250 KB of unfinished
+/// header: +151 MB RSS). Until the handshake is accepted a component stream's frames are
+/// capped at 8 KiB; after it, stanzas up to `limits.max_stanza_size` flow as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_the_handshake_only_a_small_header_is_read() {
+    let w = world().await;
+    let mut p = RawPeer::connect(w.components).await;
+    let big = "a".repeat(20_000);
+    p.send(&format!(
+        "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='comp.a.test' x='{big}'>"
+    ))
+    .await;
+    p.expect_condition(StreamErrorCondition::PolicyViolation).await;
+    // The same header size is fine once authenticated: a 100 KB stanza goes through (to the
+    // component's own domain, so back to it).
+    let mut c = component(w.components).await;
+    let body = "b".repeat(100_000);
+    c.send(&format!("<message from='comp.a.test' to='comp.a.test' id='big'><body>{body}</body></message>")).await;
+    let m = within("the big message back", c.next_el()).await.expect("the message");
+    assert_eq!(
+        (m.name.as_ref(), m.get_attr("id"), m.get_child("body", ns::COMPONENT_ACCEPT).map(|b| b.text_content().len())),
+        ("message", Some("big"), Some(100_000)),
+        "{}",
+        m.describe()
+    );
+}

@@ -29,6 +29,9 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
     let conn = Conn::new(Transport::Plain(tcp), entry.clone(), limits, caps.settings.timeouts.write);
     let machine = Machine::component(caps.env.clone(), entry.id.as_str().into(), Driver::now(), secrets);
     let mut d = Driver::new(caps.clone(), entry.clone(), conn, machine, Direction::In);
+    // Before the handshake only a header and a <handshake/> may come: a stranger's
+    // connection holds at most PRE_HANDSHAKE_MAX_SIZE of unparsed input, not a stanza's worth.
+    d.conn.framer.set_max_size(PRE_HANDSHAKE_MAX_SIZE.min(limits.max_stanza_size));
     let (tx, mut stanzas) = crate::router::queue::queue(limits.outbound_queue, limits.outbound_queue_bytes);
     let mut tx = Some(tx);
     let mut attached: Option<Domain> = None;
@@ -53,6 +56,7 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
                     };
                     if result.is_ok() {
                         attached = Some(domain);
+                        d.conn.framer.set_max_size(limits.max_stanza_size);
                     }
                     d.feed(Input::Attached(result));
                 }
@@ -110,6 +114,10 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
     }
     drop(slot);
 }
+
+/// The largest header or `<handshake/>` a component stream may send before its handshake
+/// is accepted (a header is a few hundred bytes, a handshake 60; a domain at most 1023).
+pub const PRE_HANDSHAKE_MAX_SIZE: usize = 8 * 1024;
 
 /// How long a failed component handshake keeps its connection slot (see [`run`]).
 pub const WRONG_SECRET_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
