@@ -58,7 +58,11 @@ struct ComponentsFile {
 #[serde(deny_unknown_fields)]
 struct ComponentFile {
     domain: String,
-    secret: String,
+    #[serde(default)]
+    secret: Option<String>,
+    /// A file holding the secret (so it need not live in the config).
+    #[serde(default)]
+    secret_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,12 +261,18 @@ pub struct ComponentDef {
     pub domain: Domain,
     /// The shared secret of the `jabber:component:accept` handshake.
     pub secret: String,
+    /// Where the secret was read from (`secret_file`); `None`: from the config file itself.
+    pub secret_file: Option<PathBuf>,
 }
 
 /// The secret stays out of logs and debug output.
 impl std::fmt::Debug for ComponentDef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ComponentDef").field("domain", &self.domain).field("secret", &"(hidden)").finish()
+        f.debug_struct("ComponentDef")
+            .field("domain", &self.domain)
+            .field("secret", &"(hidden)")
+            .field("secret_file", &self.secret_file)
+            .finish()
     }
 }
 
@@ -469,6 +479,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Why nested component domains are refused (see [`build`]).
+const NESTED: &str =
+    "a component answers for its whole subtree, so one would take the other's traffic; give each component a domain outside the others'";
+
+/// `inner` is a proper subdomain of `outer` (`sub.c.test` under `c.test`; not `xc.test`).
+fn is_under(inner: &Domain, outer: &Domain) -> bool {
+    inner.as_str().strip_suffix(outer.as_str()).is_some_and(|rest| rest.len() > 1 && rest.ends_with('.'))
 }
 
 fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -714,23 +733,74 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         components.listen.push(addr);
     }
     for (i, c) in f.component.iter().enumerate() {
-        let domain = Domain::parse(&c.domain).map_err(|e| bad(&format!("component[{i}].domain"), format!("{:?}: {e}", c.domain)))?;
+        let key = format!("component[{i}].domain");
+        let domain = Domain::parse(&c.domain).map_err(|e| bad(&key, format!("{:?}: {e}", c.domain)))?;
         if domains.contains(&domain) {
+            return Err(bad(&key, format!("{domain} is in server.domains; a component needs a domain of its own (e.g. a subdomain)")));
+        }
+        // A component owns its domain and every subdomain of it (the router and what the
+        // component may send from). Nested with another component, one of them would answer
+        // for the other; around a hosted domain, it would take that domain's traffic. A
+        // component *under* a hosted domain (pubsub.example.org) is the usual layout and no
+        // overlap: a hosted domain is only itself.
+        for (j, other) in components.list.iter().enumerate() {
+            let other_key = format!("component[{j}].domain");
+            if domain == other.domain {
+                return Err(bad(&key, format!("{domain} has two [[component]] blocks")));
+            } else if is_under(&domain, &other.domain) {
+                return Err(bad(&key, format!("{:?} lies under {other_key} {:?}: {}", domain.as_str(), other.domain.as_str(), NESTED)));
+            } else if is_under(&other.domain, &domain) {
+                return Err(bad(&key, format!("{:?} lies around {other_key} {:?}: {}", domain.as_str(), other.domain.as_str(), NESTED)));
+            }
+        }
+        if let Some((j, hosted)) = domains.iter().enumerate().find(|(_, h)| is_under(h, &domain)) {
             return Err(bad(
-                &format!("component[{i}].domain"),
-                format!("{domain} is in server.domains; a component needs a domain of its own (e.g. a subdomain)"),
+                &key,
+                format!(
+                    "{:?} lies around server.domains[{j}] {:?}: the component would take that hosted domain's traffic; give the component a name of its own (e.g. a subdomain of a hosted domain)",
+                    domain.as_str(),
+                    hosted.as_str()
+                ),
             ));
         }
-        if components.list.iter().any(|d: &ComponentDef| d.domain == domain) {
-            return Err(bad(&format!("component[{i}].domain"), format!("{domain} has two [[component]] blocks")));
+        let (secret, secret_file) = match (&c.secret, &c.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(bad(&format!("component[{i}].secret_file"), "set either secret or secret_file, not both".into()));
+            }
+            (None, None) => {
+                return Err(bad(
+                    &format!("component[{i}].secret"),
+                    "required (or secret_file: a file holding it): the shared secret of the component's handshake".into(),
+                ));
+            }
+            (Some(s), None) => (s.clone(), None),
+            (None, Some(sf)) => {
+                let p = resolve(sf);
+                let key = format!("component[{i}].secret_file");
+                // A secret is a line: a device or a huge file named by mistake is refused, not read.
+                match std::fs::metadata(&p) {
+                    Ok(m) if !m.is_file() => return Err(bad(&key, format!("{}: not a regular file", p.display()))),
+                    Ok(m) if m.len() > 4096 => {
+                        return Err(bad(
+                            &key,
+                            format!("{}: {} bytes; a secret file holds one line (4096 bytes at most)", p.display(), m.len()),
+                        ));
+                    }
+                    _ => {}
+                }
+                let text = std::fs::read_to_string(&p).map_err(|e| bad(&key, format!("{}: cannot read it: {e}", p.display())))?;
+                // A file written by `echo` or an editor ends with a line break; it is no part of the secret.
+                (text.trim_end_matches(['\n', '\r']).to_owned(), Some(p))
+            }
+        };
+        if secret.chars().count() < 16 {
+            let (key, whose) = match &secret_file {
+                Some(p) => (format!("component[{i}].secret_file"), format!("the secret in {}", p.display())),
+                None => (format!("component[{i}].secret"), "it".to_owned()),
+            };
+            return Err(bad(&key, format!("{whose} must be at least 16 characters (it is all that authenticates the component)")));
         }
-        if c.secret.len() < 16 {
-            return Err(bad(
-                &format!("component[{i}].secret"),
-                "must be at least 16 characters (it is all that authenticates the component)".into(),
-            ));
-        }
-        components.list.push(ComponentDef { domain, secret: c.secret.clone() });
+        components.list.push(ComponentDef { domain, secret, secret_file });
     }
     if !components.list.is_empty() && components.listen.is_empty() {
         return Err(bad(
@@ -848,6 +918,66 @@ mod tests {
         assert!(err(&ok.replace("127.0.0.1:5347", "127.0.0.1:5269")).contains("another kind"));
         let twice = format!("{ok}[[component]]\ndomain = \"pubsub.localhost\"\nsecret = \"0123456789abcdef\"\n");
         assert!(err(&twice).contains("two [[component]] blocks"));
+    }
+
+    /// Issue 16: with `c.test` and `sub.c.test` configured and only `c.test` connected,
+    /// `c.test` received and answered `sub.c.test`'s traffic; a component around a hosted
+    /// domain would take that domain's. Both refused, naming both keys.
+    #[test]
+    fn nested_component_domains_are_refused_naming_both_keys() {
+        let comp = |d: &str| format!("[[component]]\ndomain = \"{d}\"\nsecret = \"0123456789abcdef\"\n");
+        let cfg = |hosted: &str, comps: &[&str]| {
+            let blocks: String = comps.iter().map(|d| comp(d)).collect();
+            format!("[server]\ndomains = [{hosted}]\n[components]\nlisten = [\"127.0.0.1:5347\"]\n{blocks}")
+        };
+        let e = err(&cfg("\"a.test\"", &["c.test", "sub.c.test"]));
+        assert!(e.contains(r#"key `component[1].domain`: "sub.c.test" lies under component[0].domain "c.test""#), "{e}");
+        let e = err(&cfg("\"a.test\"", &["x.sub.c.test", "c.test"]));
+        assert!(e.contains(r#"key `component[1].domain`: "c.test" lies around component[0].domain "x.sub.c.test""#), "{e}");
+        // Around a hosted domain (gateway mode's hosted domains are the same list).
+        let e = err(&cfg("\"a.test\", \"chat.b.test\"", &["b.test"]));
+        assert!(e.contains(r#"key `component[0].domain`: "b.test" lies around server.domains[1] "chat.b.test""#), "{e}");
+        let gw = format!("{}[gateway]\ninternal = \"10.0.0.4:5269\"\nlisten = [\"10.0.0.5:5269\"]\n", cfg("\"x.h.test\"", &["h.test"]));
+        assert!(err(&gw).contains("lies around server.domains[0]"), "{}", err(&gw));
+        // Not nested: siblings, a name that only ends alike, and the usual component under
+        // a hosted domain.
+        let ok = cfg("\"a.test\"", &["muc.a.test", "pubsub.a.test", "xc.test", "c.test"]);
+        let s = Settings::parse(&ok, Path::new("x.toml")).unwrap();
+        assert_eq!(s.components.list.len(), 4);
+    }
+
+    fn secret_file_config(dir: &Path, line: &str) -> Result<Settings, ConfigError> {
+        let text = format!("[components]\nlisten = [\"127.0.0.1:5347\"]\n[[component]]\ndomain = \"pubsub.localhost\"\n{line}");
+        Settings::parse(&text, &dir.join("drawbridge.toml"))
+    }
+
+    #[test]
+    fn component_secret_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pubsub.secret"), "0123456789abcdef-from-a-file\n").unwrap();
+        // Relative to the config file; the trailing line break is no part of the secret.
+        let s = secret_file_config(dir.path(), "secret_file = \"pubsub.secret\"\n").unwrap();
+        let c = &s.components.list[0];
+        assert_eq!(c.secret, "0123456789abcdef-from-a-file");
+        assert_eq!(c.secret_file.as_deref(), Some(dir.path().join("pubsub.secret").as_path()));
+        // Missing: the key and the file named.
+        let e = secret_file_config(dir.path(), "secret_file = \"nope.secret\"\n").unwrap_err().to_string();
+        assert!(e.contains("key `component[0].secret_file`") && e.contains("nope.secret") && e.contains("cannot read it"), "{e}");
+        // Both, or neither.
+        let e = secret_file_config(dir.path(), "secret_file = \"pubsub.secret\"\nsecret = \"0123456789abcdef\"\n").unwrap_err().to_string();
+        assert!(e.contains("key `component[0].secret_file`") && e.contains("not both"), "{e}");
+        let e = secret_file_config(dir.path(), "").unwrap_err().to_string();
+        assert!(e.contains("key `component[0].secret`") && e.contains("secret_file"), "{e}");
+        // Not a file, or far too big for a secret.
+        let e = secret_file_config(dir.path(), "secret_file = \".\"\n").unwrap_err().to_string();
+        assert!(e.contains("key `component[0].secret_file`") && e.contains("not a regular file"), "{e}");
+        std::fs::write(dir.path().join("big.secret"), "x".repeat(5000)).unwrap();
+        let e = secret_file_config(dir.path(), "secret_file = \"big.secret\"\n").unwrap_err().to_string();
+        assert!(e.contains("big.secret: 5000 bytes"), "{e}");
+        // Too short once the line break is gone (15 characters and a newline): the file named.
+        std::fs::write(dir.path().join("short.secret"), "0123456789abcde\n").unwrap();
+        let e = secret_file_config(dir.path(), "secret_file = \"short.secret\"\n").unwrap_err().to_string();
+        assert!(e.contains("key `component[0].secret_file`") && e.contains("short.secret") && e.contains("at least 16"), "{e}");
     }
 
     #[test]

@@ -279,6 +279,7 @@ fn init_logging(settings: &Settings, never_terminal: bool) -> anyhow::Result<()>
 
 async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     init_logging(&settings, false)?;
+    warn_open_secrets(&settings);
     let mut engine = Engine::start(settings).await?;
     drawbridge::control::start(&mut engine)?;
     tracing::info!(control = %engine.shared.settings.control_socket.display(), "control socket ready");
@@ -300,6 +301,14 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Secret files (the config when it holds component secrets, secret files, keys) that other
+/// local users can read or write: one warning each, with the fix.
+fn warn_open_secrets(settings: &Settings) {
+    for w in drawbridge::secrets::warnings(settings) {
+        tracing::warn!("{w}");
+    }
+}
+
 /// `ctl` output piped into `head` and the like: end quietly when the reader goes away, as
 /// Unix tools do, instead of panicking on a broken pipe. (Only for `ctl`: the server keeps
 /// Rust's default of ignoring SIGPIPE, so a vanished peer is an error, not a death.)
@@ -318,6 +327,7 @@ fn default_sigpipe() {
 /// Server and dashboard in one process; the dashboard quits → the server stops.
 async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     init_logging(&settings, true)?;
+    warn_open_secrets(&settings);
     let mut engine = Engine::start(settings).await?;
     drawbridge::control::start(&mut engine)?;
     let stop = tokio_util::sync::CancellationToken::new();

@@ -92,7 +92,7 @@ fn example_config_is_valid_and_complete() {
         ("outbound", &["deny", "max_dials", "max_targets", "max_addresses"]),
         ("gateway", &["internal", "listen", "auth", "ca_cert", "ca_key", "mints_per_minute"]),
         ("components", &["listen"]),
-        ("component", &["domain", "secret"]),
+        ("component", &["domain", "secret", "secret_file"]),
     ];
     for (section, keys) in expected {
         for key in keys {
@@ -101,8 +101,10 @@ fn example_config_is_valid_and_complete() {
         }
     }
     // And nothing there is unknown to the parser: uncommented, the example still parses.
+    // (`secret_file` is the alternative to `secret`, read at load: the example keeps `secret`.)
     let uncommented: String = text
         .lines()
+        .filter(|l| !l.trim_start_matches('#').trim_start().starts_with("secret_file ="))
         .map(|l| {
             let t = l.trim_start_matches('#').trim_start();
             let is_key = t
@@ -159,4 +161,76 @@ fn gateway_setup_prints_the_internal_servers_lines() {
         Command::new(env!("CARGO_BIN_EXE_drawbridge")).arg("--config").arg(&cfg).args(["gateway", "setup", "prosody"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no [gateway] section"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Issue 16: a config holding a component secret and the self-signed key, both mode 0644,
+/// are named at start with their modes and the fix — the key at its real path,
+/// `DATA_DIR/tls/key.pem` (the check looked at `DATA_DIR/key.pem` before).
+#[test]
+fn secret_files_open_to_other_users_are_named_at_start() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // The self-signed certificate as drawbridge made it on an earlier start, then opened up.
+    std::fs::create_dir_all(data.join("tls")).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(data.join("tls/cert.pem"), ck.cert.pem()).unwrap();
+    let key = data.join("tls/key.pem");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n\
+             [components]\nlisten = [\"127.0.0.1:0\"]\n[[component]]\ndomain = \"pubsub.localhost\"\nsecret = \"0123456789abcdef\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("serve")
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the log until the server says it is up (or stops): the warnings come before.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(20)) {
+        let up = line.contains("control socket ready");
+        log.push(line);
+        if up {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = log.join("\n");
+    assert!(log.contains("control socket ready"), "the server started: {log}");
+    let (cfg, key) = (cfg.display().to_string(), key.display().to_string());
+    assert!(
+        log.contains(&format!(
+            "{cfg} is mode 0644 and holds component secrets (pubsub.localhost): readable by its group, readable by other users; fix: chmod 600 {cfg}"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("{key} is mode 0644 and holds the self-signed certificate's private key"))
+            && log.contains(&format!("fix: chmod 600 {key}")),
+        "{log}"
+    );
 }

@@ -1,7 +1,7 @@
 //! The module layering, enforced: each top-level module of `src/` may name (`crate::…`)
 //! only modules below it. Bottom up, as README's architecture section draws it:
 //! shared types → XML and protocol (the sans-I/O stream machine) → network → policy →
-//! store → configuration → events, limits, connection table → router → stream drivers →
+//! store → configuration → secret files → events, limits, connection table → router → stream drivers →
 //! engine → control socket → dashboard → the demo and the fuzz bodies.
 
 use std::collections::BTreeSet;
@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["policy"],
     &["store"],
     &["config"],
+    &["secrets"],
     &["events"],
     &["limits"],
     &["table"],

@@ -29,6 +29,9 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
     let conn = Conn::new(Transport::Plain(tcp), entry.clone(), limits, caps.settings.timeouts.write);
     let machine = Machine::component(caps.env.clone(), entry.id.as_str().into(), Driver::now(), secrets);
     let mut d = Driver::new(caps.clone(), entry.clone(), conn, machine, Direction::In);
+    // Before the handshake only a header and a <handshake/> may come: a stranger's
+    // connection holds at most PRE_HANDSHAKE_MAX_SIZE of unparsed input, not a stanza's worth.
+    d.conn.framer.set_max_size(PRE_HANDSHAKE_MAX_SIZE.min(limits.max_stanza_size));
     let (tx, mut stanzas) = crate::router::queue::queue(limits.outbound_queue, limits.outbound_queue_bytes);
     let mut tx = Some(tx);
     let mut attached: Option<Domain> = None;
@@ -53,6 +56,7 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
                     };
                     if result.is_ok() {
                         attached = Some(domain);
+                        d.conn.framer.set_max_size(limits.max_stanza_size);
                     }
                     d.feed(Input::Attached(result));
                 }
@@ -86,11 +90,34 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
     }
     match &attached {
         Some(domain) => tracing::info!(stream = %entry.id, %peer, "component {domain} disconnected: {}", end.reason),
-        None => tracing::info!(stream = %entry.id, %peer, "component stream ended: {}", end.reason),
+        // Before the handshake anyone who reaches the listener can end streams at will (a
+        // wrong secret, an unknown domain): once a minute per address, with the count.
+        None => crate::limits::refused_once("component handshake", &peer.ip().to_string(), || {
+            format!("component stream {} from {peer} ended before its handshake: {}", entry.id, end.reason)
+        }),
     }
     Box::pin(d.close(&end)).await;
     caps.observer.closed(&entry, &end.reason);
     for b in bounced {
         caps.router.route(b);
     }
+    // The secret is all that authenticates a component, and a guess costs one connection:
+    // a failed handshake keeps its address's unauthenticated slot a while after the stream
+    // ended, so one address guesses at most `limits.max_unauthenticated_per_address` times
+    // per WRONG_SECRET_HOLD (measured before: ~1 700 guesses a second on one connection).
+    let failed = end.error.as_ref().is_some_and(|e| e.condition == crate::proto::stream::StreamErrorCondition::NotAuthorized);
+    if attached.is_none() && failed {
+        tokio::select! {
+            _ = tokio::time::sleep(WRONG_SECRET_HOLD) => {}
+            _ = caps.shutdown.cancelled() => {}
+        }
+    }
+    drop(slot);
 }
+
+/// The largest header or `<handshake/>` a component stream may send before its handshake
+/// is accepted (a header is a few hundred bytes, a handshake 60; a domain at most 1023).
+pub const PRE_HANDSHAKE_MAX_SIZE: usize = 8 * 1024;
+
+/// How long a failed component handshake keeps its connection slot (see [`run`]).
+pub const WRONG_SECRET_HOLD: std::time::Duration = std::time::Duration::from_secs(1);

@@ -133,6 +133,12 @@ impl Framer {
         }
     }
 
+    /// Change the size limit from the next byte scanned on (e.g. small until a peer has
+    /// authenticated, when nothing it may send yet needs more).
+    pub fn set_max_size(&mut self, max_size: usize) {
+        self.max_size = max_size;
+    }
+
     /// Append received bytes.
     pub fn feed(&mut self, data: &[u8]) {
         self.compact();
