@@ -594,7 +594,13 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
             return Err(bad(key, "must be at least 1".into()));
         }
     }
-    let outbound = OutboundSettings { deny, max_dials: o.max_dials, max_targets: o.max_targets, max_addresses: o.max_addresses };
+    let outbound = OutboundSettings {
+        deny,
+        max_dials: o.max_dials,
+        max_targets: o.max_targets,
+        max_addresses: o.max_addresses,
+        own: Default::default(),
+    };
     let d = Timeouts::default();
     let t = &f.timeouts;
     let timeouts = Timeouts {

@@ -260,3 +260,111 @@ async fn approval_mode_holds_the_internal_servers_stanzas_until_approved() {
     let (r, ()) = tokio::join!(probe, approve);
     assert!(r.ok, "delivered once approved: {:?}", r.error);
 }
+
+/// A TCP forwarder on loopback, as a port forward or NAT would be: every connection to it is
+/// carried to `to` (at most 20, so a loop through it stays bounded). Counts connections.
+async fn forwarder(to: std::net::SocketAddr) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = n.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inc, _)) = l.accept().await {
+            if count.fetch_add(1, Ordering::SeqCst) >= 20 {
+                break;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inc, &mut out).await;
+                }
+            });
+        }
+    });
+    (port, n)
+}
+
+/// What drawbridge must not have kept of `domain`: a minted certificate, a domain record,
+/// a stored outcome.
+fn assert_no_trace(s: &TestServer, domain: &str) {
+    let minted = s.dir.path().join("data/gateway/minted").join(format!("{domain}.pem"));
+    assert!(!minted.exists(), "nothing minted for {domain}");
+    assert!(s.engine.shared.policy.record(domain).is_none(), "no domain record for {domain}");
+    let stored = s.engine.shared.store.outcomes(Some(domain), 100).unwrap();
+    assert!(stored.is_empty(), "no stored outcome for {domain}: {stored:#?}");
+}
+
+/// Issue 16, the self-loop: a world domain whose DNS points at drawbridge's own listeners
+/// (`gateway.listen`, or the public one) is never dialled — before this, a ping to it looped
+/// for ever through the gateway listener. `ctl probe` says why; nothing is minted for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_pointing_at_drawbridge_itself_is_never_dialled() {
+    let g = gateway("pki").await;
+    let world = &g._dns.0;
+    let gl = g.a.engine.shared.listening_gateway[0];
+    world.add_a("xmpp.loop.test", std::net::Ipv4Addr::LOCALHOST).await;
+    world.add_srv("loop.test", 0, 5, "xmpp.loop.test", gl.port()).await;
+    world.add_srv("loop2.test", 0, 5, "xmpp.loop.test", g.a.addr.port()).await;
+    for (domain, key) in [("loop.test", "gateway.listen"), ("loop2.test", "server.listen")] {
+        let r = within("probe of a domain that is drawbridge itself", g.a.engine.probe(domain, None)).await;
+        assert!(!r.ok, "{r:?}");
+        let err = r.error.unwrap();
+        assert!(err.contains("drawbridge itself listens there") && err.contains(key) && err.contains("loop"), "{err}");
+        assert_no_trace(&g.a, domain);
+    }
+    // Not one stream reached a listener of A.
+    let inbound = g.a.engine.connections(true).into_iter().filter(|c| c.direction == Direction::In).count();
+    assert_eq!(inbound, 0, "{:#?}", g.a.engine.connections(true));
+    // Another port of the same address is someone else: the world still federates.
+    assert!(within("probe of the world", g.a.engine.probe("w.test", None)).await.ok);
+}
+
+/// The same loop behind a forwarder (NAT, a port forward): the addresses say nothing, the
+/// stream id drawbridge's receiving side issued comes back in the header its outbound side
+/// reads, and the outbound side refuses. One connection each, nothing minted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_comes_back_through_a_forwarder_is_recognised_and_refused() {
+    let g = gateway("pki").await;
+    let world = &g._dns.0;
+    let (to_gateway, n_gateway) = forwarder(g.a.engine.shared.listening_gateway[0]).await;
+    let (to_public, n_public) = forwarder(g.a.addr).await;
+    world.add_a("xmpp.fwd.test", std::net::Ipv4Addr::LOCALHOST).await;
+    world.add_srv("fwd.test", 0, 5, "xmpp.fwd.test", to_gateway).await;
+    world.add_srv("fwd2.test", 0, 5, "xmpp.fwd.test", to_public).await;
+    for domain in ["fwd.test", "fwd2.test"] {
+        let r = within("probe of a domain forwarded to drawbridge", g.a.engine.probe(domain, None)).await;
+        assert!(!r.ok, "{r:?}");
+        let err = r.error.unwrap();
+        assert!(err.contains("leads back to this server") && err.contains("a loop"), "{err}");
+        assert_no_trace(&g.a, domain);
+    }
+    let n = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!((n(&n_gateway), n(&n_public)), (1, 1), "one connection each, no loop");
+}
+
+/// The remote path of issue 16: a stranger's dialback claim for a made-up domain whose
+/// callback name resolves to `gateway.listen` (directly or through a forwarder). drawbridge
+/// never reaches itself, so nothing is minted and nothing reaches the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialback_claim_whose_callback_leads_to_the_gateway_leaves_nothing_on_disk() {
+    let g = gateway("pki").await;
+    let world = &g._dns.0;
+    let gl = g.a.engine.shared.listening_gateway[0];
+    let (to_gateway, _) = forwarder(gl).await;
+    world.add_a("xmpp.claim.test", std::net::Ipv4Addr::LOCALHOST).await;
+    world.add_srv("claim.test", 0, 5, "xmpp.claim.test", gl.port()).await;
+    world.add_srv("claim2.test", 0, 5, "xmpp.claim.test", to_gateway).await;
+    for domain in ["claim.test", "claim2.test"] {
+        let (mut p, _, features) = tls_peer(&g.a, domain).await;
+        assert!(features.has_child("dialback", drawbridge::proto::ns::DIALBACK_FEATURE), "{}", features.to_xml());
+        p.send_el(&drawbridge::proto::dialback::result_request(domain, "h.test", &"ab".repeat(32))).await;
+        let answer = loop {
+            let el = within("the dialback answer", p.next_el()).await.expect("an answer");
+            if el.is("result", drawbridge::proto::ns::DIALBACK) {
+                break el;
+            }
+        };
+        assert_ne!(answer.get_attr("type"), Some("valid"), "{}", answer.to_xml());
+        assert_no_trace(&g.a, domain);
+    }
+}

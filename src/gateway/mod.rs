@@ -32,7 +32,7 @@ use std::time::SystemTime;
 use crate::config::{GatewayAuth, Settings};
 use crate::domain::Domain;
 use crate::net::tls::{client_config_with, single_cert_server_config};
-use crate::proto::machine::{Env, PolicyView};
+use crate::proto::machine::{Env, PolicyView, StreamIds};
 use crate::stream::TlsConfigs;
 use crate::types::{AuthMode, Security, Verdict};
 
@@ -98,7 +98,7 @@ pub fn internal_security(auth: GatewayAuth, require_encryption: bool) -> Securit
 /// served on this side (`serves_world`), the internal server's domains are the only peers,
 /// and the auth mode is `gateway.auth`'s. Dialback keys are the same secret, so the keys
 /// drawbridge sends as R verify when the internal server calls R back at drawbridge.
-pub fn internal_env(federation: &Env, settings: &Settings, auth: GatewayAuth, stream_ids: Box<dyn Fn() -> String + Send + Sync>) -> Env {
+pub fn internal_env(federation: &Env, settings: &Settings, auth: GatewayAuth, ids: Arc<StreamIds>) -> Env {
     Env {
         hosted: settings.domains.clone(),
         serves_world: true,
@@ -109,7 +109,11 @@ pub fn internal_env(federation: &Env, settings: &Settings, auth: GatewayAuth, st
         keys: federation.keys.clone(),
         policy: Arc::new(InternalPeers { hosted: settings.domains.clone() }),
         certs: federation.certs.clone(),
-        stream_ids,
+        stream_ids: {
+            let ids = ids.clone();
+            Box::new(move || ids.issue())
+        },
+        issued_here: Box::new(move |id| ids.issued_here(id)),
     }
 }
 
