@@ -27,6 +27,12 @@ struct Gateway {
 
 /// The three servers, the internal link authenticating by `auth` ("pki" or "dialback").
 async fn gateway(auth: &str) -> Gateway {
+    gateway_with(auth, "").await
+}
+
+/// The same with `extra` keys in A's `[gateway]` (under pki, `internal_ca` is the test CA
+/// unless `extra` names another).
+async fn gateway_with(auth: &str, extra: &str) -> Gateway {
     let world = Dns::start().await;
     let internal_dns = Dns::start().await;
     let test_ca = ca("test CA");
@@ -46,13 +52,21 @@ async fn gateway(auth: &str) -> Gateway {
     }
     let c = start_server("h.test", &internal_dns, &c_tls).await;
 
-    // A: the gateway, its certificate for h.test from the test CA. Under pki it trusts the
-    // test CA, which is how it knows the internal server's certificate for h.test; under
-    // dialback it does not, so both directions of the internal link use dialback.
+    // A: the gateway, its certificate for h.test from the test CA, which it trusts for the
+    // world under pki (as a public CA would be). The internal server's certificate is judged
+    // against gateway.internal_ca (the test CA, under pki); under dialback there is none, so
+    // both directions of the internal link use dialback.
     let someone_else = ca("someone else");
     let a_tls = tls_config(dir_a.path(), &test_ca, "h.test", if auth == "pki" { &test_ca } else { &someone_else });
+    let test_ca_pem = dir_a.path().join("test-ca.pem");
+    std::fs::write(&test_ca_pem, &test_ca.pem).unwrap();
+    let internal_ca = if auth == "pki" && !extra.contains("internal_ca") {
+        format!("internal_ca = \"{}\"\n", test_ca_pem.display())
+    } else {
+        String::new()
+    };
     let a_cfg = format!(
-        "{}\n[gateway]\ninternal = \"{}\"\nlisten = [\"127.0.0.1:0\"]\nauth = \"{auth}\"\nca_cert = \"{}\"\nca_key = \"{}\"\n",
+        "{}\n[gateway]\ninternal = \"{}\"\nlisten = [\"127.0.0.1:0\"]\nauth = \"{auth}\"\nca_cert = \"{}\"\nca_key = \"{}\"\n{internal_ca}{extra}",
         a_tls,
         c.addr,
         gw_pem.display(),
@@ -367,4 +381,80 @@ async fn a_dialback_claim_whose_callback_leads_to_the_gateway_leaves_nothing_on_
         assert_ne!(answer.get_attr("type"), Some("valid"), "{}", answer.to_xml());
         assert_no_trace(&g.a, domain);
     }
+}
+
+/// `gateway.listen` accepts the internal server's address only (`gateway.allow`, by default
+/// `gateway.internal`'s): anyone else is dropped before a byte is read or written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_listener_accepts_only_the_internal_servers_address() {
+    let g = gateway_with("pki", "allow = [\"127.0.0.2\"]\n").await;
+    let listen = g.a.engine.shared.listening_gateway[0];
+    // From 127.0.0.1: closed at once, nothing said.
+    let mut tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.write_all(header("h.test", "m.test").as_bytes()).await;
+    let mut buf = [0u8; 64];
+    let n = within("the refusal", tcp.read(&mut buf)).await.unwrap_or(0);
+    assert_eq!(n, 0, "not a byte for a stranger: {:?}", String::from_utf8_lossy(&buf[..n]));
+    // From 127.0.0.2 (the allowed address): a stream.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut p = RawPeer::from_tcp(sock.connect(listen).await.unwrap());
+    let (_, features) = p.open("h.test", "m.test").await;
+    assert!(features.has_child("starttls", drawbridge::proto::ns::TLS), "{}", features.to_xml());
+    // The internal server itself (127.0.0.1) is now a stranger: its ping to the world fails.
+    let r = within("C's probe", g.c.engine.probe("w.test", None)).await;
+    assert!(!r.ok, "{r:?}");
+    assert_no_trace(&g.a, "m.test");
+}
+
+/// Under pki the internal server is authenticated against `gateway.internal_ca` only: here
+/// A trusts the test CA for the world ([tls] ca_file) and C's certificate chains to it, but
+/// gateway.internal_ca is another CA, so C is no internal server for A — neither way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_internal_server_is_judged_against_gateway_internal_ca_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.pem");
+    std::fs::write(&other, ca("another CA").pem).unwrap();
+    let g = gateway_with("pki", &format!("internal_ca = \"{}\"\n", other.display())).await;
+    let r = within("C's probe of the world", g.c.engine.probe("w.test", None)).await;
+    assert!(!r.ok, "{r:?}");
+    let r = within("the world's probe of C", g.b.engine.probe("h.test", None)).await;
+    assert!(!r.ok, "{r:?}");
+    let outcomes = g.a.engine.shared.outcomes();
+    assert!(
+        !outcomes.iter().any(|o| o.remote == "h.test" && o.result == drawbridge::engine::events::VerificationResult::Valid),
+        "{outcomes:#?}"
+    );
+}
+
+/// Minting only for the internal server (issue 16): on `gateway.listen`, a header without
+/// `from`, with a `from` that is not a hosted domain, or with an IP address as `to` ends
+/// before STARTTLS — nothing is minted, the budget (here 2 a minute) is untouched, and the
+/// internal server's next new world domain still gets its certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_that_are_not_the_internal_servers_mint_nothing() {
+    let g = gateway_with("pki", "mints_per_minute = 2\n").await;
+    let listen = g.a.engine.shared.listening_gateway[0];
+    let headers = [
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0' to='m1.test'>".to_owned(),
+        header("stranger.test", "m2.test"),
+        header("h.test", "10.0.0.1"),
+        header("h.test", "[::1]"),
+    ];
+    for _ in 0..3 {
+        for h in &headers {
+            let mut p = RawPeer::connect(listen).await;
+            p.send(h).await;
+            p.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
+            let e = p.expect_stream_error().await;
+            assert!(matches!(e.condition, StreamErrorCondition::PolicyViolation | StreamErrorCondition::HostUnknown), "{h}: {e:?}");
+        }
+    }
+    let minted = g.a.dir.path().join("data/gateway/minted");
+    let files: Vec<_> = std::fs::read_dir(&minted).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(files.is_empty(), "nothing minted: {files:?}");
+    // The internal server's own streams mint as before, within the budget.
+    assert!(within("C's probe of the world", g.c.engine.probe("w.test", None)).await.ok);
+    assert!(minted.join("w.test.pem").exists());
 }

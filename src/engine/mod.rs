@@ -316,7 +316,8 @@ impl Engine {
         let gateway_ca = match &settings.gateway {
             Some(g) => Some(Arc::new(
                 crate::gateway::GatewayCa::open(g.ca_cert.as_deref(), g.ca_key.as_deref(), &settings.data_dir)?
-                    .with_mint_limit(g.mints_per_minute),
+                    .with_mint_limit(g.mints_per_minute)
+                    .with_max_minted(g.max_minted, std::time::SystemTime::now()),
             )),
             None => None,
         };
@@ -393,7 +394,13 @@ impl Engine {
         // and address, recorded as the internal link.
         let internal_streams = match (&settings.gateway, &gateway_ca) {
             (Some(g), Some(ca)) => Some(Arc::new(crate::stream::Caps {
-                env: Arc::new(crate::gateway::internal_env(&streams.env, &settings, g.auth, stream_ids.clone())),
+                env: Arc::new(crate::gateway::internal_env(
+                    &streams.env,
+                    &settings,
+                    g.auth,
+                    stream_ids.clone(),
+                    Arc::new(crate::gateway::InternalTrust::load(g.internal_ca.as_deref())?),
+                )),
                 tls: Arc::new(crate::gateway::GatewayTls { ca: ca.clone() }),
                 internal: Some(g.internal),
                 ..streams.reporting_to(Arc::new(recorder::LinkObserver { recorder: recorder.clone(), label: "internal link" }))
@@ -693,6 +700,17 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, how: Accept, ca
         };
         match accepted {
             Ok((tcp, peer)) => {
+                // gateway.listen: the internal server's address(es) only, before anything else.
+                if caps.internal.is_some()
+                    && let Some(g) = &shared.settings.gateway
+                    && !crate::gateway::allowed(g, peer.ip())
+                {
+                    limits::refused_once("gateway.allow", &peer.ip().to_string(), || {
+                        format!("refusing a connection to gateway.listen from {}: not the internal server (gateway.allow)", peer.ip())
+                    });
+                    drop(tcp);
+                    continue;
+                }
                 let slot = match shared.gauges.admit(peer.ip(), &shared.settings.limits) {
                     Ok(slot) => slot,
                     Err(limits::Refused(key)) => {

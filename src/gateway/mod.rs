@@ -47,7 +47,11 @@ pub struct GatewayTls {
 impl GatewayTls {
     fn minted(&self, local: &Domain) -> Result<Arc<ca::Minted>, String> {
         self.ca.certificate_for(local, SystemTime::now()).map_err(|e| {
-            tracing::error!("gateway: {e}");
+            match &e {
+                // A budget running out is logged once a minute, not once per stream.
+                ca::CaError::Busy { .. } => crate::limits::refused_once("gateway.mints_per_minute", "*", || format!("gateway: {e}")),
+                _ => tracing::error!("gateway: {e}"),
+            }
             format!("no certificate for {local}: {e}")
         })
     }
@@ -84,6 +88,48 @@ impl PolicyView for InternalPeers {
     }
 }
 
+/// The internal server's trust anchor (`gateway.internal_ca`), and nothing else: under
+/// `pki` its certificate must chain to it — not to the system roots or `[tls] ca_file`,
+/// under which a public CA's certificate for the hosted domain (drawbridge's own, in the
+/// normal deployment) would pass for the internal server (issue 16). Without one (under
+/// `dialback`), no certificate is valid on the internal link and dialback decides.
+pub struct InternalTrust(crate::net::certs::CertJudge);
+
+impl InternalTrust {
+    pub fn load(path: Option<&std::path::Path>) -> Result<InternalTrust, ca::CaError> {
+        let Some(path) = path else { return Ok(InternalTrust(crate::net::certs::CertJudge::new(&[], false))) };
+        let err = |why: String| ca::CaError::InternalCa { path: path.to_owned(), why };
+        let roots: Vec<rustls::pki_types::CertificateDer<'static>> = rustls::pki_types::pem::PemObject::pem_file_iter(path)
+            .map_err(|e| err(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        if roots.is_empty() {
+            return Err(err("no PEM certificate found".into()));
+        }
+        for (i, r) in roots.iter().enumerate() {
+            x509_parser::parse_x509_certificate(r).map_err(|e| err(format!("certificate #{}: {e}", i + 1)))?;
+        }
+        Ok(InternalTrust(crate::net::certs::CertJudge::new(&roots, false)))
+    }
+}
+
+impl crate::proto::machine::CertJudge for InternalTrust {
+    fn judge(
+        &self,
+        chain: &[rustls::pki_types::CertificateDer<'_>],
+        domain: &Domain,
+        at: rustls::pki_types::UnixTime,
+    ) -> crate::types::CertVerdict {
+        self.0.judge(chain, domain.as_str(), at)
+    }
+}
+
+/// Whether `ip` may connect to `gateway.listen` (`gateway.allow`, by default the address of
+/// `gateway.internal`): anyone else is dropped before a byte is read.
+pub fn allowed(g: &crate::config::GatewaySettings, ip: std::net::IpAddr) -> bool {
+    g.allow.iter().any(|r| r.contains(ip))
+}
+
 /// The rules of the internal link: `pki` accepts certificates only (dialback is refused
 /// both ways); `dialback` allows it. Encryption as `[tls] require_encryption` says.
 pub fn internal_security(auth: GatewayAuth, require_encryption: bool) -> Security {
@@ -98,7 +144,7 @@ pub fn internal_security(auth: GatewayAuth, require_encryption: bool) -> Securit
 /// served on this side (`serves_world`), the internal server's domains are the only peers,
 /// and the auth mode is `gateway.auth`'s. Dialback keys are the same secret, so the keys
 /// drawbridge sends as R verify when the internal server calls R back at drawbridge.
-pub fn internal_env(federation: &Env, settings: &Settings, auth: GatewayAuth, ids: Arc<StreamIds>) -> Env {
+pub fn internal_env(federation: &Env, settings: &Settings, auth: GatewayAuth, ids: Arc<StreamIds>, trust: Arc<InternalTrust>) -> Env {
     Env {
         hosted: settings.domains.clone(),
         serves_world: true,
@@ -108,7 +154,7 @@ pub fn internal_env(federation: &Env, settings: &Settings, auth: GatewayAuth, id
         security: internal_security(auth, settings.tls.require_encryption),
         keys: federation.keys.clone(),
         policy: Arc::new(InternalPeers { hosted: settings.domains.clone() }),
-        certs: federation.certs.clone(),
+        certs: trust,
         stream_ids: {
             let ids = ids.clone();
             Box::new(move || ids.issue())

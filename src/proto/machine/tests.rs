@@ -1076,3 +1076,29 @@ fn stream_ids_are_recognised_by_their_issuer_only() {
     }
     assert_ne!(a.issue(), a.issue());
 }
+
+/// Issue 16, the gateway listener (`serves_world`): TLS there presents a certificate minted
+/// for the header's `to`, so a header without `from`, or with an IP address as `to`, ends
+/// at the header — before STARTTLS is offered, so before anything could be minted.
+#[test]
+fn gateway_listener_wants_a_from_and_a_domain_to_before_tls() {
+    let w = world_with(|e| e.serves_world = true);
+    let mut m = w.inbound(None);
+    m.handle(w.t0, frame(Wire::open(None, "world.example").1));
+    let outs = drain(&mut m);
+    assert_eq!(condition(&outs), Some(C::PolicyViolation));
+    assert!(!written(&outs).contains("starttls"), "{}", written(&outs));
+    for ip in ["10.0.0.1", "[::1]"] {
+        let mut m = w.inbound(None);
+        m.handle(w.t0, frame(Wire::open(Some(LOCAL), ip).1));
+        let outs = drain(&mut m);
+        assert_eq!(condition(&outs), Some(C::HostUnknown), "{ip}");
+        assert!(!written(&outs).contains("starttls"), "{}", written(&outs));
+    }
+    // The internal server's domain to a world domain: STARTTLS offered.
+    let mut m = w.inbound(None);
+    m.handle(w.t0, frame(Wire::open(Some(LOCAL), "world.example").1));
+    let outs = drain(&mut m);
+    assert_eq!(condition(&outs), None);
+    assert!(written(&outs).contains("starttls"), "{}", written(&outs));
+}
