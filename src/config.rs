@@ -738,7 +738,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
                     .map(|(i, r)| crate::net::dial::IpRange::parse(r).map_err(|e| bad(&format!("gateway.allow[{i}]"), e)))
                     .collect::<Result<_, _>>()?,
             };
-            let max_minted = g.max_minted.unwrap_or(crate::gateway::ca::DEFAULT_MAX_MINTED);
+            let max_minted = g.max_minted.unwrap_or(10_000);
             if max_minted < 10 {
                 return Err(bad("gateway.max_minted", format!("{max_minted} is too small (at least 10)")));
             }
@@ -864,7 +864,7 @@ mod tests {
         let g = s.gateway.unwrap();
         assert_eq!(g.internal_ca, Some(PathBuf::from("/etc/db/internal.pem")));
         assert_eq!(g.allow.iter().map(|r| r.to_string()).collect::<Vec<_>>(), ["10.0.0.4/32"], "the internal server's address by default");
-        assert_eq!(g.max_minted, crate::gateway::ca::DEFAULT_MAX_MINTED);
+        assert_eq!(g.max_minted, 10_000);
         assert_eq!((g.internal.to_string().as_str(), g.listen.len(), g.auth), ("10.0.0.4:5269", 1, GatewayAuth::Pki));
         assert_eq!(g.ca_cert, Some(PathBuf::from("/etc/db/ca.pem")));
         assert!(Settings::builtin().gateway.is_none());

@@ -109,7 +109,7 @@ pub struct StreamIds {
 
 impl StreamIds {
     /// Random bytes, then their tag.
-    const RANDOM: usize = 12;
+    const RANDOM: usize = 16;
     const TAG: usize = 8;
 
     pub fn new() -> StreamIds {
@@ -125,7 +125,7 @@ impl StreamIds {
         mac.finalize().into_bytes()[..Self::TAG].to_vec()
     }
 
-    /// A fresh id: 24 hex digits of randomness and 16 of tag.
+    /// A fresh id: 128 random bits and a 64-bit tag, 48 hex digits.
     pub fn issue(&self) -> String {
         let mut random = [0u8; Self::RANDOM];
         getrandom::fill(&mut random).expect("OS randomness");

@@ -1066,12 +1066,12 @@ fn originating_refuses_a_peer_whose_header_carries_our_own_stream_id() {
 fn stream_ids_are_recognised_by_their_issuer_only() {
     let (a, b) = (StreamIds::new(), StreamIds::new());
     let id = a.issue();
-    assert_eq!(id.len(), 40);
+    assert_eq!(id.len(), 48);
     assert!(a.issued_here(&id) && !b.issued_here(&id));
     let mut forged = id.clone();
-    forged.replace_range(39.., if id.ends_with('0') { "1" } else { "0" });
+    forged.replace_range(47.., if id.ends_with('0') { "1" } else { "0" });
     assert!(!a.issued_here(&forged));
-    for junk in ["", "peer-id", &"é".repeat(20), &format!("{}a", "€".repeat(13)), &"z".repeat(40)] {
+    for junk in ["", "peer-id", &"é".repeat(24), &format!("x{}ab", "€".repeat(15)), &"z".repeat(48)] {
         assert!(!a.issued_here(junk), "{junk}");
     }
     assert_ne!(a.issue(), a.issue());
