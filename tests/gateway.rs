@@ -338,7 +338,14 @@ async fn a_domain_pointing_at_drawbridge_itself_is_never_dialled() {
 /// reads, and the outbound side refuses. One connection each, nothing minted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_comes_back_through_a_forwarder_is_recognised_and_refused() {
-    let g = gateway("pki").await;
+    // Under both auth modes of the internal link (the loop of issue 16 happened under both).
+    for auth in ["pki", "dialback"] {
+        comes_back_through_a_forwarder(auth).await;
+    }
+}
+
+async fn comes_back_through_a_forwarder(auth: &str) {
+    let g = gateway(auth).await;
     let world = &g._dns.0;
     let (to_gateway, n_gateway) = forwarder(g.a.engine.shared.listening_gateway[0]).await;
     let (to_public, n_public) = forwarder(g.a.addr).await;
@@ -349,11 +356,11 @@ async fn a_stream_that_comes_back_through_a_forwarder_is_recognised_and_refused(
         let r = within("probe of a domain forwarded to drawbridge", g.a.engine.probe(domain, None)).await;
         assert!(!r.ok, "{r:?}");
         let err = r.error.unwrap();
-        assert!(err.contains("leads back to this server") && err.contains("a loop"), "{err}");
+        assert!(err.contains("leads back to this server") && err.contains("a loop"), "{auth}: {err}");
         assert_no_trace(&g.a, domain);
     }
     let n = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
-    assert_eq!((n(&n_gateway), n(&n_public)), (1, 1), "one connection each, no loop");
+    assert_eq!((n(&n_gateway), n(&n_public)), (1, 1), "{auth}: one connection each, no loop");
 }
 
 /// The remote path of issue 16: a stranger's dialback claim for a made-up domain whose
@@ -457,4 +464,37 @@ async fn headers_that_are_not_the_internal_servers_mint_nothing() {
     // The internal server's own streams mint as before, within the budget.
     assert!(within("C's probe of the world", g.c.engine.probe("w.test", None)).await.ok);
     assert!(minted.join("w.test.pem").exists());
+}
+
+/// A stanza from the internal server to a hosted domain stays home: on the gateway listener
+/// only world domains are served, so it ends that stream (`<host-unknown/>`) and is never
+/// sent out into the world (where a DNS answer leading back to drawbridge would make a loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_internal_servers_stanzas_to_hosted_domains_never_go_out() {
+    let g = gateway("pki").await;
+    let listen = g.a.engine.shared.listening_gateway[0];
+    // Playing the internal server: its certificate for h.test (from the test CA).
+    let dir_c = g._dirs[1].path();
+    let pem = |f: &str| std::fs::read(dir_c.join(f)).unwrap();
+    use rustls_pki_types::pem::PemObject;
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem("h.test.crt")).map(|c| c.unwrap()).collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem("h.test.key")).unwrap();
+    let ctx = drawbridge::net::tls::TlsContext::from_parts(chain, key, &[Domain::parse("h.test").unwrap()]).unwrap();
+    let mut p = RawPeer::connect(listen).await;
+    p.open("h.test", "w.test").await;
+    let (_, features) = p.starttls_with("h.test", "w.test", &ctx).await;
+    assert!(features.has_child("mechanisms", drawbridge::proto::ns::SASL), "{}", features.to_xml());
+    p.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>").await;
+    let ok = p.next_el().await.unwrap();
+    assert!(ok.is("success", drawbridge::proto::ns::SASL), "{}", ok.to_xml());
+    p.framer = drawbridge::xml::Framer::new(1 << 20, 64);
+    p.open("h.test", "w.test").await;
+    p.send("<iq xmlns='jabber:server' type='get' id='home' from='alice@h.test/r' to='bob@h.test/r'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let e = p.expect_condition(StreamErrorCondition::HostUnknown).await;
+    assert!(e.text.contains("h.test is not served here"), "{e:?}");
+    // Nothing left A for the world, and B never heard of it.
+    let out: Vec<_> = g.a.engine.connections(true).into_iter().filter(|c| !c.internal() && c.direction == Direction::Out).collect();
+    assert!(out.is_empty(), "{out:#?}");
+    assert!(g.b.engine.connections(true).is_empty());
 }
