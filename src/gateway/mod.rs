@@ -177,6 +177,31 @@ mod tests {
     }
 
     #[test]
+    fn the_internal_ca_file_is_checked_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.pem");
+        let e = InternalTrust::load(Some(&missing)).err().unwrap().to_string();
+        assert!(e.contains("nope.pem") && e.contains("gateway.internal_ca"), "{e}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = InternalTrust::load(Some(&empty)).err().unwrap().to_string();
+        assert!(e.contains("no PEM certificate") && e.contains("gateway.internal_ca"), "{e}");
+        // A CA that is one: its certificates are valid, the minted ones (another CA) are not.
+        let ca = GatewayCa::open(None, None, dir.path()).unwrap();
+        let trust = InternalTrust::load(Some(ca.cert_path())).unwrap();
+        let d = Domain::parse("h.test").unwrap();
+        let m = ca.certificate_for(&d, SystemTime::now()).unwrap();
+        let at = rustls::pki_types::UnixTime::now();
+        use crate::proto::machine::CertJudge;
+        assert!(trust.judge(&m.chain, &d, at).is_valid());
+        let other = tempfile::tempdir().unwrap();
+        let stranger = GatewayCa::open(None, None, other.path()).unwrap().certificate_for(&d, SystemTime::now()).unwrap();
+        assert!(!trust.judge(&stranger.chain, &d, at).is_valid(), "another CA's certificate for the same domain");
+        // None (dialback): nothing is valid, dialback decides.
+        assert!(!InternalTrust::load(None).unwrap().judge(&m.chain, &d, at).is_valid());
+    }
+
+    #[test]
     fn pki_refuses_dialback_on_the_internal_link() {
         assert_eq!(internal_security(GatewayAuth::Pki, true).auth_for("h.test").0, AuthMode::CertOnly);
         assert_eq!(internal_security(GatewayAuth::Dialback, true).auth_for("h.test").0, AuthMode::CertOrDialback);
