@@ -79,6 +79,12 @@ struct GatewayFile {
     ca_key: Option<String>,
     #[serde(default)]
     mints_per_minute: Option<u32>,
+    #[serde(default)]
+    internal_ca: Option<String>,
+    #[serde(default)]
+    allow: Option<Vec<String>>,
+    #[serde(default)]
+    max_minted: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,9 +301,17 @@ pub struct GatewaySettings {
     /// (both or neither; neither: one is created in `DATA_DIR/gateway/`).
     pub ca_cert: Option<PathBuf>,
     pub ca_key: Option<PathBuf>,
-    /// New certificates minted per minute at most (a peer names the domain before it
-    /// authenticates).
+    /// New certificates minted per minute at most (spent only on the internal server's
+    /// streams and on authenticated world domains).
     pub mints_per_minute: u32,
+    /// The trust anchor for the internal server's certificate (PEM), and the only one: not
+    /// the system roots, not `[tls] ca_file`. Required under `pki`.
+    pub internal_ca: Option<PathBuf>,
+    /// Who may connect to `gateway.listen`: these addresses/ranges (by default the address of
+    /// `gateway.internal`); anyone else is dropped before anything is read.
+    pub allow: Vec<crate::net::dial::IpRange>,
+    /// Minted certificates kept on disk at most (the oldest go first; expired ones always).
+    pub max_minted: usize,
 }
 
 /// How the internal link authenticates, both ways (`gateway.auth`).
@@ -613,7 +627,13 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
             return Err(bad(key, "must be at least 1".into()));
         }
     }
-    let outbound = OutboundSettings { deny, max_dials: o.max_dials, max_targets: o.max_targets, max_addresses: o.max_addresses };
+    let outbound = OutboundSettings {
+        deny,
+        max_dials: o.max_dials,
+        max_targets: o.max_targets,
+        max_addresses: o.max_addresses,
+        own: Default::default(),
+    };
     let d = Timeouts::default();
     let t = &f.timeouts;
     let timeouts = Timeouts {
@@ -716,7 +736,32 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
             if mints_per_minute == 0 {
                 return Err(bad("gateway.mints_per_minute", "must be at least 1".into()));
             }
-            Some(GatewaySettings { internal, listen: gl, auth, ca_cert, ca_key, mints_per_minute })
+            let internal_ca = g.internal_ca.as_deref().map(resolve);
+            if auth == GatewayAuth::Pki && internal_ca.is_none() {
+                return Err(bad(
+                    "gateway.internal_ca",
+                    "required under auth = \"pki\": the CA (PEM) the internal server's certificate chains to — trusted for the internal server only, instead of the system roots and [tls] ca_file".into(),
+                ));
+            }
+            let allow = match &g.allow {
+                None => vec![crate::net::dial::IpRange::parse(&internal.ip().to_string()).map_err(|e| bad("gateway.internal", e))?],
+                Some(list) if list.is_empty() => {
+                    return Err(bad(
+                        "gateway.allow",
+                        "empty: nobody could connect to gateway.listen (leave it out to allow gateway.internal's address)".into(),
+                    ));
+                }
+                Some(list) => list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| crate::net::dial::IpRange::parse(r).map_err(|e| bad(&format!("gateway.allow[{i}]"), e)))
+                    .collect::<Result<_, _>>()?,
+            };
+            let max_minted = g.max_minted.unwrap_or(10_000);
+            if max_minted < 10 {
+                return Err(bad("gateway.max_minted", format!("{max_minted} is too small (at least 10)")));
+            }
+            Some(GatewaySettings { internal, listen: gl, auth, ca_cert, ca_key, mints_per_minute, internal_ca, allow, max_minted })
         }
     };
     if !matches!(f.log.level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
@@ -882,11 +927,14 @@ mod tests {
     #[test]
     fn gateway_section() {
         let s = Settings::parse(
-            "[gateway]\ninternal = \"10.0.0.4:5269\"\nlisten = [\"10.0.0.5:5269\"]\nca_cert = \"ca.pem\"\nca_key = \"ca.key\"\n",
+            "[gateway]\ninternal = \"10.0.0.4:5269\"\nlisten = [\"10.0.0.5:5269\"]\nca_cert = \"ca.pem\"\nca_key = \"ca.key\"\ninternal_ca = \"internal.pem\"\n",
             Path::new("/etc/db/conf.toml"),
         )
         .unwrap();
         let g = s.gateway.unwrap();
+        assert_eq!(g.internal_ca, Some(PathBuf::from("/etc/db/internal.pem")));
+        assert_eq!(g.allow.iter().map(|r| r.to_string()).collect::<Vec<_>>(), ["10.0.0.4/32"], "the internal server's address by default");
+        assert_eq!(g.max_minted, 10_000);
         assert_eq!((g.internal.to_string().as_str(), g.listen.len(), g.auth), ("10.0.0.4:5269", 1, GatewayAuth::Pki));
         assert_eq!(g.ca_cert, Some(PathBuf::from("/etc/db/ca.pem")));
         assert!(Settings::builtin().gateway.is_none());
@@ -902,7 +950,22 @@ mod tests {
             "[gateway]\ninternal = \"10.0.0.4:5269\"\nlisten = [\"10.0.0.5:5269\"]\nauth = \"dialback\"\n",
             Path::new("x.toml"),
         );
-        assert_eq!(e.unwrap().gateway.unwrap().auth, GatewayAuth::Dialback);
+        let g = e.unwrap().gateway.unwrap();
+        assert_eq!((g.auth, g.internal_ca), (GatewayAuth::Dialback, None), "dialback needs no internal CA");
+        // Under pki the internal server's trust anchor is required; the allow list and the
+        // minted cap are checked.
+        let l = "listen = [\"10.0.0.5:5269\"]\n";
+        assert!(gw(l).contains("key `gateway.internal_ca`"), "{}", gw(l));
+        let db = format!("{l}auth = \"dialback\"\n");
+        assert!(gw(&format!("{db}allow = []\n")).contains("key `gateway.allow`"));
+        assert!(gw(&format!("{db}allow = [\"10.0.0.0/33\"]\n")).contains("key `gateway.allow[0]`"));
+        assert!(gw(&format!("{db}max_minted = 1\n")).contains("key `gateway.max_minted`"));
+        let s = Settings::parse(
+            &format!("[gateway]\ninternal = \"10.0.0.4:5269\"\n{db}allow = [\"10.0.0.0/24\", \"fd00::1\"]\n"),
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(s.gateway.unwrap().allow.len(), 2);
     }
 
     #[test]

@@ -529,6 +529,7 @@ fn fuzz_env(flags: u8) -> Fuzz {
         policy: policy.clone(),
         certs: std::sync::Arc::new(FuzzJudge),
         stream_ids: Box::new(move || format!("id{}", ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed))),
+        issued_here: Box::new(|_| false),
     };
     Fuzz { env: std::sync::Arc::new(env), policy }
 }

@@ -90,7 +90,7 @@ fn example_config_is_valid_and_complete() {
         ("domain", &["name", "auth", "require_encryption"]),
         ("log", &["level", "file"]),
         ("outbound", &["deny", "max_dials", "max_targets", "max_addresses"]),
-        ("gateway", &["internal", "listen", "auth", "ca_cert", "ca_key", "mints_per_minute"]),
+        ("gateway", &["internal", "listen", "auth", "ca_cert", "ca_key", "mints_per_minute", "internal_ca", "allow", "max_minted"]),
         ("components", &["listen"]),
         ("component", &["domain", "secret", "secret_file"]),
     ];
@@ -146,7 +146,7 @@ fn gateway_setup_prints_the_internal_servers_lines() {
     let cfg = dir.path().join("g.toml");
     std::fs::write(
         &cfg,
-        "[server]\ndomains = [\"h.example\"]\ndata_dir = \"data\"\n[gateway]\ninternal = \"127.0.0.4:5269\"\nlisten = [\"127.0.0.5:5269\"]\n",
+        "[server]\ndomains = [\"h.example\"]\ndata_dir = \"data\"\n[gateway]\ninternal = \"127.0.0.4:5269\"\nlisten = [\"127.0.0.5:5269\"]\ninternal_ca = \"internal-ca.pem\"\n",
     )
     .unwrap();
     let out =
@@ -156,6 +156,7 @@ fn gateway_setup_prints_the_internal_servers_lines() {
     let ca = std::fs::canonicalize(dir.path().join("data/gateway/ca.pem")).unwrap();
     assert!(text.contains(&format!("s2s_ssl = {{ cafile = \"{}\"; capath = false }}", ca.display())), "{text}");
     assert!(text.contains(". 300 IN A 127.0.0.5") && text.contains("s2s_interfaces = { \"127.0.0.4\" }"), "{text}");
+    assert!(text.contains("must chain to gateway.internal_ca (") && text.contains("from 127.0.0.4/32 only (gateway.allow"), "{text}");
     std::fs::write(&cfg, "[server]\ndomains = [\"h.example\"]\ndata_dir = \"data\"\n").unwrap();
     let out =
         Command::new(env!("CARGO_BIN_EXE_drawbridge")).arg("--config").arg(&cfg).args(["gateway", "setup", "prosody"]).output().unwrap();

@@ -27,6 +27,12 @@ struct Gateway {
 
 /// The three servers, the internal link authenticating by `auth` ("pki" or "dialback").
 async fn gateway(auth: &str) -> Gateway {
+    gateway_with(auth, "").await
+}
+
+/// The same with `extra` keys in A's `[gateway]` (under pki, `internal_ca` is the test CA
+/// unless `extra` names another).
+async fn gateway_with(auth: &str, extra: &str) -> Gateway {
     let world = Dns::start().await;
     let internal_dns = Dns::start().await;
     let test_ca = ca("test CA");
@@ -46,13 +52,21 @@ async fn gateway(auth: &str) -> Gateway {
     }
     let c = start_server("h.test", &internal_dns, &c_tls).await;
 
-    // A: the gateway, its certificate for h.test from the test CA. Under pki it trusts the
-    // test CA, which is how it knows the internal server's certificate for h.test; under
-    // dialback it does not, so both directions of the internal link use dialback.
+    // A: the gateway, its certificate for h.test from the test CA, which it trusts for the
+    // world under pki (as a public CA would be). The internal server's certificate is judged
+    // against gateway.internal_ca (the test CA, under pki); under dialback there is none, so
+    // both directions of the internal link use dialback.
     let someone_else = ca("someone else");
     let a_tls = tls_config(dir_a.path(), &test_ca, "h.test", if auth == "pki" { &test_ca } else { &someone_else });
+    let test_ca_pem = dir_a.path().join("test-ca.pem");
+    std::fs::write(&test_ca_pem, &test_ca.pem).unwrap();
+    let internal_ca = if auth == "pki" && !extra.contains("internal_ca") {
+        format!("internal_ca = \"{}\"\n", test_ca_pem.display())
+    } else {
+        String::new()
+    };
     let a_cfg = format!(
-        "{}\n[gateway]\ninternal = \"{}\"\nlisten = [\"127.0.0.1:0\"]\nauth = \"{auth}\"\nca_cert = \"{}\"\nca_key = \"{}\"\n",
+        "{}\n[gateway]\ninternal = \"{}\"\nlisten = [\"127.0.0.1:0\"]\nauth = \"{auth}\"\nca_cert = \"{}\"\nca_key = \"{}\"\n{internal_ca}{extra}",
         a_tls,
         c.addr,
         gw_pem.display(),
@@ -259,4 +273,228 @@ async fn approval_mode_holds_the_internal_servers_stanzas_until_approved() {
     };
     let (r, ()) = tokio::join!(probe, approve);
     assert!(r.ok, "delivered once approved: {:?}", r.error);
+}
+
+/// A TCP forwarder on loopback, as a port forward or NAT would be: every connection to it is
+/// carried to `to` (at most 20, so a loop through it stays bounded). Counts connections.
+async fn forwarder(to: std::net::SocketAddr) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = n.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inc, _)) = l.accept().await {
+            if count.fetch_add(1, Ordering::SeqCst) >= 20 {
+                break;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inc, &mut out).await;
+                }
+            });
+        }
+    });
+    (port, n)
+}
+
+/// What drawbridge must not have kept of `domain`: a minted certificate, a domain record,
+/// a stored outcome.
+fn assert_no_trace(s: &TestServer, domain: &str) {
+    let minted = s.dir.path().join("data/gateway/minted").join(format!("{domain}.pem"));
+    assert!(!minted.exists(), "nothing minted for {domain}");
+    assert!(s.engine.shared.policy.record(domain).is_none(), "no domain record for {domain}");
+    let stored = s.engine.shared.store.outcomes(Some(domain), 100).unwrap();
+    assert!(stored.is_empty(), "no stored outcome for {domain}: {stored:#?}");
+}
+
+/// Issue 16, the self-loop: a world domain whose DNS points at drawbridge's own listeners
+/// (`gateway.listen`, or the public one) is never dialled — before this, a ping to it looped
+/// for ever through the gateway listener. `ctl probe` says why; nothing is minted for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_pointing_at_drawbridge_itself_is_never_dialled() {
+    let g = gateway("pki").await;
+    let world = &g._dns.0;
+    let gl = g.a.engine.shared.listening_gateway[0];
+    world.add_a("xmpp.loop.test", std::net::Ipv4Addr::LOCALHOST).await;
+    world.add_srv("loop.test", 0, 5, "xmpp.loop.test", gl.port()).await;
+    world.add_srv("loop2.test", 0, 5, "xmpp.loop.test", g.a.addr.port()).await;
+    for (domain, key) in [("loop.test", "gateway.listen"), ("loop2.test", "server.listen")] {
+        let r = within("probe of a domain that is drawbridge itself", g.a.engine.probe(domain, None)).await;
+        assert!(!r.ok, "{r:?}");
+        let err = r.error.unwrap();
+        assert!(err.contains("drawbridge itself listens there") && err.contains(key) && err.contains("loop"), "{err}");
+        assert_no_trace(&g.a, domain);
+    }
+    // Not one stream reached a listener of A.
+    let inbound = g.a.engine.connections(true).into_iter().filter(|c| c.direction == Direction::In).count();
+    assert_eq!(inbound, 0, "{:#?}", g.a.engine.connections(true));
+    // Another port of the same address is someone else: the world still federates.
+    assert!(within("probe of the world", g.a.engine.probe("w.test", None)).await.ok);
+}
+
+/// The same loop behind a forwarder (NAT, a port forward): the addresses say nothing, the
+/// stream id drawbridge's receiving side issued comes back in the header its outbound side
+/// reads, and the outbound side refuses. One connection each, nothing minted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_comes_back_through_a_forwarder_is_recognised_and_refused() {
+    // Under both auth modes of the internal link (the loop of issue 16 happened under both).
+    for auth in ["pki", "dialback"] {
+        comes_back_through_a_forwarder(auth).await;
+    }
+}
+
+async fn comes_back_through_a_forwarder(auth: &str) {
+    let g = gateway(auth).await;
+    let world = &g._dns.0;
+    let (to_gateway, n_gateway) = forwarder(g.a.engine.shared.listening_gateway[0]).await;
+    let (to_public, n_public) = forwarder(g.a.addr).await;
+    world.add_a("xmpp.fwd.test", std::net::Ipv4Addr::LOCALHOST).await;
+    world.add_srv("fwd.test", 0, 5, "xmpp.fwd.test", to_gateway).await;
+    world.add_srv("fwd2.test", 0, 5, "xmpp.fwd.test", to_public).await;
+    for domain in ["fwd.test", "fwd2.test"] {
+        let r = within("probe of a domain forwarded to drawbridge", g.a.engine.probe(domain, None)).await;
+        assert!(!r.ok, "{r:?}");
+        let err = r.error.unwrap();
+        assert!(err.contains("leads back to this server") && err.contains("a loop"), "{auth}: {err}");
+        assert_no_trace(&g.a, domain);
+    }
+    let n = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!((n(&n_gateway), n(&n_public)), (1, 1), "{auth}: one connection each, no loop");
+}
+
+/// The remote path of issue 16: a stranger's dialback claim for a made-up domain whose
+/// callback name resolves to `gateway.listen` (directly or through a forwarder). drawbridge
+/// never reaches itself, so nothing is minted and nothing reaches the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialback_claim_whose_callback_leads_to_the_gateway_leaves_nothing_on_disk() {
+    let g = gateway("pki").await;
+    let world = &g._dns.0;
+    let gl = g.a.engine.shared.listening_gateway[0];
+    let (to_gateway, _) = forwarder(gl).await;
+    world.add_a("xmpp.claim.test", std::net::Ipv4Addr::LOCALHOST).await;
+    world.add_srv("claim.test", 0, 5, "xmpp.claim.test", gl.port()).await;
+    world.add_srv("claim2.test", 0, 5, "xmpp.claim.test", to_gateway).await;
+    for domain in ["claim.test", "claim2.test"] {
+        let (mut p, _, features) = tls_peer(&g.a, domain).await;
+        assert!(features.has_child("dialback", drawbridge::proto::ns::DIALBACK_FEATURE), "{}", features.to_xml());
+        p.send_el(&drawbridge::proto::dialback::result_request(domain, "h.test", &"ab".repeat(32))).await;
+        let answer = loop {
+            let el = within("the dialback answer", p.next_el()).await.expect("an answer");
+            if el.is("result", drawbridge::proto::ns::DIALBACK) {
+                break el;
+            }
+        };
+        assert_ne!(answer.get_attr("type"), Some("valid"), "{}", answer.to_xml());
+        assert_no_trace(&g.a, domain);
+    }
+}
+
+/// `gateway.listen` accepts the internal server's address only (`gateway.allow`, by default
+/// `gateway.internal`'s): anyone else is dropped before a byte is read or written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_listener_accepts_only_the_internal_servers_address() {
+    let g = gateway_with("pki", "allow = [\"127.0.0.2\"]\n").await;
+    let listen = g.a.engine.shared.listening_gateway[0];
+    // From 127.0.0.1: closed at once, nothing said.
+    let mut tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.write_all(header("h.test", "m.test").as_bytes()).await;
+    let mut buf = [0u8; 64];
+    let n = within("the refusal", tcp.read(&mut buf)).await.unwrap_or(0);
+    assert_eq!(n, 0, "not a byte for a stranger: {:?}", String::from_utf8_lossy(&buf[..n]));
+    // From 127.0.0.2 (the allowed address): a stream.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut p = RawPeer::from_tcp(sock.connect(listen).await.unwrap());
+    let (_, features) = p.open("h.test", "m.test").await;
+    assert!(features.has_child("starttls", drawbridge::proto::ns::TLS), "{}", features.to_xml());
+    // The internal server itself (127.0.0.1) is now a stranger: its ping to the world fails.
+    let r = within("C's probe", g.c.engine.probe("w.test", None)).await;
+    assert!(!r.ok, "{r:?}");
+    assert_no_trace(&g.a, "m.test");
+}
+
+/// Under pki the internal server is authenticated against `gateway.internal_ca` only: here
+/// A trusts the test CA for the world ([tls] ca_file) and C's certificate chains to it, but
+/// gateway.internal_ca is another CA, so C is no internal server for A — neither way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_internal_server_is_judged_against_gateway_internal_ca_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.pem");
+    std::fs::write(&other, ca("another CA").pem).unwrap();
+    let g = gateway_with("pki", &format!("internal_ca = \"{}\"\n", other.display())).await;
+    let r = within("C's probe of the world", g.c.engine.probe("w.test", None)).await;
+    assert!(!r.ok, "{r:?}");
+    let r = within("the world's probe of C", g.b.engine.probe("h.test", None)).await;
+    assert!(!r.ok, "{r:?}");
+    let outcomes = g.a.engine.shared.outcomes();
+    assert!(
+        !outcomes.iter().any(|o| o.remote == "h.test" && o.result == drawbridge::engine::events::VerificationResult::Valid),
+        "{outcomes:#?}"
+    );
+}
+
+/// Minting only for the internal server (issue 16): on `gateway.listen`, a header without
+/// `from`, with a `from` that is not a hosted domain, or with an IP address as `to` ends
+/// before STARTTLS — nothing is minted, the budget (here 2 a minute) is untouched, and the
+/// internal server's next new world domain still gets its certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_that_are_not_the_internal_servers_mint_nothing() {
+    let g = gateway_with("pki", "mints_per_minute = 2\n").await;
+    let listen = g.a.engine.shared.listening_gateway[0];
+    let headers = [
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0' to='m1.test'>".to_owned(),
+        header("stranger.test", "m2.test"),
+        header("h.test", "10.0.0.1"),
+        header("h.test", "[::1]"),
+    ];
+    for _ in 0..3 {
+        for h in &headers {
+            let mut p = RawPeer::connect(listen).await;
+            p.send(h).await;
+            p.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
+            let e = p.expect_stream_error().await;
+            assert!(matches!(e.condition, StreamErrorCondition::PolicyViolation | StreamErrorCondition::HostUnknown), "{h}: {e:?}");
+        }
+    }
+    let minted = g.a.dir.path().join("data/gateway/minted");
+    let files: Vec<_> = std::fs::read_dir(&minted).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(files.is_empty(), "nothing minted: {files:?}");
+    // The internal server's own streams mint as before, within the budget.
+    assert!(within("C's probe of the world", g.c.engine.probe("w.test", None)).await.ok);
+    assert!(minted.join("w.test.pem").exists());
+}
+
+/// A stanza from the internal server to a hosted domain stays home: on the gateway listener
+/// only world domains are served, so it ends that stream (`<host-unknown/>`) and is never
+/// sent out into the world (where a DNS answer leading back to drawbridge would make a loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_internal_servers_stanzas_to_hosted_domains_never_go_out() {
+    let g = gateway("pki").await;
+    let listen = g.a.engine.shared.listening_gateway[0];
+    // Playing the internal server: its certificate for h.test (from the test CA).
+    let dir_c = g._dirs[1].path();
+    let pem = |f: &str| std::fs::read(dir_c.join(f)).unwrap();
+    use rustls_pki_types::pem::PemObject;
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem("h.test.crt")).map(|c| c.unwrap()).collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem("h.test.key")).unwrap();
+    let ctx = drawbridge::net::tls::TlsContext::from_parts(chain, key, &[Domain::parse("h.test").unwrap()]).unwrap();
+    let mut p = RawPeer::connect(listen).await;
+    p.open("h.test", "w.test").await;
+    let (_, features) = p.starttls_with("h.test", "w.test", &ctx).await;
+    assert!(features.has_child("mechanisms", drawbridge::proto::ns::SASL), "{}", features.to_xml());
+    p.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>").await;
+    let ok = p.next_el().await.unwrap();
+    assert!(ok.is("success", drawbridge::proto::ns::SASL), "{}", ok.to_xml());
+    p.framer = drawbridge::xml::Framer::new(1 << 20, 64);
+    p.open("h.test", "w.test").await;
+    p.send("<iq xmlns='jabber:server' type='get' id='home' from='alice@h.test/r' to='bob@h.test/r'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let e = p.expect_condition(StreamErrorCondition::HostUnknown).await;
+    assert!(e.text.contains("h.test is not served here"), "{e:?}");
+    // Nothing left A for the world, and B never heard of it.
+    let out: Vec<_> = g.a.engine.connections(true).into_iter().filter(|c| !c.internal() && c.direction == Direction::Out).collect();
+    assert!(out.is_empty(), "{out:#?}");
+    assert!(g.b.engine.connections(true).is_empty());
 }

@@ -108,7 +108,7 @@ async fn one_byte_chunks() {
         other => panic!("{other:?}"),
     };
     assert_eq!(h.from.as_deref(), Some("b.test"));
-    assert_eq!(h.id.as_ref().map(|i| i.len()), Some(32), "128-bit random stream id, hex");
+    assert_eq!(h.id.as_ref().map(|i| i.len()), Some(48), "128 random bits and a 64-bit tag (issue 16: ids we issued are recognised), hex");
     let f = p.next_el().await.unwrap();
     let tls = f.get_child("starttls", ns::TLS).expect("STARTTLS offered");
     assert!(tls.has_child("required", ns::TLS), "and required by default");

@@ -181,6 +181,7 @@ fn stream_env(
     secret: &[u8],
     policy: Arc<Policy>,
     tls: Arc<crate::net::tls::CurrentTls>,
+    ids: Arc<crate::proto::machine::StreamIds>,
 ) -> crate::proto::machine::Env {
     use crate::proto::machine as m;
     let (t, l) = (&settings.timeouts, &settings.limits);
@@ -208,7 +209,11 @@ fn stream_env(
         keys: crate::proto::dialback::DialbackKeys::new(secret),
         policy,
         certs: tls,
-        stream_ids: Box::new(table::random_id),
+        stream_ids: {
+            let ids = ids.clone();
+            Box::new(move || ids.issue())
+        },
+        issued_here: Box::new(move |id| ids.issued_here(id)),
     }
 }
 
@@ -290,7 +295,10 @@ impl Engine {
         }
         let policy = Arc::new(Policy::load(store.clone(), settings.policy.mode)?);
         let tls = Arc::new(crate::net::tls::CurrentTls::new(TlsContext::load(&settings.tls, &settings.domains, &settings.data_dir)?));
-        let stream_env = Arc::new(stream_env(&settings, &secret, policy.clone(), tls.clone()));
+        // One issuer for every listener: a stream of ours that comes back on any of them is
+        // recognised by the outbound side that opened it.
+        let stream_ids = Arc::new(crate::proto::machine::StreamIds::new());
+        let stream_env = Arc::new(stream_env(&settings, &secret, policy.clone(), tls.clone(), stream_ids.clone()));
         let resolver = Resolver::new(&settings.dns)?;
         let mut listeners = Vec::new();
         let mut listening = Vec::new();
@@ -308,7 +316,8 @@ impl Engine {
         let gateway_ca = match &settings.gateway {
             Some(g) => Some(Arc::new(
                 crate::gateway::GatewayCa::open(g.ca_cert.as_deref(), g.ca_key.as_deref(), &settings.data_dir)?
-                    .with_mint_limit(g.mints_per_minute),
+                    .with_mint_limit(g.mints_per_minute)
+                    .with_max_minted(g.max_minted, std::time::SystemTime::now()),
             )),
             None => None,
         };
@@ -367,7 +376,16 @@ impl Engine {
                 domains: settings.domains.clone(),
                 timeouts: settings.timeouts.clone(),
                 limits: settings.limits.clone(),
-                outbound: settings.outbound.clone(),
+                // Every listener as bound: never dialled (a loop otherwise).
+                outbound: crate::net::dial::OutboundSettings {
+                    own: Arc::new(crate::net::dial::OwnListeners::new(
+                        (listening.iter().map(|a| ("server.listen", *a)))
+                            .chain(listening_direct.iter().map(|a| ("server.direct_tls", *a)))
+                            .chain(listening_gateway.iter().map(|a| ("gateway.listen", *a)))
+                            .chain(listening_components.iter().map(|a| ("components.listen", *a))),
+                    )),
+                    ..settings.outbound.clone()
+                },
                 dns_timeout: settings.dns.timeout,
             },
             internal: None,
@@ -376,7 +394,13 @@ impl Engine {
         // and address, recorded as the internal link.
         let internal_streams = match (&settings.gateway, &gateway_ca) {
             (Some(g), Some(ca)) => Some(Arc::new(crate::stream::Caps {
-                env: Arc::new(crate::gateway::internal_env(&streams.env, &settings, g.auth, Box::new(table::random_id))),
+                env: Arc::new(crate::gateway::internal_env(
+                    &streams.env,
+                    &settings,
+                    g.auth,
+                    stream_ids.clone(),
+                    Arc::new(crate::gateway::InternalTrust::load(g.internal_ca.as_deref())?),
+                )),
                 tls: Arc::new(crate::gateway::GatewayTls { ca: ca.clone() }),
                 internal: Some(g.internal),
                 ..streams.reporting_to(Arc::new(recorder::LinkObserver { recorder: recorder.clone(), label: "internal link" }))
@@ -676,6 +700,17 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, how: Accept, ca
         };
         match accepted {
             Ok((tcp, peer)) => {
+                // gateway.listen: the internal server's address(es) only, before anything else.
+                if caps.internal.is_some()
+                    && let Some(g) = &shared.settings.gateway
+                    && !crate::gateway::allowed(g, peer.ip())
+                {
+                    limits::refused_once("gateway.allow", &peer.ip().to_string(), || {
+                        format!("refusing a connection to gateway.listen from {}: not the internal server (gateway.allow)", peer.ip())
+                    });
+                    drop(tcp);
+                    continue;
+                }
                 let slot = match shared.gauges.admit(peer.ip(), &shared.settings.limits) {
                     Ok(slot) => slot,
                     Err(limits::Refused(key)) => {

@@ -33,6 +33,11 @@ const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub const DEFAULT_MINTS_PER_MINUTE: u32 = 60;
 /// Minted certificates kept in memory at most (each is small; the files stay).
 const MAX_CACHED: usize = 10_000;
+/// `gateway.max_minted` by default: minted certificates kept on disk at most (a few KB
+/// each); past it the oldest are removed first.
+pub const DEFAULT_MAX_MINTED: usize = 10_000;
+/// Expired minted files are looked for at most this often (and whenever the cap is passed).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -40,6 +45,8 @@ pub enum CaError {
     File { path: PathBuf, why: String },
     #[error("gateway.ca_cert and gateway.ca_key go together: set both or neither (neither: a CA is created in {0})")]
     HalfConfigured(PathBuf),
+    #[error("{path}: {why} (gateway.internal_ca)")]
+    InternalCa { path: PathBuf, why: String },
     #[error("minting a certificate for {domain}: {why}")]
     Mint { domain: Domain, why: String },
     #[error("not minting a certificate for {domain}: {limit} new certificates in the last minute already (gateway.mints_per_minute)")]
@@ -71,6 +78,10 @@ pub struct GatewayCa {
     mints_per_minute: u32,
     /// (minute, certificates minted in it).
     minted_now: Mutex<(u64, u32)>,
+    /// Minted files kept at most (`gateway.max_minted`).
+    max_minted: usize,
+    /// (files on disk as last counted plus those minted since, when the directory was last pruned).
+    on_disk: Mutex<(usize, Option<SystemTime>)>,
 }
 
 impl GatewayCa {
@@ -112,7 +123,66 @@ impl GatewayCa {
             cache: Mutex::new(HashMap::new()),
             mints_per_minute: DEFAULT_MINTS_PER_MINUTE,
             minted_now: Mutex::new((0, 0)),
+            max_minted: DEFAULT_MAX_MINTED,
+            on_disk: Mutex::new((0, None)),
         })
+    }
+
+    /// At most `max` minted certificates on disk (`gateway.max_minted`); the directory is
+    /// pruned now.
+    pub fn with_max_minted(mut self, max: usize, now: SystemTime) -> GatewayCa {
+        self.max_minted = max;
+        self.prune(now);
+        self
+    }
+
+    /// Remove minted files that expired (a file's modification time is when it was minted;
+    /// one in use is renewed before it expires, so an expired file is one nobody used for
+    /// [`VALIDITY`] − [`RENEW_BEFORE`]), then the oldest past `max_minted`. Returns how many
+    /// are left.
+    pub fn prune(&self, now: SystemTime) -> usize {
+        let mut files: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(&self.minted_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pem"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        let before = files.len();
+        files.retain(|(minted, path)| {
+            let expired = *minted + VALIDITY <= now;
+            if expired {
+                let _ = std::fs::remove_file(path);
+            }
+            !expired
+        });
+        if files.len() > self.max_minted {
+            files.sort();
+            let excess = files.len() - self.max_minted;
+            for (_, path) in files.drain(..excess) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        if files.len() < before {
+            let (mut cache, removed) = (self.cache.lock().unwrap(), before - files.len());
+            // What was removed from disk is not served from memory either.
+            cache.retain(|d, _| self.minted_dir.join(format!("{}.pem", d.ascii())).exists());
+            tracing::info!(removed, kept = files.len(), "gateway: pruned minted certificates (expired, or past gateway.max_minted)");
+        }
+        *self.on_disk.lock().unwrap() = (files.len(), Some(now));
+        files.len()
+    }
+
+    /// After a mint: one more on disk; prune when past the cap or not pruned for a while.
+    fn minted_one(&self, now: SystemTime) {
+        let due = {
+            let mut d = self.on_disk.lock().unwrap();
+            d.0 += 1;
+            d.0 > self.max_minted || d.1.is_none_or(|last| now.duration_since(last).is_ok_and(|e| e >= PRUNE_EVERY))
+        };
+        if due {
+            self.prune(now);
+        }
     }
 
     /// The CA certificate's file: the internal server's trust anchor for the gateway.
@@ -138,7 +208,8 @@ impl GatewayCa {
             None => {
                 self.take_mint(domain, now)?;
                 let (m, pem) = self.mint(domain, now)?;
-                write_private(&path, pem.as_bytes()).map_err(|why| CaError::Mint { domain: domain.clone(), why })?;
+                write_private(&path, pem.as_bytes(), now).map_err(|why| CaError::Mint { domain: domain.clone(), why })?;
+                self.minted_one(now);
                 m
             }
         };
@@ -233,8 +304,8 @@ fn create_ca(dir: &Path, cert_path: &Path, key_path: &Path) -> Result<(), CaErro
     let key = KeyPair::generate().map_err(|e| err(key_path, e.to_string()))?;
     let cert = params.self_signed(&key).map_err(|e| err(cert_path, e.to_string()))?;
     // The key first: a certificate without its key would be unusable after a crash.
-    write_private(key_path, key.serialize_pem().as_bytes()).map_err(|why| err(key_path, why))?;
-    write_private(cert_path, cert.pem().as_bytes()).map_err(|why| err(cert_path, why))?;
+    write_private(key_path, key.serialize_pem().as_bytes(), now).map_err(|why| err(key_path, why))?;
+    write_private(cert_path, cert.pem().as_bytes(), now).map_err(|why| err(cert_path, why))?;
     tracing::info!("created the gateway CA: {}", cert_path.display());
     Ok(())
 }
@@ -250,7 +321,7 @@ fn create_private_dir(dir: &Path) -> Result<(), CaError> {
 
 /// Write a file only we can read, durably: a temporary file, fsync, rename, fsync the
 /// directory (a crash leaves the old file or the new one, never half of one).
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+fn write_private(path: &Path, bytes: &[u8], now: SystemTime) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
@@ -260,7 +331,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    // The modification time says when it was made (pruning reads it).
+    f.write_all(bytes)
+        .and_then(|_| f.set_modified(now))
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
     if let Some(dir) = path.parent() {
         let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
@@ -386,5 +461,28 @@ mod tests {
         let m = ca.certificate_for(&remote, now).unwrap();
         assert!(m.chain[0] != old.chain[0]);
         assert_eq!(judge_with(&ca).judge(&m.chain, "remote.example", rustls::pki_types::UnixTime::now()), CertVerdict::Valid);
+    }
+
+    #[test]
+    fn minted_files_are_bounded_expired_ones_and_the_oldest_past_the_cap_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ca = GatewayCa::open(None, None, dir.path()).unwrap().with_max_minted(3, t0).with_mint_limit(1000);
+        let d = |s: &str| Domain::parse(s).unwrap();
+        let file = |s: &str| dir.path().join(format!("gateway/minted/{s}.pem"));
+        for (i, name) in ["a.example", "b.example", "c.example", "d.example"].iter().enumerate() {
+            ca.certificate_for(&d(name), t0 + Duration::from_secs(60 * i as u64)).unwrap();
+        }
+        // The cap: the oldest went first.
+        assert!(!file("a.example").exists() && file("b.example").exists() && file("d.example").exists());
+        assert_eq!(ca.prune(t0 + Duration::from_secs(300)), 3);
+        // b is renewed (in use); c and d are never asked for again and expire.
+        let renew = t0 + VALIDITY - RENEW_BEFORE + Duration::from_secs(3600);
+        ca.certificate_for(&d("b.example"), renew).unwrap();
+        assert_eq!(ca.prune(t0 + VALIDITY + Duration::from_secs(600)), 1);
+        assert!(file("b.example").exists() && !file("c.example").exists() && !file("d.example").exists());
+        // A new process finds the same bound.
+        let again = GatewayCa::open(None, None, dir.path()).unwrap().with_max_minted(3, renew + VALIDITY);
+        assert_eq!(again.prune(renew + VALIDITY), 0, "b expired too, unused since");
     }
 }

@@ -32,7 +32,7 @@ use std::time::SystemTime;
 use crate::config::{GatewayAuth, Settings};
 use crate::domain::Domain;
 use crate::net::tls::{client_config_with, single_cert_server_config};
-use crate::proto::machine::{Env, PolicyView};
+use crate::proto::machine::{Env, PolicyView, StreamIds};
 use crate::stream::TlsConfigs;
 use crate::types::{AuthMode, Security, Verdict};
 
@@ -47,7 +47,11 @@ pub struct GatewayTls {
 impl GatewayTls {
     fn minted(&self, local: &Domain) -> Result<Arc<ca::Minted>, String> {
         self.ca.certificate_for(local, SystemTime::now()).map_err(|e| {
-            tracing::error!("gateway: {e}");
+            match &e {
+                // A budget running out is logged once a minute, not once per stream.
+                ca::CaError::Busy { .. } => crate::limits::refused_once("gateway.mints_per_minute", "*", || format!("gateway: {e}")),
+                _ => tracing::error!("gateway: {e}"),
+            }
             format!("no certificate for {local}: {e}")
         })
     }
@@ -84,6 +88,48 @@ impl PolicyView for InternalPeers {
     }
 }
 
+/// The internal server's trust anchor (`gateway.internal_ca`), and nothing else: under
+/// `pki` its certificate must chain to it — not to the system roots or `[tls] ca_file`,
+/// under which a public CA's certificate for the hosted domain (drawbridge's own, in the
+/// normal deployment) would pass for the internal server (issue 16). Without one (under
+/// `dialback`), no certificate is valid on the internal link and dialback decides.
+pub struct InternalTrust(crate::net::certs::CertJudge);
+
+impl InternalTrust {
+    pub fn load(path: Option<&std::path::Path>) -> Result<InternalTrust, ca::CaError> {
+        let Some(path) = path else { return Ok(InternalTrust(crate::net::certs::CertJudge::new(&[], false))) };
+        let err = |why: String| ca::CaError::InternalCa { path: path.to_owned(), why };
+        let roots: Vec<rustls::pki_types::CertificateDer<'static>> = rustls::pki_types::pem::PemObject::pem_file_iter(path)
+            .map_err(|e| err(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        if roots.is_empty() {
+            return Err(err("no PEM certificate found".into()));
+        }
+        for (i, r) in roots.iter().enumerate() {
+            x509_parser::parse_x509_certificate(r).map_err(|e| err(format!("certificate #{}: {e}", i + 1)))?;
+        }
+        Ok(InternalTrust(crate::net::certs::CertJudge::new(&roots, false)))
+    }
+}
+
+impl crate::proto::machine::CertJudge for InternalTrust {
+    fn judge(
+        &self,
+        chain: &[rustls::pki_types::CertificateDer<'_>],
+        domain: &Domain,
+        at: rustls::pki_types::UnixTime,
+    ) -> crate::types::CertVerdict {
+        self.0.judge(chain, domain.as_str(), at)
+    }
+}
+
+/// Whether `ip` may connect to `gateway.listen` (`gateway.allow`, by default the address of
+/// `gateway.internal`): anyone else is dropped before a byte is read.
+pub fn allowed(g: &crate::config::GatewaySettings, ip: std::net::IpAddr) -> bool {
+    g.allow.iter().any(|r| r.contains(ip))
+}
+
 /// The rules of the internal link: `pki` accepts certificates only (dialback is refused
 /// both ways); `dialback` allows it. Encryption as `[tls] require_encryption` says.
 pub fn internal_security(auth: GatewayAuth, require_encryption: bool) -> Security {
@@ -98,7 +144,7 @@ pub fn internal_security(auth: GatewayAuth, require_encryption: bool) -> Securit
 /// served on this side (`serves_world`), the internal server's domains are the only peers,
 /// and the auth mode is `gateway.auth`'s. Dialback keys are the same secret, so the keys
 /// drawbridge sends as R verify when the internal server calls R back at drawbridge.
-pub fn internal_env(federation: &Env, settings: &Settings, auth: GatewayAuth, stream_ids: Box<dyn Fn() -> String + Send + Sync>) -> Env {
+pub fn internal_env(federation: &Env, settings: &Settings, auth: GatewayAuth, ids: Arc<StreamIds>, trust: Arc<InternalTrust>) -> Env {
     Env {
         hosted: settings.domains.clone(),
         serves_world: true,
@@ -108,8 +154,12 @@ pub fn internal_env(federation: &Env, settings: &Settings, auth: GatewayAuth, st
         security: internal_security(auth, settings.tls.require_encryption),
         keys: federation.keys.clone(),
         policy: Arc::new(InternalPeers { hosted: settings.domains.clone() }),
-        certs: federation.certs.clone(),
-        stream_ids,
+        certs: trust,
+        stream_ids: {
+            let ids = ids.clone();
+            Box::new(move || ids.issue())
+        },
+        issued_here: Box::new(move |id| ids.issued_here(id)),
     }
 }
 
@@ -124,6 +174,31 @@ mod tests {
         assert_eq!(p.verdict(&d("h2.test")), Verdict::Allow);
         let Verdict::Refuse(why) = p.verdict(&d("stranger.test")) else { panic!("a stranger is refused") };
         assert!(why.contains("gateway.listen") && why.contains("h.test, h2.test") && why.contains("stranger.test"), "{why}");
+    }
+
+    #[test]
+    fn the_internal_ca_file_is_checked_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.pem");
+        let e = InternalTrust::load(Some(&missing)).err().unwrap().to_string();
+        assert!(e.contains("nope.pem") && e.contains("gateway.internal_ca"), "{e}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = InternalTrust::load(Some(&empty)).err().unwrap().to_string();
+        assert!(e.contains("no PEM certificate") && e.contains("gateway.internal_ca"), "{e}");
+        // A CA that is one: its certificates are valid, the minted ones (another CA) are not.
+        let ca = GatewayCa::open(None, None, dir.path()).unwrap();
+        let trust = InternalTrust::load(Some(ca.cert_path())).unwrap();
+        let d = Domain::parse("h.test").unwrap();
+        let m = ca.certificate_for(&d, SystemTime::now()).unwrap();
+        let at = rustls::pki_types::UnixTime::now();
+        use crate::proto::machine::CertJudge;
+        assert!(trust.judge(&m.chain, &d, at).is_valid());
+        let other = tempfile::tempdir().unwrap();
+        let stranger = GatewayCa::open(None, None, other.path()).unwrap().certificate_for(&d, SystemTime::now()).unwrap();
+        assert!(!trust.judge(&stranger.chain, &d, at).is_valid(), "another CA's certificate for the same domain");
+        // None (dialback): nothing is valid, dialback decides.
+        assert!(!InternalTrust::load(None).unwrap().judge(&m.chain, &d, at).is_valid());
     }
 
     #[test]

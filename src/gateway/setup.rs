@@ -69,8 +69,10 @@ pub fn setup(server: InternalServer, g: &GatewaySettings, domains: &[Domain], ca
                     line("-- Dialback is refused on the gateway's internal link (gateway.auth = \"pki\"):");
                     line("modules_disabled = { \"dialback\" }");
                     line(&format!(
-                        "-- Prosody's own certificate for {hosted} must be trusted by drawbridge ([tls] ca_file in its configuration)."
+                        "-- Prosody's own certificate for {hosted} must chain to gateway.internal_ca ({}) in drawbridge's",
+                        g.internal_ca.as_deref().map_or("not set: required".into(), |p| p.display().to_string())
                     ));
+                    line("-- configuration: drawbridge trusts that CA, and only it, for the internal server.");
                 }
                 GatewayAuth::Dialback => {
                     line("-- Dialback both ways (gateway.auth = \"dialback\"): keep mod_dialback; Prosody's callbacks for remote");
@@ -108,6 +110,10 @@ pub fn setup(server: InternalServer, g: &GatewaySettings, domains: &[Domain], ca
             line(&format!("# Openfire's s2s listener must be gateway.internal ({}).", g.internal));
         }
     }
+    let allow = g.allow.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ");
+    let c = if server == InternalServer::Prosody { "--" } else { "#" };
+    line(&format!("{c} drawbridge accepts connections to {listen} from {allow} only (gateway.allow; by default gateway.internal's"));
+    line(&format!("{c} address): the internal server's streams must leave from there, or list their address in gateway.allow."));
     if listen.port() != 5269 && server != InternalServer::Openfire {
         line(&format!(
             "-- WARNING: gateway.listen is on port {}, but the internal server connects to port 5269 (no SRV answer): listen on {ip}:5269.",
@@ -132,6 +138,9 @@ mod tests {
             ca_cert: None,
             ca_key: None,
             mints_per_minute: 60,
+            internal_ca: Some("/etc/drawbridge/internal-ca.pem".into()),
+            allow: vec![crate::net::dial::IpRange::parse("10.0.0.4").unwrap()],
+            max_minted: 10_000,
         }
     }
 
@@ -146,7 +155,8 @@ mod tests {
             "s2s_ssl = { cafile = \"/var/lib/db/gateway/ca.pem\"; capath = false }",
             "modules_disabled = { \"dialback\" }",
             "s2s_interfaces = { \"10.0.0.4\" }",
-            "Prosody's own certificate for h.example",
+            "Prosody's own certificate for h.example must chain to gateway.internal_ca (/etc/drawbridge/internal-ca.pem)",
+            "accepts connections to 10.0.0.5:5269 from 10.0.0.4/32 only (gateway.allow",
         ] {
             assert!(out.contains(needle), "{needle:?} missing from:\n{out}");
         }

@@ -2,7 +2,7 @@
 //! says (a hostile domain can publish any address), and caps on how much one domain can
 //! make it dial.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// An address range (`10.0.0.0/8`, `fe80::/10`, or one address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +81,89 @@ pub fn denied(deny: &[IpRange], ip: IpAddr) -> Option<IpRange> {
 
 pub use crate::domain::is_ip_literal;
 
+/// The addresses drawbridge itself listens on (every listener: `server.listen`,
+/// `server.direct_tls`, `gateway.listen`, `components.listen`, as bound), which it never
+/// dials: a domain whose DNS points at one of them would make drawbridge talk to itself
+/// (with a gateway, for ever — issue 16). Checked after DNS, like `[outbound] deny`, on
+/// (address, port) pairs: another port of the same address is someone else.
+#[derive(Debug, Clone, Default)]
+pub struct OwnListeners {
+    /// (listener kind, bound address).
+    addrs: Vec<(&'static str, SocketAddr)>,
+}
+
+impl OwnListeners {
+    pub fn new(addrs: impl IntoIterator<Item = (&'static str, SocketAddr)>) -> OwnListeners {
+        OwnListeners { addrs: addrs.into_iter().collect() }
+    }
+
+    /// The listener (its key and bound address) that `target` would reach, if it is ours. A
+    /// wildcard bind (`0.0.0.0`, `::`) listens on every address of the machine: loopback, the
+    /// unspecified address and each interface's address (`getifaddrs`, read when a port
+    /// matches, so addresses added later count).
+    pub fn reached_by(&self, target: SocketAddr) -> Option<(&'static str, SocketAddr)> {
+        let ip = canonical(target.ip());
+        let mut interfaces: Option<Vec<IpAddr>> = None;
+        for &(kind, own) in &self.addrs {
+            if own.port() != target.port() {
+                continue;
+            }
+            let own_ip = canonical(own.ip());
+            if own_ip == ip {
+                return Some((kind, own));
+            }
+            if own_ip.is_unspecified() {
+                // `0.0.0.0` takes IPv4 only; `::` takes both (unless IPV6_V6ONLY, which we
+                // do not set; counting it as both errs on the side of not dialling).
+                if own_ip.is_ipv4() && !ip.is_ipv4() {
+                    continue;
+                }
+                if ip.is_loopback() || ip.is_unspecified() {
+                    return Some((kind, own));
+                }
+                let ifs = interfaces.get_or_insert_with(interface_addresses);
+                if ifs.iter().any(|a| canonical(*a) == ip) {
+                    return Some((kind, own));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The machine's interface addresses (`getifaddrs(3)`); empty if it fails.
+pub fn interface_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we only read and then free exactly once;
+    // each sockaddr is read as the family it declares.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let sa = (*cur).ifa_addr;
+            if !sa.is_null() {
+                match i32::from((*sa).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(sa as *const libc::sockaddr_in);
+                        out.push(IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(sa as *const libc::sockaddr_in6);
+                        out.push(IpAddr::V6(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
+
 /// `[outbound]`: where drawbridge may connect, and how much dialling one domain can cause.
 #[derive(Debug, Clone)]
 pub struct OutboundSettings {
@@ -92,6 +175,8 @@ pub struct OutboundSettings {
     pub max_targets: usize,
     /// Addresses tried per SRV target.
     pub max_addresses: usize,
+    /// drawbridge's own listeners (filled in when they are bound), never dialled.
+    pub own: std::sync::Arc<OwnListeners>,
 }
 
 #[cfg(test)]
@@ -130,5 +215,33 @@ mod tests {
         for d in ["example.com", "1.example", "xn--bse-sna.example"] {
             assert!(!is_ip_literal(d), "{d}");
         }
+    }
+
+    #[test]
+    fn own_listeners_are_matched_by_address_and_port_wildcards_by_every_local_address() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let own = OwnListeners::new([
+            ("server.listen", a("127.0.0.1:5269")),
+            ("gateway.listen", a("0.0.0.0:5270")),
+            ("components.listen", a("[::]:5347")),
+        ]);
+        assert_eq!(own.reached_by(a("127.0.0.1:5269")), Some(("server.listen", a("127.0.0.1:5269"))));
+        assert_eq!(own.reached_by(a("[::ffff:127.0.0.1]:5269")).map(|o| o.0), Some("server.listen"));
+        // Another port of the same address is someone else (tests, namespaces).
+        assert_eq!(own.reached_by(a("127.0.0.1:5280")), None);
+        // A wildcard listens on loopback, the unspecified address and every interface.
+        for t in ["127.0.0.1:5270", "127.0.0.9:5270", "0.0.0.0:5270"] {
+            assert_eq!(own.reached_by(a(t)).map(|o| o.0), Some("gateway.listen"), "{t}");
+        }
+        for ip in interface_addresses() {
+            assert!(own.reached_by(SocketAddr::new(ip, 5347)).is_some(), "{ip}");
+            if ip.is_ipv4() {
+                assert!(own.reached_by(SocketAddr::new(ip, 5270)).is_some(), "{ip}");
+            }
+        }
+        assert!(interface_addresses().iter().any(|ip| ip.is_loopback()), "getifaddrs reads the loopback interface at least");
+        assert_eq!(own.reached_by(a("[::1]:5270")), None, "0.0.0.0 is IPv4 only");
+        assert_eq!(own.reached_by(a("[::1]:5347")).map(|o| o.0), Some("components.listen"));
+        assert_eq!(own.reached_by(a("192.0.2.1:5270")), None, "not an address of this machine");
     }
 }

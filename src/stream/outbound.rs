@@ -194,6 +194,9 @@ async fn session(
 /// Gateway mode: the internal server, at its configured address (no DNS, no deny list: the
 /// operator named it).
 async fn connect_internal(caps: &Caps, entry: &ConnEntry, addr: std::net::SocketAddr) -> Result<(TcpStream, bool), Failure> {
+    if let Some((key, own)) = caps.settings.outbound.own.reached_by(addr) {
+        return Err(Failure::new(format!("internal server {addr} (gateway.internal): drawbridge itself listens there ({key} {own})")));
+    }
     let limit = caps.settings.timeouts.connect;
     match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => {
@@ -298,6 +301,10 @@ async fn connect(caps: &Caps, entry: &ConnEntry, remote: &Domain) -> Result<(Tcp
         for addr in addrs.into_iter().take(out.max_addresses) {
             if let Some(range) = crate::net::dial::denied(&out.deny, addr.ip()) {
                 tried.push(format!("{addr} ({target}): in {range}, which outbound.deny forbids"));
+                continue;
+            }
+            if let Some((key, own)) = out.own.reached_by(addr) {
+                tried.push(format!("{addr} ({target}): drawbridge itself listens there ({key} {own}); not dialling itself (a loop)"));
                 continue;
             }
             match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {

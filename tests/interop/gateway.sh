@@ -56,7 +56,7 @@ data_dir = "$work/drawbridge-data"
 [tls]
 cert = "$work/home.test.crt"
 key = "$work/home.test.key"
-# The internal server proves home.test by its certificate from this CA.
+# world.test proves itself by its certificate from this CA.
 ca_file = "$work/ca.pem"
 [dns]
 nameservers = ["$dns_ip"]
@@ -71,6 +71,11 @@ file = "$work/drawbridge.log"
 internal = "$home_ip:5269"
 listen = ["$gw_ip:5269"]
 auth = "pki"
+# The internal server's certificate (home.test.crt) chains to this CA: its only trust anchor.
+internal_ca = "$work/ca.pem"
+# Every address of the namespace is on one loopback, so the internal Prosody's streams to
+# $gw_ip leave from $gw_ip itself (the kernel's source for a local /32), not from $home_ip.
+allow = ["$home_ip", "$gw_ip"]
 [components]
 listen = ["$db_ip:5347"]
 [[component]]
@@ -222,7 +227,7 @@ ping_fails "(d) bob's ping to alice while world.test is blacklisted" --host $wor
 
 say "(e) the internal link by dialback (gateway.auth = \"dialback\"; nobody trusts anybody's certificate)"
 in_ns "$db" --config "$work/drawbridge.toml" ctl unblock world.test || fail "ctl unblock world.test"
-sed -e 's|^auth = "pki"|auth = "dialback"|' -e '/^ca_file = /d' -e '/^# The internal server proves/d' drawbridge.toml > drawbridge-dialback.toml
+sed -e 's|^auth = "pki"|auth = "dialback"|' -e '/^ca_file = /d' -e '/^# world.test proves itself/d' -e '/^internal_ca = /d' -e '/^# The internal server.s certificate/d' drawbridge.toml > drawbridge-dialback.toml
 grep -q '^auth = "dialback"' drawbridge-dialback.toml || fail "could not write drawbridge-dialback.toml"
 "$db" --config "$work/drawbridge-dialback.toml" gateway setup prosody > setup-dialback.lua || fail "gateway setup prosody (dialback)"
 grep -q "s2s_secure_auth = false" setup-dialback.lua && ! grep -q "modules_disabled" setup-dialback.lua \

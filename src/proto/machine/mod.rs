@@ -94,6 +94,63 @@ pub struct Env {
     pub certs: Arc<dyn CertJudge>,
     /// A fresh, unguessable stream id (RFC 6120 §4.7.3).
     pub stream_ids: Box<dyn Fn() -> String + Send + Sync>,
+    /// Whether a stream id is one this server issued ([`StreamIds::issued_here`]): the
+    /// originating side finding it in the peer's header is talking to itself.
+    pub issued_here: Box<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+/// The stream ids one server issues: random, and tagged with a MAC under a key of this
+/// process, so the server recognises an id it issued when it comes back in the header its
+/// own outbound stream reads — a stream it opened to itself, whatever the addresses (a
+/// forwarder, NAT, a hostile domain's DNS): issue 16's loops, refused by construction.
+pub struct StreamIds {
+    key: [u8; 32],
+}
+
+impl StreamIds {
+    /// Random bytes, then their tag.
+    const RANDOM: usize = 16;
+    const TAG: usize = 8;
+
+    pub fn new() -> StreamIds {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).expect("OS randomness");
+        StreamIds { key }
+    }
+
+    fn tag(&self, random: &[u8]) -> Vec<u8> {
+        use hmac::{KeyInit, Mac};
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        mac.update(random);
+        mac.finalize().into_bytes()[..Self::TAG].to_vec()
+    }
+
+    /// A fresh id: 128 random bits and a 64-bit tag, 48 hex digits.
+    pub fn issue(&self) -> String {
+        let mut random = [0u8; Self::RANDOM];
+        getrandom::fill(&mut random).expect("OS randomness");
+        let mut id = super::dialback::hex(&random);
+        id.push_str(&super::dialback::hex(&self.tag(&random)));
+        id
+    }
+
+    /// Whether `id` is one of ours (constant time in the tag).
+    pub fn issued_here(&self, id: &str) -> bool {
+        let hex = |s: &str| -> Option<Vec<u8>> {
+            (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect::<Option<Vec<u8>>>()
+        };
+        if id.len() != 2 * (Self::RANDOM + Self::TAG) || !id.is_ascii() {
+            return false;
+        }
+        let (Some(random), Some(tag)) = (hex(&id[..2 * Self::RANDOM]), hex(&id[2 * Self::RANDOM..])) else { return false };
+        self.tag(&random).iter().zip(&tag).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+impl Default for StreamIds {
+    fn default() -> Self {
+        StreamIds::new()
+    }
 }
 
 impl Env {

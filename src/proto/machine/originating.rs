@@ -279,6 +279,18 @@ impl Originating {
                     return self.fail(cx, Failure::new(format!("bad stream header from the peer: {e}")), false);
                 }
                 let stream_id = h.id.filter(|i| !i.is_empty());
+                if stream_id.as_deref().is_some_and(|id| (cx.env.issued_here)(id)) {
+                    // Issue 16: a stream of ours came back to us (DNS, a forwarder or NAT
+                    // leading to one of our listeners). Nothing more is said or minted.
+                    return self.fail(
+                        cx,
+                        Failure::new(format!(
+                            "{} leads back to this server: the answering stream header carries a stream id drawbridge issued itself; not talking to itself (a loop)",
+                            self.remote
+                        )),
+                        false,
+                    );
+                }
                 if sasl.is_some() {
                     cx.observe(Observed::StreamId(stream_id.clone().unwrap_or_default()));
                 }

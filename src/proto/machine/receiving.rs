@@ -191,6 +191,21 @@ impl Receiving {
                 format!("{} is not served here", clip(h.to.as_deref().unwrap_or("(no 'to' attribute)"), 64)),
             ));
         };
+        // The gateway listener (issue 16): TLS here presents a certificate minted for `to`,
+        // so before anything is minted the stream must name a world domain (not an IP
+        // address) in `to` and say who it is in `from` (the policy then wants one of the
+        // internal server's domains).
+        if env.serves_world {
+            if is_ip_literal(local.as_str()) {
+                return cx.close(Ending::error(C::HostUnknown, "an IP address is not a domain drawbridge can stand in for"));
+            }
+            if h.from.is_none() {
+                return cx.close(Ending::error(
+                    C::PolicyViolation,
+                    "streams to the gateway listener must name the internal server's domain in 'from'",
+                ));
+            }
+        }
         // RFC 6120 §4.7.1: a 'from' that is not a domain (too long, bad characters, an IP
         // address) ends the stream before anything is stored or logged in full.
         if let Some(from) = h.from.as_deref() {

@@ -90,6 +90,7 @@ fn world_with(f: impl FnOnce(&mut Env)) -> World {
         policy: policy.clone(),
         certs: judge.clone(),
         stream_ids: Box::new(move || format!("id{}", ids.fetch_add(1, Ordering::Relaxed))),
+        issued_here: Box::new(|id| id.starts_with("ours-")),
     };
     f(&mut env);
     World { env: Arc::new(env), policy, judge, full: Arc::default(), t0: Instant::now() }
@@ -1033,4 +1034,71 @@ fn component_failures_end_with_the_right_stream_error() {
     let (mut m, _) = component(&w);
     m.handle(w.t0, frame(f.next_frame().unwrap().unwrap()));
     assert_eq!(condition(&drain(&mut m)), Some(C::HostUnknown));
+}
+
+/// Issue 16: the answering header carries a stream id this server issued — the stream came
+/// back to us (a loop through DNS, a forwarder or NAT): refused before STARTTLS, nothing sent.
+#[test]
+fn originating_refuses_a_peer_whose_header_carries_our_own_stream_id() {
+    let w = world();
+    let mut m = w.outbound(false);
+    drain(&mut m);
+    let mut f = Framer::new(1 << 20, 32);
+    f.feed(
+        format!("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0' from='{REMOTE}' to='{LOCAL}' id='ours-7'>")
+            .as_bytes(),
+    );
+    m.handle(w.t0, frame(f.next_frame().unwrap().unwrap()));
+    let outs = drain(&mut m);
+    let end = ending(&outs).expect("the stream ends at the header");
+    assert!(end.reason.contains("leads back to this server") && end.reason.contains("a loop"), "{}", end.reason);
+    assert!(matches!(end.kind, EndKind::Failed { .. }), "{:?}", end.kind);
+    assert!(!written(&outs).contains("starttls"), "{}", written(&outs));
+    // Someone else's id is not ours.
+    let mut m = w.outbound(false);
+    drain(&mut m);
+    let (_, h) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(h));
+    assert!(ending(&drain(&mut m)).is_none());
+}
+
+#[test]
+fn stream_ids_are_recognised_by_their_issuer_only() {
+    let (a, b) = (StreamIds::new(), StreamIds::new());
+    let id = a.issue();
+    assert_eq!(id.len(), 48);
+    assert!(a.issued_here(&id) && !b.issued_here(&id));
+    let mut forged = id.clone();
+    forged.replace_range(47.., if id.ends_with('0') { "1" } else { "0" });
+    assert!(!a.issued_here(&forged));
+    for junk in ["", "peer-id", &"é".repeat(24), &format!("x{}ab", "€".repeat(15)), &"z".repeat(48)] {
+        assert!(!a.issued_here(junk), "{junk}");
+    }
+    assert_ne!(a.issue(), a.issue());
+}
+
+/// Issue 16, the gateway listener (`serves_world`): TLS there presents a certificate minted
+/// for the header's `to`, so a header without `from`, or with an IP address as `to`, ends
+/// at the header — before STARTTLS is offered, so before anything could be minted.
+#[test]
+fn gateway_listener_wants_a_from_and_a_domain_to_before_tls() {
+    let w = world_with(|e| e.serves_world = true);
+    let mut m = w.inbound(None);
+    m.handle(w.t0, frame(Wire::open(None, "world.example").1));
+    let outs = drain(&mut m);
+    assert_eq!(condition(&outs), Some(C::PolicyViolation));
+    assert!(!written(&outs).contains("starttls"), "{}", written(&outs));
+    for ip in ["10.0.0.1", "[::1]"] {
+        let mut m = w.inbound(None);
+        m.handle(w.t0, frame(Wire::open(Some(LOCAL), ip).1));
+        let outs = drain(&mut m);
+        assert_eq!(condition(&outs), Some(C::HostUnknown), "{ip}");
+        assert!(!written(&outs).contains("starttls"), "{}", written(&outs));
+    }
+    // The internal server's domain to a world domain: STARTTLS offered.
+    let mut m = w.inbound(None);
+    m.handle(w.t0, frame(Wire::open(Some(LOCAL), "world.example").1));
+    let outs = drain(&mut m);
+    assert_eq!(condition(&outs), None);
+    assert!(written(&outs).contains("starttls"), "{}", written(&outs));
 }
