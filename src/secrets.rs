@@ -124,7 +124,7 @@ mod tests {
         assert!(secret_files(&s).iter().any(|(p, what)| *p == cfg && what.contains("pubsub.localhost")));
         std::fs::write(d.join("pubsub.secret"), "0123456789abcdef\n").unwrap();
         let text = format!(
-            "{comps}secret_file = \"pubsub.secret\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[gateway]\ninternal = \"10.0.0.4:5269\"\nlisten = [\"10.0.0.5:5269\"]\nca_cert = \"ca.pem\"\nca_key = \"ca.key\"\n"
+            "{comps}secret_file = \"pubsub.secret\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[gateway]\ninternal = \"10.0.0.4:5269\"\nlisten = [\"10.0.0.5:5269\"]\nca_cert = \"ca.pem\"\nca_key = \"ca.key\"\ninternal_ca = \"internal.pem\"\n"
         );
         let s = Settings::parse(&text, &cfg).unwrap();
         let files: Vec<PathBuf> = secret_files(&s).into_iter().map(|(p, _)| p).collect();
