@@ -256,7 +256,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every event one line (see [`OneLineWriter`]): a peer's text cannot forge a log line.
 fn init_logging(settings: &Settings, never_terminal: bool) -> anyhow::Result<()> {
+    use drawbridge::text::OneLineWriter;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("drawbridge={}", settings.log_level)));
     let file = settings.log_file.clone().or_else(|| never_terminal.then(|| settings.data_dir.join("drawbridge.log")));
@@ -270,9 +272,18 @@ fn init_logging(settings: &Settings, never_terminal: bool) -> anyhow::Result<()>
                 .append(true)
                 .open(path)
                 .map_err(|e| anyhow::anyhow!("log file {}: {e} (check log.file)", path.display()))?;
-            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(OneLineWriter(std::sync::Mutex::new(file)))
+                .init();
         }
-        None => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        // Colours only for a terminal: a pipe or a journal gets plain lines.
+        None => {
+            use std::io::IsTerminal;
+            let ansi = std::io::stderr().is_terminal();
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(OneLineWriter(std::io::stderr)).init()
+        }
     }
     Ok(())
 }
