@@ -33,6 +33,7 @@ use drawbridge::engine::events::fmt_utc;
 use drawbridge::engine::events::{ConnSnapshot, VerificationOutcome};
 use drawbridge::engine::{Engine, ProbeReport, Status};
 use drawbridge::store::DomainRecord;
+use drawbridge::text::escape;
 
 #[derive(Parser)]
 #[command(name = "drawbridge", version, about = "XMPP server-to-server federation server")]
@@ -426,17 +427,23 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
     };
     let resp = control::request(&socket, &req).await?;
     if !resp.ok {
-        eprintln!("drawbridge: {}", resp.error.unwrap_or_else(|| "request failed".into()));
+        eprintln!("drawbridge: {}", escape(resp.error.as_deref().unwrap_or("request failed")));
         return Ok(ExitCode::FAILURE);
     }
-    let data = resp.data.unwrap_or(serde_json::Value::Null);
+    let mut data = resp.data.unwrap_or(serde_json::Value::Null);
     if json {
-        println!("{}", serde_json::to_string_pretty(&data)?);
+        println!("{}", json_for_terminal(&serde_json::to_string_pretty(&data)?));
         if let CtlCommand::Probe { .. } = cmd {
             let r: ProbeReport = serde_json::from_value(data)?;
             return Ok(if r.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    // Everything printed below is the engine's strings: a peer's names and words are in
+    // them, and an engine (a buggy one, an old store) may not have escaped them. The list
+    // export is lines of domains, escaped line by line.
+    if !matches!(cmd, CtlCommand::Blacklist { list: Some(BlacklistCommand::Export), .. }) {
+        escape_strings(&mut data);
     }
     match cmd {
         CtlCommand::Status { .. } => {
@@ -513,7 +520,11 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
                 println!("closed {} live stream(s): {}", r.closed_streams.len(), r.closed_streams.join(", "));
             }
         }
-        CtlCommand::Blacklist { list: Some(BlacklistCommand::Export), .. } => print!("{}", data.as_str().unwrap_or("")),
+        CtlCommand::Blacklist { list: Some(BlacklistCommand::Export), .. } => {
+            for line in data.as_str().unwrap_or("").lines() {
+                println!("{}", escape(line));
+            }
+        }
         CtlCommand::Blacklist { list: Some(BlacklistCommand::Import { .. }), .. } => {
             let r: drawbridge::engine::ImportReport = serde_json::from_value(data)?;
             let verb = if r.dry_run { "would add" } else { "added" };
@@ -600,6 +611,39 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every string in `v` with its control characters, bidi overrides and invisible marks
+/// shown as escapes (`\n`, `\x1b`, `\u{202e}`): what `ctl` prints cannot drive the
+/// operator's terminal or forge a line of output.
+fn escape_strings(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) => {
+            if let std::borrow::Cow::Owned(e) = escape(s) {
+                *s = e;
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(escape_strings),
+        serde_json::Value::Object(o) => o.values_mut().for_each(escape_strings),
+        _ => {}
+    }
+}
+
+/// `ctl … --json` for a terminal: serde_json escapes C0 controls in strings, not DEL, C1
+/// controls or bidi marks; those are written as `\uXXXX` too (the same JSON value; outside
+/// strings the text is ASCII structure and line feeds).
+fn json_for_terminal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c != '\n' && drawbridge::text::is_unsafe(c) {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn list_suffix(v: &[String]) -> String {
