@@ -179,4 +179,31 @@ mod tests {
         assert!(matches!(Domain::parse("xn--zz.example"), Err(DomainError::Idna(_))));
         assert!(Domain::parse(&format!("{}.example", "ü".repeat(60))).is_err(), "A-label over 63 bytes");
     }
+
+    /// A `Domain` is safe to log and print as it is: no control character, bidi override or
+    /// invisible mark survives parsing, whether written out, as a U-label or hidden in an
+    /// A-label (every such character tried, in each position and form).
+    #[test]
+    fn no_unsafe_character_survives() {
+        let unsafe_chars: Vec<char> = (0..=0x10ffffu32).filter_map(char::from_u32).filter(|&c| crate::text::is_unsafe(c)).collect();
+        assert!(unsafe_chars.len() > 60, "{}", unsafe_chars.len());
+        let mut tried = 0;
+        for c in unsafe_chars {
+            let labels = [format!("a{c}b"), format!("{c}"), format!("ä{c}"), format!("{c}ü")];
+            for label in &labels {
+                let mut forms = vec![format!("{label}.example"), format!("x.{label}"), format!("{label}.example.")];
+                if let Some(p) = idna::punycode::encode_str(label) {
+                    forms.push(format!("xn--{p}.example"));
+                }
+                for form in forms {
+                    tried += 1;
+                    if let Ok(d) = Domain::parse(&form) {
+                        assert!(!d.as_str().chars().any(crate::text::is_unsafe), "{form:?} parsed as {:?}", d.as_str());
+                        assert!(!d.ascii().chars().any(crate::text::is_unsafe), "{form:?}");
+                    }
+                }
+            }
+        }
+        assert!(tried > 1000);
+    }
 }

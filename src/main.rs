@@ -33,6 +33,7 @@ use drawbridge::engine::events::fmt_utc;
 use drawbridge::engine::events::{ConnSnapshot, VerificationOutcome};
 use drawbridge::engine::{Engine, ProbeReport, Status};
 use drawbridge::store::DomainRecord;
+use drawbridge::text::escape;
 
 #[derive(Parser)]
 #[command(name = "drawbridge", version, about = "XMPP server-to-server federation server")]
@@ -256,7 +257,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every event one line (see [`OneLineWriter`]): a peer's text cannot forge a log line.
 fn init_logging(settings: &Settings, never_terminal: bool) -> anyhow::Result<()> {
+    use drawbridge::text::OneLineWriter;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("drawbridge={}", settings.log_level)));
     let file = settings.log_file.clone().or_else(|| never_terminal.then(|| settings.data_dir.join("drawbridge.log")));
@@ -270,9 +273,18 @@ fn init_logging(settings: &Settings, never_terminal: bool) -> anyhow::Result<()>
                 .append(true)
                 .open(path)
                 .map_err(|e| anyhow::anyhow!("log file {}: {e} (check log.file)", path.display()))?;
-            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(OneLineWriter(std::sync::Mutex::new(file)))
+                .init();
         }
-        None => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        // Colours only for a terminal: a pipe or a journal gets plain lines.
+        None => {
+            use std::io::IsTerminal;
+            let ansi = std::io::stderr().is_terminal();
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(OneLineWriter(std::io::stderr)).init()
+        }
     }
     Ok(())
 }
@@ -425,17 +437,23 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
     };
     let resp = control::request(&socket, &req).await?;
     if !resp.ok {
-        eprintln!("drawbridge: {}", resp.error.unwrap_or_else(|| "request failed".into()));
+        eprintln!("drawbridge: {}", escape(resp.error.as_deref().unwrap_or("request failed")));
         return Ok(ExitCode::FAILURE);
     }
-    let data = resp.data.unwrap_or(serde_json::Value::Null);
+    let mut data = resp.data.unwrap_or(serde_json::Value::Null);
     if json {
-        println!("{}", serde_json::to_string_pretty(&data)?);
+        println!("{}", json_for_terminal(&serde_json::to_string_pretty(&data)?));
         if let CtlCommand::Probe { .. } = cmd {
             let r: ProbeReport = serde_json::from_value(data)?;
             return Ok(if r.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    // Everything printed below is the engine's strings: a peer's names and words are in
+    // them, and an engine (a buggy one, an old store) may not have escaped them. The list
+    // export is lines of domains, escaped line by line.
+    if !matches!(cmd, CtlCommand::Blacklist { list: Some(BlacklistCommand::Export), .. }) {
+        escape_strings(&mut data);
     }
     match cmd {
         CtlCommand::Status { .. } => {
@@ -512,7 +530,11 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
                 println!("closed {} live stream(s): {}", r.closed_streams.len(), r.closed_streams.join(", "));
             }
         }
-        CtlCommand::Blacklist { list: Some(BlacklistCommand::Export), .. } => print!("{}", data.as_str().unwrap_or("")),
+        CtlCommand::Blacklist { list: Some(BlacklistCommand::Export), .. } => {
+            for line in data.as_str().unwrap_or("").lines() {
+                println!("{}", escape(line));
+            }
+        }
         CtlCommand::Blacklist { list: Some(BlacklistCommand::Import { .. }), .. } => {
             let r: drawbridge::engine::ImportReport = serde_json::from_value(data)?;
             let verb = if r.dry_run { "would add" } else { "added" };
@@ -599,6 +621,39 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every string in `v` with its control characters, bidi overrides and invisible marks
+/// shown as escapes (`\n`, `\x1b`, `\u{202e}`): what `ctl` prints cannot drive the
+/// operator's terminal or forge a line of output.
+fn escape_strings(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) => {
+            if let std::borrow::Cow::Owned(e) = escape(s) {
+                *s = e;
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(escape_strings),
+        serde_json::Value::Object(o) => o.values_mut().for_each(escape_strings),
+        _ => {}
+    }
+}
+
+/// `ctl … --json` for a terminal: serde_json escapes C0 controls in strings, not DEL, C1
+/// controls or bidi marks; those are written as `\uXXXX` too (the same JSON value; outside
+/// strings the text is ASCII structure and line feeds).
+fn json_for_terminal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c != '\n' && drawbridge::text::is_unsafe(c) {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn list_suffix(v: &[String]) -> String {

@@ -87,6 +87,49 @@ impl fmt::Debug for Untrusted<'_> {
     }
 }
 
+/// The log's last line of defence: a writer that keeps every event on one line. The `fmt`
+/// subscriber writes one event per `write_all`, ending in `\n`; a line feed or carriage
+/// return before that end can only come from a value someone forgot to escape, and is
+/// written as `\n` / `\r`, so no text — whatever call site it took — can start a line that
+/// looks like drawbridge's own. (ESC, BEL and C1 controls the subscriber escapes itself.)
+pub struct OneLineWriter<M>(pub M);
+
+impl<'a, M: tracing_subscriber::fmt::MakeWriter<'a>> tracing_subscriber::fmt::MakeWriter<'a> for OneLineWriter<M> {
+    type Writer = OneLine<M::Writer>;
+    fn make_writer(&'a self) -> Self::Writer {
+        OneLine(self.0.make_writer())
+    }
+}
+
+/// See [`OneLineWriter`].
+pub struct OneLine<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+        if memchr::memchr2(b'\n', b'\r', body).is_none() {
+            return self.0.write(buf);
+        }
+        let mut out = Vec::with_capacity(buf.len() + 16);
+        for &b in body {
+            match b {
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b => out.push(b),
+            }
+        }
+        if body.len() < buf.len() {
+            out.push(b'\n');
+        }
+        self.0.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +159,16 @@ mod tests {
         // Escapes count against the budget: a line of controls cannot grow past it by much.
         let bell = "\x07".repeat(10_000);
         assert!(clip(&bell, 64).len() < 64 + 4 + 20);
+    }
+
+    #[test]
+    fn a_log_event_stays_on_one_line() {
+        use std::io::Write as _;
+        let mut w = OneLine(Vec::new());
+        w.write_all(b"2026-12-04T00:00:00Z  INFO drawbridge: plain\n").unwrap();
+        w.write_all(b"2026-12-04T00:00:00Z  WARN drawbridge: a.example\n2026-12-04T00:00:01Z  INFO drawbridge: forged\r\n").unwrap();
+        let text = String::from_utf8(w.0).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.ends_with("a.example\\n2026-12-04T00:00:01Z  INFO drawbridge: forged\\r\n"), "{text}");
     }
 }

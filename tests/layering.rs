@@ -1,6 +1,6 @@
 //! The module layering, enforced: each top-level module of `src/` may name (`crate::…`)
 //! only modules below it. Bottom up, as README's architecture section draws it:
-//! shared types → XML and protocol (the sans-I/O stream machine) → network → policy →
+//! peer text escaping, shared types → XML and protocol (the sans-I/O stream machine) → network → policy →
 //! store → configuration → secret files → events, limits, connection table → router → stream drivers →
 //! engine → control socket → dashboard → the demo and the fuzz bodies.
 
@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 const LAYERS: &[&[&str]] = &[
+    // Peer text made safe to log and print: below everything that handles it.
     &["text"],
     &["domain"],
     &["types"],

@@ -16,6 +16,28 @@ const OID_XMPP_ADDR: &str = "1.3.6.1.5.5.7.8.5";
 /// id-on-dnsSRV (RFC 4985).
 const OID_SRV_NAME: &str = "1.3.6.1.5.5.7.8.7";
 
+/// Bytes kept of one name a peer's certificate carries (subject, issuer, a SAN), escaped
+/// ([`crate::text::clip`]): what reaches the connection table, outcomes, logs and screens.
+pub const CERT_NAME_MAX: usize = 256;
+/// Names kept of a certificate's SANs for display (matching looks at all of them).
+pub const CERT_NAMES_KEPT: usize = 8;
+
+/// A certificate's name as it may be kept: escaped and clipped at [`CERT_NAME_MAX`].
+pub fn kept_name(s: &str) -> String {
+    crate::text::clip(s, CERT_NAME_MAX).into_owned()
+}
+
+/// At most [`CERT_NAMES_KEPT`] of `names`, each [`kept_name`], and a last entry saying how
+/// many more there were: a certificate with thousands of 30 KB names leaves a few lines.
+pub fn kept_names<S: AsRef<str>>(names: impl ExactSizeIterator<Item = S>) -> Vec<String> {
+    let total = names.len();
+    let mut v: Vec<String> = names.take(CERT_NAMES_KEPT).map(|n| kept_name(n.as_ref())).collect();
+    if total > CERT_NAMES_KEPT {
+        v.push(format!("… ({} more)", total - CERT_NAMES_KEPT));
+    }
+    v
+}
+
 /// The names a certificate carries, by kind.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CertNames {
@@ -47,12 +69,11 @@ impl CertNames {
         n
     }
 
-    /// Every name, for messages.
+    /// The names, for messages: a few, escaped and clipped ([`kept_names`]).
     pub fn all(&self) -> Vec<String> {
-        let mut v = self.dns.clone();
-        v.extend(self.srv.iter().cloned());
-        v.extend(self.xmpp.iter().map(|x| format!("xmpp:{x}")));
-        v
+        let xmpp = self.xmpp.iter().map(|x| format!("xmpp:{x}"));
+        let all: Vec<String> = self.dns.iter().chain(&self.srv).cloned().chain(xmpp).collect();
+        kept_names(all.iter())
     }
 
     /// RFC 6125 §6 / XEP-0178: does any identifier match `domain`?
@@ -144,10 +165,17 @@ impl CertJudge {
         let Some(ee) = chain.first() else { return CertVerdict::NoCertificate };
         let parsed = match rustls::server::ParsedCertificate::try_from(ee) {
             Ok(p) => p,
-            Err(e) => return CertVerdict::Invalid(e.to_string()),
+            Err(e) => return CertVerdict::Invalid(kept_name(&e.to_string())),
         };
+        // The peer's names, escaped and clipped before they go anywhere (a verdict is logged,
+        // stored with the outcome and shown).
         let info = x509_parser::parse_x509_certificate(ee).ok().map(|(_, c)| {
-            (c.subject().to_string(), c.issuer().to_string(), c.validity().not_before.to_string(), c.validity().not_after.to_string())
+            (
+                kept_name(&c.subject().to_string()),
+                kept_name(&c.issuer().to_string()),
+                c.validity().not_before.to_string(),
+                c.validity().not_after.to_string(),
+            )
         });
         let (subject, issuer, not_before, not_after) = info.unwrap_or_default();
         if let Err(e) = rustls::client::verify_server_cert_signed_by_trust_anchor(&parsed, &self.roots, &chain[1..], now, self.algs.all) {
@@ -157,7 +185,7 @@ impl CertJudge {
                 rustls::Error::InvalidCertificate(CE::NotValidYet | CE::NotValidYetContext { .. }) => CertVerdict::NotYetValid(not_before),
                 rustls::Error::InvalidCertificate(CE::UnknownIssuer) if subject == issuer && chain.len() == 1 => CertVerdict::SelfSigned,
                 rustls::Error::InvalidCertificate(CE::UnknownIssuer) => CertVerdict::UntrustedIssuer(issuer),
-                other => CertVerdict::Invalid(other.to_string()),
+                other => CertVerdict::Invalid(kept_name(&other.to_string())),
             };
         }
         let names = CertNames::from_der(ee);
@@ -269,5 +297,48 @@ mod tests {
         // No EKU at all, or server-auth only: both accepted (peers present server certificates).
         let no_eku = leaf(&ca1, vec![dns("a.example")], vec![], None);
         assert_eq!(judge.judge(&[no_eku], "a.example", now), CertVerdict::Valid);
+    }
+
+    /// A certificate's names are the peer's text: whatever they carry (terminal escapes, a
+    /// forged line, 30 KB, hundreds of SANs), what is kept of them is a few escaped lines.
+    #[test]
+    fn names_are_escaped_and_clipped_at_ingestion() {
+        let hostile = "Evil\x1b]0;title\x07\x1b[2J\nvalid sasl-external";
+        let mut ca1 = ca(hostile);
+        let judge = CertJudge::new(&[], false);
+        let now = UnixTime::now();
+        let long = format!("{}.example", "a".repeat(30_000));
+        let mut sans = vec![dns(&long), dns("x\x1b[31m.example")];
+        sans.extend((0..50).map(|i| dns(&format!("n{i}.example"))));
+        let mut params = CertificateParams::new(vec![]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, format!("{hostile}{}", "b".repeat(30_000)));
+        params.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca1.params, &ca1.key);
+        let der = params.signed_by(&key, &issuer).unwrap().der().clone();
+
+        let clean = |s: &str| !s.chars().any(crate::text::is_unsafe) && s.len() <= CERT_NAME_MAX + 32;
+        let info = crate::types::PeerCertInfo::from_der(&der);
+        assert!(clean(&info.subject) && info.subject.contains("\\x1b]0;title\\x07"), "{}", info.subject);
+        assert!(clean(&info.issuer) && info.issuer.contains("\\nvalid"), "{}", info.issuer);
+        assert_eq!(info.names.len(), CERT_NAMES_KEPT + 1, "{:?}", info.names);
+        assert!(info.names.iter().all(|n| clean(n)), "{:?}", info.names);
+        assert_eq!(info.names[1], "x\\x1b[31m.example");
+        assert_eq!(info.names[CERT_NAMES_KEPT], "… (44 more)");
+
+        // The verdicts carry the issuer (untrusted) or the names (mismatch): kept alike.
+        let v = judge.judge(std::slice::from_ref(&der), "a.example", now);
+        let CertVerdict::UntrustedIssuer(i) = &v else { panic!("{v:?}") };
+        assert!(clean(i), "{i}");
+        ca1.params.distinguished_name = rcgen::DistinguishedName::new();
+        ca1.params.distinguished_name.push(DnType::CommonName, "Test CA");
+        ca1.cert = ca1.params.self_signed(&ca1.key).unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca1.params, &ca1.key);
+        let der = params.signed_by(&key, &issuer).unwrap().der().clone();
+        let judge = CertJudge::new(&[ca1.cert.der().clone()], false);
+        let v = judge.judge(&[der], "other.example", now);
+        let CertVerdict::NameMismatch(names) = &v else { panic!("{v:?}") };
+        assert!(names.len() == CERT_NAMES_KEPT + 1 && names.iter().all(|n| clean(n)), "{names:?}");
+        assert!(v.to_string().len() < 4096, "{v}");
     }
 }

@@ -52,27 +52,30 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 impl PeerCertInfo {
     pub fn from_der(der: &[u8]) -> PeerCertInfo {
+        use crate::net::certs::{kept_name, kept_names};
         let fp = Sha256::digest(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
         match x509_parser::parse_x509_certificate(der) {
             Ok((_, cert)) => {
+                // Peer-chosen text, kept escaped and clipped: a few names of ~256 bytes.
                 let mut names = Vec::new();
                 if let Ok(Some(san)) = cert.subject_alternative_name() {
                     for n in &san.value.general_names {
                         if let x509_parser::extensions::GeneralName::DNSName(d) = n {
-                            names.push((*d).to_owned());
+                            names.push(*d);
                         }
                     }
                 }
                 PeerCertInfo {
-                    subject: cert.subject().to_string(),
-                    issuer: cert.issuer().to_string(),
-                    names,
+                    subject: kept_name(&cert.subject().to_string()),
+                    issuer: kept_name(&cert.issuer().to_string()),
+                    names: kept_names(names.iter()),
                     not_after: cert.validity().not_after.to_string(),
                     fingerprint_sha256: fp,
                 }
             }
             Err(e) => PeerCertInfo {
-                subject: format!("(unparseable certificate: {e})"),
+                // (x509-parser's error may quote the certificate.)
+                subject: kept_name(&format!("(unparseable certificate: {e})")),
                 issuer: String::new(),
                 names: Vec::new(),
                 not_after: String::new(),

@@ -148,10 +148,11 @@ impl DbElement {
                         let mut cond = "undefined-condition".to_owned();
                         let mut text = None;
                         for c in e.elements() {
+                            // The peer's words: escaped and clipped where they are taken.
                             if c.name == "text" {
-                                text = Some(c.text_content());
+                                text = Some(crate::text::clip(&c.text_content(), crate::proto::stream::PEER_TEXT).into_owned());
                             } else {
-                                cond = c.name.to_string();
+                                cond = crate::text::clip(&c.name, 64).into_owned();
                             }
                         }
                         (cond, text)

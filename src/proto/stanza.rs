@@ -117,7 +117,7 @@ pub fn error_of(el: &Element) -> Option<(String, Option<String>)> {
             if c.name == "text" {
                 text = Some(crate::xml::element::clip(&c.text_content(), crate::proto::stream::PEER_TEXT).into_owned());
             } else {
-                cond = c.name.to_string();
+                cond = crate::xml::element::clip(&c.name, 64).into_owned();
             }
         }
     }

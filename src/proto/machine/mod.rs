@@ -464,7 +464,7 @@ impl Cx<'_> {
     }
 
     fn observe(&mut self, o: Observed) {
-        self.out.push_back(Output::Observe(o));
+        self.out.push_back(Output::Observe(o.kept()));
     }
 
     fn state(&mut self, s: ConnState) {
@@ -475,10 +475,45 @@ impl Cx<'_> {
         self.observe(Observed::Outcome { local: local.clone(), remote: remote.clone(), method, result, reason });
     }
 
-    fn close(&mut self, e: Ending) {
+    fn close(&mut self, mut e: Ending) {
         if !*self.closed {
             *self.closed = true;
+            // The reason is logged, stored in the closed row and shown; the error's text too
+            // (and the peer may as well get it escaped).
+            e.reason = kept(e.reason);
+            if let Some(err) = &mut e.error {
+                err.text = kept(std::mem::take(&mut err.text));
+            }
             self.out.push_back(Output::Close(e));
+        }
+    }
+}
+
+/// Bytes kept of a text a stream reports (an outcome's reason, a close reason): ours, with
+/// a peer's words in it — each already clipped where it was taken; the whole is bounded too.
+pub const KEPT_TEXT: usize = 4096;
+
+/// `s` as it may be reported: escaped and clipped ([`crate::text::clip`]). Every text a
+/// machine hands to the table, the store, the log or an event passes here, so no call site
+/// that forgot to clip a peer's words lets a control character through.
+fn kept(s: String) -> String {
+    match crate::text::clip(&s, KEPT_TEXT) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(o) => o,
+    }
+}
+
+impl Observed {
+    /// What the table, the store and events may receive (see [`kept`]): reasons and the
+    /// peer's stream id escaped and clipped.
+    fn kept(self) -> Observed {
+        match self {
+            Observed::StreamId(id) => Observed::StreamId(crate::text::clip(&id, 128).into_owned()),
+            Observed::Domains { local, remote } => Observed::Domains { local: local.map(kept), remote: remote.map(kept) },
+            Observed::Outcome { local, remote, method, result, reason } => {
+                Observed::Outcome { local, remote, method, result, reason: kept(reason) }
+            }
+            o => o,
         }
     }
 }

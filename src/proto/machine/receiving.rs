@@ -64,6 +64,8 @@ pub(super) struct Receiving {
     admission: Box<dyn Admission>,
     admitted: bool,
     verifications: VerificationBudget,
+    /// `db:verify` frames answered (only the first is logged at the default level).
+    verify_answers: u64,
 }
 
 impl Receiving {
@@ -87,6 +89,7 @@ impl Receiving {
             admission,
             admitted: false,
             verifications: VerificationBudget::default(),
+            verify_answers: 0,
         }
     }
 
@@ -485,7 +488,8 @@ impl Receiving {
             }
             Some(Pair::Verifying) => {
                 // XEP-0220 §2.1: a second db:result for a pair being verified starts nothing new.
-                return tracing::info!(stream = %cx.log, "{remote} → {local}: db:result ignored, already being verified");
+                // Debug only: the peer can repeat it at will.
+                return tracing::debug!(stream = %cx.log, "{remote} → {local}: db:result ignored, already being verified");
             }
             None => {}
         }
@@ -621,14 +625,20 @@ impl Receiving {
             Some(d) if cx.env.keys.verify(&db.from, d.as_str(), &id, &db.key) => Answer::Valid,
             Some(_) => Answer::Invalid,
         };
-        tracing::info!(
-            stream = %cx.log,
-            "authoritative answer to {} about {} (stream {}): {}",
-            clip(&db.from, 64),
-            clip(&db.to, 64),
-            clip(&id, 64),
-            answer.describe()
-        );
+        // One line at the default level per stream, the rest at debug: the frames come from a
+        // peer nobody authenticated (the Receiving Server asking us), as many as it likes, and
+        // a valid key can be replayed — per-frame lines would be its to write.
+        self.verify_answers += 1;
+        let (from, to, id) = (clip(&db.from, 64), clip(&db.to, 64), clip(&id, 64));
+        if self.verify_answers == 1 {
+            tracing::info!(
+                stream = %cx.log,
+                "authoritative answer to {from} about {to} (stream {id}): {} (further answers on this stream at debug level)",
+                answer.describe()
+            );
+        } else {
+            tracing::debug!(stream = %cx.log, "authoritative answer to {from} about {to} (stream {id}): {}", answer.describe());
+        }
         cx.send(dialback::verify_answer(&db.to, &db.from, &id, &answer));
     }
 

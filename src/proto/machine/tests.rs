@@ -1102,3 +1102,54 @@ fn gateway_listener_wants_a_from_and_a_domain_to_before_tls() {
     assert_eq!(condition(&outs), None);
     assert!(written(&outs).contains("starttls"), "{}", written(&outs));
 }
+
+/// Whatever text reaches a machine's reports — an authoritative server's detail, a peer's
+/// stream id, a close reason — leaves it escaped and bounded: the table, the store, the
+/// log and the operator's screen get no control character from it, whichever call site
+/// forgot to clip.
+#[test]
+fn reported_texts_are_escaped_and_bounded() {
+    let w = world();
+    let (mut m, mut wire, _) = w.inbound_secure();
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}'>k</db:result>"))));
+    drain(&mut m);
+    let detail = format!("refused\n2026-12-04 00:00:00 UTC  in valid \x1b[2J\x07{}", "x".repeat(100_000));
+    let answer = Answer::error("remote-connection-failed", "no");
+    m.handle(w.t0, Input::Answer { local: d(LOCAL), remote: d(REMOTE), answer, detail: Some(detail) });
+    let outs = drain(&mut m);
+    let reason = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Observe(Observed::Outcome { reason, .. }) => Some(reason.clone()),
+            _ => None,
+        })
+        .expect("an outcome");
+    assert!(!reason.chars().any(crate::text::is_unsafe) && reason.contains("refused\\n2026"), "{reason}");
+    assert!(reason.len() < KEPT_TEXT + 64, "{} bytes", reason.len());
+    // A close reason (an operator's, a driver's) and its stream error's text alike.
+    m.handle(w.t0, Input::Close { reason: "bye\r\nforged".into(), error: Some(StreamError::new(C::Reset, "a\nb")) });
+    let Some(Output::Close(end)) = drain(&mut m).pop() else { panic!("a close") };
+    assert_eq!(end.reason, "bye\\r\\nforged");
+    assert_eq!(end.error.unwrap().text, "a\\nb");
+    // An outbound stream: the peer's stream id is observed escaped and clipped (the dialback
+    // key still binds the id as sent).
+    let w = world_with(|e| e.security.require_encryption = false);
+    let mut out = Machine::originating(w.env.clone(), "out-1".into(), w.t0, d(LOCAL), d(REMOTE), false);
+    drain(&mut out);
+    let mut f = Framer::new(1 << 20, 32);
+    f.feed(
+        format!("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' version='1.0' from='{REMOTE}' to='{LOCAL}' id='a&#10;b{}'><stream:features/>", "i".repeat(1000))
+            .as_bytes(),
+    );
+    for _ in 0..2 {
+        out.handle(w.t0, frame(f.next_frame().unwrap().unwrap()));
+    }
+    let ids: Vec<String> = drain(&mut out)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Observe(Observed::StreamId(id)) => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert!(!ids.is_empty() && ids.iter().all(|i| i.starts_with("a\\nb") && i.len() < 200), "{ids:?}");
+}
