@@ -14,7 +14,7 @@ use sha1::{Digest, Sha1};
 use super::{Cx, EndKind, Ending, Input, Observed, Output, ReadError};
 use crate::domain::Domain;
 use crate::proto::ns;
-use crate::proto::stream::StreamErrorCondition as C;
+use crate::proto::stream::{PeerStreamError, StreamErrorCondition as C};
 use crate::types::{AuthMethod, ConnState, PairStatus, VerificationResult};
 use crate::xml::element::clip;
 use crate::xml::{Element, Frame, Node};
@@ -157,6 +157,12 @@ impl Component {
     }
 
     fn on_frame(&mut self, cx: &mut Cx, frame: Frame) {
+        if let Frame::Element(el) = &frame
+            && let Some(e) = PeerStreamError::parse(el)
+        {
+            self.state = State::Done;
+            return cx.close(super::peer_error_ending("the component", &e));
+        }
         match std::mem::replace(&mut self.state, State::Done) {
             State::Header => self.on_header(cx, frame),
             State::Handshake { domain, id } => self.on_handshake(cx, frame, domain, id),

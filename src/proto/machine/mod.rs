@@ -33,7 +33,7 @@ use crate::types::{AuthMethod, CertVerdict, ConnState, PairStatus, Security, Ver
 use crate::xml::{Element, Frame, XmlError};
 
 use super::dialback::{Answer, DialbackKeys};
-use super::stream::{StreamError, StreamErrorCondition};
+use super::stream::{PeerStreamError, StreamError, StreamErrorCondition};
 
 /// The timeouts a stream machine keeps (all from `[timeouts]`, `approval_wait` from
 /// `[policy]`).
@@ -445,6 +445,13 @@ pub fn xml_error(x: &XmlError) -> Ending {
         XmlError::TextAtTopLevel => Ending::error(C::BadFormat, "character data between stanzas"),
         XmlError::NotWellFormed(m) => Ending::error(C::NotWellFormed, m.clone()),
     }
+}
+
+/// The peer ended the stream with `e` (RFC 6120 §4.9.1.1: it closes the stream after its
+/// error): we answer with our closing tag only — never an error of ours about its error —
+/// and keep its condition, text and application condition as the reason.
+fn peer_error_ending(who: &str, e: &PeerStreamError) -> Ending {
+    Ending::quiet(format!("{who} ended the stream with stream error {e}"), false)
 }
 
 /// Dialback requests on one stream: at most `limits.max_verifications_in_flight` at once

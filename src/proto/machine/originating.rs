@@ -15,7 +15,7 @@ use crate::domain::Domain;
 use crate::proto::auth::ValidPair;
 use crate::proto::dialback::{self, Answer, DbElement};
 use crate::proto::ns;
-use crate::proto::stream::{StreamError, StreamErrorCondition, check_header, header};
+use crate::proto::stream::{PeerStreamError, StreamError, StreamErrorCondition, check_header, header};
 use crate::types::{AuthMethod, AuthMode, ConnState, PairStatus, Verdict, VerificationResult};
 use crate::xml::{Element, Frame};
 
@@ -268,6 +268,11 @@ impl Originating {
     }
 
     fn on_frame(&mut self, cx: &mut Cx, now: Instant, frame: Frame, buffered: usize) {
+        if let Frame::Element(el) = &frame
+            && let Some(e) = PeerStreamError::parse(el)
+        {
+            return self.on_peer_error(cx, e);
+        }
         let state = std::mem::replace(&mut self.state, State::Done);
         match state {
             State::Header { sasl } => {
@@ -288,8 +293,7 @@ impl Originating {
                 let features = match frame {
                     Frame::Element(el) if el.is("features", ns::STREAMS) => el,
                     Frame::Element(el) => {
-                        let f = peer_error(&el).unwrap_or_else(|| Failure::new(format!("expected stream features, got {}", el.describe())));
-                        return self.fail(cx, f, false);
+                        return self.fail(cx, Failure::new(format!("expected stream features, got {}", el.describe())), false);
                     }
                     Frame::StreamClose => return self.fail(cx, Failure::new("the peer closed the stream"), false),
                     Frame::StreamOpen(_) => return self.fail(cx, Failure::new("unexpected second stream header"), false),
@@ -359,8 +363,6 @@ impl Originating {
                         }
                         _ => self.on_dialback(cx, &db),
                     }
-                } else if let Some(f) = peer_error(&el) {
-                    self.fail(cx, f, true);
                 }
             }
             State::Held { pair, until } => {
@@ -369,8 +371,6 @@ impl Originating {
                     Frame::Element(el) => {
                         if let Some(db) = DbElement::parse(&el) {
                             self.on_dialback(cx, &db);
-                        } else if let Some(f) = peer_error(&el) {
-                            self.fail(cx, f, true);
                         }
                     }
                     Frame::StreamOpen(_) => {}
@@ -383,8 +383,6 @@ impl Originating {
                     Frame::Element(el) => {
                         if let Some(db) = DbElement::parse(&el) {
                             self.on_dialback(cx, &db);
-                        } else if let Some(f) = peer_error(&el) {
-                            self.lost(cx, f.reason, true, true);
                         } else {
                             tracing::debug!(stream = %cx.log, element = %el.describe(), "ignoring an element on an outbound stream");
                         }
@@ -397,6 +395,29 @@ impl Originating {
                 self.state = s;
                 self.fail(cx, Failure::new("data during the TLS handshake"), true);
             }
+        }
+    }
+
+    /// The peer ended the stream with a stream error (RFC 6120 §4.9): a set-up under way
+    /// fails with its reason (and a verification under way records it as its outcome), an
+    /// established stream is lost; either way quietly, our closing tag only.
+    fn on_peer_error(&mut self, cx: &mut Cx, e: PeerStreamError) {
+        let end = super::peer_error_ending(self.remote.as_str(), &e);
+        let verifying = match self.state {
+            State::Dialback { .. } => Some(AuthMethod::Dialback),
+            State::Sasl { .. } => Some(AuthMethod::SaslExternal),
+            _ => None,
+        };
+        if let Some(method) = verifying {
+            if method == AuthMethod::Dialback {
+                cx.observe(Observed::PairRemoved { local: self.local.clone(), remote: self.remote.clone() });
+            }
+            cx.outcome(&self.local, &self.remote, method, VerificationResult::Error, end.reason.clone());
+        }
+        if self.established() {
+            self.lost(cx, end.reason, false, false);
+        } else {
+            self.fail(cx, Failure::new(end.reason), false);
         }
     }
 
@@ -553,9 +574,4 @@ pub fn verify_failure(remote: &Domain, condition: &str) -> Answer {
     } else {
         Answer::error("remote-connection-failed", format!("{remote}'s authoritative server could not be reached"))
     }
-}
-
-/// A `<stream:error/>` from the peer, as a failure.
-fn peer_error(el: &Element) -> Option<Failure> {
-    el.is("error", ns::STREAMS).then(|| Failure::new(format!("the peer sent stream error {}", StreamError::from_element(el))))
 }

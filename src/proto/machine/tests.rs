@@ -916,7 +916,7 @@ fn originating_keepalive_idle_and_closing() {
     let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
     m.handle(w.t0, frame(wire.el("<stream:error><host-gone xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>")));
     let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
-    assert!(e.reason.contains("host-gone") && e.abandon);
+    assert!(e.reason.contains("host-gone") && !e.abandon && !e.peer_closed);
     // The operator.
     let mut m = w.outbound_established();
     m.handle(w.t0, Input::Close { reason: "operator".into(), error: None });
@@ -1033,4 +1033,92 @@ fn component_failures_end_with_the_right_stream_error() {
     let (mut m, _) = component(&w);
     m.handle(w.t0, frame(f.next_frame().unwrap().unwrap()));
     assert_eq!(condition(&drain(&mut m)), Some(C::HostUnknown));
+}
+
+// ---- a peer's stream error, on every kind of stream (RFC 6120 §4.9) -------------------------
+
+/// A `<stream:error/>` with a condition, a text and an application-specific condition.
+const PEER_ERROR: &str = "<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>going down\nfor maintenance</text><maintenance xmlns='urn:example:ops'/></stream:error>";
+/// The same element in the default-namespace form.
+const PEER_ERROR_DEFAULT_NS: &str = "<error xmlns='http://etherx.jabber.org/streams'><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>too big</text></error>";
+
+/// Ends quietly: no stream error of ours, the closing tag only, and the peer's reason kept.
+fn assert_quiet_end_with(outs: &[Output], needles: &[&str]) -> Ending {
+    let e = ending(outs).unwrap_or_else(|| panic!("the stream ends: {outs:?}")).clone();
+    assert!(e.error.is_none(), "no stream error in reply: {e:?}");
+    assert!(!e.abandon, "our </stream:stream> still goes out: {e:?}");
+    assert!(!written(outs).contains("error"), "nothing of ours in reply: {}", written(outs));
+    for n in needles {
+        assert!(e.reason.contains(n), "{n:?} in the reason: {}", e.reason);
+    }
+    e
+}
+
+#[test]
+fn receiving_a_peers_stream_error_ends_the_stream_quietly_with_its_reason() {
+    let w = world();
+    // Established: the peer's condition, text (escaped) and application condition are the reason.
+    let (mut m, mut wire) = w.inbound_established();
+    m.handle(w.t0, frame(wire.el(PEER_ERROR)));
+    let e = assert_quiet_end_with(&drain(&mut m), &["system-shutdown", "going down\\nfor maintenance", "maintenance", "urn:example:ops"]);
+    assert!(!e.reason.contains("not supported"), "{}", e.reason);
+    // The default-namespace form, before anything was authenticated.
+    let (mut m, mut wire, _) = w.inbound_secure();
+    m.handle(w.t0, frame(wire.el(PEER_ERROR_DEFAULT_NS)));
+    assert_quiet_end_with(&drain(&mut m), &["policy-violation", "too big"]);
+    // While a claim is being verified: its outcome says the peer gave up, and why.
+    let (mut m, mut wire, _) = w.inbound_secure();
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}'>k</db:result>"))));
+    drain(&mut m);
+    m.handle(w.t0, frame(wire.el(PEER_ERROR)));
+    let outs = drain(&mut m);
+    assert_quiet_end_with(&outs, &["system-shutdown"]);
+    let reasons: Vec<&str> = observed(&outs)
+        .into_iter()
+        .filter_map(
+            |o| if let Observed::Outcome { result: VerificationResult::Error, reason, .. } = o { Some(reason.as_str()) } else { None },
+        )
+        .collect();
+    assert!(reasons.len() == 1 && reasons[0].contains("system-shutdown") && reasons[0].contains("going down"), "{reasons:?}");
+}
+
+#[test]
+fn originating_a_peers_stream_error_ends_the_stream_quietly_with_its_reason() {
+    let w = world();
+    // Established: lost (what is queued gets a new stream), our close still sent.
+    let mut m = w.outbound_established();
+    let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(wire.el(PEER_ERROR)));
+    let e = assert_quiet_end_with(&drain(&mut m), &["system-shutdown", "going down", "urn:example:ops"]);
+    assert_eq!(e.kind, EndKind::Lost);
+    // During dialback: a failed set-up, the outcome records the peer's reason.
+    let (mut m, _) = w.outbound_after_tls(false, "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>");
+    let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(wire.el(PEER_ERROR_DEFAULT_NS)));
+    let outs = drain(&mut m);
+    let e = assert_quiet_end_with(&outs, &["policy-violation", "too big"]);
+    assert!(matches!(e.kind, EndKind::Failed { .. }));
+    assert_eq!(outcomes(&outs), vec![(AuthMethod::Dialback, VerificationResult::Error)]);
+    // In answer to STARTTLS.
+    let mut m = w.outbound(false);
+    let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(h));
+    m.handle(w.t0, frame(wire.el("<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>")));
+    drain(&mut m);
+    m.handle(w.t0, frame(wire.el(PEER_ERROR)));
+    assert_quiet_end_with(&drain(&mut m), &["system-shutdown"]);
+}
+
+#[test]
+fn component_a_stream_error_ends_the_stream_quietly_with_its_reason() {
+    let w = world();
+    let (mut m, mut f, _) = component_established(&w);
+    m.handle(w.t0, next(&mut f, PEER_ERROR));
+    assert_quiet_end_with(&drain(&mut m), &["system-shutdown", "going down", "urn:example:ops"]);
+    // Instead of its handshake.
+    let (mut m, mut f) = component(&w);
+    m.handle(w.t0, frame(f.next_frame().unwrap().unwrap()));
+    drain(&mut m);
+    m.handle(w.t0, next(&mut f, PEER_ERROR_DEFAULT_NS));
+    assert_quiet_end_with(&drain(&mut m), &["policy-violation", "too big"]);
 }
