@@ -10,7 +10,7 @@ use common::*;
 use drawbridge::engine::events::{Direction, Event, StreamKind, VerificationResult};
 use drawbridge::proto::machine::component::handshake_digest;
 use drawbridge::proto::ns;
-use drawbridge::xml::{Element, Frame};
+use drawbridge::xml::Frame;
 
 /// A stream error with a condition, a text (with a newline a log must not keep raw) and an
 /// application-specific condition.
@@ -66,6 +66,10 @@ async fn a_peers_stream_error_on_an_inbound_stream_ends_it_quietly_with_its_reas
     // `ctl connections --closed` shows the same row.
     let closed = b.engine.connections(true);
     assert!(closed.iter().any(|c| c.id == row.id && c.close_reason.as_deref() == Some(reason.as_str())), "{closed:#?}");
+    // The transcript has the error as received and why the stream closed.
+    let lines = b.engine.shared.table.transcript(&row.id).expect("the closed stream's transcript");
+    assert!(lines.iter().any(|l| l.dir == "in" && l.text.contains("<system-shutdown")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.dir == "note" && l.text.contains("closing:") && l.text.contains("<system-shutdown/>")), "{lines:#?}");
     // The claim under way ended with the peer's reason.
     let outcomes = b.engine.shared.outcomes();
     let o = outcomes.iter().find(|o| o.remote == "x.test").expect("an outcome for the claim");
@@ -103,6 +107,3 @@ async fn a_components_stream_error_ends_its_stream_quietly_with_its_reason() {
     assert!(reason.contains("<reset/>") && reason.contains("reconfiguring"), "{reason}");
     assert!(!reason.contains("is not a stanza"), "{reason}");
 }
-
-#[allow(dead_code)]
-fn _uses(_: Element) {}

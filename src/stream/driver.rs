@@ -194,6 +194,10 @@ impl Driver {
 
     /// The closing handshake (RFC 6120 §4.4) unless the connection is unusable.
     pub async fn close(&mut self, end: &Ending) {
+        if self.entry.capturing() {
+            // Why it ended, beside what crossed the wire (a peer's stream error included).
+            self.entry.record("note", format!("closing: {}", end.reason), None);
+        }
         if end.abandon {
             return;
         }
