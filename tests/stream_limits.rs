@@ -107,3 +107,30 @@ async fn a_components_stream_error_ends_its_stream_quietly_with_its_reason() {
     assert!(reason.contains("<reset/>") && reason.contains("reconfiguring"), "{reason}");
     assert!(!reason.contains("is not a stanza"), "{reason}");
 }
+
+/// A message with a body of `kib` KiB from x.test to b.test.
+fn message_of(kib: usize) -> String {
+    format!("<message from='u@x.test' to='b.test' id='big{kib}'><body>{}</body></message>", "a".repeat(kib * 1024))
+}
+
+/// The default stanza size limit is Prosody's (512 KiB): a 500 KiB stanza is taken and the
+/// stream carries on; a 600 KiB one ends the stream with `<policy-violation/>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_stanza_limit_takes_500_kib_and_refuses_600_kib() {
+    let dns = Dns::start().await;
+    let b = start_published("b.test", &dns, "").await;
+    let mut x = hand_played(&b, &dns, "x.test").await;
+    x.to_server.send(&message_of(500)).await;
+    // Still up: a ping on the same stream after it is answered.
+    x.to_server.send("<iq type='get' id='after' from='u@x.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    loop {
+        let st = x.next_stanza().await;
+        if st.get_attr("id") == Some("after") {
+            assert_eq!(st.get_attr("type"), Some("result"), "{st:?}");
+            break;
+        }
+    }
+    x.to_server.send(&message_of(600)).await;
+    let e = x.to_server.expect_condition(drawbridge::proto::stream::StreamErrorCondition::PolicyViolation).await;
+    assert!(e.text.contains("524288") && e.text.contains("limits.max_stanza_size"), "{e}");
+}

@@ -142,7 +142,15 @@ impl Framer {
     /// A buffer to read into directly (tokio's `read_buf` fills its spare capacity).
     pub fn read_buf(&mut self, reserve: usize) -> &mut Vec<u8> {
         self.compact();
-        self.buf.reserve(reserve);
+        let want = self.buf.len() + reserve;
+        if want > self.buf.capacity() {
+            // Doubling, but not past what one element at the size limit needs (and what is
+            // consumed but not compacted away yet): a stream's read buffer stays about the
+            // limit, not twice it.
+            let ceiling = self.start + self.max_size + 2 * reserve;
+            let target = (self.buf.capacity() * 2).min(ceiling).max(want);
+            self.buf.reserve_exact(target - self.buf.len());
+        }
         &mut self.buf
     }
 
@@ -1049,6 +1057,45 @@ mod tests {
         f.feed(format!("{HEADER}{deep}").as_bytes());
         f.next_frame().unwrap();
         assert_eq!(f.next_frame(), Err(XmlError::TooDeep { limit: 8 }));
+    }
+
+    /// At the default limit (512 KiB), read as a connection reads (2 KiB into the framer's
+    /// own buffer): a 500 KiB stanza passes; a 600 KiB one is refused once the limit is
+    /// passed, the buffer never having grown much past the limit (doubling alone took it
+    /// to 1 MiB); after the stanza the buffer is given back.
+    #[test]
+    fn the_default_limit_passes_500_kib_refuses_600_kib_and_bounds_the_buffer() {
+        let limit = crate::config::Limits::default().max_stanza_size;
+        assert_eq!(limit, 512 * 1024);
+        let stanza = |kib: usize| {
+            let mut s = b"<message><body>".to_vec();
+            s.extend(std::iter::repeat_n(b'a', kib * 1024));
+            s.extend_from_slice(b"</body></message>");
+            s
+        };
+        let read = |f: &mut Framer, bytes: &[u8]| -> (Result<Option<Frame>, XmlError>, usize) {
+            let mut peak = 0;
+            for chunk in bytes.chunks(2048) {
+                f.read_buf(2048).extend_from_slice(chunk);
+                peak = peak.max(f.capacity());
+                match f.next_frame() {
+                    Ok(None) => {}
+                    other => return (other, peak),
+                }
+            }
+            (Ok(None), peak)
+        };
+        let mut f = Framer::new(limit, 32);
+        f.feed(HEADER.as_bytes());
+        f.next_frame().unwrap();
+        let (r, peak) = read(&mut f, &stanza(500));
+        assert!(matches!(r, Ok(Some(Frame::Element(ref e))) if e.name.as_ref() == "message"), "{r:?}");
+        assert!(peak <= limit + 8 * 1024, "peak buffer {peak}");
+        f.trim();
+        assert_eq!(f.capacity(), 0, "given back once consumed");
+        let (r, peak) = read(&mut f, &stanza(600));
+        assert_eq!(r, Err(XmlError::TooLarge { limit }));
+        assert!(peak <= limit + 8 * 1024, "peak buffer {peak}");
     }
 
     #[test]
