@@ -1167,4 +1167,39 @@ mod tests {
         let Frame::Element(back) = &r[1] else { panic!() };
         assert_eq!(back, &el);
     }
+
+    /// The writer's size bound, which lets the XEP-0478 check skip serialising most
+    /// stanzas, is never below what is written: escapes, inline and hoisted namespaces,
+    /// namespaced attributes, prefixed top elements, many levels.
+    #[test]
+    fn the_writers_length_bound_is_an_upper_bound() {
+        use super::super::writer::{len_bound, write_top};
+        let hostile = "'\"<>&\u{e9}\t\n\r]]>&amp;";
+        let mut many = format!("<message xmlns:p='urn:{}' p:x='{}' xmlns:q='urn:q'>", "n".repeat(300), "&amp;".repeat(50));
+        for i in 0..300 {
+            many.push_str(&format!("<p:c q:a='{i}'><q:d xmlns='' b='&lt;'>&amp;&#13;</q:d></p:c>"));
+        }
+        many.push_str("</message>");
+        let Frame::Element(parsed) = after_header(&many).unwrap().remove(1) else { panic!() };
+        let deep = (0..30).fold(Element::new("leaf", "urn:x").text(hostile), |inner, i| {
+            Element::new("n", if i % 2 == 0 { "urn:a" } else { "urn:b" }).child(inner)
+        });
+        let cases = vec![
+            Element::new("message", ns::SERVER).attr("to", "a@b").attr("from", "c@d").child(Element::new("body", ns::SERVER).text("hi")),
+            Element::new("message", ns::SERVER)
+                .attr("to", hostile)
+                .child(Element::new("body", ns::SERVER).text(hostile))
+                .child(Element::new("x", "urn:'evil\"").text("</message>")),
+            Element::new("error", ns::STREAMS).child(Element::new("reset", ns::STREAM_ERRORS)),
+            Element::new("result", ns::DIALBACK).attr("to", "a").text("k"),
+            Element::new("iq", ns::SERVER),
+            deep,
+            parsed,
+        ];
+        for el in &cases {
+            let mut out = String::new();
+            write_top(&mut out, el);
+            assert!(len_bound(el) >= out.len(), "bound {} < {} written: {}", len_bound(el), out.len(), &out[..out.len().min(200)]);
+        }
+    }
 }

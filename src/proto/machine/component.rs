@@ -200,6 +200,8 @@ impl Component {
             ));
         };
         cx.observe(Observed::Domains { local: Some(domain.to_string()), remote: Some(domain.to_string()) });
+        // XEP-0114 has no stream features: ours are enforced, not advertised.
+        cx.observe(Observed::Limits(crate::types::StreamLimits { max_bytes: cx.env.limits.max_bytes as u64, ..Default::default() }));
         cx.state(ConnState::Authenticating);
         self.state = State::Handshake { domain, id };
     }

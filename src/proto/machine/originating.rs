@@ -16,7 +16,7 @@ use crate::proto::auth::ValidPair;
 use crate::proto::dialback::{self, Answer, DbElement};
 use crate::proto::ns;
 use crate::proto::stream::{PeerStreamError, StreamError, StreamErrorCondition, check_header, header};
-use crate::types::{AuthMethod, AuthMode, ConnState, PairStatus, Verdict, VerificationResult};
+use crate::types::{AuthMethod, AuthMode, ConnState, PairStatus, StreamLimits, Verdict, VerificationResult};
 use crate::xml::{Element, Frame};
 
 #[derive(Debug)]
@@ -65,6 +65,8 @@ pub(super) struct Originating {
     last_stanza: Instant,
     /// `db:verify` requests sent, by stream id: the tokens waiting for the answer.
     verifying: HashMap<String, Vec<u64>>,
+    /// The peer's `max-bytes` from its latest features (XEP-0478); `None`: it advertised none.
+    peer_max: Option<usize>,
 }
 
 /// Why an outbound stream could not be set up (by the machine, or by its driver while
@@ -98,6 +100,7 @@ impl Originating {
             last_write: now,
             last_stanza: now,
             verifying: HashMap::new(),
+            peer_max: None,
         };
         if direct {
             cx.state(ConnState::Tls);
@@ -186,6 +189,10 @@ impl Originating {
             }
             Input::Stanza(st) => {
                 if self.established() {
+                    if let Err(bounce) = self.check_peer_limit(cx.log, &st) {
+                        cx.out.extend(bounce.map(Output::Route));
+                        return;
+                    }
                     cx.send(st);
                     self.last_write = now;
                     self.last_stanza = now;
@@ -298,6 +305,7 @@ impl Originating {
                     Frame::StreamClose => return self.fail(cx, Failure::new("the peer closed the stream"), false),
                     Frame::StreamOpen(_) => return self.fail(cx, Failure::new("unexpected second stream header"), false),
                 };
+                self.read_limits(cx, &features);
                 if let Some(pair) = sasl {
                     let why = format!("{} accepted our certificate (SASL EXTERNAL)", self.remote);
                     return self.authorised(cx, now, pair, why);
@@ -396,6 +404,51 @@ impl Originating {
                 self.fail(cx, Failure::new("data during the TLS handshake"), true);
             }
         }
+    }
+
+    /// The limits in the peer's latest features (XEP-0478 §3: they may change whenever new
+    /// features are announced, as after authentication).
+    fn read_limits(&mut self, cx: &mut Cx, features: &Element) {
+        let (max, idle) = super::peer_limits(features);
+        self.peer_max = max.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
+        cx.observe(Observed::Limits(StreamLimits {
+            max_bytes: cx.env.limits.max_bytes as u64,
+            idle_seconds: None,
+            peer_max_bytes: max,
+            peer_idle_seconds: idle,
+        }));
+    }
+
+    /// XEP-0478 §3: a stanza larger, serialised, than the peer's advertised `max-bytes` is
+    /// not sent; its sender gets `<policy-violation/>` without 'by' (the policy is the
+    /// peer's) and a text with the limit, and the stream carries on. `Err` holds that bounce
+    /// (`None` for an error or a result, which are not answered). Only stanzas the cheap
+    /// bound cannot clear are serialised to be measured.
+    pub(super) fn check_peer_limit(&self, log: &str, st: &Element) -> Result<(), Option<Element>> {
+        let Some(max) = self.peer_max else { return Ok(()) };
+        if crate::xml::writer::len_bound(st) <= max {
+            return Ok(());
+        }
+        let mut text = String::new();
+        crate::xml::writer::write_top(&mut text, st);
+        let size = text.len();
+        if size <= max {
+            return Ok(());
+        }
+        let remote = &self.remote;
+        let from = crate::text::clip(st.get_attr("from").unwrap_or("(none)"), 64);
+        crate::limits::refused_once("XEP-0478 max-bytes", remote.as_str(), || {
+            format!(
+                "stream {log}: not sending a {size}-byte <{}/> from {from} to {remote}, which accepts at most {max} bytes (its XEP-0478 max-bytes); bounced to the sender",
+                st.name
+            )
+        });
+        let why = format!("the stanza is {size} bytes; {remote} accepts at most {max} bytes (its XEP-0478 stream limit)");
+        Err(crate::proto::stanza::error_reply(st, crate::proto::stanza::ErrorType::Modify, "policy-violation", Some(&why)).map(|mut b| {
+            // The original is what was too large: it is not echoed back.
+            b.children.retain(|c| matches!(c, crate::xml::Node::Element(e) if e.name.as_ref() == "error"));
+            b
+        }))
     }
 
     /// The peer ended the stream with a stream error (RFC 6120 §4.9): a set-up under way

@@ -237,7 +237,15 @@ impl Receiving {
         if (self.secure || !require_tls) && dialback_ok {
             features = features.child(Element::new("dialback", ns::DIALBACK_FEATURE).child(Element::new("errors", ns::DIALBACK_FEATURE)));
         }
+        // XEP-0478: our limits, before and after authentication alike.
+        features = features.child(super::limits_feature(env, Some(env.timeouts.idle_inbound)));
         cx.send(features);
+        cx.observe(Observed::Limits(crate::types::StreamLimits {
+            max_bytes: env.limits.max_bytes as u64,
+            idle_seconds: Some(env.timeouts.idle_inbound.as_secs()),
+            peer_max_bytes: None,
+            peer_idle_seconds: None,
+        }));
         cx.state(match (self.authenticated(), self.secure) {
             (true, _) => ConnState::Established,
             (false, true) => ConnState::Authenticating,

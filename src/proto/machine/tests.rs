@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::proto::ns;
 use crate::proto::stream::StreamErrorCondition as C;
-use crate::types::{AuthMode, DomainRule};
+use crate::types::{AuthMode, DomainRule, StreamLimits};
 use crate::xml::Framer;
 
 const LOCAL: &str = "here.test";
@@ -84,6 +84,7 @@ fn world_with(f: impl FnOnce(&mut Env)) -> World {
             verifications_per_minute: 3,
             held_stanzas: 3,
             held_bytes: 10_000,
+            max_bytes: 512 * 1024,
         },
         security: Security { auth: AuthMode::CertOrDialback, require_encryption: true, rules: vec![] },
         keys: DialbackKeys::new(SECRET),
@@ -1121,4 +1122,133 @@ fn component_a_stream_error_ends_the_stream_quietly_with_its_reason() {
     drain(&mut m);
     m.handle(w.t0, next(&mut f, PEER_ERROR_DEFAULT_NS));
     assert_quiet_end_with(&drain(&mut m), &["policy-violation", "too big"]);
+}
+
+// ---- stream limits (XEP-0478) -----------------------------------------------------------------
+
+const OUR_LIMITS: &str = "<limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>524288</max-bytes><idle-seconds>1200</idle-seconds></limits>";
+
+fn limits_observed(outs: &[Output]) -> Option<StreamLimits> {
+    observed(outs).into_iter().find_map(|o| if let Observed::Limits(l) = o { Some(*l) } else { None })
+}
+
+#[test]
+fn receiving_advertises_its_limits_before_and_after_authentication() {
+    let w = world();
+    // Before TLS.
+    let mut m = w.inbound(None);
+    m.handle(w.t0, frame(Wire::open(Some(REMOTE), LOCAL).1));
+    let outs = drain(&mut m);
+    assert!(written(&outs).contains(OUR_LIMITS), "{}", written(&outs));
+    let l = limits_observed(&outs).expect("the row learns them");
+    assert_eq!((l.max_bytes, l.idle_seconds, l.peer_max_bytes), (512 * 1024, Some(1200), None));
+    // After TLS (where dialback authenticates on this stream).
+    let (_, _, outs) = w.inbound_secure();
+    assert!(written(&outs).contains(OUR_LIMITS), "{}", written(&outs));
+    // After SASL EXTERNAL, on the restarted stream: authenticated.
+    w.judge.0.lock().unwrap().push(REMOTE.into());
+    let (mut m, mut wire, _) = w.inbound_secure();
+    m.handle(w.t0, frame(wire.el("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")));
+    assert!(written(&drain(&mut m)).contains("<success"));
+    m.handle(w.t0, frame(Wire::open(Some(REMOTE), LOCAL).1));
+    let outs = drain(&mut m);
+    let text = written(&outs);
+    assert!(text.contains(OUR_LIMITS) && !text.contains("EXTERNAL"), "{text}");
+}
+
+/// An outbound stream whose peer advertised `features` after TLS, established by dialback.
+fn outbound_established_with(w: &World, features: &str) -> (Machine, Vec<Output>) {
+    let (mut m, outs) = w.outbound_after_tls(false, features);
+    assert!(written(&outs).contains("<db:result"), "{}", written(&outs));
+    let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}' type='valid'/>"))));
+    drain(&mut m);
+    assert!(m.accepts_stanzas());
+    (m, outs)
+}
+
+fn message(id: &str, body_len: usize) -> Element {
+    Element::new("message", ns::SERVER)
+        .attr("from", &format!("u@{LOCAL}"))
+        .attr("to", &format!("v@{REMOTE}"))
+        .attr("id", id)
+        .child(Element::new("body", ns::SERVER).text("x".repeat(body_len)))
+}
+
+fn routed(outs: &[Output]) -> Vec<&Element> {
+    outs.iter().filter_map(|o| if let Output::Route(el) = o { Some(el) } else { None }).collect()
+}
+
+#[test]
+fn originating_honours_the_peers_max_bytes_bouncing_larger_stanzas_and_keeping_the_stream() {
+    let w = world();
+    let features = "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>1000</max-bytes><idle-seconds>300</idle-seconds></limits></stream:features>";
+    let (mut m, outs) = outbound_established_with(&w, features);
+    let l = limits_observed(&outs).expect("the row learns the peer's limits");
+    assert_eq!((l.max_bytes, l.peer_max_bytes, l.peer_idle_seconds), (512 * 1024, Some(1000), Some(300)));
+    // Over the limit once serialised: not written; the sender gets policy-violation, no 'by'.
+    m.handle(w.t0, Input::Stanza(message("big", 1200)));
+    let outs = drain(&mut m);
+    assert!(written(&outs).is_empty(), "{}", written(&outs));
+    assert!(ending(&outs).is_none(), "the stream stays up");
+    let bounce = routed(&outs);
+    assert_eq!(bounce.len(), 1, "{outs:?}");
+    let b = xml(bounce[0]);
+    assert!(b.contains("type='error'") && b.contains(&format!("to='u@{LOCAL}'")) && b.contains("id='big'"), "{b}");
+    assert!(b.contains("<policy-violation") && b.contains("1000 bytes") && !b.contains(" by=") && !b.contains("xxxx"), "{b}");
+    // Just under it (a body that the cheap bound cannot clear, measured exactly): sent.
+    let fits = (0..1000).map(|n| message("fits", n)).filter(|el| xml(el).len() <= 1000).last().unwrap();
+    assert_eq!(xml(&fits).len(), 1000);
+    m.handle(w.t0, Input::Stanza(fits));
+    assert_eq!(written(&drain(&mut m)).len(), 1000);
+    // An error over the limit is dropped, never answered.
+    let err = message("e", 2000).attr("type", "error");
+    m.handle(w.t0, Input::Stanza(err));
+    let outs = drain(&mut m);
+    assert!(written(&outs).is_empty() && routed(&outs).is_empty() && ending(&outs).is_none(), "{outs:?}");
+    // A small one: sent.
+    m.handle(w.t0, Input::Stanza(message("small", 10)));
+    assert!(written(&drain(&mut m)).contains("id='small'"));
+    // The same for what a closing stream still writes past the machine.
+    assert!(m.check_peer_limit(&message("late", 10)).is_ok());
+    assert!(matches!(m.check_peer_limit(&message("late", 5000)), Err(Some(_))));
+}
+
+/// Prosody 0.12 advertises no limits: no cap beyond our own, whatever the size.
+#[test]
+fn originating_without_advertised_limits_sends_any_size() {
+    let w = world();
+    let (mut m, outs) = outbound_established_with(&w, "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>");
+    assert_eq!(limits_observed(&outs).map(|l| l.peer_max_bytes), Some(None));
+    m.handle(w.t0, Input::Stanza(message("big", 400 * 1024)));
+    assert!(written(&drain(&mut m)).contains("id='big'"));
+    assert!(m.check_peer_limit(&message("big", 400 * 1024)).is_ok());
+    // Nonsense in the advertisement counts as none.
+    let bad = "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>lots</max-bytes></limits></stream:features>";
+    let (mut m, _) = outbound_established_with(&w, bad);
+    m.handle(w.t0, Input::Stanza(message("big", 4000)));
+    assert!(written(&drain(&mut m)).contains("id='big'"));
+}
+
+/// XEP-0478 §3: limits may change with new features, as after SASL's restart.
+#[test]
+fn originating_takes_the_limits_of_the_features_after_authentication() {
+    let w = world();
+    let pre = "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>100000</max-bytes></limits></stream:features>";
+    let (mut m, _) = w.outbound_after_tls(true, pre);
+    let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(wire.el("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")));
+    drain(&mut m);
+    let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(h));
+    m.handle(
+        w.t0,
+        frame(wire.el("<stream:features><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>2000</max-bytes></limits></stream:features>")),
+    );
+    let outs = drain(&mut m);
+    assert_eq!(limits_observed(&outs).and_then(|l| l.peer_max_bytes), Some(2000));
+    assert!(m.accepts_stanzas());
+    m.handle(w.t0, Input::Stanza(message("mid", 5000)));
+    let outs = drain(&mut m);
+    assert!(written(&outs).is_empty() && routed(&outs).len() == 1, "{outs:?}");
 }
