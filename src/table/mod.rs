@@ -257,7 +257,7 @@ impl ConnEntry {
             Observed::Limits(l) => {
                 let changed = {
                     let mut i = self.info.lock().unwrap();
-                    std::mem::replace(&mut i.limits, Some(*l)) != Some(*l)
+                    i.limits.replace(*l) != Some(*l)
                 };
                 if changed {
                     let _ = self.events.send(Event::StreamUpdated { stream: self.snapshot() });

@@ -1169,8 +1169,8 @@ fn outbound_established_with(w: &World, features: &str) -> (Machine, Vec<Output>
 
 fn message(id: &str, body_len: usize) -> Element {
     Element::new("message", ns::SERVER)
-        .attr("from", &format!("u@{LOCAL}"))
-        .attr("to", &format!("v@{REMOTE}"))
+        .attr("from", format!("u@{LOCAL}"))
+        .attr("to", format!("v@{REMOTE}"))
         .attr("id", id)
         .child(Element::new("body", ns::SERVER).text("x".repeat(body_len)))
 }
@@ -1197,7 +1197,7 @@ fn originating_honours_the_peers_max_bytes_bouncing_larger_stanzas_and_keeping_t
     assert!(b.contains("type='error'") && b.contains(&format!("to='u@{LOCAL}'")) && b.contains("id='big'"), "{b}");
     assert!(b.contains("<policy-violation") && b.contains("1000 bytes") && !b.contains(" by=") && !b.contains("xxxx"), "{b}");
     // Just under it (a body that the cheap bound cannot clear, measured exactly): sent.
-    let fits = (0..1000).map(|n| message("fits", n)).filter(|el| xml(el).len() <= 1000).last().unwrap();
+    let fits = (0..1000).rev().map(|n| message("fits", n)).find(|el| xml(el).len() <= 1000).unwrap();
     assert_eq!(xml(&fits).len(), 1000);
     m.handle(w.t0, Input::Stanza(fits));
     assert_eq!(written(&drain(&mut m)).len(), 1000);
