@@ -150,7 +150,8 @@ impl std::fmt::Display for StreamError {
 
 /// A stream error a peer sent us (RFC 6120 §4.9.3, §4.9.4): its condition (kept by name,
 /// an unknown one too), its text and any application-specific condition, each clipped and
-/// escaped ([`crate::text::clip`]) — they reach logs, outcomes, the closed row and screens.
+/// escaped ([`crate::xml::element::clip`]) — they reach logs, outcomes, the closed row and
+/// screens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerStreamError {
     pub condition: String,
@@ -166,7 +167,7 @@ impl PeerStreamError {
         if !el.is("error", ns::STREAMS) {
             return None;
         }
-        let clip = crate::text::clip;
+        let clip = crate::xml::element::clip;
         let (mut condition, mut text, mut app) = (None, String::new(), None);
         for c in el.elements() {
             if c.ns == ns::STREAM_ERRORS {

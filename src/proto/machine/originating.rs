@@ -67,6 +67,8 @@ pub(super) struct Originating {
     verifying: HashMap<String, Vec<u64>>,
     /// The peer's `max-bytes` from its latest features (XEP-0478); `None`: it advertised none.
     peer_max: Option<usize>,
+    /// A stanza over `peer_max` was logged at info level already (one per stream).
+    oversize_logged: std::cell::Cell<bool>,
 }
 
 /// Why an outbound stream could not be set up (by the machine, or by its driver while
@@ -101,6 +103,7 @@ impl Originating {
             last_stanza: now,
             verifying: HashMap::new(),
             peer_max: None,
+            oversize_logged: std::cell::Cell::new(false),
         };
         if direct {
             cx.state(ConnState::Tls);
@@ -436,13 +439,17 @@ impl Originating {
             return Ok(());
         }
         let remote = &self.remote;
-        let from = crate::text::clip(st.get_attr("from").unwrap_or("(none)"), 64);
-        crate::limits::refused_once("XEP-0478 max-bytes", remote.as_str(), || {
-            format!(
-                "stream {log}: not sending a {size}-byte <{}/> from {from} to {remote}, which accepts at most {max} bytes (its XEP-0478 max-bytes); bounced to the sender",
-                st.name
-            )
-        });
+        let from = crate::xml::element::clip(st.get_attr("from").unwrap_or("(none)"), 64);
+        let note = format!(
+            "not sending a {size}-byte <{}/> from {from} to {remote}, which accepts at most {max} bytes (its XEP-0478 max-bytes); bounced to the sender",
+            st.name
+        );
+        // The first on a stream is worth the operator's attention; the rest are its echo.
+        if self.oversize_logged.replace(true) {
+            tracing::debug!(stream = %log, "{note}");
+        } else {
+            tracing::info!(stream = %log, "{note} (further ones on this stream at debug level)");
+        }
         let why = format!("the stanza is {size} bytes; {remote} accepts at most {max} bytes (its XEP-0478 stream limit)");
         Err(crate::proto::stanza::error_reply(st, crate::proto::stanza::ErrorType::Modify, "policy-violation", Some(&why)).map(|mut b| {
             // The original is what was too large: it is not echoed back.
