@@ -135,6 +135,18 @@ async fn the_default_stanza_limit_takes_500_kib_and_refuses_600_kib() {
     assert!(e.text.contains("524288") && e.text.contains("limits.max_stanza_size"), "{e}");
 }
 
+/// Before a stream authenticates the size limit stays what it was (256 KiB): what a stranger
+/// can make drawbridge buffer and parse did not grow with the stanza limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_authentication_frames_stay_under_256_kib() {
+    let dns = Dns::start().await;
+    let b = start_published("b.test", &dns, "").await;
+    let (mut p, _, _) = tls_peer(&b, "x.test").await;
+    p.send(&format!("<db:result from='x.test' to='b.test'>{}</db:result>", "k".repeat(300 * 1024))).await;
+    let e = p.expect_condition(drawbridge::proto::stream::StreamErrorCondition::PolicyViolation).await;
+    assert!(e.text.contains("262144") && e.text.contains("until the stream is authenticated"), "{e}");
+}
+
 const COMP_SECRET: &str = "a component secret of some length";
 
 /// A component of b.test connected over its own listener (the sender of the stanzas here).

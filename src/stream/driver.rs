@@ -138,7 +138,13 @@ impl Driver {
             Output::Raw(s) => self.conn.send_raw(&s),
             Output::Send(el) => self.conn.send(&el),
             Output::Restart => self.conn.restart(),
-            Output::Observe(o) => observe(&*self.caps.observer, &self.entry, self.direction, o),
+            Output::Observe(o) => {
+                if o == Observed::State(crate::events::ConnState::Established) {
+                    // Authenticated: the stanza size limit we advertise applies from now on.
+                    self.conn.authenticated();
+                }
+                observe(&*self.caps.observer, &self.entry, self.direction, o)
+            }
             o => return Some(o),
         }
         None

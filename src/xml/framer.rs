@@ -61,6 +61,12 @@ pub enum XmlError {
     /// A top-level element over the configured limit → `<policy-violation/>`.
     #[error("element exceeds the size limit of {limit} bytes (limits.max_stanza_size)")]
     TooLarge { limit: usize },
+    /// A top-level element over the smaller limit that holds until the stream authenticates
+    /// → `<policy-violation/>`.
+    #[error(
+        "element exceeds the size limit of {limit} bytes that holds until the stream is authenticated (limits.max_stanza_size applies after)"
+    )]
+    TooLargeUnauthenticated { limit: usize },
     /// Nesting beyond the configured depth → `<policy-violation/>`.
     #[error("elements nested deeper than {limit} levels (limits.max_depth)")]
     TooDeep { limit: usize },
@@ -107,6 +113,8 @@ pub struct Framer {
     header_seen: bool,
     closed: bool,
     max_size: usize,
+    /// `max_size` is the limit for unauthenticated streams (see [`Framer::set_max_size`]).
+    unauthenticated: bool,
     max_depth: usize,
     /// Namespace bindings from the stream header: (prefix, namespace); "" is the default.
     scope: Vec<(String, String)>,
@@ -127,10 +135,19 @@ impl Framer {
             header_seen: false,
             closed: false,
             max_size,
+            unauthenticated: false,
             max_depth: max_depth.max(2),
             scope: Vec::new(),
             last: (0, 0),
         }
+    }
+
+    /// Change the element size limit, in the middle of the stream too (an element being
+    /// read gets the new room). `unauthenticated`: the limit is the one that holds until the
+    /// stream authenticates (its error says so).
+    pub fn set_max_size(&mut self, max_size: usize, unauthenticated: bool) {
+        self.max_size = max_size;
+        self.unauthenticated = unauthenticated;
     }
 
     /// Append received bytes.
@@ -354,7 +371,8 @@ impl Framer {
 
     fn check_size(&self) -> Result<(), XmlError> {
         if self.pos - self.elem_start.min(self.pos) > self.max_size {
-            return Err(XmlError::TooLarge { limit: self.max_size });
+            let limit = self.max_size;
+            return Err(if self.unauthenticated { XmlError::TooLargeUnauthenticated { limit } } else { XmlError::TooLarge { limit } });
         }
         Ok(())
     }

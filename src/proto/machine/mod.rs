@@ -456,7 +456,9 @@ pub fn xml_error(x: &XmlError) -> Ending {
     use StreamErrorCondition as C;
     match x {
         XmlError::Restricted(m) => Ending::error(C::RestrictedXml, m.clone()),
-        e @ (XmlError::TooLarge { .. } | XmlError::TooDeep { .. }) => Ending::error(C::PolicyViolation, e.to_string()),
+        e @ (XmlError::TooLarge { .. } | XmlError::TooLargeUnauthenticated { .. } | XmlError::TooDeep { .. }) => {
+            Ending::error(C::PolicyViolation, e.to_string())
+        }
         XmlError::TextAtTopLevel => Ending::error(C::BadFormat, "character data between stanzas"),
         XmlError::NotWellFormed(m) => Ending::error(C::NotWellFormed, m.clone()),
     }
