@@ -67,6 +67,8 @@ pub(super) struct Originating {
     verifying: HashMap<String, Vec<u64>>,
     /// The peer's `max-bytes` from its latest features (XEP-0478); `None`: it advertised none.
     peer_max: Option<usize>,
+    /// The peer's `idle-seconds` (XEP-0478): it may close a stream quiet for that long.
+    peer_idle: Option<std::time::Duration>,
     /// A stanza over `peer_max` was logged at info level already (one per stream).
     oversize_logged: std::cell::Cell<bool>,
 }
@@ -103,6 +105,7 @@ impl Originating {
             last_stanza: now,
             verifying: HashMap::new(),
             peer_max: None,
+            peer_idle: None,
             oversize_logged: std::cell::Cell::new(false),
         };
         if direct {
@@ -130,9 +133,7 @@ impl Originating {
     pub(super) fn deadline(&self, env: &Env) -> Option<Instant> {
         match &self.state {
             State::Dialback { until } | State::Held { until, .. } => Some(*until),
-            State::Established { .. } => {
-                Some((self.last_write + env.timeouts.keepalive).min(self.last_stanza + env.timeouts.idle_outbound))
-            }
+            State::Established { .. } => Some((self.last_write + self.keepalive(env)).min(self.last_stanza + env.timeouts.idle_outbound)),
             State::Done => None,
             _ => Some(self.deadline),
         }
@@ -140,6 +141,14 @@ impl Originating {
 
     pub(super) fn write_deadline(&self) -> Option<Instant> {
         self.negotiating().then_some(self.deadline)
+    }
+
+    /// How long the stream may be quiet before a whitespace keepalive: `timeouts.keepalive`,
+    /// or half the peer's advertised `idle-seconds` if that is sooner (XEP-0478: a stream
+    /// we keep open is not one the peer finds idle).
+    fn keepalive(&self, env: &Env) -> std::time::Duration {
+        let k = env.timeouts.keepalive;
+        self.peer_idle.map_or(k, |i| k.min((i / 2).max(std::time::Duration::from_secs(1))))
     }
 
     fn send_header(&mut self, cx: &mut Cx, sasl: Option<ValidPair>) {
@@ -237,7 +246,7 @@ impl Originating {
                 if now >= self.last_stanza + t.idle_outbound {
                     let reason = format!("idle for {}s (timeouts.idle_outbound)", t.idle_outbound.as_secs());
                     self.end(cx, Ending { error: None, reason, peer_closed: false, abandon: false, kind: EndKind::Closed });
-                } else if now >= self.last_write + t.keepalive {
+                } else if now >= self.last_write + self.keepalive(cx.env) {
                     // RFC 6120 §4.6.1: whitespace keepalive.
                     cx.out.push_back(Output::Raw(" ".into()));
                     self.last_write = now;
@@ -414,6 +423,7 @@ impl Originating {
     fn read_limits(&mut self, cx: &mut Cx, features: &Element) {
         let (max, idle) = super::peer_limits(features);
         self.peer_max = max.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
+        self.peer_idle = idle.map(std::time::Duration::from_secs);
         cx.observe(Observed::Limits(StreamLimits {
             max_bytes: cx.env.limits.max_bytes as u64,
             idle_seconds: None,

@@ -1252,3 +1252,18 @@ fn originating_takes_the_limits_of_the_features_after_authentication() {
     let outs = drain(&mut m);
     assert!(written(&outs).is_empty() && routed(&outs).len() == 1, "{outs:?}");
 }
+
+/// A peer that advertises `idle-seconds` shorter than our keepalive interval gets whitespace
+/// keepalives at half its idle time (virtual time); one that advertises none, ours.
+#[test]
+fn originating_keeps_alive_within_the_peers_idle_seconds() {
+    let w = world();
+    let features = "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/><limits xmlns='urn:xmpp:stream-limits:0'><idle-seconds>40</idle-seconds></limits></stream:features>";
+    let (mut m, _) = outbound_established_with(&w, features);
+    assert_eq!(m.deadline(), Some(w.at(20)));
+    m.handle(w.at(20), Input::Timer);
+    assert_eq!(written(&drain(&mut m)), " ");
+    assert_eq!(m.deadline(), Some(w.at(40)));
+    let (m, _) = outbound_established_with(&w, "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>");
+    assert_eq!(m.deadline(), Some(w.at(60)));
+}
