@@ -42,6 +42,7 @@ fn main() {
                 bytes_in: i * 100,
                 bytes_out: i * 100,
                 close_reason: None,
+                limits: None,
             },
         });
     }

@@ -338,7 +338,9 @@ impl GatewayAuth {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Largest top-level element accepted (RFC 6120 §13.12 resource exhaustion).
+    /// Largest top-level element accepted (RFC 6120 §13.12 resource exhaustion), advertised
+    /// to peers as XEP-0478 `max-bytes`. 512 KiB: what Prosody sends by default
+    /// (`s2s_stanza_size_limit`), so its avatars and vCards fit.
     pub max_stanza_size: usize,
     /// Deepest element nesting accepted.
     pub max_depth: usize,
@@ -375,7 +377,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_stanza_size: 256 * 1024,
+            max_stanza_size: 512 * 1024,
             max_depth: 32,
             outbound_queue: 1024,
             outbound_queue_bytes: 4 * 1024 * 1024,
@@ -890,7 +892,7 @@ mod tests {
         assert_eq!(s.listen, vec!["127.0.0.1:5269".parse::<SocketAddr>().unwrap()]);
         assert_eq!(s.data_dir, PathBuf::from("./drawbridge-data"));
         assert!(s.tls.require_encryption);
-        assert_eq!(s.limits.max_stanza_size, 256 * 1024);
+        assert_eq!(s.limits.max_stanza_size, 512 * 1024);
         assert_eq!(s.timeouts.negotiation, Duration::from_secs(30));
     }
 

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::types::{
-    AuthMethod, ConnSnapshot, ConnState, Direction, PairInfo, PairStatus, PeerCertInfo, StreamKind, TlsInfo, VerificationOutcome,
-    VerificationResult, fmt_utc, now_ms,
+    AuthMethod, ConnSnapshot, ConnState, Direction, PairInfo, PairStatus, PeerCertInfo, StreamKind, StreamLimits, TlsInfo,
+    VerificationOutcome, VerificationResult, fmt_utc, now_ms,
 };
 
 /// One entry of a stream's transcript: what crossed the wire (or what happened to it).

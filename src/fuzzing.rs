@@ -523,6 +523,7 @@ fn fuzz_env(flags: u8) -> Fuzz {
             verifications_per_minute: 5,
             held_stanzas: 3,
             held_bytes: 2000,
+            max_bytes: 4096,
         },
         security: crate::types::Security { auth, require_encryption: flags & 16 == 16, rules: vec![] },
         keys: crate::proto::dialback::DialbackKeys::new(b"fuzz"),

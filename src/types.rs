@@ -276,6 +276,46 @@ pub struct ConnSnapshot {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub close_reason: Option<String>,
+    /// The stream's limits (XEP-0478), once its features were sent or read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<StreamLimits>,
+}
+
+/// A stream's limits (XEP-0478): ours — what we accept on it, advertised in the features we
+/// send — and the peer's, read from the features it sends (outbound streams). A peer that
+/// advertised none (Prosody 0.12, drawbridge before) has `None`: no cap beyond our own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StreamLimits {
+    /// Largest top-level element we accept (`limits.max_stanza_size`).
+    pub max_bytes: u64,
+    /// Seconds without traffic after which we close the stream, where we advertise it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_seconds: Option<u64>,
+    /// The peer's advertised `max-bytes`: we never send it a larger stanza.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_max_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_idle_seconds: Option<u64>,
+}
+
+impl std::fmt::Display for StreamLimits {
+    /// `ours 524288 B, idle 1200 s; peer 10000 B` — "peer none" when it advertised nothing.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ours {} B", self.max_bytes)?;
+        if let Some(i) = self.idle_seconds {
+            write!(f, ", idle {i} s")?;
+        }
+        match (self.peer_max_bytes, self.peer_idle_seconds) {
+            (None, None) => write!(f, "; peer none"),
+            (b, i) => {
+                write!(f, "; peer {}", b.map_or("-".to_owned(), |b| format!("{b} B")))?;
+                if let Some(i) = i {
+                    write!(f, ", idle {i} s")?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// What a stream connects drawbridge with.

@@ -182,6 +182,7 @@ fn snapshot() -> ConnSnapshot {
         bytes_in: 0,
         bytes_out: 0,
         close_reason: Some(HOSTILE.into()),
+        limits: None,
     }
 }
 

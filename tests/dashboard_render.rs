@@ -38,6 +38,12 @@ fn conn(id: &str, dir: Direction, remote: &str, state: ConnState, pair: Option<P
         bytes_in: 12_345,
         bytes_out: 6_789,
         close_reason: close.map(str::to_owned),
+        limits: Some(drawbridge::engine::events::StreamLimits {
+            max_bytes: 524_288,
+            idle_seconds: None,
+            peer_max_bytes: Some(10_000),
+            peer_idle_seconds: Some(300),
+        }),
     }
 }
 
@@ -148,6 +154,7 @@ fn header_and_connections() {
             assert!(s.contains("not-authorized"), "close reason column when wide: {s}");
             assert!(s.contains("TLS 1.3 TLS13_AES_128_GCM_SHA256"), "detail pane: {s}");
             assert!(s.contains("certificate verdict: self-signed"), "detail pane: {s}");
+            assert!(s.contains("limits (XEP-0478): ours 524288 B; peer 10000 B, idle 300 s"), "the stream's limits: {s}");
         }
     }
 }

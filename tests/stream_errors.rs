@@ -32,7 +32,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, C)> {
         ("data behind starttls", b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><message/>".to_vec(), C::PolicyViolation),
     ];
     let mut big = b"<message><body>".to_vec();
-    big.extend(std::iter::repeat_n(b'a', 300 * 1024));
+    big.extend(std::iter::repeat_n(b'a', 600 * 1024));
     big.extend_from_slice(b"</body></message>");
     v.push(("stanza over the size limit", big, C::PolicyViolation));
     v.push(("DTD before the header", b"!<!DOCTYPE x>".to_vec(), C::RestrictedXml));

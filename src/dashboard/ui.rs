@@ -342,6 +342,10 @@ fn conn_detail(c: &ConnSnapshot) -> Vec<Line<'static>> {
             format!("{:?}", p.status).to_lowercase()
         )));
     }
+    if let Some(l) = &c.limits {
+        // XEP-0478: what we accept on it and what the peer said it accepts.
+        v.push(Line::from(format!("limits (XEP-0478): {l}")));
+    }
     if let Some(r) = &c.close_reason {
         v.push(Line::from(format!("closed: {r}")));
     }

@@ -204,6 +204,7 @@ fn stream_env(
             verifications_per_minute: l.verifications_per_minute,
             held_stanzas: l.outbound_queue,
             held_bytes: l.outbound_queue_bytes,
+            max_bytes: l.max_stanza_size,
         },
         security: settings.security.clone(),
         keys: crate::proto::dialback::DialbackKeys::new(secret),

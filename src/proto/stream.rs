@@ -148,6 +148,55 @@ impl std::fmt::Display for StreamError {
     }
 }
 
+/// A stream error a peer sent us (RFC 6120 §4.9.3, §4.9.4): its condition (kept by name,
+/// an unknown one too), its text and any application-specific condition, each clipped and
+/// escaped ([`crate::xml::element::clip`]) — they reach logs, outcomes, the closed row and
+/// screens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStreamError {
+    pub condition: String,
+    pub text: String,
+    /// `{namespace}name` of an application-specific condition (§4.9.4), if any.
+    pub app: Option<String>,
+}
+
+impl PeerStreamError {
+    /// The `<stream:error/>` in `el`, prefixed or in the default-namespace form (both parse
+    /// to the streams namespace); `None` for anything else.
+    pub fn parse(el: &Element) -> Option<Self> {
+        if !el.is("error", ns::STREAMS) {
+            return None;
+        }
+        let clip = crate::xml::element::clip;
+        let (mut condition, mut text, mut app) = (None, String::new(), None);
+        for c in el.elements() {
+            if c.ns == ns::STREAM_ERRORS {
+                if c.name == "text" {
+                    text = clip(&c.text_content(), PEER_TEXT).into_owned();
+                } else if condition.is_none() {
+                    condition = Some(clip(&c.name, 64).into_owned());
+                }
+            } else if app.is_none() {
+                app = Some(format!("{{{}}}{}", clip(&c.ns, 128), clip(&c.name, 64)));
+            }
+        }
+        Some(PeerStreamError { condition: condition.unwrap_or_else(|| "undefined-condition".into()), text, app })
+    }
+}
+
+impl std::fmt::Display for PeerStreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{}/>", self.condition)?;
+        if !self.text.is_empty() {
+            write!(f, " ({})", self.text)?;
+        }
+        if let Some(a) = &self.app {
+            write!(f, " [application condition {a}]")?;
+        }
+        Ok(())
+    }
+}
+
 /// Our stream header (RFC 6120 §4.7). `db:` is declared for dialback (XEP-0220 §2.1).
 pub fn header(from: Option<&str>, to: Option<&str>, id: Option<&str>) -> String {
     let mut s = String::with_capacity(256);

@@ -31,7 +31,7 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
     let mut d = Driver::new(caps.clone(), entry.clone(), conn, machine, Direction::In);
     // Before the handshake only a header and a <handshake/> may come: a stranger's
     // connection holds at most PRE_HANDSHAKE_MAX_SIZE of unparsed input, not a stanza's worth.
-    d.conn.framer.set_max_size(PRE_HANDSHAKE_MAX_SIZE.min(limits.max_stanza_size));
+    d.conn.framer.set_max_size(PRE_HANDSHAKE_MAX_SIZE.min(limits.max_stanza_size), true);
     let (tx, mut stanzas) = crate::router::queue::queue(limits.outbound_queue, limits.outbound_queue_bytes);
     let mut tx = Some(tx);
     let mut attached: Option<Domain> = None;
@@ -56,7 +56,7 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
                     };
                     if result.is_ok() {
                         attached = Some(domain);
-                        d.conn.framer.set_max_size(limits.max_stanza_size);
+                        d.conn.authenticated();
                     }
                     d.feed(Input::Attached(result));
                 }

@@ -100,7 +100,10 @@ pub struct Conn {
     /// Since when `out` has been waiting for the peer to read it.
     write_since: Option<Instant>,
     pub entry: Arc<ConnEntry>,
+    /// `limits.max_stanza_size`: the element size limit once the stream authenticated.
     max_size: usize,
+    /// Until then the smaller [`UNAUTHENTICATED_MAX_FRAME`] holds.
+    authenticated: bool,
     max_depth: usize,
     /// `[timeouts] write`: longest a write may wait for the peer to read.
     write_timeout: Duration,
@@ -113,6 +116,12 @@ pub struct Conn {
 }
 
 const READ_CHUNK: usize = 2048;
+
+/// The element size limit until a stream authenticates (or `limits.max_stanza_size` if
+/// smaller): before, only negotiation elements of a few hundred bytes are legitimate, so
+/// what an unauthenticated connection can make us buffer and parse stays what it was
+/// before the stanza limit grew to Prosody's 512 KiB.
+pub const UNAUTHENTICATED_MAX_FRAME: usize = 256 * 1024;
 
 /// Output waiting for the peer beyond which a stream stops reading (what it reads may ask
 /// for more writes: the peer cannot make us buffer without bound by not reading).
@@ -128,13 +137,16 @@ pub enum Progress {
 
 impl Conn {
     pub fn new(io: Transport, entry: Arc<ConnEntry>, limits: &crate::config::Limits, write_timeout: Duration) -> Conn {
+        let mut framer = Framer::new(limits.max_stanza_size, limits.max_depth);
+        framer.set_max_size(limits.max_stanza_size.min(UNAUTHENTICATED_MAX_FRAME), true);
         Conn {
             io,
-            framer: Framer::new(limits.max_stanza_size, limits.max_depth),
+            framer,
             out: String::new(),
             written: 0,
             write_since: None,
             max_size: limits.max_stanza_size,
+            authenticated: false,
             max_depth: limits.max_depth,
             write_timeout,
             deadline: None,
@@ -153,6 +165,18 @@ impl Conn {
     /// A stream restart (RFC 6120 §4.3.3): a fresh parser, nothing carried over.
     pub fn restart(&mut self) {
         self.framer = Framer::new(self.max_size, self.max_depth);
+        if !self.authenticated {
+            self.framer.set_max_size(self.max_size.min(UNAUTHENTICATED_MAX_FRAME), true);
+        }
+    }
+
+    /// The stream authenticated: elements up to `limits.max_stanza_size` (what our features
+    /// advertise, XEP-0478) are taken from now on.
+    pub fn authenticated(&mut self) {
+        if !self.authenticated {
+            self.authenticated = true;
+            self.framer.set_max_size(self.max_size, false);
+        }
     }
 
     /// The next frame. Cancel-safe: bytes read stay in the framer's buffer.

@@ -138,7 +138,13 @@ impl Driver {
             Output::Raw(s) => self.conn.send_raw(&s),
             Output::Send(el) => self.conn.send(&el),
             Output::Restart => self.conn.restart(),
-            Output::Observe(o) => observe(&*self.caps.observer, &self.entry, self.direction, o),
+            Output::Observe(o) => {
+                if o == Observed::State(crate::events::ConnState::Established) {
+                    // Authenticated: the stanza size limit we advertise applies from now on.
+                    self.conn.authenticated();
+                }
+                observe(&*self.caps.observer, &self.entry, self.direction, o)
+            }
             o => return Some(o),
         }
         None
@@ -194,6 +200,10 @@ impl Driver {
 
     /// The closing handshake (RFC 6120 §4.4) unless the connection is unusable.
     pub async fn close(&mut self, end: &Ending) {
+        if self.entry.capturing() {
+            // Why it ended, beside what crossed the wire (a peer's stream error included).
+            self.entry.record("note", format!("closing: {}", end.reason), None);
+        }
         if end.abandon {
             return;
         }

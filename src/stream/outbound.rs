@@ -100,8 +100,14 @@ pub async fn run(
             let mut d = driver.expect("closed after a connection");
             // Whatever was queued before the handle went away still goes out on this stream.
             while let Some(st) = stanzas.try_recv() {
-                d.conn.send(&st);
-                entry.stanza_out();
+                match d.machine.check_peer_limit(&st) {
+                    Ok(()) => {
+                        d.conn.send(&st);
+                        entry.stanza_out();
+                    }
+                    // Larger than the peer accepts (XEP-0478): bounced, as on the open stream.
+                    Err(bounce) => bounce.into_iter().for_each(|b| caps.router.route(b)),
+                }
             }
             fail_verifies(&mut verifies, &mut waiting, "remote-server-not-found", "stream closed");
             Box::pin(d.close(&end)).await;

@@ -104,6 +104,7 @@ struct Info {
     pairs: Vec<PairInfo>,
     close_reason: Option<String>,
     close_request: Option<CloseRequest>,
+    limits: Option<StreamLimits>,
 }
 
 impl ConnEntry {
@@ -128,6 +129,7 @@ impl ConnEntry {
             bytes_in: c.bytes_in.load(Ordering::Relaxed),
             bytes_out: c.bytes_out.load(Ordering::Relaxed),
             close_reason: i.close_reason,
+            limits: i.limits,
         }
     }
 
@@ -252,6 +254,15 @@ impl ConnEntry {
             Observed::Pair { local, remote, status, method } => self.set_pair(local, remote, *status, *method),
             Observed::PairRemoved { local, remote } => self.remove_pair(local, remote),
             Observed::PairsReset => self.reset_pairs(),
+            Observed::Limits(l) => {
+                let changed = {
+                    let mut i = self.info.lock().unwrap();
+                    i.limits.replace(*l) != Some(*l)
+                };
+                if changed {
+                    let _ = self.events.send(Event::StreamUpdated { stream: self.snapshot() });
+                }
+            }
             Observed::Certificate(verdict) => {
                 let tls = self.info.lock().unwrap().tls.clone();
                 if let Some(mut tls) = tls {

@@ -61,6 +61,12 @@ pub enum XmlError {
     /// A top-level element over the configured limit → `<policy-violation/>`.
     #[error("element exceeds the size limit of {limit} bytes (limits.max_stanza_size)")]
     TooLarge { limit: usize },
+    /// A top-level element over the smaller limit that holds until the stream authenticates
+    /// → `<policy-violation/>`.
+    #[error(
+        "element exceeds the size limit of {limit} bytes that holds until the stream is authenticated (limits.max_stanza_size applies after)"
+    )]
+    TooLargeUnauthenticated { limit: usize },
     /// Nesting beyond the configured depth → `<policy-violation/>`.
     #[error("elements nested deeper than {limit} levels (limits.max_depth)")]
     TooDeep { limit: usize },
@@ -107,6 +113,8 @@ pub struct Framer {
     header_seen: bool,
     closed: bool,
     max_size: usize,
+    /// `max_size` is the limit for unauthenticated streams (see [`Framer::set_max_size`]).
+    unauthenticated: bool,
     max_depth: usize,
     /// Namespace bindings from the stream header: (prefix, namespace); "" is the default.
     scope: Vec<(String, String)>,
@@ -127,16 +135,19 @@ impl Framer {
             header_seen: false,
             closed: false,
             max_size,
+            unauthenticated: false,
             max_depth: max_depth.max(2),
             scope: Vec::new(),
             last: (0, 0),
         }
     }
 
-    /// Change the size limit from the next byte scanned on (e.g. small until a peer has
-    /// authenticated, when nothing it may send yet needs more).
-    pub fn set_max_size(&mut self, max_size: usize) {
+    /// Change the element size limit, in the middle of the stream too (an element being
+    /// read gets the new room). `unauthenticated`: the limit is the one that holds until the
+    /// stream authenticates (its error says so).
+    pub fn set_max_size(&mut self, max_size: usize, unauthenticated: bool) {
         self.max_size = max_size;
+        self.unauthenticated = unauthenticated;
     }
 
     /// Append received bytes.
@@ -148,7 +159,15 @@ impl Framer {
     /// A buffer to read into directly (tokio's `read_buf` fills its spare capacity).
     pub fn read_buf(&mut self, reserve: usize) -> &mut Vec<u8> {
         self.compact();
-        self.buf.reserve(reserve);
+        let want = self.buf.len() + reserve;
+        if want > self.buf.capacity() {
+            // Doubling, but not past what one element at the size limit needs (and what is
+            // consumed but not compacted away yet): a stream's read buffer stays about the
+            // limit, not twice it.
+            let ceiling = self.start + self.max_size + 2 * reserve;
+            let target = (self.buf.capacity() * 2).min(ceiling).max(want);
+            self.buf.reserve_exact(target - self.buf.len());
+        }
         &mut self.buf
     }
 
@@ -352,7 +371,8 @@ impl Framer {
 
     fn check_size(&self) -> Result<(), XmlError> {
         if self.pos - self.elem_start.min(self.pos) > self.max_size {
-            return Err(XmlError::TooLarge { limit: self.max_size });
+            let limit = self.max_size;
+            return Err(if self.unauthenticated { XmlError::TooLargeUnauthenticated { limit } } else { XmlError::TooLarge { limit } });
         }
         Ok(())
     }
@@ -1057,6 +1077,45 @@ mod tests {
         assert_eq!(f.next_frame(), Err(XmlError::TooDeep { limit: 8 }));
     }
 
+    /// At the default limit (512 KiB), read as a connection reads (2 KiB into the framer's
+    /// own buffer): a 500 KiB stanza passes; a 600 KiB one is refused once the limit is
+    /// passed, the buffer never having grown much past the limit (doubling alone took it
+    /// to 1 MiB); after the stanza the buffer is given back.
+    #[test]
+    fn the_default_limit_passes_500_kib_refuses_600_kib_and_bounds_the_buffer() {
+        // `limits.max_stanza_size`'s default (config's builtin_default test holds it there).
+        let limit = 512 * 1024;
+        let stanza = |kib: usize| {
+            let mut s = b"<message><body>".to_vec();
+            s.extend(std::iter::repeat_n(b'a', kib * 1024));
+            s.extend_from_slice(b"</body></message>");
+            s
+        };
+        let read = |f: &mut Framer, bytes: &[u8]| -> (Result<Option<Frame>, XmlError>, usize) {
+            let mut peak = 0;
+            for chunk in bytes.chunks(2048) {
+                f.read_buf(2048).extend_from_slice(chunk);
+                peak = peak.max(f.capacity());
+                match f.next_frame() {
+                    Ok(None) => {}
+                    other => return (other, peak),
+                }
+            }
+            (Ok(None), peak)
+        };
+        let mut f = Framer::new(limit, 32);
+        f.feed(HEADER.as_bytes());
+        f.next_frame().unwrap();
+        let (r, peak) = read(&mut f, &stanza(500));
+        assert!(matches!(r, Ok(Some(Frame::Element(ref e))) if e.name.as_ref() == "message"), "{r:?}");
+        assert!(peak <= limit + 8 * 1024, "peak buffer {peak}");
+        f.trim();
+        assert_eq!(f.capacity(), 0, "given back once consumed");
+        let (r, peak) = read(&mut f, &stanza(600));
+        assert_eq!(r, Err(XmlError::TooLarge { limit }));
+        assert!(peak <= limit + 8 * 1024, "peak buffer {peak}");
+    }
+
     #[test]
     fn many_stanzas_keep_buffer_small() {
         let mut f = Framer::new(1 << 16, 16);
@@ -1125,5 +1184,40 @@ mod tests {
         let r = after_header(&s).unwrap();
         let Frame::Element(back) = &r[1] else { panic!() };
         assert_eq!(back, &el);
+    }
+
+    /// The writer's size bound, which lets the XEP-0478 check skip serialising most
+    /// stanzas, is never below what is written: escapes, inline and hoisted namespaces,
+    /// namespaced attributes, prefixed top elements, many levels.
+    #[test]
+    fn the_writers_length_bound_is_an_upper_bound() {
+        use super::super::writer::{len_bound, write_top};
+        let hostile = "'\"<>&\u{e9}\t\n\r]]>&amp;";
+        let mut many = format!("<message xmlns:p='urn:{}' p:x='{}' xmlns:q='urn:q'>", "n".repeat(300), "&amp;".repeat(50));
+        for i in 0..300 {
+            many.push_str(&format!("<p:c q:a='{i}'><q:d xmlns='' b='&lt;'>&amp;&#13;</q:d></p:c>"));
+        }
+        many.push_str("</message>");
+        let Frame::Element(parsed) = after_header(&many).unwrap().remove(1) else { panic!() };
+        let deep = (0..30).fold(Element::new("leaf", "urn:x").text(hostile), |inner, i| {
+            Element::new("n", if i % 2 == 0 { "urn:a" } else { "urn:b" }).child(inner)
+        });
+        let cases = vec![
+            Element::new("message", ns::SERVER).attr("to", "a@b").attr("from", "c@d").child(Element::new("body", ns::SERVER).text("hi")),
+            Element::new("message", ns::SERVER)
+                .attr("to", hostile)
+                .child(Element::new("body", ns::SERVER).text(hostile))
+                .child(Element::new("x", "urn:'evil\"").text("</message>")),
+            Element::new("error", ns::STREAMS).child(Element::new("reset", ns::STREAM_ERRORS)),
+            Element::new("result", ns::DIALBACK).attr("to", "a").text("k"),
+            Element::new("iq", ns::SERVER),
+            deep,
+            parsed,
+        ];
+        for el in &cases {
+            let mut out = String::new();
+            write_top(&mut out, el);
+            assert!(len_bound(el) >= out.len(), "bound {} < {} written: {}", len_bound(el), out.len(), &out[..out.len().min(200)]);
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Namespaces (RFC 6120, XEP-0220, XEP-0199, XEP-0030, XEP-0092).
+//! Namespaces (RFC 6120, XEP-0220, XEP-0199, XEP-0030, XEP-0092, XEP-0478).
 
 pub const STREAMS: &str = "http://etherx.jabber.org/streams";
 pub const SERVER: &str = "jabber:server";
@@ -11,6 +11,8 @@ pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 pub const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 pub const STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 pub const STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+/// Stream limits advertisement (XEP-0478).
+pub const STREAM_LIMITS: &str = "urn:xmpp:stream-limits:0";
 pub const PING: &str = "urn:xmpp:ping";
 pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const VERSION: &str = "jabber:iq:version";

@@ -14,7 +14,7 @@ use sha1::{Digest, Sha1};
 use super::{Cx, EndKind, Ending, Input, Observed, Output, ReadError};
 use crate::domain::Domain;
 use crate::proto::ns;
-use crate::proto::stream::StreamErrorCondition as C;
+use crate::proto::stream::{PeerStreamError, StreamErrorCondition as C};
 use crate::types::{AuthMethod, ConnState, PairStatus, VerificationResult};
 use crate::xml::element::clip;
 use crate::xml::{Element, Frame, Node};
@@ -157,6 +157,12 @@ impl Component {
     }
 
     fn on_frame(&mut self, cx: &mut Cx, frame: Frame) {
+        if let Frame::Element(el) = &frame
+            && let Some(e) = PeerStreamError::parse(el)
+        {
+            self.state = State::Done;
+            return cx.close(super::peer_error_ending("the component", &e));
+        }
         match std::mem::replace(&mut self.state, State::Done) {
             State::Header => self.on_header(cx, frame),
             State::Handshake { domain, id } => self.on_handshake(cx, frame, domain, id),
@@ -194,6 +200,8 @@ impl Component {
             ));
         };
         cx.observe(Observed::Domains { local: Some(domain.to_string()), remote: Some(domain.to_string()) });
+        // XEP-0114 has no stream features: ours are enforced, not advertised.
+        cx.observe(Observed::Limits(crate::types::StreamLimits { max_bytes: cx.env.limits.max_bytes as u64, ..Default::default() }));
         cx.state(ConnState::Authenticating);
         self.state = State::Handshake { domain, id };
     }

@@ -29,11 +29,11 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::{CertificateDer, UnixTime};
 
 use crate::domain::Domain;
-use crate::types::{AuthMethod, CertVerdict, ConnState, PairStatus, Security, Verdict, VerificationResult};
+use crate::types::{AuthMethod, CertVerdict, ConnState, PairStatus, Security, StreamLimits, Verdict, VerificationResult};
 use crate::xml::{Element, Frame, XmlError};
 
 use super::dialback::{Answer, DialbackKeys};
-use super::stream::{StreamError, StreamErrorCondition};
+use super::stream::{PeerStreamError, StreamError, StreamErrorCondition};
 
 /// The timeouts a stream machine keeps (all from `[timeouts]`, `approval_wait` from
 /// `[policy]`).
@@ -57,6 +57,9 @@ pub struct Limits {
     pub held_stanzas: usize,
     /// Their bytes (`outbound_queue_bytes`).
     pub held_bytes: usize,
+    /// Largest top-level element accepted (`max_stanza_size`: the framer enforces it; the
+    /// machine advertises it, XEP-0478).
+    pub max_bytes: usize,
 }
 
 /// The policy as a stream sees it: a verdict per remote domain.
@@ -300,6 +303,8 @@ pub enum Observed {
     },
     /// A verified domain nobody decided on waits for the operator (approval mode).
     Pending(Domain),
+    /// The stream's limits (XEP-0478), ours and the peer's, as last advertised.
+    Limits(StreamLimits),
 }
 
 /// How a stream ends.
@@ -444,6 +449,16 @@ impl Machine {
         }
     }
 
+    /// Outbound streams: whether the peer accepts `st` by the limit it advertised
+    /// (XEP-0478); `Err` carries the bounce for its sender (`None`: not answerable). Checked
+    /// for every stanza fed; for what is written past the machine (a closing stream's queue).
+    pub fn check_peer_limit(&self, st: &Element) -> Result<(), Option<Element>> {
+        match &self.role {
+            Role::Originating(o) => o.check_peer_limit(&self.log, st),
+            _ => Ok(()),
+        }
+    }
+
     /// Originating streams: whether `db:verify` requests may be fed now (past negotiation).
     pub fn accepts_verifies(&self) -> bool {
         matches!(&self.role, Role::Originating(o) if !self.closed && o.authenticating_or_later())
@@ -533,10 +548,44 @@ pub fn xml_error(x: &XmlError) -> Ending {
     use StreamErrorCondition as C;
     match x {
         XmlError::Restricted(m) => Ending::error(C::RestrictedXml, m.clone()),
-        e @ (XmlError::TooLarge { .. } | XmlError::TooDeep { .. }) => Ending::error(C::PolicyViolation, e.to_string()),
+        e @ (XmlError::TooLarge { .. } | XmlError::TooLargeUnauthenticated { .. } | XmlError::TooDeep { .. }) => {
+            Ending::error(C::PolicyViolation, e.to_string())
+        }
         XmlError::TextAtTopLevel => Ending::error(C::BadFormat, "character data between stanzas"),
         XmlError::NotWellFormed(m) => Ending::error(C::NotWellFormed, m.clone()),
     }
+}
+
+/// Our limits (XEP-0478 §2.1) for the stream features: `max-bytes` — the largest top-level
+/// element we accept (`limits.max_stanza_size`, enforced by the framer) — and, where we
+/// close quiet streams, `idle-seconds`.
+fn limits_feature(env: &Env, idle: Option<Duration>) -> Element {
+    let mut l = Element::new("limits", crate::xml::ns::STREAM_LIMITS)
+        .child(Element::new("max-bytes", crate::xml::ns::STREAM_LIMITS).text(env.limits.max_bytes.to_string()));
+    if let Some(i) = idle {
+        l = l.child(Element::new("idle-seconds", crate::xml::ns::STREAM_LIMITS).text(i.as_secs().to_string()));
+    }
+    l
+}
+
+/// The limits a peer advertised in its stream features (XEP-0478): `max-bytes` and
+/// `idle-seconds`, each `None` when absent or not a positive integer — features without
+/// `<limits/>` (Prosody 0.12) mean no cap beyond our own.
+fn peer_limits(features: &Element) -> (Option<u64>, Option<u64>) {
+    let Some(l) = features.get_child("limits", crate::xml::ns::STREAM_LIMITS) else {
+        return (None, None);
+    };
+    let num = |name: &str| {
+        l.get_child(name, crate::xml::ns::STREAM_LIMITS).and_then(|c| c.text_content().trim().parse::<u64>().ok()).filter(|n| *n > 0)
+    };
+    (num("max-bytes"), num("idle-seconds"))
+}
+
+/// The peer ended the stream with `e` (RFC 6120 §4.9.1.1: it closes the stream after its
+/// error): we answer with our closing tag only — never an error of ours about its error —
+/// and keep its condition, text and application condition as the reason.
+fn peer_error_ending(who: &str, e: &PeerStreamError) -> Ending {
+    Ending::quiet(format!("{who} ended the stream with stream error {e}"), false)
 }
 
 /// Dialback requests on one stream: at most `limits.max_verifications_in_flight` at once

@@ -15,8 +15,8 @@ use crate::domain::Domain;
 use crate::proto::auth::ValidPair;
 use crate::proto::dialback::{self, Answer, DbElement};
 use crate::proto::ns;
-use crate::proto::stream::{StreamError, StreamErrorCondition, check_header, header};
-use crate::types::{AuthMethod, AuthMode, ConnState, PairStatus, Verdict, VerificationResult};
+use crate::proto::stream::{PeerStreamError, StreamError, StreamErrorCondition, check_header, header};
+use crate::types::{AuthMethod, AuthMode, ConnState, PairStatus, StreamLimits, Verdict, VerificationResult};
 use crate::xml::{Element, Frame};
 
 #[derive(Debug)]
@@ -65,6 +65,12 @@ pub(super) struct Originating {
     last_stanza: Instant,
     /// `db:verify` requests sent, by stream id: the tokens waiting for the answer.
     verifying: HashMap<String, Vec<u64>>,
+    /// The peer's `max-bytes` from its latest features (XEP-0478); `None`: it advertised none.
+    peer_max: Option<usize>,
+    /// The peer's `idle-seconds` (XEP-0478): it may close a stream quiet for that long.
+    peer_idle: Option<std::time::Duration>,
+    /// A stanza over `peer_max` was logged at info level already (one per stream).
+    oversize_logged: std::cell::Cell<bool>,
 }
 
 /// Why an outbound stream could not be set up (by the machine, or by its driver while
@@ -98,6 +104,9 @@ impl Originating {
             last_write: now,
             last_stanza: now,
             verifying: HashMap::new(),
+            peer_max: None,
+            peer_idle: None,
+            oversize_logged: std::cell::Cell::new(false),
         };
         if direct {
             cx.state(ConnState::Tls);
@@ -124,9 +133,7 @@ impl Originating {
     pub(super) fn deadline(&self, env: &Env) -> Option<Instant> {
         match &self.state {
             State::Dialback { until } | State::Held { until, .. } => Some(*until),
-            State::Established { .. } => {
-                Some((self.last_write + env.timeouts.keepalive).min(self.last_stanza + env.timeouts.idle_outbound))
-            }
+            State::Established { .. } => Some((self.last_write + self.keepalive(env)).min(self.last_stanza + env.timeouts.idle_outbound)),
             State::Done => None,
             _ => Some(self.deadline),
         }
@@ -134,6 +141,14 @@ impl Originating {
 
     pub(super) fn write_deadline(&self) -> Option<Instant> {
         self.negotiating().then_some(self.deadline)
+    }
+
+    /// How long the stream may be quiet before a whitespace keepalive: `timeouts.keepalive`,
+    /// or half the peer's advertised `idle-seconds` if that is sooner (XEP-0478: a stream
+    /// we keep open is not one the peer finds idle).
+    fn keepalive(&self, env: &Env) -> std::time::Duration {
+        let k = env.timeouts.keepalive;
+        self.peer_idle.map_or(k, |i| k.min((i / 2).max(std::time::Duration::from_secs(1))))
     }
 
     fn send_header(&mut self, cx: &mut Cx, sasl: Option<ValidPair>) {
@@ -186,6 +201,10 @@ impl Originating {
             }
             Input::Stanza(st) => {
                 if self.established() {
+                    if let Err(bounce) = self.check_peer_limit(cx.log, &st) {
+                        cx.out.extend(bounce.map(Output::Route));
+                        return;
+                    }
                     cx.send(st);
                     self.last_write = now;
                     self.last_stanza = now;
@@ -227,7 +246,7 @@ impl Originating {
                 if now >= self.last_stanza + t.idle_outbound {
                     let reason = format!("idle for {}s (timeouts.idle_outbound)", t.idle_outbound.as_secs());
                     self.end(cx, Ending { error: None, reason, peer_closed: false, abandon: false, kind: EndKind::Closed });
-                } else if now >= self.last_write + t.keepalive {
+                } else if now >= self.last_write + self.keepalive(cx.env) {
                     // RFC 6120 §4.6.1: whitespace keepalive.
                     cx.out.push_back(Output::Raw(" ".into()));
                     self.last_write = now;
@@ -268,6 +287,11 @@ impl Originating {
     }
 
     fn on_frame(&mut self, cx: &mut Cx, now: Instant, frame: Frame, buffered: usize) {
+        if let Frame::Element(el) = &frame
+            && let Some(e) = PeerStreamError::parse(el)
+        {
+            return self.on_peer_error(cx, e);
+        }
         let state = std::mem::replace(&mut self.state, State::Done);
         match state {
             State::Header { sasl } => {
@@ -300,12 +324,12 @@ impl Originating {
                 let features = match frame {
                     Frame::Element(el) if el.is("features", ns::STREAMS) => el,
                     Frame::Element(el) => {
-                        let f = peer_error(&el).unwrap_or_else(|| Failure::new(format!("expected stream features, got {}", el.describe())));
-                        return self.fail(cx, f, false);
+                        return self.fail(cx, Failure::new(format!("expected stream features, got {}", el.describe())), false);
                     }
                     Frame::StreamClose => return self.fail(cx, Failure::new("the peer closed the stream"), false),
                     Frame::StreamOpen(_) => return self.fail(cx, Failure::new("unexpected second stream header"), false),
                 };
+                self.read_limits(cx, &features);
                 if let Some(pair) = sasl {
                     let why = format!("{} accepted our certificate (SASL EXTERNAL)", self.remote);
                     return self.authorised(cx, now, pair, why);
@@ -371,8 +395,6 @@ impl Originating {
                         }
                         _ => self.on_dialback(cx, &db),
                     }
-                } else if let Some(f) = peer_error(&el) {
-                    self.fail(cx, f, true);
                 }
             }
             State::Held { pair, until } => {
@@ -381,8 +403,6 @@ impl Originating {
                     Frame::Element(el) => {
                         if let Some(db) = DbElement::parse(&el) {
                             self.on_dialback(cx, &db);
-                        } else if let Some(f) = peer_error(&el) {
-                            self.fail(cx, f, true);
                         }
                     }
                     Frame::StreamOpen(_) => {}
@@ -395,8 +415,6 @@ impl Originating {
                     Frame::Element(el) => {
                         if let Some(db) = DbElement::parse(&el) {
                             self.on_dialback(cx, &db);
-                        } else if let Some(f) = peer_error(&el) {
-                            self.lost(cx, f.reason, true, true);
                         } else {
                             tracing::debug!(stream = %cx.log, element = %el.describe(), "ignoring an element on an outbound stream");
                         }
@@ -409,6 +427,79 @@ impl Originating {
                 self.state = s;
                 self.fail(cx, Failure::new("data during the TLS handshake"), true);
             }
+        }
+    }
+
+    /// The limits in the peer's latest features (XEP-0478 §3: they may change whenever new
+    /// features are announced, as after authentication).
+    fn read_limits(&mut self, cx: &mut Cx, features: &Element) {
+        let (max, idle) = super::peer_limits(features);
+        self.peer_max = max.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
+        self.peer_idle = idle.map(std::time::Duration::from_secs);
+        cx.observe(Observed::Limits(StreamLimits {
+            max_bytes: cx.env.limits.max_bytes as u64,
+            idle_seconds: None,
+            peer_max_bytes: max,
+            peer_idle_seconds: idle,
+        }));
+    }
+
+    /// XEP-0478 §3: a stanza larger, serialised, than the peer's advertised `max-bytes` is
+    /// not sent; its sender gets `<policy-violation/>` without 'by' (the policy is the
+    /// peer's) and a text with the limit, and the stream carries on. `Err` holds that bounce
+    /// (`None` for an error or a result, which are not answered). Only stanzas the cheap
+    /// bound cannot clear are serialised to be measured.
+    pub(super) fn check_peer_limit(&self, log: &str, st: &Element) -> Result<(), Option<Element>> {
+        let Some(max) = self.peer_max else { return Ok(()) };
+        if crate::xml::writer::len_bound(st) <= max {
+            return Ok(());
+        }
+        let mut text = String::new();
+        crate::xml::writer::write_top(&mut text, st);
+        let size = text.len();
+        if size <= max {
+            return Ok(());
+        }
+        let remote = &self.remote;
+        let from = crate::xml::element::clip(st.get_attr("from").unwrap_or("(none)"), 64);
+        let note = format!(
+            "not sending a {size}-byte <{}/> from {from} to {remote}, which accepts at most {max} bytes (its XEP-0478 max-bytes); bounced to the sender",
+            st.name
+        );
+        // The first on a stream is worth the operator's attention; the rest are its echo.
+        if self.oversize_logged.replace(true) {
+            tracing::debug!(stream = %log, "{note}");
+        } else {
+            tracing::info!(stream = %log, "{note} (further ones on this stream at debug level)");
+        }
+        let why = format!("the stanza is {size} bytes; {remote} accepts at most {max} bytes (its XEP-0478 stream limit)");
+        Err(crate::proto::stanza::error_reply(st, crate::proto::stanza::ErrorType::Modify, "policy-violation", Some(&why)).map(|mut b| {
+            // The original is what was too large: it is not echoed back.
+            b.children.retain(|c| matches!(c, crate::xml::Node::Element(e) if e.name.as_ref() == "error"));
+            b
+        }))
+    }
+
+    /// The peer ended the stream with a stream error (RFC 6120 §4.9): a set-up under way
+    /// fails with its reason (and a verification under way records it as its outcome), an
+    /// established stream is lost; either way quietly, our closing tag only.
+    fn on_peer_error(&mut self, cx: &mut Cx, e: PeerStreamError) {
+        let end = super::peer_error_ending(self.remote.as_str(), &e);
+        let verifying = match self.state {
+            State::Dialback { .. } => Some(AuthMethod::Dialback),
+            State::Sasl { .. } => Some(AuthMethod::SaslExternal),
+            _ => None,
+        };
+        if let Some(method) = verifying {
+            if method == AuthMethod::Dialback {
+                cx.observe(Observed::PairRemoved { local: self.local.clone(), remote: self.remote.clone() });
+            }
+            cx.outcome(&self.local, &self.remote, method, VerificationResult::Error, end.reason.clone());
+        }
+        if self.established() {
+            self.lost(cx, end.reason, false, false);
+        } else {
+            self.fail(cx, Failure::new(end.reason), false);
         }
     }
 
@@ -565,9 +656,4 @@ pub fn verify_failure(remote: &Domain, condition: &str) -> Answer {
     } else {
         Answer::error("remote-connection-failed", format!("{remote}'s authoritative server could not be reached"))
     }
-}
-
-/// A `<stream:error/>` from the peer, as a failure.
-fn peer_error(el: &Element) -> Option<Failure> {
-    el.is("error", ns::STREAMS).then(|| Failure::new(format!("the peer sent stream error {}", StreamError::from_element(el))))
 }

@@ -15,7 +15,7 @@ use crate::proto::auth::{Certified, ValidPair};
 use crate::proto::dialback::{self, Answer, DbElement};
 use crate::proto::ns;
 use crate::proto::stanza::is_stanza;
-use crate::proto::stream::{StreamErrorCondition as C, check_header, header};
+use crate::proto::stream::{PeerStreamError, StreamErrorCondition as C, check_header, header};
 use crate::types::{AuthMethod, CertVerdict, ConnState, PairStatus, Verdict, VerificationResult};
 use crate::xml::element::clip;
 use crate::xml::{Element, Frame};
@@ -255,7 +255,15 @@ impl Receiving {
         if (self.secure || !require_tls) && dialback_ok {
             features = features.child(Element::new("dialback", ns::DIALBACK_FEATURE).child(Element::new("errors", ns::DIALBACK_FEATURE)));
         }
+        // XEP-0478: our limits, before and after authentication alike.
+        features = features.child(super::limits_feature(env, Some(env.timeouts.idle_inbound)));
         cx.send(features);
+        cx.observe(Observed::Limits(crate::types::StreamLimits {
+            max_bytes: env.limits.max_bytes as u64,
+            idle_seconds: Some(env.timeouts.idle_inbound.as_secs()),
+            peer_max_bytes: None,
+            peer_idle_seconds: None,
+        }));
         cx.state(match (self.authenticated(), self.secure) {
             (true, _) => ConnState::Established,
             (false, true) => ConnState::Authenticating,
@@ -303,6 +311,9 @@ impl Receiving {
             Frame::StreamClose => return cx.close(Ending::quiet("closed by the peer", true)),
             Frame::StreamOpen(_) => return cx.close(Ending::error(C::NotWellFormed, "unexpected stream header")),
         };
+        if let Some(e) = PeerStreamError::parse(&el) {
+            return self.on_peer_error(cx, e);
+        }
         if el.ns == ns::SASL {
             return self.on_sasl(cx, now, el);
         }
@@ -339,6 +350,19 @@ impl Receiving {
             return self.on_stanza(cx, el);
         }
         cx.close(Ending::error(C::UnsupportedStanzaType, format!("{} is not supported here", el.describe())))
+    }
+
+    /// The peer ended the stream with a stream error (RFC 6120 §4.9): claims still being
+    /// verified end with its reason as their outcome; the stream closes quietly.
+    fn on_peer_error(&mut self, cx: &mut Cx, e: PeerStreamError) {
+        let who = self.peer.as_ref().map_or_else(|| "the peer".to_owned(), |p| p.to_string());
+        for ((local, remote), p) in &self.pairs {
+            if matches!(p, Pair::Verifying) {
+                let why = format!("{who} ended the stream with stream error {e} while its claim was being verified");
+                cx.outcome(local, remote, AuthMethod::Dialback, VerificationResult::Error, why);
+            }
+        }
+        cx.close(super::peer_error_ending(&who, &e));
     }
 
     /// STARTTLS (RFC 6120 §5.4.3): `<proceed/>`, then the handshake.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::proto::ns;
 use crate::proto::stream::StreamErrorCondition as C;
-use crate::types::{AuthMode, DomainRule};
+use crate::types::{AuthMode, DomainRule, StreamLimits};
 use crate::xml::Framer;
 
 const LOCAL: &str = "here.test";
@@ -84,6 +84,7 @@ fn world_with(f: impl FnOnce(&mut Env)) -> World {
             verifications_per_minute: 3,
             held_stanzas: 3,
             held_bytes: 10_000,
+            max_bytes: 512 * 1024,
         },
         security: Security { auth: AuthMode::CertOrDialback, require_encryption: true, rules: vec![] },
         keys: DialbackKeys::new(SECRET),
@@ -917,7 +918,7 @@ fn originating_keepalive_idle_and_closing() {
     let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
     m.handle(w.t0, frame(wire.el("<stream:error><host-gone xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>")));
     let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
-    assert!(e.reason.contains("host-gone") && e.abandon);
+    assert!(e.reason.contains("host-gone") && !e.abandon && !e.peer_closed);
     // The operator.
     let mut m = w.outbound_established();
     m.handle(w.t0, Input::Close { reason: "operator".into(), error: None });
@@ -1152,4 +1153,236 @@ fn reported_texts_are_escaped_and_bounded() {
         })
         .collect();
     assert!(!ids.is_empty() && ids.iter().all(|i| i.starts_with("a\\nb") && i.len() < 200), "{ids:?}");
+}
+
+// ---- a peer's stream error, on every kind of stream (RFC 6120 §4.9) -------------------------
+
+/// A `<stream:error/>` with a condition, a text and an application-specific condition.
+const PEER_ERROR: &str = "<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>going down\nfor maintenance</text><maintenance xmlns='urn:example:ops'/></stream:error>";
+/// The same element in the default-namespace form.
+const PEER_ERROR_DEFAULT_NS: &str = "<error xmlns='http://etherx.jabber.org/streams'><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>too big</text></error>";
+
+/// Ends quietly: no stream error of ours, the closing tag only, and the peer's reason kept.
+fn assert_quiet_end_with(outs: &[Output], needles: &[&str]) -> Ending {
+    let e = ending(outs).unwrap_or_else(|| panic!("the stream ends: {outs:?}")).clone();
+    assert!(e.error.is_none(), "no stream error in reply: {e:?}");
+    assert!(!e.abandon, "our </stream:stream> still goes out: {e:?}");
+    assert!(!written(outs).contains("error"), "nothing of ours in reply: {}", written(outs));
+    for n in needles {
+        assert!(e.reason.contains(n), "{n:?} in the reason: {}", e.reason);
+    }
+    e
+}
+
+#[test]
+fn receiving_a_peers_stream_error_ends_the_stream_quietly_with_its_reason() {
+    let w = world();
+    // Established: the peer's condition, text (escaped) and application condition are the reason.
+    let (mut m, mut wire) = w.inbound_established();
+    m.handle(w.t0, frame(wire.el(PEER_ERROR)));
+    let e = assert_quiet_end_with(&drain(&mut m), &["system-shutdown", "going down\\nfor maintenance", "maintenance", "urn:example:ops"]);
+    assert!(!e.reason.contains("not supported"), "{}", e.reason);
+    // The default-namespace form, before anything was authenticated.
+    let (mut m, mut wire, _) = w.inbound_secure();
+    m.handle(w.t0, frame(wire.el(PEER_ERROR_DEFAULT_NS)));
+    assert_quiet_end_with(&drain(&mut m), &["policy-violation", "too big"]);
+    // While a claim is being verified: its outcome says the peer gave up, and why.
+    let (mut m, mut wire, _) = w.inbound_secure();
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}'>k</db:result>"))));
+    drain(&mut m);
+    m.handle(w.t0, frame(wire.el(PEER_ERROR)));
+    let outs = drain(&mut m);
+    assert_quiet_end_with(&outs, &["system-shutdown"]);
+    let reasons: Vec<&str> = observed(&outs)
+        .into_iter()
+        .filter_map(
+            |o| if let Observed::Outcome { result: VerificationResult::Error, reason, .. } = o { Some(reason.as_str()) } else { None },
+        )
+        .collect();
+    assert!(reasons.len() == 1 && reasons[0].contains("system-shutdown") && reasons[0].contains("going down"), "{reasons:?}");
+}
+
+#[test]
+fn originating_a_peers_stream_error_ends_the_stream_quietly_with_its_reason() {
+    let w = world();
+    // Established: lost (what is queued gets a new stream), our close still sent.
+    let mut m = w.outbound_established();
+    let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(wire.el(PEER_ERROR)));
+    let e = assert_quiet_end_with(&drain(&mut m), &["system-shutdown", "going down", "urn:example:ops"]);
+    assert_eq!(e.kind, EndKind::Lost);
+    // During dialback: a failed set-up, the outcome records the peer's reason.
+    let (mut m, _) = w.outbound_after_tls(false, "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>");
+    let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(wire.el(PEER_ERROR_DEFAULT_NS)));
+    let outs = drain(&mut m);
+    let e = assert_quiet_end_with(&outs, &["policy-violation", "too big"]);
+    assert!(matches!(e.kind, EndKind::Failed { .. }));
+    assert_eq!(outcomes(&outs), vec![(AuthMethod::Dialback, VerificationResult::Error)]);
+    // In answer to STARTTLS.
+    let mut m = w.outbound(false);
+    let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(h));
+    m.handle(w.t0, frame(wire.el("<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>")));
+    drain(&mut m);
+    m.handle(w.t0, frame(wire.el(PEER_ERROR)));
+    assert_quiet_end_with(&drain(&mut m), &["system-shutdown"]);
+}
+
+#[test]
+fn component_a_stream_error_ends_the_stream_quietly_with_its_reason() {
+    let w = world();
+    let (mut m, mut f, _) = component_established(&w);
+    m.handle(w.t0, next(&mut f, PEER_ERROR));
+    assert_quiet_end_with(&drain(&mut m), &["system-shutdown", "going down", "urn:example:ops"]);
+    // Instead of its handshake.
+    let (mut m, mut f) = component(&w);
+    m.handle(w.t0, frame(f.next_frame().unwrap().unwrap()));
+    drain(&mut m);
+    m.handle(w.t0, next(&mut f, PEER_ERROR_DEFAULT_NS));
+    assert_quiet_end_with(&drain(&mut m), &["policy-violation", "too big"]);
+}
+
+// ---- stream limits (XEP-0478) -----------------------------------------------------------------
+
+const OUR_LIMITS: &str = "<limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>524288</max-bytes><idle-seconds>1200</idle-seconds></limits>";
+
+fn limits_observed(outs: &[Output]) -> Option<StreamLimits> {
+    observed(outs).into_iter().find_map(|o| if let Observed::Limits(l) = o { Some(*l) } else { None })
+}
+
+#[test]
+fn receiving_advertises_its_limits_before_and_after_authentication() {
+    let w = world();
+    // Before TLS.
+    let mut m = w.inbound(None);
+    m.handle(w.t0, frame(Wire::open(Some(REMOTE), LOCAL).1));
+    let outs = drain(&mut m);
+    assert!(written(&outs).contains(OUR_LIMITS), "{}", written(&outs));
+    let l = limits_observed(&outs).expect("the row learns them");
+    assert_eq!((l.max_bytes, l.idle_seconds, l.peer_max_bytes), (512 * 1024, Some(1200), None));
+    // After TLS (where dialback authenticates on this stream).
+    let (_, _, outs) = w.inbound_secure();
+    assert!(written(&outs).contains(OUR_LIMITS), "{}", written(&outs));
+    // After SASL EXTERNAL, on the restarted stream: authenticated.
+    w.judge.0.lock().unwrap().push(REMOTE.into());
+    let (mut m, mut wire, _) = w.inbound_secure();
+    m.handle(w.t0, frame(wire.el("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")));
+    assert!(written(&drain(&mut m)).contains("<success"));
+    m.handle(w.t0, frame(Wire::open(Some(REMOTE), LOCAL).1));
+    let outs = drain(&mut m);
+    let text = written(&outs);
+    assert!(text.contains(OUR_LIMITS) && !text.contains("EXTERNAL"), "{text}");
+}
+
+/// An outbound stream whose peer advertised `features` after TLS, established by dialback.
+fn outbound_established_with(w: &World, features: &str) -> (Machine, Vec<Output>) {
+    let (mut m, outs) = w.outbound_after_tls(false, features);
+    assert!(written(&outs).contains("<db:result"), "{}", written(&outs));
+    let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}' type='valid'/>"))));
+    drain(&mut m);
+    assert!(m.accepts_stanzas());
+    (m, outs)
+}
+
+fn message(id: &str, body_len: usize) -> Element {
+    Element::new("message", ns::SERVER)
+        .attr("from", format!("u@{LOCAL}"))
+        .attr("to", format!("v@{REMOTE}"))
+        .attr("id", id)
+        .child(Element::new("body", ns::SERVER).text("x".repeat(body_len)))
+}
+
+fn routed(outs: &[Output]) -> Vec<&Element> {
+    outs.iter().filter_map(|o| if let Output::Route(el) = o { Some(el) } else { None }).collect()
+}
+
+#[test]
+fn originating_honours_the_peers_max_bytes_bouncing_larger_stanzas_and_keeping_the_stream() {
+    let w = world();
+    let features = "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>1000</max-bytes><idle-seconds>300</idle-seconds></limits></stream:features>";
+    let (mut m, outs) = outbound_established_with(&w, features);
+    let l = limits_observed(&outs).expect("the row learns the peer's limits");
+    assert_eq!((l.max_bytes, l.peer_max_bytes, l.peer_idle_seconds), (512 * 1024, Some(1000), Some(300)));
+    // Over the limit once serialised: not written; the sender gets policy-violation, no 'by'.
+    m.handle(w.t0, Input::Stanza(message("big", 1200)));
+    let outs = drain(&mut m);
+    assert!(written(&outs).is_empty(), "{}", written(&outs));
+    assert!(ending(&outs).is_none(), "the stream stays up");
+    let bounce = routed(&outs);
+    assert_eq!(bounce.len(), 1, "{outs:?}");
+    let b = xml(bounce[0]);
+    assert!(b.contains("type='error'") && b.contains(&format!("to='u@{LOCAL}'")) && b.contains("id='big'"), "{b}");
+    assert!(b.contains("<policy-violation") && b.contains("1000 bytes") && !b.contains(" by=") && !b.contains("xxxx"), "{b}");
+    // Just under it (a body that the cheap bound cannot clear, measured exactly): sent.
+    let fits = (0..1000).rev().map(|n| message("fits", n)).find(|el| xml(el).len() <= 1000).unwrap();
+    assert_eq!(xml(&fits).len(), 1000);
+    m.handle(w.t0, Input::Stanza(fits));
+    assert_eq!(written(&drain(&mut m)).len(), 1000);
+    // An error over the limit is dropped, never answered.
+    let err = message("e", 2000).attr("type", "error");
+    m.handle(w.t0, Input::Stanza(err));
+    let outs = drain(&mut m);
+    assert!(written(&outs).is_empty() && routed(&outs).is_empty() && ending(&outs).is_none(), "{outs:?}");
+    // A small one: sent.
+    m.handle(w.t0, Input::Stanza(message("small", 10)));
+    assert!(written(&drain(&mut m)).contains("id='small'"));
+    // The same for what a closing stream still writes past the machine.
+    assert!(m.check_peer_limit(&message("late", 10)).is_ok());
+    assert!(matches!(m.check_peer_limit(&message("late", 5000)), Err(Some(_))));
+}
+
+/// Prosody 0.12 advertises no limits: no cap beyond our own, whatever the size.
+#[test]
+fn originating_without_advertised_limits_sends_any_size() {
+    let w = world();
+    let (mut m, outs) = outbound_established_with(&w, "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>");
+    assert_eq!(limits_observed(&outs).map(|l| l.peer_max_bytes), Some(None));
+    m.handle(w.t0, Input::Stanza(message("big", 400 * 1024)));
+    assert!(written(&drain(&mut m)).contains("id='big'"));
+    assert!(m.check_peer_limit(&message("big", 400 * 1024)).is_ok());
+    // Nonsense in the advertisement counts as none.
+    let bad = "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>lots</max-bytes></limits></stream:features>";
+    let (mut m, _) = outbound_established_with(&w, bad);
+    m.handle(w.t0, Input::Stanza(message("big", 4000)));
+    assert!(written(&drain(&mut m)).contains("id='big'"));
+}
+
+/// XEP-0478 §3: limits may change with new features, as after SASL's restart.
+#[test]
+fn originating_takes_the_limits_of_the_features_after_authentication() {
+    let w = world();
+    let pre = "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>100000</max-bytes></limits></stream:features>";
+    let (mut m, _) = w.outbound_after_tls(true, pre);
+    let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(wire.el("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")));
+    drain(&mut m);
+    let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
+    m.handle(w.t0, frame(h));
+    m.handle(
+        w.t0,
+        frame(wire.el("<stream:features><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>2000</max-bytes></limits></stream:features>")),
+    );
+    let outs = drain(&mut m);
+    assert_eq!(limits_observed(&outs).and_then(|l| l.peer_max_bytes), Some(2000));
+    assert!(m.accepts_stanzas());
+    m.handle(w.t0, Input::Stanza(message("mid", 5000)));
+    let outs = drain(&mut m);
+    assert!(written(&outs).is_empty() && routed(&outs).len() == 1, "{outs:?}");
+}
+
+/// A peer that advertises `idle-seconds` shorter than our keepalive interval gets whitespace
+/// keepalives at half its idle time (virtual time); one that advertises none, ours.
+#[test]
+fn originating_keeps_alive_within_the_peers_idle_seconds() {
+    let w = world();
+    let features = "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/><limits xmlns='urn:xmpp:stream-limits:0'><idle-seconds>40</idle-seconds></limits></stream:features>";
+    let (mut m, _) = outbound_established_with(&w, features);
+    assert_eq!(m.deadline(), Some(w.at(20)));
+    m.handle(w.at(20), Input::Timer);
+    assert_eq!(written(&drain(&mut m)), " ");
+    assert_eq!(m.deadline(), Some(w.at(40)));
+    let (m, _) = outbound_established_with(&w, "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>");
+    assert_eq!(m.deadline(), Some(w.at(60)));
 }
