@@ -327,6 +327,11 @@ pub struct Limits {
     pub max_inbound_unauthenticated: usize,
     /// Inbound connections not authenticated yet from one address.
     pub max_unauthenticated_per_address: usize,
+    /// Connections on `gateway.listen` not authenticated yet: the internal server's door,
+    /// apart from the public listener's limits.
+    pub max_unauthenticated_gateway: usize,
+    /// Connections on the components listener not authenticated yet (their own door).
+    pub max_unauthenticated_components: usize,
     /// Authenticated inbound streams.
     pub max_inbound: usize,
     /// Outbound streams (their own room: no inbound flood can take it).
@@ -357,6 +362,8 @@ impl Default for Limits {
             outbound_queue_bytes: 4 * 1024 * 1024,
             max_inbound_unauthenticated: 1000,
             max_unauthenticated_per_address: 16,
+            max_unauthenticated_gateway: 256,
+            max_unauthenticated_components: 64,
             max_inbound: 10_000,
             max_outbound: 10_000,
             max_verifications_in_flight: 8,
@@ -567,6 +574,8 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         ("limits.outbound_queue_bytes", l.outbound_queue_bytes, 4096),
         ("limits.max_inbound_unauthenticated", l.max_inbound_unauthenticated, 1),
         ("limits.max_unauthenticated_per_address", l.max_unauthenticated_per_address, 1),
+        ("limits.max_unauthenticated_gateway", l.max_unauthenticated_gateway, 1),
+        ("limits.max_unauthenticated_components", l.max_unauthenticated_components, 1),
         ("limits.max_inbound", l.max_inbound, 1),
         ("limits.max_outbound", l.max_outbound, 1),
         ("limits.max_verifications_in_flight", l.max_verifications_in_flight, 1),

@@ -421,17 +421,23 @@ impl Engine {
         let mut tasks = JoinSet::new();
         for (l, direct) in listeners {
             let how = if direct { Accept::DirectTls } else { Accept::S2s };
-            tasks.spawn(accept_loop(shared.clone(), l, how, shared.streams.clone()));
+            tasks.spawn(accept_loop(shared.clone(), l, how, limits::Door::Federation, shared.streams.clone()));
         }
         if let Some(internal) = &shared.internal_streams {
             for l in gateway_listeners {
-                tasks.spawn(accept_loop(shared.clone(), l, Accept::S2s, internal.clone()));
+                tasks.spawn(accept_loop(shared.clone(), l, Accept::S2s, limits::Door::Gateway, internal.clone()));
             }
         }
         let secrets: crate::proto::machine::component::Secrets =
             Arc::new(shared.settings.components.list.iter().map(|c| (c.domain.clone(), c.secret.clone())).collect());
         for l in component_listeners {
-            tasks.spawn(accept_loop(shared.clone(), l, Accept::Component(secrets.clone()), component_streams.clone()));
+            tasks.spawn(accept_loop(
+                shared.clone(),
+                l,
+                Accept::Component(secrets.clone()),
+                limits::Door::Components,
+                component_streams.clone(),
+            ));
         }
         tasks.spawn(counters_loop(shared.clone()));
         tasks.spawn(maintenance_loop(shared.clone()));
@@ -668,7 +674,8 @@ enum Accept {
 
 /// Accept streams on one listener, each driven with `caps` (federation's, or the internal
 /// link's on `gateway.listen`).
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, how: Accept, caps: Arc<crate::stream::Caps>) {
+/// `door`: whose unauthenticated budget the connections it accepts are held to.
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, how: Accept, door: limits::Door, caps: Arc<crate::stream::Caps>) {
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -676,7 +683,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, how: Accept, ca
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let slot = match shared.gauges.admit(peer.ip(), &shared.settings.limits) {
+                let slot = match shared.gauges.admit(door, peer.ip(), &shared.settings.limits) {
                     Ok(slot) => slot,
                     Err(limits::Refused(key)) => {
                         limits::refused_once(key, &peer.ip().to_string(), || {
