@@ -351,6 +351,14 @@ pub struct Limits {
     /// Transcript bytes kept for all streams together, closed ones included (their
     /// transcripts are dropped first, oldest first).
     pub transcript_total_bytes: usize,
+    /// Events waiting for one control subscriber (`ctl subscribe`, `attach`): past either
+    /// limit its oldest are dropped and it is told so (it resynchronises from a snapshot).
+    pub event_backlog: usize,
+    pub event_backlog_bytes: usize,
+    /// Bytes of recently closed streams' rows kept (with `closed_streams` entries).
+    pub closed_streams_bytes: usize,
+    /// Bytes of failed unauthenticated verifications kept in memory (the outcome ring).
+    pub unauthenticated_outcomes_bytes: usize,
 }
 
 impl Default for Limits {
@@ -373,6 +381,10 @@ impl Default for Limits {
             transcript_lines: 500,
             transcript_bytes: 256 * 1024,
             transcript_total_bytes: 64 * 1024 * 1024,
+            event_backlog: 4096,
+            event_backlog_bytes: 8 * 1024 * 1024,
+            closed_streams_bytes: 4 * 1024 * 1024,
+            unauthenticated_outcomes_bytes: 1024 * 1024,
         }
     }
 }
@@ -585,6 +597,10 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         ("limits.transcript_lines", l.transcript_lines, 0),
         ("limits.transcript_bytes", l.transcript_bytes, 0),
         ("limits.transcript_total_bytes", l.transcript_total_bytes, 0),
+        ("limits.event_backlog", l.event_backlog, 16),
+        ("limits.event_backlog_bytes", l.event_backlog_bytes, 64 * 1024),
+        ("limits.closed_streams_bytes", l.closed_streams_bytes, 0),
+        ("limits.unauthenticated_outcomes_bytes", l.unauthenticated_outcomes_bytes, 0),
     ] {
         if v < min {
             return Err(bad(key, format!("{v} is too small (at least {min})")));

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +55,7 @@ pub struct Shared {
     pub resolver: Arc<Resolver>,
     pub secret: Vec<u8>,
     pub table: Arc<ConnTable>,
-    pub events: broadcast::Sender<Event>,
+    pub events: bus::Sender,
     pub router: Arc<Router>,
     pub shutdown: CancellationToken,
     pub started: Instant,
@@ -326,11 +325,11 @@ impl Engine {
             listening_components.push(l.local_addr().map_err(|err| EngineError::Listen { addr: *addr, err })?);
             component_listeners.push(l);
         }
-        let (events, _) = broadcast::channel(4096);
+        let events = bus::channel(bus::Backlog { entries: settings.limits.event_backlog, bytes: settings.limits.event_backlog_bytes });
         let shutdown = CancellationToken::new();
         let table = Arc::new(ConnTable::new(
             events.clone(),
-            settings.limits.closed_streams,
+            (settings.limits.closed_streams, settings.limits.closed_streams_bytes),
             table::TranscriptBudget::new(
                 settings.limits.transcript_lines,
                 settings.limits.transcript_bytes,
@@ -342,7 +341,7 @@ impl Engine {
             policy: policy.clone(),
             events: events.clone(),
             table: table.clone(),
-            unauthenticated: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            unauthenticated: std::sync::Mutex::new(recorder::OutcomeRing::new(settings.limits.unauthenticated_outcomes_bytes)),
         });
         let router = Arc::new(
             Router::new(settings.domains.clone(), policy.clone(), settings.timeouts.dialback)
@@ -458,7 +457,7 @@ impl Engine {
         &self.shared.listening
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> bus::Receiver {
         self.shared.events.subscribe()
     }
 
@@ -487,8 +486,8 @@ impl Engine {
         let all_closed = async {
             while self.shared.table.live_count() > 0 {
                 match events.recv().await {
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => break,
+                    Ok(_) | Err(bus::RecvError::Lagged(_)) => {}
+                    Err(bus::RecvError::Closed) => break,
                 }
             }
         };

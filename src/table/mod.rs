@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Domain;
@@ -83,7 +83,7 @@ pub struct ConnEntry {
     close_notify: Notify,
     /// Server shutdown, which closes every stream.
     shutdown: CancellationToken,
-    events: broadcast::Sender<Event>,
+    events: bus::Sender,
     transcript: Mutex<Transcript>,
     budget: Arc<TranscriptBudget>,
     /// Everything is recorded until the stream is established (and what it wrote in the
@@ -407,24 +407,30 @@ impl Drop for ConnEntry {
 /// All streams.
 pub struct ConnTable {
     inner: Mutex<Inner>,
-    events: broadcast::Sender<Event>,
+    events: bus::Sender,
     keep_closed: usize,
+    /// Bytes of closed rows kept (each charged its size: a row carries its certificate's
+    /// names, so a count alone does not bound it).
+    keep_closed_bytes: usize,
     budget: Arc<TranscriptBudget>,
 }
 
 struct Inner {
     live: HashMap<String, Arc<ConnEntry>>,
     /// Recently closed streams (their transcripts are in the budget, so a failed attempt
-    /// can be read).
-    closed: VecDeque<ConnSnapshot>,
+    /// can be read), with what each is charged.
+    closed: VecDeque<(ConnSnapshot, usize)>,
+    closed_bytes: usize,
 }
 
 impl ConnTable {
-    pub fn new(events: broadcast::Sender<Event>, keep_closed: usize, budget: TranscriptBudget) -> Self {
+    /// `keep_closed`: recently closed rows kept, in entries and in bytes.
+    pub fn new(events: bus::Sender, (keep_closed, keep_closed_bytes): (usize, usize), budget: TranscriptBudget) -> Self {
         ConnTable {
-            inner: Mutex::new(Inner { live: HashMap::new(), closed: VecDeque::new() }),
+            inner: Mutex::new(Inner { live: HashMap::new(), closed: VecDeque::new(), closed_bytes: 0 }),
             events,
             keep_closed,
+            keep_closed_bytes,
             budget: Arc::new(budget),
         }
     }
@@ -486,11 +492,17 @@ impl ConnTable {
                 *entry.transcript.lock().unwrap() = t;
                 return;
             }
-            if self.keep_closed > 0 {
-                if inner.closed.len() >= self.keep_closed {
-                    inner.closed.pop_front();
+            let size = row_size(&snap);
+            if self.keep_closed > 0 && size <= self.keep_closed_bytes {
+                while !inner.closed.is_empty()
+                    && (inner.closed.len() >= self.keep_closed || inner.closed_bytes + size > self.keep_closed_bytes)
+                {
+                    if let Some((_, n)) = inner.closed.pop_front() {
+                        inner.closed_bytes -= n;
+                    }
                 }
-                inner.closed.push_back(snap.clone());
+                inner.closed.push_back((snap.clone(), size));
+                inner.closed_bytes += size;
             }
             self.budget.keep_closed(&entry.id, t, self.keep_closed);
         }
@@ -512,7 +524,10 @@ impl ConnTable {
     pub fn snapshots(&self, include_closed: bool) -> Vec<ConnSnapshot> {
         let (live, closed): (Vec<_>, Vec<_>) = {
             let inner = self.inner.lock().unwrap();
-            (inner.live.values().cloned().collect(), if include_closed { inner.closed.iter().cloned().collect() } else { Vec::new() })
+            (
+                inner.live.values().cloned().collect(),
+                if include_closed { inner.closed.iter().map(|(s, _)| s.clone()).collect() } else { Vec::new() },
+            )
         };
         let mut v: Vec<ConnSnapshot> = live.iter().map(|e| e.snapshot()).collect();
         v.sort_by_key(|s| s.opened_ms);
@@ -521,7 +536,13 @@ impl ConnTable {
     }
 
     pub fn closed(&self) -> Vec<ConnSnapshot> {
-        self.inner.lock().unwrap().closed.iter().cloned().collect()
+        self.inner.lock().unwrap().closed.iter().map(|(s, _)| s.clone()).collect()
+    }
+
+    /// Closed rows kept and the bytes they are charged.
+    pub fn closed_usage(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap();
+        (inner.closed.len(), inner.closed_bytes)
     }
 
     /// The transcript of a live or recently closed stream.
@@ -532,6 +553,11 @@ impl ConnTable {
             None => self.budget.closed_transcript(id),
         }
     }
+}
+
+/// What a closed row is charged: its size in memory and the text it holds.
+fn row_size(s: &ConnSnapshot) -> usize {
+    std::mem::size_of::<ConnSnapshot>() + bus::json_size(s)
 }
 
 /// A random 128-bit identifier, hex (RFC 6120 §4.7.3: stream ids must be unpredictable).
@@ -546,7 +572,37 @@ mod tests {
     use super::*;
 
     fn table(lines: usize, per_stream: usize, total: usize, keep_closed: usize) -> ConnTable {
-        ConnTable::new(broadcast::channel(16).0, keep_closed, TranscriptBudget::new(lines, per_stream, total))
+        ConnTable::new(bus::channel(bus::Backlog::default()), (keep_closed, usize::MAX), TranscriptBudget::new(lines, per_stream, total))
+    }
+
+    #[test]
+    fn closed_rows_are_bounded_in_bytes_as_well_as_in_entries() {
+        let t = ConnTable::new(bus::channel(bus::Backlog::default()), (100, 64 * 1024), TranscriptBudget::new(10, 1024, 4096));
+        let root = CancellationToken::new();
+        let big = "n".repeat(30_000);
+        for i in 0..50 {
+            let a = t.open(Direction::In, &root, StreamKind::Federation);
+            a.set_domains(None, Some(&format!("{i}.{big}")));
+            t.close(&a, "gone");
+        }
+        let (rows, bytes) = t.closed_usage();
+        assert!(bytes <= 64 * 1024, "{bytes} bytes kept");
+        assert_eq!(rows, 2, "as many as fit: {rows}");
+        // The newest are kept.
+        let closed = t.closed();
+        assert!(closed.last().unwrap().remote.as_deref().unwrap().starts_with("49."));
+        // Small rows are held by the count.
+        for _ in 0..150 {
+            let a = t.open(Direction::In, &root, StreamKind::Federation);
+            t.close(&a, "gone");
+        }
+        assert_eq!(t.closed_usage().0, 100);
+        // A row bigger than the whole budget is not kept at all.
+        let t = ConnTable::new(bus::channel(bus::Backlog::default()), (100, 1024), TranscriptBudget::new(10, 1024, 4096));
+        let a = t.open(Direction::In, &root, StreamKind::Federation);
+        a.set_domains(None, Some(&big));
+        t.close(&a, "gone");
+        assert_eq!(t.closed_usage(), (0, 0));
     }
 
     #[tokio::test]
@@ -594,12 +650,13 @@ mod tests {
 
     #[test]
     fn live_transcript_events_carry_a_bounded_text() {
-        let (tx, mut rx) = broadcast::channel(16);
-        let t = ConnTable::new(tx, 10, TranscriptBudget::new(100, 1 << 20, 1 << 22));
+        let tx = bus::channel(bus::Backlog::default());
+        let mut rx = tx.subscribe();
+        let t = ConnTable::new(tx, (10, usize::MAX), TranscriptBudget::new(100, 1 << 20, 1 << 22));
         let a = t.open(Direction::In, &CancellationToken::new(), StreamKind::Federation);
         a.record("in", "x".repeat(200_000), None);
         let mut seen = None;
-        while let Ok(ev) = rx.try_recv() {
+        while let Some(ev) = rx.try_recv() {
             if let Event::Transcript { line, .. } = ev {
                 seen = Some(line.text.len());
             }
