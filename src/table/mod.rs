@@ -14,6 +14,7 @@ use crate::domain::Domain;
 use crate::events::*;
 use crate::proto::machine::Observed;
 use crate::proto::stream::{StreamError, StreamErrorCondition};
+use crate::types::CertVerdict;
 
 mod transcript;
 use transcript::Transcript;
@@ -172,8 +173,11 @@ impl ConnEntry {
     pub fn tls_established(&self, how: &str, session: &rustls::CommonState, cert_verdict: Option<crate::net::certs::CertVerdict>) {
         let (version, cipher) = crate::net::tls::session_facts(session);
         let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::peer_cert_info(c));
+        let peer_cert = peer_cert.map(compact_cert);
+        let cert_verdict = cert_verdict.map(compact_verdict);
         let cert = peer_cert.as_ref().map_or("none".to_owned(), |c| {
-            // A certificate may name hundreds of domains; the note shows a few.
+            // A certificate may name hundreds of domains; the note shows a few (the row's
+            // copy is compacted already: its names are clipped and counted).
             let mut names = c.names.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
             if c.names.len() > 8 {
                 names.push_str(&format!(" and {} more", c.names.len() - 8));
@@ -185,7 +189,9 @@ impl ConnEntry {
         self.set_tls(TlsInfo { version, cipher, peer_cert, cert_verdict });
     }
 
-    pub fn set_tls(&self, tls: TlsInfo) {
+    pub fn set_tls(&self, mut tls: TlsInfo) {
+        tls.peer_cert = tls.peer_cert.map(compact_cert);
+        tls.cert_verdict = tls.cert_verdict.map(compact_verdict);
         self.info.lock().unwrap().tls = Some(tls);
         let _ = self.events.send(Event::StreamUpdated { stream: self.snapshot() });
     }
@@ -255,8 +261,9 @@ impl ConnEntry {
             Observed::Certificate(verdict) => {
                 let tls = self.info.lock().unwrap().tls.clone();
                 if let Some(mut tls) = tls {
+                    let verdict = compact_verdict(verdict.clone());
                     self.record("note", format!("certificate verdict: {verdict}"), None);
-                    tls.cert_verdict = Some(verdict.clone());
+                    tls.cert_verdict = Some(verdict);
                     self.set_tls(tls);
                 }
             }
@@ -552,6 +559,57 @@ impl ConnTable {
             Some(e) => Some(e.transcript()),
             None => self.budget.closed_transcript(id),
         }
+    }
+}
+
+/// Bytes of one certificate name (and of a subject, issuer or verdict detail) a row keeps.
+pub const ROW_NAME: usize = 256;
+/// Names of a certificate a row keeps (the rest are counted).
+pub const ROW_NAMES: usize = 16;
+
+/// The certificate facts a row keeps: names clipped to [`ROW_NAME`] bytes, at most
+/// [`ROW_NAMES`] of them and a count of the rest, so a row (and every event that carries
+/// it, and the transcript note about it) costs a bounded amount whatever the certificate
+/// names. Small certificates keep their shared copy.
+pub fn compact_cert(c: std::sync::Arc<PeerCertInfo>) -> std::sync::Arc<PeerCertInfo> {
+    let long = |s: &str| s.len() > ROW_NAME || s.chars().any(crate::text::is_unsafe);
+    if c.names.len() <= ROW_NAMES && !long(&c.subject) && !long(&c.issuer) && !c.names.iter().any(|n| long(n)) {
+        return c;
+    }
+    let clip = |s: &str| crate::text::clip(s, ROW_NAME).into_owned();
+    let mut names: Vec<String> = c.names.iter().take(ROW_NAMES).map(|n| clip(n)).collect();
+    if c.names.len() > ROW_NAMES {
+        names.push(format!("…(+{} more names)", c.names.len() - ROW_NAMES));
+    }
+    std::sync::Arc::new(PeerCertInfo {
+        subject: clip(&c.subject),
+        issuer: clip(&c.issuer),
+        names,
+        not_after: clip(&c.not_after),
+        fingerprint_sha256: clip(&c.fingerprint_sha256),
+    })
+}
+
+/// A certificate verdict as a row keeps it (its issuer, names or detail clipped).
+pub fn compact_verdict(v: CertVerdict) -> CertVerdict {
+    let clip = |s: String| match crate::text::clip(&s, ROW_NAME) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(c) => c,
+    };
+    match v {
+        CertVerdict::UntrustedIssuer(i) => CertVerdict::UntrustedIssuer(clip(i)),
+        CertVerdict::Expired(d) => CertVerdict::Expired(clip(d)),
+        CertVerdict::NotYetValid(d) => CertVerdict::NotYetValid(clip(d)),
+        CertVerdict::Invalid(e) => CertVerdict::Invalid(clip(e)),
+        CertVerdict::NameMismatch(names) => {
+            let n = names.len();
+            let mut kept: Vec<String> = names.into_iter().take(ROW_NAMES).map(clip).collect();
+            if n > ROW_NAMES {
+                kept.push(format!("…(+{} more names)", n - ROW_NAMES));
+            }
+            CertVerdict::NameMismatch(kept)
+        }
+        v => v,
     }
 }
 
