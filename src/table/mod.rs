@@ -634,6 +634,51 @@ mod tests {
     }
 
     #[test]
+    fn rows_keep_certificate_names_clipped_and_counted() {
+        let big = "n".repeat(30_000);
+        let info = std::sync::Arc::new(PeerCertInfo {
+            subject: format!("CN={big}"),
+            issuer: format!("CN={big}\x1b[2J"),
+            names: (0..40).map(|i| format!("{i}.{big}")).collect(),
+            not_after: "2030-01-01".into(),
+            fingerprint_sha256: "AB:CD".into(),
+        });
+        let c = compact_cert(info);
+        assert!(bus::json_size(&*c) < 8 * 1024, "{} bytes", bus::json_size(&*c));
+        assert_eq!(c.names.len(), ROW_NAMES + 1);
+        assert_eq!(c.names.last().unwrap(), "…(+24 more names)");
+        assert!(c.names[0].starts_with("0.nnn") && c.subject.starts_with("CN=nnn"));
+        assert!(!c.issuer.contains('\x1b'));
+        // Small certificates keep their shared copy.
+        let small = std::sync::Arc::new(PeerCertInfo {
+            subject: "CN=b.example".into(),
+            issuer: "CN=CA".into(),
+            names: vec!["b.example".into()],
+            not_after: "x".into(),
+            fingerprint_sha256: "y".into(),
+        });
+        assert!(std::sync::Arc::ptr_eq(&compact_cert(small.clone()), &small));
+        let v = compact_verdict(CertVerdict::NameMismatch((0..40).map(|_| big.clone()).collect()));
+        assert!(v.to_string().len() < 8 * 1024, "{}", v.to_string().len());
+        // The live row, whatever the certificate names.
+        let t = table(100, 1 << 20, 1 << 22, 10);
+        let a = t.open(Direction::In, &CancellationToken::new(), StreamKind::Federation);
+        a.set_tls(TlsInfo {
+            version: "TLS 1.3".into(),
+            cipher: "x".into(),
+            peer_cert: Some(std::sync::Arc::new(PeerCertInfo {
+                subject: big.clone(),
+                issuer: big.clone(),
+                names: vec![big.clone()],
+                not_after: "x".into(),
+                fingerprint_sha256: "y".into(),
+            })),
+            cert_verdict: Some(CertVerdict::UntrustedIssuer(big.clone())),
+        });
+        assert!(bus::json_size(&a.snapshot()) < 4 * 1024, "{}", bus::json_size(&a.snapshot()));
+    }
+
+    #[test]
     fn closed_rows_are_bounded_in_bytes_as_well_as_in_entries() {
         let t = ConnTable::new(bus::channel(bus::Backlog::default()), (100, 64 * 1024), TranscriptBudget::new(10, 1024, 4096));
         let root = CancellationToken::new();
