@@ -539,6 +539,15 @@ pub fn status(shared: &Shared) -> Status {
                 used: shared.table.transcript_budget().used(),
                 max: shared.settings.limits.transcript_total_bytes,
             });
+            let l = &shared.settings.limits;
+            for (key, used, max) in [
+                ("limits.closed_streams_bytes", shared.table.closed_usage().1, l.closed_streams_bytes),
+                ("limits.unauthenticated_outcomes_bytes", shared.recorder.ring_usage().1, l.unauthenticated_outcomes_bytes),
+                // The subscriber furthest behind.
+                ("limits.event_backlog_bytes", shared.events.largest_backlog(), l.event_backlog_bytes),
+            ] {
+                v.push(limits::LimitUse { key: key.into(), used, max });
+            }
             v
         },
         gateway: gateway_status(shared, &snaps),

@@ -142,7 +142,13 @@ impl Sender {
         self.shared.count.load(Ordering::Acquire)
     }
 
-    /// Events and bytes waiting for subscribers now, summed (for tests and `ctl status`).
+    /// Bytes waiting for the subscriber furthest behind (`ctl status`).
+    pub fn largest_backlog(&self) -> usize {
+        let subs = self.shared.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subs.iter().map(|s| s.queue.lock().unwrap_or_else(|e| e.into_inner()).bytes).max().unwrap_or(0)
+    }
+
+    /// Events and bytes waiting for subscribers now, summed.
     pub fn backlog(&self) -> (usize, usize) {
         let subs = self.shared.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         subs.iter().fold((0, 0), |(n, b), s| {
@@ -240,6 +246,7 @@ mod tests {
         // The stalled one holds its budget's worth, no more.
         let (n, bytes) = tx.backlog();
         assert_eq!((n, bytes), (5, 5 * per));
+        assert_eq!(tx.largest_backlog(), 5 * per);
         // When it reads again: a note of what it missed, then the newest it kept.
         assert_eq!(stalled.recv().await, Err(RecvError::Lagged(95)));
         for _ in 0..5 {
