@@ -794,6 +794,28 @@ mod tests {
     }
 
     #[test]
+    fn byte_budgets_and_doors_are_validated_naming_the_key() {
+        let base = "[server]\ndomains = [\"a.test\"]\n[limits]\n";
+        for (line, key) in [
+            ("event_backlog_bytes = 1000", "limits.event_backlog_bytes"),
+            ("event_backlog = 1", "limits.event_backlog"),
+            ("max_unauthenticated_gateway = 0", "limits.max_unauthenticated_gateway"),
+            ("max_unauthenticated_components = 0", "limits.max_unauthenticated_components"),
+        ] {
+            let e = err(&format!("{base}{line}\n"));
+            assert!(e.contains(key) && e.contains("too small"), "{line}: {e}");
+        }
+        let s = Settings::parse(
+            &format!("{base}closed_streams_bytes = 0\nunauthenticated_outcomes_bytes = 0\nmax_unauthenticated_gateway = 5\n"),
+            Path::new("/etc/drawbridge.toml"),
+        )
+        .unwrap();
+        assert_eq!((s.limits.closed_streams_bytes, s.limits.max_unauthenticated_gateway), (0, 5), "0 keeps nothing");
+        let d = Limits::default();
+        assert_eq!((d.event_backlog, d.event_backlog_bytes, d.max_unauthenticated_components), (4096, 8 << 20, 64));
+    }
+
+    #[test]
     fn builtin_default() {
         let s = Settings::builtin();
         assert_eq!(s.domains[0].as_str(), "localhost");
