@@ -353,6 +353,11 @@ pub struct Limits {
     pub max_inbound_unauthenticated: usize,
     /// Inbound connections not authenticated yet from one address.
     pub max_unauthenticated_per_address: usize,
+    /// Connections on `gateway.listen` not authenticated yet: the internal server's door,
+    /// apart from the public listener's limits.
+    pub max_unauthenticated_gateway: usize,
+    /// Connections on the components listener not authenticated yet (their own door).
+    pub max_unauthenticated_components: usize,
     /// Authenticated inbound streams.
     pub max_inbound: usize,
     /// Outbound streams (their own room: no inbound flood can take it).
@@ -372,6 +377,14 @@ pub struct Limits {
     /// Transcript bytes kept for all streams together, closed ones included (their
     /// transcripts are dropped first, oldest first).
     pub transcript_total_bytes: usize,
+    /// Events waiting for one control subscriber (`ctl subscribe`, `attach`): past either
+    /// limit its oldest are dropped and it is told so (it resynchronises from a snapshot).
+    pub event_backlog: usize,
+    pub event_backlog_bytes: usize,
+    /// Bytes of recently closed streams' rows kept (with `closed_streams` entries).
+    pub closed_streams_bytes: usize,
+    /// Bytes of failed unauthenticated verifications kept in memory (the outcome ring).
+    pub unauthenticated_outcomes_bytes: usize,
 }
 
 impl Default for Limits {
@@ -383,6 +396,8 @@ impl Default for Limits {
             outbound_queue_bytes: 4 * 1024 * 1024,
             max_inbound_unauthenticated: 1000,
             max_unauthenticated_per_address: 16,
+            max_unauthenticated_gateway: 256,
+            max_unauthenticated_components: 64,
             max_inbound: 10_000,
             max_outbound: 10_000,
             max_verifications_in_flight: 8,
@@ -392,6 +407,10 @@ impl Default for Limits {
             transcript_lines: 500,
             transcript_bytes: 256 * 1024,
             transcript_total_bytes: 64 * 1024 * 1024,
+            event_backlog: 4096,
+            event_backlog_bytes: 8 * 1024 * 1024,
+            closed_streams_bytes: 4 * 1024 * 1024,
+            unauthenticated_outcomes_bytes: 1024 * 1024,
         }
     }
 }
@@ -602,6 +621,8 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         ("limits.outbound_queue_bytes", l.outbound_queue_bytes, 4096),
         ("limits.max_inbound_unauthenticated", l.max_inbound_unauthenticated, 1),
         ("limits.max_unauthenticated_per_address", l.max_unauthenticated_per_address, 1),
+        ("limits.max_unauthenticated_gateway", l.max_unauthenticated_gateway, 1),
+        ("limits.max_unauthenticated_components", l.max_unauthenticated_components, 1),
         ("limits.max_inbound", l.max_inbound, 1),
         ("limits.max_outbound", l.max_outbound, 1),
         ("limits.max_verifications_in_flight", l.max_verifications_in_flight, 1),
@@ -611,6 +632,10 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         ("limits.transcript_lines", l.transcript_lines, 0),
         ("limits.transcript_bytes", l.transcript_bytes, 0),
         ("limits.transcript_total_bytes", l.transcript_total_bytes, 0),
+        ("limits.event_backlog", l.event_backlog, 16),
+        ("limits.event_backlog_bytes", l.event_backlog_bytes, 64 * 1024),
+        ("limits.closed_streams_bytes", l.closed_streams_bytes, 0),
+        ("limits.unauthenticated_outcomes_bytes", l.unauthenticated_outcomes_bytes, 0),
     ] {
         if v < min {
             return Err(bad(key, format!("{v} is too small (at least {min})")));
@@ -883,6 +908,28 @@ mod tests {
 
     fn err(text: &str) -> String {
         Settings::parse(text, Path::new("/etc/drawbridge.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn byte_budgets_and_doors_are_validated_naming_the_key() {
+        let base = "[server]\ndomains = [\"a.test\"]\n[limits]\n";
+        for (line, key) in [
+            ("event_backlog_bytes = 1000", "limits.event_backlog_bytes"),
+            ("event_backlog = 1", "limits.event_backlog"),
+            ("max_unauthenticated_gateway = 0", "limits.max_unauthenticated_gateway"),
+            ("max_unauthenticated_components = 0", "limits.max_unauthenticated_components"),
+        ] {
+            let e = err(&format!("{base}{line}\n"));
+            assert!(e.contains(key) && e.contains("too small"), "{line}: {e}");
+        }
+        let s = Settings::parse(
+            &format!("{base}closed_streams_bytes = 0\nunauthenticated_outcomes_bytes = 0\nmax_unauthenticated_gateway = 5\n"),
+            Path::new("/etc/drawbridge.toml"),
+        )
+        .unwrap();
+        assert_eq!((s.limits.closed_streams_bytes, s.limits.max_unauthenticated_gateway), (0, 5), "0 keeps nothing");
+        let d = Limits::default();
+        assert_eq!((d.event_backlog, d.event_backlog_bytes, d.max_unauthenticated_components), (4096, 8 << 20, 64));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod bus;
+
 pub use crate::types::{
     AuthMethod, ConnSnapshot, ConnState, Direction, PairInfo, PairStatus, PeerCertInfo, StreamKind, StreamLimits, TlsInfo,
     VerificationOutcome, VerificationResult, fmt_utc, now_ms,

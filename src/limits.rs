@@ -78,15 +78,57 @@ mod tests {
     }
 }
 
-/// Streams in use against their limits: inbound before authentication (in all and per
-/// source address), inbound authenticated, outbound. Separate so that no inbound flood can
-/// take the slots outbound federation needs.
+/// Which listener a connection came in on. Each door has its own budget of unauthenticated
+/// connections, so a flood on the public listener cannot lock the internal server (gateway
+/// mode) or a component out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// `server.listen` and `server.direct_tls`: the world.
+    Federation,
+    /// `gateway.listen`: the internal server.
+    Gateway,
+    /// `[components] listen`: external components (XEP-0114).
+    Components,
+}
+
+impl Door {
+    const ALL: [Door; 3] = [Door::Federation, Door::Gateway, Door::Components];
+
+    /// Its limits: (key, all sources together), (key, one address).
+    fn limits(self, l: &Limits) -> [(&'static str, usize); 2] {
+        match self {
+            Door::Federation => [
+                ("limits.max_inbound_unauthenticated", l.max_inbound_unauthenticated),
+                ("limits.max_unauthenticated_per_address", l.max_unauthenticated_per_address),
+            ],
+            // The internal server is one address: its door's whole budget is its own.
+            Door::Gateway => [
+                ("limits.max_unauthenticated_gateway", l.max_unauthenticated_gateway),
+                ("limits.max_unauthenticated_gateway", l.max_unauthenticated_gateway),
+            ],
+            Door::Components => [
+                ("limits.max_unauthenticated_components", l.max_unauthenticated_components),
+                ("limits.max_unauthenticated_per_address", l.max_unauthenticated_per_address),
+            ],
+        }
+    }
+}
+
+/// One door's unauthenticated connections, in all and per source address.
+#[derive(Debug, Default)]
+struct DoorGauge {
+    unauthenticated: AtomicUsize,
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Streams in use against their limits: inbound before authentication (per door, in all and
+/// per source address), inbound authenticated, outbound. Separate so that no inbound flood
+/// can take the slots outbound federation needs, and no flood on one door those of another.
 #[derive(Debug, Default)]
 pub struct Gauges {
-    inbound_unauthenticated: AtomicUsize,
+    doors: [DoorGauge; 3],
     inbound: AtomicUsize,
     outbound: AtomicUsize,
-    per_address: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// One limit's use, for `ctl status` and the dashboard.
@@ -102,19 +144,25 @@ pub struct LimitUse {
 pub struct Refused(pub &'static str);
 
 impl Gauges {
-    /// An accepted connection, not authenticated yet.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Result<InboundSlot, Refused> {
-        let mut per = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
-        if self.inbound_unauthenticated.load(Ordering::Relaxed) >= limits.max_inbound_unauthenticated {
-            return Err(Refused("limits.max_inbound_unauthenticated"));
+    fn door(&self, door: Door) -> &DoorGauge {
+        &self.doors[door as usize]
+    }
+
+    /// An accepted connection on `door`, not authenticated yet.
+    pub fn admit(self: &Arc<Self>, door: Door, ip: IpAddr, limits: &Limits) -> Result<InboundSlot, Refused> {
+        let g = self.door(door);
+        let [(all_key, all), (per_key, per_max)] = door.limits(limits);
+        let mut per = g.per_address.lock().unwrap_or_else(|e| e.into_inner());
+        if g.unauthenticated.load(Ordering::Relaxed) >= all {
+            return Err(Refused(all_key));
         }
         let n = per.entry(ip).or_insert(0);
-        if *n >= limits.max_unauthenticated_per_address {
-            return Err(Refused("limits.max_unauthenticated_per_address"));
+        if *n >= per_max {
+            return Err(Refused(per_key));
         }
         *n += 1;
-        self.inbound_unauthenticated.fetch_add(1, Ordering::Relaxed);
-        Ok(InboundSlot { gauges: self.clone(), ip, authenticated: false, max_inbound: limits.max_inbound })
+        g.unauthenticated.fetch_add(1, Ordering::Relaxed);
+        Ok(InboundSlot { gauges: self.clone(), door, ip, authenticated: false, max_inbound: limits.max_inbound })
     }
 
     /// A new outbound stream.
@@ -126,23 +174,28 @@ impl Gauges {
     }
 
     pub fn uses(&self, limits: &Limits) -> Vec<LimitUse> {
-        let busiest = self.per_address.lock().unwrap_or_else(|e| e.into_inner()).values().copied().max().unwrap_or(0);
         let u = |key: &str, used: usize, max: usize| LimitUse { key: key.into(), used, max };
-        vec![
-            u(
-                "limits.max_inbound_unauthenticated",
-                self.inbound_unauthenticated.load(Ordering::Relaxed),
-                limits.max_inbound_unauthenticated,
-            ),
-            u("limits.max_unauthenticated_per_address", busiest, limits.max_unauthenticated_per_address),
-            u("limits.max_inbound", self.inbound.load(Ordering::Relaxed), limits.max_inbound),
-            u("limits.max_outbound", self.outbound.load(Ordering::Relaxed), limits.max_outbound),
-        ]
+        let mut v = Vec::new();
+        let mut busiest = 0;
+        for door in Door::ALL {
+            let g = self.door(door);
+            let [(all_key, all), (_, per_max)] = door.limits(limits);
+            v.push(u(all_key, g.unauthenticated.load(Ordering::Relaxed), all));
+            if door != Door::Gateway {
+                let most = g.per_address.lock().unwrap_or_else(|e| e.into_inner()).values().copied().max().unwrap_or(0);
+                busiest = busiest.max(most.min(per_max));
+            }
+        }
+        v.insert(1, u("limits.max_unauthenticated_per_address", busiest, limits.max_unauthenticated_per_address));
+        v.push(u("limits.max_inbound", self.inbound.load(Ordering::Relaxed), limits.max_inbound));
+        v.push(u("limits.max_outbound", self.outbound.load(Ordering::Relaxed), limits.max_outbound));
+        v
     }
 
-    fn release_unauthenticated(&self, ip: IpAddr) {
-        self.inbound_unauthenticated.fetch_sub(1, Ordering::Relaxed);
-        let mut per = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+    fn release_unauthenticated(&self, door: Door, ip: IpAddr) {
+        let g = self.door(door);
+        g.unauthenticated.fetch_sub(1, Ordering::Relaxed);
+        let mut per = g.per_address.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = per.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
@@ -156,6 +209,7 @@ impl Gauges {
 #[derive(Debug)]
 pub struct InboundSlot {
     gauges: Arc<Gauges>,
+    door: Door,
     ip: IpAddr,
     authenticated: bool,
     /// `limits.max_inbound` when admitted.
@@ -173,7 +227,7 @@ impl InboundSlot {
             .inbound
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_inbound).then_some(n + 1))
             .map_err(|_| Refused("limits.max_inbound"))?;
-        self.gauges.release_unauthenticated(self.ip);
+        self.gauges.release_unauthenticated(self.door, self.ip);
         self.authenticated = true;
         Ok(())
     }
@@ -196,7 +250,7 @@ impl Drop for InboundSlot {
         if self.authenticated {
             self.gauges.inbound.fetch_sub(1, Ordering::Relaxed);
         } else {
-            self.gauges.release_unauthenticated(self.ip);
+            self.gauges.release_unauthenticated(self.door, self.ip);
         }
     }
 }
@@ -234,24 +288,57 @@ mod gauge_tests {
         let g = Arc::new(Gauges::default());
         let l = limits();
         let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
-        let mut s1 = g.admit(a, &l).unwrap();
-        let _s2 = g.admit(a, &l).unwrap();
-        assert_eq!(g.admit(a, &l).unwrap_err(), Refused("limits.max_unauthenticated_per_address"));
-        let s3 = g.admit(b, &l).unwrap();
-        assert_eq!(g.admit(b, &l).unwrap_err(), Refused("limits.max_inbound_unauthenticated"));
+        let mut s1 = g.admit(Door::Federation, a, &l).unwrap();
+        let _s2 = g.admit(Door::Federation, a, &l).unwrap();
+        assert_eq!(g.admit(Door::Federation, a, &l).unwrap_err(), Refused("limits.max_unauthenticated_per_address"));
+        let s3 = g.admit(Door::Federation, b, &l).unwrap();
+        assert_eq!(g.admit(Door::Federation, b, &l).unwrap_err(), Refused("limits.max_inbound_unauthenticated"));
         // Inbound full: outbound still has its own room.
         let o = g.outbound(&l).unwrap();
         assert_eq!(g.outbound(&l).unwrap_err(), Refused("limits.max_outbound"));
         // Authenticating frees the unauthenticated slot.
         s1.authenticated().unwrap();
-        let _s4 = g.admit(b, &l).unwrap();
+        let _s4 = g.admit(Door::Federation, b, &l).unwrap();
         drop(s3);
-        let mut s5 = g.admit(b, &l).unwrap();
+        let mut s5 = g.admit(Door::Federation, b, &l).unwrap();
         assert_eq!(s5.authenticated().unwrap_err(), Refused("limits.max_inbound"));
         drop((s1, o));
         let uses = g.uses(&l);
         assert_eq!(uses.iter().find(|u| u.key == "limits.max_inbound").unwrap().used, 0);
         assert_eq!(uses.iter().find(|u| u.key == "limits.max_outbound").unwrap().used, 0);
         assert_eq!(uses.iter().find(|u| u.key == "limits.max_inbound_unauthenticated").unwrap().used, 3);
+    }
+
+    #[test]
+    fn each_door_has_its_own_unauthenticated_budget() {
+        let g = Arc::new(Gauges::default());
+        let l = Limits { max_unauthenticated_gateway: 2, max_unauthenticated_components: 2, ..limits() };
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+        // The public door full, from one address and from all.
+        let _public = [g.admit(Door::Federation, a, &l).unwrap(), g.admit(Door::Federation, a, &l).unwrap()];
+        let _more = g.admit(Door::Federation, b, &l).unwrap();
+        assert_eq!(g.admit(Door::Federation, b, &l).unwrap_err(), Refused("limits.max_inbound_unauthenticated"));
+        // The same addresses still come in through the other doors, up to their own limits.
+        let internal = [g.admit(Door::Gateway, a, &l).unwrap(), g.admit(Door::Gateway, a, &l).unwrap()];
+        assert_eq!(g.admit(Door::Gateway, a, &l).unwrap_err(), Refused("limits.max_unauthenticated_gateway"));
+        let component = g.admit(Door::Components, a, &l).unwrap();
+        let _c2 = g.admit(Door::Components, b, &l).unwrap();
+        assert_eq!(g.admit(Door::Components, b, &l).unwrap_err(), Refused("limits.max_unauthenticated_components"));
+        // A slot given back returns to its own door.
+        drop(internal);
+        drop(component);
+        let _i = g.admit(Door::Gateway, a, &l).unwrap();
+        let _c = g.admit(Door::Components, a, &l).unwrap();
+        assert_eq!(g.admit(Door::Federation, b, &l).unwrap_err(), Refused("limits.max_inbound_unauthenticated"));
+        let uses = g.uses(&l);
+        let used = |k: &str| uses.iter().find(|u| u.key == k).unwrap().used;
+        assert_eq!(
+            (
+                used("limits.max_inbound_unauthenticated"),
+                used("limits.max_unauthenticated_gateway"),
+                used("limits.max_unauthenticated_components")
+            ),
+            (3, 1, 2)
+        );
     }
 }

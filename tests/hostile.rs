@@ -142,7 +142,7 @@ use drawbridge::engine::events::{Direction, Event};
 
 /// A hand-played peer whose receive window is tiny and which never reads what the server
 /// sends it; pings into the server make the server's replies pile up on that stream.
-async fn stalled_peer(extra: &str) -> (Dns, TestServer, HandPlayed, tokio::sync::broadcast::Receiver<Event>) {
+async fn stalled_peer(extra: &str) -> (Dns, TestServer, HandPlayed, drawbridge::engine::events::bus::Receiver) {
     let dns = Dns::start().await;
     let server = start_server("island.test", &dns, extra).await;
     let events = server.engine.subscribe();

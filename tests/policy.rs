@@ -14,7 +14,7 @@ fn d(s: &str) -> Domain {
     Domain::parse(s).unwrap()
 }
 
-async fn wait_closed_with(events: &mut tokio::sync::broadcast::Receiver<Event>, remote: &str, n: usize) -> Vec<String> {
+async fn wait_closed_with(events: &mut drawbridge::engine::events::bus::Receiver, remote: &str, n: usize) -> Vec<String> {
     let mut reasons = Vec::new();
     while reasons.len() < n {
         let ev = wait_event(

@@ -369,7 +369,7 @@ async fn client_loop(shared: &Arc<Shared>, stream: UnixStream, who: &str, watchi
                             return;
                         }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    Err(crate::events::bus::RecvError::Lagged(n)) => {
                         // Lossy by design: tell the client so it can resynchronise from a snapshot.
                         if write_json(&mut w, &serde_json::json!({"event": "lagged", "missed": n})).await.is_err() {
                             return;

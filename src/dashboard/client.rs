@@ -93,7 +93,7 @@ impl Client {
                     loop {
                         let item = match sub.recv().await {
                             Ok(ev) => Incoming::Event(Box::new(ev)),
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Incoming::Resync,
+                            Err(crate::events::bus::RecvError::Lagged(_)) => Incoming::Resync,
                             Err(_) => Incoming::Gone("engine stopped".into()),
                         };
                         let gone = matches!(item, Incoming::Gone(_));

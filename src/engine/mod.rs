@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +55,7 @@ pub struct Shared {
     pub resolver: Arc<Resolver>,
     pub secret: Vec<u8>,
     pub table: Arc<ConnTable>,
-    pub events: broadcast::Sender<Event>,
+    pub events: bus::Sender,
     pub router: Arc<Router>,
     pub shutdown: CancellationToken,
     pub started: Instant,
@@ -336,11 +335,11 @@ impl Engine {
             listening_components.push(l.local_addr().map_err(|err| EngineError::Listen { addr: *addr, err })?);
             component_listeners.push(l);
         }
-        let (events, _) = broadcast::channel(4096);
+        let events = bus::channel(bus::Backlog { entries: settings.limits.event_backlog, bytes: settings.limits.event_backlog_bytes });
         let shutdown = CancellationToken::new();
         let table = Arc::new(ConnTable::new(
             events.clone(),
-            settings.limits.closed_streams,
+            (settings.limits.closed_streams, settings.limits.closed_streams_bytes),
             table::TranscriptBudget::new(
                 settings.limits.transcript_lines,
                 settings.limits.transcript_bytes,
@@ -352,7 +351,7 @@ impl Engine {
             policy: policy.clone(),
             events: events.clone(),
             table: table.clone(),
-            unauthenticated: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            unauthenticated: std::sync::Mutex::new(recorder::OutcomeRing::new(settings.limits.unauthenticated_outcomes_bytes)),
         });
         let router = Arc::new(
             Router::new(settings.domains.clone(), policy.clone(), settings.timeouts.dialback)
@@ -446,17 +445,23 @@ impl Engine {
         let mut tasks = JoinSet::new();
         for (l, direct) in listeners {
             let how = if direct { Accept::DirectTls } else { Accept::S2s };
-            tasks.spawn(accept_loop(shared.clone(), l, how, shared.streams.clone()));
+            tasks.spawn(accept_loop(shared.clone(), l, how, limits::Door::Federation, shared.streams.clone()));
         }
         if let Some(internal) = &shared.internal_streams {
             for l in gateway_listeners {
-                tasks.spawn(accept_loop(shared.clone(), l, Accept::S2s, internal.clone()));
+                tasks.spawn(accept_loop(shared.clone(), l, Accept::S2s, limits::Door::Gateway, internal.clone()));
             }
         }
         let secrets: crate::proto::machine::component::Secrets =
             Arc::new(shared.settings.components.list.iter().map(|c| (c.domain.clone(), c.secret.clone())).collect());
         for l in component_listeners {
-            tasks.spawn(accept_loop(shared.clone(), l, Accept::Component(secrets.clone()), component_streams.clone()));
+            tasks.spawn(accept_loop(
+                shared.clone(),
+                l,
+                Accept::Component(secrets.clone()),
+                limits::Door::Components,
+                component_streams.clone(),
+            ));
         }
         tasks.spawn(counters_loop(shared.clone()));
         tasks.spawn(maintenance_loop(shared.clone()));
@@ -477,7 +482,7 @@ impl Engine {
         &self.shared.listening
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> bus::Receiver {
         self.shared.events.subscribe()
     }
 
@@ -506,8 +511,8 @@ impl Engine {
         let all_closed = async {
             while self.shared.table.live_count() > 0 {
                 match events.recv().await {
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => break,
+                    Ok(_) | Err(bus::RecvError::Lagged(_)) => {}
+                    Err(bus::RecvError::Closed) => break,
                 }
             }
         };
@@ -559,6 +564,15 @@ pub fn status(shared: &Shared) -> Status {
                 used: shared.table.transcript_budget().used(),
                 max: shared.settings.limits.transcript_total_bytes,
             });
+            let l = &shared.settings.limits;
+            for (key, used, max) in [
+                ("limits.closed_streams_bytes", shared.table.closed_usage().1, l.closed_streams_bytes),
+                ("limits.unauthenticated_outcomes_bytes", shared.recorder.ring_usage().1, l.unauthenticated_outcomes_bytes),
+                // The subscriber furthest behind.
+                ("limits.event_backlog_bytes", shared.events.largest_backlog(), l.event_backlog_bytes),
+            ] {
+                v.push(limits::LimitUse { key: key.into(), used, max });
+            }
             v
         },
         gateway: gateway_status(shared, &snaps),
@@ -693,7 +707,8 @@ enum Accept {
 
 /// Accept streams on one listener, each driven with `caps` (federation's, or the internal
 /// link's on `gateway.listen`).
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, how: Accept, caps: Arc<crate::stream::Caps>) {
+/// `door`: whose unauthenticated budget the connections it accepts are held to.
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, how: Accept, door: limits::Door, caps: Arc<crate::stream::Caps>) {
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -712,7 +727,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, how: Accept, ca
                     drop(tcp);
                     continue;
                 }
-                let slot = match shared.gauges.admit(peer.ip(), &shared.settings.limits) {
+                                let slot = match shared.gauges.admit(door, peer.ip(), &shared.settings.limits) {
                     Ok(slot) => slot,
                     Err(limits::Refused(key)) => {
                         limits::refused_once(key, &peer.ip().to_string(), || {

@@ -6,24 +6,66 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::broadcast;
-
 use crate::domain::Domain;
 use crate::events::*;
 use crate::policy::Policy;
 use crate::store::Store;
 use crate::table::{ConnEntry, ConnTable};
 
-/// Failed verifications of unauthenticated claims kept in memory.
+/// Failed verifications of unauthenticated claims kept in memory (at most; and at most
+/// `limits.unauthenticated_outcomes_bytes` of them).
 pub const UNAUTHENTICATED_RING: usize = 1000;
+/// Bytes of an unauthenticated outcome's reason kept in the ring.
+pub const RING_REASON: usize = 1024;
+
+/// The ring of failed unauthenticated verifications: bounded in entries and in bytes, so
+/// certificates with huge names cannot make it grow (each entry is charged its size).
+#[derive(Debug, Default)]
+pub struct OutcomeRing {
+    entries: VecDeque<(VerificationOutcome, usize)>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl OutcomeRing {
+    pub fn new(max_bytes: usize) -> Self {
+        OutcomeRing { max_bytes, ..Default::default() }
+    }
+
+    fn push(&mut self, mut o: VerificationOutcome) {
+        if let std::borrow::Cow::Owned(r) = crate::text::clip(&o.reason, RING_REASON) {
+            o.reason = r;
+        }
+        let size = std::mem::size_of::<VerificationOutcome>() + crate::events::bus::json_size(&o);
+        if size > self.max_bytes {
+            return;
+        }
+        while !self.entries.is_empty() && (self.entries.len() >= UNAUTHENTICATED_RING || self.bytes + size > self.max_bytes) {
+            if let Some((_, n)) = self.entries.pop_front() {
+                self.bytes -= n;
+            }
+        }
+        self.entries.push_back((o, size));
+        self.bytes += size;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &VerificationOutcome> {
+        self.entries.iter().map(|(o, _)| o)
+    }
+
+    /// Entries and bytes held.
+    pub fn usage(&self) -> (usize, usize) {
+        (self.entries.len(), self.bytes)
+    }
+}
 
 pub struct Recorder {
     pub(super) store: Arc<Store>,
     pub(super) policy: Arc<Policy>,
-    pub(super) events: broadcast::Sender<Event>,
+    pub(super) events: bus::Sender,
     pub(super) table: Arc<ConnTable>,
     /// Failed verifications of unauthenticated claims (memory only, bounded).
-    pub(super) unauthenticated: Mutex<VecDeque<VerificationOutcome>>,
+    pub(super) unauthenticated: Mutex<OutcomeRing>,
 }
 
 impl Recorder {
@@ -132,13 +174,7 @@ impl Recorder {
         crate::limits::refused_once("unauthenticated claims", &source, || {
             format!("verification of {} failed: {}", outcome.remote, outcome.reason)
         });
-        {
-            let mut ring = self.unauthenticated.lock().unwrap();
-            if ring.len() >= UNAUTHENTICATED_RING {
-                ring.pop_front();
-            }
-            ring.push_back(outcome.clone());
-        }
+        self.unauthenticated.lock().unwrap().push(outcome.clone());
         let _ = self.events.send(Event::Verification { outcome });
     }
 
@@ -149,6 +185,11 @@ impl Recorder {
         v.sort_by_key(|o| std::cmp::Reverse(o.time_ms));
         v.truncate(limit);
         Ok(v)
+    }
+
+    /// The unauthenticated ring's entries and bytes now.
+    pub fn ring_usage(&self) -> (usize, usize) {
+        self.unauthenticated.lock().unwrap().usage()
     }
 
     /// The most recent verification outcomes (newest first).
@@ -211,5 +252,50 @@ impl crate::stream::Observer for LinkObserver {
         {
             tracing::error!("store: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(remote: &str, reason: &str) -> VerificationOutcome {
+        VerificationOutcome {
+            time_ms: 1,
+            stream: "s".into(),
+            direction: Direction::In,
+            local: "a.example".into(),
+            remote: remote.into(),
+            method: AuthMethod::SaslExternal,
+            result: VerificationResult::Invalid,
+            reason: reason.into(),
+            peer_addr: Some("127.0.0.1:1".into()),
+        }
+    }
+
+    #[test]
+    fn the_unauthenticated_ring_is_bounded_in_bytes_as_well_as_in_entries() {
+        let mut ring = OutcomeRing::new(256 * 1024);
+        let name = "n".repeat(30_000);
+        for i in 0..1200 {
+            ring.push(failure(&format!("{i}.example"), &format!("certificate names {name}, {name}")));
+        }
+        let (n, bytes) = ring.usage();
+        assert!(bytes <= 256 * 1024, "{bytes}");
+        // Reasons are clipped, so a useful number still fits.
+        assert!(n >= 100, "{n} kept");
+        assert!(ring.iter().all(|o| o.reason.len() < RING_REASON + 32));
+        assert_eq!(ring.iter().last().unwrap().remote, "1199.example", "the newest kept");
+        // A huge remote name costs its size: fewer fit, the bytes stay bounded.
+        for i in 0..100 {
+            ring.push(failure(&format!("{i}.{name}"), "x"));
+        }
+        assert!(ring.usage().1 <= 256 * 1024 && ring.usage().0 < 10, "{:?}", ring.usage());
+        // And small ones by the count (at the default budget).
+        let mut ring = OutcomeRing::new(crate::config::Limits::default().unauthenticated_outcomes_bytes);
+        for i in 0..5000 {
+            ring.push(failure(&format!("{i}.example"), "x"));
+        }
+        assert_eq!(ring.usage().0, UNAUTHENTICATED_RING);
     }
 }

@@ -7,13 +7,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Domain;
 use crate::events::*;
 use crate::proto::machine::Observed;
 use crate::proto::stream::{StreamError, StreamErrorCondition};
+use crate::types::CertVerdict;
 
 mod transcript;
 use transcript::Transcript;
@@ -83,7 +84,7 @@ pub struct ConnEntry {
     close_notify: Notify,
     /// Server shutdown, which closes every stream.
     shutdown: CancellationToken,
-    events: broadcast::Sender<Event>,
+    events: bus::Sender,
     transcript: Mutex<Transcript>,
     budget: Arc<TranscriptBudget>,
     /// Everything is recorded until the stream is established (and what it wrote in the
@@ -174,8 +175,11 @@ impl ConnEntry {
     pub fn tls_established(&self, how: &str, session: &rustls::CommonState, cert_verdict: Option<crate::net::certs::CertVerdict>) {
         let (version, cipher) = crate::net::tls::session_facts(session);
         let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::peer_cert_info(c));
+        let peer_cert = peer_cert.map(compact_cert);
+        let cert_verdict = cert_verdict.map(compact_verdict);
         let cert = peer_cert.as_ref().map_or("none".to_owned(), |c| {
-            // A certificate may name hundreds of domains; the note shows a few.
+            // A certificate may name hundreds of domains; the note shows a few (the row's
+            // copy is compacted already: its names are clipped and counted).
             let mut names = c.names.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
             if c.names.len() > 8 {
                 names.push_str(&format!(" and {} more", c.names.len() - 8));
@@ -187,7 +191,9 @@ impl ConnEntry {
         self.set_tls(TlsInfo { version, cipher, peer_cert, cert_verdict });
     }
 
-    pub fn set_tls(&self, tls: TlsInfo) {
+    pub fn set_tls(&self, mut tls: TlsInfo) {
+        tls.peer_cert = tls.peer_cert.map(compact_cert);
+        tls.cert_verdict = tls.cert_verdict.map(compact_verdict);
         self.info.lock().unwrap().tls = Some(tls);
         let _ = self.events.send(Event::StreamUpdated { stream: self.snapshot() });
     }
@@ -266,8 +272,9 @@ impl ConnEntry {
             Observed::Certificate(verdict) => {
                 let tls = self.info.lock().unwrap().tls.clone();
                 if let Some(mut tls) = tls {
+                    let verdict = compact_verdict(verdict.clone());
                     self.record("note", format!("certificate verdict: {verdict}"), None);
-                    tls.cert_verdict = Some(verdict.clone());
+                    tls.cert_verdict = Some(verdict);
                     self.set_tls(tls);
                 }
             }
@@ -418,24 +425,30 @@ impl Drop for ConnEntry {
 /// All streams.
 pub struct ConnTable {
     inner: Mutex<Inner>,
-    events: broadcast::Sender<Event>,
+    events: bus::Sender,
     keep_closed: usize,
+    /// Bytes of closed rows kept (each charged its size: a row carries its certificate's
+    /// names, so a count alone does not bound it).
+    keep_closed_bytes: usize,
     budget: Arc<TranscriptBudget>,
 }
 
 struct Inner {
     live: HashMap<String, Arc<ConnEntry>>,
     /// Recently closed streams (their transcripts are in the budget, so a failed attempt
-    /// can be read).
-    closed: VecDeque<ConnSnapshot>,
+    /// can be read), with what each is charged.
+    closed: VecDeque<(ConnSnapshot, usize)>,
+    closed_bytes: usize,
 }
 
 impl ConnTable {
-    pub fn new(events: broadcast::Sender<Event>, keep_closed: usize, budget: TranscriptBudget) -> Self {
+    /// `keep_closed`: recently closed rows kept, in entries and in bytes.
+    pub fn new(events: bus::Sender, (keep_closed, keep_closed_bytes): (usize, usize), budget: TranscriptBudget) -> Self {
         ConnTable {
-            inner: Mutex::new(Inner { live: HashMap::new(), closed: VecDeque::new() }),
+            inner: Mutex::new(Inner { live: HashMap::new(), closed: VecDeque::new(), closed_bytes: 0 }),
             events,
             keep_closed,
+            keep_closed_bytes,
             budget: Arc::new(budget),
         }
     }
@@ -497,11 +510,17 @@ impl ConnTable {
                 *entry.transcript.lock().unwrap() = t;
                 return;
             }
-            if self.keep_closed > 0 {
-                if inner.closed.len() >= self.keep_closed {
-                    inner.closed.pop_front();
+            let size = row_size(&snap);
+            if self.keep_closed > 0 && size <= self.keep_closed_bytes {
+                while !inner.closed.is_empty()
+                    && (inner.closed.len() >= self.keep_closed || inner.closed_bytes + size > self.keep_closed_bytes)
+                {
+                    if let Some((_, n)) = inner.closed.pop_front() {
+                        inner.closed_bytes -= n;
+                    }
                 }
-                inner.closed.push_back(snap.clone());
+                inner.closed.push_back((snap.clone(), size));
+                inner.closed_bytes += size;
             }
             self.budget.keep_closed(&entry.id, t, self.keep_closed);
         }
@@ -523,7 +542,10 @@ impl ConnTable {
     pub fn snapshots(&self, include_closed: bool) -> Vec<ConnSnapshot> {
         let (live, closed): (Vec<_>, Vec<_>) = {
             let inner = self.inner.lock().unwrap();
-            (inner.live.values().cloned().collect(), if include_closed { inner.closed.iter().cloned().collect() } else { Vec::new() })
+            (
+                inner.live.values().cloned().collect(),
+                if include_closed { inner.closed.iter().map(|(s, _)| s.clone()).collect() } else { Vec::new() },
+            )
         };
         let mut v: Vec<ConnSnapshot> = live.iter().map(|e| e.snapshot()).collect();
         v.sort_by_key(|s| s.opened_ms);
@@ -532,7 +554,13 @@ impl ConnTable {
     }
 
     pub fn closed(&self) -> Vec<ConnSnapshot> {
-        self.inner.lock().unwrap().closed.iter().cloned().collect()
+        self.inner.lock().unwrap().closed.iter().map(|(s, _)| s.clone()).collect()
+    }
+
+    /// Closed rows kept and the bytes they are charged.
+    pub fn closed_usage(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap();
+        (inner.closed.len(), inner.closed_bytes)
     }
 
     /// The transcript of a live or recently closed stream.
@@ -543,6 +571,62 @@ impl ConnTable {
             None => self.budget.closed_transcript(id),
         }
     }
+}
+
+/// Bytes of one certificate name (and of a subject, issuer or verdict detail) a row keeps.
+pub const ROW_NAME: usize = 256;
+/// Names of a certificate a row keeps (the rest are counted).
+pub const ROW_NAMES: usize = 16;
+
+/// The certificate facts a row keeps: names clipped to [`ROW_NAME`] bytes, at most
+/// [`ROW_NAMES`] of them and a count of the rest, so a row (and every event that carries
+/// it, and the transcript note about it) costs a bounded amount whatever the certificate
+/// names. Small certificates keep their shared copy.
+pub fn compact_cert(c: std::sync::Arc<PeerCertInfo>) -> std::sync::Arc<PeerCertInfo> {
+    let long = |s: &str| s.len() > ROW_NAME || s.chars().any(crate::text::is_unsafe);
+    if c.names.len() <= ROW_NAMES && !long(&c.subject) && !long(&c.issuer) && !c.names.iter().any(|n| long(n)) {
+        return c;
+    }
+    let clip = |s: &str| crate::text::clip(s, ROW_NAME).into_owned();
+    let mut names: Vec<String> = c.names.iter().take(ROW_NAMES).map(|n| clip(n)).collect();
+    if c.names.len() > ROW_NAMES {
+        names.push(format!("…(+{} more names)", c.names.len() - ROW_NAMES));
+    }
+    std::sync::Arc::new(PeerCertInfo {
+        subject: clip(&c.subject),
+        issuer: clip(&c.issuer),
+        names,
+        not_after: clip(&c.not_after),
+        fingerprint_sha256: clip(&c.fingerprint_sha256),
+    })
+}
+
+/// A certificate verdict as a row keeps it (its issuer, names or detail clipped).
+pub fn compact_verdict(v: CertVerdict) -> CertVerdict {
+    let clip = |s: String| match crate::text::clip(&s, ROW_NAME) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(c) => c,
+    };
+    match v {
+        CertVerdict::UntrustedIssuer(i) => CertVerdict::UntrustedIssuer(clip(i)),
+        CertVerdict::Expired(d) => CertVerdict::Expired(clip(d)),
+        CertVerdict::NotYetValid(d) => CertVerdict::NotYetValid(clip(d)),
+        CertVerdict::Invalid(e) => CertVerdict::Invalid(clip(e)),
+        CertVerdict::NameMismatch(names) => {
+            let n = names.len();
+            let mut kept: Vec<String> = names.into_iter().take(ROW_NAMES).map(clip).collect();
+            if n > ROW_NAMES {
+                kept.push(format!("…(+{} more names)", n - ROW_NAMES));
+            }
+            CertVerdict::NameMismatch(kept)
+        }
+        v => v,
+    }
+}
+
+/// What a closed row is charged: its size in memory and the text it holds.
+fn row_size(s: &ConnSnapshot) -> usize {
+    std::mem::size_of::<ConnSnapshot>() + bus::json_size(s)
 }
 
 /// A random 128-bit identifier, hex (RFC 6120 §4.7.3: stream ids must be unpredictable).
@@ -557,7 +641,82 @@ mod tests {
     use super::*;
 
     fn table(lines: usize, per_stream: usize, total: usize, keep_closed: usize) -> ConnTable {
-        ConnTable::new(broadcast::channel(16).0, keep_closed, TranscriptBudget::new(lines, per_stream, total))
+        ConnTable::new(bus::channel(bus::Backlog::default()), (keep_closed, usize::MAX), TranscriptBudget::new(lines, per_stream, total))
+    }
+
+    #[test]
+    fn rows_keep_certificate_names_clipped_and_counted() {
+        let big = "n".repeat(30_000);
+        let info = std::sync::Arc::new(PeerCertInfo {
+            subject: format!("CN={big}"),
+            issuer: format!("CN={big}\x1b[2J"),
+            names: (0..40).map(|i| format!("{i}.{big}")).collect(),
+            not_after: "2030-01-01".into(),
+            fingerprint_sha256: "AB:CD".into(),
+        });
+        let c = compact_cert(info);
+        assert!(bus::json_size(&*c) < 8 * 1024, "{} bytes", bus::json_size(&*c));
+        assert_eq!(c.names.len(), ROW_NAMES + 1);
+        assert_eq!(c.names.last().unwrap(), "…(+24 more names)");
+        assert!(c.names[0].starts_with("0.nnn") && c.subject.starts_with("CN=nnn"));
+        assert!(!c.issuer.contains('\x1b'));
+        // Small certificates keep their shared copy.
+        let small = std::sync::Arc::new(PeerCertInfo {
+            subject: "CN=b.example".into(),
+            issuer: "CN=CA".into(),
+            names: vec!["b.example".into()],
+            not_after: "x".into(),
+            fingerprint_sha256: "y".into(),
+        });
+        assert!(std::sync::Arc::ptr_eq(&compact_cert(small.clone()), &small));
+        let v = compact_verdict(CertVerdict::NameMismatch((0..40).map(|_| big.clone()).collect()));
+        assert!(v.to_string().len() < 8 * 1024, "{}", v.to_string().len());
+        // The live row, whatever the certificate names.
+        let t = table(100, 1 << 20, 1 << 22, 10);
+        let a = t.open(Direction::In, &CancellationToken::new(), StreamKind::Federation);
+        a.set_tls(TlsInfo {
+            version: "TLS 1.3".into(),
+            cipher: "x".into(),
+            peer_cert: Some(std::sync::Arc::new(PeerCertInfo {
+                subject: big.clone(),
+                issuer: big.clone(),
+                names: vec![big.clone()],
+                not_after: "x".into(),
+                fingerprint_sha256: "y".into(),
+            })),
+            cert_verdict: Some(CertVerdict::UntrustedIssuer(big.clone())),
+        });
+        assert!(bus::json_size(&a.snapshot()) < 4 * 1024, "{}", bus::json_size(&a.snapshot()));
+    }
+
+    #[test]
+    fn closed_rows_are_bounded_in_bytes_as_well_as_in_entries() {
+        let t = ConnTable::new(bus::channel(bus::Backlog::default()), (100, 64 * 1024), TranscriptBudget::new(10, 1024, 4096));
+        let root = CancellationToken::new();
+        let big = "n".repeat(30_000);
+        for i in 0..50 {
+            let a = t.open(Direction::In, &root, StreamKind::Federation);
+            a.set_domains(None, Some(&format!("{i}.{big}")));
+            t.close(&a, "gone");
+        }
+        let (rows, bytes) = t.closed_usage();
+        assert!(bytes <= 64 * 1024, "{bytes} bytes kept");
+        assert_eq!(rows, 2, "as many as fit: {rows}");
+        // The newest are kept.
+        let closed = t.closed();
+        assert!(closed.last().unwrap().remote.as_deref().unwrap().starts_with("49."));
+        // Small rows are held by the count.
+        for _ in 0..150 {
+            let a = t.open(Direction::In, &root, StreamKind::Federation);
+            t.close(&a, "gone");
+        }
+        assert_eq!(t.closed_usage().0, 100);
+        // A row bigger than the whole budget is not kept at all.
+        let t = ConnTable::new(bus::channel(bus::Backlog::default()), (100, 1024), TranscriptBudget::new(10, 1024, 4096));
+        let a = t.open(Direction::In, &root, StreamKind::Federation);
+        a.set_domains(None, Some(&big));
+        t.close(&a, "gone");
+        assert_eq!(t.closed_usage(), (0, 0));
     }
 
     #[tokio::test]
@@ -605,12 +764,13 @@ mod tests {
 
     #[test]
     fn live_transcript_events_carry_a_bounded_text() {
-        let (tx, mut rx) = broadcast::channel(16);
-        let t = ConnTable::new(tx, 10, TranscriptBudget::new(100, 1 << 20, 1 << 22));
+        let tx = bus::channel(bus::Backlog::default());
+        let mut rx = tx.subscribe();
+        let t = ConnTable::new(tx, (10, usize::MAX), TranscriptBudget::new(100, 1 << 20, 1 << 22));
         let a = t.open(Direction::In, &CancellationToken::new(), StreamKind::Federation);
         a.record("in", "x".repeat(200_000), None);
         let mut seen = None;
-        while let Ok(ev) = rx.try_recv() {
+        while let Some(ev) = rx.try_recv() {
             if let Event::Transcript { line, .. } = ev {
                 seen = Some(line.text.len());
             }

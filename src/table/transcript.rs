@@ -253,6 +253,14 @@ fn decode(mut r: &[u8]) -> Vec<TranscriptLine> {
 
 /// Transcript limits: per stream (lines and bytes) and for all streams together, live and
 /// recently closed (`[limits] transcript_lines`, `transcript_bytes`, `transcript_total_bytes`).
+///
+/// What is charged is each line's text and key and [`LINE_OVERHEAD`] (more than its record
+/// header), so the records of all transcripts stay within `transcript_total_bytes`; memory
+/// can exceed the charge only by an open ring's unused capacity (it grows by doubling, from
+/// `FIRST_BUFFER`: at most twice the charge plus 2 KiB per stream still negotiating or
+/// watched) — packed transcripts take less than they are charged. The rows' own strings
+/// are not charged here: a row keeps a certificate's names clipped (`compact_cert`), and
+/// closed rows have their own byte budget (`limits.closed_streams_bytes`).
 #[derive(Debug)]
 pub struct TranscriptBudget {
     pub(super) lines: usize,

@@ -324,7 +324,7 @@ impl RawPeer {
 
 /// Wait for an engine event matching `pred` (bounded by [`WAIT`]).
 pub async fn wait_event(
-    rx: &mut tokio::sync::broadcast::Receiver<drawbridge::engine::events::Event>,
+    rx: &mut drawbridge::engine::events::bus::Receiver,
     what: &str,
     mut pred: impl FnMut(&drawbridge::engine::events::Event) -> bool,
 ) -> drawbridge::engine::events::Event {
@@ -333,7 +333,7 @@ pub async fn wait_event(
             match rx.recv().await {
                 Ok(ev) if pred(&ev) => return ev,
                 Ok(_) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(drawbridge::engine::events::bus::RecvError::Lagged(_)) => continue,
                 Err(e) => panic!("event channel: {e}"),
             }
         }
