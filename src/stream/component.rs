@@ -39,9 +39,9 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
                 Output::Close(end) => break 'session end,
                 Output::Deliver(st) => {
                     d.entry.stanza_in();
-                    caps.router.route(st);
+                    d.route(st);
                 }
-                Output::Route(st) => caps.router.route(st),
+                Output::Route(st) => d.route(st),
                 Output::Attach(domain) => {
                     let result = match (slot.authenticated(), tx.take()) {
                         (Err(crate::limits::Refused(key)), _) => Err(format!("too many authenticated inbound streams ({key})")),
@@ -76,6 +76,7 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
         }
         d.on_wake(wake);
     };
+    d.abandon_delivery();
     if let Some(domain) = &attached {
         caps.router.detach(domain, &entry.id);
     }
@@ -91,6 +92,6 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
     Box::pin(d.close(&end)).await;
     caps.observer.closed(&entry, &end.reason);
     for b in bounced {
-        caps.router.route(b);
+        caps.router.route_now(b);
     }
 }

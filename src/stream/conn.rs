@@ -110,6 +110,9 @@ pub struct Conn {
     pub last_read: Instant,
     /// Close requests end a blocked write at once.
     control: crate::table::StreamControl,
+    /// Off while a stanza read from this stream waits for room in a link's queue: the
+    /// socket is not read meanwhile, so TCP pushes back on the peer (writes go on).
+    pub reading: bool,
 }
 
 const READ_CHUNK: usize = 2048;
@@ -141,6 +144,7 @@ impl Conn {
             last_read: Instant::now(),
             control: entry.control(),
             entry,
+            reading: true,
         }
     }
 
@@ -309,7 +313,7 @@ impl Conn {
                 }
             }
         }
-        if self.pending_output() > OUT_HIGH_WATER {
+        if self.pending_output() > OUT_HIGH_WATER || !self.reading {
             return Poll::Pending;
         }
         if self.framer.capacity() == 0 {
