@@ -242,6 +242,7 @@ impl Driver {
             (None, Some(t)) => (Some(t), true),
             (d, _) => (d, false),
         };
+        self.conn.start_write_clock();
         let write_deadline = self.conn.write_deadline();
         let room = async {
             match &self.delivering {
