@@ -7,7 +7,10 @@
 //! /proc, so the generator's own work is not counted.
 //!
 //! Run: `cargo bench --bench ping` (`DRAWBRIDGE_BIN` runs another build as the server,
-//! `SECONDS` the length of each phase, default 3). Not a test: nothing here asserts a figure.
+//! `SECONDS` the length of each phase, default 3; `OUTSTANDING` the pings kept outstanding
+//! in the saturated phase, default 2 000 — 5 000 and 50 000 are bursts the server must absorb:
+//! after the phase the bench waits for every answer and says how many never came). Not a
+//! test: nothing here asserts a figure.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -134,7 +137,7 @@ async fn main() {
     let mut next_id = 0u64;
 
     // Phase 1: as fast as the stream goes, a bounded window of pings outstanding.
-    let window = 2000u64;
+    let window: u64 = std::env::var("OUTSTANDING").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let (cpu0, got0, t0) = (cpu_s(pid), received.load(std::sync::atomic::Ordering::Relaxed), Instant::now());
     while t0.elapsed() < Duration::from_secs(secs) {
         let outstanding = next_id - received.load(std::sync::atomic::Ordering::Relaxed);
@@ -153,7 +156,31 @@ async fn main() {
     let pongs = received.load(std::sync::atomic::Ordering::Relaxed) - got0;
     let cpu = cpu_s(pid) - cpu0;
     let rate = pongs as f64 / elapsed;
-    println!("one stream, saturated: {rate:.0} pings/s; server CPU {:.2} µs per ping round trip", cpu * 1e6 / pongs.max(1) as f64);
+    println!(
+        "one stream, saturated ({window} outstanding): {rate:.0} pings/s; server CPU {:.2} µs per ping round trip",
+        cpu * 1e6 / pongs.max(1) as f64
+    );
+    // Every ping of the phase answered (a burst must be absorbed, not dropped): wait until
+    // the answers stop coming for 5 s.
+    let (mut last, mut since) = (0, Instant::now());
+    loop {
+        let now = received.load(std::sync::atomic::Ordering::Relaxed);
+        if now >= next_id || since.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let pongs = received.load(std::sync::atomic::Ordering::Relaxed);
+    if pongs < next_id {
+        println!("  LOST: {} of {next_id} pings never answered", next_id - pongs);
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    }
+    println!("  all {next_id} pings answered");
 
     // Phase 2: half that rate, in 1 ms steps; latency from send to pong.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -344,10 +344,11 @@ pub struct Limits {
     pub max_stanza_size: usize,
     /// Deepest element nesting accepted.
     pub max_depth: usize,
-    /// Stanzas queued per outbound domain pair before senders wait (backpressure).
+    /// Stanzas queued per outbound domain pair before senders wait (backpressure): far
+    /// above any burst; the bytes bind.
     pub outbound_queue: usize,
     /// Bytes of stanzas queued per outbound domain pair (and held per inbound stream while
-    /// a domain awaits approval) before senders wait.
+    /// a domain awaits approval) before senders wait (at most `timeouts.write`).
     pub outbound_queue_bytes: usize,
     /// Inbound connections not authenticated yet (all sources together).
     pub max_inbound_unauthenticated: usize,
@@ -392,7 +393,7 @@ impl Default for Limits {
         Limits {
             max_stanza_size: 512 * 1024,
             max_depth: 32,
-            outbound_queue: 1024,
+            outbound_queue: 100_000,
             outbound_queue_bytes: 4 * 1024 * 1024,
             max_inbound_unauthenticated: 1000,
             max_unauthenticated_per_address: 16,

@@ -475,6 +475,12 @@ async fn ctl(socket: PathBuf, cmd: CtlCommand) -> anyhow::Result<ExitCode> {
                 println!("             its streams arrive on {}; {} out, {} in now", g.listen.join(", "), g.streams_out, g.streams_in);
                 println!("             CA it must trust: {}", g.ca_cert);
             }
+            if s.overflows != Default::default() {
+                println!(
+                    "overflow:    {} stanzas bounced, {} results/errors dropped: links that made no room within timeouts.write",
+                    s.overflows.bounced, s.overflows.dropped
+                );
+            }
             println!("limits:");
             for l in &s.limits {
                 println!("  {:<40} {:>10} / {}", l.key, l.used, l.max);

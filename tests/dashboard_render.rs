@@ -76,6 +76,7 @@ fn model() -> Model {
                 drawbridge::engine::limits::LimitUse { key: "limits.max_inbound_unauthenticated".into(), used: 950, max: 1000 },
             ],
             gateway: None,
+            overflows: Default::default(),
         },
         connections: vec![
             conn("aaaa1111", Direction::In, "friend.test", ConnState::Established, Some(PairStatus::Valid), None),

@@ -241,6 +241,9 @@ pub struct Status {
     /// Gateway mode: the internal server and how it is reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayStatus>,
+    /// Stanzas whose link made no room within `timeouts.write`: bounced or dropped.
+    #[serde(default)]
+    pub overflows: crate::router::Overflows,
 }
 
 /// `ctl status` in gateway mode.
@@ -495,6 +498,11 @@ impl Engine {
         status(&self.shared)
     }
 
+    /// What the overflow rule did since start (links that made no room in time).
+    pub fn router_overflows(&self) -> crate::router::Overflows {
+        self.shared.router.overflows()
+    }
+
     pub fn connections(&self, include_closed: bool) -> Vec<ConnSnapshot> {
         self.shared.table.snapshots(include_closed)
     }
@@ -576,6 +584,7 @@ pub fn status(shared: &Shared) -> Status {
             v
         },
         gateway: gateway_status(shared, &snaps),
+        overflows: shared.router.overflows(),
     }
 }
 
@@ -657,7 +666,7 @@ pub async fn probe(shared: &Arc<Shared>, domain: &str, from: Option<&str>) -> Pr
         .child(Element::new("ping", ns::PING));
     let rx = shared.router.local.expect_reply(&id);
     let t0 = Instant::now();
-    shared.router.route(ping);
+    shared.router.route_waiting(ping, shared.settings.timeouts.write).await;
     let limit = shared.settings.timeouts.probe;
     let reply = tokio::time::timeout(limit, rx).await;
     let rtt = t0.elapsed();

@@ -4,18 +4,24 @@
 //! typed so that a bidirectional stream (XEP-0288), a component (XEP-0114), an internal
 //! server behind a gateway and a peer node register the same way ([`LinkKind`]).
 //!
-//! **Routing never waits.** Each link has a queue bounded in count and bytes
-//! (`limits.outbound_queue`, `limits.outbound_queue_bytes`). When it is full the stanza is
-//! answered at once by the **overflow rule**: a bounceable stanza gets a
-//! `<resource-constraint/>` error of type `wait` (RFC 6120 §8.3.3.18) back to its sender;
-//! an error or result stanza (never answered, RFC 6120 §8.3.1) is dropped and counted in
-//! the log. The stream that read it goes on reading: one slow remote never stalls the
-//! streams that send to it.
+//! **Routing decides; drivers wait.** Each link has a queue bounded in bytes
+//! (`limits.outbound_queue_bytes`; a count, `limits.outbound_queue`, far above any burst).
+//! [`Router::route`] never waits: a stanza that meets a full queue comes back as
+//! [`Blocked`], and the stream that read it waits for room — without reading further frames,
+//! so TCP pushes back on a peer that sends faster than the link drains (head-of-line
+//! blocking on that one stream; no lock is held meanwhile) — bounded by `timeouts.write`.
+//! Only when the link made no room within that deadline does the **overflow rule** answer
+//! ([`Router::overflow`]): a bounceable stanza gets a `<resource-constraint/>` error of type
+//! `wait` (RFC 6120 §8.3.3.18) back to its sender; an error or result stanza (never
+//! answered, RFC 6120 §8.3.1) is dropped. Both are counted ([`Router::overflows`], `ctl
+//! status`) and logged once a minute per domain. Where nobody can wait (a stream's
+//! leftovers after it ended) [`Router::route_now`] applies the rule at once.
 
 pub mod local;
 pub mod queue;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -65,6 +71,34 @@ pub struct Link {
     pub verifies: Option<queue::QueueTx<VerifyRequest>>,
 }
 
+/// A stanza that met a full queue: its producer waits for [`Blocked::room`] (bounded by
+/// `timeouts.write`), then routes it again ([`Router::route`]) — or, past the deadline,
+/// hands it to [`Router::overflow`].
+pub struct Blocked {
+    pub stanza: Element,
+    queue: queue::QueueTx,
+    weight: usize,
+    /// The full queue's domain (for the overflow rule's words).
+    to: Domain,
+}
+
+impl Blocked {
+    /// Room for the stanza in the queue it met full, or that queue closed (its stream
+    /// ended: routing again finds or opens another). Cancel-safe.
+    pub async fn room(&self) {
+        self.queue.room(self.weight).await;
+    }
+}
+
+/// What the overflow rule did, since start (`ctl status`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Overflows {
+    /// Requests and messages answered `<resource-constraint/>`.
+    pub bounced: u64,
+    /// Results and errors dropped (they cannot be answered).
+    pub dropped: u64,
+}
+
 /// Why no link can be had for a pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -95,6 +129,22 @@ pub struct Router {
     /// stanzas go to the component's stream while it is attached.
     components: Vec<Domain>,
     attached: RwLock<HashMap<Domain, Link>>,
+    bounced: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// Where a stanza went: queued, a stanza to route next (a reply or a bounce), or a full
+/// queue.
+enum Step {
+    Done,
+    Next(Element),
+    Full(Blocked),
+}
+
+impl From<Option<Element>> for Step {
+    fn from(next: Option<Element>) -> Step {
+        next.map_or(Step::Done, Step::Next)
+    }
 }
 
 impl Router {
@@ -109,6 +159,8 @@ impl Router {
             gateway: false,
             components: Vec::new(),
             attached: RwLock::new(HashMap::new()),
+            bounced: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         }
     }
 
@@ -146,20 +198,19 @@ impl Router {
         self.components.iter().find(|c| *c == d || d.as_str().strip_suffix(c.as_str()).is_some_and(|r| r.ends_with('.')))
     }
 
-    /// Queue on the component's stream; a bounce to route if it is not connected or full.
-    fn send_component(&self, comp: &Domain, st: Element) -> Option<Element> {
+    /// Queue on the component's stream; a bounce to route if it is not connected.
+    fn send_component(&self, comp: &Domain, st: Element) -> Step {
         let link = self.attached.read().unwrap_or_else(|e| e.into_inner()).get(comp).cloned();
         let Some(link) = link else {
-            return error_reply(&st, ErrorType::Cancel, "service-unavailable", Some(&format!("{comp} is not connected")));
+            return error_reply(&st, ErrorType::Cancel, "service-unavailable", Some(&format!("{comp} is not connected"))).into();
         };
-        match link.stanzas.try_send(st) {
-            Ok(()) => None,
-            Err(queue::TrySendError::Full(back)) => {
-                error_reply(&back, ErrorType::Wait, "resource-constraint", Some(&format!("{comp} is not keeping up; try again")))
-            }
+        let weight = st.weight();
+        match link.stanzas.try_send_weighted(st, weight) {
+            Ok(()) => Step::Done,
+            Err(queue::TrySendError::Full(back)) => Step::Full(Blocked { stanza: back, queue: link.stanzas, weight, to: comp.clone() }),
             Err(queue::TrySendError::Closed(back)) => {
                 self.detach(comp, &link.stream);
-                error_reply(&back, ErrorType::Cancel, "service-unavailable", Some(&format!("{comp} is not connected")))
+                error_reply(&back, ErrorType::Cancel, "service-unavailable", Some(&format!("{comp} is not connected"))).into()
             }
         }
     }
@@ -190,72 +241,132 @@ impl Router {
 
     /// Route a stanza (from a remote peer or generated here) without waiting. Replies from
     /// local services and bounces are routed in turn; errors are never answered with
-    /// errors, so this ends.
-    pub fn route(&self, stanza: Element) {
+    /// errors, so this ends. A stanza of that chain that meets a full queue comes back: its
+    /// producer waits for room and routes it again, or gives it to [`Router::overflow`].
+    #[must_use = "a blocked stanza must be waited for or given to Router::overflow"]
+    pub fn route(&self, stanza: Element) -> Option<Blocked> {
         let mut next = Some(stanza);
         while let Some(st) = next.take() {
-            let Some(to) = st.get_attr("to").and_then(crate::proto::jid::domain_of) else {
-                tracing::debug!(stanza = %st.describe(), "dropping a stanza without a valid 'to'");
-                continue;
+            match self.step(st) {
+                Step::Done => {}
+                Step::Next(st) => next = Some(st),
+                Step::Full(b) => return Some(b),
+            }
+        }
+        None
+    }
+
+    /// Route where nobody can wait (what a stream leaves behind when it ends): a full queue
+    /// is answered by the overflow rule at once.
+    pub fn route_now(&self, stanza: Element) {
+        let mut next = Some(stanza);
+        while let Some(st) = next.take() {
+            next = match self.step(st) {
+                Step::Done => None,
+                Step::Next(st) => Some(st),
+                Step::Full(b) => self.overflow_reply(b),
             };
-            let from = || st.get_attr("from").and_then(crate::proto::jid::domain_of);
-            if let Some(comp) = self.component_for(&to) {
-                next = self.send_component(&comp.clone(), st);
-                continue;
-            }
-            if self.is_hosted(&to) {
-                // Gateway mode: what the world sends the hosted domains goes on to the
-                // internal server, as the world domain that sent it; drawbridge keeps only the
-                // answers to what it sent itself (probes).
-                // (The sender is parsed only in gateway mode: this is the stanza path.)
-                if self.gateway
-                    && let Some(from) = from().filter(|f| !self.is_server_domain(f))
-                    && !self.local.awaits(&st)
-                {
-                    next = self.send_remote(from, to, st);
-                } else {
-                    next = self.local.handle(&st);
-                }
-                continue;
-            }
-            let Some(from) = from() else {
-                tracing::debug!(stanza = %st.describe(), "dropping an outbound stanza without a valid 'from'");
-                continue;
-            };
-            if !self.is_hosted(&from) {
-                tracing::warn!(stanza = %st.describe(), "refusing to relay a stanza between two remote domains");
-                continue;
-            }
-            next = self.send_remote(from, to, st);
         }
     }
 
-    /// Queue on the link of (from, to); a bounce to route if that cannot be done now.
-    fn send_remote(&self, from: Domain, to: Domain, mut st: Element) -> Option<Element> {
+    /// The overflow rule, for a stanza whose link made no room within `timeouts.write`: a
+    /// request or message is bounced with `<resource-constraint/>` (type `wait`, RFC 6120
+    /// §8.3.3.18); a result or error, which cannot be answered (§8.3.1), is dropped. Counted
+    /// either way; the bounce is routed without waiting.
+    pub fn overflow(&self, blocked: Blocked) {
+        if let Some(bounce) = self.overflow_reply(blocked) {
+            self.route_now(bounce);
+        }
+    }
+
+    fn overflow_reply(&self, b: Blocked) -> Option<Element> {
+        let to = &b.to;
+        let bounce = error_reply(
+            &b.stanza,
+            ErrorType::Wait,
+            "resource-constraint",
+            Some(&format!("the stream to {to} is not keeping up; try again")),
+        );
+        let (bounced, dropped) = match bounce {
+            Some(_) => (self.bounced.fetch_add(1, Ordering::Relaxed) + 1, self.dropped.load(Ordering::Relaxed)),
+            None => (self.bounced.load(Ordering::Relaxed), self.dropped.fetch_add(1, Ordering::Relaxed) + 1),
+        };
+        crate::limits::refused_once("limits.outbound_queue_bytes", to.as_str(), || {
+            format!(
+                "the stream to {to} made no room within timeouts.write; requests bounce with resource-constraint, results and errors are dropped \
+                 ({bounced} bounced, {dropped} dropped since start; limits.outbound_queue_bytes, timeouts.write)"
+            )
+        });
+        bounce
+    }
+
+    /// Route, waiting (bounded by `limit`, usually `timeouts.write`) where a queue is full;
+    /// for tasks that have no stream to hold back (a probe).
+    pub async fn route_waiting(&self, stanza: Element, limit: Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        let mut next = self.route(stanza);
+        while let Some(b) = next {
+            if tokio::time::timeout_at(until, b.room()).await.is_err() {
+                return self.overflow(b);
+            }
+            next = self.route(b.stanza);
+        }
+    }
+
+    /// What the overflow rule did since start.
+    pub fn overflows(&self) -> Overflows {
+        Overflows { bounced: self.bounced.load(Ordering::Relaxed), dropped: self.dropped.load(Ordering::Relaxed) }
+    }
+
+    /// One stanza's step: queued, or what to route next, or the full queue it met.
+    fn step(&self, st: Element) -> Step {
+        let Some(to) = st.get_attr("to").and_then(crate::proto::jid::domain_of) else {
+            tracing::debug!(stanza = %st.describe(), "dropping a stanza without a valid 'to'");
+            return Step::Done;
+        };
+        let from = || st.get_attr("from").and_then(crate::proto::jid::domain_of);
+        if let Some(comp) = self.component_for(&to) {
+            return self.send_component(&comp.clone(), st);
+        }
+        if self.is_hosted(&to) {
+            // Gateway mode: what the world sends the hosted domains goes on to the
+            // internal server, as the world domain that sent it; drawbridge keeps only the
+            // answers to what it sent itself (probes).
+            // (The sender is parsed only in gateway mode: this is the stanza path.)
+            if self.gateway
+                && let Some(from) = from().filter(|f| !self.is_server_domain(f))
+                && !self.local.awaits(&st)
+            {
+                return self.send_remote(from, to, st);
+            }
+            return self.local.handle(&st).into();
+        }
+        let Some(from) = from() else {
+            tracing::debug!(stanza = %st.describe(), "dropping an outbound stanza without a valid 'from'");
+            return Step::Done;
+        };
+        if !self.is_hosted(&from) {
+            tracing::warn!(stanza = %st.describe(), "refusing to relay a stanza between two remote domains");
+            return Step::Done;
+        }
+        self.send_remote(from, to, st)
+    }
+
+    /// Queue on the link of (from, to); a bounce to route if no link can be had now.
+    fn send_remote(&self, from: Domain, to: Domain, mut st: Element) -> Step {
+        let weight = st.weight();
         for _ in 0..3 {
             let link = match self.link(&from, &to) {
                 Ok(l) => l,
                 Err(Refusal::Limit(key)) => {
-                    return error_reply(&st, ErrorType::Wait, "resource-constraint", Some(&format!("too many outbound streams ({key})")));
+                    return error_reply(&st, ErrorType::Wait, "resource-constraint", Some(&format!("too many outbound streams ({key})")))
+                        .into();
                 }
-                Err(Refusal::Policy(why)) => return error_reply(&st, ErrorType::Cancel, "policy-violation", Some(&why)),
+                Err(Refusal::Policy(why)) => return error_reply(&st, ErrorType::Cancel, "policy-violation", Some(&why)).into(),
             };
-            match link.stanzas.try_send(st) {
-                Ok(()) => return None,
-                Err(queue::TrySendError::Full(back)) => {
-                    // The overflow rule: answered at once, never waited for.
-                    crate::limits::refused_once("limits.outbound_queue", to.as_str(), || {
-                        format!(
-                            "the stream to {to} is not keeping up; stanzas bounce with resource-constraint (limits.outbound_queue, limits.outbound_queue_bytes)"
-                        )
-                    });
-                    return error_reply(
-                        &back,
-                        ErrorType::Wait,
-                        "resource-constraint",
-                        Some(&format!("the stream to {to} is not keeping up; try again")),
-                    );
-                }
+            match link.stanzas.try_send_weighted(st, weight) {
+                Ok(()) => return Step::Done,
+                Err(queue::TrySendError::Full(back)) => return Step::Full(Blocked { stanza: back, queue: link.stanzas, weight, to }),
                 Err(queue::TrySendError::Closed(back)) => {
                     // That stream ended between lookup and send; forget it and try a new one.
                     self.remove(&from, &to, &link.stream);
@@ -263,7 +374,7 @@ impl Router {
                 }
             }
         }
-        error_reply(&st, ErrorType::Wait, "remote-server-timeout", Some("outbound stream kept closing; try again"))
+        error_reply(&st, ErrorType::Wait, "remote-server-timeout", Some("outbound stream kept closing; try again")).into()
     }
 
     /// The link of (local, remote), opening one if there is none. Refused when the policy
@@ -349,5 +460,104 @@ impl Router {
                 Some(format!("{remote}'s authoritative server did not answer within {}s (timeouts.dialback)", limit.as_secs())),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ns;
+    use std::sync::Mutex;
+
+    struct Allow;
+    impl PolicyView for Allow {
+        fn verdict(&self, _: &Domain) -> Verdict {
+            Verdict::Allow
+        }
+    }
+
+    /// Links whose stream never takes anything from its queue (a peer that never reads);
+    /// the receivers are kept, so the queues stay open.
+    struct Stalled(Mutex<Vec<queue::QueueRx>>);
+    impl Opener for Stalled {
+        fn open(&self, _: &Domain, _: &Domain) -> Result<Link, Refusal> {
+            let (tx, rx) = queue::queue(1_000_000, 16 * 1024);
+            self.0.lock().unwrap().push(rx);
+            Ok(Link { kind: LinkKind::S2sOutbound, stream: "s1".into(), stanzas: tx, verifies: None })
+        }
+    }
+
+    fn d(s: &str) -> Domain {
+        Domain::parse(s).unwrap()
+    }
+
+    fn iq(typ: &str, i: usize) -> Element {
+        Element::new("iq", ns::SERVER)
+            .attr("type", typ)
+            .attr("id", format!("i{i}"))
+            .attr("from", "a.test")
+            .attr("to", "r.test")
+            .child(Element::new("ping", ns::PING))
+    }
+
+    /// A queue full in bytes makes the producer wait, never drop; a link that makes no room
+    /// within the deadline gets the overflow rule (requests bounced, results dropped, both
+    /// counted), exactly at the deadline; memory stays within the queue's bytes.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_link_makes_producers_wait_and_bounces_only_after_the_deadline() {
+        let router = Router::new(vec![d("a.test")], Arc::new(Allow), Duration::from_secs(5));
+        router.set_opener(Box::new(Stalled(Mutex::new(Vec::new()))));
+        let mut queued = 0;
+        let blocked = loop {
+            match router.route(iq("get", queued)) {
+                None => queued += 1,
+                Some(b) => break b,
+            }
+        };
+        assert!(queued > 10, "{queued} queued before the bytes were spent");
+        assert_eq!(router.overflows(), Overflows::default(), "nothing bounced or dropped: the producer waits");
+        // No room within the deadline: still waiting just before it.
+        let limit = Duration::from_secs(30);
+        assert!(tokio::time::timeout(limit - Duration::from_millis(1), blocked.room()).await.is_err());
+        router.overflow(blocked);
+        assert_eq!(router.overflows(), Overflows { bounced: 1, dropped: 0 });
+        // A result cannot be answered: dropped and counted.
+        let t0 = tokio::time::Instant::now();
+        router.route_waiting(iq("result", 0), limit).await;
+        assert_eq!(t0.elapsed(), limit, "waited exactly timeouts.write");
+        assert_eq!(router.overflows(), Overflows { bounced: 1, dropped: 1 });
+    }
+
+    /// A waiting producer is let in as soon as the link drains (to half its bytes).
+    #[tokio::test(start_paused = true)]
+    async fn a_producer_waiting_for_room_goes_on_when_the_link_drains() {
+        let (tx, mut rx) = queue::queue::<u32>(1_000_000, 100);
+        for i in 0..10 {
+            tx.try_send_weighted(i, 10).unwrap();
+        }
+        assert!(matches!(tx.try_send_weighted(10, 10), Err(queue::TrySendError::Full(_))));
+        let waiter = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                tx.room(10).await;
+                tx.try_send_weighted(10, 10).is_ok()
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        // One out: room for one, but the waiter wakes only at half (a burst moves in steps).
+        rx.try_recv().unwrap();
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        for _ in 0..4 {
+            rx.try_recv().unwrap();
+        }
+        assert!(waiter.await.unwrap(), "sent once the queue drained to half");
+        // Closing wakes waiters at once.
+        while tx.try_send_weighted(0, 10).is_ok() {}
+        let waiter = tokio::spawn(async move { tx.room(10).await });
+        tokio::task::yield_now().await;
+        rx.close();
+        waiter.await.unwrap();
     }
 }

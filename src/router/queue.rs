@@ -1,7 +1,9 @@
 //! The queue of one link, bounded in count (`limits.outbound_queue`) and in bytes
 //! (`limits.outbound_queue_bytes`): a slow peer holds at most that much of our memory,
-//! however large each stanza is. The router never waits on it ([`QueueTx::try_send`]); a
-//! full queue is answered by the overflow rule (see [`crate::router`]).
+//! however large each stanza is. Sending never waits ([`QueueTx::try_send`]); a sender that
+//! found the queue full may wait for room ([`QueueTx::room`], bounded by its caller) — it is
+//! woken once the queue has drained to half (or empty), so a burst moves in large steps, not
+//! one wake per stanza.
 //!
 //! An empty queue holds no buffer (an idle link costs a few dozen bytes, not a
 //! preallocated block per channel), and one that drained gives its buffer back.
@@ -17,6 +19,8 @@ struct Queue<T> {
     state: Mutex<State<T>>,
     /// Wakes the receiver: something queued, or the last sender left.
     notify: Notify,
+    /// Wakes senders waiting for room: drained to the low-water mark, or closed.
+    space: Notify,
     max_count: usize,
     max_bytes: usize,
 }
@@ -27,6 +31,8 @@ struct State<T> {
     /// The receiver closed it (or is gone).
     closed: bool,
     senders: usize,
+    /// Senders waiting in [`QueueTx::room`] (only then is a pop worth a wake).
+    waiting: usize,
 }
 
 /// The sending side (cloned for every sender).
@@ -52,8 +58,9 @@ pub enum TrySendError<T = Element> {
 /// budget still goes, alone).
 pub fn queue<T>(count: usize, bytes: usize) -> (QueueTx<T>, QueueRx<T>) {
     let q = Arc::new(Queue {
-        state: Mutex::new(State { items: VecDeque::new(), bytes: 0, closed: false, senders: 1 }),
+        state: Mutex::new(State { items: VecDeque::new(), bytes: 0, closed: false, senders: 1, waiting: 0 }),
         notify: Notify::new(),
+        space: Notify::new(),
         max_count: count.max(1),
         max_bytes: bytes.max(1),
     });
@@ -63,6 +70,25 @@ pub fn queue<T>(count: usize, bytes: usize) -> (QueueTx<T>, QueueRx<T>) {
 impl<T> Queue<T> {
     fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether an item of `weight` goes in now (one larger than the whole budget goes alone).
+    fn fits(&self, s: &State<T>, weight: usize) -> bool {
+        s.items.is_empty() || (s.items.len() < self.max_count && s.bytes + weight <= self.max_bytes)
+    }
+
+    /// Drained to half in count and bytes: room for a good step of a burst.
+    fn low(&self, s: &State<T>) -> bool {
+        s.bytes <= self.max_bytes / 2 && s.items.len() <= self.max_count / 2
+    }
+}
+
+/// One sender counted as waiting for room while it is (also when its wait is cancelled).
+struct Waiting<'a, T>(&'a Queue<T>);
+
+impl<T> Drop for Waiting<'_, T> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
     }
 }
 
@@ -74,8 +100,7 @@ impl<T> QueueTx<T> {
             if s.closed {
                 return Err(TrySendError::Closed(item));
             }
-            let fits = s.items.is_empty() || (s.items.len() < self.q.max_count && s.bytes + weight <= self.q.max_bytes);
-            if !fits {
+            if !self.q.fits(&s, weight) {
                 return Err(TrySendError::Full(item));
             }
             s.bytes += weight;
@@ -98,6 +123,27 @@ impl<T> QueueTx<T> {
     /// Whether the receiving side is gone (its stream ended).
     pub fn is_closed(&self) -> bool {
         self.q.lock().closed
+    }
+
+    /// Wait until an item of `weight` would go in, or the queue is closed (the caller bounds
+    /// the wait; the item is sent with [`QueueTx::try_send_weighted`] after, which may still
+    /// find it full when several senders waited: they wait again). Cancel-safe.
+    pub async fn room(&self, weight: usize) {
+        loop {
+            let woken = self.q.space.notified();
+            tokio::pin!(woken);
+            // Registered before the check: a wake between the check and the wait is not lost.
+            woken.as_mut().enable();
+            {
+                let mut s = self.q.lock();
+                if s.closed || self.q.fits(&s, weight) {
+                    return;
+                }
+                s.waiting += 1;
+            }
+            let _counted = Waiting(&self.q);
+            woken.await;
+        }
     }
 }
 
@@ -127,7 +173,7 @@ impl<T> QueueRx<T> {
         loop {
             {
                 let mut s = self.q.lock();
-                if let Some(item) = Self::pop(&mut s) {
+                if let Some(item) = Self::pop(&self.q, &mut s) {
                     return Some(item);
                 }
                 if s.senders == 0 || s.closed {
@@ -140,12 +186,18 @@ impl<T> QueueRx<T> {
 
     /// The next item if one is queued.
     pub fn try_recv(&mut self) -> Option<T> {
-        Self::pop(&mut self.q.lock())
+        Self::pop(&self.q, &mut self.q.lock())
     }
 
-    fn pop(s: &mut State<T>) -> Option<T> {
+    fn pop(q: &Queue<T>, s: &mut State<T>) -> Option<T> {
+        let was_low = q.low(s);
         let (item, w) = s.items.pop_front()?;
         s.bytes -= w;
+        if s.waiting > 0 && ((!was_low && q.low(s)) || s.items.is_empty()) {
+            // Senders wait for room: wake them at half (a burst moves on in large steps) or
+            // empty (an item larger than half the budget goes only into an emptier queue).
+            q.space.notify_waiters();
+        }
         if s.items.is_empty() && s.items.capacity() > 16 {
             // Drained after a burst: give the buffer back.
             s.items = VecDeque::new();
@@ -162,15 +214,17 @@ impl<T> QueueRx<T> {
         }
     }
 
-    /// No more items are accepted; those queued can still be taken.
+    /// No more items are accepted; those queued can still be taken. Senders waiting for
+    /// room hear it at once.
     pub fn close(&mut self) {
         self.q.lock().closed = true;
+        self.q.space.notify_waiters();
     }
 }
 
 impl<T> Drop for QueueRx<T> {
     fn drop(&mut self) {
-        self.q.lock().closed = true;
+        self.close();
     }
 }
 

@@ -42,9 +42,9 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
                 Output::Close(end) => break 'session end,
                 Output::Deliver(st) => {
                     d.entry.stanza_in();
-                    caps.router.route(st);
+                    d.route(st);
                 }
-                Output::Route(st) => caps.router.route(st),
+                Output::Route(st) => d.route(st),
                 Output::Attach(domain) => {
                     let result = match (slot.authenticated(), tx.take()) {
                         (Err(crate::limits::Refused(key)), _) => Err(format!("too many authenticated inbound streams ({key})")),
@@ -80,6 +80,7 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
         }
         d.on_wake(wake);
     };
+    d.abandon_delivery();
     if let Some(domain) = &attached {
         caps.router.detach(domain, &entry.id);
     }
@@ -99,7 +100,7 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
     Box::pin(d.close(&end)).await;
     caps.observer.closed(&entry, &end.reason);
     for b in bounced {
-        caps.router.route(b);
+        caps.router.route_now(b);
     }
     // The secret is all that authenticates a component, and a guess costs one connection:
     // a failed handshake keeps its address's unauthenticated slot a while after the stream

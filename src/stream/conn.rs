@@ -113,6 +113,9 @@ pub struct Conn {
     pub last_read: Instant,
     /// Close requests end a blocked write at once.
     control: crate::table::StreamControl,
+    /// Off while a stanza read from this stream waits for room in a link's queue: the
+    /// socket is not read meanwhile, so TCP pushes back on the peer (writes go on).
+    pub reading: bool,
 }
 
 const READ_CHUNK: usize = 2048;
@@ -153,6 +156,7 @@ impl Conn {
             last_read: Instant::now(),
             control: entry.control(),
             entry,
+            reading: true,
         }
     }
 
@@ -276,6 +280,14 @@ impl Conn {
         self.out.len() - self.written
     }
 
+    /// Output is waiting: its `timeouts.write` runs from now (if not already running). Set
+    /// before the deadline is read, so the first wait with output pending is bounded too.
+    pub fn start_write_clock(&mut self) {
+        if !self.out.is_empty() && self.write_since.is_none() {
+            self.write_since = Some(Instant::now());
+        }
+    }
+
     /// When the output waiting now must have been written: `[timeouts] write` after it
     /// began waiting, or the negotiation deadline if earlier; and which of the two.
     pub fn write_deadline(&self) -> Option<(Instant, String)> {
@@ -305,9 +317,7 @@ impl Conn {
     /// remembered, bytes read stay in the framer. Reading pauses while more than
     /// [`OUT_HIGH_WATER`] bytes wait to be written (what we read may ask for more writes).
     pub async fn read_or_write(&mut self) -> Progress {
-        if !self.out.is_empty() && self.write_since.is_none() {
-            self.write_since = Some(Instant::now());
-        }
+        self.start_write_clock();
         std::future::poll_fn(|cx| self.poll_progress(cx)).await
     }
 
@@ -333,7 +343,7 @@ impl Conn {
                 }
             }
         }
-        if self.pending_output() > OUT_HIGH_WATER {
+        if self.pending_output() > OUT_HIGH_WATER || !self.reading {
             return Poll::Pending;
         }
         if self.framer.capacity() == 0 {

@@ -2,7 +2,14 @@
 //! restart or TLS upgrade asked for by one frame applies before the next is parsed),
 //! carry out the outputs every role has, write in batches, and project what the machine
 //! observed onto the connection table, the store and the dashboard's events.
+//!
+//! A stanza this stream hands the router that meets a full link queue waits here
+//! ([`Delivering`]): the stream reads no further frames until the link made room (TCP
+//! pushes back on its peer), at most `timeouts.write`; past that the overflow rule answers
+//! ([`crate::router::Router::overflow`]). Writes, its own queue and close requests go on
+//! meanwhile, so two streams that feed each other never wait on each other for long.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -26,6 +33,17 @@ pub struct Driver {
     trim_at: Option<Instant>,
     /// Given back already in this quiet spell.
     trimmed: bool,
+    /// A stanza waiting for room in a link's queue, and those produced behind it.
+    delivering: Option<Delivering>,
+}
+
+/// The stanza that met a full queue, until when it may wait (`timeouts.write`), and the
+/// stanzas this stream produced after it (kept in order; few, since no frame is read
+/// meanwhile).
+struct Delivering {
+    blocked: crate::router::Blocked,
+    until: Instant,
+    behind: VecDeque<crate::xml::Element>,
 }
 
 /// Stanzas from a link's queue batched into one write (few TLS records).
@@ -47,12 +65,73 @@ pub enum Wake {
     Close(crate::table::CloseRequest),
     /// Quiet for a while: the connection gave its buffers back; the caller trims its own.
     Quiet,
+    /// The link a delivery waits for made room (or closed), or the wait's deadline passed
+    /// (`true`).
+    Room {
+        expired: bool,
+    },
 }
 
 impl Driver {
     pub fn new(caps: Arc<Caps>, entry: Arc<ConnEntry>, conn: Conn, machine: Machine, direction: Direction) -> Driver {
         let control = entry.control();
-        Driver { caps, entry, conn, machine, direction, control, trim_at: None, trimmed: false }
+        Driver { caps, entry, conn, machine, direction, control, trim_at: None, trimmed: false, delivering: None }
+    }
+
+    /// Hand a stanza this stream produced (delivered from the peer, or a bounce) to the
+    /// router. One that meets a full queue waits for room; until then the stream reads
+    /// nothing and what it produces queues behind (in order).
+    pub fn route(&mut self, st: crate::xml::Element) {
+        if let Some(d) = &mut self.delivering {
+            d.behind.push_back(st);
+            return;
+        }
+        if let Some(blocked) = self.caps.router.route(st) {
+            self.hold(blocked, VecDeque::new());
+        }
+    }
+
+    /// Whether a delivery waits for room (no frames are read meanwhile).
+    pub fn delivering(&self) -> bool {
+        self.delivering.is_some()
+    }
+
+    fn hold(&mut self, blocked: crate::router::Blocked, behind: VecDeque<crate::xml::Element>) {
+        let until = Instant::now() + self.caps.settings.timeouts.write;
+        self.delivering = Some(Delivering { blocked, until, behind });
+        self.conn.reading = false;
+    }
+
+    /// The link made room (route the waiting stanza again: it may meet a full queue again,
+    /// within the same deadline) or the deadline passed (the overflow rule); then what
+    /// queued behind it.
+    fn resume(&mut self, expired: bool) {
+        let Some(Delivering { blocked, until, mut behind }) = self.delivering.take() else { return };
+        let router = self.caps.router.clone();
+        if expired {
+            router.overflow(blocked);
+        } else if let Some(again) = router.route(blocked.stanza) {
+            self.delivering = Some(Delivering { blocked: again, until, behind });
+            return;
+        }
+        while let Some(st) = behind.pop_front() {
+            if let Some(blocked) = router.route(st) {
+                return self.hold(blocked, behind);
+            }
+        }
+        self.conn.reading = true;
+    }
+
+    /// The stream ended: what still waits is routed without waiting (the overflow rule
+    /// answers for a queue still full).
+    pub fn abandon_delivery(&mut self) {
+        if let Some(Delivering { blocked, behind, .. }) = self.delivering.take() {
+            let router = &self.caps.router;
+            router.route_now(blocked.stanza);
+            for st in behind {
+                router.route_now(st);
+            }
+        }
     }
 
     pub fn now() -> std::time::Instant {
@@ -83,7 +162,7 @@ impl Driver {
 
     /// Parse one buffered frame into the machine. `false` when none is complete.
     pub fn parse_one(&mut self) -> bool {
-        if self.machine.is_closed() {
+        if self.machine.is_closed() || self.delivering.is_some() {
             return false;
         }
         match self.conn.next_frame() {
@@ -119,6 +198,7 @@ impl Driver {
             Wake::Timer => self.feed(Input::Timer),
             Wake::Written | Wake::Quiet => {}
             Wake::Read(r) => self.on_read(r),
+            Wake::Room { expired } => self.resume(expired),
         }
     }
 
@@ -161,17 +241,25 @@ impl Driver {
         // Writes end at the negotiation deadline only while the stream is unauthenticated.
         self.conn.set_deadline(self.machine.write_deadline().map(Instant::from_std));
         let deadline = self.machine.deadline().map(Instant::from_std);
-        let trim =
-            (!self.trimmed && !self.conn.has_pending_output()).then(|| *self.trim_at.get_or_insert_with(|| Instant::now() + IDLE_TRIM));
+        let trim = (!self.trimmed && !self.conn.has_pending_output() && self.delivering.is_none())
+            .then(|| *self.trim_at.get_or_insert_with(|| Instant::now() + IDLE_TRIM));
         let (at, trimming) = match (deadline, trim) {
             (Some(d), Some(t)) if t < d => (Some(t), true),
             (None, Some(t)) => (Some(t), true),
             (d, _) => (d, false),
         };
+        self.conn.start_write_clock();
         let write_deadline = self.conn.write_deadline();
+        let room = async {
+            match &self.delivering {
+                Some(d) => tokio::time::timeout_at(d.until, d.blocked.room()).await.is_err(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             r = self.control.closed() => Wake::Close(r),
+            expired = room => Wake::Room { expired },
             _ = sleep_until(write_deadline.as_ref().map(|w| w.0)) => {
                 let why = write_deadline.map(|w| w.1).unwrap_or_default();
                 self.feed(Input::WriteFailed(why));

@@ -58,6 +58,7 @@ async fn serve(caps: Arc<Caps>, entry: Arc<ConnEntry>, io: Transport, direct: Op
     let machine = Machine::receiving(caps.env.clone(), entry.id.as_str().into(), Driver::now(), direct, Box::new(slot));
     let mut d = Driver::new(caps.clone(), entry.clone(), conn, machine, Direction::In);
     let end = session(&mut d).await;
+    d.abandon_delivery();
     match &end.error {
         Some(e) => tracing::warn!(stream = %entry.id, %peer, "closing inbound stream: {e}"),
         None => tracing::info!(stream = %entry.id, %peer, "inbound stream ended: {}", end.reason),
@@ -78,9 +79,9 @@ async fn session(d: &mut Driver) -> Ending {
                 Output::Close(end) => return end,
                 Output::Deliver(st) => {
                     d.entry.stanza_in();
-                    d.caps.router.route(st);
+                    d.route(st);
                 }
-                Output::Route(st) => d.caps.router.route(st),
+                Output::Route(st) => d.route(st),
                 Output::Ask(ask) => ask_authoritative(&d.caps, ask, answers_tx.clone()),
                 Output::StartTls(TlsRole::Server { local }) => Box::pin(starttls(d, &local)).await,
                 o => tracing::error!(stream = %d.entry.id, "inbound stream: unexpected {o:?}"),

@@ -52,6 +52,7 @@ pub async fn run(
                 Machine::originating(caps.env.clone(), entry.id.as_str().into(), Driver::now(), local.clone(), remote.clone(), direct);
             let mut d = Driver::new(caps.clone(), entry.clone(), conn, machine, Direction::Out);
             let end = session(&mut d, &local, &remote, &mut stanzas, &mut verifies, &mut waiting).await;
+            d.abandon_delivery();
             (end, Some(d))
         }
     };
@@ -88,7 +89,7 @@ pub async fn run(
             caps.observer.closed(&entry, &end.reason);
             while let Some(st) = stanzas.try_recv() {
                 if let Some(b) = error_reply(&st, bounce_type(condition), condition, Some(&text)) {
-                    caps.router.route(b);
+                    caps.router.route_now(b);
                 }
             }
             if let Some(mut d) = driver {
@@ -124,7 +125,7 @@ pub async fn run(
                 Box::pin(d.close(&end)).await;
             }
             for st in rest {
-                caps.router.route(st);
+                caps.router.route_now(st);
             }
         }
     }
@@ -160,7 +161,7 @@ async fn session(
                     }
                 }
                 Output::StartTls(TlsRole::Client { direct }) => Box::pin(tls_client(d, local, remote, direct)).await,
-                Output::Route(st) | Output::Deliver(st) => d.caps.router.route(st),
+                Output::Route(st) | Output::Deliver(st) => d.route(st),
                 o => tracing::error!(stream = %d.entry.id, "outbound stream: unexpected {o:?}"),
             }
         }

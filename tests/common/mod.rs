@@ -322,13 +322,27 @@ impl RawPeer {
     }
 }
 
+/// Bound for waits whose work scales with the machine's load (filling kernel buffers, a
+/// burst of thousands of stanzas): what they wait for is an event; this only stops a hang.
+pub const LOADED: Duration = Duration::from_secs(120);
+
 /// Wait for an engine event matching `pred` (bounded by [`WAIT`]).
 pub async fn wait_event(
     rx: &mut drawbridge::engine::events::bus::Receiver,
     what: &str,
+    pred: impl FnMut(&drawbridge::engine::events::Event) -> bool,
+) -> drawbridge::engine::events::Event {
+    wait_event_within(rx, what, WAIT, pred).await
+}
+
+/// [`wait_event`] bounded by `limit`.
+pub async fn wait_event_within(
+    rx: &mut tokio::sync::broadcast::Receiver<drawbridge::engine::events::Event>,
+    what: &str,
+    limit: Duration,
     mut pred: impl FnMut(&drawbridge::engine::events::Event) -> bool,
 ) -> drawbridge::engine::events::Event {
-    within(what, async {
+    let waiting = async {
         loop {
             match rx.recv().await {
                 Ok(ev) if pred(&ev) => return ev,
@@ -337,8 +351,11 @@ pub async fn wait_event(
                 Err(e) => panic!("event channel: {e}"),
             }
         }
-    })
-    .await
+    };
+    match tokio::time::timeout(limit, waiting).await {
+        Ok(ev) => ev,
+        Err(_) => panic!("timed out waiting for {what} ({limit:?})"),
+    }
 }
 
 /// Play a receiving server by hand for `domain`: accept one connection on `listener`,
