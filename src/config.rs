@@ -1000,7 +1000,10 @@ mod tests {
         // Around a hosted domain (gateway mode's hosted domains are the same list).
         let e = err(&cfg("\"a.test\", \"chat.b.test\"", &["b.test"]));
         assert!(e.contains(r#"key `component[0].domain`: "b.test" lies around server.domains[1] "chat.b.test""#), "{e}");
-        let gw = format!("{}[gateway]\ninternal = \"10.0.0.4:5269\"\nlisten = [\"10.0.0.5:5269\"]\ninternal_ca = \"internal.pem\"\n", cfg("\"x.h.test\"", &["h.test"]));
+        let gw = format!(
+            "{}[gateway]\ninternal = \"10.0.0.4:5269\"\nlisten = [\"10.0.0.5:5269\"]\ninternal_ca = \"internal.pem\"\n",
+            cfg("\"x.h.test\"", &["h.test"])
+        );
         assert!(err(&gw).contains("lies around server.domains[0]"), "{}", err(&gw));
         // Not nested: siblings, a name that only ends alike, and the usual component under
         // a hosted domain.
