@@ -59,3 +59,52 @@ async fn the_pre_handshake_cap_holds_across_the_handshake_element() {
         p.expect_condition(drawbridge::proto::stream::StreamErrorCondition::PolicyViolation).await;
     }
 }
+
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A raw peer connected to `to` from the loopback address `from`.
+async fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddr) -> RawPeer {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(std::net::SocketAddr::new(from.into(), 0)).unwrap();
+    RawPeer::from_tcp(sock.connect(to).await.unwrap())
+}
+
+/// The once-a-minute logger is keyed by source address, and an attacker has many: an IPv6
+/// /64 (what any hosted machine gets), or here 127.0.0.0/8. 300 wrong component secrets from
+/// 300 loopback addresses wrote 300 WARN lines; now each limit logs a bounded number of new
+/// sources a minute and counts the rest in its next line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_with_many_addresses_cannot_flood_the_log() {
+    let _ = tracing_subscriber::fmt().with_env_filter("drawbridge=info").with_ansi(false).with_writer(|| LogWriter).try_init();
+    let (a, addr, _dns) = component_world().await;
+    let n = 300u32;
+    for i in 0..n {
+        let from = std::net::Ipv4Addr::new(127, 1, (i / 200) as u8, (i % 200 + 1) as u8);
+        let mut p = connect_from(from, addr).await;
+        p.send("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='comp.a.test'>").await;
+        let _ = within("the header", p.next()).await;
+        p.send("<handshake>0000000000000000000000000000000000000000</handshake>").await;
+        p.expect_condition(drawbridge::proto::stream::StreamErrorCondition::NotAuthorized).await;
+    }
+    let mut events = a.engine.subscribe();
+    while a.engine.connections(false).iter().any(|s| s.kind == drawbridge::engine::events::StreamKind::Component) {
+        wait_event(&mut events, "the strangers' streams to end", |e| matches!(e, drawbridge::engine::events::Event::StreamClosed { .. }))
+            .await;
+    }
+    let log = String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned();
+    let lines = log.lines().filter(|l| l.contains("ended before its handshake")).count();
+    eprintln!("{n} addresses, {lines} lines");
+    assert!(lines < 40, "{n} connections from {n} addresses wrote {lines} lines:\n{}", log.lines().take(5).collect::<Vec<_>>().join("\n"));
+}
