@@ -131,3 +131,29 @@ async fn strangers_on_the_components_address_cannot_lock_it_out() {
     let answer = within("the handshake's answer", p.next_el()).await.expect("an answer");
     assert_eq!(answer.name.as_ref(), "handshake", "{}", answer.to_xml());
 }
+
+/// Minted certificates live at `minted/<A-label>.pem` and pruning only lists that directory:
+/// no domain a peer can name becomes a path that leaves it (it held — `/`, `\`, empty labels
+/// and their full-width or IDNA look-alikes are refused or mapped to harmless A-labels).
+#[test]
+fn no_domain_name_becomes_a_path_out_of_the_minted_directory() {
+    for name in [
+        "../evil",
+        "a/b.test",
+        "a\\b.test",
+        "a\u{ff0f}b.test",
+        "a\u{2215}b.test",
+        "..",
+        "a..b",
+        ".",
+        "a\u{ff0e}\u{ff0e}b",
+        "\u{2024}\u{2024}",
+    ] {
+        if let Ok(d) = drawbridge::domain::Domain::parse(name) {
+            let file = format!("{}.pem", d.ascii());
+            let p = std::path::Path::new(&file);
+            assert_eq!(p.components().count(), 1, "{name:?} → {file:?}");
+            assert!(matches!(p.components().next(), Some(std::path::Component::Normal(_))), "{name:?} → {file:?}");
+        }
+    }
+}
