@@ -850,18 +850,32 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
             (None, Some(sf)) => {
                 let p = resolve(sf);
                 let key = format!("component[{i}].secret_file");
-                // A secret is a line: a device or a huge file named by mistake is refused, not read.
-                match std::fs::metadata(&p) {
-                    Ok(m) if !m.is_file() => return Err(bad(&key, format!("{}: not a regular file", p.display()))),
-                    Ok(m) if m.len() > 4096 => {
-                        return Err(bad(
-                            &key,
-                            format!("{}: {} bytes; a secret file holds one line (4096 bytes at most)", p.display(), m.len()),
-                        ));
-                    }
-                    _ => {}
+                // A secret is a line: a device, a FIFO or a huge file named by mistake is
+                // refused, not read. Judged on the opened file (no window for the path to
+                // change between the look and the read), opened without blocking (a FIFO
+                // with no writer would hold start-up), read 4096 bytes at most whatever its
+                // size said.
+                use std::io::Read;
+                use std::os::unix::fs::OpenOptionsExt;
+                let cannot = |e: std::io::Error| bad(&key, format!("{}: cannot read it: {e}", p.display()));
+                let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&p).map_err(cannot)?;
+                let m = f.metadata().map_err(cannot)?;
+                if !m.is_file() {
+                    return Err(bad(&key, format!("{}: not a regular file", p.display())));
                 }
-                let text = std::fs::read_to_string(&p).map_err(|e| bad(&key, format!("{}: cannot read it: {e}", p.display())))?;
+                let mut bytes = Vec::new();
+                f.take(4097).read_to_end(&mut bytes).map_err(cannot)?;
+                if m.len() > 4096 || bytes.len() > 4096 {
+                    return Err(bad(
+                        &key,
+                        format!(
+                            "{}: {} bytes; a secret file holds one line (4096 bytes at most)",
+                            p.display(),
+                            m.len().max(bytes.len() as u64)
+                        ),
+                    ));
+                }
+                let text = String::from_utf8(bytes).map_err(|_| bad(&key, format!("{}: cannot read it: not UTF-8", p.display())))?;
                 // A file written by `echo` or an editor ends with a line break; it is no part of the secret.
                 (text.trim_end_matches(['\n', '\r']).to_owned(), Some(p))
             }
@@ -1050,7 +1064,10 @@ mod tests {
         // Around a hosted domain (gateway mode's hosted domains are the same list).
         let e = err(&cfg("\"a.test\", \"chat.b.test\"", &["b.test"]));
         assert!(e.contains(r#"key `component[0].domain`: "b.test" lies around server.domains[1] "chat.b.test""#), "{e}");
-        let gw = format!("{}[gateway]\ninternal = \"10.0.0.4:5269\"\nlisten = [\"10.0.0.5:5269\"]\ninternal_ca = \"internal.pem\"\n", cfg("\"x.h.test\"", &["h.test"]));
+        let gw = format!(
+            "{}[gateway]\ninternal = \"10.0.0.4:5269\"\nlisten = [\"10.0.0.5:5269\"]\ninternal_ca = \"internal.pem\"\n",
+            cfg("\"x.h.test\"", &["h.test"])
+        );
         assert!(err(&gw).contains("lies around server.domains[0]"), "{}", err(&gw));
         // Not nested: siblings, a name that only ends alike, and the usual component under
         // a hosted domain.
@@ -1087,6 +1104,17 @@ mod tests {
         std::fs::write(dir.path().join("big.secret"), "x".repeat(5000)).unwrap();
         let e = secret_file_config(dir.path(), "secret_file = \"big.secret\"\n").unwrap_err().to_string();
         assert!(e.contains("big.secret: 5000 bytes"), "{e}");
+        // A link to a device, or a FIFO nobody writes to: refused at once, start-up not held.
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.secret")).unwrap();
+        let e = secret_file_config(dir.path(), "secret_file = \"zero.secret\"\n").unwrap_err().to_string();
+        assert!(e.contains("zero.secret: not a regular file"), "{e}");
+        let fifo = std::ffi::CString::new(dir.path().join("fifo.secret").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let d = dir.path().to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(secret_file_config(&d, "secret_file = \"fifo.secret\"\n").unwrap_err().to_string()));
+        let e = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("a FIFO does not hold start-up");
+        assert!(e.contains("fifo.secret: not a regular file"), "{e}");
         // Too short once the line break is gone (15 characters and a newline): the file named.
         std::fs::write(dir.path().join("short.secret"), "0123456789abcde\n").unwrap();
         let e = secret_file_config(dir.path(), "secret_file = \"short.secret\"\n").unwrap_err().to_string();

@@ -328,7 +328,7 @@ pub fn component(data: &[u8]) {
                 .feed(format!("<handshake>{}</handshake>", handshake_digest("id0", if a % 4 == 0 { "wrong" } else { SECRET })).as_bytes()),
             5 => {
                 if a % 3 == 0 {
-                    feed.push(Input::Attached(Err("fuzz conflict".into())));
+                    feed.push(Input::Attached(Err((crate::proto::stream::StreamErrorCondition::Conflict, "fuzz conflict".into()))));
                 } else {
                     attached |= attach_asked;
                     feed.push(Input::Attached(Ok(())));

@@ -16,10 +16,18 @@ use crate::config::Limits;
 pub const LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Distinct (limit, source) pairs remembered; beyond, the oldest half is forgotten.
 const REMEMBERED: usize = 4096;
+/// New sources logged per limit per [`LOG_INTERVAL`] at most: sources are addresses, and an
+/// attacker has many (an IPv6 /64, 127.0.0.0/8 on the machine), so past this the others are
+/// only counted, and the count goes into the limit's next line.
+const NEW_SOURCES_PER_INTERVAL: u64 = 16;
+/// The source under which a limit's own window (new sources logged, and not) is kept.
+const ANY_SOURCE: &str = "\0every source";
 
 struct Seen {
     at: Instant,
     suppressed: u64,
+    /// Under [`ANY_SOURCE`]: new sources logged in the window that began `at`.
+    logged: u64,
 }
 
 static SEEN: Mutex<Option<HashMap<(&'static str, String), Seen>>> = Mutex::new(None);
@@ -34,17 +42,29 @@ pub fn should_log(limit: &'static str, source: &str, now: Instant) -> Option<u64
             return None;
         }
         let n = s.suppressed;
-        *s = Seen { at: now, suppressed: 0 };
+        *s = Seen { at: now, suppressed: 0, logged: 0 };
         return Some(n);
     }
+    // A new source: within the limit's budget of new sources for this minute? (`suppressed`
+    // here counts the new sources not logged.)
+    let window = map.entry((limit, ANY_SOURCE.to_owned())).or_insert(Seen { at: now, suppressed: 0, logged: 0 });
+    let mut carried = 0;
+    if now.duration_since(window.at) >= LOG_INTERVAL {
+        carried = std::mem::replace(window, Seen { at: now, suppressed: 0, logged: 0 }).suppressed;
+    }
+    if window.logged >= NEW_SOURCES_PER_INTERVAL {
+        window.suppressed += 1;
+        return None;
+    }
+    window.logged += 1;
     if map.len() >= REMEMBERED {
         let mut ages: Vec<Instant> = map.values().map(|s| s.at).collect();
         ages.sort();
         let cut = ages[ages.len() / 2];
-        map.retain(|_, s| s.at > cut);
+        map.retain(|k, s| s.at > cut || k.1 == ANY_SOURCE);
     }
-    map.insert((limit, source.to_owned()), Seen { at: now, suppressed: 0 });
-    Some(0)
+    map.insert((limit, source.to_owned()), Seen { at: now, suppressed: 0, logged: 0 });
+    Some(carried)
 }
 
 /// Log a refusal by `limit` for `source` (an address or a domain), at most once a minute.
@@ -75,6 +95,13 @@ mod tests {
             should_log("test.flood", &format!("10.0.{}.{}", i / 256, i % 256), t + Duration::from_millis(i));
         }
         assert!(SEEN.lock().unwrap().as_ref().unwrap().len() <= REMEMBERED);
+        // Many sources of one limit: a bounded number of lines a minute, the rest counted in
+        // the first line of the next minute.
+        let logged = (0..1000).filter(|i| should_log("test.sources", &format!("10.1.{}.{}", i / 256, i % 256), t).is_some()).count();
+        assert_eq!(logged as u64, NEW_SOURCES_PER_INTERVAL);
+        assert_eq!(should_log("test.sources", "10.2.0.1", t + LOG_INTERVAL), Some(1000 - NEW_SOURCES_PER_INTERVAL));
+        // Another limit has its own budget.
+        assert_eq!(should_log("test.other", "10.1.0.1", t), Some(0));
     }
 }
 

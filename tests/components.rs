@@ -190,7 +190,7 @@ impl std::io::Write for LogWriter {
 async fn strangers_on_the_component_listener_cannot_flood_the_log() {
     let _ = tracing_subscriber::fmt().with_env_filter("drawbridge=info").with_ansi(false).with_writer(|| LogWriter).try_init();
     // Room for every guess at once (a failed handshake holds its slot a second).
-    let w = world_with("[limits]\nmax_unauthenticated_per_address = 1000\n").await;
+    let w = world_with("[limits]\nmax_unauthenticated_per_address = 1000\nmax_unauthenticated_components = 1000\n").await;
     let n = 300;
     for i in 0..n {
         let (_p, answer) = connect(w.components, "comp.a.test", &format!("guess number {i} of many")).await;
@@ -280,4 +280,20 @@ async fn before_the_handshake_only_a_small_header_is_read() {
         "{}",
         m.describe()
     );
+}
+
+/// At `limits.max_inbound` a component that gave the right secret is refused with
+/// `<resource-constraint/>` (RFC 6120 §4.9.3.17: the server lacks the resources), not
+/// `<conflict/>`, which says another stream has its domain — the component's operator would
+/// look for a second instance that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_inbound_a_component_is_refused_for_resources_not_conflict() {
+    let w = world_with("[limits]\nmax_inbound = 1\n").await;
+    // B's inbound stream to A takes the one authenticated inbound slot.
+    let r = within("B's probe of A", w.b.engine.probe("a.test", None)).await;
+    assert!(r.ok, "{r:?}");
+    let (_p, answer) = within("the component's handshake", connect(w.components, "comp.a.test", SECRET)).await;
+    let e = answer.expect("a stream error");
+    assert!(e.is("error", ns::STREAMS), "{e:?}");
+    assert!(e.has_child("resource-constraint", ns::STREAM_ERRORS), "{}", e.to_xml());
 }

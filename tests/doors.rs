@@ -31,6 +31,9 @@ async fn a_full_public_door_leaves_the_internal_server_and_components_their_room
     let (gw_pem, gw_key) = (dir_a.path().join("gw-ca.pem"), dir_a.path().join("gw-ca.key"));
     std::fs::write(&gw_pem, &gw_ca.pem).unwrap();
     std::fs::write(&gw_key, gw_ca.key.serialize_pem()).unwrap();
+    // The internal server's certificate chains to the test CA: A trusts it (only) for C.
+    let internal_ca = dir_a.path().join("internal-ca.pem");
+    std::fs::write(&internal_ca, &test_ca.pem).unwrap();
     // C, the internal server: trusts the gateway CA (what A presents for the domains it
     // stands in for) and the test CA.
     let c_tls = tls_config(dir_c.path(), &test_ca, "h.test", &test_ca);
@@ -39,13 +42,14 @@ async fn a_full_public_door_leaves_the_internal_server_and_components_their_room
     // A: the gateway, its public door small; the stalled connections outlive the test.
     let a_tls = tls_config(dir_a.path(), &test_ca, "h.test", &test_ca);
     let a_cfg = format!(
-        "{a_tls}\n[gateway]\ninternal = \"{}\"\nlisten = [\"127.0.0.1:0\"]\nauth = \"pki\"\nca_cert = \"{}\"\nca_key = \"{}\"\n\
+        "{a_tls}\n[gateway]\ninternal = \"{}\"\nlisten = [\"127.0.0.1:0\"]\nauth = \"pki\"\nca_cert = \"{}\"\nca_key = \"{}\"\ninternal_ca = \"{}\"\n\
          [components]\nlisten = [\"127.0.0.1:0\"]\n[[component]]\ndomain = \"comp.h.test\"\nsecret = \"{SECRET}\"\n\
          [limits]\nmax_inbound_unauthenticated = {PUBLIC_CAP}\nmax_unauthenticated_per_address = {PUBLIC_CAP}\n\
          [timeouts]\nnegotiation = \"120s\"\n",
         c.addr,
         gw_pem.display(),
-        gw_key.display()
+        gw_key.display(),
+        internal_ca.display()
     );
     let a = start_published("h.test", &world, &a_cfg).await;
     let gateway_listen = a.engine.shared.listening_gateway[0];

@@ -102,7 +102,13 @@ impl OwnListeners {
     /// unspecified address and each interface's address (`getifaddrs`, read when a port
     /// matches, so addresses added later count).
     pub fn reached_by(&self, target: SocketAddr) -> Option<(&'static str, SocketAddr)> {
-        let ip = canonical(target.ip());
+        // Connecting to the unspecified address (`0.0.0.0`, `::`) reaches loopback (Linux,
+        // the BSDs): a DNS answer of 0.0.0.0 is this machine, whatever `[outbound] deny` says.
+        let ip = match canonical(target.ip()) {
+            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
         let mut interfaces: Option<Vec<IpAddr>> = None;
         for &(kind, own) in &self.addrs {
             if own.port() != target.port() {
@@ -243,5 +249,11 @@ mod tests {
         assert_eq!(own.reached_by(a("[::1]:5270")), None, "0.0.0.0 is IPv4 only");
         assert_eq!(own.reached_by(a("[::1]:5347")).map(|o| o.0), Some("components.listen"));
         assert_eq!(own.reached_by(a("192.0.2.1:5270")), None, "not an address of this machine");
+        // 0.0.0.0 and :: as targets are loopback: they reach a listener bound there.
+        let own = OwnListeners::new([("server.listen", a("127.0.0.1:5269")), ("server.direct_tls", a("[::1]:5223"))]);
+        assert_eq!(own.reached_by(a("0.0.0.0:5269")).map(|o| o.0), Some("server.listen"));
+        assert_eq!(own.reached_by(a("[::ffff:0.0.0.0]:5269")).map(|o| o.0), Some("server.listen"));
+        assert_eq!(own.reached_by(a("[::]:5223")).map(|o| o.0), Some("server.direct_tls"));
+        assert_eq!(own.reached_by(a("[::]:5269")), None, ":: reaches ::1, where nothing of ours listens on 5269");
     }
 }

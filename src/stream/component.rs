@@ -46,12 +46,17 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
                 }
                 Output::Route(st) => d.route(st),
                 Output::Attach(domain) => {
+                    use crate::proto::stream::StreamErrorCondition as C;
+                    // RFC 6120 §4.9.3.17: a server out of room says resource-constraint;
+                    // conflict is for a domain another stream has (XEP-0114).
                     let result = match (slot.authenticated(), tx.take()) {
-                        (Err(crate::limits::Refused(key)), _) => Err(format!("too many authenticated inbound streams ({key})")),
-                        (Ok(()), None) => Err("attached twice".to_owned()),
+                        (Err(crate::limits::Refused(key)), _) => {
+                            Err((C::ResourceConstraint, format!("too many authenticated inbound streams ({key})")))
+                        }
+                        (Ok(()), None) => Err((C::Conflict, "attached twice".to_owned())),
                         (Ok(()), Some(tx)) => {
                             let link = Link { kind: LinkKind::Component, stream: entry.id.as_str().into(), stanzas: tx, verifies: None };
-                            caps.router.attach(&domain, link)
+                            caps.router.attach(&domain, link).map_err(|why| (C::Conflict, why))
                         }
                     };
                     if result.is_ok() {

@@ -107,7 +107,7 @@ pub async fn run(
                         entry.stanza_out();
                     }
                     // Larger than the peer accepts (XEP-0478): bounced, as on the open stream.
-                    Err(bounce) => bounce.into_iter().for_each(|b| caps.router.route(b)),
+                    Err(bounce) => bounce.into_iter().for_each(|b| caps.router.route_now(b)),
                 }
             }
             fail_verifies(&mut verifies, &mut waiting, "remote-server-not-found", "stream closed");

@@ -706,6 +706,7 @@ mod tests {
         let closed = t.closed();
         assert!(closed.last().unwrap().remote.as_deref().unwrap().starts_with("49."));
         // Small rows are held by the count.
+        let t = ConnTable::new(bus::channel(bus::Backlog::default()), (100, 1024 * 1024), TranscriptBudget::new(10, 1024, 4096));
         for _ in 0..150 {
             let a = t.open(Direction::In, &root, StreamKind::Federation);
             t.close(&a, "gone");

@@ -337,7 +337,7 @@ pub async fn wait_event(
 
 /// [`wait_event`] bounded by `limit`.
 pub async fn wait_event_within(
-    rx: &mut tokio::sync::broadcast::Receiver<drawbridge::engine::events::Event>,
+    rx: &mut drawbridge::engine::events::bus::Receiver,
     what: &str,
     limit: Duration,
     mut pred: impl FnMut(&drawbridge::engine::events::Event) -> bool,

@@ -223,7 +223,7 @@ impl Component {
         self.state = State::Attaching { domain };
     }
 
-    fn on_attached(&mut self, cx: &mut Cx, now: Instant, result: Result<(), String>) {
+    fn on_attached(&mut self, cx: &mut Cx, now: Instant, result: Result<(), (C, String)>) {
         let State::Attaching { domain } = std::mem::replace(&mut self.state, State::Done) else {
             return;
         };
@@ -247,7 +247,7 @@ impl Component {
                 self.last_write = now;
                 self.state = State::Established { domain };
             }
-            Err(why) => cx.close(Ending::error(C::Conflict, why)),
+            Err((condition, why)) => cx.close(Ending::error(condition, why)),
         }
     }
 

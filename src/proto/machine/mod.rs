@@ -205,9 +205,10 @@ pub enum Input {
     Close { reason: String, error: Option<StreamError> },
     /// The time given to [`Machine::handle`] reached [`Machine::deadline`].
     Timer,
-    /// Component streams: the router's answer to [`Output::Attach`] (the reason when the
-    /// domain is attached to another stream already).
-    Attached(Result<(), String>),
+    /// Component streams: the router's answer to [`Output::Attach`] (when refused, the
+    /// stream error's condition and why: `conflict` when another stream has the domain,
+    /// `resource-constraint` at `limits.max_inbound`).
+    Attached(Result<(), (crate::proto::stream::StreamErrorCondition, String)>),
 }
 
 /// Why reading stopped.

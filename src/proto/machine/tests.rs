@@ -1020,7 +1020,7 @@ fn component_failures_end_with_the_right_stream_error() {
     let digest = super::component::handshake_digest("id2", COMP_SECRET); // the third id this world handed out
     m.handle(w.t0, next(&mut f, &format!("<handshake xmlns='jabber:component:accept'>{digest}</handshake>")));
     drain(&mut m);
-    m.handle(w.t0, Input::Attached(Err("taken".into())));
+    m.handle(w.t0, Input::Attached(Err((C::Conflict, "taken".into()))));
     assert_eq!(condition(&drain(&mut m)), Some(C::Conflict));
     // A stanza from outside its domain, and one that is not a stanza.
     let (mut m, mut f, _) = component_established(&w);
