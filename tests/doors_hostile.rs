@@ -30,8 +30,10 @@ const SECRET: &str = "a component secret of some length";
 /// A's component listener and the stream id of a fresh component stream for comp.a.test.
 async fn component_world() -> (TestServer, std::net::SocketAddr, Dns) {
     let dns = Dns::start().await;
-    let cfg = format!("[components]\nlisten = [\"127.0.0.1:0\"]\n[[component]]\ndomain = \"comp.a.test\"\nsecret = \"{SECRET}\"\n\
-         [limits]\nmax_unauthenticated_components = 1000\n");
+    let cfg = format!(
+        "[components]\nlisten = [\"127.0.0.1:0\"]\n[[component]]\ndomain = \"comp.a.test\"\nsecret = \"{SECRET}\"\n\
+         [limits]\nmax_unauthenticated_components = 1000\n"
+    );
     let a = start_published("a.test", &dns, &cfg).await;
     let addr = a.engine.shared.listening_components[0];
     (a, addr, dns)

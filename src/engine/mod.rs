@@ -736,7 +736,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, how: Accept, do
                     drop(tcp);
                     continue;
                 }
-                                let slot = match shared.gauges.admit(door, peer.ip(), &shared.settings.limits) {
+                let slot = match shared.gauges.admit(door, peer.ip(), &shared.settings.limits) {
                     Ok(slot) => slot,
                     Err(limits::Refused(key)) => {
                         limits::refused_once(key, &peer.ip().to_string(), || {
