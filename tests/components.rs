@@ -166,29 +166,13 @@ async fn what_a_component_sends_is_under_the_policy() {
     assert!(text.contains("policy-violation") && text.contains("b.test is blacklisted"), "{text}");
 }
 
-/// The log lines of this test binary (a global subscriber writing here; other tests' lines
-/// land too, which only adds to the count).
-static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct LogWriter;
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Issue 16 (think like the attacker): a stranger on `[components] listen` wrote one INFO line
 /// per connection (4 000 connections — wrong secrets, unknown domains — 4 000 lines in ~2 s).
 /// Streams that end before their handshake are logged once a minute per address, with the
 /// count of the rest; each one is still answered and in the outcome ring.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_on_the_component_listener_cannot_flood_the_log() {
-    let _ = tracing_subscriber::fmt().with_env_filter("drawbridge=info").with_ansi(false).with_writer(|| LogWriter).try_init();
+    capture_logs();
     // Room for every guess at once (a failed handshake holds its slot a second).
     let w = world_with("[limits]\nmax_unauthenticated_per_address = 1000\nmax_unauthenticated_components = 1000\n").await;
     let n = 300;
@@ -206,7 +190,7 @@ async fn strangers_on_the_component_listener_cannot_flood_the_log() {
         wait_event(&mut events, "the strangers' streams to end", |e| matches!(e, drawbridge::engine::events::Event::StreamClosed { .. }))
             .await;
     }
-    let log = String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned();
+    let log = captured_logs();
     let lines = log.lines().filter(|l| l.contains("drawbridge::stream::component")).count();
     assert!(lines < 20, "{} connections wrote {lines} lines:\n{}", 2 * n, log.lines().take(20).collect::<Vec<_>>().join("\n"));
     // (Whether the first of them is logged here depends on the other tests of this process:

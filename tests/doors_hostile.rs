@@ -63,20 +63,6 @@ async fn the_pre_handshake_cap_holds_across_the_handshake_element() {
     }
 }
 
-static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct LogWriter;
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A raw peer connected to `to` from the loopback address `from`.
 async fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddr) -> RawPeer {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
@@ -90,7 +76,7 @@ async fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddr) -> Raw
 /// sources a minute and counts the rest in its next line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_with_many_addresses_cannot_flood_the_log() {
-    let _ = tracing_subscriber::fmt().with_env_filter("drawbridge=info").with_ansi(false).with_writer(|| LogWriter).try_init();
+    capture_logs();
     let (a, addr, _dns) = component_world().await;
     let n = 300u32;
     for i in 0..n {
@@ -106,7 +92,7 @@ async fn strangers_with_many_addresses_cannot_flood_the_log() {
         wait_event(&mut events, "the strangers' streams to end", |e| matches!(e, drawbridge::engine::events::Event::StreamClosed { .. }))
             .await;
     }
-    let log = String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned();
+    let log = captured_logs();
     let lines = log.lines().filter(|l| l.contains("ended before its handshake")).count();
     eprintln!("{n} addresses, {lines} lines");
     assert!(lines < 40, "{n} connections from {n} addresses wrote {lines} lines:\n{}", log.lines().take(5).collect::<Vec<_>>().join("\n"));

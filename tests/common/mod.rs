@@ -556,3 +556,29 @@ pub fn tls_config(dir: &std::path::Path, ca: &Ca, domain: &str, trust: &Ca) -> S
     std::fs::write(&t, &trust.pem).unwrap();
     format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\nca_file = \"{}\"\n", c.display(), k.display(), t.display())
 }
+
+/// The log lines of this test binary at drawbridge's default level (a global subscriber;
+/// other tests' lines land too, which only adds to a count).
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Capture this process's log (INFO and above, no colours) for [`captured_logs`].
+pub fn capture_logs() {
+    let _ = tracing_subscriber::fmt().with_env_filter("drawbridge=info").with_ansi(false).with_writer(|| LogWriter).try_init();
+}
+
+/// What was logged since [`capture_logs`].
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned()
+}
