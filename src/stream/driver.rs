@@ -33,8 +33,9 @@ pub struct Driver {
     trim_at: Option<Instant>,
     /// Given back already in this quiet spell.
     trimmed: bool,
-    /// A stanza waiting for room in a link's queue, and those produced behind it.
-    delivering: Option<Delivering>,
+    /// A stanza waiting for room in a link's queue, and those produced behind it. Boxed:
+    /// rare, and every stream's task carries the driver inline (memory per idle stream).
+    delivering: Option<Box<Delivering>>,
 }
 
 /// The stanza that met a full queue, until when it may wait (`timeouts.write`), and the
@@ -98,7 +99,7 @@ impl Driver {
 
     fn hold(&mut self, blocked: crate::router::Blocked, behind: VecDeque<crate::xml::Element>) {
         let until = Instant::now() + self.caps.settings.timeouts.write;
-        self.delivering = Some(Delivering { blocked, until, behind });
+        self.delivering = Some(Box::new(Delivering { blocked, until, behind }));
         self.conn.reading = false;
     }
 
@@ -106,12 +107,13 @@ impl Driver {
     /// within the same deadline) or the deadline passed (the overflow rule); then what
     /// queued behind it.
     fn resume(&mut self, expired: bool) {
-        let Some(Delivering { blocked, until, mut behind }) = self.delivering.take() else { return };
+        let Some(d) = self.delivering.take() else { return };
+        let Delivering { blocked, until, mut behind } = *d;
         let router = self.caps.router.clone();
         if expired {
             router.overflow(blocked);
         } else if let Some(again) = router.route(blocked.stanza) {
-            self.delivering = Some(Delivering { blocked: again, until, behind });
+            self.delivering = Some(Box::new(Delivering { blocked: again, until, behind }));
             return;
         }
         while let Some(st) = behind.pop_front() {
@@ -125,7 +127,8 @@ impl Driver {
     /// The stream ended: what still waits is routed without waiting (the overflow rule
     /// answers for a queue still full).
     pub fn abandon_delivery(&mut self) {
-        if let Some(Delivering { blocked, behind, .. }) = self.delivering.take() {
+        if let Some(d) = self.delivering.take() {
+            let Delivering { blocked, behind, .. } = *d;
             let router = &self.caps.router;
             router.route_now(blocked.stanza);
             for st in behind {
@@ -250,9 +253,11 @@ impl Driver {
         };
         self.conn.start_write_clock();
         let write_deadline = self.conn.write_deadline();
+        // Boxed: the wait for room (a timer and a queue's wake) is rare, and this future is
+        // part of every stream's task, idle ones included (memory per idle stream).
         let room = async {
             match &self.delivering {
-                Some(d) => tokio::time::timeout_at(d.until, d.blocked.room()).await.is_err(),
+                Some(d) => Box::pin(tokio::time::timeout_at(d.until, d.blocked.room())).await.is_err(),
                 None => std::future::pending().await,
             }
         };
