@@ -38,14 +38,33 @@ pub fn clip(s: &str, max: usize) -> Cow<'_, str> {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len().min(max) + 16);
-    for (i, c) in s.char_indices() {
-        if out.len() >= max {
-            let _ = write!(out, "…(+{} bytes)", s.len() - i);
-            return Cow::Owned(out);
-        }
-        let _ = push_escaped(&mut out, c);
-    }
+    let _ = write_clipped(&mut Counted { out: &mut out, written: 0 }, s, max);
     Cow::Owned(out)
+}
+
+/// A writer that counts what went through it (the budget of [`write_clipped`]).
+struct Counted<'a, W: ?Sized> {
+    out: &'a mut W,
+    written: usize,
+}
+
+impl<W: fmt::Write + ?Sized> fmt::Write for Counted<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.written += s.len();
+        self.out.write_str(s)
+    }
+}
+
+/// The one loop behind [`clip`] and [`Untrusted`]: escaped characters until `max` bytes
+/// were written, then how much was left out.
+fn write_clipped<W: fmt::Write + ?Sized>(out: &mut Counted<'_, W>, s: &str, max: usize) -> fmt::Result {
+    for (i, c) in s.char_indices() {
+        if out.written >= max {
+            return write!(out, "…(+{} bytes)", s.len() - i);
+        }
+        push_escaped(out, c)?;
+    }
+    Ok(())
 }
 
 /// `s` with its unsafe characters escaped, whatever its length: for text already bounded
@@ -61,23 +80,7 @@ pub struct Untrusted<'a>(pub &'a str, pub usize);
 
 impl fmt::Display for Untrusted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (s, max) = (self.0, self.1);
-        let mut written = 0usize;
-        for (i, c) in s.char_indices() {
-            if written >= max {
-                return write!(f, "…(+{} bytes)", s.len() - i);
-            }
-            if is_unsafe(c) {
-                let mut buf = String::new();
-                push_escaped(&mut buf, c)?;
-                written += buf.len();
-                f.write_str(&buf)?;
-            } else {
-                written += c.len_utf8();
-                f.write_char(c)?;
-            }
-        }
-        Ok(())
+        write_clipped(&mut Counted { out: f, written: 0 }, self.0, self.1)
     }
 }
 
