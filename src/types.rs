@@ -365,19 +365,13 @@ pub fn now_ms() -> u64 {
 
 /// Unix ms as `YYYY-MM-DD HH:MM:SS UTC` (no time-zone database needed).
 pub fn fmt_utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86400, secs % 86400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, (rem / 60) % 60, rem % 60)
+    // Past year 9999 `time` has no date (without its large-dates feature): the last second.
+    let t = i64::try_from(ms / 1000)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::PrimitiveDateTime::MAX.assume_utc());
+    let (d, c) = (t.date(), t.time());
+    format!("{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC", d.year(), u8::from(d.month()), d.day(), c.hour(), c.minute(), c.second())
 }
 
 #[cfg(test)]
@@ -387,5 +381,6 @@ mod tests {
         assert_eq!(super::fmt_utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(super::fmt_utc(1_795_309_028_000), "2026-11-22 00:57:08 UTC");
         assert_eq!(super::fmt_utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(super::fmt_utc(u64::MAX), "9999-12-31 23:59:59 UTC", "out of range: clamped, no panic");
     }
 }

@@ -295,14 +295,8 @@ fn peer_user(stream: &UnixStream) -> String {
     match stream.peer_cred() {
         Ok(c) => {
             let uid = c.uid();
-            let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
-                p.lines().find_map(|l| {
-                    let mut f = l.split(':');
-                    let name = f.next()?;
-                    let _ = f.next();
-                    (f.next()?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
-                })
-            });
+            // getpwuid_r: /etc/passwd and whatever else the system's NSS names users from.
+            let name = nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name);
             match name {
                 Some(n) => format!("{n} (uid {uid})"),
                 None => format!("uid {uid}"),

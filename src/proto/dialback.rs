@@ -9,7 +9,7 @@ use super::ns;
 
 /// XEP-0185 §3: key = HEX( HMAC-SHA256( HEX(SHA256(secret)), "Receiving Originating StreamID" ) ).
 pub fn derive_key(secret: &[u8], receiving: &str, originating: &str, stream_id: &str) -> String {
-    hex(&keyed(secret, receiving, originating, stream_id).finalize().into_bytes())
+    hex::encode(keyed(secret, receiving, originating, stream_id).finalize().into_bytes())
 }
 
 /// The dialback secret as a capability: keys derived and checked, the secret never handed
@@ -47,7 +47,7 @@ pub fn verify_key(secret: &[u8], receiving: &str, originating: &str, stream_id: 
 
 /// The HMAC over "Receiving Originating StreamID", keyed with the hex SHA-256 of the secret.
 fn keyed(secret: &[u8], receiving: &str, originating: &str, stream_id: &str) -> Hmac<Sha256> {
-    let hashed = hex(&Sha256::digest(secret));
+    let hashed = hex::encode(Sha256::digest(secret));
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(hashed.as_bytes()).expect("HMAC takes keys of any length");
     for (i, part) in [receiving, originating, stream_id].into_iter().enumerate() {
         if i > 0 {
@@ -58,27 +58,13 @@ fn keyed(secret: &[u8], receiving: &str, originating: &str, stream_id: &str) -> 
     mac
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    const D: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(D[(b >> 4) as usize] as char);
-        s.push(D[(b & 15) as usize] as char);
-    }
-    s
-}
-
+/// A key or id as it is sent: at most 128 bytes of hex (a SHA-256 HMAC is 32); `None` if
+/// longer or not hex.
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || s.len() > 256 {
+    if s.len() > 256 {
         return None;
     }
-    let v = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    s.as_bytes().chunks(2).map(|p| Some(v(p[0])? << 4 | v(p[1])?)).collect()
+    hex::decode(s).ok()
 }
 
 /// The `type` of a dialback answer.

@@ -1,53 +1,19 @@
 //! SASL EXTERNAL for servers (RFC 6120 §6, XEP-0178): the authorization identity, encoded
 //! in base64, is empty, `=` or the domain itself.
 
-/// Decode standard base64 (RFC 4648 §4); `None` if malformed.
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+/// Decode standard base64 (RFC 4648 §4), strictly: canonical padding, no padding inside, no
+/// stray bits (RFC 6120 §6.4.2 wants `<incorrect-encoding/>` for anything else); `None` if
+/// malformed.
 pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim();
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    if !s.len().is_multiple_of(4) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    for chunk in s.as_bytes().chunks(4) {
-        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 {
-            return None;
-        }
-        let mut n = 0u32;
-        for &c in &chunk[..4 - pad] {
-            n = (n << 6) | val(c)?;
-        }
-        n <<= 6 * pad as u32;
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad]);
-    }
-    Some(out)
+    STANDARD.decode(s.trim()).ok()
 }
 
+/// Standard base64 with padding (what a peer's `<auth/>` carries).
 pub fn base64_encode(b: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(b.len().div_ceil(3) * 4);
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
+    STANDARD.encode(b)
 }
 
 /// The `<auth/>` text is not base64 of UTF-8 (RFC 6120 §6.4.2: `<incorrect-encoding/>`).
@@ -79,6 +45,19 @@ mod tests {
         assert_eq!(base64_encode(b"example.org"), "ZXhhbXBsZS5vcmc=");
         assert!(base64_decode("abc").is_none());
         assert!(base64_decode("a===").is_none());
+    }
+
+    /// Strict decoding: padding only at the end, and no bits left over in the last symbol.
+    #[test]
+    fn base64_is_strict() {
+        assert!(base64_decode("ab==ab==").is_none(), "padding in the middle");
+        assert!(base64_decode("aQ==aQ==").is_none(), "padding in the middle, no stray bits");
+        assert!(base64_decode("aQ=").is_none());
+        assert!(base64_decode("aQ").is_none(), "padding is required");
+        assert_eq!(base64_decode("aQ==").unwrap(), [0x69]);
+        assert!(base64_decode("ab==").is_none(), "bits left over in the last symbol");
+        assert!(base64_decode("a Q==").is_none());
+        assert_eq!(authzid("ab==ab=="), Err(IncorrectEncoding));
     }
 
     #[test]

@@ -633,7 +633,7 @@ fn row_size(s: &ConnSnapshot) -> usize {
 pub fn random_id() -> String {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).expect("OS randomness");
-    crate::proto::dialback::hex(&b)
+    hex::encode(b)
 }
 
 #[cfg(test)]

@@ -65,12 +65,12 @@ pub fn handshake_digest(stream_id: &str, secret: &str) -> String {
     let mut h = Sha1::new();
     h.update(stream_id.as_bytes());
     h.update(secret.as_bytes());
-    crate::proto::dialback::hex(&h.finalize())
+    hex::encode(h.finalize())
 }
 
 /// Equal in time that does not depend on where they differ.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 /// Every element in `from_ns` (the stanza and its children) moved to `to_ns`: stanzas change

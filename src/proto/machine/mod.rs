@@ -132,21 +132,19 @@ impl StreamIds {
     pub fn issue(&self) -> String {
         let mut random = [0u8; Self::RANDOM];
         getrandom::fill(&mut random).expect("OS randomness");
-        let mut id = super::dialback::hex(&random);
-        id.push_str(&super::dialback::hex(&self.tag(&random)));
+        let mut id = hex::encode(random);
+        id.push_str(&hex::encode(self.tag(&random)));
         id
     }
 
     /// Whether `id` is one of ours (constant time in the tag).
     pub fn issued_here(&self, id: &str) -> bool {
-        let hex = |s: &str| -> Option<Vec<u8>> {
-            (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect::<Option<Vec<u8>>>()
-        };
+        use subtle::ConstantTimeEq;
         if id.len() != 2 * (Self::RANDOM + Self::TAG) || !id.is_ascii() {
             return false;
         }
-        let (Some(random), Some(tag)) = (hex(&id[..2 * Self::RANDOM]), hex(&id[2 * Self::RANDOM..])) else { return false };
-        self.tag(&random).iter().zip(&tag).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        let (Ok(random), Ok(tag)) = (hex::decode(&id[..2 * Self::RANDOM]), hex::decode(&id[2 * Self::RANDOM..])) else { return false };
+        self.tag(&random).ct_eq(&tag).into()
     }
 }
 
