@@ -85,6 +85,17 @@ impl Domain {
         &self.0
     }
 
+    /// A proper subdomain of `parent` (`sub.c.test` of `c.test`; not `xc.test`, not `c.test`
+    /// itself): the one subdomain check, for component domains and the blacklist alike.
+    pub fn is_subdomain_of(&self, parent: &Domain) -> bool {
+        self.0.strip_suffix(&*parent.0).is_some_and(|rest| rest.len() > 1 && rest.ends_with('.'))
+    }
+
+    /// `parent` itself or a subdomain of it: what a component answers for.
+    pub fn is_within(&self, parent: &Domain) -> bool {
+        self == parent || self.is_subdomain_of(parent)
+    }
+
     /// The A-label form: what DNS, TLS server names and certificate names use.
     pub fn ascii(&self) -> std::borrow::Cow<'_, str> {
         if self.0.is_ascii() {
@@ -155,6 +166,18 @@ pub fn is_ip_literal(domain: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subdomains_are_whole_labels() {
+        let d = |s: &str| Domain::parse(s).unwrap();
+        assert!(d("sub.c.test").is_subdomain_of(&d("c.test")));
+        assert!(d("a.b.c.test").is_subdomain_of(&d("c.test")));
+        assert!(!d("xc.test").is_subdomain_of(&d("c.test")), "a name that only ends alike");
+        assert!(!d("c.test").is_subdomain_of(&d("c.test")), "not a proper subdomain");
+        assert!(!d("c.test").is_subdomain_of(&d("sub.c.test")));
+        assert!(d("c.test").is_within(&d("c.test")) && d("sub.c.test").is_within(&d("c.test")));
+        assert!(!d("xc.test").is_within(&d("c.test")));
+    }
 
     #[test]
     fn normalises() {
