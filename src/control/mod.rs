@@ -411,7 +411,7 @@ async fn handle(shared: &Arc<Shared>, req: Request, who: &str) -> Result<Reply, 
                 Ok(d) => d,
                 Err(e) => return Err(format!("{domain:?} is not a valid domain: {e}")),
             };
-            if shared.is_hosted(&d) {
+            if shared.is_server_domain(&d) {
                 return Err(format!("{d} is hosted here; policy applies to remote domains"));
             }
             match engine::change_domain(&shared, &d, change, &who, reason.as_deref()).await {

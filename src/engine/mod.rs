@@ -112,7 +112,9 @@ impl Shared {
         }
     }
 
-    pub fn is_hosted(&self, d: &Domain) -> bool {
+    /// One of `server.domains` (components' domains are not): what `ctl probe --from` may
+    /// name, and what policy does not apply to.
+    pub fn is_server_domain(&self, d: &Domain) -> bool {
         self.settings.domains.iter().any(|h| h == d)
     }
 
@@ -648,7 +650,7 @@ pub async fn probe(shared: &Arc<Shared>, domain: &str, from: Option<&str>) -> Pr
     };
     let from = match from {
         Some(f) => match Domain::parse(f) {
-            Ok(d) if shared.is_hosted(&d) => d,
+            Ok(d) if shared.is_server_domain(&d) => d,
             _ => {
                 report.error = Some(format!("--from {f}: not a hosted domain (server.domains)"));
                 return report;
@@ -934,7 +936,7 @@ pub async fn import_blacklist(
     dry_run: bool,
 ) -> Result<ImportReport, crate::policy::StorageError> {
     let (entries, invalid) = crate::policy::parse_list(text);
-    let entries: Vec<_> = entries.into_iter().filter(|(d, _)| !shared.is_hosted(d)).collect();
+    let entries: Vec<_> = entries.into_iter().filter(|(d, _)| !shared.is_server_domain(d)).collect();
     if dry_run {
         let (mut added, mut already) = (Vec::new(), Vec::new());
         for (d, _) in &entries {

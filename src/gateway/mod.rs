@@ -72,17 +72,18 @@ impl TlsConfigs for GatewayTls {
 /// Who may be a peer on the internal link: the internal server's domains (`server.domains`)
 /// and nobody else. Anyone else reaching `gateway.listen` is refused at its stream header.
 pub struct InternalPeers {
-    hosted: Vec<Domain>,
+    /// `server.domains`: the internal server's.
+    internal_domains: Vec<Domain>,
 }
 
 impl PolicyView for InternalPeers {
     fn verdict(&self, remote: &Domain) -> Verdict {
-        if self.hosted.contains(remote) {
+        if self.internal_domains.contains(remote) {
             Verdict::Allow
         } else {
             Verdict::Refuse(format!(
                 "only the internal server's domains ({}) may connect to the gateway listener (gateway.listen); {remote} is not one",
-                self.hosted.iter().map(Domain::as_str).collect::<Vec<_>>().join(", ")
+                self.internal_domains.iter().map(Domain::as_str).collect::<Vec<_>>().join(", ")
             ))
         }
     }
@@ -153,7 +154,7 @@ pub fn internal_env(federation: &Env, settings: &Settings, auth: GatewayAuth, id
         limits: federation.limits.clone(),
         security: internal_security(auth, settings.tls.require_encryption),
         keys: federation.keys.clone(),
-        policy: Arc::new(InternalPeers { hosted: settings.domains.clone() }),
+        policy: Arc::new(InternalPeers { internal_domains: settings.domains.clone() }),
         certs: trust,
         stream_ids: {
             let ids = ids.clone();
@@ -170,7 +171,7 @@ mod tests {
     #[test]
     fn only_the_internal_servers_domains_are_peers() {
         let d = |s: &str| Domain::parse(s).unwrap();
-        let p = InternalPeers { hosted: vec![d("h.test"), d("h2.test")] };
+        let p = InternalPeers { internal_domains: vec![d("h.test"), d("h2.test")] };
         assert_eq!(p.verdict(&d("h2.test")), Verdict::Allow);
         let Verdict::Refuse(why) = p.verdict(&d("stranger.test")) else { panic!("a stranger is refused") };
         assert!(why.contains("gateway.listen") && why.contains("h.test, h2.test") && why.contains("stranger.test"), "{why}");

@@ -195,7 +195,7 @@ impl Router {
 
     /// The configured component owning `d` (its domain or a subdomain of it).
     fn component_for(&self, d: &Domain) -> Option<&Domain> {
-        self.components.iter().find(|c| *c == d || d.as_str().strip_suffix(c.as_str()).is_some_and(|r| r.ends_with('.')))
+        self.components.iter().find(|c| d.is_within(c))
     }
 
     /// Queue on the component's stream; a bounce to route if it is not connected.
@@ -234,8 +234,8 @@ impl Router {
         }
     }
 
-    /// Ours: `server.domains`, the components' domains and their subdomains.
-    fn is_hosted(&self, d: &Domain) -> bool {
+    /// Served here: `server.domains`, the components' domains and their subdomains.
+    fn is_served_here(&self, d: &Domain) -> bool {
         self.hosted.iter().any(|h| h == d) || self.component_for(d).is_some()
     }
 
@@ -328,7 +328,7 @@ impl Router {
         if let Some(comp) = self.component_for(&to) {
             return self.send_component(&comp.clone(), st);
         }
-        if self.is_hosted(&to) {
+        if self.is_served_here(&to) {
             // Gateway mode: what the world sends the hosted domains goes on to the
             // internal server, as the world domain that sent it; drawbridge keeps only the
             // answers to what it sent itself (probes).
@@ -345,7 +345,7 @@ impl Router {
             tracing::debug!(stanza = %st.describe(), "dropping an outbound stanza without a valid 'from'");
             return Step::Done;
         };
-        if !self.is_hosted(&from) {
+        if !self.is_served_here(&from) {
             tracing::warn!(stanza = %st.describe(), "refusing to relay a stanza between two remote domains");
             return Step::Done;
         }
@@ -385,7 +385,7 @@ impl Router {
             return Ok(l.clone());
         }
         // The internal link (gateway mode) carries what federation already let in.
-        if !self.is_hosted(remote)
+        if !self.is_served_here(remote)
             && let Verdict::Refuse(why) = self.policy.verdict(remote)
         {
             return Err(Refusal::Policy(why));

@@ -88,7 +88,7 @@ pub fn retag(el: &mut Element, from_ns: &str, to_ns: &str) {
 
 /// Whether `from` may be sent by the component of `domain`: its domain or a subdomain.
 fn may_send_as(from: &Domain, domain: &Domain) -> bool {
-    from == domain || from.as_str().strip_suffix(domain.as_str()).is_some_and(|rest| rest.ends_with('.'))
+    from.is_within(domain)
 }
 
 impl Component {

@@ -80,7 +80,8 @@ pub trait Admission: Send {
 
 /// Everything stream machines of one server share, built once by the engine.
 pub struct Env {
-    /// `server.domains`; the first answers for streams that name none.
+    /// `server.domains` and the components' domains; the first answers for streams that
+    /// name none.
     pub hosted: Vec<Domain>,
     /// The gateway's side towards its internal server: the domains streams may be addressed
     /// to (and claim to be served here) are every domain *but* `hosted` — the world, as the
@@ -155,8 +156,11 @@ impl Default for StreamIds {
 }
 
 impl Env {
-    pub fn is_hosted(&self, d: &Domain) -> bool {
-        let sub = || self.with_subdomains.iter().any(|c| d.as_str().strip_suffix(c.as_str()).is_some_and(|r| r.ends_with('.')));
+    /// Whether `d` is on our side of this server's streams: what a stream may be addressed
+    /// to and what a peer may not claim to be. `hosted` and the components' subdomains; on
+    /// the gateway's internal link ([`Env::serves_world`]), every other domain instead.
+    pub fn is_local_side(&self, d: &Domain) -> bool {
+        let sub = || self.with_subdomains.iter().any(|c| d.is_subdomain_of(c));
         (self.hosted.iter().any(|h| h == d) || sub()) != self.serves_world
     }
 

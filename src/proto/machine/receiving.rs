@@ -178,7 +178,7 @@ impl Receiving {
         self.stream_id = (env.stream_ids)();
         cx.observe(Observed::StreamId(self.stream_id.clone()));
         let local = h.to.as_deref().and_then(|t| Domain::parse(t).ok());
-        let reply_from = local.as_ref().filter(|d| env.is_hosted(d)).unwrap_or(env.default_domain());
+        let reply_from = local.as_ref().filter(|d| env.is_local_side(d)).unwrap_or(env.default_domain());
         // RFC 6120 §4.9.1.2: a stream error is sent after our own header.
         cx.out.push_back(Output::Raw(header(
             Some(reply_from.as_str()),
@@ -188,7 +188,7 @@ impl Receiving {
         if let Err(e) = check_header(&h) {
             return cx.close(Ending::error(e.condition, e.text));
         }
-        let Some(local) = local.filter(|d| env.is_hosted(d)) else {
+        let Some(local) = local.filter(|d| env.is_local_side(d)) else {
             return cx.close(Ending::error(
                 C::HostUnknown,
                 format!("{} is not served here", clip(h.to.as_deref().unwrap_or("(no 'to' attribute)"), 64)),
@@ -485,13 +485,13 @@ impl Receiving {
             return cx.close(Ending::error(C::ImproperAddressing, "dialback is for domains, not IP addresses"));
         }
         let local = match Domain::parse(&db.to) {
-            Ok(d) if env.is_hosted(&d) => d,
+            Ok(d) if env.is_local_side(&d) => d,
             _ => {
                 let answer = Answer::error("item-not-found", format!("{} is not served here", clip(&db.to, 64)));
                 return cx.send(dialback::result_answer(&db.to, &db.from, &answer));
             }
         };
-        if env.is_hosted(&remote) {
+        if env.is_local_side(&remote) {
             let why = format!("claims to be {remote}, a domain hosted here");
             return self.refuse(cx, &local, &remote, Answer::Invalid, VerificationResult::Invalid, why);
         }
@@ -643,7 +643,7 @@ impl Receiving {
     /// Authoritative Server: `<db:verify from=R to=O id=…>key</db:verify>`.
     fn on_db_verify(&mut self, cx: &mut Cx, db: DbElement) {
         let id = db.id.clone().unwrap_or_default();
-        let answer = match Domain::parse(&db.to).ok().filter(|d| cx.env.is_hosted(d)) {
+        let answer = match Domain::parse(&db.to).ok().filter(|d| cx.env.is_local_side(d)) {
             None => Answer::error("item-not-found", format!("{} is not served here", clip(&db.to, 64))),
             Some(_) if id.is_empty() => Answer::Invalid,
             Some(d) if cx.env.keys.verify(&db.from, d.as_str(), &id, &db.key) => Answer::Valid,
@@ -680,7 +680,7 @@ impl Receiving {
         let Some(to_dom) = crate::proto::jid::domain_of(to) else {
             return cx.close(Ending::error(C::ImproperAddressing, format!("{:?} is not a valid address", clip(to, 64))));
         };
-        if !cx.env.is_hosted(&to_dom) {
+        if !cx.env.is_local_side(&to_dom) {
             return cx.close(Ending::error(C::HostUnknown, format!("{to_dom} is not served here")));
         }
         match self.pairs.get(&(to_dom.clone(), from_dom.clone())) {
