@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Limits;
+use crate::types::FixedWindow;
 
 /// How often one (limit, source) is logged.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -23,47 +24,31 @@ const NEW_SOURCES_PER_INTERVAL: u64 = 16;
 /// The source under which a limit's own window (new sources logged, and not) is kept.
 const ANY_SOURCE: &str = "\0every source";
 
-struct Seen {
-    at: Instant,
-    suppressed: u64,
-    /// Under [`ANY_SOURCE`]: new sources logged in the window that began `at`.
-    logged: u64,
-}
+/// Per (limit, source): its window of one line a [`LOG_INTERVAL`]. Under [`ANY_SOURCE`]:
+/// the limit's window of new sources logged.
+type Windows = HashMap<(&'static str, String), FixedWindow<Instant>>;
 
-static SEEN: Mutex<Option<HashMap<(&'static str, String), Seen>>> = Mutex::new(None);
+static SEEN: Mutex<Option<Windows>> = Mutex::new(None);
 
 /// Whether to log this refusal now, and how many were suppressed before it.
 pub fn should_log(limit: &'static str, source: &str, now: Instant) -> Option<u64> {
     let mut g = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     let map = g.get_or_insert_with(HashMap::new);
-    if let Some(s) = map.get_mut(&(limit, source.to_owned())) {
-        if now.duration_since(s.at) < LOG_INTERVAL {
-            s.suppressed += 1;
-            return None;
-        }
-        let n = s.suppressed;
-        *s = Seen { at: now, suppressed: 0, logged: 0 };
-        return Some(n);
+    if let Some(w) = map.get_mut(&(limit, source.to_owned())) {
+        return w.take(now, LOG_INTERVAL, 1);
     }
-    // A new source: within the limit's budget of new sources for this minute? (`suppressed`
-    // here counts the new sources not logged.)
-    let window = map.entry((limit, ANY_SOURCE.to_owned())).or_insert(Seen { at: now, suppressed: 0, logged: 0 });
-    let mut carried = 0;
-    if now.duration_since(window.at) >= LOG_INTERVAL {
-        carried = std::mem::replace(window, Seen { at: now, suppressed: 0, logged: 0 }).suppressed;
-    }
-    if window.logged >= NEW_SOURCES_PER_INTERVAL {
-        window.suppressed += 1;
-        return None;
-    }
-    window.logged += 1;
+    // A new source: within the limit's budget of new sources for this interval? (Its
+    // refusals count the new sources not logged.)
+    let carried = map.entry((limit, ANY_SOURCE.to_owned())).or_default().take(now, LOG_INTERVAL, NEW_SOURCES_PER_INTERVAL)?;
     if map.len() >= REMEMBERED {
-        let mut ages: Vec<Instant> = map.values().map(|s| s.at).collect();
+        let mut ages: Vec<Instant> = map.values().filter_map(FixedWindow::began).collect();
         ages.sort();
         let cut = ages[ages.len() / 2];
-        map.retain(|k, s| s.at > cut || k.1 == ANY_SOURCE);
+        map.retain(|k, w| w.began().is_some_and(|b| b > cut) || k.1 == ANY_SOURCE);
     }
-    map.insert((limit, source.to_owned()), Seen { at: now, suppressed: 0, logged: 0 });
+    let mut w = FixedWindow::default();
+    w.take(now, LOG_INTERVAL, 1);
+    map.insert((limit, source.to_owned()), w);
     Some(carried)
 }
 

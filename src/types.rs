@@ -374,8 +374,94 @@ pub fn fmt_utc(ms: u64) -> String {
     format!("{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC", d.year(), u8::from(d.month()), d.day(), c.hour(), c.minute(), c.second())
 }
 
+/// A moment a [`FixedWindow`] is measured from: `Instant` for the machine's verification
+/// budget and the log limiter, `SystemTime` for the gateway CA (whose callers pass the time).
+pub trait Moment: Copy {
+    /// How long after `earlier` this is (zero if before it).
+    fn since(self, earlier: Self) -> std::time::Duration;
+}
+
+impl Moment for std::time::Instant {
+    fn since(self, earlier: Self) -> std::time::Duration {
+        self.saturating_duration_since(earlier)
+    }
+}
+
+impl Moment for std::time::SystemTime {
+    fn since(self, earlier: Self) -> std::time::Duration {
+        self.duration_since(earlier).unwrap_or_default()
+    }
+}
+
+/// The one fixed-window rate limit, behind `limits.verifications_per_minute`,
+/// `gateway.mints_per_minute` and the once-a-minute refusal log: at most `limit` takes per
+/// window of `length`, a window opening at the first take after the last one ended. What
+/// was refused is counted, and told by the first take of the next window (the log's "N more
+/// since the last report").
+#[derive(Debug, Clone)]
+pub struct FixedWindow<T> {
+    began: Option<T>,
+    used: u64,
+    refused: u64,
+}
+
+impl<T> Default for FixedWindow<T> {
+    fn default() -> Self {
+        FixedWindow { began: None, used: 0, refused: 0 }
+    }
+}
+
+impl<T: Moment> FixedWindow<T> {
+    /// One more at `now`, if the window has room: `Some(refused in the windows since the
+    /// last take)`; `None`, counted, if not.
+    pub fn take(&mut self, now: T, length: std::time::Duration, limit: u64) -> Option<u64> {
+        let mut carried = 0;
+        if self.began.is_none_or(|b| now.since(b) >= length) {
+            carried = std::mem::take(&mut self.refused);
+            *self = FixedWindow { began: Some(now), used: 0, refused: 0 };
+        }
+        if self.used >= limit {
+            self.refused += 1;
+            return None;
+        }
+        self.used += 1;
+        Some(carried)
+    }
+
+    /// When the current window opened (`None` before the first take).
+    pub fn began(&self) -> Option<T> {
+        self.began
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant, SystemTime};
+
+    use super::FixedWindow;
+
+    #[test]
+    fn a_fixed_window_admits_its_limit_and_counts_the_rest() {
+        let (t, minute) = (Instant::now(), Duration::from_secs(60));
+        let mut w = FixedWindow::default();
+        assert_eq!(w.take(t, minute, 2), Some(0));
+        assert_eq!(w.take(t + Duration::from_secs(10), minute, 2), Some(0));
+        assert_eq!(w.take(t + Duration::from_secs(20), minute, 2), None);
+        assert_eq!(w.take(t + Duration::from_secs(59), minute, 2), None, "the window runs from its first take");
+        assert_eq!(w.began(), Some(t));
+        // The next window opens at its first take, and tells what the last one refused.
+        assert_eq!(w.take(t + Duration::from_secs(90), minute, 2), Some(2));
+        assert_eq!(w.began(), Some(t + Duration::from_secs(90)));
+        assert_eq!(w.take(t + Duration::from_secs(91), minute, 2), Some(0));
+        assert_eq!(w.take(t + Duration::from_secs(92), minute, 2), None);
+        // A clock that steps back stays in the window.
+        let s = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut w = FixedWindow::default();
+        assert_eq!(w.take(s, minute, 1), Some(0));
+        assert_eq!(w.take(s - Duration::from_secs(3600), minute, 1), None);
+        assert_eq!(w.take(s + minute, minute, 1), Some(1));
+    }
+
     #[test]
     fn utc_formatting() {
         assert_eq!(super::fmt_utc(0), "1970-01-01 00:00:00 UTC");

@@ -21,6 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::domain::Domain;
+use crate::types::FixedWindow;
 
 /// How long a minted certificate is valid.
 pub const VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -77,7 +78,7 @@ pub struct GatewayCa {
     /// before it authenticates, and each new one costs a key, a signature and a file.
     mints_per_minute: u32,
     /// (minute, certificates minted in it).
-    minted_now: Mutex<(u64, u32)>,
+    minted_now: Mutex<FixedWindow<SystemTime>>,
     /// Minted files kept at most (`gateway.max_minted`).
     max_minted: usize,
     /// (files on disk as last counted plus those minted since, when the directory was last pruned).
@@ -122,7 +123,7 @@ impl GatewayCa {
             minted_dir,
             cache: Mutex::new(HashMap::new()),
             mints_per_minute: DEFAULT_MINTS_PER_MINUTE,
-            minted_now: Mutex::new((0, 0)),
+            minted_now: Mutex::new(FixedWindow::default()),
             max_minted: DEFAULT_MAX_MINTED,
             on_disk: Mutex::new((0, None)),
         })
@@ -229,16 +230,11 @@ impl GatewayCa {
     }
 
     fn take_mint(&self, domain: &Domain, now: SystemTime) -> Result<(), CaError> {
-        let minute = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() / 60);
-        let mut m = self.minted_now.lock().unwrap();
-        if m.0 != minute {
-            *m = (minute, 0);
+        let mut m = self.minted_now.lock().unwrap_or_else(|e| e.into_inner());
+        match m.take(now, Duration::from_secs(60), self.mints_per_minute.into()) {
+            Some(_) => Ok(()),
+            None => Err(CaError::Busy { domain: domain.clone(), limit: self.mints_per_minute }),
         }
-        if m.1 >= self.mints_per_minute {
-            return Err(CaError::Busy { domain: domain.clone(), limit: self.mints_per_minute });
-        }
-        m.1 += 1;
-        Ok(())
     }
 
     /// A minted certificate from disk, if it is one of ours (a file from another CA, after the

@@ -595,8 +595,7 @@ fn peer_error_ending(who: &str, e: &PeerStreamError) -> Ending {
 /// and `limits.verifications_per_minute` started per minute.
 #[derive(Debug, Default)]
 struct VerificationBudget {
-    window: Option<Instant>,
-    started: usize,
+    started: crate::types::FixedWindow<Instant>,
 }
 
 impl VerificationBudget {
@@ -605,17 +604,9 @@ impl VerificationBudget {
         if in_flight >= limits.max_verifications_in_flight {
             return Err("limits.max_verifications_in_flight");
         }
-        match self.window {
-            Some(w) if now.duration_since(w) < Duration::from_secs(60) => {}
-            _ => {
-                self.window = Some(now);
-                self.started = 0;
-            }
+        match self.started.take(now, Duration::from_secs(60), limits.verifications_per_minute as u64) {
+            Some(_) => Ok(()),
+            None => Err("limits.verifications_per_minute"),
         }
-        if self.started >= limits.verifications_per_minute {
-            return Err("limits.verifications_per_minute");
-        }
-        self.started += 1;
-        Ok(())
     }
 }
