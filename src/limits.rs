@@ -1,6 +1,7 @@
-//! Refusals by a limit are logged once per (limit, source) per minute, with how many were
-//! not logged since: a flood of refused connections cannot flood the log. The memory this
-//! takes is capped too.
+//! The connection limits' gauges and slots (per door, per address, inbound and outbound),
+//! and their log: refusals by a limit are logged once per (limit, source) per minute, with
+//! how many were not logged since, so a flood of refused connections cannot flood the log.
+//! The memory this takes is capped too.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -1,7 +1,7 @@
 //! Types every layer speaks: how a stream goes, how a domain authenticated, what a
-//! certificate proves, what the policy says and which security rule applies. They sit at
-//! the bottom so that protocol, policy, store, engine and UI can share them without
-//! importing each other.
+//! certificate proves, what the policy says and which security rule applies, and the one
+//! fixed-window rate limit ([`FixedWindow`]). They sit at the bottom so that protocol,
+//! policy, store, engine and UI can share them without importing each other.
 
 use serde::{Deserialize, Serialize};
 
