@@ -294,7 +294,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     warn_open_secrets(&settings);
     let mut engine = Engine::start(settings).await?;
     drawbridge::control::start(&mut engine)?;
-    tracing::info!(control = %engine.shared.settings.control_socket.display(), "control socket ready");
+    tracing::info!(control = %engine.settings().control_socket.display(), "control socket ready");
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -304,7 +304,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                let _ = engine.shared.reload_tls();
+                let _ = engine.execute(drawbridge::engine::Request::Reload).await;
             }
         }
     }
@@ -343,7 +343,7 @@ async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     let mut engine = Engine::start(settings).await?;
     drawbridge::control::start(&mut engine)?;
     let stop = tokio_util::sync::CancellationToken::new();
-    let dash = drawbridge::dashboard::app::run(drawbridge::dashboard::client::Client::in_process(engine.shared.clone()), stop.clone());
+    let dash = drawbridge::dashboard::app::run(drawbridge::dashboard::client::Client::in_process(engine.handle()), stop.clone());
     let result = with_signals(dash, stop).await;
     engine.shutdown().await;
     result.map_err(|e| anyhow::anyhow!(e))?;
@@ -353,7 +353,7 @@ async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
 async fn demo() -> anyhow::Result<ExitCode> {
     let demo = drawbridge::demo::Demo::start().await.map_err(|e| anyhow::anyhow!("demo: {e}"))?;
     let stop = tokio_util::sync::CancellationToken::new();
-    let dash = drawbridge::dashboard::app::run(drawbridge::dashboard::client::Client::in_process(demo.main.shared.clone()), stop.clone());
+    let dash = drawbridge::dashboard::app::run(drawbridge::dashboard::client::Client::in_process(demo.main.handle()), stop.clone());
     let result = with_signals(dash, stop).await;
     demo.stop().await;
     result.map_err(|e| anyhow::anyhow!(e))?;

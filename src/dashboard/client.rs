@@ -2,15 +2,14 @@
 //! (`drawbridge attach`). Both give the same requests and the same event stream.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Mutex, mpsc};
 
-use crate::control::{self, Reply, Request, Response, Snapshot};
-use crate::engine::Shared;
+use crate::control::{Reply, Request, Response, Snapshot};
+use crate::engine::EngineHandle;
 use crate::events::Event;
 
 /// What arrives from the engine.
@@ -24,14 +23,14 @@ pub enum Incoming {
 }
 
 pub enum Client {
-    InProcess { shared: Arc<Shared>, who: String },
+    InProcess(EngineHandle),
     Socket { path: PathBuf, conn: Mutex<Option<(BufReader<OwnedReadHalf>, OwnedWriteHalf)>> },
 }
 
 impl Client {
-    pub fn in_process(shared: Arc<Shared>) -> Client {
+    pub fn in_process(engine: EngineHandle) -> Client {
         let who = std::env::var("USER").map(|u| format!("{u} (dashboard)")).unwrap_or_else(|_| "dashboard".into());
-        Client::InProcess { shared, who }
+        Client::InProcess(engine.acting_as(who))
     }
 
     pub fn socket(path: PathBuf) -> Client {
@@ -42,7 +41,7 @@ impl Client {
     /// the JSON line.
     pub async fn request(&self, req: Request) -> Result<Reply, String> {
         match self {
-            Client::InProcess { shared, who } => control::handle_local(shared, req, who).await,
+            Client::InProcess(engine) => engine.execute(req).await.map_err(|e| e.to_string()),
             Client::Socket { path, conn } => {
                 let mut guard = conn.lock().await;
                 for attempt in 0..2 {
@@ -87,8 +86,8 @@ impl Client {
     pub async fn events(&self) -> Result<mpsc::Receiver<Incoming>, String> {
         let (tx, rx) = mpsc::channel(4096);
         match self {
-            Client::InProcess { shared, .. } => {
-                let mut sub = shared.events.subscribe();
+            Client::InProcess(engine) => {
+                let mut sub = engine.subscribe().into_events();
                 tokio::spawn(async move {
                     loop {
                         let item = match sub.recv().await {
