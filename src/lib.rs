@@ -7,6 +7,7 @@
 //! [`config`] turns the TOML file into typed settings; [`store`] keeps what must survive a
 //! restart; [`domain`] is the normalised key for peers.
 
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dashboard;

@@ -29,7 +29,7 @@ const LAYERS: &[&[&str]] = &[
     &["engine"],
     &["control"],
     &["dashboard"],
-    &["demo", "fuzzing"],
+    &["demo", "fuzzing", "cli"],
 ];
 
 fn layer(module: &str) -> Option<usize> {
