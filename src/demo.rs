@@ -1,5 +1,6 @@
 //! `drawbridge demo`: the server on `drawbridge.demo` plus simulated remote servers on
 //! loopback that really federate with it, each with a behaviour, and the dashboard on top.
+//! Its set-up and traffic are operator requests through the engine's API, like anyone's.
 //! Everything lives in a temporary directory removed on exit.
 
 use std::path::Path;

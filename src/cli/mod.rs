@@ -200,7 +200,7 @@ pub struct LogFileError {
     pub err: std::io::Error,
 }
 
-/// Every event one line (see [`OneLineWriter`]): a peer's text cannot forge a log line.
+/// Every event one line (see [`OneLineWriter`](crate::text::OneLineWriter)): a peer's text cannot forge a log line.
 pub fn init_logging(settings: &Settings, never_terminal: bool) -> Result<(), LogFileError> {
     use crate::text::OneLineWriter;
     use tracing_subscriber::EnvFilter;

@@ -1,5 +1,5 @@
-//! How the dashboard reaches the engine: in the same process, or over the control socket
-//! (`drawbridge attach`). Both give the same requests and the same event stream.
+//! How the dashboard reaches the engine: its [`EngineHandle`] in the same process, or the
+//! control socket (`drawbridge attach`). Both carry the same requests, replies and events.
 
 use std::path::PathBuf;
 
@@ -8,8 +8,8 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Mutex, mpsc};
 
-use crate::control::{Reply, Request, Response, Snapshot};
-use crate::engine::EngineHandle;
+use crate::control::Response;
+use crate::engine::{EngineHandle, Reply, Request, Snapshot};
 use crate::events::Event;
 
 /// What arrives from the engine.

@@ -135,7 +135,7 @@ pub enum Reply {
     Status(Box<Status>),
     /// A stream list: `connections`, `history`.
     Streams(Vec<crate::events::ConnSnapshot>),
-    /// Done, in words (`close`, `reload`, `watch`, `subscribe`; the blacklist export).
+    /// Done, in words (`close`, `reload`, `watch`; the blacklist export).
     Text(String),
     Probe(Box<ProbeReport>),
     Outcomes(Vec<crate::events::VerificationOutcome>),
