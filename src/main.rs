@@ -68,7 +68,10 @@ fn main() -> ExitCode {
                 .map_err(Into::into)
                 .map(|ok| ExitCode::from(u8::from(!ok)))
         }
-        Some(Command::Gateway { cmd: GatewayCommand::Setup { server } }) => gateway_setup(&settings, &server),
+        Some(Command::Gateway { cmd: GatewayCommand::Setup { server } }) => drawbridge::cli::gateway_setup(&settings, &server)
+            .map(|lines| print!("{lines}"))
+            .map_err(Into::into)
+            .map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("drawbridge: {e:#}");
@@ -138,23 +141,5 @@ async fn dashboard(client: Client) -> anyhow::Result<ExitCode> {
         }
     };
     result.map_err(|e| anyhow::anyhow!(e))?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `drawbridge gateway setup SERVER`.
-fn gateway_setup(settings: &Settings, server: &str) -> anyhow::Result<ExitCode> {
-    use drawbridge::gateway::setup::{InternalServer, setup};
-    let Some(kind) = InternalServer::parse(server) else {
-        anyhow::bail!("{server:?} is not one of prosody, ejabberd, openfire");
-    };
-    let Some(g) = &settings.gateway else {
-        let file = settings.source.as_ref().map_or("the built-in default".to_owned(), |p| p.display().to_string());
-        anyhow::bail!("{file} has no [gateway] section (see config.example.toml); pass the gateway's config with --config");
-    };
-    // The CA the internal server must trust: the operator's, or drawbridge's own (created now
-    // if it does not exist, so the file can be handed over before the first start).
-    let ca = drawbridge::gateway::GatewayCa::open(g.ca_cert.as_deref(), g.ca_key.as_deref(), &settings.data_dir)?;
-    let path = std::fs::canonicalize(ca.cert_path()).unwrap_or_else(|_| ca.cert_path().to_owned());
-    print!("{}", setup(kind, g, &settings.domains, &path)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -228,3 +228,31 @@ pub fn init_logging(settings: &Settings, never_terminal: bool) -> Result<(), Log
     }
     Ok(())
 }
+
+/// Why `gateway setup` printed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewaySetupError {
+    #[error("{0:?} is not one of prosody, ejabberd, openfire")]
+    UnknownServer(String),
+    #[error("{0} has no [gateway] section (see config.example.toml); pass the gateway's config with --config")]
+    NoGateway(String),
+    #[error(transparent)]
+    Ca(#[from] crate::gateway::ca::CaError),
+    #[error(transparent)]
+    Setup(#[from] crate::gateway::setup::SetupError),
+}
+
+/// `drawbridge gateway setup SERVER`: the lines the internal server's configuration needs.
+pub fn gateway_setup(settings: &Settings, server: &str) -> Result<String, GatewaySetupError> {
+    use crate::gateway::setup::{InternalServer, setup};
+    let kind = InternalServer::parse(server).ok_or_else(|| GatewaySetupError::UnknownServer(server.to_owned()))?;
+    let Some(g) = &settings.gateway else {
+        let file = settings.source.as_ref().map_or("the built-in default".to_owned(), |p| p.display().to_string());
+        return Err(GatewaySetupError::NoGateway(file));
+    };
+    // The CA the internal server must trust: the operator's, or drawbridge's own (created now
+    // if it does not exist, so the file can be handed over before the first start).
+    let ca = crate::gateway::GatewayCa::open(g.ca_cert.as_deref(), g.ca_key.as_deref(), &settings.data_dir)?;
+    let path = std::fs::canonicalize(ca.cert_path()).unwrap_or_else(|_| ca.cert_path().to_owned());
+    Ok(setup(kind, g, &settings.domains, &path)?)
+}
