@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 
 pub use crate::engine::{ChangeReport, DomainReport, ModeReport, Reply, Request, Snapshot};
@@ -293,15 +294,112 @@ async fn write_json<W: AsyncWriteExt + Unpin>(w: &mut W, v: &impl Serialize) -> 
 
 /// Client side: send one request, read one response.
 pub async fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
-    let stream = UnixStream::connect(path).await.map_err(|e| ControlError::Connect { path: path.display().to_string(), err: e })?;
-    let (r, mut w) = stream.into_split();
+    let (r, mut w) = connect(path).await?.into_split();
     write_json(&mut w, req).await.map_err(ControlError::Io)?;
+    read_response(&mut BufReader::new(r)).await
+}
+
+async fn connect(path: &Path) -> Result<UnixStream, ControlError> {
+    UnixStream::connect(path).await.map_err(|e| ControlError::Connect { path: path.display().to_string(), err: e })
+}
+
+async fn read_response(r: &mut BufReader<OwnedReadHalf>) -> Result<Response, ControlError> {
     let mut line = String::new();
-    BufReader::new(r).read_line(&mut line).await.map_err(ControlError::Io)?;
+    r.read_line(&mut line).await.map_err(ControlError::Io)?;
     if line.is_empty() {
         return Err(ControlError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the control connection")));
     }
     serde_json::from_str(&line).map_err(|e| ControlError::Io(std::io::Error::other(e)))
+}
+
+/// A client's connection kept open across requests (the dashboard over `attach`); one that
+/// broke is opened again once.
+pub struct Connection {
+    path: std::path::PathBuf,
+    conn: tokio::sync::Mutex<Option<(BufReader<OwnedReadHalf>, OwnedWriteHalf)>>,
+}
+
+impl Connection {
+    pub fn new(path: std::path::PathBuf) -> Connection {
+        Connection { path, conn: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The engine's typed answer to `req`, or why there is none.
+    pub async fn request(&self, req: &Request) -> Result<Reply, RequestError> {
+        let mut guard = self.conn.lock().await;
+        let mut broke = None;
+        for _ in 0..2 {
+            let (r, w) = match guard.as_mut() {
+                Some(c) => c,
+                None => {
+                    let (r, w) = connect(&self.path).await?.into_split();
+                    guard.insert((BufReader::new(r), w))
+                }
+            };
+            let answer = match write_json(w, req).await {
+                Ok(()) => read_response(r).await,
+                Err(e) => Err(ControlError::Io(e)),
+            };
+            match answer {
+                Ok(Response { ok: true, data, .. }) => return Ok(Reply::decode(req, data.unwrap_or_default())?),
+                Ok(Response { error, .. }) => return Err(RequestError::Refused(error.unwrap_or_else(|| "failed".into()))),
+                Err(e) => broke = Some(e),
+            }
+            *guard = None;
+        }
+        Err(broke.expect("two attempts").into())
+    }
+}
+
+/// Why a request got no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The engine refused it, in its words.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("unexpected answer: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// What a subscribed connection delivers.
+#[derive(Debug)]
+pub enum Delivered {
+    Event(Box<crate::events::Event>),
+    /// Events were lost (this subscriber fell behind): take a new snapshot.
+    Lagged,
+}
+
+/// A connection turned into the engine's event stream.
+pub struct Events {
+    lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+    /// Closing it would end the subscription.
+    _w: OwnedWriteHalf,
+}
+
+impl Events {
+    /// Subscribe over the socket at `path`.
+    pub async fn subscribe(path: &Path) -> Result<Events, ControlError> {
+        let (r, mut w) = connect(path).await?.into_split();
+        w.write_all(b"{\"cmd\":\"subscribe\"}\n").await.map_err(ControlError::Io)?;
+        let mut r = BufReader::new(r);
+        read_response(&mut r).await?;
+        Ok(Events { lines: r.lines(), _w: w })
+    }
+
+    /// The next event; `None` once the server closed the connection.
+    pub async fn next(&mut self) -> Option<Delivered> {
+        loop {
+            let line = self.lines.next_line().await.ok()??;
+            match serde_json::from_str::<crate::events::Event>(&line) {
+                Ok(ev) => return Some(Delivered::Event(Box::new(ev))),
+                Err(_) if line.contains("\"lagged\"") => return Some(Delivered::Lagged),
+                // An event this client does not know (a newer server): skipped.
+                Err(_) => continue,
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

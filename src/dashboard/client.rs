@@ -3,12 +3,9 @@
 
 use std::path::PathBuf;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 
-use crate::control::Response;
+use crate::control::{Connection, Delivered, Events};
 use crate::engine::{EngineHandle, Reply, Request, Snapshot};
 use crate::events::Event;
 
@@ -24,7 +21,7 @@ pub enum Incoming {
 
 pub enum Client {
     InProcess(EngineHandle),
-    Socket { path: PathBuf, conn: Mutex<Option<(BufReader<OwnedReadHalf>, OwnedWriteHalf)>> },
+    Socket { path: PathBuf, conn: Connection },
 }
 
 impl Client {
@@ -34,44 +31,14 @@ impl Client {
     }
 
     pub fn socket(path: PathBuf) -> Client {
-        Client::Socket { path, conn: Mutex::new(None) }
+        Client::Socket { conn: Connection::new(path.clone()), path }
     }
 
-    /// The engine's typed answer: in the process directly, over the socket decoded from
-    /// the JSON line.
+    /// The engine's typed answer, or why there is none (in words, for the footer).
     pub async fn request(&self, req: Request) -> Result<Reply, String> {
         match self {
             Client::InProcess(engine) => engine.execute(req).await.map_err(|e| e.to_string()),
-            Client::Socket { path, conn } => {
-                let mut guard = conn.lock().await;
-                for attempt in 0..2 {
-                    if guard.is_none() {
-                        match UnixStream::connect(path).await {
-                            Ok(s) => {
-                                let (r, w) = s.into_split();
-                                *guard = Some((BufReader::new(r), w));
-                            }
-                            Err(e) => return Err(format!("cannot reach drawbridge at {}: {e}", path.display())),
-                        }
-                    }
-                    let (r, w) = guard.as_mut().expect("connected");
-                    let mut line = serde_json::to_string(&req).unwrap_or_default();
-                    line.push('\n');
-                    let mut answer = String::new();
-                    let ok = w.write_all(line.as_bytes()).await.is_ok() && r.read_line(&mut answer).await.map(|n| n > 0).unwrap_or(false);
-                    if ok && let Ok(resp) = serde_json::from_str::<Response>(&answer) {
-                        return match (resp.ok, resp.data, resp.error) {
-                            (true, data, _) => Reply::decode(&req, data.unwrap_or_default()).map_err(|e| format!("unexpected answer: {e}")),
-                            (false, _, e) => Err(e.unwrap_or_else(|| "failed".into())),
-                        };
-                    }
-                    *guard = None;
-                    if attempt == 1 {
-                        break;
-                    }
-                }
-                Err("the control connection broke".into())
-            }
+            Client::Socket { conn, .. } => conn.request(&req).await.map_err(|e| e.to_string()),
         }
     }
 
@@ -103,23 +70,13 @@ impl Client {
                 });
             }
             Client::Socket { path, .. } => {
-                let s = UnixStream::connect(path)
-                    .await
-                    .map_err(|e| format!("cannot reach drawbridge at {}: {e} (is `drawbridge serve` running?)", path.display()))?;
-                let (r, mut w) = s.into_split();
-                w.write_all(b"{\"cmd\":\"subscribe\"}\n").await.map_err(|e| e.to_string())?;
-                let mut lines = BufReader::new(r).lines();
+                let mut events = Events::subscribe(path).await.map_err(|e| e.to_string())?;
                 tokio::spawn(async move {
-                    let _keep = w;
-                    let _ = lines.next_line().await; // the "subscribed" answer
                     loop {
-                        let item = match lines.next_line().await {
-                            Ok(Some(l)) => match serde_json::from_str::<Event>(&l) {
-                                Ok(ev) => Incoming::Event(Box::new(ev)),
-                                Err(_) if l.contains("\"lagged\"") => Incoming::Resync,
-                                Err(_) => continue,
-                            },
-                            Ok(None) | Err(_) => Incoming::Gone("the server closed the control connection".into()),
+                        let item = match events.next().await {
+                            Some(Delivered::Event(ev)) => Incoming::Event(ev),
+                            Some(Delivered::Lagged) => Incoming::Resync,
+                            None => Incoming::Gone("the server closed the control connection".into()),
                         };
                         let gone = matches!(item, Incoming::Gone(_));
                         if tx.send(item).await.is_err() || gone {
