@@ -1,5 +1,6 @@
 //! `drawbridge demo`: the server on `drawbridge.demo` plus simulated remote servers on
 //! loopback that really federate with it, each with a behaviour, and the dashboard on top.
+//! Its set-up and traffic are operator requests through the engine's API, like anyone's.
 //! Everything lives in a temporary directory removed on exit.
 
 use std::path::Path;
@@ -12,9 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::domain::Domain;
-use crate::engine::{Engine, Shared, change_domain, change_mode, import_blacklist};
+use crate::engine::{Engine, EngineHandle, Request};
 use crate::net::tls::TlsContext;
-use crate::policy::{Change, Mode};
 use crate::stream::Transport;
 use crate::xml::{Frame, Framer};
 
@@ -85,17 +85,20 @@ impl Demo {
             let extra = if *name == "oldcert.example" { expired_cert(&dir, name)? } else { String::new() };
             peers.push(Engine::start(settings(&dir, name, *port, &[(DEMO_DOMAIN, main_port)], &extra)?).await.map_err(|e| e.to_string())?);
         }
-        let sh = &main.shared;
-        let who = "demo setup";
-        change_mode(sh, Mode::Approval, who).await.map_err(|e| e.to_string())?;
+        // The operator's set-up, as any operator makes it: through the engine's API.
+        let setup = main.acting_as("demo setup");
+        let mut requests = vec![Request::Mode { mode: "approval".into() }];
         for d in ["friend.example", "oldcert.example"] {
-            change_domain(sh, &Domain::parse(d).expect("valid"), Change::Approve, who, Some("demo partner"))
-                .await
-                .map_err(|e| e.to_string())?;
+            requests.push(Request::Approve { domain: d.into(), reason: Some("demo partner".into()) });
         }
-        import_blacklist(sh, "# demo blacklist\nspam.example # sends spam\n", "demo-blacklist", who, false)
-            .await
-            .map_err(|e| e.to_string())?;
+        requests.push(Request::BlacklistImport {
+            text: "# demo blacklist\nspam.example # sends spam\n".into(),
+            source: Some("demo-blacklist".into()),
+            dry_run: false,
+        });
+        for r in requests {
+            setup.execute(r).await.map_err(|e| e.to_string())?;
+        }
         let stop = CancellationToken::new();
         let demo = Demo { main, peers, stop, dir };
         demo.behave(main_port);
@@ -103,9 +106,8 @@ impl Demo {
     }
 
     fn behave(&self, main_port: u16) {
-        let main = self.main.shared.clone();
-        let by_name =
-            |n: &str| self.peers.iter().find(|e| e.shared.settings.domains[0].as_str() == n).map(|e| e.shared.clone()).expect("peer");
+        let main = self.main.handle();
+        let by_name = |n: &str| self.peers.iter().find(|e| e.settings().domains[0].as_str() == n).map(|e| e.handle()).expect("peer");
         let (friend, newcomer, spam, oldcert) =
             (by_name("friend.example"), by_name("newcomer.example"), by_name("spam.example"), by_name("oldcert.example"));
         let every =
@@ -120,11 +122,11 @@ impl Demo {
                     }
                 });
             };
-        let probe = |from: Arc<Shared>, to: &'static str| -> Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync> {
+        let probe = |from: EngineHandle, to: &'static str| -> Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync> {
             Arc::new(move || {
                 let from = from.clone();
                 Box::pin(async move {
-                    crate::engine::probe(&from, to, None).await;
+                    let _ = from.execute(Request::Probe { domain: to.into(), from: None }).await;
                 })
             })
         };

@@ -1,4 +1,5 @@
-//! What the engine tells the world: events, and the serialisable views of streams.
+//! What the engine tells the world: events (to subscribers of `EngineHandle::subscribe`,
+//! through [`bus`]), and the serialisable views of streams.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,12 +1,15 @@
 //! drawbridge: an XMPP server-to-server (s2s) federation server.
 //!
-//! Data flow, one module per step:
-//! socket ([`net`]) → TLS ([`net::tls`]) → XML framing ([`xml`]) → stream state machines
-//! ([`stream`], dialback in [`proto::dialback`]) → router ([`router`]) → events and the
-//! engine API ([`engine`]) → control socket ([`control`]).
-//! [`config`] turns the TOML file into typed settings; [`store`] keeps what must survive a
-//! restart; [`domain`] is the normalised key for peers.
+//! A stanza's path: socket ([`net`]) → TLS ([`net::tls_io`]) → framer ([`xml`]) → stream
+//! machine ([`proto`], driven by [`stream`]) → [`router`] → link → machine → TLS → socket.
+//! An operator's path: [`dashboard`] or `ctl` ([`cli`]) → [`control`] socket →
+//! [`engine::Request`] → [`engine`] → [`policy`] / [`store`] / [`table`] → [`events`] → views.
+//! Beside them: [`config`] (TOML → typed settings), [`domain`] (the normalised peer key),
+//! [`limits`] (budgets and gauges), [`gateway`] (fronting an internal server), [`secrets`]
+//! (files holding secrets checked), [`text`] (peer text made safe), [`types`] (shared
+//! vocabulary), [`demo`].
 
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dashboard;

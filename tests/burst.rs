@@ -63,8 +63,8 @@ async fn keep_outstanding(extra: &str, window: u64, total: u64, pad: usize) {
     // reading it for a second (pushing back).
     let watcher = {
         let engine_stanzas_in = {
-            let table = server.engine.shared.table.clone();
-            move || table.snapshots(false).into_iter().filter(|c| c.direction == Direction::In).map(|c| c.stanzas_in).max().unwrap_or(0)
+            let engine = server.engine.handle();
+            move || engine.connections(false).into_iter().filter(|c| c.direction == Direction::In).map(|c| c.stanzas_in).max().unwrap_or(0)
         };
         tokio::spawn(async move {
             let (mut last, mut since) = (0, Instant::now());
@@ -102,7 +102,7 @@ async fn keep_outstanding(extra: &str, window: u64, total: u64, pad: usize) {
         .unwrap_or_else(|_| panic!("{} of {total} pings answered", answered.load(Ordering::Relaxed)))
         .unwrap();
     eprintln!("{total} pings, {window} outstanding: every answer in {:?}", t0.elapsed());
-    let o = server.engine.router_overflows();
+    let o = server.engine.status().overflows;
     assert_eq!((o.bounced, o.dropped), (0, 0), "nothing bounced or dropped");
     drop(to_server);
 }

@@ -27,7 +27,7 @@ async fn sasl_external_both_ways_with_trusted_certificates() {
     assert_eq!(inbound.state, drawbridge::engine::events::ConnState::Established, "established after the SASL restart");
     assert_eq!(inbound.pairs[0].status, PairStatus::Valid);
     assert!(inbound.tls.as_ref().unwrap().cert_verdict.as_ref().unwrap().is_valid());
-    let outcomes = b.engine.shared.outcomes();
+    let outcomes = b.engine.outcomes();
     assert!(outcomes.iter().any(|o| o.method == AuthMethod::SaslExternal && o.result == VerificationResult::Valid && o.remote == "a.test"));
     assert!(!outcomes.iter().any(|o| o.method == AuthMethod::Dialback), "no dialback needed: {outcomes:#?}");
 }
@@ -44,14 +44,8 @@ async fn untrusted_certificate_falls_back_to_dialback() {
     let r = within("probe a→b", a.engine.probe("b.test", None)).await;
     assert!(r.ok, "{:?}", r.error);
     assert_eq!(r.auth.as_deref(), Some("dialback (valid)"));
-    let verdicts: Vec<String> = b
-        .engine
-        .shared
-        .outcomes()
-        .into_iter()
-        .filter(|o| o.method == AuthMethod::Certificate && o.remote == "a.test")
-        .map(|o| o.reason)
-        .collect();
+    let verdicts: Vec<String> =
+        b.engine.outcomes().into_iter().filter(|o| o.method == AuthMethod::Certificate && o.remote == "a.test").map(|o| o.reason).collect();
     assert!(verdicts.iter().any(|v| v == "certificate for a.test: untrusted issuer (CN=CA of a)"), "{verdicts:?}");
     let r = within("probe b→a", b.engine.probe("a.test", None)).await;
     assert!(r.ok, "{:?}", r.error);
@@ -117,7 +111,7 @@ async fn dialback_with_a_valid_certificate_needs_no_callback() {
         }
     };
     assert_eq!(answer.answer, Some(drawbridge::proto::dialback::Answer::Valid));
-    let o = b.engine.shared.outcomes().into_iter().find(|o| o.remote == "nodns.test" && o.method == AuthMethod::DialbackWithValidCert);
+    let o = b.engine.outcomes().into_iter().find(|o| o.remote == "nodns.test" && o.method == AuthMethod::DialbackWithValidCert);
     assert!(o.is_some_and(|o| o.result == VerificationResult::Valid && o.reason.contains("without the callback")));
     // A pair whose certificate is not valid for it still goes through the callback (and
     // fails here: other.test has no DNS).
@@ -142,13 +136,13 @@ async fn reload_swaps_the_certificate_without_dropping_streams() {
     let b = start_published("b.test", &dns, &tls_config(dir.path(), &ca, "b.test", &ca)).await;
     let r = within("probe", a.engine.probe("b.test", None)).await;
     assert!(r.ok, "{:?}", r.error);
-    let old_fp = b.engine.shared.tls().our_cert.fingerprint_sha256.clone();
+    let old_fp = b.engine.testing().certificate_sha256();
     let stream = r.stream.unwrap();
 
     // Renewal outside drawbridge: new key and certificate in the same files.
     tls_config(dir.path(), &ca, "b.test", &ca);
-    let msg = b.engine.shared.reload_tls().unwrap();
-    let new_fp = b.engine.shared.tls().our_cert.fingerprint_sha256.clone();
+    let Reply::Text(msg) = ask(&b.engine, Request::Reload).await else { panic!("reload answers in words") };
+    let new_fp = b.engine.testing().certificate_sha256();
     assert_ne!(old_fp, new_fp);
     assert!(msg.contains(&new_fp), "{msg}");
     // The established stream is still there and still carries traffic.
@@ -163,9 +157,9 @@ async fn reload_swaps_the_certificate_without_dropping_streams() {
 
     // A broken certificate: the old one stays, and the error says why and which key to check.
     std::fs::write(dir.path().join("b.test.crt"), "not a certificate").unwrap();
-    let err = b.engine.shared.reload_tls().unwrap_err();
+    let err = b.engine.execute(Request::Reload).await.unwrap_err().to_string();
     assert!(err.contains("keeping the current certificate") && err.contains("tls.cert"), "{err}");
-    assert_eq!(b.engine.shared.tls().our_cert.fingerprint_sha256, new_fp);
+    assert_eq!(b.engine.testing().certificate_sha256(), new_fp);
 }
 
 /// `[auth] mode = "cert-only"`: a peer without a trusted certificate cannot use dialback; the
@@ -182,7 +176,7 @@ async fn cert_only_refuses_a_dialback_only_peer_naming_the_rule() {
     assert!(!r.ok);
     let err = r.error.unwrap();
     assert!(err.contains("not-authorized") && err.contains("[auth] mode = \"cert-only\""), "{err}");
-    let refused = b.engine.shared.outcomes();
+    let refused = b.engine.outcomes();
     assert!(refused.iter().any(|o| o.remote == "a.test" && o.reason.contains("untrusted issuer (CN=CA of a)")), "{refused:#?}");
     // A raw peer is offered neither EXTERNAL (untrusted) nor dialback.
     let (_, _, features) = tls_peer(&b, "x.test").await;
@@ -207,10 +201,10 @@ async fn downgrade_from_certificate_to_dialback_is_flagged() {
         reason: "test".into(),
         peer_addr: None,
     };
-    b.engine.shared.recorder.record_outcome(outcome(AuthMethod::SaslExternal));
-    assert!(b.engine.shared.policy.record("x.test").unwrap().downgrade.is_none());
-    b.engine.shared.recorder.record_outcome(outcome(AuthMethod::Dialback));
-    let rec = b.engine.shared.policy.record("x.test").unwrap();
+    b.engine.testing().record_outcome(outcome(AuthMethod::SaslExternal));
+    assert!(record(&b.engine, "x.test").await.unwrap().downgrade.is_none());
+    b.engine.testing().record_outcome(outcome(AuthMethod::Dialback));
+    let rec = record(&b.engine, "x.test").await.unwrap();
     assert!(rec.downgrade.as_deref().is_some_and(|d| d.contains("by certificate before, now by dialback only")), "{rec:?}");
     wait_event(&mut events, "the downgrade event", |e| matches!(e, Event::DomainChanged { record } if record.downgrade.is_some())).await;
 }
@@ -226,18 +220,18 @@ async fn direct_tls_in_and_out() {
     let a = start_published("a.test", &dns, &tls_config(dir.path(), &ca, "a.test", &ca)).await;
     let b_cfg = format!("{}[server]\ndirect_tls = [\"127.0.0.1:0\"]\n", tls_config(dir.path(), &ca, "b.test", &ca));
     let b = start_published("b.test", &dns, &b_cfg).await;
-    let direct = b.engine.shared.listening_direct[0];
+    let direct = b.engine.listening().direct_tls[0];
     dns.add_srv_direct("b.test", 0, "xmpp.b.test", direct.port()).await;
     let r = within("probe over direct TLS", a.engine.probe("b.test", None)).await;
     assert!(r.ok, "{:?}", r.error);
     assert_eq!(r.peer_addr, Some(direct.to_string()), "direct TLS first on equal priority");
     assert_eq!(r.auth.as_deref(), Some("sasl-external (valid)"));
-    let t = a.engine.shared.table.transcript(r.stream.as_deref().unwrap()).unwrap();
+    let t = a.engine.transcript(r.stream.as_deref().unwrap()).unwrap();
     assert!(!t.iter().any(|l| l.text.contains("<starttls")), "no STARTTLS over direct TLS");
     assert!(t.iter().any(|l| l.dir == "note" && l.text.contains("direct TLS (XEP-0368) established")));
     let inbound =
         b.engine.connections(false).into_iter().find(|c| c.direction == Direction::In && c.remote.as_deref() == Some("a.test")).unwrap();
-    let bt = b.engine.shared.table.transcript(&inbound.id).unwrap();
+    let bt = b.engine.transcript(&inbound.id).unwrap();
     assert!(bt.first().is_some_and(|l| l.text.contains("direct TLS (XEP-0368) established")), "{bt:#?}");
     assert!(inbound.tls.unwrap().cert_verdict.unwrap().is_valid());
 }
@@ -292,7 +286,7 @@ async fn internationalised_domain_authenticates_by_its_a_label_certificate() {
     // Asked by its A-label, answered: one domain.
     let r = within("probe b → xn--bcher-kva", b.engine.probe("xn--bcher-kva.test", None)).await;
     assert!(r.ok, "{:?}", r.error);
-    let outcomes = b.engine.shared.outcomes();
+    let outcomes = b.engine.outcomes();
     assert!(
         outcomes.iter().any(|o| o.remote == "bücher.test" && o.method == AuthMethod::SaslExternal && o.result == VerificationResult::Valid),
         "{outcomes:#?}"

@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use drawbridge::domain::Domain;
 use drawbridge::engine::events::{AuthMethod, Direction, PairStatus, StreamKind};
 use drawbridge::proto::machine::component::handshake_digest;
 use drawbridge::proto::ns;
@@ -35,7 +34,7 @@ async fn world_with(extra: &str) -> World {
     dns.add_srv("comp.a.test", 0, 5, "xmpp.a.test", a.addr.port()).await;
     dns.add_srv("muc.comp.a.test", 0, 5, "xmpp.a.test", a.addr.port()).await;
     let b = start_published("b.test", &dns, "").await;
-    let components = a.engine.shared.listening_components[0];
+    let components = a.engine.listening().components[0];
     World { a, b, components, _dns: dns }
 }
 
@@ -100,9 +99,9 @@ async fn a_component_serves_its_domain_through_federation_both_ways() {
     let out = w.a.engine.connections(false);
     assert!(out.iter().any(|s| s.direction == Direction::Out && s.local.as_deref() == Some("comp.a.test")), "{out:#?}");
     // The component's own outcome is marked, and it is no federation peer of ours.
-    let outcomes = w.a.engine.shared.outcomes();
+    let outcomes = w.a.engine.outcomes();
     assert!(outcomes.iter().any(|o| o.reason == "component: component comp.a.test connected"), "{outcomes:#?}");
-    assert!(w.a.engine.shared.policy.record("comp.a.test").is_none());
+    assert!(record(&w.a.engine, "comp.a.test").await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,13 +115,13 @@ async fn handshake_failures_and_one_connection_per_component() {
     let mut p = RawPeer::connect(w.components).await;
     p.send("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='other.a.test'>").await;
     p.expect_condition(StreamErrorCondition::HostUnknown).await;
-    let outcomes = w.a.engine.shared.outcomes();
+    let outcomes = w.a.engine.outcomes();
     assert!(
         outcomes.iter().any(|o| o.method == AuthMethod::ComponentHandshake && o.reason.contains("wrong handshake for comp.a.test")),
         "{outcomes:#?}"
     );
     // Failures stay in memory: whoever reaches the listener cannot grow the store.
-    assert!(w.a.engine.shared.store.outcomes(None, 100).unwrap().is_empty(), "nothing persisted");
+    assert!(w.a.engine.testing().stored_outcomes(None, 100).is_empty(), "nothing persisted");
     // The first connection keeps the domain; a second gets conflict.
     let mut first = component(w.components).await;
     let (second, answer) = connect(w.components, "comp.a.test", SECRET).await;
@@ -150,15 +149,7 @@ async fn handshake_failures_and_one_connection_per_component() {
 async fn what_a_component_sends_is_under_the_policy() {
     let w = world().await;
     let mut c = component(w.components).await;
-    drawbridge::engine::change_domain(
-        &w.a.engine.shared,
-        &Domain::parse("b.test").unwrap(),
-        drawbridge::policy::Change::Blacklist { source: "test".into() },
-        "t",
-        Some("test"),
-    )
-    .await
-    .unwrap();
+    change(&w.a.engine, Request::Blacklist { domain: "b.test".into(), reason: "test".into() }).await;
     c.send("<iq type='get' id='p1' from='comp.a.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
     let err = within("the bounce", c.next_el()).await.expect("an error");
     assert_eq!((err.get_attr("type"), err.get_attr("id")), (Some("error"), Some("p1")), "{err:?}");
@@ -211,7 +202,7 @@ async fn wrong_secrets_hold_their_slot() {
         "[limits]\nmax_unauthenticated_per_address = 2\n[components]\nlisten = [\"127.0.0.1:0\"]\n[[component]]\ndomain = \"comp.a.test\"\nsecret = \"{SECRET}\"\n"
     );
     let a = start_server("a.test", &dns, &cfg).await;
-    let addr = a.engine.shared.listening_components[0];
+    let addr = a.engine.listening().components[0];
     let started = std::time::Instant::now();
     for i in 0..2 {
         let (_, answer) = connect(addr, "comp.a.test", &format!("guess number {i} of many")).await;

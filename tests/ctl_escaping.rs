@@ -47,7 +47,7 @@ async fn a_client_certificate_with_terminal_escapes_reaches_no_terminal() {
     let dns = Dns::start().await;
     let mut b = start_published("b.test", &dns, "").await;
     drawbridge::control::start(&mut b.engine).unwrap();
-    let sock = b.engine.shared.settings.control_socket.clone();
+    let sock = b.engine.settings().control_socket.clone();
     let mut events = b.engine.subscribe();
 
     // An (untrusted) CA and a client certificate for evil.test, both named by the peer.

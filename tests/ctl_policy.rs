@@ -18,7 +18,7 @@ async fn blacklist_exchange_and_domain_commands() {
     let a = start_published("a.test", &dns, "").await;
     let mut b = start_published("b.test", &dns, "").await;
     drawbridge::control::start(&mut b.engine).unwrap();
-    let sock = b.engine.shared.settings.control_socket.clone();
+    let sock = b.engine.settings().control_socket.clone();
     assert!(within("probe", a.engine.probe("b.test", None)).await.ok);
 
     let list = b.dir.path().join("community.txt");
@@ -31,7 +31,7 @@ async fn blacklist_exchange_and_domain_commands() {
     assert!(out.contains("would add 2 domain(s) from community.txt: spam.test, a.test"), "{out}");
     assert!(out.contains("skipped line 5: \"not a domain\""), "{out}");
     assert!(out.contains("would close 2 live stream(s)"), "{out}");
-    assert_eq!(b.engine.shared.policy.records(Some(drawbridge::policy::DomainState::Blacklisted)).len(), 0, "a dry run changes nothing");
+    assert_eq!(domains(&b.engine, Some("blacklisted")).await.len(), 0, "a dry run changes nothing");
 
     let mut events = b.engine.subscribe();
     let (sock2, list2) = (sock.clone(), list.clone());
@@ -81,6 +81,6 @@ async fn blacklist_exchange_and_domain_commands() {
     assert!(out.contains("--reason TEXT is required"), "{out}");
     assert!(out.contains("is not a mode"), "{out}");
     // Every action is attributed to the Unix user at the socket.
-    let log = b.engine.shared.store.policy_log(Some("flood.test"), 5).unwrap();
+    let log = domain_report(&b.engine, "flood.test").await.policy_log;
     assert!(log[0].who.contains("uid"), "{:?}", log[0]);
 }

@@ -63,7 +63,7 @@ async fn spoofed_domain_is_refused_made_up_and_replayed_keys() {
         .into_iter()
         .find(|s| s.direction == Direction::In && s.pairs.iter().any(|p| p.remote == "c.test" && p.status == PairStatus::Valid))
         .expect("c's genuine stream to b");
-    let genuine_key = derive_key(&c.engine.shared.secret, "b.test", "c.test", genuine.stream_id.as_deref().unwrap());
+    let genuine_key = derive_key(c.engine.testing().dialback_secret(), "b.test", "c.test", genuine.stream_id.as_deref().unwrap());
     let (mut a, h, _) = tls_peer(&b, "c.test").await;
     assert_ne!(h.id.as_deref(), genuine.stream_id.as_deref(), "every stream gets a fresh id");
     a.send_el(&db_result("c.test", "b.test", &genuine_key)).await;
@@ -86,14 +86,13 @@ async fn spoofed_domain_is_refused_made_up_and_replayed_keys() {
     let dialback = drawbridge::engine::events::AuthMethod::Dialback;
     let invalid = b
         .engine
-        .shared
         .outcomes()
         .into_iter()
         .filter(|o| o.remote == "c.test" && o.method == dialback && o.result == VerificationResult::Invalid)
         .count();
     assert_eq!(invalid, 2);
     // Each TLS stream's certificate was judged too (self-signed test certificates).
-    assert!(b.engine.shared.outcomes().iter().any(|o| o.remote == "c.test"
+    assert!(b.engine.outcomes().iter().any(|o| o.remote == "c.test"
         && o.method == drawbridge::engine::events::AuthMethod::Certificate
         && o.reason == "certificate for c.test: self-signed"));
 }
@@ -105,7 +104,7 @@ async fn authoritative_role_and_addressing() {
     let b = start_published("b.test", &dns, "").await;
     // We play the receiving server asking b.test as authoritative server.
     let (mut p, _, _) = tls_peer(&b, "r.test").await;
-    let good = derive_key(&b.engine.shared.secret, "r.test", "b.test", "S1");
+    let good = derive_key(b.engine.testing().dialback_secret(), "r.test", "b.test", "S1");
     p.send_el(&drawbridge::proto::dialback::verify_request("r.test", "b.test", "S1", &good)).await;
     p.send_el(&drawbridge::proto::dialback::verify_request("r.test", "b.test", "S2", &good)).await;
     p.send_el(&drawbridge::proto::dialback::verify_request("r.test", "nothere.test", "S1", &good)).await;
@@ -200,7 +199,7 @@ async fn dialback_error_paths() {
     let _held = within("b's connection to the silent AS", silent.accept()).await.unwrap();
     let ans = expect_db_result(&mut p).await;
     assert!(matches!(ans.answer, Some(Answer::Error { ref condition, .. }) if condition == "remote-server-timeout"), "{ans:?}");
-    let outcomes = b.engine.shared.outcomes();
+    let outcomes = b.engine.outcomes();
     assert!(outcomes.iter().any(|o| o.remote == "ghost.test" && o.result == VerificationResult::Error));
     assert!(
         outcomes
@@ -268,7 +267,7 @@ async fn stream_limit_bounds_inbound_and_dialback_callbacks() {
     let dns = Dns::start().await;
     let b = start_published("b.test", &dns, "[limits]\nmax_outbound = 1\nmax_unauthenticated_per_address = 1\n").await;
     // The one outbound slot is taken.
-    let _taken = b.engine.shared.gauges.outbound(&b.engine.shared.settings.limits).unwrap();
+    let _taken = b.engine.testing().hold_outbound_slot();
     let (mut p, _, _) = tls_peer(&b, "x.test").await;
     p.send_el(&db_result("x.test", "b.test", "k")).await;
     let ans = expect_db_result(&mut p).await;

@@ -52,8 +52,8 @@ async fn a_full_public_door_leaves_the_internal_server_and_components_their_room
         internal_ca.display()
     );
     let a = start_published("h.test", &world, &a_cfg).await;
-    let gateway_listen = a.engine.shared.listening_gateway[0];
-    let components = a.engine.shared.listening_components[0];
+    let gateway_listen = a.engine.listening().gateway[0];
+    let components = a.engine.listening().components[0];
     // The internal server finds the component's domain at A's gateway listener.
     internal_dns.add_a("xmpp.comp.h.test", std::net::Ipv4Addr::LOCALHOST).await;
     internal_dns.add_srv("comp.h.test", 0, 5, "xmpp.comp.h.test", gateway_listen.port()).await;

@@ -35,7 +35,7 @@ async fn component_world() -> (TestServer, std::net::SocketAddr, Dns) {
          [limits]\nmax_unauthenticated_components = 1000\n"
     );
     let a = start_published("a.test", &dns, &cfg).await;
-    let addr = a.engine.shared.listening_components[0];
+    let addr = a.engine.listening().components[0];
     (a, addr, dns)
 }
 

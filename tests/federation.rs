@@ -45,7 +45,7 @@ async fn two_servers_federate_both_ways() {
     assert!(inbound.stanzas_in >= 1, "the pong from b arrived on it");
 
     // Both sides recorded valid verifications of each other.
-    let outcomes = a.engine.shared.outcomes();
+    let outcomes = a.engine.outcomes();
     assert!(outcomes.iter().any(|o| o.direction == Direction::In && o.remote == "b.test" && o.result == VerificationResult::Valid));
     assert!(outcomes.iter().any(|o| o.direction == Direction::Out && o.remote == "b.test" && o.result == VerificationResult::Valid));
 
@@ -83,7 +83,7 @@ async fn transcripts_record_negotiation_and_mask_keys() {
     let b = start_published("b.test", &dns, "").await;
     let r = within("probe", a.engine.probe("b.test", None)).await;
     assert!(r.ok);
-    let t = a.engine.shared.table.transcript(r.stream.as_deref().unwrap()).unwrap();
+    let t = a.engine.transcript(r.stream.as_deref().unwrap()).unwrap();
     let text: Vec<String> = t.iter().map(|l| format!("{} {}", l.dir, l.text)).collect();
     let pos = |needle: &str| text.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle:?} in {text:#?}"));
     assert!(pos("out <stream:stream") < pos("in <stream:features"));
@@ -97,30 +97,24 @@ async fn transcripts_record_negotiation_and_mask_keys() {
     // The receiving side's transcript ends with the answer that established the stream.
     let inbound =
         b.engine.connections(false).into_iter().find(|c| c.direction == Direction::In && c.remote.as_deref() == Some("a.test")).unwrap();
-    let bt = b.engine.shared.table.transcript(&inbound.id).unwrap();
+    let bt = b.engine.transcript(&inbound.id).unwrap();
     assert!(bt.iter().any(|l| l.dir == "out" && l.text.contains("<db:result") && l.text.contains("type='valid'")), "{bt:#?}");
 
     // A refused attempt: its transcript is still there after the stream closed.
-    drawbridge::engine::change_domain(
-        &b.engine.shared,
-        &drawbridge::domain::Domain::parse("a.test").unwrap(),
-        drawbridge::policy::Change::Block { expires_ms: None },
-        "t",
-        Some("test"),
-    )
-    .await
-    .unwrap();
+    change(&b.engine, Request::Block { domain: "a.test".into(), for_secs: None, reason: Some("test".into()) }).await;
     let mut p = RawPeer::connect(b.addr).await;
     p.send(&header("a.test", "b.test")).await;
     p.expect_stream_error().await;
     let mut events = b.engine.subscribe();
     let closed = loop {
-        if let Some(c) = b.engine.shared.table.closed().into_iter().find(|c| c.direction == Direction::In && c.tls.is_none()) {
+        if let Some(c) =
+            b.engine.connections(true).into_iter().find(|c| c.state == ConnState::Closed && c.direction == Direction::In && c.tls.is_none())
+        {
             break c;
         }
         wait_event(&mut events, "the refused stream to close", |e| matches!(e, Event::StreamClosed { .. })).await;
     };
-    let t = b.engine.shared.table.transcript(&closed.id).unwrap();
+    let t = b.engine.transcript(&closed.id).unwrap();
     assert!(t.iter().any(|l| l.dir == "in" && l.text.contains("from='a.test'")));
     assert!(t.iter().any(|l| l.dir == "out" && l.text.contains("policy-violation") && l.text.contains("a.test is blocked")));
 }

@@ -73,7 +73,7 @@ async fn gateway_with(auth: &str, extra: &str) -> Gateway {
         gw_key.display()
     );
     let a = start_published("h.test", &world, &a_cfg).await;
-    let listen = a.engine.shared.listening_gateway[0];
+    let listen = a.engine.listening().gateway[0];
     internal_dns.add_a("xmpp.w.test", std::net::Ipv4Addr::LOCALHOST).await;
     internal_dns.add_srv("w.test", 0, 5, "xmpp.w.test", listen.port()).await;
 
@@ -98,7 +98,7 @@ async fn both_directions(g: &Gateway, method: AuthMethod) {
     // Internal → world → internal: C's ping to w.test is answered by B.
     let r = within("probe h.test → w.test", g.c.engine.probe("w.test", None)).await;
     assert!(r.ok, "{:?}", r.error);
-    assert_eq!(r.peer_addr, Some(g.a.engine.shared.listening_gateway[0].to_string()), "C reached the world through A");
+    assert_eq!(r.peer_addr, Some(g.a.engine.listening().gateway[0].to_string()), "C reached the world through A");
 
     // A shows both internal streams as such, authenticated by the internal link's method.
     let internal = internal_streams(&g.a);
@@ -106,7 +106,7 @@ async fn both_directions(g: &Gateway, method: AuthMethod) {
     assert_eq!((out.local.as_deref(), out.remote.as_deref()), (Some("w.test"), Some("h.test")), "as the world domain");
     assert_eq!(out.peer_addr, Some(g.c.addr.to_string()), "at gateway.internal, not through DNS");
     assert!(out.pairs.iter().any(|p| p.status == PairStatus::Valid && p.method == method), "{out:#?}");
-    let t = g.a.engine.shared.table.transcript(&out.id).unwrap();
+    let t = g.a.engine.transcript(&out.id).unwrap();
     assert!(t[0].dir == "note" && t[0].text.starts_with("internal link (gateway mode)"), "the transcript says so: {t:#?}");
     let inn = internal.iter().find(|s| s.direction == Direction::In).expect("the internal server's stream to A");
     assert_eq!(inn.remote.as_deref(), Some("h.test"));
@@ -115,9 +115,9 @@ async fn both_directions(g: &Gateway, method: AuthMethod) {
     let world: Vec<_> = g.a.engine.connections(false).into_iter().filter(|c| !c.internal()).collect();
     assert!(world.iter().all(|s| s.remote.as_deref() == Some("w.test")), "{world:#?}");
     // Outcomes on the internal link say so, and no domain record was made for h.test.
-    let outcomes = g.a.engine.shared.outcomes();
+    let outcomes = g.a.engine.outcomes();
     assert!(outcomes.iter().any(|o| o.remote == "h.test" && o.reason.starts_with("internal link: ")), "{outcomes:#?}");
-    assert!(g.a.engine.shared.policy.record("h.test").is_none(), "the internal server is not a federation peer");
+    assert!(record(&g.a.engine, "h.test").await.is_none(), "the internal server is not a federation peer");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +130,7 @@ async fn pki_both_directions_with_minted_certificates() {
     let cert = from_a.tls.as_ref().unwrap();
     assert!(cert.cert_verdict.as_ref().is_some_and(|v| v.is_valid()), "{cert:#?}");
     assert!(g.a.dir.path().join("data/gateway/minted/w.test.pem").exists(), "the minted certificate is kept");
-    assert!(!g.a.engine.shared.outcomes().iter().any(|o| o.remote == "h.test" && o.method == AuthMethod::Dialback));
+    assert!(!g.a.engine.outcomes().iter().any(|o| o.remote == "h.test" && o.method == AuthMethod::Dialback));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +139,7 @@ async fn dialback_both_directions_called_back_through_the_gateway() {
     both_directions(&g, AuthMethod::Dialback).await;
     // The callbacks stayed inside: C asked A (as w.test's authoritative server) on A's
     // gateway listener, and A asked C over the internal link; B never heard of them.
-    let b_outcomes = g.b.engine.shared.outcomes();
+    let b_outcomes = g.b.engine.outcomes();
     assert!(!b_outcomes.iter().any(|o| o.remote == "w.test"), "{b_outcomes:#?}");
 }
 
@@ -150,15 +150,7 @@ async fn the_policy_cuts_both_directions() {
     let g = gateway("pki").await;
     assert!(within("probe before", g.c.engine.probe("w.test", None)).await.ok);
     let mut events = g.a.engine.subscribe();
-    drawbridge::engine::change_domain(
-        &g.a.engine.shared,
-        &Domain::parse("w.test").unwrap(),
-        drawbridge::policy::Change::Blacklist { source: "test".into() },
-        "t",
-        Some("spam source"),
-    )
-    .await
-    .unwrap();
+    change(&g.a.engine, Request::Blacklist { domain: "w.test".into(), reason: "spam source".into() }).await;
     // Every stream of A's that depends on w.test closes: its federation streams, and the
     // internal link's streams as w.test.
     while !g.a.engine.connections(false).is_empty() {
@@ -177,7 +169,7 @@ async fn the_policy_cuts_both_directions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_are_refused_on_the_gateway_listener() {
     let g = gateway("pki").await;
-    let listen = g.a.engine.shared.listening_gateway[0];
+    let listen = g.a.engine.listening().gateway[0];
     let mut p = RawPeer::connect(listen).await;
     p.send(&header("stranger.test", "w.test")).await;
     let e = p.expect_condition(StreamErrorCondition::PolicyViolation).await;
@@ -193,7 +185,7 @@ async fn strangers_are_refused_on_the_gateway_listener() {
     let e = p.expect_stream_error().await;
     assert!(matches!(e.condition, StreamErrorCondition::NotAuthorized | StreamErrorCondition::PolicyViolation), "{e:?}");
     // What strangers failed stays in memory: the store has nothing from them.
-    let stored = g.a.engine.shared.store.outcomes(None, 1000).unwrap();
+    let stored = g.a.engine.testing().stored_outcomes(None, 1000);
     assert!(!stored.iter().any(|o| o.result != drawbridge::engine::events::VerificationResult::Valid), "{stored:#?}");
 }
 
@@ -230,25 +222,13 @@ async fn an_unreachable_internal_server_is_reported_to_the_operator_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowlist_mode_judges_the_world_domain_not_the_internal_server() {
     let g = gateway("pki").await;
-    let shared = &g.a.engine.shared;
-    drawbridge::engine::change_domain(shared, &Domain::parse("w.test").unwrap(), drawbridge::policy::Change::Approve, "t", None)
-        .await
-        .unwrap();
-    drawbridge::engine::change_mode(shared, drawbridge::policy::Mode::Allowlist, "t").await.unwrap();
+    change(&g.a.engine, Request::Approve { domain: "w.test".into(), reason: None }).await;
+    ask(&g.a.engine, Request::Mode { mode: "allowlist".into() }).await;
     assert!(within("probe in allowlist mode", g.b.engine.probe("h.test", None)).await.ok);
     let before: Vec<String> = internal_streams(&g.a).into_iter().map(|s| s.id).collect();
     assert_eq!(before.len(), 2, "both internal streams up");
     // Another policy change enforces the policy on every live stream.
-    let closed = drawbridge::engine::change_domain(
-        shared,
-        &Domain::parse("x.test").unwrap(),
-        drawbridge::policy::Change::Block { expires_ms: None },
-        "t",
-        None,
-    )
-    .await
-    .unwrap()
-    .2;
+    let closed = change(&g.a.engine, Request::Block { domain: "x.test".into(), for_secs: None, reason: None }).await.closed_streams;
     assert!(closed.iter().all(|id| !before.contains(id)), "internal streams closed by a policy change: {closed:?}");
     assert!(within("probe after", g.b.engine.probe("h.test", None)).await.ok);
 }
@@ -258,18 +238,15 @@ async fn allowlist_mode_judges_the_world_domain_not_the_internal_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approval_mode_holds_the_internal_servers_stanzas_until_approved() {
     let g = gateway("pki").await;
-    let shared = g.a.engine.shared.clone();
-    drawbridge::engine::change_mode(&shared, drawbridge::policy::Mode::Approval, "t").await.unwrap();
+    ask(&g.a.engine, Request::Mode { mode: "approval".into() }).await;
     let mut events = g.a.engine.subscribe();
     let probe = g.c.engine.probe("w.test", None);
     let approve = async {
         // Held: w.test waits for the operator.
-        while shared.policy.record("w.test").is_none_or(|r| r.state != drawbridge::policy::DomainState::Pending) {
+        while record(&g.a.engine, "w.test").await.is_none_or(|r| r.state != drawbridge::policy::DomainState::Pending) {
             wait_event(&mut events, "w.test to be pending", |e| matches!(e, Event::DomainChanged { .. })).await;
         }
-        drawbridge::engine::change_domain(&shared, &Domain::parse("w.test").unwrap(), drawbridge::policy::Change::Approve, "t", None)
-            .await
-            .unwrap();
+        change(&g.a.engine, Request::Approve { domain: "w.test".into(), reason: None }).await;
     };
     let (r, ()) = tokio::join!(probe, approve);
     assert!(r.ok, "delivered once approved: {:?}", r.error);
@@ -300,11 +277,11 @@ async fn forwarder(to: std::net::SocketAddr) -> (u16, std::sync::Arc<std::sync::
 
 /// What drawbridge must not have kept of `domain`: a minted certificate, a domain record,
 /// a stored outcome.
-fn assert_no_trace(s: &TestServer, domain: &str) {
+async fn assert_no_trace(s: &TestServer, domain: &str) {
     let minted = s.dir.path().join("data/gateway/minted").join(format!("{domain}.pem"));
     assert!(!minted.exists(), "nothing minted for {domain}");
-    assert!(s.engine.shared.policy.record(domain).is_none(), "no domain record for {domain}");
-    let stored = s.engine.shared.store.outcomes(Some(domain), 100).unwrap();
+    assert!(record(&s.engine, domain).await.is_none(), "no domain record for {domain}");
+    let stored = s.engine.testing().stored_outcomes(Some(domain), 100);
     assert!(stored.is_empty(), "no stored outcome for {domain}: {stored:#?}");
 }
 
@@ -315,7 +292,7 @@ fn assert_no_trace(s: &TestServer, domain: &str) {
 async fn a_domain_pointing_at_drawbridge_itself_is_never_dialled() {
     let g = gateway("pki").await;
     let world = &g._dns.0;
-    let gl = g.a.engine.shared.listening_gateway[0];
+    let gl = g.a.engine.listening().gateway[0];
     world.add_a("xmpp.loop.test", std::net::Ipv4Addr::LOCALHOST).await;
     world.add_srv("loop.test", 0, 5, "xmpp.loop.test", gl.port()).await;
     world.add_srv("loop2.test", 0, 5, "xmpp.loop.test", g.a.addr.port()).await;
@@ -324,7 +301,7 @@ async fn a_domain_pointing_at_drawbridge_itself_is_never_dialled() {
         assert!(!r.ok, "{r:?}");
         let err = r.error.unwrap();
         assert!(err.contains("drawbridge itself listens there") && err.contains(key) && err.contains("loop"), "{err}");
-        assert_no_trace(&g.a, domain);
+        assert_no_trace(&g.a, domain).await;
     }
     // Not one stream reached a listener of A.
     let inbound = g.a.engine.connections(true).into_iter().filter(|c| c.direction == Direction::In).count();
@@ -347,7 +324,7 @@ async fn a_stream_that_comes_back_through_a_forwarder_is_recognised_and_refused(
 async fn comes_back_through_a_forwarder(auth: &str) {
     let g = gateway(auth).await;
     let world = &g._dns.0;
-    let (to_gateway, n_gateway) = forwarder(g.a.engine.shared.listening_gateway[0]).await;
+    let (to_gateway, n_gateway) = forwarder(g.a.engine.listening().gateway[0]).await;
     let (to_public, n_public) = forwarder(g.a.addr).await;
     world.add_a("xmpp.fwd.test", std::net::Ipv4Addr::LOCALHOST).await;
     world.add_srv("fwd.test", 0, 5, "xmpp.fwd.test", to_gateway).await;
@@ -357,7 +334,7 @@ async fn comes_back_through_a_forwarder(auth: &str) {
         assert!(!r.ok, "{r:?}");
         let err = r.error.unwrap();
         assert!(err.contains("leads back to this server") && err.contains("a loop"), "{auth}: {err}");
-        assert_no_trace(&g.a, domain);
+        assert_no_trace(&g.a, domain).await;
     }
     let n = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!((n(&n_gateway), n(&n_public)), (1, 1), "{auth}: one connection each, no loop");
@@ -370,7 +347,7 @@ async fn comes_back_through_a_forwarder(auth: &str) {
 async fn a_dialback_claim_whose_callback_leads_to_the_gateway_leaves_nothing_on_disk() {
     let g = gateway("pki").await;
     let world = &g._dns.0;
-    let gl = g.a.engine.shared.listening_gateway[0];
+    let gl = g.a.engine.listening().gateway[0];
     let (to_gateway, _) = forwarder(gl).await;
     world.add_a("xmpp.claim.test", std::net::Ipv4Addr::LOCALHOST).await;
     world.add_srv("claim.test", 0, 5, "xmpp.claim.test", gl.port()).await;
@@ -386,7 +363,7 @@ async fn a_dialback_claim_whose_callback_leads_to_the_gateway_leaves_nothing_on_
             }
         };
         assert_ne!(answer.get_attr("type"), Some("valid"), "{}", answer.to_xml());
-        assert_no_trace(&g.a, domain);
+        assert_no_trace(&g.a, domain).await;
     }
 }
 
@@ -395,7 +372,7 @@ async fn a_dialback_claim_whose_callback_leads_to_the_gateway_leaves_nothing_on_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_listener_accepts_only_the_internal_servers_address() {
     let g = gateway_with("pki", "allow = [\"127.0.0.2\"]\n").await;
-    let listen = g.a.engine.shared.listening_gateway[0];
+    let listen = g.a.engine.listening().gateway[0];
     // From 127.0.0.1: closed at once, nothing said.
     let mut tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -412,7 +389,7 @@ async fn the_gateway_listener_accepts_only_the_internal_servers_address() {
     // The internal server itself (127.0.0.1) is now a stranger: its ping to the world fails.
     let r = within("C's probe", g.c.engine.probe("w.test", None)).await;
     assert!(!r.ok, "{r:?}");
-    assert_no_trace(&g.a, "m.test");
+    assert_no_trace(&g.a, "m.test").await;
 }
 
 /// Under pki the internal server is authenticated against `gateway.internal_ca` only: here
@@ -428,7 +405,7 @@ async fn the_internal_server_is_judged_against_gateway_internal_ca_only() {
     assert!(!r.ok, "{r:?}");
     let r = within("the world's probe of C", g.b.engine.probe("h.test", None)).await;
     assert!(!r.ok, "{r:?}");
-    let outcomes = g.a.engine.shared.outcomes();
+    let outcomes = g.a.engine.outcomes();
     assert!(
         !outcomes.iter().any(|o| o.remote == "h.test" && o.result == drawbridge::engine::events::VerificationResult::Valid),
         "{outcomes:#?}"
@@ -442,7 +419,7 @@ async fn the_internal_server_is_judged_against_gateway_internal_ca_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_that_are_not_the_internal_servers_mint_nothing() {
     let g = gateway_with("pki", "mints_per_minute = 2\n").await;
-    let listen = g.a.engine.shared.listening_gateway[0];
+    let listen = g.a.engine.listening().gateway[0];
     let headers = [
         "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0' to='m1.test'>".to_owned(),
         header("stranger.test", "m2.test"),
@@ -472,7 +449,7 @@ async fn headers_that_are_not_the_internal_servers_mint_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_internal_servers_stanzas_to_hosted_domains_never_go_out() {
     let g = gateway("pki").await;
-    let listen = g.a.engine.shared.listening_gateway[0];
+    let listen = g.a.engine.listening().gateway[0];
     // Playing the internal server: its certificate for h.test (from the test CA).
     let dir_c = g._dirs[1].path();
     let pem = |f: &str| std::fs::read(dir_c.join(f)).unwrap();
@@ -511,7 +488,7 @@ async fn the_internal_servers_stanzas_to_hosted_domains_never_go_out() {
 #[ignore = "shows what gateway.allow cannot tell apart: processes sharing the internal server's address"]
 async fn a_local_process_at_the_internal_servers_address_cannot_spend_the_mint_budget() {
     let g = gateway_with("pki", "mints_per_minute = 2\n").await;
-    let listen = g.a.engine.shared.listening_gateway[0];
+    let listen = g.a.engine.listening().gateway[0];
     for world in ["m1.test", "m2.test"] {
         let mut p = RawPeer::connect(listen).await;
         let (_, f) = p.open("h.test", world).await;

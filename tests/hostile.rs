@@ -153,7 +153,7 @@ async fn stalled_peer(extra: &str) -> (Dns, TestServer, HandPlayed, drawbridge::
     dns.add_a("xmpp.slow.test", std::net::Ipv4Addr::LOCALHOST).await;
     dns.add_srv("slow.test", 0, 5, "xmpp.slow.test", listener.local_addr().unwrap().port()).await;
     let peer = hand_played_on(&server, "slow.test", listener).await;
-    (dns, server, peer, events)
+    (dns, server, peer, events.into_events())
 }
 
 /// Pings into the server until its writes towards the peer are stuck. Each ping's id is
@@ -162,8 +162,8 @@ async fn stalled_peer(extra: &str) -> (Dns, TestServer, HandPlayed, drawbridge::
 /// Stuck means the outbound stream's bytes written stop moving for a second while pings
 /// keep coming, or the server stops taking pings (its answers wait for room in the link's
 /// queue, so it reads no more: TCP pushes back). Bounded in count and time.
-async fn fill_until_stuck(peer: &mut RawPeer, shared: &drawbridge::engine::Shared) {
-    let written = || shared.table.snapshots(false).into_iter().find(|c| c.direction == Direction::Out).map_or(0, |c| c.bytes_out);
+async fn fill_until_stuck(peer: &mut RawPeer, engine: &drawbridge::engine::EngineHandle) {
+    let written = || engine.connections(false).into_iter().find(|c| c.direction == Direction::Out).map_or(0, |c| c.bytes_out);
     let (mut last, mut since) = (written(), std::time::Instant::now());
     let pad = "x".repeat(1000);
     for batch in 0..2000 {
@@ -211,7 +211,7 @@ async fn peer_that_never_reads_is_closed_by_the_write_deadline() {
     let id = outbound_id(&server);
     let stuck = Arc::new(AtomicBool::new(false));
     let flag = stuck.clone();
-    let shared = server.engine.shared.clone();
+    let shared = server.engine.handle();
     let filler = tokio::spawn(async move {
         fill_until_stuck(&mut to_server, &shared).await;
         flag.store(true, Ordering::SeqCst);
@@ -230,7 +230,7 @@ async fn peer_that_never_reads_is_closed_by_the_write_deadline() {
 async fn ctl_close_ends_a_stream_whose_write_is_blocked() {
     let (_dns, server, peer, mut events) = stalled_peer("[timeouts]\nwrite = \"10m\"\n").await;
     let HandPlayed { mut to_server, from_server } = peer;
-    fill_until_stuck(&mut to_server, &server.engine.shared).await;
+    fill_until_stuck(&mut to_server, &server.engine).await;
     let id = outbound_id(&server);
     assert!(server.engine.close_stream(&id, "operator test"));
     // Far inside the 10 minutes the write would wait.
@@ -298,18 +298,9 @@ async fn unauthenticated_claims_are_never_persisted() {
     let dns = Dns::start().await;
     // The per-stream rate limit is tested on its own; here the claims must all be answered.
     let server = start_server("island.test", &dns, "[limits]\nverifications_per_minute = 5000\n").await;
-    let sh = &server.engine.shared;
     // A domain the operator knows: claims in its name are not persisted either.
-    drawbridge::engine::change_domain(
-        sh,
-        &drawbridge::domain::Domain::parse("known.test").unwrap(),
-        drawbridge::policy::Change::Approve,
-        "tester",
-        None,
-    )
-    .await
-    .unwrap();
-    let domains_before = sh.store.domains().unwrap().len();
+    change(&server.engine, Request::Approve { domain: "known.test".into(), reason: None }).await;
+    let domains_before = server.engine.testing().stored_domains().len();
     let (mut p, _, _) = tls_peer(&server, "claimer.test").await;
     // Empty keys for 1 000 made-up domains and one known one (answered invalid, one by one).
     let mut batch = String::new();
@@ -325,14 +316,16 @@ async fn unauthenticated_claims_are_never_persisted() {
             answered += 1;
         }
     }
-    assert_eq!(sh.store.domains().unwrap().len(), domains_before, "domain records were created for unauthenticated claims");
-    assert!(sh.policy.record("made-up-7.test").is_none());
+    assert_eq!(server.engine.testing().stored_domains().len(), domains_before, "domain records were created for unauthenticated claims");
+    assert!(record(&server.engine, "made-up-7.test").await.is_none());
     assert!(
-        sh.store.outcomes(None, 5000).unwrap().iter().all(|o| !o.remote.starts_with("made-up-")),
+        server.engine.testing().stored_outcomes(None, 5000).iter().all(|o| !o.remote.starts_with("made-up-")),
         "outcomes of claims reached the disk"
     );
     // The operator still sees them, from memory, bounded.
-    let seen = sh.outcomes_for(None, 5000).unwrap();
+    let Reply::Outcomes(seen) = ask(&server.engine, Request::Verifications { domain: None, limit: Some(5000) }).await else {
+        panic!("verifications answer with outcomes")
+    };
     let claims = seen.iter().filter(|o| o.remote.starts_with("made-up-")).count();
     assert!((1..=drawbridge::engine::UNAUTHENTICATED_RING).contains(&claims), "{claims}");
     assert!(seen.iter().any(|o| o.remote == "made-up-999.test" && o.reason.contains("empty dialback key")));
@@ -353,7 +346,7 @@ async fn header_names_longer_than_a_domain_end_the_stream() {
     let e = p.expect_stream_error().await;
     assert_eq!(e.condition, drawbridge::proto::stream::StreamErrorCondition::HostUnknown, "{e}");
     assert!(e.text.len() < 300, "{} bytes", e.text.len());
-    assert!(server.engine.shared.store.domains().unwrap().is_empty());
+    assert!(server.engine.testing().stored_domains().is_empty());
 }
 
 /// A raw connection from `src` (a loopback address) to `dst`.
@@ -401,8 +394,8 @@ async fn an_inbound_flood_cannot_stop_outbound_federation() {
     // Outbound federation has its own room: b's stream to a opens and authenticates while
     // b's door is full (a's answers would need b's inbound room, which the flood holds).
     let probe = tokio::spawn({
-        let shared = b.engine.shared.clone();
-        async move { drawbridge::engine::probe(&shared, "a.test", None).await }
+        let b = b.engine.handle();
+        async move { b.probe("a.test", None).await }
     });
     wait_event(&mut b_events, "b's outbound stream to a authenticated", |e| {
         matches!(e, Event::PairAuthorised { remote, .. } if remote == "a.test")
@@ -528,7 +521,7 @@ async fn idle_inbound_streams_are_closed() {
 async fn a_link_that_makes_no_room_bounces_requests_after_the_write_deadline() {
     let (_dns, server, peer, _events) = stalled_peer("[timeouts]\nwrite = \"2s\"\n").await;
     let HandPlayed { mut to_server, from_server } = peer;
-    fill_until_stuck(&mut to_server, &server.engine.shared).await;
+    fill_until_stuck(&mut to_server, &server.engine).await;
     let r = tokio::time::timeout(LOADED, server.engine.probe("slow.test", None)).await.expect("the probe is answered");
     let err = r.error.unwrap_or_default();
     // Bounced: by the overflow rule if the link is still there at the deadline, else by the
@@ -545,7 +538,7 @@ async fn a_link_that_makes_no_room_bounces_requests_after_the_write_deadline() {
 async fn a_stream_blocked_in_a_write_still_reads_its_peer() {
     let (_dns, server, peer, mut events) = stalled_peer("[timeouts]\nwrite = \"10m\"\n").await;
     let HandPlayed { mut to_server, mut from_server } = peer;
-    fill_until_stuck(&mut to_server, &server.engine.shared).await;
+    fill_until_stuck(&mut to_server, &server.engine).await;
     let id = outbound_id(&server);
     assert!(server.engine.connections(false).iter().any(|c| c.id == id), "the outbound stream is still open, its write waiting");
     // The peer closes the stream the server writes to (never reading what is queued).

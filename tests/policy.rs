@@ -6,8 +6,7 @@ mod common;
 use common::*;
 use drawbridge::domain::Domain;
 use drawbridge::engine::events::{Direction, Event};
-use drawbridge::engine::{change_domain, change_mode};
-use drawbridge::policy::{Change, DomainState, Mode};
+use drawbridge::policy::{DomainState, Mode};
 use drawbridge::proto::stream::StreamErrorCondition as C;
 
 fn d(s: &str) -> Domain {
@@ -37,11 +36,10 @@ async fn block_closes_live_streams_refuses_both_ways_and_expires() {
     assert!(within("probe", a.engine.probe("b.test", None)).await.ok);
 
     let mut events = b.engine.subscribe();
-    let (rec, changed, closed) =
-        change_domain(&b.engine.shared, &d("a.test"), Change::Block { expires_ms: None }, "tester", Some("flooding")).await.unwrap();
-    assert!(changed);
-    assert_eq!(rec.state, DomainState::Blocked);
-    assert_eq!(closed.len(), 2, "both streams with a.test close at once");
+    let c = change(&b.engine, Request::Block { domain: "a.test".into(), for_secs: None, reason: Some("flooding".into()) }).await;
+    assert!(c.changed);
+    assert_eq!(c.record.state, DomainState::Blocked);
+    assert_eq!(c.closed_streams.len(), 2, "both streams with a.test close at once");
     for reason in wait_closed_with(&mut events, "a.test", 2).await {
         assert!(reason.contains("a.test is blocked: flooding"), "{reason}");
     }
@@ -56,15 +54,7 @@ async fn block_closes_live_streams_refuses_both_ways_and_expires() {
     assert!(b.engine.connections(false).iter().all(|c| c.direction != Direction::Out), "no connection attempted");
 
     // A block for one second lifts by itself.
-    change_domain(
-        &b.engine.shared,
-        &d("a.test"),
-        Change::Block { expires_ms: Some(drawbridge::engine::events::now_ms() + 1000) },
-        "tester",
-        Some("cool down"),
-    )
-    .await
-    .unwrap();
+    change(&b.engine, Request::Block { domain: "a.test".into(), for_secs: Some(1), reason: Some("cool down".into()) }).await;
     wait_event(
         &mut events,
         "the block to expire",
@@ -73,7 +63,7 @@ async fn block_closes_live_streams_refuses_both_ways_and_expires() {
     .await;
     let r = within("probe after expiry", a.engine.probe("b.test", None)).await;
     assert!(r.ok, "{:?}", r.error);
-    let log = b.engine.shared.store.policy_log(Some("a.test"), 10).unwrap();
+    let log = domain_report(&b.engine, "a.test").await.policy_log;
     assert_eq!(log[0].action, "block expired");
     assert!(log.iter().any(|a| a.who == "tester" && a.reason.as_deref() == Some("flooding")));
 }
@@ -83,9 +73,7 @@ async fn blacklisting_a_parent_refuses_subdomains_even_before_tls() {
     let dns = Dns::start().await;
     let a = start_published("chat.evil.test", &dns, "").await;
     let b = start_published("b.test", &dns, "").await;
-    change_domain(&b.engine.shared, &d("evil.test"), Change::Blacklist { source: "operator".into() }, "tester", Some("spam source"))
-        .await
-        .unwrap();
+    change(&b.engine, Request::Blacklist { domain: "evil.test".into(), reason: "spam source".into() }).await;
     let r = within("probe from the subdomain", a.engine.probe("b.test", None)).await;
     assert!(!r.ok);
     let r = within("probe to the subdomain", b.engine.probe("chat.evil.test", None)).await;
@@ -118,7 +106,7 @@ async fn approval_mode_holds_then_releases_in_order_or_refuses() {
     for i in 1..=3 {
         o.to_server.send(&format!("<iq type='get' id='held{i}' from='o.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>")).await;
     }
-    let pending = b.engine.shared.policy.records(Some(DomainState::Pending));
+    let pending = domains(&b.engine, Some("pending")).await;
     assert_eq!(pending.iter().map(|r| r.domain.as_str()).collect::<Vec<_>>(), vec!["o.test"]);
     o.to_server.send("<iq type='get' id='sync' from='o.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
     // Nothing was routed yet: the held stream counted no stanza.
@@ -129,7 +117,7 @@ async fn approval_mode_holds_then_releases_in_order_or_refuses() {
         .find(|c| c.direction == Direction::In && c.pairs.iter().any(|p| p.remote == "o.test"))
         .unwrap();
     assert_eq!(held.stanzas_in, 0);
-    change_domain(&b.engine.shared, &d("o.test"), Change::Approve, "tester", None).await.unwrap();
+    change(&b.engine, Request::Approve { domain: "o.test".into(), reason: None }).await;
     for id in ["held1", "held2", "held3", "sync"] {
         let pong = o.next_stanza().await;
         assert_eq!(pong.get_attr("id"), Some(id), "released in order");
@@ -145,7 +133,7 @@ async fn approval_timeout_refuses_and_keeps_the_domain_pending() {
     o.to_server.send("<iq type='get' id='x' from='o.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
     let e = o.to_server.expect_condition(C::PolicyViolation).await;
     assert!(e.text.contains("awaits approval"), "{e}");
-    assert_eq!(b.engine.shared.policy.record("o.test").unwrap().state, DomainState::Pending);
+    assert_eq!(record(&b.engine, "o.test").await.unwrap().state, DomainState::Pending);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,20 +141,22 @@ async fn allowlist_mode_refuses_until_approved() {
     let dns = Dns::start().await;
     let a = start_published("a.test", &dns, "").await;
     let b = start_published("b.test", &dns, "").await;
-    change_mode(&b.engine.shared, Mode::Allowlist, "tester").await.unwrap();
+    ask(&b.engine, Request::Mode { mode: "allowlist".into() }).await;
     let r = within("probe refused", a.engine.probe("b.test", None)).await;
     assert!(!r.ok);
     // Refused at once, before it proved anything: shown among the verifications (memory
     // only), not written as a domain record — an unauthenticated claim never grows the store.
-    assert!(b.engine.shared.policy.record("a.test").is_none());
-    let refused = b.engine.shared.outcomes_for(Some("a.test"), 10).unwrap();
+    assert!(record(&b.engine, "a.test").await.is_none());
+    let Reply::Outcomes(refused) = ask(&b.engine, Request::Verifications { domain: Some("a.test".into()), limit: Some(10) }).await else {
+        panic!("verifications answer with outcomes")
+    };
     assert!(
         refused.iter().any(|o| o.result == drawbridge::engine::events::VerificationResult::Refused
             && o.method == drawbridge::engine::events::AuthMethod::Policy
             && o.reason.contains("allowlist")),
         "{refused:?}"
     );
-    change_domain(&b.engine.shared, &d("a.test"), Change::Approve, "tester", None).await.unwrap();
+    change(&b.engine, Request::Approve { domain: "a.test".into(), reason: None }).await;
     let r = within("probe allowed", a.engine.probe("b.test", None)).await;
     assert!(r.ok, "{:?}", r.error);
 }
@@ -177,28 +167,32 @@ async fn restart_keeps_states_mode_history_and_outcomes() {
     let a = start_published("a.test", &dns, "").await;
     let b = start_published("b.test", &dns, "").await;
     assert!(within("probe", a.engine.probe("b.test", None)).await.ok);
-    let sh = &b.engine.shared;
-    change_domain(sh, &d("blocked.test"), Change::Block { expires_ms: None }, "tester", Some("r1")).await.unwrap();
-    change_domain(sh, &d("evil.test"), Change::Blacklist { source: "operator".into() }, "tester", Some("r2")).await.unwrap();
-    change_domain(sh, &d("good.test"), Change::Approve, "tester", None).await.unwrap();
-    change_mode(sh, Mode::Approval, "tester").await.unwrap();
-    let before: Vec<_> = sh.policy.records(None).into_iter().map(|r| (r.domain, r.state, r.reason)).collect();
+    change(&b.engine, Request::Block { domain: "blocked.test".into(), for_secs: None, reason: Some("r1".into()) }).await;
+    change(&b.engine, Request::Blacklist { domain: "evil.test".into(), reason: "r2".into() }).await;
+    change(&b.engine, Request::Approve { domain: "good.test".into(), reason: None }).await;
+    ask(&b.engine, Request::Mode { mode: "approval".into() }).await;
+    let before: Vec<_> = domains(&b.engine, None).await.into_iter().map(|r| (r.domain, r.state, r.reason)).collect();
     let text =
         drawbridge::config::Settings::parse(&config_text("b.test", b.dir.path(), dns.addr, ""), &b.dir.path().join("drawbridge.toml"))
             .unwrap();
     let TestServer { engine, dir, .. } = b;
     engine.shutdown().await;
     let again = drawbridge::engine::Engine::start(text).await.unwrap();
-    let sh = &again.shared;
-    let after: Vec<_> = sh.policy.records(None).into_iter().map(|r| (r.domain, r.state, r.reason)).collect();
+    let after: Vec<_> = domains(&again, None).await.into_iter().map(|r| (r.domain, r.state, r.reason)).collect();
     assert_eq!(after, before);
-    assert_eq!(sh.policy.mode(), Mode::Approval);
+    assert_eq!(again.status().mode, Mode::Approval.as_str());
     assert!(
-        sh.store.outcomes(Some("a.test"), 10).unwrap().iter().any(|o| o.result == drawbridge::engine::events::VerificationResult::Valid)
+        again
+            .testing()
+            .stored_outcomes(Some("a.test"), 10)
+            .iter()
+            .any(|o| o.result == drawbridge::engine::events::VerificationResult::Valid)
     );
-    let history = sh.store.history(Some("a.test"), 10).unwrap();
+    let Reply::Streams(history) = ask(&again, Request::History { domain: Some("a.test".into()), limit: Some(10) }).await else {
+        panic!("history answers with streams")
+    };
     assert!(!history.is_empty(), "closed streams are in the history");
-    let rec = sh.policy.record("a.test").unwrap();
+    let rec = record(&again, "a.test").await.unwrap();
     assert!(rec.streams_in >= 1 && rec.last_verification.is_some(), "{rec:?}");
     drop(dir);
 }
@@ -211,8 +205,8 @@ async fn approval_mode_holds_outbound_traffic_until_approved() {
     let _a = start_published("a.test", &dns, "").await;
     let b = start_published("b.test", &dns, "[policy]\nmode = \"approval\"\n").await;
     let mut events = b.engine.subscribe();
-    let shared = b.engine.shared.clone();
-    let probe = tokio::spawn(async move { drawbridge::engine::probe(&shared, "a.test", None).await });
+    let engine = b.engine.handle();
+    let probe = tokio::spawn(async move { engine.probe("a.test", None).await });
     wait_event(
         &mut events,
         "a.test pending",
@@ -220,7 +214,7 @@ async fn approval_mode_holds_outbound_traffic_until_approved() {
     )
     .await;
     assert!(!probe.is_finished(), "the ping is held, not answered");
-    change_domain(&b.engine.shared, &d("a.test"), Change::Approve, "tester", None).await.unwrap();
+    change(&b.engine, Request::Approve { domain: "a.test".into(), reason: None }).await;
     let r = within("the held probe", probe).await.unwrap();
     assert!(r.ok, "{:?}", r.error);
 }
@@ -230,18 +224,17 @@ async fn approval_mode_holds_outbound_traffic_until_approved() {
 async fn blacklisting_either_form_of_an_internationalised_name_refuses_the_other() {
     let dns = Dns::start().await;
     let b = start_server("b.test", &dns, "").await;
-    let sh = &b.engine.shared;
-    change_domain(sh, &d("xn--bse-sna.example"), Change::Blacklist { source: "operator".into() }, "tester", Some("evil")).await.unwrap();
-    assert!(matches!(sh.policy.verdict(&d("BÖSE.example")), drawbridge::policy::Verdict::Refuse(_)));
-    assert!(matches!(sh.policy.verdict(&d("sub.böse.example")), drawbridge::policy::Verdict::Refuse(_)), "subdomains too");
+    change(&b.engine, Request::Blacklist { domain: "xn--bse-sna.example".into(), reason: "evil".into() }).await;
+    assert!(domain_report(&b.engine, "BÖSE.example").await.verdict.starts_with("refused"));
+    assert!(domain_report(&b.engine, "sub.böse.example").await.verdict.starts_with("refused"), "subdomains too");
     // A peer naming the U-label in its header is refused at once.
     let mut p = RawPeer::connect(b.addr).await;
     p.send(&header("böse.example", "b.test")).await;
     let e = p.expect_condition(C::PolicyViolation).await;
     assert!(e.text.contains("evil"), "{e}");
     // And the other way round.
-    change_domain(sh, &d("grüße.example"), Change::Block { expires_ms: None }, "tester", None).await.unwrap();
+    change(&b.engine, Request::Block { domain: "grüße.example".into(), for_secs: None, reason: None }).await;
     let a_label = d("grüße.example").ascii().into_owned();
     assert!(a_label.starts_with("xn--"), "{a_label}");
-    assert!(matches!(sh.policy.verdict(&d(&a_label)), drawbridge::policy::Verdict::Refuse(_)));
+    assert!(domain_report(&b.engine, &a_label).await.verdict.starts_with("refused"));
 }

@@ -94,7 +94,8 @@ async fn unreachable_domains_bounce_with_the_reason() {
         assert!(err.contains("remote-server-not-found") && err.contains("refused"), "{err}");
     }
     // The failed attempts are in the table's closed list with their reason.
-    let closed = a.engine.shared.table.closed();
+    let closed: Vec<_> =
+        a.engine.connections(true).into_iter().filter(|c| c.state == drawbridge::engine::events::ConnState::Closed).collect();
     assert!(closed.iter().any(|c| c.direction == Direction::Out
         && c.remote.as_deref() == Some("down.test")
         && c.close_reason.as_deref().unwrap().contains("refused")));
@@ -158,7 +159,7 @@ async fn control_socket_status_connections_close() {
     let mut a = start_published("a.test", &dns, "").await;
     let _b = start_published("b.test", &dns, "").await;
     drawbridge::control::start(&mut a.engine).unwrap();
-    let sock = a.engine.shared.settings.control_socket.clone();
+    let sock = a.engine.settings().control_socket.clone();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
 

@@ -67,11 +67,11 @@ async fn a_peers_stream_error_on_an_inbound_stream_ends_it_quietly_with_its_reas
     let closed = b.engine.connections(true);
     assert!(closed.iter().any(|c| c.id == row.id && c.close_reason.as_deref() == Some(reason.as_str())), "{closed:#?}");
     // The transcript has the error as received and why the stream closed.
-    let lines = b.engine.shared.table.transcript(&row.id).expect("the closed stream's transcript");
+    let lines = b.engine.transcript(&row.id).expect("the closed stream's transcript");
     assert!(lines.iter().any(|l| l.dir == "in" && l.text.contains("<system-shutdown")), "{lines:#?}");
     assert!(lines.iter().any(|l| l.dir == "note" && l.text.contains("closing:") && l.text.contains("<system-shutdown/>")), "{lines:#?}");
     // The claim under way ended with the peer's reason.
-    let outcomes = b.engine.shared.outcomes();
+    let outcomes = b.engine.outcomes();
     let o = outcomes.iter().find(|o| o.remote == "x.test").expect("an outcome for the claim");
     assert_eq!(o.result, VerificationResult::Error, "{o:?}");
     assert!(o.reason.contains("system-shutdown") && o.reason.contains("going down\\nfor maintenance"), "{}", o.reason);
@@ -83,7 +83,7 @@ async fn a_components_stream_error_ends_its_stream_quietly_with_its_reason() {
     let dns = Dns::start().await;
     let cfg = "[components]\nlisten = [\"127.0.0.1:0\"]\n[[component]]\ndomain = \"comp.a.test\"\nsecret = \"a component secret of some length\"\n";
     let a = start_published("a.test", &dns, cfg).await;
-    let addr = a.engine.shared.listening_components[0];
+    let addr = a.engine.listening().components[0];
     let mut events = a.engine.subscribe();
     let mut p = RawPeer::connect(addr).await;
     p.send("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='comp.a.test'>").await;
@@ -214,7 +214,7 @@ async fn a_stanza_over_the_peers_advertised_max_bytes_bounces_to_its_sender_and_
     let cfg = format!("[components]\nlisten = [\"127.0.0.1:0\"]\n[[component]]\ndomain = \"comp.b.test\"\nsecret = \"{COMP_SECRET}\"\n");
     let b = start_published("b.test", &dns, &cfg).await;
     let listener = publish_listener(&dns, "x.test").await;
-    let mut c = component(b.engine.shared.listening_components[0], "comp.b.test").await;
+    let mut c = component(b.engine.listening().components[0], "comp.b.test").await;
     c.send(&message_from_component("first", 1)).await;
     let limits = "<limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>4096</max-bytes><idle-seconds>600</idle-seconds></limits>";
     let mut x = receive_advertising(&listener, "x.test", limits).await;

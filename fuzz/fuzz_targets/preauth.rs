@@ -34,7 +34,7 @@ fn server() -> &'static Server {
         let settings = drawbridge::config::Settings::parse(&text, std::path::Path::new("fuzz.toml")).expect("fuzz config");
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let engine = rt.block_on(drawbridge::engine::Engine::start(settings)).expect("server starts");
-        let addr = engine.listen_addrs()[0];
+        let addr = engine.listening().federation[0];
         Server { rt, addr, _engine: engine }
     })
 }

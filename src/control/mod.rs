@@ -1,162 +1,36 @@
-//! The control socket: the engine's commands and events as JSON lines over a Unix socket
-//! (mode 0600). `drawbridge ctl` is a client; the dashboard's `attach` will be another.
+//! The control socket: transport only. The engine's [`Request`]s, [`Reply`]s and events as
+//! JSON lines over a Unix socket (mode 0600); `drawbridge ctl` and `attach` are its clients.
 //!
 //! Protocol: the client writes one request per line, e.g. `{"cmd":"status"}`; the server
 //! answers one line `{"ok":true,"data":…}` or `{"ok":false,"error":"…"}`. After
 //! `{"cmd":"subscribe"}` the server writes one event per line until the client leaves.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::engine::{self, Shared};
+pub use crate::engine::{ChangeReport, DomainReport, ModeReport, Reply, Request, Snapshot};
+use crate::engine::{EngineError, EngineHandle};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum Request {
-    Status,
-    Connections {
-        #[serde(default)]
-        closed: bool,
-    },
-    Close {
-        id: String,
-    },
-    Probe {
-        domain: String,
-        #[serde(default)]
-        from: Option<String>,
-    },
-    Verifications {
-        #[serde(default)]
-        domain: Option<String>,
-        #[serde(default)]
-        limit: Option<usize>,
-    },
-    Approve {
-        domain: String,
-        #[serde(default)]
-        reason: Option<String>,
-    },
-    Block {
-        domain: String,
-        /// Seconds until the block lifts by itself.
-        #[serde(default)]
-        for_secs: Option<u64>,
-        #[serde(default)]
-        reason: Option<String>,
-    },
-    Blacklist {
-        domain: String,
-        reason: String,
-    },
-    Unblock {
-        domain: String,
-    },
-    Mode {
-        mode: String,
-    },
-    Pending,
-    Domains {
-        #[serde(default)]
-        state: Option<String>,
-    },
-    Domain {
-        domain: String,
-    },
-    History {
-        #[serde(default)]
-        domain: Option<String>,
-        #[serde(default)]
-        limit: Option<usize>,
-    },
-    BlacklistImport {
-        text: String,
-        #[serde(default)]
-        source: Option<String>,
-        #[serde(default)]
-        dry_run: bool,
-    },
-    BlacklistExport,
-    /// Re-read certificates and keys.
-    Reload,
-    /// Everything a dashboard needs to (re)build its model.
-    Snapshot,
-    /// A stream's transcript (live or recently closed).
-    Transcript {
-        id: String,
-    },
-    /// Start/stop recording an established stream's transcript for this client (stops when
-    /// the client disconnects).
-    Watch {
-        id: String,
-        on: bool,
-    },
+/// One line from a client: an engine request, or the socket's own `subscribe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Request(Request),
+    /// Switch this connection to the event stream.
     Subscribe,
 }
 
-/// `Request::Snapshot`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Snapshot {
-    pub status: crate::engine::Status,
-    pub connections: Vec<crate::events::ConnSnapshot>,
-    pub domains: Vec<crate::store::DomainRecord>,
-    pub outcomes: Vec<crate::events::VerificationOutcome>,
-}
-
-/// `ctl domain`: everything known about one domain.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DomainReport {
-    pub domain: String,
-    pub record: Option<crate::store::DomainRecord>,
-    /// The verdict policy gives it now, in words.
-    pub verdict: String,
-    pub outcomes: Vec<crate::events::VerificationOutcome>,
-    pub streams: Vec<crate::events::ConnSnapshot>,
-    pub policy_log: Vec<crate::store::PolicyAction>,
-}
-
-/// The answer to a policy change.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChangeReport {
-    pub record: crate::store::DomainRecord,
-    pub changed: bool,
-    pub closed_streams: Vec<String>,
-}
-
-/// `ctl mode`: the mode now and the streams it closed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModeReport {
-    pub mode: String,
-    pub closed_streams: Vec<String>,
-}
-
-/// The engine's typed answer to a [`Request`]. In the process (the dashboard) it is used as
-/// it is; only on the socket does it become JSON (the payload alone, in [`Response::data`]),
-/// and [`Reply::decode`] turns it back knowing the request.
-#[derive(Debug, Clone)]
-pub enum Reply {
-    Status(Box<crate::engine::Status>),
-    /// A stream list: `connections`, `history`.
-    Streams(Vec<crate::events::ConnSnapshot>),
-    /// Done, in words (`close`, `reload`, `watch`, `subscribe`; the blacklist export).
-    Text(String),
-    Probe(Box<crate::engine::ProbeReport>),
-    Outcomes(Vec<crate::events::VerificationOutcome>),
-    Change(Box<ChangeReport>),
-    Mode(ModeReport),
-    Domains(Vec<crate::policy::DomainRecord>),
-    Domain(Box<DomainReport>),
-    Import(Box<crate::engine::ImportReport>),
-    Snapshot(Box<Snapshot>),
-    Transcript(Vec<crate::events::TranscriptLine>),
+#[derive(Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+enum Transport {
+    Subscribe,
 }
 
 impl Reply {
-    /// The payload as JSON (for the socket).
+    /// The payload as JSON (what the socket carries in [`Response::data`]).
     pub fn to_json(&self) -> serde_json::Value {
         let v = match self {
             Reply::Status(x) => serde_json::to_value(x),
@@ -181,9 +55,7 @@ impl Reply {
         Ok(match req {
             Request::Status => Reply::Status(v(data)?),
             Request::Connections { .. } | Request::History { .. } => Reply::Streams(v(data)?),
-            Request::Close { .. } | Request::Reload | Request::Watch { .. } | Request::Subscribe | Request::BlacklistExport => {
-                Reply::Text(v(data)?)
-            }
+            Request::Close { .. } | Request::Reload | Request::Watch { .. } | Request::BlacklistExport => Reply::Text(v(data)?),
             Request::Probe { .. } => Reply::Probe(v(data)?),
             Request::Verifications { .. } => Reply::Outcomes(v(data)?),
             Request::Approve { .. } | Request::Block { .. } | Request::Blacklist { .. } | Request::Unblock { .. } => {
@@ -215,28 +87,24 @@ impl Response {
     }
 }
 
-impl From<Result<Reply, String>> for Response {
-    fn from(r: Result<Reply, String>) -> Response {
+impl From<Result<Reply, EngineError>> for Response {
+    fn from(r: Result<Reply, EngineError>) -> Response {
         match r {
             Ok(reply) => Response { ok: true, data: Some(reply.to_json()), error: None },
-            Err(e) => Response::err(e),
+            Err(e) => Response::err(e.to_string()),
         }
     }
-}
-
-fn text(s: impl Into<String>) -> Result<Reply, String> {
-    Ok(Reply::Text(s.into()))
 }
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
 
 /// Serve the control socket at `server.control_socket` for as long as the engine runs.
-pub fn start(engine: &mut crate::engine::Engine) -> Result<(), crate::engine::EngineError> {
-    let shared = engine.shared.clone();
-    let path = shared.settings.control_socket.clone();
-    let l = bind(&path).map_err(|err| crate::engine::EngineError::Control { path: path.display().to_string(), err })?;
-    engine.spawn(serve(shared, l));
+pub fn start(engine: &mut crate::engine::Engine) -> Result<(), crate::engine::StartError> {
+    let handle = engine.handle();
+    let path = handle.settings().control_socket.clone();
+    let l = bind(&path).map_err(|err| crate::engine::StartError::Control { path: path.display().to_string(), err })?;
+    engine.spawn(serve(handle, l));
     Ok(())
 }
 
@@ -271,16 +139,16 @@ unsafe extern "C" {
     fn libc_umask(mask: u32) -> u32;
 }
 
-pub async fn serve(shared: Arc<Shared>, listener: UnixListener) {
+pub async fn serve(engine: EngineHandle, listener: UnixListener) {
     loop {
         let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = engine.stopped() => return,
             a = listener.accept() => a,
         };
         match accepted {
             Ok((stream, _)) => {
-                let who = peer_user(&stream);
-                shared.tasks.spawn(client(shared.clone(), stream, who));
+                let client = client(engine.acting_as(peer_user(&stream)), stream);
+                engine.spawn_task(client);
             }
             Err(e) => {
                 tracing::warn!("control socket accept failed: {e}");
@@ -306,29 +174,34 @@ fn peer_user(stream: &UnixStream) -> String {
     }
 }
 
-async fn client(shared: Arc<Shared>, stream: UnixStream, who: String) {
+async fn client(engine: EngineHandle, stream: UnixStream) {
+    // Transcripts this connection follows: no longer once it leaves.
     let mut watching: Vec<String> = Vec::new();
     tokio::select! {
-        _ = client_loop(&shared, stream, &who, &mut watching) => {}
-        _ = shared.shutdown.cancelled() => {}
+        _ = client_loop(&engine, stream, &mut watching) => {}
+        _ = engine.stopped() => {}
     }
     for id in watching {
-        if let Some(e) = shared.table.get(&id) {
-            e.watch(false);
-        }
+        let _ = engine.execute(Request::Watch { id, on: false }).await;
     }
 }
 
 /// One request line (JSON) as read from the socket.
-pub fn parse_request(line: &[u8]) -> Result<Request, serde_json::Error> {
-    serde_json::from_slice(line.trim_ascii())
+pub fn parse_request(line: &[u8]) -> Result<Command, serde_json::Error> {
+    let line = line.trim_ascii();
+    match serde_json::from_slice::<Request>(line) {
+        Ok(r) => Ok(Command::Request(r)),
+        Err(e) => match serde_json::from_slice::<Transport>(line) {
+            Ok(Transport::Subscribe) => Ok(Command::Subscribe),
+            Err(_) => Err(e),
+        },
+    }
 }
 
-async fn client_loop(shared: &Arc<Shared>, stream: UnixStream, who: &str, watching: &mut Vec<String>) {
+async fn client_loop(engine: &EngineHandle, stream: UnixStream, watching: &mut Vec<String>) {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r);
     let mut line = String::new();
-    let shared = shared.clone();
     loop {
         line.clear();
         let n = match (&mut lines).take(MAX_LINE as u64).read_line(&mut line).await {
@@ -342,8 +215,9 @@ async fn client_loop(shared: &Arc<Shared>, stream: UnixStream, who: &str, watchi
             let _ = write_json(&mut w, &Response::err(format!("request longer than {MAX_LINE} bytes"))).await;
             return;
         }
-        let req: Request = match parse_request(line.as_bytes()) {
-            Ok(r) => r,
+        let req = match parse_request(line.as_bytes()) {
+            Ok(Command::Request(r)) => r,
+            Ok(Command::Subscribe) => return events(engine, &mut w).await,
             Err(e) => {
                 if write_json(&mut w, &Response::err(format!("bad request: {e}"))).await.is_err() {
                     return;
@@ -351,175 +225,58 @@ async fn client_loop(shared: &Arc<Shared>, stream: UnixStream, who: &str, watchi
                 continue;
             }
         };
-        if req == Request::Subscribe {
-            let mut rx = shared.events.subscribe();
-            if write_json(&mut w, &Response::from(text("subscribed"))).await.is_err() {
-                return;
-            }
-            loop {
-                match rx.recv().await {
-                    Ok(ev) => {
-                        if write_json(&mut w, &ev).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(crate::events::bus::RecvError::Lagged(n)) => {
-                        // Lossy by design: tell the client so it can resynchronise from a snapshot.
-                        if write_json(&mut w, &serde_json::json!({"event": "lagged", "missed": n})).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => return,
-                }
-            }
-        }
-        if let Request::Watch { id, on } = &req {
-            let resp = match shared.table.get(id) {
-                Some(e) => {
-                    if *on && !watching.contains(id) {
-                        e.watch(true);
-                        watching.push(id.clone());
-                    } else if !*on && watching.contains(id) {
-                        e.watch(false);
-                        watching.retain(|x| x != id);
-                    }
-                    Response::from(text("ok"))
-                }
-                None => Response::err(format!("no live stream with id {id}")),
+        // A connection watches a stream at most once, and stops when it leaves.
+        if let Request::Watch { id, on } = &req
+            && *on == watching.contains(id)
+        {
+            let resp = match engine.connections(false).iter().any(|c| &c.id == id) {
+                true => Response::from(Ok(Reply::Text("ok".into()))),
+                false => Response::from(Err(EngineError::NoLiveStream(id.clone()))),
             };
             if write_json(&mut w, &resp).await.is_err() {
                 return;
             }
             continue;
         }
-        let resp = Response::from(handle(&shared, req, who).await);
-        if write_json(&mut w, &resp).await.is_err() {
+        let watch = match &req {
+            Request::Watch { id, on } => Some((id.clone(), *on)),
+            _ => None,
+        };
+        let result = engine.execute(req).await;
+        if let (Some((id, on)), Ok(_)) = (watch, &result) {
+            if on {
+                watching.push(id);
+            } else {
+                watching.retain(|x| *x != id);
+            }
+        }
+        if write_json(&mut w, &Response::from(result)).await.is_err() {
             return;
         }
     }
 }
 
-async fn handle(shared: &Arc<Shared>, req: Request, who: &str) -> Result<Reply, String> {
-    use crate::domain::Domain;
-    use crate::policy::{Change, DomainState, Mode};
-    let parse = |d: &str| Domain::parse(d).map_err(|e| format!("{d:?} is not a valid domain: {e}"));
-    let change = |domain: String, change: Change, reason: Option<String>| {
-        let shared = shared.clone();
-        let who = who.to_owned();
-        async move {
-            let d = match Domain::parse(&domain) {
-                Ok(d) => d,
-                Err(e) => return Err(format!("{domain:?} is not a valid domain: {e}")),
-            };
-            if shared.is_server_domain(&d) {
-                return Err(format!("{d} is hosted here; policy applies to remote domains"));
-            }
-            match engine::change_domain(&shared, &d, change, &who, reason.as_deref()).await {
-                Ok((record, changed, closed_streams)) => Ok(Reply::Change(Box::new(ChangeReport { record, changed, closed_streams }))),
-                Err(e) => Err(format!("not saved (the previous policy stays in force): {e}")),
-            }
-        }
-    };
-    match req {
-        Request::Status => Ok(Reply::Status(Box::new(engine::status(shared)))),
-        Request::Connections { closed } => Ok(Reply::Streams(shared.table.snapshots(closed))),
-        Request::Close { id } => {
-            if engine::close_stream(shared, &id, "closed by the operator (ctl close)") {
-                text(format!("closing stream {id}"))
-            } else {
-                Err(format!("no live stream with id {id} (see `drawbridge ctl connections`)"))
-            }
-        }
-        Request::Probe { domain, from } => Ok(Reply::Probe(Box::new(engine::probe(shared, &domain, from.as_deref()).await))),
-        Request::Verifications { domain, limit } => {
-            shared.outcomes_for(domain.as_deref(), limit.unwrap_or(50)).map(Reply::Outcomes).map_err(|e| e.to_string())
-        }
-        Request::History { domain, limit } => {
-            shared.store.history(domain.as_deref(), limit.unwrap_or(50)).map(Reply::Streams).map_err(|e| e.to_string())
-        }
-        Request::Approve { domain, reason } => change(domain, Change::Approve, reason).await,
-        Request::Block { domain, for_secs, reason } => {
-            let expires_ms = for_secs.map(|s| crate::events::now_ms() + s * 1000);
-            change(domain, Change::Block { expires_ms }, reason).await
-        }
-        Request::Blacklist { domain, reason } => {
-            if reason.trim().is_empty() {
-                return Err("a blacklist entry needs a reason (--reason)".into());
-            }
-            change(domain, Change::Blacklist { source: "operator".into() }, Some(reason)).await
-        }
-        Request::Unblock { domain } => change(domain, Change::Unblock, None).await,
-        Request::Mode { mode } => match Mode::parse(&mode) {
-            Some(m) => match engine::change_mode(shared, m, who).await {
-                Ok(closed_streams) => Ok(Reply::Mode(ModeReport { mode: m.as_str().to_owned(), closed_streams })),
-                Err(e) => Err(format!("not saved (the previous policy stays in force): {e}")),
-            },
-            None => Err(format!("{mode:?} is not a mode: open, approval or allowlist")),
-        },
-        Request::Pending => Ok(Reply::Domains(shared.policy.records(Some(DomainState::Pending)))),
-        Request::Domains { state } => match state.as_deref().map(|s| DomainState::parse(s).ok_or(s)) {
-            Some(Err(s)) => Err(format!("{s:?} is not a state: unknown, pending, approved, blocked, blacklisted")),
-            Some(Ok(st)) => Ok(Reply::Domains(shared.policy.records(Some(st)))),
-            None => Ok(Reply::Domains(shared.policy.records(None))),
-        },
-        Request::Domain { domain } => {
-            let d = parse(&domain)?;
-            let verdict = match shared.policy.verdict(&d) {
-                crate::policy::Verdict::Allow => "allowed to federate".to_owned(),
-                crate::policy::Verdict::Hold => "held until approved (policy mode approval)".to_owned(),
-                crate::policy::Verdict::Refuse(why) => format!("refused: {why}"),
-            };
-            let store = &shared.store;
-            let report = (|| -> Result<DomainReport, crate::store::StoreError> {
-                Ok(DomainReport {
-                    domain: d.to_string(),
-                    record: shared.policy.record(d.as_str()),
-                    verdict,
-                    outcomes: shared.outcomes_for(Some(d.as_str()), 10)?,
-                    streams: store.history(Some(d.as_str()), 10)?,
-                    policy_log: store.policy_log(Some(d.as_str()), 10)?,
-                })
-            })();
-            report.map(|r| Reply::Domain(Box::new(r))).map_err(|e| e.to_string())
-        }
-        Request::BlacklistImport { text: list, source, dry_run } => {
-            let source = source.unwrap_or_else(|| "import".into());
-            match engine::import_blacklist(shared, &list, &source, who, dry_run).await {
-                Ok(r) => Ok(Reply::Import(Box::new(r))),
-                Err(e) => Err(format!("not saved (the previous policy stays in force): {e}")),
-            }
-        }
-        Request::BlacklistExport => text(crate::policy::export_blacklist(&shared.policy.records(Some(DomainState::Blacklisted)))),
-        Request::Snapshot => Ok(Reply::Snapshot(Box::new(snapshot(shared)))),
-        Request::Reload => shared.reload_tls().map(Reply::Text),
-        Request::Transcript { id } => match shared.table.transcript(&id) {
-            Some(t) => Ok(Reply::Transcript(t)),
-            None => Err(format!("no stream with id {id} (live or recently closed)")),
-        },
-        Request::Subscribe | Request::Watch { .. } => Err("handled by the connection loop".into()),
+/// The rest of a subscribed connection: "subscribed", then one event per line.
+async fn events(engine: &EngineHandle, w: &mut tokio::net::unix::OwnedWriteHalf) {
+    let mut rx = engine.subscribe().into_events();
+    if write_json(w, &Response::from(Ok(Reply::Text("subscribed".into())))).await.is_err() {
+        return;
     }
-}
-
-/// A request from the in-process dashboard (no socket; `Watch` applies directly).
-pub async fn handle_local(shared: &Arc<Shared>, req: Request, who: &str) -> Result<Reply, String> {
-    if let Request::Watch { id, on } = &req {
-        return match shared.table.get(id) {
-            Some(e) => {
-                e.watch(*on);
-                text("ok")
+    loop {
+        match rx.recv().await {
+            Ok(ev) => {
+                if write_json(w, &ev).await.is_err() {
+                    return;
+                }
             }
-            None => Err(format!("no live stream with id {id}")),
-        };
-    }
-    handle(shared, req, who).await
-}
-
-pub fn snapshot(shared: &Shared) -> Snapshot {
-    Snapshot {
-        status: engine::status(shared),
-        connections: shared.table.snapshots(true),
-        domains: shared.policy.records(None),
-        outcomes: shared.outcomes_for(None, 500).unwrap_or_default(),
+            Err(crate::events::bus::RecvError::Lagged(n)) => {
+                // Lossy by design: tell the client so it can resynchronise from a snapshot.
+                if write_json(w, &serde_json::json!({"event": "lagged", "missed": n})).await.is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
     }
 }
 
@@ -531,15 +288,112 @@ async fn write_json<W: AsyncWriteExt + Unpin>(w: &mut W, v: &impl Serialize) -> 
 
 /// Client side: send one request, read one response.
 pub async fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
-    let stream = UnixStream::connect(path).await.map_err(|e| ControlError::Connect { path: path.display().to_string(), err: e })?;
-    let (r, mut w) = stream.into_split();
+    let (r, mut w) = connect(path).await?.into_split();
     write_json(&mut w, req).await.map_err(ControlError::Io)?;
+    read_response(&mut BufReader::new(r)).await
+}
+
+async fn connect(path: &Path) -> Result<UnixStream, ControlError> {
+    UnixStream::connect(path).await.map_err(|e| ControlError::Connect { path: path.display().to_string(), err: e })
+}
+
+async fn read_response(r: &mut BufReader<OwnedReadHalf>) -> Result<Response, ControlError> {
     let mut line = String::new();
-    BufReader::new(r).read_line(&mut line).await.map_err(ControlError::Io)?;
+    r.read_line(&mut line).await.map_err(ControlError::Io)?;
     if line.is_empty() {
         return Err(ControlError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the control connection")));
     }
     serde_json::from_str(&line).map_err(|e| ControlError::Io(std::io::Error::other(e)))
+}
+
+/// A client's connection kept open across requests (the dashboard over `attach`); one that
+/// broke is opened again once.
+pub struct Connection {
+    path: std::path::PathBuf,
+    conn: tokio::sync::Mutex<Option<(BufReader<OwnedReadHalf>, OwnedWriteHalf)>>,
+}
+
+impl Connection {
+    pub fn new(path: std::path::PathBuf) -> Connection {
+        Connection { path, conn: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The engine's typed answer to `req`, or why there is none.
+    pub async fn request(&self, req: &Request) -> Result<Reply, RequestError> {
+        let mut guard = self.conn.lock().await;
+        let mut broke = None;
+        for _ in 0..2 {
+            let (r, w) = match guard.as_mut() {
+                Some(c) => c,
+                None => {
+                    let (r, w) = connect(&self.path).await?.into_split();
+                    guard.insert((BufReader::new(r), w))
+                }
+            };
+            let answer = match write_json(w, req).await {
+                Ok(()) => read_response(r).await,
+                Err(e) => Err(ControlError::Io(e)),
+            };
+            match answer {
+                Ok(Response { ok: true, data, .. }) => return Ok(Reply::decode(req, data.unwrap_or_default())?),
+                Ok(Response { error, .. }) => return Err(RequestError::Refused(error.unwrap_or_else(|| "failed".into()))),
+                Err(e) => broke = Some(e),
+            }
+            *guard = None;
+        }
+        Err(broke.expect("two attempts").into())
+    }
+}
+
+/// Why a request got no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The engine refused it, in its words.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("unexpected answer: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// What a subscribed connection delivers.
+#[derive(Debug)]
+pub enum Delivered {
+    Event(Box<crate::events::Event>),
+    /// Events were lost (this subscriber fell behind): take a new snapshot.
+    Lagged,
+}
+
+/// A connection turned into the engine's event stream.
+pub struct Events {
+    lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+    /// Closing it would end the subscription.
+    _w: OwnedWriteHalf,
+}
+
+impl Events {
+    /// Subscribe over the socket at `path`.
+    pub async fn subscribe(path: &Path) -> Result<Events, ControlError> {
+        let (r, mut w) = connect(path).await?.into_split();
+        w.write_all(b"{\"cmd\":\"subscribe\"}\n").await.map_err(ControlError::Io)?;
+        let mut r = BufReader::new(r);
+        read_response(&mut r).await?;
+        Ok(Events { lines: r.lines(), _w: w })
+    }
+
+    /// The next event; `None` once the server closed the connection.
+    pub async fn next(&mut self) -> Option<Delivered> {
+        loop {
+            let line = self.lines.next_line().await.ok()??;
+            match serde_json::from_str::<crate::events::Event>(&line) {
+                Ok(ev) => return Some(Delivered::Event(Box::new(ev))),
+                Err(_) if line.contains("\"lagged\"") => return Some(Delivered::Lagged),
+                // An event this client does not know (a newer server): skipped.
+                Err(_) => continue,
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

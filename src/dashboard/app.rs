@@ -11,7 +11,7 @@ use ratatui::DefaultTerminal;
 use super::client::{Client, Incoming};
 use super::input::{Intent, intent};
 use super::state::{Model, Prompt, View};
-use crate::control::{Reply, Request};
+use crate::engine::{Reply, Request};
 use crate::events::TranscriptLine;
 
 const FRAME: Duration = Duration::from_millis(50);

@@ -1,16 +1,12 @@
-//! How the dashboard reaches the engine: in the same process, or over the control socket
-//! (`drawbridge attach`). Both give the same requests and the same event stream.
+//! How the dashboard reaches the engine: its [`EngineHandle`] in the same process, or the
+//! control socket (`drawbridge attach`). Both carry the same requests, replies and events.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 
-use crate::control::{self, Reply, Request, Response, Snapshot};
-use crate::engine::Shared;
+use crate::control::{Connection, Delivered, Events};
+use crate::engine::{EngineHandle, Reply, Request, Snapshot};
 use crate::events::Event;
 
 /// What arrives from the engine.
@@ -24,55 +20,25 @@ pub enum Incoming {
 }
 
 pub enum Client {
-    InProcess { shared: Arc<Shared>, who: String },
-    Socket { path: PathBuf, conn: Mutex<Option<(BufReader<OwnedReadHalf>, OwnedWriteHalf)>> },
+    InProcess(EngineHandle),
+    Socket { path: PathBuf, conn: Connection },
 }
 
 impl Client {
-    pub fn in_process(shared: Arc<Shared>) -> Client {
+    pub fn in_process(engine: EngineHandle) -> Client {
         let who = std::env::var("USER").map(|u| format!("{u} (dashboard)")).unwrap_or_else(|_| "dashboard".into());
-        Client::InProcess { shared, who }
+        Client::InProcess(engine.acting_as(who))
     }
 
     pub fn socket(path: PathBuf) -> Client {
-        Client::Socket { path, conn: Mutex::new(None) }
+        Client::Socket { conn: Connection::new(path.clone()), path }
     }
 
-    /// The engine's typed answer: in the process directly, over the socket decoded from
-    /// the JSON line.
+    /// The engine's typed answer, or why there is none (in words, for the footer).
     pub async fn request(&self, req: Request) -> Result<Reply, String> {
         match self {
-            Client::InProcess { shared, who } => control::handle_local(shared, req, who).await,
-            Client::Socket { path, conn } => {
-                let mut guard = conn.lock().await;
-                for attempt in 0..2 {
-                    if guard.is_none() {
-                        match UnixStream::connect(path).await {
-                            Ok(s) => {
-                                let (r, w) = s.into_split();
-                                *guard = Some((BufReader::new(r), w));
-                            }
-                            Err(e) => return Err(format!("cannot reach drawbridge at {}: {e}", path.display())),
-                        }
-                    }
-                    let (r, w) = guard.as_mut().expect("connected");
-                    let mut line = serde_json::to_string(&req).unwrap_or_default();
-                    line.push('\n');
-                    let mut answer = String::new();
-                    let ok = w.write_all(line.as_bytes()).await.is_ok() && r.read_line(&mut answer).await.map(|n| n > 0).unwrap_or(false);
-                    if ok && let Ok(resp) = serde_json::from_str::<Response>(&answer) {
-                        return match (resp.ok, resp.data, resp.error) {
-                            (true, data, _) => Reply::decode(&req, data.unwrap_or_default()).map_err(|e| format!("unexpected answer: {e}")),
-                            (false, _, e) => Err(e.unwrap_or_else(|| "failed".into())),
-                        };
-                    }
-                    *guard = None;
-                    if attempt == 1 {
-                        break;
-                    }
-                }
-                Err("the control connection broke".into())
-            }
+            Client::InProcess(engine) => engine.execute(req).await.map_err(|e| e.to_string()),
+            Client::Socket { conn, .. } => conn.request(&req).await.map_err(|e| e.to_string()),
         }
     }
 
@@ -87,8 +53,8 @@ impl Client {
     pub async fn events(&self) -> Result<mpsc::Receiver<Incoming>, String> {
         let (tx, rx) = mpsc::channel(4096);
         match self {
-            Client::InProcess { shared, .. } => {
-                let mut sub = shared.events.subscribe();
+            Client::InProcess(engine) => {
+                let mut sub = engine.subscribe().into_events();
                 tokio::spawn(async move {
                     loop {
                         let item = match sub.recv().await {
@@ -104,23 +70,13 @@ impl Client {
                 });
             }
             Client::Socket { path, .. } => {
-                let s = UnixStream::connect(path)
-                    .await
-                    .map_err(|e| format!("cannot reach drawbridge at {}: {e} (is `drawbridge serve` running?)", path.display()))?;
-                let (r, mut w) = s.into_split();
-                w.write_all(b"{\"cmd\":\"subscribe\"}\n").await.map_err(|e| e.to_string())?;
-                let mut lines = BufReader::new(r).lines();
+                let mut events = Events::subscribe(path).await.map_err(|e| e.to_string())?;
                 tokio::spawn(async move {
-                    let _keep = w;
-                    let _ = lines.next_line().await; // the "subscribed" answer
                     loop {
-                        let item = match lines.next_line().await {
-                            Ok(Some(l)) => match serde_json::from_str::<Event>(&l) {
-                                Ok(ev) => Incoming::Event(Box::new(ev)),
-                                Err(_) if l.contains("\"lagged\"") => Incoming::Resync,
-                                Err(_) => continue,
-                            },
-                            Ok(None) | Err(_) => Incoming::Gone("the server closed the control connection".into()),
+                        let item = match events.next().await {
+                            Some(Delivered::Event(ev)) => Incoming::Event(ev),
+                            Some(Delivered::Lagged) => Incoming::Resync,
+                            None => Incoming::Gone("the server closed the control connection".into()),
                         };
                         let gone = matches!(item, Incoming::Gone(_));
                         if tx.send(item).await.is_err() || gone {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::control::Snapshot;
+use crate::engine::Snapshot;
 use crate::engine::Status;
 use crate::events::{ConnSnapshot, ConnState, Event, TranscriptLine, VerificationOutcome};
 use crate::policy::DomainState;
@@ -117,7 +117,7 @@ pub struct Model {
     pub message: Option<String>,
     pub show_help: bool,
     /// A domain's history, shown over the view (Enter in Domains; any key closes).
-    pub domain_report: Option<crate::control::DomainReport>,
+    pub domain_report: Option<crate::engine::DomainReport>,
     pub no_color: bool,
     /// Something changed since the last frame.
     pub dirty: bool,

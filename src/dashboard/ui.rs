@@ -70,7 +70,7 @@ pub fn draw(f: &mut Frame, m: &mut Model) {
 }
 
 /// A domain's history: standing and why, counters, recent verifications, streams, policy log.
-fn draw_domain_report(f: &mut Frame, r: &crate::control::DomainReport, t: &Theme) {
+fn draw_domain_report(f: &mut Frame, r: &crate::engine::DomainReport, t: &Theme) {
     let area = f.area();
     let rect = Rect { x: area.x + 2, y: area.y + 2, width: area.width.saturating_sub(4), height: area.height.saturating_sub(4) };
     let mut lines = vec![Line::from(Span::styled(format!("{}: {}", r.domain, r.verdict), t.header()))];

@@ -10,6 +10,8 @@ use std::time::Duration;
 use drawbridge::config::Settings;
 use drawbridge::domain::Domain;
 use drawbridge::engine::Engine;
+#[allow(unused_imports)]
+pub use drawbridge::engine::{Reply, Request};
 use drawbridge::net::tls::TlsContext;
 use drawbridge::proto::ns;
 use drawbridge::proto::stream::{StreamError, StreamErrorCondition};
@@ -129,7 +131,7 @@ pub async fn start_server(domain: &str, dns: &Dns, extra: &str) -> TestServer {
     let text = config_text(domain, dir.path(), dns.addr, extra);
     let settings = Settings::parse(&text, &dir.path().join("drawbridge.toml")).unwrap();
     let engine = Engine::start(settings).await.unwrap();
-    let addr = engine.listen_addrs()[0];
+    let addr = engine.listening().federation[0];
     TestServer { engine, addr, domain: domain.to_owned(), dir }
 }
 
@@ -581,4 +583,39 @@ pub fn capture_logs() {
 /// What was logged since [`capture_logs`].
 pub fn captured_logs() -> String {
     String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned()
+}
+
+/// An operator's request through the engine's API, as "tester"; it must succeed.
+pub async fn ask(engine: &drawbridge::engine::EngineHandle, req: drawbridge::engine::Request) -> drawbridge::engine::Reply {
+    let what = format!("{req:?}");
+    engine.acting_as("tester").execute(req).await.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// A policy change (approve, block, blacklist, unblock) through the API: its report.
+pub async fn change(engine: &drawbridge::engine::EngineHandle, req: drawbridge::engine::Request) -> drawbridge::engine::ChangeReport {
+    match ask(engine, req).await {
+        drawbridge::engine::Reply::Change(c) => *c,
+        other => panic!("not a policy change: {other:?}"),
+    }
+}
+
+/// Everything the engine knows about a domain (`Request::Domain`).
+pub async fn domain_report(engine: &drawbridge::engine::EngineHandle, domain: &str) -> drawbridge::engine::DomainReport {
+    match ask(engine, drawbridge::engine::Request::Domain { domain: domain.into() }).await {
+        drawbridge::engine::Reply::Domain(r) => *r,
+        other => panic!("not a domain report: {other:?}"),
+    }
+}
+
+/// The policy's record of a domain, if it has one.
+pub async fn record(engine: &drawbridge::engine::EngineHandle, domain: &str) -> Option<drawbridge::policy::DomainRecord> {
+    domain_report(engine, domain).await.record
+}
+
+/// The domains in one state (`Request::Domains`).
+pub async fn domains(engine: &drawbridge::engine::EngineHandle, state: Option<&str>) -> Vec<drawbridge::policy::DomainRecord> {
+    match ask(engine, drawbridge::engine::Request::Domains { state: state.map(str::to_owned) }).await {
+        drawbridge::engine::Reply::Domains(v) => v,
+        other => panic!("not a domain list: {other:?}"),
+    }
 }

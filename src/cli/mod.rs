@@ -1,0 +1,258 @@
+//! The command line (clap): `run`, `serve`, `demo`, `attach`, `ctl …` and `gateway setup`.
+//! The `ctl` client and its human printers are here too, as library code with tests; the
+//! binary only parses, starts and maps results to exit codes.
+
+pub mod ctl;
+pub mod print;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+
+#[derive(Parser)]
+#[command(name = "drawbridge", version, about = "XMPP server-to-server federation server")]
+pub struct Cli {
+    /// Config file (TOML). Without it, the built-in default: domain localhost on
+    /// 127.0.0.1:5269, data in ./drawbridge-data.
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the server with the live dashboard in this terminal (the default; logs go to
+    /// log.file or DATA_DIR/drawbridge.log).
+    Run,
+    /// Run the server headless (logs to stderr or log.file).
+    Serve,
+    /// A living demo: the server on drawbridge.demo plus simulated peers on loopback (steady
+    /// traffic, a newcomer awaiting approval, a spoofer, malformed XML, a blacklisted and an
+    /// expired-certificate peer), with the dashboard. q leaves nothing behind.
+    Demo,
+    /// Open the dashboard of a running `serve` over its control socket.
+    Attach {
+        /// Control socket path (default: server.control_socket from the config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Talk to a running server over its control socket.
+    Ctl {
+        /// Control socket path (default: server.control_socket from the config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: CtlCommand,
+    },
+    /// Gateway mode ([gateway] in the config): helpers for the internal server.
+    Gateway {
+        #[command(subcommand)]
+        cmd: GatewayCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GatewayCommand {
+    /// Print the lines the internal server's configuration needs for this drawbridge
+    /// (prosody, ejabberd or openfire), and where the gateway CA certificate is (created if
+    /// it does not exist yet).
+    Setup {
+        /// prosody, ejabberd or openfire
+        server: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CtlCommand {
+    /// Hosted domains, listeners, stream counts, uptime.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every live stream (and recently closed ones with --closed).
+    Connections {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        closed: bool,
+    },
+    /// Close a stream by id.
+    Close { id: String },
+    /// Re-read TLS certificates and keys (as SIGHUP does); established streams stay.
+    Reload,
+    /// XEP-0199 ping over federation: round trip, stream used, how it was authenticated.
+    Probe {
+        domain: String,
+        /// Hosted domain to ping from (default: the first of server.domains).
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent verification outcomes, newest first.
+    Verifications {
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a domain (it federates in every mode).
+    Approve {
+        domain: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Block this exact domain, both directions; its live streams close at once.
+    Block {
+        domain: String,
+        /// Lift the block by itself after this long ("2h", "30m").
+        #[arg(long = "for")]
+        duration: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Blacklist a domain and all its subdomains (`blacklist DOMAIN --reason TEXT`), or
+    /// exchange lists (`blacklist import FILE|-`, `blacklist export`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Blacklist {
+        #[command(subcommand)]
+        list: Option<BlacklistCommand>,
+        domain: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Clear a block or a blacklist entry.
+    Unblock {
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or set the federation mode: open, approval or allowlist.
+    Mode {
+        mode: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Domains waiting for approval.
+    Pending {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every domain seen or decided.
+    Domains {
+        /// Only this state: unknown, pending, approved, blocked, blacklisted.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything known about one domain.
+    Domain {
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Closed streams, newest first.
+    History {
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BlacklistCommand {
+    /// Import a list (one domain per line, `#` comments); `-` reads standard input.
+    Import {
+        file: String,
+        /// Name of the list, recorded as each entry's source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Show what would change without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the blacklist in the same format.
+    Export,
+}
+
+/// The log file could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("log file {}: {err} (check log.file)", path.display())]
+pub struct LogFileError {
+    pub path: PathBuf,
+    pub err: std::io::Error,
+}
+
+/// Every event one line (see [`OneLineWriter`](crate::text::OneLineWriter)): a peer's text cannot forge a log line.
+pub fn init_logging(settings: &Settings, never_terminal: bool) -> Result<(), LogFileError> {
+    use crate::text::OneLineWriter;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("drawbridge={}", settings.log_level)));
+    let file = settings.log_file.clone().or_else(|| never_terminal.then(|| settings.data_dir.join("drawbridge.log")));
+    if let Some(dir) = file.as_ref().and_then(|f| f.parent()).filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match &file {
+        Some(path) => {
+            let file =
+                std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|err| LogFileError { path: path.clone(), err })?;
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(OneLineWriter(std::sync::Mutex::new(file)))
+                .init();
+        }
+        // Colours only for a terminal: a pipe or a journal gets plain lines.
+        None => {
+            use std::io::IsTerminal;
+            let ansi = std::io::stderr().is_terminal();
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(OneLineWriter(std::io::stderr)).init()
+        }
+    }
+    Ok(())
+}
+
+/// Why `gateway setup` printed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewaySetupError {
+    #[error("{0:?} is not one of prosody, ejabberd, openfire")]
+    UnknownServer(String),
+    #[error("{0} has no [gateway] section (see config.example.toml); pass the gateway's config with --config")]
+    NoGateway(String),
+    #[error(transparent)]
+    Ca(#[from] crate::gateway::ca::CaError),
+    #[error(transparent)]
+    Setup(#[from] crate::gateway::setup::SetupError),
+}
+
+/// `drawbridge gateway setup SERVER`: the lines the internal server's configuration needs.
+pub fn gateway_setup(settings: &Settings, server: &str) -> Result<String, GatewaySetupError> {
+    use crate::gateway::setup::{InternalServer, setup};
+    let kind = InternalServer::parse(server).ok_or_else(|| GatewaySetupError::UnknownServer(server.to_owned()))?;
+    let Some(g) = &settings.gateway else {
+        let file = settings.source.as_ref().map_or("the built-in default".to_owned(), |p| p.display().to_string());
+        return Err(GatewaySetupError::NoGateway(file));
+    };
+    // The CA the internal server must trust: the operator's, or drawbridge's own (created now
+    // if it does not exist, so the file can be handed over before the first start).
+    let ca = crate::gateway::GatewayCa::open(g.ca_cert.as_deref(), g.ca_key.as_deref(), &settings.data_dir)?;
+    let path = std::fs::canonicalize(ca.cert_path()).unwrap_or_else(|_| ca.cert_path().to_owned());
+    Ok(setup(kind, g, &settings.domains, &path)?)
+}

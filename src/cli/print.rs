@@ -1,0 +1,384 @@
+//! `ctl`'s human output: one printer per kind of [`Reply`], writing to any `Write` (a
+//! terminal in the binary, a buffer in the tests). The strings in a reply are already
+//! escaped by the caller ([`super::ctl`]); the blacklist export is escaped here, line by line.
+
+use std::io::{self, Write};
+
+use super::{BlacklistCommand, CtlCommand};
+use crate::engine::{ChangeReport, DomainReport, ImportReport, ModeReport, ProbeReport, Reply, Status};
+use crate::events::{ConnSnapshot, VerificationOutcome, fmt_utc};
+use crate::store::DomainRecord;
+use crate::text::escape;
+
+/// Print the answer to `cmd` for a human. False when the answer reports a failure (a probe
+/// that got no pong): the exit status.
+pub fn reply(cmd: &CtlCommand, reply: &Reply, out: &mut impl Write) -> io::Result<bool> {
+    match reply {
+        Reply::Status(s) if matches!(cmd, CtlCommand::Mode { mode: None, .. }) => writeln!(out, "{}", s.mode)?,
+        Reply::Status(s) => status(s, out)?,
+        Reply::Streams(v) => connections(v, out)?,
+        Reply::Text(t) if matches!(cmd, CtlCommand::Blacklist { list: Some(BlacklistCommand::Export), .. }) => {
+            for line in t.lines() {
+                writeln!(out, "{}", escape(line))?;
+            }
+        }
+        Reply::Text(t) => writeln!(out, "{t}")?,
+        Reply::Probe(r) => return probe(r, out),
+        Reply::Outcomes(v) => outcomes(v, out)?,
+        Reply::Change(r) => change(r, out)?,
+        Reply::Mode(r) => mode(r, out)?,
+        Reply::Domains(v) => domains(v, out)?,
+        Reply::Domain(r) => domain(r, out)?,
+        Reply::Import(r) => import(r, out)?,
+        // Not asked for by any ctl command.
+        Reply::Snapshot(_) | Reply::Transcript(_) => writeln!(out, "{reply:?}")?,
+    }
+    Ok(true)
+}
+
+pub fn status(s: &Status, out: &mut impl Write) -> io::Result<()> {
+    writeln!(out, "drawbridge {}  up {}", s.version, human_duration(s.uptime_s * 1000))?;
+    writeln!(out, "domains:     {}", s.domains.join(", "))?;
+    writeln!(out, "listening:   {}", s.listen.join(", "))?;
+    writeln!(out, "streams:     {} in, {} out, {} established", s.streams_in, s.streams_out, s.established)?;
+    writeln!(out, "encryption:  {}", if s.require_encryption { "required" } else { "optional" })?;
+    writeln!(out, "policy:      mode {}, {} pending, {} blocked, {} blacklisted", s.mode, s.pending, s.blocked, s.blacklisted)?;
+    if let Some(g) = &s.gateway {
+        let reach = match (g.reachable, &g.last_error) {
+            (Some(true), _) => "reachable".to_owned(),
+            (Some(false), Some(e)) => format!("UNREACHABLE: {e}"),
+            (Some(false), None) => "UNREACHABLE".to_owned(),
+            (None, _) => "not contacted yet".to_owned(),
+        };
+        writeln!(out, "gateway:     internal server {} ({reach}), auth {}", g.internal, g.auth)?;
+        writeln!(out, "             its streams arrive on {}; {} out, {} in now", g.listen.join(", "), g.streams_out, g.streams_in)?;
+        writeln!(out, "             CA it must trust: {}", g.ca_cert)?;
+    }
+    if s.overflows != Default::default() {
+        writeln!(
+            out,
+            "overflow:    {} stanzas bounced, {} results/errors dropped: links that made no room within timeouts.write",
+            s.overflows.bounced, s.overflows.dropped
+        )?;
+    }
+    writeln!(out, "limits:")?;
+    for l in &s.limits {
+        writeln!(out, "  {:<40} {:>10} / {}", l.key, l.used, l.max)?;
+    }
+    Ok(())
+}
+
+/// A probe's outcome; false when it failed.
+pub fn probe(r: &ProbeReport, out: &mut impl Write) -> io::Result<bool> {
+    if r.ok {
+        writeln!(out, "pong from {} to {} in {:.1} ms", r.to, r.from, r.rtt_ms.unwrap_or(0.0))?;
+    } else {
+        writeln!(out, "probe {} → {} FAILED: {}", r.from, r.to, r.error.as_deref().unwrap_or("unknown error"))?;
+    }
+    if let Some(s) = &r.stream {
+        writeln!(out, "stream:  {s}{}", r.peer_addr.as_deref().map(|a| format!(" to {a}")).unwrap_or_default())?;
+    }
+    if let Some(t) = &r.tls {
+        writeln!(out, "tls:     {t}")?;
+    }
+    if let Some(a) = &r.auth {
+        writeln!(out, "auth:    {a}")?;
+    }
+    Ok(r.ok)
+}
+
+pub fn outcomes(v: &[VerificationOutcome], out: &mut impl Write) -> io::Result<()> {
+    if v.is_empty() {
+        writeln!(out, "no verification outcomes yet")?;
+    }
+    for o in v {
+        outcome(o, out)?;
+    }
+    Ok(())
+}
+
+/// The answer to a policy change (approve, block, blacklist, unblock).
+pub fn change(r: &ChangeReport, out: &mut impl Write) -> io::Result<()> {
+    let rec = &r.record;
+    let mut line = format!("{}: {}", rec.domain, rec.state.as_str());
+    if let Some(t) = rec.expires_ms {
+        line.push_str(&format!(" until {}", fmt_utc(t)));
+    }
+    if let Some(reason) = &rec.reason {
+        line.push_str(&format!(" ({reason})"));
+    }
+    if !r.changed {
+        line.push_str(" — unchanged");
+    }
+    writeln!(out, "{line}")?;
+    if !r.closed_streams.is_empty() {
+        writeln!(out, "closed {} live stream(s): {}", r.closed_streams.len(), r.closed_streams.join(", "))?;
+    }
+    Ok(())
+}
+
+pub fn mode(r: &ModeReport, out: &mut impl Write) -> io::Result<()> {
+    writeln!(out, "mode {}", r.mode)?;
+    if !r.closed_streams.is_empty() {
+        writeln!(out, "closed {} live stream(s)", r.closed_streams.len())?;
+    }
+    Ok(())
+}
+
+pub fn import(r: &ImportReport, out: &mut impl Write) -> io::Result<()> {
+    let verb = if r.dry_run { "would add" } else { "added" };
+    writeln!(out, "{verb} {} domain(s) from {}{}", r.added.len(), r.source, list_suffix(&r.added))?;
+    writeln!(out, "already blacklisted: {}{}", r.already.len(), list_suffix(&r.already))?;
+    for b in &r.invalid {
+        writeln!(out, "skipped line {}: {:?}: {}", b.line, b.text, b.error)?;
+    }
+    let verb = if r.dry_run { "would close" } else { "closed" };
+    writeln!(out, "{verb} {} live stream(s){}", r.closed_streams.len(), list_suffix(&r.closed_streams))?;
+    Ok(())
+}
+
+/// Everything known about one domain.
+pub fn domain(r: &DomainReport, out: &mut impl Write) -> io::Result<()> {
+    writeln!(out, "{}: {}", r.domain, r.verdict)?;
+    match &r.record {
+        None => writeln!(out, "never seen or decided")?,
+        Some(rec) => {
+            writeln!(
+                out,
+                "state:        {}{}",
+                rec.state.as_str(),
+                rec.expires_ms.map(|t| format!(" until {}", fmt_utc(t))).unwrap_or_default()
+            )?;
+            if let Some(reason) = &rec.reason {
+                writeln!(out, "reason:       {reason}")?;
+            }
+            if let (Some(who), Some(when)) = (&rec.who, rec.when_ms) {
+                writeln!(out, "decided:      by {who} at {}", fmt_utc(when))?;
+            }
+            if let Some(src) = &rec.source {
+                writeln!(out, "source:       {src}")?;
+            }
+            if let (Some(f), Some(l)) = (rec.first_seen_ms, rec.last_seen_ms) {
+                writeln!(out, "seen:         first {}, last {}", fmt_utc(f), fmt_utc(l))?;
+            }
+            writeln!(
+                out,
+                "streams:      {} in, {} out; stanzas {} in, {} out",
+                rec.streams_in, rec.streams_out, rec.stanzas_in, rec.stanzas_out
+            )?;
+            if let Some(v) = &rec.last_verification {
+                writeln!(out, "verification: {v}")?;
+            }
+        }
+    }
+    if !r.outcomes.is_empty() {
+        writeln!(out, "\nrecent verifications:")?;
+        for o in &r.outcomes {
+            outcome(o, out)?;
+        }
+    }
+    if !r.streams.is_empty() {
+        writeln!(out, "\nrecent streams:")?;
+        connections(&r.streams, out)?;
+    }
+    if !r.policy_log.is_empty() {
+        writeln!(out, "\npolicy log:")?;
+        for a in &r.policy_log {
+            writeln!(
+                out,
+                "{} {} by {}{}",
+                fmt_utc(a.time_ms),
+                a.action,
+                a.who,
+                a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn list_suffix(v: &[String]) -> String {
+    if v.is_empty() {
+        String::new()
+    } else if v.len() <= 10 {
+        format!(": {}", v.join(", "))
+    } else {
+        format!(": {}, … ({} more)", v[..10].join(", "), v.len() - 10)
+    }
+}
+
+/// One outcome; the arrow points the way the stream went (remote → local inbound).
+pub fn outcome(o: &VerificationOutcome, out: &mut impl Write) -> io::Result<()> {
+    let (from, to) = match o.direction {
+        crate::events::Direction::In => (&o.remote, &o.local),
+        crate::events::Direction::Out => (&o.local, &o.remote),
+    };
+    writeln!(
+        out,
+        "{} {:>3} {:<8} {from} → {to}  {}: {}",
+        fmt_utc(o.time_ms),
+        fmt_dir(o.direction),
+        o.result.as_str(),
+        o.method.as_str(),
+        o.reason
+    )
+}
+
+pub fn domains(v: &[DomainRecord], out: &mut impl Write) -> io::Result<()> {
+    if v.is_empty() {
+        return writeln!(out, "no domains");
+    }
+    writeln!(out, "{:<32} {:<12} {:<20} {:>5} {:>5}  WHY", "DOMAIN", "STATE", "LAST SEEN", "IN", "OUT")?;
+    for r in v {
+        let why = match (&r.reason, &r.who) {
+            (Some(reason), Some(who)) => format!("{reason} (by {who})"),
+            (Some(reason), None) => reason.clone(),
+            (None, Some(who)) => format!("by {who}"),
+            (None, None) => r.last_verification.clone().unwrap_or_default(),
+        };
+        let state = match r.expires_ms {
+            Some(t) => format!("{} ({})", r.state.as_str(), human_duration(t.saturating_sub(crate::events::now_ms()))),
+            None => r.state.as_str().to_owned(),
+        };
+        writeln!(
+            out,
+            "{:<32} {:<12} {:<20} {:>5} {:>5}  {}",
+            r.domain,
+            state,
+            r.last_seen_ms.map(|t| fmt_utc(t)[..19].to_owned()).unwrap_or_else(|| "-".into()),
+            r.streams_in,
+            r.streams_out,
+            why
+        )?;
+    }
+    Ok(())
+}
+
+fn fmt_dir(d: crate::events::Direction) -> &'static str {
+    match d {
+        crate::events::Direction::In => "in",
+        crate::events::Direction::Out => "out",
+    }
+}
+
+fn human_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h{:02}m", s / 3600, (s / 60) % 60)
+    }
+}
+
+pub fn connections(v: &[ConnSnapshot], out: &mut impl Write) -> io::Result<()> {
+    if v.is_empty() {
+        return writeln!(out, "no streams");
+    }
+    let now = crate::events::now_ms();
+    writeln!(
+        out,
+        "{:<32} {:<3} {:<24} {:<24} {:<14} {:<21} {:<8} {:>6} {:>6} {:>7}",
+        "ID", "DIR", "LOCAL", "REMOTE", "STATE", "PEER", "TLS", "IN", "OUT", "AGE"
+    )?;
+    for c in v {
+        let remote = if c.pairs.is_empty() {
+            c.remote.clone().unwrap_or_default()
+        } else {
+            c.pairs
+                .iter()
+                .map(|p| format!("{}{}", p.remote, if p.status == crate::events::PairStatus::Valid { "" } else { "?" }))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        writeln!(
+            out,
+            "{:<32} {:<3} {:<24} {:<24} {:<14} {:<21} {:<8} {:>6} {:>6} {:>7}",
+            c.id,
+            fmt_dir(c.direction),
+            c.local.as_deref().unwrap_or("-"),
+            remote,
+            c.state.as_str(),
+            c.peer_addr.as_deref().unwrap_or("-"),
+            c.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
+            c.stanzas_in,
+            c.stanzas_out,
+            human_duration(now.saturating_sub(c.opened_ms)),
+        )?;
+        match c.kind {
+            crate::events::StreamKind::Internal => {
+                writeln!(out, "{:<32}     internal link (gateway): with the internal server, as {}", "", c.local.as_deref().unwrap_or("-"))?
+            }
+            crate::events::StreamKind::Component => writeln!(out, "{:<32}     external component (XEP-0114)", "")?,
+            crate::events::StreamKind::Federation => {}
+        }
+        if !c.pairs.is_empty() {
+            let auth: Vec<String> = c.pairs.iter().map(|p| format!("{} by {}", p.remote, p.method.as_str())).collect();
+            writeln!(out, "{:<32}     authenticated: {}", "", auth.join(", "))?;
+        }
+        if let Some(v) = c.tls.as_ref().and_then(|t| t.cert_verdict.as_ref()) {
+            writeln!(out, "{:<32}     certificate: {v}", "")?;
+        }
+        if let Some(r) = &c.close_reason {
+            writeln!(out, "{:<32}     closed: {r}", "")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::DomainState;
+
+    fn text(f: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> String {
+        let mut out = Vec::new();
+        f(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_policy_change_says_what_changed_and_what_it_closed() {
+        let record =
+            DomainRecord { domain: "x.test".into(), state: DomainState::Approved, reason: Some("partner".into()), ..Default::default() };
+        let r = ChangeReport { record, changed: false, closed_streams: vec![] };
+        assert_eq!(text(|o| change(&r, o)), "x.test: approved (partner) — unchanged\n");
+        let record = DomainRecord { domain: "x.test".into(), state: DomainState::Blocked, expires_ms: Some(0), ..Default::default() };
+        let r = ChangeReport { record, changed: true, closed_streams: vec!["s1".into(), "s2".into()] };
+        assert_eq!(text(|o| change(&r, o)), "x.test: blocked until 1970-01-01 00:00:00 UTC\nclosed 2 live stream(s): s1, s2\n");
+    }
+
+    #[test]
+    fn empty_lists_say_so() {
+        assert_eq!(text(|o| domains(&[], o)), "no domains\n");
+        assert_eq!(text(|o| connections(&[], o)), "no streams\n");
+        assert_eq!(text(|o| outcomes(&[], o)), "no verification outcomes yet\n");
+    }
+
+    #[test]
+    fn mode_alone_prints_the_mode_and_a_change_counts_closed_streams() {
+        let r = ModeReport { mode: "allowlist".into(), closed_streams: vec!["s1".into()] };
+        assert_eq!(text(|o| mode(&r, o)), "mode allowlist\nclosed 1 live stream(s)\n");
+        let r = ModeReport { mode: "open".into(), closed_streams: vec![] };
+        assert_eq!(text(|o| mode(&r, o)), "mode open\n");
+    }
+
+    #[test]
+    fn long_import_lists_are_cut_at_ten() {
+        let many: Vec<String> = (0..12).map(|i| format!("d{i}.test")).collect();
+        let r =
+            ImportReport { dry_run: true, source: "list".into(), added: many, already: vec![], invalid: vec![], closed_streams: vec![] };
+        let out = text(|o| import(&r, o));
+        assert!(out.starts_with("would add 12 domain(s) from list: d0.test, "), "{out}");
+        assert!(out.contains("d9.test, … (2 more)") && !out.contains("d10.test"), "{out}");
+        assert!(out.ends_with("would close 0 live stream(s)\n"), "{out}");
+    }
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(human_duration(59_999), "59s");
+        assert_eq!(human_duration(61_000), "1m01s");
+        assert_eq!(human_duration(3_600_000 * 2 + 60_000 * 5), "2h05m");
+    }
+}

@@ -1,0 +1,267 @@
+//! The engine's one door: typed [`Request`]s in, typed [`Reply`]s or an [`EngineError`] out.
+//! The control socket carries these as JSON; the dashboard, `ctl`, the demo and the tests use
+//! them as they are.
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits;
+
+/// An operator's request. On the socket, one JSON object per line tagged by `cmd`
+/// (`{"cmd":"block","domain":"x.test"}`); the wire format is README's "Operating it".
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Connections {
+        #[serde(default)]
+        closed: bool,
+    },
+    Close {
+        id: String,
+    },
+    Probe {
+        domain: String,
+        #[serde(default)]
+        from: Option<String>,
+    },
+    Verifications {
+        #[serde(default)]
+        domain: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    Approve {
+        domain: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    Block {
+        domain: String,
+        /// Seconds until the block lifts by itself.
+        #[serde(default)]
+        for_secs: Option<u64>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    Blacklist {
+        domain: String,
+        reason: String,
+    },
+    Unblock {
+        domain: String,
+    },
+    Mode {
+        mode: String,
+    },
+    Pending,
+    Domains {
+        #[serde(default)]
+        state: Option<String>,
+    },
+    Domain {
+        domain: String,
+    },
+    History {
+        #[serde(default)]
+        domain: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    BlacklistImport {
+        text: String,
+        #[serde(default)]
+        source: Option<String>,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    BlacklistExport,
+    /// Re-read certificates and keys.
+    Reload,
+    /// Everything a dashboard needs to (re)build its model.
+    Snapshot,
+    /// A stream's transcript (live or recently closed).
+    Transcript {
+        id: String,
+    },
+    /// Start/stop recording an established stream's transcript for this client (stops when
+    /// the client disconnects).
+    Watch {
+        id: String,
+        on: bool,
+    },
+}
+
+/// `Request::Snapshot`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub status: Status,
+    pub connections: Vec<crate::events::ConnSnapshot>,
+    pub domains: Vec<crate::store::DomainRecord>,
+    pub outcomes: Vec<crate::events::VerificationOutcome>,
+}
+
+/// `ctl domain`: everything known about one domain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DomainReport {
+    pub domain: String,
+    pub record: Option<crate::store::DomainRecord>,
+    /// The verdict policy gives it now, in words.
+    pub verdict: String,
+    pub outcomes: Vec<crate::events::VerificationOutcome>,
+    pub streams: Vec<crate::events::ConnSnapshot>,
+    pub policy_log: Vec<crate::store::PolicyAction>,
+}
+
+/// The answer to a policy change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeReport {
+    pub record: crate::store::DomainRecord,
+    pub changed: bool,
+    pub closed_streams: Vec<String>,
+}
+
+/// `ctl mode`: the mode now and the streams it closed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModeReport {
+    pub mode: String,
+    pub closed_streams: Vec<String>,
+}
+
+/// The engine's typed answer to a [`Request`]. In the process (the dashboard, the demo, the
+/// tests) it is used as it is; only on the control socket does it become JSON (the payload
+/// alone), and `control` turns it back knowing the request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Status(Box<Status>),
+    /// A stream list: `connections`, `history`.
+    Streams(Vec<crate::events::ConnSnapshot>),
+    /// Done, in words (`close`, `reload`, `watch`; the blacklist export).
+    Text(String),
+    Probe(Box<ProbeReport>),
+    Outcomes(Vec<crate::events::VerificationOutcome>),
+    Change(Box<ChangeReport>),
+    Mode(ModeReport),
+    Domains(Vec<crate::policy::DomainRecord>),
+    Domain(Box<DomainReport>),
+    Import(Box<ImportReport>),
+    Snapshot(Box<Snapshot>),
+    Transcript(Vec<crate::events::TranscriptLine>),
+}
+
+/// `ctl status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub domains: Vec<String>,
+    pub listen: Vec<String>,
+    pub uptime_s: u64,
+    pub streams_in: usize,
+    pub streams_out: usize,
+    pub established: usize,
+    pub require_encryption: bool,
+    pub mode: String,
+    /// `[policy] approval_wait` in seconds (the dashboard's countdown).
+    #[serde(default)]
+    pub approval_wait_s: u64,
+    pub pending: usize,
+    pub blocked: usize,
+    pub blacklisted: usize,
+    /// Current use against each limit.
+    #[serde(default)]
+    pub limits: Vec<limits::LimitUse>,
+    /// Gateway mode: the internal server and how it is reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayStatus>,
+    /// Stanzas whose link made no room within `timeouts.write`: bounced or dropped.
+    #[serde(default)]
+    pub overflows: crate::router::Overflows,
+}
+
+/// `ctl status` in gateway mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayStatus {
+    /// `gateway.internal`.
+    pub internal: String,
+    /// `gateway.listen`, as bound.
+    pub listen: Vec<String>,
+    pub auth: String,
+    /// The CA certificate the internal server must trust.
+    pub ca_cert: String,
+    /// Whether the internal server is reachable, from the internal link's streams: `Some(true)`
+    /// while one of ours to it is established, `Some(false)` when the last one failed
+    /// (`last_error` says why), `None` before any was opened.
+    pub reachable: Option<bool>,
+    pub last_error: Option<String>,
+    /// Streams of the internal link now (ours to it, and its to us).
+    pub streams_out: usize,
+    pub streams_in: usize,
+}
+
+/// `ctl probe`: the outcome of an XEP-0199 ping over federation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeReport {
+    pub ok: bool,
+    pub from: String,
+    pub to: String,
+    pub rtt_ms: Option<f64>,
+    pub stream: Option<String>,
+    pub peer_addr: Option<String>,
+    pub auth: Option<String>,
+    pub tls: Option<String>,
+    /// Why it failed, in words.
+    pub error: Option<String>,
+}
+
+/// What a blacklist import did (or would do, for a dry run).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportReport {
+    pub dry_run: bool,
+    pub source: String,
+    pub added: Vec<String>,
+    pub already: Vec<String>,
+    pub invalid: Vec<crate::policy::BadLine>,
+    /// Live streams closed (or that would be).
+    pub closed_streams: Vec<String>,
+}
+
+/// Why a request was refused, in words that say what was wrong and how to fix it. The
+/// control socket sends the text (`{"ok":false,"error":…}`).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{domain:?} is not a valid domain: {reason}")]
+    InvalidDomain { domain: String, reason: String },
+    #[error("{0} is hosted here; policy applies to remote domains")]
+    Hosted(String),
+    #[error("--from {0}: not a hosted domain (server.domains)")]
+    NotHosted(String),
+    #[error("no live stream with id {0} (see `drawbridge ctl connections`)")]
+    NoLiveStream(String),
+    #[error("no stream with id {0} (live or recently closed)")]
+    NoStream(String),
+    #[error("a blacklist entry needs a reason (--reason)")]
+    ReasonRequired,
+    #[error("{0:?} is not a mode: open, approval or allowlist")]
+    NotAMode(String),
+    #[error("{0:?} is not a state: unknown, pending, approved, blocked, blacklisted")]
+    NotAState(String),
+    /// The policy change could not be written; nothing changed.
+    #[error("not saved (the previous policy stays in force): {0}")]
+    NotSaved(#[from] crate::policy::StorageError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("TLS reload failed, keeping the current certificate: {0}")]
+    TlsReload(#[from] crate::net::tls::TlsError),
+}
+
+/// The addresses the engine listens on, as bound (a configured port 0 resolved), by door.
+#[derive(Debug, Clone, Default)]
+pub struct Listening {
+    /// `server.listen`.
+    pub federation: Vec<std::net::SocketAddr>,
+    /// `server.direct_tls` (XEP-0368).
+    pub direct_tls: Vec<std::net::SocketAddr>,
+    /// Gateway mode: where the internal server's streams arrive (`gateway.listen`).
+    pub gateway: Vec<std::net::SocketAddr>,
+    /// Where external components connect (`[components] listen`).
+    pub components: Vec<std::net::SocketAddr>,
+}

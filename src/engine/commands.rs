@@ -1,0 +1,367 @@
+//! What each [`Request`] does: the operator's commands, run against the engine's state.
+//! Only here (and in the engine's own loops) are the policy, the store and the table acted on.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Shared;
+use super::api::*;
+use crate::domain::Domain;
+use crate::events::*;
+use crate::policy::{Change, DomainState, Mode, Policy, Verdict};
+use crate::proto::ns;
+use crate::proto::stanza::error_of;
+use crate::proto::stream::{StreamError, StreamErrorCondition};
+use crate::store::DomainRecord;
+use crate::xml::Element;
+use crate::{limits, table};
+
+/// Run one request on behalf of `who` (attributed in the policy log).
+pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Result<Reply, EngineError> {
+    let text = |s: String| Ok(Reply::Text(s));
+    match req {
+        Request::Status => Ok(Reply::Status(Box::new(status(shared)))),
+        Request::Connections { closed } => Ok(Reply::Streams(shared.table.snapshots(closed))),
+        Request::Close { id } => {
+            if close_stream(shared, &id, "closed by the operator (ctl close)") {
+                text(format!("closing stream {id}"))
+            } else {
+                Err(EngineError::NoLiveStream(id))
+            }
+        }
+        Request::Probe { domain, from } => Ok(Reply::Probe(Box::new(probe(shared, &domain, from.as_deref()).await))),
+        Request::Verifications { domain, limit } => Ok(Reply::Outcomes(shared.outcomes_for(domain.as_deref(), limit.unwrap_or(50))?)),
+        Request::History { domain, limit } => Ok(Reply::Streams(shared.store.history(domain.as_deref(), limit.unwrap_or(50))?)),
+        Request::Approve { domain, reason } => change(shared, &domain, Change::Approve, who, reason).await,
+        Request::Block { domain, for_secs, reason } => {
+            let expires_ms = for_secs.map(|s| now_ms() + s * 1000);
+            change(shared, &domain, Change::Block { expires_ms }, who, reason).await
+        }
+        Request::Blacklist { domain, reason } => {
+            if reason.trim().is_empty() {
+                return Err(EngineError::ReasonRequired);
+            }
+            change(shared, &domain, Change::Blacklist { source: "operator".into() }, who, Some(reason)).await
+        }
+        Request::Unblock { domain } => change(shared, &domain, Change::Unblock, who, None).await,
+        Request::Mode { mode } => {
+            let m = Mode::parse(&mode).ok_or(EngineError::NotAMode(mode))?;
+            let closed_streams = change_mode(shared, m, who).await?;
+            Ok(Reply::Mode(ModeReport { mode: m.as_str().to_owned(), closed_streams }))
+        }
+        Request::Pending => Ok(Reply::Domains(shared.policy.records(Some(DomainState::Pending)))),
+        Request::Domains { state } => {
+            let state = match state {
+                Some(s) => Some(DomainState::parse(&s).ok_or(EngineError::NotAState(s))?),
+                None => None,
+            };
+            Ok(Reply::Domains(shared.policy.records(state)))
+        }
+        Request::Domain { domain } => Ok(Reply::Domain(Box::new(domain_report(shared, &parse(&domain)?)?))),
+        Request::BlacklistImport { text: list, source, dry_run } => {
+            let source = source.unwrap_or_else(|| "import".into());
+            Ok(Reply::Import(Box::new(import_blacklist(shared, &list, &source, who, dry_run).await?)))
+        }
+        Request::BlacklistExport => text(crate::policy::export_blacklist(&shared.policy.records(Some(DomainState::Blacklisted)))),
+        Request::Snapshot => Ok(Reply::Snapshot(Box::new(snapshot(shared)))),
+        Request::Reload => text(shared.reload_tls()?),
+        Request::Transcript { id } => shared.table.transcript(&id).map(Reply::Transcript).ok_or(EngineError::NoStream(id)),
+        Request::Watch { id, on } => match shared.table.get(&id) {
+            Some(e) => {
+                e.watch(on);
+                text("ok".into())
+            }
+            None => Err(EngineError::NoLiveStream(id)),
+        },
+    }
+}
+
+fn parse(domain: &str) -> Result<Domain, EngineError> {
+    Domain::parse(domain).map_err(|e| EngineError::InvalidDomain { domain: domain.to_owned(), reason: e.to_string() })
+}
+
+/// A policy change to a remote domain (hosted ones are not judged).
+async fn change(shared: &Shared, domain: &str, change: Change, who: &str, reason: Option<String>) -> Result<Reply, EngineError> {
+    let d = parse(domain)?;
+    if shared.is_server_domain(&d) {
+        return Err(EngineError::Hosted(d.to_string()));
+    }
+    let (record, changed, closed_streams) = change_domain(shared, &d, change, who, reason.as_deref()).await?;
+    Ok(Reply::Change(Box::new(ChangeReport { record, changed, closed_streams })))
+}
+
+/// Everything known about one domain.
+fn domain_report(shared: &Shared, d: &Domain) -> Result<DomainReport, EngineError> {
+    let verdict = match shared.policy.verdict(d) {
+        Verdict::Allow => "allowed to federate".to_owned(),
+        Verdict::Hold => "held until approved (policy mode approval)".to_owned(),
+        Verdict::Refuse(why) => format!("refused: {why}"),
+    };
+    Ok(DomainReport {
+        domain: d.to_string(),
+        record: shared.policy.record(d.as_str()),
+        verdict,
+        outcomes: shared.outcomes_for(Some(d.as_str()), 10)?,
+        streams: shared.store.history(Some(d.as_str()), 10)?,
+        policy_log: shared.store.policy_log(Some(d.as_str()), 10)?,
+    })
+}
+
+/// Everything a dashboard needs to (re)build its model.
+pub(super) fn snapshot(shared: &Shared) -> Snapshot {
+    Snapshot {
+        status: status(shared),
+        connections: shared.table.snapshots(true),
+        domains: shared.policy.records(None),
+        outcomes: shared.outcomes_for(None, 500).unwrap_or_default(),
+    }
+}
+
+pub(super) fn status(shared: &Shared) -> Status {
+    let snaps = shared.table.snapshots(false);
+    let counts = shared.policy.counts();
+    Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        domains: shared.settings.domains.iter().map(|d| d.to_string()).collect(),
+        listen: shared.listening.federation.iter().map(|a| a.to_string()).collect(),
+        uptime_s: shared.started.elapsed().as_secs(),
+        streams_in: snaps.iter().filter(|s| s.direction == Direction::In).count(),
+        streams_out: snaps.iter().filter(|s| s.direction == Direction::Out).count(),
+        established: snaps.iter().filter(|s| s.state == ConnState::Established).count(),
+        require_encryption: shared.settings.tls.require_encryption,
+        mode: shared.policy.mode().as_str().to_owned(),
+        approval_wait_s: shared.settings.policy.approval_wait.as_secs(),
+        pending: counts.get(&crate::policy::DomainState::Pending).copied().unwrap_or(0),
+        blocked: counts.get(&crate::policy::DomainState::Blocked).copied().unwrap_or(0),
+        blacklisted: counts.get(&crate::policy::DomainState::Blacklisted).copied().unwrap_or(0),
+        limits: {
+            let mut v = shared.gauges.uses(&shared.settings.limits);
+            let max_dials = shared.settings.outbound.max_dials;
+            v.push(limits::LimitUse {
+                key: "outbound.max_dials".into(),
+                used: max_dials - shared.dials.available_permits(),
+                max: max_dials,
+            });
+            v.push(limits::LimitUse {
+                key: "limits.transcript_total_bytes".into(),
+                used: shared.table.transcript_budget().used(),
+                max: shared.settings.limits.transcript_total_bytes,
+            });
+            let l = &shared.settings.limits;
+            for (key, used, max) in [
+                ("limits.closed_streams_bytes", shared.table.closed_usage().1, l.closed_streams_bytes),
+                ("limits.unauthenticated_outcomes_bytes", shared.recorder.ring_usage().1, l.unauthenticated_outcomes_bytes),
+                // The subscriber furthest behind.
+                ("limits.event_backlog_bytes", shared.events.largest_backlog(), l.event_backlog_bytes),
+            ] {
+                v.push(limits::LimitUse { key: key.into(), used, max });
+            }
+            v
+        },
+        gateway: gateway_status(shared, &snaps),
+        overflows: shared.router.overflows(),
+    }
+}
+
+/// The internal server's reachability, read off the internal link's streams: established
+/// ones now, else how the latest one ended.
+fn gateway_status(shared: &Shared, live: &[ConnSnapshot]) -> Option<GatewayStatus> {
+    let g = shared.settings.gateway.as_ref()?;
+    let internal: Vec<&ConnSnapshot> = live.iter().filter(|s| s.internal()).collect();
+    let out_up = internal.iter().any(|s| s.direction == Direction::Out && s.state == ConnState::Established);
+    let last = shared.table.closed().into_iter().rev().find(|s| s.internal() && s.direction == Direction::Out);
+    let (reachable, last_error) = match (out_up, last) {
+        (true, _) => (Some(true), None),
+        // The latest ended before authenticating: the internal server failed us.
+        (false, Some(s)) if !s.pairs.iter().any(|p| p.status == PairStatus::Valid) => (Some(false), s.close_reason),
+        // It worked, and ended (idle).
+        (false, Some(_)) => (Some(true), None),
+        (false, None) => (None, None),
+    };
+    Some(GatewayStatus {
+        internal: g.internal.to_string(),
+        listen: shared.listening.gateway.iter().map(|a| a.to_string()).collect(),
+        auth: g.auth.as_str().to_owned(),
+        ca_cert: shared.gateway_ca.as_ref().map(|c| c.cert_path().display().to_string()).unwrap_or_default(),
+        reachable,
+        last_error,
+        streams_out: internal.iter().filter(|s| s.direction == Direction::Out).count(),
+        streams_in: internal.iter().filter(|s| s.direction == Direction::In).count(),
+    })
+}
+
+/// Close a stream by id (operator action).
+pub(super) fn close_stream(shared: &Shared, id: &str, reason: &str) -> bool {
+    match shared.table.get(id) {
+        Some(e) => {
+            e.request_close(reason);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Send an XEP-0199 ping from a hosted domain to `domain` and report what happened.
+pub(super) async fn probe(shared: &Arc<Shared>, domain: &str, from: Option<&str>) -> ProbeReport {
+    let mut report = ProbeReport {
+        ok: false,
+        from: String::new(),
+        to: domain.to_owned(),
+        rtt_ms: None,
+        stream: None,
+        peer_addr: None,
+        auth: None,
+        tls: None,
+        error: None,
+    };
+    let to = match Domain::parse(domain) {
+        Ok(d) => d,
+        Err(e) => {
+            report.error = Some(format!("{domain:?} is not a valid domain: {e}"));
+            return report;
+        }
+    };
+    let from = match from {
+        Some(f) => match Domain::parse(f) {
+            Ok(d) if shared.is_server_domain(&d) => d,
+            _ => {
+                report.error = Some(format!("--from {f}: not a hosted domain (server.domains)"));
+                return report;
+            }
+        },
+        None => shared.settings.domains[0].clone(),
+    };
+    report.from = from.to_string();
+    let id = format!("probe-{}", table::random_id());
+    let ping = Element::new("iq", ns::SERVER)
+        .attr("type", "get")
+        .attr("id", id.clone())
+        .attr("from", from.to_string())
+        .attr("to", to.to_string())
+        .child(Element::new("ping", ns::PING));
+    let rx = shared.router.local.expect_reply(&id);
+    let t0 = Instant::now();
+    shared.router.route_waiting(ping, shared.settings.timeouts.write).await;
+    let limit = shared.settings.timeouts.probe;
+    let reply = tokio::time::timeout(limit, rx).await;
+    let rtt = t0.elapsed();
+    shared.router.local.forget(&id);
+    if let Some(snap) = shared.router.existing(&from, &to).and_then(|l| shared.table.get(&l.stream)).map(|e| e.snapshot()) {
+        report.stream = Some(snap.id.clone());
+        report.peer_addr = snap.peer_addr.clone();
+        report.tls = snap.tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher));
+        report.auth = snap.pairs.iter().find(|p| p.remote == to.as_str()).map(|p| {
+            format!(
+                "{} ({})",
+                serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                serde_json::to_value(p.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+            )
+        });
+    }
+    match reply {
+        Ok(Ok(el)) => match error_of(&el) {
+            None => {
+                report.ok = true;
+                report.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+            }
+            Some((cond, text)) => {
+                report.error = Some(match text {
+                    Some(t) => format!("stanza error <{cond}/>: {t}"),
+                    None => format!("stanza error <{cond}/> from {to}"),
+                });
+            }
+        },
+        Ok(Err(_)) => report.error = Some("the probe was dropped".into()),
+        Err(_) => {
+            let state = report.stream.as_ref().and_then(|s| shared.table.get(s)).map(|e| e.state().as_str()).unwrap_or("none");
+            report.error = Some(format!("no answer within {}s (timeouts.probe); outbound stream state: {state}", limit.as_secs()));
+        }
+    }
+    report
+}
+
+/// After a policy change: close every live stream that carries a domain now refused, with
+/// `<policy-violation/>`. Returns the ids closed.
+fn enforce(shared: &Shared) -> Vec<String> {
+    let mut closed = Vec::new();
+    for e in shared.table.live() {
+        // Whose standing a stream depends on: a federation stream's remote domains; on the
+        // internal link, the world domain drawbridge stands in for (its local side, the
+        // internal server's domains being ours); a component is ours.
+        let judged = match e.kind {
+            StreamKind::Federation => e.remotes(),
+            StreamKind::Internal => e.snapshot().local.into_iter().collect(),
+            StreamKind::Component => Vec::new(),
+        };
+        for remote in judged {
+            let Ok(d) = Domain::parse(&remote) else { continue };
+            if let Verdict::Refuse(why) = shared.policy.verdict(&d) {
+                tracing::info!(stream = %e.id, "closing the stream of {remote}: {why}");
+                e.request_close_with(&format!("policy: {why}"), Some(StreamError::new(StreamErrorCondition::PolicyViolation, why)));
+                closed.push(e.id.clone());
+                break;
+            }
+        }
+    }
+    closed
+}
+
+/// An operator's change to a domain: applied, flushed, announced, enforced.
+async fn change_domain(
+    shared: &Shared,
+    domain: &Domain,
+    change: Change,
+    who: &str,
+    reason: Option<&str>,
+) -> Result<(DomainRecord, bool, Vec<String>), crate::policy::StorageError> {
+    let (rec, changed) = shared.policy.apply(domain, change, who, reason).await?;
+    let closed = enforce(shared);
+    if changed {
+        let _ = shared.events.send(Event::DomainChanged { record: rec.clone() });
+    }
+    Ok((rec, changed, closed))
+}
+
+async fn change_mode(shared: &Shared, mode: Mode, who: &str) -> Result<Vec<String>, crate::policy::StorageError> {
+    shared.policy.set_mode(mode, who).await?;
+    let _ = shared.events.send(Event::ModeChanged { mode: mode.as_str().to_owned() });
+    Ok(enforce(shared))
+}
+
+async fn import_blacklist(
+    shared: &Shared,
+    text: &str,
+    source: &str,
+    who: &str,
+    dry_run: bool,
+) -> Result<ImportReport, crate::policy::StorageError> {
+    let (entries, invalid) = crate::policy::parse_list(text);
+    let entries: Vec<_> = entries.into_iter().filter(|(d, _)| !shared.is_server_domain(d)).collect();
+    if dry_run {
+        let (mut added, mut already) = (Vec::new(), Vec::new());
+        for (d, _) in &entries {
+            if shared.policy.record(d.as_str()).is_some_and(|r| r.state == crate::policy::DomainState::Blacklisted) {
+                already.push(d.to_string());
+            } else {
+                added.push(d.to_string());
+            }
+        }
+        let set: std::collections::HashSet<&str> = added.iter().map(String::as_str).collect();
+        let closed_streams = shared
+            .table
+            .live()
+            .into_iter()
+            .filter(|e| e.remotes().iter().any(|r| Policy::covered_by(r, &set)))
+            .map(|e| e.id.clone())
+            .collect();
+        return Ok(ImportReport { dry_run, source: source.into(), added, already, invalid, closed_streams });
+    }
+    let (added, already) = shared.policy.blacklist_many(&entries, source, who).await?;
+    for d in &added {
+        if let Some(record) = shared.policy.record(d) {
+            let _ = shared.events.send(Event::DomainChanged { record });
+        }
+    }
+    let closed_streams = enforce(shared);
+    Ok(ImportReport { dry_run, source: source.into(), added, already, invalid, closed_streams })
+}

@@ -1,0 +1,384 @@
+//! Starting the engine, in named steps: open what is kept (store, policy, certificates),
+//! bind every listener, assemble the parts the streams share, start the loops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::config::Settings;
+use crate::domain::Domain;
+use crate::net::resolve::Resolver;
+use crate::net::tls::{CurrentTls, TlsContext};
+use crate::policy::Policy;
+use crate::router::Router;
+use crate::store::Store;
+use crate::stream::Caps;
+
+impl Engine {
+    /// Open the store, load TLS, bind the listeners and start accepting.
+    pub async fn start(settings: Settings) -> Result<Engine, StartError> {
+        let kept = Kept::open(&settings)?;
+        let (listening, listeners) = bind(&settings).await?;
+        let shared = assemble(settings, kept, listening)?;
+        let tasks = spawn_loops(&shared, listeners);
+        tracing::info!(
+            domains = %shared.settings.domains.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(","),
+            listen = ?shared.listening.federation,
+            "drawbridge started"
+        );
+        Ok(Engine { handle: EngineHandle::new(shared.clone()), shared, tasks })
+    }
+}
+
+/// What survives a restart, opened: the store (and the streams the last run left open),
+/// the dialback secret, the policy, our certificates.
+struct Kept {
+    store: Arc<Store>,
+    secret: Vec<u8>,
+    policy: Arc<Policy>,
+    tls: Arc<CurrentTls>,
+}
+
+impl Kept {
+    fn open(settings: &Settings) -> Result<Kept, StartError> {
+        let store = Arc::new(Store::open(&settings.data_dir)?);
+        let secret = store.dialback_secret()?;
+        let recovered = store.recover_open()?;
+        if recovered > 0 {
+            tracing::warn!(streams = recovered, "the last run stopped without closing its streams; they are in the history");
+        }
+        let policy = Arc::new(Policy::load(store.clone(), settings.policy.mode)?);
+        let tls = Arc::new(CurrentTls::new(TlsContext::load(&settings.tls, &settings.domains, &settings.data_dir)?));
+        Ok(Kept { store, secret, policy, tls })
+    }
+}
+
+/// Gateway mode: the CA minting the certificates drawbridge presents as remote domains.
+fn gateway_ca(settings: &Settings) -> Result<Option<Arc<crate::gateway::GatewayCa>>, StartError> {
+    let Some(g) = &settings.gateway else { return Ok(None) };
+    let ca = crate::gateway::GatewayCa::open(g.ca_cert.as_deref(), g.ca_key.as_deref(), &settings.data_dir)?
+        .with_mint_limit(g.mints_per_minute)
+        .with_max_minted(g.max_minted, std::time::SystemTime::now());
+    Ok(Some(Arc::new(ca)))
+}
+
+/// The parts every task shares: event bus, table, recorder, router, the stream drivers'
+/// capabilities (federation's, the internal link's, the components'), the outbound opener.
+fn assemble(settings: Settings, kept: Kept, listening: Listening) -> Result<Arc<Shared>, StartError> {
+    let Kept { store, secret, policy, tls } = kept;
+    // One issuer for every listener: a stream of ours that comes back on any of them is
+    // recognised by the outbound side that opened it.
+    let stream_ids = Arc::new(crate::proto::machine::StreamIds::new());
+    let env = Arc::new(stream_env(&settings, &secret, policy.clone(), tls.clone(), stream_ids.clone()));
+    let resolver = Arc::new(Resolver::new(&settings.dns)?);
+    let gateway_ca = gateway_ca(&settings)?;
+    let l = &settings.limits;
+    let events = bus::channel(bus::Backlog { entries: l.event_backlog, bytes: l.event_backlog_bytes });
+    let budget = table::TranscriptBudget::new(l.transcript_lines, l.transcript_bytes, l.transcript_total_bytes);
+    let table = Arc::new(ConnTable::new(events.clone(), (l.closed_streams, l.closed_streams_bytes), budget));
+    let recorder = Arc::new(Recorder {
+        store: store.clone(),
+        policy: policy.clone(),
+        events: events.clone(),
+        table: table.clone(),
+        unauthenticated: std::sync::Mutex::new(recorder::OutcomeRing::new(l.unauthenticated_outcomes_bytes)),
+    });
+    let router = Arc::new(
+        Router::new(settings.domains.clone(), policy.clone(), settings.timeouts.dialback)
+            .with_gateway(settings.gateway.is_some())
+            .with_components(settings.components.domains().cloned().collect()),
+    );
+    let (dials, tasks, shutdown) = (
+        Arc::new(tokio::sync::Semaphore::new(settings.outbound.max_dials)),
+        tokio_util::task::TaskTracker::new(),
+        CancellationToken::new(),
+    );
+    let streams = Arc::new(Caps {
+        env,
+        tls: tls.clone(),
+        router: router.clone(),
+        table: table.clone(),
+        observer: recorder.clone(),
+        policy_changes: policy.subscribe(),
+        resolver,
+        dials: dials.clone(),
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+        settings: stream_settings(&settings, &listening),
+        internal: None,
+    });
+    let internal_streams = internal_caps(&settings, &streams, gateway_ca.as_ref(), &recorder, stream_ids)?;
+    let gauges: Arc<limits::Gauges> = Arc::default();
+    router.set_opener(Box::new(OutboundOpener {
+        streams: Arc::downgrade(&streams),
+        internal: internal_streams.as_ref().map(|c| (Arc::downgrade(c), settings.domains.clone())),
+        gauges: gauges.clone(),
+        limits: settings.limits.clone(),
+    }));
+    Ok(Arc::new(Shared {
+        table,
+        tls,
+        secret,
+        events,
+        router,
+        shutdown,
+        started: Instant::now(),
+        listening,
+        gateway_ca,
+        internal_streams,
+        store,
+        policy,
+        tasks,
+        dials,
+        gauges,
+        recorder,
+        streams,
+        settings,
+    }))
+}
+
+/// What the stream drivers need of the settings.
+fn stream_settings(settings: &Settings, listening: &Listening) -> crate::stream::StreamSettings {
+    crate::stream::StreamSettings {
+        domains: settings.domains.clone(),
+        timeouts: settings.timeouts.clone(),
+        limits: settings.limits.clone(),
+        // Every listener as bound: never dialled (a loop otherwise).
+        outbound: crate::net::dial::OutboundSettings {
+            own: Arc::new(crate::net::dial::OwnListeners::new(
+                (listening.federation.iter().map(|a| ("server.listen", *a)))
+                    .chain(listening.direct_tls.iter().map(|a| ("server.direct_tls", *a)))
+                    .chain(listening.gateway.iter().map(|a| ("gateway.listen", *a)))
+                    .chain(listening.components.iter().map(|a| ("components.listen", *a))),
+            )),
+            ..settings.outbound.clone()
+        },
+        dns_timeout: settings.dns.timeout,
+    }
+}
+
+/// Gateway mode: the same drivers, with the internal link's environment, certificates and
+/// address, recorded as the internal link.
+fn internal_caps(
+    settings: &Settings,
+    streams: &Caps,
+    gateway_ca: Option<&Arc<crate::gateway::GatewayCa>>,
+    recorder: &Arc<Recorder>,
+    stream_ids: Arc<crate::proto::machine::StreamIds>,
+) -> Result<Option<Arc<Caps>>, StartError> {
+    let (Some(g), Some(ca)) = (&settings.gateway, gateway_ca) else { return Ok(None) };
+    let trust = Arc::new(crate::gateway::InternalTrust::load(g.internal_ca.as_deref())?);
+    Ok(Some(Arc::new(Caps {
+        env: Arc::new(crate::gateway::internal_env(&streams.env, settings, g.auth, stream_ids, trust)),
+        tls: Arc::new(crate::gateway::GatewayTls { ca: ca.clone() }),
+        internal: Some(g.internal),
+        ..streams.reporting_to(Arc::new(recorder::LinkObserver { recorder: recorder.clone(), label: "internal link" }))
+    })))
+}
+
+/// One accept loop per listener, each door with its drivers' capabilities; the counters and
+/// maintenance loops.
+fn spawn_loops(shared: &Arc<Shared>, listeners: Listeners) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    let federation = &shared.streams;
+    // Components: federation's capabilities, their outcomes marked and kept off the domain
+    // records.
+    let components =
+        Arc::new(federation.reporting_to(Arc::new(recorder::LinkObserver { recorder: shared.recorder.clone(), label: "component" })));
+    let secrets: crate::proto::machine::component::Secrets =
+        Arc::new(shared.settings.components.list.iter().map(|c| (c.domain.clone(), c.secret.clone())).collect());
+    let mut doors: Vec<(Vec<TcpListener>, Accept, limits::Door, Arc<Caps>)> = vec![
+        (listeners.federation, Accept::S2s, limits::Door::Federation, federation.clone()),
+        (listeners.direct_tls, Accept::DirectTls, limits::Door::Federation, federation.clone()),
+        (listeners.components, Accept::Component(secrets), limits::Door::Components, components),
+    ];
+    if let Some(internal) = &shared.internal_streams {
+        doors.push((listeners.gateway, Accept::S2s, limits::Door::Gateway, internal.clone()));
+    }
+    for (ls, how, door, caps) in doors {
+        for l in ls {
+            tasks.spawn(accept_loop(shared.clone(), l, how.clone(), door, caps.clone()));
+        }
+    }
+    tasks.spawn(counters_loop(shared.clone()));
+    tasks.spawn(maintenance_loop(shared.clone()));
+    tasks
+}
+
+/// Opens the outbound s2s stream of a domain pair when the router has no link for it yet:
+/// under `limits.max_outbound`, with a queue bounded in count and bytes.
+struct OutboundOpener {
+    /// Weak: the router holds the opener and the streams' capabilities hold the router.
+    streams: std::sync::Weak<crate::stream::Caps>,
+    /// Gateway mode: the internal link's, for pairs whose remote is a hosted domain (the
+    /// internal server really hosts it).
+    internal: Option<(std::sync::Weak<crate::stream::Caps>, Vec<Domain>)>,
+    gauges: Arc<limits::Gauges>,
+    limits: crate::config::Limits,
+}
+
+impl crate::router::Opener for OutboundOpener {
+    fn open(&self, local: &Domain, remote: &Domain) -> Result<crate::router::Link, crate::router::Refusal> {
+        use crate::router::{Link, LinkKind, Refusal, queue};
+        let (caps, kind) = match &self.internal {
+            Some((internal, hosted)) if hosted.contains(remote) => (internal.upgrade(), LinkKind::Internal),
+            _ => (self.streams.upgrade(), LinkKind::S2sOutbound),
+        };
+        let Some(caps) = caps else { return Err(Refusal::Limit("shutting down")) };
+        let slot = match self.gauges.outbound(&self.limits) {
+            Ok(slot) => slot,
+            Err(limits::Refused(key)) => {
+                limits::refused_once(key, remote.as_str(), || format!("not opening a stream to {remote}: {key} reached"));
+                return Err(Refusal::Limit(key));
+            }
+        };
+        let (stx, srx) = queue::queue(self.limits.outbound_queue, self.limits.outbound_queue_bytes);
+        // Verifications waiting for this link: at most 64 (each weighs 1).
+        let (vtx, vrx) = queue::queue(64, 64);
+        let entry = caps.table.open(Direction::Out, &caps.shutdown, caps.kind());
+        entry.set_domains(Some(local.as_str()), Some(remote.as_str()));
+        let link = Link { kind, stream: entry.id.as_str().into(), stanzas: stx, verifies: Some(vtx) };
+        let (l, r, tasks) = (local.clone(), remote.clone(), caps.tasks.clone());
+        tasks.spawn(async move {
+            crate::stream::outbound::run(caps, l, r, entry, srx, vrx).await;
+            drop(slot);
+        });
+        Ok(link)
+    }
+}
+
+/// The stream machines' capabilities, from the settings.
+fn stream_env(
+    settings: &Settings,
+    secret: &[u8],
+    policy: Arc<Policy>,
+    tls: Arc<crate::net::tls::CurrentTls>,
+    ids: Arc<crate::proto::machine::StreamIds>,
+) -> crate::proto::machine::Env {
+    use crate::proto::machine as m;
+    let (t, l) = (&settings.timeouts, &settings.limits);
+    m::Env {
+        // Federation delivers to the components' domains too.
+        hosted: settings.domains.iter().chain(settings.components.domains()).cloned().collect(),
+        serves_world: false,
+        with_subdomains: settings.components.domains().cloned().collect(),
+        timeouts: m::Timeouts {
+            negotiation: t.negotiation,
+            dialback: t.dialback,
+            idle_inbound: t.idle_inbound,
+            idle_outbound: t.idle_outbound,
+            keepalive: t.keepalive,
+            approval_wait: settings.policy.approval_wait,
+        },
+        limits: m::Limits {
+            max_pairs_per_stream: l.max_pairs_per_stream,
+            max_verifications_in_flight: l.max_verifications_in_flight,
+            verifications_per_minute: l.verifications_per_minute,
+            held_stanzas: l.outbound_queue,
+            held_bytes: l.outbound_queue_bytes,
+            max_bytes: l.max_stanza_size,
+        },
+        security: settings.security.clone(),
+        keys: crate::proto::dialback::DialbackKeys::new(secret),
+        policy,
+        certs: tls,
+        stream_ids: {
+            let ids = ids.clone();
+            Box::new(move || ids.issue())
+        },
+        issued_here: Box::new(move |id| ids.issued_here(id)),
+    }
+}
+
+/// Every listener of the settings, bound, by door.
+struct Listeners {
+    federation: Vec<TcpListener>,
+    direct_tls: Vec<TcpListener>,
+    gateway: Vec<TcpListener>,
+    components: Vec<TcpListener>,
+}
+
+/// Bind every listening address of the settings (one loop for each door's list).
+async fn bind(settings: &Settings) -> Result<(Listening, Listeners), StartError> {
+    async fn each<'a>(addrs: impl Iterator<Item = &'a SocketAddr>) -> Result<(Vec<SocketAddr>, Vec<TcpListener>), StartError> {
+        let (mut bound, mut listeners) = (Vec::new(), Vec::new());
+        for addr in addrs {
+            let l = TcpListener::bind(addr).await.map_err(|err| StartError::Listen { addr: *addr, err })?;
+            bound.push(l.local_addr().map_err(|err| StartError::Listen { addr: *addr, err })?);
+            listeners.push(l);
+        }
+        Ok((bound, listeners))
+    }
+    let (federation, fed) = each(settings.listen.iter()).await?;
+    let (direct_tls, direct) = each(settings.direct_tls.iter()).await?;
+    let (gateway, gw) = each(settings.gateway.iter().flat_map(|g| g.listen.iter())).await?;
+    let (components, comp) = each(settings.components.listen.iter()).await?;
+    Ok((
+        Listening { federation, direct_tls, gateway, components },
+        Listeners { federation: fed, direct_tls: direct, gateway: gw, components: comp },
+    ))
+}
+
+/// What a listener accepts.
+#[derive(Clone)]
+enum Accept {
+    S2s,
+    /// XEP-0368: TLS from the first byte.
+    DirectTls,
+    /// External components (XEP-0114) with these secrets.
+    Component(crate::proto::machine::component::Secrets),
+}
+
+/// Accept streams on one listener, each driven with `caps` (federation's, or the internal
+/// link's on `gateway.listen`).
+/// `door`: whose unauthenticated budget the connections it accepts are held to.
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, how: Accept, door: limits::Door, caps: Arc<crate::stream::Caps>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                // gateway.listen: the internal server's address(es) only, before anything else.
+                if caps.internal.is_some()
+                    && let Some(g) = &shared.settings.gateway
+                    && !crate::gateway::allowed(g, peer.ip())
+                {
+                    limits::refused_once("gateway.allow", &peer.ip().to_string(), || {
+                        format!("refusing a connection to gateway.listen from {}: not the internal server (gateway.allow)", peer.ip())
+                    });
+                    drop(tcp);
+                    continue;
+                }
+                let slot = match shared.gauges.admit(door, peer.ip(), &shared.settings.limits) {
+                    Ok(slot) => slot,
+                    Err(limits::Refused(key)) => {
+                        limits::refused_once(key, &peer.ip().to_string(), || {
+                            format!("refusing connections from {}: {key} reached", peer.ip())
+                        });
+                        drop(tcp);
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                match &how {
+                    Accept::S2s => shared.tasks.spawn(crate::stream::inbound::run(caps.clone(), tcp, peer, slot)),
+                    Accept::DirectTls => shared.tasks.spawn(crate::stream::inbound::run_direct(caps.clone(), tcp, peer, slot)),
+                    Accept::Component(secrets) => {
+                        shared.tasks.spawn(crate::stream::component::run(caps.clone(), tcp, peer, slot, secrets.clone()))
+                    }
+                };
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

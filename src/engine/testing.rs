@@ -1,0 +1,50 @@
+//! Looks behind the API for tests: what the store persisted, the secret keys are derived
+//! from, and two ways to stage a situation (a driver's observation, a used-up limit).
+//! Not for operators: everything they may do is a [`super::Request`].
+
+use super::Engine;
+use crate::events::VerificationOutcome;
+use crate::policy::DomainRecord;
+
+/// [`Engine::testing`].
+pub struct Testing<'a>(&'a Engine);
+
+impl Engine {
+    /// See [`Testing`].
+    #[doc(hidden)]
+    pub fn testing(&self) -> Testing<'_> {
+        Testing(self)
+    }
+}
+
+impl Testing<'_> {
+    /// Verification outcomes as persisted (without the unauthenticated ring).
+    pub fn stored_outcomes(&self, domain: Option<&str>, limit: usize) -> Vec<VerificationOutcome> {
+        self.0.shared.store.outcomes(domain, limit).expect("the store reads")
+    }
+
+    /// Domain records as persisted.
+    pub fn stored_domains(&self) -> Vec<DomainRecord> {
+        self.0.shared.store.domains().expect("the store reads")
+    }
+
+    /// The dialback secret (keys derive from it).
+    pub fn dialback_secret(&self) -> &[u8] {
+        &self.0.shared.secret
+    }
+
+    /// SHA-256 fingerprint of the certificate presented now.
+    pub fn certificate_sha256(&self) -> String {
+        self.0.shared.tls.get().our_cert.fingerprint_sha256.clone()
+    }
+
+    /// An outcome as a stream driver reports it.
+    pub fn record_outcome(&self, outcome: VerificationOutcome) {
+        self.0.shared.recorder.record_outcome(outcome)
+    }
+
+    /// Hold one `limits.max_outbound` slot until the guard is dropped.
+    pub fn hold_outbound_slot(&self) -> crate::limits::OutboundSlot {
+        self.0.shared.gauges.outbound(&self.0.shared.settings.limits).expect("an outbound slot is free")
+    }
+}
