@@ -156,45 +156,53 @@ async fn stalled_peer(extra: &str) -> (Dns, TestServer, HandPlayed, drawbridge::
     (dns, server, peer, events)
 }
 
+/// Send `batch(0)`, `batch(1)`, … to the server until `done` says so (`Some(true)`; `None`:
+/// give up, `false` returned), checking it every 20 ms also while a send waits — a send is
+/// never abandoned halfway (that would cut an element in two), and the server taking its
+/// time to read under load does not stop the filling. Bounded by [`LOADED`].
+async fn send_until(peer: &mut RawPeer, batch: impl Fn(usize) -> String, done: impl Fn() -> Option<bool>, what: &str) -> bool {
+    let t0 = std::time::Instant::now();
+    for i in 0.. {
+        let s = batch(i);
+        let send = peer.send(&s);
+        tokio::pin!(send);
+        loop {
+            match done() {
+                Some(true) => return true,
+                None => return false,
+                Some(false) => {}
+            }
+            assert!(t0.elapsed() < *LOADED, "{what}: not within {:?}", *LOADED);
+            tokio::select! {
+                _ = &mut send => break,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    }
+    unreachable!()
+}
+
 /// Pings into the server until its write towards the peer really waits, as observed: the
 /// server's end of the stalled connection takes no more bytes (its send buffer is full:
 /// polled on the socket itself) while answers to pings it delivered are not all written
 /// (each answer carries its ping's 1 KB id back, so more delivered pings than KB written
 /// means answers wait). The padding makes the kernel's buffers on loopback — a few MB —
-/// fill after a few thousand answers: quick on a busy machine. Once the server stops
-/// reading (its answers wait for room, TCP pushes back) only the watching goes on. Returns
-/// `false` if the stream ended first (a write deadline); bounded by [`LOADED`].
+/// fill after a few thousand answers: quick on a busy machine. Returns `false` if the
+/// stream ended first (a write deadline).
 async fn fill_until_stuck(peer: &mut RawPeer, from_server: &RawPeer, shared: &drawbridge::engine::Shared) -> bool {
     let row = |d: Direction| shared.table.snapshots(false).into_iter().find(|c| c.direction == d);
     let stuck = || {
         let (Some(inbound), Some(outbound)) = (row(Direction::In), row(Direction::Out)) else { return Some(false) };
         let waiting = inbound.stanzas_in * 1000 > outbound.bytes_out;
-        Some(from_server.server_end_writable()? == false && waiting)
+        Some(!from_server.server_end_writable()? && waiting)
     };
-    let t0 = std::time::Instant::now();
     let pad = "x".repeat(1000);
-    let mut sending = true;
-    for batch in 0.. {
-        match stuck() {
-            Some(true) => return true,
-            None => return false,
-            Some(false) => {}
-        }
-        assert!(t0.elapsed() < *LOADED, "the server's writes towards the peer never got stuck");
-        if sending {
-            let mut s = String::new();
-            for i in 0..100 {
-                s.push_str(&format!(
-                    "<iq type='get' id='p{batch}-{i}-{pad}' from='slow.test' to='island.test'><ping xmlns='urn:xmpp:ping'/></iq>"
-                ));
-            }
-            // A send that does not complete: the server reads no more; watch only.
-            sending = tokio::time::timeout(Duration::from_secs(1), peer.send(&s)).await.is_ok();
-        } else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    unreachable!()
+    let batch = |b: usize| {
+        (0..100)
+            .map(|i| format!("<iq type='get' id='p{b}-{i}-{pad}' from='slow.test' to='island.test'><ping xmlns='urn:xmpp:ping'/></iq>"))
+            .collect::<String>()
+    };
+    send_until(peer, batch, stuck, "the server's writes towards the peer getting stuck").await
 }
 
 /// Tests that fill kernel buffers with megabytes, or whose deadlines are 2 s, take turns:
@@ -545,17 +553,22 @@ async fn idle_inbound_streams_are_closed() {
 
 /// A link that makes no room: the stream whose answers meet its full queue stops reading
 /// (TCP pushes back on the sender, memory stays bounded), and the operator's probe — a
-/// request for the stalled domain — is bounced once `timeouts.write` (2 s here) passed
+/// request for the stalled domain — is bounced once `timeouts.write` (5 s here) passed
 /// without room, instead of waiting for ever or being dropped. (The exact deadline is
-/// proved with paused time in `router::tests`.)
+/// proved with paused time in `router::tests`.) The probe is made while the stalled stream
+/// is still open, its write waiting (observed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_that_makes_no_room_bounces_requests_after_the_write_deadline() {
     let _turn = TURNS.lock().await;
-    // The probe's own limit far beyond the 2 s write deadline and the replacing stream's
-    // 10 s negotiation deadline: one of those answers it, not the probe's clock.
-    let (_dns, server, peer, _events) = stalled_peer("[timeouts]\nwrite = \"2s\"\nprobe = \"60s\"\n").await;
+    // The probe's own limit far beyond the 5 s write deadline and the replacing stream's
+    // 10 s negotiation deadline: one of those answers it, not the probe's clock. 5 s, not
+    // 2: the stuck write must be seen before the deadline ends the stream.
+    let (_dns, server, peer, _events) = stalled_peer("[timeouts]\nwrite = \"5s\"\nprobe = \"60s\"\n").await;
     let HandPlayed { mut to_server, from_server } = peer;
-    fill_until_stuck(&mut to_server, &from_server, &server.engine.shared).await;
+    assert!(
+        fill_until_stuck(&mut to_server, &from_server, &server.engine.shared).await,
+        "the stream ended (write deadline) before its stuck write was seen"
+    );
     let r = tokio::time::timeout(*LOADED, server.engine.probe("slow.test", None)).await.expect("the probe is answered");
     let err = r.error.unwrap_or_default();
     // Bounced: by the overflow rule if the link is still there at the deadline, else by the
@@ -605,19 +618,12 @@ async fn the_negotiation_deadline_does_not_cut_writes_of_established_streams() {
     }
     // Until the server's end of the inbound stream takes no more bytes (its send buffer
     // full, polled on the socket): from then on every answer it has is a waiting write.
-    let t0 = std::time::Instant::now();
-    let mut sending = true;
-    while to_server.server_end_writable() != Some(false) {
-        assert!(to_server.server_end_writable().is_some(), "the inbound stream ended while filling");
-        assert!(t0.elapsed() < *LOADED, "the server's writes to the peer never got stuck");
-        if sending {
-            // A send that does not complete: the server stopped reading (its unread output
-            // passed the high-water mark); watch only.
-            sending = tokio::time::timeout(Duration::from_secs(1), to_server.send(&batch)).await.is_ok();
-        } else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    let (ours, theirs) = (to_server.tcp().local_addr().unwrap(), to_server.tcp().peer_addr().unwrap());
+    let full = || match socket_writable(theirs, ours) {
+        Some(writable) => Some(!writable),
+        None => panic!("the inbound stream ended while filling"),
+    };
+    send_until(&mut to_server, |_| batch.clone(), full, "the server's writes to the peer getting stuck").await;
     let stuck_at = std::time::Instant::now();
     // Well past the 2 s deadline of the stream's negotiation, with its writes waiting.
     let quiet = Duration::from_secs(3).saturating_sub(opened.elapsed()) + Duration::from_secs(2);
