@@ -154,7 +154,7 @@ async fn memory_stays_bounded_with_huge_certificate_names_and_a_stalled_subscrib
     let pid = serve.id();
     let t0 = Instant::now();
     while control::request(&sock, &Request::Status).await.is_err() {
-        assert!(t0.elapsed() < WAIT, "serve did not start");
+        assert!(t0.elapsed() < *WAIT, "serve did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The stalled subscriber: subscribes, then never reads.
@@ -188,7 +188,7 @@ async fn memory_stays_bounded_with_huge_certificate_names_and_a_stalled_subscrib
     let settle = || async {
         let t0 = Instant::now();
         while status(&sock).await.streams_in > 0 {
-            assert!(t0.elapsed() < WAIT, "streams still open");
+            assert!(t0.elapsed() < *WAIT, "streams still open");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };

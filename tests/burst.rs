@@ -97,7 +97,7 @@ async fn keep_outstanding(extra: &str, window: u64, total: u64, pad: usize) {
     }
     watcher.await.unwrap();
     // Generous for a busy machine; a lost answer makes this fail, not hang.
-    let _from_server = tokio::time::timeout(Duration::from_secs(120), reader)
+    let _from_server = tokio::time::timeout(*LOADED, reader)
         .await
         .unwrap_or_else(|_| panic!("{} of {total} pings answered", answered.load(Ordering::Relaxed)))
         .unwrap();

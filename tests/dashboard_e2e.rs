@@ -53,7 +53,7 @@ async fn block_from_the_keyboard_then_attach_after_restart() {
     run.keys(&["q"]);
     let t0 = Instant::now();
     while run.alive() {
-        assert!(t0.elapsed() < WAIT, "q did not end the dashboard");
+        assert!(t0.elapsed() < *WAIT, "q did not end the dashboard");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -61,7 +61,7 @@ async fn block_from_the_keyboard_then_attach_after_restart() {
     let mut serve = Command::new(bin).arg("--config").arg(&cfg).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let t0 = Instant::now();
     while control::request(&sock, &Request::Status).await.is_err() {
-        assert!(t0.elapsed() < WAIT, "serve did not start");
+        assert!(t0.elapsed() < *WAIT, "serve did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let attach = Tmux::start(&format!("db-attach-{port}"), &format!("{bin} attach --socket {}", sock.display()));
@@ -79,7 +79,7 @@ async fn block_from_the_keyboard_then_attach_after_restart() {
     attach.keys(&["q"]);
     let t0 = Instant::now();
     while attach.alive() {
-        assert!(t0.elapsed() < WAIT, "q did not end attach");
+        assert!(t0.elapsed() < *WAIT, "q did not end attach");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(control::request(&sock, &Request::Status).await.unwrap().ok, "serve still answers");

@@ -286,14 +286,34 @@ fn domain_history_overlay() {
     }
 }
 
+/// Rows whose order by age and by remote differ (the newest is last by name), and a closed
+/// row whose name sorts first: each order is seen, so a sort that does nothing fails.
 #[test]
 fn sorting_connections() {
     let mut m = model();
+    for (id, remote, age_s) in [("dddd4444", "alpha.test", 3_600), ("eeee5555", "zulu.test", 1)] {
+        let mut c = conn(id, Direction::In, remote, ConnState::Established, Some(PairStatus::Valid), None);
+        c.opened_ms = now_ms() - age_s * 1000;
+        m.apply(Event::StreamOpened { stream: c });
+    }
+    let mut c = conn("ffff6666", Direction::In, "aaa-closed.test", ConnState::Closed, None, Some("closed by the peer"));
+    c.opened_ms = now_ms();
+    m.apply(Event::StreamOpened { stream: c });
+    // Each remote's first row on screen, in screen order.
+    let order = |s: &str| {
+        let mut rows: Vec<(usize, &str)> = ["alpha.test", "friend.test", "zulu.test", "aaa-closed.test"]
+            .into_iter()
+            .map(|r| (s.find(r).unwrap_or_else(|| panic!("{r} on screen: {s}")), r))
+            .collect();
+        rows.sort();
+        rows.into_iter().map(|(_, r)| r).collect::<Vec<_>>()
+    };
+    let s = screen(&mut m, 120, 24);
+    assert_eq!(order(&s), ["zulu.test", "friend.test", "alpha.test", "aaa-closed.test"], "newest first, closed last: {s}");
     m.cycle_sort(); // by remote
-    let s = screen(&mut m, 80, 24);
+    let s = screen(&mut m, 120, 24);
     assert!(s.contains("by remote"), "{s}");
-    let friend = s.find("friend.test").unwrap();
-    assert!(friend < s.find("spoofer.test").unwrap(), "{s}");
+    assert_eq!(order(&s), ["alpha.test", "friend.test", "zulu.test", "aaa-closed.test"], "by name, closed last: {s}");
 }
 
 #[test]

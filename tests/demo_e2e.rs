@@ -28,7 +28,7 @@ async fn demo_comes_alive_and_leaves_nothing_behind() {
     t.keys(&["q"]);
     let t0 = Instant::now();
     while t.alive() {
-        assert!(t0.elapsed() < WAIT, "q did not end the demo");
+        assert!(t0.elapsed() < *WAIT, "q did not end the demo");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "nothing left behind");

@@ -62,7 +62,7 @@ async fn send_bomb(addr: &str, frame: String, src: std::net::Ipv4Addr) -> String
     // The server may answer (and close) before reading everything: a failed write is fine.
     let _ = s.write_all(frame.as_bytes()).await;
     let mut got = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut got)).await;
+    let _ = tokio::time::timeout(scaled(Duration::from_secs(60)), s.read_to_end(&mut got)).await;
     String::from_utf8_lossy(&got).into_owned()
 }
 
@@ -124,7 +124,7 @@ async fn bomb_frames_before_tls_stay_within_a_memory_budget() {
     let mut buf = vec![0u8; 4096];
     let mut got = String::new();
     while !got.contains("</stream:features>") {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(*WAIT, s.read(&mut buf)).await.unwrap().unwrap();
         assert!(n > 0, "closed: {got}");
         got.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
@@ -156,37 +156,59 @@ async fn stalled_peer(extra: &str) -> (Dns, TestServer, HandPlayed, drawbridge::
     (dns, server, peer, events.into_events())
 }
 
-/// Pings into the server until its writes towards the peer are stuck. Each ping's id is
-/// padded to 1 KB (its answer carries it back), so the kernel's buffers on loopback — a few
-/// MB — fill after a few thousand answers, not a hundred thousand: quick on a busy machine.
-/// Stuck means the outbound stream's bytes written stop moving for a second while pings
-/// keep coming, or the server stops taking pings (its answers wait for room in the link's
-/// queue, so it reads no more: TCP pushes back). Bounded in count and time.
-async fn fill_until_stuck(peer: &mut RawPeer, engine: &drawbridge::engine::EngineHandle) {
-    let written = || engine.connections(false).into_iter().find(|c| c.direction == Direction::Out).map_or(0, |c| c.bytes_out);
-    let (mut last, mut since) = (written(), std::time::Instant::now());
-    let pad = "x".repeat(1000);
-    for batch in 0..2000 {
-        let mut s = String::new();
-        for i in 0..100 {
-            s.push_str(&format!(
-                "<iq type='get' id='p{batch}-{i}-{pad}' from='slow.test' to='island.test'><ping xmlns='urn:xmpp:ping'/></iq>"
-            ));
+/// Send `batch(0)`, `batch(1)`, … to the server until `done` says so (`Some(true)`; `None`:
+/// give up, `false` returned), checking it every 20 ms also while a send waits — a send is
+/// never abandoned halfway (that would cut an element in two), and the server taking its
+/// time to read under load does not stop the filling. Bounded by [`LOADED`].
+async fn send_until(peer: &mut RawPeer, batch: impl Fn(usize) -> String, done: impl Fn() -> Option<bool>, what: &str) -> bool {
+    let t0 = std::time::Instant::now();
+    for i in 0.. {
+        let s = batch(i);
+        let send = peer.send(&s);
+        tokio::pin!(send);
+        loop {
+            match done() {
+                Some(true) => return true,
+                None => return false,
+                Some(false) => {}
+            }
+            assert!(t0.elapsed() < *LOADED, "{what}: not within {:?}", *LOADED);
+            tokio::select! {
+                _ = &mut send => break,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
         }
-        if tokio::time::timeout(Duration::from_secs(3), peer.send(&s)).await.is_err() {
-            return;
-        }
-        let now = written();
-        if now != last {
-            (last, since) = (now, std::time::Instant::now());
-        } else if since.elapsed() > Duration::from_secs(1) {
-            return;
-        }
-        // Give the server's writer the chance to move the counter between batches.
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    panic!("the server's writes towards the peer never got stuck");
+    unreachable!()
 }
+
+/// Pings into the server until its write towards the peer really waits, as observed: the
+/// server's end of the stalled connection takes no more bytes (its send buffer is full:
+/// polled on the socket itself) while answers to pings it delivered are not all written
+/// (each answer carries its ping's 1 KB id back, so more delivered pings than KB written
+/// means answers wait). The padding makes the kernel's buffers on loopback — a few MB —
+/// fill after a few thousand answers: quick on a busy machine. Returns `false` if the
+/// stream ended first (a write deadline).
+async fn fill_until_stuck(peer: &mut RawPeer, from_server: &RawPeer, engine: &drawbridge::engine::EngineHandle) -> bool {
+    let row = |d: Direction| engine.connections(false).into_iter().find(|c| c.direction == d);
+    let stuck = || {
+        let (Some(inbound), Some(outbound)) = (row(Direction::In), row(Direction::Out)) else { return Some(false) };
+        let waiting = inbound.stanzas_in * 1000 > outbound.bytes_out;
+        Some(!from_server.server_end_writable()? && waiting)
+    };
+    let pad = "x".repeat(1000);
+    let batch = |b: usize| {
+        (0..100)
+            .map(|i| format!("<iq type='get' id='p{b}-{i}-{pad}' from='slow.test' to='island.test'><ping xmlns='urn:xmpp:ping'/></iq>"))
+            .collect::<String>()
+    };
+    send_until(peer, batch, stuck, "the server's writes towards the peer getting stuck").await
+}
+
+/// Tests that fill kernel buffers with megabytes, or whose deadlines are 2 s, take turns:
+/// run together they fight for the machine's cores, and a deadline meant for the peer would
+/// catch a starved server instead.
+static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn closed(ev: &Event, id: &str) -> Option<String> {
     match ev {
@@ -206,35 +228,38 @@ fn outbound_id(server: &TestServer) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_that_never_reads_is_closed_by_the_write_deadline() {
+    let _turn = TURNS.lock().await;
     let (_dns, server, peer, mut events) = stalled_peer("[timeouts]\nwrite = \"2s\"\n").await;
     let HandPlayed { mut to_server, from_server } = peer;
     let id = outbound_id(&server);
     let stuck = Arc::new(AtomicBool::new(false));
     let flag = stuck.clone();
-    let shared = server.engine.handle();
+    let engine = server.engine.handle();
     let filler = tokio::spawn(async move {
-        fill_until_stuck(&mut to_server, &shared).await;
-        flag.store(true, Ordering::SeqCst);
-        to_server
+        if fill_until_stuck(&mut to_server, &from_server, &engine).await {
+            flag.store(true, Ordering::SeqCst);
+        }
+        (to_server, from_server)
     });
     // An event, not a clock: the wait is bounded generously (a loaded machine is slow to
     // fill the kernel's buffers), the deadline under test is the configured 2 s.
-    let ev = wait_event_within(&mut events, "the outbound stream closed", LOADED, |e| closed(e, &id).is_some()).await;
+    let ev = wait_event_within(&mut events, "the outbound stream closed", *LOADED, |e| closed(e, &id).is_some()).await;
     let reason = closed(&ev, &id).unwrap();
     assert!(reason.contains("timeouts.write"), "close reason: {reason}");
-    drop(from_server);
     filler.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_close_ends_a_stream_whose_write_is_blocked() {
+    let _turn = TURNS.lock().await;
     let (_dns, server, peer, mut events) = stalled_peer("[timeouts]\nwrite = \"10m\"\n").await;
     let HandPlayed { mut to_server, from_server } = peer;
-    fill_until_stuck(&mut to_server, &server.engine).await;
+    assert!(fill_until_stuck(&mut to_server, &from_server, &server.engine).await, "the stream ended while filling");
     let id = outbound_id(&server);
+    // The write is waiting now (and stays so: the peer never reads).
     assert!(server.engine.close_stream(&id, "operator test"));
     // Far inside the 10 minutes the write would wait.
-    let ev = wait_event_within(&mut events, "the outbound stream closed", LOADED, |e| closed(e, &id).is_some()).await;
+    let ev = wait_event_within(&mut events, "the outbound stream closed", *LOADED, |e| closed(e, &id).is_some()).await;
     assert!(closed(&ev, &id).unwrap().contains("operator test"), "{ev:?}");
     drop(from_server);
 }
@@ -263,7 +288,13 @@ async fn denied_ranges_are_never_dialled() {
     assert!(!r.ok);
     let err = r.error.unwrap_or_default();
     assert!(err.contains("outbound.deny") && err.contains("127.0.0.0/8"), "{err}");
-    assert!(tokio::time::timeout(Duration::from_millis(1), l.accept()).await.is_err(), "a denied address was dialled");
+    // A connection the server made would be in the listener's queue before the probe's
+    // answer: asked of the kernel directly (non-blocking accept), not within some time.
+    let l = l.into_std().unwrap();
+    match l.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("a denied address was dialled: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -497,6 +528,7 @@ async fn srv_targets_tried_are_capped() {
 /// with <connection-timeout/> after `timeouts.idle_inbound`; keepalives keep it open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_inbound_streams_are_closed() {
+    let _turn = TURNS.lock().await;
     let dns = Dns::start().await;
     let server = start_published("island.test", &dns, "[timeouts]\nidle_inbound = \"2s\"\n").await;
     let mut peer = hand_played(&server, &dns, "quiet.test").await;
@@ -514,15 +546,23 @@ async fn idle_inbound_streams_are_closed() {
 
 /// A link that makes no room: the stream whose answers meet its full queue stops reading
 /// (TCP pushes back on the sender, memory stays bounded), and the operator's probe — a
-/// request for the stalled domain — is bounced once `timeouts.write` (2 s here) passed
+/// request for the stalled domain — is bounced once `timeouts.write` (5 s here) passed
 /// without room, instead of waiting for ever or being dropped. (The exact deadline is
-/// proved with paused time in `router::tests`.)
+/// proved with paused time in `router::tests`.) The probe is made while the stalled stream
+/// is still open, its write waiting (observed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_that_makes_no_room_bounces_requests_after_the_write_deadline() {
-    let (_dns, server, peer, _events) = stalled_peer("[timeouts]\nwrite = \"2s\"\n").await;
+    let _turn = TURNS.lock().await;
+    // The probe's own limit far beyond the 5 s write deadline and the replacing stream's
+    // 10 s negotiation deadline: one of those answers it, not the probe's clock. 5 s, not
+    // 2: the stuck write must be seen before the deadline ends the stream.
+    let (_dns, server, peer, _events) = stalled_peer("[timeouts]\nwrite = \"5s\"\nprobe = \"60s\"\n").await;
     let HandPlayed { mut to_server, from_server } = peer;
-    fill_until_stuck(&mut to_server, &server.engine).await;
-    let r = tokio::time::timeout(LOADED, server.engine.probe("slow.test", None)).await.expect("the probe is answered");
+    assert!(
+        fill_until_stuck(&mut to_server, &from_server, &server.engine).await,
+        "the stream ended (write deadline) before its stuck write was seen"
+    );
+    let r = tokio::time::timeout(*LOADED, server.engine.probe("slow.test", None)).await.expect("the probe is answered");
     let err = r.error.unwrap_or_default();
     // Bounced: by the overflow rule if the link is still there at the deadline, else by the
     // stream that replaced it (the stalled one is closed by the same deadline; the peer
@@ -536,11 +576,12 @@ async fn a_link_that_makes_no_room_bounces_requests_after_the_write_deadline() {
 /// close ends the stream at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_blocked_in_a_write_still_reads_its_peer() {
+    let _turn = TURNS.lock().await;
     let (_dns, server, peer, mut events) = stalled_peer("[timeouts]\nwrite = \"10m\"\n").await;
     let HandPlayed { mut to_server, mut from_server } = peer;
-    fill_until_stuck(&mut to_server, &server.engine).await;
+    assert!(fill_until_stuck(&mut to_server, &from_server, &server.engine).await, "the stream ended while filling");
     let id = outbound_id(&server);
-    assert!(server.engine.connections(false).iter().any(|c| c.id == id), "the outbound stream is still open, its write waiting");
+    assert_eq!(from_server.server_end_writable(), Some(false), "the outbound stream is open, its write waiting");
     // The peer closes the stream the server writes to (never reading what is queued).
     from_server.send("</stream:stream>").await;
     let ev = wait_event(&mut events, "the outbound stream closed by its peer", |e| closed(e, &id).is_some()).await;
@@ -554,6 +595,7 @@ async fn a_stream_blocked_in_a_write_still_reads_its_peer() {
 /// long passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_negotiation_deadline_does_not_cut_writes_of_established_streams() {
+    let _turn = TURNS.lock().await;
     let dns = Dns::start().await;
     let server = start_server("island.test", &dns, "[timeouts]\nwrite = \"10m\"\nnegotiation = \"2s\"\n").await;
     let mut events = server.engine.subscribe();
@@ -567,22 +609,22 @@ async fn the_negotiation_deadline_does_not_cut_writes_of_established_streams() {
     for i in 0..2000 {
         batch.push_str(&format!("<db:verify from='reader.test' to='island.test' id='s{i}'>{}</db:verify>", "ab".repeat(32)));
     }
-    let (mut last, mut since) = (inbound().bytes_out, std::time::Instant::now());
-    for _ in 0..200 {
-        if tokio::time::timeout(Duration::from_secs(1), to_server.send(&batch)).await.is_err() {
-            break; // the server stopped reading: its unread output passed the high-water mark
-        }
-        let now = inbound().bytes_out;
-        if now != last {
-            (last, since) = (now, std::time::Instant::now());
-        } else if since.elapsed() > Duration::from_secs(1) {
-            break;
-        }
-    }
+    // Until the server's end of the inbound stream takes no more bytes (its send buffer
+    // full, polled on the socket): from then on every answer it has is a waiting write.
+    let (ours, theirs) = (to_server.tcp().local_addr().unwrap(), to_server.tcp().peer_addr().unwrap());
+    let full = || match socket_writable(theirs, ours) {
+        Some(writable) => Some(!writable),
+        None => panic!("the inbound stream ended while filling"),
+    };
+    send_until(&mut to_server, |_| batch.clone(), full, "the server's writes to the peer getting stuck").await;
+    let stuck_at = std::time::Instant::now();
     // Well past the 2 s deadline of the stream's negotiation, with its writes waiting.
     let quiet = Duration::from_secs(3).saturating_sub(opened.elapsed()) + Duration::from_secs(2);
     let closed_early =
         tokio::time::timeout(quiet, wait_event(&mut events, "the inbound stream closed", |e| closed(e, &id).is_some())).await;
     assert!(closed_early.is_err(), "closed while its writes waited: {:?}", closed_early.ok().and_then(|e| closed(&e, &id)));
+    // The writes waited the whole time, and past the deadline.
+    assert_eq!(to_server.server_end_writable(), Some(false), "the server's writes went on");
+    assert!(stuck_at.elapsed() >= quiet && opened.elapsed() > Duration::from_secs(2));
     drop(from_server);
 }

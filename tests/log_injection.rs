@@ -62,7 +62,7 @@ impl Served {
                 collected.lock().unwrap().push(line);
             }
         });
-        let port = port_rx.recv_timeout(WAIT).unwrap_or_else(|_| panic!("the server did not start: {:?}", lines.lock().unwrap()));
+        let port = port_rx.recv_timeout(*WAIT).unwrap_or_else(|_| panic!("the server did not start: {:?}", lines.lock().unwrap()));
         Served { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), lines, reader: Some(reader), _dir: dir }
     }
 
@@ -72,7 +72,7 @@ impl Served {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let t0 = Instant::now();
         while self.child.try_wait().unwrap().is_none() {
-            assert!(t0.elapsed() < WAIT, "the server did not stop on SIGTERM");
+            assert!(t0.elapsed() < *WAIT, "the server did not stop on SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
         self.reader.take().unwrap().join().unwrap();
@@ -159,7 +159,7 @@ async fn twenty_thousand_db_verify_frames_before_authentication_write_few_log_li
     let t0 = Instant::now();
     wr.write_all(frames.as_bytes()).await.unwrap();
     wr.flush().await.unwrap();
-    let answers = tokio::time::timeout(Duration::from_secs(120), reader).await.expect("all answers within 120 s").unwrap();
+    let answers = tokio::time::timeout(*LOADED, reader).await.expect("all answers within the bound").unwrap();
     assert_eq!(answers, FRAMES, "every db:verify is answered");
     let took = t0.elapsed();
     drop(wr);

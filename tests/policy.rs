@@ -76,6 +76,8 @@ async fn blacklisting_a_parent_refuses_subdomains_even_before_tls() {
     change(&b.engine, Request::Blacklist { domain: "evil.test".into(), reason: "spam source".into() }).await;
     let r = within("probe from the subdomain", a.engine.probe("b.test", None)).await;
     assert!(!r.ok);
+    let err = r.error.unwrap();
+    assert!(err.contains("stream error <policy-violation/> (chat.evil.test is blacklisted through evil.test: spam source)"), "{err}");
     let r = within("probe to the subdomain", b.engine.probe("chat.evil.test", None)).await;
     let err = r.error.unwrap();
     assert!(err.contains("chat.evil.test is blacklisted through evil.test: spam source"), "{err}");
@@ -96,33 +98,44 @@ async fn blacklisting_a_parent_refuses_subdomains_even_before_tls() {
     assert!(stream.close_reason.as_deref().is_some_and(|r| r.contains("policy-violation")), "{stream:?}");
 }
 
+/// Approval mode holds what a verified but undecided peer sends: the server reads the
+/// stanzas and delivers none of them until the operator approves, then all, in order. The
+/// hold is seen on the stream itself (its delivered-stanza count), not at the far side of
+/// the answers, whose own outbound hold would hide a missing inbound one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approval_mode_holds_then_releases_in_order_or_refuses() {
     let dns = Dns::start().await;
-    let b = start_published("b.test", &dns, "[policy]\nmode = \"approval\"\napproval_wait = \"20s\"\n").await;
+    let b = start_published("b.test", &dns, "[policy]\nmode = \"approval\"\napproval_wait = \"60s\"\n").await;
     // hand_played returns once b answered db:result valid, which it does after listing the
     // verified domain as pending.
     let mut o = hand_played(&b, &dns, "o.test").await;
+    let pending = record(&b.engine, "o.test").await.map(|r| r.state);
+    assert_eq!(pending, Some(DomainState::Pending));
     for i in 1..=3 {
         o.to_server.send(&format!("<iq type='get' id='held{i}' from='o.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>")).await;
     }
-    let pending = domains(&b.engine, Some("pending")).await;
-    assert_eq!(pending.iter().map(|r| r.domain.as_str()).collect::<Vec<_>>(), vec!["o.test"]);
-    o.to_server.send("<iq type='get' id='sync' from='o.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
-    // Nothing was routed yet: the held stream counted no stanza.
+    // The server has read them once it answers a db:verify sent after them on the same
+    // stream (one task reads, decides and counts in arrival order).
+    o.to_server.send_el(&drawbridge::proto::dialback::verify_request("o.test", "b.test", "sync", "00")).await;
+    let (answer, before) = until_db_answer(&mut o.to_server, "verify").await;
+    assert_eq!(answer.get_attr("id"), Some("sync"));
+    assert!(before.is_empty(), "{before:?}");
     let held = b
         .engine
         .connections(false)
         .into_iter()
         .find(|c| c.direction == Direction::In && c.pairs.iter().any(|p| p.remote == "o.test"))
         .unwrap();
-    assert_eq!(held.stanzas_in, 0);
+    assert!(held.bytes_in > 0);
+    assert_eq!(held.stanzas_in, 0, "read, and not one delivered: {held:#?}");
     change(&b.engine, Request::Approve { domain: "o.test".into(), reason: None }).await;
-    for id in ["held1", "held2", "held3", "sync"] {
+    for id in ["held1", "held2", "held3"] {
         let pong = o.next_stanza().await;
         assert_eq!(pong.get_attr("id"), Some(id), "released in order");
         assert_eq!(pong.get_attr("type"), Some("result"));
     }
+    let row = b.engine.connections(false).into_iter().find(|c| c.id == held.id).unwrap();
+    assert_eq!(row.stanzas_in, 3, "delivered once approved");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,6 +157,8 @@ async fn allowlist_mode_refuses_until_approved() {
     ask(&b.engine, Request::Mode { mode: "allowlist".into() }).await;
     let r = within("probe refused", a.engine.probe("b.test", None)).await;
     assert!(!r.ok);
+    let err = r.error.unwrap();
+    assert!(err.contains("stream error <policy-violation/> (a.test is not on the allowlist (policy mode allowlist))"), "{err}");
     // Refused at once, before it proved anything: shown among the verifications (memory
     // only), not written as a domain record — an unauthenticated claim never grows the store.
     assert!(record(&b.engine, "a.test").await.is_none());
@@ -197,24 +212,51 @@ async fn restart_keeps_states_mode_history_and_outcomes() {
     drop(dir);
 }
 
-/// Approval mode holds outbound traffic to an undecided domain too: the stanza waits (the
-/// domain listed as pending) and flows once approved.
+/// Approval mode holds outbound traffic to an undecided domain too: the stanza waits on
+/// the authenticated stream (the domain listed as pending) and flows once approved. The
+/// far side is played by hand, so nothing but the outbound hold stands between the ping
+/// and the wire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approval_mode_holds_outbound_traffic_until_approved() {
+    use drawbridge::proto::dialback::{Answer, DbElement, result_answer, verify_answer};
     let dns = Dns::start().await;
-    let _a = start_published("a.test", &dns, "").await;
-    let b = start_published("b.test", &dns, "[policy]\nmode = \"approval\"\n").await;
+    let b = start_published("b.test", &dns, "[policy]\nmode = \"approval\"\napproval_wait = \"60s\"\n").await;
+    let listener = publish_listener(&dns, "a.test").await;
     let mut events = b.engine.subscribe();
     let engine = b.engine.handle();
     let probe = tokio::spawn(async move { engine.probe("a.test", None).await });
+    let (mut from_server, _) = accept_as_server(&listener, "a.test").await;
+    let el = from_server.next_el().await.expect("b's db:result");
+    let db = DbElement::parse(&el).expect("a dialback element");
+    assert!(!db.verify && db.answer.is_none(), "{el:?}");
+    from_server.send_el(&result_answer("a.test", "b.test", &Answer::Valid)).await;
     wait_event(
         &mut events,
         "a.test pending",
         |e| matches!(e, Event::DomainChanged { record } if record.domain == "a.test" && record.state == DomainState::Pending),
     )
     .await;
+    let (before, mut to_server, verify) = stanzas_before_a_verify(&mut from_server, &b, "a.test").await;
+    assert!(before.is_empty(), "nothing sent to a.test before approval: {before:?}");
     assert!(!probe.is_finished(), "the ping is held, not answered");
+    let sid = verify.get_attr("id").unwrap().to_owned();
+    from_server.send_el(&verify_answer("a.test", "b.test", &sid, &Answer::Valid)).await;
+    let (answer, _) = until_db_answer(&mut to_server, "result").await;
+    assert_eq!(answer.get_attr("type"), Some("valid"));
     change(&b.engine, Request::Approve { domain: "a.test".into(), reason: None }).await;
+    let ping = loop {
+        let el = from_server.next_el().await.expect("the ping, once approved");
+        if drawbridge::proto::stanza::is_stanza(&el) {
+            break el;
+        }
+    };
+    let pong = format!(
+        "<iq type='result' id='{}' from='{}' to='{}'/>",
+        ping.get_attr("id").unwrap(),
+        ping.get_attr("to").unwrap(),
+        ping.get_attr("from").unwrap()
+    );
+    to_server.send(&pong).await;
     let r = within("the held probe", probe).await.unwrap();
     assert!(r.ok, "{:?}", r.error);
 }

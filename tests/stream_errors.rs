@@ -124,15 +124,19 @@ async fn one_byte_chunks() {
 async fn negotiation_timeout_and_clean_close() {
     let dns = Dns::start().await;
     let b = start_published("b.test", &dns, "[timeouts]\nnegotiation = \"300ms\"\n").await;
-    // A peer that opens a stream and never authenticates.
+    // A peer that opens a stream and never authenticates. The deadline may pass before the
+    // server read our header on a crowded machine: whatever it sent first, the stream
+    // ends with the deadline's error.
     let mut p = RawPeer::connect(b.addr).await;
-    p.open("x.test", "b.test").await;
+    p.send(&header("x.test", "b.test")).await;
     let e = p.expect_condition(C::ConnectionTimeout).await;
     assert!(e.text.contains("timeouts.negotiation"), "{e}");
 
-    // A peer that closes politely gets </stream:stream> back.
+    // A peer that closes politely gets </stream:stream> back (on a server whose deadline
+    // cannot come first: the test default of 10 s).
+    let b = start_published("b2.test", &dns, "").await;
     let mut p = RawPeer::connect(b.addr).await;
-    p.open("x.test", "b.test").await;
+    p.open("x.test", "b2.test").await;
     p.send("</stream:stream>").await;
     assert!(matches!(p.next().await, Some(Frame::StreamClose)), "closing handshake answered");
     assert!(p.next().await.is_none(), "and the TCP connection closed");

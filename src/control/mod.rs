@@ -23,10 +23,20 @@ pub enum Command {
     Subscribe,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 enum Transport {
     Subscribe,
+}
+
+/// Written as the client sends it (a request's own JSON, or `{"cmd":"subscribe"}`).
+impl Serialize for Command {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Command::Request(r) => r.serialize(s),
+            Command::Subscribe => Transport::Subscribe.serialize(s),
+        }
+    }
 }
 
 impl Reply {

@@ -27,11 +27,26 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
+/// `DRAWBRIDGE_TEST_WAIT_SCALE` (a factor, default 1) widens every bound of the tests at
+/// once, for a slow or crowded machine. Bounds only stop a hang: events decide outcomes.
+pub fn wait_scale() -> f64 {
+    static SCALE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *SCALE.get_or_init(|| match std::env::var("DRAWBRIDGE_TEST_WAIT_SCALE") {
+        Ok(v) => v.parse().ok().filter(|f: &f64| f.is_finite() && *f > 0.0).expect("DRAWBRIDGE_TEST_WAIT_SCALE is a positive number"),
+        Err(_) => 1.0,
+    })
+}
+
+/// `d` widened by [`wait_scale`].
+pub fn scaled(d: Duration) -> Duration {
+    d.mul_f64(wait_scale())
+}
+
 /// Bound for every wait in tests: a broken feature fails, it does not hang.
-pub const WAIT: Duration = Duration::from_secs(15);
+pub static WAIT: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| scaled(Duration::from_secs(30)));
 
 pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(WAIT, fut).await {
+    match tokio::time::timeout(*WAIT, fut).await {
         Ok(v) => v,
         Err(_) => panic!("timed out waiting for {what}"),
     }
@@ -99,20 +114,32 @@ data_dir = "{data}"
 
 [dns]
 nameservers = ["{dns}"]
-timeout = "2s"
+timeout = "{dns_t}ms"
 
 [timeouts]
-connect = "2s"
-negotiation = "10s"
-dialback = "8s"
-probe = "12s"
+connect = "{connect}ms"
+negotiation = "{negotiation}ms"
+dialback = "{dialback}ms"
+probe = "{probe}ms"
 "#,
-        data = dir.join("data").display()
+        data = dir.join("data").display(),
+        // Deadlines no test waits out: generous, and widened with the other bounds (tests
+        // running in parallel on two cores make a loopback DNS answer slow at times).
+        dns_t = ms(5),
+        connect = ms(5),
+        negotiation = ms(10),
+        dialback = ms(8),
+        probe = ms(12),
     );
     let mut base: toml::Table = base.parse().unwrap();
     let extra: toml::Table = extra.parse().expect("extra config is TOML");
     merge(&mut base, extra);
     toml::to_string(&base).unwrap()
+}
+
+/// `secs` seconds, widened by [`wait_scale`], in milliseconds.
+fn ms(secs: u64) -> u128 {
+    scaled(Duration::from_secs(secs)).as_millis()
 }
 
 fn merge(base: &mut toml::Table, extra: toml::Table) {
@@ -326,7 +353,7 @@ impl RawPeer {
 
 /// Bound for waits whose work scales with the machine's load (filling kernel buffers, a
 /// burst of thousands of stanzas): what they wait for is an event; this only stops a hang.
-pub const LOADED: Duration = Duration::from_secs(120);
+pub static LOADED: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| scaled(Duration::from_secs(120)));
 
 /// Wait for an engine event matching `pred` (bounded by [`WAIT`]).
 pub async fn wait_event(
@@ -334,7 +361,7 @@ pub async fn wait_event(
     what: &str,
     pred: impl FnMut(&drawbridge::engine::events::Event) -> bool,
 ) -> drawbridge::engine::events::Event {
-    wait_event_within(rx, what, WAIT, pred).await
+    wait_event_within(rx, what, *WAIT, pred).await
 }
 
 /// [`wait_event`] bounded by `limit`.
@@ -476,12 +503,18 @@ impl Dns {
 pub struct Tmux(String);
 
 impl Tmux {
-    pub fn start(name: &str, cmd: &str) -> Tmux {
-        let _ = Command::new("tmux").args(["kill-session", "-t", name]).output();
-        let ok =
-            Command::new("tmux").args(["new-session", "-d", "-s", name, "-x", "120", "-y", "32", cmd]).status().expect("tmux is installed");
-        assert!(ok.success());
-        Tmux(name.to_owned())
+    /// A session named `prefix` plus this process's id and a counter: concurrent runs (other
+    /// checkouts, other test binaries) never share, and so never kill, each other's session.
+    pub fn start(prefix: &str, cmd: &str) -> Tmux {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{prefix}-{}-{n}", std::process::id());
+        let ok = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &name, "-x", "120", "-y", "32", cmd])
+            .status()
+            .expect("tmux is installed");
+        assert!(ok.success(), "tmux new-session {name}");
+        Tmux(name)
     }
 
     pub fn screen(&self) -> String {
@@ -503,7 +536,7 @@ impl Tmux {
             if needles.iter().all(|n| s.contains(n)) {
                 return s;
             }
-            assert!(t0.elapsed() < WAIT, "screen never showed {needles:?}:\n{s}");
+            assert!(t0.elapsed() < *WAIT, "screen never showed {needles:?}:\n{s}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -618,4 +651,104 @@ pub async fn domains(engine: &drawbridge::engine::EngineHandle, state: Option<&s
         drawbridge::engine::Reply::Domains(v) => v,
         other => panic!("not a domain list: {other:?}"),
     }
+}
+
+/// Read `p` up to the dialback element `name` (`"result"` or `"verify"`) that carries an
+/// answer (`type`); returns it and the stanzas read before it.
+pub async fn until_db_answer(p: &mut RawPeer, name: &str) -> (Element, Vec<Element>) {
+    let mut before = Vec::new();
+    loop {
+        let el = p.next_el().await.unwrap_or_else(|| panic!("the stream ended before a db:{name} answer; read {before:?}"));
+        if el.is(name, ns::DIALBACK) && el.get_attr("type").is_some() {
+            return (el, before);
+        }
+        if drawbridge::proto::stanza::is_stanza(&el) {
+            before.push(el);
+        }
+    }
+}
+
+/// The far side of a server's outbound stream to `domain` that we accepted and answered
+/// valid (`from_server`): proves what the server sent on it so far *after* it took that
+/// answer. We open a stream of our own into `server` as `domain` and claim it by dialback;
+/// the server asks `domain`'s authoritative server over the same outbound stream, whose
+/// driver takes queued stanzas before verifications (a biased select): a stanza it did not
+/// hold is written before that `db:verify`. Returns the stanzas read before the `db:verify`,
+/// our stream into the server (its `db:result` not yet answered), and the `db:verify`.
+pub async fn stanzas_before_a_verify(from_server: &mut RawPeer, server: &TestServer, domain: &str) -> (Vec<Element>, RawPeer, Element) {
+    let (mut to_server, _, _) = tls_peer(server, domain).await;
+    to_server.send_el(&drawbridge::proto::dialback::result_request(domain, &server.domain, "k")).await;
+    let mut before = Vec::new();
+    loop {
+        let el = from_server.next_el().await.unwrap_or_else(|| panic!("the outbound stream ended; read {before:?}"));
+        if el.is("verify", ns::DIALBACK) {
+            return (before, to_server, el);
+        }
+        if drawbridge::proto::stanza::is_stanza(&el) {
+            before.push(el);
+        }
+    }
+}
+
+impl RawPeer {
+    /// The TCP connection under this peer's transport.
+    pub fn tcp(&self) -> &TcpStream {
+        match &self.io {
+            PeerIo::Plain(s) => s,
+            PeerIo::Tls(s) => s.get_ref().0,
+            PeerIo::Gone => panic!("no transport"),
+        }
+    }
+
+    /// Whether the server's end of this connection would take a write now (see
+    /// [`socket_writable`]; the server runs in this process).
+    /// `None` once the server closed its end.
+    pub fn server_end_writable(&self) -> Option<bool> {
+        let t = self.tcp();
+        let (ours, theirs) = (t.local_addr().ok()?, t.peer_addr().ok()?);
+        socket_writable(theirs, ours)
+    }
+}
+
+/// Whether the kernel would take a write now on this process's TCP socket from `local` to
+/// `peer` (poll for POLLOUT, not waiting): `false` means its send buffer is full, so a write
+/// the server wants to make is really waiting. Found among this process's file descriptors
+/// (the servers under test run in the test's process); `None` if there is no such socket.
+pub fn socket_writable(local: SocketAddr, peer: SocketAddr) -> Option<bool> {
+    fn addr(fd: i32, f: unsafe extern "C" fn(i32, *mut libc::sockaddr, *mut libc::socklen_t) -> i32) -> Option<SocketAddr> {
+        // SAFETY: a zeroed sockaddr_storage is valid; the length says how much the kernel may
+        // write; the kernel fills it for a socket fd (any other fd fails and is skipped).
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if unsafe { f(fd, (&raw mut ss).cast(), &mut len) } != 0 {
+            return None;
+        }
+        match i32::from(ss.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: the family says it is a sockaddr_in.
+                let a: libc::sockaddr_in = unsafe { std::ptr::read((&raw const ss).cast()) };
+                Some(SocketAddr::from((Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)), u16::from_be(a.sin_port))))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says it is a sockaddr_in6.
+                let a: libc::sockaddr_in6 = unsafe { std::ptr::read((&raw const ss).cast()) };
+                Some(SocketAddr::from((std::net::Ipv6Addr::from(a.sin6_addr.s6_addr), u16::from_be(a.sin6_port))))
+            }
+            _ => None,
+        }
+    }
+    for e in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if !std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")) {
+            continue;
+        }
+        if addr(fd, libc::getsockname) != Some(local) || addr(fd, libc::getpeername) != Some(peer) {
+            continue;
+        }
+        let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+        // SAFETY: one valid pollfd, no wait.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        return Some(n == 1 && p.revents & libc::POLLOUT != 0);
+    }
+    None
 }

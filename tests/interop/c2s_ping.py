@@ -2,9 +2,11 @@
 """A minimal XMPP client (RFC 6120 c2s, stdlib only) for the interop tests: log in to a
 server (STARTTLS, SASL PLAIN, resource binding), then either send an XEP-0199 ping
 to a JID (a remote domain, or a user's full JID) and print the round trip — exit 0 on a
-pong, 1 on an error reply (printed with its condition and text) — or, with --serve, go
-online as user@domain/interop and answer pings until --timeout (touching --ready-file once online). Exit 2 on a
-connection problem, 3 on a timeout."""
+pong, 4 on an error reply, printed as one line `ping JID: error TYPE CONDITION: TEXT` for
+the scripts to check — or, with --serve, go online as user@domain/interop and answer pings
+until --timeout (touching --ready-file once online). Exit 2 on a connection problem, 3 on
+a timeout, 1 on anything else (a failed login, a refused STARTTLS, an exception): never
+the code of an error reply."""
 import argparse, base64, socket, ssl, sys, time, uuid
 import xml.etree.ElementTree as ET
 
@@ -109,8 +111,9 @@ def main():
         err = el.find(f"{{{NS_CLIENT}}}error")
         cond = [c.tag.split("}")[1] for c in (err if err is not None else []) if not c.tag.endswith("}text")]
         text = err.findtext("{urn:ietf:params:xml:ns:xmpp-stanzas}text") if err is not None else None
-        print(f"ping {a.ping}: error {cond[0] if cond else '?'}{': ' + text if text else ''}")
-        sys.exit(1)
+        etype = err.get("type", "?") if err is not None else "?"
+        print(f"ping {a.ping}: error {etype} {cond[0] if cond else '?'}: {text or ''}")
+        sys.exit(4)
     print(f"ping {a.ping} from {a.jid}: pong in {rtt:.1f} ms")
     s.send("</stream:stream>")
 

@@ -114,7 +114,13 @@ ping_out=$(in_ns python3 "$here/c2s_ping.py" --host $prosody_ip --jid alice@pros
 rc=$?
 set -e
 echo "$ping_out"
-[ $rc = 1 ] || fail "(c) expected the ping to be answered with an error while blacklisted (exit $rc)"
+# Exit 4 is an error reply (1 would be a failed login or an exception). Prosody 0.12 bounces
+# what it queued for a stream the peer closed with a stream error as <remote-server-timeout/>
+# and puts the peer's condition and text in the reply's text: drawbridge's refusal must be
+# there (Prosody's own failures, e.g. remote-server-not-found for DNS, do not match).
+[ $rc = 4 ] || fail "(c) expected the ping to be answered with an error while blacklisted (exit $rc)"
+echo "$ping_out" | grep -qxF "ping drawbridge.test: error wait remote-server-timeout: Server-to-server connection failed: policy-violation (prosody.test is blacklisted: interop test)" \
+  || fail "(c) the error reply does not carry drawbridge's policy-violation and its reason"
 set +e
 probe_out=$(in_ns "$db" --config "$work/drawbridge.toml" ctl probe prosody.test)
 rc=$?
