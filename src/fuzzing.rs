@@ -59,7 +59,7 @@ fn element(el: &Element, budget: usize, scope: &[(String, String)]) {
     let _ = crate::proto::dialback::DbElement::parse(el);
     let _ = crate::proto::stanza::error_of(el);
     if crate::proto::stanza::is_stanza(el) {
-        let _ = crate::proto::stanza::error_reply(el, crate::proto::stanza::ErrorType::Cancel, "bad-request", Some("fuzz"));
+        let _ = crate::proto::stanza::error_reply(el, crate::proto::stanza::StanzaErrorCondition::BadRequest, Some("fuzz"));
     }
     let _ = crate::proto::stream::StreamError::from_element(el);
     let _ = crate::xml::writer::masked_key(el);
@@ -245,7 +245,7 @@ pub fn machine(data: &[u8]) {
                 answer: match a % 3 {
                     0 => crate::proto::dialback::Answer::Valid,
                     1 => crate::proto::dialback::Answer::Invalid,
-                    _ => crate::proto::dialback::Answer::error("remote-server-timeout", "fuzz"),
+                    _ => crate::proto::dialback::Answer::error(crate::proto::stanza::StanzaErrorCondition::RemoteServerTimeout, "fuzz"),
                 },
                 detail: None,
             }),

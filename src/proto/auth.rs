@@ -90,7 +90,7 @@ mod tests {
     fn only_evidence_builds_a_pair() {
         let (l, r) = (d("a.test"), d("b.test"));
         assert!(ValidPair::by_dialback(&l, &r, &Answer::Invalid).is_none());
-        assert!(ValidPair::by_dialback(&l, &r, &Answer::error("item-not-found", "x")).is_none());
+        assert!(ValidPair::by_dialback(&l, &r, &Answer::error(crate::proto::stanza::StanzaErrorCondition::ItemNotFound, "x")).is_none());
         assert_eq!(ValidPair::by_dialback(&l, &r, &Answer::Valid).unwrap().method(), AuthMethod::Dialback);
         assert!(Certified::from_verdict(&r, &CertVerdict::SelfSigned).is_none());
         let cert = Certified::from_verdict(&r, &CertVerdict::Valid).unwrap();

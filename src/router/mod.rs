@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use crate::domain::Domain;
 use crate::proto::dialback::Answer;
 use crate::proto::machine::PolicyView;
-use crate::proto::stanza::{ErrorType, error_reply};
+use crate::proto::stanza::{StanzaErrorCondition as C, error_reply};
 use crate::types::Verdict;
 use crate::xml::Element;
 
@@ -202,7 +202,7 @@ impl Router {
     fn send_component(&self, comp: &Domain, st: Element) -> Step {
         let link = self.attached.read().unwrap_or_else(|e| e.into_inner()).get(comp).cloned();
         let Some(link) = link else {
-            return error_reply(&st, ErrorType::Cancel, "service-unavailable", Some(&format!("{comp} is not connected"))).into();
+            return error_reply(&st, C::ServiceUnavailable, Some(&format!("{comp} is not connected"))).into();
         };
         let weight = st.weight();
         match link.stanzas.try_send_weighted(st, weight) {
@@ -210,7 +210,7 @@ impl Router {
             Err(queue::TrySendError::Full(back)) => Step::Full(Blocked { stanza: back, queue: link.stanzas, weight, to: comp.clone() }),
             Err(queue::TrySendError::Closed(back)) => {
                 self.detach(comp, &link.stream);
-                error_reply(&back, ErrorType::Cancel, "service-unavailable", Some(&format!("{comp} is not connected"))).into()
+                error_reply(&back, C::ServiceUnavailable, Some(&format!("{comp} is not connected"))).into()
             }
         }
     }
@@ -281,12 +281,7 @@ impl Router {
 
     fn overflow_reply(&self, b: Blocked) -> Option<Element> {
         let to = &b.to;
-        let bounce = error_reply(
-            &b.stanza,
-            ErrorType::Wait,
-            "resource-constraint",
-            Some(&format!("the stream to {to} is not keeping up; try again")),
-        );
+        let bounce = error_reply(&b.stanza, C::ResourceConstraint, Some(&format!("the stream to {to} is not keeping up; try again")));
         let (bounced, dropped) = match bounce {
             Some(_) => (self.bounced.fetch_add(1, Ordering::Relaxed) + 1, self.dropped.load(Ordering::Relaxed)),
             None => (self.bounced.load(Ordering::Relaxed), self.dropped.fetch_add(1, Ordering::Relaxed) + 1),
@@ -359,10 +354,9 @@ impl Router {
             let link = match self.link(&from, &to) {
                 Ok(l) => l,
                 Err(Refusal::Limit(key)) => {
-                    return error_reply(&st, ErrorType::Wait, "resource-constraint", Some(&format!("too many outbound streams ({key})")))
-                        .into();
+                    return error_reply(&st, C::ResourceConstraint, Some(&format!("too many outbound streams ({key})"))).into();
                 }
-                Err(Refusal::Policy(why)) => return error_reply(&st, ErrorType::Cancel, "policy-violation", Some(&why)).into(),
+                Err(Refusal::Policy(why)) => return error_reply(&st, C::PolicyViolation, Some(&why)).into(),
             };
             match link.stanzas.try_send_weighted(st, weight) {
                 Ok(()) => return Step::Done,
@@ -374,7 +368,7 @@ impl Router {
                 }
             }
         }
-        error_reply(&st, ErrorType::Wait, "remote-server-timeout", Some("outbound stream kept closing; try again")).into()
+        error_reply(&st, C::RemoteServerTimeout, Some("outbound stream kept closing; try again")).into()
     }
 
     /// The link of (local, remote), opening one if there is none. Refused when the policy
@@ -427,12 +421,12 @@ impl Router {
             let link = match self.link(local, remote) {
                 Ok(l) => l,
                 Err(Refusal::Limit(k)) => {
-                    return (Answer::error("resource-constraint", format!("too many outbound streams on this server ({k})")), None);
+                    return (Answer::error(C::ResourceConstraint, format!("too many outbound streams on this server ({k})")), None);
                 }
-                Err(Refusal::Policy(why)) => return (Answer::error("policy-violation", why), None),
+                Err(Refusal::Policy(why)) => return (Answer::error(C::PolicyViolation, why), None),
             };
             let Some(verifies) = &link.verifies else {
-                return (Answer::error("remote-connection-failed", format!("no dialback route to {remote}")), None);
+                return (Answer::error(C::RemoteConnectionFailed, format!("no dialback route to {remote}")), None);
             };
             match verifies.try_send_weighted(req, 1) {
                 Ok(()) => {
@@ -440,7 +434,7 @@ impl Router {
                     break;
                 }
                 Err(queue::TrySendError::Full(_)) => {
-                    return (Answer::error("resource-constraint", format!("too many verifications waiting for {remote}; try again")), None);
+                    return (Answer::error(C::ResourceConstraint, format!("too many verifications waiting for {remote}; try again")), None);
                 }
                 Err(queue::TrySendError::Closed(back)) => {
                     self.remove(local, remote, &link.stream);
@@ -449,14 +443,14 @@ impl Router {
             }
         }
         if !sent {
-            return (Answer::error("remote-connection-failed", format!("no stream to {remote} could be kept open")), None);
+            return (Answer::error(C::RemoteConnectionFailed, format!("no stream to {remote} could be kept open")), None);
         }
         let limit = self.dialback_timeout;
         match tokio::time::timeout(limit, rx).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => (Answer::error("remote-connection-failed", format!("the stream to {remote}'s authoritative server ended")), None),
+            Ok(Err(_)) => (Answer::error(C::RemoteConnectionFailed, format!("the stream to {remote}'s authoritative server ended")), None),
             Err(_) => (
-                Answer::error("remote-server-timeout", format!("{remote}'s authoritative server did not answer in time")),
+                Answer::error(C::RemoteServerTimeout, format!("{remote}'s authoritative server did not answer in time")),
                 Some(format!("{remote}'s authoritative server did not answer within {}s (timeouts.dialback)", limit.as_secs())),
             ),
         }

@@ -17,7 +17,7 @@ use crate::events::{Direction, StreamKind};
 use crate::limits::InboundSlot;
 use crate::proto::machine::component::Secrets;
 use crate::proto::machine::{Input, Machine, Output};
-use crate::proto::stanza::{ErrorType, error_reply};
+use crate::proto::stanza::{StanzaErrorCondition, error_reply};
 use crate::router::{Link, LinkKind};
 
 use super::driver::STANZA_HIGH_WATER as HIGH_WATER;
@@ -92,7 +92,7 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
     stanzas.close();
     let mut bounced = Vec::new();
     while let Some(st) = stanzas.try_recv() {
-        bounced.extend(error_reply(&st, ErrorType::Cancel, "service-unavailable", Some("the component disconnected")));
+        bounced.extend(error_reply(&st, StanzaErrorCondition::ServiceUnavailable, Some("the component disconnected")));
     }
     match &attached {
         Some(domain) => tracing::info!(stream = %entry.id, %peer, "component {domain} disconnected: {}", end.reason),

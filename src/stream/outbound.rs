@@ -15,7 +15,7 @@ use crate::domain::Domain;
 use crate::events::*;
 use crate::net::tls_io::TlsIo;
 use crate::proto::machine::{EndKind, Ending, Failure, Input, Machine, Output, TlsRole, verify_failure};
-use crate::proto::stanza::{ErrorType, error_reply};
+use crate::proto::stanza::{StanzaErrorCondition, error_reply};
 use crate::router::{VerifyReply, VerifyRequest};
 use crate::table::ConnEntry;
 
@@ -32,7 +32,7 @@ pub async fn run(
     let connected = tokio::select! {
         // Boxed: the dialling state is freed once connected, not kept in the task.
         r = Box::pin(connect(&caps, &entry, &remote)) => r,
-        r = control.closed() => Err(Failure::new(r.reason)),
+        r = control.closed() => Err(Failure::unreachable(r.reason)),
     };
     let mut waiting: HashMap<u64, VerifyReply> = HashMap::new();
     let (end, driver) = match connected {
@@ -62,7 +62,7 @@ pub async fn run(
     verifies.close();
     let fail_verifies = |verifies: &mut crate::router::queue::QueueRx<VerifyRequest>,
                          waiting: &mut HashMap<u64, VerifyReply>,
-                         condition: &str,
+                         condition: StanzaErrorCondition,
                          reason: &str| {
         for (_, w) in waiting.drain() {
             let _ = w.send((verify_failure(&remote, condition), Some(reason.to_owned())));
@@ -78,7 +78,7 @@ pub async fn run(
                 // The internal link's bounces go to the world: nothing about the internal
                 // server (its address, its errors) leaves; the operator has the full reason.
                 format!("{remote} cannot be reached right now")
-            } else if condition == "policy-violation" {
+            } else if condition == StanzaErrorCondition::PolicyViolation {
                 end.reason.clone()
             } else {
                 format!("{remote}: {}", end.reason)
@@ -88,7 +88,7 @@ pub async fn run(
             // finds the failed stream and its reason in the connection table.
             caps.observer.closed(&entry, &end.reason);
             while let Some(st) = stanzas.try_recv() {
-                if let Some(b) = error_reply(&st, bounce_type(condition), condition, Some(&text)) {
+                if let Some(b) = error_reply(&st, condition, Some(&text)) {
                     caps.router.route_now(b);
                 }
             }
@@ -110,12 +110,12 @@ pub async fn run(
                     Err(bounce) => bounce.into_iter().for_each(|b| caps.router.route_now(b)),
                 }
             }
-            fail_verifies(&mut verifies, &mut waiting, "remote-server-not-found", "stream closed");
+            fail_verifies(&mut verifies, &mut waiting, StanzaErrorCondition::RemoteServerNotFound, "stream closed");
             Box::pin(d.close(&end)).await;
         }
         EndKind::Lost | EndKind::Inbound => {
             tracing::info!(stream = %entry.id, %local, %remote, "outbound stream to {remote} ended: {}", end.reason);
-            fail_verifies(&mut verifies, &mut waiting, "remote-server-not-found", &end.reason);
+            fail_verifies(&mut verifies, &mut waiting, StanzaErrorCondition::RemoteServerNotFound, &end.reason);
             // Stanzas queued behind a lost stream get a new stream (once; its failure bounces).
             let mut rest = Vec::new();
             while let Some(st) = stanzas.try_recv() {
@@ -130,12 +130,6 @@ pub async fn run(
         }
     }
     caps.observer.closed(&entry, &end.reason);
-}
-
-/// RFC 6120 §8.3.3: remote-server-timeout is a `wait` error; remote-server-not-found and
-/// policy-violation are `cancel`.
-fn bounce_type(cond: &str) -> ErrorType {
-    if cond == "remote-server-timeout" { ErrorType::Wait } else { ErrorType::Cancel }
 }
 
 use super::driver::STANZA_HIGH_WATER;
@@ -202,7 +196,9 @@ async fn session(
 /// operator named it).
 async fn connect_internal(caps: &Caps, entry: &ConnEntry, addr: std::net::SocketAddr) -> Result<(TcpStream, bool), Failure> {
     if let Some((key, own)) = caps.settings.outbound.own.reached_by(addr) {
-        return Err(Failure::new(format!("internal server {addr} (gateway.internal): drawbridge itself listens there ({key} {own})")));
+        return Err(Failure::unreachable(format!(
+            "internal server {addr} (gateway.internal): drawbridge itself listens there ({key} {own})"
+        )));
     }
     let limit = caps.settings.timeouts.connect;
     match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
@@ -211,7 +207,7 @@ async fn connect_internal(caps: &Caps, entry: &ConnEntry, addr: std::net::Socket
             entry.set_peer_addr(addr);
             Ok((tcp, false))
         }
-        Ok(Err(e)) => Err(Failure::new(format!("internal server {addr} (gateway.internal): {e}"))),
+        Ok(Err(e)) => Err(Failure::unreachable(format!("internal server {addr} (gateway.internal): {e}"))),
         Err(_) => Err(Failure::timeout(format!(
             "internal server {addr} (gateway.internal): no answer within {}s (timeouts.connect)",
             limit.as_secs()
@@ -268,7 +264,7 @@ async fn connect(caps: &Caps, entry: &ConnEntry, remote: &Domain) -> Result<(Tcp
     }
     let out = &caps.settings.outbound;
     if crate::net::dial::is_ip_literal(remote.as_str()) {
-        return Err(Failure::new(format!("{} is an IP address, not a federation domain", remote)));
+        return Err(Failure::unreachable(format!("{} is an IP address, not a federation domain", remote)));
     }
     let _slot = match caps.dials.clone().try_acquire_owned() {
         Ok(p) => p,
@@ -276,14 +272,14 @@ async fn connect(caps: &Caps, entry: &ConnEntry, remote: &Domain) -> Result<(Tcp
             crate::limits::refused_once("outbound.max_dials", "*", || {
                 format!("{} outbound connection attempts in progress (outbound.max_dials); further dials wait", out.max_dials)
             });
-            caps.dials.clone().acquire_owned().await.map_err(|_| Failure::new("shutting down"))?
+            caps.dials.clone().acquire_owned().await.map_err(|_| Failure::unreachable("shutting down"))?
         }
     };
     let resolver = &caps.resolver;
     let budget = caps.settings.dns_timeout * 4;
     let targets = match tokio::time::timeout(budget, resolver.targets(remote)).await {
         Ok(Ok(t)) => t,
-        Ok(Err(e)) => return Err(Failure::new(e.to_string())),
+        Ok(Err(e)) => return Err(Failure::unreachable(e.to_string())),
         Err(_) => {
             return Err(Failure::timeout(format!("DNS: no answer for {} within {}s (dns.timeout)", remote, budget.as_secs())));
         }
@@ -291,27 +287,33 @@ async fn connect(caps: &Caps, entry: &ConnEntry, remote: &Domain) -> Result<(Tcp
     let connect_timeout = caps.settings.timeouts.connect;
     let mut tried = Vec::new();
     if targets.len() > out.max_targets {
-        tried.push(format!("{} SRV targets, only the first {} tried (outbound.max_targets)", targets.len(), out.max_targets));
+        tried.push(Tried::failed(format!(
+            "{} SRV targets, only the first {} tried (outbound.max_targets)",
+            targets.len(),
+            out.max_targets
+        )));
     }
     for target in targets.iter().take(out.max_targets) {
         let addrs = match tokio::time::timeout(budget, resolver.addresses(target)).await {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
-                tried.push(format!("{target}: {e}"));
+                tried.push(Tried::failed(format!("{target}: {e}")));
                 continue;
             }
             Err(_) => {
-                tried.push(format!("{target}: DNS timeout"));
+                tried.push(Tried::failed(format!("{target}: DNS timeout")));
                 continue;
             }
         };
         for addr in addrs.into_iter().take(out.max_addresses) {
             if let Some(range) = crate::net::dial::denied(&out.deny, addr.ip()) {
-                tried.push(format!("{addr} ({target}): in {range}, which outbound.deny forbids"));
+                tried.push(Tried::failed(format!("{addr} ({target}): in {range}, which outbound.deny forbids")));
                 continue;
             }
             if let Some((key, own)) = out.own.reached_by(addr) {
-                tried.push(format!("{addr} ({target}): drawbridge itself listens there ({key} {own}); not dialling itself (a loop)"));
+                tried.push(Tried::failed(format!(
+                    "{addr} ({target}): drawbridge itself listens there ({key} {own}); not dialling itself (a loop)"
+                )));
                 continue;
             }
             match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
@@ -321,12 +323,30 @@ async fn connect(caps: &Caps, entry: &ConnEntry, remote: &Domain) -> Result<(Tcp
                     tracing::debug!(stream = %entry.id, %addr, %target, "connected to {}", remote);
                     return Ok((tcp, target.source == crate::net::resolve::TargetSource::SrvDirectTls));
                 }
-                Ok(Err(e)) => tried.push(format!("{addr} ({target}): {e}")),
-                Err(_) => tried.push(format!("{addr} ({target}): no answer within {}s (timeouts.connect)", connect_timeout.as_secs())),
+                Ok(Err(e)) => tried.push(Tried::failed(format!("{addr} ({target}): {e}"))),
+                Err(_) => tried.push(Tried {
+                    what: format!("{addr} ({target}): no answer within {}s (timeouts.connect)", connect_timeout.as_secs()),
+                    timed_out: true,
+                }),
             }
         }
     }
-    let all_timeouts = !tried.is_empty() && tried.iter().all(|t| t.contains("no answer within"));
-    let reason = format!("connect: {}", tried.join("; "));
-    Err(if all_timeouts { Failure::timeout(reason) } else { Failure::new(reason) })
+    // Only addresses that all kept silent make a timeout (a `wait` bounce: the sender may
+    // retry); any other failure among them says the domain cannot be reached.
+    let all_timeouts = !tried.is_empty() && tried.iter().all(|t| t.timed_out);
+    let reason = format!("connect: {}", tried.iter().map(|t| t.what.as_str()).collect::<Vec<_>>().join("; "));
+    Err(if all_timeouts { Failure::timeout(reason) } else { Failure::unreachable(reason) })
+}
+
+/// One target or address tried while dialling, and whether it failed by not answering
+/// within `timeouts.connect`.
+struct Tried {
+    what: String,
+    timed_out: bool,
+}
+
+impl Tried {
+    fn failed(what: String) -> Tried {
+        Tried { what, timed_out: false }
+    }
 }

@@ -281,8 +281,8 @@ impl Component {
         }
         retag(&mut el, ns::COMPONENT_ACCEPT, ns::SERVER);
         // RFC 6120 §8: a malformed stanza is answered with a stanza error, back to the component.
-        if let Err((etype, cond, text)) = crate::proto::stanza::check(&el) {
-            if let Some(reply) = crate::proto::stanza::error_reply(&el, etype, cond, Some(text)) {
+        if let Err((cond, text)) = crate::proto::stanza::check(&el) {
+            if let Some(reply) = crate::proto::stanza::error_reply(&el, cond, Some(text)) {
                 cx.out.push_back(Output::Route(reply));
             }
             return;

@@ -328,7 +328,7 @@ pub enum EndKind {
     Inbound,
     /// Could not be set up (or the policy refused): queued stanzas bounce with this
     /// stanza error condition (RFC 6120 §8.3.3).
-    Failed { condition: &'static str },
+    Failed { condition: crate::proto::stanza::StanzaErrorCondition },
     /// Closed on purpose (idle, operator, shutdown): what is queued still goes out on it.
     Closed,
     /// Lost after it was established: what is queued gets a new stream.

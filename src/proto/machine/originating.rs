@@ -15,6 +15,7 @@ use crate::domain::Domain;
 use crate::proto::auth::ValidPair;
 use crate::proto::dialback::{self, Answer, DbElement};
 use crate::proto::ns;
+use crate::proto::stanza::StanzaErrorCondition;
 use crate::proto::stream::{PeerStreamError, StreamError, StreamErrorCondition, check_header, header};
 use crate::types::{AuthMethod, AuthMode, ConnState, PairStatus, StreamLimits, Verdict, VerificationResult};
 use crate::xml::{Element, Frame};
@@ -75,21 +76,29 @@ pub(super) struct Originating {
 
 /// Why an outbound stream could not be set up (by the machine, or by its driver while
 /// dialling), and the stanza error condition queued stanzas bounce with (RFC 6120 §8.3.3).
+/// Each constructor names what happened; the condition follows from it.
 #[derive(Debug, Clone)]
 pub struct Failure {
-    pub condition: &'static str,
+    pub condition: StanzaErrorCondition,
     pub reason: String,
 }
 
 impl Failure {
-    pub fn new(reason: impl Into<String>) -> Failure {
-        Failure { condition: "remote-server-not-found", reason: reason.into() }
+    /// The peer could not be reached or the stream could not be set up with it (DNS, TCP,
+    /// TLS, its answers): remote-server-not-found (RFC 6120 §8.3.3.13).
+    pub fn unreachable(reason: impl Into<String>) -> Failure {
+        Failure { condition: StanzaErrorCondition::RemoteServerNotFound, reason: reason.into() }
     }
+
+    /// Nothing answered in time: remote-server-timeout (§8.3.3.14), a `wait` error.
     pub fn timeout(reason: impl Into<String>) -> Failure {
-        Failure { condition: "remote-server-timeout", reason: reason.into() }
+        Failure { condition: StanzaErrorCondition::RemoteServerTimeout, reason: reason.into() }
     }
-    fn policy(reason: impl Into<String>) -> Failure {
-        Failure { condition: "policy-violation", reason: reason.into() }
+
+    /// A policy (ours, or a security rule the peer cannot meet) refuses the stream:
+    /// policy-violation, and the stream error of the same name to the peer.
+    pub(crate) fn policy(reason: impl Into<String>) -> Failure {
+        Failure { condition: StanzaErrorCondition::PolicyViolation, reason: reason.into() }
     }
 }
 
@@ -182,18 +191,18 @@ impl Originating {
                         ReadError::Io(e) => format!("{what}: I/O: {e}"),
                         ReadError::Xml(x) => format!("{what}: {x}"),
                     };
-                    self.fail(cx, Failure::new(reason), true);
+                    self.fail(cx, Failure::unreachable(reason), true);
                 }
             }
             Input::WriteFailed(e) => {
                 if self.established() {
                     self.lost(cx, format!("write failed: {e}"), false, true);
                 } else {
-                    self.fail(cx, Failure::new(format!("write failed: {e}")), true);
+                    self.fail(cx, Failure::unreachable(format!("write failed: {e}")), true);
                 }
             }
             Input::TlsEstablished(facts) => self.on_tls(cx, facts),
-            Input::TlsFailed(e) => self.fail(cx, Failure::new(format!("TLS handshake: {e}")), true),
+            Input::TlsFailed(e) => self.fail(cx, Failure::unreachable(format!("TLS handshake: {e}")), true),
             Input::Verify { stream_id, key, token } => {
                 cx.send(dialback::verify_request(self.local.as_str(), self.remote.as_str(), &stream_id, &key));
                 self.verifying.entry(stream_id).or_default().push(token);
@@ -222,7 +231,7 @@ impl Originating {
                 if self.established() {
                     self.end(cx, Ending { error, reason, peer_closed: false, abandon: false, kind: EndKind::Closed });
                 } else {
-                    self.fail(cx, Failure::new(reason), false);
+                    self.fail(cx, Failure::unreachable(reason), false);
                 }
             }
             Input::Timer => self.on_timer(cx, now),
@@ -262,7 +271,7 @@ impl Originating {
 
     fn on_tls(&mut self, cx: &mut Cx, facts: TlsFacts) {
         let State::Tls { direct } = self.state else {
-            return self.fail(cx, Failure::new("TLS reported outside a handshake"), true);
+            return self.fail(cx, Failure::unreachable("TLS reported outside a handshake"), true);
         };
         self.tls = true;
         let verdict = cx.env.certs.judge(&facts.chain, &self.remote, facts.at);
@@ -296,11 +305,11 @@ impl Originating {
         match state {
             State::Header { sasl } => {
                 let Frame::StreamOpen(h) = frame else {
-                    return self.fail(cx, Failure::new("the peer did not open a stream"), false);
+                    return self.fail(cx, Failure::unreachable("the peer did not open a stream"), false);
                 };
                 if let Err(e) = check_header(&h) {
                     cx.send(e.to_element());
-                    return self.fail(cx, Failure::new(format!("bad stream header from the peer: {e}")), false);
+                    return self.fail(cx, Failure::unreachable(format!("bad stream header from the peer: {e}")), false);
                 }
                 let stream_id = h.id.filter(|i| !i.is_empty());
                 if stream_id.as_deref().is_some_and(|id| (cx.env.issued_here)(id)) {
@@ -308,7 +317,7 @@ impl Originating {
                     // leading to one of our listeners). Nothing more is said or minted.
                     return self.fail(
                         cx,
-                        Failure::new(format!(
+                        Failure::unreachable(format!(
                             "{} leads back to this server: the answering stream header carries a stream id drawbridge issued itself; not talking to itself (a loop)",
                             self.remote
                         )),
@@ -324,10 +333,10 @@ impl Originating {
                 let features = match frame {
                     Frame::Element(el) if el.is("features", ns::STREAMS) => el,
                     Frame::Element(el) => {
-                        return self.fail(cx, Failure::new(format!("expected stream features, got {}", el.describe())), false);
+                        return self.fail(cx, Failure::unreachable(format!("expected stream features, got {}", el.describe())), false);
                     }
-                    Frame::StreamClose => return self.fail(cx, Failure::new("the peer closed the stream"), false),
-                    Frame::StreamOpen(_) => return self.fail(cx, Failure::new("unexpected second stream header"), false),
+                    Frame::StreamClose => return self.fail(cx, Failure::unreachable("the peer closed the stream"), false),
+                    Frame::StreamOpen(_) => return self.fail(cx, Failure::unreachable("unexpected second stream header"), false),
                 };
                 self.read_limits(cx, &features);
                 if let Some(pair) = sasl {
@@ -341,7 +350,7 @@ impl Originating {
                     if buffered > 0 {
                         return self.fail(
                             cx,
-                            Failure::new("TLS: data after <proceed/> (plaintext injection); refusing to continue"),
+                            Failure::unreachable("TLS: data after <proceed/> (plaintext injection); refusing to continue"),
                             false,
                         );
                     }
@@ -349,9 +358,9 @@ impl Originating {
                     self.state = State::Tls { direct: false };
                 }
                 Frame::Element(el) if el.is("failure", ns::TLS) => {
-                    self.fail(cx, Failure::new("TLS: the peer answered STARTTLS with <failure/>"), false)
+                    self.fail(cx, Failure::unreachable("TLS: the peer answered STARTTLS with <failure/>"), false)
                 }
-                _ => self.fail(cx, Failure::new("TLS: unexpected answer to STARTTLS"), false),
+                _ => self.fail(cx, Failure::unreachable("TLS: unexpected answer to STARTTLS"), false),
             },
             State::Sasl { stream_id } => match frame {
                 Frame::Element(el) if el.is("success", ns::SASL) => {
@@ -369,13 +378,13 @@ impl Originating {
                     cx.outcome(&self.local, &self.remote, AuthMethod::SaslExternal, VerificationResult::Invalid, why);
                     self.dialback(cx, now, stream_id);
                 }
-                _ => self.fail(cx, Failure::new("SASL: unexpected answer to <auth/>"), false),
+                _ => self.fail(cx, Failure::unreachable("SASL: unexpected answer to <auth/>"), false),
             },
             State::Dialback { until } => {
                 self.state = State::Dialback { until };
                 let el = match frame {
                     Frame::Element(el) => el,
-                    Frame::StreamClose => return self.fail(cx, Failure::new("the peer closed the stream during dialback"), false),
+                    Frame::StreamClose => return self.fail(cx, Failure::unreachable("the peer closed the stream during dialback"), false),
                     Frame::StreamOpen(_) => return,
                 };
                 if let Some(db) = DbElement::parse(&el) {
@@ -390,7 +399,7 @@ impl Originating {
                             cx.observe(Observed::PairRemoved { local: self.local.clone(), remote: self.remote.clone() });
                             let why = format!("{} answered our dialback with {}", self.remote, a.describe());
                             cx.outcome(&self.local, &self.remote, AuthMethod::Dialback, VerificationResult::Invalid, why);
-                            let f = Failure::new(format!("dialback: {} answered {}", self.remote, a.describe()));
+                            let f = Failure::unreachable(format!("dialback: {} answered {}", self.remote, a.describe()));
                             self.fail(cx, f, false);
                         }
                         _ => self.on_dialback(cx, &db),
@@ -406,7 +415,7 @@ impl Originating {
                         }
                     }
                     Frame::StreamOpen(_) => {}
-                    Frame::StreamClose => self.fail(cx, Failure::new("the peer closed the stream"), false),
+                    Frame::StreamClose => self.fail(cx, Failure::unreachable("the peer closed the stream"), false),
                 }
             }
             State::Established { pair } => {
@@ -425,7 +434,7 @@ impl Originating {
             }
             s @ (State::Tls { .. } | State::Done) => {
                 self.state = s;
-                self.fail(cx, Failure::new("data during the TLS handshake"), true);
+                self.fail(cx, Failure::unreachable("data during the TLS handshake"), true);
             }
         }
     }
@@ -473,7 +482,7 @@ impl Originating {
             tracing::info!(stream = %log, "{note} (further ones on this stream at debug level)");
         }
         let why = format!("the stanza is {size} bytes; {remote} accepts at most {max} bytes (its XEP-0478 stream limit)");
-        Err(crate::proto::stanza::error_reply(st, crate::proto::stanza::ErrorType::Modify, "policy-violation", Some(&why)).map(|mut b| {
+        Err(crate::proto::stanza::error_reply(st, StanzaErrorCondition::PolicyViolation, Some(&why)).map(|mut b| {
             // The original is what was too large: it is not echoed back.
             b.children.retain(|c| matches!(c, crate::xml::Node::Element(e) if e.name.as_ref() == "error"));
             b
@@ -499,7 +508,7 @@ impl Originating {
         if self.established() {
             self.lost(cx, end.reason, false, false);
         } else {
-            self.fail(cx, Failure::new(end.reason), false);
+            self.fail(cx, Failure::unreachable(end.reason), false);
         }
     }
 
@@ -528,7 +537,7 @@ impl Originating {
             if require_tls {
                 return self.fail(
                     cx,
-                    Failure::new(format!("{} does not offer STARTTLS and encryption is required ({rule})", self.remote)),
+                    Failure::unreachable(format!("{} does not offer STARTTLS and encryption is required ({rule})", self.remote)),
                     false,
                 );
             }
@@ -545,10 +554,10 @@ impl Originating {
     fn dialback(&mut self, cx: &mut Cx, now: Instant, stream_id: Option<String>) {
         if let (AuthMode::CertOnly, rule) = cx.env.security.auth_for(self.remote.as_str()) {
             let why = format!("{} did not accept our certificate (SASL EXTERNAL) and {rule} forbids dialback", self.remote);
-            return self.fail(cx, Failure::new(why), false);
+            return self.fail(cx, Failure::unreachable(why), false);
         }
         let Some(stream_id) = stream_id else {
-            return self.fail(cx, Failure::new("the peer's stream header has no id, so dialback is impossible"), false);
+            return self.fail(cx, Failure::unreachable("the peer's stream header has no id, so dialback is impossible"), false);
         };
         cx.state(ConnState::Authenticating);
         let key = cx.env.keys.derive(self.remote.as_str(), self.local.as_str(), &stream_id);
@@ -614,7 +623,8 @@ impl Originating {
 
     /// Could not be set up (or refused): waiting verifications fail, queued stanzas bounce.
     fn fail(&mut self, cx: &mut Cx, f: Failure, abandon: bool) {
-        let error = (f.condition == "policy-violation").then(|| StreamError::new(StreamErrorCondition::PolicyViolation, f.reason.clone()));
+        let error = (f.condition == StanzaErrorCondition::PolicyViolation)
+            .then(|| StreamError::new(StreamErrorCondition::PolicyViolation, f.reason.clone()));
         let condition = f.condition;
         self.answer_waiting(cx, condition, &f.reason);
         self.end(cx, Ending { error, reason: f.reason, peer_closed: false, abandon, kind: EndKind::Failed { condition } });
@@ -622,13 +632,13 @@ impl Originating {
 
     /// Lost after it was established.
     fn lost(&mut self, cx: &mut Cx, reason: String, peer_closed: bool, abandon: bool) {
-        self.answer_waiting(cx, "remote-server-not-found", &reason);
+        self.answer_waiting(cx, StanzaErrorCondition::RemoteServerNotFound, &reason);
         self.end(cx, Ending { error: None, reason, peer_closed, abandon, kind: EndKind::Lost });
     }
 
     fn end(&mut self, cx: &mut Cx, e: Ending) {
         if e.kind == EndKind::Closed {
-            self.answer_waiting(cx, "remote-server-not-found", "stream closed");
+            self.answer_waiting(cx, StanzaErrorCondition::RemoteServerNotFound, "stream closed");
         }
         self.state = State::Done;
         cx.close(e);
@@ -636,7 +646,7 @@ impl Originating {
 
     /// What the peer that asked for a verification learns: the condition, in neutral words
     /// (no address, no kind of connect failure); the full reason reaches the operator.
-    fn answer_waiting(&mut self, cx: &mut Cx, condition: &str, reason: &str) {
+    fn answer_waiting(&mut self, cx: &mut Cx, condition: StanzaErrorCondition, reason: &str) {
         for (_, tokens) in self.verifying.drain() {
             for token in tokens {
                 cx.out.push_back(Output::VerifyAnswer {
@@ -650,10 +660,10 @@ impl Originating {
 }
 
 /// The neutral answer for a verification that could not be carried out.
-pub fn verify_failure(remote: &Domain, condition: &str) -> Answer {
-    if condition == "remote-server-timeout" {
-        Answer::error("remote-server-timeout", format!("{remote}'s authoritative server did not answer in time"))
+pub fn verify_failure(remote: &Domain, condition: StanzaErrorCondition) -> Answer {
+    if condition == StanzaErrorCondition::RemoteServerTimeout {
+        Answer::error(condition, format!("{remote}'s authoritative server did not answer in time"))
     } else {
-        Answer::error("remote-connection-failed", format!("{remote}'s authoritative server could not be reached"))
+        Answer::error(StanzaErrorCondition::RemoteConnectionFailed, format!("{remote}'s authoritative server could not be reached"))
     }
 }

@@ -14,7 +14,7 @@ use crate::domain::{Domain, is_ip_literal};
 use crate::proto::auth::{Certified, ValidPair};
 use crate::proto::dialback::{self, Answer, DbElement};
 use crate::proto::ns;
-use crate::proto::stanza::is_stanza;
+use crate::proto::stanza::{StanzaErrorCondition as SC, is_stanza};
 use crate::proto::stream::{PeerStreamError, StreamErrorCondition as C, check_header, header};
 use crate::types::{AuthMethod, CertVerdict, ConnState, PairStatus, Verdict, VerificationResult};
 use crate::xml::element::clip;
@@ -487,7 +487,7 @@ impl Receiving {
         let local = match Domain::parse(&db.to) {
             Ok(d) if env.is_hosted(&d) => d,
             _ => {
-                let answer = Answer::error("item-not-found", format!("{} is not served here", clip(&db.to, 64)));
+                let answer = Answer::error(SC::ItemNotFound, format!("{} is not served here", clip(&db.to, 64)));
                 return cx.send(dialback::result_answer(&db.to, &db.from, &answer));
             }
         };
@@ -518,7 +518,7 @@ impl Receiving {
             None => {}
         }
         if self.pairs.len() >= env.limits.max_pairs_per_stream {
-            let answer = Answer::error("resource-constraint", "too many domain pairs on this stream (limits.max_pairs_per_stream)");
+            let answer = Answer::error(SC::ResourceConstraint, "too many domain pairs on this stream (limits.max_pairs_per_stream)");
             return cx.send(dialback::result_answer(local.as_str(), remote.as_str(), &answer));
         }
         let in_flight = self.pairs.values().filter(|p| matches!(p, Pair::Verifying)).count();
@@ -526,7 +526,7 @@ impl Receiving {
             Ok(()) => {}
             Err(key @ "limits.max_verifications_in_flight") => {
                 let answer =
-                    Answer::error("resource-constraint", format!("too many verifications under way on this stream ({key}); try again"));
+                    Answer::error(SC::ResourceConstraint, format!("too many verifications under way on this stream ({key}); try again"));
                 return cx.send(dialback::result_answer(local.as_str(), remote.as_str(), &answer));
             }
             Err(key) => return cx.close(Ending::error(C::PolicyViolation, format!("too many dialback requests on this stream ({key})"))),
@@ -567,7 +567,7 @@ impl Receiving {
                 self.refuse(cx, &local, &remote, Answer::Invalid, VerificationResult::Invalid, reason);
             }
             Answer::Error { condition, text } => {
-                let result = if condition == "remote-server-timeout" { VerificationResult::Timeout } else { VerificationResult::Error };
+                let result = if condition == SC::RemoteServerTimeout { VerificationResult::Timeout } else { VerificationResult::Error };
                 // The peer gets the neutral text; the operator the full reason.
                 let reason = format!(
                     "could not verify with {remote}'s authoritative server: <{condition}/> {}",
@@ -644,7 +644,7 @@ impl Receiving {
     fn on_db_verify(&mut self, cx: &mut Cx, db: DbElement) {
         let id = db.id.clone().unwrap_or_default();
         let answer = match Domain::parse(&db.to).ok().filter(|d| cx.env.is_hosted(d)) {
-            None => Answer::error("item-not-found", format!("{} is not served here", clip(&db.to, 64))),
+            None => Answer::error(SC::ItemNotFound, format!("{} is not served here", clip(&db.to, 64))),
             Some(_) if id.is_empty() => Answer::Invalid,
             Some(d) if cx.env.keys.verify(&db.from, d.as_str(), &id, &db.key) => Answer::Valid,
             Some(_) => Answer::Invalid,
@@ -714,9 +714,9 @@ fn pair_of(st: &Element) -> Option<(Domain, Domain)> {
 /// A stanza of an authorised pair — the proof is required — checked (RFC 6120 §8: a
 /// malformed one is answered, never an error or a result, and not delivered).
 fn deliver(cx: &mut Cx, _pair: &ValidPair, el: Element) {
-    if let Err((etype, condition, text)) = crate::proto::stanza::check(&el) {
+    if let Err((condition, text)) = crate::proto::stanza::check(&el) {
         tracing::debug!(stream = %cx.log, stanza = %el.describe(), "{condition}: {text}");
-        if let Some(reply) = crate::proto::stanza::error_reply(&el, etype, condition, Some(text)) {
+        if let Some(reply) = crate::proto::stanza::error_reply(&el, condition, Some(text)) {
             cx.out.push_back(Output::Route(reply));
         }
         return;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::proto::ns;
+use crate::proto::stanza::StanzaErrorCondition as SC;
 use crate::proto::stream::StreamErrorCondition as C;
 use crate::types::{AuthMode, DomainRule, StreamLimits};
 use crate::xml::Framer;
@@ -358,7 +359,7 @@ fn receiving_piggybacked_pairs_and_refusals() {
     // An error answer: the peer gets the condition; the outcome says timeout.
     m.handle(w.t0, frame(wire.el("<db:result from='third.test' to='here.test'>k3</db:result>")));
     drain(&mut m);
-    let answer = Answer::error("remote-server-timeout", "third.test's authoritative server did not answer in time");
+    let answer = Answer::error(SC::RemoteServerTimeout, "third.test's authoritative server did not answer in time");
     m.handle(w.t0, Input::Answer { local: d(LOCAL), remote: d("third.test"), answer, detail: Some("no answer within 20s".into()) });
     let outs = drain(&mut m);
     assert!(written(&outs).contains("type='error'") && written(&outs).contains("remote-server-timeout"), "{}", written(&outs));
@@ -781,14 +782,14 @@ fn originating_dialback_refused_or_silent_fails_and_bounces() {
     let outs = drain(&mut m);
     assert_eq!(outcomes(&outs), vec![(AuthMethod::Dialback, VerificationResult::Invalid)]);
     let e = ending(&outs).unwrap();
-    assert_eq!(e.kind, EndKind::Failed { condition: "remote-server-not-found" });
+    assert_eq!(e.kind, EndKind::Failed { condition: SC::RemoteServerNotFound });
     assert!(e.reason.contains("answered invalid"));
     // No answer within timeouts.dialback (20 s).
     let (mut m, _) = w.outbound_after_tls(false, features);
     assert_eq!(m.deadline(), Some(w.at(20)));
     m.handle(w.at(20), Input::Timer);
     let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
-    assert_eq!(e.kind, EndKind::Failed { condition: "remote-server-timeout" });
+    assert_eq!(e.kind, EndKind::Failed { condition: SC::RemoteServerTimeout });
     assert!(e.reason.contains("timeouts.dialback"));
 }
 
@@ -798,7 +799,7 @@ fn originating_negotiation_timeout_and_injection_and_required_tls() {
     let mut m = w.outbound(false);
     m.handle(w.at(30), Input::Timer);
     let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
-    assert_eq!(e.kind, EndKind::Failed { condition: "remote-server-timeout" });
+    assert_eq!(e.kind, EndKind::Failed { condition: SC::RemoteServerTimeout });
     // Bytes behind <proceed/>: plaintext injection.
     let mut m = w.outbound(false);
     let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
@@ -830,7 +831,7 @@ fn originating_cert_only_refuses_an_invalid_certificate_before_anything_is_sent(
     m.handle(w.t0, Input::TlsEstablished(facts(true)));
     let outs = drain(&mut m);
     let e = ending(&outs).unwrap();
-    assert_eq!(e.kind, EndKind::Failed { condition: "policy-violation" });
+    assert_eq!(e.kind, EndKind::Failed { condition: SC::PolicyViolation });
     assert_eq!(e.error.as_ref().unwrap().condition, C::PolicyViolation);
     assert!(written(&outs).is_empty(), "nothing was sent");
 }
@@ -886,7 +887,7 @@ fn originating_policy_hold_release_and_timeout() {
     m.handle(w.at(300), Input::Timer);
     let outs = drain(&mut m);
     let e = ending(&outs).unwrap();
-    assert_eq!(e.kind, EndKind::Failed { condition: "policy-violation" });
+    assert_eq!(e.kind, EndKind::Failed { condition: SC::PolicyViolation });
     assert!(e.reason.contains("awaits approval"));
 }
 
@@ -1115,7 +1116,7 @@ fn reported_texts_are_escaped_and_bounded() {
     m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}'>k</db:result>"))));
     drain(&mut m);
     let detail = format!("refused\n2026-12-04 00:00:00 UTC  in valid \x1b[2J\x07{}", "x".repeat(100_000));
-    let answer = Answer::error("remote-connection-failed", "no");
+    let answer = Answer::error(SC::RemoteConnectionFailed, "no");
     m.handle(w.t0, Input::Answer { local: d(LOCAL), remote: d(REMOTE), answer, detail: Some(detail) });
     let outs = drain(&mut m);
     let reason = outs
