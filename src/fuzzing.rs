@@ -488,8 +488,8 @@ impl crate::proto::machine::CertJudge for FuzzJudge {
 struct FuzzSlot(bool);
 
 impl crate::proto::machine::Admission for FuzzSlot {
-    fn authenticated(&mut self) -> Result<(), &'static str> {
-        if self.0 { Err("limits.max_inbound") } else { Ok(()) }
+    fn authenticated(&mut self) -> Result<(), crate::types::LimitKey> {
+        if self.0 { Err(crate::types::LimitKey::MaxInbound) } else { Ok(()) }
     }
 }
 

@@ -49,7 +49,9 @@ impl GatewayTls {
         self.ca.certificate_for(local, SystemTime::now()).map_err(|e| {
             match &e {
                 // A budget running out is logged once a minute, not once per stream.
-                ca::CaError::Busy { .. } => crate::limits::refused_once("gateway.mints_per_minute", "*", || format!("gateway: {e}")),
+                ca::CaError::Busy { .. } => {
+                    crate::limits::refused_once(crate::limits::LimitKey::GatewayMintsPerMinute, "*", || format!("gateway: {e}"))
+                }
                 _ => tracing::error!("gateway: {e}"),
             }
             format!("no certificate for {local}: {e}")

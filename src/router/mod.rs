@@ -48,6 +48,14 @@ pub struct VerifyRequest {
     pub reply: VerifyReply,
 }
 
+/// Why a component's domain could not be attached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    /// XEP-0114: one connection per component; another live stream has the domain.
+    #[error("component {domain} is already connected (stream {stream})")]
+    Taken { domain: Domain, stream: String },
+}
+
 /// What is behind a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkKind {
@@ -103,7 +111,9 @@ pub struct Overflows {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// A limit (its key) is reached, e.g. `limits.max_outbound`.
-    Limit(&'static str),
+    Limit(crate::limits::LimitKey),
+    /// No stream can be opened now, whatever the limits (not wired yet, shutting down).
+    Unavailable(&'static str),
     /// Policy refuses the remote domain (the rule, in words).
     Policy(String),
 }
@@ -174,10 +184,10 @@ impl Router {
 
     /// A component authenticated: its domain is routed to `link` from now on; refused while
     /// another stream has it (XEP-0114: one connection per component).
-    pub fn attach(&self, domain: &Domain, link: Link) -> Result<(), String> {
+    pub fn attach(&self, domain: &Domain, link: Link) -> Result<(), AttachError> {
         let mut map = self.attached.write().unwrap_or_else(|e| e.into_inner());
         match map.get(domain) {
-            Some(l) if !l.stanzas.is_closed() => Err(format!("component {domain} is already connected (stream {})", l.stream)),
+            Some(l) if !l.stanzas.is_closed() => Err(AttachError::Taken { domain: domain.clone(), stream: l.stream.to_string() }),
             _ => {
                 map.insert(domain.clone(), link);
                 Ok(())
@@ -286,7 +296,7 @@ impl Router {
             Some(_) => (self.bounced.fetch_add(1, Ordering::Relaxed) + 1, self.dropped.load(Ordering::Relaxed)),
             None => (self.bounced.load(Ordering::Relaxed), self.dropped.fetch_add(1, Ordering::Relaxed) + 1),
         };
-        crate::limits::refused_once("limits.outbound_queue_bytes", to.as_str(), || {
+        crate::limits::refused_once(crate::limits::LimitKey::OutboundQueueBytes, to.as_str(), || {
             format!(
                 "the stream to {to} made no room within timeouts.write; requests bounce with resource-constraint, results and errors are dropped \
                  ({bounced} bounced, {dropped} dropped since start; limits.outbound_queue_bytes, timeouts.write)"
@@ -356,6 +366,9 @@ impl Router {
                 Err(Refusal::Limit(key)) => {
                     return error_reply(&st, C::ResourceConstraint, Some(&format!("too many outbound streams ({key})"))).into();
                 }
+                Err(Refusal::Unavailable(why)) => {
+                    return error_reply(&st, C::ResourceConstraint, Some(&format!("no outbound stream can be opened now ({why})"))).into();
+                }
                 Err(Refusal::Policy(why)) => return error_reply(&st, C::PolicyViolation, Some(&why)).into(),
             };
             match link.stanzas.try_send_weighted(st, weight) {
@@ -389,7 +402,7 @@ impl Router {
             return Ok(l.clone());
         }
         let Some(opener) = self.opener.get() else {
-            return Err(Refusal::Limit("router not wired"));
+            return Err(Refusal::Unavailable("router not wired"));
         };
         let link = opener.open(local, remote)?;
         map.insert(key, link.clone());
@@ -422,6 +435,9 @@ impl Router {
                 Ok(l) => l,
                 Err(Refusal::Limit(k)) => {
                     return (Answer::error(C::ResourceConstraint, format!("too many outbound streams on this server ({k})")), None);
+                }
+                Err(Refusal::Unavailable(why)) => {
+                    return (Answer::error(C::ResourceConstraint, format!("no outbound stream can be opened now ({why})")), None);
                 }
                 Err(Refusal::Policy(why)) => return (Answer::error(C::PolicyViolation, why), None),
             };

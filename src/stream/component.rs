@@ -56,7 +56,7 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
                         (Ok(()), None) => Err((C::Conflict, "attached twice".to_owned())),
                         (Ok(()), Some(tx)) => {
                             let link = Link { kind: LinkKind::Component, stream: entry.id.as_str().into(), stanzas: tx, verifies: None };
-                            caps.router.attach(&domain, link).map_err(|why| (C::Conflict, why))
+                            caps.router.attach(&domain, link).map_err(|e| (C::Conflict, e.to_string()))
                         }
                     };
                     if result.is_ok() {
@@ -98,7 +98,7 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
         Some(domain) => tracing::info!(stream = %entry.id, %peer, "component {domain} disconnected: {}", end.reason),
         // Before the handshake anyone who reaches the listener can end streams at will (a
         // wrong secret, an unknown domain): once a minute per address, with the count.
-        None => crate::limits::refused_once("component handshake", &peer.ip().to_string(), || {
+        None => crate::limits::refused_once(crate::limits::LimitKey::ComponentHandshake, &peer.ip().to_string(), || {
             format!("component stream {} from {peer} ended before its handshake: {}", entry.id, end.reason)
         }),
     }

@@ -269,7 +269,7 @@ async fn connect(caps: &Caps, entry: &ConnEntry, remote: &Domain) -> Result<(Tcp
     let _slot = match caps.dials.clone().try_acquire_owned() {
         Ok(p) => p,
         Err(_) => {
-            crate::limits::refused_once("outbound.max_dials", "*", || {
+            crate::limits::refused_once(crate::limits::LimitKey::OutboundMaxDials, "*", || {
                 format!("{} outbound connection attempts in progress (outbound.max_dials); further dials wait", out.max_dials)
             });
             caps.dials.clone().acquire_owned().await.map_err(|_| Failure::unreachable("shutting down"))?

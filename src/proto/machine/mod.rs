@@ -75,7 +75,7 @@ pub trait CertJudge: Send + Sync {
 /// An inbound stream's place under the connection limits: moving from the
 /// unauthenticated limits to `limits.max_inbound` may be refused (the key is returned).
 pub trait Admission: Send {
-    fn authenticated(&mut self) -> Result<(), &'static str>;
+    fn authenticated(&mut self) -> Result<(), crate::types::LimitKey>;
 }
 
 /// Everything stream machines of one server share, built once by the engine.
@@ -166,11 +166,11 @@ impl Env {
         &self.hosted[0]
     }
 
-    /// Whether `domain` may authenticate by dialback; the cert-only rule as the error.
-    fn dialback_allowed(&self, domain: &str) -> Result<(), String> {
+    /// The rule that requires certificates of `domain` (so no dialback), if one does.
+    fn cert_only_rule(&self, domain: &str) -> Option<String> {
         match self.security.auth_for(domain) {
-            (crate::types::AuthMode::CertOnly, rule) => Err(rule),
-            _ => Ok(()),
+            (crate::types::AuthMode::CertOnly, rule) => Some(rule),
+            _ => None,
         }
     }
 }
@@ -599,9 +599,9 @@ struct VerificationBudget {
 
 impl VerificationBudget {
     /// Whether one more may start now (`in_flight` are under way); the limit's key if not.
-    fn start(&mut self, now: Instant, in_flight: usize, limits: &Limits) -> Result<(), &'static str> {
+    fn start(&mut self, now: Instant, in_flight: usize, limits: &Limits) -> Result<(), crate::types::LimitKey> {
         if in_flight >= limits.max_verifications_in_flight {
-            return Err("limits.max_verifications_in_flight");
+            return Err(crate::types::LimitKey::MaxVerificationsInFlight);
         }
         match self.window {
             Some(w) if now.duration_since(w) < Duration::from_secs(60) => {}
@@ -611,7 +611,7 @@ impl VerificationBudget {
             }
         }
         if self.started >= limits.verifications_per_minute {
-            return Err("limits.verifications_per_minute");
+            return Err(crate::types::LimitKey::VerificationsPerMinute);
         }
         self.started += 1;
         Ok(())

@@ -251,7 +251,7 @@ impl Receiving {
         if self.sasl_offered() {
             features = features.child(Element::new("mechanisms", ns::SASL).child(Element::new("mechanism", ns::SASL).text("EXTERNAL")));
         }
-        let dialback_ok = self.peer.as_ref().is_none_or(|p| env.dialback_allowed(p.as_str()).is_ok());
+        let dialback_ok = self.peer.as_ref().is_none_or(|p| env.cert_only_rule(p.as_str()).is_none());
         if (self.secure || !require_tls) && dialback_ok {
             features = features.child(Element::new("dialback", ns::DIALBACK_FEATURE).child(Element::new("errors", ns::DIALBACK_FEATURE)));
         }
@@ -496,7 +496,7 @@ impl Receiving {
             return self.refuse(cx, &local, &remote, Answer::Invalid, VerificationResult::Invalid, why);
         }
         // Certificates only for this peer: no dialback (the rule is named in the error).
-        if let Err(rule) = env.dialback_allowed(remote.as_str()) {
+        if let Some(rule) = env.cert_only_rule(remote.as_str()) {
             return cx.close(Ending::error(
                 C::NotAuthorized,
                 format!("dialback is not accepted for {remote} ({rule}); authenticate with a valid certificate (SASL EXTERNAL)"),
@@ -524,7 +524,7 @@ impl Receiving {
         let in_flight = self.pairs.values().filter(|p| matches!(p, Pair::Verifying)).count();
         match self.verifications.start(now, in_flight, &env.limits) {
             Ok(()) => {}
-            Err(key @ "limits.max_verifications_in_flight") => {
+            Err(key @ crate::types::LimitKey::MaxVerificationsInFlight) => {
                 let answer =
                     Answer::error(SC::ResourceConstraint, format!("too many verifications under way on this stream ({key}); try again"));
                 return cx.send(dialback::result_answer(local.as_str(), remote.as_str(), &answer));

@@ -50,8 +50,8 @@ impl CertJudge for FakeJudge {
 struct Slot(Arc<AtomicBool>);
 
 impl Admission for Slot {
-    fn authenticated(&mut self) -> Result<(), &'static str> {
-        if self.0.load(Ordering::Relaxed) { Err("limits.max_inbound") } else { Ok(()) }
+    fn authenticated(&mut self) -> Result<(), crate::types::LimitKey> {
+        if self.0.load(Ordering::Relaxed) { Err(crate::types::LimitKey::MaxInbound) } else { Ok(()) }
     }
 }
 
@@ -932,11 +932,11 @@ fn verification_budget_per_stream() {
     let l = world().env.limits.clone();
     let mut v = VerificationBudget::default();
     let t = Instant::now();
-    assert_eq!(v.start(t, 2, &l).unwrap_err(), "limits.max_verifications_in_flight");
+    assert_eq!(v.start(t, 2, &l).unwrap_err(), crate::types::LimitKey::MaxVerificationsInFlight);
     for _ in 0..3 {
         v.start(t, 0, &l).unwrap();
     }
-    assert_eq!(v.start(t + Duration::from_secs(30), 0, &l).unwrap_err(), "limits.verifications_per_minute");
+    assert_eq!(v.start(t + Duration::from_secs(30), 0, &l).unwrap_err(), crate::types::LimitKey::VerificationsPerMinute);
     v.start(t + Duration::from_secs(61), 0, &l).unwrap();
 }
 
