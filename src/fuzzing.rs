@@ -200,7 +200,8 @@ pub fn machine(data: &[u8]) {
                     valid.remove(&(local.to_string(), remote.to_string()));
                 }
                 Output::Observe(Observed::PairsReset) => valid.clear(),
-                Output::Deliver(el) => {
+                Output::Deliver(d) => {
+                    let el = d.stanza();
                     let to = el.get_attr("to").and_then(crate::proto::jid::domain_of).expect("delivered stanzas have a 'to'");
                     let from = el.get_attr("from").and_then(crate::proto::jid::domain_of).expect("and a 'from'");
                     assert!(valid.contains(&(to.to_string(), from.to_string())), "delivered on a pair never valid: {}", el.to_xml());
@@ -373,7 +374,8 @@ pub fn component(data: &[u8]) {
                         assert_eq!(d.as_str(), COMP);
                         attach_asked = true;
                     }
-                    Output::Deliver(el) => {
+                    Output::Deliver(d) => {
+                        let el = d.stanza();
                         assert!(attached, "delivered before the domain was attached: {}", el.to_xml());
                         let from = el.get_attr("from").and_then(crate::proto::jid::domain_of).expect("a 'from'");
                         assert!(from.as_str() == COMP || from.as_str().ends_with(".comp.here.test"), "delivered from {from}");

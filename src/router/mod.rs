@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::domain::Domain;
+use crate::proto::auth::Delivery;
 use crate::proto::dialback::Answer;
 use crate::proto::machine::PolicyView;
 use crate::proto::stanza::{StanzaErrorCondition as C, error_reply};
@@ -264,6 +265,13 @@ impl Router {
             }
         }
         None
+    }
+
+    /// Route what a stream delivers from its peer: only with the proof of the pair it
+    /// travels on, which the stream machine checked the stanza against ([`Delivery::new`]).
+    #[must_use = "a blocked stanza must be waited for or given to Router::overflow"]
+    pub fn deliver(&self, delivery: Delivery) -> Option<Blocked> {
+        self.route(delivery.into_stanza())
     }
 
     /// Route where nobody can wait (what a stream leaves behind when it ends): a full queue

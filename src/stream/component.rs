@@ -42,7 +42,7 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
                 Output::Close(end) => break 'session end,
                 Output::Deliver(st) => {
                     d.entry.stanza_in();
-                    d.route(st);
+                    d.deliver(st);
                 }
                 Output::Route(st) => d.route(st),
                 Output::Attach(domain) => {

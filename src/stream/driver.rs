@@ -92,6 +92,18 @@ impl Driver {
         }
     }
 
+    /// Hand the router a stanza the peer sent on an authorised pair, with its proof; as
+    /// [`Driver::route`] when a queue is full.
+    pub fn deliver(&mut self, delivery: crate::proto::auth::Delivery) {
+        if let Some(d) = &mut self.delivering {
+            d.behind.push_back(delivery.into_stanza());
+            return;
+        }
+        if let Some(blocked) = self.caps.router.deliver(delivery) {
+            self.hold(blocked, VecDeque::new());
+        }
+    }
+
     /// Whether a delivery waits for room (no frames are read meanwhile).
     pub fn delivering(&self) -> bool {
         self.delivering.is_some()

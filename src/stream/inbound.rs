@@ -79,7 +79,7 @@ async fn session(d: &mut Driver) -> Ending {
                 Output::Close(end) => return end,
                 Output::Deliver(st) => {
                     d.entry.stanza_in();
-                    d.route(st);
+                    d.deliver(st);
                 }
                 Output::Route(st) => d.route(st),
                 Output::Ask(ask) => ask_authoritative(&d.caps, ask, answers_tx.clone()),

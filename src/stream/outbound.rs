@@ -155,7 +155,7 @@ async fn session(
                     }
                 }
                 Output::StartTls(TlsRole::Client { direct }) => Box::pin(tls_client(d, local, remote, direct)).await,
-                Output::Route(st) | Output::Deliver(st) => d.route(st),
+                Output::Route(st) => d.route(st),
                 o => tracing::error!(stream = %d.entry.id, "outbound stream: unexpected {o:?}"),
             }
         }

@@ -254,8 +254,9 @@ pub enum Output {
     StartTls(TlsRole),
     /// A stream restart (RFC 6120 §4.3.3): a fresh parser, nothing carried over.
     Restart,
-    /// A stanza of an authorised pair, checked (RFC 6120 §8): to the router.
-    Deliver(Element),
+    /// A stanza of an authorised pair, checked (RFC 6120 §8) and carrying the pair's proof:
+    /// to the router.
+    Deliver(crate::proto::auth::Delivery),
     /// A stanza we generated (an error reply): to the router.
     Route(Element),
     Ask(Ask),

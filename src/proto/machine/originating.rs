@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::{Cx, EndKind, Ending, Env, Input, Observed, Output, ReadError, TlsFacts, TlsRole};
 use crate::domain::Domain;
-use crate::proto::auth::ValidPair;
+use crate::proto::auth::{Judged, KeySent, ValidPair};
 use crate::proto::dialback::{self, Answer, DbElement};
 use crate::proto::ns;
 use crate::proto::stanza::StanzaErrorCondition;
@@ -40,9 +40,10 @@ enum State {
     Sasl {
         stream_id: Option<String>,
     },
-    /// Our `db:result` sent; the peer's answer due by `until` (`timeouts.dialback`).
+    /// Our `db:result` sent (`sent`); the peer's answer due by `until` (`timeouts.dialback`).
     Dialback {
         until: Instant,
+        sent: KeySent,
     },
     /// Authenticated; the policy holds our traffic until the operator decides.
     Held {
@@ -72,6 +73,9 @@ pub(super) struct Originating {
     peer_idle: Option<std::time::Duration>,
     /// A stanza over `peer_max` was logged at info level already (one per stream).
     oversize_logged: std::cell::Cell<bool>,
+    /// The peer's certificate, judged for `remote` once TLS is up (what a SASL success is
+    /// read against).
+    judged: Option<Judged>,
 }
 
 /// Why an outbound stream could not be set up (by the machine, or by its driver while
@@ -116,6 +120,7 @@ impl Originating {
             peer_max: None,
             peer_idle: None,
             oversize_logged: std::cell::Cell::new(false),
+            judged: None,
         };
         if direct {
             cx.state(ConnState::Tls);
@@ -141,7 +146,7 @@ impl Originating {
 
     pub(super) fn deadline(&self, env: &Env) -> Option<Instant> {
         match &self.state {
-            State::Dialback { until } | State::Held { until, .. } => Some(*until),
+            State::Dialback { until, .. } | State::Held { until, .. } => Some(*until),
             State::Established { .. } => Some((self.last_write + self.keepalive(env)).min(self.last_stanza + env.timeouts.idle_outbound)),
             State::Done => None,
             _ => Some(self.deadline),
@@ -243,7 +248,7 @@ impl Originating {
     fn on_timer(&mut self, cx: &mut Cx, now: Instant) {
         let t = &cx.env.timeouts;
         match &self.state {
-            State::Dialback { until } if now >= *until => {
+            State::Dialback { until, .. } if now >= *until => {
                 let why = format!("no dialback answer from {} within {}s (timeouts.dialback)", self.remote, t.dialback.as_secs());
                 self.fail(cx, Failure::timeout(why), false);
             }
@@ -278,6 +283,7 @@ impl Originating {
         let result = if verdict.is_valid() { VerificationResult::Valid } else { VerificationResult::Invalid };
         cx.outcome(&self.local, &self.remote, AuthMethod::Certificate, result, format!("certificate for {}: {verdict}", self.remote));
         cx.observe(Observed::Certificate(verdict.clone()));
+        self.judged = Some(Judged::new(self.remote.clone(), verdict.clone()));
         // Where policy wants certificates, whoever answers DNS for the domain must prove it
         // by one before a stanza leaves (RFC 6120 §13.7.2, XEP-0178).
         if !verdict.is_valid()
@@ -364,7 +370,9 @@ impl Originating {
             },
             State::Sasl { stream_id } => match frame {
                 Frame::Element(el) if el.is("success", ns::SASL) => {
-                    let proof = ValidPair::by_sasl_success(&self.local, &self.remote, &el).expect("a <success/>");
+                    let Some(proof) = self.judged.as_ref().and_then(|j| ValidPair::by_sasl_success(&self.local, j, &el)) else {
+                        return self.fail(cx, Failure::unreachable("SASL: <success/> before the certificate was judged"), false);
+                    };
                     // RFC 6120 §6.4.6: restart the stream.
                     cx.out.push_back(Output::Restart);
                     self.send_header(cx, Some(proof));
@@ -380,8 +388,8 @@ impl Originating {
                 }
                 _ => self.fail(cx, Failure::unreachable("SASL: unexpected answer to <auth/>"), false),
             },
-            State::Dialback { until } => {
-                self.state = State::Dialback { until };
+            State::Dialback { until, sent } => {
+                self.state = State::Dialback { until, sent };
                 let el = match frame {
                     Frame::Element(el) => el,
                     Frame::StreamClose => return self.fail(cx, Failure::unreachable("the peer closed the stream during dialback"), false),
@@ -389,13 +397,16 @@ impl Originating {
                 };
                 if let Some(db) = DbElement::parse(&el) {
                     let ours = !db.verify && db.from == self.remote.as_str() && db.to == self.local.as_str();
-                    match (ours, &db.answer) {
-                        (true, Some(Answer::Valid)) => {
-                            let pair = ValidPair::by_dialback(&self.local, &self.remote, &Answer::Valid).expect("a valid answer");
+                    let proof = match (&self.state, &db.answer) {
+                        (State::Dialback { sent, .. }, Some(a)) if ours => sent.answered(a),
+                        _ => None,
+                    };
+                    match (ours, &db.answer, proof) {
+                        (true, Some(_), Some(pair)) => {
                             let why = format!("{} accepted our dialback key", self.remote);
                             self.authorised(cx, now, pair, why);
                         }
-                        (true, Some(a)) => {
+                        (true, Some(a), None) => {
                             cx.observe(Observed::PairRemoved { local: self.local.clone(), remote: self.remote.clone() });
                             let why = format!("{} answered our dialback with {}", self.remote, a.describe());
                             cx.outcome(&self.local, &self.remote, AuthMethod::Dialback, VerificationResult::Invalid, why);
@@ -569,7 +580,7 @@ impl Originating {
             method: AuthMethod::Dialback,
         });
         self.last_write = now;
-        self.state = State::Dialback { until: now + cx.env.timeouts.dialback };
+        self.state = State::Dialback { until: now + cx.env.timeouts.dialback, sent: KeySent::new(self.local.clone(), self.remote.clone()) };
     }
 
     /// Authenticated (`why`, for the record): the pair is valid on this stream; the policy

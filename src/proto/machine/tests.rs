@@ -165,7 +165,7 @@ fn observed(outs: &[Output]) -> Vec<&Observed> {
 }
 
 fn delivered(outs: &[Output]) -> Vec<String> {
-    outs.iter().filter_map(|o| if let Output::Deliver(el) = o { Some(xml(el)) } else { None }).collect()
+    outs.iter().filter_map(|o| if let Output::Deliver(d) = o { Some(xml(d.stanza())) } else { None }).collect()
 }
 
 fn asks(outs: &[Output]) -> Vec<&Ask> {
