@@ -181,6 +181,9 @@ pub fn machine(data: &[u8]) {
     let mut asks: Vec<(crate::domain::Domain, crate::domain::Domain)> = Vec::new();
     let (mut tokens_fed, mut tokens_answered) = (0u64, HashSet::new());
     let mut closed = false;
+    // Closing on purpose, an originating machine asks for the queue: none here, as a driver
+    // with an empty queue answers.
+    let drain_asked = std::cell::Cell::new(false);
     let mut check = |m: &mut Machine, asks: &mut Vec<_>, tokens_fed: u64| {
         let mut n = 0;
         while let Some(o) = m.poll_output() {
@@ -189,6 +192,7 @@ pub fn machine(data: &[u8]) {
             assert!(n <= 4096, "unbounded outputs for one input");
             match o {
                 Output::Close(_) => closed = true,
+                Output::Drain => drain_asked.set(true),
                 Output::Observe(Observed::Pair { local, remote, status, .. }) => {
                     if status == PairStatus::Valid {
                         valid.insert((local.to_string(), remote.to_string()));
@@ -275,6 +279,10 @@ pub fn machine(data: &[u8]) {
         if let Some(input) = input {
             m.handle(now, input);
             check(&mut m, &mut asks, tokens_fed);
+            if drain_asked.take() {
+                m.handle(now, Input::Drained);
+                check(&mut m, &mut asks, tokens_fed);
+            }
         }
         if let Some(d) = m.deadline() {
             assert!(d >= t0, "a deadline before the stream began");
@@ -299,7 +307,7 @@ pub fn component(data: &[u8]) {
     let t0 = Instant::now();
     let mut now = t0;
     let secrets = std::sync::Arc::new(HashMap::from([(domain(COMP), SECRET.to_owned())]));
-    let mut m = Machine::component(fuzz.env.clone(), "fuzz".into(), now, secrets);
+    let mut m = Machine::component(fuzz.env.clone(), "fuzz".into(), now, secrets, Box::new(FuzzSlot(false)));
     let mut framer = crate::xml::Framer::new(16 * 1024, 16);
     let (mut closed, mut attach_asked, mut attached) = (false, false, false);
     let mut bytes = data.iter().copied();

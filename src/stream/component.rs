@@ -16,18 +16,20 @@ use crate::domain::Domain;
 use crate::events::{Direction, StreamKind};
 use crate::limits::InboundSlot;
 use crate::proto::machine::component::Secrets;
-use crate::proto::machine::{Input, Machine, Output};
-use crate::proto::stanza::{StanzaErrorCondition, error_reply};
+use crate::proto::machine::{EndKind, Input, Machine, Output};
+use crate::proto::stanza::error_reply;
 use crate::router::{Link, LinkKind};
 
 use super::driver::STANZA_HIGH_WATER as HIGH_WATER;
 
-pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: InboundSlot, secrets: Secrets) {
+pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: InboundSlot, secrets: Secrets) {
     let entry = caps.table.open(Direction::In, &caps.shutdown, StreamKind::Component);
     entry.set_peer_addr(peer);
     let limits = &caps.settings.limits;
     let conn = Conn::new(Transport::Plain(tcp), entry.clone(), limits, caps.settings.timeouts.write);
-    let machine = Machine::component(caps.env.clone(), entry.id.as_str().into(), Driver::now(), secrets);
+    // The slot moves into the machine (admitted at the handshake) and is given back when the
+    // driver, which owns the machine, is dropped: after the hold below.
+    let machine = Machine::component(caps.env.clone(), entry.id.as_str().into(), Driver::now(), secrets, Box::new(slot));
     let mut d = Driver::new(caps.clone(), entry.clone(), conn, machine, Direction::In);
     // Before the handshake only a header and a <handshake/> may come: a stranger's
     // connection holds at most PRE_HANDSHAKE_MAX_SIZE of unparsed input, not a stanza's worth.
@@ -47,14 +49,10 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
                 Output::Route(st) => d.route(st),
                 Output::Attach(domain) => {
                     use crate::proto::stream::StreamErrorCondition as C;
-                    // RFC 6120 §4.9.3.17: a server out of room says resource-constraint;
-                    // conflict is for a domain another stream has (XEP-0114).
-                    let result = match (slot.authenticated(), tx.take()) {
-                        (Err(crate::limits::Refused(key)), _) => {
-                            Err((C::ResourceConstraint, format!("too many authenticated inbound streams ({key})")))
-                        }
-                        (Ok(()), None) => Err((C::Conflict, "attached twice".to_owned())),
-                        (Ok(()), Some(tx)) => {
+                    // Conflict is for a domain another stream has (XEP-0114).
+                    let result = match tx.take() {
+                        None => Err((C::Conflict, "attached twice".to_owned())),
+                        Some(tx) => {
                             let link = Link { kind: LinkKind::Component, stream: entry.id.as_str().into(), stanzas: tx, verifies: None };
                             caps.router.attach(&domain, link).map_err(|e| (C::Conflict, e.to_string()))
                         }
@@ -90,9 +88,14 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
         caps.router.detach(domain, &entry.id);
     }
     stanzas.close();
+    // What was queued for it: as the machine's ending says (a component's bounces).
     let mut bounced = Vec::new();
+    let bounce = attached.as_ref().and_then(|domain| end.bounce(&caps.env, domain));
     while let Some(st) = stanzas.try_recv() {
-        bounced.extend(error_reply(&st, StanzaErrorCondition::ServiceUnavailable, Some("the component disconnected")));
+        match &bounce {
+            Some((condition, text)) => bounced.extend(error_reply(&st, *condition, Some(text))),
+            None => bounced.push(st),
+        }
     }
     match &attached {
         Some(domain) => tracing::info!(stream = %entry.id, %peer, "component {domain} disconnected: {}", end.reason),
@@ -104,21 +107,20 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, mut slot: In
     }
     Box::pin(d.close(&end)).await;
     caps.observer.closed(&entry, &end.reason);
-    for b in bounced {
-        caps.router.route_now(b);
+    for st in bounced {
+        caps.router.route_now(st);
     }
     // The secret is all that authenticates a component, and a guess costs one connection:
     // a failed handshake keeps its address's unauthenticated slot a while after the stream
     // ended, so one address guesses at most `limits.max_unauthenticated_per_address` times
     // per WRONG_SECRET_HOLD (measured before: ~1 700 guesses a second on one connection).
-    let failed = end.error.as_ref().is_some_and(|e| e.condition == crate::proto::stream::StreamErrorCondition::NotAuthorized);
-    if attached.is_none() && failed {
+    if attached.is_none() && end.kind == EndKind::Refused {
         tokio::select! {
             _ = tokio::time::sleep(WRONG_SECRET_HOLD) => {}
             _ = caps.shutdown.cancelled() => {}
         }
     }
-    drop(slot);
+    drop(d);
 }
 
 /// The largest header or `<handshake/>` a component stream may send before its handshake

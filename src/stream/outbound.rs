@@ -14,8 +14,8 @@ use super::driver::{Driver, Wake, tls_established};
 use crate::domain::Domain;
 use crate::events::*;
 use crate::net::tls_io::TlsIo;
-use crate::proto::machine::{EndKind, Ending, Failure, Input, Machine, Output, TlsRole, verify_failure};
-use crate::proto::stanza::{StanzaErrorCondition, error_reply};
+use crate::proto::machine::{EndKind, Ending, Failure, Input, Machine, Output, TlsRole};
+use crate::proto::stanza::error_reply;
 use crate::router::{VerifyReply, VerifyRequest};
 use crate::table::ConnEntry;
 
@@ -36,16 +36,8 @@ pub async fn run(
     };
     let mut waiting: HashMap<u64, VerifyReply> = HashMap::new();
     let (end, driver) = match connected {
-        Err(f) => {
-            let end = Ending {
-                error: None,
-                reason: f.reason,
-                peer_closed: false,
-                abandon: true,
-                kind: EndKind::Failed { condition: f.condition },
-            };
-            (end, None)
-        }
+        // No connection: the failure's ending, as the machine would have it.
+        Err(f) => (f.ending(true), None),
         Ok((tcp, direct)) => {
             let conn = Conn::new(Transport::Plain(tcp), entry.clone(), &caps.settings.limits, caps.settings.timeouts.write);
             let machine =
@@ -60,30 +52,27 @@ pub async fn run(
     caps.router.remove(&local, &remote, &entry.id);
     stanzas.close();
     verifies.close();
-    let fail_verifies = |verifies: &mut crate::router::queue::QueueRx<VerifyRequest>,
-                         waiting: &mut HashMap<u64, VerifyReply>,
-                         condition: StanzaErrorCondition,
-                         reason: &str| {
+    match &end.kind {
+        EndKind::Failed { .. } => tracing::warn!(stream = %entry.id, %local, %remote, "outbound stream to {remote} failed: {}", end.reason),
+        EndKind::Closed => {}
+        _ => tracing::info!(stream = %entry.id, %local, %remote, "outbound stream to {remote} ended: {}", end.reason),
+    }
+    // Verifications the machine did not answer (never fed to it, or no machine): the
+    // answer its ending gives. (A block: nothing of it is kept across the awaits below.)
+    {
+        let (answer, detail) = end.unanswered(&remote);
         for (_, w) in waiting.drain() {
-            let _ = w.send((verify_failure(&remote, condition), Some(reason.to_owned())));
+            let _ = w.send((answer.clone(), Some(detail.clone())));
         }
         while let Some(v) = verifies.try_recv() {
-            let _ = v.reply.send((verify_failure(&remote, condition), Some(reason.to_owned())));
+            let _ = v.reply.send((answer.clone(), Some(detail.clone())));
         }
-    };
-    match end.kind {
-        EndKind::Failed { condition } => {
-            tracing::warn!(stream = %entry.id, %local, %remote, "outbound stream to {remote} failed: {}", end.reason);
-            let text = if caps.internal.is_some() {
-                // The internal link's bounces go to the world: nothing about the internal
-                // server (its address, its errors) leaves; the operator has the full reason.
-                format!("{remote} cannot be reached right now")
-            } else if condition == StanzaErrorCondition::PolicyViolation {
-                end.reason.clone()
-            } else {
-                format!("{remote}: {}", end.reason)
-            };
-            fail_verifies(&mut verifies, &mut waiting, condition, &end.reason);
+    }
+    // What is still queued, as the ending says: bounced at once, or routed again (a new
+    // stream) once this one is closed. (Closing on purpose, the machine had it sent first.)
+    // (The bounce text is not kept across the close's await: per-stream task size.)
+    let bounced = match end.bounce(&caps.env, &remote) {
+        Some((condition, text)) => {
             // The table says why before anyone hears back: a sender that gets the bounce
             // finds the failed stream and its reason in the connection table.
             caps.observer.closed(&entry, &end.reason);
@@ -92,42 +81,25 @@ pub async fn run(
                     caps.router.route_now(b);
                 }
             }
-            if let Some(mut d) = driver {
-                Box::pin(d.close(&end)).await;
-            }
-            return;
+            true
         }
-        EndKind::Closed => {
-            let mut d = driver.expect("closed after a connection");
-            // Whatever was queued before the handle went away still goes out on this stream.
-            while let Some(st) = stanzas.try_recv() {
-                match d.machine.check_peer_limit(&st) {
-                    Ok(()) => {
-                        d.conn.send(&st);
-                        entry.stanza_out();
-                    }
-                    // Larger than the peer accepts (XEP-0478): bounced, as on the open stream.
-                    Err(bounce) => bounce.into_iter().for_each(|b| caps.router.route_now(b)),
-                }
-            }
-            fail_verifies(&mut verifies, &mut waiting, StanzaErrorCondition::RemoteServerNotFound, "stream closed");
+        None => false,
+    };
+    if bounced {
+        if let Some(mut d) = driver {
             Box::pin(d.close(&end)).await;
         }
-        EndKind::Lost | EndKind::Inbound => {
-            tracing::info!(stream = %entry.id, %local, %remote, "outbound stream to {remote} ended: {}", end.reason);
-            fail_verifies(&mut verifies, &mut waiting, StanzaErrorCondition::RemoteServerNotFound, &end.reason);
-            // Stanzas queued behind a lost stream get a new stream (once; its failure bounces).
-            let mut rest = Vec::new();
-            while let Some(st) = stanzas.try_recv() {
-                rest.push(st);
-            }
-            if let Some(mut d) = driver {
-                Box::pin(d.close(&end)).await;
-            }
-            for st in rest {
-                caps.router.route_now(st);
-            }
-        }
+        return;
+    }
+    let mut rest = Vec::new();
+    while let Some(st) = stanzas.try_recv() {
+        rest.push(st);
+    }
+    if let Some(mut d) = driver {
+        Box::pin(d.close(&end)).await;
+    }
+    for st in rest {
+        caps.router.route_now(st);
     }
     caps.observer.closed(&entry, &end.reason);
 }
@@ -156,6 +128,18 @@ async fn session(
                 }
                 Output::StartTls(TlsRole::Client { direct }) => Box::pin(tls_client(d, local, remote, direct)).await,
                 Output::Route(st) => d.route(st),
+                Output::Drain => {
+                    // Closing on purpose: no new work reaches this stream; what is queued is
+                    // fed to the machine (sent, or bounced if larger than the peer accepts),
+                    // then the close follows.
+                    d.caps.router.remove(local, remote, &d.entry.id);
+                    stanzas.close();
+                    while let Some(st) = stanzas.try_recv() {
+                        d.entry.stanza_out();
+                        d.feed(Input::Stanza(st));
+                    }
+                    d.feed(Input::Drained);
+                }
                 o => tracing::error!(stream = %d.entry.id, "outbound stream: unexpected {o:?}"),
             }
         }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use sha1::{Digest, Sha1};
 
-use super::{Cx, EndKind, Ending, Input, Observed, Output, ReadError};
+use super::{Admission, Cx, EndKind, Ending, Input, Observed, Output, ReadError};
 use crate::domain::Domain;
 use crate::proto::auth::{Delivery, ValidPair};
 use crate::proto::ns;
@@ -48,6 +48,9 @@ pub(super) struct Component {
     /// Until the handshake must be done (`timeouts.negotiation`).
     deadline: Instant,
     last_write: Instant,
+    /// The stream's place under the connection limits: authenticated at the handshake, as
+    /// receiving streams are at their first domain.
+    admission: Box<dyn Admission>,
 }
 
 /// Our stream header for a component (XEP-0114 §3: `from` is the component's domain).
@@ -94,8 +97,8 @@ fn may_send_as(from: &Domain, domain: &Domain) -> bool {
 }
 
 impl Component {
-    pub(super) fn new(secrets: Secrets, now: Instant, negotiation: std::time::Duration) -> Component {
-        Component { secrets, state: State::Header, deadline: now + negotiation, last_write: now }
+    pub(super) fn new(secrets: Secrets, now: Instant, negotiation: std::time::Duration, admission: Box<dyn Admission>) -> Component {
+        Component { secrets, state: State::Header, deadline: now + negotiation, last_write: now, admission }
     }
 
     pub(super) fn established(&self) -> bool {
@@ -220,6 +223,10 @@ impl Component {
             let why = format!("wrong handshake for {domain} (check [[component]] secret on both sides)");
             cx.outcome(&domain, &domain, AuthMethod::ComponentHandshake, VerificationResult::Invalid, why.clone());
             return cx.close(Ending::error(C::NotAuthorized, why));
+        }
+        // RFC 6120 §4.9.3.17: a server out of room says resource-constraint.
+        if let Err(key) = self.admission.authenticated() {
+            return cx.close(Ending::error(C::ResourceConstraint, format!("too many authenticated inbound streams ({key})")));
         }
         cx.out.push_back(Output::Attach(domain.clone()));
         self.state = State::Attaching { domain };

@@ -40,6 +40,11 @@ enum State {
     Sasl {
         stream_id: Option<String>,
     },
+    /// Closing on purpose after [`Output::Drain`]: the stanzas still queued are fed and
+    /// sent, then `end` ([`Input::Drained`]).
+    Draining {
+        end: Box<Ending>,
+    },
     /// Our `db:result` sent (`sent`); the peer's answer due by `until` (`timeouts.dialback`).
     Dialback {
         until: Instant,
@@ -104,6 +109,16 @@ impl Failure {
     pub(crate) fn policy(reason: impl Into<String>) -> Failure {
         Failure { condition: StanzaErrorCondition::PolicyViolation, reason: reason.into() }
     }
+
+    /// How the stream ends for this failure: the queued stanzas bounce with its condition
+    /// ([`Ending::bounce`]); a policy refusal is also said to the peer (stream error
+    /// policy-violation). `abandon`: the connection is unusable, or there is none (dialling
+    /// failed).
+    pub fn ending(self, abandon: bool) -> Ending {
+        let policy = self.condition == StanzaErrorCondition::PolicyViolation;
+        let error = policy.then(|| StreamError::new(StreamErrorCondition::PolicyViolation, self.reason.clone()));
+        Ending { error, reason: self.reason, peer_closed: false, abandon, kind: EndKind::Failed { condition: self.condition } }
+    }
 }
 
 impl Originating {
@@ -148,7 +163,7 @@ impl Originating {
         match &self.state {
             State::Dialback { until, .. } | State::Held { until, .. } => Some(*until),
             State::Established { .. } => Some((self.last_write + self.keepalive(env)).min(self.last_stanza + env.timeouts.idle_outbound)),
-            State::Done => None,
+            State::Done | State::Draining { .. } => None,
             _ => Some(self.deadline),
         }
     }
@@ -171,6 +186,9 @@ impl Originating {
     }
 
     pub(super) fn handle(&mut self, cx: &mut Cx, now: Instant, input: Input) {
+        if let State::Draining { .. } = self.state {
+            return self.on_draining(cx, now, input);
+        }
         match input {
             Input::Read => {}
             Input::Frame { frame, buffered } => self.on_frame(cx, now, frame, buffered),
@@ -215,13 +233,7 @@ impl Originating {
             }
             Input::Stanza(st) => {
                 if self.established() {
-                    if let Err(bounce) = self.check_peer_limit(cx.log, &st) {
-                        cx.out.extend(bounce.map(Output::Route));
-                        return;
-                    }
-                    cx.send(st);
-                    self.last_write = now;
-                    self.last_stanza = now;
+                    self.send_stanza(cx, now, st);
                 } else {
                     // The driver feeds stanzas only once established; never lost, though.
                     cx.out.push_back(Output::Route(st));
@@ -234,12 +246,13 @@ impl Originating {
             }
             Input::Close { reason, error } => {
                 if self.established() {
-                    self.end(cx, Ending { error, reason, peer_closed: false, abandon: false, kind: EndKind::Closed });
+                    self.closing(cx, reason, error);
                 } else {
                     self.fail(cx, Failure::unreachable(reason), false);
                 }
             }
             Input::Timer => self.on_timer(cx, now),
+            Input::Drained => tracing::error!(stream = %cx.log, "an outbound stream was told it drained before it was asked; ignored"),
             Input::Answer { .. } => tracing::error!(stream = %cx.log, "an outbound stream was given a dialback answer; ignored"),
             Input::Attached(_) => tracing::error!(stream = %cx.log, "an outbound stream was given a component attachment; ignored"),
         }
@@ -259,7 +272,7 @@ impl Originating {
             State::Established { .. } => {
                 if now >= self.last_stanza + t.idle_outbound {
                     let reason = format!("idle for {}s (timeouts.idle_outbound)", t.idle_outbound.as_secs());
-                    self.end(cx, Ending { error: None, reason, peer_closed: false, abandon: false, kind: EndKind::Closed });
+                    self.closing(cx, reason, None);
                 } else if now >= self.last_write + self.keepalive(cx.env) {
                     // RFC 6120 §4.6.1: whitespace keepalive.
                     cx.out.push_back(Output::Raw(" ".into()));
@@ -443,7 +456,7 @@ impl Originating {
                     Frame::StreamOpen(_) => {}
                 }
             }
-            s @ (State::Tls { .. } | State::Done) => {
+            s @ (State::Tls { .. } | State::Done | State::Draining { .. }) => {
                 self.state = s;
                 self.fail(cx, Failure::unreachable("data during the TLS handshake"), true);
             }
@@ -634,11 +647,42 @@ impl Originating {
 
     /// Could not be set up (or refused): waiting verifications fail, queued stanzas bounce.
     fn fail(&mut self, cx: &mut Cx, f: Failure, abandon: bool) {
-        let error = (f.condition == StanzaErrorCondition::PolicyViolation)
-            .then(|| StreamError::new(StreamErrorCondition::PolicyViolation, f.reason.clone()));
-        let condition = f.condition;
-        self.answer_waiting(cx, condition, &f.reason);
-        self.end(cx, Ending { error, reason: f.reason, peer_closed: false, abandon, kind: EndKind::Failed { condition } });
+        self.answer_waiting(cx, f.condition, &f.reason);
+        let end = f.ending(abandon);
+        self.end(cx, end);
+    }
+
+    /// Closing on purpose (idle, operator, shutdown): what is still queued goes out first —
+    /// fed by the driver after [`Output::Drain`] — and then the stream closes.
+    fn closing(&mut self, cx: &mut Cx, reason: String, error: Option<StreamError>) {
+        let end = Ending { error, reason, peer_closed: false, abandon: false, kind: EndKind::Closed };
+        self.state = State::Draining { end: Box::new(end) };
+        cx.out.push_back(Output::Drain);
+    }
+
+    /// Input while draining: the queued stanzas, then the end. Nothing else happens between
+    /// (the driver feeds them at once).
+    fn on_draining(&mut self, cx: &mut Cx, now: Instant, input: Input) {
+        match input {
+            Input::Stanza(st) => self.send_stanza(cx, now, st),
+            Input::Drained => {
+                if let State::Draining { end } = std::mem::replace(&mut self.state, State::Done) {
+                    self.end(cx, *end);
+                }
+            }
+            other => tracing::debug!(stream = %cx.log, "closing: {other:?} ignored"),
+        }
+    }
+
+    /// A stanza for the peer on an established stream, unless larger than it accepts.
+    fn send_stanza(&mut self, cx: &mut Cx, now: Instant, st: Element) {
+        if let Err(bounce) = self.check_peer_limit(cx.log, &st) {
+            cx.out.extend(bounce.map(Output::Route));
+            return;
+        }
+        cx.send(st);
+        self.last_write = now;
+        self.last_stanza = now;
     }
 
     /// Lost after it was established.

@@ -138,7 +138,7 @@ impl Receiving {
                 cx.close(Ending { error, reason, peer_closed: false, abandon: false, kind: super::EndKind::Inbound })
             }
             Input::Timer => self.on_timer(cx, now),
-            Input::Verify { .. } | Input::Stanza(_) | Input::Attached(_) => {
+            Input::Verify { .. } | Input::Stanza(_) | Input::Attached(_) | Input::Drained => {
                 tracing::error!(stream = %cx.log, "an inbound stream was given outbound work; ignored");
             }
         }

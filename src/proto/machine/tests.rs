@@ -903,6 +903,8 @@ fn originating_keepalive_idle_and_closing() {
     drain(&mut m);
     assert_eq!(m.deadline(), Some(w.at(160)));
     m.handle(w.at(700), Input::Timer);
+    assert!(matches!(drain(&mut m).as_slice(), [Output::Drain]), "the queue is asked for before the close");
+    m.handle(w.at(700), Input::Drained);
     let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
     assert_eq!(e.kind, EndKind::Closed);
     assert!(e.reason.contains("timeouts.idle_outbound"));
@@ -923,8 +925,58 @@ fn originating_keepalive_idle_and_closing() {
     // The operator.
     let mut m = w.outbound_established();
     m.handle(w.t0, Input::Close { reason: "operator".into(), error: None });
+    assert!(matches!(drain(&mut m).as_slice(), [Output::Drain]));
+    m.handle(w.t0, Input::Drained);
     let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
     assert_eq!((e.kind, e.reason.as_str()), (EndKind::Closed, "operator"));
+}
+
+/// Closing on purpose, the stanzas still queued go out before the close, never after it:
+/// the machine asks for them (Drain), sends what the peer accepts, bounces what it does not
+/// (XEP-0478), then closes; stanzas after the close are not written.
+#[test]
+fn originating_closing_on_purpose_sends_the_queue_before_the_close() {
+    let w = world();
+    let mut m = w.outbound_established();
+    m.handle(w.t0, Input::Close { reason: "operator".into(), error: None });
+    assert!(matches!(drain(&mut m).as_slice(), [Output::Drain]));
+    assert!(!m.accepts_stanzas(), "no new stanzas are taken while closing");
+    let msg = |id: &str| Element::new("message", ns::SERVER).attr("id", id).attr("from", "a@here.test").attr("to", "b@there.test");
+    m.handle(w.t0, Input::Stanza(msg("q1")));
+    m.handle(w.t0, Input::Stanza(msg("q2")));
+    m.handle(w.t0, Input::Drained);
+    let outs = drain(&mut m);
+    let close = outs.iter().position(|o| matches!(o, Output::Close(_))).expect("closed");
+    let sent: Vec<usize> = outs.iter().enumerate().filter(|(_, o)| matches!(o, Output::Send(_))).map(|(i, _)| i).collect();
+    assert_eq!(sent.len(), 2, "{outs:?}");
+    assert!(sent.iter().all(|i| *i < close), "written before the close: {outs:?}");
+    m.handle(w.t0, Input::Stanza(msg("late")));
+    assert!(drain(&mut m).is_empty(), "nothing after the close");
+}
+
+/// What the senders of queued stanzas read when a set-up fails: the remote and the reason;
+/// a policy's reason as it is; on the internal link (the world served here) nothing about
+/// the internal server. The condition's type is the RFC's (a timeout is `wait`).
+#[test]
+fn a_failure_says_how_queued_stanzas_bounce() {
+    let w = world();
+    let r = d(REMOTE);
+    let e = Failure::timeout("connect: 10.0.0.9:5269: no answer").ending(true);
+    assert_eq!(e.bounce(&w.env, &r), Some((SC::RemoteServerTimeout, format!("{REMOTE}: connect: 10.0.0.9:5269: no answer"))));
+    assert!(e.error.is_none() && e.abandon);
+    let e = Failure::policy("blocked by the operator").ending(false);
+    assert_eq!(e.bounce(&w.env, &r), Some((SC::PolicyViolation, "blocked by the operator".to_owned())));
+    assert_eq!(e.error.as_ref().unwrap().condition, C::PolicyViolation);
+    let gw = world_with(|e| e.serves_world = true);
+    let e = Failure::unreachable("internal server 10.0.0.4:5269: refused").ending(true);
+    assert_eq!(e.bounce(&gw.env, &r), Some((SC::RemoteServerNotFound, format!("{REMOTE} cannot be reached right now"))));
+    assert!(e.reason.contains("10.0.0.4"), "the operator keeps the full reason");
+    // Verifications not carried get the neutral answer of the same kind.
+    let e = Failure::timeout("x").ending(true);
+    assert!(matches!(e.unanswered(&r).0, Answer::Error { condition: SC::RemoteServerTimeout, .. }));
+    let lost = Ending { error: None, reason: "reset".into(), peer_closed: true, abandon: true, kind: EndKind::Lost };
+    assert_eq!(lost.bounce(&w.env, &r), None, "lost: routed again");
+    assert!(matches!(lost.unanswered(&d(REMOTE)).0, Answer::Error { condition: SC::RemoteConnectionFailed, .. }));
 }
 
 #[test]
@@ -946,7 +998,7 @@ const COMP_SECRET: &str = "component secret for tests";
 
 fn component(w: &World) -> (Machine, Framer) {
     let secrets = Arc::new(std::collections::HashMap::from([(d("comp.here.test"), COMP_SECRET.to_owned())]));
-    let m = Machine::component(w.env.clone(), "t".into(), w.t0, secrets);
+    let m = Machine::component(w.env.clone(), "t".into(), w.t0, secrets, Box::new(Slot(Arc::new(AtomicBool::new(false)))));
     let mut f = Framer::new(1 << 20, 32);
     f.feed(b"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='comp.here.test'>");
     (m, f)
@@ -1036,6 +1088,41 @@ fn component_failures_end_with_the_right_stream_error() {
     let (mut m, _) = component(&w);
     m.handle(w.t0, frame(f.next_frame().unwrap().unwrap()));
     assert_eq!(condition(&drain(&mut m)), Some(C::HostUnknown));
+}
+
+/// Components are admitted by their machine, as receiving streams are: at a right handshake
+/// the stream moves to the authenticated limits, refused (resource-constraint, no Attach)
+/// when they are full. A wrong secret ends as Refused (its slot is held a while by the
+/// driver); an attached component's end bounces what was queued for it.
+#[test]
+fn component_admission_and_what_its_end_means() {
+    let w = world();
+    let secrets = Arc::new(std::collections::HashMap::from([(d("comp.here.test"), COMP_SECRET.to_owned())]));
+    let full = Arc::new(AtomicBool::new(true));
+    let mut m = Machine::component(w.env.clone(), "t".into(), w.t0, secrets, Box::new(Slot(full)));
+    let mut f = Framer::new(1 << 20, 32);
+    f.feed(b"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='comp.here.test'>");
+    m.handle(w.t0, frame(f.next_frame().unwrap().unwrap()));
+    let header = written(&drain(&mut m));
+    let id = header.split("id='").nth(1).and_then(|r| r.split('\'').next()).unwrap().to_owned();
+    let digest = super::component::handshake_digest(&id, COMP_SECRET);
+    m.handle(w.t0, next(&mut f, &format!("<handshake xmlns='jabber:component:accept'>{digest}</handshake>")));
+    let outs = drain(&mut m);
+    assert!(!outs.iter().any(|o| matches!(o, Output::Attach(_))), "{outs:?}");
+    assert_eq!(condition(&outs), Some(C::ResourceConstraint));
+    assert_eq!(ending(&outs).unwrap().kind, EndKind::Gone);
+    // A wrong secret: Refused.
+    let (mut m, mut f) = component(&w);
+    m.handle(w.t0, frame(f.next_frame().unwrap().unwrap()));
+    drain(&mut m);
+    m.handle(w.t0, next(&mut f, "<handshake xmlns='jabber:component:accept'>0000</handshake>"));
+    assert_eq!(ending(&drain(&mut m)).unwrap().kind, EndKind::Refused);
+    // Attached, then gone: its queue bounces with service-unavailable.
+    let (mut m, _, _) = component_established(&w);
+    m.handle(w.t0, Input::ReadError(ReadError::Eof));
+    let outs = drain(&mut m);
+    let e = ending(&outs).unwrap();
+    assert_eq!(e.bounce(&w.env, &d("comp.here.test")), Some((SC::ServiceUnavailable, "the component disconnected".to_owned())));
 }
 
 /// Issue 16: the answering header carries a stream id this server issued — the stream came
@@ -1386,4 +1473,18 @@ fn originating_keeps_alive_within_the_peers_idle_seconds() {
     assert_eq!(m.deadline(), Some(w.at(40)));
     let (m, _) = outbound_established_with(&w, "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>");
     assert_eq!(m.deadline(), Some(w.at(60)));
+}
+
+#[test]
+fn zz_sizes() {
+    eprintln!(
+        "ZZ Output {} Ending {} Input {} EndKind {} Answer {} Delivery {} Element {}",
+        std::mem::size_of::<Output>(),
+        std::mem::size_of::<Ending>(),
+        std::mem::size_of::<Input>(),
+        std::mem::size_of::<EndKind>(),
+        std::mem::size_of::<Answer>(),
+        std::mem::size_of::<crate::proto::auth::Delivery>(),
+        std::mem::size_of::<Element>()
+    );
 }
