@@ -180,6 +180,7 @@ pub fn machine(data: &[u8]) {
     let mut valid: HashSet<(String, String)> = HashSet::new();
     let mut asks: Vec<(crate::domain::Domain, crate::domain::Domain)> = Vec::new();
     let (mut tokens_fed, mut tokens_answered) = (0u64, HashSet::new());
+    let answered: std::sync::Arc<std::sync::Mutex<Vec<u64>>> = Default::default();
     let mut closed = false;
     // Closing on purpose, an originating machine asks for the queue: none here, as a driver
     // with an empty queue answers.
@@ -211,9 +212,12 @@ pub fn machine(data: &[u8]) {
                     assert!(valid.contains(&(to.to_string(), from.to_string())), "delivered on a pair never valid: {}", el.to_xml());
                 }
                 Output::Ask(a) => asks.push((a.local, a.remote)),
-                Output::VerifyAnswer { token, .. } => {
-                    assert!(token >= 1 && token <= tokens_fed, "an answer for a request never made");
-                    assert!(tokens_answered.insert(token), "answered twice");
+                Output::VerifyAnswer { reply, answer, detail } => {
+                    reply.send(answer, detail);
+                    for token in answered.lock().unwrap().drain(..) {
+                        assert!(token >= 1 && token <= tokens_fed, "an answer for a request never made");
+                        assert!(tokens_answered.insert(token), "answered twice");
+                    }
                 }
                 _ => {}
             }
@@ -266,7 +270,8 @@ pub fn machine(data: &[u8]) {
             11 => Some(Input::Close { reason: "fuzz".into(), error: None }),
             12 => {
                 tokens_fed += 1;
-                Some(Input::Verify { stream_id: format!("s{a}"), key: "k".into(), token: tokens_fed })
+                let reply = Box::new(FuzzReply { token: tokens_fed, answered: answered.clone() });
+                Some(Input::Verify { stream_id: format!("s{a}"), key: "k".into(), reply })
             }
             13 => Some(Input::Stanza(crate::xml::Element::new("message", crate::proto::ns::SERVER).attr("to", r).attr("from", l))),
             14 => Some(match a % 3 {
@@ -492,6 +497,19 @@ impl crate::proto::machine::CertJudge for FuzzJudge {
             Some(_) => crate::types::CertVerdict::SelfSigned,
             None => crate::types::CertVerdict::NoCertificate,
         }
+    }
+}
+
+/// A verification's asker: records which request was answered.
+#[derive(Debug)]
+struct FuzzReply {
+    token: u64,
+    answered: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl crate::proto::machine::Reply for FuzzReply {
+    fn send(self: Box<Self>, _: crate::proto::dialback::Answer, _: Option<String>) {
+        self.answered.lock().unwrap().push(self.token);
     }
 }
 

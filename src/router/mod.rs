@@ -39,6 +39,15 @@ use crate::xml::Element;
 /// for the operator when it is an error.
 pub type VerifyReply = oneshot::Sender<(Answer, Option<String>)>;
 
+/// The receiving stream's end of a verification: where the originating stream's machine
+/// sends the answer.
+impl crate::proto::machine::Reply for VerifyReply {
+    fn send(self: Box<Self>, answer: Answer, detail: Option<String>) {
+        // The asking stream may be gone already: nobody waits for the answer then.
+        let _ = (*self).send((answer, detail));
+    }
+}
+
 /// A request from the receiving-server role to the authoritative server, sent on our
 /// outbound stream to that domain (XEP-0220 §2.1.2).
 #[derive(Debug)]

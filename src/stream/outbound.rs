@@ -3,7 +3,6 @@
 //! role's verification requests. What ends the stream decides what becomes of the stanzas
 //! still queued: bounced (set-up failed), sent (closed on purpose) or re-routed (lost).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
@@ -16,7 +15,7 @@ use crate::events::*;
 use crate::net::tls_io::TlsIo;
 use crate::proto::machine::{EndKind, Ending, Failure, Input, Machine, Output, TlsRole};
 use crate::proto::stanza::error_reply;
-use crate::router::{VerifyReply, VerifyRequest};
+use crate::router::VerifyRequest;
 use crate::table::ConnEntry;
 
 pub async fn run(
@@ -34,7 +33,6 @@ pub async fn run(
         r = Box::pin(connect(&caps, &entry, &remote)) => r,
         r = control.closed() => Err(Failure::unreachable(r.reason)),
     };
-    let mut waiting: HashMap<u64, VerifyReply> = HashMap::new();
     let (end, driver) = match connected {
         // No connection: the failure's ending, as the machine would have it.
         Err(f) => (f.ending(true), None),
@@ -43,7 +41,7 @@ pub async fn run(
             let machine =
                 Machine::originating(caps.env.clone(), entry.id.as_str().into(), Driver::now(), local.clone(), remote.clone(), direct);
             let mut d = Driver::new(caps.clone(), entry.clone(), conn, machine, Direction::Out);
-            let end = session(&mut d, &local, &remote, &mut stanzas, &mut verifies, &mut waiting).await;
+            let end = session(&mut d, &local, &remote, &mut stanzas, &mut verifies).await;
             d.abandon_delivery();
             (end, Some(d))
         }
@@ -57,13 +55,10 @@ pub async fn run(
         EndKind::Closed => {}
         _ => tracing::info!(stream = %entry.id, %local, %remote, "outbound stream to {remote} ended: {}", end.reason),
     }
-    // Verifications the machine did not answer (never fed to it, or no machine): the
-    // answer its ending gives. (A block: nothing of it is kept across the awaits below.)
+    // Verifications never fed to the machine (it answered those it had): the answer its
+    // ending gives. (A block: nothing of it is kept across the awaits below.)
     {
         let (answer, detail) = end.unanswered(&remote);
-        for (_, w) in waiting.drain() {
-            let _ = w.send((answer.clone(), Some(detail.clone())));
-        }
         while let Some(v) = verifies.try_recv() {
             let _ = v.reply.send((answer.clone(), Some(detail.clone())));
         }
@@ -112,20 +107,14 @@ async fn session(
     remote: &Domain,
     stanzas: &mut crate::router::queue::QueueRx,
     verifies: &mut crate::router::queue::QueueRx<VerifyRequest>,
-    waiting: &mut HashMap<u64, VerifyReply>,
 ) -> Ending {
     let mut policy_changes = d.caps.policy_changes.clone();
-    let mut next_token = 0u64;
     loop {
         while let Some(o) = d.machine.poll_output() {
             let Some(o) = d.common(o) else { continue };
             match o {
                 Output::Close(end) => return end,
-                Output::VerifyAnswer { token, answer, detail } => {
-                    if let Some(w) = waiting.remove(&token) {
-                        let _ = w.send((answer, detail));
-                    }
-                }
+                Output::VerifyAnswer { reply, answer, detail } => reply.send(answer, detail),
                 Output::StartTls(TlsRole::Client { direct }) => Box::pin(tls_client(d, local, remote, direct)).await,
                 Output::Route(st) => d.route(st),
                 Output::Drain => {
@@ -156,9 +145,7 @@ async fn session(
                 continue;
             }
             Some(v) = verifies.recv(), if verifies_open => {
-                next_token += 1;
-                waiting.insert(next_token, v.reply);
-                d.feed(Input::Verify { stream_id: v.stream_id, key: v.key, token: next_token });
+                d.feed(Input::Verify { stream_id: v.stream_id, key: v.key, reply: Box::new(v.reply) });
                 continue;
             }
             _ = policy_changes.changed() => {
@@ -170,7 +157,6 @@ async fn session(
         if matches!(wake, Wake::Quiet) {
             stanzas.trim();
             verifies.trim();
-            waiting.shrink_to_fit();
         }
         d.on_wake(wake);
     }

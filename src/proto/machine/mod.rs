@@ -79,6 +79,14 @@ pub trait Admission: Send {
     fn authenticated(&mut self) -> Result<(), crate::types::LimitKey>;
 }
 
+/// Where the answer to a verification an originating stream carries goes (the receiving
+/// stream that asked): given to the machine with the request ([`Input::Verify`]), kept with
+/// it, and handed back with the answer ([`Output::VerifyAnswer`]) — by the peer's
+/// authoritative server, or by the machine when the stream ends first; once either way.
+pub trait Reply: Send + std::fmt::Debug {
+    fn send(self: Box<Self>, answer: Answer, detail: Option<String>);
+}
+
 /// Everything stream machines of one server share, built once by the engine.
 pub struct Env {
     /// `server.domains`; the first answers for streams that name none.
@@ -196,8 +204,8 @@ pub enum Input {
     /// ([`Output::Ask`]); `detail` is the full reason for the operator.
     Answer { local: Domain, remote: Domain, answer: Answer, detail: Option<String> },
     /// Originating stream: a receiving server of ours asks the peer's authoritative server
-    /// about a key; the answer comes back as [`Output::VerifyAnswer`] with `token`.
-    Verify { stream_id: String, key: String, token: u64 },
+    /// about a key; the answer comes back as [`Output::VerifyAnswer`] with `reply`.
+    Verify { stream_id: String, key: String, reply: Box<dyn Reply> },
     /// Originating stream: a stanza to send.
     Stanza(Element),
     /// The policy changed (held pairs may be released or refused).
@@ -265,7 +273,7 @@ pub enum Output {
     Ask(Ask),
     /// The answer for a [`Input::Verify`]; `detail` for the operator.
     VerifyAnswer {
-        token: u64,
+        reply: Box<dyn Reply>,
         answer: Answer,
         detail: Option<String>,
     },

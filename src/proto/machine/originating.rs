@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::{Cx, EndKind, Ending, Env, Input, Observed, Output, ReadError, TlsFacts, TlsRole};
+use super::{Cx, EndKind, Ending, Env, Input, Observed, Output, ReadError, Reply, TlsFacts, TlsRole};
 use crate::domain::Domain;
 use crate::proto::auth::{Judged, KeySent, ValidPair};
 use crate::proto::dialback::{self, Answer, DbElement};
@@ -70,8 +70,8 @@ pub(super) struct Originating {
     deadline: Instant,
     last_write: Instant,
     last_stanza: Instant,
-    /// `db:verify` requests sent, by stream id: the tokens waiting for the answer.
-    verifying: HashMap<String, Vec<u64>>,
+    /// `db:verify` requests sent, by stream id: where their answers go.
+    verifying: HashMap<String, Vec<Box<dyn Reply>>>,
     /// The peer's `max-bytes` from its latest features (XEP-0478); `None`: it advertised none.
     peer_max: Option<usize>,
     /// The peer's `idle-seconds` (XEP-0478): it may close a stream quiet for that long.
@@ -226,9 +226,9 @@ impl Originating {
             }
             Input::TlsEstablished(facts) => self.on_tls(cx, facts),
             Input::TlsFailed(e) => self.fail(cx, Failure::unreachable(format!("TLS handshake: {e}")), true),
-            Input::Verify { stream_id, key, token } => {
+            Input::Verify { stream_id, key, reply } => {
                 cx.send(dialback::verify_request(self.local.as_str(), self.remote.as_str(), &stream_id, &key));
-                self.verifying.entry(stream_id).or_default().push(token);
+                self.verifying.entry(stream_id).or_default().push(reply);
                 self.last_write = now;
             }
             Input::Stanza(st) => {
@@ -634,10 +634,10 @@ impl Originating {
             && let (Some(answer), Some(id)) = (&db.answer, &db.id)
             && db.from == self.remote.as_str()
             && db.to == self.local.as_str()
-            && let Some(tokens) = self.verifying.remove(id)
+            && let Some(replies) = self.verifying.remove(id)
         {
-            for token in tokens {
-                cx.out.push_back(Output::VerifyAnswer { token, answer: answer.clone(), detail: None });
+            for reply in replies {
+                cx.out.push_back(Output::VerifyAnswer { reply, answer: answer.clone(), detail: None });
             }
             return;
         }
@@ -702,10 +702,10 @@ impl Originating {
     /// What the peer that asked for a verification learns: the condition, in neutral words
     /// (no address, no kind of connect failure); the full reason reaches the operator.
     fn answer_waiting(&mut self, cx: &mut Cx, condition: StanzaErrorCondition, reason: &str) {
-        for (_, tokens) in self.verifying.drain() {
-            for token in tokens {
+        for (_, replies) in self.verifying.drain() {
+            for reply in replies {
                 cx.out.push_back(Output::VerifyAnswer {
-                    token,
+                    reply,
                     answer: verify_failure(&self.remote, condition),
                     detail: Some(reason.to_owned()),
                 });

@@ -836,18 +836,33 @@ fn originating_cert_only_refuses_an_invalid_certificate_before_anything_is_sent(
     assert!(written(&outs).is_empty(), "nothing was sent");
 }
 
+/// A receiving stream waiting for a verification, as the machine sees it.
+struct Asker(u64);
+
+impl std::fmt::Debug for Asker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Asker({})", self.0)
+    }
+}
+
+impl Reply for Asker {
+    fn send(self: Box<Self>, _: Answer, _: Option<String>) {}
+}
+
 #[test]
 fn originating_carries_verifications_and_answers_them_whatever_the_end() {
     let w = world();
     let mut m = w.outbound_established();
-    m.handle(w.t0, Input::Verify { stream_id: "s1".into(), key: "k1".into(), token: 7 });
-    m.handle(w.t0, Input::Verify { stream_id: "s2".into(), key: "k2".into(), token: 8 });
+    m.handle(w.t0, Input::Verify { stream_id: "s1".into(), key: "k1".into(), reply: Box::new(Asker(7)) });
+    m.handle(w.t0, Input::Verify { stream_id: "s2".into(), key: "k2".into(), reply: Box::new(Asker(8)) });
     let text = written(&drain(&mut m));
     assert!(text.contains("<db:verify") && text.contains("id='s1'") && text.contains("id='s2'"), "{text}");
     let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
     m.handle(w.t0, frame(wire.el(&format!("<db:verify from='{REMOTE}' to='{LOCAL}' id='s1' type='valid'/>"))));
     let outs = drain(&mut m);
-    assert!(matches!(outs.as_slice(), [Output::VerifyAnswer { token: 7, answer: Answer::Valid, detail: None }]));
+    assert!(
+        matches!(outs.as_slice(), [Output::VerifyAnswer { reply, answer: Answer::Valid, detail: None }] if format!("{reply:?}") == "Asker(7)")
+    );
     // An answer about something nobody asked: ignored.
     m.handle(w.t0, frame(wire.el(&format!("<db:verify from='{REMOTE}' to='{LOCAL}' id='zzz' type='valid'/>"))));
     assert!(drain(&mut m).is_empty());
@@ -855,7 +870,8 @@ fn originating_carries_verifications_and_answers_them_whatever_the_end() {
     m.handle(w.t0, Input::ReadError(ReadError::Eof));
     let outs = drain(&mut m);
     match outs.as_slice() {
-        [Output::VerifyAnswer { token: 8, answer: Answer::Error { condition, .. }, detail: Some(_) }, Output::Close(e)] => {
+        [Output::VerifyAnswer { reply, answer: Answer::Error { condition, .. }, detail: Some(_) }, Output::Close(e)] => {
+            assert_eq!(format!("{reply:?}"), "Asker(8)");
             assert_eq!(condition, "remote-connection-failed");
             assert_eq!(e.kind, EndKind::Lost);
         }
