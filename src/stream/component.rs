@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use super::Caps;
 use super::conn::{Conn, Transport};
-use super::driver::{Driver, Wake};
+use super::driver::{Driver, Role};
 use crate::domain::Domain;
 use crate::events::{Direction, StreamKind};
 use crate::limits::InboundSlot;
@@ -34,55 +34,10 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: Inboun
     // Before the handshake only a header and a <handshake/> may come: a stranger's
     // connection holds at most PRE_HANDSHAKE_MAX_SIZE of unparsed input, not a stanza's worth.
     d.conn.framer.set_max_size(PRE_HANDSHAKE_MAX_SIZE.min(limits.max_stanza_size), true);
-    let (tx, mut stanzas) = crate::router::queue::queue(limits.outbound_queue, limits.outbound_queue_bytes);
-    let mut tx = Some(tx);
-    let mut attached: Option<Domain> = None;
-    let end = 'session: loop {
-        while let Some(o) = d.machine.poll_output() {
-            let Some(o) = d.common(o) else { continue };
-            match o {
-                Output::Close(end) => break 'session end,
-                Output::Deliver(st) => {
-                    d.entry.stanza_in();
-                    d.deliver(st);
-                }
-                Output::Route(st) => d.route(st),
-                Output::Attach(domain) => {
-                    use crate::proto::stream::StreamErrorCondition as C;
-                    // Conflict is for a domain another stream has (XEP-0114).
-                    let result = match tx.take() {
-                        None => Err((C::Conflict, "attached twice".to_owned())),
-                        Some(tx) => {
-                            let link = Link { kind: LinkKind::Component, stream: entry.id.as_str().into(), stanzas: tx, verifies: None };
-                            caps.router.attach(&domain, link).map_err(|e| (C::Conflict, e.to_string()))
-                        }
-                    };
-                    if result.is_ok() {
-                        attached = Some(domain);
-                        d.conn.authenticated();
-                    }
-                    d.feed(Input::Attached(result));
-                }
-                o => tracing::error!(stream = %d.entry.id, "component stream: unexpected {o:?}"),
-            }
-        }
-        if d.parse_one() {
-            continue;
-        }
-        let open = d.machine.accepts_stanzas() && d.conn.pending_output() < HIGH_WATER;
-        let wake = tokio::select! {
-            biased;
-            s = stanzas.recv(), if open => {
-                d.feed_stanzas(s, &mut stanzas);
-                continue;
-            }
-            w = d.wait() => w,
-        };
-        if matches!(wake, Wake::Quiet) {
-            stanzas.trim();
-        }
-        d.on_wake(wake);
-    };
+    let (tx, stanzas) = crate::router::queue::queue(limits.outbound_queue, limits.outbound_queue_bytes);
+    let mut role = Component { tx: Some(tx), stanzas, attached: None };
+    let end = d.run(&mut role).await;
+    let Component { mut stanzas, attached, .. } = role;
     d.abandon_delivery();
     if let Some(domain) = &attached {
         caps.router.detach(domain, &entry.id);
@@ -121,6 +76,72 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: Inboun
         }
     }
     drop(d);
+}
+
+/// A component stream's part of the loop: the queue of stanzas routed to its domain, and
+/// the attachment of the domain to this stream in the router.
+struct Component {
+    /// The queue's sending end, until the router has it (the attachment).
+    tx: Option<crate::router::queue::QueueTx>,
+    stanzas: crate::router::queue::QueueRx,
+    attached: Option<Domain>,
+}
+
+impl Role for Component {
+    /// From the stanza queue (`None`: the router is gone).
+    type Event = Option<crate::xml::Element>;
+
+    fn open(&self, d: &Driver) -> [bool; 2] {
+        [d.machine.accepts_stanzas() && d.conn.pending_output() < HIGH_WATER, false]
+    }
+
+    fn queues(
+        &mut self,
+    ) -> (
+        impl Future<Output = Option<crate::xml::Element>> + Send + '_,
+        impl Future<Output = Option<Option<crate::xml::Element>>> + Send + '_,
+        impl Future<Output = ()> + Send + '_,
+    ) {
+        // No second queue; policy changes do not concern components.
+        (self.stanzas.recv(), std::future::pending(), std::future::pending())
+    }
+
+    fn feed(&mut self, d: &mut Driver, s: Option<crate::xml::Element>) {
+        d.feed_stanzas(s, &mut self.stanzas);
+    }
+
+    fn tls<'a>(
+        &'a mut self,
+        d: &'a mut Driver,
+        _: crate::proto::machine::TlsRole,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        // XEP-0114 has no TLS; the machine never asks.
+        Box::pin(async move { d.feed(Input::TlsFailed("a component stream has no TLS".into())) })
+    }
+
+    fn output(&mut self, d: &mut Driver, o: Output) {
+        let Output::Attach(domain) = o else {
+            return tracing::error!(stream = %d.entry.id, "component stream: unexpected {o:?}");
+        };
+        use crate::proto::stream::StreamErrorCondition as C;
+        // Conflict is for a domain another stream has (XEP-0114).
+        let result = match self.tx.take() {
+            None => Err((C::Conflict, "attached twice".to_owned())),
+            Some(tx) => {
+                let link = Link { kind: LinkKind::Component, stream: d.entry.id.as_str().into(), stanzas: tx, verifies: None };
+                d.caps.router.attach(&domain, link).map_err(|e| (C::Conflict, e.to_string()))
+            }
+        };
+        if result.is_ok() {
+            self.attached = Some(domain);
+            d.conn.authenticated();
+        }
+        d.feed(Input::Attached(result));
+    }
+
+    fn trim(&mut self) {
+        self.stanzas.trim();
+    }
 }
 
 /// The largest header or `<handshake/>` a component stream may send before its handshake

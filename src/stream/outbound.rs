@@ -9,11 +9,11 @@ use tokio::net::TcpStream;
 
 use super::Caps;
 use super::conn::{Conn, Transport};
-use super::driver::{Driver, Wake, tls_established};
+use super::driver::{Driver, tls_established};
 use crate::domain::Domain;
 use crate::events::*;
 use crate::net::tls_io::TlsIo;
-use crate::proto::machine::{EndKind, Ending, Failure, Input, Machine, Output, TlsRole};
+use crate::proto::machine::{EndKind, Failure, Input, Machine, Output, TlsRole};
 use crate::proto::stanza::error_reply;
 use crate::router::VerifyRequest;
 use crate::table::ConnEntry;
@@ -41,7 +41,8 @@ pub async fn run(
             let machine =
                 Machine::originating(caps.env.clone(), entry.id.as_str().into(), Driver::now(), local.clone(), remote.clone(), direct);
             let mut d = Driver::new(caps.clone(), entry.clone(), conn, machine, Direction::Out);
-            let end = session(&mut d, &local, &remote, &mut stanzas, &mut verifies).await;
+            let policy = caps.policy_changes.clone();
+            let end = d.run(&mut Outbound { local: &local, remote: &remote, stanzas: &mut stanzas, verifies: &mut verifies, policy }).await;
             d.abandon_delivery();
             (end, Some(d))
         }
@@ -99,66 +100,78 @@ pub async fn run(
     caps.observer.closed(&entry, &end.reason);
 }
 
-use super::driver::STANZA_HIGH_WATER;
+use super::driver::{Role, STANZA_HIGH_WATER};
 
-async fn session(
-    d: &mut Driver,
-    local: &Domain,
-    remote: &Domain,
-    stanzas: &mut crate::router::queue::QueueRx,
-    verifies: &mut crate::router::queue::QueueRx<VerifyRequest>,
-) -> Ending {
-    let mut policy_changes = d.caps.policy_changes.clone();
-    loop {
-        while let Some(o) = d.machine.poll_output() {
-            let Some(o) = d.common(o) else { continue };
-            match o {
-                Output::Close(end) => return end,
-                Output::VerifyAnswer { reply, answer, detail } => reply.send(answer, detail),
-                Output::StartTls(TlsRole::Client { direct }) => Box::pin(tls_client(d, local, remote, direct)).await,
-                Output::Route(st) => d.route(st),
-                Output::Drain => {
-                    // Closing on purpose: no new work reaches this stream; what is queued is
-                    // fed to the machine (sent, or bounced if larger than the peer accepts),
-                    // then the close follows.
-                    d.caps.router.remove(local, remote, &d.entry.id);
-                    stanzas.close();
-                    while let Some(st) = stanzas.try_recv() {
-                        d.entry.stanza_out();
-                        d.feed(Input::Stanza(st));
-                    }
-                    d.feed(Input::Drained);
-                }
-                o => tracing::error!(stream = %d.entry.id, "outbound stream: unexpected {o:?}"),
-            }
-        }
-        if d.parse_one() {
-            continue;
-        }
+/// An outbound stream's part of the loop: its stanza and verification queues, its TLS
+/// handshake as client, the answers it carries back, the drain before a deliberate close.
+struct Outbound<'a> {
+    local: &'a Domain,
+    remote: &'a Domain,
+    stanzas: &'a mut crate::router::queue::QueueRx,
+    verifies: &'a mut crate::router::queue::QueueRx<VerifyRequest>,
+    policy: tokio::sync::watch::Receiver<u64>,
+}
+
+enum Queued {
+    /// From the stanza queue (`None`: the router is gone).
+    Stanza(Option<crate::xml::Element>),
+    Verify(VerifyRequest),
+}
+
+impl Role for Outbound<'_> {
+    type Event = Queued;
+
+    fn open(&self, d: &Driver) -> [bool; 2] {
         // Stanzas leave their bounded queue only as fast as the peer reads (backpressure).
-        let stanzas_open = d.machine.accepts_stanzas() && d.conn.pending_output() < STANZA_HIGH_WATER;
-        let verifies_open = d.machine.accepts_verifies();
-        let wake = tokio::select! {
-            biased;
-            s = stanzas.recv(), if stanzas_open => {
-                d.feed_stanzas(s, stanzas);
-                continue;
-            }
-            Some(v) = verifies.recv(), if verifies_open => {
-                d.feed(Input::Verify { stream_id: v.stream_id, key: v.key, reply: Box::new(v.reply) });
-                continue;
-            }
-            _ = policy_changes.changed() => {
-                d.feed(Input::PolicyChanged);
-                continue;
-            }
-            w = d.wait() => w,
-        };
-        if matches!(wake, Wake::Quiet) {
-            stanzas.trim();
-            verifies.trim();
+        [d.machine.accepts_stanzas() && d.conn.pending_output() < STANZA_HIGH_WATER, d.machine.accepts_verifies()]
+    }
+
+    fn queues(
+        &mut self,
+    ) -> (impl Future<Output = Queued> + Send + '_, impl Future<Output = Option<Queued>> + Send + '_, impl Future<Output = ()> + Send + '_)
+    {
+        use futures_util::FutureExt;
+        (self.stanzas.recv().map(Queued::Stanza), self.verifies.recv().map(|v| v.map(Queued::Verify)), self.policy.changed().map(|_| ()))
+    }
+
+    fn feed(&mut self, d: &mut Driver, e: Queued) {
+        match e {
+            Queued::Stanza(s) => d.feed_stanzas(s, self.stanzas),
+            Queued::Verify(v) => d.feed(Input::Verify { stream_id: v.stream_id, key: v.key, reply: Box::new(v.reply) }),
         }
-        d.on_wake(wake);
+    }
+
+    fn tls<'a>(&'a mut self, d: &'a mut Driver, role: TlsRole) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            match role {
+                TlsRole::Client { direct } => tls_client(d, self.local, self.remote, direct).await,
+                TlsRole::Server { .. } => d.feed(Input::TlsFailed("an outbound stream is the TLS client".into())),
+            }
+        })
+    }
+
+    fn output(&mut self, d: &mut Driver, o: Output) {
+        match o {
+            Output::VerifyAnswer { reply, answer, detail } => reply.send(answer, detail),
+            Output::Drain => {
+                // Closing on purpose: no new work reaches this stream; what is queued is fed
+                // to the machine (sent, or bounced if larger than the peer accepts), then the
+                // close follows.
+                d.caps.router.remove(self.local, self.remote, &d.entry.id);
+                self.stanzas.close();
+                while let Some(st) = self.stanzas.try_recv() {
+                    d.entry.stanza_out();
+                    d.feed(Input::Stanza(st));
+                }
+                d.feed(Input::Drained);
+            }
+            o => tracing::error!(stream = %d.entry.id, "outbound stream: unexpected {o:?}"),
+        }
+    }
+
+    fn trim(&mut self) {
+        self.stanzas.trim();
+        self.verifies.trim();
     }
 }
 
