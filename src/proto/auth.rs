@@ -130,7 +130,7 @@ impl ValidPair {
 
 /// A stanza a stream delivers, with the proof of the pair it travels on: the router takes
 /// nothing else from a peer. Made only in `proto`, after the stanza's addresses were checked
-/// against the proof ([`Delivery::new`]).
+/// against the proof (`Delivery::new`).
 #[derive(Debug)]
 pub struct Delivery {
     stanza: Element,

@@ -277,7 +277,7 @@ impl Router {
     }
 
     /// Route what a stream delivers from its peer: only with the proof of the pair it
-    /// travels on, which the stream machine checked the stanza against ([`Delivery::new`]).
+    /// travels on, which the stream machine checked the stanza against (`Delivery::new`).
     #[must_use = "a blocked stanza must be waited for or given to Router::overflow"]
     pub fn deliver(&self, delivery: Delivery) -> Option<Blocked> {
         self.route(delivery.into_stanza())

@@ -1,7 +1,8 @@
-//! What both drivers do around a [`Machine`]: parse buffered frames one at a time (a
-//! restart or TLS upgrade asked for by one frame applies before the next is parsed),
-//! carry out the outputs every role has, write in batches, and project what the machine
-//! observed onto the connection table, the store and the dashboard's events.
+//! The one loop every stream runs around its [`Machine`] (`Driver::run`): parse buffered
+//! frames one at a time (a restart or TLS upgrade asked for by one frame applies before the
+//! next is parsed), carry out the outputs every role has, write in batches, and project what
+//! the machine observed onto the connection table, the store and the dashboard's events;
+//! what differs by role (its queues, its own outputs, its TLS side) is behind `Role`.
 //!
 //! A stanza this stream hands the router that meets a full link queue waits here
 //! ([`Delivering`]): the stream reads no further frames until the link made room (TCP
@@ -317,7 +318,7 @@ impl Driver {
     }
 }
 
-/// What one kind of stream adds to the loop every stream runs ([`Driver::run`]): the queues
+/// What one kind of stream adds to the loop every stream runs (`Driver::run`): the queues
 /// it reads besides the socket, the outputs only it has, and whether policy changes concern
 /// it. Everything else — frames, writes, timers, close requests, deliveries and bounces to
 /// the router, observations — is the driver's, the same for every role.

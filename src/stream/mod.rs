@@ -1,6 +1,8 @@
 //! Streams: the per-connection tasks. [`conn`] is the I/O wrapper (transport, framer,
-//! batched writes); [`driver`] runs a [`crate::proto::machine::Machine`] over it;
-//! [`inbound`] and [`outbound`] are the two drivers (the protocol is in the machine).
+//! batched writes); [`driver`] runs a [`crate::proto::machine::Machine`] over it in one loop
+//! for every role; [`inbound`], [`outbound`] and [`component`] set a stream up, add their
+//! role's queues and outputs (`driver::Role`) and carry out what its ending decided (the
+//! protocol, and what becomes of queued stanzas, is the machine's).
 //!
 //! A driver gets [`Caps`] — the machine's environment, TLS, the router, the connection
 //! table, an [`Observer`] for what must be recorded, DNS and dialling for outbound streams,
