@@ -150,7 +150,7 @@ async fn starttls(d: &mut Driver, local: &Domain) {
     };
     let config = match d.caps.tls.server_config(local) {
         Ok(c) => c,
-        Err(e) => return d.feed(Input::TlsFailed(e)),
+        Err(e) => return d.feed(Input::TlsFailed(e.to_string())),
     };
     let deadline = d
         .machine

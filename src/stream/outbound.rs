@@ -210,7 +210,7 @@ async fn tls_client(d: &mut Driver, local: &Domain, remote: &Domain, direct: boo
     };
     let mut config = match d.caps.tls.client_config(local) {
         Ok(c) => c,
-        Err(e) => return d.feed(Input::TlsFailed(e)),
+        Err(e) => return d.feed(Input::TlsFailed(e.to_string())),
     };
     if direct {
         // XEP-0368 §3: ALPN "xmpp-server" on direct TLS.
