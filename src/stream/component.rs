@@ -23,21 +23,28 @@ use crate::router::{Link, LinkKind};
 use super::driver::STANZA_HIGH_WATER as HIGH_WATER;
 
 pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: InboundSlot, secrets: Secrets) {
-    let entry = caps.table.open(Direction::In, &caps.shutdown, StreamKind::Component);
-    entry.set_peer_addr(peer);
-    let limits = &caps.settings.limits;
-    let conn = Conn::new(Transport::Plain(tcp), entry.clone(), limits, caps.settings.timeouts.write);
-    // The slot moves into the machine (admitted at the handshake) and is given back when the
-    // driver, which owns the machine, is dropped: after the hold below.
-    let machine = Machine::component(caps.env.clone(), entry.id.as_str().into(), Driver::now(), secrets, Box::new(slot));
-    let mut d = Driver::new(caps.clone(), entry.clone(), conn, machine, Direction::In);
-    // Before the handshake only a header and a <handshake/> may come: a stranger's
-    // connection holds at most PRE_HANDSHAKE_MAX_SIZE of unparsed input, not a stanza's worth.
-    d.conn.framer.set_max_size(PRE_HANDSHAKE_MAX_SIZE.min(limits.max_stanza_size), true);
-    let (tx, stanzas) = crate::router::queue::queue(limits.outbound_queue, limits.outbound_queue_bytes);
-    let mut role = Component { tx: Some(tx), stanzas, attached: None };
+    let (mut d, mut role) = {
+        let entry = caps.table.open(Direction::In, &caps.shutdown, StreamKind::Component);
+        entry.set_peer_addr(peer);
+        let limits = &caps.settings.limits;
+        let conn = Conn::new(Transport::Plain(tcp), entry.clone(), limits, caps.settings.timeouts.write);
+        // The slot moves into the machine (admitted at the handshake) and is given back when
+        // the driver, which owns the machine, is dropped: after the hold below.
+        let machine = Machine::component(caps.env.clone(), entry.id.as_str().into(), Driver::now(), secrets, Box::new(slot));
+        let mut d = Driver::new(caps.clone(), entry, conn, machine, Direction::In);
+        // Before the handshake only a header and a <handshake/> may come: a stranger's
+        // connection holds at most PRE_HANDSHAKE_MAX_SIZE of unparsed input, not a stanza's worth.
+        d.conn.framer.set_max_size(PRE_HANDSHAKE_MAX_SIZE.min(limits.max_stanza_size), true);
+        let (tx, stanzas) = crate::router::queue::queue(limits.outbound_queue, limits.outbound_queue_bytes);
+        (d, Component { tx: Some(tx), stanzas, attached: None })
+    };
+    // Nothing but the driver and the role is kept across the stream's life (per-stream task
+    // size): the capabilities, the entry and the peer's address are the driver's from here.
+    drop(caps);
     let end = d.run(&mut role).await;
     let Component { mut stanzas, attached, .. } = role;
+    let (caps, entry) = (d.caps.clone(), d.entry.clone());
+    let peer = entry.peer_addr().and_then(|p| p.parse::<SocketAddr>().ok()).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     d.abandon_delivery();
     if let Some(domain) = &attached {
         caps.router.detach(domain, &entry.id);
@@ -45,12 +52,13 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: Inboun
     stanzas.close();
     // What was queued for it: as the machine's ending says (a component's bounces).
     let mut bounced = Vec::new();
-    let bounce = attached.as_ref().and_then(|domain| end.bounce(&caps.env, domain));
-    while let Some(st) = stanzas.try_recv() {
-        match &bounce {
-            Some((condition, text)) => bounced.extend(error_reply(&st, *condition, Some(text))),
-            None => bounced.push(st),
+    if let Some((condition, text)) = attached.as_ref().and_then(|domain| end.bounce(&caps.env, domain)) {
+        while let Some(st) = stanzas.try_recv() {
+            bounced.extend(error_reply(&st, condition, Some(&text)));
         }
+    }
+    while let Some(st) = stanzas.try_recv() {
+        bounced.push(st);
     }
     match &attached {
         Some(domain) => tracing::info!(stream = %entry.id, %peer, "component {domain} disconnected: {}", end.reason),
