@@ -59,7 +59,7 @@ fn element(el: &Element, budget: usize, scope: &[(String, String)]) {
     let _ = crate::proto::dialback::DbElement::parse(el);
     let _ = crate::proto::stanza::error_of(el);
     if crate::proto::stanza::is_stanza(el) {
-        let _ = crate::proto::stanza::error_reply(el, crate::proto::stanza::ErrorType::Cancel, "bad-request", Some("fuzz"));
+        let _ = crate::proto::stanza::error_reply(el, crate::proto::stanza::StanzaErrorCondition::BadRequest, Some("fuzz"));
     }
     let _ = crate::proto::stream::StreamError::from_element(el);
     let _ = crate::xml::writer::masked_key(el);
@@ -180,7 +180,11 @@ pub fn machine(data: &[u8]) {
     let mut valid: HashSet<(String, String)> = HashSet::new();
     let mut asks: Vec<(crate::domain::Domain, crate::domain::Domain)> = Vec::new();
     let (mut tokens_fed, mut tokens_answered) = (0u64, HashSet::new());
+    let answered: std::sync::Arc<std::sync::Mutex<Vec<u64>>> = Default::default();
     let mut closed = false;
+    // Closing on purpose, an originating machine asks for the queue: none here, as a driver
+    // with an empty queue answers.
+    let drain_asked = std::cell::Cell::new(false);
     let mut check = |m: &mut Machine, asks: &mut Vec<_>, tokens_fed: u64| {
         let mut n = 0;
         while let Some(o) = m.poll_output() {
@@ -189,6 +193,7 @@ pub fn machine(data: &[u8]) {
             assert!(n <= 4096, "unbounded outputs for one input");
             match o {
                 Output::Close(_) => closed = true,
+                Output::Drain => drain_asked.set(true),
                 Output::Observe(Observed::Pair { local, remote, status, .. }) => {
                     if status == PairStatus::Valid {
                         valid.insert((local.to_string(), remote.to_string()));
@@ -200,15 +205,19 @@ pub fn machine(data: &[u8]) {
                     valid.remove(&(local.to_string(), remote.to_string()));
                 }
                 Output::Observe(Observed::PairsReset) => valid.clear(),
-                Output::Deliver(el) => {
+                Output::Deliver(d) => {
+                    let el = d.stanza();
                     let to = el.get_attr("to").and_then(crate::proto::jid::domain_of).expect("delivered stanzas have a 'to'");
                     let from = el.get_attr("from").and_then(crate::proto::jid::domain_of).expect("and a 'from'");
                     assert!(valid.contains(&(to.to_string(), from.to_string())), "delivered on a pair never valid: {}", el.to_xml());
                 }
                 Output::Ask(a) => asks.push((a.local, a.remote)),
-                Output::VerifyAnswer { token, .. } => {
-                    assert!(token >= 1 && token <= tokens_fed, "an answer for a request never made");
-                    assert!(tokens_answered.insert(token), "answered twice");
+                Output::VerifyAnswer { reply, answer, detail } => {
+                    reply.send(answer, detail);
+                    for token in answered.lock().unwrap().drain(..) {
+                        assert!(token >= 1 && token <= tokens_fed, "an answer for a request never made");
+                        assert!(tokens_answered.insert(token), "answered twice");
+                    }
                 }
                 _ => {}
             }
@@ -245,7 +254,7 @@ pub fn machine(data: &[u8]) {
                 answer: match a % 3 {
                     0 => crate::proto::dialback::Answer::Valid,
                     1 => crate::proto::dialback::Answer::Invalid,
-                    _ => crate::proto::dialback::Answer::error("remote-server-timeout", "fuzz"),
+                    _ => crate::proto::dialback::Answer::error(crate::proto::stanza::StanzaErrorCondition::RemoteServerTimeout, "fuzz"),
                 },
                 detail: None,
             }),
@@ -261,7 +270,8 @@ pub fn machine(data: &[u8]) {
             11 => Some(Input::Close { reason: "fuzz".into(), error: None }),
             12 => {
                 tokens_fed += 1;
-                Some(Input::Verify { stream_id: format!("s{a}"), key: "k".into(), token: tokens_fed })
+                let reply = Box::new(FuzzReply { token: tokens_fed, answered: answered.clone() });
+                Some(Input::Verify { stream_id: format!("s{a}"), key: "k".into(), reply })
             }
             13 => Some(Input::Stanza(crate::xml::Element::new("message", crate::proto::ns::SERVER).attr("to", r).attr("from", l))),
             14 => Some(match a % 3 {
@@ -274,6 +284,10 @@ pub fn machine(data: &[u8]) {
         if let Some(input) = input {
             m.handle(now, input);
             check(&mut m, &mut asks, tokens_fed);
+            if drain_asked.take() {
+                m.handle(now, Input::Drained);
+                check(&mut m, &mut asks, tokens_fed);
+            }
         }
         if let Some(d) = m.deadline() {
             assert!(d >= t0, "a deadline before the stream began");
@@ -298,7 +312,7 @@ pub fn component(data: &[u8]) {
     let t0 = Instant::now();
     let mut now = t0;
     let secrets = std::sync::Arc::new(HashMap::from([(domain(COMP), SECRET.to_owned())]));
-    let mut m = Machine::component(fuzz.env.clone(), "fuzz".into(), now, secrets);
+    let mut m = Machine::component(fuzz.env.clone(), "fuzz".into(), now, secrets, Box::new(FuzzSlot(false)));
     let mut framer = crate::xml::Framer::new(16 * 1024, 16);
     let (mut closed, mut attach_asked, mut attached) = (false, false, false);
     let mut bytes = data.iter().copied();
@@ -373,7 +387,8 @@ pub fn component(data: &[u8]) {
                         assert_eq!(d.as_str(), COMP);
                         attach_asked = true;
                     }
-                    Output::Deliver(el) => {
+                    Output::Deliver(d) => {
+                        let el = d.stanza();
                         assert!(attached, "delivered before the domain was attached: {}", el.to_xml());
                         let from = el.get_attr("from").and_then(crate::proto::jid::domain_of).expect("a 'from'");
                         assert!(from.as_str() == COMP || from.as_str().ends_with(".comp.here.test"), "delivered from {from}");
@@ -485,11 +500,24 @@ impl crate::proto::machine::CertJudge for FuzzJudge {
     }
 }
 
+/// A verification's asker: records which request was answered.
+#[derive(Debug)]
+struct FuzzReply {
+    token: u64,
+    answered: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl crate::proto::machine::Reply for FuzzReply {
+    fn send(self: Box<Self>, _: crate::proto::dialback::Answer, _: Option<String>) {
+        self.answered.lock().unwrap().push(self.token);
+    }
+}
+
 struct FuzzSlot(bool);
 
 impl crate::proto::machine::Admission for FuzzSlot {
-    fn authenticated(&mut self) -> Result<(), &'static str> {
-        if self.0 { Err("limits.max_inbound") } else { Ok(()) }
+    fn authenticated(&mut self) -> Result<(), crate::types::LimitKey> {
+        if self.0 { Err(crate::types::LimitKey::MaxInbound) } else { Ok(()) }
     }
 }
 

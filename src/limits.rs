@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Limits;
 use crate::types::FixedWindow;
+pub use crate::types::LimitKey;
 
 /// How often one (limit, source) is logged.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -27,12 +28,12 @@ const ANY_SOURCE: &str = "\0every source";
 
 /// Per (limit, source): its window of one line a [`LOG_INTERVAL`]. Under [`ANY_SOURCE`]:
 /// the limit's window of new sources logged.
-type Windows = HashMap<(&'static str, String), FixedWindow<Instant>>;
+type Windows = HashMap<(LimitKey, String), FixedWindow<Instant>>;
 
 static SEEN: Mutex<Option<Windows>> = Mutex::new(None);
 
 /// Whether to log this refusal now, and how many were suppressed before it.
-pub fn should_log(limit: &'static str, source: &str, now: Instant) -> Option<u64> {
+pub fn should_log(limit: LimitKey, source: &str, now: Instant) -> Option<u64> {
     let mut g = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     let map = g.get_or_insert_with(HashMap::new);
     if let Some(w) = map.get_mut(&(limit, source.to_owned())) {
@@ -54,12 +55,12 @@ pub fn should_log(limit: &'static str, source: &str, now: Instant) -> Option<u64
 }
 
 /// Log a refusal by `limit` for `source` (an address or a domain), at most once a minute.
-pub fn refused_once(limit: &'static str, source: &str, msg: impl FnOnce() -> String) {
+pub fn refused_once(limit: LimitKey, source: &str, msg: impl FnOnce() -> String) {
     if let Some(suppressed) = should_log(limit, source, Instant::now()) {
         if suppressed > 0 {
-            tracing::warn!(limit, source, "{} ({suppressed} more refused by {limit} since the last report)", msg());
+            tracing::warn!(limit = limit.as_str(), source, "{} ({suppressed} more refused by {limit} since the last report)", msg());
         } else {
-            tracing::warn!(limit, source, "{}", msg());
+            tracing::warn!(limit = limit.as_str(), source, "{}", msg());
         }
     }
 }
@@ -71,23 +72,24 @@ mod tests {
     #[test]
     fn once_per_interval_per_source_counting_the_rest() {
         let t = Instant::now();
-        assert_eq!(should_log("test.limit", "a", t), Some(0));
-        assert_eq!(should_log("test.limit", "a", t + Duration::from_secs(1)), None);
-        assert_eq!(should_log("test.limit", "a", t + Duration::from_secs(2)), None);
-        assert_eq!(should_log("test.limit", "b", t), Some(0));
-        assert_eq!(should_log("test.limit", "a", t + LOG_INTERVAL + Duration::from_secs(1)), Some(2));
+        assert_eq!(should_log(LimitKey::Test("test.limit"), "a", t), Some(0));
+        assert_eq!(should_log(LimitKey::Test("test.limit"), "a", t + Duration::from_secs(1)), None);
+        assert_eq!(should_log(LimitKey::Test("test.limit"), "a", t + Duration::from_secs(2)), None);
+        assert_eq!(should_log(LimitKey::Test("test.limit"), "b", t), Some(0));
+        assert_eq!(should_log(LimitKey::Test("test.limit"), "a", t + LOG_INTERVAL + Duration::from_secs(1)), Some(2));
         // Memory stays capped whatever the number of sources.
         for i in 0..10_000 {
-            should_log("test.flood", &format!("10.0.{}.{}", i / 256, i % 256), t + Duration::from_millis(i));
+            should_log(LimitKey::Test("test.flood"), &format!("10.0.{}.{}", i / 256, i % 256), t + Duration::from_millis(i));
         }
         assert!(SEEN.lock().unwrap().as_ref().unwrap().len() <= REMEMBERED);
         // Many sources of one limit: a bounded number of lines a minute, the rest counted in
         // the first line of the next minute.
-        let logged = (0..1000).filter(|i| should_log("test.sources", &format!("10.1.{}.{}", i / 256, i % 256), t).is_some()).count();
+        let logged =
+            (0..1000).filter(|i| should_log(LimitKey::Test("test.sources"), &format!("10.1.{}.{}", i / 256, i % 256), t).is_some()).count();
         assert_eq!(logged as u64, NEW_SOURCES_PER_INTERVAL);
-        assert_eq!(should_log("test.sources", "10.2.0.1", t + LOG_INTERVAL), Some(1000 - NEW_SOURCES_PER_INTERVAL));
+        assert_eq!(should_log(LimitKey::Test("test.sources"), "10.2.0.1", t + LOG_INTERVAL), Some(1000 - NEW_SOURCES_PER_INTERVAL));
         // Another limit has its own budget.
-        assert_eq!(should_log("test.other", "10.1.0.1", t), Some(0));
+        assert_eq!(should_log(LimitKey::Test("test.other"), "10.1.0.1", t), Some(0));
     }
 }
 
@@ -108,20 +110,20 @@ impl Door {
     const ALL: [Door; 3] = [Door::Federation, Door::Gateway, Door::Components];
 
     /// Its limits: (key, all sources together), (key, one address).
-    fn limits(self, l: &Limits) -> [(&'static str, usize); 2] {
+    fn limits(self, l: &Limits) -> [(LimitKey, usize); 2] {
         match self {
             Door::Federation => [
-                ("limits.max_inbound_unauthenticated", l.max_inbound_unauthenticated),
-                ("limits.max_unauthenticated_per_address", l.max_unauthenticated_per_address),
+                (LimitKey::MaxInboundUnauthenticated, l.max_inbound_unauthenticated),
+                (LimitKey::MaxUnauthenticatedPerAddress, l.max_unauthenticated_per_address),
             ],
             // The internal server is one address: its door's whole budget is its own.
             Door::Gateway => [
-                ("limits.max_unauthenticated_gateway", l.max_unauthenticated_gateway),
-                ("limits.max_unauthenticated_gateway", l.max_unauthenticated_gateway),
+                (LimitKey::MaxUnauthenticatedGateway, l.max_unauthenticated_gateway),
+                (LimitKey::MaxUnauthenticatedGateway, l.max_unauthenticated_gateway),
             ],
             Door::Components => [
-                ("limits.max_unauthenticated_components", l.max_unauthenticated_components),
-                ("limits.max_unauthenticated_per_address", l.max_unauthenticated_per_address),
+                (LimitKey::MaxUnauthenticatedComponents, l.max_unauthenticated_components),
+                (LimitKey::MaxUnauthenticatedPerAddress, l.max_unauthenticated_per_address),
             ],
         }
     }
@@ -154,7 +156,7 @@ pub struct LimitUse {
 
 /// A limit said no: which key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused(pub &'static str);
+pub struct Refused(pub LimitKey);
 
 impl Gauges {
     fn door(&self, door: Door) -> &DoorGauge {
@@ -182,12 +184,12 @@ impl Gauges {
     pub fn outbound(self: &Arc<Self>, limits: &Limits) -> Result<OutboundSlot, Refused> {
         self.outbound
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limits.max_outbound).then_some(n + 1))
-            .map_err(|_| Refused("limits.max_outbound"))?;
+            .map_err(|_| Refused(LimitKey::MaxOutbound))?;
         Ok(OutboundSlot { gauges: self.clone() })
     }
 
     pub fn uses(&self, limits: &Limits) -> Vec<LimitUse> {
-        let u = |key: &str, used: usize, max: usize| LimitUse { key: key.into(), used, max };
+        let u = |key: LimitKey, used: usize, max: usize| LimitUse { key: key.as_str().into(), used, max };
         let mut v = Vec::new();
         let mut busiest = 0;
         for door in Door::ALL {
@@ -199,9 +201,9 @@ impl Gauges {
                 busiest = busiest.max(most.min(per_max));
             }
         }
-        v.insert(1, u("limits.max_unauthenticated_per_address", busiest, limits.max_unauthenticated_per_address));
-        v.push(u("limits.max_inbound", self.inbound.load(Ordering::Relaxed), limits.max_inbound));
-        v.push(u("limits.max_outbound", self.outbound.load(Ordering::Relaxed), limits.max_outbound));
+        v.insert(1, u(LimitKey::MaxUnauthenticatedPerAddress, busiest, limits.max_unauthenticated_per_address));
+        v.push(u(LimitKey::MaxInbound, self.inbound.load(Ordering::Relaxed), limits.max_inbound));
+        v.push(u(LimitKey::MaxOutbound, self.outbound.load(Ordering::Relaxed), limits.max_outbound));
         v
     }
 
@@ -239,7 +241,7 @@ impl InboundSlot {
         self.gauges
             .inbound
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_inbound).then_some(n + 1))
-            .map_err(|_| Refused("limits.max_inbound"))?;
+            .map_err(|_| Refused(LimitKey::MaxInbound))?;
         self.gauges.release_unauthenticated(self.door, self.ip);
         self.authenticated = true;
         Ok(())
@@ -247,7 +249,7 @@ impl InboundSlot {
 }
 
 impl crate::proto::machine::Admission for InboundSlot {
-    fn authenticated(&mut self) -> Result<(), &'static str> {
+    fn authenticated(&mut self) -> Result<(), LimitKey> {
         match InboundSlot::authenticated(self) {
             Ok(()) => Ok(()),
             Err(Refused(key)) => {
@@ -303,18 +305,18 @@ mod gauge_tests {
         let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
         let mut s1 = g.admit(Door::Federation, a, &l).unwrap();
         let _s2 = g.admit(Door::Federation, a, &l).unwrap();
-        assert_eq!(g.admit(Door::Federation, a, &l).unwrap_err(), Refused("limits.max_unauthenticated_per_address"));
+        assert_eq!(g.admit(Door::Federation, a, &l).unwrap_err(), Refused(LimitKey::MaxUnauthenticatedPerAddress));
         let s3 = g.admit(Door::Federation, b, &l).unwrap();
-        assert_eq!(g.admit(Door::Federation, b, &l).unwrap_err(), Refused("limits.max_inbound_unauthenticated"));
+        assert_eq!(g.admit(Door::Federation, b, &l).unwrap_err(), Refused(LimitKey::MaxInboundUnauthenticated));
         // Inbound full: outbound still has its own room.
         let o = g.outbound(&l).unwrap();
-        assert_eq!(g.outbound(&l).unwrap_err(), Refused("limits.max_outbound"));
+        assert_eq!(g.outbound(&l).unwrap_err(), Refused(LimitKey::MaxOutbound));
         // Authenticating frees the unauthenticated slot.
         s1.authenticated().unwrap();
         let _s4 = g.admit(Door::Federation, b, &l).unwrap();
         drop(s3);
         let mut s5 = g.admit(Door::Federation, b, &l).unwrap();
-        assert_eq!(s5.authenticated().unwrap_err(), Refused("limits.max_inbound"));
+        assert_eq!(s5.authenticated().unwrap_err(), Refused(LimitKey::MaxInbound));
         drop((s1, o));
         let uses = g.uses(&l);
         assert_eq!(uses.iter().find(|u| u.key == "limits.max_inbound").unwrap().used, 0);
@@ -330,19 +332,19 @@ mod gauge_tests {
         // The public door full, from one address and from all.
         let _public = [g.admit(Door::Federation, a, &l).unwrap(), g.admit(Door::Federation, a, &l).unwrap()];
         let _more = g.admit(Door::Federation, b, &l).unwrap();
-        assert_eq!(g.admit(Door::Federation, b, &l).unwrap_err(), Refused("limits.max_inbound_unauthenticated"));
+        assert_eq!(g.admit(Door::Federation, b, &l).unwrap_err(), Refused(LimitKey::MaxInboundUnauthenticated));
         // The same addresses still come in through the other doors, up to their own limits.
         let internal = [g.admit(Door::Gateway, a, &l).unwrap(), g.admit(Door::Gateway, a, &l).unwrap()];
-        assert_eq!(g.admit(Door::Gateway, a, &l).unwrap_err(), Refused("limits.max_unauthenticated_gateway"));
+        assert_eq!(g.admit(Door::Gateway, a, &l).unwrap_err(), Refused(LimitKey::MaxUnauthenticatedGateway));
         let component = g.admit(Door::Components, a, &l).unwrap();
         let _c2 = g.admit(Door::Components, b, &l).unwrap();
-        assert_eq!(g.admit(Door::Components, b, &l).unwrap_err(), Refused("limits.max_unauthenticated_components"));
+        assert_eq!(g.admit(Door::Components, b, &l).unwrap_err(), Refused(LimitKey::MaxUnauthenticatedComponents));
         // A slot given back returns to its own door.
         drop(internal);
         drop(component);
         let _i = g.admit(Door::Gateway, a, &l).unwrap();
         let _c = g.admit(Door::Components, a, &l).unwrap();
-        assert_eq!(g.admit(Door::Federation, b, &l).unwrap_err(), Refused("limits.max_inbound_unauthenticated"));
+        assert_eq!(g.admit(Door::Federation, b, &l).unwrap_err(), Refused(LimitKey::MaxInboundUnauthenticated));
         let uses = g.uses(&l);
         let used = |k: &str| uses.iter().find(|u| u.key == k).unwrap().used;
         assert_eq!(

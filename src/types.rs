@@ -434,6 +434,61 @@ impl<T: Moment> FixedWindow<T> {
     }
 }
 
+/// A limit that can refuse something, by its configuration key (or, for the once-a-minute
+/// log of refusals that have no key, what refused): typed, so a refusal names a limit that
+/// exists and the log and `ctl status` spell it one way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKey {
+    MaxInboundUnauthenticated,
+    MaxUnauthenticatedPerAddress,
+    MaxUnauthenticatedGateway,
+    MaxUnauthenticatedComponents,
+    MaxInbound,
+    MaxOutbound,
+    MaxVerificationsInFlight,
+    VerificationsPerMinute,
+    OutboundQueueBytes,
+    OutboundMaxDials,
+    GatewayAllow,
+    GatewayMintsPerMinute,
+    /// Claims of unauthenticated peers, recorded at most so often per source.
+    UnauthenticatedClaims,
+    /// Component streams that end before their handshake (a wrong secret, a stranger).
+    ComponentHandshake,
+    /// Tests' own limits (the once-a-minute logger's unit tests).
+    #[cfg(test)]
+    Test(&'static str),
+}
+
+impl LimitKey {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKey::MaxInboundUnauthenticated => "limits.max_inbound_unauthenticated",
+            LimitKey::MaxUnauthenticatedPerAddress => "limits.max_unauthenticated_per_address",
+            LimitKey::MaxUnauthenticatedGateway => "limits.max_unauthenticated_gateway",
+            LimitKey::MaxUnauthenticatedComponents => "limits.max_unauthenticated_components",
+            LimitKey::MaxInbound => "limits.max_inbound",
+            LimitKey::MaxOutbound => "limits.max_outbound",
+            LimitKey::MaxVerificationsInFlight => "limits.max_verifications_in_flight",
+            LimitKey::VerificationsPerMinute => "limits.verifications_per_minute",
+            LimitKey::OutboundQueueBytes => "limits.outbound_queue_bytes",
+            LimitKey::OutboundMaxDials => "outbound.max_dials",
+            LimitKey::GatewayAllow => "gateway.allow",
+            LimitKey::GatewayMintsPerMinute => "gateway.mints_per_minute",
+            LimitKey::UnauthenticatedClaims => "unauthenticated claims",
+            LimitKey::ComponentHandshake => "component handshake",
+            #[cfg(test)]
+            LimitKey::Test(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Display for LimitKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant, SystemTime};

@@ -171,7 +171,7 @@ impl Recorder {
             .as_deref()
             .and_then(|a| a.parse::<SocketAddr>().ok())
             .map_or_else(|| outcome.remote.clone(), |a| a.ip().to_string());
-        crate::limits::refused_once("unauthenticated claims", &source, || {
+        crate::limits::refused_once(crate::limits::LimitKey::UnauthenticatedClaims, &source, || {
             format!("verification of {} failed: {}", outcome.remote, outcome.reason)
         });
         self.unauthenticated.lock().unwrap().push(outcome.clone());

@@ -229,7 +229,7 @@ impl crate::router::Opener for OutboundOpener {
             Some((internal, hosted)) if hosted.contains(remote) => (internal.upgrade(), LinkKind::Internal),
             _ => (self.streams.upgrade(), LinkKind::S2sOutbound),
         };
-        let Some(caps) = caps else { return Err(Refusal::Limit("shutting down")) };
+        let Some(caps) = caps else { return Err(Refusal::Unavailable("shutting down")) };
         let slot = match self.gauges.outbound(&self.limits) {
             Ok(slot) => slot,
             Err(limits::Refused(key)) => {
@@ -350,7 +350,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, how: Accept, do
                     && let Some(g) = &shared.settings.gateway
                     && !crate::gateway::allowed(g, peer.ip())
                 {
-                    limits::refused_once("gateway.allow", &peer.ip().to_string(), || {
+                    limits::refused_once(limits::LimitKey::GatewayAllow, &peer.ip().to_string(), || {
                         format!("refusing a connection to gateway.listen from {}: not the internal server (gateway.allow)", peer.ip())
                     });
                     drop(tcp);

@@ -45,27 +45,29 @@ pub struct GatewayTls {
 }
 
 impl GatewayTls {
-    fn minted(&self, local: &Domain) -> Result<Arc<ca::Minted>, String> {
+    fn minted(&self, local: &Domain) -> Result<Arc<ca::Minted>, crate::stream::TlsConfigError> {
         self.ca.certificate_for(local, SystemTime::now()).map_err(|e| {
             match &e {
                 // A budget running out is logged once a minute, not once per stream.
-                ca::CaError::Busy { .. } => crate::limits::refused_once("gateway.mints_per_minute", "*", || format!("gateway: {e}")),
+                ca::CaError::Busy { .. } => {
+                    crate::limits::refused_once(crate::limits::LimitKey::GatewayMintsPerMinute, "*", || format!("gateway: {e}"))
+                }
                 _ => tracing::error!("gateway: {e}"),
             }
-            format!("no certificate for {local}: {e}")
+            crate::stream::TlsConfigError::NoCertificate { domain: local.clone(), source: Box::new(e) }
         })
     }
 }
 
 impl TlsConfigs for GatewayTls {
-    fn server_config(&self, local: &Domain) -> Result<Arc<rustls::ServerConfig>, String> {
+    fn server_config(&self, local: &Domain) -> Result<Arc<rustls::ServerConfig>, crate::stream::TlsConfigError> {
         let m = self.minted(local)?;
-        single_cert_server_config(m.chain.clone(), m.key.clone_key()).map(Arc::new).map_err(|e| e.to_string())
+        Ok(Arc::new(single_cert_server_config(m.chain.clone(), m.key.clone_key())?))
     }
 
-    fn client_config(&self, local: &Domain) -> Result<Arc<rustls::ClientConfig>, String> {
+    fn client_config(&self, local: &Domain) -> Result<Arc<rustls::ClientConfig>, crate::stream::TlsConfigError> {
         let m = self.minted(local)?;
-        client_config_with(m.chain.clone(), m.key.clone_key()).map(Arc::new).map_err(|e| e.to_string())
+        Ok(Arc::new(client_config_with(m.chain.clone(), m.key.clone_key())?))
     }
 }
 

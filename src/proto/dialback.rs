@@ -6,6 +6,7 @@ use sha2::{Digest, Sha256};
 use crate::xml::Element;
 
 use super::ns;
+use super::stanza::StanzaErrorCondition;
 
 /// XEP-0185 §3: key = HEX( HMAC-SHA256( HEX(SHA256(secret)), "Receiving Originating StreamID" ) ).
 pub fn derive_key(secret: &[u8], receiving: &str, originating: &str, stream_id: &str) -> String {
@@ -74,14 +75,14 @@ pub enum Answer {
     Invalid,
     /// XEP-0220 §2.4: an error with its stanza-error condition and text.
     Error {
-        condition: String,
+        condition: StanzaErrorCondition,
         text: Option<String>,
     },
 }
 
 impl Answer {
-    pub fn error(condition: &str, text: impl Into<String>) -> Answer {
-        Answer::Error { condition: condition.to_owned(), text: Some(text.into()) }
+    pub fn error(condition: StanzaErrorCondition, text: impl Into<String>) -> Answer {
+        Answer::Error { condition, text: Some(text.into()) }
     }
 
     pub fn describe(&self) -> String {
@@ -90,9 +91,9 @@ impl Answer {
             Answer::Invalid => "invalid".into(),
             Answer::Error { condition, text: Some(t) } => {
                 let clip = crate::xml::element::clip;
-                format!("error <{}/>: {}", clip(condition, 64), clip(t, crate::proto::stream::PEER_TEXT))
+                format!("error <{condition}/>: {}", clip(t, crate::proto::stream::PEER_TEXT))
             }
-            Answer::Error { condition, text: None } => format!("error <{}/>", crate::xml::element::clip(condition, 64)),
+            Answer::Error { condition, text: None } => format!("error <{condition}/>"),
         }
     }
 }
@@ -131,22 +132,22 @@ impl DbElement {
                     .elements()
                     .find(|e| e.name == "error")
                     .map(|e| {
-                        let mut cond = "undefined-condition".to_owned();
+                        let mut cond = StanzaErrorCondition::UndefinedCondition;
                         let mut text = None;
                         for c in e.elements() {
                             // The peer's words: escaped and clipped where they are taken.
                             if c.name == "text" {
                                 text = Some(crate::text::clip(&c.text_content(), crate::proto::stream::PEER_TEXT).into_owned());
                             } else {
-                                cond = crate::text::clip(&c.name, 64).into_owned();
+                                cond = StanzaErrorCondition::parse(&c.name);
                             }
                         }
                         (cond, text)
                     })
-                    .unwrap_or(("undefined-condition".to_owned(), None));
+                    .unwrap_or((StanzaErrorCondition::UndefinedCondition, None));
                 Some(Answer::Error { condition, text })
             }
-            Some(_) => Some(Answer::Error { condition: "bad-request".into(), text: Some("unknown type".into()) }),
+            Some(_) => Some(Answer::error(StanzaErrorCondition::BadRequest, "unknown type")),
         };
         Some(DbElement { verify, from, to, id: el.get_attr("id").map(str::to_owned), answer, key: el.text_content().trim().to_owned() })
     }
@@ -181,8 +182,9 @@ fn with_answer(el: Element, answer: &Answer) -> Element {
         Answer::Valid => el.attr("type", "valid"),
         Answer::Invalid => el.attr("type", "invalid"),
         Answer::Error { condition, text } => {
-            let etype = if condition == "remote-server-timeout" || condition == "remote-connection-failed" { "wait" } else { "cancel" };
-            let mut err = Element::new("error", ns::DIALBACK).attr("type", etype).child(Element::new(condition, ns::STANZA_ERRORS));
+            let mut err = Element::new("error", ns::DIALBACK)
+                .attr("type", condition.error_type().as_str())
+                .child(Element::new(condition.as_str(), ns::STANZA_ERRORS));
             if let Some(t) = text {
                 err = err.child(Element::new("text", ns::STANZA_ERRORS).text(t.clone()));
             }
@@ -217,10 +219,13 @@ mod tests {
 
     #[test]
     fn parse_answers() {
-        let el = result_answer("b", "a", &Answer::error("remote-connection-failed", "no route"));
+        let el = result_answer("b", "a", &Answer::error(StanzaErrorCondition::RemoteConnectionFailed, "no route"));
         let p = DbElement::parse(&el).unwrap();
         assert!(!p.verify);
-        assert_eq!(p.answer, Some(Answer::Error { condition: "remote-connection-failed".into(), text: Some("no route".into()) }));
+        assert_eq!(
+            p.answer,
+            Some(Answer::Error { condition: StanzaErrorCondition::RemoteConnectionFailed, text: Some("no route".into()) })
+        );
         let v = DbElement::parse(&verify_request("b", "a", "id1", "k")).unwrap();
         assert!(v.verify && v.answer.is_none());
         assert_eq!((v.id.as_deref(), v.key.as_str()), (Some("id1"), "k"));

@@ -26,6 +26,144 @@ impl ErrorType {
     }
 }
 
+/// Stanza error conditions (RFC 6120 §8.3.3), and XEP-0220 §2.4's remote-connection-failed,
+/// each knowing its error type: one rule for every bounce and dialback error this server sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StanzaErrorCondition {
+    BadRequest,
+    Conflict,
+    FeatureNotImplemented,
+    Forbidden,
+    Gone,
+    InternalServerError,
+    ItemNotFound,
+    JidMalformed,
+    NotAcceptable,
+    NotAllowed,
+    NotAuthorized,
+    PolicyViolation,
+    RecipientUnavailable,
+    Redirect,
+    RegistrationRequired,
+    /// XEP-0220 §2.4 (RFC 6120 has it as a stream error only).
+    RemoteConnectionFailed,
+    RemoteServerNotFound,
+    RemoteServerTimeout,
+    ResourceConstraint,
+    ServiceUnavailable,
+    SubscriptionRequired,
+    UndefinedCondition,
+    UnexpectedRequest,
+}
+
+impl StanzaErrorCondition {
+    const ALL: [StanzaErrorCondition; 23] = {
+        use StanzaErrorCondition::*;
+        [
+            BadRequest,
+            Conflict,
+            FeatureNotImplemented,
+            Forbidden,
+            Gone,
+            InternalServerError,
+            ItemNotFound,
+            JidMalformed,
+            NotAcceptable,
+            NotAllowed,
+            NotAuthorized,
+            PolicyViolation,
+            RecipientUnavailable,
+            Redirect,
+            RegistrationRequired,
+            RemoteConnectionFailed,
+            RemoteServerNotFound,
+            RemoteServerTimeout,
+            ResourceConstraint,
+            ServiceUnavailable,
+            SubscriptionRequired,
+            UndefinedCondition,
+            UnexpectedRequest,
+        ]
+    };
+
+    /// The element name (in `urn:ietf:params:xml:ns:xmpp-stanzas`).
+    pub fn as_str(self) -> &'static str {
+        use StanzaErrorCondition::*;
+        match self {
+            BadRequest => "bad-request",
+            Conflict => "conflict",
+            FeatureNotImplemented => "feature-not-implemented",
+            Forbidden => "forbidden",
+            Gone => "gone",
+            InternalServerError => "internal-server-error",
+            ItemNotFound => "item-not-found",
+            JidMalformed => "jid-malformed",
+            NotAcceptable => "not-acceptable",
+            NotAllowed => "not-allowed",
+            NotAuthorized => "not-authorized",
+            PolicyViolation => "policy-violation",
+            RecipientUnavailable => "recipient-unavailable",
+            Redirect => "redirect",
+            RegistrationRequired => "registration-required",
+            RemoteConnectionFailed => "remote-connection-failed",
+            RemoteServerNotFound => "remote-server-not-found",
+            RemoteServerTimeout => "remote-server-timeout",
+            ResourceConstraint => "resource-constraint",
+            ServiceUnavailable => "service-unavailable",
+            SubscriptionRequired => "subscription-required",
+            UndefinedCondition => "undefined-condition",
+            UnexpectedRequest => "unexpected-request",
+        }
+    }
+
+    /// A peer's condition by its element name; an unknown one is `undefined-condition`
+    /// (RFC 6120 §8.3.2: the recipient treats what it does not understand so).
+    pub fn parse(name: &str) -> StanzaErrorCondition {
+        Self::ALL.into_iter().find(|c| c.as_str() == name).unwrap_or(StanzaErrorCondition::UndefinedCondition)
+    }
+
+    /// The error type RFC 6120 §8.3.3 gives the condition. Where it allows two, the first
+    /// (policy-violation: modify, unexpected-request: wait, feature-not-implemented:
+    /// cancel); undefined-condition, which may take any, and remote-connection-failed,
+    /// which XEP-0220 leaves untyped: a connection that failed may succeed later (wait).
+    pub fn error_type(self) -> ErrorType {
+        use StanzaErrorCondition::*;
+        match self {
+            BadRequest | JidMalformed | NotAcceptable | PolicyViolation | Redirect => ErrorType::Modify,
+            Forbidden | NotAuthorized | RegistrationRequired | SubscriptionRequired => ErrorType::Auth,
+            RecipientUnavailable | RemoteConnectionFailed | RemoteServerTimeout | ResourceConstraint | UnexpectedRequest => ErrorType::Wait,
+            Conflict
+            | FeatureNotImplemented
+            | Gone
+            | InternalServerError
+            | ItemNotFound
+            | NotAllowed
+            | RemoteServerNotFound
+            | ServiceUnavailable
+            | UndefinedCondition => ErrorType::Cancel,
+        }
+    }
+}
+
+/// A name read off the wire (or written in a test) compares with the condition.
+impl PartialEq<str> for StanzaErrorCondition {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for StanzaErrorCondition {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for StanzaErrorCondition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Whether an element is a stanza in the server namespace.
 pub fn is_stanza(el: &Element) -> bool {
     (el.ns == ns::SERVER || el.ns == ns::CLIENT) && matches!(&*el.name, "message" | "presence" | "iq")
@@ -42,11 +180,11 @@ pub fn may_bounce(el: &Element) -> bool {
 }
 
 /// What is wrong with a stanza by RFC 6120 §8.1–8.2 and RFC 6121 §4.7.1, as the error to
-/// answer with (type, condition, text). Checked on authenticated streams before routing,
+/// answer with (condition, text). Checked on authenticated streams before routing,
 /// whatever the stanza is routed to.
-pub fn check(el: &Element) -> Result<(), (ErrorType, &'static str, &'static str)> {
+pub fn check(el: &Element) -> Result<(), (StanzaErrorCondition, &'static str)> {
     let typ = el.get_attr("type");
-    let bad = |text| Err((ErrorType::Modify, "bad-request", text));
+    let bad = |text| Err((StanzaErrorCondition::BadRequest, text));
     match &*el.name {
         "iq" => {
             // §8.2.3: id and type are required; get/set carry exactly one payload, a result
@@ -73,8 +211,9 @@ pub fn check(el: &Element) -> Result<(), (ErrorType, &'static str, &'static str)
 }
 
 /// Build the error reply to `el` (to and from swapped, original children kept as RFC 6120
-/// §8.3.1 allows), or `None` where an error must not be sent.
-pub fn error_reply(el: &Element, etype: ErrorType, condition: &str, text: Option<&str>) -> Option<Element> {
+/// §8.3.1 allows), or `None` where an error must not be sent. The type is the condition's
+/// ([`StanzaErrorCondition::error_type`]).
+pub fn error_reply(el: &Element, condition: StanzaErrorCondition, text: Option<&str>) -> Option<Element> {
     if !may_bounce(el) {
         return None;
     }
@@ -96,7 +235,9 @@ pub fn error_reply(el: &Element, etype: ErrorType, condition: &str, text: Option
             }
         }
     }
-    let mut err = Element::new("error", ns::SERVER).attr("type", etype.as_str()).child(Element::new(condition, ns::STANZA_ERRORS));
+    let mut err = Element::new("error", ns::SERVER)
+        .attr("type", condition.error_type().as_str())
+        .child(Element::new(condition.as_str(), ns::STANZA_ERRORS));
     if let Some(t) = text {
         err = err.child(Element::new("text", ns::STANZA_ERRORS).attr("xml:lang", "en").text(t));
     }
@@ -153,7 +294,7 @@ mod check_tests {
             iq("result", Some("1"), 2),
             iq("fetch", Some("1"), 1),
         ] {
-            assert_eq!(check(&bad).unwrap_err().1, "bad-request", "{}", bad.to_xml());
+            assert_eq!(check(&bad).unwrap_err().0, StanzaErrorCondition::BadRequest, "{}", bad.to_xml());
         }
         let p = Element::new("presence", ns::SERVER).attr("type", "dance");
         assert!(check(&p).is_err());
@@ -169,18 +310,47 @@ mod tests {
     #[test]
     fn no_error_on_error() {
         let iq = Element::new("iq", ns::SERVER).attr("type", "error").attr("from", "a").attr("to", "b");
-        assert!(error_reply(&iq, ErrorType::Cancel, "service-unavailable", None).is_none());
+        assert!(error_reply(&iq, StanzaErrorCondition::ServiceUnavailable, None).is_none());
         let res = Element::new("iq", ns::SERVER).attr("type", "result");
-        assert!(error_reply(&res, ErrorType::Cancel, "service-unavailable", None).is_none());
+        assert!(error_reply(&res, StanzaErrorCondition::ServiceUnavailable, None).is_none());
     }
 
     #[test]
     fn reply_swaps_addresses() {
         let iq = Element::new("iq", ns::SERVER).attr("type", "get").attr("id", "1").attr("from", "a@x").attr("to", "y");
-        let r = error_reply(&iq, ErrorType::Cancel, "service-unavailable", Some("why")).unwrap();
+        let r = error_reply(&iq, StanzaErrorCondition::ServiceUnavailable, Some("why")).unwrap();
         assert_eq!(r.get_attr("to"), Some("a@x"));
         assert_eq!(r.get_attr("from"), Some("y"));
         assert_eq!(r.get_attr("id"), Some("1"));
         assert_eq!(error_of(&r), Some(("service-unavailable".into(), Some("why".into()))));
+    }
+
+    /// One rule for the type, by RFC 6120 §8.3.3: the wait conditions are temporary (the
+    /// sender may retry), the cancel ones are not; the reply carries the condition's type.
+    #[test]
+    fn each_condition_carries_its_rfc_type() {
+        use StanzaErrorCondition as C;
+        let t = |c: C| c.error_type();
+        assert_eq!(t(C::RemoteServerTimeout), ErrorType::Wait);
+        assert_eq!(t(C::ResourceConstraint), ErrorType::Wait);
+        assert_eq!(t(C::RecipientUnavailable), ErrorType::Wait);
+        assert_eq!(t(C::RemoteConnectionFailed), ErrorType::Wait);
+        assert_eq!(t(C::RemoteServerNotFound), ErrorType::Cancel);
+        assert_eq!(t(C::ServiceUnavailable), ErrorType::Cancel);
+        assert_eq!(t(C::ItemNotFound), ErrorType::Cancel);
+        assert_eq!(t(C::InternalServerError), ErrorType::Cancel);
+        assert_eq!(t(C::PolicyViolation), ErrorType::Modify);
+        assert_eq!(t(C::BadRequest), ErrorType::Modify);
+        assert_eq!(t(C::NotAuthorized), ErrorType::Auth);
+        assert_eq!(t(C::Forbidden), ErrorType::Auth);
+        for c in C::ALL {
+            assert_eq!(C::parse(c.as_str()), c);
+        }
+        assert_eq!(C::parse("no-such-condition"), C::UndefinedCondition);
+        let msg = Element::new("message", ns::SERVER).attr("from", "a@x").attr("to", "b@y");
+        let r = error_reply(&msg, C::RemoteServerTimeout, None).unwrap();
+        assert_eq!(r.get_child("error", ns::SERVER).and_then(|e| e.get_attr("type")), Some("wait"));
+        let r = error_reply(&msg, C::RemoteServerNotFound, None).unwrap();
+        assert_eq!(r.get_child("error", ns::SERVER).and_then(|e| e.get_attr("type")), Some("cancel"));
     }
 }

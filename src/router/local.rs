@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use crate::proto::jid::Jid;
 use crate::proto::ns;
-use crate::proto::stanza::{ErrorType, error_reply};
+use crate::proto::stanza::{StanzaErrorCondition as C, error_reply};
 use crate::xml::Element;
 
 #[derive(Default)]
@@ -54,13 +54,13 @@ impl LocalServices {
                 "get" | "set" => {
                     if to.local.is_some() {
                         // No user accounts here (RFC 6121 §8.5.2.1.3 / §8.5.3.1).
-                        return error_reply(st, ErrorType::Cancel, "service-unavailable", None);
+                        return error_reply(st, C::ServiceUnavailable, None);
                     }
                     let Some(payload) = st.elements().next() else {
-                        return error_reply(st, ErrorType::Modify, "bad-request", Some("iq without a payload"));
+                        return error_reply(st, C::BadRequest, Some("iq without a payload"));
                     };
                     if st.elements().count() != 1 {
-                        return error_reply(st, ErrorType::Modify, "bad-request", Some("iq with more than one payload"));
+                        return error_reply(st, C::BadRequest, Some("iq with more than one payload"));
                     }
                     match (typ, &*payload.name, &*payload.ns) {
                         ("get", "ping", ns::PING) => Some(result_for(st)),
@@ -83,16 +83,16 @@ impl LocalServices {
                                     .child(Element::new("version", ns::VERSION).text(env!("CARGO_PKG_VERSION"))),
                             ),
                         ),
-                        _ => error_reply(st, ErrorType::Cancel, "service-unavailable", None),
+                        _ => error_reply(st, C::ServiceUnavailable, None),
                     }
                 }
-                _ => error_reply(st, ErrorType::Modify, "bad-request", Some("iq type must be get, set, result or error")),
+                _ => error_reply(st, C::BadRequest, Some("iq type must be get, set, result or error")),
             },
             "message" => match typ {
                 // RFC 6121 §8.5.2.1.1: groupchat and headline to a non-existent user are dropped
                 // silently; error messages are never answered.
                 "groupchat" | "headline" | "error" => None,
-                _ => error_reply(st, ErrorType::Cancel, "service-unavailable", Some("there are no user accounts on this server")),
+                _ => error_reply(st, C::ServiceUnavailable, Some("there are no user accounts on this server")),
             },
             // RFC 6121 §8.5.2.1.2 / §8.5.2.2.2: presence to an unknown user is silently ignored.
             _ => None,

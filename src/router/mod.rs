@@ -28,15 +28,25 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::domain::Domain;
+use crate::proto::auth::Delivery;
 use crate::proto::dialback::Answer;
 use crate::proto::machine::PolicyView;
-use crate::proto::stanza::{ErrorType, error_reply};
+use crate::proto::stanza::{StanzaErrorCondition as C, error_reply};
 use crate::types::Verdict;
 use crate::xml::Element;
 
 /// Where the answer to a `db:verify` goes: the answer for the peer, and the full reason
 /// for the operator when it is an error.
 pub type VerifyReply = oneshot::Sender<(Answer, Option<String>)>;
+
+/// The receiving stream's end of a verification: where the originating stream's machine
+/// sends the answer.
+impl crate::proto::machine::Reply for VerifyReply {
+    fn send(self: Box<Self>, answer: Answer, detail: Option<String>) {
+        // The asking stream may be gone already: nobody waits for the answer then.
+        let _ = (*self).send((answer, detail));
+    }
+}
 
 /// A request from the receiving-server role to the authoritative server, sent on our
 /// outbound stream to that domain (XEP-0220 §2.1.2).
@@ -46,6 +56,14 @@ pub struct VerifyRequest {
     pub key: String,
     /// The answer for the peer, and for the operator the full reason when it is an error.
     pub reply: VerifyReply,
+}
+
+/// Why a component's domain could not be attached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    /// XEP-0114: one connection per component; another live stream has the domain.
+    #[error("component {domain} is already connected (stream {stream})")]
+    Taken { domain: Domain, stream: String },
 }
 
 /// What is behind a link.
@@ -103,7 +121,9 @@ pub struct Overflows {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// A limit (its key) is reached, e.g. `limits.max_outbound`.
-    Limit(&'static str),
+    Limit(crate::limits::LimitKey),
+    /// No stream can be opened now, whatever the limits (not wired yet, shutting down).
+    Unavailable(&'static str),
     /// Policy refuses the remote domain (the rule, in words).
     Policy(String),
 }
@@ -174,10 +194,10 @@ impl Router {
 
     /// A component authenticated: its domain is routed to `link` from now on; refused while
     /// another stream has it (XEP-0114: one connection per component).
-    pub fn attach(&self, domain: &Domain, link: Link) -> Result<(), String> {
+    pub fn attach(&self, domain: &Domain, link: Link) -> Result<(), AttachError> {
         let mut map = self.attached.write().unwrap_or_else(|e| e.into_inner());
         match map.get(domain) {
-            Some(l) if !l.stanzas.is_closed() => Err(format!("component {domain} is already connected (stream {})", l.stream)),
+            Some(l) if !l.stanzas.is_closed() => Err(AttachError::Taken { domain: domain.clone(), stream: l.stream.to_string() }),
             _ => {
                 map.insert(domain.clone(), link);
                 Ok(())
@@ -202,7 +222,7 @@ impl Router {
     fn send_component(&self, comp: &Domain, st: Element) -> Step {
         let link = self.attached.read().unwrap_or_else(|e| e.into_inner()).get(comp).cloned();
         let Some(link) = link else {
-            return error_reply(&st, ErrorType::Cancel, "service-unavailable", Some(&format!("{comp} is not connected"))).into();
+            return error_reply(&st, C::ServiceUnavailable, Some(&format!("{comp} is not connected"))).into();
         };
         let weight = st.weight();
         match link.stanzas.try_send_weighted(st, weight) {
@@ -210,7 +230,7 @@ impl Router {
             Err(queue::TrySendError::Full(back)) => Step::Full(Blocked { stanza: back, queue: link.stanzas, weight, to: comp.clone() }),
             Err(queue::TrySendError::Closed(back)) => {
                 self.detach(comp, &link.stream);
-                error_reply(&back, ErrorType::Cancel, "service-unavailable", Some(&format!("{comp} is not connected"))).into()
+                error_reply(&back, C::ServiceUnavailable, Some(&format!("{comp} is not connected"))).into()
             }
         }
     }
@@ -256,6 +276,13 @@ impl Router {
         None
     }
 
+    /// Route what a stream delivers from its peer: only with the proof of the pair it
+    /// travels on, which the stream machine checked the stanza against (`Delivery::new`).
+    #[must_use = "a blocked stanza must be waited for or given to Router::overflow"]
+    pub fn deliver(&self, delivery: Delivery) -> Option<Blocked> {
+        self.route(delivery.into_stanza())
+    }
+
     /// Route where nobody can wait (what a stream leaves behind when it ends): a full queue
     /// is answered by the overflow rule at once.
     pub fn route_now(&self, stanza: Element) {
@@ -281,17 +308,12 @@ impl Router {
 
     fn overflow_reply(&self, b: Blocked) -> Option<Element> {
         let to = &b.to;
-        let bounce = error_reply(
-            &b.stanza,
-            ErrorType::Wait,
-            "resource-constraint",
-            Some(&format!("the stream to {to} is not keeping up; try again")),
-        );
+        let bounce = error_reply(&b.stanza, C::ResourceConstraint, Some(&format!("the stream to {to} is not keeping up; try again")));
         let (bounced, dropped) = match bounce {
             Some(_) => (self.bounced.fetch_add(1, Ordering::Relaxed) + 1, self.dropped.load(Ordering::Relaxed)),
             None => (self.bounced.load(Ordering::Relaxed), self.dropped.fetch_add(1, Ordering::Relaxed) + 1),
         };
-        crate::limits::refused_once("limits.outbound_queue_bytes", to.as_str(), || {
+        crate::limits::refused_once(crate::limits::LimitKey::OutboundQueueBytes, to.as_str(), || {
             format!(
                 "the stream to {to} made no room within timeouts.write; requests bounce with resource-constraint, results and errors are dropped \
                  ({bounced} bounced, {dropped} dropped since start; limits.outbound_queue_bytes, timeouts.write)"
@@ -359,10 +381,12 @@ impl Router {
             let link = match self.link(&from, &to) {
                 Ok(l) => l,
                 Err(Refusal::Limit(key)) => {
-                    return error_reply(&st, ErrorType::Wait, "resource-constraint", Some(&format!("too many outbound streams ({key})")))
-                        .into();
+                    return error_reply(&st, C::ResourceConstraint, Some(&format!("too many outbound streams ({key})"))).into();
                 }
-                Err(Refusal::Policy(why)) => return error_reply(&st, ErrorType::Cancel, "policy-violation", Some(&why)).into(),
+                Err(Refusal::Unavailable(why)) => {
+                    return error_reply(&st, C::ResourceConstraint, Some(&format!("no outbound stream can be opened now ({why})"))).into();
+                }
+                Err(Refusal::Policy(why)) => return error_reply(&st, C::PolicyViolation, Some(&why)).into(),
             };
             match link.stanzas.try_send_weighted(st, weight) {
                 Ok(()) => return Step::Done,
@@ -374,7 +398,7 @@ impl Router {
                 }
             }
         }
-        error_reply(&st, ErrorType::Wait, "remote-server-timeout", Some("outbound stream kept closing; try again")).into()
+        error_reply(&st, C::RemoteServerTimeout, Some("outbound stream kept closing; try again")).into()
     }
 
     /// The link of (local, remote), opening one if there is none. Refused when the policy
@@ -395,7 +419,7 @@ impl Router {
             return Ok(l.clone());
         }
         let Some(opener) = self.opener.get() else {
-            return Err(Refusal::Limit("router not wired"));
+            return Err(Refusal::Unavailable("router not wired"));
         };
         let link = opener.open(local, remote)?;
         map.insert(key, link.clone());
@@ -427,12 +451,15 @@ impl Router {
             let link = match self.link(local, remote) {
                 Ok(l) => l,
                 Err(Refusal::Limit(k)) => {
-                    return (Answer::error("resource-constraint", format!("too many outbound streams on this server ({k})")), None);
+                    return (Answer::error(C::ResourceConstraint, format!("too many outbound streams on this server ({k})")), None);
                 }
-                Err(Refusal::Policy(why)) => return (Answer::error("policy-violation", why), None),
+                Err(Refusal::Unavailable(why)) => {
+                    return (Answer::error(C::ResourceConstraint, format!("no outbound stream can be opened now ({why})")), None);
+                }
+                Err(Refusal::Policy(why)) => return (Answer::error(C::PolicyViolation, why), None),
             };
             let Some(verifies) = &link.verifies else {
-                return (Answer::error("remote-connection-failed", format!("no dialback route to {remote}")), None);
+                return (Answer::error(C::RemoteConnectionFailed, format!("no dialback route to {remote}")), None);
             };
             match verifies.try_send_weighted(req, 1) {
                 Ok(()) => {
@@ -440,7 +467,7 @@ impl Router {
                     break;
                 }
                 Err(queue::TrySendError::Full(_)) => {
-                    return (Answer::error("resource-constraint", format!("too many verifications waiting for {remote}; try again")), None);
+                    return (Answer::error(C::ResourceConstraint, format!("too many verifications waiting for {remote}; try again")), None);
                 }
                 Err(queue::TrySendError::Closed(back)) => {
                     self.remove(local, remote, &link.stream);
@@ -449,14 +476,14 @@ impl Router {
             }
         }
         if !sent {
-            return (Answer::error("remote-connection-failed", format!("no stream to {remote} could be kept open")), None);
+            return (Answer::error(C::RemoteConnectionFailed, format!("no stream to {remote} could be kept open")), None);
         }
         let limit = self.dialback_timeout;
         match tokio::time::timeout(limit, rx).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => (Answer::error("remote-connection-failed", format!("the stream to {remote}'s authoritative server ended")), None),
+            Ok(Err(_)) => (Answer::error(C::RemoteConnectionFailed, format!("the stream to {remote}'s authoritative server ended")), None),
             Err(_) => (
-                Answer::error("remote-server-timeout", format!("{remote}'s authoritative server did not answer in time")),
+                Answer::error(C::RemoteServerTimeout, format!("{remote}'s authoritative server did not answer in time")),
                 Some(format!("{remote}'s authoritative server did not answer within {}s (timeouts.dialback)", limit.as_secs())),
             ),
         }

@@ -1,7 +1,8 @@
-//! What both drivers do around a [`Machine`]: parse buffered frames one at a time (a
-//! restart or TLS upgrade asked for by one frame applies before the next is parsed),
-//! carry out the outputs every role has, write in batches, and project what the machine
-//! observed onto the connection table, the store and the dashboard's events.
+//! The one loop every stream runs around its [`Machine`] (`Driver::run`): parse buffered
+//! frames one at a time (a restart or TLS upgrade asked for by one frame applies before the
+//! next is parsed), carry out the outputs every role has, write in batches, and project what
+//! the machine observed onto the connection table, the store and the dashboard's events;
+//! what differs by role (its queues, its own outputs, its TLS side) is behind `Role`.
 //!
 //! A stanza this stream hands the router that meets a full link queue waits here
 //! ([`Delivering`]): the stream reads no further frames until the link made room (TCP
@@ -17,7 +18,7 @@ use tokio::time::Instant;
 use super::Caps;
 use super::conn::{Conn, ConnError, Progress};
 use crate::events::{Direction, VerificationOutcome, now_ms};
-use crate::proto::machine::{Ending, Input, Machine, Observed, Output, ReadError};
+use crate::proto::machine::{Ending, Input, Machine, Observed, Output, ReadError, TlsRole};
 use crate::table::ConnEntry;
 
 /// One stream's machine and connection, and where they report.
@@ -88,6 +89,18 @@ impl Driver {
             return;
         }
         if let Some(blocked) = self.caps.router.route(st) {
+            self.hold(blocked, VecDeque::new());
+        }
+    }
+
+    /// Hand the router a stanza the peer sent on an authorised pair, with its proof; as
+    /// [`Driver::route`] when a queue is full.
+    pub fn deliver(&mut self, delivery: crate::proto::auth::Delivery) {
+        if let Some(d) = &mut self.delivering {
+            d.behind.push_back(delivery.into_stanza());
+            return;
+        }
+        if let Some(blocked) = self.caps.router.deliver(delivery) {
             self.hold(blocked, VecDeque::new());
         }
     }
@@ -303,6 +316,91 @@ impl Driver {
         self.entry.set_state(crate::events::ConnState::Closing);
         self.conn.close(end.error.as_ref(), self.caps.settings.timeouts.close, end.peer_closed).await;
     }
+}
+
+/// What one kind of stream adds to the loop every stream runs (`Driver::run`): the queues
+/// it reads besides the socket, the outputs only it has, and whether policy changes concern
+/// it. Everything else — frames, writes, timers, close requests, deliveries and bounces to
+/// the router, observations — is the driver's, the same for every role.
+pub(crate) trait Role {
+    /// What arrived on the role's queues.
+    type Event;
+    /// Which of the role's (at most two) queues may be read now: backpressure and the
+    /// machine's state, read before the wait.
+    fn open(&self, d: &Driver) -> [bool; 2];
+    /// The waits on the role's queues, in this order: the first yields every value (its
+    /// end included, where that means something), the second only values; and a policy
+    /// change (held pairs released or refused), pending for roles it does not concern.
+    /// Plain futures, not an async body holding values: they sit in every stream's task.
+    #[allow(clippy::type_complexity)]
+    fn queues(
+        &mut self,
+    ) -> (
+        impl Future<Output = Self::Event> + Send + '_,
+        impl Future<Output = Option<Self::Event>> + Send + '_,
+        impl Future<Output = ()> + Send + '_,
+    );
+    /// Feed an event to the machine.
+    fn feed(&mut self, d: &mut Driver, e: Self::Event);
+    /// Carry out an output only this role has (at once: nothing of it stays in the task).
+    fn output(&mut self, d: &mut Driver, o: Output);
+    /// The TLS handshake the machine asked for. Boxed: rare, and the loop's future is part
+    /// of every stream's task (memory per idle stream).
+    fn tls<'a>(&'a mut self, d: &'a mut Driver, role: TlsRole) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+    /// A quiet stream gives back its queues' buffers.
+    fn trim(&mut self);
+}
+
+impl Driver {
+    /// The loop of every stream: the machine's outputs carried out, buffered frames parsed one
+    /// at a time, then a wait for the role's queues, policy changes, bytes, writes, the
+    /// machine's timer or a close request; until the machine's [`Output::Close`].
+    pub(crate) async fn run<R: Role>(&mut self, role: &mut R) -> Ending {
+        loop {
+            while let Some(o) = self.machine.poll_output() {
+                let Some(o) = self.common(o) else { continue };
+                match o {
+                    Output::Close(end) => return end,
+                    Output::Deliver(st) => {
+                        self.entry.stanza_in();
+                        self.deliver(st);
+                    }
+                    Output::Route(st) => self.route(st),
+                    Output::StartTls(tls) => role.tls(self, tls).await,
+                    o => role.output(self, o),
+                }
+            }
+            if self.parse_one() {
+                continue;
+            }
+            let open = role.open(self);
+            let (first, second, policy) = role.queues();
+            let step = tokio::select! {
+                biased;
+                e = first, if open[0] => Step::Role(e),
+                Some(e) = second, if open[1] => Step::Role(e),
+                () = policy => Step::Policy,
+                w = self.wait() => Step::Wake(w),
+            };
+            match step {
+                Step::Role(e) => role.feed(self, e),
+                Step::Policy => self.feed(Input::PolicyChanged),
+                Step::Wake(wake) => {
+                    if matches!(wake, Wake::Quiet) {
+                        role.trim();
+                    }
+                    self.on_wake(wake);
+                }
+            }
+        }
+    }
+}
+
+/// What woke [`Driver::run`].
+enum Step<E> {
+    Role(E),
+    Policy,
+    Wake(Wake),
 }
 
 /// Sleep until `at`, or forever.

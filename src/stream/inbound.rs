@@ -10,13 +10,13 @@ use tokio::net::TcpStream;
 
 use super::Caps;
 use super::conn::{Conn, Transport};
-use super::driver::{Driver, Wake, tls_established};
+use super::driver::{Driver, Role, tls_established};
 use crate::domain::Domain;
 use crate::events::*;
 use crate::limits::InboundSlot;
 use crate::net::tls_io::TlsIo;
 use crate::proto::dialback::Answer;
-use crate::proto::machine::{Ask, Ending, Input, Machine, Output, TlsFacts, TlsRole};
+use crate::proto::machine::{Ask, Input, Machine, Output, TlsFacts, TlsRole};
 use crate::table::ConnEntry;
 
 /// An authoritative server's answer, back from the verification task.
@@ -53,12 +53,17 @@ pub async fn run_direct(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot:
 }
 
 async fn serve(caps: Arc<Caps>, entry: Arc<ConnEntry>, io: Transport, direct: Option<TlsFacts>, slot: InboundSlot) {
-    let peer = entry.peer_addr().unwrap_or_default();
     let conn = Conn::new(io, entry.clone(), &caps.settings.limits, caps.settings.timeouts.write);
     let machine = Machine::receiving(caps.env.clone(), entry.id.as_str().into(), Driver::now(), direct, Box::new(slot));
     let mut d = Driver::new(caps.clone(), entry.clone(), conn, machine, Direction::In);
-    let end = session(&mut d).await;
+    // Answers of the authoritative servers asked (at most `limits.max_verifications_in_flight`
+    // at once); a queue that holds nothing while no verification is under way.
+    let (answers_tx, answers) = crate::router::queue::queue::<Answered>(64, 64);
+    let policy = caps.policy_changes.clone();
+    let end = d.run(&mut Inbound { answers_tx, answers, policy }).await;
     d.abandon_delivery();
+    // Read here, not kept across the stream's life (per-stream task size).
+    let peer = entry.peer_addr().unwrap_or_default();
     match &end.error {
         Some(e) => tracing::warn!(stream = %entry.id, %peer, "closing inbound stream: {e}"),
         None => tracing::info!(stream = %entry.id, %peer, "inbound stream ended: {}", end.reason),
@@ -67,45 +72,58 @@ async fn serve(caps: Arc<Caps>, entry: Arc<ConnEntry>, io: Transport, direct: Op
     caps.observer.closed(&entry, &end.reason);
 }
 
-async fn session(d: &mut Driver) -> Ending {
-    // Answers of the authoritative servers asked (at most `limits.max_verifications_in_flight`
-    // at once); a queue that holds nothing while no verification is under way.
-    let (answers_tx, mut answers) = crate::router::queue::queue::<Answered>(64, 64);
-    let mut policy_changes = d.caps.policy_changes.clone();
-    loop {
-        while let Some(o) = d.machine.poll_output() {
-            let Some(o) = d.common(o) else { continue };
-            match o {
-                Output::Close(end) => return end,
-                Output::Deliver(st) => {
-                    d.entry.stanza_in();
-                    d.route(st);
-                }
-                Output::Route(st) => d.route(st),
-                Output::Ask(ask) => ask_authoritative(&d.caps, ask, answers_tx.clone()),
-                Output::StartTls(TlsRole::Server { local }) => Box::pin(starttls(d, &local)).await,
-                o => tracing::error!(stream = %d.entry.id, "inbound stream: unexpected {o:?}"),
-            }
+/// A receiving stream's part of the loop: the authoritative servers' answers (at most
+/// `limits.max_verifications_in_flight` at once; a queue that holds nothing while no
+/// verification is under way), its TLS handshake as server, the questions it asks.
+struct Inbound {
+    answers_tx: crate::router::queue::QueueTx<Answered>,
+    answers: crate::router::queue::QueueRx<Answered>,
+    policy: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Role for Inbound {
+    /// An answer (the queue never ends: its sender is here too).
+    type Event = Option<Answered>;
+
+    fn open(&self, _: &Driver) -> [bool; 2] {
+        [true, false]
+    }
+
+    fn queues(
+        &mut self,
+    ) -> (
+        impl Future<Output = Option<Answered>> + Send + '_,
+        impl Future<Output = Option<Option<Answered>>> + Send + '_,
+        impl Future<Output = ()> + Send + '_,
+    ) {
+        use futures_util::FutureExt;
+        (self.answers.recv(), std::future::pending(), self.policy.changed().map(|_| ()))
+    }
+
+    fn feed(&mut self, d: &mut Driver, a: Option<Answered>) {
+        if let Some(a) = a {
+            d.feed(Input::Answer { local: a.local, remote: a.remote, answer: a.answer, detail: a.detail });
         }
-        if d.parse_one() {
-            continue;
-        }
-        let now_wake = tokio::select! {
-            biased;
-            Some(a) = answers.recv() => {
-                d.feed(Input::Answer { local: a.local, remote: a.remote, answer: a.answer, detail: a.detail });
-                continue;
+    }
+
+    fn tls<'a>(&'a mut self, d: &'a mut Driver, role: TlsRole) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            match role {
+                TlsRole::Server { local } => starttls(d, &local).await,
+                TlsRole::Client { .. } => d.feed(Input::TlsFailed("a receiving stream is the TLS server".into())),
             }
-            _ = policy_changes.changed() => {
-                d.feed(Input::PolicyChanged);
-                continue;
-            }
-            w = d.wait() => w,
-        };
-        if matches!(now_wake, Wake::Quiet) {
-            answers.trim();
+        })
+    }
+
+    fn output(&mut self, d: &mut Driver, o: Output) {
+        match o {
+            Output::Ask(ask) => ask_authoritative(&d.caps, ask, self.answers_tx.clone()),
+            o => tracing::error!(stream = %d.entry.id, "inbound stream: unexpected {o:?}"),
         }
-        d.on_wake(now_wake);
+    }
+
+    fn trim(&mut self) {
+        self.answers.trim();
     }
 }
 
@@ -132,7 +150,7 @@ async fn starttls(d: &mut Driver, local: &Domain) {
     };
     let config = match d.caps.tls.server_config(local) {
         Ok(c) => c,
-        Err(e) => return d.feed(Input::TlsFailed(e)),
+        Err(e) => return d.feed(Input::TlsFailed(e.to_string())),
     };
     let deadline = d
         .machine

@@ -1,6 +1,8 @@
 //! Streams: the per-connection tasks. [`conn`] is the I/O wrapper (transport, framer,
-//! batched writes); [`driver`] runs a [`crate::proto::machine::Machine`] over it;
-//! [`inbound`] and [`outbound`] are the two drivers (the protocol is in the machine).
+//! batched writes); [`driver`] runs a [`crate::proto::machine::Machine`] over it in one loop
+//! for every role; [`inbound`], [`outbound`] and [`component`] set a stream up, add their
+//! role's queues and outputs (`driver::Role`) and carry out what its ending decided (the
+//! protocol, and what becomes of queued stanzas, is the machine's).
 //!
 //! A driver gets [`Caps`] — the machine's environment, TLS, the router, the connection
 //! table, an [`Observer`] for what must be recorded, DNS and dialling for outbound streams,
@@ -56,15 +58,29 @@ pub struct StreamSettings {
 /// server's own certificate, or in gateway mode one minted for the remote domain we stand in
 /// for (which can fail: the reason ends the handshake).
 pub trait TlsConfigs: Send + Sync {
-    fn server_config(&self, local: &Domain) -> Result<Arc<rustls::ServerConfig>, String>;
-    fn client_config(&self, local: &Domain) -> Result<Arc<rustls::ClientConfig>, String>;
+    fn server_config(&self, local: &Domain) -> Result<Arc<rustls::ServerConfig>, TlsConfigError>;
+    fn client_config(&self, local: &Domain) -> Result<Arc<rustls::ClientConfig>, TlsConfigError>;
+}
+
+/// Why a stream got no TLS config (gateway mode: no certificate could be minted for the
+/// domain, or the minted one did not make a config).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    #[error("no certificate for {domain}: {source}")]
+    NoCertificate {
+        domain: Domain,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Config(#[from] crate::net::tls::TlsError),
 }
 
 impl TlsConfigs for CurrentTls {
-    fn server_config(&self, local: &Domain) -> Result<Arc<rustls::ServerConfig>, String> {
+    fn server_config(&self, local: &Domain) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
         Ok(self.get().server_config(local))
     }
-    fn client_config(&self, local: &Domain) -> Result<Arc<rustls::ClientConfig>, String> {
+    fn client_config(&self, local: &Domain) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
         Ok(self.get().client_config(local))
     }
 }

@@ -3,20 +3,19 @@
 //! role's verification requests. What ends the stream decides what becomes of the stanzas
 //! still queued: bounced (set-up failed), sent (closed on purpose) or re-routed (lost).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
 use super::Caps;
 use super::conn::{Conn, Transport};
-use super::driver::{Driver, Wake, tls_established};
+use super::driver::{Driver, tls_established};
 use crate::domain::Domain;
 use crate::events::*;
 use crate::net::tls_io::TlsIo;
-use crate::proto::machine::{EndKind, Ending, Failure, Input, Machine, Output, TlsRole, verify_failure};
-use crate::proto::stanza::{ErrorType, error_reply};
-use crate::router::{VerifyReply, VerifyRequest};
+use crate::proto::machine::{EndKind, Failure, Input, Machine, Output, TlsRole};
+use crate::proto::stanza::error_reply;
+use crate::router::VerifyRequest;
 use crate::table::ConnEntry;
 
 pub async fn run(
@@ -32,26 +31,18 @@ pub async fn run(
     let connected = tokio::select! {
         // Boxed: the dialling state is freed once connected, not kept in the task.
         r = Box::pin(connect(&caps, &entry, &remote)) => r,
-        r = control.closed() => Err(Failure::new(r.reason)),
+        r = control.closed() => Err(Failure::unreachable(r.reason)),
     };
-    let mut waiting: HashMap<u64, VerifyReply> = HashMap::new();
     let (end, driver) = match connected {
-        Err(f) => {
-            let end = Ending {
-                error: None,
-                reason: f.reason,
-                peer_closed: false,
-                abandon: true,
-                kind: EndKind::Failed { condition: f.condition },
-            };
-            (end, None)
-        }
+        // No connection: the failure's ending, as the machine would have it.
+        Err(f) => (f.ending(true), None),
         Ok((tcp, direct)) => {
             let conn = Conn::new(Transport::Plain(tcp), entry.clone(), &caps.settings.limits, caps.settings.timeouts.write);
             let machine =
                 Machine::originating(caps.env.clone(), entry.id.as_str().into(), Driver::now(), local.clone(), remote.clone(), direct);
             let mut d = Driver::new(caps.clone(), entry.clone(), conn, machine, Direction::Out);
-            let end = session(&mut d, &local, &remote, &mut stanzas, &mut verifies, &mut waiting).await;
+            let policy = caps.policy_changes.clone();
+            let end = d.run(&mut Outbound { local: &local, remote: &remote, stanzas: &mut stanzas, verifies: &mut verifies, policy }).await;
             d.abandon_delivery();
             (end, Some(d))
         }
@@ -60,141 +51,127 @@ pub async fn run(
     caps.router.remove(&local, &remote, &entry.id);
     stanzas.close();
     verifies.close();
-    let fail_verifies = |verifies: &mut crate::router::queue::QueueRx<VerifyRequest>,
-                         waiting: &mut HashMap<u64, VerifyReply>,
-                         condition: &str,
-                         reason: &str| {
-        for (_, w) in waiting.drain() {
-            let _ = w.send((verify_failure(&remote, condition), Some(reason.to_owned())));
-        }
+    match &end.kind {
+        EndKind::Failed { .. } => tracing::warn!(stream = %entry.id, %local, %remote, "outbound stream to {remote} failed: {}", end.reason),
+        EndKind::Closed => {}
+        _ => tracing::info!(stream = %entry.id, %local, %remote, "outbound stream to {remote} ended: {}", end.reason),
+    }
+    // Verifications never fed to the machine (it answered those it had): the answer its
+    // ending gives. (A block: nothing of it is kept across the awaits below.)
+    {
+        let (answer, detail) = end.unanswered(&remote);
         while let Some(v) = verifies.try_recv() {
-            let _ = v.reply.send((verify_failure(&remote, condition), Some(reason.to_owned())));
+            let _ = v.reply.send((answer.clone(), Some(detail.clone())));
         }
-    };
-    match end.kind {
-        EndKind::Failed { condition } => {
-            tracing::warn!(stream = %entry.id, %local, %remote, "outbound stream to {remote} failed: {}", end.reason);
-            let text = if caps.internal.is_some() {
-                // The internal link's bounces go to the world: nothing about the internal
-                // server (its address, its errors) leaves; the operator has the full reason.
-                format!("{remote} cannot be reached right now")
-            } else if condition == "policy-violation" {
-                end.reason.clone()
-            } else {
-                format!("{remote}: {}", end.reason)
-            };
-            fail_verifies(&mut verifies, &mut waiting, condition, &end.reason);
+    }
+    // What is still queued, as the ending says: bounced at once, or routed again (a new
+    // stream) once this one is closed. (Closing on purpose, the machine had it sent first.)
+    // (The bounce text is not kept across the close's await: per-stream task size.)
+    let bounced = match end.bounce(&caps.env, &remote) {
+        Some((condition, text)) => {
             // The table says why before anyone hears back: a sender that gets the bounce
             // finds the failed stream and its reason in the connection table.
             caps.observer.closed(&entry, &end.reason);
             while let Some(st) = stanzas.try_recv() {
-                if let Some(b) = error_reply(&st, bounce_type(condition), condition, Some(&text)) {
+                if let Some(b) = error_reply(&st, condition, Some(&text)) {
                     caps.router.route_now(b);
                 }
             }
-            if let Some(mut d) = driver {
-                Box::pin(d.close(&end)).await;
-            }
-            return;
+            true
         }
-        EndKind::Closed => {
-            let mut d = driver.expect("closed after a connection");
-            // Whatever was queued before the handle went away still goes out on this stream.
-            while let Some(st) = stanzas.try_recv() {
-                match d.machine.check_peer_limit(&st) {
-                    Ok(()) => {
-                        d.conn.send(&st);
-                        entry.stanza_out();
-                    }
-                    // Larger than the peer accepts (XEP-0478): bounced, as on the open stream.
-                    Err(bounce) => bounce.into_iter().for_each(|b| caps.router.route_now(b)),
-                }
-            }
-            fail_verifies(&mut verifies, &mut waiting, "remote-server-not-found", "stream closed");
+        None => false,
+    };
+    if bounced {
+        if let Some(mut d) = driver {
             Box::pin(d.close(&end)).await;
         }
-        EndKind::Lost | EndKind::Inbound => {
-            tracing::info!(stream = %entry.id, %local, %remote, "outbound stream to {remote} ended: {}", end.reason);
-            fail_verifies(&mut verifies, &mut waiting, "remote-server-not-found", &end.reason);
-            // Stanzas queued behind a lost stream get a new stream (once; its failure bounces).
-            let mut rest = Vec::new();
-            while let Some(st) = stanzas.try_recv() {
-                rest.push(st);
-            }
-            if let Some(mut d) = driver {
-                Box::pin(d.close(&end)).await;
-            }
-            for st in rest {
-                caps.router.route_now(st);
-            }
-        }
+        return;
+    }
+    let mut rest = Vec::new();
+    while let Some(st) = stanzas.try_recv() {
+        rest.push(st);
+    }
+    if let Some(mut d) = driver {
+        Box::pin(d.close(&end)).await;
+    }
+    for st in rest {
+        caps.router.route_now(st);
     }
     caps.observer.closed(&entry, &end.reason);
 }
 
-/// RFC 6120 §8.3.3: remote-server-timeout is a `wait` error; remote-server-not-found and
-/// policy-violation are `cancel`.
-fn bounce_type(cond: &str) -> ErrorType {
-    if cond == "remote-server-timeout" { ErrorType::Wait } else { ErrorType::Cancel }
+use super::driver::{Role, STANZA_HIGH_WATER};
+
+/// An outbound stream's part of the loop: its stanza and verification queues, its TLS
+/// handshake as client, the answers it carries back, the drain before a deliberate close.
+struct Outbound<'a> {
+    local: &'a Domain,
+    remote: &'a Domain,
+    stanzas: &'a mut crate::router::queue::QueueRx,
+    verifies: &'a mut crate::router::queue::QueueRx<VerifyRequest>,
+    policy: tokio::sync::watch::Receiver<u64>,
 }
 
-use super::driver::STANZA_HIGH_WATER;
+enum Queued {
+    /// From the stanza queue (`None`: the router is gone).
+    Stanza(Option<crate::xml::Element>),
+    Verify(VerifyRequest),
+}
 
-async fn session(
-    d: &mut Driver,
-    local: &Domain,
-    remote: &Domain,
-    stanzas: &mut crate::router::queue::QueueRx,
-    verifies: &mut crate::router::queue::QueueRx<VerifyRequest>,
-    waiting: &mut HashMap<u64, VerifyReply>,
-) -> Ending {
-    let mut policy_changes = d.caps.policy_changes.clone();
-    let mut next_token = 0u64;
-    loop {
-        while let Some(o) = d.machine.poll_output() {
-            let Some(o) = d.common(o) else { continue };
-            match o {
-                Output::Close(end) => return end,
-                Output::VerifyAnswer { token, answer, detail } => {
-                    if let Some(w) = waiting.remove(&token) {
-                        let _ = w.send((answer, detail));
-                    }
-                }
-                Output::StartTls(TlsRole::Client { direct }) => Box::pin(tls_client(d, local, remote, direct)).await,
-                Output::Route(st) | Output::Deliver(st) => d.route(st),
-                o => tracing::error!(stream = %d.entry.id, "outbound stream: unexpected {o:?}"),
-            }
-        }
-        if d.parse_one() {
-            continue;
-        }
+impl Role for Outbound<'_> {
+    type Event = Queued;
+
+    fn open(&self, d: &Driver) -> [bool; 2] {
         // Stanzas leave their bounded queue only as fast as the peer reads (backpressure).
-        let stanzas_open = d.machine.accepts_stanzas() && d.conn.pending_output() < STANZA_HIGH_WATER;
-        let verifies_open = d.machine.accepts_verifies();
-        let wake = tokio::select! {
-            biased;
-            s = stanzas.recv(), if stanzas_open => {
-                d.feed_stanzas(s, stanzas);
-                continue;
-            }
-            Some(v) = verifies.recv(), if verifies_open => {
-                next_token += 1;
-                waiting.insert(next_token, v.reply);
-                d.feed(Input::Verify { stream_id: v.stream_id, key: v.key, token: next_token });
-                continue;
-            }
-            _ = policy_changes.changed() => {
-                d.feed(Input::PolicyChanged);
-                continue;
-            }
-            w = d.wait() => w,
-        };
-        if matches!(wake, Wake::Quiet) {
-            stanzas.trim();
-            verifies.trim();
-            waiting.shrink_to_fit();
+        [d.machine.accepts_stanzas() && d.conn.pending_output() < STANZA_HIGH_WATER, d.machine.accepts_verifies()]
+    }
+
+    fn queues(
+        &mut self,
+    ) -> (impl Future<Output = Queued> + Send + '_, impl Future<Output = Option<Queued>> + Send + '_, impl Future<Output = ()> + Send + '_)
+    {
+        use futures_util::FutureExt;
+        (self.stanzas.recv().map(Queued::Stanza), self.verifies.recv().map(|v| v.map(Queued::Verify)), self.policy.changed().map(|_| ()))
+    }
+
+    fn feed(&mut self, d: &mut Driver, e: Queued) {
+        match e {
+            Queued::Stanza(s) => d.feed_stanzas(s, self.stanzas),
+            Queued::Verify(v) => d.feed(Input::Verify { stream_id: v.stream_id, key: v.key, reply: Box::new(v.reply) }),
         }
-        d.on_wake(wake);
+    }
+
+    fn tls<'a>(&'a mut self, d: &'a mut Driver, role: TlsRole) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            match role {
+                TlsRole::Client { direct } => tls_client(d, self.local, self.remote, direct).await,
+                TlsRole::Server { .. } => d.feed(Input::TlsFailed("an outbound stream is the TLS client".into())),
+            }
+        })
+    }
+
+    fn output(&mut self, d: &mut Driver, o: Output) {
+        match o {
+            Output::VerifyAnswer { reply, answer, detail } => reply.send(answer, detail),
+            Output::Drain => {
+                // Closing on purpose: no new work reaches this stream; what is queued is fed
+                // to the machine (sent, or bounced if larger than the peer accepts), then the
+                // close follows.
+                d.caps.router.remove(self.local, self.remote, &d.entry.id);
+                self.stanzas.close();
+                while let Some(st) = self.stanzas.try_recv() {
+                    d.entry.stanza_out();
+                    d.feed(Input::Stanza(st));
+                }
+                d.feed(Input::Drained);
+            }
+            o => tracing::error!(stream = %d.entry.id, "outbound stream: unexpected {o:?}"),
+        }
+    }
+
+    fn trim(&mut self) {
+        self.stanzas.trim();
+        self.verifies.trim();
     }
 }
 
@@ -202,7 +179,9 @@ async fn session(
 /// operator named it).
 async fn connect_internal(caps: &Caps, entry: &ConnEntry, addr: std::net::SocketAddr) -> Result<(TcpStream, bool), Failure> {
     if let Some((key, own)) = caps.settings.outbound.own.reached_by(addr) {
-        return Err(Failure::new(format!("internal server {addr} (gateway.internal): drawbridge itself listens there ({key} {own})")));
+        return Err(Failure::unreachable(format!(
+            "internal server {addr} (gateway.internal): drawbridge itself listens there ({key} {own})"
+        )));
     }
     let limit = caps.settings.timeouts.connect;
     match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
@@ -211,7 +190,7 @@ async fn connect_internal(caps: &Caps, entry: &ConnEntry, addr: std::net::Socket
             entry.set_peer_addr(addr);
             Ok((tcp, false))
         }
-        Ok(Err(e)) => Err(Failure::new(format!("internal server {addr} (gateway.internal): {e}"))),
+        Ok(Err(e)) => Err(Failure::unreachable(format!("internal server {addr} (gateway.internal): {e}"))),
         Err(_) => Err(Failure::timeout(format!(
             "internal server {addr} (gateway.internal): no answer within {}s (timeouts.connect)",
             limit.as_secs()
@@ -231,7 +210,7 @@ async fn tls_client(d: &mut Driver, local: &Domain, remote: &Domain, direct: boo
     };
     let mut config = match d.caps.tls.client_config(local) {
         Ok(c) => c,
-        Err(e) => return d.feed(Input::TlsFailed(e)),
+        Err(e) => return d.feed(Input::TlsFailed(e.to_string())),
     };
     if direct {
         // XEP-0368 §3: ALPN "xmpp-server" on direct TLS.
@@ -268,22 +247,22 @@ async fn connect(caps: &Caps, entry: &ConnEntry, remote: &Domain) -> Result<(Tcp
     }
     let out = &caps.settings.outbound;
     if crate::net::dial::is_ip_literal(remote.as_str()) {
-        return Err(Failure::new(format!("{} is an IP address, not a federation domain", remote)));
+        return Err(Failure::unreachable(format!("{} is an IP address, not a federation domain", remote)));
     }
     let _slot = match caps.dials.clone().try_acquire_owned() {
         Ok(p) => p,
         Err(_) => {
-            crate::limits::refused_once("outbound.max_dials", "*", || {
+            crate::limits::refused_once(crate::limits::LimitKey::OutboundMaxDials, "*", || {
                 format!("{} outbound connection attempts in progress (outbound.max_dials); further dials wait", out.max_dials)
             });
-            caps.dials.clone().acquire_owned().await.map_err(|_| Failure::new("shutting down"))?
+            caps.dials.clone().acquire_owned().await.map_err(|_| Failure::unreachable("shutting down"))?
         }
     };
     let resolver = &caps.resolver;
     let budget = caps.settings.dns_timeout * 4;
     let targets = match tokio::time::timeout(budget, resolver.targets(remote)).await {
         Ok(Ok(t)) => t,
-        Ok(Err(e)) => return Err(Failure::new(e.to_string())),
+        Ok(Err(e)) => return Err(Failure::unreachable(e.to_string())),
         Err(_) => {
             return Err(Failure::timeout(format!("DNS: no answer for {} within {}s (dns.timeout)", remote, budget.as_secs())));
         }
@@ -291,27 +270,33 @@ async fn connect(caps: &Caps, entry: &ConnEntry, remote: &Domain) -> Result<(Tcp
     let connect_timeout = caps.settings.timeouts.connect;
     let mut tried = Vec::new();
     if targets.len() > out.max_targets {
-        tried.push(format!("{} SRV targets, only the first {} tried (outbound.max_targets)", targets.len(), out.max_targets));
+        tried.push(Tried::failed(format!(
+            "{} SRV targets, only the first {} tried (outbound.max_targets)",
+            targets.len(),
+            out.max_targets
+        )));
     }
     for target in targets.iter().take(out.max_targets) {
         let addrs = match tokio::time::timeout(budget, resolver.addresses(target)).await {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
-                tried.push(format!("{target}: {e}"));
+                tried.push(Tried::failed(format!("{target}: {e}")));
                 continue;
             }
             Err(_) => {
-                tried.push(format!("{target}: DNS timeout"));
+                tried.push(Tried::failed(format!("{target}: DNS timeout")));
                 continue;
             }
         };
         for addr in addrs.into_iter().take(out.max_addresses) {
             if let Some(range) = crate::net::dial::denied(&out.deny, addr.ip()) {
-                tried.push(format!("{addr} ({target}): in {range}, which outbound.deny forbids"));
+                tried.push(Tried::failed(format!("{addr} ({target}): in {range}, which outbound.deny forbids")));
                 continue;
             }
             if let Some((key, own)) = out.own.reached_by(addr) {
-                tried.push(format!("{addr} ({target}): drawbridge itself listens there ({key} {own}); not dialling itself (a loop)"));
+                tried.push(Tried::failed(format!(
+                    "{addr} ({target}): drawbridge itself listens there ({key} {own}); not dialling itself (a loop)"
+                )));
                 continue;
             }
             match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
@@ -321,12 +306,30 @@ async fn connect(caps: &Caps, entry: &ConnEntry, remote: &Domain) -> Result<(Tcp
                     tracing::debug!(stream = %entry.id, %addr, %target, "connected to {}", remote);
                     return Ok((tcp, target.source == crate::net::resolve::TargetSource::SrvDirectTls));
                 }
-                Ok(Err(e)) => tried.push(format!("{addr} ({target}): {e}")),
-                Err(_) => tried.push(format!("{addr} ({target}): no answer within {}s (timeouts.connect)", connect_timeout.as_secs())),
+                Ok(Err(e)) => tried.push(Tried::failed(format!("{addr} ({target}): {e}"))),
+                Err(_) => tried.push(Tried {
+                    what: format!("{addr} ({target}): no answer within {}s (timeouts.connect)", connect_timeout.as_secs()),
+                    timed_out: true,
+                }),
             }
         }
     }
-    let all_timeouts = !tried.is_empty() && tried.iter().all(|t| t.contains("no answer within"));
-    let reason = format!("connect: {}", tried.join("; "));
-    Err(if all_timeouts { Failure::timeout(reason) } else { Failure::new(reason) })
+    // Only addresses that all kept silent make a timeout (a `wait` bounce: the sender may
+    // retry); any other failure among them says the domain cannot be reached.
+    let all_timeouts = !tried.is_empty() && tried.iter().all(|t| t.timed_out);
+    let reason = format!("connect: {}", tried.iter().map(|t| t.what.as_str()).collect::<Vec<_>>().join("; "));
+    Err(if all_timeouts { Failure::timeout(reason) } else { Failure::unreachable(reason) })
+}
+
+/// One target or address tried while dialling, and whether it failed by not answering
+/// within `timeouts.connect`.
+struct Tried {
+    what: String,
+    timed_out: bool,
+}
+
+impl Tried {
+    fn failed(what: String) -> Tried {
+        Tried { what, timed_out: false }
+    }
 }

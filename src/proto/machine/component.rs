@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use sha1::{Digest, Sha1};
 
-use super::{Cx, EndKind, Ending, Input, Observed, Output, ReadError};
+use super::{Admission, Cx, EndKind, Ending, Input, Observed, Output, ReadError};
 use crate::domain::Domain;
+use crate::proto::auth::{Delivery, ValidPair};
 use crate::proto::ns;
 use crate::proto::stream::{PeerStreamError, StreamErrorCondition as C};
 use crate::types::{AuthMethod, ConnState, PairStatus, VerificationResult};
@@ -34,8 +35,9 @@ enum State {
     Attaching {
         domain: Domain,
     },
+    /// Attached; the handshake is the proof its stanzas are delivered with.
     Established {
-        domain: Domain,
+        proof: ValidPair,
     },
     Done,
 }
@@ -46,6 +48,9 @@ pub(super) struct Component {
     /// Until the handshake must be done (`timeouts.negotiation`).
     deadline: Instant,
     last_write: Instant,
+    /// The stream's place under the connection limits: authenticated at the handshake, as
+    /// receiving streams are at their first domain.
+    admission: Box<dyn Admission>,
 }
 
 /// Our stream header for a component (XEP-0114 §3: `from` is the component's domain).
@@ -92,8 +97,8 @@ fn may_send_as(from: &Domain, domain: &Domain) -> bool {
 }
 
 impl Component {
-    pub(super) fn new(secrets: Secrets, now: Instant, negotiation: std::time::Duration) -> Component {
-        Component { secrets, state: State::Header, deadline: now + negotiation, last_write: now }
+    pub(super) fn new(secrets: Secrets, now: Instant, negotiation: std::time::Duration, admission: Box<dyn Admission>) -> Component {
+        Component { secrets, state: State::Header, deadline: now + negotiation, last_write: now, admission }
     }
 
     pub(super) fn established(&self) -> bool {
@@ -170,9 +175,9 @@ impl Component {
                 self.state = State::Attaching { domain };
                 cx.close(Ending::error(C::NotAuthorized, "data before the handshake was answered"));
             }
-            State::Established { domain } => {
-                self.state = State::Established { domain: domain.clone() };
-                self.on_stanza(cx, frame, &domain);
+            State::Established { proof } => {
+                self.state = State::Established { proof: proof.clone() };
+                self.on_stanza(cx, frame, &proof);
             }
             State::Done => {}
         }
@@ -219,6 +224,10 @@ impl Component {
             cx.outcome(&domain, &domain, AuthMethod::ComponentHandshake, VerificationResult::Invalid, why.clone());
             return cx.close(Ending::error(C::NotAuthorized, why));
         }
+        // RFC 6120 §4.9.3.17: a server out of room says resource-constraint.
+        if let Err(key) = self.admission.authenticated() {
+            return cx.close(Ending::error(C::ResourceConstraint, format!("too many authenticated inbound streams ({key})")));
+        }
         cx.out.push_back(Output::Attach(domain.clone()));
         self.state = State::Attaching { domain };
     }
@@ -245,7 +254,7 @@ impl Component {
                 cx.send(Element::new("handshake", ns::COMPONENT_ACCEPT));
                 cx.state(ConnState::Established);
                 self.last_write = now;
-                self.state = State::Established { domain };
+                self.state = State::Established { proof: ValidPair::by_handshake(&domain) };
             }
             Err((condition, why)) => cx.close(Ending::error(condition, why)),
         }
@@ -253,7 +262,8 @@ impl Component {
 
     /// A stanza from the component: from its domain (or a subdomain), addressed, checked,
     /// then into routing in `jabber:server`.
-    fn on_stanza(&mut self, cx: &mut Cx, frame: Frame, domain: &Domain) {
+    fn on_stanza(&mut self, cx: &mut Cx, frame: Frame, proof: &ValidPair) {
+        let domain = proof.remote();
         let mut el = match frame {
             Frame::Element(el) => el,
             Frame::StreamClose => {
@@ -265,9 +275,8 @@ impl Component {
         if el.ns.as_ref() != ns::COMPONENT_ACCEPT || !matches!(el.name.as_ref(), "message" | "presence" | "iq") {
             return cx.close(Ending::error(C::UnsupportedStanzaType, format!("{} is not a stanza", el.describe())));
         }
-        let from = el.get_attr("from").and_then(crate::proto::jid::domain_of);
-        match from {
-            Some(f) if may_send_as(&f, domain) => {}
+        let from = match el.get_attr("from").and_then(crate::proto::jid::domain_of) {
+            Some(f) if may_send_as(&f, domain) => f,
             _ => {
                 let f = clip(el.get_attr("from").unwrap_or("(none)"), 64).into_owned();
                 return cx.close(Ending::error(
@@ -275,19 +284,22 @@ impl Component {
                     format!("{f}: the component {domain} may send only from {domain} or its subdomains"),
                 ));
             }
-        }
-        if el.get_attr("to").and_then(crate::proto::jid::domain_of).is_none() {
+        };
+        let Some(to) = el.get_attr("to").and_then(crate::proto::jid::domain_of) else {
             return cx.close(Ending::error(C::ImproperAddressing, "a stanza without a valid 'to'"));
-        }
+        };
         retag(&mut el, ns::COMPONENT_ACCEPT, ns::SERVER);
         // RFC 6120 §8: a malformed stanza is answered with a stanza error, back to the component.
-        if let Err((etype, cond, text)) = crate::proto::stanza::check(&el) {
-            if let Some(reply) = crate::proto::stanza::error_reply(&el, etype, cond, Some(text)) {
+        if let Err((cond, text)) = crate::proto::stanza::check(&el) {
+            if let Some(reply) = crate::proto::stanza::error_reply(&el, cond, Some(text)) {
                 cx.out.push_back(Output::Route(reply));
             }
             return;
         }
-        cx.out.push_back(Output::Deliver(el));
+        match Delivery::new(proof, &to, &from, el) {
+            Ok(d) => cx.out.push_back(Output::Deliver(d)),
+            Err(el) => tracing::error!(stream = %cx.log, stanza = %el.describe(), "not delivered: {from} is not {domain}'s"),
+        }
     }
 }
 

@@ -33,6 +33,7 @@ use crate::types::{AuthMethod, CertVerdict, ConnState, PairStatus, Security, Str
 use crate::xml::{Element, Frame, XmlError};
 
 use super::dialback::{Answer, DialbackKeys};
+use super::stanza::StanzaErrorCondition;
 use super::stream::{PeerStreamError, StreamError, StreamErrorCondition};
 
 /// The timeouts a stream machine keeps (all from `[timeouts]`, `approval_wait` from
@@ -75,7 +76,15 @@ pub trait CertJudge: Send + Sync {
 /// An inbound stream's place under the connection limits: moving from the
 /// unauthenticated limits to `limits.max_inbound` may be refused (the key is returned).
 pub trait Admission: Send {
-    fn authenticated(&mut self) -> Result<(), &'static str>;
+    fn authenticated(&mut self) -> Result<(), crate::types::LimitKey>;
+}
+
+/// Where the answer to a verification an originating stream carries goes (the receiving
+/// stream that asked): given to the machine with the request ([`Input::Verify`]), kept with
+/// it, and handed back with the answer ([`Output::VerifyAnswer`]) — by the peer's
+/// authoritative server, or by the machine when the stream ends first; once either way.
+pub trait Reply: Send + std::fmt::Debug {
+    fn send(self: Box<Self>, answer: Answer, detail: Option<String>);
 }
 
 /// Everything stream machines of one server share, built once by the engine.
@@ -168,11 +177,11 @@ impl Env {
         &self.hosted[0]
     }
 
-    /// Whether `domain` may authenticate by dialback; the cert-only rule as the error.
-    fn dialback_allowed(&self, domain: &str) -> Result<(), String> {
+    /// The rule that requires certificates of `domain` (so no dialback), if one does.
+    fn cert_only_rule(&self, domain: &str) -> Option<String> {
         match self.security.auth_for(domain) {
-            (crate::types::AuthMode::CertOnly, rule) => Err(rule),
-            _ => Ok(()),
+            (crate::types::AuthMode::CertOnly, rule) => Some(rule),
+            _ => None,
         }
     }
 }
@@ -197,14 +206,16 @@ pub enum Input {
     /// ([`Output::Ask`]); `detail` is the full reason for the operator.
     Answer { local: Domain, remote: Domain, answer: Answer, detail: Option<String> },
     /// Originating stream: a receiving server of ours asks the peer's authoritative server
-    /// about a key; the answer comes back as [`Output::VerifyAnswer`] with `token`.
-    Verify { stream_id: String, key: String, token: u64 },
+    /// about a key; the answer comes back as [`Output::VerifyAnswer`] with `reply`.
+    Verify { stream_id: String, key: String, reply: Box<dyn Reply> },
     /// Originating stream: a stanza to send.
     Stanza(Element),
     /// The policy changed (held pairs may be released or refused).
     PolicyChanged,
     /// The operator (or shutdown) closes the stream.
     Close { reason: String, error: Option<StreamError> },
+    /// Originating streams, after [`Output::Drain`]: every stanza still queued was fed.
+    Drained,
     /// The time given to [`Machine::handle`] reached [`Machine::deadline`].
     Timer,
     /// Component streams: the router's answer to [`Output::Attach`] (when refused, the
@@ -256,14 +267,15 @@ pub enum Output {
     StartTls(TlsRole),
     /// A stream restart (RFC 6120 §4.3.3): a fresh parser, nothing carried over.
     Restart,
-    /// A stanza of an authorised pair, checked (RFC 6120 §8): to the router.
-    Deliver(Element),
+    /// A stanza of an authorised pair, checked (RFC 6120 §8) and carrying the pair's proof:
+    /// to the router.
+    Deliver(crate::proto::auth::Delivery),
     /// A stanza we generated (an error reply): to the router.
     Route(Element),
     Ask(Ask),
     /// The answer for a [`Input::Verify`]; `detail` for the operator.
     VerifyAnswer {
-        token: u64,
+        reply: Box<dyn Reply>,
         answer: Answer,
         detail: Option<String>,
     },
@@ -271,6 +283,9 @@ pub enum Output {
     /// Component streams: attach the domain to this stream in the router (answered by
     /// [`Input::Attached`]).
     Attach(Domain),
+    /// Originating streams closing on purpose: stop taking new stanzas, feed every one still
+    /// queued ([`Input::Stanza`]), then [`Input::Drained`]; the close follows.
+    Drain,
     /// The end: carried out last; the machine takes no more input after it.
     Close(Ending),
 }
@@ -323,21 +338,68 @@ pub struct Ending {
     pub kind: EndKind,
 }
 
-/// For originating streams: what becomes of the stanzas still queued.
+/// How a stream ended, and so what becomes of the stanzas still queued for it (and, for
+/// originating streams, of the verifications not yet carried): decided here, carried out by
+/// the driver ([`Ending::bounce`], [`Ending::unanswered`]). One byte: an ending is part of
+/// every stream's task; the bounce text is derived, not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndKind {
-    /// Inbound streams: nothing is queued.
+    /// Receiving streams: nothing is queued.
     Inbound,
-    /// Could not be set up (or the policy refused): queued stanzas bounce with this
-    /// stanza error condition (RFC 6120 §8.3.3).
-    Failed { condition: &'static str },
-    /// Closed on purpose (idle, operator, shutdown): what is queued still goes out on it.
+    /// Could not be set up (or the policy refused): queued stanzas bounce with this stanza
+    /// error condition (RFC 6120 §8.3.3).
+    Failed { condition: StanzaErrorCondition },
+    /// Closed on purpose (idle, operator, shutdown), after what was queued was fed to the
+    /// machine and sent ([`Output::Drain`]): nothing is written after [`Output::Close`].
     Closed,
     /// Lost after it was established: what is queued gets a new stream.
     Lost,
+    /// A component's stream ended: what was queued for it bounces.
+    Gone,
+    /// A component's stream ended before its handshake was accepted (a wrong secret, a
+    /// handshake out of order): nothing was queued; its connection slot is kept a while, so
+    /// that each guess of the secret costs time.
+    Refused,
 }
 
 impl Ending {
+    /// What the senders of the stanzas still queued get: a bounce with this condition and
+    /// text, or (`None`) the stanzas are routed again (a new stream; its failure bounces).
+    /// `remote`: the peer's domain of an originating stream, `env` its machine's.
+    ///
+    /// The text of a failure: a policy's reason is theirs to know; otherwise the remote and
+    /// the reason — except on the internal link (the world is served on this side,
+    /// `serves_world`), whose bounces go to the world: nothing about the internal server
+    /// (its address, its errors) leaves; the operator has the full reason.
+    pub fn bounce(&self, env: &Env, remote: &Domain) -> Option<(StanzaErrorCondition, String)> {
+        match self.kind {
+            EndKind::Failed { condition } => {
+                let text = if env.serves_world {
+                    format!("{remote} cannot be reached right now")
+                } else if condition == StanzaErrorCondition::PolicyViolation {
+                    self.reason.clone()
+                } else {
+                    format!("{remote}: {}", self.reason)
+                };
+                Some((condition, text))
+            }
+            EndKind::Gone | EndKind::Refused => Some((StanzaErrorCondition::ServiceUnavailable, "the component disconnected".to_owned())),
+            EndKind::Inbound | EndKind::Closed | EndKind::Lost => None,
+        }
+    }
+}
+
+impl Ending {
+    /// The answer for a verification still waiting when an originating stream to `remote`
+    /// ended (never sent, or sent and not answered), and its detail for the operator.
+    pub fn unanswered(&self, remote: &Domain) -> (Answer, String) {
+        match self.kind {
+            EndKind::Failed { condition } => (verify_failure(remote, condition), self.reason.clone()),
+            EndKind::Closed => (verify_failure(remote, StanzaErrorCondition::RemoteServerNotFound), "stream closed".to_owned()),
+            _ => (verify_failure(remote, StanzaErrorCondition::RemoteServerNotFound), self.reason.clone()),
+        }
+    }
+
     fn error(condition: StreamErrorCondition, text: impl Into<String>) -> Ending {
         let e = StreamError::new(condition, text);
         Ending { reason: format!("sent {e}"), error: Some(e), peer_closed: false, abandon: false, kind: EndKind::Inbound }
@@ -377,7 +439,7 @@ impl Machine {
     pub fn originating(env: Arc<Env>, log: Arc<str>, now: Instant, local: Domain, remote: Domain, direct: bool) -> Machine {
         let (mut out, mut closed) = (VecDeque::new(), false);
         let o = originating::Originating::start(
-            &mut Cx { env: &env, log: &log, out: &mut out, closed: &mut closed },
+            &mut Cx { env: &env, log: &log, out: &mut out, closed: &mut closed, component: false },
             now,
             local,
             remote,
@@ -386,9 +448,10 @@ impl Machine {
         Machine { env, log, out, closed, role: Role::Originating(Box::new(o)) }
     }
 
-    /// An external component's stream (XEP-0114), accepted on `[components] listen`.
-    pub fn component(env: Arc<Env>, log: Arc<str>, now: Instant, secrets: component::Secrets) -> Machine {
-        let c = component::Component::new(secrets, now, env.timeouts.negotiation);
+    /// An external component's stream (XEP-0114), accepted on `[components] listen`; its
+    /// place under the connection limits moves to the authenticated ones at the handshake.
+    pub fn component(env: Arc<Env>, log: Arc<str>, now: Instant, secrets: component::Secrets, admission: Box<dyn Admission>) -> Machine {
+        let c = component::Component::new(secrets, now, env.timeouts.negotiation, admission);
         Machine { env, log, out: VecDeque::new(), closed: false, role: Role::Component(Box::new(c)) }
     }
 
@@ -397,7 +460,8 @@ impl Machine {
         if self.closed {
             return;
         }
-        let mut cx = Cx { env: &self.env, log: &self.log, out: &mut self.out, closed: &mut self.closed };
+        let component = matches!(self.role, Role::Component(_));
+        let mut cx = Cx { env: &self.env, log: &self.log, out: &mut self.out, closed: &mut self.closed, component };
         match &mut self.role {
             Role::Receiving(r) => r.handle(&mut cx, now, input),
             Role::Originating(o) => o.handle(&mut cx, now, input),
@@ -474,6 +538,8 @@ struct Cx<'a> {
     log: &'a str,
     out: &'a mut VecDeque<Output>,
     closed: &'a mut bool,
+    /// A component's stream: however it ends, what was queued for it bounces.
+    component: bool,
 }
 
 impl Cx<'_> {
@@ -501,6 +567,10 @@ impl Cx<'_> {
             e.reason = kept(e.reason);
             if let Some(err) = &mut e.error {
                 err.text = kept(std::mem::take(&mut err.text));
+            }
+            if self.component && e.kind == EndKind::Inbound {
+                let refused = e.error.as_ref().is_some_and(|err| err.condition == StreamErrorCondition::NotAuthorized);
+                e.kind = if refused { EndKind::Refused } else { EndKind::Gone };
             }
             self.out.push_back(Output::Close(e));
         }
@@ -600,13 +670,13 @@ struct VerificationBudget {
 
 impl VerificationBudget {
     /// Whether one more may start now (`in_flight` are under way); the limit's key if not.
-    fn start(&mut self, now: Instant, in_flight: usize, limits: &Limits) -> Result<(), &'static str> {
+    fn start(&mut self, now: Instant, in_flight: usize, limits: &Limits) -> Result<(), crate::types::LimitKey> {
         if in_flight >= limits.max_verifications_in_flight {
-            return Err("limits.max_verifications_in_flight");
+            return Err(crate::types::LimitKey::MaxVerificationsInFlight);
         }
         match self.started.take(now, Duration::from_secs(60), limits.verifications_per_minute as u64) {
             Some(_) => Ok(()),
-            None => Err("limits.verifications_per_minute"),
+            None => Err(crate::types::LimitKey::VerificationsPerMinute),
         }
     }
 }

@@ -10,11 +10,12 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::{Cx, EndKind, Ending, Env, Input, Observed, Output, ReadError, TlsFacts, TlsRole};
+use super::{Cx, EndKind, Ending, Env, Input, Observed, Output, ReadError, Reply, TlsFacts, TlsRole};
 use crate::domain::Domain;
-use crate::proto::auth::ValidPair;
+use crate::proto::auth::{Judged, KeySent, ValidPair};
 use crate::proto::dialback::{self, Answer, DbElement};
 use crate::proto::ns;
+use crate::proto::stanza::StanzaErrorCondition;
 use crate::proto::stream::{PeerStreamError, StreamError, StreamErrorCondition, check_header, header};
 use crate::types::{AuthMethod, AuthMode, ConnState, PairStatus, StreamLimits, Verdict, VerificationResult};
 use crate::xml::{Element, Frame};
@@ -39,9 +40,15 @@ enum State {
     Sasl {
         stream_id: Option<String>,
     },
-    /// Our `db:result` sent; the peer's answer due by `until` (`timeouts.dialback`).
+    /// Closing on purpose after [`Output::Drain`]: the stanzas still queued are fed and
+    /// sent, then `end` ([`Input::Drained`]).
+    Draining {
+        end: Box<Ending>,
+    },
+    /// Our `db:result` sent (`sent`); the peer's answer due by `until` (`timeouts.dialback`).
     Dialback {
         until: Instant,
+        sent: KeySent,
     },
     /// Authenticated; the policy holds our traffic until the operator decides.
     Held {
@@ -63,33 +70,54 @@ pub(super) struct Originating {
     deadline: Instant,
     last_write: Instant,
     last_stanza: Instant,
-    /// `db:verify` requests sent, by stream id: the tokens waiting for the answer.
-    verifying: HashMap<String, Vec<u64>>,
+    /// `db:verify` requests sent, by stream id: where their answers go.
+    verifying: HashMap<String, Vec<Box<dyn Reply>>>,
     /// The peer's `max-bytes` from its latest features (XEP-0478); `None`: it advertised none.
     peer_max: Option<usize>,
     /// The peer's `idle-seconds` (XEP-0478): it may close a stream quiet for that long.
     peer_idle: Option<std::time::Duration>,
     /// A stanza over `peer_max` was logged at info level already (one per stream).
     oversize_logged: std::cell::Cell<bool>,
+    /// The peer's certificate, judged for `remote` once TLS is up (what a SASL success is
+    /// read against).
+    judged: Option<Judged>,
 }
 
 /// Why an outbound stream could not be set up (by the machine, or by its driver while
 /// dialling), and the stanza error condition queued stanzas bounce with (RFC 6120 §8.3.3).
+/// Each constructor names what happened; the condition follows from it.
 #[derive(Debug, Clone)]
 pub struct Failure {
-    pub condition: &'static str,
+    pub condition: StanzaErrorCondition,
     pub reason: String,
 }
 
 impl Failure {
-    pub fn new(reason: impl Into<String>) -> Failure {
-        Failure { condition: "remote-server-not-found", reason: reason.into() }
+    /// The peer could not be reached or the stream could not be set up with it (DNS, TCP,
+    /// TLS, its answers): remote-server-not-found (RFC 6120 §8.3.3.13).
+    pub fn unreachable(reason: impl Into<String>) -> Failure {
+        Failure { condition: StanzaErrorCondition::RemoteServerNotFound, reason: reason.into() }
     }
+
+    /// Nothing answered in time: remote-server-timeout (§8.3.3.14), a `wait` error.
     pub fn timeout(reason: impl Into<String>) -> Failure {
-        Failure { condition: "remote-server-timeout", reason: reason.into() }
+        Failure { condition: StanzaErrorCondition::RemoteServerTimeout, reason: reason.into() }
     }
-    fn policy(reason: impl Into<String>) -> Failure {
-        Failure { condition: "policy-violation", reason: reason.into() }
+
+    /// A policy (ours, or a security rule the peer cannot meet) refuses the stream:
+    /// policy-violation, and the stream error of the same name to the peer.
+    pub(crate) fn policy(reason: impl Into<String>) -> Failure {
+        Failure { condition: StanzaErrorCondition::PolicyViolation, reason: reason.into() }
+    }
+
+    /// How the stream ends for this failure: the queued stanzas bounce with its condition
+    /// ([`Ending::bounce`]); a policy refusal is also said to the peer (stream error
+    /// policy-violation). `abandon`: the connection is unusable, or there is none (dialling
+    /// failed).
+    pub fn ending(self, abandon: bool) -> Ending {
+        let policy = self.condition == StanzaErrorCondition::PolicyViolation;
+        let error = policy.then(|| StreamError::new(StreamErrorCondition::PolicyViolation, self.reason.clone()));
+        Ending { error, reason: self.reason, peer_closed: false, abandon, kind: EndKind::Failed { condition: self.condition } }
     }
 }
 
@@ -107,6 +135,7 @@ impl Originating {
             peer_max: None,
             peer_idle: None,
             oversize_logged: std::cell::Cell::new(false),
+            judged: None,
         };
         if direct {
             cx.state(ConnState::Tls);
@@ -132,9 +161,9 @@ impl Originating {
 
     pub(super) fn deadline(&self, env: &Env) -> Option<Instant> {
         match &self.state {
-            State::Dialback { until } | State::Held { until, .. } => Some(*until),
+            State::Dialback { until, .. } | State::Held { until, .. } => Some(*until),
             State::Established { .. } => Some((self.last_write + self.keepalive(env)).min(self.last_stanza + env.timeouts.idle_outbound)),
-            State::Done => None,
+            State::Done | State::Draining { .. } => None,
             _ => Some(self.deadline),
         }
     }
@@ -157,6 +186,9 @@ impl Originating {
     }
 
     pub(super) fn handle(&mut self, cx: &mut Cx, now: Instant, input: Input) {
+        if let State::Draining { .. } = self.state {
+            return self.on_draining(cx, now, input);
+        }
         match input {
             Input::Read => {}
             Input::Frame { frame, buffered } => self.on_frame(cx, now, frame, buffered),
@@ -182,32 +214,26 @@ impl Originating {
                         ReadError::Io(e) => format!("{what}: I/O: {e}"),
                         ReadError::Xml(x) => format!("{what}: {x}"),
                     };
-                    self.fail(cx, Failure::new(reason), true);
+                    self.fail(cx, Failure::unreachable(reason), true);
                 }
             }
             Input::WriteFailed(e) => {
                 if self.established() {
                     self.lost(cx, format!("write failed: {e}"), false, true);
                 } else {
-                    self.fail(cx, Failure::new(format!("write failed: {e}")), true);
+                    self.fail(cx, Failure::unreachable(format!("write failed: {e}")), true);
                 }
             }
             Input::TlsEstablished(facts) => self.on_tls(cx, facts),
-            Input::TlsFailed(e) => self.fail(cx, Failure::new(format!("TLS handshake: {e}")), true),
-            Input::Verify { stream_id, key, token } => {
+            Input::TlsFailed(e) => self.fail(cx, Failure::unreachable(format!("TLS handshake: {e}")), true),
+            Input::Verify { stream_id, key, reply } => {
                 cx.send(dialback::verify_request(self.local.as_str(), self.remote.as_str(), &stream_id, &key));
-                self.verifying.entry(stream_id).or_default().push(token);
+                self.verifying.entry(stream_id).or_default().push(reply);
                 self.last_write = now;
             }
             Input::Stanza(st) => {
                 if self.established() {
-                    if let Err(bounce) = self.check_peer_limit(cx.log, &st) {
-                        cx.out.extend(bounce.map(Output::Route));
-                        return;
-                    }
-                    cx.send(st);
-                    self.last_write = now;
-                    self.last_stanza = now;
+                    self.send_stanza(cx, now, st);
                 } else {
                     // The driver feeds stanzas only once established; never lost, though.
                     cx.out.push_back(Output::Route(st));
@@ -220,12 +246,13 @@ impl Originating {
             }
             Input::Close { reason, error } => {
                 if self.established() {
-                    self.end(cx, Ending { error, reason, peer_closed: false, abandon: false, kind: EndKind::Closed });
+                    self.closing(cx, reason, error);
                 } else {
-                    self.fail(cx, Failure::new(reason), false);
+                    self.fail(cx, Failure::unreachable(reason), false);
                 }
             }
             Input::Timer => self.on_timer(cx, now),
+            Input::Drained => tracing::error!(stream = %cx.log, "an outbound stream was told it drained before it was asked; ignored"),
             Input::Answer { .. } => tracing::error!(stream = %cx.log, "an outbound stream was given a dialback answer; ignored"),
             Input::Attached(_) => tracing::error!(stream = %cx.log, "an outbound stream was given a component attachment; ignored"),
         }
@@ -234,7 +261,7 @@ impl Originating {
     fn on_timer(&mut self, cx: &mut Cx, now: Instant) {
         let t = &cx.env.timeouts;
         match &self.state {
-            State::Dialback { until } if now >= *until => {
+            State::Dialback { until, .. } if now >= *until => {
                 let why = format!("no dialback answer from {} within {}s (timeouts.dialback)", self.remote, t.dialback.as_secs());
                 self.fail(cx, Failure::timeout(why), false);
             }
@@ -245,7 +272,7 @@ impl Originating {
             State::Established { .. } => {
                 if now >= self.last_stanza + t.idle_outbound {
                     let reason = format!("idle for {}s (timeouts.idle_outbound)", t.idle_outbound.as_secs());
-                    self.end(cx, Ending { error: None, reason, peer_closed: false, abandon: false, kind: EndKind::Closed });
+                    self.closing(cx, reason, None);
                 } else if now >= self.last_write + self.keepalive(cx.env) {
                     // RFC 6120 §4.6.1: whitespace keepalive.
                     cx.out.push_back(Output::Raw(" ".into()));
@@ -262,13 +289,14 @@ impl Originating {
 
     fn on_tls(&mut self, cx: &mut Cx, facts: TlsFacts) {
         let State::Tls { direct } = self.state else {
-            return self.fail(cx, Failure::new("TLS reported outside a handshake"), true);
+            return self.fail(cx, Failure::unreachable("TLS reported outside a handshake"), true);
         };
         self.tls = true;
         let verdict = cx.env.certs.judge(&facts.chain, &self.remote, facts.at);
         let result = if verdict.is_valid() { VerificationResult::Valid } else { VerificationResult::Invalid };
         cx.outcome(&self.local, &self.remote, AuthMethod::Certificate, result, format!("certificate for {}: {verdict}", self.remote));
         cx.observe(Observed::Certificate(verdict.clone()));
+        self.judged = Some(Judged::new(self.remote.clone(), verdict.clone()));
         // Where policy wants certificates, whoever answers DNS for the domain must prove it
         // by one before a stanza leaves (RFC 6120 §13.7.2, XEP-0178).
         if !verdict.is_valid()
@@ -296,11 +324,11 @@ impl Originating {
         match state {
             State::Header { sasl } => {
                 let Frame::StreamOpen(h) = frame else {
-                    return self.fail(cx, Failure::new("the peer did not open a stream"), false);
+                    return self.fail(cx, Failure::unreachable("the peer did not open a stream"), false);
                 };
                 if let Err(e) = check_header(&h) {
                     cx.send(e.to_element());
-                    return self.fail(cx, Failure::new(format!("bad stream header from the peer: {e}")), false);
+                    return self.fail(cx, Failure::unreachable(format!("bad stream header from the peer: {e}")), false);
                 }
                 let stream_id = h.id.filter(|i| !i.is_empty());
                 if stream_id.as_deref().is_some_and(|id| (cx.env.issued_here)(id)) {
@@ -308,7 +336,7 @@ impl Originating {
                     // leading to one of our listeners). Nothing more is said or minted.
                     return self.fail(
                         cx,
-                        Failure::new(format!(
+                        Failure::unreachable(format!(
                             "{} leads back to this server: the answering stream header carries a stream id drawbridge issued itself; not talking to itself (a loop)",
                             self.remote
                         )),
@@ -324,10 +352,10 @@ impl Originating {
                 let features = match frame {
                     Frame::Element(el) if el.is("features", ns::STREAMS) => el,
                     Frame::Element(el) => {
-                        return self.fail(cx, Failure::new(format!("expected stream features, got {}", el.describe())), false);
+                        return self.fail(cx, Failure::unreachable(format!("expected stream features, got {}", el.describe())), false);
                     }
-                    Frame::StreamClose => return self.fail(cx, Failure::new("the peer closed the stream"), false),
-                    Frame::StreamOpen(_) => return self.fail(cx, Failure::new("unexpected second stream header"), false),
+                    Frame::StreamClose => return self.fail(cx, Failure::unreachable("the peer closed the stream"), false),
+                    Frame::StreamOpen(_) => return self.fail(cx, Failure::unreachable("unexpected second stream header"), false),
                 };
                 self.read_limits(cx, &features);
                 if let Some(pair) = sasl {
@@ -341,7 +369,7 @@ impl Originating {
                     if buffered > 0 {
                         return self.fail(
                             cx,
-                            Failure::new("TLS: data after <proceed/> (plaintext injection); refusing to continue"),
+                            Failure::unreachable("TLS: data after <proceed/> (plaintext injection); refusing to continue"),
                             false,
                         );
                     }
@@ -349,13 +377,15 @@ impl Originating {
                     self.state = State::Tls { direct: false };
                 }
                 Frame::Element(el) if el.is("failure", ns::TLS) => {
-                    self.fail(cx, Failure::new("TLS: the peer answered STARTTLS with <failure/>"), false)
+                    self.fail(cx, Failure::unreachable("TLS: the peer answered STARTTLS with <failure/>"), false)
                 }
-                _ => self.fail(cx, Failure::new("TLS: unexpected answer to STARTTLS"), false),
+                _ => self.fail(cx, Failure::unreachable("TLS: unexpected answer to STARTTLS"), false),
             },
             State::Sasl { stream_id } => match frame {
                 Frame::Element(el) if el.is("success", ns::SASL) => {
-                    let proof = ValidPair::by_sasl_success(&self.local, &self.remote, &el).expect("a <success/>");
+                    let Some(proof) = self.judged.as_ref().and_then(|j| ValidPair::by_sasl_success(&self.local, j, &el)) else {
+                        return self.fail(cx, Failure::unreachable("SASL: <success/> before the certificate was judged"), false);
+                    };
                     // RFC 6120 §6.4.6: restart the stream.
                     cx.out.push_back(Output::Restart);
                     self.send_header(cx, Some(proof));
@@ -369,28 +399,31 @@ impl Originating {
                     cx.outcome(&self.local, &self.remote, AuthMethod::SaslExternal, VerificationResult::Invalid, why);
                     self.dialback(cx, now, stream_id);
                 }
-                _ => self.fail(cx, Failure::new("SASL: unexpected answer to <auth/>"), false),
+                _ => self.fail(cx, Failure::unreachable("SASL: unexpected answer to <auth/>"), false),
             },
-            State::Dialback { until } => {
-                self.state = State::Dialback { until };
+            State::Dialback { until, sent } => {
+                self.state = State::Dialback { until, sent };
                 let el = match frame {
                     Frame::Element(el) => el,
-                    Frame::StreamClose => return self.fail(cx, Failure::new("the peer closed the stream during dialback"), false),
+                    Frame::StreamClose => return self.fail(cx, Failure::unreachable("the peer closed the stream during dialback"), false),
                     Frame::StreamOpen(_) => return,
                 };
                 if let Some(db) = DbElement::parse(&el) {
                     let ours = !db.verify && db.from == self.remote.as_str() && db.to == self.local.as_str();
-                    match (ours, &db.answer) {
-                        (true, Some(Answer::Valid)) => {
-                            let pair = ValidPair::by_dialback(&self.local, &self.remote, &Answer::Valid).expect("a valid answer");
+                    let proof = match (&self.state, &db.answer) {
+                        (State::Dialback { sent, .. }, Some(a)) if ours => sent.answered(a),
+                        _ => None,
+                    };
+                    match (ours, &db.answer, proof) {
+                        (true, Some(_), Some(pair)) => {
                             let why = format!("{} accepted our dialback key", self.remote);
                             self.authorised(cx, now, pair, why);
                         }
-                        (true, Some(a)) => {
+                        (true, Some(a), None) => {
                             cx.observe(Observed::PairRemoved { local: self.local.clone(), remote: self.remote.clone() });
                             let why = format!("{} answered our dialback with {}", self.remote, a.describe());
                             cx.outcome(&self.local, &self.remote, AuthMethod::Dialback, VerificationResult::Invalid, why);
-                            let f = Failure::new(format!("dialback: {} answered {}", self.remote, a.describe()));
+                            let f = Failure::unreachable(format!("dialback: {} answered {}", self.remote, a.describe()));
                             self.fail(cx, f, false);
                         }
                         _ => self.on_dialback(cx, &db),
@@ -406,7 +439,7 @@ impl Originating {
                         }
                     }
                     Frame::StreamOpen(_) => {}
-                    Frame::StreamClose => self.fail(cx, Failure::new("the peer closed the stream"), false),
+                    Frame::StreamClose => self.fail(cx, Failure::unreachable("the peer closed the stream"), false),
                 }
             }
             State::Established { pair } => {
@@ -423,9 +456,9 @@ impl Originating {
                     Frame::StreamOpen(_) => {}
                 }
             }
-            s @ (State::Tls { .. } | State::Done) => {
+            s @ (State::Tls { .. } | State::Done | State::Draining { .. }) => {
                 self.state = s;
-                self.fail(cx, Failure::new("data during the TLS handshake"), true);
+                self.fail(cx, Failure::unreachable("data during the TLS handshake"), true);
             }
         }
     }
@@ -473,7 +506,7 @@ impl Originating {
             tracing::info!(stream = %log, "{note} (further ones on this stream at debug level)");
         }
         let why = format!("the stanza is {size} bytes; {remote} accepts at most {max} bytes (its XEP-0478 stream limit)");
-        Err(crate::proto::stanza::error_reply(st, crate::proto::stanza::ErrorType::Modify, "policy-violation", Some(&why)).map(|mut b| {
+        Err(crate::proto::stanza::error_reply(st, StanzaErrorCondition::PolicyViolation, Some(&why)).map(|mut b| {
             // The original is what was too large: it is not echoed back.
             b.children.retain(|c| matches!(c, crate::xml::Node::Element(e) if e.name.as_ref() == "error"));
             b
@@ -499,7 +532,7 @@ impl Originating {
         if self.established() {
             self.lost(cx, end.reason, false, false);
         } else {
-            self.fail(cx, Failure::new(end.reason), false);
+            self.fail(cx, Failure::unreachable(end.reason), false);
         }
     }
 
@@ -528,7 +561,7 @@ impl Originating {
             if require_tls {
                 return self.fail(
                     cx,
-                    Failure::new(format!("{} does not offer STARTTLS and encryption is required ({rule})", self.remote)),
+                    Failure::unreachable(format!("{} does not offer STARTTLS and encryption is required ({rule})", self.remote)),
                     false,
                 );
             }
@@ -545,10 +578,10 @@ impl Originating {
     fn dialback(&mut self, cx: &mut Cx, now: Instant, stream_id: Option<String>) {
         if let (AuthMode::CertOnly, rule) = cx.env.security.auth_for(self.remote.as_str()) {
             let why = format!("{} did not accept our certificate (SASL EXTERNAL) and {rule} forbids dialback", self.remote);
-            return self.fail(cx, Failure::new(why), false);
+            return self.fail(cx, Failure::unreachable(why), false);
         }
         let Some(stream_id) = stream_id else {
-            return self.fail(cx, Failure::new("the peer's stream header has no id, so dialback is impossible"), false);
+            return self.fail(cx, Failure::unreachable("the peer's stream header has no id, so dialback is impossible"), false);
         };
         cx.state(ConnState::Authenticating);
         let key = cx.env.keys.derive(self.remote.as_str(), self.local.as_str(), &stream_id);
@@ -560,7 +593,7 @@ impl Originating {
             method: AuthMethod::Dialback,
         });
         self.last_write = now;
-        self.state = State::Dialback { until: now + cx.env.timeouts.dialback };
+        self.state = State::Dialback { until: now + cx.env.timeouts.dialback, sent: KeySent::new(self.local.clone(), self.remote.clone()) };
     }
 
     /// Authenticated (`why`, for the record): the pair is valid on this stream; the policy
@@ -601,10 +634,10 @@ impl Originating {
             && let (Some(answer), Some(id)) = (&db.answer, &db.id)
             && db.from == self.remote.as_str()
             && db.to == self.local.as_str()
-            && let Some(tokens) = self.verifying.remove(id)
+            && let Some(replies) = self.verifying.remove(id)
         {
-            for token in tokens {
-                cx.out.push_back(Output::VerifyAnswer { token, answer: answer.clone(), detail: None });
+            for reply in replies {
+                cx.out.push_back(Output::VerifyAnswer { reply, answer: answer.clone(), detail: None });
             }
             return;
         }
@@ -614,21 +647,53 @@ impl Originating {
 
     /// Could not be set up (or refused): waiting verifications fail, queued stanzas bounce.
     fn fail(&mut self, cx: &mut Cx, f: Failure, abandon: bool) {
-        let error = (f.condition == "policy-violation").then(|| StreamError::new(StreamErrorCondition::PolicyViolation, f.reason.clone()));
-        let condition = f.condition;
-        self.answer_waiting(cx, condition, &f.reason);
-        self.end(cx, Ending { error, reason: f.reason, peer_closed: false, abandon, kind: EndKind::Failed { condition } });
+        self.answer_waiting(cx, f.condition, &f.reason);
+        let end = f.ending(abandon);
+        self.end(cx, end);
+    }
+
+    /// Closing on purpose (idle, operator, shutdown): what is still queued goes out first —
+    /// fed by the driver after [`Output::Drain`] — and then the stream closes.
+    fn closing(&mut self, cx: &mut Cx, reason: String, error: Option<StreamError>) {
+        let end = Ending { error, reason, peer_closed: false, abandon: false, kind: EndKind::Closed };
+        self.state = State::Draining { end: Box::new(end) };
+        cx.out.push_back(Output::Drain);
+    }
+
+    /// Input while draining: the queued stanzas, then the end. Nothing else happens between
+    /// (the driver feeds them at once).
+    fn on_draining(&mut self, cx: &mut Cx, now: Instant, input: Input) {
+        match input {
+            Input::Stanza(st) => self.send_stanza(cx, now, st),
+            Input::Drained => {
+                if let State::Draining { end } = std::mem::replace(&mut self.state, State::Done) {
+                    self.end(cx, *end);
+                }
+            }
+            other => tracing::debug!(stream = %cx.log, "closing: {other:?} ignored"),
+        }
+    }
+
+    /// A stanza for the peer on an established stream, unless larger than it accepts.
+    fn send_stanza(&mut self, cx: &mut Cx, now: Instant, st: Element) {
+        if let Err(bounce) = self.check_peer_limit(cx.log, &st) {
+            cx.out.extend(bounce.map(Output::Route));
+            return;
+        }
+        cx.send(st);
+        self.last_write = now;
+        self.last_stanza = now;
     }
 
     /// Lost after it was established.
     fn lost(&mut self, cx: &mut Cx, reason: String, peer_closed: bool, abandon: bool) {
-        self.answer_waiting(cx, "remote-server-not-found", &reason);
+        self.answer_waiting(cx, StanzaErrorCondition::RemoteServerNotFound, &reason);
         self.end(cx, Ending { error: None, reason, peer_closed, abandon, kind: EndKind::Lost });
     }
 
     fn end(&mut self, cx: &mut Cx, e: Ending) {
         if e.kind == EndKind::Closed {
-            self.answer_waiting(cx, "remote-server-not-found", "stream closed");
+            self.answer_waiting(cx, StanzaErrorCondition::RemoteServerNotFound, "stream closed");
         }
         self.state = State::Done;
         cx.close(e);
@@ -636,11 +701,11 @@ impl Originating {
 
     /// What the peer that asked for a verification learns: the condition, in neutral words
     /// (no address, no kind of connect failure); the full reason reaches the operator.
-    fn answer_waiting(&mut self, cx: &mut Cx, condition: &str, reason: &str) {
-        for (_, tokens) in self.verifying.drain() {
-            for token in tokens {
+    fn answer_waiting(&mut self, cx: &mut Cx, condition: StanzaErrorCondition, reason: &str) {
+        for (_, replies) in self.verifying.drain() {
+            for reply in replies {
                 cx.out.push_back(Output::VerifyAnswer {
-                    token,
+                    reply,
                     answer: verify_failure(&self.remote, condition),
                     detail: Some(reason.to_owned()),
                 });
@@ -650,10 +715,10 @@ impl Originating {
 }
 
 /// The neutral answer for a verification that could not be carried out.
-pub fn verify_failure(remote: &Domain, condition: &str) -> Answer {
-    if condition == "remote-server-timeout" {
-        Answer::error("remote-server-timeout", format!("{remote}'s authoritative server did not answer in time"))
+pub fn verify_failure(remote: &Domain, condition: StanzaErrorCondition) -> Answer {
+    if condition == StanzaErrorCondition::RemoteServerTimeout {
+        Answer::error(condition, format!("{remote}'s authoritative server did not answer in time"))
     } else {
-        Answer::error("remote-connection-failed", format!("{remote}'s authoritative server could not be reached"))
+        Answer::error(StanzaErrorCondition::RemoteConnectionFailed, format!("{remote}'s authoritative server could not be reached"))
     }
 }

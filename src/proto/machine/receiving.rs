@@ -11,10 +11,10 @@ use std::time::Instant;
 
 use super::{Admission, Cx, Ending, Env, Input, Observed, Output, ReadError, TlsFacts, TlsRole, VerificationBudget};
 use crate::domain::{Domain, is_ip_literal};
-use crate::proto::auth::{Certified, ValidPair};
+use crate::proto::auth::{Certified, Delivery, KeySent, ValidPair};
 use crate::proto::dialback::{self, Answer, DbElement};
 use crate::proto::ns;
-use crate::proto::stanza::is_stanza;
+use crate::proto::stanza::{StanzaErrorCondition as SC, is_stanza};
 use crate::proto::stream::{PeerStreamError, StreamErrorCondition as C, check_header, header};
 use crate::types::{AuthMethod, CertVerdict, ConnState, PairStatus, Verdict, VerificationResult};
 use crate::xml::element::clip;
@@ -30,8 +30,8 @@ enum State {
 }
 
 enum Pair {
-    /// `db:result` received, the authoritative server asked.
-    Verifying,
+    /// `db:result` received, its key sent to the authoritative server.
+    Verifying(KeySent),
     /// Verified; the policy holds it until the operator decides (stanzas kept, not routed).
     Held(ValidPair),
     Valid(ValidPair),
@@ -94,7 +94,7 @@ impl Receiving {
     }
 
     fn authenticated(&self) -> bool {
-        self.pairs.values().any(|p| !matches!(p, Pair::Verifying))
+        self.pairs.values().any(|p| !matches!(p, Pair::Verifying(_)))
     }
 
     pub(super) fn deadline(&self, env: &Env) -> Option<Instant> {
@@ -138,7 +138,7 @@ impl Receiving {
                 cx.close(Ending { error, reason, peer_closed: false, abandon: false, kind: super::EndKind::Inbound })
             }
             Input::Timer => self.on_timer(cx, now),
-            Input::Verify { .. } | Input::Stanza(_) | Input::Attached(_) => {
+            Input::Verify { .. } | Input::Stanza(_) | Input::Attached(_) | Input::Drained => {
                 tracing::error!(stream = %cx.log, "an inbound stream was given outbound work; ignored");
             }
         }
@@ -251,7 +251,7 @@ impl Receiving {
         if self.sasl_offered() {
             features = features.child(Element::new("mechanisms", ns::SASL).child(Element::new("mechanism", ns::SASL).text("EXTERNAL")));
         }
-        let dialback_ok = self.peer.as_ref().is_none_or(|p| env.dialback_allowed(p.as_str()).is_ok());
+        let dialback_ok = self.peer.as_ref().is_none_or(|p| env.cert_only_rule(p.as_str()).is_none());
         if (self.secure || !require_tls) && dialback_ok {
             features = features.child(Element::new("dialback", ns::DIALBACK_FEATURE).child(Element::new("errors", ns::DIALBACK_FEATURE)));
         }
@@ -357,7 +357,7 @@ impl Receiving {
     fn on_peer_error(&mut self, cx: &mut Cx, e: PeerStreamError) {
         let who = self.peer.as_ref().map_or_else(|| "the peer".to_owned(), |p| p.to_string());
         for ((local, remote), p) in &self.pairs {
-            if matches!(p, Pair::Verifying) {
+            if matches!(p, Pair::Verifying(_)) {
                 let why = format!("{who} ended the stream with stream error {e} while its claim was being verified");
                 cx.outcome(local, remote, AuthMethod::Dialback, VerificationResult::Error, why);
             }
@@ -453,7 +453,7 @@ impl Receiving {
         let (status, p) = match &pair {
             Pair::Held(p) => (PairStatus::Held, p),
             Pair::Valid(p) => (PairStatus::Valid, p),
-            Pair::Verifying => unreachable!("built above"),
+            Pair::Verifying(_) => unreachable!("built above"),
         };
         cx.observe(Observed::Pair { local: p.local().clone(), remote: p.remote().clone(), status, method: p.method() });
         Some(pair)
@@ -487,7 +487,7 @@ impl Receiving {
         let local = match Domain::parse(&db.to) {
             Ok(d) if env.is_local_side(&d) => d,
             _ => {
-                let answer = Answer::error("item-not-found", format!("{} is not served here", clip(&db.to, 64)));
+                let answer = Answer::error(SC::ItemNotFound, format!("{} is not served here", clip(&db.to, 64)));
                 return cx.send(dialback::result_answer(&db.to, &db.from, &answer));
             }
         };
@@ -496,7 +496,7 @@ impl Receiving {
             return self.refuse(cx, &local, &remote, Answer::Invalid, VerificationResult::Invalid, why);
         }
         // Certificates only for this peer: no dialback (the rule is named in the error).
-        if let Err(rule) = env.dialback_allowed(remote.as_str()) {
+        if let Some(rule) = env.cert_only_rule(remote.as_str()) {
             return cx.close(Ending::error(
                 C::NotAuthorized,
                 format!("dialback is not accepted for {remote} ({rule}); authenticate with a valid certificate (SASL EXTERNAL)"),
@@ -510,7 +510,7 @@ impl Receiving {
             Some(Pair::Valid(_) | Pair::Held(_)) => {
                 return cx.send(dialback::result_answer(local.as_str(), remote.as_str(), &Answer::Valid));
             }
-            Some(Pair::Verifying) => {
+            Some(Pair::Verifying(_)) => {
                 // XEP-0220 §2.1: a second db:result for a pair being verified starts nothing new.
                 // Debug only: the peer can repeat it at will.
                 return tracing::debug!(stream = %cx.log, "{remote} → {local}: db:result ignored, already being verified");
@@ -518,15 +518,15 @@ impl Receiving {
             None => {}
         }
         if self.pairs.len() >= env.limits.max_pairs_per_stream {
-            let answer = Answer::error("resource-constraint", "too many domain pairs on this stream (limits.max_pairs_per_stream)");
+            let answer = Answer::error(SC::ResourceConstraint, "too many domain pairs on this stream (limits.max_pairs_per_stream)");
             return cx.send(dialback::result_answer(local.as_str(), remote.as_str(), &answer));
         }
-        let in_flight = self.pairs.values().filter(|p| matches!(p, Pair::Verifying)).count();
+        let in_flight = self.pairs.values().filter(|p| matches!(p, Pair::Verifying(_))).count();
         match self.verifications.start(now, in_flight, &env.limits) {
             Ok(()) => {}
-            Err(key @ "limits.max_verifications_in_flight") => {
+            Err(key @ crate::types::LimitKey::MaxVerificationsInFlight) => {
                 let answer =
-                    Answer::error("resource-constraint", format!("too many verifications under way on this stream ({key}); try again"));
+                    Answer::error(SC::ResourceConstraint, format!("too many verifications under way on this stream ({key}); try again"));
                 return cx.send(dialback::result_answer(local.as_str(), remote.as_str(), &answer));
             }
             Err(key) => return cx.close(Ending::error(C::PolicyViolation, format!("too many dialback requests on this stream ({key})"))),
@@ -534,7 +534,7 @@ impl Receiving {
         if db.key.is_empty() {
             return self.refuse(cx, &local, &remote, Answer::Invalid, VerificationResult::Invalid, "sent an empty dialback key".into());
         }
-        self.pairs.insert((local.clone(), remote.clone()), Pair::Verifying);
+        self.pairs.insert((local.clone(), remote.clone()), Pair::Verifying(KeySent::new(local.clone(), remote.clone())));
         if let Some(proof) = self.certified.as_ref().and_then(|c| ValidPair::by_certificate(&local, c, &remote)) {
             // XEP-0344 §2.2: the TLS certificate already proves the claim; no callback.
             tracing::info!(stream = %cx.log, "{remote} → {local}: certificate valid for {remote}, dialback accepted without the callback");
@@ -552,12 +552,13 @@ impl Receiving {
 
     /// The authoritative server answered (or the certificate answered for it).
     fn on_answer(&mut self, cx: &mut Cx, now: Instant, local: Domain, remote: Domain, answer: Answer, detail: Option<String>) {
-        if !matches!(self.pairs.get(&(local.clone(), remote.clone())), Some(Pair::Verifying)) {
+        let Some(Pair::Verifying(sent)) = self.pairs.get(&(local.clone(), remote.clone())) else {
             return; // forgotten by a stream restart
-        }
+        };
+        let proof = sent.answered(&answer);
         match answer {
             Answer::Valid => {
-                let proof = ValidPair::by_dialback(&local, &remote, &answer).expect("a valid answer");
+                let proof = proof.expect("a valid answer to the key sent");
                 self.accept(cx, now, proof, format!("{remote}'s authoritative server confirmed the dialback key"));
             }
             Answer::Invalid => {
@@ -567,7 +568,7 @@ impl Receiving {
                 self.refuse(cx, &local, &remote, Answer::Invalid, VerificationResult::Invalid, reason);
             }
             Answer::Error { condition, text } => {
-                let result = if condition == "remote-server-timeout" { VerificationResult::Timeout } else { VerificationResult::Error };
+                let result = if condition == SC::RemoteServerTimeout { VerificationResult::Timeout } else { VerificationResult::Error };
                 // The peer gets the neutral text; the operator the full reason.
                 let reason = format!(
                     "could not verify with {remote}'s authoritative server: <{condition}/> {}",
@@ -628,8 +629,9 @@ impl Receiving {
         // Deliver, in arrival order, what is no longer held.
         let mut still = VecDeque::new();
         while let Some(st) = self.held.pop_front() {
-            match pair_of(&st).and_then(|k| self.pairs.get(&k)) {
-                Some(Pair::Valid(p)) => deliver(cx, p, st),
+            let key = pair_of(&st);
+            match key.as_ref().and_then(|k| self.pairs.get(k)).zip(key.as_ref()) {
+                Some((Pair::Valid(p), (to, from))) => deliver(cx, p, to, from, st),
                 _ => still.push_back(st),
             }
         }
@@ -644,7 +646,7 @@ impl Receiving {
     fn on_db_verify(&mut self, cx: &mut Cx, db: DbElement) {
         let id = db.id.clone().unwrap_or_default();
         let answer = match Domain::parse(&db.to).ok().filter(|d| cx.env.is_local_side(d)) {
-            None => Answer::error("item-not-found", format!("{} is not served here", clip(&db.to, 64))),
+            None => Answer::error(SC::ItemNotFound, format!("{} is not served here", clip(&db.to, 64))),
             Some(_) if id.is_empty() => Answer::Invalid,
             Some(d) if cx.env.keys.verify(&db.from, d.as_str(), &id, &db.key) => Answer::Valid,
             Some(_) => Answer::Invalid,
@@ -684,7 +686,7 @@ impl Receiving {
             return cx.close(Ending::error(C::HostUnknown, format!("{to_dom} is not served here")));
         }
         match self.pairs.get(&(to_dom.clone(), from_dom.clone())) {
-            Some(Pair::Valid(p)) => deliver(cx, p, el),
+            Some(Pair::Valid(p)) => deliver(cx, p, &to_dom, &from_dom, el),
             Some(Pair::Held(_)) => {
                 let w = el.weight();
                 if self.held.len() >= cx.env.limits.held_stanzas || self.held_bytes + w > cx.env.limits.held_bytes {
@@ -698,7 +700,7 @@ impl Receiving {
                 self.held_bytes += w;
                 self.held.push_back(el);
             }
-            Some(Pair::Verifying) => cx.close(Ending::error(C::InvalidFrom, format!("{from_dom} is still being verified for {to_dom}"))),
+            Some(Pair::Verifying(_)) => cx.close(Ending::error(C::InvalidFrom, format!("{from_dom} is still being verified for {to_dom}"))),
             None => cx.close(Ending::error(C::InvalidFrom, format!("{from_dom} is not authenticated for {to_dom} on this stream"))),
         }
     }
@@ -711,15 +713,19 @@ fn pair_of(st: &Element) -> Option<(Domain, Domain)> {
     Some((to, from))
 }
 
-/// A stanza of an authorised pair — the proof is required — checked (RFC 6120 §8: a
-/// malformed one is answered, never an error or a result, and not delivered).
-fn deliver(cx: &mut Cx, _pair: &ValidPair, el: Element) {
-    if let Err((etype, condition, text)) = crate::proto::stanza::check(&el) {
+/// A stanza of an authorised pair — the proof is required, and the stanza must travel on
+/// its pair — checked (RFC 6120 §8: a malformed one is answered, never an error or a result,
+/// and not delivered).
+fn deliver(cx: &mut Cx, pair: &ValidPair, to: &Domain, from: &Domain, el: Element) {
+    if let Err((condition, text)) = crate::proto::stanza::check(&el) {
         tracing::debug!(stream = %cx.log, stanza = %el.describe(), "{condition}: {text}");
-        if let Some(reply) = crate::proto::stanza::error_reply(&el, etype, condition, Some(text)) {
+        if let Some(reply) = crate::proto::stanza::error_reply(&el, condition, Some(text)) {
             cx.out.push_back(Output::Route(reply));
         }
         return;
     }
-    cx.out.push_back(Output::Deliver(el));
+    match Delivery::new(pair, to, from, el) {
+        Ok(d) => cx.out.push_back(Output::Deliver(d)),
+        Err(el) => tracing::error!(stream = %cx.log, stanza = %el.describe(), "not delivered: {from} → {to} is not the proof's pair"),
+    }
 }

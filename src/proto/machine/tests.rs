@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::proto::ns;
+use crate::proto::stanza::StanzaErrorCondition as SC;
 use crate::proto::stream::StreamErrorCondition as C;
 use crate::types::{AuthMode, DomainRule, StreamLimits};
 use crate::xml::Framer;
@@ -49,8 +50,8 @@ impl CertJudge for FakeJudge {
 struct Slot(Arc<AtomicBool>);
 
 impl Admission for Slot {
-    fn authenticated(&mut self) -> Result<(), &'static str> {
-        if self.0.load(Ordering::Relaxed) { Err("limits.max_inbound") } else { Ok(()) }
+    fn authenticated(&mut self) -> Result<(), crate::types::LimitKey> {
+        if self.0.load(Ordering::Relaxed) { Err(crate::types::LimitKey::MaxInbound) } else { Ok(()) }
     }
 }
 
@@ -164,7 +165,7 @@ fn observed(outs: &[Output]) -> Vec<&Observed> {
 }
 
 fn delivered(outs: &[Output]) -> Vec<String> {
-    outs.iter().filter_map(|o| if let Output::Deliver(el) = o { Some(xml(el)) } else { None }).collect()
+    outs.iter().filter_map(|o| if let Output::Deliver(d) = o { Some(xml(d.stanza())) } else { None }).collect()
 }
 
 fn asks(outs: &[Output]) -> Vec<&Ask> {
@@ -358,7 +359,7 @@ fn receiving_piggybacked_pairs_and_refusals() {
     // An error answer: the peer gets the condition; the outcome says timeout.
     m.handle(w.t0, frame(wire.el("<db:result from='third.test' to='here.test'>k3</db:result>")));
     drain(&mut m);
-    let answer = Answer::error("remote-server-timeout", "third.test's authoritative server did not answer in time");
+    let answer = Answer::error(SC::RemoteServerTimeout, "third.test's authoritative server did not answer in time");
     m.handle(w.t0, Input::Answer { local: d(LOCAL), remote: d("third.test"), answer, detail: Some("no answer within 20s".into()) });
     let outs = drain(&mut m);
     assert!(written(&outs).contains("type='error'") && written(&outs).contains("remote-server-timeout"), "{}", written(&outs));
@@ -781,14 +782,14 @@ fn originating_dialback_refused_or_silent_fails_and_bounces() {
     let outs = drain(&mut m);
     assert_eq!(outcomes(&outs), vec![(AuthMethod::Dialback, VerificationResult::Invalid)]);
     let e = ending(&outs).unwrap();
-    assert_eq!(e.kind, EndKind::Failed { condition: "remote-server-not-found" });
+    assert_eq!(e.kind, EndKind::Failed { condition: SC::RemoteServerNotFound });
     assert!(e.reason.contains("answered invalid"));
     // No answer within timeouts.dialback (20 s).
     let (mut m, _) = w.outbound_after_tls(false, features);
     assert_eq!(m.deadline(), Some(w.at(20)));
     m.handle(w.at(20), Input::Timer);
     let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
-    assert_eq!(e.kind, EndKind::Failed { condition: "remote-server-timeout" });
+    assert_eq!(e.kind, EndKind::Failed { condition: SC::RemoteServerTimeout });
     assert!(e.reason.contains("timeouts.dialback"));
 }
 
@@ -798,7 +799,7 @@ fn originating_negotiation_timeout_and_injection_and_required_tls() {
     let mut m = w.outbound(false);
     m.handle(w.at(30), Input::Timer);
     let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
-    assert_eq!(e.kind, EndKind::Failed { condition: "remote-server-timeout" });
+    assert_eq!(e.kind, EndKind::Failed { condition: SC::RemoteServerTimeout });
     // Bytes behind <proceed/>: plaintext injection.
     let mut m = w.outbound(false);
     let (mut wire, h) = Wire::open(Some(REMOTE), LOCAL);
@@ -830,23 +831,38 @@ fn originating_cert_only_refuses_an_invalid_certificate_before_anything_is_sent(
     m.handle(w.t0, Input::TlsEstablished(facts(true)));
     let outs = drain(&mut m);
     let e = ending(&outs).unwrap();
-    assert_eq!(e.kind, EndKind::Failed { condition: "policy-violation" });
+    assert_eq!(e.kind, EndKind::Failed { condition: SC::PolicyViolation });
     assert_eq!(e.error.as_ref().unwrap().condition, C::PolicyViolation);
     assert!(written(&outs).is_empty(), "nothing was sent");
+}
+
+/// A receiving stream waiting for a verification, as the machine sees it.
+struct Asker(u64);
+
+impl std::fmt::Debug for Asker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Asker({})", self.0)
+    }
+}
+
+impl Reply for Asker {
+    fn send(self: Box<Self>, _: Answer, _: Option<String>) {}
 }
 
 #[test]
 fn originating_carries_verifications_and_answers_them_whatever_the_end() {
     let w = world();
     let mut m = w.outbound_established();
-    m.handle(w.t0, Input::Verify { stream_id: "s1".into(), key: "k1".into(), token: 7 });
-    m.handle(w.t0, Input::Verify { stream_id: "s2".into(), key: "k2".into(), token: 8 });
+    m.handle(w.t0, Input::Verify { stream_id: "s1".into(), key: "k1".into(), reply: Box::new(Asker(7)) });
+    m.handle(w.t0, Input::Verify { stream_id: "s2".into(), key: "k2".into(), reply: Box::new(Asker(8)) });
     let text = written(&drain(&mut m));
     assert!(text.contains("<db:verify") && text.contains("id='s1'") && text.contains("id='s2'"), "{text}");
     let (mut wire, _) = Wire::open(Some(REMOTE), LOCAL);
     m.handle(w.t0, frame(wire.el(&format!("<db:verify from='{REMOTE}' to='{LOCAL}' id='s1' type='valid'/>"))));
     let outs = drain(&mut m);
-    assert!(matches!(outs.as_slice(), [Output::VerifyAnswer { token: 7, answer: Answer::Valid, detail: None }]));
+    assert!(
+        matches!(outs.as_slice(), [Output::VerifyAnswer { reply, answer: Answer::Valid, detail: None }] if format!("{reply:?}") == "Asker(7)")
+    );
     // An answer about something nobody asked: ignored.
     m.handle(w.t0, frame(wire.el(&format!("<db:verify from='{REMOTE}' to='{LOCAL}' id='zzz' type='valid'/>"))));
     assert!(drain(&mut m).is_empty());
@@ -854,7 +870,8 @@ fn originating_carries_verifications_and_answers_them_whatever_the_end() {
     m.handle(w.t0, Input::ReadError(ReadError::Eof));
     let outs = drain(&mut m);
     match outs.as_slice() {
-        [Output::VerifyAnswer { token: 8, answer: Answer::Error { condition, .. }, detail: Some(_) }, Output::Close(e)] => {
+        [Output::VerifyAnswer { reply, answer: Answer::Error { condition, .. }, detail: Some(_) }, Output::Close(e)] => {
+            assert_eq!(format!("{reply:?}"), "Asker(8)");
             assert_eq!(condition, "remote-connection-failed");
             assert_eq!(e.kind, EndKind::Lost);
         }
@@ -886,7 +903,7 @@ fn originating_policy_hold_release_and_timeout() {
     m.handle(w.at(300), Input::Timer);
     let outs = drain(&mut m);
     let e = ending(&outs).unwrap();
-    assert_eq!(e.kind, EndKind::Failed { condition: "policy-violation" });
+    assert_eq!(e.kind, EndKind::Failed { condition: SC::PolicyViolation });
     assert!(e.reason.contains("awaits approval"));
 }
 
@@ -902,6 +919,8 @@ fn originating_keepalive_idle_and_closing() {
     drain(&mut m);
     assert_eq!(m.deadline(), Some(w.at(160)));
     m.handle(w.at(700), Input::Timer);
+    assert!(matches!(drain(&mut m).as_slice(), [Output::Drain]), "the queue is asked for before the close");
+    m.handle(w.at(700), Input::Drained);
     let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
     assert_eq!(e.kind, EndKind::Closed);
     assert!(e.reason.contains("timeouts.idle_outbound"));
@@ -922,8 +941,58 @@ fn originating_keepalive_idle_and_closing() {
     // The operator.
     let mut m = w.outbound_established();
     m.handle(w.t0, Input::Close { reason: "operator".into(), error: None });
+    assert!(matches!(drain(&mut m).as_slice(), [Output::Drain]));
+    m.handle(w.t0, Input::Drained);
     let e = drain(&mut m).into_iter().find_map(|o| if let Output::Close(e) = o { Some(e) } else { None }).unwrap();
     assert_eq!((e.kind, e.reason.as_str()), (EndKind::Closed, "operator"));
+}
+
+/// Closing on purpose, the stanzas still queued go out before the close, never after it:
+/// the machine asks for them (Drain), sends what the peer accepts, bounces what it does not
+/// (XEP-0478), then closes; stanzas after the close are not written.
+#[test]
+fn originating_closing_on_purpose_sends_the_queue_before_the_close() {
+    let w = world();
+    let mut m = w.outbound_established();
+    m.handle(w.t0, Input::Close { reason: "operator".into(), error: None });
+    assert!(matches!(drain(&mut m).as_slice(), [Output::Drain]));
+    assert!(!m.accepts_stanzas(), "no new stanzas are taken while closing");
+    let msg = |id: &str| Element::new("message", ns::SERVER).attr("id", id).attr("from", "a@here.test").attr("to", "b@there.test");
+    m.handle(w.t0, Input::Stanza(msg("q1")));
+    m.handle(w.t0, Input::Stanza(msg("q2")));
+    m.handle(w.t0, Input::Drained);
+    let outs = drain(&mut m);
+    let close = outs.iter().position(|o| matches!(o, Output::Close(_))).expect("closed");
+    let sent: Vec<usize> = outs.iter().enumerate().filter(|(_, o)| matches!(o, Output::Send(_))).map(|(i, _)| i).collect();
+    assert_eq!(sent.len(), 2, "{outs:?}");
+    assert!(sent.iter().all(|i| *i < close), "written before the close: {outs:?}");
+    m.handle(w.t0, Input::Stanza(msg("late")));
+    assert!(drain(&mut m).is_empty(), "nothing after the close");
+}
+
+/// What the senders of queued stanzas read when a set-up fails: the remote and the reason;
+/// a policy's reason as it is; on the internal link (the world served here) nothing about
+/// the internal server. The condition's type is the RFC's (a timeout is `wait`).
+#[test]
+fn a_failure_says_how_queued_stanzas_bounce() {
+    let w = world();
+    let r = d(REMOTE);
+    let e = Failure::timeout("connect: 10.0.0.9:5269: no answer").ending(true);
+    assert_eq!(e.bounce(&w.env, &r), Some((SC::RemoteServerTimeout, format!("{REMOTE}: connect: 10.0.0.9:5269: no answer"))));
+    assert!(e.error.is_none() && e.abandon);
+    let e = Failure::policy("blocked by the operator").ending(false);
+    assert_eq!(e.bounce(&w.env, &r), Some((SC::PolicyViolation, "blocked by the operator".to_owned())));
+    assert_eq!(e.error.as_ref().unwrap().condition, C::PolicyViolation);
+    let gw = world_with(|e| e.serves_world = true);
+    let e = Failure::unreachable("internal server 10.0.0.4:5269: refused").ending(true);
+    assert_eq!(e.bounce(&gw.env, &r), Some((SC::RemoteServerNotFound, format!("{REMOTE} cannot be reached right now"))));
+    assert!(e.reason.contains("10.0.0.4"), "the operator keeps the full reason");
+    // Verifications not carried get the neutral answer of the same kind.
+    let e = Failure::timeout("x").ending(true);
+    assert!(matches!(e.unanswered(&r).0, Answer::Error { condition: SC::RemoteServerTimeout, .. }));
+    let lost = Ending { error: None, reason: "reset".into(), peer_closed: true, abandon: true, kind: EndKind::Lost };
+    assert_eq!(lost.bounce(&w.env, &r), None, "lost: routed again");
+    assert!(matches!(lost.unanswered(&d(REMOTE)).0, Answer::Error { condition: SC::RemoteConnectionFailed, .. }));
 }
 
 #[test]
@@ -931,11 +1000,11 @@ fn verification_budget_per_stream() {
     let l = world().env.limits.clone();
     let mut v = VerificationBudget::default();
     let t = Instant::now();
-    assert_eq!(v.start(t, 2, &l).unwrap_err(), "limits.max_verifications_in_flight");
+    assert_eq!(v.start(t, 2, &l).unwrap_err(), crate::types::LimitKey::MaxVerificationsInFlight);
     for _ in 0..3 {
         v.start(t, 0, &l).unwrap();
     }
-    assert_eq!(v.start(t + Duration::from_secs(30), 0, &l).unwrap_err(), "limits.verifications_per_minute");
+    assert_eq!(v.start(t + Duration::from_secs(30), 0, &l).unwrap_err(), crate::types::LimitKey::VerificationsPerMinute);
     v.start(t + Duration::from_secs(61), 0, &l).unwrap();
 }
 
@@ -945,7 +1014,7 @@ const COMP_SECRET: &str = "component secret for tests";
 
 fn component(w: &World) -> (Machine, Framer) {
     let secrets = Arc::new(std::collections::HashMap::from([(d("comp.here.test"), COMP_SECRET.to_owned())]));
-    let m = Machine::component(w.env.clone(), "t".into(), w.t0, secrets);
+    let m = Machine::component(w.env.clone(), "t".into(), w.t0, secrets, Box::new(Slot(Arc::new(AtomicBool::new(false)))));
     let mut f = Framer::new(1 << 20, 32);
     f.feed(b"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='comp.here.test'>");
     (m, f)
@@ -1037,6 +1106,41 @@ fn component_failures_end_with_the_right_stream_error() {
     assert_eq!(condition(&drain(&mut m)), Some(C::HostUnknown));
 }
 
+/// Components are admitted by their machine, as receiving streams are: at a right handshake
+/// the stream moves to the authenticated limits, refused (resource-constraint, no Attach)
+/// when they are full. A wrong secret ends as Refused (its slot is held a while by the
+/// driver); an attached component's end bounces what was queued for it.
+#[test]
+fn component_admission_and_what_its_end_means() {
+    let w = world();
+    let secrets = Arc::new(std::collections::HashMap::from([(d("comp.here.test"), COMP_SECRET.to_owned())]));
+    let full = Arc::new(AtomicBool::new(true));
+    let mut m = Machine::component(w.env.clone(), "t".into(), w.t0, secrets, Box::new(Slot(full)));
+    let mut f = Framer::new(1 << 20, 32);
+    f.feed(b"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='comp.here.test'>");
+    m.handle(w.t0, frame(f.next_frame().unwrap().unwrap()));
+    let header = written(&drain(&mut m));
+    let id = header.split("id='").nth(1).and_then(|r| r.split('\'').next()).unwrap().to_owned();
+    let digest = super::component::handshake_digest(&id, COMP_SECRET);
+    m.handle(w.t0, next(&mut f, &format!("<handshake xmlns='jabber:component:accept'>{digest}</handshake>")));
+    let outs = drain(&mut m);
+    assert!(!outs.iter().any(|o| matches!(o, Output::Attach(_))), "{outs:?}");
+    assert_eq!(condition(&outs), Some(C::ResourceConstraint));
+    assert_eq!(ending(&outs).unwrap().kind, EndKind::Gone);
+    // A wrong secret: Refused.
+    let (mut m, mut f) = component(&w);
+    m.handle(w.t0, frame(f.next_frame().unwrap().unwrap()));
+    drain(&mut m);
+    m.handle(w.t0, next(&mut f, "<handshake xmlns='jabber:component:accept'>0000</handshake>"));
+    assert_eq!(ending(&drain(&mut m)).unwrap().kind, EndKind::Refused);
+    // Attached, then gone: its queue bounces with service-unavailable.
+    let (mut m, _, _) = component_established(&w);
+    m.handle(w.t0, Input::ReadError(ReadError::Eof));
+    let outs = drain(&mut m);
+    let e = ending(&outs).unwrap();
+    assert_eq!(e.bounce(&w.env, &d("comp.here.test")), Some((SC::ServiceUnavailable, "the component disconnected".to_owned())));
+}
+
 /// Issue 16: the answering header carries a stream id this server issued — the stream came
 /// back to us (a loop through DNS, a forwarder or NAT): refused before STARTTLS, nothing sent.
 #[test]
@@ -1115,7 +1219,7 @@ fn reported_texts_are_escaped_and_bounded() {
     m.handle(w.t0, frame(wire.el(&format!("<db:result from='{REMOTE}' to='{LOCAL}'>k</db:result>"))));
     drain(&mut m);
     let detail = format!("refused\n2026-12-04 00:00:00 UTC  in valid \x1b[2J\x07{}", "x".repeat(100_000));
-    let answer = Answer::error("remote-connection-failed", "no");
+    let answer = Answer::error(SC::RemoteConnectionFailed, "no");
     m.handle(w.t0, Input::Answer { local: d(LOCAL), remote: d(REMOTE), answer, detail: Some(detail) });
     let outs = drain(&mut m);
     let reason = outs
@@ -1385,4 +1489,18 @@ fn originating_keeps_alive_within_the_peers_idle_seconds() {
     assert_eq!(m.deadline(), Some(w.at(40)));
     let (m, _) = outbound_established_with(&w, "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>");
     assert_eq!(m.deadline(), Some(w.at(60)));
+}
+
+#[test]
+fn zz_sizes() {
+    eprintln!(
+        "ZZ Output {} Ending {} Input {} EndKind {} Answer {} Delivery {} Element {}",
+        std::mem::size_of::<Output>(),
+        std::mem::size_of::<Ending>(),
+        std::mem::size_of::<Input>(),
+        std::mem::size_of::<EndKind>(),
+        std::mem::size_of::<Answer>(),
+        std::mem::size_of::<crate::proto::auth::Delivery>(),
+        std::mem::size_of::<Element>()
+    );
 }
