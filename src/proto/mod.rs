@@ -1,5 +1,6 @@
-//! Wire vocabulary: namespaces, stream headers and errors, stanza errors, dialback elements,
-//! addresses. Pure functions and types, no I/O.
+//! The s2s protocol without I/O: the stream machine ([`machine`]: inputs in, outputs out,
+//! time as an input) and what it speaks — stream headers and errors, stanza errors, dialback
+//! elements, SASL, addresses, and the proofs ([`auth`]) only this layer can build.
 
 pub mod auth;
 pub mod dialback;

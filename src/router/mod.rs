@@ -1,8 +1,8 @@
 //! The router: where a stanza goes. Hosted domains → [`local`] services; everything else →
-//! the **link** registered for its domain pair (local, remote) in the route table. Today a
-//! link is the outbound s2s stream of the pair, opened on demand; the table is keyed and
-//! typed so that a bidirectional stream (XEP-0288), a component (XEP-0114), an internal
-//! server behind a gateway and a peer node register the same way ([`LinkKind`]).
+//! the **link** registered for its domain pair (local, remote) in the route table
+//! ([`LinkKind`]): our outbound s2s stream of the pair, opened on demand; in gateway mode
+//! our stream to the internal server; an external component's stream (XEP-0114) for its
+//! domain and subdomains.
 //!
 //! **Routing decides; drivers wait.** Each link has a queue bounded in bytes
 //! (`limits.outbound_queue_bytes`; a count, `limits.outbound_queue`, far above any burst).
