@@ -70,6 +70,7 @@ struct File {
     #[serde(rename = "component")]
     component: Vec<components::ComponentFile>,
     rtbl: Vec<rtbl::RtblFile>,
+    strangers: rtbl::StrangersFile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +113,8 @@ pub struct Settings {
     pub components: ComponentSettings,
     /// `[[rtbl]]`: the real-time blocklists followed.
     pub rtbl: Vec<crate::rtbl::FeedSettings>,
+    /// `[strangers]`: the familiarity set of the `strangers` action.
+    pub strangers: crate::rtbl::familiar::FamiliarSettings,
 }
 
 impl Settings {
@@ -220,6 +223,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
     taken.extend(gateway.iter().flat_map(|g| g.listen.iter().copied()));
     let components = components::validate(&cx, &f.components, &f.component, &server.domains, &taken)?;
     let rtbl = rtbl::validate(&cx, &f.rtbl)?;
+    let strangers = f.strangers.validate(&cx)?;
     Ok(Settings {
         source: path.map(Path::to_path_buf),
         domains: server.domains,
@@ -240,5 +244,6 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         gateway,
         components,
         rtbl,
+        strangers,
     })
 }

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use super::{ConfigError, Ctx};
+use crate::rtbl::familiar::FamiliarSettings;
 use crate::rtbl::{Action, DEFAULT_MAX_ENTRIES, DEFAULT_NODE, FeedSettings};
 
 #[derive(Debug, Deserialize)]
@@ -16,6 +17,25 @@ pub(super) struct RtblFile {
     action: Option<String>,
     #[serde(default)]
     max_entries: Option<usize>,
+}
+
+/// `[strangers]`: the familiarity set of the `strangers` action.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct StrangersFile {
+    max_pairs: Option<usize>,
+    retention: Option<String>,
+}
+
+impl StrangersFile {
+    pub fn validate(&self, cx: &Ctx<'_>) -> Result<FamiliarSettings, ConfigError> {
+        let d = FamiliarSettings::default();
+        let max_pairs = self.max_pairs.unwrap_or(d.max_pairs);
+        if max_pairs == 0 {
+            return Err(cx.bad("strangers.max_pairs", "must be greater than zero"));
+        }
+        Ok(FamiliarSettings { max_pairs, retention: cx.duration("strangers.retention", &self.retention, d.retention)? })
+    }
 }
 
 /// A node name is an opaque string in XEP-0060; this bounds it and keeps it printable.
@@ -81,6 +101,13 @@ mod tests {
         assert_eq!((s.rtbl[1].node.as_str(), s.rtbl[1].action, s.rtbl[1].max_entries), ("mine", Action::Block, 5));
         assert!(parse("").unwrap().rtbl.is_empty(), "none by default");
         assert_eq!(parse("[[rtbl]]\nservice = \"pep@b.test\"\naction = \"strangers\"\n").unwrap().rtbl[0].service, "pep@b.test");
+        let s = parse("[strangers]\nmax_pairs = 10\nretention = \"30d\"\n").unwrap();
+        assert_eq!((s.strangers.max_pairs, s.strangers.retention.as_secs()), (10, 30 * 86_400));
+        assert_eq!(parse("").unwrap().strangers, crate::rtbl::familiar::FamiliarSettings::default());
+        for (text, key) in [("max_pairs = 0", "strangers.max_pairs"), ("retention = \"0s\"", "strangers.retention")] {
+            let e = parse(&format!("[strangers]\n{text}\n")).unwrap_err();
+            assert!(e.contains(key) && e.contains("greater than zero"), "{e}");
+        }
     }
 
     #[test]

@@ -371,6 +371,34 @@ pub fn explain(f: &Facts<'_>) -> Trace {
     Trace { domain: f.domain.to_owned(), verdict, decided_by, steps: rec.steps, marks: rec.marks }
 }
 
+/// What an inbound stanza is, as far as the `strangers` action cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    Message,
+    /// A `<presence type='subscribe'>`.
+    SubscriptionRequest,
+    /// Everything else passes.
+    Other,
+}
+
+/// The `strangers` action for one stanza from `f.domain` to a local user: the refusal's
+/// text when a feed with that action lists the domain, the operator has not decided about
+/// it, and the user never wrote to the sender (`familiar` is asked only then).
+pub fn strangers(f: &Facts<'_>, inbound: Inbound, familiar: impl FnOnce() -> bool) -> Option<String> {
+    if inbound == Inbound::Other {
+        return None;
+    }
+    let decided = f.own.is_some_and(|s| !matches!(s.effective(f.now_ms), DomainState::Unknown | DomainState::Pending));
+    if decided {
+        return None;
+    }
+    let l = f.listings.iter().find(|l| l.action == Action::Strangers)?;
+    if familiar() {
+        return None;
+    }
+    Some(format!("{} is listed as a spam source by {}", f.domain, l.service))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,5 +571,34 @@ mod tests {
         let json = serde_json::to_value(&t).unwrap();
         assert_eq!(json["verdict"]["verdict"], "refuse");
         assert_eq!(json["decided_by"], "blacklist");
+    }
+
+    #[test]
+    fn strangers_are_refused_messages_and_subscriptions_only() {
+        let ls = [listed("a.test", Action::Flag), listed("xmppbl.org", Action::Strangers)];
+        let facts = |own: Option<&'static Standing>, ls: &'static [Listed]| Facts {
+            mode: Mode::Open,
+            domain: "spam.example",
+            own,
+            blacklisted_by: None,
+            listings: ls,
+            security: None,
+            now_ms: 1000,
+        };
+        let ls: &'static [Listed] = Box::leak(Box::new(ls));
+        let f = facts(None, ls);
+        let refusal = Some("spam.example is listed as a spam source by xmppbl.org".to_owned());
+        assert_eq!(strangers(&f, Inbound::Message, || false), refusal);
+        assert_eq!(strangers(&f, Inbound::SubscriptionRequest, || false), refusal);
+        assert_eq!(strangers(&f, Inbound::Message, || true), None, "the user wrote to the sender before");
+        assert_eq!(strangers(&f, Inbound::Other, || panic!("not asked")), None);
+        // The operator's decision passes it; a pending domain is no decision.
+        let approved: &'static Standing = Box::leak(Box::new(standing(DomainState::Approved, None)));
+        assert_eq!(strangers(&facts(Some(approved), ls), Inbound::Message, || false), None);
+        let pending: &'static Standing = Box::leak(Box::new(standing(DomainState::Pending, None)));
+        assert_eq!(strangers(&facts(Some(pending), ls), Inbound::Message, || false), refusal);
+        // Flag alone refuses nothing.
+        assert_eq!(strangers(&facts(None, &ls[..1]), Inbound::Message, || false), None);
+        assert_eq!(decide(&f), Verdict::Allow, "the stream itself is allowed");
     }
 }

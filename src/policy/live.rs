@@ -76,6 +76,16 @@ impl Policy {
         inner.with_facts(domain.as_str(), security, |f| explain(f))
     }
 
+    /// The `strangers` action for one inbound stanza from `domain` to a local user (see
+    /// [`super::decision::strangers`]): the refusal's text, or `None` to let it through.
+    pub fn strangers(&self, domain: &Domain, inbound: super::Inbound, familiar: impl FnOnce() -> bool) -> Option<String> {
+        let inner = self.inner.read().unwrap();
+        if inner.listed.is_empty() {
+            return None;
+        }
+        inner.with_facts(domain.as_str(), None, |f| super::decision::strangers(f, inbound, familiar))
+    }
+
     /// The listings of a domain by the real-time blocklists followed.
     pub fn listings(&self, domain: &str) -> Vec<Listed> {
         self.inner.read().unwrap().listed.get(domain).cloned().unwrap_or_default()
@@ -506,6 +516,11 @@ mod tests {
         p.apply(&d, Change::Approve, "op", None).await.unwrap();
         assert_eq!(p.verdict(&d), Verdict::Allow, "approve overrides the listing");
         assert_eq!(store.domains().unwrap()[0].state, DomainState::Approved, "the approve was written");
+        let strangers = feed("c.test", Action::Strangers);
+        p.apply_rtbl(&strangers, &added("other.example"));
+        let o = Domain::parse("other.example").unwrap();
+        assert!(p.strangers(&o, crate::policy::Inbound::Message, || false).is_some_and(|w| w.contains("by c.test")));
+        assert_eq!(p.strangers(&d, crate::policy::Inbound::Message, || false), None, "approved");
         p.apply_rtbl(&block, &R::Cleared { at_ms: 3 });
         p.apply_rtbl(&flag, &R::Cleared { at_ms: 3 });
         assert!(p.listings("spam.example").is_empty());

@@ -9,7 +9,7 @@ pub mod live;
 use serde::{Deserialize, Serialize};
 
 pub use crate::types::Verdict;
-pub use decision::{BlacklistHit, Facts, Listed, Rule, Step, Trace, decide, explain};
+pub use decision::{BlacklistHit, Facts, Inbound, Listed, Rule, Step, Trace, decide, explain};
 pub use live::{Change, Policy};
 
 /// `[policy] mode`.

@@ -6,6 +6,7 @@
 //! evidence, not a verdict: what it does is the feed's [`Action`], and the operator always
 //! wins (see `policy::decide`).
 
+pub mod familiar;
 pub mod machine;
 pub mod report;
 

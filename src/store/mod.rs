@@ -5,7 +5,8 @@
 //! outcomes, time-ordered), `history` (closed streams), `open_streams` (periodic snapshots of
 //! live ones; moved to `history` at the next start if the server died), `rtbl` and
 //! `rtbl_feeds` (real-time blocklist entries with provenance, and each feed's last status;
-//! see [`rtbl`]). Records are JSON.
+//! see [`rtbl`]), `familiar` (the keyed hashes of who wrote to whom, for the `strangers`
+//! action). Records are JSON.
 //!
 //! Durability: operator changes are flushed before they are acknowledged
 //! ([`Store::flush`]); history and outcomes are flushed by the engine on a short timer.
@@ -62,6 +63,7 @@ pub struct Store {
     open_streams: sled::Tree,
     rtbl: sled::Tree,
     rtbl_feeds: sled::Tree,
+    familiar: sled::Tree,
     path: PathBuf,
     _lock: File,
 }
@@ -97,6 +99,7 @@ impl Store {
             open_streams: db.open_tree("open_streams").map_err(err)?,
             rtbl: db.open_tree("rtbl").map_err(err)?,
             rtbl_feeds: db.open_tree("rtbl_feeds").map_err(err)?,
+            familiar: db.open_tree("familiar").map_err(err)?,
             db,
             path,
             _lock: lock,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, decode, encode};
 use crate::domain::Domain;
+use crate::rtbl::familiar::{PairHash, Write};
 use crate::rtbl::report::Listing;
 use crate::rtbl::{Change, Entry, FeedKey, FeedStatus};
 
@@ -210,6 +211,47 @@ impl Store {
     }
 }
 
+const FAMILIAR_SECRET_KEY: &[u8] = b"familiar_secret";
+
+impl Store {
+    /// The key of the familiarity set's hashes: created once (32 random bytes), flushed
+    /// before use, apart from the dialback secret (one secret, one purpose).
+    pub fn familiar_secret(&self) -> Result<[u8; 32], StoreError> {
+        if let Some(v) = self.meta.get(FAMILIAR_SECRET_KEY).map_err(|e| self.err(e))? {
+            return <[u8; 32]>::try_from(v.as_ref()).map_err(|_| self.err("familiar_secret is not 32 bytes"));
+        }
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).expect("OS randomness");
+        self.meta.insert(FAMILIAR_SECRET_KEY, &secret[..]).map_err(|e| self.err(e))?;
+        self.meta.flush().map_err(|e| self.err(e))?;
+        Ok(secret)
+    }
+
+    /// The familiarity set's writes, in one batch.
+    pub fn familiar_write(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for w in writes {
+            match w {
+                Write::Put(h, t) => batch.insert(&h[..], &t.to_be_bytes()[..]),
+                Write::Remove(h) => batch.remove(&h[..]),
+            }
+        }
+        self.familiar.apply_batch(batch).map_err(|e| self.err(e))
+    }
+
+    /// Every stored pair hash with its last use (records of another length are skipped).
+    pub fn familiar_pairs(&self) -> Result<Vec<(PairHash, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.familiar.iter() {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            if let (Ok(h), Ok(t)) = (<PairHash>::try_from(k.as_ref()), <[u8; 8]>::try_from(v.as_ref())) {
+                out.push((h, u64::from_be_bytes(t)));
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,8 +289,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn entries_with_provenance_survive_a_reopen() {
+    #[test]
+    fn entries_with_provenance_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (a, other) = (feed("spam_source_domains"), feed("other"));
         {
@@ -261,7 +303,8 @@ mod tests {
             s.rtbl_apply(&a, &Change::Updated(entry("a.example", "spam, again", 30))).unwrap();
             s.rtbl_apply(&a, &Change::Confirmed { at_ms: 40 }).unwrap();
             s.rtbl_put_status(&status(&a)).unwrap();
-            s.flush().await.unwrap();
+            // Synchronously: sled's async flush may hold the database a moment after it returns.
+            s.db.flush().unwrap();
         }
         // Warm start: the same lists, the same provenance.
         let s = Store::open(dir.path()).unwrap();
@@ -308,5 +351,46 @@ mod tests {
         let left: Vec<String> = s.rtbl_records(&a).unwrap().into_iter().map(|r| r.domain).collect();
         assert_eq!(left, ["d5.example", "d6.example", "d7.example", "d8.example", "d9.example"], "the newest retracted and the listed");
         assert_eq!(s.rtbl_prune_retracted(&a, 3).unwrap(), 0);
+    }
+
+    #[test]
+    fn the_familiarity_set_survives_a_reopen_without_names_in_clear() {
+        use crate::rtbl::familiar::Familiar;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = {
+            let s = Store::open(dir.path()).unwrap();
+            let secret = s.familiar_secret().unwrap();
+            assert_ne!(secret.to_vec(), s.dialback_secret().unwrap(), "a secret of its own");
+            let mut f = Familiar::new(secret, 2, 1_000_000);
+            for (t, r) in [(10, "bob@spam.example"), (11, "carol@spam.example"), (12, "dave@spam.example")] {
+                s.familiar_write(&f.note("alice@home.test", r, t)).unwrap();
+            }
+            // Synchronously: sled's async flush may hold the database a moment after it returns.
+            s.db.flush().unwrap();
+            secret
+        };
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.familiar_secret().unwrap(), secret, "stable across a reopen");
+        let pairs = s.familiar_pairs().unwrap();
+        assert_eq!(pairs.len(), 2, "the evicted pair was removed from the store too");
+        let mut f = Familiar::new(secret, 2, 1_000_000);
+        assert!(f.load(pairs, 20).is_empty());
+        assert!(f.knows("alice@home.test", "dave@spam.example", 20));
+        assert!(!f.knows("alice@home.test", "bob@spam.example", 20));
+        drop(s);
+        let mut raw = Vec::new();
+        for e in walk(dir.path()) {
+            raw.extend(std::fs::read(e).unwrap_or_default());
+        }
+        assert!(!raw.windows(5).any(|w| w == b"alice") && !raw.windows(4).any(|w| w == b"dave"), "no JID in clear on disk");
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+        }
+        out
     }
 }
