@@ -21,6 +21,11 @@ use crate::xml::{Element, ns};
 pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 pub const NS_PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 
+/// Result Set Management (XEP-0059): a service may answer the items request a page at a time.
+pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+/// At most this many pages per sync (with `max_entries`, what bounds a service that pages without end).
+const MAX_PAGES: u32 = 100;
+
 /// How much of a service's error text is kept in the feed's state.
 const MAX_ERROR: usize = 200;
 
@@ -145,8 +150,9 @@ pub struct FeedStatus {
 enum Phase {
     /// Not started yet.
     Idle,
-    /// An items request is out.
-    Fetching { id: String, until: Instant },
+    /// An items request is out (`page` 0 the first; later ones ask for the next page);
+    /// `received`: items the earlier pages held.
+    Fetching { id: String, until: Instant, page: u32, received: u64 },
     /// A subscribe request is out.
     Subscribing { id: String, until: Instant },
     /// Subscribed; the next re-sync is due at `resync_at`.
@@ -166,6 +172,8 @@ pub struct FeedMachine {
     phase: Phase,
     /// The service holds our subscription (so a re-sync needs no new subscribe).
     subscribed: bool,
+    /// The items of the sync in progress, page by page.
+    partial: BTreeMap<Domain, Listing>,
     /// Consecutive failures (the back-off's exponent).
     failures: u32,
     next_id: u64,
@@ -200,6 +208,7 @@ impl FeedMachine {
             entries,
             phase: Phase::Idle,
             subscribed: false,
+            partial: BTreeMap::new(),
             failures: 0,
             next_id: 0,
             status,
@@ -289,9 +298,21 @@ impl FeedMachine {
 
     /// Send the items request (the start of a sync).
     fn fetch(&mut self, now: Now, out: &mut Vec<Output>) {
+        self.partial.clear();
+        self.request_page(now, None, 0, 0, out);
+    }
+
+    /// One items request: the first page, or the one after `after` (XEP-0059).
+    fn request_page(&mut self, now: Now, after: Option<String>, page: u32, received: u64, out: &mut Vec<Output>) {
         let id = self.new_id();
-        out.push(Output::Send(self.iq("get", &id, Element::new("items", NS_PUBSUB).attr("node", self.settings.node.clone()))));
-        self.phase = Phase::Fetching { id, until: now.at + self.timing.request_timeout };
+        let mut iq = self.iq("get", &id, Element::new("items", NS_PUBSUB).attr("node", self.settings.node.clone()));
+        if let Some(after) = after
+            && let Some(crate::xml::Node::Element(pubsub)) = iq.children.first_mut()
+        {
+            pubsub.children.push(crate::xml::Node::Element(Element::new("set", NS_RSM).child(Element::new("after", NS_RSM).text(after))));
+        }
+        out.push(Output::Send(iq));
+        self.phase = Phase::Fetching { id, until: now.at + self.timing.request_timeout, page, received };
     }
 
     fn subscribe(&mut self, now: Now, out: &mut Vec<Output>) {
@@ -334,17 +355,31 @@ impl FeedMachine {
         let id = iq.get_attr("id").unwrap_or("");
         let kind = iq.get_attr("type").unwrap_or("");
         match self.phase.clone() {
-            Phase::Fetching { id: want, .. } if want == id => match kind {
+            Phase::Fetching { id: want, page, received, .. } if want == id => match kind {
                 "result" => {
-                    let items = iq
-                        .get_child("pubsub", NS_PUBSUB)
+                    let pubsub = iq.get_child("pubsub", NS_PUBSUB);
+                    let items = pubsub
                         .and_then(|p| p.get_child("items", NS_PUBSUB))
                         .filter(|i| i.get_attr("node").is_none_or(|n| n == self.settings.node));
                     // A result without the node's items is no evidence that the list is empty.
                     let Some(items) = items else {
                         return self.fail(now, "the items result holds no items for the node".into());
                     };
-                    self.sync(now, items, out);
+                    let got = self.collect(items);
+                    // More pages: the service says how many items there are and where this page ended.
+                    let rsm = pubsub.and_then(|p| p.get_child("set", NS_RSM));
+                    let last = rsm.and_then(|r| r.get_child("last", NS_RSM)).map(|l| l.text_content());
+                    let count = rsm.and_then(|r| r.get_child("count", NS_RSM)).and_then(|c| c.text_content().trim().parse::<u64>().ok());
+                    let received = received + got as u64;
+                    if let (Some(last), Some(count)) = (last, count)
+                        && got > 0
+                        && received < count
+                        && self.partial.len() < self.settings.max_entries
+                        && page + 1 < MAX_PAGES
+                    {
+                        return self.request_page(now, Some(last), page + 1, received, out);
+                    }
+                    self.sync(now, out);
                     if self.subscribed {
                         self.following(now);
                     } else {
@@ -382,18 +417,25 @@ impl FeedMachine {
         self.phase = Phase::Following { resync_at: now.at + self.timing.resync_every };
     }
 
-    /// An items result: what the service lists now against what is stored.
-    fn sync(&mut self, now: Now, items: &Element, out: &mut Vec<Output>) {
-        let mut seen: BTreeMap<Domain, Listing> = BTreeMap::new();
+    /// Take one page's items into the sync in progress; how many items the page held.
+    fn collect(&mut self, items: &Element) -> usize {
+        let mut n = 0;
         for item in items.elements().filter(|e| e.is("item", NS_PUBSUB)) {
+            n += 1;
             if let Some(d) = self.domain_of(item) {
-                if seen.len() < self.settings.max_entries {
-                    seen.insert(d, Listing::from_item(item));
-                } else if !seen.contains_key(&d) {
+                if self.partial.len() < self.settings.max_entries {
+                    self.partial.insert(d, Listing::from_item(item));
+                } else if !self.partial.contains_key(&d) {
                     self.status.ignored_over_limit += 1;
                 }
             }
         }
+        n
+    }
+
+    /// The items request is complete: what the service lists now against what is stored.
+    fn sync(&mut self, now: Now, out: &mut Vec<Output>) {
+        let seen = std::mem::take(&mut self.partial);
         let gone: Vec<Domain> = self.entries.keys().filter(|d| !seen.contains_key(*d)).cloned().collect();
         let mut changed = !gone.is_empty();
         for d in gone {

@@ -305,3 +305,33 @@ fn a_flooding_service_is_bounded() {
     let z = w.m.entry("z.example").expect("room after a retract");
     assert!(z.listing.text.as_ref().unwrap().len() < 600, "text clipped");
 }
+
+#[test]
+fn a_paged_items_result_is_followed_to_the_end_before_the_diff() {
+    let mut w = World::new(100, vec![Entry { domain: d("old.example"), listing: Listing::default(), first_seen_ms: 1, last_seen_ms: 1 }]);
+    let out = w.input(Input::Start);
+    let page = |req: &Element, ids: &[&str], last: &str| {
+        let mut items = Element::new("items", NS_PUBSUB).attr("node", NODE);
+        for id in ids {
+            items = items.child(item(NS_PUBSUB, id, "spam"));
+        }
+        let set = Element::new("set", NS_RSM)
+            .child(Element::new("first", NS_RSM).text(ids[0]))
+            .child(Element::new("last", NS_RSM).text(last))
+            .child(Element::new("count", NS_RSM).text("4"));
+        result(req, Some(Element::new("pubsub", NS_PUBSUB).child(items).child(set)))
+    };
+    let get = sent(&out).pop().unwrap();
+    let out = w.stanza(&page(&get, &["a.example", "b.example"], "b.example"));
+    assert!(changes(&out).is_empty(), "no diff on a partial list: {out:?}");
+    let next = sent(&out).pop().expect("the next page");
+    assert_eq!(
+        next.to_xml(),
+        format!(
+            "<iq type='get' id='rtbl-3-2' from='{ME}' to='{SERVICE}'><pubsub xmlns='{NS_PUBSUB}'><items node='{NODE}'/><set xmlns='{NS_RSM}'><after>b.example</after></set></pubsub></iq>"
+        )
+    );
+    let out = w.stanza(&page(&next, &["c.example", "d.example"], "d.example"));
+    assert_eq!(changes(&out), ["-old.example", "+a.example", "+b.example", "+c.example", "+d.example", "confirmed"]);
+    assert_eq!(sent(&out)[0].get_attr("type"), Some("set"), "then the subscribe");
+}
