@@ -291,7 +291,10 @@ pub fn evaluate<R: Record>(f: &Facts<'_>, rec: &mut R) -> (Verdict, Rule) {
             Rule::Rtbl,
             true,
             this_decides,
-            || format!("listed by {} (node {}): {}", l.service, l.node, l.reason),
+            || {
+                let advice = if l.block_strangers { "; the list recommends refusing strangers" } else { "" };
+                format!("listed by {} (node {}): {}{advice}", l.service, l.node, l.reason)
+            },
             || {
                 let effect = match l.action {
                     Action::Flag => "flag: allowed, marked as listed".to_owned(),
@@ -568,6 +571,9 @@ mod tests {
             ]
         );
         assert_eq!(t.marks, ["listed by xmppbl.org: spam"]);
+        let advised = [Listed { block_strangers: true, ..listed("xmppbl.org", Action::Flag) }];
+        let t2 = explain(&Facts { listings: &advised, ..f });
+        assert!(t2.steps.iter().any(|s| s.rule == Rule::Rtbl && s.found.ends_with("spam; the list recommends refusing strangers")));
         let json = serde_json::to_value(&t).unwrap();
         assert_eq!(json["verdict"]["verdict"], "refuse");
         assert_eq!(json["decided_by"], "blacklist");

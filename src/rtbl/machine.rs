@@ -215,6 +215,16 @@ impl FeedMachine {
         }
     }
 
+    /// Carry over what the operator saw before a restart (last sync, last change, the
+    /// counters); the state starts again at subscribing.
+    pub fn restore(&mut self, prev: &FeedStatus) {
+        self.status.last_sync_ms = prev.last_sync_ms;
+        self.status.last_change_ms = prev.last_change_ms;
+        self.status.ignored_foreign = prev.ignored_foreign;
+        self.status.ignored_invalid = prev.ignored_invalid;
+        self.status.ignored_over_limit = prev.ignored_over_limit;
+    }
+
     /// The full JID requests are sent from.
     pub fn jid(&self) -> &str {
         &self.me

@@ -2,17 +2,21 @@
 //! published as items of an XEP-0060 pubsub node (xmppbl.org's `spam_source_domains`).
 //!
 //! [`machine`] is the subscriber, sans-I/O: stanzas and timer ticks in, stanzas to send,
-//! entry changes and state changes out. [`report`] reads an item's payload. A listing is
+//! entry changes and state changes out; [`feeds`] dispatches among the feeds that share the
+//! subscriber's JID. [`report`] reads an item's payload; [`familiar`] is who wrote to whom,
+//! for the `strangers` action. A listing is
 //! evidence, not a verdict: what it does is the feed's [`Action`], and the operator always
 //! wins (see `policy::decide`).
 
 pub mod familiar;
+pub mod feeds;
 pub mod machine;
 pub mod report;
 
 use serde::{Deserialize, Serialize};
 
-pub use machine::{Change, Entry, FeedMachine, FeedState, FeedStatus, Input, Output};
+pub use feeds::Feeds;
+pub use machine::{Change, Entry, FeedMachine, FeedState, FeedStatus, Input, Now, Output, Timing};
 
 /// The pubsub node xmppbl.org publishes its spam sources on (the default `node`).
 pub const DEFAULT_NODE: &str = "spam_source_domains";

@@ -168,6 +168,12 @@ fn warm_start_is_diffed_against_the_service() {
     };
     let mut w = World::new(100, vec![old("kept.example", "spam"), old("gone.example", "spam"), old("changed.example", "old")]);
     assert_eq!(w.m.status().entries, 3, "the stored list is in force before the first sync");
+    let mut before = w.m.status().clone();
+    before.state = FeedState::Error("was down".into());
+    (before.last_sync_ms, before.last_change_ms, before.ignored_invalid) = (Some(7), Some(6), 9);
+    w.m.restore(&before);
+    let s = w.m.status();
+    assert_eq!((s.last_sync_ms, s.last_change_ms, s.ignored_invalid, &s.state), (Some(7), Some(6), 9, &FeedState::Subscribing));
     let out = w.subscribed(&["kept.example", "changed.example", "new.example"]);
     assert_eq!(changes(&out), ["-gone.example", "~changed.example", "+new.example", "confirmed"]);
     let kept = w.m.entry("kept.example").unwrap();
