@@ -92,12 +92,15 @@ impl Policy {
     }
 
     /// Apply one feed's change to the listings in force (after it was persisted). Feeds
-    /// are told apart by service and node.
-    pub fn apply_rtbl(&self, feed: &crate::rtbl::FeedSettings, change: &crate::rtbl::Change) {
+    /// are told apart by service and node. A retract lifts only what the listing caused: a
+    /// domain it had put in the approval inbox (pending) and that nothing else holds now
+    /// leaves the inbox; those records are returned (persisted) for the operator's view.
+    pub fn apply_rtbl(&self, feed: &crate::rtbl::FeedSettings, change: &crate::rtbl::Change) -> Vec<DomainRecord> {
         use crate::rtbl::Change as C;
         let same = |l: &Listed| l.service == feed.service && l.node == feed.node;
-        {
+        let lifted = {
             let mut inner = self.inner.write().unwrap();
+            let mut affected: Vec<String> = Vec::new();
             match change {
                 C::Added(e) | C::Updated(e) => {
                     let l = Listed {
@@ -119,18 +122,40 @@ impl Policy {
                         if v.is_empty() {
                             inner.listed.remove(domain.as_str());
                         }
+                        affected.push(domain.to_string());
                     }
                 }
                 C::Cleared { .. } => {
-                    inner.listed.retain(|_, v| {
+                    inner.listed.retain(|d, v| {
+                        let before = v.len();
                         v.retain(|x| !same(x));
+                        if v.len() != before {
+                            affected.push(d.clone());
+                        }
                         !v.is_empty()
                     });
                 }
-                C::Confirmed { .. } => return,
+                C::Confirmed { .. } => return Vec::new(),
+            }
+            let now = now_ms();
+            let mut lifted = Vec::new();
+            for d in affected {
+                let still_held = inner.with_facts(&d, None, |f| decide(f)) == Verdict::Hold;
+                if let Some(rec) = inner.domains.get_mut(&d).filter(|r| r.state == DomainState::Pending && !still_held) {
+                    rec.state = DomainState::Unknown;
+                    rec.when_ms = Some(now);
+                    lifted.push(rec.clone());
+                }
+            }
+            lifted
+        };
+        for rec in &lifted {
+            if let Err(e) = self.store.put_domain(rec) {
+                tracing::error!("store: {e}");
             }
         }
         self.changed.send_modify(|g| *g += 1);
+        lifted
     }
 
     pub fn record(&self, domain: &str) -> Option<DomainRecord> {
@@ -524,5 +549,33 @@ mod tests {
         p.apply_rtbl(&block, &R::Cleared { at_ms: 3 });
         p.apply_rtbl(&flag, &R::Cleared { at_ms: 3 });
         assert!(p.listings("spam.example").is_empty());
+    }
+
+    /// A hold listing sends a domain to the approval inbox; its retract takes it out again
+    /// unless something else still holds it (approval mode, another hold feed).
+    #[tokio::test]
+    async fn a_retract_lifts_only_the_hold_the_listing_caused() {
+        let store = Arc::new(Mem::default());
+        let p = Policy::load(store.clone(), Mode::Open).unwrap();
+        let (hold, hold2) = (feed("a.test", Action::Hold), feed("b.test", Action::Hold));
+        let d = Domain::parse("spam.example").unwrap();
+        p.apply_rtbl(&hold, &added("spam.example"));
+        p.apply_rtbl(&hold2, &added("spam.example"));
+        assert_eq!(p.verdict(&d), Verdict::Hold);
+        assert!(p.mark_pending(&d).is_some(), "the engine lists it as pending, as in approval mode");
+        assert!(p.apply_rtbl(&hold, &R::Retracted { domain: d.clone(), at_ms: 2 }).is_empty(), "b.test still holds it");
+        assert_eq!(p.record("spam.example").unwrap().state, DomainState::Pending);
+        let lifted = p.apply_rtbl(&hold2, &R::Cleared { at_ms: 3 });
+        assert_eq!(lifted.len(), 1);
+        assert_eq!(p.record("spam.example").unwrap().state, DomainState::Unknown);
+        assert_eq!(store.domains().unwrap()[0].state, DomainState::Unknown, "written");
+        assert_eq!(p.verdict(&d), Verdict::Allow);
+        // In approval mode the domain stays pending: the mode holds it, not the listing.
+        p.set_mode(Mode::Approval, "op").await.unwrap();
+        let e = Domain::parse("other.example").unwrap();
+        p.apply_rtbl(&hold, &added("other.example"));
+        p.mark_pending(&e);
+        assert!(p.apply_rtbl(&hold, &R::Retracted { domain: e.clone(), at_ms: 4 }).is_empty());
+        assert_eq!(p.record("other.example").unwrap().state, DomainState::Pending);
     }
 }
