@@ -86,6 +86,13 @@ impl Policy {
         inner.with_facts(domain.as_str(), None, |f| super::decision::strangers(f, inbound, familiar))
     }
 
+    /// The operator keeps what a listing did after it was retracted: the domain becomes
+    /// blocked by the operator, the reason naming the feed and its report (provenance).
+    pub async fn keep_listing(&self, domain: &Domain, listing: &Listed, who: &str) -> Result<(DomainRecord, bool), StorageError> {
+        let reason = format!("kept after a listing by {} (node {}): {}", listing.service, listing.node, listing.reason);
+        self.apply(domain, Change::Block { expires_ms: None }, who, Some(&reason)).await
+    }
+
     /// The listings of a domain by the real-time blocklists followed.
     pub fn listings(&self, domain: &str) -> Vec<Listed> {
         self.inner.read().unwrap().listed.get(domain).cloned().unwrap_or_default()
@@ -577,5 +584,13 @@ mod tests {
         p.mark_pending(&e);
         assert!(p.apply_rtbl(&hold, &R::Retracted { domain: e.clone(), at_ms: 4 }).is_empty());
         assert_eq!(p.record("other.example").unwrap().state, DomainState::Pending);
+        // The operator keeps a retracted listing's block: an operator decision with provenance.
+        let l = Listed { service: "a.test".into(), node: "n".into(), action: Action::Block, reason: "bots".into(), block_strangers: false };
+        let (rec, changed) = p.keep_listing(&e, &l, "op").await.unwrap();
+        assert!(changed && rec.state == DomainState::Blocked);
+        assert_eq!(rec.reason.as_deref(), Some("kept after a listing by a.test (node n): bots"));
+        let t = p.explain(&e, None);
+        assert_eq!(t.decided_by, crate::policy::Rule::OperatorDecision);
+        assert!(matches!(t.verdict, Verdict::Refuse(ref w) if w.contains("blocked: kept after a listing by a.test")));
     }
 }
