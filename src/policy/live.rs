@@ -455,7 +455,8 @@ impl Inner {
             None
         };
         let own = self.domains.get(d).map(standing);
-        let listings = self.listed.get(d).map_or(&[][..], Vec::as_slice);
+        // No feed lists anything (the common case): no lookup per stream.
+        let listings = if self.listed.is_empty() { &[][..] } else { self.listed.get(d).map_or(&[][..], Vec::as_slice) };
         f(&Facts { mode: self.mode, domain: d, own: own.as_ref(), blacklisted_by, listings, security, now_ms: now_ms() })
     }
 }
