@@ -341,3 +341,21 @@ fn a_paged_items_result_is_followed_to_the_end_before_the_diff() {
     assert_eq!(changes(&out), ["-old.example", "+a.example", "+b.example", "+c.example", "+d.example", "confirmed"]);
     assert_eq!(sent(&out)[0].get_attr("type"), Some("set"), "then the subscribe");
 }
+
+#[test]
+fn a_forged_answer_and_a_pending_subscription_are_not_taken() {
+    let mut w = World::new(100, vec![]);
+    let out = w.input(Input::Start);
+    let get = sent(&out).pop().unwrap();
+    // The right id from another sender: ignored, counted; the request stays out.
+    let mut forged = result(&get, Some(Element::new("pubsub", NS_PUBSUB).child(Element::new("items", NS_PUBSUB).attr("node", NODE))));
+    forged.set_attr("from", "evil.test");
+    assert!(changes(&w.stanza(&forged)).is_empty());
+    assert_eq!(w.m.status().ignored_foreign, 1);
+    let out = w.answer_items(&out, &["a.example"]);
+    let sub = sent(&out).pop().unwrap();
+    let pending = Element::new("pubsub", NS_PUBSUB).child(Element::new("subscription", NS_PUBSUB).attr("subscription", "pending"));
+    w.stanza(&result(&sub, Some(pending)));
+    assert!(matches!(&w.m.status().state, FeedState::Error(r) if r.contains("\"pending\"")), "{:?}", w.m.status().state);
+    assert_eq!(w.m.status().entries, 1, "what the items request gave stays");
+}
