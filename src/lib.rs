@@ -25,6 +25,7 @@ pub mod net;
 pub mod policy;
 pub mod proto;
 pub mod router;
+pub mod rtbl;
 pub mod secrets;
 pub mod store;
 pub mod stream;

@@ -16,6 +16,8 @@ const LAYERS: &[&[&str]] = &[
     &["xml"],
     &["proto"],
     &["net"],
+    // Real-time blocklists: the sans-I/O subscriber and its entries (policy applies them).
+    &["rtbl"],
     &["policy"],
     &["store"],
     &["config"],

@@ -25,6 +25,7 @@ mod gateway;
 mod limits;
 mod outbound;
 mod policy;
+mod rtbl;
 mod security;
 mod server;
 #[cfg(test)]
@@ -68,6 +69,8 @@ struct File {
     components: components::ComponentsFile,
     #[serde(rename = "component")]
     component: Vec<components::ComponentFile>,
+    rtbl: Vec<rtbl::RtblFile>,
+    strangers: rtbl::StrangersFile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +111,10 @@ pub struct Settings {
     pub gateway: Option<GatewaySettings>,
     /// `[components]` and `[[component]]`: external components (XEP-0114).
     pub components: ComponentSettings,
+    /// `[[rtbl]]`: the real-time blocklists followed.
+    pub rtbl: Vec<crate::rtbl::FeedSettings>,
+    /// `[strangers]`: the familiarity set of the `strangers` action.
+    pub strangers: crate::rtbl::familiar::FamiliarSettings,
 }
 
 impl Settings {
@@ -215,6 +222,8 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
     let mut taken = server.public_listeners();
     taken.extend(gateway.iter().flat_map(|g| g.listen.iter().copied()));
     let components = components::validate(&cx, &f.components, &f.component, &server.domains, &taken)?;
+    let rtbl = rtbl::validate(&cx, &f.rtbl)?;
+    let strangers = f.strangers.validate(&cx)?;
     Ok(Settings {
         source: path.map(Path::to_path_buf),
         domains: server.domains,
@@ -234,5 +243,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         outbound,
         gateway,
         components,
+        rtbl,
+        strangers,
     })
 }

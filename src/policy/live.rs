@@ -6,8 +6,8 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
+use super::{BlacklistHit, DomainState, Facts, Listed, Mode, Standing, Trace, Verdict, decide, explain, suffixes};
 use super::{DomainRecord, PolicyAction, PolicyStore, StorageError};
-use super::{DomainState, Mode, Standing, Verdict, decide, suffixes};
 use crate::domain::Domain;
 use crate::types::now_ms;
 
@@ -26,6 +26,8 @@ struct Inner {
     domains: HashMap<String, DomainRecord>,
     /// How many blacklist entries exist (skips the suffix walk when there are none).
     blacklisted: usize,
+    /// Real-time blocklist listings per domain (one per feed that lists it).
+    listed: HashMap<String, Vec<Listed>>,
 }
 
 /// What an operator asks for.
@@ -45,7 +47,12 @@ impl Policy {
         let domains: HashMap<String, DomainRecord> = store.domains()?.into_iter().map(|r| (r.domain.clone(), r)).collect();
         let blacklisted = domains.values().filter(|r| r.state == DomainState::Blacklisted).count();
         let (changed, _) = watch::channel(0);
-        Ok(Policy { inner: RwLock::new(Inner { mode, domains, blacklisted }), store, changed, writing: tokio::sync::Mutex::new(()) })
+        Ok(Policy {
+            inner: RwLock::new(Inner { mode, domains, blacklisted, listed: HashMap::new() }),
+            store,
+            changed,
+            writing: tokio::sync::Mutex::new(()),
+        })
     }
 
     pub fn mode(&self) -> Mode {
@@ -59,14 +66,103 @@ impl Policy {
     /// The verdict for a remote domain now.
     pub fn verdict(&self, domain: &Domain) -> Verdict {
         let inner = self.inner.read().unwrap();
-        let d = domain.as_str();
-        let blacklisted_by = if inner.blacklisted > 0 {
-            suffixes(d).find_map(|s| inner.domains.get(s).filter(|r| r.state == DomainState::Blacklisted).map(|r| (s, r.reason.as_deref())))
-        } else {
-            None
+        inner.with_facts(domain.as_str(), None, |f| decide(f))
+    }
+
+    /// The same decision as [`Policy::verdict`], with every rule it applied (`ctl explain`);
+    /// `security` adds the authentication rules to the trace.
+    pub fn explain(&self, domain: &Domain, security: Option<&crate::types::Security>) -> Trace {
+        let inner = self.inner.read().unwrap();
+        inner.with_facts(domain.as_str(), security, |f| explain(f))
+    }
+
+    /// The `strangers` action for one inbound stanza from `domain` to a local user (see
+    /// [`super::decision::strangers`]): the refusal's text, or `None` to let it through.
+    pub fn strangers(&self, domain: &Domain, inbound: super::Inbound, familiar: impl FnOnce() -> bool) -> Option<String> {
+        let inner = self.inner.read().unwrap();
+        if inner.listed.is_empty() {
+            return None;
+        }
+        inner.with_facts(domain.as_str(), None, |f| super::decision::strangers(f, inbound, familiar))
+    }
+
+    /// The operator keeps what a listing did after it was retracted: the domain becomes
+    /// blocked by the operator, the reason naming the feed and its report (provenance).
+    pub async fn keep_listing(&self, domain: &Domain, listing: &Listed, who: &str) -> Result<(DomainRecord, bool), StorageError> {
+        let reason = format!("kept after a listing by {} (node {}): {}", listing.service, listing.node, listing.reason);
+        self.apply(domain, Change::Block { expires_ms: None }, who, Some(&reason)).await
+    }
+
+    /// The listings of a domain by the real-time blocklists followed.
+    pub fn listings(&self, domain: &str) -> Vec<Listed> {
+        self.inner.read().unwrap().listed.get(domain).cloned().unwrap_or_default()
+    }
+
+    /// Apply one feed's change to the listings in force (after it was persisted). Feeds
+    /// are told apart by service and node. A retract lifts only what the listing caused: a
+    /// domain it had put in the approval inbox (pending) and that nothing else holds now
+    /// leaves the inbox; those records are returned (persisted) for the operator's view.
+    pub fn apply_rtbl(&self, feed: &crate::rtbl::FeedSettings, change: &crate::rtbl::Change) -> Vec<DomainRecord> {
+        use crate::rtbl::Change as C;
+        let same = |l: &Listed| l.service == feed.service && l.node == feed.node;
+        let lifted = {
+            let mut inner = self.inner.write().unwrap();
+            let mut affected: Vec<String> = Vec::new();
+            match change {
+                C::Added(e) | C::Updated(e) => {
+                    let l = Listed {
+                        service: feed.service.clone(),
+                        node: feed.node.clone(),
+                        action: feed.action,
+                        reason: e.listing.summary(),
+                        block_strangers: e.listing.block_strangers,
+                    };
+                    let v = inner.listed.entry(e.domain.to_string()).or_default();
+                    match v.iter_mut().find(|x| same(x)) {
+                        Some(slot) => *slot = l,
+                        None => v.push(l),
+                    }
+                }
+                C::Retracted { domain, .. } => {
+                    if let Some(v) = inner.listed.get_mut(domain.as_str()) {
+                        v.retain(|x| !same(x));
+                        if v.is_empty() {
+                            inner.listed.remove(domain.as_str());
+                        }
+                        affected.push(domain.to_string());
+                    }
+                }
+                C::Cleared { .. } => {
+                    inner.listed.retain(|d, v| {
+                        let before = v.len();
+                        v.retain(|x| !same(x));
+                        if v.len() != before {
+                            affected.push(d.clone());
+                        }
+                        !v.is_empty()
+                    });
+                }
+                C::Confirmed { .. } => return Vec::new(),
+            }
+            let now = now_ms();
+            let mut lifted = Vec::new();
+            for d in affected {
+                let still_held = inner.with_facts(&d, None, |f| decide(f)) == Verdict::Hold;
+                if let Some(rec) = inner.domains.get_mut(&d).filter(|r| r.state == DomainState::Pending && !still_held) {
+                    rec.state = DomainState::Unknown;
+                    rec.when_ms = Some(now);
+                    lifted.push(rec.clone());
+                }
+            }
+            lifted
         };
-        let own = inner.domains.get(d).map(standing);
-        decide(inner.mode, d, own.as_ref(), blacklisted_by, now_ms())
+        for rec in &lifted {
+            if let Err(e) = self.store.put_domain(rec) {
+                tracing::error!("store: {e}");
+            }
+        }
+        self.changed.send_modify(|g| *g += 1);
+        lifted
     }
 
     pub fn record(&self, domain: &str) -> Option<DomainRecord> {
@@ -344,6 +440,27 @@ impl Policy {
     }
 }
 
+impl Inner {
+    /// The facts about `d` as the decision sees them.
+    fn with_facts<T>(&self, d: &str, security: Option<&crate::types::Security>, f: impl FnOnce(&Facts<'_>) -> T) -> T {
+        let blacklisted_by = if self.blacklisted > 0 {
+            suffixes(d).find_map(|s| {
+                self.domains.get(s).filter(|r| r.state == DomainState::Blacklisted).map(|r| BlacklistHit {
+                    entry: s,
+                    reason: r.reason.as_deref(),
+                    source: r.source.as_deref(),
+                })
+            })
+        } else {
+            None
+        };
+        let own = self.domains.get(d).map(standing);
+        // No feed lists anything (the common case): no lookup per stream.
+        let listings = if self.listed.is_empty() { &[][..] } else { self.listed.get(d).map_or(&[][..], Vec::as_slice) };
+        f(&Facts { mode: self.mode, domain: d, own: own.as_ref(), blacklisted_by, listings, security, now_ms: now_ms() })
+    }
+}
+
 fn standing(r: &DomainRecord) -> Standing {
     Standing { state: r.state, reason: r.reason.clone(), expires_ms: r.expires_ms, previous: r.previous }
 }
@@ -357,5 +474,124 @@ fn effective_record(r: &DomainRecord, now: u64) -> DomainRecord {
 impl crate::proto::machine::PolicyView for Policy {
     fn verdict(&self, remote: &Domain) -> Verdict {
         Policy::verdict(self, remote)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rtbl::report::Listing;
+    use crate::rtbl::{Action, Change as R, Entry, FeedSettings};
+
+    fn feed(service: &str, action: Action) -> FeedSettings {
+        FeedSettings { service: service.into(), node: "spam_source_domains".into(), action, max_entries: 10 }
+    }
+
+    fn added(d: &str) -> R {
+        let listing = Listing { reason: None, text: Some("bots".into()), block_strangers: false };
+        R::Added(Entry { domain: Domain::parse(d).unwrap(), listing, first_seen_ms: 1, last_seen_ms: 1 })
+    }
+
+    /// The policy's store, in memory: what is written is kept (this module sits below the
+    /// sled store).
+    #[derive(Default)]
+    struct Mem(std::sync::Mutex<Vec<DomainRecord>>);
+
+    impl PolicyStore for Mem {
+        fn mode(&self) -> Result<Option<Mode>, StorageError> {
+            Ok(None)
+        }
+        fn set_mode(&self, _: Mode) -> Result<(), StorageError> {
+            Ok(())
+        }
+        fn domains(&self) -> Result<Vec<DomainRecord>, StorageError> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+        fn put_domain(&self, rec: &DomainRecord) -> Result<(), StorageError> {
+            self.put_domains(std::slice::from_ref(rec))
+        }
+        fn put_domains(&self, recs: &[DomainRecord]) -> Result<(), StorageError> {
+            let mut v = self.0.lock().unwrap();
+            for r in recs {
+                v.retain(|x| x.domain != r.domain);
+                v.push(r.clone());
+            }
+            Ok(())
+        }
+        fn log_action(&self, _: &PolicyAction) -> Result<(), StorageError> {
+            Ok(())
+        }
+        fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + '_>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// Listings reach the live verdict and its trace; a retract lifts only that feed's
+    /// listing; the operator's approve wins.
+    #[tokio::test]
+    async fn listings_change_the_verdict_and_the_operator_wins() {
+        let store = Arc::new(Mem::default());
+        let p = Policy::load(store.clone(), Mode::Open).unwrap();
+        let d = Domain::parse("spam.example").unwrap();
+        let (block, flag) = (feed("a.test", Action::Block), feed("b.test", Action::Flag));
+        let seen = p.subscribe();
+        p.apply_rtbl(&block, &added("spam.example"));
+        p.apply_rtbl(&flag, &added("spam.example"));
+        assert!(seen.has_changed().unwrap(), "held streams are woken");
+        assert!(matches!(p.verdict(&d), Verdict::Refuse(w) if w.contains("listed as a spam source by a.test") && w.ends_with(": bots")));
+        let t = p.explain(&d, None);
+        assert_eq!((t.verdict.clone(), t.decided_by), (p.verdict(&d), crate::policy::Rule::Rtbl));
+        assert_eq!(t.marks, ["listed by a.test: bots", "listed by b.test: bots"]);
+        p.apply_rtbl(&block, &R::Retracted { domain: d.clone(), at_ms: 2 });
+        assert_eq!(p.verdict(&d), Verdict::Allow);
+        assert_eq!(p.listings("spam.example").len(), 1, "the flag stays");
+        p.apply_rtbl(&block, &added("spam.example"));
+        p.apply(&d, Change::Approve, "op", None).await.unwrap();
+        assert_eq!(p.verdict(&d), Verdict::Allow, "approve overrides the listing");
+        assert_eq!(store.domains().unwrap()[0].state, DomainState::Approved, "the approve was written");
+        let strangers = feed("c.test", Action::Strangers);
+        p.apply_rtbl(&strangers, &added("other.example"));
+        let o = Domain::parse("other.example").unwrap();
+        assert!(p.strangers(&o, crate::policy::Inbound::Message, || false).is_some_and(|w| w.contains("by c.test")));
+        assert_eq!(p.strangers(&d, crate::policy::Inbound::Message, || false), None, "approved");
+        p.apply_rtbl(&block, &R::Cleared { at_ms: 3 });
+        p.apply_rtbl(&flag, &R::Cleared { at_ms: 3 });
+        assert!(p.listings("spam.example").is_empty());
+    }
+
+    /// A hold listing sends a domain to the approval inbox; its retract takes it out again
+    /// unless something else still holds it (approval mode, another hold feed).
+    #[tokio::test]
+    async fn a_retract_lifts_only_the_hold_the_listing_caused() {
+        let store = Arc::new(Mem::default());
+        let p = Policy::load(store.clone(), Mode::Open).unwrap();
+        let (hold, hold2) = (feed("a.test", Action::Hold), feed("b.test", Action::Hold));
+        let d = Domain::parse("spam.example").unwrap();
+        p.apply_rtbl(&hold, &added("spam.example"));
+        p.apply_rtbl(&hold2, &added("spam.example"));
+        assert_eq!(p.verdict(&d), Verdict::Hold);
+        assert!(p.mark_pending(&d).is_some(), "the engine lists it as pending, as in approval mode");
+        assert!(p.apply_rtbl(&hold, &R::Retracted { domain: d.clone(), at_ms: 2 }).is_empty(), "b.test still holds it");
+        assert_eq!(p.record("spam.example").unwrap().state, DomainState::Pending);
+        let lifted = p.apply_rtbl(&hold2, &R::Cleared { at_ms: 3 });
+        assert_eq!(lifted.len(), 1);
+        assert_eq!(p.record("spam.example").unwrap().state, DomainState::Unknown);
+        assert_eq!(store.domains().unwrap()[0].state, DomainState::Unknown, "written");
+        assert_eq!(p.verdict(&d), Verdict::Allow);
+        // In approval mode the domain stays pending: the mode holds it, not the listing.
+        p.set_mode(Mode::Approval, "op").await.unwrap();
+        let e = Domain::parse("other.example").unwrap();
+        p.apply_rtbl(&hold, &added("other.example"));
+        p.mark_pending(&e);
+        assert!(p.apply_rtbl(&hold, &R::Retracted { domain: e.clone(), at_ms: 4 }).is_empty());
+        assert_eq!(p.record("other.example").unwrap().state, DomainState::Pending);
+        // The operator keeps a retracted listing's block: an operator decision with provenance.
+        let l = Listed { service: "a.test".into(), node: "n".into(), action: Action::Block, reason: "bots".into(), block_strangers: false };
+        let (rec, changed) = p.keep_listing(&e, &l, "op").await.unwrap();
+        assert!(changed && rec.state == DomainState::Blocked);
+        assert_eq!(rec.reason.as_deref(), Some("kept after a listing by a.test (node n): bots"));
+        let t = p.explain(&e, None);
+        assert_eq!(t.decided_by, crate::policy::Rule::OperatorDecision);
+        assert!(matches!(t.verdict, Verdict::Refuse(ref w) if w.contains("blocked: kept after a listing by a.test")));
     }
 }

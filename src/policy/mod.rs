@@ -1,12 +1,15 @@
 //! Federation policy: what the operator decided per domain, and the federation mode.
-//! [`decide`] is the pure decision; [`Policy`] holds the live state (loaded from the store,
-//! written through to it before an operator's change is acknowledged).
+//! [`decide`] is the pure decision ([`explain`] the same decision with its trace, see
+//! [`decision`]); [`Policy`] holds the live state (loaded from the store, written through to
+//! it before an operator's change is acknowledged).
 
+pub mod decision;
 pub mod live;
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::types::Verdict;
+pub use decision::{BlacklistHit, Facts, Inbound, Listed, Rule, Step, Trace, decide, explain};
 pub use live::{Change, Policy};
 
 /// `[policy] mode`.
@@ -93,34 +96,6 @@ impl Standing {
             (DomainState::Blocked, Some(t)) if t <= now_ms => self.previous,
             (s, _) => s,
         }
-    }
-}
-
-/// Pure decision: the mode, the domain's own standing, and the blacklisted parent (or the
-/// domain itself) if any.
-pub fn decide(mode: Mode, domain: &str, own: Option<&Standing>, blacklisted_by: Option<(&str, Option<&str>)>, now_ms: u64) -> Verdict {
-    if let Some((entry, reason)) = blacklisted_by {
-        let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
-        return Verdict::Refuse(if entry == domain {
-            format!("{domain} is blacklisted{why}")
-        } else {
-            format!("{domain} is blacklisted through {entry}{why}")
-        });
-    }
-    let state = own.map_or(DomainState::Unknown, |s| s.effective(now_ms));
-    match state {
-        DomainState::Blocked => {
-            let s = own.expect("blocked implies a record");
-            let why = s.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
-            Verdict::Refuse(format!("{domain} is blocked{why}"))
-        }
-        DomainState::Blacklisted => Verdict::Refuse(format!("{domain} is blacklisted")),
-        DomainState::Approved => Verdict::Allow,
-        DomainState::Unknown | DomainState::Pending => match mode {
-            Mode::Open => Verdict::Allow,
-            Mode::Approval => Verdict::Hold,
-            Mode::Allowlist => Verdict::Refuse(format!("{domain} is not on the allowlist (policy mode allowlist)")),
-        },
     }
 }
 
@@ -297,6 +272,15 @@ mod tests {
 
     fn st(state: DomainState) -> Standing {
         Standing { state, ..Default::default() }
+    }
+
+    /// The decision as it was called before it had a trace (no listings, no security).
+    fn decide(mode: Mode, domain: &str, own: Option<&Standing>, bl: Option<(&str, Option<&str>)>, now_ms: u64) -> Verdict {
+        let blacklisted_by = bl.map(|(entry, reason)| BlacklistHit { entry, reason, source: None });
+        let f = Facts { mode, domain, own, blacklisted_by, listings: &[], security: None, now_ms };
+        let v = super::decide(&f);
+        assert_eq!(explain(&f).verdict, v);
+        v
     }
 
     #[test]

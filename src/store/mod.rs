@@ -3,7 +3,10 @@
 //! Trees: `meta` (schema version, dialback secret, federation mode), `domains` (standing and
 //! counters per domain), `policy_log` (every operator action), `outcomes` (verification
 //! outcomes, time-ordered), `history` (closed streams), `open_streams` (periodic snapshots of
-//! live ones; moved to `history` at the next start if the server died). Records are JSON.
+//! live ones; moved to `history` at the next start if the server died), `rtbl` and
+//! `rtbl_feeds` (real-time blocklist entries with provenance, and each feed's last status;
+//! see [`rtbl`]), `familiar` (the keyed hashes of who wrote to whom, for the `strangers`
+//! action). Records are JSON.
 //!
 //! Durability: operator changes are flushed before they are acknowledged
 //! ([`Store::flush`]); history and outcomes are flushed by the engine on a short timer.
@@ -17,6 +20,9 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::policy::Mode;
 pub use crate::policy::{DomainRecord, PolicyAction};
 use crate::types::{ConnSnapshot, VerificationOutcome};
+
+pub mod rtbl;
+pub use rtbl::RtblRecord;
 
 /// Version 1: only `meta/dialback_secret` (drawbridge 0.1 before policy). Version 2: all trees.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -55,6 +61,9 @@ pub struct Store {
     outcomes: sled::Tree,
     history: sled::Tree,
     open_streams: sled::Tree,
+    rtbl: sled::Tree,
+    rtbl_feeds: sled::Tree,
+    familiar: sled::Tree,
     path: PathBuf,
     _lock: File,
 }
@@ -88,6 +97,9 @@ impl Store {
             outcomes: db.open_tree("outcomes").map_err(err)?,
             history: db.open_tree("history").map_err(err)?,
             open_streams: db.open_tree("open_streams").map_err(err)?,
+            rtbl: db.open_tree("rtbl").map_err(err)?,
+            rtbl_feeds: db.open_tree("rtbl_feeds").map_err(err)?,
+            familiar: db.open_tree("familiar").map_err(err)?,
             db,
             path,
             _lock: lock,

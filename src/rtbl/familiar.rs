@@ -1,0 +1,217 @@
+//! Who is familiar to whom, for the `strangers` action: (local bare JID, remote bare JID)
+//! pairs learnt from stanzas that leave (a local user wrote to the remote one), so that a
+//! listed domain's messages still reach the users who know the sender.
+//!
+//! Pairs are kept as keyed hashes (HMAC-SHA-256 under a secret of the server's own,
+//! truncated to 128 bits): neither memory nor the store holds who talks to whom in clear,
+//! and the hashes cannot be recomputed without the secret. The set is bounded (least
+//! recently used pairs go first) and forgets pairs unused for longer than the retention.
+//! Sans-I/O: the caller persists the [`Write`]s it is given and loads them back at start.
+
+use std::collections::{BTreeSet, HashMap};
+
+use hmac::{KeyInit, Mac};
+
+/// `[strangers]`: how many pairs are kept and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FamiliarSettings {
+    pub max_pairs: usize,
+    pub retention: std::time::Duration,
+}
+
+impl Default for FamiliarSettings {
+    /// 100 000 pairs (about 5 MB in memory, 3 MB stored); half a year.
+    fn default() -> Self {
+        FamiliarSettings { max_pairs: 100_000, retention: std::time::Duration::from_secs(180 * 86_400) }
+    }
+}
+
+/// A pair's keyed hash.
+pub type PairHash = [u8; 16];
+
+/// What the caller persists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// The pair was last used at this time (unix ms).
+    Put(PairHash, u64),
+    Remove(PairHash),
+}
+
+pub struct Familiar {
+    key: [u8; 32],
+    capacity: usize,
+    retention_ms: u64,
+    /// A pair's last use is written again only when it is this much older (the set is
+    /// consulted and touched per stanza; the store is not written per stanza).
+    write_every_ms: u64,
+    /// Pair → (last use, last use written).
+    pairs: HashMap<PairHash, (u64, u64)>,
+    /// (last use, pair): the least recently used first.
+    order: BTreeSet<(u64, PairHash)>,
+}
+
+/// A bare JID as compared: the resource cut, lower case (localparts and domains compare
+/// case-insensitively in practice; RFC 7622's casefolding for the ASCII range).
+fn bare(jid: &str) -> String {
+    jid.split('/').next().unwrap_or("").to_lowercase()
+}
+
+impl Familiar {
+    /// An empty set keyed by `key` (a secret of the server's own, stored apart).
+    pub fn new(key: [u8; 32], capacity: usize, retention_ms: u64) -> Familiar {
+        Familiar { key, capacity: capacity.max(1), retention_ms, write_every_ms: 3_600_000, pairs: HashMap::new(), order: BTreeSet::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    fn hash(&self, local: &str, remote: &str) -> PairHash {
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        mac.update(bare(local).as_bytes());
+        mac.update(&[0]);
+        mac.update(bare(remote).as_bytes());
+        let mut h = [0u8; 16];
+        h.copy_from_slice(&mac.finalize().into_bytes()[..16]);
+        h
+    }
+
+    /// The stored pairs at start; the most recent are kept when there are more than fit,
+    /// and those past the retention are dropped (returned as removals).
+    pub fn load(&mut self, stored: impl IntoIterator<Item = (PairHash, u64)>, now_ms: u64) -> Vec<Write> {
+        let mut all: Vec<(PairHash, u64)> = stored.into_iter().collect();
+        all.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
+        let mut out = Vec::new();
+        for (h, t) in all {
+            if self.pairs.len() >= self.capacity || now_ms.saturating_sub(t) > self.retention_ms {
+                out.push(Write::Remove(h));
+            } else if !self.pairs.contains_key(&h) {
+                self.pairs.insert(h, (t, t));
+                self.order.insert((t, h));
+            }
+        }
+        out
+    }
+
+    /// A local user wrote to a remote one: the pair is familiar from now on.
+    pub fn note(&mut self, local: &str, remote: &str, now_ms: u64) -> Vec<Write> {
+        let h = self.hash(local, remote);
+        let mut out = Vec::new();
+        match self.pairs.get_mut(&h) {
+            Some((used, written)) => {
+                self.order.remove(&(*used, h));
+                *used = now_ms.max(*used);
+                self.order.insert((*used, h));
+                if used.saturating_sub(*written) >= self.write_every_ms {
+                    *written = *used;
+                    out.push(Write::Put(h, *used));
+                }
+            }
+            None => {
+                while self.pairs.len() >= self.capacity {
+                    let Some(&(t, old)) = self.order.iter().next() else { break };
+                    self.order.remove(&(t, old));
+                    self.pairs.remove(&old);
+                    out.push(Write::Remove(old));
+                }
+                self.pairs.insert(h, (now_ms, now_ms));
+                self.order.insert((now_ms, h));
+                out.push(Write::Put(h, now_ms));
+            }
+        }
+        out
+    }
+
+    /// Whether `local` wrote to `remote` within the retention.
+    pub fn knows(&self, local: &str, remote: &str, now_ms: u64) -> bool {
+        self.pairs.get(&self.hash(local, remote)).is_some_and(|(used, _)| now_ms.saturating_sub(*used) <= self.retention_ms)
+    }
+
+    /// Forget the pairs unused for longer than the retention (call periodically).
+    pub fn expire(&mut self, now_ms: u64) -> Vec<Write> {
+        let mut out = Vec::new();
+        while let Some(&(t, h)) = self.order.iter().next() {
+            if now_ms.saturating_sub(t) <= self.retention_ms {
+                break;
+            }
+            self.order.remove(&(t, h));
+            self.pairs.remove(&h);
+            out.push(Write::Remove(h));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 86_400_000;
+
+    fn set(cap: usize) -> Familiar {
+        Familiar::new([7; 32], cap, 30 * DAY)
+    }
+
+    #[test]
+    fn learnt_from_what_leaves_one_way_only() {
+        let mut f = set(10);
+        assert!(!f.knows("alice@home.test", "bob@spam.example", 0));
+        let w = f.note("alice@home.test/phone", "Bob@Spam.example/x", 0);
+        assert!(matches!(w.as_slice(), [Write::Put(_, 0)]));
+        assert!(f.knows("alice@home.test", "bob@spam.example", 1), "bare, case-insensitive");
+        assert!(!f.knows("bob@spam.example", "alice@home.test", 1), "writing to someone does not make them know you");
+        assert!(!f.knows("carol@home.test", "bob@spam.example", 1));
+        // The pair is not in clear, and another key gives other hashes.
+        let Write::Put(h, _) = w[0] else { unreachable!() };
+        assert!(!String::from_utf8_lossy(&h).contains("alice"));
+        assert_ne!(Familiar::new([8; 32], 10, DAY).hash("alice@home.test", "bob@spam.example"), h);
+        // Touches are written at most hourly.
+        assert!(f.note("alice@home.test", "bob@spam.example", 1000).is_empty());
+        assert_eq!(f.note("alice@home.test", "bob@spam.example", 3_601_000), vec![Write::Put(h, 3_601_000)]);
+    }
+
+    #[test]
+    fn bounded_least_recently_used_first_and_retention() {
+        let mut f = set(3);
+        for (i, r) in ["a", "b", "c"].iter().enumerate() {
+            f.note("u@home.test", &format!("{r}@x.example"), i as u64);
+        }
+        f.note("u@home.test", "a@x.example", 10); // a is used again: b is now the oldest
+        let w = f.note("u@home.test", "d@x.example", 11);
+        assert_eq!(w.len(), 2, "one eviction and the new pair: {w:?}");
+        assert_eq!(f.len(), 3);
+        assert!(!f.knows("u@home.test", "b@x.example", 11));
+        for r in ["a", "c", "d"] {
+            assert!(f.knows("u@home.test", &format!("{r}@x.example"), 11), "{r}");
+        }
+        // Past the retention a pair is no longer familiar, and expire forgets it.
+        assert!(!f.knows("u@home.test", "c@x.example", 2 + 30 * DAY + 1));
+        let gone = f.expire(2 + 30 * DAY + 1);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(f.len(), 2);
+    }
+
+    #[test]
+    fn reload_keeps_the_most_recent_within_bounds() {
+        let mut f = set(10);
+        let mut stored = Vec::new();
+        for i in 0..5u64 {
+            for w in f.note("u@home.test", &format!("p{i}@x.example"), i * DAY) {
+                if let Write::Put(h, t) = w {
+                    stored.push((h, t));
+                }
+            }
+        }
+        let mut g = set(3);
+        let removed = g.load(stored.clone(), 4 * DAY);
+        assert_eq!((g.len(), removed.len()), (3, 2));
+        assert!(g.knows("u@home.test", "p4@x.example", 4 * DAY) && !g.knows("u@home.test", "p0@x.example", 4 * DAY));
+        let mut h = set(10);
+        let removed = h.load(stored, 33 * DAY);
+        assert_eq!((h.len(), removed.len()), (2, 3), "pairs older than 30 days are dropped at load");
+    }
+}
