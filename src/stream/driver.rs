@@ -411,8 +411,8 @@ pub async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// What a machine observed: the stream's row in the connection table follows it (one
-/// reducer, [`ConnEntry::apply`]); outcomes and pending domains go to the observer.
+/// What a machine observed: handed to the stream's row, which folds it ([`ConnEntry::apply`],
+/// as the driver's own observations); outcomes and pending domains go to the observer.
 pub fn observe(observer: &dyn super::Observer, entry: &ConnEntry, direction: Direction, o: Observed) {
     match o {
         Observed::Outcome { local, remote, method, result, reason } => observer.outcome(VerificationOutcome {
