@@ -241,7 +241,7 @@ impl crate::router::Opener for OutboundOpener {
         // Verifications waiting for this link: at most 64 (each weighs 1).
         let (vtx, vrx) = queue::queue(64, 64);
         let entry = caps.table.open(Direction::Out, &caps.shutdown, caps.kind());
-        entry.set_domains(Some(local.as_str()), Some(remote.as_str()));
+        entry.apply(&crate::proto::machine::Observed::Domains { local: Some(local.to_string()), remote: Some(remote.to_string()) });
         let link = Link { kind, stream: entry.id.as_str().into(), stanzas: stx, verifies: Some(vtx) };
         let (l, r, tasks) = (local.clone(), remote.clone(), caps.tasks.clone());
         tasks.spawn(async move {

@@ -25,7 +25,7 @@ use super::driver::STANZA_HIGH_WATER as HIGH_WATER;
 pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: InboundSlot, secrets: Secrets) {
     let (mut d, mut role) = {
         let entry = caps.table.open(Direction::In, &caps.shutdown, StreamKind::Component);
-        entry.set_peer_addr(peer);
+        entry.apply(crate::table::Observation::PeerAddr(peer));
         let limits = &caps.settings.limits;
         let conn = Conn::new(Transport::Plain(tcp), entry.clone(), limits, caps.settings.timeouts.write);
         // The slot moves into the machine (admitted at the handshake) and is given back when

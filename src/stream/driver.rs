@@ -313,7 +313,7 @@ impl Driver {
         if end.abandon {
             return;
         }
-        self.entry.set_state(crate::events::ConnState::Closing);
+        self.entry.apply(crate::table::Observation::Closing);
         self.conn.close(end.error.as_ref(), self.caps.settings.timeouts.close, end.peer_closed).await;
     }
 }
@@ -411,8 +411,8 @@ pub async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// What a machine observed: the stream's row in the connection table follows it (one
-/// reducer, [`ConnEntry::apply`]); outcomes and pending domains go to the observer.
+/// What a machine observed: handed to the stream's row, which folds it ([`ConnEntry::apply`],
+/// as the driver's own observations); outcomes and pending domains go to the observer.
 pub fn observe(observer: &dyn super::Observer, entry: &ConnEntry, direction: Direction, o: Observed) {
     match o {
         Observed::Outcome { local, remote, method, result, reason } => observer.outcome(VerificationOutcome {
@@ -431,11 +431,14 @@ pub fn observe(observer: &dyn super::Observer, entry: &ConnEntry, direction: Dir
     }
 }
 
-/// A TLS session is up: the table notes it (version, cipher, the peer's certificate) and the
-/// machine gets its facts (the chain, judged once the claimed domain is known).
-pub fn tls_established(entry: &ConnEntry, how: &str, tls: &crate::net::tls_io::TlsIo) -> crate::proto::machine::TlsFacts {
+/// A TLS session is up: the row takes its facts (version, cipher, the peer's certificate;
+/// the transcript notes them) and the machine gets its own (the chain, judged once the
+/// claimed domain is known).
+pub fn tls_established(entry: &ConnEntry, how: &'static str, tls: &crate::net::tls_io::TlsIo) -> crate::proto::machine::TlsFacts {
     let session = tls.session();
-    entry.tls_established(how, session, None);
+    let (version, cipher) = crate::net::tls::session_facts(session);
+    let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::peer_cert_info(c));
+    entry.apply(crate::table::Observation::Tls { how, info: crate::events::TlsInfo { version, cipher, peer_cert, cert_verdict: None } });
     crate::proto::machine::TlsFacts {
         chain: session.peer_certificates().map(|c| c.to_vec()).unwrap_or_default(),
         at: rustls::pki_types::UnixTime::now(),

@@ -17,7 +17,7 @@ use crate::limits::InboundSlot;
 use crate::net::tls_io::TlsIo;
 use crate::proto::dialback::Answer;
 use crate::proto::machine::{Ask, Input, Machine, Output, TlsFacts, TlsRole};
-use crate::table::ConnEntry;
+use crate::table::{ConnEntry, Observation};
 
 /// An authoritative server's answer, back from the verification task.
 struct Answered {
@@ -29,15 +29,15 @@ struct Answered {
 
 pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: InboundSlot) {
     let entry = caps.table.open(Direction::In, &caps.shutdown, caps.kind());
-    entry.set_peer_addr(peer);
+    entry.apply(Observation::PeerAddr(peer));
     serve(caps, entry, Transport::Plain(tcp), None, slot).await;
 }
 
 /// XEP-0368: TLS from the first byte (the certificate is picked by SNI), then the stream.
 pub async fn run_direct(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: InboundSlot) {
     let entry = caps.table.open(Direction::In, &caps.shutdown, caps.kind());
-    entry.set_peer_addr(peer);
-    entry.set_state(ConnState::Tls);
+    entry.apply(Observation::PeerAddr(peer));
+    entry.apply(Observation::DirectTls);
     // The certificate follows SNI (a hosted domain's own, else the first domain's).
     let config = match caps.tls.server_config(&caps.settings.domains[0]) {
         Ok(c) => c,

@@ -16,7 +16,7 @@ use crate::net::tls_io::TlsIo;
 use crate::proto::machine::{EndKind, Failure, Input, Machine, Output, TlsRole};
 use crate::proto::stanza::error_reply;
 use crate::router::VerifyRequest;
-use crate::table::ConnEntry;
+use crate::table::{ConnEntry, Observation};
 
 pub async fn run(
     caps: Arc<Caps>,
@@ -26,7 +26,7 @@ pub async fn run(
     mut stanzas: crate::router::queue::QueueRx,
     mut verifies: crate::router::queue::QueueRx<VerifyRequest>,
 ) {
-    entry.set_state(ConnState::Connecting);
+    entry.apply(Observation::Dialling);
     let mut control = entry.control();
     let connected = tokio::select! {
         // Boxed: the dialling state is freed once connected, not kept in the task.
@@ -187,7 +187,7 @@ async fn connect_internal(caps: &Caps, entry: &ConnEntry, addr: std::net::Socket
     match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => {
             let _ = tcp.set_nodelay(true);
-            entry.set_peer_addr(addr);
+            entry.apply(Observation::PeerAddr(addr));
             Ok((tcp, false))
         }
         Ok(Err(e)) => Err(Failure::unreachable(format!("internal server {addr} (gateway.internal): {e}"))),
@@ -302,7 +302,7 @@ async fn connect(caps: &Caps, entry: &ConnEntry, remote: &Domain) -> Result<(Tcp
             match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(tcp)) => {
                     let _ = tcp.set_nodelay(true);
-                    entry.set_peer_addr(addr);
+                    entry.apply(Observation::PeerAddr(addr));
                     tracing::debug!(stream = %entry.id, %addr, %target, "connected to {}", remote);
                     return Ok((tcp, target.source == crate::net::resolve::TargetSource::SrvDirectTls));
                 }

@@ -1,23 +1,28 @@
-//! The connection table: every live stream plus recently closed ones. The table's lock is
-//! taken on open, state change and close — never per stanza: counters are atomics in each
-//! stream's own entry.
+//! The connection table: every live stream plus recently closed ones. Each stream's entry
+//! holds three things side by side: its row (what the views show, changed only by folding
+//! observations through [`ConnEntry::apply`], which sends the one event each change makes),
+//! its control channel (close requests, shutdown) and its transcript. The table's lock is
+//! taken on open and close — never per stanza: counters are atomics in each entry.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::Domain;
 use crate::events::*;
 use crate::proto::machine::Observed;
-use crate::proto::stream::{StreamError, StreamErrorCondition};
+use crate::proto::stream::StreamError;
 use crate::types::CertVerdict;
 
+mod control;
+mod recording;
+mod row;
 mod transcript;
-use transcript::Transcript;
+pub use control::{CloseRequest, StreamControl};
+pub use recording::EVENT_TEXT;
+use recording::Recording;
+pub use row::{Change, Observation, Row};
 pub use transcript::{LINE_OVERHEAD, TranscriptBudget, line_size};
 
 /// Per-stream counters, updated by the stream's own task.
@@ -30,46 +35,8 @@ pub struct Counters {
     pub last_activity_ms: AtomicU64,
 }
 
-/// Why a stream is asked to close, and the stream error to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseRequest {
-    pub reason: String,
-    pub error: Option<StreamError>,
-}
-
-/// A stream task's end of its control channel: close requests from the operator or the
-/// policy, and the server's shutdown.
-#[derive(Clone)]
-pub struct StreamControl {
-    entry: Arc<ConnEntry>,
-}
-
-impl StreamControl {
-    /// Resolves when the stream is asked to close (at once if it already was). Cancel-safe.
-    pub async fn closed(&mut self) -> CloseRequest {
-        let e = &*self.entry;
-        loop {
-            // Registered before the request is read: a request made in between still wakes it.
-            let mut notified = std::pin::pin!(e.close_notify.notified());
-            notified.as_mut().enable();
-            if let Some(r) = e.info.lock().unwrap().close_request.clone() {
-                return r;
-            }
-            if e.shutdown.is_cancelled() {
-                return CloseRequest {
-                    reason: "server shutting down".into(),
-                    error: Some(StreamError::new(StreamErrorCondition::SystemShutdown, "server shutting down")),
-                };
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = e.shutdown.cancelled() => {}
-            }
-        }
-    }
-}
-
-/// One stream's entry, shared between its task and the table.
+/// One stream's entry, shared between its task and the table: the row, and beside it the
+/// control channel and the transcript.
 #[derive(Debug)]
 pub struct ConnEntry {
     pub id: String,
@@ -78,158 +45,93 @@ pub struct ConnEntry {
     pub kind: StreamKind,
     pub opened_ms: u64,
     pub counters: Counters,
-    info: Mutex<Info>,
-    /// The stream's control channel: wakes its task for a close request (operator, policy;
-    /// the request itself is in `info`).
-    close_notify: Notify,
-    /// Server shutdown, which closes every stream.
-    shutdown: CancellationToken,
+    /// The row's facts: written only by [`ConnEntry::apply`] (and the table's close).
+    row: Mutex<Row>,
     events: bus::Sender,
-    transcript: Mutex<Transcript>,
-    budget: Arc<TranscriptBudget>,
-    /// Everything is recorded until the stream is established (and what it wrote in the
-    /// same turn: the answer that established it); afterwards only while someone watches
-    /// (the stanza path then pays nothing for transcripts). A [`Capture`] as a byte.
-    capture: AtomicU8,
-    watchers: AtomicUsize,
-}
-
-#[derive(Debug, Default, Clone)]
-struct Info {
-    local: Option<String>,
-    remote: Option<String>,
-    peer_addr: Option<String>,
-    state: Option<ConnState>,
-    stream_id: Option<String>,
-    tls: Option<TlsInfo>,
-    pairs: Vec<PairInfo>,
-    close_reason: Option<String>,
-    close_request: Option<CloseRequest>,
-    limits: Option<StreamLimits>,
+    close: control::CloseChannel,
+    recording: Recording,
 }
 
 impl ConnEntry {
     pub fn snapshot(&self) -> ConnSnapshot {
-        let i = self.info.lock().unwrap().clone();
+        let r = self.row.lock().unwrap().clone();
+        self.view(r)
+    }
+
+    /// The row with the entry's own facts and counters: what the views get.
+    fn view(&self, r: Row) -> ConnSnapshot {
         let c = &self.counters;
         ConnSnapshot {
             id: self.id.clone(),
             direction: self.direction,
             kind: self.kind,
-            local: i.local,
-            remote: i.remote,
-            peer_addr: i.peer_addr,
-            state: i.state.unwrap_or(ConnState::Connecting),
-            stream_id: i.stream_id,
-            tls: i.tls,
-            pairs: i.pairs,
+            local: r.local,
+            remote: r.remote,
+            peer_addr: r.peer_addr,
+            state: r.state.unwrap_or(ConnState::Connecting),
+            stream_id: r.stream_id,
+            tls: r.tls,
+            pairs: r.pairs,
             opened_ms: self.opened_ms,
             last_activity_ms: c.last_activity_ms.load(Ordering::Relaxed),
             stanzas_in: c.stanzas_in.load(Ordering::Relaxed),
             stanzas_out: c.stanzas_out.load(Ordering::Relaxed),
             bytes_in: c.bytes_in.load(Ordering::Relaxed),
             bytes_out: c.bytes_out.load(Ordering::Relaxed),
-            close_reason: i.close_reason,
-            limits: i.limits,
+            close_reason: r.close_reason,
+            limits: r.limits,
         }
     }
 
     pub fn state(&self) -> ConnState {
-        self.info.lock().unwrap().state.unwrap_or(ConnState::Connecting)
+        self.row.lock().unwrap().state.unwrap_or(ConnState::Connecting)
     }
 
-    pub fn set_state(&self, state: ConnState) {
-        if state == ConnState::Established {
-            let _ = self.capture.compare_exchange(Capture::Negotiating as u8, Capture::Ending as u8, Ordering::Relaxed, Ordering::Relaxed);
+    /// The one way a row changes: fold `o` into it ([`Row::apply`]) and send the event the
+    /// change makes — exactly one, or none when nothing changed. (The transcript beside the
+    /// row notes TLS facts and verdicts, and learns when the negotiation is over.)
+    pub fn apply<'a>(&self, o: impl Into<Observation<'a>>) {
+        let o = o.into();
+        if let Some(ev) = self.fold(&o) {
+            let _ = self.events.send(ev);
         }
+    }
+
+    /// [`ConnEntry::apply`] without sending: the event, if the row changed. A row update
+    /// is built only for someone listening; the close always (the table keeps it).
+    fn fold(&self, o: &Observation<'_>) -> Option<Event> {
+        if matches!(o, Observation::Machine(Observed::State(ConnState::Established))) {
+            self.recording.established();
+        }
+        let (change, tls) = {
+            let mut r = self.row.lock().unwrap();
+            let change = r.apply(o)?;
+            let tls = matches!(o, Observation::Tls { .. } | Observation::Machine(Observed::Certificate(_))).then(|| r.tls.clone());
+            (change, tls.flatten())
+        };
+        if let Some(tls) = tls
+            && self.capturing()
         {
-            let mut i = self.info.lock().unwrap();
-            if i.state == Some(state) {
-                return;
-            }
-            i.state = Some(state);
+            self.record("note", tls_note(o, &tls), None);
         }
-        let _ = self.events.send(Event::StreamUpdated { stream: self.snapshot() });
-    }
-
-    pub fn set_domains(&self, local: Option<&str>, remote: Option<&str>) {
-        let mut i = self.info.lock().unwrap();
-        if let Some(l) = local {
-            i.local = Some(l.to_owned());
+        match change {
+            Change::Closed => Some(Event::StreamClosed { stream: self.snapshot() }),
+            _ if self.events.receiver_count() == 0 => None,
+            Change::Updated => Some(Event::StreamUpdated { stream: self.snapshot() }),
+            Change::Authorised => match o {
+                Observation::Machine(Observed::Pair { local, remote, method, .. }) => Some(Event::PairAuthorised {
+                    id: self.id.clone(),
+                    local: local.to_string(),
+                    remote: remote.to_string(),
+                    method: *method,
+                }),
+                _ => None,
+            },
         }
-        if let Some(r) = remote {
-            i.remote = Some(r.to_owned());
-        }
-    }
-
-    pub fn set_peer_addr(&self, addr: SocketAddr) {
-        self.info.lock().unwrap().peer_addr = Some(addr.to_string());
-    }
-
-    pub fn set_stream_id(&self, id: &str) {
-        self.info.lock().unwrap().stream_id = Some(id.to_owned());
-    }
-
-    /// A TLS handshake finished: record the session and certificate facts (and the verdict,
-    /// when the claimed domain is known) and say so in the transcript.
-    pub fn tls_established(&self, how: &str, session: &rustls::CommonState, cert_verdict: Option<crate::net::certs::CertVerdict>) {
-        let (version, cipher) = crate::net::tls::session_facts(session);
-        let peer_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| crate::net::tls::peer_cert_info(c));
-        let peer_cert = peer_cert.map(compact_cert);
-        let cert_verdict = cert_verdict.map(compact_verdict);
-        let cert = peer_cert.as_ref().map_or("none".to_owned(), |c| {
-            // A certificate may name hundreds of domains; the note shows a few (the row's
-            // copy is compacted already: its names are clipped and counted).
-            let mut names = c.names.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
-            if c.names.len() > 8 {
-                names.push_str(&format!(" and {} more", c.names.len() - 8));
-            }
-            format!("{} (issuer {}, names {names})", c.subject, c.issuer)
-        });
-        let verdict = cert_verdict.as_ref().map(|v| format!("; verdict: {v}")).unwrap_or_default();
-        self.record("note", format!("{how} established: {version} {cipher}; peer certificate: {cert}{verdict}"), None);
-        self.set_tls(TlsInfo { version, cipher, peer_cert, cert_verdict });
-    }
-
-    pub fn set_tls(&self, mut tls: TlsInfo) {
-        tls.peer_cert = tls.peer_cert.map(compact_cert);
-        tls.cert_verdict = tls.cert_verdict.map(compact_verdict);
-        self.info.lock().unwrap().tls = Some(tls);
-        let _ = self.events.send(Event::StreamUpdated { stream: self.snapshot() });
-    }
-
-    /// Forget what was learned before a stream restart (STARTTLS).
-    pub fn reset_pairs(&self) {
-        self.info.lock().unwrap().pairs.clear();
-    }
-
-    pub fn set_pair(&self, local: &Domain, remote: &Domain, status: PairStatus, method: AuthMethod) {
-        {
-            let mut i = self.info.lock().unwrap();
-            match i.pairs.iter_mut().find(|p| p.local == local.as_str() && p.remote == remote.as_str()) {
-                Some(p) => {
-                    p.status = status;
-                    p.method = method;
-                }
-                None => i.pairs.push(PairInfo { local: local.to_string(), remote: remote.to_string(), status, method }),
-            }
-        }
-        if status == PairStatus::Valid {
-            let _ = self.events.send(Event::PairAuthorised {
-                id: self.id.clone(),
-                local: local.to_string(),
-                remote: remote.to_string(),
-                method,
-            });
-        }
-    }
-
-    pub fn remove_pair(&self, local: &Domain, remote: &Domain) {
-        self.info.lock().unwrap().pairs.retain(|p| !(p.local == local.as_str() && p.remote == remote.as_str()));
     }
 
     pub fn peer_addr(&self) -> Option<String> {
-        self.info.lock().unwrap().peer_addr.clone()
+        self.row.lock().unwrap().peer_addr.clone()
     }
 
     /// Ask the stream to close; its task picks the reason up.
@@ -240,8 +142,7 @@ impl ConnEntry {
     /// Ask the stream to close with a stream error (e.g. `<policy-violation/>`), over its
     /// control channel.
     pub fn request_close_with(&self, reason: &str, error: Option<StreamError>) {
-        self.info.lock().unwrap().close_request = Some(CloseRequest { reason: reason.to_owned(), error });
-        self.close_notify.notify_waiters();
+        self.close.request(CloseRequest { reason: reason.to_owned(), error });
     }
 
     /// The stream's end of its control channel.
@@ -249,44 +150,11 @@ impl ConnEntry {
         StreamControl { entry: self.clone() }
     }
 
-    /// The projection: a stream's row follows what its machine observed — state, domains,
-    /// stream id, pairs, certificate verdict. (Outcomes and pending domains are recorded
-    /// elsewhere; they are not the row's.)
-    pub fn apply(&self, o: &Observed) {
-        match o {
-            Observed::State(s) => self.set_state(*s),
-            Observed::Domains { local, remote } => self.set_domains(local.as_deref(), remote.as_deref()),
-            Observed::StreamId(id) => self.set_stream_id(id),
-            Observed::Pair { local, remote, status, method } => self.set_pair(local, remote, *status, *method),
-            Observed::PairRemoved { local, remote } => self.remove_pair(local, remote),
-            Observed::PairsReset => self.reset_pairs(),
-            Observed::Limits(l) => {
-                let changed = {
-                    let mut i = self.info.lock().unwrap();
-                    i.limits.replace(*l) != Some(*l)
-                };
-                if changed {
-                    let _ = self.events.send(Event::StreamUpdated { stream: self.snapshot() });
-                }
-            }
-            Observed::Certificate(verdict) => {
-                let tls = self.info.lock().unwrap().tls.clone();
-                if let Some(mut tls) = tls {
-                    let verdict = compact_verdict(verdict.clone());
-                    self.record("note", format!("certificate verdict: {verdict}"), None);
-                    tls.cert_verdict = Some(verdict);
-                    self.set_tls(tls);
-                }
-            }
-            Observed::Outcome { .. } | Observed::Pending(_) => {}
-        }
-    }
-
     /// Every remote domain on this stream: the header's and each pair's.
     pub fn remotes(&self) -> Vec<String> {
-        let i = self.info.lock().unwrap();
-        let mut v: Vec<String> = i.remote.iter().cloned().collect();
-        for p in &i.pairs {
+        let r = self.row.lock().unwrap();
+        let mut v: Vec<String> = r.remote.iter().cloned().collect();
+        for p in &r.pairs {
             if !v.contains(&p.remote) {
                 v.push(p.remote.clone());
             }
@@ -312,114 +180,58 @@ impl ConnEntry {
         self.counters.stanzas_out.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn emit(&self, ev: Event) {
-        let _ = self.events.send(ev);
-    }
-
     /// Whether transcript lines are being recorded now.
     pub fn capturing(&self) -> bool {
-        self.capture.load(Ordering::Relaxed) != Capture::Done as u8 || self.watchers.load(Ordering::Relaxed) > 0
+        self.recording.capturing()
     }
 
     /// The stream's task finished a turn (its machine's outputs are written out): a
     /// negotiation that ended in it is over for the transcript.
     pub fn turn_done(&self) {
-        let _ = self.capture.compare_exchange(Capture::Ending as u8, Capture::Done as u8, Ordering::Relaxed, Ordering::Relaxed);
+        self.recording.turn_done()
     }
 
     /// The stream is quiet: unless someone watches or it still negotiates, its transcript
     /// is packed (see [`transcript`]).
     pub fn quiet(&self) {
-        if !self.capturing() {
-            self.transcript.lock().unwrap().pack();
-        }
+        self.recording.quiet()
     }
 
     /// Record a transcript line (call only when [`ConnEntry::capturing`]): the bytes as
     /// they crossed the wire, cut to the per-stream cap; the oldest lines go first when this
     /// stream's or everyone's budget is spent.
-    pub fn record(&self, dir: &str, mut text: String, key: Option<String>) {
-        let b = &self.budget;
-        if b.lines == 0 || b.per_stream == 0 {
-            return;
-        }
-        let cap = b.per_stream.saturating_sub(LINE_OVERHEAD).min(b.total.saturating_sub(LINE_OVERHEAD));
-        if text.len() > cap {
-            let cut = text.len() - cap;
-            let mut end = cap.saturating_sub(32);
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
-            text.push_str(&format!(" …(+{cut} bytes not kept)"));
-        }
-        let line = TranscriptLine { time_ms: now_ms(), dir: dir.to_owned(), text, key };
-        let size = line_size(&line);
-        {
-            let mut t = self.transcript.lock().unwrap();
-            let mut freed = 0;
-            while !t.is_empty() && (t.len() >= b.lines || t.bytes + size > b.per_stream) {
-                freed += t.pop_front();
-            }
-            b.release(freed);
-            // Everyone's budget: closed streams' transcripts go first, then this one's oldest.
-            let mut reserved = b.reserve(size);
-            while !reserved {
-                if !b.evict_closed() {
-                    if t.is_empty() {
-                        break;
-                    }
-                    b.release(t.pop_front());
-                }
-                reserved = b.reserve(size);
-            }
-            if reserved {
-                b.release(t.push(&line));
-            }
-        }
-        // The event channel keeps up to its capacity of events for a slow subscriber: each
-        // carries at most EVENT_TEXT bytes (the whole line stays in the transcript).
-        let mut line = line;
-        if line.text.len() > EVENT_TEXT {
-            line.text = crate::xml::element::clip(&line.text, EVENT_TEXT).into_owned();
-        }
-        let _ = self.events.send(Event::Transcript { id: self.id.clone(), line });
+    pub fn record(&self, dir: &str, text: String, key: Option<String>) {
+        self.recording.record(&self.id, &self.events, dir, text, key)
     }
 
     pub fn transcript(&self) -> Vec<TranscriptLine> {
-        self.transcript.lock().unwrap().lines()
+        self.recording.lines()
     }
 
     /// A viewer starts or stops following this stream's transcript.
     pub fn watch(&self, on: bool) {
-        if on {
-            self.watchers.fetch_add(1, Ordering::Relaxed);
-        } else {
-            let _ = self.watchers.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| w.checked_sub(1));
+        self.recording.watch(on)
+    }
+}
+
+/// The transcript's note about a TLS session that came up, or a verdict on its
+/// certificate (`tls`: the row's, compacted).
+fn tls_note(o: &Observation<'_>, tls: &TlsInfo) -> String {
+    let verdict = tls.cert_verdict.as_ref();
+    let Observation::Tls { how, .. } = o else {
+        return format!("certificate verdict: {}", verdict.map(|v| v.to_string()).unwrap_or_default());
+    };
+    let cert = tls.peer_cert.as_ref().map_or("none".to_owned(), |c| {
+        // A certificate may name hundreds of domains; the note shows a few (the row's
+        // copy is compacted already: its names are clipped and counted).
+        let mut names = c.names.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
+        if c.names.len() > 8 {
+            names.push_str(&format!(" and {} more", c.names.len() - 8));
         }
-    }
-}
-
-/// Where a stream's transcript capture is.
-#[repr(u8)]
-enum Capture {
-    Negotiating,
-    /// Established in the task's current turn.
-    Ending,
-    /// Only while watched.
-    Done,
-}
-
-/// Bytes of a transcript line carried by its live event.
-pub const EVENT_TEXT: usize = 8 * 1024;
-
-impl Drop for ConnEntry {
-    fn drop(&mut self) {
-        // A stream closed through the table handed its transcript over; any other gives
-        // its bytes back here.
-        let bytes = self.transcript.get_mut().map_or(0, |t| t.bytes);
-        self.budget.release(bytes);
-    }
+        format!("{} (issuer {}, names {names})", c.subject, c.issuer)
+    });
+    let verdict = verdict.map(|v| format!("; verdict: {v}")).unwrap_or_default();
+    format!("{how} established: {} {}; peer certificate: {cert}{verdict}", tls.version, tls.cipher)
 }
 
 /// All streams.
@@ -467,14 +279,10 @@ impl ConnTable {
             kind,
             opened_ms: now_ms(),
             counters: Counters::default(),
-            info: Mutex::new(Info::default()),
-            close_notify: Notify::new(),
-            shutdown: parent.clone(),
+            row: Mutex::new(Row::default()),
             events: self.events.clone(),
-            transcript: Mutex::new(Transcript::default()),
-            budget: self.budget.clone(),
-            capture: AtomicU8::new(Capture::Negotiating as u8),
-            watchers: AtomicUsize::new(0),
+            close: control::CloseChannel::new(parent.clone()),
+            recording: Recording::new(self.budget.clone()),
         });
         entry.counters.last_activity_ms.store(entry.opened_ms, Ordering::Relaxed);
         // The transcript says what it is a transcript of, when it is not federation.
@@ -490,24 +298,17 @@ impl ConnTable {
 
     /// Move a stream to the closed list with its final figures.
     pub fn close(&self, entry: &ConnEntry, reason: &str) {
-        let snap = {
-            let mut i = entry.info.lock().unwrap();
-            i.state = Some(ConnState::Closed);
-            if i.close_reason.is_none() {
-                i.close_reason = Some(reason.to_owned());
-            }
-            drop(i);
-            entry.snapshot()
-        };
+        // The row's last fold (nothing when it was closed before: the table has it already).
+        let Some(Event::StreamClosed { stream: snap }) = entry.fold(&Observation::Closed { reason }) else { return };
         // Packed before the table's lock is taken; handed over under it, so whoever finds
         // the stream among the closed ones finds its transcript too.
-        let mut t = std::mem::take(&mut *entry.transcript.lock().unwrap());
+        let mut t = std::mem::take(&mut *entry.recording.transcript.lock().unwrap());
         t.pack();
         {
             let mut inner = self.inner.lock().unwrap();
             if inner.live.remove(&entry.id).is_none() {
                 // Closed before: the entry keeps it (and gives its bytes back when dropped).
-                *entry.transcript.lock().unwrap() = t;
+                *entry.recording.transcript.lock().unwrap() = t;
                 return;
             }
             let size = row_size(&snap);
@@ -639,6 +440,7 @@ pub fn random_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::stream::StreamErrorCondition;
 
     fn table(lines: usize, per_stream: usize, total: usize, keep_closed: usize) -> ConnTable {
         ConnTable::new(bus::channel(bus::Backlog::default()), (keep_closed, usize::MAX), TranscriptBudget::new(lines, per_stream, total))
@@ -674,17 +476,20 @@ mod tests {
         // The live row, whatever the certificate names.
         let t = table(100, 1 << 20, 1 << 22, 10);
         let a = t.open(Direction::In, &CancellationToken::new(), StreamKind::Federation);
-        a.set_tls(TlsInfo {
-            version: "TLS 1.3".into(),
-            cipher: "x".into(),
-            peer_cert: Some(std::sync::Arc::new(PeerCertInfo {
-                subject: big.clone(),
-                issuer: big.clone(),
-                names: vec![big.clone()],
-                not_after: "x".into(),
-                fingerprint_sha256: "y".into(),
-            })),
-            cert_verdict: Some(CertVerdict::UntrustedIssuer(big.clone())),
+        a.apply(Observation::Tls {
+            how: "TLS",
+            info: TlsInfo {
+                version: "TLS 1.3".into(),
+                cipher: "x".into(),
+                peer_cert: Some(std::sync::Arc::new(PeerCertInfo {
+                    subject: big.clone(),
+                    issuer: big.clone(),
+                    names: vec![big.clone()],
+                    not_after: "x".into(),
+                    fingerprint_sha256: "y".into(),
+                })),
+                cert_verdict: Some(CertVerdict::UntrustedIssuer(big.clone())),
+            },
         });
         assert!(bus::json_size(&a.snapshot()) < 4 * 1024, "{}", bus::json_size(&a.snapshot()));
     }
@@ -696,7 +501,7 @@ mod tests {
         let big = "n".repeat(30_000);
         for i in 0..50 {
             let a = t.open(Direction::In, &root, StreamKind::Federation);
-            a.set_domains(None, Some(&format!("{i}.{big}")));
+            a.apply(&Observed::Domains { local: None, remote: Some(format!("{i}.{big}")) });
             t.close(&a, "gone");
         }
         let (rows, bytes) = t.closed_usage();
@@ -715,7 +520,7 @@ mod tests {
         // A row bigger than the whole budget is not kept at all.
         let t = ConnTable::new(bus::channel(bus::Backlog::default()), (100, 1024), TranscriptBudget::new(10, 1024, 4096));
         let a = t.open(Direction::In, &root, StreamKind::Federation);
-        a.set_domains(None, Some(&big));
+        a.apply(&Observed::Domains { local: None, remote: Some(big.clone()) });
         t.close(&a, "gone");
         assert_eq!(t.closed_usage(), (0, 0));
     }
@@ -742,7 +547,7 @@ mod tests {
     fn the_row_is_a_projection_of_what_the_machine_observed() {
         let t = table(10, 1024, 4096, 10);
         let a = t.open(Direction::In, &CancellationToken::new(), StreamKind::Federation);
-        let d = |s: &str| Domain::parse(s).unwrap();
+        let d = |s: &str| crate::domain::Domain::parse(s).unwrap();
         a.apply(&Observed::Domains { local: Some("here.test".into()), remote: Some("there.test".into()) });
         a.apply(&Observed::Pair {
             local: d("here.test"),
@@ -761,6 +566,55 @@ mod tests {
         assert_eq!((s.state, s.pairs.len(), s.pairs[0].status), (ConnState::Established, 1, PairStatus::Valid));
         a.apply(&Observed::PairsReset);
         assert!(a.snapshot().pairs.is_empty());
+    }
+
+    /// Events of `rx` now: updates (with their state), authorisations and closes.
+    fn row_events(rx: &mut bus::Receiver) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv())
+            .filter_map(|ev| match ev {
+                Event::StreamUpdated { stream } => Some(format!("updated {}", stream.state.as_str())),
+                Event::PairAuthorised { remote, .. } => Some(format!("authorised {remote}")),
+                Event::StreamClosed { stream } => Some(format!("closed {}", stream.close_reason.unwrap_or_default())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_change_of_a_row_sends_one_event_and_no_change_none() {
+        let tx = bus::channel(bus::Backlog::default());
+        let mut rx = tx.subscribe();
+        let t = ConnTable::new(tx, (10, usize::MAX), TranscriptBudget::new(100, 1 << 20, 1 << 22));
+        let a = t.open(Direction::In, &CancellationToken::new(), StreamKind::Federation);
+        let d = |s: &str| crate::domain::Domain::parse(s).unwrap();
+        let pair = |status| Observed::Pair { local: d("here.test"), remote: d("there.test"), status, method: AuthMethod::Dialback };
+        row_events(&mut rx);
+        a.apply(Observation::PeerAddr("127.0.0.1:1".parse().unwrap()));
+        a.apply(&Observed::Domains { local: Some("here.test".into()), remote: Some("there.test".into()) });
+        a.apply(&Observed::Domains { local: Some("here.test".into()), remote: None });
+        a.apply(&pair(PairStatus::Pending));
+        a.apply(&pair(PairStatus::Valid));
+        a.apply(&pair(PairStatus::Valid));
+        a.apply(&Observed::State(ConnState::Established));
+        a.apply(&Observed::State(ConnState::Established));
+        a.apply(&Observed::Pending(d("there.test")));
+        assert_eq!(
+            row_events(&mut rx),
+            ["updated connecting", "updated connecting", "updated connecting", "authorised there.test", "updated established"]
+        );
+        // The TLS facts change the row and put a note in the transcript beside it.
+        let tls = TlsInfo { version: "TLSv1.3".into(), cipher: "X".into(), peer_cert: None, cert_verdict: None };
+        a.apply(Observation::Tls { how: "TLS", info: tls });
+        a.apply(&Observed::Certificate(CertVerdict::SelfSigned));
+        assert_eq!(row_events(&mut rx), ["updated established", "updated established"]);
+        let notes: Vec<String> = a.transcript().into_iter().filter(|l| l.dir == "note").map(|l| l.text).collect();
+        assert_eq!(notes, ["TLS established: TLSv1.3 X; peer certificate: none", "certificate verdict: self-signed"]);
+        // The close is the table's event, once; the row is final after it.
+        t.close(&a, "gone");
+        t.close(&a, "again");
+        a.apply(Observation::Closing);
+        assert_eq!(row_events(&mut rx), ["closed gone"]);
+        assert_eq!(t.closed()[0].state, ConnState::Closed);
     }
 
     #[test]
@@ -790,24 +644,24 @@ mod tests {
         assert!(a.capturing(), "what the turn that established the stream writes is still recorded");
         a.record("out", "<db:result from='a.test' to='b.test' type='valid'/>".into(), None);
         a.quiet();
-        assert!(!a.transcript.lock().unwrap().is_packed(), "not while the negotiation's turn is open");
+        assert!(!a.recording.transcript.lock().unwrap().is_packed(), "not while the negotiation's turn is open");
         a.turn_done();
         assert!(!a.capturing(), "established and its turn over: stanzas are not recorded");
         let before = a.transcript();
         a.quiet();
-        assert!(a.transcript.lock().unwrap().is_packed());
+        assert!(a.recording.transcript.lock().unwrap().is_packed());
         assert_eq!(a.transcript(), before, "read back from the packed form");
         // Someone watches: lines are recorded again after the packed ones; not packed then.
         a.watch(true);
         a.record("in", "<message from='x@b.test' to='y@a.test'/>".into(), None);
         a.quiet();
         let now = a.transcript();
-        assert!(!a.transcript.lock().unwrap().is_packed());
+        assert!(!a.recording.transcript.lock().unwrap().is_packed());
         assert_eq!((now.len(), &now[..2], now[1].dir.as_str()), (3, &before[..], "out"));
         assert_eq!(now[0].key.as_deref().map(str::len), Some(64));
         a.watch(false);
         a.quiet();
-        assert!(a.transcript.lock().unwrap().is_packed());
+        assert!(a.recording.transcript.lock().unwrap().is_packed());
         assert_eq!(t.transcript_budget().used(), now.iter().map(line_size).sum::<usize>());
     }
 
