@@ -232,6 +232,8 @@ impl Driver {
     pub fn common(&mut self, o: Output) -> Option<Output> {
         match o {
             Output::Raw(s) => self.conn.send_raw(&s),
+            // A stanza is kept until written: if the stream ends first, its sender hears back.
+            Output::Send(el) if crate::proto::stanza::is_stanza(&el) => self.conn.send_stanza(el),
             Output::Send(el) => self.conn.send(&el),
             Output::Restart => self.conn.restart(),
             Output::Observe(o) => {
