@@ -571,6 +571,34 @@ async fn a_link_that_makes_no_room_bounces_requests_after_the_write_deadline() {
     drop(from_server);
 }
 
+/// A stanza the stream took from its queue but could not write before it ended is not lost:
+/// here the operator closes the stream to a peer that stopped reading; the closing drain
+/// feeds the queued probe to the connection, whose writes then fail (`timeouts.close`). The
+/// probe is routed again (a new stream, which the peer refuses) and bounced: an answer,
+/// never silence. (The queue is far larger than the filling, so the probe is queued, not
+/// waiting for room: it is in the stream's hands when the stream ends.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_fed_to_a_stream_that_then_cannot_write_is_bounced_not_lost() {
+    let _turn = TURNS.lock().await;
+    let cfg = "[timeouts]\nwrite = \"10m\"\nclose = \"1s\"\nprobe = \"30s\"\n[limits]\noutbound_queue_bytes = 268435456\noutbound_queue = 1000000\n";
+    let (_dns, server, peer, _events) = stalled_peer(cfg).await;
+    let HandPlayed { mut to_server, from_server } = peer;
+    assert!(fill_until_stuck(&mut to_server, &from_server, &server.engine).await, "the stream ended while filling");
+    let id = outbound_id(&server);
+    // Polled once: the probe is routed (queued: the queue has room) and waits for its answer.
+    let mut probe = Box::pin(server.engine.probe("slow.test", None));
+    std::future::poll_fn(|cx| {
+        assert!(probe.as_mut().poll(cx).is_pending(), "the probe waits for its answer");
+        std::task::Poll::Ready(())
+    })
+    .await;
+    assert!(server.engine.close_stream(&id, "closed by the test"));
+    let r = tokio::time::timeout(*LOADED, probe).await.expect("the probe is answered");
+    let err = r.error.unwrap_or_default();
+    assert!(!r.ok && ["remote-server-not-found", "remote-server-timeout"].iter().any(|c| err.contains(c)), "{err}");
+    drop(from_server);
+}
+
 /// Reads and writes are not serialised: while the server's writes to a peer that stopped
 /// reading wait (for up to ten minutes here), it still reads that peer, and the peer's
 /// close ends the stream at once.

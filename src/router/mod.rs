@@ -555,6 +555,106 @@ mod tests {
         assert_eq!(router.overflows(), Overflows { bounced: 1, dropped: 1 });
     }
 
+    /// Links numbered in the order opened, each with a small queue (a few stanzas), their
+    /// receivers kept: a test plays the streams behind them.
+    struct Numbered(Mutex<Vec<queue::QueueRx>>);
+    impl Opener for Numbered {
+        fn open(&self, _: &Domain, _: &Domain) -> Result<Link, Refusal> {
+            let (tx, rx) = queue::queue(1_000, 1_000);
+            let mut rxs = self.0.lock().unwrap();
+            rxs.push(rx);
+            Ok(Link { kind: LinkKind::S2sOutbound, stream: format!("s{}", rxs.len()).into(), stanzas: tx, verifies: None })
+        }
+    }
+
+    fn numbered() -> (Arc<Router>, &'static Numbered) {
+        let router = Arc::new(Router::new(vec![d("a.test")], Arc::new(Allow), Duration::from_secs(5)));
+        let opener: &'static Numbered = Box::leak(Box::new(Numbered(Mutex::new(Vec::new()))));
+        struct Shared(&'static Numbered);
+        impl Opener for Shared {
+            fn open(&self, l: &Domain, r: &Domain) -> Result<Link, Refusal> {
+                self.0.open(l, r)
+            }
+        }
+        router.set_opener(Box::new(Shared(opener)));
+        (router, opener)
+    }
+
+    /// The ids of what link `n` (from 1) holds, taken from its queue.
+    fn taken(opener: &Numbered, n: usize) -> Vec<String> {
+        let mut rxs = opener.0.lock().unwrap();
+        std::iter::from_fn(|| rxs[n - 1].try_recv()).map(|st| st.get_attr("id").unwrap().to_owned()).collect()
+    }
+
+    /// A stream ending: its queue closed (nothing more accepted) and, separately, its link
+    /// forgotten. In the window between (closed, still in the route table) a stanza routed
+    /// to it goes to a new link: routed, not dropped.
+    #[tokio::test(start_paused = true)]
+    async fn a_stanza_routed_to_a_link_closed_but_not_yet_removed_goes_to_a_new_link() {
+        let (router, opener) = numbered();
+        assert!(router.route(iq("get", 0)).is_none());
+        opener.0.lock().unwrap()[0].close();
+        assert!(router.existing(&d("a.test"), &d("r.test")).is_some_and(|l| &*l.stream == "s1"), "still in the table");
+        assert!(router.route(iq("get", 1)).is_none());
+        assert_eq!(taken(opener, 1), ["i0"], "what was queued before the close stays for the ending stream to dispose of");
+        assert_eq!(taken(opener, 2), ["i1"]);
+        assert_eq!(router.overflows(), Overflows::default());
+    }
+
+    /// A producer waiting for room in a link that then ends (its stream forgets the link and
+    /// closes its queue) is woken at once — no deadline waited out — and its stanza goes to a
+    /// new link; whichever order the stream does the two in.
+    #[tokio::test(start_paused = true)]
+    async fn a_producer_waiting_for_room_in_a_link_that_ends_goes_to_a_new_link_at_once() {
+        for remove_first in [true, false] {
+            let (router, opener) = numbered();
+            let mut i = 0;
+            while router.route(iq("get", i)).is_none() {
+                i += 1;
+            }
+            let blocked_id = format!("i{i}");
+            let t0 = tokio::time::Instant::now();
+            let waiting = {
+                let router = router.clone();
+                tokio::spawn(async move { router.route_waiting(iq("set", 999), Duration::from_secs(30)).await })
+            };
+            tokio::task::yield_now().await;
+            assert!(!waiting.is_finished(), "waits for room");
+            if remove_first {
+                router.remove(&d("a.test"), &d("r.test"), "s1");
+            }
+            opener.0.lock().unwrap()[0].close();
+            if !remove_first {
+                tokio::task::yield_now().await;
+                router.remove(&d("a.test"), &d("r.test"), "s1");
+            }
+            waiting.await.unwrap();
+            assert_eq!(t0.elapsed(), Duration::ZERO, "woken by the close, not the deadline");
+            assert_eq!(taken(opener, 2), ["i999"], "remove first: {remove_first}");
+            assert_eq!(taken(opener, 1).len(), i, "the queued ones stay for the ending stream ({blocked_id} was never queued)");
+            assert_eq!(router.overflows(), Overflows::default());
+        }
+    }
+
+    /// Where nobody can wait (a stream's leftovers), a stanza routed to a link that is full
+    /// is answered by the overflow rule at once (a request bounced, a result dropped), and
+    /// one routed to a link that closed goes to a new one: nothing is left unaccounted for.
+    #[tokio::test(start_paused = true)]
+    async fn leftovers_routed_without_waiting_are_queued_or_counted() {
+        let (router, opener) = numbered();
+        let mut i = 0;
+        while router.route(iq("get", i)).is_none() {
+            i += 1;
+        }
+        router.route_now(iq("get", 1000));
+        router.route_now(iq("result", 1001));
+        assert_eq!(router.overflows(), Overflows { bounced: 1, dropped: 1 });
+        opener.0.lock().unwrap()[0].close();
+        router.route_now(iq("get", 1002));
+        assert_eq!(taken(opener, 2), ["i1002"]);
+        assert_eq!(router.overflows(), Overflows { bounced: 1, dropped: 1 });
+    }
+
     /// A waiting producer is let in as soon as the link drains (to half its bytes).
     #[tokio::test(start_paused = true)]
     async fn a_producer_waiting_for_room_goes_on_when_the_link_drains() {

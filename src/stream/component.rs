@@ -69,6 +69,14 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: Inboun
         }),
     }
     Box::pin(d.close(&end)).await;
+    // Fed to the component but never written (its connection failed, or the close could
+    // not write them): bounced as what was still queued is.
+    if let Some((condition, text)) = attached.as_ref().and_then(|domain| end.bounce(&caps.env, domain)) {
+        for mut st in d.conn.take_unsent() {
+            crate::proto::machine::component::retag(&mut st, crate::proto::ns::COMPONENT_ACCEPT, crate::proto::ns::SERVER);
+            bounced.extend(error_reply(&st, condition, Some(&text)));
+        }
+    }
     caps.observer.closed(&entry, &end.reason);
     for st in bounced {
         caps.router.route_now(st);

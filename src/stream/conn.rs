@@ -97,6 +97,10 @@ pub struct Conn {
     out: String,
     /// Bytes of `out` already written (a write in progress is resumed, never repeated).
     written: usize,
+    /// The stanzas in `out` and where their bytes end, until all of `out` is written: one
+    /// not yet handed to the transport when the stream ends was never sent, and its sender
+    /// hears back ([`Conn::take_unsent`]) instead of losing it silently.
+    unsent: Vec<(usize, Element)>,
     /// Since when `out` has been waiting for the peer to read it.
     write_since: Option<Instant>,
     pub entry: Arc<ConnEntry>,
@@ -147,6 +151,7 @@ impl Conn {
             framer,
             out: String::new(),
             written: 0,
+            unsent: Vec::new(),
             write_since: None,
             max_size: limits.max_stanza_size,
             authenticated: false,
@@ -238,6 +243,20 @@ impl Conn {
         }
     }
 
+    /// Queue a stanza, kept until its bytes are written (see [`Conn::take_unsent`]).
+    pub fn send_stanza(&mut self, st: Element) {
+        self.send(&st);
+        self.unsent.push((self.out.len(), st));
+    }
+
+    /// The stanzas not (wholly) handed to the transport: after the stream ended, these were
+    /// never sent — a part written without its end is no stanza to the peer. (Bytes the
+    /// transport took but the peer never read cannot be told apart from delivered ones.)
+    pub fn take_unsent(&mut self) -> Vec<Element> {
+        let written = self.written;
+        std::mem::take(&mut self.unsent).into_iter().filter(|(end, _)| *end > written).map(|(_, st)| st).collect()
+    }
+
     pub fn send_raw(&mut self, s: &str) {
         self.out.push_str(s);
         if !s.trim().is_empty() && self.entry.capturing() {
@@ -268,6 +287,9 @@ impl Conn {
         }
         if self.out.is_empty() && self.out.capacity() > 0 {
             self.out = String::new();
+        }
+        if self.unsent.is_empty() && self.unsent.capacity() > 0 {
+            self.unsent = Vec::new();
         }
     }
 
@@ -308,6 +330,10 @@ impl Conn {
         self.write_since = None;
         if self.out.capacity() > 64 * 1024 {
             self.out.shrink_to(4096);
+        }
+        self.unsent.clear();
+        if self.unsent.capacity() > 64 {
+            self.unsent = Vec::new();
         }
     }
 
@@ -431,5 +457,54 @@ impl Conn {
             let _ = tokio::time::timeout(close_timeout, wait).await;
         }
         let _ = tokio::time::timeout(close_timeout, self.io.shutdown()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Direction, bus};
+    use crate::proto::ns;
+    use crate::table::{ConnTable, TranscriptBudget};
+    use crate::types::StreamKind;
+
+    fn message(id: &str, body: usize) -> Element {
+        Element::new("message", ns::SERVER)
+            .attr("id", id)
+            .attr("from", "a.test")
+            .attr("to", "b.test")
+            .child(Element::new("body", ns::SERVER).text("x".repeat(body)))
+    }
+
+    /// What a stream took to send but never handed to the transport comes back when its
+    /// write fails — also a stanza written in part (no stanza to the peer); what was written
+    /// does not (it may have been read).
+    #[tokio::test]
+    async fn stanzas_not_written_when_the_write_fails_come_back() {
+        // A peer that never reads, with small buffers on both sides.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = sock.listen(1).unwrap();
+        let ours = tokio::net::TcpSocket::new_v4().unwrap();
+        ours.set_send_buffer_size(4096).unwrap();
+        let tcp = ours.connect(listener.local_addr().unwrap()).await.unwrap();
+        let (_peer, _) = listener.accept().await.unwrap();
+        let table = ConnTable::new(bus::channel(bus::Backlog::default()), (10, 1 << 20), TranscriptBudget::new(10, 1024, 4096));
+        let entry = table.open(Direction::Out, &tokio_util::sync::CancellationToken::new(), StreamKind::Federation);
+        let limits = crate::config::Limits::default();
+        let mut conn = Conn::new(Transport::Plain(tcp), entry, &limits, Duration::from_millis(300));
+        conn.send_stanza(message("written", 10));
+        conn.flush().await.unwrap();
+        // Far more than the buffers between us and the peer take: written in part at most.
+        conn.send_stanza(message("cut", 8 << 20));
+        conn.send_raw(" ");
+        conn.send_stanza(message("behind", 10));
+        let e = conn.flush().await.expect_err("the peer reads nothing");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(conn.written > 0, "part of the large stanza went");
+        let back: Vec<_> = conn.take_unsent().iter().map(|st| st.get_attr("id").unwrap().to_owned()).collect();
+        assert_eq!(back, ["cut", "behind"]);
+        assert!(conn.take_unsent().is_empty(), "handed back once");
     }
 }

@@ -232,6 +232,8 @@ impl Driver {
     pub fn common(&mut self, o: Output) -> Option<Output> {
         match o {
             Output::Raw(s) => self.conn.send_raw(&s),
+            // A stanza is kept until written: if the stream ends first, its sender hears back.
+            Output::Send(el) if is_stanza(&el) => self.conn.send_stanza(el),
             Output::Send(el) => self.conn.send(&el),
             Output::Restart => self.conn.restart(),
             Output::Observe(o) => {
@@ -394,6 +396,12 @@ impl Driver {
             }
         }
     }
+}
+
+/// A stanza: in the server's namespace, or XEP-0114's towards a component.
+fn is_stanza(el: &crate::xml::Element) -> bool {
+    crate::proto::stanza::is_stanza(el)
+        || (el.ns.as_ref() == crate::proto::ns::COMPONENT_ACCEPT && matches!(el.name.as_ref(), "message" | "presence" | "iq"))
 }
 
 /// What woke [`Driver::run`].

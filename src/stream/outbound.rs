@@ -13,7 +13,7 @@ use super::driver::{Driver, tls_established};
 use crate::domain::Domain;
 use crate::events::*;
 use crate::net::tls_io::TlsIo;
-use crate::proto::machine::{EndKind, Failure, Input, Machine, Output, TlsRole};
+use crate::proto::machine::{EndKind, Ending, Failure, Input, Machine, Output, TlsRole};
 use crate::proto::stanza::error_reply;
 use crate::router::VerifyRequest;
 use crate::table::{ConnEntry, Observation};
@@ -84,6 +84,7 @@ pub async fn run(
     if bounced {
         if let Some(mut d) = driver {
             Box::pin(d.close(&end)).await;
+            unsent(&caps, &end, &remote, d.conn.take_unsent());
         }
         return;
     }
@@ -93,11 +94,33 @@ pub async fn run(
     }
     if let Some(mut d) = driver {
         Box::pin(d.close(&end)).await;
+        // Fed to the machine but never written (the connection failed, or the close could
+        // not write them): before what was queued behind them.
+        unsent(&caps, &end, &remote, d.conn.take_unsent());
     }
     for st in rest {
         caps.router.route_now(st);
     }
     caps.observer.closed(&entry, &end.reason);
+}
+
+/// Stanzas the stream took from its queue but never wrote: as the ending says for what is
+/// still queued — bounced, or routed again (a new stream; its failure bounces).
+fn unsent(caps: &Caps, end: &Ending, remote: &Domain, stanzas: Vec<crate::xml::Element>) {
+    if stanzas.is_empty() {
+        return;
+    }
+    let bounce = end.bounce(&caps.env, remote);
+    for st in stanzas {
+        match &bounce {
+            Some((condition, text)) => {
+                if let Some(b) = error_reply(&st, *condition, Some(text)) {
+                    caps.router.route_now(b);
+                }
+            }
+            None => caps.router.route_now(st),
+        }
+    }
 }
 
 use super::driver::{Role, STANZA_HIGH_WATER};
