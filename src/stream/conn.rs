@@ -100,15 +100,18 @@ pub struct Conn {
     /// The stanzas in `out` and where their bytes end, until all of `out` is written: one
     /// not yet handed to the transport when the stream ends was never sent, and its sender
     /// hears back ([`Conn::take_unsent`]) instead of losing it silently.
-    unsent: Vec<(usize, Element)>,
+    /// Boxed and taken only while output waits: every stream's task carries the connection
+    /// inline (memory per idle stream).
+    unsent: Option<Box<Vec<(usize, Element)>>>,
     /// Since when `out` has been waiting for the peer to read it.
     write_since: Option<Instant>,
     pub entry: Arc<ConnEntry>,
-    /// `limits.max_stanza_size`: the element size limit once the stream authenticated.
-    max_size: usize,
+    /// `limits.max_stanza_size`: the element size limit once the stream authenticated (u32
+    /// as `max_depth`: the task's size, see `unsent`).
+    max_size: u32,
     /// Until then the smaller [`UNAUTHENTICATED_MAX_FRAME`] holds.
     authenticated: bool,
-    max_depth: usize,
+    max_depth: u32,
     /// `[timeouts] write`: longest a write may wait for the peer to read.
     write_timeout: Duration,
     /// The negotiation deadline while the stream is not authenticated: writes end there too.
@@ -151,11 +154,11 @@ impl Conn {
             framer,
             out: String::new(),
             written: 0,
-            unsent: Vec::new(),
+            unsent: None,
             write_since: None,
-            max_size: limits.max_stanza_size,
+            max_size: u32::try_from(limits.max_stanza_size).unwrap_or(u32::MAX),
             authenticated: false,
-            max_depth: limits.max_depth,
+            max_depth: u32::try_from(limits.max_depth).unwrap_or(u32::MAX),
             write_timeout,
             deadline: None,
             last_read: Instant::now(),
@@ -173,9 +176,9 @@ impl Conn {
 
     /// A stream restart (RFC 6120 §4.3.3): a fresh parser, nothing carried over.
     pub fn restart(&mut self) {
-        self.framer = Framer::new(self.max_size, self.max_depth);
+        self.framer = Framer::new(self.max_size as usize, self.max_depth as usize);
         if !self.authenticated {
-            self.framer.set_max_size(self.max_size.min(UNAUTHENTICATED_MAX_FRAME), true);
+            self.framer.set_max_size((self.max_size as usize).min(UNAUTHENTICATED_MAX_FRAME), true);
         }
     }
 
@@ -184,7 +187,7 @@ impl Conn {
     pub fn authenticated(&mut self) {
         if !self.authenticated {
             self.authenticated = true;
-            self.framer.set_max_size(self.max_size, false);
+            self.framer.set_max_size(self.max_size as usize, false);
         }
     }
 
@@ -246,7 +249,8 @@ impl Conn {
     /// Queue a stanza, kept until its bytes are written (see [`Conn::take_unsent`]).
     pub fn send_stanza(&mut self, st: Element) {
         self.send(&st);
-        self.unsent.push((self.out.len(), st));
+        let end = self.out.len();
+        self.unsent.get_or_insert_default().push((end, st));
     }
 
     /// The stanzas not (wholly) handed to the transport: after the stream ended, these were
@@ -254,7 +258,8 @@ impl Conn {
     /// transport took but the peer never read cannot be told apart from delivered ones.)
     pub fn take_unsent(&mut self) -> Vec<Element> {
         let written = self.written;
-        std::mem::take(&mut self.unsent).into_iter().filter(|(end, _)| *end > written).map(|(_, st)| st).collect()
+        let unsent = self.unsent.take().map(|b| *b).unwrap_or_default();
+        unsent.into_iter().filter(|(end, _)| *end > written).map(|(_, st)| st).collect()
     }
 
     pub fn send_raw(&mut self, s: &str) {
@@ -288,8 +293,8 @@ impl Conn {
         if self.out.is_empty() && self.out.capacity() > 0 {
             self.out = String::new();
         }
-        if self.unsent.is_empty() && self.unsent.capacity() > 0 {
-            self.unsent = Vec::new();
+        if self.unsent.as_ref().is_some_and(|u| u.is_empty()) {
+            self.unsent = None;
         }
     }
 
@@ -331,9 +336,11 @@ impl Conn {
         if self.out.capacity() > 64 * 1024 {
             self.out.shrink_to(4096);
         }
-        self.unsent.clear();
-        if self.unsent.capacity() > 64 {
-            self.unsent = Vec::new();
+        if let Some(u) = &mut self.unsent {
+            u.clear();
+            if u.capacity() > 64 {
+                self.unsent = None;
+            }
         }
     }
 

@@ -55,21 +55,23 @@ pub async fn run_direct(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot:
 async fn serve(caps: Arc<Caps>, entry: Arc<ConnEntry>, io: Transport, direct: Option<TlsFacts>, slot: InboundSlot) {
     let conn = Conn::new(io, entry.clone(), &caps.settings.limits, caps.settings.timeouts.write);
     let machine = Machine::receiving(caps.env.clone(), entry.id.as_str().into(), Driver::now(), direct, Box::new(slot));
-    let mut d = Driver::new(caps.clone(), entry.clone(), conn, machine, Direction::In);
+    let policy = caps.policy_changes.clone();
+    // `caps` and `entry` move into the driver: the task keeps one copy of each (its size is
+    // memory per idle stream).
+    let mut d = Driver::new(caps, entry, conn, machine, Direction::In);
     // Answers of the authoritative servers asked (at most `limits.max_verifications_in_flight`
     // at once); a queue that holds nothing while no verification is under way.
     let (answers_tx, answers) = crate::router::queue::queue::<Answered>(64, 64);
-    let policy = caps.policy_changes.clone();
     let end = d.run(&mut Inbound { answers_tx, answers, policy }).await;
     d.abandon_delivery();
     // Read here, not kept across the stream's life (per-stream task size).
-    let peer = entry.peer_addr().unwrap_or_default();
+    let peer = d.entry.peer_addr().unwrap_or_default();
     match &end.error {
-        Some(e) => tracing::warn!(stream = %entry.id, %peer, "closing inbound stream: {e}"),
-        None => tracing::info!(stream = %entry.id, %peer, "inbound stream ended: {}", end.reason),
+        Some(e) => tracing::warn!(stream = %d.entry.id, %peer, "closing inbound stream: {e}"),
+        None => tracing::info!(stream = %d.entry.id, %peer, "inbound stream ended: {}", end.reason),
     }
     Box::pin(d.close(&end)).await;
-    caps.observer.closed(&entry, &end.reason);
+    d.caps.observer.closed(&d.entry, &end.reason);
 }
 
 /// A receiving stream's part of the loop: the authoritative servers' answers (at most
