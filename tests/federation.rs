@@ -115,6 +115,6 @@ async fn transcripts_record_negotiation_and_mask_keys() {
         wait_event(&mut events, "the refused stream to close", |e| matches!(e, Event::StreamClosed { .. })).await;
     };
     let t = b.engine.transcript(&closed.id).unwrap();
-    assert!(t.iter().any(|l| l.dir == "in" && l.text.contains("from='a.test'")));
+    assert!(t.iter().any(|l| l.dir == "in" && l.text.contains("from='a.test'")), "{closed:#?}\n{t:#?}\n{:#?}", b.engine.connections(true));
     assert!(t.iter().any(|l| l.dir == "out" && l.text.contains("policy-violation") && l.text.contains("a.test is blocked")));
 }

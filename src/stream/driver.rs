@@ -267,7 +267,16 @@ impl Driver {
             (d, _) => (d, false),
         };
         self.conn.start_write_clock();
-        let write_deadline = self.conn.write_deadline();
+        // Only the instant is kept across the wait (the reason is read again if it fires).
+        let write_deadline = self.conn.write_deadline().map(|w| w.0);
+        // One timer for both the write deadline and the machine's (or the trim's): each
+        // timer is ~100 bytes inline in every stream's task (memory per idle stream). The
+        // write deadline first when they coincide.
+        let (wake_at, write_due) = match (write_deadline, at) {
+            (Some(w), Some(a)) if w <= a => (Some(w), true),
+            (Some(w), None) => (Some(w), true),
+            (_, a) => (a, false),
+        };
         // Boxed: the wait for room (a timer and a queue's wake) is rare, and this future is
         // part of every stream's task, idle ones included (memory per idle stream).
         let room = async {
@@ -280,12 +289,12 @@ impl Driver {
             biased;
             r = self.control.closed() => Wake::Close(r),
             expired = room => Wake::Room { expired },
-            _ = sleep_until(write_deadline.as_ref().map(|w| w.0)) => {
-                let why = write_deadline.map(|w| w.1).unwrap_or_default();
-                self.feed(Input::WriteFailed(why));
-                Wake::Written
-            }
-            _ = sleep_until(at) => {
+            _ = sleep_until(wake_at) => {
+                if write_due {
+                    let why = self.conn.write_deadline().map(|w| w.1).unwrap_or_default();
+                    self.feed(Input::WriteFailed(why));
+                    return Wake::Written;
+                }
                 if !trimming {
                     return Wake::Timer;
                 }
