@@ -79,6 +79,7 @@ impl CtlCommand {
             CtlCommand::Pending { json } => (Request::Pending, *json),
             CtlCommand::Domains { state, json } => (Request::Domains { state: state.clone() }, *json),
             CtlCommand::Domain { domain, json } => (Request::Domain { domain: domain.clone() }, *json),
+            CtlCommand::Explain { domain, json } => (Request::Explain { domain: domain.clone() }, *json),
             CtlCommand::History { domain, limit, json } => (Request::History { domain: domain.clone(), limit: *limit }, *json),
         })
     }
@@ -141,6 +142,7 @@ impl CtlCommand {
             CtlCommand::Pending { .. } => "pending",
             CtlCommand::Domains { .. } => "domains",
             CtlCommand::Domain { .. } => "domain",
+            CtlCommand::Explain { .. } => "explain",
             CtlCommand::History { .. } => "history",
         }
     }
