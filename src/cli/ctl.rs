@@ -228,6 +228,7 @@ mod tests {
         assert_eq!(ctl(&["mode", "open"]).request(no_stdin).unwrap().0, Request::Mode { mode: "open".into() });
         let (req, _) = ctl(&["blacklist", "import", "-", "--dry-run"]).request(|| Ok("spam.test\n".into())).unwrap();
         assert_eq!(req, Request::BlacklistImport { text: "spam.test\n".into(), source: None, dry_run: true });
+        assert_eq!(ctl(&["explain", "x.test", "--json"]).request(no_stdin).unwrap(), (Request::Explain { domain: "x.test".into() }, true));
     }
 
     #[test]
