@@ -6,9 +6,10 @@
 mod common;
 
 use common::*;
-use drawbridge::engine::ExplainReport;
 use drawbridge::engine::events::{AuthMethod, Direction, Event, VerificationResult};
+use drawbridge::engine::{ExplainReport, ExplainVerdict as V};
 use drawbridge::policy::DomainState;
+use drawbridge::policy::Rule;
 use drawbridge::proto::ns;
 use drawbridge::proto::stream::StreamError;
 use drawbridge::xml::Frame;
@@ -105,38 +106,38 @@ async fn explain_gives_the_verdict_a_real_stream_gets() {
     use Fate::*;
     let dns = Dns::start().await;
     // What the issue asks of each mode, so a decision wrong in both places fails too.
-    let table: [(&str, [(&str, &str); 6]); 3] = [
+    let table: [(&str, [(&str, V); 6]); 3] = [
         (
             "open",
             [
-                ("approved", "allow"),
-                ("blocked", "refuse"),
-                ("timed-block-expired", "allow"),
-                ("blacklisted", "refuse"),
-                ("parent-blacklisted", "refuse"),
-                ("unknown", "allow"),
+                ("approved", V::Allow),
+                ("blocked", V::Refuse),
+                ("timed-block-expired", V::Allow),
+                ("blacklisted", V::Refuse),
+                ("parent-blacklisted", V::Refuse),
+                ("unknown", V::Allow),
             ],
         ),
         (
             "approval",
             [
-                ("approved", "allow"),
-                ("blocked", "refuse"),
-                ("timed-block-expired", "hold"),
-                ("blacklisted", "refuse"),
-                ("parent-blacklisted", "refuse"),
-                ("unknown", "hold"),
+                ("approved", V::Allow),
+                ("blocked", V::Refuse),
+                ("timed-block-expired", V::Hold),
+                ("blacklisted", V::Refuse),
+                ("parent-blacklisted", V::Refuse),
+                ("unknown", V::Hold),
             ],
         ),
         (
             "allowlist",
             [
-                ("approved", "allow"),
-                ("blocked", "refuse"),
-                ("timed-block-expired", "refuse"),
-                ("blacklisted", "refuse"),
-                ("parent-blacklisted", "refuse"),
-                ("unknown", "refuse"),
+                ("approved", V::Allow),
+                ("blocked", V::Refuse),
+                ("timed-block-expired", V::Refuse),
+                ("blacklisted", V::Refuse),
+                ("parent-blacklisted", V::Refuse),
+                ("unknown", V::Refuse),
             ],
         ),
     ];
@@ -153,18 +154,18 @@ async fn explain_gives_the_verdict_a_real_stream_gets() {
             assert_eq!(before.verdict, want, "{what}: {before:#?}");
             let mut events = b.engine.subscribe();
             let (real, streams) = fate(&b, listener, domain).await;
-            match (before.verdict.as_str(), &real) {
-                ("allow", Accepted) | ("hold", Held) => {}
-                ("refuse", Refused(text)) => assert_eq!(Some(text), before.reason.as_ref(), "{what}: the refusal's own words"),
-                (v, real) => panic!("{what}: explain said {v}, the stream was {real:?}"),
+            match (before.verdict, &real) {
+                (V::Allow, Accepted) | (V::Hold, Held) => {}
+                (V::Refuse, Refused(text)) => assert_eq!(Some(text), before.reason.as_ref(), "{what}: the refusal's own words"),
+                (v, real) => panic!("{what}: explain said {v:?}, the stream was {real:?}"),
             }
             // The deciding rule is the one marked, and only one is.
-            let decided: Vec<&str> = before.steps.iter().filter(|s| s.decided).map(|s| s.rule.as_str()).collect();
-            assert_eq!(decided, [before.decided_by.as_str()], "{what}");
+            let decided: Vec<Rule> = before.steps.iter().filter(|s| s.decided).map(|s| s.rule).collect();
+            assert_eq!(decided, [before.decided_by], "{what}");
             let expect_rule = match *case {
-                "blacklisted" | "parent-blacklisted" => "blacklist",
-                "approved" | "blocked" => "operator-decision",
-                _ => "federation-mode",
+                "blacklisted" | "parent-blacklisted" => Rule::Blacklist,
+                "approved" | "blocked" => Rule::OperatorDecision,
+                _ => Rule::FederationMode,
             };
             assert_eq!(before.decided_by, expect_rule, "{what}");
             if *case == "parent-blacklisted" {
@@ -233,7 +234,9 @@ async fn ctl_explain_prints_every_rule_as_json_and_for_a_human() {
     assert_eq!(lines[0], "chat.evil.test: refused: chat.evil.test is blacklisted through evil.test: spam\\x1b[2J", "{out}");
     assert_eq!(lines[1], "decided by:   blacklist", "{out}");
     assert!(out.contains("* blacklist           matched     the entry for its parent evil.test: spam\\x1b[2J, source operator"), "{out}");
-    assert!(out.contains("  federation-mode     matched     mode open"), "{out}");
+    assert!(out.contains("  federation mode     matched     mode open"), "{out}");
+    assert!(out.contains("  operator decision   not matched none (unknown)"), "{out}");
+    assert!(out.contains("  real-time blocklist not matched chat.evil.test is on no followed list"), "{out}");
     assert!(out.contains("  authentication      matched     [[domain]] chat.evil.test: auth = \"cert-only\""), "{out}");
     assert!(out.contains("a stream from chat.evil.test: refused with <policy-violation/> at its stream header"), "{out}");
     assert!(out.contains("requires (from): a certificate valid for chat.evil.test (SASL EXTERNAL); dialback is not offered"), "{out}");

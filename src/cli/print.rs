@@ -201,14 +201,15 @@ pub fn domain(r: &DomainReport, out: &mut impl Write) -> io::Result<()> {
 /// `ctl explain`: the verdict and the rule that gave it, every rule in order (`*` marks the
 /// deciding one), then each direction, the last verification and certificate, live streams.
 pub fn explain(r: &ExplainReport, out: &mut impl Write) -> io::Result<()> {
-    let verdict = match (r.verdict.as_str(), &r.reason) {
-        ("allow", _) => "allowed to federate".to_owned(),
-        ("hold", _) => "held until the operator decides".to_owned(),
-        (_, Some(why)) => format!("refused: {why}"),
-        (v, None) => v.to_owned(),
+    use crate::engine::ExplainVerdict as V;
+    let verdict = match r.verdict {
+        V::Allow => "allowed to federate",
+        V::Hold => "held until the operator decides",
+        V::Refuse => "refused",
     };
-    writeln!(out, "{}: {verdict}", r.domain)?;
-    writeln!(out, "decided by:   {}", r.decided_by)?;
+    let why = r.reason.as_deref().map(|w| format!(": {w}")).unwrap_or_default();
+    writeln!(out, "{}: {verdict}{why}", r.domain)?;
+    writeln!(out, "decided by:   {}", r.decided_by.as_str())?;
     for m in &r.marks {
         writeln!(out, "mark:         {m}")?;
     }
@@ -218,7 +219,7 @@ pub fn explain(r: &ExplainReport, out: &mut impl Write) -> io::Result<()> {
             out,
             "{} {:<19} {:<11} {}",
             if s.decided { "*" } else { " " },
-            s.rule,
+            s.rule.as_str(),
             if s.matched { "matched" } else { "not matched" },
             s.found
         )?;

@@ -122,13 +122,11 @@ pub struct DomainReport {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExplainReport {
     pub domain: String,
-    /// `allow`, `hold` or `refuse`.
-    pub verdict: String,
+    pub verdict: ExplainVerdict,
     /// A refusal's text, as the peer would get it.
     pub reason: Option<String>,
-    /// The rule that gave the verdict (`blacklist`, `operator-decision`, `rtbl`,
-    /// `federation-mode`).
-    pub decided_by: String,
+    /// The rule that gave the verdict.
+    pub decided_by: crate::policy::Rule,
     /// Every rule in the order applied, then the authentication and encryption rules.
     pub steps: Vec<ExplainStep>,
     /// "listed by …": shown wherever the domain appears, whatever the verdict.
@@ -147,10 +145,20 @@ pub struct ExplainReport {
     pub streams: Vec<crate::events::ConnSnapshot>,
 }
 
+/// What the policy does with the domain's streams (`allow`, `hold`, `refuse`; a refusal's
+/// text is [`ExplainReport::reason`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExplainVerdict {
+    Allow,
+    Hold,
+    Refuse,
+}
+
 /// One rule of an [`ExplainReport`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExplainStep {
-    pub rule: String,
+    pub rule: crate::policy::Rule,
     pub matched: bool,
     pub found: String,
     pub effect: String,

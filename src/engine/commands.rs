@@ -118,29 +118,22 @@ fn explain(shared: &Shared, domain: &str) -> Result<ExplainReport, EngineError> 
     let security = &shared.settings.security;
     let trace = shared.policy.explain(&d, Some(security));
     let (verdict, reason) = match &trace.verdict {
-        Verdict::Allow => ("allow", None),
-        Verdict::Hold => ("hold", None),
-        Verdict::Refuse(r) => ("refuse", Some(r.clone())),
+        Verdict::Allow => (ExplainVerdict::Allow, None),
+        Verdict::Hold => (ExplainVerdict::Hold, None),
+        Verdict::Refuse(r) => (ExplainVerdict::Refuse, Some(r.clone())),
     };
-    let name = |r: crate::policy::Rule| serde_json::to_value(r).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
     let directions = directions(shared, &d, &trace.verdict);
     let streams: Vec<ConnSnapshot> = shared.table.live().iter().filter(|e| is_of(e, d.as_str())).map(|e| e.snapshot()).collect();
     let record = shared.policy.record(d.as_str());
     Ok(ExplainReport {
         domain: d.to_string(),
-        verdict: verdict.to_owned(),
+        verdict,
         reason,
-        decided_by: name(trace.decided_by),
+        decided_by: trace.decided_by,
         steps: trace
             .steps
             .iter()
-            .map(|s| ExplainStep {
-                rule: name(s.rule),
-                matched: s.matched,
-                found: s.found.clone(),
-                effect: s.effect.clone(),
-                decided: s.decided,
-            })
+            .map(|s| ExplainStep { rule: s.rule, matched: s.matched, found: s.found.clone(), effect: s.effect.clone(), decided: s.decided })
             .collect(),
         marks: trace.marks,
         directions,
