@@ -79,6 +79,7 @@ impl CtlCommand {
             CtlCommand::Pending { json } => (Request::Pending, *json),
             CtlCommand::Domains { state, json } => (Request::Domains { state: state.clone() }, *json),
             CtlCommand::Domain { domain, json } => (Request::Domain { domain: domain.clone() }, *json),
+            CtlCommand::Explain { domain, json } => (Request::Explain { domain: domain.clone() }, *json),
             CtlCommand::History { domain, limit, json } => (Request::History { domain: domain.clone(), limit: *limit }, *json),
         })
     }
@@ -141,6 +142,7 @@ impl CtlCommand {
             CtlCommand::Pending { .. } => "pending",
             CtlCommand::Domains { .. } => "domains",
             CtlCommand::Domain { .. } => "domain",
+            CtlCommand::Explain { .. } => "explain",
             CtlCommand::History { .. } => "history",
         }
     }
@@ -226,6 +228,7 @@ mod tests {
         assert_eq!(ctl(&["mode", "open"]).request(no_stdin).unwrap().0, Request::Mode { mode: "open".into() });
         let (req, _) = ctl(&["blacklist", "import", "-", "--dry-run"]).request(|| Ok("spam.test\n".into())).unwrap();
         assert_eq!(req, Request::BlacklistImport { text: "spam.test\n".into(), source: None, dry_run: true });
+        assert_eq!(ctl(&["explain", "x.test", "--json"]).request(no_stdin).unwrap(), (Request::Explain { domain: "x.test".into() }, true));
     }
 
     #[test]

@@ -163,6 +163,13 @@ pub enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Why a domain is treated as it is: what would happen now to a stream from and to it,
+    /// rule by rule, and the rule that decides.
+    Explain {
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Closed streams, newest first.
     History {
         #[arg(long)]

@@ -5,7 +5,7 @@
 use std::io::{self, Write};
 
 use super::{BlacklistCommand, CtlCommand};
-use crate::engine::{ChangeReport, DomainReport, ImportReport, ModeReport, ProbeReport, Reply, Status};
+use crate::engine::{ChangeReport, DomainReport, ExplainReport, ImportReport, ModeReport, ProbeReport, Reply, Status};
 use crate::events::{ConnSnapshot, VerificationOutcome, fmt_utc};
 use crate::store::DomainRecord;
 use crate::text::escape;
@@ -29,6 +29,7 @@ pub fn reply(cmd: &CtlCommand, reply: &Reply, out: &mut impl Write) -> io::Resul
         Reply::Mode(r) => mode(r, out)?,
         Reply::Domains(v) => domains(v, out)?,
         Reply::Domain(r) => domain(r, out)?,
+        Reply::Explain(r) => explain(r, out)?,
         Reply::Import(r) => import(r, out)?,
         // Not asked for by any ctl command.
         Reply::Snapshot(_) | Reply::Transcript(_) => writeln!(out, "{reply:?}")?,
@@ -195,6 +196,70 @@ pub fn domain(r: &DomainReport, out: &mut impl Write) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `ctl explain`: the verdict and the rule that gave it, every rule in order (`*` marks the
+/// deciding one), then each direction, the last verification and certificate, live streams.
+pub fn explain(r: &ExplainReport, out: &mut impl Write) -> io::Result<()> {
+    use crate::engine::ExplainVerdict as V;
+    let verdict = match r.verdict {
+        V::Allow => "allowed to federate",
+        V::Hold => "held until the operator decides",
+        V::Refuse => "refused",
+    };
+    let why = r.reason.as_deref().map(|w| format!(": {w}")).unwrap_or_default();
+    writeln!(out, "{}: {verdict}{why}", r.domain)?;
+    writeln!(out, "decided by:   {}", r.decided_by.as_str())?;
+    for m in &r.marks {
+        writeln!(out, "mark:         {m}")?;
+    }
+    writeln!(out, "\nrules, in the order applied (* decided):")?;
+    for s in &r.steps {
+        writeln!(
+            out,
+            "{} {:<19} {:<11} {}",
+            if s.decided { "*" } else { " " },
+            s.rule.as_str(),
+            if s.matched { "matched" } else { "not matched" },
+            s.found
+        )?;
+        writeln!(out, "  {:<19} {:<11} → {}", "", "", s.effect)?;
+    }
+    for d in &r.directions {
+        let (title, arrow) = match d.direction {
+            crate::events::Direction::In => ("\na stream from", "from"),
+            crate::events::Direction::Out => ("\na stream to", "to"),
+        };
+        writeln!(out, "{title} {}: {}", r.domain, d.outcome)?;
+        for q in &d.requirements {
+            writeln!(out, "  requires ({arrow}): {q}")?;
+        }
+    }
+    writeln!(out)?;
+    match &r.last_verification {
+        Some(o) => {
+            write!(out, "last verification: ")?;
+            outcome(o, out)?;
+        }
+        None => writeln!(out, "last verification: none recorded")?,
+    }
+    match &r.certificate {
+        Some(c) => writeln!(
+            out,
+            "certificate:       {} (stream {}, {}, opened {})",
+            c.verdict,
+            c.stream,
+            if c.live { "live" } else { "closed" },
+            fmt_utc(c.at_ms)
+        )?,
+        None => writeln!(out, "certificate:       none seen")?,
+    }
+    writeln!(out, "certificate auth:  {}", if r.cert_auth_seen { "seen before" } else { "never seen" })?;
+    if let Some(d) = &r.downgrade {
+        writeln!(out, "downgrade:         {d}")?;
+    }
+    writeln!(out, "\nlive streams:")?;
+    connections(&r.streams, out)
 }
 
 fn list_suffix(v: &[String]) -> String {

@@ -61,6 +61,10 @@ pub enum Request {
     Domain {
         domain: String,
     },
+    /// `ctl explain`: what would happen now to a stream from and to the domain, rule by rule.
+    Explain {
+        domain: String,
+    },
     History {
         #[serde(default)]
         domain: Option<String>,
@@ -112,6 +116,76 @@ pub struct DomainReport {
     pub policy_log: Vec<crate::store::PolicyAction>,
 }
 
+/// `ctl explain`: the policy's decision with its trace (the same evaluation streams get),
+/// and what only the engine knows: how the security rules apply to a stream each way, the
+/// last verification and certificate seen, and the live streams.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExplainReport {
+    pub domain: String,
+    pub verdict: ExplainVerdict,
+    /// A refusal's text, as the peer would get it.
+    pub reason: Option<String>,
+    /// The rule that gave the verdict.
+    pub decided_by: crate::policy::Rule,
+    /// Every rule in the order applied, then the authentication and encryption rules.
+    pub steps: Vec<ExplainStep>,
+    /// "listed by …": shown wherever the domain appears, whatever the verdict.
+    pub marks: Vec<String>,
+    /// What happens to a stream from the domain and to it, in that order.
+    pub directions: Vec<DirectionExplained>,
+    /// The newest verification outcome for the domain.
+    pub last_verification: Option<crate::events::VerificationOutcome>,
+    /// The newest certificate judged for the domain (a live stream's, else a closed one's).
+    pub certificate: Option<CertificateSeen>,
+    /// It has authenticated by certificate before.
+    pub cert_auth_seen: bool,
+    /// Set when it fell back from certificates to dialback (a downgrade).
+    pub downgrade: Option<String>,
+    /// Its live streams (which a refusal would close).
+    pub streams: Vec<crate::events::ConnSnapshot>,
+}
+
+/// What the policy does with the domain's streams (`allow`, `hold`, `refuse`; a refusal's
+/// text is [`ExplainReport::reason`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExplainVerdict {
+    Allow,
+    Hold,
+    Refuse,
+}
+
+/// One rule of an [`ExplainReport`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExplainStep {
+    pub rule: crate::policy::Rule,
+    pub matched: bool,
+    pub found: String,
+    pub effect: String,
+    pub decided: bool,
+}
+
+/// A stream from (`in`) or to (`out`) the explained domain: what happens to it and what it
+/// must meet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirectionExplained {
+    pub direction: crate::events::Direction,
+    /// The verdict's effect on such a stream, in words.
+    pub outcome: String,
+    /// The authentication and encryption requirements, each naming the rule that sets it.
+    pub requirements: Vec<String>,
+}
+
+/// A certificate judged for the domain, and on which stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CertificateSeen {
+    pub verdict: crate::types::CertVerdict,
+    pub stream: String,
+    pub live: bool,
+    /// When the stream opened (unix ms).
+    pub at_ms: u64,
+}
+
 /// The answer to a policy change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChangeReport {
@@ -143,6 +217,7 @@ pub enum Reply {
     Mode(ModeReport),
     Domains(Vec<crate::policy::DomainRecord>),
     Domain(Box<DomainReport>),
+    Explain(Box<ExplainReport>),
     Import(Box<ImportReport>),
     Snapshot(Box<Snapshot>),
     Transcript(Vec<crate::events::TranscriptLine>),
@@ -232,6 +307,8 @@ pub enum EngineError {
     InvalidDomain { domain: String, reason: String },
     #[error("{0} is hosted here; policy applies to remote domains")]
     Hosted(String),
+    #[error("{0} is hosted here (server.domains): explain judges remote domains; name one of those")]
+    ExplainHosted(String),
     #[error("--from {0}: not a hosted domain (server.domains)")]
     NotHosted(String),
     #[error("no live stream with id {0} (see `drawbridge ctl connections`)")]

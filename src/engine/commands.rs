@@ -58,6 +58,7 @@ pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Re
             Ok(Reply::Domains(shared.policy.records(state)))
         }
         Request::Domain { domain } => Ok(Reply::Domain(Box::new(domain_report(shared, &parse(&domain)?)?))),
+        Request::Explain { domain } => Ok(Reply::Explain(Box::new(explain(shared, &domain)?))),
         Request::BlacklistImport { text: list, source, dry_run } => {
             let source = source.unwrap_or_else(|| "import".into());
             Ok(Reply::Import(Box::new(import_blacklist(shared, &list, &source, who, dry_run).await?)))
@@ -105,6 +106,119 @@ fn domain_report(shared: &Shared, d: &Domain) -> Result<DomainReport, EngineErro
         streams: shared.store.history(Some(d.as_str()), 10)?,
         policy_log: shared.store.policy_log(Some(d.as_str()), 10)?,
     })
+}
+
+/// `ctl explain`: the policy's own evaluation with its trace ([`Policy::explain`], the code
+/// [`Policy::verdict`] runs for streams), with what the engine applies around it.
+fn explain(shared: &Shared, domain: &str) -> Result<ExplainReport, EngineError> {
+    let d = parse(domain)?;
+    if shared.is_server_domain(&d) {
+        return Err(EngineError::ExplainHosted(d.to_string()));
+    }
+    let security = &shared.settings.security;
+    let trace = shared.policy.explain(&d, Some(security));
+    let (verdict, reason) = match &trace.verdict {
+        Verdict::Allow => (ExplainVerdict::Allow, None),
+        Verdict::Hold => (ExplainVerdict::Hold, None),
+        Verdict::Refuse(r) => (ExplainVerdict::Refuse, Some(r.clone())),
+    };
+    let directions = directions(shared, &d, &trace.verdict);
+    let streams: Vec<ConnSnapshot> = shared.table.live().iter().filter(|e| is_of(e, d.as_str())).map(|e| e.snapshot()).collect();
+    let record = shared.policy.record(d.as_str());
+    Ok(ExplainReport {
+        domain: d.to_string(),
+        verdict,
+        reason,
+        decided_by: trace.decided_by,
+        steps: trace
+            .steps
+            .iter()
+            .map(|s| ExplainStep { rule: s.rule, matched: s.matched, found: s.found.clone(), effect: s.effect.clone(), decided: s.decided })
+            .collect(),
+        marks: trace.marks,
+        directions,
+        last_verification: shared.outcomes_for(Some(d.as_str()), 1)?.into_iter().next(),
+        certificate: certificate_seen(shared, d.as_str(), &streams)?,
+        cert_auth_seen: record.as_ref().is_some_and(|r| r.cert_auth_seen),
+        downgrade: record.and_then(|r| r.downgrade),
+        streams,
+    })
+}
+
+/// Whether a live stream's standing depends on `domain` (as [`enforce`] judges it).
+fn is_of(e: &table::ConnEntry, domain: &str) -> bool {
+    match e.kind {
+        StreamKind::Federation => e.remotes().iter().any(|r| r == domain),
+        StreamKind::Internal => e.snapshot().local.as_deref() == Some(domain),
+        StreamKind::Component => false,
+    }
+}
+
+/// What the verdict does to a stream from the domain and to it, and the security rules as
+/// the protocol machine applies them (`auth_for`, `require_encryption_for`).
+fn directions(shared: &Shared, d: &Domain, verdict: &Verdict) -> Vec<DirectionExplained> {
+    let sec = &shared.settings.security;
+    let (auth, auth_rule) = sec.auth_for(d.as_str());
+    let (tls, tls_rule) = sec.require_encryption_for(d.as_str());
+    let cert_only = auth == crate::types::AuthMode::CertOnly;
+    let wait = shared.settings.policy.approval_wait.as_secs();
+    let inbound = match verdict {
+        Verdict::Allow => "accepted once it authenticates".to_owned(),
+        Verdict::Hold => format!(
+            "authenticated, then held: listed as pending, its stanzas wait up to {wait}s (policy.approval_wait) for the operator, then the stream is refused"
+        ),
+        Verdict::Refuse(why) => format!("refused with <policy-violation/> at its stream header, before TLS: {why}"),
+    };
+    let outbound = match verdict {
+        Verdict::Allow => "dialled and used once it authenticates".to_owned(),
+        Verdict::Hold => "dialled and authenticated; stanzas wait until the operator approves it".to_owned(),
+        Verdict::Refuse(why) => format!("never dialled: stanzas to it bounce with <policy-violation/>: {why}"),
+    };
+    let in_reqs = vec![
+        if tls {
+            format!("STARTTLS before dialback or stanzas ({tls_rule})")
+        } else {
+            format!("TLS optional: its dialback and stanzas are taken before TLS ({tls_rule})")
+        },
+        if cert_only {
+            format!("a certificate valid for {d} (SASL EXTERNAL); dialback is not offered ({auth_rule})")
+        } else {
+            format!("SASL EXTERNAL when its certificate is valid for {d}, else Server Dialback ({auth_rule})")
+        },
+    ];
+    let out_reqs = vec![
+        if tls {
+            format!("a server of it that offers no STARTTLS is not used ({tls_rule})")
+        } else {
+            format!("without STARTTLS offered, dialback in plaintext ({tls_rule})")
+        },
+        if cert_only {
+            format!("its certificate must be valid for {d} before a stanza leaves; no dialback ({auth_rule})")
+        } else {
+            format!("SASL EXTERNAL when it offers it, else Server Dialback ({auth_rule})")
+        },
+    ];
+    vec![
+        DirectionExplained { direction: Direction::In, outcome: inbound, requirements: in_reqs },
+        DirectionExplained { direction: Direction::Out, outcome: outbound, requirements: out_reqs },
+    ]
+}
+
+/// The newest certificate judged for `domain`: its live streams', else the recently closed
+/// ones' (memory), else the history's.
+fn certificate_seen(shared: &Shared, domain: &str, live: &[ConnSnapshot]) -> Result<Option<CertificateSeen>, EngineError> {
+    let judged = |s: &ConnSnapshot, live: bool| {
+        let of = s.remote.as_deref() == Some(domain) || s.pairs.iter().any(|p| p.remote == domain);
+        let verdict = s.tls.as_ref().and_then(|t| t.cert_verdict.clone()).filter(|_| of)?;
+        Some(CertificateSeen { verdict, stream: s.id.clone(), live, at_ms: s.opened_ms })
+    };
+    let newest = |v: Vec<CertificateSeen>| v.into_iter().max_by_key(|c| c.at_ms);
+    if let Some(c) = newest(live.iter().filter_map(|s| judged(s, true)).collect()) {
+        return Ok(Some(c));
+    }
+    let mut closed: Vec<CertificateSeen> = shared.table.closed().iter().filter_map(|s| judged(s, false)).collect();
+    closed.extend(shared.store.history(Some(domain), 10)?.iter().filter_map(|s| judged(s, false)));
+    Ok(newest(closed))
 }
 
 /// Everything a dashboard needs to (re)build its model.

@@ -13,7 +13,7 @@
 //! Authentication and encryption requirements are recorded after the verdict: they do not
 //! decide whether a domain federates, only how it must prove itself.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{DomainState, Mode, Standing, Verdict};
 use crate::rtbl::Action;
@@ -56,7 +56,7 @@ pub struct Facts<'a> {
 }
 
 /// The rules, in the order they are applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Rule {
     Blacklist,
