@@ -180,102 +180,114 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
                 m.set_filter(String::new());
             }
         }
-        Intent::Approve | Intent::Clear | Intent::Block | Intent::Blacklist | Intent::Probe => {
-            let Some(domain) = m.selected_domain() else {
-                m.message = Some("select a stream or a domain first".into());
-                return;
-            };
-            match i {
-                Intent::Approve => m.message = Some(describe_change(client.request(Request::Approve { domain, reason: None }).await)),
-                Intent::Clear => m.message = Some(describe_change(client.request(Request::Unblock { domain }).await)),
-                Intent::Block => m.prompt = Some(Prompt::Block { domain, input: String::new() }),
-                Intent::Blacklist => m.prompt = Some(Prompt::Blacklist { domain, input: String::new() }),
-                _ => {
-                    m.message = Some(format!("probing {domain}…"));
-                    let (client, notes) = (client.clone(), notes.clone());
-                    tokio::spawn(async move {
-                        let msg = match client.request(Request::Probe { domain: domain.clone(), from: None }).await {
-                            Ok(Reply::Probe(p)) if p.ok => {
-                                format!("pong from {} in {:.1} ms ({})", p.to, p.rtt_ms.unwrap_or(0.0), p.auth.unwrap_or_default())
-                            }
-                            Ok(Reply::Probe(p)) => format!("probe {} failed: {}", p.to, p.error.unwrap_or_default()),
-                            Ok(other) => format!("probe: unexpected answer {other:?}"),
-                            Err(e) => format!("probe failed: {e}"),
-                        };
-                        let _ = notes.send(msg).await;
-                    });
-                }
-            }
-        }
+        Intent::Approve | Intent::Clear | Intent::Block | Intent::Blacklist | Intent::Probe => act_on_domain(client, m, i, notes).await,
         Intent::CloseStream => match m.selected_conn() {
             Some(c) if m.view == View::Connections && c.state != crate::events::ConnState::Closed => {
                 m.prompt = Some(Prompt::ConfirmClose { id: c.id })
             }
             _ => m.message = Some("select a live stream in Connections first".into()),
         },
-        Intent::Open => match m.view {
-            View::Connections => {
-                if let Some(c) = m.selected_conn() {
-                    open_transcript(client, m, c.id).await;
-                }
-            }
-            View::Domains => {
-                if let Some(d) = m.selected_domain() {
-                    match client.request(Request::Domain { domain: d.clone() }).await {
-                        Ok(Reply::Domain(report)) => m.domain_report = Some(*report),
-                        Ok(other) => m.message = Some(format!("{d}: unexpected answer {other:?}")),
-                        Err(e) => m.message = Some(format!("{d}: {e}")),
-                    }
-                }
-            }
-            _ => {}
-        },
-        Intent::CycleMode => {
-            let next = match m.status.as_ref().map(|s| s.mode.as_str()) {
-                Some("open") => "approval",
-                Some("approval") => "allowlist",
-                _ => "open",
-            };
-            let r = client.request(Request::Mode { mode: next.into() }).await;
-            m.message = Some(match &r {
-                Ok(_) => format!("mode {next}"),
-                Err(e) => format!("failed: {e}"),
-            });
-            if r.is_ok()
-                && let Some(s) = m.status.as_mut()
-            {
-                s.mode = next.into();
-            }
-        }
-        Intent::WriteTranscript => {
-            let Some(id) = m.transcript_id.clone() else {
-                m.message = Some("open a transcript first (Enter on a stream)".into());
-                return;
-            };
-            let path = format!("drawbridge-transcript-{}.txt", &id[..id.len().min(12)]);
-            let text: String = m
-                .transcript
-                .iter()
-                .map(|l| {
-                    format!(
-                        "{} {} {}\n",
-                        crate::events::fmt_utc(l.time_ms),
-                        l.dir,
-                        if m.reveal {
-                            l.text.replace(crate::xml::writer::KEY_MARKER, l.key.as_deref().unwrap_or(""))
-                        } else {
-                            l.text.clone()
-                        }
-                    )
-                })
-                .collect();
-            m.message = Some(match std::fs::write(&path, text) {
-                Ok(()) => format!("wrote {} lines to {path}", m.transcript.len()),
-                Err(e) => format!("cannot write {path}: {e}"),
-            });
-        }
+        Intent::Open => open_selected(client, m).await,
+        Intent::CycleMode => cycle_mode(client, m).await,
+        Intent::WriteTranscript => write_transcript(m),
         Intent::Quit | Intent::Input(_) | Intent::Backspace | Intent::Submit | Intent::Nothing => {}
     }
+}
+
+/// An operator decision about the selected domain: approve and clear at once, block and
+/// blacklist after a prompt for the reason, probe in the background (its answer a note).
+async fn act_on_domain(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::sync::mpsc::Sender<String>) {
+    let Some(domain) = m.selected_domain() else {
+        m.message = Some("select a stream or a domain first".into());
+        return;
+    };
+    match i {
+        Intent::Approve => m.message = Some(describe_change(client.request(Request::Approve { domain, reason: None }).await)),
+        Intent::Clear => m.message = Some(describe_change(client.request(Request::Unblock { domain }).await)),
+        Intent::Block => m.prompt = Some(Prompt::Block { domain, input: String::new() }),
+        Intent::Blacklist => m.prompt = Some(Prompt::Blacklist { domain, input: String::new() }),
+        _ => {
+            m.message = Some(format!("probing {domain}…"));
+            let (client, notes) = (client.clone(), notes.clone());
+            tokio::spawn(async move {
+                let msg = match client.request(Request::Probe { domain: domain.clone(), from: None }).await {
+                    Ok(Reply::Probe(p)) if p.ok => {
+                        format!("pong from {} in {:.1} ms ({})", p.to, p.rtt_ms.unwrap_or(0.0), p.auth.unwrap_or_default())
+                    }
+                    Ok(Reply::Probe(p)) => format!("probe {} failed: {}", p.to, p.error.unwrap_or_default()),
+                    Ok(other) => format!("probe: unexpected answer {other:?}"),
+                    Err(e) => format!("probe failed: {e}"),
+                };
+                let _ = notes.send(msg).await;
+            });
+        }
+    }
+}
+
+/// Enter: the selected stream's transcript, or the selected domain's report.
+async fn open_selected(client: &Arc<Client>, m: &mut Model) {
+    match m.view {
+        View::Connections => {
+            if let Some(c) = m.selected_conn() {
+                open_transcript(client, m, c.id).await;
+            }
+        }
+        View::Domains => {
+            if let Some(d) = m.selected_domain() {
+                match client.request(Request::Domain { domain: d.clone() }).await {
+                    Ok(Reply::Domain(report)) => m.domain_report = Some(*report),
+                    Ok(other) => m.message = Some(format!("{d}: unexpected answer {other:?}")),
+                    Err(e) => m.message = Some(format!("{d}: {e}")),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The next policy mode (open → approval → allowlist → open), shown at once if the
+/// engine took it.
+async fn cycle_mode(client: &Arc<Client>, m: &mut Model) {
+    let next = match m.status.as_ref().map(|s| s.mode.as_str()) {
+        Some("open") => "approval",
+        Some("approval") => "allowlist",
+        _ => "open",
+    };
+    let r = client.request(Request::Mode { mode: next.into() }).await;
+    m.message = Some(match &r {
+        Ok(_) => format!("mode {next}"),
+        Err(e) => format!("failed: {e}"),
+    });
+    if r.is_ok()
+        && let Some(s) = m.status.as_mut()
+    {
+        s.mode = next.into();
+    }
+}
+
+/// The open transcript to a file in the working directory, keys as shown on screen.
+fn write_transcript(m: &mut Model) {
+    let Some(id) = m.transcript_id.clone() else {
+        m.message = Some("open a transcript first (Enter on a stream)".into());
+        return;
+    };
+    let path = format!("drawbridge-transcript-{}.txt", &id[..id.len().min(12)]);
+    let text: String = m
+        .transcript
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {} {}\n",
+                crate::events::fmt_utc(l.time_ms),
+                l.dir,
+                if m.reveal { l.text.replace(crate::xml::writer::KEY_MARKER, l.key.as_deref().unwrap_or("")) } else { l.text.clone() }
+            )
+        })
+        .collect();
+    m.message = Some(match std::fs::write(&path, text) {
+        Ok(()) => format!("wrote {} lines to {path}", m.transcript.len()),
+        Err(e) => format!("cannot write {path}: {e}"),
+    });
 }
 
 async fn open_transcript(client: &Arc<Client>, m: &mut Model, id: String) {

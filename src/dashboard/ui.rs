@@ -213,34 +213,8 @@ fn draw_connections(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     let mut rows = Vec::with_capacity(end - start);
     for (i, id) in visible.iter().enumerate() {
         let Some(c) = m.conns.get(id) else { continue };
-        let closed = c.state == ConnState::Closed;
-        // Gateway mode's internal link and components carry a badge (and filter by "/internal",
-        // "/component").
-        let remote = match c.kind {
-            crate::events::StreamKind::Federation => remotes(c),
-            crate::events::StreamKind::Internal => format!("[internal] {}", remotes(c)),
-            crate::events::StreamKind::Component => format!("[component] {}", remotes(c)),
-        };
-        let auth = c.pairs.iter().map(|p| format!("{}{}", method_label(p.method), pair_badge(p.status))).collect::<Vec<_>>().join(" ");
-        let mut cells = vec![
-            Cell::from(if c.direction == Direction::In { "in" } else { "out" }),
-            Cell::from(remote),
-            Cell::from(c.state.as_str()),
-            Cell::from(c.tls.as_ref().map(|x| x.version.replace("TLS ", "")).unwrap_or_else(|| "-".into())),
-            Cell::from(if auth.is_empty() { "-".to_owned() } else { auth }),
-            Cell::from(human((now.saturating_sub(c.opened_ms)) / 1000)),
-            Cell::from(format!("{}/{}", c.stanzas_in, c.stanzas_out)),
-        ];
-        if wide {
-            cells.insert(2, Cell::from(c.local.clone().unwrap_or_default()));
-            cells.insert(3, Cell::from(c.peer_addr.clone().unwrap_or_default()));
-            cells.push(Cell::from(human(now.saturating_sub(c.last_activity_ms) / 1000)));
-            cells.push(Cell::from(format!("{}/{}", bytes(c.bytes_in), bytes(c.bytes_out))));
-            cells.push(Cell::from(spark(m.traffic.get(id).map(|v| v.iter().copied().collect::<Vec<_>>()).unwrap_or_default())));
-            cells.push(Cell::from(c.close_reason.clone().unwrap_or_default()));
-        }
-        let mut row = Row::new(cells);
-        if closed {
+        let mut row = Row::new(conn_cells(m, id, c, now, wide));
+        if c.state == ConnState::Closed {
             row = row.style(t.dim());
         }
         if start + i == sel {
@@ -248,7 +222,57 @@ fn draw_connections(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
         }
         rows.push(row);
     }
-    let (header, widths): (Vec<&str>, Vec<Constraint>) = if wide {
+    let (header, widths) = conn_columns(wide);
+    let title = connections_title(m, total);
+    let table =
+        Table::new(rows, widths).header(Row::new(header).style(t.header())).block(Block::default().borders(Borders::TOP).title(title));
+    f.render_widget(table, list);
+    if detail_h > 0 {
+        let lines = match m.selected_conn() {
+            Some(c) => conn_detail(&c),
+            None => vec![Line::from("no streams yet")],
+        };
+        f.render_widget(
+            Paragraph::new(lines).block(Block::default().borders(Borders::TOP).title(" Stream ")).wrap(Wrap { trim: true }),
+            detail,
+        );
+    }
+}
+
+/// One stream's cells in the connections table (`wide`: with the extra columns of
+/// [`conn_columns`]).
+fn conn_cells(m: &Model, id: &str, c: &ConnSnapshot, now: u64, wide: bool) -> Vec<Cell<'static>> {
+    // Gateway mode's internal link and components carry a badge (and filter by "/internal",
+    // "/component").
+    let remote = match c.kind {
+        crate::events::StreamKind::Federation => remotes(c),
+        crate::events::StreamKind::Internal => format!("[internal] {}", remotes(c)),
+        crate::events::StreamKind::Component => format!("[component] {}", remotes(c)),
+    };
+    let auth = c.pairs.iter().map(|p| format!("{}{}", method_label(p.method), pair_badge(p.status))).collect::<Vec<_>>().join(" ");
+    let mut cells = vec![
+        Cell::from(if c.direction == Direction::In { "in" } else { "out" }),
+        Cell::from(remote),
+        Cell::from(c.state.as_str()),
+        Cell::from(c.tls.as_ref().map(|x| x.version.replace("TLS ", "")).unwrap_or_else(|| "-".into())),
+        Cell::from(if auth.is_empty() { "-".to_owned() } else { auth }),
+        Cell::from(human((now.saturating_sub(c.opened_ms)) / 1000)),
+        Cell::from(format!("{}/{}", c.stanzas_in, c.stanzas_out)),
+    ];
+    if wide {
+        cells.insert(2, Cell::from(c.local.clone().unwrap_or_default()));
+        cells.insert(3, Cell::from(c.peer_addr.clone().unwrap_or_default()));
+        cells.push(Cell::from(human(now.saturating_sub(c.last_activity_ms) / 1000)));
+        cells.push(Cell::from(format!("{}/{}", bytes(c.bytes_in), bytes(c.bytes_out))));
+        cells.push(Cell::from(spark(m.traffic.get(id).map(|v| v.iter().copied().collect::<Vec<_>>()).unwrap_or_default())));
+        cells.push(Cell::from(c.close_reason.clone().unwrap_or_default()));
+    }
+    cells
+}
+
+/// The connections table's column names and widths, narrow or `wide` (160 columns or more).
+fn conn_columns(wide: bool) -> (Vec<&'static str>, Vec<Constraint>) {
+    if wide {
         (
             vec!["dir", "remote", "local", "peer", "state", "tls", "auth", "age", "stanzas", "idle", "bytes", "traffic", "close reason"],
             vec![
@@ -280,25 +304,16 @@ fn draw_connections(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
                 Constraint::Length(9),
             ],
         )
-    };
+    }
+}
+
+/// The table's title: live and recently closed counts, or the matches of the filter.
+fn connections_title(m: &mut Model, total: usize) -> String {
     let c = m.counts();
-    let title = if m.filter.is_empty() {
+    if m.filter.is_empty() {
         format!(" Connections ({} live, {} recently closed; by {}) ", c.live_in + c.live_out, c.closed, m.sort.label())
     } else {
         format!(" Connections ({total} matching; by {}) ", m.sort.label())
-    };
-    let table =
-        Table::new(rows, widths).header(Row::new(header).style(t.header())).block(Block::default().borders(Borders::TOP).title(title));
-    f.render_widget(table, list);
-    if detail_h > 0 {
-        let lines = match m.selected_conn() {
-            Some(c) => conn_detail(&c),
-            None => vec![Line::from("no streams yet")],
-        };
-        f.render_widget(
-            Paragraph::new(lines).block(Block::default().borders(Borders::TOP).title(" Stream ")).wrap(Wrap { trim: true }),
-            detail,
-        );
     }
 }
 

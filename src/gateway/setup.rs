@@ -45,85 +45,125 @@ pub fn setup(server: InternalServer, g: &GatewaySettings, domains: &[Domain], ca
         std::net::IpAddr::V4(v4) => (v4.to_string(), "A"),
         std::net::IpAddr::V6(v6) => (v6.to_string(), "AAAA"),
     };
-    let hosted = domains.iter().map(Domain::as_str).collect::<Vec<_>>().join(", ");
-    let ca = ca_cert.display();
+    let t =
+        Target { g, listen, ip, record, hosted: domains.iter().map(Domain::as_str).collect::<Vec<_>>().join(", "), ca: ca_cert.display() };
     let mut out = String::new();
-    let mut line = |s: &str| {
-        out.push_str(s);
-        out.push('\n');
-    };
     match server {
-        InternalServer::Prosody => {
-            line("-- drawbridge gateway: add to prosody.cfg.lua (Prosody 0.12; needs the lua-unbound package).");
-            line(&format!("-- Every remote domain resolves to drawbridge's gateway listener ({listen}):"));
-            line("unbound = { resolvconf = false; hoststxt = false;");
-            line(&format!(
-                "            options = {{ [\"local-zone:\"] = \". redirect\"; [\"local-data:\"] = \". 300 IN {record} {ip}\" }} }}"
-            ));
-            line("s2s_require_encryption = true");
-            match g.auth {
-                GatewayAuth::Pki => {
-                    line("-- Remote domains prove themselves by certificates drawbridge mints with its gateway CA:");
-                    line("s2s_secure_auth = true");
-                    line(&format!("s2s_ssl = {{ cafile = \"{ca}\"; capath = false }}"));
-                    line("-- Dialback is refused on the gateway's internal link (gateway.auth = \"pki\"):");
-                    line("modules_disabled = { \"dialback\" }");
-                    line(&format!(
-                        "-- Prosody's own certificate for {hosted} must chain to gateway.internal_ca ({}) in drawbridge's",
-                        g.internal_ca.as_deref().map_or("not set: required".into(), |p| p.display().to_string())
-                    ));
-                    line("-- configuration: drawbridge trusts that CA, and only it, for the internal server.");
-                }
-                GatewayAuth::Dialback => {
-                    line("-- Dialback both ways (gateway.auth = \"dialback\"): keep mod_dialback; Prosody's callbacks for remote");
-                    line("-- domains reach drawbridge through the resolver above, and drawbridge calls Prosody back directly.");
-                    line("s2s_secure_auth = false");
-                }
-            }
-            line(&format!("-- Prosody's s2s listener must be gateway.internal ({}):", g.internal));
-            line(&format!("s2s_interfaces = {{ \"{}\" }}", g.internal.ip()));
-            line(&format!("s2s_ports = {{ {} }}", g.internal.port()));
-            line("-- Test domains under .test: libunbound keeps its built-in test. zone; use \"test. redirect\" / \"test. 300 IN A …\".");
+        InternalServer::Prosody => prosody(&mut out, &t),
+        InternalServer::Ejabberd => ejabberd(&mut out, &t),
+        InternalServer::Openfire => openfire(&mut out, &t),
+    }
+    common(&mut out, server, &t);
+    Ok(out)
+}
+
+/// What every server's lines are made of: the gateway settings, where drawbridge listens
+/// for the internal server and the DNS record that leads there.
+struct Target<'a> {
+    g: &'a GatewaySettings,
+    listen: SocketAddr,
+    ip: String,
+    record: &'static str,
+    /// The domains drawbridge serves, comma-separated.
+    hosted: String,
+    /// The gateway CA certificate's path.
+    ca: std::path::Display<'a>,
+}
+
+fn line(out: &mut String, s: &str) {
+    out.push_str(s);
+    out.push('\n');
+}
+
+/// Prosody 0.12: every remote domain resolved to the gateway listener by lua-unbound; the
+/// interop tests run these lines.
+fn prosody(out: &mut String, t: &Target) {
+    let Target { g, listen, ip, record, hosted, ca } = t;
+    line(out, "-- drawbridge gateway: add to prosody.cfg.lua (Prosody 0.12; needs the lua-unbound package).");
+    line(out, &format!("-- Every remote domain resolves to drawbridge's gateway listener ({listen}):"));
+    line(out, "unbound = { resolvconf = false; hoststxt = false;");
+    line(
+        out,
+        &format!("            options = {{ [\"local-zone:\"] = \". redirect\"; [\"local-data:\"] = \". 300 IN {record} {ip}\" }} }}"),
+    );
+    line(out, "s2s_require_encryption = true");
+    match g.auth {
+        GatewayAuth::Pki => {
+            line(out, "-- Remote domains prove themselves by certificates drawbridge mints with its gateway CA:");
+            line(out, "s2s_secure_auth = true");
+            line(out, &format!("s2s_ssl = {{ cafile = \"{ca}\"; capath = false }}"));
+            line(out, "-- Dialback is refused on the gateway's internal link (gateway.auth = \"pki\"):");
+            line(out, "modules_disabled = { \"dialback\" }");
+            line(
+                out,
+                &format!(
+                    "-- Prosody's own certificate for {hosted} must chain to gateway.internal_ca ({}) in drawbridge's",
+                    g.internal_ca.as_deref().map_or("not set: required".into(), |p| p.display().to_string())
+                ),
+            );
+            line(out, "-- configuration: drawbridge trusts that CA, and only it, for the internal server.");
         }
-        InternalServer::Ejabberd => {
-            line("# drawbridge gateway: ejabberd.yml (not covered by drawbridge's interop tests).");
-            line("# ejabberd has no per-domain s2s route: point the resolver ejabberd uses (the host's, or a DNS view");
-            line(&format!("# for it) at a zone that answers every name with {record} {ip}; ejabberd then connects to port 5269."));
-            line("s2s_use_starttls: required");
-            if g.auth == GatewayAuth::Pki {
-                line(&format!("s2s_cafile: \"{ca}\"   # trust drawbridge's gateway CA for remote domains"));
-                line("# and leave mod_s2s_dialback out of `modules:` (gateway.auth = \"pki\").");
-            }
-            line("listen:");
-            line(&format!("  - port: {}", g.internal.port()));
-            line(&format!("    ip: \"{}\"", g.internal.ip()));
-            line("    module: ejabberd_s2s_in");
-        }
-        InternalServer::Openfire => {
-            line("# drawbridge gateway: Openfire system properties (not covered by drawbridge's interop tests).");
-            line("# Openfire routes s2s by a DNS override per remote domain (no wildcard): one entry per domain");
-            line("# your users reach, e.g.");
-            line(&format!("dnsutil.dnsOverride = {{remote.example,{ip}:{}}}", listen.port()));
-            if g.auth == GatewayAuth::Pki {
-                line(&format!("# Import {ca} into Openfire's server-to-server trust store (Server > TLS/SSL Certificates)."));
-            }
-            line(&format!("# Openfire's s2s listener must be gateway.internal ({}).", g.internal));
+        GatewayAuth::Dialback => {
+            line(out, "-- Dialback both ways (gateway.auth = \"dialback\"): keep mod_dialback; Prosody's callbacks for remote");
+            line(out, "-- domains reach drawbridge through the resolver above, and drawbridge calls Prosody back directly.");
+            line(out, "s2s_secure_auth = false");
         }
     }
+    line(out, &format!("-- Prosody's s2s listener must be gateway.internal ({}):", g.internal));
+    line(out, &format!("s2s_interfaces = {{ \"{}\" }}", g.internal.ip()));
+    line(out, &format!("s2s_ports = {{ {} }}", g.internal.port()));
+    line(out, "-- Test domains under .test: libunbound keeps its built-in test. zone; use \"test. redirect\" / \"test. 300 IN A …\".");
+}
+
+/// ejabberd: no per-domain route, so the resolver it uses must answer every name.
+fn ejabberd(out: &mut String, t: &Target) {
+    let Target { g, ip, record, ca, .. } = t;
+    line(out, "# drawbridge gateway: ejabberd.yml (not covered by drawbridge's interop tests).");
+    line(out, "# ejabberd has no per-domain s2s route: point the resolver ejabberd uses (the host's, or a DNS view");
+    line(out, &format!("# for it) at a zone that answers every name with {record} {ip}; ejabberd then connects to port 5269."));
+    line(out, "s2s_use_starttls: required");
+    if g.auth == GatewayAuth::Pki {
+        line(out, &format!("s2s_cafile: \"{ca}\"   # trust drawbridge's gateway CA for remote domains"));
+        line(out, "# and leave mod_s2s_dialback out of `modules:` (gateway.auth = \"pki\").");
+    }
+    line(out, "listen:");
+    line(out, &format!("  - port: {}", g.internal.port()));
+    line(out, &format!("    ip: \"{}\"", g.internal.ip()));
+    line(out, "    module: ejabberd_s2s_in");
+}
+
+/// Openfire: a DNS override per remote domain.
+fn openfire(out: &mut String, t: &Target) {
+    let Target { g, listen, ip, ca, .. } = t;
+    line(out, "# drawbridge gateway: Openfire system properties (not covered by drawbridge's interop tests).");
+    line(out, "# Openfire routes s2s by a DNS override per remote domain (no wildcard): one entry per domain");
+    line(out, "# your users reach, e.g.");
+    line(out, &format!("dnsutil.dnsOverride = {{remote.example,{ip}:{}}}", listen.port()));
+    if g.auth == GatewayAuth::Pki {
+        line(out, &format!("# Import {ca} into Openfire's server-to-server trust store (Server > TLS/SSL Certificates)."));
+    }
+    line(out, &format!("# Openfire's s2s listener must be gateway.internal ({}).", g.internal));
+}
+
+/// The lines every server gets: who may connect, a wrong port, where the CA certificate is.
+fn common(out: &mut String, server: InternalServer, t: &Target) {
+    let Target { g, listen, ip, ca, .. } = t;
     let allow = g.allow.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ");
     let c = if server == InternalServer::Prosody { "--" } else { "#" };
-    line(&format!("{c} drawbridge accepts connections to {listen} from {allow} only (gateway.allow; by default gateway.internal's"));
-    line(&format!("{c} address): the internal server's streams must leave from there, or list their address in gateway.allow."));
+    line(out, &format!("{c} drawbridge accepts connections to {listen} from {allow} only (gateway.allow; by default gateway.internal's"));
+    line(out, &format!("{c} address): the internal server's streams must leave from there, or list their address in gateway.allow."));
     if listen.port() != 5269 && server != InternalServer::Openfire {
-        line(&format!(
-            "-- WARNING: gateway.listen is on port {}, but the internal server connects to port 5269 (no SRV answer): listen on {ip}:5269.",
-            listen.port()
-        ));
+        line(
+            out,
+            &format!(
+                "-- WARNING: gateway.listen is on port {}, but the internal server connects to port 5269 (no SRV answer): listen on {ip}:5269.",
+                listen.port()
+            ),
+        );
     }
-    line(&format!("-- The gateway CA certificate: {ca}"));
-    line("-- (drawbridge keeps it readable by its own user only: copy it where the internal server can read it,");
-    line("-- and use that path above; the key next to it never leaves drawbridge.)");
-    Ok(out)
+    line(out, &format!("-- The gateway CA certificate: {ca}"));
+    line(out, "-- (drawbridge keeps it readable by its own user only: copy it where the internal server can read it,");
+    line(out, "-- and use that path above; the key next to it never leaves drawbridge.)");
 }
 
 #[cfg(test)]

@@ -314,6 +314,8 @@ impl Originating {
         self.send_header(cx, None);
     }
 
+    /// One frame from the peer: a stream error ends everything; otherwise the state decides
+    /// what the frame means. The state is taken out and each step puts back what follows.
     fn on_frame(&mut self, cx: &mut Cx, now: Instant, frame: Frame, buffered: usize) {
         if let Frame::Element(el) = &frame
             && let Some(e) = PeerStreamError::parse(el)
@@ -322,144 +324,185 @@ impl Originating {
         }
         let state = std::mem::replace(&mut self.state, State::Done);
         match state {
-            State::Header { sasl } => {
-                let Frame::StreamOpen(h) = frame else {
-                    return self.fail(cx, Failure::unreachable("the peer did not open a stream"), false);
-                };
-                if let Err(e) = check_header(&h) {
-                    cx.send(e.to_element());
-                    return self.fail(cx, Failure::unreachable(format!("bad stream header from the peer: {e}")), false);
-                }
-                let stream_id = h.id.filter(|i| !i.is_empty());
-                if stream_id.as_deref().is_some_and(|id| (cx.env.issued_here)(id)) {
-                    // Issue 16: a stream of ours came back to us (DNS, a forwarder or NAT
-                    // leading to one of our listeners). Nothing more is said or minted.
-                    return self.fail(
-                        cx,
-                        Failure::unreachable(format!(
-                            "{} leads back to this server: the answering stream header carries a stream id drawbridge issued itself; not talking to itself (a loop)",
-                            self.remote
-                        )),
-                        false,
-                    );
-                }
-                if sasl.is_some() {
-                    cx.observe(Observed::StreamId(stream_id.clone().unwrap_or_default()));
-                }
-                self.state = State::Features { stream_id, sasl };
-            }
-            State::Features { stream_id, sasl } => {
-                let features = match frame {
-                    Frame::Element(el) if el.is("features", ns::STREAMS) => el,
-                    Frame::Element(el) => {
-                        return self.fail(cx, Failure::unreachable(format!("expected stream features, got {}", el.describe())), false);
-                    }
-                    Frame::StreamClose => return self.fail(cx, Failure::unreachable("the peer closed the stream"), false),
-                    Frame::StreamOpen(_) => return self.fail(cx, Failure::unreachable("unexpected second stream header"), false),
-                };
-                self.read_limits(cx, &features);
-                if let Some(pair) = sasl {
-                    let why = format!("{} accepted our certificate (SASL EXTERNAL)", self.remote);
-                    return self.authorised(cx, now, pair, why);
-                }
-                self.on_features(cx, now, features, stream_id);
-            }
-            State::Proceed => match frame {
-                Frame::Element(el) if el.is("proceed", ns::TLS) => {
-                    if buffered > 0 {
-                        return self.fail(
-                            cx,
-                            Failure::unreachable("TLS: data after <proceed/> (plaintext injection); refusing to continue"),
-                            false,
-                        );
-                    }
-                    cx.out.push_back(Output::StartTls(TlsRole::Client { direct: false }));
-                    self.state = State::Tls { direct: false };
-                }
-                Frame::Element(el) if el.is("failure", ns::TLS) => {
-                    self.fail(cx, Failure::unreachable("TLS: the peer answered STARTTLS with <failure/>"), false)
-                }
-                _ => self.fail(cx, Failure::unreachable("TLS: unexpected answer to STARTTLS"), false),
-            },
-            State::Sasl { stream_id } => match frame {
-                Frame::Element(el) if el.is("success", ns::SASL) => {
-                    let Some(proof) = self.judged.as_ref().and_then(|j| ValidPair::by_sasl_success(&self.local, j, &el)) else {
-                        return self.fail(cx, Failure::unreachable("SASL: <success/> before the certificate was judged"), false);
-                    };
-                    // RFC 6120 §6.4.6: restart the stream.
-                    cx.out.push_back(Output::Restart);
-                    self.send_header(cx, Some(proof));
-                }
-                Frame::Element(el) if el.is("failure", ns::SASL) => {
-                    let clip = crate::xml::element::clip;
-                    let cond = el.elements().find(|e| e.name != "text").map(|e| clip(&e.name, 64).into_owned()).unwrap_or_default();
-                    let text = el.get_child("text", ns::SASL).map(|t| clip(&t.text_content(), 256).into_owned()).unwrap_or_default();
-                    tracing::info!(stream = %cx.log, "{} refused SASL EXTERNAL: {cond} {text}; falling back to dialback", self.remote);
-                    let why = format!("{} refused our certificate (SASL EXTERNAL <{cond}/> {text}); falling back to dialback", self.remote);
-                    cx.outcome(&self.local, &self.remote, AuthMethod::SaslExternal, VerificationResult::Invalid, why);
-                    self.dialback(cx, now, stream_id);
-                }
-                _ => self.fail(cx, Failure::unreachable("SASL: unexpected answer to <auth/>"), false),
-            },
+            State::Header { sasl } => self.on_answering_header(cx, frame, sasl),
+            State::Features { stream_id, sasl } => self.on_features_frame(cx, now, frame, stream_id, sasl),
+            State::Proceed => self.on_starttls_answer(cx, frame, buffered),
+            State::Sasl { stream_id } => self.on_sasl_answer(cx, now, frame, stream_id),
             State::Dialback { until, sent } => {
                 self.state = State::Dialback { until, sent };
-                let el = match frame {
-                    Frame::Element(el) => el,
-                    Frame::StreamClose => return self.fail(cx, Failure::unreachable("the peer closed the stream during dialback"), false),
-                    Frame::StreamOpen(_) => return,
-                };
-                if let Some(db) = DbElement::parse(&el) {
-                    let ours = !db.verify && db.from == self.remote.as_str() && db.to == self.local.as_str();
-                    let proof = match (&self.state, &db.answer) {
-                        (State::Dialback { sent, .. }, Some(a)) if ours => sent.answered(a),
-                        _ => None,
-                    };
-                    match (ours, &db.answer, proof) {
-                        (true, Some(_), Some(pair)) => {
-                            let why = format!("{} accepted our dialback key", self.remote);
-                            self.authorised(cx, now, pair, why);
-                        }
-                        (true, Some(a), None) => {
-                            cx.observe(Observed::PairRemoved { local: self.local.clone(), remote: self.remote.clone() });
-                            let why = format!("{} answered our dialback with {}", self.remote, a.describe());
-                            cx.outcome(&self.local, &self.remote, AuthMethod::Dialback, VerificationResult::Invalid, why);
-                            let f = Failure::unreachable(format!("dialback: {} answered {}", self.remote, a.describe()));
-                            self.fail(cx, f, false);
-                        }
-                        _ => self.on_dialback(cx, &db),
-                    }
-                }
+                self.on_dialback_frame(cx, now, frame);
             }
             State::Held { pair, until } => {
                 self.state = State::Held { pair, until };
-                match frame {
-                    Frame::Element(el) => {
-                        if let Some(db) = DbElement::parse(&el) {
-                            self.on_dialback(cx, &db);
-                        }
-                    }
-                    Frame::StreamOpen(_) => {}
-                    Frame::StreamClose => self.fail(cx, Failure::unreachable("the peer closed the stream"), false),
-                }
+                self.on_held_frame(cx, frame);
             }
             State::Established { pair } => {
                 self.state = State::Established { pair };
-                match frame {
-                    Frame::Element(el) => {
-                        if let Some(db) = DbElement::parse(&el) {
-                            self.on_dialback(cx, &db);
-                        } else {
-                            tracing::debug!(stream = %cx.log, element = %el.describe(), "ignoring an element on an outbound stream");
-                        }
-                    }
-                    Frame::StreamClose => self.lost(cx, "closed by the peer".into(), true, false),
-                    Frame::StreamOpen(_) => {}
-                }
+                self.on_established_frame(cx, frame);
             }
             s @ (State::Tls { .. } | State::Done | State::Draining { .. }) => {
                 self.state = s;
                 self.fail(cx, Failure::unreachable("data during the TLS handshake"), true);
             }
+        }
+    }
+
+    /// The peer's answering stream header: checked, and refused if it carries a stream id
+    /// of our own (a loop back to this server).
+    fn on_answering_header(&mut self, cx: &mut Cx, frame: Frame, sasl: Option<ValidPair>) {
+        let Frame::StreamOpen(h) = frame else {
+            return self.fail(cx, Failure::unreachable("the peer did not open a stream"), false);
+        };
+        if let Err(e) = check_header(&h) {
+            cx.send(e.to_element());
+            return self.fail(cx, Failure::unreachable(format!("bad stream header from the peer: {e}")), false);
+        }
+        let stream_id = h.id.filter(|i| !i.is_empty());
+        if stream_id.as_deref().is_some_and(|id| (cx.env.issued_here)(id)) {
+            // Issue 16: a stream of ours came back to us (DNS, a forwarder or NAT
+            // leading to one of our listeners). Nothing more is said or minted.
+            return self.fail(
+                cx,
+                Failure::unreachable(format!(
+                    "{} leads back to this server: the answering stream header carries a stream id drawbridge issued itself; not talking to itself (a loop)",
+                    self.remote
+                )),
+                false,
+            );
+        }
+        if sasl.is_some() {
+            cx.observe(Observed::StreamId(stream_id.clone().unwrap_or_default()));
+        }
+        self.state = State::Features { stream_id, sasl };
+    }
+
+    /// The peer's stream features: after a SASL restart they complete authentication,
+    /// otherwise they choose the next step (STARTTLS, SASL or dialback).
+    fn on_features_frame(&mut self, cx: &mut Cx, now: Instant, frame: Frame, stream_id: Option<String>, sasl: Option<ValidPair>) {
+        let features = match frame {
+            Frame::Element(el) if el.is("features", ns::STREAMS) => el,
+            Frame::Element(el) => {
+                return self.fail(cx, Failure::unreachable(format!("expected stream features, got {}", el.describe())), false);
+            }
+            Frame::StreamClose => return self.fail(cx, Failure::unreachable("the peer closed the stream"), false),
+            Frame::StreamOpen(_) => return self.fail(cx, Failure::unreachable("unexpected second stream header"), false),
+        };
+        self.read_limits(cx, &features);
+        if let Some(pair) = sasl {
+            let why = format!("{} accepted our certificate (SASL EXTERNAL)", self.remote);
+            return self.authorised(cx, now, pair, why);
+        }
+        self.on_features(cx, now, features, stream_id);
+    }
+
+    /// The answer to our `<starttls/>`; bytes already buffered after `<proceed/>` would be
+    /// plaintext injected ahead of the handshake, so they end the stream.
+    fn on_starttls_answer(&mut self, cx: &mut Cx, frame: Frame, buffered: usize) {
+        match frame {
+            Frame::Element(el) if el.is("proceed", ns::TLS) => {
+                if buffered > 0 {
+                    return self.fail(
+                        cx,
+                        Failure::unreachable("TLS: data after <proceed/> (plaintext injection); refusing to continue"),
+                        false,
+                    );
+                }
+                cx.out.push_back(Output::StartTls(TlsRole::Client { direct: false }));
+                self.state = State::Tls { direct: false };
+            }
+            Frame::Element(el) if el.is("failure", ns::TLS) => {
+                self.fail(cx, Failure::unreachable("TLS: the peer answered STARTTLS with <failure/>"), false)
+            }
+            _ => self.fail(cx, Failure::unreachable("TLS: unexpected answer to STARTTLS"), false),
+        }
+    }
+
+    /// The answer to our `<auth mechanism='EXTERNAL'/>`: success restarts the stream with
+    /// the proof; failure falls back to dialback.
+    fn on_sasl_answer(&mut self, cx: &mut Cx, now: Instant, frame: Frame, stream_id: Option<String>) {
+        match frame {
+            Frame::Element(el) if el.is("success", ns::SASL) => {
+                let Some(proof) = self.judged.as_ref().and_then(|j| ValidPair::by_sasl_success(&self.local, j, &el)) else {
+                    return self.fail(cx, Failure::unreachable("SASL: <success/> before the certificate was judged"), false);
+                };
+                // RFC 6120 §6.4.6: restart the stream.
+                cx.out.push_back(Output::Restart);
+                self.send_header(cx, Some(proof));
+            }
+            Frame::Element(el) if el.is("failure", ns::SASL) => self.on_sasl_failure(cx, now, &el, stream_id),
+            _ => self.fail(cx, Failure::unreachable("SASL: unexpected answer to <auth/>"), false),
+        }
+    }
+
+    /// The peer refused our certificate: recorded as an outcome, then dialback is tried.
+    fn on_sasl_failure(&mut self, cx: &mut Cx, now: Instant, el: &Element, stream_id: Option<String>) {
+        let clip = crate::xml::element::clip;
+        let cond = el.elements().find(|e| e.name != "text").map(|e| clip(&e.name, 64).into_owned()).unwrap_or_default();
+        let text = el.get_child("text", ns::SASL).map(|t| clip(&t.text_content(), 256).into_owned()).unwrap_or_default();
+        tracing::info!(stream = %cx.log, "{} refused SASL EXTERNAL: {cond} {text}; falling back to dialback", self.remote);
+        let why = format!("{} refused our certificate (SASL EXTERNAL <{cond}/> {text}); falling back to dialback", self.remote);
+        cx.outcome(&self.local, &self.remote, AuthMethod::SaslExternal, VerificationResult::Invalid, why);
+        self.dialback(cx, now, stream_id);
+    }
+
+    /// A frame while our dialback key awaits its answer (the state is already put back):
+    /// the answer to our key authorises or ends the stream; other dialback elements are
+    /// the peer's verify requests and answers on this stream.
+    fn on_dialback_frame(&mut self, cx: &mut Cx, now: Instant, frame: Frame) {
+        let el = match frame {
+            Frame::Element(el) => el,
+            Frame::StreamClose => return self.fail(cx, Failure::unreachable("the peer closed the stream during dialback"), false),
+            Frame::StreamOpen(_) => return,
+        };
+        let Some(db) = DbElement::parse(&el) else { return };
+        let ours = !db.verify && db.from == self.remote.as_str() && db.to == self.local.as_str();
+        let proof = match (&self.state, &db.answer) {
+            (State::Dialback { sent, .. }, Some(a)) if ours => sent.answered(a),
+            _ => None,
+        };
+        match (ours, &db.answer, proof) {
+            (true, Some(_), Some(pair)) => {
+                let why = format!("{} accepted our dialback key", self.remote);
+                self.authorised(cx, now, pair, why);
+            }
+            (true, Some(a), None) => {
+                cx.observe(Observed::PairRemoved { local: self.local.clone(), remote: self.remote.clone() });
+                let why = format!("{} answered our dialback with {}", self.remote, a.describe());
+                cx.outcome(&self.local, &self.remote, AuthMethod::Dialback, VerificationResult::Invalid, why);
+                let f = Failure::unreachable(format!("dialback: {} answered {}", self.remote, a.describe()));
+                self.fail(cx, f, false);
+            }
+            _ => self.on_dialback(cx, &db),
+        }
+    }
+
+    /// A frame while the policy holds our traffic (the state is already put back): only
+    /// dialback elements and the peer's close matter.
+    fn on_held_frame(&mut self, cx: &mut Cx, frame: Frame) {
+        match frame {
+            Frame::Element(el) => {
+                if let Some(db) = DbElement::parse(&el) {
+                    self.on_dialback(cx, &db);
+                }
+            }
+            Frame::StreamOpen(_) => {}
+            Frame::StreamClose => self.fail(cx, Failure::unreachable("the peer closed the stream"), false),
+        }
+    }
+
+    /// A frame on the established stream (the state is already put back): the peer sends
+    /// only dialback elements and its close on an outbound stream; anything else is ignored.
+    fn on_established_frame(&mut self, cx: &mut Cx, frame: Frame) {
+        match frame {
+            Frame::Element(el) => {
+                if let Some(db) = DbElement::parse(&el) {
+                    self.on_dialback(cx, &db);
+                } else {
+                    tracing::debug!(stream = %cx.log, element = %el.describe(), "ignoring an element on an outbound stream");
+                }
+            }
+            Frame::StreamClose => self.lost(cx, "closed by the peer".into(), true, false),
+            Frame::StreamOpen(_) => {}
         }
     }
 

@@ -18,7 +18,7 @@ use crate::proto::stanza::{StanzaErrorCondition as SC, is_stanza};
 use crate::proto::stream::{PeerStreamError, StreamErrorCondition as C, check_header, header};
 use crate::types::{AuthMethod, CertVerdict, ConnState, PairStatus, Verdict, VerificationResult};
 use crate::xml::element::clip;
-use crate::xml::{Element, Frame};
+use crate::xml::{Element, Frame, StreamHeader};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -165,6 +165,9 @@ impl Receiving {
     }
 
     /// The peer's stream header: our header, the checks, the policy on its 'from', features.
+    /// The peer's stream header: our own header goes back first (RFC 6120 §4.9.1.2: a
+    /// stream error is sent after it), then the header is checked, the pair it names is
+    /// put to the policy and our features are offered.
     fn on_header(&mut self, cx: &mut Cx, frame: Frame) {
         let h = match frame {
             Frame::StreamOpen(h) => h,
@@ -174,55 +177,11 @@ impl Receiving {
                 return cx.close(Ending::error(C::NotWellFormed, "expected a stream header"));
             }
         };
-        let env = cx.env;
-        self.stream_id = (env.stream_ids)();
-        cx.observe(Observed::StreamId(self.stream_id.clone()));
-        let local = h.to.as_deref().and_then(|t| Domain::parse(t).ok());
-        let reply_from = local.as_ref().filter(|d| env.is_local_side(d)).unwrap_or(env.default_domain());
-        // RFC 6120 §4.9.1.2: a stream error is sent after our own header.
-        cx.out.push_back(Output::Raw(header(
-            Some(reply_from.as_str()),
-            h.from.as_deref().filter(|f| Domain::parse(f).is_ok()),
-            Some(&self.stream_id),
-        )));
-        if let Err(e) = check_header(&h) {
-            return cx.close(Ending::error(e.condition, e.text));
-        }
-        let Some(local) = local.filter(|d| env.is_local_side(d)) else {
-            return cx.close(Ending::error(
-                C::HostUnknown,
-                format!("{} is not served here", clip(h.to.as_deref().unwrap_or("(no 'to' attribute)"), 64)),
-            ));
+        let to = self.send_our_header(cx, &h);
+        let local = match admit_header(cx.env, &h, to) {
+            Ok(local) => local,
+            Err(ending) => return cx.close(ending),
         };
-        // The gateway listener (issue 16): TLS here presents a certificate minted for `to`,
-        // so before anything is minted the stream must name a world domain (not an IP
-        // address) in `to` and say who it is in `from` (the policy then wants one of the
-        // internal server's domains).
-        if env.serves_world {
-            if is_ip_literal(local.as_str()) {
-                return cx.close(Ending::error(C::HostUnknown, "an IP address is not a domain drawbridge can stand in for"));
-            }
-            if h.from.is_none() {
-                return cx.close(Ending::error(
-                    C::PolicyViolation,
-                    "streams to the gateway listener must name the internal server's domain in 'from'",
-                ));
-            }
-        }
-        // RFC 6120 §4.7.1: a 'from' that is not a domain (too long, bad characters, an IP
-        // address) ends the stream before anything is stored or logged in full.
-        if let Some(from) = h.from.as_deref() {
-            match Domain::parse(from) {
-                Ok(d) if !is_ip_literal(d.as_str()) => {}
-                Ok(_) => return cx.close(Ending::error(C::InvalidFrom, "the 'from' of an s2s stream must be a domain, not an IP address")),
-                Err(e) => {
-                    return cx.close(Ending::error(
-                        C::InvalidFrom,
-                        format!("{:?} is not a domain: {}", clip(from, 64), clip(&e.to_string(), 96)),
-                    ));
-                }
-            }
-        }
         cx.observe(Observed::Domains { local: Some(local.to_string()), remote: h.from.clone() });
         self.peer = h.from.as_deref().and_then(|f| Domain::parse(f).ok());
         self.local = Some(local.clone());
@@ -231,12 +190,34 @@ impl Receiving {
         }
         // Policy, as early as possible: the header's 'from', before TLS.
         if let Some(from) = self.peer.clone()
-            && let Verdict::Refuse(why) = env.policy.verdict(&from)
+            && let Verdict::Refuse(why) = cx.env.policy.verdict(&from)
         {
             cx.outcome(&local, &from, AuthMethod::Policy, VerificationResult::Refused, format!("refused at the stream header: {why}"));
             return cx.close(Ending::error(C::PolicyViolation, why));
         }
-        // Features (RFC 6120 §4.3.2): STARTTLS until TLS; dialback once encryption allows it.
+        self.send_features(cx);
+    }
+
+    /// Mints this stream's id and sends our header, from the domain the peer named if it
+    /// is ours (the default domain otherwise); returns that named domain, parsed.
+    fn send_our_header(&mut self, cx: &mut Cx, h: &StreamHeader) -> Option<Domain> {
+        let env = cx.env;
+        self.stream_id = (env.stream_ids)();
+        cx.observe(Observed::StreamId(self.stream_id.clone()));
+        let local = h.to.as_deref().and_then(|t| Domain::parse(t).ok());
+        let reply_from = local.as_ref().filter(|d| env.is_local_side(d)).unwrap_or(env.default_domain());
+        cx.out.push_back(Output::Raw(header(
+            Some(reply_from.as_str()),
+            h.from.as_deref().filter(|f| Domain::parse(f).is_ok()),
+            Some(&self.stream_id),
+        )));
+        local
+    }
+
+    /// Our features (RFC 6120 §4.3.2): STARTTLS until TLS; SASL EXTERNAL and dialback once
+    /// encryption allows them; our limits always. The stream is then open.
+    fn send_features(&mut self, cx: &mut Cx) {
+        let env = cx.env;
         let (require_tls, _) = env.security.require_encryption_for(self.peer.as_ref().map_or("", |d| d.as_str()));
         let mut features = Element::new("features", ns::STREAMS);
         if !self.secure {
@@ -704,6 +685,48 @@ impl Receiving {
             None => cx.close(Ending::error(C::InvalidFrom, format!("{from_dom} is not authenticated for {to_dom} on this stream"))),
         }
     }
+}
+
+/// Whether a peer's stream header may go on: well-formed, naming one of our domains in
+/// `to` (`to`: that attribute, parsed) and, in `from`, a domain rather than an IP address.
+/// The error is the ending the stream gets.
+fn admit_header(env: &Env, h: &StreamHeader, to: Option<Domain>) -> Result<Domain, Ending> {
+    if let Err(e) = check_header(h) {
+        return Err(Ending::error(e.condition, e.text));
+    }
+    let Some(local) = to.filter(|d| env.is_local_side(d)) else {
+        return Err(Ending::error(
+            C::HostUnknown,
+            format!("{} is not served here", clip(h.to.as_deref().unwrap_or("(no 'to' attribute)"), 64)),
+        ));
+    };
+    // The gateway listener (issue 16): TLS here presents a certificate minted for `to`,
+    // so before anything is minted the stream must name a world domain (not an IP
+    // address) in `to` and say who it is in `from` (the policy then wants one of the
+    // internal server's domains).
+    if env.serves_world {
+        if is_ip_literal(local.as_str()) {
+            return Err(Ending::error(C::HostUnknown, "an IP address is not a domain drawbridge can stand in for"));
+        }
+        if h.from.is_none() {
+            return Err(Ending::error(
+                C::PolicyViolation,
+                "streams to the gateway listener must name the internal server's domain in 'from'",
+            ));
+        }
+    }
+    // RFC 6120 §4.7.1: a 'from' that is not a domain (too long, bad characters, an IP
+    // address) ends the stream before anything is stored or logged in full.
+    if let Some(from) = h.from.as_deref() {
+        match Domain::parse(from) {
+            Ok(d) if !is_ip_literal(d.as_str()) => {}
+            Ok(_) => return Err(Ending::error(C::InvalidFrom, "the 'from' of an s2s stream must be a domain, not an IP address")),
+            Err(e) => {
+                return Err(Ending::error(C::InvalidFrom, format!("{:?} is not a domain: {}", clip(from, 64), clip(&e.to_string(), 96))));
+            }
+        }
+    }
+    Ok(local)
 }
 
 /// The pair a stanza travels on: (its 'to' domain, its 'from' domain).
