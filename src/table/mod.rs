@@ -300,17 +300,16 @@ impl ConnTable {
     pub fn close(&self, entry: &ConnEntry, reason: &str) {
         // The row's last fold (nothing when it was closed before: the table has it already).
         let Some(Event::StreamClosed { stream: snap }) = entry.fold(&Observation::Closed { reason }) else { return };
-        // Packed before the table's lock is taken; handed over under it, so whoever finds
-        // the stream among the closed ones finds its transcript too.
-        let mut t = std::mem::take(&mut *entry.recording.transcript.lock().unwrap());
-        t.pack();
         {
+            // Taken and handed over under the table's lock (as `transcript` reads it), so
+            // whoever finds the stream, live or among the closed ones, finds its transcript.
             let mut inner = self.inner.lock().unwrap();
             if inner.live.remove(&entry.id).is_none() {
                 // Closed before: the entry keeps it (and gives its bytes back when dropped).
-                *entry.recording.transcript.lock().unwrap() = t;
                 return;
             }
+            let mut t = std::mem::take(&mut *entry.recording.transcript.lock().unwrap());
+            t.pack();
             let size = row_size(&snap);
             if self.keep_closed > 0 && size <= self.keep_closed_bytes {
                 while !inner.closed.is_empty()
@@ -366,8 +365,10 @@ impl ConnTable {
 
     /// The transcript of a live or recently closed stream.
     pub fn transcript(&self, id: &str) -> Option<Vec<TranscriptLine>> {
-        let live = self.inner.lock().unwrap().live.get(id).cloned();
-        match live {
+        // Under the table's lock: `close` moves a transcript from its row to the closed
+        // ones under it, and a reader in between would find neither.
+        let inner = self.inner.lock().unwrap();
+        match inner.live.get(id) {
             Some(e) => Some(e.transcript()),
             None => self.budget.closed_transcript(id),
         }
