@@ -62,6 +62,11 @@ pub enum Event {
         id: String,
         line: TranscriptLine,
     },
+    /// A real-time blocklist feed's status changed (its state, entry count or counters);
+    /// the domains its entries touched come as [`Event::DomainChanged`].
+    Feed {
+        status: crate::rtbl::FeedStatus,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -100,6 +100,8 @@ pub struct Model {
     closed_order: VecDeque<String>,
     pub domains: BTreeMap<String, DomainRecord>,
     pub outcomes: VecDeque<VerificationOutcome>,
+    /// The real-time blocklist feeds' latest status, in configuration order of arrival.
+    pub feeds: Vec<crate::rtbl::FeedStatus>,
     /// Bytes per second in+out per stream, newest last (sparklines).
     pub traffic: HashMap<String, VecDeque<u64>>,
     last_bytes: HashMap<String, u64>,
@@ -149,6 +151,7 @@ impl Model {
             closed_order: VecDeque::new(),
             domains: BTreeMap::new(),
             outcomes: VecDeque::new(),
+            feeds: Vec::new(),
             traffic: HashMap::new(),
             last_bytes: HashMap::new(),
             transcript_id: None,
@@ -292,6 +295,10 @@ impl Model {
                     self.push_transcript(line);
                 }
             }
+            Event::Feed { status } => match self.feeds.iter_mut().find(|f| f.service == status.service && f.node == status.node) {
+                Some(f) => *f = status,
+                None => self.feeds.push(status),
+            },
         }
     }
 
