@@ -222,10 +222,11 @@ ping_fails() {
   [ $rc = 4 ] || fail "$what should be answered with an error (exit $rc)"
   echo "$out" | grep -qxF "$want" || fail "$what: the error reply is not: $want"
 }
-# Alice's server passes drawbridge's stanza error on as it is; bob's (Prosody 0.12) bounces
+# Alice's server passes drawbridge's stanza error on as it is (policy-violation is of type
+# modify, the type RFC 6120 §8.3.3.12 names first, as ejabberd gives it too); bob's (Prosody 0.12) bounces
 # what it queued for a stream closed with a stream error as <remote-server-timeout/>, the
 # peer's condition and text in its own text. Neither may be a failure of Prosody's own.
-ping_fails "(d) alice's ping to bob" "ping bob@world.test/interop: error cancel policy-violation: world.test is blacklisted: gateway interop" \
+ping_fails "(d) alice's ping to bob" "ping bob@world.test/interop: error modify policy-violation: world.test is blacklisted: gateway interop" \
   --host $home_ip --jid alice@home.test --ping bob@world.test/interop --timeout 40
 ping_fails "(d) bob's ping to alice while world.test is blacklisted" \
   "ping alice@home.test/interop: error wait remote-server-timeout: Server-to-server connection failed: policy-violation (world.test is blacklisted: gateway interop)" \
