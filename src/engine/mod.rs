@@ -8,6 +8,7 @@ mod api;
 mod commands;
 mod handle;
 mod recorder;
+mod rtbl;
 mod start;
 mod testing;
 pub use api::*;

@@ -1,0 +1,200 @@
+//! The real-time blocklists in the running engine: the driver of the feeds' machines
+//! ([`crate::rtbl::Feeds`]) and the task that persists the familiarity set.
+//!
+//! The driver decides nothing: it gives the machines what arrives (stanzas to the
+//! subscriber's JID, from the router's [`crate::router::rtbl::FeedInbox`]), the time (their
+//! deadline) and the reconnects of the streams to the services, and carries out what they
+//! return — stanzas routed from the subscriber's JID, entry changes persisted then applied
+//! to the policy, statuses persisted and announced. The sequence, the re-syncs (XEP-0060
+//! §6.5 items after every reconnect and hourly) and the back-off are the machines'.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::Shared;
+use crate::events::{Direction, Event, StreamKind, bus};
+use crate::rtbl::familiar::{Familiarity, Write};
+use crate::rtbl::{Action, Change, Feeds, Now, Output};
+use crate::xml::Element;
+
+/// Stanzas to the subscriber's JID waiting for the driver at most (beyond, the router drops
+/// and counts them): a service's burst of events, with room to spare.
+pub(super) const INBOX: usize = 1024;
+
+/// What the driver needs besides the engine: the machines, warm, and its inbox.
+pub(super) struct Parts {
+    pub feeds: Feeds,
+    pub inbox: mpsc::Receiver<Element>,
+    /// Subscribed before any stream could open: no reconnect is missed.
+    pub events: bus::Receiver,
+}
+
+fn now() -> Now {
+    Now { at: tokio::time::Instant::now().into_std(), unix_ms: crate::types::now_ms() }
+}
+
+/// Run the feeds until shutdown.
+pub(super) async fn drive(shared: Arc<Shared>, parts: Parts) {
+    let Parts { mut feeds, mut inbox, mut events } = parts;
+    let first = shared.settings.domains[0].to_string();
+    // The outbound stream last seen established per service domain: another one is a
+    // reconnect (the first is the one the start's requests open).
+    let mut streams: HashMap<String, String> = HashMap::new();
+    let out = feeds.start(now());
+    carry(&shared, &feeds, out).await;
+    loop {
+        let deadline = feeds.deadline().map(tokio::time::Instant::from_std);
+        let out = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            st = inbox.recv() => match st {
+                Some(st) => feeds.stanza(now(), &st),
+                None => return,
+            },
+            ev = events.recv() => {
+                let reconnected = match ev {
+                    Ok(Event::PairAuthorised { id, local, remote, .. }) if local == first => {
+                        established(&shared, &mut streams, &feeds, &remote, &id)
+                    }
+                    Ok(_) => Vec::new(),
+                    // Events were dropped: a reconnect may be among them; the table says.
+                    Err(bus::RecvError::Lagged(_)) => {
+                        let mut v = Vec::new();
+                        for e in shared.table.live() {
+                            let s = e.snapshot();
+                            if s.local.as_deref() == Some(first.as_str())
+                                && let Some(remote) = s.remote
+                            {
+                                v.extend(established(&shared, &mut streams, &feeds, &remote, &e.id));
+                            }
+                        }
+                        v
+                    }
+                    Err(bus::RecvError::Closed) => return,
+                };
+                let mut out = Vec::new();
+                for service in reconnected {
+                    tracing::info!("real-time blocklists: the stream to {service} is established again; re-syncing its feeds");
+                    out.extend(feeds.reconnected(now(), &service));
+                }
+                out
+            }
+            _ = sleep_until(deadline) => feeds.tick(now()),
+        };
+        carry(&shared, &feeds, out).await;
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The services (as configured) whose outbound stream `id`, to `remote`, is newly
+/// established: those for which another stream was seen before.
+fn established(shared: &Shared, streams: &mut HashMap<String, String>, feeds: &Feeds, remote: &str, id: &str) -> Vec<String> {
+    let services: Vec<String> = feeds.services().into_iter().filter(|s| service_domain(s) == remote).map(str::to_owned).collect();
+    if services.is_empty() {
+        return Vec::new();
+    }
+    let Some(e) = shared.table.get(id) else { return Vec::new() };
+    // Authorised is what makes the stream carry our requests (its state may follow).
+    if e.direction != Direction::Out || e.kind != StreamKind::Federation {
+        return Vec::new();
+    }
+    match streams.insert(remote.to_owned(), id.to_owned()) {
+        Some(prev) if prev != id => services,
+        _ => Vec::new(),
+    }
+}
+
+/// A service JID's domain (`pubsub.example` or the domain of `user@example` for PEP).
+fn service_domain(service: &str) -> &str {
+    service.rsplit_once('@').map_or(service, |(_, d)| d)
+}
+
+/// Carry out the machines' outputs, in order.
+async fn carry(shared: &Arc<Shared>, feeds: &Feeds, out: Vec<(usize, Output)>) {
+    for (i, o) in out {
+        let Some(feed) = feeds.iter().nth(i) else { continue };
+        let settings = feed.settings();
+        match o {
+            Output::Send(st) => shared.router.route_waiting(st, shared.settings.timeouts.write).await,
+            Output::Change(change) => apply(shared, settings, &change),
+            Output::Status(status) => {
+                if let Err(e) = shared.store.rtbl_put_status(&status) {
+                    tracing::error!("store: the status of the feed {} was not saved: {e}", settings.key());
+                }
+                let _ = shared.events.send(Event::Feed { status });
+            }
+            Output::Timer(_) => {}
+        }
+    }
+}
+
+/// One entry change: persisted, then in force; what it lifted announced; a `block` feed's
+/// new listing closes the live streams of the domain (the operator's block path).
+fn apply(shared: &Arc<Shared>, settings: &crate::rtbl::FeedSettings, change: &Change) {
+    let key = settings.key();
+    if let Err(e) = shared.store.rtbl_apply(&key, change) {
+        tracing::error!("store: a change of the feed {key} was not saved (it is in force until the next start): {e}");
+    }
+    if matches!(change, Change::Retracted { .. } | Change::Cleared { .. })
+        && let Err(e) = shared.store.rtbl_prune_retracted(&key, settings.max_entries)
+    {
+        tracing::error!("store: pruning the retracted entries of the feed {key}: {e}");
+    }
+    match change {
+        Change::Added(e) | Change::Updated(e) => {
+            tracing::info!("real-time blocklist {key} ({}) lists {}: {}", settings.action.as_str(), e.domain, e.listing.summary())
+        }
+        Change::Retracted { domain, .. } => tracing::info!("real-time blocklist {key} no longer lists {domain}"),
+        Change::Cleared { .. } => tracing::info!("real-time blocklist {key}: every entry cleared"),
+        Change::Confirmed { .. } => {}
+    }
+    for record in shared.policy.apply_rtbl(settings, change) {
+        let _ = shared.events.send(Event::DomainChanged { record });
+    }
+    if settings.action == Action::Block && matches!(change, Change::Added(_) | Change::Updated(_)) {
+        super::commands::enforce(shared);
+    }
+}
+
+/// How often the familiarity set's writes go to the store, and how often it forgets the
+/// pairs past `[strangers] retention`.
+const FAMILIAR_FLUSH: Duration = Duration::from_secs(5);
+const FAMILIAR_EXPIRE: Duration = Duration::from_secs(3600);
+
+/// Persist the familiarity set's writes in batches, off the stanza path; forget old pairs.
+pub(super) async fn keep_familiar(shared: Arc<Shared>, familiar: Arc<Familiarity>) {
+    let mut flush = tokio::time::interval(FAMILIAR_FLUSH);
+    let mut expire = tokio::time::interval(FAMILIAR_EXPIRE);
+    loop {
+        let mut writes = tokio::select! {
+            _ = shared.shutdown.cancelled() => {
+                write_familiar(&shared, familiar.take_writes());
+                return;
+            }
+            _ = flush.tick() => Vec::new(),
+            _ = expire.tick() => familiar.expire(crate::types::now_ms()),
+        };
+        let (taken, dropped) = familiar.take_writes();
+        writes.extend(taken);
+        write_familiar(&shared, (writes, dropped));
+    }
+}
+
+fn write_familiar(shared: &Shared, (writes, dropped): (Vec<Write>, u64)) {
+    if dropped > 0 {
+        tracing::warn!("strangers: {dropped} familiarity writes dropped (the set is known in memory, not all of it stored)");
+    }
+    if !writes.is_empty()
+        && let Err(e) = shared.store.familiar_write(&writes)
+    {
+        tracing::error!("store: {} familiarity writes not saved: {e}", writes.len());
+    }
+}
