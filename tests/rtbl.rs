@@ -422,6 +422,7 @@ async fn a_restart_starts_with_the_stored_list() {
     assert!(domain_report(&server.engine, "spam.test").await.verdict.starts_with("refused"));
     let st = server.engine.testing().rtbl_status(SERVICE, NODE).unwrap();
     assert_eq!(st.last_sync_ms, before.last_sync_ms);
+    assert_eq!((st.state, st.entries), (FeedState::Subscribing, 1), "the stored status is this run's");
     // Then it re-syncs from there.
     let mut s = federate(server.addr, &listener, SERVICE, HOME).await;
     let req = s.items_request().await;

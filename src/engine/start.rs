@@ -199,6 +199,11 @@ fn rtbl_setup(
             for e in m.entries() {
                 policy.apply_rtbl(feed, &Change::Added(e.clone()));
             }
+            // This run's state (subscribing again, the counters carried over) replaces the
+            // last run's: the operator's view reads the store.
+            if let Err(e) = store.rtbl_put_status(m.status()) {
+                tracing::error!("store: the status of the feed {} was not saved: {e}", feed.key());
+            }
         }
     }
     let (tx, rx) = tokio::sync::mpsc::channel(super::rtbl::INBOX);

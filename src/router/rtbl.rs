@@ -148,4 +148,79 @@ mod tests {
         assert_eq!(inbox.dropped(), 1);
         assert!(rx.try_recv().is_ok());
     }
+
+    /// Links recorded by pair, their receivers kept (a test plays the streams).
+    struct Pairs(std::sync::Mutex<Vec<((Domain, Domain), super::super::queue::QueueRx)>>);
+    impl super::super::Opener for &'static Pairs {
+        fn open(&self, l: &Domain, r: &Domain) -> Result<super::super::Link, super::super::Refusal> {
+            let (tx, rx) = super::super::queue::queue(1_000, 100_000);
+            let mut v = self.0.lock().unwrap();
+            v.push(((l.clone(), r.clone()), rx));
+            let kind = if l.as_str() == "home.test" { super::super::LinkKind::S2sOutbound } else { super::super::LinkKind::Internal };
+            Ok(super::super::Link { kind, stream: format!("s{}", v.len()).into(), stanzas: tx, verifies: None })
+        }
+    }
+
+    impl Pairs {
+        /// The ids queued on the link of (local, remote), taken.
+        fn taken(&self, l: &str, r: &str) -> Vec<String> {
+            let mut v = self.0.lock().unwrap();
+            let Some((_, rx)) = v.iter_mut().find(|((a, b), _)| a.as_str() == l && b.as_str() == r) else { return Vec::new() };
+            std::iter::from_fn(|| rx.try_recv()).map(|st| st.get_attr("id").unwrap_or("").to_owned()).collect()
+        }
+    }
+
+    fn st(name: &str, id: &str, from: &str, to: &str, kind: Option<&str>) -> Element {
+        let mut el = Element::new(name, crate::xml::ns::SERVER).attr("id", id).attr("from", from).attr("to", to);
+        if let Some(k) = kind {
+            el = el.attr("type", k);
+        }
+        el
+    }
+
+    /// Gateway mode: what reaches the subscriber's JID goes to the driver, never to the
+    /// internal server; a listed domain's message to a user of the internal server is
+    /// bounced before the internal link unless the user wrote to the sender, and only
+    /// messages and subscription requests are judged.
+    #[tokio::test]
+    async fn in_gateway_mode_the_hooks_act_before_the_internal_server() {
+        use crate::rtbl::familiar::FamiliarSettings;
+        use crate::rtbl::report::Listing;
+        use crate::rtbl::{Action, Change, Entry, FeedSettings};
+        let d = |s: &str| Domain::parse(s).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
+        let policy = Arc::new(Policy::load(store, crate::policy::Mode::Open).unwrap());
+        let feed = FeedSettings { service: "pubsub.test".into(), node: "n".into(), action: Action::Strangers, max_entries: 10 };
+        let listing = Listing { reason: None, text: None, block_strangers: false };
+        policy.apply_rtbl(&feed, &Change::Added(Entry { domain: d("spam.test"), listing, first_seen_ms: 1, last_seen_ms: 1 }));
+        let (tx, mut rx) = mpsc::channel(4);
+        let familiar = Arc::new(Familiarity::new([1; 32], FamiliarSettings::default()));
+        let router = super::super::Router::new(vec![d("home.test")], policy.clone(), std::time::Duration::from_secs(5))
+            .with_gateway(true)
+            .with_feeds(FeedInbox::new(d("home.test"), tx))
+            .with_strangers(Strangers { policy, familiar: familiar.clone() });
+        let pairs: &'static Pairs = Box::leak(Box::new(Pairs(std::sync::Mutex::new(Vec::new()))));
+        router.set_opener(Box::new(pairs));
+
+        assert!(router.route(st("message", "ev", "pubsub.test", "home.test/drawbridge-rtbl", None)).is_none());
+        assert_eq!(rx.try_recv().unwrap().get_attr("id"), Some("ev"));
+        assert!(pairs.0.lock().unwrap().is_empty(), "nothing for the internal server");
+
+        assert!(router.route(st("message", "m1", "bob@spam.test/x", "alice@home.test", None)).is_none());
+        assert!(router.route(st("presence", "p1", "bob@spam.test", "alice@home.test", Some("subscribe"))).is_none());
+        assert!(router.route(st("presence", "p2", "bob@spam.test/x", "alice@home.test", None)).is_none());
+        assert_eq!(pairs.taken("home.test", "spam.test"), ["m1", "p1"], "bounced to the sender");
+        assert_eq!(pairs.taken("spam.test", "home.test"), ["p2"], "only the presence reached the internal server");
+        assert!(familiar.is_empty(), "a bounce teaches nothing");
+
+        // Alice's iq result to a stranger teaches nothing; her message does.
+        assert!(router.route(st("iq", "r1", "alice@home.test/phone", "bob@spam.test/x", Some("result"))).is_none());
+        assert!(router.route(st("message", "m2", "bob@spam.test/x", "alice@home.test", None)).is_none());
+        assert!(router.route(st("message", "a1", "alice@home.test/phone", "bob@spam.test", None)).is_none());
+        assert!(router.route(st("message", "m3", "bob@spam.test/x", "alice@home.test", None)).is_none());
+        assert_eq!(pairs.taken("home.test", "spam.test"), ["r1", "m2", "a1"]);
+        assert_eq!(pairs.taken("spam.test", "home.test"), ["m3"]);
+        assert_eq!(familiar.len(), 1);
+    }
 }
