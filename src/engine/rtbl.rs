@@ -170,15 +170,13 @@ const FAMILIAR_FLUSH: Duration = Duration::from_secs(5);
 const FAMILIAR_EXPIRE: Duration = Duration::from_secs(3600);
 
 /// Persist the familiarity set's writes in batches, off the stanza path; forget old pairs.
+/// (The last writes are stored by `Engine::shutdown`, after the streams ended.)
 pub(super) async fn keep_familiar(shared: Arc<Shared>, familiar: Arc<Familiarity>) {
     let mut flush = tokio::time::interval(FAMILIAR_FLUSH);
     let mut expire = tokio::time::interval(FAMILIAR_EXPIRE);
     loop {
         let mut writes = tokio::select! {
-            _ = shared.shutdown.cancelled() => {
-                write_familiar(&shared, familiar.take_writes());
-                return;
-            }
+            _ = shared.shutdown.cancelled() => return,
             _ = flush.tick() => Vec::new(),
             _ = expire.tick() => familiar.expire(crate::types::now_ms()),
         };
@@ -188,7 +186,7 @@ pub(super) async fn keep_familiar(shared: Arc<Shared>, familiar: Arc<Familiarity
     }
 }
 
-fn write_familiar(shared: &Shared, (writes, dropped): (Vec<Write>, u64)) {
+pub(super) fn write_familiar(shared: &Shared, (writes, dropped): (Vec<Write>, u64)) {
     if dropped > 0 {
         tracing::warn!("strangers: {dropped} familiarity writes dropped (the set is known in memory, not all of it stored)");
     }

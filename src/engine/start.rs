@@ -145,6 +145,7 @@ fn assemble(settings: Settings, kept: Kept, listening: Listening) -> Result<(Arc
         recorder,
         streams,
         settings,
+        familiar: rtbl.familiar.clone(),
     });
     Ok((shared, rtbl))
 }
