@@ -15,10 +15,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::Shared;
-use crate::events::{Direction, Event, StreamKind, bus};
+use crate::domain::Domain;
+use crate::events::Event;
+use crate::router::rtbl::ToDriver;
 use crate::rtbl::familiar::{Familiarity, Write};
 use crate::rtbl::{Action, Change, Feeds, Now, Output};
-use crate::xml::Element;
 
 /// Stanzas to the subscriber's JID waiting for the driver at most (beyond, the router drops
 /// and counts them): a service's burst of events, with room to spare.
@@ -27,9 +28,7 @@ pub(super) const INBOX: usize = 1024;
 /// What the driver needs besides the engine: the machines, warm, and its inbox.
 pub(super) struct Parts {
     pub feeds: Feeds,
-    pub inbox: mpsc::Receiver<Element>,
-    /// Subscribed before any stream could open: no reconnect is missed.
-    pub events: bus::Receiver,
+    pub inbox: mpsc::Receiver<ToDriver>,
 }
 
 fn now() -> Now {
@@ -38,49 +37,31 @@ fn now() -> Now {
 
 /// Run the feeds until shutdown.
 pub(super) async fn drive(shared: Arc<Shared>, parts: Parts) {
-    let Parts { mut feeds, mut inbox, mut events } = parts;
-    let first = shared.settings.domains[0].to_string();
-    // The outbound stream last seen established per service domain: another one is a
-    // reconnect (the first is the one the start's requests open).
-    let mut streams: HashMap<String, String> = HashMap::new();
+    let Parts { mut feeds, mut inbox } = parts;
+    // The outbound stream last authorised per service domain: another one is a reconnect
+    // (the first is the one the start's requests open).
+    let mut streams: HashMap<Domain, Arc<str>> = HashMap::new();
     let out = feeds.start(now());
     carry(&shared, &feeds, out).await;
     loop {
         let deadline = feeds.deadline().map(tokio::time::Instant::from_std);
         let out = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
-            st = inbox.recv() => match st {
-                Some(st) => feeds.stanza(now(), &st),
+            m = inbox.recv() => match m {
+                Some(ToDriver::Stanza(st)) => feeds.stanza(now(), &st),
+                Some(ToDriver::Authorised { remote, stream }) => {
+                    let again = streams.insert(remote.clone(), stream.clone()).is_some_and(|prev| prev != stream);
+                    let mut out = Vec::new();
+                    if again {
+                        for service in feeds.services().into_iter().filter(|s| service_domain(s) == remote.as_str()).map(str::to_owned).collect::<Vec<_>>() {
+                            tracing::info!("real-time blocklists: a new stream to {remote} is up; re-syncing the feeds of {service}");
+                            out.extend(feeds.reconnected(now(), &service));
+                        }
+                    }
+                    out
+                }
                 None => return,
             },
-            ev = events.recv() => {
-                let reconnected = match ev {
-                    Ok(Event::PairAuthorised { id, local, remote, .. }) if local == first => {
-                        established(&shared, &mut streams, &feeds, &remote, &id)
-                    }
-                    Ok(_) => Vec::new(),
-                    // Events were dropped: a reconnect may be among them; the table says.
-                    Err(bus::RecvError::Lagged(_)) => {
-                        let mut v = Vec::new();
-                        for e in shared.table.live() {
-                            let s = e.snapshot();
-                            if s.local.as_deref() == Some(first.as_str())
-                                && let Some(remote) = s.remote
-                            {
-                                v.extend(established(&shared, &mut streams, &feeds, &remote, &e.id));
-                            }
-                        }
-                        v
-                    }
-                    Err(bus::RecvError::Closed) => return,
-                };
-                let mut out = Vec::new();
-                for service in reconnected {
-                    tracing::info!("real-time blocklists: the stream to {service} is established again; re-syncing its feeds");
-                    out.extend(feeds.reconnected(now(), &service));
-                }
-                out
-            }
             _ = sleep_until(deadline) => feeds.tick(now()),
         };
         carry(&shared, &feeds, out).await;
@@ -94,26 +75,8 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// The services (as configured) whose outbound stream `id`, to `remote`, is newly
-/// established: those for which another stream was seen before.
-fn established(shared: &Shared, streams: &mut HashMap<String, String>, feeds: &Feeds, remote: &str, id: &str) -> Vec<String> {
-    let services: Vec<String> = feeds.services().into_iter().filter(|s| service_domain(s) == remote).map(str::to_owned).collect();
-    if services.is_empty() {
-        return Vec::new();
-    }
-    let Some(e) = shared.table.get(id) else { return Vec::new() };
-    // Authorised is what makes the stream carry our requests (its state may follow).
-    if e.direction != Direction::Out || e.kind != StreamKind::Federation {
-        return Vec::new();
-    }
-    match streams.insert(remote.to_owned(), id.to_owned()) {
-        Some(prev) if prev != id => services,
-        _ => Vec::new(),
-    }
-}
-
-/// A service JID's domain (`pubsub.example` or the domain of `user@example` for PEP).
-fn service_domain(service: &str) -> &str {
+/// A service JID's domain (`pubsub.example`, or the domain of `user@example` for PEP).
+pub(super) fn service_domain(service: &str) -> &str {
     service.rsplit_once('@').map_or(service, |(_, d)| d)
 }
 

@@ -88,7 +88,7 @@ fn assemble(settings: Settings, kept: Kept, listening: Listening) -> Result<(Arc
         table: table.clone(),
         unauthenticated: std::sync::Mutex::new(recorder::OutcomeRing::new(l.unauthenticated_outcomes_bytes)),
     });
-    let (rtbl, inbox, strangers) = rtbl_setup(&settings, &store, &policy, &events)?;
+    let (rtbl, inbox, strangers) = rtbl_setup(&settings, &store, &policy)?;
     let mut router = Router::new(settings.domains.clone(), policy.clone(), settings.timeouts.dialback)
         .with_gateway(settings.gateway.is_some())
         .with_components(settings.components.domains().cloned().collect());
@@ -167,7 +167,6 @@ fn rtbl_setup(
     settings: &Settings,
     store: &Arc<Store>,
     policy: &Arc<Policy>,
-    events: &bus::Sender,
 ) -> Result<(Rtbl, Option<crate::router::rtbl::FeedInbox>, Option<crate::router::rtbl::Strangers>), StartError> {
     use crate::rtbl::{Action, Change, Feeds};
     for old in store.rtbl_feeds()? {
@@ -208,8 +207,9 @@ fn rtbl_setup(
         }
     }
     let (tx, rx) = tokio::sync::mpsc::channel(super::rtbl::INBOX);
-    let inbox = crate::router::rtbl::FeedInbox::new(first.clone(), tx);
-    let driver = super::rtbl::Parts { feeds, inbox: rx, events: events.subscribe() };
+    let services = feeds.services().into_iter().filter_map(|s| Domain::parse(super::rtbl::service_domain(s)).ok()).collect();
+    let inbox = crate::router::rtbl::FeedInbox::new(first.clone(), services, tx);
+    let driver = super::rtbl::Parts { feeds, inbox: rx };
     if !settings.rtbl.iter().any(|f| f.action == Action::Strangers) {
         return Ok((Rtbl { driver: Some(driver), familiar: None }, Some(inbox), None));
     }

@@ -203,6 +203,14 @@ impl Router {
         self
     }
 
+    /// Our outbound s2s stream `id` authenticated (`local`, `remote`): the RTBL driver
+    /// hears of it when it is a stream to a service it follows.
+    pub fn outbound_authorised(&self, local: &Domain, remote: &Domain, id: &str) {
+        if let Some(f) = &self.feeds {
+            f.authorised(local, remote, id);
+        }
+    }
+
     /// Stanzas for the RTBL driver dropped since start (its channel full).
     pub fn feed_drops(&self) -> u64 {
         self.feeds.as_ref().map_or(0, rtbl::FeedInbox::dropped)

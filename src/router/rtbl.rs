@@ -22,11 +22,24 @@ use crate::proto::jid::Jid;
 use crate::rtbl::familiar::Familiarity;
 use crate::xml::Element;
 
+/// What the router hands the RTBL driver.
+#[derive(Debug)]
+pub enum ToDriver {
+    /// A stanza to the subscriber's JID.
+    Stanza(Element),
+    /// Our outbound stream `stream` to a service's domain authenticated the pair (first
+    /// hosted domain, `remote`): a new one is a reconnect, after which the feeds re-sync
+    /// (events published while the link was down are never re-sent).
+    Authorised { remote: Domain, stream: Arc<str> },
+}
+
 /// Where stanzas to the subscriber's JID go.
 pub struct FeedInbox {
     /// The first hosted domain (the JID's domainpart).
     domain: Domain,
-    tx: mpsc::Sender<Element>,
+    /// The services' domains (whose outbound streams are followed).
+    services: Vec<Domain>,
+    tx: mpsc::Sender<ToDriver>,
     /// Stanzas dropped because the driver's channel was full.
     dropped: AtomicU64,
     /// When a drop was last logged (ms since the epoch), for one line a minute.
@@ -34,8 +47,16 @@ pub struct FeedInbox {
 }
 
 impl FeedInbox {
-    pub fn new(domain: Domain, tx: mpsc::Sender<Element>) -> FeedInbox {
-        FeedInbox { domain, tx, dropped: AtomicU64::new(0), logged_ms: AtomicU64::new(0) }
+    pub fn new(domain: Domain, services: Vec<Domain>, tx: mpsc::Sender<ToDriver>) -> FeedInbox {
+        FeedInbox { domain, services, tx, dropped: AtomicU64::new(0), logged_ms: AtomicU64::new(0) }
+    }
+
+    /// An outbound stream authenticated (`local`, `remote`): told to the driver when it is
+    /// the subscriber's domain to a service's (a comparison otherwise; no event is built).
+    pub fn authorised(&self, local: &Domain, remote: &Domain, stream: &str) {
+        if *local == self.domain && self.services.contains(remote) {
+            self.send(ToDriver::Authorised { remote: remote.clone(), stream: stream.into() });
+        }
     }
 
     /// Whether `to` is the subscriber's JID (resource compared exactly, domain normalised).
@@ -48,21 +69,24 @@ impl FeedInbox {
     /// log line a minute) — the stanza path never waits for the driver, and the machines'
     /// timeouts and re-syncs recover what was lost.
     pub fn offer(&self, st: Element) {
-        match self.tx.try_send(st) {
+        self.send(ToDriver::Stanza(st))
+    }
+
+    fn send(&self, m: ToDriver) {
+        match self.tx.try_send(m) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(st)) => {
+            Err(mpsc::error::TrySendError::Full(m)) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 let now = crate::types::now_ms();
                 let last = self.logged_ms.load(Ordering::Relaxed);
                 if now.saturating_sub(last) >= 60_000
                     && self.logged_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
                 {
-                    tracing::warn!(
-                        dropped = n,
-                        "real-time blocklists: the driver is behind; dropped {} for {} ({n} dropped since start)",
-                        st.describe(),
-                        st.get_attr("to").unwrap_or("")
-                    );
+                    let what = match &m {
+                        ToDriver::Stanza(st) => st.describe().to_string(),
+                        ToDriver::Authorised { remote, .. } => format!("the news of a new stream to {remote}"),
+                    };
+                    tracing::warn!(dropped = n, "real-time blocklists: the driver is behind; dropped {what} ({n} dropped since start)");
                 }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => tracing::debug!("real-time blocklists: the driver has stopped"),
@@ -124,7 +148,7 @@ mod tests {
     #[test]
     fn the_subscriber_jid_is_matched_exactly() {
         let (tx, _rx) = mpsc::channel(1);
-        let inbox = FeedInbox::new(Domain::parse("home.test").unwrap(), tx);
+        let inbox = FeedInbox::new(Domain::parse("home.test").unwrap(), vec![], tx);
         assert!(inbox.is_for("home.test/drawbridge-rtbl"));
         assert!(inbox.is_for("HOME.test/drawbridge-rtbl"));
         for no in [
@@ -141,12 +165,18 @@ mod tests {
     #[test]
     fn a_full_channel_drops_and_counts() {
         let (tx, mut rx) = mpsc::channel(1);
-        let inbox = FeedInbox::new(Domain::parse("home.test").unwrap(), tx);
+        let inbox = FeedInbox::new(Domain::parse("home.test").unwrap(), vec![Domain::parse("pubsub.test").unwrap()], tx);
         let st = Element::new("message", crate::xml::ns::SERVER).attr("to", "home.test/drawbridge-rtbl");
         inbox.offer(st.clone());
         inbox.offer(st.clone());
         assert_eq!(inbox.dropped(), 1);
-        assert!(rx.try_recv().is_ok());
+        assert!(matches!(rx.try_recv(), Ok(ToDriver::Stanza(_))));
+        let d = |s: &str| Domain::parse(s).unwrap();
+        inbox.authorised(&d("home.test"), &d("other.test"), "s1");
+        inbox.authorised(&d("other.test"), &d("pubsub.test"), "s1");
+        assert!(rx.try_recv().is_err(), "not the subscriber's stream to a service");
+        inbox.authorised(&d("home.test"), &d("pubsub.test"), "s2");
+        assert!(matches!(rx.try_recv(), Ok(ToDriver::Authorised { remote, stream }) if remote == d("pubsub.test") && &*stream == "s2"));
     }
 
     /// Links recorded by pair, their receivers kept (a test plays the streams).
@@ -198,13 +228,13 @@ mod tests {
         let familiar = Arc::new(Familiarity::new([1; 32], FamiliarSettings::default()));
         let router = super::super::Router::new(vec![d("home.test")], policy.clone(), std::time::Duration::from_secs(5))
             .with_gateway(true)
-            .with_feeds(FeedInbox::new(d("home.test"), tx))
+            .with_feeds(FeedInbox::new(d("home.test"), vec![d("pubsub.test")], tx))
             .with_strangers(Strangers { policy, familiar: familiar.clone() });
         let pairs: &'static Pairs = Box::leak(Box::new(Pairs(std::sync::Mutex::new(Vec::new()))));
         router.set_opener(Box::new(pairs));
 
         assert!(router.route(st("message", "ev", "pubsub.test", "home.test/drawbridge-rtbl", None)).is_none());
-        assert_eq!(rx.try_recv().unwrap().get_attr("id"), Some("ev"));
+        assert!(matches!(rx.try_recv(), Ok(ToDriver::Stanza(st)) if st.get_attr("id") == Some("ev")));
         assert!(pairs.0.lock().unwrap().is_empty(), "nothing for the internal server");
 
         assert!(router.route(st("message", "m1", "bob@spam.test/x", "alice@home.test", None)).is_none());
