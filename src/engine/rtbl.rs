@@ -49,23 +49,28 @@ pub(super) async fn drive(shared: Arc<Shared>, parts: Parts) {
             _ = shared.shutdown.cancelled() => return,
             m = inbox.recv() => match m {
                 Some(ToDriver::Stanza(st)) => feeds.stanza(now(), &st),
-                Some(ToDriver::Authorised { remote, stream }) => {
-                    let again = streams.insert(remote.clone(), stream.clone()).is_some_and(|prev| prev != stream);
-                    let mut out = Vec::new();
-                    if again {
-                        for service in feeds.services().into_iter().filter(|s| service_domain(s) == remote.as_str()).map(str::to_owned).collect::<Vec<_>>() {
-                            tracing::info!("real-time blocklists: a new stream to {remote} is up; re-syncing the feeds of {service}");
-                            out.extend(feeds.reconnected(now(), &service));
-                        }
-                    }
-                    out
-                }
+                Some(ToDriver::Authorised { remote, stream }) => reconnected(&mut feeds, &mut streams, remote, stream),
                 None => return,
             },
             _ = sleep_until(deadline) => feeds.tick(now()),
         };
         carry(&shared, &feeds, out).await;
     }
+}
+
+/// Our outbound stream `stream` to `remote` authenticated: if another was seen before, the
+/// feeds of the services at `remote` re-sync.
+fn reconnected(feeds: &mut Feeds, streams: &mut HashMap<Domain, Arc<str>>, remote: Domain, stream: Arc<str>) -> Vec<(usize, Output)> {
+    if !streams.insert(remote.clone(), stream.clone()).is_some_and(|prev| prev != stream) {
+        return Vec::new();
+    }
+    let services: Vec<String> = feeds.services().into_iter().filter(|s| service_domain(s) == remote.as_str()).map(str::to_owned).collect();
+    let mut out = Vec::new();
+    for service in services {
+        tracing::info!("real-time blocklists: a new stream to {remote} is up; re-syncing the feeds of {service}");
+        out.extend(feeds.reconnected(now(), &service));
+    }
+    out
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -80,14 +85,32 @@ pub(super) fn service_domain(service: &str) -> &str {
     service.rsplit_once('@').map_or(service, |(_, d)| d)
 }
 
-/// Carry out the machines' outputs, in order.
+/// Carry out the machines' outputs, in order. A `block` feed's new listings close the
+/// live streams of the domains now refused once the batch is applied (the operator's
+/// block path, [`super::commands::enforce`]): a first sync of thousands of entries walks
+/// the streams once, not per entry.
 async fn carry(shared: &Arc<Shared>, feeds: &Feeds, out: Vec<(usize, Output)>) {
+    let mut block = false;
+    // Per feed: entries listed (added or updated) and lifted (retracted), for one log line.
+    let mut counts: HashMap<usize, (usize, usize)> = HashMap::new();
     for (i, o) in out {
         let Some(feed) = feeds.iter().nth(i) else { continue };
         let settings = feed.settings();
         match o {
             Output::Send(st) => shared.router.route_waiting(st, shared.settings.timeouts.write).await,
-            Output::Change(change) => apply(shared, settings, &change),
+            Output::Change(change) => {
+                let c = counts.entry(i).or_default();
+                match &change {
+                    Change::Added(_) | Change::Updated(_) => {
+                        c.0 += 1;
+                        block |= settings.action == Action::Block;
+                    }
+                    Change::Retracted { .. } => c.1 += 1,
+                    Change::Cleared { .. } => tracing::info!("real-time blocklist {}: every entry cleared", settings.key()),
+                    Change::Confirmed { .. } => {}
+                }
+                apply(shared, settings, &change)
+            }
             Output::Status(status) => {
                 if let Err(e) = shared.store.rtbl_put_status(&status) {
                     tracing::error!("store: the status of the feed {} was not saved: {e}", settings.key());
@@ -97,10 +120,29 @@ async fn carry(shared: &Arc<Shared>, feeds: &Feeds, out: Vec<(usize, Output)>) {
             Output::Timer(_) => {}
         }
     }
+    for (i, (listed, lifted)) in counts {
+        if let Some(f) = feeds.iter().nth(i)
+            && listed + lifted > 0
+        {
+            let s = f.settings();
+            tracing::info!(
+                "real-time blocklist {} ({}): {listed} listed or updated, {lifted} retracted; {} listed now",
+                s.key(),
+                s.action.as_str(),
+                f.status().entries
+            );
+        }
+    }
+    if block {
+        let closed = super::commands::enforce(shared);
+        if !closed.is_empty() {
+            tracing::info!("real-time blocklists: {} streams of newly listed domains closed", closed.len());
+        }
+    }
 }
 
-/// One entry change: persisted, then in force; what it lifted announced; a `block` feed's
-/// new listing closes the live streams of the domain (the operator's block path).
+/// One entry change: persisted, then in force; the records it lifted from the approval
+/// inbox announced.
 fn apply(shared: &Arc<Shared>, settings: &crate::rtbl::FeedSettings, change: &Change) {
     let key = settings.key();
     if let Err(e) = shared.store.rtbl_apply(&key, change) {
@@ -112,18 +154,12 @@ fn apply(shared: &Arc<Shared>, settings: &crate::rtbl::FeedSettings, change: &Ch
         tracing::error!("store: pruning the retracted entries of the feed {key}: {e}");
     }
     match change {
-        Change::Added(e) | Change::Updated(e) => {
-            tracing::info!("real-time blocklist {key} ({}) lists {}: {}", settings.action.as_str(), e.domain, e.listing.summary())
-        }
-        Change::Retracted { domain, .. } => tracing::info!("real-time blocklist {key} no longer lists {domain}"),
-        Change::Cleared { .. } => tracing::info!("real-time blocklist {key}: every entry cleared"),
-        Change::Confirmed { .. } => {}
+        Change::Added(e) | Change::Updated(e) => tracing::debug!("real-time blocklist {key} lists {}: {}", e.domain, e.listing.summary()),
+        Change::Retracted { domain, .. } => tracing::debug!("real-time blocklist {key} no longer lists {domain}"),
+        Change::Cleared { .. } | Change::Confirmed { .. } => {}
     }
     for record in shared.policy.apply_rtbl(settings, change) {
         let _ = shared.events.send(Event::DomainChanged { record });
-    }
-    if settings.action == Action::Block && matches!(change, Change::Added(_) | Change::Updated(_)) {
-        super::commands::enforce(shared);
     }
 }
 
