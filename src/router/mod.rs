@@ -16,6 +16,11 @@
 //! answered, RFC 6120 §8.3.1) is dropped. Both are counted ([`Router::overflows`], `ctl
 //! status`) and logged once a minute per domain. Where nobody can wait (a stream's
 //! leftovers after it ended) [`Router::route_now`] applies the rule at once.
+//!
+//! With real-time blocklists configured ([`rtbl`]), stanzas to the subscriber's JID go to
+//! the RTBL driver before anything else, and a `strangers` feed's rule is applied where
+//! stanzas reach local users (and learnt from what they send out); without them the
+//! stanza path pays one `Option` check.
 
 pub mod local;
 pub mod queue;
