@@ -115,6 +115,11 @@ pub struct Settings {
     pub rtbl: Vec<crate::rtbl::FeedSettings>,
     /// `[strangers]`: the familiarity set of the `strangers` action.
     pub strangers: crate::rtbl::familiar::FamiliarSettings,
+    /// The RTBL subscriber's request timeout, re-sync period and back-off: not
+    /// configurable (XEP-0060 services answer in seconds; the hourly re-sync is the issue's);
+    /// tests shorten them.
+    #[doc(hidden)]
+    pub rtbl_timing: crate::rtbl::Timing,
 }
 
 impl Settings {
@@ -245,5 +250,6 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         components,
         rtbl,
         strangers,
+        rtbl_timing: crate::rtbl::Timing::default(),
     })
 }

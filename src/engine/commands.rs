@@ -396,7 +396,7 @@ pub(super) async fn probe(shared: &Arc<Shared>, domain: &str, from: Option<&str>
 
 /// After a policy change: close every live stream that carries a domain now refused, with
 /// `<policy-violation/>`. Returns the ids closed.
-fn enforce(shared: &Shared) -> Vec<String> {
+pub(super) fn enforce(shared: &Shared) -> Vec<String> {
     let mut closed = Vec::new();
     for e in shared.table.live() {
         // Whose standing a stream depends on: a federation stream's remote domains; on the

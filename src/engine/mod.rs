@@ -8,6 +8,7 @@ mod api;
 mod commands;
 mod handle;
 mod recorder;
+mod rtbl;
 mod start;
 mod testing;
 pub use api::*;
@@ -81,6 +82,8 @@ struct Shared {
     recorder: Arc<Recorder>,
     /// What stream drivers get.
     streams: Arc<crate::stream::Caps>,
+    /// A `strangers` feed is followed: the familiarity set (its last writes stored at shutdown).
+    familiar: Option<Arc<crate::rtbl::familiar::Familiarity>>,
 }
 
 impl Shared {
@@ -162,6 +165,9 @@ impl Engine {
         self.shared.tasks.close();
         if tokio::time::timeout(limit, self.shared.tasks.wait()).await.is_err() {
             tracing::warn!(tasks = self.shared.tasks.len(), "tasks still running after the close timeout");
+        }
+        if let Some(f) = &self.shared.familiar {
+            rtbl::write_familiar(&self.shared, f.take_writes());
         }
         if let Err(e) = self.shared.store.snapshot_open(&[]) {
             tracing::error!("store: {e}");

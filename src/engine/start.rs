@@ -24,8 +24,8 @@ impl Engine {
     pub async fn start(settings: Settings) -> Result<Engine, StartError> {
         let kept = Kept::open(&settings)?;
         let (listening, listeners) = bind(&settings).await?;
-        let shared = assemble(settings, kept, listening)?;
-        let tasks = spawn_loops(&shared, listeners);
+        let (shared, rtbl) = assemble(settings, kept, listening)?;
+        let tasks = spawn_loops(&shared, listeners, rtbl);
         tracing::info!(
             domains = %shared.settings.domains.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(","),
             listen = ?shared.listening.federation,
@@ -69,7 +69,7 @@ fn gateway_ca(settings: &Settings) -> Result<Option<Arc<crate::gateway::GatewayC
 
 /// The parts every task shares: event bus, table, recorder, router, the stream drivers'
 /// capabilities (federation's, the internal link's, the components'), the outbound opener.
-fn assemble(settings: Settings, kept: Kept, listening: Listening) -> Result<Arc<Shared>, StartError> {
+fn assemble(settings: Settings, kept: Kept, listening: Listening) -> Result<(Arc<Shared>, Rtbl), StartError> {
     let Kept { store, secret, policy, tls } = kept;
     // One issuer for every listener: a stream of ours that comes back on any of them is
     // recognised by the outbound side that opened it.
@@ -88,11 +88,17 @@ fn assemble(settings: Settings, kept: Kept, listening: Listening) -> Result<Arc<
         table: table.clone(),
         unauthenticated: std::sync::Mutex::new(recorder::OutcomeRing::new(l.unauthenticated_outcomes_bytes)),
     });
-    let router = Arc::new(
-        Router::new(settings.domains.clone(), policy.clone(), settings.timeouts.dialback)
-            .with_gateway(settings.gateway.is_some())
-            .with_components(settings.components.domains().cloned().collect()),
-    );
+    let (rtbl, inbox, strangers) = rtbl_setup(&settings, &store, &policy)?;
+    let mut router = Router::new(settings.domains.clone(), policy.clone(), settings.timeouts.dialback)
+        .with_gateway(settings.gateway.is_some())
+        .with_components(settings.components.domains().cloned().collect());
+    if let Some(inbox) = inbox {
+        router = router.with_feeds(inbox);
+    }
+    if let Some(strangers) = strangers {
+        router = router.with_strangers(strangers);
+    }
+    let router = Arc::new(router);
     let (dials, tasks, shutdown) = (
         Arc::new(tokio::sync::Semaphore::new(settings.outbound.max_dials)),
         tokio_util::task::TaskTracker::new(),
@@ -120,7 +126,7 @@ fn assemble(settings: Settings, kept: Kept, listening: Listening) -> Result<Arc<
         gauges: gauges.clone(),
         limits: settings.limits.clone(),
     }));
-    Ok(Arc::new(Shared {
+    let shared = Arc::new(Shared {
         table,
         tls,
         secret,
@@ -139,7 +145,81 @@ fn assemble(settings: Settings, kept: Kept, listening: Listening) -> Result<Arc<
         recorder,
         streams,
         settings,
-    }))
+        familiar: rtbl.familiar.clone(),
+    });
+    Ok((shared, rtbl))
+}
+
+/// The real-time blocklists' parts, when `[[rtbl]]` feeds are configured: the driver's
+/// (its machines warm from the store, its inbox), the familiarity set when a feed has the
+/// `strangers` action.
+#[derive(Default)]
+struct Rtbl {
+    driver: Option<super::rtbl::Parts>,
+    familiar: Option<Arc<crate::rtbl::familiar::Familiarity>>,
+}
+
+/// Load what the feeds listed before (in force at once, before any service answers: a
+/// warm start), their last statuses, the familiarity set; the router's hooks for them.
+/// Feeds no longer configured are forgotten.
+#[allow(clippy::type_complexity)]
+fn rtbl_setup(
+    settings: &Settings,
+    store: &Arc<Store>,
+    policy: &Arc<Policy>,
+) -> Result<(Rtbl, Option<crate::router::rtbl::FeedInbox>, Option<crate::router::rtbl::Strangers>), StartError> {
+    use crate::rtbl::{Action, Change, Feeds};
+    for old in store.rtbl_feeds()? {
+        if !settings.rtbl.iter().any(|f| f.key() == old) {
+            tracing::info!("real-time blocklist {old} is no longer configured; forgetting its entries");
+            store.rtbl_remove_feed(&old)?;
+        }
+    }
+    if settings.rtbl.is_empty() {
+        return Ok((Rtbl::default(), None, None));
+    }
+    let first = &settings.domains[0];
+    let mut feeds = Feeds::new(&settings.rtbl, first, settings.rtbl_timing, |key| {
+        store.rtbl_listed(key).unwrap_or_else(|e| {
+            tracing::error!("store: the entries of the feed {key} could not be read (starting empty): {e}");
+            Vec::new()
+        })
+    });
+    for (i, feed) in settings.rtbl.iter().enumerate() {
+        match store.rtbl_status(&feed.key()) {
+            Ok(Some(prev)) => {
+                if let Some(m) = feeds.get_mut(i) {
+                    m.restore(&prev);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!("store: the last status of the feed {} could not be read: {e}", feed.key()),
+        }
+        if let Some(m) = feeds.iter().nth(i) {
+            for e in m.entries() {
+                policy.apply_rtbl(feed, &Change::Added(e.clone()));
+            }
+            // This run's state (subscribing again, the counters carried over) replaces the
+            // last run's: the operator's view reads the store.
+            if let Err(e) = store.rtbl_put_status(m.status()) {
+                tracing::error!("store: the status of the feed {} was not saved: {e}", feed.key());
+            }
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(super::rtbl::INBOX);
+    let services = feeds.services().into_iter().filter_map(|s| Domain::parse(super::rtbl::service_domain(s)).ok()).collect();
+    let inbox = crate::router::rtbl::FeedInbox::new(first.clone(), services, tx);
+    let driver = super::rtbl::Parts { feeds, inbox: rx };
+    if !settings.rtbl.iter().any(|f| f.action == Action::Strangers) {
+        return Ok((Rtbl { driver: Some(driver), familiar: None }, Some(inbox), None));
+    }
+    let familiar = Arc::new(crate::rtbl::familiar::Familiarity::new(store.familiar_secret()?, settings.strangers));
+    let removed = familiar.load(store.familiar_pairs()?, now_ms());
+    if !removed.is_empty() {
+        store.familiar_write(&removed)?;
+    }
+    let strangers = crate::router::rtbl::Strangers { policy: policy.clone(), familiar: familiar.clone() };
+    Ok((Rtbl { driver: Some(driver), familiar: Some(familiar) }, Some(inbox), Some(strangers)))
 }
 
 /// What the stream drivers need of the settings.
@@ -183,7 +263,7 @@ fn internal_caps(
 
 /// One accept loop per listener, each door with its drivers' capabilities; the counters and
 /// maintenance loops.
-fn spawn_loops(shared: &Arc<Shared>, listeners: Listeners) -> JoinSet<()> {
+fn spawn_loops(shared: &Arc<Shared>, listeners: Listeners, rtbl: Rtbl) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     let federation = &shared.streams;
     // Components: federation's capabilities, their outcomes marked and kept off the domain
@@ -207,6 +287,12 @@ fn spawn_loops(shared: &Arc<Shared>, listeners: Listeners) -> JoinSet<()> {
     }
     tasks.spawn(counters_loop(shared.clone()));
     tasks.spawn(maintenance_loop(shared.clone()));
+    if let Some(parts) = rtbl.driver {
+        tasks.spawn(super::rtbl::drive(shared.clone(), parts));
+    }
+    if let Some(familiar) = rtbl.familiar {
+        tasks.spawn(super::rtbl::keep_familiar(shared.clone(), familiar));
+    }
     tasks
 }
 

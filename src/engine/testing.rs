@@ -47,4 +47,26 @@ impl Testing<'_> {
     pub fn hold_outbound_slot(&self) -> crate::limits::OutboundSlot {
         self.0.shared.gauges.outbound(&self.0.shared.settings.limits).expect("an outbound slot is free")
     }
+
+    /// The real-time blocklist listings in force for a domain.
+    pub fn rtbl_listings(&self, domain: &str) -> Vec<crate::policy::Listed> {
+        self.0.shared.policy.listings(domain)
+    }
+
+    /// A feed's records as persisted (retracted ones included).
+    pub fn rtbl_records(&self, service: &str, node: &str) -> Vec<crate::store::rtbl::RtblRecord> {
+        let key = crate::rtbl::FeedKey { service: service.into(), node: node.into() };
+        self.0.shared.store.rtbl_records(&key).expect("the store reads")
+    }
+
+    /// A feed's status as persisted.
+    pub fn rtbl_status(&self, service: &str, node: &str) -> Option<crate::rtbl::FeedStatus> {
+        let key = crate::rtbl::FeedKey { service: service.into(), node: node.into() };
+        self.0.shared.store.rtbl_status(&key).expect("the store reads")
+    }
+
+    /// Stanzas for the RTBL driver the router dropped (its channel full).
+    pub fn rtbl_inbox_drops(&self) -> u64 {
+        self.0.shared.router.feed_drops()
+    }
 }

@@ -16,9 +16,15 @@
 //! answered, RFC 6120 §8.3.1) is dropped. Both are counted ([`Router::overflows`], `ctl
 //! status`) and logged once a minute per domain. Where nobody can wait (a stream's
 //! leftovers after it ended) [`Router::route_now`] applies the rule at once.
+//!
+//! With real-time blocklists configured ([`rtbl`]), stanzas to the subscriber's JID go to
+//! the RTBL driver before anything else, and a `strangers` feed's rule is applied where
+//! stanzas reach local users (and learnt from what they send out); without them the
+//! stanza path pays one `Option` check.
 
 pub mod local;
 pub mod queue;
+pub mod rtbl;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -151,6 +157,10 @@ pub struct Router {
     attached: RwLock<HashMap<Domain, Link>>,
     bounced: AtomicU64,
     dropped: AtomicU64,
+    /// `[[rtbl]]` configured: stanzas to the subscriber's JID go to the RTBL driver.
+    feeds: Option<rtbl::FeedInbox>,
+    /// A feed with the `strangers` action: judged and learnt on the stanza path.
+    strangers: Option<rtbl::Strangers>,
 }
 
 /// Where a stanza went: queued, a stanza to route next (a reply or a bounce), or a full
@@ -181,7 +191,50 @@ impl Router {
             attached: RwLock::new(HashMap::new()),
             bounced: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            feeds: None,
+            strangers: None,
         }
+    }
+
+    /// Real-time blocklists followed: stanzas to their subscriber's JID go to `inbox`.
+    pub fn with_feeds(mut self, inbox: rtbl::FeedInbox) -> Router {
+        self.feeds = Some(inbox);
+        self
+    }
+
+    /// A `strangers` feed is followed: the rule applies where stanzas reach local users.
+    pub fn with_strangers(mut self, strangers: rtbl::Strangers) -> Router {
+        self.strangers = Some(strangers);
+        self
+    }
+
+    /// Our outbound s2s stream `id` authenticated (`local`, `remote`): the RTBL driver
+    /// hears of it when it is a stream to a service it follows.
+    pub fn outbound_authorised(&self, local: &Domain, remote: &Domain, id: &str) {
+        if let Some(f) = &self.feeds {
+            f.authorised(local, remote, id);
+        }
+    }
+
+    /// Stanzas for the RTBL driver dropped since start (its channel full).
+    pub fn feed_drops(&self) -> u64 {
+        self.feeds.as_ref().map_or(0, rtbl::FeedInbox::dropped)
+    }
+
+    /// The `strangers` rule for a stanza reaching a local user (a component's, or in
+    /// gateway mode the internal server's): the bounce if it is refused.
+    fn strangers_refuse(&self, st: &Element, to: &Domain) -> Option<Element> {
+        let s = self.strangers.as_ref()?;
+        if !(self.component_for(to).is_some() || (self.gateway && self.is_server_domain(to))) {
+            return None;
+        }
+        let (from, to_jid) = (st.get_attr("from")?, st.get_attr("to")?);
+        if crate::proto::jid::domain_of(from).is_none_or(|f| self.is_served_here(&f)) {
+            return None;
+        }
+        let why = s.judge(st, from, to_jid)?;
+        tracing::debug!(stanza = %st.describe(), "refused by a strangers feed: {why}");
+        error_reply(st, C::PolicyViolation, Some(&why))
     }
 
     /// The configured components: their domains count as ours (stanzas from them leave
@@ -347,6 +400,17 @@ impl Router {
             return Step::Done;
         };
         let from = || st.get_attr("from").and_then(crate::proto::jid::domain_of);
+        if self.feeds.is_some() || self.strangers.is_some() {
+            if let Some(inbox) = &self.feeds
+                && st.get_attr("to").is_some_and(|t| inbox.is_for(t))
+            {
+                inbox.offer(st);
+                return Step::Done;
+            }
+            if let Some(bounce) = self.strangers_refuse(&st, &to) {
+                return Step::Next(bounce);
+            }
+        }
         if let Some(comp) = self.component_for(&to) {
             return self.send_component(&comp.clone(), st);
         }
@@ -370,6 +434,11 @@ impl Router {
         if !self.is_served_here(&from) {
             tracing::warn!(stanza = %st.describe(), "refusing to relay a stanza between two remote domains");
             return Step::Done;
+        }
+        if let Some(s) = &self.strangers
+            && let (Some(f), Some(t)) = (st.get_attr("from"), st.get_attr("to"))
+        {
+            s.learn(&st, f, t);
         }
         self.send_remote(from, to, st)
     }

@@ -50,6 +50,17 @@ pub struct Familiar {
     order: BTreeSet<(u64, PairHash)>,
 }
 
+/// A pair's keyed hash under `key` (HMAC-SHA-256 of the two bare JIDs, truncated).
+pub fn pair_hash(key: &[u8; 32], local: &str, remote: &str) -> PairHash {
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(bare(local).as_bytes());
+    mac.update(&[0]);
+    mac.update(bare(remote).as_bytes());
+    let mut h = [0u8; 16];
+    h.copy_from_slice(&mac.finalize().into_bytes()[..16]);
+    h
+}
+
 /// A bare JID as compared: the resource cut, lower case (localparts and domains compare
 /// case-insensitively in practice; RFC 7622's casefolding for the ASCII range).
 fn bare(jid: &str) -> String {
@@ -71,13 +82,7 @@ impl Familiar {
     }
 
     fn hash(&self, local: &str, remote: &str) -> PairHash {
-        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
-        mac.update(bare(local).as_bytes());
-        mac.update(&[0]);
-        mac.update(bare(remote).as_bytes());
-        let mut h = [0u8; 16];
-        h.copy_from_slice(&mac.finalize().into_bytes()[..16]);
-        h
+        pair_hash(&self.key, local, remote)
     }
 
     /// The stored pairs at start; the most recent are kept when there are more than fit,
@@ -100,6 +105,11 @@ impl Familiar {
     /// A local user wrote to a remote one: the pair is familiar from now on.
     pub fn note(&mut self, local: &str, remote: &str, now_ms: u64) -> Vec<Write> {
         let h = self.hash(local, remote);
+        self.note_hash(h, now_ms)
+    }
+
+    /// [`Familiar::note`] for a pair already hashed (with this set's key).
+    pub fn note_hash(&mut self, h: PairHash, now_ms: u64) -> Vec<Write> {
         let mut out = Vec::new();
         match self.pairs.get_mut(&h) {
             Some((used, written)) => {
@@ -128,7 +138,12 @@ impl Familiar {
 
     /// Whether `local` wrote to `remote` within the retention.
     pub fn knows(&self, local: &str, remote: &str, now_ms: u64) -> bool {
-        self.pairs.get(&self.hash(local, remote)).is_some_and(|(used, _)| now_ms.saturating_sub(*used) <= self.retention_ms)
+        self.knows_hash(&self.hash(local, remote), now_ms)
+    }
+
+    /// [`Familiar::knows`] for a pair already hashed (with this set's key).
+    pub fn knows_hash(&self, h: &PairHash, now_ms: u64) -> bool {
+        self.pairs.get(h).is_some_and(|(used, _)| now_ms.saturating_sub(*used) <= self.retention_ms)
     }
 
     /// Forget the pairs unused for longer than the retention (call periodically).
@@ -143,6 +158,101 @@ impl Familiar {
             out.push(Write::Remove(h));
         }
         out
+    }
+}
+
+/// How many shards the shared set has at most: stanzas of different pairs rarely wait for
+/// each other, and each shard stays a plain [`Familiar`].
+const SHARDS: usize = 16;
+/// Writes a shard keeps for the persisting task at most; beyond, they are dropped and
+/// counted (the pairs stay known in memory; only their persistence is lost).
+const MAX_PENDING: usize = 4096;
+
+/// The familiarity set as the stanza path shares it: sharded by pair hash (one short lock
+/// per stanza, never one lock for all), the HMAC computed outside any lock, and the writes
+/// left for a task to persist in batches ([`Familiarity::take_writes`]) — the stanza path
+/// never touches the store. Each shard holds a share of `max_pairs` (least recently used
+/// first within its shard).
+pub struct Familiarity {
+    key: [u8; 32],
+    shards: Box<[std::sync::Mutex<Shard>]>,
+}
+
+struct Shard {
+    set: Familiar,
+    pending: Vec<Write>,
+    dropped: u64,
+}
+
+impl Familiarity {
+    pub fn new(key: [u8; 32], settings: FamiliarSettings) -> Familiarity {
+        let n = SHARDS.min(settings.max_pairs.max(1));
+        let per = settings.max_pairs.div_ceil(n);
+        let retention_ms = u64::try_from(settings.retention.as_millis()).unwrap_or(u64::MAX);
+        let shards = (0..n)
+            .map(|_| std::sync::Mutex::new(Shard { set: Familiar::new(key, per, retention_ms), pending: Vec::new(), dropped: 0 }))
+            .collect();
+        Familiarity { key, shards }
+    }
+
+    fn shard(&self, h: &PairHash) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[usize::from(h[0]) % self.shards.len()].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The stored pairs at start (see [`Familiar::load`]): the removals to persist.
+    pub fn load(&self, stored: impl IntoIterator<Item = (PairHash, u64)>, now_ms: u64) -> Vec<Write> {
+        let mut per: Vec<Vec<(PairHash, u64)>> = vec![Vec::new(); self.shards.len()];
+        for (h, t) in stored {
+            per[usize::from(h[0]) % self.shards.len()].push((h, t));
+        }
+        let mut out = Vec::new();
+        for (shard, pairs) in self.shards.iter().zip(per) {
+            out.extend(shard.lock().unwrap_or_else(|e| e.into_inner()).set.load(pairs, now_ms));
+        }
+        out
+    }
+
+    /// A local user wrote to a remote one (see [`Familiar::note`]); the writes wait for
+    /// [`Familiarity::take_writes`].
+    pub fn note(&self, local: &str, remote: &str, now_ms: u64) {
+        let h = pair_hash(&self.key, local, remote);
+        let mut shard = self.shard(&h);
+        let writes = shard.set.note_hash(h, now_ms);
+        let room = MAX_PENDING.saturating_sub(shard.pending.len());
+        if writes.len() > room {
+            shard.dropped += (writes.len() - room) as u64;
+        }
+        shard.pending.extend(writes.into_iter().take(room));
+    }
+
+    pub fn knows(&self, local: &str, remote: &str, now_ms: u64) -> bool {
+        let h = pair_hash(&self.key, local, remote);
+        self.shard(&h).set.knows_hash(&h, now_ms)
+    }
+
+    /// The writes made since the last call, and how many were dropped meanwhile (a shard's
+    /// backlog full).
+    pub fn take_writes(&self) -> (Vec<Write>, u64) {
+        let (mut out, mut dropped) = (Vec::new(), 0);
+        for s in self.shards.iter() {
+            let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
+            out.append(&mut s.pending);
+            dropped += std::mem::take(&mut s.dropped);
+        }
+        (out, dropped)
+    }
+
+    /// Forget the pairs past the retention, in every shard: the removals to persist.
+    pub fn expire(&self, now_ms: u64) -> Vec<Write> {
+        self.shards.iter().flat_map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).set.expire(now_ms)).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).set.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -193,6 +303,26 @@ mod tests {
         let gone = f.expire(2 + 30 * DAY + 1);
         assert_eq!(gone.len(), 1);
         assert_eq!(f.len(), 2);
+    }
+
+    #[test]
+    fn the_shared_set_keeps_writes_for_the_task_and_reloads_into_the_same_shards() {
+        let settings = FamiliarSettings { max_pairs: 1000, retention: std::time::Duration::from_secs(30 * 86_400) };
+        let f = Familiarity::new([3; 32], settings);
+        for i in 0..50 {
+            f.note("u@home.test", &format!("p{i}@x.example/r"), 1000);
+        }
+        assert!(f.knows("u@home.test/phone", "p7@x.example", 2000) && !f.knows("p7@x.example", "u@home.test", 2000));
+        let (writes, dropped) = f.take_writes();
+        assert_eq!((writes.len(), dropped), (50, 0));
+        assert!(f.take_writes().0.is_empty(), "taken once");
+        let stored = writes.iter().filter_map(|w| if let Write::Put(h, t) = w { Some((*h, *t)) } else { None });
+        let g = Familiarity::new([3; 32], settings);
+        assert!(g.load(stored, 2000).is_empty());
+        assert_eq!(g.len(), 50);
+        assert!(g.knows("u@home.test", "p49@x.example", 2000));
+        assert_eq!(g.expire(1000 + 30 * DAY + 1).len(), 50);
+        assert!(g.is_empty());
     }
 
     #[test]

@@ -241,6 +241,13 @@ impl Driver {
                     // Authenticated: the stanza size limit we advertise applies from now on.
                     self.conn.authenticated();
                 }
+                // Federation's outbound streams only (not the internal link's).
+                if let Observed::Pair { local, remote, status: crate::events::PairStatus::Valid, .. } = &o
+                    && self.direction == Direction::Out
+                    && self.caps.internal.is_none()
+                {
+                    self.caps.router.outbound_authorised(local, remote, &self.entry.id);
+                }
                 observe(&*self.caps.observer, &self.entry, self.direction, o)
             }
             o => return Some(o),

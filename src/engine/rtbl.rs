@@ -1,0 +1,197 @@
+//! The real-time blocklists in the running engine: the driver of the feeds' machines
+//! ([`crate::rtbl::Feeds`]) and the task that persists the familiarity set.
+//!
+//! The driver decides nothing: it gives the machines what arrives (stanzas to the
+//! subscriber's JID, from the router's [`crate::router::rtbl::FeedInbox`]), the time (their
+//! deadline) and the reconnects of the streams to the services, and carries out what they
+//! return — stanzas routed from the subscriber's JID, entry changes persisted then applied
+//! to the policy, statuses persisted and announced. The sequence, the re-syncs (XEP-0060
+//! §6.5 items after every reconnect and hourly) and the back-off are the machines'.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::Shared;
+use crate::domain::Domain;
+use crate::events::Event;
+use crate::router::rtbl::ToDriver;
+use crate::rtbl::familiar::{Familiarity, Write};
+use crate::rtbl::{Action, Change, Feeds, Now, Output};
+
+/// Stanzas to the subscriber's JID waiting for the driver at most (beyond, the router drops
+/// and counts them): a service's burst of events, with room to spare.
+pub(super) const INBOX: usize = 1024;
+
+/// What the driver needs besides the engine: the machines, warm, and its inbox.
+pub(super) struct Parts {
+    pub feeds: Feeds,
+    pub inbox: mpsc::Receiver<ToDriver>,
+}
+
+fn now() -> Now {
+    Now { at: tokio::time::Instant::now().into_std(), unix_ms: crate::types::now_ms() }
+}
+
+/// Run the feeds until shutdown.
+pub(super) async fn drive(shared: Arc<Shared>, parts: Parts) {
+    let Parts { mut feeds, mut inbox } = parts;
+    // The outbound stream last authorised per service domain: another one is a reconnect
+    // (the first is the one the start's requests open).
+    let mut streams: HashMap<Domain, Arc<str>> = HashMap::new();
+    let out = feeds.start(now());
+    carry(&shared, &feeds, out).await;
+    loop {
+        let deadline = feeds.deadline().map(tokio::time::Instant::from_std);
+        let out = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            m = inbox.recv() => match m {
+                Some(ToDriver::Stanza(st)) => feeds.stanza(now(), &st),
+                Some(ToDriver::Authorised { remote, stream }) => reconnected(&mut feeds, &mut streams, remote, stream),
+                None => return,
+            },
+            _ = sleep_until(deadline) => feeds.tick(now()),
+        };
+        carry(&shared, &feeds, out).await;
+    }
+}
+
+/// Our outbound stream `stream` to `remote` authenticated: if another was seen before, the
+/// feeds of the services at `remote` re-sync.
+fn reconnected(feeds: &mut Feeds, streams: &mut HashMap<Domain, Arc<str>>, remote: Domain, stream: Arc<str>) -> Vec<(usize, Output)> {
+    if !streams.insert(remote.clone(), stream.clone()).is_some_and(|prev| prev != stream) {
+        return Vec::new();
+    }
+    let services: Vec<String> = feeds.services().into_iter().filter(|s| service_domain(s) == remote.as_str()).map(str::to_owned).collect();
+    let mut out = Vec::new();
+    for service in services {
+        tracing::info!("real-time blocklists: a new stream to {remote} is up; re-syncing the feeds of {service}");
+        out.extend(feeds.reconnected(now(), &service));
+    }
+    out
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A service JID's domain (`pubsub.example`, or the domain of `user@example` for PEP).
+pub(super) fn service_domain(service: &str) -> &str {
+    service.rsplit_once('@').map_or(service, |(_, d)| d)
+}
+
+/// Carry out the machines' outputs, in order. A `block` feed's new listings close the
+/// live streams of the domains now refused once the batch is applied (the operator's
+/// block path, [`super::commands::enforce`]): a first sync of thousands of entries walks
+/// the streams once, not per entry.
+async fn carry(shared: &Arc<Shared>, feeds: &Feeds, out: Vec<(usize, Output)>) {
+    let mut block = false;
+    // Per feed: entries listed (added or updated) and lifted (retracted), for one log line.
+    let mut counts: HashMap<usize, (usize, usize)> = HashMap::new();
+    for (i, o) in out {
+        let Some(feed) = feeds.iter().nth(i) else { continue };
+        let settings = feed.settings();
+        match o {
+            Output::Send(st) => shared.router.route_waiting(st, shared.settings.timeouts.write).await,
+            Output::Change(change) => {
+                let c = counts.entry(i).or_default();
+                match &change {
+                    Change::Added(_) | Change::Updated(_) => {
+                        c.0 += 1;
+                        block |= settings.action == Action::Block;
+                    }
+                    Change::Retracted { .. } => c.1 += 1,
+                    Change::Cleared { .. } => tracing::info!("real-time blocklist {}: every entry cleared", settings.key()),
+                    Change::Confirmed { .. } => {}
+                }
+                apply(shared, settings, &change)
+            }
+            Output::Status(status) => {
+                if let Err(e) = shared.store.rtbl_put_status(&status) {
+                    tracing::error!("store: the status of the feed {} was not saved: {e}", settings.key());
+                }
+                let _ = shared.events.send(Event::Feed { status });
+            }
+            Output::Timer(_) => {}
+        }
+    }
+    for (i, (listed, lifted)) in counts {
+        if let Some(f) = feeds.iter().nth(i)
+            && listed + lifted > 0
+        {
+            let s = f.settings();
+            tracing::info!(
+                "real-time blocklist {} ({}): {listed} listed or updated, {lifted} retracted; {} listed now",
+                s.key(),
+                s.action.as_str(),
+                f.status().entries
+            );
+        }
+    }
+    if block {
+        let closed = super::commands::enforce(shared);
+        if !closed.is_empty() {
+            tracing::info!("real-time blocklists: {} streams of newly listed domains closed", closed.len());
+        }
+    }
+}
+
+/// One entry change: persisted, then in force; the records it lifted from the approval
+/// inbox announced.
+fn apply(shared: &Arc<Shared>, settings: &crate::rtbl::FeedSettings, change: &Change) {
+    let key = settings.key();
+    if let Err(e) = shared.store.rtbl_apply(&key, change) {
+        tracing::error!("store: a change of the feed {key} was not saved (it is in force until the next start): {e}");
+    }
+    if matches!(change, Change::Retracted { .. } | Change::Cleared { .. })
+        && let Err(e) = shared.store.rtbl_prune_retracted(&key, settings.max_entries)
+    {
+        tracing::error!("store: pruning the retracted entries of the feed {key}: {e}");
+    }
+    match change {
+        Change::Added(e) | Change::Updated(e) => tracing::debug!("real-time blocklist {key} lists {}: {}", e.domain, e.listing.summary()),
+        Change::Retracted { domain, .. } => tracing::debug!("real-time blocklist {key} no longer lists {domain}"),
+        Change::Cleared { .. } | Change::Confirmed { .. } => {}
+    }
+    for record in shared.policy.apply_rtbl(settings, change) {
+        let _ = shared.events.send(Event::DomainChanged { record });
+    }
+}
+
+/// How often the familiarity set's writes go to the store, and how often it forgets the
+/// pairs past `[strangers] retention`.
+const FAMILIAR_FLUSH: Duration = Duration::from_secs(5);
+const FAMILIAR_EXPIRE: Duration = Duration::from_secs(3600);
+
+/// Persist the familiarity set's writes in batches, off the stanza path; forget old pairs.
+/// (The last writes are stored by `Engine::shutdown`, after the streams ended.)
+pub(super) async fn keep_familiar(shared: Arc<Shared>, familiar: Arc<Familiarity>) {
+    let mut flush = tokio::time::interval(FAMILIAR_FLUSH);
+    let mut expire = tokio::time::interval(FAMILIAR_EXPIRE);
+    loop {
+        let mut writes = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = flush.tick() => Vec::new(),
+            _ = expire.tick() => familiar.expire(crate::types::now_ms()),
+        };
+        let (taken, dropped) = familiar.take_writes();
+        writes.extend(taken);
+        write_familiar(&shared, (writes, dropped));
+    }
+}
+
+pub(super) fn write_familiar(shared: &Shared, (writes, dropped): (Vec<Write>, u64)) {
+    if dropped > 0 {
+        tracing::warn!("strangers: {dropped} familiarity writes dropped (the set is known in memory, not all of it stored)");
+    }
+    if !writes.is_empty()
+        && let Err(e) = shared.store.familiar_write(&writes)
+    {
+        tracing::error!("store: {} familiarity writes not saved: {e}", writes.len());
+    }
+}
