@@ -120,6 +120,7 @@ fn model() -> Model {
                 peer_addr: None,
             },
         ],
+        rtbl: Default::default(),
     });
     m
 }
@@ -277,6 +278,7 @@ fn domain_history_overlay() {
             domain: Some("flood.test".into()),
             reason: Some("flooding".into()),
         }],
+        listings: vec![],
     });
     let s = screen(&mut m, 120, 40);
     for needle in
