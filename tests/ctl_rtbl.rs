@@ -135,6 +135,7 @@ async fn ctl_rtbl_shows_each_feed_and_its_entries_escaped() {
     assert!(by("spam.example")["retracted_ms"].is_null());
     assert_eq!(by("old.example")["retracted_ms"], 1_767_225_600_000u64 + 3_600_000);
     assert_eq!((b["status"]["service"].as_str(), b["status"]["action"].as_str()), (Some("pubsub.other.test"), Some("flag")));
+    assert!(b["status"]["state"]["state"].is_string(), "the state as README gives it: {json}");
     assert_eq!(b["entries"].as_array().map(Vec::len), Some(0));
 
     // The same through the engine's door, typed.
