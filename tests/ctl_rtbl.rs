@@ -1,6 +1,6 @@
 //! The operator's view of the real-time blocklists through the real `drawbridge ctl` binary
-//! against a running engine whose store holds a feed's entries and status (written before it
-//! started, as its subscriber would have): `ctl rtbl` for a human and as JSON (a service's
+//! against a running engine given a feed's entries and status as its subscriber persists and
+//! applies them: `ctl rtbl` for a human and as JSON (a service's
 //! hostile report text escaped), `ctl domain` showing a domain's listings with their reports,
 //! `ctl keep` turning a listing into the operator's decision, and the snapshot the dashboard
 //! builds its "listed" marks from.
@@ -13,7 +13,6 @@ use drawbridge::engine::Engine;
 use drawbridge::policy::DomainState;
 use drawbridge::rtbl::report::Listing;
 use drawbridge::rtbl::{Action, Change, Entry, FeedKey, FeedState, FeedStatus};
-use drawbridge::store::Store;
 use std::process::Command;
 
 fn ctl(sock: &std::path::Path, args: &[&str]) -> (bool, String, String) {
@@ -49,39 +48,39 @@ fn entry(d: &str, reason: Option<&str>, text: Option<&str>, strangers: bool, t: 
     }
 }
 
-/// The first feed's entries and status, as its subscriber stores them: spam.example listed
-/// with a hostile report, old.example listed then retracted. The second feed has nothing.
-async fn seed(data: &std::path::Path) {
-    let store = Store::open(data).unwrap();
+/// The first feed's entries and status, as its subscriber persists and applies them:
+/// spam.example listed with a hostile report, old.example listed then retracted. The second
+/// feed lists spam.example, with no status stored.
+fn seed(engine: &Engine) {
+    let t = engine.testing();
     let feed = FeedKey { service: "xmppbl.test".into(), node: "spam_source_domains".into() };
-    let t = 1_767_225_600_000; // 2026-01-01
-    store.rtbl_apply(&feed, &Change::Added(entry("spam.example", Some("urn:xmpp:reporting:spam"), Some(HOSTILE), true, t))).unwrap();
-    store.rtbl_apply(&feed, &Change::Added(entry("old.example", Some("urn:xmpp:reporting:spam"), None, false, t))).unwrap();
-    store.rtbl_apply(&feed, &Change::Retracted { domain: Domain::parse("old.example").unwrap(), at_ms: t + 3_600_000 }).unwrap();
-    store
-        .rtbl_put_status(&FeedStatus {
-            service: feed.service.clone(),
-            node: feed.node.clone(),
-            action: Action::Block,
-            state: FeedState::Subscribed,
-            entries: 1,
-            last_sync_ms: Some(t + 7_200_000),
-            last_change_ms: Some(t + 3_600_000),
-            ignored_foreign: 1,
-            ignored_invalid: 2,
-            ignored_over_limit: 3,
-        })
-        .unwrap();
-    store.flush().await.unwrap();
+    let at = 1_767_225_600_000; // 2026-01-01
+    t.rtbl_change(&feed, &Change::Added(entry("spam.example", Some("urn:xmpp:reporting:spam"), Some(HOSTILE), true, at)));
+    t.rtbl_change(&feed, &Change::Added(entry("old.example", Some("urn:xmpp:reporting:spam"), None, false, at)));
+    t.rtbl_change(&feed, &Change::Retracted { domain: Domain::parse("old.example").unwrap(), at_ms: at + 3_600_000 });
+    t.rtbl_status(&FeedStatus {
+        service: feed.service.clone(),
+        node: feed.node.clone(),
+        action: Action::Block,
+        state: FeedState::Subscribed,
+        entries: 1,
+        last_sync_ms: Some(at + 7_200_000),
+        last_change_ms: Some(at + 3_600_000),
+        ignored_foreign: 1,
+        ignored_invalid: 2,
+        ignored_over_limit: 3,
+    });
+    let other = FeedKey { service: "pubsub.other.test".into(), node: "mine".into() };
+    t.rtbl_change(&other, &Change::Added(entry("spam.example", None, Some("from mine"), false, at + 60_000)));
 }
 
-/// An engine on b.test following the two feeds, its store seeded first, with its control socket.
+/// An engine on b.test following the two feeds, seeded, with its control socket.
 async fn start(dns: &Dns) -> (Engine, tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    seed(&dir.path().join("data")).await;
     let text = config_text("b.test", dir.path(), dns.addr, FEEDS);
     let settings = drawbridge::config::Settings::parse(&text, &dir.path().join("drawbridge.toml")).unwrap();
     let mut engine = Engine::start(settings).await.unwrap();
+    seed(&engine);
     drawbridge::control::start(&mut engine).unwrap();
     let sock = engine.settings().control_socket.clone();
     (engine, dir, sock)
@@ -136,7 +135,8 @@ async fn ctl_rtbl_shows_each_feed_and_its_entries_escaped() {
     assert_eq!(by("old.example")["retracted_ms"], 1_767_225_600_000u64 + 3_600_000);
     assert_eq!((b["status"]["service"].as_str(), b["status"]["action"].as_str()), (Some("pubsub.other.test"), Some("flag")));
     assert!(b["status"]["state"]["state"].is_string(), "the state as README gives it: {json}");
-    assert_eq!(b["entries"].as_array().map(Vec::len), Some(0));
+    assert_eq!(b["status"]["entries"], 0, "no status stored: none counted");
+    assert_eq!(b["entries"].as_array().map(Vec::len), Some(1));
 
     // The same through the engine's door, typed.
     let r = match ask(&engine, drawbridge::engine::Request::Rtbl).await {
@@ -148,7 +148,10 @@ async fn ctl_rtbl_shows_each_feed_and_its_entries_escaped() {
     // What the dashboard's "listed" marks are built from: the snapshot carries it.
     let snap = engine.subscribe().snapshot;
     assert_eq!(snap.rtbl, r);
-    assert_eq!(snap.rtbl.listed()["spam.example"], [format!("listed by xmppbl.test: {HOSTILE}")]);
+    assert_eq!(
+        snap.rtbl.listed()["spam.example"],
+        [format!("listed by xmppbl.test: {HOSTILE}"), "listed by pubsub.other.test: from mine".to_owned()]
+    );
     engine.shutdown().await;
 }
 
@@ -184,10 +187,15 @@ async fn ctl_domain_shows_listings_and_keep_makes_them_the_operators() {
     let (ok, out, err) = ctl_async(&sock, &["domain", "spam.example"]).await;
     assert!(ok, "{out}{err}");
     no_raw_controls(&out);
+    assert!(out.starts_with("spam.example: refused: spam.example is listed as a spam source by xmppbl.test"), "{out}");
     assert!(out.contains("real-time blocklists:\nxmppbl.test node spam_source_domains: listed now\n"), "{out}");
     assert!(out.contains("reason urn:xmpp:reporting:spam; first seen 2026-01-01 00:00:00 UTC"), "{out}");
     assert!(out.contains("block-strangers recommended"), "{out}");
     assert!(out.contains("report: bots\\x1b[2J\\nFORGED: all clear\\u{202e}"), "{out}");
+    // Every configured feed's listing, in the configuration's order (whether or not its
+    // subscriber stored a status).
+    assert!(out.contains("pubsub.other.test node mine: listed now\n  reason none given; first seen 2026-01-01 00:01:00 UTC"), "{out}");
+    assert!(out.find("xmppbl.test node").unwrap() < out.find("pubsub.other.test node").unwrap(), "{out}");
     let (ok, out, _) = ctl_async(&sock, &["domain", "old.example"]).await;
     assert!(ok && out.contains("xmppbl.test node spam_source_domains: retracted 2026-01-01 01:00:00 UTC"), "{out}");
     let (ok, out, _) = ctl_async(&sock, &["domain", "clean.example"]).await;
@@ -223,7 +231,14 @@ async fn ctl_domain_shows_listings_and_keep_makes_them_the_operators() {
     let (ok, out, _) = ctl_async(&sock, &["keep", "old.example", "--reason", "still spamming"]).await;
     assert!(ok && out.lines().next().unwrap().ends_with("— unchanged"), "{out}");
 
-    // Keep before the retract, as JSON: the listing in force.
+    // Keep before the retract, as JSON: the listing in force (of the feed whose action weighs
+    // most). Until then the listing decides.
+    let explained = match ask(&engine, drawbridge::engine::Request::Explain { domain: "spam.example".into() }).await {
+        drawbridge::engine::Reply::Explain(r) => *r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(explained.decided_by, drawbridge::policy::Rule::Rtbl);
+    assert!(explained.marks.iter().any(|m| m == "listed by pubsub.other.test: from mine"), "{:?}", explained.marks);
     let (ok, json, err) = ctl_async(&sock, &["keep", "spam.example", "--json"]).await;
     assert!(ok, "{json}{err}");
     assert!(!json.contains('\u{1b}'), "{json:?}");
@@ -235,6 +250,11 @@ async fn ctl_domain_shows_listings_and_keep_makes_them_the_operators() {
         v["record"]["reason"].as_str(),
         Some(format!("kept after a listing by xmppbl.test (node spam_source_domains): {HOSTILE}").as_str())
     );
+    let explained = match ask(&engine, drawbridge::engine::Request::Explain { domain: "spam.example".into() }).await {
+        drawbridge::engine::Reply::Explain(r) => *r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(explained.decided_by, drawbridge::policy::Rule::OperatorDecision, "the operator's now");
 
     // Never listed: a refusal naming the domain and what to do instead.
     let (ok, out, err) = ctl_async(&sock, &["keep", "never.example"]).await;

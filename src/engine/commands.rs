@@ -140,13 +140,10 @@ fn rtbl_report(shared: &Shared) -> Result<RtblReport, EngineError> {
 
 /// A domain's listings by the configured feeds, retracted ones included, in configuration order.
 fn listings_of(shared: &Shared, domain: &str) -> Result<Vec<crate::store::RtblRecord>, EngineError> {
-    if shared.settings.rtbl.is_empty() {
-        return Ok(Vec::new());
+    let mut found = Vec::new();
+    for f in &shared.settings.rtbl {
+        found.extend(shared.store.rtbl_record(&f.key(), domain)?);
     }
-    let mut found = shared.store.rtbl_for_domain(domain)?;
-    let order = |r: &crate::store::RtblRecord| shared.settings.rtbl.iter().position(|f| f.service == r.service && f.node == r.node);
-    found.retain(|r| order(r).is_some());
-    found.sort_by_key(|r| order(r));
     Ok(found)
 }
 
