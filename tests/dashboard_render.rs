@@ -324,10 +324,14 @@ fn prompts_and_help() {
     m.prompt = Some(Prompt::Block { domain: "flood.test".into(), input: "2h flooding".into() });
     let s = screen(&mut m, 80, 24);
     assert!(s.contains("block flood.test"), "{s}");
+    m.prompt = Some(Prompt::Keep { domain: "spam.example".into(), input: "confirmed".into() });
+    let s = screen(&mut m, 120, 24);
+    assert!(s.contains("keep spam.example's listing as your block") && s.contains("confirmed_"), "{s}");
     m.prompt = None;
     m.show_help = true;
     let s = screen(&mut m, 80, 24);
     assert!(s.contains("Keys") && s.contains("blacklist it with its subdomains"), "{s}");
+    assert!(s.contains("explain: why the selected") && s.contains("keep a listed domain's block"), "{s}");
 }
 
 #[test]

@@ -84,6 +84,17 @@ async fn rtbl_view_listed_mark_and_explain_from_the_keyboard() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     attach.wait_for(&["Listed domains"]).await;
+    // K keeps a.test's listing as the operator's block, with a reason.
+    attach.keys(&["K"]);
+    attach.wait_for(&["keep a.test's listing as your block"]).await;
+    attach.keys(&["confirmed", "Enter"]);
+    let s =
+        attach.wait_for(&["a.test: blocked, keeping a listing in force by xmppbl.test; closed 2 stream(s) — kept after a listing"]).await;
+    assert!(!s.contains('\u{1b}'), "{s}");
+    let r = control::request(&sock, &Request::Domain { domain: "a.test".into() }).await.unwrap();
+    let report: drawbridge::engine::DomainReport = serde_json::from_value(r.data.unwrap()).unwrap();
+    assert_eq!(report.record.map(|r| r.state), Some(drawbridge::policy::DomainState::Blocked));
+    assert!(report.policy_log[0].who.contains("uid"), "attributed to the attached user: {:?}", report.policy_log[0]);
     attach.keys(&["q"]);
     drop(serve);
 }

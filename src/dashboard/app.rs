@@ -163,6 +163,27 @@ fn describe_change(r: Result<Reply, String>) -> String {
     }
 }
 
+/// A kept listing, in the footer: the domain's standing now, the listing kept, the streams
+/// closed, then the reason (long: it carries the report).
+fn describe_keep(k: &crate::engine::KeepReport) -> String {
+    let kept = match k.listing.retracted_ms {
+        Some(_) => "a retracted listing",
+        None => "a listing in force",
+    };
+    let mut m = format!("{}: {}, keeping {kept} by {}", k.record.domain, k.record.state.as_str(), k.listing.service);
+    if !k.changed {
+        m.push_str(" — unchanged");
+    }
+    if !k.closed_streams.is_empty() {
+        m.push_str(&format!("; closed {} stream(s)", k.closed_streams.len()));
+    }
+    if let Some(reason) = &k.record.reason {
+        m.push_str(&format!(" — {reason}"));
+    }
+    // The reason carries the service's report: escaped for the footer.
+    crate::text::escape(&m).into_owned()
+}
+
 /// What an intent does in the current view.
 pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::sync::mpsc::Sender<String>) {
     if let Some(prompt) = m.prompt.clone() {
@@ -202,7 +223,9 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
                 m.set_filter(String::new());
             }
         }
-        Intent::Approve | Intent::Clear | Intent::Block | Intent::Blacklist | Intent::Probe => act_on_domain(client, m, i, notes).await,
+        Intent::Approve | Intent::Clear | Intent::Block | Intent::Blacklist | Intent::Keep | Intent::Probe => {
+            act_on_domain(client, m, i, notes).await
+        }
         Intent::CloseStream => match m.selected_conn() {
             Some(c) if m.view == View::Connections && c.state != crate::events::ConnState::Closed => {
                 m.prompt = Some(Prompt::ConfirmClose { id: c.id })
@@ -229,6 +252,7 @@ async fn act_on_domain(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &t
         Intent::Clear => m.message = Some(describe_change(client.request(Request::Unblock { domain }).await)),
         Intent::Block => m.prompt = Some(Prompt::Block { domain, input: String::new() }),
         Intent::Blacklist => m.prompt = Some(Prompt::Blacklist { domain, input: String::new() }),
+        Intent::Keep => m.prompt = Some(Prompt::Keep { domain, input: String::new() }),
         _ => {
             m.message = Some(format!("probing {domain}…"));
             let (client, notes) = (client.clone(), notes.clone());
@@ -381,6 +405,19 @@ async fn prompt_key(client: &Arc<Client>, m: &mut Model, prompt: Prompt, i: Inte
             }
             m.prompt = None;
             m.message = Some(describe_change(client.request(Request::Blacklist { domain, reason: input.trim().to_owned() }).await));
+        }
+        (Prompt::Keep { domain, input }, Intent::Submit) => {
+            m.prompt = None;
+            let reason = Some(input.trim().to_owned()).filter(|r| !r.is_empty());
+            m.message = Some(match client.request(Request::Keep { domain, reason }).await {
+                Ok(Reply::Keep(k)) => describe_keep(&k),
+                Ok(other) => format!("unexpected answer: {other:?}"),
+                Err(e) => format!("failed: {e}"),
+            });
+        }
+        (Prompt::Keep { domain, mut input }, _) => {
+            edit(&mut input);
+            m.prompt = Some(Prompt::Keep { domain, input });
         }
         (Prompt::Filter { mut input }, _) => {
             edit(&mut input);

@@ -21,6 +21,7 @@ pub enum Intent {
     Approve,
     Block,
     Blacklist,
+    Keep,
     Clear,
     Probe,
     CloseStream,
@@ -52,6 +53,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("b", "block it (asks for duration and reason)"),
     ("B", "blacklist it with its subdomains (asks for a reason)"),
     ("u", "clear block or blacklist"),
+    ("K", "keep a listed domain's block as yours (asks for a reason)"),
     ("p", "probe: ping over federation"),
     ("k", "close the selected stream (asks first)"),
     ("m", "change the federation mode"),
@@ -95,6 +97,7 @@ pub fn intent(key: KeyEvent, prompt_open: bool) -> Intent {
         KeyCode::Char('b') => Intent::Block,
         KeyCode::Char('B') => Intent::Blacklist,
         KeyCode::Char('u') => Intent::Clear,
+        KeyCode::Char('K') => Intent::Keep,
         KeyCode::Char('p') => Intent::Probe,
         KeyCode::Char('k') => Intent::CloseStream,
         KeyCode::Enter => Intent::Open,
@@ -125,6 +128,7 @@ mod tests {
         assert_eq!(intent(k(KeyCode::Char('2')), false), Intent::Show(View::Domains));
         assert_eq!(intent(k(KeyCode::Char('5')), false), Intent::Show(View::Rtbl));
         assert_eq!(intent(k(KeyCode::Char('e')), false), Intent::Explain);
+        assert_eq!(intent(k(KeyCode::Char('K')), false), Intent::Keep);
         assert_eq!(intent(k(KeyCode::Char('a')), false), Intent::Approve);
         assert_eq!(intent(k(KeyCode::Char('b')), false), Intent::Block);
         assert_eq!(intent(k(KeyCode::Char('B')), false), Intent::Blacklist);

@@ -79,6 +79,11 @@ pub enum Prompt {
         domain: String,
         input: String,
     },
+    /// An optional reason for keeping a listed domain's block as the operator's.
+    Keep {
+        domain: String,
+        input: String,
+    },
     ConfirmClose {
         id: String,
     },

@@ -238,14 +238,14 @@ fn draw_rtbl(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
 fn draw_domain_report(f: &mut Frame, r: &crate::engine::DomainReport, t: &Theme) {
     let area = f.area();
     let rect = Rect { x: area.x + 2, y: area.y + 2, width: area.width.saturating_sub(4), height: area.height.saturating_sub(4) };
-    let mut lines = vec![Line::from(Span::styled(format!("{}: {}", r.domain, r.verdict), t.header()))];
+    let mut lines = vec![Line::from(Span::styled(format!("{}: {}", r.domain, escape(&r.verdict)), t.header()))];
     if let Some(rec) = &r.record {
         let mut state = rec.state.as_str().to_owned();
         if let Some(x) = rec.expires_ms {
             state.push_str(&format!(" until {}", fmt_utc(x)));
         }
         if let Some(reason) = &rec.reason {
-            state.push_str(&format!(" — {reason}"));
+            state.push_str(&format!(" — {}", escape(reason)));
         }
         if let (Some(who), Some(when)) = (&rec.who, rec.when_ms) {
             state.push_str(&format!(" (by {who}, {})", fmt_utc(when)));
@@ -305,7 +305,7 @@ fn draw_domain_report(f: &mut Frame, r: &crate::engine::DomainReport, t: &Theme)
             &fmt_utc(a.time_ms)[..19],
             a.action,
             a.who,
-            a.reason.as_deref().map(|x| format!(": {x}")).unwrap_or_default()
+            a.reason.as_deref().map(|x| format!(": {}", escape(x))).unwrap_or_default()
         )));
     }
     f.render_widget(Clear, rect);
@@ -578,8 +578,9 @@ fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
         let badge = if d.downgrade.is_some() { format!("{badge} ⚠") } else { badge };
         let listings = m.listings(&d.domain);
         let why = match (&d.downgrade, &d.reason, listings.first()) {
-            (Some(dg), _, _) => dg.clone(),
-            (None, Some(r), _) => r.clone(),
+            (Some(dg), _, _) => escape(dg).into_owned(),
+            // A kept listing's reason carries the service's report.
+            (None, Some(r), _) => escape(r).into_owned(),
             (None, None, Some(l)) => escape(l).into_owned(),
             (None, None, None) => String::new(),
         };
@@ -688,6 +689,9 @@ fn draw_footer(f: &mut Frame, m: &Model, t: &Theme, area: Rect) {
             format!("block {domain} — duration and reason (e.g. \"2h flooding\"; empty = until unblocked): {input}_")
         }
         Prompt::Blacklist { domain, input } => format!("blacklist {domain} and its subdomains — reason: {input}_"),
+        Prompt::Keep { domain, input } => {
+            format!("keep {domain}'s listing as your block (it stays after a retract) — reason (optional): {input}_")
+        }
         Prompt::ConfirmClose { id } => format!("close stream {}? (y/n)", &id[..id.len().min(12)]),
         Prompt::Filter { input } => format!("filter: {input}_"),
     });
@@ -698,7 +702,7 @@ fn draw_footer(f: &mut Frame, m: &Model, t: &Theme, area: Rect) {
         View::Domains => "a approve  b block  B blacklist  u clear  p probe  Enter history  e explain  / filter  m mode  ? help  q quit",
         View::Verifications => "/ filter (domain or result)  e explain  a approve  b block  ? help  q quit",
         View::Transcript => "f follow/pause  ↑↓ scroll  / search  r reveal keys  w write to file  ? help  q quit",
-        View::Rtbl => "e explain  a approve  b block  B blacklist  p probe  / filter  ? help  q quit",
+        View::Rtbl => "e explain  K keep  a approve  b block  B blacklist  p probe  / filter  ? help  q quit",
     };
     let first = match (&prompt, &m.message) {
         (Some(p), _) => Line::from(Span::styled(p.clone(), t.fg(Color::Yellow).add_modifier(Modifier::BOLD))),
