@@ -13,11 +13,12 @@ use std::process::Command;
 use std::sync::Arc;
 
 use common::*;
-use drawbridge::control::{DomainReport, Request, Response};
+use drawbridge::control::{DomainReport, KeepReport, Request, Response, RtblReport};
 use drawbridge::domain::Domain;
+use drawbridge::engine::FeedReport;
 use drawbridge::engine::events::{ConnSnapshot, VerificationOutcome};
 use drawbridge::net::tls::TlsContext;
-use drawbridge::store::{DomainRecord, PolicyAction};
+use drawbridge::store::{DomainRecord, PolicyAction, RtblRecord};
 use drawbridge::types::*;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
 
@@ -116,6 +117,33 @@ fn fake_engine(sock: &Path) -> std::thread::JoinHandle<()> {
                         domain: Some(HOSTILE.into()),
                         reason: Some(HOSTILE.into()),
                     }],
+                    listings: vec![listing()],
+                })
+                .unwrap(),
+                Request::Rtbl => serde_json::to_value(RtblReport {
+                    feeds: vec![FeedReport {
+                        status: drawbridge::rtbl::FeedStatus {
+                            service: HOSTILE.into(),
+                            node: HOSTILE.into(),
+                            action: drawbridge::rtbl::Action::Block,
+                            state: drawbridge::rtbl::FeedState::Error(HOSTILE.into()),
+                            entries: 1,
+                            last_sync_ms: Some(0),
+                            last_change_ms: Some(0),
+                            ignored_foreign: 0,
+                            ignored_invalid: 0,
+                            ignored_over_limit: 0,
+                        },
+                        max_entries: 1,
+                        entries: vec![listing(), RtblRecord { retracted_ms: Some(0), ..listing() }],
+                    }],
+                })
+                .unwrap(),
+                Request::Keep { .. } => serde_json::to_value(KeepReport {
+                    record: record(),
+                    changed: true,
+                    closed_streams: vec![HOSTILE.into()],
+                    listing: listing(),
                 })
                 .unwrap(),
                 // A list of lines: a line feed in it is a line (the engine writes domains);
@@ -186,6 +214,21 @@ fn snapshot() -> ConnSnapshot {
     }
 }
 
+/// A listing whose every string is the service's (or a buggy engine's).
+fn listing() -> RtblRecord {
+    RtblRecord {
+        domain: HOSTILE.into(),
+        service: HOSTILE.into(),
+        node: HOSTILE.into(),
+        reason: Some(HOSTILE.into()),
+        text: Some(HOSTILE.into()),
+        block_strangers: true,
+        first_seen_ms: 0,
+        last_seen_ms: 0,
+        retracted_ms: None,
+    }
+}
+
 fn record() -> DomainRecord {
     DomainRecord {
         domain: HOSTILE.into(),
@@ -217,6 +260,9 @@ fn ctl_escapes_whatever_the_engine_sends() {
         &["pending"],
         &["blacklist", "export"],
         &["close", "some-id"],
+        &["rtbl"],
+        &["rtbl", "--json"],
+        &["keep", "evil.test", "--reason", "kept"],
     ];
     for args in runs {
         let out = ctl(&sock, args);

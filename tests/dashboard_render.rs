@@ -120,6 +120,7 @@ fn model() -> Model {
                 peer_addr: None,
             },
         ],
+        rtbl: Default::default(),
     });
     m
 }
@@ -277,6 +278,7 @@ fn domain_history_overlay() {
             domain: Some("flood.test".into()),
             reason: Some("flooding".into()),
         }],
+        listings: vec![],
     });
     let s = screen(&mut m, 120, 40);
     for needle in
@@ -322,10 +324,14 @@ fn prompts_and_help() {
     m.prompt = Some(Prompt::Block { domain: "flood.test".into(), input: "2h flooding".into() });
     let s = screen(&mut m, 80, 24);
     assert!(s.contains("block flood.test"), "{s}");
+    m.prompt = Some(Prompt::Keep { domain: "spam.example".into(), input: "confirmed".into() });
+    let s = screen(&mut m, 120, 24);
+    assert!(s.contains("keep spam.example's listing as your block") && s.contains("confirmed_"), "{s}");
     m.prompt = None;
     m.show_help = true;
     let s = screen(&mut m, 80, 24);
     assert!(s.contains("Keys") && s.contains("blacklist it with its subdomains"), "{s}");
+    assert!(s.contains("explain: why the selected") && s.contains("keep a listed domain's block"), "{s}");
 }
 
 #[test]
@@ -349,4 +355,207 @@ fn only_visible_rows_at_scale() {
     // The selected row is on screen.
     let sel = m.selected_conn().unwrap();
     assert!(s.contains(sel.remote.as_deref().unwrap()), "{s}");
+}
+
+/// What a service may put in a report: a terminal escape and a forged line.
+const HOSTILE: &str = "bots\u{1b}[2J\nFORGED line";
+
+fn rtbl_record(domain: &str, text: Option<&str>, retracted: Option<u64>) -> drawbridge::store::RtblRecord {
+    drawbridge::store::RtblRecord {
+        domain: domain.into(),
+        service: "xmppbl.test".into(),
+        node: "spam_source_domains".into(),
+        reason: Some("urn:xmpp:reporting:spam".into()),
+        text: text.map(str::to_owned),
+        block_strangers: domain.starts_with("spam"),
+        first_seen_ms: 1_767_225_600_000,
+        last_seen_ms: 1_767_225_600_000,
+        retracted_ms: retracted,
+    }
+}
+
+fn feed_status(service: &str, state: drawbridge::rtbl::FeedState, entries: usize) -> drawbridge::rtbl::FeedStatus {
+    drawbridge::rtbl::FeedStatus {
+        service: service.into(),
+        node: "spam_source_domains".into(),
+        action: drawbridge::rtbl::Action::Flag,
+        state,
+        entries,
+        last_sync_ms: Some(1_767_225_600_000),
+        last_change_ms: Some(1_767_225_600_000),
+        ignored_foreign: 0,
+        ignored_invalid: 0,
+        ignored_over_limit: 0,
+    }
+}
+
+/// Two feeds: xmppbl.test subscribed, listing spam.example (with a hostile report) and
+/// having retracted gone.example; other.test failing.
+fn rtbl_report() -> drawbridge::engine::RtblReport {
+    use drawbridge::engine::FeedReport;
+    use drawbridge::rtbl::FeedState;
+    drawbridge::engine::RtblReport {
+        feeds: vec![
+            FeedReport {
+                status: feed_status("xmppbl.test", FeedState::Subscribed, 1),
+                max_entries: 10_000,
+                entries: vec![rtbl_record("gone.example", None, Some(1_767_229_200_000)), rtbl_record("spam.example", Some(HOSTILE), None)],
+            },
+            FeedReport {
+                status: feed_status("other.test", FeedState::Error("no answer within 30s".into()), 0),
+                max_entries: 10,
+                entries: vec![],
+            },
+        ],
+    }
+}
+
+fn no_raw_escapes(s: &str) {
+    assert!(!s.contains('\u{1b}'), "a raw escape on screen: {s}");
+    assert!(!s.lines().any(|l| l.trim_start().starts_with("FORGED")), "a forged line on screen: {s}");
+}
+
+#[test]
+fn rtbl_view_lists_feeds_and_their_entries() {
+    let mut m = model();
+    m.view = View::Rtbl;
+    let s = screen(&mut m, 80, 24);
+    assert!(s.contains("5 RTBL") && s.contains("No real-time blocklists followed"), "{s}");
+    m.set_rtbl(rtbl_report());
+    for (w, h) in [(80, 24), (200, 60)] {
+        let s = screen(&mut m, w, h);
+        no_raw_escapes(&s);
+        for needle in
+            ["Real-time blocklists (2)", "xmppbl.test spam_source_domains", "subscribed", "other.test", "error: no answer", "spam.example"]
+        {
+            assert!(s.contains(needle), "{w}x{h}: {needle}: {s}");
+        }
+        assert!(s.contains("Listed domains (1 listed, 1 retracted kept)"), "{s}");
+        assert!(s.contains("listed, block-strangers") && s.contains("retracted 2026-01-01 01:00:00"), "{s}");
+        // In force first, then the retracted one.
+        assert!(s.find("spam.example").unwrap() < s.find("gone.example").unwrap(), "{s}");
+    }
+    let s = screen(&mut m, 200, 60);
+    assert!(s.contains("bots\\x1b[2J\\nFORGED line"), "the report, escaped: {s}");
+    assert!(s.contains("ignored foreign/invalid/over"), "{s}");
+    // The selected entry is the domain the keys act on (explain, approve, block…).
+    assert_eq!(m.selected_domain().as_deref(), Some("spam.example"));
+    m.move_selection(1);
+    assert_eq!(m.selected_domain().as_deref(), Some("gone.example"));
+    m.set_filter("gone".into());
+    let s = screen(&mut m, 120, 30);
+    assert!(s.contains("gone.example") && !s.contains("spam.example "), "filtered by domain: {s}");
+}
+
+#[test]
+fn listed_domains_and_streams_are_marked() {
+    let mut m = model();
+    m.apply(Event::DomainChanged { record: DomainRecord { domain: "spam.example".into(), ..Default::default() } });
+    m.apply(Event::StreamOpened {
+        stream: conn("dddd4444", Direction::In, "spam.example", ConnState::Established, Some(PairStatus::Valid), None),
+    });
+    m.view = View::Domains;
+    assert!(!screen(&mut m, 120, 30).contains("[listed]"), "nothing listed yet");
+    m.set_rtbl(rtbl_report());
+    let s = screen(&mut m, 120, 30);
+    assert!(s.contains("spam.example [listed]"), "{s}");
+    assert!(s.contains("listed by xmppbl.test: bots\\x1b[2J"), "the listing says why, escaped: {s}");
+    assert!(!s.contains("friend.test [listed]") && !s.contains("gone.example"), "retracted is not listed: {s}");
+    no_raw_escapes(&s);
+    m.view = View::Connections;
+    let s = screen(&mut m, 120, 30);
+    assert!(s.contains("spam.example [listed]"), "{s}");
+    assert!(!s.contains("friend.test [listed]"), "{s}");
+    // A feed whose entries changed: the model asks for them again (the app does).
+    assert!(!m.rtbl_stale);
+    let mut st = feed_status("xmppbl.test", drawbridge::rtbl::FeedState::Subscribed, 1);
+    m.apply(Event::Feed { status: st.clone() });
+    assert!(!m.rtbl_stale, "the same entries");
+    st.entries = 2;
+    st.last_change_ms = Some(1_767_229_200_000);
+    m.apply(Event::Feed { status: st });
+    assert!(m.rtbl_stale, "entries changed");
+    // The snapshot carries them (a dashboard attaching, or resynchronising).
+    let mut fresh = Model::new(true);
+    fresh.load(Snapshot {
+        status: m.status.clone().unwrap(),
+        connections: vec![],
+        domains: vec![DomainRecord { domain: "spam.example".into(), ..Default::default() }],
+        outcomes: vec![],
+        rtbl: rtbl_report(),
+    });
+    fresh.view = View::Domains;
+    assert!(screen(&mut fresh, 120, 30).contains("spam.example [listed]"));
+}
+
+#[test]
+fn explain_overlay() {
+    use drawbridge::engine::{DirectionExplained, ExplainReport, ExplainStep, ExplainVerdict};
+    use drawbridge::policy::Rule;
+    let mut m = model();
+    let step = |rule, matched, found: &str, effect: &str, decided| ExplainStep {
+        rule,
+        matched,
+        found: found.into(),
+        effect: effect.into(),
+        decided,
+    };
+    m.explain = Some(ExplainReport {
+        domain: "spam.example".into(),
+        verdict: ExplainVerdict::Refuse,
+        reason: Some("spam.example is listed as a spam source by xmppbl.test: bots\u{1b}[2J".into()),
+        decided_by: Rule::Rtbl,
+        steps: vec![
+            step(Rule::Blacklist, false, "no entry for it or a parent", "none", false),
+            step(Rule::OperatorDecision, false, "none (unknown)", "none", false),
+            step(Rule::Rtbl, true, "listed by xmppbl.test (action block)", "refused", true),
+            step(Rule::FederationMode, true, "mode open", "allowed", false),
+        ],
+        marks: vec!["listed by xmppbl.test: bots".into()],
+        directions: vec![DirectionExplained {
+            direction: Direction::In,
+            outcome: "refused with <policy-violation/> at its stream header".into(),
+            requirements: vec!["STARTTLS before dialback or stanzas ([tls] require_encryption = true)".into()],
+        }],
+        last_verification: None,
+        certificate: None,
+        cert_auth_seen: false,
+        downgrade: None,
+        streams: vec![],
+    });
+    for (w, h) in [(80, 24), (160, 50)] {
+        let s = screen(&mut m, w, h);
+        no_raw_escapes(&s);
+        for needle in
+            ["Explain (any key closes)", "spam.example: refused", "decided by: real-time blocklist", "mark: listed by xmppbl.test"]
+        {
+            assert!(s.contains(needle), "{w}x{h}: {needle}: {s}");
+        }
+    }
+    let s = screen(&mut m, 160, 50);
+    assert!(s.contains("* real-time blocklist matched"), "the deciding rule starred: {s}");
+    assert!(s.contains("a stream from it: refused with <policy-violation/>"), "{s}");
+    assert!(s.contains("requires: STARTTLS"), "{s}");
+    assert!(s.contains("bots\\x1b[2J"), "{s}");
+}
+
+#[test]
+fn domain_history_shows_its_listings() {
+    let mut m = model();
+    m.view = View::Domains;
+    m.domain_report = Some(drawbridge::control::DomainReport {
+        domain: "spam.example".into(),
+        record: None,
+        verdict: "refused: spam.example is listed as a spam source by xmppbl.test".into(),
+        outcomes: vec![],
+        streams: vec![],
+        policy_log: vec![],
+        listings: vec![rtbl_record("spam.example", Some(HOSTILE), None), rtbl_record("spam.example", None, Some(1_767_229_200_000))],
+    });
+    let s = screen(&mut m, 160, 40);
+    no_raw_escapes(&s);
+    assert!(s.contains("real-time blocklists"), "{s}");
+    assert!(s.contains("xmppbl.test node spam_source_domains: listed now; reason urn:xmpp:reporting:spam"), "{s}");
+    assert!(s.contains("block-strangers") && s.contains("report: bots\\x1b[2J\\nFORGED line"), "{s}");
+    assert!(s.contains("xmppbl.test node spam_source_domains: retracted 2026-01-01 01:00:00"), "{s}");
 }

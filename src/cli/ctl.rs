@@ -80,6 +80,8 @@ impl CtlCommand {
             CtlCommand::Domains { state, json } => (Request::Domains { state: state.clone() }, *json),
             CtlCommand::Domain { domain, json } => (Request::Domain { domain: domain.clone() }, *json),
             CtlCommand::Explain { domain, json } => (Request::Explain { domain: domain.clone() }, *json),
+            CtlCommand::Rtbl { json } => (Request::Rtbl, *json),
+            CtlCommand::Keep { domain, reason, json } => (Request::Keep { domain: domain.clone(), reason: reason.clone() }, *json),
             CtlCommand::History { domain, limit, json } => (Request::History { domain: domain.clone(), limit: *limit }, *json),
         })
     }
@@ -143,6 +145,8 @@ impl CtlCommand {
             CtlCommand::Domains { .. } => "domains",
             CtlCommand::Domain { .. } => "domain",
             CtlCommand::Explain { .. } => "explain",
+            CtlCommand::Rtbl { .. } => "rtbl",
+            CtlCommand::Keep { .. } => "keep",
             CtlCommand::History { .. } => "history",
         }
     }
@@ -229,6 +233,11 @@ mod tests {
         let (req, _) = ctl(&["blacklist", "import", "-", "--dry-run"]).request(|| Ok("spam.test\n".into())).unwrap();
         assert_eq!(req, Request::BlacklistImport { text: "spam.test\n".into(), source: None, dry_run: true });
         assert_eq!(ctl(&["explain", "x.test", "--json"]).request(no_stdin).unwrap(), (Request::Explain { domain: "x.test".into() }, true));
+        assert_eq!(ctl(&["rtbl"]).request(no_stdin).unwrap(), (Request::Rtbl, false));
+        assert_eq!(
+            ctl(&["keep", "x.test", "--reason", "still spamming", "--json"]).request(no_stdin).unwrap(),
+            (Request::Keep { domain: "x.test".into(), reason: Some("still spamming".into()) }, true)
+        );
     }
 
     #[test]

@@ -170,6 +170,22 @@ pub enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The real-time blocklists followed ([[rtbl]]): each feed's state and counters, and its
+    /// entries with their reports (retracted ones marked).
+    Rtbl {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep a listed domain's block as the operator's own decision: it stays blocked after
+    /// the listing is retracted, the listing named as its provenance.
+    Keep {
+        domain: String,
+        /// Why, added to the listing's reason.
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Closed streams, newest first.
     History {
         #[arg(long)]

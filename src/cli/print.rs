@@ -5,7 +5,9 @@
 use std::io::{self, Write};
 
 use super::{BlacklistCommand, CtlCommand};
-use crate::engine::{ChangeReport, DomainReport, ExplainReport, ImportReport, ModeReport, ProbeReport, Reply, Status};
+use crate::engine::{
+    ChangeReport, DomainReport, ExplainReport, ImportReport, KeepReport, ModeReport, ProbeReport, Reply, RtblReport, Status,
+};
 use crate::events::{ConnSnapshot, VerificationOutcome, fmt_utc};
 use crate::store::DomainRecord;
 use crate::text::escape;
@@ -30,6 +32,8 @@ pub fn reply(cmd: &CtlCommand, reply: &Reply, out: &mut impl Write) -> io::Resul
         Reply::Domains(v) => domains(v, out)?,
         Reply::Domain(r) => domain(r, out)?,
         Reply::Explain(r) => explain(r, out)?,
+        Reply::Rtbl(r) => rtbl(r, out)?,
+        Reply::Keep(r) => keep(r, out)?,
         Reply::Import(r) => import(r, out)?,
         // Not asked for by any ctl command.
         Reply::Snapshot(_) | Reply::Transcript(_) => writeln!(out, "{reply:?}")?,
@@ -172,6 +176,12 @@ pub fn domain(r: &DomainReport, out: &mut impl Write) -> io::Result<()> {
             }
         }
     }
+    if !r.listings.is_empty() {
+        writeln!(out, "\nreal-time blocklists:")?;
+        for l in &r.listings {
+            listing(l, out)?;
+        }
+    }
     if !r.outcomes.is_empty() {
         writeln!(out, "\nrecent verifications:")?;
         for o in &r.outcomes {
@@ -260,6 +270,103 @@ pub fn explain(r: &ExplainReport, out: &mut impl Write) -> io::Result<()> {
     }
     writeln!(out, "\nlive streams:")?;
     connections(&r.streams, out)
+}
+
+/// `ctl rtbl`: per feed, its state and counters, then its entries in force and those
+/// retracted.
+pub fn rtbl(r: &RtblReport, out: &mut impl Write) -> io::Result<()> {
+    if r.feeds.is_empty() {
+        return writeln!(out, "no real-time blocklists followed (add an [[rtbl]] block to the config; see config.example.toml)");
+    }
+    for (i, f) in r.feeds.iter().enumerate() {
+        let s = &f.status;
+        if i > 0 {
+            writeln!(out)?;
+        }
+        writeln!(out, "{} node {}: {}, action {}", s.service, s.node, feed_state(&s.state), s.action.as_str())?;
+        let never = || "never".to_owned();
+        writeln!(
+            out,
+            "  entries {} (max {}); last sync {}; last change {}",
+            s.entries,
+            f.max_entries,
+            s.last_sync_ms.map(fmt_utc).unwrap_or_else(never),
+            s.last_change_ms.map(fmt_utc).unwrap_or_else(never)
+        )?;
+        writeln!(
+            out,
+            "  ignored: {} stanza(s) from another JID, {} item id(s) not a domain, {} item(s) beyond max_entries",
+            s.ignored_foreign, s.ignored_invalid, s.ignored_over_limit
+        )?;
+        let (listed, retracted): (Vec<_>, Vec<_>) = f.entries.iter().partition(|e| e.retracted_ms.is_none());
+        writeln!(out, "  listed ({}):", listed.len())?;
+        for e in listed {
+            entry(e, out)?;
+        }
+        if !retracted.is_empty() {
+            writeln!(out, "  retracted ({}):", retracted.len())?;
+            for e in retracted {
+                entry(e, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn feed_state(s: &crate::rtbl::FeedState) -> String {
+    use crate::rtbl::FeedState as S;
+    match s {
+        S::Subscribing => "subscribing".to_owned(),
+        S::Subscribed => "subscribed".to_owned(),
+        S::Stale(why) => format!("stale ({why})"),
+        S::Error(why) => format!("error ({why})"),
+    }
+}
+
+/// One entry of a feed: the domain, its report's reason, when seen, then the report's text.
+fn entry(e: &crate::store::RtblRecord, out: &mut impl Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "    {:<32} {:<26} first seen {}, last seen {}{}{}",
+        e.domain,
+        e.reason.as_deref().unwrap_or("-"),
+        fmt_utc(e.first_seen_ms),
+        fmt_utc(e.last_seen_ms),
+        if e.block_strangers { ", block-strangers" } else { "" },
+        e.retracted_ms.map(|t| format!(", RETRACTED {}", fmt_utc(t))).unwrap_or_default()
+    )?;
+    if let Some(t) = &e.text {
+        writeln!(out, "      report: {t}")?;
+    }
+    Ok(())
+}
+
+/// One listing of a domain (`ctl domain`): the feed, whether it is in force, the report.
+fn listing(l: &crate::store::RtblRecord, out: &mut impl Write) -> io::Result<()> {
+    let standing = match l.retracted_ms {
+        Some(t) => format!("retracted {}", fmt_utc(t)),
+        None => "listed now".to_owned(),
+    };
+    writeln!(out, "{} node {}: {standing}", l.service, l.node)?;
+    writeln!(
+        out,
+        "  reason {}; first seen {}, last seen {}{}",
+        l.reason.as_deref().unwrap_or("none given"),
+        fmt_utc(l.first_seen_ms),
+        fmt_utc(l.last_seen_ms),
+        if l.block_strangers { "; block-strangers recommended" } else { "" }
+    )?;
+    if let Some(t) = &l.text {
+        writeln!(out, "  report: {t}")?;
+    }
+    Ok(())
+}
+
+/// `ctl keep`: the domain's standing now, and the listing kept as its provenance.
+pub fn keep(r: &KeepReport, out: &mut impl Write) -> io::Result<()> {
+    change(&ChangeReport { record: r.record.clone(), changed: r.changed, closed_streams: r.closed_streams.clone() }, out)?;
+    write!(out, "kept: ")?;
+    listing(&r.listing, out)
 }
 
 fn list_suffix(v: &[String]) -> String {
@@ -438,6 +545,32 @@ mod tests {
         assert!(out.starts_with("would add 12 domain(s) from list: d0.test, "), "{out}");
         assert!(out.contains("d9.test, … (2 more)") && !out.contains("d10.test"), "{out}");
         assert!(out.ends_with("would close 0 live stream(s)\n"), "{out}");
+    }
+
+    #[test]
+    fn a_feed_says_why_it_is_stale_or_failing() {
+        use crate::rtbl::{Action, FeedState, FeedStatus};
+        let status = |state| FeedStatus {
+            service: "xmppbl.test".into(),
+            node: "n".into(),
+            action: Action::Strangers,
+            state,
+            entries: 0,
+            last_sync_ms: None,
+            last_change_ms: None,
+            ignored_foreign: 0,
+            ignored_invalid: 0,
+            ignored_over_limit: 0,
+        };
+        let report =
+            |state| RtblReport { feeds: vec![crate::engine::FeedReport { status: status(state), max_entries: 5, entries: vec![] }] };
+        let out = text(|o| rtbl(&report(FeedState::Stale("the node was deleted".into())), o));
+        assert!(out.starts_with("xmppbl.test node n: stale (the node was deleted), action strangers\n"), "{out}");
+        assert!(out.contains("entries 0 (max 5); last sync never; last change never"), "{out}");
+        let out = text(|o| rtbl(&report(FeedState::Error("no answer within 30s".into())), o));
+        assert!(out.starts_with("xmppbl.test node n: error (no answer within 30s), action strangers\n"), "{out}");
+        assert!(!out.contains("retracted ("), "no retracted section when none is: {out}");
+        assert_eq!(text(|o| rtbl(&RtblReport::default(), o)).lines().count(), 1);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 
-pub use crate::engine::{ChangeReport, DomainReport, ModeReport, Reply, Request, Snapshot};
+pub use crate::engine::{ChangeReport, DomainReport, KeepReport, ModeReport, Reply, Request, RtblReport, Snapshot};
 use crate::engine::{EngineError, EngineHandle};
 
 /// One line from a client: an engine request, or the socket's own `subscribe`.
@@ -53,6 +53,8 @@ impl Reply {
             Reply::Domains(x) => serde_json::to_value(x),
             Reply::Domain(x) => serde_json::to_value(x),
             Reply::Explain(x) => serde_json::to_value(x),
+            Reply::Rtbl(x) => serde_json::to_value(x),
+            Reply::Keep(x) => serde_json::to_value(x),
             Reply::Import(x) => serde_json::to_value(x),
             Reply::Snapshot(x) => serde_json::to_value(x),
             Reply::Transcript(x) => serde_json::to_value(x),
@@ -76,6 +78,8 @@ impl Reply {
             Request::Pending | Request::Domains { .. } => Reply::Domains(v(data)?),
             Request::Domain { .. } => Reply::Domain(v(data)?),
             Request::Explain { .. } => Reply::Explain(v(data)?),
+            Request::Rtbl => Reply::Rtbl(v(data)?),
+            Request::Keep { .. } => Reply::Keep(v(data)?),
             Request::BlacklistImport { .. } => Reply::Import(v(data)?),
             Request::Snapshot => Reply::Snapshot(v(data)?),
             Request::Transcript { .. } => Reply::Transcript(v(data)?),

@@ -65,6 +65,9 @@ async fn event_loop(
     frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // The header's uptime and counts; the only wake-up of an idle dashboard.
     let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    // When the feeds' entries were last read: at most once a second while they change (a
+    // sync changes many at once), the status tick picking up the last change.
+    let mut rtbl_read = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -82,9 +85,13 @@ async fn event_loop(
                     model.status = Some(*s);
                     model.dirty = true;
                 }
+                refresh_rtbl(client, model, &mut rtbl_read).await;
             }
             ev = incoming.recv() => match ev {
-                Some(Incoming::Event(e)) => model.apply(*e),
+                Some(Incoming::Event(e)) => {
+                    model.apply(*e);
+                    refresh_rtbl(client, model, &mut rtbl_read).await;
+                }
                 Some(Incoming::Resync) => {
                     if let Ok(s) = client.snapshot().await {
                         model.load(s);
@@ -99,9 +106,10 @@ async fn event_loop(
             },
             k = keys.next() => match k {
                 Some(Ok(TermEvent::Key(key))) if key.kind == KeyEventKind::Press => {
-                    if model.show_help || model.domain_report.is_some() {
+                    if model.show_help || model.domain_report.is_some() || model.explain.is_some() {
                         model.show_help = false;
                         model.domain_report = None;
+                        model.explain = None;
                         model.dirty = true;
                         continue;
                     }
@@ -118,6 +126,20 @@ async fn event_loop(
                 None => return Ok(()),
             },
         }
+    }
+}
+
+/// The feeds' entries again (`Request::Rtbl`) when an event said they changed, at most once
+/// a second (`last` is when they were last read).
+async fn refresh_rtbl(client: &Arc<Client>, model: &mut Model, last: &mut tokio::time::Instant) {
+    if !model.rtbl_stale || last.elapsed() < Duration::from_secs(1) {
+        return;
+    }
+    *last = tokio::time::Instant::now();
+    match client.request(Request::Rtbl).await {
+        Ok(Reply::Rtbl(r)) => model.set_rtbl(*r),
+        Ok(other) => model.message = Some(format!("rtbl: unexpected answer {other:?}")),
+        Err(e) => model.message = Some(format!("rtbl: {e}")),
     }
 }
 
@@ -141,6 +163,27 @@ fn describe_change(r: Result<Reply, String>) -> String {
     }
 }
 
+/// A kept listing, in the footer: the domain's standing now, the listing kept, the streams
+/// closed, then the reason (long: it carries the report).
+fn describe_keep(k: &crate::engine::KeepReport) -> String {
+    let kept = match k.listing.retracted_ms {
+        Some(_) => "a retracted listing",
+        None => "a listing in force",
+    };
+    let mut m = format!("{}: {}, keeping {kept} by {}", k.record.domain, k.record.state.as_str(), k.listing.service);
+    if !k.changed {
+        m.push_str(" — unchanged");
+    }
+    if !k.closed_streams.is_empty() {
+        m.push_str(&format!("; closed {} stream(s)", k.closed_streams.len()));
+    }
+    if let Some(reason) = &k.record.reason {
+        m.push_str(&format!(" — {reason}"));
+    }
+    // The reason carries the service's report: escaped for the footer.
+    crate::text::escape(&m).into_owned()
+}
+
 /// What an intent does in the current view.
 pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::sync::mpsc::Sender<String>) {
     if let Some(prompt) = m.prompt.clone() {
@@ -148,8 +191,8 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
     }
     let page = 10;
     match i {
-        Intent::NextView => m.view = View::ALL[(m.view.index() + 1) % 4],
-        Intent::PrevView => m.view = View::ALL[(m.view.index() + 3) % 4],
+        Intent::NextView => m.view = View::ALL[(m.view.index() + 1) % View::ALL.len()],
+        Intent::PrevView => m.view = View::ALL[(m.view.index() + View::ALL.len() - 1) % View::ALL.len()],
         Intent::Show(v) => m.view = v,
         Intent::Up => m.move_selection(-1),
         Intent::Down => m.move_selection(1),
@@ -180,7 +223,9 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
                 m.set_filter(String::new());
             }
         }
-        Intent::Approve | Intent::Clear | Intent::Block | Intent::Blacklist | Intent::Probe => act_on_domain(client, m, i, notes).await,
+        Intent::Approve | Intent::Clear | Intent::Block | Intent::Blacklist | Intent::Keep | Intent::Probe => {
+            act_on_domain(client, m, i, notes).await
+        }
         Intent::CloseStream => match m.selected_conn() {
             Some(c) if m.view == View::Connections && c.state != crate::events::ConnState::Closed => {
                 m.prompt = Some(Prompt::ConfirmClose { id: c.id })
@@ -188,6 +233,7 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
             _ => m.message = Some("select a live stream in Connections first".into()),
         },
         Intent::Open => open_selected(client, m).await,
+        Intent::Explain => explain_selected(client, m).await,
         Intent::CycleMode => cycle_mode(client, m).await,
         Intent::WriteTranscript => write_transcript(m),
         Intent::Quit | Intent::Input(_) | Intent::Backspace | Intent::Submit | Intent::Nothing => {}
@@ -206,6 +252,7 @@ async fn act_on_domain(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &t
         Intent::Clear => m.message = Some(describe_change(client.request(Request::Unblock { domain }).await)),
         Intent::Block => m.prompt = Some(Prompt::Block { domain, input: String::new() }),
         Intent::Blacklist => m.prompt = Some(Prompt::Blacklist { domain, input: String::new() }),
+        Intent::Keep => m.prompt = Some(Prompt::Keep { domain, input: String::new() }),
         _ => {
             m.message = Some(format!("probing {domain}…"));
             let (client, notes) = (client.clone(), notes.clone());
@@ -242,6 +289,20 @@ async fn open_selected(client: &Arc<Client>, m: &mut Model) {
             }
         }
         _ => {}
+    }
+}
+
+/// `e`: why the selected domain (a stream's remote, a listed domain) is treated as it is,
+/// shown over the view.
+async fn explain_selected(client: &Arc<Client>, m: &mut Model) {
+    let Some(d) = m.selected_domain() else {
+        m.message = Some("select a stream or a domain first".into());
+        return;
+    };
+    match client.request(Request::Explain { domain: d.clone() }).await {
+        Ok(Reply::Explain(r)) => m.explain = Some(*r),
+        Ok(other) => m.message = Some(format!("{d}: unexpected answer {other:?}")),
+        Err(e) => m.message = Some(format!("{d}: {e}")),
     }
 }
 
@@ -344,6 +405,19 @@ async fn prompt_key(client: &Arc<Client>, m: &mut Model, prompt: Prompt, i: Inte
             }
             m.prompt = None;
             m.message = Some(describe_change(client.request(Request::Blacklist { domain, reason: input.trim().to_owned() }).await));
+        }
+        (Prompt::Keep { domain, input }, Intent::Submit) => {
+            m.prompt = None;
+            let reason = Some(input.trim().to_owned()).filter(|r| !r.is_empty());
+            m.message = Some(match client.request(Request::Keep { domain, reason }).await {
+                Ok(Reply::Keep(k)) => describe_keep(&k),
+                Ok(other) => format!("unexpected answer: {other:?}"),
+                Err(e) => format!("failed: {e}"),
+            });
+        }
+        (Prompt::Keep { domain, mut input }, _) => {
+            edit(&mut input);
+            m.prompt = Some(Prompt::Keep { domain, input });
         }
         (Prompt::Filter { mut input }, _) => {
             edit(&mut input);

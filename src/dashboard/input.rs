@@ -21,10 +21,12 @@ pub enum Intent {
     Approve,
     Block,
     Blacklist,
+    Keep,
     Clear,
     Probe,
     CloseStream,
     Open,
+    Explain,
     CycleMode,
     Sort,
     Help,
@@ -41,15 +43,17 @@ pub enum Intent {
 
 /// Every key and what it does, for the help overlay and README.
 pub const KEYS: &[(&str, &str)] = &[
-    ("Tab / Shift-Tab, 1-4", "switch view"),
+    ("Tab / Shift-Tab, 1-5", "switch view (5: real-time blocklists)"),
     ("↑ ↓ PgUp PgDn g G", "move"),
     ("/", "filter (domain, id, state, internal, component) / search the transcript; Esc clears"),
     ("s", "connections: sort by age, remote, state or traffic"),
     ("Enter", "open: a stream's transcript / a domain's history"),
+    ("e", "explain: why the selected domain or stream's remote is treated so, rule by rule"),
     ("a", "approve the selected domain"),
     ("b", "block it (asks for duration and reason)"),
     ("B", "blacklist it with its subdomains (asks for a reason)"),
     ("u", "clear block or blacklist"),
+    ("K", "keep a listed domain's block as yours (asks for a reason)"),
     ("p", "probe: ping over federation"),
     ("k", "close the selected stream (asks first)"),
     ("m", "change the federation mode"),
@@ -81,6 +85,7 @@ pub fn intent(key: KeyEvent, prompt_open: bool) -> Intent {
         KeyCode::Char('2') => Intent::Show(View::Domains),
         KeyCode::Char('3') => Intent::Show(View::Verifications),
         KeyCode::Char('4') => Intent::Show(View::Transcript),
+        KeyCode::Char('5') => Intent::Show(View::Rtbl),
         KeyCode::Up => Intent::Up,
         KeyCode::Down => Intent::Down,
         KeyCode::PageUp => Intent::PageUp,
@@ -92,9 +97,11 @@ pub fn intent(key: KeyEvent, prompt_open: bool) -> Intent {
         KeyCode::Char('b') => Intent::Block,
         KeyCode::Char('B') => Intent::Blacklist,
         KeyCode::Char('u') => Intent::Clear,
+        KeyCode::Char('K') => Intent::Keep,
         KeyCode::Char('p') => Intent::Probe,
         KeyCode::Char('k') => Intent::CloseStream,
         KeyCode::Enter => Intent::Open,
+        KeyCode::Char('e') => Intent::Explain,
         KeyCode::Char('m') => Intent::CycleMode,
         KeyCode::Char('s') => Intent::Sort,
         KeyCode::Char('?') => Intent::Help,
@@ -119,6 +126,9 @@ mod tests {
         assert_eq!(intent(k(KeyCode::Char('q')), false), Intent::Quit);
         assert_eq!(intent(k(KeyCode::Tab), false), Intent::NextView);
         assert_eq!(intent(k(KeyCode::Char('2')), false), Intent::Show(View::Domains));
+        assert_eq!(intent(k(KeyCode::Char('5')), false), Intent::Show(View::Rtbl));
+        assert_eq!(intent(k(KeyCode::Char('e')), false), Intent::Explain);
+        assert_eq!(intent(k(KeyCode::Char('K')), false), Intent::Keep);
         assert_eq!(intent(k(KeyCode::Char('a')), false), Intent::Approve);
         assert_eq!(intent(k(KeyCode::Char('b')), false), Intent::Block);
         assert_eq!(intent(k(KeyCode::Char('B')), false), Intent::Blacklist);

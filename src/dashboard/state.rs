@@ -15,10 +15,12 @@ pub enum View {
     Domains,
     Verifications,
     Transcript,
+    /// The real-time blocklists followed: each feed's state, and the domains listed.
+    Rtbl,
 }
 
 impl View {
-    pub const ALL: [View; 4] = [View::Connections, View::Domains, View::Verifications, View::Transcript];
+    pub const ALL: [View; 5] = [View::Connections, View::Domains, View::Verifications, View::Transcript, View::Rtbl];
 
     pub fn index(self) -> usize {
         View::ALL.iter().position(|v| *v == self).unwrap_or(0)
@@ -30,6 +32,7 @@ impl View {
             View::Domains => "Domains",
             View::Verifications => "Verifications",
             View::Transcript => "Transcript",
+            View::Rtbl => "RTBL",
         }
     }
 }
@@ -76,6 +79,11 @@ pub enum Prompt {
         domain: String,
         input: String,
     },
+    /// An optional reason for keeping a listed domain's block as the operator's.
+    Keep {
+        domain: String,
+        input: String,
+    },
     ConfirmClose {
         id: String,
     },
@@ -102,6 +110,12 @@ pub struct Model {
     pub outcomes: VecDeque<VerificationOutcome>,
     /// The real-time blocklist feeds' latest status, in configuration order of arrival.
     pub feeds: Vec<crate::rtbl::FeedStatus>,
+    /// The feeds' entries as last asked for (`Request::Rtbl`, and in the snapshot).
+    pub rtbl: crate::engine::RtblReport,
+    /// The domains listed now, each with its listings in words: the "listed" marks.
+    listed: HashMap<String, Vec<String>>,
+    /// A feed's entries changed since [`Model::rtbl`] was read: ask again.
+    pub rtbl_stale: bool,
     /// Bytes per second in+out per stream, newest last (sparklines).
     pub traffic: HashMap<String, VecDeque<u64>>,
     last_bytes: HashMap<String, u64>,
@@ -112,7 +126,7 @@ pub struct Model {
     pub transcript_scroll: usize,
     pub view: View,
     /// Selected row per view.
-    pub selected: [usize; 4],
+    pub selected: [usize; 5],
     pub filter: String,
     pub sort: SortBy,
     pub prompt: Option<Prompt>,
@@ -120,11 +134,16 @@ pub struct Model {
     pub show_help: bool,
     /// A domain's history, shown over the view (Enter in Domains; any key closes).
     pub domain_report: Option<crate::engine::DomainReport>,
+    /// Why a domain is treated as it is (`e`), shown over the view; any key closes.
+    pub explain: Option<crate::engine::ExplainReport>,
     pub no_color: bool,
     /// Something changed since the last frame.
     pub dirty: bool,
     conn_index: Vec<String>,
     domain_index: Vec<String>,
+    /// The RTBL view's rows: (feed, entry) indexes into [`Model::rtbl`], listed first.
+    rtbl_index: Vec<(usize, usize)>,
+    rtbl_index_stale: bool,
     /// Connections index out of date.
     index_stale: bool,
     /// Domains index out of date (separate: 100 000 domains change rarely).
@@ -152,6 +171,9 @@ impl Model {
             domains: BTreeMap::new(),
             outcomes: VecDeque::new(),
             feeds: Vec::new(),
+            rtbl: Default::default(),
+            listed: HashMap::new(),
+            rtbl_stale: false,
             traffic: HashMap::new(),
             last_bytes: HashMap::new(),
             transcript_id: None,
@@ -160,17 +182,20 @@ impl Model {
             reveal: false,
             transcript_scroll: 0,
             view: View::Connections,
-            selected: [0; 4],
+            selected: [0; 5],
             filter: String::new(),
             sort: SortBy::Age,
             prompt: None,
             message: None,
             show_help: false,
             domain_report: None,
+            explain: None,
             no_color,
             dirty: true,
             conn_index: Vec::new(),
             domain_index: Vec::new(),
+            rtbl_index: Vec::new(),
+            rtbl_index_stale: true,
             index_stale: true,
             domains_stale: true,
             counts: None,
@@ -214,6 +239,7 @@ impl Model {
         }
         self.domains = s.domains.into_iter().map(|d| (d.domain.clone(), d)).collect();
         self.outcomes = s.outcomes.into_iter().collect();
+        self.set_rtbl(s.rtbl);
         self.index_stale = true;
         self.domains_stale = true;
         self.counts = None;
@@ -295,11 +321,75 @@ impl Model {
                     self.push_transcript(line);
                 }
             }
-            Event::Feed { status } => match self.feeds.iter_mut().find(|f| f.service == status.service && f.node == status.node) {
-                Some(f) => *f = status,
-                None => self.feeds.push(status),
-            },
+            Event::Feed { status } => {
+                // Its entries changed (their number, or the time of the last change): the
+                // entries are asked for again (the app does, at most once a second).
+                let entries_changed =
+                    |f: &crate::rtbl::FeedStatus| f.entries != status.entries || f.last_change_ms != status.last_change_ms;
+                match self.feeds.iter_mut().find(|f| f.service == status.service && f.node == status.node) {
+                    Some(f) => {
+                        self.rtbl_stale |= entries_changed(f);
+                        *f = status;
+                    }
+                    None => {
+                        self.rtbl_stale = true;
+                        self.feeds.push(status);
+                    }
+                }
+            }
         }
+    }
+
+    /// The feeds' entries as the engine gave them (`Request::Rtbl`): the RTBL view and the
+    /// "listed" marks. Their statuses replace those kept from events (the store has them
+    /// before the event is sent).
+    pub fn set_rtbl(&mut self, r: crate::engine::RtblReport) {
+        self.feeds = r.feeds.iter().map(|f| f.status.clone()).collect();
+        self.listed = r.listed();
+        self.rtbl = r;
+        self.rtbl_stale = false;
+        self.rtbl_index_stale = true;
+        self.dirty = true;
+    }
+
+    /// The listings of a domain in force now, in words (`listed by xmppbl.org: spam`); empty
+    /// when none lists it.
+    pub fn listings(&self, domain: &str) -> &[String] {
+        self.listed.get(domain).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether a stream's remote domain (any of its pairs') is listed.
+    pub fn stream_listed(&self, c: &ConnSnapshot) -> bool {
+        !self.listed.is_empty()
+            && (c.pairs.iter().any(|p| self.listed.contains_key(&p.remote))
+                || c.remote.as_ref().is_some_and(|r| self.listed.contains_key(r)))
+    }
+
+    /// The RTBL view's rows: (feed, entry) indexes into [`Model::rtbl`], the entries in force
+    /// first, then the retracted ones; filtered by domain.
+    pub fn rtbl_rows(&mut self) -> &[(usize, usize)] {
+        if self.rtbl_index_stale {
+            let f = self.filter.to_lowercase();
+            let mut rows: Vec<(bool, &str, usize, usize)> = Vec::new();
+            for (i, feed) in self.rtbl.feeds.iter().enumerate() {
+                for (j, e) in feed.entries.iter().enumerate() {
+                    if f.is_empty() || e.domain.contains(&f) {
+                        rows.push((e.retracted_ms.is_some(), e.domain.as_str(), i, j));
+                    }
+                }
+            }
+            rows.sort();
+            self.rtbl_index = rows.into_iter().map(|(_, _, i, j)| (i, j)).collect();
+            self.rtbl_index_stale = false;
+        }
+        &self.rtbl_index
+    }
+
+    /// The RTBL view's selected entry.
+    pub fn selected_entry(&mut self) -> Option<&crate::store::RtblRecord> {
+        let i = self.selected[View::Rtbl.index()];
+        let (f, e) = *self.rtbl_rows().get(i)?;
+        self.rtbl.feeds.get(f)?.entries.get(e)
     }
 
     /// Show a transcript line: indented for reading (the engine keeps the wire bytes), at
@@ -351,7 +441,8 @@ impl Model {
         self.filter = f;
         self.index_stale = true;
         self.domains_stale = true;
-        self.selected = [0; 4];
+        self.rtbl_index_stale = true;
+        self.selected = [0; 5];
         self.dirty = true;
     }
 
@@ -376,6 +467,7 @@ impl Model {
             View::Domains => self.domain_rows().len(),
             View::Verifications => self.outcome_rows().len(),
             View::Transcript => self.transcript.len(),
+            View::Rtbl => self.rtbl_rows().len(),
         }
     }
 
@@ -397,6 +489,7 @@ impl Model {
                 self.outcome_rows().get(i).map(|o| o.remote.clone())
             }
             View::Transcript => self.transcript_id.clone().and_then(|id| self.conns.get(&id).and_then(|c| c.remote.clone())),
+            View::Rtbl => self.selected_entry().map(|e| e.domain.clone()),
         }
     }
 

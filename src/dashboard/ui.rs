@@ -11,6 +11,7 @@ use super::input::KEYS;
 use super::state::{Model, Prompt, View};
 use crate::events::{ConnSnapshot, ConnState, Direction, PairStatus, VerificationResult, fmt_utc, now_ms};
 use crate::policy::DomainState;
+use crate::text::escape;
 use crate::xml::writer::KEY_MARKER;
 
 struct Theme {
@@ -59,6 +60,7 @@ pub fn draw(f: &mut Frame, m: &mut Model) {
         View::Domains => draw_domains(f, m, &t, body),
         View::Verifications => draw_verifications(f, m, &t, body),
         View::Transcript => draw_transcript(f, m, &t, body),
+        View::Rtbl => draw_rtbl(f, m, &t, body),
     }
     draw_footer(f, m, &t, footer);
     if m.show_help {
@@ -67,20 +69,183 @@ pub fn draw(f: &mut Frame, m: &mut Model) {
     if let Some(r) = &m.domain_report {
         draw_domain_report(f, r, &t);
     }
+    if let Some(r) = &m.explain {
+        draw_explain(f, r, &t);
+    }
+}
+
+/// Why a domain is treated as it is (`e`): the verdict and the rule that gave it, the marks,
+/// every rule in order (`*` the deciding one), then what each direction meets.
+fn draw_explain(f: &mut Frame, r: &crate::engine::ExplainReport, t: &Theme) {
+    use crate::engine::ExplainVerdict as V;
+    let area = f.area();
+    let rect = Rect { x: area.x + 2, y: area.y + 2, width: area.width.saturating_sub(4), height: area.height.saturating_sub(4) };
+    let (verdict, style) = match r.verdict {
+        V::Allow => ("allowed to federate", t.fg(Color::Green)),
+        V::Hold => ("held until the operator decides", t.fg(Color::Yellow)),
+        V::Refuse => ("refused", t.fg(Color::Red)),
+    };
+    let why = r.reason.as_deref().map(|w| format!(": {}", escape(w))).unwrap_or_default();
+    let mut lines = vec![
+        Line::from(vec![Span::styled(format!("{}: ", r.domain), t.header()), Span::styled(format!("{verdict}{why}"), style)]),
+        Line::from(format!("decided by: {}", r.decided_by.as_str())),
+    ];
+    for mark in &r.marks {
+        lines.push(Line::from(Span::styled(format!("mark: {}", escape(mark)), t.fg(Color::Magenta))));
+    }
+    lines.push(Line::from(Span::styled("rules, in the order applied (* decided)", t.header())));
+    for s in &r.steps {
+        let line = format!(
+            "{} {:<19} {:<11} {} → {}",
+            if s.decided { "*" } else { " " },
+            s.rule.as_str(),
+            if s.matched { "matched" } else { "not matched" },
+            escape(&s.found),
+            escape(&s.effect)
+        );
+        lines.push(Line::from(if s.decided { Span::styled(line, t.header()) } else { Span::raw(line) }));
+    }
+    for d in &r.directions {
+        let title = if d.direction == Direction::In { "a stream from it" } else { "a stream to it" };
+        lines.push(Line::from(vec![Span::styled(format!("{title}: "), t.header()), Span::raw(escape(&d.outcome).into_owned())]));
+        for q in &d.requirements {
+            lines.push(Line::from(format!("  requires: {}", escape(q))));
+        }
+    }
+    lines.push(Line::from(match &r.last_verification {
+        Some(o) => format!("last verification: {} {} {}", &fmt_utc(o.time_ms)[..19], o.result.as_str(), escape(&o.reason)),
+        None => "last verification: none recorded".to_owned(),
+    }));
+    lines.push(Line::from(format!("live streams: {}", r.streams.len())));
+    f.render_widget(Clear, rect);
+    f.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" Explain (any key closes) ")).wrap(Wrap { trim: false }),
+        rect,
+    );
+}
+
+/// The real-time blocklists: each feed's state and counters, then the domains they list (in
+/// force first, retracted ones dimmed), with their reports.
+fn draw_rtbl(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
+    if m.feeds.is_empty() {
+        f.render_widget(
+            Paragraph::new("No real-time blocklists followed: add an [[rtbl]] block to the config (see config.example.toml).")
+                .block(Block::default().borders(Borders::TOP).title(" Real-time blocklists ")),
+            area,
+        );
+        return;
+    }
+    let feeds_h = (m.feeds.len() as u16 + 2).min(area.height / 2).max(3);
+    let [top, bottom] = Layout::vertical([Constraint::Length(feeds_h), Constraint::Min(3)]).areas(area);
+    let wide = area.width >= 140;
+    let mut rows = Vec::with_capacity(m.feeds.len());
+    for s in &m.feeds {
+        use crate::rtbl::FeedState as S;
+        let (state, style) = match &s.state {
+            S::Subscribing => ("subscribing".to_owned(), t.fg(Color::Yellow)),
+            S::Subscribed => ("subscribed".to_owned(), t.fg(Color::Green)),
+            S::Stale(why) => (format!("stale: {}", escape(why)), t.fg(Color::Red)),
+            S::Error(why) => (format!("error: {}", escape(why)), t.fg(Color::Red)),
+        };
+        let when = |x: Option<u64>| x.map(|x| fmt_utc(x)[..19].to_owned()).unwrap_or_else(|| "never".into());
+        let mut cells = vec![
+            Cell::from(format!("{} {}", s.service, s.node)),
+            Cell::from(s.action.as_str()),
+            Cell::from(s.entries.to_string()),
+            Cell::from(Span::styled(state, style)),
+        ];
+        if wide {
+            cells.push(Cell::from(when(s.last_sync_ms)));
+            cells.push(Cell::from(when(s.last_change_ms)));
+            cells.push(Cell::from(format!("{}/{}/{}", s.ignored_foreign, s.ignored_invalid, s.ignored_over_limit)));
+        }
+        rows.push(Row::new(cells));
+    }
+    let mut header = vec!["feed", "action", "entries", "state"];
+    let mut widths = vec![Constraint::Min(32), Constraint::Length(9), Constraint::Length(7), Constraint::Min(20)];
+    if wide {
+        header.extend(["last sync", "last change", "ignored foreign/invalid/over"]);
+        widths.extend([Constraint::Length(19), Constraint::Length(19), Constraint::Length(28)]);
+    }
+    f.render_widget(
+        Table::new(rows, widths)
+            .header(Row::new(header).style(t.header()))
+            .block(Block::default().borders(Borders::TOP).title(format!(" Real-time blocklists ({}) ", m.feeds.len()))),
+        top,
+    );
+    let sel = m.selected[View::Rtbl.index()];
+    let total = m.rtbl_rows().len();
+    let (start, end) = window(sel, total, bottom.height.saturating_sub(2) as usize);
+    let visible = m.rtbl_rows()[start..end].to_vec();
+    let mut rows = Vec::with_capacity(end - start);
+    for (i, (fi, ei)) in visible.into_iter().enumerate() {
+        let Some(e) = m.rtbl.feeds.get(fi).and_then(|f| f.entries.get(ei)) else { continue };
+        let standing = match e.retracted_ms {
+            Some(x) => format!("retracted {}", &fmt_utc(x)[..19]),
+            None if e.block_strangers => "listed, block-strangers".to_owned(),
+            None => "listed".to_owned(),
+        };
+        let reason = e.reason.as_deref().map(|r| r.strip_prefix("urn:xmpp:reporting:").unwrap_or(r)).unwrap_or("-");
+        let mut cells = vec![Cell::from(e.domain.clone())];
+        if wide {
+            cells.push(Cell::from(e.service.clone()));
+        }
+        cells.push(Cell::from(standing));
+        cells.push(Cell::from(escape(reason).into_owned()));
+        if wide {
+            cells.push(Cell::from(fmt_utc(e.first_seen_ms)[..19].to_owned()));
+        }
+        cells.push(Cell::from(escape(e.text.as_deref().unwrap_or("")).into_owned()));
+        let mut row = Row::new(cells);
+        if e.retracted_ms.is_some() {
+            row = row.style(t.dim());
+        }
+        if start + i == sel {
+            row = row.style(t.selected());
+        }
+        rows.push(row);
+    }
+    let (header, widths) = if wide {
+        (
+            vec!["domain", "feed", "standing", "reason", "first seen", "report"],
+            vec![
+                Constraint::Min(24),
+                Constraint::Length(20),
+                Constraint::Length(29),
+                Constraint::Length(10),
+                Constraint::Length(19),
+                Constraint::Min(20),
+            ],
+        )
+    } else {
+        (
+            vec!["domain", "standing", "reason", "report"],
+            vec![Constraint::Min(18), Constraint::Length(29), Constraint::Length(8), Constraint::Min(12)],
+        )
+    };
+    let listed = m.rtbl.feeds.iter().flat_map(|f| &f.entries).filter(|e| e.retracted_ms.is_none()).count();
+    let title = format!(
+        " Listed domains ({listed} listed, {} retracted kept) ",
+        m.rtbl.feeds.iter().map(|f| f.entries.len()).sum::<usize>() - listed
+    );
+    f.render_widget(
+        Table::new(rows, widths).header(Row::new(header).style(t.header())).block(Block::default().borders(Borders::TOP).title(title)),
+        bottom,
+    );
 }
 
 /// A domain's history: standing and why, counters, recent verifications, streams, policy log.
 fn draw_domain_report(f: &mut Frame, r: &crate::engine::DomainReport, t: &Theme) {
     let area = f.area();
     let rect = Rect { x: area.x + 2, y: area.y + 2, width: area.width.saturating_sub(4), height: area.height.saturating_sub(4) };
-    let mut lines = vec![Line::from(Span::styled(format!("{}: {}", r.domain, r.verdict), t.header()))];
+    let mut lines = vec![Line::from(Span::styled(format!("{}: {}", r.domain, escape(&r.verdict)), t.header()))];
     if let Some(rec) = &r.record {
         let mut state = rec.state.as_str().to_owned();
         if let Some(x) = rec.expires_ms {
             state.push_str(&format!(" until {}", fmt_utc(x)));
         }
         if let Some(reason) = &rec.reason {
-            state.push_str(&format!(" — {reason}"));
+            state.push_str(&format!(" — {}", escape(reason)));
         }
         if let (Some(who), Some(when)) = (&rec.who, rec.when_ms) {
             state.push_str(&format!(" (by {who}, {})", fmt_utc(when)));
@@ -90,6 +255,29 @@ fn draw_domain_report(f: &mut Frame, r: &crate::engine::DomainReport, t: &Theme)
             "streams {} in / {} out, stanzas {} in / {} out",
             rec.streams_in, rec.streams_out, rec.stanzas_in, rec.stanzas_out
         )));
+    }
+    if !r.listings.is_empty() {
+        lines.push(Line::from(Span::styled("real-time blocklists", t.header())));
+        for l in &r.listings {
+            let standing = match l.retracted_ms {
+                Some(x) => format!("retracted {}", &fmt_utc(x)[..19]),
+                None => "listed now".to_owned(),
+            };
+            lines.push(Line::from(Span::styled(
+                format!(
+                    "  {} node {}: {standing}; reason {}; first seen {}{}",
+                    l.service,
+                    l.node,
+                    escape(l.reason.as_deref().unwrap_or("none given")),
+                    &fmt_utc(l.first_seen_ms)[..19],
+                    if l.block_strangers { "; block-strangers" } else { "" }
+                ),
+                if l.retracted_ms.is_some() { t.dim() } else { t.fg(Color::Magenta) },
+            )));
+            if let Some(text) = &l.text {
+                lines.push(Line::from(format!("    report: {}", escape(text))));
+            }
+        }
     }
     lines.push(Line::from(Span::styled("verifications", t.header())));
     for o in &r.outcomes {
@@ -117,7 +305,7 @@ fn draw_domain_report(f: &mut Frame, r: &crate::engine::DomainReport, t: &Theme)
             &fmt_utc(a.time_ms)[..19],
             a.action,
             a.who,
-            a.reason.as_deref().map(|x| format!(": {x}")).unwrap_or_default()
+            a.reason.as_deref().map(|x| format!(": {}", escape(x))).unwrap_or_default()
         )));
     }
     f.render_widget(Clear, rect);
@@ -249,6 +437,7 @@ fn conn_cells(m: &Model, id: &str, c: &ConnSnapshot, now: u64, wide: bool) -> Ve
         crate::events::StreamKind::Internal => format!("[internal] {}", remotes(c)),
         crate::events::StreamKind::Component => format!("[component] {}", remotes(c)),
     };
+    let remote = if m.stream_listed(c) { format!("{remote} [listed]") } else { remote };
     let auth = c.pairs.iter().map(|p| format!("{}{}", method_label(p.method), pair_badge(p.status))).collect::<Vec<_>>().join(" ");
     let mut cells = vec![
         Cell::from(if c.direction == Direction::In { "in" } else { "out" }),
@@ -387,12 +576,17 @@ fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
             (s, _) => s.as_str().to_owned(),
         };
         let badge = if d.downgrade.is_some() { format!("{badge} ⚠") } else { badge };
-        let why = match (&d.downgrade, &d.reason) {
-            (Some(dg), _) => dg.clone(),
-            (None, r) => r.clone().unwrap_or_default(),
+        let listings = m.listings(&d.domain);
+        let why = match (&d.downgrade, &d.reason, listings.first()) {
+            (Some(dg), _, _) => escape(dg).into_owned(),
+            // A kept listing's reason carries the service's report.
+            (None, Some(r), _) => escape(r).into_owned(),
+            (None, None, Some(l)) => escape(l).into_owned(),
+            (None, None, None) => String::new(),
         };
+        let name = if listings.is_empty() { d.domain.clone() } else { format!("{} [listed]", d.domain) };
         let mut cells = vec![
-            Cell::from(d.domain.clone()),
+            Cell::from(name),
             Cell::from(Span::styled(badge, t.state(d.state))),
             Cell::from(why),
             Cell::from(format!("{}/{}", d.streams_in, d.streams_out)),
@@ -495,16 +689,20 @@ fn draw_footer(f: &mut Frame, m: &Model, t: &Theme, area: Rect) {
             format!("block {domain} — duration and reason (e.g. \"2h flooding\"; empty = until unblocked): {input}_")
         }
         Prompt::Blacklist { domain, input } => format!("blacklist {domain} and its subdomains — reason: {input}_"),
+        Prompt::Keep { domain, input } => {
+            format!("keep {domain}'s listing as your block (it stays after a retract) — reason (optional): {input}_")
+        }
         Prompt::ConfirmClose { id } => format!("close stream {}? (y/n)", &id[..id.len().min(12)]),
         Prompt::Filter { input } => format!("filter: {input}_"),
     });
     let keys = match m.view {
         View::Connections => {
-            "Enter transcript  k close  a approve  b block  B blacklist  p probe  / filter  s sort  m mode  ? help  q quit"
+            "Enter transcript  e explain  k close  a approve  b block  B blacklist  p probe  / filter  s sort  m mode  ? help  q quit"
         }
-        View::Domains => "a approve  b block  B blacklist  u clear  p probe  Enter history  / filter  m mode  ? help  q quit",
-        View::Verifications => "/ filter (domain or result)  a approve  b block  ? help  q quit",
+        View::Domains => "a approve  b block  B blacklist  u clear  p probe  Enter history  e explain  / filter  m mode  ? help  q quit",
+        View::Verifications => "/ filter (domain or result)  e explain  a approve  b block  ? help  q quit",
         View::Transcript => "f follow/pause  ↑↓ scroll  / search  r reveal keys  w write to file  ? help  q quit",
+        View::Rtbl => "e explain  K keep  a approve  b block  B blacklist  p probe  / filter  ? help  q quit",
     };
     let first = match (&prompt, &m.message) {
         (Some(p), _) => Line::from(Span::styled(p.clone(), t.fg(Color::Yellow).add_modifier(Modifier::BOLD))),

@@ -65,6 +65,15 @@ pub enum Request {
     Explain {
         domain: String,
     },
+    /// `ctl rtbl`: each real-time blocklist feed configured, its state and its entries.
+    Rtbl,
+    /// `ctl keep`: a listed domain's block made the operator's own (it outlives the
+    /// listing's retract), with the listing as its provenance.
+    Keep {
+        domain: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
     History {
         #[serde(default)]
         domain: Option<String>,
@@ -102,6 +111,56 @@ pub struct Snapshot {
     pub connections: Vec<crate::events::ConnSnapshot>,
     pub domains: Vec<crate::store::DomainRecord>,
     pub outcomes: Vec<crate::events::VerificationOutcome>,
+    /// The real-time blocklists followed and their entries (the dashboard's RTBL view and its
+    /// "listed" marks).
+    #[serde(default)]
+    pub rtbl: RtblReport,
+}
+
+/// `ctl rtbl`: every `[[rtbl]]` feed in the configuration order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RtblReport {
+    pub feeds: Vec<FeedReport>,
+}
+
+/// One feed: its status (as its subscriber last stored it; `subscribing` with no entries
+/// before the first) and its entries by domain, retracted ones included and marked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FeedReport {
+    pub status: crate::rtbl::FeedStatus,
+    /// `max_entries`: entries beyond it are ignored (and counted).
+    pub max_entries: usize,
+    pub entries: Vec<crate::store::RtblRecord>,
+}
+
+impl RtblReport {
+    /// The domains listed now (not retracted), each with its listings' feed and report in
+    /// words (`listed by xmppbl.org: spam`).
+    pub fn listed(&self) -> std::collections::HashMap<String, Vec<String>> {
+        let mut m: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+        for f in &self.feeds {
+            for e in f.entries.iter().filter(|e| e.retracted_ms.is_none()) {
+                m.entry(e.domain.clone()).or_default().push(format!("listed by {}: {}", e.service, listing_summary(e)));
+            }
+        }
+        m
+    }
+}
+
+/// A stored listing's reason in words (as the policy words it): the report's text, else its
+/// reason's short form, else "listed".
+pub fn listing_summary(r: &crate::store::RtblRecord) -> String {
+    crate::rtbl::report::Listing { reason: r.reason.clone(), text: r.text.clone(), block_strangers: r.block_strangers }.summary()
+}
+
+/// `ctl keep`: the change made, and the listing it keeps (its provenance).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeepReport {
+    pub record: crate::store::DomainRecord,
+    pub changed: bool,
+    pub closed_streams: Vec<String>,
+    /// The listing kept: the feed's, with its report; retracted or not.
+    pub listing: crate::store::RtblRecord,
 }
 
 /// `ctl domain`: everything known about one domain.
@@ -114,6 +173,10 @@ pub struct DomainReport {
     pub outcomes: Vec<crate::events::VerificationOutcome>,
     pub streams: Vec<crate::events::ConnSnapshot>,
     pub policy_log: Vec<crate::store::PolicyAction>,
+    /// Its listings by the real-time blocklists followed, with their reports; retracted ones
+    /// included (their provenance explains a past refusal).
+    #[serde(default)]
+    pub listings: Vec<crate::store::RtblRecord>,
 }
 
 /// `ctl explain`: the policy's decision with its trace (the same evaluation streams get),
@@ -218,6 +281,8 @@ pub enum Reply {
     Domains(Vec<crate::policy::DomainRecord>),
     Domain(Box<DomainReport>),
     Explain(Box<ExplainReport>),
+    Rtbl(Box<RtblReport>),
+    Keep(Box<KeepReport>),
     Import(Box<ImportReport>),
     Snapshot(Box<Snapshot>),
     Transcript(Vec<crate::events::TranscriptLine>),
@@ -309,6 +374,10 @@ pub enum EngineError {
     Hosted(String),
     #[error("{0} is hosted here (server.domains): explain judges remote domains; name one of those")]
     ExplainHosted(String),
+    #[error(
+        "{0} is not listed by any real-time blocklist followed (see `drawbridge ctl rtbl`); there is no listing to keep — to block it anyway: `drawbridge ctl block {0}`"
+    )]
+    NeverListed(String),
     #[error("--from {0}: not a hosted domain (server.domains)")]
     NotHosted(String),
     #[error("no live stream with id {0} (see `drawbridge ctl connections`)")]

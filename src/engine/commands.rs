@@ -59,6 +59,8 @@ pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Re
         }
         Request::Domain { domain } => Ok(Reply::Domain(Box::new(domain_report(shared, &parse(&domain)?)?))),
         Request::Explain { domain } => Ok(Reply::Explain(Box::new(explain(shared, &domain)?))),
+        Request::Rtbl => Ok(Reply::Rtbl(Box::new(rtbl_report(shared)?))),
+        Request::Keep { domain, reason } => Ok(Reply::Keep(Box::new(keep(shared, &domain, who, reason.as_deref()).await?))),
         Request::BlacklistImport { text: list, source, dry_run } => {
             let source = source.unwrap_or_else(|| "import".into());
             Ok(Reply::Import(Box::new(import_blacklist(shared, &list, &source, who, dry_run).await?)))
@@ -105,7 +107,83 @@ fn domain_report(shared: &Shared, d: &Domain) -> Result<DomainReport, EngineErro
         outcomes: shared.outcomes_for(Some(d.as_str()), 10)?,
         streams: shared.store.history(Some(d.as_str()), 10)?,
         policy_log: shared.store.policy_log(Some(d.as_str()), 10)?,
+        listings: listings_of(shared, d.as_str())?,
     })
+}
+
+/// `ctl rtbl`: every configured feed, from the store (a feed whose subscriber stored no
+/// status yet is subscribing, with no entries counted), with its entries.
+fn rtbl_report(shared: &Shared) -> Result<RtblReport, EngineError> {
+    let mut feeds = Vec::with_capacity(shared.settings.rtbl.len());
+    for f in &shared.settings.rtbl {
+        let key = f.key();
+        let status = match shared.store.rtbl_status(&key)? {
+            // What the configuration says now wins over what was stored under another.
+            Some(s) => crate::rtbl::FeedStatus { action: f.action, ..s },
+            None => crate::rtbl::FeedStatus {
+                service: f.service.clone(),
+                node: f.node.clone(),
+                action: f.action,
+                state: crate::rtbl::FeedState::Subscribing,
+                entries: 0,
+                last_sync_ms: None,
+                last_change_ms: None,
+                ignored_foreign: 0,
+                ignored_invalid: 0,
+                ignored_over_limit: 0,
+            },
+        };
+        feeds.push(FeedReport { status, max_entries: f.max_entries, entries: shared.store.rtbl_records(&key)? });
+    }
+    Ok(RtblReport { feeds })
+}
+
+/// A domain's listings by the configured feeds, retracted ones included, in configuration order.
+fn listings_of(shared: &Shared, domain: &str) -> Result<Vec<crate::store::RtblRecord>, EngineError> {
+    let mut found = Vec::new();
+    for f in &shared.settings.rtbl {
+        found.extend(shared.store.rtbl_record(&f.key(), domain)?);
+    }
+    Ok(found)
+}
+
+/// `ctl keep`: the domain's block becomes the operator's ([`Policy::keep_listing`]), its
+/// reason naming the listing kept: one in force if any (the feed whose action weighs most),
+/// else the one retracted last. An operator's reason is added to the listing's.
+async fn keep(shared: &Shared, domain: &str, who: &str, reason: Option<&str>) -> Result<KeepReport, EngineError> {
+    let d = parse(domain)?;
+    if shared.is_server_domain(&d) {
+        return Err(EngineError::Hosted(d.to_string()));
+    }
+    let feed_of = |r: &crate::store::RtblRecord| shared.settings.rtbl.iter().find(|f| f.service == r.service && f.node == r.node);
+    let weight = |a: crate::rtbl::Action| match a {
+        crate::rtbl::Action::Flag => 0,
+        crate::rtbl::Action::Strangers => 1,
+        crate::rtbl::Action::Hold => 2,
+        crate::rtbl::Action::Block => 3,
+    };
+    let listing = listings_of(shared, d.as_str())?
+        .into_iter()
+        .max_by_key(|r| (r.retracted_ms.is_none(), feed_of(r).map_or(0, |f| weight(f.action)), r.retracted_ms.unwrap_or(0)))
+        .ok_or_else(|| EngineError::NeverListed(d.to_string()))?;
+    let action = feed_of(&listing).map(|f| f.action).unwrap_or_default();
+    let summary = listing_summary(&listing);
+    let listed = crate::policy::Listed {
+        service: listing.service.clone(),
+        node: listing.node.clone(),
+        action,
+        reason: match reason.map(str::trim).filter(|r| !r.is_empty()) {
+            Some(r) => format!("{summary}; the operator: {r}"),
+            None => summary,
+        },
+        block_strangers: listing.block_strangers,
+    };
+    let (record, changed) = shared.policy.keep_listing(&d, &listed, who).await?;
+    let closed_streams = enforce(shared);
+    if changed {
+        let _ = shared.events.send(Event::DomainChanged { record: record.clone() });
+    }
+    Ok(KeepReport { record, changed, closed_streams, listing })
 }
 
 /// `ctl explain`: the policy's own evaluation with its trace ([`Policy::explain`], the code
@@ -228,6 +306,10 @@ pub(super) fn snapshot(shared: &Shared) -> Snapshot {
         connections: shared.table.snapshots(true),
         domains: shared.policy.records(None),
         outcomes: shared.outcomes_for(None, 500).unwrap_or_default(),
+        rtbl: rtbl_report(shared).unwrap_or_else(|e| {
+            tracing::error!("store: the RTBL feeds could not be read for a snapshot: {e}");
+            RtblReport::default()
+        }),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Looks behind the API for tests: what the store persisted, the secret keys are derived
-//! from, and two ways to stage a situation (a driver's observation, a used-up limit).
+//! from, and ways to stage a situation (a driver's observation, a used-up limit, what a
+//! real-time blocklist's subscriber persists and applies).
 //! Not for operators: everything they may do is a [`super::Request`].
 
 use super::Engine;
@@ -41,6 +42,24 @@ impl Testing<'_> {
     /// An outcome as a stream driver reports it.
     pub fn record_outcome(&self, outcome: VerificationOutcome) {
         self.0.shared.recorder.record_outcome(outcome)
+    }
+
+    /// A real-time blocklist feed's change as its subscriber makes it: persisted, applied to
+    /// the policy (feeds are the configured ones: `feed` names one of `[[rtbl]]`), and the
+    /// domains whose hold it lifted announced.
+    pub fn rtbl_change(&self, feed: &crate::rtbl::FeedKey, change: &crate::rtbl::Change) {
+        let shared = &self.0.shared;
+        let settings = shared.settings.rtbl.iter().find(|f| &f.key() == feed).expect("a configured feed");
+        shared.store.rtbl_apply(feed, change).expect("the store writes");
+        for record in shared.policy.apply_rtbl(settings, change) {
+            let _ = shared.events.send(crate::events::Event::DomainChanged { record });
+        }
+    }
+
+    /// A feed's status as its subscriber stores and announces it.
+    pub fn rtbl_status(&self, status: &crate::rtbl::FeedStatus) {
+        self.0.shared.store.rtbl_put_status(status).expect("the store writes");
+        let _ = self.0.shared.events.send(crate::events::Event::Feed { status: status.clone() });
     }
 
     /// Hold one `limits.max_outbound` slot until the guard is dropped.

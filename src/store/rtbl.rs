@@ -252,6 +252,17 @@ impl Store {
     }
 }
 
+impl Store {
+    /// One feed's record for one domain, retracted or not (`ctl domain`, `ctl keep`: the
+    /// configured feeds, whether or not their subscriber stored a status yet).
+    pub fn rtbl_record(&self, feed: &FeedKey, domain: &str) -> Result<Option<RtblRecord>, StoreError> {
+        match self.rtbl.get(entry_key(feed, domain)).map_err(|x| self.err(x))? {
+            Some(v) => Ok(Some(decode(&v).map_err(|x| self.err(x))?)),
+            None => Ok(None),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
