@@ -58,7 +58,7 @@ fn seed(engine: &Engine) {
     t.rtbl_change(&feed, &Change::Added(entry("spam.example", Some("urn:xmpp:reporting:spam"), Some(HOSTILE), true, at)));
     t.rtbl_change(&feed, &Change::Added(entry("old.example", Some("urn:xmpp:reporting:spam"), None, false, at)));
     t.rtbl_change(&feed, &Change::Retracted { domain: Domain::parse("old.example").unwrap(), at_ms: at + 3_600_000 });
-    t.rtbl_status(&FeedStatus {
+    t.rtbl_put_status(&FeedStatus {
         service: feed.service.clone(),
         node: feed.node.clone(),
         action: Action::Block,

@@ -57,7 +57,7 @@ impl Testing<'_> {
     }
 
     /// A feed's status as its subscriber stores and announces it.
-    pub fn rtbl_status(&self, status: &crate::rtbl::FeedStatus) {
+    pub fn rtbl_put_status(&self, status: &crate::rtbl::FeedStatus) {
         self.0.shared.store.rtbl_put_status(status).expect("the store writes");
         let _ = self.0.shared.events.send(crate::events::Event::Feed { status: status.clone() });
     }
