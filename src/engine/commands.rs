@@ -120,18 +120,7 @@ fn rtbl_report(shared: &Shared) -> Result<RtblReport, EngineError> {
         let status = match shared.store.rtbl_status(&key)? {
             // What the configuration says now wins over what was stored under another.
             Some(s) => crate::rtbl::FeedStatus { action: f.action, ..s },
-            None => crate::rtbl::FeedStatus {
-                service: f.service.clone(),
-                node: f.node.clone(),
-                action: f.action,
-                state: crate::rtbl::FeedState::Subscribing,
-                entries: 0,
-                last_sync_ms: None,
-                last_change_ms: None,
-                ignored_foreign: 0,
-                ignored_invalid: 0,
-                ignored_over_limit: 0,
-            },
+            None => crate::rtbl::FeedStatus::starting(f),
         };
         feeds.push(FeedReport { status, max_entries: f.max_entries, entries: shared.store.rtbl_records(&key)? });
     }

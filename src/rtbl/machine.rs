@@ -145,6 +145,24 @@ pub struct FeedStatus {
     pub ignored_over_limit: u64,
 }
 
+impl FeedStatus {
+    /// A feed before its service answered: subscribing, nothing counted.
+    pub fn starting(settings: &FeedSettings) -> FeedStatus {
+        FeedStatus {
+            service: settings.service.clone(),
+            node: settings.node.clone(),
+            action: settings.action,
+            state: FeedState::Subscribing,
+            entries: 0,
+            last_sync_ms: None,
+            last_change_ms: None,
+            ignored_foreign: 0,
+            ignored_invalid: 0,
+            ignored_over_limit: 0,
+        }
+    }
+}
+
 /// What the machine waits for.
 #[derive(Debug, Clone, PartialEq)]
 enum Phase {
@@ -188,18 +206,7 @@ impl FeedMachine {
         for e in stored.into_iter().take(settings.max_entries) {
             entries.insert(e.domain.clone(), e);
         }
-        let status = FeedStatus {
-            service: settings.service.clone(),
-            node: settings.node.clone(),
-            action: settings.action,
-            state: FeedState::Subscribing,
-            entries: entries.len(),
-            last_sync_ms: None,
-            last_change_ms: None,
-            ignored_foreign: 0,
-            ignored_invalid: 0,
-            ignored_over_limit: 0,
-        };
+        let status = FeedStatus { entries: entries.len(), ..FeedStatus::starting(&settings) };
         FeedMachine {
             me: format!("{first_hosted}/{}", super::RESOURCE),
             settings,
