@@ -10,10 +10,23 @@ use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
 /// Whether `c` must not reach a log or a terminal as it is: C0 and C1 controls, DEL, and
-/// the Unicode format characters that reorder or hide text (bidi overrides, isolates, zero
-/// width marks, line and paragraph separators).
+/// the Unicode format characters that reorder or hide text (bidi marks, overrides and
+/// isolates, the Arabic letter mark, zero width marks, the Mongolian vowel separator,
+/// interlinear annotations, tags, the soft hyphen) and the line and paragraph separators.
 pub fn is_unsafe(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    c.is_control()
+        || matches!(
+            c,
+            '\u{ad}'
+                | '\u{61c}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{e0000}'..='\u{e007f}'
+        )
 }
 
 /// Write `c` as it is, or escaped when it is unsafe.
@@ -151,6 +164,11 @@ mod tests {
         assert_eq!(out, "a.example\\n2026-12-04T00:00:00Z  INFO drawbridge: valid\\x1b[2J\\x07\\u{202e}\\x85");
         assert_eq!(Untrusted(forged, 1024).to_string(), out);
         assert_eq!(escape("tab\there"), "tab\\there");
+        for hidden in ['\u{ad}', '\u{61c}', '\u{180e}', '\u{2066}', '\u{206f}', '\u{fff9}', '\u{fffb}', '\u{e0001}', '\u{e007f}'] {
+            assert!(is_unsafe(hidden), "{:x}", hidden as u32);
+            assert!(!escape(&format!("a{hidden}b")).contains(hidden));
+        }
+        assert!(!is_unsafe('é') && !is_unsafe('\u{2070}'));
     }
 
     #[test]

@@ -133,10 +133,12 @@ fn fake_engine(sock: &Path) -> std::thread::JoinHandle<()> {
                             ignored_foreign: 0,
                             ignored_invalid: 0,
                             ignored_over_limit: 0,
+                            ignored_protected: 0,
                         },
                         max_entries: 1,
                         entries: vec![listing(), RtblRecord { retracted_ms: Some(0), ..listing() }],
                     }],
+                    inbox: Default::default(),
                 })
                 .unwrap(),
                 Request::Keep { .. } => serde_json::to_value(KeepReport {

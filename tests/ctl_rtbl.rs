@@ -69,6 +69,7 @@ fn seed(engine: &Engine) {
         ignored_foreign: 1,
         ignored_invalid: 2,
         ignored_over_limit: 3,
+        ignored_protected: 0,
     });
     let other = FeedKey { service: "pubsub.other.test".into(), node: "mine".into() };
     t.rtbl_change(&other, &Change::Added(entry("spam.example", None, Some("from mine"), false, at + 60_000)));

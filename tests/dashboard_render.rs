@@ -386,6 +386,7 @@ fn feed_status(service: &str, state: drawbridge::rtbl::FeedState, entries: usize
         ignored_foreign: 0,
         ignored_invalid: 0,
         ignored_over_limit: 0,
+        ignored_protected: 0,
     }
 }
 
@@ -407,6 +408,7 @@ fn rtbl_report() -> drawbridge::engine::RtblReport {
                 entries: vec![],
             },
         ],
+        inbox: Default::default(),
     }
 }
 

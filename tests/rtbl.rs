@@ -433,9 +433,12 @@ async fn a_restart_starts_with_the_stored_list() {
     assert!(server.engine.testing().rtbl_listings("spam.test").is_empty());
 }
 
-/// Events to the subscriber's JID from another domain than the service are not taken.
+/// Events and answers to the subscriber's JID from another domain than the service are
+/// not taken, and a flood of them costs a counter: nothing stored, no status announced, no
+/// room taken from the service's stanzas. A request to the JID is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_from_another_jid_are_ignored() {
+    const FORGED: usize = 3000;
     let mut w = world("flag", "").await;
     let mut s = w.link().await;
     s.first_sync(&[]).await;
@@ -445,10 +448,38 @@ async fn events_from_another_jid_are_ignored() {
     let mut items = Element::new("items", NS_PUBSUB_EVENT).attr("node", NODE);
     items = items.child(Element::new("item", NS_PUBSUB_EVENT).attr("id", "forged.test"));
     other.event("other.test", items).await;
-    other.barrier("b1").await;
+    // Forged answers with the ids the feed's requests carry, more than the driver's inbox holds.
+    for i in 0..FORGED {
+        let forged = Element::new("iq", ns::SERVER)
+            .attr("type", "result")
+            .attr("id", format!("rtbl-0-{}", i % 8))
+            .attr("from", "other.test")
+            .attr("to", format!("{HOME}/drawbridge-rtbl"));
+        other.send(forged).await;
+    }
+    let get = Element::new("iq", ns::SERVER)
+        .attr("type", "get")
+        .attr("id", "q1")
+        .attr("from", "u@other.test/r")
+        .attr("to", format!("{HOME}/drawbridge-rtbl"))
+        .child(Element::new("query", "http://jabber.org/protocol/disco#info"));
+    other.send(get).await;
+    let answer = loop {
+        let el = other.next().await;
+        if el.get_attr("id") == Some("q1") {
+            break el;
+        }
+    };
+    assert_eq!(answer.get_attr("type"), Some("error"), "{}", answer.to_xml());
+    assert!(answer.to_xml().contains("service-unavailable"), "{}", answer.to_xml());
     s.publish(&["real.test"]).await;
-    w.feed_status("the service's event", |s| s.entries == 1).await;
+    let st = w.feed_status("the service's event", |s| s.entries == 1).await;
     assert!(w.listed("real.test") && !w.listed("forged.test"));
+    let t = w.server.engine.testing();
+    assert_eq!((t.rtbl_inbox_foreign(), t.rtbl_inbox_drops()), (FORGED as u64 + 1, 0), "counted by the router, none dropped");
+    assert_eq!(st.ignored_foreign, 0, "the feed never saw them");
+    let later: Vec<Event> = std::iter::from_fn(|| w.events.try_recv()).collect();
+    assert!(!later.iter().any(|e| matches!(e, Event::Feed { .. })), "no status announced but the event's: {later:?}");
 }
 
 /// `strangers`: a component's users (local users) get messages and subscription requests

@@ -295,8 +295,8 @@ pub fn rtbl(r: &RtblReport, out: &mut impl Write) -> io::Result<()> {
         )?;
         writeln!(
             out,
-            "  ignored: {} stanza(s) from another JID, {} item id(s) not a domain, {} item(s) beyond max_entries",
-            s.ignored_foreign, s.ignored_invalid, s.ignored_over_limit
+            "  ignored: {} stanza(s) from another JID, {} item id(s) not a domain, {} naming a domain served here or a service's, {} item(s) beyond max_entries",
+            s.ignored_foreign, s.ignored_invalid, s.ignored_protected, s.ignored_over_limit
         )?;
         let (listed, retracted): (Vec<_>, Vec<_>) = f.entries.iter().partition(|e| e.retracted_ms.is_none());
         writeln!(out, "  listed ({}):", listed.len())?;
@@ -309,6 +309,13 @@ pub fn rtbl(r: &RtblReport, out: &mut impl Write) -> io::Result<()> {
                 entry(e, out)?;
             }
         }
+    }
+    if r.inbox != Default::default() {
+        writeln!(
+            out,
+            "\nstanzas to the subscriber's JID dropped since start: {} from no service's domain, {} while the driver was behind",
+            r.inbox.foreign, r.inbox.dropped
+        )?;
     }
     Ok(())
 }
@@ -561,9 +568,12 @@ mod tests {
             ignored_foreign: 0,
             ignored_invalid: 0,
             ignored_over_limit: 0,
+            ignored_protected: 0,
         };
-        let report =
-            |state| RtblReport { feeds: vec![crate::engine::FeedReport { status: status(state), max_entries: 5, entries: vec![] }] };
+        let report = |state| RtblReport {
+            feeds: vec![crate::engine::FeedReport { status: status(state), max_entries: 5, entries: vec![] }],
+            inbox: Default::default(),
+        };
         let out = text(|o| rtbl(&report(FeedState::Stale("the node was deleted".into())), o));
         assert!(out.starts_with("xmppbl.test node n: stale (the node was deleted), action strangers\n"), "{out}");
         assert!(out.contains("entries 0 (max 5); last sync never; last change never"), "{out}");

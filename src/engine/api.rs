@@ -121,6 +121,17 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RtblReport {
     pub feeds: Vec<FeedReport>,
+    /// Stanzas to the subscriber's JID dropped before any feed since start: from a domain
+    /// that is no service's, or because the feeds' driver was behind.
+    #[serde(default)]
+    pub inbox: InboxCounts,
+}
+
+/// See [`RtblReport::inbox`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InboxCounts {
+    pub foreign: u64,
+    pub dropped: u64,
 }
 
 /// One feed: its status (as its subscriber last stored it; `subscribing` with no entries

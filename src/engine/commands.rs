@@ -124,7 +124,8 @@ fn rtbl_report(shared: &Shared) -> Result<RtblReport, EngineError> {
         };
         feeds.push(FeedReport { status, max_entries: f.max_entries, entries: shared.store.rtbl_records(&key)? });
     }
-    Ok(RtblReport { feeds })
+    let inbox = super::api::InboxCounts { foreign: shared.router.feed_foreign(), dropped: shared.router.feed_drops() };
+    Ok(RtblReport { feeds, inbox })
 }
 
 /// A domain's listings by the configured feeds, retracted ones included, in configuration order.

@@ -17,9 +17,10 @@ use tokio::sync::mpsc;
 use super::Shared;
 use crate::domain::Domain;
 use crate::events::Event;
-use crate::router::rtbl::ToDriver;
+use crate::router::rtbl::Reconnects;
 use crate::rtbl::familiar::{Familiarity, Write};
-use crate::rtbl::{Action, Change, Feeds, Now, Output};
+use crate::rtbl::{Action, Change, FeedStatus, Feeds, Now, Output, service_domain};
+use crate::xml::Element;
 
 /// Stanzas to the subscriber's JID waiting for the driver at most (beyond, the router drops
 /// and counts them): a service's burst of events, with room to spare.
@@ -28,49 +29,113 @@ pub(super) const INBOX: usize = 1024;
 /// What the driver needs besides the engine: the machines, warm, and its inbox.
 pub(super) struct Parts {
     pub feeds: Feeds,
-    pub inbox: mpsc::Receiver<ToDriver>,
+    pub inbox: mpsc::Receiver<Element>,
+    pub reconnects: Arc<Reconnects>,
 }
 
 fn now() -> Now {
     Now { at: tokio::time::Instant::now().into_std(), unix_ms: crate::types::now_ms() }
 }
 
+/// How often a status that changed only in its counters is stored and announced: a
+/// sender bumping a counter with every stanza costs no write per stanza.
+const COUNTERS_EVERY: Duration = Duration::from_secs(5);
+
 /// Run the feeds until shutdown.
 pub(super) async fn drive(shared: Arc<Shared>, parts: Parts) {
-    let Parts { mut feeds, mut inbox } = parts;
-    // The outbound stream last authorised per service domain: another one is a reconnect
-    // (the first is the one the start's requests open).
-    let mut streams: HashMap<Domain, Arc<str>> = HashMap::new();
+    let Parts { mut feeds, mut inbox, reconnects } = parts;
+    let mut statuses = Statuses::new(&feeds);
+    // Per service domain, the outbound streams authorised that the feeds know of: the
+    // first is the one the start's requests open; each further one is a reconnect.
+    let mut known: HashMap<Domain, u64> = HashMap::new();
+    let mut counters = tokio::time::interval(COUNTERS_EVERY);
     let out = feeds.start(now());
-    carry(&shared, &feeds, out).await;
+    carry(&shared, &feeds, &mut statuses, out).await;
     loop {
         let deadline = feeds.deadline().map(tokio::time::Instant::from_std);
         let out = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.shutdown.cancelled() => break,
             m = inbox.recv() => match m {
-                Some(ToDriver::Stanza(st)) => feeds.stanza(now(), &st),
-                Some(ToDriver::Authorised { remote, stream }) => reconnected(&mut feeds, &mut streams, remote, stream),
-                None => return,
+                Some(st) => feeds.stanza(now(), &st),
+                None => break,
             },
+            _ = reconnects.changed() => reconnected(&mut feeds, &mut known, reconnects.counts()),
             _ = sleep_until(deadline) => feeds.tick(now()),
+            _ = counters.tick() => {
+                statuses.flush(&shared);
+                continue;
+            }
         };
-        carry(&shared, &feeds, out).await;
+        carry(&shared, &feeds, &mut statuses, out).await;
     }
+    statuses.flush(&shared);
 }
 
-/// Our outbound stream `stream` to `remote` authenticated: if another was seen before, the
-/// feeds of the services at `remote` re-sync.
-fn reconnected(feeds: &mut Feeds, streams: &mut HashMap<Domain, Arc<str>>, remote: Domain, stream: Arc<str>) -> Vec<(usize, Output)> {
-    if !streams.insert(remote.clone(), stream.clone()).is_some_and(|prev| prev != stream) {
-        return Vec::new();
-    }
-    let services: Vec<String> = feeds.services().into_iter().filter(|s| service_domain(s) == remote.as_str()).map(str::to_owned).collect();
+/// The outbound streams authorised per service domain, against those the feeds knew: the
+/// feeds of a service whose domain has a new stream re-sync.
+fn reconnected(feeds: &mut Feeds, known: &mut HashMap<Domain, u64>, counts: Vec<(Domain, u64)>) -> Vec<(usize, Output)> {
     let mut out = Vec::new();
-    for service in services {
-        tracing::info!("real-time blocklists: a new stream to {remote} is up; re-syncing the feeds of {service}");
-        out.extend(feeds.reconnected(now(), &service));
+    for (remote, n) in counts {
+        let seen = known.entry(remote.clone()).or_insert(1);
+        if n <= *seen {
+            continue;
+        }
+        *seen = n;
+        let services: Vec<String> =
+            feeds.services().into_iter().filter(|s| service_domain(s) == remote.as_str()).map(str::to_owned).collect();
+        for service in services {
+            tracing::info!("real-time blocklists: a new stream to {remote} is up; re-syncing the feeds of {service}");
+            out.extend(feeds.reconnected(now(), &service));
+        }
     }
     out
+}
+
+/// The feeds' statuses as stored and announced. A change of state, entries or sync time
+/// is stored and announced at once; one of the `ignored_*` counters alone waits for the
+/// next [`COUNTERS_EVERY`] (or shutdown).
+struct Statuses {
+    saved: Vec<FeedStatus>,
+    pending: Vec<Option<FeedStatus>>,
+}
+
+impl Statuses {
+    fn new(feeds: &Feeds) -> Statuses {
+        Statuses { saved: feeds.iter().map(|f| f.status().clone()).collect(), pending: feeds.iter().map(|_| None).collect() }
+    }
+
+    fn changed(&mut self, shared: &Shared, i: usize, status: FeedStatus) {
+        let Some(saved) = self.saved.get(i) else { return };
+        let counters_only = FeedStatus {
+            ignored_foreign: saved.ignored_foreign,
+            ignored_invalid: saved.ignored_invalid,
+            ignored_over_limit: saved.ignored_over_limit,
+            ignored_protected: saved.ignored_protected,
+            ..status.clone()
+        } == *saved;
+        if counters_only {
+            self.pending[i] = Some(status);
+        } else {
+            self.pending[i] = None;
+            self.save(shared, i, status);
+        }
+    }
+
+    fn flush(&mut self, shared: &Shared) {
+        for i in 0..self.pending.len() {
+            if let Some(status) = self.pending[i].take() {
+                self.save(shared, i, status);
+            }
+        }
+    }
+
+    fn save(&mut self, shared: &Shared, i: usize, status: FeedStatus) {
+        if let Err(e) = shared.store.rtbl_put_status(&status) {
+            tracing::error!("store: the status of the feed {}/{} was not saved: {e}", status.service, status.node);
+        }
+        self.saved[i] = status.clone();
+        let _ = shared.events.send(Event::Feed { status });
+    }
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -80,18 +145,14 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// A service JID's domain (`pubsub.example`, or the domain of `user@example` for PEP).
-pub(super) fn service_domain(service: &str) -> &str {
-    service.rsplit_once('@').map_or(service, |(_, d)| d)
-}
-
 /// Carry out the machines' outputs, in order. A `block` feed's new listings close the
 /// live streams of the domains now refused once the batch is applied (the operator's
 /// block path, [`super::commands::enforce`]): a first sync of thousands of entries walks
 /// the streams once, not per entry.
-async fn carry(shared: &Arc<Shared>, feeds: &Feeds, out: Vec<(usize, Output)>) {
+async fn carry(shared: &Arc<Shared>, feeds: &Feeds, statuses: &mut Statuses, out: Vec<(usize, Output)>) {
     let mut block = false;
-    // Per feed: entries listed (added or updated) and lifted (retracted), for one log line.
+    // Per feed: entries listed (added or updated) and lifted (retracted or cleared), for one
+    // log line and one pruning of the retracted records.
     let mut counts: HashMap<usize, (usize, usize)> = HashMap::new();
     for (i, o) in out {
         let Some(feed) = feeds.iter().nth(i) else { continue };
@@ -106,17 +167,15 @@ async fn carry(shared: &Arc<Shared>, feeds: &Feeds, out: Vec<(usize, Output)>) {
                         block |= settings.action == Action::Block;
                     }
                     Change::Retracted { .. } => c.1 += 1,
-                    Change::Cleared { .. } => tracing::info!("real-time blocklist {}: every entry cleared", settings.key()),
+                    Change::Cleared { .. } => {
+                        c.1 += 1;
+                        tracing::info!("real-time blocklist {}: every entry cleared", settings.key())
+                    }
                     Change::Confirmed { .. } => {}
                 }
                 apply(shared, settings, &change)
             }
-            Output::Status(status) => {
-                if let Err(e) = shared.store.rtbl_put_status(&status) {
-                    tracing::error!("store: the status of the feed {} was not saved: {e}", settings.key());
-                }
-                let _ = shared.events.send(Event::Feed { status });
-            }
+            Output::Status(status) => statuses.changed(shared, i, status),
             Output::Timer(_) => {}
         }
     }
@@ -125,6 +184,11 @@ async fn carry(shared: &Arc<Shared>, feeds: &Feeds, out: Vec<(usize, Output)>) {
             && listed + lifted > 0
         {
             let s = f.settings();
+            if lifted > 0
+                && let Err(e) = shared.store.rtbl_prune_retracted(&s.key(), s.max_entries)
+            {
+                tracing::error!("store: pruning the retracted entries of the feed {}: {e}", s.key());
+            }
             tracing::info!(
                 "real-time blocklist {} ({}): {listed} listed or updated, {lifted} retracted; {} listed now",
                 s.key(),
@@ -147,11 +211,6 @@ fn apply(shared: &Arc<Shared>, settings: &crate::rtbl::FeedSettings, change: &Ch
     let key = settings.key();
     if let Err(e) = shared.store.rtbl_apply(&key, change) {
         tracing::error!("store: a change of the feed {key} was not saved (it is in force until the next start): {e}");
-    }
-    if matches!(change, Change::Retracted { .. } | Change::Cleared { .. })
-        && let Err(e) = shared.store.rtbl_prune_retracted(&key, settings.max_entries)
-    {
-        tracing::error!("store: pruning the retracted entries of the feed {key}: {e}");
     }
     match change {
         Change::Added(e) | Change::Updated(e) => tracing::debug!("real-time blocklist {key} lists {}: {}", e.domain, e.listing.summary()),

@@ -179,7 +179,9 @@ fn rtbl_setup(
         return Ok((Rtbl::default(), None, None));
     }
     let first = &settings.domains[0];
-    let mut feeds = Feeds::new(&settings.rtbl, first, settings.rtbl_timing, |key| {
+    let mut served = settings.domains.clone();
+    served.extend(settings.components.list.iter().map(|c| c.domain.clone()));
+    let mut feeds = Feeds::new(&settings.rtbl, first, &served, settings.rtbl_timing, |key| {
         store.rtbl_listed(key).unwrap_or_else(|e| {
             tracing::error!("store: the entries of the feed {key} could not be read (starting empty): {e}");
             Vec::new()
@@ -207,9 +209,10 @@ fn rtbl_setup(
         }
     }
     let (tx, rx) = tokio::sync::mpsc::channel(super::rtbl::INBOX);
-    let services = feeds.services().into_iter().filter_map(|s| Domain::parse(super::rtbl::service_domain(s)).ok()).collect();
-    let inbox = crate::router::rtbl::FeedInbox::new(first.clone(), services, tx);
-    let driver = super::rtbl::Parts { feeds, inbox: rx };
+    let services = feeds.services().into_iter().filter_map(|s| Domain::parse(crate::rtbl::service_domain(s)).ok()).collect();
+    let reconnects = Arc::new(crate::router::rtbl::Reconnects::default());
+    let inbox = crate::router::rtbl::FeedInbox::new(first.clone(), services, tx, reconnects.clone());
+    let driver = super::rtbl::Parts { feeds, inbox: rx, reconnects };
     if !settings.rtbl.iter().any(|f| f.action == Action::Strangers) {
         return Ok((Rtbl { driver: Some(driver), familiar: None }, Some(inbox), None));
     }

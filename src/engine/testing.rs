@@ -88,4 +88,9 @@ impl Testing<'_> {
     pub fn rtbl_inbox_drops(&self) -> u64 {
         self.0.shared.router.feed_drops()
     }
+
+    /// Stanzas to the RTBL subscriber's JID from no service's domain, dropped by the router.
+    pub fn rtbl_inbox_foreign(&self) -> u64 {
+        self.0.shared.router.feed_foreign()
+    }
 }

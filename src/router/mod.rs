@@ -208,11 +208,11 @@ impl Router {
         self
     }
 
-    /// Our outbound s2s stream `id` authenticated (`local`, `remote`): the RTBL driver
+    /// An outbound s2s stream of ours authenticated (`local`, `remote`): the RTBL driver
     /// hears of it when it is a stream to a service it follows.
-    pub fn outbound_authorised(&self, local: &Domain, remote: &Domain, id: &str) {
+    pub fn outbound_authorised(&self, local: &Domain, remote: &Domain) {
         if let Some(f) = &self.feeds {
-            f.authorised(local, remote, id);
+            f.authorised(local, remote);
         }
     }
 
@@ -221,9 +221,15 @@ impl Router {
         self.feeds.as_ref().map_or(0, rtbl::FeedInbox::dropped)
     }
 
+    /// Stanzas to the RTBL subscriber's JID from no service's domain, dropped since start.
+    pub fn feed_foreign(&self) -> u64 {
+        self.feeds.as_ref().map_or(0, rtbl::FeedInbox::foreign)
+    }
+
     /// The `strangers` rule for a stanza reaching a local user (a component's, or in
-    /// gateway mode the internal server's): the bounce if it is refused.
-    fn strangers_refuse(&self, st: &Element, to: &Domain) -> Option<Element> {
+    /// gateway mode the internal server's): if it is refused, the step that ends it (the
+    /// bounce, or nothing for an error, which is never answered: RFC 6120 §8.3.1).
+    fn strangers_refuse(&self, st: &Element, to: &Domain) -> Option<Step> {
         let s = self.strangers.as_ref()?;
         if !(self.component_for(to).is_some() || (self.gateway && self.is_server_domain(to))) {
             return None;
@@ -234,7 +240,7 @@ impl Router {
         }
         let why = s.judge(st, from, to_jid)?;
         tracing::debug!(stanza = %st.describe(), "refused by a strangers feed: {why}");
-        error_reply(st, C::PolicyViolation, Some(&why))
+        Some(error_reply(st, C::PolicyViolation, Some(&why)).map_or(Step::Done, Step::Next))
     }
 
     /// The configured components: their domains count as ours (stanzas from them leave
@@ -404,11 +410,10 @@ impl Router {
             if let Some(inbox) = &self.feeds
                 && st.get_attr("to").is_some_and(|t| inbox.is_for(t))
             {
-                inbox.offer(st);
-                return Step::Done;
+                return inbox.offer(st).map_or(Step::Done, Step::Next);
             }
-            if let Some(bounce) = self.strangers_refuse(&st, &to) {
-                return Step::Next(bounce);
+            if let Some(refused) = self.strangers_refuse(&st, &to) {
+                return refused;
             }
         }
         if let Some(comp) = self.component_for(&to) {

@@ -11,10 +11,11 @@
 //!   requests from a listed domain to a local user who never wrote to the sender are
 //!   refused; what local users send out teaches who they know.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::domain::Domain;
 use crate::policy::{Inbound, Policy};
@@ -22,40 +23,59 @@ use crate::proto::jid::Jid;
 use crate::rtbl::familiar::Familiarity;
 use crate::xml::Element;
 
-/// What the router hands the RTBL driver.
-#[derive(Debug)]
-pub enum ToDriver {
-    /// A stanza to the subscriber's JID.
-    Stanza(Element),
-    /// Our outbound stream `stream` to a service's domain authenticated the pair (first
-    /// hosted domain, `remote`): a new one is a reconnect, after which the feeds re-sync
-    /// (events published while the link was down are never re-sent).
-    Authorised { remote: Domain, stream: Arc<str> },
+/// The outbound streams authorised to each service's domain, counted, for the driver: a
+/// second one is a reconnect, after which the feeds re-sync (events published while the
+/// link was down are never re-sent). Apart from the stanza channel, so that a flood of
+/// stanzas to the subscriber's JID cannot push this news out.
+#[derive(Default)]
+pub struct Reconnects {
+    count: Mutex<HashMap<Domain, u64>>,
+    notify: Notify,
+}
+
+impl Reconnects {
+    fn authorised(&self, remote: &Domain) {
+        *self.count.lock().unwrap_or_else(|e| e.into_inner()).entry(remote.clone()).or_default() += 1;
+        self.notify.notify_one();
+    }
+
+    /// Wait until a stream was authorised since the last call (at once if one was).
+    pub async fn changed(&self) {
+        self.notify.notified().await
+    }
+
+    /// How many outbound streams each service's domain has had authorised since start.
+    pub fn counts(&self) -> Vec<(Domain, u64)> {
+        self.count.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(d, n)| (d.clone(), *n)).collect()
+    }
 }
 
 /// Where stanzas to the subscriber's JID go.
 pub struct FeedInbox {
     /// The first hosted domain (the JID's domainpart).
     domain: Domain,
-    /// The services' domains (whose outbound streams are followed).
+    /// The services' domains: the only senders heard, and whose outbound streams are followed.
     services: Vec<Domain>,
-    tx: mpsc::Sender<ToDriver>,
+    tx: mpsc::Sender<Element>,
+    reconnects: Arc<Reconnects>,
     /// Stanzas dropped because the driver's channel was full.
     dropped: AtomicU64,
+    /// Stanzas from a domain that is no service's, dropped before the driver.
+    foreign: AtomicU64,
     /// When a drop was last logged (ms since the epoch), for one line a minute.
     logged_ms: AtomicU64,
 }
 
 impl FeedInbox {
-    pub fn new(domain: Domain, services: Vec<Domain>, tx: mpsc::Sender<ToDriver>) -> FeedInbox {
-        FeedInbox { domain, services, tx, dropped: AtomicU64::new(0), logged_ms: AtomicU64::new(0) }
+    pub fn new(domain: Domain, services: Vec<Domain>, tx: mpsc::Sender<Element>, reconnects: Arc<Reconnects>) -> FeedInbox {
+        FeedInbox { domain, services, tx, reconnects, dropped: AtomicU64::new(0), foreign: AtomicU64::new(0), logged_ms: AtomicU64::new(0) }
     }
 
-    /// An outbound stream authenticated (`local`, `remote`): told to the driver when it is
-    /// the subscriber's domain to a service's (a comparison otherwise; no event is built).
-    pub fn authorised(&self, local: &Domain, remote: &Domain, stream: &str) {
+    /// An outbound stream authenticated (`local`, `remote`): counted for the driver when it
+    /// is the subscriber's domain to a service's (a comparison otherwise).
+    pub fn authorised(&self, local: &Domain, remote: &Domain) {
         if *local == self.domain && self.services.contains(remote) {
-            self.send(ToDriver::Authorised { remote: remote.clone(), stream: stream.into() });
+            self.reconnects.authorised(remote);
         }
     }
 
@@ -65,37 +85,50 @@ impl FeedInbox {
         !bare.contains(['@', '/']) && Domain::parse(bare).is_ok_and(|d| d == self.domain)
     }
 
-    /// Hand a stanza to the driver without waiting: a full channel drops it (counted, one
-    /// log line a minute) — the stanza path never waits for the driver, and the machines'
-    /// timeouts and re-syncs recover what was lost.
-    pub fn offer(&self, st: Element) {
-        self.send(ToDriver::Stanza(st))
-    }
-
-    fn send(&self, m: ToDriver) {
-        match self.tx.try_send(m) {
+    /// A stanza to the subscriber's JID; the reply to route, if any. A request is answered
+    /// `service-unavailable` (the JID is no client: RFC 6120 §10.5.2, a
+    /// `domain/resource` the server does not handle). Only the services' domains are heard: anything else is dropped
+    /// and counted, before it costs the driver anything. The rest goes to the driver without
+    /// waiting: a full channel drops it (counted, one log line a minute) — the stanza path
+    /// never waits for the driver, and the machines' timeouts and re-syncs recover what was
+    /// lost.
+    pub fn offer(&self, st: Element) -> Option<Element> {
+        if st.name == "iq" && matches!(st.get_attr("type"), Some("get" | "set")) {
+            return crate::proto::stanza::error_reply(&st, crate::proto::stanza::StanzaErrorCondition::ServiceUnavailable, None);
+        }
+        if !st.get_attr("from").and_then(crate::proto::jid::domain_of).is_some_and(|d| self.services.contains(&d)) {
+            self.foreign.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        match self.tx.try_send(st) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(m)) => {
+            Err(mpsc::error::TrySendError::Full(st)) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 let now = crate::types::now_ms();
                 let last = self.logged_ms.load(Ordering::Relaxed);
                 if now.saturating_sub(last) >= 60_000
                     && self.logged_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
                 {
-                    let what = match &m {
-                        ToDriver::Stanza(st) => st.describe().to_string(),
-                        ToDriver::Authorised { remote, .. } => format!("the news of a new stream to {remote}"),
-                    };
-                    tracing::warn!(dropped = n, "real-time blocklists: the driver is behind; dropped {what} ({n} dropped since start)");
+                    tracing::warn!(
+                        dropped = n,
+                        "real-time blocklists: the driver is behind; dropped {} ({n} dropped since start)",
+                        st.describe()
+                    );
                 }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => tracing::debug!("real-time blocklists: the driver has stopped"),
         }
+        None
     }
 
     /// Stanzas dropped since start (the driver's channel full).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Stanzas dropped since start because no service sent them.
+    pub fn foreign(&self) -> u64 {
+        self.foreign.load(Ordering::Relaxed)
     }
 }
 
@@ -107,11 +140,11 @@ pub struct Strangers {
 
 impl Strangers {
     /// A stanza from a remote `from` to a local user: the refusal's text if the `strangers`
-    /// rule refuses it. The pair is hashed only when a listing asks.
+    /// rule refuses it. The pair is hashed only when a listing asks. An error message is
+    /// judged too (a body rides on it as well as on a chat message); the caller drops it
+    /// rather than answer it (RFC 6120 §8.3.1).
     pub fn judge(&self, st: &Element, from_jid: &str, to_jid: &str) -> Option<String> {
         let inbound = match (st.name.as_ref(), st.get_attr("type")) {
-            // Errors are never answered (RFC 6120 §8.3.1): not judged.
-            ("message", Some("error")) => return None,
             ("message", _) => Inbound::Message,
             ("presence", Some("subscribe")) => Inbound::SubscriptionRequest,
             _ => return None,
@@ -125,14 +158,17 @@ impl Strangers {
     }
 
     /// A stanza leaving from a local user to a remote JID: the pair becomes familiar. Only
-    /// what a user chose to send teaches: errors, iq results (a client answers a stranger's
-    /// query by itself) and refusals of a subscription do not.
+    /// what the user chose to say teaches: a message with a body (not an error; receipts,
+    /// markers and chat states carry none), a subscription request or approval, a directed
+    /// presence to a full JID (joining a room). What a client sends by itself — iqs such as
+    /// the disco query a stranger's presence with caps triggers, answers, receipts — does
+    /// not, or a stranger could make himself known.
     pub fn learn(&self, st: &Element, from_jid: &str, to_jid: &str) {
         let teaches = match (st.name.as_ref(), st.get_attr("type")) {
-            (_, Some("error")) => false,
-            ("message", _) => true,
-            ("iq", t) => matches!(t, Some("get" | "set")),
-            ("presence", t) => !matches!(t, Some("unsubscribe" | "unsubscribed")),
+            ("message", Some("error")) => false,
+            ("message", _) => st.elements().any(|c| c.name == "body"),
+            ("presence", Some("subscribe" | "subscribed")) => true,
+            ("presence", None) => to_jid.contains('/'),
             _ => false,
         };
         if teaches && Jid::parse(from_jid).is_some_and(|j| j.local.is_some()) {
@@ -148,7 +184,7 @@ mod tests {
     #[test]
     fn the_subscriber_jid_is_matched_exactly() {
         let (tx, _rx) = mpsc::channel(1);
-        let inbox = FeedInbox::new(Domain::parse("home.test").unwrap(), vec![], tx);
+        let inbox = FeedInbox::new(Domain::parse("home.test").unwrap(), vec![], tx, Arc::default());
         assert!(inbox.is_for("home.test/drawbridge-rtbl"));
         assert!(inbox.is_for("HOME.test/drawbridge-rtbl"));
         for no in [
@@ -162,21 +198,113 @@ mod tests {
         }
     }
 
+    fn inbox(cap: usize) -> (FeedInbox, mpsc::Receiver<Element>, Arc<Reconnects>) {
+        let (tx, rx) = mpsc::channel(cap);
+        let reconnects = Arc::new(Reconnects::default());
+        let d = |s: &str| Domain::parse(s).unwrap();
+        (FeedInbox::new(d("home.test"), vec![d("pubsub.test")], tx, reconnects.clone()), rx, reconnects)
+    }
+
+    fn to_me(from: &str) -> Element {
+        Element::new("message", crate::xml::ns::SERVER).attr("from", from).attr("to", "home.test/drawbridge-rtbl")
+    }
+
     #[test]
     fn a_full_channel_drops_and_counts() {
-        let (tx, mut rx) = mpsc::channel(1);
-        let inbox = FeedInbox::new(Domain::parse("home.test").unwrap(), vec![Domain::parse("pubsub.test").unwrap()], tx);
-        let st = Element::new("message", crate::xml::ns::SERVER).attr("to", "home.test/drawbridge-rtbl");
-        inbox.offer(st.clone());
-        inbox.offer(st.clone());
+        let (inbox, mut rx, _) = inbox(1);
+        assert!(inbox.offer(to_me("pubsub.test")).is_none());
+        assert!(inbox.offer(to_me("pubsub.test")).is_none());
         assert_eq!(inbox.dropped(), 1);
-        assert!(matches!(rx.try_recv(), Ok(ToDriver::Stanza(_))));
+        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err());
+    }
+
+    /// Only the services' domains reach the driver: a stranger's flood of forged answers
+    /// costs a counter, never a slot of the channel (where the service's answers wait).
+    #[test]
+    fn strangers_never_reach_the_driver_and_requests_are_refused() {
+        let (inbox, mut rx, _) = inbox(2);
+        for from in ["evil.test", "u@evil.test/r", "pubsub.test.evil.test", ""] {
+            for _ in 0..1000 {
+                assert!(inbox.offer(to_me(from)).is_none());
+            }
+        }
+        assert_eq!(inbox.foreign(), 4000);
+        assert_eq!((inbox.dropped(), rx.try_recv().is_err()), (0, true));
+        assert!(
+            inbox.offer(to_me("pubsub.test/x")).is_none(),
+            "a resource of the service's domain reaches the machine, which judges the JID"
+        );
+        assert!(rx.try_recv().is_ok());
+        let get = Element::new("iq", crate::xml::ns::SERVER)
+            .attr("type", "get")
+            .attr("id", "q")
+            .attr("from", "u@evil.test/r")
+            .attr("to", "home.test/drawbridge-rtbl");
+        let reply = inbox.offer(get).expect("an iq request is answered");
+        assert_eq!((reply.get_attr("type"), reply.get_attr("to"), reply.get_attr("id")), (Some("error"), Some("u@evil.test/r"), Some("q")));
+        assert!(reply.elements().any(|e| e.elements().any(|c| c.name == "service-unavailable")), "{reply:?}");
+        assert!(rx.try_recv().is_err());
+    }
+
+    /// The news of a stream to a service is counted apart from the stanzas: a full channel
+    /// does not lose it.
+    #[test]
+    fn streams_to_the_services_are_counted_apart() {
+        let (inbox, _rx, reconnects) = inbox(1);
+        assert!(inbox.offer(to_me("pubsub.test")).is_none());
         let d = |s: &str| Domain::parse(s).unwrap();
-        inbox.authorised(&d("home.test"), &d("other.test"), "s1");
-        inbox.authorised(&d("other.test"), &d("pubsub.test"), "s1");
-        assert!(rx.try_recv().is_err(), "not the subscriber's stream to a service");
-        inbox.authorised(&d("home.test"), &d("pubsub.test"), "s2");
-        assert!(matches!(rx.try_recv(), Ok(ToDriver::Authorised { remote, stream }) if remote == d("pubsub.test") && &*stream == "s2"));
+        inbox.authorised(&d("home.test"), &d("other.test"));
+        inbox.authorised(&d("other.test"), &d("pubsub.test"));
+        assert!(reconnects.counts().is_empty(), "not the subscriber's stream to a service");
+        inbox.authorised(&d("home.test"), &d("pubsub.test"));
+        inbox.authorised(&d("home.test"), &d("pubsub.test"));
+        assert_eq!(reconnects.counts(), [(d("pubsub.test"), 2)]);
+    }
+
+    /// Only what a user chose to say makes a stranger familiar.
+    #[test]
+    fn what_a_client_sends_by_itself_teaches_nothing() {
+        use crate::rtbl::familiar::FamiliarSettings;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
+        let policy = Arc::new(Policy::load(store, crate::policy::Mode::Open).unwrap());
+        let s = Strangers { policy, familiar: Arc::new(Familiarity::new([1; 32], FamiliarSettings::default())) };
+        let (me, them) = ("alice@home.test/phone", "bob@spam.test/x");
+        let msg = |kind: Option<&str>, child: &str| {
+            let mut m = Element::new("message", crate::xml::ns::SERVER).child(Element::new(child, crate::xml::ns::SERVER));
+            if let Some(k) = kind {
+                m = m.attr("type", k);
+            }
+            m
+        };
+        let pres = |kind: Option<&str>| {
+            let p = Element::new("presence", crate::xml::ns::SERVER);
+            if let Some(k) = kind { p.attr("type", k) } else { p }
+        };
+        let iq = |kind: &str| Element::new("iq", crate::xml::ns::SERVER).attr("type", kind);
+        for (st, to) in [
+            (iq("get"), them),
+            (iq("set"), them),
+            (iq("result"), them),
+            (msg(None, "received"), them),
+            (msg(Some("chat"), "displayed"), them),
+            (msg(Some("chat"), "active"), them),
+            (msg(Some("error"), "body"), them),
+            (pres(None), "bob@spam.test"),
+            (pres(Some("probe")), them),
+            (pres(Some("unsubscribed")), them),
+        ] {
+            s.learn(&st, me, to);
+            assert!(s.familiar.is_empty(), "{st:?} to {to}");
+        }
+        for (st, to) in
+            [(msg(Some("chat"), "body"), them), (pres(Some("subscribe")), "carol@spam.test"), (pres(None), "room@conf.spam.test/alice")]
+        {
+            let before = s.familiar.len();
+            s.learn(&st, me, to);
+            assert_eq!(s.familiar.len(), before + 1, "{st:?} to {to}");
+        }
     }
 
     /// Links recorded by pair, their receivers kept (a test plays the streams).
@@ -226,15 +354,16 @@ mod tests {
         policy.apply_rtbl(&feed, &Change::Added(Entry { domain: d("spam.test"), listing, first_seen_ms: 1, last_seen_ms: 1 }));
         let (tx, mut rx) = mpsc::channel(4);
         let familiar = Arc::new(Familiarity::new([1; 32], FamiliarSettings::default()));
+        let reconnects = Arc::new(Reconnects::default());
         let router = super::super::Router::new(vec![d("home.test")], policy.clone(), std::time::Duration::from_secs(5))
             .with_gateway(true)
-            .with_feeds(FeedInbox::new(d("home.test"), vec![d("pubsub.test")], tx))
+            .with_feeds(FeedInbox::new(d("home.test"), vec![d("pubsub.test")], tx, reconnects))
             .with_strangers(Strangers { policy, familiar: familiar.clone() });
         let pairs: &'static Pairs = Box::leak(Box::new(Pairs(std::sync::Mutex::new(Vec::new()))));
         router.set_opener(Box::new(pairs));
 
         assert!(router.route(st("message", "ev", "pubsub.test", "home.test/drawbridge-rtbl", None)).is_none());
-        assert!(matches!(rx.try_recv(), Ok(ToDriver::Stanza(st)) if st.get_attr("id") == Some("ev")));
+        assert!(matches!(rx.try_recv(), Ok(st) if st.get_attr("id") == Some("ev")));
         assert!(pairs.0.lock().unwrap().is_empty(), "nothing for the internal server");
 
         assert!(router.route(st("message", "m1", "bob@spam.test/x", "alice@home.test", None)).is_none());
@@ -243,11 +372,20 @@ mod tests {
         assert_eq!(pairs.taken("home.test", "spam.test"), ["m1", "p1"], "bounced to the sender");
         assert_eq!(pairs.taken("spam.test", "home.test"), ["p2"], "only the presence reached the internal server");
         assert!(familiar.is_empty(), "a bounce teaches nothing");
+        // An error message is judged too, and dropped: an error is never answered.
+        assert!(router.route(st("message", "e1", "bob@spam.test/x", "alice@home.test", Some("error"))).is_none());
+        assert!(pairs.taken("home.test", "spam.test").is_empty() && pairs.taken("spam.test", "home.test").is_empty());
 
         // Alice's iq result to a stranger teaches nothing; her message does.
         assert!(router.route(st("iq", "r1", "alice@home.test/phone", "bob@spam.test/x", Some("result"))).is_none());
         assert!(router.route(st("message", "m2", "bob@spam.test/x", "alice@home.test", None)).is_none());
-        assert!(router.route(st("message", "a1", "alice@home.test/phone", "bob@spam.test", None)).is_none());
+        assert!(
+            router
+                .route(
+                    st("message", "a1", "alice@home.test/phone", "bob@spam.test", None).child(Element::new("body", crate::xml::ns::SERVER))
+                )
+                .is_none()
+        );
         assert!(router.route(st("message", "m3", "bob@spam.test/x", "alice@home.test", None)).is_none());
         assert_eq!(pairs.taken("home.test", "spam.test"), ["r1", "m2", "a1"]);
         assert_eq!(pairs.taken("spam.test", "home.test"), ["m3"]);

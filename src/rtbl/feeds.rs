@@ -17,10 +17,25 @@ pub struct Feeds {
 }
 
 impl Feeds {
-    /// The configured feeds, each warm with what `stored` gives for it.
-    pub fn new(settings: &[FeedSettings], first_hosted: &Domain, timing: Timing, mut stored: impl FnMut(&FeedKey) -> Vec<Entry>) -> Feeds {
-        let feeds =
-            settings.iter().enumerate().map(|(i, s)| FeedMachine::new(s.clone(), first_hosted, i, timing, stored(&s.key()))).collect();
+    /// The configured feeds, each warm with what `stored` gives for it. `served`: the
+    /// domains served here; they and the services' domains are never listed.
+    pub fn new(
+        settings: &[FeedSettings],
+        first_hosted: &Domain,
+        served: &[Domain],
+        timing: Timing,
+        mut stored: impl FnMut(&FeedKey) -> Vec<Entry>,
+    ) -> Feeds {
+        let mut protected: Vec<Domain> = served.to_vec();
+        protected.extend(settings.iter().filter_map(|s| Domain::parse(super::service_domain(&s.service)).ok()));
+        protected.sort_unstable();
+        protected.dedup();
+        let protected: std::sync::Arc<[Domain]> = protected.into();
+        let feeds = settings
+            .iter()
+            .enumerate()
+            .map(|(i, s)| FeedMachine::new(s.clone(), first_hosted, i, timing, protected.clone(), stored(&s.key())))
+            .collect();
         Feeds { feeds, unclaimed: 0 }
     }
 
@@ -107,7 +122,7 @@ mod tests {
     fn answers_and_events_reach_their_feed_only() {
         let settings = [feed("a.test", "n1"), feed("a.test", "n2"), feed("b.test", "n1")];
         let home = Domain::parse("home.test").unwrap();
-        let mut feeds = Feeds::new(&settings, &home, Timing::default(), |_| vec![]);
+        let mut feeds = Feeds::new(&settings, &home, &[home.clone()], Timing::default(), |_| vec![]);
         assert_eq!(feeds.services(), ["a.test", "b.test"]);
         let at = Instant::now();
         let now = Now { at, unix_ms: 0 };
@@ -137,13 +152,13 @@ mod tests {
         let stray = Element::new("message", ns::SERVER).attr("from", "c.test").child(Element::new("event", NS_PUBSUB_EVENT));
         assert!(feeds.stanza(now, &stray).is_empty());
         assert_eq!(feeds.unclaimed, 1);
-        // Only the feeds whose deadline passed are ticked; a reconnect re-syncs that service's feeds.
+        // A reconnect re-syncs that service's feeds; only the feeds whose deadline passed are ticked.
+        let out = feeds.reconnected(now, "b.test");
+        assert!(out.iter().all(|(i, _)| *i == 2) && out.iter().any(|(_, o)| matches!(o, Output::Send(_))));
         assert!(feeds.tick(now).is_empty());
         let later = Now { at: at + Duration::from_secs(30), unix_ms: 30_000 };
         assert_eq!(feeds.deadline(), Some(at + Duration::from_secs(30)));
         let errs = feeds.tick(later);
         assert!(errs.iter().any(|(_, o)| matches!(o, Output::Status(_))));
-        let out = feeds.reconnected(later, "b.test");
-        assert!(out.iter().all(|(i, _)| *i == 2) && out.iter().any(|(_, o)| matches!(o, Output::Send(_))));
     }
 }

@@ -143,6 +143,10 @@ pub struct FeedStatus {
     pub ignored_invalid: u64,
     /// Items beyond `max_entries`, ignored.
     pub ignored_over_limit: u64,
+    /// Item ids naming a domain served here or a configured service's domain, ignored:
+    /// a feed cannot list the server itself, nor lock a feed out of its own service.
+    #[serde(default)]
+    pub ignored_protected: u64,
 }
 
 impl FeedStatus {
@@ -159,6 +163,7 @@ impl FeedStatus {
             ignored_foreign: 0,
             ignored_invalid: 0,
             ignored_over_limit: 0,
+            ignored_protected: 0,
         }
     }
 }
@@ -194,6 +199,9 @@ pub struct FeedMachine {
     partial: BTreeMap<Domain, Listing>,
     /// Consecutive failures (the back-off's exponent).
     failures: u32,
+    /// Domains no item may list: those served here and the services' (see
+    /// [`FeedStatus::ignored_protected`]).
+    protected: std::sync::Arc<[Domain]>,
     next_id: u64,
     status: FeedStatus,
 }
@@ -201,9 +209,17 @@ pub struct FeedMachine {
 impl FeedMachine {
     /// A feed, warm with the entries stored before (not yet retracted). `index` is the
     /// feed's place in the configuration (request ids carry it).
-    pub fn new(settings: FeedSettings, first_hosted: &Domain, index: usize, timing: Timing, stored: Vec<Entry>) -> FeedMachine {
+    /// `protected`: the domains no item may list (served here, the services').
+    pub fn new(
+        settings: FeedSettings,
+        first_hosted: &Domain,
+        index: usize,
+        timing: Timing,
+        protected: std::sync::Arc<[Domain]>,
+        stored: Vec<Entry>,
+    ) -> FeedMachine {
         let mut entries: BTreeMap<Domain, Entry> = BTreeMap::new();
-        for e in stored.into_iter().take(settings.max_entries) {
+        for e in stored.into_iter().filter(|e| !protected.contains(&e.domain)).take(settings.max_entries) {
             entries.insert(e.domain.clone(), e);
         }
         let status = FeedStatus { entries: entries.len(), ..FeedStatus::starting(&settings) };
@@ -217,6 +233,7 @@ impl FeedMachine {
             subscribed: false,
             partial: BTreeMap::new(),
             failures: 0,
+            protected,
             next_id: 0,
             status,
         }
@@ -230,6 +247,7 @@ impl FeedMachine {
         self.status.ignored_foreign = prev.ignored_foreign;
         self.status.ignored_invalid = prev.ignored_invalid;
         self.status.ignored_over_limit = prev.ignored_over_limit;
+        self.status.ignored_protected = prev.ignored_protected;
     }
 
     /// The full JID requests are sent from.
@@ -271,7 +289,11 @@ impl FeedMachine {
         let mut out = Vec::new();
         let before = (self.status.clone(), self.deadline());
         match input {
-            Input::Start | Input::Reconnected => self.fetch(now, &mut out),
+            Input::Start => self.fetch(now, &mut out),
+            // A sync after a reconnect; a feed backing off re-syncs when its wait ends (a
+            // service whose streams come and go does not undo the back-off).
+            Input::Reconnected if matches!(self.phase, Phase::Backoff { .. } | Phase::Idle) => {}
+            Input::Reconnected => self.fetch(now, &mut out),
             Input::Tick => self.tick(now, &mut out),
             Input::Stanza(el) => self.stanza(now, el, &mut out),
         }
@@ -472,17 +494,23 @@ impl FeedMachine {
         }
     }
 
-    /// An item's id as a domain, or `None` (counted) when it is not one.
+    /// An item's id as a domain, or `None` (counted) when it is not one, or names a domain
+    /// served here or a service's.
     fn domain_of(&mut self, item: &Element) -> Option<Domain> {
         // As for imported lists: a single label is a top-level domain, not a server.
         let d = item
             .get_attr("id")
             .and_then(|id| Domain::parse(id).ok())
             .filter(|d| !crate::domain::is_ip_literal(d.as_str()) && (d.as_str().contains('.') || d.as_str() == "localhost"));
-        if d.is_none() {
+        let Some(d) = d else {
             self.status.ignored_invalid += 1;
+            return None;
+        };
+        if self.protected.contains(&d) {
+            self.status.ignored_protected += 1;
+            return None;
         }
-        d
+        Some(d)
     }
 
     /// Add or update one entry; whether anything changed. Beyond `max_entries`, a new
@@ -514,49 +542,49 @@ impl FeedMachine {
     }
 
     /// A pubsub `<event>`: items published or retracted, the node purged or deleted, the
-    /// subscription ended. Events for another node are not this feed's.
+    /// subscription ended. An event carries one of these (XEP-0060 §7 and its schema): the
+    /// first for this feed's node is taken, the rest ignored — a purge repeated thousands of
+    /// times in one stanza clears once. Events for another node are not this feed's.
     fn event(&mut self, now: Now, event: &Element, out: &mut Vec<Output>) {
         let node = self.settings.node.clone();
+        let Some(e) = event.elements().find(|e| e.get_attr("node") == Some(node.as_str())) else { return };
         let mut changed = false;
-        for e in event.elements() {
-            if e.get_attr("node") != Some(node.as_str()) {
-                continue;
-            }
-            match e.name.as_str() {
-                "items" => {
-                    for c in e.elements() {
-                        if c.is("item", NS_PUBSUB_EVENT) {
-                            if let Some(d) = self.domain_of(c) {
-                                changed |= self.put(now, d, Listing::from_item(c), out);
-                            }
-                        } else if c.is("retract", NS_PUBSUB_EVENT) {
-                            if let Some(d) = self.domain_of(c)
-                                && self.entries.remove(&d).is_some()
-                            {
-                                out.push(Output::Change(Change::Retracted { domain: d, at_ms: now.unix_ms }));
-                                changed = true;
-                            }
+        match e.name.as_str() {
+            "items" => {
+                for c in e.elements() {
+                    if c.is("item", NS_PUBSUB_EVENT) {
+                        if let Some(d) = self.domain_of(c) {
+                            changed |= self.put(now, d, Listing::from_item(c), out);
                         }
+                    } else if c.is("retract", NS_PUBSUB_EVENT)
+                        && let Some(d) = self.domain_of(c)
+                        && self.entries.remove(&d).is_some()
+                    {
+                        out.push(Output::Change(Change::Retracted { domain: d, at_ms: now.unix_ms }));
+                        changed = true;
                     }
                 }
-                "purge" => changed |= self.clear(now, out),
-                "delete" => self.lost(now, "the service deleted the node".into(), out),
-                "subscription" if e.get_attr("subscription") == Some("none") && e.get_attr("jid").is_none_or(|j| j == self.me.as_str()) => {
-                    self.lost(now, "the service ended the subscription".into(), out)
-                }
-                _ => {}
             }
+            "purge" => changed = self.clear(now, out),
+            "delete" => self.lost(now, "the service deleted the node".into(), out),
+            "subscription" if e.get_attr("subscription") == Some("none") && e.get_attr("jid").is_none_or(|j| j == self.me.as_str()) => {
+                self.lost(now, "the service ended the subscription".into(), out)
+            }
+            _ => {}
         }
         if changed {
             self.status.last_change_ms = Some(now.unix_ms);
         }
     }
 
+    /// Every entry gone; a change only when there was one (nothing to persist otherwise).
     fn clear(&mut self, now: Now, out: &mut Vec<Output>) -> bool {
-        let had = !self.entries.is_empty();
+        if self.entries.is_empty() {
+            return false;
+        }
         self.entries.clear();
         out.push(Output::Change(Change::Cleared { at_ms: now.unix_ms }));
-        had
+        true
     }
 
     /// The node or the subscription is gone: nothing listed stands, and the feed tries to

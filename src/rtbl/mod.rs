@@ -92,3 +92,8 @@ impl std::fmt::Display for FeedKey {
         write!(f, "{} node {}", self.service, self.node)
     }
 }
+
+/// A service JID's domain (`pubsub.example`, or the domain of `user@example` for PEP).
+pub fn service_domain(service: &str) -> &str {
+    service.rsplit_once('@').map_or(service, |(_, d)| d)
+}

@@ -72,6 +72,23 @@ const SECRET_KEY: &[u8] = b"dialback_secret";
 const VERSION_KEY: &[u8] = b"schema_version";
 const MODE_KEY: &[u8] = b"mode";
 
+/// Open sled's database. Our own lock on the directory is held, so no other process has
+/// it: sled's lock still held is this process's previous `Store`, whose flusher thread
+/// lets go a moment after the drop (an engine restarted in-process). Waited for, briefly
+/// and boundedly.
+fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
+    let mut tries = 0;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         let fresh = !data_dir.join("db").exists();
@@ -85,7 +102,7 @@ impl Store {
         }
         let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join("db");
-        let db = sled::Config::new().path(&path).open().map_err(|e| StoreError::Db {
+        let db = open_sled(&path).map_err(|e| StoreError::Db {
             path: path.clone(),
             msg: format!("{e}; the directory is kept as it is — move it aside to start afresh, or restore it from a backup"),
         })?;

@@ -297,6 +297,7 @@ mod tests {
             ignored_foreign: 1,
             ignored_invalid: 2,
             ignored_over_limit: 3,
+            ignored_protected: 4,
         }
     }
 

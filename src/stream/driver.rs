@@ -246,7 +246,7 @@ impl Driver {
                     && self.direction == Direction::Out
                     && self.caps.internal.is_none()
                 {
-                    self.caps.router.outbound_authorised(local, remote, &self.entry.id);
+                    self.caps.router.outbound_authorised(local, remote);
                 }
                 observe(&*self.caps.observer, &self.entry, self.direction, o)
             }

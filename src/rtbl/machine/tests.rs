@@ -23,7 +23,11 @@ impl World {
     fn new(max_entries: usize, stored: Vec<Entry>) -> World {
         let s = FeedSettings { service: SERVICE.into(), node: NODE.into(), action: Action::Flag, max_entries };
         let start = Instant::now();
-        World { m: FeedMachine::new(s, &d("home.test"), 3, Timing::default(), stored), start, now: Now { at: start, unix_ms: 1_000_000 } }
+        World {
+            m: FeedMachine::new(s, &d("home.test"), 3, Timing::default(), vec![d("home.test"), d(SERVICE)].into(), stored),
+            start,
+            now: Now { at: start, unix_ms: 1_000_000 },
+        }
     }
 
     fn at(&mut self, secs: u64) {
@@ -292,6 +296,12 @@ fn reconnect_and_the_hour_resync_without_subscribing_again() {
     let out = w.answer_items(&out, &["b.example", "c.example"]);
     assert_eq!(changes(&out), ["confirmed"]);
     assert_eq!(w.m.status().last_sync_ms, Some(1_000_000 + 4_100_000));
+    // Backing off after a failure, a reconnect sends nothing: the wait ends first.
+    let out = w.input(Input::Reconnected);
+    w.stanza(&error(&sent(&out)[0], "internal-server-error"));
+    let until = w.m.deadline().expect("a back-off");
+    assert!(w.input(Input::Reconnected).is_empty(), "the back-off holds");
+    assert_eq!(w.m.deadline(), Some(until));
 }
 
 #[test]
@@ -358,4 +368,41 @@ fn a_forged_answer_and_a_pending_subscription_are_not_taken() {
     w.stanza(&result(&sub, Some(pending)));
     assert!(matches!(&w.m.status().state, FeedState::Error(r) if r.contains("\"pending\"")), "{:?}", w.m.status().state);
     assert_eq!(w.m.status().entries, 1, "what the items request gave stays");
+}
+
+/// One event is one action (XEP-0060 §7): thousands of purges in one stanza clear once, a
+/// purge of an empty feed changes nothing, and a delete among them is not acted on twice.
+#[test]
+fn a_stanza_of_repeated_purges_clears_once() {
+    let mut w = World::new(100, vec![]);
+    w.subscribed(&["a.example"]);
+    let purge = || Element::new("purge", NS_PUBSUB_EVENT).attr("node", NODE);
+    let mut children: Vec<Element> = (0..5000).map(|_| purge()).collect();
+    children.push(Element::new("delete", NS_PUBSUB_EVENT).attr("node", NODE));
+    let out = w.stanza(&event(SERVICE, children));
+    assert_eq!(changes(&out), ["clear"]);
+    assert_eq!(w.m.status().state, FeedState::Subscribed, "the delete after the first purge is not taken");
+    let out = w.stanza(&event(SERVICE, vec![purge(), purge()]));
+    assert!(changes(&out).is_empty(), "nothing listed, nothing to clear: {out:?}");
+    assert!(!out.iter().any(|o| matches!(o, Output::Status(_))));
+}
+
+/// An item naming a domain served here or the service's own domain is ignored and counted:
+/// a `block` feed cannot lock out the server, nor the feed out of its service.
+#[test]
+fn items_naming_ourselves_or_the_service_are_ignored() {
+    let stored = vec![Entry {
+        domain: d(SERVICE),
+        listing: crate::rtbl::report::Listing { reason: None, text: None, block_strangers: false },
+        first_seen_ms: 1,
+        last_seen_ms: 1,
+    }];
+    let mut w = World::new(100, stored);
+    assert!(listed(&w).is_empty(), "not even from the store");
+    w.subscribed(&["home.test", "HOME.test", "a.example"]);
+    assert_eq!(listed(&w), ["a.example"]);
+    let out = w.stanza(&event(SERVICE, vec![items_event(vec![item(NS_PUBSUB_EVENT, SERVICE, "x"), retract("home.test")])]));
+    assert!(changes(&out).is_empty());
+    assert_eq!(w.m.status().ignored_protected, 4);
+    assert_eq!(w.m.status().ignored_invalid, 0);
 }
