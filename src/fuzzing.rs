@@ -265,7 +265,7 @@ impl MachineRun {
                 Some(Input::PolicyChanged)
             }
             9 => Some(Input::TlsEstablished(TlsFacts {
-                chain: if a % 2 == 0 { vec![] } else { vec![vec![a].into()] },
+                chain: if a.is_multiple_of(2) { vec![] } else { vec![vec![a].into()] },
                 at: rustls::pki_types::UnixTime::now(),
             })),
             10 => Some(Input::TlsFailed("fuzz".into())),
@@ -419,16 +419,17 @@ impl ComponentRun {
             3 => self.framer.feed(
                 format!(
                     "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='{}'>",
-                    if a % 4 == 0 { "other.test" } else { COMP }
+                    if a.is_multiple_of(4) { "other.test" } else { COMP }
                 )
                 .as_bytes(),
             ),
             // The handshake for the first stream id the environment hands out (or a wrong one).
             4 => self.framer.feed(
-                format!("<handshake>{}</handshake>", handshake_digest("id0", if a % 4 == 0 { "wrong" } else { COMP_SECRET })).as_bytes(),
+                format!("<handshake>{}</handshake>", handshake_digest("id0", if a.is_multiple_of(4) { "wrong" } else { COMP_SECRET }))
+                    .as_bytes(),
             ),
             5 => {
-                if a % 3 == 0 {
+                if a.is_multiple_of(3) {
                     feed.push(Input::Attached(Err((crate::proto::stream::StreamErrorCondition::Conflict, "fuzz conflict".into()))));
                 } else {
                     self.attached |= self.attach_asked;

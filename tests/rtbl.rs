@@ -62,7 +62,6 @@ async fn start(dns: &Dns, dir: tempfile::TempDir, extra: &str) -> TestServer {
 /// (`from_server`), both authenticated by dialback in whatever order drawbridge asks;
 /// stanzas that arrive meanwhile are kept.
 struct Remote {
-    domain: String,
     to_server: RawPeer,
     from_server: RawPeer,
     pending: VecDeque<Element>,
@@ -95,7 +94,7 @@ async fn federate(addr: SocketAddr, listener: &TcpListener, domain: &str, local:
     }
     let (answer, _) = until_db_answer(&mut to_server, "result").await;
     assert_eq!(DbElement::parse(&answer).and_then(|d| d.answer), Some(Answer::Valid), "{}", answer.to_xml());
-    Remote { domain: domain.to_owned(), to_server, from_server, pending }
+    Remote { to_server, from_server, pending }
 }
 
 impl Remote {
@@ -119,23 +118,6 @@ impl Remote {
     /// Drop both streams at once, as a link that fails does (no closing handshake).
     fn drop_link(self) {
         drop(self);
-    }
-
-    /// An iq ping to drawbridge and its answer: everything we sent before was routed.
-    async fn barrier(&mut self, id: &str) {
-        let ping = Element::new("iq", ns::SERVER)
-            .attr("type", "get")
-            .attr("id", id)
-            .attr("from", self.domain.clone())
-            .attr("to", HOME)
-            .child(Element::new("ping", ns::PING));
-        self.send(ping).await;
-        loop {
-            let el = self.next().await;
-            if el.get_attr("id") == Some(id) {
-                return;
-            }
-        }
     }
 }
 

@@ -66,14 +66,14 @@ impl Policy {
     /// The verdict for a remote domain now.
     pub fn verdict(&self, domain: &Domain) -> Verdict {
         let inner = self.inner.read().unwrap();
-        inner.with_facts(domain.as_str(), None, |f| decide(f))
+        inner.with_facts(domain.as_str(), None, decide)
     }
 
     /// The same decision as [`Policy::verdict`], with every rule it applied (`ctl explain`);
     /// `security` adds the authentication rules to the trace.
     pub fn explain(&self, domain: &Domain, security: Option<&crate::types::Security>) -> Trace {
         let inner = self.inner.read().unwrap();
-        inner.with_facts(domain.as_str(), security, |f| explain(f))
+        inner.with_facts(domain.as_str(), security, explain)
     }
 
     /// The `strangers` action for one inbound stanza from `domain` to a local user (see
@@ -147,7 +147,7 @@ impl Policy {
             let now = now_ms();
             let mut lifted = Vec::new();
             for d in affected {
-                let still_held = inner.with_facts(&d, None, |f| decide(f)) == Verdict::Hold;
+                let still_held = inner.with_facts(&d, None, decide) == Verdict::Hold;
                 if let Some(rec) = inner.domains.get_mut(&d).filter(|r| r.state == DomainState::Pending && !still_held) {
                     rec.state = DomainState::Unknown;
                     rec.when_ms = Some(now);

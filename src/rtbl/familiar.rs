@@ -94,8 +94,8 @@ impl Familiar {
         for (h, t) in all {
             if self.pairs.len() >= self.capacity || now_ms.saturating_sub(t) > self.retention_ms {
                 out.push(Write::Remove(h));
-            } else if !self.pairs.contains_key(&h) {
-                self.pairs.insert(h, (t, t));
+            } else if let std::collections::hash_map::Entry::Vacant(e) = self.pairs.entry(h) {
+                e.insert((t, t));
                 self.order.insert((t, h));
             }
         }

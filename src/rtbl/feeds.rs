@@ -122,7 +122,7 @@ mod tests {
     fn answers_and_events_reach_their_feed_only() {
         let settings = [feed("a.test", "n1"), feed("a.test", "n2"), feed("b.test", "n1")];
         let home = Domain::parse("home.test").unwrap();
-        let mut feeds = Feeds::new(&settings, &home, &[home.clone()], Timing::default(), |_| vec![]);
+        let mut feeds = Feeds::new(&settings, &home, std::slice::from_ref(&home), Timing::default(), |_| vec![]);
         assert_eq!(feeds.services(), ["a.test", "b.test"]);
         let at = Instant::now();
         let now = Now { at, unix_ms: 0 };

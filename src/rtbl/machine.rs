@@ -381,10 +381,10 @@ impl FeedMachine {
         }
         if el.name == "iq" {
             self.answer(now, el, out)
-        } else if el.name == "message" {
-            if let Some(event) = el.elements().find(|e| e.is("event", NS_PUBSUB_EVENT)) {
-                self.event(now, event, out)
-            }
+        } else if el.name == "message"
+            && let Some(event) = el.elements().find(|e| e.is("event", NS_PUBSUB_EVENT))
+        {
+            self.event(now, event, out)
         }
     }
 

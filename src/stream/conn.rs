@@ -102,6 +102,7 @@ pub struct Conn {
     /// hears back ([`Conn::take_unsent`]) instead of losing it silently.
     /// Boxed and taken only while output waits: every stream's task carries the connection
     /// inline (memory per idle stream).
+    #[allow(clippy::box_collection)]
     unsent: Option<Box<Vec<(usize, Element)>>>,
     /// Since when `out` has been waiting for the peer to read it.
     write_since: Option<Instant>,
