@@ -395,6 +395,13 @@ async fn a_restart_starts_with_the_stored_list() {
     s.first_sync(&["spam.test"]).await;
     let before = w.feed_status("subscribed", |s| s.state == FeedState::Subscribed).await;
     drop(s);
+    // A record an older version stored for the server's own domain: not taken, and
+    // retracted in the store at the start.
+    let key = drawbridge::rtbl::FeedKey { service: SERVICE.into(), node: NODE.into() };
+    let listing = drawbridge::rtbl::report::Listing { reason: None, text: None, block_strangers: false };
+    let own =
+        drawbridge::rtbl::Entry { domain: drawbridge::domain::Domain::parse(HOME).unwrap(), listing, first_seen_ms: 1, last_seen_ms: 1 };
+    w.server.engine.testing().rtbl_change(&key, &drawbridge::rtbl::Change::Added(own));
     let World { dns, server, listener, .. } = w;
     let TestServer { engine, dir, .. } = server;
     engine.shutdown().await;
@@ -405,6 +412,9 @@ async fn a_restart_starts_with_the_stored_list() {
     let st = server.engine.testing().rtbl_status(SERVICE, NODE).unwrap();
     assert_eq!(st.last_sync_ms, before.last_sync_ms);
     assert_eq!((st.state, st.entries), (FeedState::Subscribing, 1), "the stored status is this run's");
+    assert!(server.engine.testing().rtbl_listings(HOME).is_empty());
+    let records = server.engine.testing().rtbl_records(SERVICE, NODE);
+    assert!(records.iter().any(|r| r.domain == HOME && r.retracted_ms.is_some()), "{records:?}");
     // Then it re-syncs from there.
     let mut s = federate(server.addr, &listener, SERVICE, HOME).await;
     let req = s.items_request().await;
@@ -491,6 +501,17 @@ async fn strangers_are_refused_unless_the_user_wrote_to_them_first() {
     spam.send(stanza("presence", "p2", "bob@spam.test/x", "alice@comp.home.test", None)).await;
     let got = within("the presence at the component", comp.next_el()).await.unwrap();
     assert_eq!(got.get_attr("id"), Some("p2"), "{}", got.to_xml());
+
+    // A room at the component sends its occupant presence and a relayed groupchat to a
+    // stranger who joined: that teaches nothing, his message to an occupant is refused.
+    comp.send("<presence id='r1' from='room@comp.home.test/alice' to='mallory@spam.test/x'/>").await;
+    assert_eq!(spam.next().await.get_attr("id"), Some("r1"));
+    comp.send("<message id='r2' type='groupchat' from='room@comp.home.test/alice' to='mallory@spam.test/x'><body>hi all</body></message>")
+        .await;
+    assert_eq!(spam.next().await.get_attr("id"), Some("r2"));
+    spam.send(stanza("message", "m0", "mallory@spam.test/x", "room@comp.home.test/alice", Some("chat"))).await;
+    let bounce = spam.next().await;
+    assert_eq!((bounce.get_attr("type"), bounce.get_attr("id")), (Some("error"), Some("m0")), "{}", bounce.to_xml());
 
     // Alice writes to bob: learnt as it leaves; bob's answer reaches her, carol's not.
     comp.send("<message id='a1' from='alice@comp.home.test/phone' to='bob@spam.test'><body>hi</body></message>").await;

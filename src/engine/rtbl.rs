@@ -12,24 +12,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
 use super::Shared;
 use crate::domain::Domain;
 use crate::events::Event;
 use crate::router::rtbl::Reconnects;
 use crate::rtbl::familiar::{Familiarity, Write};
 use crate::rtbl::{Action, Change, FeedStatus, Feeds, Now, Output, service_domain};
-use crate::xml::Element;
 
-/// Stanzas to the subscriber's JID waiting for the driver at most (beyond, the router drops
-/// and counts them): a service's burst of events, with room to spare.
+/// Stanzas to the subscriber's JID waiting for the driver at most, in count and bytes
+/// (beyond, the router drops and counts them): a service's burst of events, or a page of
+/// items, with room to spare — and no more memory than that while the driver is behind.
 pub(super) const INBOX: usize = 1024;
+pub(super) const INBOX_BYTES: usize = 16 << 20;
 
 /// What the driver needs besides the engine: the machines, warm, and its inbox.
 pub(super) struct Parts {
     pub feeds: Feeds,
-    pub inbox: mpsc::Receiver<Element>,
+    pub inbox: crate::router::queue::QueueRx,
     pub reconnects: Arc<Reconnects>,
 }
 
@@ -45,12 +44,14 @@ const COUNTERS_EVERY: Duration = Duration::from_secs(5);
 pub(super) async fn drive(shared: Arc<Shared>, parts: Parts) {
     let Parts { mut feeds, mut inbox, reconnects } = parts;
     let mut statuses = Statuses::new(&feeds);
-    // Per service domain, the outbound streams authorised that the feeds know of: the
-    // first is the one the start's requests open; each further one is a reconnect.
+    let mut retracted = Retracted::load(&shared, &feeds);
+    // Per service domain, the streams authorised (either way) that the feeds were told of;
+    // each new one is a reconnect to them (which only a feed following the service acts
+    // on: the streams the start's requests open come while it fetches).
     let mut known: HashMap<Domain, u64> = HashMap::new();
     let mut counters = tokio::time::interval(COUNTERS_EVERY);
     let out = feeds.start(now());
-    carry(&shared, &feeds, &mut statuses, out).await;
+    carry(&shared, &feeds, &mut statuses, &mut retracted, out).await;
     loop {
         let deadline = feeds.deadline().map(tokio::time::Instant::from_std);
         let out = tokio::select! {
@@ -66,17 +67,17 @@ pub(super) async fn drive(shared: Arc<Shared>, parts: Parts) {
                 continue;
             }
         };
-        carry(&shared, &feeds, &mut statuses, out).await;
+        carry(&shared, &feeds, &mut statuses, &mut retracted, out).await;
     }
     statuses.flush(&shared);
 }
 
-/// The outbound streams authorised per service domain, against those the feeds knew: the
-/// feeds of a service whose domain has a new stream re-sync.
+/// The streams authorised per service domain, against those the feeds were told of: the
+/// feeds of a service whose domain has a new stream hear of the reconnect.
 fn reconnected(feeds: &mut Feeds, known: &mut HashMap<Domain, u64>, counts: Vec<(Domain, u64)>) -> Vec<(usize, Output)> {
     let mut out = Vec::new();
     for (remote, n) in counts {
-        let seen = known.entry(remote.clone()).or_insert(1);
+        let seen = known.entry(remote.clone()).or_insert(0);
         if n <= *seen {
             continue;
         }
@@ -84,8 +85,11 @@ fn reconnected(feeds: &mut Feeds, known: &mut HashMap<Domain, u64>, counts: Vec<
         let services: Vec<String> =
             feeds.services().into_iter().filter(|s| service_domain(s) == remote.as_str()).map(str::to_owned).collect();
         for service in services {
-            tracing::info!("real-time blocklists: a new stream to {remote} is up; re-syncing the feeds of {service}");
-            out.extend(feeds.reconnected(now(), &service));
+            let resync = feeds.reconnected(now(), &service);
+            if resync.iter().any(|(_, o)| matches!(o, Output::Send(_))) {
+                tracing::info!("real-time blocklists: a new stream with {remote} is up; re-syncing the feeds of {service}");
+            }
+            out.extend(resync);
         }
     }
     out
@@ -145,12 +149,39 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// The retracted records each feed keeps in the store, counted: pruned back to
+/// `max_entries` only when they are a quarter over it, so that a service listing and
+/// retracting one domain without end costs one scan of the feed per many retractions, not
+/// one per event.
+struct Retracted(Vec<usize>);
+
+impl Retracted {
+    fn load(shared: &Shared, feeds: &Feeds) -> Retracted {
+        Retracted(feeds.iter().map(|f| shared.store.rtbl_retracted_count(&f.settings().key()).unwrap_or(0)).collect())
+    }
+
+    fn add(&mut self, shared: &Shared, i: usize, settings: &crate::rtbl::FeedSettings, n: usize) {
+        let Some(count) = self.0.get_mut(i) else { return };
+        *count += n;
+        let max = settings.max_entries;
+        if *count > max + (max / 4).max(16) {
+            match shared.store.rtbl_prune_retracted(&settings.key(), max) {
+                Ok(_) => *count = max.min(*count),
+                Err(e) => tracing::error!("store: pruning the retracted entries of the feed {}: {e}", settings.key()),
+            }
+        }
+    }
+}
+
 /// Carry out the machines' outputs, in order. A `block` feed's new listings close the
 /// live streams of the domains now refused once the batch is applied (the operator's
 /// block path, [`super::commands::enforce`]): a first sync of thousands of entries walks
-/// the streams once, not per entry.
-async fn carry(shared: &Arc<Shared>, feeds: &Feeds, statuses: &mut Statuses, out: Vec<(usize, Output)>) {
+/// the streams once, not per entry; an updated listing refuses nothing new.
+async fn carry(shared: &Arc<Shared>, feeds: &Feeds, statuses: &mut Statuses, retracted: &mut Retracted, out: Vec<(usize, Output)>) {
     let mut block = false;
+    // A sync or a clear is logged for the operator; single events at debug (a service
+    // decides how often they come).
+    let mut notable = false;
     // Per feed: entries listed (added or updated) and lifted (retracted or cleared), for one
     // log line and one pruning of the retracted records.
     let mut counts: HashMap<usize, (usize, usize)> = HashMap::new();
@@ -162,18 +193,23 @@ async fn carry(shared: &Arc<Shared>, feeds: &Feeds, statuses: &mut Statuses, out
             Output::Change(change) => {
                 let c = counts.entry(i).or_default();
                 match &change {
-                    Change::Added(_) | Change::Updated(_) => {
+                    Change::Added(_) => {
                         c.0 += 1;
                         block |= settings.action == Action::Block;
                     }
+                    Change::Updated(_) => c.0 += 1,
                     Change::Retracted { .. } => c.1 += 1,
                     Change::Cleared { .. } => {
                         c.1 += 1;
+                        notable = true;
                         tracing::info!("real-time blocklist {}: every entry cleared", settings.key())
                     }
-                    Change::Confirmed { .. } => {}
+                    Change::Confirmed { .. } => notable = true,
                 }
-                apply(shared, settings, &change)
+                let n = apply(shared, settings, &change);
+                if n > 0 {
+                    retracted.add(shared, i, settings, n);
+                }
             }
             Output::Status(status) => statuses.changed(shared, i, status),
             Output::Timer(_) => {}
@@ -184,17 +220,17 @@ async fn carry(shared: &Arc<Shared>, feeds: &Feeds, statuses: &mut Statuses, out
             && listed + lifted > 0
         {
             let s = f.settings();
-            if lifted > 0
-                && let Err(e) = shared.store.rtbl_prune_retracted(&s.key(), s.max_entries)
-            {
-                tracing::error!("store: pruning the retracted entries of the feed {}: {e}", s.key());
-            }
-            tracing::info!(
+            let line = format!(
                 "real-time blocklist {} ({}): {listed} listed or updated, {lifted} retracted; {} listed now",
                 s.key(),
                 s.action.as_str(),
                 f.status().entries
             );
+            if notable {
+                tracing::info!("{line}");
+            } else {
+                tracing::debug!("{line}");
+            }
         }
     }
     if block {
@@ -206,12 +242,13 @@ async fn carry(shared: &Arc<Shared>, feeds: &Feeds, statuses: &mut Statuses, out
 }
 
 /// One entry change: persisted, then in force; the records it lifted from the approval
-/// inbox announced.
-fn apply(shared: &Arc<Shared>, settings: &crate::rtbl::FeedSettings, change: &Change) {
+/// inbox announced. Returns how many stored records it marked retracted.
+fn apply(shared: &Arc<Shared>, settings: &crate::rtbl::FeedSettings, change: &Change) -> usize {
     let key = settings.key();
-    if let Err(e) = shared.store.rtbl_apply(&key, change) {
+    let retracted = shared.store.rtbl_apply(&key, change).unwrap_or_else(|e| {
         tracing::error!("store: a change of the feed {key} was not saved (it is in force until the next start): {e}");
-    }
+        0
+    });
     match change {
         Change::Added(e) | Change::Updated(e) => tracing::debug!("real-time blocklist {key} lists {}: {}", e.domain, e.listing.summary()),
         Change::Retracted { domain, .. } => tracing::debug!("real-time blocklist {key} no longer lists {domain}"),
@@ -220,6 +257,7 @@ fn apply(shared: &Arc<Shared>, settings: &crate::rtbl::FeedSettings, change: &Ch
     for record in shared.policy.apply_rtbl(settings, change) {
         let _ = shared.events.send(Event::DomainChanged { record });
     }
+    retracted
 }
 
 /// How often the familiarity set's writes go to the store, and how often it forgets the

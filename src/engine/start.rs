@@ -198,6 +198,20 @@ fn rtbl_setup(
             Err(e) => tracing::error!("store: the last status of the feed {} could not be read: {e}", feed.key()),
         }
         if let Some(m) = feeds.iter().nth(i) {
+            // What the feed no longer takes from the store (a domain now served here or a
+            // service's, beyond a lowered max_entries) is retracted there too: the store
+            // lists nothing that is not in force.
+            let now = crate::types::now_ms();
+            for e in store.rtbl_listed(&feed.key()).unwrap_or_default() {
+                if m.entry(e.domain.as_str()).is_none() {
+                    tracing::info!(
+                        "real-time blocklist {}: {} is no longer taken from the store (served here, a service's domain, or beyond max_entries)",
+                        feed.key(),
+                        e.domain
+                    );
+                    store.rtbl_apply(&feed.key(), &Change::Retracted { domain: e.domain, at_ms: now })?;
+                }
+            }
             for e in m.entries() {
                 policy.apply_rtbl(feed, &Change::Added(e.clone()));
             }
@@ -208,7 +222,7 @@ fn rtbl_setup(
             }
         }
     }
-    let (tx, rx) = tokio::sync::mpsc::channel(super::rtbl::INBOX);
+    let (tx, rx) = crate::router::queue::queue(super::rtbl::INBOX, super::rtbl::INBOX_BYTES);
     let services = feeds.services().into_iter().filter_map(|s| Domain::parse(crate::rtbl::service_domain(s)).ok()).collect();
     let reconnects = Arc::new(crate::router::rtbl::Reconnects::default());
     let inbox = crate::router::rtbl::FeedInbox::new(first.clone(), services, tx, reconnects.clone());

@@ -208,9 +208,9 @@ impl Router {
         self
     }
 
-    /// An outbound s2s stream of ours authenticated (`local`, `remote`): the RTBL driver
-    /// hears of it when it is a stream to a service it follows.
-    pub fn outbound_authorised(&self, local: &Domain, remote: &Domain) {
+    /// A federation stream authenticated the pair (`local`, `remote`), either way: the RTBL
+    /// driver hears of it when it is a stream to or from a service it follows.
+    pub fn pair_authorised(&self, local: &Domain, remote: &Domain) {
         if let Some(f) = &self.feeds {
             f.authorised(local, remote);
         }
@@ -443,7 +443,7 @@ impl Router {
         if let Some(s) = &self.strangers
             && let (Some(f), Some(t)) = (st.get_attr("from"), st.get_attr("to"))
         {
-            s.learn(&st, f, t);
+            s.learn(&st, f, t, self.component_for(&from).is_some());
         }
         self.send_remote(from, to, st)
     }

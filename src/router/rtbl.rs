@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::domain::Domain;
 use crate::policy::{Inbound, Policy};
@@ -56,7 +56,8 @@ pub struct FeedInbox {
     domain: Domain,
     /// The services' domains: the only senders heard, and whose outbound streams are followed.
     services: Vec<Domain>,
-    tx: mpsc::Sender<Element>,
+    /// To the driver, bounded in count and bytes.
+    tx: super::queue::QueueTx,
     reconnects: Arc<Reconnects>,
     /// Stanzas dropped because the driver's channel was full.
     dropped: AtomicU64,
@@ -67,12 +68,14 @@ pub struct FeedInbox {
 }
 
 impl FeedInbox {
-    pub fn new(domain: Domain, services: Vec<Domain>, tx: mpsc::Sender<Element>, reconnects: Arc<Reconnects>) -> FeedInbox {
+    pub fn new(domain: Domain, services: Vec<Domain>, tx: super::queue::QueueTx, reconnects: Arc<Reconnects>) -> FeedInbox {
         FeedInbox { domain, services, tx, reconnects, dropped: AtomicU64::new(0), foreign: AtomicU64::new(0), logged_ms: AtomicU64::new(0) }
     }
 
-    /// An outbound stream authenticated (`local`, `remote`): counted for the driver when it
-    /// is the subscriber's domain to a service's (a comparison otherwise).
+    /// A federation stream authenticated the pair (`local`, `remote`), either way: counted
+    /// for the driver when it is the subscriber's domain and a service's (a comparison
+    /// otherwise). Events come on the service's stream to us, answers too; our requests go
+    /// on ours.
     pub fn authorised(&self, local: &Domain, remote: &Domain) {
         if *local == self.domain && self.services.contains(remote) {
             self.reconnects.authorised(remote);
@@ -86,23 +89,30 @@ impl FeedInbox {
     }
 
     /// A stanza to the subscriber's JID; the reply to route, if any. A request is answered
-    /// `service-unavailable` (the JID is no client: RFC 6120 §10.5.2, a
-    /// `domain/resource` the server does not handle). Only the services' domains are heard: anything else is dropped
-    /// and counted, before it costs the driver anything. The rest goes to the driver without
-    /// waiting: a full channel drops it (counted, one log line a minute) — the stanza path
-    /// never waits for the driver, and the machines' timeouts and re-syncs recover what was
-    /// lost.
+    /// `service-unavailable` (the JID is no client: RFC 6120 §10.5.2, a `domain/resource`
+    /// the server does not handle). Only what a subscriber can be sent goes on — answers to
+    /// its requests (ids `rtbl-…`) and pubsub event messages, from a service's domain; the
+    /// rest is dropped and counted before it costs the driver anything. It goes to the
+    /// driver without waiting, bounded in count and bytes: beyond, it is dropped (counted,
+    /// one log line a minute) — the stanza path never waits for the driver, and the
+    /// machines' timeouts and re-syncs recover what was lost.
     pub fn offer(&self, st: Element) -> Option<Element> {
-        if st.name == "iq" && matches!(st.get_attr("type"), Some("get" | "set")) {
+        let kind = st.get_attr("type");
+        if st.name == "iq" && matches!(kind, Some("get" | "set")) {
             return crate::proto::stanza::error_reply(&st, crate::proto::stanza::StanzaErrorCondition::ServiceUnavailable, None);
         }
-        if !st.get_attr("from").and_then(crate::proto::jid::domain_of).is_some_and(|d| self.services.contains(&d)) {
+        let expected = match st.name.as_ref() {
+            "iq" => st.get_attr("id").is_some_and(|id| id.starts_with("rtbl-")),
+            "message" => kind != Some("error") && st.elements().any(|e| e.is("event", crate::rtbl::machine::NS_PUBSUB_EVENT)),
+            _ => false,
+        };
+        if !expected || !st.get_attr("from").and_then(crate::proto::jid::domain_of).is_some_and(|d| self.services.contains(&d)) {
             self.foreign.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         match self.tx.try_send(st) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(st)) => {
+            Err(super::queue::TrySendError::Full(st)) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 let now = crate::types::now_ms();
                 let last = self.logged_ms.load(Ordering::Relaxed);
@@ -116,7 +126,7 @@ impl FeedInbox {
                     );
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => tracing::debug!("real-time blocklists: the driver has stopped"),
+            Err(super::queue::TrySendError::Closed(_)) => tracing::debug!("real-time blocklists: the driver has stopped"),
         }
         None
     }
@@ -126,7 +136,8 @@ impl FeedInbox {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Stanzas dropped since start because no service sent them.
+    /// Stanzas dropped since start because no service sent them, or they are nothing a
+    /// subscriber is sent.
     pub fn foreign(&self) -> u64 {
         self.foreign.load(Ordering::Relaxed)
     }
@@ -159,16 +170,20 @@ impl Strangers {
 
     /// A stanza leaving from a local user to a remote JID: the pair becomes familiar. Only
     /// what the user chose to say teaches: a message with a body (not an error; receipts,
-    /// markers and chat states carry none), a subscription request or approval, a directed
-    /// presence to a full JID (joining a room). What a client sends by itself — iqs such as
-    /// the disco query a stranger's presence with caps triggers, answers, receipts — does
-    /// not, or a stranger could make himself known.
-    pub fn learn(&self, st: &Element, from_jid: &str, to_jid: &str) {
+    /// markers and chat states carry none), a subscription request or approval, and — from
+    /// the internal server's users only — a groupchat message or a directed presence to a
+    /// full JID (joining a room). What a client sends by itself — iqs such as the disco query
+    /// a stranger's presence with caps triggers, answers, receipts — does not, or a stranger
+    /// could make himself known. Nor does what a component sends by itself
+    /// (`by_component`): a room's occupant presence and relayed groupchat go to whoever
+    /// joined it.
+    pub fn learn(&self, st: &Element, from_jid: &str, to_jid: &str, by_component: bool) {
         let teaches = match (st.name.as_ref(), st.get_attr("type")) {
             ("message", Some("error")) => false,
+            ("message", Some("groupchat")) if by_component => false,
             ("message", _) => st.elements().any(|c| c.name == "body"),
             ("presence", Some("subscribe" | "subscribed")) => true,
-            ("presence", None) => to_jid.contains('/'),
+            ("presence", None) => !by_component && to_jid.contains('/'),
             _ => false,
         };
         if teaches && Jid::parse(from_jid).is_some_and(|j| j.local.is_some()) {
@@ -183,7 +198,7 @@ mod tests {
 
     #[test]
     fn the_subscriber_jid_is_matched_exactly() {
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = super::super::queue::queue(1, 1 << 20);
         let inbox = FeedInbox::new(Domain::parse("home.test").unwrap(), vec![], tx, Arc::default());
         assert!(inbox.is_for("home.test/drawbridge-rtbl"));
         assert!(inbox.is_for("HOME.test/drawbridge-rtbl"));
@@ -198,15 +213,18 @@ mod tests {
         }
     }
 
-    fn inbox(cap: usize) -> (FeedInbox, mpsc::Receiver<Element>, Arc<Reconnects>) {
-        let (tx, rx) = mpsc::channel(cap);
+    fn inbox(cap: usize) -> (FeedInbox, super::super::queue::QueueRx, Arc<Reconnects>) {
+        let (tx, rx) = super::super::queue::queue(cap, 1 << 20);
         let reconnects = Arc::new(Reconnects::default());
         let d = |s: &str| Domain::parse(s).unwrap();
         (FeedInbox::new(d("home.test"), vec![d("pubsub.test")], tx, reconnects.clone()), rx, reconnects)
     }
 
     fn to_me(from: &str) -> Element {
-        Element::new("message", crate::xml::ns::SERVER).attr("from", from).attr("to", "home.test/drawbridge-rtbl")
+        Element::new("message", crate::xml::ns::SERVER)
+            .attr("from", from)
+            .attr("to", "home.test/drawbridge-rtbl")
+            .child(Element::new("event", crate::rtbl::machine::NS_PUBSUB_EVENT))
     }
 
     #[test]
@@ -215,8 +233,8 @@ mod tests {
         assert!(inbox.offer(to_me("pubsub.test")).is_none());
         assert!(inbox.offer(to_me("pubsub.test")).is_none());
         assert_eq!(inbox.dropped(), 1);
-        assert!(rx.try_recv().is_ok());
-        assert!(rx.try_recv().is_err());
+        assert!(rx.try_recv().is_some());
+        assert!(rx.try_recv().is_none());
     }
 
     /// Only the services' domains reach the driver: a stranger's flood of forged answers
@@ -230,12 +248,23 @@ mod tests {
             }
         }
         assert_eq!(inbox.foreign(), 4000);
-        assert_eq!((inbox.dropped(), rx.try_recv().is_err()), (0, true));
+        assert_eq!((inbox.dropped(), rx.try_recv().is_none()), (0, true));
         assert!(
             inbox.offer(to_me("pubsub.test/x")).is_none(),
             "a resource of the service's domain reaches the machine, which judges the JID"
         );
-        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_some());
+        // Nothing a subscriber is sent, even from the service: a message without an event,
+        // an answer to no request of ours, an error message.
+        let plain =
+            Element::new("message", crate::xml::ns::SERVER).attr("from", "pubsub.test").child(Element::new("body", crate::xml::ns::SERVER));
+        let stray = Element::new("iq", crate::xml::ns::SERVER).attr("type", "result").attr("id", "x1").attr("from", "pubsub.test");
+        let error = to_me("pubsub.test").attr("type", "error");
+        for st in [plain, stray, error] {
+            assert!(inbox.offer(st).is_none());
+        }
+        assert_eq!(inbox.foreign(), 4003);
+        assert!(rx.try_recv().is_none());
         let get = Element::new("iq", crate::xml::ns::SERVER)
             .attr("type", "get")
             .attr("id", "q")
@@ -244,7 +273,7 @@ mod tests {
         let reply = inbox.offer(get).expect("an iq request is answered");
         assert_eq!((reply.get_attr("type"), reply.get_attr("to"), reply.get_attr("id")), (Some("error"), Some("u@evil.test/r"), Some("q")));
         assert!(reply.elements().any(|e| e.elements().any(|c| c.name == "service-unavailable")), "{reply:?}");
-        assert!(rx.try_recv().is_err());
+        assert!(rx.try_recv().is_none());
     }
 
     /// The news of a stream to a service is counted apart from the stanzas: a full channel
@@ -295,16 +324,23 @@ mod tests {
             (pres(Some("probe")), them),
             (pres(Some("unsubscribed")), them),
         ] {
-            s.learn(&st, me, to);
+            s.learn(&st, me, to, false);
             assert!(s.familiar.is_empty(), "{st:?} to {to}");
         }
         for (st, to) in
             [(msg(Some("chat"), "body"), them), (pres(Some("subscribe")), "carol@spam.test"), (pres(None), "room@conf.spam.test/alice")]
         {
             let before = s.familiar.len();
-            s.learn(&st, me, to);
+            s.learn(&st, me, to, false);
             assert_eq!(s.familiar.len(), before + 1, "{st:?} to {to}");
         }
+        // A room at a component: its occupant presence to whoever joined, and the groupchat
+        // it relays, teach nothing.
+        let room = "room@muc.home.test/alice";
+        for st in [pres(None), msg(Some("groupchat"), "body")] {
+            s.learn(&st, room, "mallory@spam.test/x", true);
+        }
+        assert_eq!(s.familiar.len(), 3, "nothing learnt from the component's own stanzas");
     }
 
     /// Links recorded by pair, their receivers kept (a test plays the streams).
@@ -352,7 +388,7 @@ mod tests {
         let feed = FeedSettings { service: "pubsub.test".into(), node: "n".into(), action: Action::Strangers, max_entries: 10 };
         let listing = Listing { reason: None, text: None, block_strangers: false };
         policy.apply_rtbl(&feed, &Change::Added(Entry { domain: d("spam.test"), listing, first_seen_ms: 1, last_seen_ms: 1 }));
-        let (tx, mut rx) = mpsc::channel(4);
+        let (tx, mut rx) = super::super::queue::queue(4, 1 << 20);
         let familiar = Arc::new(Familiarity::new([1; 32], FamiliarSettings::default()));
         let reconnects = Arc::new(Reconnects::default());
         let router = super::super::Router::new(vec![d("home.test")], policy.clone(), std::time::Duration::from_secs(5))
@@ -362,8 +398,15 @@ mod tests {
         let pairs: &'static Pairs = Box::leak(Box::new(Pairs(std::sync::Mutex::new(Vec::new()))));
         router.set_opener(Box::new(pairs));
 
-        assert!(router.route(st("message", "ev", "pubsub.test", "home.test/drawbridge-rtbl", None)).is_none());
-        assert!(matches!(rx.try_recv(), Ok(st) if st.get_attr("id") == Some("ev")));
+        assert!(
+            router
+                .route(
+                    st("message", "ev", "pubsub.test", "home.test/drawbridge-rtbl", None)
+                        .child(Element::new("event", crate::rtbl::machine::NS_PUBSUB_EVENT))
+                )
+                .is_none()
+        );
+        assert!(matches!(rx.try_recv(), Some(st) if st.get_attr("id") == Some("ev")));
         assert!(pairs.0.lock().unwrap().is_empty(), "nothing for the internal server");
 
         assert!(router.route(st("message", "m1", "bob@spam.test/x", "alice@home.test", None)).is_none());

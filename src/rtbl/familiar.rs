@@ -61,10 +61,21 @@ pub fn pair_hash(key: &[u8; 32], local: &str, remote: &str) -> PairHash {
     h
 }
 
-/// A bare JID as compared: the resource cut, lower case (localparts and domains compare
-/// case-insensitively in practice; RFC 7622's casefolding for the ASCII range).
+/// A bare JID as compared: the resource cut, the localpart in lower case (localparts
+/// compare case-insensitively in practice; RFC 7622's casefolding), the domain in its
+/// normal form (IDNA, no trailing dot: [`crate::domain::Domain`]), so that one contact
+/// written two ways is one pair.
 fn bare(jid: &str) -> String {
-    jid.split('/').next().unwrap_or("").to_lowercase()
+    let bare = jid.split('/').next().unwrap_or("");
+    let (local, domain) = match bare.rsplit_once('@') {
+        Some((l, d)) => (Some(l), d),
+        None => (None, bare),
+    };
+    let domain = crate::domain::Domain::parse(domain).map_or_else(|_| domain.to_lowercase(), |d| d.as_str().to_owned());
+    match local {
+        Some(l) => format!("{}@{domain}", l.to_lowercase()),
+        None => domain,
+    }
 }
 
 impl Familiar {
@@ -273,6 +284,9 @@ mod tests {
         let w = f.note("alice@home.test/phone", "Bob@Spam.example/x", 0);
         assert!(matches!(w.as_slice(), [Write::Put(_, 0)]));
         assert!(f.knows("alice@home.test", "bob@spam.example", 1), "bare, case-insensitive");
+        assert!(f.knows("alice@HOME.test.", "bob@spam.example.", 1), "a domain in its normal form");
+        f.note("alice@home.test", "bob@böse.example", 0);
+        assert!(f.knows("alice@home.test", "bob@xn--bse-sna.example/r", 1), "one contact written two ways is one pair");
         assert!(!f.knows("bob@spam.example", "alice@home.test", 1), "writing to someone does not make them know you");
         assert!(!f.knows("carol@home.test", "bob@spam.example", 1));
         // The pair is not in clear, and another key gives other hashes.

@@ -197,6 +197,13 @@ pub struct FeedMachine {
     subscribed: bool,
     /// The items of the sync in progress, page by page.
     partial: BTreeMap<Domain, Listing>,
+    /// Events that arrived while the sync was in progress, by domain (published: the
+    /// listing; retracted: `None`): they are newer than the pages, whatever page a domain
+    /// was on. Bounded by `max_entries`.
+    during_sync: BTreeMap<Domain, Option<Listing>>,
+    /// The sync in progress did not see the whole node (`max_entries`, the page limit, or
+    /// too many events meanwhile): what it did not see is not taken as retracted.
+    truncated: bool,
     /// Consecutive failures (the back-off's exponent).
     failures: u32,
     /// Domains no item may list: those served here and the services' (see
@@ -232,6 +239,8 @@ impl FeedMachine {
             phase: Phase::Idle,
             subscribed: false,
             partial: BTreeMap::new(),
+            during_sync: BTreeMap::new(),
+            truncated: false,
             failures: 0,
             protected,
             next_id: 0,
@@ -290,10 +299,18 @@ impl FeedMachine {
         let before = (self.status.clone(), self.deadline());
         match input {
             Input::Start => self.fetch(now, &mut out),
-            // A sync after a reconnect; a feed backing off re-syncs when its wait ends (a
-            // service whose streams come and go does not undo the back-off).
-            Input::Reconnected if matches!(self.phase, Phase::Backoff { .. } | Phase::Idle) => {}
-            Input::Reconnected => self.fetch(now, &mut out),
+            // A new stream to or from the service while following: events may have been
+            // lost with the old one, and the service may have lost our subscription (a
+            // restart): fetch, then subscribe again (XEP-0060 §6.1: subscribing again is
+            // answered with the subscription). In any other phase the request in flight,
+            // its timeout or the back-off's end leads to a sync anyway — a service whose
+            // streams come and go does not undo the back-off, and the stream our own
+            // request opened does not make it fetch twice.
+            Input::Reconnected if matches!(self.phase, Phase::Following { .. }) => {
+                self.subscribed = false;
+                self.fetch(now, &mut out)
+            }
+            Input::Reconnected => {}
             Input::Tick => self.tick(now, &mut out),
             Input::Stanza(el) => self.stanza(now, el, &mut out),
         }
@@ -338,6 +355,8 @@ impl FeedMachine {
     /// Send the items request (the start of a sync).
     fn fetch(&mut self, now: Now, out: &mut Vec<Output>) {
         self.partial.clear();
+        self.during_sync.clear();
+        self.truncated = false;
         self.request_page(now, None, 0, 0, out);
     }
 
@@ -410,13 +429,16 @@ impl FeedMachine {
                     let last = rsm.and_then(|r| r.get_child("last", NS_RSM)).map(|l| l.text_content());
                     let count = rsm.and_then(|r| r.get_child("count", NS_RSM)).and_then(|c| c.text_content().trim().parse::<u64>().ok());
                     let received = received + got as u64;
-                    if let (Some(last), Some(count)) = (last, count)
+                    if let (Some(last), Some(count)) = (last.clone(), count)
                         && got > 0
                         && received < count
                         && self.partial.len() < self.settings.max_entries
                         && page + 1 < MAX_PAGES
                     {
                         return self.request_page(now, Some(last), page + 1, received, out);
+                    }
+                    if count.is_some_and(|c| received < c) && got > 0 && last.is_some() {
+                        self.truncated = true;
                     }
                     self.sync(now, out);
                     if self.subscribed {
@@ -466,6 +488,7 @@ impl FeedMachine {
                     self.partial.insert(d, Listing::from_item(item));
                 } else if !self.partial.contains_key(&d) {
                     self.status.ignored_over_limit += 1;
+                    self.truncated = true;
                 }
             }
         }
@@ -474,8 +497,18 @@ impl FeedMachine {
 
     /// The items request is complete: what the service lists now against what is stored.
     fn sync(&mut self, now: Now, out: &mut Vec<Output>) {
-        let seen = std::mem::take(&mut self.partial);
-        let gone: Vec<Domain> = self.entries.keys().filter(|d| !seen.contains_key(*d)).cloned().collect();
+        let mut seen = std::mem::take(&mut self.partial);
+        for (d, event) in std::mem::take(&mut self.during_sync) {
+            match event {
+                Some(listing) => seen.insert(d, listing),
+                None => seen.remove(&d),
+            };
+        }
+        let gone: Vec<Domain> = if std::mem::take(&mut self.truncated) {
+            Vec::new()
+        } else {
+            self.entries.keys().filter(|d| !seen.contains_key(*d)).cloned().collect()
+        };
         let mut changed = !gone.is_empty();
         for d in gone {
             self.entries.remove(&d);
@@ -551,17 +584,26 @@ impl FeedMachine {
         let mut changed = false;
         match e.name.as_str() {
             "items" => {
+                let syncing = matches!(self.phase, Phase::Fetching { .. });
                 for c in e.elements() {
                     if c.is("item", NS_PUBSUB_EVENT) {
                         if let Some(d) = self.domain_of(c) {
-                            changed |= self.put(now, d, Listing::from_item(c), out);
+                            let listing = Listing::from_item(c);
+                            if syncing {
+                                self.during(d.clone(), Some(listing.clone()));
+                            }
+                            changed |= self.put(now, d, listing, out);
                         }
                     } else if c.is("retract", NS_PUBSUB_EVENT)
                         && let Some(d) = self.domain_of(c)
-                        && self.entries.remove(&d).is_some()
                     {
-                        out.push(Output::Change(Change::Retracted { domain: d, at_ms: now.unix_ms }));
-                        changed = true;
+                        if syncing {
+                            self.during(d.clone(), None);
+                        }
+                        if self.entries.remove(&d).is_some() {
+                            out.push(Output::Change(Change::Retracted { domain: d, at_ms: now.unix_ms }));
+                            changed = true;
+                        }
                     }
                 }
             }
@@ -574,6 +616,15 @@ impl FeedMachine {
         }
         if changed {
             self.status.last_change_ms = Some(now.unix_ms);
+        }
+    }
+
+    /// Note an event that came during a sync (see `during_sync`).
+    fn during(&mut self, d: Domain, event: Option<Listing>) {
+        if self.during_sync.len() < self.settings.max_entries || self.during_sync.contains_key(&d) {
+            self.during_sync.insert(d, event);
+        } else {
+            self.truncated = true;
         }
     }
 

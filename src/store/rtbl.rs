@@ -57,7 +57,9 @@ fn entry_key(feed: &FeedKey, domain: &str) -> Vec<u8> {
 impl Store {
     /// Persist one change the feed's machine made (call [`Store::flush`] when it must be
     /// durable). A domain listed again keeps its first sighting.
-    pub fn rtbl_apply(&self, feed: &FeedKey, change: &Change) -> Result<(), StoreError> {
+    /// Returns how many records it marked retracted (for the caller's count of them: see
+    /// [`Store::rtbl_prune_retracted`]).
+    pub fn rtbl_apply(&self, feed: &FeedKey, change: &Change) -> Result<usize, StoreError> {
         match change {
             Change::Added(e) | Change::Updated(e) => {
                 let key = entry_key(feed, e.domain.as_str());
@@ -85,27 +87,37 @@ impl Store {
                     if rec.retracted_ms.is_none() {
                         rec.retracted_ms = Some(*at_ms);
                         self.rtbl.insert(key, encode(&rec)).map_err(|x| self.err(x))?;
+                        return Ok(1);
                     }
                 }
             }
-            Change::Cleared { at_ms } => self.rtbl_rewrite_listed(feed, |r| r.retracted_ms = Some(*at_ms))?,
-            Change::Confirmed { at_ms } => self.rtbl_rewrite_listed(feed, |r| r.last_seen_ms = *at_ms)?,
+            Change::Cleared { at_ms } => return self.rtbl_rewrite_listed(feed, |r| r.retracted_ms = Some(*at_ms)),
+            Change::Confirmed { at_ms } => {
+                self.rtbl_rewrite_listed(feed, |r| r.last_seen_ms = *at_ms)?;
+            }
         }
-        Ok(())
+        Ok(0)
     }
 
-    /// Change every not-retracted entry of a feed, in one batch.
-    fn rtbl_rewrite_listed(&self, feed: &FeedKey, mut f: impl FnMut(&mut RtblRecord)) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+    /// Change every not-retracted entry of a feed, in one batch; how many.
+    fn rtbl_rewrite_listed(&self, feed: &FeedKey, mut f: impl FnMut(&mut RtblRecord)) -> Result<usize, StoreError> {
+        let (mut batch, mut n) = (sled::Batch::default(), 0);
         for kv in self.rtbl.scan_prefix(feed_prefix(feed)) {
             let (k, v) = kv.map_err(|x| self.err(x))?;
             let mut rec: RtblRecord = decode(&v).map_err(|x| self.err(x))?;
             if rec.retracted_ms.is_none() {
                 f(&mut rec);
                 batch.insert(k, encode(&rec));
+                n += 1;
             }
         }
-        self.rtbl.apply_batch(batch).map_err(|x| self.err(x))
+        self.rtbl.apply_batch(batch).map_err(|x| self.err(x))?;
+        Ok(n)
+    }
+
+    /// How many retracted records a feed keeps (read once at start; the driver counts on).
+    pub fn rtbl_retracted_count(&self, feed: &FeedKey) -> Result<usize, StoreError> {
+        Ok(self.rtbl_records(feed)?.iter().filter(|r| r.retracted_ms.is_some()).count())
     }
 
     /// Every record of a feed, retracted ones included, by domain.

@@ -241,12 +241,11 @@ impl Driver {
                     // Authenticated: the stanza size limit we advertise applies from now on.
                     self.conn.authenticated();
                 }
-                // Federation's outbound streams only (not the internal link's).
+                // Federation's streams, either way (not the internal link's).
                 if let Observed::Pair { local, remote, status: crate::events::PairStatus::Valid, .. } = &o
-                    && self.direction == Direction::Out
                     && self.caps.internal.is_none()
                 {
-                    self.caps.router.outbound_authorised(local, remote);
+                    self.caps.router.pair_authorised(local, remote);
                 }
                 observe(&*self.caps.observer, &self.entry, self.direction, o)
             }

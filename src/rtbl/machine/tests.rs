@@ -277,15 +277,18 @@ fn late_or_refused_items_request_is_an_error_retried_with_growing_back_off() {
 }
 
 #[test]
-fn reconnect_and_the_hour_resync_without_subscribing_again() {
+fn reconnect_resyncs_and_subscribes_again_the_hour_resync_only_fetches() {
     let mut w = World::new(100, vec![]);
     w.subscribed(&["a.example", "b.example"]);
-    // Events missed while the link was down: the re-sync picks them up.
+    // Events missed while the link was down: the re-sync picks them up; the service may
+    // have lost the subscription (a restart): subscribed again.
     w.at(500);
     let out = w.input(Input::Reconnected);
     let out = w.answer_items(&out, &["b.example", "c.example"]);
     assert_eq!(changes(&out), ["-a.example", "+c.example", "confirmed"]);
-    assert!(sent(&out).is_empty(), "the subscription is the service's: no new subscribe");
+    let sub = sent(&out).pop().expect("subscribes again after a reconnect");
+    assert_eq!(sub.get_attr("type"), Some("set"));
+    w.stanza(&result(&sub, None));
     assert_eq!(w.m.status().state, FeedState::Subscribed);
     assert_eq!(w.m.deadline(), Some(w.start + Duration::from_secs(500 + 3600)));
     w.at(500 + 3599);
@@ -295,6 +298,7 @@ fn reconnect_and_the_hour_resync_without_subscribing_again() {
     assert_eq!(sent(&out)[0].get_attr("type"), Some("get"));
     let out = w.answer_items(&out, &["b.example", "c.example"]);
     assert_eq!(changes(&out), ["confirmed"]);
+    assert!(sent(&out).is_empty(), "the hourly re-sync does not subscribe again");
     assert_eq!(w.m.status().last_sync_ms, Some(1_000_000 + 4_100_000));
     // Backing off after a failure, a reconnect sends nothing: the wait ends first.
     let out = w.input(Input::Reconnected);
@@ -405,4 +409,28 @@ fn items_naming_ourselves_or_the_service_are_ignored() {
     assert!(changes(&out).is_empty());
     assert_eq!(w.m.status().ignored_protected, 4);
     assert_eq!(w.m.status().ignored_invalid, 0);
+}
+
+/// Events during a sync are newer than the pages: a retract is not undone by a page that
+/// still held the domain, a publish not taken back by a page that did not; a sync that did
+/// not see the whole node (the page limit, `max_entries`) retracts nothing it did not see.
+#[test]
+fn events_during_a_sync_win_and_a_truncated_sync_retracts_nothing() {
+    let mut w = World::new(100, vec![]);
+    w.subscribed(&["a.example", "b.example"]);
+    w.at(3600);
+    let out = w.input(Input::Tick);
+    w.stanza(&event(SERVICE, vec![items_event(vec![retract("a.example"), item(NS_PUBSUB_EVENT, "n.example", "new")])]));
+    let out = w.answer_items(&out, &["a.example", "b.example"]);
+    assert_eq!(changes(&out), ["confirmed"], "{out:?}");
+    assert_eq!(listed(&w), ["b.example", "n.example"]);
+
+    // Full (max 3): the service's four items are more than the feed takes; none is taken as gone.
+    let mut w = World::new(3, vec![]);
+    w.subscribed(&["a.example", "b.example", "c.example"]);
+    w.at(3600);
+    let out = w.input(Input::Tick);
+    let out = w.answer_items(&out, &["d.example", "e.example", "f.example", "g.example"]);
+    assert!(!changes(&out).iter().any(|c| c.starts_with('-')), "{:?}", changes(&out));
+    assert_eq!(listed(&w).len(), 3);
 }
