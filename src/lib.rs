@@ -21,6 +21,7 @@ pub mod events;
 pub mod fuzzing;
 pub mod gateway;
 pub mod limits;
+pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod proto;

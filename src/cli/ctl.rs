@@ -81,6 +81,7 @@ impl CtlCommand {
             CtlCommand::Domain { domain, json } => (Request::Domain { domain: domain.clone() }, *json),
             CtlCommand::Explain { domain, json } => (Request::Explain { domain: domain.clone() }, *json),
             CtlCommand::Rtbl { json } => (Request::Rtbl, *json),
+            CtlCommand::Metrics => (Request::Metrics, false),
             CtlCommand::Keep { domain, reason, json } => (Request::Keep { domain: domain.clone(), reason: reason.clone() }, *json),
             CtlCommand::History { domain, limit, json } => (Request::History { domain: domain.clone(), limit: *limit }, *json),
         })
@@ -146,6 +147,7 @@ impl CtlCommand {
             CtlCommand::Domain { .. } => "domain",
             CtlCommand::Explain { .. } => "explain",
             CtlCommand::Rtbl { .. } => "rtbl",
+            CtlCommand::Metrics => "metrics",
             CtlCommand::Keep { .. } => "keep",
             CtlCommand::History { .. } => "history",
         }

@@ -170,6 +170,9 @@ pub enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The metrics in the OpenMetrics text format, as `GET /metrics` serves them
+    /// ([metrics] listen), without HTTP.
+    Metrics,
     /// The real-time blocklists followed ([[rtbl]]): each feed's state and counters, and its
     /// entries with their reports (retracted ones marked).
     Rtbl {

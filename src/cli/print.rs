@@ -24,6 +24,8 @@ pub fn reply(cmd: &CtlCommand, reply: &Reply, out: &mut impl Write) -> io::Resul
                 writeln!(out, "{}", escape(line))?;
             }
         }
+        // The exposition as it is: it ends in its own newline.
+        Reply::Text(t) if matches!(cmd, CtlCommand::Metrics) => write!(out, "{t}")?,
         Reply::Text(t) => writeln!(out, "{t}")?,
         Reply::Probe(r) => return probe(r, out),
         Reply::Outcomes(v) => outcomes(v, out)?,

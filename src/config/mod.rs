@@ -23,6 +23,7 @@ mod dns;
 mod duration;
 mod gateway;
 mod limits;
+mod metrics;
 mod outbound;
 mod policy;
 mod rtbl;
@@ -37,6 +38,7 @@ pub use components::{ComponentDef, ComponentSettings};
 pub use duration::parse_duration;
 pub use gateway::{GatewayAuth, GatewaySettings};
 pub use limits::Limits;
+pub use metrics::MetricsSettings;
 pub use timeouts::Timeouts;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,7 @@ struct File {
     component: Vec<components::ComponentFile>,
     rtbl: Vec<rtbl::RtblFile>,
     strangers: rtbl::StrangersFile,
+    metrics: metrics::MetricsFile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +118,8 @@ pub struct Settings {
     pub rtbl: Vec<crate::rtbl::FeedSettings>,
     /// `[strangers]`: the familiarity set of the `strangers` action.
     pub strangers: crate::rtbl::familiar::FamiliarSettings,
+    /// `[metrics]`: the OpenMetrics endpoint.
+    pub metrics: metrics::MetricsSettings,
     /// The RTBL subscriber's request timeout, re-sync period and back-off: not
     /// configurable (XEP-0060 services answer in seconds; the hourly re-sync is the issue's);
     /// tests shorten them.
@@ -229,6 +234,8 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
     let components = components::validate(&cx, &f.components, &f.component, &server.domains, &taken)?;
     let rtbl = rtbl::validate(&cx, &f.rtbl)?;
     let strangers = f.strangers.validate(&cx)?;
+    taken.extend(components.listen.iter().copied());
+    let metrics = f.metrics.validate(&cx, &taken)?;
     Ok(Settings {
         source: path.map(Path::to_path_buf),
         domains: server.domains,
@@ -250,6 +257,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         components,
         rtbl,
         strangers,
+        metrics,
         rtbl_timing: crate::rtbl::Timing::default(),
     })
 }

@@ -261,3 +261,18 @@ fn durations() {
     let e = err("[timeouts]\nnegotiation = \"0s\"\n");
     assert!(e.contains("key `timeouts.negotiation`") && e.contains("greater than zero"), "{e}");
 }
+
+#[test]
+fn metrics_are_off_by_default_and_validated_naming_the_key() {
+    let s = Settings::builtin();
+    assert!(s.metrics.listen.is_empty(), "no endpoint unless asked for");
+    assert_eq!(s.metrics.allow.len(), 2);
+    let ok =
+        Settings::parse("[metrics]\nlisten = [\"127.0.0.1:9269\"]\nper_domain = [\"Example.NET\"]\n", Path::new("/etc/d.toml")).unwrap();
+    assert_eq!(ok.metrics.listen, ["127.0.0.1:9269".parse().unwrap()]);
+    assert_eq!(ok.metrics.per_domain[0].as_str(), "example.net");
+    assert!(err("[metrics]\nallow = [\"10.0.0.0/33\"]\n").contains("metrics.allow[0]"));
+    assert!(err("[metrics]\nlisten = [\"localhost\"]\n").contains("metrics.listen[0]"));
+    assert!(err("[metrics]\nper_domain = [\"not a domain\"]\n").contains("metrics.per_domain[0]"));
+    assert!(err("[metrics]\nlisten = [\"127.0.0.1:5269\"]\n").contains("already a listener"));
+}

@@ -68,7 +68,9 @@ impl Reply {
         Ok(match req {
             Request::Status => Reply::Status(v(data)?),
             Request::Connections { .. } | Request::History { .. } => Reply::Streams(v(data)?),
-            Request::Close { .. } | Request::Reload | Request::Watch { .. } | Request::BlacklistExport => Reply::Text(v(data)?),
+            Request::Close { .. } | Request::Reload | Request::Watch { .. } | Request::BlacklistExport | Request::Metrics => {
+                Reply::Text(v(data)?)
+            }
             Request::Probe { .. } => Reply::Probe(v(data)?),
             Request::Verifications { .. } => Reply::Outcomes(v(data)?),
             Request::Approve { .. } | Request::Block { .. } | Request::Blacklist { .. } | Request::Unblock { .. } => {

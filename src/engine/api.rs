@@ -67,6 +67,8 @@ pub enum Request {
     },
     /// `ctl rtbl`: each real-time blocklist feed configured, its state and its entries.
     Rtbl,
+    /// `ctl metrics`: the OpenMetrics exposition, as `GET /metrics` serves it.
+    Metrics,
     /// `ctl keep`: a listed domain's block made the operator's own (it outlives the
     /// listing's retract), with the listing as its provenance.
     Keep {
@@ -421,4 +423,6 @@ pub struct Listening {
     pub gateway: Vec<std::net::SocketAddr>,
     /// Where external components connect (`[components] listen`).
     pub components: Vec<std::net::SocketAddr>,
+    /// Where `GET /metrics` is served (`[metrics] listen`).
+    pub metrics: Vec<std::net::SocketAddr>,
 }

@@ -60,6 +60,7 @@ pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Re
         Request::Domain { domain } => Ok(Reply::Domain(Box::new(domain_report(shared, &parse(&domain)?)?))),
         Request::Explain { domain } => Ok(Reply::Explain(Box::new(explain(shared, &domain)?))),
         Request::Rtbl => Ok(Reply::Rtbl(Box::new(rtbl_report(shared)?))),
+        Request::Metrics => text(super::metrics::render(shared)),
         Request::Keep { domain, reason } => Ok(Reply::Keep(Box::new(keep(shared, &domain, who, reason.as_deref()).await?))),
         Request::BlacklistImport { text: list, source, dry_run } => {
             let source = source.unwrap_or_else(|| "import".into());

@@ -7,6 +7,7 @@ pub use crate::{events, limits, table};
 mod api;
 mod commands;
 mod handle;
+mod metrics;
 mod recorder;
 mod rtbl;
 mod start;

@@ -302,6 +302,14 @@ fn spawn_loops(shared: &Arc<Shared>, listeners: Listeners, rtbl: Rtbl) -> JoinSe
             tasks.spawn(accept_loop(shared.clone(), l, how.clone(), door, caps.clone()));
         }
     }
+    if !listeners.metrics.is_empty() {
+        let allow: Arc<[crate::net::dial::IpRange]> = shared.settings.metrics.allow.clone().into();
+        let weak = Arc::downgrade(shared);
+        let render: crate::metrics::http::Render = Arc::new(move || weak.upgrade().map(|s| super::metrics::render(&s)).unwrap_or_default());
+        for l in listeners.metrics {
+            tasks.spawn(crate::metrics::http::serve(l, allow.clone(), render.clone(), shared.shutdown.clone()));
+        }
+    }
     tasks.spawn(counters_loop(shared.clone()));
     tasks.spawn(maintenance_loop(shared.clone()));
     if let Some(parts) = rtbl.driver {
@@ -404,6 +412,7 @@ struct Listeners {
     direct_tls: Vec<TcpListener>,
     gateway: Vec<TcpListener>,
     components: Vec<TcpListener>,
+    metrics: Vec<TcpListener>,
 }
 
 /// Bind every listening address of the settings (one loop for each door's list).
@@ -421,9 +430,10 @@ async fn bind(settings: &Settings) -> Result<(Listening, Listeners), StartError>
     let (direct_tls, direct) = each(settings.direct_tls.iter()).await?;
     let (gateway, gw) = each(settings.gateway.iter().flat_map(|g| g.listen.iter())).await?;
     let (components, comp) = each(settings.components.listen.iter()).await?;
+    let (metrics, met) = each(settings.metrics.listen.iter()).await?;
     Ok((
-        Listening { federation, direct_tls, gateway, components },
-        Listeners { federation: fed, direct_tls: direct, gateway: gw, components: comp },
+        Listening { federation, direct_tls, gateway, components, metrics },
+        Listeners { federation: fed, direct_tls: direct, gateway: gw, components: comp, metrics: met },
     ))
 }
 

@@ -216,6 +216,17 @@ impl Router {
         }
     }
 
+    /// Stanzas queued on the links to remote domains now: in all, and on the longest (a
+    /// scrape's reading; never on the stanza path).
+    pub fn queued(&self) -> (u64, u64) {
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
+        links
+            .values()
+            .filter(|l| l.kind == LinkKind::S2sOutbound)
+            .map(|l| l.stanzas.len() as u64)
+            .fold((0, 0), |(sum, max), n| (sum + n, max.max(n)))
+    }
+
     /// Stanzas for the RTBL driver dropped since start (its channel full).
     pub fn feed_drops(&self) -> u64 {
         self.feeds.as_ref().map_or(0, rtbl::FeedInbox::dropped)

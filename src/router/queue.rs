@@ -93,6 +93,15 @@ impl<T> Drop for Waiting<'_, T> {
 }
 
 impl<T> QueueTx<T> {
+    /// Items queued now (for a scrape: takes the queue's lock).
+    pub fn len(&self) -> usize {
+        self.q.lock().items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Queue `item` weighing `weight` bytes now, or give it back.
     pub fn try_send_weighted(&self, item: T, weight: usize) -> Result<(), TrySendError<T>> {
         {

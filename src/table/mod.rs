@@ -50,6 +50,8 @@ pub struct ConnEntry {
     events: bus::Sender,
     close: control::CloseChannel,
     recording: Recording,
+    /// The table's metrics: what this stream's observations count (a few per stream).
+    metrics: Arc<crate::metrics::StreamMetrics>,
 }
 
 impl ConnEntry {
@@ -103,12 +105,14 @@ impl ConnEntry {
         if matches!(o, Observation::Machine(Observed::State(ConnState::Established))) {
             self.recording.established();
         }
-        let (change, tls) = {
+        let (change, tls, first_pair) = {
             let mut r = self.row.lock().unwrap();
             let change = r.apply(o)?;
             let tls = matches!(o, Observation::Tls { .. } | Observation::Machine(Observed::Certificate(_))).then(|| r.tls.clone());
-            (change, tls.flatten())
+            let first_pair = change == Change::Authorised && r.pairs.iter().filter(|p| p.status == PairStatus::Valid).count() == 1;
+            (change, tls.flatten(), first_pair)
         };
+        self.count(o, change, first_pair);
         if let Some(tls) = tls
             && self.capturing()
         {
@@ -127,6 +131,21 @@ impl ConnEntry {
                 }),
                 _ => None,
             },
+        }
+    }
+
+    /// The metrics an observation that changed the row counts.
+    fn count(&self, o: &Observation<'_>, change: Change, first_pair: bool) {
+        match o {
+            Observation::Tls { info, .. } => self.metrics.tls(&info.version, &info.cipher),
+            Observation::Machine(Observed::Certificate(v)) => self.metrics.certificate(v),
+            Observation::Machine(Observed::Pair { method, .. }) if change == Change::Authorised => {
+                self.metrics.authenticated(self.direction, *method);
+                if first_pair {
+                    self.metrics.setup.observe(now_ms().saturating_sub(self.opened_ms) as f64 / 1000.0);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -243,6 +262,7 @@ pub struct ConnTable {
     /// names, so a count alone does not bound it).
     keep_closed_bytes: usize,
     budget: Arc<TranscriptBudget>,
+    metrics: Arc<crate::metrics::StreamMetrics>,
 }
 
 struct Inner {
@@ -262,7 +282,44 @@ impl ConnTable {
             keep_closed,
             keep_closed_bytes,
             budget: Arc::new(budget),
+            metrics: Arc::default(),
         }
+    }
+
+    /// The live streams for a scrape, under the lock a close moves counters under: by
+    /// (direction, kind, how the first pair authenticated), and their stanza and byte
+    /// counters, (in, out).
+    #[allow(clippy::type_complexity)]
+    pub fn scrape(&self) -> (Vec<((Direction, StreamKind, String), u64)>, (u64, u64), (u64, u64)) {
+        let inner = self.inner.lock().unwrap();
+        let mut by: Vec<((Direction, StreamKind, String), u64)> = Vec::new();
+        let (mut st, mut by_) = ((0, 0), (0, 0));
+        for e in inner.live.values() {
+            let auth = e
+                .row
+                .lock()
+                .unwrap()
+                .pairs
+                .iter()
+                .find(|p| p.status == PairStatus::Valid)
+                .map_or("none".to_owned(), |p| p.method.as_str().to_owned());
+            let key = (e.direction, e.kind, auth);
+            match by.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, n)) => *n += 1,
+                None => by.push((key, 1)),
+            }
+            let c = &e.counters;
+            st.0 += c.stanzas_in.load(Ordering::Relaxed);
+            st.1 += c.stanzas_out.load(Ordering::Relaxed);
+            by_.0 += c.bytes_in.load(Ordering::Relaxed);
+            by_.1 += c.bytes_out.load(Ordering::Relaxed);
+        }
+        (by, st, by_)
+    }
+
+    /// What the streams counted as they went (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &crate::metrics::StreamMetrics {
+        &self.metrics
     }
 
     /// The transcript budget (for `ctl status`).
@@ -283,7 +340,9 @@ impl ConnTable {
             events: self.events.clone(),
             close: control::CloseChannel::new(parent.clone()),
             recording: Recording::new(self.budget.clone()),
+            metrics: self.metrics.clone(),
         });
+        self.metrics.opened(direction, kind);
         entry.counters.last_activity_ms.store(entry.opened_ms, Ordering::Relaxed);
         // The transcript says what it is a transcript of, when it is not federation.
         match kind {
@@ -308,6 +367,9 @@ impl ConnTable {
                 // Closed before: the entry keeps it (and gives its bytes back when dropped).
                 return;
             }
+            // Its counters move to the closed streams' totals under the lock a scrape reads
+            // the live ones under: counted once, whenever the scrape comes.
+            self.metrics.closed(snap.direction, reason, (snap.stanzas_in, snap.stanzas_out), (snap.bytes_in, snap.bytes_out));
             let mut t = std::mem::take(&mut *entry.recording.transcript.lock().unwrap());
             t.pack();
             let size = row_size(&snap);
