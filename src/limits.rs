@@ -54,8 +54,26 @@ pub fn should_log(limit: LimitKey, source: &str, now: Instant) -> Option<u64> {
     Some(carried)
 }
 
-/// Log a refusal by `limit` for `source` (an address or a domain), at most once a minute.
+/// Refusals by each limit since the process started (for `drawbridge_limit_refusals_total`;
+/// process-wide, as the log's windows are).
+static REFUSED: Mutex<Vec<(&'static str, u64)>> = Mutex::new(Vec::new());
+
+/// Refusals by each limit (its config key) since start.
+pub fn refusals() -> Vec<(&'static str, u64)> {
+    REFUSED.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Log a refusal by `limit` for `source` (an address or a domain), at most once a minute;
+/// count every one.
 pub fn refused_once(limit: LimitKey, source: &str, msg: impl FnOnce() -> String) {
+    {
+        let mut r = REFUSED.lock().unwrap_or_else(|e| e.into_inner());
+        let key = limit.as_str();
+        match r.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => r.push((key, 1)),
+        }
+    }
     if let Some(suppressed) = should_log(limit, source, Instant::now()) {
         if suppressed > 0 {
             tracing::warn!(limit = limit.as_str(), source, "{} ({suppressed} more refused by {limit} since the last report)", msg());

@@ -120,3 +120,21 @@ async fn a_scrape_counts_a_federation_and_refuses_strangers() {
         other => panic!("not the exposition: {other:?}"),
     }
 }
+
+/// A connection refused by a limit is counted under the limit's config key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_by_a_limit_are_counted_by_its_key() {
+    let dns = Dns::start().await;
+    let server =
+        start_server("home.test", &dns, "[metrics]\nlisten = [\"127.0.0.1:0\"]\n[limits]\nmax_unauthenticated_per_address = 1\n").await;
+    let addr = server.engine.listening().metrics[0];
+    let key = "drawbridge_limit_refusals_total{limit=\"limits.max_unauthenticated_per_address\"}";
+    let before = value(&parse(&get(addr, "127.0.0.1", "/metrics").await.2), key);
+    let _first = RawPeer::connect(server.addr).await;
+    // The listener accepts in order: the first holds the address's one slot.
+    let mut second = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = Vec::new();
+    within("the refused connection closed", second.read_to_end(&mut buf)).await.ok();
+    let after = value(&parse(&get(addr, "127.0.0.1", "/metrics").await.2), key);
+    assert_eq!(after, before + 1.0);
+}

@@ -20,7 +20,17 @@ pub(super) fn render(shared: &Shared) -> String {
     let per_domain = per_domain(shared);
     crate::metrics::encode(
         shared.table.metrics(),
-        &Scrape { streams, live_stanzas, live_bytes, queued, queued_max, rtbl, per_domain, process: Process::read() },
+        &Scrape {
+            streams,
+            live_stanzas,
+            live_bytes,
+            queued,
+            queued_max,
+            rtbl,
+            per_domain,
+            limit_refusals: crate::limits::refusals(),
+            process: Process::read(),
+        },
     )
 }
 

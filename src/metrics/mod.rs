@@ -70,6 +70,11 @@ struct StreamsLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Limit {
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FeedLabels {
     service: String,
     node: String,
@@ -192,6 +197,8 @@ pub struct Scrape {
     pub rtbl: Vec<((String, String), u64)>,
     /// `metrics.per_domain`: stanzas (in, out) per listed domain, recorded and live.
     pub per_domain: Vec<(String, (u64, u64))>,
+    /// Refusals by each limit (its config key) since the process started.
+    pub limit_refusals: Vec<(&'static str, u64)>,
     pub process: Process,
 }
 
@@ -289,6 +296,12 @@ pub fn encode(m: &StreamMetrics, s: &Scrape) -> String {
 
     r.register("outbound_queue_stanzas", "Stanzas queued towards remote domains, all links", ConstGauge::new(s.queued as i64));
     r.register("outbound_queue_longest_stanzas", "Stanzas queued on the longest link", ConstGauge::new(s.queued_max as i64));
+
+    let refusals: Family<Limit, Counter> = Family::default();
+    for (limit, n) in &s.limit_refusals {
+        refusals.get_or_create(&Limit { limit: (*limit).to_owned() }).inc_by(*n);
+    }
+    r.register("limit_refusals", "Connections, streams and stanzas refused by a limit, by its config key", refusals);
 
     if !s.rtbl.is_empty() {
         r.register_collector(Box::new(Gauges {
