@@ -89,6 +89,7 @@ async fn a_scrape_counts_a_federation_and_refuses_strangers() {
         "drawbridge_stanzas_total{direction=\"out\"}",
         "drawbridge_stream_bytes_total{direction=\"in\"}",
         "drawbridge_stream_setup_seconds_count",
+        "drawbridge_policy_decisions_total{decision=\"allow\",reason=\"federation mode\"}",
         "drawbridge_streams{direction=\"in\",kind=\"federation\",auth=\"dialback\"}",
     ] {
         assert!(value(&after, key) > value(&before, key), "{key}: {} then {}", value(&before, key), value(&after, key));

@@ -29,6 +29,7 @@ pub(super) fn render(shared: &Shared) -> String {
             rtbl,
             per_domain,
             limit_refusals: crate::limits::refusals(),
+            decisions: shared.policy.decisions(),
             process: Process::read(),
         },
     )

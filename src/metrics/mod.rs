@@ -70,6 +70,12 @@ struct StreamsLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Decision {
+    decision: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Limit {
     limit: String,
 }
@@ -199,6 +205,8 @@ pub struct Scrape {
     pub per_domain: Vec<(String, (u64, u64))>,
     /// Refusals by each limit (its config key) since the process started.
     pub limit_refusals: Vec<(&'static str, u64)>,
+    /// Policy decisions streams asked for: (decision, the rule that made it, how many).
+    pub decisions: Vec<(&'static str, &'static str, u64)>,
     pub process: Process,
 }
 
@@ -301,6 +309,15 @@ pub fn encode(m: &StreamMetrics, s: &Scrape) -> String {
     for (limit, n) in &s.limit_refusals {
         refusals.get_or_create(&Limit { limit: (*limit).to_owned() }).inc_by(*n);
     }
+    let decisions: Family<Decision, Counter> = Family::default();
+    for (decision, rule, n) in &s.decisions {
+        decisions.get_or_create(&Decision { decision: (*decision).into(), reason: (*rule).into() }).inc_by(*n);
+    }
+    r.register(
+        "policy_decisions",
+        "Policy decisions on remote domains as streams asked for them, by decision and the rule that made it",
+        decisions,
+    );
     r.register("limit_refusals", "Connections, streams and stanzas refused by a limit, by its config key", refusals);
 
     if !s.rtbl.is_empty() {

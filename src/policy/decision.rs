@@ -68,6 +68,9 @@ pub enum Rule {
 }
 
 impl Rule {
+    pub const ALL: [Rule; 6] =
+        [Rule::Blacklist, Rule::OperatorDecision, Rule::Rtbl, Rule::FederationMode, Rule::Authentication, Rule::Encryption];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Rule::Blacklist => "blacklist",
@@ -365,6 +368,11 @@ pub fn evaluate<R: Record>(f: &Facts<'_>, rec: &mut R) -> (Verdict, Rule) {
 /// The verdict for a stream (nothing recorded).
 pub fn decide(f: &Facts<'_>) -> Verdict {
     evaluate(f, &mut Quiet).0
+}
+
+/// The decision and the rule that made it.
+pub fn decide_by(f: &Facts<'_>) -> (Verdict, Rule) {
+    evaluate(f, &mut Quiet)
 }
 
 /// The same decision with every rule recorded.

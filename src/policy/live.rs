@@ -19,6 +19,9 @@ pub struct Policy {
     /// Operator changes one at a time: each is computed, written and flushed, and only then
     /// applied in memory (a failed write leaves the previous policy in force).
     writing: tokio::sync::Mutex<()>,
+    /// The decisions streams asked for (allow, hold, refuse × the rule that decided), for
+    /// the metrics: atomics, no lock.
+    decisions: [[std::sync::atomic::AtomicU64; 6]; 3],
 }
 
 struct Inner {
@@ -52,6 +55,7 @@ impl Policy {
             store,
             changed,
             writing: tokio::sync::Mutex::new(()),
+            decisions: Default::default(),
         })
     }
 
@@ -472,8 +476,33 @@ fn effective_record(r: &DomainRecord, now: u64) -> DomainRecord {
 }
 
 impl crate::proto::machine::PolicyView for Policy {
+    /// What a stream asks when a domain claims or authenticates: decided, and counted.
     fn verdict(&self, remote: &Domain) -> Verdict {
-        Policy::verdict(self, remote)
+        let (verdict, rule) = self.inner.read().unwrap().with_facts(remote.as_str(), None, super::decision::decide_by);
+        let d = match verdict {
+            Verdict::Allow => 0,
+            Verdict::Hold => 1,
+            Verdict::Refuse(_) => 2,
+        };
+        let r = super::decision::Rule::ALL.iter().position(|x| *x == rule).unwrap_or(0);
+        self.decisions[d][r].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        verdict
+    }
+}
+
+impl Policy {
+    /// The decisions streams asked for since start: (decision, the rule that made it, how many).
+    pub fn decisions(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut out = Vec::new();
+        for (d, name) in ["allow", "hold", "refuse"].into_iter().enumerate() {
+            for (r, rule) in super::decision::Rule::ALL.into_iter().enumerate() {
+                let n = self.decisions[d][r].load(std::sync::atomic::Ordering::Relaxed);
+                if n > 0 {
+                    out.push((name, rule.as_str(), n));
+                }
+            }
+        }
+        out
     }
 }
 
