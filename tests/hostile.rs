@@ -190,10 +190,23 @@ async fn send_until(peer: &mut RawPeer, batch: impl Fn(usize) -> String, done: i
 /// fill after a few thousand answers: quick on a busy machine. Returns `false` if the
 /// stream ended first (a write deadline).
 async fn fill_until_stuck(peer: &mut RawPeer, from_server: &RawPeer, engine: &drawbridge::engine::EngineHandle) -> bool {
+    fill_until_stuck_behind(peer, from_server, engine, 0).await
+}
+
+/// [`fill_until_stuck`], with at least `backlog` bytes of answers waiting inside the
+/// server besides: the kernel's buffers may still grow after a moment when the server's end
+/// was not writable (TCP autotuning), and a test that needs what it queues next to stay in
+/// the server's hands needs more waiting there than they can take.
+async fn fill_until_stuck_behind(
+    peer: &mut RawPeer,
+    from_server: &RawPeer,
+    engine: &drawbridge::engine::EngineHandle,
+    backlog: u64,
+) -> bool {
     let row = |d: Direction| engine.connections(false).into_iter().find(|c| c.direction == d);
     let stuck = || {
         let (Some(inbound), Some(outbound)) = (row(Direction::In), row(Direction::Out)) else { return Some(false) };
-        let waiting = inbound.stanzas_in * 1000 > outbound.bytes_out;
+        let waiting = inbound.stanzas_in * 1000 > outbound.bytes_out + backlog;
         Some(!from_server.server_end_writable()? && waiting)
     };
     let pad = "x".repeat(1000);
@@ -583,7 +596,9 @@ async fn a_probe_fed_to_a_stream_that_then_cannot_write_is_bounced_not_lost() {
     let cfg = "[timeouts]\nwrite = \"10m\"\nclose = \"1s\"\nprobe = \"30s\"\n[limits]\noutbound_queue_bytes = 268435456\noutbound_queue = 1000000\n";
     let (_dns, server, peer, _events) = stalled_peer(cfg).await;
     let HandPlayed { mut to_server, from_server } = peer;
-    assert!(fill_until_stuck(&mut to_server, &from_server, &server.engine).await, "the stream ended while filling");
+    // More waiting in the server than the kernel's buffers could still take (tcp_wmem's
+    // and tcp_rmem's growth): the probe queued behind it stays in the server's hands.
+    assert!(fill_until_stuck_behind(&mut to_server, &from_server, &server.engine, 48 << 20).await, "the stream ended while filling");
     let id = outbound_id(&server);
     // Polled once: the probe is routed (queued: the queue has room) and waits for its answer.
     let mut probe = Box::pin(server.engine.probe("slow.test", None));
