@@ -261,3 +261,14 @@ fn durations() {
     let e = err("[timeouts]\nnegotiation = \"0s\"\n");
     assert!(e.contains("key `timeouts.negotiation`") && e.contains("greater than zero"), "{e}");
 }
+
+#[test]
+fn log_format_is_text_or_json() {
+    assert_eq!(Settings::builtin().log_format, LogFormat::Text);
+    let s = Settings::parse("[log]\nformat = \"json\"\n", Path::new("/etc/drawbridge.toml")).unwrap();
+    assert_eq!(s.log_format, LogFormat::Json);
+    let e = err("[log]\nformat = \"xml\"\n");
+    assert_eq!(e, "config /etc/drawbridge.toml: key `log.format`: \"xml\" is not one of text, json");
+    let e = err("[log]\nlevel = \"loud\"\n");
+    assert!(e.contains("key `log.level`") && e.contains("error, warn, info, debug, trace"), "{e}");
+}
