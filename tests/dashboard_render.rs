@@ -561,3 +561,29 @@ fn domain_history_shows_its_listings() {
     assert!(s.contains("block-strangers") && s.contains("report: bots\\x1b[2J\\nFORGED line"), "{s}");
     assert!(s.contains("xmppbl.test node spam_source_domains: retracted 2026-01-01 01:00:00"), "{s}");
 }
+
+/// With NO_COLOR (the model's `no_color`, from the environment), no view draws a colour:
+/// every cell keeps the terminal's own foreground and background. Without it, some do.
+#[test]
+fn no_color_draws_no_colours_in_any_view() {
+    use ratatui::style::Color;
+    let coloured = |m: &mut Model| {
+        let mut t = Terminal::new(TestBackend::new(200, 60)).unwrap();
+        t.draw(|f| draw(f, m)).unwrap();
+        let buf = t.backend().buffer().clone();
+        buf.content().iter().filter(|c| c.fg != Color::Reset || c.bg != Color::Reset).count()
+    };
+    for no_color in [true, false] {
+        let mut m = model();
+        m.no_color = no_color;
+        m.set_rtbl(rtbl_report());
+        let mut total = 0;
+        for view in View::ALL {
+            m.view = view;
+            total += coloured(&mut m);
+        }
+        m.show_help = true;
+        total += coloured(&mut m);
+        assert_eq!(total == 0, no_color, "no_color {no_color}: {total} coloured cells");
+    }
+}
