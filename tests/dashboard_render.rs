@@ -279,6 +279,7 @@ fn domain_history_overlay() {
             reason: Some("flooding".into()),
         }],
         listings: vec![],
+        live: Default::default(),
     });
     let s = screen(&mut m, 120, 40);
     for needle in
@@ -553,6 +554,7 @@ fn domain_history_shows_its_listings() {
         streams: vec![],
         policy_log: vec![],
         listings: vec![rtbl_record("spam.example", Some(HOSTILE), None), rtbl_record("spam.example", None, Some(1_767_229_200_000))],
+        live: Default::default(),
     });
     let s = screen(&mut m, 160, 40);
     no_raw_escapes(&s);
@@ -585,5 +587,39 @@ fn no_color_draws_no_colours_in_any_view() {
         m.show_help = true;
         total += coloured(&mut m);
         assert_eq!(total == 0, no_color, "no_color {no_color}: {total} coloured cells");
+    }
+}
+
+/// friend.test has one live stream each way (the model's two established streams) and 3 in,
+/// 2 out that ended: the Domains view shows both, each under its own header — it showed the
+/// ended ones alone under "streams in/out" (0/0 in the demo). Live counts follow the events.
+#[test]
+fn domains_show_live_and_closed_streams_apart() {
+    let row = |s: &str, domain: &str| s.lines().find(|l| l.starts_with(domain)).unwrap_or_else(|| panic!("no {domain}: {s}")).to_owned();
+    // The text of `line` under `header`'s columns (right edge of the header's column).
+    let under = |s: &str, line: &str, header: &str| {
+        let head = s.lines().find(|l| l.starts_with("domain")).unwrap();
+        let at = head.find(header).unwrap_or_else(|| panic!("no {header:?} column: {s}"));
+        let cell: String = line.chars().skip(at).take(header.chars().count()).collect();
+        cell.trim().to_owned()
+    };
+    for (w, h) in [(80, 24), (200, 60)] {
+        let mut m = model();
+        let mut friend = m.domains.get("friend.test").cloned().unwrap();
+        (friend.streams_in, friend.streams_out) = (3, 2);
+        m.apply(Event::DomainChanged { record: friend });
+        m.view = View::Domains;
+        let s = screen(&mut m, w, h);
+        let friend = row(&s, "friend.test");
+        assert_eq!(under(&s, &friend, "live in/out"), "1/1", "{w}x{h}: {s}");
+        assert_eq!(under(&s, &friend, "closed in/out"), "3/2", "{w}x{h}: {s}");
+        let newcomer = row(&s, "newcomer.test");
+        assert_eq!((under(&s, &newcomer, "live in/out"), under(&s, &newcomer, "closed in/out")), ("0/0".into(), "0/0".into()), "{s}");
+        // Its outbound stream closes: live 1/0 (the history's count is the engine's to change).
+        let mut out = m.conns.get("bbbb2222").cloned().unwrap();
+        out.state = ConnState::Closed;
+        m.apply(Event::StreamClosed { stream: out });
+        let s = screen(&mut m, w, h);
+        assert_eq!(under(&s, &row(&s, "friend.test"), "live in/out"), "1/0", "{w}x{h}: {s}");
     }
 }
