@@ -103,41 +103,88 @@ impl fmt::Debug for Untrusted<'_> {
     }
 }
 
-/// The log's last line of defence: a writer that keeps every event on one line. The `fmt`
-/// subscriber writes one event per `write_all`, ending in `\n`; a line feed or carriage
-/// return before that end can only come from a value someone forgot to escape, and is
-/// written as `\n` / `\r`, so no text — whatever call site it took — can start a line that
-/// looks like drawbridge's own. (ESC, BEL and C1 controls the subscriber escapes itself.)
-pub struct OneLineWriter<M>(pub M);
+/// Whether colours may be used, given `NO_COLOR`'s value: not when it is set to anything
+/// non-empty (<https://no-color.org>). Logs, the dashboard and every other coloured output
+/// ask this.
+pub fn colour_allowed(no_color: Option<&std::ffi::OsStr>) -> bool {
+    no_color.is_none_or(|v| v.is_empty())
+}
+
+/// [`colour_allowed`] for this process's environment.
+pub fn colour_allowed_here() -> bool {
+    colour_allowed(std::env::var_os("NO_COLOR").as_deref())
+}
+
+/// The log's last line of defence: a writer that keeps every event on one line and keeps
+/// anything [`is_unsafe`] from reaching a terminal raw (a `tail -f`, a `journalctl` or a
+/// `cat` of the file). The `fmt` subscriber writes one event per `write_all`, ending in
+/// `\n`; an unsafe character before that end can only come from a value someone forgot to
+/// escape, and is written escaped in the line's own syntax ([`LineSyntax`]), so no text —
+/// whatever call site it took — can start a line that looks like drawbridge's own, move the
+/// cursor or reorder what the operator reads.
+pub struct OneLineWriter<M> {
+    make: M,
+    syntax: LineSyntax,
+}
+
+/// What a log line is, for [`OneLineWriter`]: how it escapes what must not stay raw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineSyntax {
+    /// Plain text: `\n`, `\x1b`, `\u{202e}` (as [`escape`]). With `colours`, ESC is left
+    /// alone: the subscriber writes its colour codes with it, and escapes it in values itself.
+    Text { colours: bool },
+    /// A JSON object: `\u000a`, `\u202e` — the same JSON value, on one line with nothing
+    /// raw. (serde_json escapes C0 controls itself, not DEL, C1 controls or bidi marks; outside
+    /// strings a JSON line is ASCII.)
+    Json,
+}
+
+impl<M> OneLineWriter<M> {
+    pub fn new(make: M, syntax: LineSyntax) -> Self {
+        OneLineWriter { make, syntax }
+    }
+}
 
 impl<'a, M: tracing_subscriber::fmt::MakeWriter<'a>> tracing_subscriber::fmt::MakeWriter<'a> for OneLineWriter<M> {
     type Writer = OneLine<M::Writer>;
     fn make_writer(&'a self) -> Self::Writer {
-        OneLine(self.0.make_writer())
+        OneLine(self.make.make_writer(), self.syntax)
     }
 }
 
 /// See [`OneLineWriter`].
-pub struct OneLine<W>(pub W);
+pub struct OneLine<W>(pub W, pub LineSyntax);
+
+impl<W> OneLine<W> {
+    /// Whether `b` may pass as it is: printable ASCII (and ESC for coloured text).
+    fn plain(&self, b: u8) -> bool {
+        (0x20..0x7f).contains(&b) || (b == 0x1b && self.1 == LineSyntax::Text { colours: true })
+    }
+}
 
 impl<W: std::io::Write> std::io::Write for OneLine<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let body = buf.strip_suffix(b"\n").unwrap_or(buf);
-        if memchr::memchr2(b'\n', b'\r', body).is_none() {
+        if body.iter().all(|&b| self.plain(b)) {
             return self.0.write(buf);
         }
-        let mut out = Vec::with_capacity(buf.len() + 16);
-        for &b in body {
-            match b {
-                b'\n' => out.extend_from_slice(b"\\n"),
-                b'\r' => out.extend_from_slice(b"\\r"),
-                b => out.push(b),
+        let text = String::from_utf8_lossy(body);
+        let mut out = String::with_capacity(buf.len() + 16);
+        for c in text.chars() {
+            if !is_unsafe(c) || (c == '\x1b' && self.plain(0x1b)) {
+                out.push(c);
+            } else if self.1 == LineSyntax::Json {
+                for unit in c.encode_utf16(&mut [0; 2]) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            } else {
+                let _ = push_escaped(&mut out, c);
             }
         }
         if body.len() < buf.len() {
-            out.push(b'\n');
+            out.push('\n');
         }
-        self.0.write_all(&out)?;
+        self.0.write_all(out.as_bytes())?;
         Ok(buf.len())
     }
 
@@ -185,11 +232,38 @@ mod tests {
     #[test]
     fn a_log_event_stays_on_one_line() {
         use std::io::Write as _;
-        let mut w = OneLine(Vec::new());
+        let mut w = OneLine(Vec::new(), LineSyntax::Text { colours: false });
         w.write_all(b"2026-12-04T00:00:00Z  INFO drawbridge: plain\n").unwrap();
         w.write_all(b"2026-12-04T00:00:00Z  WARN drawbridge: a.example\n2026-12-04T00:00:01Z  INFO drawbridge: forged\r\n").unwrap();
         let text = String::from_utf8(w.0).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(text.ends_with("a.example\\n2026-12-04T00:00:01Z  INFO drawbridge: forged\\r\n"), "{text}");
+    }
+
+    /// Whatever reaches the writer raw — a forgotten call site — leaves it escaped, in the
+    /// line's own syntax.
+    #[test]
+    fn nothing_unsafe_leaves_the_writer_raw() {
+        use std::io::Write as _;
+        let hostile = "a.example\u{202e}\u{85}\u{7f}\u{2028}\u{e0041}\x1b[2J\t";
+        let text = |colours| {
+            let mut w = OneLine(Vec::new(), LineSyntax::Text { colours });
+            w.write_all(format!("\x1b[2m2026\x1b[0m INFO drawbridge: {hostile}\n").as_bytes()).unwrap();
+            String::from_utf8(w.0).unwrap()
+        };
+        assert_eq!(text(false), "\\x1b[2m2026\\x1b[0m INFO drawbridge: a.example\\u{202e}\\x85\\x7f\\u{2028}\\u{e0041}\\x1b[2J\\t\n");
+        // Colours stay colours (the subscriber escapes ESC in values before this).
+        assert_eq!(text(true), "\x1b[2m2026\x1b[0m INFO drawbridge: a.example\\u{202e}\\x85\\x7f\\u{2028}\\u{e0041}\x1b[2J\\t\n");
+
+        // JSON: the same value, escaped as JSON escapes it, on one line.
+        let line = serde_json::to_string(&serde_json::json!({ "fields": { "message": hostile } })).unwrap();
+        let mut w = OneLine(Vec::new(), LineSyntax::Json);
+        w.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let out = String::from_utf8(w.0).unwrap();
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(out.trim_end().chars().all(|c| !is_unsafe(c)), "{out:?}");
+        assert!(out.contains("\\u202e") && out.contains("\\udb40\\udc41"), "{out}");
+        let back: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(back["fields"]["message"], hostile);
     }
 }

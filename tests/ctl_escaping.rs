@@ -118,6 +118,7 @@ fn fake_engine(sock: &Path) -> std::thread::JoinHandle<()> {
                         reason: Some(HOSTILE.into()),
                     }],
                     listings: vec![listing()],
+                    live: Default::default(),
                 })
                 .unwrap(),
                 Request::Rtbl => serde_json::to_value(RtblReport {

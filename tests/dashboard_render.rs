@@ -279,6 +279,7 @@ fn domain_history_overlay() {
             reason: Some("flooding".into()),
         }],
         listings: vec![],
+        live: Default::default(),
     });
     let s = screen(&mut m, 120, 40);
     for needle in
@@ -553,6 +554,7 @@ fn domain_history_shows_its_listings() {
         streams: vec![],
         policy_log: vec![],
         listings: vec![rtbl_record("spam.example", Some(HOSTILE), None), rtbl_record("spam.example", None, Some(1_767_229_200_000))],
+        live: Default::default(),
     });
     let s = screen(&mut m, 160, 40);
     no_raw_escapes(&s);
@@ -560,4 +562,64 @@ fn domain_history_shows_its_listings() {
     assert!(s.contains("xmppbl.test node spam_source_domains: listed now; reason urn:xmpp:reporting:spam"), "{s}");
     assert!(s.contains("block-strangers") && s.contains("report: bots\\x1b[2J\\nFORGED line"), "{s}");
     assert!(s.contains("xmppbl.test node spam_source_domains: retracted 2026-01-01 01:00:00"), "{s}");
+}
+
+/// With NO_COLOR (the model's `no_color`, from the environment), no view draws a colour:
+/// every cell keeps the terminal's own foreground and background. Without it, some do.
+#[test]
+fn no_color_draws_no_colours_in_any_view() {
+    use ratatui::style::Color;
+    let coloured = |m: &mut Model| {
+        let mut t = Terminal::new(TestBackend::new(200, 60)).unwrap();
+        t.draw(|f| draw(f, m)).unwrap();
+        let buf = t.backend().buffer().clone();
+        buf.content().iter().filter(|c| c.fg != Color::Reset || c.bg != Color::Reset).count()
+    };
+    for no_color in [true, false] {
+        let mut m = model();
+        m.no_color = no_color;
+        m.set_rtbl(rtbl_report());
+        let mut total = 0;
+        for view in View::ALL {
+            m.view = view;
+            total += coloured(&mut m);
+        }
+        m.show_help = true;
+        total += coloured(&mut m);
+        assert_eq!(total == 0, no_color, "no_color {no_color}: {total} coloured cells");
+    }
+}
+
+/// friend.test has one live stream each way (the model's two established streams) and 3 in,
+/// 2 out that ended: the Domains view shows both, each under its own header — it showed the
+/// ended ones alone under "streams in/out" (0/0 in the demo). Live counts follow the events.
+#[test]
+fn domains_show_live_and_closed_streams_apart() {
+    let row = |s: &str, domain: &str| s.lines().find(|l| l.starts_with(domain)).unwrap_or_else(|| panic!("no {domain}: {s}")).to_owned();
+    // The text of `line` under `header`'s columns (right edge of the header's column).
+    let under = |s: &str, line: &str, header: &str| {
+        let head = s.lines().find(|l| l.starts_with("domain")).unwrap();
+        let at = head.find(header).unwrap_or_else(|| panic!("no {header:?} column: {s}"));
+        let cell: String = line.chars().skip(at).take(header.chars().count()).collect();
+        cell.trim().to_owned()
+    };
+    for (w, h) in [(80, 24), (200, 60)] {
+        let mut m = model();
+        let mut friend = m.domains.get("friend.test").cloned().unwrap();
+        (friend.streams_in, friend.streams_out) = (3, 2);
+        m.apply(Event::DomainChanged { record: friend });
+        m.view = View::Domains;
+        let s = screen(&mut m, w, h);
+        let friend = row(&s, "friend.test");
+        assert_eq!(under(&s, &friend, "live in/out"), "1/1", "{w}x{h}: {s}");
+        assert_eq!(under(&s, &friend, "closed in/out"), "3/2", "{w}x{h}: {s}");
+        let newcomer = row(&s, "newcomer.test");
+        assert_eq!((under(&s, &newcomer, "live in/out"), under(&s, &newcomer, "closed in/out")), ("0/0".into(), "0/0".into()), "{s}");
+        // Its outbound stream closes: live 1/0 (the history's count is the engine's to change).
+        let mut out = m.conns.get("bbbb2222").cloned().unwrap();
+        out.state = ConnState::Closed;
+        m.apply(Event::StreamClosed { stream: out });
+        let s = screen(&mut m, w, h);
+        assert_eq!(under(&s, &row(&s, "friend.test"), "live in/out"), "1/0", "{w}x{h}: {s}");
+    }
 }

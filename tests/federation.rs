@@ -56,6 +56,12 @@ async fn two_servers_federate_both_ways() {
         a.engine.connections(false).into_iter().filter(|c| c.direction == Direction::Out && c.remote.as_deref() == Some("b.test")).count();
     assert_eq!(outs, 1, "one outbound stream per domain pair");
 
+    // ctl domains / ctl domain: b.test's streams open now, apart from those that ended.
+    let row = domain_rows(&a.engine, None).await.into_iter().find(|r| r.record.domain == "b.test").expect("a has a record of b.test");
+    assert_eq!((row.live.inbound, row.live.outbound), (1, 1), "one live stream each way: {row:?}");
+    assert_eq!((row.record.streams_in, row.record.streams_out), (0, 0), "none ended yet: {row:?}");
+    assert_eq!(domain_report(&a.engine, "b.test").await.live, row.live);
+
     // Graceful shutdown closes the streams on both sides: b sees both of a's streams close.
     let mut events = b.engine.subscribe();
     a.engine.shutdown().await;
@@ -72,6 +78,17 @@ async fn two_servers_federate_both_ways() {
         closed += 1;
     }
     assert!(b.engine.connections(false).iter().all(|c| c.remote.as_deref() != Some("a.test")));
+    // Now b counts them among a.test's ended streams (written just after the close event),
+    // none live.
+    let t0 = std::time::Instant::now();
+    let row = loop {
+        let row = domain_rows(&b.engine, None).await.into_iter().find(|r| r.record.domain == "a.test").expect("b has a record of a.test");
+        if (row.record.streams_in, row.record.streams_out) == (1, 1) || t0.elapsed() > *WAIT {
+            break row;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!((row.live.inbound, row.live.outbound, row.record.streams_in, row.record.streams_out), (0, 0, 1, 1), "{row:?}");
 }
 
 /// Transcripts: from the first byte of the header, through TLS, with dialback keys masked;

@@ -226,33 +226,61 @@ pub struct LogFileError {
     pub err: std::io::Error,
 }
 
-/// Every event one line (see [`OneLineWriter`](crate::text::OneLineWriter)): a peer's text cannot forge a log line.
+/// Every event one line (see [`OneLineWriter`](crate::text::OneLineWriter)): a peer's text
+/// cannot forge a log line. Colours only for text lines to a terminal (see [`log_colours`]).
 pub fn init_logging(settings: &Settings, never_terminal: bool) -> Result<(), LogFileError> {
-    use crate::text::OneLineWriter;
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("drawbridge={}", settings.log_level)));
     let file = settings.log_file.clone().or_else(|| never_terminal.then(|| settings.data_dir.join("drawbridge.log")));
     if let Some(dir) = file.as_ref().and_then(|f| f.parent()).filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
     }
-    match &file {
+    let format = settings.log_format;
+    let subscriber = match &file {
         Some(path) => {
             let file =
                 std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|err| LogFileError { path: path.clone(), err })?;
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(false)
-                .with_writer(OneLineWriter(std::sync::Mutex::new(file)))
-                .init();
+            log_subscriber(format, filter, false, std::sync::Mutex::new(file))
         }
-        // Colours only for a terminal: a pipe or a journal gets plain lines.
         None => {
-            use std::io::IsTerminal;
-            let ansi = std::io::stderr().is_terminal();
-            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(OneLineWriter(std::io::stderr)).init()
+            let colours = log_colours(format, std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+            log_subscriber(format, filter, colours, std::io::stderr)
         }
-    }
+    };
+    // Also takes the `log` crate's records (rustls); fails only if a subscriber is already
+    // set (a second call in one process).
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = subscriber.try_init();
     Ok(())
+}
+
+/// Whether log lines get colours: text lines to a terminal (`terminal`: the destination
+/// itself is one — stderr checked with `IsTerminal`; a `log.file` never is), unless
+/// `NO_COLOR` is set to anything non-empty (<https://no-color.org>). A file, a pipe, the
+/// journal and JSON lines never get escape codes.
+pub fn log_colours(format: crate::config::LogFormat, terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    format == crate::config::LogFormat::Text && terminal && crate::text::colour_allowed(no_color)
+}
+
+/// The subscriber for `format`, each event one line through `make` (wrapped in a
+/// [`OneLineWriter`](crate::text::OneLineWriter)); `colours` for text lines only.
+pub fn log_subscriber<M>(
+    format: crate::config::LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    colours: bool,
+    make: M,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    M: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    use crate::config::LogFormat;
+    use crate::text::{LineSyntax, OneLineWriter};
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => Box::new(fmt.with_ansi(colours).with_writer(OneLineWriter::new(make, LineSyntax::Text { colours })).finish()),
+        LogFormat::Json => Box::new(fmt.json().with_ansi(false).with_writer(OneLineWriter::new(make, LineSyntax::Json)).finish()),
+    }
 }
 
 /// Why `gateway setup` printed nothing.
@@ -281,4 +309,94 @@ pub fn gateway_setup(settings: &Settings, server: &str) -> Result<String, Gatewa
     let ca = crate::gateway::GatewayCa::open(g.ca_cert.as_deref(), g.ca_key.as_deref(), &settings.data_dir)?;
     let path = std::fs::canonicalize(ca.cert_path()).unwrap_or_else(|_| ca.cert_path().to_owned());
     Ok(setup(kind, g, &settings.domains, &path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::config::LogFormat;
+    use crate::text::is_unsafe;
+
+    #[test]
+    fn colours_only_for_text_to_a_terminal_without_no_color() {
+        assert!(log_colours(LogFormat::Text, true, None));
+        assert!(log_colours(LogFormat::Text, true, Some(OsStr::new(""))), "an empty NO_COLOR does not count");
+        assert!(!log_colours(LogFormat::Text, true, Some(OsStr::new("1"))));
+        assert!(!log_colours(LogFormat::Text, true, Some(OsStr::new("false"))), "any value disables colours");
+        assert!(!log_colours(LogFormat::Text, false, None), "a file, a pipe, the journal");
+        assert!(!log_colours(LogFormat::Json, true, None));
+    }
+
+    /// What a subscriber wrote, shared with the test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A hostile string logged raw (a call site that forgot [`crate::text::clip`]) in both
+    /// formats: one line per event, nothing unsafe raw, and JSON that parses back to it.
+    fn logged(format: LogFormat, colours: bool) -> String {
+        let out = Captured::default();
+        let make = {
+            let out = out.clone();
+            move || out.clone()
+        };
+        let sub = log_subscriber(format, tracing_subscriber::EnvFilter::new("drawbridge=info"), colours, make);
+        tracing::subscriber::with_default(sub, || {
+            tracing::warn!(stream = "s1", remote = HOSTILE, condition = %"policy-violation", "closing {HOSTILE}");
+            tracing::info!(stream = "s2", "plain");
+        });
+        String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+    }
+
+    const HOSTILE: &str =
+        "evil.test\n2026-12-04T16:00:00Z  INFO drawbridge: forged\r\x1b[2J\x07\u{7f}\u{85}\u{9b}\u{202e}\u{2066}\u{2028}\u{feff}";
+
+    #[test]
+    fn json_lines_carry_the_fields_and_nothing_raw() {
+        let text = logged(LogFormat::Json, false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for line in &lines {
+            assert!(!line.chars().any(is_unsafe), "raw: {line:?}");
+        }
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert!(v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{v}");
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["target"], "drawbridge::cli::tests");
+        assert_eq!(v["fields"]["message"], format!("closing {HOSTILE}"));
+        assert_eq!(v["fields"]["stream"], "s1");
+        assert_eq!(v["fields"]["remote"], HOSTILE);
+        assert_eq!(v["fields"]["condition"], "policy-violation");
+        let v: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!((&v["level"], &v["fields"]["message"]), (&"INFO".into(), &"plain".into()));
+    }
+
+    #[test]
+    fn text_lines_stay_lines_with_nothing_raw() {
+        for colours in [false, true] {
+            let text = logged(LogFormat::Text, colours);
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), 2, "{text}");
+            assert!(lines[0].contains("closing evil.test\\n2026-12-04T16:00:00Z") && lines[0].contains("\\u{202e}"), "{text}");
+            // With colours, ESC is the subscriber's own codes only (it escapes ESC in values).
+            let raw = |c: char| is_unsafe(c) && !(colours && c == '\x1b');
+            for line in &lines {
+                assert!(!line.chars().any(raw), "raw: {line:?}");
+            }
+            assert!(!text.contains("\x1b[2J"), "{text:?}");
+            assert_eq!(text.contains('\x1b'), colours, "{text:?}");
+        }
+    }
 }

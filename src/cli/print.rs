@@ -6,10 +6,9 @@ use std::io::{self, Write};
 
 use super::{BlacklistCommand, CtlCommand};
 use crate::engine::{
-    ChangeReport, DomainReport, ExplainReport, ImportReport, KeepReport, ModeReport, ProbeReport, Reply, RtblReport, Status,
+    ChangeReport, DomainReport, DomainRow, ExplainReport, ImportReport, KeepReport, ModeReport, ProbeReport, Reply, RtblReport, Status,
 };
 use crate::events::{ConnSnapshot, VerificationOutcome, fmt_utc};
-use crate::store::DomainRecord;
 use crate::text::escape;
 
 /// Print the answer to `cmd` for a human. False when the answer reports a failure (a probe
@@ -147,6 +146,7 @@ pub fn import(r: &ImportReport, out: &mut impl Write) -> io::Result<()> {
 /// Everything known about one domain.
 pub fn domain(r: &DomainReport, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "{}: {}", r.domain, r.verdict)?;
+    writeln!(out, "live:         {} in, {} out (streams open now)", r.live.inbound, r.live.outbound)?;
     match &r.record {
         None => writeln!(out, "never seen or decided")?,
         Some(rec) => {
@@ -170,7 +170,7 @@ pub fn domain(r: &DomainReport, out: &mut impl Write) -> io::Result<()> {
             }
             writeln!(
                 out,
-                "streams:      {} in, {} out; stanzas {} in, {} out",
+                "closed:       {} in, {} out (streams that ended since records began; their stanzas {} in, {} out)",
                 rec.streams_in, rec.streams_out, rec.stanzas_in, rec.stanzas_out
             )?;
             if let Some(v) = &rec.last_verification {
@@ -405,12 +405,14 @@ pub fn outcome(o: &VerificationOutcome, out: &mut impl Write) -> io::Result<()> 
     )
 }
 
-pub fn domains(v: &[DomainRecord], out: &mut impl Write) -> io::Result<()> {
+/// Every domain: its standing, its streams open now (`LIVE`) and those that ended since
+/// records began (`CLOSED`), each way.
+pub fn domains(v: &[DomainRow], out: &mut impl Write) -> io::Result<()> {
     if v.is_empty() {
         return writeln!(out, "no domains");
     }
-    writeln!(out, "{:<32} {:<12} {:<20} {:>5} {:>5}  WHY", "DOMAIN", "STATE", "LAST SEEN", "IN", "OUT")?;
-    for r in v {
+    writeln!(out, "{:<32} {:<12} {:<20} {:>8} {:>10}  WHY", "DOMAIN", "STATE", "LAST SEEN", "LIVE I/O", "CLOSED I/O")?;
+    for DomainRow { record: r, live } in v {
         let why = match (&r.reason, &r.who) {
             (Some(reason), Some(who)) => format!("{reason} (by {who})"),
             (Some(reason), None) => reason.clone(),
@@ -423,12 +425,12 @@ pub fn domains(v: &[DomainRecord], out: &mut impl Write) -> io::Result<()> {
         };
         writeln!(
             out,
-            "{:<32} {:<12} {:<20} {:>5} {:>5}  {}",
+            "{:<32} {:<12} {:<20} {:>8} {:>10}  {}",
             r.domain,
             state,
             r.last_seen_ms.map(|t| fmt_utc(t)[..19].to_owned()).unwrap_or_else(|| "-".into()),
-            r.streams_in,
-            r.streams_out,
+            format!("{}/{}", live.inbound, live.outbound),
+            format!("{}/{}", r.streams_in, r.streams_out),
             why
         )?;
     }
@@ -512,6 +514,7 @@ pub fn connections(v: &[ConnSnapshot], out: &mut impl Write) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::policy::DomainState;
+    use crate::store::DomainRecord;
 
     fn text(f: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> String {
         let mut out = Vec::new();
@@ -583,6 +586,57 @@ mod tests {
         assert!(out.starts_with("xmppbl.test node n: error (no answer within 30s), action strangers\n"), "{out}");
         assert!(!out.contains("retracted ("), "no retracted section when none is: {out}");
         assert_eq!(text(|o| rtbl(&RtblReport::default(), o)).lines().count(), 1);
+    }
+
+    /// friend.test with one stream open each way and three in, two out that ended: both
+    /// counts, each under its own name.
+    #[test]
+    fn domains_show_live_and_closed_streams_apart() {
+        use crate::events::LiveStreams;
+        let record = DomainRecord {
+            domain: "friend.test".into(),
+            state: DomainState::Approved,
+            streams_in: 3,
+            streams_out: 2,
+            stanzas_in: 40,
+            stanzas_out: 7,
+            ..Default::default()
+        };
+        let row = DomainRow { record: record.clone(), live: LiveStreams { inbound: 1, outbound: 1 } };
+        let out = text(|o| domains(std::slice::from_ref(&row), o));
+        let lines: Vec<&str> = out.lines().collect();
+        let (head, line) = (lines[0], lines[1]);
+        assert!(head.contains("LIVE I/O") && head.contains("CLOSED I/O"), "{out}");
+        // Each count under its header's end (right-aligned).
+        assert_eq!(&line[..head.find("LIVE I/O").unwrap() + 8].trim_end().rsplit(' ').next().unwrap(), &"1/1", "{out}");
+        assert_eq!(&line[..head.find("CLOSED I/O").unwrap() + 10].trim_end().rsplit(' ').next().unwrap(), &"3/2", "{out}");
+        // --json: the record's fields as before, the live counts beside them.
+        let json = serde_json::to_value(&row).unwrap();
+        assert_eq!((json["streams_in"].as_u64(), json["streams_out"].as_u64()), (Some(3), Some(2)));
+        assert_eq!((json["live_streams_in"].as_u64(), json["live_streams_out"].as_u64()), (Some(1), Some(1)));
+        assert_eq!(serde_json::from_value::<DomainRow>(json).unwrap(), row);
+        // An older server's answer (no live counts) still reads.
+        let old: DomainRow = serde_json::from_value(serde_json::to_value(&record).unwrap()).unwrap();
+        assert_eq!(old.live, LiveStreams::default());
+
+        let report = DomainReport {
+            domain: "friend.test".into(),
+            record: Some(record),
+            verdict: "allowed to federate".into(),
+            outcomes: vec![],
+            streams: vec![],
+            policy_log: vec![],
+            listings: vec![],
+            live: LiveStreams { inbound: 1, outbound: 1 },
+        };
+        let out = text(|o| domain(&report, o));
+        assert!(out.contains("\nlive:         1 in, 1 out (streams open now)\n"), "{out}");
+        assert!(
+            out.contains("\nclosed:       3 in, 2 out (streams that ended since records began; their stanzas 40 in, 7 out)\n"),
+            "{out}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!((json["live_streams_in"].as_u64(), json["record"]["streams_in"].as_u64()), (Some(1), Some(3)), "{json}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod dns;
 mod duration;
 mod gateway;
 mod limits;
+mod log;
 mod metrics;
 mod outbound;
 mod policy;
@@ -38,6 +39,7 @@ pub use components::{ComponentDef, ComponentSettings};
 pub use duration::parse_duration;
 pub use gateway::{GatewayAuth, GatewaySettings};
 pub use limits::Limits;
+pub use log::LogFormat;
 pub use metrics::MetricsSettings;
 pub use timeouts::Timeouts;
 
@@ -65,7 +67,7 @@ struct File {
     auth: security::AuthFile,
     #[serde(rename = "domain")]
     domains: Vec<security::DomainFile>,
-    log: LogFile,
+    log: log::LogFile,
     outbound: outbound::OutboundFile,
     gateway: Option<gateway::GatewayFile>,
     components: components::ComponentsFile,
@@ -74,19 +76,6 @@ struct File {
     rtbl: Vec<rtbl::RtblFile>,
     strangers: rtbl::StrangersFile,
     metrics: metrics::MetricsFile,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct LogFile {
-    level: String,
-    file: Option<String>,
-}
-
-impl Default for LogFile {
-    fn default() -> Self {
-        LogFile { level: "info".into(), file: None }
-    }
 }
 
 /// Everything the engine needs, validated.
@@ -109,6 +98,8 @@ pub struct Settings {
     pub security: Security,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
+    /// `log.format`: text or JSON lines.
+    pub log_format: LogFormat,
     pub outbound: OutboundSettings,
     /// `[gateway]`: drawbridge in front of an internal XMPP server (the gateway module).
     pub gateway: Option<GatewaySettings>,
@@ -226,9 +217,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
     let store = f.store.validate(&cx)?;
     let security = security::validate(&cx, &f.auth, &f.domains, tls.require_encryption)?;
     let gateway = f.gateway.as_ref().map(|g| g.validate(&cx, &server.public_listeners())).transpose()?;
-    if !matches!(f.log.level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
-        return Err(cx.bad("log.level", format!("{:?} is not one of error, warn, info, debug, trace", f.log.level)));
-    }
+    let log = f.log.validate(&cx)?;
     let mut taken = server.public_listeners();
     taken.extend(gateway.iter().flat_map(|g| g.listen.iter().copied()));
     let components = components::validate(&cx, &f.components, &f.component, &server.domains, &taken)?;
@@ -250,8 +239,9 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         policy,
         store,
         security,
-        log_level: f.log.level,
-        log_file: f.log.file.as_deref().map(|p| cx.resolve(p)),
+        log_level: log.level,
+        log_file: log.file,
+        log_format: log.format,
         outbound,
         gateway,
         components,

@@ -276,3 +276,14 @@ fn metrics_are_off_by_default_and_validated_naming_the_key() {
     assert!(err("[metrics]\nper_domain = [\"not a domain\"]\n").contains("metrics.per_domain[0]"));
     assert!(err("[metrics]\nlisten = [\"127.0.0.1:5269\"]\n").contains("already a listener"));
 }
+
+#[test]
+fn log_format_is_text_or_json() {
+    assert_eq!(Settings::builtin().log_format, LogFormat::Text);
+    let s = Settings::parse("[log]\nformat = \"json\"\n", Path::new("/etc/drawbridge.toml")).unwrap();
+    assert_eq!(s.log_format, LogFormat::Json);
+    let e = err("[log]\nformat = \"xml\"\n");
+    assert_eq!(e, "config /etc/drawbridge.toml: key `log.format`: \"xml\" is not one of text, json");
+    let e = err("[log]\nlevel = \"loud\"\n");
+    assert!(e.contains("key `log.level`") && e.contains("error, warn, info, debug, trace"), "{e}");
+}

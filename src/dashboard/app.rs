@@ -22,7 +22,7 @@ static PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 /// Run the dashboard until the operator quits (or the engine goes away).
 pub async fn run(client: Client, stop: tokio_util::sync::CancellationToken) -> Result<(), String> {
     let client = Arc::new(client);
-    let mut model = Model::new(std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()));
+    let mut model = Model::new(!crate::text::colour_allowed_here());
     model.load(client.snapshot().await?);
     let mut incoming = client.events().await?;
     let mut terminal = ratatui::init();

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::engine::Snapshot;
 use crate::engine::Status;
-use crate::events::{ConnSnapshot, ConnState, Event, TranscriptLine, VerificationOutcome};
+use crate::events::{ConnSnapshot, ConnState, Event, LiveStreams, TranscriptLine, VerificationOutcome};
 use crate::policy::DomainState;
 use crate::store::DomainRecord;
 
@@ -149,6 +149,8 @@ pub struct Model {
     /// Domains index out of date (separate: 100 000 domains change rarely).
     domains_stale: bool,
     counts: Option<Counts>,
+    /// Each domain's live streams (the Domains view), kept until a stream changes.
+    live: Option<HashMap<String, LiveStreams>>,
 }
 
 /// What the header and titles count, kept until the data changes (not recounted per frame).
@@ -199,6 +201,7 @@ impl Model {
             index_stale: true,
             domains_stale: true,
             counts: None,
+            live: None,
         }
     }
 
@@ -226,6 +229,13 @@ impl Model {
         c
     }
 
+    /// `domain`'s streams open now, each way (see [`LiveStreams`]); counted once per change
+    /// of the streams, not per frame.
+    pub fn live_streams(&mut self, domain: &str) -> LiveStreams {
+        let conns = &self.conns;
+        self.live.get_or_insert_with(|| LiveStreams::by_domain(conns.values())).get(domain).copied().unwrap_or_default()
+    }
+
     /// (Re)build from a snapshot (at start, and after the event stream lagged).
     pub fn load(&mut self, s: Snapshot) {
         self.status = Some(s.status);
@@ -243,6 +253,7 @@ impl Model {
         self.index_stale = true;
         self.domains_stale = true;
         self.counts = None;
+        self.live = None;
         self.dirty = true;
     }
 
@@ -251,6 +262,12 @@ impl Model {
         if matches!(ev, Event::StreamOpened { .. } | Event::StreamUpdated { .. } | Event::StreamClosed { .. } | Event::DomainChanged { .. })
         {
             self.counts = None;
+        }
+        if matches!(
+            ev,
+            Event::StreamOpened { .. } | Event::StreamUpdated { .. } | Event::StreamClosed { .. } | Event::PairAuthorised { .. }
+        ) {
+            self.live = None;
         }
         match ev {
             Event::StreamOpened { stream } => {

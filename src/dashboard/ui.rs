@@ -252,9 +252,11 @@ fn draw_domain_report(f: &mut Frame, r: &crate::engine::DomainReport, t: &Theme)
         }
         lines.push(Line::from(Span::styled(state, t.state(rec.state))));
         lines.push(Line::from(format!(
-            "streams {} in / {} out, stanzas {} in / {} out",
-            rec.streams_in, rec.streams_out, rec.stanzas_in, rec.stanzas_out
+            "streams live now {} in / {} out; closed since records began {} in / {} out, their stanzas {} in / {} out",
+            r.live.inbound, r.live.outbound, rec.streams_in, rec.streams_out, rec.stanzas_in, rec.stanzas_out
         )));
+    } else {
+        lines.push(Line::from(format!("streams live now {} in / {} out; none recorded", r.live.inbound, r.live.outbound)));
     }
     if !r.listings.is_empty() {
         lines.push(Line::from(Span::styled("real-time blocklists", t.header())));
@@ -565,6 +567,7 @@ fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     let visible = m.domain_rows()[start..end].to_vec();
     let mut rows = Vec::with_capacity(end - start);
     for (i, name) in visible.iter().enumerate() {
+        let live = m.live_streams(name);
         let Some(d) = m.domains.get(name) else { continue };
         let badge = match (d.state, d.expires_ms) {
             (DomainState::Blocked, Some(x)) => format!("blocked {}", human(x.saturating_sub(now) / 1000)),
@@ -585,11 +588,13 @@ fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
             (None, None, None) => String::new(),
         };
         let name = if listings.is_empty() { d.domain.clone() } else { format!("{} [listed]", d.domain) };
+        let (closed_in, closed_out) = (d.streams_in, d.streams_out);
         let mut cells = vec![
             Cell::from(name),
             Cell::from(Span::styled(badge, t.state(d.state))),
             Cell::from(why),
-            Cell::from(format!("{}/{}", d.streams_in, d.streams_out)),
+            Cell::from(format!("{}/{}", live.inbound, live.outbound)),
+            Cell::from(format!("{closed_in}/{closed_out}")),
         ];
         if wide {
             cells.push(Cell::from(d.who.clone().unwrap_or_default()));
@@ -602,8 +607,9 @@ fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
         }
         rows.push(row);
     }
-    let mut header = vec!["domain", "state", "reason", "streams in/out"];
-    let mut widths = vec![Constraint::Min(20), Constraint::Length(20), Constraint::Min(12), Constraint::Length(14)];
+    // Streams open now and those that ended since records began, in/out each.
+    let mut header = vec!["domain", "state", "reason", "live in/out", "closed in/out"];
+    let mut widths = vec![Constraint::Min(20), Constraint::Length(20), Constraint::Min(12), Constraint::Length(11), Constraint::Length(13)];
     if wide {
         header.extend(["who", "last seen", "last verification"]);
         widths.extend([Constraint::Length(20), Constraint::Length(19), Constraint::Min(20)]);

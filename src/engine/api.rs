@@ -190,6 +190,21 @@ pub struct DomainReport {
     /// included (their provenance explains a past refusal).
     #[serde(default)]
     pub listings: Vec<crate::store::RtblRecord>,
+    /// Its streams open now (`live_streams_in`, `live_streams_out`); the record counts the
+    /// ended ones.
+    #[serde(flatten)]
+    pub live: crate::events::LiveStreams,
+}
+
+/// `ctl domains` / `ctl pending`: a domain's record (its fields as they are, `streams_in`
+/// and `streams_out` counting its ended streams) and its streams open now
+/// (`live_streams_in`, `live_streams_out`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DomainRow {
+    #[serde(flatten)]
+    pub record: crate::store::DomainRecord,
+    #[serde(flatten)]
+    pub live: crate::events::LiveStreams,
 }
 
 /// `ctl explain`: the policy's decision with its trace (the same evaluation streams get),
@@ -291,7 +306,7 @@ pub enum Reply {
     Outcomes(Vec<crate::events::VerificationOutcome>),
     Change(Box<ChangeReport>),
     Mode(ModeReport),
-    Domains(Vec<crate::policy::DomainRecord>),
+    Domains(Vec<DomainRow>),
     Domain(Box<DomainReport>),
     Explain(Box<ExplainReport>),
     Rtbl(Box<RtblReport>),

@@ -49,13 +49,13 @@ pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Re
             let closed_streams = change_mode(shared, m, who).await?;
             Ok(Reply::Mode(ModeReport { mode: m.as_str().to_owned(), closed_streams }))
         }
-        Request::Pending => Ok(Reply::Domains(shared.policy.records(Some(DomainState::Pending)))),
+        Request::Pending => Ok(Reply::Domains(domain_rows(shared, Some(DomainState::Pending)))),
         Request::Domains { state } => {
             let state = match state {
                 Some(s) => Some(DomainState::parse(&s).ok_or(EngineError::NotAState(s))?),
                 None => None,
             };
-            Ok(Reply::Domains(shared.policy.records(state)))
+            Ok(Reply::Domains(domain_rows(shared, state)))
         }
         Request::Domain { domain } => Ok(Reply::Domain(Box::new(domain_report(shared, &parse(&domain)?)?))),
         Request::Explain { domain } => Ok(Reply::Explain(Box::new(explain(shared, &domain)?))),
@@ -95,6 +95,13 @@ async fn change(shared: &Shared, domain: &str, change: Change, who: &str, reason
 }
 
 /// Everything known about one domain.
+/// The records (in `state`, or all), each with its live streams from the table.
+fn domain_rows(shared: &Shared, state: Option<DomainState>) -> Vec<DomainRow> {
+    let live = LiveStreams::by_domain(&shared.table.snapshots(false));
+    let records = shared.policy.records(state);
+    records.into_iter().map(|record| DomainRow { live: live.get(&record.domain).copied().unwrap_or_default(), record }).collect()
+}
+
 fn domain_report(shared: &Shared, d: &Domain) -> Result<DomainReport, EngineError> {
     let verdict = match shared.policy.verdict(d) {
         Verdict::Allow => "allowed to federate".to_owned(),
@@ -109,6 +116,7 @@ fn domain_report(shared: &Shared, d: &Domain) -> Result<DomainReport, EngineErro
         streams: shared.store.history(Some(d.as_str()), 10)?,
         policy_log: shared.store.policy_log(Some(d.as_str()), 10)?,
         listings: listings_of(shared, d.as_str())?,
+        live: LiveStreams::by_domain(&shared.table.snapshots(false)).get(d.as_str()).copied().unwrap_or_default(),
     })
 }
 

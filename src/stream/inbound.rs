@@ -66,9 +66,13 @@ async fn serve(caps: Arc<Caps>, entry: Arc<ConnEntry>, io: Transport, direct: Op
     d.abandon_delivery();
     // Read here, not kept across the stream's life (per-stream task size).
     let peer = d.entry.peer_addr().unwrap_or_default();
+    // The domains it named, a field of its own (JSON logs carry it apart); none before its
+    // header was accepted.
+    let remote = Some(d.entry.remotes().join(",")).filter(|r| !r.is_empty());
+    let remote = remote.as_deref();
     match &end.error {
-        Some(e) => tracing::warn!(stream = %d.entry.id, %peer, "closing inbound stream: {e}"),
-        None => tracing::info!(stream = %d.entry.id, %peer, "inbound stream ended: {}", end.reason),
+        Some(e) => tracing::warn!(stream = %d.entry.id, %peer, remote, condition = %e.condition, "closing inbound stream: {e}"),
+        None => tracing::info!(stream = %d.entry.id, %peer, remote, "inbound stream ended: {}", end.reason),
     }
     Box::pin(d.close(&end)).await;
     d.caps.observer.closed(&d.entry, &end.reason);

@@ -52,7 +52,9 @@ pub async fn run(
     stanzas.close();
     verifies.close();
     match &end.kind {
-        EndKind::Failed { .. } => tracing::warn!(stream = %entry.id, %local, %remote, "outbound stream to {remote} failed: {}", end.reason),
+        EndKind::Failed { condition } => {
+            tracing::warn!(stream = %entry.id, %local, %remote, %condition, "outbound stream to {remote} failed: {}", end.reason)
+        }
         EndKind::Closed => {}
         _ => tracing::info!(stream = %entry.id, %local, %remote, "outbound stream to {remote} ended: {}", end.reason),
     }

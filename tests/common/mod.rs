@@ -647,6 +647,11 @@ pub async fn record(engine: &drawbridge::engine::EngineHandle, domain: &str) -> 
 
 /// The domains in one state (`Request::Domains`).
 pub async fn domains(engine: &drawbridge::engine::EngineHandle, state: Option<&str>) -> Vec<drawbridge::policy::DomainRecord> {
+    domain_rows(engine, state).await.into_iter().map(|r| r.record).collect()
+}
+
+/// The domains in one state with their live streams (`Request::Domains`).
+pub async fn domain_rows(engine: &drawbridge::engine::EngineHandle, state: Option<&str>) -> Vec<drawbridge::engine::DomainRow> {
     match ask(engine, drawbridge::engine::Request::Domains { state: state.map(str::to_owned) }).await {
         drawbridge::engine::Reply::Domains(v) => v,
         other => panic!("not a domain list: {other:?}"),
