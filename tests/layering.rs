@@ -24,6 +24,7 @@ const LAYERS: &[&[&str]] = &[
     &["secrets"],
     &["events"],
     &["limits"],
+    &["metrics"],
     &["table"],
     &["router"],
     &["stream"],
