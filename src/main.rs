@@ -39,6 +39,12 @@ fn main() -> ExitCode {
     unsafe { libc::umask(0o077) };
     drawbridge::engine::set_memory_release(purge_arenas);
     let cli = Cli::parse();
+    // Generated from the command line alone: no config is read, nothing is started.
+    match cli.command {
+        Some(Command::Man) => return print_generated(drawbridge::cli::man::page().as_bytes()),
+        Some(Command::Completions { shell }) => return print_generated(&drawbridge::cli::completions(shell)),
+        _ => {}
+    }
     let settings = match &cli.config {
         Some(p) => match Settings::load(p) {
             Ok(s) => s,
@@ -72,11 +78,26 @@ fn main() -> ExitCode {
             .map(|lines| print!("{lines}"))
             .map_err(Into::into)
             .map(|()| ExitCode::SUCCESS),
+        Some(Command::Man | Command::Completions { .. }) => unreachable!("answered before the config is read"),
     };
     result.unwrap_or_else(|e| {
         eprintln!("drawbridge: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+/// `man` and `completions` to standard output; a closed pipe (`| head`) ends quietly.
+fn print_generated(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    ctl::default_sigpipe();
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drawbridge: cannot write to standard output: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The engine and its control socket; open secret files get one warning each, with the fix.

@@ -1,22 +1,24 @@
-//! The command line (clap): `run`, `serve`, `demo`, `attach`, `ctl …` and `gateway setup`.
+//! The command line (clap): `run`, `serve`, `demo`, `attach`, `ctl …`, `gateway setup`, and
+//! `man` / `completions`, which are generated from these very types so they cannot drift.
 //! The `ctl` client and its human printers are here too, as library code with tests; the
 //! binary only parses, starts and maps results to exit codes.
 
 pub mod ctl;
+pub mod man;
 pub mod print;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum, ValueHint};
 
 use crate::config::Settings;
 
 #[derive(Parser)]
-#[command(name = "drawbridge", version, about = "XMPP server-to-server federation server")]
+#[command(name = "drawbridge", version, about = "XMPP server-to-server federation server", subcommand_value_name = "COMMAND")]
 pub struct Cli {
     /// Config file (TOML). Without it, the built-in default: domain localhost on
     /// 127.0.0.1:5269, data in ./drawbridge-data.
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -36,22 +38,61 @@ pub enum Command {
     /// Open the dashboard of a running `serve` over its control socket.
     Attach {
         /// Control socket path (default: server.control_socket from the config).
-        #[arg(long)]
+        #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath)]
         socket: Option<PathBuf>,
     },
     /// Talk to a running server over its control socket.
+    #[command(subcommand_value_name = "COMMAND")]
     Ctl {
         /// Control socket path (default: server.control_socket from the config).
-        #[arg(long)]
+        #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath)]
         socket: Option<PathBuf>,
         #[command(subcommand)]
         cmd: CtlCommand,
     },
     /// Gateway mode ([gateway] in the config): helpers for the internal server.
+    #[command(subcommand_value_name = "COMMAND")]
     Gateway {
         #[command(subcommand)]
         cmd: GatewayCommand,
     },
+    /// Print the manual page, drawbridge(1), as roff: every command, examples, files
+    /// (`drawbridge man | man -l -`).
+    Man,
+    /// Print a completion script for bash, zsh or fish (the Debian package installs them).
+    Completions {
+        /// The shell to complete in.
+        shell: Shell,
+    },
+}
+
+/// The shells `completions` writes for.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// The command line as clap sees it, built (subcommands know their full names): what `man`
+/// and `completions` are generated from.
+pub fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    cmd.build();
+    cmd
+}
+
+/// `drawbridge completions SHELL`: the script, from the same clap definition the binary parses.
+pub fn completions(shell: Shell) -> Vec<u8> {
+    use clap_complete::aot::{Bash, Fish, Zsh, generate};
+    let mut cmd = Cli::command();
+    let mut out = Vec::new();
+    match shell {
+        Shell::Bash => generate(Bash, &mut cmd, "drawbridge", &mut out),
+        Shell::Zsh => generate(Zsh, &mut cmd, "drawbridge", &mut out),
+        Shell::Fish => generate(Fish, &mut cmd, "drawbridge", &mut out),
+    }
+    out
 }
 
 #[derive(Subcommand)]
@@ -69,83 +110,108 @@ pub enum GatewayCommand {
 pub enum CtlCommand {
     /// Hosted domains, listeners, stream counts, uptime.
     Status {
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Every live stream (and recently closed ones with --closed).
     Connections {
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
+        /// Recently closed streams too, with why they closed.
         #[arg(long)]
         closed: bool,
     },
     /// Close a stream by id.
-    Close { id: String },
+    Close {
+        /// The stream's id, as `ctl connections` shows it.
+        id: String,
+    },
     /// Re-read TLS certificates and keys (as SIGHUP does); established streams stay.
     Reload,
     /// XEP-0199 ping over federation: round trip, stream used, how it was authenticated.
     Probe {
+        /// The remote domain to ping.
         domain: String,
         /// Hosted domain to ping from (default: the first of server.domains).
         #[arg(long)]
         from: Option<String>,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Recent verification outcomes, newest first.
     Verifications {
+        /// Only this remote domain's.
         #[arg(long)]
         domain: Option<String>,
+        /// At most this many (default 50).
         #[arg(long)]
         limit: Option<usize>,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Approve a domain (it federates in every mode).
     Approve {
+        /// The domain to approve.
         domain: String,
+        /// Why: kept in the policy log and shown with the domain.
         #[arg(long)]
         reason: Option<String>,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Block this exact domain, both directions; its live streams close at once.
     Block {
+        /// The domain to block (not its subdomains: see blacklist).
         domain: String,
         /// Lift the block by itself after this long ("2h", "30m").
         #[arg(long = "for")]
         duration: Option<String>,
+        /// Why: kept in the policy log and shown with the domain.
         #[arg(long)]
         reason: Option<String>,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Blacklist a domain and all its subdomains (`blacklist DOMAIN --reason TEXT`), or
     /// exchange lists (`blacklist import FILE|-`, `blacklist export`).
-    #[command(args_conflicts_with_subcommands = true)]
+    #[command(args_conflicts_with_subcommands = true, subcommand_value_name = "COMMAND")]
     Blacklist {
         #[command(subcommand)]
         list: Option<BlacklistCommand>,
+        /// The domain to blacklist, with all its subdomains.
         domain: Option<String>,
+        /// Why: kept in the policy log and shown with the domain.
         #[arg(long)]
         reason: Option<String>,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Clear a block or a blacklist entry.
     Unblock {
+        /// The domain to clear.
         domain: String,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Show or set the federation mode: open, approval or allowlist.
     Mode {
+        /// open, approval or allowlist; without it, the mode now.
         mode: Option<String>,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Domains waiting for approval.
     Pending {
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -154,19 +220,24 @@ pub enum CtlCommand {
         /// Only this state: unknown, pending, approved, blocked, blacklisted.
         #[arg(long)]
         state: Option<String>,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Everything known about one domain.
     Domain {
+        /// The domain to show.
         domain: String,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Why a domain is treated as it is: what would happen now to a stream from and to it,
     /// rule by rule, and the rule that decides.
     Explain {
+        /// The domain to explain.
         domain: String,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -176,25 +247,31 @@ pub enum CtlCommand {
     /// The real-time blocklists followed ([[rtbl]]): each feed's state and counters, and its
     /// entries with their reports (retracted ones marked).
     Rtbl {
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Keep a listed domain's block as the operator's own decision: it stays blocked after
     /// the listing is retracted, the listing named as its provenance.
     Keep {
+        /// The listed domain to keep blocked.
         domain: String,
         /// Why, added to the listing's reason.
         #[arg(long)]
         reason: Option<String>,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Closed streams, newest first.
     History {
+        /// Only this remote domain's.
         #[arg(long)]
         domain: Option<String>,
+        /// At most this many (default 50).
         #[arg(long)]
         limit: Option<usize>,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -204,6 +281,8 @@ pub enum CtlCommand {
 pub enum BlacklistCommand {
     /// Import a list (one domain per line, `#` comments); `-` reads standard input.
     Import {
+        /// The list to read; `-` for standard input.
+        #[arg(value_hint = ValueHint::FilePath)]
         file: String,
         /// Name of the list, recorded as each entry's source.
         #[arg(long)]
@@ -211,6 +290,7 @@ pub enum BlacklistCommand {
         /// Show what would change without changing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
