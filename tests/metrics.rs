@@ -79,6 +79,13 @@ async fn a_scrape_counts_a_federation_and_refuses_strangers() {
     peer.to_server.send_el(&ping).await;
     assert_eq!(peer.next_stanza().await.get_attr("id"), Some("p1"));
 
+    // A message to a user this server does not have: bounced, counted by its condition.
+    let lost =
+        Element::new("message", drawbridge::proto::ns::SERVER).attr("id", "m1").attr("from", "a@peer.test").attr("to", "nobody@home.test");
+    peer.to_server.send_el(&lost).await;
+    let bounce = peer.next_stanza().await;
+    assert_eq!((bounce.get_attr("id"), bounce.get_attr("type")), (Some("m1"), Some("error")));
+
     let after = parse(&get(addr, "127.0.0.1", "/metrics").await.2);
     for key in [
         "drawbridge_connections_total{direction=\"in\",kind=\"federation\"}",
@@ -90,6 +97,7 @@ async fn a_scrape_counts_a_federation_and_refuses_strangers() {
         "drawbridge_stream_bytes_total{direction=\"in\"}",
         "drawbridge_stream_setup_seconds_count",
         "drawbridge_policy_decisions_total{decision=\"allow\",reason=\"federation mode\"}",
+        "drawbridge_stanza_errors_total{condition=\"service-unavailable\"}",
         "drawbridge_streams{direction=\"in\",kind=\"federation\",auth=\"dialback\"}",
     ] {
         assert!(value(&after, key) > value(&before, key), "{key}: {} then {}", value(&before, key), value(&after, key));

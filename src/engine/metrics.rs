@@ -30,6 +30,7 @@ pub(super) fn render(shared: &Shared) -> String {
             per_domain,
             limit_refusals: crate::limits::refusals(),
             decisions: shared.policy.decisions(),
+            stanza_errors: crate::proto::stanza::errors_built(),
             process: Process::read(),
         },
     )

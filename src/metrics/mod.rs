@@ -70,6 +70,11 @@ struct StreamsLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Condition {
+    condition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Decision {
     decision: String,
     reason: String,
@@ -205,6 +210,8 @@ pub struct Scrape {
     pub per_domain: Vec<(String, (u64, u64))>,
     /// Refusals by each limit (its config key) since the process started.
     pub limit_refusals: Vec<(&'static str, u64)>,
+    /// Stanza errors built here (bounces, refusals), by condition, since the process started.
+    pub stanza_errors: Vec<(&'static str, u64)>,
     /// Policy decisions streams asked for: (decision, the rule that made it, how many).
     pub decisions: Vec<(&'static str, &'static str, u64)>,
     pub process: Process,
@@ -309,6 +316,15 @@ pub fn encode(m: &StreamMetrics, s: &Scrape) -> String {
     for (limit, n) in &s.limit_refusals {
         refusals.get_or_create(&Limit { limit: (*limit).to_owned() }).inc_by(*n);
     }
+    let errors: Family<Condition, Counter> = Family::default();
+    for (condition, n) in &s.stanza_errors {
+        errors.get_or_create(&Condition { condition: (*condition).into() }).inc_by(*n);
+    }
+    r.register(
+        "stanza_errors",
+        "Stanza errors built here — bounces of what could not be delivered, refusals, answers — by condition (process-wide)",
+        errors,
+    );
     let decisions: Family<Decision, Counter> = Family::default();
     for (decision, rule, n) in &s.decisions {
         decisions.get_or_create(&Decision { decision: (*decision).into(), reason: (*rule).into() }).inc_by(*n);

@@ -56,6 +56,21 @@ pub enum StanzaErrorCondition {
     UnexpectedRequest,
 }
 
+/// Stanza errors built here (bounces and refusals), by condition since the process started
+/// (`drawbridge_stanza_errors_total`; process-wide: every error reply is built by
+/// [`error_reply`], which knows no engine). Only errors pay for it.
+static ERRORS: [std::sync::atomic::AtomicU64; 23] = [const { std::sync::atomic::AtomicU64::new(0) }; 23];
+
+/// The stanza errors built since start, by condition (those built at least once).
+pub fn errors_built() -> Vec<(&'static str, u64)> {
+    StanzaErrorCondition::ALL
+        .iter()
+        .zip(&ERRORS)
+        .map(|(c, n)| (c.as_str(), n.load(std::sync::atomic::Ordering::Relaxed)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
 impl StanzaErrorCondition {
     const ALL: [StanzaErrorCondition; 23] = {
         use StanzaErrorCondition::*;
@@ -216,6 +231,9 @@ pub fn check(el: &Element) -> Result<(), (StanzaErrorCondition, &'static str)> {
 pub fn error_reply(el: &Element, condition: StanzaErrorCondition, text: Option<&str>) -> Option<Element> {
     if !may_bounce(el) {
         return None;
+    }
+    if let Some(i) = StanzaErrorCondition::ALL.iter().position(|c| *c == condition) {
+        ERRORS[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     let mut reply = Element::new(&el.name, ns::SERVER);
     if let Some(id) = el.get_attr("id") {
