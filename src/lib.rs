@@ -6,7 +6,7 @@
 //! [`engine::Request`] → [`engine`] → [`policy`] / [`store`] / [`table`] → [`events`] → views.
 //! Beside them: [`config`] (TOML → typed settings), [`domain`] (the normalised peer key),
 //! [`limits`] (budgets and gauges), [`gateway`] (fronting an internal server), [`secrets`]
-//! (files holding secrets checked), [`text`] (peer text made safe), [`types`] (shared
+//! (files holding secrets checked), [`text`] (peer text made safe), [`latency`] (lock-free timing histograms), [`types`] (shared
 //! vocabulary), [`demo`].
 
 pub mod cli;
@@ -20,6 +20,7 @@ pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod latency;
 pub mod limits;
 pub mod metrics;
 pub mod net;

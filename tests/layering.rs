@@ -10,7 +10,7 @@ use std::path::Path;
 
 const LAYERS: &[&[&str]] = &[
     // Peer text made safe to log and print: below everything that handles it.
-    &["text"],
+    &["text", "latency"],
     &["domain"],
     &["types"],
     &["xml"],

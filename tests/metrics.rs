@@ -99,6 +99,12 @@ async fn a_scrape_counts_a_federation_and_refuses_strangers() {
         "drawbridge_policy_decisions_total{decision=\"allow\",reason=\"federation mode\"}",
         "drawbridge_stanza_errors_total{condition=\"service-unavailable\"}",
         "drawbridge_streams{direction=\"in\",kind=\"federation\",auth=\"dialback\"}",
+        // The ping's answer, routed to the stream back to the peer; the callback that
+        // verified the peer; the lookups that found it.
+        "drawbridge_stanza_routing_seconds_count",
+        "drawbridge_stanza_routing_seconds_bucket{le=\"+Inf\"}",
+        "drawbridge_dialback_verification_seconds_count{outcome=\"valid\"}",
+        "drawbridge_dns_lookup_seconds_count{query=\"srv\"}",
     ] {
         assert!(value(&after, key) > value(&before, key), "{key}: {} then {}", value(&before, key), value(&after, key));
     }

@@ -294,6 +294,24 @@ pub fn encode(m: &StreamMetrics, s: &Scrape) -> String {
     r.register("tls_sessions", "TLS sessions set up, by protocol version and cipher suite", m.tls.clone());
     r.register("certificate_checks", "Peer certificates judged, by outcome", m.certificates.clone());
     r.register_with_unit("stream_setup", "From a stream's opening to its first authenticated pair", Unit::Seconds, m.setup.clone());
+    r.register_collector(Box::new(Timings {
+        name: "stanza_routing",
+        help: "From a stanza's read off a stream to its link's stream taking it to write: the router, the queue, any wait for room (process-wide)",
+        label: None,
+        rows: vec![("", crate::latency::ROUTING.snapshot())],
+    }));
+    r.register_collector(Box::new(Timings {
+        name: "dialback_verification",
+        help: "From asking a domain's authoritative server (DNS, dial and callback stream included) to its answer, by outcome (process-wide)",
+        label: Some("outcome"),
+        rows: crate::latency::DIALBACK.iter().map(|(n, t)| (*n, t.snapshot())).collect(),
+    }));
+    r.register_collector(Box::new(Timings {
+        name: "dns_lookup",
+        help: "DNS lookups for dialling out: a domain's SRV records (both services) or a target's addresses, answered or not (process-wide)",
+        label: Some("query"),
+        rows: crate::latency::DNS.iter().map(|(n, t)| (*n, t.snapshot())).collect(),
+    }));
 
     let total = |live: (u64, u64), closed: &[AtomicU64; 2]| {
         [("in", live.0 + closed[0].load(Ordering::Relaxed)), ("out", live.1 + closed[1].load(Ordering::Relaxed))]
@@ -395,6 +413,35 @@ impl<L: EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static> prometheus_cli
     }
 }
 
+/// Histograms of seconds from the lock-free [`crate::latency`] counts, with at most one
+/// label.
+#[derive(Debug)]
+struct Timings {
+    name: &'static str,
+    help: &'static str,
+    label: Option<&'static str>,
+    rows: Vec<(&'static str, crate::latency::Snapshot)>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NoLabels {}
+
+impl prometheus_client::collector::Collector for Timings {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::MetricType;
+        let mut me = encoder.encode_descriptor(self.name, self.help, Some(&Unit::Seconds), MetricType::Histogram)?;
+        for (value, s) in &self.rows {
+            let labels = [(self.label.unwrap_or_default(), *value)];
+            let mut fe = match self.label {
+                Some(_) => me.encode_family(&labels)?,
+                None => me.encode_family(&NoLabels {})?,
+            };
+            fe.encode_histogram::<NoLabels>(s.sum_seconds, s.count, &s.buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +470,11 @@ mod tests {
             "drawbridge_build_info{version=\"",
             "# TYPE process_cpu_seconds counter",
             "process_open_fds ",
+            "# TYPE drawbridge_stanza_routing_seconds histogram",
+            "# UNIT drawbridge_stanza_routing_seconds seconds",
+            "drawbridge_stanza_routing_seconds_bucket{le=\"0.00001\"} ",
+            "drawbridge_dialback_verification_seconds_bucket{le=\"+Inf\",outcome=\"timeout\"} ",
+            "drawbridge_dns_lookup_seconds_count{query=\"address\"} ",
         ] {
             assert!(text.contains(line), "{line} missing in:\n{text}");
         }

@@ -172,7 +172,9 @@ impl Resolver {
             return Ok(ov);
         }
         // Both services, looked up together (XEP-0368 §3).
+        let asked = tokio::time::Instant::now();
         let (starttls, direct) = tokio::join!(self.srv(domain, "_xmpp-server"), self.srv(domain, "_xmpps-server"));
+        crate::latency::of(&crate::latency::DNS, "srv").observe(asked.elapsed());
         let (starttls, direct) = (starttls?, direct.unwrap_or_default());
         let no_service = |v: &Vec<SrvRecord>| v.len() == 1 && v[0].target.is_empty();
         if no_service(&starttls) && (direct.is_empty() || no_service(&direct)) {
@@ -217,7 +219,10 @@ impl Resolver {
             return Ok(vec![SocketAddr::new(ip, target.port)]);
         }
         let name = format!("{}.", target.host);
-        match self.dns.lookup_ip(name.as_str()).await {
+        let asked = tokio::time::Instant::now();
+        let looked_up = self.dns.lookup_ip(name.as_str()).await;
+        crate::latency::of(&crate::latency::DNS, "address").observe(asked.elapsed());
+        match looked_up {
             Ok(ips) => {
                 let v: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(ip, target.port)).collect();
                 if v.is_empty() {

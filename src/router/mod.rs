@@ -32,6 +32,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::domain::Domain;
 use crate::proto::auth::Delivery;
@@ -90,7 +91,7 @@ pub struct Link {
     pub kind: LinkKind,
     /// The connection table id of the stream behind it.
     pub stream: Arc<str>,
-    pub stanzas: queue::QueueTx,
+    pub stanzas: queue::QueueTx<Routed>,
     /// Dialback verifications this link carries to the remote's authoritative server.
     pub verifies: Option<queue::QueueTx<VerifyRequest>>,
 }
@@ -100,7 +101,9 @@ pub struct Link {
 /// hands it to [`Router::overflow`].
 pub struct Blocked {
     pub stanza: Element,
-    queue: queue::QueueTx,
+    /// When it was read (or made): its routing time runs on while it waits.
+    pub since: Instant,
+    queue: queue::QueueTx<Routed>,
     weight: usize,
     /// The full queue's domain (for the overflow rule's words).
     to: Domain,
@@ -112,6 +115,14 @@ impl Blocked {
     pub async fn room(&self) {
         self.queue.room(self.weight).await;
     }
+}
+
+/// A stanza on a link's queue, with the moment it was read off a peer's stream (or made
+/// here): the stream that writes it observes its routing time ([`crate::latency::ROUTING`]).
+#[derive(Debug)]
+pub struct Routed {
+    pub stanza: Element,
+    pub since: Instant,
 }
 
 /// What the overflow rule did, since start (`ctl status`).
@@ -289,18 +300,20 @@ impl Router {
     }
 
     /// Queue on the component's stream; a bounce to route if it is not connected.
-    fn send_component(&self, comp: &Domain, st: Element) -> Step {
+    fn send_component(&self, comp: &Domain, st: Element, since: Instant) -> Step {
         let link = self.attached.read().unwrap_or_else(|e| e.into_inner()).get(comp).cloned();
         let Some(link) = link else {
             return error_reply(&st, C::ServiceUnavailable, Some(&format!("{comp} is not connected"))).into();
         };
         let weight = st.weight();
-        match link.stanzas.try_send_weighted(st, weight) {
+        match link.stanzas.try_send_weighted(Routed { stanza: st, since }, weight) {
             Ok(()) => Step::Done,
-            Err(queue::TrySendError::Full(back)) => Step::Full(Blocked { stanza: back, queue: link.stanzas, weight, to: comp.clone() }),
+            Err(queue::TrySendError::Full(back)) => {
+                Step::Full(Blocked { stanza: back.stanza, since, queue: link.stanzas, weight, to: comp.clone() })
+            }
             Err(queue::TrySendError::Closed(back)) => {
                 self.detach(comp, &link.stream);
-                error_reply(&back, C::ServiceUnavailable, Some(&format!("{comp} is not connected"))).into()
+                error_reply(&back.stanza, C::ServiceUnavailable, Some(&format!("{comp} is not connected"))).into()
             }
         }
     }
@@ -335,9 +348,16 @@ impl Router {
     /// producer waits for room and routes it again, or gives it to [`Router::overflow`].
     #[must_use = "a blocked stanza must be waited for or given to Router::overflow"]
     pub fn route(&self, stanza: Element) -> Option<Blocked> {
+        self.route_since(stanza, Instant::now())
+    }
+
+    /// [`Router::route`] for a stanza read (or made) at `since`: a stanza's routing time
+    /// counts from there, through any wait for room.
+    #[must_use = "a blocked stanza must be waited for or given to Router::overflow"]
+    pub fn route_since(&self, stanza: Element, since: Instant) -> Option<Blocked> {
         let mut next = Some(stanza);
         while let Some(st) = next.take() {
-            match self.step(st) {
+            match self.step(st, since) {
                 Step::Done => {}
                 Step::Next(st) => next = Some(st),
                 Step::Full(b) => return Some(b),
@@ -349,16 +369,17 @@ impl Router {
     /// Route what a stream delivers from its peer: only with the proof of the pair it
     /// travels on, which the stream machine checked the stanza against (`Delivery::new`).
     #[must_use = "a blocked stanza must be waited for or given to Router::overflow"]
-    pub fn deliver(&self, delivery: Delivery) -> Option<Blocked> {
-        self.route(delivery.into_stanza())
+    pub fn deliver(&self, delivery: Delivery, since: Instant) -> Option<Blocked> {
+        self.route_since(delivery.into_stanza(), since)
     }
 
     /// Route where nobody can wait (what a stream leaves behind when it ends): a full queue
     /// is answered by the overflow rule at once.
     pub fn route_now(&self, stanza: Element) {
+        let since = Instant::now();
         let mut next = Some(stanza);
         while let Some(st) = next.take() {
-            next = match self.step(st) {
+            next = match self.step(st, since) {
                 Step::Done => None,
                 Step::Next(st) => Some(st),
                 Step::Full(b) => self.overflow_reply(b),
@@ -395,13 +416,14 @@ impl Router {
     /// Route, waiting (bounded by `limit`, usually `timeouts.write`) where a queue is full;
     /// for tasks that have no stream to hold back (a probe).
     pub async fn route_waiting(&self, stanza: Element, limit: Duration) {
-        let until = tokio::time::Instant::now() + limit;
-        let mut next = self.route(stanza);
+        let since = Instant::now();
+        let until = since + limit;
+        let mut next = self.route_since(stanza, since);
         while let Some(b) = next {
             if tokio::time::timeout_at(until, b.room()).await.is_err() {
                 return self.overflow(b);
             }
-            next = self.route(b.stanza);
+            next = self.route_since(b.stanza, since);
         }
     }
 
@@ -411,7 +433,7 @@ impl Router {
     }
 
     /// One stanza's step: queued, or what to route next, or the full queue it met.
-    fn step(&self, st: Element) -> Step {
+    fn step(&self, st: Element, since: Instant) -> Step {
         let Some(to) = st.get_attr("to").and_then(crate::proto::jid::domain_of) else {
             tracing::debug!(stanza = %st.describe(), "dropping a stanza without a valid 'to'");
             return Step::Done;
@@ -428,7 +450,7 @@ impl Router {
             }
         }
         if let Some(comp) = self.component_for(&to) {
-            return self.send_component(&comp.clone(), st);
+            return self.send_component(&comp.clone(), st, since);
         }
         if self.is_served_here(&to) {
             // Gateway mode: what the world sends the hosted domains goes on to the
@@ -439,7 +461,7 @@ impl Router {
                 && let Some(from) = from().filter(|f| !self.is_server_domain(f))
                 && !self.local.awaits(&st)
             {
-                return self.send_remote(from, to, st);
+                return self.send_remote(from, to, st, since);
             }
             return self.local.handle(&st).into();
         }
@@ -456,11 +478,11 @@ impl Router {
         {
             s.learn(&st, f, t, self.component_for(&from).is_some());
         }
-        self.send_remote(from, to, st)
+        self.send_remote(from, to, st, since)
     }
 
     /// Queue on the link of (from, to); a bounce to route if no link can be had now.
-    fn send_remote(&self, from: Domain, to: Domain, mut st: Element) -> Step {
+    fn send_remote(&self, from: Domain, to: Domain, mut st: Element, since: Instant) -> Step {
         let weight = st.weight();
         for _ in 0..3 {
             let link = match self.link(&from, &to) {
@@ -473,13 +495,15 @@ impl Router {
                 }
                 Err(Refusal::Policy(why)) => return error_reply(&st, C::PolicyViolation, Some(&why)).into(),
             };
-            match link.stanzas.try_send_weighted(st, weight) {
+            match link.stanzas.try_send_weighted(Routed { stanza: st, since }, weight) {
                 Ok(()) => return Step::Done,
-                Err(queue::TrySendError::Full(back)) => return Step::Full(Blocked { stanza: back, queue: link.stanzas, weight, to }),
+                Err(queue::TrySendError::Full(back)) => {
+                    return Step::Full(Blocked { stanza: back.stanza, since, queue: link.stanzas, weight, to });
+                }
                 Err(queue::TrySendError::Closed(back)) => {
                     // That stream ended between lookup and send; forget it and try a new one.
                     self.remove(&from, &to, &link.stream);
-                    st = back;
+                    st = back.stanza;
                 }
             }
         }
@@ -590,7 +614,7 @@ mod tests {
 
     /// Links whose stream never takes anything from its queue (a peer that never reads);
     /// the receivers are kept, so the queues stay open.
-    struct Stalled(Mutex<Vec<queue::QueueRx>>);
+    struct Stalled(Mutex<Vec<queue::QueueRx<Routed>>>);
     impl Opener for Stalled {
         fn open(&self, _: &Domain, _: &Domain) -> Result<Link, Refusal> {
             let (tx, rx) = queue::queue(1_000_000, 16 * 1024);
@@ -642,7 +666,7 @@ mod tests {
 
     /// Links numbered in the order opened, each with a small queue (a few stanzas), their
     /// receivers kept: a test plays the streams behind them.
-    struct Numbered(Mutex<Vec<queue::QueueRx>>);
+    struct Numbered(Mutex<Vec<queue::QueueRx<Routed>>>);
     impl Opener for Numbered {
         fn open(&self, _: &Domain, _: &Domain) -> Result<Link, Refusal> {
             let (tx, rx) = queue::queue(1_000, 1_000);
@@ -668,7 +692,7 @@ mod tests {
     /// The ids of what link `n` (from 1) holds, taken from its queue.
     fn taken(opener: &Numbered, n: usize) -> Vec<String> {
         let mut rxs = opener.0.lock().unwrap();
-        std::iter::from_fn(|| rxs[n - 1].try_recv()).map(|st| st.get_attr("id").unwrap().to_owned()).collect()
+        std::iter::from_fn(|| rxs[n - 1].try_recv()).map(|r| r.stanza.get_attr("id").unwrap().to_owned()).collect()
     }
 
     /// A stream ending: its queue closed (nothing more accepted) and, separately, its link

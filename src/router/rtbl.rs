@@ -344,7 +344,8 @@ mod tests {
     }
 
     /// Links recorded by pair, their receivers kept (a test plays the streams).
-    struct Pairs(std::sync::Mutex<Vec<((Domain, Domain), super::super::queue::QueueRx)>>);
+    type PairQueue = ((Domain, Domain), super::super::queue::QueueRx<super::super::Routed>);
+    struct Pairs(std::sync::Mutex<Vec<PairQueue>>);
     impl super::super::Opener for &'static Pairs {
         fn open(&self, l: &Domain, r: &Domain) -> Result<super::super::Link, super::super::Refusal> {
             let (tx, rx) = super::super::queue::queue(1_000, 100_000);
@@ -360,7 +361,7 @@ mod tests {
         fn taken(&self, l: &str, r: &str) -> Vec<String> {
             let mut v = self.0.lock().unwrap();
             let Some((_, rx)) = v.iter_mut().find(|((a, b), _)| a.as_str() == l && b.as_str() == r) else { return Vec::new() };
-            std::iter::from_fn(|| rx.try_recv()).map(|st| st.get_attr("id").unwrap_or("").to_owned()).collect()
+            std::iter::from_fn(|| rx.try_recv()).map(|r| r.stanza.get_attr("id").unwrap_or("").to_owned()).collect()
         }
     }
 

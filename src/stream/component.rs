@@ -53,12 +53,12 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: Inboun
     // What was queued for it: as the machine's ending says (a component's bounces).
     let mut bounced = Vec::new();
     if let Some((condition, text)) = attached.as_ref().and_then(|domain| end.bounce(&caps.env, domain)) {
-        while let Some(st) = stanzas.try_recv() {
-            bounced.extend(error_reply(&st, condition, Some(&text)));
+        while let Some(r) = stanzas.try_recv() {
+            bounced.extend(error_reply(&r.stanza, condition, Some(&text)));
         }
     }
-    while let Some(st) = stanzas.try_recv() {
-        bounced.push(st);
+    while let Some(r) = stanzas.try_recv() {
+        bounced.push(r.stanza);
     }
     match &attached {
         Some(domain) => tracing::info!(stream = %entry.id, %peer, "component {domain} disconnected: {}", end.reason),
@@ -98,14 +98,14 @@ pub async fn run(caps: Arc<Caps>, tcp: TcpStream, peer: SocketAddr, slot: Inboun
 /// the attachment of the domain to this stream in the router.
 struct Component {
     /// The queue's sending end, until the router has it (the attachment).
-    tx: Option<crate::router::queue::QueueTx>,
-    stanzas: crate::router::queue::QueueRx,
+    tx: Option<crate::router::queue::QueueTx<crate::router::Routed>>,
+    stanzas: crate::router::queue::QueueRx<crate::router::Routed>,
     attached: Option<Domain>,
 }
 
 impl Role for Component {
     /// From the stanza queue (`None`: the router is gone).
-    type Event = Option<crate::xml::Element>;
+    type Event = Option<crate::router::Routed>;
 
     fn open(&self, d: &Driver) -> [bool; 2] {
         [d.machine.accepts_stanzas() && d.conn.pending_output() < HIGH_WATER, false]
@@ -114,15 +114,15 @@ impl Role for Component {
     fn queues(
         &mut self,
     ) -> (
-        impl Future<Output = Option<crate::xml::Element>> + Send + '_,
-        impl Future<Output = Option<Option<crate::xml::Element>>> + Send + '_,
+        impl Future<Output = Option<crate::router::Routed>> + Send + '_,
+        impl Future<Output = Option<Option<crate::router::Routed>>> + Send + '_,
         impl Future<Output = ()> + Send + '_,
     ) {
         // No second queue; policy changes do not concern components.
         (self.stanzas.recv(), std::future::pending(), std::future::pending())
     }
 
-    fn feed(&mut self, d: &mut Driver, s: Option<crate::xml::Element>) {
+    fn feed(&mut self, d: &mut Driver, s: Option<crate::router::Routed>) {
         d.feed_stanzas(s, &mut self.stanzas);
     }
 

@@ -100,7 +100,8 @@ impl Driver {
             d.behind.push_back(delivery.into_stanza());
             return;
         }
-        if let Some(blocked) = self.caps.router.deliver(delivery) {
+        // Its routing time counts from when its bytes arrived.
+        if let Some(blocked) = self.caps.router.deliver(delivery, self.conn.last_read) {
             self.hold(blocked, VecDeque::new());
         }
     }
@@ -125,7 +126,7 @@ impl Driver {
         let router = self.caps.router.clone();
         if expired {
             router.overflow(blocked);
-        } else if let Some(again) = router.route(blocked.stanza) {
+        } else if let Some(again) = router.route_since(blocked.stanza, blocked.since) {
             self.delivering = Some(Box::new(Delivering { blocked: again, until, behind }));
             return;
         }
@@ -163,16 +164,19 @@ impl Driver {
 
     /// A stanza from the link's queue (`None`: the router is gone) and what else is queued
     /// already, up to a batch, fed for one write.
-    pub fn feed_stanzas(&mut self, first: Option<crate::xml::Element>, queue: &mut crate::router::queue::QueueRx) {
-        let Some(st) = first else {
+    /// Each one's routing time ends here ([`crate::latency::ROUTING`]: one clock read per
+    /// batch).
+    pub fn feed_stanzas(&mut self, first: Option<crate::router::Routed>, queue: &mut crate::router::queue::QueueRx<crate::router::Routed>) {
+        let Some(r) = first else {
             return self.feed(Input::Close { reason: "router gone".into(), error: None });
         };
-        self.entry.stanza_out();
-        self.feed(Input::Stanza(st));
-        for _ in 1..BATCH {
-            let Some(st) = queue.try_recv() else { break };
+        let now = Instant::now();
+        let mut next = Some(r);
+        for _ in 0..BATCH {
+            let Some(r) = next.take().or_else(|| queue.try_recv()) else { break };
+            crate::latency::ROUTING.observe(now.saturating_duration_since(r.since));
             self.entry.stanza_out();
-            self.feed(Input::Stanza(st));
+            self.feed(Input::Stanza(r.stanza));
         }
     }
 

@@ -137,7 +137,16 @@ impl Role for Inbound {
 fn ask_authoritative(caps: &Arc<Caps>, ask: Ask, tx: crate::router::queue::QueueTx<Answered>) {
     let router = caps.router.clone();
     caps.tasks.spawn(async move {
+        let asked = tokio::time::Instant::now();
         let (answer, detail) = router.verify(&ask.local, &ask.remote, &ask.stream_id, &ask.key).await;
+        use crate::proto::dialback::Answer as A;
+        let outcome = match &answer {
+            A::Valid => "valid",
+            A::Invalid => "invalid",
+            A::Error { condition, .. } if *condition == crate::proto::stanza::StanzaErrorCondition::RemoteServerTimeout => "timeout",
+            A::Error { .. } => "error",
+        };
+        crate::latency::of(&crate::latency::DIALBACK, outcome).observe(asked.elapsed());
         if tx.try_send_weighted(Answered { local: ask.local, remote: ask.remote, answer, detail }, 1).is_err() {
             tracing::debug!("a dialback answer arrived after its stream ended");
         }

@@ -23,7 +23,7 @@ pub async fn run(
     local: Domain,
     remote: Domain,
     entry: Arc<ConnEntry>,
-    mut stanzas: crate::router::queue::QueueRx,
+    mut stanzas: crate::router::queue::QueueRx<crate::router::Routed>,
     mut verifies: crate::router::queue::QueueRx<VerifyRequest>,
 ) {
     entry.apply(Observation::Dialling);
@@ -74,8 +74,8 @@ pub async fn run(
             // The table says why before anyone hears back: a sender that gets the bounce
             // finds the failed stream and its reason in the connection table.
             caps.observer.closed(&entry, &end.reason);
-            while let Some(st) = stanzas.try_recv() {
-                if let Some(b) = error_reply(&st, condition, Some(&text)) {
+            while let Some(r) = stanzas.try_recv() {
+                if let Some(b) = error_reply(&r.stanza, condition, Some(&text)) {
                     caps.router.route_now(b);
                 }
             }
@@ -91,8 +91,8 @@ pub async fn run(
         return;
     }
     let mut rest = Vec::new();
-    while let Some(st) = stanzas.try_recv() {
-        rest.push(st);
+    while let Some(r) = stanzas.try_recv() {
+        rest.push(r.stanza);
     }
     if let Some(mut d) = driver {
         Box::pin(d.close(&end)).await;
@@ -132,14 +132,14 @@ use super::driver::{Role, STANZA_HIGH_WATER};
 struct Outbound<'a> {
     local: &'a Domain,
     remote: &'a Domain,
-    stanzas: &'a mut crate::router::queue::QueueRx,
+    stanzas: &'a mut crate::router::queue::QueueRx<crate::router::Routed>,
     verifies: &'a mut crate::router::queue::QueueRx<VerifyRequest>,
     policy: tokio::sync::watch::Receiver<u64>,
 }
 
 enum Queued {
     /// From the stanza queue (`None`: the router is gone).
-    Stanza(Option<crate::xml::Element>),
+    Stanza(Option<crate::router::Routed>),
     Verify(VerifyRequest),
 }
 
@@ -184,9 +184,9 @@ impl Role for Outbound<'_> {
                 // close follows.
                 d.caps.router.remove(self.local, self.remote, &d.entry.id);
                 self.stanzas.close();
-                while let Some(st) = self.stanzas.try_recv() {
+                while let Some(r) = self.stanzas.try_recv() {
                     d.entry.stanza_out();
-                    d.feed(Input::Stanza(st));
+                    d.feed(Input::Stanza(r.stanza));
                 }
                 d.feed(Input::Drained);
             }
