@@ -196,6 +196,7 @@ fn snapshot() -> ConnSnapshot {
                 issuer: HOSTILE.into(),
                 names: vec![HOSTILE.into()],
                 not_after: HOSTILE.into(),
+                not_after_s: None,
                 fingerprint_sha256: HOSTILE.into(),
             })),
             cert_verdict: Some(CertVerdict::UntrustedIssuer(HOSTILE.into())),
