@@ -20,7 +20,7 @@ fn tls_until(dir: &std::path::Path, ca: &Ca, domain: &str, trust: &Ca, not_after
     let mut params = CertificateParams::new(vec![domain.to_owned()]).unwrap();
     params.distinguished_name.push(DnType::CommonName, domain);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.not_before = time::OffsetDateTime::from_unix_timestamp(not_after - 500 * DAY).unwrap();
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
     params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &rcgen::Issuer::from_params(&ca.params, &ca.key)).unwrap();
@@ -74,7 +74,9 @@ async fn remote_certificates_are_forecast_soonest_first_and_kept() {
         assert_eq!(r.auth.as_deref(), Some("sasl-external (valid)"));
     }
 
-    // b: its peers' certificates, soonest first, as they were issued.
+    // b: its peers' certificates, soonest first, as they were issued. Each peer authenticated
+    // by SASL EXTERNAL on its stream to b, then by its server certificate on b's stream back
+    // to it (the pong's): the last is what is kept.
     let r = certs(&b.engine, None).await;
     assert_eq!(r.warn_before_s, 14 * DAY as u64);
     let rows: Vec<(&str, i64, &str, AuthMethod, Direction, CertExpiry)> = r
@@ -85,8 +87,8 @@ async fn remote_certificates_are_forecast_soonest_first_and_kept() {
     assert_eq!(
         rows,
         [
-            ("a.test", soon, "CN=Peer CA", AuthMethod::SaslExternal, Direction::In, CertExpiry::Expiring),
-            ("c.test", far, "CN=Peer CA", AuthMethod::SaslExternal, Direction::In, CertExpiry::Ok),
+            ("a.test", soon, "CN=Peer CA", AuthMethod::Certificate, Direction::Out, CertExpiry::Expiring),
+            ("c.test", far, "CN=Peer CA", AuthMethod::Certificate, Direction::Out, CertExpiry::Ok),
         ]
     );
     assert_eq!(r.domains[0].cert.subject, "CN=a.test");
@@ -102,13 +104,14 @@ async fn remote_certificates_are_forecast_soonest_first_and_kept() {
         "{m}"
     );
 
-    // a: b's server certificate, on a's own stream to it; a's own certificate near its end.
+    // a: b's certificate, judged on a's stream to it, then by SASL EXTERNAL on b's stream
+    // back (the pong's); a's own certificate near its end.
     let r = certs(&a.engine, None).await;
     assert_eq!(r.domains.len(), 1, "{r:?}");
     let d = &r.domains[0];
     assert_eq!(
         (d.domain.as_str(), d.cert.not_after_s, d.cert.method, d.cert.direction),
-        ("b.test", now + 800 * DAY, AuthMethod::Certificate, Direction::Out)
+        ("b.test", now + 800 * DAY, AuthMethod::SaslExternal, Direction::In)
     );
     let st = a.engine.status();
     let ours = &st.certificates[0];
@@ -136,13 +139,13 @@ async fn remote_certificates_are_forecast_soonest_first_and_kept() {
     let domains = v["domains"].as_array().unwrap();
     assert_eq!(domains.iter().map(|d| d["domain"].as_str().unwrap()).collect::<Vec<_>>(), ["a.test", "c.test"]);
     assert_eq!((domains[0]["not_after_s"].as_i64(), domains[0]["issuer"].as_str()), (Some(soon), Some("CN=Peer CA")));
-    assert_eq!((domains[0]["expiry"].as_str(), domains[0]["method"].as_str()), (Some("expiring"), Some("sasl-external")));
+    assert_eq!((domains[0]["expiry"].as_str(), domains[0]["method"].as_str()), (Some("expiring"), Some("certificate")));
     let (ok, out, err) = human;
     assert!(ok, "{out}{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(out.contains("1 remote domain(s) whose certificate expires within 30days or has expired:"), "{out}");
     let a_line = lines.iter().find(|l| l.starts_with("a.test ")).unwrap_or_else(|| panic!("{out}"));
-    assert!(a_line.contains("in 9 days EXPIRING") && a_line.contains("sasl-external (in)") && a_line.ends_with("CN=Peer CA"), "{out}");
+    assert!(a_line.contains("in 9 days EXPIRING") && a_line.contains("certificate (out)") && a_line.ends_with("CN=Peer CA"), "{out}");
     assert!(!out.contains("c.test"), "{out}");
     let (ok, out, err) = status;
     assert!(ok, "{out}{err}");
@@ -165,15 +168,43 @@ async fn remote_certificates_are_forecast_soonest_first_and_kept() {
 }
 
 /// A peer that proves nothing leaves nothing: a self-signed certificate claiming a domain
-/// authenticates no one, and no certificate is kept for it.
+/// authenticates no one, and no certificate is kept for it. One that authenticates by SASL
+/// EXTERNAL on its stream in (and is never dialled back) has its certificate kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unauthenticated_claim_keeps_no_certificate() {
+async fn sasl_external_inbound_keeps_the_certificate_and_a_mere_claim_nothing() {
     let dns = Dns::start().await;
-    let b = start_published("b.test", &dns, "").await;
+    let ca = ca("Peer CA");
+    let certdir = tempfile::tempdir().unwrap();
+    let b = start_published("b.test", &dns, &tls_config(certdir.path(), &ca, "b.test", &ca)).await;
     let (mut p, _, _) = tls_peer(&b, "x.test").await;
     p.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>").await;
     let fail = p.next_el().await.unwrap();
     assert!(fail.is("failure", drawbridge::proto::ns::SASL), "{}", fail.to_xml());
     assert!(certs(&b.engine, None).await.domains.is_empty());
     assert!(record(&b.engine, "x.test").await.is_none_or(|r| r.cert.is_none()));
+
+    let not_after = time::OffsetDateTime::now_utc().unix_timestamp() - 3 * DAY + 400 * DAY;
+    let mut params = CertificateParams::new(vec!["nodns.test".to_owned()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "nodns.test");
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &rcgen::Issuer::from_params(&ca.params, &ca.key)).unwrap();
+    let ctx = drawbridge::net::tls::TlsContext::from_parts(
+        vec![cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        &[drawbridge::domain::Domain::parse("nodns.test").unwrap()],
+    )
+    .unwrap();
+    let mut p = RawPeer::connect(b.addr).await;
+    p.open("nodns.test", "b.test").await;
+    p.starttls_with("nodns.test", "b.test", &ctx).await;
+    p.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>").await;
+    let ok = p.next_el().await.unwrap();
+    assert!(ok.is("success", drawbridge::proto::ns::SASL), "{}", ok.to_xml());
+    let r = certs(&b.engine, None).await;
+    let rows: Vec<_> =
+        r.domains.iter().map(|d| (d.domain.as_str(), d.cert.not_after_s, d.cert.method, d.cert.direction, d.expiry)).collect();
+    assert_eq!(rows, [("nodns.test", not_after, AuthMethod::SaslExternal, Direction::In, CertExpiry::Ok)]);
+    assert_eq!((r.domains[0].cert.issuer.as_str(), r.domains[0].cert.subject.as_str()), ("CN=Peer CA", "CN=nodns.test"));
 }
