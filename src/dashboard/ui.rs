@@ -656,7 +656,7 @@ fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     }
     // Streams open now and those that ended since records began, in/out each.
     let mut header = vec!["domain", "state", "reason", "live in/out", "closed in/out"];
-    let mut widths = vec![Constraint::Min(20), Constraint::Length(20), Constraint::Min(12), Constraint::Length(11), Constraint::Length(13)];
+    let mut widths = vec![Constraint::Min(21), Constraint::Length(19), Constraint::Min(12), Constraint::Length(11), Constraint::Length(13)];
     if wide {
         header.extend(["who", "last seen", "last verification", "cert expires"]);
         widths.extend([Constraint::Length(20), Constraint::Length(19), Constraint::Min(20), Constraint::Length(18)]);
