@@ -201,6 +201,7 @@ async fn sasl_external_inbound_keeps_the_certificate_and_a_mere_claim_nothing() 
         &[drawbridge::domain::Domain::parse("nodns.test").unwrap()],
     )
     .unwrap();
+    let mut events = b.engine.subscribe();
     let mut p = RawPeer::connect(b.addr).await;
     p.open("nodns.test", "b.test").await;
     p.starttls_with("nodns.test", "b.test", &ctx).await;
@@ -212,4 +213,9 @@ async fn sasl_external_inbound_keeps_the_certificate_and_a_mere_claim_nothing() 
         r.domains.iter().map(|d| (d.domain.as_str(), d.cert.not_after_s, d.cert.method, d.cert.direction, d.expiry)).collect();
     assert_eq!(rows, [("nodns.test", not_after, AuthMethod::SaslExternal, Direction::In, CertExpiry::Ok)]);
     assert_eq!((r.domains[0].cert.issuer.as_str(), r.domains[0].cert.subject.as_str()), ("CN=Peer CA", "CN=nodns.test"));
+    // The views are told (the dashboard marks it without a reload).
+    wait_event(&mut events, "the domain's record with its certificate", |e| {
+        matches!(e, drawbridge::engine::events::Event::DomainChanged { record } if record.domain == "nodns.test" && record.cert.as_ref().is_some_and(|c| c.not_after_s == not_after))
+    })
+    .await;
 }

@@ -139,8 +139,16 @@ impl Recorder {
             }
         }
         let last = format!("{} {}: {}", format!("{:?}", outcome.result).to_lowercase(), fmt_utc(outcome.time_ms), outcome.reason);
-        let announce = downgrade.is_some();
         let kept = cert.as_deref().and_then(|c| remote_cert(&outcome, c));
+        // A certificate not seen for the domain before (its first, a renewal) changes what the
+        // views mark: announced. The same one again only updates when it was seen.
+        let new_cert = kept.as_ref().is_some_and(|k| {
+            self.policy
+                .record(&outcome.remote)
+                .and_then(|r| r.cert)
+                .is_none_or(|c| (c.fingerprint_sha256, c.not_after_s) != (k.fingerprint_sha256.clone(), k.not_after_s))
+        });
+        let announce = downgrade.is_some() || new_cert;
         self.policy.note(&outcome.remote, |rec| {
             if let Some(c) = kept {
                 rec.cert = Some(c);
