@@ -182,6 +182,18 @@ pub fn domain(r: &DomainReport, out: &mut impl Write) -> io::Result<()> {
             if let Some(v) = &rec.last_verification {
                 writeln!(out, "verification: {v}")?;
             }
+            if let Some(c) = &rec.cert {
+                writeln!(
+                    out,
+                    "certificate:  expires {} ({}), issuer {}; last authenticated by it {} ({}, {})",
+                    fmt_utc_s(c.not_after_s),
+                    expiry_in_words(c.not_after_s, crate::events::now_s()),
+                    c.issuer,
+                    fmt_utc(c.seen_ms),
+                    c.method.as_str(),
+                    fmt_dir(c.direction)
+                )?;
+            }
         }
     }
     if !r.listings.is_empty() {
@@ -747,6 +759,20 @@ mod tests {
         assert!(lines[3].starts_with("gone.test ") && lines[3].contains("2027-01-12 08:00:00 UTC expired 3 days ago EXPIRED"), "{out}");
         assert!(lines[3].contains("sasl-external (in)") && lines[3].contains("2027-01-15 05:13:20") && lines[3].ends_with("CN=Peer CA"));
         assert!(lines[4].starts_with("far.test ") && lines[4].contains("in 300 days ") && !lines[4].contains("EXPIR"), "{out}");
+        // `ctl domain`: its certificate on a line.
+        let report = DomainReport {
+            domain: "gone.test".into(),
+            record: Some(DomainRecord { domain: "gone.test".into(), cert: Some(r.domains[0].cert.clone()), ..Default::default() }),
+            verdict: "allowed to federate".into(),
+            outcomes: vec![],
+            streams: vec![],
+            policy_log: vec![],
+            listings: vec![],
+            live: Default::default(),
+        };
+        let out = text(|o| domain(&report, o));
+        assert!(out.contains("\ncertificate:  expires 2027-01-12 08:00:00 UTC ("), "{out}");
+        assert!(out.contains(", issuer CN=Peer CA; last authenticated by it 2027-01-15 05:13:20 UTC (sasl-external, in)\n"), "{out}");
         let none = CertsReport { domains: vec![], local: vec![], expiring_within_s: Some(30 * 86_400), ..r.clone() };
         assert_eq!(text(|o| certs(&none, o)), "no remote domain's certificate expires within 30days\n");
         let none = CertsReport { expiring_within_s: None, ..none };

@@ -19,7 +19,9 @@ pub(super) fn render(shared: &Shared) -> String {
         .collect();
     let per_domain = per_domain(shared);
     let warn = shared.settings.certs.warn_before;
-    let remote_certs = super::certs::remote_counts(&shared.policy.records(None), crate::events::now_s(), warn);
+    let mut not_afters = Vec::new();
+    shared.policy.for_each_record(|r| not_afters.extend(r.cert.as_ref().map(|c| c.not_after_s)));
+    let remote_certs = super::certs::remote_counts(&not_afters, crate::events::now_s(), warn);
     let local_certs = super::certs::local(shared).into_iter().filter_map(|c| Some((c.certificate, c.not_after_s?))).collect();
     crate::metrics::encode(
         shared.table.metrics(),
