@@ -308,6 +308,19 @@ pub fn expiry_in_words(not_after_s: i64, now_s: i64) -> String {
     if now_s > not_after_s { format!("expired {} ago", span(now_s - not_after_s)) } else { format!("in {}", span(not_after_s - now_s)) }
 }
 
+/// A span as an operator wrote it: "14 days", "36 hours", "1 day"; otherwise humantime's
+/// form ("1h 30m").
+pub fn span_in_words(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let plural = |n: u64, u: &str| format!("{n} {u}{}", if n == 1 { "" } else { "s" });
+    match s {
+        _ if d.subsec_nanos() != 0 || s == 0 => humantime::format_duration(d).to_string(),
+        _ if s % 86_400 == 0 => plural(s / 86_400, "day"),
+        _ if s % 3600 == 0 => plural(s / 3600, "hour"),
+        _ => humantime::format_duration(d).to_string(),
+    }
+}
+
 /// Unix seconds as [`fmt_utc`] does (clamped at the ends of what it can show).
 pub fn fmt_utc_s(s: i64) -> String {
     fmt_utc(u64::try_from(s).unwrap_or(0).saturating_mul(1000))
@@ -624,6 +637,10 @@ mod tests {
         assert_eq!(super::expiry_in_words(now + 90, now), "in 1 minute");
         assert_eq!(super::expiry_in_words(now, now), "in 0 minutes");
         assert_eq!(super::expiry_in_words(now - 3 * day - 100, now), "expired 3 days ago");
+        assert_eq!(super::span_in_words(Duration::from_secs(14 * 86_400)), "14 days");
+        assert_eq!(super::span_in_words(Duration::from_secs(86_400)), "1 day");
+        assert_eq!(super::span_in_words(Duration::from_secs(36 * 3600)), "36 hours");
+        assert_eq!(super::span_in_words(Duration::from_secs(5400)), "1h 30m");
         assert_eq!(super::fmt_utc_s(-5), "1970-01-01 00:00:00 UTC");
         assert_eq!(super::fmt_utc_s(1_795_309_028), "2026-11-22 00:57:08 UTC");
     }

@@ -143,7 +143,7 @@ async fn remote_certificates_are_forecast_soonest_first_and_kept() {
     let (ok, out, err) = human;
     assert!(ok, "{out}{err}");
     let lines: Vec<&str> = out.lines().collect();
-    assert!(out.contains("1 remote domain(s) whose certificate expires within 30days or has expired:"), "{out}");
+    assert!(out.contains("1 remote domain(s) whose certificate expires within 30 days or has expired:"), "{out}");
     let a_line = lines.iter().find(|l| l.starts_with("a.test ")).unwrap_or_else(|| panic!("{out}"));
     assert!(
         (a_line.contains("in 9 days EXPIRING") || a_line.contains("in 10 days EXPIRING"))

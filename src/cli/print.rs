@@ -429,7 +429,7 @@ fn expiry_mark(e: CertExpiry) -> &'static str {
 /// first: not-after, time left (marked as it nears), how and when it last authenticated by
 /// it, the issuer.
 pub fn certs(r: &CertsReport, out: &mut impl Write) -> io::Result<()> {
-    let days = |s: u64| humantime::format_duration(std::time::Duration::from_secs(s)).to_string();
+    let days = |s: u64| crate::events::span_in_words(std::time::Duration::from_secs(s));
     for c in &r.local {
         writeln!(out, "ours: {}", local_cert(c, r.now_s))?;
     }
@@ -754,7 +754,7 @@ mod tests {
             lines[0], "ours: tls expires 2027-01-20 08:00:00 UTC (in 5 days) EXPIRING, CN=a.test, /etc/drawbridge/cert.pem",
             "{out}"
         );
-        assert_eq!(lines[1], "2 remote domain(s) authenticated by certificate; 1 expiring within certs.warn_before (14days) or expired:");
+        assert_eq!(lines[1], "2 remote domain(s) authenticated by certificate; 1 expiring within certs.warn_before (14 days) or expired:");
         assert!(lines[2].starts_with("DOMAIN") && lines[2].ends_with("ISSUER"), "{out}");
         assert!(lines[3].starts_with("gone.test ") && lines[3].contains("2027-01-12 08:00:00 UTC expired 3 days ago EXPIRED"), "{out}");
         assert!(lines[3].contains("sasl-external (in)") && lines[3].contains("2027-01-15 05:13:20") && lines[3].ends_with("CN=Peer CA"));
@@ -774,7 +774,7 @@ mod tests {
         assert!(out.contains("\ncertificate:  expires 2027-01-12 08:00:00 UTC ("), "{out}");
         assert!(out.contains(", issuer CN=Peer CA; last authenticated by it 2027-01-15 05:13:20 UTC (sasl-external, in)\n"), "{out}");
         let none = CertsReport { domains: vec![], local: vec![], expiring_within_s: Some(30 * 86_400), ..r.clone() };
-        assert_eq!(text(|o| certs(&none, o)), "no remote domain's certificate expires within 30days\n");
+        assert_eq!(text(|o| certs(&none, o)), "no remote domain's certificate expires within 30 days\n");
         let none = CertsReport { expiring_within_s: None, ..none };
         assert_eq!(text(|o| certs(&none, o)), "no remote domain has authenticated by certificate yet\n");
     }

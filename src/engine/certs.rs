@@ -90,7 +90,7 @@ impl LocalCert {
             CertExpiry::Ok => None,
             CertExpiry::Expiring => Some((
                 tracing::Level::WARN,
-                format!("{what} expires {when}, within certs.warn_before ({}): {fix}", humantime::format_duration(warn_before)),
+                format!("{what} expires {when}, within certs.warn_before ({}): {fix}", span_in_words(warn_before)),
             )),
             CertExpiry::Expired => Some((tracing::Level::ERROR, format!("{what} {when}: peers refuse it; {fix}"))),
         }
@@ -210,7 +210,7 @@ mod tests {
         let (level, line) = c.log_line(NOW + 20 * DAY, warn).unwrap();
         assert_eq!(level, tracing::Level::WARN);
         assert!(line.contains("our certificate tls (/etc/a.crt, CN=a.test) expires in 10 days (2027-02-14"), "{line}");
-        assert!(line.contains("within certs.warn_before (14days)") && line.contains("`drawbridge ctl reload`"), "{line}");
+        assert!(line.contains("within certs.warn_before (14 days)") && line.contains("`drawbridge ctl reload`"), "{line}");
         let (level, line) = c.log_line(NOW + 31 * DAY, warn).unwrap();
         assert_eq!(level, tracing::Level::ERROR);
         assert!(line.contains("expired 1 day ago") && line.contains("peers refuse it"), "{line}");
