@@ -315,8 +315,8 @@ pub fn span_in_words(d: std::time::Duration) -> String {
     let plural = |n: u64, u: &str| format!("{n} {u}{}", if n == 1 { "" } else { "s" });
     match s {
         _ if d.subsec_nanos() != 0 || s == 0 => humantime::format_duration(d).to_string(),
-        _ if s % 86_400 == 0 => plural(s / 86_400, "day"),
-        _ if s % 3600 == 0 => plural(s / 3600, "hour"),
+        _ if s.is_multiple_of(86_400) => plural(s / 86_400, "day"),
+        _ if s.is_multiple_of(3600) => plural(s / 3600, "hour"),
         _ => humantime::format_duration(d).to_string(),
     }
 }
