@@ -176,7 +176,9 @@ async fn readme_lists_every_metric_and_its_labels() {
             _ => family.clone(),
         };
         let row = table.iter().find(|l| l.contains(&format!("`{shown}`"))).unwrap_or_else(|| panic!("README has no row for {shown}"));
-        for sample in body.lines().filter(|l| l.starts_with(&format!("{shown}{{")) || l.starts_with(&format!("{family}{{"))) {
+        // A histogram's labels are on its `_count` samples (beside `le` on its buckets).
+        let heads = [format!("{shown}{{"), format!("{family}{{"), format!("{family}_count{{")];
+        for sample in body.lines().filter(|l| heads.iter().any(|h| l.starts_with(h.as_str()))) {
             let labels = &sample[sample.find('{').unwrap() + 1..sample.find('}').unwrap()];
             for label in labels.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, _)| k) {
                 assert!(row.contains(&format!("`{label}`")), "README's row for {shown} does not name its label {label}: {row}");
