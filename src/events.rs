@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 pub mod bus;
 
 pub use crate::types::{
-    AuthMethod, ConnSnapshot, ConnState, Direction, PairInfo, PairStatus, PeerCertInfo, StreamKind, StreamLimits, TlsInfo,
-    VerificationOutcome, VerificationResult, fmt_utc, now_ms,
+    AuthMethod, CertExpiry, ConnSnapshot, ConnState, Direction, PairInfo, PairStatus, PeerCertInfo, RemoteCert, StreamKind, StreamLimits,
+    TlsInfo, VerificationOutcome, VerificationResult, expiry_in_words, fmt_utc, fmt_utc_s, now_ms, now_s, span_in_words,
 };
 
 /// One entry of a stream's transcript: what crossed the wire (or what happened to it).

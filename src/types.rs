@@ -227,8 +227,108 @@ pub struct PeerCertInfo {
     /// DNS names from the subjectAltName extension.
     pub names: Vec<String>,
     pub not_after: String,
+    /// The notAfter as seconds since the Unix epoch (what expiry is reckoned from);
+    /// `None` for an unparseable certificate, or in a record from before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after_s: Option<i64>,
     /// SHA-256 of the DER certificate, hex, colon-separated.
     pub fingerprint_sha256: String,
+}
+
+/// The last certificate a remote domain authenticated by (kept with its domain record):
+/// when it expires and who issued it, so an operator sees a peer's lapse coming.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteCert {
+    /// notAfter, seconds since the Unix epoch.
+    pub not_after_s: i64,
+    /// The issuer's name: the peer's text, escaped and clipped before it was kept.
+    pub issuer: String,
+    /// The subject's name, likewise.
+    #[serde(default)]
+    pub subject: String,
+    /// SHA-256 of the DER certificate (a renewal shows as a new one).
+    #[serde(default)]
+    pub fingerprint_sha256: String,
+    /// How the domain was authenticated by it: `certificate` (its server certificate on our
+    /// stream to it, or on its stream to us), `sasl-external`, `dialback-with-valid-cert`.
+    pub method: AuthMethod,
+    /// The stream it was seen on: its stream to us (`in`) or ours to it (`out`).
+    pub direction: Direction,
+    /// When the domain last authenticated by it (unix ms).
+    pub seen_ms: u64,
+}
+
+/// Where a certificate stands against `[certs] warn_before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertExpiry {
+    /// More than `warn_before` left.
+    Ok,
+    /// Expires within `warn_before`.
+    Expiring,
+    /// Its notAfter has passed.
+    Expired,
+}
+
+impl CertExpiry {
+    /// A certificate valid until `not_after_s` (inclusive, RFC 5280 §4.1.2.5), at `now_s`.
+    pub fn classify(not_after_s: i64, now_s: i64, warn_before: std::time::Duration) -> CertExpiry {
+        if now_s > not_after_s {
+            CertExpiry::Expired
+        } else if not_after_s - now_s < i64::try_from(warn_before.as_secs()).unwrap_or(i64::MAX) {
+            CertExpiry::Expiring
+        } else {
+            CertExpiry::Ok
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertExpiry::Ok => "ok",
+            CertExpiry::Expiring => "expiring",
+            CertExpiry::Expired => "expired",
+        }
+    }
+}
+
+/// How long is left until `not_after_s`, for people: "in 12 days", "in 5 hours", "expired
+/// 3 days ago" (whole days, rounded down; hours and minutes under a day).
+pub fn expiry_in_words(not_after_s: i64, now_s: i64) -> String {
+    let span = |secs: i64| {
+        let (d, h, m) = (secs / 86_400, secs / 3600, secs / 60);
+        let unit = |n: i64, u: &str| format!("{n} {u}{}", if n == 1 { "" } else { "s" });
+        if d > 0 {
+            unit(d, "day")
+        } else if h > 0 {
+            unit(h, "hour")
+        } else {
+            unit(m.max(0), "minute")
+        }
+    };
+    if now_s > not_after_s { format!("expired {} ago", span(now_s - not_after_s)) } else { format!("in {}", span(not_after_s - now_s)) }
+}
+
+/// A span as an operator wrote it: "14 days", "36 hours", "1 day"; otherwise humantime's
+/// form ("1h 30m").
+pub fn span_in_words(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let plural = |n: u64, u: &str| format!("{n} {u}{}", if n == 1 { "" } else { "s" });
+    match s {
+        _ if d.subsec_nanos() != 0 || s == 0 => humantime::format_duration(d).to_string(),
+        _ if s.is_multiple_of(86_400) => plural(s / 86_400, "day"),
+        _ if s.is_multiple_of(3600) => plural(s / 3600, "hour"),
+        _ => humantime::format_duration(d).to_string(),
+    }
+}
+
+/// Unix seconds as [`fmt_utc`] does (clamped at the ends of what it can show).
+pub fn fmt_utc_s(s: i64) -> String {
+    fmt_utc(u64::try_from(s).unwrap_or(0).saturating_mul(1000))
+}
+
+/// Now in Unix seconds.
+pub fn now_s() -> i64 {
+    (now_ms() / 1000) as i64
 }
 
 /// One (local, remote) domain pair on a stream.
@@ -515,6 +615,34 @@ mod tests {
         assert_eq!(w.take(s, minute, 1), Some(0));
         assert_eq!(w.take(s - Duration::from_secs(3600), minute, 1), None);
         assert_eq!(w.take(s + minute, minute, 1), Some(1));
+    }
+
+    #[test]
+    fn certificates_are_ok_expiring_or_expired() {
+        use super::CertExpiry::*;
+        let day = 86_400;
+        let warn = Duration::from_secs(14 * day as u64);
+        let now = 1_800_000_000;
+        assert_eq!(super::CertExpiry::classify(now + 30 * day, now, warn), Ok);
+        assert_eq!(super::CertExpiry::classify(now + 14 * day, now, warn), Ok, "exactly warn_before left: not yet");
+        assert_eq!(super::CertExpiry::classify(now + 14 * day - 1, now, warn), Expiring);
+        assert_eq!(super::CertExpiry::classify(now, now, warn), Expiring, "valid through its notAfter second");
+        assert_eq!(super::CertExpiry::classify(now - 1, now, warn), Expired);
+        assert_eq!(super::CertExpiry::classify(i64::MIN, now, warn), Expired);
+        assert_eq!(super::CertExpiry::classify(now + 1, now, Duration::MAX), Expiring, "no overflow");
+        assert!(Ok < Expiring && Expiring < Expired, "worse sorts later");
+        assert_eq!(super::expiry_in_words(now + 10 * day + 5, now), "in 10 days");
+        assert_eq!(super::expiry_in_words(now + day, now), "in 1 day");
+        assert_eq!(super::expiry_in_words(now + 5 * 3600 + 59, now), "in 5 hours");
+        assert_eq!(super::expiry_in_words(now + 90, now), "in 1 minute");
+        assert_eq!(super::expiry_in_words(now, now), "in 0 minutes");
+        assert_eq!(super::expiry_in_words(now - 3 * day - 100, now), "expired 3 days ago");
+        assert_eq!(super::span_in_words(Duration::from_secs(14 * 86_400)), "14 days");
+        assert_eq!(super::span_in_words(Duration::from_secs(86_400)), "1 day");
+        assert_eq!(super::span_in_words(Duration::from_secs(36 * 3600)), "36 hours");
+        assert_eq!(super::span_in_words(Duration::from_secs(5400)), "1h 30m");
+        assert_eq!(super::fmt_utc_s(-5), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::fmt_utc_s(1_795_309_028), "2026-11-22 00:57:08 UTC");
     }
 
     #[test]

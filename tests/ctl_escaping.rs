@@ -142,6 +142,26 @@ fn fake_engine(sock: &Path) -> std::thread::JoinHandle<()> {
                     inbox: Default::default(),
                 })
                 .unwrap(),
+                Request::Certs { .. } => serde_json::to_value(drawbridge::engine::CertsReport {
+                    now_s: 0,
+                    warn_before_s: 0,
+                    expiring_within_s: Some(0),
+                    local: vec![drawbridge::engine::LocalCert {
+                        certificate: HOSTILE.into(),
+                        path: HOSTILE.into(),
+                        subject: HOSTILE.into(),
+                        issuer: HOSTILE.into(),
+                        not_after_s: Some(0),
+                        expiry: Some(CertExpiry::Expiring),
+                    }],
+                    domains: vec![drawbridge::engine::RemoteCertRow {
+                        domain: HOSTILE.into(),
+                        expiry: CertExpiry::Expired,
+                        cert: remote_cert(),
+                        last_seen_ms: Some(0),
+                    }],
+                })
+                .unwrap(),
                 Request::Keep { .. } => serde_json::to_value(KeepReport {
                     record: record(),
                     changed: true,
@@ -196,6 +216,7 @@ fn snapshot() -> ConnSnapshot {
                 issuer: HOSTILE.into(),
                 names: vec![HOSTILE.into()],
                 not_after: HOSTILE.into(),
+                not_after_s: None,
                 fingerprint_sha256: HOSTILE.into(),
             })),
             cert_verdict: Some(CertVerdict::UntrustedIssuer(HOSTILE.into())),
@@ -243,7 +264,20 @@ fn record() -> DomainRecord {
         last_seen_ms: Some(0),
         last_verification: Some(HOSTILE.into()),
         downgrade: Some(HOSTILE.into()),
+        cert: Some(remote_cert()),
         ..DomainRecord::default()
+    }
+}
+
+fn remote_cert() -> RemoteCert {
+    RemoteCert {
+        not_after_s: 0,
+        issuer: HOSTILE.into(),
+        subject: HOSTILE.into(),
+        fingerprint_sha256: HOSTILE.into(),
+        method: AuthMethod::SaslExternal,
+        direction: Direction::In,
+        seen_ms: 0,
     }
 }
 
@@ -266,6 +300,8 @@ fn ctl_escapes_whatever_the_engine_sends() {
         &["rtbl"],
         &["rtbl", "--json"],
         &["keep", "evil.test", "--reason", "kept"],
+        &["certs"],
+        &["certs", "--expiring", "30d", "--json"],
     ];
     for args in runs {
         let out = ctl(&sock, args);

@@ -77,6 +77,8 @@ fn model() -> Model {
             ],
             gateway: None,
             overflows: Default::default(),
+            certificates: vec![],
+            certs_warn_before_s: 14 * 86_400,
         },
         connections: vec![
             conn("aaaa1111", Direction::In, "friend.test", ConnState::Established, Some(PairStatus::Valid), None),
@@ -622,4 +624,86 @@ fn domains_show_live_and_closed_streams_apart() {
         let s = screen(&mut m, w, h);
         assert_eq!(under(&s, &row(&s, "friend.test"), "live in/out"), "1/0", "{w}x{h}: {s}");
     }
+}
+
+/// A remote domain whose last certificate expires within certs.warn_before is marked by its
+/// name (yellow), one whose expired likewise (red), one far from it not at all; wide, every
+/// domain's expiry date is in a column. Our own certificate: its date in the header, and a
+/// warning at the start of the second line from certs.warn_before on.
+#[test]
+fn certificate_expiry_is_marked_for_domains_and_ours() {
+    use drawbridge::engine::LocalCert;
+    use ratatui::style::Color;
+    let now = now_s();
+    let day = 86_400;
+    let with_cert = |domain: &str, left: i64| DomainRecord {
+        domain: domain.into(),
+        state: DomainState::Approved,
+        cert: Some(RemoteCert {
+            not_after_s: now + left,
+            issuer: "CN=Peer CA".into(),
+            subject: format!("CN={domain}"),
+            fingerprint_sha256: "AB".into(),
+            method: AuthMethod::SaslExternal,
+            direction: Direction::In,
+            seen_ms: now_ms(),
+        }),
+        ..Default::default()
+    };
+    let row = |s: &str, domain: &str| s.lines().find(|l| l.starts_with(domain)).unwrap_or_else(|| panic!("no {domain}: {s}")).to_owned();
+    for (w, h) in [(80, 24), (200, 60)] {
+        let mut m = model();
+        m.no_color = false;
+        for rec in [with_cert("a.test", 5 * day + 3600), with_cert("x.test", -3 * day), with_cert("far.test", 300 * day)] {
+            m.apply(Event::DomainChanged { record: rec });
+        }
+        m.view = View::Domains;
+        let s = screen(&mut m, w, h);
+        assert!(row(&s, "a.test").contains("a.test [cert 5d]"), "{w}x{h}: {s}");
+        assert!(row(&s, "x.test").contains("x.test [cert EXPIRED]"), "{w}x{h}: {s}");
+        assert!(!row(&s, "far.test").contains("[cert"), "{w}x{h}: {s}");
+        assert!(!row(&s, "friend.test").contains("[cert"), "no certificate, no mark: {s}");
+        if w == 200 {
+            assert!(s.contains("cert expires"), "{s}");
+            let date = |left: i64| fmt_utc_s(now + left)[..10].to_owned();
+            assert!(row(&s, "a.test").contains(&format!("{} in 5d", date(5 * day + 3600))), "{s}");
+            assert!(row(&s, "x.test").contains(&format!("{} EXPIRED", date(-3 * day))), "{s}");
+            assert!(row(&s, "far.test").contains(&date(300 * day)), "{s}");
+        }
+        // The marks' colours: yellow for expiring, red for expired.
+        let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+        t.draw(|f| draw(f, &mut m)).unwrap();
+        let buf = t.backend().buffer().clone();
+        let colour_of = |needle: &str| {
+            let y = (0..h).find(|&y| (0..w).map(|x| buf[(x, y)].symbol()).collect::<String>().contains(needle)).unwrap();
+            let line: String = (0..w).map(|x| buf[(x, y)].symbol()).collect();
+            let x = line.find(needle).unwrap() + 1;
+            buf[(x as u16, y)].fg
+        };
+        assert_eq!(colour_of("[cert 5d]"), Color::Yellow);
+        assert_eq!(colour_of("[cert EXPIRED]"), Color::Red);
+    }
+
+    // Ours, in the header.
+    let local = |left: i64| LocalCert {
+        certificate: "tls".into(),
+        path: "/etc/drawbridge/cert.pem".into(),
+        subject: "CN=island.test".into(),
+        issuer: "CN=CA".into(),
+        not_after_s: Some(now + left),
+        expiry: None,
+    };
+    let mut m = model();
+    m.status.as_mut().unwrap().certificates = vec![local(90 * day)];
+    let s = screen(&mut m, 200, 60);
+    assert!(s.contains(&format!("cert until {}", &fmt_utc_s(now + 90 * day)[..10])), "{s}");
+    assert!(!s.contains("! cert"), "{s}");
+    m.status.as_mut().unwrap().certificates = vec![local(3 * day + 3600)];
+    for w in [80, 200] {
+        let s = screen(&mut m, w, 24);
+        assert!(s.contains(&format!("! cert expires {} (in 3 days)", &fmt_utc_s(now + 3 * day + 3600)[..10])), "{w}: {s}");
+    }
+    m.status.as_mut().unwrap().certificates = vec![local(-2 * day)];
+    let s = screen(&mut m, 80, 24);
+    assert!(s.contains("! cert EXPIRED 2 DAYS AGO"), "{s}");
 }

@@ -204,6 +204,10 @@ async fn an_unreachable_internal_server_is_reported_to_the_operator_only() {
     assert_eq!((g.reachable, g.streams_out, g.streams_in), (Some(true), 1, 1), "{g:?}");
     assert_eq!((g.internal, g.auth.as_str()), (c.addr.to_string(), "pki"));
     assert!(g.ca_cert.ends_with("gw-ca.pem"), "{}", g.ca_cert);
+    // The gateway CA's expiry beside our own certificate's (ctl status, the metric).
+    let certs = a.engine.status().certificates;
+    assert_eq!(certs.iter().map(|c| c.certificate.as_str()).collect::<Vec<_>>(), ["tls", "gateway-ca"]);
+    assert!(certs[1].path.ends_with("gw-ca.pem") && certs[1].not_after_s.is_some(), "{certs:?}");
     let internal_addr = c.addr.to_string();
     within("C stops", c.engine.shutdown()).await;
     let mut events = a.engine.subscribe();

@@ -153,3 +153,43 @@ async fn refusals_by_a_limit_are_counted_by_its_key() {
     let after = value(&parse(&get(addr, "127.0.0.1", "/metrics").await.2), key);
     assert_eq!(after, before + 1.0);
 }
+
+/// README's "Metrics" table names every family a scrape can hold, with its labels: a scrape
+/// of a server with every optional family on (a feed, a domain of `per_domain`) is checked
+/// against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_lists_every_metric_and_its_labels() {
+    let dns = Dns::start().await;
+    let extra = "[metrics]\nper_domain = [\"friend.test\"]\n[[rtbl]]\nservice = \"xmppbl.test\"\n";
+    let server = start_server("home.test", &dns, extra).await;
+    let body = match ask(&server.engine, drawbridge::engine::Request::Metrics).await {
+        drawbridge::engine::Reply::Text(t) => t,
+        other => panic!("not the exposition: {other:?}"),
+    };
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `")).collect();
+    let mut families: Vec<(String, String)> = Vec::new();
+    for line in body.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut parts = line["# TYPE ".len()..].split(' ');
+        families.push((parts.next().unwrap().to_owned(), parts.next().unwrap().to_owned()));
+    }
+    assert!(families.iter().any(|(f, _)| f == "drawbridge_remote_certificates_expiring"), "{body}");
+    for (family, kind) in families {
+        // Listed as scraped: counters with their `_total` suffix, infos with `_info`.
+        let shown = match kind.as_str() {
+            "counter" => format!("{family}_total"),
+            "info" => format!("{family}_info"),
+            _ => family.clone(),
+        };
+        let row = table.iter().find(|l| l.contains(&format!("`{shown}`"))).unwrap_or_else(|| panic!("README has no row for {shown}"));
+        // A histogram's labels are on its `_count` samples (beside `le` on its buckets).
+        let heads = [format!("{shown}{{"), format!("{family}{{"), format!("{family}_count{{")];
+        for sample in body.lines().filter(|l| heads.iter().any(|h| l.starts_with(h.as_str()))) {
+            let labels = &sample[sample.find('{').unwrap() + 1..sample.find('}').unwrap()];
+            for label in labels.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, _)| k) {
+                assert!(row.contains(&format!("`{label}`")), "README's row for {shown} does not name its label {label}: {row}");
+            }
+        }
+    }
+    server.engine.shutdown().await;
+}

@@ -16,6 +16,8 @@ pub enum CtlError {
     ZeroDuration,
     #[error("--for: {0}")]
     Duration(String),
+    #[error("--expiring: {0}")]
+    Expiring(String),
     #[error("reading standard input: {0}")]
     Stdin(io::Error),
     #[error("{file}: {err}")]
@@ -84,6 +86,13 @@ impl CtlCommand {
             CtlCommand::Metrics => (Request::Metrics, false),
             CtlCommand::Keep { domain, reason, json } => (Request::Keep { domain: domain.clone(), reason: reason.clone() }, *json),
             CtlCommand::History { domain, limit, json } => (Request::History { domain: domain.clone(), limit: *limit }, *json),
+            CtlCommand::Certs { expiring, json } => {
+                let expiring_s = match expiring {
+                    Some(d) => Some(crate::config::parse_duration(d).map_err(CtlError::Expiring)?.as_secs()),
+                    None => None,
+                };
+                (Request::Certs { expiring_s }, *json)
+            }
         })
     }
 }
@@ -150,6 +159,7 @@ impl CtlCommand {
             CtlCommand::Metrics => "metrics",
             CtlCommand::Keep { .. } => "keep",
             CtlCommand::History { .. } => "history",
+            CtlCommand::Certs { .. } => "certs",
         }
     }
 }
@@ -236,6 +246,12 @@ mod tests {
         assert_eq!(req, Request::BlacklistImport { text: "spam.test\n".into(), source: None, dry_run: true });
         assert_eq!(ctl(&["explain", "x.test", "--json"]).request(no_stdin).unwrap(), (Request::Explain { domain: "x.test".into() }, true));
         assert_eq!(ctl(&["rtbl"]).request(no_stdin).unwrap(), (Request::Rtbl, false));
+        assert_eq!(ctl(&["certs"]).request(no_stdin).unwrap(), (Request::Certs { expiring_s: None }, false));
+        assert_eq!(
+            ctl(&["certs", "--expiring", "30d", "--json"]).request(no_stdin).unwrap(),
+            (Request::Certs { expiring_s: Some(30 * 86_400) }, true)
+        );
+        assert!(matches!(ctl(&["certs", "--expiring", "soon"]).request(no_stdin), Err(CtlError::Expiring(e)) if e.contains("\"soon\"")));
         assert_eq!(
             ctl(&["keep", "x.test", "--reason", "still spamming", "--json"]).request(no_stdin).unwrap(),
             (Request::Keep { domain: "x.test".into(), reason: Some("still spamming".into()) }, true)

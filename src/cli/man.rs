@@ -51,6 +51,10 @@ const EXAMPLES: &[(&str, &str)] = &[
         "drawbridge -c /etc/drawbridge/drawbridge.toml ctl metrics",
     ),
     (
+        "Remote domains whose certificate expires within 30 days (or has expired), soonest first.",
+        "drawbridge -c /etc/drawbridge/drawbridge.toml ctl certs --expiring 30d",
+    ),
+    (
         "Keep a listed domain blocked after its listing is retracted.",
         "drawbridge -c /etc/drawbridge/drawbridge.toml ctl keep spam.example --reason \"seen here too\"",
     ),

@@ -263,6 +263,16 @@ pub enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The certificate each remote domain last authenticated by, soonest expiry first:
+    /// not-after, time left, issuer, when and how; and ours.
+    Certs {
+        /// Only domains whose certificate expires within this ("30d", "2w") or has expired.
+        #[arg(long, value_name = "DURATION")]
+        expiring: Option<String>,
+        /// Print JSON instead of text (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Closed streams, newest first.
     History {
         /// Only this remote domain's.

@@ -6,9 +6,10 @@ use std::io::{self, Write};
 
 use super::{BlacklistCommand, CtlCommand};
 use crate::engine::{
-    ChangeReport, DomainReport, DomainRow, ExplainReport, ImportReport, KeepReport, ModeReport, ProbeReport, Reply, RtblReport, Status,
+    CertsReport, ChangeReport, DomainReport, DomainRow, ExplainReport, ImportReport, KeepReport, LocalCert, ModeReport, ProbeReport, Reply,
+    RtblReport, Status,
 };
-use crate::events::{ConnSnapshot, VerificationOutcome, fmt_utc};
+use crate::events::{CertExpiry, ConnSnapshot, VerificationOutcome, expiry_in_words, fmt_utc, fmt_utc_s};
 use crate::text::escape;
 
 /// Print the answer to `cmd` for a human. False when the answer reports a failure (a probe
@@ -36,6 +37,7 @@ pub fn reply(cmd: &CtlCommand, reply: &Reply, out: &mut impl Write) -> io::Resul
         Reply::Rtbl(r) => rtbl(r, out)?,
         Reply::Keep(r) => keep(r, out)?,
         Reply::Import(r) => import(r, out)?,
+        Reply::Certs(r) => certs(r, out)?,
         // Not asked for by any ctl command.
         Reply::Snapshot(_) | Reply::Transcript(_) => writeln!(out, "{reply:?}")?,
     }
@@ -49,6 +51,10 @@ pub fn status(s: &Status, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "streams:     {} in, {} out, {} established", s.streams_in, s.streams_out, s.established)?;
     writeln!(out, "encryption:  {}", if s.require_encryption { "required" } else { "optional" })?;
     writeln!(out, "policy:      mode {}, {} pending, {} blocked, {} blacklisted", s.mode, s.pending, s.blocked, s.blacklisted)?;
+    let now = crate::events::now_s();
+    for c in &s.certificates {
+        writeln!(out, "certificate: {}", local_cert(c, now))?;
+    }
     if let Some(g) = &s.gateway {
         let reach = match (g.reachable, &g.last_error) {
             (Some(true), _) => "reachable".to_owned(),
@@ -175,6 +181,18 @@ pub fn domain(r: &DomainReport, out: &mut impl Write) -> io::Result<()> {
             )?;
             if let Some(v) = &rec.last_verification {
                 writeln!(out, "verification: {v}")?;
+            }
+            if let Some(c) = &rec.cert {
+                writeln!(
+                    out,
+                    "certificate:  expires {} ({}), issuer {}; last authenticated by it {} ({}, {})",
+                    fmt_utc_s(c.not_after_s),
+                    expiry_in_words(c.not_after_s, crate::events::now_s()),
+                    c.issuer,
+                    fmt_utc(c.seen_ms),
+                    c.method.as_str(),
+                    fmt_dir(c.direction)
+                )?;
             }
         }
     }
@@ -386,6 +404,63 @@ fn list_suffix(v: &[String]) -> String {
     } else {
         format!(": {}, … ({} more)", v[..10].join(", "), v.len() - 10)
     }
+}
+
+/// One of our certificates on a line: which, its expiry, time left (marked when within
+/// `certs.warn_before` or past), subject and file.
+fn local_cert(c: &LocalCert, now_s: i64) -> String {
+    let when = match c.not_after_s {
+        Some(t) => format!("expires {} ({}){}", fmt_utc_s(t), expiry_in_words(t, now_s), expiry_mark(c.expiry.unwrap_or(CertExpiry::Ok))),
+        None => "expiry unreadable".to_owned(),
+    };
+    format!("{} {when}, {}, {}", c.certificate, c.subject, c.path)
+}
+
+/// What stands out of a certificate's expiry: nothing while it is ok.
+fn expiry_mark(e: CertExpiry) -> &'static str {
+    match e {
+        CertExpiry::Ok => "",
+        CertExpiry::Expiring => " EXPIRING",
+        CertExpiry::Expired => " EXPIRED",
+    }
+}
+
+/// `ctl certs`: our certificates, then each remote domain's last certificate, soonest expiry
+/// first: not-after, time left (marked as it nears), how and when it last authenticated by
+/// it, the issuer.
+pub fn certs(r: &CertsReport, out: &mut impl Write) -> io::Result<()> {
+    let days = |s: u64| crate::events::span_in_words(std::time::Duration::from_secs(s));
+    for c in &r.local {
+        writeln!(out, "ours: {}", local_cert(c, r.now_s))?;
+    }
+    let marked = r.domains.iter().filter(|d| d.expiry != CertExpiry::Ok).count();
+    match r.expiring_within_s {
+        Some(w) if r.domains.is_empty() => return writeln!(out, "no remote domain's certificate expires within {}", days(w)),
+        None if r.domains.is_empty() => return writeln!(out, "no remote domain has authenticated by certificate yet"),
+        Some(w) => writeln!(out, "{} remote domain(s) whose certificate expires within {} or has expired:", r.domains.len(), days(w))?,
+        None => writeln!(
+            out,
+            "{} remote domain(s) authenticated by certificate; {marked} expiring within certs.warn_before ({}) or expired:",
+            r.domains.len(),
+            days(r.warn_before_s)
+        )?,
+    }
+    writeln!(out, "{:<32} {:<23} {:<28} {:<24} {:<19}  ISSUER", "DOMAIN", "NOT AFTER", "LEFT", "METHOD", "AUTHENTICATED")?;
+    for d in &r.domains {
+        let c = &d.cert;
+        let method = format!("{} ({})", c.method.as_str(), fmt_dir(c.direction));
+        writeln!(
+            out,
+            "{:<32} {:<23} {:<28} {:<24} {:<19}  {}",
+            d.domain,
+            fmt_utc_s(c.not_after_s),
+            format!("{}{}", expiry_in_words(c.not_after_s, r.now_s), expiry_mark(d.expiry)),
+            method,
+            &fmt_utc(c.seen_ms)[..19],
+            c.issuer
+        )?;
+    }
+    Ok(())
 }
 
 /// One outcome; the arrow points the way the stream went (remote → local inbound).
@@ -637,6 +712,71 @@ mod tests {
         );
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!((json["live_streams_in"].as_u64(), json["record"]["streams_in"].as_u64()), (Some(1), Some(3)), "{json}");
+    }
+
+    #[test]
+    fn certificates_soonest_first_with_time_left_and_marks() {
+        use crate::engine::RemoteCertRow;
+        use crate::events::{AuthMethod, Direction, RemoteCert};
+        let now = 1_800_000_000;
+        let row = |domain: &str, left: i64, expiry| RemoteCertRow {
+            domain: domain.into(),
+            expiry,
+            cert: RemoteCert {
+                not_after_s: now + left,
+                issuer: "CN=Peer CA".into(),
+                subject: format!("CN={domain}"),
+                fingerprint_sha256: "AB".into(),
+                method: AuthMethod::SaslExternal,
+                direction: Direction::In,
+                seen_ms: 1_799_990_000_000,
+            },
+            last_seen_ms: Some(1_799_990_000_000),
+        };
+        let local = LocalCert {
+            certificate: "tls".into(),
+            path: "/etc/drawbridge/cert.pem".into(),
+            subject: "CN=a.test".into(),
+            issuer: "CN=CA".into(),
+            not_after_s: Some(now + 5 * 86_400),
+            expiry: Some(CertExpiry::Expiring),
+        };
+        let r = CertsReport {
+            now_s: now,
+            warn_before_s: 14 * 86_400,
+            expiring_within_s: None,
+            local: vec![local],
+            domains: vec![row("gone.test", -3 * 86_400, CertExpiry::Expired), row("far.test", 300 * 86_400, CertExpiry::Ok)],
+        };
+        let out = text(|o| certs(&r, o));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0], "ours: tls expires 2027-01-20 08:00:00 UTC (in 5 days) EXPIRING, CN=a.test, /etc/drawbridge/cert.pem",
+            "{out}"
+        );
+        assert_eq!(lines[1], "2 remote domain(s) authenticated by certificate; 1 expiring within certs.warn_before (14 days) or expired:");
+        assert!(lines[2].starts_with("DOMAIN") && lines[2].ends_with("ISSUER"), "{out}");
+        assert!(lines[3].starts_with("gone.test ") && lines[3].contains("2027-01-12 08:00:00 UTC expired 3 days ago EXPIRED"), "{out}");
+        assert!(lines[3].contains("sasl-external (in)") && lines[3].contains("2027-01-15 05:13:20") && lines[3].ends_with("CN=Peer CA"));
+        assert!(lines[4].starts_with("far.test ") && lines[4].contains("in 300 days ") && !lines[4].contains("EXPIR"), "{out}");
+        // `ctl domain`: its certificate on a line.
+        let report = DomainReport {
+            domain: "gone.test".into(),
+            record: Some(DomainRecord { domain: "gone.test".into(), cert: Some(r.domains[0].cert.clone()), ..Default::default() }),
+            verdict: "allowed to federate".into(),
+            outcomes: vec![],
+            streams: vec![],
+            policy_log: vec![],
+            listings: vec![],
+            live: Default::default(),
+        };
+        let out = text(|o| domain(&report, o));
+        assert!(out.contains("\ncertificate:  expires 2027-01-12 08:00:00 UTC ("), "{out}");
+        assert!(out.contains(", issuer CN=Peer CA; last authenticated by it 2027-01-15 05:13:20 UTC (sasl-external, in)\n"), "{out}");
+        let none = CertsReport { domains: vec![], local: vec![], expiring_within_s: Some(30 * 86_400), ..r.clone() };
+        assert_eq!(text(|o| certs(&none, o)), "no remote domain's certificate expires within 30 days\n");
+        let none = CertsReport { expiring_within_s: None, ..none };
+        assert_eq!(text(|o| certs(&none, o)), "no remote domain has authenticated by certificate yet\n");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub use crate::policy::PolicySettings;
 pub use crate::store::StoreSettings;
 pub use crate::types::{AuthMode, DomainRule, Security};
 
+mod certs;
 mod components;
 mod dns;
 mod duration;
@@ -35,6 +36,7 @@ mod tests;
 mod timeouts;
 mod tls;
 
+pub use certs::CertsSettings;
 pub use components::{ComponentDef, ComponentSettings};
 pub use duration::parse_duration;
 pub use gateway::{GatewayAuth, GatewaySettings};
@@ -76,6 +78,7 @@ struct File {
     rtbl: Vec<rtbl::RtblFile>,
     strangers: rtbl::StrangersFile,
     metrics: metrics::MetricsFile,
+    certs: certs::CertsFile,
 }
 
 /// Everything the engine needs, validated.
@@ -111,6 +114,8 @@ pub struct Settings {
     pub strangers: crate::rtbl::familiar::FamiliarSettings,
     /// `[metrics]`: the OpenMetrics endpoint.
     pub metrics: metrics::MetricsSettings,
+    /// `[certs]`: when a certificate's expiry is warned about.
+    pub certs: CertsSettings,
     /// The RTBL subscriber's request timeout, re-sync period and back-off: not
     /// configurable (XEP-0060 services answer in seconds; the hourly re-sync is the issue's);
     /// tests shorten them.
@@ -225,6 +230,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
     let strangers = f.strangers.validate(&cx)?;
     taken.extend(components.listen.iter().copied());
     let metrics = f.metrics.validate(&cx, &taken)?;
+    let certs = f.certs.validate(&cx)?;
     Ok(Settings {
         source: path.map(Path::to_path_buf),
         domains: server.domains,
@@ -248,6 +254,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
         rtbl,
         strangers,
         metrics,
+        certs,
         rtbl_timing: crate::rtbl::Timing::default(),
     })
 }

@@ -287,3 +287,13 @@ fn log_format_is_text_or_json() {
     let e = err("[log]\nlevel = \"loud\"\n");
     assert!(e.contains("key `log.level`") && e.contains("error, warn, info, debug, trace"), "{e}");
 }
+
+#[test]
+fn certs_warn_before_defaults_to_two_weeks_and_is_validated() {
+    assert_eq!(Settings::builtin().certs.warn_before, Duration::from_secs(14 * 86_400));
+    let s = Settings::parse("[certs]\nwarn_before = \"30d\"\n", Path::new("/etc/d.toml")).unwrap();
+    assert_eq!(s.certs.warn_before, Duration::from_secs(30 * 86_400));
+    assert!(err("[certs]\nwarn_before = \"soon\"\n").contains("key `certs.warn_before`"));
+    assert!(err("[certs]\nwarn_before = \"0s\"\n").contains("certs.warn_before"));
+    assert!(err("[certs]\nwarn = \"1d\"\n").contains("unknown field `warn`"));
+}

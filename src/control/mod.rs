@@ -58,6 +58,7 @@ impl Reply {
             Reply::Import(x) => serde_json::to_value(x),
             Reply::Snapshot(x) => serde_json::to_value(x),
             Reply::Transcript(x) => serde_json::to_value(x),
+            Reply::Certs(x) => serde_json::to_value(x),
         };
         v.unwrap_or(serde_json::Value::Null)
     }
@@ -85,6 +86,7 @@ impl Reply {
             Request::BlacklistImport { .. } => Reply::Import(v(data)?),
             Request::Snapshot => Reply::Snapshot(v(data)?),
             Request::Transcript { .. } => Reply::Transcript(v(data)?),
+            Request::Certs { .. } => Reply::Certs(v(data)?),
         })
     }
 }

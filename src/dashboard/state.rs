@@ -369,6 +369,16 @@ impl Model {
         self.dirty = true;
     }
 
+    /// Where a certificate valid until `not_after_s` stands now against the server's
+    /// `certs.warn_before` (its default until a server says: an older one does not).
+    pub fn cert_expiry(&self, not_after_s: i64) -> crate::events::CertExpiry {
+        let warn = match self.status.as_ref().map_or(0, |s| s.certs_warn_before_s) {
+            0 => crate::config::CertsSettings::default().warn_before,
+            s => std::time::Duration::from_secs(s),
+        };
+        crate::events::CertExpiry::classify(not_after_s, crate::events::now_s(), warn)
+    }
+
     /// The listings of a domain in force now, in words (`listed by xmppbl.org: spam`); empty
     /// when none lists it.
     pub fn listings(&self, domain: &str) -> &[String] {

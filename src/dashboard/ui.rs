@@ -9,7 +9,9 @@ use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap}
 
 use super::input::KEYS;
 use super::state::{Model, Prompt, View};
-use crate::events::{ConnSnapshot, ConnState, Direction, PairStatus, VerificationResult, fmt_utc, now_ms};
+use crate::events::{
+    CertExpiry, ConnSnapshot, ConnState, Direction, PairStatus, VerificationResult, expiry_in_words, fmt_utc, fmt_utc_s, now_ms, now_s,
+};
 use crate::policy::DomainState;
 use crate::text::escape;
 use crate::xml::writer::KEY_MARKER;
@@ -347,7 +349,27 @@ fn draw_header(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
         }
         None => line1,
     };
-    let mut spans = vec![Span::raw(format!(" streams {live_in} in / {live_out} out   "))];
+    // Our certificate (the one peers are shown, then the gateway CA): its date at the end of
+    // the first line; from certs.warn_before on, a warning at the start of the second, where
+    // even a narrow terminal shows it.
+    let mut line1 = line1;
+    let mut spans = Vec::new();
+    for c in m.status.as_ref().map_or(&[][..], |s| s.certificates.as_slice()) {
+        let Some(at) = c.not_after_s else { continue };
+        let which = if c.certificate == "tls" { "cert".to_owned() } else { c.certificate.clone() };
+        match m.cert_expiry(at) {
+            CertExpiry::Ok => line1.spans.push(Span::raw(format!("  {which} until {}", &fmt_utc_s(at)[..10]))),
+            CertExpiry::Expiring => spans.push(Span::styled(
+                format!(" ! {which} expires {} ({}) ", &fmt_utc_s(at)[..10], expiry_in_words(at, now_s())),
+                t.fg(Color::Yellow).add_modifier(Modifier::BOLD),
+            )),
+            CertExpiry::Expired => spans.push(Span::styled(
+                format!(" ! {which} {} ({}) ", expiry_in_words(at, now_s()).to_uppercase(), &fmt_utc_s(at)[..10]),
+                t.fg(Color::Red).add_modifier(Modifier::BOLD),
+            )),
+        }
+    }
+    spans.push(Span::raw(format!(" streams {live_in} in / {live_out} out   ")));
     spans.push(Span::styled(
         format!("pending {pending}"),
         if pending > 0 { t.fg(Color::Yellow).add_modifier(Modifier::BOLD) } else { Style::default() },
@@ -588,9 +610,20 @@ fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
             (None, None, None) => String::new(),
         };
         let name = if listings.is_empty() { d.domain.clone() } else { format!("{} [listed]", d.domain) };
+        // Its last certificate: marked by the name when it expires within certs.warn_before
+        // or expired; in its own column, dated, when wide.
+        let cert = d.cert.as_ref().map(|c| (c.not_after_s, m.cert_expiry(c.not_after_s)));
+        let mut name = vec![Span::raw(name)];
+        match cert {
+            Some((at, CertExpiry::Expiring)) => {
+                name.push(Span::styled(format!(" [cert {}]", short_left(at - now_s())), t.fg(Color::Yellow).add_modifier(Modifier::BOLD)))
+            }
+            Some((_, CertExpiry::Expired)) => name.push(Span::styled(" [cert EXPIRED]", t.fg(Color::Red).add_modifier(Modifier::BOLD))),
+            _ => {}
+        }
         let (closed_in, closed_out) = (d.streams_in, d.streams_out);
         let mut cells = vec![
-            Cell::from(name),
+            Cell::from(Line::from(name)),
             Cell::from(Span::styled(badge, t.state(d.state))),
             Cell::from(why),
             Cell::from(format!("{}/{}", live.inbound, live.outbound)),
@@ -600,6 +633,20 @@ fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
             cells.push(Cell::from(d.who.clone().unwrap_or_default()));
             cells.push(Cell::from(d.last_seen_ms.map(|x| fmt_utc(x)[..19].to_owned()).unwrap_or_default()));
             cells.push(Cell::from(d.last_verification.clone().unwrap_or_default()));
+            cells.push(match cert {
+                Some((at, e)) => {
+                    let date = fmt_utc_s(at)[..10].to_owned();
+                    let (text, style) = match e {
+                        CertExpiry::Ok => (date, Style::default()),
+                        CertExpiry::Expiring => {
+                            (format!("{date} in {}", short_left(at - now_s())), t.fg(Color::Yellow).add_modifier(Modifier::BOLD))
+                        }
+                        CertExpiry::Expired => (format!("{date} EXPIRED"), t.fg(Color::Red).add_modifier(Modifier::BOLD)),
+                    };
+                    Cell::from(Span::styled(text, style))
+                }
+                None => Cell::from(""),
+            });
         }
         let mut row = Row::new(cells);
         if start + i == sel {
@@ -609,10 +656,10 @@ fn draw_domains(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     }
     // Streams open now and those that ended since records began, in/out each.
     let mut header = vec!["domain", "state", "reason", "live in/out", "closed in/out"];
-    let mut widths = vec![Constraint::Min(20), Constraint::Length(20), Constraint::Min(12), Constraint::Length(11), Constraint::Length(13)];
+    let mut widths = vec![Constraint::Min(21), Constraint::Length(19), Constraint::Min(12), Constraint::Length(11), Constraint::Length(13)];
     if wide {
-        header.extend(["who", "last seen", "last verification"]);
-        widths.extend([Constraint::Length(20), Constraint::Length(19), Constraint::Min(20)]);
+        header.extend(["who", "last seen", "last verification", "cert expires"]);
+        widths.extend([Constraint::Length(20), Constraint::Length(19), Constraint::Min(20), Constraint::Length(18)]);
     }
     let title = format!(" Domains ({total}; pending first) ");
     f.render_widget(
@@ -755,6 +802,16 @@ fn pair_badge(s: PairStatus) -> &'static str {
         PairStatus::Valid => "✓",
         PairStatus::Pending => "…",
         PairStatus::Held => "⏸",
+    }
+}
+
+/// Time left before a certificate expires, short: "5d", "7h", "12m".
+fn short_left(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        86_400.. => format!("{}d", secs / 86_400),
+        3600.. => format!("{}h", secs / 3600),
+        _ => format!("{}m", secs / 60),
     }
 }
 

@@ -69,6 +69,13 @@ pub enum Request {
     Rtbl,
     /// `ctl metrics`: the OpenMetrics exposition, as `GET /metrics` serves it.
     Metrics,
+    /// `ctl certs`: the certificates remote domains last authenticated by, soonest expiry
+    /// first, and ours.
+    Certs {
+        /// Only those expiring within this many seconds (or expired): `--expiring 30d`.
+        #[serde(default)]
+        expiring_s: Option<u64>,
+    },
     /// `ctl keep`: a listed domain's block made the operator's own (it outlives the
     /// listing's retract), with the listing as its provenance.
     Keep {
@@ -314,6 +321,51 @@ pub enum Reply {
     Import(Box<ImportReport>),
     Snapshot(Box<Snapshot>),
     Transcript(Vec<crate::events::TranscriptLine>),
+    Certs(Box<CertsReport>),
+}
+
+/// `ctl certs`: the certificate each remote domain last authenticated by (its record's),
+/// soonest expiry first, and our own.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CertsReport {
+    /// When it was made (unix seconds): what the days left are reckoned from.
+    pub now_s: i64,
+    /// `certs.warn_before`, seconds: what counts as expiring.
+    pub warn_before_s: u64,
+    /// `--expiring`, seconds: only domains whose certificate expires within it are listed.
+    #[serde(default)]
+    pub expiring_within_s: Option<u64>,
+    pub local: Vec<LocalCert>,
+    pub domains: Vec<RemoteCertRow>,
+}
+
+/// One remote domain's last certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemoteCertRow {
+    pub domain: String,
+    /// Against `certs.warn_before`.
+    pub expiry: crate::types::CertExpiry,
+    /// The certificate: `not_after_s`, `issuer`, `subject`, `fingerprint_sha256`, `method`,
+    /// `direction`, `seen_ms` (when the domain last authenticated by it).
+    #[serde(flatten)]
+    pub cert: crate::types::RemoteCert,
+    /// When the domain was last seen at all (unix ms).
+    pub last_seen_ms: Option<u64>,
+}
+
+/// One of our certificates and its expiry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LocalCert {
+    /// `tls` (what peers are shown) or `gateway-ca` (the CA the internal server trusts).
+    pub certificate: String,
+    /// Its file.
+    pub path: String,
+    pub subject: String,
+    pub issuer: String,
+    /// notAfter, unix seconds (`None`: unreadable).
+    pub not_after_s: Option<i64>,
+    /// Against `certs.warn_before`.
+    pub expiry: Option<crate::types::CertExpiry>,
 }
 
 /// `ctl status`.
@@ -343,6 +395,12 @@ pub struct Status {
     /// Stanzas whose link made no room within `timeouts.write`: bounced or dropped.
     #[serde(default)]
     pub overflows: crate::router::Overflows,
+    /// Our certificates and their expiry (the one peers are shown first).
+    #[serde(default)]
+    pub certificates: Vec<LocalCert>,
+    /// `certs.warn_before`, seconds: from then on a certificate is expiring.
+    #[serde(default)]
+    pub certs_warn_before_s: u64,
 }
 
 /// `ctl status` in gateway mode.

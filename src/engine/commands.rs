@@ -2,7 +2,7 @@
 //! Only here (and in the engine's own loops) are the policy, the store and the table acted on.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Shared;
 use super::api::*;
@@ -61,6 +61,7 @@ pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Re
         Request::Explain { domain } => Ok(Reply::Explain(Box::new(explain(shared, &domain)?))),
         Request::Rtbl => Ok(Reply::Rtbl(Box::new(rtbl_report(shared)?))),
         Request::Metrics => text(super::metrics::render(shared)),
+        Request::Certs { expiring_s } => Ok(Reply::Certs(Box::new(super::certs::report(shared, expiring_s.map(Duration::from_secs))))),
         Request::Keep { domain, reason } => Ok(Reply::Keep(Box::new(keep(shared, &domain, who, reason.as_deref()).await?))),
         Request::BlacklistImport { text: list, source, dry_run } => {
             let source = source.unwrap_or_else(|| "import".into());
@@ -355,6 +356,8 @@ pub(super) fn status(shared: &Shared) -> Status {
         },
         gateway: gateway_status(shared, &snaps),
         overflows: shared.router.overflows(),
+        certificates: super::certs::local(shared),
+        certs_warn_before_s: shared.settings.certs.warn_before.as_secs(),
     }
 }
 

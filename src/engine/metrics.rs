@@ -18,6 +18,11 @@ pub(super) fn render(shared: &Shared) -> String {
         })
         .collect();
     let per_domain = per_domain(shared);
+    let warn = shared.settings.certs.warn_before;
+    let mut not_afters = Vec::new();
+    shared.policy.for_each_record(|r| not_afters.extend(r.cert.as_ref().map(|c| c.not_after_s)));
+    let remote_certs = super::certs::remote_counts(&not_afters, crate::events::now_s(), warn);
+    let local_certs = super::certs::local(shared).into_iter().filter_map(|c| Some((c.certificate, c.not_after_s?))).collect();
     crate::metrics::encode(
         shared.table.metrics(),
         &Scrape {
@@ -31,6 +36,8 @@ pub(super) fn render(shared: &Shared) -> String {
             limit_refusals: crate::limits::refusals(),
             decisions: shared.policy.decisions(),
             stanza_errors: crate::proto::stanza::errors_built(),
+            remote_certs,
+            local_certs,
             process: Process::read(),
         },
     )

@@ -5,6 +5,7 @@
 pub use crate::{events, limits, table};
 
 mod api;
+mod certs;
 mod commands;
 mod handle;
 mod metrics;
@@ -99,6 +100,7 @@ impl Shared {
                 );
                 self.tls.set(ctx);
                 tracing::info!("{msg}");
+                certs::check_local(self);
                 Ok(msg)
             }
             Err(e) => {

@@ -111,7 +111,7 @@ impl Recorder {
     /// nobody decided on and that never authenticated, are not persisted: they go to a
     /// bounded ring in memory, their log lines rate-limited per source, so no peer can grow
     /// the store or push real history out of it.
-    pub fn record_outcome(&self, outcome: VerificationOutcome) {
+    pub fn record_outcome(&self, outcome: VerificationOutcome, cert: Option<Arc<PeerCertInfo>>) {
         let valid = outcome.result == VerificationResult::Valid;
         let persist = valid || (outcome.direction == Direction::Out && self.policy.record(&outcome.remote).is_some());
         if !persist {
@@ -139,8 +139,20 @@ impl Recorder {
             }
         }
         let last = format!("{} {}: {}", format!("{:?}", outcome.result).to_lowercase(), fmt_utc(outcome.time_ms), outcome.reason);
-        let announce = downgrade.is_some();
+        let kept = cert.as_deref().and_then(|c| remote_cert(&outcome, c));
+        // A certificate not seen for the domain before (its first, a renewal) changes what the
+        // views mark: announced. The same one again only updates when it was seen.
+        let new_cert = kept.as_ref().is_some_and(|k| {
+            self.policy
+                .record(&outcome.remote)
+                .and_then(|r| r.cert)
+                .is_none_or(|c| (c.fingerprint_sha256, c.not_after_s) != (k.fingerprint_sha256.clone(), k.not_after_s))
+        });
+        let announce = downgrade.is_some() || new_cert;
         self.policy.note(&outcome.remote, |rec| {
+            if let Some(c) = kept {
+                rec.cert = Some(c);
+            }
             if cert_seen {
                 rec.cert_auth_seen = true;
                 rec.downgrade = None;
@@ -201,9 +213,39 @@ impl Recorder {
     }
 }
 
+/// What is kept of the certificate a remote domain just authenticated by (`None` when the
+/// outcome is no authentication by certificate, or the certificate has no readable expiry).
+/// Authenticated by certificate: judged valid for the domain on either direction's stream
+/// (RFC 6125; on ours, its server certificate, RFC 6120 §13.7.2), or SASL EXTERNAL or
+/// dialback accepted on it (XEP-0178, XEP-0344 §2.2) on its stream to us. On our stream to
+/// it, SASL EXTERNAL and dialback authenticate us, not it. Only valid outcomes: nothing is
+/// kept of a mere claim. The names were escaped and clipped at ingestion; clipped again here
+/// so that nothing longer reaches the disk whatever the caller passed.
+pub fn remote_cert(o: &VerificationOutcome, c: &PeerCertInfo) -> Option<RemoteCert> {
+    let by_certificate = o.result == VerificationResult::Valid
+        && match o.method {
+            AuthMethod::Certificate => true,
+            AuthMethod::SaslExternal | AuthMethod::DialbackWithValidCert => o.direction == Direction::In,
+            _ => false,
+        };
+    if !by_certificate {
+        return None;
+    }
+    use crate::net::certs::kept_name;
+    Some(RemoteCert {
+        not_after_s: c.not_after_s?,
+        issuer: kept_name(&c.issuer),
+        subject: kept_name(&c.subject),
+        fingerprint_sha256: kept_name(&c.fingerprint_sha256),
+        method: o.method,
+        direction: o.direction,
+        seen_ms: o.time_ms,
+    })
+}
+
 impl crate::stream::Observer for Recorder {
-    fn outcome(&self, outcome: VerificationOutcome) {
-        self.record_outcome(outcome)
+    fn outcome(&self, outcome: VerificationOutcome, cert: Option<Arc<PeerCertInfo>>) {
+        self.record_outcome(outcome, cert)
     }
     fn pending(&self, domain: &Domain) {
         self.mark_pending(domain)
@@ -226,7 +268,7 @@ pub struct LinkObserver {
 }
 
 impl crate::stream::Observer for LinkObserver {
-    fn outcome(&self, mut outcome: VerificationOutcome) {
+    fn outcome(&self, mut outcome: VerificationOutcome, _cert: Option<Arc<PeerCertInfo>>) {
         outcome.reason = format!("{}: {}", self.label, outcome.reason);
         let r = &self.recorder;
         if outcome.result != VerificationResult::Valid {
@@ -271,6 +313,37 @@ mod tests {
             reason: reason.into(),
             peer_addr: Some("127.0.0.1:1".into()),
         }
+    }
+
+    /// A certificate is kept only for an outcome that authenticated the remote domain by it,
+    /// escaped and clipped whatever the caller passed.
+    #[test]
+    fn only_authentication_by_certificate_keeps_one() {
+        let info = PeerCertInfo {
+            subject: format!("CN=a\x1b[2J{}", "s".repeat(5000)),
+            issuer: "CN=Peer\nCA".into(),
+            names: vec![],
+            not_after: "x".into(),
+            not_after_s: Some(1_800_000_000),
+            fingerprint_sha256: "AB".into(),
+        };
+        let o = |method, direction, result| VerificationOutcome { method, direction, result, time_ms: 9, ..failure("a.example", "r") };
+        use AuthMethod as M;
+        use Direction::{In, Out};
+        use VerificationResult::{Invalid, Valid};
+        for (method, direction) in [(M::Certificate, In), (M::Certificate, Out), (M::SaslExternal, In), (M::DialbackWithValidCert, In)] {
+            let c = remote_cert(&o(method, direction, Valid), &info).unwrap_or_else(|| panic!("{method:?} {direction:?}"));
+            assert_eq!((c.not_after_s, c.method, c.direction, c.seen_ms), (1_800_000_000, method, direction, 9));
+            assert_eq!(c.issuer, "CN=Peer\\nCA");
+            assert!(!c.subject.chars().any(crate::text::is_unsafe) && c.subject.len() < 300, "{}", c.subject);
+        }
+        // Outbound, EXTERNAL and dialback authenticate us; a failure, or dialback, proves nothing.
+        for (method, direction, result) in
+            [(M::SaslExternal, Out, Valid), (M::Dialback, In, Valid), (M::Dialback, Out, Valid), (M::Certificate, In, Invalid)]
+        {
+            assert_eq!(remote_cert(&o(method, direction, result), &info), None, "{method:?} {direction:?} {result:?}");
+        }
+        assert_eq!(remote_cert(&o(M::Certificate, In, Valid), &PeerCertInfo { not_after_s: None, ..info }), None);
     }
 
     #[test]

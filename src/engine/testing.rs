@@ -41,7 +41,7 @@ impl Testing<'_> {
 
     /// An outcome as a stream driver reports it.
     pub fn record_outcome(&self, outcome: VerificationOutcome) {
-        self.0.shared.recorder.record_outcome(outcome)
+        self.0.shared.recorder.record_outcome(outcome, None)
     }
 
     /// A real-time blocklist feed's change as its subscriber makes it: persisted, applied to

@@ -92,6 +92,16 @@ struct FeedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertState {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Certificate {
+    certificate: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DomainDirection {
     domain: String,
     direction: String,
@@ -214,6 +224,11 @@ pub struct Scrape {
     pub stanza_errors: Vec<(&'static str, u64)>,
     /// Policy decisions streams asked for: (decision, the rule that made it, how many).
     pub decisions: Vec<(&'static str, &'static str, u64)>,
+    /// Remote domains whose last certificate expires within `certs.warn_before`, and those
+    /// whose certificate expired: (expiring, expired).
+    pub remote_certs: (u64, u64),
+    /// Our certificates' notAfter (unix seconds), by which: `tls`, `gateway-ca`.
+    pub local_certs: Vec<(String, i64)>,
     pub process: Process,
 }
 
@@ -354,6 +369,26 @@ pub fn encode(m: &StreamMetrics, s: &Scrape) -> String {
     );
     r.register("limit_refusals", "Connections, streams and stanzas refused by a limit, by its config key", refusals);
 
+    // Both states always, so an alert on either has a series to watch.
+    r.register_collector(Box::new(Gauges {
+        name: "remote_certificates_expiring",
+        help: "Remote domains whose last certificate expires within certs.warn_before (state expiring) or has expired (state expired)",
+        rows: vec![
+            (CertState { state: "expiring".into() }, s.remote_certs.0 as i64),
+            (CertState { state: "expired".into() }, s.remote_certs.1 as i64),
+        ],
+    }));
+    let local: Family<Certificate, prometheus_client::metrics::gauge::Gauge> = Family::default();
+    for (which, t) in &s.local_certs {
+        local.get_or_create(&Certificate { certificate: which.clone() }).set(*t);
+    }
+    r.register_with_unit(
+        "local_certificate_expiry_timestamp",
+        "When our certificate expires (notAfter) since the Unix epoch: tls (presented to peers), gateway-ca (gateway mode)",
+        Unit::Seconds,
+        local,
+    );
+
     if !s.rtbl.is_empty() {
         r.register_collector(Box::new(Gauges {
             name: "rtbl_entries",
@@ -458,7 +493,13 @@ mod tests {
         let m = StreamMetrics::default();
         m.opened(Direction::In, crate::events::StreamKind::Federation);
         m.closed(Direction::In, "sent policy-violation", (3, 4), (100, 200));
-        let s = Scrape { live_stanzas: (1, 2), live_bytes: (10, 20), ..Scrape::default() };
+        let s = Scrape {
+            live_stanzas: (1, 2),
+            live_bytes: (10, 20),
+            remote_certs: (2, 1),
+            local_certs: vec![("tls".into(), 1_800_000_000)],
+            ..Scrape::default()
+        };
         let text = encode(&m, &s);
         assert!(text.ends_with("# EOF\n"), "{text}");
         for line in [
@@ -468,6 +509,12 @@ mod tests {
             "drawbridge_stanzas_total{direction=\"out\"} 6",
             "drawbridge_stream_bytes_total{direction=\"out\"} 220",
             "drawbridge_build_info{version=\"",
+            "# TYPE drawbridge_remote_certificates_expiring gauge",
+            "drawbridge_remote_certificates_expiring{state=\"expiring\"} 2",
+            "drawbridge_remote_certificates_expiring{state=\"expired\"} 1",
+            "# TYPE drawbridge_local_certificate_expiry_timestamp_seconds gauge",
+            "# UNIT drawbridge_local_certificate_expiry_timestamp_seconds seconds",
+            "drawbridge_local_certificate_expiry_timestamp_seconds{certificate=\"tls\"} 1800000000",
             "# TYPE process_cpu_seconds counter",
             "process_open_fds ",
             "# TYPE drawbridge_stanza_routing_seconds histogram",

@@ -70,6 +70,7 @@ impl PeerCertInfo {
                     issuer: kept_name(&cert.issuer().to_string()),
                     names: kept_names(names.iter()),
                     not_after: cert.validity().not_after.to_string(),
+                    not_after_s: Some(cert.validity().not_after.timestamp()),
                     fingerprint_sha256: fp,
                 }
             }
@@ -79,6 +80,7 @@ impl PeerCertInfo {
                 issuer: String::new(),
                 names: Vec::new(),
                 not_after: String::new(),
+                not_after_s: None,
                 fingerprint_sha256: fp,
             },
         }

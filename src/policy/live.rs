@@ -187,6 +187,12 @@ impl Policy {
         v
     }
 
+    /// Every record as stored, visited under the read lock without copying any: for a scrape
+    /// that reads one field of many domains.
+    pub fn for_each_record(&self, mut f: impl FnMut(&DomainRecord)) {
+        self.inner.read().unwrap().domains.values().for_each(&mut f);
+    }
+
     /// How many domains are in each (effective) state.
     pub fn counts(&self) -> HashMap<DomainState, usize> {
         let now = now_ms();

@@ -202,6 +202,11 @@ pub struct DomainRecord {
     /// Set when a domain that used certificates authenticates by dialback only (a downgrade).
     #[serde(default)]
     pub downgrade: Option<String>,
+    /// The last certificate it authenticated by: its expiry and issuer (`ctl certs`, the
+    /// dashboard's marks, the expiring-certificates metric). Absent in records written
+    /// before it was kept, and for domains that never authenticated by certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<crate::types::RemoteCert>,
 }
 
 /// One operator action (the policy log).

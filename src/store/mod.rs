@@ -506,6 +506,35 @@ mod tests {
         assert!(err.contains("newer drawbridge (schema 99"), "{err}");
     }
 
+    /// A domain record as the version before certificate forecasts wrote it (no `cert`)
+    /// still reads, with no certificate; one with a certificate round-trips, its expiry typed.
+    #[test]
+    fn domain_records_without_a_certificate_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let old = br#"{"domain":"old.test","state":"approved","reason":null,"who":"root","when_ms":5,"expires_ms":null,"previous":"unknown","source":null,"first_seen_ms":1,"last_seen_ms":2,"streams_in":3,"streams_out":4,"stanzas_in":5,"stanzas_out":6,"last_verification":"valid","cert_auth_seen":true,"downgrade":null}"#;
+        s.domains.insert("old.test", &old[..]).unwrap();
+        let rec = s.domain("old.test").unwrap().unwrap();
+        assert_eq!(
+            (rec.state, rec.streams_in, rec.cert_auth_seen, rec.cert.clone()),
+            (crate::policy::DomainState::Approved, 3, true, None)
+        );
+        let cert = crate::types::RemoteCert {
+            not_after_s: 1_800_000_000,
+            issuer: "CN=Peer CA".into(),
+            subject: "CN=old.test".into(),
+            fingerprint_sha256: "AB:CD".into(),
+            method: crate::types::AuthMethod::SaslExternal,
+            direction: crate::types::Direction::In,
+            seen_ms: 7,
+        };
+        s.put_domain(&DomainRecord { cert: Some(cert.clone()), ..rec.clone() }).unwrap();
+        assert_eq!(s.domain("old.test").unwrap().unwrap().cert, Some(cert));
+        // A record with none is written as before (no `cert` key).
+        s.put_domain(&rec).unwrap();
+        assert!(!String::from_utf8(s.domains.get("old.test").unwrap().unwrap().to_vec()).unwrap().contains("cert\":"));
+    }
+
     #[test]
     fn records_round_trip_newest_first_and_prune() {
         let dir = tempfile::tempdir().unwrap();

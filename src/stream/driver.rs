@@ -442,17 +442,23 @@ pub async fn sleep_until(at: Option<Instant>) {
 /// as the driver's own observations); outcomes and pending domains go to the observer.
 pub fn observe(observer: &dyn super::Observer, entry: &ConnEntry, direction: Direction, o: Observed) {
     match o {
-        Observed::Outcome { local, remote, method, result, reason } => observer.outcome(VerificationOutcome {
-            time_ms: now_ms(),
-            stream: entry.id.clone(),
-            direction,
-            local: local.to_string(),
-            remote: remote.to_string(),
-            method,
-            result,
-            reason,
-            peer_addr: entry.peer_addr(),
-        }),
+        Observed::Outcome { local, remote, method, result, reason } => {
+            // The session's certificate is on the row since the handshake (before any
+            // outcome: the machine judges it after `tls_established`).
+            let cert = if result == crate::events::VerificationResult::Valid { entry.peer_cert() } else { None };
+            let outcome = VerificationOutcome {
+                time_ms: now_ms(),
+                stream: entry.id.clone(),
+                direction,
+                local: local.to_string(),
+                remote: remote.to_string(),
+                method,
+                result,
+                reason,
+                peer_addr: entry.peer_addr(),
+            };
+            observer.outcome(outcome, cert)
+        }
         Observed::Pending(d) => observer.pending(&d),
         o => entry.apply(&o),
     }

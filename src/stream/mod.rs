@@ -34,8 +34,10 @@ use crate::types::VerificationOutcome;
 
 /// Where streams report what must outlive them (the engine records it).
 pub trait Observer: Send + Sync {
-    /// A verification outcome: log, store, events.
-    fn outcome(&self, outcome: VerificationOutcome);
+    /// A verification outcome: log, store, events. `cert` is the peer certificate of the
+    /// stream's TLS session, given with a valid outcome (what a domain that authenticated by
+    /// certificate is known to present: its expiry is forecast from it).
+    fn outcome(&self, outcome: VerificationOutcome, cert: Option<Arc<crate::types::PeerCertInfo>>);
     /// A verified domain nobody decided on waits for the operator.
     fn pending(&self, domain: &Domain);
     /// A stream ended: closed list, history, domain counters.

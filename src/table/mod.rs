@@ -149,6 +149,11 @@ impl ConnEntry {
         }
     }
 
+    /// The peer certificate of the stream's TLS session (as the row keeps it), if any.
+    pub fn peer_cert(&self) -> Option<std::sync::Arc<PeerCertInfo>> {
+        self.row.lock().unwrap().tls.as_ref().and_then(|t| t.peer_cert.clone())
+    }
+
     pub fn peer_addr(&self) -> Option<String> {
         self.row.lock().unwrap().peer_addr.clone()
     }
@@ -461,6 +466,7 @@ pub fn compact_cert(c: std::sync::Arc<PeerCertInfo>) -> std::sync::Arc<PeerCertI
         issuer: clip(&c.issuer),
         names,
         not_after: clip(&c.not_after),
+        not_after_s: c.not_after_s,
         fingerprint_sha256: clip(&c.fingerprint_sha256),
     })
 }
@@ -517,6 +523,7 @@ mod tests {
             issuer: format!("CN={big}\x1b[2J"),
             names: (0..40).map(|i| format!("{i}.{big}")).collect(),
             not_after: "2030-01-01".into(),
+            not_after_s: None,
             fingerprint_sha256: "AB:CD".into(),
         });
         let c = compact_cert(info);
@@ -531,6 +538,7 @@ mod tests {
             issuer: "CN=CA".into(),
             names: vec!["b.example".into()],
             not_after: "x".into(),
+            not_after_s: None,
             fingerprint_sha256: "y".into(),
         });
         assert!(std::sync::Arc::ptr_eq(&compact_cert(small.clone()), &small));
@@ -549,6 +557,7 @@ mod tests {
                     issuer: big.clone(),
                     names: vec![big.clone()],
                     not_after: "x".into(),
+                    not_after_s: None,
                     fingerprint_sha256: "y".into(),
                 })),
                 cert_verdict: Some(CertVerdict::UntrustedIssuer(big.clone())),
