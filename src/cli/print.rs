@@ -6,7 +6,8 @@ use std::io::{self, Write};
 
 use super::{BlacklistCommand, CtlCommand};
 use crate::engine::{
-    ChangeReport, DomainReport, DomainRow, ExplainReport, ImportReport, KeepReport, ModeReport, ProbeReport, Reply, RtblReport, Status,
+    ChangeReport, DomainReport, DomainRow, ExplainReport, ImportReport, KeepReport, ModeReport, PreviewReport, ProbeReport, Reply,
+    RtblReport, Status,
 };
 use crate::events::{ConnSnapshot, VerificationOutcome, fmt_utc};
 use crate::text::escape;
@@ -36,6 +37,7 @@ pub fn reply(cmd: &CtlCommand, reply: &Reply, out: &mut impl Write) -> io::Resul
         Reply::Rtbl(r) => rtbl(r, out)?,
         Reply::Keep(r) => keep(r, out)?,
         Reply::Import(r) => import(r, out)?,
+        Reply::Preview(r) => preview(r, out)?,
         // Not asked for by any ctl command.
         Reply::Snapshot(_) | Reply::Transcript(_) => writeln!(out, "{reply:?}")?,
     }
@@ -140,6 +142,14 @@ pub fn import(r: &ImportReport, out: &mut impl Write) -> io::Result<()> {
     }
     let verb = if r.dry_run { "would close" } else { "closed" };
     writeln!(out, "{verb} {} live stream(s){}", r.closed_streams.len(), list_suffix(&r.closed_streams))?;
+    Ok(())
+}
+
+/// A dry run (`--dry-run`): what the change would do, in the engine's words.
+pub fn preview(r: &PreviewReport, out: &mut impl Write) -> io::Result<()> {
+    for (_, line) in r.lines() {
+        writeln!(out, "{line}")?;
+    }
     Ok(())
 }
 

@@ -56,6 +56,7 @@ impl Reply {
             Reply::Rtbl(x) => serde_json::to_value(x),
             Reply::Keep(x) => serde_json::to_value(x),
             Reply::Import(x) => serde_json::to_value(x),
+            Reply::Preview(x) => serde_json::to_value(x),
             Reply::Snapshot(x) => serde_json::to_value(x),
             Reply::Transcript(x) => serde_json::to_value(x),
         };
@@ -83,6 +84,7 @@ impl Reply {
             Request::Rtbl => Reply::Rtbl(v(data)?),
             Request::Keep { .. } => Reply::Keep(v(data)?),
             Request::BlacklistImport { .. } => Reply::Import(v(data)?),
+            Request::Preview { .. } => Reply::Preview(v(data)?),
             Request::Snapshot => Reply::Snapshot(v(data)?),
             Request::Transcript { .. } => Reply::Transcript(v(data)?),
         })
