@@ -797,3 +797,43 @@ pub struct Listening {
     /// Where `GET /metrics` is served (`[metrics] listen`).
     pub metrics: Vec<std::net::SocketAddr>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A policy change is on the wire what its request is, and back: a dry run cannot carry
+    /// another change than the command.
+    #[test]
+    fn a_policy_change_is_its_request() {
+        let changes = [
+            PolicyChange::Approve { domain: "x.test".into(), reason: Some("partner".into()) },
+            PolicyChange::Block { domain: "x.test".into(), for_secs: Some(60), reason: None },
+            PolicyChange::Blacklist { domain: "x.test".into(), reason: "spam".into() },
+            PolicyChange::Unblock { domain: "x.test".into() },
+            PolicyChange::Mode { mode: "allowlist".into() },
+            PolicyChange::BlacklistImport { text: "a.test\n".into(), source: Some("list".into()) },
+        ];
+        for c in changes {
+            let req = Request::from(c.clone());
+            assert_eq!(
+                serde_json::to_value(&c).unwrap(),
+                serde_json::to_value(&req)
+                    .unwrap()
+                    .as_object()
+                    .map(|o| {
+                        let mut o = o.clone();
+                        o.remove("dry_run");
+                        serde_json::Value::Object(o)
+                    })
+                    .unwrap()
+            );
+            assert_eq!(req.policy_change(), Some(c.clone()));
+            let preview: Request =
+                serde_json::from_value(serde_json::json!({"cmd": "preview", "change": serde_json::to_value(&c).unwrap()})).unwrap();
+            assert_eq!(preview, Request::Preview { change: c, days: None });
+        }
+        assert_eq!(Request::Status.policy_change(), None);
+        assert_eq!(PolicyChange::Block { domain: "x.test".into(), for_secs: Some(7200), reason: None }.describe(), "block x.test for 2h");
+    }
+}

@@ -780,4 +780,113 @@ mod tests {
         assert_eq!(t.decided_by, crate::policy::Rule::OperatorDecision);
         assert!(matches!(t.verdict, Verdict::Refuse(ref w) if w.contains("blocked: kept after a listing by a.test")));
     }
+
+    /// A dry run judges with the decision function on the policy as it would be — blacklist
+    /// entries covering subdomains, timed blocks, modes, approvals — and changes nothing:
+    /// no record in memory or in the store, no wake-up of held streams.
+    #[tokio::test]
+    async fn a_dry_run_judges_the_change_and_changes_nothing() {
+        let store = Arc::new(Mem::default());
+        let p = Policy::load(store.clone(), Mode::Open).unwrap();
+        let d = |s: &str| Domain::parse(s).unwrap();
+        p.apply(&d("friend.example"), Change::Approve, "op", None).await.unwrap();
+        p.apply(&d("flood.example"), Change::Block { expires_ms: None }, "op", Some("flood")).await.unwrap();
+        let seen = p.subscribe();
+        let now = now_ms();
+        let kind = |v: &Verdict| match v {
+            Verdict::Allow => "allow",
+            Verdict::Hold => "hold",
+            Verdict::Refuse(_) => "refuse",
+        };
+        let judge = |prop: Proposal, domains: &[&str]| -> (Plan, Vec<(String, String)>) {
+            p.what_if(&prop, "op", now, |w| {
+                let v = domains.iter().map(|x| (kind(&w.before(x).0).to_owned(), kind(&w.after(x).0).to_owned())).collect();
+                (w.plan().clone(), v)
+            })
+        };
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+
+        // A blacklist entry covers its subdomains; an approved subdomain is refused too.
+        let prop = Proposal::Domain {
+            domain: d("evil.example"),
+            change: Change::Blacklist { source: "operator".into() },
+            reason: Some("spam".into()),
+        };
+        let (plan, v) = judge(prop, &["chat.evil.example", "evil.example", "friend.example"]);
+        assert_eq!(v, [pair("allow", "refuse"), pair("allow", "refuse"), pair("allow", "allow")]);
+        assert_eq!(plan.records.len(), 1);
+        assert_eq!((plan.records[0].before.clone(), plan.records[0].after.state), (None, DomainState::Blacklisted));
+        assert!(plan.changes());
+        let reason = p.what_if(&plan_blacklist(), "op", now, |w| w.after("chat.evil.example").0);
+        assert_eq!(reason, Verdict::Refuse("chat.evil.example is blacklisted through evil.example: spam".into()));
+
+        // A timed block refuses now; unblocking returns to what the domain was.
+        let prop = Proposal::Domain { domain: d("friend.example"), change: Change::Block { expires_ms: Some(now + 60_000) }, reason: None };
+        let (plan, v) = judge(prop, &["friend.example"]);
+        assert_eq!(v, [pair("allow", "refuse")]);
+        assert_eq!((plan.records[0].after.expires_ms, plan.records[0].after.previous), (Some(now + 60_000), DomainState::Approved));
+        let (_, v) = judge(Proposal::Domain { domain: d("flood.example"), change: Change::Unblock, reason: None }, &["flood.example"]);
+        assert_eq!(v, [pair("refuse", "allow")]);
+
+        // Modes: allowlist refuses whoever is not approved; approval holds them.
+        let (plan, v) = judge(Proposal::Mode(Mode::Allowlist), &["stranger.example", "friend.example", "flood.example"]);
+        assert_eq!(v, [pair("allow", "refuse"), pair("allow", "allow"), pair("refuse", "refuse")]);
+        assert_eq!(plan.mode, Some((Mode::Open, Mode::Allowlist)));
+        let (_, v) = judge(Proposal::Mode(Mode::Approval), &["stranger.example"]);
+        assert_eq!(v, [pair("allow", "hold")]);
+        // Unblocking in approval mode holds the domain for approval; approving allows it.
+        assert!(!seen.has_changed().unwrap(), "the dry runs before woke nobody");
+        p.set_mode(Mode::Approval, "op").await.unwrap();
+        let seen = p.subscribe();
+        let (_, v) = judge(Proposal::Domain { domain: d("flood.example"), change: Change::Unblock, reason: None }, &["flood.example"]);
+        assert_eq!(v, [pair("refuse", "hold")]);
+        let (_, v) =
+            judge(Proposal::Domain { domain: d("stranger.example"), change: Change::Approve, reason: None }, &["stranger.example"]);
+        assert_eq!(v, [pair("hold", "allow")]);
+
+        // An import: each entry once, those already blacklisted apart, subdomains covered.
+        assert!(!seen.has_changed().unwrap(), "the dry runs before woke nobody");
+        p.apply(&d("old.example"), Change::Blacklist { source: "operator".into() }, "op", Some("x")).await.unwrap();
+        let written = store.domains().unwrap().len();
+        let seen = p.subscribe();
+        let entries = vec![(d("spam.example"), None), (d("old.example"), None), (d("spam.example"), Some("twice".into()))];
+        let (plan, v) = judge(Proposal::Import { entries, source: "list".into() }, &["a.spam.example", "friend.example"]);
+        assert_eq!(plan.records.iter().map(|r| r.after.domain.as_str()).collect::<Vec<_>>(), ["spam.example"]);
+        assert_eq!(plan.records[0].after.reason.as_deref(), Some("listed in list"));
+        assert_eq!(plan.unchanged.iter().map(|r| r.domain.as_str()).collect::<Vec<_>>(), ["old.example", "spam.example"]);
+        assert_eq!(v, [pair("hold", "refuse"), pair("allow", "allow")]);
+
+        // The same standing again changes nothing.
+        let (plan, _) = judge(Proposal::Domain { domain: d("friend.example"), change: Change::Approve, reason: None }, &[]);
+        assert!(!plan.changes() && plan.records.is_empty() && plan.unchanged.len() == 1);
+
+        // Nothing was written, applied or announced.
+        assert_eq!(store.domains().unwrap().len(), written);
+        assert!(p.record("spam.example").is_none() && p.record("evil.example").is_none());
+        assert_eq!(p.record("friend.example").unwrap().state, DomainState::Approved);
+        assert_eq!(p.mode(), Mode::Approval);
+        assert!(!seen.has_changed().unwrap(), "held streams were not woken");
+    }
+
+    fn plan_blacklist() -> Proposal {
+        Proposal::Domain {
+            domain: Domain::parse("evil.example").unwrap(),
+            change: Change::Blacklist { source: "operator".into() },
+            reason: Some("spam".into()),
+        }
+    }
+
+    /// What apply writes is what a dry run plans ([`next_record`] for both).
+    #[tokio::test]
+    async fn apply_writes_what_the_dry_run_planned() {
+        let store = Arc::new(Mem::default());
+        let p = Policy::load(store.clone(), Mode::Open).unwrap();
+        let now = now_ms();
+        let prop = plan_blacklist();
+        let planned = p.what_if(&prop, "op", now, |w| w.plan().records[0].after.clone());
+        let Proposal::Domain { domain, change, reason } = prop else { unreachable!() };
+        let (rec, changed) = p.apply(&domain, change, "op", reason.as_deref()).await.unwrap();
+        assert!(changed);
+        assert_eq!(DomainRecord { when_ms: rec.when_ms, ..planned }, rec);
+    }
 }
