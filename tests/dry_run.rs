@@ -186,6 +186,14 @@ async fn dry_runs_judge_live_streams_and_history_and_change_nothing() {
     assert!(out.contains("would add 2 domain(s) from community.txt: spam.test, a.test\n"), "{out}");
     assert!(out.contains("skipped line 3: \"not a domain\""), "{out}");
 
+    // The socket's older form of an import's dry run answers as an import, from the preview.
+    let text = std::fs::read_to_string(&list).unwrap();
+    let Reply::Import(r) = ask(&b, Request::BlacklistImport { text, source: Some("community.txt".into()), dry_run: true }).await else {
+        panic!("an import answers as an import")
+    };
+    assert!(r.dry_run && r.added == ["spam.test", "a.test"] && r.invalid.len() == 1, "{r:?}");
+    assert!(closing.is_subset(&r.closed_streams.iter().cloned().collect()), "{r:?}");
+
     // Nothing changed: no record, the mode, the streams, no policy log entry, no event.
     assert_eq!(b.status().mode, "open");
     for d in ["a.test", "spam.test", "chat.spam.test", "c.test"] {

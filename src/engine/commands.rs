@@ -25,13 +25,9 @@ pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Re
         && let Some(change) = req.policy_change()
     {
         let p = super::preview::preview(shared, &change, None, who)?;
-        let (_, invalid) = super::preview::proposal(shared, &change, now_ms())?;
-        let source = match &change {
-            PolicyChange::BlacklistImport { source, .. } => source.clone().unwrap_or_else(|| "import".into()),
-            _ => String::new(),
-        };
         let added = p.records.into_iter().map(|r| r.domain).collect();
         let closed_streams = p.closing.into_iter().map(|c| c.id).collect();
+        let (source, invalid) = (p.source.unwrap_or_default(), p.invalid);
         return Ok(Reply::Import(Box::new(ImportReport { dry_run: true, source, added, already: p.unchanged, invalid, closed_streams })));
     }
     // Every policy change goes through the one conversion its dry run uses too.
@@ -493,7 +489,7 @@ pub(super) async fn probe(shared: &Arc<Shared>, domain: &str, from: Option<&str>
 pub(super) fn enforce(shared: &Shared) -> Vec<String> {
     let mut closed = Vec::new();
     for e in shared.table.live() {
-        if let Some((remote, why)) = super::preview::refused_on(&e, |d| shared.policy.verdict(d)) {
+        if let Some((remote, why)) = super::preview::refused_among(&super::preview::judged(&e), |d| shared.policy.verdict(d)) {
             tracing::info!(stream = %e.id, "closing the stream of {remote}: {why}");
             e.request_close_with(&format!("policy: {why}"), Some(StreamError::new(StreamErrorCondition::PolicyViolation, why)));
             closed.push(e.id.clone());

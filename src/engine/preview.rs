@@ -55,20 +55,24 @@ pub(super) fn proposal(shared: &Shared, change: &PolicyChange, now: u64) -> Resu
     }
 }
 
-/// The first domain a live stream carries that `verdict` refuses, and the refusal. Whose
-/// standing a stream depends on: a federation stream's remote domains (claimed or
-/// verified); on the internal link, the world domain drawbridge stands in for (its local
-/// side); a component is ours.
-pub(super) fn refused_on(e: &ConnEntry, verdict: impl Fn(&Domain) -> Verdict) -> Option<(String, String)> {
-    let judged = match e.kind {
+/// Whose standing a live stream depends on: a federation stream's remote domains (claimed
+/// or verified); on the internal link, the world domain drawbridge stands in for (its local
+/// side, the internal server's domains being ours); a component is ours.
+pub(super) fn judged(e: &ConnEntry) -> Vec<String> {
+    match e.kind {
         StreamKind::Federation => e.remotes(),
         StreamKind::Internal => e.snapshot().local.into_iter().collect(),
         StreamKind::Component => Vec::new(),
-    };
-    judged.into_iter().find_map(|remote| {
-        let d = Domain::parse(&remote).ok()?;
+    }
+}
+
+/// The first of a stream's [`judged`] domains that `verdict` refuses, and the refusal: why
+/// the stream closes after a change ([`super::commands::enforce`]), or would (a dry run).
+pub(super) fn refused_among(judged: &[String], verdict: impl Fn(&Domain) -> Verdict) -> Option<(String, String)> {
+    judged.iter().find_map(|remote| {
+        let d = Domain::parse(remote).ok()?;
         match verdict(&d) {
-            Verdict::Refuse(why) => Some((remote, why)),
+            Verdict::Refuse(why) => Some((remote.clone(), why)),
             _ => None,
         }
     })
@@ -161,20 +165,20 @@ pub(super) fn preview(shared: &Shared, change: &PolicyChange, days: Option<u32>,
     let now = crate::types::now_ms();
     let (proposal, invalid) = proposal(shared, change, now)?;
     let since = now.saturating_sub(u64::from(days) * DAY_MS);
-    // Read before the policy's lock is taken: the store and the table.
-    let live = shared.table.live();
-    let live_snaps: Vec<ConnSnapshot> = live.iter().map(|e| e.snapshot()).collect();
+    // Read before the policy's lock is taken: the store and the table (no row is locked
+    // under the policy's lock).
+    let live: Vec<(ConnSnapshot, Vec<String>)> = shared.table.live().iter().map(|e| (e.snapshot(), judged(e))).collect();
+    let live_snaps: Vec<ConnSnapshot> = live.iter().map(|(s, _)| s.clone()).collect();
     let seen = tally(&shared.policy.records(None), &shared.store.history_since(since)?, &live_snaps, since);
     let mut report = shared.policy.what_if(&proposal, who, now, |w| {
         let plan = w.plan();
         let closing = live
             .iter()
-            .zip(&live_snaps)
-            .filter_map(|(e, s)| {
-                let (domain, reason) = refused_on(e, |d| w.after(d.as_str()).0)?;
+            .filter_map(|(s, judged)| {
+                let (domain, reason) = refused_among(judged, |d| w.after(d.as_str()).0)?;
                 Some(ClosingStream {
-                    id: e.id.clone(),
-                    direction: e.direction,
+                    id: s.id.clone(),
+                    direction: s.direction,
                     local: s.local.clone(),
                     domain,
                     reason,
