@@ -41,15 +41,27 @@ async fn block_from_the_keyboard_then_attach_after_restart() {
     let report: drawbridge::engine::ProbeReport = serde_json::from_value(r.data.unwrap()).unwrap();
     assert!(report.ok, "{:?}", report.error);
     run.wait_for(&["a.test", "established", "dialback ✓"]).await;
-    // Block the selected stream's domain: b, then duration and reason, Enter.
+    // Block the selected stream's domain: b, then duration and reason, Enter; the dry run
+    // shows what it would do, nothing done yet; y applies it.
     run.keys(&["1", "g", "b"]);
     run.wait_for(&["block a.test"]).await;
     run.keys(&["flooding", "Enter"]);
+    run.wait_for(&["Dry run: nothing changed yet", "would close 2 live stream(s)", "newly refused (1)", "y applies it"]).await;
+    let st = control::request(&sock, &Request::Status).await.unwrap();
+    assert_eq!(st.data.unwrap()["blocked"], 0, "the dry run blocked nothing");
+    run.keys(&["y"]);
     let s = run.wait_for(&["a.test: blocked (flooding)", "closed 2 stream(s)"]).await;
     assert!(s.contains("closed"), "{s}");
     run.wait_for(&["0 live"]).await;
     run.keys(&["2"]);
     run.wait_for(&["a.test", "blocked", "flooding"]).await;
+    // The next mode, previewed, and not applied.
+    run.keys(&["m"]);
+    run.wait_for(&["dry run: mode approval", "mode: open → approval", "y applies it"]).await;
+    run.keys(&["n"]);
+    run.wait_for(&["mode approval: not applied"]).await;
+    let st = control::request(&sock, &Request::Status).await.unwrap();
+    assert_eq!(st.data.unwrap()["mode"], "open");
     run.keys(&["q"]);
     let t0 = Instant::now();
     while run.alive() {

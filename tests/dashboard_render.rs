@@ -707,3 +707,80 @@ fn certificate_expiry_is_marked_for_domains_and_ours() {
     let s = screen(&mut m, 80, 24);
     assert!(s.contains("! cert EXPIRED 2 DAYS AGO"), "{s}");
 }
+
+/// A dry run shown before the operator confirms a change: what it would record, the streams
+/// it would close, the domains it would turn, their history; the peer's words escaped; the
+/// footer asks y/n; a long one scrolls.
+#[test]
+fn a_policy_change_shows_its_dry_run_before_it_asks() {
+    use drawbridge::engine::{ClosingStream, DomainImpact, ExplainVerdict, Judgement, PolicyChange, PreviewReport, StandingChange};
+    use drawbridge::policy::Rule;
+    let allowed = Judgement { verdict: ExplainVerdict::Allow, reason: None, decided_by: Rule::FederationMode };
+    let refused = |d: &str| Judgement {
+        verdict: ExplainVerdict::Refuse,
+        reason: Some(format!("{d} is blocked: flood\u{1b}[2J\nFORGED")),
+        decided_by: Rule::OperatorDecision,
+    };
+    let impact = |d: &str| DomainImpact {
+        domain: d.into(),
+        before: allowed.clone(),
+        after: refused(d),
+        last_seen_ms: Some(now_ms()),
+        streams: 4,
+        stanzas_in: 42,
+        stanzas_out: 17,
+        live_streams: 2,
+    };
+    let preview = PreviewReport {
+        change: "block flood.test".into(),
+        changes: true,
+        days: 30,
+        history_days: 90,
+        mode: None,
+        records: vec![StandingChange {
+            domain: "flood.test".into(),
+            from: DomainState::Unknown,
+            to: DomainState::Blocked,
+            expires_ms: None,
+            reason: Some("flood".into()),
+        }],
+        unchanged: vec![],
+        invalid: vec![],
+        target: Some(impact("flood.test")),
+        closing: vec![ClosingStream {
+            id: "c1".into(),
+            direction: Direction::In,
+            local: Some("island.test".into()),
+            domain: "flood.test".into(),
+            reason: "flood.test is blocked: flood".into(),
+            stanzas_in: 42,
+            stanzas_out: 0,
+        }],
+        newly_refused: vec![impact("flood.test")],
+        newly_held: vec![],
+        newly_allowed: vec![],
+        seen: 3,
+        source: None,
+    };
+    let change = PolicyChange::Block { domain: "flood.test".into(), for_secs: None, reason: Some("flood".into()) };
+    let mut m = model();
+    m.prompt = Some(Prompt::Confirm { change: change.clone(), preview: Box::new(preview.clone()), scroll: 0 });
+    for (w, h) in [(80, 24), (200, 60)] {
+        let s = screen(&mut m, w, h);
+        no_raw_escapes(&s);
+        assert!(s.contains("Dry run: nothing changed yet — apply it? y / n"), "{s}");
+        assert!(s.contains("dry run: block flood.test"), "{s}");
+        assert!(s.contains("would record flood.test: unknown → blocked (flood)"), "{s}");
+        assert!(s.contains("would close 1 live stream(s):"), "{s}");
+        assert!(s.contains("newly refused (1):"), "{s}");
+        assert!(s.contains("\\x1b[2J\\nFORGED"), "escaped: {s}");
+        assert!(s.contains("block flood.test? y applies it, n or Esc does not"), "the footer asks: {s}");
+    }
+    // Many domains: the overlay says where it is and scrolls.
+    let many: Vec<DomainImpact> = (0..40).map(|i| impact(&format!("d{i:02}.test"))).collect();
+    let long = PreviewReport { newly_refused: many, ..preview };
+    m.prompt = Some(Prompt::Confirm { change, preview: Box::new(long), scroll: 30 });
+    let s = screen(&mut m, 100, 24);
+    assert!(s.contains("(31/") && s.contains("↑↓ scroll"), "{s}");
+    assert!(s.contains("d11.test") && !s.contains("d00.test"), "{s}");
+}

@@ -1,5 +1,5 @@
 //! `drawbridge demo` in tmux: a living dashboard within seconds, the newcomer approved from
-//! the keyboard, and q leaves nothing running and nothing behind.
+//! the keyboard (after its dry run), and q leaves nothing running and nothing behind.
 
 mod common;
 
@@ -21,8 +21,11 @@ async fn demo_comes_alive_and_leaves_nothing_behind() {
     t.wait_for(&["invalid", "said the dialback key is invalid"]).await;
     t.keys(&["1"]);
     t.wait_for(&["garbled.example", "spam.example"]).await;
-    // Approve the newcomer from the Domains view (pending is pinned first).
+    // Approve the newcomer from the Domains view (pending is pinned first): its dry run
+    // first (held now, allowed then), then y.
     t.keys(&["2", "g", "a"]);
+    t.wait_for(&["dry run: approve newcomer.example", "newly allowed (1):", "y applies it"]).await;
+    t.keys(&["y"]);
     t.wait_for(&["newcomer.example: approved"]).await;
     t.wait_for(&["pending 0"]).await;
     t.keys(&["q"]);

@@ -38,6 +38,29 @@ impl CtlCommand {
     /// The request this command sends, and whether its answer is printed as JSON. `stdin`
     /// reads standard input (`blacklist import -`).
     pub fn request(&self, stdin: impl FnOnce() -> io::Result<String>) -> Result<(Request, bool), CtlError> {
+        let (req, json) = self.command_request(stdin)?;
+        // A dry run sends the very change the command would make, to be judged instead.
+        Ok(match (self.dry_run(), req.policy_change()) {
+            (Some(days), Some(change)) => (Request::Preview { change, days }, json),
+            _ => (req, json),
+        })
+    }
+
+    /// `Some(days)` for a command run with `--dry-run`.
+    fn dry_run(&self) -> Option<Option<u32>> {
+        match self {
+            CtlCommand::Approve { dry_run: true, days, .. }
+            | CtlCommand::Block { dry_run: true, days, .. }
+            | CtlCommand::Blacklist { list: None, dry_run: true, days, .. }
+            | CtlCommand::Blacklist { list: Some(BlacklistCommand::Import { dry_run: true, days, .. }), .. }
+            | CtlCommand::Unblock { dry_run: true, days, .. }
+            | CtlCommand::Mode { dry_run: true, days, .. } => Some(*days),
+            _ => None,
+        }
+    }
+
+    /// The request the command makes for real.
+    fn command_request(&self, stdin: impl FnOnce() -> io::Result<String>) -> Result<(Request, bool), CtlError> {
         Ok(match self {
             CtlCommand::Status { json } => (Request::Status, *json),
             CtlCommand::Connections { json, closed } => (Request::Connections { closed: *closed }, *json),
@@ -45,8 +68,10 @@ impl CtlCommand {
             CtlCommand::Reload => (Request::Reload, false),
             CtlCommand::Probe { domain, from, json } => (Request::Probe { domain: domain.clone(), from: from.clone() }, *json),
             CtlCommand::Verifications { domain, limit, json } => (Request::Verifications { domain: domain.clone(), limit: *limit }, *json),
-            CtlCommand::Approve { domain, reason, json } => (Request::Approve { domain: domain.clone(), reason: reason.clone() }, *json),
-            CtlCommand::Block { domain, duration, reason, json } => {
+            CtlCommand::Approve { domain, reason, json, .. } => {
+                (Request::Approve { domain: domain.clone(), reason: reason.clone() }, *json)
+            }
+            CtlCommand::Block { domain, duration, reason, json, .. } => {
                 let for_secs = match duration {
                     Some(d) => match crate::config::parse_duration(d) {
                         Ok(d) if !d.is_zero() => Some(d.as_secs().max(1)),
@@ -58,7 +83,7 @@ impl CtlCommand {
                 (Request::Block { domain: domain.clone(), for_secs, reason: reason.clone() }, *json)
             }
             CtlCommand::Blacklist { list: Some(BlacklistCommand::Export), .. } => (Request::BlacklistExport, false),
-            CtlCommand::Blacklist { list: Some(BlacklistCommand::Import { file, source, dry_run, json }), .. } => {
+            CtlCommand::Blacklist { list: Some(BlacklistCommand::Import { file, source, json, .. }), .. } => {
                 let text = if file == "-" {
                     stdin().map_err(CtlError::Stdin)?
                 } else {
@@ -68,16 +93,16 @@ impl CtlCommand {
                 let source = source
                     .clone()
                     .or_else(|| (file != "-").then(|| Path::new(file).file_name().map(|f| f.to_string_lossy().into_owned())).flatten());
-                (Request::BlacklistImport { text, source, dry_run: *dry_run }, *json)
+                (Request::BlacklistImport { text, source, dry_run: false }, *json)
             }
-            CtlCommand::Blacklist { list: None, domain, reason, json } => {
+            CtlCommand::Blacklist { list: None, domain, reason, json, .. } => {
                 let Some(domain) = domain else { return Err(CtlError::BlacklistWhat) };
                 let Some(reason) = reason else { return Err(CtlError::BlacklistReason(domain.clone())) };
                 (Request::Blacklist { domain: domain.clone(), reason: reason.clone() }, *json)
             }
-            CtlCommand::Unblock { domain, json } => (Request::Unblock { domain: domain.clone() }, *json),
-            CtlCommand::Mode { mode: Some(m), json } => (Request::Mode { mode: m.clone() }, *json),
-            CtlCommand::Mode { mode: None, json } => (Request::Status, *json),
+            CtlCommand::Unblock { domain, json, .. } => (Request::Unblock { domain: domain.clone() }, *json),
+            CtlCommand::Mode { mode: Some(m), json, .. } => (Request::Mode { mode: m.clone() }, *json),
+            CtlCommand::Mode { mode: None, json, .. } => (Request::Status, *json),
             CtlCommand::Pending { json } => (Request::Pending, *json),
             CtlCommand::Domains { state, json } => (Request::Domains { state: state.clone() }, *json),
             CtlCommand::Domain { domain, json } => (Request::Domain { domain: domain.clone() }, *json),
@@ -216,6 +241,7 @@ pub fn default_sigpipe() {
 mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
+    use crate::engine::PolicyChange;
     use clap::Parser;
 
     fn ctl(args: &[&str]) -> CtlCommand {
@@ -243,7 +269,8 @@ mod tests {
         assert_eq!(ctl(&["mode"]).request(no_stdin).unwrap().0, Request::Status);
         assert_eq!(ctl(&["mode", "open"]).request(no_stdin).unwrap().0, Request::Mode { mode: "open".into() });
         let (req, _) = ctl(&["blacklist", "import", "-", "--dry-run"]).request(|| Ok("spam.test\n".into())).unwrap();
-        assert_eq!(req, Request::BlacklistImport { text: "spam.test\n".into(), source: None, dry_run: true });
+        let change = PolicyChange::BlacklistImport { text: "spam.test\n".into(), source: None };
+        assert_eq!(req, Request::Preview { change, days: None });
         assert_eq!(ctl(&["explain", "x.test", "--json"]).request(no_stdin).unwrap(), (Request::Explain { domain: "x.test".into() }, true));
         assert_eq!(ctl(&["rtbl"]).request(no_stdin).unwrap(), (Request::Rtbl, false));
         assert_eq!(ctl(&["certs"]).request(no_stdin).unwrap(), (Request::Certs { expiring_s: None }, false));
@@ -256,6 +283,31 @@ mod tests {
             ctl(&["keep", "x.test", "--reason", "still spamming", "--json"]).request(no_stdin).unwrap(),
             (Request::Keep { domain: "x.test".into(), reason: Some("still spamming".into()) }, true)
         );
+    }
+
+    /// `--dry-run` sends the change the command would make, to be judged instead: the same
+    /// change, for every policy command.
+    #[test]
+    fn a_dry_run_previews_the_very_change_the_command_makes() {
+        for args in [
+            &["approve", "x.test", "--reason", "partner"][..],
+            &["block", "x.test", "--for", "2h", "--reason", "flood"],
+            &["blacklist", "x.test", "--reason", "spam"],
+            &["unblock", "x.test"],
+            &["mode", "allowlist"],
+        ] {
+            let (real, _) = ctl(args).request(no_stdin).unwrap();
+            let dry: Vec<&str> = args.iter().copied().chain(["--dry-run", "--days", "7", "--json"]).collect();
+            let (req, json) = ctl(&dry).request(no_stdin).unwrap();
+            assert_eq!(req, Request::Preview { change: real.policy_change().unwrap(), days: Some(7) }, "{args:?}");
+            assert!(json);
+            let (req, _) = ctl(&args.iter().copied().chain(["--dry-run"]).collect::<Vec<_>>()).request(no_stdin).unwrap();
+            assert!(matches!(req, Request::Preview { days: None, .. }), "{args:?}");
+        }
+        let parse = |args: &[&str]| Cli::try_parse_from(["drawbridge", "ctl"].iter().chain(args).copied()).map(|_| ());
+        assert!(parse(&["block", "x.test", "--days", "7"]).is_err(), "--days without --dry-run");
+        assert!(parse(&["block", "x.test", "--dry-run", "--days", "0"]).is_err());
+        assert!(parse(&["mode", "--dry-run"]).is_err(), "a dry run of no mode change");
     }
 
     #[test]

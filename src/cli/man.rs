@@ -29,10 +29,22 @@ const EXAMPLES: &[(&str, &str)] = &[
         "drawbridge -c /etc/drawbridge/drawbridge.toml ctl verifications --domain example.org --limit 20",
     ),
     ("Let a domain federate in every mode.", "drawbridge -c /etc/drawbridge/drawbridge.toml ctl approve example.org --reason partner"),
+    (
+        "What approving a domain would change, nothing changed.",
+        "drawbridge -c /etc/drawbridge/drawbridge.toml ctl approve example.org --dry-run",
+    ),
     ("Block a domain for two hours.", "drawbridge -c /etc/drawbridge/drawbridge.toml ctl block spam.example --for 2h --reason flood"),
+    (
+        "The live streams a block would close and the domains of the last week it would refuse, as JSON.",
+        "drawbridge -c /etc/drawbridge/drawbridge.toml ctl block spam.example --dry-run --days 7 --json",
+    ),
     (
         "Blacklist a domain with all its subdomains.",
         "drawbridge -c /etc/drawbridge/drawbridge.toml ctl blacklist spam.example --reason \"sends spam\"",
+    ),
+    (
+        "Which domains seen lately a blacklist entry would refuse, its subdomains included.",
+        "drawbridge -c /etc/drawbridge/drawbridge.toml ctl blacklist spam.example --reason \"sends spam\" --dry-run",
     ),
     (
         "See what importing a list would change, then import it.",
@@ -40,6 +52,14 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
     ("Save the blacklist.", "drawbridge -c /etc/drawbridge/drawbridge.toml ctl blacklist export > blacklist.txt"),
     ("Clear a block or a blacklist entry.", "drawbridge -c /etc/drawbridge/drawbridge.toml ctl unblock spam.example"),
+    (
+        "The domains seen lately that clearing it would let in again.",
+        "drawbridge -c /etc/drawbridge/drawbridge.toml ctl unblock spam.example --dry-run",
+    ),
+    (
+        "The domains of the last 30 days that an allowlist would refuse, before switching.",
+        "drawbridge -c /etc/drawbridge/drawbridge.toml ctl mode allowlist --dry-run",
+    ),
     ("Hold every new domain for approval.", "drawbridge -c /etc/drawbridge/drawbridge.toml ctl mode approval"),
     ("Domains waiting for approval.", "drawbridge -c /etc/drawbridge/drawbridge.toml ctl pending"),
     ("Every blocked domain.", "drawbridge -c /etc/drawbridge/drawbridge.toml ctl domains --state blocked"),

@@ -160,6 +160,13 @@ pub enum CtlCommand {
         /// Why: kept in the policy log and shown with the domain.
         #[arg(long)]
         reason: Option<String>,
+        /// Change nothing: show the live streams it would close and the domains seen in the
+        /// recorded history that it would refuse, hold or allow.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: how many days of recorded history to judge (default 30).
+        #[arg(long, value_name = "N", requires = "dry_run", value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: Option<u32>,
         /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
@@ -174,6 +181,13 @@ pub enum CtlCommand {
         /// Why: kept in the policy log and shown with the domain.
         #[arg(long)]
         reason: Option<String>,
+        /// Change nothing: show the live streams it would close and the domains seen in the
+        /// recorded history that it would refuse, hold or allow.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: how many days of recorded history to judge (default 30).
+        #[arg(long, value_name = "N", requires = "dry_run", value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: Option<u32>,
         /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
@@ -189,6 +203,13 @@ pub enum CtlCommand {
         /// Why: kept in the policy log and shown with the domain.
         #[arg(long)]
         reason: Option<String>,
+        /// Change nothing: show the live streams it would close and the domains seen in the
+        /// recorded history that it would refuse, hold or allow.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: how many days of recorded history to judge (default 30).
+        #[arg(long, value_name = "N", requires = "dry_run", value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: Option<u32>,
         /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
@@ -197,6 +218,13 @@ pub enum CtlCommand {
     Unblock {
         /// The domain to clear.
         domain: String,
+        /// Change nothing: show the live streams it would close and the domains seen in the
+        /// recorded history that it would refuse, hold or allow.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: how many days of recorded history to judge (default 30).
+        #[arg(long, value_name = "N", requires = "dry_run", value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: Option<u32>,
         /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
@@ -205,6 +233,13 @@ pub enum CtlCommand {
     Mode {
         /// open, approval or allowlist; without it, the mode now.
         mode: Option<String>,
+        /// Change nothing: show the live streams it would close and the domains seen in the
+        /// recorded history that it would refuse, hold or allow.
+        #[arg(long, requires = "mode")]
+        dry_run: bool,
+        /// With --dry-run: how many days of recorded history to judge (default 30).
+        #[arg(long, value_name = "N", requires = "dry_run", value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: Option<u32>,
         /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
@@ -297,9 +332,13 @@ pub enum BlacklistCommand {
         /// Name of the list, recorded as each entry's source.
         #[arg(long)]
         source: Option<String>,
-        /// Show what would change without changing anything.
+        /// Change nothing: show what would be added, the live streams it would close and the
+        /// domains seen in the recorded history that it would refuse (subdomains included).
         #[arg(long)]
         dry_run: bool,
+        /// With --dry-run: how many days of recorded history to judge (default 30).
+        #[arg(long, value_name = "N", requires = "dry_run", value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: Option<u32>,
         /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,

@@ -6,7 +6,8 @@ use std::io::{self, Write};
 
 use super::{BlacklistCommand, CtlCommand};
 use crate::engine::{
-    CertsReport, ChangeReport, DomainReport, DomainRow, ExplainReport, ImportReport, KeepReport, LocalCert, ModeReport, ProbeReport, Reply,
+    CertsReport, ChangeReport, DomainReport, DomainRow, ExplainReport, ImportReport, KeepReport, LocalCert, ModeReport, PreviewReport,
+    ProbeReport, Reply,
     RtblReport, Status,
 };
 use crate::events::{CertExpiry, ConnSnapshot, VerificationOutcome, expiry_in_words, fmt_utc, fmt_utc_s};
@@ -38,6 +39,7 @@ pub fn reply(cmd: &CtlCommand, reply: &Reply, out: &mut impl Write) -> io::Resul
         Reply::Keep(r) => keep(r, out)?,
         Reply::Import(r) => import(r, out)?,
         Reply::Certs(r) => certs(r, out)?,
+        Reply::Preview(r) => preview(r, out)?,
         // Not asked for by any ctl command.
         Reply::Snapshot(_) | Reply::Transcript(_) => writeln!(out, "{reply:?}")?,
     }
@@ -146,6 +148,14 @@ pub fn import(r: &ImportReport, out: &mut impl Write) -> io::Result<()> {
     }
     let verb = if r.dry_run { "would close" } else { "closed" };
     writeln!(out, "{verb} {} live stream(s){}", r.closed_streams.len(), list_suffix(&r.closed_streams))?;
+    Ok(())
+}
+
+/// A dry run (`--dry-run`): what the change would do, in the engine's words.
+pub fn preview(r: &PreviewReport, out: &mut impl Write) -> io::Result<()> {
+    for (_, line) in r.lines() {
+        writeln!(out, "{line}")?;
+    }
     Ok(())
 }
 
@@ -712,6 +722,87 @@ mod tests {
         );
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!((json["live_streams_in"].as_u64(), json["record"]["streams_in"].as_u64()), (Some(1), Some(3)), "{json}");
+    }
+
+    /// A dry run reads top-down: what it would record, the domain's verdict before and after,
+    /// the streams it would close, then the domains of the history it would turn.
+    #[test]
+    fn a_dry_run_says_what_it_would_do_and_that_it_did_nothing() {
+        use crate::engine::{ClosingStream, DomainImpact, ExplainVerdict, Judgement, StandingChange};
+        use crate::policy::Rule;
+        let allowed = Judgement { verdict: ExplainVerdict::Allow, reason: None, decided_by: Rule::FederationMode };
+        let refused = |r: &str| Judgement { verdict: ExplainVerdict::Refuse, reason: Some(r.into()), decided_by: Rule::OperatorDecision };
+        let impact = |d: &str, seen: Option<u64>| DomainImpact {
+            domain: d.into(),
+            before: allowed.clone(),
+            after: refused(&format!("{d} is blocked: flood")),
+            last_seen_ms: seen,
+            streams: 3,
+            stanzas_in: 40,
+            stanzas_out: 7,
+            live_streams: 1,
+        };
+        let r = PreviewReport {
+            change: "block x.test".into(),
+            changes: true,
+            days: 120,
+            history_days: 90,
+            mode: None,
+            records: vec![StandingChange {
+                domain: "x.test".into(),
+                from: DomainState::Unknown,
+                to: DomainState::Blocked,
+                expires_ms: None,
+                reason: Some("flood".into()),
+            }],
+            unchanged: vec![],
+            invalid: vec![],
+            target: Some(impact("x.test", Some(0))),
+            closing: vec![ClosingStream {
+                id: "s1".into(),
+                direction: crate::events::Direction::In,
+                local: Some("home.test".into()),
+                domain: "x.test".into(),
+                reason: "x.test is blocked: flood".into(),
+                stanzas_in: 5,
+                stanzas_out: 0,
+            }],
+            newly_refused: vec![impact("x.test", Some(0))],
+            newly_held: vec![],
+            newly_allowed: vec![],
+            seen: 4,
+            source: None,
+        };
+        assert_eq!(
+            text(|o| preview(&r, o)),
+            "dry run: block x.test — nothing has been changed
+would record x.test: unknown → blocked (flood)
+x.test: allowed → refused (operator decision): x.test is blocked: flood
+  last seen 1970-01-01 00:00:00 UTC; 3 stream(s), 1 live; stanzas 40 in, 7 out
+would close 1 live stream(s):
+  in  s1 home.test ← x.test (5 stanzas in, 0 out): x.test is blocked: flood
+domains seen in the last 120 days: 4, of which 1 would be judged otherwise
+newly refused (1):
+  x.test: allowed → refused (operator decision): x.test is blocked: flood
+    last seen 1970-01-01 00:00:00 UTC; 3 stream(s), 1 live; stanzas 40 in, 7 out
+note: the history of closed streams is kept 90 days (store.max_age): nothing older is known
+"
+        );
+        let nothing = PreviewReport {
+            changes: false,
+            days: 30,
+            records: vec![],
+            unchanged: vec!["x.test".into()],
+            target: Some(DomainImpact { after: allowed.clone(), last_seen_ms: None, ..impact("x.test", None) }),
+            closing: vec![],
+            newly_refused: vec![],
+            ..r
+        };
+        let out = text(|o| preview(&nothing, o));
+        assert!(out.starts_with("dry run: block x.test — nothing has been changed; it would change nothing\n"), "{out}");
+        assert!(out.contains("\nx.test: stays allowed (federation mode)\n  not seen in the last 30 days\n"), "{out}");
+        assert!(out.contains("\nwould close no live stream\ndomains seen in the last 30 days: 4, of which 0 would"), "{out}");
+        assert!(!out.contains("note:"), "{out}");
     }
 
     #[test]

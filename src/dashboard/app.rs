@@ -11,7 +11,7 @@ use ratatui::DefaultTerminal;
 use super::client::{Client, Incoming};
 use super::input::{Intent, intent};
 use super::state::{Model, Prompt, View};
-use crate::engine::{Reply, Request};
+use crate::engine::{PolicyChange, Reply, Request};
 use crate::events::TranscriptLine;
 
 const FRAME: Duration = Duration::from_millis(50);
@@ -240,16 +240,17 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
     }
 }
 
-/// An operator decision about the selected domain: approve and clear at once, block and
-/// blacklist after a prompt for the reason, probe in the background (its answer a note).
+/// An operator decision about the selected domain: approve and clear shown as a dry run to
+/// confirm, block and blacklist after a prompt for the reason too, probe in the background
+/// (its answer a note).
 async fn act_on_domain(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::sync::mpsc::Sender<String>) {
     let Some(domain) = m.selected_domain() else {
         m.message = Some("select a stream or a domain first".into());
         return;
     };
     match i {
-        Intent::Approve => m.message = Some(describe_change(client.request(Request::Approve { domain, reason: None }).await)),
-        Intent::Clear => m.message = Some(describe_change(client.request(Request::Unblock { domain }).await)),
+        Intent::Approve => preview(client, m, PolicyChange::Approve { domain, reason: None }).await,
+        Intent::Clear => preview(client, m, PolicyChange::Unblock { domain }).await,
         Intent::Block => m.prompt = Some(Prompt::Block { domain, input: String::new() }),
         Intent::Blacklist => m.prompt = Some(Prompt::Blacklist { domain, input: String::new() }),
         Intent::Keep => m.prompt = Some(Prompt::Keep { domain, input: String::new() }),
@@ -306,24 +307,43 @@ async fn explain_selected(client: &Arc<Client>, m: &mut Model) {
     }
 }
 
-/// The next policy mode (open → approval → allowlist → open), shown at once if the
-/// engine took it.
+/// The next policy mode (open → approval → allowlist → open), as a dry run to confirm.
 async fn cycle_mode(client: &Arc<Client>, m: &mut Model) {
     let next = match m.status.as_ref().map(|s| s.mode.as_str()) {
         Some("open") => "approval",
         Some("approval") => "allowlist",
         _ => "open",
     };
-    let r = client.request(Request::Mode { mode: next.into() }).await;
-    m.message = Some(match &r {
-        Ok(_) => format!("mode {next}"),
-        Err(e) => format!("failed: {e}"),
-    });
-    if r.is_ok()
-        && let Some(s) = m.status.as_mut()
-    {
-        s.mode = next.into();
+    preview(client, m, PolicyChange::Mode { mode: next.into() }).await;
+}
+
+/// What `change` would do, asked of the engine (`Request::Preview`: the policy's own
+/// decision over the live streams and the history) and shown; the operator then applies it
+/// (y) or not. A change the engine refuses says why at once.
+async fn preview(client: &Arc<Client>, m: &mut Model, change: PolicyChange) {
+    match client.request(Request::Preview { change: change.clone(), days: None }).await {
+        Ok(Reply::Preview(preview)) => m.prompt = Some(Prompt::Confirm { change, preview, scroll: 0 }),
+        Ok(other) => m.message = Some(format!("{}: unexpected answer {other:?}", change.describe())),
+        Err(e) => m.message = Some(format!("{}: {e}", change.describe())),
     }
+}
+
+/// The confirmed change, made: the same change the preview judged.
+async fn apply(client: &Arc<Client>, m: &mut Model, change: PolicyChange) {
+    let what = change.describe();
+    let r = client.request(Request::from(change)).await;
+    m.message = Some(match r {
+        Ok(Reply::Mode(r)) => {
+            if let Some(s) = m.status.as_mut() {
+                s.mode = r.mode.clone();
+            }
+            let closed = if r.closed_streams.is_empty() { String::new() } else { format!("; closed {} stream(s)", r.closed_streams.len()) };
+            format!("mode {}{closed}", r.mode)
+        }
+        Ok(Reply::Import(r)) => format!("added {} domain(s) from {}; closed {} stream(s)", r.added.len(), r.source, r.closed_streams.len()),
+        Err(e) => format!("{what} failed: {e}"),
+        r => describe_change(r),
+    });
 }
 
 /// The open transcript to a file in the working directory, keys as shown on screen.
@@ -389,6 +409,25 @@ async fn prompt_key(client: &Arc<Client>, m: &mut Model, prompt: Prompt, i: Inte
             });
         }
         (Prompt::ConfirmClose { .. }, _) => m.prompt = None,
+        (Prompt::Confirm { change, .. }, Intent::Input('y' | 'Y')) => {
+            m.prompt = None;
+            apply(client, m, change).await;
+        }
+        (Prompt::Confirm { change, preview, scroll }, Intent::Up | Intent::Down | Intent::PageUp | Intent::PageDown) => {
+            let step: isize = match i {
+                Intent::Up => -1,
+                Intent::Down => 1,
+                Intent::PageUp => -10,
+                _ => 10,
+            };
+            let last = preview.lines().len().saturating_sub(1);
+            let scroll = scroll.saturating_add_signed(step).min(last);
+            m.prompt = Some(Prompt::Confirm { change, preview, scroll });
+        }
+        (Prompt::Confirm { change, .. }, _) => {
+            m.prompt = None;
+            m.message = Some(format!("{}: not applied", change.describe()));
+        }
         (Prompt::Filter { input }, Intent::Submit) => {
             m.prompt = None;
             m.set_filter(input.trim().to_lowercase());
@@ -396,7 +435,7 @@ async fn prompt_key(client: &Arc<Client>, m: &mut Model, prompt: Prompt, i: Inte
         (Prompt::Block { domain, input }, Intent::Submit) => {
             m.prompt = None;
             let (for_secs, reason) = parse_block_input(&input);
-            m.message = Some(describe_change(client.request(Request::Block { domain, for_secs, reason }).await));
+            preview(client, m, PolicyChange::Block { domain, for_secs, reason }).await;
         }
         (Prompt::Blacklist { domain, input }, Intent::Submit) => {
             if input.trim().is_empty() {
@@ -404,7 +443,7 @@ async fn prompt_key(client: &Arc<Client>, m: &mut Model, prompt: Prompt, i: Inte
                 return;
             }
             m.prompt = None;
-            m.message = Some(describe_change(client.request(Request::Blacklist { domain, reason: input.trim().to_owned() }).await));
+            preview(client, m, PolicyChange::Blacklist { domain, reason: input.trim().to_owned() }).await;
         }
         (Prompt::Keep { domain, input }, Intent::Submit) => {
             m.prompt = None;

@@ -49,14 +49,14 @@ pub const KEYS: &[(&str, &str)] = &[
     ("s", "connections: sort by age, remote, state or traffic"),
     ("Enter", "open: a stream's transcript / a domain's history"),
     ("e", "explain: why the selected domain or stream's remote is treated so, rule by rule"),
-    ("a", "approve the selected domain"),
-    ("b", "block it (asks for duration and reason)"),
-    ("B", "blacklist it with its subdomains (asks for a reason)"),
-    ("u", "clear block or blacklist"),
+    ("a", "approve the selected domain (shows what it would do, asks y/n)"),
+    ("b", "block it (asks for duration and reason, shows what it would do, asks y/n)"),
+    ("B", "blacklist it with its subdomains (asks for a reason, then y/n)"),
+    ("u", "clear block or blacklist (shows what it would do, asks y/n)"),
     ("K", "keep a listed domain's block as yours (asks for a reason)"),
     ("p", "probe: ping over federation"),
     ("k", "close the selected stream (asks first)"),
-    ("m", "change the federation mode"),
+    ("m", "next federation mode (shows what it would do, asks y/n)"),
     ("f", "transcript: follow / pause"),
     ("r", "transcript: reveal / hide dialback keys"),
     ("w", "transcript: write to a file"),
@@ -74,6 +74,11 @@ pub fn intent(key: KeyEvent, prompt_open: bool) -> Intent {
             KeyCode::Esc => Intent::Cancel,
             KeyCode::Backspace => Intent::Backspace,
             KeyCode::Char(c) => Intent::Input(c),
+            // A long dry run scrolls.
+            KeyCode::Up => Intent::Up,
+            KeyCode::Down => Intent::Down,
+            KeyCode::PageUp => Intent::PageUp,
+            KeyCode::PageDown => Intent::PageDown,
             _ => Intent::Nothing,
         };
     }
@@ -144,5 +149,7 @@ mod tests {
         assert_eq!(intent(k(KeyCode::Enter), true), Intent::Submit);
         assert_eq!(intent(k(KeyCode::Esc), true), Intent::Cancel);
         assert_eq!(intent(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), true), Intent::Cancel);
+        assert_eq!(intent(k(KeyCode::Down), true), Intent::Down, "a long dry run scrolls");
+        assert_eq!(intent(k(KeyCode::PageUp), true), Intent::PageUp);
     }
 }

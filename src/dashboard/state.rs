@@ -87,6 +87,13 @@ pub enum Prompt {
     ConfirmClose {
         id: String,
     },
+    /// A policy change's dry run, shown before the operator applies it (y) or not.
+    Confirm {
+        change: crate::engine::PolicyChange,
+        preview: Box<crate::engine::PreviewReport>,
+        /// The first line of the preview shown (↑ ↓ PgUp PgDn scroll).
+        scroll: usize,
+    },
     Filter {
         input: String,
     },

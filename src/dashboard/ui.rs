@@ -74,6 +74,40 @@ pub fn draw(f: &mut Frame, m: &mut Model) {
     if let Some(r) = &m.explain {
         draw_explain(f, r, &t);
     }
+    if let Some(Prompt::Confirm { preview, scroll, .. }) = &m.prompt {
+        draw_preview(f, preview, *scroll, &t);
+    }
+}
+
+/// A policy change's dry run before the operator applies it: what it would record, the
+/// streams it would close, the domains of the history it would refuse, hold or allow.
+fn draw_preview(f: &mut Frame, p: &crate::engine::PreviewReport, scroll: usize, t: &Theme) {
+    use crate::engine::PreviewLine as L;
+    let area = f.area();
+    // Above the footer, which asks the question.
+    let rect = Rect { x: area.x + 2, y: area.y + 1, width: area.width.saturating_sub(4), height: area.height.saturating_sub(4) };
+    let all = p.lines();
+    let total = all.len();
+    let lines: Vec<Line> = all
+        .into_iter()
+        .skip(scroll)
+        .map(|(kind, text)| {
+            // The engine's words carry peers' names and reasons.
+            let text = escape(&text).into_owned();
+            match kind {
+                L::Heading => Line::from(Span::styled(text, t.header())),
+                L::Refused => Line::from(Span::styled(text, t.fg(Color::Red))),
+                L::Held => Line::from(Span::styled(text, t.fg(Color::Yellow))),
+                L::Allowed => Line::from(Span::styled(text, t.fg(Color::Green))),
+                L::Plain => Line::from(text),
+            }
+        })
+        .collect();
+    let more =
+        if total > rect.height.saturating_sub(2) as usize { format!(" ({}/{total}, ↑↓ scroll)", scroll + 1) } else { String::new() };
+    let title = format!(" Dry run: nothing changed yet — apply it? y / n{more} ");
+    f.render_widget(Clear, rect);
+    f.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title)).wrap(Wrap { trim: false }), rect);
 }
 
 /// Why a domain is treated as it is (`e`): the verdict and the rule that gave it, the marks,
@@ -746,6 +780,7 @@ fn draw_footer(f: &mut Frame, m: &Model, t: &Theme, area: Rect) {
             format!("keep {domain}'s listing as your block (it stays after a retract) — reason (optional): {input}_")
         }
         Prompt::ConfirmClose { id } => format!("close stream {}? (y/n)", &id[..id.len().min(12)]),
+        Prompt::Confirm { change, .. } => format!("{}? y applies it, n or Esc does not", escape(&change.describe())),
         Prompt::Filter { input } => format!("filter: {input}_"),
     });
     let keys = match m.view {

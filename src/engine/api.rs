@@ -111,6 +111,359 @@ pub enum Request {
         id: String,
         on: bool,
     },
+    /// A policy change's dry run (`ctl … --dry-run`, the dashboard before it asks): what the
+    /// change would do, judged by the policy's own decision, and nothing changed.
+    Preview {
+        change: PolicyChange,
+        /// How far back the recorded history is read, in days (default 30).
+        #[serde(default)]
+        days: Option<u32>,
+    },
+}
+
+/// The history a dry run reads by default, in days.
+pub const PREVIEW_DAYS: u32 = 30;
+/// The longest history a dry run reads, in days (ten years).
+pub const PREVIEW_MAX_DAYS: u32 = 3650;
+
+/// A policy-changing request, as both the command and its dry run ([`Request::Preview`])
+/// take it: on the wire the same object as the request itself (`{"cmd":"block",…}`), and
+/// turned into the policy's change by one function in the engine, so a preview cannot
+/// judge a different change than the command would make.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum PolicyChange {
+    Approve {
+        domain: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    Block {
+        domain: String,
+        #[serde(default)]
+        for_secs: Option<u64>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    Blacklist {
+        domain: String,
+        reason: String,
+    },
+    Unblock {
+        domain: String,
+    },
+    Mode {
+        mode: String,
+    },
+    BlacklistImport {
+        text: String,
+        #[serde(default)]
+        source: Option<String>,
+    },
+}
+
+impl Request {
+    /// The policy change this request makes, if it makes one (a blacklist import's dry-run
+    /// flag aside).
+    pub fn policy_change(&self) -> Option<PolicyChange> {
+        Some(match self.clone() {
+            Request::Approve { domain, reason } => PolicyChange::Approve { domain, reason },
+            Request::Block { domain, for_secs, reason } => PolicyChange::Block { domain, for_secs, reason },
+            Request::Blacklist { domain, reason } => PolicyChange::Blacklist { domain, reason },
+            Request::Unblock { domain } => PolicyChange::Unblock { domain },
+            Request::Mode { mode } => PolicyChange::Mode { mode },
+            Request::BlacklistImport { text, source, .. } => PolicyChange::BlacklistImport { text, source },
+            _ => return None,
+        })
+    }
+}
+
+impl From<PolicyChange> for Request {
+    /// The request that makes the change for real (what the dashboard sends once the
+    /// operator confirms a preview).
+    fn from(c: PolicyChange) -> Request {
+        match c {
+            PolicyChange::Approve { domain, reason } => Request::Approve { domain, reason },
+            PolicyChange::Block { domain, for_secs, reason } => Request::Block { domain, for_secs, reason },
+            PolicyChange::Blacklist { domain, reason } => Request::Blacklist { domain, reason },
+            PolicyChange::Unblock { domain } => Request::Unblock { domain },
+            PolicyChange::Mode { mode } => Request::Mode { mode },
+            PolicyChange::BlacklistImport { text, source } => Request::BlacklistImport { text, source, dry_run: false },
+        }
+    }
+}
+
+impl PolicyChange {
+    /// The command in words, as an operator would type it (`block x.test for 2h`).
+    pub fn describe(&self) -> String {
+        match self {
+            PolicyChange::Approve { domain, .. } => format!("approve {domain}"),
+            PolicyChange::Block { domain, for_secs: Some(s), .. } => {
+                format!("block {domain} for {}", humantime::format_duration(std::time::Duration::from_secs(*s)))
+            }
+            PolicyChange::Block { domain, for_secs: None, .. } => format!("block {domain}"),
+            PolicyChange::Blacklist { domain, .. } => format!("blacklist {domain}"),
+            PolicyChange::Unblock { domain } => format!("unblock {domain}"),
+            PolicyChange::Mode { mode } => format!("mode {mode}"),
+            PolicyChange::BlacklistImport { source, .. } => format!("blacklist import ({})", source.as_deref().unwrap_or("import")),
+        }
+    }
+}
+
+/// `Request::Preview`: what a policy change would do, nothing changed. Every verdict is the
+/// policy's decision function's, on the policy as it is and as it would be.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PreviewReport {
+    /// The command previewed, in words.
+    pub change: String,
+    /// Whether the command would change anything at all.
+    pub changes: bool,
+    /// The history read: domains seen in the last `days` days.
+    pub days: u32,
+    /// How long the history is kept (`store.max_age`), in days: a longer `days` finds nothing older.
+    pub history_days: u64,
+    /// A mode change: the mode now and the one proposed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ModeChange>,
+    /// The records the command would write: each domain's standing before and after.
+    pub records: Vec<StandingChange>,
+    /// Domains named whose standing would stay as it is (an import's entries already
+    /// blacklisted, the same block again).
+    pub unchanged: Vec<String>,
+    /// An import's lines that are not domains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalid: Vec<crate::policy::BadLine>,
+    /// A command about one domain: how that domain is judged before and after, seen or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<DomainImpact>,
+    /// The live streams it would close (with `<policy-violation/>`).
+    pub closing: Vec<ClosingStream>,
+    /// Domains seen in the last `days` days that would be refused (allowed or held now).
+    pub newly_refused: Vec<DomainImpact>,
+    /// Seen domains that would be held for the operator's approval (allowed or refused now).
+    pub newly_held: Vec<DomainImpact>,
+    /// Seen domains that would be allowed (refused or held now).
+    pub newly_allowed: Vec<DomainImpact>,
+    /// How many domains seen in the window were judged.
+    pub seen: usize,
+    /// An import's list name (each entry's source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// What a line of a preview is about (the dashboard colours by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreviewLine {
+    Heading,
+    Refused,
+    Held,
+    Allowed,
+    Plain,
+}
+
+impl Judgement {
+    /// `refused (operator decision): x.test is blocked: flood`, `allowed (federation mode)`.
+    fn words(&self) -> String {
+        let v = match self.verdict {
+            ExplainVerdict::Allow => "allowed",
+            ExplainVerdict::Hold => "held for approval",
+            ExplainVerdict::Refuse => "refused",
+        };
+        let why = self.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+        format!("{v} ({}){why}", self.decided_by.as_str())
+    }
+
+    fn short(&self) -> &'static str {
+        match self.verdict {
+            ExplainVerdict::Allow => "allowed",
+            ExplainVerdict::Hold => "held",
+            ExplainVerdict::Refuse => "refused",
+        }
+    }
+}
+
+impl DomainImpact {
+    /// `last seen …; 3 stream(s), 1 live; stanzas 40 in, 7 out`, or that it was not seen.
+    pub fn history(&self, days: u32) -> String {
+        match self.last_seen_ms {
+            None => format!("not seen in the last {days} days"),
+            Some(t) => format!(
+                "last seen {}; {} stream(s), {} live; stanzas {} in, {} out",
+                crate::types::fmt_utc(t),
+                self.streams,
+                self.live_streams,
+                self.stanzas_in,
+                self.stanzas_out
+            ),
+        }
+    }
+}
+
+impl PreviewReport {
+    /// The preview in words, a line each, as `ctl … --dry-run` prints it and the dashboard
+    /// shows it before it asks. The strings are the engine's: the caller escapes them.
+    pub fn lines(&self) -> Vec<(PreviewLine, String)> {
+        use PreviewLine as L;
+        let list = |v: &[String]| {
+            if v.len() <= 10 { v.join(", ") } else { format!("{}, … ({} more; --json lists all)", v[..10].join(", "), v.len() - 10) }
+        };
+        let mut out = vec![(
+            L::Heading,
+            format!("dry run: {} — nothing has been changed{}", self.change, if self.changes { "" } else { "; it would change nothing" }),
+        )];
+        if let Some(m) = &self.mode {
+            out.push((L::Plain, format!("mode: {} → {}", m.from, m.to)));
+        }
+        match &self.source {
+            Some(source) => {
+                let added: Vec<String> = self.records.iter().map(|r| r.domain.clone()).collect();
+                let sep = if added.is_empty() { "" } else { ": " };
+                out.push((L::Plain, format!("would add {} domain(s) from {source}{sep}{}", added.len(), list(&added))));
+                let sep = if self.unchanged.is_empty() { "" } else { ": " };
+                out.push((L::Plain, format!("already blacklisted: {}{sep}{}", self.unchanged.len(), list(&self.unchanged))));
+            }
+            None => {
+                for r in &self.records {
+                    let until = r.expires_ms.map(|t| format!(" until {}", crate::types::fmt_utc(t))).unwrap_or_default();
+                    let why = r.reason.as_deref().map(|w| format!(" ({w})")).unwrap_or_default();
+                    out.push((L::Plain, format!("would record {}: {} → {}{until}{why}", r.domain, r.from.as_str(), r.to.as_str())));
+                }
+                for d in &self.unchanged {
+                    out.push((L::Plain, format!("{d}: its standing would stay as it is")));
+                }
+            }
+        }
+        for b in &self.invalid {
+            out.push((L::Plain, format!("skipped line {}: {:?}: {}", b.line, b.text, b.error)));
+        }
+        if let Some(t) = &self.target {
+            let kind = if t.before.verdict == t.after.verdict {
+                L::Plain
+            } else {
+                match t.after.verdict {
+                    ExplainVerdict::Refuse => L::Refused,
+                    ExplainVerdict::Hold => L::Held,
+                    ExplainVerdict::Allow => L::Allowed,
+                }
+            };
+            let head = if t.before.verdict == t.after.verdict {
+                format!("{}: stays {}", t.domain, t.after.words())
+            } else {
+                format!("{}: {} → {}", t.domain, t.before.short(), t.after.words())
+            };
+            out.push((kind, head));
+            out.push((L::Plain, format!("  {}", t.history(self.days))));
+        }
+        if self.closing.is_empty() {
+            out.push((L::Heading, "would close no live stream".into()));
+        } else {
+            out.push((L::Heading, format!("would close {} live stream(s):", self.closing.len())));
+            for c in &self.closing {
+                let (dir, arrow) = match c.direction {
+                    crate::events::Direction::In => ("in ", "←"),
+                    crate::events::Direction::Out => ("out", "→"),
+                };
+                out.push((
+                    L::Refused,
+                    format!(
+                        "  {dir} {} {} {arrow} {} ({} stanzas in, {} out): {}",
+                        c.id,
+                        c.local.as_deref().unwrap_or("-"),
+                        c.domain,
+                        c.stanzas_in,
+                        c.stanzas_out,
+                        c.reason
+                    ),
+                ));
+            }
+        }
+        let changed = self.newly_refused.len() + self.newly_held.len() + self.newly_allowed.len();
+        out.push((
+            L::Heading,
+            format!("domains seen in the last {} days: {}, of which {changed} would be judged otherwise", self.days, self.seen),
+        ));
+        for (v, kind, what) in [
+            (&self.newly_refused, L::Refused, "newly refused"),
+            (&self.newly_held, L::Held, "newly held for approval"),
+            (&self.newly_allowed, L::Allowed, "newly allowed"),
+        ] {
+            if v.is_empty() {
+                continue;
+            }
+            out.push((L::Heading, format!("{what} ({}):", v.len())));
+            for i in v {
+                out.push((kind, format!("  {}: {} → {}", i.domain, i.before.short(), i.after.words())));
+                out.push((L::Plain, format!("    {}", i.history(self.days))));
+            }
+        }
+        if u64::from(self.days) > self.history_days {
+            out.push((
+                L::Plain,
+                format!("note: the history of closed streams is kept {} days (store.max_age): nothing older is known", self.history_days),
+            ));
+        }
+        out
+    }
+}
+
+/// `ctl mode --dry-run`: the mode now and the one proposed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ModeChange {
+    pub from: String,
+    pub to: String,
+}
+
+/// A record a command would write: the domain's standing (its own, not its parents') now and after.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StandingChange {
+    pub domain: String,
+    pub from: crate::policy::DomainState,
+    pub to: crate::policy::DomainState,
+    /// A timed block's end (unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// How the decision judges a domain: its verdict, a refusal's text, and the rule that decided.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Judgement {
+    pub verdict: ExplainVerdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub decided_by: crate::policy::Rule,
+}
+
+/// A domain whose verdict a change would turn, with what the history says of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DomainImpact {
+    pub domain: String,
+    pub before: Judgement,
+    pub after: Judgement,
+    /// When it was last seen: a live stream's last activity, else its record's or the
+    /// history's newest (unix ms); none when never seen.
+    pub last_seen_ms: Option<u64>,
+    /// Its streams in the window: those in the history that were active in it, and the live ones.
+    pub streams: u64,
+    pub stanzas_in: u64,
+    pub stanzas_out: u64,
+    /// Its authenticated streams open now.
+    pub live_streams: u64,
+}
+
+/// A live stream a change would close.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClosingStream {
+    pub id: String,
+    pub direction: crate::events::Direction,
+    pub local: Option<String>,
+    /// The domain refused on it.
+    pub domain: String,
+    /// The refusal, as the peer would get it.
+    pub reason: String,
+    pub stanzas_in: u64,
+    pub stanzas_out: u64,
 }
 
 /// `Request::Snapshot`.
@@ -319,6 +672,7 @@ pub enum Reply {
     Rtbl(Box<RtblReport>),
     Keep(Box<KeepReport>),
     Import(Box<ImportReport>),
+    Preview(Box<PreviewReport>),
     Snapshot(Box<Snapshot>),
     Transcript(Vec<crate::events::TranscriptLine>),
     Certs(Box<CertsReport>),
@@ -472,6 +826,8 @@ pub enum EngineError {
     NoStream(String),
     #[error("a blacklist entry needs a reason (--reason)")]
     ReasonRequired,
+    #[error("--days {0}: give a number of days from 1 to {PREVIEW_MAX_DAYS}")]
+    Days(u32),
     #[error("{0:?} is not a mode: open, approval or allowlist")]
     NotAMode(String),
     #[error("{0:?} is not a state: unknown, pending, approved, blocked, blacklisted")]
@@ -498,4 +854,44 @@ pub struct Listening {
     pub components: Vec<std::net::SocketAddr>,
     /// Where `GET /metrics` is served (`[metrics] listen`).
     pub metrics: Vec<std::net::SocketAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A policy change is on the wire what its request is, and back: a dry run cannot carry
+    /// another change than the command.
+    #[test]
+    fn a_policy_change_is_its_request() {
+        let changes = [
+            PolicyChange::Approve { domain: "x.test".into(), reason: Some("partner".into()) },
+            PolicyChange::Block { domain: "x.test".into(), for_secs: Some(60), reason: None },
+            PolicyChange::Blacklist { domain: "x.test".into(), reason: "spam".into() },
+            PolicyChange::Unblock { domain: "x.test".into() },
+            PolicyChange::Mode { mode: "allowlist".into() },
+            PolicyChange::BlacklistImport { text: "a.test\n".into(), source: Some("list".into()) },
+        ];
+        for c in changes {
+            let req = Request::from(c.clone());
+            assert_eq!(
+                serde_json::to_value(&c).unwrap(),
+                serde_json::to_value(&req)
+                    .unwrap()
+                    .as_object()
+                    .map(|o| {
+                        let mut o = o.clone();
+                        o.remove("dry_run");
+                        serde_json::Value::Object(o)
+                    })
+                    .unwrap()
+            );
+            assert_eq!(req.policy_change(), Some(c.clone()));
+            let preview: Request =
+                serde_json::from_value(serde_json::json!({"cmd": "preview", "change": serde_json::to_value(&c).unwrap()})).unwrap();
+            assert_eq!(preview, Request::Preview { change: c, days: None });
+        }
+        assert_eq!(Request::Status.policy_change(), None);
+        assert_eq!(PolicyChange::Block { domain: "x.test".into(), for_secs: Some(7200), reason: None }.describe(), "block x.test for 2h");
+    }
 }

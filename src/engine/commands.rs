@@ -8,7 +8,7 @@ use super::Shared;
 use super::api::*;
 use crate::domain::Domain;
 use crate::events::*;
-use crate::policy::{Change, DomainState, Mode, Policy, Verdict};
+use crate::policy::{Change, DomainState, Mode, Proposal, Verdict};
 use crate::proto::ns;
 use crate::proto::stanza::error_of;
 use crate::proto::stream::{StreamError, StreamErrorCondition};
@@ -19,6 +19,21 @@ use crate::{limits, table};
 /// Run one request on behalf of `who` (attributed in the policy log).
 pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Result<Reply, EngineError> {
     let text = |s: String| Ok(Reply::Text(s));
+    // A blacklist import's dry run as the socket has long taken it: the preview, reported
+    // as an import.
+    if let Request::BlacklistImport { dry_run: true, .. } = &req
+        && let Some(change) = req.policy_change()
+    {
+        let p = super::preview::preview(shared, &change, None, who)?;
+        let added = p.records.into_iter().map(|r| r.domain).collect();
+        let closed_streams = p.closing.into_iter().map(|c| c.id).collect();
+        let (source, invalid) = (p.source.unwrap_or_default(), p.invalid);
+        return Ok(Reply::Import(Box::new(ImportReport { dry_run: true, source, added, already: p.unchanged, invalid, closed_streams })));
+    }
+    // Every policy change goes through the one conversion its dry run uses too.
+    if let Some(change) = req.policy_change() {
+        return commit(shared, &change, who).await;
+    }
     match req {
         Request::Status => Ok(Reply::Status(Box::new(status(shared)))),
         Request::Connections { closed } => Ok(Reply::Streams(shared.table.snapshots(closed))),
@@ -32,23 +47,13 @@ pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Re
         Request::Probe { domain, from } => Ok(Reply::Probe(Box::new(probe(shared, &domain, from.as_deref()).await))),
         Request::Verifications { domain, limit } => Ok(Reply::Outcomes(shared.outcomes_for(domain.as_deref(), limit.unwrap_or(50))?)),
         Request::History { domain, limit } => Ok(Reply::Streams(shared.store.history(domain.as_deref(), limit.unwrap_or(50))?)),
-        Request::Approve { domain, reason } => change(shared, &domain, Change::Approve, who, reason).await,
-        Request::Block { domain, for_secs, reason } => {
-            let expires_ms = for_secs.map(|s| now_ms() + s * 1000);
-            change(shared, &domain, Change::Block { expires_ms }, who, reason).await
-        }
-        Request::Blacklist { domain, reason } => {
-            if reason.trim().is_empty() {
-                return Err(EngineError::ReasonRequired);
-            }
-            change(shared, &domain, Change::Blacklist { source: "operator".into() }, who, Some(reason)).await
-        }
-        Request::Unblock { domain } => change(shared, &domain, Change::Unblock, who, None).await,
-        Request::Mode { mode } => {
-            let m = Mode::parse(&mode).ok_or(EngineError::NotAMode(mode))?;
-            let closed_streams = change_mode(shared, m, who).await?;
-            Ok(Reply::Mode(ModeReport { mode: m.as_str().to_owned(), closed_streams }))
-        }
+        Request::Approve { .. }
+        | Request::Block { .. }
+        | Request::Blacklist { .. }
+        | Request::Unblock { .. }
+        | Request::Mode { .. }
+        | Request::BlacklistImport { .. } => unreachable!("a policy change, committed above"),
+        Request::Preview { change, days } => Ok(Reply::Preview(Box::new(super::preview::preview(shared, &change, days, who)?))),
         Request::Pending => Ok(Reply::Domains(domain_rows(shared, Some(DomainState::Pending)))),
         Request::Domains { state } => {
             let state = match state {
@@ -63,10 +68,6 @@ pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Re
         Request::Metrics => text(super::metrics::render(shared)),
         Request::Certs { expiring_s } => Ok(Reply::Certs(Box::new(super::certs::report(shared, expiring_s.map(Duration::from_secs))))),
         Request::Keep { domain, reason } => Ok(Reply::Keep(Box::new(keep(shared, &domain, who, reason.as_deref()).await?))),
-        Request::BlacklistImport { text: list, source, dry_run } => {
-            let source = source.unwrap_or_else(|| "import".into());
-            Ok(Reply::Import(Box::new(import_blacklist(shared, &list, &source, who, dry_run).await?)))
-        }
         Request::BlacklistExport => text(crate::policy::export_blacklist(&shared.policy.records(Some(DomainState::Blacklisted)))),
         Request::Snapshot => Ok(Reply::Snapshot(Box::new(snapshot(shared)))),
         Request::Reload => text(shared.reload_tls()?),
@@ -85,14 +86,22 @@ fn parse(domain: &str) -> Result<Domain, EngineError> {
     Domain::parse(domain).map_err(|e| EngineError::InvalidDomain { domain: domain.to_owned(), reason: e.to_string() })
 }
 
-/// A policy change to a remote domain (hosted ones are not judged).
-async fn change(shared: &Shared, domain: &str, change: Change, who: &str, reason: Option<String>) -> Result<Reply, EngineError> {
-    let d = parse(domain)?;
-    if shared.is_server_domain(&d) {
-        return Err(EngineError::Hosted(d.to_string()));
+/// A policy change made: turned into the policy's change by [`super::preview::proposal`]
+/// (as its dry run is), applied, flushed, announced, enforced.
+async fn commit(shared: &Shared, change: &PolicyChange, who: &str) -> Result<Reply, EngineError> {
+    match super::preview::proposal(shared, change, now_ms())? {
+        (Proposal::Domain { domain, change, reason }, _) => {
+            let (record, changed, closed_streams) = change_domain(shared, &domain, change, who, reason.as_deref()).await?;
+            Ok(Reply::Change(Box::new(ChangeReport { record, changed, closed_streams })))
+        }
+        (Proposal::Mode(m), _) => {
+            let closed_streams = change_mode(shared, m, who).await?;
+            Ok(Reply::Mode(ModeReport { mode: m.as_str().to_owned(), closed_streams }))
+        }
+        (Proposal::Import { entries, source }, invalid) => {
+            Ok(Reply::Import(Box::new(import_blacklist(shared, &entries, &source, invalid, who).await?)))
+        }
     }
-    let (record, changed, closed_streams) = change_domain(shared, &d, change, who, reason.as_deref()).await?;
-    Ok(Reply::Change(Box::new(ChangeReport { record, changed, closed_streams })))
 }
 
 /// Everything known about one domain.
@@ -483,22 +492,10 @@ pub(super) async fn probe(shared: &Arc<Shared>, domain: &str, from: Option<&str>
 pub(super) fn enforce(shared: &Shared) -> Vec<String> {
     let mut closed = Vec::new();
     for e in shared.table.live() {
-        // Whose standing a stream depends on: a federation stream's remote domains; on the
-        // internal link, the world domain drawbridge stands in for (its local side, the
-        // internal server's domains being ours); a component is ours.
-        let judged = match e.kind {
-            StreamKind::Federation => e.remotes(),
-            StreamKind::Internal => e.snapshot().local.into_iter().collect(),
-            StreamKind::Component => Vec::new(),
-        };
-        for remote in judged {
-            let Ok(d) = Domain::parse(&remote) else { continue };
-            if let Verdict::Refuse(why) = shared.policy.verdict(&d) {
-                tracing::info!(stream = %e.id, "closing the stream of {remote}: {why}");
-                e.request_close_with(&format!("policy: {why}"), Some(StreamError::new(StreamErrorCondition::PolicyViolation, why)));
-                closed.push(e.id.clone());
-                break;
-            }
+        if let Some((remote, why)) = super::preview::refused_among(&super::preview::judged(&e), |d| shared.policy.verdict(d)) {
+            tracing::info!(stream = %e.id, "closing the stream of {remote}: {why}");
+            e.request_close_with(&format!("policy: {why}"), Some(StreamError::new(StreamErrorCondition::PolicyViolation, why)));
+            closed.push(e.id.clone());
         }
     }
     closed
@@ -526,40 +523,20 @@ async fn change_mode(shared: &Shared, mode: Mode, who: &str) -> Result<Vec<Strin
     Ok(enforce(shared))
 }
 
+/// An imported list's entries blacklisted in one batch, then enforced.
 async fn import_blacklist(
     shared: &Shared,
-    text: &str,
+    entries: &[(Domain, Option<String>)],
     source: &str,
+    invalid: Vec<crate::policy::BadLine>,
     who: &str,
-    dry_run: bool,
 ) -> Result<ImportReport, crate::policy::StorageError> {
-    let (entries, invalid) = crate::policy::parse_list(text);
-    let entries: Vec<_> = entries.into_iter().filter(|(d, _)| !shared.is_server_domain(d)).collect();
-    if dry_run {
-        let (mut added, mut already) = (Vec::new(), Vec::new());
-        for (d, _) in &entries {
-            if shared.policy.record(d.as_str()).is_some_and(|r| r.state == crate::policy::DomainState::Blacklisted) {
-                already.push(d.to_string());
-            } else {
-                added.push(d.to_string());
-            }
-        }
-        let set: std::collections::HashSet<&str> = added.iter().map(String::as_str).collect();
-        let closed_streams = shared
-            .table
-            .live()
-            .into_iter()
-            .filter(|e| e.remotes().iter().any(|r| Policy::covered_by(r, &set)))
-            .map(|e| e.id.clone())
-            .collect();
-        return Ok(ImportReport { dry_run, source: source.into(), added, already, invalid, closed_streams });
-    }
-    let (added, already) = shared.policy.blacklist_many(&entries, source, who).await?;
+    let (added, already) = shared.policy.blacklist_many(entries, source, who).await?;
     for d in &added {
         if let Some(record) = shared.policy.record(d) {
             let _ = shared.events.send(Event::DomainChanged { record });
         }
     }
     let closed_streams = enforce(shared);
-    Ok(ImportReport { dry_run, source: source.into(), added, already, invalid, closed_streams })
+    Ok(ImportReport { dry_run: false, source: source.into(), added, already, invalid, closed_streams })
 }

@@ -42,6 +42,137 @@ pub enum Change {
     Unblock,
 }
 
+/// A change to the policy as an operator proposes it: what the command applies and what its
+/// dry run judges ([`Policy::what_if`]), planned by the same code either way.
+#[derive(Debug, Clone)]
+pub enum Proposal {
+    Domain {
+        domain: Domain,
+        change: Change,
+        reason: Option<String>,
+    },
+    Mode(Mode),
+    /// An imported blacklist: every entry with its comment (its reason), under `source`.
+    Import {
+        entries: Vec<(Domain, Option<String>)>,
+        source: String,
+    },
+}
+
+/// One record a proposal writes: as it is (none: never seen nor decided) and as it would be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub before: Option<DomainRecord>,
+    pub after: DomainRecord,
+}
+
+/// What a proposal would write, nothing written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The mode now and the one proposed (a mode change).
+    pub mode: Option<(Mode, Mode)>,
+    /// The records whose standing changes.
+    pub records: Vec<Planned>,
+    /// Domains named whose standing stays as it is (re-applying is idempotent; an import's
+    /// entries already blacklisted, or listed twice).
+    pub unchanged: Vec<DomainRecord>,
+}
+
+impl Plan {
+    /// Whether applying it would change anything.
+    pub fn changes(&self) -> bool {
+        !self.records.is_empty() || self.mode.is_some_and(|(a, b)| a != b)
+    }
+}
+
+/// The record after an operator's change to one domain, and whether its standing changed
+/// (the same standing again is no change: nothing is written or logged).
+pub fn next_record(
+    current: Option<&DomainRecord>,
+    domain: &Domain,
+    change: &Change,
+    who: &str,
+    reason: Option<&str>,
+    now: u64,
+) -> (DomainRecord, bool) {
+    let mut rec = current.cloned().unwrap_or_else(|| DomainRecord { domain: domain.to_string(), ..Default::default() });
+    let before = rec.clone();
+    let current = standing(&rec).effective(now);
+    match change {
+        Change::Approve => {
+            rec.state = DomainState::Approved;
+            rec.expires_ms = None;
+            rec.source = None;
+        }
+        Change::Block { expires_ms } => {
+            if current != DomainState::Blocked {
+                rec.previous = if current == DomainState::Blacklisted { DomainState::Unknown } else { current };
+            }
+            rec.state = DomainState::Blocked;
+            rec.expires_ms = *expires_ms;
+        }
+        Change::Blacklist { source } => {
+            rec.state = DomainState::Blacklisted;
+            rec.expires_ms = None;
+            rec.source = Some(source.clone());
+        }
+        Change::Unblock => {
+            rec.state = match current {
+                DomainState::Blocked | DomainState::Blacklisted => {
+                    if rec.previous == DomainState::Blocked || rec.previous == DomainState::Blacklisted {
+                        DomainState::Unknown
+                    } else {
+                        rec.previous
+                    }
+                }
+                s => s,
+            };
+            rec.expires_ms = None;
+            rec.source = None;
+        }
+    }
+    let same_standing = rec.state == before.state
+        && rec.expires_ms == before.expires_ms
+        && rec.source == before.source
+        && reason.is_none_or(|r| before.reason.as_deref() == Some(r));
+    if !same_standing {
+        rec.reason =
+            reason.map(str::to_owned).or(if matches!(change, Change::Unblock | Change::Approve) { None } else { rec.reason.clone() });
+        rec.who = Some(who.to_owned());
+        rec.when_ms = Some(now);
+    }
+    (rec, !same_standing)
+}
+
+/// An imported list's entries as records: those newly blacklisted, and (in `unchanged`) those
+/// already blacklisted or listed twice.
+fn import_plan<'a>(
+    current: impl Fn(&str) -> Option<&'a DomainRecord>,
+    entries: &[(Domain, Option<String>)],
+    source: &str,
+    who: &str,
+    now: u64,
+) -> (Vec<Planned>, Vec<DomainRecord>) {
+    let (mut records, mut unchanged) = (Vec::new(), Vec::new());
+    let mut seen = std::collections::HashSet::new();
+    for (d, reason) in entries {
+        let before = current(d.as_str()).cloned();
+        let mut rec = before.clone().unwrap_or_else(|| DomainRecord { domain: d.to_string(), ..Default::default() });
+        if rec.state == DomainState::Blacklisted || !seen.insert(d.as_str()) {
+            unchanged.push(rec);
+            continue;
+        }
+        rec.state = DomainState::Blacklisted;
+        rec.expires_ms = None;
+        rec.source = Some(source.to_owned());
+        rec.reason = Some(reason.clone().unwrap_or_else(|| format!("listed in {source}")));
+        rec.who = Some(who.to_owned());
+        rec.when_ms = Some(now);
+        records.push(Planned { before, after: rec });
+    }
+    (records, unchanged)
+}
+
 impl Policy {
     /// Load from the store; the persisted mode wins over the configured one (it was changed
     /// live by an operator).
@@ -233,60 +364,7 @@ impl Policy {
         let now = now_ms();
         let (rec, changed) = {
             let inner = self.inner.read().unwrap();
-            let mut rec = inner
-                .domains
-                .get(domain.as_str())
-                .cloned()
-                .unwrap_or_else(|| DomainRecord { domain: domain.to_string(), ..Default::default() });
-            let before = rec.clone();
-            let current = standing(&rec).effective(now);
-            match &change {
-                Change::Approve => {
-                    rec.state = DomainState::Approved;
-                    rec.expires_ms = None;
-                    rec.source = None;
-                }
-                Change::Block { expires_ms } => {
-                    if current != DomainState::Blocked {
-                        rec.previous = if current == DomainState::Blacklisted { DomainState::Unknown } else { current };
-                    }
-                    rec.state = DomainState::Blocked;
-                    rec.expires_ms = *expires_ms;
-                }
-                Change::Blacklist { source } => {
-                    rec.state = DomainState::Blacklisted;
-                    rec.expires_ms = None;
-                    rec.source = Some(source.clone());
-                }
-                Change::Unblock => {
-                    rec.state = match current {
-                        DomainState::Blocked | DomainState::Blacklisted => {
-                            if rec.previous == DomainState::Blocked || rec.previous == DomainState::Blacklisted {
-                                DomainState::Unknown
-                            } else {
-                                rec.previous
-                            }
-                        }
-                        s => s,
-                    };
-                    rec.expires_ms = None;
-                    rec.source = None;
-                }
-            }
-            let same_standing = rec.state == before.state
-                && rec.expires_ms == before.expires_ms
-                && rec.source == before.source
-                && reason.is_none_or(|r| before.reason.as_deref() == Some(r));
-            if !same_standing {
-                rec.reason = reason.map(str::to_owned).or(if matches!(change, Change::Unblock | Change::Approve) {
-                    None
-                } else {
-                    rec.reason.clone()
-                });
-                rec.who = Some(who.to_owned());
-                rec.when_ms = Some(now);
-            }
-            (rec, !same_standing)
+            next_record(inner.domains.get(domain.as_str()), domain, &change, who, reason, now)
         };
         if changed {
             self.store.put_domain(&rec)?;
@@ -321,28 +399,13 @@ impl Policy {
     ) -> Result<(Vec<String>, Vec<String>), StorageError> {
         let _one = self.writing.lock().await;
         let now = now_ms();
-        let (added, already, records) = {
+        let (records, unchanged) = {
             let inner = self.inner.read().unwrap();
-            let (mut added, mut already, mut records) = (Vec::new(), Vec::new(), Vec::new());
-            let mut seen = std::collections::HashSet::new();
-            for (d, reason) in entries {
-                let mut rec =
-                    inner.domains.get(d.as_str()).cloned().unwrap_or_else(|| DomainRecord { domain: d.to_string(), ..Default::default() });
-                if rec.state == DomainState::Blacklisted || !seen.insert(d.as_str()) {
-                    already.push(d.to_string());
-                    continue;
-                }
-                rec.state = DomainState::Blacklisted;
-                rec.expires_ms = None;
-                rec.source = Some(source.to_owned());
-                rec.reason = Some(reason.clone().unwrap_or_else(|| format!("listed in {source}")));
-                rec.who = Some(who.to_owned());
-                rec.when_ms = Some(now);
-                records.push(rec);
-                added.push(d.to_string());
-            }
-            (added, already, records)
+            import_plan(|d| inner.domains.get(d), entries, source, who, now)
         };
+        let records: Vec<DomainRecord> = records.into_iter().map(|p| p.after).collect();
+        let added: Vec<String> = records.iter().map(|r| r.domain.clone()).collect();
+        let already: Vec<String> = unchanged.into_iter().map(|r| r.domain).collect();
         if !records.is_empty() {
             self.store.put_domains(&records)?;
             for r in &records {
@@ -368,11 +431,6 @@ impl Policy {
             let was = inner.domains.insert(rec.domain.clone(), rec.clone()).is_some_and(|r| r.state == DomainState::Blacklisted);
             inner.blacklisted = inner.blacklisted + usize::from(rec.state == DomainState::Blacklisted) - usize::from(was);
         }
-    }
-
-    /// Whether `domain` or a parent is in `set` (for a dry run).
-    pub fn covered_by(domain: &str, set: &std::collections::HashSet<&str>) -> bool {
-        suffixes(domain).any(|s| set.contains(s))
     }
 
     /// A verified domain waiting for the operator (approval mode): listed as pending.
@@ -453,9 +511,51 @@ impl Policy {
 impl Inner {
     /// The facts about `d` as the decision sees them.
     fn with_facts<T>(&self, d: &str, security: Option<&crate::types::Security>, f: impl FnOnce(&Facts<'_>) -> T) -> T {
-        let blacklisted_by = if self.blacklisted > 0 {
+        self.view(None).with_facts(d, security, now_ms(), f)
+    }
+
+    /// What `p` would write, judged against the policy as it is.
+    fn plan(&self, p: &Proposal, who: &str, now: u64) -> Plan {
+        match p {
+            Proposal::Domain { domain, change, reason } => {
+                let before = self.domains.get(domain.as_str());
+                let (after, changed) = next_record(before, domain, change, who, reason.as_deref(), now);
+                if changed {
+                    Plan { records: vec![Planned { before: before.cloned(), after }], ..Default::default() }
+                } else {
+                    Plan { unchanged: vec![after], ..Default::default() }
+                }
+            }
+            Proposal::Mode(m) => Plan { mode: Some((self.mode, *m)), ..Default::default() },
+            Proposal::Import { entries, source } => {
+                let (records, unchanged) = import_plan(|d| self.domains.get(d), entries, source, who, now);
+                Plan { records, unchanged, ..Default::default() }
+            }
+        }
+    }
+}
+
+/// The policy as the decision reads it: the mode, each domain's record (the live ones, or
+/// those a proposal would write in their place), the listings.
+struct View<'a> {
+    mode: Mode,
+    domains: &'a HashMap<String, DomainRecord>,
+    /// Records a proposal would write, in place of the live ones.
+    over: Option<&'a HashMap<&'a str, &'a DomainRecord>>,
+    /// Whether any record is a blacklist entry (else no suffix walk).
+    any_blacklisted: bool,
+    listed: &'a HashMap<String, Vec<Listed>>,
+}
+
+impl View<'_> {
+    fn lookup(&self, d: &str) -> Option<&DomainRecord> {
+        self.over.and_then(|o| o.get(d).copied()).or_else(|| self.domains.get(d))
+    }
+
+    fn with_facts<T>(&self, d: &str, security: Option<&crate::types::Security>, now: u64, f: impl FnOnce(&Facts<'_>) -> T) -> T {
+        let blacklisted_by = if self.any_blacklisted {
             suffixes(d).find_map(|s| {
-                self.domains.get(s).filter(|r| r.state == DomainState::Blacklisted).map(|r| BlacklistHit {
+                self.lookup(s).filter(|r| r.state == DomainState::Blacklisted).map(|r| BlacklistHit {
                     entry: s,
                     reason: r.reason.as_deref(),
                     source: r.source.as_deref(),
@@ -464,10 +564,67 @@ impl Inner {
         } else {
             None
         };
-        let own = self.domains.get(d).map(standing);
+        let own = self.lookup(d).map(standing);
         // No feed lists anything (the common case): no lookup per stream.
         let listings = if self.listed.is_empty() { &[][..] } else { self.listed.get(d).map_or(&[][..], Vec::as_slice) };
-        f(&Facts { mode: self.mode, domain: d, own: own.as_ref(), blacklisted_by, listings, security, now_ms: now_ms() })
+        f(&Facts { mode: self.mode, domain: d, own: own.as_ref(), blacklisted_by, listings, security, now_ms: now })
+    }
+}
+
+/// The policy in force and as it would be once a [`Plan`] is applied, side by side, both
+/// judged by [`super::decision::decide_by`] at one instant. Nothing is written, published or
+/// enforced: this is what a dry run reads.
+pub struct WhatIf<'a> {
+    inner: &'a Inner,
+    plan: &'a Plan,
+    /// The planned records by domain.
+    over: HashMap<&'a str, &'a DomainRecord>,
+    now: u64,
+}
+
+impl<'a> WhatIf<'a> {
+    /// The plan being judged.
+    pub fn plan(&self) -> &Plan {
+        self.plan
+    }
+
+    /// The verdict now, and the rule that gives it.
+    pub fn before(&self, d: &str) -> (Verdict, super::Rule) {
+        self.inner.view(None).with_facts(d, None, self.now, super::decision::decide_by)
+    }
+
+    /// The verdict once the plan is applied, and the rule that would give it.
+    pub fn after(&self, d: &str) -> (Verdict, super::Rule) {
+        let mut view = self.inner.view(Some(&self.over));
+        view.mode = self.plan.mode.map_or(view.mode, |(_, m)| m);
+        view.with_facts(d, None, self.now, super::decision::decide_by)
+    }
+}
+
+impl Inner {
+    /// The policy in force, or with `over` in place of the records it names.
+    fn view<'a>(&'a self, over: Option<&'a HashMap<&'a str, &'a DomainRecord>>) -> View<'a> {
+        let planned_blacklist = over.is_some_and(|o| o.values().any(|r| r.state == DomainState::Blacklisted));
+        View {
+            mode: self.mode,
+            domains: &self.domains,
+            over,
+            any_blacklisted: self.blacklisted > 0 || planned_blacklist,
+            listed: &self.listed,
+        }
+    }
+}
+
+impl Policy {
+    /// A dry run of `proposal`: planned by the code that applies it ([`next_record`], the
+    /// import's planner, the mode), then `judge` reads the policy before and after at `now`
+    /// under one read lock (the two cannot straddle a change). Nothing is written, logged,
+    /// announced or enforced.
+    pub fn what_if<T>(&self, proposal: &Proposal, who: &str, now: u64, judge: impl FnOnce(&WhatIf<'_>) -> T) -> T {
+        let inner = self.inner.read().unwrap();
+        let plan = inner.plan(proposal, who, now);
+        let over = plan.records.iter().map(|p| (p.after.domain.as_str(), &p.after)).collect();
+        judge(&WhatIf { inner: &inner, plan: &plan, over, now })
     }
 }
 
@@ -628,5 +785,114 @@ mod tests {
         let t = p.explain(&e, None);
         assert_eq!(t.decided_by, crate::policy::Rule::OperatorDecision);
         assert!(matches!(t.verdict, Verdict::Refuse(ref w) if w.contains("blocked: kept after a listing by a.test")));
+    }
+
+    /// A dry run judges with the decision function on the policy as it would be — blacklist
+    /// entries covering subdomains, timed blocks, modes, approvals — and changes nothing:
+    /// no record in memory or in the store, no wake-up of held streams.
+    #[tokio::test]
+    async fn a_dry_run_judges_the_change_and_changes_nothing() {
+        let store = Arc::new(Mem::default());
+        let p = Policy::load(store.clone(), Mode::Open).unwrap();
+        let d = |s: &str| Domain::parse(s).unwrap();
+        p.apply(&d("friend.example"), Change::Approve, "op", None).await.unwrap();
+        p.apply(&d("flood.example"), Change::Block { expires_ms: None }, "op", Some("flood")).await.unwrap();
+        let seen = p.subscribe();
+        let now = now_ms();
+        let kind = |v: &Verdict| match v {
+            Verdict::Allow => "allow",
+            Verdict::Hold => "hold",
+            Verdict::Refuse(_) => "refuse",
+        };
+        let judge = |prop: Proposal, domains: &[&str]| -> (Plan, Vec<(String, String)>) {
+            p.what_if(&prop, "op", now, |w| {
+                let v = domains.iter().map(|x| (kind(&w.before(x).0).to_owned(), kind(&w.after(x).0).to_owned())).collect();
+                (w.plan().clone(), v)
+            })
+        };
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+
+        // A blacklist entry covers its subdomains; an approved subdomain is refused too.
+        let prop = Proposal::Domain {
+            domain: d("evil.example"),
+            change: Change::Blacklist { source: "operator".into() },
+            reason: Some("spam".into()),
+        };
+        let (plan, v) = judge(prop, &["chat.evil.example", "evil.example", "friend.example"]);
+        assert_eq!(v, [pair("allow", "refuse"), pair("allow", "refuse"), pair("allow", "allow")]);
+        assert_eq!(plan.records.len(), 1);
+        assert_eq!((plan.records[0].before.clone(), plan.records[0].after.state), (None, DomainState::Blacklisted));
+        assert!(plan.changes());
+        let reason = p.what_if(&plan_blacklist(), "op", now, |w| w.after("chat.evil.example").0);
+        assert_eq!(reason, Verdict::Refuse("chat.evil.example is blacklisted through evil.example: spam".into()));
+
+        // A timed block refuses now; unblocking returns to what the domain was.
+        let prop = Proposal::Domain { domain: d("friend.example"), change: Change::Block { expires_ms: Some(now + 60_000) }, reason: None };
+        let (plan, v) = judge(prop, &["friend.example"]);
+        assert_eq!(v, [pair("allow", "refuse")]);
+        assert_eq!((plan.records[0].after.expires_ms, plan.records[0].after.previous), (Some(now + 60_000), DomainState::Approved));
+        let (_, v) = judge(Proposal::Domain { domain: d("flood.example"), change: Change::Unblock, reason: None }, &["flood.example"]);
+        assert_eq!(v, [pair("refuse", "allow")]);
+
+        // Modes: allowlist refuses whoever is not approved; approval holds them.
+        let (plan, v) = judge(Proposal::Mode(Mode::Allowlist), &["stranger.example", "friend.example", "flood.example"]);
+        assert_eq!(v, [pair("allow", "refuse"), pair("allow", "allow"), pair("refuse", "refuse")]);
+        assert_eq!(plan.mode, Some((Mode::Open, Mode::Allowlist)));
+        let (_, v) = judge(Proposal::Mode(Mode::Approval), &["stranger.example"]);
+        assert_eq!(v, [pair("allow", "hold")]);
+        // Unblocking in approval mode holds the domain for approval; approving allows it.
+        assert!(!seen.has_changed().unwrap(), "the dry runs before woke nobody");
+        p.set_mode(Mode::Approval, "op").await.unwrap();
+        let seen = p.subscribe();
+        let (_, v) = judge(Proposal::Domain { domain: d("flood.example"), change: Change::Unblock, reason: None }, &["flood.example"]);
+        assert_eq!(v, [pair("refuse", "hold")]);
+        let (_, v) =
+            judge(Proposal::Domain { domain: d("stranger.example"), change: Change::Approve, reason: None }, &["stranger.example"]);
+        assert_eq!(v, [pair("hold", "allow")]);
+
+        // An import: each entry once, those already blacklisted apart, subdomains covered.
+        assert!(!seen.has_changed().unwrap(), "the dry runs before woke nobody");
+        p.apply(&d("old.example"), Change::Blacklist { source: "operator".into() }, "op", Some("x")).await.unwrap();
+        let written = store.domains().unwrap().len();
+        let seen = p.subscribe();
+        let entries = vec![(d("spam.example"), None), (d("old.example"), None), (d("spam.example"), Some("twice".into()))];
+        let (plan, v) = judge(Proposal::Import { entries, source: "list".into() }, &["a.spam.example", "friend.example"]);
+        assert_eq!(plan.records.iter().map(|r| r.after.domain.as_str()).collect::<Vec<_>>(), ["spam.example"]);
+        assert_eq!(plan.records[0].after.reason.as_deref(), Some("listed in list"));
+        assert_eq!(plan.unchanged.iter().map(|r| r.domain.as_str()).collect::<Vec<_>>(), ["old.example", "spam.example"]);
+        assert_eq!(v, [pair("hold", "refuse"), pair("allow", "allow")]);
+
+        // The same standing again changes nothing.
+        let (plan, _) = judge(Proposal::Domain { domain: d("friend.example"), change: Change::Approve, reason: None }, &[]);
+        assert!(!plan.changes() && plan.records.is_empty() && plan.unchanged.len() == 1);
+
+        // Nothing was written, applied or announced.
+        assert_eq!(store.domains().unwrap().len(), written);
+        assert!(p.record("spam.example").is_none() && p.record("evil.example").is_none());
+        assert_eq!(p.record("friend.example").unwrap().state, DomainState::Approved);
+        assert_eq!(p.mode(), Mode::Approval);
+        assert!(!seen.has_changed().unwrap(), "held streams were not woken");
+    }
+
+    fn plan_blacklist() -> Proposal {
+        Proposal::Domain {
+            domain: Domain::parse("evil.example").unwrap(),
+            change: Change::Blacklist { source: "operator".into() },
+            reason: Some("spam".into()),
+        }
+    }
+
+    /// What apply writes is what a dry run plans ([`next_record`] for both).
+    #[tokio::test]
+    async fn apply_writes_what_the_dry_run_planned() {
+        let store = Arc::new(Mem::default());
+        let p = Policy::load(store.clone(), Mode::Open).unwrap();
+        let now = now_ms();
+        let prop = plan_blacklist();
+        let planned = p.what_if(&prop, "op", now, |w| w.plan().records[0].after.clone());
+        let Proposal::Domain { domain, change, reason } = prop else { unreachable!() };
+        let (rec, changed) = p.apply(&domain, change, "op", reason.as_deref()).await.unwrap();
+        assert!(changed);
+        assert_eq!(DomainRecord { when_ms: rec.when_ms, ..planned }, rec);
     }
 }

@@ -245,6 +245,21 @@ impl Store {
         .map_err(|e| self.err(e))
     }
 
+    /// The closed streams active at or after `since_ms` (their last activity), newest first.
+    /// The whole history is read: a stream opened before `since_ms` may have lasted into it.
+    pub fn history_since(&self, since_ms: u64) -> Result<Vec<ConnSnapshot>, StoreError> {
+        let mut out = Vec::new();
+        for v in self.history.iter().values().rev() {
+            let v = v.map_err(|e| self.err(e))?;
+            if let Ok(s) = decode::<ConnSnapshot>(&v)
+                && s.last_activity_ms.max(s.opened_ms) >= since_ms
+            {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
     /// Replace the snapshots of open streams.
     pub fn snapshot_open(&self, live: &[ConnSnapshot]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
