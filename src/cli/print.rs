@@ -7,8 +7,7 @@ use std::io::{self, Write};
 use super::{BlacklistCommand, CtlCommand};
 use crate::engine::{
     CertsReport, ChangeReport, DomainReport, DomainRow, ExplainReport, ImportReport, KeepReport, LocalCert, ModeReport, PreviewReport,
-    ProbeReport, Reply,
-    RtblReport, Status,
+    ProbeReport, Reply, RtblReport, Status,
 };
 use crate::events::{CertExpiry, ConnSnapshot, VerificationOutcome, expiry_in_words, fmt_utc, fmt_utc_s};
 use crate::text::escape;
