@@ -139,18 +139,21 @@ impl Recorder {
             }
         }
         let last = format!("{} {}: {}", format!("{:?}", outcome.result).to_lowercase(), fmt_utc(outcome.time_ms), outcome.reason);
-        let kept = cert.as_deref().and_then(|c| remote_cert(&outcome, c));
+        // A domain the policy refuses may still prove itself (a certificate valid for a
+        // second domain on an allowed stream): its certificate is no news for the operator's
+        // forecast — not kept, not announced, not counted by the expiry metric.
+        let refused =
+            || Domain::parse(&outcome.remote).map_or(true, |d| matches!(self.policy.verdict(&d), crate::types::Verdict::Refuse(_)));
+        let kept = cert.as_deref().and_then(|c| remote_cert(&outcome, c)).filter(|_| !refused());
         // A certificate not seen for the domain before (its first, a renewal) changes what the
-        // views mark: announced. The same one again only updates when it was seen.
-        let new_cert = kept.as_ref().is_some_and(|k| {
-            self.policy
-                .record(&outcome.remote)
-                .and_then(|r| r.cert)
-                .is_none_or(|c| (c.fingerprint_sha256, c.not_after_s) != (k.fingerprint_sha256.clone(), k.not_after_s))
-        });
-        let announce = downgrade.is_some() || new_cert;
+        // views mark: announced. The same one again only updates when it was seen. Decided
+        // under the record's write, so two streams presenting it at once announce it once.
+        let mut new_cert = false;
+        let downgraded = downgrade.is_some();
         self.policy.note(&outcome.remote, |rec| {
             if let Some(c) = kept {
+                new_cert =
+                    rec.cert.as_ref().is_none_or(|o| (&o.fingerprint_sha256, o.not_after_s) != (&c.fingerprint_sha256, c.not_after_s));
                 rec.cert = Some(c);
             }
             if cert_seen {
@@ -162,7 +165,9 @@ impl Recorder {
             }
             rec.last_verification = Some(last);
         });
-        if announce && let Some(record) = self.policy.record(&outcome.remote) {
+        if (downgraded || new_cert)
+            && let Some(record) = self.policy.record(&outcome.remote)
+        {
             let _ = self.events.send(Event::DomainChanged { record });
         }
         let level_valid = outcome.result == VerificationResult::Valid;
@@ -344,6 +349,40 @@ mod tests {
             assert_eq!(remote_cert(&o(method, direction, result), &info), None, "{method:?} {direction:?} {result:?}");
         }
         assert_eq!(remote_cert(&o(M::Certificate, In, Valid), &PeerCertInfo { not_after_s: None, ..info }), None);
+    }
+
+    /// A domain the policy refuses may still prove itself by certificate (a certificate
+    /// valid for a second domain on an allowed stream): the outcome is recorded, but its
+    /// certificate is not kept for the expiry forecast, nor announced.
+    #[tokio::test]
+    async fn a_refused_domain_keeps_no_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let policy = Arc::new(Policy::load(store.clone(), crate::policy::Mode::Open).unwrap());
+        let events = crate::events::bus::channel(crate::events::bus::Backlog { entries: 64, bytes: 1 << 20 });
+        let budget = crate::table::TranscriptBudget::new(10, 1 << 16, 1 << 20);
+        let table = Arc::new(ConnTable::new(events.clone(), (10, 1 << 20), budget));
+        let r = Recorder { store, policy: policy.clone(), events, table, unauthenticated: Mutex::new(OutcomeRing::new(1 << 20)) };
+        let info = Arc::new(PeerCertInfo {
+            subject: "CN=x".into(),
+            issuer: "CN=CA".into(),
+            names: vec![],
+            not_after: "x".into(),
+            not_after_s: Some(1_800_000_000),
+            fingerprint_sha256: "AB".into(),
+        });
+        let valid = |remote: &str| VerificationOutcome {
+            method: AuthMethod::DialbackWithValidCert,
+            result: VerificationResult::Valid,
+            ..failure(remote, "the certificate is valid")
+        };
+        let spam = Domain::parse("spam.example").unwrap();
+        policy.apply(&spam, crate::policy::Change::Blacklist { source: "operator".into() }, "test", Some("spam")).await.unwrap();
+        r.record_outcome(valid("spam.example"), Some(info.clone()));
+        r.record_outcome(valid("friend.example"), Some(info));
+        assert_eq!(policy.record("spam.example").unwrap().cert, None, "refused: no certificate kept");
+        assert!(policy.record("spam.example").unwrap().last_verification.is_some(), "the outcome itself is recorded");
+        assert_eq!(policy.record("friend.example").unwrap().cert.map(|c| c.not_after_s), Some(1_800_000_000));
     }
 
     #[test]

@@ -185,15 +185,17 @@ impl Receiving {
         cx.observe(Observed::Domains { local: Some(local.to_string()), remote: h.from.clone() });
         self.peer = h.from.as_deref().and_then(|f| Domain::parse(f).ok());
         self.local = Some(local.clone());
-        if let (Some(facts), Some(claimed)) = (self.direct.take(), self.peer.clone()) {
-            self.judge(cx, &facts, &claimed);
-        }
-        // Policy, as early as possible: the header's 'from', before TLS.
+        // Policy, as early as possible: the header's 'from', before TLS — and, on direct
+        // TLS, before the certificate is judged: a refused domain's certificate is not
+        // recorded as a valid authentication (nor kept for the expiry forecast).
         if let Some(from) = self.peer.clone()
             && let Verdict::Refuse(why) = cx.env.policy.verdict(&from)
         {
             cx.outcome(&local, &from, AuthMethod::Policy, VerificationResult::Refused, format!("refused at the stream header: {why}"));
             return cx.close(Ending::error(C::PolicyViolation, why));
+        }
+        if let (Some(facts), Some(claimed)) = (self.direct.take(), self.peer.clone()) {
+            self.judge(cx, &facts, &claimed);
         }
         self.send_features(cx);
     }

@@ -659,6 +659,14 @@ fn receiving_direct_tls_judges_at_the_header() {
     assert_eq!(outcomes(&outs), vec![(AuthMethod::Certificate, VerificationResult::Valid)]);
     let text = written(&outs);
     assert!(!text.contains("starttls") && text.contains("EXTERNAL"), "{text}");
+    // A domain the policy refuses is refused before its certificate is judged: no valid
+    // authentication is recorded for it (nor its certificate kept for the expiry forecast).
+    w.policy.set(REMOTE, Verdict::Refuse("there.test is blacklisted".into()));
+    let mut m = w.inbound(Some(facts(true)));
+    m.handle(w.t0, frame(Wire::open(Some(REMOTE), LOCAL).1));
+    let outs = drain(&mut m);
+    assert_eq!(outcomes(&outs), vec![(AuthMethod::Policy, VerificationResult::Refused)]);
+    assert_eq!(condition(&outs), Some(C::PolicyViolation));
 }
 
 // ---------------------------------------------------------------------------------------
