@@ -761,6 +761,7 @@ fn a_policy_change_shows_its_dry_run_before_it_asks() {
         newly_allowed: vec![],
         seen: 3,
         source: None,
+        generation: 7,
     };
     let change = PolicyChange::Block { domain: "flood.test".into(), for_secs: None, reason: Some("flood".into()) };
     let mut m = model();
