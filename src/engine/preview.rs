@@ -202,13 +202,17 @@ fn compute(shared: &Shared, change: &PolicyChange, days: Option<u32>, who: &str)
     // under the policy's lock); of the records, only the sightings in the window.
     let live: Vec<(ConnSnapshot, Vec<String>)> = shared.table.live().iter().map(|e| (e.snapshot(), judged(e))).collect();
     let live_snaps: Vec<ConnSnapshot> = live.iter().map(|(s, _)| s.clone()).collect();
-    let mut sightings: Vec<(String, Option<u64>)> = Vec::new();
+    // The names into one buffer: no allocation per record while the read lock is held.
+    let (mut names, mut sightings) = (String::new(), Vec::new());
     shared.policy.for_each_record(|r| {
-        if r.last_seen_ms.is_some_and(|t| t >= since) {
-            sightings.push((r.domain.clone(), r.last_seen_ms));
+        if let Some(t) = r.last_seen_ms.filter(|t| *t >= since) {
+            let start = names.len();
+            names.push_str(&r.domain);
+            sightings.push((start..names.len(), t));
         }
     });
-    let seen = tally(sightings.iter().map(|(d, t)| (d.as_str(), *t)), &shared.store.history_since(since)?, &live_snaps, since);
+    let sightings = sightings.into_iter().map(|(at, t)| (&names[at], Some(t)));
+    let seen = tally(sightings, &shared.store.history_since(since)?, &live_snaps, since);
     // Every domain judged: those seen, and those the live streams depend on.
     let parsed: Vec<String> = live.iter().flat_map(|(_, j)| j.iter().filter_map(|d| Some(Domain::parse(d).ok()?.to_string()))).collect();
     let mut asked: Vec<&str> = seen.keys().map(String::as_str).collect();

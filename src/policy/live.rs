@@ -22,6 +22,10 @@ pub struct Policy {
     /// The decisions streams asked for (allow, hold, refuse × the rule that decided), for
     /// the metrics: atomics, no lock.
     decisions: [[std::sync::atomic::AtomicU64; 6]; 3],
+    /// Writers waiting for the write lock (or just given it): a dry run copying the policy
+    /// lets them in between its chunks ([`Policy::snapshot`]). std's lock alone would not: a
+    /// reader that unlocks and locks again at once wins the race with the writer it woke.
+    writers: std::sync::atomic::AtomicUsize,
 }
 
 struct Inner {
@@ -64,6 +68,8 @@ const SNAPSHOT_CHUNK: usize = 1024;
 /// Snapshots begun again because the policy changed in between, before the last one is
 /// taken under a single hold.
 const SNAPSHOT_TRIES: usize = 3;
+/// How long a dry run's copy waits, between two chunks, for the writers waiting to be done.
+const WRITERS_GAP: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What an operator asks for.
 #[derive(Debug, Clone)]
@@ -230,11 +236,21 @@ impl Policy {
             changed,
             writing: tokio::sync::Mutex::new(()),
             decisions: Default::default(),
+            writers: Default::default(),
         })
     }
 
     pub fn mode(&self) -> Mode {
         self.inner.read().unwrap().mode
+    }
+
+    /// The write lock, counted in [`Policy::writers`] while waited for.
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.writers.fetch_add(1, SeqCst);
+        let inner = self.inner.write().unwrap();
+        self.writers.fetch_sub(1, SeqCst);
+        inner
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -284,7 +300,7 @@ impl Policy {
         use crate::rtbl::Change as C;
         let same = |l: &Listed| l.service == feed.service && l.node == feed.node;
         let lifted = {
-            let mut inner = self.inner.write().unwrap();
+            let mut inner = self.write();
             let mut affected: Vec<String> = Vec::new();
             match change {
                 C::Added(e) | C::Updated(e) => {
@@ -405,7 +421,7 @@ impl Policy {
         })?;
         self.store.flush().await?;
         {
-            let mut inner = self.inner.write().unwrap();
+            let mut inner = self.write();
             inner.mode = mode;
             inner.generation += 1;
         }
@@ -515,7 +531,7 @@ impl Policy {
 
     /// Records that are on disk take effect.
     fn put_in_memory(&self, records: &[DomainRecord]) {
-        let mut inner = self.inner.write().unwrap();
+        let mut inner = self.write();
         inner.generation += 1;
         for rec in records {
             let was = inner.domains.insert(rec.domain.clone(), rec.clone()).is_some_and(|r| r.state == DomainState::Blacklisted);
@@ -527,7 +543,7 @@ impl Policy {
     /// Returns the record when it newly became pending.
     pub fn mark_pending(&self, domain: &Domain) -> Option<DomainRecord> {
         let rec = {
-            let mut inner = self.inner.write().unwrap();
+            let mut inner = self.write();
             let rec = inner
                 .domains
                 .entry(domain.to_string())
@@ -550,7 +566,7 @@ impl Policy {
     /// flush): its record is created if it has none. Never called for mere claims.
     pub fn note(&self, domain: &str, update: impl FnOnce(&mut DomainRecord)) {
         let rec = {
-            let mut inner = self.inner.write().unwrap();
+            let mut inner = self.write();
             let rec =
                 inner.domains.entry(domain.to_owned()).or_insert_with(|| DomainRecord { domain: domain.to_owned(), ..Default::default() });
             let now = now_ms();
@@ -568,7 +584,7 @@ impl Policy {
     pub fn expire_blocks(&self) -> Vec<String> {
         let now = now_ms();
         let expired: Vec<DomainRecord> = {
-            let mut inner = self.inner.write().unwrap();
+            let mut inner = self.write();
             let mut out = Vec::new();
             for rec in inner.domains.values_mut() {
                 if rec.state == DomainState::Blocked && rec.expires_ms.is_some_and(|t| t <= now) {
@@ -610,16 +626,16 @@ impl Inner {
         }
     }
 
-    /// An empty copy of what every judgement reads whatever the domain: the mode, whether
-    /// any blacklist entry exists, the generation.
-    fn empty_copy(&self) -> Inner {
-        Inner {
-            mode: self.mode,
-            domains: HashMap::new(),
-            blacklisted: self.blacklisted,
-            listed: HashMap::new(),
-            generation: self.generation,
-        }
+    /// An empty copy, room made for `n` records (allocated before the lock is taken: the
+    /// map never grows, nor rehashes, under it).
+    fn with_room(n: usize) -> Inner {
+        Inner { mode: Mode::Open, domains: HashMap::with_capacity(n), blacklisted: 0, listed: HashMap::new(), generation: 0 }
+    }
+
+    /// Into `snap`, what every judgement reads whatever the domain: the mode,
+    /// whether any blacklist entry exists, the generation.
+    fn copy_scalars(&self, snap: &mut Inner) {
+        (snap.mode, snap.blacklisted, snap.generation) = (self.mode, self.blacklisted, self.generation);
     }
 
     /// Into `snap`, what the decision reads of `d`: its record, the blacklist entries among
@@ -793,26 +809,35 @@ impl Policy {
     /// changed in between (its generation moved) the copy is begun again, the last try
     /// under one hold, so the copy is the policy at one generation.
     fn snapshot(&self, domains: &[&str], chunk: usize, mut between: impl FnMut(usize)) -> Inner {
+        let mut snap = Inner::with_room(domains.len());
         for attempt in 1..=SNAPSHOT_TRIES {
             let chunk = if attempt == SNAPSHOT_TRIES { domains.len().max(1) } else { chunk.max(1) };
             let parts: Vec<&[&str]> = if domains.is_empty() { vec![&[]] } else { domains.chunks(chunk).collect() };
-            let mut snap: Option<Inner> = None;
+            // What a try that stopped had copied, let go of with no lock held.
+            snap.domains.clear();
+            snap.listed.clear();
             let mut moved = false;
             for (i, part) in parts.into_iter().enumerate() {
                 if i > 0 {
                     between(i);
+                    // Writers first (bounded: a steady stream of them does not stop the copy).
+                    let t0 = std::time::Instant::now();
+                    while self.writers.load(std::sync::atomic::Ordering::SeqCst) > 0 && t0.elapsed() < WRITERS_GAP {
+                        std::thread::yield_now();
+                    }
                 }
                 let inner = self.inner.read().unwrap();
-                let snap = snap.get_or_insert_with(|| inner.empty_copy());
-                if inner.generation != snap.generation {
+                if i == 0 {
+                    inner.copy_scalars(&mut snap);
+                } else if inner.generation != snap.generation {
                     moved = true;
                     break;
                 }
                 for d in part {
-                    inner.copy_facts(d, snap);
+                    inner.copy_facts(d, &mut snap);
                 }
             }
-            if let Some(snap) = snap.filter(|_| !moved) {
+            if !moved {
                 return snap;
             }
         }
