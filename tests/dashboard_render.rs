@@ -713,7 +713,9 @@ fn certificate_expiry_is_marked_for_domains_and_ours() {
 /// footer asks y/n; a long one scrolls.
 #[test]
 fn a_policy_change_shows_its_dry_run_before_it_asks() {
-    use drawbridge::engine::{ClosingStream, DomainImpact, ExplainVerdict, Judgement, PolicyChange, PreviewReport, StandingChange};
+    use drawbridge::engine::{
+        ClosingStream, DomainImpact, ExplainVerdict, Judgement, PolicyChange, PreviewLine, PreviewReport, StandingChange,
+    };
     use drawbridge::policy::Rule;
     let allowed = Judgement { verdict: ExplainVerdict::Allow, reason: None, decided_by: Rule::FederationMode };
     let refused = |d: &str| Judgement {
@@ -761,10 +763,11 @@ fn a_policy_change_shows_its_dry_run_before_it_asks() {
         newly_allowed: vec![],
         seen: 3,
         source: None,
+        generation: 7,
     };
     let change = PolicyChange::Block { domain: "flood.test".into(), for_secs: None, reason: Some("flood".into()) };
     let mut m = model();
-    m.prompt = Some(Prompt::Confirm { change: change.clone(), preview: Box::new(preview.clone()), scroll: 0 });
+    m.prompt = Some(Prompt::confirm(change.clone(), Box::new(preview.clone())));
     for (w, h) in [(80, 24), (200, 60)] {
         let s = screen(&mut m, w, h);
         no_raw_escapes(&s);
@@ -779,8 +782,19 @@ fn a_policy_change_shows_its_dry_run_before_it_asks() {
     // Many domains: the overlay says where it is and scrolls.
     let many: Vec<DomainImpact> = (0..40).map(|i| impact(&format!("d{i:02}.test"))).collect();
     let long = PreviewReport { newly_refused: many, ..preview };
-    m.prompt = Some(Prompt::Confirm { change, preview: Box::new(long), scroll: 30 });
+    let Some(Prompt::Confirm { change, preview, lines, .. }) = Some(Prompt::confirm(change, Box::new(long))) else { unreachable!() };
+    m.prompt = Some(Prompt::Confirm { change: change.clone(), preview: preview.clone(), lines: lines.clone(), scroll: 30 });
     let s = screen(&mut m, 100, 24);
     assert!(s.contains("(31/") && s.contains("↑↓ scroll"), "{s}");
     assert!(s.contains("d11.test") && !s.contains("d00.test"), "{s}");
+    assert!(lines.iter().any(|(_, l)| l.contains("\\x1b[2J\\nFORGED")), "escaped once, when the prompt opened");
+
+    // The lines are the prompt's, made when it opened: a redraw neither makes them again
+    // from the report nor draws those off screen.
+    let made: std::sync::Arc<[(PreviewLine, String)]> =
+        (0..100_000).map(|i| (PreviewLine::Plain, format!("line {i:06}"))).collect::<Vec<_>>().into();
+    m.prompt = Some(Prompt::Confirm { change, preview, lines: made, scroll: 50_000 });
+    let s = screen(&mut m, 100, 24);
+    assert!(s.contains("line 050000") && s.contains("(50001/100000"), "{s}");
+    assert!(!s.contains("line 049999") && !s.contains("d11.test"), "the stored lines, from the scroll on: {s}");
 }

@@ -238,3 +238,65 @@ async fn dry_runs_judge_live_streams_and_history_and_change_nothing() {
     assert!(!ok && out.contains("--days"), "{out}");
     drop(dir);
 }
+
+/// A preview's change applied with the generation it judged ([`Request::Change`], what the
+/// dashboard sends) is made while the policy is as previewed, and refused once another
+/// change came in between; one dry run at a time; the mode in force again does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_applies_only_to_the_policy_it_judged() {
+    use drawbridge::engine::PolicyChange;
+    let dns = Dns::start().await;
+    let mut b = start_published("b.test", &dns, "").await;
+    drawbridge::control::start(&mut b.engine).unwrap();
+    let sock = b.engine.settings().control_socket.clone();
+    let preview = |change: PolicyChange| Request::Preview { change, days: None };
+    let block = |d: &str| PolicyChange::Block { domain: d.into(), for_secs: None, reason: None };
+
+    // As previewed: made.
+    let Reply::Preview(p) = ask(&b.engine, preview(block("x.test"))).await else { panic!("a preview") };
+    let c = change(&b.engine, Request::Change { change: block("x.test"), expect_generation: Some(p.generation) }).await;
+    assert!(c.changed && c.record.state == DomainState::Blocked, "{c:?}");
+
+    // Another operator's change in between: refused, nothing changed; previewed again, made.
+    let approve = PolicyChange::Approve { domain: "y.test".into(), reason: None };
+    let Reply::Preview(p) = ask(&b.engine, preview(approve.clone())).await else { panic!("a preview") };
+    change(&b.engine, Request::Block { domain: "z.test".into(), for_secs: None, reason: None }).await;
+    let stale = Request::Change { change: approve.clone(), expect_generation: Some(p.generation) };
+    let err = b.engine.acting_as("tester").execute(stale.clone()).await.unwrap_err();
+    assert_eq!(err.to_string(), "the policy changed since the preview; review it again");
+    assert!(record(&b.engine, "y.test").await.is_none(), "nothing changed");
+    // The same over the socket, as the dashboard attached to it gets it.
+    let r = drawbridge::control::request(&sock, &stale).await.unwrap();
+    assert!(!r.ok && r.error.as_deref() == Some("the policy changed since the preview; review it again"), "{r:?}");
+    let Reply::Preview(p) = ask(&b.engine, preview(approve.clone())).await else { panic!("a preview") };
+    let conn = drawbridge::control::Connection::new(sock.clone());
+    let fresh = Request::Change { change: approve, expect_generation: Some(p.generation) };
+    let Ok(Reply::Change(c)) = conn.request(&fresh).await else { panic!("a change") };
+    assert!(c.changed && c.record.state == DomainState::Approved, "{c:?}");
+
+    // One dry run at a time: while one runs, another is refused, saying why.
+    let held = b.engine.testing().hold_preview();
+    let err = b.engine.acting_as("tester").execute(preview(block("w.test"))).await.unwrap_err();
+    assert!(err.to_string().contains("another dry run is being computed"), "{err}");
+    drop(held);
+    ask(&b.engine, preview(block("w.test"))).await;
+
+    // The mode in force again: unchanged, nothing announced (the first mode event is the
+    // real change's), the dry run saying as much.
+    let mut events = b.engine.subscribe();
+    let Reply::Preview(p) = ask(&b.engine, preview(PolicyChange::Mode { mode: "open".into() })).await else { panic!("a preview") };
+    assert!(!p.changes);
+    let Reply::Mode(m) = ask(&b.engine, Request::Mode { mode: "open".into() }).await else { panic!("a mode report") };
+    assert!(!m.changed && m.mode == "open", "{m:?}");
+    let (ok, out) = tokio::task::spawn_blocking({
+        let sock = sock.clone();
+        move || ctl(&sock, &["mode", "open"])
+    })
+    .await
+    .unwrap();
+    assert!(ok && out == "mode open — unchanged\n", "{out}");
+    let Reply::Mode(m) = ask(&b.engine, Request::Mode { mode: "approval".into() }).await else { panic!("a mode report") };
+    assert!(m.changed);
+    let ev = wait_event(&mut events, "the mode event", |e| matches!(e, Event::ModeChanged { .. })).await;
+    assert!(matches!(&ev, Event::ModeChanged { mode } if mode == "approval"), "{ev:?}");
+}

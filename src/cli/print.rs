@@ -131,7 +131,7 @@ pub fn change(r: &ChangeReport, out: &mut impl Write) -> io::Result<()> {
 }
 
 pub fn mode(r: &ModeReport, out: &mut impl Write) -> io::Result<()> {
-    writeln!(out, "mode {}", r.mode)?;
+    writeln!(out, "mode {}{}", r.mode, if r.changed { "" } else { " — unchanged" })?;
     if !r.closed_streams.is_empty() {
         writeln!(out, "closed {} live stream(s)", r.closed_streams.len())?;
     }
@@ -626,10 +626,12 @@ mod tests {
 
     #[test]
     fn mode_alone_prints_the_mode_and_a_change_counts_closed_streams() {
-        let r = ModeReport { mode: "allowlist".into(), closed_streams: vec!["s1".into()] };
+        let r = ModeReport { mode: "allowlist".into(), changed: true, closed_streams: vec!["s1".into()] };
         assert_eq!(text(|o| mode(&r, o)), "mode allowlist\nclosed 1 live stream(s)\n");
-        let r = ModeReport { mode: "open".into(), closed_streams: vec![] };
+        let r = ModeReport { mode: "open".into(), changed: true, closed_streams: vec![] };
         assert_eq!(text(|o| mode(&r, o)), "mode open\n");
+        let r = ModeReport { mode: "open".into(), changed: false, closed_streams: vec![] };
+        assert_eq!(text(|o| mode(&r, o)), "mode open — unchanged\n");
     }
 
     #[test]
@@ -771,6 +773,7 @@ mod tests {
             newly_allowed: vec![],
             seen: 4,
             source: None,
+            generation: 0,
         };
         assert_eq!(
             text(|o| preview(&r, o)),

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 
-pub use crate::engine::{ChangeReport, DomainReport, KeepReport, ModeReport, Reply, Request, RtblReport, Snapshot};
+pub use crate::engine::{ChangeReport, DomainReport, KeepReport, ModeReport, PolicyChange, Reply, Request, RtblReport, Snapshot};
 use crate::engine::{EngineError, EngineHandle};
 
 /// One line from a client: an engine request, or the socket's own `subscribe`.
@@ -86,6 +86,11 @@ impl Reply {
             Request::Keep { .. } => Reply::Keep(v(data)?),
             Request::BlacklistImport { .. } => Reply::Import(v(data)?),
             Request::Preview { .. } => Reply::Preview(v(data)?),
+            Request::Change { change, .. } => match change {
+                PolicyChange::Mode { .. } => Reply::Mode(v(data)?),
+                PolicyChange::BlacklistImport { .. } => Reply::Import(v(data)?),
+                _ => Reply::Change(v(data)?),
+            },
             Request::Snapshot => Reply::Snapshot(v(data)?),
             Request::Transcript { .. } => Reply::Transcript(v(data)?),
             Request::Certs { .. } => Reply::Certs(v(data)?),

@@ -322,23 +322,25 @@ async fn cycle_mode(client: &Arc<Client>, m: &mut Model) {
 /// (y) or not. A change the engine refuses says why at once.
 async fn preview(client: &Arc<Client>, m: &mut Model, change: PolicyChange) {
     match client.request(Request::Preview { change: change.clone(), days: None }).await {
-        Ok(Reply::Preview(preview)) => m.prompt = Some(Prompt::Confirm { change, preview, scroll: 0 }),
+        Ok(Reply::Preview(preview)) => m.prompt = Some(Prompt::confirm(change, preview)),
         Ok(other) => m.message = Some(format!("{}: unexpected answer {other:?}", change.describe())),
         Err(e) => m.message = Some(format!("{}: {e}", change.describe())),
     }
 }
 
-/// The confirmed change, made: the same change the preview judged.
-async fn apply(client: &Arc<Client>, m: &mut Model, change: PolicyChange) {
+/// The confirmed change, made: the same change the preview judged, on the policy it judged
+/// (the preview's generation: if the policy changed since, the engine refuses, and says so —
+/// the operator opens the preview again).
+async fn apply(client: &Arc<Client>, m: &mut Model, change: PolicyChange, generation: u64) {
     let what = change.describe();
-    let r = client.request(Request::from(change)).await;
+    let r = client.request(Request::Change { change, expect_generation: Some(generation) }).await;
     m.message = Some(match r {
         Ok(Reply::Mode(r)) => {
             if let Some(s) = m.status.as_mut() {
                 s.mode = r.mode.clone();
             }
             let closed = if r.closed_streams.is_empty() { String::new() } else { format!("; closed {} stream(s)", r.closed_streams.len()) };
-            format!("mode {}{closed}", r.mode)
+            format!("mode {}{}{closed}", r.mode, if r.changed { "" } else { " — unchanged" })
         }
         Ok(Reply::Import(r)) => format!("added {} domain(s) from {}; closed {} stream(s)", r.added.len(), r.source, r.closed_streams.len()),
         Err(e) => format!("{what} failed: {e}"),
@@ -409,20 +411,20 @@ async fn prompt_key(client: &Arc<Client>, m: &mut Model, prompt: Prompt, i: Inte
             });
         }
         (Prompt::ConfirmClose { .. }, _) => m.prompt = None,
-        (Prompt::Confirm { change, .. }, Intent::Input('y' | 'Y')) => {
+        (Prompt::Confirm { change, preview, .. }, Intent::Input('y' | 'Y')) => {
             m.prompt = None;
-            apply(client, m, change).await;
+            apply(client, m, change, preview.generation).await;
         }
-        (Prompt::Confirm { change, preview, scroll }, Intent::Up | Intent::Down | Intent::PageUp | Intent::PageDown) => {
+        (Prompt::Confirm { change, preview, lines, scroll }, Intent::Up | Intent::Down | Intent::PageUp | Intent::PageDown) => {
             let step: isize = match i {
                 Intent::Up => -1,
                 Intent::Down => 1,
                 Intent::PageUp => -10,
                 _ => 10,
             };
-            let last = preview.lines().len().saturating_sub(1);
+            let last = lines.len().saturating_sub(1);
             let scroll = scroll.saturating_add_signed(step).min(last);
-            m.prompt = Some(Prompt::Confirm { change, preview, scroll });
+            m.prompt = Some(Prompt::Confirm { change, preview, lines, scroll });
         }
         (Prompt::Confirm { change, .. }, _) => {
             m.prompt = None;

@@ -87,16 +87,29 @@ pub enum Prompt {
     ConfirmClose {
         id: String,
     },
-    /// A policy change's dry run, shown before the operator applies it (y) or not.
+    /// A policy change's dry run, shown before the operator applies it (y) or not
+    /// ([`Prompt::confirm`]).
     Confirm {
         change: crate::engine::PolicyChange,
         preview: Box<crate::engine::PreviewReport>,
+        /// The preview's lines, escaped, made once when the prompt opens: a redraw shows
+        /// the slice on screen.
+        lines: std::sync::Arc<[(crate::engine::PreviewLine, String)]>,
         /// The first line of the preview shown (↑ ↓ PgUp PgDn scroll).
         scroll: usize,
     },
     Filter {
         input: String,
     },
+}
+
+impl Prompt {
+    /// The confirmation of `change` after its dry run, its lines made (and escaped: they
+    /// carry peers' names and reasons) once.
+    pub fn confirm(change: crate::engine::PolicyChange, preview: Box<crate::engine::PreviewReport>) -> Prompt {
+        let lines = preview.lines().into_iter().map(|(kind, text)| (kind, crate::text::escape(&text).into_owned())).collect();
+        Prompt::Confirm { change, preview, lines, scroll: 0 }
+    }
 }
 
 /// Closed streams kept visible (dimmed) in the connections view.

@@ -74,26 +74,28 @@ pub fn draw(f: &mut Frame, m: &mut Model) {
     if let Some(r) = &m.explain {
         draw_explain(f, r, &t);
     }
-    if let Some(Prompt::Confirm { preview, scroll, .. }) = &m.prompt {
-        draw_preview(f, preview, *scroll, &t);
+    if let Some(Prompt::Confirm { lines, scroll, .. }) = &m.prompt {
+        draw_preview(f, lines, *scroll, &t);
     }
 }
 
 /// A policy change's dry run before the operator applies it: what it would record, the
-/// streams it would close, the domains of the history it would refuse, hold or allow.
-fn draw_preview(f: &mut Frame, p: &crate::engine::PreviewReport, scroll: usize, t: &Theme) {
+/// streams it would close, the domains of the history it would refuse, hold or allow. The
+/// lines were made (and escaped) when the prompt opened: only those on screen are drawn.
+fn draw_preview(f: &mut Frame, all: &[(crate::engine::PreviewLine, String)], scroll: usize, t: &Theme) {
     use crate::engine::PreviewLine as L;
     let area = f.area();
     // Above the footer, which asks the question.
     let rect = Rect { x: area.x + 2, y: area.y + 1, width: area.width.saturating_sub(4), height: area.height.saturating_sub(4) };
-    let all = p.lines();
+    let rows = rect.height.saturating_sub(2) as usize;
     let total = all.len();
+    // A line takes a row at least (wrapped, more): no more than `rows` can show.
     let lines: Vec<Line> = all
-        .into_iter()
+        .iter()
         .skip(scroll)
+        .take(rows)
         .map(|(kind, text)| {
-            // The engine's words carry peers' names and reasons.
-            let text = escape(&text).into_owned();
+            let text = text.as_str();
             match kind {
                 L::Heading => Line::from(Span::styled(text, t.header())),
                 L::Refused => Line::from(Span::styled(text, t.fg(Color::Red))),
@@ -103,8 +105,7 @@ fn draw_preview(f: &mut Frame, p: &crate::engine::PreviewReport, scroll: usize, 
             }
         })
         .collect();
-    let more =
-        if total > rect.height.saturating_sub(2) as usize { format!(" ({}/{total}, ↑↓ scroll)", scroll + 1) } else { String::new() };
+    let more = if total > rows { format!(" ({}/{total}, ↑↓ scroll)", scroll + 1) } else { String::new() };
     let title = format!(" Dry run: nothing changed yet — apply it? y / n{more} ");
     f.render_widget(Clear, rect);
     f.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title)).wrap(Wrap { trim: false }), rect);

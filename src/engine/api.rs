@@ -119,6 +119,15 @@ pub enum Request {
         #[serde(default)]
         days: Option<u32>,
     },
+    /// A policy change made as previewed (the dashboard, once the operator confirms): the
+    /// command's own request as `change`, refused with [`EngineError::Stale`] if the policy's
+    /// generation is no longer `expect_generation` (the preview's
+    /// [`PreviewReport::generation`]); without one it is the command itself.
+    Change {
+        change: PolicyChange,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect_generation: Option<u64>,
+    },
 }
 
 /// The history a dry run reads by default, in days.
@@ -249,6 +258,10 @@ pub struct PreviewReport {
     /// An import's list name (each entry's source).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The policy's generation the preview judged: a change sent with it
+    /// ([`Request::Change`]'s `expect_generation`) is refused if the policy changed since.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// What a line of a preview is about (the dashboard colours by it).
@@ -649,7 +662,14 @@ pub struct ChangeReport {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModeReport {
     pub mode: String,
+    /// False when it was the mode already: nothing was done.
+    #[serde(default = "yes")]
+    pub changed: bool,
     pub closed_streams: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The engine's typed answer to a [`Request`]. In the process (the dashboard, the demo, the
@@ -828,6 +848,13 @@ pub enum EngineError {
     ReasonRequired,
     #[error("--days {0}: give a number of days from 1 to {PREVIEW_MAX_DAYS}")]
     Days(u32),
+    #[error("another dry run is being computed (one at a time); try again when it is done")]
+    PreviewBusy,
+    #[error("the dry run was cancelled: the engine is stopping")]
+    PreviewCancelled,
+    /// A change sent with the generation its preview saw, and the policy changed since.
+    #[error("the policy changed since the preview; review it again")]
+    Stale,
     #[error("{0:?} is not a mode: open, approval or allowlist")]
     NotAMode(String),
     #[error("{0:?} is not a state: unknown, pending, approved, blocked, blacklisted")]
@@ -839,6 +866,15 @@ pub enum EngineError {
     Store(#[from] crate::store::StoreError),
     #[error("TLS reload failed, keeping the current certificate: {0}")]
     TlsReload(#[from] crate::net::tls::TlsError),
+}
+
+impl From<crate::policy::ChangeError> for EngineError {
+    fn from(e: crate::policy::ChangeError) -> Self {
+        match e {
+            crate::policy::ChangeError::Stale { .. } => EngineError::Stale,
+            crate::policy::ChangeError::Storage(e) => EngineError::NotSaved(e),
+        }
+    }
 }
 
 /// The addresses the engine listens on, as bound (a configured port 0 resolved), by door.

@@ -8,7 +8,7 @@ use super::Shared;
 use super::api::*;
 use crate::domain::Domain;
 use crate::events::*;
-use crate::policy::{Change, DomainState, Mode, Proposal, Verdict};
+use crate::policy::{Change, ChangeError, DomainState, Mode, Proposal, Verdict};
 use crate::proto::ns;
 use crate::proto::stanza::error_of;
 use crate::proto::stream::{StreamError, StreamErrorCondition};
@@ -24,7 +24,7 @@ pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Re
     if let Request::BlacklistImport { dry_run: true, .. } = &req
         && let Some(change) = req.policy_change()
     {
-        let p = super::preview::preview(shared, &change, None, who)?;
+        let p = super::preview::preview(shared, change, None, who).await?;
         let added = p.records.into_iter().map(|r| r.domain).collect();
         let closed_streams = p.closing.into_iter().map(|c| c.id).collect();
         let (source, invalid) = (p.source.unwrap_or_default(), p.invalid);
@@ -32,7 +32,7 @@ pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Re
     }
     // Every policy change goes through the one conversion its dry run uses too.
     if let Some(change) = req.policy_change() {
-        return commit(shared, &change, who).await;
+        return commit(shared, &change, who, None).await;
     }
     match req {
         Request::Status => Ok(Reply::Status(Box::new(status(shared)))),
@@ -53,7 +53,8 @@ pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Re
         | Request::Unblock { .. }
         | Request::Mode { .. }
         | Request::BlacklistImport { .. } => unreachable!("a policy change, committed above"),
-        Request::Preview { change, days } => Ok(Reply::Preview(Box::new(super::preview::preview(shared, &change, days, who)?))),
+        Request::Preview { change, days } => Ok(Reply::Preview(Box::new(super::preview::preview(shared, change, days, who).await?))),
+        Request::Change { change, expect_generation } => commit(shared, &change, who, expect_generation).await,
         Request::Pending => Ok(Reply::Domains(domain_rows(shared, Some(DomainState::Pending)))),
         Request::Domains { state } => {
             let state = match state {
@@ -87,19 +88,20 @@ fn parse(domain: &str) -> Result<Domain, EngineError> {
 }
 
 /// A policy change made: turned into the policy's change by [`super::preview::proposal`]
-/// (as its dry run is), applied, flushed, announced, enforced.
-async fn commit(shared: &Shared, change: &PolicyChange, who: &str) -> Result<Reply, EngineError> {
+/// (as its dry run is), applied, flushed, announced, enforced. With `expect` (the
+/// generation a preview saw) it is refused, nothing changed, if the policy changed since.
+async fn commit(shared: &Shared, change: &PolicyChange, who: &str, expect: Option<u64>) -> Result<Reply, EngineError> {
     match super::preview::proposal(shared, change, now_ms())? {
         (Proposal::Domain { domain, change, reason }, _) => {
-            let (record, changed, closed_streams) = change_domain(shared, &domain, change, who, reason.as_deref()).await?;
+            let (record, changed, closed_streams) = change_domain(shared, &domain, change, who, reason.as_deref(), expect).await?;
             Ok(Reply::Change(Box::new(ChangeReport { record, changed, closed_streams })))
         }
         (Proposal::Mode(m), _) => {
-            let closed_streams = change_mode(shared, m, who).await?;
-            Ok(Reply::Mode(ModeReport { mode: m.as_str().to_owned(), closed_streams }))
+            let (changed, closed_streams) = change_mode(shared, m, who, expect).await?;
+            Ok(Reply::Mode(ModeReport { mode: m.as_str().to_owned(), changed, closed_streams }))
         }
         (Proposal::Import { entries, source }, invalid) => {
-            Ok(Reply::Import(Box::new(import_blacklist(shared, &entries, &source, invalid, who).await?)))
+            Ok(Reply::Import(Box::new(import_blacklist(shared, &entries, &source, invalid, who, expect).await?)))
         }
     }
 }
@@ -508,8 +510,9 @@ async fn change_domain(
     change: Change,
     who: &str,
     reason: Option<&str>,
-) -> Result<(DomainRecord, bool, Vec<String>), crate::policy::StorageError> {
-    let (rec, changed) = shared.policy.apply(domain, change, who, reason).await?;
+    expect: Option<u64>,
+) -> Result<(DomainRecord, bool, Vec<String>), ChangeError> {
+    let (rec, changed) = shared.policy.apply_expecting(domain, change, who, reason, expect).await?;
     let closed = enforce(shared);
     if changed {
         let _ = shared.events.send(Event::DomainChanged { record: rec.clone() });
@@ -517,10 +520,14 @@ async fn change_domain(
     Ok((rec, changed, closed))
 }
 
-async fn change_mode(shared: &Shared, mode: Mode, who: &str) -> Result<Vec<String>, crate::policy::StorageError> {
-    shared.policy.set_mode(mode, who).await?;
+/// A mode change: applied, announced, enforced; the mode in force again does nothing.
+/// Returns whether it changed and the streams closed.
+async fn change_mode(shared: &Shared, mode: Mode, who: &str, expect: Option<u64>) -> Result<(bool, Vec<String>), ChangeError> {
+    if !shared.policy.set_mode_expecting(mode, who, expect).await? {
+        return Ok((false, Vec::new()));
+    }
     let _ = shared.events.send(Event::ModeChanged { mode: mode.as_str().to_owned() });
-    Ok(enforce(shared))
+    Ok((true, enforce(shared)))
 }
 
 /// An imported list's entries blacklisted in one batch, then enforced.
@@ -530,8 +537,9 @@ async fn import_blacklist(
     source: &str,
     invalid: Vec<crate::policy::BadLine>,
     who: &str,
-) -> Result<ImportReport, crate::policy::StorageError> {
-    let (added, already) = shared.policy.blacklist_many(entries, source, who).await?;
+    expect: Option<u64>,
+) -> Result<ImportReport, ChangeError> {
+    let (added, already) = shared.policy.blacklist_many_expecting(entries, source, who, expect).await?;
     for d in &added {
         if let Some(record) = shared.policy.record(d) {
             let _ = shared.events.send(Event::DomainChanged { record });

@@ -88,6 +88,8 @@ struct Shared {
     streams: Arc<crate::stream::Caps>,
     /// A `strangers` feed is followed: the familiarity set (its last writes stored at shutdown).
     familiar: Option<Arc<crate::rtbl::familiar::Familiarity>>,
+    /// Dry runs one at a time (one permit).
+    previews: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {

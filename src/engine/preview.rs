@@ -7,14 +7,20 @@
 //! get. Which live streams would close is [`refused_on`], the test [`super::commands::enforce`]
 //! applies after a real change. What the history says of each domain is tallied by the pure
 //! [`tally`].
+//!
+//! A dry run reads much (every domain seen in the window, the history of closed streams):
+//! it runs on a blocking thread, one at a time, and holds the policy's lock only to copy the
+//! facts it judges by, a chunk at a time ([`Policy::what_if`](crate::policy::Policy::what_if)),
+//! never while judging: streams' verdicts and the recorder's writes are not held up.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::Shared;
 use super::api::*;
 use crate::domain::Domain;
 use crate::events::{ConnSnapshot, PairStatus, StreamKind};
-use crate::policy::{BadLine, Change, DomainRecord, Mode, Proposal, Rule, Verdict, WhatIf};
+use crate::policy::{BadLine, Change, Mode, Proposal, Rule, Verdict, WhatIf};
 use crate::table::ConnEntry;
 
 const DAY_MS: u64 = 86_400_000;
@@ -95,15 +101,20 @@ impl Seen {
 }
 
 /// The domains seen since `since_ms`, with their last-seen time and stream and stanza
-/// counts: records last seen in the window, closed streams active in it and the live
-/// streams. A stream counts for the domains authenticated on it (verified or held for
-/// approval), never for a mere claim; the internal link and components are not remote
-/// domains. Pure: the caller reads the store and the table.
-pub fn tally(records: &[DomainRecord], closed: &[ConnSnapshot], live: &[ConnSnapshot], since_ms: u64) -> HashMap<String, Seen> {
+/// counts: records last seen in the window (`records`: each domain's last sighting), closed
+/// streams active in it and the live streams. A stream counts for the domains authenticated
+/// on it (verified or held for approval), never for a mere claim; the internal link and
+/// components are not remote domains. Pure: the caller reads the policy, the store and the table.
+pub fn tally<'r>(
+    records: impl IntoIterator<Item = (&'r str, Option<u64>)>,
+    closed: &[ConnSnapshot],
+    live: &[ConnSnapshot],
+    since_ms: u64,
+) -> HashMap<String, Seen> {
     let mut seen: HashMap<String, Seen> = HashMap::new();
-    for r in records {
-        if let Some(t) = r.last_seen_ms.filter(|t| *t >= since_ms) {
-            seen.entry(r.domain.clone()).or_default().saw(t);
+    for (domain, last_seen) in records {
+        if let Some(t) = last_seen.filter(|t| *t >= since_ms) {
+            seen.entry(domain.to_owned()).or_default().saw(t);
         }
     }
     let authenticated = |s: &ConnSnapshot| {
@@ -156,8 +167,30 @@ fn impact(w: &WhatIf<'_>, domain: &str, seen: Seen) -> DomainImpact {
 }
 
 /// `Request::Preview`: the change planned and judged, nothing written, logged, announced
-/// or closed.
-pub(super) fn preview(shared: &Shared, change: &PolicyChange, days: Option<u32>, who: &str) -> Result<PreviewReport, EngineError> {
+/// or closed. One at a time ([`EngineError::PreviewBusy`] while another runs), on a blocking
+/// thread (it reads the store and judges every domain seen in the window).
+pub(super) async fn preview(
+    shared: &Arc<Shared>,
+    change: PolicyChange,
+    days: Option<u32>,
+    who: &str,
+) -> Result<PreviewReport, EngineError> {
+    let one = shared.previews.clone().try_acquire_owned().map_err(|_| EngineError::PreviewBusy)?;
+    let (shared, who) = (shared.clone(), who.to_owned());
+    let tasks = shared.tasks.clone();
+    let run = tasks.spawn_blocking(move || {
+        let _one = one;
+        compute(&shared, &change, days, &who)
+    });
+    match run.await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(EngineError::PreviewCancelled),
+    }
+}
+
+/// The preview itself (blocking: the store, the table, the judging).
+fn compute(shared: &Shared, change: &PolicyChange, days: Option<u32>, who: &str) -> Result<PreviewReport, EngineError> {
     let days = days.unwrap_or(PREVIEW_DAYS);
     if days == 0 || days > PREVIEW_MAX_DAYS {
         return Err(EngineError::Days(days));
@@ -165,12 +198,26 @@ pub(super) fn preview(shared: &Shared, change: &PolicyChange, days: Option<u32>,
     let now = crate::types::now_ms();
     let (proposal, invalid) = proposal(shared, change, now)?;
     let since = now.saturating_sub(u64::from(days) * DAY_MS);
-    // Read before the policy's lock is taken: the store and the table (no row is locked
-    // under the policy's lock).
+    // Read before the policy's facts are copied: the store and the table (no row is locked
+    // under the policy's lock); of the records, only the sightings in the window.
     let live: Vec<(ConnSnapshot, Vec<String>)> = shared.table.live().iter().map(|e| (e.snapshot(), judged(e))).collect();
     let live_snaps: Vec<ConnSnapshot> = live.iter().map(|(s, _)| s.clone()).collect();
-    let seen = tally(&shared.policy.records(None), &shared.store.history_since(since)?, &live_snaps, since);
-    let mut report = shared.policy.what_if(&proposal, who, now, |w| {
+    // The names into one buffer: no allocation per record while the read lock is held.
+    let (mut names, mut sightings) = (String::new(), Vec::new());
+    shared.policy.for_each_record(|r| {
+        if let Some(t) = r.last_seen_ms.filter(|t| *t >= since) {
+            let start = names.len();
+            names.push_str(&r.domain);
+            sightings.push((start..names.len(), t));
+        }
+    });
+    let sightings = sightings.into_iter().map(|(at, t)| (&names[at], Some(t)));
+    let seen = tally(sightings, &shared.store.history_since(since)?, &live_snaps, since);
+    // Every domain judged: those seen, and those the live streams depend on.
+    let parsed: Vec<String> = live.iter().flat_map(|(_, j)| j.iter().filter_map(|d| Some(Domain::parse(d).ok()?.to_string()))).collect();
+    let mut asked: Vec<&str> = seen.keys().map(String::as_str).collect();
+    asked.extend(parsed.iter().map(String::as_str));
+    let mut report = shared.policy.what_if(&proposal, who, now, &asked, |w| {
         let plan = w.plan();
         let closing = live
             .iter()
@@ -232,6 +279,7 @@ pub(super) fn preview(shared: &Shared, change: &PolicyChange, days: Option<u32>,
                 Proposal::Import { source, .. } => Some(source.clone()),
                 _ => None,
             },
+            generation: w.generation(),
         }
     });
     // The most recently seen first, then by name.
@@ -246,6 +294,7 @@ pub(super) fn preview(shared: &Shared, change: &PolicyChange, days: Option<u32>,
 mod tests {
     use super::*;
     use crate::events::{AuthMethod, ConnState, Direction, PairInfo};
+    use crate::policy::DomainRecord;
 
     fn snap(remote: &str, status: PairStatus, dir: Direction, last: u64, stanzas: (u64, u64)) -> ConnSnapshot {
         ConnSnapshot {
@@ -288,7 +337,7 @@ mod tests {
             snap("held.test", PairStatus::Held, Direction::In, 2_000, (3, 0)),
         ];
         let live = [snap("old.test", PairStatus::Valid, Direction::Out, 900, (0, 4))];
-        let seen = tally(&records, &closed, &live, since);
+        let seen = tally(records.iter().map(|r| (r.domain.as_str(), r.last_seen_ms)), &closed, &live, since);
         let mut names: Vec<&str> = seen.keys().map(String::as_str).collect();
         names.sort_unstable();
         assert_eq!(names, ["held.test", "old.test", "recent.test"]);

@@ -146,6 +146,7 @@ fn assemble(settings: Settings, kept: Kept, listening: Listening) -> Result<(Arc
         streams,
         settings,
         familiar: rtbl.familiar.clone(),
+        previews: Arc::new(tokio::sync::Semaphore::new(1)),
     });
     Ok((shared, rtbl))
 }

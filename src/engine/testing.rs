@@ -24,6 +24,11 @@ impl Testing<'_> {
         self.0.shared.store.outcomes(domain, limit).expect("the store reads")
     }
 
+    /// A dry run in progress, as far as the next one is concerned, until the permit is dropped.
+    pub fn hold_preview(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.0.shared.previews.clone().try_acquire_owned().expect("no dry run in progress")
+    }
+
     /// Domain records as persisted.
     pub fn stored_domains(&self) -> Vec<DomainRecord> {
         self.0.shared.store.domains().expect("the store reads")

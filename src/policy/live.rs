@@ -22,6 +22,10 @@ pub struct Policy {
     /// The decisions streams asked for (allow, hold, refuse × the rule that decided), for
     /// the metrics: atomics, no lock.
     decisions: [[std::sync::atomic::AtomicU64; 6]; 3],
+    /// Writers waiting for the write lock (or just given it): a dry run copying the policy
+    /// lets them in between its chunks ([`Policy::snapshot`]). std's lock alone would not: a
+    /// reader that unlocks and locks again at once wins the race with the writer it woke.
+    writers: std::sync::atomic::AtomicUsize,
 }
 
 struct Inner {
@@ -31,7 +35,41 @@ struct Inner {
     blacklisted: usize,
     /// Real-time blocklist listings per domain (one per feed that lists it).
     listed: HashMap<String, Vec<Listed>>,
+    /// Bumped under the write lock by every change a verdict can depend on (an operator's,
+    /// a listing's, an expired block): what a dry run saw ([`WhatIf::generation`]) and a
+    /// change made after it may insist on ([`Policy::apply_expecting`]). A domain entering
+    /// the approval inbox (pending judges as unknown) and a sighting's counters do not count.
+    generation: u64,
 }
+
+/// Why a change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// It was asked for with the generation a dry run saw, and the policy has changed since.
+    #[error("the policy changed since the preview; review it again")]
+    Stale { previewed: u64, now: u64 },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl ChangeError {
+    /// Without an expected generation a change is never stale.
+    fn storage(self) -> StorageError {
+        match self {
+            ChangeError::Storage(e) => e,
+            ChangeError::Stale { .. } => unreachable!("no generation was expected"),
+        }
+    }
+}
+
+/// Domains copied per hold of the read lock while a dry run takes its snapshot: writers
+/// (a verification noted, a stream's verdict waiting behind it) get in between.
+const SNAPSHOT_CHUNK: usize = 1024;
+/// Snapshots begun again because the policy changed in between, before the last one is
+/// taken under a single hold.
+const SNAPSHOT_TRIES: usize = 3;
+/// How long a dry run's copy waits, between two chunks, for the writers waiting to be done.
+const WRITERS_GAP: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What an operator asks for.
 #[derive(Debug, Clone)]
@@ -76,6 +114,17 @@ pub struct Plan {
     /// Domains named whose standing stays as it is (re-applying is idempotent; an import's
     /// entries already blacklisted, or listed twice).
     pub unchanged: Vec<DomainRecord>,
+}
+
+impl Proposal {
+    /// The domains whose records the plan reads.
+    fn domains(&self) -> Vec<&str> {
+        match self {
+            Proposal::Domain { domain, .. } => vec![domain.as_str()],
+            Proposal::Mode(_) => Vec::new(),
+            Proposal::Import { entries, .. } => entries.iter().map(|(d, _)| d.as_str()).collect(),
+        }
+    }
 }
 
 impl Plan {
@@ -182,16 +231,26 @@ impl Policy {
         let blacklisted = domains.values().filter(|r| r.state == DomainState::Blacklisted).count();
         let (changed, _) = watch::channel(0);
         Ok(Policy {
-            inner: RwLock::new(Inner { mode, domains, blacklisted, listed: HashMap::new() }),
+            inner: RwLock::new(Inner { mode, domains, blacklisted, listed: HashMap::new(), generation: 0 }),
             store,
             changed,
             writing: tokio::sync::Mutex::new(()),
             decisions: Default::default(),
+            writers: Default::default(),
         })
     }
 
     pub fn mode(&self) -> Mode {
         self.inner.read().unwrap().mode
+    }
+
+    /// The write lock, counted in [`Policy::writers`] while waited for.
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.writers.fetch_add(1, SeqCst);
+        let inner = self.inner.write().unwrap();
+        self.writers.fetch_sub(1, SeqCst);
+        inner
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -241,7 +300,7 @@ impl Policy {
         use crate::rtbl::Change as C;
         let same = |l: &Listed| l.service == feed.service && l.node == feed.node;
         let lifted = {
-            let mut inner = self.inner.write().unwrap();
+            let mut inner = self.write();
             let mut affected: Vec<String> = Vec::new();
             match change {
                 C::Added(e) | C::Updated(e) => {
@@ -279,6 +338,7 @@ impl Policy {
                 }
                 C::Confirmed { .. } => return Vec::new(),
             }
+            inner.generation += 1;
             let now = now_ms();
             let mut lifted = Vec::new();
             for d in affected {
@@ -334,9 +394,23 @@ impl Policy {
         m
     }
 
-    /// Change the mode (flushed before it returns).
-    pub async fn set_mode(&self, mode: Mode, who: &str) -> Result<(), StorageError> {
+    /// Change the mode (flushed before it returns). Returns whether it changed: the mode in
+    /// force again is no change (nothing written, logged or announced).
+    pub async fn set_mode(&self, mode: Mode, who: &str) -> Result<bool, StorageError> {
+        self.set_mode_expecting(mode, who, None).await.map_err(ChangeError::storage)
+    }
+
+    /// [`Policy::set_mode`], refused as stale when `expect` is given and the policy's
+    /// generation is no longer it.
+    pub async fn set_mode_expecting(&self, mode: Mode, who: &str, expect: Option<u64>) -> Result<bool, ChangeError> {
         let _one = self.writing.lock().await;
+        {
+            let inner = self.inner.read().unwrap();
+            inner.expect(expect)?;
+            if inner.mode == mode {
+                return Ok(false);
+            }
+        }
         self.store.set_mode(mode)?;
         self.store.log_action(&PolicyAction {
             time_ms: now_ms(),
@@ -346,9 +420,13 @@ impl Policy {
             reason: None,
         })?;
         self.store.flush().await?;
-        self.inner.write().unwrap().mode = mode;
+        {
+            let mut inner = self.write();
+            inner.mode = mode;
+            inner.generation += 1;
+        }
         self.changed.send_modify(|g| *g += 1);
-        Ok(())
+        Ok(true)
     }
 
     /// Apply an operator's change to a domain; flushed before it returns. Returns the record
@@ -360,10 +438,24 @@ impl Policy {
         who: &str,
         reason: Option<&str>,
     ) -> Result<(DomainRecord, bool), StorageError> {
+        self.apply_expecting(domain, change, who, reason, None).await.map_err(ChangeError::storage)
+    }
+
+    /// [`Policy::apply`], refused as stale when `expect` is given and the policy's
+    /// generation is no longer it (the change a dry run judged is no longer what it would do).
+    pub async fn apply_expecting(
+        &self,
+        domain: &Domain,
+        change: Change,
+        who: &str,
+        reason: Option<&str>,
+        expect: Option<u64>,
+    ) -> Result<(DomainRecord, bool), ChangeError> {
         let _one = self.writing.lock().await;
         let now = now_ms();
         let (rec, changed) = {
             let inner = self.inner.read().unwrap();
+            inner.expect(expect)?;
             next_record(inner.domains.get(domain.as_str()), domain, &change, who, reason, now)
         };
         if changed {
@@ -397,10 +489,23 @@ impl Policy {
         source: &str,
         who: &str,
     ) -> Result<(Vec<String>, Vec<String>), StorageError> {
+        self.blacklist_many_expecting(entries, source, who, None).await.map_err(ChangeError::storage)
+    }
+
+    /// [`Policy::blacklist_many`], refused as stale when `expect` is given and the policy's
+    /// generation is no longer it.
+    pub async fn blacklist_many_expecting(
+        &self,
+        entries: &[(Domain, Option<String>)],
+        source: &str,
+        who: &str,
+        expect: Option<u64>,
+    ) -> Result<(Vec<String>, Vec<String>), ChangeError> {
         let _one = self.writing.lock().await;
         let now = now_ms();
         let (records, unchanged) = {
             let inner = self.inner.read().unwrap();
+            inner.expect(expect)?;
             import_plan(|d| inner.domains.get(d), entries, source, who, now)
         };
         let records: Vec<DomainRecord> = records.into_iter().map(|p| p.after).collect();
@@ -426,7 +531,8 @@ impl Policy {
 
     /// Records that are on disk take effect.
     fn put_in_memory(&self, records: &[DomainRecord]) {
-        let mut inner = self.inner.write().unwrap();
+        let mut inner = self.write();
+        inner.generation += 1;
         for rec in records {
             let was = inner.domains.insert(rec.domain.clone(), rec.clone()).is_some_and(|r| r.state == DomainState::Blacklisted);
             inner.blacklisted = inner.blacklisted + usize::from(rec.state == DomainState::Blacklisted) - usize::from(was);
@@ -437,7 +543,7 @@ impl Policy {
     /// Returns the record when it newly became pending.
     pub fn mark_pending(&self, domain: &Domain) -> Option<DomainRecord> {
         let rec = {
-            let mut inner = self.inner.write().unwrap();
+            let mut inner = self.write();
             let rec = inner
                 .domains
                 .entry(domain.to_string())
@@ -460,7 +566,7 @@ impl Policy {
     /// flush): its record is created if it has none. Never called for mere claims.
     pub fn note(&self, domain: &str, update: impl FnOnce(&mut DomainRecord)) {
         let rec = {
-            let mut inner = self.inner.write().unwrap();
+            let mut inner = self.write();
             let rec =
                 inner.domains.entry(domain.to_owned()).or_insert_with(|| DomainRecord { domain: domain.to_owned(), ..Default::default() });
             let now = now_ms();
@@ -478,7 +584,7 @@ impl Policy {
     pub fn expire_blocks(&self) -> Vec<String> {
         let now = now_ms();
         let expired: Vec<DomainRecord> = {
-            let mut inner = self.inner.write().unwrap();
+            let mut inner = self.write();
             let mut out = Vec::new();
             for rec in inner.domains.values_mut() {
                 if rec.state == DomainState::Blocked && rec.expires_ms.is_some_and(|t| t <= now) {
@@ -488,6 +594,9 @@ impl Policy {
                     rec.who = Some("drawbridge (block expired)".into());
                     out.push(rec.clone());
                 }
+            }
+            if !out.is_empty() {
+                inner.generation += 1;
             }
             out
         };
@@ -509,6 +618,45 @@ impl Policy {
 }
 
 impl Inner {
+    /// Refused when a generation is expected and the policy has moved on from it.
+    fn expect(&self, expect: Option<u64>) -> Result<(), ChangeError> {
+        match expect {
+            Some(previewed) if previewed != self.generation => Err(ChangeError::Stale { previewed, now: self.generation }),
+            _ => Ok(()),
+        }
+    }
+
+    /// An empty copy, room made for `n` records (allocated before the lock is taken: the
+    /// map never grows, nor rehashes, under it).
+    fn with_room(n: usize) -> Inner {
+        Inner { mode: Mode::Open, domains: HashMap::with_capacity(n), blacklisted: 0, listed: HashMap::new(), generation: 0 }
+    }
+
+    /// Into `snap`, what every judgement reads whatever the domain: the mode,
+    /// whether any blacklist entry exists, the generation.
+    fn copy_scalars(&self, snap: &mut Inner) {
+        (snap.mode, snap.blacklisted, snap.generation) = (self.mode, self.blacklisted, self.generation);
+    }
+
+    /// Into `snap`, what the decision reads of `d`: its record, the blacklist entries among
+    /// its parents, its listings. A parent that is not a blacklist entry is never read.
+    fn copy_facts(&self, d: &str, snap: &mut Inner) {
+        for (i, s) in suffixes(d).enumerate() {
+            if i > 0 && self.blacklisted == 0 {
+                break;
+            }
+            if snap.domains.contains_key(s) {
+                continue;
+            }
+            if let Some(r) = self.domains.get(s).filter(|r| i == 0 || r.state == DomainState::Blacklisted) {
+                snap.domains.insert(s.to_owned(), r.clone());
+            }
+        }
+        if let Some(l) = self.listed.get(d) {
+            snap.listed.insert(d.to_owned(), l.clone());
+        }
+    }
+
     /// The facts about `d` as the decision sees them.
     fn with_facts<T>(&self, d: &str, security: Option<&crate::types::Security>, f: impl FnOnce(&Facts<'_>) -> T) -> T {
         self.view(None).with_facts(d, security, now_ms(), f)
@@ -575,11 +723,15 @@ impl View<'_> {
 /// judged by [`super::decision::decide_by`] at one instant. Nothing is written, published or
 /// enforced: this is what a dry run reads.
 pub struct WhatIf<'a> {
+    /// The policy's facts about the domains asked for, copied.
     inner: &'a Inner,
     plan: &'a Plan,
     /// The planned records by domain.
     over: HashMap<&'a str, &'a DomainRecord>,
     now: u64,
+    /// The domains whose facts were copied: no other may be judged.
+    #[cfg(debug_assertions)]
+    asked: std::collections::HashSet<&'a str>,
 }
 
 impl<'a> WhatIf<'a> {
@@ -588,13 +740,26 @@ impl<'a> WhatIf<'a> {
         self.plan
     }
 
+    /// The policy's generation the facts were copied at: a change asked for with it is
+    /// refused if the policy has changed since.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation
+    }
+
     /// The verdict now, and the rule that gives it.
     pub fn before(&self, d: &str) -> (Verdict, super::Rule) {
+        self.asked(d);
         self.inner.view(None).with_facts(d, None, self.now, super::decision::decide_by)
+    }
+
+    fn asked(&self, _d: &str) {
+        #[cfg(debug_assertions)]
+        assert!(self.asked.contains(_d), "a dry run judged {_d}, whose facts it did not ask for");
     }
 
     /// The verdict once the plan is applied, and the rule that would give it.
     pub fn after(&self, d: &str) -> (Verdict, super::Rule) {
+        self.asked(d);
         let mut view = self.inner.view(Some(&self.over));
         view.mode = self.plan.mode.map_or(view.mode, |(_, m)| m);
         view.with_facts(d, None, self.now, super::decision::decide_by)
@@ -616,15 +781,67 @@ impl Inner {
 }
 
 impl Policy {
-    /// A dry run of `proposal`: planned by the code that applies it ([`next_record`], the
+    /// A dry run of `proposal`, judging `domains` (and those the proposal names): what the
+    /// decision reads of them is copied ([`Policy::snapshot`], the read lock held a chunk at a
+    /// time, never while judging), planned by the code that applies it ([`next_record`], the
     /// import's planner, the mode), then `judge` reads the policy before and after at `now`
-    /// under one read lock (the two cannot straddle a change). Nothing is written, logged,
-    /// announced or enforced.
-    pub fn what_if<T>(&self, proposal: &Proposal, who: &str, now: u64, judge: impl FnOnce(&WhatIf<'_>) -> T) -> T {
-        let inner = self.inner.read().unwrap();
-        let plan = inner.plan(proposal, who, now);
+    /// on the copy, with no lock held: streams' verdicts and the recorder's writes go on.
+    /// Nothing is written, logged, announced or enforced.
+    pub fn what_if<T>(&self, proposal: &Proposal, who: &str, now: u64, domains: &[&str], judge: impl FnOnce(&WhatIf<'_>) -> T) -> T {
+        let mut asked = proposal.domains();
+        asked.extend_from_slice(domains);
+        let snap = self.snapshot(&asked, SNAPSHOT_CHUNK, |_| {});
+        let plan = snap.plan(proposal, who, now);
         let over = plan.records.iter().map(|p| (p.after.domain.as_str(), &p.after)).collect();
-        judge(&WhatIf { inner: &inner, plan: &plan, over, now })
+        judge(&WhatIf {
+            inner: &snap,
+            plan: &plan,
+            over,
+            now,
+            #[cfg(debug_assertions)]
+            asked: asked.iter().copied().collect(),
+        })
+    }
+
+    /// What the decision reads of `domains`, copied: their records, the blacklist entries
+    /// among their parents, their listings, the mode. The read lock is taken for `chunk`
+    /// domains at a time (`between` runs in between, with no lock held); when the policy
+    /// changed in between (its generation moved) the copy is begun again, the last try
+    /// under one hold, so the copy is the policy at one generation.
+    fn snapshot(&self, domains: &[&str], chunk: usize, mut between: impl FnMut(usize)) -> Inner {
+        let mut snap = Inner::with_room(domains.len());
+        for attempt in 1..=SNAPSHOT_TRIES {
+            let chunk = if attempt == SNAPSHOT_TRIES { domains.len().max(1) } else { chunk.max(1) };
+            let parts: Vec<&[&str]> = if domains.is_empty() { vec![&[]] } else { domains.chunks(chunk).collect() };
+            // What a try that stopped had copied, let go of with no lock held.
+            snap.domains.clear();
+            snap.listed.clear();
+            let mut moved = false;
+            for (i, part) in parts.into_iter().enumerate() {
+                if i > 0 {
+                    between(i);
+                    // Writers first (bounded: a steady stream of them does not stop the copy).
+                    let t0 = std::time::Instant::now();
+                    while self.writers.load(std::sync::atomic::Ordering::SeqCst) > 0 && t0.elapsed() < WRITERS_GAP {
+                        std::thread::yield_now();
+                    }
+                }
+                let inner = self.inner.read().unwrap();
+                if i == 0 {
+                    inner.copy_scalars(&mut snap);
+                } else if inner.generation != snap.generation {
+                    moved = true;
+                    break;
+                }
+                for d in part {
+                    inner.copy_facts(d, &mut snap);
+                }
+            }
+            if !moved {
+                return snap;
+            }
+        }
+        unreachable!("the last try is taken under one hold")
     }
 }
 
@@ -805,7 +1022,7 @@ mod tests {
             Verdict::Refuse(_) => "refuse",
         };
         let judge = |prop: Proposal, domains: &[&str]| -> (Plan, Vec<(String, String)>) {
-            p.what_if(&prop, "op", now, |w| {
+            p.what_if(&prop, "op", now, domains, |w| {
                 let v = domains.iter().map(|x| (kind(&w.before(x).0).to_owned(), kind(&w.after(x).0).to_owned())).collect();
                 (w.plan().clone(), v)
             })
@@ -823,7 +1040,7 @@ mod tests {
         assert_eq!(plan.records.len(), 1);
         assert_eq!((plan.records[0].before.clone(), plan.records[0].after.state), (None, DomainState::Blacklisted));
         assert!(plan.changes());
-        let reason = p.what_if(&plan_blacklist(), "op", now, |w| w.after("chat.evil.example").0);
+        let reason = p.what_if(&plan_blacklist(), "op", now, &["chat.evil.example"], |w| w.after("chat.evil.example").0);
         assert_eq!(reason, Verdict::Refuse("chat.evil.example is blacklisted through evil.example: spam".into()));
 
         // A timed block refuses now; unblocking returns to what the domain was.
@@ -889,10 +1106,160 @@ mod tests {
         let p = Policy::load(store.clone(), Mode::Open).unwrap();
         let now = now_ms();
         let prop = plan_blacklist();
-        let planned = p.what_if(&prop, "op", now, |w| w.plan().records[0].after.clone());
+        let planned = p.what_if(&prop, "op", now, &[], |w| w.plan().records[0].after.clone());
         let Proposal::Domain { domain, change, reason } = prop else { unreachable!() };
         let (rec, changed) = p.apply(&domain, change, "op", reason.as_deref()).await.unwrap();
         assert!(changed);
         assert_eq!(DomainRecord { when_ms: rec.when_ms, ..planned }, rec);
+    }
+
+    /// A dry run copies what it judges by and judges with no lock held: while it judges a
+    /// large window, a verification noted (the write lock) and a stream's verdict on another
+    /// thread complete. (Before, the judging held the read lock, the note waited behind it
+    /// and the verdict behind the note.)
+    #[tokio::test]
+    async fn a_dry_run_judges_without_holding_the_policy() {
+        let store = Arc::new(Mem::default());
+        let p = Arc::new(Policy::load(store.clone(), Mode::Open).unwrap());
+        let names: Vec<String> = (0..3000).map(|i| format!("d{i}.example")).collect();
+        for n in &names {
+            p.note(n, |_| {});
+        }
+        p.apply(&Domain::parse("example").unwrap(), Change::Blacklist { source: "operator".into() }, "op", Some("all")).await.unwrap();
+        let asked: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (others_done, refused) = p.what_if(&Proposal::Mode(Mode::Allowlist), "op", now_ms(), &asked, |w| {
+            // Mid-way: another thread notes a verification and asks a verdict.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let q = p.clone();
+            let t = std::thread::spawn(move || {
+                q.note("late.example", |_| {});
+                let v = q.verdict(&Domain::parse("d1.example").unwrap());
+                let _ = tx.send(v);
+            });
+            let done = rx.recv_timeout(std::time::Duration::from_secs(20)).is_ok();
+            let refused = asked.iter().filter(|d| matches!(w.after(d).0, Verdict::Refuse(_))).count();
+            (done, (refused, t))
+        });
+        let (refused, t) = refused;
+        t.join().unwrap();
+        assert!(others_done, "note() and verdict() waited for the dry run");
+        assert_eq!(refused, asked.len(), "judged on the copy: every one is blacklisted through example");
+        assert!(p.record("late.example").is_some());
+    }
+
+    /// The copy is taken a chunk at a time, no lock held in between; when the policy changes
+    /// in between (here a listing arrives) the copy is begun again, so it is the policy at
+    /// one generation, the listing in it.
+    #[tokio::test]
+    async fn a_snapshot_across_a_change_begins_again() {
+        let p = Policy::load(Arc::new(Mem::default()), Mode::Open).unwrap();
+        let names: Vec<String> = (0..10).map(|i| format!("d{i}.example")).collect();
+        for n in &names {
+            p.note(n, |_| {});
+        }
+        let asked: Vec<&str> = names.iter().map(String::as_str).collect();
+        let block = feed("a.test", Action::Block);
+        let mut calls = 0;
+        let snap = p.snapshot(&asked, 2, |_| {
+            calls += 1;
+            // No lock is held here: a writer gets in.
+            p.note("between.example", |_| {});
+            if calls == 1 {
+                p.apply_rtbl(&block, &added("d0.example"));
+            }
+        });
+        assert_eq!(calls, 1 + 4, "the first try stopped at the change, the second went through");
+        assert_eq!(snap.generation, p.inner.read().unwrap().generation);
+        assert_eq!(snap.domains.len(), 10);
+        assert_eq!(snap.listed.get("d0.example").map(Vec::len), Some(1), "the copy has the listing that came in between");
+        // Always changing: the last try is taken under one hold.
+        let mut calls = 0;
+        let snap = p.snapshot(&asked, 2, |_| {
+            calls += 1;
+            p.apply_rtbl(&block, &added(&format!("e{calls}.example")));
+        });
+        assert_eq!(snap.generation, p.inner.read().unwrap().generation);
+        assert_eq!(snap.domains.len(), 10);
+    }
+
+    /// A change sent with the generation its dry run saw is refused once the policy moved
+    /// on — an operator's change, a listing, an expired block — and made when it has not;
+    /// without one it is made as ever. A domain entering the approval inbox is no change.
+    #[tokio::test]
+    async fn a_change_after_a_stale_preview_is_refused() {
+        let store = Arc::new(Mem::default());
+        let p = Policy::load(store.clone(), Mode::Approval).unwrap();
+        let d = |s: &str| Domain::parse(s).unwrap();
+        let generation = || p.what_if(&Proposal::Mode(Mode::Open), "op", now_ms(), &[], |w| w.generation());
+        let g = generation();
+        p.mark_pending(&d("new.example"));
+        p.note("seen.example", |_| {});
+        assert_eq!(generation(), g, "a pending mark and a sighting change no verdict");
+        p.apply(&d("x.example"), Change::Block { expires_ms: None }, "other op", None).await.unwrap();
+        let stale = p.apply_expecting(&d("y.example"), Change::Approve, "op", None, Some(g)).await;
+        assert!(matches!(stale, Err(ChangeError::Stale { .. })), "{stale:?}");
+        assert_eq!(stale.unwrap_err().to_string(), "the policy changed since the preview; review it again");
+        assert!(p.record("y.example").is_none(), "nothing changed");
+        assert!(matches!(p.set_mode_expecting(Mode::Open, "op", Some(g)).await, Err(ChangeError::Stale { .. })));
+        assert!(matches!(p.blacklist_many_expecting(&[(d("z.example"), None)], "l", "op", Some(g)).await, Err(ChangeError::Stale { .. })));
+        assert_eq!(p.mode(), Mode::Approval);
+        let g = generation();
+        p.apply_rtbl(&feed("a.test", Action::Block), &added("spam.example"));
+        assert!(matches!(p.set_mode_expecting(Mode::Open, "op", Some(g)).await, Err(ChangeError::Stale { .. })), "a listing moved it");
+        let g = generation();
+        p.apply(&d("t.example"), Change::Block { expires_ms: Some(now_ms() - 1) }, "op", None).await.unwrap();
+        let g2 = generation();
+        assert_eq!(p.expire_blocks(), ["t.example"]);
+        assert!(matches!(p.set_mode_expecting(Mode::Open, "op", Some(g2)).await, Err(ChangeError::Stale { .. })), "a block expired");
+        assert_ne!(g, g2);
+        let g = generation();
+        assert!(p.apply_expecting(&d("y.example"), Change::Approve, "op", None, Some(g)).await.unwrap().1);
+        assert!(p.apply(&d("w.example"), Change::Approve, "op", None).await.unwrap().1, "no generation: made as ever");
+    }
+
+    /// The mode in force again is no change: nothing written or logged, no wake-up, the
+    /// generation as it was — as the dry run says.
+    #[tokio::test]
+    async fn the_same_mode_again_does_nothing() {
+        #[derive(Default)]
+        struct Counting(std::sync::atomic::AtomicUsize);
+        impl PolicyStore for Counting {
+            fn mode(&self) -> Result<Option<Mode>, StorageError> {
+                Ok(None)
+            }
+            fn set_mode(&self, _: Mode) -> Result<(), StorageError> {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
+            fn domains(&self) -> Result<Vec<DomainRecord>, StorageError> {
+                Ok(Vec::new())
+            }
+            fn put_domain(&self, _: &DomainRecord) -> Result<(), StorageError> {
+                Ok(())
+            }
+            fn put_domains(&self, _: &[DomainRecord]) -> Result<(), StorageError> {
+                Ok(())
+            }
+            fn log_action(&self, _: &PolicyAction) -> Result<(), StorageError> {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
+            fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + '_>> {
+                Box::pin(async { Ok(()) })
+            }
+        }
+        let store = Arc::new(Counting::default());
+        let p = Policy::load(store.clone(), Mode::Allowlist).unwrap();
+        let seen = p.subscribe();
+        let g = p.inner.read().unwrap().generation;
+        let planned = p.what_if(&Proposal::Mode(Mode::Allowlist), "op", now_ms(), &[], |w| w.plan().changes());
+        assert!(!planned, "the dry run says it changes nothing");
+        assert!(!p.set_mode(Mode::Allowlist, "op").await.unwrap(), "unchanged");
+        assert_eq!(store.0.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing written or logged");
+        assert!(!seen.has_changed().unwrap(), "no stream woken");
+        assert_eq!(p.inner.read().unwrap().generation, g);
+        assert!(p.set_mode(Mode::Open, "op").await.unwrap());
+        assert_eq!(store.0.load(std::sync::atomic::Ordering::SeqCst), 2, "the mode and its log entry");
+        assert!(seen.has_changed().unwrap());
     }
 }

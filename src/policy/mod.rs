@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::types::Verdict;
 pub use decision::{BlacklistHit, Facts, Inbound, Listed, Rule, Step, Trace, decide, explain};
-pub use live::{Change, Plan, Planned, Policy, Proposal, WhatIf, next_record};
+pub use live::{Change, ChangeError, Plan, Planned, Policy, Proposal, WhatIf, next_record};
 
 /// `[policy] mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

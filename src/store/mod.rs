@@ -64,6 +64,10 @@ pub struct Store {
     rtbl: sled::Tree,
     rtbl_feeds: sled::Tree,
     familiar: sled::Tree,
+    /// The longest any stream in `history` lived (its last activity after its opening), in
+    /// ms: how far before a window [`Store::history_since`] must start, the history being
+    /// keyed by when streams opened. Kept in `meta`; never lowered (pruning keeps it).
+    longest_ms: std::sync::atomic::AtomicU64,
     path: PathBuf,
     _lock: File,
 }
@@ -71,6 +75,7 @@ pub struct Store {
 const SECRET_KEY: &[u8] = b"dialback_secret";
 const VERSION_KEY: &[u8] = b"schema_version";
 const MODE_KEY: &[u8] = b"mode";
+const LONGEST_KEY: &[u8] = b"history_longest_ms";
 
 /// Open sled's database. Our own lock on the directory is held, so no other process has
 /// it: sled's lock still held is this process's previous `Store`, whose flusher thread
@@ -117,11 +122,13 @@ impl Store {
             rtbl: db.open_tree("rtbl").map_err(err)?,
             rtbl_feeds: db.open_tree("rtbl_feeds").map_err(err)?,
             familiar: db.open_tree("familiar").map_err(err)?,
+            longest_ms: Default::default(),
             db,
             path,
             _lock: lock,
         };
         store.migrate(data_dir)?;
+        store.load_longest()?;
         if fresh {
             // The database holds the dialback secret: ours alone whatever the umask was.
             private_tree(&store.path, true);
@@ -159,6 +166,31 @@ impl Store {
         // 1 → 2: the new trees exist once opened; nothing to rewrite.
         self.meta.insert(VERSION_KEY, &SCHEMA_VERSION.to_be_bytes()).map_err(|e| self.err(e))?;
         self.db.flush().map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The longest stream lifetime in the history, from `meta`; a store written before it was
+    /// kept has it measured once, by reading the history (only the two times of each entry).
+    fn load_longest(&self) -> Result<(), StoreError> {
+        let longest = match self.meta.get(LONGEST_KEY).map_err(|e| self.err(e))? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| self.err("history_longest_ms is not 8 bytes"))?),
+            None => {
+                #[derive(serde::Deserialize)]
+                struct Times {
+                    opened_ms: u64,
+                    last_activity_ms: u64,
+                }
+                let mut longest = 0;
+                for v in self.history.iter().values() {
+                    if let Ok(t) = decode::<Times>(&v.map_err(|e| self.err(e))?) {
+                        longest = longest.max(t.last_activity_ms.saturating_sub(t.opened_ms));
+                    }
+                }
+                self.meta.insert(LONGEST_KEY, &longest.to_be_bytes()).map_err(|e| self.err(e))?;
+                longest
+            }
+        };
+        self.longest_ms.store(longest, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -232,6 +264,17 @@ impl Store {
 
     pub fn add_history(&self, s: &ConnSnapshot) -> Result<(), StoreError> {
         let id = self.db.generate_id().map_err(|e| self.err(e))?;
+        // The longest lifetime first: a window's scan must never start after this stream.
+        let lived = s.last_activity_ms.saturating_sub(s.opened_ms);
+        if lived > self.longest_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            self.meta
+                .fetch_and_update(LONGEST_KEY, |old| {
+                    let old = old.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes);
+                    Some(old.max(lived).to_be_bytes().to_vec())
+                })
+                .map_err(|e| self.err(e))?;
+            self.longest_ms.fetch_max(lived, std::sync::atomic::Ordering::Relaxed);
+        }
         self.history.insert(time_key(s.opened_ms, id), encode(s)).map_err(|e| self.err(e))?;
         self.open_streams.remove(s.id.as_bytes()).map_err(|e| self.err(e))?;
         Ok(())
@@ -246,18 +289,27 @@ impl Store {
     }
 
     /// The closed streams active at or after `since_ms` (their last activity), newest first.
-    /// The whole history is read: a stream opened before `since_ms` may have lasted into it.
+    /// The history is keyed by when streams opened: only the entries opened after `since_ms`
+    /// less the longest any stream lived are read, so the cost follows the window, not the
+    /// history's size. (Streams open now are the table's.)
     pub fn history_since(&self, since_ms: u64) -> Result<Vec<ConnSnapshot>, StoreError> {
-        let mut out = Vec::new();
-        for v in self.history.iter().values().rev() {
+        Ok(self.history_scan(since_ms)?.0)
+    }
+
+    /// [`Store::history_since`], with how many entries it decoded.
+    fn history_scan(&self, since_ms: u64) -> Result<(Vec<ConnSnapshot>, usize), StoreError> {
+        let start = since_ms.saturating_sub(self.longest_ms.load(std::sync::atomic::Ordering::Relaxed));
+        let (mut out, mut decoded) = (Vec::new(), 0);
+        for v in self.history.range(time_key(start, 0)..).values().rev() {
             let v = v.map_err(|e| self.err(e))?;
+            decoded += 1;
             if let Ok(s) = decode::<ConnSnapshot>(&v)
                 && s.last_activity_ms.max(s.opened_ms) >= since_ms
             {
                 out.push(s);
             }
         }
-        Ok(out)
+        Ok((out, decoded))
     }
 
     /// Replace the snapshots of open streams.
@@ -577,5 +629,60 @@ mod tests {
         };
         s.put_domain(&rec).unwrap();
         assert_eq!(s.domain("x.test").unwrap(), Some(rec));
+    }
+
+    fn stream(id: &str, opened_ms: u64, last_activity_ms: u64) -> ConnSnapshot {
+        ConnSnapshot {
+            id: id.into(),
+            direction: crate::types::Direction::In,
+            kind: Default::default(),
+            local: Some("home.test".into()),
+            remote: Some("x.test".into()),
+            peer_addr: None,
+            state: crate::types::ConnState::Closed,
+            stream_id: None,
+            tls: None,
+            pairs: Vec::new(),
+            opened_ms,
+            last_activity_ms,
+            stanzas_in: 0,
+            stanzas_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            close_reason: None,
+            limits: None,
+        }
+    }
+
+    /// A window of the history reads the entries opened in it and those opened before it by
+    /// at most the longest lifetime recorded, not the whole history; a long-lived stream
+    /// widens the scan so it is still found; the longest lifetime survives a reopen and is
+    /// measured for a store that did not keep it.
+    #[test]
+    fn a_window_reads_only_its_part_of_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        // 1000 streams of a minute each, one every ten minutes.
+        for i in 0..1000u64 {
+            s.add_history(&stream(&format!("s{i}"), i * 600_000, i * 600_000 + 60_000)).unwrap();
+        }
+        let since = 995 * 600_000;
+        let (found, decoded) = s.history_scan(since).unwrap();
+        assert_eq!(found.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["s999", "s998", "s997", "s996", "s995"]);
+        assert!(decoded <= 6, "read {decoded} entries for a window of 5");
+        assert_eq!(s.history_scan(1000 * 600_000).unwrap(), (vec![], 0), "an empty window reads nothing");
+        // A stream opened long before the window and active in it.
+        s.add_history(&stream("long", 10 * 600_000, 996 * 600_000)).unwrap();
+        let (found, decoded) = s.history_scan(since).unwrap();
+        assert!(found.iter().any(|s| s.id == "long") && found.len() == 6);
+        assert!(decoded >= 990, "the long stream's lifetime widens the scan: {decoded}");
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.history_since(since).unwrap().iter().any(|s| s.id == "long"), "kept across a reopen");
+        // A store from before the lifetime was kept: measured at open.
+        s.meta.remove(LONGEST_KEY).unwrap();
+        s.longest_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+        s.load_longest().unwrap();
+        assert!(s.history_since(since).unwrap().iter().any(|s| s.id == "long"), "measured");
     }
 }
