@@ -19,7 +19,7 @@ Phases (argument; default `all`):
            trip (/proc/PID/stat), then p50/p99 latency at half that rate.
   streams  for each K in STREAMS (default "500,3000"), a fresh drawbridge and K streams from
            K domains, each authenticated by AUTH (dialback: drawbridge calls the peer back;
-           sasl: SASL EXTERNAL with one wildcard certificate, `*.bench`): CPU per set-up, and
+           sasl: SASL EXTERNAL with one wildcard certificate, `*.peers.bench`): CPU per set-up, and
            VmRSS at K/6 and K streams once idle, giving the per-stream slope and the fixed
            growth (intercept) apart. Without AUTH both methods are measured.
   all      ping, then streams.
@@ -50,6 +50,7 @@ NS_DB = "jabber:server:dialback"
 NS_SERVER = "jabber:server"
 
 HOST = "a.bench"
+PEERS = "peers.bench"  # the peers are p0.peers.bench…, the ping's g.peers.bench
 # Loopback addresses of their own, so drawbridge's per-address limits see the peer alone.
 DB_IP, PEER_IP = "127.0.0.81", "127.0.0.82"
 # drawbridge gives freed memory back on this tick (drawbridge::engine::RELEASE_INTERVAL).
@@ -234,7 +235,7 @@ class Peer:
     async def serve_in(self, c):
         h = await c.expect("open")
         domain = h.get("to", "")
-        if h.get("from") != HOST or not domain.endswith(".bench"):
+        if h.get("from") != HOST or not domain.endswith("." + PEERS):
             raise RuntimeError(f"unexpected header {h}")
         c.send(header(domain, HOST, os.urandom(8).hex())
                + f"<stream:features><starttls xmlns='{NS_TLS}'><required/></starttls></stream:features>".encode())
@@ -338,14 +339,15 @@ class Peer:
 
 def make_certs(d):
     """A CA, drawbridge's certificate (a.bench) and the peers' one wildcard certificate
-    (`*.bench`: what each of K real peers would carry, not one certificate naming K domains).
+    (`*.peers.bench`: what each of K real peers would carry, not one certificate naming K
+    domains; drawbridge takes no wildcard right under a top-level label, so not `*.bench`).
     ECDSA P-256, as rcgen makes for the other benches."""
     def run(*args):
         subprocess.run(["openssl", *args], check=True, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
     run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "30", "-subj", "/CN=bench CA",
         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
-    for name, cn in (("a", HOST), ("peer", "*.bench")):
+    for name, cn in (("a", HOST), ("peer", f"*.{PEERS}")):
         run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
         with open(os.path.join(d, f"{name}.ext"), "w") as f:
             f.write(f"subjectAltName=DNS:{cn}\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n")
@@ -462,7 +464,8 @@ async def with_drawbridge(d, certs, domains, auth, name, body):
 
 # ---- phase 1: pings on one stream ---------------------------------------------------------
 
-PING = "<iq type='get' id='{}' from='g.bench' to='a.bench'><ping xmlns='urn:xmpp:ping'/></iq>"
+PINGER = "g." + PEERS
+PING = "<iq type='get' id='{}' from='" + PINGER + "' to='a.bench'><ping xmlns='urn:xmpp:ping'/></iq>"
 # A pong's id: the answers are scanned from the bytes (parsing each would make the peer the
 # bottleneck). drawbridge writes attributes in single quotes; both are accepted.
 PONG_ID = re.compile(rb"<iq\b[^>]*?\bid=['\"](\d+)['\"]")
@@ -474,14 +477,14 @@ async def ping_phase(d, certs):
     window = int(os.environ.get("OUTSTANDING", "5000"))
 
     async def body(db, peer):
-        out = await peer.open_stream("g.bench", auth)
+        out = await peer.open_stream(PINGER, auth)
         # One ping first: under SASL drawbridge has no stream back until it has an answer to send.
         warm = asyncio.Event()
         peer.on_pong = lambda ids: warm.set()
         out.send(PING.format("warm").encode())
         await asyncio.wait_for(warm.wait(), STEP)
         peer.on_pong = None
-        back = peer.incoming["g.bench"]
+        back = peer.incoming[PINGER]
         # drawbridge's stream back is now quiet until the pongs: read it raw from here on.
         state = {"got": 0, "times": None, "lat": [], "carry": b""}
         arrived = asyncio.Event()
@@ -565,7 +568,7 @@ async def ping_phase(d, certs):
                   f"({len(lat)} pongs)")
         return rate
 
-    return await with_drawbridge(d, certs, ["g.bench"], auth, "ping", body)
+    return await with_drawbridge(d, certs, [PINGER], auth, "ping", body)
 
 
 # ---- phase 2: set-up CPU and idle memory --------------------------------------------------
@@ -577,21 +580,20 @@ async def settle(db):
 
 
 async def streams_phase(d, certs, k, auth):
-    domains = [f"p{i}.bench" for i in range(k + 1)]  # p0 warms up
+    domains = [f"p{i}.{PEERS}" for i in range(k + 1)]  # p0 warms up
     k1 = max(k // 6, 1)
 
     async def body(db, peer):
         rss_start = db.rss_kib()
         await open_many(peer, domains[:1], auth)
         rss0 = await settle(db)
-        cpu_setup, rss = 0.0, []
-        t0 = time.perf_counter()
+        cpu_setup, wall, rss = 0.0, 0.0, []
         for lo, hi in ((1, k1 + 1), (k1 + 1, k + 1)):
-            c0 = db.cpu()
+            c0, t0 = db.cpu(), time.perf_counter()
             await open_many(peer, domains[lo:hi], auth)
             cpu_setup += db.cpu() - c0
+            wall += time.perf_counter() - t0
             rss.append(await settle(db))
-        wall = time.perf_counter() - t0 - 2 * (RELEASE_INTERVAL + 3)
         if auth == "dialback" and peer.callbacks < k + 1:
             peer.faults.append(f"only {peer.callbacks} callbacks for {k + 1} dialback streams")
         alive = sum(1 for c in peer.conns if not c.w.is_closing())
