@@ -25,7 +25,9 @@ Phases (argument; default `all`):
   all      ping, then streams.
 
 Every connection is to 127.0.0.x; every wait has a bound. LOG=debug keeps drawbridge's
-debug log (its path is printed). Not a test: nothing here asserts a figure.
+debug log (its path is printed); HOLD_SECS=S keeps each drawbridge up S seconds after its
+figures (streams idle; the peer does not read meanwhile). EXTRA_CONFIG adds TOML to
+drawbridge's configuration (`\n` for new lines). Not a test: nothing here asserts a figure.
 """
 
 import asyncio
@@ -566,6 +568,7 @@ async def ping_phase(d, certs):
             p = lambda q: lat[min(int(len(lat) * q), len(lat) - 1)] * 1e3
             print(f"  at half that rate ({half:,.0f} pings/s): latency p50 {p(0.5):.3f} ms, p99 {p(0.99):.3f} ms "
                   f"({len(lat)} pongs)")
+        hold(db)
         return rate
 
     return await with_drawbridge(d, certs, [PINGER], auth, "ping", body)
@@ -574,9 +577,13 @@ async def ping_phase(d, certs):
 # ---- phase 2: set-up CPU and idle memory --------------------------------------------------
 
 async def settle(db):
-    """Idle long enough for drawbridge's buffer release and its allocator purge."""
-    await asyncio.sleep(RELEASE_INTERVAL + 3)
-    return db.rss_kib()
+    """VmRSS 3 s after the last handshake, and again once a release tick has surely passed
+    (idle streams give their buffers back after 2 s quiet; the allocator's freed pages go
+    back to the system only on drawbridge's release tick, every RELEASE_INTERVAL)."""
+    await asyncio.sleep(3)
+    early = db.rss_kib()
+    await asyncio.sleep(RELEASE_INTERVAL)
+    return early, db.rss_kib()
 
 
 async def streams_phase(d, certs, k, auth):
@@ -586,14 +593,15 @@ async def streams_phase(d, certs, k, auth):
     async def body(db, peer):
         rss_start = db.rss_kib()
         await open_many(peer, domains[:1], auth)
-        rss0 = await settle(db)
-        cpu_setup, wall, rss = 0.0, 0.0, []
+        _, rss0 = await settle(db)
+        cpu_setup, wall, rss, early = 0.0, 0.0, [], 0
         for lo, hi in ((1, k1 + 1), (k1 + 1, k + 1)):
             c0, t0 = db.cpu(), time.perf_counter()
             await open_many(peer, domains[lo:hi], auth)
             cpu_setup += db.cpu() - c0
             wall += time.perf_counter() - t0
-            rss.append(await settle(db))
+            early, late = await settle(db)
+            rss.append(late)
         if auth == "dialback" and peer.callbacks < k + 1:
             peer.faults.append(f"only {peer.callbacks} callbacks for {k + 1} dialback streams")
         alive = sum(1 for c in peer.conns if not c.w.is_closing())
@@ -605,11 +613,22 @@ async def streams_phase(d, certs, k, auth):
               f"{peer.callbacks} callbacks answered, {peer.bad_callbacks} keys wrong; {alive} peer sockets open):")
         print(f"  CPU per set-up ({what}, TLS, authentication): {cpu_setup * 1e3 / k:.2f} ms")
         print(f"  VmRSS: {rss_start} KiB at start, {rss0} after the warm-up stream, {rss1} at {k1} streams, {rss2} at {k}")
-        print(f"  per idle verified {what}, (RSS at {k} − RSS before) / {k}: {(rss2 - rss0) / k:.1f} KiB")
+        print(f"  per idle verified {what}, (RSS at {k} − RSS before) / {k}: {(rss2 - rss0) / k:.1f} KiB "
+              f"({(early - rss0) / k:.1f} KiB read 3 s after the last handshake, before a release tick surely passed)")
         print(f"  per-stream cost (slope {k1}→{k}): {slope:.1f} KiB; fixed growth (intercept): {fixed / 1024:.1f} MiB")
+        hold(db)
         return {"k": k, "rss0": rss0, "rss2": rss2, "cpu": cpu_setup / k}
 
     return await with_drawbridge(d, certs, domains, auth, f"streams-{auth}-{k}", body)
+
+
+def hold(db):
+    """HOLD_SECS=S: keep drawbridge (and the streams) up S seconds after the figures, for a
+    profiler or `drawbridge --config CONFIG ctl connections`."""
+    secs = float(os.environ.get("HOLD_SECS", "0"))
+    if secs > 0:
+        print(f"  holding {secs:g} s: drawbridge pid {db.pid}, --config {db.cfg}", flush=True)
+        time.sleep(secs)
 
 
 async def open_many(peer, domains, auth):
