@@ -359,6 +359,13 @@ def make_certs(d):
     return {"ca": j("ca.pem"), "a_crt": j("a.crt"), "a_key": j("a.key"), "peer_crt": j("peer.crt"), "peer_key": j("peer.key")}
 
 
+def die_with_parent():
+    """PR_SET_PDEATHSIG: a peer killed mid-run leaves no drawbridge behind."""
+    import ctypes
+    import signal
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
 def free_port(ip):
     with socket.socket() as s:
         s.bind((ip, 0))
@@ -387,7 +394,7 @@ class Drawbridge:
             f.write(cfg)
         self.log = os.path.join(self.dir, "stderr.log")
         self.proc = subprocess.Popen([self.bin, "--config", self.cfg, "serve"], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
+                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"), preexec_fn=die_with_parent)
         self.pid = self.proc.pid
 
     async def ready(self):
