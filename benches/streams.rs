@@ -5,7 +5,7 @@
 //! which then carries the pong). A's resident memory and CPU time are read from /proc
 //! before and after; the figures are per pair, i.e. one inbound and one outbound stream.
 //!
-//! B stands for N peer servers: its certificate has one wildcard name (`*.bench`), as each
+//! B stands for N peer servers: its certificate has one wildcard name (`*.peers.bench`: RFC 6125 §6.4.3 allows no wildcard right under a top-level label), as each
 //! of N real peers would carry a certificate of ordinary size — not one naming all N.
 //!
 //! Run: `cargo bench --bench streams` (N=500; `STREAMS=N` to change). `AUTH=sasl` gives both
@@ -103,7 +103,7 @@ async fn main() {
     let (ip_a, ip_b) = ("127.0.0.61", "127.0.0.62");
     let (port_a, port_b) = (free_port(ip_a), free_port(ip_b));
     // One domain more than measured: b0 warms up.
-    let b_domains: Vec<String> = (0..=n).map(|i| format!("b{i}.bench")).collect();
+    let b_domains: Vec<String> = (0..=n).map(|i| format!("b{i}.peers.bench")).collect();
     let a_overrides: Vec<(String, String, u16)> = b_domains.iter().map(|d| (d.clone(), ip_b.to_owned(), port_b)).collect();
     let sasl = std::env::var("AUTH").is_ok_and(|a| a == "sasl");
     let (tls_a, tls_b) = if sasl {
@@ -114,12 +114,12 @@ async fn main() {
         let key = rcgen::KeyPair::generate().unwrap();
         let pem = params.self_signed(&key).unwrap().pem();
         let ca = (params, key, pem);
-        (tls_section(dir.path(), "a", &["a.bench".to_owned()], &ca), tls_section(dir.path(), "b", &["*.bench".to_owned()], &ca))
+        (tls_section(dir.path(), "a", &["a.bench".to_owned()], &ca), tls_section(dir.path(), "b", &["*.peers.bench".to_owned()], &ca))
     } else {
         // B stands for N servers, each with a certificate of ordinary size: one wildcard
         // name, self-signed so that A authenticates every pair by dialback.
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["*.bench".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["*.peers.bench".to_owned()]).unwrap().self_signed(&key).unwrap();
         let (c, k) = (dir.path().join("b.crt"), dir.path().join("b.key"));
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
@@ -131,7 +131,7 @@ async fn main() {
     ready(&a).await;
     ready(&b).await;
     // Warm up: one pair, so one-off costs (TLS contexts, first allocations) are not counted.
-    let warm = control::request(&b.sock, &Request::Probe { domain: "a.bench".into(), from: Some("b0.bench".into()) }).await.unwrap();
+    let warm = control::request(&b.sock, &Request::Probe { domain: "a.bench".into(), from: Some("b0.peers.bench".into()) }).await.unwrap();
     assert!(warm.ok, "{:?}", warm.error);
     let pid = a.child.id();
     let (rss0, cpu0) = (rss_kib(pid), cpu_s(pid));

@@ -194,10 +194,10 @@ async fn downgrade_from_certificate_to_dialback_is_flagged() {
     let dns = Dns::start().await;
     let b = start_published("b.test", &dns, "").await;
     let mut events = b.engine.subscribe();
-    let outcome = |method| VerificationOutcome {
+    let outcome_dir = |method, direction| VerificationOutcome {
         time_ms: drawbridge::engine::events::now_ms(),
         stream: "s".into(),
-        direction: Direction::In,
+        direction,
         local: "b.test".into(),
         remote: "x.test".into(),
         method,
@@ -205,6 +205,16 @@ async fn downgrade_from_certificate_to_dialback_is_flagged() {
         reason: "test".into(),
         peer_addr: None,
     };
+    let outcome = |method| outcome_dir(method, Direction::In);
+    // Our stream to y.test authenticated by EXTERNAL proves our domain, not y.test: its
+    // dialback to us later is no downgrade.
+    b.engine.testing().record_outcome(outcome_dir(AuthMethod::SaslExternal, Direction::Out));
+    b.engine
+        .testing()
+        .record_outcome(VerificationOutcome { remote: "y.test".into(), ..outcome_dir(AuthMethod::SaslExternal, Direction::Out) });
+    b.engine.testing().record_outcome(VerificationOutcome { remote: "y.test".into(), ..outcome(AuthMethod::Dialback) });
+    let y = record(&b.engine, "y.test").await.unwrap();
+    assert!(!y.cert_auth_seen && y.downgrade.is_none(), "{y:?}");
     b.engine.testing().record_outcome(outcome(AuthMethod::SaslExternal));
     assert!(record(&b.engine, "x.test").await.unwrap().downgrade.is_none());
     b.engine.testing().record_outcome(outcome(AuthMethod::Dialback));

@@ -123,10 +123,17 @@ impl Recorder {
         // One write of the domain's record per outcome: what it says about certificates,
         // and the last verification.
         let (mut cert_seen, mut downgrade) = (false, None);
+        // Only what the remote domain proved to us counts: its certificate judged valid for
+        // it (either way), SASL EXTERNAL or dialback on its stream to us. On our stream to it,
+        // EXTERNAL and dialback prove *our* domain — a peer with a self-signed certificate
+        // that accepts ours was once taken for one that authenticated by certificate, and
+        // every dialback from it then was flagged as a downgrade.
         if outcome.result == VerificationResult::Valid {
+            let inbound = outcome.direction == Direction::In;
             match outcome.method {
-                AuthMethod::SaslExternal | AuthMethod::DialbackWithValidCert => cert_seen = true,
-                AuthMethod::Dialback if self.policy.record(&outcome.remote).is_some_and(|r| r.cert_auth_seen) => {
+                AuthMethod::Certificate => cert_seen = true,
+                AuthMethod::SaslExternal | AuthMethod::DialbackWithValidCert if inbound => cert_seen = true,
+                AuthMethod::Dialback if inbound && self.policy.record(&outcome.remote).is_some_and(|r| r.cert_auth_seen) => {
                     let text = format!(
                         "downgrade: {} authenticated by certificate before, now by dialback only ({})",
                         outcome.remote,
