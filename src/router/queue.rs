@@ -25,7 +25,24 @@ struct Queue<T> {
     max_bytes: usize,
 }
 
+impl<T> State<T> {
+    fn len(&self) -> usize {
+        self.items.len() + usize::from(self.head.is_some())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head.is_none() && self.items.is_empty()
+    }
+}
+
 struct State<T> {
+    /// The oldest item, when it is the only one: a link that carries one stanza at a time
+    /// (a ping's answer, a set-up's first stanza) allocates no buffer. The buffer lived until
+    /// the stream went quiet, and streams set up meanwhile left it a hole between their
+    /// long-lived state (jemalloc's 640-byte class: ~2 KiB per idle pair, issue 16).
+    head: Option<(T, usize)>,
+    /// The items after `head`, in order (`head` is `None` only when this is empty, or when
+    /// the head was taken and these are older than anything queued since).
     items: VecDeque<(T, usize)>,
     bytes: usize,
     /// The receiver closed it (or is gone).
@@ -58,7 +75,7 @@ pub enum TrySendError<T = Element> {
 /// budget still goes, alone).
 pub fn queue<T>(count: usize, bytes: usize) -> (QueueTx<T>, QueueRx<T>) {
     let q = Arc::new(Queue {
-        state: Mutex::new(State { items: VecDeque::new(), bytes: 0, closed: false, senders: 1, waiting: 0 }),
+        state: Mutex::new(State { head: None, items: VecDeque::new(), bytes: 0, closed: false, senders: 1, waiting: 0 }),
         notify: Notify::new(),
         space: Notify::new(),
         max_count: count.max(1),
@@ -74,12 +91,12 @@ impl<T> Queue<T> {
 
     /// Whether an item of `weight` goes in now (one larger than the whole budget goes alone).
     fn fits(&self, s: &State<T>, weight: usize) -> bool {
-        s.items.is_empty() || (s.items.len() < self.max_count && s.bytes + weight <= self.max_bytes)
+        s.is_empty() || (s.len() < self.max_count && s.bytes + weight <= self.max_bytes)
     }
 
     /// Drained to half in count and bytes: room for a good step of a burst.
     fn low(&self, s: &State<T>) -> bool {
-        s.bytes <= self.max_bytes / 2 && s.items.len() <= self.max_count / 2
+        s.bytes <= self.max_bytes / 2 && s.len() <= self.max_count / 2
     }
 }
 
@@ -95,7 +112,7 @@ impl<T> Drop for Waiting<'_, T> {
 impl<T> QueueTx<T> {
     /// Items queued now (for a scrape: takes the queue's lock).
     pub fn len(&self) -> usize {
-        self.q.lock().items.len()
+        self.q.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -113,7 +130,11 @@ impl<T> QueueTx<T> {
                 return Err(TrySendError::Full(item));
             }
             s.bytes += weight;
-            s.items.push_back((item, weight));
+            if s.head.is_none() && s.items.is_empty() {
+                s.head = Some((item, weight));
+            } else {
+                s.items.push_back((item, weight));
+            }
         }
         self.q.notify.notify_one();
         Ok(())
@@ -200,9 +221,9 @@ impl<T> QueueRx<T> {
 
     fn pop(q: &Queue<T>, s: &mut State<T>) -> Option<T> {
         let was_low = q.low(s);
-        let (item, w) = s.items.pop_front()?;
+        let (item, w) = s.head.take().or_else(|| s.items.pop_front())?;
         s.bytes -= w;
-        if s.waiting > 0 && ((!was_low && q.low(s)) || s.items.is_empty()) {
+        if s.waiting > 0 && ((!was_low && q.low(s)) || s.is_empty()) {
             // Senders wait for room: wake them at half (a burst moves on in large steps) or
             // empty (an item larger than half the budget goes only into an emptier queue).
             q.space.notify_waiters();
@@ -262,6 +283,31 @@ mod tests {
         assert!(rx.try_recv().is_some());
         rx.close();
         assert!(matches!(tx.try_send(stanza(1)), Err(TrySendError::Closed(_))));
+    }
+
+    /// One item at a time needs no buffer; more keep their order across the inline head.
+    #[test]
+    fn one_at_a_time_allocates_nothing_and_order_holds() {
+        let (tx, mut rx) = queue::<u32>(100, 1000);
+        for i in 0..10 {
+            tx.try_send_weighted(i, 1).unwrap();
+            assert_eq!(rx.try_recv(), Some(i));
+        }
+        assert_eq!(rx.q.lock().items.capacity(), 0, "no buffer for a link that carries one at a time");
+        let mut next = 0;
+        let mut taken = Vec::new();
+        for round in 0..20 {
+            for _ in 0..(round % 4 + 1) {
+                tx.try_send_weighted(next, 1).unwrap();
+                next += 1;
+            }
+            for _ in 0..(round % 3) {
+                taken.extend(rx.try_recv());
+            }
+            assert_eq!(tx.len(), next as usize - taken.len());
+        }
+        taken.extend(std::iter::from_fn(|| rx.try_recv()));
+        assert_eq!(taken, (0..next).collect::<Vec<_>>());
     }
 
     #[test]
