@@ -10,25 +10,17 @@ mod common;
 use common::*;
 use drawbridge::engine::events::{AuthMethod, CertExpiry, Direction};
 use drawbridge::engine::{CertsReport, Reply, Request};
-use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+use rcgen::{CertificateParams, DnType, KeyPair};
 
 const DAY: i64 = 86_400;
 
 /// `[tls]` for `domain` with a certificate from `ca` valid until `not_after` (unix seconds),
 /// trusting `trust`.
 fn tls_until(dir: &std::path::Path, ca: &Ca, domain: &str, trust: &Ca, not_after: i64) -> String {
-    let mut params = CertificateParams::new(vec![domain.to_owned()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, domain);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-    params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &rcgen::Issuer::from_params(&ca.params, &ca.key)).unwrap();
-    let (c, k, t) = (dir.join(format!("{domain}.crt")), dir.join(format!("{domain}.key")), dir.join(format!("{domain}-trust.pem")));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    std::fs::write(&t, &trust.pem).unwrap();
-    format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\nca_file = \"{}\"\n", c.display(), k.display(), t.display())
+    tls_config_with(dir, ca, domain, trust, |params| {
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+    })
 }
 
 async fn certs(engine: &drawbridge::engine::EngineHandle, expiring_s: Option<u64>) -> CertsReport {

@@ -580,9 +580,15 @@ pub fn ca(name: &str) -> Ca {
 
 /// `[tls]` for `domain` with a server-auth-only certificate from `ca`, trusting `trust`.
 pub fn tls_config(dir: &std::path::Path, ca: &Ca, domain: &str, trust: &Ca) -> String {
+    tls_config_with(dir, ca, domain, trust, |_| {})
+}
+
+/// [`tls_config`] with the certificate's parameters changed first (e.g. its validity).
+pub fn tls_config_with(dir: &std::path::Path, ca: &Ca, domain: &str, trust: &Ca, edit: impl FnOnce(&mut CertificateParams)) -> String {
     let mut params = CertificateParams::new(vec![domain.to_owned(), format!("*.{domain}")]).unwrap();
     params.distinguished_name.push(DnType::CommonName, domain);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    edit(&mut params);
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &rcgen::Issuer::from_params(&ca.params, &ca.key)).unwrap();
     let (c, k, t) = (dir.join(format!("{domain}.crt")), dir.join(format!("{domain}.key")), dir.join(format!("{domain}-trust.pem")));
