@@ -1,6 +1,9 @@
 //! Test harness: a real DNS server on loopback (hickory-server, in-memory zone `test.`),
-//! drawbridge engines on port 0 with temp data dirs, and a raw peer that speaks bytes.
+//! drawbridge engines on port 0 with temp data dirs, and a raw peer that speaks bytes;
+//! a throw-away PostgreSQL in [`postgres`].
 #![allow(dead_code)]
+
+pub mod postgres;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
