@@ -45,8 +45,8 @@ pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Re
             }
         }
         Request::Probe { domain, from } => Ok(Reply::Probe(Box::new(probe(shared, &domain, from.as_deref()).await))),
-        Request::Verifications { domain, limit } => Ok(Reply::Outcomes(shared.outcomes_for(domain.as_deref(), limit.unwrap_or(50))?)),
-        Request::History { domain, limit } => Ok(Reply::Streams(shared.store.history(domain.as_deref(), limit.unwrap_or(50))?)),
+        Request::Verifications { domain, limit } => Ok(Reply::Outcomes(shared.outcomes_for(domain.as_deref(), limit.unwrap_or(50)).await?)),
+        Request::History { domain, limit } => Ok(Reply::Streams(shared.store.history(domain.as_deref(), limit.unwrap_or(50)).await?)),
         Request::Approve { .. }
         | Request::Block { .. }
         | Request::Blacklist { .. }
@@ -63,8 +63,8 @@ pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Re
             };
             Ok(Reply::Domains(domain_rows(shared, state)))
         }
-        Request::Domain { domain } => Ok(Reply::Domain(Box::new(domain_report(shared, &parse(&domain)?)?))),
-        Request::Explain { domain } => Ok(Reply::Explain(Box::new(explain(shared, &domain)?))),
+        Request::Domain { domain } => Ok(Reply::Domain(Box::new(domain_report(shared, &parse(&domain)?).await?))),
+        Request::Explain { domain } => Ok(Reply::Explain(Box::new(explain(shared, &domain).await?))),
         Request::Rtbl => Ok(Reply::Rtbl(Box::new(rtbl_report(shared)?))),
         Request::Metrics => text(super::metrics::render(shared)),
         Request::Certs { expiring_s } => Ok(Reply::Certs(Box::new(super::certs::report(shared, expiring_s.map(Duration::from_secs))))),
@@ -114,7 +114,7 @@ fn domain_rows(shared: &Shared, state: Option<DomainState>) -> Vec<DomainRow> {
     records.into_iter().map(|record| DomainRow { live: live.get(&record.domain).copied().unwrap_or_default(), record }).collect()
 }
 
-fn domain_report(shared: &Shared, d: &Domain) -> Result<DomainReport, EngineError> {
+async fn domain_report(shared: &Shared, d: &Domain) -> Result<DomainReport, EngineError> {
     let verdict = match shared.policy.verdict(d) {
         Verdict::Allow => "allowed to federate".to_owned(),
         Verdict::Hold => "held until approved (policy mode approval)".to_owned(),
@@ -124,9 +124,9 @@ fn domain_report(shared: &Shared, d: &Domain) -> Result<DomainReport, EngineErro
         domain: d.to_string(),
         record: shared.policy.record(d.as_str()),
         verdict,
-        outcomes: shared.outcomes_for(Some(d.as_str()), 10)?,
-        streams: shared.store.history(Some(d.as_str()), 10)?,
-        policy_log: shared.store.policy_log(Some(d.as_str()), 10)?,
+        outcomes: shared.outcomes_for(Some(d.as_str()), 10).await?,
+        streams: shared.store.history(Some(d.as_str()), 10).await?,
+        policy_log: shared.store.policy_log(Some(d.as_str()), 10).await?,
         listings: listings_of(shared, d.as_str())?,
         live: LiveStreams::by_domain(&shared.table.snapshots(false)).get(d.as_str()).copied().unwrap_or_default(),
     })
@@ -199,7 +199,7 @@ async fn keep(shared: &Shared, domain: &str, who: &str, reason: Option<&str>) ->
 
 /// `ctl explain`: the policy's own evaluation with its trace ([`Policy::explain`], the code
 /// [`Policy::verdict`] runs for streams), with what the engine applies around it.
-fn explain(shared: &Shared, domain: &str) -> Result<ExplainReport, EngineError> {
+async fn explain(shared: &Shared, domain: &str) -> Result<ExplainReport, EngineError> {
     let d = parse(domain)?;
     if shared.is_server_domain(&d) {
         return Err(EngineError::ExplainHosted(d.to_string()));
@@ -226,8 +226,8 @@ fn explain(shared: &Shared, domain: &str) -> Result<ExplainReport, EngineError> 
             .collect(),
         marks: trace.marks,
         directions,
-        last_verification: shared.outcomes_for(Some(d.as_str()), 1)?.into_iter().next(),
-        certificate: certificate_seen(shared, d.as_str(), &streams)?,
+        last_verification: shared.outcomes_for(Some(d.as_str()), 1).await?.into_iter().next(),
+        certificate: certificate_seen(shared, d.as_str(), &streams).await?,
         cert_auth_seen: record.as_ref().is_some_and(|r| r.cert_auth_seen),
         downgrade: record.and_then(|r| r.downgrade),
         streams,
@@ -295,7 +295,7 @@ fn directions(shared: &Shared, d: &Domain, verdict: &Verdict) -> Vec<DirectionEx
 
 /// The newest certificate judged for `domain`: its live streams', else the recently closed
 /// ones' (memory), else the history's.
-fn certificate_seen(shared: &Shared, domain: &str, live: &[ConnSnapshot]) -> Result<Option<CertificateSeen>, EngineError> {
+async fn certificate_seen(shared: &Shared, domain: &str, live: &[ConnSnapshot]) -> Result<Option<CertificateSeen>, EngineError> {
     let judged = |s: &ConnSnapshot, live: bool| {
         let of = s.remote.as_deref() == Some(domain) || s.pairs.iter().any(|p| p.remote == domain);
         let verdict = s.tls.as_ref().and_then(|t| t.cert_verdict.clone()).filter(|_| of)?;
@@ -306,7 +306,7 @@ fn certificate_seen(shared: &Shared, domain: &str, live: &[ConnSnapshot]) -> Res
         return Ok(Some(c));
     }
     let mut closed: Vec<CertificateSeen> = shared.table.closed().iter().filter_map(|s| judged(s, false)).collect();
-    closed.extend(shared.store.history(Some(domain), 10)?.iter().filter_map(|s| judged(s, false)));
+    closed.extend(shared.store.history(Some(domain), 10).await?.iter().filter_map(|s| judged(s, false)));
     Ok(newest(closed))
 }
 
@@ -316,7 +316,7 @@ pub(super) fn snapshot(shared: &Shared) -> Snapshot {
         status: status(shared),
         connections: shared.table.snapshots(true),
         domains: shared.policy.records(None),
-        outcomes: shared.outcomes_for(None, 500).unwrap_or_default(),
+        outcomes: shared.recorder.recent_outcomes(None, 500),
         rtbl: rtbl_report(shared).unwrap_or_else(|e| {
             tracing::error!("store: the RTBL feeds could not be read for a snapshot: {e}");
             RtblReport::default()

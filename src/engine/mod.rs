@@ -121,8 +121,8 @@ impl Shared {
     }
 
     /// Verification outcomes, newest first: the store's and the unauthenticated ring's.
-    fn outcomes_for(&self, domain: Option<&str>, limit: usize) -> Result<Vec<VerificationOutcome>, crate::store::StoreError> {
-        self.recorder.outcomes_for(domain, limit)
+    async fn outcomes_for(&self, domain: Option<&str>, limit: usize) -> Result<Vec<VerificationOutcome>, crate::store::StoreError> {
+        self.recorder.outcomes_for(domain, limit).await
     }
 }
 
@@ -279,7 +279,7 @@ async fn maintenance_loop(shared: Arc<Shared>) {
                 }
             }
             _ = prune.tick() => {
-                match shared.store.prune(st.max_records, st.max_age.as_millis() as u64, now_ms()) {
+                match shared.store.prune(st.max_records, st.max_age.as_millis() as u64, now_ms()).await {
                     Ok(n) if n > 0 => tracing::info!(records = n, "pruned old history (store.max_records / store.max_age)"),
                     Ok(_) => {}
                     Err(e) => tracing::error!("store prune: {e}"),

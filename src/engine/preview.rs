@@ -212,7 +212,9 @@ fn compute(shared: &Shared, change: &PolicyChange, days: Option<u32>, who: &str)
         }
     });
     let sightings = sightings.into_iter().map(|(at, t)| (&names[at], Some(t)));
-    let seen = tally(sightings, &shared.store.history_since(since)?, &live_snaps, since);
+    // A blocking thread of the runtime: the store's read may wait on its database.
+    let history = tokio::runtime::Handle::current().block_on(shared.store.history_since(since))?;
+    let seen = tally(sightings, &history, &live_snaps, since);
     // Every domain judged: those seen, and those the live streams depend on.
     let parsed: Vec<String> = live.iter().flat_map(|(_, j)| j.iter().filter_map(|d| Some(Domain::parse(d).ok()?.to_string()))).collect();
     let mut asked: Vec<&str> = seen.keys().map(String::as_str).collect();

@@ -203,12 +203,26 @@ impl Recorder {
     }
 
     /// Verification outcomes, newest first: the store's and the unauthenticated ring's.
-    pub fn outcomes_for(&self, domain: Option<&str>, limit: usize) -> Result<Vec<VerificationOutcome>, crate::store::StoreError> {
-        let mut v = self.store.outcomes(domain, limit)?;
+    pub async fn outcomes_for(&self, domain: Option<&str>, limit: usize) -> Result<Vec<VerificationOutcome>, crate::store::StoreError> {
+        let v = self.store.outcomes(domain, limit).await?;
+        Ok(self.with_unauthenticated(v, domain, limit))
+    }
+
+    /// [`Recorder::outcomes_for`] without waiting: the newest the store has at hand (all of
+    /// them on the embedded store; the ones this node recorded or loaded, on a shared one).
+    pub fn recent_outcomes(&self, domain: Option<&str>, limit: usize) -> Vec<VerificationOutcome> {
+        let v = self.store.recent_outcomes(domain, limit).unwrap_or_else(|e| {
+            tracing::error!("store: {e}");
+            Vec::new()
+        });
+        self.with_unauthenticated(v, domain, limit)
+    }
+
+    fn with_unauthenticated(&self, mut v: Vec<VerificationOutcome>, domain: Option<&str>, limit: usize) -> Vec<VerificationOutcome> {
         v.extend(self.unauthenticated.lock().unwrap().iter().filter(|o| domain.is_none_or(|d| o.remote == d)).cloned());
         v.sort_by_key(|o| std::cmp::Reverse(o.time_ms));
         v.truncate(limit);
-        Ok(v)
+        v
     }
 
     /// The unauthenticated ring's entries and bytes now.
@@ -218,10 +232,7 @@ impl Recorder {
 
     /// The most recent verification outcomes (newest first).
     pub fn outcomes(&self) -> Vec<VerificationOutcome> {
-        self.outcomes_for(None, 1000).unwrap_or_else(|e| {
-            tracing::error!("store: {e}");
-            Vec::new()
-        })
+        self.recent_outcomes(None, 1000)
     }
 }
 

@@ -21,7 +21,7 @@ impl Engine {
 impl Testing<'_> {
     /// Verification outcomes as persisted (without the unauthenticated ring).
     pub fn stored_outcomes(&self, domain: Option<&str>, limit: usize) -> Vec<VerificationOutcome> {
-        self.0.shared.store.outcomes(domain, limit).expect("the store reads")
+        self.0.shared.store.recent_outcomes(domain, limit).expect("the store reads")
     }
 
     /// A dry run in progress, as far as the next one is concerned, until the permit is dropped.

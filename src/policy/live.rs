@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 use super::{BlacklistHit, DomainState, Facts, Listed, Mode, Standing, Trace, Verdict, decide, explain, suffixes};
-use super::{DomainRecord, PolicyAction, PolicyStore, StorageError};
+use super::{DomainRecord, PolicyAction, PolicyStore, PolicyWrite, StorageError};
 use crate::domain::Domain;
 use crate::types::now_ms;
 
@@ -411,15 +411,9 @@ impl Policy {
                 return Ok(false);
             }
         }
-        self.store.set_mode(mode)?;
-        self.store.log_action(&PolicyAction {
-            time_ms: now_ms(),
-            who: who.into(),
-            action: format!("mode {}", mode.as_str()),
-            domain: None,
-            reason: None,
-        })?;
-        self.store.flush().await?;
+        let action =
+            PolicyAction { time_ms: now_ms(), who: who.into(), action: format!("mode {}", mode.as_str()), domain: None, reason: None };
+        self.store.commit(&PolicyWrite { mode: Some(mode), domains: Vec::new(), actions: vec![action] }).await?;
         {
             let mut inner = self.write();
             inner.mode = mode;
@@ -459,7 +453,6 @@ impl Policy {
             next_record(inner.domains.get(domain.as_str()), domain, &change, who, reason, now)
         };
         if changed {
-            self.store.put_domain(&rec)?;
             let action = match &change {
                 Change::Approve => "approve".to_owned(),
                 Change::Block { expires_ms: Some(t) } => format!("block until {}", crate::types::fmt_utc(*t)),
@@ -467,14 +460,9 @@ impl Policy {
                 Change::Blacklist { source } => format!("blacklist (source {source})"),
                 Change::Unblock => "unblock".to_owned(),
             };
-            self.store.log_action(&PolicyAction {
-                time_ms: now,
-                who: who.into(),
-                action,
-                domain: Some(domain.to_string()),
-                reason: reason.map(str::to_owned),
-            })?;
-            self.store.flush().await?;
+            let action =
+                PolicyAction { time_ms: now, who: who.into(), action, domain: Some(domain.to_string()), reason: reason.map(str::to_owned) };
+            self.store.commit(&PolicyWrite { mode: None, domains: vec![rec.clone()], actions: vec![action] }).await?;
             self.put_in_memory(std::slice::from_ref(&rec));
             self.changed.send_modify(|g| *g += 1);
         }
@@ -512,17 +500,19 @@ impl Policy {
         let added: Vec<String> = records.iter().map(|r| r.domain.clone()).collect();
         let already: Vec<String> = unchanged.into_iter().map(|r| r.domain).collect();
         if !records.is_empty() {
-            self.store.put_domains(&records)?;
-            for r in &records {
-                self.store.log_action(&PolicyAction {
+            let actions = records
+                .iter()
+                .map(|r| PolicyAction {
                     time_ms: now,
                     who: who.into(),
                     action: format!("blacklist (imported from {source})"),
                     domain: Some(r.domain.clone()),
                     reason: r.reason.clone(),
-                })?;
-            }
-            self.store.flush().await?;
+                })
+                .collect();
+            let w = PolicyWrite { mode: None, domains: records, actions };
+            self.store.commit(&w).await?;
+            let records = w.domains;
             self.put_in_memory(&records);
             self.changed.send_modify(|g| *g += 1);
         }
@@ -910,27 +900,25 @@ mod tests {
         fn mode(&self) -> Result<Option<Mode>, StorageError> {
             Ok(None)
         }
-        fn set_mode(&self, _: Mode) -> Result<(), StorageError> {
-            Ok(())
-        }
         fn domains(&self) -> Result<Vec<DomainRecord>, StorageError> {
             Ok(self.0.lock().unwrap().clone())
         }
         fn put_domain(&self, rec: &DomainRecord) -> Result<(), StorageError> {
-            self.put_domains(std::slice::from_ref(rec))
-        }
-        fn put_domains(&self, recs: &[DomainRecord]) -> Result<(), StorageError> {
             let mut v = self.0.lock().unwrap();
-            for r in recs {
-                v.retain(|x| x.domain != r.domain);
-                v.push(r.clone());
-            }
+            v.retain(|x| x.domain != rec.domain);
+            v.push(rec.clone());
             Ok(())
         }
         fn log_action(&self, _: &PolicyAction) -> Result<(), StorageError> {
             Ok(())
         }
-        fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + '_>> {
+        fn commit<'a>(
+            &'a self,
+            w: &'a PolicyWrite,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + 'a>> {
+            for r in &w.domains {
+                let _ = self.put_domain(r);
+            }
             Box::pin(async { Ok(()) })
         }
     }
@@ -1227,24 +1215,22 @@ mod tests {
             fn mode(&self) -> Result<Option<Mode>, StorageError> {
                 Ok(None)
             }
-            fn set_mode(&self, _: Mode) -> Result<(), StorageError> {
-                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                Ok(())
-            }
             fn domains(&self) -> Result<Vec<DomainRecord>, StorageError> {
                 Ok(Vec::new())
             }
             fn put_domain(&self, _: &DomainRecord) -> Result<(), StorageError> {
                 Ok(())
             }
-            fn put_domains(&self, _: &[DomainRecord]) -> Result<(), StorageError> {
-                Ok(())
-            }
             fn log_action(&self, _: &PolicyAction) -> Result<(), StorageError> {
                 self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 Ok(())
             }
-            fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + '_>> {
+            fn commit<'a>(
+                &'a self,
+                w: &'a PolicyWrite,
+            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + 'a>> {
+                let n = usize::from(w.mode.is_some()) + w.domains.len() + w.actions.len();
+                self.0.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
                 Box::pin(async { Ok(()) })
             }
         }

@@ -234,17 +234,33 @@ pub struct PolicySettings {
 #[error("{0}")]
 pub struct StorageError(pub String);
 
+/// One operator change as it is written: the mode, the records and their log entries,
+/// together. With several nodes it is also what the others are told.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyWrite {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<DomainRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<PolicyAction>,
+}
+
 /// Where the policy keeps what operators decided; written before a change is applied.
-/// The store implements it (sled); the policy itself knows no database.
+/// The store implements it; the policy itself knows no database.
 pub trait PolicyStore: Send + Sync {
     fn mode(&self) -> Result<Option<Mode>, StorageError>;
-    fn set_mode(&self, mode: Mode) -> Result<(), StorageError>;
     fn domains(&self) -> Result<Vec<DomainRecord>, StorageError>;
+    /// A record drawbridge changed by itself (counters, a pending mark, an expired block):
+    /// written behind.
     fn put_domain(&self, rec: &DomainRecord) -> Result<(), StorageError>;
-    fn put_domains(&self, recs: &[DomainRecord]) -> Result<(), StorageError>;
+    /// An entry of the policy log drawbridge writes by itself, written behind.
     fn log_action(&self, action: &PolicyAction) -> Result<(), StorageError>;
-    /// Durable on return.
-    fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + '_>>;
+    /// An operator's change: durable when it returns, and not written at all when it fails.
+    fn commit<'a>(
+        &'a self,
+        w: &'a PolicyWrite,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + 'a>>;
 }
 
 #[cfg(test)]

@@ -1,14 +1,14 @@
 //! Real-time blocklist entries, per feed, with provenance: what each service listed, with
 //! its report, when it was first and last seen, and when it was retracted. A restart
-//! starts from [`Store::rtbl_listed`] (warm) and re-syncs from there.
+//! starts from [`SledStore::rtbl_listed`] (warm) and re-syncs from there.
 //!
 //! Keys in `rtbl`: `service \0 node \0 domain`; in `rtbl_feeds`: `service \0 node`. A
 //! retracted entry is kept (its provenance explains a past refusal) until
-//! [`Store::rtbl_prune_retracted`] bounds how many of them a feed keeps.
+//! [`SledStore::rtbl_prune_retracted`] bounds how many of them a feed keeps.
 
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, decode, encode};
+use super::{SledStore, StoreError, decode, encode};
 use crate::domain::Domain;
 use crate::rtbl::familiar::{PairHash, Write};
 use crate::rtbl::report::Listing;
@@ -54,11 +54,11 @@ fn entry_key(feed: &FeedKey, domain: &str) -> Vec<u8> {
     k
 }
 
-impl Store {
-    /// Persist one change the feed's machine made (call [`Store::flush`] when it must be
+impl SledStore {
+    /// Persist one change the feed's machine made (call [`SledStore::flush`] when it must be
     /// durable). A domain listed again keeps its first sighting.
     /// Returns how many records it marked retracted (for the caller's count of them: see
-    /// [`Store::rtbl_prune_retracted`]).
+    /// [`SledStore::rtbl_prune_retracted`]).
     pub fn rtbl_apply(&self, feed: &FeedKey, change: &Change) -> Result<usize, StoreError> {
         match change {
             Change::Added(e) | Change::Updated(e) => {
@@ -225,7 +225,7 @@ impl Store {
 
 const FAMILIAR_SECRET_KEY: &[u8] = b"familiar_secret";
 
-impl Store {
+impl SledStore {
     /// The key of the familiarity set's hashes: created once (32 random bytes), flushed
     /// before use, apart from the dialback secret (one secret, one purpose).
     pub fn familiar_secret(&self) -> Result<[u8; 32], StoreError> {
@@ -264,7 +264,7 @@ impl Store {
     }
 }
 
-impl Store {
+impl SledStore {
     /// One feed's record for one domain, retracted or not (`ctl domain`, `ctl keep`: the
     /// configured feeds, whether or not their subscriber stored a status yet).
     pub fn rtbl_record(&self, feed: &FeedKey, domain: &str) -> Result<Option<RtblRecord>, StoreError> {
@@ -318,7 +318,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, other) = (feed("spam_source_domains"), feed("other"));
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = SledStore::open(dir.path()).unwrap();
             s.rtbl_apply(&a, &Change::Added(entry("a.example", "spam", 10))).unwrap();
             s.rtbl_apply(&a, &Change::Added(entry("b.example", "bots", 11))).unwrap();
             s.rtbl_apply(&a, &Change::Added(entry("c.example", "x", 12))).unwrap();
@@ -331,7 +331,7 @@ mod tests {
             s.db.flush().unwrap();
         }
         // Warm start: the same lists, the same provenance.
-        let s = Store::open(dir.path()).unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
         let listed = s.rtbl_listed(&a).unwrap();
         assert_eq!(listed.iter().map(|e| e.domain.as_str()).collect::<Vec<_>>(), ["a.example", "b.example"]);
         assert_eq!((listed[0].listing.text.as_deref(), listed[0].first_seen_ms, listed[0].last_seen_ms), (Some("spam, again"), 10, 40));
@@ -362,7 +362,7 @@ mod tests {
     #[test]
     fn retracted_records_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
         let a = feed("n");
         for i in 0..10u64 {
             let d = format!("d{i}.example");
@@ -382,7 +382,7 @@ mod tests {
         use crate::rtbl::familiar::Familiar;
         let dir = tempfile::tempdir().unwrap();
         let secret = {
-            let s = Store::open(dir.path()).unwrap();
+            let s = SledStore::open(dir.path()).unwrap();
             let secret = s.familiar_secret().unwrap();
             assert_ne!(secret.to_vec(), s.dialback_secret().unwrap(), "a secret of its own");
             let mut f = Familiar::new(secret, 2, 1_000_000);
@@ -393,7 +393,7 @@ mod tests {
             s.db.flush().unwrap();
             secret
         };
-        let s = Store::open(dir.path()).unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(s.familiar_secret().unwrap(), secret, "stable across a reopen");
         let pairs = s.familiar_pairs().unwrap();
         assert_eq!(pairs.len(), 2, "the evicted pair was removed from the store too");
