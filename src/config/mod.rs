@@ -66,6 +66,7 @@ struct File {
     timeouts: timeouts::TimeoutsFile,
     policy: policy::PolicyFile,
     store: policy::StoreFile,
+    cluster: policy::ClusterFile,
     auth: security::AuthFile,
     #[serde(rename = "domain")]
     domains: Vec<security::DomainFile>,
@@ -219,7 +220,7 @@ fn build(f: File, path: Option<&Path>) -> Result<Settings, ConfigError> {
     let outbound = f.outbound.validate(&cx)?;
     let timeouts = f.timeouts.validate(&cx)?;
     let policy = f.policy.validate(&cx)?;
-    let store = f.store.validate(&cx)?;
+    let store = f.store.validate(&cx, f.cluster.validate(&cx)?)?;
     let security = security::validate(&cx, &f.auth, &f.domains, tls.require_encryption)?;
     let gateway = f.gateway.as_ref().map(|g| g.validate(&cx, &server.public_listeners())).transpose()?;
     let log = f.log.validate(&cx)?;

@@ -21,6 +21,32 @@ pub(super) struct StoreFile {
     max_age: Option<String>,
     flush_interval: Option<String>,
     snapshot_interval: Option<String>,
+    backend: Option<String>,
+    postgres: Option<String>,
+    buffer: Option<usize>,
+}
+
+/// `[cluster]`: this node's name among the nodes sharing one PostgreSQL store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct ClusterFile {
+    node: Option<String>,
+}
+
+impl ClusterFile {
+    pub fn validate(&self, cx: &Ctx<'_>) -> Result<String, ConfigError> {
+        let node = match &self.node {
+            Some(n) => n.clone(),
+            None => crate::store::host_name(),
+        };
+        if node.is_empty() || node.len() > 64 || !node.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(cx.bad(
+                "cluster.node",
+                format!("\"{}\" is not a node name (1 to 64 letters, digits, '-', '_' or '.')", crate::text::escape(&node)),
+            ));
+        }
+        Ok(node)
+    }
 }
 
 impl PolicyFile {
@@ -35,12 +61,36 @@ impl PolicyFile {
 }
 
 impl StoreFile {
-    pub fn validate(&self, cx: &Ctx<'_>) -> Result<StoreSettings, ConfigError> {
+    pub fn validate(&self, cx: &Ctx<'_>, node: String) -> Result<StoreSettings, ConfigError> {
         let max_records = self.max_records.unwrap_or(100_000);
         if max_records < 100 {
             return Err(cx.bad("store.max_records", format!("{max_records} is too small (at least 100)")));
         }
+        let backend = match (self.backend.as_deref(), &self.postgres) {
+            (None | Some("sled"), None) => crate::store::Backend::Sled,
+            (None | Some("sled"), Some(_)) => {
+                return Err(cx.bad("store.postgres", "is set but store.backend is not \"postgres\": set both, or remove store.postgres"));
+            }
+            (Some("postgres"), Some(conninfo)) => {
+                crate::store::postgres::parse_conninfo(conninfo).map_err(|e| cx.bad("store.postgres", e))?;
+                crate::store::Backend::Postgres { conninfo: conninfo.clone() }
+            }
+            (Some("postgres"), None) => {
+                return Err(cx.bad(
+                    "store.postgres",
+                    "is missing: with store.backend = \"postgres\" it names the database (e.g. \"host=/run/postgresql dbname=drawbridge user=drawbridge\")",
+                ));
+            }
+            (Some(other), _) => return Err(cx.bad("store.backend", format!("{other:?} is not one of sled, postgres"))),
+        };
+        let buffer = self.buffer.unwrap_or(20_000);
+        if !(100..=10_000_000).contains(&buffer) {
+            return Err(cx.bad("store.buffer", format!("{buffer} is out of range (100 to 10000000 records)")));
+        }
         Ok(StoreSettings {
+            backend,
+            buffer,
+            node,
             max_records,
             max_age: cx.duration("store.max_age", &self.max_age, Duration::from_secs(90 * 86400))?,
             flush_interval: cx.duration("store.flush_interval", &self.flush_interval, Duration::from_secs(1))?,

@@ -22,7 +22,7 @@ use crate::stream::Caps;
 impl Engine {
     /// Open the store, load TLS, bind the listeners and start accepting.
     pub async fn start(settings: Settings) -> Result<Engine, StartError> {
-        let kept = Kept::open(&settings)?;
+        let kept = Kept::open(&settings).await?;
         let (listening, listeners) = bind(&settings).await?;
         let (shared, rtbl) = assemble(settings, kept, listening)?;
         let tasks = spawn_loops(&shared, listeners, rtbl);
@@ -45,8 +45,8 @@ struct Kept {
 }
 
 impl Kept {
-    fn open(settings: &Settings) -> Result<Kept, StartError> {
-        let store = Arc::new(Store::open(&settings.data_dir)?);
+    async fn open(settings: &Settings) -> Result<Kept, StartError> {
+        let store = Arc::new(Store::open_configured(&settings.store, &settings.data_dir).await?);
         let secret = store.dialback_secret()?;
         let recovered = store.recover_open()?;
         if recovered > 0 {

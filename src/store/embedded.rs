@@ -13,6 +13,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -53,10 +54,10 @@ const LONGEST_KEY: &[u8] = b"history_longest_ms";
 /// it: sled's lock still held is this process's previous `SledStore`, whose flusher thread
 /// lets go a moment after the drop (an engine restarted in-process). Waited for, briefly
 /// and boundedly.
-fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
+fn open_sled(path: &Path, temporary: bool) -> Result<sled::Db, sled::Error> {
     let mut tries = 0;
     loop {
-        match sled::Config::new().path(path).open() {
+        match sled::Config::new().path(path).temporary(temporary).open() {
             Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 100 => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -68,9 +69,20 @@ fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
 
 impl SledStore {
     pub fn open(data_dir: &Path) -> Result<SledStore, StoreError> {
-        let fresh = !data_dir.join("db").exists();
+        SledStore::open_in(data_dir, false)
+    }
+
+    /// A node's working copy of a shared store's small state (policy, blocklists, the
+    /// familiarity set): `DATA_DIR/shared-copy`, private, rebuilt from the shared store at
+    /// every start and removed when dropped. The data dir is locked as for [`SledStore::open`].
+    pub fn working_copy(data_dir: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_in(data_dir, true)
+    }
+
+    fn open_in(data_dir: &Path, working_copy: bool) -> Result<SledStore, StoreError> {
+        let name = if working_copy { "shared-copy" } else { "db" };
+        let fresh = !data_dir.join(name).exists();
         {
-            use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -78,8 +90,13 @@ impl SledStore {
                 .map_err(|err| StoreError::CreateDir { path: data_dir.to_owned(), err })?;
         }
         let lock = lock_data_dir(data_dir)?;
-        let path = data_dir.join("db");
-        let db = open_sled(&path).map_err(|e| StoreError::Db {
+        let path = data_dir.join(name);
+        if working_copy {
+            // What a killed process left: nothing in it is kept.
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::DirBuilder::new().mode(0o700).create(&path).map_err(|err| StoreError::CreateDir { path: path.clone(), err })?;
+        }
+        let db = open_sled(&path, working_copy).map_err(|e| StoreError::Db {
             path: path.clone(),
             msg: format!("{e}; the directory is kept as it is — move it aside to start afresh, or restore it from a backup"),
         })?;
@@ -101,7 +118,7 @@ impl SledStore {
         };
         store.migrate(data_dir)?;
         store.load_longest()?;
-        if fresh {
+        if fresh || working_copy {
             // The database holds the dialback secret: ours alone whatever the umask was.
             private_tree(&store.path, true);
             private_tree(data_dir, false);

@@ -22,8 +22,10 @@ use crate::rtbl::{Change, Entry, FeedKey, FeedStatus};
 use crate::types::{ConnSnapshot, VerificationOutcome};
 
 pub mod embedded;
+pub mod postgres;
 pub mod rtbl;
 pub use embedded::{SledStore, too_wide};
+pub use postgres::PgStore;
 pub use rtbl::RtblRecord;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,11 +38,38 @@ pub enum StoreError {
     Newer { place: String, found: u32, knows: u32, fix: &'static str },
     #[error("database in {path}: {msg}")]
     Db { path: PathBuf, msg: String },
+    #[error("{place}: {msg}")]
+    Postgres { place: String, msg: String },
+    #[error(
+        "{place} is unreachable since {since} ({error}): nothing was changed; drawbridge federates on under the last known policy, try again when the database is back"
+    )]
+    Unreachable { place: String, since: String, error: String },
 }
 
-/// `[store]`: retention and write cadence of history and outcomes.
+/// `[store] backend`: where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// sled in `DATA_DIR/db`: one node.
+    Sled,
+    /// A PostgreSQL database that several nodes share (libpq conninfo or URL).
+    Postgres { conninfo: String },
+}
+
+/// This machine's host name: a node's default name (`[cluster] node`).
+pub fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim();
+    if name.is_empty() { "drawbridge".to_owned() } else { name.to_owned() }
+}
+
+/// `[store]` (with `[cluster] node`): the backend, retention and write cadence.
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
+    pub backend: Backend,
+    /// Records waiting for a shared store that is unreachable, at most (then dropped, counted).
+    pub buffer: usize,
+    /// This node's name: the rows it writes to a shared store carry it.
+    pub node: String,
     /// Records kept per time-ordered tree (outcomes, history, policy log).
     pub max_records: usize,
     pub max_age: std::time::Duration,
@@ -52,18 +81,20 @@ pub struct StoreSettings {
 
 /// The store the engine runs on.
 pub struct Store {
-    backend: Backend,
+    backend: Open,
 }
 
-enum Backend {
+enum Open {
     Sled(SledStore),
+    Postgres(Box<PgStore>),
 }
 
 /// The same call on whichever backend this is (both have the same methods).
 macro_rules! each {
     ($self:ident, $s:ident => $e:expr) => {
         match &$self.backend {
-            Backend::Sled($s) => $e,
+            Open::Sled($s) => $e,
+            Open::Postgres($s) => $e,
         }
     };
 }
@@ -71,13 +102,33 @@ macro_rules! each {
 impl Store {
     /// The embedded store in `data_dir` (created if missing, locked against a second process).
     pub fn open(data_dir: &std::path::Path) -> Result<Store, StoreError> {
-        Ok(Store { backend: Backend::Sled(SledStore::open(data_dir)?) })
+        Ok(Store { backend: Open::Sled(SledStore::open(data_dir)?) })
+    }
+
+    /// The store `[store]` names: the embedded one in `data_dir`, or the shared one (whose
+    /// working copy is kept in `data_dir`).
+    pub async fn open_configured(settings: &StoreSettings, data_dir: &std::path::Path) -> Result<Store, StoreError> {
+        match &settings.backend {
+            Backend::Sled => Store::open(data_dir),
+            Backend::Postgres { conninfo } => {
+                Ok(Store { backend: Open::Postgres(Box::new(PgStore::open(conninfo, &settings.node, settings.buffer, data_dir).await?)) })
+            }
+        }
     }
 
     /// The embedded store, if that is what this is (for its own tests and tools).
     pub fn sled(&self) -> Option<&SledStore> {
         match &self.backend {
-            Backend::Sled(s) => Some(s),
+            Open::Sled(s) => Some(s),
+            Open::Postgres(_) => None,
+        }
+    }
+
+    /// The shared store, if that is what this is.
+    pub fn postgres(&self) -> Option<&PgStore> {
+        match &self.backend {
+            Open::Sled(_) => None,
+            Open::Postgres(p) => Some(p),
         }
     }
 
@@ -119,28 +170,43 @@ impl Store {
 
     /// Newest first.
     pub async fn outcomes(&self, domain: Option<&str>, limit: usize) -> Result<Vec<VerificationOutcome>, StoreError> {
-        each!(self, s => s.outcomes(domain, limit))
+        match &self.backend {
+            Open::Sled(s) => s.outcomes(domain, limit),
+            Open::Postgres(s) => s.outcomes(domain, limit).await,
+        }
     }
 
     /// The newest outcomes at hand without waiting, newest first: every one on the embedded
     /// store; on a shared one, those this node recorded or loaded at start.
     pub fn recent_outcomes(&self, domain: Option<&str>, limit: usize) -> Result<Vec<VerificationOutcome>, StoreError> {
-        each!(self, s => s.outcomes(domain, limit))
+        match &self.backend {
+            Open::Sled(s) => s.outcomes(domain, limit),
+            Open::Postgres(s) => s.recent_outcomes(domain, limit),
+        }
     }
 
     /// Newest first.
     pub async fn history(&self, domain: Option<&str>, limit: usize) -> Result<Vec<ConnSnapshot>, StoreError> {
-        each!(self, s => s.history(domain, limit))
+        match &self.backend {
+            Open::Sled(s) => s.history(domain, limit),
+            Open::Postgres(s) => s.history(domain, limit).await,
+        }
     }
 
     /// The closed streams active at or after `since_ms`, newest first.
     pub async fn history_since(&self, since_ms: u64) -> Result<Vec<ConnSnapshot>, StoreError> {
-        each!(self, s => s.history_since(since_ms))
+        match &self.backend {
+            Open::Sled(s) => s.history_since(since_ms),
+            Open::Postgres(s) => s.history_since(since_ms).await,
+        }
     }
 
     /// Newest first.
     pub async fn policy_log(&self, domain: Option<&str>, limit: usize) -> Result<Vec<PolicyAction>, StoreError> {
-        each!(self, s => s.policy_log(domain, limit))
+        match &self.backend {
+            Open::Sled(s) => s.policy_log(domain, limit),
+            Open::Postgres(s) => s.policy_log(domain, limit).await,
+        }
     }
 
     /// Replace the snapshots of this node's open streams.
@@ -156,7 +222,10 @@ impl Store {
 
     /// Keep at most `max` records per time-ordered table, none older than `max_age_ms`.
     pub async fn prune(&self, max: usize, max_age_ms: u64, now_ms: u64) -> Result<usize, StoreError> {
-        each!(self, s => s.prune(max, max_age_ms, now_ms))
+        match &self.backend {
+            Open::Sled(s) => s.prune(max, max_age_ms, now_ms),
+            Open::Postgres(s) => s.prune(max, max_age_ms, now_ms).await,
+        }
     }
 
     /// Everything written so far is durable when this returns.

@@ -115,6 +115,12 @@ impl SledStore {
         Ok(n)
     }
 
+    /// A record as it is (read from a shared store into the working copy).
+    pub fn rtbl_put_record(&self, feed: &FeedKey, rec: &RtblRecord) -> Result<(), StoreError> {
+        self.rtbl.insert(entry_key(feed, &rec.domain), encode(rec)).map_err(|x| self.err(x))?;
+        Ok(())
+    }
+
     /// How many retracted records a feed keeps (read once at start; the driver counts on).
     pub fn rtbl_retracted_count(&self, feed: &FeedKey) -> Result<usize, StoreError> {
         Ok(self.rtbl_records(feed)?.iter().filter(|r| r.retracted_ms.is_some()).count())

@@ -1,0 +1,881 @@
+//! The shared store: PostgreSQL, for several nodes that act as one edge (`[store] backend =
+//! "postgres"`). Every node reads and writes the same tables; each row a node appends
+//! carries its name (`[cluster] node`).
+//!
+//! What never waits on the database: the stanza path and everything it calls. The small
+//! state (secrets, mode, domain records, blocklist entries, the familiarity set) is read at
+//! start into a private working copy ([`SledStore::working_copy`]) that the synchronous
+//! reads use; appends (outcomes, history, drawbridge's own record updates, the policy log
+//! entries it writes itself) go through a bounded queue to one writer task that commits
+//! them in batches. While the database is unreachable the writer keeps what it holds and
+//! retries; the queue keeps up to `[store] buffer` records and counts what it drops.
+//!
+//! An operator's change ([`PgStore::commit`]) is one transaction, acknowledged only once it
+//! committed; it fails at once, and changes nothing, while the database is unreachable.
+//!
+//! Tables (schema version [`SCHEMA_VERSION`], applied at start under an advisory lock so
+//! that nodes starting together migrate once): `drawbridge_schema`, `drawbridge_meta`
+//! (secrets, mode), `domains` (the decision: state, reason, who, expiry; one row per domain,
+//! the newest decision wins), `domain_stats` (counters and sightings, per node), `policy_log`,
+//! `outcomes`, `history`, `open_streams` (per node), `rtbl`, `rtbl_feeds`, `familiar`.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::types::Json;
+use tokio_postgres::{Client, Config, NoTls};
+
+use super::{RtblRecord, SledStore, StoreError};
+use crate::policy::{DomainRecord, Mode, PolicyAction, PolicyWrite};
+use crate::rtbl::familiar::{PairHash, Write};
+use crate::rtbl::{Change, Entry, FeedKey, FeedStatus};
+use crate::types::{ConnSnapshot, VerificationOutcome, now_ms};
+
+/// The newest schema this build knows.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Each migration brings the schema from the version before it to its own.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE drawbridge_meta (key text PRIMARY KEY, value bytea NOT NULL);
+     CREATE TABLE domains (domain text PRIMARY KEY, decision jsonb NOT NULL, decided_ms bigint NOT NULL DEFAULT 0);
+     CREATE TABLE domain_stats (domain text NOT NULL, node text NOT NULL, record jsonb NOT NULL, PRIMARY KEY (domain, node));
+     CREATE TABLE policy_log (id bigserial PRIMARY KEY, time_ms bigint NOT NULL, node text NOT NULL, domain text, record jsonb NOT NULL);
+     CREATE INDEX policy_log_time ON policy_log (time_ms);
+     CREATE INDEX policy_log_domain ON policy_log (domain, time_ms);
+     CREATE TABLE outcomes (id bigserial PRIMARY KEY, time_ms bigint NOT NULL, node text NOT NULL, remote text NOT NULL, record jsonb NOT NULL);
+     CREATE INDEX outcomes_time ON outcomes (time_ms);
+     CREATE INDEX outcomes_remote ON outcomes (remote, time_ms);
+     CREATE TABLE history (id bigserial PRIMARY KEY, opened_ms bigint NOT NULL, last_ms bigint NOT NULL, node text NOT NULL,
+                           remotes text[] NOT NULL, record jsonb NOT NULL);
+     CREATE INDEX history_opened ON history (opened_ms);
+     CREATE INDEX history_last ON history (last_ms);
+     CREATE INDEX history_remotes ON history USING gin (remotes);
+     CREATE TABLE open_streams (node text NOT NULL, id text NOT NULL, record jsonb NOT NULL, PRIMARY KEY (node, id));
+     CREATE TABLE rtbl (service text NOT NULL, feed_node text NOT NULL, domain text NOT NULL, record jsonb NOT NULL,
+                        PRIMARY KEY (service, feed_node, domain));
+     CREATE TABLE rtbl_feeds (service text NOT NULL, feed_node text NOT NULL, status jsonb NOT NULL, PRIMARY KEY (service, feed_node));
+     CREATE TABLE familiar (pair bytea PRIMARY KEY, last_ms bigint NOT NULL);",
+)];
+
+/// The advisory lock nodes take to migrate one at a time ("drawbrg").
+const MIGRATION_LOCK: i64 = 0x0064_7261_7762_7267;
+
+/// Outcomes kept at hand for the dashboard's snapshot (the newest, of any node at start).
+const RECENT: usize = 500;
+/// Records one transaction of the writer carries at most.
+const BATCH: usize = 512;
+/// How long a connection attempt may take when the conninfo sets no `connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Statements of an operator's change or a read, at most.
+const STATEMENT_TIMEOUT_MS: u32 = 10_000;
+
+/// A libpq conninfo (`host=… dbname=…`) or `postgresql://` URL, checked.
+pub fn parse_conninfo(s: &str) -> Result<Config, String> {
+    let mut c = Config::from_str(s).map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
+    if c.get_hosts().is_empty() {
+        return Err("names no host (e.g. host=/run/postgresql for the local server's socket)".into());
+    }
+    if c.get_dbname().is_none() {
+        return Err("names no database (dbname=…)".into());
+    }
+    if c.get_connect_timeout().is_none() {
+        c.connect_timeout(CONNECT_TIMEOUT);
+    }
+    Ok(c)
+}
+
+/// The database, named for messages (never its password).
+fn describe(c: &Config) -> String {
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    format!("PostgreSQL database {} on {} (store.postgres)", c.get_dbname().unwrap_or("?"), hosts.join(","))
+}
+
+/// Whether the writer reaches the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    /// Unreachable since then (unix ms), with the last error.
+    Down {
+        since_ms: u64,
+        error: String,
+    },
+}
+
+/// One record on its way to the database.
+enum Op {
+    Domain(Box<DomainRecord>),
+    Action(Box<PolicyAction>),
+    Outcome(Box<VerificationOutcome>),
+    History(Box<ConnSnapshot>),
+    Open(Vec<ConnSnapshot>),
+    Rtbl(FeedKey, Vec<RtblRecord>),
+    RtblGone(FeedKey, Vec<String>),
+    RtblStatus(Box<FeedStatus>),
+    RtblForget(FeedKey),
+    Familiar(Vec<Write>),
+    /// Answered once everything queued before it is committed.
+    Flush(oneshot::Sender<()>),
+}
+
+pub struct PgStore {
+    node: String,
+    config: Config,
+    place: String,
+    /// The small state, as synchronous reads see it.
+    copy: SledStore,
+    secret: Vec<u8>,
+    familiar_secret: [u8; 32],
+    mode: Mutex<Option<Mode>>,
+    recent: Mutex<VecDeque<VerificationOutcome>>,
+    recovered: usize,
+    writes: mpsc::Sender<Op>,
+    dropped: Arc<AtomicU64>,
+    last_drop_log: Mutex<Option<std::time::Instant>>,
+    health: watch::Receiver<Health>,
+    /// Reads and operator changes: one at a time, on their own connection.
+    session: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl PgStore {
+    /// Connect, migrate, read the shared state into the working copy in `data_dir`, move the
+    /// streams this node left open into the history, and start the writer.
+    pub async fn open(conninfo: &str, node: &str, buffer: usize, data_dir: &Path) -> Result<PgStore, StoreError> {
+        let config = parse_conninfo(conninfo).map_err(|msg| StoreError::Postgres { place: "store.postgres".into(), msg })?;
+        let place = describe(&config);
+        let pg = |e: tokio_postgres::Error| StoreError::Postgres { place: place.clone(), msg: pg_error(&e) };
+        let mut client = connect(&config).await.map_err(pg)?;
+        migrate(&mut client, &place).await?;
+        let copy = SledStore::working_copy(data_dir)?;
+        let secret = ensure_secret(&client, "dialback_secret").await.map_err(pg)?;
+        let familiar_secret: [u8; 32] = ensure_secret(&client, "familiar_secret")
+            .await
+            .map_err(pg)?
+            .try_into()
+            .map_err(|_| StoreError::Postgres { place: place.clone(), msg: "drawbridge_meta.familiar_secret is not 32 bytes".into() })?;
+        let mode = client
+            .query_opt("SELECT value FROM drawbridge_meta WHERE key = 'mode'", &[])
+            .await
+            .map_err(pg)?
+            .and_then(|r| Mode::parse(std::str::from_utf8(r.get::<_, &[u8]>(0)).ok()?));
+        load(&client, node, &copy).await.map_err(pg)?;
+        let recent = client
+            .query("SELECT record FROM outcomes ORDER BY time_ms DESC, id DESC LIMIT $1", &[&(RECENT as i64)])
+            .await
+            .map_err(pg)?
+            .iter()
+            .filter_map(|r| r.try_get::<_, Json<VerificationOutcome>>(0).ok().map(|j| j.0))
+            .collect();
+        let recovered = recover_open(&mut client, node).await.map_err(pg)?;
+        let (writes, rx) = mpsc::channel(buffer);
+        let (health_tx, health) = watch::channel(Health::Up);
+        let dropped = Arc::new(AtomicU64::new(0));
+        tokio::spawn(writer(config.clone(), node.to_owned(), place.clone(), client, rx, health_tx));
+        Ok(PgStore {
+            node: node.to_owned(),
+            config,
+            place,
+            copy,
+            secret,
+            familiar_secret,
+            mode: Mutex::new(mode),
+            recent: Mutex::new(recent),
+            recovered,
+            writes,
+            dropped,
+            last_drop_log: Mutex::new(None),
+            health,
+            session: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The database named for messages (no password).
+    pub fn place(&self) -> &str {
+        &self.place
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether the writer reaches the database now.
+    pub fn health(&self) -> Health {
+        self.health.borrow().clone()
+    }
+
+    /// Records waiting for the database, and those dropped because the buffer was full.
+    pub fn backlog(&self) -> (usize, u64) {
+        (self.writes.max_capacity() - self.writes.capacity(), self.dropped.load(Ordering::Relaxed))
+    }
+
+    fn enqueue(&self, op: Op) {
+        if self.writes.try_send(op).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut last = self.last_drop_log.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                *last = Some(std::time::Instant::now());
+                tracing::error!(
+                    dropped = n,
+                    "store: {} is not keeping up or unreachable and store.buffer is full: records are dropped ({n} so far)",
+                    self.place
+                );
+            }
+        }
+    }
+
+    /// Fails at once while the writer cannot reach the database.
+    fn available(&self) -> Result<(), StoreError> {
+        match &*self.health.borrow() {
+            Health::Up => Ok(()),
+            Health::Down { since_ms, error } => {
+                Err(StoreError::Unreachable { place: self.place.clone(), since: crate::types::fmt_utc(*since_ms), error: error.clone() })
+            }
+        }
+    }
+
+    fn pg(&self, e: &tokio_postgres::Error) -> StoreError {
+        StoreError::Postgres { place: self.place.clone(), msg: pg_error(e) }
+    }
+
+    /// The session connection, (re)connected if needed.
+    async fn session(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
+        let mut s = self.session.lock().await;
+        if s.as_ref().is_none_or(Client::is_closed) {
+            let c = connect(&self.config).await.map_err(|e| self.pg(&e))?;
+            c.batch_execute(&format!("SET statement_timeout = {STATEMENT_TIMEOUT_MS}")).await.map_err(|e| self.pg(&e))?;
+            *s = Some(c);
+        }
+        Ok(s)
+    }
+
+    pub fn dialback_secret(&self) -> Result<Vec<u8>, StoreError> {
+        Ok(self.secret.clone())
+    }
+
+    pub fn familiar_secret(&self) -> Result<[u8; 32], StoreError> {
+        Ok(self.familiar_secret)
+    }
+
+    pub fn mode(&self) -> Result<Option<Mode>, StoreError> {
+        Ok(*self.mode.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn domains(&self) -> Result<Vec<DomainRecord>, StoreError> {
+        self.copy.domains()
+    }
+
+    pub fn domain(&self, domain: &str) -> Result<Option<DomainRecord>, StoreError> {
+        self.copy.domain(domain)
+    }
+
+    pub fn put_domain(&self, rec: &DomainRecord) -> Result<(), StoreError> {
+        self.copy.put_domain(rec)?;
+        self.enqueue(Op::Domain(Box::new(rec.clone())));
+        Ok(())
+    }
+
+    pub fn log_action(&self, action: &PolicyAction) -> Result<(), StoreError> {
+        self.enqueue(Op::Action(Box::new(action.clone())));
+        Ok(())
+    }
+
+    /// An operator's change: one transaction, acknowledged once committed. The newest
+    /// decision for a domain wins on every node.
+    pub async fn commit(&self, w: &PolicyWrite) -> Result<(), StoreError> {
+        self.available()?;
+        let mut session = self.session().await?;
+        let client = session.as_mut().expect("connected");
+        let r: Result<(), tokio_postgres::Error> = async {
+            let tx = client.transaction().await?;
+            if let Some(mode) = w.mode {
+                tx.execute(
+                    "INSERT INTO drawbridge_meta (key, value) VALUES ('mode', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    &[&mode.as_str().as_bytes()],
+                )
+                .await?;
+            }
+            for rec in &w.domains {
+                tx.execute(
+                    "INSERT INTO domains (domain, decision, decided_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (domain) DO UPDATE SET decision = EXCLUDED.decision, decided_ms = EXCLUDED.decided_ms",
+                    &[&rec.domain, &Json(rec), &(rec.when_ms.unwrap_or(0) as i64)],
+                )
+                .await?;
+                put_stats(&tx, &self.node, rec).await?;
+            }
+            for a in &w.actions {
+                insert_action(&tx, &self.node, a).await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = r {
+            if client.is_closed() {
+                *session = None;
+            }
+            return Err(self.pg(&e));
+        }
+        if let Some(mode) = w.mode {
+            *self.mode.lock().unwrap_or_else(|e| e.into_inner()) = Some(mode);
+        }
+        self.copy.put_domains(&w.domains)
+    }
+
+    pub fn add_outcome(&self, o: &VerificationOutcome) -> Result<(), StoreError> {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            recent.push_front(o.clone());
+            recent.truncate(RECENT);
+        }
+        self.enqueue(Op::Outcome(Box::new(o.clone())));
+        Ok(())
+    }
+
+    /// The outcomes this node recorded since start and those it loaded, newest first.
+    pub fn recent_outcomes(&self, domain: Option<&str>, limit: usize) -> Result<Vec<VerificationOutcome>, StoreError> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(recent.iter().filter(|o| domain.is_none_or(|d| o.remote == d)).take(limit).cloned().collect())
+    }
+
+    pub fn add_history(&self, s: &ConnSnapshot) -> Result<(), StoreError> {
+        self.enqueue(Op::History(Box::new(s.clone())));
+        Ok(())
+    }
+
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<T>, StoreError> {
+        let mut session = self.session().await?;
+        let client = session.as_ref().expect("connected");
+        match client.query(sql, params).await {
+            Ok(rows) => Ok(rows.iter().filter_map(|r| r.try_get::<_, Json<T>>(0).ok().map(|j| j.0)).collect()),
+            Err(e) => {
+                if client.is_closed() {
+                    *session = None;
+                }
+                Err(self.pg(&e))
+            }
+        }
+    }
+
+    pub async fn outcomes(&self, domain: Option<&str>, limit: usize) -> Result<Vec<VerificationOutcome>, StoreError> {
+        self.read(
+            "SELECT record FROM outcomes WHERE $1::text IS NULL OR remote = $1 ORDER BY time_ms DESC, id DESC LIMIT $2",
+            &[&domain, &(limit as i64)],
+        )
+        .await
+    }
+
+    pub async fn history(&self, domain: Option<&str>, limit: usize) -> Result<Vec<ConnSnapshot>, StoreError> {
+        self.read(
+            "SELECT record FROM history WHERE $1::text IS NULL OR $1 = ANY(remotes) ORDER BY opened_ms DESC, id DESC LIMIT $2",
+            &[&domain, &(limit as i64)],
+        )
+        .await
+    }
+
+    pub async fn history_since(&self, since_ms: u64) -> Result<Vec<ConnSnapshot>, StoreError> {
+        self.read("SELECT record FROM history WHERE last_ms >= $1 ORDER BY opened_ms DESC, id DESC", &[&(since_ms as i64)]).await
+    }
+
+    pub async fn policy_log(&self, domain: Option<&str>, limit: usize) -> Result<Vec<PolicyAction>, StoreError> {
+        self.read(
+            "SELECT record FROM policy_log WHERE $1::text IS NULL OR domain = $1 ORDER BY time_ms DESC, id DESC LIMIT $2",
+            &[&domain, &(limit as i64)],
+        )
+        .await
+    }
+
+    pub fn snapshot_open(&self, live: &[ConnSnapshot]) -> Result<(), StoreError> {
+        self.enqueue(Op::Open(live.to_vec()));
+        Ok(())
+    }
+
+    /// How many streams this node had left open, moved into the history at start.
+    pub fn recover_open(&self) -> Result<usize, StoreError> {
+        Ok(self.recovered)
+    }
+
+    /// Keep at most `max` records per table, none older than `max_age_ms` (every node
+    /// prunes; the second finds nothing to do).
+    pub async fn prune(&self, max: usize, max_age_ms: u64, now_ms: u64) -> Result<usize, StoreError> {
+        let cutoff = now_ms.saturating_sub(max_age_ms) as i64;
+        let mut session = self.session().await?;
+        let client = session.as_ref().expect("connected");
+        let mut removed = 0;
+        for (table, time) in [("outcomes", "time_ms"), ("history", "opened_ms"), ("policy_log", "time_ms")] {
+            let r = async {
+                let old = client.execute(&format!("DELETE FROM {table} WHERE {time} < $1"), &[&cutoff]).await?;
+                let excess = client
+                    .execute(
+                        &format!("DELETE FROM {table} WHERE id IN (SELECT id FROM {table} ORDER BY {time} DESC, id DESC OFFSET $1)"),
+                        &[&(max as i64)],
+                    )
+                    .await?;
+                Ok::<u64, tokio_postgres::Error>(old + excess)
+            }
+            .await;
+            match r {
+                Ok(n) => removed += n as usize,
+                Err(e) => {
+                    if client.is_closed() {
+                        *session = None;
+                    }
+                    return Err(self.pg(&e));
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Everything queued so far is committed when this returns; fails at once while the
+    /// database is unreachable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.available()?;
+        let (tx, rx) = oneshot::channel();
+        let unreachable = || StoreError::Unreachable {
+            place: self.place.clone(),
+            since: crate::types::fmt_utc(now_ms()),
+            error: "the connection was lost while writing".into(),
+        };
+        self.writes.send(Op::Flush(tx)).await.map_err(|_| unreachable())?;
+        rx.await.map_err(|_| unreachable())
+    }
+
+    pub fn rtbl_apply(&self, feed: &FeedKey, change: &Change) -> Result<usize, StoreError> {
+        let n = self.copy.rtbl_apply(feed, change)?;
+        let changed = match change {
+            Change::Added(e) | Change::Updated(e) => self.copy.rtbl_record(feed, e.domain.as_str())?.into_iter().collect(),
+            Change::Retracted { domain, .. } => self.copy.rtbl_record(feed, domain.as_str())?.into_iter().collect(),
+            Change::Cleared { .. } | Change::Confirmed { .. } => self.copy.rtbl_records(feed)?,
+        };
+        if !changed.is_empty() {
+            self.enqueue(Op::Rtbl(feed.clone(), changed));
+        }
+        Ok(n)
+    }
+
+    pub fn rtbl_retracted_count(&self, feed: &FeedKey) -> Result<usize, StoreError> {
+        self.copy.rtbl_retracted_count(feed)
+    }
+
+    pub fn rtbl_records(&self, feed: &FeedKey) -> Result<Vec<RtblRecord>, StoreError> {
+        self.copy.rtbl_records(feed)
+    }
+
+    pub fn rtbl_listed(&self, feed: &FeedKey) -> Result<Vec<Entry>, StoreError> {
+        self.copy.rtbl_listed(feed)
+    }
+
+    pub fn rtbl_for_domain(&self, domain: &str) -> Result<Vec<RtblRecord>, StoreError> {
+        self.copy.rtbl_for_domain(domain)
+    }
+
+    pub fn rtbl_record(&self, feed: &FeedKey, domain: &str) -> Result<Option<RtblRecord>, StoreError> {
+        self.copy.rtbl_record(feed, domain)
+    }
+
+    pub fn rtbl_prune_retracted(&self, feed: &FeedKey, max: usize) -> Result<usize, StoreError> {
+        let before: Vec<String> = self.copy.rtbl_records(feed)?.into_iter().map(|r| r.domain).collect();
+        let n = self.copy.rtbl_prune_retracted(feed, max)?;
+        if n > 0 {
+            let after: std::collections::HashSet<String> = self.copy.rtbl_records(feed)?.into_iter().map(|r| r.domain).collect();
+            self.enqueue(Op::RtblGone(feed.clone(), before.into_iter().filter(|d| !after.contains(d)).collect()));
+        }
+        Ok(n)
+    }
+
+    pub fn rtbl_put_status(&self, status: &FeedStatus) -> Result<(), StoreError> {
+        self.copy.rtbl_put_status(status)?;
+        self.enqueue(Op::RtblStatus(Box::new(status.clone())));
+        Ok(())
+    }
+
+    pub fn rtbl_status(&self, feed: &FeedKey) -> Result<Option<FeedStatus>, StoreError> {
+        self.copy.rtbl_status(feed)
+    }
+
+    pub fn rtbl_feeds(&self) -> Result<Vec<FeedKey>, StoreError> {
+        self.copy.rtbl_feeds()
+    }
+
+    pub fn rtbl_remove_feed(&self, feed: &FeedKey) -> Result<(), StoreError> {
+        self.copy.rtbl_remove_feed(feed)?;
+        self.enqueue(Op::RtblForget(feed.clone()));
+        Ok(())
+    }
+
+    pub fn familiar_write(&self, writes: &[Write]) -> Result<(), StoreError> {
+        self.copy.familiar_write(writes)?;
+        self.enqueue(Op::Familiar(writes.to_vec()));
+        Ok(())
+    }
+
+    pub fn familiar_pairs(&self) -> Result<Vec<(PairHash, u64)>, StoreError> {
+        self.copy.familiar_pairs()
+    }
+}
+
+/// The error in words: the server's message (and code) for a database error, else the
+/// client's with its cause.
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    match std::error::Error::source(e) {
+        Some(src) => format!("{e}: {src}"),
+        None => e.to_string(),
+    }
+}
+
+async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("store: connection to PostgreSQL ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// Apply the migrations this database lacks, one node at a time; refuse a newer schema.
+async fn migrate(client: &mut Client, place: &str) -> Result<(), StoreError> {
+    let pg = |e: tokio_postgres::Error| StoreError::Postgres { place: place.to_owned(), msg: pg_error(&e) };
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS drawbridge_schema (version integer PRIMARY KEY)").await.map_err(pg)?;
+    let found: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM drawbridge_schema", &[]).await.map_err(pg)?.get(0);
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::Newer {
+            place: place.to_owned(),
+            found: found as u32,
+            knows: SCHEMA_VERSION as u32,
+            fix: "upgrade every node to the same version",
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
+        tracing::info!(version, "store: migrating {place} to schema {version}");
+        tx.batch_execute(sql).await.map_err(pg)?;
+        tx.execute("INSERT INTO drawbridge_schema (version) VALUES ($1)", &[version]).await.map_err(pg)?;
+    }
+    tx.commit().await.map_err(pg)
+}
+
+/// A secret made once, by whichever node asks first; every node reads that one.
+async fn ensure_secret(client: &Client, key: &str) -> Result<Vec<u8>, tokio_postgres::Error> {
+    let mut fresh = vec![0u8; 32];
+    getrandom::fill(&mut fresh).expect("OS randomness");
+    client
+        .execute("INSERT INTO drawbridge_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", &[&key, &fresh.as_slice()])
+        .await?;
+    Ok(client.query_one("SELECT value FROM drawbridge_meta WHERE key = $1", &[&key]).await?.get(0))
+}
+
+/// A domain's decision (the shared row) over this node's counters.
+fn with_decision(mut rec: DomainRecord, d: DomainRecord) -> DomainRecord {
+    rec.state = d.state;
+    rec.reason = d.reason;
+    rec.who = d.who;
+    rec.when_ms = d.when_ms;
+    rec.expires_ms = d.expires_ms;
+    rec.previous = d.previous;
+    rec.source = d.source;
+    rec
+}
+
+/// The shared small state into the working copy.
+async fn load(client: &Client, node: &str, copy: &SledStore) -> Result<(), tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT d.domain, d.decision, s.record FROM domains d LEFT JOIN domain_stats s ON s.domain = d.domain AND s.node = $1",
+            &[&node],
+        )
+        .await?;
+    let mut recs = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let domain: String = r.get(0);
+        let Ok(Json(decision)) = r.try_get::<_, Json<DomainRecord>>(1) else {
+            tracing::warn!("store: the decision of {} does not read; skipped", crate::text::escape(&domain));
+            continue;
+        };
+        let stats = r
+            .try_get::<_, Option<Json<DomainRecord>>>(2)
+            .ok()
+            .flatten()
+            .map(|j| j.0)
+            .unwrap_or_else(|| DomainRecord { domain: domain.clone(), ..Default::default() });
+        recs.push(with_decision(stats, decision));
+    }
+    copy.put_domains(&recs).map_err(|e| tracing::error!("store: working copy: {e}")).ok();
+    for r in client.query("SELECT service, feed_node, record FROM rtbl", &[]).await? {
+        let feed = FeedKey { service: r.get(0), node: r.get(1) };
+        if let Ok(Json(rec)) = r.try_get::<_, Json<RtblRecord>>(2) {
+            let _ = copy.rtbl_put_record(&feed, &rec);
+        }
+    }
+    for r in client.query("SELECT status FROM rtbl_feeds", &[]).await? {
+        if let Ok(Json(status)) = r.try_get::<_, Json<FeedStatus>>(0) {
+            let _ = copy.rtbl_put_status(&status);
+        }
+    }
+    let mut pairs = Vec::new();
+    for r in client.query("SELECT pair, last_ms FROM familiar", &[]).await? {
+        if let Ok(h) = <PairHash>::try_from(r.get::<_, &[u8]>(0)) {
+            pairs.push(Write::Put(h, r.get::<_, i64>(1) as u64));
+        }
+    }
+    let _ = copy.familiar_write(&pairs);
+    Ok(())
+}
+
+/// This node's streams that were open when it last stopped without closing them: into the
+/// history, closed with that reason.
+async fn recover_open(client: &mut Client, node: &str) -> Result<usize, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let rows = tx.query("DELETE FROM open_streams WHERE node = $1 RETURNING record", &[&node]).await?;
+    let mut n = 0;
+    for r in &rows {
+        if let Ok(Json(mut s)) = r.try_get::<_, Json<ConnSnapshot>>(0) {
+            s.state = crate::types::ConnState::Closed;
+            s.close_reason = Some("drawbridge stopped without closing it (crash or kill)".into());
+            insert_history(&tx, node, &s).await?;
+            n += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(n)
+}
+
+async fn put_stats(tx: &tokio_postgres::Transaction<'_>, node: &str, rec: &DomainRecord) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO domain_stats (domain, node, record) VALUES ($1, $2, $3)
+         ON CONFLICT (domain, node) DO UPDATE SET record = EXCLUDED.record",
+        &[&rec.domain, &node, &Json(rec)],
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn insert_action(tx: &tokio_postgres::Transaction<'_>, node: &str, a: &PolicyAction) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO policy_log (time_ms, node, domain, record) VALUES ($1, $2, $3, $4)",
+        &[&(a.time_ms as i64), &node, &a.domain, &Json(a)],
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn insert_history(tx: &tokio_postgres::Transaction<'_>, node: &str, s: &ConnSnapshot) -> Result<(), tokio_postgres::Error> {
+    let mut remotes: Vec<&str> = s.remote.as_deref().into_iter().chain(s.pairs.iter().map(|p| p.remote.as_str())).collect();
+    remotes.sort_unstable();
+    remotes.dedup();
+    tx.execute(
+        "INSERT INTO history (opened_ms, last_ms, node, remotes, record) VALUES ($1, $2, $3, $4, $5)",
+        &[&(s.opened_ms as i64), &(s.last_activity_ms.max(s.opened_ms) as i64), &node, &remotes, &Json(s)],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// One batch in one transaction.
+async fn write_batch(client: &mut Client, node: &str, batch: &[Op]) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    for op in batch {
+        match op {
+            Op::Domain(rec) => {
+                // drawbridge's own update of the decision (a pending mark, an expired block)
+                // only if no newer one was made meanwhile, on any node.
+                tx.execute(
+                    "INSERT INTO domains (domain, decision, decided_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (domain) DO UPDATE SET decision = EXCLUDED.decision, decided_ms = EXCLUDED.decided_ms
+                     WHERE domains.decided_ms < EXCLUDED.decided_ms",
+                    &[&rec.domain, &Json(rec), &(rec.when_ms.unwrap_or(0) as i64)],
+                )
+                .await?;
+                put_stats(&tx, node, rec).await?;
+            }
+            Op::Action(a) => insert_action(&tx, node, a).await?,
+            Op::Outcome(o) => {
+                tx.execute(
+                    "INSERT INTO outcomes (time_ms, node, remote, record) VALUES ($1, $2, $3, $4)",
+                    &[&(o.time_ms as i64), &node, &o.remote, &Json(o)],
+                )
+                .await?;
+            }
+            Op::History(s) => {
+                insert_history(&tx, node, s).await?;
+                tx.execute("DELETE FROM open_streams WHERE node = $1 AND id = $2", &[&node, &s.id]).await?;
+            }
+            Op::Open(live) => {
+                let ids: Vec<&str> = live.iter().map(|s| s.id.as_str()).collect();
+                tx.execute("DELETE FROM open_streams WHERE node = $1 AND NOT (id = ANY($2))", &[&node, &ids]).await?;
+                for s in live {
+                    tx.execute(
+                        "INSERT INTO open_streams (node, id, record) VALUES ($1, $2, $3)
+                         ON CONFLICT (node, id) DO UPDATE SET record = EXCLUDED.record",
+                        &[&node, &s.id, &Json(s)],
+                    )
+                    .await?;
+                }
+            }
+            Op::Rtbl(feed, recs) => {
+                for r in recs {
+                    tx.execute(
+                        "INSERT INTO rtbl (service, feed_node, domain, record) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (service, feed_node, domain) DO UPDATE SET record = EXCLUDED.record",
+                        &[&feed.service, &feed.node, &r.domain, &Json(r)],
+                    )
+                    .await?;
+                }
+            }
+            Op::RtblGone(feed, domains) => {
+                tx.execute(
+                    "DELETE FROM rtbl WHERE service = $1 AND feed_node = $2 AND domain = ANY($3)",
+                    &[&feed.service, &feed.node, domains],
+                )
+                .await?;
+            }
+            Op::RtblStatus(st) => {
+                tx.execute(
+                    "INSERT INTO rtbl_feeds (service, feed_node, status) VALUES ($1, $2, $3)
+                     ON CONFLICT (service, feed_node) DO UPDATE SET status = EXCLUDED.status",
+                    &[&st.service, &st.node, &Json(st)],
+                )
+                .await?;
+            }
+            Op::RtblForget(feed) => {
+                tx.execute("DELETE FROM rtbl WHERE service = $1 AND feed_node = $2", &[&feed.service, &feed.node]).await?;
+                tx.execute("DELETE FROM rtbl_feeds WHERE service = $1 AND feed_node = $2", &[&feed.service, &feed.node]).await?;
+            }
+            Op::Familiar(writes) => {
+                for w in writes {
+                    match w {
+                        Write::Put(h, t) => {
+                            tx.execute(
+                                "INSERT INTO familiar (pair, last_ms) VALUES ($1, $2) ON CONFLICT (pair) DO UPDATE SET last_ms = EXCLUDED.last_ms",
+                                &[&&h[..], &(*t as i64)],
+                            )
+                            .await?;
+                        }
+                        Write::Remove(h) => {
+                            tx.execute("DELETE FROM familiar WHERE pair = $1", &[&&h[..]]).await?;
+                        }
+                    }
+                }
+            }
+            Op::Flush(_) => {}
+        }
+    }
+    tx.commit().await
+}
+
+/// The one task that writes what the nodes' streams append: batches of up to [`BATCH`]
+/// records per transaction. A batch that fails is kept and retried after a reconnect (with a
+/// growing pause, up to 5 s); the queue behind it is bounded by `[store] buffer`. Ends when
+/// the store is dropped, after writing what was queued (if it can).
+async fn writer(config: Config, node: String, place: String, first: Client, mut rx: mpsc::Receiver<Op>, health: watch::Sender<Health>) {
+    let mut client = Some(first);
+    let mut batch: Vec<Op> = Vec::new();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        if batch.is_empty() {
+            match rx.recv().await {
+                Some(op) => batch.push(op),
+                None => return,
+            }
+        }
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        if client.as_ref().is_none_or(Client::is_closed) {
+            match connect(&config).await {
+                Ok(c) => {
+                    tracing::info!("store: {place} is reachable again; writing what waited");
+                    client = Some(c);
+                }
+                Err(e) => {
+                    down(&health, &place, &pg_error(&e), &mut batch);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        let c = client.as_mut().expect("connected");
+        match write_batch(c, &node, &batch).await {
+            Ok(()) => {
+                pause = Duration::from_millis(100);
+                health.send_if_modified(|h| std::mem::replace(h, Health::Up) != Health::Up);
+                for op in batch.drain(..) {
+                    if let Op::Flush(done) = op {
+                        let _ = done.send(());
+                    }
+                }
+            }
+            Err(e) => {
+                let msg = pg_error(&e);
+                if c.is_closed() {
+                    client = None;
+                    down(&health, &place, &msg, &mut batch);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                } else {
+                    // The database refused the batch itself, not the connection: one record
+                    // it will not take must not cost the others. Each on its own, then.
+                    let mut refused = 0;
+                    for op in batch.drain(..) {
+                        match op {
+                            Op::Flush(done) => {
+                                let _ = done.send(());
+                            }
+                            op => {
+                                if let Err(e) = write_batch(c, &node, std::slice::from_ref(&op)).await {
+                                    refused += 1;
+                                    tracing::error!(
+                                        "store: {place} refused a record: {}; it is dropped (first error of the batch: {msg})",
+                                        pg_error(&e)
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    tracing::debug!(refused, "store: batch written one by one");
+                }
+            }
+        }
+    }
+}
+
+/// The database went away: say so once, and answer the waiting flushes at once (with an
+/// error: their records are not committed).
+fn down(health: &watch::Sender<Health>, place: &str, error: &str, batch: &mut Vec<Op>) {
+    let was_up = health.send_if_modified(|h| {
+        if matches!(h, Health::Up) {
+            *h = Health::Down { since_ms: now_ms(), error: error.to_owned() };
+            true
+        } else {
+            false
+        }
+    });
+    if was_up {
+        tracing::error!("store: {place} is unreachable ({error}); federating on under the last known policy, records wait in store.buffer");
+    }
+    batch.retain(|op| !matches!(op, Op::Flush(_)));
+}
