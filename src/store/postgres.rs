@@ -91,7 +91,7 @@ pub fn parse_conninfo(s: &str) -> Result<Config, String> {
 }
 
 /// The database, named for messages (never its password).
-fn describe(c: &Config) -> String {
+pub(super) fn describe(c: &Config) -> String {
     let hosts: Vec<String> = c
         .get_hosts()
         .iter()
@@ -532,7 +532,7 @@ impl PgStore {
 
 /// The error in words: the server's message (and code) for a database error, else the
 /// client's with its cause.
-fn pg_error(e: &tokio_postgres::Error) -> String {
+pub(super) fn pg_error(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{} ({})", db.message(), db.code().code());
     }
@@ -542,7 +542,7 @@ fn pg_error(e: &tokio_postgres::Error) -> String {
     }
 }
 
-async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
+pub(super) async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -553,7 +553,7 @@ async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
 }
 
 /// Apply the migrations this database lacks, one node at a time; refuse a newer schema.
-async fn migrate(client: &mut Client, place: &str) -> Result<(), StoreError> {
+pub(super) async fn migrate(client: &mut Client, place: &str) -> Result<(), StoreError> {
     let pg = |e: tokio_postgres::Error| StoreError::Postgres { place: place.to_owned(), msg: pg_error(&e) };
     let tx = client.transaction().await.map_err(pg)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
@@ -576,7 +576,7 @@ async fn migrate(client: &mut Client, place: &str) -> Result<(), StoreError> {
 }
 
 /// A secret made once, by whichever node asks first; every node reads that one.
-async fn ensure_secret(client: &Client, key: &str) -> Result<Vec<u8>, tokio_postgres::Error> {
+pub(super) async fn ensure_secret(client: &Client, key: &str) -> Result<Vec<u8>, tokio_postgres::Error> {
     let mut fresh = vec![0u8; 32];
     getrandom::fill(&mut fresh).expect("OS randomness");
     client
@@ -660,7 +660,7 @@ async fn recover_open(client: &mut Client, node: &str) -> Result<usize, tokio_po
     Ok(n)
 }
 
-async fn put_stats(tx: &tokio_postgres::Transaction<'_>, node: &str, rec: &DomainRecord) -> Result<(), tokio_postgres::Error> {
+pub(super) async fn put_stats(tx: &tokio_postgres::Transaction<'_>, node: &str, rec: &DomainRecord) -> Result<(), tokio_postgres::Error> {
     tx.execute(
         "INSERT INTO domain_stats (domain, node, record) VALUES ($1, $2, $3)
          ON CONFLICT (domain, node) DO UPDATE SET record = EXCLUDED.record",
@@ -670,7 +670,7 @@ async fn put_stats(tx: &tokio_postgres::Transaction<'_>, node: &str, rec: &Domai
     .map(|_| ())
 }
 
-async fn insert_action(tx: &tokio_postgres::Transaction<'_>, node: &str, a: &PolicyAction) -> Result<(), tokio_postgres::Error> {
+pub(super) async fn insert_action(tx: &tokio_postgres::Transaction<'_>, node: &str, a: &PolicyAction) -> Result<(), tokio_postgres::Error> {
     tx.execute(
         "INSERT INTO policy_log (time_ms, node, domain, record) VALUES ($1, $2, $3, $4)",
         &[&(a.time_ms as i64), &node, &a.domain, &Json(a)],
@@ -679,7 +679,7 @@ async fn insert_action(tx: &tokio_postgres::Transaction<'_>, node: &str, a: &Pol
     .map(|_| ())
 }
 
-async fn insert_history(tx: &tokio_postgres::Transaction<'_>, node: &str, s: &ConnSnapshot) -> Result<(), tokio_postgres::Error> {
+pub(super) async fn insert_history(tx: &tokio_postgres::Transaction<'_>, node: &str, s: &ConnSnapshot) -> Result<(), tokio_postgres::Error> {
     let mut remotes: Vec<&str> = s.remote.as_deref().into_iter().chain(s.pairs.iter().map(|p| p.remote.as_str())).collect();
     remotes.sort_unstable();
     remotes.dedup();
