@@ -6,8 +6,13 @@ mod common;
 
 use common::postgres::Postgres;
 use common::*;
+use std::time::{Duration, Instant};
+
 use drawbridge::engine::Request;
+use drawbridge::engine::events::Event;
+use drawbridge::policy::DomainState;
 use drawbridge::proto::dialback::{Answer, DbElement, derive_key};
+use drawbridge::proto::stream::StreamErrorCondition;
 
 /// `[store]` and `[cluster]` for a node on `pg`.
 fn on(pg: &Postgres, node: &str) -> String {
@@ -68,4 +73,76 @@ async fn decisions_are_in_the_database_when_acknowledged_and_survive_a_restart()
     let rec = report.record.expect("the decision was read back");
     assert_eq!(rec.state, drawbridge::policy::DomainState::Blocked);
     assert_eq!(rec.reason.as_deref(), Some("flood"));
+}
+
+/// The reasons the streams with `remote` closed for, once `n` of them did.
+async fn closed_with(events: &mut drawbridge::engine::events::bus::Receiver, remote: &str, n: usize) -> Vec<String> {
+    let mut reasons = Vec::new();
+    while reasons.len() < n {
+        let ev = wait_event(events, "a stream to close", |e| {
+            matches!(e, Event::StreamClosed { stream } if stream.remote.as_deref() == Some(remote) || stream.pairs.iter().any(|p| p.remote == remote))
+        })
+        .await;
+        let Event::StreamClosed { stream } = ev else { unreachable!() };
+        reasons.push(stream.close_reason.unwrap_or_default());
+    }
+    reasons
+}
+
+/// A block an operator makes on node A reaches node B within a second: B closes its streams
+/// with the domain (both directions), and refuses it afterwards, before TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_on_node_a_closes_node_b_streams_and_node_b_refuses_afterwards() {
+    let pg = postgres().await;
+    let dns = Dns::start().await;
+    let a = start_server("home.test", &dns, &on(&pg, "edge-1")).await;
+    let b = start_published("home.test", &dns, &on(&pg, "edge-2")).await;
+    let mut o = hand_played(&b, &dns, "o.test").await;
+    let mut events = b.engine.subscribe();
+    let asked = Instant::now();
+    change(&a.engine, Request::Block { domain: "o.test".into(), for_secs: None, reason: Some("flood".into()) }).await;
+    // The peer reads node B's stream error on both streams (B then waits for the peer's
+    // `</stream:stream>`, which this one never sends: the close is recorded later).
+    for stream in [&mut o.to_server, &mut o.from_server] {
+        let e = stream.expect_condition(StreamErrorCondition::PolicyViolation).await;
+        assert!(e.text.contains("o.test is blocked: flood"), "{e}");
+    }
+    let took = asked.elapsed();
+    assert!(took <= scaled(Duration::from_secs(1)), "node B closed them {took:?} after the block on node A");
+    for reason in closed_with(&mut events, "o.test", 2).await {
+        assert!(reason.contains("o.test is blocked: flood"), "{reason}");
+    }
+    assert!(domain_report(&b.engine, "o.test").await.verdict.starts_with("refused"), "node B refuses o.test now");
+    let mut p = RawPeer::connect(b.addr).await;
+    p.send(&header("o.test", "home.test")).await;
+    let e = p.expect_condition(StreamErrorCondition::PolicyViolation).await;
+    assert!(e.text.contains("blocked"), "{e}");
+}
+
+/// Approval mode on two nodes: a peer verified on node A is held there (pending, seen by
+/// node B too); the operator approves it on node B, and node A delivers what it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_on_node_b_releases_what_node_a_holds() {
+    let pg = postgres().await;
+    let dns = Dns::start().await;
+    let approval = "[policy]\nmode = \"approval\"\napproval_wait = \"60s\"\n";
+    let a = start_published("home.test", &dns, &format!("{}{approval}", on(&pg, "edge-1"))).await;
+    let b = start_server("home.test", &dns, &format!("{}{approval}", on(&pg, "edge-2"))).await;
+    let mut o = hand_played(&a, &dns, "o.test").await;
+    assert_eq!(record(&a.engine, "o.test").await.map(|r| r.state), Some(DomainState::Pending));
+    o.to_server.send("<iq type='get' id='held1' from='o.test' to='home.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    // Node B hears of the pending mark (node A's own write, announced when committed).
+    let mut events = b.engine.subscribe();
+    if record(&b.engine, "o.test").await.map(|r| r.state) != Some(DomainState::Pending) {
+        wait_event(
+            &mut events,
+            "node B to hear o.test is pending",
+            |e| matches!(e, Event::DomainChanged { record } if record.domain == "o.test" && record.state == DomainState::Pending),
+        )
+        .await;
+    }
+    change(&b.engine, Request::Approve { domain: "o.test".into(), reason: None }).await;
+    let pong = o.next_stanza().await;
+    assert_eq!((pong.get_attr("id"), pong.get_attr("type")), (Some("held1"), Some("result")), "released on node A: {pong:?}");
+    assert_eq!(record(&a.engine, "o.test").await.map(|r| r.state), Some(DomainState::Approved));
 }

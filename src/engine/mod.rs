@@ -6,6 +6,7 @@ pub use crate::{events, limits, table};
 
 mod api;
 mod certs;
+mod cluster;
 mod commands;
 mod handle;
 mod metrics;
@@ -260,7 +261,8 @@ async fn maintenance_loop(shared: Arc<Shared>) {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = release.tick() => release_memory(),
-            _ = flush.tick() => {
+            // A shared store's writer commits as records come (and says itself when it cannot).
+            _ = flush.tick(), if shared.store.postgres().is_none() => {
                 if let Err(e) = shared.store.flush().await {
                     tracing::error!("store flush: {e}");
                 }

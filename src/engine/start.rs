@@ -313,6 +313,7 @@ fn spawn_loops(shared: &Arc<Shared>, listeners: Listeners, rtbl: Rtbl) -> JoinSe
     }
     tasks.spawn(counters_loop(shared.clone()));
     tasks.spawn(maintenance_loop(shared.clone()));
+    tasks.spawn(super::cluster::follow(shared.clone()));
     tasks.spawn(super::certs::local_loop(shared.clone()));
     if let Some(parts) = rtbl.driver {
         tasks.spawn(super::rtbl::drive(shared.clone(), parts));

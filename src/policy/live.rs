@@ -519,6 +519,51 @@ impl Policy {
         Ok((added, already))
     }
 
+    /// Decisions another node made (read back from the shared store) take effect here: each
+    /// record keeps this node's counters; with `mode`, the mode too. Nothing is written (the
+    /// store is where they came from). Returns the records that changed, as they are now.
+    pub fn apply_remote(&self, mode: Option<Mode>, decisions: &[DomainRecord]) -> Vec<DomainRecord> {
+        let mut changed = Vec::new();
+        let mode_changed = {
+            let mut inner = self.write();
+            for d in decisions {
+                let was_blacklisted;
+                let now = match inner.domains.get_mut(&d.domain) {
+                    Some(rec) => {
+                        let before = standing(rec);
+                        was_blacklisted = rec.state == DomainState::Blacklisted;
+                        rec.take_decision(d);
+                        if standing(rec) == before {
+                            continue;
+                        }
+                        rec.clone()
+                    }
+                    None => {
+                        was_blacklisted = false;
+                        let mut rec = DomainRecord { domain: d.domain.clone(), ..Default::default() };
+                        rec.take_decision(d);
+                        inner.domains.insert(rec.domain.clone(), rec.clone());
+                        rec
+                    }
+                };
+                inner.blacklisted = inner.blacklisted + usize::from(now.state == DomainState::Blacklisted) - usize::from(was_blacklisted);
+                changed.push(now);
+            }
+            let mode_changed = mode.is_some_and(|m| m != inner.mode);
+            if let Some(m) = mode {
+                inner.mode = m;
+            }
+            if mode_changed || !changed.is_empty() {
+                inner.generation += 1;
+            }
+            mode_changed
+        };
+        if mode_changed || !changed.is_empty() {
+            self.changed.send_modify(|g| *g += 1);
+        }
+        changed
+    }
+
     /// Records that are on disk take effect.
     fn put_in_memory(&self, records: &[DomainRecord]) {
         let mut inner = self.write();

@@ -209,6 +209,21 @@ pub struct DomainRecord {
     pub cert: Option<crate::types::RemoteCert>,
 }
 
+impl DomainRecord {
+    /// Take `other`'s decision (state, reason, who, when, expiry, the state a block returns
+    /// to, source), keeping this record's counters and sightings: a decision made elsewhere
+    /// (another node) over what this node counted.
+    pub fn take_decision(&mut self, other: &DomainRecord) {
+        self.state = other.state;
+        self.reason.clone_from(&other.reason);
+        self.who.clone_from(&other.who);
+        self.when_ms = other.when_ms;
+        self.expires_ms = other.expires_ms;
+        self.previous = other.previous;
+        self.source.clone_from(&other.source);
+    }
+}
+
 /// One operator action (the policy log).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyAction {

@@ -204,7 +204,7 @@ impl SledStore {
         Ok(self.meta.get(MODE_KEY).map_err(|e| self.err(e))?.and_then(|v| Mode::parse(std::str::from_utf8(&v).ok()?)))
     }
 
-    pub fn set_mode(&self, mode: Mode) -> Result<(), StoreError> {
+    pub fn put_mode(&self, mode: Mode) -> Result<(), StoreError> {
         self.meta.insert(MODE_KEY, mode.as_str()).map_err(|e| self.err(e))?;
         Ok(())
     }
@@ -362,7 +362,7 @@ impl SledStore {
     /// An operator's change: the mode, the records and their log entries, then a flush.
     pub async fn commit(&self, w: &crate::policy::PolicyWrite) -> Result<(), StoreError> {
         if let Some(mode) = w.mode {
-            self.set_mode(mode)?;
+            self.put_mode(mode)?;
         }
         self.put_domains(&w.domains)?;
         for a in &w.actions {

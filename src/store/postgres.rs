@@ -103,6 +103,74 @@ pub(super) fn describe(c: &Config) -> String {
     format!("PostgreSQL database {} on {} (store.postgres)", c.get_dbname().unwrap_or("?"), hosts.join(","))
 }
 
+/// The channel on which nodes announce policy changes (the payload is a [`Notice`]; the
+/// tables stay the source of truth: a node reads what a notice names, and everything after
+/// it (re)connects, since notices sent while it was not listening are not replayed).
+const CHANNEL: &str = "drawbridge_policy";
+/// A notice's payload stays under PostgreSQL's 8 000 bytes: beyond this, "read everything".
+const NOTICE_MAX: usize = 7_000;
+/// Domains named by notices not yet read, at most; beyond, everything is read again.
+const PENDING_MAX: usize = 10_000;
+
+/// What a node changed, as it tells the others.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Notice {
+    node: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    mode: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    all: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    domains: Vec<String>,
+}
+
+impl Notice {
+    fn payload(node: &str, mode: bool, domains: impl Iterator<Item = String>) -> String {
+        let mut n = Notice { node: node.to_owned(), mode, all: false, domains: domains.collect() };
+        let text = serde_json::to_string(&n).expect("a notice serialises");
+        if text.len() <= NOTICE_MAX {
+            return text;
+        }
+        n.domains.clear();
+        n.all = true;
+        serde_json::to_string(&n).expect("a notice serialises")
+    }
+}
+
+/// What other nodes changed and this one has not read yet.
+#[derive(Debug, Default)]
+struct Pending {
+    all: bool,
+    mode: bool,
+    domains: std::collections::HashSet<String>,
+}
+
+impl Pending {
+    fn add(&mut self, n: Notice) {
+        self.all |= n.all;
+        self.mode |= n.mode;
+        self.domains.extend(n.domains);
+        if self.domains.len() > PENDING_MAX {
+            self.all = true;
+            self.domains.clear();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.all && !self.mode && self.domains.is_empty()
+    }
+}
+
+/// Decisions other nodes made, read back from the tables.
+#[derive(Debug, Default)]
+pub struct RemoteChanges {
+    /// Every decision was read (after a (re)connect, or more than a notice could name).
+    pub all: bool,
+    pub mode: Option<Mode>,
+    /// The decisions (only the decision fields are meaningful).
+    pub decisions: Vec<DomainRecord>,
+}
+
 /// Whether the writer reaches the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
@@ -147,6 +215,9 @@ pub struct PgStore {
     health: watch::Receiver<Health>,
     /// Reads and operator changes: one at a time, on their own connection.
     session: tokio::sync::Mutex<Option<Client>>,
+    /// Other nodes' changes not yet read, and the signal that there are some.
+    pending: Arc<Mutex<Pending>>,
+    noticed: Arc<tokio::sync::Notify>,
 }
 
 impl PgStore {
@@ -183,6 +254,8 @@ impl PgStore {
         let (health_tx, health) = watch::channel(Health::Up);
         let dropped = Arc::new(AtomicU64::new(0));
         tokio::spawn(writer(config.clone(), node.to_owned(), place.clone(), client, rx, health_tx));
+        let (pending, noticed) = (Arc::new(Mutex::new(Pending::default())), Arc::new(tokio::sync::Notify::new()));
+        tokio::spawn(listen(config.clone(), node.to_owned(), place.clone(), pending.clone(), noticed.clone(), writes.downgrade()));
         Ok(PgStore {
             node: node.to_owned(),
             config,
@@ -198,7 +271,82 @@ impl PgStore {
             last_drop_log: Mutex::new(None),
             health,
             session: tokio::sync::Mutex::new(None),
+            pending,
+            noticed,
         })
+    }
+
+    /// Returns once other nodes changed the policy since the last [`PgStore::take_changes`]
+    /// (or this node (re)connected to hear about it).
+    pub async fn noticed(&self) {
+        loop {
+            let wait = self.noticed.notified();
+            if !self.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+                return;
+            }
+            wait.await;
+        }
+    }
+
+    /// Read what other nodes changed (as their notices said) from the tables, into the
+    /// working copy; the caller applies it to the live policy. On failure what was to be
+    /// read is kept for the next call.
+    pub async fn take_changes(&self) -> Result<RemoteChanges, StoreError> {
+        let p = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        match self.read_changes(&p).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                pending.add(Notice { node: String::new(), mode: p.mode, all: p.all, domains: p.domains.into_iter().collect() });
+                Err(e)
+            }
+        }
+    }
+
+    async fn read_changes(&self, p: &Pending) -> Result<RemoteChanges, StoreError> {
+        let mut session = self.session().await?;
+        let client = session.as_ref().expect("connected");
+        let r: Result<(Option<Mode>, Vec<DomainRecord>), tokio_postgres::Error> = async {
+            let mode = if p.all || p.mode {
+                client
+                    .query_opt("SELECT value FROM drawbridge_meta WHERE key = 'mode'", &[])
+                    .await?
+                    .and_then(|r| Mode::parse(std::str::from_utf8(r.get::<_, &[u8]>(0)).ok()?))
+            } else {
+                None
+            };
+            let rows = if p.all {
+                client.query("SELECT decision FROM domains", &[]).await?
+            } else if p.domains.is_empty() {
+                Vec::new()
+            } else {
+                let names: Vec<&str> = p.domains.iter().map(String::as_str).collect();
+                client.query("SELECT decision FROM domains WHERE domain = ANY($1)", &[&names]).await?
+            };
+            Ok((mode, rows.iter().filter_map(|r| r.try_get::<_, Json<DomainRecord>>(0).ok().map(|j| j.0)).collect()))
+        }
+        .await;
+        let (mode, decisions) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                if client.is_closed() {
+                    *session = None;
+                }
+                return Err(self.pg(&e));
+            }
+        };
+        drop(session);
+        if let Some(m) = mode {
+            *self.mode.lock().unwrap_or_else(|e| e.into_inner()) = Some(m);
+        }
+        let mut merged = Vec::with_capacity(decisions.len());
+        for d in &decisions {
+            let mut rec = self.copy.domain(&d.domain)?.unwrap_or_else(|| DomainRecord { domain: d.domain.clone(), ..Default::default() });
+            rec.take_decision(d);
+            merged.push(rec);
+        }
+        self.copy.put_domains(&merged)?;
+        Ok(RemoteChanges { all: p.all, mode, decisions })
     }
 
     /// The database named for messages (no password).
@@ -318,6 +466,9 @@ impl PgStore {
             for a in &w.actions {
                 insert_action(&tx, &self.node, a).await?;
             }
+            // Delivered to the other nodes at commit, not before.
+            let notice = Notice::payload(&self.node, w.mode.is_some(), w.domains.iter().map(|d| d.domain.clone()));
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &notice]).await?;
             tx.commit().await
         }
         .await;
@@ -679,7 +830,11 @@ pub(super) async fn insert_action(tx: &tokio_postgres::Transaction<'_>, node: &s
     .map(|_| ())
 }
 
-pub(super) async fn insert_history(tx: &tokio_postgres::Transaction<'_>, node: &str, s: &ConnSnapshot) -> Result<(), tokio_postgres::Error> {
+pub(super) async fn insert_history(
+    tx: &tokio_postgres::Transaction<'_>,
+    node: &str,
+    s: &ConnSnapshot,
+) -> Result<(), tokio_postgres::Error> {
     let mut remotes: Vec<&str> = s.remote.as_deref().into_iter().chain(s.pairs.iter().map(|p| p.remote.as_str())).collect();
     remotes.sort_unstable();
     remotes.dedup();
@@ -694,18 +849,23 @@ pub(super) async fn insert_history(tx: &tokio_postgres::Transaction<'_>, node: &
 /// One batch in one transaction.
 async fn write_batch(client: &mut Client, node: &str, batch: &[Op]) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    let mut decided = Vec::new();
     for op in batch {
         match op {
             Op::Domain(rec) => {
                 // drawbridge's own update of the decision (a pending mark, an expired block)
                 // only if no newer one was made meanwhile, on any node.
-                tx.execute(
-                    "INSERT INTO domains (domain, decision, decided_ms) VALUES ($1, $2, $3)
+                let n = tx
+                    .execute(
+                        "INSERT INTO domains (domain, decision, decided_ms) VALUES ($1, $2, $3)
                      ON CONFLICT (domain) DO UPDATE SET decision = EXCLUDED.decision, decided_ms = EXCLUDED.decided_ms
                      WHERE domains.decided_ms < EXCLUDED.decided_ms",
-                    &[&rec.domain, &Json(rec), &(rec.when_ms.unwrap_or(0) as i64)],
-                )
-                .await?;
+                        &[&rec.domain, &Json(rec), &(rec.when_ms.unwrap_or(0) as i64)],
+                    )
+                    .await?;
+                if n > 0 && rec.when_ms.is_some() {
+                    decided.push(rec.domain.clone());
+                }
                 put_stats(&tx, node, rec).await?;
             }
             Op::Action(a) => insert_action(&tx, node, a).await?,
@@ -780,7 +940,89 @@ async fn write_batch(client: &mut Client, node: &str, batch: &[Op]) -> Result<()
             Op::Flush(_) => {}
         }
     }
+    if !decided.is_empty() {
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &Notice::payload(node, false, decided.into_iter())]).await?;
+    }
     tx.commit().await
+}
+
+/// Hear the other nodes' notices: on its own connection, reconnecting with a growing pause
+/// (up to 5 s). Once listening (again), everything is to be read: what was announced while
+/// this node was not listening is not replayed. Ends when the store is dropped.
+async fn listen(
+    config: Config,
+    node: String,
+    place: String,
+    pending: Arc<Mutex<Pending>>,
+    noticed: Arc<tokio::sync::Notify>,
+    alive: mpsc::WeakSender<Op>,
+) {
+    let mut pause = Duration::from_millis(100);
+    let mut first = true;
+    while alive.upgrade().is_some() {
+        let (client, mut connection) = match config.connect(NoTls).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("store: listening on {place}: {}", pg_error(&e));
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let (pending2, noticed2, node2) = (pending.clone(), noticed.clone(), node.clone());
+        let driver = tokio::spawn(async move {
+            while let Some(m) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                match m {
+                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                        let Ok(notice) = serde_json::from_str::<Notice>(n.payload()) else {
+                            tracing::warn!("store: a notice on {CHANNEL} does not read; everything is read again");
+                            pending2.lock().unwrap_or_else(|e| e.into_inner()).add(Notice { all: true, ..Default::default() });
+                            noticed2.notify_one();
+                            continue;
+                        };
+                        if notice.node != node2 {
+                            pending2.lock().unwrap_or_else(|e| e.into_inner()).add(notice);
+                            noticed2.notify_one();
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!("store: the listening connection ended: {e}");
+                        break;
+                    }
+                }
+            }
+        });
+        if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+            tracing::debug!("store: LISTEN on {place}: {}", pg_error(&e));
+            driver.abort();
+            tokio::time::sleep(pause).await;
+            continue;
+        }
+        pause = Duration::from_millis(100);
+        // What changed before LISTEN took effect (since the load at start, or while the
+        // connection was down) is read whole.
+        if !first {
+            tracing::info!("store: listening to the other nodes again; reading the whole policy");
+        }
+        first = false;
+        pending.lock().unwrap_or_else(|e| e.into_inner()).add(Notice { all: true, ..Default::default() });
+        noticed.notify_one();
+        // Until the connection ends, or the store is dropped (checked now and then).
+        let mut driver = driver;
+        loop {
+            tokio::select! {
+                _ = &mut driver => break,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                    if alive.upgrade().is_none() {
+                        driver.abort();
+                        return;
+                    }
+                }
+            }
+        }
+        drop(client);
+    }
 }
 
 /// The one task that writes what the nodes' streams append: batches of up to [`BATCH`]
