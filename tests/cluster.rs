@@ -9,14 +9,30 @@ use common::*;
 use std::time::{Duration, Instant};
 
 use drawbridge::engine::Request;
-use drawbridge::engine::events::Event;
+use drawbridge::engine::events::{AuthMethod, Direction, Event, VerificationOutcome, VerificationResult};
 use drawbridge::policy::DomainState;
 use drawbridge::proto::dialback::{Answer, DbElement, derive_key};
 use drawbridge::proto::stream::StreamErrorCondition;
 
 /// `[store]` and `[cluster]` for a node on `pg`.
 fn on(pg: &Postgres, node: &str) -> String {
-    format!("[store]\nbackend = \"postgres\"\npostgres = \"{}\"\n[cluster]\nnode = \"{node}\"\n", pg.conninfo())
+    on_with(pg, node, "")
+}
+
+/// [`on`], with more `[store]` keys.
+fn on_with(pg: &Postgres, node: &str, store: &str) -> String {
+    format!("[store]\nbackend = \"postgres\"\npostgres = \"{}\"\n{store}\n[cluster]\nnode = \"{node}\"\n", pg.conninfo())
+}
+
+/// Wait (bounded) until `engine`'s store status satisfies `ok`.
+async fn store_becomes(engine: &drawbridge::engine::EngineHandle, what: &str, ok: impl Fn(&drawbridge::store::StoreStatus) -> bool) {
+    within(what, async {
+        // The store's state has no event: read it until it is so.
+        while !ok(&engine.status().store) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
 }
 
 /// PostgreSQL, started off the runtime's threads (initdb takes a second or two).
@@ -145,4 +161,82 @@ async fn an_approval_on_node_b_releases_what_node_a_holds() {
     let pong = o.next_stanza().await;
     assert_eq!((pong.get_attr("id"), pong.get_attr("type")), (Some("held1"), Some("result")), "released on node A: {pong:?}");
     assert_eq!(record(&a.engine, "o.test").await.map(|r| r.state), Some(DomainState::Approved));
+}
+
+/// PostgreSQL stopped: both nodes federate on under the last known policy; a policy change
+/// fails at once and changes nothing; records wait in `store.buffer` (beyond it they are
+/// dropped, and counted), and `ctl status` says so. PostgreSQL back: what waited is written,
+/// and a change made right after reaches the other node (which read everything again when it
+/// listened again: the notices sent meanwhile are not replayed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_stopped_and_restarted() {
+    let pg = postgres().await;
+    let dns = Dns::start().await;
+    let a = start_published("home.test", &dns, &on_with(&pg, "edge-1", "buffer = 100")).await;
+    let b = start_server("home.test", &dns, &on(&pg, "edge-2")).await;
+    let peer = start_published("peer.test", &dns, "").await;
+    tokio::task::block_in_place(|| pg.stop());
+    // Federating on, both ways, both nodes.
+    // (An answer goes to whichever node the peer's stream reaches: DNS names node A. Node B
+    // is seen federating with a peer that connects to it directly.)
+    let r = within("peer → node A", peer.engine.probe("home.test", None)).await;
+    assert!(r.ok, "{:?}", r.error);
+    let mut o = hand_played(&b, &dns, "o.test").await;
+    o.to_server.send("<iq type='get' id='during' from='o.test' to='home.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    assert_eq!(o.next_stanza().await.get_attr("id"), Some("during"), "node B answers");
+    store_becomes(&a.engine, "node A to see PostgreSQL gone", |s| !s.reachable).await;
+    let status = a.engine.status().store;
+    assert_eq!((status.backend.as_str(), status.node.as_deref()), ("postgres", Some("edge-1")));
+    assert!(status.error.is_some() && status.down_since_ms.is_some(), "{status:?}");
+    // A policy change: refused at once, nothing changed.
+    let asked = Instant::now();
+    let err = a
+        .engine
+        .acting_as("tester")
+        .execute(Request::Block { domain: "peer.test".into(), for_secs: None, reason: None })
+        .await
+        .expect_err("no change while the store is unreachable")
+        .to_string();
+    assert!(asked.elapsed() < scaled(Duration::from_secs(1)), "refused after {:?}", asked.elapsed());
+    assert!(err.contains("unreachable") && err.contains("nothing was changed") && err.contains("store.postgres"), "{err}");
+    assert!(domain_report(&a.engine, "peer.test").await.verdict.starts_with("allowed"), "not blocked after all");
+    // Records beyond the buffer are dropped and counted.
+    for i in 0..300u64 {
+        a.engine.testing().record_outcome(VerificationOutcome {
+            time_ms: drawbridge::engine::events::now_ms(),
+            stream: format!("s{i}"),
+            direction: Direction::In,
+            local: "home.test".into(),
+            remote: "burst.test".into(),
+            method: AuthMethod::Dialback,
+            result: VerificationResult::Valid,
+            reason: "test".into(),
+            peer_addr: None,
+        });
+    }
+    let status = a.engine.status().store;
+    assert!(status.backlog <= 100 && status.dropped >= 150, "{status:?}");
+    let printed = {
+        let mut out = Vec::new();
+        drawbridge::cli::print::status(&a.engine.status(), &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    assert!(printed.contains("UNREACHABLE since") && printed.contains("dropped"), "{printed}");
+    // Back.
+    tokio::task::block_in_place(|| pg.start_again());
+    store_becomes(&a.engine, "node A's backlog to be written", |s| s.reachable && s.backlog == 0).await;
+    let written = pg.psql("SELECT count(*) FROM outcomes WHERE node = 'edge-1' AND remote = 'peer.test'");
+    assert!(written.parse::<u32>().unwrap() >= 1, "the outcome of the probe made while PostgreSQL was away: {written}");
+    let kept = pg.psql("SELECT count(*) FROM outcomes WHERE remote = 'burst.test'").parse::<u64>().unwrap();
+    let dropped = a.engine.status().store.dropped;
+    assert!(kept > 0 && kept < 300, "what the buffer held was written, the rest not: {kept} of 300");
+    assert!(dropped >= 300 - kept, "every outcome missing was counted as dropped ({dropped} records dropped in all)");
+    let mut events = b.engine.subscribe();
+    change(&a.engine, Request::Block { domain: "peer.test".into(), for_secs: None, reason: Some("after the outage".into()) }).await;
+    wait_event(
+        &mut events,
+        "node B to apply the block",
+        |e| matches!(e, Event::DomainChanged { record } if record.domain == "peer.test" && record.state == DomainState::Blocked),
+    )
+    .await;
 }

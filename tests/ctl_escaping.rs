@@ -119,6 +119,7 @@ fn fake_engine(sock: &Path) -> std::thread::JoinHandle<()> {
                     }],
                     listings: vec![listing()],
                     live: Default::default(),
+                    store_error: None,
                 })
                 .unwrap(),
                 Request::Rtbl => serde_json::to_value(RtblReport {

@@ -79,6 +79,7 @@ fn model() -> Model {
             overflows: Default::default(),
             certificates: vec![],
             certs_warn_before_s: 14 * 86_400,
+            store: Default::default(),
         },
         connections: vec![
             conn("aaaa1111", Direction::In, "friend.test", ConnState::Established, Some(PairStatus::Valid), None),
@@ -282,6 +283,7 @@ fn domain_history_overlay() {
         }],
         listings: vec![],
         live: Default::default(),
+        store_error: None,
     });
     let s = screen(&mut m, 120, 40);
     for needle in
@@ -557,6 +559,7 @@ fn domain_history_shows_its_listings() {
         policy_log: vec![],
         listings: vec![rtbl_record("spam.example", Some(HOSTILE), None), rtbl_record("spam.example", None, Some(1_767_229_200_000))],
         live: Default::default(),
+        store_error: None,
     });
     let s = screen(&mut m, 160, 40);
     no_raw_escapes(&s);

@@ -52,6 +52,7 @@ pub fn status(s: &Status, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "streams:     {} in, {} out, {} established", s.streams_in, s.streams_out, s.established)?;
     writeln!(out, "encryption:  {}", if s.require_encryption { "required" } else { "optional" })?;
     writeln!(out, "policy:      mode {}, {} pending, {} blocked, {} blacklisted", s.mode, s.pending, s.blocked, s.blacklisted)?;
+    store(&s.store, out)?;
     let now = crate::events::now_s();
     for c in &s.certificates {
         writeln!(out, "certificate: {}", local_cert(c, now))?;
@@ -77,6 +78,24 @@ pub fn status(s: &Status, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "limits:")?;
     for l in &s.limits {
         writeln!(out, "  {:<40} {:>10} / {}", l.key, l.used, l.max)?;
+    }
+    Ok(())
+}
+
+/// The store's line(s) of `ctl status`.
+fn store(s: &crate::store::StoreStatus, out: &mut impl Write) -> io::Result<()> {
+    let node = s.node.as_deref().map(|n| format!(", node {}", escape(n))).unwrap_or_default();
+    writeln!(out, "store:       {} {}{node}", s.backend, escape(&s.place))?;
+    if let Some(since) = s.down_since_ms {
+        writeln!(
+            out,
+            "             UNREACHABLE since {} ({}): federating under the last known policy; policy changes are refused",
+            crate::types::fmt_utc(since),
+            escape(s.error.as_deref().unwrap_or("?"))
+        )?;
+    }
+    if s.backend == "postgres" && (s.backlog > 0 || s.dropped > 0 || s.down_since_ms.is_some()) {
+        writeln!(out, "             {} records waiting (store.buffer {}), {} dropped", s.backlog, s.buffer, s.dropped)?;
     }
     Ok(())
 }
@@ -161,6 +180,9 @@ pub fn preview(r: &PreviewReport, out: &mut impl Write) -> io::Result<()> {
 /// Everything known about one domain.
 pub fn domain(r: &DomainReport, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "{}: {}", r.domain, r.verdict)?;
+    if let Some(e) = &r.store_error {
+        writeln!(out, "(history and log unavailable: {})", escape(e))?;
+    }
     writeln!(out, "live:         {} in, {} out (streams open now)", r.live.inbound, r.live.outbound)?;
     match &r.record {
         None => writeln!(out, "never seen or decided")?,
@@ -714,6 +736,7 @@ mod tests {
             policy_log: vec![],
             listings: vec![],
             live: LiveStreams { inbound: 1, outbound: 1 },
+            store_error: None,
         };
         let out = text(|o| domain(&report, o));
         assert!(out.contains("\nlive:         1 in, 1 out (streams open now)\n"), "{out}");
@@ -862,6 +885,7 @@ note: the history of closed streams is kept 90 days (store.max_age): nothing old
             policy_log: vec![],
             listings: vec![],
             live: Default::default(),
+            store_error: None,
         };
         let out = text(|o| domain(&report, o));
         assert!(out.contains("\ncertificate:  expires 2027-01-12 08:00:00 UTC ("), "{out}");

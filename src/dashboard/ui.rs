@@ -404,6 +404,23 @@ fn draw_header(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
             )),
         }
     }
+    // A shared store: this node's name; the store out of reach, at the start of line two.
+    if let Some(s) = m.status.as_ref().map(|s| &s.store) {
+        if let Some(node) = &s.node {
+            line1.spans.push(Span::raw(format!("  node {}", crate::text::escape(node))));
+        }
+        if let Some(since) = s.down_since_ms {
+            spans.push(Span::styled(
+                format!(
+                    " ! store UNREACHABLE since {} ({} waiting, {} dropped) ",
+                    &crate::types::fmt_utc(since)[11..19],
+                    s.backlog,
+                    s.dropped
+                ),
+                t.fg(Color::Red).add_modifier(Modifier::BOLD),
+            ));
+        }
+    }
     spans.push(Span::raw(format!(" streams {live_in} in / {live_out} out   ")));
     spans.push(Span::styled(
         format!("pending {pending}"),

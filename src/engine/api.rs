@@ -567,6 +567,10 @@ pub struct DomainReport {
     /// ended ones.
     #[serde(flatten)]
     pub live: crate::events::LiveStreams,
+    /// Why outcomes, history or the policy log are missing: the store could not be read (a
+    /// shared store out of reach); the rest is what this node holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
 }
 
 /// `ctl domains` / `ctl pending`: a domain's record (its fields as they are, `streams_in`
@@ -775,6 +779,9 @@ pub struct Status {
     /// `certs.warn_before`, seconds: from then on a certificate is expiring.
     #[serde(default)]
     pub certs_warn_before_s: u64,
+    /// The store: where, and whether it is reachable.
+    #[serde(default)]
+    pub store: crate::store::StoreStatus,
 }
 
 /// `ctl status` in gateway mode.

@@ -120,15 +120,34 @@ async fn domain_report(shared: &Shared, d: &Domain) -> Result<DomainReport, Engi
         Verdict::Hold => "held until approved (policy mode approval)".to_owned(),
         Verdict::Refuse(why) => format!("refused: {why}"),
     };
+    // What the store holds, if it can be read now: the rest stands without it.
+    let mut store_error = None;
+    let mut keep = |e: crate::store::StoreError| store_error = Some(e.to_string());
+    let outcomes = match shared.outcomes_for(Some(d.as_str()), 10).await {
+        Ok(v) => v,
+        Err(e) => {
+            keep(e);
+            shared.recorder.recent_outcomes(Some(d.as_str()), 10)
+        }
+    };
+    let streams = shared.store.history(Some(d.as_str()), 10).await.unwrap_or_else(|e| {
+        keep(e);
+        Vec::new()
+    });
+    let policy_log = shared.store.policy_log(Some(d.as_str()), 10).await.unwrap_or_else(|e| {
+        keep(e);
+        Vec::new()
+    });
     Ok(DomainReport {
         domain: d.to_string(),
         record: shared.policy.record(d.as_str()),
         verdict,
-        outcomes: shared.outcomes_for(Some(d.as_str()), 10).await?,
-        streams: shared.store.history(Some(d.as_str()), 10).await?,
-        policy_log: shared.store.policy_log(Some(d.as_str()), 10).await?,
+        outcomes,
+        streams,
+        policy_log,
         listings: listings_of(shared, d.as_str())?,
         live: LiveStreams::by_domain(&shared.table.snapshots(false)).get(d.as_str()).copied().unwrap_or_default(),
+        store_error,
     })
 }
 
@@ -369,6 +388,7 @@ pub(super) fn status(shared: &Shared) -> Status {
         overflows: shared.router.overflows(),
         certificates: super::certs::local(shared),
         certs_warn_before_s: shared.settings.certs.warn_before.as_secs(),
+        store: shared.store.status(),
     }
 }
 

@@ -38,6 +38,10 @@ pub(super) fn render(shared: &Shared) -> String {
             stanza_errors: crate::proto::stanza::errors_built(),
             remote_certs,
             local_certs,
+            store: {
+                let st = shared.store.status();
+                (st.reachable, st.backlog as u64, st.dropped)
+            },
             process: Process::read(),
         },
     )

@@ -229,6 +229,8 @@ pub struct Scrape {
     pub remote_certs: (u64, u64),
     /// Our certificates' notAfter (unix seconds), by which: `tls`, `gateway-ca`.
     pub local_certs: Vec<(String, i64)>,
+    /// The store: reachable, records waiting to be written, records dropped since start.
+    pub store: (bool, u64, u64),
     pub process: Process,
 }
 
@@ -388,6 +390,20 @@ pub fn encode(m: &StreamMetrics, s: &Scrape) -> String {
         Unit::Seconds,
         local,
     );
+
+    r.register_collector(Box::new(Gauges {
+        name: "store_up",
+        help: "Whether the store is reachable (1) or not (0: a shared PostgreSQL store out of reach; the node federates on)",
+        rows: vec![(NoLabels {}, i64::from(s.store.0))],
+    }));
+    r.register_collector(Box::new(Gauges {
+        name: "store_backlog",
+        help: "Records (outcomes, history, counters) waiting to be written to a shared store, of at most store.buffer",
+        rows: vec![(NoLabels {}, s.store.1 as i64)],
+    }));
+    let dropped: Counter = Counter::default();
+    dropped.inc_by(s.store.2);
+    r.register("store_dropped", "Records dropped because store.buffer was full while a shared store was out of reach", dropped);
 
     if !s.rtbl.is_empty() {
         r.register_collector(Box::new(Gauges {

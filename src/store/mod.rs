@@ -79,6 +79,33 @@ pub struct StoreSettings {
     pub snapshot_interval: std::time::Duration,
 }
 
+/// Where the store is and whether it is reachable (`ctl status`, the dashboard's header,
+/// the metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct StoreStatus {
+    /// `sled` or `postgres`.
+    pub backend: String,
+    /// The data dir's database, or the PostgreSQL database (never its password).
+    pub place: String,
+    /// This node's name (`[cluster] node`) on a shared store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub reachable: bool,
+    /// Unreachable since then (unix ms), and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_since_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Records waiting to be written, of at most `buffer`.
+    #[serde(default)]
+    pub backlog: usize,
+    #[serde(default)]
+    pub buffer: usize,
+    /// Records dropped because the buffer was full, since start.
+    #[serde(default)]
+    pub dropped: u64,
+}
+
 /// The store the engine runs on.
 pub struct Store {
     backend: Open,
@@ -129,6 +156,32 @@ impl Store {
         match &self.backend {
             Open::Sled(_) => None,
             Open::Postgres(p) => Some(p),
+        }
+    }
+
+    pub fn status(&self) -> StoreStatus {
+        match &self.backend {
+            Open::Sled(s) => {
+                StoreStatus { backend: "sled".into(), place: s.path.display().to_string(), reachable: true, ..Default::default() }
+            }
+            Open::Postgres(p) => {
+                let (backlog, dropped) = p.backlog();
+                let (down_since_ms, error) = match p.health() {
+                    postgres::Health::Up => (None, None),
+                    postgres::Health::Down { since_ms, error } => (Some(since_ms), Some(error)),
+                };
+                StoreStatus {
+                    backend: "postgres".into(),
+                    place: p.place().to_owned(),
+                    node: Some(p.node().to_owned()),
+                    reachable: down_since_ms.is_none(),
+                    down_since_ms,
+                    error,
+                    backlog,
+                    buffer: p.buffer(),
+                    dropped,
+                }
+            }
         }
     }
 

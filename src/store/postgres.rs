@@ -363,6 +363,11 @@ impl PgStore {
         self.health.borrow().clone()
     }
 
+    /// `[store] buffer`.
+    pub fn buffer(&self) -> usize {
+        self.writes.max_capacity()
+    }
+
     /// Records waiting for the database, and those dropped because the buffer was full.
     pub fn backlog(&self) -> (usize, u64) {
         (self.writes.max_capacity() - self.writes.capacity(), self.dropped.load(Ordering::Relaxed))
@@ -443,7 +448,10 @@ impl PgStore {
     /// decision for a domain wins on every node.
     pub async fn commit(&self, w: &PolicyWrite) -> Result<(), StoreError> {
         self.available()?;
-        let mut session = self.session().await?;
+        let mut session = self.session().await.map_err(|e| match e {
+            StoreError::Postgres { place, msg } => StoreError::Unreachable { place, since: "now".into(), error: msg },
+            e => e,
+        })?;
         let client = session.as_mut().expect("connected");
         let r: Result<(), tokio_postgres::Error> = async {
             let tx = client.transaction().await?;
@@ -1040,12 +1048,6 @@ async fn writer(config: Config, node: String, place: String, first: Client, mut 
                 None => return,
             }
         }
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
         if client.as_ref().is_none_or(Client::is_closed) {
             match connect(&config).await {
                 Ok(c) => {
@@ -1058,6 +1060,14 @@ async fn writer(config: Config, node: String, place: String, first: Client, mut 
                     pause = (pause * 2).min(Duration::from_secs(5));
                     continue;
                 }
+            }
+        }
+        // Filled only once connected: while the database is away, what waits stays in the
+        // bounded queue (store.buffer), and beyond it is dropped and counted.
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
             }
         }
         let c = client.as_mut().expect("connected");
