@@ -362,3 +362,21 @@ async fn kill_9_of_a_node_loses_no_acknowledged_change_and_the_other_serves_on()
         assert!(blocked.contains(d), "restarted node A lacks the block of {d}");
     }
 }
+
+/// Gateway mode on two nodes with the CA drawbridge makes itself: made once, by the first
+/// node, and the same on both (the internal server trusts one CA; what either mints is valid
+/// for it); a node with its own store makes its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_ca_is_made_once_and_shared() {
+    let pg = postgres().await;
+    let dns = Dns::start().await;
+    let gateway = "[gateway]\ninternal = \"127.0.0.1:9\"\nlisten = [\"127.0.0.1:0\"]\nauth = \"dialback\"\n";
+    let a = start_server("home.test", &dns, &format!("{}{gateway}", on(&pg, "edge-1"))).await;
+    let b = start_server("home.test", &dns, &format!("{}{gateway}", on(&pg, "edge-2"))).await;
+    let alone = start_server("home.test", &dns, gateway).await;
+    let ca = |s: &TestServer| std::fs::read_to_string(s.dir.path().join("data/gateway/ca.pem")).expect("the gateway CA is written");
+    assert!(ca(&a).contains("BEGIN CERTIFICATE"));
+    assert_eq!(ca(&a), ca(&b), "both nodes use the one CA");
+    assert_ne!(ca(&a), ca(&alone), "a node with its own store has its own");
+    assert_eq!(pg.psql("SELECT count(*) FROM drawbridge_meta WHERE key = 'gateway_ca'"), "1");
+}
