@@ -18,7 +18,6 @@
 //! Not a test: nothing here asserts a figure.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::path::{Path, PathBuf};
