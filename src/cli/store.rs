@@ -92,7 +92,7 @@ pub fn report_text(report: &Report, settings: &Settings, conninfo: &str) -> Stri
     }
     for (kind, n) in &report.skipped {
         s.push_str(&format!(
-            "Not copied: {n} {kind} record{} that did not read (written by another version, or damaged); still in the embedded store.\n",
+            "Not copied: {n} {kind} record{} that did not read (written by another version, or damaged) or that hold a NUL character (PostgreSQL's JSON cannot); still in the embedded store.\n",
             if *n == 1 { "" } else { "s" }
         ));
     }

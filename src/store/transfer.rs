@@ -119,8 +119,9 @@ pub struct Report {
     pub database: String,
     pub data_dir: PathBuf,
     pub copied: Copied,
-    /// Records that did not read (written by another version, or damaged), by kind: left
-    /// out of the copy, still in the embedded store.
+    /// Records that did not read (written by another version, or damaged) or that hold a
+    /// NUL character (PostgreSQL's JSON cannot), by kind: left out of the copy, still in the
+    /// embedded store.
     pub skipped: BTreeMap<&'static str, usize>,
     pub elapsed_ms: u64,
 }
@@ -177,6 +178,8 @@ struct Copy<'a> {
 /// A failure of the copy's own statements.
 enum Failed {
     Pg(tokio_postgres::Error),
+    /// The rows of this table were refused.
+    Rows(&'static str, tokio_postgres::Error),
     Refused(TransferError),
 }
 
@@ -209,6 +212,10 @@ impl Copy<'_> {
                 Err(TransferError::Busy { place: self.place.to_owned() })
             }
             Err(Failed::Pg(e)) => Err(self.failed(e)),
+            Err(Failed::Rows(table, e)) => Err(match self.failed(e) {
+                TransferError::Copy { place, msg } => TransferError::Copy { place, msg: format!("writing {table}: {msg}") },
+                e => e,
+            }),
         }
     }
 
@@ -341,7 +348,7 @@ impl Copy<'_> {
         let mut stats = Rows::new("domain_stats", &[("domain", "text"), ("node", "text"), ("record", "jsonb")]);
         for v in self.sled.domains.iter().values() {
             let v = v.map_err(|e| self.sled.err(e))?;
-            let Ok(rec) = decode::<DomainRecord>(&v) else {
+            let Some(rec) = readable::<DomainRecord>(&v) else {
                 self.skip("domains");
                 continue;
             };
@@ -358,7 +365,7 @@ impl Copy<'_> {
         let mut log = Rows::new("policy_log", &[("time_ms", "bigint"), ("node", "text"), ("domain", "text"), ("record", "jsonb")]);
         for v in self.sled.policy_log.iter().values() {
             let v = v.map_err(|e| self.sled.err(e))?;
-            let Ok(a) = decode::<PolicyAction>(&v) else {
+            let Some(a) = readable::<PolicyAction>(&v) else {
                 self.skip("policy_log");
                 continue;
             };
@@ -369,7 +376,7 @@ impl Copy<'_> {
         let mut outcomes = Rows::new("outcomes", &[("time_ms", "bigint"), ("node", "text"), ("remote", "text"), ("record", "jsonb")]);
         for v in self.sled.outcomes.iter().values() {
             let v = v.map_err(|e| self.sled.err(e))?;
-            let Ok(o) = decode::<VerificationOutcome>(&v) else {
+            let Some(o) = readable::<VerificationOutcome>(&v) else {
                 self.skip("outcomes");
                 continue;
             };
@@ -390,7 +397,7 @@ impl Copy<'_> {
         );
         for v in self.sled.history.iter().values() {
             let v = v.map_err(|e| self.sled.err(e))?;
-            let Ok(s) = decode::<ConnSnapshot>(&v) else {
+            let Some(s) = readable::<ConnSnapshot>(&v) else {
                 self.skip("history");
                 continue;
             };
@@ -398,7 +405,7 @@ impl Copy<'_> {
         }
         for v in self.sled.open_streams.iter().values() {
             let v = v.map_err(|e| self.sled.err(e))?;
-            let Ok(mut s) = decode::<ConnSnapshot>(&v) else {
+            let Some(mut s) = readable::<ConnSnapshot>(&v) else {
                 self.skip("open_streams");
                 continue;
             };
@@ -417,7 +424,8 @@ impl Copy<'_> {
             let (k, v) = kv.map_err(|e| self.sled.err(e))?;
             // The key (`service \0 node \0 domain`) is the entry's identity in the store.
             let mut key = k.splitn(3, |b| *b == 0).map(|p| String::from_utf8_lossy(p).into_owned());
-            let (Some(service), Some(node), Some(domain), Ok(rec)) = (key.next(), key.next(), key.next(), decode::<RtblRecord>(&v)) else {
+            let (Some(service), Some(node), Some(domain), Some(rec)) = (key.next(), key.next(), key.next(), readable::<RtblRecord>(&v))
+            else {
                 self.skip("rtbl");
                 continue;
             };
@@ -428,7 +436,7 @@ impl Copy<'_> {
         for kv in self.sled.rtbl_feeds.iter() {
             let (k, v) = kv.map_err(|e| self.sled.err(e))?;
             let key = String::from_utf8_lossy(&k).into_owned();
-            let (Some((service, node)), Ok(status)) = (key.split_once('\0'), decode::<FeedStatus>(&v)) else {
+            let (Some((service, node)), Some(status)) = (key.split_once('\0'), readable::<FeedStatus>(&v)) else {
                 self.skip("rtbl_feeds");
                 continue;
             };
@@ -451,6 +459,31 @@ impl Copy<'_> {
         self.copied.familiar_pairs = pairs.finish(tx).await?;
         Ok(())
     }
+}
+
+/// A stored record, unless it does not read or holds what PostgreSQL's JSON cannot (a NUL
+/// character, `\u0000`): such a record is left out and counted.
+fn readable<T: serde::de::DeserializeOwned>(json: &[u8]) -> Option<T> {
+    if holds_nul(json) {
+        return None;
+    }
+    decode(json).ok()
+}
+
+/// Whether JSON text holds the escape `\u0000` (not `\\u0000`, an escaped backslash).
+fn holds_nul(json: &[u8]) -> bool {
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] == b'\\' {
+            if json[i + 1..].starts_with(b"u0000") {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
 }
 
 /// A closed stream's row, as the shared store writes it (`postgres::insert_history`): the
@@ -487,7 +520,7 @@ impl Rows {
         Rows { table, columns, params: Vec::new(), pending: 0, written: 0, full: None }
     }
 
-    async fn push(&mut self, tx: &Transaction<'_>, row: Vec<Param>) -> Result<(), tokio_postgres::Error> {
+    async fn push(&mut self, tx: &Transaction<'_>, row: Vec<Param>) -> Result<(), Failed> {
         debug_assert_eq!(row.len(), self.columns.len());
         self.params.extend(row);
         self.pending += 1;
@@ -498,28 +531,32 @@ impl Rows {
     }
 
     /// Writes what is pending; how many rows were written in all.
-    async fn finish(&mut self, tx: &Transaction<'_>) -> Result<usize, tokio_postgres::Error> {
+    async fn finish(&mut self, tx: &Transaction<'_>) -> Result<usize, Failed> {
         self.write(tx).await?;
         Ok(self.written)
     }
 
-    async fn write(&mut self, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    async fn write(&mut self, tx: &Transaction<'_>) -> Result<(), Failed> {
         if self.pending == 0 {
             return Ok(());
         }
+        self.statement(tx).await.map_err(|e| Failed::Rows(self.table, e))?;
+        self.written += self.pending;
+        self.pending = 0;
+        self.params.clear();
+        Ok(())
+    }
+
+    async fn statement(&mut self, tx: &Transaction<'_>) -> Result<u64, tokio_postgres::Error> {
         let params: Vec<&(dyn ToSql + Sync)> = self.params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
         if self.pending == ROWS {
             if self.full.is_none() {
                 self.full = Some(tx.prepare(&self.sql(ROWS)).await?);
             }
-            tx.execute(self.full.as_ref().expect("prepared"), &params).await?;
+            tx.execute(self.full.as_ref().expect("prepared"), &params).await
         } else {
-            tx.execute(&self.sql(self.pending), &params).await?;
+            tx.execute(&self.sql(self.pending), &params).await
         }
-        self.written += self.pending;
-        self.pending = 0;
-        self.params.clear();
-        Ok(())
     }
 
     /// `INSERT INTO t (a, b) VALUES ($1::text, $2::jsonb), ($3::text, $4::jsonb), …`.
@@ -558,6 +595,16 @@ mod tests {
             let e = check_node(bad).unwrap_err().to_string();
             assert!(e.contains("--node") && e.contains("[cluster] node"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_nul_escape_is_found_and_an_escaped_backslash_is_not_one() {
+        assert!(holds_nul(br#"{"a":"x\u0000y"}"#));
+        assert!(holds_nul(br#"{"a":"\\\u0000"}"#), "a backslash, then NUL");
+        assert!(!holds_nul(br#"{"a":"\\u0000"}"#), "a backslash, then the text u0000");
+        assert!(!holds_nul(br#"{"a":"\u0001 \\"}"#));
+        assert_eq!(readable::<String>(br#""a\u0000""#), None);
+        assert_eq!(readable::<String>(br#""a\\u0000""#).as_deref(), Some("a\\u0000"));
     }
 
     #[test]
