@@ -81,8 +81,8 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("Closed streams of one domain.", "drawbridge -c /etc/drawbridge/drawbridge.toml ctl history --domain example.org --limit 10"),
     ("What an internal Prosody needs in gateway mode.", "drawbridge -c /etc/drawbridge/drawbridge.toml gateway setup prosody"),
     (
-        "Move a stopped node's data (DATA_DIR/db) into an empty PostgreSQL database, then set [store] as it prints.",
-        "drawbridge -c /etc/drawbridge/drawbridge.toml store migrate --to-postgres \"host=/run/postgresql dbname=drawbridge user=drawbridge\"",
+        "Move a stopped node's data (DATA_DIR/db) into an empty PostgreSQL database, as the user the data belongs to; then set [store] as it prints.",
+        "sudo -u drawbridge drawbridge -c /etc/drawbridge/drawbridge.toml store migrate --to-postgres \"host=/run/postgresql dbname=drawbridge user=drawbridge\"",
     ),
     ("Read this page without installing it.", "drawbridge man | man -l -"),
     ("Completion for bash in this user's account.", "drawbridge completions bash > ~/.local/share/bash-completion/completions/drawbridge"),

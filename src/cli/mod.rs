@@ -122,9 +122,10 @@ pub enum StoreCommand {
     /// entries and feed statuses, and the familiarity set; the rows carry the node's name.
     /// One transaction: all or nothing. The embedded store is left as it is (a copy).
     ///
-    /// Stop drawbridge first: a data dir in use is refused. A database that already holds
-    /// data (or this copy, from an earlier run) is refused, nothing changed. The command
-    /// prints what it copied and the lines the config needs.
+    /// Stop drawbridge first (a data dir in use is refused), and run this as the user the
+    /// data dir belongs to (the store writes files of its own when opened). A database that
+    /// already holds data (or this copy, from an earlier run) is refused, nothing changed.
+    /// The command prints what it copied and the lines the config needs.
     Migrate {
         /// The database: a libpq conninfo ("host=/run/postgresql dbname=drawbridge
         /// user=drawbridge") or a postgresql:// URL.

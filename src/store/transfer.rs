@@ -56,6 +56,11 @@ pub enum TransferError {
     )]
     NoStore { path: PathBuf },
     #[error(
+        "{} belongs to {owner}, and this is {us}: run the migration as {owner} (e.g. sudo -u {owner} drawbridge --config … store migrate …), so that what the embedded store writes when opened stays that user's; nothing was copied",
+        path.display()
+    )]
+    Owner { path: PathBuf, owner: String, us: String },
+    #[error(
         "data dir {} is in use by a running drawbridge ({holder}): stop it first (e.g. systemctl stop drawbridge), then migrate; nothing was copied",
         path.display()
     )]
@@ -134,6 +139,24 @@ pub fn check_node(node: &str) -> Result<(), TransferError> {
     Ok(())
 }
 
+/// sled writes files of its own when a store is opened (a snapshot, a segment): opened by
+/// another user (root), they would be that user's, and the node could no longer open its
+/// store. So the store's owner must run the copy.
+fn check_owner(db: &Path) -> Result<(), TransferError> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(db).map_err(|err| StoreError::CreateDir { path: db.to_owned(), err })?.uid();
+    let us = nix::unistd::geteuid().as_raw();
+    if owner == us {
+        return Ok(());
+    }
+    let name = |uid: u32| match nix::unistd::User::from_uid(uid.into()).ok().flatten() {
+        Some(u) => format!("user {} (uid {uid})", u.name),
+        None => format!("uid {uid}"),
+    };
+    let owner_name = nix::unistd::User::from_uid(owner.into()).ok().flatten().map_or_else(|| format!("#{owner}"), |u| u.name);
+    Err(TransferError::Owner { path: db.to_owned(), owner: owner_name, us: name(us) })
+}
+
 /// Copy the embedded store in `data_dir` into the empty database `conninfo` names, its rows
 /// carrying `node`. The embedded store is left as it was.
 pub async fn to_postgres(data_dir: &Path, conninfo: &str, node: &str) -> Result<Report, TransferError> {
@@ -148,6 +171,7 @@ pub async fn to_postgres(data_dir: &Path, conninfo: &str, node: &str) -> Result<
     if !db.is_dir() {
         return Err(TransferError::NoStore { path: db });
     }
+    check_owner(&db)?;
     let sled = SledStore::open(data_dir).map_err(|e| match e {
         StoreError::Locked { path, holder } => TransferError::Running { path, holder },
         e => TransferError::Store(e),
@@ -614,6 +638,30 @@ mod tests {
         let h = Rows::new("t", &[("a", "text"), ("b", "text[]"), ("c", "jsonb"), ("d", "bigint"), ("e", "bigint")]);
         assert!(ROWS * h.columns.len() <= 65_535, "PostgreSQL's limit of parameters per statement");
         assert!(h.sql(ROWS).ends_with(&format!("${}::bigint)", ROWS * 5)));
+    }
+
+    /// A store of another user is refused before it is opened (run as root only: the test
+    /// gives the store away).
+    #[tokio::test]
+    async fn a_store_of_another_user_is_refused_unopened() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("not root: cannot give a store away; not checked");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStore::open(dir.path()).unwrap());
+        let db = dir.path().join("db");
+        for e in std::fs::read_dir(&db).unwrap().flatten().map(|e| e.path()).chain([db.clone()]) {
+            std::os::unix::fs::chown(&e, Some(65534), Some(65534)).unwrap();
+        }
+        let files = || std::fs::read_dir(&db).unwrap().count();
+        let before = files();
+        let e = to_postgres(dir.path(), "host=/nonexistent dbname=drawbridge", "edge-1").await.unwrap_err().to_string();
+        assert!(e.contains(&format!("{} belongs to ", db.display())) && e.contains("and this is user root (uid 0)"), "{e}");
+        assert!(e.contains("run the migration as ") && e.contains("nothing was copied"), "{e}");
+        assert_eq!(files(), before, "the store was not opened");
+        assert!(std::fs::read_dir(&db).unwrap().flatten().all(|e| e.metadata().unwrap().uid() == 65534));
     }
 
     /// A data dir with no store is refused before any connection is tried (the conninfo
