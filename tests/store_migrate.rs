@@ -50,6 +50,13 @@ async fn migrate(config: &Path, args: &[&str]) -> (Option<i32>, String, String) 
     (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// An engine on the data dir in `dir`, as a config file with `extra` names it.
+async fn start_on(dir: &Path, dns: &Dns, extra: &str) -> drawbridge::engine::Engine {
+    let text = config_text("home.test", dir, dns.addr, extra);
+    let settings = drawbridge::config::Settings::parse(&text, &dir.join("drawbridge.toml")).unwrap();
+    drawbridge::engine::Engine::start(settings).await.unwrap()
+}
+
 /// How many rows each table holds.
 fn counts(pg: &Postgres) -> String {
     pg.psql(
@@ -186,6 +193,7 @@ async fn a_node_moves_to_postgres_with_its_secret_policy_and_records() {
     assert_eq!(code, Some(0), "{out}{err}");
     for want in [
         &format!("Copied the embedded store of node {NODE} ({}/db) into PostgreSQL database drawbridge", f.data().display()),
+        "  gateway CA             none made here\n",
         "  mode                   approval\n",
         &format!("  domains                {}\n", f.domains.len()),
         "  policy log entries     4\n",
@@ -253,23 +261,22 @@ async fn a_node_moves_to_postgres_with_its_secret_policy_and_records() {
         assert_eq!(store.recover_open().unwrap(), 1, "the open stream was copied, not moved");
     }
 
-    // A node on the database, its data dir new: the same secret, mode, decisions, records.
-    let node = start_server("home.test", &dns, &format!("{}{FEEDS}", on(&pg, NODE))).await;
-    assert_eq!(node.engine.testing().dialback_secret(), f.secret.as_slice(), "keys in flight stay valid");
-    let Reply::Status(status) = ask(&node.engine, Request::Status).await else { panic!("not a status") };
+    // The node on the database, its config set as the migration said (its data dir as
+    // before): the same secret, mode, decisions, records.
+    let node = start_on(f.dir.path(), &dns, &format!("{}{FEEDS}", on(&pg, NODE))).await;
+    assert_eq!(node.testing().dialback_secret(), f.secret.as_slice(), "keys in flight stay valid");
+    let Reply::Status(status) = ask(&node, Request::Status).await else { panic!("not a status") };
     assert_eq!(status.mode, "approval");
-    let spam = record(&node.engine, "spam.test").await.expect("spam.test's record");
+    let spam = record(&node, "spam.test").await.expect("spam.test's record");
     assert_eq!((spam.state, spam.reason.as_deref()), (DomainState::Blocked, Some("flood")));
-    assert_eq!(record(&node.engine, "evil.test").await.unwrap().state, DomainState::Blacklisted);
-    assert_eq!(record(&node.engine, "good.test").await.unwrap().state, DomainState::Approved);
-    let now: Vec<DomainRecord> = common::domains(&node.engine, None).await;
+    assert_eq!(record(&node, "evil.test").await.unwrap().state, DomainState::Blacklisted);
+    assert_eq!(record(&node, "good.test").await.unwrap().state, DomainState::Approved);
+    let now: Vec<DomainRecord> = common::domains(&node, None).await;
     let view = |v: &[DomainRecord]| {
         v.iter().map(|r| (r.domain.clone(), r.state, r.reason.clone(), r.streams_in, r.last_verification.clone())).collect::<Vec<_>>()
     };
     assert_eq!(view(&now), view(&f.domains), "decisions and this node's counters");
-    let Reply::Streams(history) = ask(&node.engine, Request::History { domain: None, limit: Some(100) }).await else {
-        panic!("not streams")
-    };
+    let Reply::Streams(history) = ask(&node, Request::History { domain: None, limit: Some(100) }).await else { panic!("not streams") };
     let mut expected = f.history.clone();
     expected.push(ConnSnapshot {
         state: drawbridge::events::ConnState::Closed,
@@ -283,12 +290,40 @@ async fn a_node_moves_to_postgres_with_its_secret_policy_and_records() {
     };
     assert_eq!(ids(&history), ids(&expected));
     assert_eq!(history.iter().find(|s| s.id == f.history[0].id), Some(&f.history[0]), "a record as it was");
-    let Reply::Outcomes(outcomes) = ask(&node.engine, Request::Verifications { domain: Some("x.test".into()), limit: Some(100) }).await
-    else {
+    let Reply::Outcomes(outcomes) = ask(&node, Request::Verifications { domain: Some("x.test".into()), limit: Some(100) }).await else {
         panic!("not outcomes")
     };
     assert_eq!(outcomes, f.outcomes);
-    node.engine.shutdown().await;
+    node.shutdown().await;
+}
+
+/// Gateway mode with the CA drawbridge made itself: the CA goes along, so the node on the
+/// database (and any other node) mints with the CA the internal server trusts, instead of
+/// making a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_node_keeps_its_ca() {
+    const GATEWAY: &str = "[gateway]\ninternal = \"127.0.0.1:9\"\nlisten = [\"127.0.0.1:0\"]\nauth = \"dialback\"\n";
+    let pg = postgres().await;
+    let dns = Dns::start().await;
+    let ca = |dir: &Path| {
+        let read = |f: &str| std::fs::read_to_string(dir.join("data/gateway").join(f)).expect("the gateway CA");
+        (read("ca.pem"), read("ca.key"))
+    };
+    let s = start_server("home.test", &dns, GATEWAY).await;
+    let TestServer { engine, dir, .. } = s;
+    engine.shutdown().await;
+    let before = ca(dir.path());
+    assert!(before.0.contains("BEGIN CERTIFICATE"));
+    let (code, out, err) = migrate(&config_file(dir.path(), &dns, GATEWAY), &["--to-postgres", &pg.conninfo()]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("  gateway CA             copied (DATA_DIR/gateway/ca.pem, ca.key)\n"), "{out}");
+    assert_eq!(pg.psql("SELECT count(*) FROM drawbridge_meta WHERE key = 'gateway_ca'"), "1");
+    let node = start_on(dir.path(), &dns, &format!("{}{GATEWAY}", on(&pg, NODE))).await;
+    assert_eq!(ca(dir.path()), before, "the node on the database kept its CA");
+    let other = start_server("home.test", &dns, &format!("{}{GATEWAY}", on(&pg, "edge-2"))).await;
+    assert_eq!(ca(other.dir.path()), before, "another node mints with it too");
+    other.engine.shutdown().await;
+    node.shutdown().await;
 }
 
 /// A data dir a drawbridge runs on is refused with its pid, before the database is touched.

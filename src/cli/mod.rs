@@ -117,7 +117,7 @@ pub enum GatewayCommand {
 pub enum StoreCommand {
     /// Copy this node's embedded store into an empty PostgreSQL database, to run the node on
     /// it ([store] backend = "postgres"): the dialback and familiarity secrets (keys in
-    /// flight stay valid), the mode, every domain's decision and counters, the policy log,
+    /// flight stay valid), the gateway CA drawbridge made itself, the mode, every domain's decision and counters, the policy log,
     /// verification outcomes, stream history (streams left open are closed), blocklist
     /// entries and feed statuses, and the familiarity set; the rows carry the node's name.
     /// One transaction: all or nothing. The embedded store is left as it is (a copy).

@@ -68,6 +68,7 @@ pub fn report_text(report: &Report, settings: &Settings, conninfo: &str) -> Stri
     let mut rows: Vec<(&str, String)> = vec![
         ("dialback secret", yes(c.dialback_secret).to_owned()),
         ("familiarity secret", yes(c.familiar_secret).to_owned()),
+        ("gateway CA", if c.gateway_ca { "copied (DATA_DIR/gateway/ca.pem, ca.key)" } else { "none made here" }.to_owned()),
         ("mode", c.mode.clone().unwrap_or_else(|| "none stored (policy.mode of the config applies)".into())),
         ("domains", c.domains.to_string()),
         ("policy log entries", c.policy_log.to_string()),
@@ -78,7 +79,7 @@ pub fn report_text(report: &Report, settings: &Settings, conninfo: &str) -> Stri
         ("familiar pairs", c.familiar_pairs.to_string()),
     ];
     if c.left_open > 0 {
-        rows[6].1 = format!("{} ({} left open, closed as \"{LEFT_OPEN}\")", c.history, c.left_open);
+        rows[7].1 = format!("{} ({} left open, closed as \"{LEFT_OPEN}\")", c.history, c.left_open);
     }
     let mut s = format!(
         "Copied the embedded store of node {} ({}) into {}, in one transaction, in {:.1} s:\n",
@@ -135,6 +136,7 @@ mod tests {
             copied: Copied {
                 dialback_secret: true,
                 familiar_secret: false,
+                gateway_ca: true,
                 mode: Some("approval".into()),
                 domains: 3,
                 policy_log: 4,
@@ -165,6 +167,7 @@ mod tests {
             "  domains                3\n",
             "  closed streams         6 (1 left open, closed as \"drawbridge stopped without closing it (crash or kill)\")\n",
             "  familiarity secret     none in the embedded store",
+            "  gateway CA             copied (DATA_DIR/gateway/ca.pem, ca.key)\n",
             "Not copied: 2 history records that did not read",
             "Next: in /etc/drawbridge/drawbridge.toml set\n",
             "  [store]\n  backend = \"postgres\"\n  postgres = ",

@@ -2,7 +2,8 @@
 //! empty PostgreSQL database, to move that node onto the shared store (issue 20).
 //!
 //! What is copied, with the node's name where a table has one: the dialback secret (keys in
-//! flight stay valid), the familiarity set's secret (its hashes stay valid), the mode, every
+//! flight stay valid), the familiarity set's secret (its hashes stay valid), the gateway CA
+//! drawbridge made itself (`DATA_DIR/gateway/`: the internal server trusts it), the mode, every
 //! domain record (the decision into `domains`, the counters into `domain_stats`), the policy
 //! log, the outcomes, the history (streams left open in `open_streams` go in closed, as
 //! [`SledStore::recover_open`] would), the blocklist entries and feed statuses, and the
@@ -34,6 +35,10 @@ use crate::types::{ConnSnapshot, VerificationOutcome};
 /// The key in `drawbridge_meta` that records a migration (JSON: [`Marker`]).
 pub const MARKER_KEY: &str = "migrated_from";
 
+/// The key in `drawbridge_meta` of the gateway CA drawbridge made itself, as the engine keeps
+/// it for every node (JSON: its certificate and its key, PEM).
+pub const GATEWAY_CA_KEY: &str = "gateway_ca";
+
 /// The close reason of a stream left open, as [`SledStore::recover_open`] gives it.
 pub const LEFT_OPEN: &str = "drawbridge stopped without closing it (crash or kill)";
 
@@ -60,6 +65,11 @@ pub enum TransferError {
         path.display()
     )]
     Owner { path: PathBuf, owner: String, us: String },
+    #[error(
+        "{}: {err}: the gateway CA drawbridge made itself is copied too (the internal server trusts it): make it readable, or move {} aside if the gateway is not used; nothing was copied",
+        path.display(), path.parent().unwrap_or(path).display()
+    )]
+    GatewayCa { path: PathBuf, err: std::io::Error },
     #[error(
         "data dir {} is in use by a running drawbridge ({holder}): stop it first (e.g. systemctl stop drawbridge), then migrate; nothing was copied",
         path.display()
@@ -101,6 +111,8 @@ pub struct Marker {
 pub struct Copied {
     pub dialback_secret: bool,
     pub familiar_secret: bool,
+    /// The gateway CA drawbridge made itself (`DATA_DIR/gateway/ca.pem` and `ca.key`).
+    pub gateway_ca: bool,
     pub mode: Option<String>,
     /// Domain records: a decision row and this node's counters each.
     pub domains: usize,
@@ -139,6 +151,18 @@ pub fn check_node(node: &str) -> Result<(), TransferError> {
     Ok(())
 }
 
+/// The gateway CA drawbridge made itself in `data_dir`, as the shared store keeps it.
+fn gateway_ca(data_dir: &Path) -> Result<Option<Vec<u8>>, TransferError> {
+    let dir = data_dir.join("gateway");
+    let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    if !cert.exists() && !key.exists() {
+        return Ok(None);
+    }
+    let read = |path: PathBuf| std::fs::read_to_string(&path).map_err(|err| TransferError::GatewayCa { path, err });
+    let pems: (String, String) = (read(cert)?, read(key)?);
+    Ok(Some(serde_json::to_vec(&pems).expect("two strings serialise")))
+}
+
 /// sled writes files of its own when a store is opened (a snapshot, a segment): opened by
 /// another user (root), they would be that user's, and the node could no longer open its
 /// store. So the store's owner must run the copy.
@@ -172,13 +196,14 @@ pub async fn to_postgres(data_dir: &Path, conninfo: &str, node: &str) -> Result<
         return Err(TransferError::NoStore { path: db });
     }
     check_owner(&db)?;
+    let gateway_ca = gateway_ca(data_dir)?;
     let sled = SledStore::open(data_dir).map_err(|e| match e {
         StoreError::Locked { path, holder } => TransferError::Running { path, holder },
         e => TransferError::Store(e),
     })?;
     let mut client = connect(&config).await.map_err(|e| TransferError::Connect { place: place.clone(), msg: pg_error(&e) })?;
     migrate(&mut client, &place).await?;
-    let mut copy = Copy { sled: &sled, node, place: &place, copied: Copied::default(), skipped: BTreeMap::new() };
+    let mut copy = Copy { sled: &sled, node, place: &place, gateway_ca, copied: Copied::default(), skipped: BTreeMap::new() };
     copy.run(&mut client, data_dir).await?;
     let Copy { copied, skipped, .. } = copy;
     Ok(Report {
@@ -195,6 +220,7 @@ struct Copy<'a> {
     sled: &'a SledStore,
     node: &'a str,
     place: &'a str,
+    gateway_ca: Option<Vec<u8>>,
     copied: Copied,
     skipped: BTreeMap<&'static str, usize>,
 }
@@ -268,12 +294,20 @@ impl Copy<'_> {
         let secret = get("dialback_secret")?.map(|v| v.to_vec());
         let familiar_secret = get("familiar_secret")?.map(|v| v.to_vec()).filter(|v| v.len() == 32);
         let mode = get("mode")?.and_then(|v| Mode::parse(std::str::from_utf8(&v).ok()?));
-        self.check_empty(tx, &secret, &familiar_secret, mode).await?;
+        let gateway_ca = self.gateway_ca.take();
+        self.check_empty(tx, &secret, &familiar_secret, &gateway_ca, mode).await?;
         self.copied.dialback_secret = secret.is_some();
         self.copied.familiar_secret = familiar_secret.is_some();
+        self.copied.gateway_ca = gateway_ca.is_some();
         self.copied.mode = mode.map(|m| m.as_str().to_owned());
 
-        for (key, value) in [("dialback_secret", secret), ("familiar_secret", familiar_secret), ("mode", mode.map(|m| m.as_str().into()))] {
+        let meta = [
+            ("dialback_secret", secret),
+            ("familiar_secret", familiar_secret),
+            (GATEWAY_CA_KEY, gateway_ca),
+            ("mode", mode.map(|m| m.as_str().into())),
+        ];
+        for (key, value) in meta {
             if let Some(value) = value {
                 tx.execute(
                     "INSERT INTO drawbridge_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
@@ -305,6 +339,7 @@ impl Copy<'_> {
         tx: &Transaction<'_>,
         secret: &Option<Vec<u8>>,
         familiar_secret: &Option<Vec<u8>>,
+        gateway_ca: &Option<Vec<u8>>,
         mode: Option<Mode>,
     ) -> Result<(), Failed> {
         let mut differ = Vec::new();
@@ -325,6 +360,7 @@ impl Copy<'_> {
                 "dialback_secret" if differs(secret.as_deref()) => {
                     differ.push("a dialback secret other than this node's: a drawbridge node has started on it".to_owned())
                 }
+                GATEWAY_CA_KEY if differs(gateway_ca.as_deref()) => differ.push("a gateway CA other than this node's".to_owned()),
                 "familiar_secret" if differs(familiar_secret.as_deref()) => {
                     differ.push("a familiarity secret other than this node's".to_owned())
                 }
