@@ -379,4 +379,26 @@ async fn the_gateway_ca_is_made_once_and_shared() {
     assert_eq!(ca(&a), ca(&b), "both nodes use the one CA");
     assert_ne!(ca(&a), ca(&alone), "a node with its own store has its own");
     assert_eq!(pg.psql("SELECT count(*) FROM drawbridge_meta WHERE key = 'gateway_ca'"), "1");
+    // A gateway node that made its own CA on its own store (the internal server trusts it)
+    // keeps it as the cluster's when it is the first to join; a later node's is set aside.
+    let own = ca(&alone);
+    let TestServer { engine, dir, .. } = alone;
+    engine.shutdown().await;
+    let fresh = postgres().await;
+    let rejoin = |pg: &Postgres, node: &str| {
+        let text = config_text("home.test", dir.path(), dns.addr, &format!("{}{gateway}", on(pg, node)));
+        drawbridge::config::Settings::parse(&text, &dir.path().join("drawbridge.toml")).unwrap()
+    };
+    let engine = drawbridge::engine::Engine::start(rejoin(&fresh, "edge-1")).await.unwrap();
+    assert_eq!(std::fs::read_to_string(dir.path().join("data/gateway/ca.pem")).unwrap(), own, "its own CA is the cluster's");
+    engine.shutdown().await;
+    let engine = drawbridge::engine::Engine::start(rejoin(&pg, "edge-3")).await.unwrap();
+    assert_eq!(std::fs::read_to_string(dir.path().join("data/gateway/ca.pem")).unwrap(), ca(&a), "the cluster's CA wins");
+    let aside = std::fs::read_dir(dir.path().join("data/gateway"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("ca.pem.before-cluster-"))
+        .expect("the node's own CA kept aside");
+    assert_eq!(std::fs::read_to_string(aside.path()).unwrap(), own);
+    engine.shutdown().await;
 }
