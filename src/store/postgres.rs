@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::types::Json;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
 use super::{RtblRecord, SledStore, StoreError};
 use crate::policy::{DomainRecord, Mode, PolicyAction, PolicyWrite};
@@ -720,14 +720,47 @@ pub(super) fn pg_error(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// TLS to PostgreSQL over TCP (a Unix socket needs none): the server's certificate verified
+/// against the system's trust roots and the host name, as libpq's `sslmode=verify-full`
+/// would; `sslmode=disable` in the conninfo for none, `sslmode=require` to refuse a server
+/// without TLS (the default, `prefer`, takes TLS when the server offers it).
+fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
+    static TLS: std::sync::OnceLock<tokio_postgres_rustls::MakeRustlsConnect> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_postgres_rustls::MakeRustlsConnect::new(config)
+    })
+    .clone()
+}
+
+/// Whether every host is a Unix socket (local: no TLS, which would have no name to verify).
+fn local_only(config: &Config) -> bool {
+    config.get_hosts().iter().all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+}
+
 pub(super) async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!("store: connection to PostgreSQL ended: {e}");
-        }
-    });
+    let client = if local_only(config) {
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(drive(connection));
+        client
+    } else {
+        let (client, connection) = config.connect(tls()).await?;
+        tokio::spawn(drive(connection));
+        client
+    };
     Ok(client)
+}
+
+async fn drive(connection: impl std::future::Future<Output = Result<(), tokio_postgres::Error>>) {
+    if let Err(e) = connection.await {
+        tracing::debug!("store: connection to PostgreSQL ended: {e}");
+    }
 }
 
 /// Apply the migrations this database lacks, one node at a time; refuse a newer schema.
@@ -973,6 +1006,44 @@ async fn write_batch(client: &mut Client, node: &str, batch: &[Op]) -> Result<()
     tx.commit().await
 }
 
+/// Where a listening connection puts what it hears.
+struct Heard {
+    pending: Arc<Mutex<Pending>>,
+    noticed: Arc<tokio::sync::Notify>,
+    node: String,
+}
+
+impl Heard {
+    /// Drive the listening connection, keeping the other nodes' notices, until it ends.
+    async fn hear<S, T>(self, mut connection: tokio_postgres::Connection<S, T>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        while let Some(m) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    let Ok(notice) = serde_json::from_str::<Notice>(n.payload()) else {
+                        tracing::warn!("store: a notice on {CHANNEL} does not read; everything is read again");
+                        self.pending.lock().unwrap_or_else(|e| e.into_inner()).add(Notice { all: true, ..Default::default() });
+                        self.noticed.notify_one();
+                        continue;
+                    };
+                    if notice.node != self.node {
+                        self.pending.lock().unwrap_or_else(|e| e.into_inner()).add(notice);
+                        self.noticed.notify_one();
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!("store: the listening connection ended: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Hear the other nodes' notices: on its own connection, reconnecting with a growing pause
 /// (up to 5 s). Once listening (again), everything is to be read: what was announced while
 /// this node was not listening is not replayed. Ends when the store is dropped.
@@ -987,7 +1058,13 @@ async fn listen(
     let mut pause = Duration::from_millis(100);
     let mut first = true;
     while alive.upgrade().is_some() {
-        let (client, mut connection) = match config.connect(NoTls).await {
+        let heard = Heard { pending: pending.clone(), noticed: noticed.clone(), node: node.clone() };
+        let connected = if local_only(&config) {
+            config.connect(tokio_postgres::NoTls).await.map(|(client, connection)| (client, tokio::spawn(heard.hear(connection))))
+        } else {
+            config.connect(tls()).await.map(|(client, connection)| (client, tokio::spawn(heard.hear(connection))))
+        };
+        let (client, driver) = match connected {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!("store: listening on {place}: {}", pg_error(&e));
@@ -996,30 +1073,6 @@ async fn listen(
                 continue;
             }
         };
-        let (pending2, noticed2, node2) = (pending.clone(), noticed.clone(), node.clone());
-        let driver = tokio::spawn(async move {
-            while let Some(m) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                match m {
-                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                        let Ok(notice) = serde_json::from_str::<Notice>(n.payload()) else {
-                            tracing::warn!("store: a notice on {CHANNEL} does not read; everything is read again");
-                            pending2.lock().unwrap_or_else(|e| e.into_inner()).add(Notice { all: true, ..Default::default() });
-                            noticed2.notify_one();
-                            continue;
-                        };
-                        if notice.node != node2 {
-                            pending2.lock().unwrap_or_else(|e| e.into_inner()).add(notice);
-                            noticed2.notify_one();
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!("store: the listening connection ended: {e}");
-                        break;
-                    }
-                }
-            }
-        });
         if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
             tracing::debug!("store: LISTEN on {place}: {}", pg_error(&e));
             driver.abort();
