@@ -24,6 +24,8 @@ use rustls::{ClientConfig, CommonState, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::net::reserve_io;
+
 /// Bytes of TCP read at a time into the ciphertext buffer.
 const READ_CHUNK: usize = 4096;
 /// Plaintext taken per write call (encrypted in one go into records of up to 16 KiB).
@@ -92,6 +94,8 @@ impl Sink<'_, '_> {
                         self.plain.clear();
                         *self.plain_pos = 0;
                     }
+                    let needed = self.plain.len() + rec.payload.len();
+                    reserve_io(self.plain, needed);
                     self.plain.extend_from_slice(rec.payload);
                 }
                 None
@@ -100,6 +104,7 @@ impl Sink<'_, '_> {
                 let start = self.outgoing.len();
                 let mut room = 1024;
                 loop {
+                    reserve_io(self.outgoing, start + room);
                     self.outgoing.resize(start + room, 0);
                     match e.encode(&mut self.outgoing[start..]) {
                         Ok(n) => {
@@ -143,6 +148,7 @@ fn encrypt_into<D>(w: &mut WriteTraffic<'_, D>, outgoing: &mut Vec<u8>, data: &[
     let start = outgoing.len();
     let mut room = data.len() + data.len() / 16 + 64;
     loop {
+        reserve_io(outgoing, start + room);
         outgoing.resize(start + room, 0);
         let r = if close_notify { w.queue_close_notify(&mut outgoing[start..]) } else { w.encrypt(data, &mut outgoing[start..]) };
         match r {
@@ -410,6 +416,7 @@ mod tests {
 
     use super::*;
     use crate::domain::Domain;
+    use crate::net::IO_BUFFER_MIN;
     use crate::net::tls::TlsContext;
 
     fn context(name: &str) -> TlsContext {
@@ -497,6 +504,8 @@ mod tests {
         ours.write_all(b"<presence type='probe'/>").await.unwrap();
         ours.flush().await.unwrap();
         assert!(ours.incoming.capacity() > 0, "reading took a buffer");
+        // Out of the size classes of what every stream keeps for life (crate::net::io_capacity).
+        assert_eq!((ours.plain.capacity(), ours.outgoing.capacity()), (IO_BUFFER_MIN, IO_BUFFER_MIN));
         ours.trim();
         assert_eq!((ours.incoming.capacity(), ours.plain.capacity(), ours.outgoing.capacity()), (0, 0, 0));
         // Readiness without a buffer, then the next bytes as usual.

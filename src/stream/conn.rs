@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Duration, Instant};
 
+use crate::net::io_capacity;
 use crate::net::tls_io::TlsIo;
 use crate::proto::stream::StreamError;
 use crate::table::ConnEntry;
@@ -234,8 +235,19 @@ impl Conn {
         Ok(n)
     }
 
+    /// Room for `additional` more bytes of output, the buffer sized as
+    /// [`crate::net::io_capacity`] says (what it grows to while an element is written
+    /// doubles from there).
+    fn reserve_out(&mut self, additional: usize) {
+        let needed = self.out.len() + additional;
+        if self.out.capacity() < needed {
+            self.out.reserve_exact(io_capacity(needed) - self.out.len());
+        }
+    }
+
     /// Queue an element (written on the next [`Conn::flush`]).
     pub fn send(&mut self, el: &Element) {
+        self.reserve_out(1);
         let start = self.out.len();
         write_top(&mut self.out, el);
         if self.entry.capturing() {
@@ -264,6 +276,7 @@ impl Conn {
     }
 
     pub fn send_raw(&mut self, s: &str) {
+        self.reserve_out(s.len());
         self.out.push_str(s);
         if !s.trim().is_empty() && self.entry.capturing() {
             self.entry.record("out", s.trim_start_matches("<?xml version='1.0'?>").to_owned(), None);
@@ -482,6 +495,27 @@ mod tests {
             .attr("from", "a.test")
             .attr("to", "b.test")
             .child(Element::new("body", ns::SERVER).text("x".repeat(body)))
+    }
+
+    /// The output buffer is taken at [`crate::net::io_capacity`]'s sizes (never sized by
+    /// the first element, among the classes of every stream's long-lived state) and given
+    /// back by the idle trim.
+    #[tokio::test]
+    async fn output_takes_an_io_buffer_and_gives_it_back_when_idle() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (_peer, _) = listener.accept().await.unwrap();
+        let table = ConnTable::new(bus::channel(bus::Backlog::default()), (10, 1 << 20), TranscriptBudget::new(10, 1024, 4096));
+        let entry = table.open(Direction::Out, &tokio_util::sync::CancellationToken::new(), StreamKind::Federation);
+        let mut conn = Conn::new(Transport::Plain(tcp), entry, &crate::config::Limits::default(), Duration::from_secs(5));
+        conn.send_raw(&"x".repeat(259));
+        conn.send_stanza(message("first", 200));
+        assert_eq!(conn.out.capacity(), crate::net::IO_BUFFER_MIN);
+        conn.send_stanza(message("more", 600));
+        assert_eq!(conn.out.capacity(), 2 * crate::net::IO_BUFFER_MIN, "grown by doubling");
+        conn.flush().await.unwrap();
+        conn.trim();
+        assert_eq!(conn.out.capacity(), 0);
     }
 
     /// What a stream took to send but never handed to the transport comes back when its
