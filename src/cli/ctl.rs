@@ -63,7 +63,7 @@ impl CtlCommand {
     fn command_request(&self, stdin: impl FnOnce() -> io::Result<String>) -> Result<(Request, bool), CtlError> {
         Ok(match self {
             CtlCommand::Status { json } => (Request::Status, *json),
-            CtlCommand::Connections { json, closed } => (Request::Connections { closed: *closed }, *json),
+            CtlCommand::Connections { json, closed, cluster } => (Request::Connections { closed: *closed, cluster: *cluster }, *json),
             CtlCommand::Close { id } => (Request::Close { id: id.clone() }, false),
             CtlCommand::Reload => (Request::Reload, false),
             CtlCommand::Probe { domain, from, json } => (Request::Probe { domain: domain.clone(), from: from.clone() }, *json),

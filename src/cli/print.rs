@@ -6,8 +6,8 @@ use std::io::{self, Write};
 
 use super::{BlacklistCommand, CtlCommand};
 use crate::engine::{
-    CertsReport, ChangeReport, DomainReport, DomainRow, ExplainReport, ImportReport, KeepReport, LocalCert, ModeReport, PreviewReport,
-    ProbeReport, Reply, RtblReport, Status,
+    CertsReport, ChangeReport, ClusterConnections, DomainReport, DomainRow, ExplainReport, ImportReport, KeepReport, LocalCert, ModeReport,
+    PreviewReport, ProbeReport, Reply, RtblReport, Status,
 };
 use crate::events::{CertExpiry, ConnSnapshot, VerificationOutcome, expiry_in_words, fmt_utc, fmt_utc_s};
 use crate::text::escape;
@@ -19,6 +19,7 @@ pub fn reply(cmd: &CtlCommand, reply: &Reply, out: &mut impl Write) -> io::Resul
         Reply::Status(s) if matches!(cmd, CtlCommand::Mode { mode: None, .. }) => writeln!(out, "{}", s.mode)?,
         Reply::Status(s) => status(s, out)?,
         Reply::Streams(v) => connections(v, out)?,
+        Reply::Cluster(r) => cluster_connections(r, out)?,
         Reply::Text(t) if matches!(cmd, CtlCommand::Blacklist { list: Some(BlacklistCommand::Export), .. }) => {
             for line in t.lines() {
                 writeln!(out, "{}", escape(line))?;
@@ -97,7 +98,40 @@ fn store(s: &crate::store::StoreStatus, out: &mut impl Write) -> io::Result<()> 
     if s.backend == "postgres" && (s.backlog > 0 || s.dropped > 0 || s.down_since_ms.is_some()) {
         writeln!(out, "             {} records waiting (store.buffer {}), {} dropped", s.backlog, s.buffer, s.dropped)?;
     }
+    nodes(s, out)
+}
+
+/// The nodes of a shared store, a line each: alive, stopped or silent, the last heartbeat.
+fn nodes(s: &crate::store::StoreStatus, out: &mut impl Write) -> io::Result<()> {
+    if s.backend != "postgres" {
+        return Ok(());
+    }
+    if s.nodes.is_empty() {
+        return writeln!(out, "nodes:       none read yet (each node publishes its heartbeat every cluster.heartbeat)");
+    }
+    let alive = s.nodes.iter().filter(|n| n.alive).count();
+    let timeout = human_duration_ms(s.node_timeout_ms);
+    writeln!(out, "nodes:       {alive} of {} alive (a heartbeat within cluster.node_timeout {timeout})", s.nodes.len())?;
+    let width = s.nodes.iter().map(|n| escape(&n.node).chars().count()).max().unwrap_or(0);
+    for n in &s.nodes {
+        let name = escape(&n.node);
+        let this = if s.node.as_deref() == Some(n.node.as_str()) { " (this node)" } else { "" };
+        let beat = format!("last heartbeat {} ({} ago)", fmt_utc(n.heartbeat_ms), human_duration_ms(n.age_ms));
+        let state = match n.stopped_ms {
+            Some(t) => format!("stopped at {}", fmt_utc(t)),
+            None if n.alive => format!("alive, {beat}, {} live stream(s)", n.streams),
+            None => format!("SILENT, {beat}: taken for gone, its {} stream(s) are not shown", n.streams),
+        };
+        let version = if n.version.is_empty() { String::new() } else { format!("; drawbridge {}", escape(&n.version)) };
+        let listen = if n.listen.is_empty() { String::new() } else { format!(" on {}", escape(&n.listen.join(", "))) };
+        writeln!(out, "  {name:<width$}{this}  {state}{version}{listen}")?;
+    }
     Ok(())
+}
+
+/// `1.2s`, `45s`, `3m05s`: a heartbeat's age is short.
+fn human_duration_ms(ms: u64) -> String {
+    if ms < 10_000 { format!("{:.1}s", ms as f64 / 1000.0) } else { human_duration(ms) }
 }
 
 /// A probe's outcome; false when it failed.
@@ -562,16 +596,59 @@ fn human_duration(ms: u64) -> String {
 }
 
 pub fn connections(v: &[ConnSnapshot], out: &mut impl Write) -> io::Result<()> {
+    let rows: Vec<(Option<&str>, &ConnSnapshot)> = v.iter().map(|c| (None, c)).collect();
+    stream_rows(&rows, out)
+}
+
+/// `ctl connections --cluster`: every node's streams, with a NODE column (this node's marked
+/// `*`); what of the other nodes could not be read is said first.
+pub fn cluster_connections(r: &ClusterConnections, out: &mut impl Write) -> io::Result<()> {
+    if let Some(e) = &r.store_error {
+        writeln!(out, "(only this node's streams: the other nodes' could not be read: {})", escape(e))?;
+    }
+    // This node's first, then the others' as the engine lists them (by node).
+    let mut streams: Vec<&crate::store::NodeStream> = r.streams.iter().collect();
+    streams.sort_by_key(|s| s.node != r.node);
+    let rows: Vec<(Option<String>, &ConnSnapshot)> = streams
+        .iter()
+        .map(|s| (Some(if s.node == r.node { format!("{}*", escape(&s.node)) } else { escape(&s.node).into_owned() }), &s.stream))
+        .collect();
+    let rows: Vec<(Option<&str>, &ConnSnapshot)> = rows.iter().map(|(n, c)| (n.as_deref(), *c)).collect();
+    stream_rows(&rows, out)?;
+    if !rows.is_empty() {
+        writeln!(out, "(* this node, {}: the others' streams as they last published them)", escape(&r.node))?;
+    }
+    Ok(())
+}
+
+/// The streams table; with a node per row, a NODE column first.
+fn stream_rows(v: &[(Option<&str>, &ConnSnapshot)], out: &mut impl Write) -> io::Result<()> {
     if v.is_empty() {
         return writeln!(out, "no streams");
     }
     let now = crate::events::now_ms();
+    let width = v.iter().filter_map(|(n, _)| n.map(|n| n.chars().count())).max().map(|w| w.max(4));
+    let node_cell = |n: Option<&str>| match width {
+        Some(w) => format!("{:<w$} ", n.unwrap_or("-")),
+        None => String::new(),
+    };
+    let indent = " ".repeat(width.map_or(0, |w| w + 1) + 32);
     writeln!(
         out,
-        "{:<32} {:<3} {:<24} {:<24} {:<14} {:<21} {:<8} {:>6} {:>6} {:>7}",
-        "ID", "DIR", "LOCAL", "REMOTE", "STATE", "PEER", "TLS", "IN", "OUT", "AGE"
+        "{}{:<32} {:<3} {:<24} {:<24} {:<14} {:<21} {:<8} {:>6} {:>6} {:>7}",
+        node_cell(Some("NODE")),
+        "ID",
+        "DIR",
+        "LOCAL",
+        "REMOTE",
+        "STATE",
+        "PEER",
+        "TLS",
+        "IN",
+        "OUT",
+        "AGE"
     )?;
-    for c in v {
+    for (node, c) in v {
         let remote = if c.pairs.is_empty() {
             c.remote.clone().unwrap_or_default()
         } else {
@@ -583,7 +660,8 @@ pub fn connections(v: &[ConnSnapshot], out: &mut impl Write) -> io::Result<()> {
         };
         writeln!(
             out,
-            "{:<32} {:<3} {:<24} {:<24} {:<14} {:<21} {:<8} {:>6} {:>6} {:>7}",
+            "{}{:<32} {:<3} {:<24} {:<24} {:<14} {:<21} {:<8} {:>6} {:>6} {:>7}",
+            node_cell(*node),
             c.id,
             fmt_dir(c.direction),
             c.local.as_deref().unwrap_or("-"),
@@ -597,20 +675,20 @@ pub fn connections(v: &[ConnSnapshot], out: &mut impl Write) -> io::Result<()> {
         )?;
         match c.kind {
             crate::events::StreamKind::Internal => {
-                writeln!(out, "{:<32}     internal link (gateway): with the internal server, as {}", "", c.local.as_deref().unwrap_or("-"))?
+                writeln!(out, "{indent}     internal link (gateway): with the internal server, as {}", c.local.as_deref().unwrap_or("-"))?
             }
-            crate::events::StreamKind::Component => writeln!(out, "{:<32}     external component (XEP-0114)", "")?,
+            crate::events::StreamKind::Component => writeln!(out, "{indent}     external component (XEP-0114)")?,
             crate::events::StreamKind::Federation => {}
         }
         if !c.pairs.is_empty() {
             let auth: Vec<String> = c.pairs.iter().map(|p| format!("{} by {}", p.remote, p.method.as_str())).collect();
-            writeln!(out, "{:<32}     authenticated: {}", "", auth.join(", "))?;
+            writeln!(out, "{indent}     authenticated: {}", auth.join(", "))?;
         }
         if let Some(v) = c.tls.as_ref().and_then(|t| t.cert_verdict.as_ref()) {
-            writeln!(out, "{:<32}     certificate: {v}", "")?;
+            writeln!(out, "{indent}     certificate: {v}")?;
         }
         if let Some(r) = &c.close_reason {
-            writeln!(out, "{:<32}     closed: {r}", "")?;
+            writeln!(out, "{indent}     closed: {r}")?;
         }
     }
     Ok(())
