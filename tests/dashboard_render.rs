@@ -922,3 +922,12 @@ fn hostile_node_names_are_escaped() {
     no_raw_escapes(&s);
     assert!(s.contains("bots\\x1b"), "{s}");
 }
+
+#[test]
+fn other_nodes_unreadable_are_said_so_not_shown_stale() {
+    let mut m = clustered();
+    m.cluster_failed("PostgreSQL database drawbridge on db (store.postgres): connection refused".into());
+    let s = screen(&mut m, 200, 60);
+    assert!(!s.contains("faraway.test") && s.contains("friend.test"), "{s}");
+    assert!(s.contains("other nodes unreadable"), "{s}");
+}

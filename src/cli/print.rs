@@ -717,6 +717,92 @@ mod tests {
         assert_eq!(text(|o| change(&r, o)), "x.test: blocked until 1970-01-01 00:00:00 UTC\nclosed 2 live stream(s): s1, s2\n");
     }
 
+    fn stream(id: &str, remote: &str) -> ConnSnapshot {
+        ConnSnapshot {
+            id: id.into(),
+            direction: crate::events::Direction::In,
+            kind: Default::default(),
+            local: Some("home.test".into()),
+            remote: Some(remote.into()),
+            peer_addr: None,
+            state: crate::events::ConnState::Established,
+            stream_id: None,
+            tls: None,
+            pairs: vec![],
+            opened_ms: crate::events::now_ms(),
+            last_activity_ms: crate::events::now_ms(),
+            stanzas_in: 0,
+            stanzas_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            close_reason: None,
+            limits: None,
+        }
+    }
+
+    #[test]
+    fn the_cluster_view_has_a_node_column_this_node_first_and_marked() {
+        use crate::store::NodeStream;
+        let r = ClusterConnections {
+            node: "edge-1".into(),
+            streams: vec![
+                NodeStream { node: "edge-2".into(), stream: stream("s2", "far.test") },
+                NodeStream { node: "edge-1".into(), stream: stream("s1", "near.test") },
+            ],
+            store_error: None,
+        };
+        let out = text(|o| cluster_connections(&r, o));
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("NODE    ID "), "{out}");
+        assert!(lines[1].starts_with("edge-1* s1 ") && lines[1].contains("near.test"), "{out}");
+        assert!(lines[2].starts_with("edge-2  s2 ") && lines[2].contains("far.test"), "{out}");
+        assert!(lines[3].contains("* this node, edge-1"), "{out}");
+        // What could not be read is said first; this node's streams follow.
+        let r = ClusterConnections { store_error: Some("unreachable".into()), streams: r.streams[1..].to_vec(), ..r };
+        let out = text(|o| cluster_connections(&r, o));
+        assert!(out.starts_with("(only this node's streams: the other nodes' could not be read: unreachable)\nNODE"), "{out}");
+        // Without a node, the table is as before.
+        assert!(text(|o| connections(&[stream("s1", "near.test")], o)).starts_with("ID "));
+    }
+
+    #[test]
+    fn status_lists_the_nodes_alive_stopped_and_silent() {
+        use crate::store::{NodeStatus, StoreStatus};
+        let n = |name: &str, alive: bool, stopped_ms: Option<u64>| NodeStatus {
+            node: name.into(),
+            heartbeat_ms: 0,
+            started_ms: 0,
+            stopped_ms,
+            alive,
+            streams: 3,
+            version: "0.1.0".into(),
+            listen: vec!["10.0.0.1:5269".into()],
+            age_ms: if alive { 400 } else { 45_000 },
+        };
+        let s = StoreStatus {
+            backend: "postgres".into(),
+            place: "PostgreSQL database drawbridge on db (store.postgres)".into(),
+            node: Some("edge-1".into()),
+            reachable: true,
+            nodes: vec![n("edge-1", true, None), n("edge-2", false, None), n("edge-3", false, Some(0))],
+            node_timeout_ms: 10_000,
+            heartbeat_ms: 2_000,
+            ..Default::default()
+        };
+        let out = text(|o| store(&s, o));
+        assert!(out.contains("nodes:       1 of 3 alive (a heartbeat within cluster.node_timeout 10s)"), "{out}");
+        assert!(out.contains("  edge-1 (this node)  alive, last heartbeat 1970-01-01 00:00:00 UTC (0.4s ago), 3 live stream(s); drawbridge 0.1.0 on 10.0.0.1:5269"), "{out}");
+        assert!(
+            out.contains(
+                "  edge-2  SILENT, last heartbeat 1970-01-01 00:00:00 UTC (45s ago): taken for gone, its 3 stream(s) are not shown"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("  edge-3  stopped at 1970-01-01 00:00:00 UTC"), "{out}");
+        let sled = StoreStatus { backend: "sled".into(), place: "/var/lib/drawbridge/db".into(), reachable: true, ..Default::default() };
+        assert!(!text(|o| store(&sled, o)).contains("nodes"));
+    }
+
     #[test]
     fn empty_lists_say_so() {
         assert_eq!(text(|o| domains(&[], o)), "no domains\n");

@@ -72,6 +72,10 @@ async fn event_loop(
     let heartbeat = model.status.as_ref().map_or(0, |s| s.store.heartbeat_ms);
     let mut cluster_tick = tokio::time::interval(Duration::from_millis(heartbeat.max(500)));
     cluster_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Read in a task of its own (a database out of reach must not freeze the screen), one
+    // read at a time; the answers come back here.
+    let (cluster_tx, mut cluster_rx) = tokio::sync::mpsc::channel::<Result<Reply, String>>(1);
+    let mut cluster_reading = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -83,7 +87,17 @@ async fn event_loop(
                 terminal.draw(|f| super::ui::draw(f, model)).map_err(|e| e.to_string())?;
                 model.dirty = false;
             }
-            _ = cluster_tick.tick(), if model.clustered() && model.all_nodes => refresh_cluster(client, model).await,
+            _ = cluster_tick.tick(), if model.clustered() && model.all_nodes && !cluster_reading => {
+                cluster_reading = true;
+                let (client, tx) = (client.clone(), cluster_tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(client.request(Request::Connections { closed: false, cluster: true }).await).await;
+                });
+            }
+            r = cluster_rx.recv() => if let Some(r) = r {
+                cluster_reading = false;
+                set_cluster(model, r);
+            },
             _ = status_tick.tick() => {
                 // Uptime and counts in the header.
                 if let Ok(Reply::Status(s)) = client.request(Request::Status).await {
@@ -139,12 +153,21 @@ pub async fn refresh_cluster(client: &Arc<Client>, model: &mut Model) {
     if !model.clustered() || !model.all_nodes {
         return;
     }
-    match client.request(Request::Connections { closed: false, cluster: true }).await {
-        Ok(Reply::Cluster(r)) => model.set_cluster(*r),
-        Ok(other) => model.cluster_error = Some(format!("unexpected answer {other:?}")),
-        Err(e) => model.cluster_error = Some(e),
+    let r = client.request(Request::Connections { closed: false, cluster: true }).await;
+    set_cluster(model, r);
+}
+
+/// The answer to `Request::Connections { cluster: true }` into the model (only while every
+/// node's streams are shown).
+fn set_cluster(model: &mut Model, r: Result<Reply, String>) {
+    if !model.all_nodes {
+        return;
     }
-    model.dirty = true;
+    match r {
+        Ok(Reply::Cluster(r)) => model.set_cluster(*r),
+        Ok(other) => model.cluster_failed(format!("unexpected answer {other:?}")),
+        Err(e) => model.cluster_failed(e),
+    }
 }
 
 /// The feeds' entries again (`Request::Rtbl`) when an event said they changed, at most once

@@ -561,6 +561,14 @@ impl Model {
         self.dirty = true;
     }
 
+    /// The other nodes' streams could not be read: none shown (rather than old ones), and why.
+    pub fn cluster_failed(&mut self, why: String) {
+        self.others.clear();
+        self.cluster_error = Some(why);
+        self.index_stale = true;
+        self.dirty = true;
+    }
+
     /// `n`: every node's streams, or this node's only.
     pub fn toggle_nodes(&mut self) {
         self.all_nodes = !self.all_nodes;
