@@ -7,6 +7,7 @@
 //! /proc, so the generator's own work is not counted.
 //!
 //! Run: `cargo bench --bench ping` (`DRAWBRIDGE_BIN` runs another build as the server,
+//! `STORE=postgres` puts it on a PostgreSQL store started here,
 //! `SECONDS` the length of each phase, default 3; `OUTSTANDING` the pings kept outstanding
 //! in the saturated phase, default 2 000 — 5 000 and 50 000 are bursts the server must absorb:
 //! after the phase the bench waits for every answer and says how many never came). Not a
@@ -44,11 +45,14 @@ async fn main() {
     let port_a = std::net::TcpListener::bind("127.0.0.71:0").unwrap().local_addr().unwrap().port();
     let data = dir.path().join("a");
     let cfg = dir.path().join("a.toml");
+    // `STORE=postgres`: the server on a PostgreSQL store started here.
+    let pg = (std::env::var("STORE").as_deref() == Ok("postgres")).then(common::postgres::Postgres::start);
+    let store = pg.as_ref().map(|pg| format!("[store]\nbackend = \"postgres\"\npostgres = \"{}\"\n", pg.conninfo())).unwrap_or_default();
     std::fs::write(
         &cfg,
         format!(
             "[server]\ndomains = [\"a.bench\"]\nlisten = [\"127.0.0.71:{port_a}\"]\ndata_dir = \"{}\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n\
-             [[dns.override]]\ndomain = \"g.bench\"\nhost = \"127.0.0.72\"\nport = {}\n[log]\nlevel = \"warn\"\n",
+             [[dns.override]]\ndomain = \"g.bench\"\nhost = \"127.0.0.72\"\nport = {}\n[log]\nlevel = \"warn\"\n{store}",
             data.display(),
             gen_listener.local_addr().unwrap().port()
         ),

@@ -13,7 +13,12 @@
 //! instead of dialback. `DRAWBRIDGE_BIN` runs another build of the binary as A and B (to
 //! compare commits); `EXTRA_CONFIG` adds TOML to both configurations (`\n` for new lines).
 //! `HOLD_SECS=S` keeps both servers running S seconds after the figures (for a profiler).
+//! `STORE=postgres` puts A on a PostgreSQL store started here (Debian's, as the tests start
+//! it) and adds what A wrote to it per pair (rows inserted and updated, bytes the tables grew).
 //! Not a test: nothing here asserts a figure.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -95,6 +100,18 @@ fn cpu_s(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// What the store's tables hold and took so far: rows inserted, rows updated, bytes.
+fn written(pg: &common::postgres::Postgres) -> (i64, i64, i64) {
+    // The statistics collector reports what committed transactions did, a moment later.
+    pg.psql("SELECT pg_stat_force_next_flush()");
+    std::thread::sleep(Duration::from_millis(600));
+    let row = pg.psql(
+        "SELECT coalesce(sum(n_tup_ins), 0) || ' ' || coalesce(sum(n_tup_upd), 0) || ' ' || coalesce(sum(pg_total_relation_size(relid)), 0) FROM pg_stat_user_tables",
+    );
+    let v: Vec<i64> = row.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    (v[0], v[1], v[2])
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let n: usize = std::env::var("STREAMS").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
@@ -125,6 +142,11 @@ async fn main() {
         std::fs::write(&k, key.serialize_pem()).unwrap();
         (String::new(), format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", c.display(), k.display()))
     };
+    let pg = (std::env::var("STORE").as_deref() == Ok("postgres")).then(common::postgres::Postgres::start);
+    let tls_a = match &pg {
+        Some(pg) => format!("{tls_a}\n[store]\nbackend = \"postgres\"\npostgres = \"{}\"\n", pg.conninfo()),
+        None => tls_a,
+    };
     let a = start(&bin, dir.path(), "a", &["a.bench".to_owned()], &format!("{ip_a}:{port_a}"), &a_overrides, &tls_a);
     let b =
         start(&bin, dir.path(), "b", &b_domains, &format!("{ip_b}:{port_b}"), &[("a.bench".to_owned(), ip_a.to_owned(), port_a)], &tls_b);
@@ -134,6 +156,7 @@ async fn main() {
     let warm = control::request(&b.sock, &Request::Probe { domain: "a.bench".into(), from: Some("b0.peers.bench".into()) }).await.unwrap();
     assert!(warm.ok, "{:?}", warm.error);
     let pid = a.child.id();
+    let written0 = pg.as_ref().map(written);
     let (rss0, cpu0) = (rss_kib(pid), cpu_s(pid));
     let t0 = Instant::now();
     // A few at a time (B's probes are concurrent; A's per-address limit is 16 by default).
@@ -164,6 +187,15 @@ async fn main() {
         (rss1.saturating_sub(rss0)) as f64 / pairs,
         (cpu1 - cpu0) * 1000.0 / pairs
     );
+    if let (Some(pg), Some((ins0, upd0, bytes0))) = (&pg, written0) {
+        let (ins1, upd1, bytes1) = written(pg);
+        println!(
+            "A's PostgreSQL store: {:.1} rows inserted, {:.1} updated, {:.1} KiB of tables and indexes per pair",
+            (ins1 - ins0) as f64 / pairs,
+            (upd1 - upd0) as f64 / pairs,
+            (bytes1 - bytes0) as f64 / 1024.0 / pairs
+        );
+    }
     // For profiling the idle streams from outside (e.g. a heap profiler's snapshot).
     if let Some(secs) = std::env::var("HOLD_SECS").ok().and_then(|v| v.parse().ok()) {
         std::thread::sleep(Duration::from_secs(secs));

@@ -26,7 +26,7 @@ fn purge_arenas() {
 use std::process::ExitCode;
 
 use clap::Parser;
-use drawbridge::cli::{Cli, Command, GatewayCommand, ctl, init_logging};
+use drawbridge::cli::{Cli, Command, GatewayCommand, StoreCommand, ctl, init_logging};
 use drawbridge::config::Settings;
 use drawbridge::dashboard::{app, client::Client};
 use drawbridge::engine::{Engine, Request};
@@ -78,6 +78,12 @@ fn main() -> ExitCode {
             .map(|lines| print!("{lines}"))
             .map_err(Into::into)
             .map(|()| ExitCode::SUCCESS),
+        Some(Command::Store { cmd: StoreCommand::Migrate { to_postgres, node, json } }) => rt.block_on(async {
+            // Warnings (a data dir open to others) and the schema's migration, to stderr.
+            init_logging(&settings, false)?;
+            drawbridge::cli::store::migrate(&settings, &to_postgres, node.as_deref(), json, &mut std::io::stdout()).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
         Some(Command::Man | Command::Completions { .. }) => unreachable!("answered before the config is read"),
     };
     result.unwrap_or_else(|e| {

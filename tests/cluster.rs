@@ -240,3 +240,165 @@ async fn postgresql_stopped_and_restarted() {
     )
     .await;
 }
+
+/// A `drawbridge serve` process on `pg` as `node`, its control socket and log in `dir`.
+struct NodeProcess {
+    child: std::process::Child,
+    sock: std::path::PathBuf,
+}
+
+impl NodeProcess {
+    async fn start(pg: &Postgres, dir: &std::path::Path, node: &str) -> NodeProcess {
+        let data = dir.join(node);
+        let cfg = dir.join(format!("{node}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\ndomains = [\"home.test\"]\nlisten = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n{}",
+                data.display(),
+                on(pg, node)
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("serve")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{node}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        let mut p = NodeProcess { child, sock: data.join("control.sock") };
+        within("the control socket to answer", async {
+            while drawbridge::control::request(&p.sock, &drawbridge::control::Request::Status).await.is_err() {
+                assert!(p.child.try_wait().unwrap().is_none(), "drawbridge {node} exited early");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+        .await;
+        p
+    }
+
+    async fn ask(&self, req: &drawbridge::control::Request) -> drawbridge::control::Response {
+        drawbridge::control::request(&self.sock, req).await.expect("the control socket answers")
+    }
+
+    async fn blocked(&self) -> Vec<String> {
+        let r = self.ask(&drawbridge::control::Request::Domains { state: Some("blocked".into()) }).await;
+        let recs: Vec<drawbridge::store::DomainRecord> = serde_json::from_value(r.data.unwrap()).unwrap();
+        recs.into_iter().map(|r| r.domain).collect()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kill -9` of a node while its operator makes changes as fast as they are acknowledged:
+/// every acknowledged change is in the database and in force on the other node, which
+/// serves on (streams, policy changes); the killed node, restarted, has them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_node_loses_no_acknowledged_change_and_the_other_serves_on() {
+    use drawbridge::control::{Request as Ctl, Response};
+    let pg = postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = NodeProcess::start(&pg, dir.path(), "edge-1").await;
+    let b = NodeProcess::start(&pg, dir.path(), "edge-2").await;
+    let acked: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let writer = {
+        let (sock, acked) = (a.sock.clone(), acked.clone());
+        tokio::spawn(async move {
+            for i in 0.. {
+                let domain = format!("k{i}.test");
+                let req = Ctl::Block { domain: domain.clone(), for_secs: None, reason: Some("kill -9".into()) };
+                match drawbridge::control::request(&sock, &req).await {
+                    Ok(Response { ok: true, .. }) => acked.lock().unwrap().push(domain),
+                    _ => break,
+                }
+            }
+        })
+    };
+    // Until a few changes were acknowledged, then at once.
+    within("a few acknowledged changes", async {
+        while acked.lock().unwrap().len() < 5 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    a.child.kill().unwrap(); // SIGKILL
+    a.child.wait().unwrap();
+    writer.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    let stored = pg.psql("SELECT string_agg(domain, ' ') FROM domains WHERE decision->>'state' = 'blocked'");
+    for d in &acked {
+        assert!(stored.split(' ').any(|s| s == d), "the acknowledged block of {d} is not in the database: {stored}");
+    }
+    // Node B: every acknowledged block in force, and serving on.
+    within("node B to have every acknowledged block", async {
+        loop {
+            let blocked = b.blocked().await;
+            if acked.iter().all(|d| blocked.contains(d)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let r = b.ask(&Ctl::Block { domain: "after.test".into(), for_secs: None, reason: None }).await;
+    assert!(r.ok, "node B takes changes: {:?}", r.error);
+    let status = b.ask(&Ctl::Status).await;
+    let status: drawbridge::engine::Status = serde_json::from_value(status.data.unwrap()).unwrap();
+    let addr: std::net::SocketAddr = status.listen[0].parse().unwrap();
+    let mut peer = RawPeer::connect(addr).await;
+    let (_, features) = peer.open("peer.test", "home.test").await;
+    assert!(features.has_child("starttls", drawbridge::proto::ns::TLS), "node B serves streams");
+    // Node A again: the changes, its own and node B's.
+    let a = NodeProcess::start(&pg, dir.path(), "edge-1").await;
+    let blocked = a.blocked().await;
+    for d in acked.iter().chain(["after.test".to_owned()].iter()) {
+        assert!(blocked.contains(d), "restarted node A lacks the block of {d}");
+    }
+}
+
+/// Gateway mode on two nodes with the CA drawbridge makes itself: made once, by the first
+/// node, and the same on both (the internal server trusts one CA; what either mints is valid
+/// for it); a node with its own store makes its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_ca_is_made_once_and_shared() {
+    let pg = postgres().await;
+    let dns = Dns::start().await;
+    let gateway = "[gateway]\ninternal = \"127.0.0.1:9\"\nlisten = [\"127.0.0.1:0\"]\nauth = \"dialback\"\n";
+    let a = start_server("home.test", &dns, &format!("{}{gateway}", on(&pg, "edge-1"))).await;
+    let b = start_server("home.test", &dns, &format!("{}{gateway}", on(&pg, "edge-2"))).await;
+    let alone = start_server("home.test", &dns, gateway).await;
+    let ca = |s: &TestServer| std::fs::read_to_string(s.dir.path().join("data/gateway/ca.pem")).expect("the gateway CA is written");
+    assert!(ca(&a).contains("BEGIN CERTIFICATE"));
+    assert_eq!(ca(&a), ca(&b), "both nodes use the one CA");
+    assert_ne!(ca(&a), ca(&alone), "a node with its own store has its own");
+    assert_eq!(pg.psql("SELECT count(*) FROM drawbridge_meta WHERE key = 'gateway_ca'"), "1");
+    // A gateway node that made its own CA on its own store (the internal server trusts it)
+    // keeps it as the cluster's when it is the first to join; a later node's is set aside.
+    let own = ca(&alone);
+    let TestServer { engine, dir, .. } = alone;
+    engine.shutdown().await;
+    let fresh = postgres().await;
+    let rejoin = |pg: &Postgres, node: &str| {
+        let text = config_text("home.test", dir.path(), dns.addr, &format!("{}{gateway}", on(pg, node)));
+        drawbridge::config::Settings::parse(&text, &dir.path().join("drawbridge.toml")).unwrap()
+    };
+    let engine = drawbridge::engine::Engine::start(rejoin(&fresh, "edge-1")).await.unwrap();
+    assert_eq!(std::fs::read_to_string(dir.path().join("data/gateway/ca.pem")).unwrap(), own, "its own CA is the cluster's");
+    engine.shutdown().await;
+    let engine = drawbridge::engine::Engine::start(rejoin(&pg, "edge-3")).await.unwrap();
+    assert_eq!(std::fs::read_to_string(dir.path().join("data/gateway/ca.pem")).unwrap(), ca(&a), "the cluster's CA wins");
+    let aside = std::fs::read_dir(dir.path().join("data/gateway"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("ca.pem.before-cluster-"))
+        .expect("the node's own CA kept aside");
+    assert_eq!(std::fs::read_to_string(aside.path()).unwrap(), own);
+    engine.shutdown().await;
+}

@@ -84,6 +84,10 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
     ("Closed streams of one domain.", "drawbridge -c /etc/drawbridge/drawbridge.toml ctl history --domain example.org --limit 10"),
     ("What an internal Prosody needs in gateway mode.", "drawbridge -c /etc/drawbridge/drawbridge.toml gateway setup prosody"),
+    (
+        "Move a stopped node's data (DATA_DIR/db) into an empty PostgreSQL database, as the user the data belongs to; then set [store] as it prints.",
+        "sudo -u drawbridge drawbridge -c /etc/drawbridge/drawbridge.toml store migrate --to-postgres \"host=/run/postgresql dbname=drawbridge user=drawbridge\"",
+    ),
     ("Read this page without installing it.", "drawbridge man | man -l -"),
     ("Completion for bash in this user's account.", "drawbridge completions bash > ~/.local/share/bash-completion/completions/drawbridge"),
 ];
@@ -102,7 +106,11 @@ const FILES: &[(&str, &str)] = &[
         "server.data_dir: /var/lib/drawbridge in the package (the unit's StateDirectory), ./drawbridge-data \
          by default. What drawbridge writes there is for its own user only.",
     ),
-    ("DATA_DIR/db/", "The database (sled): dialback secret, policy decisions and log, verification outcomes, stream history."),
+    (
+        "DATA_DIR/db/",
+        "The database (sled): dialback secret, policy decisions and log, verification outcomes, stream history. \
+         store migrate copies it into PostgreSQL, for [store] backend = \"postgres\".",
+    ),
     (
         "DATA_DIR/tls/cert.pem, DATA_DIR/tls/key.pem",
         "The self-signed certificate created on first start when [tls] cert and key are unset.",

@@ -1,11 +1,12 @@
-//! The command line (clap): `run`, `serve`, `demo`, `attach`, `ctl …`, `gateway setup`, and
-//! `man` / `completions`, which are generated from these very types so they cannot drift.
+//! The command line (clap): `run`, `serve`, `demo`, `attach`, `ctl …`, `gateway setup`,
+//! `store migrate`, and `man` / `completions`, which are generated from these very types so they cannot drift.
 //! The `ctl` client and its human printers are here too, as library code with tests; the
 //! binary only parses, starts and maps results to exit codes.
 
 pub mod ctl;
 pub mod man;
 pub mod print;
+pub mod store;
 
 use std::path::PathBuf;
 
@@ -56,6 +57,12 @@ pub enum Command {
         #[command(subcommand)]
         cmd: GatewayCommand,
     },
+    /// The store: move a node's embedded store (DATA_DIR/db) to PostgreSQL.
+    #[command(subcommand_value_name = "COMMAND")]
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCommand,
+    },
     /// Print the manual page, drawbridge(1), as roff: every command, examples, files
     /// (`drawbridge man | man -l -`).
     Man,
@@ -103,6 +110,34 @@ pub enum GatewayCommand {
     Setup {
         /// prosody, ejabberd or openfire
         server: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Copy this node's embedded store into an empty PostgreSQL database, to run the node on
+    /// it ([store] backend = "postgres"): the dialback and familiarity secrets (keys in
+    /// flight stay valid), the gateway CA drawbridge made itself, the mode, every domain's decision and counters, the policy log,
+    /// verification outcomes, stream history (streams left open are closed), blocklist
+    /// entries and feed statuses, and the familiarity set; the rows carry the node's name.
+    /// One transaction: all or nothing. The embedded store is left as it is (a copy).
+    ///
+    /// Stop drawbridge first (a data dir in use is refused), and run this as the user the
+    /// data dir belongs to (the store writes files of its own when opened). A database that
+    /// already holds data (or this copy, from an earlier run) is refused, nothing changed.
+    /// The command prints what it copied and the lines the config needs.
+    Migrate {
+        /// The database: a libpq conninfo ("host=/run/postgresql dbname=drawbridge
+        /// user=drawbridge") or a postgresql:// URL.
+        #[arg(long = "to-postgres", value_name = "CONNINFO")]
+        to_postgres: String,
+        /// The node name the copied rows carry (default: [cluster] node of the config, else
+        /// the host name); the node must run under this name afterwards.
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        /// Print JSON instead of text (for scripts).
+        #[arg(long)]
+        json: bool,
     },
 }
 

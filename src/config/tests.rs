@@ -298,6 +298,45 @@ fn certs_warn_before_defaults_to_two_weeks_and_is_validated() {
     assert!(err("[certs]\nwarn = \"1d\"\n").contains("unknown field `warn`"));
 }
 
+/// `[store] backend` and `[cluster] node`: the shared store needs its database named; each
+/// mistake names its key and the fix.
+#[test]
+fn store_backend_and_cluster_node_are_validated_naming_the_key() {
+    let base = "[server]\ndomains = [\"a.test\"]\n";
+    let ok = |extra: &str| Settings::parse(&format!("{base}{extra}"), Path::new("/etc/drawbridge.toml")).unwrap();
+    assert_eq!(Settings::builtin().store.backend, crate::store::Backend::Sled);
+    let s = ok(
+        "[store]\nbackend = \"postgres\"\npostgres = \"host=/run/postgresql dbname=drawbridge user=drawbridge\"\nbuffer = 500\n[cluster]\nnode = \"edge-1\"\n",
+    );
+    assert_eq!(
+        s.store.backend,
+        crate::store::Backend::Postgres { conninfo: "host=/run/postgresql dbname=drawbridge user=drawbridge".into() }
+    );
+    assert_eq!((s.store.buffer, s.store.node.as_str()), (500, "edge-1"));
+    let url = ok("[store]\nbackend = \"postgres\"\npostgres = \"postgresql://drawbridge@db.example/drawbridge\"\n");
+    assert!(matches!(url.store.backend, crate::store::Backend::Postgres { .. }));
+    assert_eq!(ok("").store.node, crate::store::host_name(), "the host name by default");
+    for (extra, key, words) in [
+        ("[store]\nbackend = \"postgres\"\n", "store.postgres", "is missing"),
+        ("[store]\npostgres = \"host=/tmp dbname=x\"\n", "store.postgres", "store.backend is not"),
+        ("[store]\nbackend = \"mysql\"\n", "store.backend", "not one of sled, postgres"),
+        ("[store]\nbackend = \"postgres\"\npostgres = \"dbname=x\"\n", "store.postgres", "names no host"),
+        ("[store]\nbackend = \"postgres\"\npostgres = \"host=/tmp\"\n", "store.postgres", "names no database"),
+        (
+            "[store]\nbackend = \"postgres\"\npostgres = \"host=/tmp dbname=x bogus=1\"\n",
+            "store.postgres",
+            "not a PostgreSQL connection string",
+        ),
+        ("[store]\nbuffer = 10\n", "store.buffer", "out of range"),
+        ("[cluster]\nnode = \"edge 1\\n\"\n", "cluster.node", "is not a node name"),
+        ("[cluster]\nnode = \"\"\n", "cluster.node", "is not a node name"),
+    ] {
+        let e = err(&format!("{base}{extra}"));
+        assert!(e.contains(key) && e.contains(words), "{extra}: {e}");
+        assert!(!e.contains('\n') || !e.contains("edge 1\n"), "no raw newline echoed: {e}");
+    }
+}
+
 #[test]
 fn cluster_heartbeat_and_node_timeout_are_validated() {
     let base = "[server]\ndomains = [\"a.test\"]\n[cluster]\nnode = \"edge-1\"\n";

@@ -52,10 +52,53 @@ impl Kept {
         if recovered > 0 {
             tracing::warn!(streams = recovered, "the last run stopped without closing its streams; they are in the history");
         }
+        shared_gateway_ca(settings, &store).await?;
         let policy = Arc::new(Policy::load(store.clone(), settings.policy.mode)?);
         let tls = Arc::new(CurrentTls::new(TlsContext::load(&settings.tls, &settings.domains, &settings.data_dir)?));
         Ok(Kept { store, secret, policy, tls })
     }
+}
+
+/// Gateway mode on several nodes, with the CA drawbridge makes itself (no `gateway.ca_cert`):
+/// made once, by the first node, kept in the shared store, and written where each node's
+/// [`crate::gateway::GatewayCa::open`] reads it, so that a certificate any node mints is
+/// valid on all of them (the internal server trusts one CA).
+async fn shared_gateway_ca(settings: &Settings, store: &Store) -> Result<(), StartError> {
+    let (Some(g), Some(pg)) = (&settings.gateway, store.postgres()) else { return Ok(()) };
+    if g.ca_cert.is_some() || g.ca_key.is_some() {
+        return Ok(());
+    }
+    let dir = settings.data_dir.join("gateway");
+    let bad = |why: String| crate::gateway::ca::CaError::File { path: dir.clone(), why };
+    // The CA this node made before it joined (the internal server trusts it) is offered
+    // first; a new one only if it has none.
+    let local = (std::fs::read_to_string(dir.join("ca.pem")), std::fs::read_to_string(dir.join("ca.key")));
+    let local = match local {
+        (Ok(c), Ok(k)) => Some((c, k)),
+        _ => None,
+    };
+    let offered = match &local {
+        Some(pems) => pems.clone(),
+        None => crate::gateway::ca::new_ca().map_err(bad)?,
+    };
+    let blob = pg.shared_once("gateway_ca", || serde_json::to_vec(&offered).expect("two strings serialise")).await?;
+    let (cert, key): (String, String) =
+        serde_json::from_slice(&blob).map_err(|e| bad(format!("the shared store's gateway_ca does not read: {e}")))?;
+    if let Some((c, k)) = &local
+        && (c != &cert || k != &key)
+    {
+        // Kept aside, not lost: an operator may need it while the internal server's trust
+        // moves to the cluster's CA.
+        let aside = dir.join(format!("ca.pem.before-cluster-{}", crate::types::now_ms() / 1000));
+        std::fs::copy(dir.join("ca.pem"), &aside).map_err(|e| bad(format!("cannot keep the old CA aside: {e}")))?;
+        tracing::warn!(
+            "gateway: the cluster's CA (made by the first node) replaces this node's own in {}; the old certificate is kept in {}: the internal server must trust the cluster's",
+            dir.display(),
+            aside.display()
+        );
+    }
+    crate::gateway::ca::write_ca(&dir, &cert, &key)?;
+    Ok(())
 }
 
 /// Gateway mode: the CA minting the certificates drawbridge presents as remote domains.

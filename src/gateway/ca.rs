@@ -95,7 +95,7 @@ impl GatewayCa {
             (None, None) => {
                 let (c, k) = (dir.join("ca.pem"), dir.join("ca.key"));
                 if !c.exists() && !k.exists() {
-                    create_ca(&dir, &c, &k)?;
+                    create_ca(&dir, &c)?;
                 }
                 (c, k)
             }
@@ -287,22 +287,41 @@ fn serial(now: SystemTime) -> Vec<u8> {
     s
 }
 
-fn create_ca(dir: &Path, cert_path: &Path, key_path: &Path) -> Result<(), CaError> {
-    let err = |path: &Path, why: String| CaError::File { path: path.to_owned(), why };
-    create_private_dir(dir)?;
-    let mut params = CertificateParams::new(vec![]).map_err(|e| err(cert_path, e.to_string()))?;
+fn create_ca(dir: &Path, cert_path: &Path) -> Result<(), CaError> {
+    let (cert, key) = new_ca().map_err(|why| CaError::File { path: cert_path.to_owned(), why })?;
+    write_ca(dir, &cert, &key)?;
+    tracing::info!("created the gateway CA: {}", cert_path.display());
+    Ok(())
+}
+
+/// A new gateway CA: its certificate and its private key, PEM.
+pub fn new_ca() -> Result<(String, String), String> {
+    let mut params = CertificateParams::new(vec![]).map_err(|e| e.to_string())?;
     params.distinguished_name.push(DnType::CommonName, "drawbridge gateway CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let now = SystemTime::now();
     params.not_before = (now - Duration::from_secs(3600)).into();
     params.not_after = (now + CA_VALIDITY).into();
-    let key = KeyPair::generate().map_err(|e| err(key_path, e.to_string()))?;
-    let cert = params.self_signed(&key).map_err(|e| err(cert_path, e.to_string()))?;
+    let key = KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Keep this CA (PEM) where [`GatewayCa::open`] finds the one drawbridge made itself
+/// (`DATA_DIR/gateway/ca.pem`, `ca.key`): with several nodes, the one the first node made,
+/// so what any node mints is valid on all of them. Unchanged files are left alone.
+pub fn write_ca(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<(), CaError> {
+    let err = |path: &Path, why: String| CaError::File { path: path.to_owned(), why };
+    create_private_dir(dir)?;
+    let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
+    if std::fs::read_to_string(&cert_path).is_ok_and(|c| c == cert_pem) && std::fs::read_to_string(&key_path).is_ok_and(|k| k == key_pem) {
+        return Ok(());
+    }
+    let now = SystemTime::now();
     // The key first: a certificate without its key would be unusable after a crash.
-    write_private(key_path, key.serialize_pem().as_bytes(), now).map_err(|why| err(key_path, why))?;
-    write_private(cert_path, cert.pem().as_bytes(), now).map_err(|why| err(cert_path, why))?;
-    tracing::info!("created the gateway CA: {}", cert_path.display());
+    write_private(&key_path, key_pem.as_bytes(), now).map_err(|why| err(&key_path, why))?;
+    write_private(&cert_path, cert_pem.as_bytes(), now).map_err(|why| err(&cert_path, why))?;
     Ok(())
 }
 

@@ -24,6 +24,7 @@ use crate::types::{ConnSnapshot, VerificationOutcome};
 pub mod embedded;
 pub mod postgres;
 pub mod rtbl;
+pub mod transfer;
 pub use embedded::{SledStore, too_wide};
 pub use postgres::PgStore;
 pub use rtbl::RtblRecord;

@@ -595,6 +595,25 @@ impl PgStore {
         Ok(s)
     }
 
+    /// A value the nodes share, made once by whichever node asks first (`make`); every node
+    /// gets that one. For what must be the same everywhere and is made only when needed:
+    /// the gateway CA.
+    pub async fn shared_once(&self, key: &str, make: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        let session = self.session().await?;
+        let client = session.as_ref().expect("connected");
+        let r = async {
+            if let Some(row) = client.query_opt("SELECT value FROM drawbridge_meta WHERE key = $1", &[&key]).await? {
+                return Ok(row.get::<_, Vec<u8>>(0));
+            }
+            client
+                .execute("INSERT INTO drawbridge_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", &[&key, &make()])
+                .await?;
+            Ok(client.query_one("SELECT value FROM drawbridge_meta WHERE key = $1", &[&key]).await?.get::<_, Vec<u8>>(0))
+        }
+        .await;
+        r.map_err(|e: tokio_postgres::Error| self.pg(&e))
+    }
+
     pub fn dialback_secret(&self) -> Result<Vec<u8>, StoreError> {
         Ok(self.secret.clone())
     }
