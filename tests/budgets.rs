@@ -223,7 +223,7 @@ async fn memory_stays_bounded_with_huge_certificate_names_and_a_stalled_subscrib
     // notes) took +151 MiB; each connection keeping its handshake buffer, +77 to +89.
     let bound = CONNECTIONS * (size_class(der_size) + (24 << 10)) + (8 << 20) + (6 << 20);
     assert!(growth < bound, "RSS grew by {} MiB, more than {} MiB", growth >> 20, bound >> 20);
-    let r = control::request(&sock, &Request::Connections { closed: false }).await.unwrap();
+    let r = control::request(&sock, &Request::Connections { closed: false, cluster: false }).await.unwrap();
     let rows = r.data.unwrap().to_string().len();
     assert!(rows < CONNECTIONS * 4096, "live rows keep clipped names: {rows} bytes of JSON for {CONNECTIONS}");
     drop(held);

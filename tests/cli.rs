@@ -86,7 +86,7 @@ fn example_config_is_valid_and_complete() {
         ("timeouts", &["negotiation", "connect", "dialback", "close", "idle_outbound", "idle_inbound", "keepalive", "probe", "write"]),
         ("policy", &["mode", "approval_wait"]),
         ("store", &["max_records", "max_age", "flush_interval", "snapshot_interval", "backend", "postgres", "buffer"]),
-        ("cluster", &["node"]),
+        ("cluster", &["node", "heartbeat", "node_timeout"]),
         ("auth", &["mode"]),
         ("domain", &["name", "auth", "require_encryption"]),
         ("log", &["level", "file"]),

@@ -102,6 +102,12 @@ fn fake_engine(sock: &Path) -> std::thread::JoinHandle<()> {
             let req: Request = serde_json::from_str(&line).unwrap();
             let data = match req {
                 Request::Verifications { .. } => serde_json::to_value(vec![outcome()]).unwrap(),
+                Request::Connections { cluster: true, .. } => serde_json::to_value(drawbridge::engine::ClusterConnections {
+                    node: HOSTILE.into(),
+                    streams: vec![drawbridge::store::NodeStream { node: HOSTILE.into(), stream: snapshot() }],
+                    store_error: Some(HOSTILE.into()),
+                })
+                .unwrap(),
                 Request::Connections { .. } | Request::History { .. } => serde_json::to_value(vec![snapshot()]).unwrap(),
                 Request::Domains { .. } | Request::Pending => serde_json::to_value(vec![record()]).unwrap(),
                 Request::Domain { .. } => serde_json::to_value(DomainReport {
@@ -292,6 +298,8 @@ fn ctl_escapes_whatever_the_engine_sends() {
         &["verifications", "--json"],
         &["connections", "--closed"],
         &["connections", "--json"],
+        &["connections", "--cluster"],
+        &["connections", "--cluster", "--closed", "--json"],
         &["history"],
         &["domain", "evil.test"],
         &["domains"],

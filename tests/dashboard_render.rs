@@ -801,3 +801,133 @@ fn a_policy_change_shows_its_dry_run_before_it_asks() {
     assert!(s.contains("line 050000") && s.contains("(50001/100000"), "{s}");
     assert!(!s.contains("line 049999") && !s.contains("d11.test"), "the stored lines, from the scroll on: {s}");
 }
+
+/// [`model`] on a shared store as node `edge-1`, with node `edge-2` (alive, one stream) and
+/// node `edge-3` (silent).
+fn clustered() -> Model {
+    let mut m = model();
+    let node = |name: &str, alive: bool, streams: usize| drawbridge::store::NodeStatus {
+        node: name.into(),
+        heartbeat_ms: now_ms(),
+        started_ms: now_ms() - 60_000,
+        stopped_ms: None,
+        alive,
+        streams,
+        version: "0.1.0".into(),
+        listen: vec![],
+        age_ms: if alive { 300 } else { 45_000 },
+    };
+    let st = m.status.as_mut().unwrap();
+    st.store = drawbridge::store::StoreStatus {
+        backend: "postgres".into(),
+        place: "PostgreSQL database drawbridge on /run/postgresql (store.postgres)".into(),
+        node: Some("edge-1".into()),
+        reachable: true,
+        nodes: vec![node("edge-1", true, 3), node("edge-2", true, 1), node("edge-3", false, 4)],
+        heartbeat_ms: 2000,
+        node_timeout_ms: 10_000,
+        ..Default::default()
+    };
+    let far = conn("ffff9999", Direction::In, "faraway.test", ConnState::Established, Some(PairStatus::Valid), None);
+    m.set_cluster(drawbridge::engine::ClusterConnections {
+        node: "edge-1".into(),
+        streams: vec![
+            // This node's own rows in the answer are left out: its table is fresher.
+            drawbridge::store::NodeStream {
+                node: "edge-1".into(),
+                stream: conn("aaaa1111", Direction::In, "friend.test", ConnState::Established, None, None),
+            },
+            drawbridge::store::NodeStream { node: "edge-2".into(), stream: far },
+        ],
+        store_error: None,
+    });
+    m
+}
+
+#[test]
+fn a_shared_store_shows_every_nodes_streams_with_their_node() {
+    for (w, h) in [(80, 24), (200, 60)] {
+        let mut m = clustered();
+        let s = screen(&mut m, w, h);
+        assert!(s.contains("node") && s.contains("faraway.test") && s.contains("friend.test"), "{s}");
+        let row = |remote: &str| s.lines().find(|l| l.contains(remote)).unwrap_or_else(|| panic!("no row for {remote}: {s}")).to_owned();
+        assert!(row("faraway.test").contains("edge-2"), "{s}");
+        assert!(row("friend.test").contains("edge-1"), "this node's rows carry its name: {s}");
+        assert_eq!(m.conn_rows().len(), 4, "three of this node, one of edge-2 (its copy of edge-1's row left out)");
+        assert!(s.contains("! node edge-3 silent"), "the header's second line: {s}");
+        if w == 200 {
+            assert!(s.contains("nodes: every node"), "{s}");
+            assert!(s.contains("node edge-1 (2/3 nodes alive)"), "the header: {s}");
+            assert!(s.contains("1 live on 1 other node(s)"), "{s}");
+        }
+    }
+    // On its own store: no node column, no node filter.
+    let mut m = model();
+    let s = screen(&mut m, 200, 60);
+    assert!(!s.contains("nodes:") && !s.contains("edge-"), "{s}");
+}
+
+#[test]
+fn the_node_filter_shows_this_nodes_streams_only() {
+    let mut m = clustered();
+    m.toggle_nodes();
+    let s = screen(&mut m, 200, 60);
+    assert!(!s.contains("faraway.test") && s.contains("friend.test"), "{s}");
+    assert!(s.contains("nodes: this node (edge-1)") && s.contains("this node only"), "{s}");
+    m.toggle_nodes();
+    let s = screen(&mut m, 200, 60);
+    assert!(s.contains("faraway.test"), "{s}");
+    // The text filter matches a node's name too.
+    m.set_filter("edge-2".into());
+    let s = screen(&mut m, 200, 60);
+    assert!(s.contains("faraway.test") && !s.contains("friend.test"), "{s}");
+}
+
+#[test]
+fn another_nodes_stream_says_where_its_transcript_is() {
+    let mut m = clustered();
+    let i = (0..m.conn_rows().len())
+        .find(|&i| {
+            m.selected[0] = i;
+            m.selected_node().is_some()
+        })
+        .expect("edge-2's row");
+    m.selected[0] = i;
+    assert_eq!(m.selected_node().as_deref(), Some("edge-2"));
+    assert_eq!(m.selected_conn().unwrap().remote.as_deref(), Some("faraway.test"), "its domain, for a, b, e…");
+    let s = screen(&mut m, 200, 60);
+    assert!(s.contains("on node edge-2: attach to that node's dashboard for its transcript"), "{s}");
+    // A stream of this node: no such note.
+    let j = (0..m.conn_rows().len())
+        .find(|&j| {
+            m.selected[0] = j;
+            m.selected_node().is_none()
+        })
+        .unwrap();
+    m.selected[0] = j;
+    let s = screen(&mut m, 200, 60);
+    assert!(!s.contains("on node"), "{s}");
+}
+
+#[test]
+fn hostile_node_names_are_escaped() {
+    let mut m = clustered();
+    let far = conn("eeee8888", Direction::Out, "x.test", ConnState::Established, None, None);
+    m.set_cluster(drawbridge::engine::ClusterConnections {
+        node: "edge-1".into(),
+        streams: vec![drawbridge::store::NodeStream { node: HOSTILE.into(), stream: far }],
+        store_error: None,
+    });
+    let s = screen(&mut m, 200, 60);
+    no_raw_escapes(&s);
+    assert!(s.contains("bots\\x1b"), "{s}");
+}
+
+#[test]
+fn other_nodes_unreadable_are_said_so_not_shown_stale() {
+    let mut m = clustered();
+    m.cluster_failed("PostgreSQL database drawbridge on db (store.postgres): connection refused".into());
+    let s = screen(&mut m, 200, 60);
+    assert!(!s.contains("faraway.test") && s.contains("friend.test"), "{s}");
+    assert!(s.contains("other nodes unreadable"), "{s}");
+}

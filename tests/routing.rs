@@ -171,7 +171,7 @@ async fn control_socket_status_connections_close() {
     let status: drawbridge::engine::Status = serde_json::from_value(r.data.unwrap()).unwrap();
     assert_eq!(status.domains, vec!["a.test"]);
     assert!(status.streams_out >= 1 && status.streams_in >= 1);
-    let r = control::request(&sock, &Request::Connections { closed: false }).await.unwrap();
+    let r = control::request(&sock, &Request::Connections { closed: false, cluster: false }).await.unwrap();
     let conns: Vec<drawbridge::engine::events::ConnSnapshot> = serde_json::from_value(r.data.unwrap()).unwrap();
     let out = conns.iter().find(|c| c.direction == Direction::Out).unwrap();
 

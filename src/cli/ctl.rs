@@ -63,7 +63,7 @@ impl CtlCommand {
     fn command_request(&self, stdin: impl FnOnce() -> io::Result<String>) -> Result<(Request, bool), CtlError> {
         Ok(match self {
             CtlCommand::Status { json } => (Request::Status, *json),
-            CtlCommand::Connections { json, closed } => (Request::Connections { closed: *closed }, *json),
+            CtlCommand::Connections { json, closed, cluster } => (Request::Connections { closed: *closed, cluster: *cluster }, *json),
             CtlCommand::Close { id } => (Request::Close { id: id.clone() }, false),
             CtlCommand::Reload => (Request::Reload, false),
             CtlCommand::Probe { domain, from, json } => (Request::Probe { domain: domain.clone(), from: from.clone() }, *json),
@@ -258,6 +258,16 @@ mod tests {
 
     #[test]
     fn commands_become_requests() {
+        assert_eq!(ctl(&["connections"]).request(no_stdin).unwrap(), (Request::Connections { closed: false, cluster: false }, false));
+        assert_eq!(
+            ctl(&["connections", "--cluster", "--closed", "--json"]).request(no_stdin).unwrap(),
+            (Request::Connections { closed: true, cluster: true }, true)
+        );
+        // Without --cluster the request is what an older server takes.
+        assert_eq!(
+            serde_json::to_string(&Request::Connections { closed: false, cluster: false }).unwrap(),
+            r#"{"cmd":"connections","closed":false}"#
+        );
         let (req, json) = ctl(&["block", "x.test", "--for", "2h", "--reason", "flood", "--json"]).request(no_stdin).unwrap();
         assert_eq!(req, Request::Block { domain: "x.test".into(), for_secs: Some(7200), reason: Some("flood".into()) });
         assert!(json);

@@ -18,6 +18,10 @@ const EXAMPLES: &[(&str, &str)] = &[
         "Live streams and the recently closed ones, as JSON.",
         "drawbridge -c /etc/drawbridge/drawbridge.toml ctl connections --closed --json",
     ),
+    (
+        "Every node's live streams on a shared store, with the node that has each.",
+        "drawbridge -c /etc/drawbridge/drawbridge.toml ctl connections --cluster",
+    ),
     ("Close one stream.", "drawbridge -c /etc/drawbridge/drawbridge.toml ctl close 7dc5616de9e0625eb53bf4bd277cf9f6"),
     ("Re-read renewed certificates (as SIGHUP).", "drawbridge -c /etc/drawbridge/drawbridge.toml ctl reload"),
     (

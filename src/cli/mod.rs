@@ -149,7 +149,7 @@ pub enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Every live stream (and recently closed ones with --closed).
+    /// Every live stream (and recently closed ones with --closed); every node's with --cluster.
     Connections {
         /// Print JSON instead of text (for scripts).
         #[arg(long)]
@@ -157,6 +157,10 @@ pub enum CtlCommand {
         /// Recently closed streams too, with why they closed.
         #[arg(long)]
         closed: bool,
+        /// Every node's streams on a shared store (store.backend = "postgres"), with a NODE
+        /// column: the other nodes' as they last published them (every cluster.heartbeat).
+        #[arg(long)]
+        cluster: bool,
     },
     /// Close a stream by id.
     Close {

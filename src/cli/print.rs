@@ -6,8 +6,8 @@ use std::io::{self, Write};
 
 use super::{BlacklistCommand, CtlCommand};
 use crate::engine::{
-    CertsReport, ChangeReport, DomainReport, DomainRow, ExplainReport, ImportReport, KeepReport, LocalCert, ModeReport, PreviewReport,
-    ProbeReport, Reply, RtblReport, Status,
+    CertsReport, ChangeReport, ClusterConnections, DomainReport, DomainRow, ExplainReport, ImportReport, KeepReport, LocalCert, ModeReport,
+    PreviewReport, ProbeReport, Reply, RtblReport, Status,
 };
 use crate::events::{CertExpiry, ConnSnapshot, VerificationOutcome, expiry_in_words, fmt_utc, fmt_utc_s};
 use crate::text::escape;
@@ -19,6 +19,7 @@ pub fn reply(cmd: &CtlCommand, reply: &Reply, out: &mut impl Write) -> io::Resul
         Reply::Status(s) if matches!(cmd, CtlCommand::Mode { mode: None, .. }) => writeln!(out, "{}", s.mode)?,
         Reply::Status(s) => status(s, out)?,
         Reply::Streams(v) => connections(v, out)?,
+        Reply::Cluster(r) => cluster_connections(r, out)?,
         Reply::Text(t) if matches!(cmd, CtlCommand::Blacklist { list: Some(BlacklistCommand::Export), .. }) => {
             for line in t.lines() {
                 writeln!(out, "{}", escape(line))?;
@@ -97,7 +98,40 @@ fn store(s: &crate::store::StoreStatus, out: &mut impl Write) -> io::Result<()> 
     if s.backend == "postgres" && (s.backlog > 0 || s.dropped > 0 || s.down_since_ms.is_some()) {
         writeln!(out, "             {} records waiting (store.buffer {}), {} dropped", s.backlog, s.buffer, s.dropped)?;
     }
+    nodes(s, out)
+}
+
+/// The nodes of a shared store, a line each: alive, stopped or silent, the last heartbeat.
+fn nodes(s: &crate::store::StoreStatus, out: &mut impl Write) -> io::Result<()> {
+    if s.backend != "postgres" {
+        return Ok(());
+    }
+    if s.nodes.is_empty() {
+        return writeln!(out, "nodes:       none read yet (each node publishes its heartbeat every cluster.heartbeat)");
+    }
+    let alive = s.nodes.iter().filter(|n| n.alive).count();
+    let timeout = human_duration_ms(s.node_timeout_ms);
+    writeln!(out, "nodes:       {alive} of {} alive (a heartbeat within cluster.node_timeout {timeout})", s.nodes.len())?;
+    let width = s.nodes.iter().map(|n| escape(&n.node).chars().count()).max().unwrap_or(0);
+    for n in &s.nodes {
+        let name = escape(&n.node);
+        let this = if s.node.as_deref() == Some(n.node.as_str()) { " (this node)" } else { "" };
+        let beat = format!("last heartbeat {} ({} ago)", fmt_utc(n.heartbeat_ms), human_duration_ms(n.age_ms));
+        let state = match n.stopped_ms {
+            Some(t) => format!("stopped at {}", fmt_utc(t)),
+            None if n.alive => format!("alive, {beat}, {} live stream(s)", n.streams),
+            None => format!("SILENT, {beat}: taken for gone, its {} stream(s) are not shown", n.streams),
+        };
+        let version = if n.version.is_empty() { String::new() } else { format!("; drawbridge {}", escape(&n.version)) };
+        let listen = if n.listen.is_empty() { String::new() } else { format!(" on {}", escape(&n.listen.join(", "))) };
+        writeln!(out, "  {name:<width$}{this}  {state}{version}{listen}")?;
+    }
     Ok(())
+}
+
+/// `1.2s`, `45s`, `3m05s`: a heartbeat's age is short.
+fn human_duration_ms(ms: u64) -> String {
+    if ms < 10_000 { format!("{:.1}s", ms as f64 / 1000.0) } else { human_duration(ms) }
 }
 
 /// A probe's outcome; false when it failed.
@@ -562,16 +596,59 @@ fn human_duration(ms: u64) -> String {
 }
 
 pub fn connections(v: &[ConnSnapshot], out: &mut impl Write) -> io::Result<()> {
+    let rows: Vec<(Option<&str>, &ConnSnapshot)> = v.iter().map(|c| (None, c)).collect();
+    stream_rows(&rows, out)
+}
+
+/// `ctl connections --cluster`: every node's streams, with a NODE column (this node's marked
+/// `*`); what of the other nodes could not be read is said first.
+pub fn cluster_connections(r: &ClusterConnections, out: &mut impl Write) -> io::Result<()> {
+    if let Some(e) = &r.store_error {
+        writeln!(out, "(only this node's streams: the other nodes' could not be read: {})", escape(e))?;
+    }
+    // This node's first, then the others' as the engine lists them (by node).
+    let mut streams: Vec<&crate::store::NodeStream> = r.streams.iter().collect();
+    streams.sort_by_key(|s| s.node != r.node);
+    let rows: Vec<(Option<String>, &ConnSnapshot)> = streams
+        .iter()
+        .map(|s| (Some(if s.node == r.node { format!("{}*", escape(&s.node)) } else { escape(&s.node).into_owned() }), &s.stream))
+        .collect();
+    let rows: Vec<(Option<&str>, &ConnSnapshot)> = rows.iter().map(|(n, c)| (n.as_deref(), *c)).collect();
+    stream_rows(&rows, out)?;
+    if !rows.is_empty() {
+        writeln!(out, "(* this node, {}: the others' streams as they last published them)", escape(&r.node))?;
+    }
+    Ok(())
+}
+
+/// The streams table; with a node per row, a NODE column first.
+fn stream_rows(v: &[(Option<&str>, &ConnSnapshot)], out: &mut impl Write) -> io::Result<()> {
     if v.is_empty() {
         return writeln!(out, "no streams");
     }
     let now = crate::events::now_ms();
+    let width = v.iter().filter_map(|(n, _)| n.map(|n| n.chars().count())).max().map(|w| w.max(4));
+    let node_cell = |n: Option<&str>| match width {
+        Some(w) => format!("{:<w$} ", n.unwrap_or("-")),
+        None => String::new(),
+    };
+    let indent = " ".repeat(width.map_or(0, |w| w + 1) + 32);
     writeln!(
         out,
-        "{:<32} {:<3} {:<24} {:<24} {:<14} {:<21} {:<8} {:>6} {:>6} {:>7}",
-        "ID", "DIR", "LOCAL", "REMOTE", "STATE", "PEER", "TLS", "IN", "OUT", "AGE"
+        "{}{:<32} {:<3} {:<24} {:<24} {:<14} {:<21} {:<8} {:>6} {:>6} {:>7}",
+        node_cell(Some("NODE")),
+        "ID",
+        "DIR",
+        "LOCAL",
+        "REMOTE",
+        "STATE",
+        "PEER",
+        "TLS",
+        "IN",
+        "OUT",
+        "AGE"
     )?;
-    for c in v {
+    for (node, c) in v {
         let remote = if c.pairs.is_empty() {
             c.remote.clone().unwrap_or_default()
         } else {
@@ -583,7 +660,8 @@ pub fn connections(v: &[ConnSnapshot], out: &mut impl Write) -> io::Result<()> {
         };
         writeln!(
             out,
-            "{:<32} {:<3} {:<24} {:<24} {:<14} {:<21} {:<8} {:>6} {:>6} {:>7}",
+            "{}{:<32} {:<3} {:<24} {:<24} {:<14} {:<21} {:<8} {:>6} {:>6} {:>7}",
+            node_cell(*node),
             c.id,
             fmt_dir(c.direction),
             c.local.as_deref().unwrap_or("-"),
@@ -597,20 +675,20 @@ pub fn connections(v: &[ConnSnapshot], out: &mut impl Write) -> io::Result<()> {
         )?;
         match c.kind {
             crate::events::StreamKind::Internal => {
-                writeln!(out, "{:<32}     internal link (gateway): with the internal server, as {}", "", c.local.as_deref().unwrap_or("-"))?
+                writeln!(out, "{indent}     internal link (gateway): with the internal server, as {}", c.local.as_deref().unwrap_or("-"))?
             }
-            crate::events::StreamKind::Component => writeln!(out, "{:<32}     external component (XEP-0114)", "")?,
+            crate::events::StreamKind::Component => writeln!(out, "{indent}     external component (XEP-0114)")?,
             crate::events::StreamKind::Federation => {}
         }
         if !c.pairs.is_empty() {
             let auth: Vec<String> = c.pairs.iter().map(|p| format!("{} by {}", p.remote, p.method.as_str())).collect();
-            writeln!(out, "{:<32}     authenticated: {}", "", auth.join(", "))?;
+            writeln!(out, "{indent}     authenticated: {}", auth.join(", "))?;
         }
         if let Some(v) = c.tls.as_ref().and_then(|t| t.cert_verdict.as_ref()) {
-            writeln!(out, "{:<32}     certificate: {v}", "")?;
+            writeln!(out, "{indent}     certificate: {v}")?;
         }
         if let Some(r) = &c.close_reason {
-            writeln!(out, "{:<32}     closed: {r}", "")?;
+            writeln!(out, "{indent}     closed: {r}")?;
         }
     }
     Ok(())
@@ -637,6 +715,92 @@ mod tests {
         let record = DomainRecord { domain: "x.test".into(), state: DomainState::Blocked, expires_ms: Some(0), ..Default::default() };
         let r = ChangeReport { record, changed: true, closed_streams: vec!["s1".into(), "s2".into()] };
         assert_eq!(text(|o| change(&r, o)), "x.test: blocked until 1970-01-01 00:00:00 UTC\nclosed 2 live stream(s): s1, s2\n");
+    }
+
+    fn stream(id: &str, remote: &str) -> ConnSnapshot {
+        ConnSnapshot {
+            id: id.into(),
+            direction: crate::events::Direction::In,
+            kind: Default::default(),
+            local: Some("home.test".into()),
+            remote: Some(remote.into()),
+            peer_addr: None,
+            state: crate::events::ConnState::Established,
+            stream_id: None,
+            tls: None,
+            pairs: vec![],
+            opened_ms: crate::events::now_ms(),
+            last_activity_ms: crate::events::now_ms(),
+            stanzas_in: 0,
+            stanzas_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            close_reason: None,
+            limits: None,
+        }
+    }
+
+    #[test]
+    fn the_cluster_view_has_a_node_column_this_node_first_and_marked() {
+        use crate::store::NodeStream;
+        let r = ClusterConnections {
+            node: "edge-1".into(),
+            streams: vec![
+                NodeStream { node: "edge-2".into(), stream: stream("s2", "far.test") },
+                NodeStream { node: "edge-1".into(), stream: stream("s1", "near.test") },
+            ],
+            store_error: None,
+        };
+        let out = text(|o| cluster_connections(&r, o));
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("NODE    ID "), "{out}");
+        assert!(lines[1].starts_with("edge-1* s1 ") && lines[1].contains("near.test"), "{out}");
+        assert!(lines[2].starts_with("edge-2  s2 ") && lines[2].contains("far.test"), "{out}");
+        assert!(lines[3].contains("* this node, edge-1"), "{out}");
+        // What could not be read is said first; this node's streams follow.
+        let r = ClusterConnections { store_error: Some("unreachable".into()), streams: r.streams[1..].to_vec(), ..r };
+        let out = text(|o| cluster_connections(&r, o));
+        assert!(out.starts_with("(only this node's streams: the other nodes' could not be read: unreachable)\nNODE"), "{out}");
+        // Without a node, the table is as before.
+        assert!(text(|o| connections(&[stream("s1", "near.test")], o)).starts_with("ID "));
+    }
+
+    #[test]
+    fn status_lists_the_nodes_alive_stopped_and_silent() {
+        use crate::store::{NodeStatus, StoreStatus};
+        let n = |name: &str, alive: bool, stopped_ms: Option<u64>| NodeStatus {
+            node: name.into(),
+            heartbeat_ms: 0,
+            started_ms: 0,
+            stopped_ms,
+            alive,
+            streams: 3,
+            version: "0.1.0".into(),
+            listen: vec!["10.0.0.1:5269".into()],
+            age_ms: if alive { 400 } else { 45_000 },
+        };
+        let s = StoreStatus {
+            backend: "postgres".into(),
+            place: "PostgreSQL database drawbridge on db (store.postgres)".into(),
+            node: Some("edge-1".into()),
+            reachable: true,
+            nodes: vec![n("edge-1", true, None), n("edge-2", false, None), n("edge-3", false, Some(0))],
+            node_timeout_ms: 10_000,
+            heartbeat_ms: 2_000,
+            ..Default::default()
+        };
+        let out = text(|o| store(&s, o));
+        assert!(out.contains("nodes:       1 of 3 alive (a heartbeat within cluster.node_timeout 10s)"), "{out}");
+        assert!(out.contains("  edge-1 (this node)  alive, last heartbeat 1970-01-01 00:00:00 UTC (0.4s ago), 3 live stream(s); drawbridge 0.1.0 on 10.0.0.1:5269"), "{out}");
+        assert!(
+            out.contains(
+                "  edge-2  SILENT, last heartbeat 1970-01-01 00:00:00 UTC (45s ago): taken for gone, its 3 stream(s) are not shown"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("  edge-3  stopped at 1970-01-01 00:00:00 UTC"), "{out}");
+        let sled = StoreStatus { backend: "sled".into(), place: "/var/lib/drawbridge/db".into(), reachable: true, ..Default::default() };
+        assert!(!text(|o| store(&sled, o)).contains("nodes"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ConfigError, Ctx, PolicySettings, StoreSettings};
+use crate::store::ClusterSettings;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,15 +27,18 @@ pub(super) struct StoreFile {
     buffer: Option<usize>,
 }
 
-/// `[cluster]`: this node's name among the nodes sharing one PostgreSQL store.
+/// `[cluster]`: this node's name among the nodes sharing one PostgreSQL store, and how it
+/// shows itself to them (its heartbeat) and judges them gone.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct ClusterFile {
     node: Option<String>,
+    heartbeat: Option<String>,
+    node_timeout: Option<String>,
 }
 
 impl ClusterFile {
-    pub fn validate(&self, cx: &Ctx<'_>) -> Result<String, ConfigError> {
+    pub fn validate(&self, cx: &Ctx<'_>) -> Result<ClusterSettings, ConfigError> {
         let node = match &self.node {
             Some(n) => n.clone(),
             None => crate::store::host_name(),
@@ -45,7 +49,21 @@ impl ClusterFile {
                 format!("\"{}\" is not a node name (1 to 64 letters, digits, '-', '_' or '.')", crate::text::escape(&node)),
             ));
         }
-        Ok(node)
+        let heartbeat = cx.duration("cluster.heartbeat", &self.heartbeat, ClusterSettings::HEARTBEAT)?;
+        if heartbeat < Duration::from_millis(100) || heartbeat > Duration::from_secs(60) {
+            return Err(cx.bad("cluster.heartbeat", "is out of range (100ms to 60s)"));
+        }
+        let node_timeout = cx.duration("cluster.node_timeout", &self.node_timeout, ClusterSettings::default_timeout(heartbeat))?;
+        if node_timeout <= heartbeat {
+            return Err(cx.bad(
+                "cluster.node_timeout",
+                format!(
+                    "must be longer than cluster.heartbeat ({}): a node would be taken for gone between two heartbeats (three heartbeats or more is safe)",
+                    humantime::format_duration(heartbeat)
+                ),
+            ));
+        }
+        Ok(ClusterSettings { node, heartbeat, node_timeout })
     }
 }
 
@@ -61,7 +79,7 @@ impl PolicyFile {
 }
 
 impl StoreFile {
-    pub fn validate(&self, cx: &Ctx<'_>, node: String) -> Result<StoreSettings, ConfigError> {
+    pub fn validate(&self, cx: &Ctx<'_>, cluster: ClusterSettings) -> Result<StoreSettings, ConfigError> {
         let max_records = self.max_records.unwrap_or(100_000);
         if max_records < 100 {
             return Err(cx.bad("store.max_records", format!("{max_records} is too small (at least 100)")));
@@ -90,7 +108,8 @@ impl StoreFile {
         Ok(StoreSettings {
             backend,
             buffer,
-            node,
+            node: cluster.node.clone(),
+            cluster,
             max_records,
             max_age: cx.duration("store.max_age", &self.max_age, Duration::from_secs(90 * 86400))?,
             flush_interval: cx.duration("store.flush_interval", &self.flush_interval, Duration::from_secs(1))?,

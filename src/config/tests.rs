@@ -336,3 +336,28 @@ fn store_backend_and_cluster_node_are_validated_naming_the_key() {
         assert!(!e.contains('\n') || !e.contains("edge 1\n"), "no raw newline echoed: {e}");
     }
 }
+
+#[test]
+fn cluster_heartbeat_and_node_timeout_are_validated() {
+    let base = "[server]\ndomains = [\"a.test\"]\n[cluster]\nnode = \"edge-1\"\n";
+    let parse = |extra: &str| Settings::parse(&format!("{base}{extra}"), Path::new("/etc/drawbridge.toml"));
+    let s = parse("").unwrap();
+    assert_eq!(
+        s.store.cluster,
+        crate::store::ClusterSettings { node: "edge-1".into(), heartbeat: Duration::from_secs(2), node_timeout: Duration::from_secs(10) }
+    );
+    let s = parse("heartbeat = \"5s\"\n").unwrap();
+    assert_eq!(s.store.cluster.node_timeout, Duration::from_secs(15), "three heartbeats");
+    let s = parse("heartbeat = \"200ms\"\nnode_timeout = \"1s\"\n").unwrap();
+    assert_eq!((s.store.cluster.heartbeat, s.store.cluster.node_timeout), (Duration::from_millis(200), Duration::from_secs(1)));
+    for (extra, key, says) in [
+        ("heartbeat = \"10ms\"\n", "cluster.heartbeat", "100ms to 60s"),
+        ("heartbeat = \"2m\"\n", "cluster.heartbeat", "100ms to 60s"),
+        ("heartbeat = \"soon\"\n", "cluster.heartbeat", "soon"),
+        ("heartbeat = \"5s\"\nnode_timeout = \"5s\"\n", "cluster.node_timeout", "longer than cluster.heartbeat (5s)"),
+        ("node_timeout = \"0s\"\n", "cluster.node_timeout", "greater than zero"),
+    ] {
+        let e = parse(extra).unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains(says), "{extra}: {e}");
+    }
+}

@@ -60,6 +60,7 @@ impl Reply {
             Reply::Snapshot(x) => serde_json::to_value(x),
             Reply::Transcript(x) => serde_json::to_value(x),
             Reply::Certs(x) => serde_json::to_value(x),
+            Reply::Cluster(x) => serde_json::to_value(x),
         };
         v.unwrap_or(serde_json::Value::Null)
     }
@@ -69,6 +70,7 @@ impl Reply {
         use serde_json::from_value as v;
         Ok(match req {
             Request::Status => Reply::Status(v(data)?),
+            Request::Connections { cluster: true, .. } => Reply::Cluster(v(data)?),
             Request::Connections { .. } | Request::History { .. } => Reply::Streams(v(data)?),
             Request::Close { .. } | Request::Reload | Request::Watch { .. } | Request::BlacklistExport | Request::Metrics => {
                 Reply::Text(v(data)?)

@@ -68,6 +68,14 @@ async fn event_loop(
     // When the feeds' entries were last read: at most once a second while they change (a
     // sync changes many at once), the status tick picking up the last change.
     let mut rtbl_read = tokio::time::Instant::now();
+    // A shared store: the other nodes' streams, read as often as they publish them.
+    let heartbeat = model.status.as_ref().map_or(0, |s| s.store.heartbeat_ms);
+    let mut cluster_tick = tokio::time::interval(Duration::from_millis(heartbeat.max(500)));
+    cluster_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Read in a task of its own (a database out of reach must not freeze the screen), one
+    // read at a time; the answers come back here.
+    let (cluster_tx, mut cluster_rx) = tokio::sync::mpsc::channel::<Result<Reply, String>>(1);
+    let mut cluster_reading = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -79,6 +87,17 @@ async fn event_loop(
                 terminal.draw(|f| super::ui::draw(f, model)).map_err(|e| e.to_string())?;
                 model.dirty = false;
             }
+            _ = cluster_tick.tick(), if model.clustered() && model.all_nodes && !cluster_reading => {
+                cluster_reading = true;
+                let (client, tx) = (client.clone(), cluster_tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(client.request(Request::Connections { closed: false, cluster: true }).await).await;
+                });
+            }
+            r = cluster_rx.recv() => if let Some(r) = r {
+                cluster_reading = false;
+                set_cluster(model, r);
+            },
             _ = status_tick.tick() => {
                 // Uptime and counts in the header.
                 if let Ok(Reply::Status(s)) = client.request(Request::Status).await {
@@ -126,6 +145,28 @@ async fn event_loop(
                 None => return Ok(()),
             },
         }
+    }
+}
+
+/// The other nodes' streams again (a shared store, while every node's are shown).
+pub async fn refresh_cluster(client: &Arc<Client>, model: &mut Model) {
+    if !model.clustered() || !model.all_nodes {
+        return;
+    }
+    let r = client.request(Request::Connections { closed: false, cluster: true }).await;
+    set_cluster(model, r);
+}
+
+/// The answer to `Request::Connections { cluster: true }` into the model (only while every
+/// node's streams are shown).
+fn set_cluster(model: &mut Model, r: Result<Reply, String>) {
+    if !model.all_nodes {
+        return;
+    }
+    match r {
+        Ok(Reply::Cluster(r)) => model.set_cluster(*r),
+        Ok(other) => model.cluster_failed(format!("unexpected answer {other:?}")),
+        Err(e) => model.cluster_failed(e),
     }
 }
 
@@ -212,6 +253,17 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
             m.cycle_sort();
             m.message = Some(format!("connections sorted by {}", m.sort.label()));
         }
+        Intent::Nodes => {
+            if m.clustered() {
+                m.toggle_nodes();
+                if m.all_nodes {
+                    refresh_cluster(client, m).await;
+                }
+                m.message = Some(if m.all_nodes { "every node's streams".into() } else { "this node's streams only".into() });
+            } else {
+                m.message = Some("one node: this node keeps its own store (store.backend = \"sled\"), there are no other nodes".into());
+            }
+        }
         Intent::Follow => m.follow = !m.follow,
         Intent::Reveal => {
             m.reveal = !m.reveal;
@@ -226,8 +278,14 @@ pub async fn act(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &tokio::
         Intent::Approve | Intent::Clear | Intent::Block | Intent::Blacklist | Intent::Keep | Intent::Probe => {
             act_on_domain(client, m, i, notes).await
         }
-        Intent::CloseStream => match m.selected_conn() {
-            Some(c) if m.view == View::Connections && c.state != crate::events::ConnState::Closed => {
+        Intent::CloseStream => match (m.selected_conn(), m.selected_node()) {
+            (Some(_), Some(node)) if m.view == View::Connections => {
+                m.message = Some(format!(
+                    "on node {}: close it there (its dashboard, or drawbridge ctl close on that node)",
+                    crate::text::escape(&node)
+                ))
+            }
+            (Some(c), None) if m.view == View::Connections && c.state != crate::events::ConnState::Closed => {
                 m.prompt = Some(Prompt::ConfirmClose { id: c.id })
             }
             _ => m.message = Some("select a live stream in Connections first".into()),
@@ -276,7 +334,10 @@ async fn act_on_domain(client: &Arc<Client>, m: &mut Model, i: Intent, notes: &t
 async fn open_selected(client: &Arc<Client>, m: &mut Model) {
     match m.view {
         View::Connections => {
-            if let Some(c) = m.selected_conn() {
+            // Another node's stream: its transcript is that node's.
+            if let Some(node) = m.selected_node() {
+                m.message = Some(super::ui::elsewhere_note(&node));
+            } else if let Some(c) = m.selected_conn() {
                 open_transcript(client, m, c.id).await;
             }
         }

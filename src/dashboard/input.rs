@@ -29,6 +29,8 @@ pub enum Intent {
     Explain,
     CycleMode,
     Sort,
+    /// A shared store: every node's streams, or this node's only.
+    Nodes,
     Help,
     Follow,
     Reveal,
@@ -47,6 +49,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("↑ ↓ PgUp PgDn g G", "move"),
     ("/", "filter (domain, id, state, internal, component) / search the transcript; Esc clears"),
     ("s", "connections: sort by age, remote, state or traffic"),
+    ("n", "connections: every node's streams / this node's (a shared store)"),
     ("Enter", "open: a stream's transcript / a domain's history"),
     ("e", "explain: why the selected domain or stream's remote is treated so, rule by rule"),
     ("a", "approve the selected domain (shows what it would do, asks y/n)"),
@@ -109,6 +112,7 @@ pub fn intent(key: KeyEvent, prompt_open: bool) -> Intent {
         KeyCode::Char('e') => Intent::Explain,
         KeyCode::Char('m') => Intent::CycleMode,
         KeyCode::Char('s') => Intent::Sort,
+        KeyCode::Char('n') => Intent::Nodes,
         KeyCode::Char('?') => Intent::Help,
         KeyCode::Char('f') => Intent::Follow,
         KeyCode::Char('r') => Intent::Reveal,
@@ -139,6 +143,7 @@ mod tests {
         assert_eq!(intent(k(KeyCode::Char('B')), false), Intent::Blacklist);
         assert_eq!(intent(k(KeyCode::Char('k')), false), Intent::CloseStream);
         assert_eq!(intent(k(KeyCode::Char('/')), false), Intent::Filter);
+        assert_eq!(intent(k(KeyCode::Char('n')), false), Intent::Nodes);
         assert_eq!(intent(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), false), Intent::Quit);
     }
 

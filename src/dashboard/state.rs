@@ -122,9 +122,25 @@ pub const TRANSCRIPT_VIEW_LINES: usize = 5000;
 /// Bytes of one indented transcript line the view keeps.
 pub const TRANSCRIPT_VIEW_BYTES: usize = 1 << 20;
 
+/// A row of the connections view: a stream of this node (by id), or one another node
+/// published (an index into [`Model::others`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnRow {
+    Local(String),
+    Other(usize),
+}
+
 pub struct Model {
     pub status: Option<Status>,
     pub conns: HashMap<String, ConnSnapshot>,
+    /// A shared store: the other nodes' live streams, as they last published them (read
+    /// every `cluster.heartbeat` while every node's streams are shown).
+    pub others: Vec<crate::store::NodeStream>,
+    /// Why the other nodes' streams could not be read last time.
+    pub cluster_error: Option<String>,
+    /// The connections view shows every node's streams (a shared store), not only this
+    /// node's (`n` toggles).
+    pub all_nodes: bool,
     closed_order: VecDeque<String>,
     pub domains: BTreeMap<String, DomainRecord>,
     pub outcomes: VecDeque<VerificationOutcome>,
@@ -159,7 +175,7 @@ pub struct Model {
     pub no_color: bool,
     /// Something changed since the last frame.
     pub dirty: bool,
-    conn_index: Vec<String>,
+    conn_index: Vec<ConnRow>,
     domain_index: Vec<String>,
     /// The RTBL view's rows: (feed, entry) indexes into [`Model::rtbl`], listed first.
     rtbl_index: Vec<(usize, usize)>,
@@ -189,6 +205,9 @@ impl Model {
         Model {
             status: None,
             conns: HashMap::new(),
+            others: Vec::new(),
+            cluster_error: None,
+            all_nodes: true,
             closed_order: VecDeque::new(),
             domains: BTreeMap::new(),
             outcomes: VecDeque::new(),
@@ -454,18 +473,35 @@ impl Model {
     fn reindex(&mut self) {
         let f = self.filter.to_lowercase();
         if self.index_stale {
-            let mut conns: Vec<&ConnSnapshot> = self.conns.values().filter(|c| f.is_empty() || conn_matches(c, &f)).collect();
+            let here = self.node().unwrap_or_default().to_lowercase();
+            let mut conns: Vec<(ConnRow, &ConnSnapshot)> = self
+                .conns
+                .values()
+                .filter(|c| f.is_empty() || conn_matches(c, &f) || (!here.is_empty() && here.contains(&f)))
+                .map(|c| (ConnRow::Local(c.id.clone()), c))
+                .collect();
+            if self.all_nodes {
+                conns.extend(
+                    self.others
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, o)| f.is_empty() || conn_matches(&o.stream, &f) || o.node.to_lowercase().contains(&f))
+                        .map(|(i, o)| (ConnRow::Other(i), &o.stream)),
+                );
+            }
             // Live streams first (newest first), then closed ones (most recently closed first).
             let closed_last = |a: &ConnSnapshot, b: &ConnSnapshot| (a.state == ConnState::Closed).cmp(&(b.state == ConnState::Closed));
             match self.sort {
-                SortBy::Age => conns.sort_by(|a, b| closed_last(a, b).then(b.opened_ms.cmp(&a.opened_ms))),
-                SortBy::Remote => conns.sort_by(|a, b| closed_last(a, b).then(a.remote.cmp(&b.remote)).then(b.opened_ms.cmp(&a.opened_ms))),
-                SortBy::State => conns.sort_by(|a, b| a.state.as_str().cmp(b.state.as_str()).then(b.opened_ms.cmp(&a.opened_ms))),
+                SortBy::Age => conns.sort_by(|(_, a), (_, b)| closed_last(a, b).then(b.opened_ms.cmp(&a.opened_ms))),
+                SortBy::Remote => {
+                    conns.sort_by(|(_, a), (_, b)| closed_last(a, b).then(a.remote.cmp(&b.remote)).then(b.opened_ms.cmp(&a.opened_ms)))
+                }
+                SortBy::State => conns.sort_by(|(_, a), (_, b)| a.state.as_str().cmp(b.state.as_str()).then(b.opened_ms.cmp(&a.opened_ms))),
                 SortBy::Traffic => {
-                    conns.sort_by(|a, b| closed_last(a, b).then((b.bytes_in + b.bytes_out).cmp(&(a.bytes_in + a.bytes_out))))
+                    conns.sort_by(|(_, a), (_, b)| closed_last(a, b).then((b.bytes_in + b.bytes_out).cmp(&(a.bytes_in + a.bytes_out))))
                 }
             }
-            self.conn_index = conns.into_iter().map(|c| c.id.clone()).collect();
+            self.conn_index = conns.into_iter().map(|(row, _)| row).collect();
             self.index_stale = false;
         }
         if !self.domains_stale {
@@ -493,9 +529,61 @@ impl Model {
         self.dirty = true;
     }
 
-    pub fn conn_rows(&mut self) -> &[String] {
+    pub fn conn_rows(&mut self) -> &[ConnRow] {
         self.reindex();
         &self.conn_index
+    }
+
+    /// A row's stream, and the other node that has it (`None`: this node's).
+    pub fn conn(&self, row: &ConnRow) -> Option<(&ConnSnapshot, Option<&str>)> {
+        match row {
+            ConnRow::Local(id) => self.conns.get(id).map(|c| (c, None)),
+            ConnRow::Other(i) => self.others.get(*i).map(|o| (&o.stream, Some(o.node.as_str()))),
+        }
+    }
+
+    /// This node's name on a shared store (`[cluster] node`); `None` on its own store.
+    pub fn node(&self) -> Option<&str> {
+        self.status.as_ref().filter(|s| s.store.backend == "postgres").and_then(|s| s.store.node.as_deref())
+    }
+
+    /// Several nodes share the store: the connections view has a node column, `n` filters.
+    pub fn clustered(&self) -> bool {
+        self.node().is_some()
+    }
+
+    /// The other nodes' streams as read (`Request::Connections { cluster: true }`); this
+    /// node's rows in it are left out (its own table is fresher).
+    pub fn set_cluster(&mut self, r: crate::engine::ClusterConnections) {
+        self.others = r.streams.into_iter().filter(|s| s.node != r.node).collect();
+        self.cluster_error = r.store_error;
+        self.index_stale = true;
+        self.dirty = true;
+    }
+
+    /// The other nodes' streams could not be read: none shown (rather than old ones), and why.
+    pub fn cluster_failed(&mut self, why: String) {
+        self.others.clear();
+        self.cluster_error = Some(why);
+        self.index_stale = true;
+        self.dirty = true;
+    }
+
+    /// `n`: every node's streams, or this node's only.
+    pub fn toggle_nodes(&mut self) {
+        self.all_nodes = !self.all_nodes;
+        self.selected[View::Connections.index()] = 0;
+        self.index_stale = true;
+        self.dirty = true;
+    }
+
+    /// The other node that has the selected stream (`None`: this node's, or none selected).
+    pub fn selected_node(&mut self) -> Option<String> {
+        let i = self.selected[View::Connections.index()];
+        match self.conn_rows().get(i)?.clone() {
+            ConnRow::Local(_) => None,
+            ConnRow::Other(j) => self.others.get(j).map(|o| o.node.clone()),
+        }
     }
 
     pub fn domain_rows(&mut self) -> &[String] {
@@ -520,8 +608,8 @@ impl Model {
 
     pub fn selected_conn(&mut self) -> Option<ConnSnapshot> {
         let i = self.selected[View::Connections.index()];
-        let id = self.conn_rows().get(i)?.clone();
-        self.conns.get(&id).cloned()
+        let row = self.conn_rows().get(i)?.clone();
+        self.conn(&row).map(|(c, _)| c.clone())
     }
 
     pub fn selected_domain(&mut self) -> Option<String> {

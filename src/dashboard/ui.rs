@@ -409,6 +409,18 @@ fn draw_header(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
         if let Some(node) = &s.node {
             line1.spans.push(Span::raw(format!("  node {}", crate::text::escape(node))));
         }
+        // The other nodes: how many are alive; a silent one (no heartbeat within
+        // cluster.node_timeout, and not stopped) is named.
+        if !s.nodes.is_empty() {
+            let alive = s.nodes.iter().filter(|n| n.alive).count();
+            line1.spans.push(Span::raw(format!(" ({alive}/{} nodes alive)", s.nodes.len())));
+            let silent: Vec<String> =
+                s.nodes.iter().filter(|n| !n.alive && n.stopped_ms.is_none()).map(|n| crate::text::escape(&n.node).into_owned()).collect();
+            if !silent.is_empty() {
+                spans
+                    .push(Span::styled(format!(" ! node {} silent ", silent.join(", ")), t.fg(Color::Yellow).add_modifier(Modifier::BOLD)));
+            }
+        }
         if let Some(since) = s.down_since_ms {
             spans.push(Span::styled(
                 format!(
@@ -453,6 +465,10 @@ fn draw_tabs(f: &mut Frame, m: &Model, t: &Theme, area: Rect) {
     if !m.filter.is_empty() {
         spans.push(Span::styled(format!(" filter: {}", m.filter), t.fg(Color::Cyan)));
     }
+    if let Some(node) = m.node() {
+        let which = if m.all_nodes { "every node".to_owned() } else { format!("this node ({})", escape(node)) };
+        spans.push(Span::styled(format!(" nodes: {which}"), t.fg(Color::Cyan)));
+    }
     f.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
@@ -474,10 +490,20 @@ fn draw_connections(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
     let total = m.conn_rows().len();
     let (start, end) = window(sel, total, list.height.saturating_sub(2) as usize);
     let visible = m.conn_rows()[start..end].to_vec();
+    // A shared store: the node that has each stream (this one's name too), first.
+    let here = m.node().map(|n| escape(n).into_owned());
     let mut rows = Vec::with_capacity(end - start);
-    for (i, id) in visible.iter().enumerate() {
-        let Some(c) = m.conns.get(id) else { continue };
-        let mut row = Row::new(conn_cells(m, id, c, now, wide));
+    for (i, row) in visible.iter().enumerate() {
+        let Some((c, node)) = m.conn(row) else { continue };
+        let mut cells = conn_cells(m, &c.id, c, now, wide);
+        if let Some(here) = &here {
+            let cell = match node {
+                Some(n) => Cell::from(escape(n).into_owned()),
+                None => Cell::from(here.clone()),
+            };
+            cells.insert(0, cell);
+        }
+        let mut row = Row::new(cells);
         if c.state == ConnState::Closed {
             row = row.style(t.dim());
         }
@@ -486,14 +512,26 @@ fn draw_connections(f: &mut Frame, m: &mut Model, t: &Theme, area: Rect) {
         }
         rows.push(row);
     }
-    let (header, widths) = conn_columns(wide);
+    let (mut header, mut widths) = conn_columns(wide);
+    if let Some(here) = &here {
+        let longest = m.others.iter().map(|o| escape(&o.node).chars().count()).chain([here.chars().count()]).max().unwrap_or(4);
+        header.insert(0, "node");
+        widths.insert(0, Constraint::Length(longest.clamp(4, if wide { 24 } else { 10 }) as u16));
+    }
     let title = connections_title(m, total);
     let table =
         Table::new(rows, widths).header(Row::new(header).style(t.header())).block(Block::default().borders(Borders::TOP).title(title));
     f.render_widget(table, list);
     if detail_h > 0 {
+        let elsewhere = m.selected_node();
         let lines = match m.selected_conn() {
-            Some(c) => conn_detail(&c),
+            Some(c) => {
+                let mut lines = conn_detail(&c);
+                if let Some(n) = elsewhere {
+                    lines.insert(0, Line::from(Span::styled(elsewhere_note(&n), t.fg(Color::Yellow))));
+                }
+                lines
+            }
             None => vec![Line::from("no streams yet")],
         };
         f.render_widget(
@@ -572,13 +610,29 @@ fn conn_columns(wide: bool) -> (Vec<&'static str>, Vec<Constraint>) {
     }
 }
 
-/// The table's title: live and recently closed counts, or the matches of the filter.
+/// What the dashboard says of a stream another node has: where it is, and where its
+/// transcript can be read.
+pub fn elsewhere_note(node: &str) -> String {
+    format!("on node {}: attach to that node's dashboard for its transcript", escape(node))
+}
+
+/// The table's title: live and recently closed counts (a shared store: this node's and the
+/// other nodes'), or the matches of the filter.
 fn connections_title(m: &mut Model, total: usize) -> String {
     let c = m.counts();
-    if m.filter.is_empty() {
-        format!(" Connections ({} live, {} recently closed; by {}) ", c.live_in + c.live_out, c.closed, m.sort.label())
-    } else {
-        format!(" Connections ({total} matching; by {}) ", m.sort.label())
+    let sort = m.sort.label();
+    if !m.filter.is_empty() {
+        return format!(" Connections ({total} matching; by {sort}) ");
+    }
+    let here = format!("{} live, {} recently closed", c.live_in + c.live_out, c.closed);
+    match m.node() {
+        None => format!(" Connections ({here}; by {sort}) "),
+        Some(_) if !m.all_nodes => format!(" Connections (this node only: {here}; by {sort}; n: every node) "),
+        Some(_) => {
+            let nodes = m.others.iter().map(|o| o.node.as_str()).collect::<std::collections::BTreeSet<_>>().len();
+            let unread = if m.cluster_error.is_some() { ", other nodes unreadable" } else { "" };
+            format!(" Connections (here {here}; {} live on {nodes} other node(s){unread}; by {sort}) ", m.others.len())
+        }
     }
 }
 
@@ -803,7 +857,7 @@ fn draw_footer(f: &mut Frame, m: &Model, t: &Theme, area: Rect) {
     });
     let keys = match m.view {
         View::Connections => {
-            "Enter transcript  e explain  k close  a approve  b block  B blacklist  p probe  / filter  s sort  m mode  ? help  q quit"
+            "Enter transcript  e explain  k close  a approve  b block  B blacklist  p probe  / filter  s sort  n nodes  m mode  ? help  q quit"
         }
         View::Domains => "a approve  b block  B blacklist  u clear  p probe  Enter history  e explain  / filter  m mode  ? help  q quit",
         View::Verifications => "/ filter (domain or result)  e explain  a approve  b block  ? help  q quit",

@@ -15,6 +15,10 @@ pub enum Request {
     Connections {
         #[serde(default)]
         closed: bool,
+        /// Every node's streams on a shared store (`ctl connections --cluster`): answered
+        /// with [`Reply::Cluster`].
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cluster: bool,
     },
     Close {
         id: String,
@@ -700,6 +704,23 @@ pub enum Reply {
     Snapshot(Box<Snapshot>),
     Transcript(Vec<crate::events::TranscriptLine>),
     Certs(Box<CertsReport>),
+    /// `connections --cluster`: every node's streams, each with its node.
+    Cluster(Box<ClusterConnections>),
+}
+
+/// `ctl connections --cluster`: the streams of every node sharing the store, each with the
+/// node that has it. This node's come from its table (as `ctl connections` shows them);
+/// the other nodes' as they last published them (every `cluster.heartbeat`), of the nodes
+/// alive only (heartbeat younger than `cluster.node_timeout`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterConnections {
+    /// The node that answered (its streams' transcripts are the ones it can show).
+    pub node: String,
+    pub streams: Vec<crate::store::NodeStream>,
+    /// Why the other nodes' streams are missing (the shared store could not be read): the
+    /// streams listed are this node's alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
 }
 
 /// `ctl certs`: the certificate each remote domain last authenticated by (its record's),
@@ -849,6 +870,10 @@ pub enum EngineError {
     NotHosted(String),
     #[error("no live stream with id {0} (see `drawbridge ctl connections`)")]
     NoLiveStream(String),
+    #[error(
+        "there is no cluster here: this node keeps its own store (store.backend = \"sled\"); `drawbridge ctl connections` lists its streams. Nodes share a view with store.backend = \"postgres\""
+    )]
+    NoCluster,
     #[error("no stream with id {0} (live or recently closed)")]
     NoStream(String),
     #[error("a blacklist entry needs a reason (--reason)")]

@@ -1,13 +1,16 @@
 //! Several nodes on one shared store (issue 20): this node follows the policy changes the
-//! others make. A change another node's operator made takes effect here as a local one
-//! would: the live policy, the streams it now refuses closed, the held ones re-judged (the
-//! policy's generation wakes them), the dashboard told.
+//! others make, and shows itself to them. A change another node's operator made takes
+//! effect here as a local one would: the live policy, the streams it now refuses closed, the
+//! held ones re-judged (the policy's generation wakes them), the dashboard told. Every
+//! `[cluster] heartbeat` this node publishes its live streams and its heartbeat
+//! ([`publish`]): the cluster's view (`ctl connections --cluster`, `ctl status`, the
+//! dashboard) is made of what the nodes publish.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Shared, commands};
-use crate::events::Event;
+use crate::events::{Event, now_ms};
 
 /// Apply the other nodes' changes as their notices arrive (coalesced: a burst of notices is
 /// one read). A read that fails is retried after a pause; its notices are kept.
@@ -42,6 +45,48 @@ pub(super) async fn follow(shared: Arc<Shared>) {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
+        }
+    }
+}
+
+/// Every `cluster.heartbeat`: this node's live streams (those that changed) and its
+/// heartbeat into the shared store, and the nodes read back for `ctl status`. Off the
+/// stanza path; a publish the database cannot take is skipped, not queued (the next one
+/// writes everything again). Ends at shutdown (which marks the node stopped), or when a test
+/// silences the node ([`Shared::heartbeat`]).
+pub(super) async fn publish(shared: Arc<Shared>) {
+    if shared.store.postgres().is_none() {
+        return;
+    }
+    let cluster = &shared.settings.store.cluster;
+    let me = crate::store::NodeInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        listen: shared.listening.federation.iter().map(|a| a.to_string()).collect(),
+        started_ms: now_ms().saturating_sub(shared.started.elapsed().as_millis() as u64),
+    };
+    let mut tick = tokio::time::interval(cluster.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = shared.heartbeat.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match shared.store.publish(&shared.table.snapshots(false), &me).await {
+            Ok(()) if failing => {
+                tracing::info!("cluster: this node's streams and heartbeat are published again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!(
+                    "cluster: this node's streams and heartbeat could not be published: {e}; the other nodes take it for gone after their cluster.node_timeout; trying again every {}",
+                    humantime::format_duration(cluster.heartbeat)
+                );
+                failing = true;
+            }
+            Err(_) => {}
         }
     }
 }

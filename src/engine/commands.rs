@@ -36,7 +36,8 @@ pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Re
     }
     match req {
         Request::Status => Ok(Reply::Status(Box::new(status(shared)))),
-        Request::Connections { closed } => Ok(Reply::Streams(shared.table.snapshots(closed))),
+        Request::Connections { closed, cluster: false } => Ok(Reply::Streams(shared.table.snapshots(closed))),
+        Request::Connections { closed, cluster: true } => Ok(Reply::Cluster(Box::new(cluster_connections(shared, closed).await?))),
         Request::Close { id } => {
             if close_stream(shared, &id, "closed by the operator (ctl close)") {
                 text(format!("closing stream {id}"))
@@ -81,6 +82,24 @@ pub(super) async fn execute(shared: &Arc<Shared>, req: Request, who: &str) -> Re
             None => Err(EngineError::NoLiveStream(id)),
         },
     }
+}
+
+/// Every node's streams: this node's from its table, the other nodes' from the shared store
+/// (what it cannot read is named, this node's are listed all the same).
+async fn cluster_connections(shared: &Shared, closed: bool) -> Result<ClusterConnections, EngineError> {
+    let closed_max = shared.settings.limits.closed_streams;
+    let others = shared.store.cluster_streams(closed, closed_max).await.ok_or(EngineError::NoCluster)?;
+    let node = shared.settings.store.node.clone();
+    let mut streams: Vec<crate::store::NodeStream> =
+        shared.table.snapshots(closed).into_iter().map(|stream| crate::store::NodeStream { node: node.clone(), stream }).collect();
+    let store_error = match others {
+        Ok(v) => {
+            streams.extend(v);
+            None
+        }
+        Err(e) => Some(e.to_string()),
+    };
+    Ok(ClusterConnections { node, streams, store_error })
 }
 
 fn parse(domain: &str) -> Result<Domain, EngineError> {

@@ -91,6 +91,8 @@ struct Shared {
     familiar: Option<Arc<crate::rtbl::familiar::Familiarity>>,
     /// Dry runs one at a time (one permit).
     previews: Arc<tokio::sync::Semaphore>,
+    /// Cancelled, the cluster publisher stops (at shutdown; a test's node gone silent).
+    heartbeat: CancellationToken,
 }
 
 impl Shared {
@@ -183,6 +185,10 @@ impl Engine {
         if let Err(e) = self.shared.store.flush().await {
             tracing::error!("store: {e}");
         }
+        // A shared store: the others see this node stopped, not silent.
+        if let Err(e) = self.shared.store.leave().await {
+            tracing::error!("store: {e}");
+        }
         let _ = std::fs::remove_file(&self.shared.settings.control_socket);
     }
 }
@@ -267,7 +273,8 @@ async fn maintenance_loop(shared: Arc<Shared>) {
                     tracing::error!("store flush: {e}");
                 }
             }
-            _ = snapshot.tick() => {
+            // A shared store's rows are kept current by the cluster's publisher.
+            _ = snapshot.tick(), if shared.store.postgres().is_none() => {
                 if let Err(e) = shared.store.snapshot_open(&shared.table.snapshots(false)) {
                     tracing::error!("store: {e}");
                 }

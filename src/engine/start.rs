@@ -190,6 +190,7 @@ fn assemble(settings: Settings, kept: Kept, listening: Listening) -> Result<(Arc
         settings,
         familiar: rtbl.familiar.clone(),
         previews: Arc::new(tokio::sync::Semaphore::new(1)),
+        heartbeat: CancellationToken::new(),
     });
     Ok((shared, rtbl))
 }
@@ -357,6 +358,7 @@ fn spawn_loops(shared: &Arc<Shared>, listeners: Listeners, rtbl: Rtbl) -> JoinSe
     tasks.spawn(counters_loop(shared.clone()));
     tasks.spawn(maintenance_loop(shared.clone()));
     tasks.spawn(super::cluster::follow(shared.clone()));
+    tasks.spawn(super::cluster::publish(shared.clone()));
     tasks.spawn(super::certs::local_loop(shared.clone()));
     if let Some(parts) = rtbl.driver {
         tasks.spawn(super::rtbl::drive(shared.clone(), parts));

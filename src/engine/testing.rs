@@ -44,6 +44,12 @@ impl Testing<'_> {
         self.0.shared.tls.get().our_cert.fingerprint_sha256.clone()
     }
 
+    /// This node goes silent to the others (as a hung process would): its publisher stops,
+    /// its heartbeat ages, its published streams stay in the shared store.
+    pub fn stop_heartbeat(&self) {
+        self.0.shared.heartbeat.cancel();
+    }
+
     /// An outcome as a stream driver reports it.
     pub fn record_outcome(&self, outcome: VerificationOutcome) {
         self.0.shared.recorder.record_outcome(outcome, None)

@@ -76,8 +76,68 @@ pub struct StoreSettings {
     pub max_age: std::time::Duration,
     /// History and outcomes reach the disk at least this often.
     pub flush_interval: std::time::Duration,
-    /// Open streams are snapshotted this often.
+    /// Open streams are snapshotted this often (the embedded store; a shared store's view
+    /// is published every `cluster.heartbeat`).
     pub snapshot_interval: std::time::Duration,
+    /// `[cluster]`: how this node shows itself to the others on a shared store.
+    pub cluster: ClusterSettings,
+}
+
+/// `[cluster]`: this node among the nodes sharing one PostgreSQL store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// This node's name (the same as [`StoreSettings::node`]).
+    pub node: String,
+    /// How often this node publishes its live streams and its heartbeat (`cluster.heartbeat`).
+    pub heartbeat: std::time::Duration,
+    /// A node whose last heartbeat is older is taken for gone: its streams are not shown
+    /// (`cluster.node_timeout`).
+    pub node_timeout: std::time::Duration,
+}
+
+impl ClusterSettings {
+    /// `cluster.heartbeat` when not set.
+    pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// `cluster.node_timeout` when not set: three heartbeats, at least 10 s.
+    pub fn default_timeout(heartbeat: std::time::Duration) -> std::time::Duration {
+        (heartbeat * 3).max(std::time::Duration::from_secs(10))
+    }
+}
+
+/// One node of a shared store, as its heartbeats tell (`ctl status`, the dashboard's header).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    /// Its last heartbeat (unix ms, the database's clock).
+    pub heartbeat_ms: u64,
+    /// When it started (unix ms, its own clock).
+    pub started_ms: u64,
+    /// When it stopped cleanly (unix ms); a node that died says nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_ms: Option<u64>,
+    /// Its heartbeat is younger than this node's `cluster.node_timeout` and it did not stop:
+    /// its streams are shown.
+    pub alive: bool,
+    /// The live streams it published last.
+    pub streams: usize,
+    /// Its drawbridge version.
+    #[serde(default)]
+    pub version: String,
+    /// Where it listens for federation.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// How old its last heartbeat was when this was read (ms), by the database's clock.
+    #[serde(default)]
+    pub age_ms: u64,
+}
+
+/// A stream and the node that has it (`ctl connections --cluster`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct NodeStream {
+    pub node: String,
+    #[serde(flatten)]
+    pub stream: ConnSnapshot,
 }
 
 /// Where the store is and whether it is reachable (`ctl status`, the dashboard's header,
@@ -105,6 +165,29 @@ pub struct StoreStatus {
     /// Records dropped because the buffer was full, since start.
     #[serde(default)]
     pub dropped: u64,
+    /// A shared store: every node that published a heartbeat (this one too), by name, as
+    /// this node's publisher last read them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeStatus>,
+    /// `cluster.heartbeat` and `cluster.node_timeout` (ms), on a shared store.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub heartbeat_ms: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub node_timeout_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What a node says of itself with each heartbeat.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub version: String,
+    /// Where it listens for federation.
+    pub listen: Vec<String>,
+    /// When it started (unix ms).
+    pub started_ms: u64,
 }
 
 /// The store the engine runs on.
@@ -138,9 +221,9 @@ impl Store {
     pub async fn open_configured(settings: &StoreSettings, data_dir: &std::path::Path) -> Result<Store, StoreError> {
         match &settings.backend {
             Backend::Sled => Store::open(data_dir),
-            Backend::Postgres { conninfo } => {
-                Ok(Store { backend: Open::Postgres(Box::new(PgStore::open(conninfo, &settings.node, settings.buffer, data_dir).await?)) })
-            }
+            Backend::Postgres { conninfo } => Ok(Store {
+                backend: Open::Postgres(Box::new(PgStore::open(conninfo, &settings.cluster, settings.buffer, data_dir).await?)),
+            }),
         }
     }
 
@@ -181,6 +264,9 @@ impl Store {
                     backlog,
                     buffer: p.buffer(),
                     dropped,
+                    nodes: p.nodes(),
+                    heartbeat_ms: p.cluster().heartbeat.as_millis() as u64,
+                    node_timeout_ms: p.cluster().node_timeout.as_millis() as u64,
                 }
             }
         }
@@ -263,9 +349,39 @@ impl Store {
         }
     }
 
-    /// Replace the snapshots of this node's open streams.
+    /// Replace the snapshots of this node's open streams (on a shared store the publisher
+    /// keeps them current: see [`Store::publish`]).
     pub fn snapshot_open(&self, live: &[ConnSnapshot]) -> Result<(), StoreError> {
         each!(self, s => s.snapshot_open(live))
+    }
+
+    /// A shared store: this node's live streams (what changed since the last call) and its
+    /// heartbeat, in one transaction; then the nodes are read again for [`Store::status`].
+    /// Nothing to do on the embedded store.
+    pub async fn publish(&self, live: &[ConnSnapshot], me: &NodeInfo) -> Result<(), StoreError> {
+        match &self.backend {
+            Open::Sled(_) => Ok(()),
+            Open::Postgres(p) => p.publish(live, me).await,
+        }
+    }
+
+    /// A shared store: this node stops (cleanly): its streams are no longer shown and the
+    /// others see it stopped, not silent.
+    pub async fn leave(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Open::Sled(_) => Ok(()),
+            Open::Postgres(p) => p.leave().await,
+        }
+    }
+
+    /// A shared store: the live streams of the other nodes that are alive (as they last
+    /// published them), and with `closed` the streams they closed last (at most `closed_max`).
+    /// `None` on the embedded store: there are no other nodes.
+    pub async fn cluster_streams(&self, closed: bool, closed_max: usize) -> Option<Result<Vec<NodeStream>, StoreError>> {
+        match &self.backend {
+            Open::Sled(_) => None,
+            Open::Postgres(p) => Some(p.cluster_streams(closed, closed_max).await),
+        }
     }
 
     /// Streams this node left open when it last stopped without closing them: into the

@@ -13,13 +13,23 @@
 //! An operator's change ([`PgStore::commit`]) is one transaction, acknowledged only once it
 //! committed; it fails at once, and changes nothing, while the database is unreachable.
 //!
+//! The cluster's view ([`PgStore::publish`], every `[cluster] heartbeat`): each node keeps
+//! its rows of `open_streams` current (only the streams that changed since its last publish
+//! are written, those that ended deleted) and its heartbeat in `nodes`, in one transaction on
+//! the session connection, never on the stanza path; while the database is unreachable a
+//! publish is skipped, not queued. A node whose heartbeat is older than `[cluster]
+//! node_timeout` (by the database's clock: nodes' clocks may differ) is taken for gone: its
+//! streams are not shown ([`PgStore::cluster_streams`]), and when it starts again it moves
+//! them into the history (crash recovery reads the same rows).
+//!
 //! Tables (schema version [`SCHEMA_VERSION`], applied at start under an advisory lock so
 //! that nodes starting together migrate once): `drawbridge_schema`, `drawbridge_meta`
 //! (secrets, mode), `domains` (the decision: state, reason, who, expiry; one row per domain,
 //! the newest decision wins), `domain_stats` (counters and sightings, per node), `policy_log`,
-//! `outcomes`, `history`, `open_streams` (per node), `rtbl`, `rtbl_feeds`, `familiar`.
+//! `outcomes`, `history`, `open_streams` (per node), `rtbl`, `rtbl_feeds`, `familiar`;
+//! since version 2 `nodes` (each node's heartbeat, start, clean stop, version, addresses).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,19 +40,20 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::types::Json;
 use tokio_postgres::{Client, Config};
 
-use super::{RtblRecord, SledStore, StoreError};
+use super::{ClusterSettings, NodeInfo, NodeStatus, NodeStream, RtblRecord, SledStore, StoreError};
 use crate::policy::{DomainRecord, Mode, PolicyAction, PolicyWrite};
 use crate::rtbl::familiar::{PairHash, Write};
 use crate::rtbl::{Change, Entry, FeedKey, FeedStatus};
 use crate::types::{ConnSnapshot, VerificationOutcome, now_ms};
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Each migration brings the schema from the version before it to its own.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE drawbridge_meta (key text PRIMARY KEY, value bytea NOT NULL);
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE drawbridge_meta (key text PRIMARY KEY, value bytea NOT NULL);
      CREATE TABLE domains (domain text PRIMARY KEY, decision jsonb NOT NULL, decided_ms bigint NOT NULL DEFAULT 0);
      CREATE TABLE domain_stats (domain text NOT NULL, node text NOT NULL, record jsonb NOT NULL, PRIMARY KEY (domain, node));
      CREATE TABLE policy_log (id bigserial PRIMARY KEY, time_ms bigint NOT NULL, node text NOT NULL, domain text, record jsonb NOT NULL);
@@ -61,7 +72,15 @@ const MIGRATIONS: &[(i32, &str)] = &[(
                         PRIMARY KEY (service, feed_node, domain));
      CREATE TABLE rtbl_feeds (service text NOT NULL, feed_node text NOT NULL, status jsonb NOT NULL, PRIMARY KEY (service, feed_node));
      CREATE TABLE familiar (pair bytea PRIMARY KEY, last_ms bigint NOT NULL);",
-)];
+    ),
+    // The cluster's view (issue 20): each node's heartbeat; its live streams are its rows
+    // of open_streams, kept current by its publisher.
+    (
+        2,
+        "CREATE TABLE nodes (node text PRIMARY KEY, heartbeat_ms bigint NOT NULL, started_ms bigint NOT NULL, stopped_ms bigint,
+                            version text NOT NULL DEFAULT '', listen text[] NOT NULL DEFAULT '{}');",
+    ),
+];
 
 /// The advisory lock nodes take to migrate one at a time ("drawbrg").
 const MIGRATION_LOCK: i64 = 0x0064_7261_7762_7267;
@@ -74,6 +93,9 @@ const BATCH: usize = 512;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Statements of an operator's change or a read, at most.
 const STATEMENT_TIMEOUT_MS: u32 = 10_000;
+/// The database's clock, unix ms: heartbeats are written and judged by it alone, so that
+/// the nodes' clocks need not agree.
+const DB_NOW_MS: &str = "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 /// A libpq conninfo (`host=… dbname=…`) or `postgresql://` URL, checked.
 pub fn parse_conninfo(s: &str) -> Result<Config, String> {
@@ -200,6 +222,12 @@ enum Op {
 
 pub struct PgStore {
     node: String,
+    cluster: ClusterSettings,
+    /// What the last publish committed: each live stream's fingerprint by id (`None`: not
+    /// known, the next publish writes every row).
+    published: Mutex<Option<HashMap<String, u64>>>,
+    /// The nodes as the last publish read them.
+    nodes: Mutex<Vec<NodeStatus>>,
     config: Config,
     place: String,
     /// The small state, as synchronous reads see it.
@@ -223,7 +251,8 @@ pub struct PgStore {
 impl PgStore {
     /// Connect, migrate, read the shared state into the working copy in `data_dir`, move the
     /// streams this node left open into the history, and start the writer.
-    pub async fn open(conninfo: &str, node: &str, buffer: usize, data_dir: &Path) -> Result<PgStore, StoreError> {
+    pub async fn open(conninfo: &str, cluster: &ClusterSettings, buffer: usize, data_dir: &Path) -> Result<PgStore, StoreError> {
+        let node = cluster.node.as_str();
         let config = parse_conninfo(conninfo).map_err(|msg| StoreError::Postgres { place: "store.postgres".into(), msg })?;
         let place = describe(&config);
         let pg = |e: tokio_postgres::Error| StoreError::Postgres { place: place.clone(), msg: pg_error(&e) };
@@ -258,6 +287,9 @@ impl PgStore {
         tokio::spawn(listen(config.clone(), node.to_owned(), place.clone(), pending.clone(), noticed.clone(), writes.downgrade()));
         Ok(PgStore {
             node: node.to_owned(),
+            cluster: cluster.clone(),
+            published: Mutex::new(None),
+            nodes: Mutex::new(Vec::new()),
             config,
             place,
             copy,
@@ -356,6 +388,156 @@ impl PgStore {
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// `[cluster]`.
+    pub fn cluster(&self) -> &ClusterSettings {
+        &self.cluster
+    }
+
+    /// The nodes as this node's publisher last read them (this one included once it
+    /// published): name, heartbeat, alive, live streams.
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// This node's live streams and its heartbeat, in one transaction on the session
+    /// connection: the streams whose fingerprint changed since the last publish written,
+    /// those that ended deleted (every row, after a failed publish or at the first), the
+    /// heartbeat by the database's clock. Then the nodes are read for [`PgStore::nodes`].
+    /// Fails at once, and is not queued, when the database cannot be reached.
+    pub async fn publish(&self, live: &[ConnSnapshot], me: &NodeInfo) -> Result<(), StoreError> {
+        // Taken: a publish that fails leaves `None`, and the next writes everything.
+        let before = self.published.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut now = HashMap::with_capacity(live.len());
+        let (mut ids, mut records) = (Vec::new(), Vec::new());
+        for s in live {
+            let fp = fingerprint(s);
+            if before.as_ref().and_then(|b| b.get(&s.id)) != Some(&fp) {
+                ids.push(s.id.as_str());
+                records.push(Json(s));
+            }
+            now.insert(s.id.clone(), fp);
+        }
+        let ended: Option<Vec<&str>> = before.as_ref().map(|b| b.keys().filter(|id| !now.contains_key(*id)).map(String::as_str).collect());
+        let all: Vec<&str> = live.iter().map(|s| s.id.as_str()).collect();
+        let mut session = self.session().await?;
+        let client = session.as_mut().expect("connected");
+        let r: Result<Vec<NodeStatus>, tokio_postgres::Error> = async {
+            let tx = client.transaction().await?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO nodes (node, heartbeat_ms, started_ms, stopped_ms, version, listen) VALUES ($1, {DB_NOW_MS}, $2, NULL, $3, $4)
+                     ON CONFLICT (node) DO UPDATE SET heartbeat_ms = EXCLUDED.heartbeat_ms, started_ms = EXCLUDED.started_ms,
+                       stopped_ms = NULL, version = EXCLUDED.version, listen = EXCLUDED.listen"
+                ),
+                &[&self.node, &(me.started_ms as i64), &me.version, &me.listen],
+            )
+            .await?;
+            match &ended {
+                None => tx.execute("DELETE FROM open_streams WHERE node = $1 AND NOT (id = ANY($2))", &[&self.node, &all]).await?,
+                Some(gone) if !gone.is_empty() => {
+                    tx.execute("DELETE FROM open_streams WHERE node = $1 AND id = ANY($2)", &[&self.node, gone]).await?
+                }
+                Some(_) => 0,
+            };
+            if !ids.is_empty() {
+                tx.execute(
+                    "INSERT INTO open_streams (node, id, record) SELECT $1, x.id, x.record FROM unnest($2::text[], $3::jsonb[]) AS x(id, record)
+                     ON CONFLICT (node, id) DO UPDATE SET record = EXCLUDED.record",
+                    &[&self.node, &ids, &records],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            read_nodes(client, self.cluster.node_timeout).await
+        }
+        .await;
+        match r {
+            Ok(nodes) => {
+                *self.published.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+                *self.nodes.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
+                Ok(())
+            }
+            Err(e) => {
+                if client.is_closed() {
+                    *session = None;
+                }
+                Err(self.pg(&e))
+            }
+        }
+    }
+
+    /// This node stops cleanly: its rows of `open_streams` deleted, and its heartbeat row
+    /// marked stopped (the others show it stopped, not silent).
+    pub async fn leave(&self) -> Result<(), StoreError> {
+        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let mut session = self.session().await?;
+        let client = session.as_mut().expect("connected");
+        let r: Result<(), tokio_postgres::Error> = async {
+            let tx = client.transaction().await?;
+            tx.execute("DELETE FROM open_streams WHERE node = $1", &[&self.node]).await?;
+            tx.execute(
+                &format!("UPDATE nodes SET stopped_ms = $2, heartbeat_ms = {DB_NOW_MS} WHERE node = $1"),
+                &[&self.node, &(now_ms() as i64)],
+            )
+            .await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = r {
+            if client.is_closed() {
+                *session = None;
+            }
+            return Err(self.pg(&e));
+        }
+        Ok(())
+    }
+
+    /// The live streams of the other nodes that are alive (their heartbeat younger than
+    /// `cluster.node_timeout`, by the database's clock, and not stopped), as they last
+    /// published them; with `closed`, the streams the other nodes closed last too (at most
+    /// `closed_max`, from the history).
+    pub async fn cluster_streams(&self, closed: bool, closed_max: usize) -> Result<Vec<NodeStream>, StoreError> {
+        let mut session = self.session().await?;
+        let client = session.as_ref().expect("connected");
+        let timeout = self.cluster.node_timeout.as_millis() as i64;
+        let r: Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> = async {
+            let mut rows = client
+                .query(
+                    &format!(
+                        "SELECT o.node, o.record FROM open_streams o JOIN nodes n ON n.node = o.node
+                         WHERE o.node <> $1 AND n.stopped_ms IS NULL AND n.heartbeat_ms > {DB_NOW_MS} - $2
+                         ORDER BY o.node, o.id"
+                    ),
+                    &[&self.node, &timeout],
+                )
+                .await?;
+            if closed {
+                rows.extend(
+                    client
+                        .query(
+                            "SELECT node, record FROM history WHERE node <> $1 ORDER BY last_ms DESC, id DESC LIMIT $2",
+                            &[&self.node, &(closed_max as i64)],
+                        )
+                        .await?,
+                );
+            }
+            Ok(rows)
+        }
+        .await;
+        match r {
+            Ok(rows) => Ok(rows
+                .iter()
+                .filter_map(|r| Some(NodeStream { node: r.get(0), stream: r.try_get::<_, Json<ConnSnapshot>>(1).ok()?.0 }))
+                .collect()),
+            Err(e) => {
+                if client.is_closed() {
+                    *session = None;
+                }
+                Err(self.pg(&e))
+            }
+        }
     }
 
     /// Whether the writer reaches the database now.
@@ -617,6 +799,20 @@ impl PgStore {
                 }
             }
         }
+        // Nodes not heard from within max_age, and with no streams left behind (a node
+        // that died keeps them until it starts again and moves them into the history).
+        let gone = client
+            .execute(
+                "DELETE FROM nodes n WHERE n.heartbeat_ms < $1 AND NOT EXISTS (SELECT 1 FROM open_streams o WHERE o.node = n.node)",
+                &[&cutoff],
+            )
+            .await;
+        if let Err(e) = gone {
+            if client.is_closed() {
+                *session = None;
+            }
+            return Err(self.pg(&e));
+        }
         Ok(removed)
     }
 
@@ -851,6 +1047,48 @@ async fn load(client: &Client, node: &str, copy: &SledStore) -> Result<(), tokio
     }
     let _ = copy.familiar_write(&pairs);
     Ok(())
+}
+
+/// A stream's row as shown (every field): a publish writes it again only when this changed.
+fn fingerprint(s: &ConnSnapshot) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(s).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+/// Every node's heartbeat row, with its live streams counted and judged against `timeout`
+/// by the database's clock.
+async fn read_nodes(client: &Client, timeout: Duration) -> Result<Vec<NodeStatus>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT n.node, n.heartbeat_ms, n.started_ms, n.stopped_ms, n.version, n.listen,
+                        (SELECT count(*) FROM open_streams o WHERE o.node = n.node), {DB_NOW_MS}
+                 FROM nodes n ORDER BY n.node"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let heartbeat_ms = r.get::<_, i64>(1).max(0) as u64;
+            let stopped_ms = r.get::<_, Option<i64>>(3).map(|t| t.max(0) as u64);
+            let age_ms = (r.get::<_, i64>(7).max(0) as u64).saturating_sub(heartbeat_ms);
+            NodeStatus {
+                node: r.get(0),
+                heartbeat_ms,
+                started_ms: r.get::<_, i64>(2).max(0) as u64,
+                stopped_ms,
+                alive: stopped_ms.is_none() && age_ms < timeout.as_millis() as u64,
+                streams: r.get::<_, i64>(6).max(0) as usize,
+                version: r.get(4),
+                listen: r.get(5),
+                age_ms,
+            }
+        })
+        .collect())
 }
 
 /// This node's streams that were open when it last stopped without closing them: into the
