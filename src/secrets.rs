@@ -21,6 +21,13 @@ pub fn secret_files(settings: &Settings) -> Vec<(PathBuf, String)> {
         if !inline.is_empty() {
             out.push((src.clone(), format!("component secrets ({})", inline.join(", "))));
         }
+        // Whoever reads the shared store's password reads the dialback secret and the
+        // gateway CA's key kept there.
+        if let crate::store::Backend::Postgres { conninfo } = &settings.store.backend
+            && crate::store::postgres::parse_conninfo(conninfo).is_ok_and(|c| c.get_password().is_some())
+        {
+            out.push((src.clone(), "the PostgreSQL password (store.postgres)".into()));
+        }
     }
     for c in &settings.components.list {
         if let Some(f) = &c.secret_file {
@@ -122,6 +129,14 @@ mod tests {
         // A secret inline: the config file is checked; a secret_file instead: that file.
         let s = Settings::parse(&format!("{comps}secret = \"0123456789abcdef\"\n"), &cfg).unwrap();
         assert!(secret_files(&s).iter().any(|(p, what)| *p == cfg && what.contains("pubsub.localhost")));
+        // The shared store's password in the conninfo: the config is checked; without one, not.
+        let pg = |conninfo: &str| format!("[store]\nbackend = \"postgres\"\npostgres = \"{conninfo}\"\n");
+        let s = Settings::parse(&pg("host=db.internal dbname=drawbridge user=drawbridge password=s3cret"), &cfg).unwrap();
+        assert!(secret_files(&s).iter().any(|(p, what)| *p == cfg && what.contains("PostgreSQL password")));
+        let s = Settings::parse(&pg("postgresql://drawbridge:s3cret@db.internal/drawbridge"), &cfg).unwrap();
+        assert!(secret_files(&s).iter().any(|(p, what)| *p == cfg && what.contains("PostgreSQL password")));
+        let s = Settings::parse(&pg("host=/run/postgresql dbname=drawbridge user=drawbridge"), &cfg).unwrap();
+        assert!(!secret_files(&s).iter().any(|(p, _)| *p == cfg), "no password, no secret in the config");
         std::fs::write(d.join("pubsub.secret"), "0123456789abcdef\n").unwrap();
         let text = format!(
             "{comps}secret_file = \"pubsub.secret\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[gateway]\ninternal = \"10.0.0.4:5269\"\nlisten = [\"10.0.0.5:5269\"]\nca_cert = \"ca.pem\"\nca_key = \"ca.key\"\ninternal_ca = \"internal.pem\"\n"

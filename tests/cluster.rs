@@ -402,3 +402,54 @@ async fn the_gateway_ca_is_made_once_and_shared() {
     assert_eq!(std::fs::read_to_string(aside.path()).unwrap(), own);
     engine.shutdown().await;
 }
+
+/// An outcome as a stream driver reports it, for `remote`.
+fn outcome(remote: &str, stream: &str) -> VerificationOutcome {
+    VerificationOutcome {
+        time_ms: drawbridge::engine::events::now_ms(),
+        stream: stream.into(),
+        direction: Direction::In,
+        local: "home.test".into(),
+        remote: remote.into(),
+        method: AuthMethod::Dialback,
+        result: VerificationResult::Valid,
+        reason: "test".into(),
+        peer_addr: None,
+    }
+}
+
+/// The database refusing writes as a whole (here: read-only, as during maintenance) loses
+/// nothing: the records wait, the store says it is unreachable and why, and they are written
+/// once it takes writes again. A record it refuses as data (a constraint) costs only itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_refuses_writes_loses_nothing_and_a_bad_record_costs_only_itself() {
+    let pg = postgres().await;
+    let dns = Dns::start().await;
+    let a = start_server("home.test", &dns, &on(&pg, "edge-1")).await;
+    pg.psql("ALTER SYSTEM SET default_transaction_read_only = on");
+    pg.psql("SELECT pg_reload_conf()");
+    for i in 0..20 {
+        a.engine.testing().record_outcome(outcome("waiting.test", &format!("w{i}")));
+    }
+    store_becomes(&a.engine, "the store to say the database refuses writes", |s| !s.reachable).await;
+    let status = a.engine.status().store;
+    assert!(status.error.as_deref().is_some_and(|e| e.contains("read-only")), "{status:?}");
+    assert_eq!(status.dropped, 0, "nothing dropped: {status:?}");
+    pg.psql("ALTER SYSTEM RESET default_transaction_read_only");
+    pg.psql("SELECT pg_reload_conf()");
+    store_becomes(&a.engine, "what waited to be written", |s| s.reachable && s.backlog == 0).await;
+    assert_eq!(pg.psql("SELECT count(*) FROM outcomes WHERE remote = 'waiting.test'"), "20");
+    // A record the database refuses as data, between two it takes.
+    pg.psql("ALTER TABLE outcomes ADD CONSTRAINT no_bad CHECK (remote <> 'bad.test')");
+    for (remote, stream) in [("good.test", "g1"), ("bad.test", "b"), ("good.test", "g2")] {
+        a.engine.testing().record_outcome(outcome(remote, stream));
+    }
+    within("the good records to be written", async {
+        while pg.psql("SELECT count(*) FROM outcomes WHERE remote = 'good.test'") != "2" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(pg.psql("SELECT count(*) FROM outcomes WHERE remote = 'bad.test'"), "0");
+    assert!(a.engine.status().store.reachable, "a refused record is no outage");
+}

@@ -93,6 +93,8 @@ const BATCH: usize = 512;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Statements of an operator's change or a read, at most.
 const STATEMENT_TIMEOUT_MS: u32 = 10_000;
+/// A lock waited for, at most.
+const LOCK_TIMEOUT_MS: u32 = 5_000;
 /// The database's clock, unix ms: heartbeats are written and judged by it alone, so that
 /// the nodes' clocks need not agree.
 const DB_NOW_MS: &str = "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -109,8 +111,33 @@ pub fn parse_conninfo(s: &str) -> Result<Config, String> {
     if c.get_connect_timeout().is_none() {
         c.connect_timeout(CONNECT_TIMEOUT);
     }
+    // A silent network (a failover that moved an address, a firewall dropping idle
+    // connections) is noticed in about half a minute, not in the system's two hours.
+    let given = |key: &str| s.contains(key);
+    if !given("keepalives_idle") {
+        c.keepalives_idle(Duration::from_secs(20));
+    }
+    if !given("keepalives_interval") {
+        c.keepalives_interval(Duration::from_secs(5));
+    }
+    if !given("keepalives_retries") {
+        c.keepalives_retries(3);
+    }
+    if !given("tcp_user_timeout") {
+        c.tcp_user_timeout(Duration::from_secs(30));
+    }
+    // Over TCP the store carries the dialback secret and the gateway CA's key: TLS is
+    // required unless the conninfo says otherwise (`sslmode=disable`, `prefer`), so that no
+    // one in the path can talk the connection down to plaintext.
+    if !given("sslmode") && !local_only(&c) {
+        c.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
     Ok(c)
 }
+
+/// How long the listening connection's keepalive query may take before the connection is
+/// taken for lost.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The database, named for messages (never its password).
 pub(super) fn describe(c: &Config) -> String {
@@ -950,6 +977,13 @@ pub(super) async fn connect(config: &Config) -> Result<Client, tokio_postgres::E
         tokio::spawn(drive(connection));
         client
     };
+    // No statement waits for ever on a lock or a slow plan (a session a DBA left idle in a
+    // transaction holding a row, say): it fails, and what it carried waits for the next try.
+    client
+        .batch_execute(&format!(
+            "SET statement_timeout = {STATEMENT_TIMEOUT_MS}; SET lock_timeout = {LOCK_TIMEOUT_MS}; SET application_name = 'drawbridge'"
+        ))
+        .await?;
     Ok(client)
 }
 
@@ -1326,7 +1360,10 @@ async fn listen(
         first = false;
         pending.lock().unwrap_or_else(|e| e.into_inner()).add(Notice { all: true, ..Default::default() });
         noticed.notify_one();
-        // Until the connection ends, or the store is dropped (checked now and then).
+        // Until the connection ends, or the store is dropped (checked now and then). A
+        // listening connection is idle by design: it is asked something every few seconds,
+        // so one that went silent (a failover, a firewall's idle timeout) is replaced within
+        // EXCHANGE_TIMEOUT, and the policy read again, rather than missing notices unnoticed.
         let mut driver = driver;
         loop {
             tokio::select! {
@@ -1335,6 +1372,11 @@ async fn listen(
                     if alive.upgrade().is_none() {
                         driver.abort();
                         return;
+                    }
+                    if !matches!(tokio::time::timeout(EXCHANGE_TIMEOUT, client.simple_query("SELECT 1")).await, Ok(Ok(_))) {
+                        tracing::info!("store: the listening connection to {place} went silent; listening again");
+                        driver.abort();
+                        break;
                     }
                 }
             }
@@ -1349,6 +1391,8 @@ async fn listen(
 /// the store is dropped, after writing what was queued (if it can).
 async fn writer(config: Config, node: String, place: String, first: Client, mut rx: mpsc::Receiver<Op>, health: watch::Sender<Health>) {
     let mut client = Some(first);
+    let refused_total = AtomicU64::new(0);
+    let mut last_refusal_log = None;
     let mut batch: Vec<Op> = Vec::new();
     let mut pause = Duration::from_millis(100);
     loop {
@@ -1381,7 +1425,11 @@ async fn writer(config: Config, node: String, place: String, first: Client, mut 
             }
         }
         let c = client.as_mut().expect("connected");
-        match write_batch(c, &node, &batch).await {
+        let written = match tokio::time::timeout(BATCH_TIMEOUT, write_batch(c, &node, &batch)).await {
+            Ok(r) => r.map_err(|e| (is_data_error(&e), pg_error(&e))),
+            Err(_) => Err((false, format!("no answer within {}s", BATCH_TIMEOUT.as_secs()))),
+        };
+        match written {
             Ok(()) => {
                 pause = Duration::from_millis(100);
                 health.send_if_modified(|h| std::mem::replace(h, Health::Up) != Health::Up);
@@ -1391,38 +1439,80 @@ async fn writer(config: Config, node: String, place: String, first: Client, mut 
                     }
                 }
             }
-            Err(e) => {
-                let msg = pg_error(&e);
-                if c.is_closed() {
-                    client = None;
-                    down(&health, &place, &msg, &mut batch);
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                } else {
-                    // The database refused the batch itself, not the connection: one record
-                    // it will not take must not cost the others. Each on its own, then.
-                    let mut refused = 0;
-                    for op in batch.drain(..) {
-                        match op {
-                            Op::Flush(done) => {
-                                let _ = done.send(());
-                            }
-                            op => {
-                                if let Err(e) = write_batch(c, &node, std::slice::from_ref(&op)).await {
-                                    refused += 1;
-                                    tracing::error!(
-                                        "store: {place} refused a record: {}; it is dropped (first error of the batch: {msg})",
-                                        pg_error(&e)
-                                    );
-                                }
-                            }
+            Err((true, msg)) if !c.is_closed() => {
+                // The database refused a record as data (class 22 or 23): that one must not
+                // cost the others. Each on its own, then: those it refuses as data are
+                // dropped and counted; at any other error the rest waits.
+                match one_by_one(c, &node, &mut batch).await {
+                    Ok(refused) => {
+                        let n = refused_total.fetch_add(refused, Ordering::Relaxed) + refused;
+                        if last_refusal_log.is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(60)) {
+                            last_refusal_log = Some(std::time::Instant::now());
+                            tracing::error!(
+                                refused = n,
+                                "store: {place} refused records as data ({msg}); they are dropped ({n} since start)"
+                            );
                         }
                     }
-                    tracing::debug!(refused, "store: batch written one by one");
+                    Err(other) => {
+                        down(&health, &place, &other, &mut batch);
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
                 }
+            }
+            Err((_, msg)) => {
+                // The connection, or the database as a whole (read-only, full disk, rights
+                // revoked, a timeout): nothing is dropped; the batch waits, the store says
+                // it is unreachable, and the writer tries again (on a new connection if this
+                // one is gone).
+                if c.is_closed() || msg.starts_with("no answer") {
+                    client = None;
+                }
+                down(&health, &place, &msg, &mut batch);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
     }
+}
+
+/// How long one batch may take before its connection is taken for lost.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An error about the data itself (SQLSTATE classes 22, data exception, and 23, integrity
+/// constraint violation): the record will never be taken; anything else may pass later.
+fn is_data_error(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| matches!(&d.code().code()[..2], "22" | "23"))
+}
+
+/// Write `batch` a record at a time (after the database refused it as data), answering the
+/// flushes as their turn comes. Returns how many records were refused as data (dropped); on
+/// any other error, what was not written stays in `batch` and the error is returned.
+async fn one_by_one(c: &mut Client, node: &str, batch: &mut Vec<Op>) -> Result<u64, String> {
+    let mut refused = 0;
+    let ops: Vec<Op> = std::mem::take(batch);
+    let mut ops = ops.into_iter();
+    while let Some(op) = ops.next() {
+        if let Op::Flush(done) = op {
+            let _ = done.send(());
+            continue;
+        }
+        let r = match tokio::time::timeout(BATCH_TIMEOUT, write_batch(c, node, std::slice::from_ref(&op))).await {
+            Ok(r) => r.map_err(|e| (is_data_error(&e), pg_error(&e))),
+            Err(_) => Err((false, format!("no answer within {}s", BATCH_TIMEOUT.as_secs()))),
+        };
+        match r {
+            Ok(()) => {}
+            Err((true, _)) if !c.is_closed() => refused += 1,
+            Err((_, msg)) => {
+                batch.push(op);
+                batch.extend(ops);
+                return Err(msg);
+            }
+        }
+    }
+    Ok(refused)
 }
 
 /// The database went away: say so once, and answer the waiting flushes at once (with an
@@ -1440,4 +1530,26 @@ fn down(health: &watch::Sender<Health>, place: &str, error: &str, batch: &mut Ve
         tracing::error!("store: {place} is unreachable ({error}); federating on under the last known policy, records wait in store.buffer");
     }
     batch.retain(|op| !matches!(op, Op::Flush(_)));
+}
+
+#[cfg(test)]
+mod conninfo_tests {
+    use super::*;
+    use tokio_postgres::config::SslMode;
+
+    /// Over TCP, TLS is required unless the conninfo says otherwise; a Unix socket has none;
+    /// a silent network is noticed in about half a minute unless the conninfo says otherwise.
+    #[test]
+    fn tls_is_required_over_tcp_and_dead_connections_are_noticed() {
+        let c = parse_conninfo("host=db.internal dbname=drawbridge user=drawbridge").unwrap();
+        assert!(matches!(c.get_ssl_mode(), SslMode::Require));
+        assert_eq!((c.get_keepalives_idle(), c.get_tcp_user_timeout()), (Duration::from_secs(20), Some(&Duration::from_secs(30))));
+        let c = parse_conninfo("postgresql://drawbridge@db.internal/drawbridge").unwrap();
+        assert!(matches!(c.get_ssl_mode(), SslMode::Require), "a URL too");
+        let c = parse_conninfo("host=db.internal dbname=drawbridge sslmode=disable keepalives_idle=60").unwrap();
+        assert!(matches!(c.get_ssl_mode(), SslMode::Disable));
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(60), "what the operator set stays");
+        let c = parse_conninfo("host=/run/postgresql dbname=drawbridge").unwrap();
+        assert!(local_only(&c) && matches!(c.get_ssl_mode(), SslMode::Prefer), "a Unix socket: no TLS to ask for");
+    }
 }
