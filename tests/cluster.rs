@@ -453,3 +453,43 @@ async fn a_database_that_refuses_writes_loses_nothing_and_a_bad_record_costs_onl
     assert_eq!(pg.psql("SELECT count(*) FROM outcomes WHERE remote = 'bad.test'"), "0");
     assert!(a.engine.status().store.reachable, "a refused record is no outage");
 }
+
+/// drawbridge's own changes to a decision (a pending mark, a lifted hold, an expired block)
+/// are written only if the stored decision is still the one they were derived from: a node
+/// that had not heard of another node's decision cannot overwrite it; counters never touch a
+/// decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_automatic_change_never_overwrites_a_decision() {
+    use drawbridge::policy::{DomainRecord, PolicyWrite};
+    let pg = postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("[server]\ndomains = [\"home.test\"]\ndata_dir = \"{}\"\n{}", dir.path().join("data").display(), on(&pg, "edge-1"));
+    let settings = drawbridge::config::Settings::parse(&text, &dir.path().join("d.toml")).unwrap();
+    let store = drawbridge::store::Store::open_configured(&settings.store, &settings.data_dir).await.unwrap();
+    let state = |d: &str| pg.psql(&format!("SELECT decision->>'state' FROM domains WHERE domain = '{d}'"));
+    let rec = |d: &str, state: DomainState, when: u64| DomainRecord { domain: d.into(), state, when_ms: Some(when), ..Default::default() };
+    let now = drawbridge::engine::events::now_ms();
+    // Another node's operator approved x.test; this node, not yet told, marks it pending.
+    let approved = rec("x.test", DomainState::Approved, now);
+    store.commit(&PolicyWrite { domains: vec![approved], ..Default::default() }).await.unwrap();
+    store.put_domain(&rec("x.test", DomainState::Pending, now + 5), Some(DomainState::Unknown)).unwrap();
+    // Counters of a record whose decision is stale: the counters only.
+    store.put_domain(&DomainRecord { streams_in: 7, ..rec("x.test", DomainState::Unknown, now + 6) }, None).unwrap();
+    // A block extended elsewhere (expiring in an hour) is not lifted by an expiry seen here.
+    let block = |expires| DomainRecord { expires_ms: Some(expires), ..rec("y.test", DomainState::Blocked, now) };
+    store.commit(&PolicyWrite { domains: vec![block(now + 3_600_000)], ..Default::default() }).await.unwrap();
+    store.put_domain(&rec("y.test", DomainState::Unknown, now + 10), Some(DomainState::Blocked)).unwrap();
+    // What still holds is applied: a pending mark on an undecided domain, an expired block.
+    store.put_domain(&rec("z.test", DomainState::Pending, now), Some(DomainState::Unknown)).unwrap();
+    store
+        .commit(&PolicyWrite { domains: vec![DomainRecord { domain: "w.test".into(), ..block(now - 1) }], ..Default::default() })
+        .await
+        .unwrap();
+    store.put_domain(&rec("w.test", DomainState::Unknown, now + 10), Some(DomainState::Blocked)).unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(state("x.test"), "approved", "the operator's decision stands");
+    assert_eq!(pg.psql("SELECT record->>'streams_in' FROM domain_stats WHERE domain = 'x.test'"), "7", "the counters were written");
+    assert_eq!(state("y.test"), "blocked", "the extended block stands");
+    assert_eq!(state("z.test"), "pending");
+    assert_eq!(state("w.test"), "unknown", "the expired block lifted");
+}

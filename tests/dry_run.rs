@@ -101,7 +101,7 @@ async fn dry_runs_judge_live_streams_and_history_and_change_nothing() {
                 stanzas_in: stanzas,
                 ..Default::default()
             };
-            store.put_domain(&rec).unwrap();
+            store.put_domain(&rec, None).unwrap();
             store.add_history(&closed_stream(d, ago, stanzas)).unwrap();
         }
         store.flush().await.unwrap();

@@ -352,7 +352,7 @@ impl Policy {
             lifted
         };
         for rec in &lifted {
-            if let Err(e) = self.store.put_domain(rec) {
+            if let Err(e) = self.store.put_domain(rec, Some(DomainState::Pending)) {
                 tracing::error!("store: {e}");
             }
         }
@@ -590,7 +590,7 @@ impl Policy {
             rec.when_ms = Some(now_ms());
             rec.clone()
         };
-        if let Err(e) = self.store.put_domain(&rec) {
+        if let Err(e) = self.store.put_domain(&rec, Some(DomainState::Unknown)) {
             tracing::error!("store: {e}");
         }
         self.changed.send_modify(|g| *g += 1);
@@ -610,7 +610,7 @@ impl Policy {
             update(rec);
             rec.clone()
         };
-        if let Err(e) = self.store.put_domain(&rec) {
+        if let Err(e) = self.store.put_domain(&rec, None) {
             tracing::error!("store: {e}");
         }
     }
@@ -636,7 +636,7 @@ impl Policy {
             out
         };
         for rec in &expired {
-            let _ = self.store.put_domain(rec);
+            let _ = self.store.put_domain(rec, Some(DomainState::Blocked));
             let _ = self.store.log_action(&PolicyAction {
                 time_ms: now,
                 who: "drawbridge".into(),
@@ -948,7 +948,7 @@ mod tests {
         fn domains(&self) -> Result<Vec<DomainRecord>, StorageError> {
             Ok(self.0.lock().unwrap().clone())
         }
-        fn put_domain(&self, rec: &DomainRecord) -> Result<(), StorageError> {
+        fn put_domain(&self, rec: &DomainRecord, _: Option<DomainState>) -> Result<(), StorageError> {
             let mut v = self.0.lock().unwrap();
             v.retain(|x| x.domain != rec.domain);
             v.push(rec.clone());
@@ -962,7 +962,7 @@ mod tests {
             w: &'a PolicyWrite,
         ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + 'a>> {
             for r in &w.domains {
-                let _ = self.put_domain(r);
+                let _ = self.put_domain(r, None);
             }
             Box::pin(async { Ok(()) })
         }
@@ -1263,7 +1263,7 @@ mod tests {
             fn domains(&self) -> Result<Vec<DomainRecord>, StorageError> {
                 Ok(Vec::new())
             }
-            fn put_domain(&self, _: &DomainRecord) -> Result<(), StorageError> {
+            fn put_domain(&self, _: &DomainRecord, _: Option<DomainState>) -> Result<(), StorageError> {
                 Ok(())
             }
             fn log_action(&self, _: &PolicyAction) -> Result<(), StorageError> {

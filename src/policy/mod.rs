@@ -266,9 +266,13 @@ pub struct PolicyWrite {
 pub trait PolicyStore: Send + Sync {
     fn mode(&self) -> Result<Option<Mode>, StorageError>;
     fn domains(&self) -> Result<Vec<DomainRecord>, StorageError>;
-    /// A record drawbridge changed by itself (counters, a pending mark, an expired block):
-    /// written behind.
-    fn put_domain(&self, rec: &DomainRecord) -> Result<(), StorageError>;
+    /// A record drawbridge changed by itself, written behind: its counters (`from: None`: the
+    /// decision is not drawbridge's to write), or also its decision, changed from the state
+    /// `from` (a pending mark, a lifted hold, an expired block) — written only if the stored
+    /// decision is still that one (on a shared store another node's operator may have decided
+    /// meanwhile, and an operator's decision is never overwritten by one derived from an older
+    /// state).
+    fn put_domain(&self, rec: &DomainRecord, from: Option<DomainState>) -> Result<(), StorageError>;
     /// An entry of the policy log drawbridge writes by itself, written behind.
     fn log_action(&self, action: &PolicyAction) -> Result<(), StorageError>;
     /// An operator's change: durable when it returns, and not written at all when it fails.

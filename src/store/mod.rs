@@ -289,10 +289,15 @@ impl Store {
         each!(self, s => s.domain(domain))
     }
 
-    /// A record drawbridge changed itself (counters, a pending mark, an expired block):
-    /// written behind, like the history.
-    pub fn put_domain(&self, rec: &DomainRecord) -> Result<(), StoreError> {
-        each!(self, s => s.put_domain(rec))
+    /// A record drawbridge changed itself, written behind like the history: its counters
+    /// (`from: None`), or also its decision changed from the state `from` (written only if the
+    /// stored decision is still that one; see [`crate::policy::PolicyStore::put_domain`]).
+    pub fn put_domain(&self, rec: &DomainRecord, from: Option<crate::policy::DomainState>) -> Result<(), StoreError> {
+        match &self.backend {
+            // One node: its memory is the truth, written as it is.
+            Open::Sled(s) => s.put_domain(rec),
+            Open::Postgres(s) => s.put_domain(rec, from),
+        }
     }
 
     /// An operator's change, durable when this returns.
@@ -483,8 +488,8 @@ impl crate::policy::PolicyStore for Store {
     fn domains(&self) -> Result<Vec<DomainRecord>, crate::policy::StorageError> {
         Ok(Store::domains(self)?)
     }
-    fn put_domain(&self, rec: &DomainRecord) -> Result<(), crate::policy::StorageError> {
-        Ok(Store::put_domain(self, rec)?)
+    fn put_domain(&self, rec: &DomainRecord, from: Option<crate::policy::DomainState>) -> Result<(), crate::policy::StorageError> {
+        Ok(Store::put_domain(self, rec, from)?)
     }
     fn log_action(&self, action: &PolicyAction) -> Result<(), crate::policy::StorageError> {
         Ok(each!(self, s => s.log_action(action))?)

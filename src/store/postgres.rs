@@ -233,7 +233,8 @@ pub enum Health {
 
 /// One record on its way to the database.
 enum Op {
-    Domain(Box<DomainRecord>),
+    /// A record's counters, and its decision if changed from this state.
+    Domain(Box<DomainRecord>, Option<crate::policy::DomainState>),
     Action(Box<PolicyAction>),
     Outcome(Box<VerificationOutcome>),
     History(Box<ConnSnapshot>),
@@ -661,9 +662,9 @@ impl PgStore {
         self.copy.domain(domain)
     }
 
-    pub fn put_domain(&self, rec: &DomainRecord) -> Result<(), StoreError> {
+    pub fn put_domain(&self, rec: &DomainRecord, from: Option<crate::policy::DomainState>) -> Result<(), StoreError> {
         self.copy.put_domain(rec)?;
-        self.enqueue(Op::Domain(Box::new(rec.clone())));
+        self.enqueue(Op::Domain(Box::new(rec.clone()), from));
         Ok(())
     }
 
@@ -1184,18 +1185,34 @@ async fn write_batch(client: &mut Client, node: &str, batch: &[Op]) -> Result<()
     let mut decided = Vec::new();
     for op in batch {
         match op {
-            Op::Domain(rec) => {
-                // drawbridge's own update of the decision (a pending mark, an expired block)
-                // only if no newer one was made meanwhile, on any node.
-                let n = tx
-                    .execute(
-                        "INSERT INTO domains (domain, decision, decided_ms) VALUES ($1, $2, $3)
-                     ON CONFLICT (domain) DO UPDATE SET decision = EXCLUDED.decision, decided_ms = EXCLUDED.decided_ms
-                     WHERE domains.decided_ms < EXCLUDED.decided_ms",
-                        &[&rec.domain, &Json(rec), &(rec.when_ms.unwrap_or(0) as i64)],
-                    )
-                    .await?;
-                if n > 0 && rec.when_ms.is_some() {
+            Op::Domain(rec, from) => {
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&rec.domain, &Json(rec), &(rec.when_ms.unwrap_or(0) as i64)];
+                let n = match from {
+                    // Counters: a domain new to the cluster gets its row; an existing decision
+                    // is not this write's to touch.
+                    None => {
+                        tx.execute(
+                            "INSERT INTO domains (domain, decision, decided_ms) VALUES ($1, $2, $3) ON CONFLICT (domain) DO NOTHING",
+                            &params,
+                        )
+                        .await?
+                    }
+                    // drawbridge's own change of the decision (a pending mark, a lifted hold,
+                    // an expired block): only if the stored one is still the state it was
+                    // derived from (a block: one that has expired by then, not one extended
+                    // meanwhile); a decision made meanwhile on any node stands.
+                    Some(from) => {
+                        tx.execute(
+                            "INSERT INTO domains (domain, decision, decided_ms) VALUES ($1, $2, $3)
+                             ON CONFLICT (domain) DO UPDATE SET decision = EXCLUDED.decision, decided_ms = EXCLUDED.decided_ms
+                             WHERE domains.decision->>'state' = $4
+                               AND ($4 <> 'blocked' OR coalesce((domains.decision->>'expires_ms')::bigint, 9223372036854775807) <= $3)",
+                            &[params[0], params[1], params[2], &from.as_str()],
+                        )
+                        .await?
+                    }
+                };
+                if n > 0 && from.is_some() {
                     decided.push(rec.domain.clone());
                 }
                 put_stats(&tx, node, rec).await?;
