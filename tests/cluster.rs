@@ -493,3 +493,21 @@ async fn a_stale_automatic_change_never_overwrites_a_decision() {
     assert_eq!(state("z.test"), "pending");
     assert_eq!(state("w.test"), "unknown", "the expired block lifted");
 }
+
+/// A database in another encoding than UTF-8 would refuse some of what peers send (their
+/// certificate names, in any script), and whole batches with it: refused at start, saying how
+/// to make one that fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_not_in_utf8_is_refused_at_start() {
+    let pg = postgres().await;
+    pg.psql("CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0 OWNER drawbridge");
+    let dir = tempfile::tempdir().unwrap();
+    let conninfo = pg.conninfo().replace("dbname=drawbridge", "dbname=latin");
+    let text = format!(
+        "[server]\ndomains = [\"home.test\"]\nlisten = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n[store]\nbackend = \"postgres\"\npostgres = \"{conninfo}\"\n",
+        dir.path().join("data").display()
+    );
+    let settings = drawbridge::config::Settings::parse(&text, &dir.path().join("d.toml")).unwrap();
+    let err = drawbridge::engine::Engine::start(settings).await.err().expect("refused").to_string();
+    assert!(err.contains("LATIN1") && err.contains("needs UTF8"), "{err}");
+}

@@ -21,14 +21,22 @@ pub(super) async fn follow(shared: Arc<Shared>) {
             _ = shared.shutdown.cancelled() => return,
             _ = pg.noticed() => {}
         }
-        match pg.take_changes().await {
-            Ok(changes) => {
+        // Read and applied between this node's own changes (see `Policy::between_changes`).
+        let applied = shared
+            .policy
+            .between_changes(async {
+                let changes = pg.take_changes().await?;
                 let before = shared.policy.mode();
                 let records = shared.policy.apply_remote(changes.mode, &changes.decisions);
-                if records.is_empty() && changes.mode.is_none_or(|m| m == before) {
+                Ok::<_, crate::store::StoreError>((before, changes.mode, records))
+            })
+            .await;
+        match applied {
+            Ok((before, mode, records)) => {
+                if records.is_empty() && mode.is_none_or(|m| m == before) {
                     continue;
                 }
-                if let Some(m) = changes.mode.filter(|m| *m != before) {
+                if let Some(m) = mode.filter(|m| *m != before) {
                     tracing::info!("another node changed the mode to {}", m.as_str());
                     let _ = shared.events.send(Event::ModeChanged { mode: m.as_str().to_owned() });
                 }

@@ -519,6 +519,14 @@ impl Policy {
         Ok((added, already))
     }
 
+    /// Run `f` while no operator change of this node is in flight. Another node's decisions
+    /// are read and applied inside it: a change committed here between the read and its
+    /// application would otherwise be overwritten in memory by the older read.
+    pub async fn between_changes<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        let _one = self.writing.lock().await;
+        f.await
+    }
+
     /// Decisions another node made (read back from the shared store) take effect here: each
     /// record keeps this node's counters; with `mode`, the mode too. Nothing is written (the
     /// store is where they came from). Returns the records that changed, as they are now.

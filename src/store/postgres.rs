@@ -101,6 +101,10 @@ const DB_NOW_MS: &str = "floor(extract(epoch FROM clock_timestamp()) * 1000)::bi
 
 /// A libpq conninfo (`host=… dbname=…`) or `postgresql://` URL, checked.
 pub fn parse_conninfo(s: &str) -> Result<Config, String> {
+    // libpq's verifying modes, which production conninfos spell out: the TLS here always
+    // verifies the certificate and the host name, so both mean "require" to tokio-postgres.
+    let spelled = s.replace("sslmode=verify-full", "sslmode=require").replace("sslmode=verify-ca", "sslmode=require");
+    let s = spelled.as_str();
     let mut c = Config::from_str(s).map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
     if c.get_hosts().is_empty() {
         return Err("names no host (e.g. host=/run/postgresql for the local server's socket)".into());
@@ -298,7 +302,23 @@ impl PgStore {
             .await
             .map_err(pg)?
             .and_then(|r| Mode::parse(std::str::from_utf8(r.get::<_, &[u8]>(0)).ok()?));
-        load(&client, node, &copy).await.map_err(pg)?;
+        // Peer text (certificate names, reports) is UTF-8: a database in another encoding
+        // would refuse some of it, and with it whole batches and heartbeats.
+        let encoding: String = client.query_one("SHOW server_encoding", &[]).await.map_err(pg)?.get(0);
+        if !encoding.eq_ignore_ascii_case("UTF8") {
+            return Err(StoreError::Postgres {
+                place: place.clone(),
+                msg: format!(
+                    "the database's encoding is {encoding}; drawbridge needs UTF8 (CREATE DATABASE drawbridge ENCODING 'UTF8' TEMPLATE template0)"
+                ),
+            });
+        }
+        // Without the policy in the working copy a node would start open: a copy that cannot
+        // be written stops the start.
+        load(&client, node, &copy).await.map_err(|e| match e {
+            Loaded::Db(e) => pg(e),
+            Loaded::Copy(e) => e,
+        })?;
         let recent = client
             .query("SELECT record FROM outcomes ORDER BY time_ms DESC, id DESC LIMIT $1", &[&(RECENT as i64)])
             .await
@@ -1040,7 +1060,25 @@ fn with_decision(mut rec: DomainRecord, d: DomainRecord) -> DomainRecord {
 }
 
 /// The shared small state into the working copy.
-async fn load(client: &Client, node: &str, copy: &SledStore) -> Result<(), tokio_postgres::Error> {
+/// Why the shared state could not be loaded.
+enum Loaded {
+    Db(tokio_postgres::Error),
+    Copy(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Loaded {
+    fn from(e: tokio_postgres::Error) -> Loaded {
+        Loaded::Db(e)
+    }
+}
+
+impl From<StoreError> for Loaded {
+    fn from(e: StoreError) -> Loaded {
+        Loaded::Copy(e)
+    }
+}
+
+async fn load(client: &Client, node: &str, copy: &SledStore) -> Result<(), Loaded> {
     let rows = client
         .query(
             "SELECT d.domain, d.decision, s.record FROM domains d LEFT JOIN domain_stats s ON s.domain = d.domain AND s.node = $1",
@@ -1062,16 +1100,16 @@ async fn load(client: &Client, node: &str, copy: &SledStore) -> Result<(), tokio
             .unwrap_or_else(|| DomainRecord { domain: domain.clone(), ..Default::default() });
         recs.push(with_decision(stats, decision));
     }
-    copy.put_domains(&recs).map_err(|e| tracing::error!("store: working copy: {e}")).ok();
+    copy.put_domains(&recs)?;
     for r in client.query("SELECT service, feed_node, record FROM rtbl", &[]).await? {
         let feed = FeedKey { service: r.get(0), node: r.get(1) };
         if let Ok(Json(rec)) = r.try_get::<_, Json<RtblRecord>>(2) {
-            let _ = copy.rtbl_put_record(&feed, &rec);
+            copy.rtbl_put_record(&feed, &rec)?;
         }
     }
     for r in client.query("SELECT status FROM rtbl_feeds", &[]).await? {
         if let Ok(Json(status)) = r.try_get::<_, Json<FeedStatus>>(0) {
-            let _ = copy.rtbl_put_status(&status);
+            copy.rtbl_put_status(&status)?;
         }
     }
     let mut pairs = Vec::new();
@@ -1080,7 +1118,7 @@ async fn load(client: &Client, node: &str, copy: &SledStore) -> Result<(), tokio
             pairs.push(Write::Put(h, r.get::<_, i64>(1) as u64));
         }
     }
-    let _ = copy.familiar_write(&pairs);
+    copy.familiar_write(&pairs)?;
     Ok(())
 }
 
@@ -1568,5 +1606,8 @@ mod conninfo_tests {
         assert_eq!(c.get_keepalives_idle(), Duration::from_secs(60), "what the operator set stays");
         let c = parse_conninfo("host=/run/postgresql dbname=drawbridge").unwrap();
         assert!(local_only(&c) && matches!(c.get_ssl_mode(), SslMode::Prefer), "a Unix socket: no TLS to ask for");
+        for verifying in ["host=db.internal dbname=d sslmode=verify-full", "postgresql://u@db.internal/d?sslmode=verify-ca"] {
+            assert!(matches!(parse_conninfo(verifying).unwrap().get_ssl_mode(), SslMode::Require), "{verifying}");
+        }
     }
 }
